@@ -1,0 +1,387 @@
+//! The catalog: makes sources and model outputs readable as SQL tables.
+//!
+//! A source becomes a DataFusion `ListingTable` over its files (a file, a folder / prefix or a
+//! glob), with the format options of `sluice.toml`, Hive partition columns, and a schema that
+//! is either declared (`schema = "id BIGINT, ..."`) or inferred. A table model's published
+//! output is registered the same way once it is written, so downstream models read it back.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+use object_store::ObjectMeta;
+
+use crate::config::{Compression, CsvOptions, Format, PartitionCol, SourceConfig};
+use crate::error::describe_datafusion;
+use crate::store::{Location, StoreError, StoreRegistry};
+
+/// Errors registering a source or an output as a table.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The source's location holds no file of its format.
+    #[error("source '{source_name}': no {format} files at {location}")]
+    NoFiles {
+        /// The source.
+        source_name: String,
+        /// Its location.
+        location: String,
+        /// Its format.
+        format: &'static str,
+    },
+    /// The files could not be listed or read.
+    #[error("source '{source_name}': cannot read {location}: {message}")]
+    Read {
+        /// The source.
+        source_name: String,
+        /// The location or the file that failed.
+        location: String,
+        /// The cause.
+        message: String,
+    },
+    /// The declared schema or a partition column type is not valid SQL.
+    #[error("source '{source_name}': invalid schema {schema:?}: {message}")]
+    Schema {
+        /// The source.
+        source_name: String,
+        /// The schema as written.
+        schema: String,
+        /// Why it is invalid.
+        message: String,
+    },
+    /// The location itself is invalid.
+    #[error("source '{source_name}': {source}")]
+    Location {
+        /// The source.
+        source_name: String,
+        /// The location error.
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// What a table is read from: the parts of a source's configuration that the scan needs.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// The table name in SQL.
+    pub name: String,
+    /// Where its files are (absolute path or URL; a folder, file or glob).
+    pub location: String,
+    /// Their format.
+    pub format: Format,
+    /// Hive partition columns, with SQL types as written in `sluice.toml`.
+    pub partition_cols: Vec<PartitionCol>,
+    /// Hive partition columns with known Arrow types (e.g. a model output's), after
+    /// `partition_cols`.
+    pub partition_types: Vec<(String, DataType)>,
+    /// CSV options.
+    pub csv: CsvOptions,
+    /// Compression of text files.
+    pub compression: Compression,
+    /// A declared schema (SQL column list), or `None` to infer.
+    pub schema: Option<String>,
+    /// A known Arrow schema of the files (e.g. a model's output); wins over `schema`.
+    pub arrow_schema: Option<SchemaRef>,
+}
+
+impl From<&SourceConfig> for TableSpec {
+    fn from(s: &SourceConfig) -> Self {
+        TableSpec {
+            name: s.name.clone(),
+            location: s.location.clone(),
+            format: s.format,
+            partition_cols: s.partition_cols.clone(),
+            partition_types: Vec::new(),
+            csv: s.csv.clone(),
+            compression: s.compression,
+            schema: s.schema.clone(),
+            arrow_schema: None,
+        }
+    }
+}
+
+fn compression_type(c: Compression) -> FileCompressionType {
+    match c {
+        Compression::None => FileCompressionType::UNCOMPRESSED,
+        Compression::Gzip => FileCompressionType::GZIP,
+        Compression::Zstd => FileCompressionType::ZSTD,
+        Compression::Bzip2 => FileCompressionType::BZIP2,
+        Compression::Xz => FileCompressionType::XZ,
+    }
+}
+
+/// Escapes a literal for use inside a regular expression.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The DataFusion file format for a spec.
+pub fn file_format(spec: &TableSpec) -> Arc<dyn FileFormat> {
+    let compression = compression_type(spec.compression);
+    match spec.format {
+        Format::Parquet => Arc::new(ParquetFormat::default()),
+        Format::Csv => Arc::new(
+            CsvFormat::default()
+                .with_has_header(spec.csv.has_header)
+                .with_delimiter(spec.csv.delimiter)
+                .with_quote(spec.csv.quote)
+                .with_escape(spec.csv.escape)
+                .with_null_regex(
+                    spec.csv
+                        .null_value
+                        .as_ref()
+                        .map(|v| format!("^{}$", regex_escape(v))),
+                )
+                .with_file_compression_type(compression),
+        ),
+        Format::Json => Arc::new(JsonFormat::default().with_file_compression_type(compression)),
+    }
+}
+
+/// Whether a location names one file or a glob rather than a folder / prefix.
+fn is_file_or_glob(location: &str) -> bool {
+    let last = location.rsplit('/').next().unwrap_or("");
+    !location.ends_with('/') && (last.contains('*') || last.contains('?') || last.contains('.'))
+}
+
+/// The listing options for a spec: format, extension filter, partition columns.
+async fn listing_options(
+    ctx: &SessionContext,
+    spec: &TableSpec,
+) -> Result<ListingOptions, CatalogError> {
+    let format = file_format(spec);
+    // A folder is filtered by extension (so `_SUCCESS` and `_MANIFEST` are skipped); a file
+    // or glob the user named is taken as it is, whatever its extension.
+    let extension = if is_file_or_glob(&spec.location) {
+        String::new()
+    } else {
+        let suffix = match spec.compression {
+            Compression::None => "",
+            Compression::Gzip => ".gz",
+            Compression::Zstd => ".zst",
+            Compression::Bzip2 => ".bz2",
+            Compression::Xz => ".xz",
+        };
+        format!(".{}{suffix}", spec.format.extension())
+    };
+    let mut cols = Vec::new();
+    for pc in &spec.partition_cols {
+        let ty = match &pc.sql_type {
+            None => DataType::Utf8,
+            Some(t) => sql_types(ctx, &spec.name, &[(pc.name.clone(), t.clone())])
+                .await?
+                .into_iter()
+                .next()
+                .map(|f| f.data_type().clone())
+                .unwrap_or(DataType::Utf8),
+        };
+        cols.push((pc.name.clone(), ty));
+    }
+    cols.extend(spec.partition_types.iter().cloned());
+    let mut opts = ListingOptions::new(format).with_file_extension(extension);
+    if !cols.is_empty() {
+        opts = opts.with_table_partition_cols(cols);
+    }
+    Ok(opts)
+}
+
+/// Resolves SQL types (`BIGINT`, `DECIMAL(10,2)`, `DATE`...) to Arrow fields by planning a
+/// `SELECT CAST(NULL AS type)`: the same type rules as the SQL that reads the table.
+async fn sql_types(
+    ctx: &SessionContext,
+    source: &str,
+    cols: &[(String, String)],
+) -> Result<Vec<Field>, CatalogError> {
+    let select: Vec<String> = cols
+        .iter()
+        .map(|(n, t)| format!("CAST(NULL AS {t}) AS \"{}\"", n.replace('"', "\"\"")))
+        .collect();
+    let sql = format!("SELECT {}", select.join(", "));
+    let schema_text = cols
+        .iter()
+        .map(|(n, t)| format!("{n} {t}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let bad = |message: String| CatalogError::Schema {
+        source_name: source.to_string(),
+        schema: schema_text.clone(),
+        message,
+    };
+    let plan = ctx
+        .state()
+        .create_logical_plan(&sql)
+        .await
+        .map_err(|e| bad(describe_datafusion(&e)))?;
+    Ok(plan
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect())
+}
+
+/// Parses a declared schema (`id BIGINT, name VARCHAR, price DECIMAL(10,2)`) into Arrow.
+pub async fn parse_schema(
+    ctx: &SessionContext,
+    source: &str,
+    schema: &str,
+) -> Result<Schema, CatalogError> {
+    use datafusion::sql::sqlparser::ast::Statement;
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    let bad = |message: String| CatalogError::Schema {
+        source_name: source.to_string(),
+        schema: schema.to_string(),
+        message,
+    };
+    let stmt = Parser::parse_sql(&GenericDialect {}, &format!("CREATE TABLE t ({schema})"))
+        .map_err(|e| bad(e.to_string()))?;
+    let Some(Statement::CreateTable(ct)) = stmt.into_iter().next() else {
+        return Err(bad(
+            "expected a column list such as \"id BIGINT, name VARCHAR\"".into(),
+        ));
+    };
+    let cols: Vec<(String, String)> = ct
+        .columns
+        .iter()
+        .map(|c| (c.name.value.clone(), c.data_type.to_string()))
+        .collect();
+    Ok(Schema::new(sql_types(ctx, source, &cols).await?))
+}
+
+/// Lists the files a spec covers (at most `limit`, in listing order).
+async fn list_files(
+    ctx: &SessionContext,
+    table_url: &ListingTableUrl,
+    opts: &ListingOptions,
+    store: &dyn object_store::ObjectStore,
+    limit: usize,
+) -> datafusion::error::Result<Vec<ObjectMeta>> {
+    let state = ctx.state();
+    let mut files = Vec::new();
+    let mut listing = table_url
+        .list_all_files(&state, store, &opts.file_extension)
+        .await?;
+    while let Some(meta) = listing.try_next().await? {
+        files.push(meta);
+        if files.len() >= limit {
+            break;
+        }
+    }
+    Ok(files)
+}
+
+/// Registers a table over files in `ctx`, inferring or parsing its schema, and returns the
+/// table's full schema (file columns then partition columns).
+pub async fn register_table(
+    ctx: &SessionContext,
+    stores: &StoreRegistry,
+    spec: &TableSpec,
+) -> Result<SchemaRef, CatalogError> {
+    let read_err = |location: String, message: String| CatalogError::Read {
+        source_name: spec.name.clone(),
+        location,
+        message,
+    };
+    let table_url = ListingTableUrl::parse(&spec.location)
+        .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
+    let location =
+        Location::parse(table_url.as_str()).map_err(|source| CatalogError::Location {
+            source_name: spec.name.clone(),
+            source,
+        })?;
+    stores
+        .register(&location, ctx.runtime_env().as_ref())
+        .map_err(|source| CatalogError::Location {
+            source_name: spec.name.clone(),
+            source,
+        })?;
+    let store = stores
+        .store_for(&location)
+        .map_err(|source| CatalogError::Location {
+            source_name: spec.name.clone(),
+            source,
+        })?;
+    let opts = listing_options(ctx, spec).await?;
+
+    let first = list_files(ctx, &table_url, &opts, store.as_ref(), 1)
+        .await
+        .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
+    if first.is_empty() {
+        return Err(CatalogError::NoFiles {
+            source_name: spec.name.clone(),
+            location: spec.location.clone(),
+            format: spec.format.name(),
+        });
+    }
+
+    let file_schema: SchemaRef = if let Some(s) = &spec.arrow_schema {
+        Arc::clone(s)
+    } else if let Some(text) = &spec.schema {
+        Arc::new(parse_schema(ctx, &spec.name, text).await?)
+    } else {
+        match opts.infer_schema(&ctx.state(), &table_url).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Name the file at fault: infer each file alone until one fails.
+                let culprit = find_unreadable_file(ctx, spec, &table_url, &opts, &store).await;
+                let (location, message) =
+                    culprit.unwrap_or_else(|| (spec.location.clone(), describe_datafusion(&e)));
+                return Err(read_err(location, message));
+            }
+        }
+    };
+    let config = ListingTableConfig::new(table_url)
+        .with_listing_options(opts)
+        .with_schema(Arc::clone(&file_schema));
+    let table = ListingTable::try_new(config)
+        .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
+    let full_schema = datafusion::catalog::TableProvider::schema(&table);
+    ctx.deregister_table(spec.name.as_str())
+        .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
+    ctx.register_table(spec.name.as_str(), Arc::new(table))
+        .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
+    Ok(full_schema)
+}
+
+/// On the error path only: infers the schema of each file alone and returns the first file
+/// that fails, with its error, so the message can name it.
+async fn find_unreadable_file(
+    ctx: &SessionContext,
+    spec: &TableSpec,
+    table_url: &ListingTableUrl,
+    opts: &ListingOptions,
+    store: &Arc<dyn object_store::ObjectStore>,
+) -> Option<(String, String)> {
+    let files = list_files(ctx, table_url, opts, store.as_ref(), usize::MAX)
+        .await
+        .ok()?;
+    let location = Location::parse(table_url.as_str()).ok()?;
+    let state = ctx.state();
+    let format = file_format(spec);
+    for file in files {
+        let objects = [file.clone()];
+        if let Err(e) = format.infer_schema(&state, store, &objects).await {
+            return Some((
+                location.display_key(&file.location),
+                describe_datafusion(&e),
+            ));
+        }
+    }
+    None
+}

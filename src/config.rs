@@ -1,0 +1,918 @@
+//! `sluice.toml`: reading, validating and resolving a pipeline's configuration.
+//!
+//! Loading happens in two stages, like a compiler front end: the file is deserialised into raw
+//! structs that mirror the TOML (so serde reports unknown keys and wrong types with their line
+//! and column), then validated into a [`Pipeline`] whose values are ready to use: sizes in bytes,
+//! enums instead of strings, each model's SQL read from its file, `${env:NAME}` resolved.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The file name of a pipeline's configuration inside its folder.
+pub const CONFIG_FILE: &str = "sluice.toml";
+
+/// Errors in `sluice.toml`, a model's SQL file or a command-line value. All are usage errors
+/// (exit status 2) and name the file, and the line and column where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file or folder could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path that was read.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the expected shape.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        /// The configuration file.
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is well-formed TOML but not a valid setting.
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        /// The configuration file (or `command line`).
+        path: PathBuf,
+        /// The dotted key of the setting, e.g. `models.daily.sink.mode`.
+        key: String,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
+    /// A `${env:NAME}` reference names a variable that is not set.
+    #[error("{path}: {key}: environment variable {name} is not set")]
+    MissingEnv {
+        /// The configuration file.
+        path: PathBuf,
+        /// The key whose value referenced the variable.
+        key: String,
+        /// The variable's name.
+        name: String,
+    },
+}
+
+/// What a model is materialised as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Materialized {
+    /// Written to its sink, and read from there by downstream models.
+    Table,
+    /// Not written: inlined into the queries of the models that use it.
+    View,
+}
+
+/// A file format for sources and sinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// Apache Parquet.
+    Parquet,
+    /// Comma- (or otherwise) separated values.
+    Csv,
+    /// JSON lines: one object per line.
+    Json,
+}
+
+impl Format {
+    /// The format's name as written in `sluice.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Parquet => "parquet",
+            Format::Csv => "csv",
+            Format::Json => "json",
+        }
+    }
+
+    /// The file extension sluice writes and looks for, without the dot.
+    pub fn extension(self) -> &'static str {
+        self.name()
+    }
+
+    /// Parses a format name as a user types it (`--format`), case-insensitively.
+    pub fn parse(s: &str) -> Option<Format> {
+        match s.to_ascii_lowercase().as_str() {
+            "parquet" => Some(Format::Parquet),
+            "csv" => Some(Format::Csv),
+            "json" | "jsonl" | "ndjson" => Some(Format::Json),
+            _ => None,
+        }
+    }
+
+    /// Guesses a format from a file name or location, ignoring compression suffixes.
+    pub fn from_path(path: &str) -> Option<Format> {
+        let lower = path.to_ascii_lowercase();
+        let trimmed = [".gz", ".zst", ".bz2", ".xz"]
+            .iter()
+            .find_map(|c| lower.strip_suffix(c))
+            .unwrap_or(&lower);
+        let ext = trimmed.rsplit_once('.').map(|(_, e)| e)?;
+        match ext {
+            "parquet" | "pq" => Some(Format::Parquet),
+            "csv" | "tsv" => Some(Format::Csv),
+            "json" | "jsonl" | "ndjson" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
+/// How a sink treats output that already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Replace the whole output.
+    Overwrite,
+    /// Add the new files to the existing output.
+    Append,
+    /// Replace exactly the partitions present in the new result; leave the others.
+    OverwritePartitions,
+    /// Fail if any output exists.
+    ErrorIfExists,
+}
+
+impl WriteMode {
+    /// The mode's name as written in `sluice.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WriteMode::Overwrite => "overwrite",
+            WriteMode::Append => "append",
+            WriteMode::OverwritePartitions => "overwrite_partitions",
+            WriteMode::ErrorIfExists => "error_if_exists",
+        }
+    }
+
+    /// Parses a mode as a user types it (`--mode`).
+    pub fn parse(s: &str) -> Option<WriteMode> {
+        match s {
+            "overwrite" => Some(WriteMode::Overwrite),
+            "append" => Some(WriteMode::Append),
+            "overwrite_partitions" | "overwrite-partitions" => Some(WriteMode::OverwritePartitions),
+            "error_if_exists" | "error-if-exists" => Some(WriteMode::ErrorIfExists),
+            _ => None,
+        }
+    }
+}
+
+/// What to do with rows that do not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadRows {
+    /// Fail the model, naming the file and line.
+    #[default]
+    Fail,
+    /// Send bad rows to the rejects output and go on.
+    Quarantine,
+}
+
+/// Compression of a text source's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// Plain files.
+    #[default]
+    None,
+    /// `.gz` files.
+    Gzip,
+    /// `.zst` files.
+    Zstd,
+    /// `.bz2` files.
+    Bzip2,
+    /// `.xz` files.
+    Xz,
+}
+
+/// Run-wide settings (`[settings]`), all optional.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Query memory pool in bytes; operators spill beyond it.
+    pub memory_limit: Option<usize>,
+    /// Worker threads and DataFusion target partitions.
+    pub threads: Option<usize>,
+    /// Folder for spill files.
+    pub spill_dir: Option<PathBuf>,
+    /// The state store file, absolute.
+    pub state: PathBuf,
+}
+
+/// One object store (`[stores.NAME]`), selected by URL prefix.
+#[derive(Debug, Clone, Default)]
+pub struct StoreConfig {
+    /// The store's name in `sluice.toml`.
+    pub name: String,
+    /// The URL prefix the store serves, e.g. `s3://lake`.
+    pub url: String,
+    /// Further object_store options (`endpoint`, `region`, `allow_http`, credentials...), with
+    /// `${env:NAME}` already resolved. Keys use object_store's names (`aws_endpoint`, ...) or
+    /// the short forms of the spec (`endpoint`, `region`, `allow_http`).
+    pub options: BTreeMap<String, String>,
+}
+
+/// CSV reading options.
+#[derive(Debug, Clone)]
+pub struct CsvOptions {
+    /// Whether the first line names the columns.
+    pub has_header: bool,
+    /// Field separator.
+    pub delimiter: u8,
+    /// Quote character.
+    pub quote: u8,
+    /// Escape character inside quoted fields, if any.
+    pub escape: Option<u8>,
+    /// A string read as NULL (besides the empty field).
+    pub null_value: Option<String>,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            has_header: true,
+            delimiter: b',',
+            quote: b'"',
+            escape: None,
+            null_value: None,
+        }
+    }
+}
+
+/// A source (`[sources.NAME]`): files a model's SQL reads as a table.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// The table name models use.
+    pub name: String,
+    /// A file, folder / prefix, or glob; relative to the pipeline folder or a URL.
+    pub location: String,
+    /// The files' format.
+    pub format: Format,
+    /// Hive-style partition columns (`key=value` folders), with optional SQL types.
+    pub partition_cols: Vec<PartitionCol>,
+    /// CSV options.
+    pub csv: CsvOptions,
+    /// Compression of CSV / JSON files.
+    pub compression: Compression,
+    /// The declared schema, as a SQL column list (`id BIGINT, name VARCHAR`); inferred if absent.
+    pub schema: Option<String>,
+    /// What to do with rows that do not parse.
+    pub on_bad_rows: OnBadRows,
+    /// With quarantine: the most rejected rows tolerated.
+    pub max_bad_rows: Option<u64>,
+    /// Where quarantined rows go.
+    pub rejects: Option<String>,
+    /// The column that places a row in time (used by batches and incremental models).
+    pub event_time: Option<String>,
+}
+
+/// A Hive partition column of a source, e.g. `dt` or `dt:date`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionCol {
+    /// The column name (the `key` of `key=value`).
+    pub name: String,
+    /// Its SQL type; values are read as strings when absent.
+    pub sql_type: Option<String>,
+}
+
+impl PartitionCol {
+    /// Parses `name` or `name:type`.
+    pub fn parse(s: &str) -> PartitionCol {
+        match s.split_once(':') {
+            Some((name, ty)) => PartitionCol {
+                name: name.trim().to_string(),
+                sql_type: Some(ty.trim().to_string()),
+            },
+            None => PartitionCol {
+                name: s.trim().to_string(),
+                sql_type: None,
+            },
+        }
+    }
+}
+
+/// Where and how a model's output is written (`[models.NAME.sink]`).
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// The output folder / prefix; relative to the pipeline folder or a URL.
+    pub location: String,
+    /// The output format.
+    pub format: Format,
+    /// Hive partition columns of the output.
+    pub partition_by: Vec<String>,
+    /// What happens to existing output.
+    pub mode: WriteMode,
+    /// Rows per output file before a new file is started.
+    pub target_rows_per_file: usize,
+}
+
+/// The default number of rows in one output file.
+pub const DEFAULT_ROWS_PER_FILE: usize = 1_000_000;
+
+/// A model (`[models.NAME]` and/or `queries/NAME.sql`): one query and where its result goes.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// The model's name, which other models use as a table name.
+    pub name: String,
+    /// The SQL file, absolute.
+    pub sql_path: PathBuf,
+    /// The SQL text as read from the file (variables not yet substituted).
+    pub sql: String,
+    /// Table or view.
+    pub materialized: Materialized,
+    /// Where the output goes (table models).
+    pub sink: SinkConfig,
+}
+
+/// A validated pipeline: what `sluice run` and `sluice plan` work from.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The pipeline's name (defaults to its folder's name).
+    pub name: String,
+    /// The pipeline folder; relative locations resolve against it.
+    pub root: PathBuf,
+    /// The `sluice.toml` path.
+    pub file: PathBuf,
+    /// `[settings]`.
+    pub settings: Settings,
+    /// `[stores.*]`.
+    pub stores: Vec<StoreConfig>,
+    /// `[sources.*]`, by name.
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Models, by name: `[models.*]` plus every `queries/*.sql`.
+    pub models: BTreeMap<String, ModelConfig>,
+    /// Default values of `{{ KEY }}` variables (`[vars]`), overridden by `--var`.
+    pub vars: BTreeMap<String, String>,
+}
+
+/// Looks up environment variables. The library never reads the process environment itself:
+/// `main` passes it in, and tests pass their own.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+// ---------------------------------------------------------------------------------------------
+// Raw TOML shapes.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    name: Option<String>,
+    #[serde(default)]
+    settings: RawSettings,
+    #[serde(default)]
+    stores: BTreeMap<String, RawStore>,
+    #[serde(default)]
+    sources: BTreeMap<String, RawSource>,
+    #[serde(default)]
+    models: BTreeMap<String, RawModel>,
+    #[serde(default)]
+    vars: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    memory_limit: Option<String>,
+    threads: Option<usize>,
+    spill_dir: Option<String>,
+    state: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: String,
+    endpoint: Option<String>,
+    region: Option<String>,
+    allow_http: Option<bool>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    session_token: Option<String>,
+    #[serde(default)]
+    options: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    location: String,
+    format: Option<Format>,
+    #[serde(default)]
+    partition_cols: Vec<String>,
+    has_header: Option<bool>,
+    delimiter: Option<String>,
+    quote: Option<String>,
+    escape: Option<String>,
+    null_value: Option<String>,
+    #[serde(default)]
+    compression: Compression,
+    schema: Option<String>,
+    #[serde(default)]
+    on_bad_rows: OnBadRows,
+    max_bad_rows: Option<u64>,
+    rejects: Option<String>,
+    event_time: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    sql: Option<String>,
+    materialized: Option<Materialized>,
+    sink: Option<RawSink>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    location: Option<String>,
+    format: Option<Format>,
+    #[serde(default)]
+    partition_by: Vec<String>,
+    mode: Option<WriteMode>,
+    target_rows_per_file: Option<usize>,
+}
+
+impl Pipeline {
+    /// Loads a pipeline from a folder holding `sluice.toml`, or from the file itself.
+    pub fn load(path: &Path, env: EnvLookup<'_>) -> Result<Pipeline, ConfigError> {
+        let file = if path.is_dir() {
+            path.join(CONFIG_FILE)
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        let root = file
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let root = std::path::absolute(&root).map_err(|source| ConfigError::Read {
+            path: root.clone(),
+            source,
+        })?;
+        Pipeline::from_toml(&text, &file, &root, env)
+    }
+
+    /// Builds a pipeline from TOML text; `file` names it in messages, `root` is its folder.
+    pub fn from_toml(
+        text: &str,
+        file: &Path,
+        root: &Path,
+        env: EnvLookup<'_>,
+    ) -> Result<Pipeline, ConfigError> {
+        let raw: RawPipeline = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            ConfigError::Syntax {
+                path: file.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        let v = Validator { file, root, env };
+        v.pipeline(raw)
+    }
+
+    /// Resolves a location written in this pipeline (relative to its folder) to an absolute
+    /// path or URL string.
+    pub fn resolve(&self, location: &str) -> String {
+        resolve_location(location, &self.root)
+    }
+}
+
+/// Resolves a location against a base folder: URLs stay as they are, relative paths are joined
+/// to `base`, and a trailing `/` (meaning "a folder") is kept.
+pub fn resolve_location(location: &str, base: &Path) -> String {
+    if location.contains("://") {
+        return location.to_string();
+    }
+    let p = Path::new(location);
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    let mut s = joined.to_string_lossy().into_owned();
+    if location.ends_with('/') && !s.ends_with('/') {
+        s.push('/');
+    }
+    s
+}
+
+/// 1-based line and column of a byte offset in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Parses a size such as `4GiB`, `512MiB`, `2GB`, `1000000` into bytes.
+pub fn parse_size(s: &str) -> Option<usize> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" => 1e12,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = num * mult;
+    (bytes.is_finite() && bytes >= 1.0).then_some(bytes as usize)
+}
+
+/// Replaces every `${env:NAME}` in `value`; `Err(NAME)` for the first unset variable.
+pub fn interpolate_env(value: &str, env: EnvLookup<'_>) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${env:") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 6..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = after[..end].trim();
+        out.push_str(&env(name).ok_or_else(|| name.to_string())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn single_byte(
+    v: &Option<String>,
+    key: &str,
+    file: &Path,
+    default: Option<u8>,
+) -> Result<Option<u8>, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => {
+            let s = if s == "\\t" { "\t" } else { s.as_str() };
+            if s.len() == 1 {
+                Ok(Some(s.as_bytes()[0]))
+            } else {
+                Err(ConfigError::Invalid {
+                    path: file.to_path_buf(),
+                    key: key.to_string(),
+                    message: format!("expected a single ASCII character, got {s:?}"),
+                })
+            }
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+    root: &'a Path,
+    env: EnvLookup<'a>,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.file.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn env_value(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        interpolate_env(value, self.env).map_err(|name| ConfigError::MissingEnv {
+            path: self.file.to_path_buf(),
+            key: key.to_string(),
+            name,
+        })
+    }
+
+    fn pipeline(&self, raw: RawPipeline) -> Result<Pipeline, ConfigError> {
+        let name = match raw.name {
+            Some(n) => n,
+            None => self
+                .root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "pipeline".to_string()),
+        };
+        let settings = self.settings(raw.settings)?;
+        let mut stores = Vec::new();
+        for (name, s) in raw.stores {
+            stores.push(self.store(name, s)?);
+        }
+        let mut sources = BTreeMap::new();
+        for (name, s) in raw.sources {
+            let src = self.source(&name, s)?;
+            sources.insert(name, src);
+        }
+        let models = self.models(raw.models, &sources)?;
+        let mut vars = BTreeMap::new();
+        for (k, v) in raw.vars {
+            let s = match v {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            vars.insert(k, s);
+        }
+        Ok(Pipeline {
+            name,
+            root: self.root.to_path_buf(),
+            file: self.file.to_path_buf(),
+            settings,
+            stores,
+            sources,
+            models,
+            vars,
+        })
+    }
+
+    fn settings(&self, raw: RawSettings) -> Result<Settings, ConfigError> {
+        let memory_limit = raw
+            .memory_limit
+            .map(|s| {
+                parse_size(&s).ok_or_else(|| {
+                    self.invalid(
+                        "settings.memory_limit",
+                        format!("{s:?} is not a size (examples: \"512MiB\", \"4GiB\")"),
+                    )
+                })
+            })
+            .transpose()?;
+        if raw.threads == Some(0) {
+            return Err(self.invalid("settings.threads", "must be at least 1"));
+        }
+        let state = raw.state.as_deref().unwrap_or(".sluice/state.db");
+        Ok(Settings {
+            memory_limit,
+            threads: raw.threads,
+            spill_dir: raw
+                .spill_dir
+                .map(|d| PathBuf::from(resolve_location(&d, self.root))),
+            state: PathBuf::from(resolve_location(state, self.root)),
+        })
+    }
+
+    fn store(&self, name: String, raw: RawStore) -> Result<StoreConfig, ConfigError> {
+        let key = |k: &str| format!("stores.{name}.{k}");
+        let url = self.env_value(&key("url"), &raw.url)?;
+        if !url.contains("://") {
+            return Err(self.invalid(
+                key("url"),
+                format!(
+                    "{url:?} is not a URL (expected s3://, gs://, az://, http(s):// or file://)"
+                ),
+            ));
+        }
+        let mut options = BTreeMap::new();
+        let fixed = [
+            ("endpoint", raw.endpoint),
+            ("region", raw.region),
+            ("allow_http", raw.allow_http.map(|b| b.to_string())),
+            ("access_key_id", raw.access_key_id),
+            ("secret_access_key", raw.secret_access_key),
+            ("session_token", raw.session_token),
+        ];
+        for (k, v) in fixed.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))) {
+            options.insert(k.to_string(), self.env_value(&key(k), &v)?);
+        }
+        for (k, v) in raw.options {
+            let value = self.env_value(&key(&format!("options.{k}")), &v)?;
+            options.insert(k, value);
+        }
+        Ok(StoreConfig { name, url, options })
+    }
+
+    fn source(&self, name: &str, raw: RawSource) -> Result<SourceConfig, ConfigError> {
+        let key = |k: &str| format!("sources.{name}.{k}");
+        if !valid_name(name) {
+            return Err(self.invalid(
+                format!("sources.{name}"),
+                "a source name must be a SQL identifier (letters, digits, _)",
+            ));
+        }
+        let format = match raw.format.or_else(|| Format::from_path(&raw.location)) {
+            Some(f) => f,
+            None => {
+                return Err(self.invalid(
+                    key("format"),
+                    "cannot tell the format from the location: set format = \"parquet\", \"csv\" or \"json\"",
+                ));
+            }
+        };
+        let defaults = CsvOptions::default();
+        let csv = CsvOptions {
+            has_header: raw.has_header.unwrap_or(defaults.has_header),
+            delimiter: single_byte(&raw.delimiter, &key("delimiter"), self.file, Some(b','))?
+                .unwrap_or(b','),
+            quote: single_byte(&raw.quote, &key("quote"), self.file, Some(b'"'))?.unwrap_or(b'"'),
+            escape: single_byte(&raw.escape, &key("escape"), self.file, None)?,
+            null_value: raw.null_value,
+        };
+        if raw.on_bad_rows == OnBadRows::Quarantine && format == Format::Parquet {
+            return Err(self.invalid(
+                key("on_bad_rows"),
+                "quarantine applies to csv and json sources; Parquet files are typed",
+            ));
+        }
+        Ok(SourceConfig {
+            name: name.to_string(),
+            location: resolve_location(
+                &self.env_value(&key("location"), &raw.location)?,
+                self.root,
+            ),
+            format,
+            partition_cols: raw
+                .partition_cols
+                .iter()
+                .map(|s| PartitionCol::parse(s))
+                .collect(),
+            csv,
+            compression: raw.compression,
+            schema: raw.schema,
+            on_bad_rows: raw.on_bad_rows,
+            max_bad_rows: raw.max_bad_rows,
+            rejects: raw.rejects.map(|r| resolve_location(&r, self.root)),
+            event_time: raw.event_time,
+        })
+    }
+
+    fn models(
+        &self,
+        raw: BTreeMap<String, RawModel>,
+        sources: &BTreeMap<String, SourceConfig>,
+    ) -> Result<BTreeMap<String, ModelConfig>, ConfigError> {
+        // Every queries/*.sql is a model; [models.NAME] adds to or overrides its defaults.
+        let mut raw = raw;
+        let queries = self.root.join("queries");
+        if queries.is_dir() {
+            let entries = std::fs::read_dir(&queries).map_err(|source| ConfigError::Read {
+                path: queries.clone(),
+                source,
+            })?;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "sql")
+                    && path.is_file()
+                    && let Some(stem) = path.file_stem()
+                {
+                    raw.entry(stem.to_string_lossy().into_owned()).or_default();
+                }
+            }
+        }
+        let mut models = BTreeMap::new();
+        for (name, m) in raw {
+            if !valid_name(&name) {
+                return Err(self.invalid(
+                    format!("models.{name}"),
+                    "a model name must be a SQL identifier (letters, digits, _)",
+                ));
+            }
+            if sources.contains_key(&name) {
+                return Err(self.invalid(
+                    format!("models.{name}"),
+                    format!("'{name}' is both a source and a model; table names must be unique"),
+                ));
+            }
+            let sql_rel = m.sql.unwrap_or_else(|| format!("queries/{name}.sql"));
+            let sql_path = self.root.join(&sql_rel);
+            let sql = std::fs::read_to_string(&sql_path).map_err(|e| {
+                self.invalid(
+                    format!("models.{name}.sql"),
+                    format!("cannot read {}: {e}", sql_path.display()),
+                )
+            })?;
+            let raw_sink = m.sink.unwrap_or_default();
+            let location = raw_sink.location.unwrap_or_else(|| format!("out/{name}/"));
+            let target_rows_per_file = raw_sink
+                .target_rows_per_file
+                .unwrap_or(DEFAULT_ROWS_PER_FILE);
+            if target_rows_per_file == 0 {
+                return Err(self.invalid(
+                    format!("models.{name}.sink.target_rows_per_file"),
+                    "must be at least 1",
+                ));
+            }
+            let sink = SinkConfig {
+                location: resolve_location(
+                    &self.env_value(&format!("models.{name}.sink.location"), &location)?,
+                    self.root,
+                ),
+                format: raw_sink.format.unwrap_or(Format::Parquet),
+                partition_by: raw_sink.partition_by,
+                mode: raw_sink.mode.unwrap_or(WriteMode::Overwrite),
+                target_rows_per_file,
+            };
+            models.insert(
+                name.clone(),
+                ModelConfig {
+                    name,
+                    sql_path,
+                    sql,
+                    materialized: m.materialized.unwrap_or(Materialized::Table),
+                    sink,
+                },
+            );
+        }
+        Ok(models)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn load(text: &str) -> Result<Pipeline, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        Pipeline::from_toml(text, Path::new("sluice.toml"), dir.path(), &no_env)
+    }
+
+    #[test]
+    fn sizes_parse_in_binary_and_decimal_units() {
+        assert_eq!(parse_size("4GiB"), Some(4 << 30));
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("2GB"), Some(2_000_000_000));
+        assert_eq!(parse_size("1000"), Some(1000));
+        assert_eq!(parse_size("1.5 KiB"), Some(1536));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("3 parsecs"), None);
+    }
+
+    #[test]
+    fn env_references_are_replaced_and_missing_ones_named() {
+        let env = |k: &str| (k == "SECRET").then(|| "s3cr3t".to_string());
+        assert_eq!(
+            interpolate_env("a-${env:SECRET}-b", &env).unwrap(),
+            "a-s3cr3t-b"
+        );
+        assert_eq!(interpolate_env("${env:NOPE}", &env).unwrap_err(), "NOPE");
+        assert_eq!(interpolate_env("plain", &env).unwrap(), "plain");
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column() {
+        let err = load("name = \"x\"\n[settings]\nthreads = \"two\"\n").unwrap_err();
+        match err {
+            ConfigError::Syntax { line, column, .. } => assert_eq!((line, column), (3, 11)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = load("[settings]\nthread = 2\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("unknown field `thread`"), "{msg}");
+        assert!(msg.contains("sluice.toml:2:1"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_format_names_the_line() {
+        let err = load("[sources.a]\nlocation = \"a/\"\nformat = \"xml\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("sluice.toml:3:10"), "{msg}");
+        assert!(msg.contains("xml"), "{msg}");
+    }
+
+    #[test]
+    fn format_is_inferred_from_the_extension() {
+        let p = load("[sources.a]\nlocation = \"data/a.csv.gz\"\n").unwrap();
+        assert_eq!(p.sources["a"].format, Format::Csv);
+        let err = load("[sources.a]\nlocation = \"data/\"\n").unwrap_err();
+        assert!(err.to_string().contains("sources.a.format"), "{err}");
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+}

@@ -1,0 +1,158 @@
+//! The engine: a DataFusion session configured for batch work (memory pool that spills,
+//! thread count, spill folder, object stores), and the execution of one query into a stream
+//! with its metrics.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, execute_stream};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+
+use crate::error::Error;
+use crate::store::StoreRegistry;
+
+/// How the engine may use the machine.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Query memory pool in bytes (`None`: unbounded). Sorts, aggregations and sort-merge
+    /// joins spill to disk beyond it.
+    pub memory_limit: Option<usize>,
+    /// Worker threads and target partitions (`None`: the number of cores).
+    pub threads: Option<usize>,
+    /// Folder for spill files (`None`: the system's temporary folder).
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl EngineOptions {
+    /// The thread count in effect.
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(NonZeroUsize::get)
+                .unwrap_or(2)
+        })
+    }
+}
+
+/// A configured DataFusion session plus the stores it reads and writes.
+pub struct Engine {
+    ctx: SessionContext,
+    stores: Arc<StoreRegistry>,
+    options: EngineOptions,
+}
+
+impl Engine {
+    /// Builds a session with the memory pool, spill folder and parallelism of `options`.
+    pub fn new(options: EngineOptions, stores: Arc<StoreRegistry>) -> Result<Engine, Error> {
+        let threads = options.threads();
+        let config = SessionConfig::new()
+            .with_target_partitions(threads)
+            .with_information_schema(true);
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(limit) = options.memory_limit {
+            let pool = TrackConsumersPool::new(
+                FairSpillPool::new(limit),
+                NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN),
+            );
+            runtime = runtime.with_memory_pool(Arc::new(pool));
+        }
+        // Spilling sorts merge at most 16 runs at once: with the default fan-in a tight pool
+        // fails with "Not enough memory to continue external sort".
+        let mut disk = DiskManagerBuilder::default().with_max_spill_merge_fan_in(16);
+        if let Some(dir) = &options.spill_dir {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            disk = disk.with_mode(DiskManagerMode::Directories(vec![dir.clone()]));
+        }
+        runtime = runtime.with_disk_manager_builder(disk);
+        let runtime = runtime.build_arc().map_err(|e| Error::Query {
+            context: "cannot start the query engine".into(),
+            source: e,
+        })?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        Ok(Engine {
+            ctx,
+            stores,
+            options,
+        })
+    }
+
+    /// The DataFusion session.
+    pub fn ctx(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The object stores.
+    pub fn stores(&self) -> &Arc<StoreRegistry> {
+        &self.stores
+    }
+
+    /// The options the engine was built with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Memory writers may buffer before flushing early: a quarter of the pool, or 256 MiB.
+    pub fn write_buffer_budget(&self) -> usize {
+        self.options
+            .memory_limit
+            .map_or(256 << 20, |l| (l / 4).max(8 << 20))
+    }
+
+    /// Plans `df` and starts executing it; the returned [`Execution`] yields the stream and,
+    /// once it is drained, the scan metrics.
+    pub async fn execute(&self, df: DataFrame) -> datafusion::error::Result<Execution> {
+        let plan = df.create_physical_plan().await?;
+        let stream = execute_stream(Arc::clone(&plan), self.ctx.task_ctx())?;
+        Ok(Execution {
+            plan,
+            stream: Some(stream),
+        })
+    }
+}
+
+/// A running query: its output stream, and its physical plan for metrics afterwards.
+pub struct Execution {
+    plan: Arc<dyn ExecutionPlan>,
+    stream: Option<SendableRecordBatchStream>,
+}
+
+impl Execution {
+    /// Takes the output stream (once).
+    pub fn take_stream(&mut self) -> Option<SendableRecordBatchStream> {
+        self.stream.take()
+    }
+
+    /// Rows the plan's scans produced: the rows read from sources and upstream outputs.
+    pub fn rows_scanned(&self) -> u64 {
+        fn walk(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+            let children = plan.children();
+            if children.is_empty() {
+                plan.metrics()
+                    .and_then(|m| m.output_rows())
+                    .map_or(0, |r| r as u64)
+            } else {
+                children.into_iter().map(walk).sum()
+            }
+        }
+        walk(&self.plan)
+    }
+
+    /// Bytes spilled to disk by the plan's operators.
+    pub fn spilled_bytes(&self) -> u64 {
+        fn walk(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+            let own = plan
+                .metrics()
+                .and_then(|m| m.spilled_bytes())
+                .map_or(0, |b| b as u64);
+            own + plan.children().into_iter().map(walk).sum::<u64>()
+        }
+        walk(&self.plan)
+    }
+}

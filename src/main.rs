@@ -1,0 +1,259 @@
+//! The `sluice` binary: parse flags, set up logging and the runtime, dispatch to the library,
+//! and turn its result into output and an exit status. Nothing else lives here.
+
+mod cli;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluice::config::{self, ConfigError, Format, Pipeline, WriteMode};
+use sluice::engine::EngineOptions;
+use sluice::error::{EXIT_FAILED, EXIT_OK};
+use sluice::progress::Progress;
+use sluice::{Error, run, sql};
+
+use cli::{BenchCommand, Cli, Command, GenCommand, PipelineArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.quiet, cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED as u8);
+        }
+    };
+    let progress = Progress::new(!cli.quiet);
+    let code = match runtime.block_on(dispatch(cli.command, &progress, cli.quiet)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+fn init_logging(quiet: bool, verbose: u8) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "sluice=info,warn",
+        (false, 2) => "sluice=debug,info",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// The process environment, handed to the library (which never reads it itself).
+fn environment() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+fn env_lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn cwd() -> PathBuf {
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
+}
+
+fn usage(key: &str, message: impl Into<String>) -> Error {
+    ConfigError::Invalid {
+        path: PathBuf::from("command line"),
+        key: key.to_string(),
+        message: message.into(),
+    }
+    .into()
+}
+
+fn parse_vars(vars: &[String]) -> Result<BTreeMap<String, String>, Error> {
+    vars.iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .ok_or_else(|| usage("--var", format!("expected KEY=VALUE, got {kv:?}")))
+        })
+        .collect()
+}
+
+fn parse_memory(flag: &Option<String>) -> Result<Option<usize>, Error> {
+    flag.as_deref()
+        .map(|s| {
+            config::parse_size(s).ok_or_else(|| {
+                usage(
+                    "--memory-limit",
+                    format!("{s:?} is not a size (examples: 512MiB, 4GiB)"),
+                )
+            })
+        })
+        .transpose()
+}
+
+fn parse_threads(t: Option<usize>) -> Result<Option<usize>, Error> {
+    match t {
+        Some(0) => Err(usage("--threads", "must be at least 1")),
+        other => Ok(other),
+    }
+}
+
+fn parse_format(s: &str) -> Result<Format, Error> {
+    Format::parse(s).ok_or_else(|| {
+        usage(
+            "--format",
+            format!("unknown format {s:?} (expected parquet, csv or json)"),
+        )
+    })
+}
+
+fn run_options(args: &PipelineArgs, dry_run: bool) -> Result<run::RunOptions, Error> {
+    Ok(run::RunOptions {
+        select: args
+            .select
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .cloned()
+            .collect(),
+        vars: parse_vars(&args.vars)?,
+        memory_limit: parse_memory(&args.memory_limit)?,
+        threads: parse_threads(args.threads)?,
+        dry_run,
+    })
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+async fn dispatch(command: Command, progress: &Progress, quiet: bool) -> Result<i32, Error> {
+    match command {
+        Command::Run(args) => {
+            let opts = run_options(&args.pipeline, args.dry_run)?;
+            let pipeline = Pipeline::load(&args.pipeline.path, &env_lookup)?;
+            let prepared = run::prepare(pipeline, &opts, environment()).await?;
+            if opts.dry_run && !quiet {
+                print!("{}", run::describe_plan(&prepared));
+            }
+            let report = run::run(prepared, &opts, progress).await;
+            if let Some(path) = &args.report {
+                write_file(path, &report.to_json())?;
+            }
+            if !quiet {
+                eprint!("{}", report.summary());
+            }
+            if report.succeeded() {
+                Ok(EXIT_OK)
+            } else {
+                for m in report.models.iter().filter(|m| m.status == "failed") {
+                    eprintln!(
+                        "error: model '{}' failed: {}",
+                        m.name,
+                        m.error.as_deref().unwrap_or("unknown error")
+                    );
+                }
+                Ok(EXIT_FAILED)
+            }
+        }
+        Command::Plan(args) => {
+            let opts = run_options(&args.pipeline, true)?;
+            let pipeline = Pipeline::load(&args.pipeline.path, &env_lookup)?;
+            let prepared = run::prepare(pipeline, &opts, environment()).await?;
+            print!("{}", run::describe_plan(&prepared));
+            Ok(EXIT_OK)
+        }
+        Command::Sql(args) => {
+            let (text, origin) = match (&args.execute, &args.file) {
+                (Some(sql), _) => (sql.clone(), PathBuf::from("-e")),
+                (None, Some(file)) => {
+                    let text =
+                        std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+                            path: file.clone(),
+                            source,
+                        })?;
+                    (text, file.clone())
+                }
+                (None, None) => return Err(usage("sql", "give a SQL file or -e SQL")),
+            };
+            let base = cwd();
+            let mut tables = Vec::new();
+            for t in &args.tables {
+                let (name, location) = t.split_once('=').ok_or_else(|| {
+                    usage("--table", format!("expected NAME=LOCATION, got {t:?}"))
+                })?;
+                tables.push(sql::TableArg {
+                    name: name.trim().to_string(),
+                    location: config::resolve_location(location.trim(), &base),
+                    format: None,
+                    partition_cols: Vec::new(),
+                });
+            }
+            let out = match &args.out {
+                Some(loc) => Some(sql::OutputTarget {
+                    location: config::resolve_location(loc, &base),
+                    format: parse_format(&args.format)?,
+                    partition_by: args.partition_by.clone(),
+                    mode: WriteMode::parse(&args.mode).ok_or_else(|| {
+                        usage(
+                            "--mode",
+                            format!(
+                                "unknown mode {:?} (expected overwrite, append, overwrite_partitions or error_if_exists)",
+                                args.mode
+                            ),
+                        )
+                    })?,
+                    target_rows_per_file: match args.target_rows_per_file {
+                        Some(0) => return Err(usage("--target-rows-per-file", "must be at least 1")),
+                        Some(n) => n,
+                        None => config::DEFAULT_ROWS_PER_FILE,
+                    },
+                }),
+                None => None,
+            };
+            let opts = sql::SqlOptions {
+                sql: text,
+                origin,
+                vars: parse_vars(&args.vars)?,
+                tables,
+                out,
+                engine: EngineOptions {
+                    memory_limit: parse_memory(&args.memory_limit)?,
+                    threads: parse_threads(args.threads)?,
+                    spill_dir: None,
+                },
+                max_rows: args.max_rows,
+            };
+            let mut stdout = std::io::stdout().lock();
+            let summary = sql::run_sql(&opts, environment(), progress, &mut stdout).await?;
+            if opts.out.is_some() && !quiet {
+                eprintln!(
+                    "wrote {} rows in {} files",
+                    summary.rows,
+                    summary.files.len()
+                );
+            }
+            stdout.flush().map_err(|source| Error::Io {
+                path: "stdout".into(),
+                source,
+            })?;
+            Ok(EXIT_OK)
+        }
+        Command::Gen(GenCommand::Tpch(_args)) => Err(usage("gen", "not yet available")),
+        Command::Bench(BenchCommand::Tpch(_args)) => Err(usage("bench", "not yet available")),
+    }
+}

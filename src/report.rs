@@ -1,0 +1,125 @@
+//! The run report: what happened in a run, as JSON for schedulers and as a summary for people.
+
+use serde::Serialize;
+
+/// The outcome of one `sluice run` (the JSON of `--report FILE`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Unique id of the run; also part of every file name the run writes.
+    pub run_id: String,
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// `success`, `failed`, or `planned` for a dry run.
+    pub status: String,
+    /// Start time, RFC 3339 UTC.
+    pub started_at: String,
+    /// End time, RFC 3339 UTC.
+    pub finished_at: String,
+    /// One entry per selected model, in run order.
+    pub models: Vec<ModelReport>,
+}
+
+/// What happened to one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelReport {
+    /// The model's name.
+    pub name: String,
+    /// `success`, `failed`, `skipped` (an upstream model failed) or `planned` (dry run).
+    pub status: String,
+    /// `table` or `view`.
+    pub materialized: String,
+    /// Rows read by the model's scans (sources and upstream outputs).
+    pub rows_in: u64,
+    /// Rows written.
+    pub rows_out: u64,
+    /// Rows quarantined as unparseable.
+    pub rows_rejected: u64,
+    /// Work units planned.
+    pub units_total: u64,
+    /// Work units committed.
+    pub units_done: u64,
+    /// Wall time.
+    pub elapsed_ms: u64,
+    /// Bytes spilled to disk by sorts, aggregations and joins.
+    pub spilled_bytes: u64,
+    /// The files this run wrote (paths relative to the pipeline folder, or URLs).
+    pub outputs: Vec<String>,
+    /// Why the model failed or was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ModelReport {
+    /// An entry for a model that has not run.
+    pub fn new(name: &str, materialized: &str, status: &str) -> ModelReport {
+        ModelReport {
+            name: name.to_string(),
+            status: status.to_string(),
+            materialized: materialized.to_string(),
+            rows_in: 0,
+            rows_out: 0,
+            rows_rejected: 0,
+            units_total: 1,
+            units_done: 0,
+            elapsed_ms: 0,
+            spilled_bytes: 0,
+            outputs: Vec::new(),
+            error: None,
+        }
+    }
+}
+
+impl RunReport {
+    /// Whether every model succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.status == "success" || self.status == "planned"
+    }
+
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    /// A human summary, one line per model.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let width = self
+            .models
+            .iter()
+            .map(|m| m.name.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        for m in &self.models {
+            let secs = m.elapsed_ms as f64 / 1000.0;
+            let line = match m.status.as_str() {
+                "success" if m.materialized == "view" => {
+                    format!("  {:<width$}  view     (inlined)", m.name)
+                }
+                "success" => format!(
+                    "  {:<width$}  ok       {:>12} rows in  {:>12} rows out  {:>4} files  {secs:>7.2}s",
+                    m.name,
+                    m.rows_in,
+                    m.rows_out,
+                    m.outputs.len()
+                ),
+                "planned" => format!("  {:<width$}  planned", m.name),
+                status => format!(
+                    "  {:<width$}  {status:<8} {}",
+                    m.name,
+                    m.error.as_deref().unwrap_or("")
+                ),
+            };
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "run {} {}: {} of {} models ok\n",
+            self.run_id,
+            self.status,
+            self.models.iter().filter(|m| m.status == "success").count(),
+            self.models.len()
+        ));
+        out
+    }
+}

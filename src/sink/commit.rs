@@ -1,0 +1,423 @@
+//! The commit protocol: how staged files become a model's published output atomically.
+//!
+//! An output folder holds data files (`key=value/part-NNNNN-<run>.ext`), a `_MANIFEST` listing
+//! the files of the current version with their row counts, and a `_SUCCESS` marker. A write:
+//!
+//! 1. **stages** every new file under `_staging/<run>/` (readers never look there: DataFusion
+//!    skips nested non-partition folders, Spark and Hive skip `_` folders);
+//! 2. **moves** each staged file to its final key. Names carry the run id, so a move never
+//!    replaces a file the current manifest lists: readers of the old version are unaffected;
+//! 3. **commits** by writing `_MANIFEST` in one PUT. A PUT of one object is atomic on every
+//!    object store (and a rename on local disk), so the manifest names either the old complete
+//!    file set or the new one, never a mix. This is the commit point, and it needs no rename;
+//! 4. **cleans up**: deletes every data file the new manifest does not list (replaced files,
+//!    orphans of an earlier crashed publish), writes `_SUCCESS`, and removes the staging folder.
+//!
+//! A failure before step 3 deletes what this run staged or moved and leaves the old manifest
+//! and files exactly as they were. A crash before step 3 leaves only unlisted files, which the
+//! next write to the same output deletes; a crash after step 3 leaves a committed output whose
+//! leftovers the next write deletes too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::config::WriteMode;
+use crate::store::Location;
+
+/// The manifest's object name inside an output folder.
+pub const MANIFEST: &str = "_MANIFEST";
+/// The success marker's object name inside an output folder.
+pub const SUCCESS: &str = "_SUCCESS";
+/// The staging folder's name inside an output folder.
+pub const STAGING: &str = "_staging";
+
+/// The version of the manifest format written by this build.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// The list of files that make up one published version of an output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// Manifest format version.
+    pub version: u32,
+    /// The run that committed this version.
+    pub run_id: String,
+    /// When it was committed (RFC 3339, UTC).
+    pub committed_at: String,
+    /// The files' format.
+    pub format: String,
+    /// Hive partition columns.
+    pub partition_by: Vec<String>,
+    /// Total rows over all files.
+    pub rows: u64,
+    /// The files, relative to the output folder.
+    pub files: Vec<ManifestFile>,
+}
+
+/// One file of a published output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestFile {
+    /// Path relative to the output folder, e.g. `order_date=2024-01-01/part-00000-<run>.parquet`.
+    pub path: String,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+impl ManifestFile {
+    /// The partition folder the file lives in (`""` when unpartitioned).
+    pub fn partition(&self) -> &str {
+        self.path.rsplit_once('/').map_or("", |(dir, _)| dir)
+    }
+}
+
+/// A failed step of the protocol, with the object key it concerned.
+#[derive(Debug)]
+pub struct CommitError {
+    /// The object key (as a user would recognise it).
+    pub key: String,
+    /// What failed.
+    pub message: String,
+}
+
+/// An output folder and the store that holds it.
+pub struct Output {
+    store: Arc<dyn ObjectStore>,
+    location: Location,
+}
+
+/// What the folder held before this write.
+#[derive(Debug, Default)]
+pub struct Existing {
+    /// The current manifest, if there is one.
+    pub manifest: Option<Manifest>,
+    /// Every data file found by listing (relative paths), listed or not.
+    pub data_files: Vec<(String, u64)>,
+}
+
+impl Existing {
+    /// Whether any output exists.
+    pub fn is_empty(&self) -> bool {
+        self.manifest.is_none() && self.data_files.is_empty()
+    }
+
+    /// The files of the current version: the manifest's, or (for a folder sluice did not
+    /// write) every data file found.
+    pub fn current_files(&self) -> Vec<ManifestFile> {
+        match &self.manifest {
+            Some(m) => m.files.clone(),
+            None => self
+                .data_files
+                .iter()
+                .map(|(path, bytes)| ManifestFile {
+                    path: path.clone(),
+                    rows: 0,
+                    bytes: *bytes,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Output {
+    /// The output folder at `location` (a folder) in `store`.
+    pub fn new(store: Arc<dyn ObjectStore>, location: Location) -> Output {
+        Output {
+            store,
+            location: location.as_folder(),
+        }
+    }
+
+    /// The store holding the output.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// The output's location.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The object key of a path relative to the output folder.
+    pub fn key(&self, relative: &str) -> ObjectPath {
+        self.location.child(relative)
+    }
+
+    /// The staging folder (relative) of a run.
+    pub fn staging_dir(run_id: &str) -> String {
+        format!("{STAGING}/{run_id}")
+    }
+
+    fn err(&self, key: &ObjectPath, e: impl std::fmt::Display) -> CommitError {
+        CommitError {
+            key: self.location.display_key(key),
+            message: e.to_string(),
+        }
+    }
+
+    /// Reads the manifest, if any.
+    pub async fn read_manifest(&self) -> Result<Option<Manifest>, CommitError> {
+        let key = self.key(MANIFEST);
+        match self.store.get(&key).await {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(|e| self.err(&key, e))?;
+                let m: Manifest = serde_json::from_slice(&bytes)
+                    .map_err(|e| self.err(&key, format!("not a sluice manifest: {e}")))?;
+                Ok(Some(m))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(&key, e)),
+        }
+    }
+
+    /// Lists everything under the folder as (relative path, size).
+    async fn list(&self) -> Result<Vec<(String, u64)>, CommitError> {
+        let prefix = self.location.path();
+        let base: Vec<_> = prefix.parts().collect();
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&prefix, e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let parts: Vec<_> = m.location.parts().collect();
+                parts.starts_with(&base).then(|| {
+                    let rel: Vec<&str> = parts[base.len()..].iter().map(|p| p.as_ref()).collect();
+                    (rel.join("/"), m.size)
+                })
+            })
+            .collect())
+    }
+
+    /// Reads the folder's state, and deletes staging leftovers of other runs (crashed runs:
+    /// runs of one pipeline never overlap).
+    pub async fn inspect(&self, run_id: &str) -> Result<Existing, CommitError> {
+        let manifest = self.read_manifest().await?;
+        let mine = format!("{}/", Output::staging_dir(run_id));
+        let mut data_files = Vec::new();
+        let mut stale = Vec::new();
+        for (path, size) in self.list().await? {
+            if path.starts_with(&format!("{STAGING}/")) {
+                if !path.starts_with(&mine) {
+                    stale.push(path);
+                }
+            } else if is_data_file(&path) {
+                data_files.push((path, size));
+            }
+        }
+        self.delete_all(stale).await?;
+        Ok(Existing {
+            manifest,
+            data_files,
+        })
+    }
+
+    /// Deletes the given relative paths (missing ones are fine).
+    pub async fn delete_all(&self, paths: Vec<String>) -> Result<(), CommitError> {
+        let keys: Vec<ObjectPath> = paths.iter().map(|p| self.key(p)).collect();
+        let results: Vec<_> = futures::stream::iter(keys)
+            .map(|k| async move {
+                match self.store.delete(&k).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(self.err(&k, e)),
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// Deletes this run's staging folder.
+    pub async fn discard_staging(&self, run_id: &str) -> Result<(), CommitError> {
+        let dir = Output::staging_dir(run_id);
+        let prefix = self.key(&dir);
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&prefix, e))?;
+        let results: Vec<_> = futures::stream::iter(metas)
+            .map(|m| async move {
+                match self.store.delete(&m.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(self.err(&m.location, e)),
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// Publishes staged files (relative to this run's staging folder) as the new version of
+    /// the output, following the protocol in this module's documentation.
+    pub async fn publish(
+        &self,
+        run_id: &str,
+        mode: WriteMode,
+        format: &str,
+        partition_by: &[String],
+        existing: &Existing,
+        staged: Vec<ManifestFile>,
+    ) -> Result<Manifest, CommitError> {
+        let new_partitions: BTreeSet<&str> = staged.iter().map(|f| f.partition()).collect();
+        let kept: Vec<ManifestFile> = match mode {
+            WriteMode::Overwrite | WriteMode::ErrorIfExists => Vec::new(),
+            WriteMode::Append => existing.current_files(),
+            WriteMode::OverwritePartitions => existing
+                .current_files()
+                .into_iter()
+                .filter(|f| !new_partitions.contains(f.partition()))
+                .collect(),
+        };
+
+        // Step 2: move staged files to their final keys.
+        let staging = Output::staging_dir(run_id);
+        let moves: Vec<(ObjectPath, ObjectPath)> = staged
+            .iter()
+            .map(|f| {
+                (
+                    self.key(&format!("{staging}/{}", f.path)),
+                    self.key(&f.path),
+                )
+            })
+            .collect();
+        let moved: Vec<Result<ObjectPath, CommitError>> = futures::stream::iter(moves)
+            .map(|(from, to)| async move {
+                self.store
+                    .rename(&from, &to)
+                    .await
+                    .map(|()| to.clone())
+                    .map_err(|e| self.err(&to, e))
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        if let Some(first_err) = moved.iter().find_map(|r| r.as_ref().err()) {
+            let first_err = CommitError {
+                key: first_err.key.clone(),
+                message: first_err.message.clone(),
+            };
+            // Roll back: nothing of this run may stay visible beside the old version.
+            let done: Vec<String> = staged.iter().map(|f| f.path.clone()).collect();
+            let _ = self.delete_all(done).await;
+            let _ = self.discard_staging(run_id).await;
+            return Err(first_err);
+        }
+
+        // Step 3: the commit point.
+        let mut files = kept;
+        files.extend(staged);
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let manifest = Manifest {
+            version: MANIFEST_VERSION,
+            run_id: run_id.to_string(),
+            committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            format: format.to_string(),
+            partition_by: partition_by.to_vec(),
+            rows: files.iter().map(|f| f.rows).sum(),
+            files,
+        };
+        let body =
+            serde_json::to_vec_pretty(&manifest).map_err(|e| self.err(&self.key(MANIFEST), e))?;
+        let key = self.key(MANIFEST);
+        if let Err(e) = self.store.put(&key, PutPayload::from(body)).await {
+            let err = self.err(&key, e);
+            let done: Vec<String> = manifest
+                .files
+                .iter()
+                .filter(|f| !existing.current_files().contains(f))
+                .map(|f| f.path.clone())
+                .collect();
+            let _ = self.delete_all(done).await;
+            let _ = self.discard_staging(run_id).await;
+            return Err(err);
+        }
+
+        // Step 4: clean up. The output is committed; a failure here is healed by the next write.
+        let listed: BTreeSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+        let garbage: Vec<String> = existing
+            .data_files
+            .iter()
+            .map(|(p, _)| p.clone())
+            .filter(|p| !listed.contains(p.as_str()))
+            .collect();
+        if let Err(e) = self.delete_all(garbage).await {
+            tracing::warn!(
+                "output committed, but an old file could not be deleted: {} ({})",
+                e.key,
+                e.message
+            );
+        }
+        let marker = format!("{run_id}\n");
+        if let Err(e) = self
+            .store
+            .put(&self.key(SUCCESS), PutPayload::from(marker.into_bytes()))
+            .await
+        {
+            tracing::warn!("output committed, but {SUCCESS} could not be written: {e}");
+        }
+        if let Err(e) = self.discard_staging(run_id).await {
+            tracing::warn!(
+                "output committed, but staging could not be removed: {} ({})",
+                e.key,
+                e.message
+            );
+        }
+        Ok(manifest)
+    }
+}
+
+/// Whether a relative path inside an output folder is a data file (not the manifest, the
+/// marker, staging, or a hidden `_` / `.` entry).
+pub fn is_data_file(path: &str) -> bool {
+    !path
+        .split('/')
+        .any(|seg| seg.starts_with('_') && !seg.contains('=') || seg.starts_with('.'))
+}
+
+/// Counts of files per partition folder, for reports.
+pub fn files_by_partition(files: &[ManifestFile]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for f in files {
+        *m.entry(f.partition().to_string()).or_insert(0) += 1;
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_files_exclude_control_and_hidden_entries() {
+        assert!(is_data_file("part-0.parquet"));
+        assert!(is_data_file("d=2024-01-01/part-0.parquet"));
+        assert!(is_data_file("d=__HIVE_DEFAULT_PARTITION__/part-0.parquet"));
+        assert!(!is_data_file("_MANIFEST"));
+        assert!(!is_data_file("_SUCCESS"));
+        assert!(!is_data_file("_staging/r1/part-0.parquet"));
+        assert!(!is_data_file(".hidden/part-0.parquet"));
+    }
+
+    #[test]
+    fn partition_is_the_folder() {
+        let f = |p: &str| ManifestFile {
+            path: p.into(),
+            rows: 1,
+            bytes: 1,
+        };
+        assert_eq!(f("a=1/b=2/part.parquet").partition(), "a=1/b=2");
+        assert_eq!(f("part.parquet").partition(), "");
+    }
+}

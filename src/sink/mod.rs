@@ -1,0 +1,455 @@
+//! Sinks: write a stream of record batches to an output folder, partitioned, in files of a
+//! sensible size, and publish it atomically (see [`commit`] for the protocol).
+//!
+//! Rows are split by partition (Hive `key=value/` folders) and handed to writer *lanes*:
+//! tasks that each encode one file at a time and roll to a new file at
+//! `target_rows_per_file`. A partition gets one lane, and more while it is large and the
+//! machine has idle threads, so files stay big (no file per thread per partition) and
+//! encoding still runs in parallel.
+
+pub mod commit;
+pub mod partition;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use futures::StreamExt;
+use object_store::ObjectStore;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::{Format, WriteMode};
+use crate::store::Location;
+use commit::{CommitError, Manifest, ManifestFile, Output};
+use partition::Partitioner;
+use writer::{FileWriter, WriteError};
+
+/// Rows a partition's lane takes before the partition may open another lane.
+const LANE_ROWS: u64 = 256 * 1024;
+
+/// Errors writing or publishing an output.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// `error_if_exists` and output is already there.
+    #[error("output {location} already exists (mode = \"error_if_exists\")")]
+    Exists {
+        /// The output folder.
+        location: String,
+    },
+    /// A `partition_by` column is not in the result.
+    #[error(
+        "output {location}: partition column '{column}' is not in the result (columns: {available})"
+    )]
+    PartitionColumn {
+        /// The output folder.
+        location: String,
+        /// The missing column.
+        column: String,
+        /// The result's columns.
+        available: String,
+    },
+    /// The query feeding the sink failed.
+    #[error("{}", crate::error::describe_datafusion(.0))]
+    Input(DataFusionError),
+    /// Encoding or uploading a file failed.
+    #[error("cannot write {key}: {message}")]
+    Write {
+        /// The object key.
+        key: String,
+        /// The cause.
+        message: String,
+    },
+    /// A step of the commit protocol failed; the previous output is unchanged.
+    #[error("cannot publish {key}: {message} (the previous output is unchanged)")]
+    Commit {
+        /// The object key.
+        key: String,
+        /// The cause.
+        message: String,
+    },
+}
+
+impl SinkError {
+    /// Whether the error is a usage error (exit status 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, SinkError::PartitionColumn { .. })
+    }
+}
+
+impl From<CommitError> for SinkError {
+    fn from(e: CommitError) -> Self {
+        SinkError::Commit {
+            key: e.key,
+            message: e.message,
+        }
+    }
+}
+
+/// Where and how to write an output.
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    /// The output folder.
+    pub location: Location,
+    /// File format.
+    pub format: Format,
+    /// Hive partition columns.
+    pub partition_by: Vec<String>,
+    /// What happens to existing output.
+    pub mode: WriteMode,
+    /// Rows per file before a new file is started.
+    pub target_rows_per_file: usize,
+    /// Most writer lanes to run at once (usually the thread count).
+    pub parallelism: usize,
+    /// Memory the writers may buffer in total before they flush row groups early.
+    pub buffer_budget: usize,
+}
+
+/// A published output: what the run report shows.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The new manifest.
+    pub manifest: Manifest,
+    /// The files this write added, as full paths or URLs.
+    pub new_files: Vec<String>,
+    /// Rows this write added.
+    pub rows: u64,
+}
+
+/// A staged output, not yet published.
+pub struct Staged {
+    output: Output,
+    existing: commit::Existing,
+    files: Vec<ManifestFile>,
+    run_id: String,
+}
+
+impl Staged {
+    /// Rows staged.
+    pub fn rows(&self) -> u64 {
+        self.files.iter().map(|f| f.rows).sum()
+    }
+}
+
+/// Checks the output folder before any work: `error_if_exists`, and leftovers of crashed runs.
+pub async fn prepare(
+    store: Arc<dyn ObjectStore>,
+    spec: &SinkSpec,
+    run_id: &str,
+) -> Result<(Output, commit::Existing), SinkError> {
+    let output = Output::new(store, spec.location.clone());
+    let existing = output.inspect(run_id).await?;
+    if spec.mode == WriteMode::ErrorIfExists && !existing.is_empty() {
+        return Err(SinkError::Exists {
+            location: spec.location.to_string(),
+        });
+    }
+    Ok((output, existing))
+}
+
+/// Writes `input` to the staging folder of `run_id`. On any failure the staged files are
+/// removed and the previous output is untouched. `on_rows` is called with the rows of each
+/// batch written, for progress.
+pub async fn stage(
+    output: Output,
+    existing: commit::Existing,
+    spec: &SinkSpec,
+    mut input: SendableRecordBatchStream,
+    run_id: &str,
+    on_rows: &(dyn Fn(u64) + Sync),
+) -> Result<Staged, SinkError> {
+    let schema = input.schema();
+    let partitioner = Partitioner::new(&schema, &spec.partition_by).map_err(|column| {
+        SinkError::PartitionColumn {
+            location: spec.location.to_string(),
+            column,
+            available: schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    })?;
+    let file_schema = partitioner.file_schema(&schema);
+    let shared = Arc::new(LaneShared {
+        store: output.store(),
+        output_location: spec.location.clone(),
+        staging: Output::staging_dir(run_id),
+        run_id: run_id.to_string(),
+        format: spec.format,
+        schema: file_schema,
+        target_rows: spec.target_rows_per_file as u64,
+        budget: spec.buffer_budget.max(1 << 20),
+        seq: AtomicUsize::new(0),
+        open_lanes: AtomicUsize::new(0),
+        aborted: AtomicBool::new(false),
+    });
+
+    let mut parts: HashMap<String, PartitionLanes> = HashMap::new();
+    let mut total_lanes = 0usize;
+    let result: Result<(), SinkError> = async {
+        while let Some(batch) = input.next().await {
+            let batch = batch.map_err(SinkError::Input)?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let rows = batch.num_rows() as u64;
+            let slices = partitioner
+                .split(&batch)
+                .map_err(|e| SinkError::Input(e.into()))?;
+            for slice in slices {
+                let lanes = parts
+                    .entry(slice.path.clone())
+                    .or_insert_with(|| PartitionLanes {
+                        path: slice.path.clone(),
+                        lanes: Vec::new(),
+                        rows: 0,
+                        next: 0,
+                    });
+                let want_more = lanes.lanes.is_empty()
+                    || (lanes.rows >= LANE_ROWS * lanes.lanes.len() as u64
+                        && total_lanes < spec.parallelism);
+                if want_more {
+                    lanes
+                        .lanes
+                        .push(Lane::spawn(Arc::clone(&shared), lanes.path.clone()));
+                    total_lanes += 1;
+                }
+                lanes.rows += slice.batch.num_rows() as u64;
+                let i = lanes.next % lanes.lanes.len();
+                lanes.next += 1;
+                if lanes.lanes[i].tx.send(slice.batch).await.is_err() {
+                    // The lane stopped early: it failed; its error is collected below.
+                    return Err(SinkError::Write {
+                        key: spec.location.to_string(),
+                        message: "a writer stopped".into(),
+                    });
+                }
+            }
+            on_rows(rows);
+        }
+        Ok(())
+    }
+    .await;
+
+    if result.is_err() {
+        shared.aborted.store(true, Ordering::SeqCst);
+    }
+    // Close every lane and collect its files (or its error).
+    let mut files = Vec::new();
+    let mut lane_error: Option<SinkError> = None;
+    for (_, p) in parts {
+        for lane in p.lanes {
+            drop(lane.tx);
+            match lane.handle.await {
+                Ok(Ok(mut f)) => files.append(&mut f),
+                Ok(Err(e)) => {
+                    lane_error.get_or_insert(e);
+                }
+                Err(join) => {
+                    lane_error.get_or_insert(SinkError::Write {
+                        key: spec.location.to_string(),
+                        message: format!("writer task failed: {join}"),
+                    });
+                }
+            }
+        }
+    }
+    let failure = match (result, lane_error) {
+        (Err(SinkError::Write { .. }), Some(lane)) => Some(lane),
+        (Err(e), _) => Some(e),
+        (Ok(()), Some(lane)) => Some(lane),
+        (Ok(()), None) => None,
+    };
+    if let Some(err) = failure {
+        shared.aborted.store(true, Ordering::SeqCst);
+        if let Err(e) = output.discard_staging(run_id).await {
+            tracing::warn!("could not remove staging {}: {}", e.key, e.message);
+        }
+        return Err(err);
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Staged {
+        output,
+        existing,
+        files,
+        run_id: run_id.to_string(),
+    })
+}
+
+/// Publishes a staged output (the commit point is the manifest write).
+pub async fn publish(staged: Staged, spec: &SinkSpec) -> Result<Committed, SinkError> {
+    let rows = staged.rows();
+    let new_files: Vec<String> = staged
+        .files
+        .iter()
+        .map(|f| {
+            staged
+                .output
+                .location()
+                .display_key(&staged.output.key(&f.path))
+        })
+        .collect();
+    let manifest = staged
+        .output
+        .publish(
+            &staged.run_id,
+            spec.mode,
+            spec.format.name(),
+            &spec.partition_by,
+            &staged.existing,
+            staged.files,
+        )
+        .await?;
+    Ok(Committed {
+        manifest,
+        new_files,
+        rows,
+    })
+}
+
+/// Prepares, stages and publishes in one call: the whole write of one output.
+pub async fn write(
+    store: Arc<dyn ObjectStore>,
+    spec: &SinkSpec,
+    input: SendableRecordBatchStream,
+    run_id: &str,
+    on_rows: &(dyn Fn(u64) + Sync),
+) -> Result<Committed, SinkError> {
+    let (output, existing) = prepare(store, spec, run_id).await?;
+    let staged = stage(output, existing, spec, input, run_id, on_rows).await?;
+    publish(staged, spec).await
+}
+
+struct LaneShared {
+    store: Arc<dyn ObjectStore>,
+    output_location: Location,
+    staging: String,
+    run_id: String,
+    format: Format,
+    schema: SchemaRef,
+    target_rows: u64,
+    budget: usize,
+    seq: AtomicUsize,
+    open_lanes: AtomicUsize,
+    aborted: AtomicBool,
+}
+
+struct PartitionLanes {
+    path: String,
+    lanes: Vec<Lane>,
+    rows: u64,
+    next: usize,
+}
+
+struct Lane {
+    tx: mpsc::Sender<RecordBatch>,
+    handle: JoinHandle<Result<Vec<ManifestFile>, SinkError>>,
+}
+
+impl Lane {
+    fn spawn(shared: Arc<LaneShared>, partition: String) -> Lane {
+        let (tx, rx) = mpsc::channel(2);
+        let handle = tokio::spawn(run_lane(shared, partition, rx));
+        Lane { tx, handle }
+    }
+}
+
+/// A lane: writes the batches it receives into files of one partition, rolling at the
+/// target row count, flushing row groups early when writers together buffer too much.
+async fn run_lane(
+    shared: Arc<LaneShared>,
+    partition: String,
+    mut rx: mpsc::Receiver<RecordBatch>,
+) -> Result<Vec<ManifestFile>, SinkError> {
+    shared.open_lanes.fetch_add(1, Ordering::SeqCst);
+    let mut files = Vec::new();
+    let mut current: Option<(FileWriter, String, object_store::path::Path)> = None;
+    let result: Result<(), SinkError> = async {
+        while let Some(batch) = rx.recv().await {
+            if current.is_none() {
+                let n = shared.seq.fetch_add(1, Ordering::SeqCst);
+                let name = format!(
+                    "part-{n:05}-{}.{}",
+                    shared.run_id,
+                    shared.format.extension()
+                );
+                let rel = if partition.is_empty() {
+                    name
+                } else {
+                    format!("{partition}/{name}")
+                };
+                let key = shared
+                    .output_location
+                    .child(&format!("{}/{rel}", shared.staging));
+                let w = FileWriter::create(
+                    Arc::clone(&shared.store),
+                    key.clone(),
+                    shared.format,
+                    Arc::clone(&shared.schema),
+                )
+                .map_err(|e| write_err(&shared, &key, e))?;
+                current = Some((w, rel, key));
+            }
+            let Some((w, _, key)) = current.as_mut() else {
+                continue;
+            };
+            w.write(&batch)
+                .await
+                .map_err(|e| write_err(&shared, key, e))?;
+            let lanes = shared.open_lanes.load(Ordering::Relaxed).max(1);
+            if w.buffered_bytes() > shared.budget / lanes {
+                w.flush().await.map_err(|e| write_err(&shared, key, e))?;
+            }
+            if w.rows() >= shared.target_rows
+                && let Some((w, rel, key)) = current.take()
+            {
+                let rows = w.rows();
+                let bytes = w.finish().await.map_err(|e| write_err(&shared, &key, e))?;
+                files.push(ManifestFile {
+                    path: rel,
+                    rows,
+                    bytes,
+                });
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let result = match (result, current.take()) {
+        (Ok(()), Some((w, rel, key))) if !shared.aborted.load(Ordering::SeqCst) => {
+            let rows = w.rows();
+            match w.finish().await {
+                Ok(bytes) => {
+                    files.push(ManifestFile {
+                        path: rel,
+                        rows,
+                        bytes,
+                    });
+                    Ok(())
+                }
+                Err(e) => Err(write_err(&shared, &key, e)),
+            }
+        }
+        (r, Some((w, _, _))) => {
+            w.abort().await;
+            r
+        }
+        (r, None) => r,
+    };
+    shared.open_lanes.fetch_sub(1, Ordering::SeqCst);
+    result.map(|()| files)
+}
+
+fn write_err(shared: &LaneShared, key: &object_store::path::Path, e: WriteError) -> SinkError {
+    SinkError::Write {
+        key: shared.output_location.display_key(key),
+        message: e.0,
+    }
+}

@@ -1,0 +1,228 @@
+//! Hive-style partitioning of output rows: which `key=value/` folder each row belongs to.
+
+use std::collections::HashMap;
+
+use datafusion::arrow::array::{Array, ArrayRef, StringArray, UInt32Array};
+use datafusion::arrow::compute::{cast, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
+
+/// The folder name Hive and Spark use for a NULL partition value.
+pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// Characters escaped in partition values, as Hive does (plus the space), so a value never
+/// breaks the `key=value/` structure of the path. Readers (DataFusion, Spark, DuckDB)
+/// percent-decode them.
+fn must_escape(c: char) -> bool {
+    c.is_control() || "\"#%'*/:=?\\^{}[] ".contains(c)
+}
+
+/// Percent-encodes a partition value for use in a path segment.
+pub fn escape_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if must_escape(c) {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The relative folder of one partition, e.g. `order_date=2024-01-01/region=EU%2FUK`, from the
+/// column names and the (unescaped) values; `None` is NULL.
+pub fn partition_path(cols: &[String], values: &[Option<String>]) -> String {
+    cols.iter()
+        .zip(values)
+        .map(|(c, v)| match v {
+            Some(v) if !v.is_empty() => format!("{c}={}", escape_value(v)),
+            _ => format!("{c}={NULL_PARTITION}"),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// One partition's share of a batch: its folder, its values, and its rows without the
+/// partition columns (Hive partition columns live in the path, not in the files).
+pub struct PartitionSlice {
+    /// The relative folder (`""` for an unpartitioned output).
+    pub path: String,
+    /// The partition values, in `partition_by` order.
+    pub values: Vec<Option<String>>,
+    /// The rows.
+    pub batch: RecordBatch,
+}
+
+/// Splits batches by the values of the partition columns.
+pub struct Partitioner {
+    cols: Vec<String>,
+    col_idx: Vec<usize>,
+    data_idx: Vec<usize>,
+    converter: Option<RowConverter>,
+}
+
+impl Partitioner {
+    /// A partitioner for `schema` by `cols`; `Err(name)` names a column the schema lacks.
+    pub fn new(schema: &SchemaRef, cols: &[String]) -> Result<Partitioner, String> {
+        let mut col_idx = Vec::with_capacity(cols.len());
+        for c in cols {
+            col_idx.push(schema.index_of(c).map_err(|_| c.clone())?);
+        }
+        let data_idx = (0..schema.fields().len())
+            .filter(|i| !col_idx.contains(i))
+            .collect();
+        let converter = if cols.is_empty() {
+            None
+        } else {
+            let fields = col_idx
+                .iter()
+                .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+                .collect();
+            Some(RowConverter::new(fields).map_err(|e| e.to_string())?)
+        };
+        Ok(Partitioner {
+            cols: cols.to_vec(),
+            col_idx,
+            data_idx,
+            converter,
+        })
+    }
+
+    /// The schema of the files: the input schema without the partition columns.
+    pub fn file_schema(&self, schema: &SchemaRef) -> SchemaRef {
+        std::sync::Arc::new(
+            schema
+                .project(&self.data_idx)
+                .unwrap_or_else(|_| schema.as_ref().clone()),
+        )
+    }
+
+    /// Splits one batch into per-partition slices, in order of first appearance.
+    pub fn split(&self, batch: &RecordBatch) -> Result<Vec<PartitionSlice>, ArrowError> {
+        let data = batch.project(&self.data_idx)?;
+        let Some(converter) = &self.converter else {
+            return Ok(vec![PartitionSlice {
+                path: String::new(),
+                values: Vec::new(),
+                batch: data,
+            }]);
+        };
+        let key_cols: Vec<ArrayRef> = self
+            .col_idx
+            .iter()
+            .map(|&i| std::sync::Arc::clone(batch.column(i)))
+            .collect();
+        let rows = converter.convert_columns(&key_cols)?;
+        let mut groups: HashMap<&[u8], Vec<u32>> = HashMap::new();
+        let mut order: Vec<&[u8]> = Vec::new();
+        for i in 0..batch.num_rows() {
+            let key = rows.row(i).data();
+            groups
+                .entry(key)
+                .or_insert_with(|| {
+                    order.push(key);
+                    Vec::new()
+                })
+                .push(i as u32);
+        }
+        let strings: Vec<StringArray> = key_cols
+            .iter()
+            .map(|c| {
+                let s = cast(c, &DataType::Utf8)?;
+                Ok(s.as_any()
+                    .downcast_ref::<StringArray>()
+                    .cloned()
+                    .unwrap_or_else(|| StringArray::new_null(c.len())))
+            })
+            .collect::<Result<_, ArrowError>>()?;
+        let mut out = Vec::with_capacity(order.len());
+        for key in order {
+            let idx = &groups[key];
+            let first = idx[0] as usize;
+            let values: Vec<Option<String>> = strings
+                .iter()
+                .map(|s| (!s.is_null(first)).then(|| s.value(first).to_string()))
+                .collect();
+            let slice = if idx.len() == batch.num_rows() {
+                data.clone()
+            } else {
+                take_record_batch(&data, &UInt32Array::from(idx.clone()))?
+            };
+            out.push(PartitionSlice {
+                path: partition_path(&self.cols, &values),
+                values,
+                batch: slice,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int32Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use std::sync::Arc;
+
+    #[test]
+    fn values_are_escaped_like_hive() {
+        assert_eq!(escape_value("2024-01-01"), "2024-01-01");
+        assert_eq!(escape_value("EU/UK"), "EU%2FUK");
+        assert_eq!(escape_value("a=b c"), "a%3Db%20c");
+        assert_eq!(
+            partition_path(&["a".into(), "b".into()], &[Some("x".into()), None]),
+            format!("a=x/b={NULL_PARTITION}")
+        );
+    }
+
+    #[test]
+    fn split_groups_rows_and_drops_partition_columns() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("v", DataType::Int32, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(vec![
+                    Some("a"),
+                    Some("b"),
+                    Some("a"),
+                    None,
+                ])),
+                Arc::new(Int32Array::from(vec![1, 2, 3, 4])),
+            ],
+        )
+        .unwrap();
+        let p = Partitioner::new(&schema, &["k".to_string()]).unwrap();
+        let slices = p.split(&batch).unwrap();
+        let summary: Vec<(String, usize)> = slices
+            .iter()
+            .map(|s| (s.path.clone(), s.batch.num_rows()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("k=a".to_string(), 2),
+                ("k=b".to_string(), 1),
+                (format!("k={NULL_PARTITION}"), 1)
+            ]
+        );
+        assert_eq!(slices[0].batch.num_columns(), 1);
+        let v = slices[0]
+            .batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .unwrap();
+        assert_eq!(v.values(), &[1, 3]);
+        assert!(Partitioner::new(&schema, &["nope".to_string()]).is_err());
+    }
+}

@@ -1,0 +1,227 @@
+//! `sluice sql`: one transform (a SQL file or `-e` text) over named tables, printed as a
+//! table or written to an output with the same sink and commit protocol as a pipeline.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use futures::StreamExt;
+
+use crate::catalog::{self, TableSpec};
+use crate::config::{Format, PartitionCol, WriteMode};
+use crate::engine::{Engine, EngineOptions};
+use crate::error::{Error, describe_datafusion};
+use crate::plan::{self, PlanError};
+use crate::progress::Progress;
+use crate::sink::{self, SinkSpec};
+use crate::store::{Location, StoreRegistry};
+
+/// Where `sluice sql --out` writes.
+#[derive(Debug, Clone)]
+pub struct OutputTarget {
+    /// Output folder (absolute path or URL).
+    pub location: String,
+    /// File format.
+    pub format: Format,
+    /// Hive partition columns.
+    pub partition_by: Vec<String>,
+    /// What happens to existing output.
+    pub mode: WriteMode,
+    /// Rows per file.
+    pub target_rows_per_file: usize,
+}
+
+/// A table given with `--table NAME=LOCATION`.
+#[derive(Debug, Clone)]
+pub struct TableArg {
+    /// The table name.
+    pub name: String,
+    /// Absolute path or URL: a file, folder or glob.
+    pub location: String,
+    /// The format, if the user said (`NAME=LOCATION` with `--table-format`), else guessed.
+    pub format: Option<Format>,
+    /// Hive partition columns.
+    pub partition_cols: Vec<PartitionCol>,
+}
+
+/// Everything `sluice sql` needs.
+#[derive(Debug, Clone)]
+pub struct SqlOptions {
+    /// The SQL text.
+    pub sql: String,
+    /// Where it came from, for messages: the file, or `-e`.
+    pub origin: PathBuf,
+    /// `--var KEY=VALUE`.
+    pub vars: BTreeMap<String, String>,
+    /// The tables.
+    pub tables: Vec<TableArg>,
+    /// `--out`, or print.
+    pub out: Option<OutputTarget>,
+    /// Engine options.
+    pub engine: EngineOptions,
+    /// At most this many rows are printed.
+    pub max_rows: usize,
+}
+
+/// What `sluice sql` did.
+#[derive(Debug, Clone)]
+pub struct SqlSummary {
+    /// Rows the query produced.
+    pub rows: u64,
+    /// Files written (with `--out`).
+    pub files: Vec<String>,
+}
+
+/// Runs one transform. Printed output goes to `out`.
+pub async fn run_sql(
+    opts: &SqlOptions,
+    env: Vec<(String, String)>,
+    progress: &Progress,
+    out: &mut dyn Write,
+) -> Result<SqlSummary, Error> {
+    let sql = plan::render(&opts.sql, &opts.vars, &opts.origin)?;
+    // Parse first, so a syntax error names the file before any table is touched.
+    plan::table_references(&sql, &opts.origin)?;
+    let stores = Arc::new(StoreRegistry::new(Vec::new(), env));
+    let engine = Engine::new(opts.engine.clone(), stores)?;
+    for t in &opts.tables {
+        let format = match t.format {
+            Some(f) => f,
+            None => guess_format(&engine, &t.location).await?,
+        };
+        let spec = TableSpec {
+            name: t.name.clone(),
+            location: t.location.clone(),
+            format,
+            partition_cols: t.partition_cols.clone(),
+            partition_types: Vec::new(),
+            csv: Default::default(),
+            compression: compression_of(&t.location),
+            schema: None,
+            arrow_schema: None,
+        };
+        catalog::register_table(engine.ctx(), engine.stores(), &spec).await?;
+    }
+    let df = engine.ctx().sql(&sql).await.map_err(|e| PlanError::Sql {
+        model: "sql".into(),
+        file: opts.origin.clone(),
+        message: describe_datafusion(&e),
+    })?;
+    let query_err = |e: datafusion::error::DataFusionError| Error::Query {
+        context: opts.origin.display().to_string(),
+        source: e,
+    };
+    let mut exec = engine.execute(df).await.map_err(query_err)?;
+    let Some(mut stream) = exec.take_stream() else {
+        return Ok(SqlSummary {
+            rows: 0,
+            files: Vec::new(),
+        });
+    };
+    match &opts.out {
+        Some(target) => {
+            let spec = SinkSpec {
+                location: Location::parse(&target.location)?.as_folder(),
+                format: target.format,
+                partition_by: target.partition_by.clone(),
+                mode: target.mode,
+                target_rows_per_file: target.target_rows_per_file,
+                parallelism: engine.options().threads(),
+                buffer_budget: engine.write_buffer_budget(),
+            };
+            let store = engine.stores().store_for(&spec.location)?;
+            let run_id = crate::run::new_run_id();
+            let task = progress.task("sql");
+            let committed = sink::write(store, &spec, stream, &run_id, &|r| task.inc(r)).await;
+            task.finish();
+            let committed = committed.map_err(|e| match e {
+                sink::SinkError::Input(e) => query_err(e),
+                other => other.into(),
+            })?;
+            Ok(SqlSummary {
+                rows: committed.rows,
+                files: committed.new_files,
+            })
+        }
+        None => {
+            let mut shown: Vec<RecordBatch> = Vec::new();
+            let mut shown_rows = 0usize;
+            let mut total = 0u64;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(query_err)?;
+                total += batch.num_rows() as u64;
+                if shown_rows < opts.max_rows {
+                    let take = (opts.max_rows - shown_rows).min(batch.num_rows());
+                    shown.push(batch.slice(0, take));
+                    shown_rows += take;
+                }
+            }
+            let table = datafusion::arrow::util::pretty::pretty_format_batches(&shown)
+                .map_err(|e| query_err(e.into()))?;
+            let io = |source| Error::Io {
+                path: "stdout".into(),
+                source,
+            };
+            writeln!(out, "{table}").map_err(io)?;
+            let more = if total > shown_rows as u64 {
+                format!(" (first {shown_rows} shown)")
+            } else {
+                String::new()
+            };
+            writeln!(out, "{total} row(s){more}").map_err(io)?;
+            Ok(SqlSummary {
+                rows: total,
+                files: Vec::new(),
+            })
+        }
+    }
+}
+
+fn compression_of(location: &str) -> crate::config::Compression {
+    use crate::config::Compression;
+    let l = location.to_ascii_lowercase();
+    if l.ends_with(".gz") {
+        Compression::Gzip
+    } else if l.ends_with(".zst") {
+        Compression::Zstd
+    } else if l.ends_with(".bz2") {
+        Compression::Bzip2
+    } else if l.ends_with(".xz") {
+        Compression::Xz
+    } else {
+        Compression::None
+    }
+}
+
+/// The format of a table location: from its extension, or from the first data file in it.
+async fn guess_format(engine: &Engine, location: &str) -> Result<Format, Error> {
+    if let Some(f) = Format::from_path(location) {
+        return Ok(f);
+    }
+    let loc = Location::parse(location)?.as_folder();
+    let store = engine.stores().store_for(&loc)?;
+    let prefix = loc.path();
+    let mut listing = store.list(Some(&prefix));
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(|e| catalog::CatalogError::Read {
+            source_name: location.to_string(),
+            location: location.to_string(),
+            message: e.to_string(),
+        })?;
+        let name = meta.location.filename().unwrap_or_default();
+        if name.starts_with('_') || name.starts_with('.') {
+            continue;
+        }
+        if let Some(f) = Format::from_path(name) {
+            return Ok(f);
+        }
+    }
+    Err(catalog::CatalogError::NoFiles {
+        source_name: location.to_string(),
+        location: location.to_string(),
+        format: "parquet, csv or json",
+    }
+    .into())
+}

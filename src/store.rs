@@ -1,0 +1,343 @@
+//! Locations and the object-store registry: one place that maps a URL or a local path to the
+//! `ObjectStore` that serves it.
+//!
+//! Local files go through object_store's `LocalFileSystem` like every other backend, so the
+//! sink and its commit protocol have one code path. Remote stores are built from the matching
+//! `[stores.*]` entry of `sluice.toml` (by scheme and bucket), on top of the standard
+//! environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`), which the caller passes in: the library never
+//! reads the process environment itself. Credentials are never logged or printed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use datafusion::execution::runtime_env::RuntimeEnv;
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use url::Url;
+
+use crate::config::StoreConfig;
+
+/// Errors resolving a location or building a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The location is neither a path nor a URL sluice understands.
+    #[error("invalid location {location:?}: {message}")]
+    InvalidLocation {
+        /// The location as written.
+        location: String,
+        /// Why it is invalid.
+        message: String,
+    },
+    /// A `[stores.*]` option is not one the backend knows.
+    #[error("stores.{store}: unknown option '{key}' for {scheme} stores")]
+    UnknownOption {
+        /// The store's name.
+        store: String,
+        /// The unknown key.
+        key: String,
+        /// The store's URL scheme.
+        scheme: String,
+    },
+    /// The backend rejected the configuration (e.g. a missing region or bad endpoint).
+    #[error("cannot configure the store for {url}: {source}")]
+    Build {
+        /// The store URL (scheme and bucket; never credentials).
+        url: String,
+        /// object_store's error.
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether the error is the user's configuration (exit status 2) rather than a failure.
+    pub fn is_usage(&self) -> bool {
+        true
+    }
+}
+
+/// A resolved location: a URL for remote stores, a `file://` URL for local paths.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    url: Url,
+    display: String,
+}
+
+impl Location {
+    /// Parses an absolute path or a URL (see [`crate::config::resolve_location`] for relative
+    /// paths). A trailing `/` marks a folder / prefix.
+    pub fn parse(location: &str) -> Result<Location, StoreError> {
+        let invalid = |message: String| StoreError::InvalidLocation {
+            location: location.to_string(),
+            message,
+        };
+        let url = if location.contains("://") {
+            Url::parse(location).map_err(|e| invalid(e.to_string()))?
+        } else {
+            let path = std::path::Path::new(location);
+            if !path.is_absolute() {
+                return Err(invalid("a local path must be absolute here".to_string()));
+            }
+            let mut url = Url::from_file_path(path)
+                .map_err(|()| invalid("not a valid file path".to_string()))?;
+            if location.ends_with('/') && !url.path().ends_with('/') {
+                url.set_path(&format!("{}/", url.path()));
+            }
+            url
+        };
+        match url.scheme() {
+            "file" | "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "adl" | "azure" | "http"
+            | "https" | "memory" => {}
+            other => return Err(invalid(format!("unsupported scheme '{other}://'"))),
+        }
+        Ok(Location {
+            url,
+            display: location.to_string(),
+        })
+    }
+
+    /// The same location, marked as a folder / prefix (with a trailing `/`).
+    pub fn as_folder(&self) -> Location {
+        let mut loc = self.clone();
+        if !loc.url.path().ends_with('/') {
+            let path = format!("{}/", loc.url.path());
+            loc.url.set_path(&path);
+        }
+        if !loc.display.ends_with('/') {
+            loc.display.push('/');
+        }
+        loc
+    }
+
+    /// The full URL.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The URL of the store that serves this location: scheme and authority (bucket) only.
+    pub fn store_url(&self) -> Url {
+        let mut u = self.url.clone();
+        u.set_path("/");
+        u.set_query(None);
+        u.set_fragment(None);
+        u
+    }
+
+    /// The object key (prefix) inside the store.
+    pub fn path(&self) -> ObjectPath {
+        ObjectPath::from_url_path(self.url.path()).unwrap_or_else(|_| ObjectPath::from(""))
+    }
+
+    /// A key inside this folder, for messages and for writing.
+    pub fn child(&self, relative: &str) -> ObjectPath {
+        let base = self.path();
+        let mut parts: Vec<_> = base.parts().collect();
+        parts.extend(
+            relative
+                .split('/')
+                .filter(|p| !p.is_empty())
+                .map(object_store::path::PathPart::from),
+        );
+        ObjectPath::from_iter(parts)
+    }
+
+    /// Whether the location is on local disk.
+    pub fn is_local(&self) -> bool {
+        self.url.scheme() == "file"
+    }
+
+    /// How to show an object key of this store to a user: a local path, or the full URL.
+    pub fn display_key(&self, key: &ObjectPath) -> String {
+        if self.is_local() {
+            format!("/{key}")
+        } else {
+            format!("{}{key}", self.store_url())
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+/// Maps locations to object stores, building each store once from `[stores.*]` and the
+/// environment, and registers them with DataFusion so SQL can read from them.
+pub struct StoreRegistry {
+    configs: Vec<StoreConfig>,
+    env: BTreeMap<String, String>,
+    built: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+impl fmt::Debug for StoreRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print options or the environment: they hold credentials.
+        let names: Vec<_> = self.configs.iter().map(|c| c.name.as_str()).collect();
+        f.debug_struct("StoreRegistry")
+            .field("stores", &names)
+            .finish()
+    }
+}
+
+impl StoreRegistry {
+    /// A registry over the pipeline's `[stores.*]` entries and the given environment variables
+    /// (only `AWS_*`, `GOOGLE_*` and `AZURE_*` ones are used).
+    pub fn new(configs: Vec<StoreConfig>, env: impl IntoIterator<Item = (String, String)>) -> Self {
+        let env = env
+            .into_iter()
+            .filter(|(k, _)| {
+                k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
+            })
+            .collect();
+        StoreRegistry {
+            configs,
+            env,
+            built: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The store that serves `location`, built on first use.
+    pub fn store_for(&self, location: &Location) -> Result<Arc<dyn ObjectStore>, StoreError> {
+        let key = location.store_url().to_string();
+        if let Some(store) = self.lock().get(&key) {
+            return Ok(Arc::clone(store));
+        }
+        let store = self.build(location)?;
+        self.lock().insert(key, Arc::clone(&store));
+        Ok(store)
+    }
+
+    /// Makes the store for `location` known to DataFusion's runtime, so that tables over it
+    /// can be scanned.
+    pub fn register(&self, location: &Location, runtime: &RuntimeEnv) -> Result<(), StoreError> {
+        let store = self.store_for(location)?;
+        runtime.register_object_store(&location.store_url(), store);
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<dyn ObjectStore>>> {
+        // A poisoned lock only means another thread panicked while inserting; the map is
+        // still consistent (inserts are single operations).
+        self.built.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn config_for(&self, location: &Location) -> Option<&StoreConfig> {
+        let target = location.store_url();
+        self.configs.iter().find(|c| {
+            Url::parse(&c.url)
+                .is_ok_and(|u| u.scheme() == target.scheme() && u.host_str() == target.host_str())
+        })
+    }
+
+    fn build(&self, location: &Location) -> Result<Arc<dyn ObjectStore>, StoreError> {
+        let url = location.store_url();
+        let scheme = url.scheme().to_string();
+        if scheme == "file" {
+            return Ok(Arc::new(
+                LocalFileSystem::new().with_automatic_cleanup(true),
+            ));
+        }
+        let env_prefix = match scheme.as_str() {
+            "s3" | "s3a" => Some("AWS_"),
+            "gs" => Some("GOOGLE_"),
+            "az" | "abfs" | "abfss" | "adl" | "azure" => Some("AZURE_"),
+            _ => None,
+        };
+        // The environment first, then the store's own options, which win.
+        let mut options: BTreeMap<String, String> = BTreeMap::new();
+        if let Some(prefix) = env_prefix {
+            for (k, v) in &self.env {
+                let key = k.to_ascii_lowercase();
+                if k.starts_with(prefix) && option_known(&scheme, &key) {
+                    options.insert(key, v.clone());
+                }
+            }
+        }
+        if let Some(cfg) = self.config_for(location) {
+            for (k, v) in &cfg.options {
+                let key = k.to_ascii_lowercase();
+                if !option_known(&scheme, &key) {
+                    return Err(StoreError::UnknownOption {
+                        store: cfg.name.clone(),
+                        key: k.clone(),
+                        scheme,
+                    });
+                }
+                options.insert(key, v.clone());
+            }
+        }
+        let (store, _) =
+            object_store::parse_url_opts(&url, options).map_err(|source| StoreError::Build {
+                url: url.to_string(),
+                source,
+            })?;
+        Ok(Arc::from(store))
+    }
+}
+
+/// Whether `key` is an option the backend for `scheme` accepts.
+fn option_known(scheme: &str, key: &str) -> bool {
+    match scheme {
+        "s3" | "s3a" => object_store::aws::AmazonS3ConfigKey::from_str(key).is_ok(),
+        "gs" => object_store::gcp::GoogleConfigKey::from_str(key).is_ok(),
+        "az" | "abfs" | "abfss" | "adl" | "azure" => {
+            object_store::azure::AzureConfigKey::from_str(key).is_ok()
+        }
+        _ => object_store::ClientConfigKey::from_str(key).is_ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_paths_become_file_urls() {
+        let loc = Location::parse("/tmp/out/daily/").unwrap();
+        assert_eq!(loc.url().as_str(), "file:///tmp/out/daily/");
+        assert_eq!(loc.path().as_ref(), "tmp/out/daily");
+        assert_eq!(
+            loc.child("a=1/part-0.parquet").as_ref(),
+            "tmp/out/daily/a=1/part-0.parquet"
+        );
+        assert!(loc.is_local());
+    }
+
+    #[test]
+    fn s3_urls_keep_bucket_and_prefix() {
+        let loc = Location::parse("s3://lake/raw/orders/").unwrap();
+        assert_eq!(loc.store_url().as_str(), "s3://lake/");
+        assert_eq!(loc.path().as_ref(), "raw/orders");
+        assert_eq!(
+            loc.display_key(&loc.child("x.csv")),
+            "s3://lake/raw/orders/x.csv"
+        );
+    }
+
+    #[test]
+    fn unsupported_schemes_and_relative_paths_are_rejected() {
+        assert!(Location::parse("ftp://host/x").is_err());
+        assert!(Location::parse("relative/x").is_err());
+    }
+
+    #[test]
+    fn unknown_store_options_are_named() {
+        let cfg = StoreConfig {
+            name: "lake".into(),
+            url: "s3://lake".into(),
+            options: [("endpoit".to_string(), "http://x".to_string())].into(),
+        };
+        let reg = StoreRegistry::new(vec![cfg], Vec::new());
+        let err = reg
+            .store_for(&Location::parse("s3://lake/x/").unwrap())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown option 'endpoit'"),
+            "{err}"
+        );
+    }
+}
