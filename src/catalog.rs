@@ -317,7 +317,15 @@ pub async fn register_table(
             source_name: spec.name.clone(),
             source,
         })?;
-    let opts = listing_options(ctx, spec).await?;
+    let mut opts = listing_options(ctx, spec).await?;
+    if spec.partition_cols.is_empty() && spec.partition_types.is_empty() {
+        let found = discover_partitions(&location, store.as_ref()).await;
+        if !found.is_empty() {
+            opts = opts.with_table_partition_cols(
+                found.into_iter().map(|c| (c, DataType::Utf8)).collect(),
+            );
+        }
+    }
 
     let first = list_files(ctx, &table_url, &opts, store.as_ref(), 1)
         .await
@@ -384,4 +392,88 @@ async fn find_unreadable_file(
         }
     }
     None
+}
+
+/// The format of a table location: from its extension, or from the first data file found
+/// in it (skipping `_` and `.` entries such as `_MANIFEST`).
+pub async fn guess_format(
+    stores: &StoreRegistry,
+    location: &Location,
+) -> Result<Format, CatalogError> {
+    if let Some(f) = Format::from_path(location.url().path()) {
+        return Ok(f);
+    }
+    let name = location.to_string();
+    let folder = location.as_folder();
+    let store = stores
+        .store_for(&folder)
+        .map_err(|source| CatalogError::Location {
+            source_name: name.clone(),
+            source,
+        })?;
+    let prefix = folder.path();
+    let mut listing = store.list(Some(&prefix));
+    while let Some(meta) = futures::StreamExt::next(&mut listing).await {
+        let meta = meta.map_err(|e| CatalogError::Read {
+            source_name: name.clone(),
+            location: name.clone(),
+            message: e.to_string(),
+        })?;
+        let file = meta.location.filename().unwrap_or_default();
+        if file.starts_with('_') || file.starts_with('.') {
+            continue;
+        }
+        if let Some(f) = Format::from_path(file) {
+            return Ok(f);
+        }
+    }
+    Err(CatalogError::NoFiles {
+        source_name: name.clone(),
+        location: name,
+        format: "parquet, csv or json",
+    })
+}
+
+/// The Hive partition columns of a folder that declares none: those of its `_MANIFEST` if
+/// sluice wrote it, else the `key=` folders above its first data file.
+async fn discover_partitions(
+    location: &Location,
+    store: &dyn object_store::ObjectStore,
+) -> Vec<String> {
+    use object_store::ObjectStoreExt;
+    if !location.url().path().ends_with('/') {
+        return Vec::new();
+    }
+    let manifest_key = location.child(crate::sink::commit::MANIFEST);
+    if let Ok(r) = store.get(&manifest_key).await
+        && let Ok(bytes) = r.bytes().await
+        && let Ok(m) = serde_json::from_slice::<crate::sink::commit::Manifest>(&bytes)
+    {
+        return m.partition_by;
+    }
+    let prefix = location.path();
+    let base = prefix.parts().count();
+    let mut listing = store.list(Some(&prefix));
+    while let Some(Ok(meta)) = futures::StreamExt::next(&mut listing).await {
+        let parts: Vec<String> = meta
+            .location
+            .parts()
+            .skip(base)
+            .map(|p| p.as_ref().to_string())
+            .collect();
+        let Some((_file, dirs)) = parts.split_last() else {
+            continue;
+        };
+        if dirs
+            .iter()
+            .any(|d| d.starts_with('_') || d.starts_with('.'))
+        {
+            continue;
+        }
+        return dirs
+            .iter()
+            .map_while(|d| d.split_once('=').map(|(k, _)| k.to_string()))
+            .collect();
+    }
+    Vec::new()
 }

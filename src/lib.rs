@@ -37,5 +37,6 @@ pub mod run;
 pub mod sink;
 pub mod sql;
 pub mod store;
+pub mod tpch;
 
 pub use error::{Error, Result};

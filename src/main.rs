@@ -10,10 +10,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sluice::config::{self, ConfigError, Format, Pipeline, WriteMode};
-use sluice::engine::EngineOptions;
+use sluice::engine::{Engine, EngineOptions};
 use sluice::error::{EXIT_FAILED, EXIT_OK};
 use sluice::progress::Progress;
-use sluice::{Error, run, sql};
+use sluice::store::{Location, StoreRegistry};
+use sluice::{Error, run, sql, tpch};
+use std::sync::Arc;
 
 use cli::{BenchCommand, Cli, Command, GenCommand, PipelineArgs};
 
@@ -253,7 +255,66 @@ async fn dispatch(command: Command, progress: &Progress, quiet: bool) -> Result<
             })?;
             Ok(EXIT_OK)
         }
-        Command::Gen(GenCommand::Tpch(_args)) => Err(usage("gen", "not yet available")),
-        Command::Bench(BenchCommand::Tpch(_args)) => Err(usage("bench", "not yet available")),
+        Command::Gen(GenCommand::Tpch(args)) => {
+            let format = parse_format(&args.format)?;
+            if format == Format::Json {
+                return Err(usage("--format", "TPC-H data is written as parquet or csv"));
+            }
+            let out = Location::parse(&config::resolve_location(&args.out, &cwd()))?;
+            let engine = Engine::new(
+                EngineOptions::default(),
+                Arc::new(StoreRegistry::new(Vec::new(), environment())),
+            )?;
+            let tables = tpch::generate(&engine, args.scale, format, &out, progress).await?;
+            if !quiet {
+                for t in &tables {
+                    eprintln!(
+                        "  {:<10} {:>12} rows  {:>3} files",
+                        t.table, t.rows, t.files
+                    );
+                }
+                eprintln!("wrote TPC-H SF {} ({}) to {out}", args.scale, format.name());
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Bench(BenchCommand::Tpch(args)) => {
+            let queries = match &args.queries {
+                Some(q) => tpch::parse_query_list(q).ok_or_else(|| {
+                    usage(
+                        "--queries",
+                        format!("{q:?} is not a list of queries 1-22 such as 1,3,5-9"),
+                    )
+                })?,
+                None => (1..=22).collect(),
+            };
+            if args.iterations == 0 {
+                return Err(usage("--iterations", "must be at least 1"));
+            }
+            let data = Location::parse(&config::resolve_location(&args.data, &cwd()))?;
+            let engine = Engine::new(
+                EngineOptions {
+                    memory_limit: parse_memory(&args.memory_limit)?,
+                    threads: parse_threads(args.threads)?,
+                    spill_dir: None,
+                },
+                Arc::new(StoreRegistry::new(Vec::new(), environment())),
+            )?;
+            let scale = tpch::register_tables(&engine, &data).await?;
+            let report = tpch::bench(
+                &engine,
+                &args.data,
+                scale,
+                &queries,
+                args.iterations,
+                progress,
+            )
+            .await?;
+            print!("{}", report.table());
+            if let Some(path) = &args.json {
+                let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+                write_file(path, &json)?;
+            }
+            Ok(EXIT_OK)
+        }
     }
 }

@@ -62,6 +62,14 @@ pub enum PlanError {
     /// `--select` names no model.
     #[error("--select: no model named '{0}'")]
     UnknownSelection(String),
+    /// A query outside a pipeline (`sluice sql`) cannot be planned.
+    #[error("{file}: {message}")]
+    Query {
+        /// The SQL file, or `-e`.
+        file: PathBuf,
+        /// DataFusion's message.
+        message: String,
+    },
     /// The query is valid SQL but cannot be planned (unknown column, type error...).
     #[error("{file}: model '{model}': {message}")]
     Sql {

@@ -89,7 +89,10 @@ pub async fn run_sql(
     for t in &opts.tables {
         let format = match t.format {
             Some(f) => f,
-            None => guess_format(&engine, &t.location).await?,
+            None => {
+                let loc = Location::parse(&t.location)?;
+                catalog::guess_format(engine.stores(), &loc).await?
+            }
         };
         let spec = TableSpec {
             name: t.name.clone(),
@@ -104,8 +107,7 @@ pub async fn run_sql(
         };
         catalog::register_table(engine.ctx(), engine.stores(), &spec).await?;
     }
-    let df = engine.ctx().sql(&sql).await.map_err(|e| PlanError::Sql {
-        model: "sql".into(),
+    let df = engine.ctx().sql(&sql).await.map_err(|e| PlanError::Query {
         file: opts.origin.clone(),
         message: describe_datafusion(&e),
     })?;
@@ -193,35 +195,4 @@ fn compression_of(location: &str) -> crate::config::Compression {
     } else {
         Compression::None
     }
-}
-
-/// The format of a table location: from its extension, or from the first data file in it.
-async fn guess_format(engine: &Engine, location: &str) -> Result<Format, Error> {
-    if let Some(f) = Format::from_path(location) {
-        return Ok(f);
-    }
-    let loc = Location::parse(location)?.as_folder();
-    let store = engine.stores().store_for(&loc)?;
-    let prefix = loc.path();
-    let mut listing = store.list(Some(&prefix));
-    while let Some(meta) = listing.next().await {
-        let meta = meta.map_err(|e| catalog::CatalogError::Read {
-            source_name: location.to_string(),
-            location: location.to_string(),
-            message: e.to_string(),
-        })?;
-        let name = meta.location.filename().unwrap_or_default();
-        if name.starts_with('_') || name.starts_with('.') {
-            continue;
-        }
-        if let Some(f) = Format::from_path(name) {
-            return Ok(f);
-        }
-    }
-    Err(catalog::CatalogError::NoFiles {
-        source_name: location.to_string(),
-        location: location.to_string(),
-        format: "parquet, csv or json",
-    }
-    .into())
 }

@@ -112,6 +112,22 @@ impl Location {
         loc
     }
 
+    /// The folder `name` inside this folder.
+    pub fn join_folder(&self, name: &str) -> Result<Location, StoreError> {
+        let base = self.as_folder();
+        let url = base
+            .url
+            .join(&format!("{name}/"))
+            .map_err(|e| StoreError::InvalidLocation {
+                location: format!("{base}{name}/"),
+                message: e.to_string(),
+            })?;
+        Ok(Location {
+            url,
+            display: format!("{}{name}/", base.display),
+        })
+    }
+
     /// The full URL.
     pub fn url(&self) -> &Url {
         &self.url

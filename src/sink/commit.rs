@@ -256,6 +256,15 @@ impl Output {
             .buffer_unordered(16)
             .collect()
             .await;
+        // On local disk, moves leave the (now empty) staging folders behind; object stores
+        // have no folders.
+        if self.location.is_local() {
+            let dir = std::path::PathBuf::from(format!("/{prefix}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            if let Some(parent) = dir.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
         results.into_iter().collect()
     }
 

@@ -78,7 +78,12 @@ impl S3Server {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'),
             "S3Server::create_bucket: invalid bucket name {name:?}"
         );
-        match http_request(self.port, "PUT", &format!("/{name}"), Duration::from_secs(30)) {
+        match http_request(
+            self.port,
+            "PUT",
+            &format!("/{name}"),
+            Duration::from_secs(30),
+        ) {
             Ok((200, _)) => {}
             Ok((status, response)) => panic!(
                 "S3Server::create_bucket({name:?}) on {}: HTTP {status}\n{response}",
@@ -193,7 +198,8 @@ fn try_start(exe: &Path, port: u16) -> Result<S3Server, StartError> {
             c
         }
     };
-    cmd.env("PYTHONUNBUFFERED", "1")
+    cmd.env("SLUICE_MOTO_LOG", &log)
+        .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::piped())
         .stdout(out)
@@ -252,13 +258,18 @@ fn try_start(exe: &Path, port: u16) -> Result<S3Server, StartError> {
 }
 
 /// Python run as `python -c WATCHDOG SCRIPT ARGS...`: runs SCRIPT as
-/// `__main__` with ARGS, and exits the process when stdin reaches EOF.
+/// `__main__` with ARGS, and when stdin reaches EOF (the test process is
+/// gone) removes the log file named by `SLUICE_MOTO_LOG` and exits.
 const WATCHDOG: &str = r#"
 import os, sys, threading, runpy
 def _watch():
     try:
         while sys.stdin.buffer.read(4096):
             pass
+    except BaseException:
+        pass
+    try:
+        os.unlink(os.environ["SLUICE_MOTO_LOG"])
     except BaseException:
         pass
     os._exit(0)
@@ -298,7 +309,11 @@ fn free_port() -> u16 {
             .unwrap_or_else(|e| panic!("local_addr: {e}"))
             .port();
         drop(listener);
-        if handed_out.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+        if handed_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(port)
+        {
             return port;
         }
     }
@@ -306,7 +321,12 @@ fn free_port() -> u16 {
 
 /// One HTTP/1.1 request with an empty body to 127.0.0.1:port; returns the
 /// status code and the whole response text.
-fn http_request(port: u16, method: &str, path: &str, timeout: Duration) -> io::Result<(u16, String)> {
+fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> io::Result<(u16, String)> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
@@ -372,9 +392,15 @@ fn locate_moto_server() -> Result<PathBuf, String> {
         .map_err(|e| format!("running bash {}: {e}", script.display()))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let path = stdout.lines().rev().find(|l| !l.trim().is_empty()).map(str::trim);
+    let path = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(str::trim);
     match path {
-        Some(path) if output.status.success() && Path::new(path).is_file() => Ok(PathBuf::from(path)),
+        Some(path) if output.status.success() && Path::new(path).is_file() => {
+            Ok(PathBuf::from(path))
+        }
         _ => Err(format!(
             "bash {} failed ({}); set SLUICE_MOTO_SERVER to a moto_server executable or fix the install.\n\
              stdout:\n{stdout}\nstderr:\n{stderr}",
