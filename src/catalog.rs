@@ -119,7 +119,7 @@ fn compression_type(c: Compression) -> FileCompressionType {
 }
 
 /// Escapes a literal for use inside a regular expression.
-fn regex_escape(s: &str) -> String {
+pub(crate) fn regex_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     for c in s.chars() {
         if "\\.+*?()|[]{}^$#&-~".contains(c) {

@@ -302,8 +302,8 @@ pub async fn run(prepared: Prepared, opts: &RunOptions, progress: &Progress) -> 
         match run_table_model(
             &engine,
             &pipeline,
-            model,
-            &dag.nodes[name].sql,
+            &dag,
+            name,
             &schemas[name],
             &run_id,
             progress,
@@ -319,7 +319,10 @@ pub async fn run(prepared: Prepared, opts: &RunOptions, progress: &Progress) -> 
             }
             Err(e) => {
                 report.status = "failed".into();
-                report.error = Some(e.to_string());
+                report.error = Some(match e {
+                    Error::Model { message, .. } => message,
+                    other => other.to_string(),
+                });
                 failed.insert(name.clone());
             }
         }
@@ -343,6 +346,19 @@ pub async fn run(prepared: Prepared, opts: &RunOptions, progress: &Progress) -> 
     }
 }
 
+/// The sources a model reads, directly or through the views it inlines.
+fn sources_read(dag: &Dag, pipeline: &Pipeline, name: &str) -> BTreeSet<String> {
+    let mut out = dag.nodes[name].sources.clone();
+    let mut frontier: Vec<&String> = dag.nodes[name].upstream_models.iter().collect();
+    while let Some(up) = frontier.pop() {
+        if pipeline.models[up].materialized == Materialized::View {
+            out.extend(dag.nodes[up].sources.iter().cloned());
+            frontier.extend(dag.nodes[up].upstream_models.iter());
+        }
+    }
+    out
+}
+
 struct ModelDone {
     rows_in: u64,
     rows_out: u64,
@@ -354,12 +370,14 @@ struct ModelDone {
 async fn run_table_model(
     engine: &Engine,
     pipeline: &Pipeline,
-    model: &ModelConfig,
-    sql: &str,
+    dag: &Dag,
+    name: &str,
     schema: &SchemaRef,
     run_id: &str,
     progress: &Progress,
 ) -> Result<ModelDone, Error> {
+    let model = &pipeline.models[name];
+    let sql = &dag.nodes[name].sql;
     let model_err = |message: String| Error::Model {
         model: model.name.clone(),
         message,
@@ -386,7 +404,8 @@ async fn run_table_model(
     let staged = match staged {
         Ok(s) => s,
         Err(sink::SinkError::Input(e)) => {
-            let message = crate::diagnose::explain(engine, pipeline, model, &e).await;
+            let sources = sources_read(dag, pipeline, name);
+            let message = crate::diagnose::explain(engine, pipeline, &sources, &e).await;
             return Err(model_err(message));
         }
         Err(e) => return Err(model_err(e.to_string())),

@@ -42,7 +42,7 @@ pub struct FileWriter {
 enum Inner {
     Parquet(Box<AsyncArrowWriter<BufWriter>>),
     Text {
-        out: BufWriter,
+        out: Box<BufWriter>,
         format: Format,
         header_pending: bool,
         bytes: u64,
@@ -71,7 +71,7 @@ impl FileWriter {
                 )?))
             }
             Format::Csv | Format::Json => Inner::Text {
-                out,
+                out: Box::new(out),
                 format,
                 header_pending: true,
                 bytes: 0,
@@ -153,7 +153,7 @@ impl FileWriter {
     pub async fn abort(self) {
         let out = match self.inner {
             Inner::Parquet(w) => w.into_inner(),
-            Inner::Text { out, .. } => out,
+            Inner::Text { out, .. } => *out,
         };
         let mut out = out;
         let _ = out.abort().await;

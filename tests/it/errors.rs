@@ -1,0 +1,272 @@
+//! Bad input: each case gets its exit status, a message naming what and where, no panic, and
+//! the previous output left as it was.
+
+use std::path::Path;
+
+use crate::support::*;
+
+/// A copy of the shop pipeline that has run once, and a snapshot of its output.
+fn ran_shop() -> (
+    tempfile::TempDir,
+    std::collections::BTreeMap<String, Vec<u8>>,
+) {
+    let dir = pipeline_copy("shop");
+    sluice(dir.path(), &["run", "."]).expect(0);
+    let snap = snapshot(&dir.path().join("out"));
+    (dir, snap)
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    std::fs::write(dir.join(file), text).unwrap();
+}
+
+#[test]
+fn malformed_toml_names_file_line_and_column() {
+    let (dir, before) = ran_shop();
+    write(
+        dir.path(),
+        "sluice.toml",
+        "name = \"shop\"\n[settings]\nthreads = = 2\n",
+    );
+    let run = sluice(dir.path(), &["run", "."]).expect(2);
+    assert!(run.stderr.contains("sluice.toml:3:"), "{}", run.stderr);
+    assert_eq!(before, snapshot(&dir.path().join("out")));
+}
+
+#[test]
+fn unknown_key_format_and_mode_name_their_lines() {
+    let dir = pipeline_copy("shop");
+    let base = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
+    let cases = [
+        (
+            base.replace(
+                "format = \"csv\"\npartition_cols",
+                "format = \"xml\"\npartition_cols",
+            ),
+            "unknown variant `xml`",
+        ),
+        (
+            base.replace(
+                "partition_by = [\"order_date\"]",
+                "partition_by = [\"order_date\"]\nmode = \"replace\"",
+            ),
+            "unknown variant `replace`",
+        ),
+        (
+            base.replace("threads = 2", "thread = 2"),
+            "unknown field `thread`",
+        ),
+    ];
+    for (text, expected) in cases {
+        write(dir.path(), "sluice.toml", &text);
+        let run = sluice(dir.path(), &["plan", "."]).expect(2);
+        assert!(run.stderr.contains(expected), "{}", run.stderr);
+        let line = text
+            .lines()
+            .position(|l| l.contains("xml") || l.contains("replace") || l.starts_with("thread "))
+            .unwrap()
+            + 1;
+        assert!(
+            run.stderr.contains(&format!("sluice.toml:{line}:")),
+            "line {line}: {}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn sql_syntax_error_names_the_file() {
+    let (dir, before) = ran_shop();
+    write(
+        dir.path(),
+        "queries/daily_revenue.sql",
+        "SELECT order_date,\nFROM paid_orders GROUP BY",
+    );
+    let run = sluice(dir.path(), &["run", "."]).expect(2);
+    assert!(
+        run.stderr
+            .contains("queries/daily_revenue.sql: SQL syntax error"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("Line: 2"), "{}", run.stderr);
+    assert_eq!(before, snapshot(&dir.path().join("out")));
+}
+
+#[test]
+fn unknown_table_names_model_file_and_suggestion() {
+    let dir = pipeline_copy("shop");
+    write(
+        dir.path(),
+        "queries/daily_revenue.sql",
+        "SELECT * FROM paid_order",
+    );
+    let run = sluice(dir.path(), &["plan", "."]).expect(2);
+    assert!(
+        run.stderr.contains(
+            "model 'daily_revenue' reads unknown table 'paid_order'; did you mean 'paid_orders'?"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("daily_revenue.sql"), "{}", run.stderr);
+}
+
+#[test]
+fn unknown_column_is_an_invalid_pipeline() {
+    let dir = pipeline_copy("shop");
+    write(
+        dir.path(),
+        "queries/daily_revenue.sql",
+        "SELECT order_date, SUM(amount_usd) AS revenue FROM paid_orders GROUP BY order_date",
+    );
+    let run = sluice(dir.path(), &["run", "."]).expect(2);
+    assert!(
+        run.stderr.contains("model 'daily_revenue'"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("amount_usd"), "{}", run.stderr);
+    assert!(
+        !dir.path().join("out").exists(),
+        "nothing runs when a model does not plan"
+    );
+}
+
+#[test]
+fn dependency_cycle_is_named() {
+    let dir = pipeline_copy("shop");
+    write(dir.path(), "queries/a.sql", "SELECT * FROM b");
+    write(dir.path(), "queries/b.sql", "SELECT * FROM a");
+    let run = sluice(dir.path(), &["run", "."]).expect(2);
+    assert!(
+        run.stderr.contains("dependency cycle: a -> b -> a")
+            || run.stderr.contains("dependency cycle: b -> a -> b"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn missing_source_names_source_and_location() {
+    let dir = pipeline_copy("shop");
+    std::fs::remove_file(dir.path().join("data/customers.jsonl")).unwrap();
+    let run = sluice(dir.path(), &["run", "."]).expect(1);
+    assert!(run.stderr.contains("source 'customers'"), "{}", run.stderr);
+    assert!(run.stderr.contains("customers.jsonl"), "{}", run.stderr);
+}
+
+#[test]
+fn missing_sql_file_and_pipeline_are_usage_errors() {
+    let dir = pipeline_copy("shop");
+    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
+    write(
+        dir.path(),
+        "sluice.toml",
+        &format!("{toml}\n[models.ghost]\nsql = \"queries/ghost.sql\"\n"),
+    );
+    let run = sluice(dir.path(), &["plan", "."]).expect(2);
+    assert!(run.stderr.contains("models.ghost.sql"), "{}", run.stderr);
+    let empty = tempfile::tempdir().unwrap();
+    let run = sluice(empty.path(), &["run", "."]).expect(2);
+    assert!(run.stderr.contains("sluice.toml"), "{}", run.stderr);
+}
+
+#[test]
+fn csv_row_that_does_not_parse_names_file_and_line() {
+    let (dir, before) = ran_shop();
+    let file = dir.path().join("data/orders/dt=2024-01-03/orders.csv");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    // Line 5 of the file: a quantity that is not a number.
+    let mut cols: Vec<String> = lines[4].split(',').map(String::from).collect();
+    cols[3] = "seven".into();
+    lines[4] = cols.join(",");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let run = sluice(dir.path(), &["run", "."]).expect(1);
+    assert!(
+        run.stderr.contains(&format!("{}:5:", file.display())),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("'seven'"), "{}", run.stderr);
+    assert!(run.stderr.contains("column 'quantity'"), "{}", run.stderr);
+    assert_eq!(before, snapshot(&dir.path().join("out")));
+}
+
+#[test]
+fn truncated_parquet_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = format!("{}/data/", dir.path().display());
+    sluice(dir.path(), &["sql", "-e", "SELECT 1 AS a", "--out", &data]).expect(0);
+    let m = read_json(&dir.path().join("data/_MANIFEST"));
+    let file = dir
+        .path()
+        .join("data")
+        .join(m["files"][0]["path"].as_str().unwrap());
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let run = sluice(
+        dir.path(),
+        &[
+            "sql",
+            "-e",
+            "SELECT * FROM t",
+            "--table",
+            &format!("t={data}"),
+        ],
+    )
+    .expect(1);
+    assert!(
+        run.stderr
+            .contains(file.file_name().unwrap().to_str().unwrap()),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = format!("o={}/", testdata("shop").join("data/orders").display());
+    let out = format!("{}/o/", dir.path().display());
+    let run = sluice(
+        dir.path(),
+        &["sql", "-e", "SELECT 1", "--out", &out, "--mode", "upsert"],
+    )
+    .expect(2);
+    assert!(
+        run.stderr.contains("--mode") && run.stderr.contains("upsert"),
+        "{}",
+        run.stderr
+    );
+    let run = sluice(
+        dir.path(),
+        &["sql", "-e", "SELECT 1", "--out", &out, "--format", "xls"],
+    )
+    .expect(2);
+    assert!(run.stderr.contains("--format"), "{}", run.stderr);
+    let run = sluice(
+        dir.path(),
+        &[
+            "sql",
+            "-e",
+            "SELECT * FROM o",
+            "--table",
+            &t,
+            "--out",
+            &out,
+            "--partition-by",
+            "nope",
+        ],
+    )
+    .expect(2);
+    assert!(
+        run.stderr.contains("partition column 'nope'"),
+        "{}",
+        run.stderr
+    );
+    let run = sluice(dir.path(), &["run", ".", "--memory-limit", "lots"]).expect(2);
+    assert!(run.stderr.contains("--memory-limit"), "{}", run.stderr);
+    sluice(dir.path(), &["frobnicate"]).expect(2);
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `sluice` binary on `testdata/`, outputs checked against
+//! independent computations. One test binary (each links DataFusion: keep it to one).
+
+mod support;
+
+mod conformance;
+mod errors;
+mod pipeline;
+mod s3;
+mod sql;
+mod tpch;

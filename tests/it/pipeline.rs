@@ -1,0 +1,291 @@
+//! `sluice run` / `sluice plan` on the `shop` pipeline, checked against the answers that
+//! `testdata/shop/generate.py` computed in plain Python.
+
+use crate::support::*;
+
+/// Reads `out/daily_revenue/` and compares it with `expected/daily_revenue.csv`.
+async fn check_daily_revenue(dir: &std::path::Path) {
+    let out = dir.join("out/daily_revenue/");
+    let batches = query_output(
+        out.to_str().unwrap(),
+        "parquet",
+        &["order_date"],
+        "SELECT order_date, CAST(orders AS VARCHAR) AS orders, CAST(revenue AS VARCHAR) AS revenue, CAST(items AS VARCHAR) AS items FROM t",
+    )
+    .await;
+    let (header, expected) = expected_csv(&dir.join("expected/daily_revenue.csv"));
+    let cols: Vec<&str> = header.iter().map(String::as_str).collect();
+    assert_eq!(rows(&batches, &cols), expected);
+}
+
+async fn check_revenue_by_country(dir: &std::path::Path) {
+    let out = dir.join("out/revenue_by_country/");
+    let batches = query_output(
+        out.to_str().unwrap(),
+        "csv",
+        &[],
+        "SELECT country, product, CAST(orders AS VARCHAR) AS orders, arrow_cast(revenue, 'Utf8') AS revenue FROM t",
+    )
+    .await;
+    let (header, expected) = expected_csv(&dir.join("expected/revenue_by_country.csv"));
+    let cols: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut got = rows(&batches, &cols);
+    // CSV drops trailing zeros of decimals ("12.5"): compare numbers as numbers.
+    for r in got.iter_mut() {
+        r[3] = format!("{:.2}", r[3].parse::<f64>().unwrap());
+    }
+    got.sort();
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn shop_pipeline_matches_an_independent_computation() {
+    let dir = pipeline_copy("shop");
+    let report = dir.path().join("report.json");
+    sluice(
+        dir.path(),
+        &["run", ".", "--report", report.to_str().unwrap()],
+    )
+    .expect(0);
+    check_daily_revenue(dir.path()).await;
+    check_revenue_by_country(dir.path()).await;
+
+    let r = read_json(&report);
+    assert_eq!(r["pipeline"], "shop");
+    assert_eq!(r["status"], "success");
+    let counts = read_json(&dir.path().join("expected/counts.json"));
+    let models = r["models"].as_array().unwrap();
+    let by_name = |n: &str| models.iter().find(|m| m["name"] == n).unwrap().clone();
+    let daily = by_name("daily_revenue");
+    assert_eq!(daily["status"], "success");
+    assert_eq!(daily["rows_in"], counts["orders"]);
+    assert_eq!(daily["rows_out"], 4);
+    assert_eq!(daily["outputs"].as_array().unwrap().len(), 4);
+    assert!(
+        daily["outputs"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("out/daily_revenue/order_date=2024-01-0")
+    );
+    let by_country = by_name("revenue_by_country");
+    let expected_groups = expected_csv(&dir.path().join("expected/revenue_by_country.csv"))
+        .1
+        .len();
+    assert_eq!(by_country["rows_out"], expected_groups as u64);
+    assert_eq!(
+        by_country["rows_in"].as_u64().unwrap(),
+        counts["orders"].as_u64().unwrap() + counts["customers"].as_u64().unwrap()
+    );
+    assert_eq!(by_name("paid_orders")["materialized"], "view");
+    assert!(
+        !dir.path().join("out/paid_orders").exists(),
+        "views are not written"
+    );
+
+    // The published output: marker, manifest whose counts match the files' own footers.
+    let out = dir.path().join("out/daily_revenue");
+    assert!(out.join("_SUCCESS").exists());
+    let (total, files) = manifest_rows(&out);
+    assert_eq!(total, 4);
+    for (path, rows) in files {
+        assert_eq!(parquet_rows(&out.join(&path)), rows, "{path}");
+    }
+    assert!(
+        dirs_under(&out).iter().all(|d| !d.contains("_staging")),
+        "{:?}",
+        dirs_under(&out)
+    );
+}
+
+#[tokio::test]
+async fn running_twice_gives_the_same_output_and_no_leftovers() {
+    let dir = pipeline_copy("shop");
+    sluice(dir.path(), &["run", "."]).expect(0);
+    let first = files_under(&dir.path().join("out"));
+    sluice(dir.path(), &["run", "."]).expect(0);
+    let second = files_under(&dir.path().join("out"));
+    assert_eq!(first.len(), second.len(), "{first:?}\n{second:?}");
+    assert_ne!(
+        first, second,
+        "a rerun writes new files (names carry the run id)"
+    );
+    assert!(
+        dirs_under(&dir.path().join("out"))
+            .iter()
+            .all(|d| !d.contains("_staging"))
+    );
+    check_daily_revenue(dir.path()).await;
+    check_revenue_by_country(dir.path()).await;
+}
+
+#[test]
+fn select_runs_only_the_chosen_models() {
+    let dir = pipeline_copy("shop");
+    let report = dir.path().join("r.json");
+    sluice(
+        dir.path(),
+        &[
+            "run",
+            ".",
+            "--select",
+            "daily_revenue",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    )
+    .expect(0);
+    let r = read_json(&report);
+    let names: Vec<&str> = r["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["daily_revenue"]);
+    assert!(dir.path().join("out/daily_revenue/_SUCCESS").exists());
+    assert!(!dir.path().join("out/revenue_by_country").exists());
+
+    sluice(
+        dir.path(),
+        &[
+            "run",
+            ".",
+            "--select",
+            "paid_orders+",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    )
+    .expect(0);
+    let r = read_json(&report);
+    let names: Vec<&str> = r["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["paid_orders", "daily_revenue", "revenue_by_country"]
+    );
+}
+
+#[test]
+fn dry_run_and_plan_write_nothing() {
+    let dir = pipeline_copy("shop");
+    let run = sluice(dir.path(), &["run", ".", "--dry-run"]).expect(0);
+    assert!(run.stdout.contains("daily_revenue"), "{}", run.stdout);
+    assert!(!dir.path().join("out").exists());
+    let plan = sluice(dir.path(), &["plan", "."]).expect(0);
+    for expected in [
+        "pipeline shop (3 models, 2 sources)",
+        "orders (source)",
+        "paid_orders (view)",
+        "sink:   out/daily_revenue/ (parquet, mode overwrite, partition_by order_date)",
+        "schema: order_date, orders, revenue, items",
+    ] {
+        assert!(
+            plan.stdout.contains(expected),
+            "missing {expected:?} in\n{}",
+            plan.stdout
+        );
+    }
+    // Models run after the models they read.
+    let pos = |s: &str| plan.stdout.find(s).unwrap();
+    assert!(pos("paid_orders  [view]") < pos("daily_revenue  [table]"));
+    assert!(!dir.path().join("out").exists());
+}
+
+#[tokio::test]
+async fn variables_are_substituted() {
+    let dir = pipeline_copy("shop");
+    std::fs::write(
+        dir.path().join("queries/big_orders.sql"),
+        "SELECT order_id FROM paid_orders WHERE quantity >= {{ min_qty }}",
+    )
+    .unwrap();
+    let missing = sluice(dir.path(), &["run", ".", "--select", "big_orders"]).expect(2);
+    assert!(
+        missing
+            .stderr
+            .contains("big_orders.sql:1: variable 'min_qty' is not set"),
+        "{}",
+        missing.stderr
+    );
+    sluice(
+        dir.path(),
+        &["run", ".", "--select", "big_orders", "--var", "min_qty=8"],
+    )
+    .expect(0);
+    let got = query_output(
+        dir.path().join("out/big_orders/").to_str().unwrap(),
+        "parquet",
+        &[],
+        "SELECT COUNT(*) AS n FROM t",
+    )
+    .await;
+    // Independent count: paid rows with quantity >= 8 in the raw CSVs.
+    let mut expected = 0;
+    for f in files_under(&dir.path().join("data/orders")) {
+        let text = std::fs::read_to_string(dir.path().join("data/orders").join(f)).unwrap();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split(',').collect();
+            if cols[5] == "paid" && cols[3].parse::<i32>().unwrap() >= 8 {
+                expected += 1;
+            }
+        }
+    }
+    assert_eq!(rows(&got, &["n"]), vec![vec![expected.to_string()]]);
+}
+
+#[test]
+fn a_failing_model_leaves_the_previous_output_untouched_and_skips_downstream() {
+    let dir = pipeline_copy("shop");
+    sluice(dir.path(), &["run", "."]).expect(0);
+    let before = snapshot(&dir.path().join("out"));
+    // Fails at run time, after planning: a bad cast of a value in the data.
+    std::fs::write(
+        dir.path().join("queries/daily_revenue.sql"),
+        "SELECT order_date, COUNT(*) AS orders, SUM(amount) AS revenue, SUM(CAST(product AS INT)) AS items FROM paid_orders GROUP BY order_date",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("queries/after_daily.sql"),
+        "SELECT * FROM daily_revenue",
+    )
+    .unwrap();
+    let report = dir.path().join("r.json");
+    let run = sluice(
+        dir.path(),
+        &["run", ".", "--report", report.to_str().unwrap()],
+    )
+    .expect(1);
+    assert!(
+        run.stderr.contains("model 'daily_revenue' failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("Cannot cast string"), "{}", run.stderr);
+    let r = read_json(&report);
+    let status = |n: &str| {
+        r["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == n)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(status("daily_revenue"), "failed");
+    assert_eq!(status("after_daily"), "skipped");
+    assert_eq!(status("revenue_by_country"), "success");
+    assert_eq!(r["status"], "failed");
+    let after = snapshot(&dir.path().join("out"));
+    let daily = |m: &std::collections::BTreeMap<String, Vec<u8>>| {
+        m.iter()
+            .filter(|(k, _)| k.starts_with("daily_revenue/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(daily(&before), daily(&after), "the previous output changed");
+}

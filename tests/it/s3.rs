@@ -1,0 +1,110 @@
+//! A whole pipeline against a real S3-compatible server: sources read from the bucket,
+//! partitioned outputs written to it through `[stores.*]` and `${env:NAME}`.
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStoreExt, PutPayload};
+
+use crate::conformance::Target;
+use crate::support::s3::S3Server;
+use crate::support::*;
+
+#[tokio::test]
+async fn shop_pipeline_on_s3() {
+    let server = S3Server::start();
+    server.create_bucket("lake");
+    let store = server.store("lake");
+    // Upload the raw data.
+    let data = testdata("shop").join("data");
+    for f in files_under(&data) {
+        let bytes = std::fs::read(data.join(&f)).unwrap();
+        store
+            .put(
+                &ObjectPath::from(format!("raw/{f}")),
+                PutPayload::from(bytes),
+            )
+            .await
+            .unwrap();
+    }
+    // The pipeline: the shop's queries, with every location in the bucket.
+    let dir = pipeline_copy("shop");
+    let toml = std::fs::read_to_string(dir.path().join("sluice.toml"))
+        .unwrap()
+        .replace(
+            "location = \"data/orders/\"",
+            "location = \"s3://lake/raw/orders/\"",
+        )
+        .replace(
+            "location = \"data/customers.jsonl\"",
+            "location = \"s3://lake/raw/customers.jsonl\"",
+        )
+        .replace("location = \"out/", "location = \"s3://lake/out/");
+    let toml = format!(
+        "{toml}\n[stores.lake]\nurl = \"s3://lake\"\nendpoint = \"${{env:TEST_S3_ENDPOINT}}\"\nregion = \"us-east-1\"\nallow_http = true\n"
+    );
+    std::fs::write(dir.path().join("sluice.toml"), toml).unwrap();
+    // Credentials only from the standard environment; the endpoint through ${env:...}.
+    let mut env: Vec<(String, String)> = server
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k == "AWS_ACCESS_KEY_ID" || k == "AWS_SECRET_ACCESS_KEY")
+        .collect();
+    env.push(("TEST_S3_ENDPOINT".into(), server.endpoint()));
+    let report = dir.path().join("r.json");
+    sluice_env(
+        dir.path(),
+        &["run", ".", "--report", report.to_str().unwrap()],
+        &env,
+    )
+    .expect(0);
+    let r = read_json(&report);
+    assert_eq!(r["status"], "success");
+    let outputs: Vec<String> = r["models"][1]["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        outputs
+            .iter()
+            .all(|o| o.starts_with("s3://lake/out/daily_revenue/order_date=")),
+        "{outputs:?}"
+    );
+    assert!(!dir.path().join("out").exists(), "nothing written locally");
+
+    // Read back from the bucket with plain DataFusion and compare with the expected answer.
+    let t = Target::for_bucket_prefix(&server, "lake", "out/daily_revenue");
+    let b = t
+        .query(
+            "parquet",
+            &["order_date"],
+            "SELECT order_date, CAST(orders AS VARCHAR) AS orders, CAST(revenue AS VARCHAR) AS revenue, CAST(items AS VARCHAR) AS items FROM t",
+        )
+        .await;
+    let (header, expected) = expected_csv(&dir.path().join("expected/daily_revenue.csv"));
+    let cols: Vec<&str> = header.iter().map(String::as_str).collect();
+    assert_eq!(rows(&b, &cols), expected);
+    let snap = t.snapshot().await;
+    assert!(snap.contains_key("_SUCCESS") && snap.contains_key("_MANIFEST"));
+    assert!(
+        snap.keys().all(|k| !k.starts_with("_staging")),
+        "{:?}",
+        snap.keys()
+    );
+
+    // Without credentials the error names the store, not a panic.
+    let run = sluice_env(
+        dir.path(),
+        &["run", "."],
+        &[("TEST_S3_ENDPOINT".into(), server.endpoint())],
+    );
+    assert_ne!(run.code, 0);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    // And never prints a secret.
+    let run = sluice_env(dir.path(), &["plan", "."], &env).expect(0);
+    assert!(
+        !run.stdout.contains("test") || !run.stdout.contains("AWS_SECRET"),
+        "{}",
+        run.stdout
+    );
+}

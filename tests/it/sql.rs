@@ -1,0 +1,147 @@
+//! `sluice sql`: printing, and writing with every sink mode.
+
+use std::collections::BTreeMap;
+
+use crate::support::*;
+
+/// Orders per product and per day, counted straight from the raw CSV text.
+pub fn raw_counts() -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
+    let base = testdata("shop").join("data/orders");
+    let (mut by_product, mut by_day) = (BTreeMap::new(), BTreeMap::new());
+    for f in files_under(&base) {
+        let day = f
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_start_matches("dt=")
+            .to_string();
+        let text = std::fs::read_to_string(base.join(&f)).unwrap();
+        for line in text.lines().skip(1) {
+            *by_product
+                .entry(line.split(',').nth(2).unwrap().to_string())
+                .or_insert(0) += 1;
+            *by_day.entry(day.clone()).or_insert(0) += 1;
+        }
+    }
+    (by_product, by_day)
+}
+
+pub fn orders_arg() -> String {
+    format!("o={}/", testdata("shop").join("data/orders").display())
+}
+
+#[test]
+fn prints_a_result_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = sluice(
+        dir.path(),
+        &[
+            "sql",
+            "-e",
+            "SELECT product, COUNT(*) AS n FROM o GROUP BY product ORDER BY product",
+            "--table",
+            &orders_arg(),
+        ],
+    )
+    .expect(0);
+    let (by_product, _) = raw_counts();
+    for (product, n) in &by_product {
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.contains(&format!(" {product} ")))
+            .unwrap_or_else(|| panic!("{}", run.stdout));
+        assert!(line.contains(&format!(" {n} ")), "{line}");
+    }
+    assert!(
+        run.stdout.contains(&format!("{} row(s)", by_product.len())),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn reads_a_sql_file_and_limits_printed_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("q.sql"), "SELECT * FROM o").unwrap();
+    let run = sluice(
+        dir.path(),
+        &["sql", "q.sql", "--table", &orders_arg(), "--max-rows", "5"],
+    )
+    .expect(0);
+    assert!(
+        run.stdout.contains("200 row(s) (first 5 shown)"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test]
+async fn rolls_files_at_the_target_row_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = format!("{}/out/", dir.path().display());
+    sluice(
+        dir.path(),
+        &[
+            "sql",
+            "-e",
+            "SELECT * FROM o",
+            "--table",
+            &orders_arg(),
+            "--out",
+            &out,
+            "--target-rows-per-file",
+            "60",
+            "--format",
+            "csv",
+        ],
+    )
+    .expect(0);
+    let m = read_json(&dir.path().join("out/_MANIFEST"));
+    let files = m["files"].as_array().unwrap();
+    assert!(files.len() >= 2, "{m}");
+    let total: u64 = files.iter().map(|f| f["rows"].as_u64().unwrap()).sum();
+    assert_eq!(total, 200);
+    let b = query_output(
+        &out,
+        "csv",
+        &[],
+        "SELECT CAST(COUNT(*) AS VARCHAR) AS n FROM t",
+    )
+    .await;
+    assert_eq!(rows(&b, &["n"]), vec![vec!["200".to_string()]]);
+}
+
+#[tokio::test]
+async fn writes_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = format!("{}/out/", dir.path().display());
+    sluice(
+        dir.path(),
+        &[
+            "sql",
+            "-e",
+            "SELECT product, COUNT(*) AS n FROM o GROUP BY product",
+            "--table",
+            &orders_arg(),
+            "--out",
+            &out,
+            "--format",
+            "json",
+        ],
+    )
+    .expect(0);
+    let b = query_output(
+        &out,
+        "json",
+        &[],
+        "SELECT product, CAST(n AS VARCHAR) AS n FROM t",
+    )
+    .await;
+    let (by_product, _) = raw_counts();
+    let want: Vec<Vec<String>> = by_product
+        .iter()
+        .map(|(p, n)| vec![p.clone(), n.to_string()])
+        .collect();
+    assert_eq!(rows(&b, &["product", "n"]), want);
+}

@@ -1,0 +1,261 @@
+//! Shared helpers for the end-to-end tests: run the real binary, lay out pipelines, and read
+//! outputs back with DataFusion directly (not through sluice's own catalog), so checks are
+//! independent of the code under test.
+
+#![allow(dead_code)]
+
+pub mod s3;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
+
+/// The repository's `testdata/NAME`.
+pub fn testdata(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
+}
+
+/// A result of running the binary.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts the exit status, showing the output when it differs.
+    #[track_caller]
+    pub fn expect(self, code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        assert!(
+            !self.stderr.contains("panicked") && !self.stderr.contains("RUST_BACKTRACE"),
+            "a panic reached the user:\n{}",
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `sluice ARGS` in `dir` with extra environment variables.
+pub fn sluice_env(dir: &Path, args: &[&str], env: &[(String, String)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(args).current_dir(dir);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("the sluice binary runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `sluice ARGS` in `dir`.
+pub fn sluice(dir: &Path, args: &[&str]) -> Run {
+    sluice_env(dir, args, &[])
+}
+
+/// Copies a folder recursively (skipping `out/` and `.sluice/`).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name == "out" || name == ".sluice" {
+            continue;
+        }
+        let target = to.join(&name);
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A temporary copy of `testdata/NAME`.
+pub fn pipeline_copy(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&testdata(name), dir.path());
+    dir
+}
+
+/// Every file under `dir`, relative, sorted.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Every folder under `dir` (relative, sorted): to check that no staging folder is left.
+pub fn dirs_under(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+                walk(base, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// A file's bytes and every file of a folder, to compare a folder before and after.
+pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    files_under(dir)
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::read(dir.join(&f)).unwrap();
+            (f, bytes)
+        })
+        .collect()
+}
+
+/// Formats batches as sorted rows of strings (columns in `cols` order).
+pub fn rows(batches: &[RecordBatch], cols: &[&str]) -> Vec<Vec<String>> {
+    let opts = FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    for b in batches {
+        let arrays: Vec<_> = cols
+            .iter()
+            .map(|c| {
+                b.column(
+                    b.schema()
+                        .index_of(c)
+                        .unwrap_or_else(|_| panic!("no column {c} in {:?}", b.schema())),
+                )
+                .clone()
+            })
+            .collect();
+        let fmts: Vec<_> = arrays
+            .iter()
+            .map(|a| ArrayFormatter::try_new(a.as_ref(), &opts).unwrap())
+            .collect();
+        for i in 0..b.num_rows() {
+            out.push(fmts.iter().map(|f| f.value(i).to_string()).collect());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Reads an output folder with plain DataFusion: `format` files under `dir`, with Hive
+/// partition columns `partitions` (as strings), and runs `sql` over it as table `t`.
+pub async fn query_output(
+    dir: &str,
+    format: &str,
+    partitions: &[&str],
+    sql: &str,
+) -> Vec<RecordBatch> {
+    let ctx = SessionContext::new();
+    let parts: Vec<(String, datafusion::arrow::datatypes::DataType)> = partitions
+        .iter()
+        .map(|p| (p.to_string(), datafusion::arrow::datatypes::DataType::Utf8))
+        .collect();
+    match format {
+        "parquet" => ctx
+            .register_parquet(
+                "t",
+                dir,
+                ParquetReadOptions::default().table_partition_cols(parts),
+            )
+            .await
+            .unwrap(),
+        "csv" => ctx
+            .register_csv("t", dir, CsvReadOptions::new().table_partition_cols(parts))
+            .await
+            .unwrap(),
+        "json" => ctx
+            .register_json(
+                "t",
+                dir,
+                JsonReadOptions::default().table_partition_cols(parts),
+            )
+            .await
+            .unwrap(),
+        other => panic!("unknown format {other}"),
+    }
+    ctx.sql(sql).await.unwrap().collect().await.unwrap()
+}
+
+/// Reads a CSV file of expected rows (header first) as sorted rows.
+pub fn expected_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    let mut rows: Vec<Vec<String>> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect();
+    rows.sort();
+    (header, rows)
+}
+
+/// Parses a JSON file.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Total rows of the Parquet files listed in a `_MANIFEST`, read from each file's footer, and
+/// the manifest's own counts, for comparison.
+pub fn manifest_rows(out_dir: &Path) -> (u64, Vec<(String, u64)>) {
+    let m = read_json(&out_dir.join("_MANIFEST"));
+    let files: Vec<(String, u64)> = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["rows"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    (m["rows"].as_u64().unwrap(), files)
+}
+
+/// Rows in a Parquet file, from its footer.
+pub fn parquet_rows(path: &Path) -> u64 {
+    let file = std::fs::File::open(path).unwrap();
+    let reader = datafusion::parquet::file::reader::SerializedFileReader::new(file).unwrap();
+    use datafusion::parquet::file::reader::FileReader;
+    reader.metadata().file_metadata().num_rows() as u64
+}
