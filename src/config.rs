@@ -203,7 +203,7 @@ pub struct Settings {
 }
 
 /// One object store (`[stores.NAME]`), selected by URL prefix.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct StoreConfig {
     /// The store's name in `sluice.toml`.
     pub name: String,
@@ -213,6 +213,17 @@ pub struct StoreConfig {
     /// `${env:NAME}` already resolved. Keys use object_store's names (`aws_endpoint`, ...) or
     /// the short forms of the spec (`endpoint`, `region`, `allow_http`).
     pub options: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    /// Shows option names only: values may be credentials, which are never printed or logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("options", &self.options.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// CSV reading options.
@@ -580,6 +591,32 @@ fn single_byte(
     }
 }
 
+/// The format of the first data file in a local folder (skipping `_` and `.` entries), if the
+/// location is one. Remote folders are not listed while loading the configuration.
+fn local_folder_format(dir: &Path) -> Option<Format> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let name = p.file_name()?.to_string_lossy().into_owned();
+            if name.starts_with('_') || name.starts_with('.') {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(f) = Format::from_path(&name) {
+                return Some(f);
+            }
+        }
+    }
+    None
+}
+
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
@@ -715,14 +752,16 @@ impl Validator<'_> {
                 "a source name must be a SQL identifier (letters, digits, _)",
             ));
         }
-        let format = match raw.format.or_else(|| Format::from_path(&raw.location)) {
-            Some(f) => f,
-            None => {
-                return Err(self.invalid(
-                    key("format"),
-                    "cannot tell the format from the location: set format = \"parquet\", \"csv\" or \"json\"",
-                ));
-            }
+        let resolved = resolve_location(&raw.location, self.root);
+        let format = raw
+            .format
+            .or_else(|| Format::from_path(&raw.location))
+            .or_else(|| local_folder_format(Path::new(&resolved)));
+        let Some(format) = format else {
+            return Err(self.invalid(
+                key("format"),
+                "cannot tell the format from the location: set format = \"parquet\", \"csv\" or \"json\"",
+            ));
         };
         let defaults = CsvOptions::default();
         let csv = CsvOptions {
@@ -733,6 +772,14 @@ impl Validator<'_> {
             escape: single_byte(&raw.escape, &key("escape"), self.file, None)?,
             null_value: raw.null_value,
         };
+        if raw.on_bad_rows == OnBadRows::Quarantine {
+            // Accepted by the grammar so configurations keep their shape; refused until the
+            // quarantine path exists, rather than silently failing on the first bad row.
+            return Err(self.invalid(
+                key("on_bad_rows"),
+                "\"quarantine\" is not supported yet; use \"fail\" (the default)",
+            ));
+        }
         if raw.on_bad_rows == OnBadRows::Quarantine && format == Format::Parquet {
             return Err(self.invalid(
                 key("on_bad_rows"),
@@ -906,8 +953,24 @@ mod tests {
     fn format_is_inferred_from_the_extension() {
         let p = load("[sources.a]\nlocation = \"data/a.csv.gz\"\n").unwrap();
         assert_eq!(p.sources["a"].format, Format::Csv);
-        let err = load("[sources.a]\nlocation = \"data/\"\n").unwrap_err();
+        let err = load("[sources.a]\nlocation = \"s3://b/data/\"\n").unwrap_err();
         assert!(err.to_string().contains("sources.a.format"), "{err}");
+    }
+
+    #[test]
+    fn store_secrets_are_not_in_debug_output() {
+        let env = |k: &str| (k == "KEY").then(|| "hunter2".to_string());
+        let p = Pipeline::from_toml(
+            "[stores.lake]\nurl = \"s3://lake\"\nsecret_access_key = \"${env:KEY}\"\n",
+            Path::new("sluice.toml"),
+            Path::new("/tmp"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(p.stores[0].options["secret_access_key"], "hunter2");
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("secret_access_key"), "{shown}");
     }
 
     #[test]

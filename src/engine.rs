@@ -49,9 +49,18 @@ impl Engine {
     /// Builds a session with the memory pool, spill folder and parallelism of `options`.
     pub fn new(options: EngineOptions, stores: Arc<StoreRegistry>) -> Result<Engine, Error> {
         let threads = options.threads();
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_target_partitions(threads)
             .with_information_schema(true);
+        if let Some(limit) = options.memory_limit {
+            // Each sorting partition reserves this much up front for its final merge; the
+            // default (10 MB) alone would exhaust a small pool. A share of the pool per thread
+            // keeps small limits usable.
+            let exec = &mut config.options_mut().execution;
+            exec.sort_spill_reservation_bytes = exec
+                .sort_spill_reservation_bytes
+                .min(limit / (4 * threads.max(1)));
+        }
         let mut runtime = RuntimeEnvBuilder::new();
         if let Some(limit) = options.memory_limit {
             let pool = TrackConsumersPool::new(
