@@ -354,16 +354,64 @@ pub async fn register_table(
             }
         }
     };
+    // DataFusion 55 applies a CSV null value while inferring the schema but not while reading
+    // (its CSV reader never receives the regex). So such a source is read with every file
+    // column as text, and exposed as a view that maps the null value to NULL and casts each
+    // column to its type.
+    let null_value = match spec.format {
+        Format::Csv => spec.csv.null_value.clone(),
+        _ => None,
+    };
+    let read_schema = match &null_value {
+        Some(_) => Arc::new(Schema::new(
+            file_schema
+                .fields()
+                .iter()
+                .map(|f| Field::new(f.name(), DataType::Utf8, true))
+                .collect::<Vec<_>>(),
+        )),
+        None => Arc::clone(&file_schema),
+    };
     let config = ListingTableConfig::new(table_url)
         .with_listing_options(opts)
-        .with_schema(Arc::clone(&file_schema));
+        .with_schema(read_schema);
     let table = ListingTable::try_new(config)
         .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
-    let full_schema = datafusion::catalog::TableProvider::schema(&table);
-    ctx.deregister_table(spec.name.as_str())
-        .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
-    ctx.register_table(spec.name.as_str(), Arc::new(table))
-        .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
+    let df_err = |e: datafusion::error::DataFusionError| {
+        read_err(spec.location.clone(), describe_datafusion(&e))
+    };
+    let provider: Arc<dyn datafusion::catalog::TableProvider> = match &null_value {
+        None => Arc::new(table),
+        Some(null) => {
+            use datafusion::prelude::{cast, col, lit, nullif};
+            let raw = ctx.read_table(Arc::new(table)).map_err(df_err)?;
+            let file_cols: std::collections::HashSet<&str> = file_schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
+            let exprs: Vec<_> = raw
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| {
+                    let c = col(datafusion::common::Column::from_name(f.name()));
+                    match file_schema.field_with_name(f.name()) {
+                        Ok(typed) if file_cols.contains(f.name().as_str()) => {
+                            cast(nullif(c, lit(null.clone())), typed.data_type().clone())
+                                .alias(f.name())
+                        }
+                        _ => c,
+                    }
+                })
+                .collect();
+            raw.select(exprs).map_err(df_err)?.into_view()
+        }
+    };
+    let full_schema = provider.schema();
+    ctx.deregister_table(spec.name.as_str()).map_err(df_err)?;
+    ctx.register_table(spec.name.as_str(), provider)
+        .map_err(df_err)?;
     Ok(full_schema)
 }
 
@@ -385,10 +433,20 @@ async fn find_unreadable_file(
     for file in files {
         let objects = [file.clone()];
         if let Err(e) = format.infer_schema(&state, store, &objects).await {
-            return Some((
-                location.display_key(&file.location),
-                describe_datafusion(&e),
-            ));
+            let mut shown = location.display_key(&file.location);
+            // JSON lines: name the first line that is not a JSON value.
+            if spec.format == Format::Json
+                && spec.compression == Compression::None
+                && let Ok(r) =
+                    object_store::ObjectStoreExt::get(store.as_ref(), &file.location).await
+                && let Ok(bytes) = r.bytes().await
+                && let Some(line) = String::from_utf8_lossy(&bytes).lines().position(|l| {
+                    !l.trim().is_empty() && serde_json::from_str::<serde_json::Value>(l).is_err()
+                })
+            {
+                shown = format!("{shown}:{}", line + 1);
+            }
+            return Some((shown, describe_datafusion(&e)));
         }
     }
     None

@@ -32,6 +32,8 @@ fn is_parse_error(message: &str) -> bool {
         || m.contains("incorrect number of fields")
         || m.contains("encountered unexpected")
         || m.contains("invalid utf")
+        // Sources with a null value are cast from text after reading (see catalog).
+        || m.contains("cannot cast string")
 }
 
 /// Explains why a model reading `sources` failed with `err`.

@@ -5,6 +5,7 @@ mod support;
 
 mod conformance;
 mod errors;
+mod formats;
 mod pipeline;
 mod s3;
 mod sql;
