@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 
-const TABLES: [&str; 8] = ["region", "nation", "supplier", "customer", "part", "partsupp", "orders", "lineitem"];
+const TABLES: [&str; 8] = [
+    "region", "nation", "supplier", "customer", "part", "partsupp", "orders", "lineitem",
+];
 
 #[tokio::main]
 async fn main() -> datafusion::error::Result<()> {
@@ -24,11 +26,15 @@ async fn main() -> datafusion::error::Result<()> {
     let iterations: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
     let ctx = SessionContext::new_with_config(SessionConfig::new());
     for t in TABLES {
-        ctx.register_parquet(t, format!("{data}/{t}/"), ParquetReadOptions::default()).await?;
+        ctx.register_parquet(t, format!("{data}/{t}/"), ParquetReadOptions::default())
+            .await?;
     }
     let mut total = 0.0;
     for q in 1..=22 {
-        let sql = std::fs::read_to_string(format!("{}/queries/tpch/q{q}.sql", env!("CARGO_MANIFEST_DIR")))?;
+        let sql = std::fs::read_to_string(format!(
+            "{}/queries/tpch/q{q}.sql",
+            env!("CARGO_MANIFEST_DIR")
+        ))?;
         let mut best = f64::INFINITY;
         let mut rows = 0;
         for _ in 0..iterations.max(1) {

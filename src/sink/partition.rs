@@ -103,7 +103,8 @@ impl Partitioner {
         )
     }
 
-    /// Splits one batch into per-partition slices, in order of first appearance.
+    /// Splits one batch into per-partition slices, in order of first appearance. Rows are
+    /// grouped by their encoded key (arrow's row format), with no allocation per row.
     pub fn split(&self, batch: &RecordBatch) -> Result<Vec<PartitionSlice>, ArrowError> {
         let data = batch.project(&self.data_idx)?;
         let Some(converter) = &self.converter else {
@@ -131,24 +132,25 @@ impl Partitioner {
                 })
                 .push(i as u32);
         }
-        let strings: Vec<StringArray> = key_cols
-            .iter()
-            .map(|c| {
-                let s = cast(c, &DataType::Utf8)?;
-                Ok(s.as_any()
-                    .downcast_ref::<StringArray>()
-                    .cloned()
-                    .unwrap_or_else(|| StringArray::new_null(c.len())))
-            })
-            .collect::<Result<_, ArrowError>>()?;
+        // Only the first row of each group is formatted: one small cast per partition, not
+        // a cast of whole columns per batch.
         let mut out = Vec::with_capacity(order.len());
         for key in order {
             let idx = &groups[key];
             let first = idx[0] as usize;
-            let values: Vec<Option<String>> = strings
+            let values = key_cols
                 .iter()
-                .map(|s| (!s.is_null(first)).then(|| s.value(first).to_string()))
-                .collect();
+                .map(|c| {
+                    if c.is_null(first) {
+                        return Ok(None);
+                    }
+                    let one = cast(&c.slice(first, 1), &DataType::Utf8)?;
+                    Ok(one
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .map(|s| s.value(0).to_string()))
+                })
+                .collect::<Result<Vec<Option<String>>, ArrowError>>()?;
             let slice = if idx.len() == batch.num_rows() {
                 data.clone()
             } else {
