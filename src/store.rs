@@ -265,6 +265,10 @@ impl StoreRegistry {
         };
         // The environment first, then the store's own options, which win.
         let mut options: BTreeMap<String, String> = BTreeMap::new();
+        if scheme == "http" {
+            // The user wrote http:// explicitly; object_store refuses plain HTTP otherwise.
+            options.insert("allow_http".into(), "true".into());
+        }
         if let Some(prefix) = env_prefix {
             for (k, v) in &self.env {
                 let key = k.to_ascii_lowercase();

@@ -145,3 +145,78 @@ async fn writes_json_lines() {
         .collect();
     assert_eq!(rows(&b, &["product", "n"]), want);
 }
+
+/// A static file server (Python's http.server) on 127.0.0.1, killed on drop.
+struct HttpServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl HttpServer {
+    fn serve(dir: &std::path::Path) -> HttpServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        HttpServer { child, port }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn reads_files_over_http() {
+    let server = HttpServer::serve(&testdata("shop").join("data"));
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("c=http://127.0.0.1:{}/customers.jsonl", server.port);
+    let run = sluice(
+        dir.path(),
+        &[
+            "sql",
+            "-e",
+            "SELECT COUNT(*) AS n, COUNT(DISTINCT country) AS c FROM c",
+            "--table",
+            &url,
+        ],
+    )
+    .expect(0);
+    // customers.jsonl: 40 customers over 5 countries (generate.py).
+    let counts = read_json(&testdata("shop").join("expected/counts.json"));
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("| ") && !l.contains(" n "))
+        .unwrap();
+    assert_eq!(
+        line.split('|')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>(),
+        vec![counts["customers"].to_string(), "5".to_string()]
+    );
+}
