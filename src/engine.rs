@@ -138,6 +138,11 @@ impl Execution {
         self.stream.take()
     }
 
+    /// Whether the query's output is sorted (it has an ORDER BY), so writers keep row order.
+    pub fn is_ordered(&self) -> bool {
+        self.plan.properties().output_ordering().is_some()
+    }
+
     /// Rows the plan's scans produced: the rows read from sources and upstream outputs.
     pub fn rows_scanned(&self) -> u64 {
         fn walk(plan: &Arc<dyn ExecutionPlan>) -> u64 {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::prelude::DataFrame;
 
 use crate::catalog::{self, TableSpec};
@@ -189,74 +189,42 @@ fn sink_spec(engine: &Engine, model: &ModelConfig) -> Result<SinkSpec, Error> {
         target_rows_per_file: model.sink.target_rows_per_file,
         parallelism: engine.options().threads(),
         buffer_budget: engine.write_buffer_budget(),
+        preserve_order: false,
     })
 }
 
 /// Registers a table model's published output as its table, so downstream models read it.
-/// With `schema` (the model's result schema) the file schema and partition column types are
-/// exact; without it they are inferred from the files.
+/// With `schema` (the model's planned schema) columns keep the planned order and types.
 async fn register_output(
     engine: &Engine,
     model: &ModelConfig,
     schema: Option<&SchemaRef>,
 ) -> Result<(), Error> {
-    let sink = &model.sink;
-    let (partition_cols, arrow_schema) = match schema {
-        Some(schema) => {
-            let idx: Vec<usize> = (0..schema.fields().len())
-                .filter(|i| !sink.partition_by.contains(schema.field(*i).name()))
-                .collect();
-            let file_schema = Arc::new(schema.project(&idx).map_err(|e| Error::Model {
-                model: model.name.clone(),
-                message: e.to_string(),
-            })?);
-            let cols = sink
-                .partition_by
-                .iter()
-                .map(|c| {
-                    let ty = schema
-                        .field_with_name(c)
-                        .map(|f| f.data_type().clone())
-                        .unwrap_or(DataType::Utf8);
-                    (c.clone(), ty)
-                })
-                .collect();
-            (cols, Some(file_schema))
-        }
-        None => (
-            sink.partition_by
-                .iter()
-                .map(|c| (c.clone(), DataType::Utf8))
-                .collect(),
-            None,
-        ),
+    let location = Location::parse(&model.sink.location)?.as_folder();
+    let store = engine.stores().store_for(&location)?;
+    let output = crate::sink::commit::Output::new(Arc::clone(&store), location.clone());
+    let manifest = output.read_manifest().await.map_err(|e| Error::Model {
+        model: model.name.clone(),
+        message: format!("cannot read {}: {}", e.key, e.message),
+    })?;
+    let Some(manifest) = manifest else {
+        return Err(Error::Model {
+            model: model.name.clone(),
+            message: format!(
+                "it is not selected and has no output at {} yet: run it first, or select it too (e.g. --select +{})",
+                model.sink.location, model.name
+            ),
+        });
     };
-    let spec = TableSpec {
-        name: model.name.clone(),
-        location: Location::parse(&sink.location)?
-            .as_folder()
-            .url()
-            .to_string(),
-        format: sink.format,
-        partition_cols: Vec::new(),
-        partition_types: partition_cols,
-        csv: Default::default(),
-        compression: Default::default(),
-        schema: None,
-        arrow_schema,
-    };
-    catalog::register_table(engine.ctx(), engine.stores(), &spec)
-        .await
-        .map_err(|e| match e {
-            catalog::CatalogError::NoFiles { .. } if schema.is_none() => Error::Model {
-                model: model.name.clone(),
-                message: format!(
-                    "it is not selected and has no output at {} yet: run it first, or select it too (e.g. --select +{})",
-                    sink.location, model.name
-                ),
-            },
-            other => other.into(),
-        })?;
+    catalog::register_manifest(
+        engine.ctx(),
+        &model.name,
+        &location,
+        store,
+        &manifest,
+        schema,
+    )
+    .await?;
     Ok(())
 }
 
@@ -382,7 +350,7 @@ async fn run_table_model(
         model: model.name.clone(),
         message,
     };
-    let spec = sink_spec(engine, model)?;
+    let mut spec = sink_spec(engine, model)?;
     let store = engine.stores().store_for(&spec.location)?;
     let (output, existing) = sink::prepare(store, &spec, run_id)
         .await
@@ -392,6 +360,7 @@ async fn run_table_model(
         .execute(df)
         .await
         .map_err(|e| model_err(describe_datafusion(&e)))?;
+    spec.preserve_order = exec.is_ordered();
     let Some(stream) = exec.take_stream() else {
         return Err(model_err("the query produced no stream".into()));
     };

@@ -99,11 +99,9 @@ pub async fn run_sql(
             location: t.location.clone(),
             format,
             partition_cols: t.partition_cols.clone(),
-            partition_types: Vec::new(),
             csv: Default::default(),
             compression: compression_of(&t.location),
             schema: None,
-            arrow_schema: None,
         };
         catalog::register_table(engine.ctx(), engine.stores(), &spec).await?;
     }
@@ -115,14 +113,9 @@ pub async fn run_sql(
         context: opts.origin.display().to_string(),
         source: e,
     };
-    let mut exec = engine.execute(df).await.map_err(query_err)?;
-    let Some(mut stream) = exec.take_stream() else {
-        return Ok(SqlSummary {
-            rows: 0,
-            files: Vec::new(),
-        });
-    };
-    match &opts.out {
+    // With --out, check the output first (error_if_exists, leftovers) so a refused write
+    // costs no query.
+    let target = match &opts.out {
         Some(target) => {
             let spec = SinkSpec {
                 location: Location::parse(&target.location)?.as_folder(),
@@ -132,16 +125,35 @@ pub async fn run_sql(
                 target_rows_per_file: target.target_rows_per_file,
                 parallelism: engine.options().threads(),
                 buffer_budget: engine.write_buffer_budget(),
+                preserve_order: false,
             };
             let store = engine.stores().store_for(&spec.location)?;
             let run_id = crate::run::new_run_id();
+            let prepared = sink::prepare(store, &spec, &run_id).await?;
+            Some((spec, run_id, prepared))
+        }
+        None => None,
+    };
+    let mut exec = engine.execute(df).await.map_err(query_err)?;
+    let ordered = exec.is_ordered();
+    let Some(mut stream) = exec.take_stream() else {
+        return Ok(SqlSummary {
+            rows: 0,
+            files: Vec::new(),
+        });
+    };
+    match target {
+        Some((mut spec, run_id, (output, existing))) => {
+            spec.preserve_order = ordered;
             let task = progress.task("sql");
-            let committed = sink::write(store, &spec, stream, &run_id, &|r| task.inc(r)).await;
+            let staged =
+                sink::stage(output, existing, &spec, stream, &run_id, &|r| task.inc(r)).await;
             task.finish();
-            let committed = committed.map_err(|e| match e {
+            let staged = staged.map_err(|e| match e {
                 sink::SinkError::Input(e) => query_err(e),
                 other => other.into(),
             })?;
+            let committed = sink::publish(staged, &spec).await?;
             Ok(SqlSummary {
                 rows: committed.rows,
                 files: committed.new_files,

@@ -64,6 +64,9 @@ impl StoreError {
 pub struct Location {
     url: Url,
     display: String,
+    /// The key prefix inside the store, validated once: a URL such as `s3://b//x/` (an empty
+    /// segment) is an error, never silently the root of the bucket.
+    path: ObjectPath,
 }
 
 impl Location {
@@ -93,9 +96,11 @@ impl Location {
             | "https" | "memory" => {}
             other => return Err(invalid(format!("unsupported scheme '{other}://'"))),
         }
+        let path = ObjectPath::from_url_path(url.path()).map_err(|e| invalid(e.to_string()))?;
         Ok(Location {
             url,
             display: location.to_string(),
+            path,
         })
     }
 
@@ -122,9 +127,15 @@ impl Location {
                 location: format!("{base}{name}/"),
                 message: e.to_string(),
             })?;
+        let path =
+            ObjectPath::from_url_path(url.path()).map_err(|e| StoreError::InvalidLocation {
+                location: format!("{base}{name}/"),
+                message: e.to_string(),
+            })?;
         Ok(Location {
             url,
             display: format!("{}{name}/", base.display),
+            path,
         })
     }
 
@@ -144,20 +155,40 @@ impl Location {
 
     /// The object key (prefix) inside the store.
     pub fn path(&self) -> ObjectPath {
-        ObjectPath::from_url_path(self.url.path()).unwrap_or_else(|_| ObjectPath::from(""))
+        self.path.clone()
     }
 
-    /// A key inside this folder, for messages and for writing.
+    /// Whether the location is the root of its store (a bucket, or `/`).
+    pub fn is_root(&self) -> bool {
+        self.path.parts().next().is_none()
+    }
+
+    /// A key inside this folder. `relative` is in object_store's path form (segments already
+    /// encoded, as in a manifest or a listing), so it is joined as it is, never re-encoded.
     pub fn child(&self, relative: &str) -> ObjectPath {
-        let base = self.path();
-        let mut parts: Vec<_> = base.parts().collect();
-        parts.extend(
-            relative
-                .split('/')
-                .filter(|p| !p.is_empty())
-                .map(object_store::path::PathPart::from),
-        );
-        ObjectPath::from_iter(parts)
+        let rel = relative.trim_matches('/');
+        let base = self.path.as_ref();
+        let joined = match (base.is_empty(), rel.is_empty()) {
+            (true, _) => rel.to_string(),
+            (false, true) => base.to_string(),
+            (false, false) => format!("{base}/{rel}"),
+        };
+        // Relative paths come from sluice itself (manifests, listings, partition folders
+        // built with PathPart), so they parse; fall back to encoding each segment if not.
+        ObjectPath::parse(&joined).unwrap_or_else(|_| {
+            ObjectPath::from_iter(
+                self.path.parts().chain(
+                    rel.split('/')
+                        .filter(|p| !p.is_empty())
+                        .map(object_store::path::PathPart::from),
+                ),
+            )
+        })
+    }
+
+    /// The local folder of a `file://` location.
+    pub fn local_path(&self) -> Option<std::path::PathBuf> {
+        self.url.to_file_path().ok()
     }
 
     /// Whether the location is on local disk.
@@ -335,6 +366,23 @@ mod tests {
         assert_eq!(
             loc.display_key(&loc.child("x.csv")),
             "s3://lake/raw/orders/x.csv"
+        );
+    }
+
+    #[test]
+    fn empty_segments_are_rejected_not_read_as_the_root() {
+        let err = Location::parse("s3://lake//orders/").unwrap_err();
+        assert!(err.to_string().contains("s3://lake//orders/"), "{err}");
+        assert!(Location::parse("s3://lake/").unwrap().is_root());
+        assert!(!Location::parse("s3://lake/x/").unwrap().is_root());
+    }
+
+    #[test]
+    fn children_are_joined_without_re_encoding() {
+        let loc = Location::parse("s3://lake/out/").unwrap();
+        assert_eq!(
+            loc.child("r=EU%2FUK/part-0.csv").as_ref(),
+            "out/r=EU%2FUK/part-0.csv"
         );
     }
 

@@ -18,7 +18,7 @@
 //! next write to the same output deletes; a crash after step 3 leaves a committed output whose
 //! leftovers the next write deletes too.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -54,8 +54,43 @@ pub struct Manifest {
     pub partition_by: Vec<String>,
     /// Total rows over all files.
     pub rows: u64,
-    /// The files, relative to the output folder.
+    /// The result's columns in order, partition columns included, with their Arrow types,
+    /// so readers get the exact schema back.
+    #[serde(default)]
+    pub columns: Vec<ManifestColumn>,
+    /// The files, relative to the output folder, in object_store's path form.
     pub files: Vec<ManifestFile>,
+}
+
+/// One column of an output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestColumn {
+    /// The column name.
+    pub name: String,
+    /// The Arrow type, as Arrow displays it (`Int64`, `Date32`, `Decimal128(12, 2)`...).
+    pub data_type: String,
+}
+
+impl Manifest {
+    /// The output's schema (file columns and partition columns, in result order), if the
+    /// manifest records it and every type parses.
+    pub fn schema(&self) -> Option<datafusion::arrow::datatypes::Schema> {
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        if self.columns.is_empty() {
+            return None;
+        }
+        let fields = self
+            .columns
+            .iter()
+            .map(|c| {
+                c.data_type
+                    .parse::<DataType>()
+                    .ok()
+                    .map(|t| Field::new(&c.name, t, true))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Schema::new(fields))
+    }
 }
 
 /// One file of a published output.
@@ -107,13 +142,15 @@ impl Existing {
     }
 
     /// The files of the current version: the manifest's, or (for a folder sluice did not
-    /// write) every data file found.
+    /// write) every data file found, except files named like sluice's own: with no manifest,
+    /// those are leftovers of a first publish that crashed before its commit.
     pub fn current_files(&self) -> Vec<ManifestFile> {
         match &self.manifest {
             Some(m) => m.files.clone(),
             None => self
                 .data_files
                 .iter()
+                .filter(|(path, _)| !is_sluice_file(path))
                 .map(|(path, bytes)| ManifestFile {
                     path: path.clone(),
                     rows: 0,
@@ -258,12 +295,10 @@ impl Output {
             .await;
         // On local disk, moves leave the (now empty) staging folders behind; object stores
         // have no folders.
-        if self.location.is_local() {
-            let dir = std::path::PathBuf::from(format!("/{prefix}"));
-            let _ = std::fs::remove_dir_all(&dir);
-            if let Some(parent) = dir.parent() {
-                let _ = std::fs::remove_dir(parent);
-            }
+        if let Some(root) = self.location.local_path() {
+            let staging = root.join(STAGING);
+            let _ = std::fs::remove_dir_all(staging.join(run_id));
+            let _ = std::fs::remove_dir(staging);
         }
         results.into_iter().collect()
     }
@@ -276,6 +311,7 @@ impl Output {
         mode: WriteMode,
         format: &str,
         partition_by: &[String],
+        columns: Vec<ManifestColumn>,
         existing: &Existing,
         staged: Vec<ManifestFile>,
     ) -> Result<Manifest, CommitError> {
@@ -335,22 +371,29 @@ impl Output {
             format: format.to_string(),
             partition_by: partition_by.to_vec(),
             rows: files.iter().map(|f| f.rows).sum(),
+            columns,
             files,
         };
         let body =
             serde_json::to_vec_pretty(&manifest).map_err(|e| self.err(&self.key(MANIFEST), e))?;
         let key = self.key(MANIFEST);
         if let Err(e) = self.store.put(&key, PutPayload::from(body)).await {
-            let err = self.err(&key, e);
-            let done: Vec<String> = manifest
-                .files
-                .iter()
-                .filter(|f| !existing.current_files().contains(f))
-                .map(|f| f.path.clone())
-                .collect();
-            let _ = self.delete_all(done).await;
-            let _ = self.discard_staging(run_id).await;
-            return Err(err);
+            // The PUT may have landed even though the client saw an error (a timeout after
+            // the server stored it): only roll back if the manifest is not ours.
+            let landed = matches!(self.read_manifest().await, Ok(Some(m)) if m.run_id == run_id);
+            if !landed {
+                let err = self.err(&key, e);
+                let old = existing.current_files();
+                let done: Vec<String> = manifest
+                    .files
+                    .iter()
+                    .filter(|f| !old.contains(f))
+                    .map(|f| f.path.clone())
+                    .collect();
+                let _ = self.delete_all(done).await;
+                let _ = self.discard_staging(run_id).await;
+                return Err(err);
+            }
         }
 
         // Step 4: clean up. The output is committed; a failure here is healed by the next write.
@@ -395,13 +438,12 @@ pub fn is_data_file(path: &str) -> bool {
         .any(|seg| seg.starts_with('_') && !seg.contains('=') || seg.starts_with('.'))
 }
 
-/// Counts of files per partition folder, for reports.
-pub fn files_by_partition(files: &[ManifestFile]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for f in files {
-        *m.entry(f.partition().to_string()).or_insert(0) += 1;
-    }
-    m
+/// Whether a file name is one sluice writes: `part-NNNNN-<run id>.<ext>`.
+pub fn is_sluice_file(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    regex::Regex::new(r"^part-\d{5}-\d{8}T\d{6}Z-[0-9a-f]{6}\.(parquet|csv|json)$")
+        .map(|re| re.is_match(name))
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -417,6 +459,15 @@ mod tests {
         assert!(!is_data_file("_SUCCESS"));
         assert!(!is_data_file("_staging/r1/part-0.parquet"));
         assert!(!is_data_file(".hidden/part-0.parquet"));
+    }
+
+    #[test]
+    fn sluice_file_names_are_recognised() {
+        assert!(is_sluice_file(
+            "d=1/part-00003-20261128T003405Z-b4370f.parquet"
+        ));
+        assert!(!is_sluice_file("d=1/part-0.parquet"));
+        assert!(!is_sluice_file("data.csv"));
     }
 
     #[test]

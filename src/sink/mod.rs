@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Format, WriteMode};
 use crate::store::Location;
-use commit::{CommitError, Manifest, ManifestFile, Output};
+use commit::{CommitError, Manifest, ManifestColumn, ManifestFile, Output};
 use partition::Partitioner;
 use writer::{FileWriter, WriteError};
 
@@ -41,6 +41,15 @@ pub enum SinkError {
     Exists {
         /// The output folder.
         location: String,
+    },
+    /// The output cannot be written as asked (a root location, a bad partition column, a
+    /// format or partitioning that differs from the existing output's).
+    #[error("output {location}: {message}")]
+    Invalid {
+        /// The output folder.
+        location: String,
+        /// What is wrong.
+        message: String,
     },
     /// A `partition_by` column is not in the result.
     #[error(
@@ -78,7 +87,10 @@ pub enum SinkError {
 impl SinkError {
     /// Whether the error is a usage error (exit status 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, SinkError::PartitionColumn { .. })
+        matches!(
+            self,
+            SinkError::PartitionColumn { .. } | SinkError::Invalid { .. }
+        )
     }
 }
 
@@ -108,6 +120,9 @@ pub struct SinkSpec {
     pub parallelism: usize,
     /// Memory the writers may buffer in total before they flush row groups early.
     pub buffer_budget: usize,
+    /// Keep the input's row order within each partition (the query sorts): one writer lane
+    /// per partition, so files hold consecutive rows.
+    pub preserve_order: bool,
 }
 
 /// A published output: what the run report shows.
@@ -126,6 +141,7 @@ pub struct Staged {
     output: Output,
     existing: commit::Existing,
     files: Vec<ManifestFile>,
+    columns: Vec<ManifestColumn>,
     run_id: String,
 }
 
@@ -142,12 +158,48 @@ pub async fn prepare(
     spec: &SinkSpec,
     run_id: &str,
 ) -> Result<(Output, commit::Existing), SinkError> {
+    let invalid = |message: String| SinkError::Invalid {
+        location: spec.location.to_string(),
+        message,
+    };
+    if spec.location.is_root() {
+        return Err(invalid(
+            "refusing to write an output at the root of a store: name a folder".into(),
+        ));
+    }
+    for col in &spec.partition_by {
+        if col.is_empty() || col.contains(['/', '=']) || col.chars().any(char::is_control) {
+            return Err(invalid(format!(
+                "partition column {col:?} cannot be a folder name (no '/', '=' or control characters)"
+            )));
+        }
+    }
     let output = Output::new(store, spec.location.clone());
     let existing = output.inspect(run_id).await?;
     if spec.mode == WriteMode::ErrorIfExists && !existing.is_empty() {
         return Err(SinkError::Exists {
             location: spec.location.to_string(),
         });
+    }
+    // Adding to an output only makes sense in its own format and partitioning: otherwise old
+    // files would be hidden from readers or never replaced.
+    if let (WriteMode::Append | WriteMode::OverwritePartitions, Some(m)) =
+        (spec.mode, &existing.manifest)
+    {
+        if m.format != spec.format.name() {
+            return Err(invalid(format!(
+                "the existing output is {}, this write is {}: use mode = \"overwrite\" to change the format",
+                m.format,
+                spec.format.name()
+            )));
+        }
+        if m.partition_by != spec.partition_by {
+            return Err(invalid(format!(
+                "the existing output is partitioned by [{}], this write by [{}]: use mode = \"overwrite\" to change it",
+                m.partition_by.join(", "),
+                spec.partition_by.join(", ")
+            )));
+        }
     }
     Ok((output, existing))
 }
@@ -177,6 +229,25 @@ pub async fn stage(
         }
     })?;
     let file_schema = partitioner.file_schema(&schema);
+    if file_schema.fields().is_empty() {
+        return Err(SinkError::Invalid {
+            location: spec.location.to_string(),
+            message: "every column is a partition column: the files would have no columns".into(),
+        });
+    }
+    let columns: Vec<ManifestColumn> = schema
+        .fields()
+        .iter()
+        .map(|f| ManifestColumn {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+        })
+        .collect();
+    let max_lanes_per_partition = if spec.preserve_order {
+        1
+    } else {
+        spec.parallelism.max(1)
+    };
     let shared = Arc::new(LaneShared {
         store: output.store(),
         output_location: spec.location.clone(),
@@ -214,7 +285,8 @@ pub async fn stage(
                     });
                 let want_more = lanes.lanes.is_empty()
                     || (lanes.rows >= LANE_ROWS * lanes.lanes.len() as u64
-                        && total_lanes < spec.parallelism);
+                        && total_lanes < spec.parallelism
+                        && lanes.lanes.len() < max_lanes_per_partition);
                 if want_more {
                     lanes
                         .lanes
@@ -241,23 +313,29 @@ pub async fn stage(
     if result.is_err() {
         shared.aborted.store(true, Ordering::SeqCst);
     }
-    // Close every lane and collect its files (or its error).
+    // Close every lane at once (they finish their last files in parallel), then collect
+    // their files or their errors.
+    let handles: Vec<_> = parts
+        .into_values()
+        .flat_map(|p| p.lanes)
+        .map(|lane| {
+            drop(lane.tx);
+            lane.handle
+        })
+        .collect();
     let mut files = Vec::new();
     let mut lane_error: Option<SinkError> = None;
-    for (_, p) in parts {
-        for lane in p.lanes {
-            drop(lane.tx);
-            match lane.handle.await {
-                Ok(Ok(mut f)) => files.append(&mut f),
-                Ok(Err(e)) => {
-                    lane_error.get_or_insert(e);
-                }
-                Err(join) => {
-                    lane_error.get_or_insert(SinkError::Write {
-                        key: spec.location.to_string(),
-                        message: format!("writer task failed: {join}"),
-                    });
-                }
+    for joined in futures::future::join_all(handles).await {
+        match joined {
+            Ok(Ok(mut f)) => files.append(&mut f),
+            Ok(Err(e)) => {
+                lane_error.get_or_insert(e);
+            }
+            Err(join) => {
+                lane_error.get_or_insert(SinkError::Write {
+                    key: spec.location.to_string(),
+                    message: format!("writer task failed: {join}"),
+                });
             }
         }
     }
@@ -279,6 +357,7 @@ pub async fn stage(
         output,
         existing,
         files,
+        columns,
         run_id: run_id.to_string(),
     })
 }
@@ -303,6 +382,7 @@ pub async fn publish(staged: Staged, spec: &SinkSpec) -> Result<Committed, SinkE
             spec.mode,
             spec.format.name(),
             &spec.partition_by,
+            staged.columns,
             &staged.existing,
             staged.files,
         )

@@ -12,37 +12,26 @@ use datafusion::arrow::row::{RowConverter, SortField};
 /// The folder name Hive and Spark use for a NULL partition value.
 pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
-/// Characters escaped in partition values, as Hive does (plus the space), so a value never
-/// breaks the `key=value/` structure of the path. Readers (DataFusion, Spark, DuckDB)
-/// percent-decode them.
-fn must_escape(c: char) -> bool {
-    c.is_control() || "\"#%'*/:=?\\^{}[] ".contains(c)
+/// The path segment `col=value` in object_store's path form. A `/` in the value is written as
+/// `%2F` (it cannot be part of a folder name); object_store then encodes the segment the same
+/// way for every backend (`%`, non-ASCII, `*`... percent-encoded), and readers that decode
+/// partition values once (DataFusion, and sluice through it) read the value back exactly,
+/// except that a `/` reads back as `%2F`.
+pub fn segment(col: &str, value: &str) -> String {
+    let part = format!("{col}={}", value.replace('/', "%2F"));
+    object_store::path::PathPart::from(part.as_str())
+        .as_ref()
+        .to_string()
 }
 
-/// Percent-encodes a partition value for use in a path segment.
-pub fn escape_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        if must_escape(c) {
-            let mut buf = [0u8; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The relative folder of one partition, e.g. `order_date=2024-01-01/region=EU%2FUK`, from the
-/// column names and the (unescaped) values; `None` is NULL.
+/// The relative folder of one partition, e.g. `order_date=2024-01-01/region=EU`, from the
+/// column names and the values; `None` (and the empty string) is Hive's NULL folder.
 pub fn partition_path(cols: &[String], values: &[Option<String>]) -> String {
     cols.iter()
         .zip(values)
         .map(|(c, v)| match v {
-            Some(v) if !v.is_empty() => format!("{c}={}", escape_value(v)),
-            _ => format!("{c}={NULL_PARTITION}"),
+            Some(v) if !v.is_empty() => segment(c, v),
+            _ => segment(c, NULL_PARTITION),
         })
         .collect::<Vec<_>>()
         .join("/")
@@ -174,10 +163,11 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn values_are_escaped_like_hive() {
-        assert_eq!(escape_value("2024-01-01"), "2024-01-01");
-        assert_eq!(escape_value("EU/UK"), "EU%2FUK");
-        assert_eq!(escape_value("a=b c"), "a%3Db%20c");
+    fn segments_are_in_object_store_path_form() {
+        assert_eq!(segment("d", "2024-01-01"), "d=2024-01-01");
+        assert_eq!(segment("r", "EU/UK"), "r=EU%252FUK");
+        assert_eq!(segment("c", "München"), "c=M%C3%BCnchen");
+        assert_eq!(segment("t", "a b:c"), "t=a b:c");
         assert_eq!(
             partition_path(&["a".into(), "b".into()], &[Some("x".into()), None]),
             format!("a=x/b={NULL_PARTITION}")

@@ -173,6 +173,7 @@ pub async fn generate(
             target_rows_per_file: DEFAULT_ROWS_PER_FILE,
             parallelism: threads,
             buffer_budget: engine.write_buffer_budget(),
+            preserve_order: false,
         };
         let store = engine.stores().store_for(&spec.location)?;
         let task = progress.task(table);
@@ -201,11 +202,9 @@ pub async fn register_tables(engine: &Engine, data: &Location) -> Result<f64, Er
             location: location.url().to_string(),
             format,
             partition_cols: Vec::new(),
-            partition_types: Vec::new(),
             csv: Default::default(),
             compression: Default::default(),
             schema: None,
-            arrow_schema: None,
         };
         catalog::register_table(engine.ctx(), engine.stores(), &spec).await?;
     }

@@ -5,7 +5,10 @@
 //! is either declared (`schema = "id BIGINT, ..."`) or inferred. A table model's published
 //! output is registered the same way once it is written, so downstream models read it back.
 
+pub mod manifest_store;
+
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::datasource::file_format::FileFormat;
@@ -79,17 +82,12 @@ pub struct TableSpec {
     pub format: Format,
     /// Hive partition columns, with SQL types as written in `sluice.toml`.
     pub partition_cols: Vec<PartitionCol>,
-    /// Hive partition columns with known Arrow types (e.g. a model output's), after
-    /// `partition_cols`.
-    pub partition_types: Vec<(String, DataType)>,
     /// CSV options.
     pub csv: CsvOptions,
     /// Compression of text files.
     pub compression: Compression,
     /// A declared schema (SQL column list), or `None` to infer.
     pub schema: Option<String>,
-    /// A known Arrow schema of the files (e.g. a model's output); wins over `schema`.
-    pub arrow_schema: Option<SchemaRef>,
 }
 
 impl From<&SourceConfig> for TableSpec {
@@ -99,11 +97,9 @@ impl From<&SourceConfig> for TableSpec {
             location: s.location.clone(),
             format: s.format,
             partition_cols: s.partition_cols.clone(),
-            partition_types: Vec::new(),
             csv: s.csv.clone(),
             compression: s.compression,
             schema: s.schema.clone(),
-            arrow_schema: None,
         }
     }
 }
@@ -192,7 +188,6 @@ async fn listing_options(
         };
         cols.push((pc.name.clone(), ty));
     }
-    cols.extend(spec.partition_types.iter().cloned());
     let mut opts = ListingOptions::new(format).with_file_extension(extension);
     if !cols.is_empty() {
         opts = opts.with_table_partition_cols(cols);
@@ -317,8 +312,19 @@ pub async fn register_table(
             source_name: spec.name.clone(),
             source,
         })?;
+    // A sluice output (a folder with a manifest) is read through its manifest.
+    if location.url().path().ends_with('/') {
+        let output = crate::sink::commit::Output::new(Arc::clone(&store), location.clone());
+        if let Some(manifest) = output
+            .read_manifest()
+            .await
+            .map_err(|e| read_err(e.key, e.message))?
+        {
+            return register_manifest(ctx, &spec.name, &location, store, &manifest, None).await;
+        }
+    }
     let mut opts = listing_options(ctx, spec).await?;
-    if spec.partition_cols.is_empty() && spec.partition_types.is_empty() {
+    if spec.partition_cols.is_empty() {
         let found = discover_partitions(&location, store.as_ref()).await;
         if !found.is_empty() {
             opts = opts.with_table_partition_cols(
@@ -338,9 +344,7 @@ pub async fn register_table(
         });
     }
 
-    let file_schema: SchemaRef = if let Some(s) = &spec.arrow_schema {
-        Arc::clone(s)
-    } else if let Some(text) = &spec.schema {
+    let file_schema: SchemaRef = if let Some(text) = &spec.schema {
         Arc::new(parse_schema(ctx, &spec.name, text).await?)
     } else {
         match opts.infer_schema(&ctx.state(), &table_url).await {
@@ -492,22 +496,14 @@ pub async fn guess_format(
     })
 }
 
-/// The Hive partition columns of a folder that declares none: those of its `_MANIFEST` if
-/// sluice wrote it, else the `key=` folders above its first data file.
+/// The Hive partition columns of a folder that declares none: the `key=` folders above its
+/// first data file.
 async fn discover_partitions(
     location: &Location,
     store: &dyn object_store::ObjectStore,
 ) -> Vec<String> {
-    use object_store::ObjectStoreExt;
     if !location.url().path().ends_with('/') {
         return Vec::new();
-    }
-    let manifest_key = location.child(crate::sink::commit::MANIFEST);
-    if let Ok(r) = store.get(&manifest_key).await
-        && let Ok(bytes) = r.bytes().await
-        && let Ok(m) = serde_json::from_slice::<crate::sink::commit::Manifest>(&bytes)
-    {
-        return m.partition_by;
     }
     let prefix = location.path();
     let base = prefix.parts().count();
@@ -534,4 +530,119 @@ async fn discover_partitions(
             .collect();
     }
     Vec::new()
+}
+
+/// Distinguishes the URLs under which manifest views are registered (one per registration,
+/// so DataFusion's listing cache never serves an old version).
+static MANIFEST_VIEWS: AtomicUsize = AtomicUsize::new(0);
+
+/// Registers the output at `location` (a sluice output folder) as table `name`, reading
+/// exactly the files its manifest lists. `order`, when given (the model's planned schema),
+/// sets the column order; otherwise the manifest's. Partition columns get their types back,
+/// and Hive's NULL folder reads as NULL.
+pub async fn register_manifest(
+    ctx: &SessionContext,
+    name: &str,
+    location: &Location,
+    store: Arc<dyn object_store::ObjectStore>,
+    manifest: &crate::sink::commit::Manifest,
+    order: Option<&SchemaRef>,
+) -> Result<SchemaRef, CatalogError> {
+    use datafusion::prelude::{cast, col, lit, when};
+    let shown = location.to_string();
+    let read_err = |message: String| CatalogError::Read {
+        source_name: name.to_string(),
+        location: shown.clone(),
+        message,
+    };
+    let df_err = |e: datafusion::error::DataFusionError| read_err(describe_datafusion(&e));
+    let Some(format) = Format::parse(&manifest.format) else {
+        return Err(read_err(format!(
+            "unknown format {:?} in its manifest",
+            manifest.format
+        )));
+    };
+    let Some(schema) = manifest.schema() else {
+        return Err(read_err(
+            "its manifest records no column types (written by an older sluice): rewrite the output"
+                .into(),
+        ));
+    };
+    let parts = &manifest.partition_by;
+    let file_schema = Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .filter(|f| !parts.contains(f.name()))
+            .cloned()
+            .collect::<Vec<_>>(),
+    ));
+
+    // The manifest's files, behind a read-only view registered under a URL of its own.
+    let view_url = format!(
+        "sluice-manifest-{}://{}/",
+        MANIFEST_VIEWS.fetch_add(1, Ordering::Relaxed),
+        location.store_url().host_str().unwrap_or("local")
+    );
+    let committed_at = chrono::DateTime::parse_from_rfc3339(&manifest.committed_at)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(|_| chrono::Utc::now());
+    let files = manifest
+        .files
+        .iter()
+        .map(|f| (location.child(&f.path), f.bytes));
+    let view_store = manifest_store::ManifestStore::new(store, files, committed_at);
+    let store_url = url::Url::parse(&view_url).map_err(|e| read_err(e.to_string()))?;
+    ctx.runtime_env()
+        .register_object_store(&store_url, Arc::new(view_store));
+    let prefix = location.path();
+    let table_url = ListingTableUrl::parse(format!("{view_url}{prefix}/")).map_err(df_err)?;
+
+    let spec = TableSpec {
+        name: name.to_string(),
+        location: table_url.to_string(),
+        format,
+        partition_cols: Vec::new(),
+        csv: CsvOptions::default(),
+        compression: Compression::None,
+        schema: None,
+    };
+    let mut opts = ListingOptions::new(file_format(&spec)).with_file_extension("");
+    if !parts.is_empty() {
+        opts = opts
+            .with_table_partition_cols(parts.iter().map(|p| (p.clone(), DataType::Utf8)).collect());
+    }
+    let config = ListingTableConfig::new(table_url)
+        .with_listing_options(opts)
+        .with_schema(file_schema);
+    let table = ListingTable::try_new(config).map_err(df_err)?;
+    let raw = ctx.read_table(Arc::new(table)).map_err(df_err)?;
+
+    let wanted: Vec<Field> = match order {
+        Some(o) => o.fields().iter().map(|f| f.as_ref().clone()).collect(),
+        None => schema.fields().iter().map(|f| f.as_ref().clone()).collect(),
+    };
+    let mut exprs = Vec::with_capacity(wanted.len());
+    for field in &wanted {
+        let c = col(datafusion::common::Column::from_name(field.name()));
+        let typed = schema
+            .field_with_name(field.name())
+            .map_err(|e| read_err(e.to_string()))?;
+        let expr = if parts.contains(field.name()) {
+            when(
+                c.clone().eq(lit(crate::sink::partition::NULL_PARTITION)),
+                lit(datafusion::common::ScalarValue::Null),
+            )
+            .otherwise(cast(c, typed.data_type().clone()))
+            .map_err(df_err)?
+        } else {
+            c
+        };
+        exprs.push(expr.alias(field.name()));
+    }
+    let view = raw.select(exprs).map_err(df_err)?.into_view();
+    let full = view.schema();
+    ctx.deregister_table(name).map_err(df_err)?;
+    ctx.register_table(name, view).map_err(df_err)?;
+    Ok(full)
 }
