@@ -126,6 +126,22 @@ pub struct Output {
     location: Location,
 }
 
+/// What one write adds: the staged files and what the new manifest says about them.
+pub struct NewVersion<'a> {
+    /// The run writing it.
+    pub run_id: &'a str,
+    /// How it combines with the current version.
+    pub mode: WriteMode,
+    /// The files' format name.
+    pub format: &'a str,
+    /// Hive partition columns.
+    pub partition_by: &'a [String],
+    /// The result's columns.
+    pub columns: Vec<ManifestColumn>,
+    /// The staged files, relative to the run's staging folder.
+    pub files: Vec<ManifestFile>,
+}
+
 /// What the folder held before this write.
 #[derive(Debug, Default)]
 pub struct Existing {
@@ -307,14 +323,17 @@ impl Output {
     /// the output, following the protocol in this module's documentation.
     pub async fn publish(
         &self,
-        run_id: &str,
-        mode: WriteMode,
-        format: &str,
-        partition_by: &[String],
-        columns: Vec<ManifestColumn>,
         existing: &Existing,
-        staged: Vec<ManifestFile>,
+        version: NewVersion<'_>,
     ) -> Result<Manifest, CommitError> {
+        let NewVersion {
+            run_id,
+            mode,
+            format,
+            partition_by,
+            columns,
+            files: staged,
+        } = version;
         let new_partitions: BTreeSet<&str> = staged.iter().map(|f| f.partition()).collect();
         let kept: Vec<ManifestFile> = match mode {
             WriteMode::Overwrite | WriteMode::ErrorIfExists => Vec::new(),

@@ -378,13 +378,15 @@ pub async fn publish(staged: Staged, spec: &SinkSpec) -> Result<Committed, SinkE
     let manifest = staged
         .output
         .publish(
-            &staged.run_id,
-            spec.mode,
-            spec.format.name(),
-            &spec.partition_by,
-            staged.columns,
             &staged.existing,
-            staged.files,
+            commit::NewVersion {
+                run_id: &staged.run_id,
+                mode: spec.mode,
+                format: spec.format.name(),
+                partition_by: &spec.partition_by,
+                columns: staged.columns,
+                files: staged.files,
+            },
         )
         .await?;
     Ok(Committed {

@@ -289,3 +289,169 @@ fn a_failing_model_leaves_the_previous_output_untouched_and_skips_downstream() {
     };
     assert_eq!(daily(&before), daily(&after), "the previous output changed");
 }
+
+/// Writes a pipeline of `(name, sql)` models over the shop's sources into a copy of the shop.
+fn shop_with(models: &[(&str, &str)], extra_toml: &str) -> tempfile::TempDir {
+    let dir = pipeline_copy("shop");
+    for (name, sql) in models {
+        std::fs::write(dir.path().join(format!("queries/{name}.sql")), sql).unwrap();
+    }
+    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        format!("{toml}\n{extra_toml}"),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn typed_and_null_partitions_read_back_downstream_even_when_not_selected() {
+    // by_day is partitioned by a DATE column that is NULL for one group.
+    let dir = shop_with(
+        &[
+            (
+                "by_day",
+                "SELECT CASE WHEN order_date = DATE '2024-01-04' THEN NULL ELSE order_date END AS d, COUNT(*) AS n FROM paid_orders GROUP BY 1",
+            ),
+            (
+                "latest",
+                "SELECT MAX(d) - INTERVAL '1' DAY AS before_last, COUNT(*) AS days, SUM(CASE WHEN d IS NULL THEN n END) AS undated FROM by_day",
+            ),
+        ],
+        "[models.by_day.sink]\npartition_by = [\"d\"]\n",
+    );
+    sluice(dir.path(), &["run", "."]).expect(0);
+    let check = |dir: &std::path::Path| {
+        let run = sluice(
+            dir,
+            &[
+                "sql",
+                "-e",
+                "SELECT CAST(before_last AS VARCHAR) AS b, days, undated FROM t",
+                "--table",
+                &format!("t={}/out/latest/", dir.display()),
+            ],
+        )
+        .expect(0);
+        // Dates 01..03 plus NULL: 4 groups; the latest date is 2024-01-03; the NULL group holds
+        // the paid orders of 2024-01-04 (expected/daily_revenue.csv: 36).
+        assert!(
+            run.stdout.contains("| 2024-01-02 | 4    | 36      |"),
+            "{}",
+            run.stdout
+        );
+    };
+    check(dir.path());
+    // Again with by_day not selected: read from its output, with its types from the manifest.
+    std::fs::remove_dir_all(dir.path().join("out/latest")).unwrap();
+    sluice(dir.path(), &["run", ".", "--select", "latest"]).expect(0);
+    check(dir.path());
+}
+
+#[test]
+fn an_empty_result_is_a_valid_output_for_downstream_models() {
+    let dir = shop_with(
+        &[
+            (
+                "none",
+                "SELECT order_id, order_date FROM paid_orders WHERE quantity > 1000",
+            ),
+            ("count_none", "SELECT COUNT(*) AS n FROM none"),
+        ],
+        "[models.none.sink]\npartition_by = [\"order_date\"]\n",
+    );
+    let report = dir.path().join("r.json");
+    sluice(
+        dir.path(),
+        &["run", ".", "--report", report.to_str().unwrap()],
+    )
+    .expect(0);
+    let r = read_json(&report);
+    let none = r["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "none")
+        .unwrap()
+        .clone();
+    assert_eq!(none["rows_out"], 0);
+    let m = read_json(&dir.path().join("out/none/_MANIFEST"));
+    assert_eq!(m["files"].as_array().unwrap().len(), 0);
+    let run = sluice(
+        dir.path(),
+        &[
+            "sql",
+            "-e",
+            "SELECT n FROM t",
+            "--table",
+            &format!("t={}/out/count_none/", dir.path().display()),
+        ],
+    )
+    .expect(0);
+    assert!(run.stdout.contains("| 0 |"), "{}", run.stdout);
+}
+
+#[test]
+fn select_star_over_a_partitioned_model_keeps_columns_straight_in_csv() {
+    // a is partitioned (its partition column comes last in files' folders); b copies it as
+    // CSV, which is read by position; c reads b.
+    let dir = shop_with(
+        &[
+            (
+                "a",
+                "SELECT customer_id, product, quantity FROM paid_orders",
+            ),
+            ("b", "SELECT * FROM a"),
+            (
+                "c",
+                "SELECT product, SUM(quantity) AS q, SUM(customer_id) AS s FROM b GROUP BY product",
+            ),
+        ],
+        "[models.a.sink]\npartition_by = [\"product\"]\n[models.b.sink]\nformat = \"csv\"\n",
+    );
+    sluice(dir.path(), &["run", "."]).expect(0);
+    // Independent: the same aggregate straight from the raw CSVs.
+    let mut want = std::collections::BTreeMap::<String, (i64, i64)>::new();
+    for f in files_under(&dir.path().join("data/orders")) {
+        let text = std::fs::read_to_string(dir.path().join("data/orders").join(f)).unwrap();
+        for line in text.lines().skip(1) {
+            let c: Vec<&str> = line.split(',').collect();
+            if c[5] == "paid" {
+                let e = want.entry(c[2].to_string()).or_default();
+                e.0 += c[3].parse::<i64>().unwrap();
+                e.1 += c[1].parse::<i64>().unwrap();
+            }
+        }
+    }
+    let run = sluice(
+        dir.path(),
+        &[
+            "sql",
+            "-e",
+            "SELECT product, q, s FROM t ORDER BY product",
+            "--table",
+            &format!("t={}/out/c/", dir.path().display()),
+            "--max-rows",
+            "100",
+        ],
+    )
+    .expect(0);
+    let got: std::collections::BTreeMap<String, (i64, i64)> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.contains("product"))
+        .map(|l| {
+            let c: Vec<&str> = l
+                .split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
+            (
+                c[0].to_string(),
+                (c[1].parse().unwrap(), c[2].parse().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+}
