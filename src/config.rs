@@ -617,12 +617,14 @@ fn local_folder_format(dir: &Path) -> Option<Format> {
     None
 }
 
+/// Whether a table name can be written unquoted in SQL and found again: SQL folds unquoted
+/// names to lower case, so upper-case letters are not allowed.
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 struct Validator<'a> {
@@ -749,7 +751,7 @@ impl Validator<'_> {
         if !valid_name(name) {
             return Err(self.invalid(
                 format!("sources.{name}"),
-                "a source name must be a SQL identifier (letters, digits, _)",
+                "a source name must be a lower-case SQL identifier (a-z, 0-9, _)",
             ));
         }
         let resolved = resolve_location(&raw.location, self.root);
@@ -836,7 +838,7 @@ impl Validator<'_> {
             if !valid_name(&name) {
                 return Err(self.invalid(
                     format!("models.{name}"),
-                    "a model name must be a SQL identifier (letters, digits, _)",
+                    "a model name (its SQL file's name) must be a lower-case SQL identifier (a-z, 0-9, _)",
                 ));
             }
             if sources.contains_key(&name) {
@@ -885,7 +887,35 @@ impl Validator<'_> {
                 },
             );
         }
+        self.check_sinks_apart(&models)?;
         Ok(models)
+    }
+
+    /// Two table models writing the same folder, or one inside the other, would delete each
+    /// other's files when they publish.
+    fn check_sinks_apart(&self, models: &BTreeMap<String, ModelConfig>) -> Result<(), ConfigError> {
+        let tables: Vec<(&String, String)> = models
+            .iter()
+            .filter(|(_, m)| m.materialized == Materialized::Table)
+            .map(|(n, m)| {
+                let mut loc = m.sink.location.clone();
+                if !loc.ends_with('/') {
+                    loc.push('/');
+                }
+                (n, loc)
+            })
+            .collect();
+        for (i, (a, la)) in tables.iter().enumerate() {
+            for (b, lb) in &tables[i + 1..] {
+                if la.starts_with(lb.as_str()) || lb.starts_with(la.as_str()) {
+                    return Err(self.invalid(
+                        format!("models.{b}.sink.location"),
+                        format!("{lb} overlaps the sink of model '{a}' ({la}): each table model needs a folder of its own"),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -971,6 +1001,32 @@ mod tests {
         let shown = format!("{p:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("secret_access_key"), "{shown}");
+    }
+
+    #[test]
+    fn overlapping_sinks_and_upper_case_names_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+        for m in ["a", "b"] {
+            std::fs::write(dir.path().join(format!("queries/{m}.sql")), "SELECT 1").unwrap();
+        }
+        let load_here =
+            |text: &str| Pipeline::from_toml(text, Path::new("sluice.toml"), dir.path(), &no_env);
+        let err = load_here("[models.a.sink]\nlocation = \"out/\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("overlaps the sink of model"),
+            "{err}"
+        );
+        assert!(load_here("").is_ok());
+        let err = load_here("[sources.Orders]\nlocation = \"x.csv\"\n").unwrap_err();
+        assert!(err.to_string().contains("lower-case"), "{err}");
+    }
+
+    #[test]
+    fn quarantine_is_refused_until_it_exists() {
+        let err =
+            load("[sources.a]\nlocation = \"a.csv\"\non_bad_rows = \"quarantine\"\n").unwrap_err();
+        assert!(err.to_string().contains("sources.a.on_bad_rows"), "{err}");
     }
 
     #[test]

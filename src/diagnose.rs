@@ -69,18 +69,13 @@ async fn locate_bad_record(engine: &Engine, source: &SourceConfig) -> Option<Str
         .await
         .ok()?;
     let full = table.schema();
-    let partition: BTreeSet<&str> = source
+    // Partition columns (declared or discovered from `key=value` folders) are not in the
+    // files; which ones a file has is read off its path below.
+    let declared: BTreeSet<String> = source
         .partition_cols
         .iter()
-        .map(|p| p.name.as_str())
+        .map(|p| p.name.clone())
         .collect();
-    let file_fields: Vec<_> = full
-        .fields()
-        .iter()
-        .filter(|f| !partition.contains(f.name().as_str()))
-        .cloned()
-        .collect();
-    let schema: SchemaRef = Arc::new(Schema::new(file_fields));
     let loc = Location::parse(&source.location).ok()?;
     let store = engine.stores().store_for(&loc).ok()?;
     let url = datafusion::datasource::listing::ListingTableUrl::parse(&source.location).ok()?;
@@ -99,6 +94,19 @@ async fn locate_bad_record(engine: &Engine, source: &SourceConfig) -> Option<Str
         .ok()?;
     files.sort_by(|a, b| a.location.cmp(&b.location));
     for file in files {
+        let mut partition = declared.clone();
+        partition.extend(
+            file.location
+                .parts()
+                .filter_map(|p| p.as_ref().split_once('=').map(|(k, _)| k.to_string())),
+        );
+        let schema: SchemaRef = Arc::new(Schema::new(
+            full.fields()
+                .iter()
+                .filter(|f| !partition.contains(f.name()))
+                .cloned()
+                .collect::<Vec<_>>(),
+        ));
         let bytes = store.get(&file.location).await.ok()?.bytes().await.ok()?;
         let shown = loc.display_key(&file.location);
         let found = match source.format {
@@ -175,8 +183,8 @@ fn clean_arrow_message(m: &str) -> String {
         .trim_start_matches("Parser error: ")
         .trim_start_matches("Csv error: ")
         .trim_start_matches("Json error: ");
-    match regex::Regex::new(r" at line \d+") {
-        Ok(re) => re.replace(m, "").into_owned(),
+    match regex::Regex::new(r" (at|for) line \d+") {
+        Ok(re) => re.replace_all(m, "").into_owned(),
         Err(_) => m.to_string(),
     }
 }

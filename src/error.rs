@@ -82,6 +82,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Plan(_) => EXIT_USAGE,
             Error::Store(e) if e.is_usage() => EXIT_USAGE,
+            Error::Catalog(e) if e.is_usage() => EXIT_USAGE,
             Error::Sink(e) if e.is_usage() => EXIT_USAGE,
             _ => EXIT_FAILED,
         }

@@ -13,6 +13,7 @@ use sluice::config::{self, ConfigError, Format, Pipeline, WriteMode};
 use sluice::engine::{Engine, EngineOptions};
 use sluice::error::{EXIT_FAILED, EXIT_OK};
 use sluice::progress::Progress;
+use sluice::report::RunReport;
 use sluice::store::{Location, StoreRegistry};
 use sluice::{Error, run, sql, tpch};
 use std::sync::Arc;
@@ -136,6 +137,14 @@ fn run_options(args: &PipelineArgs, dry_run: bool) -> Result<run::RunOptions, Er
     })
 }
 
+fn write_report(file: &mut std::fs::File, path: &Path, report: &RunReport) -> Result<(), Error> {
+    file.write_all(report.to_json().as_bytes())
+        .map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
 fn write_file(path: &Path, text: &str) -> Result<(), Error> {
     std::fs::write(path, text).map_err(|source| Error::Io {
         path: path.display().to_string(),
@@ -147,14 +156,41 @@ async fn dispatch(command: Command, progress: &Progress, quiet: bool) -> Result<
     match command {
         Command::Run(args) => {
             let opts = run_options(&args.pipeline, args.dry_run)?;
-            let pipeline = Pipeline::load(&args.pipeline.path, &env_lookup)?;
-            let prepared = run::prepare(pipeline, &opts, environment()).await?;
+            // Open the report first: a bad path is found before anything runs, and a run
+            // that stops early still leaves a report saying why.
+            let mut report_file = match &args.report {
+                Some(path) => Some(std::fs::File::create(path).map_err(|e| {
+                    usage("--report", format!("cannot write {}: {e}", path.display()))
+                })?),
+                None => None,
+            };
+            let started_at = run::now();
+            let prepared = match Pipeline::load(&args.pipeline.path, &env_lookup) {
+                Ok(pipeline) => {
+                    let name = pipeline.name.clone();
+                    run::prepare(pipeline, &opts, environment())
+                        .await
+                        .map_err(|e| (name, e))
+                }
+                Err(e) => Err((String::new(), e.into())),
+            };
+            let prepared = match prepared {
+                Ok(p) => p,
+                Err((name, e)) => {
+                    if let (Some(file), Some(path)) = (report_file.as_mut(), &args.report) {
+                        let report =
+                            RunReport::not_run(run::new_run_id(), &name, started_at, e.to_string());
+                        write_report(file, path, &report)?;
+                    }
+                    return Err(e);
+                }
+            };
             if opts.dry_run && !quiet {
                 print!("{}", run::describe_plan(&prepared));
             }
             let report = run::run(prepared, &opts, progress).await;
-            if let Some(path) = &args.report {
-                write_file(path, &report.to_json())?;
+            if let (Some(file), Some(path)) = (report_file.as_mut(), &args.report) {
+                write_report(file, path, &report)?;
             }
             if !quiet {
                 eprint!("{}", report.summary());

@@ -17,6 +17,9 @@ pub struct RunReport {
     pub finished_at: String,
     /// One entry per selected model, in run order.
     pub models: Vec<ModelReport>,
+    /// Why the run failed before any model ran (invalid pipeline, unreadable source...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What happened to one model.
@@ -70,6 +73,19 @@ impl ModelReport {
 }
 
 impl RunReport {
+    /// The report of a run that stopped before any model ran.
+    pub fn not_run(run_id: String, pipeline: &str, started_at: String, error: String) -> RunReport {
+        RunReport {
+            run_id,
+            pipeline: pipeline.to_string(),
+            status: "failed".into(),
+            finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            started_at,
+            models: Vec::new(),
+            error: Some(error),
+        }
+    }
+
     /// Whether every model succeeded.
     pub fn succeeded(&self) -> bool {
         self.status == "success" || self.status == "planned"

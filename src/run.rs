@@ -46,7 +46,8 @@ pub fn new_run_id() -> String {
     )
 }
 
-fn now() -> String {
+/// The current time as the reports write it (RFC 3339, UTC, milliseconds).
+pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -125,6 +126,12 @@ pub async fn prepare(
         let df = plan_model(&engine, &pipeline.models[name], &node.sql).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let model = &pipeline.models[name];
+        if model.materialized == Materialized::Table && selected_set.contains(name) {
+            // The sink's location and store, resolved now so a bad one stops the run before
+            // any model writes.
+            let location = Location::parse(&model.sink.location)?;
+            engine.stores().store_for(&location)?;
+        }
         if model.materialized == Materialized::Table {
             for col in &model.sink.partition_by {
                 if schema.index_of(col).is_err() {
@@ -311,6 +318,7 @@ pub async fn run(prepared: Prepared, opts: &RunOptions, progress: &Progress) -> 
         started_at,
         finished_at: now(),
         models: reports,
+        error: None,
     }
 }
 

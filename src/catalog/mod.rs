@@ -71,6 +71,18 @@ pub enum CatalogError {
     },
 }
 
+impl CatalogError {
+    /// Whether the error is the user's configuration (exit status 2): an invalid declared
+    /// schema, or a location or store that cannot be used.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            CatalogError::Schema { .. } => true,
+            CatalogError::Location { source, .. } => source.is_usage(),
+            CatalogError::NoFiles { .. } | CatalogError::Read { .. } => false,
+        }
+    }
+}
+
 /// What a table is read from: the parts of a source's configuration that the scan needs.
 #[derive(Debug, Clone)]
 pub struct TableSpec {

@@ -337,6 +337,8 @@ impl Output {
         let new_partitions: BTreeSet<&str> = staged.iter().map(|f| f.partition()).collect();
         let kept: Vec<ManifestFile> = match mode {
             WriteMode::Overwrite | WriteMode::ErrorIfExists => Vec::new(),
+            // Without partitions, the whole output is the one partition.
+            WriteMode::OverwritePartitions if partition_by.is_empty() => Vec::new(),
             WriteMode::Append => existing.current_files(),
             WriteMode::OverwritePartitions => existing
                 .current_files()

@@ -151,9 +151,30 @@ fn dependency_cycle_is_named() {
 fn missing_source_names_source_and_location() {
     let dir = pipeline_copy("shop");
     std::fs::remove_file(dir.path().join("data/customers.jsonl")).unwrap();
-    let run = sluice(dir.path(), &["run", "."]).expect(1);
+    let report = dir.path().join("r.json");
+    let run = sluice(
+        dir.path(),
+        &["run", ".", "--report", report.to_str().unwrap()],
+    )
+    .expect(1);
     assert!(run.stderr.contains("source 'customers'"), "{}", run.stderr);
     assert!(run.stderr.contains("customers.jsonl"), "{}", run.stderr);
+    // The run stopped before any model ran, and its report says why.
+    let r = read_json(&report);
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["pipeline"], "shop");
+    assert!(
+        r["error"].as_str().unwrap().contains("customers.jsonl"),
+        "{r}"
+    );
+    assert!(!dir.path().join("out").exists());
+    // An unwritable report path is bad usage, found before anything runs.
+    let run = sluice(
+        dir.path(),
+        &["run", ".", "--report", "/nonexistent/dir/r.json"],
+    )
+    .expect(2);
+    assert!(run.stderr.contains("--report"), "{}", run.stderr);
 }
 
 #[test]
