@@ -273,6 +273,7 @@ pub async fn run(prepared: Prepared, opts: &RunOptions, progress: &Progress) -> 
             continue;
         }
         let start = Instant::now();
+        tracing::info!(model = %name, run_id = %run_id, "running");
         let mut report = ModelReport::new(name, kind, "success");
         match run_table_model(
             &engine,
@@ -302,6 +303,14 @@ pub async fn run(prepared: Prepared, opts: &RunOptions, progress: &Progress) -> 
             }
         }
         report.elapsed_ms = start.elapsed().as_millis() as u64;
+        tracing::info!(
+            model = %name,
+            status = %report.status,
+            rows_in = report.rows_in,
+            rows_out = report.rows_out,
+            elapsed_ms = report.elapsed_ms,
+            "finished"
+        );
         reports.push(report);
     }
     let status = if opts.dry_run {

@@ -381,6 +381,7 @@ impl Output {
             return Err(first_err);
         }
 
+        tracing::debug!(output = %self.location, files = moved.len(), "staged files moved");
         // Step 3: the commit point.
         let mut files = kept;
         files.extend(staged);
@@ -417,6 +418,12 @@ impl Output {
             }
         }
 
+        tracing::info!(
+            output = %self.location,
+            files = manifest.files.len(),
+            rows = manifest.rows,
+            "committed"
+        );
         // Step 4: clean up. The output is committed; a failure here is healed by the next write.
         let listed: BTreeSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
         let garbage: Vec<String> = existing
