@@ -189,6 +189,24 @@ pub enum Compression {
     Xz,
 }
 
+impl Compression {
+    /// The compression a file name's suffix implies (`.gz`, `.zst`, `.bz2`, `.xz`).
+    pub fn from_path(path: &str) -> Compression {
+        let l = path.to_ascii_lowercase();
+        if l.ends_with(".gz") {
+            Compression::Gzip
+        } else if l.ends_with(".zst") {
+            Compression::Zstd
+        } else if l.ends_with(".bz2") {
+            Compression::Bzip2
+        } else if l.ends_with(".xz") {
+            Compression::Xz
+        } else {
+            Compression::None
+        }
+    }
+}
+
 /// Run-wide settings (`[settings]`), all optional.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
@@ -278,6 +296,25 @@ pub struct SourceConfig {
     pub rejects: Option<String>,
     /// The column that places a row in time (used by batches and incremental models).
     pub event_time: Option<String>,
+}
+
+impl SourceConfig {
+    /// A source with default options: `location` (absolute path or URL) in `format`.
+    pub fn new(name: &str, location: &str, format: Format) -> SourceConfig {
+        SourceConfig {
+            name: name.to_string(),
+            location: location.to_string(),
+            format,
+            partition_cols: Vec::new(),
+            csv: CsvOptions::default(),
+            compression: Compression::default(),
+            schema: None,
+            on_bad_rows: OnBadRows::default(),
+            max_bad_rows: None,
+            rejects: None,
+            event_time: None,
+        }
+    }
 }
 
 /// A Hive partition column of a source, e.g. `dt` or `dt:date`.
@@ -417,8 +454,7 @@ struct RawSource {
     quote: Option<String>,
     escape: Option<String>,
     null_value: Option<String>,
-    #[serde(default)]
-    compression: Compression,
+    compression: Option<Compression>,
     schema: Option<String>,
     #[serde(default)]
     on_bad_rows: OnBadRows,
@@ -801,7 +837,9 @@ impl Validator<'_> {
                 .map(|s| PartitionCol::parse(s))
                 .collect(),
             csv,
-            compression: raw.compression,
+            compression: raw
+                .compression
+                .unwrap_or_else(|| Compression::from_path(&raw.location)),
             schema: raw.schema,
             on_bad_rows: raw.on_bad_rows,
             max_bad_rows: raw.max_bad_rows,

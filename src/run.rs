@@ -11,7 +11,7 @@ use std::time::Instant;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::prelude::DataFrame;
 
-use crate::catalog::{self, TableSpec};
+use crate::catalog;
 use crate::config::{Materialized, ModelConfig, Pipeline};
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, describe_datafusion};
@@ -105,8 +105,7 @@ pub async fn prepare(
         }
     }
     for name in &needed_sources {
-        let spec = TableSpec::from(&pipeline.sources[name]);
-        catalog::register_table(engine.ctx(), engine.stores(), &spec).await?;
+        catalog::register_table(engine.ctx(), engine.stores(), &pipeline.sources[name]).await?;
     }
     for name in &outside {
         register_output(&engine, &pipeline.models[name], None).await?;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 
-use crate::catalog::{self, TableSpec};
-use crate::config::{Format, PartitionCol, WriteMode};
+use crate::catalog;
+use crate::config::{Format, PartitionCol, SourceConfig, WriteMode};
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, describe_datafusion};
 use crate::plan::{self, PlanError};
@@ -94,15 +94,8 @@ pub async fn run_sql(
                 catalog::guess_format(engine.stores(), &loc).await?
             }
         };
-        let spec = TableSpec {
-            name: t.name.clone(),
-            location: t.location.clone(),
-            format,
-            partition_cols: t.partition_cols.clone(),
-            csv: Default::default(),
-            compression: compression_of(&t.location),
-            schema: None,
-        };
+        let mut spec = SourceConfig::new(&t.name, &t.location, format);
+        spec.partition_cols = t.partition_cols.clone();
         catalog::register_table(engine.ctx(), engine.stores(), &spec).await?;
     }
     let df = engine.ctx().sql(&sql).await.map_err(|e| PlanError::Query {
@@ -190,21 +183,5 @@ pub async fn run_sql(
                 files: Vec::new(),
             })
         }
-    }
-}
-
-fn compression_of(location: &str) -> crate::config::Compression {
-    use crate::config::Compression;
-    let l = location.to_ascii_lowercase();
-    if l.ends_with(".gz") {
-        Compression::Gzip
-    } else if l.ends_with(".zst") {
-        Compression::Zstd
-    } else if l.ends_with(".bz2") {
-        Compression::Bzip2
-    } else if l.ends_with(".xz") {
-        Compression::Xz
-    } else {
-        Compression::None
     }
 }

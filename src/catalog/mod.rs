@@ -23,7 +23,7 @@ use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 use object_store::ObjectMeta;
 
-use crate::config::{Compression, CsvOptions, Format, PartitionCol, SourceConfig};
+use crate::config::{Compression, Format, SourceConfig};
 use crate::error::describe_datafusion;
 use crate::store::{Location, StoreError, StoreRegistry};
 
@@ -83,39 +83,6 @@ impl CatalogError {
     }
 }
 
-/// What a table is read from: the parts of a source's configuration that the scan needs.
-#[derive(Debug, Clone)]
-pub struct TableSpec {
-    /// The table name in SQL.
-    pub name: String,
-    /// Where its files are (absolute path or URL; a folder, file or glob).
-    pub location: String,
-    /// Their format.
-    pub format: Format,
-    /// Hive partition columns, with SQL types as written in `sluice.toml`.
-    pub partition_cols: Vec<PartitionCol>,
-    /// CSV options.
-    pub csv: CsvOptions,
-    /// Compression of text files.
-    pub compression: Compression,
-    /// A declared schema (SQL column list), or `None` to infer.
-    pub schema: Option<String>,
-}
-
-impl From<&SourceConfig> for TableSpec {
-    fn from(s: &SourceConfig) -> Self {
-        TableSpec {
-            name: s.name.clone(),
-            location: s.location.clone(),
-            format: s.format,
-            partition_cols: s.partition_cols.clone(),
-            csv: s.csv.clone(),
-            compression: s.compression,
-            schema: s.schema.clone(),
-        }
-    }
-}
-
 fn compression_type(c: Compression) -> FileCompressionType {
     match c {
         Compression::None => FileCompressionType::UNCOMPRESSED,
@@ -139,7 +106,7 @@ pub(crate) fn regex_escape(s: &str) -> String {
 }
 
 /// The DataFusion file format for a spec.
-pub fn file_format(spec: &TableSpec) -> Arc<dyn FileFormat> {
+pub fn file_format(spec: &SourceConfig) -> Arc<dyn FileFormat> {
     let compression = compression_type(spec.compression);
     match spec.format {
         Format::Parquet => Arc::new(ParquetFormat::default()),
@@ -170,7 +137,7 @@ fn is_file_or_glob(location: &str) -> bool {
 /// The listing options for a spec: format, extension filter, partition columns.
 async fn listing_options(
     ctx: &SessionContext,
-    spec: &TableSpec,
+    spec: &SourceConfig,
 ) -> Result<ListingOptions, CatalogError> {
     let format = file_format(spec);
     // A folder is filtered by extension (so `_SUCCESS` and `_MANIFEST` are skipped); a file
@@ -298,7 +265,7 @@ async fn list_files(
 pub async fn register_table(
     ctx: &SessionContext,
     stores: &StoreRegistry,
-    spec: &TableSpec,
+    spec: &SourceConfig,
 ) -> Result<SchemaRef, CatalogError> {
     let read_err = |location: String, message: String| CatalogError::Read {
         source_name: spec.name.clone(),
@@ -435,7 +402,7 @@ pub async fn register_table(
 /// that fails, with its error, so the message can name it.
 async fn find_unreadable_file(
     ctx: &SessionContext,
-    spec: &TableSpec,
+    spec: &SourceConfig,
     table_url: &ListingTableUrl,
     opts: &ListingOptions,
     store: &Arc<dyn object_store::ObjectStore>,
@@ -610,15 +577,7 @@ pub async fn register_manifest(
     let prefix = location.path();
     let table_url = ListingTableUrl::parse(format!("{view_url}{prefix}/")).map_err(df_err)?;
 
-    let spec = TableSpec {
-        name: name.to_string(),
-        location: table_url.to_string(),
-        format,
-        partition_cols: Vec::new(),
-        csv: CsvOptions::default(),
-        compression: Compression::None,
-        schema: None,
-    };
+    let spec = SourceConfig::new(name, table_url.as_str(), format);
     let mut opts = ListingOptions::new(file_format(&spec)).with_file_extension("");
     if !parts.is_empty() {
         opts = opts

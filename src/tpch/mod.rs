@@ -16,8 +16,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::catalog::{self, TableSpec};
-use crate::config::{DEFAULT_ROWS_PER_FILE, Format, WriteMode};
+use crate::catalog;
+use crate::config::{DEFAULT_ROWS_PER_FILE, Format, SourceConfig, WriteMode};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::progress::Progress;
@@ -197,15 +197,7 @@ pub async fn register_tables(engine: &Engine, data: &Location) -> Result<f64, Er
     for table in TABLES {
         let location = data.join_folder(table)?;
         let format = catalog::guess_format(engine.stores(), &location).await?;
-        let spec = TableSpec {
-            name: table.to_string(),
-            location: location.url().to_string(),
-            format,
-            partition_cols: Vec::new(),
-            csv: Default::default(),
-            compression: Default::default(),
-            schema: None,
-        };
+        let spec = SourceConfig::new(table, location.url().as_str(), format);
         catalog::register_table(engine.ctx(), engine.stores(), &spec).await?;
     }
     let count_err = |e| Error::Query {

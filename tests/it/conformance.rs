@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -101,33 +100,11 @@ impl Target {
 
     /// Reads the output with plain DataFusion and runs `sql` over it as table `t`.
     pub async fn query(&self, format: &str, partitions: &[&str], sql: &str) -> Vec<RecordBatch> {
-        let ctx = SessionContext::new();
-        if let Some(u) = &self.store_url {
-            ctx.register_object_store(u, Arc::clone(&self.store));
-        }
-        let parts: Vec<_> = partitions
-            .iter()
-            .map(|p| (p.to_string(), datafusion::arrow::datatypes::DataType::Utf8))
-            .collect();
-        match format {
-            "parquet" => ctx
-                .register_parquet(
-                    "t",
-                    &self.url,
-                    ParquetReadOptions::default().table_partition_cols(parts),
-                )
-                .await
-                .unwrap(),
-            _ => ctx
-                .register_csv(
-                    "t",
-                    &self.url,
-                    CsvReadOptions::new().table_partition_cols(parts),
-                )
-                .await
-                .unwrap(),
-        }
-        ctx.sql(sql).await.unwrap().collect().await.unwrap()
+        let store = self
+            .store_url
+            .as_ref()
+            .map(|u| (u, Arc::clone(&self.store)));
+        query_output_in(store, &self.url, format, partitions, sql).await
     }
 
     /// Runs `sluice sql` writing to the target.

@@ -134,13 +134,7 @@ fn select_runs_only_the_chosen_models() {
         ],
     )
     .expect(0);
-    let r = read_json(&report);
-    let names: Vec<&str> = r["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
+    let names = model_names(&read_json(&report));
     assert_eq!(names, vec!["daily_revenue"]);
     assert!(dir.path().join("out/daily_revenue/_SUCCESS").exists());
     assert!(!dir.path().join("out/revenue_by_country").exists());
@@ -157,13 +151,7 @@ fn select_runs_only_the_chosen_models() {
         ],
     )
     .expect(0);
-    let r = read_json(&report);
-    let names: Vec<&str> = r["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
+    let names = model_names(&read_json(&report));
     assert_eq!(
         names,
         vec!["paid_orders", "daily_revenue", "revenue_by_country"]
@@ -225,16 +213,10 @@ async fn variables_are_substituted() {
     )
     .await;
     // Independent count: paid rows with quantity >= 8 in the raw CSVs.
-    let mut expected = 0;
-    for f in files_under(&dir.path().join("data/orders")) {
-        let text = std::fs::read_to_string(dir.path().join("data/orders").join(f)).unwrap();
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split(',').collect();
-            if cols[5] == "paid" && cols[3].parse::<i32>().unwrap() >= 8 {
-                expected += 1;
-            }
-        }
-    }
+    let expected = raw_orders(dir.path())
+        .iter()
+        .filter(|o| o.status == "paid" && o.quantity >= 8)
+        .count();
     assert_eq!(rows(&got, &["n"]), vec![vec![expected.to_string()]]);
 }
 
@@ -413,16 +395,13 @@ fn select_star_over_a_partitioned_model_keeps_columns_straight_in_csv() {
     sluice(dir.path(), &["run", "."]).expect(0);
     // Independent: the same aggregate straight from the raw CSVs.
     let mut want = std::collections::BTreeMap::<String, (i64, i64)>::new();
-    for f in files_under(&dir.path().join("data/orders")) {
-        let text = std::fs::read_to_string(dir.path().join("data/orders").join(f)).unwrap();
-        for line in text.lines().skip(1) {
-            let c: Vec<&str> = line.split(',').collect();
-            if c[5] == "paid" {
-                let e = want.entry(c[2].to_string()).or_default();
-                e.0 += c[3].parse::<i64>().unwrap();
-                e.1 += c[1].parse::<i64>().unwrap();
-            }
-        }
+    for o in raw_orders(dir.path())
+        .into_iter()
+        .filter(|o| o.status == "paid")
+    {
+        let e = want.entry(o.product).or_default();
+        e.0 += o.quantity;
+        e.1 += o.customer_id;
     }
     let run = sluice(
         dir.path(),

@@ -6,22 +6,10 @@ use crate::support::*;
 
 /// Orders per product and per day, counted straight from the raw CSV text.
 pub fn raw_counts() -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
-    let base = testdata("shop").join("data/orders");
     let (mut by_product, mut by_day) = (BTreeMap::new(), BTreeMap::new());
-    for f in files_under(&base) {
-        let day = f
-            .split('/')
-            .next()
-            .unwrap()
-            .trim_start_matches("dt=")
-            .to_string();
-        let text = std::fs::read_to_string(base.join(&f)).unwrap();
-        for line in text.lines().skip(1) {
-            *by_product
-                .entry(line.split(',').nth(2).unwrap().to_string())
-                .or_insert(0) += 1;
-            *by_day.entry(day.clone()).or_insert(0) += 1;
-        }
+    for o in raw_orders(&testdata("shop")) {
+        *by_product.entry(o.product).or_insert(0) += 1;
+        *by_day.entry(o.dt).or_insert(0) += 1;
     }
     (by_product, by_day)
 }

@@ -97,45 +97,84 @@ pub fn pipeline_copy(name: &str) -> tempfile::TempDir {
     dir
 }
 
-/// Every file under `dir`, relative, sorted.
-pub fn files_under(dir: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+/// Every file and every folder under `dir` (relative paths, sorted).
+fn walk(dir: &Path) -> (Vec<String>, Vec<String>) {
+    fn go(base: &Path, dir: &Path, files: &mut Vec<String>, dirs: &mut Vec<String>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
         for e in entries.flatten() {
             let p = e.path();
+            let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
             if p.is_dir() {
-                walk(base, &p, out);
+                dirs.push(rel);
+                go(base, &p, files, dirs);
             } else {
-                out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+                files.push(rel);
             }
         }
     }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
+    let (mut files, mut dirs) = (Vec::new(), Vec::new());
+    go(dir, dir, &mut files, &mut dirs);
+    files.sort();
+    dirs.sort();
+    (files, dirs)
+}
+
+/// Every file under `dir`, relative, sorted.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    walk(dir).0
 }
 
 /// Every folder under `dir` (relative, sorted): to check that no staging folder is left.
 pub fn dirs_under(dir: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
-                walk(base, &p, out);
-            }
+    walk(dir).1
+}
+
+/// One row of the shop's raw `orders` CSVs, parsed by hand (independently of any engine).
+#[derive(Debug, Clone)]
+pub struct RawOrder {
+    pub dt: String,
+    pub customer_id: i64,
+    pub product: String,
+    pub quantity: i64,
+    pub status: String,
+}
+
+/// Every raw order under `<pipeline>/data/orders/dt=*/orders.csv`.
+pub fn raw_orders(pipeline: &Path) -> Vec<RawOrder> {
+    let base = pipeline.join("data/orders");
+    let mut out = Vec::new();
+    for f in files_under(&base) {
+        let dt = f
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_start_matches("dt=")
+            .to_string();
+        let text = std::fs::read_to_string(base.join(&f)).unwrap();
+        for line in text.lines().skip(1) {
+            let c: Vec<&str> = line.split(',').collect();
+            out.push(RawOrder {
+                dt: dt.clone(),
+                customer_id: c[1].parse().unwrap(),
+                product: c[2].to_string(),
+                quantity: c[3].parse().unwrap(),
+                status: c[5].to_string(),
+            });
         }
     }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
     out
+}
+
+/// The model names of a run report, in order.
+pub fn model_names(report: &serde_json::Value) -> Vec<String> {
+    report["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// A file's bytes and every file of a folder, to compare a folder before and after.
@@ -185,7 +224,21 @@ pub async fn query_output(
     partitions: &[&str],
     sql: &str,
 ) -> Vec<RecordBatch> {
+    query_output_in(None, dir, format, partitions, sql).await
+}
+
+/// [`query_output`] with an object store registered for `dir`'s URL (for S3 outputs).
+pub async fn query_output_in(
+    store: Option<(&url::Url, std::sync::Arc<dyn object_store::ObjectStore>)>,
+    dir: &str,
+    format: &str,
+    partitions: &[&str],
+    sql: &str,
+) -> Vec<RecordBatch> {
     let ctx = SessionContext::new();
+    if let Some((url, store)) = store {
+        ctx.register_object_store(url, store);
+    }
     let parts: Vec<(String, datafusion::arrow::datatypes::DataType)> = partitions
         .iter()
         .map(|p| (p.to_string(), datafusion::arrow::datatypes::DataType::Utf8))
