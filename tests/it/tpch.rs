@@ -101,3 +101,38 @@ async fn generates_tpch_and_runs_all_22_queries_with_checked_answers() {
     .expect(2);
     assert!(run.stderr.contains("--queries"), "{}", run.stderr);
 }
+
+#[tokio::test]
+async fn the_bundled_example_pipeline_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tpch"),
+        dir.path(),
+    );
+    let data = format!("{}/data", dir.path().display());
+    sluice(
+        dir.path(),
+        &["gen", "tpch", "--scale", "0.01", "--out", &data],
+    )
+    .expect(0);
+    sluice(dir.path(), &["run", "."]).expect(0);
+    // monthly_revenue counts every shipped line once: compare with plain DataFusion over the
+    // generated lineitem files.
+    let want = query_output(
+        &format!("{data}/lineitem/"),
+        "parquet",
+        &[],
+        "SELECT CAST(COUNT(*) AS VARCHAR) AS n FROM t WHERE l_shipdate <= DATE '1998-09-02'",
+    )
+    .await;
+    let got = query_output(
+        &format!("{}/out/monthly_revenue/", dir.path().display()),
+        "parquet",
+        &["ship_year"],
+        "SELECT CAST(SUM(lines) AS VARCHAR) AS n FROM t",
+    )
+    .await;
+    assert_eq!(rows(&got, &["n"]), rows(&want, &["n"]));
+    let top = read_json(&dir.path().join("out/top_customers/_MANIFEST"));
+    assert_eq!(top["rows"], 100);
+}
