@@ -28,6 +28,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// Run one SQL transform over named tables; print it or write it with --out.
     Sql(SqlArgs),
+    /// Run history from the state store: id, start, end, status, rows in / out / rejected.
+    Runs(RunsArgs),
     /// Generate sample data.
     #[command(subcommand)]
     Gen(GenCommand),
@@ -74,6 +76,20 @@ pub struct RunArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+}
+
+/// `sluice runs`.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// The pipeline folder (holding sluice.toml) or the sluice.toml file.
+    #[arg(default_value = ".")]
+    pub path: PathBuf,
+    /// Show at most this many runs, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `sluice sql`.

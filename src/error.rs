@@ -9,6 +9,7 @@ use crate::catalog::CatalogError;
 use crate::config::ConfigError;
 use crate::plan::PlanError;
 use crate::sink::SinkError;
+use crate::state::StateError;
 use crate::store::StoreError;
 
 /// Exit status of a successful command.
@@ -33,6 +34,9 @@ pub enum Error {
     /// A source could not be registered (missing files, unreadable schema, ...).
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// The state store failed, or another run holds the pipeline.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// A model failed while it ran.
     #[error("model '{model}' failed: {message}")]
     Model {

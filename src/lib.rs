@@ -17,6 +17,8 @@
 //! - [`sink`]: result streams → partitioned files in staging → published by the
 //!   [`sink::commit`] protocol (`_MANIFEST` as the atomic commit point).
 //! - [`run`]: `sluice run` / `sluice plan`, tying the above together per model.
+//! - [`state`]: the SQLite run ledger (`sluice runs`) and the lock that keeps runs of one
+//!   pipeline from overlapping.
 //! - [`sql`]: `sluice sql`, one transform outside a pipeline.
 //! - [`tpch`]: `sluice gen tpch` and `sluice bench tpch`.
 //! - [`report`], [`progress`], [`diagnose`]: what the user sees of a run.
@@ -36,6 +38,7 @@ pub mod report;
 pub mod run;
 pub mod sink;
 pub mod sql;
+pub mod state;
 pub mod store;
 pub mod tpch;
 

@@ -166,22 +166,35 @@ async fn dispatch(command: Command, progress: &Progress, quiet: bool) -> Result<
                 None => None,
             };
             let started_at = run::now();
-            let prepared = match Pipeline::load(&args.pipeline.path, &env_lookup) {
-                Ok(pipeline) => {
-                    let name = pipeline.name.clone();
-                    run::prepare(pipeline, &opts, environment())
-                        .await
-                        .map_err(|e| (name, e))
-                }
-                Err(e) => Err((String::new(), e.into())),
-            };
-            let prepared = match prepared {
+            let pipeline = match Pipeline::load(&args.pipeline.path, &env_lookup) {
                 Ok(p) => p,
-                Err((name, e)) => {
+                Err(e) => {
+                    let e = Error::from(e);
                     if let (Some(file), Some(path)) = (report_file.as_mut(), &args.report) {
                         let report =
-                            RunReport::not_run(run::new_run_id(), &name, started_at, e.to_string());
+                            RunReport::not_run(run::new_run_id(), "", started_at, e.to_string());
                         write_report(file, path, &report)?;
+                    }
+                    return Err(e);
+                }
+            };
+            let kept = pipeline.clone();
+            let prepared = match run::prepare(pipeline, &opts, environment()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let report = RunReport::not_run(
+                        run::new_run_id(),
+                        &kept.name,
+                        started_at,
+                        e.to_string(),
+                    );
+                    if let (Some(file), Some(path)) = (report_file.as_mut(), &args.report) {
+                        write_report(file, path, &report)?;
+                    }
+                    if !opts.dry_run
+                        && let Err(state_err) = run::record_not_run(&kept, &report)
+                    {
+                        tracing::warn!("cannot record the run: {state_err}");
                     }
                     return Err(e);
                 }
@@ -189,7 +202,7 @@ async fn dispatch(command: Command, progress: &Progress, quiet: bool) -> Result<
             if opts.dry_run && !quiet {
                 print!("{}", run::describe_plan(&prepared));
             }
-            let report = run::run(prepared, &opts, progress).await;
+            let report = run::run(prepared, &opts, progress).await?;
             if let (Some(file), Some(path)) = (report_file.as_mut(), &args.report) {
                 write_report(file, path, &report)?;
             }
@@ -208,6 +221,22 @@ async fn dispatch(command: Command, progress: &Progress, quiet: bool) -> Result<
                 }
                 Ok(EXIT_FAILED)
             }
+        }
+        Command::Runs(args) => {
+            let pipeline = Pipeline::load(&args.path, &env_lookup)?;
+            let state = sluice::state::StateStore::open(&pipeline.settings.state)?;
+            let rows = state.runs(args.limit)?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).unwrap_or_default()
+                );
+            } else if rows.is_empty() {
+                eprintln!("no runs recorded in {}", state.path().display());
+            } else {
+                print!("{}", sluice::state::format_runs(&rows));
+            }
+            Ok(EXIT_OK)
         }
         Command::Plan(args) => {
             let opts = run_options(&args.pipeline, true)?;

@@ -206,6 +206,14 @@ fn syntax_message(err: &datafusion::error::DataFusionError, sql: &str) -> String
     format!("{msg} at Line: {line}, Column: {column}")
 }
 
+/// Whether `name` is one of DataFusion's table functions (`range`, `generate_series`...),
+/// which the SQL parser reports like tables.
+fn is_table_function(name: &str) -> bool {
+    datafusion::execution::SessionStateDefaults::default_table_functions()
+        .iter()
+        .any(|f| f.name() == name)
+}
+
 /// The closest known name to `name`, for "did you mean" hints.
 fn suggest<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> String {
     let best = known
@@ -250,6 +258,8 @@ impl Dag {
                     upstream_models.insert(table);
                 } else if pipeline.sources.contains_key(&table) {
                     sources.insert(table);
+                } else if is_table_function(&table) {
+                    // range(...), generate_series(...): computed, not read.
                 } else {
                     return Err(PlanError::UnknownTable {
                         model: name.clone(),

@@ -19,6 +19,7 @@ use crate::plan::{Dag, PlanError};
 use crate::progress::Progress;
 use crate::report::{ModelReport, RunReport};
 use crate::sink::{self, SinkSpec};
+use crate::state::{Holder, StateStore};
 use crate::store::{Location, StoreRegistry};
 
 /// What `sluice run` was asked to do, beyond the pipeline itself.
@@ -234,11 +235,82 @@ async fn register_output(
     Ok(())
 }
 
-/// Runs a prepared pipeline: every selected model in order. A failed model fails the run and
-/// skips the models downstream of it; independent models still run.
-pub async fn run(prepared: Prepared, opts: &RunOptions, progress: &Progress) -> RunReport {
+/// Runs a prepared pipeline under its lock, recorded in its state store: every selected model
+/// in order. A failed model fails the run and skips the models downstream of it; independent
+/// models still run. A dry run takes no lock and records nothing.
+pub async fn run(
+    prepared: Prepared,
+    opts: &RunOptions,
+    progress: &Progress,
+) -> Result<RunReport, Error> {
     let run_id = new_run_id();
     let started_at = now();
+    if opts.dry_run {
+        return Ok(run_models(prepared, opts, progress, run_id, started_at).await);
+    }
+    let state = Arc::new(StateStore::open(&prepared.pipeline.settings.state)?);
+    let me = Holder::current();
+    let pipeline = prepared.pipeline.name.clone();
+    if let Some(old) = state.acquire(&pipeline, &run_id, &me, &started_at)? {
+        tracing::warn!("took over the lock of run {old}, whose process is gone");
+    }
+    let selection = prepared.selected.join(",");
+    let vars = opts
+        .vars
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let result = async {
+        state.start_run(&run_id, &pipeline, &started_at, &selection, &vars, &me)?;
+        // The heartbeat tells other hosts sharing the state file that this run is alive.
+        let beat = {
+            let state = Arc::clone(&state);
+            let run_id = run_id.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(crate::state::HEARTBEAT_EVERY).await;
+                    if let Err(e) = state.heartbeat(&run_id, &now()) {
+                        tracing::warn!("cannot write the heartbeat: {e}");
+                    }
+                }
+            })
+        };
+        let report = run_models(prepared, opts, progress, run_id.clone(), started_at).await;
+        beat.abort();
+        state.finish_run(&report)?;
+        Ok(report)
+    }
+    .await;
+    if let Err(e) = state.release(&run_id) {
+        tracing::warn!("cannot release the lock: {e}");
+    }
+    result
+}
+
+/// Records a run that stopped before any model ran (invalid SQL, unreadable source...) in the
+/// pipeline's ledger, so `sluice runs` shows it.
+pub fn record_not_run(pipeline: &Pipeline, report: &RunReport) -> Result<(), Error> {
+    let state = StateStore::open(&pipeline.settings.state)?;
+    state.start_run(
+        &report.run_id,
+        &report.pipeline,
+        &report.started_at,
+        "",
+        "",
+        &Holder::current(),
+    )?;
+    state.finish_run(report)?;
+    Ok(())
+}
+
+async fn run_models(
+    prepared: Prepared,
+    opts: &RunOptions,
+    progress: &Progress,
+    run_id: String,
+    started_at: String,
+) -> RunReport {
     let Prepared {
         pipeline,
         dag,

@@ -9,4 +9,5 @@ mod formats;
 mod pipeline;
 mod s3;
 mod sql;
+mod state;
 mod tpch;

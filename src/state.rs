@@ -1,0 +1,553 @@
+//! The state store: an embedded SQLite database (`settings.state`, default
+//! `.sluice/state.db`) that is the pipeline's run ledger and holds its run lock.
+//!
+//! Tables: `runs` (one row a run), `models` (one row a model of a run), `units` (one row a
+//! work unit of a model: its attempts, rows, timings, files, error), and `lock` (at most one
+//! row: the run that holds the pipeline). The schema is versioned in `meta`, so later
+//! versions can add tables (watermarks, late-arrival counts) with migrations.
+//!
+//! The lock makes runs of one pipeline never overlap. It records the holder's pid, the
+//! pid's start time (so a recycled pid is not mistaken for the holder) and host, and a
+//! heartbeat. A lock whose holder is gone (same host: the process no longer exists; another
+//! host: no heartbeat for [`STALE_AFTER`]) is taken over, with a warning.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::report::{ModelReport, RunReport};
+
+/// A lock whose holder has not written a heartbeat for this long is stale (other hosts).
+pub const STALE_AFTER: Duration = Duration::from_secs(600);
+
+/// How often a running process refreshes its heartbeat.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
+
+/// The schema version this build writes.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The database could not be opened, read or written.
+    #[error("state store {path}: {message}")]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's message.
+        message: String,
+    },
+    /// Another run of the pipeline holds the lock.
+    #[error(
+        "pipeline '{pipeline}' is already running: run {run_id} (pid {pid} on {host}, since {since}); \
+         wait for it to finish, or stop it"
+    )]
+    Locked {
+        /// The pipeline.
+        pipeline: String,
+        /// The holder's run.
+        run_id: String,
+        /// The holder's process id.
+        pid: i64,
+        /// The holder's host.
+        host: String,
+        /// When it took the lock.
+        since: String,
+    },
+}
+
+/// The identity of this process, as the lock records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Process id.
+    pub pid: i64,
+    /// The process's start time (from /proc), to tell a recycled pid apart.
+    pub start: Option<String>,
+    /// Host name.
+    pub host: String,
+}
+
+impl Holder {
+    /// This process.
+    pub fn current() -> Holder {
+        let pid = i64::from(std::process::id());
+        Holder {
+            pid,
+            start: process_start(pid),
+            host: hostname(),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
+/// The start time of a process in clock ticks since boot (field 22 of /proc/PID/stat), or
+/// `None` if there is no such process (or no /proc).
+fn process_start(pid: i64) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: split after it.
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// One row of the run ledger, as `sluice runs` prints it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RunRow {
+    /// The run id.
+    pub run_id: String,
+    /// The pipeline.
+    pub pipeline: String,
+    /// Start time.
+    pub started_at: String,
+    /// End time, if finished.
+    pub finished_at: Option<String>,
+    /// `running`, `success`, `failed`, or `interrupted` (its process died).
+    pub status: String,
+    /// Rows read by its models.
+    pub rows_in: i64,
+    /// Rows written.
+    pub rows_out: i64,
+    /// Rows rejected.
+    pub rows_rejected: i64,
+    /// Models that succeeded / were run.
+    pub models_ok: i64,
+    /// Models in the run.
+    pub models_total: i64,
+    /// Why it failed, if it did before any model ran.
+    pub error: Option<String>,
+}
+
+/// The state store of one pipeline.
+pub struct StateStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl StateStore {
+    /// Opens (creating if needed) the state database at `path`.
+    pub fn open(path: &Path) -> Result<StateStore, StateError> {
+        let err = |e: &dyn std::fmt::Display| StateError::Db {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+        }
+        let conn = Connection::open(path).map_err(|e| err(&e))?;
+        // WAL lets `sluice runs` read while a run writes; the busy timeout lets two processes
+        // take turns instead of failing on a locked database.
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| err(&e))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| err(&e))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS runs (
+                 run_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, started_at TEXT NOT NULL,
+                 finished_at TEXT, status TEXT NOT NULL, selection TEXT NOT NULL DEFAULT '',
+                 vars TEXT NOT NULL DEFAULT '', pid INTEGER, host TEXT, error TEXT);
+             CREATE TABLE IF NOT EXISTS models (
+                 run_id TEXT NOT NULL, model TEXT NOT NULL, status TEXT NOT NULL,
+                 materialized TEXT NOT NULL, rows_in INTEGER NOT NULL DEFAULT 0,
+                 rows_out INTEGER NOT NULL DEFAULT 0, rows_rejected INTEGER NOT NULL DEFAULT 0,
+                 units_total INTEGER NOT NULL DEFAULT 0, units_done INTEGER NOT NULL DEFAULT 0,
+                 elapsed_ms INTEGER NOT NULL DEFAULT 0, spilled_bytes INTEGER NOT NULL DEFAULT 0,
+                 outputs TEXT NOT NULL DEFAULT '[]', error TEXT,
+                 PRIMARY KEY (run_id, model));
+             CREATE TABLE IF NOT EXISTS units (
+                 run_id TEXT NOT NULL, model TEXT NOT NULL, unit TEXT NOT NULL,
+                 status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                 rows_in INTEGER NOT NULL DEFAULT 0, rows_out INTEGER NOT NULL DEFAULT 0,
+                 started_at TEXT, finished_at TEXT, elapsed_ms INTEGER NOT NULL DEFAULT 0,
+                 peak_memory INTEGER NOT NULL DEFAULT 0, spilled_bytes INTEGER NOT NULL DEFAULT 0,
+                 files TEXT NOT NULL DEFAULT '[]', error TEXT,
+                 PRIMARY KEY (run_id, model, unit));
+             CREATE TABLE IF NOT EXISTS lock (
+                 id INTEGER PRIMARY KEY CHECK (id = 1), run_id TEXT NOT NULL,
+                 pid INTEGER NOT NULL, pid_start TEXT, host TEXT NOT NULL,
+                 acquired_at TEXT NOT NULL, heartbeat_at TEXT NOT NULL);",
+        )
+        .map_err(|e| err(&e))?;
+        let version: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(|e| err(&e))?
+            .and_then(|v| v.parse().ok());
+        match version {
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                    params![SCHEMA_VERSION.to_string()],
+                )
+                .map_err(|e| err(&e))?;
+            }
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(err(&format!(
+                    "written by a newer sluice (schema version {v}, this build knows {SCHEMA_VERSION})"
+                )));
+            }
+            Some(_) => {}
+        }
+        Ok(StateStore {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StateError> {
+        // A poisoned mutex means a panic mid-call; SQLite's own transaction keeps the file
+        // consistent, so the connection is still usable.
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut conn).map_err(|e| StateError::Db {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Takes the pipeline's lock for `run_id`, or says who holds it. A stale lock (its
+    /// holder died) is taken over; the run it belonged to is marked `interrupted`. Returns
+    /// the run id of a taken-over lock, if any.
+    pub fn acquire(
+        &self,
+        pipeline: &str,
+        run_id: &str,
+        me: &Holder,
+        now: &str,
+    ) -> Result<Option<String>, StateError> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let held: Option<(String, i64, Option<String>, String, String, String)> = tx
+                .query_row(
+                    "SELECT run_id, pid, pid_start, host, acquired_at, heartbeat_at FROM lock WHERE id = 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                )
+                .optional()?;
+            let mut taken_over = None;
+            if let Some((held_run, pid, pid_start, host, since, heartbeat)) = held {
+                if holder_alive(pid, pid_start.as_deref(), &host, &heartbeat, me) {
+                    return Ok(Err((held_run, pid, host, since)));
+                }
+                tx.execute(
+                    "UPDATE runs SET status = 'interrupted', finished_at = COALESCE(finished_at, ?2)
+                     WHERE run_id = ?1 AND status = 'running'",
+                    params![held_run, now],
+                )?;
+                taken_over = Some(held_run);
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO lock (id, run_id, pid, pid_start, host, acquired_at, heartbeat_at)
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?5)",
+                params![run_id, me.pid, me.start, me.host, now],
+            )?;
+            tx.commit()?;
+            Ok(Ok(taken_over))
+        })?
+        .map_err(|(run_id, pid, host, since)| StateError::Locked {
+            pipeline: pipeline.to_string(),
+            run_id,
+            pid,
+            host,
+            since,
+        })
+    }
+
+    /// Refreshes the heartbeat of `run_id`'s lock.
+    pub fn heartbeat(&self, run_id: &str, now: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE lock SET heartbeat_at = ?2 WHERE id = 1 AND run_id = ?1",
+                params![run_id, now],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Releases `run_id`'s lock (a no-op if it does not hold it).
+    pub fn release(&self, run_id: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM lock WHERE id = 1 AND run_id = ?1",
+                params![run_id],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Records the start of a run.
+    pub fn start_run(
+        &self,
+        run_id: &str,
+        pipeline: &str,
+        started_at: &str,
+        selection: &str,
+        vars: &str,
+        me: &Holder,
+    ) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO runs (run_id, pipeline, started_at, status, selection, vars, pid, host)
+                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7)",
+                params![run_id, pipeline, started_at, selection, vars, me.pid, me.host],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Records a model's outcome.
+    pub fn record_model(&self, run_id: &str, m: &ModelReport) -> Result<(), StateError> {
+        let outputs = serde_json::to_string(&m.outputs).unwrap_or_else(|_| "[]".into());
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO models (run_id, model, status, materialized, rows_in, rows_out,
+                     rows_rejected, units_total, units_done, elapsed_ms, spilled_bytes, outputs, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    run_id,
+                    m.name,
+                    m.status,
+                    m.materialized,
+                    m.rows_in as i64,
+                    m.rows_out as i64,
+                    m.rows_rejected as i64,
+                    m.units_total as i64,
+                    m.units_done as i64,
+                    m.elapsed_ms as i64,
+                    m.spilled_bytes as i64,
+                    outputs,
+                    m.error
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Records the end of a run, from its report (models included).
+    pub fn finish_run(&self, report: &RunReport) -> Result<(), StateError> {
+        for m in &report.models {
+            self.record_model(&report.run_id, m)?;
+        }
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4 WHERE run_id = ?1",
+                params![
+                    report.run_id,
+                    report.status,
+                    report.finished_at,
+                    report.error
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The most recent runs, newest first.
+    pub fn runs(&self, limit: usize) -> Result<Vec<RunRow>, StateError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT r.run_id, r.pipeline, r.started_at, r.finished_at, r.status, r.error,
+                        COALESCE(SUM(m.rows_in), 0), COALESCE(SUM(m.rows_out), 0),
+                        COALESCE(SUM(m.rows_rejected), 0),
+                        COALESCE(SUM(m.status = 'success'), 0), COUNT(m.model)
+                 FROM runs r LEFT JOIN models m ON m.run_id = r.run_id
+                 GROUP BY r.run_id ORDER BY r.started_at DESC, r.run_id DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit as i64], |r| {
+                Ok(RunRow {
+                    run_id: r.get(0)?,
+                    pipeline: r.get(1)?,
+                    started_at: r.get(2)?,
+                    finished_at: r.get(3)?,
+                    status: r.get(4)?,
+                    error: r.get(5)?,
+                    rows_in: r.get(6)?,
+                    rows_out: r.get(7)?,
+                    rows_rejected: r.get(8)?,
+                    models_ok: r.get(9)?,
+                    models_total: r.get(10)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}
+
+/// Whether the lock's holder still runs: the same process (pid and start time) on this
+/// host, or a recent heartbeat from another host.
+fn holder_alive(
+    pid: i64,
+    pid_start: Option<&str>,
+    host: &str,
+    heartbeat: &str,
+    me: &Holder,
+) -> bool {
+    if host == me.host {
+        if pid == me.pid && pid_start == me.start.as_deref() {
+            // This very process (a second acquire): not a different holder.
+            return false;
+        }
+        return match process_start(pid) {
+            None => false,
+            Some(start) => pid_start.is_none_or(|s| s == start),
+        };
+    }
+    chrono::DateTime::parse_from_rfc3339(heartbeat)
+        .map(|t| {
+            let age = chrono::Utc::now().signed_duration_since(t.with_timezone(&chrono::Utc));
+            age.to_std().map_or(true, |a| a < STALE_AFTER)
+        })
+        .unwrap_or(false)
+}
+
+/// Formats the ledger as the table `sluice runs` prints.
+pub fn format_runs(rows: &[RunRow]) -> String {
+    let mut out = format!(
+        "{:<24} {:<24} {:<24} {:<11} {:>12} {:>12} {:>9} {:>7}\n",
+        "run", "started", "finished", "status", "rows in", "rows out", "rejected", "models"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<24} {:<24} {:<24} {:<11} {:>12} {:>12} {:>9} {:>7}\n",
+            r.run_id,
+            r.started_at,
+            r.finished_at.as_deref().unwrap_or("-"),
+            r.status,
+            r.rows_in,
+            r.rows_out,
+            r.rows_rejected,
+            format!("{}/{}", r.models_ok, r.models_total)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, StateStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(&dir.path().join("s/state.db")).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn a_live_holder_keeps_the_lock_and_a_dead_one_loses_it() {
+        let (_d, s) = store();
+        let me = Holder::current();
+        assert_eq!(
+            s.acquire("p", "r1", &me, "2026-01-01T00:00:00Z").unwrap(),
+            None
+        );
+        // Another live process on this host (pid 1 always exists: init).
+        let other = Holder {
+            pid: 1,
+            start: process_start(1),
+            host: me.host.clone(),
+        };
+        s.release("r1").unwrap();
+        s.acquire("p", "r0", &other, "2026-01-01T00:00:00Z")
+            .unwrap();
+        let err = s
+            .acquire("p", "r2", &me, "2026-01-01T00:00:01Z")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("already running: run r0 (pid 1"),
+            "{err}"
+        );
+        // A dead holder: a pid that does not exist.
+        s.release("r0").unwrap();
+        let dead = Holder {
+            pid: i64::from(i32::MAX),
+            start: Some("1".into()),
+            host: me.host.clone(),
+        };
+        s.start_run("r3", "p", "2026-01-01T00:00:02Z", "", "", &dead)
+            .unwrap();
+        s.acquire("p", "r3", &dead, "2026-01-01T00:00:02Z").unwrap();
+        let taken = s.acquire("p", "r4", &me, "2026-01-01T00:00:03Z").unwrap();
+        assert_eq!(taken.as_deref(), Some("r3"));
+        let runs = s.runs(10).unwrap();
+        assert_eq!(runs[0].run_id, "r3");
+        assert_eq!(runs[0].status, "interrupted");
+    }
+
+    #[test]
+    fn a_recycled_pid_is_not_the_holder() {
+        let (_d, s) = store();
+        let me = Holder::current();
+        let impostor = Holder {
+            pid: 1,
+            start: Some("not-init's-start-time".into()),
+            host: me.host.clone(),
+        };
+        s.acquire("p", "r0", &impostor, "2026-01-01T00:00:00Z")
+            .unwrap();
+        assert_eq!(
+            s.acquire("p", "r1", &me, "2026-01-01T00:00:01Z")
+                .unwrap()
+                .as_deref(),
+            Some("r0")
+        );
+    }
+
+    #[test]
+    fn ledger_sums_models() {
+        let (_d, s) = store();
+        let me = Holder::current();
+        s.start_run("r1", "p", "2026-01-01T00:00:00Z", "", "", &me)
+            .unwrap();
+        let mut m = ModelReport::new("a", "table", "success");
+        m.rows_in = 10;
+        m.rows_out = 4;
+        let report = RunReport {
+            run_id: "r1".into(),
+            pipeline: "p".into(),
+            status: "success".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            finished_at: "2026-01-01T00:00:05Z".into(),
+            models: vec![m.clone(), ModelReport::new("b", "table", "failed")],
+            error: None,
+        };
+        s.finish_run(&report).unwrap();
+        let rows = s.runs(5).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (
+                rows[0].rows_in,
+                rows[0].rows_out,
+                rows[0].models_ok,
+                rows[0].models_total
+            ),
+            (10, 4, 1, 2)
+        );
+        assert!(format_runs(&rows).contains("success"));
+    }
+}
