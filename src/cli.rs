@@ -69,6 +69,9 @@ pub struct RunArgs {
     /// Validate and plan, but write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Do not resume an unfinished run of the same work: start afresh.
+    #[arg(long)]
+    pub restart: bool,
 }
 
 /// `sluice plan`.

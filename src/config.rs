@@ -218,6 +218,8 @@ pub struct Settings {
     pub spill_dir: Option<PathBuf>,
     /// The state store file, absolute.
     pub state: PathBuf,
+    /// Default timeout, retries and concurrency of work units.
+    pub units: UnitSettings,
 }
 
 /// One object store (`[stores.NAME]`), selected by URL prefix.
@@ -373,6 +375,115 @@ pub struct ModelConfig {
     pub materialized: Materialized,
     /// Where the output goes (table models).
     pub sink: SinkConfig,
+    /// How the model is split into work units (`[models.NAME.batches]`); `None`: one unit.
+    pub batches: Option<BatchConfig>,
+    /// Timeout, retries and concurrency of its work units.
+    pub units: UnitSettings,
+}
+
+/// The period of one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchSize {
+    /// One unit per hour.
+    Hour,
+    /// One unit per day.
+    Day,
+    /// One unit per calendar month.
+    Month,
+    /// One unit per calendar year.
+    Year,
+}
+
+impl BatchSize {
+    /// The name as written in `sluice.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BatchSize::Hour => "hour",
+            BatchSize::Day => "day",
+            BatchSize::Month => "month",
+            BatchSize::Year => "year",
+        }
+    }
+}
+
+/// `[models.NAME.batches]`: a model run as one work unit per period of event time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// The period.
+    pub size: BatchSize,
+    /// First period's start (inclusive); default: the earliest event time in the inputs.
+    pub start: Option<chrono::NaiveDateTime>,
+    /// End (exclusive); default: just past the latest event time.
+    pub end: Option<chrono::NaiveDateTime>,
+}
+
+/// Timeout, retries and concurrency of a model's work units (`[settings]`, overridden per
+/// model in `[models.NAME.batches]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnitSettings {
+    /// A unit running longer is cancelled (and retried).
+    pub timeout: Option<std::time::Duration>,
+    /// Attempts after the first, for transient failures and timeouts.
+    pub retries: u32,
+    /// Units of one model running at once.
+    pub max_concurrent: usize,
+}
+
+impl Default for UnitSettings {
+    fn default() -> Self {
+        UnitSettings {
+            timeout: None,
+            retries: 3,
+            max_concurrent: 2,
+        }
+    }
+}
+
+/// Parses a duration such as `30m`, `90s`, `2h`, `1h30m`, `500ms`.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = rest[..unit_len].trim();
+        rest = &rest[unit_len..];
+        total += match unit {
+            "ms" => std::time::Duration::from_millis(n),
+            "s" | "" => std::time::Duration::from_secs(n),
+            "m" | "min" => std::time::Duration::from_secs(n * 60),
+            "h" => std::time::Duration::from_secs(n * 3600),
+            "d" => std::time::Duration::from_secs(n * 86400),
+            _ => return None,
+        };
+    }
+    Some(total)
+}
+
+/// Parses `2024-01-01` or `2024-01-01T06:00:00` (or with a space).
+pub fn parse_datetime(s: &str) -> Option<chrono::NaiveDateTime> {
+    let s = s.trim();
+    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S"))
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+        })
 }
 
 /// A validated pipeline: what `sluice run` and `sluice plan` work from.
@@ -426,6 +537,9 @@ struct RawSettings {
     threads: Option<usize>,
     spill_dir: Option<String>,
     state: Option<String>,
+    unit_timeout: Option<String>,
+    retries: Option<u32>,
+    max_concurrent_units: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -469,6 +583,18 @@ struct RawModel {
     sql: Option<String>,
     materialized: Option<Materialized>,
     sink: Option<RawSink>,
+    batches: Option<RawBatches>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBatches {
+    size: Option<BatchSize>,
+    start: Option<String>,
+    end: Option<String>,
+    unit_timeout: Option<String>,
+    retries: Option<u32>,
+    max_concurrent_units: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -522,7 +648,12 @@ impl Pipeline {
                 message: e.message().trim().to_string(),
             }
         })?;
-        let v = Validator { file, root, env };
+        let mut v = Validator {
+            file,
+            root,
+            env,
+            default_units: UnitSettings::default(),
+        };
         v.pipeline(raw)
     }
 
@@ -667,6 +798,7 @@ struct Validator<'a> {
     file: &'a Path,
     root: &'a Path,
     env: EnvLookup<'a>,
+    default_units: UnitSettings,
 }
 
 impl Validator<'_> {
@@ -686,7 +818,7 @@ impl Validator<'_> {
         })
     }
 
-    fn pipeline(&self, raw: RawPipeline) -> Result<Pipeline, ConfigError> {
+    fn pipeline(&mut self, raw: RawPipeline) -> Result<Pipeline, ConfigError> {
         let name = match raw.name {
             Some(n) => n,
             None => self
@@ -696,6 +828,7 @@ impl Validator<'_> {
                 .unwrap_or_else(|| "pipeline".to_string()),
         };
         let settings = self.settings(raw.settings)?;
+        self.default_units = settings.units;
         let mut stores = Vec::new();
         for (name, s) in raw.stores {
             stores.push(self.store(name, s)?);
@@ -742,6 +875,13 @@ impl Validator<'_> {
             return Err(self.invalid("settings.threads", "must be at least 1"));
         }
         let state = raw.state.as_deref().unwrap_or(".sluice/state.db");
+        let units = self.unit_settings(
+            "settings",
+            UnitSettings::default(),
+            raw.unit_timeout.as_deref(),
+            raw.retries,
+            raw.max_concurrent_units,
+        )?;
         Ok(Settings {
             memory_limit,
             threads: raw.threads,
@@ -749,7 +889,68 @@ impl Validator<'_> {
                 .spill_dir
                 .map(|d| PathBuf::from(resolve_location(&d, self.root))),
             state: PathBuf::from(resolve_location(state, self.root)),
+            units,
         })
+    }
+
+    fn unit_settings(
+        &self,
+        prefix: &str,
+        base: UnitSettings,
+        timeout: Option<&str>,
+        retries: Option<u32>,
+        max_concurrent: Option<usize>,
+    ) -> Result<UnitSettings, ConfigError> {
+        let timeout = match timeout {
+            None => base.timeout,
+            Some(t) => Some(parse_duration(t).filter(|d| !d.is_zero()).ok_or_else(|| {
+                self.invalid(
+                    format!("{prefix}.unit_timeout"),
+                    format!("{t:?} is not a duration (examples: \"30m\", \"90s\", \"1h30m\")"),
+                )
+            })?),
+        };
+        if max_concurrent == Some(0) {
+            return Err(self.invalid(
+                format!("{prefix}.max_concurrent_units"),
+                "must be at least 1",
+            ));
+        }
+        Ok(UnitSettings {
+            timeout,
+            retries: retries.unwrap_or(base.retries),
+            max_concurrent: max_concurrent.unwrap_or(base.max_concurrent),
+        })
+    }
+
+    fn batches(&self, model: &str, raw: RawBatches) -> Result<BatchConfig, ConfigError> {
+        let key = |k: &str| format!("models.{model}.batches.{k}");
+        let Some(size) = raw.size else {
+            return Err(self.invalid(
+                key("size"),
+                "set size = \"hour\", \"day\", \"month\" or \"year\"",
+            ));
+        };
+        let date =
+            |k: &str, v: Option<String>| -> Result<Option<chrono::NaiveDateTime>, ConfigError> {
+                v.map(|v| {
+                    parse_datetime(&v).ok_or_else(|| {
+                        self.invalid(
+                            key(k),
+                            format!("{v:?} is not a date (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS)"),
+                        )
+                    })
+                })
+                .transpose()
+            };
+        let start = date("start", raw.start)?;
+        let end = date("end", raw.end)?;
+        if let (Some(s), Some(e)) = (start, end)
+            && s >= e
+        {
+            return Err(self.invalid(key("end"), "must be after start"));
+        }
+        Ok(BatchConfig { size, start, end })
     }
 
     fn store(&self, name: String, raw: RawStore) -> Result<StoreConfig, ConfigError> {
@@ -914,14 +1115,39 @@ impl Validator<'_> {
                 mode: raw_sink.mode.unwrap_or(WriteMode::Overwrite),
                 target_rows_per_file,
             };
+            let raw_batches = m.batches.unwrap_or_default();
+            let units = self.unit_settings(
+                &format!("models.{name}.batches"),
+                self.default_units,
+                raw_batches.unit_timeout.as_deref(),
+                raw_batches.retries,
+                raw_batches.max_concurrent_units,
+            )?;
+            let batches = if raw_batches.size.is_some()
+                || raw_batches.start.is_some()
+                || raw_batches.end.is_some()
+            {
+                Some(self.batches(&name, raw_batches)?)
+            } else {
+                None
+            };
+            let materialized = m.materialized.unwrap_or(Materialized::Table);
+            if batches.is_some() && materialized == Materialized::View {
+                return Err(self.invalid(
+                    format!("models.{name}.batches"),
+                    "a view is inlined, not run: batches apply to table models",
+                ));
+            }
             models.insert(
                 name.clone(),
                 ModelConfig {
                     name,
                     sql_path,
                     sql,
-                    materialized: m.materialized.unwrap_or(Materialized::Table),
+                    materialized,
                     sink,
+                    batches,
+                    units,
                 },
             );
         }
@@ -1065,6 +1291,41 @@ mod tests {
         let err =
             load("[sources.a]\nlocation = \"a.csv\"\non_bad_rows = \"quarantine\"\n").unwrap_err();
         assert!(err.to_string().contains("sources.a.on_bad_rows"), "{err}");
+    }
+
+    #[test]
+    fn durations_and_dates_parse() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(
+            parse_datetime("2024-02-01").unwrap().to_string(),
+            "2024-02-01 00:00:00"
+        );
+        assert!(parse_datetime("2024-13-01").is_none());
+    }
+
+    #[test]
+    fn batches_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+        std::fs::write(dir.path().join("queries/m.sql"), "SELECT 1").unwrap();
+        let load_here =
+            |text: &str| Pipeline::from_toml(text, Path::new("sluice.toml"), dir.path(), &no_env);
+        let p = load_here("[settings]\nretries = 5\n[models.m.batches]\nsize = \"month\"\nstart = \"1992-01-01\"\nunit_timeout = \"10m\"\n").unwrap();
+        let m = &p.models["m"];
+        assert_eq!(m.batches.as_ref().unwrap().size, BatchSize::Month);
+        assert_eq!(m.units.retries, 5);
+        assert_eq!(m.units.timeout, Some(std::time::Duration::from_secs(600)));
+        let err = load_here("[models.m.batches]\nsize = \"week\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown variant `week`"), "{err}");
+        let err = load_here(
+            "[models.m.batches]\nsize = \"day\"\nstart = \"2024-02-01\"\nend = \"2024-01-01\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("must be after start"), "{err}");
     }
 
     #[test]

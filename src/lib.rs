@@ -19,6 +19,7 @@
 //! - [`run`]: `sluice run` / `sluice plan`, tying the above together per model.
 //! - [`state`]: the SQLite run ledger (`sluice runs`) and the lock that keeps runs of one
 //!   pipeline from overlapping.
+//! - [`units`]: work units: batches of event time, and the context one batch runs in.
 //! - [`sql`]: `sluice sql`, one transform outside a pipeline.
 //! - [`tpch`]: `sluice gen tpch` and `sluice bench tpch`.
 //! - [`report`], [`progress`], [`diagnose`]: what the user sees of a run.
@@ -41,5 +42,6 @@ pub mod sql;
 pub mod state;
 pub mod store;
 pub mod tpch;
+pub mod units;
 
 pub use error::{Error, Result};

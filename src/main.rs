@@ -123,7 +123,11 @@ fn parse_format(s: &str) -> Result<Format, Error> {
     })
 }
 
-fn run_options(args: &PipelineArgs, dry_run: bool) -> Result<run::RunOptions, Error> {
+fn run_options(
+    args: &PipelineArgs,
+    dry_run: bool,
+    restart: bool,
+) -> Result<run::RunOptions, Error> {
     Ok(run::RunOptions {
         select: args
             .select
@@ -135,6 +139,7 @@ fn run_options(args: &PipelineArgs, dry_run: bool) -> Result<run::RunOptions, Er
         memory_limit: parse_memory(&args.memory_limit)?,
         threads: parse_threads(args.threads)?,
         dry_run,
+        restart,
     })
 }
 
@@ -156,7 +161,7 @@ fn write_file(path: &Path, text: &str) -> Result<(), Error> {
 async fn dispatch(command: Command, progress: &Progress, quiet: bool) -> Result<i32, Error> {
     match command {
         Command::Run(args) => {
-            let opts = run_options(&args.pipeline, args.dry_run)?;
+            let opts = run_options(&args.pipeline, args.dry_run, args.restart)?;
             // Open the report first: a bad path is found before anything runs, and a run
             // that stops early still leaves a report saying why.
             let mut report_file = match &args.report {
@@ -239,7 +244,7 @@ async fn dispatch(command: Command, progress: &Progress, quiet: bool) -> Result<
             Ok(EXIT_OK)
         }
         Command::Plan(args) => {
-            let opts = run_options(&args.pipeline, true)?;
+            let opts = run_options(&args.pipeline, true, false)?;
             let pipeline = Pipeline::load(&args.pipeline.path, &env_lookup)?;
             let prepared = run::prepare(pipeline, &opts, environment()).await?;
             print!("{}", run::describe_plan(&prepared));

@@ -50,6 +50,33 @@ pub struct ModelReport {
     /// Why the model failed or was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Its work units.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub units: Vec<UnitReport>,
+}
+
+/// What happened to one work unit.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitReport {
+    /// The unit (its period, or `all`).
+    pub unit: String,
+    /// `done`, `failed` or `retrying`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Rows its scans read.
+    pub rows_in: u64,
+    /// Rows it wrote.
+    pub rows_out: u64,
+    /// Wall time of its last attempt.
+    pub elapsed_ms: u64,
+    /// Peak memory reserved in the query pool while it ran (pool-wide).
+    pub peak_memory: u64,
+    /// Bytes spilled to disk.
+    pub spilled_bytes: u64,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl ModelReport {
@@ -68,6 +95,7 @@ impl ModelReport {
             spilled_bytes: 0,
             outputs: Vec::new(),
             error: None,
+            units: Vec::new(),
         }
     }
 }

@@ -17,10 +17,13 @@ use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, describe_datafusion};
 use crate::plan::{Dag, PlanError};
 use crate::progress::Progress;
-use crate::report::{ModelReport, RunReport};
+use crate::report::{ModelReport, RunReport, UnitReport};
+use crate::sink::commit::ManifestColumn;
 use crate::sink::{self, SinkSpec};
-use crate::state::{Holder, StateStore};
+use crate::state::{Holder, StateStore, UnitRecord};
 use crate::store::{Location, StoreRegistry};
+use crate::units::{self, Unit};
+use futures::StreamExt;
 
 /// What `sluice run` was asked to do, beyond the pipeline itself.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +38,8 @@ pub struct RunOptions {
     pub threads: Option<usize>,
     /// `--dry-run`: validate and plan, write nothing.
     pub dry_run: bool,
+    /// `--restart`: do not resume an unfinished run; start afresh.
+    pub restart: bool,
 }
 
 /// A new run id: UTC time plus a random suffix, sortable and unique.
@@ -238,21 +243,36 @@ async fn register_output(
 /// Runs a prepared pipeline under its lock, recorded in its state store: every selected model
 /// in order. A failed model fails the run and skips the models downstream of it; independent
 /// models still run. A dry run takes no lock and records nothing.
+///
+/// Unless `opts.restart`, a run resumes the last run of the pipeline if that one did not
+/// finish and did the same work (same selection, variables, SQL and sinks): it keeps that
+/// run's id, so the units it committed (staged and recorded) are not redone, and models it
+/// already published are not published again.
 pub async fn run(
     prepared: Prepared,
     opts: &RunOptions,
     progress: &Progress,
 ) -> Result<RunReport, Error> {
-    let run_id = new_run_id();
+    let mut run_id = new_run_id();
     let started_at = now();
     if opts.dry_run {
-        return Ok(run_models(prepared, opts, progress, run_id, started_at).await);
+        return Ok(run_models(prepared, opts, progress, None, run_id, started_at).await);
     }
     let state = Arc::new(StateStore::open(&prepared.pipeline.settings.state)?);
     let me = Holder::current();
     let pipeline = prepared.pipeline.name.clone();
     if let Some(old) = state.acquire(&pipeline, &run_id, &me, &started_at)? {
         tracing::warn!("took over the lock of run {old}, whose process is gone");
+    }
+    let fingerprint = fingerprint(&prepared, opts);
+    if !opts.restart
+        && let Some(old) = state.resumable_run(&pipeline, &fingerprint)?
+    {
+        tracing::warn!(
+            "resuming run {old}: its committed units are kept (--restart starts afresh)"
+        );
+        state.relock(&run_id, &old)?;
+        run_id = old;
     }
     let selection = prepared.selected.join(",");
     let vars = opts
@@ -262,7 +282,15 @@ pub async fn run(
         .collect::<Vec<_>>()
         .join(",");
     let result = async {
-        state.start_run(&run_id, &pipeline, &started_at, &selection, &vars, &me)?;
+        state.start_run(
+            &run_id,
+            &pipeline,
+            &started_at,
+            &selection,
+            &vars,
+            &fingerprint,
+            &me,
+        )?;
         // The heartbeat tells other hosts sharing the state file that this run is alive.
         let beat = {
             let state = Arc::clone(&state);
@@ -276,7 +304,15 @@ pub async fn run(
                 }
             })
         };
-        let report = run_models(prepared, opts, progress, run_id.clone(), started_at).await;
+        let report = run_models(
+            prepared,
+            opts,
+            progress,
+            Some(&state),
+            run_id.clone(),
+            started_at,
+        )
+        .await;
         beat.abort();
         state.finish_run(&report)?;
         Ok(report)
@@ -286,6 +322,40 @@ pub async fn run(
         tracing::warn!("cannot release the lock: {e}");
     }
     result
+}
+
+/// What a run does, as a hash: the selected models' rendered SQL, sinks and batches, the
+/// sources they read, the selection and the variables. A run is only resumed by a run with
+/// the same fingerprint.
+fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> String {
+    let mut text = format!("{:?}|{:?}", prepared.selected, opts.vars);
+    for name in &prepared.selected {
+        let m = &prepared.pipeline.models[name];
+        text.push_str(&format!(
+            "|{name}:{}:{}:{}:{:?}:{}:{}:{:?}",
+            prepared.dag.nodes[name].sql,
+            m.sink.location,
+            m.sink.format.name(),
+            m.sink.partition_by,
+            m.sink.mode.name(),
+            m.sink.target_rows_per_file,
+            m.batches
+        ));
+        for src in sources_read(&prepared.dag, &prepared.pipeline, name) {
+            let s = &prepared.pipeline.sources[&src];
+            text.push_str(&format!(
+                "|{src}:{}:{}:{:?}",
+                s.location,
+                s.format.name(),
+                s.event_time
+            ));
+        }
+    }
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
 }
 
 /// Records a run that stopped before any model ran (invalid SQL, unreadable source...) in the
@@ -298,16 +368,28 @@ pub fn record_not_run(pipeline: &Pipeline, report: &RunReport) -> Result<(), Err
         &report.started_at,
         "",
         "",
+        "",
         &Holder::current(),
     )?;
     state.finish_run(report)?;
     Ok(())
 }
 
+/// What every model of a run shares.
+struct RunCx<'a> {
+    engine: &'a Engine,
+    pipeline: &'a Pipeline,
+    dag: &'a Dag,
+    state: Option<&'a StateStore>,
+    run_id: &'a str,
+    progress: &'a Progress,
+}
+
 async fn run_models(
     prepared: Prepared,
     opts: &RunOptions,
     progress: &Progress,
+    state: Option<&StateStore>,
     run_id: String,
     started_at: String,
 ) -> RunReport {
@@ -318,6 +400,14 @@ async fn run_models(
         engine,
         schemas,
     } = prepared;
+    let cx = RunCx {
+        engine: &engine,
+        pipeline: &pipeline,
+        dag: &dag,
+        state,
+        run_id: &run_id,
+        progress,
+    };
     let mut reports = Vec::new();
     let mut failed: BTreeSet<String> = BTreeSet::new();
     for name in &selected {
@@ -346,32 +436,13 @@ async fn run_models(
         let start = Instant::now();
         tracing::info!(model = %name, run_id = %run_id, "running");
         let mut report = ModelReport::new(name, kind, "success");
-        match run_table_model(
-            &engine,
-            &pipeline,
-            &dag,
-            name,
-            &schemas[name],
-            &run_id,
-            progress,
-        )
-        .await
-        {
-            Ok(done) => {
-                report.rows_in = done.rows_in;
-                report.rows_out = done.rows_out;
-                report.spilled_bytes = done.spilled;
-                report.units_done = 1;
-                report.outputs = done.outputs;
-            }
-            Err(e) => {
-                report.status = "failed".into();
-                report.error = Some(match e {
-                    Error::Model { message, .. } => message,
-                    other => other.to_string(),
-                });
-                failed.insert(name.clone());
-            }
+        if let Err(e) = run_table_model(&cx, name, &schemas[name], &mut report).await {
+            report.status = "failed".into();
+            report.error = Some(match e {
+                Error::Model { message, .. } => message,
+                other => other.to_string(),
+            });
+            failed.insert(name.clone());
         }
         report.elapsed_ms = start.elapsed().as_millis() as u64;
         tracing::info!(
@@ -379,9 +450,15 @@ async fn run_models(
             status = %report.status,
             rows_in = report.rows_in,
             rows_out = report.rows_out,
+            units = report.units_total,
             elapsed_ms = report.elapsed_ms,
             "finished"
         );
+        if let Some(state) = state
+            && let Err(e) = state.record_model(&run_id, &report)
+        {
+            tracing::warn!("cannot record model {name}: {e}");
+        }
         reports.push(report);
     }
     let status = if opts.dry_run {
@@ -415,78 +492,349 @@ fn sources_read(dag: &Dag, pipeline: &Pipeline, name: &str) -> BTreeSet<String> 
     out
 }
 
-struct ModelDone {
-    rows_in: u64,
-    rows_out: u64,
-    spilled: u64,
-    outputs: Vec<String>,
+/// The work units of a model: one per period for a batched model, one otherwise.
+async fn plan_units(cx: &RunCx<'_>, model: &ModelConfig) -> Result<Vec<Unit>, String> {
+    let Some(batches) = &model.batches else {
+        return Ok(units::whole());
+    };
+    let sources =
+        units::event_sources(cx.pipeline, &sources_read(cx.dag, cx.pipeline, &model.name));
+    if sources.is_empty() {
+        return Err("batches need at least one input source that declares event_time".into());
+    }
+    let (start, end) = match (batches.start, batches.end) {
+        (Some(s), Some(e)) => (s, e),
+        (s, e) => match units::event_range(cx.engine.ctx(), &sources).await? {
+            None => return Ok(Vec::new()),
+            Some((lo, hi)) => (
+                s.unwrap_or(units::truncate(batches.size, lo)),
+                e.unwrap_or(units::next(batches.size, units::truncate(batches.size, hi))),
+            ),
+        },
+    };
+    Ok(units::periods(batches.size, start, end))
 }
 
-/// Executes one table model into its sink and publishes it, then registers its output.
-async fn run_table_model(
-    engine: &Engine,
-    pipeline: &Pipeline,
-    dag: &Dag,
-    name: &str,
-    schema: &SchemaRef,
-    run_id: &str,
-    progress: &Progress,
-) -> Result<ModelDone, Error> {
-    let model = &pipeline.models[name];
-    let sql = &dag.nodes[name].sql;
-    let model_err = |message: String| Error::Model {
-        model: model.name.clone(),
-        message,
-    };
-    let mut spec = sink_spec(engine, model)?;
-    let store = engine.stores().store_for(&spec.location)?;
-    let (output, existing) = sink::prepare(store, &spec, run_id)
+/// Whether a failure is worth retrying: storage throttling, 5xx, dropped connections and
+/// timeouts. SQL, schema and parse errors are deterministic and are not retried.
+fn is_transient(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "timed out",
+        "timeout",
+        "connection",
+        "reset by peer",
+        "broken pipe",
+        "slowdown",
+        "slow down",
+        "throttl",
+        "too many requests",
+        " 429",
+        " 500",
+        " 502",
+        " 503",
+        " 504",
+        "internal error",
+        "service unavailable",
+        "temporarily",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
+}
+
+/// Exponential backoff with jitter for attempt `n` (1-based): about 0.5 s, 1 s, 2 s... capped
+/// at 30 s, each scaled by a random factor in [0.5, 1.5).
+fn backoff(n: u32) -> std::time::Duration {
+    let base = 0.5 * 2f64.powi(n.saturating_sub(1).min(6) as i32);
+    let jitter = 0.5 + f64::from(uuid::Uuid::new_v4().as_bytes()[0]) / 256.0;
+    std::time::Duration::from_secs_f64((base * jitter).min(30.0))
+}
+
+/// Runs one unit with its timeout and retries; stages its files and records it.
+async fn run_unit(
+    cx: &RunCx<'_>,
+    model: &ModelConfig,
+    spec: &SinkSpec,
+    output: &crate::sink::commit::Output,
+    unit: &Unit,
+    event_sources: &[(String, String)],
+) -> Result<(UnitRecord, Vec<ManifestColumn>), String> {
+    let settings = model.units;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let started_at = now();
+        let start = Instant::now();
+        let mut record = UnitRecord {
+            unit: unit.name.clone(),
+            status: "running".into(),
+            attempts: attempt,
+            rows_in: 0,
+            rows_out: 0,
+            started_at: Some(started_at.clone()),
+            finished_at: None,
+            elapsed_ms: 0,
+            peak_memory: 0,
+            spilled_bytes: 0,
+            files: Vec::new(),
+            error: None,
+        };
+        if let Some(state) = cx.state {
+            let _ = state.record_unit(cx.run_id, &model.name, &record);
+        }
+        // Peak memory: the pool's reservation, sampled while the unit runs.
+        let pool = Arc::clone(&cx.engine.ctx().runtime_env().memory_pool);
+        let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sampler = {
+            let peak = Arc::clone(&peak);
+            tokio::spawn(async move {
+                loop {
+                    peak.fetch_max(pool.reserved(), std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let work = attempt_unit(cx, model, spec, output, unit, event_sources);
+        let outcome = match settings.timeout {
+            Some(limit) => match tokio::time::timeout(limit, work).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("timed out after {}", humanize(limit))),
+            },
+            None => work.await,
+        };
+        sampler.abort();
+        record.elapsed_ms = start.elapsed().as_millis() as u64;
+        record.peak_memory = peak.load(std::sync::atomic::Ordering::Relaxed) as u64;
+        record.finished_at = Some(now());
+        match outcome {
+            Ok((staged, rows_in, spilled)) => {
+                record.status = "done".into();
+                record.rows_in = rows_in;
+                record.rows_out = staged.rows();
+                record.spilled_bytes = spilled;
+                record.files = staged.files;
+                if let Some(state) = cx.state {
+                    state
+                        .record_unit(cx.run_id, &model.name, &record)
+                        .map_err(|e| e.to_string())?;
+                }
+                return Ok((record, staged.columns));
+            }
+            Err(message) => {
+                // Whatever the attempt staged is discarded (a cancelled attempt's writers may
+                // still be closing files: they are removed again before a retry's files land).
+                let _ = output.discard_staging(cx.run_id, Some(unit.index)).await;
+                let retry = attempt <= settings.retries && is_transient(&message);
+                record.status = if retry { "retrying" } else { "failed" }.into();
+                record.error = Some(message.clone());
+                if let Some(state) = cx.state {
+                    let _ = state.record_unit(cx.run_id, &model.name, &record);
+                }
+                if !retry {
+                    let tries = if attempt == 1 {
+                        "1 attempt".to_string()
+                    } else {
+                        format!("{attempt} attempts")
+                    };
+                    return Err(format!(
+                        "unit {} failed after {tries}: {message}",
+                        unit.name
+                    ));
+                }
+                let wait = backoff(attempt);
+                tracing::warn!(model = %model.name, unit = %unit.name, attempt, "transient failure, retrying in {wait:?}: {message}");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+fn humanize(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 60.0 {
+        format!("{:.0}m{:02.0}s", (s / 60.0).floor(), s % 60.0)
+    } else {
+        format!("{s:.1}s")
+    }
+}
+
+/// One attempt of a unit: plan it in its context, run it into the unit's staging folder.
+/// Returns what it staged, the rows its scans read and the bytes it spilled.
+async fn attempt_unit(
+    cx: &RunCx<'_>,
+    model: &ModelConfig,
+    spec: &SinkSpec,
+    output: &crate::sink::commit::Output,
+    unit: &Unit,
+    event_sources: &[(String, String)],
+) -> Result<(crate::sink::UnitOutput, u64, u64), String> {
+    let ctx = units::unit_context(
+        cx.engine.ctx(),
+        cx.pipeline,
+        cx.dag,
+        &model.name,
+        event_sources,
+        unit,
+    )
+    .await?;
+    let df = ctx
+        .sql(&cx.dag.nodes[&model.name].sql)
         .await
-        .map_err(|e| model_err(e.to_string()))?;
-    let df = plan_model(engine, model, sql).await?;
-    let mut exec = engine
+        .map_err(|e| describe_datafusion(&e))?;
+    let mut exec = cx
+        .engine
         .execute(df)
         .await
-        .map_err(|e| model_err(describe_datafusion(&e)))?;
+        .map_err(|e| describe_datafusion(&e))?;
+    let mut spec = spec.clone();
     spec.preserve_order = exec.is_ordered();
     let Some(stream) = exec.take_stream() else {
-        return Err(model_err("the query produced no stream".into()));
+        return Err("the query produced no stream".into());
     };
-    let task = progress.task(&model.name);
-    let staged = sink::stage(output, existing, &spec, stream, run_id, &|rows| {
+    let task = cx.progress.task(&format!("{} {}", model.name, unit.name));
+    let staged = sink::stage_unit(output, &spec, stream, cx.run_id, unit.index, &|rows| {
         task.inc(rows)
     })
     .await;
     task.finish();
-    let staged = match staged {
-        Ok(s) => s,
+    match staged {
+        Ok(s) => Ok((s, exec.rows_scanned(), exec.spilled_bytes())),
         Err(sink::SinkError::Input(e)) => {
-            let sources = sources_read(dag, pipeline, name);
-            let message = crate::diagnose::explain(engine, pipeline, &sources, &e).await;
-            return Err(model_err(message));
+            let sources = sources_read(cx.dag, cx.pipeline, &model.name);
+            Err(crate::diagnose::explain(cx.engine, cx.pipeline, &sources, &e).await)
         }
-        Err(e) => return Err(model_err(e.to_string())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Runs one table model: its units (those a resumed run already committed are kept), then
+/// one publish of everything they staged, then registers the output for downstream models.
+async fn run_table_model(
+    cx: &RunCx<'_>,
+    name: &str,
+    schema: &SchemaRef,
+    report: &mut ModelReport,
+) -> Result<(), Error> {
+    let model = &cx.pipeline.models[name];
+    let model_err = |message: String| Error::Model {
+        model: model.name.clone(),
+        message,
     };
-    let committed = sink::publish(staged, &spec)
+    let spec = sink_spec(cx.engine, model)?;
+    let store = cx.engine.stores().store_for(&spec.location)?;
+    let (output, existing) = sink::prepare(store, &spec, cx.run_id)
         .await
         .map_err(|e| model_err(e.to_string()))?;
-    register_output(engine, model, Some(schema)).await?;
-    let outputs = committed
-        .new_files
-        .iter()
-        .map(|f| {
-            std::path::Path::new(f)
-                .strip_prefix(&pipeline.root)
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| f.clone())
-        })
+    let to_display = |f: &str| {
+        std::path::Path::new(f)
+            .strip_prefix(&cx.pipeline.root)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| f.to_string())
+    };
+
+    // A resumed run that already published this model: nothing to redo.
+    if let Some(m) = &existing.manifest
+        && m.run_id == cx.run_id
+    {
+        tracing::info!(model = %name, "already published by this run");
+        let mine: Vec<_> = m
+            .files
+            .iter()
+            .filter(|f| f.path.contains(cx.run_id))
+            .collect();
+        report.rows_out = mine.iter().map(|f| f.rows).sum();
+        report.outputs = mine
+            .iter()
+            .map(|f| to_display(&output.location().display_key(&output.key(&f.path))))
+            .collect();
+        let done = cx
+            .state
+            .map(|s| s.done_units(cx.run_id, name))
+            .transpose()?
+            .unwrap_or_default();
+        report.units_total = done.len() as u64;
+        report.units_done = done.len() as u64;
+        report.rows_in = done.iter().map(|u| u.rows_in).sum();
+        report.units = done.into_iter().map(unit_report).collect();
+        register_output(cx.engine, model, Some(schema)).await?;
+        return Ok(());
+    }
+
+    let units = plan_units(cx, model).await.map_err(model_err)?;
+    let event_sources = units::event_sources(cx.pipeline, &sources_read(cx.dag, cx.pipeline, name));
+    let done: BTreeMap<String, UnitRecord> = cx
+        .state
+        .map(|s| s.done_units(cx.run_id, name))
+        .transpose()?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|u| (u.unit.clone(), u))
         .collect();
-    Ok(ModelDone {
-        rows_in: exec.rows_scanned(),
-        rows_out: committed.rows,
-        spilled: exec.spilled_bytes(),
-        outputs,
-    })
+    report.units_total = units.len() as u64;
+    let pending: Vec<&Unit> = units
+        .iter()
+        .filter(|u| !done.contains_key(&u.name))
+        .collect();
+    if !done.is_empty() {
+        tracing::info!(model = %name, kept = done.len(), pending = pending.len(), "resuming: committed units are kept");
+    }
+    // Leftovers of pending units from an interrupted attempt are removed before they rerun.
+    for u in &pending {
+        let _ = output.discard_staging(cx.run_id, Some(u.index)).await;
+    }
+    let results: Vec<Result<(UnitRecord, Vec<ManifestColumn>), String>> =
+        futures::stream::iter(pending)
+            .map(|u| run_unit(cx, model, &spec, &output, u, &event_sources))
+            .buffer_unordered(model.units.max_concurrent.max(1))
+            .collect()
+            .await;
+    let mut records: Vec<UnitRecord> = done.into_values().collect();
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Ok((rec, _)) => records.push(rec),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    records.sort_by(|a, b| a.unit.cmp(&b.unit));
+    report.units_done = records.len() as u64;
+    report.rows_in = records.iter().map(|u| u.rows_in).sum();
+    report.spilled_bytes = records.iter().map(|u| u.spilled_bytes).sum();
+    report.units = records.iter().cloned().map(unit_report).collect();
+    if let Some(e) = first_error {
+        return Err(model_err(e));
+    }
+    let files: Vec<sink::StagedFile> = records.into_iter().flat_map(|r| r.files).collect();
+    let committed = sink::publish(
+        &output,
+        &existing,
+        &spec,
+        cx.run_id,
+        sink::manifest_columns(schema),
+        files,
+    )
+    .await
+    .map_err(|e| model_err(e.to_string()))?;
+    register_output(cx.engine, model, Some(schema)).await?;
+    report.rows_out = committed.rows;
+    report.outputs = committed.new_files.iter().map(|f| to_display(f)).collect();
+    Ok(())
+}
+
+fn unit_report(u: UnitRecord) -> UnitReport {
+    UnitReport {
+        unit: u.unit,
+        status: u.status,
+        attempts: u.attempts,
+        rows_in: u.rows_in,
+        rows_out: u.rows_out,
+        elapsed_ms: u.elapsed_ms,
+        peak_memory: u.peak_memory,
+        spilled_bytes: u.spilled_bytes,
+        error: u.error,
+    }
 }
 
 /// The text of `sluice plan`: sources, then models in run order with inputs and sinks.

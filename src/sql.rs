@@ -140,13 +140,21 @@ pub async fn run_sql(
             spec.preserve_order = ordered;
             let task = progress.task("sql");
             let staged =
-                sink::stage(output, existing, &spec, stream, &run_id, &|r| task.inc(r)).await;
+                sink::stage_unit(&output, &spec, stream, &run_id, 0, &|r| task.inc(r)).await;
             task.finish();
             let staged = staged.map_err(|e| match e {
                 sink::SinkError::Input(e) => query_err(e),
                 other => other.into(),
             })?;
-            let committed = sink::publish(staged, &spec).await?;
+            let committed = sink::publish(
+                &output,
+                &existing,
+                &spec,
+                &run_id,
+                staged.columns,
+                staged.files,
+            )
+            .await?;
             Ok(SqlSummary {
                 rows: committed.rows,
                 files: committed.new_files,

@@ -97,6 +97,35 @@ fn process_start(pid: i64) -> Option<String> {
     after.split_whitespace().nth(19).map(str::to_string)
 }
 
+/// One work unit as the state store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitRecord {
+    /// The unit's name (its period, or `all`).
+    pub unit: String,
+    /// `running`, `done` or `failed`.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Rows its scans read.
+    pub rows_in: u64,
+    /// Rows it wrote.
+    pub rows_out: u64,
+    /// When its last attempt started.
+    pub started_at: Option<String>,
+    /// When it finished.
+    pub finished_at: Option<String>,
+    /// Wall time of its last attempt.
+    pub elapsed_ms: u64,
+    /// Peak memory reserved in the pool while it ran.
+    pub peak_memory: u64,
+    /// Bytes its operators spilled.
+    pub spilled_bytes: u64,
+    /// The files it staged.
+    pub files: Vec<crate::sink::StagedFile>,
+    /// Why its last attempt failed.
+    pub error: Option<String>,
+}
+
 /// One row of the run ledger, as `sluice runs` prints it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct RunRow {
@@ -160,7 +189,8 @@ impl StateStore {
              CREATE TABLE IF NOT EXISTS runs (
                  run_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, started_at TEXT NOT NULL,
                  finished_at TEXT, status TEXT NOT NULL, selection TEXT NOT NULL DEFAULT '',
-                 vars TEXT NOT NULL DEFAULT '', pid INTEGER, host TEXT, error TEXT);
+                 vars TEXT NOT NULL DEFAULT '', fingerprint TEXT NOT NULL DEFAULT '',
+                 pid INTEGER, host TEXT, error TEXT);
              CREATE TABLE IF NOT EXISTS models (
                  run_id TEXT NOT NULL, model TEXT NOT NULL, status TEXT NOT NULL,
                  materialized TEXT NOT NULL, rows_in INTEGER NOT NULL DEFAULT 0,
@@ -301,7 +331,10 @@ impl StateStore {
         })
     }
 
-    /// Records the start of a run.
+    /// Records the start of a run. `fingerprint` identifies what it runs (selection, vars,
+    /// SQL, sinks), so only a run of the same work is resumed. A resumed run keeps its row
+    /// (and its start time) and is marked running again.
+    #[allow(clippy::too_many_arguments)]
     pub fn start_run(
         &self,
         run_id: &str,
@@ -309,15 +342,116 @@ impl StateStore {
         started_at: &str,
         selection: &str,
         vars: &str,
+        fingerprint: &str,
         me: &Holder,
     ) -> Result<(), StateError> {
         self.with(|c| {
             c.execute(
-                "INSERT OR REPLACE INTO runs (run_id, pipeline, started_at, status, selection, vars, pid, host)
-                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7)",
-                params![run_id, pipeline, started_at, selection, vars, me.pid, me.host],
+                "INSERT INTO runs (run_id, pipeline, started_at, status, selection, vars, fingerprint, pid, host)
+                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (run_id) DO UPDATE SET status = 'running', finished_at = NULL,
+                     error = NULL, pid = ?7, host = ?8",
+                params![run_id, pipeline, started_at, selection, vars, fingerprint, me.pid, me.host],
             )
             .map(|_| ())
+        })
+    }
+
+    /// The most recent run of `pipeline` that did not finish (interrupted or failed) and did
+    /// the same work (`fingerprint`): the run a new run resumes.
+    pub fn resumable_run(
+        &self,
+        pipeline: &str,
+        fingerprint: &str,
+    ) -> Result<Option<String>, StateError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT run_id, status FROM runs WHERE pipeline = ?1 ORDER BY started_at DESC, run_id DESC LIMIT 1",
+                params![pipeline],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .and_then(|last| {
+                let Some((run_id, status)) = last else { return Ok(None) };
+                if status != "interrupted" && status != "failed" {
+                    return Ok(None);
+                }
+                let fp: String = c.query_row(
+                    "SELECT fingerprint FROM runs WHERE run_id = ?1",
+                    params![run_id],
+                    |r| r.get(0),
+                )?;
+                Ok((fp == fingerprint && !fp.is_empty()).then_some(run_id))
+            })
+        })
+    }
+
+    /// Moves the lock to another run id (the run being resumed).
+    pub fn relock(&self, from: &str, to: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE lock SET run_id = ?2 WHERE id = 1 AND run_id = ?1",
+                params![from, to],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Records a unit's state (an attempt started, finished or failed).
+    pub fn record_unit(&self, run_id: &str, model: &str, u: &UnitRecord) -> Result<(), StateError> {
+        let files = serde_json::to_string(&u.files).unwrap_or_else(|_| "[]".into());
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO units (run_id, model, unit, status, attempts, rows_in, rows_out,
+                     started_at, finished_at, elapsed_ms, peak_memory, spilled_bytes, files, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                params![
+                    run_id,
+                    model,
+                    u.unit,
+                    u.status,
+                    u.attempts,
+                    u.rows_in as i64,
+                    u.rows_out as i64,
+                    u.started_at,
+                    u.finished_at,
+                    u.elapsed_ms as i64,
+                    u.peak_memory as i64,
+                    u.spilled_bytes as i64,
+                    files,
+                    u.error
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The units of `model` that `run_id` committed (status `done`), with what they staged.
+    pub fn done_units(&self, run_id: &str, model: &str) -> Result<Vec<UnitRecord>, StateError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT unit, status, attempts, rows_in, rows_out, started_at, finished_at, elapsed_ms,
+                        peak_memory, spilled_bytes, files, error
+                 FROM units WHERE run_id = ?1 AND model = ?2 AND status = 'done'",
+            )?;
+            let rows = stmt.query_map(params![run_id, model], |r| {
+                let files: String = r.get(10)?;
+                Ok(UnitRecord {
+                    unit: r.get(0)?,
+                    status: r.get(1)?,
+                    attempts: r.get(2)?,
+                    rows_in: r.get::<_, i64>(3)? as u64,
+                    rows_out: r.get::<_, i64>(4)? as u64,
+                    started_at: r.get(5)?,
+                    finished_at: r.get(6)?,
+                    elapsed_ms: r.get::<_, i64>(7)? as u64,
+                    peak_memory: r.get::<_, i64>(8)? as u64,
+                    spilled_bytes: r.get::<_, i64>(9)? as u64,
+                    files: serde_json::from_str(&files).unwrap_or_default(),
+                    error: r.get(11)?,
+                })
+            })?;
+            rows.collect()
         })
     }
 
@@ -489,7 +623,7 @@ mod tests {
             start: Some("1".into()),
             host: me.host.clone(),
         };
-        s.start_run("r3", "p", "2026-01-01T00:00:02Z", "", "", &dead)
+        s.start_run("r3", "p", "2026-01-01T00:00:02Z", "", "", "", &dead)
             .unwrap();
         s.acquire("p", "r3", &dead, "2026-01-01T00:00:02Z").unwrap();
         let taken = s.acquire("p", "r4", &me, "2026-01-01T00:00:03Z").unwrap();
@@ -522,7 +656,7 @@ mod tests {
     fn ledger_sums_models() {
         let (_d, s) = store();
         let me = Holder::current();
-        s.start_run("r1", "p", "2026-01-01T00:00:00Z", "", "", &me)
+        s.start_run("r1", "p", "2026-01-01T00:00:00Z", "", "", "fp", &me)
             .unwrap();
         let mut m = ModelReport::new("a", "table", "success");
         m.rows_in = 10;
@@ -549,5 +683,21 @@ mod tests {
             (10, 4, 1, 2)
         );
         assert!(format_runs(&rows).contains("success"));
+        assert_eq!(
+            s.resumable_run("p", "fp").unwrap(),
+            None,
+            "a successful run is not resumed"
+        );
+        let failed = RunReport {
+            run_id: "r2".into(),
+            status: "failed".into(),
+            started_at: "2026-01-01T00:01:00Z".into(),
+            ..report
+        };
+        s.start_run("r2", "p", "2026-01-01T00:01:00Z", "", "", "fp", &me)
+            .unwrap();
+        s.finish_run(&failed).unwrap();
+        assert_eq!(s.resumable_run("p", "fp").unwrap().as_deref(), Some("r2"));
+        assert_eq!(s.resumable_run("p", "other").unwrap(), None);
     }
 }

@@ -294,10 +294,12 @@ pub async fn register_table(
     // A sluice output (a folder with a manifest) is read through its manifest.
     if location.url().path().ends_with('/') {
         let output = crate::sink::commit::Output::new(Arc::clone(&store), location.clone());
+        // (A manifest without column types, from an early build, is read by listing.)
         if let Some(manifest) = output
             .read_manifest()
             .await
             .map_err(|e| read_err(e.key, e.message))?
+            && manifest.schema().is_some()
         {
             return register_manifest(ctx, &spec.name, &location, store, &manifest, None).await;
         }

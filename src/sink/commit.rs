@@ -138,8 +138,8 @@ pub struct NewVersion<'a> {
     pub partition_by: &'a [String],
     /// The result's columns.
     pub columns: Vec<ManifestColumn>,
-    /// The staged files, relative to the run's staging folder.
-    pub files: Vec<ManifestFile>,
+    /// The staged files.
+    pub files: Vec<super::StagedFile>,
 }
 
 /// What the folder held before this write.
@@ -289,9 +289,16 @@ impl Output {
         results.into_iter().collect()
     }
 
-    /// Deletes this run's staging folder.
-    pub async fn discard_staging(&self, run_id: &str) -> Result<(), CommitError> {
-        let dir = Output::staging_dir(run_id);
+    /// Deletes this run's staging folder, or one unit's part of it.
+    pub async fn discard_staging(
+        &self,
+        run_id: &str,
+        unit: Option<usize>,
+    ) -> Result<(), CommitError> {
+        let dir = match unit {
+            Some(u) => format!("{}/{u:04}", Output::staging_dir(run_id)),
+            None => Output::staging_dir(run_id),
+        };
         let prefix = self.key(&dir);
         let metas: Vec<_> = self
             .store
@@ -312,9 +319,10 @@ impl Output {
         // On local disk, moves leave the (now empty) staging folders behind; object stores
         // have no folders.
         if let Some(root) = self.location.local_path() {
-            let staging = root.join(STAGING);
-            let _ = std::fs::remove_dir_all(staging.join(run_id));
-            let _ = std::fs::remove_dir(staging);
+            let _ = std::fs::remove_dir_all(root.join(&dir));
+            if unit.is_none() {
+                let _ = std::fs::remove_dir(root.join(STAGING));
+            }
         }
         results.into_iter().collect()
     }
@@ -334,7 +342,7 @@ impl Output {
             columns,
             files: staged,
         } = version;
-        let new_partitions: BTreeSet<&str> = staged.iter().map(|f| f.partition()).collect();
+        let new_partitions: BTreeSet<&str> = staged.iter().map(|f| f.file.partition()).collect();
         let kept: Vec<ManifestFile> = match mode {
             WriteMode::Overwrite | WriteMode::ErrorIfExists => Vec::new(),
             // Without partitions, the whole output is the one partition.
@@ -347,28 +355,34 @@ impl Output {
                 .collect(),
         };
 
-        // Step 2: move staged files to their final keys.
+        // Step 2: move staged files to their final keys. A file already moved (a resumed
+        // run that was killed during an earlier publish) is found at its final key.
         let staging = Output::staging_dir(run_id);
         let moves: Vec<(ObjectPath, ObjectPath)> = staged
             .iter()
             .map(|f| {
                 (
-                    self.key(&format!("{staging}/{}", f.path)),
-                    self.key(&f.path),
+                    self.key(&format!("{staging}/{}", f.staged)),
+                    self.key(&f.file.path),
                 )
             })
             .collect();
         let moved: Vec<Result<ObjectPath, CommitError>> = futures::stream::iter(moves)
             .map(|(from, to)| async move {
-                self.store
-                    .rename(&from, &to)
-                    .await
-                    .map(|()| to.clone())
-                    .map_err(|e| self.err(&to, e))
+                match self.store.rename(&from, &to).await {
+                    Ok(()) => Ok(to),
+                    Err(object_store::Error::NotFound { .. })
+                        if self.store.head(&to).await.is_ok() =>
+                    {
+                        Ok(to)
+                    }
+                    Err(e) => Err(self.err(&to, e)),
+                }
             })
             .buffer_unordered(16)
             .collect()
             .await;
+        let staged: Vec<ManifestFile> = staged.into_iter().map(|f| f.file).collect();
         if let Some(first_err) = moved.iter().find_map(|r| r.as_ref().err()) {
             let first_err = CommitError {
                 key: first_err.key.clone(),
@@ -377,7 +391,7 @@ impl Output {
             // Roll back: nothing of this run may stay visible beside the old version.
             let done: Vec<String> = staged.iter().map(|f| f.path.clone()).collect();
             let _ = self.delete_all(done).await;
-            let _ = self.discard_staging(run_id).await;
+            let _ = self.discard_staging(run_id, None).await;
             return Err(first_err);
         }
 
@@ -413,7 +427,7 @@ impl Output {
                     .map(|f| f.path.clone())
                     .collect();
                 let _ = self.delete_all(done).await;
-                let _ = self.discard_staging(run_id).await;
+                let _ = self.discard_staging(run_id, None).await;
                 return Err(err);
             }
         }
@@ -447,7 +461,7 @@ impl Output {
         {
             tracing::warn!("output committed, but {SUCCESS} could not be written: {e}");
         }
-        if let Err(e) = self.discard_staging(run_id).await {
+        if let Err(e) = self.discard_staging(run_id, None).await {
             tracing::warn!(
                 "output committed, but staging could not be removed: {} ({})",
                 e.key,
@@ -469,7 +483,7 @@ pub fn is_data_file(path: &str) -> bool {
 /// Whether a file name is one sluice writes: `part-NNNNN-<run id>.<ext>`.
 pub fn is_sluice_file(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
-    regex::Regex::new(r"^part-\d{5}-\d{8}T\d{6}Z-[0-9a-f]{6}\.(parquet|csv|json)$")
+    regex::Regex::new(r"^part-(\d{4}-)?\d{5}-\d{8}T\d{6}Z-[0-9a-f]{6}\.(parquet|csv|json)$")
         .map(|re| re.is_match(name))
         .unwrap_or(false)
 }

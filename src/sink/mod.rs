@@ -136,20 +136,41 @@ pub struct Committed {
     pub rows: u64,
 }
 
-/// A staged output, not yet published.
-pub struct Staged {
-    output: Output,
-    existing: commit::Existing,
-    files: Vec<ManifestFile>,
-    columns: Vec<ManifestColumn>,
-    run_id: String,
+/// A file staged by one unit: where it is in the run's staging folder, and what it becomes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StagedFile {
+    /// Path relative to the run's staging folder (`<unit>/<partition>/<name>`).
+    pub staged: String,
+    /// The file as the manifest will list it (path relative to the output folder).
+    pub file: ManifestFile,
 }
 
-impl Staged {
+/// What one unit staged.
+#[derive(Debug, Clone)]
+pub struct UnitOutput {
+    /// Its files.
+    pub files: Vec<StagedFile>,
+    /// The result's columns.
+    pub columns: Vec<ManifestColumn>,
+}
+
+impl UnitOutput {
     /// Rows staged.
     pub fn rows(&self) -> u64 {
-        self.files.iter().map(|f| f.rows).sum()
+        self.files.iter().map(|f| f.file.rows).sum()
     }
+}
+
+/// The columns of a schema as a manifest records them.
+pub fn manifest_columns(schema: &SchemaRef) -> Vec<ManifestColumn> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| ManifestColumn {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+        })
+        .collect()
 }
 
 /// Checks the output folder before any work: `error_if_exists`, and leftovers of crashed runs.
@@ -204,17 +225,17 @@ pub async fn prepare(
     Ok((output, existing))
 }
 
-/// Writes `input` to the staging folder of `run_id`. On any failure the staged files are
-/// removed and the previous output is untouched. `on_rows` is called with the rows of each
-/// batch written, for progress.
-pub async fn stage(
-    output: Output,
-    existing: commit::Existing,
+/// Writes `input`, the result of work unit `unit`, to the unit's staging folder in the run's
+/// staging. On any failure the unit's staged files are removed; nothing else is touched.
+/// `on_rows` is called with the rows of each batch written, for progress.
+pub async fn stage_unit(
+    output: &Output,
     spec: &SinkSpec,
     mut input: SendableRecordBatchStream,
     run_id: &str,
+    unit: usize,
     on_rows: &(dyn Fn(u64) + Sync),
-) -> Result<Staged, SinkError> {
+) -> Result<UnitOutput, SinkError> {
     let schema = input.schema();
     let partitioner = Partitioner::new(&schema, &spec.partition_by).map_err(|column| {
         SinkError::PartitionColumn {
@@ -235,14 +256,7 @@ pub async fn stage(
             message: "every column is a partition column: the files would have no columns".into(),
         });
     }
-    let columns: Vec<ManifestColumn> = schema
-        .fields()
-        .iter()
-        .map(|f| ManifestColumn {
-            name: f.name().clone(),
-            data_type: f.data_type().to_string(),
-        })
-        .collect();
+    let columns = manifest_columns(&schema);
     let max_lanes_per_partition = if spec.preserve_order {
         1
     } else {
@@ -251,7 +265,7 @@ pub async fn stage(
     let shared = Arc::new(LaneShared {
         store: output.store(),
         output_location: spec.location.clone(),
-        staging: Output::staging_dir(run_id),
+        unit,
         run_id: run_id.to_string(),
         format: spec.format,
         schema: file_schema,
@@ -347,45 +361,41 @@ pub async fn stage(
     };
     if let Some(err) = failure {
         shared.aborted.store(true, Ordering::SeqCst);
-        if let Err(e) = output.discard_staging(run_id).await {
+        if let Err(e) = output.discard_staging(run_id, Some(unit)).await {
             tracing::warn!("could not remove staging {}: {}", e.key, e.message);
         }
         return Err(err);
     }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(Staged {
-        output,
-        existing,
-        files,
-        columns,
-        run_id: run_id.to_string(),
-    })
+    files.sort_by(|a, b| a.file.path.cmp(&b.file.path));
+    Ok(UnitOutput { files, columns })
 }
 
-/// Publishes a staged output (the commit point is the manifest write).
-pub async fn publish(staged: Staged, spec: &SinkSpec) -> Result<Committed, SinkError> {
-    let rows = staged.rows();
-    let new_files: Vec<String> = staged
-        .files
+/// Publishes the files staged by a run's units as the new version of the output (the commit
+/// point is the manifest write).
+pub async fn publish(
+    output: &Output,
+    existing: &commit::Existing,
+    spec: &SinkSpec,
+    run_id: &str,
+    columns: Vec<ManifestColumn>,
+    mut files: Vec<StagedFile>,
+) -> Result<Committed, SinkError> {
+    files.sort_by(|a, b| a.file.path.cmp(&b.file.path));
+    let rows = files.iter().map(|f| f.file.rows).sum();
+    let new_files: Vec<String> = files
         .iter()
-        .map(|f| {
-            staged
-                .output
-                .location()
-                .display_key(&staged.output.key(&f.path))
-        })
+        .map(|f| output.location().display_key(&output.key(&f.file.path)))
         .collect();
-    let manifest = staged
-        .output
+    let manifest = output
         .publish(
-            &staged.existing,
+            existing,
             commit::NewVersion {
-                run_id: &staged.run_id,
+                run_id,
                 mode: spec.mode,
                 format: spec.format.name(),
                 partition_by: &spec.partition_by,
-                columns: staged.columns,
-                files: staged.files,
+                columns,
+                files,
             },
         )
         .await?;
@@ -396,7 +406,7 @@ pub async fn publish(staged: Staged, spec: &SinkSpec) -> Result<Committed, SinkE
     })
 }
 
-/// Prepares, stages and publishes in one call: the whole write of one output.
+/// Prepares, stages (as one unit) and publishes in one call: the whole write of one output.
 pub async fn write(
     store: Arc<dyn ObjectStore>,
     spec: &SinkSpec,
@@ -405,14 +415,22 @@ pub async fn write(
     on_rows: &(dyn Fn(u64) + Sync),
 ) -> Result<Committed, SinkError> {
     let (output, existing) = prepare(store, spec, run_id).await?;
-    let staged = stage(output, existing, spec, input, run_id, on_rows).await?;
-    publish(staged, spec).await
+    let staged = stage_unit(&output, spec, input, run_id, 0, on_rows).await?;
+    publish(
+        &output,
+        &existing,
+        spec,
+        run_id,
+        staged.columns,
+        staged.files,
+    )
+    .await
 }
 
 struct LaneShared {
     store: Arc<dyn ObjectStore>,
     output_location: Location,
-    staging: String,
+    unit: usize,
     run_id: String,
     format: Format,
     schema: SchemaRef,
@@ -432,7 +450,7 @@ struct PartitionLanes {
 
 struct Lane {
     tx: mpsc::Sender<RecordBatch>,
-    handle: JoinHandle<Result<Vec<ManifestFile>, SinkError>>,
+    handle: JoinHandle<Result<Vec<StagedFile>, SinkError>>,
 }
 
 impl Lane {
@@ -449,7 +467,7 @@ async fn run_lane(
     shared: Arc<LaneShared>,
     partition: String,
     mut rx: mpsc::Receiver<RecordBatch>,
-) -> Result<Vec<ManifestFile>, SinkError> {
+) -> Result<Vec<StagedFile>, SinkError> {
     shared.open_lanes.fetch_add(1, Ordering::SeqCst);
     let mut files = Vec::new();
     let mut current: Option<(FileWriter, String, object_store::path::Path)> = None;
@@ -458,7 +476,8 @@ async fn run_lane(
             if current.is_none() {
                 let n = shared.seq.fetch_add(1, Ordering::SeqCst);
                 let name = format!(
-                    "part-{n:05}-{}.{}",
+                    "part-{:04}-{n:05}-{}.{}",
+                    shared.unit,
                     shared.run_id,
                     shared.format.extension()
                 );
@@ -467,9 +486,11 @@ async fn run_lane(
                 } else {
                     format!("{partition}/{name}")
                 };
-                let key = shared
-                    .output_location
-                    .child(&format!("{}/{rel}", shared.staging));
+                let key = shared.output_location.child(&format!(
+                    "{}/{}",
+                    Output::staging_dir(&shared.run_id),
+                    staged_path(shared.unit, &rel)
+                ));
                 let w = FileWriter::create(
                     Arc::clone(&shared.store),
                     key.clone(),
@@ -494,11 +515,7 @@ async fn run_lane(
             {
                 let rows = w.rows();
                 let bytes = w.finish().await.map_err(|e| write_err(&shared, &key, e))?;
-                files.push(ManifestFile {
-                    path: rel,
-                    rows,
-                    bytes,
-                });
+                files.push(staged_file(shared.unit, rel, rows, bytes));
             }
         }
         Ok(())
@@ -509,11 +526,7 @@ async fn run_lane(
             let rows = w.rows();
             match w.finish().await {
                 Ok(bytes) => {
-                    files.push(ManifestFile {
-                        path: rel,
-                        rows,
-                        bytes,
-                    });
+                    files.push(staged_file(shared.unit, rel, rows, bytes));
                     Ok(())
                 }
                 Err(e) => Err(write_err(&shared, &key, e)),
@@ -527,6 +540,22 @@ async fn run_lane(
     };
     shared.open_lanes.fetch_sub(1, Ordering::SeqCst);
     result.map(|()| files)
+}
+
+/// Where a unit's file `rel` is staged, relative to the run's staging folder.
+fn staged_path(unit: usize, rel: &str) -> String {
+    format!("{unit:04}/{rel}")
+}
+
+fn staged_file(unit: usize, rel: String, rows: u64, bytes: u64) -> StagedFile {
+    StagedFile {
+        staged: staged_path(unit, &rel),
+        file: ManifestFile {
+            path: rel,
+            rows,
+            bytes,
+        },
+    }
 }
 
 fn write_err(shared: &LaneShared, key: &object_store::path::Path, e: WriteError) -> SinkError {

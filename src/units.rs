@@ -1,0 +1,307 @@
+//! Work units: how a model is split into batches of event time, and the SQL context in which
+//! one batch runs.
+//!
+//! A batched model runs once per period (`hour`, `day`, `month`, `year`) of event time. In a
+//! unit, every source that declares `event_time` is replaced by a view filtered to the
+//! period's `[start, end)`; the filter reaches the scan (Parquet row-group statistics and Hive
+//! partitions prune), so a unit reads only its slice. Sources without `event_time` and
+//! upstream outputs are read whole; the views the model inlines are planned again over the
+//! filtered sources.
+
+use std::collections::BTreeSet;
+
+use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, Timelike};
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::common::ScalarValue;
+use datafusion::prelude::{Expr, SessionContext, col, lit};
+
+use crate::config::{BatchSize, Materialized, Pipeline};
+use crate::error::describe_datafusion;
+use crate::plan::Dag;
+
+/// One work unit of a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    /// Position in the model's units (also its staging folder and file-name prefix).
+    pub index: usize,
+    /// The unit's name: its period (`1992-01`, `1992-01-31`, `1992-01-31T05`, `1992`), or
+    /// `all` for an unbatched model.
+    pub name: String,
+    /// The event-time range `[start, end)`, or `None` for the whole input.
+    pub range: Option<(NaiveDateTime, NaiveDateTime)>,
+}
+
+/// The start of the period of `size` that contains `t`.
+pub fn truncate(size: BatchSize, t: NaiveDateTime) -> NaiveDateTime {
+    let d = t.date();
+    let day = |y, m, dd| NaiveDate::from_ymd_opt(y, m, dd).and_then(|d| d.and_hms_opt(0, 0, 0));
+    match size {
+        BatchSize::Hour => t.date().and_hms_opt(t.hour(), 0, 0),
+        BatchSize::Day => day(d.year(), d.month(), d.day()),
+        BatchSize::Month => day(d.year(), d.month(), 1),
+        BatchSize::Year => day(d.year(), 1, 1),
+    }
+    .unwrap_or(t)
+}
+
+/// The start of the period after the one starting at `t`.
+pub fn next(size: BatchSize, t: NaiveDateTime) -> NaiveDateTime {
+    match size {
+        BatchSize::Hour => t + Duration::hours(1),
+        BatchSize::Day => t + Duration::days(1),
+        BatchSize::Month => t
+            .checked_add_months(chrono::Months::new(1))
+            .unwrap_or(t + Duration::days(31)),
+        BatchSize::Year => t
+            .checked_add_months(chrono::Months::new(12))
+            .unwrap_or(t + Duration::days(366)),
+    }
+}
+
+/// The name of the period of `size` starting at `t`.
+pub fn period_name(size: BatchSize, t: NaiveDateTime) -> String {
+    match size {
+        BatchSize::Hour => t.format("%Y-%m-%dT%H").to_string(),
+        BatchSize::Day => t.format("%Y-%m-%d").to_string(),
+        BatchSize::Month => t.format("%Y-%m").to_string(),
+        BatchSize::Year => t.format("%Y").to_string(),
+    }
+}
+
+/// The units covering `[start, end)`: the first starts at `start`'s period.
+pub fn periods(size: BatchSize, start: NaiveDateTime, end: NaiveDateTime) -> Vec<Unit> {
+    let mut out = Vec::new();
+    let mut t = truncate(size, start);
+    while t < end {
+        let n = next(size, t);
+        out.push(Unit {
+            index: out.len(),
+            name: period_name(size, t),
+            range: Some((t.max(start), n.min(end))),
+        });
+        t = n;
+    }
+    out
+}
+
+/// The single unit of an unbatched model.
+pub fn whole() -> Vec<Unit> {
+    vec![Unit {
+        index: 0,
+        name: "all".into(),
+        range: None,
+    }]
+}
+
+/// A literal for `t` of the event-time column's type, so the comparison needs no cast of the
+/// column (which would defeat pruning).
+fn bound(t: NaiveDateTime, ty: &DataType) -> Expr {
+    let epoch = t.and_utc();
+    let value = match ty {
+        DataType::Date32 => {
+            let days =
+                (t.date() - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days();
+            ScalarValue::Date32(Some(days as i32))
+        }
+        DataType::Date64 => ScalarValue::Date64(Some(epoch.timestamp_millis())),
+        DataType::Timestamp(unit, tz) => {
+            let v = match unit {
+                TimeUnit::Second => epoch.timestamp(),
+                TimeUnit::Millisecond => epoch.timestamp_millis(),
+                TimeUnit::Microsecond => epoch.timestamp_micros(),
+                TimeUnit::Nanosecond => epoch.timestamp_nanos_opt().unwrap_or(i64::MAX),
+            };
+            match unit {
+                TimeUnit::Second => ScalarValue::TimestampSecond(Some(v), tz.clone()),
+                TimeUnit::Millisecond => ScalarValue::TimestampMillisecond(Some(v), tz.clone()),
+                TimeUnit::Microsecond => ScalarValue::TimestampMicrosecond(Some(v), tz.clone()),
+                TimeUnit::Nanosecond => ScalarValue::TimestampNanosecond(Some(v), tz.clone()),
+            }
+        }
+        // Text event times compare as ISO-8601 strings.
+        _ => ScalarValue::Utf8(Some(t.format("%Y-%m-%d %H:%M:%S").to_string())),
+    };
+    lit(value)
+}
+
+/// The event-time sources a model reads (directly or through the views it inlines), with
+/// their event-time columns.
+pub fn event_sources(pipeline: &Pipeline, sources: &BTreeSet<String>) -> Vec<(String, String)> {
+    sources
+        .iter()
+        .filter_map(|s| {
+            let src = pipeline.sources.get(s)?;
+            src.event_time.clone().map(|et| (s.clone(), et))
+        })
+        .collect()
+}
+
+/// The earliest and latest event time over the given sources (`None` when they are empty).
+pub async fn event_range(
+    ctx: &SessionContext,
+    sources: &[(String, String)],
+) -> Result<Option<(NaiveDateTime, NaiveDateTime)>, String> {
+    let mut lo: Option<NaiveDateTime> = None;
+    let mut hi: Option<NaiveDateTime> = None;
+    for (table, column) in sources {
+        let sql = format!(
+            "SELECT CAST(MIN(\"{column}\") AS TIMESTAMP) AS lo, CAST(MAX(\"{column}\") AS TIMESTAMP) AS hi FROM \"{table}\""
+        );
+        let batches = ctx
+            .sql(&sql)
+            .await
+            .map_err(|e| {
+                format!(
+                    "source '{table}': event_time '{column}': {}",
+                    describe_datafusion(&e)
+                )
+            })?
+            .collect()
+            .await
+            .map_err(|e| format!("source '{table}': {}", describe_datafusion(&e)))?;
+        for b in &batches {
+            for (i, slot) in [(0, &mut lo), (1, &mut hi)] {
+                let v = ScalarValue::try_from_array(b.column(i), 0).map_err(|e| e.to_string())?;
+                if let ScalarValue::TimestampNanosecond(Some(ns), _) = v {
+                    let t = chrono::DateTime::from_timestamp_nanos(ns).naive_utc();
+                    *slot = Some(match (i, *slot) {
+                        (0, Some(x)) => x.min(t),
+                        (_, Some(x)) => x.max(t),
+                        (_, None) => t,
+                    });
+                }
+            }
+        }
+    }
+    Ok(lo.zip(hi))
+}
+
+/// A session for one unit: the engine's runtime (memory pool, stores) and tables, with each
+/// event-time source replaced by a view filtered to the unit's range and the model's views
+/// planned again over them.
+pub async fn unit_context(
+    main: &SessionContext,
+    pipeline: &Pipeline,
+    dag: &Dag,
+    model: &str,
+    sources: &[(String, String)],
+    unit: &Unit,
+) -> Result<SessionContext, String> {
+    let Some((start, end)) = unit.range else {
+        return Ok(main.clone());
+    };
+    let ctx = SessionContext::new_with_config_rt(main.copied_config(), main.runtime_env());
+    let err = |e: datafusion::error::DataFusionError| describe_datafusion(&e);
+    if let Some(schema) = main.catalog("datafusion").and_then(|c| c.schema("public")) {
+        for name in schema.table_names() {
+            if let Some(t) = schema.table(&name).await.map_err(err)? {
+                ctx.register_table(name.as_str(), t).map_err(err)?;
+            }
+        }
+    }
+    for (table, column) in sources {
+        let df = main.table(table.as_str()).await.map_err(err)?;
+        let ty = df
+            .schema()
+            .field_with_unqualified_name(column)
+            .map(|f| f.data_type().clone())
+            .map_err(|_| format!("source '{table}' has no event_time column '{column}'"))?;
+        let c = col(datafusion::common::Column::from_name(column));
+        let filtered = df
+            .filter(
+                c.clone()
+                    .gt_eq(bound(start, &ty))
+                    .and(c.lt(bound(end, &ty))),
+            )
+            .map_err(err)?;
+        ctx.deregister_table(table.as_str()).map_err(err)?;
+        ctx.register_table(table.as_str(), filtered.into_view())
+            .map_err(err)?;
+    }
+    // The views the model inlines, in dependency order, over the filtered sources.
+    let upstream = dag.upstream(model);
+    for name in &dag.order {
+        if upstream.contains(name) && pipeline.models[name].materialized == Materialized::View {
+            let df = ctx.sql(&dag.nodes[name].sql).await.map_err(err)?;
+            ctx.deregister_table(name.as_str()).map_err(err)?;
+            ctx.register_table(name.as_str(), df.into_view())
+                .map_err(err)?;
+        }
+    }
+    Ok(ctx)
+}
+
+/// Units of a plan whose `[start, end)` falls outside the sizing rule of thumb: 10K–500K rows
+/// a unit and 50–200 units a job.
+pub fn sizing_warnings(units: usize, rows_per_unit: &[u64]) -> Vec<String> {
+    let mut out = Vec::new();
+    if units > 0 && units < 50 {
+        out.push(format!(
+            "{units} units: fewer than 50, so a failure or a retry redoes a large share of the job"
+        ));
+    }
+    if units > 200 {
+        out.push(format!(
+            "{units} units: more than 200, so per-unit overhead (planning, commits) dominates"
+        ));
+    }
+    let small = rows_per_unit.iter().filter(|r| **r < 10_000).count();
+    let big = rows_per_unit.iter().filter(|r| **r > 500_000).count();
+    if small > 0 {
+        out.push(format!(
+            "{small} units under 10K rows: scheduling overhead dominates; use a larger size"
+        ));
+    }
+    if big > 0 {
+        out.push(format!(
+            "{big} units over 500K rows: risk of timeouts and memory pressure; use a smaller size"
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> NaiveDateTime {
+        crate::config::parse_datetime(s).unwrap()
+    }
+
+    #[test]
+    fn months_cover_the_range_with_calendar_boundaries() {
+        let u = periods(BatchSize::Month, at("1992-01-15"), at("1992-04-01"));
+        let names: Vec<_> = u.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, vec!["1992-01", "1992-02", "1992-03"]);
+        assert_eq!(u[0].range, Some((at("1992-01-15"), at("1992-02-01"))));
+        assert_eq!(u[1].range, Some((at("1992-02-01"), at("1992-03-01"))));
+        assert_eq!(u[2].index, 2);
+    }
+
+    #[test]
+    fn hours_days_and_years() {
+        assert_eq!(
+            periods(
+                BatchSize::Hour,
+                at("2024-01-01T22:30:00"),
+                at("2024-01-02T01:00:00")
+            )
+            .len(),
+            3
+        );
+        assert_eq!(
+            periods(BatchSize::Day, at("2024-02-27"), at("2024-03-01")).len(),
+            3
+        );
+        let y = periods(BatchSize::Year, at("1992-01-01"), at("1999-01-01"));
+        assert_eq!(y.len(), 7);
+        assert_eq!(y[6].name, "1998");
+    }
+
+    #[test]
+    fn sizing_rule_of_thumb() {
+        assert!(sizing_warnings(80, &[100_000; 80]).is_empty());
+        let w = sizing_warnings(3, &[5_000, 600_000, 20_000]);
+        assert_eq!(w.len(), 3, "{w:?}");
+    }
+}
