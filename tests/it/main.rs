@@ -11,3 +11,4 @@ mod s3;
 mod sql;
 mod state;
 mod tpch;
+mod units;

@@ -1,0 +1,197 @@
+//! Work units: batched and unbatched runs agree; a run killed with SIGKILL at several points is
+//! finished by rerunning it, with the same output as an uninterrupted run; a unit past its
+//! timeout is retried, then fails with a message naming the model, the unit and the attempts.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// A pipeline over TPC-H lineitem (SF 0.01, generated once per test) with the same query run
+/// batched by `size` (model `batched`) and as one unit (model `whole`).
+fn lineitem_pipeline(size: &str, extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let data = format!("{}/data", dir.path().display());
+    sluice(
+        dir.path(),
+        &["gen", "tpch", "--scale", "0.01", "--out", &data],
+    )
+    .expect(0);
+    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+    let sql = "SELECT l_orderkey, l_linenumber, l_returnflag AS flag, l_shipdate, l_quantity * l_extendedprice AS v FROM lineitem WHERE l_quantity > 10";
+    std::fs::write(dir.path().join("queries/batched.sql"), sql).unwrap();
+    std::fs::write(dir.path().join("queries/whole.sql"), sql).unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        format!(
+            "name = \"li\"\n[sources.lineitem]\nlocation = \"data/lineitem/\"\nevent_time = \"l_shipdate\"\n\
+             [models.batched.batches]\nsize = \"{size}\"\n{extra}\n\
+             [models.batched.sink]\npartition_by = [\"flag\"]\n[models.whole.sink]\npartition_by = [\"flag\"]\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// Every row of an output, sorted (order-insensitive content), and its row count.
+async fn content(dir: &Path, model: &str) -> Vec<Vec<String>> {
+    let b = query_output(
+        &format!("{}/out/{model}/", dir.display()),
+        "parquet",
+        &["flag"],
+        "SELECT CAST(l_orderkey AS VARCHAR) AS k, CAST(l_linenumber AS VARCHAR) AS n, flag, CAST(l_shipdate AS VARCHAR) AS d, CAST(v AS VARCHAR) AS v FROM t",
+    )
+    .await;
+    rows(&b, &["k", "n", "flag", "d", "v"])
+}
+
+#[tokio::test]
+async fn batched_and_unbatched_runs_give_identical_results() {
+    let dir = lineitem_pipeline("month", "max_concurrent_units = 2");
+    let report = dir.path().join("r.json");
+    sluice(
+        dir.path(),
+        &["run", ".", "--report", report.to_str().unwrap()],
+    )
+    .expect(0);
+    let batched = content(dir.path(), "batched").await;
+    let whole = content(dir.path(), "whole").await;
+    assert!(!batched.is_empty());
+    assert_eq!(batched, whole);
+    // Independent count: lines with quantity > 10, straight from the generated files.
+    let want = query_output(
+        &format!("{}/data/lineitem/", dir.path().display()),
+        "parquet",
+        &[],
+        "SELECT CAST(COUNT(*) AS VARCHAR) AS n FROM t WHERE l_quantity > 10",
+    )
+    .await;
+    assert_eq!(rows(&want, &["n"])[0][0], batched.len().to_string());
+    let r = read_json(&report);
+    let m = r["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "batched")
+        .unwrap()
+        .clone();
+    // One unit per month from the first ship date's month to the last one's, empty or not.
+    let span = query_output(
+        &format!("{}/data/lineitem/", dir.path().display()),
+        "parquet",
+        &[],
+        "SELECT CAST((date_part('year', MAX(l_shipdate)) * 12 + date_part('month', MAX(l_shipdate)))
+                   - (date_part('year', MIN(l_shipdate)) * 12 + date_part('month', MIN(l_shipdate))) + 1 AS BIGINT) AS months FROM t",
+    )
+    .await;
+    let months: u64 = rows(&span, &["months"])[0][0].parse().unwrap();
+    assert!((80..=84).contains(&months), "{months}");
+    assert_eq!(m["units_total"], months);
+    assert_eq!(m["units_done"], months);
+    let units = m["units"].as_array().unwrap();
+    assert_eq!(units[0]["unit"], "1992-01");
+    let out: u64 = units.iter().map(|u| u["rows_out"].as_u64().unwrap()).sum();
+    assert_eq!(out, batched.len() as u64);
+    assert!(
+        units
+            .iter()
+            .all(|u| u["status"] == "done" && u["attempts"] == 1)
+    );
+}
+
+#[tokio::test]
+async fn a_run_killed_at_any_point_is_finished_by_running_it_again() {
+    // Kill after a few units, after many, and while publishing (right after the last unit).
+    for kill_after in [2usize, 30, 80] {
+        let dir = lineitem_pipeline("month", "max_concurrent_units = 1");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["-q", "run", ".", "--select", "batched"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let staging = dir.path().join("out/batched/_staging");
+        let start = Instant::now();
+        let mut finished = false;
+        loop {
+            let staged_units = std::fs::read_dir(&staging)
+                .ok()
+                .and_then(|mut runs| runs.next())
+                .and_then(|r| r.ok())
+                .and_then(|run| std::fs::read_dir(run.path()).ok())
+                .map_or(0, |units| units.count());
+            finished = child.try_wait().unwrap().is_some();
+            if staged_units > kill_after || finished {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "the run did not progress"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().ok();
+        child.wait().unwrap();
+
+        let rerun = sluice(dir.path(), &["run", ".", "--select", "batched"]).expect(0);
+        sluice(dir.path(), &["run", ".", "--select", "whole"]).expect(0);
+        let batched = content(dir.path(), "batched").await;
+        assert_eq!(
+            batched,
+            content(dir.path(), "whole").await,
+            "kill after {kill_after}"
+        );
+        // No duplicates (every (order, line) once) and no leftovers.
+        let mut keys: Vec<_> = batched
+            .iter()
+            .map(|r| (r[0].clone(), r[1].clone()))
+            .collect();
+        keys.dedup();
+        assert_eq!(keys.len(), batched.len());
+        let out = dir.path().join("out/batched");
+        assert!(!out.join("_staging").exists(), "staging left behind");
+        let (_, files) = manifest_rows(&out);
+        let listed: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
+        let on_disk: Vec<String> = files_under(&out)
+            .into_iter()
+            .filter(|f| !f.starts_with('_'))
+            .collect();
+        let mut listed_sorted = listed.clone();
+        listed_sorted.sort();
+        assert_eq!(
+            listed_sorted, on_disk,
+            "files on disk are exactly the manifest's"
+        );
+        if !finished {
+            // Killed mid-run: the rerun resumed it, keeping the units it had committed.
+            assert!(
+                rerun.stderr.contains("resuming run"),
+                "kill after {kill_after}: {}",
+                rerun.stderr
+            );
+            let runs = sluice(dir.path(), &["runs", ".", "--json"]).expect(0);
+            let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
+            assert_eq!(runs[0]["status"], "success", "{runs}");
+        }
+    }
+}
+
+#[test]
+fn a_unit_past_its_timeout_is_retried_then_fails_with_a_clear_message() {
+    let dir = lineitem_pipeline(
+        "year",
+        "unit_timeout = \"1ms\"\nretries = 1\nmax_concurrent_units = 1",
+    );
+    let before = dir.path().join("out/batched");
+    let run = sluice(dir.path(), &["run", ".", "--select", "batched"]).expect(1);
+    assert!(
+        run.stderr
+            .contains("model 'batched' failed: unit 1992 failed after 2 attempts: timed out after"),
+        "{}",
+        run.stderr
+    );
+    assert!(!before.join("_MANIFEST").exists(), "nothing was published");
+    assert!(!before.join("_staging").exists() || files_under(&before.join("_staging")).is_empty());
+}
