@@ -114,24 +114,23 @@ async fn a_run_killed_at_any_point_is_finished_by_running_it_again() {
             .unwrap();
         let staging = dir.path().join("out/batched/_staging");
         let start = Instant::now();
-        let mut finished = false;
-        loop {
+        let finished = loop {
             let staged_units = std::fs::read_dir(&staging)
                 .ok()
                 .and_then(|mut runs| runs.next())
                 .and_then(|r| r.ok())
                 .and_then(|run| std::fs::read_dir(run.path()).ok())
                 .map_or(0, |units| units.count());
-            finished = child.try_wait().unwrap().is_some();
+            let finished = child.try_wait().unwrap().is_some();
             if staged_units > kill_after || finished {
-                break;
+                break finished;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(120),
                 "the run did not progress"
             );
             std::thread::sleep(Duration::from_millis(5));
-        }
+        };
         child.kill().ok();
         child.wait().unwrap();
 
