@@ -205,7 +205,7 @@ async fn dispatch(command: Command, progress: &Progress, quiet: bool) -> Result<
                 }
             };
             if opts.dry_run && !quiet {
-                print!("{}", run::describe_plan(&prepared));
+                print!("{}", run::describe_plan(&prepared).await);
             }
             let report = run::run(prepared, &opts, progress).await?;
             if let (Some(file), Some(path)) = (report_file.as_mut(), &args.report) {
@@ -247,7 +247,7 @@ async fn dispatch(command: Command, progress: &Progress, quiet: bool) -> Result<
             let opts = run_options(&args.pipeline, true, false)?;
             let pipeline = Pipeline::load(&args.pipeline.path, &env_lookup)?;
             let prepared = run::prepare(pipeline, &opts, environment()).await?;
-            print!("{}", run::describe_plan(&prepared));
+            print!("{}", run::describe_plan(&prepared).await);
             Ok(EXIT_OK)
         }
         Command::Sql(args) => {

@@ -493,18 +493,22 @@ fn sources_read(dag: &Dag, pipeline: &Pipeline, name: &str) -> BTreeSet<String> 
 }
 
 /// The work units of a model: one per period for a batched model, one otherwise.
-async fn plan_units(cx: &RunCx<'_>, model: &ModelConfig) -> Result<Vec<Unit>, String> {
+async fn plan_units(
+    engine: &Engine,
+    pipeline: &Pipeline,
+    dag: &Dag,
+    model: &ModelConfig,
+) -> Result<Vec<Unit>, String> {
     let Some(batches) = &model.batches else {
         return Ok(units::whole());
     };
-    let sources =
-        units::event_sources(cx.pipeline, &sources_read(cx.dag, cx.pipeline, &model.name));
+    let sources = units::event_sources(pipeline, &sources_read(dag, pipeline, &model.name));
     if sources.is_empty() {
         return Err("batches need at least one input source that declares event_time".into());
     }
     let (start, end) = match (batches.start, batches.end) {
         (Some(s), Some(e)) => (s, e),
-        (s, e) => match units::event_range(cx.engine.ctx(), &sources).await? {
+        (s, e) => match units::event_range(engine.ctx(), &sources).await? {
             None => return Ok(Vec::new()),
             Some((lo, hi)) => (
                 s.unwrap_or(units::truncate(batches.size, lo)),
@@ -760,7 +764,9 @@ async fn run_table_model(
         return Ok(());
     }
 
-    let units = plan_units(cx, model).await.map_err(model_err)?;
+    let units = plan_units(cx.engine, cx.pipeline, cx.dag, model)
+        .await
+        .map_err(model_err)?;
     let event_sources = units::event_sources(cx.pipeline, &sources_read(cx.dag, cx.pipeline, name));
     let done: BTreeMap<String, UnitRecord> = cx
         .state
@@ -837,8 +843,50 @@ fn unit_report(u: UnitRecord) -> UnitReport {
     }
 }
 
+/// The work units `sluice plan` shows for a model: each unit's rows counted from the inputs'
+/// event-time column (a read of that one column; the model itself does not run), and the
+/// warnings of the sizing rule of thumb.
+async fn describe_units(prepared: &Prepared, model: &ModelConfig) -> String {
+    let Some(batches) = &model.batches else {
+        return "       units:  1 (the whole model)\n".into();
+    };
+    let units = match plan_units(&prepared.engine, &prepared.pipeline, &prepared.dag, model).await {
+        Ok(u) => u,
+        Err(e) => return format!("       units:  cannot plan: {e}\n"),
+    };
+    let sources = units::event_sources(
+        &prepared.pipeline,
+        &sources_read(&prepared.dag, &prepared.pipeline, &model.name),
+    );
+    let counts = units::rows_per_period(prepared.engine.ctx(), &sources, batches.size)
+        .await
+        .unwrap_or_default();
+    let rows: Vec<u64> = units
+        .iter()
+        .map(|u| counts.get(&u.name).copied().unwrap_or(0))
+        .collect();
+    let mut out = format!(
+        "       units:  {} ({} batches, {} .. {}), {} rows in all\n",
+        units.len(),
+        batches.size.name(),
+        units.first().map_or("-", |u| u.name.as_str()),
+        units.last().map_or("-", |u| u.name.as_str()),
+        rows.iter().sum::<u64>()
+    );
+    for (u, r) in units.iter().zip(&rows).take(12) {
+        out.push_str(&format!("         {:<16} {r:>12} rows\n", u.name));
+    }
+    if units.len() > 12 {
+        out.push_str(&format!("         ... {} more\n", units.len() - 12));
+    }
+    for w in units::sizing_warnings(units.len(), &rows) {
+        out.push_str(&format!("       warning: {w}\n"));
+    }
+    out
+}
+
 /// The text of `sluice plan`: sources, then models in run order with inputs and sinks.
-pub fn describe_plan(prepared: &Prepared) -> String {
+pub async fn describe_plan(prepared: &Prepared) -> String {
     let p = &prepared.pipeline;
     let mut out = format!(
         "pipeline {} ({} models, {} sources)\n\nsources:\n",
@@ -907,7 +955,7 @@ pub fn describe_plan(prepared: &Prepared) -> String {
             if let Some(schema) = prepared.schemas.get(name) {
                 out.push_str(&format!("       schema: {}\n", column_list(schema)));
             }
-            out.push_str("       units:  1 (the whole model)\n");
+            out.push_str(&describe_units(prepared, model).await);
         } else {
             out.push_str("       inlined into the models that read it\n");
         }

@@ -176,6 +176,43 @@ pub async fn event_range(
     Ok(lo.zip(hi))
 }
 
+/// Rows per period (by period name) over the given sources' event-time columns.
+pub async fn rows_per_period(
+    ctx: &SessionContext,
+    sources: &[(String, String)],
+    size: BatchSize,
+) -> Result<std::collections::BTreeMap<String, u64>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for (table, column) in sources {
+        let sql = format!(
+            "SELECT date_trunc('{}', CAST(\"{column}\" AS TIMESTAMP)) AS p, COUNT(*) AS n FROM \"{table}\" GROUP BY 1",
+            size.name()
+        );
+        let batches = ctx
+            .sql(&sql)
+            .await
+            .map_err(|e| describe_datafusion(&e))?
+            .collect()
+            .await
+            .map_err(|e| describe_datafusion(&e))?;
+        for b in &batches {
+            for i in 0..b.num_rows() {
+                let p = ScalarValue::try_from_array(b.column(0), i).map_err(|e| e.to_string())?;
+                let n = ScalarValue::try_from_array(b.column(1), i).map_err(|e| e.to_string())?;
+                if let (
+                    ScalarValue::TimestampNanosecond(Some(ns), _),
+                    ScalarValue::Int64(Some(n)),
+                ) = (p, n)
+                {
+                    let t = chrono::DateTime::from_timestamp_nanos(ns).naive_utc();
+                    *out.entry(period_name(size, t)).or_insert(0) += n as u64;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A session for one unit: the engine's runtime (memory pool, stores) and tables, with each
 /// event-time source replaced by a view filtered to the unit's range and the model's views
 /// planned again over them.
