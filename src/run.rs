@@ -977,3 +977,39 @@ fn display_location(p: &Pipeline, location: &str) -> String {
         .map(|r| r.display().to_string() + if location.ends_with('/') { "/" } else { "" })
         .unwrap_or_else(|_| location.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_failures_are_told_from_deterministic_ones() {
+        for m in [
+            "Generic S3 error: Error after 10 retries: HTTP status server error (503 Service Unavailable)",
+            "timed out after 30m00s",
+            "error sending request: connection reset by peer",
+            "SlowDown: Please reduce your request rate",
+        ] {
+            assert!(is_transient(m), "{m}");
+        }
+        for m in [
+            "Schema error: No field named x",
+            "Cast error: Cannot cast string 'abc' to value of type Int32",
+            "Error while parsing value 'x7' as type 'Int32' for column 'quantity'",
+        ] {
+            assert!(!is_transient(m), "{m}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_a_cap() {
+        for n in 1..=10 {
+            let d = backoff(n).as_secs_f64();
+            let base = 0.5 * 2f64.powi((n - 1).min(6) as i32);
+            assert!(
+                d >= (base * 0.5).min(30.0) - 1e-9 && d <= (base * 1.5).min(30.0) + 1e-9,
+                "{n}: {d}"
+            );
+        }
+    }
+}
