@@ -62,3 +62,66 @@ impl Task {
         }
     }
 }
+
+impl Progress {
+    /// A bar for a model's work units: units done of `total`, rows written, rate and ETA.
+    pub fn units(&self, name: &str, total: u64) -> Units {
+        let bar = self.multi.as_ref().map(|m| {
+            let bar = m.add(ProgressBar::new(total));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {prefix:<24} [{bar:24}] {pos}/{len} units  {msg}  {elapsed} (eta {eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(name.to_string());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Units {
+            bar,
+            rows: std::sync::atomic::AtomicU64::new(0),
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+/// Progress of a model's work units.
+pub struct Units {
+    bar: Option<ProgressBar>,
+    rows: std::sync::atomic::AtomicU64,
+    start: std::time::Instant,
+}
+
+impl Units {
+    /// Counts `rows` more rows written.
+    pub fn rows(&self, rows: u64) {
+        let total = self
+            .rows
+            .fetch_add(rows, std::sync::atomic::Ordering::Relaxed)
+            + rows;
+        if let Some(b) = &self.bar {
+            let secs = self.start.elapsed().as_secs_f64().max(0.001);
+            b.set_message(format!(
+                "{} rows  {}/s",
+                indicatif::HumanCount(total),
+                indicatif::HumanCount((total as f64 / secs) as u64)
+            ));
+        }
+    }
+
+    /// Counts one more unit done (or kept from an earlier attempt of the run).
+    pub fn unit_done(&self) {
+        if let Some(b) = &self.bar {
+            b.inc(1);
+        }
+    }
+
+    /// Ends the bar.
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -554,15 +554,23 @@ fn backoff(n: u32) -> std::time::Duration {
     std::time::Duration::from_secs_f64((base * jitter).min(30.0))
 }
 
+/// What every unit of one model shares.
+#[derive(Clone, Copy)]
+struct UnitJob<'a> {
+    model: &'a ModelConfig,
+    spec: &'a SinkSpec,
+    output: &'a crate::sink::commit::Output,
+    event_sources: &'a [(String, String)],
+}
+
 /// Runs one unit with its timeout and retries; stages its files and records it.
 async fn run_unit(
     cx: &RunCx<'_>,
-    model: &ModelConfig,
-    spec: &SinkSpec,
-    output: &crate::sink::commit::Output,
+    job: &UnitJob<'_>,
     unit: &Unit,
-    event_sources: &[(String, String)],
+    bar: &crate::progress::Units,
 ) -> Result<(UnitRecord, Vec<ManifestColumn>), String> {
+    let UnitJob { model, output, .. } = *job;
     let settings = model.units;
     let mut attempt = 0u32;
     loop {
@@ -598,7 +606,7 @@ async fn run_unit(
                 }
             })
         };
-        let work = attempt_unit(cx, model, spec, output, unit, event_sources);
+        let work = attempt_unit(cx, job, unit, bar);
         let outcome = match settings.timeout {
             Some(limit) => match tokio::time::timeout(limit, work).await {
                 Ok(r) => r,
@@ -622,6 +630,7 @@ async fn run_unit(
                         .record_unit(cx.run_id, &model.name, &record)
                         .map_err(|e| e.to_string())?;
                 }
+                bar.unit_done();
                 return Ok((record, staged.columns));
             }
             Err(message) => {
@@ -666,12 +675,16 @@ fn humanize(d: std::time::Duration) -> String {
 /// Returns what it staged, the rows its scans read and the bytes it spilled.
 async fn attempt_unit(
     cx: &RunCx<'_>,
-    model: &ModelConfig,
-    spec: &SinkSpec,
-    output: &crate::sink::commit::Output,
+    job: &UnitJob<'_>,
     unit: &Unit,
-    event_sources: &[(String, String)],
+    bar: &crate::progress::Units,
 ) -> Result<(crate::sink::UnitOutput, u64, u64), String> {
+    let UnitJob {
+        model,
+        spec,
+        output,
+        event_sources,
+    } = *job;
     let ctx = units::unit_context(
         cx.engine.ctx(),
         cx.pipeline,
@@ -695,12 +708,10 @@ async fn attempt_unit(
     let Some(stream) = exec.take_stream() else {
         return Err("the query produced no stream".into());
     };
-    let task = cx.progress.task(&format!("{} {}", model.name, unit.name));
     let staged = sink::stage_unit(output, &spec, stream, cx.run_id, unit.index, &|rows| {
-        task.inc(rows)
+        bar.rows(rows)
     })
     .await;
-    task.finish();
     match staged {
         Ok(s) => Ok((s, exec.rows_scanned(), exec.spilled_bytes())),
         Err(sink::SinkError::Input(e)) => {
@@ -788,12 +799,23 @@ async fn run_table_model(
     for u in &pending {
         let _ = output.discard_staging(cx.run_id, Some(u.index)).await;
     }
+    let bar = cx.progress.units(name, units.len() as u64);
+    for _ in 0..done.len() {
+        bar.unit_done();
+    }
+    let job = UnitJob {
+        model,
+        spec: &spec,
+        output: &output,
+        event_sources: &event_sources,
+    };
     let results: Vec<Result<(UnitRecord, Vec<ManifestColumn>), String>> =
         futures::stream::iter(pending)
-            .map(|u| run_unit(cx, model, &spec, &output, u, &event_sources))
+            .map(|u| run_unit(cx, &job, u, &bar))
             .buffer_unordered(model.units.max_concurrent.max(1))
             .collect()
             .await;
+    bar.finish();
     let mut records: Vec<UnitRecord> = done.into_values().collect();
     let mut first_error = None;
     for r in results {
