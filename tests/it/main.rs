@@ -6,6 +6,7 @@ mod support;
 mod conformance;
 mod errors;
 mod formats;
+mod memory;
 mod pipeline;
 mod s3;
 mod sql;
