@@ -118,3 +118,54 @@ async fn shop_pipeline_on_s3() {
         "a secret was printed"
     );
 }
+
+#[tokio::test]
+async fn transient_storage_faults_are_retried_and_the_run_succeeds() {
+    use crate::support::faults::FaultProxy;
+    let server = S3Server::start();
+    server.create_bucket("lake");
+    let upstream = server.endpoint().trim_start_matches("http://").to_string();
+    // The first 3 PUTs (file uploads, the manifest...) are throttled with 503.
+    let proxy = FaultProxy::start(&upstream, "PUT", 3);
+    let dir = tempfile::tempdir().unwrap();
+    let env: Vec<(String, String)> = server
+        .env()
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "AWS_ENDPOINT_URL" {
+                (k, proxy.endpoint())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    let orders = format!("o={}/", testdata("shop").join("data/orders").display());
+    sluice_env(
+        dir.path(),
+        &[
+            "sql",
+            "-e",
+            "SELECT * FROM o",
+            "--table",
+            &orders,
+            "--out",
+            "s3://lake/orders/",
+            "--partition-by",
+            "dt",
+        ],
+        &env,
+    )
+    .expect(0);
+    assert_eq!(proxy.injected(), 3, "faults were injected");
+    // Everything arrived: read back through the server directly.
+    let t = crate::conformance::Target::for_bucket_prefix(&server, "lake", "orders");
+    let b = t
+        .query(
+            "parquet",
+            &["dt"],
+            "SELECT CAST(COUNT(*) AS VARCHAR) AS n FROM t",
+        )
+        .await;
+    let counts = read_json(&testdata("shop").join("expected/counts.json"));
+    assert_eq!(rows(&b, &["n"])[0][0], counts["orders"].to_string());
+}
