@@ -5,14 +5,8 @@ use crate::support::*;
 
 #[tokio::test]
 async fn sorts_and_aggregations_spill_under_the_memory_limit() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tpch_pipeline_dir();
     let data = format!("{}/data", dir.path().display());
-    sluice(
-        dir.path(),
-        &["gen", "tpch", "--scale", "0.01", "--out", &data],
-    )
-    .expect(0);
-    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
     std::fs::write(
         dir.path().join("sluice.toml"),
         format!("[settings]\nthreads = 2\nspill_dir = \"{}/spill\"\n[sources.lineitem]\nlocation = \"data/lineitem/\"\n", dir.path().display()),

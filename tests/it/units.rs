@@ -11,14 +11,7 @@ use crate::support::*;
 /// A pipeline over TPC-H lineitem (SF 0.01, generated once per test) with the same query run
 /// batched by `size` (model `batched`) and as one unit (model `whole`).
 fn lineitem_pipeline(size: &str, extra: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let data = format!("{}/data", dir.path().display());
-    sluice(
-        dir.path(),
-        &["gen", "tpch", "--scale", "0.01", "--out", &data],
-    )
-    .expect(0);
-    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+    let dir = tpch_pipeline_dir();
     let sql = "SELECT l_orderkey, l_linenumber, l_returnflag AS flag, l_shipdate, l_quantity * l_extendedprice AS v FROM lineitem WHERE l_quantity > 10";
     std::fs::write(dir.path().join("queries/batched.sql"), sql).unwrap();
     std::fs::write(dir.path().join("queries/whole.sql"), sql).unwrap();

@@ -98,6 +98,20 @@ pub fn pipeline_copy(name: &str) -> tempfile::TempDir {
     dir
 }
 
+/// A temporary pipeline folder with TPC-H SF 0.01 in `data/` (one folder a table) and an
+/// empty `queries/`.
+pub fn tpch_pipeline_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let data = format!("{}/data", dir.path().display());
+    sluice(
+        dir.path(),
+        &["gen", "tpch", "--scale", "0.01", "--out", &data],
+    )
+    .expect(0);
+    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+    dir
+}
+
 /// Every file and every folder under `dir` (relative paths, sorted).
 fn walk(dir: &Path) -> (Vec<String>, Vec<String>) {
     fn go(base: &Path, dir: &Path, files: &mut Vec<String>, dirs: &mut Vec<String>) {
