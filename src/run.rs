@@ -606,7 +606,7 @@ async fn run_unit(
                 }
             })
         };
-        let work = attempt_unit(cx, job, unit, bar);
+        let work = attempt_unit(cx, job, unit, attempt, bar);
         let outcome = match settings.timeout {
             Some(limit) => match tokio::time::timeout(limit, work).await {
                 Ok(r) => r,
@@ -677,6 +677,7 @@ async fn attempt_unit(
     cx: &RunCx<'_>,
     job: &UnitJob<'_>,
     unit: &Unit,
+    attempt: u32,
     bar: &crate::progress::Units,
 ) -> Result<(crate::sink::UnitOutput, u64, u64), String> {
     let UnitJob {
@@ -708,7 +709,11 @@ async fn attempt_unit(
     let Some(stream) = exec.take_stream() else {
         return Err("the query produced no stream".into());
     };
-    let staged = sink::stage_unit(output, &spec, stream, cx.run_id, unit.index, &|rows| {
+    let slot = sink::UnitSlot {
+        index: unit.index,
+        attempt,
+    };
+    let staged = sink::stage_unit(output, &spec, stream, cx.run_id, slot, &|rows| {
         bar.rows(rows)
     })
     .await;

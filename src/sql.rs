@@ -139,8 +139,15 @@ pub async fn run_sql(
         Some((mut spec, run_id, (output, existing))) => {
             spec.preserve_order = ordered;
             let task = progress.task("sql");
-            let staged =
-                sink::stage_unit(&output, &spec, stream, &run_id, 0, &|r| task.inc(r)).await;
+            let staged = sink::stage_unit(
+                &output,
+                &spec,
+                stream,
+                &run_id,
+                sink::UnitSlot::SINGLE,
+                &|r| task.inc(r),
+            )
+            .await;
             task.finish();
             let staged = staged.map_err(|e| match e {
                 sink::SinkError::Input(e) => query_err(e),

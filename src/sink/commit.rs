@@ -483,7 +483,7 @@ pub fn is_data_file(path: &str) -> bool {
 /// Whether a file name is one sluice writes: `part-NNNNN-<run id>.<ext>`.
 pub fn is_sluice_file(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
-    regex::Regex::new(r"^part-(\d{4}-)?\d{5}-\d{8}T\d{6}Z-[0-9a-f]{6}\.(parquet|csv|json)$")
+    regex::Regex::new(r"^part-(\d+-)*\d{5}-\d{8}T\d{6}Z-[0-9a-f]{6}\.(parquet|csv|json)$")
         .map(|re| re.is_match(name))
         .unwrap_or(false)
 }

@@ -145,6 +145,39 @@ pub struct StagedFile {
     pub file: ManifestFile,
 }
 
+/// Which unit, and which attempt of it, is staging: file names carry both, so a cancelled
+/// attempt whose writers are still closing can never overwrite a later attempt's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnitSlot {
+    /// The unit's index (its staging folder).
+    pub index: usize,
+    /// The attempt, from 1.
+    pub attempt: u32,
+}
+
+impl UnitSlot {
+    /// The first attempt of the only unit of a one-unit write.
+    pub const SINGLE: UnitSlot = UnitSlot {
+        index: 0,
+        attempt: 1,
+    };
+}
+
+/// Marks a staging as aborted if its future is dropped before it finishes (a unit timeout
+/// cancels it): the writer lanes then abandon their open files instead of completing them.
+struct AbortOnDrop {
+    shared: Arc<LaneShared>,
+    armed: bool,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.aborted.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 /// What one unit staged.
 #[derive(Debug, Clone)]
 pub struct UnitOutput {
@@ -233,9 +266,10 @@ pub async fn stage_unit(
     spec: &SinkSpec,
     mut input: SendableRecordBatchStream,
     run_id: &str,
-    unit: usize,
+    slot: UnitSlot,
     on_rows: &(dyn Fn(u64) + Sync),
 ) -> Result<UnitOutput, SinkError> {
+    let unit = slot.index;
     let schema = input.schema();
     let partitioner = Partitioner::new(&schema, &spec.partition_by).map_err(|column| {
         SinkError::PartitionColumn {
@@ -266,6 +300,7 @@ pub async fn stage_unit(
         store: output.store(),
         output_location: spec.location.clone(),
         unit,
+        attempt: slot.attempt,
         run_id: run_id.to_string(),
         format: spec.format,
         schema: file_schema,
@@ -276,6 +311,10 @@ pub async fn stage_unit(
         aborted: AtomicBool::new(false),
     });
 
+    let mut guard = AbortOnDrop {
+        shared: Arc::clone(&shared),
+        armed: true,
+    };
     let mut parts: HashMap<String, PartitionLanes> = HashMap::new();
     let mut total_lanes = 0usize;
     let result: Result<(), SinkError> = async {
@@ -366,6 +405,7 @@ pub async fn stage_unit(
         }
         return Err(err);
     }
+    guard.armed = false;
     files.sort_by(|a, b| a.file.path.cmp(&b.file.path));
     Ok(UnitOutput { files, columns })
 }
@@ -415,7 +455,7 @@ pub async fn write(
     on_rows: &(dyn Fn(u64) + Sync),
 ) -> Result<Committed, SinkError> {
     let (output, existing) = prepare(store, spec, run_id).await?;
-    let staged = stage_unit(&output, spec, input, run_id, 0, on_rows).await?;
+    let staged = stage_unit(&output, spec, input, run_id, UnitSlot::SINGLE, on_rows).await?;
     publish(
         &output,
         &existing,
@@ -431,6 +471,7 @@ struct LaneShared {
     store: Arc<dyn ObjectStore>,
     output_location: Location,
     unit: usize,
+    attempt: u32,
     run_id: String,
     format: Format,
     schema: SchemaRef,
@@ -476,8 +517,9 @@ async fn run_lane(
             if current.is_none() {
                 let n = shared.seq.fetch_add(1, Ordering::SeqCst);
                 let name = format!(
-                    "part-{:04}-{n:05}-{}.{}",
+                    "part-{:04}-{:02}-{n:05}-{}.{}",
                     shared.unit,
+                    shared.attempt,
                     shared.run_id,
                     shared.format.extension()
                 );
