@@ -375,8 +375,12 @@ pub struct ModelConfig {
     pub materialized: Materialized,
     /// Where the output goes (table models).
     pub sink: SinkConfig,
-    /// How the model is split into work units (`[models.NAME.batches]`); `None`: one unit.
+    /// How the model is split into work units by event time (`[models.NAME.batches]` with a
+    /// `size`); `None`: not by time.
     pub batches: Option<BatchConfig>,
+    /// `by = "file"`: one work unit per this many input files (a map-only model over one
+    /// source); `None`: not by file.
+    pub files_per_unit: Option<usize>,
     /// Timeout, retries and concurrency of its work units.
     pub units: UnitSettings,
 }
@@ -589,6 +593,8 @@ struct RawModel {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawBatches {
+    by: Option<String>,
+    files_per_unit: Option<usize>,
     size: Option<BatchSize>,
     start: Option<String>,
     end: Option<String>,
@@ -1123,16 +1129,52 @@ impl Validator<'_> {
                 raw_batches.retries,
                 raw_batches.max_concurrent_units,
             )?;
-            let batches = if raw_batches.size.is_some()
-                || raw_batches.start.is_some()
-                || raw_batches.end.is_some()
+            let by_file = match raw_batches.by.as_deref() {
+                None | Some("time") => false,
+                Some("file") => true,
+                Some(other) => {
+                    return Err(self.invalid(
+                        format!("models.{name}.batches.by"),
+                        format!(
+                            "{other:?}: expected \"file\" (or a `size` for batches of event time)"
+                        ),
+                    ));
+                }
+            };
+            let files_per_unit = if by_file {
+                if raw_batches.size.is_some()
+                    || raw_batches.start.is_some()
+                    || raw_batches.end.is_some()
+                {
+                    return Err(self.invalid(
+                        format!("models.{name}.batches"),
+                        "by = \"file\" splits by input file: size, start and end do not apply",
+                    ));
+                }
+                match raw_batches.files_per_unit.unwrap_or(1) {
+                    0 => {
+                        return Err(self.invalid(
+                            format!("models.{name}.batches.files_per_unit"),
+                            "must be at least 1",
+                        ));
+                    }
+                    n => Some(n),
+                }
+            } else {
+                None
+            };
+            let batches = if !by_file
+                && (raw_batches.size.is_some()
+                    || raw_batches.start.is_some()
+                    || raw_batches.end.is_some())
             {
                 Some(self.batches(&name, raw_batches)?)
             } else {
                 None
             };
             let materialized = m.materialized.unwrap_or(Materialized::Table);
-            if batches.is_some() && materialized == Materialized::View {
+            if (batches.is_some() || files_per_unit.is_some()) && materialized == Materialized::View
+            {
                 return Err(self.invalid(
                     format!("models.{name}.batches"),
                     "a view is inlined, not run: batches apply to table models",
@@ -1147,6 +1189,7 @@ impl Validator<'_> {
                     materialized,
                     sink,
                     batches,
+                    files_per_unit,
                     units,
                 },
             );

@@ -80,6 +80,13 @@ impl Engine {
             disk = disk.with_mode(DiskManagerMode::Directories(vec![dir.clone()]));
         }
         runtime = runtime.with_disk_manager_builder(disk);
+        // No listing cache: outputs change within a run (a model publishes, then downstream
+        // models read it) and views of one folder hold different files (a manifest's, a work
+        // unit's); DataFusion's cache is keyed by path and would serve a stale listing.
+        runtime = runtime.with_cache_manager(
+            datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+                .with_list_files_cache_limit(0),
+        );
         let runtime = runtime.build_arc().map_err(|e| Error::Query {
             context: "cannot start the query engine".into(),
             source: e,

@@ -131,6 +131,24 @@ pub async fn prepare(
         let df = plan_model(&engine, &pipeline.models[name], &node.sql).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let model = &pipeline.models[name];
+        if model.files_per_unit.is_some() {
+            let inputs = sources_read(&dag, &pipeline, name);
+            if inputs.len() != 1 {
+                return Err(PlanError::Sql {
+                    model: name.clone(),
+                    file: model.sql_path.clone(),
+                    message: format!(
+                        "by = \"file\" needs exactly one input source; the model reads {}",
+                        if inputs.is_empty() {
+                            "none".to_string()
+                        } else {
+                            inputs.into_iter().collect::<Vec<_>>().join(", ")
+                        }
+                    ),
+                }
+                .into());
+            }
+        }
         if model.materialized == Materialized::Table && selected_set.contains(name) {
             // The sink's location and store, resolved now so a bad one stops the run before
             // any model writes.
@@ -499,6 +517,27 @@ async fn plan_units(
     dag: &Dag,
     model: &ModelConfig,
 ) -> Result<Vec<Unit>, String> {
+    if let Some(per_unit) = model.files_per_unit {
+        let inputs = sources_read(dag, pipeline, &model.name);
+        let [source] = inputs.iter().collect::<Vec<_>>()[..] else {
+            return Err(format!(
+                "by = \"file\" needs exactly one input source; the model reads {}",
+                if inputs.is_empty() {
+                    "none".to_string()
+                } else {
+                    inputs.iter().cloned().collect::<Vec<_>>().join(", ")
+                }
+            ));
+        };
+        let spec = &pipeline.sources[source];
+        let files = crate::catalog::list_source_files(engine.ctx(), engine.stores(), spec)
+            .await
+            .map_err(|e| e.to_string())?;
+        let prefix = datafusion::datasource::listing::ListingTableUrl::parse(&spec.location)
+            .map(|u| u.prefix().as_ref().to_string())
+            .unwrap_or_default();
+        return Ok(units::by_files(source, files, per_unit, &prefix));
+    }
     let Some(batches) = &model.batches else {
         return Ok(units::whole());
     };
@@ -688,6 +727,7 @@ async fn attempt_unit(
     } = *job;
     let ctx = units::unit_context(
         cx.engine.ctx(),
+        cx.engine.stores(),
         cx.pipeline,
         cx.dag,
         &model.name,
@@ -874,6 +914,31 @@ fn unit_report(u: UnitRecord) -> UnitReport {
 /// event-time column (a read of that one column; the model itself does not run), and the
 /// warnings of the sizing rule of thumb.
 async fn describe_units(prepared: &Prepared, model: &ModelConfig) -> String {
+    if let Some(per_unit) = model.files_per_unit {
+        return match plan_units(&prepared.engine, &prepared.pipeline, &prepared.dag, model).await {
+            Err(e) => format!("       units:  cannot plan: {e}\n"),
+            Ok(units) => {
+                let mut out = format!(
+                    "       units:  {} (by file, {per_unit} a unit)\n",
+                    units.len()
+                );
+                for u in units.iter().take(12) {
+                    let bytes: u64 = u
+                        .files
+                        .as_ref()
+                        .map_or(0, |(_, f)| f.iter().map(|m| m.size).sum());
+                    out.push_str(&format!("         {:<40} {bytes:>12} bytes\n", u.name));
+                }
+                if units.len() > 12 {
+                    out.push_str(&format!("         ... {} more\n", units.len() - 12));
+                }
+                for w in units::sizing_warnings(units.len(), &[]) {
+                    out.push_str(&format!("       warning: {w}\n"));
+                }
+                out
+            }
+        };
+    }
     let Some(batches) = &model.batches else {
         return "       units:  1 (the whole model)\n".into();
     };

@@ -94,6 +94,8 @@ impl Location {
         match url.scheme() {
             "file" | "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "adl" | "azure" | "http"
             | "https" | "memory" => {}
+            // Views sluice registers itself (see StoreRegistry::insert).
+            s if s.starts_with("sluice-") => {}
             other => return Err(invalid(format!("unsupported scheme '{other}://'"))),
         }
         let path = ObjectPath::from_url_path(url.path()).map_err(|e| invalid(e.to_string()))?;
@@ -256,6 +258,14 @@ impl StoreRegistry {
         let store = self.build(location)?;
         self.lock().insert(key, Arc::clone(&store));
         Ok(store)
+    }
+
+    /// Serves `url` (scheme and authority) with `store`: for views sluice builds over other
+    /// stores, e.g. the files of one work unit.
+    pub fn insert(&self, url: &Url, store: Arc<dyn ObjectStore>) {
+        let mut key = url.clone();
+        key.set_path("/");
+        self.lock().insert(key.to_string(), store);
     }
 
     /// Makes the store for `location` known to DataFusion's runtime, so that tables over it

@@ -29,6 +29,8 @@ pub struct Unit {
     pub name: String,
     /// The event-time range `[start, end)`, or `None` for the whole input.
     pub range: Option<(NaiveDateTime, NaiveDateTime)>,
+    /// For a unit by file: its input source and the files of it the unit reads.
+    pub files: Option<(String, Vec<object_store::ObjectMeta>)>,
 }
 
 /// The start of the period of `size` that contains `t`.
@@ -78,6 +80,7 @@ pub fn periods(size: BatchSize, start: NaiveDateTime, end: NaiveDateTime) -> Vec
             index: out.len(),
             name: period_name(size, t),
             range: Some((t.max(start), n.min(end))),
+            files: None,
         });
         t = n;
     }
@@ -90,7 +93,40 @@ pub fn whole() -> Vec<Unit> {
         index: 0,
         name: "all".into(),
         range: None,
+        files: None,
     }]
+}
+
+/// Units of `per_unit` files each over `files` of `source` (sorted by path), named after their
+/// first file (relative to `prefix`).
+pub fn by_files(
+    source: &str,
+    files: Vec<object_store::ObjectMeta>,
+    per_unit: usize,
+    prefix: &str,
+) -> Vec<Unit> {
+    files
+        .chunks(per_unit.max(1))
+        .enumerate()
+        .map(|(index, chunk)| {
+            let first = chunk[0].location.as_ref();
+            let rel = first
+                .strip_prefix(prefix)
+                .unwrap_or(first)
+                .trim_start_matches('/');
+            let name = if chunk.len() == 1 {
+                rel.to_string()
+            } else {
+                format!("{rel} (+{} files)", chunk.len() - 1)
+            };
+            Unit {
+                index,
+                name,
+                range: None,
+                files: Some((source.to_string(), chunk.to_vec())),
+            }
+        })
+        .collect()
 }
 
 /// A literal for `t` of the event-time column's type, so the comparison needs no cast of the
@@ -213,20 +249,24 @@ pub async fn rows_per_period(
     Ok(out)
 }
 
+/// Distinguishes the URLs of per-unit file views.
+static FILE_VIEWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A session for one unit: the engine's runtime (memory pool, stores) and tables, with each
 /// event-time source replaced by a view filtered to the unit's range and the model's views
 /// planned again over them.
 pub async fn unit_context(
     main: &SessionContext,
+    stores: &crate::store::StoreRegistry,
     pipeline: &Pipeline,
     dag: &Dag,
     model: &str,
     sources: &[(String, String)],
     unit: &Unit,
 ) -> Result<SessionContext, String> {
-    let Some((start, end)) = unit.range else {
+    if unit.range.is_none() && unit.files.is_none() {
         return Ok(main.clone());
-    };
+    }
     let ctx = SessionContext::new_with_config_rt(main.copied_config(), main.runtime_env());
     let err = |e: datafusion::error::DataFusionError| describe_datafusion(&e);
     if let Some(schema) = main.catalog("datafusion").and_then(|c| c.schema("public")) {
@@ -236,7 +276,46 @@ pub async fn unit_context(
             }
         }
     }
-    for (table, column) in sources {
+    if let Some((source, files)) = &unit.files {
+        // The input source over exactly this unit's files: a view of its store that holds
+        // them, under a URL of its own, read with the source's own options and partitions.
+        let spec = pipeline
+            .sources
+            .get(source)
+            .ok_or_else(|| format!("unknown source '{source}'"))?;
+        let table_url =
+            datafusion::datasource::listing::ListingTableUrl::parse(&spec.location).map_err(err)?;
+        let location =
+            crate::store::Location::parse(table_url.as_str()).map_err(|e| e.to_string())?;
+        let store = stores.store_for(&location).map_err(|e| e.to_string())?;
+        let n = FILE_VIEWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let view_url = format!(
+            "sluice-files-{n}://{}/",
+            location.store_url().host_str().unwrap_or("local")
+        );
+        let view = crate::catalog::manifest_store::ManifestStore::new(
+            store,
+            files.iter().map(|m| (m.location.clone(), m.size)),
+            chrono::Utc::now(),
+        );
+        let url = url::Url::parse(&view_url).map_err(|e| e.to_string())?;
+        stores.insert(&url, std::sync::Arc::new(view));
+        let prefix = table_url.prefix().as_ref();
+        let mut unit_spec = spec.clone();
+        unit_spec.location = if spec.location.ends_with('/') || prefix.is_empty() {
+            format!("{view_url}{prefix}/")
+        } else {
+            // A single file or a glob: keep the pattern after the prefix.
+            let tail = spec.location.rsplit_once('/').map_or("", |(_, t)| t);
+            format!("{view_url}{prefix}/{tail}")
+        };
+        crate::catalog::register_table(&ctx, stores, &unit_spec)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let range = unit.range.unwrap_or_default();
+    let (start, end) = range;
+    for (table, column) in sources.iter().filter(|_| unit.range.is_some()) {
         let df = main.table(table.as_str()).await.map_err(err)?;
         let ty = df
             .schema()

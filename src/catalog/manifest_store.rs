@@ -25,6 +25,7 @@ use object_store::{
 pub struct ManifestStore {
     inner: Arc<dyn ObjectStore>,
     files: Vec<ObjectMeta>,
+    index: std::collections::HashSet<Path>,
 }
 
 impl ManifestStore {
@@ -44,8 +45,13 @@ impl ManifestStore {
                 e_tag: None,
                 version: None,
             })
-            .collect();
-        ManifestStore { inner, files }
+            .collect::<Vec<ObjectMeta>>();
+        let index = files.iter().map(|m| m.location.clone()).collect();
+        ManifestStore {
+            inner,
+            files,
+            index,
+        }
     }
 
     fn under<'a>(&'a self, prefix: Option<&'a Path>) -> impl Iterator<Item = &'a ObjectMeta> + 'a {
@@ -88,6 +94,14 @@ impl ObjectStore for ManifestStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        // The view holds only its files: anything else (the folder's own _MANIFEST, an
+        // orphan) is not there.
+        if !self.index.contains(location) {
+            return Err(object_store::Error::NotFound {
+                path: location.to_string(),
+                source: "not in this view".into(),
+            });
+        }
         self.inner.get_opts(location, options).await
     }
 

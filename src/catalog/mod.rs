@@ -400,6 +400,38 @@ pub async fn register_table(
     Ok(full_schema)
 }
 
+/// Every file a source covers (its folder, file or glob), with sizes.
+pub async fn list_source_files(
+    ctx: &SessionContext,
+    stores: &StoreRegistry,
+    spec: &SourceConfig,
+) -> Result<Vec<ObjectMeta>, CatalogError> {
+    let read_err = |message: String| CatalogError::Read {
+        source_name: spec.name.clone(),
+        location: spec.location.clone(),
+        message,
+    };
+    let table_url =
+        ListingTableUrl::parse(&spec.location).map_err(|e| read_err(describe_datafusion(&e)))?;
+    let location =
+        Location::parse(table_url.as_str()).map_err(|source| CatalogError::Location {
+            source_name: spec.name.clone(),
+            source,
+        })?;
+    let store = stores
+        .store_for(&location)
+        .map_err(|source| CatalogError::Location {
+            source_name: spec.name.clone(),
+            source,
+        })?;
+    let opts = listing_options(ctx, spec).await?;
+    let mut files = list_files(ctx, &table_url, &opts, store.as_ref(), usize::MAX)
+        .await
+        .map_err(|e| read_err(describe_datafusion(&e)))?;
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(files)
+}
+
 /// On the error path only: infers the schema of each file alone and returns the first file
 /// that fails, with its error, so the message can name it.
 async fn find_unreadable_file(

@@ -187,3 +187,106 @@ fn a_unit_past_its_timeout_is_retried_then_fails_with_a_clear_message() {
     assert!(!before.join("_MANIFEST").exists(), "nothing was published");
     assert!(!before.join("_staging").exists() || files_under(&before.join("_staging")).is_empty());
 }
+
+#[tokio::test]
+async fn units_by_file_read_only_their_files_and_equal_one_unit() {
+    let dir = pipeline_copy("shop");
+    let sql = "SELECT order_id, customer_id, UPPER(product) AS product, quantity, dt FROM orders WHERE status <> 'cancelled'";
+    std::fs::write(dir.path().join("queries/by_file.sql"), sql).unwrap();
+    std::fs::write(dir.path().join("queries/by_pair.sql"), sql).unwrap();
+    std::fs::write(dir.path().join("queries/one_unit.sql"), sql).unwrap();
+    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        format!(
+            "{toml}\n[models.by_file.batches]\nby = \"file\"\n[models.by_pair.batches]\nby = \"file\"\nfiles_per_unit = 3\n\
+             [models.by_file.sink]\npartition_by = [\"dt\"]\n[models.by_pair.sink]\npartition_by = [\"dt\"]\n[models.one_unit.sink]\npartition_by = [\"dt\"]\n"
+        ),
+    )
+    .unwrap();
+    let report = dir.path().join("r.json");
+    sluice(
+        dir.path(),
+        &[
+            "run",
+            ".",
+            "--select",
+            "by_file,by_pair,one_unit",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    )
+    .expect(0);
+    let read = |m: &str| {
+        let out = format!("{}/out/{m}/", dir.path().display());
+        async move {
+            let b = query_output(
+                &out,
+                "parquet",
+                &["dt"],
+                "SELECT CAST(order_id AS VARCHAR) AS id, product, dt FROM t",
+            )
+            .await;
+            rows(&b, &["id", "product", "dt"])
+        }
+    };
+    let one = read("one_unit").await;
+    assert_eq!(read("by_file").await, one);
+    assert_eq!(read("by_pair").await, one);
+    // Independent: the non-cancelled raw rows.
+    let raw = raw_orders(dir.path())
+        .iter()
+        .filter(|o| o.status != "cancelled")
+        .count();
+    assert_eq!(one.len(), raw);
+    let r = read_json(&report);
+    let model = |n: &str| {
+        r["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    let by_file = model("by_file");
+    assert_eq!(by_file["units_total"], 4);
+    // Each unit read only its own file: the raw rows of that day.
+    for u in by_file["units"].as_array().unwrap() {
+        let day = u["unit"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("dt=")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let n = raw_orders(dir.path())
+            .iter()
+            .filter(|o| o.dt == day)
+            .count();
+        assert_eq!(u["rows_in"].as_u64().unwrap(), n as u64, "{u}");
+    }
+    assert_eq!(model("by_pair")["units_total"], 2);
+    let plan = sluice(dir.path(), &["plan", ".", "--select", "by_file"]).expect(0);
+    assert!(
+        plan.stdout.contains("units:  4 (by file, 1 a unit)"),
+        "{}",
+        plan.stdout
+    );
+
+    // A model over two sources cannot be split by file.
+    std::fs::write(
+        dir.path().join("queries/by_file.sql"),
+        "SELECT o.order_id, c.country, o.dt FROM orders o JOIN customers c ON c.customer_id = o.customer_id",
+    )
+    .unwrap();
+    let run = sluice(dir.path(), &["run", ".", "--select", "by_file"]).expect(2);
+    assert!(
+        run.stderr.contains(
+            "by = \"file\" needs exactly one input source; the model reads customers, orders"
+        ),
+        "{}",
+        run.stderr
+    );
+}
