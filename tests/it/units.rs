@@ -290,3 +290,72 @@ async fn units_by_file_read_only_their_files_and_equal_one_unit() {
         run.stderr
     );
 }
+
+#[tokio::test]
+async fn a_run_killed_while_publishing_is_finished_by_running_it_again() {
+    // Tiny files make the publish (moving every staged file to its final key) long enough to
+    // be caught: kill as soon as a file has reached its final place but before the manifest.
+    let dir = lineitem_pipeline("year", "max_concurrent_units = 2");
+    let toml = std::fs::read_to_string(dir.path().join("sluice.toml"))
+        .unwrap()
+        .replace(
+            "[models.batched.sink]\n",
+            "[models.batched.sink]\ntarget_rows_per_file = 40\n",
+        );
+    std::fs::write(dir.path().join("sluice.toml"), toml).unwrap();
+    let out = dir.path().join("out/batched");
+    let mut caught = false;
+    for _ in 0..3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["-q", "run", ".", "--select", "batched"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            let published = ["A", "N", "R"].iter().any(|f| {
+                std::fs::read_dir(out.join(format!("flag={f}")))
+                    .is_ok_and(|mut d| d.next().is_some())
+            });
+            if published && !out.join("_MANIFEST").exists() {
+                child.kill().unwrap();
+                caught = true;
+                break;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "the run did not progress"
+            );
+        }
+        child.wait().unwrap();
+        if caught {
+            break;
+        }
+        // Missed the window (the run finished): start over for another try.
+        std::fs::remove_dir_all(&out).unwrap();
+        std::fs::remove_dir_all(dir.path().join(".sluice")).unwrap();
+    }
+    assert!(
+        caught,
+        "never caught the run between moving files and writing the manifest"
+    );
+    let rerun = sluice(dir.path(), &["run", ".", "--select", "batched"]).expect(0);
+    assert!(rerun.stderr.contains("resuming run"), "{}", rerun.stderr);
+    sluice(dir.path(), &["run", ".", "--select", "whole"]).expect(0);
+    let batched = content(dir.path(), "batched").await;
+    assert_eq!(batched, content(dir.path(), "whole").await);
+    let (_, files) = manifest_rows(&out);
+    let mut listed: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
+    listed.sort();
+    let on_disk: Vec<String> = files_under(&out)
+        .into_iter()
+        .filter(|f| !f.starts_with('_'))
+        .collect();
+    assert_eq!(listed, on_disk, "files on disk are exactly the manifest's");
+    assert!(!out.join("_staging").exists());
+}
