@@ -272,25 +272,7 @@ pub async fn register_table(
         location,
         message,
     };
-    let table_url = ListingTableUrl::parse(&spec.location)
-        .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
-    let location =
-        Location::parse(table_url.as_str()).map_err(|source| CatalogError::Location {
-            source_name: spec.name.clone(),
-            source,
-        })?;
-    stores
-        .register(&location, ctx.runtime_env().as_ref())
-        .map_err(|source| CatalogError::Location {
-            source_name: spec.name.clone(),
-            source,
-        })?;
-    let store = stores
-        .store_for(&location)
-        .map_err(|source| CatalogError::Location {
-            source_name: spec.name.clone(),
-            source,
-        })?;
+    let (table_url, location, store) = resolve(ctx, stores, spec)?;
     // A sluice output (a folder with a manifest) is read through its manifest.
     if location.url().path().ends_with('/') {
         let output = crate::sink::commit::Output::new(Arc::clone(&store), location.clone());
@@ -400,6 +382,36 @@ pub async fn register_table(
     Ok(full_schema)
 }
 
+/// A source's table URL, location and store, the store registered with DataFusion.
+fn resolve(
+    ctx: &SessionContext,
+    stores: &StoreRegistry,
+    spec: &SourceConfig,
+) -> Result<
+    (
+        ListingTableUrl,
+        Location,
+        Arc<dyn object_store::ObjectStore>,
+    ),
+    CatalogError,
+> {
+    let table_url = ListingTableUrl::parse(&spec.location).map_err(|e| CatalogError::Read {
+        source_name: spec.name.clone(),
+        location: spec.location.clone(),
+        message: describe_datafusion(&e),
+    })?;
+    let location_err = |source| CatalogError::Location {
+        source_name: spec.name.clone(),
+        source,
+    };
+    let location = Location::parse(table_url.as_str()).map_err(location_err)?;
+    stores
+        .register(&location, ctx.runtime_env().as_ref())
+        .map_err(location_err)?;
+    let store = stores.store_for(&location).map_err(location_err)?;
+    Ok((table_url, location, store))
+}
+
 /// Every file a source covers (its folder, file or glob), with sizes.
 pub async fn list_source_files(
     ctx: &SessionContext,
@@ -411,19 +423,7 @@ pub async fn list_source_files(
         location: spec.location.clone(),
         message,
     };
-    let table_url =
-        ListingTableUrl::parse(&spec.location).map_err(|e| read_err(describe_datafusion(&e)))?;
-    let location =
-        Location::parse(table_url.as_str()).map_err(|source| CatalogError::Location {
-            source_name: spec.name.clone(),
-            source,
-        })?;
-    let store = stores
-        .store_for(&location)
-        .map_err(|source| CatalogError::Location {
-            source_name: spec.name.clone(),
-            source,
-        })?;
+    let (table_url, _, store) = resolve(ctx, stores, spec)?;
     let opts = listing_options(ctx, spec).await?;
     let mut files = list_files(ctx, &table_url, &opts, store.as_ref(), usize::MAX)
         .await
