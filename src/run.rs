@@ -283,13 +283,26 @@ pub async fn run(
         tracing::warn!("took over the lock of run {old}, whose process is gone");
     }
     let fingerprint = fingerprint(&prepared, opts);
-    if !opts.restart
-        && let Some(old) = state.resumable_run(&pipeline, &fingerprint)?
-    {
+    let resumed = if opts.restart {
+        Ok(None)
+    } else {
+        state.resumable_run(&pipeline, &fingerprint)
+    };
+    let resumed = match resumed.and_then(|old| match old {
+        Some(old) => state.relock(&run_id, &old).map(|()| Some(old)),
+        None => Ok(None),
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            // Never leave the lock behind on an error.
+            let _ = state.release(&run_id);
+            return Err(e.into());
+        }
+    };
+    if let Some(old) = resumed {
         tracing::warn!(
             "resuming run {old}: its committed units are kept (--restart starts afresh)"
         );
-        state.relock(&run_id, &old)?;
         run_id = old;
     }
     let selection = prepared.selected.join(",");
@@ -350,23 +363,23 @@ fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> String {
     for name in &prepared.selected {
         let m = &prepared.pipeline.models[name];
         text.push_str(&format!(
-            "|{name}:{}:{}:{}:{:?}:{}:{}:{:?}",
+            "|{name}:{}:{}:{}:{:?}:{}:{}:{:?}:{:?}",
             prepared.dag.nodes[name].sql,
             m.sink.location,
             m.sink.format.name(),
             m.sink.partition_by,
             m.sink.mode.name(),
             m.sink.target_rows_per_file,
-            m.batches
+            m.batches,
+            m.files_per_unit
         ));
+        // Everything upstream: the SQL of the models it reads (views are inlined into it) and
+        // the full definition of its sources.
+        for up in prepared.dag.upstream(name) {
+            text.push_str(&format!("|{up}:{}", prepared.dag.nodes[&up].sql));
+        }
         for src in sources_read(&prepared.dag, &prepared.pipeline, name) {
-            let s = &prepared.pipeline.sources[&src];
-            text.push_str(&format!(
-                "|{src}:{}:{}:{:?}",
-                s.location,
-                s.format.name(),
-                s.event_time
-            ));
+            text.push_str(&format!("|{src}:{:?}", prepared.pipeline.sources[&src]));
         }
     }
     // FNV-1a: stable across builds and platforms, unlike std's hasher.
@@ -565,21 +578,24 @@ fn is_transient(message: &str) -> bool {
     [
         "timed out",
         "timeout",
-        "connection",
+        "connection reset",
+        "connection refused",
+        "connection closed",
+        "connection aborted",
+        "error sending request",
         "reset by peer",
         "broken pipe",
         "slowdown",
         "slow down",
         "throttl",
         "too many requests",
-        " 429",
-        " 500",
-        " 502",
-        " 503",
-        " 504",
-        "internal error",
+        "(429",
+        "(500",
+        "(502",
+        "(503",
+        "(504",
         "service unavailable",
-        "temporarily",
+        "temporarily unavailable",
     ]
     .iter()
     .any(|p| m.contains(p))
@@ -702,11 +718,11 @@ async fn run_unit(
 }
 
 fn humanize(d: std::time::Duration) -> String {
-    let s = d.as_secs_f64();
-    if s >= 60.0 {
-        format!("{:.0}m{:02.0}s", (s / 60.0).floor(), s % 60.0)
+    if d.as_secs() >= 60 {
+        let secs = d.as_secs_f64().round() as u64;
+        format!("{}m{:02}s", secs / 60, secs % 60)
     } else {
-        format!("{s:.1}s")
+        format!("{:.1}s", d.as_secs_f64())
     }
 }
 
@@ -797,6 +813,7 @@ async fn run_table_model(
         && m.run_id == cx.run_id
     {
         tracing::info!(model = %name, "already published by this run");
+        output.clean_up(&existing, m, cx.run_id).await;
         let mine: Vec<_> = m
             .files
             .iter()
@@ -824,14 +841,32 @@ async fn run_table_model(
         .await
         .map_err(model_err)?;
     let event_sources = units::event_sources(cx.pipeline, &sources_read(cx.dag, cx.pipeline, name));
-    let done: BTreeMap<String, UnitRecord> = cx
+    let planned: BTreeSet<&str> = units.iter().map(|u| u.name.as_str()).collect();
+    let mut done: BTreeMap<String, UnitRecord> = cx
         .state
         .map(|s| s.done_units(cx.run_id, name))
         .transpose()?
         .unwrap_or_default()
         .into_iter()
+        .filter(|u| planned.contains(u.unit.as_str()))
         .map(|u| (u.unit.clone(), u))
         .collect();
+    // Leftovers of units not done are removed first; then a kept unit must still have every
+    // file it recorded (in staging, or already moved by an interrupted publish), or it runs
+    // again.
+    for u in units.iter().filter(|u| !done.contains_key(&u.name)) {
+        let _ = output.discard_staging(cx.run_id, Some(u.index)).await;
+    }
+    let mut lost = Vec::new();
+    for (unit, record) in &done {
+        if !output.files_present(cx.run_id, &record.files).await {
+            lost.push(unit.clone());
+        }
+    }
+    for unit in lost {
+        tracing::warn!(model = %name, unit = %unit, "a kept unit's files are gone: running it again");
+        done.remove(&unit);
+    }
     report.units_total = units.len() as u64;
     let pending: Vec<&Unit> = units
         .iter()
@@ -839,10 +874,6 @@ async fn run_table_model(
         .collect();
     if !done.is_empty() {
         tracing::info!(model = %name, kept = done.len(), pending = pending.len(), "resuming: committed units are kept");
-    }
-    // Leftovers of pending units from an interrupted attempt are removed before they rerun.
-    for u in &pending {
-        let _ = output.discard_staging(cx.run_id, Some(u.index)).await;
     }
     let bar = cx.progress.units(name, units.len() as u64);
     for _ in 0..done.len() {

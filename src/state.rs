@@ -228,8 +228,9 @@ impl StateStore {
             .and_then(|v| v.parse().ok());
         match version {
             None => {
+                // Two processes may create the database at once: the second insert is a no-op.
                 conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)",
                     params![SCHEMA_VERSION.to_string()],
                 )
                 .map_err(|e| err(&e))?;
@@ -370,13 +371,16 @@ impl StateStore {
     ) -> Result<Option<String>, StateError> {
         self.with(|c| {
             c.query_row(
-                "SELECT run_id, status FROM runs WHERE pipeline = ?1 ORDER BY started_at DESC, run_id DESC LIMIT 1",
+                "SELECT run_id, status FROM runs WHERE pipeline = ?1 AND fingerprint != ''
+                 ORDER BY started_at DESC, run_id DESC LIMIT 1",
                 params![pipeline],
                 |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
             )
             .optional()
             .and_then(|last| {
-                let Some((run_id, status)) = last else { return Ok(None) };
+                let Some((run_id, status)) = last else {
+                    return Ok(None);
+                };
                 if status != "interrupted" && status != "failed" {
                     return Ok(None);
                 }

@@ -154,7 +154,7 @@ fn bound(t: NaiveDateTime, ty: &DataType) -> Expr {
                 TimeUnit::Nanosecond => ScalarValue::TimestampNanosecond(Some(v), tz.clone()),
             }
         }
-        // Text event times compare as ISO-8601 strings.
+        // Other types are cast to timestamps by the caller; a string is a last resort.
         _ => ScalarValue::Utf8(Some(t.format("%Y-%m-%d %H:%M:%S").to_string())),
     };
     lit(value)
@@ -322,7 +322,17 @@ pub async fn unit_context(
             .field_with_unqualified_name(column)
             .map(|f| f.data_type().clone())
             .map_err(|_| format!("source '{table}' has no event_time column '{column}'"))?;
-        let c = col(datafusion::common::Column::from_name(column));
+        let mut c = col(datafusion::common::Column::from_name(column));
+        let mut ty = ty;
+        if matches!(
+            ty,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        ) {
+            // Text event times ("1992-01-01", "1992-01-01 06:00:00") compare as timestamps,
+            // not as strings (where "1992-01-01" < "1992-01-01 00:00:00").
+            ty = DataType::Timestamp(TimeUnit::Nanosecond, None);
+            c = datafusion::prelude::cast(c, ty.clone());
+        }
         let filtered = df
             .filter(
                 c.clone()

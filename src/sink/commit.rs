@@ -439,6 +439,16 @@ impl Output {
             "committed"
         );
         // Step 4: clean up. The output is committed; a failure here is healed by the next write.
+        self.clean_up(existing, &manifest, run_id).await;
+        Ok(manifest)
+    }
+}
+
+impl Output {
+    /// Step 4 of the protocol, after a commit: deletes the data files `manifest` does not list,
+    /// writes `_SUCCESS`, removes the run's staging. Failures are warnings: the output is
+    /// committed, and the next write heals them.
+    pub async fn clean_up(&self, existing: &Existing, manifest: &Manifest, run_id: &str) {
         let listed: BTreeSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
         let garbage: Vec<String> = existing
             .data_files
@@ -468,7 +478,21 @@ impl Output {
                 e.message
             );
         }
-        Ok(manifest)
+    }
+
+    /// Whether every staged file is still there: in the run's staging, or at its final key
+    /// (moved by an interrupted publish).
+    pub async fn files_present(&self, run_id: &str, files: &[super::StagedFile]) -> bool {
+        let staging = Output::staging_dir(run_id);
+        for f in files {
+            let staged = self.key(&format!("{staging}/{}", f.staged));
+            if self.store.head(&staged).await.is_err()
+                && self.store.head(&self.key(&f.file.path)).await.is_err()
+            {
+                return false;
+            }
+        }
+        true
     }
 }
 

@@ -230,7 +230,14 @@ pub async fn prepare(
     }
     let output = Output::new(store, spec.location.clone());
     let existing = output.inspect(run_id).await?;
-    if spec.mode == WriteMode::ErrorIfExists && !existing.is_empty() {
+    // A resumed run's own output (its manifest, files moved by its interrupted publish) is
+    // not "existing" output.
+    let foreign = existing
+        .manifest
+        .as_ref()
+        .is_some_and(|m| m.run_id != run_id)
+        || existing.data_files.iter().any(|(p, _)| !p.contains(run_id));
+    if spec.mode == WriteMode::ErrorIfExists && foreign {
         return Err(SinkError::Exists {
             location: spec.location.to_string(),
         });
@@ -551,6 +558,10 @@ async fn run_lane(
             let lanes = shared.open_lanes.load(Ordering::Relaxed).max(1);
             if w.buffered_bytes() > shared.budget / lanes {
                 w.flush().await.map_err(|e| write_err(&shared, key, e))?;
+            }
+            if shared.aborted.load(Ordering::SeqCst) {
+                // Cancelled (a unit timeout): stop without completing any more files.
+                break;
             }
             if w.rows() >= shared.target_rows
                 && let Some((w, rel, key)) = current.take()
