@@ -359,3 +359,87 @@ async fn a_run_killed_while_publishing_is_finished_by_running_it_again() {
     assert_eq!(listed, on_disk, "files on disk are exactly the manifest's");
     assert!(!out.join("_staging").exists());
 }
+
+#[tokio::test]
+async fn text_event_times_batch_without_losing_the_first_day_of_a_period() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+    // Event times as text, date-only and with a time, across three days and two months.
+    let mut csv = String::from("id,at\n");
+    let times = [
+        "2024-01-31",
+        "2024-01-31 23:59:59",
+        "2024-02-01",
+        "2024-02-01 00:00:00",
+        "2024-02-01 12:00:00",
+        "2024-02-02",
+    ];
+    for (i, t) in times.iter().enumerate() {
+        csv.push_str(&format!("{i},{t}\n"));
+    }
+    std::fs::write(dir.path().join("events.csv"), csv).unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "[sources.events]\nlocation = \"events.csv\"\nschema = \"id BIGINT, at VARCHAR\"\nevent_time = \"at\"\n\
+         [models.daily.batches]\nsize = \"day\"\n[models.monthly.batches]\nsize = \"month\"\n",
+    )
+    .unwrap();
+    for m in ["daily", "monthly"] {
+        std::fs::write(
+            dir.path().join(format!("queries/{m}.sql")),
+            "SELECT id, at FROM events",
+        )
+        .unwrap();
+    }
+    let report = dir.path().join("r.json");
+    sluice(
+        dir.path(),
+        &["run", ".", "--report", report.to_str().unwrap()],
+    )
+    .expect(0);
+    for m in ["daily", "monthly"] {
+        let b = query_output(
+            &format!("{}/out/{m}/", dir.path().display()),
+            "parquet",
+            &[],
+            "SELECT CAST(id AS VARCHAR) AS id FROM t",
+        )
+        .await;
+        let got: Vec<String> = rows(&b, &["id"])
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect();
+        assert_eq!(
+            got,
+            vec!["0", "1", "2", "3", "4", "5"],
+            "{m}: every row exactly once"
+        );
+    }
+    let r = read_json(&report);
+    let daily = r["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "daily")
+        .unwrap()
+        .clone();
+    let per_day: Vec<(String, u64)> = daily["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["unit"].as_str().unwrap().to_string(),
+                u["rows_out"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        per_day,
+        vec![
+            ("2024-01-31".to_string(), 2),
+            ("2024-02-01".to_string(), 3),
+            ("2024-02-02".to_string(), 1)
+        ]
+    );
+}
