@@ -56,6 +56,10 @@ pub struct PipelineArgs {
     /// Worker threads / target partitions.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// How hash joins run: auto (partition to disk when the build side does not fit the
+    /// memory limit), in_memory (DataFusion's hash join), grace (always partition).
+    #[arg(long, value_name = "STRATEGY")]
+    pub join_strategy: Option<String>,
 }
 
 /// `sluice run`.
@@ -131,6 +135,10 @@ pub struct SqlArgs {
     /// Worker threads / target partitions.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// How hash joins run: auto (partition to disk when the build side does not fit the
+    /// memory limit), in_memory (DataFusion's hash join), grace (always partition).
+    #[arg(long, value_name = "STRATEGY")]
+    pub join_strategy: Option<String>,
     /// Print at most this many rows.
     #[arg(long, default_value_t = 40)]
     pub max_rows: usize,
@@ -185,4 +193,8 @@ pub struct BenchTpchArgs {
     /// Worker threads / target partitions.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// How hash joins run: auto (partition to disk when the build side does not fit the
+    /// memory limit), in_memory (DataFusion's hash join), grace (always partition).
+    #[arg(long, value_name = "STRATEGY")]
+    pub join_strategy: Option<String>,
 }

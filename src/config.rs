@@ -220,6 +220,8 @@ pub struct Settings {
     pub state: PathBuf,
     /// Default timeout, retries and concurrency of work units.
     pub units: UnitSettings,
+    /// How hash joins run (`join_strategy`, `join_buckets`).
+    pub join: crate::join::JoinOptions,
 }
 
 /// One object store (`[stores.NAME]`), selected by URL prefix.
@@ -544,6 +546,8 @@ struct RawSettings {
     unit_timeout: Option<String>,
     retries: Option<u32>,
     max_concurrent_units: Option<usize>,
+    join_strategy: Option<String>,
+    join_buckets: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -888,9 +892,27 @@ impl Validator<'_> {
             raw.retries,
             raw.max_concurrent_units,
         )?;
+        let strategy = match raw.join_strategy.as_deref() {
+            None => crate::join::JoinStrategy::Auto,
+            Some(s) => crate::join::JoinStrategy::parse(s).ok_or_else(|| {
+                self.invalid(
+                    "settings.join_strategy",
+                    format!("unknown join strategy {s:?} (expected auto, in_memory or grace)"),
+                )
+            })?,
+        };
+        if let Some(n) = raw.join_buckets
+            && !(2..=4096).contains(&n)
+        {
+            return Err(self.invalid("settings.join_buckets", "must be between 2 and 4096"));
+        }
         Ok(Settings {
             memory_limit,
             threads: raw.threads,
+            join: crate::join::JoinOptions {
+                strategy,
+                buckets: raw.join_buckets,
+            },
             spill_dir: raw
                 .spill_dir
                 .map(|d| PathBuf::from(resolve_location(&d, self.root))),

@@ -9,10 +9,12 @@ use std::sync::Arc;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, execute_stream};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 
 use crate::error::Error;
+use crate::join::{self, JoinOptions};
 use crate::store::StoreRegistry;
 
 /// How the engine may use the machine.
@@ -25,6 +27,8 @@ pub struct EngineOptions {
     pub threads: Option<usize>,
     /// Folder for spill files (`None`: the system's temporary folder).
     pub spill_dir: Option<PathBuf>,
+    /// How hash joins run under the memory limit.
+    pub join: JoinOptions,
 }
 
 impl EngineOptions {
@@ -91,7 +95,13 @@ impl Engine {
             context: "cannot start the query engine".into(),
             source: e,
         })?;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rules(join::physical_rules(options.join, options.memory_limit))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         Ok(Engine {
             ctx,
             stores,
@@ -163,6 +173,11 @@ impl Execution {
             }
         }
         walk(&self.plan)
+    }
+
+    /// The plan's joins: strategy, and buckets, spill and peak memory once drained.
+    pub fn joins(&self) -> Vec<join::JoinReport> {
+        join::join_reports(&self.plan)
     }
 
     /// Bytes spilled to disk by the plan's operators.

@@ -14,6 +14,7 @@
 //! - [`store`]: locations (paths, `s3://`, `gs://`, ...) → object stores, one registry.
 //! - [`catalog`]: sources and model outputs registered as SQL tables.
 //! - [`engine`]: the DataFusion session (memory pool, spilling, threads) and query execution.
+//! - [`join`]: the grace hash join that lets joins larger than memory finish under the limit.
 //! - [`sink`]: result streams → partitioned files in staging → published by the
 //!   [`sink::commit`] protocol (`_MANIFEST` as the atomic commit point).
 //! - [`run`]: `sluice run` / `sluice plan`, tying the above together per model.
@@ -33,6 +34,7 @@ pub mod config;
 pub mod diagnose;
 pub mod engine;
 pub mod error;
+pub mod join;
 pub mod plan;
 pub mod progress;
 pub mod report;

@@ -12,6 +12,7 @@ use clap::Parser;
 use sluice::config::{self, ConfigError, Format, Pipeline, WriteMode};
 use sluice::engine::{Engine, EngineOptions};
 use sluice::error::{EXIT_FAILED, EXIT_OK};
+use sluice::join;
 use sluice::progress::Progress;
 use sluice::report::RunReport;
 use sluice::store::{Location, StoreRegistry};
@@ -123,6 +124,19 @@ fn parse_format(s: &str) -> Result<Format, Error> {
     })
 }
 
+fn parse_join_strategy(arg: &Option<String>) -> Result<Option<join::JoinStrategy>, Error> {
+    arg.as_deref()
+        .map(|s| {
+            join::JoinStrategy::parse(s).ok_or_else(|| {
+                usage(
+                    "--join-strategy",
+                    format!("unknown join strategy {s:?} (expected auto, in_memory or grace)"),
+                )
+            })
+        })
+        .transpose()
+}
+
 fn run_options(
     args: &PipelineArgs,
     dry_run: bool,
@@ -138,6 +152,7 @@ fn run_options(
         vars: parse_vars(&args.vars)?,
         memory_limit: parse_memory(&args.memory_limit)?,
         threads: parse_threads(args.threads)?,
+        join_strategy: parse_join_strategy(&args.join_strategy)?,
         dry_run,
         restart,
     })
@@ -308,6 +323,10 @@ async fn dispatch(command: Command, progress: &Progress, quiet: bool) -> Result<
                     memory_limit: parse_memory(&args.memory_limit)?,
                     threads: parse_threads(args.threads)?,
                     spill_dir: None,
+                    join: join::JoinOptions {
+                        strategy: parse_join_strategy(&args.join_strategy)?.unwrap_or_default(),
+                        buckets: None,
+                    },
                 },
                 max_rows: args.max_rows,
             };
@@ -367,6 +386,10 @@ async fn dispatch(command: Command, progress: &Progress, quiet: bool) -> Result<
                     memory_limit: parse_memory(&args.memory_limit)?,
                     threads: parse_threads(args.threads)?,
                     spill_dir: None,
+                    join: join::JoinOptions {
+                        strategy: parse_join_strategy(&args.join_strategy)?.unwrap_or_default(),
+                        buckets: None,
+                    },
                 },
                 Arc::new(StoreRegistry::new(Vec::new(), environment())),
             )?;

@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub memory_limit: Option<usize>,
     /// `--threads`, over `settings.threads`.
     pub threads: Option<usize>,
+    /// `--join-strategy`, over `settings.join_strategy`.
+    pub join_strategy: Option<crate::join::JoinStrategy>,
     /// `--dry-run`: validate and plan, write nothing.
     pub dry_run: bool,
     /// `--restart`: do not resume an unfinished run; start afresh.
@@ -88,6 +90,12 @@ pub async fn prepare(
         memory_limit: opts.memory_limit.or(pipeline.settings.memory_limit),
         threads: opts.threads.or(pipeline.settings.threads),
         spill_dir: pipeline.settings.spill_dir.clone(),
+        join: crate::join::JoinOptions {
+            strategy: opts
+                .join_strategy
+                .unwrap_or(pipeline.settings.join.strategy),
+            buckets: pipeline.settings.join.buckets,
+        },
     };
     let stores = Arc::new(StoreRegistry::new(pipeline.stores.clone(), env));
     let engine = Engine::new(engine_opts, stores)?;

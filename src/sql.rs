@@ -74,6 +74,20 @@ pub struct SqlSummary {
     pub files: Vec<String>,
 }
 
+/// The query of `EXPLAIN [ANALYZE] [VERBOSE] query`, or `sql` itself.
+fn explained_query(sql: &str) -> &str {
+    let mut rest = sql.trim_start();
+    let mut explain = false;
+    for word in ["explain", "analyze", "verbose"] {
+        let head = rest.split_whitespace().next().unwrap_or("");
+        if head.eq_ignore_ascii_case(word) && (explain || word == "explain") {
+            explain = true;
+            rest = rest[head.len()..].trim_start();
+        }
+    }
+    rest
+}
+
 /// Runs one transform. Printed output goes to `out`.
 pub async fn run_sql(
     opts: &SqlOptions,
@@ -82,8 +96,9 @@ pub async fn run_sql(
     out: &mut dyn Write,
 ) -> Result<SqlSummary, Error> {
     let sql = plan::render(&opts.sql, &opts.vars, &opts.origin)?;
-    // Parse first, so a syntax error names the file before any table is touched.
-    plan::table_references(&sql, &opts.origin)?;
+    // Parse first, so a syntax error names the file before any table is touched. `EXPLAIN
+    // [ANALYZE] [VERBOSE] query` shows the plan (with each join's strategy) of the query.
+    plan::table_references(explained_query(&sql), &opts.origin)?;
     let stores = Arc::new(StoreRegistry::new(Vec::new(), env));
     let engine = Engine::new(opts.engine.clone(), stores)?;
     for t in &opts.tables {

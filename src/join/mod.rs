@@ -1,0 +1,191 @@
+//! Joins that finish under a memory limit.
+//!
+//! DataFusion's hash join holds its whole build side in memory and cannot spill: under a
+//! memory limit a large join fails with "Resources exhausted ... HashJoinInput". sluice
+//! replaces each hash join, when a memory limit is set, by a [`GraceHashJoinExec`] that
+//! hash-partitions both inputs into bucket files when the build side does not fit and joins
+//! bucket by bucket ([`grace`]); the decision is made per join by a physical optimizer rule
+//! ([`rule`]) and shown by EXPLAIN and `sluice plan`; bucket files are in [`spill`].
+//!
+//! The rest of a query is planned and run by DataFusion unchanged.
+
+mod grace;
+mod rule;
+mod spill;
+
+use std::sync::Arc;
+
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::joins::{HashJoinExec, SortMergeJoinExec};
+use serde::Serialize;
+
+pub use grace::{Choice, GraceHashJoinExec, MAX_DEPTH, Strategy};
+pub use rule::GraceJoinRule;
+
+/// How hash joins run (`join_strategy` in `[settings]`, `--join-strategy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum JoinStrategy {
+    /// With a memory limit, every hash join may partition when its build side does not fit;
+    /// without one, DataFusion's in-memory hash join.
+    #[default]
+    Auto,
+    /// DataFusion's in-memory hash join always (fails when the build side does not fit).
+    InMemory,
+    /// Partition every hash join into buckets on disk, even when it would fit.
+    Grace,
+}
+
+impl JoinStrategy {
+    /// Parses `auto`, `in_memory` or `grace`.
+    pub fn parse(s: &str) -> Option<JoinStrategy> {
+        match s {
+            "auto" => Some(JoinStrategy::Auto),
+            "in_memory" => Some(JoinStrategy::InMemory),
+            "grace" => Some(JoinStrategy::Grace),
+            _ => None,
+        }
+    }
+}
+
+/// Join settings for the engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JoinOptions {
+    /// The strategy.
+    pub strategy: JoinStrategy,
+    /// Buckets to partition into (`None`: from the build side's estimated size).
+    pub buckets: Option<usize>,
+}
+
+/// DataFusion's physical optimizer rules with [`GraceJoinRule`] inserted where it must run:
+/// after `JoinSelection` and before `EnsureRequirements`.
+pub fn physical_rules(
+    options: JoinOptions,
+    memory_limit: Option<usize>,
+) -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+    let mut rules = PhysicalOptimizer::new().rules;
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "EnsureRequirements")
+        .unwrap_or(rules.len());
+    rules.insert(at, Arc::new(GraceJoinRule::new(options, memory_limit)));
+    rules
+}
+
+/// What one join of a query did, for the run report and `sluice plan`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct JoinReport {
+    /// Join type and keys, e.g. `Inner join on o_orderkey = l_orderkey`.
+    pub join: String,
+    /// `in_memory`, `sort_merge`, `adaptive` or `grace(N)`.
+    pub strategy: String,
+    /// Why that strategy.
+    pub reason: String,
+    /// Output partitions joined in memory / split into buckets (after a run).
+    pub partitions_in_memory: u64,
+    pub partitions_spilled: u64,
+    /// Buckets created at every level, and the deepest level.
+    pub buckets: u64,
+    pub max_depth: u64,
+    /// Buckets holding one key too large to split, joined in chunks.
+    pub skewed_buckets: u64,
+    /// Bytes written to bucket files.
+    pub spilled_bytes: u64,
+    /// Largest memory one partition of the join held, in bytes.
+    pub peak_memory: u64,
+}
+
+/// The joins of a physical plan, with their run-time figures once it has run.
+pub fn join_reports(plan: &Arc<dyn ExecutionPlan>) -> Vec<JoinReport> {
+    let mut out = Vec::new();
+    collect(plan, &mut out);
+    out
+}
+
+fn collect(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<JoinReport>) {
+    let metric = |name: &str| -> u64 {
+        plan.metrics()
+            .and_then(|m| m.sum_by_name(name))
+            .map_or(0, |v| v.as_usize() as u64)
+    };
+    let max_metric = |name: &str| -> u64 {
+        plan.metrics().map_or(0, |m| {
+            m.iter()
+                .filter(|x| x.value().name() == name)
+                .map(|x| x.value().as_usize() as u64)
+                .max()
+                .unwrap_or(0)
+        })
+    };
+    if let Some(g) = plan.downcast_ref::<GraceHashJoinExec>() {
+        out.push(JoinReport {
+            join: g.describe(),
+            strategy: g.choice().strategy.to_string(),
+            reason: g.choice().reason.clone(),
+            partitions_in_memory: metric("partitions_in_memory"),
+            partitions_spilled: metric("partitions_spilled"),
+            buckets: metric("buckets"),
+            max_depth: max_metric("max_depth"),
+            skewed_buckets: metric("skewed_buckets"),
+            spilled_bytes: metric("spilled_bytes"),
+            peak_memory: max_metric("peak_mem_used"),
+        });
+    } else if let Some(h) = plan.downcast_ref::<HashJoinExec>() {
+        let on = h
+            .on()
+            .iter()
+            .map(|(l, r)| format!("{l} = {r}"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        out.push(JoinReport {
+            join: format!("{:?} join on {on}", h.join_type()),
+            strategy: "in_memory".into(),
+            reason: match h.partition_mode() {
+                datafusion::physical_plan::joins::PartitionMode::CollectLeft => {
+                    "small build side: one shared in-memory hash table (broadcast)".into()
+                }
+                _ => "no memory limit: DataFusion's in-memory hash join".into(),
+            },
+            partitions_in_memory: 0,
+            partitions_spilled: 0,
+            buckets: 0,
+            max_depth: 0,
+            skewed_buckets: 0,
+            spilled_bytes: 0,
+            peak_memory: max_metric("build_mem_used"),
+        });
+    } else if let Some(s) = plan.downcast_ref::<SortMergeJoinExec>() {
+        out.push(JoinReport {
+            join: format!("{:?} join", s.join_type()),
+            strategy: "sort_merge".into(),
+            reason: "planned as a sort-merge join".into(),
+            partitions_in_memory: 0,
+            partitions_spilled: 0,
+            buckets: 0,
+            max_depth: 0,
+            skewed_buckets: 0,
+            spilled_bytes: metric("spilled_bytes"),
+            peak_memory: max_metric("peak_mem_used"),
+        });
+    }
+    for child in plan.children() {
+        collect(child, out);
+    }
+}
+
+/// `1536` → `1.5 KiB`.
+pub fn human_bytes(n: usize) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
