@@ -28,6 +28,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use datafusion::arrow::array::{ArrayRef, new_null_array};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -330,6 +331,7 @@ impl ExecutionPlan for GraceHashJoinExec {
 }
 
 /// Per-partition metrics; summed over partitions in the plan's metrics.
+#[derive(Clone)]
 struct JoinMetrics {
     baseline: BaselineMetrics,
     spill: SpillMetrics,
@@ -358,6 +360,25 @@ impl JoinMetrics {
             depth: MetricBuilder::new(m).gauge("max_depth", p),
             skewed: MetricBuilder::new(m).counter("skewed_buckets", p),
             peak: MetricBuilder::new(m).gauge("peak_mem_used", p),
+        }
+    }
+}
+
+/// Where a bucket join's rows go.
+enum Output<'a> {
+    /// To the output, as they are.
+    Direct(&'a Sender<Result<RecordBatch>>),
+    /// Rows of a LEFT join standing in for a FULL one: given the FULL join's schema (its
+    /// build columns are nullable).
+    Cast(&'a SchemaRef, &'a Sender<Result<RecordBatch>>),
+    /// Probe rows of a RIGHT ANTI join standing in for a FULL one: NULL build columns first.
+    PadLeft(&'a SchemaRef, &'a Sender<Result<RecordBatch>>),
+}
+
+impl Output<'_> {
+    fn sender(&self) -> &Sender<Result<RecordBatch>> {
+        match self {
+            Output::Direct(s) | Output::Cast(_, s) | Output::PadLeft(_, s) => s,
         }
     }
 }
@@ -405,6 +426,7 @@ struct Job {
 
 impl Job {
     async fn run(self, tx: Sender<Result<RecordBatch>>) -> Result<()> {
+        let tx = &Output::Direct(&tx);
         let prepared = self
             .shared
             .prepared
@@ -414,7 +436,7 @@ impl Job {
             Err(e) => Err(DataFusionError::Shared(Arc::clone(e))),
             Ok(Prepared::InMemory(plan)) => {
                 let out = plan.execute(self.partition, Arc::clone(&self.ctx))?;
-                self.forward(out, plan, &tx).await?;
+                self.forward(out, plan, tx).await?;
                 Ok(())
             }
             Ok(Prepared::Buckets(pairs)) => {
@@ -423,7 +445,7 @@ impl Job {
                 for i in (self.partition..count).step_by(self.partitions.max(1)) {
                     let pair = pairs.lock().ok().and_then(|mut p| p[i].take());
                     if let Some((build, probe)) = pair
-                        && self.join_bucket(build, probe, 1, &tx).await? == Flow::Stop
+                        && self.join_bucket(build, probe, 1, tx).await? == Flow::Stop
                     {
                         break;
                     }
@@ -459,7 +481,14 @@ impl Job {
             Strategy::Adaptive => None,
         };
         while let Some(batch) = brx.recv().await {
-            let batch = batch?;
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    drop(writer);
+                    tasks.shutdown().await;
+                    return Err(e);
+                }
+            };
             if batch.num_rows() == 0 {
                 continue;
             }
@@ -472,7 +501,7 @@ impl Job {
             buffered.push(batch);
             if !self.fits(bytes, rows, self.choice.total_budget) {
                 // Twice what is read so far, as a guess at the rest.
-                let n = self.bucket_count(join_memory(bytes, rows) * 2);
+                let n = self.bucket_count(join_memory(bytes, rows) * 2, 2 * self.partitions);
                 let mut w = self.writer(true, n.max(self.choice.buckets), 0);
                 for b in buffered.drain(..) {
                     w.push(&b)?;
@@ -484,6 +513,7 @@ impl Job {
         while let Some(done) = tasks.join_next().await {
             done.map_err(|e| DataFusionError::External(Box::new(e)))?;
         }
+        drop(tasks);
         let Some(writer) = writer else {
             self.reservation.free();
             self.metrics.in_memory.add(1);
@@ -517,7 +547,14 @@ impl Job {
         }
         let mut probes: Vec<Side> = (0..n).map(|_| Vec::new()).collect();
         while let Some(done) = tasks.join_next().await {
-            let buckets = done.map_err(|e| DataFusionError::External(Box::new(e)))??;
+            let buckets = match done.map_err(|e| DataFusionError::External(Box::new(e))) {
+                Ok(Ok(buckets)) => buckets,
+                Ok(Err(e)) | Err(e) => {
+                    // Stop the other partitions and let their files go before reporting.
+                    tasks.shutdown().await;
+                    return Err(e);
+                }
+            };
             for (i, b) in buckets.into_iter().enumerate() {
                 if b.rows > 0 {
                     probes[i].push(b);
@@ -534,14 +571,14 @@ impl Job {
         Ok(Prepared::Buckets(Mutex::new(pairs)))
     }
 
-    /// Buckets for a build side needing `need` bytes to join in memory: a quarter of the
-    /// budget each, at least two per output partition.
-    fn bucket_count(&self, need: usize) -> usize {
+    /// Buckets for a build side needing `need` bytes to join in memory: a quarter of a
+    /// partition's budget each, at least `min`.
+    fn bucket_count(&self, need: usize, min: usize) -> usize {
         let per_bucket = self.choice.budget.map_or(64 << 20, |b| (b / 4).max(1));
         need.div_ceil(per_bucket)
-            .max(2 * self.partitions)
+            .max(min)
             .next_power_of_two()
-            .clamp(8, 1024)
+            .min(1024)
     }
 
     /// Whether a build side of `bytes` and `rows` may be joined in memory: within `budget`
@@ -634,15 +671,52 @@ impl Job {
         }
     }
 
-    async fn send(&self, batch: RecordBatch, tx: &Sender<Result<RecordBatch>>) -> Flow {
+    async fn send(&self, batch: RecordBatch, tx: &Output<'_>) -> Result<Flow> {
         if batch.num_rows() == 0 {
-            return Flow::Continue;
+            return Ok(Flow::Continue);
         }
+        let (batch, sender) = match tx {
+            Output::Direct(sender) => (batch, sender),
+            Output::Cast(schema, sender) => (
+                RecordBatch::try_new(Arc::clone(schema), batch.columns().to_vec())?,
+                sender,
+            ),
+            Output::PadLeft(schema, sender) => {
+                let pad = schema.fields().len() - batch.num_columns();
+                let mut columns: Vec<ArrayRef> = schema.fields()[..pad]
+                    .iter()
+                    .map(|f| new_null_array(f.data_type(), batch.num_rows()))
+                    .collect();
+                columns.extend(batch.columns().iter().cloned());
+                (RecordBatch::try_new(Arc::clone(schema), columns)?, sender)
+            }
+        };
         self.metrics.baseline.record_output(batch.num_rows());
-        match tx.send(Ok(batch)).await {
+        Ok(match sender.send(Ok(batch)).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Stop,
-        }
+        })
+    }
+
+    /// This job with the wrapped join's type replaced (for a FULL join done in two passes).
+    fn with_type(&self, t: JoinType) -> Result<Job> {
+        let join = self
+            .join
+            .builder()
+            .with_type(t)
+            .recompute_properties()
+            .build()?;
+        Ok(Job {
+            join: Arc::new(join),
+            choice: self.choice.clone(),
+            reservation: MemoryConsumer::new(format!("GraceHashJoin[{}]", self.partition))
+                .register(self.ctx.memory_pool()),
+            metrics: self.metrics.clone(),
+            partition: self.partition,
+            partitions: self.partitions,
+            shared: Arc::clone(&self.shared),
+            ctx: Arc::clone(&self.ctx),
+        })
     }
 
     /// Sends every batch of `out` (the output of `plan`), then records the plan's peak.
@@ -650,11 +724,11 @@ impl Job {
         &self,
         mut out: SendableRecordBatchStream,
         plan: &Arc<dyn ExecutionPlan>,
-        tx: &Sender<Result<RecordBatch>>,
+        tx: &Output<'_>,
     ) -> Result<Flow> {
         let mut flow = Flow::Continue;
         while let Some(batch) = out.next().await {
-            if self.send(batch?, tx).await == Flow::Stop {
+            if self.send(batch?, tx).await? == Flow::Stop {
                 flow = Flow::Stop;
                 break;
             }
@@ -669,7 +743,7 @@ impl Job {
         build: Arc<dyn ExecutionPlan>,
         probe: Arc<dyn ExecutionPlan>,
         swap: bool,
-        tx: &Sender<Result<RecordBatch>>,
+        tx: &Output<'_>,
     ) -> Result<Flow> {
         let plan = self.bucket_join(build, probe, swap)?;
         let out = plan.execute(0, Arc::clone(&self.ctx))?;
@@ -682,7 +756,7 @@ impl Job {
         build: Side,
         probe: Side,
         depth: u32,
-        tx: &'a Sender<Result<RecordBatch>>,
+        tx: &'a Output<'a>,
     ) -> BoxFuture<'a, Result<Flow>> {
         Box::pin(async move {
             let t = *self.join.join_type();
@@ -730,7 +804,7 @@ impl Job {
             }
             // Too large: split it again with the next level's seed.
             let n = self
-                .bucket_count(join_memory(side_bytes(&build), build_rows))
+                .bucket_count(join_memory(side_bytes(&build), build_rows), 4)
                 .min(64);
             let mut writer = self.writer(true, n, depth);
             writer
@@ -763,12 +837,7 @@ impl Job {
     }
 
     /// Joins a bucket whose build side does not fit and cannot be split by hash.
-    async fn join_pieces(
-        &self,
-        build: Side,
-        probe: Side,
-        tx: &Sender<Result<RecordBatch>>,
-    ) -> Result<Flow> {
+    async fn join_pieces(&self, build: Side, probe: Side, tx: &Output<'_>) -> Result<Flow> {
         self.metrics.skewed.add(1);
         let t = *self.join.join_type();
         // The probe side fits: swap the roles.
@@ -792,6 +861,8 @@ impl Job {
             true
         } else if build_splittable(t.swap()) {
             false
+        } else if t == JoinType::Full && !self.join.contains_projection() {
+            return Box::pin(self.full_join_pieces(build, probe, tx)).await;
         } else {
             return Err(DataFusionError::ResourcesExhausted(format!(
                 "grace hash join: the rows of one join key do not fit in memory on either side \
@@ -832,13 +903,36 @@ impl Job {
         Ok(Flow::Continue)
     }
 
+    /// A FULL join of a bucket neither side of which fits, in two passes of pieces: the
+    /// build side LEFT JOIN the probe side (every build row, matched or not, and every
+    /// match), then the probe rows that match no build row (a RIGHT ANTI join, the probe
+    /// side in pieces), with NULLs for the build side's columns.
+    async fn full_join_pieces(&self, build: Side, probe: Side, tx: &Output<'_>) -> Result<Flow> {
+        let schema = self.join.schema();
+        let left = self.with_type(JoinType::Left)?;
+        if left
+            .join_pieces(
+                build.clone(),
+                probe.clone(),
+                &Output::Cast(&schema, tx.sender()),
+            )
+            .await?
+            == Flow::Stop
+        {
+            return Ok(Flow::Stop);
+        }
+        let anti = self.with_type(JoinType::RightAnti)?;
+        anti.join_pieces(build, probe, &Output::PadLeft(&schema, tx.sender()))
+            .await
+    }
+
     /// Joins a piece of one side, loaded, against all of `other`, streamed.
     async fn join_piece(
         &self,
         piece: Vec<RecordBatch>,
         build_pieces: bool,
         other: &Side,
-        tx: &Sender<Result<RecordBatch>>,
+        tx: &Output<'_>,
     ) -> Result<Flow> {
         self.reservation.free();
         let piece = self.memory_of(piece, build_pieces)?;

@@ -12,6 +12,8 @@
 mod grace;
 mod rule;
 mod spill;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -103,21 +105,32 @@ pub fn join_reports(plan: &Arc<dyn ExecutionPlan>) -> Vec<JoinReport> {
     out
 }
 
+/// The sum over partitions of the metric `name` of `plan` (0 if none).
+pub(crate) fn metric_sum(plan: &Arc<dyn ExecutionPlan>, name: &str) -> u64 {
+    let Some(m) = plan.metrics() else { return 0 };
+    // DataFusion's own spill metric is not found by name.
+    let v = if name == "spilled_bytes" {
+        m.spilled_bytes()
+    } else {
+        m.sum_by_name(name).map(|v| v.as_usize())
+    };
+    v.unwrap_or(0) as u64
+}
+
+/// The largest per-partition value of the metric `name` of `plan`.
+pub(crate) fn metric_max(plan: &Arc<dyn ExecutionPlan>, name: &str) -> u64 {
+    plan.metrics().map_or(0, |m| {
+        m.iter()
+            .filter(|x| x.value().name() == name)
+            .map(|x| x.value().as_usize() as u64)
+            .max()
+            .unwrap_or(0)
+    })
+}
+
 fn collect(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<JoinReport>) {
-    let metric = |name: &str| -> u64 {
-        plan.metrics()
-            .and_then(|m| m.sum_by_name(name))
-            .map_or(0, |v| v.as_usize() as u64)
-    };
-    let max_metric = |name: &str| -> u64 {
-        plan.metrics().map_or(0, |m| {
-            m.iter()
-                .filter(|x| x.value().name() == name)
-                .map(|x| x.value().as_usize() as u64)
-                .max()
-                .unwrap_or(0)
-        })
-    };
+    let metric = |name: &str| metric_sum(plan, name);
+    let max_metric = |name: &str| metric_max(plan, name);
     if let Some(g) = plan.downcast_ref::<GraceHashJoinExec>() {
         out.push(JoinReport {
             join: g.describe(),

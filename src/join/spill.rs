@@ -37,6 +37,7 @@ pub(crate) fn bucket_seed(depth: u32) -> u64 {
 
 /// One bucket of one side of a join: a spill file (none when the bucket is empty) and what
 /// went into it.
+#[derive(Clone)]
 pub(crate) struct Bucket {
     pub file: Option<Arc<dyn SpillFile>>,
     /// Rows written.
