@@ -53,6 +53,10 @@ pub struct ModelReport {
     /// Its work units.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub units: Vec<UnitReport>,
+    /// Its query's joins: strategy and why, buckets, bytes spilled, peak memory (summed
+    /// over the units that ran in this run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub joins: Vec<crate::join::JoinReport>,
 }
 
 /// What happened to one work unit.
@@ -96,6 +100,7 @@ impl ModelReport {
             outputs: Vec::new(),
             error: None,
             units: Vec::new(),
+            joins: Vec::new(),
         }
     }
 }
@@ -156,6 +161,18 @@ impl RunReport {
             };
             out.push_str(&line);
             out.push('\n');
+            for j in m.joins.iter().filter(|j| j.spilled_bytes > 0) {
+                out.push_str(&format!(
+                    "  {:<width$}    {}: {}, {} buckets (depth {}), {} spilled, peak {}\n",
+                    "",
+                    j.join,
+                    j.strategy,
+                    j.buckets,
+                    j.max_depth,
+                    crate::join::human_bytes(j.spilled_bytes as usize),
+                    crate::join::human_bytes(j.peak_memory as usize),
+                ));
+            }
         }
         out.push_str(&format!(
             "run {} {}: {} of {} models ok\n",

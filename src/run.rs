@@ -15,6 +15,7 @@ use crate::catalog;
 use crate::config::{Materialized, ModelConfig, Pipeline};
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, describe_datafusion};
+use crate::join::JoinReport;
 use crate::plan::{Dag, PlanError};
 use crate::progress::Progress;
 use crate::report::{ModelReport, RunReport, UnitReport};
@@ -632,7 +633,7 @@ async fn run_unit(
     job: &UnitJob<'_>,
     unit: &Unit,
     bar: &crate::progress::Units,
-) -> Result<(UnitRecord, Vec<ManifestColumn>), String> {
+) -> Result<(UnitRecord, Vec<ManifestColumn>, Vec<JoinReport>), String> {
     let UnitJob { model, output, .. } = *job;
     let settings = model.units;
     let mut attempt = 0u32;
@@ -682,7 +683,7 @@ async fn run_unit(
         record.peak_memory = peak.load(std::sync::atomic::Ordering::Relaxed) as u64;
         record.finished_at = Some(now());
         match outcome {
-            Ok((staged, rows_in, spilled)) => {
+            Ok((staged, rows_in, spilled, joins)) => {
                 record.status = "done".into();
                 record.rows_in = rows_in;
                 record.rows_out = staged.rows();
@@ -694,7 +695,7 @@ async fn run_unit(
                         .map_err(|e| e.to_string())?;
                 }
                 bar.unit_done();
-                return Ok((record, staged.columns));
+                return Ok((record, staged.columns, joins));
             }
             Err(message) => {
                 // Whatever the attempt staged is discarded (a cancelled attempt's writers may
@@ -742,7 +743,7 @@ async fn attempt_unit(
     unit: &Unit,
     attempt: u32,
     bar: &crate::progress::Units,
-) -> Result<(crate::sink::UnitOutput, u64, u64), String> {
+) -> Result<(crate::sink::UnitOutput, u64, u64, Vec<JoinReport>), String> {
     let UnitJob {
         model,
         spec,
@@ -782,7 +783,7 @@ async fn attempt_unit(
     })
     .await;
     match staged {
-        Ok(s) => Ok((s, exec.rows_scanned(), exec.spilled_bytes())),
+        Ok(s) => Ok((s, exec.rows_scanned(), exec.spilled_bytes(), exec.joins())),
         Err(sink::SinkError::Input(e)) => {
             let sources = sources_read(cx.dag, cx.pipeline, &model.name);
             Err(crate::diagnose::explain(cx.engine, cx.pipeline, &sources, &e).await)
@@ -893,18 +894,21 @@ async fn run_table_model(
         output: &output,
         event_sources: &event_sources,
     };
-    let results: Vec<Result<(UnitRecord, Vec<ManifestColumn>), String>> =
-        futures::stream::iter(pending)
-            .map(|u| run_unit(cx, &job, u, &bar))
-            .buffer_unordered(model.units.max_concurrent.max(1))
-            .collect()
-            .await;
+    type UnitResult = Result<(UnitRecord, Vec<ManifestColumn>, Vec<JoinReport>), String>;
+    let results: Vec<UnitResult> = futures::stream::iter(pending)
+        .map(|u| run_unit(cx, &job, u, &bar))
+        .buffer_unordered(model.units.max_concurrent.max(1))
+        .collect()
+        .await;
     bar.finish();
     let mut records: Vec<UnitRecord> = done.into_values().collect();
     let mut first_error = None;
     for r in results {
         match r {
-            Ok((rec, _)) => records.push(rec),
+            Ok((rec, _, joins)) => {
+                crate::join::merge_reports(&mut report.joins, joins);
+                records.push(rec);
+            }
             Err(e) => {
                 first_error.get_or_insert(e);
             }
@@ -1087,9 +1091,33 @@ pub async fn describe_plan(prepared: &Prepared) -> String {
                 out.push_str(&format!("       schema: {}\n", column_list(schema)));
             }
             out.push_str(&describe_units(prepared, model).await);
+            out.push_str(&describe_joins(prepared, name).await);
         } else {
             out.push_str("       inlined into the models that read it\n");
         }
+    }
+    out
+}
+
+/// The joins of a model's query as the engine plans them: the strategy each got, and why.
+async fn describe_joins(prepared: &Prepared, name: &str) -> String {
+    let Ok(df) = prepared
+        .engine
+        .ctx()
+        .sql(&prepared.dag.nodes[name].sql)
+        .await
+    else {
+        return String::new();
+    };
+    let Ok(plan) = df.create_physical_plan().await else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for j in crate::join::join_reports(&plan) {
+        out.push_str(&format!(
+            "       join:   {} — {} ({})\n",
+            j.join, j.strategy, j.reason
+        ));
     }
     out
 }

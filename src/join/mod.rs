@@ -84,9 +84,10 @@ pub struct JoinReport {
     pub strategy: String,
     /// Why that strategy.
     pub reason: String,
-    /// Output partitions joined in memory / split into buckets (after a run).
-    pub partitions_in_memory: u64,
-    pub partitions_spilled: u64,
+    /// Runs (work units) in which the join ran in memory.
+    pub ran_in_memory: u64,
+    /// Runs in which it partitioned its inputs into buckets on disk.
+    pub ran_partitioned: u64,
     /// Buckets created at every level, and the deepest level.
     pub buckets: u64,
     pub max_depth: u64,
@@ -136,8 +137,8 @@ fn collect(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<JoinReport>) {
             join: g.describe(),
             strategy: g.choice().strategy.to_string(),
             reason: g.choice().reason.clone(),
-            partitions_in_memory: metric("partitions_in_memory"),
-            partitions_spilled: metric("partitions_spilled"),
+            ran_in_memory: metric("ran_in_memory"),
+            ran_partitioned: metric("ran_partitioned"),
             buckets: metric("buckets"),
             max_depth: max_metric("max_depth"),
             skewed_buckets: metric("skewed_buckets"),
@@ -160,8 +161,8 @@ fn collect(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<JoinReport>) {
                 }
                 _ => "no memory limit: DataFusion's in-memory hash join".into(),
             },
-            partitions_in_memory: 0,
-            partitions_spilled: 0,
+            ran_in_memory: 0,
+            ran_partitioned: 0,
             buckets: 0,
             max_depth: 0,
             skewed_buckets: 0,
@@ -173,8 +174,8 @@ fn collect(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<JoinReport>) {
             join: format!("{:?} join", s.join_type()),
             strategy: "sort_merge".into(),
             reason: "planned as a sort-merge join".into(),
-            partitions_in_memory: 0,
-            partitions_spilled: 0,
+            ran_in_memory: 0,
+            ran_partitioned: 0,
             buckets: 0,
             max_depth: 0,
             skewed_buckets: 0,
@@ -184,6 +185,26 @@ fn collect(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<JoinReport>) {
     }
     for child in plan.children() {
         collect(child, out);
+    }
+}
+
+/// Adds the joins of one more run of the same query (another work unit) to `into`: the
+/// same joins in the same order, their figures summed (peaks: the larger).
+pub fn merge_reports(into: &mut Vec<JoinReport>, more: Vec<JoinReport>) {
+    if into.is_empty() || into.len() != more.len() {
+        if into.is_empty() {
+            *into = more;
+        }
+        return;
+    }
+    for (a, b) in into.iter_mut().zip(more) {
+        a.ran_in_memory += b.ran_in_memory;
+        a.ran_partitioned += b.ran_partitioned;
+        a.buckets += b.buckets;
+        a.max_depth = a.max_depth.max(b.max_depth);
+        a.skewed_buckets += b.skewed_buckets;
+        a.spilled_bytes += b.spilled_bytes;
+        a.peak_memory = a.peak_memory.max(b.peak_memory);
     }
 }
 

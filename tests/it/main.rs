@@ -6,6 +6,7 @@ mod support;
 mod conformance;
 mod errors;
 mod formats;
+mod joins;
 mod memory;
 mod pipeline;
 mod s3;

@@ -1,0 +1,162 @@
+//! Joins under a memory limit: where DataFusion's in-memory hash join fails, sluice's grace
+//! hash join partitions to disk and finishes with the same rows; the plan and the run report
+//! say which strategy each join got; the spill folder is left empty.
+
+use crate::support::*;
+
+/// TPC-H SF 0.1 in `data/`, and a pipeline with two join models.
+fn join_pipeline() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let data = format!("{}/data", dir.path().display());
+    sluice(
+        dir.path(),
+        &["gen", "tpch", "--scale", "0.1", "--out", &data],
+    )
+    .expect(0);
+    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        format!(
+            "[settings]\nthreads = 2\nspill_dir = \"{}/spill\"\n\
+             [sources.orders]\nlocation = \"data/orders/\"\n\
+             [sources.lineitem]\nlocation = \"data/lineitem/\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    // Inner join, grouped: the issue's query at a small scale.
+    std::fs::write(
+        dir.path().join("queries/by_priority.sql"),
+        "SELECT o_orderpriority, COUNT(*) AS n, SUM(l_extendedprice) AS revenue \
+         FROM orders JOIN lineitem ON o_orderkey = l_orderkey GROUP BY o_orderpriority",
+    )
+    .unwrap();
+    // Left join with a join filter, carrying a wide column from the build side.
+    std::fs::write(
+        dir.path().join("queries/big_lines.sql"),
+        "SELECT o_orderkey, o_comment, l_linenumber \
+         FROM orders LEFT JOIN lineitem ON o_orderkey = l_orderkey AND l_quantity > 45",
+    )
+    .unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn joins_over_the_memory_limit_partition_to_disk_and_match_an_unlimited_run() {
+    let dir = join_pipeline();
+    let report = dir.path().join("r.json");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", ".", "--report", report.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        sluice(dir.path(), &args)
+    };
+
+    // DataFusion's own hash join cannot hold the build side in 8 MiB.
+    let failed = run(&["--memory-limit", "8MiB", "--join-strategy", "in_memory"]).expect(1);
+    assert!(
+        failed.stderr.contains("HashJoinInput") || failed.stderr.contains("Resources exhausted"),
+        "{}",
+        failed.stderr
+    );
+
+    // The plan says which strategy each join gets and why.
+    let plan = sluice(dir.path(), &["plan", ".", "--memory-limit", "8MiB"]).expect(0);
+    assert!(plan.stdout.contains("join:"), "{}", plan.stdout);
+    assert!(plan.stdout.contains("grace("), "{}", plan.stdout);
+    assert!(plan.stdout.contains("memory limit"), "{}", plan.stdout);
+
+    // (--restart: the failed run above would otherwise be resumed, keeping what it did.)
+    run(&["--memory-limit", "8MiB", "--restart"]).expect(0);
+    let r = read_json(&report);
+    for m in r["models"].as_array().unwrap() {
+        assert_eq!(m["status"], "success", "{m}");
+        let joins = m["joins"].as_array().expect("joins in the report");
+        assert_eq!(joins.len(), 1, "{m}");
+        let j = &joins[0];
+        assert_eq!(j["ran_partitioned"], 1, "{j}");
+        assert!(j["buckets"].as_u64().unwrap() >= 8, "{j}");
+        assert!(j["spilled_bytes"].as_u64().unwrap() > 0, "{j}");
+        assert!(j["peak_memory"].as_u64().unwrap() <= 8 << 20, "{j}");
+        assert!(m["spilled_bytes"].as_u64().unwrap() >= j["spilled_bytes"].as_u64().unwrap());
+    }
+    assert!(
+        files_under(&dir.path().join("spill")).is_empty(),
+        "spill files left behind"
+    );
+
+    // Results against plain DataFusion on the raw files, without a limit.
+    let data = dir.path().join("data");
+    let ctx = datafusion::prelude::SessionContext::new();
+    for t in ["orders", "lineitem"] {
+        ctx.register_parquet(t, data.join(t).to_str().unwrap(), Default::default())
+            .await
+            .unwrap();
+    }
+    let expect = |sql: &'static str| {
+        let ctx = ctx.clone();
+        async move { ctx.sql(sql).await.unwrap().collect().await.unwrap() }
+    };
+    let out = |model: &str| format!("{}/out/{model}/", dir.path().display());
+    let by_priority = query_output(
+        &out("by_priority"),
+        "parquet",
+        &[],
+        "SELECT o_orderpriority, CAST(n AS VARCHAR) AS n, CAST(revenue AS VARCHAR) AS revenue FROM t ORDER BY 1",
+    )
+    .await;
+    let want = expect(
+        "SELECT o_orderpriority, CAST(COUNT(*) AS VARCHAR) AS n, CAST(SUM(l_extendedprice) AS VARCHAR) AS revenue \
+         FROM orders JOIN lineitem ON o_orderkey = l_orderkey GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    let cols = ["o_orderpriority", "n", "revenue"];
+    assert_eq!(rows(&by_priority, &cols), rows(&want, &cols));
+    assert_eq!(rows(&want, &cols).len(), 5);
+
+    // The left join: every order at least once, counts and a checksum of the keys.
+    let summary = "CAST(COUNT(*) AS VARCHAR) AS n, CAST(COUNT(DISTINCT o_orderkey) AS VARCHAR) AS orders, \
+         CAST(SUM(o_orderkey * 7 + COALESCE(l_linenumber, 0)) AS VARCHAR) AS sum, \
+         CAST(SUM(LENGTH(o_comment)) AS VARCHAR) AS chars";
+    let got = query_output(
+        &out("big_lines"),
+        "parquet",
+        &[],
+        &format!("SELECT {summary} FROM t"),
+    )
+    .await;
+    let want = ctx
+        .sql(&format!(
+            "SELECT {summary} FROM (SELECT o_orderkey, o_comment, l_linenumber FROM orders \
+             LEFT JOIN lineitem ON o_orderkey = l_orderkey AND l_quantity > 45)"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let cols = ["n", "orders", "sum", "chars"];
+    assert_eq!(rows(&got, &cols), rows(&want, &cols));
+    assert_eq!(rows(&want, &cols)[0][1], "150000");
+}
+
+#[test]
+fn join_strategy_values_are_checked() {
+    let dir = pipeline_copy("shop");
+    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        toml.replace("threads = 2", "threads = 2\njoin_strategy = \"fast\""),
+    )
+    .unwrap();
+    let run = sluice(dir.path(), &["run", "."]).expect(2);
+    assert!(run.stderr.contains("settings.join_strategy"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unknown join strategy \"fast\""),
+        "{}",
+        run.stderr
+    );
+
+    let dir = pipeline_copy("shop");
+    let run = sluice(dir.path(), &["run", ".", "--join-strategy", "hash"]).expect(2);
+    assert!(run.stderr.contains("--join-strategy"), "{}", run.stderr);
+}
