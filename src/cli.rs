@@ -57,7 +57,8 @@ pub struct PipelineArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// How hash joins run: auto (partition to disk when the build side does not fit the
-    /// memory limit), in_memory (DataFusion's hash join), grace (always partition).
+    /// memory limit), in_memory (DataFusion's hash join), grace (always partition),
+    /// sort_merge (DataFusion's sort-merge join).
     #[arg(long, value_name = "STRATEGY")]
     pub join_strategy: Option<String>,
 }
@@ -136,7 +137,8 @@ pub struct SqlArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// How hash joins run: auto (partition to disk when the build side does not fit the
-    /// memory limit), in_memory (DataFusion's hash join), grace (always partition).
+    /// memory limit), in_memory (DataFusion's hash join), grace (always partition),
+    /// sort_merge (DataFusion's sort-merge join).
     #[arg(long, value_name = "STRATEGY")]
     pub join_strategy: Option<String>,
     /// Print at most this many rows.
@@ -194,7 +196,8 @@ pub struct BenchTpchArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// How hash joins run: auto (partition to disk when the build side does not fit the
-    /// memory limit), in_memory (DataFusion's hash join), grace (always partition).
+    /// memory limit), in_memory (DataFusion's hash join), grace (always partition),
+    /// sort_merge (DataFusion's sort-merge join).
     #[arg(long, value_name = "STRATEGY")]
     pub join_strategy: Option<String>,
 }

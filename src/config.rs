@@ -897,7 +897,7 @@ impl Validator<'_> {
             Some(s) => crate::join::JoinStrategy::parse(s).ok_or_else(|| {
                 self.invalid(
                     "settings.join_strategy",
-                    format!("unknown join strategy {s:?} (expected auto, in_memory or grace)"),
+                    format!("unknown join strategy {s:?} (expected auto, in_memory, grace or sort_merge)"),
                 )
             })?,
         };

@@ -65,6 +65,9 @@ impl Engine {
                 .sort_spill_reservation_bytes
                 .min(limit / (4 * threads.max(1)));
         }
+        if options.join.strategy == join::JoinStrategy::SortMerge {
+            config.options_mut().optimizer.prefer_hash_join = false;
+        }
         let mut runtime = RuntimeEnvBuilder::new();
         if let Some(limit) = options.memory_limit {
             let pool = TrackConsumersPool::new(
@@ -141,6 +144,20 @@ impl Engine {
             stream: Some(stream),
         })
     }
+}
+
+/// A new, empty session like `main`: the same configuration, memory pool, spill folder,
+/// object stores and physical optimizer rules (the grace join among them), its own tables.
+pub fn sibling_context(main: &SessionContext) -> SessionContext {
+    let state = main.state();
+    SessionContext::new_with_state(
+        SessionStateBuilder::new()
+            .with_config(main.copied_config())
+            .with_runtime_env(main.runtime_env())
+            .with_default_features()
+            .with_physical_optimizer_rules(state.physical_optimizers().to_vec())
+            .build(),
+    )
 }
 
 /// A running query: its output stream, and its physical plan for metrics afterwards.

@@ -130,7 +130,7 @@ fn parse_join_strategy(arg: &Option<String>) -> Result<Option<join::JoinStrategy
             join::JoinStrategy::parse(s).ok_or_else(|| {
                 usage(
                     "--join-strategy",
-                    format!("unknown join strategy {s:?} (expected auto, in_memory or grace)"),
+                    format!("unknown join strategy {s:?} (expected auto, in_memory, grace or sort_merge)"),
                 )
             })
         })

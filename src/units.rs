@@ -267,7 +267,7 @@ pub async fn unit_context(
     if unit.range.is_none() && unit.files.is_none() {
         return Ok(main.clone());
     }
-    let ctx = SessionContext::new_with_config_rt(main.copied_config(), main.runtime_env());
+    let ctx = crate::engine::sibling_context(main);
     let err = |e: datafusion::error::DataFusionError| describe_datafusion(&e);
     if let Some(schema) = main.catalog("datafusion").and_then(|c| c.schema("public")) {
         for name in schema.table_names() {

@@ -37,15 +37,19 @@ pub enum JoinStrategy {
     InMemory,
     /// Partition every hash join into buckets on disk, even when it would fit.
     Grace,
+    /// DataFusion's sort-merge join (sorts both inputs, spilling sorted runs), for
+    /// comparison and for inputs already sorted on the join keys.
+    SortMerge,
 }
 
 impl JoinStrategy {
-    /// Parses `auto`, `in_memory` or `grace`.
+    /// Parses `auto`, `in_memory`, `grace` or `sort_merge`.
     pub fn parse(s: &str) -> Option<JoinStrategy> {
         match s {
             "auto" => Some(JoinStrategy::Auto),
             "in_memory" => Some(JoinStrategy::InMemory),
             "grace" => Some(JoinStrategy::Grace),
+            "sort_merge" => Some(JoinStrategy::SortMerge),
             _ => None,
         }
     }

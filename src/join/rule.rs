@@ -157,7 +157,7 @@ impl PhysicalOptimizerRule for GraceJoinRule {
         config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let active = match self.options.strategy {
-            JoinStrategy::InMemory => false,
+            JoinStrategy::InMemory | JoinStrategy::SortMerge => false,
             JoinStrategy::Grace => true,
             JoinStrategy::Auto => self.memory_limit.is_some(),
         };

@@ -149,7 +149,11 @@ fn join_strategy_values_are_checked() {
     )
     .unwrap();
     let run = sluice(dir.path(), &["run", "."]).expect(2);
-    assert!(run.stderr.contains("settings.join_strategy"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("settings.join_strategy"),
+        "{}",
+        run.stderr
+    );
     assert!(
         run.stderr.contains("unknown join strategy \"fast\""),
         "{}",
@@ -159,4 +163,70 @@ fn join_strategy_values_are_checked() {
     let dir = pipeline_copy("shop");
     let run = sluice(dir.path(), &["run", ".", "--join-strategy", "hash"]).expect(2);
     assert!(run.stderr.contains("--join-strategy"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn batched_models_join_per_unit_under_the_limit() {
+    let dir = join_pipeline();
+    // lineitem batched by ship year (7 units); orders read whole in each unit.
+    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        toml.replace(
+            "[sources.lineitem]\nlocation = \"data/lineitem/\"\n",
+            "[sources.lineitem]\nlocation = \"data/lineitem/\"\nevent_time = \"l_shipdate\"\n\
+             [models.by_priority.batches]\nsize = \"year\"\n",
+        ),
+    )
+    .unwrap();
+    let report = dir.path().join("r.json");
+    sluice(
+        dir.path(),
+        &[
+            "run",
+            ".",
+            "--select",
+            "by_priority",
+            "--memory-limit",
+            "8MiB",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    )
+    .expect(0);
+    let r = read_json(&report);
+    let m = &r["models"][0];
+    assert_eq!(m["units_done"], 7, "{m}");
+    let j = &m["joins"][0];
+    // Each unit's query had the grace join, and each partitioned.
+    assert_eq!(j["ran_partitioned"], 7, "{j}");
+    assert!(j["spilled_bytes"].as_u64().unwrap() > 0, "{j}");
+    assert!(files_under(&dir.path().join("spill")).is_empty());
+    // Per year and priority, summed over the units: the totals of the unbatched join.
+    let got = query_output(
+        &format!("{}/out/by_priority/", dir.path().display()),
+        "parquet",
+        &[],
+        "SELECT o_orderpriority, CAST(SUM(n) AS VARCHAR) AS n FROM t GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    let data = dir.path().join("data");
+    let ctx = datafusion::prelude::SessionContext::new();
+    for t in ["orders", "lineitem"] {
+        ctx.register_parquet(t, data.join(t).to_str().unwrap(), Default::default())
+            .await
+            .unwrap();
+    }
+    let want = ctx
+        .sql(
+            "SELECT o_orderpriority, CAST(COUNT(*) AS VARCHAR) AS n FROM orders \
+             JOIN lineitem ON o_orderkey = l_orderkey GROUP BY 1 ORDER BY 1",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let cols = ["o_orderpriority", "n"];
+    assert_eq!(rows(&got, &cols), rows(&want, &cols));
 }
