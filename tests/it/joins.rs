@@ -65,6 +65,32 @@ async fn joins_over_the_memory_limit_partition_to_disk_and_match_an_unlimited_ru
     assert!(plan.stdout.contains("grace("), "{}", plan.stdout);
     assert!(plan.stdout.contains("memory limit"), "{}", plan.stdout);
 
+    // EXPLAIN in `sluice sql` shows the operator, its strategy and why.
+    let explain = sluice(
+        dir.path(),
+        &[
+            "sql",
+            "-e",
+            "EXPLAIN SELECT COUNT(*) FROM orders JOIN lineitem ON o_orderkey = l_orderkey",
+            "--table",
+            "orders=data/orders/",
+            "--table",
+            "lineitem=data/lineitem/",
+            "--memory-limit",
+            "8MiB",
+        ],
+    )
+    .expect(0);
+    assert!(
+        explain
+            .stdout
+            .contains("GraceHashJoinExec: join_type=Inner")
+            && explain.stdout.contains("strategy=grace(")
+            && explain.stdout.contains("reason="),
+        "{}",
+        explain.stdout
+    );
+
     // (--restart: the failed run above would otherwise be resumed, keeping what it did.)
     run(&["--memory-limit", "8MiB", "--restart"]).expect(0);
     let r = read_json(&report);
