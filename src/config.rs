@@ -383,8 +383,22 @@ pub struct ModelConfig {
     /// `by = "file"`: one work unit per this many input files (a map-only model over one
     /// source); `None`: not by file.
     pub files_per_unit: Option<usize>,
+    /// `by = "key"`: one work unit per bucket of a hash of the join key; `None`: not by key.
+    pub key_buckets: Option<KeyBuckets>,
     /// Timeout, retries and concurrency of its work units.
     pub units: UnitSettings,
+}
+
+/// `[models.NAME.batches] by = "key"`: the model runs as `buckets` work units, unit `i`
+/// reading, of each listed source, the rows whose key hashes to bucket `i`. For a join of
+/// large inputs on that key, each unit joins 1/`buckets` of the keys, and is committed (and
+/// resumed) on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyBuckets {
+    /// Number of units.
+    pub buckets: usize,
+    /// Source name → its key column.
+    pub keys: BTreeMap<String, String>,
 }
 
 /// The period of one batch.
@@ -599,6 +613,8 @@ struct RawModel {
 struct RawBatches {
     by: Option<String>,
     files_per_unit: Option<usize>,
+    buckets: Option<usize>,
+    keys: Option<BTreeMap<String, String>>,
     size: Option<BatchSize>,
     start: Option<String>,
     end: Option<String>,
@@ -1151,17 +1167,69 @@ impl Validator<'_> {
                 raw_batches.retries,
                 raw_batches.max_concurrent_units,
             )?;
-            let by_file = match raw_batches.by.as_deref() {
-                None | Some("time") => false,
-                Some("file") => true,
+            let (by_file, by_key) = match raw_batches.by.as_deref() {
+                None | Some("time") => (false, false),
+                Some("file") => (true, false),
+                Some("key") => (false, true),
                 Some(other) => {
                     return Err(self.invalid(
                         format!("models.{name}.batches.by"),
                         format!(
-                            "{other:?}: expected \"file\" (or a `size` for batches of event time)"
+                            "{other:?}: expected \"file\" or \"key\" (or a `size` for batches \
+                             of event time)"
                         ),
                     ));
                 }
+            };
+            let key_buckets = if by_key {
+                if raw_batches.size.is_some()
+                    || raw_batches.start.is_some()
+                    || raw_batches.end.is_some()
+                    || raw_batches.files_per_unit.is_some()
+                {
+                    return Err(self.invalid(
+                        format!("models.{name}.batches"),
+                        "by = \"key\" splits by a hash of the key: size, start, end and \
+                         files_per_unit do not apply",
+                    ));
+                }
+                let buckets = match raw_batches.buckets {
+                    Some(n) if (2..=4096).contains(&n) => n,
+                    Some(_) => {
+                        return Err(self.invalid(
+                            format!("models.{name}.batches.buckets"),
+                            "must be between 2 and 4096",
+                        ));
+                    }
+                    None => {
+                        return Err(self.invalid(
+                            format!("models.{name}.batches.buckets"),
+                            "by = \"key\" needs `buckets` (the number of units)",
+                        ));
+                    }
+                };
+                let keys = raw_batches.keys.clone().unwrap_or_default();
+                if keys.is_empty() {
+                    return Err(self.invalid(
+                        format!("models.{name}.batches.keys"),
+                        "by = \"key\" needs `keys = { source = \"key column\", ... }`",
+                    ));
+                }
+                Some(KeyBuckets {
+                    buckets,
+                    keys: keys
+                        .into_iter()
+                        .map(|(k, v)| (k.to_lowercase(), v))
+                        .collect(),
+                })
+            } else {
+                if raw_batches.buckets.is_some() || raw_batches.keys.is_some() {
+                    return Err(self.invalid(
+                        format!("models.{name}.batches"),
+                        "buckets and keys apply to by = \"key\"",
+                    ));
+                }
+                None
             };
             let files_per_unit = if by_file {
                 if raw_batches.size.is_some()
@@ -1186,6 +1254,7 @@ impl Validator<'_> {
                 None
             };
             let batches = if !by_file
+                && !by_key
                 && (raw_batches.size.is_some()
                     || raw_batches.start.is_some()
                     || raw_batches.end.is_some())
@@ -1195,7 +1264,8 @@ impl Validator<'_> {
                 None
             };
             let materialized = m.materialized.unwrap_or(Materialized::Table);
-            if (batches.is_some() || files_per_unit.is_some()) && materialized == Materialized::View
+            if (batches.is_some() || files_per_unit.is_some() || key_buckets.is_some())
+                && materialized == Materialized::View
             {
                 return Err(self.invalid(
                     format!("models.{name}.batches"),
@@ -1212,6 +1282,7 @@ impl Validator<'_> {
                     sink,
                     batches,
                     files_per_unit,
+                    key_buckets,
                     units,
                 },
             );

@@ -372,7 +372,7 @@ fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> String {
     for name in &prepared.selected {
         let m = &prepared.pipeline.models[name];
         text.push_str(&format!(
-            "|{name}:{}:{}:{}:{:?}:{}:{}:{:?}:{:?}",
+            "|{name}:{}:{}:{}:{:?}:{}:{}:{:?}:{:?}:{:?}",
             prepared.dag.nodes[name].sql,
             m.sink.location,
             m.sink.format.name(),
@@ -380,7 +380,8 @@ fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> String {
             m.sink.mode.name(),
             m.sink.target_rows_per_file,
             m.batches,
-            m.files_per_unit
+            m.files_per_unit,
+            m.key_buckets
         ));
         // Everything upstream: the SQL of the models it reads (views are inlined into it) and
         // the full definition of its sources.
@@ -559,6 +560,16 @@ async fn plan_units(
             .map(|u| u.prefix().as_ref().to_string())
             .unwrap_or_default();
         return Ok(units::by_files(source, files, per_unit, &prefix));
+    }
+    if let Some(kb) = &model.key_buckets {
+        let read = sources_read(dag, pipeline, &model.name);
+        if let Some(missing) = kb.keys.keys().find(|k| !read.contains(*k)) {
+            return Err(format!(
+                "batches.keys names source '{missing}', which the model does not read (it reads {})",
+                read.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        return Ok(units::by_key(kb.buckets));
     }
     let Some(batches) = &model.batches else {
         return Ok(units::whole());
@@ -981,6 +992,14 @@ async fn describe_units(prepared: &Prepared, model: &ModelConfig) -> String {
                 out
             }
         };
+    }
+    if let Some(kb) = &model.key_buckets {
+        let keys: Vec<String> = kb.keys.iter().map(|(s, c)| format!("{s}.{c}")).collect();
+        return format!(
+            "       units:  {} (by key: a hash of {})\n",
+            kb.buckets,
+            keys.join(", ")
+        );
     }
     let Some(batches) = &model.batches else {
         return "       units:  1 (the whole model)\n".into();

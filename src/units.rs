@@ -31,6 +31,8 @@ pub struct Unit {
     pub range: Option<(NaiveDateTime, NaiveDateTime)>,
     /// For a unit by file: its input source and the files of it the unit reads.
     pub files: Option<(String, Vec<object_store::ObjectMeta>)>,
+    /// For a unit by key: its bucket and the number of buckets.
+    pub key_bucket: Option<(usize, usize)>,
 }
 
 /// The start of the period of `size` that contains `t`.
@@ -81,10 +83,72 @@ pub fn periods(size: BatchSize, start: NaiveDateTime, end: NaiveDateTime) -> Vec
             name: period_name(size, t),
             range: Some((t.max(start), n.min(end))),
             files: None,
+            key_bucket: None,
         });
         t = n;
     }
     out
+}
+
+/// The `n` units of a model by key, named `key 03 of 16`.
+pub fn by_key(n: usize) -> Vec<Unit> {
+    let width = (n.max(2) - 1).to_string().len();
+    (0..n)
+        .map(|i| Unit {
+            index: i,
+            name: format!("key {i:0width$} of {n}"),
+            range: None,
+            files: None,
+            key_bucket: Some((i, n)),
+        })
+        .collect()
+}
+
+/// `sluice_key_bucket(key)`: the bucket (0..n) of a key, by a hash that is the same in every
+/// process, so that a resumed run's units hold the same keys. Integer keys hash as BIGINT and
+/// text keys as VARCHAR, so `INT` and `BIGINT` (or `VARCHAR` and `VARCHAR VIEW`) keys of two
+/// sources land in the same bucket.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct KeyBucket {
+    n: u64,
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for KeyBucket {
+    fn name(&self) -> &str {
+        "sluice_key_bucket"
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::UInt64)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
+        use datafusion::arrow::array::{Array, UInt64Array};
+        use datafusion::arrow::compute::cast;
+        let arrays = datafusion::logical_expr::ColumnarValue::values_to_arrays(&args.args)?;
+        let key = &arrays[0];
+        let common = match key.data_type() {
+            t if t.is_integer() => DataType::Int64,
+            DataType::Utf8View | DataType::LargeUtf8 | DataType::Dictionary(_, _) => DataType::Utf8,
+            t => t.clone(),
+        };
+        let key = cast(key, &common)?;
+        let mut hashes = vec![0u64; key.len()];
+        let state = datafusion::common::hash_utils::RandomState::with_seed(0x5_1ce_b0c4);
+        datafusion::common::hash_utils::create_hashes([&key], &state, &mut hashes)?;
+        let buckets: UInt64Array = hashes.iter().map(|h| Some((h >> 16) % self.n)).collect();
+        Ok(datafusion::logical_expr::ColumnarValue::Array(
+            std::sync::Arc::new(buckets),
+        ))
+    }
 }
 
 /// The single unit of an unbatched model.
@@ -94,6 +158,7 @@ pub fn whole() -> Vec<Unit> {
         name: "all".into(),
         range: None,
         files: None,
+        key_bucket: None,
     }]
 }
 
@@ -124,6 +189,7 @@ pub fn by_files(
                 name,
                 range: None,
                 files: Some((source.to_string(), chunk.to_vec())),
+                key_bucket: None,
             }
         })
         .collect()
@@ -264,7 +330,7 @@ pub async fn unit_context(
     sources: &[(String, String)],
     unit: &Unit,
 ) -> Result<SessionContext, String> {
-    if unit.range.is_none() && unit.files.is_none() {
+    if unit.range.is_none() && unit.files.is_none() && unit.key_bucket.is_none() {
         return Ok(main.clone());
     }
     let ctx = crate::engine::sibling_context(main);
@@ -343,6 +409,33 @@ pub async fn unit_context(
         ctx.deregister_table(table.as_str()).map_err(err)?;
         ctx.register_table(table.as_str(), filtered.into_view())
             .map_err(err)?;
+    }
+    if let (Some((i, n)), Some(kb)) = (unit.key_bucket, &pipeline.models[model].key_buckets) {
+        let bucket = datafusion::logical_expr::ScalarUDF::new_from_impl(KeyBucket {
+            n: n as u64,
+            signature: datafusion::logical_expr::Signature::any(
+                1,
+                datafusion::logical_expr::Volatility::Immutable,
+            ),
+        });
+        for (table, column) in &kb.keys {
+            let df = ctx.table(table.as_str()).await.map_err(err)?;
+            if df.schema().field_with_unqualified_name(column).is_err() {
+                return Err(format!(
+                    "batches.keys: source '{table}' has no column '{column}'"
+                ));
+            }
+            let filtered = df
+                .filter(
+                    bucket
+                        .call(vec![col(datafusion::common::Column::from_name(column))])
+                        .eq(lit(i as u64)),
+                )
+                .map_err(err)?;
+            ctx.deregister_table(table.as_str()).map_err(err)?;
+            ctx.register_table(table.as_str(), filtered.into_view())
+                .map_err(err)?;
+        }
     }
     // The views the model inlines, in dependency order, over the filtered sources.
     let upstream = dag.upstream(model);

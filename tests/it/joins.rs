@@ -189,6 +189,28 @@ fn join_strategy_values_are_checked() {
     let dir = pipeline_copy("shop");
     let run = sluice(dir.path(), &["run", ".", "--join-strategy", "hash"]).expect(2);
     assert!(run.stderr.contains("--join-strategy"), "{}", run.stderr);
+
+    // Key units need a bucket count and keys.
+    for (batches, expected) in [
+        (
+            "by = \"key\"\nkeys = { orders = \"customer_id\" }",
+            "batches.buckets",
+        ),
+        ("by = \"key\"\nbuckets = 8", "batches.keys"),
+        (
+            "by = \"key\"\nbuckets = 1\nkeys = { orders = \"customer_id\" }",
+            "between 2 and 4096",
+        ),
+        ("size = \"day\"\nbuckets = 8", "apply to by = \"key\""),
+    ] {
+        std::fs::write(
+            dir.path().join("sluice.toml"),
+            format!("{toml}\n[models.daily_revenue.batches]\n{batches}\n"),
+        )
+        .unwrap();
+        let run = sluice(dir.path(), &["run", "."]).expect(2);
+        assert!(run.stderr.contains(expected), "{batches}: {}", run.stderr);
+    }
 }
 
 #[tokio::test]
@@ -255,4 +277,107 @@ async fn batched_models_join_per_unit_under_the_limit() {
         .unwrap();
     let cols = ["o_orderpriority", "n"];
     assert_eq!(rows(&got, &cols), rows(&want, &cols));
+}
+
+#[tokio::test]
+async fn a_join_runs_as_key_bucketed_units() {
+    let dir = join_pipeline();
+    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        format!(
+            "{toml}[models.by_priority.batches]\nby = \"key\"\nbuckets = 4\n\
+             keys = {{ orders = \"o_orderkey\", lineitem = \"l_orderkey\" }}\n"
+        ),
+    )
+    .unwrap();
+    let plan = sluice(dir.path(), &["plan", ".", "--select", "by_priority"]).expect(0);
+    assert!(
+        plan.stdout
+            .contains("units:  4 (by key: a hash of lineitem.l_orderkey, orders.o_orderkey)"),
+        "{}",
+        plan.stdout
+    );
+    let report = dir.path().join("r.json");
+    sluice(
+        dir.path(),
+        &[
+            "run",
+            ".",
+            "--select",
+            "by_priority",
+            "--memory-limit",
+            "8MiB",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    )
+    .expect(0);
+    let r = read_json(&report);
+    let m = &r["models"][0];
+    assert_eq!(m["units_done"], 4, "{m}");
+    // Each unit scans both inputs whole (the bucket filter is applied after the scan: the
+    // price of key units over unbucketed files) and joins its share of the keys.
+    let data = dir.path().join("data");
+    let ctx = datafusion::prelude::SessionContext::new();
+    for t in ["orders", "lineitem"] {
+        ctx.register_parquet(t, data.join(t).to_str().unwrap(), Default::default())
+            .await
+            .unwrap();
+    }
+    let count = |sql: &'static str| {
+        let ctx = ctx.clone();
+        async move {
+            let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+            rows(&b, &["n"])[0][0].parse::<u64>().unwrap()
+        }
+    };
+    let total = count("SELECT CAST(COUNT(*) AS VARCHAR) AS n FROM orders").await
+        + count("SELECT CAST(COUNT(*) AS VARCHAR) AS n FROM lineitem").await;
+    for u in m["units"].as_array().unwrap() {
+        assert_eq!(u["rows_in"].as_u64().unwrap(), total, "{u}");
+        assert_eq!(u["rows_out"].as_u64().unwrap(), 5, "{u}");
+    }
+    let per_unit = query_output(
+        &format!("{}/out/by_priority/", dir.path().display()),
+        "parquet",
+        &[],
+        "SELECT CAST(COUNT(*) AS VARCHAR) AS n FROM t",
+    )
+    .await;
+    assert_eq!(
+        rows(&per_unit, &["n"])[0][0],
+        "20",
+        "4 units x 5 priorities"
+    );
+    // Joined per key bucket and summed: the totals of the whole join.
+    let got = query_output(
+        &format!("{}/out/by_priority/", dir.path().display()),
+        "parquet",
+        &[],
+        "SELECT o_orderpriority, CAST(SUM(n) AS VARCHAR) AS n FROM t GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    let want = ctx
+        .sql(
+            "SELECT o_orderpriority, CAST(COUNT(*) AS VARCHAR) AS n FROM orders \
+             JOIN lineitem ON o_orderkey = l_orderkey GROUP BY 1 ORDER BY 1",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let cols = ["o_orderpriority", "n"];
+    assert_eq!(rows(&got, &cols), rows(&want, &cols));
+
+    // A key of a source the model does not read is refused, naming it.
+    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        toml.replace("orders = \"o_orderkey\"", "customer = \"c_custkey\""),
+    )
+    .unwrap();
+    let run = sluice(dir.path(), &["run", ".", "--select", "by_priority"]).expect(1);
+    assert!(run.stderr.contains("source 'customer'"), "{}", run.stderr);
 }
