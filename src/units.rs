@@ -142,7 +142,7 @@ impl datafusion::logical_expr::ScalarUDFImpl for KeyBucket {
         };
         let key = cast(key, &common)?;
         let mut hashes = vec![0u64; key.len()];
-        let state = datafusion::common::hash_utils::RandomState::with_seed(0x5_1ce_b0c4);
+        let state = datafusion::common::hash_utils::RandomState::with_seed(0x51ce_b0c4);
         datafusion::common::hash_utils::create_hashes([&key], &state, &mut hashes)?;
         let buckets: UInt64Array = hashes.iter().map(|h| Some((h >> 16) % self.n)).collect();
         Ok(datafusion::logical_expr::ColumnarValue::Array(
