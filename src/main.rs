@@ -24,6 +24,7 @@ use cli::{BenchCommand, Cli, Command, GenCommand, PipelineArgs};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -171,6 +172,28 @@ fn write_file(path: &Path, text: &str) -> Result<(), Error> {
         path: path.display().to_string(),
         source,
     })
+}
+
+/// Raises the soft limit on open files to the hard one: a join partitioned to disk holds
+/// one bucket file per bucket and input partition open (hundreds), over the common soft
+/// default of 1024 when several run at once.
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+                && limit.rlim_cur < limit.rlim_max
+            {
+                limit.rlim_cur = limit.rlim_max;
+                let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+        }
+    }
 }
 
 async fn dispatch(command: Command, progress: &Progress, quiet: bool) -> Result<i32, Error> {

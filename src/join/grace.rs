@@ -33,7 +33,6 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, JoinType, Result, Statistics};
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{RecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalExprRef};
@@ -43,14 +42,14 @@ use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, Gauge, MetricBuilder, MetricsSet, SpillMetrics,
 };
 use datafusion::physical_plan::spill::get_record_batch_memory_size;
-use datafusion::physical_plan::stream::RecordBatchReceiverStream;
+use datafusion::physical_plan::stream::{RecordBatchReceiverStream, RecordBatchStreamAdapter};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
     PlanProperties, SendableRecordBatchStream, StatisticsArgs,
 };
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
-use tokio::sync::OnceCell;
 use tokio::sync::mpsc::Sender;
 use tokio::task::JoinSet;
 
@@ -105,14 +104,38 @@ pub struct GraceHashJoinExec {
 
 /// What the output partitions share: the build side read once, and then either the
 /// in-memory join or the buckets.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Shared {
-    prepared: OnceCell<std::result::Result<Prepared, Arc<DataFusionError>>>,
+    /// The preparation, started by the first partition in a task of its own (so that a
+    /// partition dropped early does not cancel it for the others), awaited by all.
+    prepared: Mutex<Option<PrepareFuture>>,
+    /// Output partitions done; the last one releases the hash table or leftover buckets.
+    finished: std::sync::atomic::AtomicUsize,
+}
+
+type PrepareFuture = futures::future::Shared<
+    BoxFuture<'static, std::result::Result<Arc<Prepared>, Arc<DataFusionError>>>,
+>;
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
+/// Aborts a spawned task when dropped (when every partition awaiting it is gone).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 enum Prepared {
-    /// The build side fitted: one in-memory join, executed per output partition.
-    InMemory(Arc<dyn ExecutionPlan>),
+    /// The build side fitted: one in-memory join, executed per output partition (until the
+    /// last partition is done and lets go of it).
+    InMemory(Mutex<Option<Arc<dyn ExecutionPlan>>>),
     /// Bucket pairs (build, probe files), taken by the output partitions in turn.
     Buckets(Mutex<Vec<Option<(Side, Side)>>>),
 }
@@ -296,6 +319,14 @@ impl ExecutionPlan for GraceHashJoinExec {
         Some(self.metrics.clone_inner())
     }
 
+    fn child_stats_requests(
+        &self,
+        _partition: Option<usize>,
+    ) -> Vec<datafusion::physical_plan::ChildStats> {
+        // The join's statistics come from its inputs' overall ones (the default skips them).
+        vec![datafusion::physical_plan::ChildStats::At(None); 2]
+    }
+
     fn statistics_from_inputs(
         &self,
         input_stats: &[Arc<Statistics>],
@@ -309,9 +340,16 @@ impl ExecutionPlan for GraceHashJoinExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
+        // The bucket joins that run at once are the output partitions: split the budget
+        // by their real number.
+        let partitions = self.props.partitioning.partition_count().max(1);
+        let mut choice = self.choice.clone();
+        if let Some(total) = choice.total_budget {
+            choice.budget = Some((total / partitions).max(1));
+        }
         let job = Job {
             join: Arc::clone(&self.join),
-            choice: self.choice.clone(),
+            choice,
             // Not a spilling consumer: FairSpillPool would cap it at an equal share with
             // every spilling operator of the query, used or idle. It asks for what the pool
             // really has left, holds it only while deciding, and the budget caps it.
@@ -319,7 +357,7 @@ impl ExecutionPlan for GraceHashJoinExec {
                 .register(context.memory_pool()),
             metrics: JoinMetrics::new(&self.metrics, partition),
             partition,
-            partitions: self.props.partitioning.partition_count(),
+            partitions,
             shared: Arc::clone(&self.shared),
             ctx: context,
         };
@@ -426,24 +464,84 @@ struct Job {
 
 impl Job {
     async fn run(self, tx: Sender<Result<RecordBatch>>) -> Result<()> {
-        let tx = &Output::Direct(&tx);
-        let prepared = self
+        let result = self.run_partition(&Output::Direct(&tx)).await;
+        // The last partition out lets go of the shared hash table or leftover bucket files
+        // (a LIMIT above may have stopped early), before the plan itself is dropped.
+        let done = self
             .shared
-            .prepared
-            .get_or_init(|| async { self.prepare().await.map_err(Arc::new) })
-            .await;
-        match prepared {
+            .finished
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        if done >= self.partitions {
+            let prepared = self.shared.prepared.lock().ok().and_then(|mut p| p.take());
+            if let Some(Ok(p)) = prepared.and_then(|f| f.peek().cloned()) {
+                match p.as_ref() {
+                    Prepared::InMemory(plan) => {
+                        let _ = plan.lock().map(|mut p| p.take());
+                    }
+                    Prepared::Buckets(pairs) => {
+                        let _ = pairs.lock().map(|mut p| p.clear());
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// The shared preparation: started here if no partition has started it yet.
+    fn preparation(&self) -> PrepareFuture {
+        let mut slot = match self.shared.prepared.lock() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(f) = slot.as_ref() {
+            return f.clone();
+        }
+        let job = Job {
+            join: Arc::clone(&self.join),
+            choice: self.choice.clone(),
+            reservation: MemoryConsumer::new(format!("GraceHashJoinBuild[{}]", self.partition))
+                .register(self.ctx.memory_pool()),
+            metrics: self.metrics.clone(),
+            partition: self.partition,
+            partitions: self.partitions,
+            shared: Arc::clone(&self.shared),
+            ctx: Arc::clone(&self.ctx),
+        };
+        let task = AbortOnDrop(tokio::spawn(async move { job.prepare().await }));
+        let f: PrepareFuture = async move {
+            let mut task = task;
+            match (&mut task.0).await {
+                Ok(Ok(p)) => Ok(Arc::new(p)),
+                Ok(Err(e)) => Err(Arc::new(e)),
+                Err(e) => Err(Arc::new(DataFusionError::External(Box::new(e)))),
+            }
+        }
+        .boxed()
+        .shared();
+        *slot = Some(f.clone());
+        f
+    }
+
+    async fn run_partition(&self, tx: &Output<'_>) -> Result<()> {
+        let prepared = self.preparation().await;
+        match prepared.as_deref() {
             Err(e) => Err(DataFusionError::Shared(Arc::clone(e))),
             Ok(Prepared::InMemory(plan)) => {
+                let plan = plan.lock().ok().and_then(|p| p.clone());
+                let Some(plan) = plan else {
+                    return Ok(());
+                };
+                drop(prepared);
                 let out = plan.execute(self.partition, Arc::clone(&self.ctx))?;
-                self.forward(out, plan, tx).await?;
+                self.forward(out, &plan, tx).await?;
                 Ok(())
             }
             Ok(Prepared::Buckets(pairs)) => {
                 // Output partition p joins buckets p, p + partitions, p + 2·partitions, ...
                 let count = pairs.lock().map(|p| p.len()).unwrap_or(0);
                 for i in (self.partition..count).step_by(self.partitions.max(1)) {
-                    let pair = pairs.lock().ok().and_then(|mut p| p[i].take());
+                    let pair = pairs.lock().ok().and_then(|mut p| p.get_mut(i)?.take());
                     if let Some((build, probe)) = pair
                         && self.join_bucket(build, probe, 1, tx).await? == Flow::Stop
                     {
@@ -529,7 +627,7 @@ impl Job {
                 OnceExec::plan(probe.schema(), openers),
                 false,
             )?;
-            return Ok(Prepared::InMemory(plan));
+            return Ok(Prepared::InMemory(Mutex::new(Some(plan))));
         };
         self.metrics.partitioned.add(1);
         let builds = writer.finish()?;
@@ -578,7 +676,7 @@ impl Job {
         need.div_ceil(per_bucket)
             .max(min)
             .next_power_of_two()
-            .min(1024)
+            .min(512)
     }
 
     /// Whether a build side of `bytes` and `rows` may be joined in memory: within `budget`
@@ -944,14 +1042,23 @@ impl Job {
         }
     }
 
-    /// A one-partition source of build (`build`) or probe rows held in memory.
+    /// A one-partition source of build (`build`) or probe rows held in memory, read once:
+    /// the join that loads them copies them into its hash table, and the originals go as
+    /// they are read rather than living on beside the copy.
     fn memory_of(&self, batches: Vec<RecordBatch>, build: bool) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = if build {
             self.join.left().schema()
         } else {
             self.join.right().schema()
         };
-        Ok(MemorySourceConfig::try_new_exec(&[batches], schema, None)?)
+        let stream_schema = Arc::clone(&schema);
+        let open = move || -> Result<SendableRecordBatchStream> {
+            Ok(Box::pin(RecordBatchStreamAdapter::new(
+                stream_schema,
+                futures::stream::iter(batches.into_iter().map(Ok)),
+            )))
+        };
+        Ok(OnceExec::plan(schema, vec![Box::new(open) as Opener]))
     }
 }
 

@@ -76,7 +76,7 @@ impl GraceJoinRule {
                 .div_ceil(per_bucket)
                 .max(2 * partitions)
                 .next_power_of_two()
-                .clamp(8, 1024)
+                .clamp(8, 512)
         });
         let size_text = match estimate {
             Some((bytes, _, exact)) => format!(

@@ -120,6 +120,8 @@ pub(crate) struct BucketWriter {
 struct PendingBucket {
     pending: Vec<RecordBatch>,
     pending_rows: usize,
+    /// What the pending parts were charged (their shares of their batches).
+    pending_charged: usize,
     writer: Option<StreamWriter<BufWriter<Box<dyn SpillWriter>>>>,
     file: Option<Arc<dyn SpillFile>>,
     rows: usize,
@@ -170,6 +172,7 @@ impl BucketWriter {
             self.pending_bytes += size;
             let bucket = &mut self.buckets[i];
             bucket.pending_rows += part.num_rows();
+            bucket.pending_charged += size;
             bucket.pending.push(part);
             if bucket.pending_rows >= self.batch_rows {
                 self.flush(i)?;
@@ -199,17 +202,12 @@ impl BucketWriter {
             return Ok(());
         }
         let batch = compact_views(concat_batches(&self.schema, &bucket.pending)?)?;
-        let freed = self.pending_bytes.min(
-            bucket
-                .pending
-                .iter()
-                .map(get_record_batch_memory_size)
-                .sum::<usize>(),
-        );
+        let freed = bucket.pending_charged;
+        bucket.pending_charged = 0;
         bucket.pending.clear();
         bucket.pending_rows = 0;
         self.pending_bytes -= freed;
-        self.reservation.shrink(freed.min(self.reservation.size()));
+        self.reservation.shrink(freed);
         if bucket.writer.is_none() {
             let file = self
                 .ctx
