@@ -381,3 +381,62 @@ async fn a_join_runs_as_key_bucketed_units() {
     let run = sluice(dir.path(), &["run", ".", "--select", "by_priority"]).expect(1);
     assert!(run.stderr.contains("source 'customer'"), "{}", run.stderr);
 }
+
+#[test]
+fn a_hot_key_with_30_percent_of_the_build_side_joins_under_the_limit() {
+    let dir = join_pipeline();
+    let d = dir.path();
+    // orders with 30 % of its rows moved onto one key (7), as a table of its own.
+    sluice(
+        d,
+        &[
+            "sql",
+            "-e",
+            "SELECT CASE WHEN o_orderkey % 10 < 3 THEN 7 ELSE o_orderkey END AS o_orderkey, \
+             o_orderpriority, o_comment FROM orders",
+            "--table",
+            "orders=data/orders/",
+            "--out",
+            "skewed/",
+        ],
+    )
+    .expect(0);
+    let query = "SELECT o_orderpriority, CAST(COUNT(*) AS VARCHAR) AS n, \
+                 CAST(SUM(LENGTH(o_comment) + l_linenumber) AS VARCHAR) AS s \
+                 FROM orders JOIN lineitem ON o_orderkey = l_orderkey \
+                 GROUP BY o_orderpriority ORDER BY o_orderpriority";
+    let tables = [
+        "--table",
+        "orders=skewed/",
+        "--table",
+        "lineitem=data/lineitem/",
+    ];
+    let with = |extra: &[&str]| {
+        let mut args = vec!["sql", "-e", query];
+        args.extend_from_slice(&tables);
+        args.extend_from_slice(extra);
+        sluice(d, &args)
+    };
+    let unlimited = with(&[]).expect(0);
+    let limited = with(&["--memory-limit", "8MiB"]).expect(0);
+    assert_eq!(limited.stdout, unlimited.stdout);
+    assert!(
+        unlimited.stdout.contains("5 row(s)"),
+        "{}",
+        unlimited.stdout
+    );
+    // The plan shows the hot key's bucket was joined in pieces.
+    let mut args = vec!["sql", "-e"];
+    let analyze = format!("EXPLAIN ANALYZE {query}");
+    args.push(&analyze);
+    args.extend_from_slice(&tables);
+    args.extend_from_slice(&["--memory-limit", "8MiB"]);
+    let explain = sluice(d, &args).expect(0);
+    let skewed = explain
+        .stdout
+        .split("skewed_buckets=")
+        .nth(1)
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(skewed.is_some_and(|n| n >= 1), "{}", explain.stdout);
+}
