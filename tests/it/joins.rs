@@ -440,3 +440,62 @@ fn a_hot_key_with_30_percent_of_the_build_side_joins_under_the_limit() {
         .and_then(|n| n.parse::<u64>().ok());
     assert!(skewed.is_some_and(|n| n >= 1), "{}", explain.stdout);
 }
+
+#[tokio::test]
+async fn too_few_buckets_are_split_again_under_a_real_limit() {
+    let dir = join_pipeline();
+    // Two buckets of a 4.6 MiB build side under 8 MiB: each is split again.
+    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        toml.replace("threads = 2", "threads = 2\njoin_buckets = 2"),
+    )
+    .unwrap();
+    let report = dir.path().join("r.json");
+    sluice(
+        dir.path(),
+        &[
+            "run",
+            ".",
+            "--select",
+            "by_priority",
+            "--memory-limit",
+            "8MiB",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    )
+    .expect(0);
+    let r = read_json(&report);
+    let j = &r["models"][0]["joins"][0];
+    assert_eq!(j["strategy"], "grace(2)", "{j}");
+    assert!(j["max_depth"].as_u64().unwrap() >= 2, "{j}");
+    assert!(j["buckets"].as_u64().unwrap() > 2, "{j}");
+    assert!(files_under(&dir.path().join("spill")).is_empty());
+    let got = query_output(
+        &format!("{}/out/by_priority/", dir.path().display()),
+        "parquet",
+        &[],
+        "SELECT o_orderpriority, CAST(n AS VARCHAR) AS n FROM t ORDER BY 1",
+    )
+    .await;
+    let data = dir.path().join("data");
+    let ctx = datafusion::prelude::SessionContext::new();
+    for t in ["orders", "lineitem"] {
+        ctx.register_parquet(t, data.join(t).to_str().unwrap(), Default::default())
+            .await
+            .unwrap();
+    }
+    let want = ctx
+        .sql(
+            "SELECT o_orderpriority, CAST(COUNT(*) AS VARCHAR) AS n FROM orders \
+             JOIN lineitem ON o_orderkey = l_orderkey GROUP BY 1 ORDER BY 1",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let cols = ["o_orderpriority", "n"];
+    assert_eq!(rows(&got, &cols), rows(&want, &cols));
+}
