@@ -385,6 +385,8 @@ pub struct ModelConfig {
     pub files_per_unit: Option<usize>,
     /// `by = "key"`: one work unit per bucket of a hash of the join key; `None`: not by key.
     pub key_buckets: Option<KeyBuckets>,
+    /// Checks run on the staged output before it is published.
+    pub checks: Vec<crate::checks::Check>,
     /// Timeout, retries and concurrency of its work units.
     pub units: UnitSettings,
 }
@@ -606,6 +608,51 @@ struct RawModel {
     materialized: Option<Materialized>,
     sink: Option<RawSink>,
     batches: Option<RawBatches>,
+    #[serde(default)]
+    checks: Vec<RawCheck>,
+}
+
+/// One `[[models.NAME.checks]]` entry: exactly one kind, and a severity.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    not_null: Option<OneOrMany>,
+    unique: Option<OneOrMany>,
+    accepted_values: Option<RawAcceptedValues>,
+    row_count: Option<RawRowCount>,
+    expression: Option<String>,
+    sql: Option<String>,
+    severity: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcceptedValues {
+    column: String,
+    values: Vec<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRowCount {
+    min: Option<u64>,
+    max: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -935,6 +982,99 @@ impl Validator<'_> {
             state: PathBuf::from(resolve_location(state, self.root)),
             units,
         })
+    }
+
+    fn checks(
+        &self,
+        model: &str,
+        raw: Vec<RawCheck>,
+    ) -> Result<Vec<crate::checks::Check>, ConfigError> {
+        use crate::checks::{Check, CheckKind, Severity};
+        let mut out = Vec::new();
+        for (i, c) in raw.into_iter().enumerate() {
+            let key = format!("models.{model}.checks[{i}]");
+            let severity = match c.severity.as_deref() {
+                None | Some("error") => Severity::Error,
+                Some("warn") => Severity::Warn,
+                Some(other) => {
+                    return Err(self.invalid(
+                        format!("{key}.severity"),
+                        format!("{other:?}: expected \"error\" or \"warn\""),
+                    ));
+                }
+            };
+            let mut kinds = Vec::new();
+            if let Some(cols) = c.not_null {
+                kinds.push(CheckKind::NotNull(cols.into_vec()));
+            }
+            if let Some(cols) = c.unique {
+                kinds.push(CheckKind::Unique(cols.into_vec()));
+            }
+            if let Some(a) = c.accepted_values {
+                let values = a
+                    .values
+                    .iter()
+                    .map(|v| match v {
+                        toml::Value::String(s) => Ok(format!("'{}'", s.replace('\'', "''"))),
+                        toml::Value::Integer(n) => Ok(n.to_string()),
+                        toml::Value::Float(f) => Ok(f.to_string()),
+                        toml::Value::Boolean(b) => Ok(b.to_string().to_uppercase()),
+                        other => Err(self.invalid(
+                            format!("{key}.accepted_values.values"),
+                            format!("{other} is not a string, number or boolean"),
+                        )),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if values.is_empty() {
+                    return Err(self.invalid(
+                        format!("{key}.accepted_values.values"),
+                        "needs at least one value",
+                    ));
+                }
+                kinds.push(CheckKind::AcceptedValues {
+                    column: a.column,
+                    values,
+                });
+            }
+            if let Some(r) = c.row_count {
+                if r.min.is_none() && r.max.is_none() {
+                    return Err(self.invalid(format!("{key}.row_count"), "needs min, max or both"));
+                }
+                kinds.push(CheckKind::RowCount {
+                    min: r.min,
+                    max: r.max,
+                });
+            }
+            if let Some(e) = c.expression {
+                kinds.push(CheckKind::Expression(e));
+            }
+            if let Some(q) = c.sql {
+                kinds.push(CheckKind::Sql(q));
+            }
+            let kind = match kinds.len() {
+                1 => kinds.remove(0),
+                0 => {
+                    return Err(self.invalid(
+                        key,
+                        "a check needs one of not_null, unique, accepted_values, row_count, \
+                         expression or sql",
+                    ));
+                }
+                _ => {
+                    return Err(self.invalid(
+                        key,
+                        "one kind per check: write each in its own [[models.NAME.checks]]",
+                    ));
+                }
+            };
+            if let CheckKind::NotNull(cols) | CheckKind::Unique(cols) = &kind
+                && cols.is_empty()
+            {
+                return Err(self.invalid(key, "needs at least one column"));
+            }
+            out.push(Check { kind, severity });
+        }
+        Ok(out)
     }
 
     fn unit_settings(
@@ -1272,6 +1412,13 @@ impl Validator<'_> {
                     "a view is inlined, not run: batches apply to table models",
                 ));
             }
+            let checks = self.checks(&name, m.checks)?;
+            if !checks.is_empty() && materialized == Materialized::View {
+                return Err(self.invalid(
+                    format!("models.{name}.checks"),
+                    "a view is inlined, not written: checks apply to table models",
+                ));
+            }
             models.insert(
                 name.clone(),
                 ModelConfig {
@@ -1283,6 +1430,7 @@ impl Validator<'_> {
                     batches,
                     files_per_unit,
                     key_buckets,
+                    checks,
                     units,
                 },
             );

@@ -15,6 +15,7 @@
 //! - [`catalog`]: sources and model outputs registered as SQL tables.
 //! - [`engine`]: the DataFusion session (memory pool, spilling, threads) and query execution.
 //! - [`join`]: the grace hash join that lets joins larger than memory finish under the limit.
+//! - [`checks`]: data-quality checks run on a model's staged output before it is published.
 //! - [`sink`]: result streams → partitioned files in staging → published by the
 //!   [`sink::commit`] protocol (`_MANIFEST` as the atomic commit point).
 //! - [`run`]: `sluice run` / `sluice plan`, tying the above together per model.
@@ -30,6 +31,7 @@
 //! option structs and passes environment variables in.
 
 pub mod catalog;
+pub mod checks;
 pub mod config;
 pub mod diagnose;
 pub mod engine;

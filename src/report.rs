@@ -57,6 +57,9 @@ pub struct ModelReport {
     /// over the units that ran in this run).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub joins: Vec<crate::join::JoinReport>,
+    /// Its checks' results (run on the staged output before the publish).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::checks::CheckResult>,
 }
 
 /// What happened to one work unit.
@@ -101,6 +104,7 @@ impl ModelReport {
             error: None,
             units: Vec::new(),
             joins: Vec::new(),
+            checks: Vec::new(),
         }
     }
 }
@@ -161,6 +165,15 @@ impl RunReport {
             };
             out.push_str(&line);
             out.push('\n');
+            for c in m.checks.iter().filter(|c| c.status != "pass") {
+                out.push_str(&format!(
+                    "  {:<width$}    check {} {}: {}\n",
+                    "",
+                    c.check,
+                    c.status,
+                    c.message.as_deref().unwrap_or("")
+                ));
+            }
             for j in m.joins.iter().filter(|j| j.spilled_bytes > 0) {
                 out.push_str(&format!(
                     "  {:<width$}    {}: {}, {} buckets (depth {}), {} spilled, peak {}\n",

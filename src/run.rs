@@ -934,6 +934,32 @@ async fn run_table_model(
         return Err(model_err(e));
     }
     let files: Vec<sink::StagedFile> = records.into_iter().flat_map(|r| r.files).collect();
+    if !model.checks.is_empty() {
+        // Write, audit, publish: the checks read the staged files where they will be
+        // published; a failed error check fails the model with the previous output intact.
+        register_staged(cx.engine, model, &output, &spec, cx.run_id, schema, &files)
+            .await
+            .map_err(|e| model_err(e.to_string()))?;
+        report.checks = crate::checks::run(cx.engine.ctx(), &model.name, &model.checks).await;
+        let blocking: Vec<String> = report
+            .checks
+            .iter()
+            .filter(|c| c.blocks())
+            .map(|c| format!("{}: {}", c.check, c.message.as_deref().unwrap_or("failed")))
+            .collect();
+        if !blocking.is_empty() {
+            let _ = cx.engine.ctx().deregister_table(model.name.as_str());
+            return Err(model_err(format!(
+                "{} failed, nothing published: {}",
+                if blocking.len() == 1 {
+                    "a check".to_string()
+                } else {
+                    format!("{} checks", blocking.len())
+                },
+                blocking.join("; ")
+            )));
+        }
+    }
     let committed = sink::publish(
         &output,
         &existing,
@@ -947,6 +973,51 @@ async fn run_table_model(
     register_output(cx.engine, model, Some(schema)).await?;
     report.rows_out = committed.rows;
     report.outputs = committed.new_files.iter().map(|f| to_display(f)).collect();
+    Ok(())
+}
+
+/// Registers a model's staged files, not yet published, as its table: each file shown at the
+/// key it will be published at, so partitions read as they will after the publish.
+async fn register_staged(
+    engine: &Engine,
+    model: &ModelConfig,
+    output: &sink::commit::Output,
+    spec: &sink::SinkSpec,
+    run_id: &str,
+    schema: &SchemaRef,
+    files: &[sink::StagedFile],
+) -> Result<(), Error> {
+    let staging = sink::commit::Output::staging_dir(run_id);
+    let view = crate::catalog::manifest_store::ManifestStore::aliased(
+        output.store(),
+        files.iter().map(|f| {
+            (
+                output.key(&f.file.path),
+                output.key(&format!("{staging}/{}", f.staged)),
+                f.file.bytes,
+            )
+        }),
+        chrono::Utc::now(),
+    );
+    let manifest = sink::commit::Manifest {
+        version: 0,
+        run_id: run_id.to_string(),
+        committed_at: now(),
+        format: spec.format.name().to_string(),
+        partition_by: spec.partition_by.clone(),
+        rows: files.iter().map(|f| f.file.rows).sum(),
+        columns: sink::manifest_columns(schema),
+        files: files.iter().map(|f| f.file.clone()).collect(),
+    };
+    catalog::register_manifest(
+        engine.ctx(),
+        &model.name,
+        output.location(),
+        Arc::new(view),
+        &manifest,
+        Some(schema),
+    )
+    .await?;
     Ok(())
 }
 

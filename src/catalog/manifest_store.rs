@@ -26,6 +26,9 @@ pub struct ManifestStore {
     inner: Arc<dyn ObjectStore>,
     files: Vec<ObjectMeta>,
     index: std::collections::HashSet<Path>,
+    /// Files shown under another key than the one they are stored at (staged files shown
+    /// where they will be published): shown key → stored key.
+    aliases: std::collections::HashMap<Path, Path>,
 }
 
 impl ManifestStore {
@@ -51,7 +54,33 @@ impl ManifestStore {
             inner,
             files,
             index,
+            aliases: Default::default(),
         }
+    }
+
+    /// A view of `inner` showing each file `(shown, stored, size)` at `shown` while reading it
+    /// from `stored`: staged files seen at the keys they will be published at.
+    pub fn aliased(
+        inner: Arc<dyn ObjectStore>,
+        files: impl IntoIterator<Item = (Path, Path, u64)>,
+        at: DateTime<Utc>,
+    ) -> ManifestStore {
+        let files: Vec<(Path, Path, u64)> = files.into_iter().collect();
+        let mut view = ManifestStore::new(
+            inner,
+            files.iter().map(|(shown, _, size)| (shown.clone(), *size)),
+            at,
+        );
+        view.aliases = files
+            .into_iter()
+            .map(|(shown, stored, _)| (shown, stored))
+            .collect();
+        view
+    }
+
+    /// The key a shown file is stored at.
+    fn stored<'a>(&'a self, location: &'a Path) -> &'a Path {
+        self.aliases.get(location).unwrap_or(location)
     }
 
     fn under<'a>(&'a self, prefix: Option<&'a Path>) -> impl Iterator<Item = &'a ObjectMeta> + 'a {
@@ -102,7 +131,7 @@ impl ObjectStore for ManifestStore {
                 source: "not in this view".into(),
             });
         }
-        self.inner.get_opts(location, options).await
+        self.inner.get_opts(self.stored(location), options).await
     }
 
     async fn get_ranges(
@@ -110,7 +139,7 @@ impl ObjectStore for ManifestStore {
         location: &Path,
         ranges: &[std::ops::Range<u64>],
     ) -> Result<Vec<Bytes>> {
-        self.inner.get_ranges(location, ranges).await
+        self.inner.get_ranges(self.stored(location), ranges).await
     }
 
     fn delete_stream(

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod checks;
 mod conformance;
 mod errors;
 mod formats;

@@ -1,0 +1,189 @@
+//! Checks that gate the publish: each kind passing and failing on the shop pipeline's
+//! `daily_revenue` (4 days, revenue per day), with error and warn severity; a failed error
+//! check publishes nothing and leaves the previous output as it was.
+
+use crate::support::*;
+
+/// The shop pipeline, run once, with `checks` appended to its sluice.toml; and a snapshot
+/// of `model`'s output.
+fn shop_with(
+    model: &str,
+    checks: &str,
+) -> (
+    tempfile::TempDir,
+    std::collections::BTreeMap<String, Vec<u8>>,
+) {
+    let dir = pipeline_copy("shop");
+    sluice(dir.path(), &["run", "."]).expect(0);
+    let before = snapshot(&dir.path().join("out").join(model));
+    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
+    std::fs::write(dir.path().join("sluice.toml"), format!("{toml}\n{checks}")).unwrap();
+    (dir, before)
+}
+
+fn model_report(report: &std::path::Path, model: &str) -> serde_json::Value {
+    read_json(report)["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == model)
+        .unwrap()
+        .clone()
+}
+
+fn data_files(snap: &std::collections::BTreeMap<String, Vec<u8>>) -> Vec<String> {
+    snap.keys()
+        .filter(|k| !k.starts_with("_staging"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn each_check_kind_passes_on_good_output_and_the_model_publishes() {
+    let (dir, before) = shop_with(
+        "daily_revenue",
+        r#"
+[[models.daily_revenue.checks]]
+not_null = ["order_date", "revenue"]
+[[models.daily_revenue.checks]]
+unique = "order_date"
+[[models.daily_revenue.checks]]
+accepted_values = { column = "order_date", values = ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"] }
+[[models.daily_revenue.checks]]
+row_count = { min = 4, max = 4 }
+[[models.daily_revenue.checks]]
+expression = "revenue > 0 AND orders >= 1"
+[[models.daily_revenue.checks]]
+sql = "SELECT * FROM daily_revenue WHERE items < orders"
+"#,
+    );
+    let report = dir.path().join("r.json");
+    sluice(
+        dir.path(),
+        &["run", ".", "--report", report.to_str().unwrap()],
+    )
+    .expect(0);
+    let m = model_report(&report, "daily_revenue");
+    let checks = m["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 6);
+    for c in checks {
+        assert_eq!(c["status"], "pass", "{c}");
+    }
+    // Published anew (a new run id in the file names).
+    let after = snapshot(&dir.path().join("out/daily_revenue"));
+    assert_ne!(data_files(&before), data_files(&after));
+}
+
+#[test]
+fn a_failed_error_check_publishes_nothing_and_a_warn_check_only_reports() {
+    let cases = [
+        (
+            "daily_revenue",
+            r#"not_null = ["order_date", "nothing_here"]"#,
+            "not_null(order_date, nothing_here)",
+        ),
+        (
+            "revenue_by_country",
+            "unique = \"country\"",
+            "unique(country)",
+        ),
+        (
+            "daily_revenue",
+            r#"accepted_values = { column = "order_date", values = ["2024-01-01"] }"#,
+            "accepted_values(order_date)",
+        ),
+        (
+            "daily_revenue",
+            "row_count = { max = 3 }",
+            "row_count(max 3)",
+        ),
+        (
+            "daily_revenue",
+            "expression = \"revenue < 100\"",
+            "expression(revenue < 100)",
+        ),
+        (
+            "daily_revenue",
+            "sql = \"SELECT * FROM daily_revenue WHERE orders > 1\"",
+            "sql",
+        ),
+    ];
+    for (model, check, kind) in cases {
+        let (dir, before) = shop_with(model, &format!("[[models.{model}.checks]]\n{check}\n"));
+        let report = dir.path().join("r.json");
+        let run = sluice(
+            dir.path(),
+            &["run", ".", "--report", report.to_str().unwrap()],
+        )
+        .expect(1);
+        assert!(
+            run.stderr.contains(&format!("model '{model}' failed")),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains(kind), "{kind}: {}", run.stderr);
+        assert!(run.stderr.contains("nothing published"), "{}", run.stderr);
+        // The previous output, byte for byte.
+        let after = snapshot(&dir.path().join("out").join(model));
+        assert_eq!(data_files(&before), data_files(&after), "{kind}");
+        for f in data_files(&before) {
+            assert_eq!(before[&f], after[&f], "{kind}: {f} changed");
+        }
+        let m = model_report(&report, model);
+        assert_eq!(m["status"], "failed");
+        let status = &m["checks"][0]["status"];
+        assert!(status == "fail" || status == "error", "{kind}: {m}");
+
+        // The same check as a warning: reported, and the output published.
+        std::fs::write(
+            dir.path().join("sluice.toml"),
+            std::fs::read_to_string(dir.path().join("sluice.toml"))
+                .unwrap()
+                .replace(check, &format!("{check}\nseverity = \"warn\"")),
+        )
+        .unwrap();
+        let run = sluice(
+            dir.path(),
+            &["run", ".", "--report", report.to_str().unwrap()],
+        );
+        if kind.contains("nothing_here") {
+            // A check that cannot run (unknown column) blocks whatever its severity.
+            run.expect(1);
+            continue;
+        }
+        run.expect(0);
+        let m = model_report(&report, model);
+        assert_eq!(m["status"], "success", "{kind}: {m}");
+        assert_eq!(m["checks"][0]["status"], "warn", "{kind}: {m}");
+        assert!(
+            m["checks"][0]["failing_rows"].as_u64().unwrap() > 0,
+            "{kind}: {m}"
+        );
+    }
+}
+
+#[test]
+fn malformed_checks_are_refused_with_their_key() {
+    for (check, expected) in [
+        ("not_null = \"a\"\nunique = \"b\"", "one kind per check"),
+        ("severity = \"warn\"", "a check needs one of"),
+        (
+            "not_null = \"a\"\nseverity = \"fatal\"",
+            "expected \"error\" or \"warn\"",
+        ),
+        ("row_count = {}", "needs min, max or both"),
+        ("not_null = []", "needs at least one column"),
+        ("nonsense = 1", "unknown field `nonsense`"),
+    ] {
+        let dir = pipeline_copy("shop");
+        let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
+        std::fs::write(
+            dir.path().join("sluice.toml"),
+            format!("{toml}\n[[models.daily_revenue.checks]]\n{check}\n"),
+        )
+        .unwrap();
+        let run = sluice(dir.path(), &["run", "."]).expect(2);
+        assert!(run.stderr.contains(expected), "{check}: {}", run.stderr);
+        assert!(run.stderr.contains("sluice.toml"), "{}", run.stderr);
+    }
+}
