@@ -26,6 +26,8 @@ pub enum Command {
     Run(RunArgs),
     /// Validate a pipeline and print its DAG, inputs, sinks and work units; runs nothing.
     Plan(PlanArgs),
+    /// Run the selected models' checks on their published outputs; exit 1 if one fails.
+    Check(CheckArgs),
     /// Run one SQL transform over named tables; print it or write it with --out.
     Sql(SqlArgs),
     /// Run history from the state store: id, start, end, status, rows in / out / rejected.
@@ -84,6 +86,16 @@ pub struct RunArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+}
+
+/// `sluice check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `sluice runs`.

@@ -288,6 +288,24 @@ async fn dispatch(command: Command, progress: &Progress, quiet: bool) -> Result<
             print!("{}", run::describe_plan(&prepared).await);
             Ok(EXIT_OK)
         }
+        Command::Check(args) => {
+            let opts = run_options(&args.pipeline, true, false)?;
+            let pipeline = Pipeline::load(&args.pipeline.path, &env_lookup)?;
+            let prepared = run::prepare(pipeline, &opts, environment()).await?;
+            let results = run::check(&prepared).await?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&results).unwrap_or_default()
+                );
+            } else {
+                print!("{}", run::describe_checks(&results));
+            }
+            let failed = results
+                .iter()
+                .any(|(_, checks)| checks.iter().any(|c| c.blocks()));
+            Ok(if failed { EXIT_FAILED } else { EXIT_OK })
+        }
         Command::Sql(args) => {
             let (text, origin) = match (&args.execute, &args.file) {
                 (Some(sql), _) => (sql.clone(), PathBuf::from("-e")),

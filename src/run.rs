@@ -976,6 +976,48 @@ async fn run_table_model(
     Ok(())
 }
 
+/// `sluice check`: each selected table model's checks, on its published output. Models
+/// without checks are left out; a model never run is an error naming it.
+pub async fn check(
+    prepared: &Prepared,
+) -> Result<Vec<(String, Vec<crate::checks::CheckResult>)>, Error> {
+    let mut out = Vec::new();
+    for name in &prepared.selected {
+        let model = &prepared.pipeline.models[name];
+        if model.checks.is_empty() || model.materialized != Materialized::Table {
+            continue;
+        }
+        register_output(&prepared.engine, model, prepared.schemas.get(name)).await?;
+        let results = crate::checks::run(prepared.engine.ctx(), name, &model.checks).await;
+        out.push((name.clone(), results));
+    }
+    Ok(out)
+}
+
+/// `sluice check`'s text: a line per check, and a summary.
+pub fn describe_checks(results: &[(String, Vec<crate::checks::CheckResult>)]) -> String {
+    let mut out = String::new();
+    let (mut total, mut blocking, mut warned) = (0, 0, 0);
+    for (model, checks) in results {
+        for c in checks {
+            total += 1;
+            blocking += usize::from(c.blocks());
+            warned += usize::from(c.status == "warn");
+            out.push_str(&format!(
+                "  {model:<20} {:<5} {:<40} {}\n",
+                c.status,
+                c.check,
+                c.message.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "{total} checks: {} passed, {blocking} failed, {warned} warnings\n",
+        total - blocking - warned
+    ));
+    out
+}
+
 /// Registers a model's staged files, not yet published, as its table: each file shown at the
 /// key it will be published at, so partitions read as they will after the publish.
 async fn register_staged(

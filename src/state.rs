@@ -211,6 +211,11 @@ impl StateStore {
                  peak_memory INTEGER NOT NULL DEFAULT 0, spilled_bytes INTEGER NOT NULL DEFAULT 0,
                  files TEXT NOT NULL DEFAULT '[]', error TEXT,
                  PRIMARY KEY (run_id, model, unit));
+             CREATE TABLE IF NOT EXISTS checks (
+                 run_id TEXT NOT NULL, model TEXT NOT NULL, position INTEGER NOT NULL,
+                 name TEXT NOT NULL, severity TEXT NOT NULL, status TEXT NOT NULL,
+                 failing_rows INTEGER NOT NULL DEFAULT 0, message TEXT,
+                 PRIMARY KEY (run_id, model, position));
              CREATE TABLE IF NOT EXISTS lock (
                  id INTEGER PRIMARY KEY CHECK (id = 1), run_id TEXT NOT NULL,
                  pid INTEGER NOT NULL, pid_start TEXT, host TEXT NOT NULL,
@@ -486,8 +491,43 @@ impl StateStore {
                     outputs,
                     m.error
                 ],
-            )
-            .map(|_| ())
+            )?;
+            for (i, check) in m.checks.iter().enumerate() {
+                c.execute(
+                    "INSERT OR REPLACE INTO checks (run_id, model, position, name, severity,
+                         status, failing_rows, message)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        run_id,
+                        m.name,
+                        i as i64,
+                        check.check,
+                        check.severity,
+                        check.status,
+                        check.failing_rows as i64,
+                        check.message
+                    ],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The check results recorded for `model` in `run_id`: (name, status, failing rows).
+    pub fn checks(
+        &self,
+        run_id: &str,
+        model: &str,
+    ) -> Result<Vec<(String, String, u64)>, StateError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT name, status, failing_rows FROM checks
+                 WHERE run_id = ?1 AND model = ?2 ORDER BY position",
+            )?;
+            let rows = stmt.query_map(params![run_id, model], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+            })?;
+            rows.collect()
         })
     }
 

@@ -187,3 +187,49 @@ fn malformed_checks_are_refused_with_their_key() {
         assert!(run.stderr.contains("sluice.toml"), "{}", run.stderr);
     }
 }
+
+#[test]
+fn check_results_are_in_the_state_store_and_sluice_check_reruns_them() {
+    let (dir, _) = shop_with(
+        "daily_revenue",
+        "[[models.daily_revenue.checks]]\nunique = \"order_date\"\n\
+         [[models.daily_revenue.checks]]\nrow_count = { min = 5 }\nseverity = \"warn\"\n",
+    );
+    let report = dir.path().join("r.json");
+    sluice(
+        dir.path(),
+        &["run", ".", "--report", report.to_str().unwrap()],
+    )
+    .expect(0);
+    let run_id = read_json(&report)["run_id"].as_str().unwrap().to_string();
+    let state = sluice::state::StateStore::open(&dir.path().join(".sluice/state.db")).unwrap();
+    assert_eq!(
+        state.checks(&run_id, "daily_revenue").unwrap(),
+        vec![
+            ("unique(order_date)".to_string(), "pass".to_string(), 0),
+            ("row_count(min 5)".to_string(), "warn".to_string(), 4),
+        ]
+    );
+
+    // `sluice check` on the published output: a warning only, exit 0.
+    let check = sluice(dir.path(), &["check", "."]).expect(0);
+    assert!(
+        check
+            .stdout
+            .contains("2 checks: 1 passed, 0 failed, 1 warnings"),
+        "{}",
+        check.stdout
+    );
+    // Made an error, the same check fails the command (exit 1), in JSON too.
+    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        toml.replace("severity = \"warn\"\n", ""),
+    )
+    .unwrap();
+    let check = sluice(dir.path(), &["check", ".", "--json"]).expect(1);
+    let json: serde_json::Value = serde_json::from_str(&check.stdout).unwrap();
+    assert_eq!(json[0][0], "daily_revenue");
+    assert_eq!(json[0][1][1]["status"], "fail");
+    assert_eq!(json[0][1][1]["failing_rows"], 4);
+}
