@@ -172,6 +172,18 @@ pub enum OnBadRows {
     Quarantine,
 }
 
+/// What to do when the files of one source do not all have the same columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaEvolution {
+    /// Refuse the source, naming two files and the columns that differ.
+    #[default]
+    Fail,
+    /// Merge the columns by name; a column a file lacks reads as NULL; a column with two
+    /// types is an error.
+    Union,
+}
+
 /// Compression of a text source's files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -294,6 +306,8 @@ pub struct SourceConfig {
     pub schema: Option<String>,
     /// What to do with rows that do not parse.
     pub on_bad_rows: OnBadRows,
+    /// Files with different columns: fail (default) or union.
+    pub schema_evolution: SchemaEvolution,
     /// With quarantine: the most rejected rows tolerated.
     pub max_bad_rows: Option<u64>,
     /// Where quarantined rows go.
@@ -314,6 +328,7 @@ impl SourceConfig {
             compression: Compression::default(),
             schema: None,
             on_bad_rows: OnBadRows::default(),
+            schema_evolution: SchemaEvolution::default(),
             max_bad_rows: None,
             rejects: None,
             event_time: None,
@@ -596,6 +611,8 @@ struct RawSource {
     schema: Option<String>,
     #[serde(default)]
     on_bad_rows: OnBadRows,
+    #[serde(default)]
+    schema_evolution: SchemaEvolution,
     max_bad_rows: Option<u64>,
     rejects: Option<String>,
     event_time: Option<String>,
@@ -1227,6 +1244,7 @@ impl Validator<'_> {
                 .unwrap_or_else(|| Compression::from_path(&raw.location)),
             schema: raw.schema,
             on_bad_rows: raw.on_bad_rows,
+            schema_evolution: raw.schema_evolution,
             max_bad_rows: raw.max_bad_rows,
             rejects: raw.rejects.map(|r| resolve_location(&r, self.root)),
             event_time: raw.event_time,

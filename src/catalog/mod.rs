@@ -60,6 +60,23 @@ pub enum CatalogError {
         /// Why it is invalid.
         message: String,
     },
+    /// The files of a source do not have the same columns (`schema_evolution = "fail"`), or
+    /// give one column two types (`"union"`).
+    #[error(
+        "source '{source_name}': files with different columns: {first} and {other}: {differences}{hint}"
+    )]
+    SchemaDrift {
+        /// The source.
+        source_name: String,
+        /// The file whose columns are the reference.
+        first: String,
+        /// A file that differs from it.
+        other: String,
+        /// What differs, column by column.
+        differences: String,
+        /// What to do about it.
+        hint: &'static str,
+    },
     /// The location itself is invalid.
     #[error("source '{source_name}': {source}")]
     Location {
@@ -78,7 +95,9 @@ impl CatalogError {
         match self {
             CatalogError::Schema { .. } => true,
             CatalogError::Location { source, .. } => source.is_usage(),
-            CatalogError::NoFiles { .. } | CatalogError::Read { .. } => false,
+            CatalogError::NoFiles { .. }
+            | CatalogError::Read { .. }
+            | CatalogError::SchemaDrift { .. } => false,
         }
     }
 }
@@ -313,6 +332,19 @@ pub async fn register_table(
         match opts.infer_schema(&ctx.state(), &table_url).await {
             Ok(s) => s,
             Err(e) => {
+                // Files whose columns conflict: name them and the columns.
+                if let Err(drift @ CatalogError::SchemaDrift { .. }) = check_drift(
+                    ctx,
+                    spec,
+                    &table_url,
+                    &opts,
+                    &store,
+                    Arc::new(Schema::empty()),
+                )
+                .await
+                {
+                    return Err(drift);
+                }
                 // Name the file at fault: infer each file alone until one fails.
                 let culprit = find_unreadable_file(ctx, spec, &table_url, &opts, &store).await;
                 let (location, message) =
@@ -320,6 +352,11 @@ pub async fn register_table(
                 return Err(read_err(location, message));
             }
         }
+    };
+    let file_schema = if spec.schema.is_none() {
+        check_drift(ctx, spec, &table_url, &opts, &store, file_schema).await?
+    } else {
+        file_schema
     };
     // DataFusion 55 applies a CSV null value while inferring the schema but not while reading
     // (its CSV reader never receives the regex). So such a source is read with every file
@@ -434,6 +471,103 @@ pub async fn list_source_files(
 
 /// On the error path only: infers the schema of each file alone and returns the first file
 /// that fails, with its error, so the message can name it.
+/// Compares every file's columns with the first file's. Parquet files compare names and
+/// types (exact, from their footers); CSV and JSON files compare names only (their types are
+/// inferred from samples, which differ between files of one column). With `fail`, any
+/// difference is an error naming both files; with `union`, the merged schema DataFusion
+/// inferred is kept, but a Parquet column with two types is an error.
+async fn check_drift(
+    ctx: &SessionContext,
+    spec: &SourceConfig,
+    table_url: &ListingTableUrl,
+    opts: &ListingOptions,
+    store: &Arc<dyn object_store::ObjectStore>,
+    merged: SchemaRef,
+) -> Result<SchemaRef, CatalogError> {
+    use crate::config::SchemaEvolution;
+    let read_err = |location: String, message: String| CatalogError::Read {
+        source_name: spec.name.clone(),
+        location,
+        message,
+    };
+    let mut files = list_files(ctx, table_url, opts, store.as_ref(), usize::MAX)
+        .await
+        .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    if files.len() < 2 {
+        return Ok(merged);
+    }
+    let Ok(location) = Location::parse(table_url.as_str()) else {
+        return Ok(merged);
+    };
+    let state = ctx.state();
+    let format = file_format(spec);
+    let typed = spec.format == Format::Parquet;
+    let mut first: Option<(String, SchemaRef)> = None;
+    for file in &files {
+        let shown = location.display_key(&file.location);
+        let schema = format
+            .infer_schema(&state, store, std::slice::from_ref(file))
+            .await
+            .map_err(|e| read_err(shown.clone(), describe_datafusion(&e)))?;
+        let Some((first_name, first_schema)) = &first else {
+            first = Some((shown, schema));
+            continue;
+        };
+        let mut differences = Vec::new();
+        let mut conflict = false;
+        for f in first_schema.fields() {
+            match schema.field_with_name(f.name()) {
+                Err(_) => differences.push(format!("{} only in the first", f.name())),
+                Ok(g) if typed && g.data_type() != f.data_type() => {
+                    conflict = true;
+                    differences.push(format!(
+                        "{} is {} in the first, {} in the other",
+                        f.name(),
+                        f.data_type(),
+                        g.data_type()
+                    ));
+                }
+                Ok(_) => {}
+            }
+        }
+        for g in schema.fields() {
+            if first_schema.field_with_name(g.name()).is_err() {
+                differences.push(format!("{} only in the other", g.name()));
+            }
+        }
+        let fail = match spec.schema_evolution {
+            SchemaEvolution::Fail => !differences.is_empty(),
+            SchemaEvolution::Union => conflict,
+        };
+        if fail {
+            return Err(CatalogError::SchemaDrift {
+                source_name: spec.name.clone(),
+                first: first_name.clone(),
+                other: shown,
+                differences: differences.join(", "),
+                hint: match spec.schema_evolution {
+                    SchemaEvolution::Fail => {
+                        " (set schema_evolution = \"union\" on the source to merge columns by name)"
+                    }
+                    SchemaEvolution::Union => " (a column cannot have two types)",
+                },
+            });
+        }
+    }
+    // Merged by name, a column some file lacks reads as NULL there.
+    Ok(match spec.schema_evolution {
+        SchemaEvolution::Union => Arc::new(Schema::new(
+            merged
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        )),
+        SchemaEvolution::Fail => merged,
+    })
+}
+
 async fn find_unreadable_file(
     ctx: &SessionContext,
     spec: &SourceConfig,

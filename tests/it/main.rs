@@ -5,6 +5,7 @@ mod support;
 
 mod checks;
 mod conformance;
+mod drift;
 mod errors;
 mod formats;
 mod joins;

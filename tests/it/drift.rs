@@ -1,0 +1,115 @@
+//! Schema drift: files of one source with different columns are refused by default, naming
+//! two files and the columns; `schema_evolution = "union"` merges them by name (missing
+//! columns read as NULL) and refuses a column with two types.
+
+use crate::support::*;
+
+/// A pipeline folder whose source `events` (folder `data/`) holds one file per query.
+fn drifting(format: &str, files: &[(&str, &str)], evolution: Option<&str>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (name, sql) in files {
+        let out = format!("made/{name}/");
+        sluice(
+            d,
+            &["sql", "-q", "-e", sql, "--out", &out, "--format", format],
+        )
+        .expect(0);
+        std::fs::create_dir_all(d.join("data")).unwrap();
+        let made = files_under(&d.join("made").join(name));
+        let file = made.iter().find(|f| f.ends_with(format)).unwrap();
+        std::fs::copy(
+            d.join("made").join(name).join(file),
+            d.join("data").join(format!("{name}.{format}")),
+        )
+        .unwrap();
+    }
+    let evolution = evolution.map_or(String::new(), |e| format!("schema_evolution = \"{e}\"\n"));
+    std::fs::write(
+        d.join("sluice.toml"),
+        format!(
+            "[sources.events]\nlocation = \"data/\"\nformat = \"{format}\"\n{evolution}\
+             [models.all_events.sink]\nlocation = \"out/all_events/\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(d.join("queries")).unwrap();
+    std::fs::write(d.join("queries/all_events.sql"), "SELECT * FROM events").unwrap();
+    dir
+}
+
+#[test]
+fn files_with_different_columns_are_refused_naming_both_and_the_columns() {
+    for format in ["parquet", "csv", "json"] {
+        let dir = drifting(
+            format,
+            &[
+                ("a", "SELECT 1 AS id, 'x' AS name"),
+                ("b", "SELECT 2 AS id, 3.5 AS price"),
+            ],
+            None,
+        );
+        let run = sluice(dir.path(), &["run", "."]).expect(1);
+        let e = &run.stderr;
+        assert!(e.contains("source 'events'"), "{format}: {e}");
+        assert!(
+            e.contains(&format!("a.{format}")) && e.contains(&format!("b.{format}")),
+            "{format}: {e}"
+        );
+        assert!(e.contains("name only in the first"), "{format}: {e}");
+        assert!(e.contains("price only in the other"), "{format}: {e}");
+        assert!(e.contains("schema_evolution = \"union\""), "{format}: {e}");
+        assert!(!dir.path().join("out/all_events/_MANIFEST").exists());
+    }
+}
+
+#[tokio::test]
+async fn union_merges_columns_by_name_with_nulls_for_the_missing() {
+    let dir = drifting(
+        "parquet",
+        &[
+            ("a", "SELECT 1 AS id, 'x' AS name"),
+            ("b", "SELECT 2 AS id, 3.5 AS price"),
+        ],
+        Some("union"),
+    );
+    sluice(dir.path(), &["run", "."]).expect(0);
+    let out = query_output(
+        &format!("{}/out/all_events/", dir.path().display()),
+        "parquet",
+        &[],
+        "SELECT CAST(id AS VARCHAR) AS id, COALESCE(name, 'NULL') AS name, \
+         COALESCE(CAST(price AS VARCHAR), 'NULL') AS price FROM t ORDER BY id",
+    )
+    .await;
+    assert_eq!(
+        rows(&out, &["id", "name", "price"]),
+        vec![
+            vec!["1".to_string(), "x".to_string(), "NULL".to_string()],
+            vec!["2".to_string(), "NULL".to_string(), "3.5".to_string()],
+        ]
+    );
+}
+
+#[test]
+fn union_refuses_a_column_with_two_types() {
+    let dir = drifting(
+        "parquet",
+        &[
+            ("a", "SELECT 1 AS id, 'x' AS name"),
+            ("b", "SELECT 'two' AS id, 'y' AS name"),
+        ],
+        Some("union"),
+    );
+    let run = sluice(dir.path(), &["run", "."]).expect(1);
+    assert!(
+        run.stderr.contains("id is Int64 in the first, Utf8") && run.stderr.contains("b.parquet"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("cannot have two types"),
+        "{}",
+        run.stderr
+    );
+}
