@@ -39,10 +39,12 @@ pub enum ConfigError {
         message: String,
     },
     /// A value is well-formed TOML but not a valid setting.
-    #[error("{path}: {key}: {message}")]
+    #[error("{}{}: {key}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
     Invalid {
         /// The configuration file (or `command line`).
         path: PathBuf,
+        /// The line of the setting in the file, when it can be found.
+        line: Option<usize>,
         /// The dotted key of the setting, e.g. `models.daily.sink.mode`.
         key: String,
         /// What is wrong and what is accepted.
@@ -740,6 +742,7 @@ impl Pipeline {
         })?;
         let mut v = Validator {
             file,
+            text,
             root,
             env,
             default_units: UnitSettings::default(),
@@ -840,12 +843,69 @@ fn single_byte(
             } else {
                 Err(ConfigError::Invalid {
                     path: file.to_path_buf(),
+                    line: None,
                     key: key.to_string(),
                     message: format!("expected a single ASCII character, got {s:?}"),
                 })
             }
         }
     }
+}
+
+/// The line of the setting `key` (`settings.threads`, `models.m.checks[1].severity`,
+/// `models.m.batches`) in the TOML `text`: under its table's header (the n-th one for an array
+/// of tables), the line that sets its last part; or the header itself for a table. `None` when
+/// the setting is written another way (an inline table, dotted keys).
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    let header_line = |table: &str, index: usize| -> Option<usize> {
+        let mut seen = 0;
+        for (n, line) in text.lines().enumerate() {
+            let l = line.trim();
+            let name = l
+                .strip_prefix("[[")
+                .and_then(|l| l.strip_suffix("]]"))
+                .or_else(|| l.strip_prefix('[').and_then(|l| l.strip_suffix(']')));
+            if name.map(str::trim) == Some(table) {
+                if seen == index {
+                    return Some(n);
+                }
+                seen += 1;
+            }
+        }
+        None
+    };
+    let split_index = |t: &str| -> (String, usize) {
+        match t
+            .strip_suffix(']')
+            .and_then(|t| t.rsplit_once('['))
+            .and_then(|(t, i)| Some((t.to_string(), i.parse().ok()?)))
+        {
+            Some(x) => x,
+            None => (t.to_string(), 0),
+        }
+    };
+    if let Some((table, leaf)) = key.rsplit_once('.') {
+        let (table, index) = split_index(table);
+        if let Some(start) = header_line(&table, index) {
+            for (n, line) in text.lines().enumerate().skip(start + 1) {
+                let l = line.trim();
+                if l.starts_with('[') {
+                    break;
+                }
+                if let Some(rest) = l.strip_prefix(leaf)
+                    && rest.trim_start().starts_with('=')
+                {
+                    return Some(n + 1);
+                }
+            }
+            // A setting missing from its table (a required one): the table's header.
+            if header_line(key, 0).is_none() {
+                return Some(start + 1);
+            }
+        }
+    }
+    let (table, index) = split_index(key);
+    header_line(&table, index).map(|n| n + 1)
 }
 
 /// The format of the first data file in a local folder (skipping `_` and `.` entries), if the
@@ -886,6 +946,7 @@ fn valid_name(name: &str) -> bool {
 
 struct Validator<'a> {
     file: &'a Path,
+    text: &'a str,
     root: &'a Path,
     env: EnvLookup<'a>,
     default_units: UnitSettings,
@@ -893,9 +954,11 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let key = key.into();
         ConfigError::Invalid {
             path: self.file.to_path_buf(),
-            key: key.into(),
+            line: key_line(self.text, &key),
+            key,
             message: message.into(),
         }
     }
@@ -1487,6 +1550,21 @@ impl Validator<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn key_lines_are_found_under_their_tables() {
+        let text = "name = \"x\"\n[settings]\nthreads = 2\njoin_strategy = \"fast\"\n\
+                    [models.m.batches]\nby = \"key\"\n[[models.m.checks]]\nunique = \"a\"\n\
+                    [[models.m.checks]]\nnot_null = \"b\"\nseverity = \"x\"\n";
+        assert_eq!(key_line(text, "settings.join_strategy"), Some(4));
+        assert_eq!(key_line(text, "settings.threads"), Some(3));
+        assert_eq!(key_line(text, "models.m.batches.by"), Some(6));
+        assert_eq!(key_line(text, "models.m.batches.buckets"), Some(5));
+        assert_eq!(key_line(text, "models.m.checks[1].severity"), Some(11));
+        assert_eq!(key_line(text, "models.m.checks[1]"), Some(9));
+        assert_eq!(key_line(text, "models.m.checks[0]"), Some(7));
+        assert_eq!(key_line(text, "sources.s.format"), None);
+    }
+
     use super::*;
 
     fn no_env(_: &str) -> Option<String> {

@@ -80,6 +80,7 @@ fn cwd() -> PathBuf {
 fn usage(key: &str, message: impl Into<String>) -> Error {
     ConfigError::Invalid {
         path: PathBuf::from("command line"),
+        line: None,
         key: key.to_string(),
         message: message.into(),
     }

@@ -127,6 +127,7 @@ pub async fn generate(
 ) -> Result<Vec<GeneratedTable>, Error> {
     if !(scale > 0.0 && scale.is_finite()) {
         return Err(crate::config::ConfigError::Invalid {
+            line: None,
             path: "command line".into(),
             key: "--scale".into(),
             message: format!("must be a positive number, got {scale}"),

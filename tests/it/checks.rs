@@ -184,7 +184,18 @@ fn malformed_checks_are_refused_with_their_key() {
         .unwrap();
         let run = sluice(dir.path(), &["run", "."]).expect(2);
         assert!(run.stderr.contains(expected), "{check}: {}", run.stderr);
-        assert!(run.stderr.contains("sluice.toml"), "{}", run.stderr);
+        // The file and the line of the check's table (or of its bad value).
+        let line = std::fs::read_to_string(dir.path().join("sluice.toml"))
+            .unwrap()
+            .lines()
+            .position(|l| l == "[[models.daily_revenue.checks]]")
+            .unwrap()
+            + 1;
+        assert!(
+            (line..line + 3).any(|l| run.stderr.contains(&format!("sluice.toml:{l}:"))),
+            "{check}: {}",
+            run.stderr
+        );
     }
 }
 

@@ -176,7 +176,7 @@ fn join_strategy_values_are_checked() {
     .unwrap();
     let run = sluice(dir.path(), &["run", "."]).expect(2);
     assert!(
-        run.stderr.contains("settings.join_strategy"),
+        run.stderr.contains("sluice.toml:6: settings.join_strategy"),
         "{}",
         run.stderr
     );
