@@ -14,5 +14,6 @@ mod pipeline;
 mod s3;
 mod sql;
 mod state;
+mod storage_errors;
 mod tpch;
 mod units;
