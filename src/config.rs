@@ -1275,12 +1275,18 @@ impl Validator<'_> {
             escape: single_byte(&raw.escape, &key("escape"), self.file, None)?,
             null_value: raw.null_value,
         };
-        if raw.on_bad_rows == OnBadRows::Quarantine {
-            // Accepted by the grammar so configurations keep their shape; refused until the
-            // quarantine path exists, rather than silently failing on the first bad row.
+        if raw.on_bad_rows == OnBadRows::Quarantine && format == Format::Json {
+            // Refused until the JSON path exists, rather than failing on the first bad row.
             return Err(self.invalid(
                 key("on_bad_rows"),
-                "\"quarantine\" is not supported yet; use \"fail\" (the default)",
+                "\"quarantine\" is not supported for json sources yet (csv only); use \"fail\"",
+            ));
+        }
+        if raw.on_bad_rows == OnBadRows::Quarantine && !raw.partition_cols.is_empty() {
+            return Err(self.invalid(
+                key("on_bad_rows"),
+                "\"quarantine\" does not read Hive partition columns yet: list the files' \
+                 folder without partition_cols, or use \"fail\"",
             ));
         }
         if raw.on_bad_rows == OnBadRows::Quarantine && format == Format::Parquet {
@@ -1667,10 +1673,26 @@ mod tests {
     }
 
     #[test]
-    fn quarantine_is_refused_until_it_exists() {
-        let err =
-            load("[sources.a]\nlocation = \"a.csv\"\non_bad_rows = \"quarantine\"\n").unwrap_err();
-        assert!(err.to_string().contains("sources.a.on_bad_rows"), "{err}");
+    fn quarantine_is_refused_where_it_does_not_exist_yet() {
+        load("[sources.a]\nlocation = \"a.csv\"\non_bad_rows = \"quarantine\"\n").unwrap();
+        for (source, expected) in [
+            ("location = \"a.jsonl\"", "not supported for json"),
+            (
+                "location = \"d/\"\nformat = \"csv\"\npartition_cols = [\"dt\"]",
+                "Hive partition columns",
+            ),
+            ("location = \"a.parquet\"", "Parquet files are typed"),
+        ] {
+            let err = load(&format!(
+                "[sources.a]\n{source}\non_bad_rows = \"quarantine\"\n"
+            ))
+            .unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("sources.a.on_bad_rows") && msg.contains(expected),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

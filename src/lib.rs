@@ -12,7 +12,8 @@
 //!   every error).
 //! - [`plan`]: each model's SQL parsed → table references → the [`plan::Dag`], `--select`.
 //! - [`store`]: locations (paths, `s3://`, `gs://`, ...) → object stores, one registry.
-//! - [`catalog`]: sources and model outputs registered as SQL tables.
+//! - [`catalog`]: sources and model outputs registered as SQL tables; [`quarantine`]: the scan
+//!   of a CSV source whose bad rows are set aside.
 //! - [`engine`]: the DataFusion session (memory pool, spilling, threads) and query execution.
 //! - [`join`]: the grace hash join that lets joins larger than memory finish under the limit.
 //! - [`checks`]: data-quality checks run on a model's staged output before it is published.
@@ -39,6 +40,7 @@ pub mod error;
 pub mod join;
 pub mod plan;
 pub mod progress;
+pub mod quarantine;
 pub mod report;
 pub mod run;
 pub mod sink;

@@ -934,6 +934,11 @@ async fn run_table_model(
         return Err(model_err(e));
     }
     let files: Vec<sink::StagedFile> = records.into_iter().flat_map(|r| r.files).collect();
+    // Rows quarantined while reading: written out and counted, and past a source's
+    // max_bad_rows the model fails here, before anything is published.
+    report.rows_rejected = collect_rejects(cx, model).await.map_err(model_err)?;
+    // Rows read = rows the scans passed on + rows set aside.
+    report.rows_in += report.rows_rejected;
     if !model.checks.is_empty() {
         // Write, audit, publish: the checks read the staged files where they will be
         // published; a failed error check fails the model with the previous output intact.
@@ -974,6 +979,107 @@ async fn run_table_model(
     report.rows_out = committed.rows;
     report.outputs = committed.new_files.iter().map(|f| to_display(f)).collect();
     Ok(())
+}
+
+/// The rejects of the quarantined sources `model` read in this run: each source's written as
+/// Parquet (file, line, raw, reason) to `<rejects>/run=<run_id>/rejects.parquet` (default
+/// rejects folder `.sluice/rejects/<source>/`), counted; a source past its `max_bad_rows` is
+/// an error naming it, the count and the first reasons.
+async fn collect_rejects(cx: &RunCx<'_>, model: &ModelConfig) -> Result<u64, String> {
+    use datafusion::arrow::array::{StringArray, UInt64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let mut total = 0;
+    for source in sources_read(cx.dag, cx.pipeline, &model.name) {
+        let spec = &cx.pipeline.sources[&source];
+        if spec.on_bad_rows != crate::config::OnBadRows::Quarantine {
+            continue;
+        }
+        let Ok(Some(provider)) = cx
+            .engine
+            .ctx()
+            .table_provider(source.as_str())
+            .await
+            .map(Some)
+        else {
+            continue;
+        };
+        let Some(table) = provider.downcast_ref::<crate::quarantine::QuarantineTable>() else {
+            continue;
+        };
+        let rejects = table.sink.take();
+        if rejects.is_empty() {
+            continue;
+        }
+        let count = rejects.len() as u64;
+        total += count;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("file", DataType::Utf8, false),
+            Field::new("line", DataType::UInt64, false),
+            Field::new("raw", DataType::Utf8, false),
+            Field::new("reason", DataType::Utf8, false),
+        ]));
+        let batch = datafusion::arrow::record_batch::RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    rejects.iter().map(|r| &r.file),
+                )),
+                Arc::new(UInt64Array::from_iter_values(
+                    rejects.iter().map(|r| r.line),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    rejects.iter().map(|r| &r.raw),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    rejects.iter().map(|r| &r.reason),
+                )),
+            ],
+        )
+        .map_err(|e| e.to_string())?;
+        let mut bytes = Vec::new();
+        {
+            let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(&mut bytes, schema, None)
+                .map_err(|e| e.to_string())?;
+            w.write(&batch).map_err(|e| e.to_string())?;
+            w.close().map_err(|e| e.to_string())?;
+        }
+        let folder = spec.rejects.clone().unwrap_or_else(|| {
+            crate::config::resolve_location(
+                &format!(".sluice/rejects/{source}/"),
+                &cx.pipeline.root,
+            )
+        });
+        let location = Location::parse(&folder)
+            .map_err(|e| e.to_string())?
+            .as_folder();
+        let store = cx
+            .engine
+            .stores()
+            .store_for(&location)
+            .map_err(|e| e.to_string())?;
+        let key = location.child(&format!("run={}/rejects.parquet", cx.run_id));
+        object_store::ObjectStoreExt::put(store.as_ref(), &key, bytes.into())
+            .await
+            .map_err(|e| {
+                format!("cannot write the rejects of source '{source}' to {folder}: {e}")
+            })?;
+        tracing::warn!(source = %source, count, "rows quarantined to {folder}");
+        if let Some(max) = spec.max_bad_rows
+            && count > max
+        {
+            let first: Vec<String> = rejects
+                .iter()
+                .take(3)
+                .map(|r| format!("{}:{}: {}", r.file, r.line, r.reason))
+                .collect();
+            return Err(format!(
+                "source '{source}': {count} bad rows (max_bad_rows = {max}), nothing published; \
+                 first: {}; all of them in {folder}",
+                first.join("; ")
+            ));
+        }
+    }
+    Ok(total)
 }
 
 /// `sluice check`: each selected table model's checks, on its published output. Models

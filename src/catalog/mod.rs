@@ -353,11 +353,35 @@ pub async fn register_table(
             }
         }
     };
-    let file_schema = if spec.schema.is_none() {
+    let quarantine =
+        spec.on_bad_rows == crate::config::OnBadRows::Quarantine && spec.format == Format::Csv;
+    let file_schema = if spec.schema.is_none() && !quarantine {
         check_drift(ctx, spec, &table_url, &opts, &store, file_schema).await?
     } else {
         file_schema
     };
+    if quarantine {
+        // Read by sluice's own scan, which sets bad rows aside instead of failing.
+        let files = list_files(ctx, &table_url, &opts, store.as_ref(), usize::MAX)
+            .await
+            .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
+        let shown = location.clone();
+        let table = crate::quarantine::QuarantineTable::new(
+            Arc::clone(&file_schema),
+            files,
+            store,
+            Arc::new(move |m: &ObjectMeta| shown.display_key(&m.location)),
+            spec.csv.clone(),
+            compression_type(spec.compression),
+        );
+        let df_err = |e: datafusion::error::DataFusionError| {
+            read_err(spec.location.clone(), describe_datafusion(&e))
+        };
+        ctx.deregister_table(spec.name.as_str()).map_err(df_err)?;
+        ctx.register_table(spec.name.as_str(), Arc::new(table))
+            .map_err(df_err)?;
+        return Ok(file_schema);
+    }
     // DataFusion 55 applies a CSV null value while inferring the schema but not while reading
     // (its CSV reader never receives the regex). So such a source is read with every file
     // column as text, and exposed as a view that maps the null value to NULL and casts each

@@ -11,6 +11,7 @@ mod formats;
 mod joins;
 mod memory;
 mod pipeline;
+mod quarantine;
 mod s3;
 mod sql;
 mod state;
