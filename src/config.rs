@@ -312,6 +312,8 @@ pub struct SourceConfig {
     pub schema_evolution: SchemaEvolution,
     /// With quarantine: the most rejected rows tolerated.
     pub max_bad_rows: Option<u64>,
+    /// With quarantine: the largest share of a source's rows that may be rejected (0–1).
+    pub max_bad_ratio: Option<f64>,
     /// Where quarantined rows go.
     pub rejects: Option<String>,
     /// The column that places a row in time (used by batches and incremental models).
@@ -332,6 +334,7 @@ impl SourceConfig {
             on_bad_rows: OnBadRows::default(),
             schema_evolution: SchemaEvolution::default(),
             max_bad_rows: None,
+            max_bad_ratio: None,
             rejects: None,
             event_time: None,
         }
@@ -616,6 +619,7 @@ struct RawSource {
     #[serde(default)]
     schema_evolution: SchemaEvolution,
     max_bad_rows: Option<u64>,
+    max_bad_ratio: Option<f64>,
     rejects: Option<String>,
     event_time: Option<String>,
 }
@@ -1315,6 +1319,15 @@ impl Validator<'_> {
             on_bad_rows: raw.on_bad_rows,
             schema_evolution: raw.schema_evolution,
             max_bad_rows: raw.max_bad_rows,
+            max_bad_ratio: match raw.max_bad_ratio {
+                Some(r) if !(0.0..=1.0).contains(&r) => {
+                    return Err(self.invalid(
+                        key("max_bad_ratio"),
+                        format!("{r} is not a share between 0 and 1"),
+                    ));
+                }
+                r => r,
+            },
             rejects: raw.rejects.map(|r| resolve_location(&r, self.root)),
             event_time: raw.event_time,
         })

@@ -60,6 +60,8 @@ pub struct Reject {
 #[derive(Debug, Default)]
 pub struct RejectSink {
     inner: Mutex<Gathered>,
+    /// Good rows read since the last `take`.
+    good: std::sync::atomic::AtomicU64,
 }
 
 /// The rejects, and the (file, line) of each, to keep each row once.
@@ -75,8 +77,14 @@ impl RejectSink {
         }
     }
 
-    /// The rejects gathered so far, taken (sorted by file and line).
-    pub fn take(&self) -> Vec<Reject> {
+    /// The rejects gathered so far, taken (sorted by file and line), with the number of good
+    /// rows read meanwhile.
+    pub fn take(&self) -> (Vec<Reject>, u64) {
+        let good = self.good.swap(0, std::sync::atomic::Ordering::Relaxed);
+        (self.take_rejects(), good)
+    }
+
+    fn take_rejects(&self) -> Vec<Reject> {
         // Taken with its memory of seen rows: the next model reading the source counts its
         // own rejects.
         let mut out = self
@@ -530,6 +538,10 @@ impl FileReader {
             return Ok(true);
         }
         self.baseline.record_output(batch.num_rows());
+        self.sink.good.fetch_add(
+            batch.num_rows() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(tx.send(Ok(batch)).await.is_ok())
     }
 }

@@ -1006,7 +1006,7 @@ async fn collect_rejects(cx: &RunCx<'_>, model: &ModelConfig) -> Result<u64, Str
         let Some(table) = provider.downcast_ref::<crate::quarantine::QuarantineTable>() else {
             continue;
         };
-        let rejects = table.sink.take();
+        let (rejects, good) = table.sink.take();
         if rejects.is_empty() {
             continue;
         }
@@ -1064,16 +1064,24 @@ async fn collect_rejects(cx: &RunCx<'_>, model: &ModelConfig) -> Result<u64, Str
                 format!("cannot write the rejects of source '{source}' to {folder}: {e}")
             })?;
         tracing::warn!(source = %source, count, "rows quarantined to {folder}");
-        if let Some(max) = spec.max_bad_rows
-            && count > max
-        {
+        let ratio = count as f64 / (count + good).max(1) as f64;
+        let over = match (spec.max_bad_rows, spec.max_bad_ratio) {
+            (Some(max), _) if count > max => Some(format!("max_bad_rows = {max}")),
+            (_, Some(max)) if ratio > max => Some(format!(
+                "{:.2} % of {} rows, max_bad_ratio = {max}",
+                ratio * 100.0,
+                count + good
+            )),
+            _ => None,
+        };
+        if let Some(limit) = over {
             let first: Vec<String> = rejects
                 .iter()
                 .take(3)
                 .map(|r| format!("{}:{}: {}", r.file, r.line, r.reason))
                 .collect();
             return Err(format!(
-                "source '{source}': {count} bad rows (max_bad_rows = {max}), nothing published; \
+                "source '{source}': {count} bad rows ({limit}), nothing published; \
                  first: {}; all of them in {folder}",
                 first.join("; ")
             ));

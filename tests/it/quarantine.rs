@@ -147,6 +147,16 @@ fn past_max_bad_rows_the_model_fails_and_nothing_is_published() {
     .unwrap();
     sluice(dir.path(), &["run", "."]).expect(0);
     assert!(dir.path().join("out/clean/_MANIFEST").exists());
+
+    // A share: 6 of 10 rows is over 0.5.
+    let dir = pipeline("max_bad_ratio = 0.5\n");
+    let run = sluice(dir.path(), &["run", "."]).expect(1);
+    assert!(
+        run.stderr
+            .contains("6 bad rows (60.00 % of 10 rows, max_bad_ratio = 0.5), nothing published"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
