@@ -345,6 +345,7 @@ impl FileReader {
         let mut start_line: u64 = 1;
         let mut header = self.csv.has_header;
         let mut pending = Pending::new(ncols);
+        let mut in_flight = None;
         let mut eof = false;
         let mut chunk = bytes::Bytes::new();
         loop {
@@ -397,7 +398,7 @@ impl FileReader {
                             &mut pending,
                         );
                         if pending.lines.len() >= self.batch_size
-                            && !self.flush(&shown, &mut pending, tx).await?
+                            && !self.flush(&shown, &mut pending, &mut in_flight, tx).await?
                         {
                             return Ok(false);
                         }
@@ -408,7 +409,10 @@ impl FileReader {
                 csv_core::ReadRecordResult::End => break,
             }
         }
-        self.flush(&shown, &mut pending, tx).await
+        if !self.flush(&shown, &mut pending, &mut in_flight, tx).await? {
+            return Ok(false);
+        }
+        self.send_in_flight(&mut in_flight, tx).await
     }
 
     /// Checks one record's shape and text; a good one joins `pending`.
@@ -474,18 +478,72 @@ impl FileReader {
         pending.raws.push(raw);
     }
 
-    /// Casts the pending rows to the schema, rejects those whose values do not fit, and
-    /// sends the rest. `false` when the receiver is gone.
+    /// Hands the pending rows to the cast stage (on a blocking thread, so that it runs beside
+    /// the tokenizing of the next rows), after sending what the previous hand-off produced.
+    /// `false` when the receiver is gone.
     async fn flush(
         &self,
         file: &str,
         pending: &mut Pending,
+        in_flight: &mut Option<tokio::task::JoinHandle<Result<Option<RecordBatch>>>>,
         tx: &tokio::sync::mpsc::Sender<Result<RecordBatch>>,
     ) -> Result<bool> {
-        let rows = pending.lines.len();
-        if rows == 0 {
+        if !self.send_in_flight(in_flight, tx).await? {
+            return Ok(false);
+        }
+        if pending.lines.is_empty() {
             return Ok(true);
         }
+        let ncols = self.schema.fields().len();
+        let rows = std::mem::replace(pending, Pending::new(ncols));
+        let stage = CastStage {
+            schema: Arc::clone(&self.schema),
+            projection: self.projection.clone(),
+            sink: Arc::clone(&self.sink),
+            file: file.to_string(),
+        };
+        *in_flight = Some(tokio::task::spawn_blocking(move || stage.run(rows)));
+        Ok(true)
+    }
+
+    /// Waits for the rows handed off last and sends them. `false` when the receiver is gone.
+    async fn send_in_flight(
+        &self,
+        in_flight: &mut Option<tokio::task::JoinHandle<Result<Option<RecordBatch>>>>,
+        tx: &tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+    ) -> Result<bool> {
+        let Some(handle) = in_flight.take() else {
+            return Ok(true);
+        };
+        let batch = handle
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))??;
+        match batch {
+            Some(batch) => {
+                self.baseline.record_output(batch.num_rows());
+                self.sink.good.fetch_add(
+                    batch.num_rows() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                Ok(tx.send(Ok(batch)).await.is_ok())
+            }
+            None => Ok(true),
+        }
+    }
+}
+
+/// Casts gathered rows to the schema and sets aside those whose values do not fit.
+struct CastStage {
+    schema: SchemaRef,
+    projection: Option<Vec<usize>>,
+    sink: Arc<RejectSink>,
+    file: String,
+}
+
+impl CastStage {
+    /// The good rows of `pending`, cast and projected (`None` if none is left).
+    fn run(self, mut pending: Pending) -> Result<Option<RecordBatch>> {
+        let rows = pending.lines.len();
         let texts: Vec<ArrayRef> = pending
             .columns
             .iter_mut()
@@ -500,48 +558,48 @@ impl FileReader {
         for (i, text) in texts.iter().enumerate() {
             let field = self.schema.field(i);
             let cast = cast_with_options(text, field.data_type(), &options)?;
-            for (r, reason) in bad.iter_mut().enumerate() {
-                if reason.is_none() && text.is_valid(r) && cast.is_null(r) {
-                    let value = datafusion::arrow::util::display::array_value_to_string(text, r)
-                        .unwrap_or_default();
-                    *reason = Some(format!(
-                        "column {}: {value:?} is not {}",
-                        field.name(),
-                        field.data_type()
-                    ));
+            // Only rows where the cast made a NULL out of a value need a look.
+            if cast.null_count() > text.null_count() {
+                for (r, reason) in bad.iter_mut().enumerate() {
+                    if reason.is_none() && text.is_valid(r) && cast.is_null(r) {
+                        let value =
+                            datafusion::arrow::util::display::array_value_to_string(text, r)
+                                .unwrap_or_default();
+                        *reason = Some(format!(
+                            "column {}: {value:?} is not {}",
+                            field.name(),
+                            field.data_type()
+                        ));
+                    }
                 }
             }
             columns.push(cast);
         }
         let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
-        let keep: BooleanArray = bad.iter().map(|b| Some(b.is_none())).collect();
-        for (r, reason) in bad.into_iter().enumerate() {
+        let mut any_bad = false;
+        for (r, reason) in bad.iter().enumerate() {
             if let Some(reason) = reason {
+                any_bad = true;
                 self.sink.push(Reject {
-                    file: file.to_string(),
+                    file: self.file.clone(),
                     line: pending.lines[r],
                     raw: String::from_utf8_lossy(&pending.raws[r])
                         .trim_end_matches(['\r', '\n'])
                         .to_string(),
-                    reason,
+                    reason: reason.clone(),
                 });
             }
         }
-        pending.lines.clear();
-        pending.raws.clear();
-        let batch = filter_record_batch(&batch, &keep)?;
+        let batch = if any_bad {
+            let keep: BooleanArray = bad.iter().map(|b| Some(b.is_none())).collect();
+            filter_record_batch(&batch, &keep)?
+        } else {
+            batch
+        };
         let batch = match &self.projection {
             Some(p) => batch.project(p)?,
             None => batch,
         };
-        if batch.num_rows() == 0 {
-            return Ok(true);
-        }
-        self.baseline.record_output(batch.num_rows());
-        self.sink.good.fetch_add(
-            batch.num_rows() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        Ok(tx.send(Ok(batch)).await.is_ok())
+        Ok((batch.num_rows() > 0).then_some(batch))
     }
 }
