@@ -299,7 +299,20 @@ struct FileReader {
 struct Pending {
     columns: Vec<StringBuilder>,
     lines: Vec<u64>,
-    raws: Vec<Vec<u8>>,
+    /// Every row's raw bytes, one after the other (`raw_ends[r]` ends row `r`): kept in case
+    /// a row is rejected, without an allocation per row.
+    raw: Vec<u8>,
+    raw_ends: Vec<usize>,
+}
+
+impl Pending {
+    /// Row `r` as written.
+    fn raw_text(&self, r: usize) -> String {
+        let start = if r == 0 { 0 } else { self.raw_ends[r - 1] };
+        String::from_utf8_lossy(&self.raw[start..self.raw_ends[r]])
+            .trim_end_matches(['\r', '\n'])
+            .to_string()
+    }
 }
 
 impl Pending {
@@ -307,7 +320,8 @@ impl Pending {
         Pending {
             columns: (0..n).map(|_| StringBuilder::new()).collect(),
             lines: Vec::new(),
-            raws: Vec::new(),
+            raw: Vec::new(),
+            raw_ends: Vec::new(),
         }
     }
 }
@@ -385,14 +399,13 @@ impl FileReader {
                     ends.resize(n * 2, 0);
                 }
                 csv_core::ReadRecordResult::Record => {
-                    let record_raw = std::mem::take(&mut raw);
                     if header {
                         header = false;
                     } else {
                         self.record(
                             &shown,
                             start_line,
-                            record_raw,
+                            &raw,
                             &out[..outlen],
                             &ends[..endlen],
                             &mut pending,
@@ -405,6 +418,7 @@ impl FileReader {
                     }
                     outlen = 0;
                     endlen = 0;
+                    raw.clear();
                 }
                 csv_core::ReadRecordResult::End => break,
             }
@@ -420,7 +434,7 @@ impl FileReader {
         &self,
         file: &str,
         line: u64,
-        raw: Vec<u8>,
+        raw: &[u8],
         out: &[u8],
         ends: &[usize],
         pending: &mut Pending,
@@ -439,7 +453,7 @@ impl FileReader {
             self.sink.push(Reject {
                 file: file.to_string(),
                 line,
-                raw: text(&raw),
+                raw: text(raw),
                 reason: format!("expected {ncols} fields, found {}", ends.len()),
             });
             return;
@@ -453,7 +467,7 @@ impl FileReader {
                     self.sink.push(Reject {
                         file: file.to_string(),
                         line,
-                        raw: text(&raw),
+                        raw: text(raw),
                         reason: format!("invalid UTF-8 in column {}", self.schema.field(i).name()),
                     });
                     return;
@@ -475,7 +489,8 @@ impl FileReader {
             }
         }
         pending.lines.push(line);
-        pending.raws.push(raw);
+        pending.raw.extend_from_slice(raw);
+        pending.raw_ends.push(pending.raw.len());
     }
 
     /// Hands the pending rows to the cast stage (on a blocking thread, so that it runs beside
@@ -583,9 +598,7 @@ impl CastStage {
                 self.sink.push(Reject {
                     file: self.file.clone(),
                     line: pending.lines[r],
-                    raw: String::from_utf8_lossy(&pending.raws[r])
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string(),
+                    raw: pending.raw_text(r),
                     reason: reason.clone(),
                 });
             }
