@@ -41,6 +41,19 @@ fn join_pipeline() -> tempfile::TempDir {
     dir
 }
 
+/// Plain DataFusion (no sluice, no limit) over the pipeline's raw orders and lineitem: the
+/// independent answer.
+async fn plain_tpch(dir: &std::path::Path) -> datafusion::prelude::SessionContext {
+    let ctx = datafusion::prelude::SessionContext::new();
+    for t in ["orders", "lineitem"] {
+        let path = dir.join("data").join(t);
+        ctx.register_parquet(t, path.to_str().unwrap(), Default::default())
+            .await
+            .unwrap();
+    }
+    ctx
+}
+
 #[tokio::test]
 async fn joins_over_the_memory_limit_partition_to_disk_and_match_an_unlimited_run() {
     let dir = join_pipeline();
@@ -111,13 +124,7 @@ async fn joins_over_the_memory_limit_partition_to_disk_and_match_an_unlimited_ru
     );
 
     // Results against plain DataFusion on the raw files, without a limit.
-    let data = dir.path().join("data");
-    let ctx = datafusion::prelude::SessionContext::new();
-    for t in ["orders", "lineitem"] {
-        ctx.register_parquet(t, data.join(t).to_str().unwrap(), Default::default())
-            .await
-            .unwrap();
-    }
+    let ctx = plain_tpch(dir.path()).await;
     let expect = |sql: &'static str| {
         let ctx = ctx.clone();
         async move { ctx.sql(sql).await.unwrap().collect().await.unwrap() }
@@ -258,13 +265,7 @@ async fn batched_models_join_per_unit_under_the_limit() {
         "SELECT o_orderpriority, CAST(SUM(n) AS VARCHAR) AS n FROM t GROUP BY 1 ORDER BY 1",
     )
     .await;
-    let data = dir.path().join("data");
-    let ctx = datafusion::prelude::SessionContext::new();
-    for t in ["orders", "lineitem"] {
-        ctx.register_parquet(t, data.join(t).to_str().unwrap(), Default::default())
-            .await
-            .unwrap();
-    }
+    let ctx = plain_tpch(dir.path()).await;
     let want = ctx
         .sql(
             "SELECT o_orderpriority, CAST(COUNT(*) AS VARCHAR) AS n FROM orders \
@@ -318,13 +319,7 @@ async fn a_join_runs_as_key_bucketed_units() {
     assert_eq!(m["units_done"], 4, "{m}");
     // Each unit scans both inputs whole (the bucket filter is applied after the scan: the
     // price of key units over unbucketed files) and joins its share of the keys.
-    let data = dir.path().join("data");
-    let ctx = datafusion::prelude::SessionContext::new();
-    for t in ["orders", "lineitem"] {
-        ctx.register_parquet(t, data.join(t).to_str().unwrap(), Default::default())
-            .await
-            .unwrap();
-    }
+    let ctx = plain_tpch(dir.path()).await;
     let count = |sql: &'static str| {
         let ctx = ctx.clone();
         async move {
@@ -479,13 +474,7 @@ async fn too_few_buckets_are_split_again_under_a_real_limit() {
         "SELECT o_orderpriority, CAST(n AS VARCHAR) AS n FROM t ORDER BY 1",
     )
     .await;
-    let data = dir.path().join("data");
-    let ctx = datafusion::prelude::SessionContext::new();
-    for t in ["orders", "lineitem"] {
-        ctx.register_parquet(t, data.join(t).to_str().unwrap(), Default::default())
-            .await
-            .unwrap();
-    }
+    let ctx = plain_tpch(dir.path()).await;
     let want = ctx
         .sql(
             "SELECT o_orderpriority, CAST(COUNT(*) AS VARCHAR) AS n FROM orders \
