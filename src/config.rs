@@ -1279,20 +1279,6 @@ impl Validator<'_> {
             escape: single_byte(&raw.escape, &key("escape"), self.file, None)?,
             null_value: raw.null_value,
         };
-        if raw.on_bad_rows == OnBadRows::Quarantine && format == Format::Json {
-            // Refused until the JSON path exists, rather than failing on the first bad row.
-            return Err(self.invalid(
-                key("on_bad_rows"),
-                "\"quarantine\" is not supported for json sources yet (csv only); use \"fail\"",
-            ));
-        }
-        if raw.on_bad_rows == OnBadRows::Quarantine && !raw.partition_cols.is_empty() {
-            return Err(self.invalid(
-                key("on_bad_rows"),
-                "\"quarantine\" does not read Hive partition columns yet: list the files' \
-                 folder without partition_cols, or use \"fail\"",
-            ));
-        }
         if raw.on_bad_rows == OnBadRows::Quarantine && format == Format::Parquet {
             return Err(self.invalid(
                 key("on_bad_rows"),
@@ -1686,26 +1672,21 @@ mod tests {
     }
 
     #[test]
-    fn quarantine_is_refused_where_it_does_not_exist_yet() {
+    fn quarantine_is_refused_for_parquet() {
         load("[sources.a]\nlocation = \"a.csv\"\non_bad_rows = \"quarantine\"\n").unwrap();
-        for (source, expected) in [
-            ("location = \"a.jsonl\"", "not supported for json"),
-            (
-                "location = \"d/\"\nformat = \"csv\"\npartition_cols = [\"dt\"]",
-                "Hive partition columns",
-            ),
-            ("location = \"a.parquet\"", "Parquet files are typed"),
-        ] {
-            let err = load(&format!(
-                "[sources.a]\n{source}\non_bad_rows = \"quarantine\"\n"
-            ))
+        load("[sources.a]\nlocation = \"a.jsonl\"\non_bad_rows = \"quarantine\"\n").unwrap();
+        load(
+            "[sources.a]\nlocation = \"d/\"\nformat = \"csv\"\npartition_cols = [\"dt\"]\n\
+             on_bad_rows = \"quarantine\"\n",
+        )
+        .unwrap();
+        let err = load("[sources.a]\nlocation = \"a.parquet\"\non_bad_rows = \"quarantine\"\n")
             .unwrap_err();
-            let msg = err.to_string();
-            assert!(
-                msg.contains("sources.a.on_bad_rows") && msg.contains(expected),
-                "{msg}"
-            );
-        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains("sources.a.on_bad_rows") && msg.contains("Parquet files are typed"),
+            "{msg}"
+        );
     }
 
     #[test]

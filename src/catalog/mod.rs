@@ -353,8 +353,8 @@ pub async fn register_table(
             }
         }
     };
-    let quarantine =
-        spec.on_bad_rows == crate::config::OnBadRows::Quarantine && spec.format == Format::Csv;
+    let quarantine = spec.on_bad_rows == crate::config::OnBadRows::Quarantine
+        && matches!(spec.format, Format::Csv | Format::Json);
     let file_schema = if spec.schema.is_none() && !quarantine {
         check_drift(ctx, spec, &table_url, &opts, &store, file_schema).await?
     } else {
@@ -366,21 +366,30 @@ pub async fn register_table(
             .await
             .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
         let shown = location.clone();
+        let dialect = match spec.format {
+            Format::Json => crate::quarantine::decode::Dialect::Json,
+            _ => crate::quarantine::decode::Dialect::csv(spec.csv.clone()),
+        };
         let table = crate::quarantine::QuarantineTable::new(
+            crate::quarantine::SourceFiles {
+                store,
+                table_url: table_url.clone(),
+                files,
+                partition_cols: opts.table_partition_cols.clone(),
+                display: Arc::new(move |m: &ObjectMeta| shown.display_key(&m.location)),
+            },
             Arc::clone(&file_schema),
-            files,
-            store,
-            Arc::new(move |m: &ObjectMeta| shown.display_key(&m.location)),
-            spec.csv.clone(),
+            dialect,
             compression_type(spec.compression),
         );
+        let full_schema = datafusion::catalog::TableProvider::schema(&table);
         let df_err = |e: datafusion::error::DataFusionError| {
             read_err(spec.location.clone(), describe_datafusion(&e))
         };
         ctx.deregister_table(spec.name.as_str()).map_err(df_err)?;
         ctx.register_table(spec.name.as_str(), Arc::new(table))
             .map_err(df_err)?;
-        return Ok(file_schema);
+        return Ok(full_schema);
     }
     // DataFusion 55 applies a CSV null value while inferring the schema but not while reading
     // (its CSV reader never receives the regex). So such a source is read with every file

@@ -171,3 +171,162 @@ fn without_quarantine_the_first_bad_row_fails_naming_file_and_line() {
     let run = sluice(dir.path(), &["run", "."]).expect(1);
     assert!(run.stderr.contains("items.csv:"), "{}", run.stderr);
 }
+
+/// The rejects of a pipeline's source as (file name, line, reason) rows, sorted by line.
+async fn rejects_of(dir: &std::path::Path, source: &str) -> Vec<(String, u64, String)> {
+    let got = query_output(
+        &format!("{}/.sluice/rejects/{source}/", dir.display()),
+        "parquet",
+        &[],
+        "SELECT file, CAST(line AS VARCHAR) AS l, reason FROM t",
+    )
+    .await;
+    let mut out: Vec<(String, u64, String)> = rows(&got, &["file", "l", "reason"])
+        .into_iter()
+        .map(|r| {
+            let name = r[0].rsplit('/').next().unwrap_or_default().to_string();
+            (name, r[1].parse().unwrap(), r[2].clone())
+        })
+        .collect();
+    out.sort_by_key(|r| (r.0.clone(), r.1));
+    out
+}
+
+#[tokio::test]
+async fn json_lines_that_do_not_fit_are_quarantined_by_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    std::fs::create_dir_all(d.join("queries")).unwrap();
+    std::fs::copy(
+        testdata("bad").join("quarantine/items.jsonl"),
+        d.join("data/items.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("sluice.toml"),
+        "[sources.items]\nlocation = \"data/\"\nformat = \"json\"\n\
+         schema = \"id BIGINT, name VARCHAR, day DATE\"\non_bad_rows = \"quarantine\"\n\
+         [models.clean.sink]\nlocation = \"out/clean/\"\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("queries/clean.sql"), "SELECT * FROM items").unwrap();
+    let report = d.join("r.json");
+    sluice(d, &["run", ".", "--report", report.to_str().unwrap()]).expect(0);
+    let m = &read_json(&report)["models"][0];
+    assert_eq!(
+        (m["rows_out"].as_u64(), m["rows_rejected"].as_u64()),
+        (Some(3), Some(5)),
+        "{m}"
+    );
+    let good = query_output(
+        &format!("{}/out/clean/", d.display()),
+        "parquet",
+        &[],
+        "SELECT CAST(id AS VARCHAR) AS id, name, CAST(day AS VARCHAR) AS day FROM t",
+    )
+    .await;
+    assert_eq!(
+        rows(&good, &["id", "name", "day"]),
+        [
+            ["1", "apple", "2024-01-01"],
+            ["6", "plum", "2024-01-06"],
+            ["8", "date", "2024-01-08"]
+        ]
+        .map(|r| r.map(String::from).to_vec())
+        .to_vec()
+    );
+    let rejects = rejects_of(d, "items").await;
+    let lines: Vec<u64> = rejects.iter().map(|r| r.1).collect();
+    assert_eq!(lines, vec![2, 3, 5, 6, 8], "{rejects:?}");
+    // A value of the wrong type names its column.
+    assert!(rejects[0].2.starts_with("column id:"), "{rejects:?}");
+    assert!(rejects[2].2.starts_with("column day:"), "{rejects:?}");
+    // A line that is not JSON says so, and blames no column.
+    assert!(rejects[1].2.contains("whilst parsing"), "{rejects:?}");
+    assert!(!rejects[1].2.starts_with("column"), "{rejects:?}");
+}
+
+#[tokio::test]
+async fn hive_partitioned_csv_gets_its_partition_values_and_a_bad_folder_is_one_reject() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let put = |rel: &str, text: &str| {
+        let p = d.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    put("data/dt=2024-01-01/a.csv", "id,qty\n1,10\n2,oops\n3,30\n");
+    put("data/dt=2024-01-02/b.csv", "id,qty\n4,40\n5,50,extra\n");
+    // A folder whose value is not a DATE: none of its rows can carry a partition value.
+    put("data/dt=someday/c.csv", "id,qty\n6,60\n");
+    put("queries/clean.sql", "SELECT * FROM items");
+    put(
+        "sluice.toml",
+        "[sources.items]\nlocation = \"data/\"\nformat = \"csv\"\npartition_cols = [\"dt:date\"]\n\
+         schema = \"id BIGINT, qty INT\"\non_bad_rows = \"quarantine\"\n\
+         [models.clean.sink]\nlocation = \"out/clean/\"\n",
+    );
+    let report = d.join("r.json");
+    sluice(d, &["run", ".", "--report", report.to_str().unwrap()]).expect(0);
+    let good = query_output(
+        &format!("{}/out/clean/", d.display()),
+        "parquet",
+        &[],
+        "SELECT CAST(id AS VARCHAR) AS id, CAST(qty AS VARCHAR) AS qty, \
+         CAST(dt AS VARCHAR) AS dt, arrow_typeof(dt) AS ty FROM t",
+    )
+    .await;
+    assert_eq!(
+        rows(&good, &["id", "qty", "dt", "ty"]),
+        [
+            ["1", "10", "2024-01-01", "Date32"],
+            ["3", "30", "2024-01-01", "Date32"],
+            ["4", "40", "2024-01-02", "Date32"]
+        ]
+        .map(|r| r.map(String::from).to_vec())
+        .to_vec()
+    );
+    let rejects = rejects_of(d, "items").await;
+    assert_eq!(
+        rejects,
+        vec![
+            (
+                "a.csv".to_string(),
+                3,
+                "column qty: \"oops\" is not Int32".to_string()
+            ),
+            (
+                "b.csv".to_string(),
+                3,
+                "expected 2 fields, found 3".to_string()
+            ),
+            (
+                "c.csv".to_string(),
+                0,
+                "partition value dt=\"someday\" is not Date32; the file was not read".to_string()
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_gzip_source_is_quarantined_like_the_plain_file() {
+    let dir = pipeline("compression = \"gzip\"\n");
+    let d = dir.path();
+    let plain = std::fs::read(d.join("data/items.csv")).unwrap();
+    std::fs::remove_file(d.join("data/items.csv")).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &plain).unwrap();
+    std::fs::write(d.join("data/items.csv.gz"), gz.finish().unwrap()).unwrap();
+    let report = d.join("r.json");
+    sluice(d, &["run", ".", "--report", report.to_str().unwrap()]).expect(0);
+    let m = &read_json(&report)["models"][0];
+    assert_eq!(
+        (m["rows_out"].as_u64(), m["rows_rejected"].as_u64()),
+        (Some(4), Some(6)),
+        "{m}"
+    );
+    let lines: Vec<u64> = rejects_of(d, "items").await.iter().map(|r| r.1).collect();
+    assert_eq!(lines, vec![3, 4, 6, 7, 8, 12]);
+}

@@ -1,0 +1,382 @@
+//! Decoding a [`Chunk`] of records into batches of the source's schema, setting aside the
+//! records that do not fit.
+//!
+//! A chunk is first decoded whole by arrow's own CSV / JSON decoder, the one DataFusion's
+//! plain read uses, so a clean chunk costs what the plain read costs and a good row reads
+//! exactly as it would without quarantine. Only a chunk that fails is taken apart: split into
+//! records (csv-core, or lines for JSON) to reject those of the wrong shape, then decoded in
+//! halves, and halves of halves, down to the single rows that fail. A chunk with one bad row
+//! costs about three decodes of it.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use super::split::{Boundaries, Chunk, CsvBoundaries};
+use super::{MAX_RAW, Reject};
+use crate::config::CsvOptions;
+
+/// The file format a quarantined source is read in.
+#[derive(Debug, Clone)]
+pub enum Dialect {
+    /// CSV with these options; `null` matches the values read as NULL.
+    Csv {
+        /// Delimiter, quote, escape, header, null value.
+        options: CsvOptions,
+        /// The empty string, or the null value.
+        null: Option<regex::Regex>,
+    },
+    /// Newline-delimited JSON objects.
+    Json,
+}
+
+impl Dialect {
+    /// CSV read with `options` (the empty field and the null value, if any, are NULL).
+    pub fn csv(options: CsvOptions) -> Dialect {
+        let null = options
+            .null_value
+            .as_deref()
+            .and_then(|v| regex::Regex::new(&format!("^(?:|{})$", regex::escape(v))).ok());
+        Dialect::Csv { options, null }
+    }
+
+    /// How records end in this format.
+    pub fn boundaries(&self) -> Boundaries {
+        match self {
+            Dialect::Csv { options, .. } => Boundaries::Csv(CsvBoundaries::new(
+                options.delimiter,
+                options.quote,
+                options.escape,
+            )),
+            Dialect::Json => Boundaries::Lines,
+        }
+    }
+}
+
+/// What decoding a chunk gave.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// The good rows, in file order.
+    pub batches: Vec<RecordBatch>,
+    /// The rows set aside.
+    pub rejects: Vec<Reject>,
+}
+
+/// Decodes chunks of one source.
+#[derive(Debug, Clone)]
+pub struct ChunkDecoder {
+    schema: SchemaRef,
+    dialect: Dialect,
+    batch_size: usize,
+}
+
+/// One record of a chunk taken apart: its bytes and the line it starts on.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    start: usize,
+    end: usize,
+    line: u64,
+}
+
+impl ChunkDecoder {
+    /// A decoder into `schema`, making batches of up to `batch_size` rows.
+    pub fn new(schema: SchemaRef, dialect: Dialect, batch_size: usize) -> ChunkDecoder {
+        ChunkDecoder {
+            schema,
+            dialect,
+            batch_size: batch_size.max(1),
+        }
+    }
+
+    /// The format read.
+    pub fn dialect(&self) -> &Dialect {
+        &self.dialect
+    }
+
+    /// The good rows and the rejects of `chunk`, a part of `file`.
+    pub fn decode(&self, file: &str, chunk: &Chunk) -> Decoded {
+        let header = chunk.first && self.has_header();
+        if let Ok(batches) = self.decode_all(&chunk.bytes, header, None) {
+            return Decoded {
+                batches,
+                rejects: Vec::new(),
+            };
+        }
+        let mut out = Decoded::default();
+        let records = match &self.dialect {
+            Dialect::Csv { options, .. } => self.csv_records(file, chunk, options, &mut out),
+            Dialect::Json => json_records(chunk),
+        };
+        self.bisect(file, &chunk.bytes, &records, &mut out);
+        out
+    }
+
+    fn has_header(&self) -> bool {
+        matches!(&self.dialect, Dialect::Csv { options, .. } if options.has_header)
+    }
+
+    /// Decodes `buf` (whole records) with arrow's decoder; `projection` picks columns.
+    fn decode_all(
+        &self,
+        buf: &[u8],
+        header: bool,
+        projection: Option<usize>,
+    ) -> Result<Vec<RecordBatch>, ArrowError> {
+        let mut out = Vec::new();
+        match &self.dialect {
+            Dialect::Csv { options, null } => {
+                let mut b = datafusion::arrow::csv::ReaderBuilder::new(Arc::clone(&self.schema))
+                    .with_header(header)
+                    .with_delimiter(options.delimiter)
+                    .with_quote(options.quote)
+                    .with_batch_size(self.batch_size);
+                if let Some(e) = options.escape {
+                    b = b.with_escape(e);
+                }
+                if let Some(n) = null {
+                    b = b.with_null_regex(n.clone());
+                }
+                if let Some(p) = projection {
+                    b = b.with_projection(vec![p]);
+                }
+                let mut d = b.build_decoder();
+                let mut pos = 0;
+                loop {
+                    pos += d.decode(&buf[pos..])?;
+                    if d.capacity() == 0 {
+                        out.extend(d.flush()?);
+                    } else if pos == buf.len() {
+                        // An empty input ends the last record.
+                        d.decode(&[])?;
+                        out.extend(d.flush()?);
+                        break;
+                    }
+                }
+            }
+            Dialect::Json => {
+                let schema = match projection {
+                    Some(p) => Arc::new(self.schema.project(&[p])?),
+                    None => Arc::clone(&self.schema),
+                };
+                let mut d = datafusion::arrow::json::ReaderBuilder::new(schema)
+                    .with_batch_size(self.batch_size)
+                    .build_decoder()?;
+                let mut pos = 0;
+                loop {
+                    let n = d.decode(&buf[pos..])?;
+                    pos += n;
+                    if n == 0 || pos == buf.len() {
+                        out.extend(d.flush()?);
+                        if pos == buf.len() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Splits a CSV chunk into records; those of the wrong shape go to `out.rejects`.
+    fn csv_records(
+        &self,
+        file: &str,
+        chunk: &Chunk,
+        options: &CsvOptions,
+        out: &mut Decoded,
+    ) -> Vec<Record> {
+        let bytes = &chunk.bytes[..];
+        let ncols = self.schema.fields().len();
+        let mut reader = csv_core::ReaderBuilder::new()
+            .delimiter(options.delimiter)
+            .quote(options.quote)
+            .escape(options.escape)
+            .build();
+        // A record's fields are never longer than the chunk.
+        let mut fields = vec![0u8; bytes.len() + 1];
+        let mut ends = vec![0usize; ncols + 8];
+        let (mut nfields, mut nends) = (0usize, 0usize);
+        let mut records = Vec::new();
+        let mut skip_header = chunk.first && options.has_header;
+        let (mut pos, mut start) = (0usize, 0usize);
+        let mut line = chunk.first_line;
+        loop {
+            let (res, nin, nout, nend) =
+                reader.read_record(&bytes[pos..], &mut fields[nfields..], &mut ends[nends..]);
+            pos += nin;
+            nfields += nout;
+            nends += nend;
+            match res {
+                csv_core::ReadRecordResult::InputEmpty => {}
+                csv_core::ReadRecordResult::OutputFull => {
+                    let n = fields.len();
+                    fields.resize(n * 2, 0);
+                }
+                csv_core::ReadRecordResult::OutputEndsFull => {
+                    let n = ends.len();
+                    ends.resize(n * 2, 0);
+                }
+                csv_core::ReadRecordResult::Record => {
+                    // Blank lines csv-core skipped belong to no record.
+                    while start < pos && matches!(bytes[start], b'\n' | b'\r') {
+                        if bytes[start] == b'\n' {
+                            line += 1;
+                        }
+                        start += 1;
+                    }
+                    let rec = Record {
+                        start,
+                        end: pos,
+                        line,
+                    };
+                    let blank = nends <= 1 && nfields == 0;
+                    if skip_header {
+                        skip_header = false;
+                    } else if blank {
+                    } else if nends != ncols {
+                        out.rejects.push(reject(
+                            file,
+                            bytes,
+                            rec,
+                            format!("expected {ncols} fields, found {nends}"),
+                        ));
+                    } else if let Some(bad) = (0..nends).find(|i| {
+                        let from = if *i == 0 { 0 } else { ends[i - 1] };
+                        std::str::from_utf8(&fields[from..ends[*i]]).is_err()
+                    }) {
+                        let name = self.schema.field(bad).name();
+                        out.rejects.push(reject(
+                            file,
+                            bytes,
+                            rec,
+                            format!("invalid UTF-8 in column {name}"),
+                        ));
+                    } else {
+                        records.push(rec);
+                    }
+                    line += memchr::memchr_iter(b'\n', &bytes[start..pos]).count() as u64;
+                    start = pos;
+                    nfields = 0;
+                    nends = 0;
+                }
+                csv_core::ReadRecordResult::End => break,
+            }
+        }
+        records
+    }
+
+    /// Decodes `records` as a whole; if that fails, each half alone, down to the single
+    /// records that fail, which are rejected.
+    fn bisect(&self, file: &str, bytes: &[u8], records: &[Record], out: &mut Decoded) {
+        if records.is_empty() {
+            return;
+        }
+        let mut buf = Vec::with_capacity(records.iter().map(|r| r.end - r.start + 1).sum());
+        for r in records {
+            buf.extend_from_slice(&bytes[r.start..r.end]);
+            if buf.last() != Some(&b'\n') {
+                buf.push(b'\n');
+            }
+        }
+        match self.decode_all(&buf, false, None) {
+            Ok(batches) => out.batches.extend(batches),
+            Err(e) if records.len() == 1 => {
+                let reason = self.reason(&buf, e);
+                out.rejects.push(reject(file, bytes, records[0], reason));
+            }
+            Err(_) => {
+                let (a, b) = records.split_at(records.len() / 2);
+                self.bisect(file, bytes, a, out);
+                self.bisect(file, bytes, b, out);
+            }
+        }
+    }
+
+    /// Why the one record in `row` does not decode: for CSV the first column whose value
+    /// does not read as its type; for JSON arrow's words (which name the field).
+    fn reason(&self, row: &[u8], err: ArrowError) -> String {
+        let message = plain(&err);
+        if let Dialect::Json = self.dialect {
+            // "whilst decoding field 'id': failed to parse ..." → "column id: failed to ...".
+            if let Some(rest) = message.strip_prefix("whilst decoding field '")
+                && let Some((name, what)) = rest.split_once("': ")
+            {
+                return format!("column {name}: {what}");
+            }
+            return message;
+        }
+        for (i, field) in self.schema.fields().iter().enumerate() {
+            if self.decode_all(row, false, Some(i)).is_err() {
+                return match csv_value(&self.dialect, row, i) {
+                    Some(value) => format!(
+                        "column {}: {value:?} is not {}",
+                        field.name(),
+                        field.data_type()
+                    ),
+                    None => format!("column {}: {message}", field.name()),
+                };
+            }
+        }
+        message
+    }
+}
+
+/// The lines of a JSON chunk that hold something.
+fn json_records(chunk: &Chunk) -> Vec<Record> {
+    let bytes = &chunk.bytes[..];
+    let mut records = Vec::new();
+    let (mut start, mut line) = (0usize, chunk.first_line);
+    while start < bytes.len() {
+        let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i + 1);
+        if bytes[start..end].iter().any(|b| !b.is_ascii_whitespace()) {
+            records.push(Record { start, end, line });
+        }
+        start = end;
+        line += 1;
+    }
+    records
+}
+
+/// The text of column `i` of the CSV record `row`.
+fn csv_value(dialect: &Dialect, row: &[u8], i: usize) -> Option<String> {
+    let Dialect::Csv { options, .. } = dialect else {
+        return None;
+    };
+    let mut reader = csv_core::ReaderBuilder::new()
+        .delimiter(options.delimiter)
+        .quote(options.quote)
+        .escape(options.escape)
+        .build();
+    let mut fields = vec![0u8; row.len() + 1];
+    let mut ends = vec![0usize; i + 2 + row.iter().filter(|b| **b == options.delimiter).count()];
+    let (_, _, _, n) = reader.read_record(row, &mut fields, &mut ends);
+    let end = *ends.get(i)?;
+    let from = if i == 0 { 0 } else { ends[i - 1] };
+    (i < n).then(|| String::from_utf8_lossy(&fields[from..end]).into_owned())
+}
+
+/// An arrow error's message without the error kind's prefix.
+fn plain(err: &ArrowError) -> String {
+    let text = err.to_string();
+    for prefix in ["Json error: ", "Csv error: ", "Parser error: "] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            return rest.to_string();
+        }
+    }
+    text
+}
+
+/// A reject of `rec`, a record of `bytes`.
+fn reject(file: &str, bytes: &[u8], rec: Record, reason: String) -> Reject {
+    let raw = &bytes[rec.start..rec.end.min(rec.start + MAX_RAW)];
+    Reject {
+        file: file.to_string(),
+        line: rec.line,
+        raw: String::from_utf8_lossy(raw)
+            .trim_end_matches(['\r', '\n'])
+            .to_string(),
+        reason,
+    }
+}

@@ -1,0 +1,536 @@
+//! Quarantine of bad rows (`on_bad_rows = "quarantine"`): a CSV or JSON-lines source read by
+//! sluice's own scan, which sends each row that does not fit the source's schema to a rejects
+//! list (file, line, raw text, reason) and goes on with the good rows.
+//!
+//! DataFusion's CSV and JSON readers fail the whole query on the first bad row, so such a
+//! source is a [`QuarantineTable`]. Its scan streams each file, cuts the bytes into chunks of
+//! whole records ([`split`]: quote-aware for CSV, so a quoted newline is never a cut), decodes
+//! the chunks on blocking threads in parallel and in order ([`decode`]: arrow's own decoder
+//! first, taking a chunk apart only when it fails), and sends the good rows on. The run writes
+//! the rejects as Parquet (`src/run.rs`) and counts them. See `docs/design/quarantine.md`.
+//!
+//! # Layout
+//! - [`split`]: byte stream → chunks that end on a record boundary, with their first line.
+//! - [`decode`]: chunk → good batches + rejects.
+//! - this module: the table, the scan plan, and the reject sink shared by a run.
+
+pub mod decode;
+pub mod split;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result, ScalarValue};
+use datafusion::datasource::TableProvider;
+use datafusion::datasource::TableType;
+use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::datasource::listing::helpers::parse_partitions_for_path;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchReceiverStream;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::StreamExt;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+
+use decode::{ChunkDecoder, Decoded, Dialect};
+use split::{Piece, Splitter};
+
+/// The longest raw text kept for one rejected row.
+const MAX_RAW: usize = 64 << 10;
+
+/// The size of the chunks a file is cut into for decoding (a few batches each).
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// The longest record read; past it (most likely an unbalanced quote) the rest of the file is
+/// one reject.
+pub const MAX_RECORD_BYTES: usize = 128 << 20;
+
+/// One rejected row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    /// The file, as the source's location shows it.
+    pub file: String,
+    /// The line the row starts on (1 = the file's first line).
+    pub line: u64,
+    /// The row as written (at most 64 KiB).
+    pub raw: String,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// The rejects of one source, shared by every scan of it in a run (a model may read it in
+/// many units; each row is kept once).
+#[derive(Debug, Default)]
+pub struct RejectSink {
+    inner: Mutex<Gathered>,
+    /// Good rows read since the last `take`.
+    good: std::sync::atomic::AtomicU64,
+}
+
+/// The rejects, and the (file, line) of each, to keep each row once.
+type Gathered = (Vec<Reject>, HashSet<(String, u64)>);
+
+impl RejectSink {
+    fn push(&self, r: Reject) {
+        if let Ok(mut g) = self.inner.lock() {
+            let (list, seen) = &mut *g;
+            if seen.insert((r.file.clone(), r.line)) {
+                list.push(r);
+            }
+        }
+    }
+
+    /// The rejects gathered so far, taken (sorted by file and line), with the number of good
+    /// rows read meanwhile.
+    pub fn take(&self) -> (Vec<Reject>, u64) {
+        let good = self.good.swap(0, std::sync::atomic::Ordering::Relaxed);
+        (self.take_rejects(), good)
+    }
+
+    fn take_rejects(&self) -> Vec<Reject> {
+        // Taken with its memory of seen rows: the next model reading the source counts its
+        // own rejects.
+        let mut out = self
+            .inner
+            .lock()
+            .map(|mut g| {
+                g.1.clear();
+                std::mem::take(&mut g.0)
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+        out
+    }
+}
+
+/// The files of a quarantined source, and how to find and show them.
+pub struct SourceFiles {
+    /// The store the files are in.
+    pub store: Arc<dyn ObjectStore>,
+    /// The source's location, which Hive partition folders are relative to.
+    pub table_url: ListingTableUrl,
+    /// The files, as listed.
+    pub files: Vec<ObjectMeta>,
+    /// Hive partition columns (`key=value` folders) and their types.
+    pub partition_cols: Vec<(String, DataType)>,
+    /// How a file's key is shown in rejects (the source location's prefix form).
+    pub display: Arc<dyn Fn(&ObjectMeta) -> String + Send + Sync>,
+}
+
+impl SourceFiles {
+    /// The partition values of `file` from its `key=value` folders, or why there are none.
+    fn partition_values(&self, file: &ObjectMeta) -> std::result::Result<Vec<ScalarValue>, String> {
+        if self.partition_cols.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names = self.partition_cols.iter().map(|(n, _)| n.as_str());
+        let Some(values) = parse_partitions_for_path(&self.table_url, &file.location, names) else {
+            let wanted: Vec<String> = self
+                .partition_cols
+                .iter()
+                .map(|(n, _)| format!("{n}=..."))
+                .collect();
+            return Err(format!(
+                "the file is not under partition folders {}",
+                wanted.join("/")
+            ));
+        };
+        values
+            .into_iter()
+            .zip(&self.partition_cols)
+            .map(|(value, (name, ty))| {
+                if value == "__HIVE_DEFAULT_PARTITION__" {
+                    return ScalarValue::try_from(ty).map_err(|e| e.to_string());
+                }
+                ScalarValue::try_from_string(value.to_string(), ty).map_err(|_| {
+                    format!("partition value {name}={value:?} is not {ty}; the file was not read")
+                })
+            })
+            .collect()
+    }
+}
+
+/// A CSV or JSON-lines source whose bad rows are quarantined.
+pub struct QuarantineTable {
+    /// The files' columns, then the partition columns.
+    schema: SchemaRef,
+    file_schema: SchemaRef,
+    source: Arc<SourceFiles>,
+    dialect: Dialect,
+    compression: FileCompressionType,
+    /// Where the rejects go.
+    pub sink: Arc<RejectSink>,
+}
+
+impl fmt::Debug for QuarantineTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "QuarantineTable({} files)", self.source.files.len())
+    }
+}
+
+impl QuarantineTable {
+    /// A table over `source`'s files, read in `dialect` into `file_schema` (plus the
+    /// partition columns).
+    pub fn new(
+        source: SourceFiles,
+        file_schema: SchemaRef,
+        dialect: Dialect,
+        compression: FileCompressionType,
+    ) -> QuarantineTable {
+        let mut fields: Vec<_> = file_schema.fields().iter().cloned().collect();
+        for (name, ty) in &source.partition_cols {
+            fields.push(Arc::new(Field::new(name, ty.clone(), true)));
+        }
+        QuarantineTable {
+            schema: Arc::new(Schema::new(fields)),
+            file_schema,
+            source: Arc::new(source),
+            dialect,
+            compression,
+            sink: Arc::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for QuarantineTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let files = &self.source.files;
+        let parts = state
+            .config()
+            .target_partitions()
+            .clamp(1, files.len().max(1));
+        let mut groups: Vec<Vec<ObjectMeta>> = vec![Vec::new(); parts];
+        for (i, f) in files.iter().enumerate() {
+            groups[i % parts].push(f.clone());
+        }
+        let out_schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => Arc::clone(&self.schema),
+        };
+        Ok(Arc::new(QuarantineScan {
+            props: Arc::new(PlanProperties::new(
+                EquivalenceProperties::new(Arc::clone(&out_schema)),
+                Partitioning::UnknownPartitioning(parts),
+                EmissionType::Incremental,
+                Boundedness::Bounded,
+            )),
+            groups,
+            projection: projection.cloned(),
+            schema: Arc::clone(&self.schema),
+            file_schema: Arc::clone(&self.file_schema),
+            out_schema,
+            source: Arc::clone(&self.source),
+            dialect: self.dialect.clone(),
+            compression: self.compression,
+            sink: Arc::clone(&self.sink),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }))
+    }
+}
+
+/// The scan of a [`QuarantineTable`]: one partition per group of files.
+struct QuarantineScan {
+    props: Arc<PlanProperties>,
+    groups: Vec<Vec<ObjectMeta>>,
+    projection: Option<Vec<usize>>,
+    schema: SchemaRef,
+    file_schema: SchemaRef,
+    out_schema: SchemaRef,
+    source: Arc<SourceFiles>,
+    dialect: Dialect,
+    compression: FileCompressionType,
+    sink: Arc<RejectSink>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl fmt::Debug for QuarantineScan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("QuarantineScan")
+    }
+}
+
+impl DisplayAs for QuarantineScan {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let files: usize = self.groups.iter().map(Vec::len).sum();
+        let format = match self.dialect {
+            Dialect::Csv { .. } => "csv",
+            Dialect::Json => "json",
+        };
+        write!(
+            f,
+            "QuarantineScan: {files} {format} files, bad rows quarantined"
+        )
+    }
+}
+
+impl ExecutionPlan for QuarantineScan {
+    fn name(&self) -> &str {
+        "QuarantineScan"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let files = self.groups.get(partition).cloned().unwrap_or_default();
+        let mut builder = RecordBatchReceiverStream::builder(Arc::clone(&self.out_schema), 2);
+        let tx = builder.tx();
+        // Decoders per partition: enough to keep every core busy when few partitions have
+        // files, plus one so the next chunk decodes while this one is sent.
+        let busy = self.groups.iter().filter(|g| !g.is_empty()).count().max(1);
+        let workers = context.session_config().target_partitions().div_ceil(busy) + 1;
+        let reader = FileReader {
+            decoder: Arc::new(ChunkDecoder::new(
+                Arc::clone(&self.file_schema),
+                self.dialect.clone(),
+                context.session_config().batch_size(),
+            )),
+            schema: Arc::clone(&self.schema),
+            projection: self.projection.clone(),
+            source: Arc::clone(&self.source),
+            dialect: self.dialect.clone(),
+            compression: self.compression,
+            sink: Arc::clone(&self.sink),
+            workers,
+            baseline: BaselineMetrics::new(&self.metrics, partition),
+        };
+        builder.spawn(async move {
+            for file in files {
+                if !reader.read(&file, &tx).await? {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        Ok(builder.build())
+    }
+}
+
+/// Reads files of one scan partition.
+struct FileReader {
+    decoder: Arc<ChunkDecoder>,
+    /// The table's schema (file columns, then partition columns).
+    schema: SchemaRef,
+    projection: Option<Vec<usize>>,
+    source: Arc<SourceFiles>,
+    dialect: Dialect,
+    compression: FileCompressionType,
+    sink: Arc<RejectSink>,
+    /// Chunks decoded at once.
+    workers: usize,
+    /// Good rows sent (the scan's output rows, which the run counts as rows read).
+    baseline: BaselineMetrics,
+}
+
+/// A chunk being decoded on a blocking thread.
+type Decoding = tokio::task::JoinHandle<Decoded>;
+
+impl FileReader {
+    /// Reads one file, sending good rows to `tx` and rejects to the sink. `false` when the
+    /// receiver is gone.
+    async fn read(
+        &self,
+        file: &ObjectMeta,
+        tx: &tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+    ) -> Result<bool> {
+        let shown: Arc<str> = (self.source.display)(file).into();
+        let partition_values = match self.source.partition_values(file) {
+            Ok(v) => v,
+            Err(reason) => {
+                // Nothing of the file can be read as the table's rows: the file is the reject.
+                self.sink.push(Reject {
+                    file: shown.to_string(),
+                    line: 0,
+                    raw: String::new(),
+                    reason,
+                });
+                return Ok(true);
+            }
+        };
+        let bytes = self
+            .source
+            .store
+            .get(&file.location)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .into_stream()
+            .map(|r| r.map_err(|e| DataFusionError::External(Box::new(e))))
+            .boxed();
+        let mut bytes = self.compression.convert_stream(bytes)?;
+        let boundaries = self.dialect.boundaries();
+        let mut splitter = Splitter::new(boundaries, CHUNK_BYTES, MAX_RECORD_BYTES);
+        // Chunks go to the decoders in file order, and their rows come back in that order.
+        let (handles, mut decoding) = tokio::sync::mpsc::channel::<Decoding>(self.workers);
+        let produce = async move {
+            let mut done = false;
+            while !done {
+                let piece = match bytes.next().await {
+                    Some(b) => splitter.push(&b?),
+                    None => {
+                        done = true;
+                        splitter.finish()
+                    }
+                };
+                match piece {
+                    Some(Piece::Chunk(chunk)) => {
+                        let decoder = Arc::clone(&self.decoder);
+                        let file = Arc::clone(&shown);
+                        let handle =
+                            tokio::task::spawn_blocking(move || decoder.decode(&file, &chunk));
+                        if handles.send(handle).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Piece::Overlong { line, head }) => {
+                        self.sink.push(overlong(&shown, line, &head));
+                    }
+                    None => {}
+                }
+            }
+            Ok::<(), DataFusionError>(())
+        };
+        let consume = async {
+            while let Some(handle) = decoding.recv().await {
+                let decoded = handle
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                for r in decoded.rejects {
+                    self.sink.push(r);
+                }
+                for batch in decoded.batches {
+                    self.sink.good.fetch_add(
+                        batch.num_rows() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    let batch = self.finish(batch, &partition_values)?;
+                    self.baseline.record_output(batch.num_rows());
+                    if tx.send(Ok(batch)).await.is_err() {
+                        return Ok(false);
+                    }
+                }
+            }
+            Ok::<bool, DataFusionError>(true)
+        };
+        let (produced, consumed) = tokio::join!(produce, consume);
+        let open = consumed?;
+        produced?;
+        Ok(open)
+    }
+
+    /// A decoded batch with the file's partition values added, projected for the query.
+    fn finish(&self, batch: RecordBatch, partition_values: &[ScalarValue]) -> Result<RecordBatch> {
+        let batch = if partition_values.is_empty() {
+            batch
+        } else {
+            let mut columns = batch.columns().to_vec();
+            for v in partition_values {
+                columns.push(v.to_array_of_size(batch.num_rows())?);
+            }
+            RecordBatch::try_new(Arc::clone(&self.schema), columns)?
+        };
+        Ok(match &self.projection {
+            Some(p) => batch.project(p)?,
+            None => batch,
+        })
+    }
+}
+
+/// The reject of a record that never ended: it and the rest of the file.
+fn overlong(file: &str, line: u64, head: &[u8]) -> Reject {
+    Reject {
+        file: file.to_string(),
+        line,
+        raw: String::from_utf8_lossy(head).into_owned(),
+        reason: format!(
+            "a record longer than {} MiB (an unbalanced quote?); the rest of the file is part \
+             of it",
+            MAX_RECORD_BYTES >> 20
+        ),
+    }
+}
+
+/// Reads a whole file's bytes as a quarantined source would, on this thread: cut into chunks
+/// of about `chunk_bytes` and decoded in order. For tests and the fuzz targets, which check
+/// that the result does not depend on where the chunks are cut.
+pub fn read_bytes(bytes: &[u8], file: &str, decoder: &ChunkDecoder, chunk_bytes: usize) -> Decoded {
+    let mut splitter = Splitter::new(
+        decoder.dialect().boundaries(),
+        chunk_bytes,
+        MAX_RECORD_BYTES,
+    );
+    let mut out = Decoded::default();
+    let take = |piece: Option<Piece>, out: &mut Decoded| match piece {
+        Some(Piece::Chunk(chunk)) => {
+            let d = decoder.decode(file, &chunk);
+            out.batches.extend(d.batches);
+            out.rejects.extend(d.rejects);
+        }
+        Some(Piece::Overlong { line, head }) => out.rejects.push(overlong(file, line, &head)),
+        None => {}
+    };
+    // Fed in pieces as a stream would be.
+    for piece in bytes.chunks(8 << 10) {
+        let p = splitter.push(piece);
+        take(p, &mut out);
+    }
+    let p = splitter.finish();
+    take(p, &mut out);
+    out
+}

@@ -1,0 +1,360 @@
+//! Cutting a file's byte stream into chunks that end on a record boundary, so that chunks can
+//! be decoded in parallel and each chunk's first line number is known.
+//!
+//! CSV allows newlines inside quoted values, so a newline is a boundary only where csv-core
+//! (the tokenizer the CSV decoder uses) would end a record there. [`CsvBoundaries`] follows
+//! csv-core's rules for quotes: a quote opens a quoted value only at the start of a field; in
+//! a quoted value a doubled quote or an escaped byte is data; after the closing quote the
+//! field goes on unquoted. It jumps from quote to newline with `memchr`, so a file without
+//! quotes is scanned at memory speed. JSON lines cannot hold a raw newline inside a value, so
+//! every newline is a boundary there.
+
+use bytes::{Bytes, BytesMut};
+
+/// A chunk of whole records, and where it starts in its file.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// The bytes, ending at a record boundary (or at the end of the file).
+    pub bytes: Bytes,
+    /// The file line the chunk's first byte is on (1 = the file's first line).
+    pub first_line: u64,
+    /// Whether the chunk starts at the top of the file, where a CSV header is.
+    pub first: bool,
+}
+
+/// What comes next out of a [`Splitter`].
+#[derive(Debug)]
+pub enum Piece {
+    /// Whole records.
+    Chunk(Chunk),
+    /// A record that ran past the longest allowed without ending (in CSV, most likely an
+    /// unbalanced quote): its line and first bytes. Nothing after it in the file can be
+    /// split reliably, so the rest of the file belongs to it.
+    Overlong {
+        /// The line the record starts on.
+        line: u64,
+        /// Its first bytes.
+        head: Bytes,
+    },
+}
+
+/// Finds the record boundaries of a CSV stream, fed a buffer at a time.
+#[derive(Debug, Clone)]
+pub struct CsvBoundaries {
+    delimiter: u8,
+    quote: u8,
+    escape: Option<u8>,
+    state: State,
+    /// The byte before the next one to scan (a quote opens a field only after a delimiter
+    /// or a line end).
+    prev: Option<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Outside a quoted value.
+    Unquoted,
+    /// Inside a quoted value.
+    Quoted,
+    /// Just after a quote inside a quoted value: a second quote is data, anything else
+    /// closes the value.
+    QuoteInQuoted,
+    /// Just after the escape byte inside a quoted value.
+    Escaped,
+}
+
+impl CsvBoundaries {
+    /// A scanner for the given dialect.
+    pub fn new(delimiter: u8, quote: u8, escape: Option<u8>) -> CsvBoundaries {
+        CsvBoundaries {
+            delimiter,
+            quote,
+            escape,
+            state: State::Unquoted,
+            prev: None,
+        }
+    }
+
+    /// Scans `buf` (which follows what was scanned before) and returns the offset just after
+    /// the last record-ending newline in it, if any.
+    pub fn scan(&mut self, buf: &[u8]) -> Option<usize> {
+        let mut last = None;
+        let mut i = 0;
+        while i < buf.len() {
+            match self.state {
+                State::Unquoted => {
+                    let Some(k) = memchr::memchr2(self.quote, b'\n', &buf[i..]) else {
+                        i = buf.len();
+                        continue;
+                    };
+                    let at = i + k;
+                    let before = if at == 0 {
+                        self.prev
+                    } else {
+                        Some(buf[at - 1])
+                    };
+                    if buf[at] == b'\n' {
+                        last = Some(at + 1);
+                    } else if matches!(before, None | Some(b'\n' | b'\r'))
+                        || before == Some(self.delimiter)
+                    {
+                        self.state = State::Quoted;
+                    }
+                    i = at + 1;
+                }
+                State::Quoted => {
+                    let found = match self.escape {
+                        Some(e) if e != self.quote => memchr::memchr2(self.quote, e, &buf[i..]),
+                        _ => memchr::memchr(self.quote, &buf[i..]),
+                    };
+                    let Some(k) = found else {
+                        i = buf.len();
+                        continue;
+                    };
+                    let at = i + k;
+                    self.state = if buf[at] == self.quote {
+                        State::QuoteInQuoted
+                    } else {
+                        State::Escaped
+                    };
+                    i = at + 1;
+                }
+                State::QuoteInQuoted => {
+                    if buf[i] == self.quote {
+                        self.state = State::Quoted;
+                        i += 1;
+                    } else {
+                        // The value is closed; this byte is read again as unquoted.
+                        self.state = State::Unquoted;
+                    }
+                }
+                State::Escaped => {
+                    self.state = State::Quoted;
+                    i += 1;
+                }
+            }
+        }
+        if let Some(b) = buf.last() {
+            self.prev = Some(*b);
+        }
+        last
+    }
+}
+
+/// How records end in a format.
+#[derive(Debug, Clone)]
+pub enum Boundaries {
+    /// CSV, quotes honoured.
+    Csv(CsvBoundaries),
+    /// Newline-delimited JSON: every newline.
+    Lines,
+}
+
+impl Boundaries {
+    fn scan(&mut self, buf: &[u8]) -> Option<usize> {
+        match self {
+            Boundaries::Csv(c) => c.scan(buf),
+            Boundaries::Lines => memchr::memrchr(b'\n', buf).map(|i| i + 1),
+        }
+    }
+}
+
+/// Cuts a byte stream into [`Chunk`]s of about `target` bytes each.
+#[derive(Debug)]
+pub struct Splitter {
+    boundaries: Boundaries,
+    target: usize,
+    max_record: usize,
+    buf: BytesMut,
+    /// How much of `buf` has been scanned.
+    scanned: usize,
+    /// The end of the last boundary found in `buf`.
+    cut: Option<usize>,
+    line: u64,
+    first: bool,
+    /// Past an overlong record: the rest of the file is dropped.
+    skipping: bool,
+}
+
+impl Splitter {
+    /// A splitter that hands out chunks of at least `target` bytes (except the last), and
+    /// gives up on a record longer than `max_record` bytes.
+    pub fn new(boundaries: Boundaries, target: usize, max_record: usize) -> Splitter {
+        Splitter {
+            boundaries,
+            target: target.max(1),
+            max_record: max_record.max(1),
+            buf: BytesMut::new(),
+            scanned: 0,
+            cut: None,
+            line: 1,
+            first: true,
+            skipping: false,
+        }
+    }
+
+    /// Adds the next bytes of the file; returns what is ready.
+    pub fn push(&mut self, bytes: &[u8]) -> Option<Piece> {
+        if self.skipping {
+            return None;
+        }
+        self.buf.extend_from_slice(bytes);
+        if let Some(end) = self.boundaries.scan(&self.buf[self.scanned..]) {
+            self.cut = Some(self.scanned + end);
+        }
+        self.scanned = self.buf.len();
+        match self.cut {
+            // Cut at the target size, or before a record that is growing too long.
+            Some(cut) if cut >= self.target || self.buf.len() - cut > self.max_record => {
+                Some(Piece::Chunk(self.take(cut)))
+            }
+            None if self.buf.len() > self.max_record => {
+                self.skipping = true;
+                let head = self.buf.split().freeze();
+                Some(Piece::Overlong {
+                    line: self.line,
+                    head: head.slice(..head.len().min(super::MAX_RAW)),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The end of the file: what is left.
+    pub fn finish(&mut self) -> Option<Piece> {
+        if self.skipping || self.buf.is_empty() {
+            return None;
+        }
+        let all = self.buf.len();
+        Some(Piece::Chunk(self.take(all)))
+    }
+
+    fn take(&mut self, cut: usize) -> Chunk {
+        let bytes = self.buf.split_to(cut).freeze();
+        let chunk = Chunk {
+            first_line: self.line,
+            first: self.first,
+            bytes,
+        };
+        self.line += memchr::memchr_iter(b'\n', &chunk.bytes).count() as u64;
+        self.first = false;
+        self.scanned = self.buf.len();
+        // `cut` was the last boundary scanned, so the rest holds none.
+        self.cut = None;
+        chunk
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every chunk of `text` cut with a target of `target` bytes.
+    fn chunks(text: &[u8], target: usize, feed: usize) -> Vec<Chunk> {
+        let mut s = Splitter::new(
+            Boundaries::Csv(CsvBoundaries::new(b',', b'"', None)),
+            target,
+            1 << 20,
+        );
+        let mut out = Vec::new();
+        for piece in text.chunks(feed.max(1)) {
+            if let Some(Piece::Chunk(c)) = s.push(piece) {
+                out.push(c);
+            }
+        }
+        if let Some(Piece::Chunk(c)) = s.finish() {
+            out.push(c);
+        }
+        out
+    }
+
+    #[test]
+    fn quoted_newlines_are_not_boundaries() {
+        let text = b"a,b\n1,\"x\ny\"\n2,\"q\"\"\n\"\n3,z\"\n4,w\n";
+        // The records, each with the line it starts on: inside a doubled quote is data, and a
+        // quote inside an unquoted value opens nothing.
+        let records = [
+            (1, "a,b\n"),
+            (2, "1,\"x\ny\"\n"),
+            (4, "2,\"q\"\"\n\"\n"),
+            (6, "3,z\"\n"),
+            (7, "4,w\n"),
+        ];
+        let ends: Vec<usize> = records
+            .iter()
+            .scan(0, |end, (_, r)| {
+                *end += r.len();
+                Some(*end)
+            })
+            .collect();
+        for feed in 1..text.len() {
+            let got = chunks(text, 1, feed);
+            // Fed a byte at a time, every record is a chunk.
+            if feed == 1 {
+                let want: Vec<(u64, String)> =
+                    records.iter().map(|(l, r)| (*l, r.to_string())).collect();
+                let cuts: Vec<(u64, String)> = got
+                    .iter()
+                    .map(|c| (c.first_line, String::from_utf8_lossy(&c.bytes).into_owned()))
+                    .collect();
+                assert_eq!(cuts, want);
+            }
+            // Otherwise chunks hold whole records, in order, and nothing else.
+            let mut at = 0;
+            for c in &got {
+                let i = ends.iter().position(|e| *e == at).map_or(0, |i| i + 1);
+                assert_eq!(c.first_line, records[i].0, "fed {feed}");
+                at += c.bytes.len();
+                assert!(ends.contains(&at), "fed {feed}: cut at {at}");
+            }
+            assert_eq!(at, text.len());
+        }
+    }
+
+    #[test]
+    fn an_unbalanced_quote_runs_to_the_end() {
+        let text = b"1,\"open\n2,b\n3,c\n";
+        let got = chunks(text, 1, 4);
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].bytes[..], &text[..]);
+    }
+
+    #[test]
+    fn an_overlong_record_is_reported_once_and_the_rest_dropped() {
+        let mut s = Splitter::new(Boundaries::Csv(CsvBoundaries::new(b',', b'"', None)), 4, 10);
+        assert!(matches!(s.push(b"1,a\n"), Some(Piece::Chunk(_))));
+        assert!(s.push(b"2,\"abc").is_none());
+        match s.push(b"defghijk\n3,x\n") {
+            Some(Piece::Overlong { line, head }) => {
+                assert_eq!(line, 2);
+                assert!(head.starts_with(b"2,\"abc"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(s.push(b"4,y\n").is_none());
+        assert!(s.finish().is_none());
+    }
+
+    #[test]
+    fn json_lines_cut_at_every_newline() {
+        let mut s = Splitter::new(Boundaries::Lines, 5, 1 << 20);
+        let mut got = Vec::new();
+        for piece in [&b"{\"a\":1}\n{\"a\""[..], b":2}\n{\"a\":3}"] {
+            if let Some(Piece::Chunk(c)) = s.push(piece) {
+                got.push((c.first_line, c.bytes));
+            }
+        }
+        if let Some(Piece::Chunk(c)) = s.finish() {
+            got.push((c.first_line, c.bytes));
+        }
+        let got: Vec<(u64, &[u8])> = got.iter().map(|(l, b)| (*l, &b[..])).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, &b"{\"a\":1}\n"[..]),
+                (2, &b"{\"a\":2}\n"[..]),
+                (3, &b"{\"a\":3}"[..])
+            ]
+        );
+    }
+}
