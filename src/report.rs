@@ -1,5 +1,7 @@
 //! The run report: what happened in a run, as JSON for schedulers and as a summary for people.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 /// The outcome of one `sluice run` (the JSON of `--report FILE`).
@@ -57,6 +59,17 @@ pub struct ModelReport {
     /// over the units that ran in this run).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub joins: Vec<crate::join::JoinReport>,
+    /// Rows read per source and upstream model (a rejected row counts as read from its
+    /// source). Given when every unit ran in this run: a resumed unit recorded its total only.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rows_in_by_source: BTreeMap<String, u64>,
+    /// Rows the query's filters dropped, given when the query is only filters and projections
+    /// over one input (then `rows_in = rows_out + rows_filtered + rows_rejected`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_filtered: Option<u64>,
+    /// That identity with this run's numbers, e.g. `10 in = 4 out + 0 filtered + 6 rejected`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row_balance: Option<String>,
     /// Its checks' results (run on the staged output before the publish).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<crate::checks::CheckResult>,
@@ -105,7 +118,22 @@ impl ModelReport {
             units: Vec::new(),
             joins: Vec::new(),
             checks: Vec::new(),
+            rows_in_by_source: BTreeMap::new(),
+            rows_filtered: None,
+            row_balance: None,
         }
+    }
+
+    /// Records what the filters dropped and states the row balance (marked if it does not
+    /// hold, which would be a counting bug).
+    pub fn balance(&mut self, filtered: u64) {
+        let (i, o, r) = (self.rows_in, self.rows_out, self.rows_rejected);
+        let holds = i == o + filtered + r;
+        self.rows_filtered = Some(filtered);
+        self.row_balance = Some(format!(
+            "{i} in = {o} out + {filtered} filtered + {r} rejected{}",
+            if holds { "" } else { " (does not balance)" }
+        ));
     }
 }
 
@@ -165,6 +193,18 @@ impl RunReport {
             };
             out.push_str(&line);
             out.push('\n');
+            match &m.row_balance {
+                Some(b) if m.rows_rejected > 0 || m.rows_filtered > Some(0) => {
+                    out.push_str(&format!("  {:<width$}    rows: {b}\n", ""));
+                }
+                None if m.rows_rejected > 0 => {
+                    out.push_str(&format!(
+                        "  {:<width$}    rows: {} rejected\n",
+                        "", m.rows_rejected
+                    ));
+                }
+                _ => {}
+            }
             for c in m.checks.iter().filter(|c| c.status != "pass") {
                 out.push_str(&format!(
                     "  {:<width$}    check {} {}: {}\n",

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::prelude::DataFrame;
 
 use crate::catalog;
 use crate::config::{Materialized, ModelConfig, Pipeline};
-use crate::engine::{Engine, EngineOptions};
+use crate::engine::{Engine, EngineOptions, ScanRows};
 use crate::error::{Error, describe_datafusion};
 use crate::join::JoinReport;
 use crate::plan::{Dag, PlanError};
@@ -521,6 +522,28 @@ async fn run_models(
 }
 
 /// The sources a model reads, directly or through the views it inlines.
+/// The tables a model's query reads, with their locations: its sources (those of the views
+/// it reads included) and the outputs of the table models upstream. For naming the scans of
+/// its plan.
+fn tables_read(dag: &Dag, pipeline: &Pipeline, name: &str) -> Vec<(String, ListingTableUrl)> {
+    let sources = sources_read(dag, pipeline, name);
+    let sources = sources.iter().filter_map(|s| {
+        let spec = pipeline.sources.get(s)?;
+        Some((s.clone(), ListingTableUrl::parse(&spec.location).ok()?))
+    });
+    let mut models = Vec::new();
+    let mut frontier: Vec<&String> = dag.nodes[name].upstream_models.iter().collect();
+    while let Some(up) = frontier.pop() {
+        let m = &pipeline.models[up];
+        if m.materialized == Materialized::View {
+            frontier.extend(dag.nodes[up].upstream_models.iter());
+        } else if let Ok(url) = ListingTableUrl::parse(&m.sink.location) {
+            models.push((up.clone(), url));
+        }
+    }
+    sources.chain(models).collect()
+}
+
 fn sources_read(dag: &Dag, pipeline: &Pipeline, name: &str) -> BTreeSet<String> {
     let mut out = dag.nodes[name].sources.clone();
     let mut frontier: Vec<&String> = dag.nodes[name].upstream_models.iter().collect();
@@ -638,13 +661,16 @@ struct UnitJob<'a> {
     event_sources: &'a [(String, String)],
 }
 
+/// A unit that ran: its record, the columns it wrote, its joins and the rows it read.
+type UnitDone = (UnitRecord, Vec<ManifestColumn>, Vec<JoinReport>, ScanRows);
+
 /// Runs one unit with its timeout and retries; stages its files and records it.
 async fn run_unit(
     cx: &RunCx<'_>,
     job: &UnitJob<'_>,
     unit: &Unit,
     bar: &crate::progress::Units,
-) -> Result<(UnitRecord, Vec<ManifestColumn>, Vec<JoinReport>), String> {
+) -> Result<UnitDone, String> {
     let UnitJob { model, output, .. } = *job;
     let settings = model.units;
     let mut attempt = 0u32;
@@ -694,9 +720,9 @@ async fn run_unit(
         record.peak_memory = peak.load(std::sync::atomic::Ordering::Relaxed) as u64;
         record.finished_at = Some(now());
         match outcome {
-            Ok((staged, rows_in, spilled, joins)) => {
+            Ok((staged, scan, spilled, joins)) => {
                 record.status = "done".into();
-                record.rows_in = rows_in;
+                record.rows_in = scan.total();
                 record.rows_out = staged.rows();
                 record.spilled_bytes = spilled;
                 record.files = staged.files;
@@ -706,7 +732,7 @@ async fn run_unit(
                         .map_err(|e| e.to_string())?;
                 }
                 bar.unit_done();
-                return Ok((record, staged.columns, joins));
+                return Ok((record, staged.columns, joins, scan));
             }
             Err(message) => {
                 // Whatever the attempt staged is discarded (a cancelled attempt's writers may
@@ -754,7 +780,7 @@ async fn attempt_unit(
     unit: &Unit,
     attempt: u32,
     bar: &crate::progress::Units,
-) -> Result<(crate::sink::UnitOutput, u64, u64, Vec<JoinReport>), String> {
+) -> Result<(crate::sink::UnitOutput, ScanRows, u64, Vec<JoinReport>), String> {
     let UnitJob {
         model,
         spec,
@@ -794,7 +820,15 @@ async fn attempt_unit(
     })
     .await;
     match staged {
-        Ok(s) => Ok((s, exec.rows_scanned(), exec.spilled_bytes(), exec.joins())),
+        Ok(s) => {
+            let tables = tables_read(cx.dag, cx.pipeline, &model.name);
+            Ok((
+                s,
+                exec.scan_rows(&tables),
+                exec.spilled_bytes(),
+                exec.joins(),
+            ))
+        }
         Err(sink::SinkError::Input(e)) => {
             let sources = sources_read(cx.dag, cx.pipeline, &model.name);
             Err(crate::diagnose::explain(cx.engine, cx.pipeline, &sources, &e).await)
@@ -905,8 +939,8 @@ async fn run_table_model(
         output: &output,
         event_sources: &event_sources,
     };
-    type UnitResult = Result<(UnitRecord, Vec<ManifestColumn>, Vec<JoinReport>), String>;
-    let results: Vec<UnitResult> = futures::stream::iter(pending)
+    let kept = done.len();
+    let results: Vec<Result<UnitDone, String>> = futures::stream::iter(pending)
         .map(|u| run_unit(cx, &job, u, &bar))
         .buffer_unordered(model.units.max_concurrent.max(1))
         .collect()
@@ -914,11 +948,17 @@ async fn run_table_model(
     bar.finish();
     let mut records: Vec<UnitRecord> = done.into_values().collect();
     let mut first_error = None;
+    // Rows read per table, known for the units run now (a kept unit recorded only its total).
+    let mut scanned: Option<ScanRows> = None;
     for r in results {
         match r {
-            Ok((rec, _, joins)) => {
+            Ok((rec, _, joins, scan)) => {
                 crate::join::merge_reports(&mut report.joins, joins);
                 records.push(rec);
+                match &mut scanned {
+                    Some(all) => all.merge(&scan),
+                    None => scanned = Some(scan),
+                }
             }
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -936,9 +976,17 @@ async fn run_table_model(
     let files: Vec<sink::StagedFile> = records.into_iter().flat_map(|r| r.files).collect();
     // Rows quarantined while reading: written out and counted, and past a source's
     // max_bad_rows the model fails here, before anything is published.
-    report.rows_rejected = collect_rejects(cx, model).await.map_err(model_err)?;
+    let rejected = collect_rejects(cx, model).await.map_err(model_err)?;
+    report.rows_rejected = rejected.values().sum();
     // Rows read = rows the scans passed on + rows set aside.
     report.rows_in += report.rows_rejected;
+    let scanned = scanned.filter(|_| kept == 0);
+    if let Some(scan) = &scanned {
+        report.rows_in_by_source = scan.by_table.clone();
+        for (source, n) in &rejected {
+            *report.rows_in_by_source.entry(source.clone()).or_default() += n;
+        }
+    }
     if !model.checks.is_empty() {
         // Write, audit, publish: the checks read the staged files where they will be
         // published; a failed error check fails the model with the previous output intact.
@@ -978,17 +1026,23 @@ async fn run_table_model(
     register_output(cx.engine, model, Some(schema)).await?;
     report.rows_out = committed.rows;
     report.outputs = committed.new_files.iter().map(|f| to_display(f)).collect();
+    if let Some(filtered) = scanned.and_then(|s| s.filtered) {
+        report.balance(filtered);
+    }
     Ok(())
 }
 
 /// The rejects of the quarantined sources `model` read in this run: each source's written as
 /// Parquet (file, line, raw, reason) to `<rejects>/run=<run_id>/rejects.parquet` (default
 /// rejects folder `.sluice/rejects/<source>/`), counted; a source past its `max_bad_rows` is
-/// an error naming it, the count and the first reasons.
-async fn collect_rejects(cx: &RunCx<'_>, model: &ModelConfig) -> Result<u64, String> {
+/// an error naming it, the count and the first reasons. Returns the count per source.
+async fn collect_rejects(
+    cx: &RunCx<'_>,
+    model: &ModelConfig,
+) -> Result<BTreeMap<String, u64>, String> {
     use datafusion::arrow::array::{StringArray, UInt64Array};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    let mut total = 0;
+    let mut total = BTreeMap::new();
     for source in sources_read(cx.dag, cx.pipeline, &model.name) {
         let spec = &cx.pipeline.sources[&source];
         if spec.on_bad_rows != crate::config::OnBadRows::Quarantine {
@@ -1011,7 +1065,7 @@ async fn collect_rejects(cx: &RunCx<'_>, model: &ModelConfig) -> Result<u64, Str
             continue;
         }
         let count = rejects.len() as u64;
-        total += count;
+        total.insert(source.clone(), count);
         let schema = Arc::new(Schema::new(vec![
             Field::new("file", DataType::Utf8, false),
             Field::new("line", DataType::UInt64, false),

@@ -259,7 +259,7 @@ impl TableProvider for QuarantineTable {
 }
 
 /// The scan of a [`QuarantineTable`]: one partition per group of files.
-struct QuarantineScan {
+pub struct QuarantineScan {
     props: Arc<PlanProperties>,
     groups: Vec<Vec<ObjectMeta>>,
     projection: Option<Vec<usize>>,
@@ -271,6 +271,13 @@ struct QuarantineScan {
     compression: FileCompressionType,
     sink: Arc<RejectSink>,
     metrics: ExecutionPlanMetricsSet,
+}
+
+impl QuarantineScan {
+    /// The location of the source it reads.
+    pub fn table_url(&self) -> &ListingTableUrl {
+        &self.source.table_url
+    }
 }
 
 impl fmt::Debug for QuarantineScan {

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod accounting;
 mod checks;
 mod conformance;
 mod drift;

@@ -330,3 +330,44 @@ async fn a_gzip_source_is_quarantined_like_the_plain_file() {
     let lines: Vec<u64> = rejects_of(d, "items").await.iter().map(|r| r.1).collect();
     assert_eq!(lines, vec![3, 4, 6, 7, 8, 12]);
 }
+
+#[test]
+fn a_filter_over_a_quarantined_source_balances_in_out_filtered_and_rejected() {
+    let dir = pipeline("");
+    let d = dir.path();
+    // Of the 4 good rows (amounts 1.50, 3.25, 7.00, 8.00) the filter keeps 3.
+    std::fs::write(
+        d.join("queries/clean.sql"),
+        "SELECT id, name FROM items WHERE amount > 2",
+    )
+    .unwrap();
+    let report = d.join("r.json");
+    let run = sluice(d, &["run", ".", "--report", report.to_str().unwrap()]).expect(0);
+    let m = &read_json(&report)["models"][0];
+    assert_eq!(m["rows_in_by_source"], serde_json::json!({ "items": 10 }));
+    assert_eq!(
+        (
+            &m["rows_in"],
+            &m["rows_out"],
+            &m["rows_filtered"],
+            &m["rows_rejected"]
+        ),
+        (
+            &serde_json::json!(10),
+            &serde_json::json!(3),
+            &serde_json::json!(1),
+            &serde_json::json!(6)
+        )
+    );
+    assert_eq!(m["row_balance"], "10 in = 3 out + 1 filtered + 6 rejected");
+    assert!(
+        run.stderr
+            .contains("rows: 10 in = 3 out + 1 filtered + 6 rejected")
+            || run
+                .stdout
+                .contains("rows: 10 in = 3 out + 1 filtered + 6 rejected"),
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+}
