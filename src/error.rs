@@ -106,7 +106,8 @@ pub fn describe_datafusion(err: &datafusion::error::DataFusionError) -> String {
         D::External(inner) => describe_external(inner.as_ref()),
         D::ArrowError(inner, _) => describe_arrow(inner),
         D::ObjectStore(inner) => inner.to_string(),
-        D::ParquetError(inner) => format!("Parquet error: {inner}"),
+        // (The parquet error's own text starts "Parquet error: ".)
+        D::ParquetError(inner) => inner.to_string(),
         D::Collection(errs) => errs
             .first()
             .map(describe_datafusion)

@@ -801,11 +801,16 @@ async fn attempt_unit(
         .sql(&cx.dag.nodes[&model.name].sql)
         .await
         .map_err(|e| describe_datafusion(&e))?;
-    let mut exec = cx
-        .engine
-        .execute(df)
-        .await
-        .map_err(|e| describe_datafusion(&e))?;
+    // Reading the sources starts here (Parquet footers are read while planning): an error
+    // is explained by naming the file at fault.
+    let explain = |e: datafusion::error::DataFusionError| async move {
+        let sources = sources_read(cx.dag, cx.pipeline, &model.name);
+        crate::diagnose::explain(cx.engine, cx.pipeline, &sources, &e).await
+    };
+    let mut exec = match cx.engine.execute(df).await {
+        Ok(exec) => exec,
+        Err(e) => return Err(explain(e).await),
+    };
     let mut spec = spec.clone();
     spec.preserve_order = exec.is_ordered();
     let Some(stream) = exec.take_stream() else {
@@ -829,10 +834,7 @@ async fn attempt_unit(
                 exec.joins(),
             ))
         }
-        Err(sink::SinkError::Input(e)) => {
-            let sources = sources_read(cx.dag, cx.pipeline, &model.name);
-            Err(crate::diagnose::explain(cx.engine, cx.pipeline, &sources, &e).await)
-        }
+        Err(sink::SinkError::Input(e)) => Err(explain(e).await),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -102,7 +102,8 @@ impl CatalogError {
     }
 }
 
-fn compression_type(c: Compression) -> FileCompressionType {
+/// DataFusion's name for a source's compression.
+pub fn compression_type(c: Compression) -> FileCompressionType {
     match c {
         Compression::None => FileCompressionType::UNCOMPRESSED,
         Compression::Gzip => FileCompressionType::GZIP,
@@ -153,26 +154,30 @@ fn is_file_or_glob(location: &str) -> bool {
     !location.ends_with('/') && (last.contains('*') || last.contains('?') || last.contains('.'))
 }
 
+/// The extension a source's files are listed by: a folder is filtered by it (so `_SUCCESS`
+/// and `_MANIFEST` are skipped); a file or glob the user named is taken as it is, whatever
+/// its extension (the empty string).
+pub fn file_extension(spec: &SourceConfig) -> String {
+    if is_file_or_glob(&spec.location) {
+        return String::new();
+    }
+    let suffix = match spec.compression {
+        Compression::None => "",
+        Compression::Gzip => ".gz",
+        Compression::Zstd => ".zst",
+        Compression::Bzip2 => ".bz2",
+        Compression::Xz => ".xz",
+    };
+    format!(".{}{suffix}", spec.format.extension())
+}
+
 /// The listing options for a spec: format, extension filter, partition columns.
 async fn listing_options(
     ctx: &SessionContext,
     spec: &SourceConfig,
 ) -> Result<ListingOptions, CatalogError> {
     let format = file_format(spec);
-    // A folder is filtered by extension (so `_SUCCESS` and `_MANIFEST` are skipped); a file
-    // or glob the user named is taken as it is, whatever its extension.
-    let extension = if is_file_or_glob(&spec.location) {
-        String::new()
-    } else {
-        let suffix = match spec.compression {
-            Compression::None => "",
-            Compression::Gzip => ".gz",
-            Compression::Zstd => ".zst",
-            Compression::Bzip2 => ".bz2",
-            Compression::Xz => ".xz",
-        };
-        format!(".{}{suffix}", spec.format.extension())
-    };
+    let extension = file_extension(spec);
     let mut cols = Vec::new();
     for pc in &spec.partition_cols {
         let ty = match &pc.sql_type {
@@ -255,6 +260,39 @@ pub async fn parse_schema(
         .map(|c| (c.name.value.clone(), c.data_type.to_string()))
         .collect();
     Ok(Schema::new(sql_types(ctx, source, &cols).await?))
+}
+
+/// The Hive partition values of the file at `path` (its `key=value` folders under
+/// `table_url`), typed; or why there are none.
+pub fn partition_values(
+    table_url: &ListingTableUrl,
+    cols: &[(String, DataType)],
+    path: &object_store::path::Path,
+) -> Result<Vec<datafusion::common::ScalarValue>, String> {
+    use datafusion::common::ScalarValue;
+    use datafusion::datasource::listing::helpers::parse_partitions_for_path;
+    if cols.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names = cols.iter().map(|(n, _)| n.as_str());
+    let Some(values) = parse_partitions_for_path(table_url, path, names) else {
+        let wanted: Vec<String> = cols.iter().map(|(n, _)| format!("{n}=...")).collect();
+        return Err(format!(
+            "the file is not under partition folders {}",
+            wanted.join("/")
+        ));
+    };
+    values
+        .into_iter()
+        .zip(cols)
+        .map(|(value, (name, ty))| {
+            if value == "__HIVE_DEFAULT_PARTITION__" {
+                return ScalarValue::try_from(ty).map_err(|e| e.to_string());
+            }
+            ScalarValue::try_from_string(value.to_string(), ty)
+                .map_err(|_| format!("partition value {name}={value:?} is not {ty}"))
+        })
+        .collect()
 }
 
 /// Lists the files a spec covers (at most `limit`, in listing order).
@@ -353,8 +391,35 @@ pub async fn register_table(
             }
         }
     };
+    if file_schema.fields().is_empty() {
+        // Only empty files: nothing to take columns from.
+        let shown = location.display_key(&first[0].location);
+        return Err(read_err(
+            shown,
+            match spec.format {
+                Format::Parquet => "0 bytes: not a Parquet file".to_string(),
+                _ => "the file is empty (0 bytes), so there are no columns to read: declare the \
+                      source's schema to read empty files as no rows"
+                    .to_string(),
+            },
+        ));
+    }
     let quarantine = spec.on_bad_rows == crate::config::OnBadRows::Quarantine
         && matches!(spec.format, Format::Csv | Format::Json);
+    if !quarantine && !opts.table_partition_cols.is_empty() {
+        // A folder whose value does not read as its column's type would fail the query
+        // mid-run without naming the folder: name it now.
+        let files = list_files(ctx, &table_url, &opts, store.as_ref(), usize::MAX)
+            .await
+            .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
+        for file in &files {
+            if let Err(message) =
+                partition_values(&table_url, &opts.table_partition_cols, &file.location)
+            {
+                return Err(read_err(location.display_key(&file.location), message));
+            }
+        }
+    }
     let file_schema = if spec.schema.is_none() && !quarantine {
         check_drift(ctx, spec, &table_url, &opts, &store, file_schema).await?
     } else {
@@ -538,6 +603,11 @@ async fn check_drift(
     let typed = spec.format == Format::Parquet;
     let mut first: Option<(String, SchemaRef)> = None;
     for file in &files {
+        // An empty text file has no header and no rows: it neither sets nor breaks the
+        // columns. (An empty Parquet file is no Parquet file: inferring it fails below.)
+        if file.size == 0 && !typed {
+            continue;
+        }
         let shown = location.display_key(&file.location);
         let schema = format
             .infer_schema(&state, store, std::slice::from_ref(file))

@@ -33,7 +33,6 @@ use datafusion::datasource::TableProvider;
 use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
 use datafusion::datasource::listing::ListingTableUrl;
-use datafusion::datasource::listing::helpers::parse_partitions_for_path;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -135,33 +134,8 @@ pub struct SourceFiles {
 impl SourceFiles {
     /// The partition values of `file` from its `key=value` folders, or why there are none.
     fn partition_values(&self, file: &ObjectMeta) -> std::result::Result<Vec<ScalarValue>, String> {
-        if self.partition_cols.is_empty() {
-            return Ok(Vec::new());
-        }
-        let names = self.partition_cols.iter().map(|(n, _)| n.as_str());
-        let Some(values) = parse_partitions_for_path(&self.table_url, &file.location, names) else {
-            let wanted: Vec<String> = self
-                .partition_cols
-                .iter()
-                .map(|(n, _)| format!("{n}=..."))
-                .collect();
-            return Err(format!(
-                "the file is not under partition folders {}",
-                wanted.join("/")
-            ));
-        };
-        values
-            .into_iter()
-            .zip(&self.partition_cols)
-            .map(|(value, (name, ty))| {
-                if value == "__HIVE_DEFAULT_PARTITION__" {
-                    return ScalarValue::try_from(ty).map_err(|e| e.to_string());
-                }
-                ScalarValue::try_from_string(value.to_string(), ty).map_err(|_| {
-                    format!("partition value {name}={value:?} is not {ty}; the file was not read")
-                })
-            })
-            .collect()
+        crate::catalog::partition_values(&self.table_url, &self.partition_cols, &file.location)
+            .map_err(|e| format!("{e}; the file was not read"))
     }
 }
 
@@ -429,7 +403,13 @@ impl FileReader {
             let mut done = false;
             while !done {
                 let piece = match bytes.next().await {
-                    Some(b) => splitter.push(&b?),
+                    Some(Ok(b)) => splitter.push(&b),
+                    Some(Err(e)) => {
+                        return Err(DataFusionError::Execution(format!(
+                            "{shown}: cannot read the file to its end: {}",
+                            crate::error::describe_datafusion(&e)
+                        )));
+                    }
                     None => {
                         done = true;
                         splitter.finish()
@@ -540,4 +520,53 @@ pub fn read_bytes(bytes: &[u8], file: &str, decoder: &ChunkDecoder, chunk_bytes:
     let p = splitter.finish();
     take(p, &mut out);
     out
+}
+
+/// The first row of one file that does not fit `decoder`'s schema, found by reading the file
+/// as a quarantined source reads it (so with the same lines and reasons); `Err` when the file
+/// cannot be read to its end (a compressed stream cut short, say). For naming the row at
+/// fault when a plain read fails.
+pub async fn first_reject(
+    store: &dyn ObjectStore,
+    file: &object_store::path::Path,
+    shown: &str,
+    decoder: &ChunkDecoder,
+    compression: FileCompressionType,
+) -> std::result::Result<Option<Reject>, String> {
+    let describe = |e: &DataFusionError| crate::error::describe_datafusion(e);
+    let bytes = store
+        .get(file)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_stream()
+        .map(|r| r.map_err(|e| DataFusionError::External(Box::new(e))))
+        .boxed();
+    let mut bytes = compression
+        .convert_stream(bytes)
+        .map_err(|e| describe(&e))?;
+    let mut splitter = Splitter::new(
+        decoder.dialect().boundaries(),
+        CHUNK_BYTES,
+        MAX_RECORD_BYTES,
+    );
+    loop {
+        let (piece, end) = match bytes.next().await {
+            Some(Ok(b)) => (splitter.push(&b), false),
+            Some(Err(e)) => return Err(describe(&e)),
+            None => (splitter.finish(), true),
+        };
+        match piece {
+            Some(Piece::Chunk(chunk)) => {
+                let decoded = decoder.decode(shown, &chunk);
+                if let Some(r) = decoded.rejects.into_iter().min_by_key(|r| r.line) {
+                    return Ok(Some(r));
+                }
+            }
+            Some(Piece::Overlong { line, head }) => return Ok(Some(overlong(shown, line, &head))),
+            None => {}
+        }
+        if end {
+            return Ok(None);
+        }
+    }
 }

@@ -87,7 +87,11 @@ fn bad_values_name_file_and_line_with_a_null_value_too() {
         "{}",
         run.stderr
     );
-    assert!(run.stderr.contains("'three'"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("column score: \"three\" is not Int32"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

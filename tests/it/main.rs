@@ -4,6 +4,7 @@
 mod support;
 
 mod accounting;
+mod bad_input;
 mod checks;
 mod conformance;
 mod drift;
