@@ -761,6 +761,18 @@ impl Pipeline {
     }
 }
 
+/// What the `sluice_toml` fuzz target checks on any text, also run on the inputs it found
+/// (`fuzz/regressions/`) as tests: loading never panics, and a refusal names the file.
+#[doc(hidden)]
+pub fn check_toml_load(text: &str) {
+    let env = |name: &str| name.len().is_multiple_of(2).then(|| format!("v{name}"));
+    let file = Path::new("sluice.toml");
+    if let Err(e) = Pipeline::from_toml(text, file, Path::new("/nonexistent/sluice-fuzz"), &env) {
+        let message = e.to_string();
+        assert!(message.contains("sluice.toml"), "{message}");
+    }
+}
+
 /// Resolves a location against a base folder: URLs stay as they are, relative paths are joined
 /// to `base`, and a trailing `/` (meaning "a folder") is kept.
 pub fn resolve_location(location: &str, base: &Path) -> String {
@@ -1579,6 +1591,26 @@ mod tests {
     fn load(text: &str) -> Result<Pipeline, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         Pipeline::from_toml(text, Path::new("sluice.toml"), dir.path(), &no_env)
+    }
+
+    #[test]
+    fn inputs_the_fuzzer_found_and_its_seeds_still_load_or_are_refused_by_name() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let mut n = 0;
+        for dir in ["regressions/sluice_toml", "corpus/sluice_toml"] {
+            let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.path().file_name().is_some_and(|n| n == "README.md") {
+                    continue;
+                }
+                let bytes = std::fs::read(e.path()).unwrap();
+                super::check_toml_load(&String::from_utf8_lossy(&bytes));
+                n += 1;
+            }
+        }
+        assert!(n > 0, "no inputs under {}", root.display());
     }
 
     #[test]

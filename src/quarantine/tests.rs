@@ -223,3 +223,23 @@ fn json_lines_bad_ones_are_rejected_by_line() {
         );
     }
 }
+
+#[test]
+fn inputs_the_fuzzer_found_and_its_seeds_still_read_consistently() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut n = 0;
+    for dir in ["regressions/csv_quarantine", "corpus/csv_quarantine"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.path().file_name().is_some_and(|n| n == "README.md") {
+                continue;
+            }
+            let data = std::fs::read(e.path()).unwrap();
+            super::check_csv_read(&data);
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no inputs under {}", root.display());
+}

@@ -1,9 +1,6 @@
 //! A whole pipeline against a real S3-compatible server: sources read from the bucket,
 //! partitioned outputs written to it through `[stores.*]` and `${env:NAME}`.
 
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt, PutPayload};
-
 use crate::conformance::Target;
 use crate::support::s3::S3Server;
 use crate::support::*;
@@ -11,33 +8,9 @@ use crate::support::*;
 #[tokio::test]
 async fn shop_pipeline_on_s3() {
     let server = S3Server::start();
-    server.create_bucket("lake");
-    let store = server.store("lake");
-    // Upload the raw data.
-    let data = testdata("shop").join("data");
-    for f in files_under(&data) {
-        let bytes = std::fs::read(data.join(&f)).unwrap();
-        store
-            .put(
-                &ObjectPath::from(format!("raw/{f}")),
-                PutPayload::from(bytes),
-            )
-            .await
-            .unwrap();
-    }
-    // The pipeline: the shop's queries, with every location in the bucket.
-    let dir = pipeline_copy("shop");
-    let toml = std::fs::read_to_string(dir.path().join("sluice.toml"))
-        .unwrap()
-        .replace(
-            "location = \"data/orders/\"",
-            "location = \"s3://lake/raw/orders/\"",
-        )
-        .replace(
-            "location = \"data/customers.jsonl\"",
-            "location = \"s3://lake/raw/customers.jsonl\"",
-        )
-        .replace("location = \"out/", "location = \"s3://lake/out/");
+    // The raw data uploaded; the shop's queries, with every location in the bucket.
+    let dir = server.shop_pipeline().await;
+    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
     let toml = format!(
         "{toml}\n[stores.lake]\nurl = \"s3://lake\"\nendpoint = \"${{env:TEST_S3_ENDPOINT}}\"\nregion = \"us-east-1\"\nallow_http = true\n"
     );

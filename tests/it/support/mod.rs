@@ -327,3 +327,22 @@ pub fn parquet_rows(path: &Path) -> u64 {
     use datafusion::parquet::file::reader::FileReader;
     reader.metadata().file_metadata().num_rows() as u64
 }
+
+/// The shop pipeline (a copy of `testdata/shop`) with its sources read from
+/// `s3://lake/raw/` and its outputs written to `s3://lake/out/`. The data is not uploaded.
+pub fn shop_pipeline_on_s3() -> tempfile::TempDir {
+    let dir = pipeline_copy("shop");
+    let toml = std::fs::read_to_string(dir.path().join("sluice.toml"))
+        .unwrap()
+        .replace(
+            "location = \"data/orders/\"",
+            "location = \"s3://lake/raw/orders/\"",
+        )
+        .replace(
+            "location = \"data/customers.jsonl\"",
+            "location = \"s3://lake/raw/customers.jsonl\"",
+        )
+        .replace("location = \"out/", "location = \"s3://lake/out/");
+    std::fs::write(dir.path().join("sluice.toml"), toml).unwrap();
+    dir
+}

@@ -38,11 +38,24 @@ pub struct S3Server {
 impl S3Server {
     /// Starts a fresh server on a free port and waits until it answers.
     pub fn start() -> S3Server {
+        S3Server::start_with(&[])
+    }
+
+    /// Starts a server that checks credentials and IAM policies (moto's
+    /// `INITIAL_NO_AUTH_ACTION_COUNT`): the first requests go unchecked, so a
+    /// test sets up buckets and users with [`S3Server::python`], then burns
+    /// the rest (the script's `lock()`), after which every request is
+    /// authenticated and authorised.
+    pub fn start_with_iam() -> S3Server {
+        S3Server::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "200")])
+    }
+
+    fn start_with(env: &[(&str, &str)]) -> S3Server {
         let exe = moto_server();
         let mut clashes = Vec::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            match try_start(&exe, port) {
+            match try_start(&exe, port, env) {
                 Ok(server) => return server,
                 Err(StartError::PortClash(log)) => clashes.push(format!("port {port}: {log}")),
                 Err(StartError::Fatal(msg)) => panic!("S3Server::start: {msg}"),
@@ -119,6 +132,61 @@ impl S3Server {
         Arc::new(store)
     }
 
+    /// Runs a Python script against this server with the moto install's own
+    /// Python (which has boto3): `s3` and `iam` are boto3 clients for it, and
+    /// `lock()` uses up the server's unauthenticated requests (see
+    /// [`S3Server::start_with_iam`]). Returns what the script printed.
+    pub fn python(&self, script: &str, args: &[&str]) -> String {
+        let exe = moto_server();
+        let python = python_of(&exe).unwrap_or_else(|| PathBuf::from("python3"));
+        let prelude = format!(
+            "import boto3, json, sys\n\
+             kw = dict(endpoint_url='{}', aws_access_key_id='test', \
+             aws_secret_access_key='test', region_name='us-east-1')\n\
+             s3 = boto3.client('s3', **kw)\niam = boto3.client('iam', **kw)\n\
+             def lock():\n\
+             \x20   for _ in range(2000):\n\
+             \x20       try:\n\
+             \x20           s3.list_buckets()\n\
+             \x20       except Exception:\n\
+             \x20           return\n\
+             \x20   raise SystemExit('the server never started checking credentials')\n",
+            self.endpoint()
+        );
+        let out = Command::new(&python)
+            .arg("-c")
+            .arg(format!("{prelude}{script}"))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("S3Server::python: running {}: {e}", python.display()));
+        assert!(
+            out.status.success(),
+            "S3Server::python failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Creates bucket `lake`, uploads `testdata/shop/data/` to `lake/raw/`,
+    /// and returns the shop pipeline reading and writing there
+    /// ([`super::shop_pipeline_on_s3`]).
+    pub async fn shop_pipeline(&self) -> tempfile::TempDir {
+        use object_store::{ObjectStoreExt, PutPayload};
+        self.create_bucket("lake");
+        let store = self.store("lake");
+        let data = super::testdata("shop").join("data");
+        for f in super::files_under(&data) {
+            store
+                .put(
+                    &object_store::path::Path::from(format!("raw/{f}")),
+                    PutPayload::from(fs::read(data.join(&f)).unwrap()),
+                )
+                .await
+                .unwrap();
+        }
+        super::shop_pipeline_on_s3()
+    }
+
     /// Environment variables a sluice process needs to reach this server:
     /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL
     /// and AWS_ALLOW_HTTP=true.
@@ -164,7 +232,7 @@ enum StartError {
     Fatal(String),
 }
 
-fn try_start(exe: &Path, port: u16) -> Result<S3Server, StartError> {
+fn try_start(exe: &Path, port: u16, env: &[(&str, &str)]) -> Result<S3Server, StartError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let log = std::env::temp_dir().join(format!(
         "sluice-moto-{}-{}-{port}.log",
@@ -198,7 +266,8 @@ fn try_start(exe: &Path, port: u16) -> Result<S3Server, StartError> {
             c
         }
     };
-    cmd.env("SLUICE_MOTO_LOG", &log)
+    cmd.envs(env.iter().copied())
+        .env("SLUICE_MOTO_LOG", &log)
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::piped())
