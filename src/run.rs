@@ -992,9 +992,11 @@ async fn run_table_model(
     if !model.checks.is_empty() {
         // Write, audit, publish: the checks read the staged files where they will be
         // published; a failed error check fails the model with the previous output intact.
-        register_staged(cx.engine, model, &output, &spec, cx.run_id, schema, &files)
-            .await
-            .map_err(|e| model_err(e.to_string()))?;
+        register_staged(
+            cx.engine, model, &output, &existing, &spec, cx.run_id, schema, &files,
+        )
+        .await
+        .map_err(|e| model_err(e.to_string()))?;
         report.checks = crate::checks::run(cx.engine.ctx(), &model.name, &model.checks).await;
         let blocking: Vec<String> = report
             .checks
@@ -1188,27 +1190,40 @@ pub fn describe_checks(results: &[(String, Vec<crate::checks::CheckResult>)]) ->
     out
 }
 
-/// Registers a model's staged files, not yet published, as its table: each file shown at the
-/// key it will be published at, so partitions read as they will after the publish.
+/// Registers a model's output as it will be once published — its staged files, not yet
+/// published, beside the current files the new version keeps (append, overwrite_partitions)
+/// — as its table: each file shown at the key it will be published at, so partitions read as
+/// they will after the publish.
+#[allow(clippy::too_many_arguments)]
 async fn register_staged(
     engine: &Engine,
     model: &ModelConfig,
     output: &sink::commit::Output,
+    existing: &sink::commit::Existing,
     spec: &sink::SinkSpec,
     run_id: &str,
     schema: &SchemaRef,
     files: &[sink::StagedFile],
 ) -> Result<(), Error> {
     let staging = sink::commit::Output::staging_dir(run_id);
+    // The output as it will be once published: in append and overwrite_partitions mode the
+    // files the new version keeps, beside the staged ones.
+    let kept = sink::commit::kept_files(existing, spec.mode, &spec.partition_by, files);
     let view = crate::catalog::manifest_store::ManifestStore::aliased(
         output.store(),
-        files.iter().map(|f| {
-            (
-                output.key(&f.file.path),
-                output.key(&format!("{staging}/{}", f.staged)),
-                f.file.bytes,
-            )
-        }),
+        files
+            .iter()
+            .map(|f| {
+                (
+                    output.key(&f.file.path),
+                    output.key(&format!("{staging}/{}", f.staged)),
+                    f.file.bytes,
+                )
+            })
+            .chain(kept.iter().map(|f| {
+                let key = output.key(&f.path);
+                (key.clone(), key, f.bytes)
+            })),
         chrono::Utc::now(),
     );
     let manifest = sink::commit::Manifest {
@@ -1217,9 +1232,17 @@ async fn register_staged(
         committed_at: now(),
         format: spec.format.name().to_string(),
         partition_by: spec.partition_by.clone(),
-        rows: files.iter().map(|f| f.file.rows).sum(),
+        rows: files
+            .iter()
+            .map(|f| f.file.rows)
+            .chain(kept.iter().map(|f| f.rows))
+            .sum(),
         columns: sink::manifest_columns(schema),
-        files: files.iter().map(|f| f.file.clone()).collect(),
+        files: files
+            .iter()
+            .map(|f| f.file.clone())
+            .chain(kept.iter().cloned())
+            .collect(),
     };
     catalog::register_manifest(
         engine.ctx(),

@@ -142,6 +142,29 @@ pub struct NewVersion<'a> {
     pub files: Vec<super::StagedFile>,
 }
 
+/// The files of the current version that the next one keeps beside the staged files: all of
+/// them in append mode, those of partitions the staged files do not rewrite in
+/// overwrite_partitions mode, none otherwise.
+pub fn kept_files(
+    existing: &Existing,
+    mode: WriteMode,
+    partition_by: &[String],
+    staged: &[super::StagedFile],
+) -> Vec<ManifestFile> {
+    let new_partitions: BTreeSet<&str> = staged.iter().map(|f| f.file.partition()).collect();
+    match mode {
+        WriteMode::Overwrite | WriteMode::ErrorIfExists => Vec::new(),
+        // Without partitions, the whole output is the one partition.
+        WriteMode::OverwritePartitions if partition_by.is_empty() => Vec::new(),
+        WriteMode::Append => existing.current_files(),
+        WriteMode::OverwritePartitions => existing
+            .current_files()
+            .into_iter()
+            .filter(|f| !new_partitions.contains(f.partition()))
+            .collect(),
+    }
+}
+
 /// What the folder held before this write.
 #[derive(Debug, Default)]
 pub struct Existing {
@@ -342,18 +365,7 @@ impl Output {
             columns,
             files: staged,
         } = version;
-        let new_partitions: BTreeSet<&str> = staged.iter().map(|f| f.file.partition()).collect();
-        let kept: Vec<ManifestFile> = match mode {
-            WriteMode::Overwrite | WriteMode::ErrorIfExists => Vec::new(),
-            // Without partitions, the whole output is the one partition.
-            WriteMode::OverwritePartitions if partition_by.is_empty() => Vec::new(),
-            WriteMode::Append => existing.current_files(),
-            WriteMode::OverwritePartitions => existing
-                .current_files()
-                .into_iter()
-                .filter(|f| !new_partitions.contains(f.partition()))
-                .collect(),
-        };
+        let kept = kept_files(existing, mode, partition_by, &staged);
 
         // Step 2: move staged files to their final keys. A file already moved (a resumed
         // run that was killed during an earlier publish) is found at its final key.

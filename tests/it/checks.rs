@@ -244,3 +244,34 @@ fn check_results_are_in_the_state_store_and_sluice_check_reruns_them() {
     assert_eq!(json[0][1][1]["status"], "fail");
     assert_eq!(json[0][1][1]["failing_rows"], 4);
 }
+
+#[test]
+fn in_append_mode_checks_see_the_kept_rows_beside_the_new_ones() {
+    // daily_revenue appended to: each run adds the same 4 days again.
+    let append = |checks: &str| {
+        let dir = pipeline_copy("shop");
+        let toml = std::fs::read_to_string(dir.path().join("sluice.toml"))
+            .unwrap()
+            .replace(
+                "partition_by = [\"order_date\"]",
+                "partition_by = [\"order_date\"]\nmode = \"append\"",
+            );
+        std::fs::write(dir.path().join("sluice.toml"), &toml).unwrap();
+        sluice(dir.path(), &["run", ".", "--select", "daily_revenue"]).expect(0);
+        std::fs::write(dir.path().join("sluice.toml"), format!("{toml}\n{checks}")).unwrap();
+        dir
+    };
+    // 4 rows kept + 4 staged: a count of 8 passes (the staged rows alone are 4).
+    let dir = append("[[models.daily_revenue.checks]]\nrow_count = { min = 8, max = 8 }\n");
+    sluice(dir.path(), &["run", ".", "--select", "daily_revenue"]).expect(0);
+    assert_eq!(manifest_rows(&dir.path().join("out/daily_revenue")).0, 8);
+
+    // The new days repeat the kept ones: unique fails, and nothing is published.
+    let dir = append("[[models.daily_revenue.checks]]\nunique = \"order_date\"\n");
+    let before = snapshot(&dir.path().join("out/daily_revenue"));
+    let run = sluice(dir.path(), &["run", ".", "--select", "daily_revenue"]).expect(1);
+    assert!(run.stderr.contains("unique"), "{}", run.stderr);
+    let after = snapshot(&dir.path().join("out/daily_revenue"));
+    assert_eq!(data_files(&after), data_files(&before));
+    assert_eq!(manifest_rows(&dir.path().join("out/daily_revenue")).0, 4);
+}
