@@ -98,18 +98,22 @@ impl ChunkDecoder {
     /// The good rows and the rejects of `chunk`, a part of `file`.
     pub fn decode(&self, file: &str, chunk: &Chunk) -> Decoded {
         let header = chunk.first && self.has_header();
-        if let Ok(batches) = self.decode_all(&chunk.bytes, header, None) {
+        let parts: Vec<&[u8]> = chunk.parts.iter().map(|p| &p[..]).collect();
+        if let Ok(batches) = self.decode_all(&parts, header, None) {
             return Decoded {
                 batches,
                 rejects: Vec::new(),
             };
         }
         let mut out = Decoded::default();
+        let bytes = chunk.contiguous();
         let records = match &self.dialect {
-            Dialect::Csv { options, .. } => self.csv_records(file, chunk, options, &mut out),
-            Dialect::Json => json_records(chunk),
+            Dialect::Csv { options, .. } => {
+                self.csv_records(file, &bytes, chunk, options, &mut out)
+            }
+            Dialect::Json => json_records(&bytes, chunk.first_line),
         };
-        self.bisect(file, &chunk.bytes, &records, &mut out);
+        self.bisect(file, &bytes, &records, &mut out);
         out
     }
 
@@ -117,10 +121,11 @@ impl ChunkDecoder {
         matches!(&self.dialect, Dialect::Csv { options, .. } if options.has_header)
     }
 
-    /// Decodes `buf` (whole records) with arrow's decoder; `projection` picks columns.
+    /// Decodes `parts` (whole records, one piece after the other) with arrow's decoder;
+    /// `projection` picks columns.
     fn decode_all(
         &self,
-        buf: &[u8],
+        parts: &[&[u8]],
         header: bool,
         projection: Option<usize>,
     ) -> Result<Vec<RecordBatch>, ArrowError> {
@@ -142,18 +147,20 @@ impl ChunkDecoder {
                     b = b.with_projection(vec![p]);
                 }
                 let mut d = b.build_decoder();
-                let mut pos = 0;
-                loop {
-                    pos += d.decode(&buf[pos..])?;
-                    if d.capacity() == 0 {
-                        out.extend(d.flush()?);
-                    } else if pos == buf.len() {
-                        // An empty input ends the last record.
-                        d.decode(&[])?;
-                        out.extend(d.flush()?);
-                        break;
+                for buf in parts {
+                    let mut pos = 0;
+                    loop {
+                        pos += d.decode(&buf[pos..])?;
+                        if d.capacity() == 0 {
+                            out.extend(d.flush()?);
+                        } else if pos == buf.len() {
+                            break;
+                        }
                     }
                 }
+                // An empty input ends the last record.
+                d.decode(&[])?;
+                out.extend(d.flush()?);
             }
             Dialect::Json => {
                 let schema = match projection {
@@ -163,17 +170,18 @@ impl ChunkDecoder {
                 let mut d = datafusion::arrow::json::ReaderBuilder::new(schema)
                     .with_batch_size(self.batch_size)
                     .build_decoder()?;
-                let mut pos = 0;
-                loop {
-                    let n = d.decode(&buf[pos..])?;
-                    pos += n;
-                    if n == 0 || pos == buf.len() {
-                        out.extend(d.flush()?);
-                        if pos == buf.len() {
-                            break;
+                for buf in parts {
+                    let mut pos = 0;
+                    while pos < buf.len() {
+                        let n = d.decode(&buf[pos..])?;
+                        pos += n;
+                        // A full batch stops the decoder short of the input's end.
+                        if n == 0 || pos < buf.len() {
+                            out.extend(d.flush()?);
                         }
                     }
                 }
+                out.extend(d.flush()?);
             }
         }
         Ok(out)
@@ -183,11 +191,11 @@ impl ChunkDecoder {
     fn csv_records(
         &self,
         file: &str,
+        bytes: &[u8],
         chunk: &Chunk,
         options: &CsvOptions,
         out: &mut Decoded,
     ) -> Vec<Record> {
-        let bytes = &chunk.bytes[..];
         let ncols = self.schema.fields().len();
         let mut reader = csv_core::ReaderBuilder::new()
             .delimiter(options.delimiter)
@@ -280,7 +288,7 @@ impl ChunkDecoder {
                 buf.push(b'\n');
             }
         }
-        match self.decode_all(&buf, false, None) {
+        match self.decode_all(&[&buf], false, None) {
             Ok(batches) => out.batches.extend(batches),
             Err(e) if records.len() == 1 => {
                 let reason = self.reason(&buf, e);
@@ -308,7 +316,7 @@ impl ChunkDecoder {
             return message;
         }
         for (i, field) in self.schema.fields().iter().enumerate() {
-            if self.decode_all(row, false, Some(i)).is_err() {
+            if self.decode_all(&[row], false, Some(i)).is_err() {
                 return match csv_value(&self.dialect, row, i) {
                     Some(value) => format!(
                         "column {}: {value:?} is not {}",
@@ -323,11 +331,10 @@ impl ChunkDecoder {
     }
 }
 
-/// The lines of a JSON chunk that hold something.
-fn json_records(chunk: &Chunk) -> Vec<Record> {
-    let bytes = &chunk.bytes[..];
+/// The lines of a JSON chunk (`bytes`, starting at line `first_line`) that hold something.
+fn json_records(bytes: &[u8], first_line: u64) -> Vec<Record> {
     let mut records = Vec::new();
-    let (mut start, mut line) = (0usize, chunk.first_line);
+    let (mut start, mut line) = (0usize, first_line);
     while start < bytes.len() {
         let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i + 1);
         if bytes[start..end].iter().any(|b| !b.is_ascii_whitespace()) {

@@ -395,7 +395,7 @@ impl FileReader {
             let mut done = false;
             while !done {
                 let piece = match bytes.next().await {
-                    Some(Ok(b)) => splitter.push(&b),
+                    Some(Ok(b)) => splitter.push(b),
                     Some(Err(e)) => {
                         return Err(DataFusionError::Execution(format!(
                             "{shown}: cannot read the file to its end: {}",
@@ -418,7 +418,9 @@ impl FileReader {
                         }
                     }
                     Some(Piece::Overlong { line, head }) => {
+                        // The rest of the file belongs to that record: no need to read it.
                         self.sink.push(overlong(&shown, line, &head));
+                        done = true;
                     }
                     None => {}
                 }
@@ -552,7 +554,7 @@ pub fn read_bytes(bytes: &[u8], file: &str, decoder: &ChunkDecoder, chunk_bytes:
     };
     // Fed in pieces as a stream would be.
     for piece in bytes.chunks(8 << 10) {
-        let p = splitter.push(piece);
+        let p = splitter.push(bytes::Bytes::copy_from_slice(piece));
         take(p, &mut out);
     }
     let p = splitter.finish();
@@ -583,7 +585,7 @@ pub async fn first_reject(
     );
     loop {
         let (piece, end) = match bytes.next().await {
-            Some(Ok(b)) => (splitter.push(&b), false),
+            Some(Ok(b)) => (splitter.push(b), false),
             Some(Err(e)) => return Err(describe(&e)),
             None => (splitter.finish(), true),
         };

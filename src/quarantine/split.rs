@@ -14,12 +14,42 @@ use bytes::{Bytes, BytesMut};
 /// A chunk of whole records, and where it starts in its file.
 #[derive(Debug, Clone)]
 pub struct Chunk {
-    /// The bytes, ending at a record boundary (or at the end of the file).
-    pub bytes: Bytes,
+    /// The bytes, ending at a record boundary (or at the end of the file), in one or two
+    /// pieces: what earlier blocks of the file left over (copied), then a slice of the block
+    /// that completed the chunk (not copied).
+    pub parts: Vec<Bytes>,
     /// The file line the chunk's first byte is on (1 = the file's first line).
     pub first_line: u64,
     /// Whether the chunk starts at the top of the file, where a CSV header is.
     pub first: bool,
+}
+
+impl Chunk {
+    /// The bytes in one piece (copied only when there are two).
+    pub fn contiguous(&self) -> Bytes {
+        match &self.parts[..] {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            parts => Bytes::from(parts.concat()),
+        }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn newlines(&self) -> u64 {
+        self.parts
+            .iter()
+            .map(|p| memchr::memchr_iter(b'\n', p).count() as u64)
+            .sum()
+    }
 }
 
 /// What comes next out of a [`Splitter`].
@@ -160,14 +190,17 @@ impl Boundaries {
 }
 
 /// Cuts a byte stream into [`Chunk`]s of about `target` bytes each.
+///
+/// A block that completes a chunk is not copied: the chunk takes a slice of it (after the
+/// bytes earlier blocks left over) and only the partial record after its last boundary is
+/// kept. Blocks smaller than a chunk (a decompressed stream's) are gathered first.
 #[derive(Debug)]
 pub struct Splitter {
     boundaries: Boundaries,
     target: usize,
     max_record: usize,
+    /// Bytes scanned and not yet handed out.
     buf: BytesMut,
-    /// How much of `buf` has been scanned.
-    scanned: usize,
     /// The end of the last boundary found in `buf`.
     cut: Option<usize>,
     line: u64,
@@ -185,7 +218,6 @@ impl Splitter {
             target: target.max(1),
             max_record: max_record.max(1),
             buf: BytesMut::new(),
-            scanned: 0,
             cut: None,
             line: 1,
             first: true,
@@ -194,19 +226,32 @@ impl Splitter {
     }
 
     /// Adds the next bytes of the file; returns what is ready.
-    pub fn push(&mut self, bytes: &[u8]) -> Option<Piece> {
+    pub fn push(&mut self, block: Bytes) -> Option<Piece> {
         if self.skipping {
             return None;
         }
-        self.buf.extend_from_slice(bytes);
-        if let Some(end) = self.boundaries.scan(&self.buf[self.scanned..]) {
-            self.cut = Some(self.scanned + end);
+        if let Some(end) = self.boundaries.scan(&block) {
+            let tail = block.len() - end;
+            // Enough for a chunk, or a record after the boundary already too long.
+            if self.buf.len() + end >= self.target || tail > self.max_record {
+                let head = self.buf.split().freeze();
+                let parts = [head, block.slice(..end)]
+                    .into_iter()
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                self.buf.extend_from_slice(&block[end..]);
+                self.cut = None;
+                return Some(Piece::Chunk(self.hand_out(parts)));
+            }
+            self.cut = Some(self.buf.len() + end);
         }
-        self.scanned = self.buf.len();
+        self.buf.extend_from_slice(&block);
         match self.cut {
-            // Cut at the target size, or before a record that is growing too long.
-            Some(cut) if cut >= self.target || self.buf.len() - cut > self.max_record => {
-                Some(Piece::Chunk(self.take(cut)))
+            // A record growing too long after the last boundary: cut before it.
+            Some(cut) if self.buf.len() - cut > self.max_record => {
+                let parts = vec![self.buf.split_to(cut).freeze()];
+                self.cut = None;
+                Some(Piece::Chunk(self.hand_out(parts)))
             }
             None if self.buf.len() > self.max_record => {
                 self.skipping = true;
@@ -225,22 +270,18 @@ impl Splitter {
         if self.skipping || self.buf.is_empty() {
             return None;
         }
-        let all = self.buf.len();
-        Some(Piece::Chunk(self.take(all)))
+        let parts = vec![self.buf.split().freeze()];
+        Some(Piece::Chunk(self.hand_out(parts)))
     }
 
-    fn take(&mut self, cut: usize) -> Chunk {
-        let bytes = self.buf.split_to(cut).freeze();
+    fn hand_out(&mut self, parts: Vec<Bytes>) -> Chunk {
         let chunk = Chunk {
+            parts,
             first_line: self.line,
             first: self.first,
-            bytes,
         };
-        self.line += memchr::memchr_iter(b'\n', &chunk.bytes).count() as u64;
+        self.line += chunk.newlines();
         self.first = false;
-        self.scanned = self.buf.len();
-        // `cut` was the last boundary scanned, so the rest holds none.
-        self.cut = None;
         chunk
     }
 }
@@ -258,7 +299,7 @@ mod tests {
         );
         let mut out = Vec::new();
         for piece in text.chunks(feed.max(1)) {
-            if let Some(Piece::Chunk(c)) = s.push(piece) {
+            if let Some(Piece::Chunk(c)) = s.push(Bytes::copy_from_slice(piece)) {
                 out.push(c);
             }
         }
@@ -295,7 +336,12 @@ mod tests {
                     records.iter().map(|(l, r)| (*l, r.to_string())).collect();
                 let cuts: Vec<(u64, String)> = got
                     .iter()
-                    .map(|c| (c.first_line, String::from_utf8_lossy(&c.bytes).into_owned()))
+                    .map(|c| {
+                        (
+                            c.first_line,
+                            String::from_utf8_lossy(&c.contiguous()).into_owned(),
+                        )
+                    })
                     .collect();
                 assert_eq!(cuts, want);
             }
@@ -304,7 +350,7 @@ mod tests {
             for c in &got {
                 let i = ends.iter().position(|e| *e == at).map_or(0, |i| i + 1);
                 assert_eq!(c.first_line, records[i].0, "fed {feed}");
-                at += c.bytes.len();
+                at += c.len();
                 assert!(ends.contains(&at), "fed {feed}: cut at {at}");
             }
             assert_eq!(at, text.len());
@@ -316,22 +362,23 @@ mod tests {
         let text = b"1,\"open\n2,b\n3,c\n";
         let got = chunks(text, 1, 4);
         assert_eq!(got.len(), 1);
-        assert_eq!(&got[0].bytes[..], &text[..]);
+        assert_eq!(&got[0].contiguous()[..], &text[..]);
     }
 
     #[test]
     fn an_overlong_record_is_reported_once_and_the_rest_dropped() {
         let mut s = Splitter::new(Boundaries::Csv(CsvBoundaries::new(b',', b'"', None)), 4, 10);
-        assert!(matches!(s.push(b"1,a\n"), Some(Piece::Chunk(_))));
-        assert!(s.push(b"2,\"abc").is_none());
-        match s.push(b"defghijk\n3,x\n") {
+        let b = |s: &'static [u8]| Bytes::from_static(s);
+        assert!(matches!(s.push(b(b"1,a\n")), Some(Piece::Chunk(_))));
+        assert!(s.push(b(b"2,\"abc")).is_none());
+        match s.push(b(b"defghijk\n3,x\n")) {
             Some(Piece::Overlong { line, head }) => {
                 assert_eq!(line, 2);
                 assert!(head.starts_with(b"2,\"abc"));
             }
             other => panic!("{other:?}"),
         }
-        assert!(s.push(b"4,y\n").is_none());
+        assert!(s.push(b(b"4,y\n")).is_none());
         assert!(s.finish().is_none());
     }
 
@@ -340,12 +387,12 @@ mod tests {
         let mut s = Splitter::new(Boundaries::Lines, 5, 1 << 20);
         let mut got = Vec::new();
         for piece in [&b"{\"a\":1}\n{\"a\""[..], b":2}\n{\"a\":3}"] {
-            if let Some(Piece::Chunk(c)) = s.push(piece) {
-                got.push((c.first_line, c.bytes));
+            if let Some(Piece::Chunk(c)) = s.push(Bytes::from_static(piece)) {
+                got.push((c.first_line, c.contiguous()));
             }
         }
         if let Some(Piece::Chunk(c)) = s.finish() {
-            got.push((c.first_line, c.bytes));
+            got.push((c.first_line, c.contiguous()));
         }
         let got: Vec<(u64, &[u8])> = got.iter().map(|(l, b)| (*l, &b[..])).collect();
         assert_eq!(
