@@ -72,6 +72,13 @@ pub struct ChunkDecoder {
     batch_size: usize,
 }
 
+/// Where a batch taken apart starts: its line, and whether it starts with the header.
+#[derive(Debug, Clone, Copy)]
+struct At {
+    line: u64,
+    skip_header: bool,
+}
+
 /// One record of a chunk taken apart: its bytes and the line it starts on.
 #[derive(Debug, Clone, Copy)]
 struct Record {
@@ -96,25 +103,52 @@ impl ChunkDecoder {
     }
 
     /// The good rows and the rejects of `chunk`, a part of `file`.
+    ///
+    /// Decoded by arrow's decoder, a batch at a time; a batch that fails is taken apart (its
+    /// records split out, those of the wrong shape rejected, the rest decoded in halves down
+    /// to the rows that fail), and arrow's decoder goes on after it.
     pub fn decode(&self, file: &str, chunk: &Chunk) -> Decoded {
-        let header = chunk.first && self.has_header();
-        let parts: Vec<&[u8]> = chunk.parts.iter().map(|p| &p[..]).collect();
-        if let Ok(batches) = self.decode_all(&parts, header, None) {
-            return Decoded {
-                batches,
-                rejects: Vec::new(),
-            };
-        }
         let mut out = Decoded::default();
-        let bytes = chunk.contiguous();
-        let records = match &self.dialect {
-            Dialect::Csv { options, .. } => {
-                self.csv_records(file, &bytes, chunk, options, &mut out)
+        let mut header = chunk.first && self.has_header();
+        let mut from = 0;
+        loop {
+            let parts = chunk.parts_from(from);
+            match self.run(&parts, header, None, &mut out.batches) {
+                Ok(()) => return out,
+                Err((at, _)) => {
+                    let start = from + at;
+                    let used = self.take_apart(file, chunk, start, header && start == 0, &mut out);
+                    header = false;
+                    from = start + used.max(1);
+                    if from >= chunk.len() {
+                        return out;
+                    }
+                }
             }
-            Dialect::Json => json_records(&bytes, chunk.first_line),
+        }
+    }
+
+    /// Takes apart the batch of records that starts at byte `start` of `chunk` (see
+    /// [`ChunkDecoder::decode`]); returns the bytes it covered.
+    fn take_apart(
+        &self,
+        file: &str,
+        chunk: &Chunk,
+        start: usize,
+        skip_header: bool,
+        out: &mut Decoded,
+    ) -> usize {
+        let bytes = chunk.slice_from(start);
+        let line = chunk.first_line + chunk.newlines_before(start);
+        let (records, used) = match &self.dialect {
+            Dialect::Csv { options, .. } => {
+                let at = At { line, skip_header };
+                self.csv_records(file, &bytes, at, options, out)
+            }
+            Dialect::Json => json_records(&bytes, line, self.batch_size),
         };
-        self.bisect(file, &bytes, &records, &mut out);
-        out
+        self.bisect(file, &bytes, &records, out);
+        used
     }
 
     fn has_header(&self) -> bool {
@@ -130,6 +164,22 @@ impl ChunkDecoder {
         projection: Option<usize>,
     ) -> Result<Vec<RecordBatch>, ArrowError> {
         let mut out = Vec::new();
+        self.run(parts, header, projection, &mut out)
+            .map_err(|(_, e)| e)?;
+        Ok(out)
+    }
+
+    /// Decodes `parts` into `out` a batch at a time; on an error, the byte offset where the
+    /// failing batch starts (the batches before it are in `out`).
+    fn run(
+        &self,
+        parts: &[&[u8]],
+        header: bool,
+        projection: Option<usize>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<(), (usize, ArrowError)> {
+        // Bytes consumed, and where the batch being filled started.
+        let (mut pos, mut batch) = (0usize, 0usize);
         match &self.dialect {
             Dialect::Csv { options, null } => {
                 let mut b = datafusion::arrow::csv::ReaderBuilder::new(Arc::clone(&self.schema))
@@ -148,54 +198,62 @@ impl ChunkDecoder {
                 }
                 let mut d = b.build_decoder();
                 for buf in parts {
-                    let mut pos = 0;
+                    let mut p = 0;
                     loop {
-                        pos += d.decode(&buf[pos..])?;
+                        let n = d.decode(&buf[p..]).map_err(|e| (batch, e))?;
+                        p += n;
+                        pos += n;
                         if d.capacity() == 0 {
-                            out.extend(d.flush()?);
-                        } else if pos == buf.len() {
+                            out.extend(d.flush().map_err(|e| (batch, e))?);
+                            batch = pos;
+                        } else if p == buf.len() || n == 0 {
                             break;
                         }
                     }
                 }
                 // An empty input ends the last record.
-                d.decode(&[])?;
-                out.extend(d.flush()?);
+                d.decode(&[]).map_err(|e| (batch, e))?;
+                out.extend(d.flush().map_err(|e| (batch, e))?);
             }
             Dialect::Json => {
                 let schema = match projection {
-                    Some(p) => Arc::new(self.schema.project(&[p])?),
+                    Some(p) => Arc::new(self.schema.project(&[p]).map_err(|e| (0, e))?),
                     None => Arc::clone(&self.schema),
                 };
                 let mut d = datafusion::arrow::json::ReaderBuilder::new(schema)
                     .with_batch_size(self.batch_size)
-                    .build_decoder()?;
+                    .build_decoder()
+                    .map_err(|e| (0, e))?;
                 for buf in parts {
-                    let mut pos = 0;
-                    while pos < buf.len() {
-                        let n = d.decode(&buf[pos..])?;
+                    let mut p = 0;
+                    while p < buf.len() {
+                        let n = d.decode(&buf[p..]).map_err(|e| (batch, e))?;
+                        p += n;
                         pos += n;
                         // A full batch stops the decoder short of the input's end.
-                        if n == 0 || pos < buf.len() {
-                            out.extend(d.flush()?);
+                        if n == 0 || p < buf.len() {
+                            out.extend(d.flush().map_err(|e| (batch, e))?);
+                            batch = pos;
                         }
                     }
                 }
-                out.extend(d.flush()?);
+                out.extend(d.flush().map_err(|e| (batch, e))?);
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Splits a CSV chunk into records; those of the wrong shape go to `out.rejects`.
+    /// Splits the first batch of CSV records in `bytes` (a batch's worth, or up to the end)
+    /// out; those of the wrong shape go to `out.rejects`. Returns the others and the bytes
+    /// the batch covered.
     fn csv_records(
         &self,
         file: &str,
         bytes: &[u8],
-        chunk: &Chunk,
+        at: At,
         options: &CsvOptions,
         out: &mut Decoded,
-    ) -> Vec<Record> {
+    ) -> (Vec<Record>, usize) {
         let ncols = self.schema.fields().len();
         let mut reader = csv_core::ReaderBuilder::new()
             .delimiter(options.delimiter)
@@ -207,10 +265,11 @@ impl ChunkDecoder {
         let mut ends = vec![0usize; ncols + 8];
         let (mut nfields, mut nends) = (0usize, 0usize);
         let mut records = Vec::new();
-        let mut skip_header = chunk.first && options.has_header;
+        let mut skip_header = at.skip_header;
         let (mut pos, mut start) = (0usize, 0usize);
-        let mut line = chunk.first_line;
-        loop {
+        let mut line = at.line;
+        let mut taken = 0usize;
+        while taken < self.batch_size {
             let (res, nin, nout, nend) =
                 reader.read_record(&bytes[pos..], &mut fields[nfields..], &mut ends[nends..]);
             pos += nin;
@@ -240,6 +299,9 @@ impl ChunkDecoder {
                         line,
                     };
                     let blank = nends <= 1 && nfields == 0;
+                    if !skip_header && !blank {
+                        taken += 1;
+                    }
                     if skip_header {
                         skip_header = false;
                     } else if blank {
@@ -272,7 +334,7 @@ impl ChunkDecoder {
                 csv_core::ReadRecordResult::End => break,
             }
         }
-        records
+        (records, pos)
     }
 
     /// Decodes `records` as a whole; if that fails, each half alone, down to the single
@@ -331,11 +393,12 @@ impl ChunkDecoder {
     }
 }
 
-/// The lines of a JSON chunk (`bytes`, starting at line `first_line`) that hold something.
-fn json_records(bytes: &[u8], first_line: u64) -> Vec<Record> {
+/// The first `max` lines of JSON `bytes` (starting at line `first_line`) that hold
+/// something, and the bytes they covered.
+fn json_records(bytes: &[u8], first_line: u64, max: usize) -> (Vec<Record>, usize) {
     let mut records = Vec::new();
     let (mut start, mut line) = (0usize, first_line);
-    while start < bytes.len() {
+    while start < bytes.len() && records.len() < max {
         let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i + 1);
         if bytes[start..end].iter().any(|b| !b.is_ascii_whitespace()) {
             records.push(Record { start, end, line });
@@ -343,7 +406,7 @@ fn json_records(bytes: &[u8], first_line: u64) -> Vec<Record> {
         start = end;
         line += 1;
     }
-    records
+    (records, start)
 }
 
 /// The text of column `i` of the CSV record `row`.

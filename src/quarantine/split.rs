@@ -44,6 +44,53 @@ impl Chunk {
         self.len() == 0
     }
 
+    /// The pieces from byte `from` on.
+    pub fn parts_from(&self, from: usize) -> Vec<&[u8]> {
+        let mut skip = from;
+        let mut out = Vec::with_capacity(self.parts.len());
+        for p in &self.parts {
+            if skip >= p.len() {
+                skip -= p.len();
+                continue;
+            }
+            out.push(&p[skip..]);
+            skip = 0;
+        }
+        out
+    }
+
+    /// The bytes from `from` on, in one piece (copied only when they span two).
+    pub fn slice_from(&self, from: usize) -> Bytes {
+        let mut skip = from;
+        for (i, p) in self.parts.iter().enumerate() {
+            if skip >= p.len() {
+                skip -= p.len();
+                continue;
+            }
+            if i + 1 == self.parts.len() {
+                return p.slice(skip..);
+            }
+            let mut all = p[skip..].to_vec();
+            for q in &self.parts[i + 1..] {
+                all.extend_from_slice(q);
+            }
+            return Bytes::from(all);
+        }
+        Bytes::new()
+    }
+
+    /// The newlines before byte `end`.
+    pub fn newlines_before(&self, end: usize) -> u64 {
+        let mut left = end;
+        let mut n = 0;
+        for p in &self.parts {
+            let take = left.min(p.len());
+            n += memchr::memchr_iter(b'\n', &p[..take]).count() as u64;
+            left -= take;
+        }
+        n
+    }
+
     fn newlines(&self) -> u64 {
         self.parts
             .iter()
