@@ -252,6 +252,9 @@ pub struct Splitter {
     cut: Option<usize>,
     line: u64,
     first: bool,
+    /// Whether a byte other than a line end has been seen: the first chunk must hold the
+    /// file's first record (a CSV header may follow blank lines, which csv-core skips).
+    started: bool,
     /// Past an overlong record: the rest of the file is dropped.
     skipping: bool,
 }
@@ -268,6 +271,7 @@ impl Splitter {
             cut: None,
             line: 1,
             first: true,
+            started: false,
             skipping: false,
         }
     }
@@ -277,7 +281,14 @@ impl Splitter {
         if self.skipping {
             return None;
         }
-        if let Some(end) = self.boundaries.scan(&block) {
+        let found = self.boundaries.scan(&block).filter(|end| {
+            // No cut before the file's first record.
+            self.started || block[..*end].iter().any(|b| !matches!(b, b'\n' | b'\r'))
+        });
+        if !self.started {
+            self.started = block.iter().any(|b| !matches!(b, b'\n' | b'\r'));
+        }
+        if let Some(end) = found {
             let tail = block.len() - end;
             // Enough for a chunk, or a record after the boundary already too long.
             if self.buf.len() + end >= self.target || tail > self.max_record {
