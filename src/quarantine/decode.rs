@@ -260,8 +260,9 @@ impl ChunkDecoder {
             .quote(options.quote)
             .escape(options.escape)
             .build();
-        // A record's fields are never longer than the chunk.
-        let mut fields = vec![0u8; bytes.len() + 1];
+        // Grown when a record needs more (`OutputFull`): `bytes` runs to the end of the chunk,
+        // and zeroing megabytes for each bad row cost more than decoding its batch.
+        let mut fields = vec![0u8; bytes.len().min(64 << 10) + 1];
         let mut ends = vec![0usize; ncols + 8];
         let (mut nfields, mut nends) = (0usize, 0usize);
         let mut records = Vec::new();

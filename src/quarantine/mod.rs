@@ -54,10 +54,6 @@ const MAX_RAW: usize = 64 << 10;
 /// The size of the chunks a file is cut into for decoding (a few batches each).
 const CHUNK_BYTES: usize = 4 << 20;
 
-/// Rows decoded at a time. A batch holding a bad row is taken apart and decoded again in
-/// halves, about three times its cost; small batches keep that cost small.
-const DECODE_ROWS: usize = 2048;
-
 /// The longest record read; past it (most likely an unbalanced quote) the rest of the file is
 /// one reject.
 pub const MAX_RECORD_BYTES: usize = 128 << 20;
@@ -308,7 +304,7 @@ impl ExecutionPlan for QuarantineScan {
             decoder: Arc::new(ChunkDecoder::new(
                 Arc::clone(&self.file_schema),
                 self.dialect.clone(),
-                context.session_config().batch_size().min(DECODE_ROWS),
+                context.session_config().batch_size(),
             )),
             schema: Arc::clone(&self.schema),
             projection: self.projection.clone(),
