@@ -344,12 +344,12 @@ impl ChunkDecoder {
         if records.is_empty() {
             return;
         }
-        let mut buf = Vec::with_capacity(records.iter().map(|r| r.end - r.start + 1).sum());
+        // Records as written, terminators included. Only the file's last record can lack one,
+        // and it comes last here too; adding a newline to it would change a value left open
+        // by an unbalanced quote.
+        let mut buf = Vec::with_capacity(records.iter().map(|r| r.end - r.start).sum());
         for r in records {
             buf.extend_from_slice(&bytes[r.start..r.end]);
-            if buf.last() != Some(&b'\n') {
-                buf.push(b'\n');
-            }
         }
         match self.decode_all(&[&buf], false, None) {
             Ok(batches) => out.batches.extend(batches),
