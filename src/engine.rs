@@ -222,7 +222,8 @@ impl ScanRows {
     }
 }
 
-/// The table a scan reads: the first of `tables` whose location holds the scan's files.
+/// The table a scan reads: of `tables`, the one whose location holds the scan's files most
+/// closely.
 fn leaf_table(
     plan: &Arc<dyn ExecutionPlan>,
     tables: &[(String, ListingTableUrl)],
@@ -243,11 +244,13 @@ fn leaf_table(
             file.object_meta.location.clone(),
         )
     };
+    // The closest location wins: a source at `data/orders/` over one at `data/`.
     tables
         .iter()
-        .find(|(_, url)| {
+        .filter(|(_, url)| {
             url.object_store() == store && (url.prefix() == &path || url.contains(&path, false))
         })
+        .max_by_key(|(_, url)| url.prefix().as_ref().len())
         .map(|(name, _)| name.clone())
 }
 

@@ -299,13 +299,12 @@ impl ChunkDecoder {
                         end: pos,
                         line,
                     };
-                    let blank = nends <= 1 && nfields == 0;
-                    if !skip_header && !blank {
+                    // (csv-core skips empty lines itself; `""` is one empty field, a row.)
+                    if !skip_header {
                         taken += 1;
                     }
                     if skip_header {
                         skip_header = false;
-                    } else if blank {
                     } else if nends != ncols {
                         out.rejects.push(reject(
                             file,

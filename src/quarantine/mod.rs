@@ -410,7 +410,9 @@ impl FileReader {
             }
             Ok::<(), DataFusionError>(())
         };
-        let consume = async {
+        // Owns the receiver, so that when it stops (an error, or the query gone) the producer's
+        // next send fails and it stops too, instead of waiting on a full channel.
+        let consume = async move {
             while let Some(handle) = decoding.recv().await {
                 let decoded = handle
                     .await

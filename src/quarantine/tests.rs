@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::AsArray;
+use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 
 use super::decode::{ChunkDecoder, Decoded, Dialect};
@@ -242,4 +242,36 @@ fn inputs_the_fuzzer_found_and_its_seeds_still_read_consistently() {
         }
     }
     assert!(n > 0, "no inputs under {}", root.display());
+}
+
+#[test]
+fn a_quoted_empty_value_is_a_row_and_an_empty_line_is_none() {
+    // One column: `""` is a NULL row, the empty line no row, `x` a reject; whether or not
+    // its batch was taken apart.
+    let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+    let decoder = ChunkDecoder::new(schema, Dialect::csv(CsvOptions::default()), 2);
+    for text in [&b"a\n\"\"\nx\n\n5\n"[..], b"a\n\"\"\n7\n\n5\n"] {
+        let bad = text.windows(2).any(|w| w == b"x\n");
+        for chunk in [1, usize::MAX] {
+            let d = read_bytes(text, "f.csv", &decoder, chunk);
+            let values: Vec<Option<i64>> = d
+                .batches
+                .iter()
+                .flat_map(|b| {
+                    let a = b.column(0).as_primitive::<Int64Type>();
+                    (0..b.num_rows())
+                        .map(|r| (!a.is_null(r)).then(|| a.value(r)))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let lines: Vec<u64> = d.rejects.iter().map(|r| r.line).collect();
+            if bad {
+                assert_eq!(values, vec![None, Some(5)], "chunks of {chunk}");
+                assert_eq!(lines, vec![3], "chunks of {chunk}");
+            } else {
+                assert_eq!(values, vec![None, Some(7), Some(5)], "chunks of {chunk}");
+                assert!(lines.is_empty(), "chunks of {chunk}");
+            }
+        }
+    }
 }
