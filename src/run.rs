@@ -526,34 +526,37 @@ async fn run_models(
 /// it reads included) and the outputs of the table models upstream. For naming the scans of
 /// its plan.
 fn tables_read(dag: &Dag, pipeline: &Pipeline, name: &str) -> Vec<(String, ListingTableUrl)> {
-    let sources = sources_read(dag, pipeline, name);
-    let sources = sources.iter().filter_map(|s| {
-        let spec = pipeline.sources.get(s)?;
-        Some((s.clone(), ListingTableUrl::parse(&spec.location).ok()?))
+    let (sources, models) = inputs_of(dag, pipeline, name);
+    let sources = sources.into_iter().filter_map(|s| {
+        let url = ListingTableUrl::parse(&pipeline.sources.get(&s)?.location).ok()?;
+        Some((s, url))
     });
-    let mut models = Vec::new();
-    let mut frontier: Vec<&String> = dag.nodes[name].upstream_models.iter().collect();
-    while let Some(up) = frontier.pop() {
-        let m = &pipeline.models[up];
-        if m.materialized == Materialized::View {
-            frontier.extend(dag.nodes[up].upstream_models.iter());
-        } else if let Ok(url) = ListingTableUrl::parse(&m.sink.location) {
-            models.push((up.clone(), url));
-        }
-    }
+    let models = models.into_iter().filter_map(|m| {
+        let url = ListingTableUrl::parse(&pipeline.models[&m].sink.location).ok()?;
+        Some((m, url))
+    });
     sources.chain(models).collect()
 }
 
+/// The sources a model reads, those of the views it reads included.
 fn sources_read(dag: &Dag, pipeline: &Pipeline, name: &str) -> BTreeSet<String> {
-    let mut out = dag.nodes[name].sources.clone();
+    inputs_of(dag, pipeline, name).0
+}
+
+/// What a model's query reads once its views are inlined: sources, and table models.
+fn inputs_of(dag: &Dag, pipeline: &Pipeline, name: &str) -> (BTreeSet<String>, Vec<String>) {
+    let mut sources = dag.nodes[name].sources.clone();
+    let mut tables = Vec::new();
     let mut frontier: Vec<&String> = dag.nodes[name].upstream_models.iter().collect();
     while let Some(up) = frontier.pop() {
         if pipeline.models[up].materialized == Materialized::View {
-            out.extend(dag.nodes[up].sources.iter().cloned());
+            sources.extend(dag.nodes[up].sources.iter().cloned());
             frontier.extend(dag.nodes[up].upstream_models.iter());
+        } else {
+            tables.push(up.clone());
         }
     }
-    out
+    (sources, tables)
 }
 
 /// The work units of a model: one per period for a batched model, one otherwise.

@@ -371,13 +371,16 @@ pub async fn register_table(
             Ok(s) => s,
             Err(e) => {
                 // Files whose columns conflict: name them and the columns.
+                let files = list_files(ctx, &table_url, &opts, store.as_ref(), usize::MAX)
+                    .await
+                    .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
                 if let Err(drift @ CatalogError::SchemaDrift { .. }) = check_drift(
                     ctx,
                     spec,
                     &table_url,
-                    &opts,
                     &store,
                     Arc::new(Schema::empty()),
+                    files,
                 )
                 .await
                 {
@@ -406,12 +409,20 @@ pub async fn register_table(
     }
     let quarantine = spec.on_bad_rows == crate::config::OnBadRows::Quarantine
         && matches!(spec.format, Format::Csv | Format::Json);
-    if !quarantine && !opts.table_partition_cols.is_empty() {
+    // Every file, listed once for what needs them: the quarantine scan, the schema-drift
+    // check, the partition-value check.
+    let checks_partitions = !quarantine && !opts.table_partition_cols.is_empty();
+    let drift = spec.schema.is_none() && !quarantine;
+    let files = if quarantine || drift || checks_partitions {
+        list_files(ctx, &table_url, &opts, store.as_ref(), usize::MAX)
+            .await
+            .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?
+    } else {
+        Vec::new()
+    };
+    if checks_partitions {
         // A folder whose value does not read as its column's type would fail the query
         // mid-run without naming the folder: name it now.
-        let files = list_files(ctx, &table_url, &opts, store.as_ref(), usize::MAX)
-            .await
-            .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
         for file in &files {
             if let Err(message) =
                 partition_values(&table_url, &opts.table_partition_cols, &file.location)
@@ -420,16 +431,8 @@ pub async fn register_table(
             }
         }
     }
-    let file_schema = if spec.schema.is_none() && !quarantine {
-        check_drift(ctx, spec, &table_url, &opts, &store, file_schema).await?
-    } else {
-        file_schema
-    };
     if quarantine {
         // Read by sluice's own scan, which sets bad rows aside instead of failing.
-        let files = list_files(ctx, &table_url, &opts, store.as_ref(), usize::MAX)
-            .await
-            .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
         let shown = location.clone();
         let dialect = match spec.format {
             Format::Json => crate::quarantine::decode::Dialect::Json,
@@ -456,6 +459,11 @@ pub async fn register_table(
             .map_err(df_err)?;
         return Ok(full_schema);
     }
+    let file_schema = if drift {
+        check_drift(ctx, spec, &table_url, &store, file_schema, files).await?
+    } else {
+        file_schema
+    };
     // DataFusion 55 applies a CSV null value while inferring the schema but not while reading
     // (its CSV reader never receives the regex). So such a source is read with every file
     // column as text, and exposed as a view that maps the null value to NULL and casts each
@@ -578,9 +586,9 @@ async fn check_drift(
     ctx: &SessionContext,
     spec: &SourceConfig,
     table_url: &ListingTableUrl,
-    opts: &ListingOptions,
     store: &Arc<dyn object_store::ObjectStore>,
     merged: SchemaRef,
+    mut files: Vec<ObjectMeta>,
 ) -> Result<SchemaRef, CatalogError> {
     use crate::config::SchemaEvolution;
     let read_err = |location: String, message: String| CatalogError::Read {
@@ -588,9 +596,6 @@ async fn check_drift(
         location,
         message,
     };
-    let mut files = list_files(ctx, table_url, opts, store.as_ref(), usize::MAX)
-        .await
-        .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
     files.sort_by(|a, b| a.location.cmp(&b.location));
     if files.len() < 2 {
         return Ok(merged);

@@ -27,11 +27,7 @@ pub struct Chunk {
 impl Chunk {
     /// The bytes in one piece (copied only when there are two).
     pub fn contiguous(&self) -> Bytes {
-        match &self.parts[..] {
-            [] => Bytes::new(),
-            [one] => one.clone(),
-            parts => Bytes::from(parts.concat()),
-        }
+        self.slice_from(0)
     }
 
     /// Its length in bytes.
