@@ -9,7 +9,7 @@
 use datafusion::prelude::SessionContext;
 use serde::Serialize;
 
-use crate::error::describe_datafusion;
+use crate::describe::describe_datafusion;
 
 /// How much a failed check matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,8 +16,8 @@ use datafusion::error::DataFusionError;
 use futures::TryStreamExt;
 
 use crate::config::{Format, Pipeline, SourceConfig};
+use crate::describe::describe_datafusion;
 use crate::engine::Engine;
-use crate::error::describe_datafusion;
 use crate::quarantine::decode::{ChunkDecoder, Dialect};
 use crate::store::Location;
 

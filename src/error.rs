@@ -57,14 +57,6 @@ pub enum Error {
         #[source]
         source: datafusion::error::DataFusionError,
     },
-    /// A run finished but some models failed; the report holds the details.
-    #[error("{failed} of {total} models failed")]
-    RunFailed {
-        /// How many models failed.
-        failed: usize,
-        /// How many models were selected.
-        total: usize,
-    },
     /// A benchmark answer did not match the expected one.
     #[error("{0}")]
     WrongAnswer(String),
@@ -95,66 +87,3 @@ impl Error {
 
 /// Result with sluice's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Renders a DataFusion error for a user: the innermost useful message, without the
-/// "Arrow error: External error: ..." wrapping and without a backtrace.
-pub fn describe_datafusion(err: &datafusion::error::DataFusionError) -> String {
-    describe_storage(&describe_engine(err))
-}
-
-/// A storage failure in words a user can act on: a refusal (HTTP 403, or object_store's
-/// "lacked the necessary privileges") starts with "access denied", and a server's XML error
-/// body (many lines) is cut off. Other messages pass unchanged.
-pub fn describe_storage(message: &str) -> String {
-    let text = message
-        .split("<?xml")
-        .next()
-        .unwrap_or(message)
-        .trim_end()
-        .trim_end_matches(':')
-        .replace("External: ", "");
-    let denied = text.contains("lacked the necessary privileges")
-        || text.contains("403 Forbidden")
-        || text.contains("AccessDenied");
-    if denied && !text.starts_with("access denied") {
-        format!("access denied (check the credentials and the bucket's policy): {text}")
-    } else {
-        text
-    }
-}
-
-fn describe_engine(err: &datafusion::error::DataFusionError) -> String {
-    use datafusion::error::DataFusionError as D;
-    match err {
-        D::Context(ctx, inner) => format!("{ctx}: {}", describe_engine(inner)),
-        D::Shared(inner) => describe_engine(inner),
-        D::External(inner) => describe_external(inner.as_ref()),
-        D::ArrowError(inner, _) => describe_arrow(inner),
-        D::ObjectStore(inner) => inner.to_string(),
-        // (The parquet error's own text starts "Parquet error: ".)
-        D::ParquetError(inner) => inner.to_string(),
-        D::Collection(errs) => errs
-            .first()
-            .map(describe_engine)
-            .unwrap_or_else(|| err.to_string()),
-        other => other.strip_backtrace(),
-    }
-}
-
-fn describe_arrow(err: &datafusion::arrow::error::ArrowError) -> String {
-    use datafusion::arrow::error::ArrowError as A;
-    match err {
-        A::ExternalError(inner) => describe_external(inner.as_ref()),
-        other => other.to_string(),
-    }
-}
-
-fn describe_external(err: &(dyn std::error::Error + Send + Sync + 'static)) -> String {
-    if let Some(df) = err.downcast_ref::<datafusion::error::DataFusionError>() {
-        describe_engine(df)
-    } else if let Some(arrow) = err.downcast_ref::<datafusion::arrow::error::ArrowError>() {
-        describe_arrow(arrow)
-    } else {
-        err.to_string()
-    }
-}

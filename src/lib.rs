@@ -34,10 +34,12 @@
 pub mod catalog;
 pub mod checks;
 pub mod config;
+pub mod describe;
 pub mod diagnose;
 pub mod engine;
 pub mod error;
 pub mod join;
+pub mod physical;
 pub mod plan;
 pub mod progress;
 pub mod quarantine;
@@ -47,6 +49,7 @@ pub mod sink;
 pub mod sql;
 pub mod state;
 pub mod store;
+pub mod table;
 pub mod tpch;
 pub mod units;
 

@@ -14,16 +14,17 @@ use datafusion::prelude::DataFrame;
 
 use crate::catalog;
 use crate::config::{Materialized, ModelConfig, Pipeline};
+use crate::describe::describe_datafusion;
 use crate::engine::{Engine, EngineOptions, ScanRows};
-use crate::error::{Error, describe_datafusion};
+use crate::error::Error;
 use crate::join::JoinReport;
 use crate::plan::{Dag, PlanError};
 use crate::progress::Progress;
 use crate::report::{ModelReport, RunReport, UnitReport};
-use crate::sink::commit::ManifestColumn;
 use crate::sink::{self, SinkSpec};
 use crate::state::{Holder, StateStore, UnitRecord};
 use crate::store::{Location, StoreRegistry};
+use crate::table::{self, ManifestColumn};
 use crate::units::{self, Unit};
 use futures::StreamExt;
 
@@ -242,7 +243,7 @@ async fn register_output(
 ) -> Result<(), Error> {
     let location = Location::parse(&model.sink.location)?.as_folder();
     let store = engine.stores().store_for(&location)?;
-    let output = crate::sink::commit::Output::new(Arc::clone(&store), location.clone());
+    let output = crate::table::Output::new(Arc::clone(&store), location.clone());
     let manifest = output.read_manifest().await.map_err(|e| Error::Model {
         model: model.name.clone(),
         message: format!("cannot read {}: {}", e.key, e.message),
@@ -660,7 +661,7 @@ fn backoff(n: u32) -> std::time::Duration {
 struct UnitJob<'a> {
     model: &'a ModelConfig,
     spec: &'a SinkSpec,
-    output: &'a crate::sink::commit::Output,
+    output: &'a crate::table::Output,
     event_sources: &'a [(String, String)],
 }
 
@@ -978,7 +979,7 @@ async fn run_table_model(
     if let Some(e) = first_error {
         return Err(model_err(e));
     }
-    let files: Vec<sink::StagedFile> = records.into_iter().flat_map(|r| r.files).collect();
+    let files: Vec<table::StagedFile> = records.into_iter().flat_map(|r| r.files).collect();
     // Rows quarantined while reading: written out and counted, and past a source's
     // max_bad_rows the model fails here, before anything is published.
     let rejected = collect_rejects(cx, model).await.map_err(model_err)?;
@@ -1025,7 +1026,7 @@ async fn run_table_model(
         &existing,
         &spec,
         cx.run_id,
-        sink::manifest_columns(schema),
+        table::manifest_columns(schema),
         files,
     )
     .await
@@ -1201,18 +1202,18 @@ pub fn describe_checks(results: &[(String, Vec<crate::checks::CheckResult>)]) ->
 async fn register_staged(
     engine: &Engine,
     model: &ModelConfig,
-    output: &sink::commit::Output,
-    existing: &sink::commit::Existing,
+    output: &table::Output,
+    existing: &table::Existing,
     spec: &sink::SinkSpec,
     run_id: &str,
     schema: &SchemaRef,
-    files: &[sink::StagedFile],
+    files: &[table::StagedFile],
 ) -> Result<(), Error> {
-    let staging = sink::commit::Output::staging_dir(run_id);
+    let staging = table::Output::staging_dir(run_id);
     // The output as it will be once published: in append and overwrite_partitions mode the
     // files the new version keeps, beside the staged ones.
-    let kept = sink::commit::kept_files(existing, spec.mode, &spec.partition_by, files);
-    let view = crate::catalog::manifest_store::ManifestStore::aliased(
+    let kept = table::kept_files(existing, spec.mode, &spec.partition_by, files);
+    let view = crate::table::view::ManifestStore::aliased(
         output.store(),
         files
             .iter()
@@ -1229,24 +1230,17 @@ async fn register_staged(
             })),
         chrono::Utc::now(),
     );
-    let manifest = sink::commit::Manifest {
-        version: 0,
-        run_id: run_id.to_string(),
-        committed_at: now(),
-        format: spec.format.name().to_string(),
-        partition_by: spec.partition_by.clone(),
-        rows: files
-            .iter()
-            .map(|f| f.file.rows)
-            .chain(kept.iter().map(|f| f.rows))
-            .sum(),
-        columns: sink::manifest_columns(schema),
-        files: files
+    let manifest = table::Manifest::new(
+        run_id,
+        spec.format.name(),
+        &spec.partition_by,
+        table::manifest_columns(schema),
+        files
             .iter()
             .map(|f| f.file.clone())
             .chain(kept.iter().cloned())
             .collect(),
-    };
+    );
     catalog::register_manifest(
         engine.ctx(),
         &model.name,

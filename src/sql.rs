@@ -11,8 +11,9 @@ use futures::StreamExt;
 
 use crate::catalog;
 use crate::config::{Format, PartitionCol, SourceConfig, WriteMode};
+use crate::describe::describe_datafusion;
 use crate::engine::{Engine, EngineOptions};
-use crate::error::{Error, describe_datafusion};
+use crate::error::Error;
 use crate::plan::{self, PlanError};
 use crate::progress::Progress;
 use crate::sink::{self, SinkSpec};

@@ -121,7 +121,7 @@ pub struct UnitRecord {
     /// Bytes its operators spilled.
     pub spilled_bytes: u64,
     /// The files it staged.
-    pub files: Vec<crate::sink::StagedFile>,
+    pub files: Vec<crate::table::StagedFile>,
     /// Why its last attempt failed.
     pub error: Option<String>,
 }

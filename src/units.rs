@@ -16,7 +16,7 @@ use datafusion::common::ScalarValue;
 use datafusion::prelude::{Expr, SessionContext, col, lit};
 
 use crate::config::{BatchSize, Materialized, Pipeline};
-use crate::error::describe_datafusion;
+use crate::describe::describe_datafusion;
 use crate::plan::Dag;
 
 /// One work unit of a model.
@@ -359,7 +359,7 @@ pub async fn unit_context(
             "sluice-files-{n}://{}/",
             location.store_url().host_str().unwrap_or("local")
         );
-        let view = crate::catalog::manifest_store::ManifestStore::new(
+        let view = crate::table::view::ManifestStore::new(
             store,
             files.iter().map(|m| (m.location.clone(), m.size)),
             chrono::Utc::now(),

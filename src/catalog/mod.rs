@@ -5,8 +5,6 @@
 //! is either declared (`schema = "id BIGINT, ..."`) or inferred. A table model's published
 //! output is registered the same way once it is written, so downstream models read it back.
 
-pub mod manifest_store;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -24,7 +22,7 @@ use futures::TryStreamExt;
 use object_store::ObjectMeta;
 
 use crate::config::{Compression, Format, SourceConfig};
-use crate::error::describe_datafusion;
+use crate::describe::describe_datafusion;
 use crate::store::{Location, StoreError, StoreRegistry};
 
 /// Errors registering a source or an output as a table.
@@ -332,7 +330,7 @@ pub async fn register_table(
     let (table_url, location, store) = resolve(ctx, stores, spec)?;
     // A sluice output (a folder with a manifest) is read through its manifest.
     if location.url().path().ends_with('/') {
-        let output = crate::sink::commit::Output::new(Arc::clone(&store), location.clone());
+        let output = crate::table::Output::new(Arc::clone(&store), location.clone());
         // (A manifest without column types, from an early build, is read by listing.)
         if let Some(manifest) = output
             .read_manifest()
@@ -800,7 +798,7 @@ pub async fn register_manifest(
     name: &str,
     location: &Location,
     store: Arc<dyn object_store::ObjectStore>,
-    manifest: &crate::sink::commit::Manifest,
+    manifest: &crate::table::Manifest,
     order: Option<&SchemaRef>,
 ) -> Result<SchemaRef, CatalogError> {
     use datafusion::prelude::{cast, col, lit, when};
@@ -846,7 +844,7 @@ pub async fn register_manifest(
         .files
         .iter()
         .map(|f| (location.child(&f.path), f.bytes));
-    let view_store = manifest_store::ManifestStore::new(store, files, committed_at);
+    let view_store = crate::table::view::ManifestStore::new(store, files, committed_at);
     let store_url = url::Url::parse(&view_url).map_err(|e| read_err(e.to_string()))?;
     ctx.runtime_env()
         .register_object_store(&store_url, Arc::new(view_store));
@@ -877,7 +875,7 @@ pub async fn register_manifest(
             .map_err(|e| read_err(e.to_string()))?;
         let expr = if parts.contains(field.name()) {
             when(
-                c.clone().eq(lit(crate::sink::partition::NULL_PARTITION)),
+                c.clone().eq(lit(crate::table::hive::NULL_PARTITION)),
                 lit(datafusion::common::ScalarValue::Null),
             )
             .otherwise(cast(c, typed.data_type().clone()))

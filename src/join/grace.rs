@@ -1124,7 +1124,7 @@ impl ExecutionPlan for OnceExec {
         &self.props
     }
 
-    crate::engine::leaf_plan_methods!();
+    crate::physical::leaf_plan_methods!();
 
     fn execute(
         &self,

@@ -282,7 +282,7 @@ impl ExecutionPlan for QuarantineScan {
         &self.props
     }
 
-    crate::engine::leaf_plan_methods!();
+    crate::physical::leaf_plan_methods!();
 
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
@@ -382,7 +382,7 @@ impl FileReader {
                     Some(Err(e)) => {
                         return Err(DataFusionError::Execution(format!(
                             "{shown}: cannot read the file to its end: {}",
-                            crate::error::describe_datafusion(&e)
+                            crate::describe::describe_datafusion(&e)
                         )));
                     }
                     None => {
@@ -558,7 +558,7 @@ pub async fn first_reject(
     decoder: &ChunkDecoder,
     compression: FileCompressionType,
 ) -> std::result::Result<Option<Reject>, String> {
-    let describe = |e: &DataFusionError| crate::error::describe_datafusion(e);
+    let describe = |e: &DataFusionError| crate::describe::describe_datafusion(e);
     let bytes = object_bytes(store, file).await.map_err(|e| describe(&e))?;
     let mut bytes = compression
         .convert_stream(bytes)

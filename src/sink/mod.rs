@@ -7,7 +7,6 @@
 //! machine has idle threads, so files stay big (no file per thread per partition) and
 //! encoding still runs in parallel.
 
-pub mod commit;
 pub mod partition;
 pub mod writer;
 
@@ -26,7 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Format, WriteMode};
 use crate::store::Location;
-use commit::{CommitError, Manifest, ManifestColumn, ManifestFile, Output};
+use crate::table::{CommitError, Manifest, ManifestColumn, ManifestFile, Output, StagedFile};
 use partition::Partitioner;
 use writer::{FileWriter, WriteError};
 
@@ -64,7 +63,7 @@ pub enum SinkError {
         available: String,
     },
     /// The query feeding the sink failed.
-    #[error("{}", crate::error::describe_datafusion(.0))]
+    #[error("{}", crate::describe::describe_datafusion(.0))]
     Input(DataFusionError),
     /// Encoding or uploading a file failed.
     #[error("cannot write {key}: {message}")]
@@ -136,15 +135,6 @@ pub struct Committed {
     pub rows: u64,
 }
 
-/// A file staged by one unit: where it is in the run's staging folder, and what it becomes.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct StagedFile {
-    /// Path relative to the run's staging folder (`<unit>/<partition>/<name>`).
-    pub staged: String,
-    /// The file as the manifest will list it (path relative to the output folder).
-    pub file: ManifestFile,
-}
-
 /// Which unit, and which attempt of it, is staging: file names carry both, so a cancelled
 /// attempt whose writers are still closing can never overwrite a later attempt's file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,24 +184,12 @@ impl UnitOutput {
     }
 }
 
-/// The columns of a schema as a manifest records them.
-pub fn manifest_columns(schema: &SchemaRef) -> Vec<ManifestColumn> {
-    schema
-        .fields()
-        .iter()
-        .map(|f| ManifestColumn {
-            name: f.name().clone(),
-            data_type: f.data_type().to_string(),
-        })
-        .collect()
-}
-
 /// Checks the output folder before any work: `error_if_exists`, and leftovers of crashed runs.
 pub async fn prepare(
     store: Arc<dyn ObjectStore>,
     spec: &SinkSpec,
     run_id: &str,
-) -> Result<(Output, commit::Existing), SinkError> {
+) -> Result<(Output, crate::table::Existing), SinkError> {
     let invalid = |message: String| SinkError::Invalid {
         location: spec.location.to_string(),
         message,
@@ -297,7 +275,7 @@ pub async fn stage_unit(
             message: "every column is a partition column: the files would have no columns".into(),
         });
     }
-    let columns = manifest_columns(&schema);
+    let columns = crate::table::manifest_columns(&schema);
     let max_lanes_per_partition = if spec.preserve_order {
         1
     } else {
@@ -421,7 +399,7 @@ pub async fn stage_unit(
 /// point is the manifest write).
 pub async fn publish(
     output: &Output,
-    existing: &commit::Existing,
+    existing: &crate::table::Existing,
     spec: &SinkSpec,
     run_id: &str,
     columns: Vec<ManifestColumn>,
@@ -436,7 +414,7 @@ pub async fn publish(
     let manifest = output
         .publish(
             existing,
-            commit::NewVersion {
+            crate::table::NewVersion {
                 run_id,
                 mode: spec.mode,
                 format: spec.format.name(),

@@ -29,7 +29,7 @@ pub struct WriteError(pub String);
 
 impl<E: std::fmt::Display> From<E> for WriteError {
     fn from(e: E) -> Self {
-        WriteError(crate::error::describe_storage(&e.to_string()))
+        WriteError(crate::describe::describe_storage(&e.to_string()))
     }
 }
 

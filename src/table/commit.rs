@@ -24,91 +24,20 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use serde::{Deserialize, Serialize};
 
+use super::is_data_file;
+use super::is_sluice_file;
+use super::manifest::{MANIFEST, Manifest, ManifestColumn, ManifestFile, STAGING, SUCCESS};
 use crate::config::WriteMode;
 use crate::store::Location;
 
-/// The manifest's object name inside an output folder.
-pub const MANIFEST: &str = "_MANIFEST";
-/// The success marker's object name inside an output folder.
-pub const SUCCESS: &str = "_SUCCESS";
-/// The staging folder's name inside an output folder.
-pub const STAGING: &str = "_staging";
-
-/// The version of the manifest format written by this build.
-pub const MANIFEST_VERSION: u32 = 1;
-
-/// The list of files that make up one published version of an output.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Manifest {
-    /// Manifest format version.
-    pub version: u32,
-    /// The run that committed this version.
-    pub run_id: String,
-    /// When it was committed (RFC 3339, UTC).
-    pub committed_at: String,
-    /// The files' format.
-    pub format: String,
-    /// Hive partition columns.
-    pub partition_by: Vec<String>,
-    /// Total rows over all files.
-    pub rows: u64,
-    /// The result's columns in order, partition columns included, with their Arrow types,
-    /// so readers get the exact schema back.
-    #[serde(default)]
-    pub columns: Vec<ManifestColumn>,
-    /// The files, relative to the output folder, in object_store's path form.
-    pub files: Vec<ManifestFile>,
-}
-
-/// One column of an output.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ManifestColumn {
-    /// The column name.
-    pub name: String,
-    /// The Arrow type, as Arrow displays it (`Int64`, `Date32`, `Decimal128(12, 2)`...).
-    pub data_type: String,
-}
-
-impl Manifest {
-    /// The output's schema (file columns and partition columns, in result order), if the
-    /// manifest records it and every type parses.
-    pub fn schema(&self) -> Option<datafusion::arrow::datatypes::Schema> {
-        use datafusion::arrow::datatypes::{DataType, Field, Schema};
-        if self.columns.is_empty() {
-            return None;
-        }
-        let fields = self
-            .columns
-            .iter()
-            .map(|c| {
-                c.data_type
-                    .parse::<DataType>()
-                    .ok()
-                    .map(|t| Field::new(&c.name, t, true))
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Schema::new(fields))
-    }
-}
-
-/// One file of a published output.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ManifestFile {
-    /// Path relative to the output folder, e.g. `order_date=2024-01-01/part-00000-<run>.parquet`.
-    pub path: String,
-    /// Rows in the file.
-    pub rows: u64,
-    /// Size in bytes.
-    pub bytes: u64,
-}
-
-impl ManifestFile {
-    /// The partition folder the file lives in (`""` when unpartitioned).
-    pub fn partition(&self) -> &str {
-        self.path.rsplit_once('/').map_or("", |(dir, _)| dir)
-    }
+/// A file staged by one unit: where it is in the run's staging folder, and what it becomes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StagedFile {
+    /// Path relative to the run's staging folder (`<unit>/<partition>/<name>`).
+    pub staged: String,
+    /// The file as the manifest will list it (path relative to the output folder).
+    pub file: ManifestFile,
 }
 
 /// A failed step of the protocol, with the object key it concerned.
@@ -139,7 +68,7 @@ pub struct NewVersion<'a> {
     /// The result's columns.
     pub columns: Vec<ManifestColumn>,
     /// The staged files.
-    pub files: Vec<super::StagedFile>,
+    pub files: Vec<StagedFile>,
 }
 
 /// The files of the current version that the next one keeps beside the staged files: all of
@@ -149,7 +78,7 @@ pub fn kept_files(
     existing: &Existing,
     mode: WriteMode,
     partition_by: &[String],
-    staged: &[super::StagedFile],
+    staged: &[StagedFile],
 ) -> Vec<ManifestFile> {
     let new_partitions: BTreeSet<&str> = staged.iter().map(|f| f.file.partition()).collect();
     match mode {
@@ -412,16 +341,7 @@ impl Output {
         let mut files = kept;
         files.extend(staged);
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        let manifest = Manifest {
-            version: MANIFEST_VERSION,
-            run_id: run_id.to_string(),
-            committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            format: format.to_string(),
-            partition_by: partition_by.to_vec(),
-            rows: files.iter().map(|f| f.rows).sum(),
-            columns,
-            files,
-        };
+        let manifest = Manifest::new(run_id, format, partition_by, columns, files);
         let body =
             serde_json::to_vec_pretty(&manifest).map_err(|e| self.err(&self.key(MANIFEST), e))?;
         let key = self.key(MANIFEST);
@@ -494,7 +414,7 @@ impl Output {
 
     /// Whether every staged file is still there: in the run's staging, or at its final key
     /// (moved by an interrupted publish).
-    pub async fn files_present(&self, run_id: &str, files: &[super::StagedFile]) -> bool {
+    pub async fn files_present(&self, run_id: &str, files: &[StagedFile]) -> bool {
         let staging = Output::staging_dir(run_id);
         for f in files {
             let staged = self.key(&format!("{staging}/{}", f.staged));
@@ -505,57 +425,5 @@ impl Output {
             }
         }
         true
-    }
-}
-
-/// Whether a relative path inside an output folder is a data file (not the manifest, the
-/// marker, staging, or a hidden `_` / `.` entry).
-pub fn is_data_file(path: &str) -> bool {
-    !path
-        .split('/')
-        .any(|seg| seg.starts_with('_') && !seg.contains('=') || seg.starts_with('.'))
-}
-
-/// Whether a file name is one sluice writes: `part-NNNNN-<run id>.<ext>`.
-pub fn is_sluice_file(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    regex::Regex::new(r"^part-(\d+-)*\d{5}-\d{8}T\d{6}Z-[0-9a-f]{6}\.(parquet|csv|json)$")
-        .map(|re| re.is_match(name))
-        .unwrap_or(false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn data_files_exclude_control_and_hidden_entries() {
-        assert!(is_data_file("part-0.parquet"));
-        assert!(is_data_file("d=2024-01-01/part-0.parquet"));
-        assert!(is_data_file("d=__HIVE_DEFAULT_PARTITION__/part-0.parquet"));
-        assert!(!is_data_file("_MANIFEST"));
-        assert!(!is_data_file("_SUCCESS"));
-        assert!(!is_data_file("_staging/r1/part-0.parquet"));
-        assert!(!is_data_file(".hidden/part-0.parquet"));
-    }
-
-    #[test]
-    fn sluice_file_names_are_recognised() {
-        assert!(is_sluice_file(
-            "d=1/part-00003-20261128T003405Z-b4370f.parquet"
-        ));
-        assert!(!is_sluice_file("d=1/part-0.parquet"));
-        assert!(!is_sluice_file("data.csv"));
-    }
-
-    #[test]
-    fn partition_is_the_folder() {
-        let f = |p: &str| ManifestFile {
-            path: p.into(),
-            rows: 1,
-            bytes: 1,
-        };
-        assert_eq!(f("a=1/b=2/part.parquet").partition(), "a=1/b=2");
-        assert_eq!(f("part.parquet").partition(), "");
     }
 }

@@ -1,0 +1,139 @@
+//! The `_MANIFEST` of an output folder: the list of files that make up its current version,
+//! with row counts and the result's columns. Its single PUT is the commit point of
+//! [`super::commit`].
+
+use datafusion::arrow::datatypes::SchemaRef;
+use serde::{Deserialize, Serialize};
+
+/// The manifest's object name inside an output folder.
+pub const MANIFEST: &str = "_MANIFEST";
+/// The success marker's object name inside an output folder.
+pub const SUCCESS: &str = "_SUCCESS";
+/// The staging folder's name inside an output folder.
+pub const STAGING: &str = "_staging";
+
+/// The version of the manifest format written by this build.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// The list of files that make up one published version of an output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// Manifest format version.
+    pub version: u32,
+    /// The run that committed this version.
+    pub run_id: String,
+    /// When it was committed (RFC 3339, UTC).
+    pub committed_at: String,
+    /// The files' format.
+    pub format: String,
+    /// Hive partition columns.
+    pub partition_by: Vec<String>,
+    /// Total rows over all files.
+    pub rows: u64,
+    /// The result's columns in order, partition columns included, with their Arrow types,
+    /// so readers get the exact schema back.
+    #[serde(default)]
+    pub columns: Vec<ManifestColumn>,
+    /// The files, relative to the output folder, in object_store's path form.
+    pub files: Vec<ManifestFile>,
+}
+
+/// One column of an output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestColumn {
+    /// The column name.
+    pub name: String,
+    /// The Arrow type, as Arrow displays it (`Int64`, `Date32`, `Decimal128(12, 2)`...).
+    pub data_type: String,
+}
+
+impl Manifest {
+    /// The output's schema (file columns and partition columns, in result order), if the
+    /// manifest records it and every type parses.
+    pub fn schema(&self) -> Option<datafusion::arrow::datatypes::Schema> {
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        if self.columns.is_empty() {
+            return None;
+        }
+        let fields = self
+            .columns
+            .iter()
+            .map(|c| {
+                c.data_type
+                    .parse::<DataType>()
+                    .ok()
+                    .map(|t| Field::new(&c.name, t, true))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Schema::new(fields))
+    }
+}
+
+/// One file of a published output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestFile {
+    /// Path relative to the output folder, e.g. `order_date=2024-01-01/part-00000-<run>.parquet`.
+    pub path: String,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+impl ManifestFile {
+    /// The partition folder the file lives in (`""` when unpartitioned).
+    pub fn partition(&self) -> &str {
+        self.path.rsplit_once('/').map_or("", |(dir, _)| dir)
+    }
+}
+
+impl Manifest {
+    /// The manifest of a new version written by `run_id`, committed now: `rows` is the sum of
+    /// the files' rows. The one way sluice builds a manifest.
+    pub fn new(
+        run_id: &str,
+        format: &str,
+        partition_by: &[String],
+        columns: Vec<ManifestColumn>,
+        files: Vec<ManifestFile>,
+    ) -> Manifest {
+        Manifest {
+            version: MANIFEST_VERSION,
+            run_id: run_id.to_string(),
+            committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            format: format.to_string(),
+            partition_by: partition_by.to_vec(),
+            rows: files.iter().map(|f| f.rows).sum(),
+            columns,
+            files,
+        }
+    }
+}
+
+/// The columns of a schema as a manifest records them.
+pub fn manifest_columns(schema: &SchemaRef) -> Vec<ManifestColumn> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| ManifestColumn {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_is_the_folder() {
+        let f = |p: &str| ManifestFile {
+            path: p.into(),
+            rows: 1,
+            bytes: 1,
+        };
+        assert_eq!(f("a=1/b=2/part.parquet").partition(), "a=1/b=2");
+        assert_eq!(f("part.parquet").partition(), "");
+    }
+}
