@@ -7,7 +7,8 @@
 
 use crate::catalog::CatalogError;
 use crate::config::ConfigError;
-use crate::plan::PlanError;
+use crate::dag::PlanError;
+use crate::engine::EngineError;
 use crate::sink::SinkError;
 use crate::state::StateError;
 use crate::store::StoreError;
@@ -37,6 +38,9 @@ pub enum Error {
     /// The state store failed, or another run holds the pipeline.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The query engine could not start.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     /// A model failed while it ran.
     #[error("model '{model}' failed: {message}")]
     Model {

@@ -6,47 +6,49 @@
 //!
 //! # Layout
 //!
-//! Data flows one way, top to bottom:
+//! The modules form layers. A module uses only modules of the layers below it, and within a
+//! layer only the few edges `tests/it/layers.rs` lists; that test reads every `crate::` path
+//! in `src/` and fails on any other, so this map stays true.
 //!
-//! - [`config`]: `sluice.toml` → a validated [`config::Pipeline`] (file, line and column in
-//!   every error).
-//! - [`plan`]: each model's SQL parsed → table references → the [`plan::Dag`], `--select`.
-//! - [`store`]: locations (paths, `s3://`, `gs://`, ...) → object stores, one registry.
-//! - [`catalog`]: sources and model outputs registered as SQL tables; [`quarantine`]: the scan
-//!   of a CSV source whose bad rows are set aside.
-//! - [`engine`]: the DataFusion session (memory pool, spilling, threads) and query execution.
-//! - [`join`]: the grace hash join that lets joins larger than memory finish under the limit.
-//! - [`checks`]: data-quality checks run on a model's staged output before it is published.
-//! - [`sink`]: result streams → partitioned files in staging → published by the
-//!   [`sink::commit`] protocol (`_MANIFEST` as the atomic commit point).
-//! - [`run`]: `sluice run` / `sluice plan`, tying the above together per model.
-//! - [`state`]: the SQLite run ledger (`sluice runs`) and the lock that keeps runs of one
-//!   pipeline from overlapping.
-//! - [`units`]: work units: batches of event time, and the context one batch runs in.
-//! - [`sql`]: `sluice sql`, one transform outside a pipeline.
-//! - [`tpch`]: `sluice gen tpch` and `sluice bench tpch`.
-//! - [`report`], [`progress`], [`diagnose`]: what the user sees of a run.
-//! - [`error`]: the one public [`Error`], and its exit status.
+//! - **Leaves**, usable from anywhere: [`describe`] (engine and storage errors in words a user
+//!   can act on), [`physical`] (what sluice's own physical operators share).
+//! - **0 Vocabulary**: [`config`], `sluice.toml` → a validated [`config::Pipeline`] (file,
+//!   line and column in every error); the types every other layer speaks.
+//! - **1 Planning**: [`dag`] (each model's SQL parsed → table references → the DAG,
+//!   `--select`, what a model reads), [`units`] (work units as pure arithmetic).
+//! - **2 Storage and the table format**: [`store`] (locations → object stores),
+//!   [`table`] (the output format: `_MANIFEST`, the commit protocol, Hive folders, a
+//!   version's files as a read-only store).
+//! - **3 Engine**: [`join`] (the grace hash join), [`quarantine`] (the scan that sets bad
+//!   rows aside), [`catalog`] (sources and outputs registered as tables), [`engine`] (the
+//!   DataFusion session, query execution and its metrics, UDFs), [`checks`], [`diagnose`]
+//!   (naming the file at fault).
+//! - **4 Output**: [`sink`] (result streams → partitioned files in staging, by writer lanes).
+//! - **5 Orchestration**: [`run`] (prepare, one model, its units with retries, resume),
+//!   [`state`] (the SQLite run ledger and lock), [`report`], [`progress`], [`tpch`]; and
+//!   [`error`], the one public [`Error`] into which every layer's error folds, with its exit
+//!   status.
+//! - **6 Commands**: [`commands`], one module per subcommand: the only thing the binary calls.
 //!
-//! The library never reads argv or the process environment: the binary parses flags into
-//! option structs and passes environment variables in.
+//! The binary (`main.rs`, `cli/`) parses flags in two stages, raw flags → validated options,
+//! and hands the process environment in: the library never reads argv or the environment.
 
 pub mod catalog;
 pub mod checks;
+pub mod commands;
 pub mod config;
+pub mod dag;
 pub mod describe;
 pub mod diagnose;
 pub mod engine;
 pub mod error;
 pub mod join;
 pub mod physical;
-pub mod plan;
 pub mod progress;
 pub mod quarantine;
 pub mod report;
 pub mod run;
 pub mod sink;
-pub mod sql;
 pub mod state;
 pub mod store;
 pub mod table;

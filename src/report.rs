@@ -2,7 +2,89 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// Defines a status enum that reads and writes as the given names: in the JSON report, the
+/// state store, and the text people read.
+macro_rules! status_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)*
+        }
+
+        impl $name {
+            /// The status as it is written.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<$name, String> {
+                match s {
+                    $($text => Ok($name::$variant),)*
+                    other => Err(format!("unknown {} {other:?}", stringify!($name))),
+                }
+            }
+        }
+    };
+}
+
+status_enum! {
+    /// How a run ended (or that it has not).
+    RunStatus {
+        /// Still running (in the state store), or its process died without a word.
+        Running = "running",
+        /// Every model succeeded.
+        Success = "success",
+        /// A model failed, or the run stopped before any model ran.
+        Failed = "failed",
+        /// A dry run: planned, nothing written.
+        Planned = "planned",
+        /// Its process died (found by the next run taking the lock over).
+        Interrupted = "interrupted",
+    }
+}
+
+status_enum! {
+    /// How one model of a run ended.
+    ModelStatus {
+        /// Published (a table), or planned into its readers (a view).
+        Success = "success",
+        /// It failed; the error says why.
+        Failed = "failed",
+        /// Not run: a model upstream failed.
+        Skipped = "skipped",
+        /// A dry run.
+        Planned = "planned",
+    }
+}
+
+status_enum! {
+    /// The state of one work unit.
+    UnitStatus {
+        /// An attempt is running.
+        Running = "running",
+        /// Staged and recorded: a resumed run keeps it.
+        Done = "done",
+        /// An attempt failed with a transient error; another follows.
+        Retrying = "retrying",
+        /// Its last attempt failed.
+        Failed = "failed",
+    }
+}
 
 /// The outcome of one `sluice run` (the JSON of `--report FILE`).
 #[derive(Debug, Clone, Serialize)]
@@ -12,7 +94,7 @@ pub struct RunReport {
     /// The pipeline's name.
     pub pipeline: String,
     /// `success`, `failed`, or `planned` for a dry run.
-    pub status: String,
+    pub status: RunStatus,
     /// Start time, RFC 3339 UTC.
     pub started_at: String,
     /// End time, RFC 3339 UTC.
@@ -30,7 +112,7 @@ pub struct ModelReport {
     /// The model's name.
     pub name: String,
     /// `success`, `failed`, `skipped` (an upstream model failed) or `planned` (dry run).
-    pub status: String,
+    pub status: ModelStatus,
     /// `table` or `view`.
     pub materialized: String,
     /// Rows read by the model's scans (sources and upstream outputs).
@@ -81,7 +163,7 @@ pub struct UnitReport {
     /// The unit (its period, or `all`).
     pub unit: String,
     /// `done`, `failed` or `retrying`.
-    pub status: String,
+    pub status: UnitStatus,
     /// Attempts made.
     pub attempts: u32,
     /// Rows its scans read.
@@ -101,10 +183,10 @@ pub struct UnitReport {
 
 impl ModelReport {
     /// An entry for a model that has not run.
-    pub fn new(name: &str, materialized: &str, status: &str) -> ModelReport {
+    pub fn new(name: &str, materialized: &str, status: ModelStatus) -> ModelReport {
         ModelReport {
             name: name.to_string(),
-            status: status.to_string(),
+            status,
             materialized: materialized.to_string(),
             rows_in: 0,
             rows_out: 0,
@@ -143,7 +225,7 @@ impl RunReport {
         RunReport {
             run_id,
             pipeline: pipeline.to_string(),
-            status: "failed".into(),
+            status: RunStatus::Failed,
             finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             started_at,
             models: Vec::new(),
@@ -153,7 +235,7 @@ impl RunReport {
 
     /// Whether every model succeeded.
     pub fn succeeded(&self) -> bool {
-        self.status == "success" || self.status == "planned"
+        matches!(self.status, RunStatus::Success | RunStatus::Planned)
     }
 
     /// The report as pretty JSON.
@@ -173,18 +255,18 @@ impl RunReport {
             .max(5);
         for m in &self.models {
             let secs = m.elapsed_ms as f64 / 1000.0;
-            let line = match m.status.as_str() {
-                "success" if m.materialized == "view" => {
+            let line = match m.status {
+                ModelStatus::Success if m.materialized == "view" => {
                     format!("  {:<width$}  view     (inlined)", m.name)
                 }
-                "success" => format!(
+                ModelStatus::Success => format!(
                     "  {:<width$}  ok       {:>12} rows in  {:>12} rows out  {:>4} files  {secs:>7.2}s",
                     m.name,
                     m.rows_in,
                     m.rows_out,
                     m.outputs.len()
                 ),
-                "planned" => format!("  {:<width$}  planned", m.name),
+                ModelStatus::Planned => format!("  {:<width$}  planned", m.name),
                 status => format!(
                     "  {:<width$}  {status:<8} {}",
                     m.name,
@@ -231,7 +313,10 @@ impl RunReport {
             "run {} {}: {} of {} models ok\n",
             self.run_id,
             self.status,
-            self.models.iter().filter(|m| m.status == "success").count(),
+            self.models
+                .iter()
+                .filter(|m| m.status == ModelStatus::Success)
+                .count(),
             self.models.len()
         ));
         out

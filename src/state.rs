@@ -18,7 +18,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::report::{ModelReport, RunReport};
+use crate::report::{ModelReport, RunReport, RunStatus, UnitStatus};
 
 /// A lock whose holder has not written a heartbeat for this long is stale (other hosts).
 pub const STALE_AFTER: Duration = Duration::from_secs(600);
@@ -102,8 +102,8 @@ fn process_start(pid: i64) -> Option<String> {
 pub struct UnitRecord {
     /// The unit's name (its period, or `all`).
     pub unit: String,
-    /// `running`, `done` or `failed`.
-    pub status: String,
+    /// `running`, `done`, `retrying` or `failed`.
+    pub status: UnitStatus,
     /// Attempts so far.
     pub attempts: u32,
     /// Rows its scans read.
@@ -138,7 +138,7 @@ pub struct RunRow {
     /// End time, if finished.
     pub finished_at: Option<String>,
     /// `running`, `success`, `failed`, or `interrupted` (its process died).
-    pub status: String,
+    pub status: RunStatus,
     /// Rows read by its models.
     pub rows_in: i64,
     /// Rows written.
@@ -379,14 +379,14 @@ impl StateStore {
                 "SELECT run_id, status FROM runs WHERE pipeline = ?1 AND fingerprint != ''
                  ORDER BY started_at DESC, run_id DESC LIMIT 1",
                 params![pipeline],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                |r| Ok((r.get::<_, String>(0)?, status::<RunStatus>(r, 1)?)),
             )
             .optional()
             .and_then(|last| {
                 let Some((run_id, status)) = last else {
                     return Ok(None);
                 };
-                if status != "interrupted" && status != "failed" {
+                if !matches!(status, RunStatus::Interrupted | RunStatus::Failed) {
                     return Ok(None);
                 }
                 let fp: String = c.query_row(
@@ -422,7 +422,7 @@ impl StateStore {
                     run_id,
                     model,
                     u.unit,
-                    u.status,
+                    u.status.as_str(),
                     u.attempts,
                     u.rows_in as i64,
                     u.rows_out as i64,
@@ -449,9 +449,19 @@ impl StateStore {
             )?;
             let rows = stmt.query_map(params![run_id, model], |r| {
                 let files: String = r.get(10)?;
+                // A unit whose file list cannot be read cannot be kept: read as no files, it
+                // would count as done with no rows, and its rows would be lost.
+                let files = serde_json::from_str(&files).map_err(|e| {
+                    let unit: String = r.get(0).unwrap_or_default();
+                    rusqlite::Error::FromSqlConversionFailure(
+                        10,
+                        rusqlite::types::Type::Text,
+                        format!("unit '{unit}' of model '{model}': its list of staged files cannot be read ({e}); run with --restart").into(),
+                    )
+                })?;
                 Ok(UnitRecord {
                     unit: r.get(0)?,
-                    status: r.get(1)?,
+                    status: status(r, 1)?,
                     attempts: r.get(2)?,
                     rows_in: r.get::<_, i64>(3)? as u64,
                     rows_out: r.get::<_, i64>(4)? as u64,
@@ -460,7 +470,7 @@ impl StateStore {
                     elapsed_ms: r.get::<_, i64>(7)? as u64,
                     peak_memory: r.get::<_, i64>(8)? as u64,
                     spilled_bytes: r.get::<_, i64>(9)? as u64,
-                    files: serde_json::from_str(&files).unwrap_or_default(),
+                    files,
                     error: r.get(11)?,
                 })
             })?;
@@ -479,7 +489,7 @@ impl StateStore {
                 params![
                     run_id,
                     m.name,
-                    m.status,
+                    m.status.as_str(),
                     m.materialized,
                     m.rows_in as i64,
                     m.rows_out as i64,
@@ -541,7 +551,7 @@ impl StateStore {
                 "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4 WHERE run_id = ?1",
                 params![
                     report.run_id,
-                    report.status,
+                    report.status.as_str(),
                     report.finished_at,
                     report.error
                 ],
@@ -567,7 +577,7 @@ impl StateStore {
                     pipeline: r.get(1)?,
                     started_at: r.get(2)?,
                     finished_at: r.get(3)?,
-                    status: r.get(4)?,
+                    status: status(r, 4)?,
                     error: r.get(5)?,
                     rows_in: r.get(6)?,
                     rows_out: r.get(7)?,
@@ -579,6 +589,17 @@ impl StateStore {
             rows.collect()
         })
     }
+}
+
+/// Column `i` of a row read as a status enum; an unknown status is an error, not a guess.
+fn status<T: std::str::FromStr<Err = String>>(
+    row: &rusqlite::Row<'_>,
+    i: usize,
+) -> rusqlite::Result<T> {
+    let text: String = row.get(i)?;
+    text.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    })
 }
 
 /// Whether the lock's holder still runs: the same process (pid and start time) on this
@@ -633,6 +654,7 @@ pub fn format_runs(rows: &[RunRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::ModelStatus;
 
     fn store() -> (tempfile::TempDir, StateStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -678,7 +700,7 @@ mod tests {
         assert_eq!(taken.as_deref(), Some("r3"));
         let runs = s.runs(10).unwrap();
         assert_eq!(runs[0].run_id, "r3");
-        assert_eq!(runs[0].status, "interrupted");
+        assert_eq!(runs[0].status, RunStatus::Interrupted);
     }
 
     #[test]
@@ -706,16 +728,19 @@ mod tests {
         let me = Holder::current();
         s.start_run("r1", "p", "2026-01-01T00:00:00Z", "", "", "fp", &me)
             .unwrap();
-        let mut m = ModelReport::new("a", "table", "success");
+        let mut m = ModelReport::new("a", "table", ModelStatus::Success);
         m.rows_in = 10;
         m.rows_out = 4;
         let report = RunReport {
             run_id: "r1".into(),
             pipeline: "p".into(),
-            status: "success".into(),
+            status: RunStatus::Success,
             started_at: "2026-01-01T00:00:00Z".into(),
             finished_at: "2026-01-01T00:00:05Z".into(),
-            models: vec![m.clone(), ModelReport::new("b", "table", "failed")],
+            models: vec![
+                m.clone(),
+                ModelReport::new("b", "table", ModelStatus::Failed),
+            ],
             error: None,
         };
         s.finish_run(&report).unwrap();
@@ -738,7 +763,7 @@ mod tests {
         );
         let failed = RunReport {
             run_id: "r2".into(),
-            status: "failed".into(),
+            status: RunStatus::Failed,
             started_at: "2026-01-01T00:01:00Z".into(),
             ..report
         };
@@ -747,5 +772,33 @@ mod tests {
         s.finish_run(&failed).unwrap();
         assert_eq!(s.resumable_run("p", "fp").unwrap().as_deref(), Some("r2"));
         assert_eq!(s.resumable_run("p", "other").unwrap(), None);
+    }
+
+    #[test]
+    fn a_unit_whose_file_list_cannot_be_read_fails_the_resume() {
+        let (_d, s) = store();
+        let unit = UnitRecord {
+            unit: "2024-01".into(),
+            status: UnitStatus::Done,
+            attempts: 1,
+            rows_in: 3,
+            rows_out: 3,
+            started_at: None,
+            finished_at: None,
+            elapsed_ms: 1,
+            peak_memory: 0,
+            spilled_bytes: 0,
+            files: Vec::new(),
+            error: None,
+        };
+        s.record_unit("r1", "m", &unit).unwrap();
+        assert_eq!(s.done_units("r1", "m").unwrap(), vec![unit]);
+        s.with(|c| c.execute("UPDATE units SET files = '[{\"staged\": 1'", []))
+            .unwrap();
+        let err = s.done_units("r1", "m").unwrap_err().to_string();
+        assert!(
+            err.contains("unit '2024-01' of model 'm'") && err.contains("--restart"),
+            "{err}"
+        );
     }
 }

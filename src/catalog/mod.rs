@@ -260,39 +260,6 @@ pub async fn parse_schema(
     Ok(Schema::new(sql_types(ctx, source, &cols).await?))
 }
 
-/// The Hive partition values of the file at `path` (its `key=value` folders under
-/// `table_url`), typed; or why there are none.
-pub fn partition_values(
-    table_url: &ListingTableUrl,
-    cols: &[(String, DataType)],
-    path: &object_store::path::Path,
-) -> Result<Vec<datafusion::common::ScalarValue>, String> {
-    use datafusion::common::ScalarValue;
-    use datafusion::datasource::listing::helpers::parse_partitions_for_path;
-    if cols.is_empty() {
-        return Ok(Vec::new());
-    }
-    let names = cols.iter().map(|(n, _)| n.as_str());
-    let Some(values) = parse_partitions_for_path(table_url, path, names) else {
-        let wanted: Vec<String> = cols.iter().map(|(n, _)| format!("{n}=...")).collect();
-        return Err(format!(
-            "the file is not under partition folders {}",
-            wanted.join("/")
-        ));
-    };
-    values
-        .into_iter()
-        .zip(cols)
-        .map(|(value, (name, ty))| {
-            if value == "__HIVE_DEFAULT_PARTITION__" {
-                return ScalarValue::try_from(ty).map_err(|e| e.to_string());
-            }
-            ScalarValue::try_from_string(value.to_string(), ty)
-                .map_err(|_| format!("partition value {name}={value:?} is not {ty}"))
-        })
-        .collect()
-}
-
 /// Lists the files a spec covers (at most `limit`, in listing order).
 async fn list_files(
     ctx: &SessionContext,
@@ -422,9 +389,11 @@ pub async fn register_table(
         // A folder whose value does not read as its column's type would fail the query
         // mid-run without naming the folder: name it now.
         for file in &files {
-            if let Err(message) =
-                partition_values(&table_url, &opts.table_partition_cols, &file.location)
-            {
+            if let Err(message) = crate::table::hive::partition_values(
+                &table_url,
+                &opts.table_partition_cols,
+                &file.location,
+            ) {
                 return Err(read_err(location.display_key(&file.location), message));
             }
         }

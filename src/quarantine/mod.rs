@@ -133,7 +133,7 @@ pub struct SourceFiles {
 impl SourceFiles {
     /// The partition values of `file` from its `key=value` folders, or why there are none.
     fn partition_values(&self, file: &ObjectMeta) -> std::result::Result<Vec<ScalarValue>, String> {
-        crate::catalog::partition_values(&self.table_url, &self.partition_cols, &file.location)
+        crate::table::hive::partition_values(&self.table_url, &self.partition_cols, &file.location)
             .map_err(|e| format!("{e}; the file was not read"))
     }
 }

@@ -29,6 +29,39 @@ pub fn partition_path(cols: &[String], values: &[Option<String>]) -> String {
         .join("/")
 }
 
+/// The Hive partition values of the file at `path` (its `key=value` folders under
+/// `table_url`), typed; or why there are none.
+pub fn partition_values(
+    table_url: &datafusion::datasource::listing::ListingTableUrl,
+    cols: &[(String, datafusion::arrow::datatypes::DataType)],
+    path: &object_store::path::Path,
+) -> Result<Vec<datafusion::common::ScalarValue>, String> {
+    use datafusion::common::ScalarValue;
+    use datafusion::datasource::listing::helpers::parse_partitions_for_path;
+    if cols.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names = cols.iter().map(|(n, _)| n.as_str());
+    let Some(values) = parse_partitions_for_path(table_url, path, names) else {
+        let wanted: Vec<String> = cols.iter().map(|(n, _)| format!("{n}=...")).collect();
+        return Err(format!(
+            "the file is not under partition folders {}",
+            wanted.join("/")
+        ));
+    };
+    values
+        .into_iter()
+        .zip(cols)
+        .map(|(value, (name, ty))| {
+            if value == NULL_PARTITION {
+                return ScalarValue::try_from(ty).map_err(|e| e.to_string());
+            }
+            ScalarValue::try_from_string(value.to_string(), ty)
+                .map_err(|_| format!("partition value {name}={value:?} is not {ty}"))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,17 @@ pub fn is_data_file(path: &str) -> bool {
         .any(|seg| seg.starts_with('_') && !seg.contains('=') || seg.starts_with('.'))
 }
 
+/// A new run id: UTC time plus a random suffix, sortable and unique. Data files carry it in
+/// their names (see [`is_sluice_file`]).
+pub fn new_run_id() -> String {
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        &rand[..6]
+    )
+}
+
 /// Whether a file name is one sluice writes: `part-NNNNN-<run id>.<ext>`.
 pub fn is_sluice_file(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);

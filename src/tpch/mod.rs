@@ -135,7 +135,7 @@ pub async fn generate(
         .into());
     }
     let threads = engine.options().threads();
-    let run_id = crate::run::new_run_id();
+    let run_id = crate::table::new_run_id();
     let mut done = Vec::new();
     for table in TABLES {
         // Small tables in one part; big ones in one part per thread, generated concurrently.

@@ -11,6 +11,7 @@ mod drift;
 mod errors;
 mod formats;
 mod joins;
+mod layers;
 mod memory;
 mod pipeline;
 mod quarantine;

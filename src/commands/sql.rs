@@ -11,10 +11,10 @@ use futures::StreamExt;
 
 use crate::catalog;
 use crate::config::{Format, PartitionCol, SourceConfig, WriteMode};
+use crate::dag::{self, PlanError};
 use crate::describe::describe_datafusion;
 use crate::engine::{Engine, EngineOptions};
 use crate::error::Error;
-use crate::plan::{self, PlanError};
 use crate::progress::Progress;
 use crate::sink::{self, SinkSpec};
 use crate::store::{Location, StoreRegistry};
@@ -41,7 +41,7 @@ pub struct TableArg {
     pub name: String,
     /// Absolute path or URL: a file, folder or glob.
     pub location: String,
-    /// The format, if the user said (`NAME=LOCATION` with `--table-format`), else guessed.
+    /// The format, if known; `None` (as from `--table`) guesses it from the files.
     pub format: Option<Format>,
     /// Hive partition columns.
     pub partition_cols: Vec<PartitionCol>,
@@ -75,6 +75,25 @@ pub struct SqlSummary {
     pub files: Vec<String>,
 }
 
+/// Runs the transform: prints its result to stdout, or writes it with `--out` and says how
+/// much it wrote.
+pub async fn execute(opts: &SqlOptions, cx: &super::Context<'_>) -> Result<i32, Error> {
+    let mut stdout = std::io::stdout().lock();
+    let summary = run_sql(opts, cx.env.clone(), cx.progress, &mut stdout).await?;
+    if opts.out.is_some() && !cx.quiet {
+        eprintln!(
+            "wrote {} rows in {} files",
+            summary.rows,
+            summary.files.len()
+        );
+    }
+    stdout.flush().map_err(|source| Error::Io {
+        path: "stdout".into(),
+        source,
+    })?;
+    Ok(crate::error::EXIT_OK)
+}
+
 /// The query of `EXPLAIN [ANALYZE] [VERBOSE] query`, or `sql` itself.
 fn explained_query(sql: &str) -> &str {
     let mut rest = sql.trim_start();
@@ -96,10 +115,10 @@ pub async fn run_sql(
     progress: &Progress,
     out: &mut dyn Write,
 ) -> Result<SqlSummary, Error> {
-    let sql = plan::render(&opts.sql, &opts.vars, &opts.origin)?;
+    let sql = dag::render(&opts.sql, &opts.vars, &opts.origin)?;
     // Parse first, so a syntax error names the file before any table is touched. `EXPLAIN
     // [ANALYZE] [VERBOSE] query` shows the plan (with each join's strategy) of the query.
-    plan::table_references(explained_query(&sql), &opts.origin)?;
+    dag::table_references(explained_query(&sql), &opts.origin)?;
     let stores = Arc::new(StoreRegistry::new(Vec::new(), env));
     let engine = Engine::new(opts.engine.clone(), stores)?;
     for t in &opts.tables {
@@ -137,7 +156,7 @@ pub async fn run_sql(
                 preserve_order: false,
             };
             let store = engine.stores().store_for(&spec.location)?;
-            let run_id = crate::run::new_run_id();
+            let run_id = crate::table::new_run_id();
             let prepared = sink::prepare(store, &spec, &run_id).await?;
             Some((spec, run_id, prepared))
         }

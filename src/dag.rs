@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::resolve::resolve_table_references;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -343,6 +344,61 @@ impl Dag {
             }
         }
         out
+    }
+
+    /// What a model's query reads once its views are inlined: its sources (those of the views
+    /// it reads included), and the table models it reads.
+    pub fn inputs_of(&self, name: &str) -> (BTreeSet<String>, Vec<String>) {
+        let mut sources = self.nodes[name].sources.clone();
+        let mut tables = Vec::new();
+        let mut frontier: Vec<&String> = self.nodes[name].upstream_models.iter().collect();
+        while let Some(up) = frontier.pop() {
+            if self.nodes[up].materialized == Materialized::View {
+                sources.extend(self.nodes[up].sources.iter().cloned());
+                frontier.extend(self.nodes[up].upstream_models.iter());
+            } else {
+                tables.push(up.clone());
+            }
+        }
+        (sources, tables)
+    }
+
+    /// The sources a model reads, those of the views it reads included.
+    pub fn sources_read(&self, name: &str) -> BTreeSet<String> {
+        self.inputs_of(name).0
+    }
+
+    /// The one source a model whose units are files reads (`by = "file"`), or why it has none.
+    pub fn single_source(&self, name: &str) -> Result<String, String> {
+        let inputs = self.sources_read(name);
+        let mut it = inputs.iter();
+        match (it.next(), it.next()) {
+            (Some(one), None) => Ok(one.clone()),
+            _ => Err(format!(
+                "by = \"file\" needs exactly one input source; the model reads {}",
+                if inputs.is_empty() {
+                    "none".to_string()
+                } else {
+                    inputs.iter().cloned().collect::<Vec<_>>().join(", ")
+                }
+            )),
+        }
+    }
+
+    /// The tables a model's query reads, with their locations: its sources (those of the
+    /// views it reads included) and the outputs of the table models upstream. For naming the
+    /// scans of its plan.
+    pub fn tables_read(&self, pipeline: &Pipeline, name: &str) -> Vec<(String, ListingTableUrl)> {
+        let (sources, models) = self.inputs_of(name);
+        let sources = sources.into_iter().filter_map(|s| {
+            let url = ListingTableUrl::parse(&pipeline.sources.get(&s)?.location).ok()?;
+            Some((s, url))
+        });
+        let models = models.into_iter().filter_map(|m| {
+            let url = ListingTableUrl::parse(&pipeline.models.get(&m)?.sink.location).ok()?;
+            Some((m, url))
+        });
+        sources.chain(models).collect()
     }
 }
 

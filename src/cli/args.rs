@@ -1,0 +1,401 @@
+//! Command-line flags (stage one of two): clap parses argv into these structs, each value
+//! already of its type (sizes, strategies, formats are parsed by the `value_parser`s below, so
+//! a bad one is a usage error naming the flag). [`super::options`] turns them into the
+//! library's option types (stage two).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use sluice::config::{Format, WriteMode, parse_size};
+use sluice::join::JoinStrategy;
+
+/// sluice: batch SQL transformations over Parquet, CSV and JSON, on local disk or object storage.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Print only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More logging (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline: every selected model, in dependency order.
+    Run(RunArgs),
+    /// Validate a pipeline and print its DAG, inputs, sinks and work units; runs nothing.
+    Plan(PlanArgs),
+    /// Run the selected models' checks on their published outputs; exit 1 if one fails.
+    Check(CheckArgs),
+    /// Run one SQL transform over named tables; print it or write it with --out.
+    Sql(SqlArgs),
+    /// Run history from the state store: id, start, end, status, rows in / out / rejected.
+    Runs(RunsArgs),
+    /// Generate sample data.
+    #[command(subcommand)]
+    Gen(GenCommand),
+    /// Run benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Options shared by `run` and `plan`.
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// The pipeline folder (holding sluice.toml) or the sluice.toml file.
+    #[arg(default_value = ".")]
+    pub path: PathBuf,
+    /// Only these models (comma-separated; `a+` adds downstream, `+a` upstream).
+    #[arg(long, value_delimiter = ',')]
+    pub select: Vec<String>,
+    /// A variable for `{{ KEY }}` in SQL (repeatable).
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub vars: Vec<(String, String)>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// `sluice run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Write the JSON run report to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Validate and plan, but write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not resume an unfinished run of the same work: start afresh.
+    #[arg(long)]
+    pub restart: bool,
+}
+
+/// `sluice plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+/// `sluice check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sluice runs`.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// The pipeline folder (holding sluice.toml) or the sluice.toml file.
+    #[arg(default_value = ".")]
+    pub path: PathBuf,
+    /// Show at most this many runs, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sluice sql`.
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// A file holding one SQL query.
+    #[arg(conflicts_with = "execute", required_unless_present = "execute")]
+    pub file: Option<PathBuf>,
+    /// The SQL text itself.
+    #[arg(short = 'e', long = "execute", value_name = "SQL")]
+    pub execute: Option<String>,
+    /// A table: NAME=LOCATION (a file, folder or glob; local path or URL). Repeatable.
+    #[arg(long = "table", value_name = "NAME=LOCATION", value_parser = name_location)]
+    pub tables: Vec<(String, String)>,
+    /// Write the result here (a folder) instead of printing it.
+    #[arg(long, value_name = "LOCATION")]
+    pub out: Option<String>,
+    /// Output format: parquet, csv or json.
+    #[arg(long, default_value = "parquet", value_parser = format)]
+    pub format: Format,
+    /// Hive partition columns of the output (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub partition_by: Vec<String>,
+    /// overwrite, append, overwrite_partitions or error_if_exists.
+    #[arg(long, default_value = "overwrite", value_parser = write_mode)]
+    pub mode: WriteMode,
+    /// Rows per output file.
+    #[arg(long, value_parser = at_least_one)]
+    pub target_rows_per_file: Option<usize>,
+    /// A variable for `{{ KEY }}` in SQL (repeatable).
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub vars: Vec<(String, String)>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Print at most this many rows.
+    #[arg(long, default_value_t = 40)]
+    pub max_rows: usize,
+}
+
+/// `sluice gen ...`.
+#[derive(Debug, Subcommand)]
+pub enum GenCommand {
+    /// TPC-H data, one folder per table.
+    Tpch(GenTpchArgs),
+}
+
+/// `sluice gen tpch`.
+#[derive(Debug, Args)]
+pub struct GenTpchArgs {
+    /// Scale factor (1 = about 1 GB of CSV; 0.01 for tests).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// parquet or csv.
+    #[arg(long, default_value = "parquet", value_parser = tpch_format)]
+    pub format: Format,
+    /// Output folder or URL.
+    #[arg(long, value_name = "LOCATION")]
+    pub out: String,
+}
+
+/// `sluice bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// TPC-H Q1-Q22.
+    Tpch(BenchTpchArgs),
+}
+
+/// `sluice bench tpch`.
+#[derive(Debug, Args)]
+pub struct BenchTpchArgs {
+    /// The data folder (as written by `sluice gen tpch`).
+    #[arg(long, value_name = "LOCATION")]
+    pub data: String,
+    /// Queries to run, e.g. 1,3,5-9 (default all 22).
+    #[arg(long, value_parser = query_list)]
+    pub queries: Option<QueryList>,
+    /// Runs of each query.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    pub iterations: usize,
+    /// Write the timings as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// The engine flags `run`, `plan`, `check`, `sql` and `bench tpch` share.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// Query memory pool, e.g. 2GiB; operators spill to disk beyond it.
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    pub memory_limit: Option<usize>,
+    /// Worker threads / target partitions.
+    #[arg(long, value_parser = at_least_one)]
+    pub threads: Option<usize>,
+    /// How hash joins run: auto (partition to disk when the build side does not fit the
+    /// memory limit), in_memory (DataFusion's hash join), grace (always partition),
+    /// sort_merge (DataFusion's sort-merge join).
+    #[arg(long, value_name = "STRATEGY", value_parser = join_strategy)]
+    pub join_strategy: Option<JoinStrategy>,
+}
+
+fn size(s: &str) -> Result<usize, String> {
+    parse_size(s).ok_or_else(|| format!("{s:?} is not a size (examples: 512MiB, 4GiB)"))
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
+fn join_strategy(s: &str) -> Result<JoinStrategy, String> {
+    JoinStrategy::parse(s).ok_or_else(|| {
+        format!("unknown join strategy {s:?} (expected auto, in_memory, grace or sort_merge)")
+    })
+}
+
+fn format(s: &str) -> Result<Format, String> {
+    Format::parse(s).ok_or_else(|| format!("unknown format {s:?} (expected parquet, csv or json)"))
+}
+
+fn tpch_format(s: &str) -> Result<Format, String> {
+    match format(s)? {
+        Format::Json => Err("TPC-H data is written as parquet or csv".into()),
+        f => Ok(f),
+    }
+}
+
+fn write_mode(s: &str) -> Result<WriteMode, String> {
+    WriteMode::parse(s).ok_or_else(|| {
+        format!(
+            "unknown mode {s:?} (expected overwrite, append, overwrite_partitions or error_if_exists)"
+        )
+    })
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+fn name_location(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .ok_or_else(|| format!("expected NAME=LOCATION, got {s:?}"))
+}
+
+/// TPC-H query numbers, 1–22 (a type of its own: clap reads an `Option<Vec<_>>` as a flag
+/// given several times).
+#[derive(Debug, Clone)]
+pub struct QueryList(pub Vec<u8>);
+
+fn query_list(s: &str) -> Result<QueryList, String> {
+    sluice::tpch::parse_query_list(s)
+        .map(QueryList)
+        .ok_or_else(|| format!("{s:?} is not a list of queries 1-22 such as 1,3,5-9"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("sluice").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every flag of every subcommand, read back: a flag whose type clap cannot give back
+    /// panics here rather than in a user's hands.
+    #[test]
+    fn every_subcommand_parses_with_all_its_flags() {
+        let engine = [
+            "--memory-limit",
+            "64MiB",
+            "--threads",
+            "2",
+            "--join-strategy",
+            "grace",
+        ];
+        let pipeline = [
+            &["p", "--select", "a,b+", "--var", "k=v=w"][..],
+            &engine[..],
+        ]
+        .concat();
+        let run = parse(
+            &[
+                &["run"][..],
+                &pipeline,
+                &["--report", "r.json", "--dry-run"],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        let Command::Run(run) = run.command else {
+            panic!()
+        };
+        assert_eq!(
+            run.pipeline.vars,
+            vec![("k".to_string(), "v=w".to_string())]
+        );
+        assert_eq!(run.pipeline.engine.memory_limit, Some(64 << 20));
+        assert_eq!(run.pipeline.engine.join_strategy, Some(JoinStrategy::Grace));
+        parse(&[&["plan"][..], &pipeline].concat()).unwrap();
+        parse(&[&["check"][..], &pipeline, &["--json"]].concat()).unwrap();
+        parse(&["runs", "p", "--limit", "3", "--json"]).unwrap();
+        let sql = parse(
+            &[
+                &[
+                    "sql",
+                    "-e",
+                    "SELECT 1",
+                    "--table",
+                    "t = a.csv",
+                    "--out",
+                    "o",
+                ][..],
+                &[
+                    "--format",
+                    "csv",
+                    "--partition-by",
+                    "a,b",
+                    "--mode",
+                    "append",
+                ],
+                &["--target-rows-per-file", "5", "--max-rows", "3"],
+                &engine,
+            ]
+            .concat(),
+        )
+        .unwrap();
+        let Command::Sql(sql) = sql.command else {
+            panic!()
+        };
+        assert_eq!(sql.tables, vec![("t".to_string(), "a.csv".to_string())]);
+        assert_eq!((sql.format, sql.mode), (Format::Csv, WriteMode::Append));
+        parse(&[
+            "gen", "tpch", "--scale", "0.01", "--format", "csv", "--out", "d",
+        ])
+        .unwrap();
+        let bench = parse(
+            &[
+                &["bench", "tpch", "--data", "d", "--queries", "1,3-5"][..],
+                &["--iterations", "2", "--json", "b.json"],
+                &engine,
+            ]
+            .concat(),
+        )
+        .unwrap();
+        let Command::Bench(BenchCommand::Tpch(bench)) = bench.command else {
+            panic!()
+        };
+        assert_eq!(bench.queries.map(|q| q.0), Some(vec![1, 3, 4, 5]));
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors_naming_the_flag() {
+        for (args, says) in [
+            (&["plan", "--memory-limit", "lots"][..], "is not a size"),
+            (&["plan", "--threads", "0"], "must be at least 1"),
+            (
+                &["plan", "--join-strategy", "fast"],
+                "unknown join strategy \"fast\"",
+            ),
+            (&["plan", "--var", "novalue"], "expected KEY=VALUE"),
+            (&["sql", "-e", "x", "--format", "xml"], "unknown format"),
+            (&["sql", "-e", "x", "--mode", "merge"], "unknown mode"),
+            (
+                &["gen", "tpch", "--out", "d", "--format", "json"],
+                "parquet or csv",
+            ),
+            (
+                &["bench", "tpch", "--data", "d", "--queries", "23"],
+                "queries 1-22",
+            ),
+            (
+                &["bench", "tpch", "--data", "d", "--iterations", "0"],
+                "at least 1",
+            ),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+            assert!(err.to_string().contains(says), "{args:?}: {err}");
+        }
+    }
+}

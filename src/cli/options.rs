@@ -1,0 +1,132 @@
+//! Stage two of argument parsing: the flags clap parsed ([`super::args`]) checked against each
+//! other and turned into the library's option types, with relative locations resolved against
+//! the working folder. Nothing here runs anything.
+
+use std::path::{Path, PathBuf};
+
+use sluice::commands::{self, usage};
+use sluice::config::{self, DEFAULT_ROWS_PER_FILE};
+use sluice::engine::EngineOptions;
+use sluice::error::Error;
+use sluice::join::JoinOptions;
+use sluice::run::RunOptions;
+use sluice::store::Location;
+
+use super::args::{
+    BenchTpchArgs, EngineArgs, GenTpchArgs, PipelineArgs, RunArgs, RunsArgs, SqlArgs,
+};
+
+/// The engine options of the flags (`buckets` and the spill folder come from a pipeline only).
+fn engine(args: &EngineArgs) -> EngineOptions {
+    EngineOptions {
+        memory_limit: args.memory_limit,
+        threads: args.threads,
+        spill_dir: None,
+        join: JoinOptions {
+            strategy: args.join_strategy.unwrap_or_default(),
+            buckets: None,
+        },
+    }
+}
+
+/// The options of `run`, `plan` and `check`.
+pub fn run_options(args: &PipelineArgs, dry_run: bool, restart: bool) -> RunOptions {
+    RunOptions {
+        select: args
+            .select
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .cloned()
+            .collect(),
+        vars: args.vars.iter().cloned().collect(),
+        memory_limit: args.engine.memory_limit,
+        threads: args.engine.threads,
+        join_strategy: args.engine.join_strategy,
+        dry_run,
+        restart,
+    }
+}
+
+/// `sluice run`.
+pub fn run(args: &RunArgs) -> commands::run::Options {
+    commands::run::Options {
+        path: args.pipeline.path.clone(),
+        run: run_options(&args.pipeline, args.dry_run, args.restart),
+        report: args.report.clone(),
+    }
+}
+
+/// `sluice runs`.
+pub fn runs(args: &RunsArgs) -> commands::runs::Options {
+    commands::runs::Options {
+        path: args.path.clone(),
+        limit: args.limit,
+        json: args.json,
+    }
+}
+
+/// `sluice sql`: reads the SQL file.
+pub fn sql(args: &SqlArgs, cwd: &Path) -> Result<commands::sql::SqlOptions, Error> {
+    let (sql, origin) = match (&args.execute, &args.file) {
+        (Some(sql), _) => (sql.clone(), PathBuf::from("-e")),
+        (None, Some(file)) => {
+            let text =
+                std::fs::read_to_string(file).map_err(|source| config::ConfigError::Read {
+                    path: file.clone(),
+                    source,
+                })?;
+            (text, file.clone())
+        }
+        (None, None) => return Err(usage("sql", "give a SQL file or -e SQL")),
+    };
+    let tables = args
+        .tables
+        .iter()
+        .map(|(name, location)| commands::sql::TableArg {
+            name: name.clone(),
+            location: config::resolve_location(location, cwd),
+            format: None,
+            partition_cols: Vec::new(),
+        })
+        .collect();
+    let out = args.out.as_ref().map(|loc| commands::sql::OutputTarget {
+        location: config::resolve_location(loc, cwd),
+        format: args.format,
+        partition_by: args.partition_by.clone(),
+        mode: args.mode,
+        target_rows_per_file: args.target_rows_per_file.unwrap_or(DEFAULT_ROWS_PER_FILE),
+    });
+    Ok(commands::sql::SqlOptions {
+        sql,
+        origin,
+        vars: args.vars.iter().cloned().collect(),
+        tables,
+        out,
+        engine: engine(&args.engine),
+        max_rows: args.max_rows,
+    })
+}
+
+/// `sluice gen tpch`.
+pub fn gen_tpch(args: &GenTpchArgs, cwd: &Path) -> Result<commands::tpch::GenOptions, Error> {
+    Ok(commands::tpch::GenOptions {
+        scale: args.scale,
+        format: args.format,
+        out: Location::parse(&config::resolve_location(&args.out, cwd))?,
+    })
+}
+
+/// `sluice bench tpch`.
+pub fn bench_tpch(args: &BenchTpchArgs, cwd: &Path) -> Result<commands::tpch::BenchOptions, Error> {
+    Ok(commands::tpch::BenchOptions {
+        data: args.data.clone(),
+        location: Location::parse(&config::resolve_location(&args.data, cwd))?,
+        queries: args
+            .queries
+            .as_ref()
+            .map_or_else(|| (1..=22).collect(), |q| q.0.clone()),
+        iterations: args.iterations,
+        json: args.json.clone(),
+        engine: engine(&args.engine),
+    })
+}

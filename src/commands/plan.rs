@@ -1,0 +1,213 @@
+//! `sluice plan`: a pipeline's sources, and its models in run order with their inputs, sinks,
+//! schemas, work units and joins. Runs nothing.
+
+use std::path::Path;
+
+use super::Context;
+use crate::config::{Materialized, ModelConfig, Pipeline};
+use crate::error::{EXIT_OK, Error};
+use crate::run::unit::plan_units;
+use crate::run::{Prepared, RunOptions};
+use crate::units::{self, UnitKind};
+
+/// Prints the plan of the pipeline at `path`: every error a run would hit before writing
+/// anything is found here.
+pub async fn execute(path: &Path, opts: &RunOptions, cx: &Context<'_>) -> Result<i32, Error> {
+    let pipeline = cx.load_pipeline(path)?;
+    let prepared = crate::run::prepare(pipeline, opts, cx.env.clone()).await?;
+    print!("{}", describe_plan(&prepared).await);
+    Ok(EXIT_OK)
+}
+
+/// The work units `sluice plan` shows for a model: each unit's rows counted from the inputs'
+/// event-time column (a read of that one column; the model itself does not run), and the
+/// warnings of the sizing rule of thumb.
+async fn describe_units(prepared: &Prepared, model: &ModelConfig) -> String {
+    if let Some(per_unit) = model.files_per_unit {
+        return match plan_units(&prepared.engine, &prepared.pipeline, &prepared.dag, model).await {
+            Err(e) => format!("       units:  cannot plan: {e}\n"),
+            Ok(units) => {
+                let mut out = format!(
+                    "       units:  {} (by file, {per_unit} a unit)\n",
+                    units.len()
+                );
+                for u in units.iter().take(12) {
+                    let bytes: u64 = match &u.kind {
+                        UnitKind::Files { files, .. } => files.iter().map(|m| m.size).sum(),
+                        _ => 0,
+                    };
+                    out.push_str(&format!("         {:<40} {bytes:>12} bytes\n", u.name));
+                }
+                if units.len() > 12 {
+                    out.push_str(&format!("         ... {} more\n", units.len() - 12));
+                }
+                for w in units::sizing_warnings(units.len(), &[]) {
+                    out.push_str(&format!("       warning: {w}\n"));
+                }
+                out
+            }
+        };
+    }
+    if let Some(kb) = &model.key_buckets {
+        let keys: Vec<String> = kb.keys.iter().map(|(s, c)| format!("{s}.{c}")).collect();
+        return format!(
+            "       units:  {} (by key: a hash of {})\n",
+            kb.buckets,
+            keys.join(", ")
+        );
+    }
+    let Some(batches) = &model.batches else {
+        return "       units:  1 (the whole model)\n".into();
+    };
+    let units = match plan_units(&prepared.engine, &prepared.pipeline, &prepared.dag, model).await {
+        Ok(u) => u,
+        Err(e) => return format!("       units:  cannot plan: {e}\n"),
+    };
+    let sources = units::event_sources(&prepared.pipeline, &prepared.dag.sources_read(&model.name));
+    let counts =
+        crate::run::unit_context::rows_per_period(prepared.engine.ctx(), &sources, batches.size)
+            .await
+            .unwrap_or_default();
+    let rows: Vec<u64> = units
+        .iter()
+        .map(|u| counts.get(&u.name).copied().unwrap_or(0))
+        .collect();
+    let mut out = format!(
+        "       units:  {} ({} batches, {} .. {}), {} rows in all\n",
+        units.len(),
+        batches.size.name(),
+        units.first().map_or("-", |u| u.name.as_str()),
+        units.last().map_or("-", |u| u.name.as_str()),
+        rows.iter().sum::<u64>()
+    );
+    for (u, r) in units.iter().zip(&rows).take(12) {
+        out.push_str(&format!("         {:<16} {r:>12} rows\n", u.name));
+    }
+    if units.len() > 12 {
+        out.push_str(&format!("         ... {} more\n", units.len() - 12));
+    }
+    for w in units::sizing_warnings(units.len(), &rows) {
+        out.push_str(&format!("       warning: {w}\n"));
+    }
+    out
+}
+
+/// The text of `sluice plan`: sources, then models in run order with inputs and sinks.
+pub async fn describe_plan(prepared: &Prepared) -> String {
+    let p = &prepared.pipeline;
+    let mut out = format!(
+        "pipeline {} ({} models, {} sources)\n\nsources:\n",
+        p.name,
+        p.models.len(),
+        p.sources.len()
+    );
+    for s in p.sources.values() {
+        let parts = if s.partition_cols.is_empty() {
+            String::new()
+        } else {
+            let cols: Vec<_> = s.partition_cols.iter().map(|c| c.name.as_str()).collect();
+            format!("  partitioned by {}", cols.join(", "))
+        };
+        out.push_str(&format!(
+            "  {:<20} {:<8} {}{parts}\n",
+            s.name,
+            s.format.name(),
+            display_location(p, &s.location)
+        ));
+    }
+    out.push_str("\nmodels (run order):\n");
+    for (i, name) in prepared.selected.iter().enumerate() {
+        let node = &prepared.dag.nodes[name];
+        let model = &p.models[name];
+        let inputs: Vec<String> = node
+            .sources
+            .iter()
+            .map(|s| format!("{s} (source)"))
+            .chain(
+                node.upstream_models
+                    .iter()
+                    .map(|m| format!("{m} ({})", materialized_name(p.models[m].materialized))),
+            )
+            .collect();
+        out.push_str(&format!(
+            "  {}. {name}  [{}]\n",
+            i + 1,
+            materialized_name(model.materialized)
+        ));
+        out.push_str(&format!(
+            "       sql:    {}\n",
+            display_location(p, &model.sql_path.display().to_string())
+        ));
+        out.push_str(&format!(
+            "       inputs: {}\n",
+            if inputs.is_empty() {
+                "-".to_string()
+            } else {
+                inputs.join(", ")
+            }
+        ));
+        if model.materialized == Materialized::Table {
+            let sink = &model.sink;
+            let part = if sink.partition_by.is_empty() {
+                String::new()
+            } else {
+                format!(", partition_by {}", sink.partition_by.join(", "))
+            };
+            out.push_str(&format!(
+                "       sink:   {} ({}, mode {}{part})\n",
+                display_location(p, &sink.location),
+                sink.format.name(),
+                sink.mode.name()
+            ));
+            if let Some(schema) = prepared.schemas.get(name) {
+                out.push_str(&format!(
+                    "       schema: {}\n",
+                    crate::run::prepare::column_list(schema)
+                ));
+            }
+            out.push_str(&describe_units(prepared, model).await);
+            out.push_str(&describe_joins(prepared, name).await);
+        } else {
+            out.push_str("       inlined into the models that read it\n");
+        }
+    }
+    out
+}
+
+/// The joins of a model's query as the engine plans them: the strategy each got, and why.
+async fn describe_joins(prepared: &Prepared, name: &str) -> String {
+    let Ok(df) = prepared
+        .engine
+        .ctx()
+        .sql(&prepared.dag.nodes[name].sql)
+        .await
+    else {
+        return String::new();
+    };
+    let Ok(plan) = df.create_physical_plan().await else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for j in crate::join::join_reports(&plan) {
+        out.push_str(&format!(
+            "       join:   {} — {} ({})\n",
+            j.join, j.strategy, j.reason
+        ));
+    }
+    out
+}
+
+fn materialized_name(m: Materialized) -> &'static str {
+    match m {
+        Materialized::Table => "table",
+        Materialized::View => "view",
+    }
+}
+
+/// A location as the user wrote it: relative to the pipeline folder when inside it.
+fn display_location(p: &Pipeline, location: &str) -> String {
+    std::path::Path::new(location)
+        .strip_prefix(&p.root)
+        .map(|r| r.display().to_string() + if location.ends_with('/') { "/" } else { "" })
+        .unwrap_or_else(|_| location.to_string())
+}

@@ -1,0 +1,182 @@
+//! The engine: a DataFusion session configured for batch work (memory pool that spills,
+//! thread count, spill folder, object stores), and the execution of one query into a stream
+//! with its metrics.
+//!
+//! - [`execution`]: a running query, and what its plan measured (rows per table, spills, joins);
+//! - [`udf`]: sluice's SQL functions.
+
+mod execution;
+pub mod udf;
+
+pub use execution::{Execution, ScanRows};
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::physical_plan::execute_stream;
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+
+use crate::join::{self, JoinOptions};
+use crate::store::StoreRegistry;
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The spill folder cannot be created.
+    #[error("cannot write {}: {source}", path.display())]
+    SpillDir {
+        /// The folder (`spill_dir`).
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// DataFusion's runtime (memory pool, disk manager) cannot be built.
+    #[error("cannot start the query engine: {0}")]
+    Runtime(#[source] datafusion::error::DataFusionError),
+}
+
+/// How the engine may use the machine.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Query memory pool in bytes (`None`: unbounded). Sorts, aggregations and sort-merge
+    /// joins spill to disk beyond it.
+    pub memory_limit: Option<usize>,
+    /// Worker threads and target partitions (`None`: the number of cores).
+    pub threads: Option<usize>,
+    /// Folder for spill files (`None`: the system's temporary folder).
+    pub spill_dir: Option<PathBuf>,
+    /// How hash joins run under the memory limit.
+    pub join: JoinOptions,
+}
+
+impl EngineOptions {
+    /// The thread count in effect.
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(NonZeroUsize::get)
+                .unwrap_or(2)
+        })
+    }
+}
+
+/// A configured DataFusion session plus the stores it reads and writes.
+pub struct Engine {
+    ctx: SessionContext,
+    stores: Arc<StoreRegistry>,
+    options: EngineOptions,
+}
+
+impl Engine {
+    /// Builds a session with the memory pool, spill folder and parallelism of `options`.
+    pub fn new(options: EngineOptions, stores: Arc<StoreRegistry>) -> Result<Engine, EngineError> {
+        let threads = options.threads();
+        let mut config = SessionConfig::new()
+            .with_target_partitions(threads)
+            .with_information_schema(true);
+        if let Some(limit) = options.memory_limit {
+            // Each sorting partition reserves this much up front for its final merge; the
+            // default (10 MB) alone would exhaust a small pool. A share of the pool per thread
+            // keeps small limits usable.
+            let exec = &mut config.options_mut().execution;
+            exec.sort_spill_reservation_bytes = exec
+                .sort_spill_reservation_bytes
+                .min(limit / (4 * threads.max(1)));
+        }
+        if options.join.strategy == join::JoinStrategy::SortMerge {
+            config.options_mut().optimizer.prefer_hash_join = false;
+        }
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(limit) = options.memory_limit {
+            let pool = TrackConsumersPool::new(
+                FairSpillPool::new(limit),
+                NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN),
+            );
+            runtime = runtime.with_memory_pool(Arc::new(pool));
+        }
+        // Spilling sorts merge at most 16 runs at once: with the default fan-in a tight pool
+        // fails with "Not enough memory to continue external sort".
+        let mut disk = DiskManagerBuilder::default().with_max_spill_merge_fan_in(16);
+        if let Some(dir) = &options.spill_dir {
+            std::fs::create_dir_all(dir).map_err(|source| EngineError::SpillDir {
+                path: dir.clone(),
+                source,
+            })?;
+            disk = disk.with_mode(DiskManagerMode::Directories(vec![dir.clone()]));
+        }
+        runtime = runtime.with_disk_manager_builder(disk);
+        // No listing cache: outputs change within a run (a model publishes, then downstream
+        // models read it) and views of one folder hold different files (a manifest's, a work
+        // unit's); DataFusion's cache is keyed by path and would serve a stale listing.
+        runtime = runtime.with_cache_manager(
+            datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+                .with_list_files_cache_limit(0),
+        );
+        let runtime = runtime.build_arc().map_err(EngineError::Runtime)?;
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rules(join::physical_rules(options.join, options.memory_limit))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        Ok(Engine {
+            ctx,
+            stores,
+            options,
+        })
+    }
+
+    /// The DataFusion session.
+    pub fn ctx(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The object stores.
+    pub fn stores(&self) -> &Arc<StoreRegistry> {
+        &self.stores
+    }
+
+    /// The options the engine was built with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Memory writers may buffer before flushing early: a quarter of the pool, or 256 MiB.
+    pub fn write_buffer_budget(&self) -> usize {
+        self.options
+            .memory_limit
+            .map_or(256 << 20, |l| (l / 4).max(8 << 20))
+    }
+
+    /// Plans `df` and starts executing it; the returned [`Execution`] yields the stream and,
+    /// once it is drained, the scan metrics.
+    pub async fn execute(&self, df: DataFrame) -> datafusion::error::Result<Execution> {
+        let plan = df.create_physical_plan().await?;
+        let stream = execute_stream(Arc::clone(&plan), self.ctx.task_ctx())?;
+        Ok(Execution {
+            plan,
+            stream: Some(stream),
+        })
+    }
+}
+
+/// A new, empty session like `main`: the same configuration, memory pool, spill folder,
+/// object stores and physical optimizer rules (the grace join among them), its own tables.
+pub fn sibling_context(main: &SessionContext) -> SessionContext {
+    let state = main.state();
+    SessionContext::new_with_state(
+        SessionStateBuilder::new()
+            .with_config(main.copied_config())
+            .with_runtime_env(main.runtime_env())
+            .with_default_features()
+            .with_physical_optimizer_rules(state.physical_optimizers().to_vec())
+            .build(),
+    )
+}

@@ -1,0 +1,275 @@
+//! A run: a prepared pipeline from configuration to published outputs, under the pipeline's
+//! lock, recorded in its state store.
+//!
+//! The data flows one way: [`Pipeline`] (config) → [`Dag`] → tables registered in the engine's
+//! catalog → each model's query validated up front ([`prepare`]) → executed in dependency
+//! order, each table model run as work units ([`unit`]) staged into its sink and published
+//! once ([`model`]) → [`RunReport`]. A killed run is resumed ([`resume`]).
+//!
+//! - [`prepare`]: the DAG built, inputs registered, every selected model planned;
+//! - [`model`]: one table model, as named phases: resume, units, rejects, checks, publish;
+//! - [`unit`]: planning a model's units, one unit's attempts, retries and backoff;
+//! - [`unit_context`]: the SQL context one unit runs in (its slice of the inputs);
+//! - [`resume`]: what a run does as a fingerprint, and the units a resumed run keeps.
+
+mod model;
+pub mod prepare;
+mod resume;
+pub mod unit;
+pub mod unit_context;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::{Materialized, Pipeline};
+use crate::dag::Dag;
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::progress::Progress;
+use crate::report::{ModelReport, ModelStatus, RunReport, RunStatus};
+use crate::state::{Holder, StateStore};
+
+pub use prepare::{Prepared, prepare, register_output};
+
+/// What `sluice run` was asked to do, beyond the pipeline itself.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--select`: models to run (`a`, `a+`, `+a`); empty means all.
+    pub select: Vec<String>,
+    /// `--var KEY=VALUE`, over the pipeline's `[vars]`.
+    pub vars: BTreeMap<String, String>,
+    /// `--memory-limit` in bytes, over `settings.memory_limit`.
+    pub memory_limit: Option<usize>,
+    /// `--threads`, over `settings.threads`.
+    pub threads: Option<usize>,
+    /// `--join-strategy`, over `settings.join_strategy`.
+    pub join_strategy: Option<crate::join::JoinStrategy>,
+    /// `--dry-run`: validate and plan, write nothing.
+    pub dry_run: bool,
+    /// `--restart`: do not resume an unfinished run; start afresh.
+    pub restart: bool,
+}
+
+/// The current time as the reports write it (RFC 3339, UTC, milliseconds).
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Runs a prepared pipeline under its lock, recorded in its state store: every selected model
+/// in order. A failed model fails the run and skips the models downstream of it; independent
+/// models still run. A dry run takes no lock and records nothing.
+///
+/// Unless `opts.restart`, a run resumes the last run of the pipeline if that one did not
+/// finish and did the same work (same selection, variables, SQL and sinks): it keeps that
+/// run's id, so the units it committed (staged and recorded) are not redone, and models it
+/// already published are not published again.
+pub async fn run(
+    prepared: Prepared,
+    opts: &RunOptions,
+    progress: &Progress,
+) -> Result<RunReport, Error> {
+    let mut run_id = crate::table::new_run_id();
+    let started_at = now();
+    if opts.dry_run {
+        return Ok(run_models(prepared, opts, progress, None, run_id, started_at).await);
+    }
+    let state = Arc::new(StateStore::open(&prepared.pipeline.settings.state)?);
+    let me = Holder::current();
+    let pipeline = prepared.pipeline.name.clone();
+    if let Some(old) = state.acquire(&pipeline, &run_id, &me, &started_at)? {
+        tracing::warn!("took over the lock of run {old}, whose process is gone");
+    }
+    let fingerprint = resume::fingerprint(&prepared, opts);
+    let resumed = if opts.restart {
+        Ok(None)
+    } else {
+        state.resumable_run(&pipeline, &fingerprint)
+    };
+    let resumed = match resumed.and_then(|old| match old {
+        Some(old) => state.relock(&run_id, &old).map(|()| Some(old)),
+        None => Ok(None),
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            // Never leave the lock behind on an error.
+            let _ = state.release(&run_id);
+            return Err(e.into());
+        }
+    };
+    if let Some(old) = resumed {
+        tracing::warn!(
+            "resuming run {old}: its committed units are kept (--restart starts afresh)"
+        );
+        run_id = old;
+    }
+    let selection = prepared.selected.join(",");
+    let vars = opts
+        .vars
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let result = async {
+        state.start_run(
+            &run_id,
+            &pipeline,
+            &started_at,
+            &selection,
+            &vars,
+            &fingerprint,
+            &me,
+        )?;
+        // The heartbeat tells other hosts sharing the state file that this run is alive.
+        let beat = {
+            let state = Arc::clone(&state);
+            let run_id = run_id.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(crate::state::HEARTBEAT_EVERY).await;
+                    if let Err(e) = state.heartbeat(&run_id, &now()) {
+                        tracing::warn!("cannot write the heartbeat: {e}");
+                    }
+                }
+            })
+        };
+        let report = run_models(
+            prepared,
+            opts,
+            progress,
+            Some(&state),
+            run_id.clone(),
+            started_at,
+        )
+        .await;
+        beat.abort();
+        state.finish_run(&report)?;
+        Ok(report)
+    }
+    .await;
+    if let Err(e) = state.release(&run_id) {
+        tracing::warn!("cannot release the lock: {e}");
+    }
+    result
+}
+
+/// Records a run that stopped before any model ran (invalid SQL, unreadable source...) in the
+/// pipeline's ledger, so `sluice runs` shows it.
+pub fn record_not_run(pipeline: &Pipeline, report: &RunReport) -> Result<(), Error> {
+    let state = StateStore::open(&pipeline.settings.state)?;
+    state.start_run(
+        &report.run_id,
+        &report.pipeline,
+        &report.started_at,
+        "",
+        "",
+        "",
+        &Holder::current(),
+    )?;
+    state.finish_run(report)?;
+    Ok(())
+}
+
+/// What every model of a run shares.
+struct RunCx<'a> {
+    engine: &'a Engine,
+    pipeline: &'a Pipeline,
+    dag: &'a Dag,
+    state: Option<&'a StateStore>,
+    run_id: &'a str,
+    progress: &'a Progress,
+}
+
+async fn run_models(
+    prepared: Prepared,
+    opts: &RunOptions,
+    progress: &Progress,
+    state: Option<&StateStore>,
+    run_id: String,
+    started_at: String,
+) -> RunReport {
+    let Prepared {
+        pipeline,
+        dag,
+        selected,
+        engine,
+        schemas,
+    } = prepared;
+    let cx = RunCx {
+        engine: &engine,
+        pipeline: &pipeline,
+        dag: &dag,
+        state,
+        run_id: &run_id,
+        progress,
+    };
+    let mut reports = Vec::new();
+    let mut failed: BTreeSet<String> = BTreeSet::new();
+    for name in &selected {
+        let model = &pipeline.models[name];
+        let kind = match model.materialized {
+            Materialized::Table => "table",
+            Materialized::View => "view",
+        };
+        if opts.dry_run {
+            reports.push(ModelReport::new(name, kind, ModelStatus::Planned));
+            continue;
+        }
+        if let Some(up) = dag.upstream(name).iter().find(|u| failed.contains(*u)) {
+            let mut r = ModelReport::new(name, kind, ModelStatus::Skipped);
+            r.error = Some(format!("upstream model '{up}' failed"));
+            failed.insert(name.clone());
+            reports.push(r);
+            continue;
+        }
+        if model.materialized == Materialized::View {
+            let mut r = ModelReport::new(name, kind, ModelStatus::Success);
+            r.units_total = 0;
+            reports.push(r);
+            continue;
+        }
+        let start = Instant::now();
+        tracing::info!(model = %name, run_id = %run_id, "running");
+        let mut report = ModelReport::new(name, kind, ModelStatus::Success);
+        if let Err(e) = model::run_table_model(&cx, name, &schemas[name], &mut report).await {
+            report.status = ModelStatus::Failed;
+            report.error = Some(match e {
+                Error::Model { message, .. } => message,
+                other => other.to_string(),
+            });
+            failed.insert(name.clone());
+        }
+        report.elapsed_ms = start.elapsed().as_millis() as u64;
+        tracing::info!(
+            model = %name,
+            status = %report.status,
+            rows_in = report.rows_in,
+            rows_out = report.rows_out,
+            units = report.units_total,
+            elapsed_ms = report.elapsed_ms,
+            "finished"
+        );
+        if let Some(state) = state
+            && let Err(e) = state.record_model(&run_id, &report)
+        {
+            tracing::warn!("cannot record model {name}: {e}");
+        }
+        reports.push(report);
+    }
+    let status = if opts.dry_run {
+        RunStatus::Planned
+    } else if failed.is_empty() {
+        RunStatus::Success
+    } else {
+        RunStatus::Failed
+    };
+    RunReport {
+        run_id,
+        pipeline: pipeline.name.clone(),
+        status,
+        started_at,
+        finished_at: now(),
+        models: reports,
+        error: None,
+    }
+}

@@ -1,0 +1,216 @@
+//! Preparing a run: the DAG built, the selection made, the tables the selected models read
+//! registered, and every selected model's query planned. `sluice run`, `sluice plan` and
+//! `sluice check` all start here, so `plan` reports exactly the errors a run would hit before
+//! writing anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::prelude::DataFrame;
+
+use super::RunOptions;
+use crate::catalog;
+use crate::config::{Materialized, ModelConfig, Pipeline};
+use crate::dag::{Dag, PlanError};
+use crate::describe::describe_datafusion;
+use crate::engine::{Engine, EngineOptions};
+use crate::error::Error;
+use crate::sink::SinkSpec;
+use crate::store::{Location, StoreRegistry};
+
+/// A pipeline prepared to run: DAG built, selection made, tables registered, every selected
+/// model's query planned. Both `run` and `plan` start here, so `plan` reports exactly the
+/// errors a run would hit before writing anything.
+pub struct Prepared {
+    /// The pipeline.
+    pub pipeline: Pipeline,
+    /// Its DAG.
+    pub dag: Dag,
+    /// Selected models in run order.
+    pub selected: Vec<String>,
+    /// The engine, with sources and upstream models registered.
+    pub engine: Engine,
+    /// Each selected model's output schema.
+    pub schemas: BTreeMap<String, SchemaRef>,
+}
+
+/// Builds the DAG, registers what the selected models read, and plans every selected model.
+pub async fn prepare(
+    pipeline: Pipeline,
+    opts: &RunOptions,
+    env: Vec<(String, String)>,
+) -> Result<Prepared, Error> {
+    let mut vars = pipeline.vars.clone();
+    vars.extend(opts.vars.clone());
+    let dag = Dag::build(&pipeline, &vars)?;
+    let selected = dag.select(&opts.select)?;
+
+    let engine_opts = EngineOptions {
+        memory_limit: opts.memory_limit.or(pipeline.settings.memory_limit),
+        threads: opts.threads.or(pipeline.settings.threads),
+        spill_dir: pipeline.settings.spill_dir.clone(),
+        join: crate::join::JoinOptions {
+            strategy: opts
+                .join_strategy
+                .unwrap_or(pipeline.settings.join.strategy),
+            buckets: pipeline.settings.join.buckets,
+        },
+    };
+    let stores = Arc::new(StoreRegistry::new(pipeline.stores.clone(), env));
+    let engine = Engine::new(engine_opts, stores)?;
+
+    // Sources the selected models need, through the views they inline.
+    let selected_set: BTreeSet<&String> = selected.iter().collect();
+    let mut needed_sources = BTreeSet::new();
+    let mut outside: Vec<String> = Vec::new();
+    for name in &selected {
+        for up in dag.upstream(name).into_iter().chain([name.clone()]) {
+            let node = &dag.nodes[&up];
+            let is_outside = !selected_set.contains(&up);
+            if is_outside && node.materialized == Materialized::Table {
+                // Read from its existing output; its own inputs are not needed.
+                if !outside.contains(&up) {
+                    outside.push(up);
+                }
+                continue;
+            }
+            needed_sources.extend(node.sources.iter().cloned());
+        }
+    }
+    for name in &needed_sources {
+        catalog::register_table(engine.ctx(), engine.stores(), &pipeline.sources[name]).await?;
+    }
+    for name in &outside {
+        register_output(&engine, &pipeline.models[name], None).await?;
+    }
+
+    // Plan every model that runs or is inlined, in order; a model's table is its plan (a
+    // view) until it has been written.
+    let mut schemas = BTreeMap::new();
+    for name in &dag.order {
+        let node = &dag.nodes[name];
+        let needed = selected_set.contains(name)
+            || (node.materialized == Materialized::View
+                && selected.iter().any(|s| dag.upstream(s).contains(name)));
+        if !needed {
+            continue;
+        }
+        let df = plan_model(&engine, &pipeline.models[name], &node.sql).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let model = &pipeline.models[name];
+        if model.files_per_unit.is_some() {
+            dag.single_source(name).map_err(|message| PlanError::Sql {
+                model: name.clone(),
+                file: model.sql_path.clone(),
+                message,
+            })?;
+        }
+        if model.materialized == Materialized::Table && selected_set.contains(name) {
+            // The sink's location and store, resolved now so a bad one stops the run before
+            // any model writes.
+            let location = Location::parse(&model.sink.location)?;
+            engine.stores().store_for(&location)?;
+        }
+        if model.materialized == Materialized::Table {
+            for col in &model.sink.partition_by {
+                if schema.index_of(col).is_err() {
+                    return Err(PlanError::Sql {
+                        model: name.clone(),
+                        file: model.sql_path.clone(),
+                        message: format!(
+                            "sink.partition_by column '{col}' is not in the result (columns: {})",
+                            column_list(&schema)
+                        ),
+                    }
+                    .into());
+                }
+            }
+        }
+        engine
+            .ctx()
+            .register_table(name.as_str(), df.into_view())
+            .map_err(|e| Error::Query {
+                context: format!("model '{name}'"),
+                source: e,
+            })?;
+        schemas.insert(name.clone(), schema);
+    }
+    Ok(Prepared {
+        pipeline,
+        dag,
+        selected,
+        engine,
+        schemas,
+    })
+}
+
+pub fn column_list(schema: &SchemaRef) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Plans a model's SQL into a DataFrame; planning errors are the user's SQL (exit status 2).
+async fn plan_model(engine: &Engine, model: &ModelConfig, sql: &str) -> Result<DataFrame, Error> {
+    engine.ctx().sql(sql).await.map_err(|e| {
+        PlanError::Sql {
+            model: model.name.clone(),
+            file: model.sql_path.clone(),
+            message: describe_datafusion(&e),
+        }
+        .into()
+    })
+}
+
+/// The sink spec of a table model.
+pub(super) fn sink_spec(engine: &Engine, model: &ModelConfig) -> Result<SinkSpec, Error> {
+    Ok(SinkSpec {
+        location: Location::parse(&model.sink.location)?.as_folder(),
+        format: model.sink.format,
+        partition_by: model.sink.partition_by.clone(),
+        mode: model.sink.mode,
+        target_rows_per_file: model.sink.target_rows_per_file,
+        parallelism: engine.options().threads(),
+        buffer_budget: engine.write_buffer_budget(),
+        preserve_order: false,
+    })
+}
+
+/// Registers a table model's published output as its table, so downstream models read it.
+/// With `schema` (the model's planned schema) columns keep the planned order and types.
+pub async fn register_output(
+    engine: &Engine,
+    model: &ModelConfig,
+    schema: Option<&SchemaRef>,
+) -> Result<(), Error> {
+    let location = Location::parse(&model.sink.location)?.as_folder();
+    let store = engine.stores().store_for(&location)?;
+    let output = crate::table::Output::new(Arc::clone(&store), location.clone());
+    let manifest = output.read_manifest().await.map_err(|e| Error::Model {
+        model: model.name.clone(),
+        message: format!("cannot read {}: {}", e.key, e.message),
+    })?;
+    let Some(manifest) = manifest else {
+        return Err(Error::Model {
+            model: model.name.clone(),
+            message: format!(
+                "it is not selected and has no output at {} yet: run it first, or select it too (e.g. --select +{})",
+                model.sink.location, model.name
+            ),
+        });
+    };
+    catalog::register_manifest(
+        engine.ctx(),
+        &model.name,
+        &location,
+        store,
+        &manifest,
+        schema,
+    )
+    .await?;
+    Ok(())
+}

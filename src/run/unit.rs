@@ -1,0 +1,334 @@
+//! A model's work units: planning them, and running one with its timeout, retries and
+//! backoff, into its staging folder.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{RunCx, now};
+use crate::config::{ModelConfig, Pipeline};
+use crate::dag::Dag;
+use crate::describe::describe_datafusion;
+use crate::engine::{Engine, ScanRows};
+use crate::join::JoinReport;
+use crate::report::UnitStatus;
+use crate::sink::{self, SinkSpec};
+use crate::state::UnitRecord;
+use crate::table::ManifestColumn;
+use crate::units::{self, Unit};
+
+/// The work units of a model: one per period for a batched model, one otherwise.
+pub async fn plan_units(
+    engine: &Engine,
+    pipeline: &Pipeline,
+    dag: &Dag,
+    model: &ModelConfig,
+) -> Result<Vec<Unit>, String> {
+    if let Some(per_unit) = model.files_per_unit {
+        let source = dag.single_source(&model.name)?;
+        let spec = &pipeline.sources[&source];
+        let files = crate::catalog::list_source_files(engine.ctx(), engine.stores(), spec)
+            .await
+            .map_err(|e| e.to_string())?;
+        let prefix = datafusion::datasource::listing::ListingTableUrl::parse(&spec.location)
+            .map(|u| u.prefix().as_ref().to_string())
+            .unwrap_or_default();
+        return Ok(units::by_files(&source, files, per_unit, &prefix));
+    }
+    if let Some(kb) = &model.key_buckets {
+        let read = dag.sources_read(&model.name);
+        if let Some(missing) = kb.keys.keys().find(|k| !read.contains(*k)) {
+            return Err(format!(
+                "batches.keys names source '{missing}', which the model does not read (it reads {})",
+                read.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        return Ok(units::by_key(kb.buckets));
+    }
+    let Some(batches) = &model.batches else {
+        return Ok(units::whole());
+    };
+    let sources = units::event_sources(pipeline, &dag.sources_read(&model.name));
+    if sources.is_empty() {
+        return Err("batches need at least one input source that declares event_time".into());
+    }
+    let (start, end) = match (batches.start, batches.end) {
+        (Some(s), Some(e)) => (s, e),
+        (s, e) => match super::unit_context::event_range(engine.ctx(), &sources).await? {
+            None => return Ok(Vec::new()),
+            Some((lo, hi)) => (
+                s.unwrap_or(units::truncate(batches.size, lo)),
+                e.unwrap_or(units::next(batches.size, units::truncate(batches.size, hi))),
+            ),
+        },
+    };
+    Ok(units::periods(batches.size, start, end))
+}
+
+/// Whether a failure is worth retrying: storage throttling, 5xx, dropped connections and
+/// timeouts. SQL, schema and parse errors are deterministic and are not retried.
+fn is_transient(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "timed out",
+        "timeout",
+        "connection reset",
+        "connection refused",
+        "connection closed",
+        "connection aborted",
+        "error sending request",
+        "reset by peer",
+        "broken pipe",
+        "slowdown",
+        "slow down",
+        "throttl",
+        "too many requests",
+        "(429",
+        "(500",
+        "(502",
+        "(503",
+        "(504",
+        "service unavailable",
+        "temporarily unavailable",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
+}
+
+/// Exponential backoff with jitter for attempt `n` (1-based): about 0.5 s, 1 s, 2 s... capped
+/// at 30 s, each scaled by a random factor in [0.5, 1.5).
+fn backoff(n: u32) -> std::time::Duration {
+    let base = 0.5 * 2f64.powi(n.saturating_sub(1).min(6) as i32);
+    let jitter = 0.5 + f64::from(uuid::Uuid::new_v4().as_bytes()[0]) / 256.0;
+    std::time::Duration::from_secs_f64((base * jitter).min(30.0))
+}
+
+/// What every unit of one model shares.
+#[derive(Clone, Copy)]
+pub(super) struct UnitJob<'a> {
+    /// The model.
+    pub(super) model: &'a ModelConfig,
+    /// Its sink.
+    pub(super) spec: &'a SinkSpec,
+    /// Its output folder.
+    pub(super) output: &'a crate::table::Output,
+    /// The event-time sources it reads, with their columns.
+    pub(super) event_sources: &'a [(String, String)],
+}
+
+/// A unit that ran: its record, the columns it wrote, its joins and the rows it read.
+pub(super) type UnitDone = (UnitRecord, Vec<ManifestColumn>, Vec<JoinReport>, ScanRows);
+
+/// Runs one unit with its timeout and retries; stages its files and records it.
+pub(super) async fn run_unit(
+    cx: &RunCx<'_>,
+    job: &UnitJob<'_>,
+    unit: &Unit,
+    bar: &crate::progress::Units,
+) -> Result<UnitDone, String> {
+    let UnitJob { model, output, .. } = *job;
+    let settings = model.units;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let started_at = now();
+        let start = Instant::now();
+        let mut record = UnitRecord {
+            unit: unit.name.clone(),
+            status: UnitStatus::Running,
+            attempts: attempt,
+            rows_in: 0,
+            rows_out: 0,
+            started_at: Some(started_at.clone()),
+            finished_at: None,
+            elapsed_ms: 0,
+            peak_memory: 0,
+            spilled_bytes: 0,
+            files: Vec::new(),
+            error: None,
+        };
+        if let Some(state) = cx.state {
+            let _ = state.record_unit(cx.run_id, &model.name, &record);
+        }
+        // Peak memory: the pool's reservation, sampled while the unit runs.
+        let pool = Arc::clone(&cx.engine.ctx().runtime_env().memory_pool);
+        let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sampler = {
+            let peak = Arc::clone(&peak);
+            tokio::spawn(async move {
+                loop {
+                    peak.fetch_max(pool.reserved(), std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let work = attempt_unit(cx, job, unit, attempt, bar);
+        let outcome = match settings.timeout {
+            Some(limit) => match tokio::time::timeout(limit, work).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("timed out after {}", humanize(limit))),
+            },
+            None => work.await,
+        };
+        sampler.abort();
+        record.elapsed_ms = start.elapsed().as_millis() as u64;
+        record.peak_memory = peak.load(std::sync::atomic::Ordering::Relaxed) as u64;
+        record.finished_at = Some(now());
+        match outcome {
+            Ok((staged, scan, spilled, joins)) => {
+                record.status = UnitStatus::Done;
+                record.rows_in = scan.total();
+                record.rows_out = staged.rows();
+                record.spilled_bytes = spilled;
+                record.files = staged.files;
+                if let Some(state) = cx.state {
+                    state
+                        .record_unit(cx.run_id, &model.name, &record)
+                        .map_err(|e| e.to_string())?;
+                }
+                bar.unit_done();
+                return Ok((record, staged.columns, joins, scan));
+            }
+            Err(message) => {
+                // Whatever the attempt staged is discarded (a cancelled attempt's writers may
+                // still be closing files: they are removed again before a retry's files land).
+                let _ = output.discard_staging(cx.run_id, Some(unit.index)).await;
+                let retry = attempt <= settings.retries && is_transient(&message);
+                record.status = if retry {
+                    UnitStatus::Retrying
+                } else {
+                    UnitStatus::Failed
+                };
+                record.error = Some(message.clone());
+                if let Some(state) = cx.state {
+                    let _ = state.record_unit(cx.run_id, &model.name, &record);
+                }
+                if !retry {
+                    let tries = if attempt == 1 {
+                        "1 attempt".to_string()
+                    } else {
+                        format!("{attempt} attempts")
+                    };
+                    return Err(format!(
+                        "unit {} failed after {tries}: {message}",
+                        unit.name
+                    ));
+                }
+                let wait = backoff(attempt);
+                tracing::warn!(model = %model.name, unit = %unit.name, attempt, "transient failure, retrying in {wait:?}: {message}");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+fn humanize(d: std::time::Duration) -> String {
+    if d.as_secs() >= 60 {
+        let secs = d.as_secs_f64().round() as u64;
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// One attempt of a unit: plan it in its context, run it into the unit's staging folder.
+/// Returns what it staged, the rows its scans read and the bytes it spilled.
+async fn attempt_unit(
+    cx: &RunCx<'_>,
+    job: &UnitJob<'_>,
+    unit: &Unit,
+    attempt: u32,
+    bar: &crate::progress::Units,
+) -> Result<(crate::sink::UnitOutput, ScanRows, u64, Vec<JoinReport>), String> {
+    let UnitJob {
+        model,
+        spec,
+        output,
+        event_sources,
+    } = *job;
+    let ctx = super::unit_context::unit_context(
+        cx.engine.ctx(),
+        cx.engine.stores(),
+        cx.pipeline,
+        cx.dag,
+        &model.name,
+        event_sources,
+        unit,
+    )
+    .await?;
+    let df = ctx
+        .sql(&cx.dag.nodes[&model.name].sql)
+        .await
+        .map_err(|e| describe_datafusion(&e))?;
+    // Reading the sources starts here (Parquet footers are read while planning): an error
+    // is explained by naming the file at fault.
+    let explain = |e: datafusion::error::DataFusionError| async move {
+        let sources = cx.dag.sources_read(&model.name);
+        crate::diagnose::explain(cx.engine, cx.pipeline, &sources, &e).await
+    };
+    let mut exec = match cx.engine.execute(df).await {
+        Ok(exec) => exec,
+        Err(e) => return Err(explain(e).await),
+    };
+    let mut spec = spec.clone();
+    spec.preserve_order = exec.is_ordered();
+    let Some(stream) = exec.take_stream() else {
+        return Err("the query produced no stream".into());
+    };
+    let slot = sink::UnitSlot {
+        index: unit.index,
+        attempt,
+    };
+    let staged = sink::stage_unit(output, &spec, stream, cx.run_id, slot, &|rows| {
+        bar.rows(rows)
+    })
+    .await;
+    match staged {
+        Ok(s) => {
+            let tables = cx.dag.tables_read(cx.pipeline, &model.name);
+            Ok((
+                s,
+                exec.scan_rows(&tables),
+                exec.spilled_bytes(),
+                exec.joins(),
+            ))
+        }
+        Err(sink::SinkError::Input(e)) => Err(explain(e).await),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_failures_are_told_from_deterministic_ones() {
+        for m in [
+            "Generic S3 error: Error after 10 retries: HTTP status server error (503 Service Unavailable)",
+            "timed out after 30m00s",
+            "error sending request: connection reset by peer",
+            "SlowDown: Please reduce your request rate",
+        ] {
+            assert!(is_transient(m), "{m}");
+        }
+        for m in [
+            "Schema error: No field named x",
+            "Cast error: Cannot cast string 'abc' to value of type Int32",
+            "Error while parsing value 'x7' as type 'Int32' for column 'quantity'",
+        ] {
+            assert!(!is_transient(m), "{m}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_a_cap() {
+        for n in 1..=10 {
+            let d = backoff(n).as_secs_f64();
+            let base = 0.5 * 2f64.powi((n - 1).min(6) as i32);
+            assert!(
+                d >= (base * 0.5).min(30.0) - 1e-9 && d <= (base * 1.5).min(30.0) + 1e-9,
+                "{n}: {d}"
+            );
+        }
+    }
+}
