@@ -12,7 +12,7 @@
 //! host: no heartbeat for [`STALE_AFTER`]) is taken over, with a warning.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -95,6 +95,48 @@ fn process_start(pid: i64) -> Option<String> {
     // The command name (field 2) is in parentheses and may hold spaces: split after it.
     let after = stat.rsplit_once(')')?.1;
     after.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// A pipeline's lock while a run holds it: released when the guard is dropped, whichever way
+/// the run ends (an error, a panic unwinding, a cancelled future).
+#[derive(Debug)]
+pub struct RunLock {
+    state: Arc<StateStore>,
+    run_id: String,
+}
+
+impl RunLock {
+    /// Takes the lock of `pipeline` for `run_id` (see [`StateStore::acquire`]). Returns the
+    /// guard, and the run id of a stale lock taken over, if any.
+    pub fn take(
+        state: &Arc<StateStore>,
+        pipeline: &str,
+        run_id: &str,
+        me: &Holder,
+        now: &str,
+    ) -> Result<(RunLock, Option<String>), StateError> {
+        let taken_over = state.acquire(pipeline, run_id, me, now)?;
+        let lock = RunLock {
+            state: Arc::clone(state),
+            run_id: run_id.to_string(),
+        };
+        Ok((lock, taken_over))
+    }
+
+    /// Moves the lock to another run id: the run being resumed.
+    pub fn move_to(&mut self, run_id: &str) -> Result<(), StateError> {
+        self.state.relock(&self.run_id, run_id)?;
+        self.run_id = run_id.to_string();
+        Ok(())
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        if let Err(e) = self.state.release(&self.run_id) {
+            tracing::warn!("cannot release the lock: {e}");
+        }
+    }
 }
 
 /// One work unit as the state store keeps it.

@@ -28,7 +28,7 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::progress::Progress;
 use crate::report::{ModelReport, ModelStatus, RunReport, RunStatus};
-use crate::state::{Holder, StateStore};
+use crate::state::{Holder, RunLock, StateStore};
 
 pub use prepare::{Prepared, prepare, register_output};
 
@@ -77,27 +77,15 @@ pub async fn run(
     let state = Arc::new(StateStore::open(&prepared.pipeline.settings.state)?);
     let me = Holder::current();
     let pipeline = prepared.pipeline.name.clone();
-    if let Some(old) = state.acquire(&pipeline, &run_id, &me, &started_at)? {
+    let (mut lock, taken_over) = RunLock::take(&state, &pipeline, &run_id, &me, &started_at)?;
+    if let Some(old) = taken_over {
         tracing::warn!("took over the lock of run {old}, whose process is gone");
     }
     let fingerprint = resume::fingerprint(&prepared, opts);
-    let resumed = if opts.restart {
-        Ok(None)
-    } else {
-        state.resumable_run(&pipeline, &fingerprint)
-    };
-    let resumed = match resumed.and_then(|old| match old {
-        Some(old) => state.relock(&run_id, &old).map(|()| Some(old)),
-        None => Ok(None),
-    }) {
-        Ok(r) => r,
-        Err(e) => {
-            // Never leave the lock behind on an error.
-            let _ = state.release(&run_id);
-            return Err(e.into());
-        }
-    };
-    if let Some(old) = resumed {
+    if !opts.restart
+        && let Some(old) = state.resumable_run(&pipeline, &fingerprint)?
+    {
+        lock.move_to(&old)?;
         tracing::warn!(
             "resuming run {old}: its committed units are kept (--restart starts afresh)"
         );
@@ -110,47 +98,54 @@ pub async fn run(
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
-    let result = async {
-        state.start_run(
-            &run_id,
-            &pipeline,
-            &started_at,
-            &selection,
-            &vars,
-            &fingerprint,
-            &me,
-        )?;
-        // The heartbeat tells other hosts sharing the state file that this run is alive.
-        let beat = {
-            let state = Arc::clone(&state);
-            let run_id = run_id.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(crate::state::HEARTBEAT_EVERY).await;
-                    if let Err(e) = state.heartbeat(&run_id, &now()) {
-                        tracing::warn!("cannot write the heartbeat: {e}");
-                    }
-                }
-            })
-        };
-        let report = run_models(
-            prepared,
-            opts,
-            progress,
-            Some(&state),
-            run_id.clone(),
-            started_at,
-        )
-        .await;
-        beat.abort();
-        state.finish_run(&report)?;
-        Ok(report)
-    }
+    state.start_run(
+        &run_id,
+        &pipeline,
+        &started_at,
+        &selection,
+        &vars,
+        &fingerprint,
+        &me,
+    )?;
+    let beat = Heartbeat::start(&state, &run_id);
+    let report = run_models(
+        prepared,
+        opts,
+        progress,
+        Some(&state),
+        run_id.clone(),
+        started_at,
+    )
     .await;
-    if let Err(e) = state.release(&run_id) {
-        tracing::warn!("cannot release the lock: {e}");
+    drop(beat);
+    state.finish_run(&report)?;
+    drop(lock);
+    Ok(report)
+}
+
+/// Tells other hosts sharing the state file that a run is alive, every
+/// [`HEARTBEAT_EVERY`](crate::state::HEARTBEAT_EVERY), until dropped.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    fn start(state: &Arc<StateStore>, run_id: &str) -> Heartbeat {
+        let state = Arc::clone(state);
+        let run_id = run_id.to_string();
+        Heartbeat(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::state::HEARTBEAT_EVERY).await;
+                if let Err(e) = state.heartbeat(&run_id, &now()) {
+                    tracing::warn!("cannot write the heartbeat: {e}");
+                }
+            }
+        }))
     }
-    result
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Records a run that stopped before any model ran (invalid SQL, unreadable source...) in the

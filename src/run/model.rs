@@ -1,8 +1,11 @@
-//! Running one table model: its units (those a resumed run already committed are kept), then
-//! its rejects counted against their limits, its checks on the staged output, and one publish
-//! of everything the units staged.
+//! Running one table model, as named phases: [`ModelRun::prepare`] (the sink checked),
+//! [`ModelRun::already_published`] (a resumed run that published it redoes nothing),
+//! [`ModelRun::run_units`] (its units, those a resumed run committed kept), [`ModelRun::count_rejects`]
+//! (quarantined rows written and held against their limits), [`ModelRun::check_staged`]
+//! (its checks on the staged output), and [`ModelRun::publish`] (one commit of everything the
+//! units staged).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -10,13 +13,15 @@ use futures::StreamExt;
 
 use super::RunCx;
 use super::prepare::{register_output, sink_spec};
+use super::resume;
 use super::unit::{UnitDone, UnitJob, plan_units, run_unit};
 use crate::catalog;
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, OnBadRows};
 use crate::engine::{Engine, ScanRows};
 use crate::error::Error;
+use crate::quarantine::{QuarantineTable, rejects};
 use crate::report::{ModelReport, UnitReport};
-use crate::sink;
+use crate::sink::{self, SinkSpec};
 use crate::state::UnitRecord;
 use crate::store::Location;
 use crate::table;
@@ -30,29 +35,95 @@ pub(super) async fn run_table_model(
     schema: &SchemaRef,
     report: &mut ModelReport,
 ) -> Result<(), Error> {
-    let model = &cx.pipeline.models[name];
-    let model_err = |message: String| Error::Model {
-        model: model.name.clone(),
-        message,
-    };
-    let spec = sink_spec(cx.engine, model)?;
-    let store = cx.engine.stores().store_for(&spec.location)?;
-    let (output, existing) = sink::prepare(store, &spec, cx.run_id)
+    let run = ModelRun::prepare(cx, name, schema).await?;
+    if run.already_published(report).await? {
+        return Ok(());
+    }
+    let units = plan_units(cx.engine, cx.pipeline, cx.dag, run.model)
         .await
-        .map_err(|e| model_err(e.to_string()))?;
-    let to_display = |f: &str| {
-        std::path::Path::new(f)
-            .strip_prefix(&cx.pipeline.root)
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| f.to_string())
-    };
+        .map_err(|e| run.error(e))?;
+    let kept = resume::kept_units(cx, name, &units, &run.output).await?;
+    let all_ran_now = kept.is_empty();
+    let (records, scanned) = run.run_units(&units, kept, report).await?;
+    let files: Vec<table::StagedFile> = records.into_iter().flat_map(|r| r.files).collect();
+    let rejected = run.count_rejects().await?;
+    report.rows_rejected = rejected.values().sum();
+    // Rows read = rows the scans passed on + rows set aside.
+    report.rows_in += report.rows_rejected;
+    // Rows read per table are known when every unit ran now (a kept unit recorded its total).
+    let scanned = scanned.filter(|_| all_ran_now);
+    if let Some(scan) = &scanned {
+        report.rows_in_by_source = scan.by_table.clone();
+        for (source, n) in &rejected {
+            *report.rows_in_by_source.entry(source.clone()).or_default() += n;
+        }
+    }
+    run.check_staged(&files, report).await?;
+    run.publish(files, report).await?;
+    if let Some(filtered) = scanned.and_then(|s| s.filtered) {
+        report.balance(filtered);
+    }
+    Ok(())
+}
 
-    // A resumed run that already published this model: nothing to redo.
-    if let Some(m) = &existing.manifest
-        && m.run_id == cx.run_id
-    {
-        tracing::info!(model = %name, "already published by this run");
-        output.clean_up(&existing, m, cx.run_id).await;
+/// What the phases of one table model's run share.
+struct ModelRun<'a> {
+    cx: &'a RunCx<'a>,
+    model: &'a ModelConfig,
+    schema: &'a SchemaRef,
+    spec: SinkSpec,
+    output: table::Output,
+    existing: table::Existing,
+}
+
+impl<'a> ModelRun<'a> {
+    /// Resolves the sink and inspects its folder (`error_if_exists`, leftovers of crashed
+    /// runs) before any work.
+    async fn prepare(
+        cx: &'a RunCx<'a>,
+        name: &str,
+        schema: &'a SchemaRef,
+    ) -> Result<ModelRun<'a>, Error> {
+        let model = &cx.pipeline.models[name];
+        let spec = sink_spec(cx.engine, model)?;
+        let store = cx.engine.stores().store_for(&spec.location)?;
+        let (output, existing) = sink::prepare(store, &spec, cx.run_id)
+            .await
+            .map_err(|e| model_error(model, e.to_string()))?;
+        Ok(ModelRun {
+            cx,
+            model,
+            schema,
+            spec,
+            output,
+            existing,
+        })
+    }
+
+    fn error(&self, message: String) -> Error {
+        model_error(self.model, message)
+    }
+
+    /// A path or URL as the report shows it: relative to the pipeline folder when inside it.
+    fn display(&self, file: &str) -> String {
+        std::path::Path::new(file)
+            .strip_prefix(&self.cx.pipeline.root)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| file.to_string())
+    }
+
+    /// Whether a resumed run already published this model; then nothing is redone, and the
+    /// report says what that publish wrote.
+    async fn already_published(&self, report: &mut ModelReport) -> Result<bool, Error> {
+        let cx = self.cx;
+        let Some(m) = &self.existing.manifest else {
+            return Ok(false);
+        };
+        if m.run_id != cx.run_id {
+            return Ok(false);
+        }
+        tracing::info!(model = %self.model.name, "already published by this run");
+        self.output.clean_up(&self.existing, m, cx.run_id).await;
         let mine: Vec<_> = m
             .files
             .iter()
@@ -61,125 +132,178 @@ pub(super) async fn run_table_model(
         report.rows_out = mine.iter().map(|f| f.rows).sum();
         report.outputs = mine
             .iter()
-            .map(|f| to_display(&output.location().display_key(&output.key(&f.path))))
+            .map(|f| {
+                self.display(
+                    &self
+                        .output
+                        .location()
+                        .display_key(&self.output.key(&f.path)),
+                )
+            })
             .collect();
         let done = cx
             .state
-            .map(|s| s.done_units(cx.run_id, name))
+            .map(|s| s.done_units(cx.run_id, &self.model.name))
             .transpose()?
             .unwrap_or_default();
         report.units_total = done.len() as u64;
         report.units_done = done.len() as u64;
         report.rows_in = done.iter().map(|u| u.rows_in).sum();
         report.units = done.into_iter().map(unit_report).collect();
-        register_output(cx.engine, model, Some(schema)).await?;
-        return Ok(());
+        register_output(cx.engine, self.model, Some(self.schema)).await?;
+        Ok(true)
     }
 
-    let units = plan_units(cx.engine, cx.pipeline, cx.dag, model)
-        .await
-        .map_err(model_err)?;
-    let event_sources = units::event_sources(cx.pipeline, &cx.dag.sources_read(name));
-    let planned: BTreeSet<&str> = units.iter().map(|u| u.name.as_str()).collect();
-    let mut done: BTreeMap<String, UnitRecord> = cx
-        .state
-        .map(|s| s.done_units(cx.run_id, name))
-        .transpose()?
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|u| planned.contains(u.unit.as_str()))
-        .map(|u| (u.unit.clone(), u))
-        .collect();
-    // Leftovers of units not done are removed first; then a kept unit must still have every
-    // file it recorded (in staging, or already moved by an interrupted publish), or it runs
-    // again.
-    for u in units.iter().filter(|u| !done.contains_key(&u.name)) {
-        let _ = output.discard_staging(cx.run_id, Some(u.index)).await;
-    }
-    let mut lost = Vec::new();
-    for (unit, record) in &done {
-        if !output.files_present(cx.run_id, &record.files).await {
-            lost.push(unit.clone());
+    /// Runs the units not `kept`, at most `max_concurrent_units` at once. Returns every
+    /// unit's record (kept ones included, by name) and the rows the units run now read per
+    /// table; the first failure fails the model.
+    async fn run_units(
+        &self,
+        units: &[Unit],
+        kept: BTreeMap<String, UnitRecord>,
+        report: &mut ModelReport,
+    ) -> Result<(Vec<UnitRecord>, Option<ScanRows>), Error> {
+        let cx = self.cx;
+        let name = &self.model.name;
+        report.units_total = units.len() as u64;
+        let pending: Vec<&Unit> = units
+            .iter()
+            .filter(|u| !kept.contains_key(&u.name))
+            .collect();
+        if !kept.is_empty() {
+            tracing::info!(model = %name, kept = kept.len(), pending = pending.len(), "resuming: committed units are kept");
         }
-    }
-    for unit in lost {
-        tracing::warn!(model = %name, unit = %unit, "a kept unit's files are gone: running it again");
-        done.remove(&unit);
-    }
-    report.units_total = units.len() as u64;
-    let pending: Vec<&Unit> = units
-        .iter()
-        .filter(|u| !done.contains_key(&u.name))
-        .collect();
-    if !done.is_empty() {
-        tracing::info!(model = %name, kept = done.len(), pending = pending.len(), "resuming: committed units are kept");
-    }
-    let bar = cx.progress.units(name, units.len() as u64);
-    for _ in 0..done.len() {
-        bar.unit_done();
-    }
-    let job = UnitJob {
-        model,
-        spec: &spec,
-        output: &output,
-        event_sources: &event_sources,
-    };
-    let kept = done.len();
-    let results: Vec<Result<UnitDone, String>> = futures::stream::iter(pending)
-        .map(|u| run_unit(cx, &job, u, &bar))
-        .buffer_unordered(model.units.max_concurrent.max(1))
-        .collect()
-        .await;
-    bar.finish();
-    let mut records: Vec<UnitRecord> = done.into_values().collect();
-    let mut first_error = None;
-    // Rows read per table, known for the units run now (a kept unit recorded only its total).
-    let mut scanned: Option<ScanRows> = None;
-    for r in results {
-        match r {
-            Ok((rec, _, joins, scan)) => {
-                crate::join::merge_reports(&mut report.joins, joins);
-                records.push(rec);
-                match &mut scanned {
-                    Some(all) => all.merge(&scan),
-                    None => scanned = Some(scan),
+        let bar = cx.progress.units(name, units.len() as u64);
+        for _ in 0..kept.len() {
+            bar.unit_done();
+        }
+        let event_sources = units::event_sources(cx.pipeline, &cx.dag.sources_read(name));
+        let job = UnitJob {
+            model: self.model,
+            spec: &self.spec,
+            output: &self.output,
+            event_sources: &event_sources,
+        };
+        let results: Vec<Result<UnitDone, String>> = futures::stream::iter(pending)
+            .map(|u| run_unit(cx, &job, u, &bar))
+            .buffer_unordered(self.model.units.max_concurrent.max(1))
+            .collect()
+            .await;
+        bar.finish();
+        let mut records: Vec<UnitRecord> = kept.into_values().collect();
+        let mut first_error = None;
+        let mut scanned: Option<ScanRows> = None;
+        for r in results {
+            match r {
+                Ok((rec, _, joins, scan)) => {
+                    crate::join::merge_reports(&mut report.joins, joins);
+                    records.push(rec);
+                    match &mut scanned {
+                        Some(all) => all.merge(&scan),
+                        None => scanned = Some(scan),
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
                 }
             }
-            Err(e) => {
-                first_error.get_or_insert(e);
+        }
+        records.sort_by(|a, b| a.unit.cmp(&b.unit));
+        report.units_done = records.len() as u64;
+        report.rows_in = records.iter().map(|u| u.rows_in).sum();
+        report.spilled_bytes = records.iter().map(|u| u.spilled_bytes).sum();
+        report.units = records.iter().cloned().map(unit_report).collect();
+        match first_error {
+            Some(e) => Err(self.error(e)),
+            None => Ok((records, scanned)),
+        }
+    }
+
+    /// The rows the quarantined sources of the model set aside in this run: each source's
+    /// written to its rejects folder and counted; past a source's limit the model fails here,
+    /// before anything is published. Returns the count per source.
+    async fn count_rejects(&self) -> Result<BTreeMap<String, u64>, Error> {
+        let cx = self.cx;
+        let mut total = BTreeMap::new();
+        for source in cx.dag.sources_read(&self.model.name) {
+            let spec = &cx.pipeline.sources[&source];
+            if spec.on_bad_rows != OnBadRows::Quarantine {
+                continue;
+            }
+            let Ok(provider) = cx.engine.ctx().table_provider(source.as_str()).await else {
+                continue;
+            };
+            let Some(table) = provider.downcast_ref::<QuarantineTable>() else {
+                continue;
+            };
+            let (bad, good) = table.sink.take();
+            if bad.is_empty() {
+                continue;
+            }
+            let count = bad.len() as u64;
+            total.insert(source.clone(), count);
+            let folder = rejects::folder(spec, &cx.pipeline.root);
+            let write_error = |message: String| {
+                self.error(
+                    rejects::RejectError::Write {
+                        source_name: source.clone(),
+                        folder: folder.clone(),
+                        message,
+                    }
+                    .to_string(),
+                )
+            };
+            let location = Location::parse(&folder)
+                .map_err(|e| write_error(e.to_string()))?
+                .as_folder();
+            let store = cx
+                .engine
+                .stores()
+                .store_for(&location)
+                .map_err(|e| write_error(e.to_string()))?;
+            rejects::write(store.as_ref(), &location, cx.run_id, &bad)
+                .await
+                .map_err(write_error)?;
+            tracing::warn!(source = %source, count, "rows quarantined to {folder}");
+            if let Some(limit) = rejects::over_limit(spec, count, good) {
+                return Err(self.error(
+                    rejects::RejectError::OverLimit {
+                        source_name: source.clone(),
+                        count,
+                        limit,
+                        first: rejects::first_reasons(&bad),
+                        folder,
+                    }
+                    .to_string(),
+                ));
             }
         }
+        Ok(total)
     }
-    records.sort_by(|a, b| a.unit.cmp(&b.unit));
-    report.units_done = records.len() as u64;
-    report.rows_in = records.iter().map(|u| u.rows_in).sum();
-    report.spilled_bytes = records.iter().map(|u| u.spilled_bytes).sum();
-    report.units = records.iter().cloned().map(unit_report).collect();
-    if let Some(e) = first_error {
-        return Err(model_err(e));
-    }
-    let files: Vec<table::StagedFile> = records.into_iter().flat_map(|r| r.files).collect();
-    // Rows quarantined while reading: written out and counted, and past a source's
-    // max_bad_rows the model fails here, before anything is published.
-    let rejected = collect_rejects(cx, model).await.map_err(model_err)?;
-    report.rows_rejected = rejected.values().sum();
-    // Rows read = rows the scans passed on + rows set aside.
-    report.rows_in += report.rows_rejected;
-    let scanned = scanned.filter(|_| kept == 0);
-    if let Some(scan) = &scanned {
-        report.rows_in_by_source = scan.by_table.clone();
-        for (source, n) in &rejected {
-            *report.rows_in_by_source.entry(source.clone()).or_default() += n;
+
+    /// Write, audit, publish: the model's checks read the staged files where they will be
+    /// published; a failed error check fails the model with the previous output intact.
+    async fn check_staged(
+        &self,
+        files: &[table::StagedFile],
+        report: &mut ModelReport,
+    ) -> Result<(), Error> {
+        let (cx, model) = (self.cx, self.model);
+        if model.checks.is_empty() {
+            return Ok(());
         }
-    }
-    if !model.checks.is_empty() {
-        // Write, audit, publish: the checks read the staged files where they will be
-        // published; a failed error check fails the model with the previous output intact.
         register_staged(
-            cx.engine, model, &output, &existing, &spec, cx.run_id, schema, &files,
+            cx.engine,
+            model,
+            &self.output,
+            &self.existing,
+            &self.spec,
+            cx.run_id,
+            self.schema,
+            files,
         )
         .await
-        .map_err(|e| model_err(e.to_string()))?;
+        .map_err(|e| self.error(e.to_string()))?;
         report.checks = crate::checks::run(cx.engine.ctx(), &model.name, &model.checks).await;
         let blocking: Vec<String> = report
             .checks
@@ -187,148 +311,55 @@ pub(super) async fn run_table_model(
             .filter(|c| c.blocks())
             .map(|c| format!("{}: {}", c.check, c.message.as_deref().unwrap_or("failed")))
             .collect();
-        if !blocking.is_empty() {
-            let _ = cx.engine.ctx().deregister_table(model.name.as_str());
-            return Err(model_err(format!(
-                "{} failed, nothing published: {}",
-                if blocking.len() == 1 {
-                    "a check".to_string()
-                } else {
-                    format!("{} checks", blocking.len())
-                },
-                blocking.join("; ")
-            )));
+        if blocking.is_empty() {
+            return Ok(());
         }
+        let _ = cx.engine.ctx().deregister_table(model.name.as_str());
+        Err(self.error(format!(
+            "{} failed, nothing published: {}",
+            if blocking.len() == 1 {
+                "a check".to_string()
+            } else {
+                format!("{} checks", blocking.len())
+            },
+            blocking.join("; ")
+        )))
     }
-    let committed = sink::publish(
-        &output,
-        &existing,
-        &spec,
-        cx.run_id,
-        table::manifest_columns(schema),
-        files,
-    )
-    .await
-    .map_err(|e| model_err(e.to_string()))?;
-    register_output(cx.engine, model, Some(schema)).await?;
-    report.rows_out = committed.rows;
-    report.outputs = committed.new_files.iter().map(|f| to_display(f)).collect();
-    if let Some(filtered) = scanned.and_then(|s| s.filtered) {
-        report.balance(filtered);
+
+    /// One commit of everything the units staged; then the output is the model's table for
+    /// the models downstream.
+    async fn publish(
+        &self,
+        files: Vec<table::StagedFile>,
+        report: &mut ModelReport,
+    ) -> Result<(), Error> {
+        let cx = self.cx;
+        let committed = sink::publish(
+            &self.output,
+            &self.existing,
+            &self.spec,
+            cx.run_id,
+            table::manifest_columns(self.schema),
+            files,
+        )
+        .await
+        .map_err(|e| self.error(e.to_string()))?;
+        register_output(cx.engine, self.model, Some(self.schema)).await?;
+        report.rows_out = committed.rows;
+        report.outputs = committed
+            .new_files
+            .iter()
+            .map(|f| self.display(f))
+            .collect();
+        Ok(())
     }
-    Ok(())
 }
 
-/// The rejects of the quarantined sources `model` read in this run: each source's written as
-/// Parquet (file, line, raw, reason) to `<rejects>/run=<run_id>/rejects.parquet` (default
-/// rejects folder `.sluice/rejects/<source>/`), counted; a source past its `max_bad_rows` is
-/// an error naming it, the count and the first reasons. Returns the count per source.
-async fn collect_rejects(
-    cx: &RunCx<'_>,
-    model: &ModelConfig,
-) -> Result<BTreeMap<String, u64>, String> {
-    use datafusion::arrow::array::{StringArray, UInt64Array};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    let mut total = BTreeMap::new();
-    for source in cx.dag.sources_read(&model.name) {
-        let spec = &cx.pipeline.sources[&source];
-        if spec.on_bad_rows != crate::config::OnBadRows::Quarantine {
-            continue;
-        }
-        let Ok(Some(provider)) = cx
-            .engine
-            .ctx()
-            .table_provider(source.as_str())
-            .await
-            .map(Some)
-        else {
-            continue;
-        };
-        let Some(table) = provider.downcast_ref::<crate::quarantine::QuarantineTable>() else {
-            continue;
-        };
-        let (rejects, good) = table.sink.take();
-        if rejects.is_empty() {
-            continue;
-        }
-        let count = rejects.len() as u64;
-        total.insert(source.clone(), count);
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("file", DataType::Utf8, false),
-            Field::new("line", DataType::UInt64, false),
-            Field::new("raw", DataType::Utf8, false),
-            Field::new("reason", DataType::Utf8, false),
-        ]));
-        let batch = datafusion::arrow::record_batch::RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![
-                Arc::new(StringArray::from_iter_values(
-                    rejects.iter().map(|r| &r.file),
-                )),
-                Arc::new(UInt64Array::from_iter_values(
-                    rejects.iter().map(|r| r.line),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    rejects.iter().map(|r| &r.raw),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    rejects.iter().map(|r| &r.reason),
-                )),
-            ],
-        )
-        .map_err(|e| e.to_string())?;
-        let mut bytes = Vec::new();
-        {
-            let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(&mut bytes, schema, None)
-                .map_err(|e| e.to_string())?;
-            w.write(&batch).map_err(|e| e.to_string())?;
-            w.close().map_err(|e| e.to_string())?;
-        }
-        let folder = spec.rejects.clone().unwrap_or_else(|| {
-            crate::config::resolve_location(
-                &format!(".sluice/rejects/{source}/"),
-                &cx.pipeline.root,
-            )
-        });
-        let location = Location::parse(&folder)
-            .map_err(|e| e.to_string())?
-            .as_folder();
-        let store = cx
-            .engine
-            .stores()
-            .store_for(&location)
-            .map_err(|e| e.to_string())?;
-        let key = location.child(&format!("run={}/rejects.parquet", cx.run_id));
-        object_store::ObjectStoreExt::put(store.as_ref(), &key, bytes.into())
-            .await
-            .map_err(|e| {
-                format!("cannot write the rejects of source '{source}' to {folder}: {e}")
-            })?;
-        tracing::warn!(source = %source, count, "rows quarantined to {folder}");
-        let ratio = count as f64 / (count + good).max(1) as f64;
-        let over = match (spec.max_bad_rows, spec.max_bad_ratio) {
-            (Some(max), _) if count > max => Some(format!("max_bad_rows = {max}")),
-            (_, Some(max)) if ratio > max => Some(format!(
-                "{:.2} % of {} rows, max_bad_ratio = {max}",
-                ratio * 100.0,
-                count + good
-            )),
-            _ => None,
-        };
-        if let Some(limit) = over {
-            let first: Vec<String> = rejects
-                .iter()
-                .take(3)
-                .map(|r| format!("{}:{}: {}", r.file, r.line, r.reason))
-                .collect();
-            return Err(format!(
-                "source '{source}': {count} bad rows ({limit}), nothing published; \
-                 first: {}; all of them in {folder}",
-                first.join("; ")
-            ));
-        }
+fn model_error(model: &ModelConfig, message: String) -> Error {
+    Error::Model {
+        model: model.name.clone(),
+        message,
     }
-    Ok(total)
 }
 
 /// Registers a model's output as it will be once published — its staged files, not yet

@@ -1,8 +1,14 @@
 //! Resuming a killed run: what a run does, as a fingerprint (a run is resumed only by one
 //! with the same fingerprint), and which of a model's units the resumed run keeps.
 
-use super::RunOptions;
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::prepare::Prepared;
+use super::{RunCx, RunOptions};
+use crate::error::Error;
+use crate::state::UnitRecord;
+use crate::table::Output;
+use crate::units::Unit;
 
 /// What a run does, as a hash: the selected models' rendered SQL, sinks and batches, the
 /// sources they read, the selection and the variables. A run is only resumed by a run with
@@ -37,4 +43,40 @@ pub(super) fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> String {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     format!("{hash:016x}")
+}
+
+/// The units of `model` that this run (a resumed one) already committed and that it keeps,
+/// by name: those of the current plan whose recorded files are all still there (in staging,
+/// or already moved by an interrupted publish). The staging leftovers of every other unit
+/// are removed first, so those run again from nothing.
+pub(super) async fn kept_units(
+    cx: &RunCx<'_>,
+    model: &str,
+    units: &[Unit],
+    output: &Output,
+) -> Result<BTreeMap<String, UnitRecord>, Error> {
+    let planned: BTreeSet<&str> = units.iter().map(|u| u.name.as_str()).collect();
+    let mut done: BTreeMap<String, UnitRecord> = cx
+        .state
+        .map(|s| s.done_units(cx.run_id, model))
+        .transpose()?
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|u| planned.contains(u.unit.as_str()))
+        .map(|u| (u.unit.clone(), u))
+        .collect();
+    for u in units.iter().filter(|u| !done.contains_key(&u.name)) {
+        let _ = output.discard_staging(cx.run_id, Some(u.index)).await;
+    }
+    let mut lost = Vec::new();
+    for (unit, record) in &done {
+        if !output.files_present(cx.run_id, &record.files).await {
+            lost.push(unit.clone());
+        }
+    }
+    for unit in lost {
+        tracing::warn!(model = %model, unit = %unit, "a kept unit's files are gone: running it again");
+        done.remove(&unit);
+    }
+    Ok(done)
 }

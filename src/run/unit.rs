@@ -2,7 +2,10 @@
 //! backoff, into its staging folder.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use datafusion::error::DataFusionError;
 
 use super::{RunCx, now};
 use crate::config::{ModelConfig, Pipeline};
@@ -64,42 +67,69 @@ pub async fn plan_units(
     Ok(units::periods(batches.size, start, end))
 }
 
-/// Whether a failure is worth retrying: storage throttling, 5xx, dropped connections and
-/// timeouts. SQL, schema and parse errors are deterministic and are not retried.
-fn is_transient(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    [
-        "timed out",
-        "timeout",
-        "connection reset",
-        "connection refused",
-        "connection closed",
-        "connection aborted",
-        "error sending request",
-        "reset by peer",
-        "broken pipe",
-        "slowdown",
-        "slow down",
-        "throttl",
-        "too many requests",
-        "(429",
-        "(500",
-        "(502",
-        "(503",
-        "(504",
-        "service unavailable",
-        "temporarily unavailable",
-    ]
-    .iter()
-    .any(|p| m.contains(p))
+/// Why one attempt of a unit failed: the message the user sees, and whether another attempt
+/// could succeed, decided from the error's type where it was raised
+/// ([`crate::describe::is_transient`]).
+#[derive(Debug)]
+pub struct UnitError {
+    message: String,
+    transient: bool,
+}
+
+impl UnitError {
+    /// A failure that another attempt would repeat (the SQL, the data, the plan).
+    pub fn permanent(message: impl Into<String>) -> UnitError {
+        UnitError {
+            message: message.into(),
+            transient: false,
+        }
+    }
+
+    /// A failure caused by `err`, described by `message`; transient if `err` is.
+    pub fn caused_by(err: &(dyn std::error::Error + 'static), message: String) -> UnitError {
+        UnitError {
+            message,
+            transient: crate::describe::is_transient(err),
+        }
+    }
+
+    /// A query error, described for the user.
+    pub fn query(err: &DataFusionError) -> UnitError {
+        UnitError::caused_by(err, describe_datafusion(err))
+    }
+
+    /// The attempt ran out of time: another may not.
+    fn timed_out(limit: Duration) -> UnitError {
+        UnitError {
+            message: format!("timed out after {}", humanize(limit)),
+            transient: true,
+        }
+    }
+
+    /// Whether another attempt could succeed.
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
+impl std::fmt::Display for UnitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for UnitError {
+    fn from(message: String) -> UnitError {
+        UnitError::permanent(message)
+    }
 }
 
 /// Exponential backoff with jitter for attempt `n` (1-based): about 0.5 s, 1 s, 2 s... capped
-/// at 30 s, each scaled by a random factor in [0.5, 1.5).
-fn backoff(n: u32) -> std::time::Duration {
+/// at 30 s, each scaled by a random factor in [0.5, 1.5) so retries of many units spread out.
+fn backoff(n: u32) -> Duration {
     let base = 0.5 * 2f64.powi(n.saturating_sub(1).min(6) as i32);
-    let jitter = 0.5 + f64::from(uuid::Uuid::new_v4().as_bytes()[0]) / 256.0;
-    std::time::Duration::from_secs_f64((base * jitter).min(30.0))
+    let jitter: f64 = rand::random_range(0.5..1.5);
+    Duration::from_secs_f64((base * jitter).min(30.0))
 }
 
 /// What every unit of one model shares.
@@ -130,15 +160,13 @@ pub(super) async fn run_unit(
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let started_at = now();
-        let start = Instant::now();
         let mut record = UnitRecord {
             unit: unit.name.clone(),
             status: UnitStatus::Running,
             attempts: attempt,
             rows_in: 0,
             rows_out: 0,
-            started_at: Some(started_at.clone()),
+            started_at: Some(now()),
             finished_at: None,
             elapsed_ms: 0,
             peak_memory: 0,
@@ -149,31 +177,12 @@ pub(super) async fn run_unit(
         if let Some(state) = cx.state {
             let _ = state.record_unit(cx.run_id, &model.name, &record);
         }
-        // Peak memory: the pool's reservation, sampled while the unit runs.
-        let pool = Arc::clone(&cx.engine.ctx().runtime_env().memory_pool);
-        let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let sampler = {
-            let peak = Arc::clone(&peak);
-            tokio::spawn(async move {
-                loop {
-                    peak.fetch_max(pool.reserved(), std::sync::atomic::Ordering::Relaxed);
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-            })
-        };
-        let work = attempt_unit(cx, job, unit, attempt, bar);
-        let outcome = match settings.timeout {
-            Some(limit) => match tokio::time::timeout(limit, work).await {
-                Ok(r) => r,
-                Err(_) => Err(format!("timed out after {}", humanize(limit))),
-            },
-            None => work.await,
-        };
-        sampler.abort();
+        let start = Instant::now();
+        let (outcome, peak) = timed_attempt(cx, job, unit, attempt, bar).await;
         record.elapsed_ms = start.elapsed().as_millis() as u64;
-        record.peak_memory = peak.load(std::sync::atomic::Ordering::Relaxed) as u64;
+        record.peak_memory = peak;
         record.finished_at = Some(now());
-        match outcome {
+        let error = match outcome {
             Ok((staged, scan, spilled, joins)) => {
                 record.status = UnitStatus::Done;
                 record.rows_in = scan.total();
@@ -188,40 +197,72 @@ pub(super) async fn run_unit(
                 bar.unit_done();
                 return Ok((record, staged.columns, joins, scan));
             }
-            Err(message) => {
-                // Whatever the attempt staged is discarded (a cancelled attempt's writers may
-                // still be closing files: they are removed again before a retry's files land).
-                let _ = output.discard_staging(cx.run_id, Some(unit.index)).await;
-                let retry = attempt <= settings.retries && is_transient(&message);
-                record.status = if retry {
-                    UnitStatus::Retrying
-                } else {
-                    UnitStatus::Failed
-                };
-                record.error = Some(message.clone());
-                if let Some(state) = cx.state {
-                    let _ = state.record_unit(cx.run_id, &model.name, &record);
-                }
-                if !retry {
-                    let tries = if attempt == 1 {
-                        "1 attempt".to_string()
-                    } else {
-                        format!("{attempt} attempts")
-                    };
-                    return Err(format!(
-                        "unit {} failed after {tries}: {message}",
-                        unit.name
-                    ));
-                }
-                let wait = backoff(attempt);
-                tracing::warn!(model = %model.name, unit = %unit.name, attempt, "transient failure, retrying in {wait:?}: {message}");
-                tokio::time::sleep(wait).await;
-            }
+            Err(error) => error,
+        };
+        // Whatever the attempt staged is discarded (a cancelled attempt's writers may still
+        // be closing files: they are removed again before a retry's files land).
+        let _ = output.discard_staging(cx.run_id, Some(unit.index)).await;
+        let retry = attempt <= settings.retries && error.is_transient();
+        record.status = if retry {
+            UnitStatus::Retrying
+        } else {
+            UnitStatus::Failed
+        };
+        record.error = Some(error.to_string());
+        if let Some(state) = cx.state {
+            let _ = state.record_unit(cx.run_id, &model.name, &record);
         }
+        if !retry {
+            let tries = if attempt == 1 {
+                "1 attempt".to_string()
+            } else {
+                format!("{attempt} attempts")
+            };
+            return Err(format!("unit {} failed after {tries}: {error}", unit.name));
+        }
+        let wait = backoff(attempt);
+        tracing::warn!(model = %model.name, unit = %unit.name, attempt, "transient failure, retrying in {wait:?}: {error}");
+        tokio::time::sleep(wait).await;
     }
 }
 
-fn humanize(d: std::time::Duration) -> String {
+/// What one attempt staged: its output, the rows its scans read, the bytes it spilled, its
+/// joins.
+type Attempt = (sink::UnitOutput, ScanRows, u64, Vec<JoinReport>);
+
+/// One attempt under the unit timeout, with the peak of the memory pool's reservation,
+/// sampled while it runs.
+async fn timed_attempt(
+    cx: &RunCx<'_>,
+    job: &UnitJob<'_>,
+    unit: &Unit,
+    attempt: u32,
+    bar: &crate::progress::Units,
+) -> (Result<Attempt, UnitError>, u64) {
+    let pool = Arc::clone(&cx.engine.ctx().runtime_env().memory_pool);
+    let peak = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let peak = Arc::clone(&peak);
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(pool.reserved(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let work = attempt_unit(cx, job, unit, attempt, bar);
+    let outcome = match job.model.units.timeout {
+        Some(limit) => match tokio::time::timeout(limit, work).await {
+            Ok(r) => r,
+            Err(_) => Err(UnitError::timed_out(limit)),
+        },
+        None => work.await,
+    };
+    sampler.abort();
+    (outcome, peak.load(Ordering::Relaxed) as u64)
+}
+
+fn humanize(d: Duration) -> String {
     if d.as_secs() >= 60 {
         let secs = d.as_secs_f64().round() as u64;
         format!("{}m{:02}s", secs / 60, secs % 60)
@@ -238,7 +279,7 @@ async fn attempt_unit(
     unit: &Unit,
     attempt: u32,
     bar: &crate::progress::Units,
-) -> Result<(crate::sink::UnitOutput, ScanRows, u64, Vec<JoinReport>), String> {
+) -> Result<Attempt, UnitError> {
     let UnitJob {
         model,
         spec,
@@ -258,12 +299,13 @@ async fn attempt_unit(
     let df = ctx
         .sql(&cx.dag.nodes[&model.name].sql)
         .await
-        .map_err(|e| describe_datafusion(&e))?;
+        .map_err(|e| UnitError::query(&e))?;
     // Reading the sources starts here (Parquet footers are read while planning): an error
     // is explained by naming the file at fault.
-    let explain = |e: datafusion::error::DataFusionError| async move {
+    let explain = |e: DataFusionError| async move {
         let sources = cx.dag.sources_read(&model.name);
-        crate::diagnose::explain(cx.engine, cx.pipeline, &sources, &e).await
+        let message = crate::diagnose::explain(cx.engine, cx.pipeline, &sources, &e).await;
+        UnitError::caused_by(&e, message)
     };
     let mut exec = match cx.engine.execute(df).await {
         Ok(exec) => exec,
@@ -272,7 +314,7 @@ async fn attempt_unit(
     let mut spec = spec.clone();
     spec.preserve_order = exec.is_ordered();
     let Some(stream) = exec.take_stream() else {
-        return Err("the query produced no stream".into());
+        return Err(UnitError::permanent("the query produced no stream"));
     };
     let slot = sink::UnitSlot {
         index: unit.index,
@@ -293,7 +335,7 @@ async fn attempt_unit(
             ))
         }
         Err(sink::SinkError::Input(e)) => Err(explain(e).await),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(UnitError::caused_by(&e, e.to_string())),
     }
 }
 
@@ -302,22 +344,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn transient_failures_are_told_from_deterministic_ones() {
-        for m in [
-            "Generic S3 error: Error after 10 retries: HTTP status server error (503 Service Unavailable)",
-            "timed out after 30m00s",
-            "error sending request: connection reset by peer",
-            "SlowDown: Please reduce your request rate",
-        ] {
-            assert!(is_transient(m), "{m}");
-        }
-        for m in [
-            "Schema error: No field named x",
-            "Cast error: Cannot cast string 'abc' to value of type Int32",
-            "Error while parsing value 'x7' as type 'Int32' for column 'quantity'",
-        ] {
-            assert!(!is_transient(m), "{m}");
-        }
+    fn a_unit_error_is_transient_when_its_cause_is() {
+        let plan = DataFusionError::Plan("No field named x".into());
+        assert!(!UnitError::query(&plan).is_transient());
+        let reset = DataFusionError::IoError(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset by peer",
+        ));
+        assert!(UnitError::query(&reset).is_transient());
+        assert!(UnitError::timed_out(Duration::from_secs(90)).is_transient());
+        assert_eq!(
+            UnitError::timed_out(Duration::from_secs(90)).to_string(),
+            "timed out after 1m30s"
+        );
+        assert!(!UnitError::from("a message".to_string()).is_transient());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, col, lit};
 
+use super::unit::UnitError;
 use crate::config::{BatchSize, Materialized, Pipeline};
 use crate::dag::Dag;
 use crate::describe::describe_datafusion;
@@ -142,7 +143,7 @@ pub async fn unit_context(
     model: &str,
     sources: &[(String, String)],
     unit: &Unit,
-) -> Result<SessionContext, String> {
+) -> Result<SessionContext, UnitError> {
     if unit.kind == UnitKind::Whole {
         return Ok(main.clone());
     }
@@ -184,12 +185,12 @@ pub async fn unit_context(
     Ok(ctx)
 }
 
-fn err(e: DataFusionError) -> String {
-    describe_datafusion(&e)
+fn err(e: DataFusionError) -> UnitError {
+    UnitError::query(&e)
 }
 
 /// Registers `df` as `name` in place of the table of that name.
-fn replace_table(ctx: &SessionContext, name: &str, df: DataFrame) -> Result<(), String> {
+fn replace_table(ctx: &SessionContext, name: &str, df: DataFrame) -> Result<(), UnitError> {
     ctx.deregister_table(name).map_err(err)?;
     ctx.register_table(name, df.into_view()).map_err(err)?;
     Ok(())
@@ -203,14 +204,17 @@ async fn restrict_to_files(
     pipeline: &Pipeline,
     source: &str,
     files: &[object_store::ObjectMeta],
-) -> Result<(), String> {
+) -> Result<(), UnitError> {
     let spec = pipeline
         .sources
         .get(source)
-        .ok_or_else(|| format!("unknown source '{source}'"))?;
+        .ok_or_else(|| UnitError::permanent(format!("unknown source '{source}'")))?;
     let table_url = ListingTableUrl::parse(&spec.location).map_err(err)?;
-    let location = Location::parse(table_url.as_str()).map_err(|e| e.to_string())?;
-    let store = stores.store_for(&location).map_err(|e| e.to_string())?;
+    let location =
+        Location::parse(table_url.as_str()).map_err(|e| UnitError::caused_by(&e, e.to_string()))?;
+    let store = stores
+        .store_for(&location)
+        .map_err(|e| UnitError::caused_by(&e, e.to_string()))?;
     let n = FILE_VIEWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let view_url = format!(
         "sluice-files-{n}://{}/",
@@ -221,7 +225,7 @@ async fn restrict_to_files(
         files.iter().map(|m| (m.location.clone(), m.size)),
         chrono::Utc::now(),
     );
-    let url = url::Url::parse(&view_url).map_err(|e| e.to_string())?;
+    let url = url::Url::parse(&view_url).map_err(|e| UnitError::permanent(e.to_string()))?;
     stores.insert(&url, std::sync::Arc::new(view));
     let prefix = table_url.prefix().as_ref();
     let mut unit_spec = spec.clone();
@@ -234,7 +238,7 @@ async fn restrict_to_files(
     };
     crate::catalog::register_table(ctx, stores, &unit_spec)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| UnitError::caused_by(&e, e.to_string()))?;
     Ok(())
 }
 
@@ -247,13 +251,17 @@ async fn filter_to_period(
     column: &str,
     start: NaiveDateTime,
     end: NaiveDateTime,
-) -> Result<(), String> {
+) -> Result<(), UnitError> {
     let df = main.table(table).await.map_err(err)?;
     let mut ty = df
         .schema()
         .field_with_unqualified_name(column)
         .map(|f| f.data_type().clone())
-        .map_err(|_| format!("source '{table}' has no event_time column '{column}'"))?;
+        .map_err(|_| {
+            UnitError::permanent(format!(
+                "source '{table}' has no event_time column '{column}'"
+            ))
+        })?;
     let mut c = col(Column::from_name(column));
     if matches!(
         ty,
@@ -281,12 +289,12 @@ async fn filter_to_bucket(
     table: &str,
     column: &str,
     bucket: usize,
-) -> Result<(), String> {
+) -> Result<(), UnitError> {
     let df = ctx.table(table).await.map_err(err)?;
     if df.schema().field_with_unqualified_name(column).is_err() {
-        return Err(format!(
+        return Err(UnitError::permanent(format!(
             "batches.keys: source '{table}' has no column '{column}'"
-        ));
+        )));
     }
     let filtered = df
         .filter(

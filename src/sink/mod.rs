@@ -72,6 +72,8 @@ pub enum SinkError {
         key: String,
         /// The cause.
         message: String,
+        /// Whether another attempt could succeed (a dropped connection, throttling).
+        transient: bool,
     },
     /// A step of the commit protocol failed; the previous output is unchanged.
     #[error("cannot publish {key}: {message} (the previous output is unchanged)")]
@@ -84,6 +86,16 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// Whether another attempt could succeed: decided from the failed query's error, or
+    /// from the storage error of a failed write, by their types.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SinkError::Input(e) => crate::describe::is_transient(e),
+            SinkError::Write { transient, .. } => *transient,
+            _ => false,
+        }
+    }
+
     /// Whether the error is a usage error (exit status 2).
     pub fn is_usage(&self) -> bool {
         matches!(
@@ -339,6 +351,7 @@ pub async fn stage_unit(
                     return Err(SinkError::Write {
                         key: spec.location.to_string(),
                         message: "a writer stopped".into(),
+                        transient: false,
                     });
                 }
             }
@@ -373,6 +386,7 @@ pub async fn stage_unit(
                 lane_error.get_or_insert(SinkError::Write {
                     key: spec.location.to_string(),
                     message: format!("writer task failed: {join}"),
+                    transient: false,
                 });
             }
         }
@@ -592,6 +606,7 @@ fn staged_file(unit: usize, rel: String, rows: u64, bytes: u64) -> StagedFile {
 fn write_err(shared: &LaneShared, key: &object_store::path::Path, e: WriteError) -> SinkError {
     SinkError::Write {
         key: shared.output_location.display_key(key),
-        message: e.0,
+        message: e.message,
+        transient: e.transient,
     }
 }

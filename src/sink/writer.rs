@@ -25,11 +25,19 @@ pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// An error while encoding or uploading one file.
 #[derive(Debug)]
-pub struct WriteError(pub String);
+pub struct WriteError {
+    /// What went wrong, in words a user can act on.
+    pub message: String,
+    /// Whether another attempt could succeed (see [`crate::describe::is_transient`]).
+    pub transient: bool,
+}
 
-impl<E: std::fmt::Display> From<E> for WriteError {
+impl<E: std::error::Error + 'static> From<E> for WriteError {
     fn from(e: E) -> Self {
-        WriteError(crate::describe::describe_storage(&e.to_string()))
+        WriteError {
+            message: crate::describe::describe_storage(&e.to_string()),
+            transient: crate::describe::is_transient(&e),
+        }
     }
 }
 
