@@ -15,8 +15,9 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, execute_stream};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 
+use crate::config::{JoinOptions, JoinStrategy};
 use crate::error::Error;
-use crate::join::{self, JoinOptions};
+use crate::join;
 use crate::store::StoreRegistry;
 
 /// How the engine may use the machine.
@@ -67,7 +68,7 @@ impl Engine {
                 .sort_spill_reservation_bytes
                 .min(limit / (4 * threads.max(1)));
         }
-        if options.join.strategy == join::JoinStrategy::SortMerge {
+        if options.join.strategy == JoinStrategy::SortMerge {
             config.options_mut().optimizer.prefer_hash_join = false;
         }
         let mut runtime = RuntimeEnvBuilder::new();

@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use sluice::config::{self, ConfigError, Format, Pipeline, WriteMode};
+use sluice::config::{self, ConfigError, Format, JoinOptions, JoinStrategy, Pipeline, WriteMode};
 use sluice::engine::{Engine, EngineOptions};
 use sluice::error::{EXIT_FAILED, EXIT_OK};
-use sluice::join;
 use sluice::progress::Progress;
 use sluice::report::RunReport;
 use sluice::store::{Location, StoreRegistry};
@@ -126,10 +125,10 @@ fn parse_format(s: &str) -> Result<Format, Error> {
     })
 }
 
-fn parse_join_strategy(arg: &Option<String>) -> Result<Option<join::JoinStrategy>, Error> {
+fn parse_join_strategy(arg: &Option<String>) -> Result<Option<JoinStrategy>, Error> {
     arg.as_deref()
         .map(|s| {
-            join::JoinStrategy::parse(s).ok_or_else(|| {
+            JoinStrategy::parse(s).ok_or_else(|| {
                 usage(
                     "--join-strategy",
                     format!("unknown join strategy {s:?} (expected auto, in_memory, grace or sort_merge)"),
@@ -365,7 +364,7 @@ async fn dispatch(command: Command, progress: &Progress, quiet: bool) -> Result<
                     memory_limit: parse_memory(&args.memory_limit)?,
                     threads: parse_threads(args.threads)?,
                     spill_dir: None,
-                    join: join::JoinOptions {
+                    join: JoinOptions {
                         strategy: parse_join_strategy(&args.join_strategy)?.unwrap_or_default(),
                         buckets: None,
                     },
@@ -428,7 +427,7 @@ async fn dispatch(command: Command, progress: &Progress, quiet: bool) -> Result<
                     memory_limit: parse_memory(&args.memory_limit)?,
                     threads: parse_threads(args.threads)?,
                     spill_dir: None,
-                    join: join::JoinOptions {
+                    join: JoinOptions {
                         strategy: parse_join_strategy(&args.join_strategy)?.unwrap_or_default(),
                         buckets: None,
                     },

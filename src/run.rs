@@ -39,7 +39,7 @@ pub struct RunOptions {
     /// `--threads`, over `settings.threads`.
     pub threads: Option<usize>,
     /// `--join-strategy`, over `settings.join_strategy`.
-    pub join_strategy: Option<crate::join::JoinStrategy>,
+    pub join_strategy: Option<crate::config::JoinStrategy>,
     /// `--dry-run`: validate and plan, write nothing.
     pub dry_run: bool,
     /// `--restart`: do not resume an unfinished run; start afresh.
@@ -92,7 +92,7 @@ pub async fn prepare(
         memory_limit: opts.memory_limit.or(pipeline.settings.memory_limit),
         threads: opts.threads.or(pipeline.settings.threads),
         spill_dir: pipeline.settings.spill_dir.clone(),
-        join: crate::join::JoinOptions {
+        join: crate::config::JoinOptions {
             strategy: opts
                 .join_strategy
                 .unwrap_or(pipeline.settings.join.strategy),
