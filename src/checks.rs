@@ -9,80 +9,16 @@
 use datafusion::prelude::SessionContext;
 use serde::Serialize;
 
+use crate::config::{Check, CheckKind, Severity};
 use crate::describe::describe_datafusion;
-
-/// How much a failed check matters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Severity {
-    /// The model fails; nothing is published.
-    Error,
-    /// Reported; the output is published.
-    Warn,
-}
-
-impl Severity {
-    /// `error` or `warn`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Severity::Error => "error",
-            Severity::Warn => "warn",
-        }
-    }
-}
-
-/// What a check asserts of a model's output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CheckKind {
-    /// None of these columns is NULL in any row.
-    NotNull(Vec<String>),
-    /// No two rows share a value of these columns (together).
-    Unique(Vec<String>),
-    /// Every non-NULL value of `column` is one of `values` (SQL literals).
-    AcceptedValues { column: String, values: Vec<String> },
-    /// The output's row count is within `[min, max]`.
-    RowCount { min: Option<u64>, max: Option<u64> },
-    /// A boolean SQL expression every row satisfies (NULL counts as not satisfied).
-    Expression(String),
-    /// A query over the output (and any table of the pipeline) that returns no rows.
-    Sql(String),
-}
-
-/// One check of a model (`[[models.NAME.checks]]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
-    /// What it asserts.
-    pub kind: CheckKind,
-    /// How much a failure matters.
-    pub severity: Severity,
-}
 
 /// A column name quoted for SQL (`"My Col"`), so any name works.
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+// The running half of a check; the type itself is configuration, defined in `config`.
 impl Check {
-    /// A short name for reports: `not_null(a, b)`, `row_count(min 1)`...
-    pub fn name(&self) -> String {
-        match &self.kind {
-            CheckKind::NotNull(c) => format!("not_null({})", c.join(", ")),
-            CheckKind::Unique(c) => format!("unique({})", c.join(", ")),
-            CheckKind::AcceptedValues { column, .. } => format!("accepted_values({column})"),
-            CheckKind::RowCount { min, max } => {
-                let mut parts = Vec::new();
-                if let Some(m) = min {
-                    parts.push(format!("min {m}"));
-                }
-                if let Some(m) = max {
-                    parts.push(format!("max {m}"));
-                }
-                format!("row_count({})", parts.join(", "))
-            }
-            CheckKind::Expression(e) => format!("expression({e})"),
-            CheckKind::Sql(_) => "sql".to_string(),
-        }
-    }
-
     /// The query counting what breaks the check in `table` (one row, one column `n`).
     fn query(&self, table: &str) -> String {
         let t = ident(table);

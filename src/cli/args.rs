@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use sluice::config::JoinStrategy;
 use sluice::config::{Format, WriteMode, parse_size};
-use sluice::join::JoinStrategy;
 
 /// sluice: batch SQL transformations over Parquet, CSV and JSON, on local disk or object storage.
 #[derive(Debug, Parser)]

@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use sluice::commands::{self, usage};
+use sluice::config::JoinOptions;
 use sluice::config::{self, DEFAULT_ROWS_PER_FILE};
 use sluice::engine::EngineOptions;
 use sluice::error::Error;
-use sluice::join::JoinOptions;
 use sluice::run::RunOptions;
 use sluice::store::Location;
 

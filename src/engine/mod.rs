@@ -21,7 +21,8 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 
-use crate::join::{self, JoinOptions};
+use crate::config::{JoinOptions, JoinStrategy};
+use crate::join;
 use crate::store::StoreRegistry;
 
 /// Why the engine could not start.
@@ -89,7 +90,7 @@ impl Engine {
                 .sort_spill_reservation_bytes
                 .min(limit / (4 * threads.max(1)));
         }
-        if options.join.strategy == join::JoinStrategy::SortMerge {
+        if options.join.strategy == JoinStrategy::SortMerge {
             config.options_mut().optimizer.prefer_hash_join = false;
         }
         let mut runtime = RuntimeEnvBuilder::new();

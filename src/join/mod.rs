@@ -23,46 +23,10 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::joins::{HashJoinExec, SortMergeJoinExec};
 use serde::Serialize;
 
+use crate::config::JoinOptions;
+
 pub use grace::{Choice, GraceHashJoinExec, MAX_DEPTH, Strategy};
 pub use rule::GraceJoinRule;
-
-/// How hash joins run (`join_strategy` in `[settings]`, `--join-strategy`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum JoinStrategy {
-    /// With a memory limit, every hash join may partition when its build side does not fit;
-    /// without one, DataFusion's in-memory hash join.
-    #[default]
-    Auto,
-    /// DataFusion's in-memory hash join always (fails when the build side does not fit).
-    InMemory,
-    /// Partition every hash join into buckets on disk, even when it would fit.
-    Grace,
-    /// DataFusion's sort-merge join (sorts both inputs, spilling sorted runs), for
-    /// comparison and for inputs already sorted on the join keys.
-    SortMerge,
-}
-
-impl JoinStrategy {
-    /// Parses `auto`, `in_memory`, `grace` or `sort_merge`.
-    pub fn parse(s: &str) -> Option<JoinStrategy> {
-        match s {
-            "auto" => Some(JoinStrategy::Auto),
-            "in_memory" => Some(JoinStrategy::InMemory),
-            "grace" => Some(JoinStrategy::Grace),
-            "sort_merge" => Some(JoinStrategy::SortMerge),
-            _ => None,
-        }
-    }
-}
-
-/// Join settings for the engine.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct JoinOptions {
-    /// The strategy.
-    pub strategy: JoinStrategy,
-    /// Buckets to partition into (`None`: from the build side's estimated size).
-    pub buckets: Option<usize>,
-}
 
 /// DataFusion's physical optimizer rules with [`GraceJoinRule`] inserted where it must run:
 /// after `JoinSelection` and before `EnsureRequirements`.

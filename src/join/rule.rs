@@ -18,7 +18,8 @@ use datafusion::physical_plan::{
 };
 
 use super::grace::{Choice, GraceHashJoinExec, Strategy};
-use super::{JoinOptions, JoinStrategy, human_bytes};
+use super::human_bytes;
+use crate::config::{JoinOptions, JoinStrategy};
 
 /// Share of the memory limit the joins of one query may hold between them; the rest is for
 /// scans, aggregations and sorts running beside them.

@@ -44,7 +44,7 @@ pub struct RunOptions {
     /// `--threads`, over `settings.threads`.
     pub threads: Option<usize>,
     /// `--join-strategy`, over `settings.join_strategy`.
-    pub join_strategy: Option<crate::join::JoinStrategy>,
+    pub join_strategy: Option<crate::config::JoinStrategy>,
     /// `--dry-run`: validate and plan, write nothing.
     pub dry_run: bool,
     /// `--restart`: do not resume an unfinished run; start afresh.

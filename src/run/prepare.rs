@@ -50,7 +50,7 @@ pub async fn prepare(
         memory_limit: opts.memory_limit.or(pipeline.settings.memory_limit),
         threads: opts.threads.or(pipeline.settings.threads),
         spill_dir: pipeline.settings.spill_dir.clone(),
-        join: crate::join::JoinOptions {
+        join: crate::config::JoinOptions {
             strategy: opts
                 .join_strategy
                 .unwrap_or(pipeline.settings.join.strategy),

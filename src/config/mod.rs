@@ -1,0 +1,682 @@
+//! `sluice.toml`: reading, validating and resolving a pipeline's configuration.
+//!
+//! Loading happens in two stages, like a compiler front end: the file is deserialised into raw
+//! structs that mirror the TOML (`raw`, so serde reports unknown keys and wrong types with
+//! their line and column), then validated (`validate`) into a [`Pipeline`] whose values are
+//! ready to use: sizes in bytes, enums instead of strings, each model's SQL read from its file,
+//! `${env:NAME}` resolved. How each kind of value is parsed (sizes, durations, date-times,
+//! locations, compression suffixes, ...) is written once, in `values`.
+//!
+//! This is the bottom layer, the vocabulary of the others: it imports nothing from the rest of
+//! the crate. The settings of other layers that `sluice.toml` sets are defined here for that
+//! reason: [`JoinStrategy`] and [`JoinOptions`] (used by the `join` module), and [`Check`] and
+//! [`Severity`] (run by the `checks` module).
+
+mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+mod values;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use values::{
+    EnvLookup, interpolate_env, line_col, parse_datetime, parse_duration, parse_size,
+    resolve_location, split_compression,
+};
+
+use validate::Validator;
+
+/// The file name of a pipeline's configuration inside its folder.
+pub const CONFIG_FILE: &str = "sluice.toml";
+
+/// Errors in `sluice.toml`, a model's SQL file or a command-line value. All are usage errors
+/// (exit status 2) and name the file, and the line and column where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file or folder could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path that was read.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the expected shape.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        /// The configuration file.
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is well-formed TOML but not a valid setting.
+    #[error("{}{}: {key}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        /// The configuration file (or `command line`).
+        path: PathBuf,
+        /// The line of the setting in the file, when it can be found.
+        line: Option<usize>,
+        /// The dotted key of the setting, e.g. `models.daily.sink.mode`.
+        key: String,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
+    /// A `${env:NAME}` reference names a variable that is not set.
+    #[error("{path}: {key}: environment variable {name} is not set")]
+    MissingEnv {
+        /// The configuration file.
+        path: PathBuf,
+        /// The key whose value referenced the variable.
+        key: String,
+        /// The variable's name.
+        name: String,
+    },
+}
+
+/// What a model is materialised as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Materialized {
+    /// Written to its sink, and read from there by downstream models.
+    Table,
+    /// Not written: inlined into the queries of the models that use it.
+    View,
+}
+
+/// A file format for sources and sinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// Apache Parquet.
+    Parquet,
+    /// Comma- (or otherwise) separated values.
+    Csv,
+    /// JSON lines: one object per line.
+    Json,
+}
+
+impl Format {
+    /// The format's name as written in `sluice.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Parquet => "parquet",
+            Format::Csv => "csv",
+            Format::Json => "json",
+        }
+    }
+
+    /// The file extension sluice writes and looks for, without the dot.
+    pub fn extension(self) -> &'static str {
+        self.name()
+    }
+
+    /// Parses a format name as a user types it (`--format`), case-insensitively.
+    pub fn parse(s: &str) -> Option<Format> {
+        match s.to_ascii_lowercase().as_str() {
+            "parquet" => Some(Format::Parquet),
+            "csv" => Some(Format::Csv),
+            "json" | "jsonl" | "ndjson" => Some(Format::Json),
+            _ => None,
+        }
+    }
+
+    /// Guesses a format from a file name or location, ignoring compression suffixes.
+    pub fn from_path(path: &str) -> Option<Format> {
+        let (trimmed, _) = split_compression(path);
+        let ext = trimmed.rsplit_once('.')?.1.to_ascii_lowercase();
+        match ext.as_str() {
+            "parquet" | "pq" => Some(Format::Parquet),
+            "csv" | "tsv" => Some(Format::Csv),
+            "json" | "jsonl" | "ndjson" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
+/// How a sink treats output that already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Replace the whole output.
+    Overwrite,
+    /// Add the new files to the existing output.
+    Append,
+    /// Replace exactly the partitions present in the new result; leave the others.
+    OverwritePartitions,
+    /// Fail if any output exists.
+    ErrorIfExists,
+}
+
+impl WriteMode {
+    /// The mode's name as written in `sluice.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WriteMode::Overwrite => "overwrite",
+            WriteMode::Append => "append",
+            WriteMode::OverwritePartitions => "overwrite_partitions",
+            WriteMode::ErrorIfExists => "error_if_exists",
+        }
+    }
+
+    /// Parses a mode as a user types it (`--mode`).
+    pub fn parse(s: &str) -> Option<WriteMode> {
+        match s {
+            "overwrite" => Some(WriteMode::Overwrite),
+            "append" => Some(WriteMode::Append),
+            "overwrite_partitions" | "overwrite-partitions" => Some(WriteMode::OverwritePartitions),
+            "error_if_exists" | "error-if-exists" => Some(WriteMode::ErrorIfExists),
+            _ => None,
+        }
+    }
+}
+
+/// What to do with rows that do not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadRows {
+    /// Fail the model, naming the file and line.
+    #[default]
+    Fail,
+    /// Send bad rows to the rejects output and go on.
+    Quarantine,
+}
+
+/// What to do when the files of one source do not all have the same columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaEvolution {
+    /// Refuse the source, naming two files and the columns that differ.
+    #[default]
+    Fail,
+    /// Merge the columns by name; a column a file lacks reads as NULL; a column with two
+    /// types is an error.
+    Union,
+}
+
+/// Compression of a text source's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// Plain files.
+    #[default]
+    None,
+    /// `.gz` files.
+    Gzip,
+    /// `.zst` files.
+    Zstd,
+    /// `.bz2` files.
+    Bzip2,
+    /// `.xz` files.
+    Xz,
+}
+
+impl Compression {
+    /// The compression a file name's suffix implies (`.gz`, `.zst`, `.bz2`, `.xz`).
+    pub fn from_path(path: &str) -> Compression {
+        split_compression(path).1
+    }
+
+    /// The file name suffix of this compression (`.gz`, ...), `""` for none.
+    pub fn suffix(self) -> &'static str {
+        values::compression_suffix(self)
+    }
+}
+
+/// Run-wide settings (`[settings]`), all optional.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Query memory pool in bytes; operators spill beyond it.
+    pub memory_limit: Option<usize>,
+    /// Worker threads and DataFusion target partitions.
+    pub threads: Option<usize>,
+    /// Folder for spill files.
+    pub spill_dir: Option<PathBuf>,
+    /// The state store file, absolute.
+    pub state: PathBuf,
+    /// Default timeout, retries and concurrency of work units.
+    pub units: UnitSettings,
+    /// How hash joins run (`join_strategy`, `join_buckets`).
+    pub join: JoinOptions,
+}
+
+/// How hash joins run (`join_strategy` in `[settings]`, `--join-strategy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum JoinStrategy {
+    /// With a memory limit, every hash join may partition when its build side does not fit;
+    /// without one, DataFusion's in-memory hash join.
+    #[default]
+    Auto,
+    /// DataFusion's in-memory hash join always (fails when the build side does not fit).
+    InMemory,
+    /// Partition every hash join into buckets on disk, even when it would fit.
+    Grace,
+    /// DataFusion's sort-merge join (sorts both inputs, spilling sorted runs), for
+    /// comparison and for inputs already sorted on the join keys.
+    SortMerge,
+}
+
+impl JoinStrategy {
+    /// Parses `auto`, `in_memory`, `grace` or `sort_merge`.
+    pub fn parse(s: &str) -> Option<JoinStrategy> {
+        match s {
+            "auto" => Some(JoinStrategy::Auto),
+            "in_memory" => Some(JoinStrategy::InMemory),
+            "grace" => Some(JoinStrategy::Grace),
+            "sort_merge" => Some(JoinStrategy::SortMerge),
+            _ => None,
+        }
+    }
+}
+
+/// Join settings for the engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JoinOptions {
+    /// The strategy.
+    pub strategy: JoinStrategy,
+    /// Buckets to partition into (`None`: from the build side's estimated size).
+    pub buckets: Option<usize>,
+}
+
+/// One object store (`[stores.NAME]`), selected by URL prefix.
+#[derive(Clone, Default)]
+pub struct StoreConfig {
+    /// The store's name in `sluice.toml`.
+    pub name: String,
+    /// The URL prefix the store serves, e.g. `s3://lake`.
+    pub url: String,
+    /// Further object_store options (`endpoint`, `region`, `allow_http`, credentials...), with
+    /// `${env:NAME}` already resolved. Keys use object_store's names (`aws_endpoint`, ...) or
+    /// the short forms of the spec (`endpoint`, `region`, `allow_http`).
+    pub options: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    /// Shows option names only: values may be credentials, which are never printed or logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("options", &self.options.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// CSV reading options.
+#[derive(Debug, Clone)]
+pub struct CsvOptions {
+    /// Whether the first line names the columns.
+    pub has_header: bool,
+    /// Field separator.
+    pub delimiter: u8,
+    /// Quote character.
+    pub quote: u8,
+    /// Escape character inside quoted fields, if any.
+    pub escape: Option<u8>,
+    /// A string read as NULL (besides the empty field).
+    pub null_value: Option<String>,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            has_header: true,
+            delimiter: b',',
+            quote: b'"',
+            escape: None,
+            null_value: None,
+        }
+    }
+}
+
+/// A source (`[sources.NAME]`): files a model's SQL reads as a table.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// The table name models use.
+    pub name: String,
+    /// A file, folder / prefix, or glob; relative to the pipeline folder or a URL.
+    pub location: String,
+    /// The files' format.
+    pub format: Format,
+    /// Hive-style partition columns (`key=value` folders), with optional SQL types.
+    pub partition_cols: Vec<PartitionCol>,
+    /// CSV options.
+    pub csv: CsvOptions,
+    /// Compression of CSV / JSON files.
+    pub compression: Compression,
+    /// The declared schema, as a SQL column list (`id BIGINT, name VARCHAR`); inferred if absent.
+    pub schema: Option<String>,
+    /// What to do with rows that do not parse.
+    pub on_bad_rows: OnBadRows,
+    /// Files with different columns: fail (default) or union.
+    pub schema_evolution: SchemaEvolution,
+    /// With quarantine: the most rejected rows tolerated.
+    pub max_bad_rows: Option<u64>,
+    /// With quarantine: the largest share of a source's rows that may be rejected (0–1).
+    pub max_bad_ratio: Option<f64>,
+    /// Where quarantined rows go.
+    pub rejects: Option<String>,
+    /// The column that places a row in time (used by batches and incremental models).
+    pub event_time: Option<String>,
+}
+
+impl SourceConfig {
+    /// A source with default options: `location` (absolute path or URL) in `format`.
+    pub fn new(name: &str, location: &str, format: Format) -> SourceConfig {
+        SourceConfig {
+            name: name.to_string(),
+            location: location.to_string(),
+            format,
+            partition_cols: Vec::new(),
+            csv: CsvOptions::default(),
+            compression: Compression::default(),
+            schema: None,
+            on_bad_rows: OnBadRows::default(),
+            schema_evolution: SchemaEvolution::default(),
+            max_bad_rows: None,
+            max_bad_ratio: None,
+            rejects: None,
+            event_time: None,
+        }
+    }
+}
+
+/// A Hive partition column of a source, e.g. `dt` or `dt:date`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionCol {
+    /// The column name (the `key` of `key=value`).
+    pub name: String,
+    /// Its SQL type; values are read as strings when absent.
+    pub sql_type: Option<String>,
+}
+
+impl PartitionCol {
+    /// Parses `name` or `name:type`.
+    pub fn parse(s: &str) -> PartitionCol {
+        match s.split_once(':') {
+            Some((name, ty)) => PartitionCol {
+                name: name.trim().to_string(),
+                sql_type: Some(ty.trim().to_string()),
+            },
+            None => PartitionCol {
+                name: s.trim().to_string(),
+                sql_type: None,
+            },
+        }
+    }
+}
+
+/// Where and how a model's output is written (`[models.NAME.sink]`).
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// The output folder / prefix; relative to the pipeline folder or a URL.
+    pub location: String,
+    /// The output format.
+    pub format: Format,
+    /// Hive partition columns of the output.
+    pub partition_by: Vec<String>,
+    /// What happens to existing output.
+    pub mode: WriteMode,
+    /// Rows per output file before a new file is started.
+    pub target_rows_per_file: usize,
+}
+
+/// The default number of rows in one output file.
+pub const DEFAULT_ROWS_PER_FILE: usize = 1_000_000;
+
+/// A model (`[models.NAME]` and/or `queries/NAME.sql`): one query and where its result goes.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// The model's name, which other models use as a table name.
+    pub name: String,
+    /// The SQL file, absolute.
+    pub sql_path: PathBuf,
+    /// The SQL text as read from the file (variables not yet substituted).
+    pub sql: String,
+    /// Table or view.
+    pub materialized: Materialized,
+    /// Where the output goes (table models).
+    pub sink: SinkConfig,
+    /// How the model is split into work units by event time (`[models.NAME.batches]` with a
+    /// `size`); `None`: not by time.
+    pub batches: Option<BatchConfig>,
+    /// `by = "file"`: one work unit per this many input files (a map-only model over one
+    /// source); `None`: not by file.
+    pub files_per_unit: Option<usize>,
+    /// `by = "key"`: one work unit per bucket of a hash of the join key; `None`: not by key.
+    pub key_buckets: Option<KeyBuckets>,
+    /// Checks run on the staged output before it is published.
+    pub checks: Vec<Check>,
+    /// Timeout, retries and concurrency of its work units.
+    pub units: UnitSettings,
+}
+
+/// How much a failed check matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The model fails; nothing is published.
+    Error,
+    /// Reported; the output is published.
+    Warn,
+}
+
+impl Severity {
+    /// `error` or `warn`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warn => "warn",
+        }
+    }
+}
+
+/// What a check asserts of a model's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// None of these columns is NULL in any row.
+    NotNull(Vec<String>),
+    /// No two rows share a value of these columns (together).
+    Unique(Vec<String>),
+    /// Every non-NULL value of `column` is one of `values` (SQL literals).
+    AcceptedValues { column: String, values: Vec<String> },
+    /// The output's row count is within `[min, max]`.
+    RowCount { min: Option<u64>, max: Option<u64> },
+    /// A boolean SQL expression every row satisfies (NULL counts as not satisfied).
+    Expression(String),
+    /// A query over the output (and any table of the pipeline) that returns no rows.
+    Sql(String),
+}
+
+/// One check of a model (`[[models.NAME.checks]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// What it asserts.
+    pub kind: CheckKind,
+    /// How much a failure matters.
+    pub severity: Severity,
+}
+
+impl Check {
+    /// A short name for reports: `not_null(a, b)`, `row_count(min 1)`...
+    pub fn name(&self) -> String {
+        match &self.kind {
+            CheckKind::NotNull(c) => format!("not_null({})", c.join(", ")),
+            CheckKind::Unique(c) => format!("unique({})", c.join(", ")),
+            CheckKind::AcceptedValues { column, .. } => format!("accepted_values({column})"),
+            CheckKind::RowCount { min, max } => {
+                let mut parts = Vec::new();
+                if let Some(m) = min {
+                    parts.push(format!("min {m}"));
+                }
+                if let Some(m) = max {
+                    parts.push(format!("max {m}"));
+                }
+                format!("row_count({})", parts.join(", "))
+            }
+            CheckKind::Expression(e) => format!("expression({e})"),
+            CheckKind::Sql(_) => "sql".to_string(),
+        }
+    }
+}
+
+/// `[models.NAME.batches] by = "key"`: the model runs as `buckets` work units, unit `i`
+/// reading, of each listed source, the rows whose key hashes to bucket `i`. For a join of
+/// large inputs on that key, each unit joins 1/`buckets` of the keys, and is committed (and
+/// resumed) on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyBuckets {
+    /// Number of units.
+    pub buckets: usize,
+    /// Source name → its key column.
+    pub keys: BTreeMap<String, String>,
+}
+
+/// The period of one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchSize {
+    /// One unit per hour.
+    Hour,
+    /// One unit per day.
+    Day,
+    /// One unit per calendar month.
+    Month,
+    /// One unit per calendar year.
+    Year,
+}
+
+impl BatchSize {
+    /// The name as written in `sluice.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BatchSize::Hour => "hour",
+            BatchSize::Day => "day",
+            BatchSize::Month => "month",
+            BatchSize::Year => "year",
+        }
+    }
+}
+
+/// `[models.NAME.batches]`: a model run as one work unit per period of event time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// The period.
+    pub size: BatchSize,
+    /// First period's start (inclusive); default: the earliest event time in the inputs.
+    pub start: Option<chrono::NaiveDateTime>,
+    /// End (exclusive); default: just past the latest event time.
+    pub end: Option<chrono::NaiveDateTime>,
+}
+
+/// Timeout, retries and concurrency of a model's work units (`[settings]`, overridden per
+/// model in `[models.NAME.batches]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnitSettings {
+    /// A unit running longer is cancelled (and retried).
+    pub timeout: Option<std::time::Duration>,
+    /// Attempts after the first, for transient failures and timeouts.
+    pub retries: u32,
+    /// Units of one model running at once.
+    pub max_concurrent: usize,
+}
+
+impl Default for UnitSettings {
+    fn default() -> Self {
+        UnitSettings {
+            timeout: None,
+            retries: 3,
+            max_concurrent: 2,
+        }
+    }
+}
+
+/// A validated pipeline: what `sluice run` and `sluice plan` work from.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The pipeline's name (defaults to its folder's name).
+    pub name: String,
+    /// The pipeline folder; relative locations resolve against it.
+    pub root: PathBuf,
+    /// The `sluice.toml` path.
+    pub file: PathBuf,
+    /// `[settings]`.
+    pub settings: Settings,
+    /// `[stores.*]`.
+    pub stores: Vec<StoreConfig>,
+    /// `[sources.*]`, by name.
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Models, by name: `[models.*]` plus every `queries/*.sql`.
+    pub models: BTreeMap<String, ModelConfig>,
+    /// Default values of `{{ KEY }}` variables (`[vars]`), overridden by `--var`.
+    pub vars: BTreeMap<String, String>,
+}
+
+impl Pipeline {
+    /// Loads a pipeline from a folder holding `sluice.toml`, or from the file itself.
+    pub fn load(path: &Path, env: EnvLookup<'_>) -> Result<Pipeline, ConfigError> {
+        let file = if path.is_dir() {
+            path.join(CONFIG_FILE)
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        let root = file
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let root = std::path::absolute(&root).map_err(|source| ConfigError::Read {
+            path: root.clone(),
+            source,
+        })?;
+        Pipeline::from_toml(&text, &file, &root, env)
+    }
+
+    /// Builds a pipeline from TOML text; `file` names it in messages, `root` is its folder.
+    pub fn from_toml(
+        text: &str,
+        file: &Path,
+        root: &Path,
+        env: EnvLookup<'_>,
+    ) -> Result<Pipeline, ConfigError> {
+        let raw: raw::RawPipeline = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            ConfigError::Syntax {
+                path: file.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        Validator::new(file, text, root, env).pipeline(raw)
+    }
+
+    /// Resolves a location written in this pipeline (relative to its folder) to an absolute
+    /// path or URL string.
+    pub fn resolve(&self, location: &str) -> String {
+        resolve_location(location, &self.root)
+    }
+}
+
+/// What the `sluice_toml` fuzz target checks on any text, also run on the inputs it found
+/// (`fuzz/regressions/`) as tests: loading never panics, and a refusal names the file.
+#[doc(hidden)]
+pub fn check_toml_load(text: &str) {
+    let env = |name: &str| name.len().is_multiple_of(2).then(|| format!("v{name}"));
+    let file = Path::new("sluice.toml");
+    if let Err(e) = Pipeline::from_toml(text, file, Path::new("/nonexistent/sluice-fuzz"), &env) {
+        let message = e.to_string();
+        assert!(message.contains("sluice.toml"), "{message}");
+    }
+}

@@ -1,0 +1,220 @@
+//! Unit tests of loading and validating `sluice.toml`, and of parsing its values.
+
+use super::values::key_line;
+use super::*;
+
+#[test]
+fn key_lines_are_found_under_their_tables() {
+    let text = "name = \"x\"\n[settings]\nthreads = 2\njoin_strategy = \"fast\"\n\
+                [models.m.batches]\nby = \"key\"\n[[models.m.checks]]\nunique = \"a\"\n\
+                [[models.m.checks]]\nnot_null = \"b\"\nseverity = \"x\"\n";
+    assert_eq!(key_line(text, "settings.join_strategy"), Some(4));
+    assert_eq!(key_line(text, "settings.threads"), Some(3));
+    assert_eq!(key_line(text, "models.m.batches.by"), Some(6));
+    assert_eq!(key_line(text, "models.m.batches.buckets"), Some(5));
+    assert_eq!(key_line(text, "models.m.checks[1].severity"), Some(11));
+    assert_eq!(key_line(text, "models.m.checks[1]"), Some(9));
+    assert_eq!(key_line(text, "models.m.checks[0]"), Some(7));
+    assert_eq!(key_line(text, "sources.s.format"), None);
+}
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn load(text: &str) -> Result<Pipeline, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    Pipeline::from_toml(text, Path::new("sluice.toml"), dir.path(), &no_env)
+}
+
+#[test]
+fn inputs_the_fuzzer_found_and_its_seeds_still_load_or_are_refused_by_name() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut n = 0;
+    for dir in ["regressions/sluice_toml", "corpus/sluice_toml"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.path().file_name().is_some_and(|n| n == "README.md") {
+                continue;
+            }
+            let bytes = std::fs::read(e.path()).unwrap();
+            super::check_toml_load(&String::from_utf8_lossy(&bytes));
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no inputs under {}", root.display());
+}
+
+#[test]
+fn sizes_parse_in_binary_and_decimal_units() {
+    assert_eq!(parse_size("4GiB"), Some(4 << 30));
+    assert_eq!(parse_size("512MiB"), Some(512 << 20));
+    assert_eq!(parse_size("2GB"), Some(2_000_000_000));
+    assert_eq!(parse_size("1000"), Some(1000));
+    assert_eq!(parse_size("1.5 KiB"), Some(1536));
+    assert_eq!(parse_size("lots"), None);
+    assert_eq!(parse_size("3 parsecs"), None);
+}
+
+#[test]
+fn env_references_are_replaced_and_missing_ones_named() {
+    let env = |k: &str| (k == "SECRET").then(|| "s3cr3t".to_string());
+    assert_eq!(
+        interpolate_env("a-${env:SECRET}-b", &env).unwrap(),
+        "a-s3cr3t-b"
+    );
+    assert_eq!(interpolate_env("${env:NOPE}", &env).unwrap_err(), "NOPE");
+    assert_eq!(interpolate_env("plain", &env).unwrap(), "plain");
+}
+
+#[test]
+fn syntax_errors_name_line_and_column() {
+    let err = load("name = \"x\"\n[settings]\nthreads = \"two\"\n").unwrap_err();
+    match err {
+        ConfigError::Syntax { line, column, .. } => assert_eq!((line, column), (3, 11)),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_keys_are_rejected() {
+    let err = load("[settings]\nthread = 2\n").unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("unknown field `thread`"), "{msg}");
+    assert!(msg.contains("sluice.toml:2:1"), "{msg}");
+}
+
+#[test]
+fn unknown_format_names_the_line() {
+    let err = load("[sources.a]\nlocation = \"a/\"\nformat = \"xml\"\n").unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("sluice.toml:3:10"), "{msg}");
+    assert!(msg.contains("xml"), "{msg}");
+}
+
+#[test]
+fn format_is_inferred_from_the_extension() {
+    let p = load("[sources.a]\nlocation = \"data/a.csv.gz\"\n").unwrap();
+    assert_eq!(p.sources["a"].format, Format::Csv);
+    let err = load("[sources.a]\nlocation = \"s3://b/data/\"\n").unwrap_err();
+    assert!(err.to_string().contains("sources.a.format"), "{err}");
+}
+
+#[test]
+fn store_secrets_are_not_in_debug_output() {
+    let env = |k: &str| (k == "KEY").then(|| "hunter2".to_string());
+    let p = Pipeline::from_toml(
+        "[stores.lake]\nurl = \"s3://lake\"\nsecret_access_key = \"${env:KEY}\"\n",
+        Path::new("sluice.toml"),
+        Path::new("/tmp"),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(p.stores[0].options["secret_access_key"], "hunter2");
+    let shown = format!("{p:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("secret_access_key"), "{shown}");
+}
+
+#[test]
+fn overlapping_sinks_and_upper_case_names_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+    for m in ["a", "b"] {
+        std::fs::write(dir.path().join(format!("queries/{m}.sql")), "SELECT 1").unwrap();
+    }
+    let load_here =
+        |text: &str| Pipeline::from_toml(text, Path::new("sluice.toml"), dir.path(), &no_env);
+    let err = load_here("[models.a.sink]\nlocation = \"out/\"\n").unwrap_err();
+    assert!(
+        err.to_string().contains("overlaps the sink of model"),
+        "{err}"
+    );
+    assert!(load_here("").is_ok());
+    let err = load_here("[sources.Orders]\nlocation = \"x.csv\"\n").unwrap_err();
+    assert!(err.to_string().contains("lower-case"), "{err}");
+}
+
+#[test]
+fn quarantine_is_refused_for_parquet() {
+    load("[sources.a]\nlocation = \"a.csv\"\non_bad_rows = \"quarantine\"\n").unwrap();
+    load("[sources.a]\nlocation = \"a.jsonl\"\non_bad_rows = \"quarantine\"\n").unwrap();
+    load(
+        "[sources.a]\nlocation = \"d/\"\nformat = \"csv\"\npartition_cols = [\"dt\"]\n\
+         on_bad_rows = \"quarantine\"\n",
+    )
+    .unwrap();
+    let err =
+        load("[sources.a]\nlocation = \"a.parquet\"\non_bad_rows = \"quarantine\"\n").unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("sources.a.on_bad_rows") && msg.contains("Parquet files are typed"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn durations_and_dates_parse() {
+    use std::time::Duration;
+    assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
+    assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+    assert_eq!(parse_duration("soon"), None);
+    assert_eq!(
+        parse_datetime("2024-02-01").unwrap().to_string(),
+        "2024-02-01 00:00:00"
+    );
+    assert!(parse_datetime("2024-13-01").is_none());
+}
+
+#[test]
+fn batches_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+    std::fs::write(dir.path().join("queries/m.sql"), "SELECT 1").unwrap();
+    let load_here =
+        |text: &str| Pipeline::from_toml(text, Path::new("sluice.toml"), dir.path(), &no_env);
+    let p = load_here("[settings]\nretries = 5\n[models.m.batches]\nsize = \"month\"\nstart = \"1992-01-01\"\nunit_timeout = \"10m\"\n").unwrap();
+    let m = &p.models["m"];
+    assert_eq!(m.batches.as_ref().unwrap().size, BatchSize::Month);
+    assert_eq!(m.units.retries, 5);
+    assert_eq!(m.units.timeout, Some(std::time::Duration::from_secs(600)));
+    let err = load_here("[models.m.batches]\nsize = \"week\"\n").unwrap_err();
+    assert!(err.to_string().contains("unknown variant `week`"), "{err}");
+    let err = load_here(
+        "[models.m.batches]\nsize = \"day\"\nstart = \"2024-02-01\"\nend = \"2024-01-01\"\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("must be after start"), "{err}");
+}
+
+#[test]
+fn line_col_counts_from_one() {
+    assert_eq!(line_col("ab\ncd", 0), (1, 1));
+    assert_eq!(line_col("ab\ncd", 4), (2, 2));
+}
+
+#[test]
+fn compression_suffixes_follow_one_rule() {
+    assert_eq!(
+        split_compression("d/a.CSV.GZ"),
+        ("d/a.CSV", Compression::Gzip)
+    );
+    assert_eq!(split_compression("a.json.zst").1, Compression::Zstd);
+    assert_eq!(split_compression("a.csv"), ("a.csv", Compression::None));
+    assert_eq!(split_compression("éé"), ("éé", Compression::None));
+    assert_eq!(Format::from_path("x.Csv.Bz2"), Some(Format::Csv));
+    assert_eq!(Format::from_path("x.gz"), None);
+    assert_eq!(Compression::from_path("x.jsonl.XZ"), Compression::Xz);
+    for c in [
+        Compression::Gzip,
+        Compression::Zstd,
+        Compression::Bzip2,
+        Compression::Xz,
+    ] {
+        assert_eq!(Compression::from_path(&format!("a.csv{}", c.suffix())), c);
+    }
+    assert_eq!(Compression::None.suffix(), "");
+}

@@ -1,0 +1,261 @@
+//! Parsing of the values written in `sluice.toml` and on the command line: sizes, durations,
+//! date-times, `${env:NAME}` references, locations, names and compression suffixes; and
+//! finding the line of a setting in the file, for messages.
+//!
+//! Each rule is written once, here: the validator, the binary and the other modules call these.
+
+use std::path::Path;
+
+use super::{Compression, Format};
+
+/// Parses a size such as `4GiB`, `512MiB`, `2GB`, `1000000` into bytes.
+pub fn parse_size(s: &str) -> Option<usize> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" => 1e12,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = num * mult;
+    (bytes.is_finite() && bytes >= 1.0).then_some(bytes as usize)
+}
+
+/// Parses a duration such as `30m`, `90s`, `2h`, `1h30m`, `500ms`.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = rest[..unit_len].trim();
+        rest = &rest[unit_len..];
+        total += match unit {
+            "ms" => std::time::Duration::from_millis(n),
+            "s" | "" => std::time::Duration::from_secs(n),
+            "m" | "min" => std::time::Duration::from_secs(n * 60),
+            "h" => std::time::Duration::from_secs(n * 3600),
+            "d" => std::time::Duration::from_secs(n * 86400),
+            _ => return None,
+        };
+    }
+    Some(total)
+}
+
+/// Parses `2024-01-01` or `2024-01-01T06:00:00` (or with a space).
+pub fn parse_datetime(s: &str) -> Option<chrono::NaiveDateTime> {
+    let s = s.trim();
+    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S"))
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+        })
+}
+
+/// Looks up environment variables. The library never reads the process environment itself:
+/// `main` passes it in, and tests pass their own.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Replaces every `${env:NAME}` in `value`; `Err(NAME)` for the first unset variable.
+pub fn interpolate_env(value: &str, env: EnvLookup<'_>) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${env:") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 6..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = after[..end].trim();
+        out.push_str(&env(name).ok_or_else(|| name.to_string())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Resolves a location against a base folder: URLs stay as they are, relative paths are joined
+/// to `base`, and a trailing `/` (meaning "a folder") is kept.
+pub fn resolve_location(location: &str, base: &Path) -> String {
+    if location.contains("://") {
+        return location.to_string();
+    }
+    let p = Path::new(location);
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    let mut s = joined.to_string_lossy().into_owned();
+    if location.ends_with('/') && !s.ends_with('/') {
+        s.push('/');
+    }
+    s
+}
+
+/// 1-based line and column of a byte offset in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// The line of the setting `key` (`settings.threads`, `models.m.checks[1].severity`,
+/// `models.m.batches`) in the TOML `text`: under its table's header (the n-th one for an array
+/// of tables), the line that sets its last part; or the header itself for a table. `None` when
+/// the setting is written another way (an inline table, dotted keys).
+pub(super) fn key_line(text: &str, key: &str) -> Option<usize> {
+    let header_line = |table: &str, index: usize| -> Option<usize> {
+        let mut seen = 0;
+        for (n, line) in text.lines().enumerate() {
+            let l = line.trim();
+            let name = l
+                .strip_prefix("[[")
+                .and_then(|l| l.strip_suffix("]]"))
+                .or_else(|| l.strip_prefix('[').and_then(|l| l.strip_suffix(']')));
+            if name.map(str::trim) == Some(table) {
+                if seen == index {
+                    return Some(n);
+                }
+                seen += 1;
+            }
+        }
+        None
+    };
+    let split_index = |t: &str| -> (String, usize) {
+        match t
+            .strip_suffix(']')
+            .and_then(|t| t.rsplit_once('['))
+            .and_then(|(t, i)| Some((t.to_string(), i.parse().ok()?)))
+        {
+            Some(x) => x,
+            None => (t.to_string(), 0),
+        }
+    };
+    if let Some((table, leaf)) = key.rsplit_once('.') {
+        let (table, index) = split_index(table);
+        if let Some(start) = header_line(&table, index) {
+            for (n, line) in text.lines().enumerate().skip(start + 1) {
+                let l = line.trim();
+                if l.starts_with('[') {
+                    break;
+                }
+                if let Some(rest) = l.strip_prefix(leaf)
+                    && rest.trim_start().starts_with('=')
+                {
+                    return Some(n + 1);
+                }
+            }
+            // A setting missing from its table (a required one): the table's header.
+            if header_line(key, 0).is_none() {
+                return Some(start + 1);
+            }
+        }
+    }
+    let (table, index) = split_index(key);
+    header_line(&table, index).map(|n| n + 1)
+}
+
+/// Parses a one-character setting (a CSV delimiter, quote or escape): a single ASCII
+/// character, or the two characters `\t` for a tab.
+pub(super) fn single_byte(s: &str) -> Option<u8> {
+    let s = if s == "\\t" { "\t" } else { s };
+    (s.len() == 1).then(|| s.as_bytes()[0])
+}
+
+/// Whether a table name can be written unquoted in SQL and found again: SQL folds unquoted
+/// names to lower case, so upper-case letters are not allowed.
+pub(super) fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The format of the first data file in a local folder (skipping `_` and `.` entries), if the
+/// location is one. Remote folders are not listed while loading the configuration.
+pub(super) fn local_folder_format(dir: &Path) -> Option<Format> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let name = p.file_name()?.to_string_lossy().into_owned();
+            if name.starts_with('_') || name.starts_with('.') {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(f) = Format::from_path(&name) {
+                return Some(f);
+            }
+        }
+    }
+    None
+}
+
+/// The compression suffixes sluice knows, with the compression each means.
+const COMPRESSION_SUFFIXES: [(&str, Compression); 4] = [
+    (".gz", Compression::Gzip),
+    (".zst", Compression::Zstd),
+    (".bz2", Compression::Bzip2),
+    (".xz", Compression::Xz),
+];
+
+/// Splits a compression suffix (`.gz`, `.zst`, `.bz2`, `.xz`, in any case) off a file name or
+/// location: `("data.csv", Gzip)` for `data.csv.gz`, `(path, None)` when there is none. The one
+/// rule behind [`Format::from_path`](super::Format::from_path) and
+/// [`Compression::from_path`], and [`Compression::suffix`] is its inverse.
+pub fn split_compression(path: &str) -> (&str, Compression) {
+    COMPRESSION_SUFFIXES
+        .iter()
+        .find_map(|&(suffix, c)| {
+            let start = path.len().checked_sub(suffix.len())?;
+            let tail = path.get(start..)?;
+            tail.eq_ignore_ascii_case(suffix)
+                .then(|| (&path[..start], c))
+        })
+        .unwrap_or((path, Compression::None))
+}
+
+/// The suffix of a compression, `""` for none: the inverse of [`split_compression`].
+pub(super) fn compression_suffix(c: Compression) -> &'static str {
+    COMPRESSION_SUFFIXES
+        .iter()
+        .find(|&&(_, k)| k == c)
+        .map_or("", |&(suffix, _)| suffix)
+}
