@@ -4,26 +4,34 @@
 //! glob), with the format options of `sluice.toml`, Hive partition columns, and a schema that
 //! is either declared (`schema = "id BIGINT, ..."`) or inferred. A table model's published
 //! output is registered the same way once it is written, so downstream models read it back.
+//!
+//! The module is split by concern: [`listing`] finds a source's files (store, format,
+//! compression, extension), [`schema`] gives them columns (declared or inferred, drift
+//! checked); registering tables, from a source or from an output's manifest, is here.
+
+mod listing;
+mod schema;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::file_format::csv::CsvFormat;
-use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
-use datafusion::datasource::file_format::json::JsonFormat;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::catalog::TableProvider;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
-use futures::TryStreamExt;
 use object_store::ObjectMeta;
 
-use crate::config::{Compression, Format, SourceConfig};
+pub use listing::{compression_type, file_extension, file_format, guess_format, list_source_files};
+pub use schema::parse_schema;
+
+use crate::config::{Format, SourceConfig};
 use crate::describe::describe_datafusion;
 use crate::store::{Location, StoreError, StoreRegistry};
+use listing::{list_files, listing_options, resolve};
+use schema::check_drift;
 
 /// Errors registering a source or an output as a table.
 #[derive(Debug, thiserror::Error)]
@@ -100,186 +108,23 @@ impl CatalogError {
     }
 }
 
-/// DataFusion's name for a source's compression.
-pub fn compression_type(c: Compression) -> FileCompressionType {
-    match c {
-        Compression::None => FileCompressionType::UNCOMPRESSED,
-        Compression::Gzip => FileCompressionType::GZIP,
-        Compression::Zstd => FileCompressionType::ZSTD,
-        Compression::Bzip2 => FileCompressionType::BZIP2,
-        Compression::Xz => FileCompressionType::XZ,
-    }
-}
-
 /// Escapes a literal for use inside a regular expression.
 pub(crate) fn regex_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    for c in s.chars() {
-        if "\\.+*?()|[]{}^$#&-~".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
+    regex::escape(s)
 }
 
-/// The DataFusion file format for a spec.
-pub fn file_format(spec: &SourceConfig) -> Arc<dyn FileFormat> {
-    let compression = compression_type(spec.compression);
-    match spec.format {
-        Format::Parquet => Arc::new(ParquetFormat::default()),
-        Format::Csv => Arc::new(
-            CsvFormat::default()
-                .with_has_header(spec.csv.has_header)
-                .with_delimiter(spec.csv.delimiter)
-                .with_quote(spec.csv.quote)
-                .with_escape(spec.csv.escape)
-                .with_null_regex(
-                    spec.csv
-                        .null_value
-                        .as_ref()
-                        .map(|v| format!("^{}$", regex_escape(v))),
-                )
-                .with_file_compression_type(compression),
-        ),
-        Format::Json => Arc::new(JsonFormat::default().with_file_compression_type(compression)),
-    }
-}
-
-/// Whether a location names one file or a glob rather than a folder / prefix.
-fn is_file_or_glob(location: &str) -> bool {
-    let last = location.rsplit('/').next().unwrap_or("");
-    !location.ends_with('/') && (last.contains('*') || last.contains('?') || last.contains('.'))
-}
-
-/// The extension a source's files are listed by: a folder is filtered by it (so `_SUCCESS`
-/// and `_MANIFEST` are skipped); a file or glob the user named is taken as it is, whatever
-/// its extension (the empty string).
-pub fn file_extension(spec: &SourceConfig) -> String {
-    if is_file_or_glob(&spec.location) {
-        return String::new();
-    }
-    let suffix = match spec.compression {
-        Compression::None => "",
-        Compression::Gzip => ".gz",
-        Compression::Zstd => ".zst",
-        Compression::Bzip2 => ".bz2",
-        Compression::Xz => ".xz",
-    };
-    format!(".{}{suffix}", spec.format.extension())
-}
-
-/// The listing options for a spec: format, extension filter, partition columns.
-async fn listing_options(
-    ctx: &SessionContext,
-    spec: &SourceConfig,
-) -> Result<ListingOptions, CatalogError> {
-    let format = file_format(spec);
-    let extension = file_extension(spec);
-    let mut cols = Vec::new();
-    for pc in &spec.partition_cols {
-        let ty = match &pc.sql_type {
-            None => DataType::Utf8,
-            Some(t) => sql_types(ctx, &spec.name, &[(pc.name.clone(), t.clone())])
-                .await?
-                .into_iter()
-                .next()
-                .map(|f| f.data_type().clone())
-                .unwrap_or(DataType::Utf8),
-        };
-        cols.push((pc.name.clone(), ty));
-    }
-    let mut opts = ListingOptions::new(format).with_file_extension(extension);
-    if !cols.is_empty() {
-        opts = opts.with_table_partition_cols(cols);
-    }
-    Ok(opts)
-}
-
-/// Resolves SQL types (`BIGINT`, `DECIMAL(10,2)`, `DATE`...) to Arrow fields by planning a
-/// `SELECT CAST(NULL AS type)`: the same type rules as the SQL that reads the table.
-async fn sql_types(
-    ctx: &SessionContext,
-    source: &str,
-    cols: &[(String, String)],
-) -> Result<Vec<Field>, CatalogError> {
-    let select: Vec<String> = cols
-        .iter()
-        .map(|(n, t)| format!("CAST(NULL AS {t}) AS \"{}\"", n.replace('"', "\"\"")))
-        .collect();
-    let sql = format!("SELECT {}", select.join(", "));
-    let schema_text = cols
-        .iter()
-        .map(|(n, t)| format!("{n} {t}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let bad = |message: String| CatalogError::Schema {
-        source_name: source.to_string(),
-        schema: schema_text.clone(),
+/// A source's [`CatalogError::Read`] at `location`.
+fn read_err(spec: &SourceConfig, location: String, message: String) -> CatalogError {
+    CatalogError::Read {
+        source_name: spec.name.clone(),
+        location,
         message,
-    };
-    let plan = ctx
-        .state()
-        .create_logical_plan(&sql)
-        .await
-        .map_err(|e| bad(describe_datafusion(&e)))?;
-    Ok(plan
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect())
-}
-
-/// Parses a declared schema (`id BIGINT, name VARCHAR, price DECIMAL(10,2)`) into Arrow.
-pub async fn parse_schema(
-    ctx: &SessionContext,
-    source: &str,
-    schema: &str,
-) -> Result<Schema, CatalogError> {
-    use datafusion::sql::sqlparser::ast::Statement;
-    use datafusion::sql::sqlparser::dialect::GenericDialect;
-    use datafusion::sql::sqlparser::parser::Parser;
-    let bad = |message: String| CatalogError::Schema {
-        source_name: source.to_string(),
-        schema: schema.to_string(),
-        message,
-    };
-    let stmt = Parser::parse_sql(&GenericDialect {}, &format!("CREATE TABLE t ({schema})"))
-        .map_err(|e| bad(e.to_string()))?;
-    let Some(Statement::CreateTable(ct)) = stmt.into_iter().next() else {
-        return Err(bad(
-            "expected a column list such as \"id BIGINT, name VARCHAR\"".into(),
-        ));
-    };
-    let cols: Vec<(String, String)> = ct
-        .columns
-        .iter()
-        .map(|c| (c.name.value.clone(), c.data_type.to_string()))
-        .collect();
-    Ok(Schema::new(sql_types(ctx, source, &cols).await?))
-}
-
-/// Lists the files a spec covers (at most `limit`, in listing order).
-async fn list_files(
-    ctx: &SessionContext,
-    table_url: &ListingTableUrl,
-    opts: &ListingOptions,
-    store: &dyn object_store::ObjectStore,
-    limit: usize,
-) -> datafusion::error::Result<Vec<ObjectMeta>> {
-    let state = ctx.state();
-    let mut files = Vec::new();
-    let mut listing = table_url
-        .list_all_files(&state, store, &opts.file_extension)
-        .await?;
-    while let Some(meta) = listing.try_next().await? {
-        files.push(meta);
-        if files.len() >= limit {
-            break;
-        }
     }
-    Ok(files)
+}
+
+/// A DataFusion error about a source, at its location.
+fn df_err(spec: &SourceConfig, e: &DataFusionError) -> CatalogError {
+    read_err(spec, spec.location.clone(), describe_datafusion(e))
 }
 
 /// Registers a table over files in `ctx`, inferring or parsing its schema, and returns the
@@ -289,24 +134,9 @@ pub async fn register_table(
     stores: &StoreRegistry,
     spec: &SourceConfig,
 ) -> Result<SchemaRef, CatalogError> {
-    let read_err = |location: String, message: String| CatalogError::Read {
-        source_name: spec.name.clone(),
-        location,
-        message,
-    };
     let (table_url, location, store) = resolve(ctx, stores, spec)?;
-    // A sluice output (a folder with a manifest) is read through its manifest.
-    if location.url().path().ends_with('/') {
-        let output = crate::table::Output::new(Arc::clone(&store), location.clone());
-        // (A manifest without column types, from an early build, is read by listing.)
-        if let Some(manifest) = output
-            .read_manifest()
-            .await
-            .map_err(|e| read_err(e.key, e.message))?
-            && manifest.schema().is_some()
-        {
-            return register_manifest(ctx, &spec.name, &location, store, &manifest, None).await;
-        }
+    if let Some(schema) = register_output(ctx, spec, &location, &store).await? {
+        return Ok(schema);
     }
     let mut opts = listing_options(ctx, spec).await?;
     if spec.partition_cols.is_empty() {
@@ -320,7 +150,7 @@ pub async fn register_table(
 
     let first = list_files(ctx, &table_url, &opts, store.as_ref(), 1)
         .await
-        .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
+        .map_err(|e| df_err(spec, &e))?;
     if first.is_empty() {
         return Err(CatalogError::NoFiles {
             source_name: spec.name.clone(),
@@ -329,40 +159,12 @@ pub async fn register_table(
         });
     }
 
-    let file_schema: SchemaRef = if let Some(text) = &spec.schema {
-        Arc::new(parse_schema(ctx, &spec.name, text).await?)
-    } else {
-        match opts.infer_schema(&ctx.state(), &table_url).await {
-            Ok(s) => s,
-            Err(e) => {
-                // Files whose columns conflict: name them and the columns.
-                let files = list_files(ctx, &table_url, &opts, store.as_ref(), usize::MAX)
-                    .await
-                    .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
-                if let Err(drift @ CatalogError::SchemaDrift { .. }) = check_drift(
-                    ctx,
-                    spec,
-                    &table_url,
-                    &store,
-                    Arc::new(Schema::empty()),
-                    files,
-                )
-                .await
-                {
-                    return Err(drift);
-                }
-                // Name the file at fault: infer each file alone until one fails.
-                let culprit = find_unreadable_file(ctx, spec, &table_url, &opts, &store).await;
-                let (location, message) =
-                    culprit.unwrap_or_else(|| (spec.location.clone(), describe_datafusion(&e)));
-                return Err(read_err(location, message));
-            }
-        }
-    };
+    let file_schema = schema::file_schema(ctx, spec, &table_url, &opts, &store).await?;
     if file_schema.fields().is_empty() {
         // Only empty files: nothing to take columns from.
         let shown = location.display_key(&first[0].location);
         return Err(read_err(
+            spec,
             shown,
             match spec.format {
                 Format::Parquet => "0 bytes: not a Parquet file".to_string(),
@@ -381,56 +183,123 @@ pub async fn register_table(
     let files = if quarantine || drift || checks_partitions {
         list_files(ctx, &table_url, &opts, store.as_ref(), usize::MAX)
             .await
-            .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?
+            .map_err(|e| df_err(spec, &e))?
     } else {
         Vec::new()
     };
     if checks_partitions {
-        // A folder whose value does not read as its column's type would fail the query
-        // mid-run without naming the folder: name it now.
-        for file in &files {
-            if let Err(message) = crate::table::hive::partition_values(
-                &table_url,
-                &opts.table_partition_cols,
-                &file.location,
-            ) {
-                return Err(read_err(location.display_key(&file.location), message));
-            }
-        }
+        check_partition_values(spec, &table_url, &opts, &location, &files)?;
     }
     if quarantine {
         // Read by sluice's own scan, which sets bad rows aside instead of failing.
         let shown = location.clone();
-        let dialect = match spec.format {
-            Format::Json => crate::quarantine::decode::Dialect::Json,
-            _ => crate::quarantine::decode::Dialect::csv(spec.csv.clone()),
+        let files = crate::quarantine::SourceFiles {
+            store,
+            table_url,
+            files,
+            partition_cols: opts.table_partition_cols.clone(),
+            display: Arc::new(move |m: &ObjectMeta| shown.display_key(&m.location)),
         };
-        let table = crate::quarantine::QuarantineTable::new(
-            crate::quarantine::SourceFiles {
-                store,
-                table_url: table_url.clone(),
-                files,
-                partition_cols: opts.table_partition_cols.clone(),
-                display: Arc::new(move |m: &ObjectMeta| shown.display_key(&m.location)),
-            },
-            Arc::clone(&file_schema),
-            dialect,
-            compression_type(spec.compression),
-        );
-        let full_schema = datafusion::catalog::TableProvider::schema(&table);
-        let df_err = |e: datafusion::error::DataFusionError| {
-            read_err(spec.location.clone(), describe_datafusion(&e))
-        };
-        ctx.deregister_table(spec.name.as_str()).map_err(df_err)?;
-        ctx.register_table(spec.name.as_str(), Arc::new(table))
-            .map_err(df_err)?;
-        return Ok(full_schema);
+        return register_quarantine(ctx, spec, files, file_schema);
     }
     let file_schema = if drift {
         check_drift(ctx, spec, &table_url, &store, file_schema, files).await?
     } else {
         file_schema
     };
+    register_listing(ctx, spec, table_url, opts, file_schema)
+}
+
+/// A sluice output (a folder with a manifest) is read through its manifest: registers it
+/// so, and returns its schema; `None` for any other location.
+async fn register_output(
+    ctx: &SessionContext,
+    spec: &SourceConfig,
+    location: &Location,
+    store: &Arc<dyn object_store::ObjectStore>,
+) -> Result<Option<SchemaRef>, CatalogError> {
+    if !location.url().path().ends_with('/') {
+        return Ok(None);
+    }
+    let output = crate::table::Output::new(Arc::clone(store), location.clone());
+    // (A manifest without column types, from an early build, is read by listing.)
+    if let Some(manifest) = output
+        .read_manifest()
+        .await
+        .map_err(|e| read_err(spec, e.key, e.message))?
+        && manifest.schema().is_some()
+    {
+        let schema = register_manifest(
+            ctx,
+            &spec.name,
+            location,
+            Arc::clone(store),
+            &manifest,
+            None,
+        )
+        .await?;
+        return Ok(Some(schema));
+    }
+    Ok(None)
+}
+
+/// Checks that every file's partition folders read as their columns' types. A folder whose
+/// value does not would fail the query mid-run without naming the folder: name it now.
+fn check_partition_values(
+    spec: &SourceConfig,
+    table_url: &ListingTableUrl,
+    opts: &ListingOptions,
+    location: &Location,
+    files: &[ObjectMeta],
+) -> Result<(), CatalogError> {
+    for file in files {
+        if let Err(message) = crate::table::hive::partition_values(
+            table_url,
+            &opts.table_partition_cols,
+            &file.location,
+        ) {
+            return Err(read_err(
+                spec,
+                location.display_key(&file.location),
+                message,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Registers a CSV or JSON source whose bad rows are quarantined: read by sluice's own scan
+/// of `files`, which sets bad rows aside instead of failing.
+fn register_quarantine(
+    ctx: &SessionContext,
+    spec: &SourceConfig,
+    files: crate::quarantine::SourceFiles,
+    file_schema: SchemaRef,
+) -> Result<SchemaRef, CatalogError> {
+    let dialect = match spec.format {
+        Format::Json => crate::quarantine::decode::Dialect::Json,
+        _ => crate::quarantine::decode::Dialect::csv(spec.csv.clone()),
+    };
+    let table = crate::quarantine::QuarantineTable::new(
+        files,
+        file_schema,
+        dialect,
+        compression_type(spec.compression),
+    );
+    let full_schema = TableProvider::schema(&table);
+    replace_table(ctx, spec, Arc::new(table))?;
+    Ok(full_schema)
+}
+
+/// Registers a source as a DataFusion `ListingTable` over its files, behind a view that
+/// reads its CSV null value as NULL when it has one.
+fn register_listing(
+    ctx: &SessionContext,
+    spec: &SourceConfig,
+    table_url: ListingTableUrl,
+    opts: ListingOptions,
+    file_schema: SchemaRef,
+) -> Result<SchemaRef, CatalogError> {
     // DataFusion 55 applies a CSV null value while inferring the schema but not while reading
     // (its CSV reader never receives the regex). So such a source is read with every file
     // column as text, and exposed as a view that maps the null value to NULL and casts each
@@ -452,270 +321,62 @@ pub async fn register_table(
     let config = ListingTableConfig::new(table_url)
         .with_listing_options(opts)
         .with_schema(read_schema);
-    let table = ListingTable::try_new(config)
-        .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
-    let df_err = |e: datafusion::error::DataFusionError| {
-        read_err(spec.location.clone(), describe_datafusion(&e))
-    };
-    let provider: Arc<dyn datafusion::catalog::TableProvider> = match &null_value {
+    let table = ListingTable::try_new(config).map_err(|e| df_err(spec, &e))?;
+    let provider: Arc<dyn TableProvider> = match &null_value {
         None => Arc::new(table),
         Some(null) => {
-            use datafusion::prelude::{cast, col, lit, nullif};
-            let raw = ctx.read_table(Arc::new(table)).map_err(df_err)?;
-            let file_cols: std::collections::HashSet<&str> = file_schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect();
-            let exprs: Vec<_> = raw
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| {
-                    let c = col(datafusion::common::Column::from_name(f.name()));
-                    match file_schema.field_with_name(f.name()) {
-                        Ok(typed) if file_cols.contains(f.name().as_str()) => {
-                            cast(nullif(c, lit(null.clone())), typed.data_type().clone())
-                                .alias(f.name())
-                        }
-                        _ => c,
-                    }
-                })
-                .collect();
-            raw.select(exprs).map_err(df_err)?.into_view()
+            null_value_view(ctx, table, &file_schema, null).map_err(|e| df_err(spec, &e))?
         }
     };
     let full_schema = provider.schema();
-    ctx.deregister_table(spec.name.as_str()).map_err(df_err)?;
-    ctx.register_table(spec.name.as_str(), provider)
-        .map_err(df_err)?;
+    replace_table(ctx, spec, provider)?;
     Ok(full_schema)
 }
 
-/// A source's table URL, location and store, the store registered with DataFusion.
-fn resolve(
+/// A view over `table` (every file column read as text) that maps the CSV null value `null`
+/// to NULL and casts each file column to its type in `file_schema`.
+fn null_value_view(
     ctx: &SessionContext,
-    stores: &StoreRegistry,
-    spec: &SourceConfig,
-) -> Result<
-    (
-        ListingTableUrl,
-        Location,
-        Arc<dyn object_store::ObjectStore>,
-    ),
-    CatalogError,
-> {
-    let table_url = ListingTableUrl::parse(&spec.location).map_err(|e| CatalogError::Read {
-        source_name: spec.name.clone(),
-        location: spec.location.clone(),
-        message: describe_datafusion(&e),
-    })?;
-    let location_err = |source| CatalogError::Location {
-        source_name: spec.name.clone(),
-        source,
-    };
-    let location = Location::parse(table_url.as_str()).map_err(location_err)?;
-    stores
-        .register(&location, ctx.runtime_env().as_ref())
-        .map_err(location_err)?;
-    let store = stores.store_for(&location).map_err(location_err)?;
-    Ok((table_url, location, store))
-}
-
-/// Every file a source covers (its folder, file or glob), with sizes.
-pub async fn list_source_files(
-    ctx: &SessionContext,
-    stores: &StoreRegistry,
-    spec: &SourceConfig,
-) -> Result<Vec<ObjectMeta>, CatalogError> {
-    let read_err = |message: String| CatalogError::Read {
-        source_name: spec.name.clone(),
-        location: spec.location.clone(),
-        message,
-    };
-    let (table_url, _, store) = resolve(ctx, stores, spec)?;
-    let opts = listing_options(ctx, spec).await?;
-    let mut files = list_files(ctx, &table_url, &opts, store.as_ref(), usize::MAX)
-        .await
-        .map_err(|e| read_err(describe_datafusion(&e)))?;
-    files.sort_by(|a, b| a.location.cmp(&b.location));
-    Ok(files)
-}
-
-/// On the error path only: infers the schema of each file alone and returns the first file
-/// that fails, with its error, so the message can name it.
-/// Compares every file's columns with the first file's. Parquet files compare names and
-/// types (exact, from their footers); CSV and JSON files compare names only (their types are
-/// inferred from samples, which differ between files of one column). With `fail`, any
-/// difference is an error naming both files; with `union`, the merged schema DataFusion
-/// inferred is kept, but a Parquet column with two types is an error.
-async fn check_drift(
-    ctx: &SessionContext,
-    spec: &SourceConfig,
-    table_url: &ListingTableUrl,
-    store: &Arc<dyn object_store::ObjectStore>,
-    merged: SchemaRef,
-    mut files: Vec<ObjectMeta>,
-) -> Result<SchemaRef, CatalogError> {
-    use crate::config::SchemaEvolution;
-    let read_err = |location: String, message: String| CatalogError::Read {
-        source_name: spec.name.clone(),
-        location,
-        message,
-    };
-    files.sort_by(|a, b| a.location.cmp(&b.location));
-    if files.len() < 2 {
-        return Ok(merged);
-    }
-    let Ok(location) = Location::parse(table_url.as_str()) else {
-        return Ok(merged);
-    };
-    let state = ctx.state();
-    let format = file_format(spec);
-    let typed = spec.format == Format::Parquet;
-    let mut first: Option<(String, SchemaRef)> = None;
-    for file in &files {
-        // An empty text file has no header and no rows: it neither sets nor breaks the
-        // columns. (An empty Parquet file is no Parquet file: inferring it fails below.)
-        if file.size == 0 && !typed {
-            continue;
-        }
-        let shown = location.display_key(&file.location);
-        let schema = format
-            .infer_schema(&state, store, std::slice::from_ref(file))
-            .await
-            .map_err(|e| read_err(shown.clone(), describe_datafusion(&e)))?;
-        let Some((first_name, first_schema)) = &first else {
-            first = Some((shown, schema));
-            continue;
-        };
-        let mut differences = Vec::new();
-        let mut conflict = false;
-        for f in first_schema.fields() {
-            match schema.field_with_name(f.name()) {
-                Err(_) => differences.push(format!("{} only in the first", f.name())),
-                Ok(g) if typed && g.data_type() != f.data_type() => {
-                    conflict = true;
-                    differences.push(format!(
-                        "{} is {} in the first, {} in the other",
-                        f.name(),
-                        f.data_type(),
-                        g.data_type()
-                    ));
+    table: ListingTable,
+    file_schema: &SchemaRef,
+    null: &str,
+) -> Result<Arc<dyn TableProvider>, DataFusionError> {
+    use datafusion::prelude::{cast, col, lit, nullif};
+    let raw = ctx.read_table(Arc::new(table))?;
+    let file_cols: std::collections::HashSet<&str> = file_schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    let exprs: Vec<_> = raw
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            let c = col(datafusion::common::Column::from_name(f.name()));
+            match file_schema.field_with_name(f.name()) {
+                Ok(typed) if file_cols.contains(f.name().as_str()) => {
+                    cast(nullif(c, lit(null.to_string())), typed.data_type().clone())
+                        .alias(f.name())
                 }
-                Ok(_) => {}
+                _ => c,
             }
-        }
-        for g in schema.fields() {
-            if first_schema.field_with_name(g.name()).is_err() {
-                differences.push(format!("{} only in the other", g.name()));
-            }
-        }
-        let fail = match spec.schema_evolution {
-            SchemaEvolution::Fail => !differences.is_empty(),
-            SchemaEvolution::Union => conflict,
-        };
-        if fail {
-            return Err(CatalogError::SchemaDrift {
-                source_name: spec.name.clone(),
-                first: first_name.clone(),
-                other: shown,
-                differences: differences.join(", "),
-                hint: match spec.schema_evolution {
-                    SchemaEvolution::Fail => {
-                        " (set schema_evolution = \"union\" on the source to merge columns by name)"
-                    }
-                    SchemaEvolution::Union => " (a column cannot have two types)",
-                },
-            });
-        }
-    }
-    // Merged by name, a column some file lacks reads as NULL there.
-    Ok(match spec.schema_evolution {
-        SchemaEvolution::Union => Arc::new(Schema::new(
-            merged
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true))
-                .collect::<Vec<_>>(),
-        )),
-        SchemaEvolution::Fail => merged,
-    })
+        })
+        .collect();
+    Ok(raw.select(exprs)?.into_view())
 }
 
-async fn find_unreadable_file(
+/// Registers `provider` as the source's table, replacing any table of that name.
+fn replace_table(
     ctx: &SessionContext,
     spec: &SourceConfig,
-    table_url: &ListingTableUrl,
-    opts: &ListingOptions,
-    store: &Arc<dyn object_store::ObjectStore>,
-) -> Option<(String, String)> {
-    let files = list_files(ctx, table_url, opts, store.as_ref(), usize::MAX)
-        .await
-        .ok()?;
-    let location = Location::parse(table_url.as_str()).ok()?;
-    let state = ctx.state();
-    let format = file_format(spec);
-    for file in files {
-        let objects = [file.clone()];
-        if let Err(e) = format.infer_schema(&state, store, &objects).await {
-            let mut shown = location.display_key(&file.location);
-            // JSON lines: name the first line that is not a JSON value.
-            if spec.format == Format::Json
-                && spec.compression == Compression::None
-                && let Ok(r) =
-                    object_store::ObjectStoreExt::get(store.as_ref(), &file.location).await
-                && let Ok(bytes) = r.bytes().await
-                && let Some(line) = String::from_utf8_lossy(&bytes).lines().position(|l| {
-                    !l.trim().is_empty() && serde_json::from_str::<serde_json::Value>(l).is_err()
-                })
-            {
-                shown = format!("{shown}:{}", line + 1);
-            }
-            return Some((shown, describe_datafusion(&e)));
-        }
-    }
-    None
-}
-
-/// The format of a table location: from its extension, or from the first data file found
-/// in it (skipping `_` and `.` entries such as `_MANIFEST`).
-pub async fn guess_format(
-    stores: &StoreRegistry,
-    location: &Location,
-) -> Result<Format, CatalogError> {
-    if let Some(f) = Format::from_path(location.url().path()) {
-        return Ok(f);
-    }
-    let name = location.to_string();
-    let folder = location.as_folder();
-    let store = stores
-        .store_for(&folder)
-        .map_err(|source| CatalogError::Location {
-            source_name: name.clone(),
-            source,
-        })?;
-    let prefix = folder.path();
-    let mut listing = store.list(Some(&prefix));
-    while let Some(meta) = futures::StreamExt::next(&mut listing).await {
-        let meta = meta.map_err(|e| CatalogError::Read {
-            source_name: name.clone(),
-            location: name.clone(),
-            message: e.to_string(),
-        })?;
-        let file = meta.location.filename().unwrap_or_default();
-        if file.starts_with('_') || file.starts_with('.') {
-            continue;
-        }
-        if let Some(f) = Format::from_path(file) {
-            return Ok(f);
-        }
-    }
-    Err(CatalogError::NoFiles {
-        source_name: name.clone(),
-        location: name,
-        format: "parquet, csv or json",
-    })
+    provider: Arc<dyn TableProvider>,
+) -> Result<(), CatalogError> {
+    ctx.deregister_table(spec.name.as_str())
+        .map_err(|e| df_err(spec, &e))?;
+    ctx.register_table(spec.name.as_str(), provider)
+        .map_err(|e| df_err(spec, &e))?;
+    Ok(())
 }
 
 /// The Hive partition columns of a folder that declares none: the `key=` folders above its
@@ -859,4 +520,35 @@ pub async fn register_manifest(
     ctx.deregister_table(name).map_err(df_err)?;
     ctx.register_table(name, view).map_err(df_err)?;
     Ok(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::regex_escape;
+
+    /// The escape sluice used before `regex::escape`: a backslash before each of regex's
+    /// meta characters.
+    fn hand_escape(s: &str) -> String {
+        let mut out = String::with_capacity(s.len() + 2);
+        for c in s.chars() {
+            if "\\.+*?()|[]{}^$#&-~".contains(c) {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out
+    }
+
+    #[test]
+    fn regex_escape_is_the_hand_written_escape() {
+        let every_char: String = (0u32..0x3_0000).filter_map(char::from_u32).collect();
+        assert_eq!(regex_escape(&every_char), hand_escape(&every_char));
+        for null in [
+            "", "NULL", "\\N", "n/a", "-", "(none)", "$1.00", "a|b", "^.*$", "#&~",
+        ] {
+            let re = regex::Regex::new(&format!("^{}$", regex_escape(null))).unwrap();
+            assert!(re.is_match(null), "{null:?}");
+            assert!(!re.is_match(&format!("{null}x")), "{null:?}");
+        }
+    }
 }

@@ -4,12 +4,21 @@
 //! memory limit a large join fails with "Resources exhausted ... HashJoinInput". sluice
 //! replaces each hash join, when a memory limit is set, by a [`GraceHashJoinExec`] that
 //! hash-partitions both inputs into bucket files when the build side does not fit and joins
-//! bucket by bucket ([`grace`]); the decision is made per join by a physical optimizer rule
-//! ([`rule`]) and shown by EXPLAIN and `sluice plan`; bucket files are in [`spill`].
+//! bucket by bucket; the decision is made per join by a physical optimizer rule ([`rule`])
+//! and shown by EXPLAIN and `sluice plan`.
+//!
+//! The join itself is split the way DataFusion splits its hash join: the plan node in
+//! [`exec`], the work of one output partition in [`job`] (the shared preparation) and
+//! [`bucket`] (one bucket pair, re-partitioning, hot keys), its metrics in [`metrics`], the
+//! leaf plans that feed its in-memory joins in [`once`]; bucket files are in [`spill`].
 //!
 //! The rest of a query is planned and run by DataFusion unchanged.
 
-mod grace;
+mod bucket;
+mod exec;
+mod job;
+mod metrics;
+mod once;
 mod rule;
 mod spill;
 #[cfg(test)]
@@ -25,7 +34,7 @@ use serde::Serialize;
 
 use crate::config::JoinOptions;
 
-pub use grace::{Choice, GraceHashJoinExec, MAX_DEPTH, Strategy};
+pub use exec::{Choice, GraceHashJoinExec, MAX_DEPTH, Strategy};
 pub use rule::GraceJoinRule;
 
 /// DataFusion's physical optimizer rules with [`GraceJoinRule`] inserted where it must run:

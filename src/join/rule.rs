@@ -17,7 +17,7 @@ use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, StatisticsArgs, StatisticsContext,
 };
 
-use super::grace::{Choice, GraceHashJoinExec, Strategy};
+use super::exec::{Choice, GraceHashJoinExec, Strategy};
 use super::human_bytes;
 use crate::config::{JoinOptions, JoinStrategy};
 
@@ -69,7 +69,7 @@ impl GraceJoinRule {
         let estimate = build_estimate(join.left().as_ref());
         let forced = self.options.strategy == JoinStrategy::Grace;
         let collect_left = *join.partition_mode() == PartitionMode::CollectLeft;
-        let need = estimate.map(|(b, r, _)| super::grace::join_memory(b, r));
+        let need = estimate.map(|(b, r, _)| super::job::join_memory(b, r));
         // Buckets of a quarter of a partition's budget, at least two per partition.
         let buckets = self.options.buckets.unwrap_or_else(|| {
             let per_bucket = budget.map_or(64 << 20, |b| (b / 4).max(1));

@@ -23,7 +23,7 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 
-use super::grace::{Choice, GraceHashJoinExec, Strategy};
+use super::exec::{Choice, GraceHashJoinExec, Strategy};
 
 /// Deterministic pseudo-random numbers (no dependency, same data every run).
 struct Lcg(u64);

@@ -1,0 +1,302 @@
+//! [`GraceHashJoinExec`]: a hash join that finishes under a memory limit.
+//!
+//! It replaces one of DataFusion's hash joins and reads its inputs as they are, without the
+//! hash repartitioning a partitioned join needs (it partitions by hash itself):
+//! 1. All partitions of the build side are read, once, into memory while the memory pool
+//!    grants room. If the whole build side fits, the ordinary in-memory hash join runs with
+//!    one shared hash table, the probe side streaming past it in every partition.
+//! 2. Otherwise both sides are hash-partitioned on the join keys into bucket files in the
+//!    spill folder (the probe side by all its partitions in parallel), and the output
+//!    partitions share out the buckets, each bucket pair joined by the same hash join in
+//!    memory.
+//! 3. A bucket still too large is re-partitioned with a new hash seed, up to [`MAX_DEPTH`]
+//!    levels.
+//! 4. A bucket that cannot be split (one hot key) is joined in pieces: the side that fits is
+//!    loaded, or the side whose rows may be joined piecewise is split, and the other side is
+//!    streamed past each piece.
+//!
+//! Every bucket holds all the rows of its keys on both sides, so joining buckets separately
+//! gives exactly the rows of the whole join, for every join type; see
+//! `docs/design/grace-join.md`.
+//!
+//! Reading the inputs directly also keeps the join clear of DataFusion's repartitioning
+//! under memory pressure, which can stop forever when it spills (apache/datafusion#24883,
+//! fixed after 55.2).
+//!
+//! This file holds the plan node; the work of one output partition is in [`super::job`]
+//! (preparation) and [`super::bucket`] (one bucket pair), its metrics in [`super::metrics`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result, Statistics};
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalExprRef};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchReceiverStream;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties, SendableRecordBatchStream, StatisticsArgs,
+};
+
+use super::job::{Job, Shared};
+use super::metrics::JoinMetrics;
+
+/// Recursion levels of re-partitioning before a bucket is joined in pieces.
+pub const MAX_DEPTH: u32 = 4;
+
+/// How a join's strategy was chosen at plan time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    /// Try the in-memory hash join; partition only if the build side outgrows its memory.
+    Adaptive,
+    /// Partition into this many buckets from the start: the estimate is over the budget.
+    Partitioned(usize),
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Strategy::Adaptive => write!(f, "adaptive"),
+            Strategy::Partitioned(n) => write!(f, "grace({n})"),
+        }
+    }
+}
+
+/// The plan-time decision for one join: strategy, the reason shown by EXPLAIN, and sizes.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    /// What to do first.
+    pub strategy: Strategy,
+    /// Why, in words (shown by EXPLAIN and `sluice plan`).
+    pub reason: String,
+    /// Memory one output partition's bucket join may hold, in bytes (`None`: the pool
+    /// decides alone).
+    pub budget: Option<usize>,
+    /// Memory the whole build side may take to be joined in memory, in bytes.
+    pub total_budget: Option<usize>,
+    /// Buckets to partition into when partitioning (the estimate's, or a default).
+    pub buckets: usize,
+}
+
+/// A hash join that spills: see the module documentation.
+#[derive(Debug)]
+pub struct GraceHashJoinExec {
+    join: Arc<HashJoinExec>,
+    choice: Choice,
+    metrics: ExecutionPlanMetricsSet,
+    props: Arc<PlanProperties>,
+    shared: Arc<Shared>,
+}
+
+impl GraceHashJoinExec {
+    /// Wraps `join`, which must not be null-aware, over the same inputs.
+    pub fn try_new(join: &HashJoinExec, choice: Choice) -> Result<GraceHashJoinExec> {
+        if join.null_aware {
+            return Err(DataFusionError::Plan(
+                "a null-aware anti join (NOT IN) cannot be partitioned".into(),
+            ));
+        }
+        let join = join
+            .builder()
+            .with_partition_mode(PartitionMode::CollectLeft)
+            .reset_state()
+            .recompute_properties()
+            .build()?;
+        let props = Arc::new(Self::compute_properties(&join));
+        Ok(GraceHashJoinExec {
+            join: Arc::new(join),
+            choice,
+            metrics: ExecutionPlanMetricsSet::new(),
+            props,
+            shared: Arc::default(),
+        })
+    }
+
+    /// The wrapped join.
+    pub fn join(&self) -> &HashJoinExec {
+        &self.join
+    }
+
+    /// The plan-time decision.
+    pub fn choice(&self) -> &Choice {
+        &self.choice
+    }
+
+    /// The join's properties, except that no output order is promised (buckets reorder
+    /// rows), output partitions are the probe side's (no key partitioning is promised), and
+    /// output comes only after the build side is read.
+    fn compute_properties(join: &HashJoinExec) -> PlanProperties {
+        let mut props = (**join.properties()).clone();
+        let mut eq: EquivalenceProperties = props.eq_properties.clone();
+        eq.clear_orderings();
+        props.set_eq_properties(eq);
+        props.partitioning =
+            Partitioning::UnknownPartitioning(join.right().output_partitioning().partition_count());
+        props.emission_type = EmissionType::Final;
+        props.boundedness = Boundedness::Bounded;
+        props
+    }
+
+    /// `on=[(a@0, b@1)]` as DataFusion prints it.
+    fn on_text(&self) -> String {
+        self.join
+            .on()
+            .iter()
+            .map(|(l, r)| format!("({l}, {r})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// One line describing the join for reports: type and keys.
+    pub fn describe(&self) -> String {
+        let on = self
+            .join
+            .on()
+            .iter()
+            .map(|(l, r)| format!("{} = {}", strip_index(l), strip_index(r)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        format!("{:?} join on {on}", self.join.join_type())
+    }
+}
+
+/// `o_orderkey@0` → `o_orderkey`.
+fn strip_index(e: &PhysicalExprRef) -> String {
+    let s = e.to_string();
+    match s.rsplit_once('@') {
+        Some((name, idx)) if idx.chars().all(|c| c.is_ascii_digit()) => name.to_string(),
+        _ => s,
+    }
+}
+
+impl DisplayAs for GraceHashJoinExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let filter = self
+            .join
+            .filter()
+            .map_or_else(String::new, |f| format!(", filter={}", f.expression()));
+        match t {
+            DisplayFormatType::Default | DisplayFormatType::Verbose => write!(
+                f,
+                "GraceHashJoinExec: join_type={:?}, on=[{}]{filter}, strategy={}, reason=\"{}\"",
+                self.join.join_type(),
+                self.on_text(),
+                self.choice.strategy,
+                self.choice.reason
+            ),
+            DisplayFormatType::TreeRender => {
+                writeln!(f, "join_type={:?}", self.join.join_type())?;
+                writeln!(f, "on={}", self.on_text())?;
+                write!(f, "strategy={}", self.choice.strategy)
+            }
+        }
+    }
+}
+
+impl ExecutionPlan for GraceHashJoinExec {
+    fn name(&self) -> &str {
+        "GraceHashJoinExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![self.join.left(), self.join.right()]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        self.join.apply_expressions(f)
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        // The join partitions by hash itself; a round-robin repartition below would only
+        // add a buffer that can fill under memory pressure.
+        vec![false, false]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![false, false]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let join = self
+            .join
+            .builder()
+            .with_new_children(children)?
+            .recompute_properties()
+            .build()?;
+        let props = Arc::new(Self::compute_properties(&join));
+        Ok(Arc::new(GraceHashJoinExec {
+            join: Arc::new(join),
+            choice: self.choice.clone(),
+            metrics: ExecutionPlanMetricsSet::new(),
+            props,
+            shared: Arc::default(),
+        }))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn child_stats_requests(
+        &self,
+        _partition: Option<usize>,
+    ) -> Vec<datafusion::physical_plan::ChildStats> {
+        // The join's statistics come from its inputs' overall ones (the default skips them).
+        vec![datafusion::physical_plan::ChildStats::At(None); 2]
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        self.join.statistics_from_inputs(input_stats, args)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        // The bucket joins that run at once are the output partitions: split the budget
+        // by their real number.
+        let partitions = self.props.partitioning.partition_count().max(1);
+        let mut choice = self.choice.clone();
+        if let Some(total) = choice.total_budget {
+            choice.budget = Some((total / partitions).max(1));
+        }
+        let job = Job {
+            join: Arc::clone(&self.join),
+            choice,
+            // Not a spilling consumer: FairSpillPool would cap it at an equal share with
+            // every spilling operator of the query, used or idle. It asks for what the pool
+            // really has left, holds it only while deciding, and the budget caps it.
+            reservation: MemoryConsumer::new(format!("GraceHashJoin[{partition}]"))
+                .register(context.memory_pool()),
+            metrics: JoinMetrics::new(&self.metrics, partition),
+            partition,
+            partitions,
+            shared: Arc::clone(&self.shared),
+            ctx: context,
+        };
+        let mut builder = RecordBatchReceiverStream::builder(self.schema(), 2);
+        let tx = builder.tx();
+        builder.spawn(async move { job.run(tx).await });
+        Ok(builder.build())
+    }
+}
