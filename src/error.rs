@@ -80,8 +80,7 @@ impl Error {
     /// a run that failed.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) | Error::Plan(_) => EXIT_USAGE,
-            Error::Store(e) if e.is_usage() => EXIT_USAGE,
+            Error::Config(_) | Error::Plan(_) | Error::Store(_) => EXIT_USAGE,
             Error::Catalog(e) if e.is_usage() => EXIT_USAGE,
             Error::Sink(e) if e.is_usage() => EXIT_USAGE,
             _ => EXIT_FAILED,

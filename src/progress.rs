@@ -19,11 +19,6 @@ impl Progress {
         }
     }
 
-    /// A display that shows nothing.
-    pub fn hidden() -> Progress {
-        Progress::new(false)
-    }
-
     /// A spinner for one task (a model, a table), counting rows.
     pub fn task(&self, name: &str) -> Task {
         let bar = self.multi.as_ref().map(|m| {

@@ -20,7 +20,8 @@ use url::Url;
 
 use crate::config::StoreConfig;
 
-/// Errors resolving a location or building a store.
+/// Errors resolving a location or building a store: all of them the user's configuration
+/// (exit status 2).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The location is neither a path nor a URL sluice understands.
@@ -50,13 +51,6 @@ pub enum StoreError {
         #[source]
         source: object_store::Error,
     },
-}
-
-impl StoreError {
-    /// Whether the error is the user's configuration (exit status 2) rather than a failure.
-    pub fn is_usage(&self) -> bool {
-        true
-    }
 }
 
 /// A resolved location: a URL for remote stores, a `file://` URL for local paths.

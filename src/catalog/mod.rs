@@ -99,8 +99,7 @@ impl CatalogError {
     /// schema, or a location or store that cannot be used.
     pub fn is_usage(&self) -> bool {
         match self {
-            CatalogError::Schema { .. } => true,
-            CatalogError::Location { source, .. } => source.is_usage(),
+            CatalogError::Schema { .. } | CatalogError::Location { .. } => true,
             CatalogError::NoFiles { .. }
             | CatalogError::Read { .. }
             | CatalogError::SchemaDrift { .. } => false,

@@ -21,7 +21,7 @@ mod values;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use values::{
     EnvLookup, interpolate_env, line_col, parse_datetime, parse_duration, parse_size,
@@ -93,7 +93,7 @@ pub enum Materialized {
 }
 
 /// A file format for sources and sinks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
     /// Apache Parquet.
@@ -143,7 +143,7 @@ impl Format {
 }
 
 /// How a sink treats output that already exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WriteMode {
     /// Replace the whole output.
@@ -180,7 +180,7 @@ impl WriteMode {
 }
 
 /// What to do with rows that do not parse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnBadRows {
     /// Fail the model, naming the file and line.
@@ -191,7 +191,7 @@ pub enum OnBadRows {
 }
 
 /// What to do when the files of one source do not all have the same columns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SchemaEvolution {
     /// Refuse the source, naming two files and the columns that differ.
@@ -203,7 +203,7 @@ pub enum SchemaEvolution {
 }
 
 /// Compression of a text source's files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Compression {
     /// Plain files.
@@ -311,7 +311,7 @@ impl std::fmt::Debug for StoreConfig {
 }
 
 /// CSV reading options.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CsvOptions {
     /// Whether the first line names the columns.
     pub has_header: bool,
@@ -338,7 +338,7 @@ impl Default for CsvOptions {
 }
 
 /// A source (`[sources.NAME]`): files a model's SQL reads as a table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SourceConfig {
     /// The table name models use.
     pub name: String,
@@ -390,7 +390,7 @@ impl SourceConfig {
 }
 
 /// A Hive partition column of a source, e.g. `dt` or `dt:date`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PartitionCol {
     /// The column name (the `key` of `key=value`).
     pub name: String,
@@ -415,7 +415,7 @@ impl PartitionCol {
 }
 
 /// Where and how a model's output is written (`[models.NAME.sink]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SinkConfig {
     /// The output folder / prefix; relative to the pipeline folder or a URL.
     pub location: String,
@@ -531,7 +531,7 @@ impl Check {
 /// reading, of each listed source, the rows whose key hashes to bucket `i`. For a join of
 /// large inputs on that key, each unit joins 1/`buckets` of the keys, and is committed (and
 /// resumed) on its own.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeyBuckets {
     /// Number of units.
     pub buckets: usize,
@@ -540,7 +540,7 @@ pub struct KeyBuckets {
 }
 
 /// The period of one batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BatchSize {
     /// One unit per hour.

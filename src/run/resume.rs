@@ -3,48 +3,97 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::Serialize;
+
 use super::prepare::Prepared;
 use super::{RunCx, RunOptions};
+use crate::config::{BatchSize, KeyBuckets, SinkConfig, SourceConfig};
 use crate::error::Error;
 use crate::state::UnitRecord;
 use crate::table::Output;
 use crate::units::Unit;
 
-/// What a run does, as a hash: the selected models' rendered SQL, sinks and batches, the
-/// sources they read, the selection and the variables. A run is only resumed by a run with
-/// the same fingerprint.
+/// What a run does, as [`fingerprint`] hashes it: the selection and the variables, and for
+/// each selected model its rendered SQL, sink and work units, the SQL of the models upstream
+/// (views are inlined into it) and the full definition of the sources it reads. Serialised
+/// as JSON, so every field counts and none is left out by a hand-written format.
+#[derive(Serialize)]
+struct Work<'a> {
+    selected: &'a [String],
+    vars: &'a BTreeMap<String, String>,
+    models: Vec<ModelWork<'a>>,
+}
+
+/// One selected model in [`Work`].
+#[derive(Serialize)]
+struct ModelWork<'a> {
+    name: &'a str,
+    sql: &'a str,
+    sink: &'a SinkConfig,
+    /// `size`, `start`, `end` (chrono's date-times are written as text).
+    batches: Option<(BatchSize, Option<String>, Option<String>)>,
+    files_per_unit: Option<usize>,
+    key_buckets: Option<&'a KeyBuckets>,
+    upstream_sql: BTreeMap<String, &'a str>,
+    sources: BTreeMap<String, &'a SourceConfig>,
+}
+
+/// What a run does, as a hash of its [`Work`]. A run is only resumed by a run with the same
+/// fingerprint.
 pub(super) fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> String {
-    let mut text = format!("{:?}|{:?}", prepared.selected, opts.vars);
-    for name in &prepared.selected {
-        let m = &prepared.pipeline.models[name];
-        text.push_str(&format!(
-            "|{name}:{}:{}:{}:{:?}:{}:{}:{:?}:{:?}:{:?}",
-            prepared.dag.nodes[name].sql,
-            m.sink.location,
-            m.sink.format.name(),
-            m.sink.partition_by,
-            m.sink.mode.name(),
-            m.sink.target_rows_per_file,
-            m.batches,
-            m.files_per_unit,
-            m.key_buckets
-        ));
-        // Everything upstream: the SQL of the models it reads (views are inlined into it) and
-        // the full definition of its sources.
-        for up in prepared.dag.upstream(name) {
-            text.push_str(&format!("|{up}:{}", prepared.dag.nodes[&up].sql));
-        }
-        for src in prepared.dag.sources_read(name) {
-            text.push_str(&format!("|{src}:{:?}", prepared.pipeline.sources[&src]));
-        }
-    }
+    let (dag, pipeline) = (&prepared.dag, &prepared.pipeline);
+    let models = prepared
+        .selected
+        .iter()
+        .map(|name| {
+            let m = &pipeline.models[name];
+            ModelWork {
+                name,
+                sql: &dag.nodes[name].sql,
+                sink: &m.sink,
+                batches: m.batches.as_ref().map(|b| {
+                    (
+                        b.size,
+                        b.start.map(|t| t.to_string()),
+                        b.end.map(|t| t.to_string()),
+                    )
+                }),
+                files_per_unit: m.files_per_unit,
+                key_buckets: m.key_buckets.as_ref(),
+                upstream_sql: dag
+                    .upstream(name)
+                    .into_iter()
+                    .map(|up| {
+                        let sql = dag.nodes[&up].sql.as_str();
+                        (up, sql)
+                    })
+                    .collect(),
+                sources: dag
+                    .sources_read(name)
+                    .into_iter()
+                    .filter_map(|s| {
+                        let spec = pipeline.sources.get(&s)?;
+                        Some((s, spec))
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let work = Work {
+        selected: &prepared.selected,
+        vars: &opts.vars,
+        models,
+    };
+    let Ok(text) = serde_json::to_string(&work) else {
+        // (Cannot happen with these types.) A fingerprint no other run has: nothing resumes.
+        return crate::table::new_run_id();
+    };
     // FNV-1a: stable across builds and platforms, unlike std's hasher.
     let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     format!("{hash:016x}")
 }
-
 /// The units of `model` that this run (a resumed one) already committed and that it keeps,
 /// by name: those of the current plan whose recorded files are all still there (in staging,
 /// or already moved by an interrupted publish). The staging leftovers of every other unit

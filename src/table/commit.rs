@@ -104,11 +104,6 @@ pub struct Existing {
 }
 
 impl Existing {
-    /// Whether any output exists.
-    pub fn is_empty(&self) -> bool {
-        self.manifest.is_none() && self.data_files.is_empty()
-    }
-
     /// The files of the current version: the manifest's, or (for a folder sluice did not
     /// write) every data file found, except files named like sluice's own: with no manifest,
     /// those are leftovers of a first publish that crashed before its commit.
