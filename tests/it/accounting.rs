@@ -6,39 +6,20 @@ use crate::support::*;
 
 #[test]
 fn each_model_counts_the_rows_it_read_per_source() {
-    let dir = pipeline_copy("shop");
-    let d = dir.path();
     // A filter over one source, beside the shop's aggregate and join models.
-    std::fs::write(
-        d.join("queries/bulk_orders.sql"),
-        "SELECT order_id, quantity FROM orders WHERE quantity >= 3",
-    )
-    .unwrap();
-    let toml = std::fs::read_to_string(d.join("sluice.toml")).unwrap();
-    std::fs::write(
-        d.join("sluice.toml"),
-        format!("{toml}\n[models.bulk_orders.sink]\nlocation = \"out/bulk_orders/\"\n"),
-    )
-    .unwrap();
-    let report = d.join("r.json");
-    sluice(d, &["run", ".", "--report", report.to_str().unwrap()]).expect(0);
-    let report = read_json(&report);
-    let model = |name: &str| {
-        report["models"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let dir = shop_with(
+        &[(
+            "bulk_orders",
+            "SELECT order_id, quantity FROM orders WHERE quantity >= 3",
+        )],
+        "[models.bulk_orders.sink]\nlocation = \"out/bulk_orders/\"\n",
+    );
+    let d = dir.path();
+    let (_, report) = run_with_report(d, &[], 0);
+    let model = |name: &str| report_model(&report, name);
 
     let orders = raw_orders(d);
-    let customers = std::fs::read_to_string(d.join("data/customers.jsonl"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count() as u64;
+    let customers = raw_customers(d);
     let n_orders = orders.len() as u64;
     let bulk = orders.iter().filter(|o| o.quantity >= 3).count() as u64;
     assert!(bulk > 0 && bulk < n_orders);

@@ -9,25 +9,13 @@ use crate::support::*;
 /// A pipeline reading `data/` (the given corpus files, copied there) as source `src`, with
 /// one model `m` = `query` written to `out/m/`.
 fn case(files: &[(&str, &str)], source_extra: &str, query: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let mut pipeline = OneModel::new("src", "m")
+        .source_toml(source_extra)
+        .query(query);
     for (from, to) in files {
-        let to = d.join("data").join(to);
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(testdata("bad").join(from), to).unwrap();
+        pipeline = pipeline.copy(testdata("bad").join(from), to);
     }
-    std::fs::create_dir_all(d.join("data")).unwrap();
-    std::fs::create_dir_all(d.join("queries")).unwrap();
-    std::fs::write(d.join("queries/m.sql"), query).unwrap();
-    std::fs::write(
-        d.join("sluice.toml"),
-        format!(
-            "[sources.src]\nlocation = \"data/\"\n{source_extra}\n\
-             [models.m.sink]\nlocation = \"out/m/\"\n"
-        ),
-    )
-    .unwrap();
-    dir
+    pipeline.build()
 }
 
 /// Runs the pipeline expecting failure: exit 1, each of `says` in the message, nothing
@@ -47,18 +35,7 @@ async fn succeeds(dir: &Path, cols: &[&str]) -> Vec<Vec<String>> {
     if manifest_rows(&dir.join("out/m")).0 == 0 {
         return Vec::new();
     }
-    let select: Vec<String> = cols
-        .iter()
-        .map(|c| format!("CAST({c} AS VARCHAR) AS {c}"))
-        .collect();
-    let got = query_output(
-        &format!("{}/out/m/", dir.display()),
-        "parquet",
-        &[],
-        &format!("SELECT {} FROM t", select.join(", ")),
-    )
-    .await;
-    rows(&got, cols)
+    output_rows(dir, "m", cols).await
 }
 
 #[tokio::test]

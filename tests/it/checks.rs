@@ -6,41 +6,22 @@ use crate::support::*;
 
 /// The shop pipeline, run once, with `checks` appended to its sluice.toml; and a snapshot
 /// of `model`'s output.
-fn shop_with(
+fn ran_shop_with_checks(
     model: &str,
     checks: &str,
 ) -> (
     tempfile::TempDir,
     std::collections::BTreeMap<String, Vec<u8>>,
 ) {
-    let dir = pipeline_copy("shop");
-    sluice(dir.path(), &["run", "."]).expect(0);
+    let (dir, _) = ran_shop();
+    append_toml(dir.path(), checks);
     let before = snapshot(&dir.path().join("out").join(model));
-    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
-    std::fs::write(dir.path().join("sluice.toml"), format!("{toml}\n{checks}")).unwrap();
     (dir, before)
-}
-
-fn model_report(report: &std::path::Path, model: &str) -> serde_json::Value {
-    read_json(report)["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == model)
-        .unwrap()
-        .clone()
-}
-
-fn data_files(snap: &std::collections::BTreeMap<String, Vec<u8>>) -> Vec<String> {
-    snap.keys()
-        .filter(|k| !k.starts_with("_staging"))
-        .cloned()
-        .collect()
 }
 
 #[test]
 fn each_check_kind_passes_on_good_output_and_the_model_publishes() {
-    let (dir, before) = shop_with(
+    let (dir, before) = ran_shop_with_checks(
         "daily_revenue",
         r#"
 [[models.daily_revenue.checks]]
@@ -57,13 +38,8 @@ expression = "revenue > 0 AND orders >= 1"
 sql = "SELECT * FROM daily_revenue WHERE items < orders"
 "#,
     );
-    let report = dir.path().join("r.json");
-    sluice(
-        dir.path(),
-        &["run", ".", "--report", report.to_str().unwrap()],
-    )
-    .expect(0);
-    let m = model_report(&report, "daily_revenue");
+    let (_, r) = run_with_report(dir.path(), &[], 0);
+    let m = report_model(&r, "daily_revenue");
     let checks = m["checks"].as_array().unwrap();
     assert_eq!(checks.len(), 6);
     for c in checks {
@@ -71,7 +47,7 @@ sql = "SELECT * FROM daily_revenue WHERE items < orders"
     }
     // Published anew (a new run id in the file names).
     let after = snapshot(&dir.path().join("out/daily_revenue"));
-    assert_ne!(data_files(&before), data_files(&after));
+    assert_ne!(data_files(before.keys()), data_files(after.keys()));
 }
 
 #[test]
@@ -109,13 +85,9 @@ fn a_failed_error_check_publishes_nothing_and_a_warn_check_only_reports() {
         ),
     ];
     for (model, check, kind) in cases {
-        let (dir, before) = shop_with(model, &format!("[[models.{model}.checks]]\n{check}\n"));
-        let report = dir.path().join("r.json");
-        let run = sluice(
-            dir.path(),
-            &["run", ".", "--report", report.to_str().unwrap()],
-        )
-        .expect(1);
+        let (dir, before) =
+            ran_shop_with_checks(model, &format!("[[models.{model}.checks]]\n{check}\n"));
+        let (run, r) = run_with_report(dir.path(), &[], 1);
         assert!(
             run.stderr.contains(&format!("model '{model}' failed")),
             "{}",
@@ -124,35 +96,34 @@ fn a_failed_error_check_publishes_nothing_and_a_warn_check_only_reports() {
         assert!(run.stderr.contains(kind), "{kind}: {}", run.stderr);
         assert!(run.stderr.contains("nothing published"), "{}", run.stderr);
         // The previous output, byte for byte.
-        let after = snapshot(&dir.path().join("out").join(model));
-        assert_eq!(data_files(&before), data_files(&after), "{kind}");
-        for f in data_files(&before) {
-            assert_eq!(before[&f], after[&f], "{kind}: {f} changed");
+        let (before, after) = (
+            published(&before),
+            published(&snapshot(&dir.path().join("out").join(model))),
+        );
+        assert_eq!(
+            before.keys().collect::<Vec<_>>(),
+            after.keys().collect::<Vec<_>>(),
+            "{kind}"
+        );
+        for (f, bytes) in &before {
+            assert_eq!(bytes, &after[f], "{kind}: {f} changed");
         }
-        let m = model_report(&report, model);
+        let m = report_model(&r, model);
         assert_eq!(m["status"], "failed");
         let status = &m["checks"][0]["status"];
         assert!(status == "fail" || status == "error", "{kind}: {m}");
 
         // The same check as a warning: reported, and the output published.
-        std::fs::write(
-            dir.path().join("sluice.toml"),
-            std::fs::read_to_string(dir.path().join("sluice.toml"))
-                .unwrap()
-                .replace(check, &format!("{check}\nseverity = \"warn\"")),
-        )
-        .unwrap();
-        let run = sluice(
-            dir.path(),
-            &["run", ".", "--report", report.to_str().unwrap()],
-        );
+        edit_file(&dir.path().join("sluice.toml"), |toml| {
+            toml.replace(check, &format!("{check}\nseverity = \"warn\""))
+        });
         if kind.contains("nothing_here") {
             // A check that cannot run (unknown column) blocks whatever its severity.
-            run.expect(1);
+            run_with_report(dir.path(), &[], 1);
             continue;
         }
-        run.expect(0);
-        let m = model_report(&report, model);
+        let (_, r) = run_with_report(dir.path(), &[], 0);
+        let m = report_model(&r, model);
         assert_eq!(m["status"], "success", "{kind}: {m}");
         assert_eq!(m["checks"][0]["status"], "warn", "{kind}: {m}");
         assert!(
@@ -175,13 +146,7 @@ fn malformed_checks_are_refused_with_their_key() {
         ("not_null = []", "needs at least one column"),
         ("nonsense = 1", "unknown field `nonsense`"),
     ] {
-        let dir = pipeline_copy("shop");
-        let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
-        std::fs::write(
-            dir.path().join("sluice.toml"),
-            format!("{toml}\n[[models.daily_revenue.checks]]\n{check}\n"),
-        )
-        .unwrap();
+        let dir = shop_with(&[], &format!("[[models.daily_revenue.checks]]\n{check}\n"));
         let run = sluice(dir.path(), &["run", "."]).expect(2);
         assert!(run.stderr.contains(expected), "{check}: {}", run.stderr);
         // The file and the line of the check's table (or of its bad value).
@@ -201,18 +166,13 @@ fn malformed_checks_are_refused_with_their_key() {
 
 #[test]
 fn check_results_are_in_the_state_store_and_sluice_check_reruns_them() {
-    let (dir, _) = shop_with(
+    let (dir, _) = ran_shop_with_checks(
         "daily_revenue",
         "[[models.daily_revenue.checks]]\nunique = \"order_date\"\n\
          [[models.daily_revenue.checks]]\nrow_count = { min = 5 }\nseverity = \"warn\"\n",
     );
-    let report = dir.path().join("r.json");
-    sluice(
-        dir.path(),
-        &["run", ".", "--report", report.to_str().unwrap()],
-    )
-    .expect(0);
-    let run_id = read_json(&report)["run_id"].as_str().unwrap().to_string();
+    let (_, r) = run_with_report(dir.path(), &[], 0);
+    let run_id = r["run_id"].as_str().unwrap().to_string();
     let state = sluice::state::StateStore::open(&dir.path().join(".sluice/state.db")).unwrap();
     assert_eq!(
         state.checks(&run_id, "daily_revenue").unwrap(),
@@ -232,12 +192,9 @@ fn check_results_are_in_the_state_store_and_sluice_check_reruns_them() {
         check.stdout
     );
     // Made an error, the same check fails the command (exit 1), in JSON too.
-    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
-    std::fs::write(
-        dir.path().join("sluice.toml"),
-        toml.replace("severity = \"warn\"\n", ""),
-    )
-    .unwrap();
+    edit_file(&dir.path().join("sluice.toml"), |toml| {
+        toml.replace("severity = \"warn\"\n", "")
+    });
     let check = sluice(dir.path(), &["check", ".", "--json"]).expect(1);
     let json: serde_json::Value = serde_json::from_str(&check.stdout).unwrap();
     assert_eq!(json[0][0], "daily_revenue");
@@ -250,15 +207,14 @@ fn in_append_mode_checks_see_the_kept_rows_beside_the_new_ones() {
     // daily_revenue appended to: each run adds the same 4 days again.
     let append = |checks: &str| {
         let dir = pipeline_copy("shop");
-        let toml = std::fs::read_to_string(dir.path().join("sluice.toml"))
-            .unwrap()
-            .replace(
+        edit_file(&dir.path().join("sluice.toml"), |toml| {
+            toml.replace(
                 "partition_by = [\"order_date\"]",
                 "partition_by = [\"order_date\"]\nmode = \"append\"",
-            );
-        std::fs::write(dir.path().join("sluice.toml"), &toml).unwrap();
+            )
+        });
         sluice(dir.path(), &["run", ".", "--select", "daily_revenue"]).expect(0);
-        std::fs::write(dir.path().join("sluice.toml"), format!("{toml}\n{checks}")).unwrap();
+        append_toml(dir.path(), checks);
         dir
     };
     // 4 rows kept + 4 staged: a count of 8 passes (the staged rows alone are 4).
@@ -272,6 +228,6 @@ fn in_append_mode_checks_see_the_kept_rows_beside_the_new_ones() {
     let run = sluice(dir.path(), &["run", ".", "--select", "daily_revenue"]).expect(1);
     assert!(run.stderr.contains("unique"), "{}", run.stderr);
     let after = snapshot(&dir.path().join("out/daily_revenue"));
-    assert_eq!(data_files(&after), data_files(&before));
+    assert_eq!(published(&after), published(&before));
     assert_eq!(manifest_rows(&dir.path().join("out/daily_revenue")).0, 4);
 }

@@ -2,125 +2,26 @@
 //! S3-compatible server (moto on 127.0.0.1).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use datafusion::arrow::record_batch::RecordBatch;
 use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::sql::{orders_arg, raw_counts};
-use crate::support::s3::S3Server;
 use crate::support::*;
 
-/// Where a suite writes: a local folder or a bucket prefix, with the means to inspect it.
-pub struct Target {
-    /// The output folder as sluice takes it (path or URL, trailing `/`).
-    pub url: String,
-    /// Environment for the sluice process.
-    pub env: Vec<(String, String)>,
-    pub store: Arc<dyn ObjectStore>,
-    prefix: ObjectPath,
-    store_url: Option<url::Url>,
-    /// Working folder for the sluice process.
-    pub dir: tempfile::TempDir,
-    _server: Option<S3Server>,
-}
-
-impl Target {
-    pub fn local() -> Target {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("out");
-        let url = format!("{}/", out.display());
-        let prefix = ObjectPath::from_filesystem_path(dir.path())
-            .unwrap()
-            .clone()
-            .join("out");
-        Target {
-            url,
-            env: Vec::new(),
-            store: Arc::new(object_store::local::LocalFileSystem::new()),
-            prefix,
-            store_url: None,
-            dir,
-            _server: None,
+/// Tests that run `suite` on local disk (`local`) and on S3 (`s3`).
+macro_rules! on_local_and_s3 {
+    ($suite:ident: $local:ident, $s3:ident) => {
+        #[tokio::test]
+        async fn $local() {
+            $suite(Target::local()).await;
         }
-    }
 
-    pub fn s3() -> Target {
-        let server = S3Server::start();
-        server.create_bucket("lake");
-        Target {
-            url: "s3://lake/warehouse/out/".into(),
-            env: server.env(),
-            store: server.store("lake"),
-            prefix: ObjectPath::from("warehouse/out"),
-            store_url: Some(url::Url::parse("s3://lake").unwrap()),
-            dir: tempfile::tempdir().unwrap(),
-            _server: Some(server),
+        #[tokio::test]
+        async fn $s3() {
+            $suite(Target::s3()).await;
         }
-    }
-
-    /// A bucket prefix on a running server (the caller keeps the server alive).
-    pub fn for_bucket_prefix(server: &S3Server, bucket: &str, prefix: &str) -> Target {
-        Target {
-            url: format!("s3://{bucket}/{prefix}/"),
-            env: server.env(),
-            store: server.store(bucket),
-            prefix: ObjectPath::from(prefix),
-            store_url: Some(url::Url::parse(&format!("s3://{bucket}")).unwrap()),
-            dir: tempfile::tempdir().unwrap(),
-            _server: None,
-        }
-    }
-
-    /// Every object under the output, with its bytes.
-    pub async fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
-        let metas: Vec<_> = self
-            .store
-            .list(Some(&self.prefix))
-            .try_collect()
-            .await
-            .unwrap();
-        let mut out = BTreeMap::new();
-        for m in metas {
-            let rel = m.location.as_ref()[self.prefix.as_ref().len() + 1..].to_string();
-            let bytes = self
-                .store
-                .get(&m.location)
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
-            out.insert(rel, bytes.to_vec());
-        }
-        out
-    }
-
-    /// Reads the output with plain DataFusion and runs `sql` over it as table `t`.
-    pub async fn query(&self, format: &str, partitions: &[&str], sql: &str) -> Vec<RecordBatch> {
-        let store = self
-            .store_url
-            .as_ref()
-            .map(|u| (u, Arc::clone(&self.store)));
-        query_output_in(store, &self.url, format, partitions, sql).await
-    }
-
-    /// Runs `sluice sql` writing to the target.
-    pub fn write(&self, sql: &str, extra: &[&str]) -> Run {
-        let table = orders_arg();
-        let mut args = vec!["sql", "-e", sql, "--table", &table, "--out", &self.url];
-        args.extend_from_slice(extra);
-        sluice_env(self.dir.path(), &args, &self.env)
-    }
-}
-
-fn data_files(snap: &BTreeMap<String, Vec<u8>>) -> Vec<String> {
-    snap.keys()
-        .filter(|k| k.starts_with("dt=") || k.starts_with("part-"))
-        .cloned()
-        .collect()
+    };
 }
 
 async fn every_mode(t: Target) {
@@ -151,15 +52,10 @@ async fn every_mode(t: Target) {
         snap.keys()
     );
     let manifest: serde_json::Value = serde_json::from_slice(&snap["_MANIFEST"]).unwrap();
-    let listed: Vec<String> = manifest["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["path"].as_str().unwrap().to_string())
-        .collect();
+    let listed = manifest_files(&manifest);
     assert_eq!(
         listed,
-        data_files(&snap),
+        data_files(snap.keys()),
         "the manifest lists exactly the data files"
     );
 
@@ -238,14 +134,7 @@ async fn failed_write_leaves_previous_output(t: Target) {
         t.snapshot().await,
         "the previous output changed or staging was left"
     );
-    let b = t
-        .query(
-            "parquet",
-            &["dt"],
-            "SELECT CAST(COUNT(*) AS VARCHAR) AS n FROM t",
-        )
-        .await;
-    assert_eq!(rows(&b, &["n"]), vec![vec!["200".to_string()]]);
+    assert_eq!(t.count("parquet", &["dt"]).await, 200);
 }
 
 async fn rerun_is_idempotent(t: Target) {
@@ -263,42 +152,22 @@ async fn rerun_is_idempotent(t: Target) {
     );
     let snap = t.snapshot().await;
     assert_eq!(
-        data_files(&snap).len(),
+        data_files(snap.keys()).len(),
         4,
         "one file per day, old ones removed: {:?}",
         snap.keys()
     );
 }
 
-#[tokio::test]
-async fn local_every_mode() {
-    every_mode(Target::local()).await;
-}
+on_local_and_s3!(every_mode: local_every_mode, s3_every_mode);
 
-#[tokio::test]
-async fn s3_every_mode() {
-    every_mode(Target::s3()).await;
-}
+on_local_and_s3!(
+    failed_write_leaves_previous_output:
+    local_failed_write_leaves_previous_output,
+    s3_failed_write_leaves_previous_output
+);
 
-#[tokio::test]
-async fn local_failed_write_leaves_previous_output() {
-    failed_write_leaves_previous_output(Target::local()).await;
-}
-
-#[tokio::test]
-async fn s3_failed_write_leaves_previous_output() {
-    failed_write_leaves_previous_output(Target::s3()).await;
-}
-
-#[tokio::test]
-async fn local_rerun_is_idempotent() {
-    rerun_is_idempotent(Target::local()).await;
-}
-
-#[tokio::test]
-async fn s3_rerun_is_idempotent() {
-    rerun_is_idempotent(Target::s3()).await;
-}
+on_local_and_s3!(rerun_is_idempotent: local_rerun_is_idempotent, s3_rerun_is_idempotent);
 
 /// Partition values with characters that need escaping (space, non-ASCII, `:`, `%`, `/`) and a
 /// NULL: written, read back through plain DataFusion and through sluice, rerun without leaks.
@@ -309,15 +178,10 @@ async fn awkward_partition_values(t: Target) {
     }
     let snap = t.snapshot().await;
     let manifest: serde_json::Value = serde_json::from_slice(&snap["_MANIFEST"]).unwrap();
-    let listed: Vec<String> = manifest["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["path"].as_str().unwrap().to_string())
-        .collect();
+    let listed = manifest_files(&manifest);
     assert_eq!(
         listed,
-        data_files_any(&snap),
+        data_files(snap.keys()),
         "after a rerun the folder holds exactly the manifest's files"
     );
     assert_eq!(listed.len(), 6, "{listed:?}");
@@ -359,22 +223,11 @@ async fn awkward_partition_values(t: Target) {
     assert!(run.stdout.contains("2 row(s)"), "{}", run.stdout);
 }
 
-fn data_files_any(snap: &BTreeMap<String, Vec<u8>>) -> Vec<String> {
-    snap.keys()
-        .filter(|k| !k.starts_with('_'))
-        .cloned()
-        .collect()
-}
-
-#[tokio::test]
-async fn local_awkward_partition_values() {
-    awkward_partition_values(Target::local()).await;
-}
-
-#[tokio::test]
-async fn s3_awkward_partition_values() {
-    awkward_partition_values(Target::s3()).await;
-}
+on_local_and_s3!(
+    awkward_partition_values:
+    local_awkward_partition_values,
+    s3_awkward_partition_values
+);
 
 async fn incompatible_appends_are_refused(t: Target) {
     t.write("SELECT * FROM o", &["--partition-by", "dt"])
@@ -413,15 +266,11 @@ async fn incompatible_appends_are_refused(t: Target) {
     assert_eq!(before, t.snapshot().await);
 }
 
-#[tokio::test]
-async fn local_incompatible_appends_are_refused() {
-    incompatible_appends_are_refused(Target::local()).await;
-}
-
-#[tokio::test]
-async fn s3_incompatible_appends_are_refused() {
-    incompatible_appends_are_refused(Target::s3()).await;
-}
+on_local_and_s3!(
+    incompatible_appends_are_refused:
+    local_incompatible_appends_are_refused,
+    s3_incompatible_appends_are_refused
+);
 
 #[tokio::test]
 async fn s3_root_and_empty_segments_are_refused() {
@@ -469,16 +318,9 @@ async fn crashed_first_publish_is_not_adopted_by_append() {
         "the orphan was deleted: {:?}",
         snap.keys()
     );
-    let b = t
-        .query(
-            "parquet",
-            &["dt"],
-            "SELECT CAST(COUNT(*) AS VARCHAR) AS n FROM t",
-        )
-        .await;
     let (_, by_day) = raw_counts();
     assert_eq!(
-        rows(&b, &["n"]),
-        vec![vec![by_day["2024-01-02"].to_string()]]
+        t.count("parquet", &["dt"]).await,
+        by_day["2024-01-02"] as u64
     );
 }

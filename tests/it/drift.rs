@@ -6,7 +6,10 @@ use crate::support::*;
 
 /// A pipeline folder whose source `events` (folder `data/`) holds one file per query.
 fn drifting(format: &str, files: &[(&str, &str)], evolution: Option<&str>) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
+    let evolution = evolution.map_or(String::new(), |e| format!("schema_evolution = \"{e}\"\n"));
+    let dir = OneModel::new("events", "all_events")
+        .source_toml(&format!("format = \"{format}\"\n{evolution}"))
+        .build();
     let d = dir.path();
     for (name, sql) in files {
         let out = format!("made/{name}/");
@@ -15,7 +18,6 @@ fn drifting(format: &str, files: &[(&str, &str)], evolution: Option<&str>) -> te
             &["sql", "-q", "-e", sql, "--out", &out, "--format", format],
         )
         .expect(0);
-        std::fs::create_dir_all(d.join("data")).unwrap();
         let made = files_under(&d.join("made").join(name));
         let file = made.iter().find(|f| f.ends_with(format)).unwrap();
         std::fs::copy(
@@ -24,17 +26,6 @@ fn drifting(format: &str, files: &[(&str, &str)], evolution: Option<&str>) -> te
         )
         .unwrap();
     }
-    let evolution = evolution.map_or(String::new(), |e| format!("schema_evolution = \"{e}\"\n"));
-    std::fs::write(
-        d.join("sluice.toml"),
-        format!(
-            "[sources.events]\nlocation = \"data/\"\nformat = \"{format}\"\n{evolution}\
-             [models.all_events.sink]\nlocation = \"out/all_events/\"\n"
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir_all(d.join("queries")).unwrap();
-    std::fs::write(d.join("queries/all_events.sql"), "SELECT * FROM events").unwrap();
     dir
 }
 

@@ -5,17 +5,6 @@ use std::path::Path;
 
 use crate::support::*;
 
-/// A copy of the shop pipeline that has run once, and a snapshot of its output.
-fn ran_shop() -> (
-    tempfile::TempDir,
-    std::collections::BTreeMap<String, Vec<u8>>,
-) {
-    let dir = pipeline_copy("shop");
-    sluice(dir.path(), &["run", "."]).expect(0);
-    let snap = snapshot(&dir.path().join("out"));
-    (dir, snap)
-}
-
 fn write(dir: &Path, file: &str, text: &str) {
     std::fs::write(dir.join(file), text).unwrap();
 }
@@ -151,16 +140,10 @@ fn dependency_cycle_is_named() {
 fn missing_source_names_source_and_location() {
     let dir = pipeline_copy("shop");
     std::fs::remove_file(dir.path().join("data/customers.jsonl")).unwrap();
-    let report = dir.path().join("r.json");
-    let run = sluice(
-        dir.path(),
-        &["run", ".", "--report", report.to_str().unwrap()],
-    )
-    .expect(1);
+    let (run, r) = run_with_report(dir.path(), &[], 1);
     assert!(run.stderr.contains("source 'customers'"), "{}", run.stderr);
     assert!(run.stderr.contains("customers.jsonl"), "{}", run.stderr);
     // The run stopped before any model ran, and its report says why.
-    let r = read_json(&report);
     assert_eq!(r["status"], "failed");
     assert_eq!(r["pipeline"], "shop");
     assert!(
@@ -179,13 +162,7 @@ fn missing_source_names_source_and_location() {
 
 #[test]
 fn missing_sql_file_and_pipeline_are_usage_errors() {
-    let dir = pipeline_copy("shop");
-    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
-    write(
-        dir.path(),
-        "sluice.toml",
-        &format!("{toml}\n[models.ghost]\nsql = \"queries/ghost.sql\"\n"),
-    );
+    let dir = shop_with(&[], "[models.ghost]\nsql = \"queries/ghost.sql\"\n");
     let run = sluice(dir.path(), &["plan", "."]).expect(2);
     assert!(run.stderr.contains("models.ghost.sql"), "{}", run.stderr);
     let empty = tempfile::tempdir().unwrap();
@@ -253,7 +230,7 @@ fn truncated_parquet_names_the_file() {
 #[test]
 fn bad_flags_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let t = format!("o={}/", testdata("shop").join("data/orders").display());
+    let t = orders_arg();
     let out = format!("{}/o/", dir.path().display());
     let run = sluice(
         dir.path(),

@@ -4,22 +4,6 @@
 
 use crate::support::*;
 
-async fn table(dir: &std::path::Path, model: &str, cols: &[&str]) -> Vec<Vec<String>> {
-    let out = dir.join("out").join(model);
-    let select: Vec<String> = cols
-        .iter()
-        .map(|c| format!("CAST({c} AS VARCHAR) AS {c}"))
-        .collect();
-    let b = query_output(
-        &format!("{}/", out.display()),
-        "parquet",
-        &[],
-        &format!("SELECT {} FROM t", select.join(", ")),
-    )
-    .await;
-    rows(&b, cols)
-}
-
 #[tokio::test]
 async fn csv_options_compression_and_globs() {
     let dir = pipeline_copy("formats");
@@ -28,7 +12,7 @@ async fn csv_options_compression_and_globs() {
     // people.csv: Berlin has ids 1 (10) and 4 (3); Paris has id 3 whose score is NA; id 2's
     // city is NA. 'Smith; John' keeps its quoted delimiter, 'O''Brien' its doubled quote.
     assert_eq!(
-        table(
+        output_rows(
             dir.path(),
             "by_city",
             &["city", "people", "score", "scored", "last_name"]
@@ -51,12 +35,12 @@ async fn csv_options_compression_and_globs() {
     // events.csv.gz: n = 1..30, kind 'view' when n % 3 == 0 (10 rows, sum 165), else 'click'
     // (20 rows, sum 465 - 165 = 300).
     assert_eq!(
-        table(dir.path(), "event_kinds", &["kind", "n", "total"]).await,
+        output_rows(dir.path(), "event_kinds", &["kind", "n", "total"]).await,
         vec![s(&["click", "20", "300"]), s(&["view", "10", "165"])]
     );
     // logs/*.jsonl: a.jsonl + b.jsonl (readme.txt is not matched by the glob).
     assert_eq!(
-        table(dir.path(), "log_levels", &["level", "n", "ms"]).await,
+        output_rows(dir.path(), "log_levels", &["level", "n", "ms"]).await,
         vec![
             s(&["error", "2", "120"]),
             s(&["info", "2", "12"]),
@@ -69,18 +53,16 @@ async fn csv_options_compression_and_globs() {
 fn bad_values_name_file_and_line_with_a_null_value_too() {
     let dir = pipeline_copy("formats");
     let people = dir.path().join("data/people.csv");
-    let text = std::fs::read_to_string(&people)
-        .unwrap()
-        .replace("4;Zoe;Berlin;3", "4;Zoe;Berlin;three");
-    std::fs::write(&people, text).unwrap();
+    edit_file(&people, |text| {
+        text.replace("4;Zoe;Berlin;3", "4;Zoe;Berlin;three")
+    });
     // With a declared schema the bad value is found while reading, not while inferring.
-    let toml = std::fs::read_to_string(dir.path().join("sluice.toml"))
-        .unwrap()
-        .replace(
+    edit_file(&dir.path().join("sluice.toml"), |toml| {
+        toml.replace(
             "null_value = \"NA\"",
             "null_value = \"NA\"\nschema = \"id BIGINT, name VARCHAR, city VARCHAR, score INT\"",
-        );
-    std::fs::write(dir.path().join("sluice.toml"), toml).unwrap();
+        )
+    });
     let run = sluice(dir.path(), &["run", ".", "--select", "by_city"]).expect(1);
     assert!(
         run.stderr.contains(&format!("{}:5:", people.display())),

@@ -2,18 +2,13 @@
 //! hash join partitions to disk and finishes with the same rows; the plan and the run report
 //! say which strategy each join got; the spill folder is left empty.
 
+use std::path::Path;
+
 use crate::support::*;
 
 /// TPC-H SF 0.1 in `data/`, and a pipeline with two join models.
 fn join_pipeline() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let data = format!("{}/data", dir.path().display());
-    sluice(
-        dir.path(),
-        &["gen", "tpch", "--scale", "0.1", "--out", &data],
-    )
-    .expect(0);
-    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+    let dir = tpch_pipeline_dir(0.1);
     std::fs::write(
         dir.path().join("sluice.toml"),
         format!(
@@ -41,31 +36,51 @@ fn join_pipeline() -> tempfile::TempDir {
     dir
 }
 
-/// Plain DataFusion (no sluice, no limit) over the pipeline's raw orders and lineitem: the
-/// independent answer.
-async fn plain_tpch(dir: &std::path::Path) -> datafusion::prelude::SessionContext {
-    let ctx = datafusion::prelude::SessionContext::new();
-    for t in ["orders", "lineitem"] {
-        let path = dir.join("data").join(t);
-        ctx.register_parquet(t, path.to_str().unwrap(), Default::default())
-            .await
-            .unwrap();
-    }
-    ctx
+/// Orders per priority over the whole join, as plain DataFusion computes it over the raw
+/// files of `dir/data/`.
+async fn plain_orders_per_priority(dir: &Path) -> Vec<Vec<String>> {
+    let ctx = plain_tpch(&dir.join("data")).await;
+    let want = plain_query(
+        &ctx,
+        "SELECT o_orderpriority, CAST(COUNT(*) AS VARCHAR) AS n FROM orders \
+         JOIN lineitem ON o_orderkey = l_orderkey GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    rows(&want, &["o_orderpriority", "n"])
+}
+
+/// Orders per priority in model `by_priority`'s output: `n` summed over its rows of each
+/// priority (a run in units writes one row per unit and priority).
+async fn output_orders_per_priority(dir: &Path) -> Vec<Vec<String>> {
+    let got = query_output(
+        &format!("{}/out/by_priority/", dir.display()),
+        "parquet",
+        &[],
+        "SELECT o_orderpriority, CAST(SUM(n) AS VARCHAR) AS n FROM t GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    rows(&got, &["o_orderpriority", "n"])
+}
+
+/// Runs model `by_priority` alone under an 8 MiB memory limit; its run report.
+fn run_by_priority_in_8mib(dir: &Path) -> serde_json::Value {
+    let (_, report) = run_with_report(
+        dir,
+        &["--select", "by_priority", "--memory-limit", "8MiB"],
+        0,
+    );
+    report
 }
 
 #[tokio::test]
 async fn joins_over_the_memory_limit_partition_to_disk_and_match_an_unlimited_run() {
     let dir = join_pipeline();
-    let report = dir.path().join("r.json");
-    let run = |extra: &[&str]| {
-        let mut args = vec!["run", ".", "--report", report.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        sluice(dir.path(), &args)
-    };
-
     // DataFusion's own hash join cannot hold the build side in 8 MiB.
-    let failed = run(&["--memory-limit", "8MiB", "--join-strategy", "in_memory"]).expect(1);
+    let (failed, _) = run_with_report(
+        dir.path(),
+        &["--memory-limit", "8MiB", "--join-strategy", "in_memory"],
+        1,
+    );
     assert!(
         failed.stderr.contains("HashJoinInput") || failed.stderr.contains("Resources exhausted"),
         "{}",
@@ -105,8 +120,7 @@ async fn joins_over_the_memory_limit_partition_to_disk_and_match_an_unlimited_ru
     );
 
     // (--restart: the failed run above would otherwise be resumed, keeping what it did.)
-    run(&["--memory-limit", "8MiB", "--restart"]).expect(0);
-    let r = read_json(&report);
+    let (_, r) = run_with_report(dir.path(), &["--memory-limit", "8MiB", "--restart"], 0);
     for m in r["models"].as_array().unwrap() {
         assert_eq!(m["status"], "success", "{m}");
         let joins = m["joins"].as_array().expect("joins in the report");
@@ -124,11 +138,7 @@ async fn joins_over_the_memory_limit_partition_to_disk_and_match_an_unlimited_ru
     );
 
     // Results against plain DataFusion on the raw files, without a limit.
-    let ctx = plain_tpch(dir.path()).await;
-    let expect = |sql: &'static str| {
-        let ctx = ctx.clone();
-        async move { ctx.sql(sql).await.unwrap().collect().await.unwrap() }
-    };
+    let ctx = plain_tpch(&dir.path().join("data")).await;
     let out = |model: &str| format!("{}/out/{model}/", dir.path().display());
     let by_priority = query_output(
         &out("by_priority"),
@@ -137,7 +147,8 @@ async fn joins_over_the_memory_limit_partition_to_disk_and_match_an_unlimited_ru
         "SELECT o_orderpriority, CAST(n AS VARCHAR) AS n, CAST(revenue AS VARCHAR) AS revenue FROM t ORDER BY 1",
     )
     .await;
-    let want = expect(
+    let want = plain_query(
+        &ctx,
         "SELECT o_orderpriority, CAST(COUNT(*) AS VARCHAR) AS n, CAST(SUM(l_extendedprice) AS VARCHAR) AS revenue \
          FROM orders JOIN lineitem ON o_orderkey = l_orderkey GROUP BY 1 ORDER BY 1",
     )
@@ -157,16 +168,14 @@ async fn joins_over_the_memory_limit_partition_to_disk_and_match_an_unlimited_ru
         &format!("SELECT {summary} FROM t"),
     )
     .await;
-    let want = ctx
-        .sql(&format!(
+    let want = plain_query(
+        &ctx,
+        &format!(
             "SELECT {summary} FROM (SELECT o_orderkey, o_comment, l_linenumber FROM orders \
              LEFT JOIN lineitem ON o_orderkey = l_orderkey AND l_quantity > 45)"
-        ))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     let cols = ["n", "orders", "sum", "chars"];
     assert_eq!(rows(&got, &cols), rows(&want, &cols));
     assert_eq!(rows(&want, &cols)[0][1], "150000");
@@ -176,11 +185,9 @@ async fn joins_over_the_memory_limit_partition_to_disk_and_match_an_unlimited_ru
 fn join_strategy_values_are_checked() {
     let dir = pipeline_copy("shop");
     let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
-    std::fs::write(
-        dir.path().join("sluice.toml"),
-        toml.replace("threads = 2", "threads = 2\njoin_strategy = \"fast\""),
-    )
-    .unwrap();
+    edit_file(&dir.path().join("sluice.toml"), |toml| {
+        toml.replace("threads = 2", "threads = 2\njoin_strategy = \"fast\"")
+    });
     let run = sluice(dir.path(), &["run", "."]).expect(2);
     assert!(
         run.stderr.contains("sluice.toml:6: settings.join_strategy"),
@@ -224,32 +231,14 @@ fn join_strategy_values_are_checked() {
 async fn batched_models_join_per_unit_under_the_limit() {
     let dir = join_pipeline();
     // lineitem batched by ship year (7 units); orders read whole in each unit.
-    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
-    std::fs::write(
-        dir.path().join("sluice.toml"),
+    edit_file(&dir.path().join("sluice.toml"), |toml| {
         toml.replace(
             "[sources.lineitem]\nlocation = \"data/lineitem/\"\n",
             "[sources.lineitem]\nlocation = \"data/lineitem/\"\nevent_time = \"l_shipdate\"\n\
              [models.by_priority.batches]\nsize = \"year\"\n",
-        ),
-    )
-    .unwrap();
-    let report = dir.path().join("r.json");
-    sluice(
-        dir.path(),
-        &[
-            "run",
-            ".",
-            "--select",
-            "by_priority",
-            "--memory-limit",
-            "8MiB",
-            "--report",
-            report.to_str().unwrap(),
-        ],
-    )
-    .expect(0);
-    let r = read_json(&report);
+        )
+    });
+    let r = run_by_priority_in_8mib(dir.path());
     let m = &r["models"][0];
     assert_eq!(m["units_done"], 7, "{m}");
     let j = &m["joins"][0];
@@ -258,40 +247,21 @@ async fn batched_models_join_per_unit_under_the_limit() {
     assert!(j["spilled_bytes"].as_u64().unwrap() > 0, "{j}");
     assert!(files_under(&dir.path().join("spill")).is_empty());
     // Per year and priority, summed over the units: the totals of the unbatched join.
-    let got = query_output(
-        &format!("{}/out/by_priority/", dir.path().display()),
-        "parquet",
-        &[],
-        "SELECT o_orderpriority, CAST(SUM(n) AS VARCHAR) AS n FROM t GROUP BY 1 ORDER BY 1",
-    )
-    .await;
-    let ctx = plain_tpch(dir.path()).await;
-    let want = ctx
-        .sql(
-            "SELECT o_orderpriority, CAST(COUNT(*) AS VARCHAR) AS n FROM orders \
-             JOIN lineitem ON o_orderkey = l_orderkey GROUP BY 1 ORDER BY 1",
-        )
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let cols = ["o_orderpriority", "n"];
-    assert_eq!(rows(&got, &cols), rows(&want, &cols));
+    assert_eq!(
+        output_orders_per_priority(dir.path()).await,
+        plain_orders_per_priority(dir.path()).await
+    );
 }
 
 #[tokio::test]
 async fn a_join_runs_as_key_bucketed_units() {
     let dir = join_pipeline();
-    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
-    std::fs::write(
-        dir.path().join("sluice.toml"),
+    edit_file(&dir.path().join("sluice.toml"), |toml| {
         format!(
             "{toml}[models.by_priority.batches]\nby = \"key\"\nbuckets = 4\n\
              keys = {{ orders = \"o_orderkey\", lineitem = \"l_orderkey\" }}\n"
-        ),
-    )
-    .unwrap();
+        )
+    });
     let plan = sluice(dir.path(), &["plan", ".", "--select", "by_priority"]).expect(0);
     assert!(
         plan.stdout
@@ -299,31 +269,16 @@ async fn a_join_runs_as_key_bucketed_units() {
         "{}",
         plan.stdout
     );
-    let report = dir.path().join("r.json");
-    sluice(
-        dir.path(),
-        &[
-            "run",
-            ".",
-            "--select",
-            "by_priority",
-            "--memory-limit",
-            "8MiB",
-            "--report",
-            report.to_str().unwrap(),
-        ],
-    )
-    .expect(0);
-    let r = read_json(&report);
+    let r = run_by_priority_in_8mib(dir.path());
     let m = &r["models"][0];
     assert_eq!(m["units_done"], 4, "{m}");
     // Each unit scans both inputs whole (the bucket filter is applied after the scan: the
     // price of key units over unbucketed files) and joins its share of the keys.
-    let ctx = plain_tpch(dir.path()).await;
+    let ctx = plain_tpch(&dir.path().join("data")).await;
     let count = |sql: &'static str| {
         let ctx = ctx.clone();
         async move {
-            let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+            let b = plain_query(&ctx, sql).await;
             rows(&b, &["n"])[0][0].parse::<u64>().unwrap()
         }
     };
@@ -333,46 +288,23 @@ async fn a_join_runs_as_key_bucketed_units() {
         assert_eq!(u["rows_in"].as_u64().unwrap(), total, "{u}");
         assert_eq!(u["rows_out"].as_u64().unwrap(), 5, "{u}");
     }
-    let per_unit = query_output(
+    let per_unit = count_output(
         &format!("{}/out/by_priority/", dir.path().display()),
         "parquet",
         &[],
-        "SELECT CAST(COUNT(*) AS VARCHAR) AS n FROM t",
     )
     .await;
-    assert_eq!(
-        rows(&per_unit, &["n"])[0][0],
-        "20",
-        "4 units x 5 priorities"
-    );
+    assert_eq!(per_unit, 20, "4 units x 5 priorities");
     // Joined per key bucket and summed: the totals of the whole join.
-    let got = query_output(
-        &format!("{}/out/by_priority/", dir.path().display()),
-        "parquet",
-        &[],
-        "SELECT o_orderpriority, CAST(SUM(n) AS VARCHAR) AS n FROM t GROUP BY 1 ORDER BY 1",
-    )
-    .await;
-    let want = ctx
-        .sql(
-            "SELECT o_orderpriority, CAST(COUNT(*) AS VARCHAR) AS n FROM orders \
-             JOIN lineitem ON o_orderkey = l_orderkey GROUP BY 1 ORDER BY 1",
-        )
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let cols = ["o_orderpriority", "n"];
-    assert_eq!(rows(&got, &cols), rows(&want, &cols));
+    assert_eq!(
+        output_orders_per_priority(dir.path()).await,
+        plain_orders_per_priority(dir.path()).await
+    );
 
     // A key of a source the model does not read is refused, naming it.
-    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
-    std::fs::write(
-        dir.path().join("sluice.toml"),
-        toml.replace("orders = \"o_orderkey\"", "customer = \"c_custkey\""),
-    )
-    .unwrap();
+    edit_file(&dir.path().join("sluice.toml"), |toml| {
+        toml.replace("orders = \"o_orderkey\"", "customer = \"c_custkey\"")
+    });
     let run = sluice(dir.path(), &["run", ".", "--select", "by_priority"]).expect(1);
     assert!(run.stderr.contains("source 'customer'"), "{}", run.stderr);
 }
@@ -440,28 +372,10 @@ fn a_hot_key_with_30_percent_of_the_build_side_joins_under_the_limit() {
 async fn too_few_buckets_are_split_again_under_a_real_limit() {
     let dir = join_pipeline();
     // Two buckets of a 4.6 MiB build side under 8 MiB: each is split again.
-    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
-    std::fs::write(
-        dir.path().join("sluice.toml"),
-        toml.replace("threads = 2", "threads = 2\njoin_buckets = 2"),
-    )
-    .unwrap();
-    let report = dir.path().join("r.json");
-    sluice(
-        dir.path(),
-        &[
-            "run",
-            ".",
-            "--select",
-            "by_priority",
-            "--memory-limit",
-            "8MiB",
-            "--report",
-            report.to_str().unwrap(),
-        ],
-    )
-    .expect(0);
-    let r = read_json(&report);
+    edit_file(&dir.path().join("sluice.toml"), |toml| {
+        toml.replace("threads = 2", "threads = 2\njoin_buckets = 2")
+    });
+    let r = run_by_priority_in_8mib(dir.path());
     let j = &r["models"][0]["joins"][0];
     assert_eq!(j["strategy"], "grace(2)", "{j}");
     assert!(j["max_depth"].as_u64().unwrap() >= 2, "{j}");
@@ -474,17 +388,8 @@ async fn too_few_buckets_are_split_again_under_a_real_limit() {
         "SELECT o_orderpriority, CAST(n AS VARCHAR) AS n FROM t ORDER BY 1",
     )
     .await;
-    let ctx = plain_tpch(dir.path()).await;
-    let want = ctx
-        .sql(
-            "SELECT o_orderpriority, CAST(COUNT(*) AS VARCHAR) AS n FROM orders \
-             JOIN lineitem ON o_orderkey = l_orderkey GROUP BY 1 ORDER BY 1",
-        )
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let cols = ["o_orderpriority", "n"];
-    assert_eq!(rows(&got, &cols), rows(&want, &cols));
+    assert_eq!(
+        rows(&got, &["o_orderpriority", "n"]),
+        plain_orders_per_priority(dir.path()).await
+    );
 }

@@ -1,46 +1,26 @@
 //! `memory_limit`: sorts and aggregations spill to disk instead of failing, and the run
-//! report says how much they spilled and the peak memory reserved.
+//! report says how much they spilled and the peak memory reserved; the results are those of
+//! plain DataFusion without a limit, row for row, and the sort's output is in order.
 
 use crate::support::*;
 
 #[tokio::test]
 async fn sorts_and_aggregations_spill_under_the_memory_limit() {
-    let dir = tpch_pipeline_dir();
-    let data = format!("{}/data", dir.path().display());
+    let dir = tpch_pipeline_dir(0.01);
     std::fs::write(
         dir.path().join("sluice.toml"),
         format!("[settings]\nthreads = 2\nspill_dir = \"{}/spill\"\n[sources.lineitem]\nlocation = \"data/lineitem/\"\n", dir.path().display()),
     )
     .unwrap();
-    std::fs::write(
-        dir.path().join("queries/sorted.sql"),
-        "SELECT l_orderkey, l_linenumber, l_comment FROM lineitem ORDER BY l_comment, l_orderkey, l_linenumber",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("queries/grouped.sql"),
-        "SELECT l_comment, COUNT(*) AS n FROM lineitem GROUP BY l_comment",
-    )
-    .unwrap();
+    // (l_orderkey, l_linenumber) is lineitem's key: the order is total.
+    let sorted_sql = "SELECT l_orderkey, l_linenumber, l_comment FROM lineitem ORDER BY l_comment, l_orderkey, l_linenumber";
+    let grouped_sql = "SELECT l_comment, COUNT(*) AS n FROM lineitem GROUP BY l_comment";
+    std::fs::write(dir.path().join("queries/sorted.sql"), sorted_sql).unwrap();
+    std::fs::write(dir.path().join("queries/grouped.sql"), grouped_sql).unwrap();
 
-    let report = dir.path().join("r.json");
     // The aggregation alone spills under 4 MiB; the sort needs room for its merge.
     for (model, limit) in [("grouped", "4MiB"), ("sorted", "16MiB")] {
-        sluice(
-            dir.path(),
-            &[
-                "run",
-                ".",
-                "--select",
-                model,
-                "--memory-limit",
-                limit,
-                "--report",
-                report.to_str().unwrap(),
-            ],
-        )
-        .expect(0);
-        let r = read_json(&report);
+        let (_, r) = run_with_report(dir.path(), &["--select", model, "--memory-limit", limit], 0);
         let m = &r["models"][0];
         assert_eq!(m["status"], "success");
         assert!(
@@ -50,25 +30,30 @@ async fn sorts_and_aggregations_spill_under_the_memory_limit() {
         let peak = m["units"][0]["peak_memory"].as_u64().unwrap();
         assert!(peak <= 16 << 20, "{model}: peak {peak} over the pool");
     }
-    // Results: against plain DataFusion over the same files, without a limit.
-    let raw = format!("{data}/lineitem/");
-    let want = query_output(&raw, "parquet", &[], "SELECT CAST(COUNT(DISTINCT l_comment) AS VARCHAR) AS g, CAST(COUNT(*) AS VARCHAR) AS n FROM t").await;
-    let grouped = query_output(
-        &format!("{}/out/grouped/", dir.path().display()),
-        "parquet",
-        &[],
-        "SELECT CAST(COUNT(*) AS VARCHAR) AS g, CAST(SUM(n) AS VARCHAR) AS n FROM t",
-    )
-    .await;
-    assert_eq!(rows(&grouped, &["g", "n"]), rows(&want, &["g", "n"]));
-    let sorted = query_output(
-        &format!("{}/out/sorted/", dir.path().display()),
-        "parquet",
-        &[],
-        "SELECT CAST(COUNT(*) AS VARCHAR) AS n FROM t",
-    )
-    .await;
-    assert_eq!(rows(&sorted, &["n"])[0][0], rows(&want, &["g", "n"])[0][1]);
+    // Results: every row of each model against plain DataFusion over the same files, without
+    // a limit.
+    let ctx = plain_tpch(&dir.path().join("data")).await;
+
+    // grouped: every (comment, count) pair; the groups come in no particular order.
+    let cols = ["l_comment", "n"];
+    let want = rows(&plain_query(&ctx, grouped_sql).await, &cols);
+    let got = output_rows(dir.path(), "grouped", &cols).await;
+    assert!(want.len() > 1000, "{} groups", want.len());
+    assert_same_rows(&got, &want, "grouped");
+
+    // sorted: every row, in the query's order: the data files read in the order they were
+    // written (their names count up), each file front to back.
+    let cols = ["l_orderkey", "l_linenumber", "l_comment"];
+    let want = rows_in_order(&plain_query(&ctx, sorted_sql).await, &cols);
+    let sorted = dir.path().join("out/sorted");
+    let mut files = data_files(files_under(&sorted));
+    files.sort();
+    assert_eq!(files, manifest_files_sorted(&sorted));
+    let got: Vec<Vec<String>> = files
+        .iter()
+        .flat_map(|f| rows_in_order(&parquet_batches(&sorted.join(f)), &cols))
+        .collect();
+    assert_same_rows(&got, &want, "sorted");
     // The spill folder is left empty.
     assert!(files_under(&dir.path().join("spill")).is_empty());
 }

@@ -41,21 +41,14 @@ async fn check_revenue_by_country(dir: &std::path::Path) {
 #[tokio::test]
 async fn shop_pipeline_matches_an_independent_computation() {
     let dir = pipeline_copy("shop");
-    let report = dir.path().join("report.json");
-    sluice(
-        dir.path(),
-        &["run", ".", "--report", report.to_str().unwrap()],
-    )
-    .expect(0);
+    let (_, r) = run_with_report(dir.path(), &[], 0);
     check_daily_revenue(dir.path()).await;
     check_revenue_by_country(dir.path()).await;
 
-    let r = read_json(&report);
     assert_eq!(r["pipeline"], "shop");
     assert_eq!(r["status"], "success");
     let counts = read_json(&dir.path().join("expected/counts.json"));
-    let models = r["models"].as_array().unwrap();
-    let by_name = |n: &str| models.iter().find(|m| m["name"] == n).unwrap().clone();
+    let by_name = |n: &str| report_model(&r, n).clone();
     let daily = by_name("daily_revenue");
     assert_eq!(daily["status"], "success");
     assert_eq!(daily["rows_in"], counts["orders"]);
@@ -121,37 +114,14 @@ async fn running_twice_gives_the_same_output_and_no_leftovers() {
 #[test]
 fn select_runs_only_the_chosen_models() {
     let dir = pipeline_copy("shop");
-    let report = dir.path().join("r.json");
-    sluice(
-        dir.path(),
-        &[
-            "run",
-            ".",
-            "--select",
-            "daily_revenue",
-            "--report",
-            report.to_str().unwrap(),
-        ],
-    )
-    .expect(0);
-    let names = model_names(&read_json(&report));
+    let (_, r) = run_with_report(dir.path(), &["--select", "daily_revenue"], 0);
+    let names = model_names(&r);
     assert_eq!(names, vec!["daily_revenue"]);
     assert!(dir.path().join("out/daily_revenue/_SUCCESS").exists());
     assert!(!dir.path().join("out/revenue_by_country").exists());
 
-    sluice(
-        dir.path(),
-        &[
-            "run",
-            ".",
-            "--select",
-            "paid_orders+",
-            "--report",
-            report.to_str().unwrap(),
-        ],
-    )
-    .expect(0);
-    let names = model_names(&read_json(&report));
+    let (_, r) = run_with_report(dir.path(), &["--select", "paid_orders+"], 0);
+    let names = model_names(&r);
     assert_eq!(
         names,
         vec!["paid_orders", "daily_revenue", "revenue_by_country"]
@@ -222,9 +192,7 @@ async fn variables_are_substituted() {
 
 #[test]
 fn a_failing_model_leaves_the_previous_output_untouched_and_skips_downstream() {
-    let dir = pipeline_copy("shop");
-    sluice(dir.path(), &["run", "."]).expect(0);
-    let before = snapshot(&dir.path().join("out"));
+    let (dir, before) = ran_shop();
     // Fails at run time, after planning: a bad cast of a value in the data.
     std::fs::write(
         dir.path().join("queries/daily_revenue.sql"),
@@ -236,28 +204,14 @@ fn a_failing_model_leaves_the_previous_output_untouched_and_skips_downstream() {
         "SELECT * FROM daily_revenue",
     )
     .unwrap();
-    let report = dir.path().join("r.json");
-    let run = sluice(
-        dir.path(),
-        &["run", ".", "--report", report.to_str().unwrap()],
-    )
-    .expect(1);
+    let (run, r) = run_with_report(dir.path(), &[], 1);
     assert!(
         run.stderr.contains("model 'daily_revenue' failed"),
         "{}",
         run.stderr
     );
     assert!(run.stderr.contains("Cannot cast string"), "{}", run.stderr);
-    let r = read_json(&report);
-    let status = |n: &str| {
-        r["models"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == n)
-            .unwrap()["status"]
-            .clone()
-    };
+    let status = |n: &str| report_model(&r, n)["status"].clone();
     assert_eq!(status("daily_revenue"), "failed");
     assert_eq!(status("after_daily"), "skipped");
     assert_eq!(status("revenue_by_country"), "success");
@@ -270,21 +224,6 @@ fn a_failing_model_leaves_the_previous_output_untouched_and_skips_downstream() {
             .collect::<Vec<_>>()
     };
     assert_eq!(daily(&before), daily(&after), "the previous output changed");
-}
-
-/// Writes a pipeline of `(name, sql)` models over the shop's sources into a copy of the shop.
-fn shop_with(models: &[(&str, &str)], extra_toml: &str) -> tempfile::TempDir {
-    let dir = pipeline_copy("shop");
-    for (name, sql) in models {
-        std::fs::write(dir.path().join(format!("queries/{name}.sql")), sql).unwrap();
-    }
-    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
-    std::fs::write(
-        dir.path().join("sluice.toml"),
-        format!("{toml}\n{extra_toml}"),
-    )
-    .unwrap();
-    dir
 }
 
 #[test]
@@ -343,20 +282,8 @@ fn an_empty_result_is_a_valid_output_for_downstream_models() {
         ],
         "[models.none.sink]\npartition_by = [\"order_date\"]\n",
     );
-    let report = dir.path().join("r.json");
-    sluice(
-        dir.path(),
-        &["run", ".", "--report", report.to_str().unwrap()],
-    )
-    .expect(0);
-    let r = read_json(&report);
-    let none = r["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "none")
-        .unwrap()
-        .clone();
+    let (_, r) = run_with_report(dir.path(), &[], 0);
+    let none = report_model(&r, "none");
     assert_eq!(none["rows_out"], 0);
     let m = read_json(&dir.path().join("out/none/_MANIFEST"));
     assert_eq!(m["files"].as_array().unwrap().len(), 0);

@@ -4,46 +4,24 @@
 
 use crate::support::*;
 
-const TOML: &str = r#"
-[sources.items]
-location = "data/"
-format = "csv"
-schema = "id BIGINT, name VARCHAR, amount DECIMAL(10,2), day DATE"
-on_bad_rows = "quarantine"
-
-[models.clean.sink]
-location = "out/clean/"
-"#;
-
+/// Source `items` = `testdata/bad/quarantine/items.csv` with a declared schema, `extra` lines
+/// and `on_bad_rows = "quarantine"`; model `clean` = every row of it.
 fn pipeline(extra: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("data")).unwrap();
-    std::fs::create_dir_all(d.join("queries")).unwrap();
-    std::fs::copy(
-        testdata("bad").join("quarantine/items.csv"),
-        d.join("data/items.csv"),
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("sluice.toml"),
-        TOML.replace("on_bad_rows", &format!("{extra}on_bad_rows")),
-    )
-    .unwrap();
-    std::fs::write(d.join("queries/clean.sql"), "SELECT * FROM items").unwrap();
-    dir
+    OneModel::new("items", "clean")
+        .source_toml(
+            "format = \"csv\"\nschema = \"id BIGINT, name VARCHAR, amount DECIMAL(10,2), day DATE\"",
+        )
+        .source_toml(extra)
+        .source_toml("on_bad_rows = \"quarantine\"")
+        .copy(testdata("bad").join("quarantine/items.csv"), "items.csv")
+        .build()
 }
 
 #[tokio::test]
 async fn bad_rows_go_to_rejects_with_file_line_and_reason_and_good_rows_go_on() {
     let dir = pipeline("");
-    let report = dir.path().join("r.json");
-    sluice(
-        dir.path(),
-        &["run", ".", "--report", report.to_str().unwrap()],
-    )
-    .expect(0);
-    let m = &read_json(&report)["models"][0];
+    let (_, r) = run_with_report(dir.path(), &[], 0);
+    let m = &r["models"][0];
     // Rows read = rows written + rows rejected (the query keeps every row).
     assert_eq!(m["rows_rejected"], 6, "{m}");
     assert_eq!(m["rows_out"], 4, "{m}");
@@ -139,12 +117,9 @@ fn past_max_bad_rows_the_model_fails_and_nothing_is_published() {
     assert!(e.contains("items.csv:3: column amount"), "{e}");
     assert!(!dir.path().join("out/clean/_MANIFEST").exists());
     // Within the limit, it runs.
-    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
-    std::fs::write(
-        dir.path().join("sluice.toml"),
-        toml.replace("max_bad_rows = 5", "max_bad_rows = 6"),
-    )
-    .unwrap();
+    edit_file(&dir.path().join("sluice.toml"), |toml| {
+        toml.replace("max_bad_rows = 5", "max_bad_rows = 6")
+    });
     sluice(dir.path(), &["run", "."]).expect(0);
     assert!(dir.path().join("out/clean/_MANIFEST").exists());
 
@@ -162,12 +137,9 @@ fn past_max_bad_rows_the_model_fails_and_nothing_is_published() {
 #[test]
 fn without_quarantine_the_first_bad_row_fails_naming_file_and_line() {
     let dir = pipeline("");
-    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
-    std::fs::write(
-        dir.path().join("sluice.toml"),
-        toml.replace("on_bad_rows = \"quarantine\"\n", ""),
-    )
-    .unwrap();
+    edit_file(&dir.path().join("sluice.toml"), |toml| {
+        toml.replace("on_bad_rows = \"quarantine\"\n", "")
+    });
     let run = sluice(dir.path(), &["run", "."]).expect(1);
     assert!(run.stderr.contains("items.csv:"), "{}", run.stderr);
 }
@@ -194,26 +166,18 @@ async fn rejects_of(dir: &std::path::Path, source: &str) -> Vec<(String, u64, St
 
 #[tokio::test]
 async fn json_lines_that_do_not_fit_are_quarantined_by_line() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = OneModel::new("items", "clean")
+        .source_toml(
+            "format = \"json\"\nschema = \"id BIGINT, name VARCHAR, day DATE\"\non_bad_rows = \"quarantine\"",
+        )
+        .copy(
+            testdata("bad").join("quarantine/items.jsonl"),
+            "items.json",
+        )
+        .build();
     let d = dir.path();
-    std::fs::create_dir_all(d.join("data")).unwrap();
-    std::fs::create_dir_all(d.join("queries")).unwrap();
-    std::fs::copy(
-        testdata("bad").join("quarantine/items.jsonl"),
-        d.join("data/items.json"),
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("sluice.toml"),
-        "[sources.items]\nlocation = \"data/\"\nformat = \"json\"\n\
-         schema = \"id BIGINT, name VARCHAR, day DATE\"\non_bad_rows = \"quarantine\"\n\
-         [models.clean.sink]\nlocation = \"out/clean/\"\n",
-    )
-    .unwrap();
-    std::fs::write(d.join("queries/clean.sql"), "SELECT * FROM items").unwrap();
-    let report = d.join("r.json");
-    sluice(d, &["run", ".", "--report", report.to_str().unwrap()]).expect(0);
-    let m = &read_json(&report)["models"][0];
+    let (_, r) = run_with_report(d, &[], 0);
+    let m = &r["models"][0];
     assert_eq!(
         (m["rows_out"].as_u64(), m["rows_rejected"].as_u64()),
         (Some(3), Some(5)),
@@ -249,26 +213,18 @@ async fn json_lines_that_do_not_fit_are_quarantined_by_line() {
 
 #[tokio::test]
 async fn hive_partitioned_csv_gets_its_partition_values_and_a_bad_folder_is_one_reject() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = OneModel::new("items", "clean")
+        .source_toml(
+            "format = \"csv\"\npartition_cols = [\"dt:date\"]\n\
+             schema = \"id BIGINT, qty INT\"\non_bad_rows = \"quarantine\"",
+        )
+        .file("dt=2024-01-01/a.csv", "id,qty\n1,10\n2,oops\n3,30\n")
+        .file("dt=2024-01-02/b.csv", "id,qty\n4,40\n5,50,extra\n")
+        // A folder whose value is not a DATE: none of its rows can carry a partition value.
+        .file("dt=someday/c.csv", "id,qty\n6,60\n")
+        .build();
     let d = dir.path();
-    let put = |rel: &str, text: &str| {
-        let p = d.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    };
-    put("data/dt=2024-01-01/a.csv", "id,qty\n1,10\n2,oops\n3,30\n");
-    put("data/dt=2024-01-02/b.csv", "id,qty\n4,40\n5,50,extra\n");
-    // A folder whose value is not a DATE: none of its rows can carry a partition value.
-    put("data/dt=someday/c.csv", "id,qty\n6,60\n");
-    put("queries/clean.sql", "SELECT * FROM items");
-    put(
-        "sluice.toml",
-        "[sources.items]\nlocation = \"data/\"\nformat = \"csv\"\npartition_cols = [\"dt:date\"]\n\
-         schema = \"id BIGINT, qty INT\"\non_bad_rows = \"quarantine\"\n\
-         [models.clean.sink]\nlocation = \"out/clean/\"\n",
-    );
-    let report = d.join("r.json");
-    sluice(d, &["run", ".", "--report", report.to_str().unwrap()]).expect(0);
+    run_with_report(d, &[], 0);
     let good = query_output(
         &format!("{}/out/clean/", d.display()),
         "parquet",
@@ -319,9 +275,8 @@ async fn a_gzip_source_is_quarantined_like_the_plain_file() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut gz, &plain).unwrap();
     std::fs::write(d.join("data/items.csv.gz"), gz.finish().unwrap()).unwrap();
-    let report = d.join("r.json");
-    sluice(d, &["run", ".", "--report", report.to_str().unwrap()]).expect(0);
-    let m = &read_json(&report)["models"][0];
+    let (_, r) = run_with_report(d, &[], 0);
+    let m = &r["models"][0];
     assert_eq!(
         (m["rows_out"].as_u64(), m["rows_rejected"].as_u64()),
         (Some(4), Some(6)),
@@ -341,9 +296,8 @@ fn a_filter_over_a_quarantined_source_balances_in_out_filtered_and_rejected() {
         "SELECT id, name FROM items WHERE amount > 2",
     )
     .unwrap();
-    let report = d.join("r.json");
-    let run = sluice(d, &["run", ".", "--report", report.to_str().unwrap()]).expect(0);
-    let m = &read_json(&report)["models"][0];
+    let (run, r) = run_with_report(d, &[], 0);
+    let m = &r["models"][0];
     assert_eq!(m["rows_in_by_source"], serde_json::json!({ "items": 10 }));
     assert_eq!(
         (

@@ -1,7 +1,6 @@
 //! A whole pipeline against a real S3-compatible server: sources read from the bucket,
 //! partitioned outputs written to it through `[stores.*]` and `${env:NAME}`.
 
-use crate::conformance::Target;
 use crate::support::s3::S3Server;
 use crate::support::*;
 
@@ -10,11 +9,10 @@ async fn shop_pipeline_on_s3() {
     let server = S3Server::start();
     // The raw data uploaded; the shop's queries, with every location in the bucket.
     let dir = server.shop_pipeline().await;
-    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
-    let toml = format!(
-        "{toml}\n[stores.lake]\nurl = \"s3://lake\"\nendpoint = \"${{env:TEST_S3_ENDPOINT}}\"\nregion = \"us-east-1\"\nallow_http = true\n"
+    append_toml(
+        dir.path(),
+        "[stores.lake]\nurl = \"s3://lake\"\nendpoint = \"${env:TEST_S3_ENDPOINT}\"\nregion = \"us-east-1\"\nallow_http = true\n",
     );
-    std::fs::write(dir.path().join("sluice.toml"), toml).unwrap();
     // Credentials only from the standard environment; the endpoint through ${env:...}.
     let mut env: Vec<(String, String)> = server
         .env()
@@ -22,14 +20,7 @@ async fn shop_pipeline_on_s3() {
         .filter(|(k, _)| k == "AWS_ACCESS_KEY_ID" || k == "AWS_SECRET_ACCESS_KEY")
         .collect();
     env.push(("TEST_S3_ENDPOINT".into(), server.endpoint()));
-    let report = dir.path().join("r.json");
-    sluice_env(
-        dir.path(),
-        &["run", ".", "--report", report.to_str().unwrap()],
-        &env,
-    )
-    .expect(0);
-    let r = read_json(&report);
+    let (_, r) = run_with_report_env(dir.path(), &[], &env, 0);
     assert_eq!(r["status"], "success");
     let outputs: Vec<String> = r["models"][1]["outputs"]
         .as_array()
@@ -112,7 +103,7 @@ async fn transient_storage_faults_are_retried_and_the_run_succeeds() {
             }
         })
         .collect();
-    let orders = format!("o={}/", testdata("shop").join("data/orders").display());
+    let orders = orders_arg();
     sluice_env(
         dir.path(),
         &[
@@ -131,14 +122,7 @@ async fn transient_storage_faults_are_retried_and_the_run_succeeds() {
     .expect(0);
     assert_eq!(proxy.injected(), 3, "faults were injected");
     // Everything arrived: read back through the server directly.
-    let t = crate::conformance::Target::for_bucket_prefix(&server, "lake", "orders");
-    let b = t
-        .query(
-            "parquet",
-            &["dt"],
-            "SELECT CAST(COUNT(*) AS VARCHAR) AS n FROM t",
-        )
-        .await;
+    let t = Target::for_bucket_prefix(&server, "lake", "orders");
     let counts = read_json(&testdata("shop").join("expected/counts.json"));
-    assert_eq!(rows(&b, &["n"])[0][0], counts["orders"].to_string());
+    assert_eq!(t.count("parquet", &["dt"]).await, counts["orders"]);
 }

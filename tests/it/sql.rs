@@ -1,22 +1,6 @@
 //! `sluice sql`: printing, and writing with every sink mode.
 
-use std::collections::BTreeMap;
-
 use crate::support::*;
-
-/// Orders per product and per day, counted straight from the raw CSV text.
-pub fn raw_counts() -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
-    let (mut by_product, mut by_day) = (BTreeMap::new(), BTreeMap::new());
-    for o in raw_orders(&testdata("shop")) {
-        *by_product.entry(o.product).or_insert(0) += 1;
-        *by_day.entry(o.dt).or_insert(0) += 1;
-    }
-    (by_product, by_day)
-}
-
-pub fn orders_arg() -> String {
-    format!("o={}/", testdata("shop").join("data/orders").display())
-}
 
 #[test]
 fn prints_a_result_table() {
@@ -66,66 +50,35 @@ fn reads_a_sql_file_and_limits_printed_rows() {
 
 #[tokio::test]
 async fn rolls_files_at_the_target_row_count() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = format!("{}/out/", dir.path().display());
-    sluice(
-        dir.path(),
-        &[
-            "sql",
-            "-e",
-            "SELECT * FROM o",
-            "--table",
-            &orders_arg(),
-            "--out",
-            &out,
-            "--target-rows-per-file",
-            "60",
-            "--format",
-            "csv",
-        ],
+    let t = Target::local();
+    t.write(
+        "SELECT * FROM o",
+        &["--target-rows-per-file", "60", "--format", "csv"],
     )
     .expect(0);
-    let m = read_json(&dir.path().join("out/_MANIFEST"));
+    let m = read_json(&t.dir.path().join("out/_MANIFEST"));
     let files = m["files"].as_array().unwrap();
     assert!(files.len() >= 2, "{m}");
     let total: u64 = files.iter().map(|f| f["rows"].as_u64().unwrap()).sum();
     assert_eq!(total, 200);
-    let b = query_output(
-        &out,
-        "csv",
-        &[],
-        "SELECT CAST(COUNT(*) AS VARCHAR) AS n FROM t",
-    )
-    .await;
-    assert_eq!(rows(&b, &["n"]), vec![vec!["200".to_string()]]);
+    assert_eq!(t.count("csv", &[]).await, 200);
 }
 
 #[tokio::test]
 async fn writes_json_lines() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = format!("{}/out/", dir.path().display());
-    sluice(
-        dir.path(),
-        &[
-            "sql",
-            "-e",
-            "SELECT product, COUNT(*) AS n FROM o GROUP BY product",
-            "--table",
-            &orders_arg(),
-            "--out",
-            &out,
-            "--format",
-            "json",
-        ],
+    let t = Target::local();
+    t.write(
+        "SELECT product, COUNT(*) AS n FROM o GROUP BY product",
+        &["--format", "json"],
     )
     .expect(0);
-    let b = query_output(
-        &out,
-        "json",
-        &[],
-        "SELECT product, CAST(n AS VARCHAR) AS n FROM t",
-    )
-    .await;
+    let b = t
+        .query(
+            "json",
+            &[],
+            "SELECT product, CAST(n AS VARCHAR) AS n FROM t",
+        )
+        .await;
     let (by_product, _) = raw_counts();
     let want: Vec<Vec<String>> = by_product
         .iter()

@@ -1,7 +1,6 @@
 //! The state store: the run ledger (`sluice runs`) and the lock that refuses a second run of
 //! a pipeline while one is running, and takes over the lock of a run killed with -9.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -80,13 +79,7 @@ fn wait_for_status(dir: &std::path::Path, status: &str) -> serde_json::Value {
 #[test]
 fn a_second_run_is_refused_and_a_killed_runs_lock_is_taken_over() {
     let dir = slow_pipeline();
-    let mut first = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["-q", "run", ".", "--select", "slow"])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = spawn_sluice(dir.path(), &["-q", "run", ".", "--select", "slow"]);
     let running = wait_for_status(dir.path(), "running");
     let run_id = running["run_id"].as_str().unwrap().to_string();
 

@@ -3,100 +3,68 @@
 //! under the sink. Each a clear message naming the location, exit status 1, and the previous
 //! output left as it was.
 
-use object_store::path::Path as ObjectPath;
+use std::path::Path;
 
 use crate::support::s3::S3Server;
 use crate::support::*;
 
-/// The shop pipeline reading from `lake/raw/` and writing to `lake/out/` on `server`.
-async fn shop_on_s3(server: &S3Server) -> (tempfile::TempDir, Vec<(String, String)>) {
-    (server.shop_pipeline().await, server.env())
+/// Runs the pipeline with `toml`'s location `from` replaced by `to`: it fails (exit 1) naming
+/// `to` (without its trailing `/`).
+#[track_caller]
+fn fails_naming(dir: &Path, toml: &str, env: &[(String, String)], from: &str, to: &str) -> Run {
+    std::fs::write(dir.join("sluice.toml"), toml.replace(from, to)).unwrap();
+    let run = sluice_env(dir, &["run", "."], env).expect(1);
+    let named = to.trim_end_matches('/');
+    assert!(run.stderr.contains(named), "{named} not in: {}", run.stderr);
+    run
 }
 
 #[tokio::test]
 async fn missing_buckets_and_objects_name_the_location() {
     let server = S3Server::start();
-    let (dir, env) = shop_on_s3(&server).await;
-    sluice_env(dir.path(), &["run", "."], &env).expect(0);
-    let store = server.store("lake");
-    let listed = |prefix: &str| {
-        let store = store.clone();
-        let prefix = prefix.to_string();
-        async move {
-            use futures::TryStreamExt;
-            let mut keys: Vec<String> = store
-                .list(Some(&ObjectPath::from(prefix)))
-                .map_ok(|m| m.location.to_string())
-                .try_collect()
-                .await
-                .unwrap();
-            keys.sort();
-            keys
-        }
-    };
-    let before = listed("out").await;
-    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
+    // The shop pipeline reading from `lake/raw/` and writing to `lake/out/`.
+    let dir = server.shop_pipeline().await;
+    let (d, env) = (dir.path(), server.env());
+    sluice_env(d, &["run", "."], &env).expect(0);
+    let out = Target::for_bucket_prefix(&server, "lake", "out");
+    let before = out.keys().await;
+    let toml = std::fs::read_to_string(d.join("sluice.toml")).unwrap();
 
-    // A source in a bucket that does not exist.
-    std::fs::write(
-        dir.path().join("sluice.toml"),
-        toml.replace(
-            "s3://lake/raw/customers.jsonl",
-            "s3://nobucket/raw/customers.jsonl",
-        ),
-    )
-    .unwrap();
-    let run = sluice_env(dir.path(), &["run", "."], &env).expect(1);
-    assert!(
-        run.stderr.contains("s3://nobucket/raw/customers.jsonl"),
-        "{}",
-        run.stderr
+    // A source in a bucket that does not exist; a source object that is gone.
+    let customers = "s3://lake/raw/customers.jsonl";
+    fails_naming(
+        d,
+        &toml,
+        &env,
+        customers,
+        "s3://nobucket/raw/customers.jsonl",
     );
-
-    // A source object that is gone.
-    std::fs::write(
-        dir.path().join("sluice.toml"),
-        toml.replace("s3://lake/raw/customers.jsonl", "s3://lake/raw/gone.jsonl"),
-    )
-    .unwrap();
-    let run = sluice_env(dir.path(), &["run", "."], &env).expect(1);
-    assert!(
-        run.stderr.contains("s3://lake/raw/gone.jsonl"),
-        "{}",
-        run.stderr
-    );
-
+    fails_naming(d, &toml, &env, customers, "s3://lake/raw/gone.jsonl");
     assert_eq!(
-        listed("out").await,
+        out.keys().await,
         before,
         "a failed source changed an output"
     );
 
     // A sink in a bucket that does not exist.
-    std::fs::write(
-        dir.path().join("sluice.toml"),
-        toml.replace(
-            "s3://lake/out/daily_revenue/",
-            "s3://nobucket/out/daily_revenue/",
-        ),
-    )
-    .unwrap();
-    let run = sluice_env(dir.path(), &["run", "."], &env).expect(1);
-    assert!(
-        run.stderr.contains("s3://nobucket/out/daily_revenue"),
-        "{}",
-        run.stderr
+    fails_naming(
+        d,
+        &toml,
+        &env,
+        "s3://lake/out/daily_revenue/",
+        "s3://nobucket/out/daily_revenue/",
     );
     // The outputs are as the first run left them: the source errors stop the run before any
     // model runs; the sink error fails daily_revenue, whose old output stays where it was
     // (revenue_by_country, which does not depend on it, is rewritten).
-    let after = listed("out/daily_revenue").await;
-    let old: Vec<&String> = before
-        .iter()
-        .filter(|k| k.starts_with("out/daily_revenue/"))
-        .collect();
+    let daily = |keys: Vec<String>| -> Vec<String> {
+        keys.into_iter()
+            .filter(|k| k.starts_with("daily_revenue/"))
+            .collect()
+    };
+    let old = daily(before);
     assert!(!old.is_empty());
-    assert_eq!(after.iter().collect::<Vec<_>>(), old);
+    assert_eq!(daily(out.keys().await), old);
 }
 
 #[test]
@@ -146,19 +114,12 @@ print(key["AccessKeyId"], key["SecretAccessKey"])
 
     // Reading a source in a bucket the user may not read is denied, before anything runs.
     let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
-    std::fs::write(
-        dir.path().join("sluice.toml"),
-        toml.replace(
-            "s3://lake/raw/customers.jsonl",
-            "s3://secret/customers.jsonl",
-        ),
-    )
-    .unwrap();
-    let run = sluice_env(dir.path(), &["run", "."], &env).expect(1);
-    assert!(
-        run.stderr.contains("s3://secret/customers.jsonl"),
-        "{}",
-        run.stderr
+    let run = fails_naming(
+        dir.path(),
+        &toml,
+        &env,
+        "s3://lake/raw/customers.jsonl",
+        "s3://secret/customers.jsonl",
     );
     assert!(
         run.stderr.contains("access denied (check the credentials"),
@@ -203,21 +164,16 @@ impl Drop for SmallDisk {
 
 #[test]
 fn a_full_disk_under_the_sink_names_the_file_and_keeps_the_output() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = OneModel::new("src", "m")
+        .source_toml("format = \"csv\"")
+        .sink_location("disk/out/")
+        .sink_toml("format = \"csv\"")
+        .build();
     let d = dir.path();
     let Some(_disk) = SmallDisk::mount(&d.join("disk")) else {
         eprintln!("not root: the full-disk test needs to mount a tmpfs");
         return;
     };
-    std::fs::create_dir_all(d.join("data")).unwrap();
-    std::fs::create_dir_all(d.join("queries")).unwrap();
-    std::fs::write(d.join("queries/m.sql"), "SELECT * FROM src").unwrap();
-    std::fs::write(
-        d.join("sluice.toml"),
-        "[sources.src]\nlocation = \"data/\"\nformat = \"csv\"\n\
-         [models.m.sink]\nlocation = \"disk/out/\"\nformat = \"csv\"\n",
-    )
-    .unwrap();
     // Rows of 100 characters that do not repeat: 100 rows fit, 30,000 (3 MB) do not.
     let rows = |n: u64| {
         let mut text = String::from("id,text\n");
@@ -229,12 +185,7 @@ fn a_full_disk_under_the_sink_names_the_file_and_keeps_the_output() {
     };
     std::fs::write(d.join("data/a.csv"), rows(100)).unwrap();
     sluice(d, &["run", "."]).expect(0);
-    let published = |snap: std::collections::BTreeMap<String, Vec<u8>>| {
-        snap.into_iter()
-            .filter(|(k, _)| !k.starts_with("_staging"))
-            .collect::<std::collections::BTreeMap<_, _>>()
-    };
-    let before = published(snapshot(&d.join("disk/out")));
+    let before = published(&snapshot(&d.join("disk/out")));
     assert!(before.contains_key("_MANIFEST"));
 
     std::fs::write(d.join("data/a.csv"), rows(30_000)).unwrap();
@@ -245,5 +196,5 @@ fn a_full_disk_under_the_sink_names_the_file_and_keeps_the_output() {
         "{}",
         run.stderr
     );
-    assert_eq!(published(snapshot(&d.join("disk/out"))), before);
+    assert_eq!(published(&snapshot(&d.join("disk/out"))), before);
 }

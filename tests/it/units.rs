@@ -3,7 +3,6 @@
 //! timeout is retried, then fails with a message naming the model, the unit and the attempts.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -11,7 +10,7 @@ use crate::support::*;
 /// A pipeline over TPC-H lineitem (SF 0.01, generated once per test) with the same query run
 /// batched by `size` (model `batched`) and as one unit (model `whole`).
 fn lineitem_pipeline(size: &str, extra: &str) -> tempfile::TempDir {
-    let dir = tpch_pipeline_dir();
+    let dir = tpch_pipeline_dir(0.01);
     let sql = "SELECT l_orderkey, l_linenumber, l_returnflag AS flag, l_shipdate, l_quantity * l_extendedprice AS v FROM lineitem WHERE l_quantity > 10";
     std::fs::write(dir.path().join("queries/batched.sql"), sql).unwrap();
     std::fs::write(dir.path().join("queries/whole.sql"), sql).unwrap();
@@ -42,12 +41,7 @@ async fn content(dir: &Path, model: &str) -> Vec<Vec<String>> {
 #[tokio::test]
 async fn batched_and_unbatched_runs_give_identical_results() {
     let dir = lineitem_pipeline("month", "max_concurrent_units = 2");
-    let report = dir.path().join("r.json");
-    sluice(
-        dir.path(),
-        &["run", ".", "--report", report.to_str().unwrap()],
-    )
-    .expect(0);
+    let (_, r) = run_with_report(dir.path(), &[], 0);
     let batched = content(dir.path(), "batched").await;
     let whole = content(dir.path(), "whole").await;
     assert!(!batched.is_empty());
@@ -61,14 +55,7 @@ async fn batched_and_unbatched_runs_give_identical_results() {
     )
     .await;
     assert_eq!(rows(&want, &["n"])[0][0], batched.len().to_string());
-    let r = read_json(&report);
-    let m = r["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "batched")
-        .unwrap()
-        .clone();
+    let m = report_model(&r, "batched");
     // One unit per month from the first ship date's month to the last one's, empty or not.
     let span = query_output(
         &format!("{}/data/lineitem/", dir.path().display()),
@@ -98,13 +85,7 @@ async fn a_run_killed_at_any_point_is_finished_by_running_it_again() {
     // Kill after a few units, after many, and while publishing (right after the last unit).
     for kill_after in [2usize, 30, 80] {
         let dir = lineitem_pipeline("month", "max_concurrent_units = 1");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["-q", "run", ".", "--select", "batched"])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_sluice(dir.path(), &["-q", "run", ".", "--select", "batched"]);
         let staging = dir.path().join("out/batched/_staging");
         let start = Instant::now();
         let finished = loop {
@@ -144,16 +125,9 @@ async fn a_run_killed_at_any_point_is_finished_by_running_it_again() {
         assert_eq!(keys.len(), batched.len());
         let out = dir.path().join("out/batched");
         assert!(!out.join("_staging").exists(), "staging left behind");
-        let (_, files) = manifest_rows(&out);
-        let listed: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
-        let on_disk: Vec<String> = files_under(&out)
-            .into_iter()
-            .filter(|f| !f.starts_with('_'))
-            .collect();
-        let mut listed_sorted = listed.clone();
-        listed_sorted.sort();
         assert_eq!(
-            listed_sorted, on_disk,
+            manifest_files_sorted(&out),
+            data_files(files_under(&out)),
             "files on disk are exactly the manifest's"
         );
         if !finished {
@@ -190,33 +164,13 @@ fn a_unit_past_its_timeout_is_retried_then_fails_with_a_clear_message() {
 
 #[tokio::test]
 async fn units_by_file_read_only_their_files_and_equal_one_unit() {
-    let dir = pipeline_copy("shop");
     let sql = "SELECT order_id, customer_id, UPPER(product) AS product, quantity, dt FROM orders WHERE status <> 'cancelled'";
-    std::fs::write(dir.path().join("queries/by_file.sql"), sql).unwrap();
-    std::fs::write(dir.path().join("queries/by_pair.sql"), sql).unwrap();
-    std::fs::write(dir.path().join("queries/one_unit.sql"), sql).unwrap();
-    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
-    std::fs::write(
-        dir.path().join("sluice.toml"),
-        format!(
-            "{toml}\n[models.by_file.batches]\nby = \"file\"\n[models.by_pair.batches]\nby = \"file\"\nfiles_per_unit = 3\n\
-             [models.by_file.sink]\npartition_by = [\"dt\"]\n[models.by_pair.sink]\npartition_by = [\"dt\"]\n[models.one_unit.sink]\npartition_by = [\"dt\"]\n"
-        ),
-    )
-    .unwrap();
-    let report = dir.path().join("r.json");
-    sluice(
-        dir.path(),
-        &[
-            "run",
-            ".",
-            "--select",
-            "by_file,by_pair,one_unit",
-            "--report",
-            report.to_str().unwrap(),
-        ],
-    )
-    .expect(0);
+    let dir = shop_with(
+        &[("by_file", sql), ("by_pair", sql), ("one_unit", sql)],
+        "[models.by_file.batches]\nby = \"file\"\n[models.by_pair.batches]\nby = \"file\"\nfiles_per_unit = 3\n\
+         [models.by_file.sink]\npartition_by = [\"dt\"]\n[models.by_pair.sink]\npartition_by = [\"dt\"]\n[models.one_unit.sink]\npartition_by = [\"dt\"]\n",
+    );
+    let (_, r) = run_with_report(dir.path(), &["--select", "by_file,by_pair,one_unit"], 0);
     let read = |m: &str| {
         let out = format!("{}/out/{m}/", dir.path().display());
         async move {
@@ -239,16 +193,7 @@ async fn units_by_file_read_only_their_files_and_equal_one_unit() {
         .filter(|o| o.status != "cancelled")
         .count();
     assert_eq!(one.len(), raw);
-    let r = read_json(&report);
-    let model = |n: &str| {
-        r["models"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == n)
-            .unwrap()
-            .clone()
-    };
+    let model = |n: &str| report_model(&r, n);
     let by_file = model("by_file");
     assert_eq!(by_file["units_total"], 4);
     // Each unit read only its own file: the raw rows of that day.
@@ -296,23 +241,16 @@ async fn a_run_killed_while_publishing_is_finished_by_running_it_again() {
     // Tiny files make the publish (moving every staged file to its final key) long enough to
     // be caught: kill as soon as a file has reached its final place but before the manifest.
     let dir = lineitem_pipeline("year", "max_concurrent_units = 2");
-    let toml = std::fs::read_to_string(dir.path().join("sluice.toml"))
-        .unwrap()
-        .replace(
+    edit_file(&dir.path().join("sluice.toml"), |toml| {
+        toml.replace(
             "[models.batched.sink]\n",
             "[models.batched.sink]\ntarget_rows_per_file = 40\n",
-        );
-    std::fs::write(dir.path().join("sluice.toml"), toml).unwrap();
+        )
+    });
     let out = dir.path().join("out/batched");
     let mut caught = false;
     for _ in 0..3 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["-q", "run", ".", "--select", "batched"])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_sluice(dir.path(), &["-q", "run", ".", "--select", "batched"]);
         let start = Instant::now();
         loop {
             let published = ["A", "N", "R"].iter().any(|f| {
@@ -349,14 +287,11 @@ async fn a_run_killed_while_publishing_is_finished_by_running_it_again() {
     sluice(dir.path(), &["run", ".", "--select", "whole"]).expect(0);
     let batched = content(dir.path(), "batched").await;
     assert_eq!(batched, content(dir.path(), "whole").await);
-    let (_, files) = manifest_rows(&out);
-    let mut listed: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
-    listed.sort();
-    let on_disk: Vec<String> = files_under(&out)
-        .into_iter()
-        .filter(|f| !f.starts_with('_'))
-        .collect();
-    assert_eq!(listed, on_disk, "files on disk are exactly the manifest's");
+    assert_eq!(
+        manifest_files_sorted(&out),
+        data_files(files_under(&out)),
+        "files on disk are exactly the manifest's"
+    );
     assert!(!out.join("_staging").exists());
 }
 
@@ -391,21 +326,10 @@ async fn text_event_times_batch_without_losing_the_first_day_of_a_period() {
         )
         .unwrap();
     }
-    let report = dir.path().join("r.json");
-    sluice(
-        dir.path(),
-        &["run", ".", "--report", report.to_str().unwrap()],
-    )
-    .expect(0);
+    let (_, r) = run_with_report(dir.path(), &[], 0);
     for m in ["daily", "monthly"] {
-        let b = query_output(
-            &format!("{}/out/{m}/", dir.path().display()),
-            "parquet",
-            &[],
-            "SELECT CAST(id AS VARCHAR) AS id FROM t",
-        )
-        .await;
-        let got: Vec<String> = rows(&b, &["id"])
+        let got: Vec<String> = output_rows(dir.path(), m, &["id"])
+            .await
             .into_iter()
             .map(|r| r[0].clone())
             .collect();
@@ -415,14 +339,7 @@ async fn text_event_times_batch_without_losing_the_first_day_of_a_period() {
             "{m}: every row exactly once"
         );
     }
-    let r = read_json(&report);
-    let daily = r["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "daily")
-        .unwrap()
-        .clone();
+    let daily = report_model(&r, "daily");
     let per_day: Vec<(String, u64)> = daily["units"]
         .as_array()
         .unwrap()

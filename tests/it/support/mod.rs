@@ -1,11 +1,28 @@
 //! Shared helpers for the end-to-end tests: run the real binary, lay out pipelines, and read
 //! outputs back with DataFusion directly (not through sluice's own catalog), so checks are
-//! independent of the code under test.
+//! independent of the code under test. Test modules import only from here, never from each
+//! other.
+//!
+//! * this file: running the binary, files and folders, reading outputs and reports;
+//! * [`pipeline`]: a pipeline folder with one source and one model;
+//! * [`shop`]: the `testdata/shop` pipeline and raw counts of its input files;
+//! * [`target`]: an output folder on local disk or S3, for the storage conformance suite;
+//! * [`tpch`]: TPC-H data and the plain-DataFusion answer over it;
+//! * [`s3`], [`faults`]: a real S3-compatible server, and a proxy that injects faults.
 
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod pipeline;
 pub mod s3;
+pub mod shop;
+pub mod target;
+pub mod tpch;
+
+pub use pipeline::OneModel;
+pub use shop::*;
+pub use target::Target;
+pub use tpch::*;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -68,9 +85,45 @@ pub fn sluice_env(dir: &Path, args: &[&str], env: &[(String, String)]) -> Run {
     }
 }
 
+/// Starts `sluice ARGS` in `dir` in the background, its output discarded (to kill it, or to
+/// overlap runs).
+pub fn spawn_sluice(dir: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the sluice binary starts")
+}
+
 /// Runs `sluice ARGS` in `dir`.
 pub fn sluice(dir: &Path, args: &[&str]) -> Run {
     sluice_env(dir, args, &[])
+}
+
+/// Runs `sluice run . EXTRA... --report <dir>/r.json` in `dir` expecting exit `code`: the run
+/// and the report it wrote.
+#[track_caller]
+pub fn run_with_report(dir: &Path, extra: &[&str], code: i32) -> (Run, serde_json::Value) {
+    run_with_report_env(dir, extra, &[], code)
+}
+
+/// [`run_with_report`] with extra environment variables.
+#[track_caller]
+pub fn run_with_report_env(
+    dir: &Path,
+    extra: &[&str],
+    env: &[(String, String)],
+    code: i32,
+) -> (Run, serde_json::Value) {
+    let report = dir.join("r.json");
+    let mut args = vec!["run", "."];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--report", report.to_str().unwrap()]);
+    let run = sluice_env(dir, &args, env).expect(code);
+    let json = read_json(&report);
+    (run, json)
 }
 
 /// Copies a folder recursively (skipping `out/` and `.sluice/`).
@@ -95,20 +148,6 @@ pub fn copy_dir(from: &Path, to: &Path) {
 pub fn pipeline_copy(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&testdata(name), dir.path());
-    dir
-}
-
-/// A temporary pipeline folder with TPC-H SF 0.01 in `data/` (one folder a table) and an
-/// empty `queries/`.
-pub fn tpch_pipeline_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let data = format!("{}/data", dir.path().display());
-    sluice(
-        dir.path(),
-        &["gen", "tpch", "--scale", "0.01", "--out", &data],
-    )
-    .expect(0);
-    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
     dir
 }
 
@@ -146,42 +185,6 @@ pub fn dirs_under(dir: &Path) -> Vec<String> {
     walk(dir).1
 }
 
-/// One row of the shop's raw `orders` CSVs, parsed by hand (independently of any engine).
-#[derive(Debug, Clone)]
-pub struct RawOrder {
-    pub dt: String,
-    pub customer_id: i64,
-    pub product: String,
-    pub quantity: i64,
-    pub status: String,
-}
-
-/// Every raw order under `<pipeline>/data/orders/dt=*/orders.csv`.
-pub fn raw_orders(pipeline: &Path) -> Vec<RawOrder> {
-    let base = pipeline.join("data/orders");
-    let mut out = Vec::new();
-    for f in files_under(&base) {
-        let dt = f
-            .split('/')
-            .next()
-            .unwrap()
-            .trim_start_matches("dt=")
-            .to_string();
-        let text = std::fs::read_to_string(base.join(&f)).unwrap();
-        for line in text.lines().skip(1) {
-            let c: Vec<&str> = line.split(',').collect();
-            out.push(RawOrder {
-                dt: dt.clone(),
-                customer_id: c[1].parse().unwrap(),
-                product: c[2].to_string(),
-                quantity: c[3].parse().unwrap(),
-                status: c[5].to_string(),
-            });
-        }
-    }
-    out
-}
-
 /// The model names of a run report, in order.
 pub fn model_names(report: &serde_json::Value) -> Vec<String> {
     report["models"]
@@ -190,6 +193,17 @@ pub fn model_names(report: &serde_json::Value) -> Vec<String> {
         .iter()
         .map(|m| m["name"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// The model `name` of a run report (its entry in `models`).
+#[track_caller]
+pub fn report_model<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .unwrap_or_else(|| panic!("no model {name} in the report: {report}"))
 }
 
 /// A file's bytes and every file of a folder, to compare a folder before and after.
@@ -203,8 +217,47 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// The data files among the relative paths of an output folder (the keys of a [`snapshot`],
+/// [`files_under`] it, or a [`Target::snapshot`]): every path but the manifest, the
+/// `_SUCCESS` marker and staging, i.e. whose first part does not start with `_`.
+pub fn data_files<S: AsRef<str>>(paths: impl IntoIterator<Item = S>) -> Vec<String> {
+    paths
+        .into_iter()
+        .map(|p| p.as_ref().to_string())
+        .filter(|p| !p.starts_with('_'))
+        .collect()
+}
+
+/// What an output folder's [`snapshot`] shows readers: everything but staging (the data
+/// files, the manifest and the marker, with their bytes).
+pub fn published(snap: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
+    snap.iter()
+        .filter(|(k, _)| !k.starts_with("_staging"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Rewrites a text file through `edit` (a `sluice.toml`, a query).
+pub fn edit_file(path: &Path, edit: impl FnOnce(String) -> String) {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    std::fs::write(path, edit(text)).unwrap();
+}
+
+/// Appends `extra` to a pipeline's `sluice.toml`, after a blank line.
+pub fn append_toml(dir: &Path, extra: &str) {
+    edit_file(&dir.join("sluice.toml"), |toml| format!("{toml}\n{extra}"));
+}
+
 /// Formats batches as sorted rows of strings (columns in `cols` order).
 pub fn rows(batches: &[RecordBatch], cols: &[&str]) -> Vec<Vec<String>> {
+    let mut out = rows_in_order(batches, cols);
+    out.sort();
+    out
+}
+
+/// Formats batches as rows of strings (columns in `cols` order), in the batches' row order.
+pub fn rows_in_order(batches: &[RecordBatch], cols: &[&str]) -> Vec<Vec<String>> {
     let opts = FormatOptions::default().with_null("NULL");
     let mut out = Vec::new();
     for b in batches {
@@ -227,8 +280,39 @@ pub fn rows(batches: &[RecordBatch], cols: &[&str]) -> Vec<Vec<String>> {
             out.push(fmts.iter().map(|f| f.value(i).to_string()).collect());
         }
     }
-    out.sort();
     out
+}
+
+/// Asserts that `got` and `want` are the same rows in the same order; on a difference, says
+/// `what`, both lengths and the first row that differs (not the whole of both).
+#[track_caller]
+pub fn assert_same_rows(got: &[Vec<String>], want: &[Vec<String>], what: &str) {
+    if let Some(i) = (0..got.len().max(want.len())).find(|&i| got.get(i) != want.get(i)) {
+        panic!(
+            "{what}: {} rows, {} expected; row {i} is {:?}, expected {:?}",
+            got.len(),
+            want.len(),
+            got.get(i),
+            want.get(i)
+        );
+    }
+}
+
+/// Every column of `batches`, in schema order, as sorted rows of strings; and the column
+/// names.
+pub fn all_rows(batches: &[RecordBatch]) -> (Vec<String>, Vec<Vec<String>>) {
+    let Some(first) = batches.first() else {
+        return (Vec::new(), Vec::new());
+    };
+    let names: Vec<String> = first
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let cols: Vec<&str> = names.iter().map(String::as_str).collect();
+    let rows = rows(batches, &cols);
+    (names, rows)
 }
 
 /// Reads an output folder with plain DataFusion: `format` files under `dir`, with Hive
@@ -240,6 +324,18 @@ pub async fn query_output(
     sql: &str,
 ) -> Vec<RecordBatch> {
     query_output_in(None, dir, format, partitions, sql).await
+}
+
+/// The number of rows of an output folder (as [`query_output`] reads it).
+pub async fn count_output(dir: &str, format: &str, partitions: &[&str]) -> u64 {
+    let b = query_output(
+        dir,
+        format,
+        partitions,
+        "SELECT CAST(COUNT(*) AS VARCHAR) AS n FROM t",
+    )
+    .await;
+    rows(&b, &["n"])[0][0].parse().unwrap()
 }
 
 /// [`query_output`] with an object store registered for `dir`'s URL (for S3 outputs).
@@ -284,6 +380,35 @@ pub async fn query_output_in(
     ctx.sql(sql).await.unwrap().collect().await.unwrap()
 }
 
+/// The rows of model `model`'s Parquet output `<dir>/out/<model>/`, read with plain
+/// DataFusion, each of `cols` cast to text; sorted.
+pub async fn output_rows(dir: &Path, model: &str, cols: &[&str]) -> Vec<Vec<String>> {
+    let select: Vec<String> = cols
+        .iter()
+        .map(|c| format!("CAST({c} AS VARCHAR) AS {c}"))
+        .collect();
+    let b = query_output(
+        &format!("{}/", dir.join("out").join(model).display()),
+        "parquet",
+        &[],
+        &format!("SELECT {} FROM t", select.join(", ")),
+    )
+    .await;
+    rows(&b, cols)
+}
+
+/// The rows of one Parquet file, in the file's order, read with the plain Parquet reader.
+pub fn parquet_batches(path: &Path) -> Vec<RecordBatch> {
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(path).unwrap();
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
 /// Reads a CSV file of expected rows (header first) as sorted rows.
 pub fn expected_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     let text = std::fs::read_to_string(path).unwrap();
@@ -320,29 +445,28 @@ pub fn manifest_rows(out_dir: &Path) -> (u64, Vec<(String, u64)>) {
     (m["rows"].as_u64().unwrap(), files)
 }
 
+/// The file paths a manifest lists, in its order.
+pub fn manifest_files(manifest: &serde_json::Value) -> Vec<String> {
+    manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The file paths the `_MANIFEST` of `out_dir` lists, sorted (to compare with
+/// [`data_files`] of the folder).
+pub fn manifest_files_sorted(out_dir: &Path) -> Vec<String> {
+    let mut files = manifest_files(&read_json(&out_dir.join("_MANIFEST")));
+    files.sort();
+    files
+}
+
 /// Rows in a Parquet file, from its footer.
 pub fn parquet_rows(path: &Path) -> u64 {
     let file = std::fs::File::open(path).unwrap();
     let reader = datafusion::parquet::file::reader::SerializedFileReader::new(file).unwrap();
     use datafusion::parquet::file::reader::FileReader;
     reader.metadata().file_metadata().num_rows() as u64
-}
-
-/// The shop pipeline (a copy of `testdata/shop`) with its sources read from
-/// `s3://lake/raw/` and its outputs written to `s3://lake/out/`. The data is not uploaded.
-pub fn shop_pipeline_on_s3() -> tempfile::TempDir {
-    let dir = pipeline_copy("shop");
-    let toml = std::fs::read_to_string(dir.path().join("sluice.toml"))
-        .unwrap()
-        .replace(
-            "location = \"data/orders/\"",
-            "location = \"s3://lake/raw/orders/\"",
-        )
-        .replace(
-            "location = \"data/customers.jsonl\"",
-            "location = \"s3://lake/raw/customers.jsonl\"",
-        )
-        .replace("location = \"out/", "location = \"s3://lake/out/");
-    std::fs::write(dir.path().join("sluice.toml"), toml).unwrap();
-    dir
 }

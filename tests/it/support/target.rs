@@ -1,0 +1,147 @@
+//! An output folder on local disk or under a bucket prefix on a real S3-compatible server
+//! (moto on 127.0.0.1), with the means to write to it with `sluice sql` and to inspect it:
+//! the storage conformance suite runs the same checks on both.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use super::s3::S3Server;
+use super::{Run, orders_arg, query_output_in, rows, sluice_env};
+
+/// Where a suite writes: a local folder or a bucket prefix, with the means to inspect it.
+pub struct Target {
+    /// The output folder as sluice takes it (path or URL, trailing `/`).
+    pub url: String,
+    /// Environment for the sluice process.
+    pub env: Vec<(String, String)>,
+    pub store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    store_url: Option<url::Url>,
+    /// Working folder for the sluice process.
+    pub dir: tempfile::TempDir,
+    _server: Option<S3Server>,
+}
+
+impl Target {
+    pub fn local() -> Target {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let url = format!("{}/", out.display());
+        let prefix = ObjectPath::from_filesystem_path(dir.path())
+            .unwrap()
+            .clone()
+            .join("out");
+        Target {
+            url,
+            env: Vec::new(),
+            store: Arc::new(object_store::local::LocalFileSystem::new()),
+            prefix,
+            store_url: None,
+            dir,
+            _server: None,
+        }
+    }
+
+    pub fn s3() -> Target {
+        let server = S3Server::start();
+        server.create_bucket("lake");
+        Target {
+            url: "s3://lake/warehouse/out/".into(),
+            env: server.env(),
+            store: server.store("lake"),
+            prefix: ObjectPath::from("warehouse/out"),
+            store_url: Some(url::Url::parse("s3://lake").unwrap()),
+            dir: tempfile::tempdir().unwrap(),
+            _server: Some(server),
+        }
+    }
+
+    /// A bucket prefix on a running server (the caller keeps the server alive).
+    pub fn for_bucket_prefix(server: &S3Server, bucket: &str, prefix: &str) -> Target {
+        Target {
+            url: format!("s3://{bucket}/{prefix}/"),
+            env: server.env(),
+            store: server.store(bucket),
+            prefix: ObjectPath::from(prefix),
+            store_url: Some(url::Url::parse(&format!("s3://{bucket}")).unwrap()),
+            dir: tempfile::tempdir().unwrap(),
+            _server: None,
+        }
+    }
+
+    /// The key of every object under the output, relative to it, sorted.
+    pub async fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .store
+            .list(Some(&self.prefix))
+            .map_ok(|m| self.relative(&m.location))
+            .try_collect()
+            .await
+            .unwrap();
+        keys.sort();
+        keys
+    }
+
+    fn relative(&self, key: &ObjectPath) -> String {
+        key.as_ref()[self.prefix.as_ref().len() + 1..].to_string()
+    }
+
+    /// Every object under the output, with its bytes.
+    pub async fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&self.prefix))
+            .try_collect()
+            .await
+            .unwrap();
+        let mut out = BTreeMap::new();
+        for m in metas {
+            let rel = self.relative(&m.location);
+            let bytes = self
+                .store
+                .get(&m.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            out.insert(rel, bytes.to_vec());
+        }
+        out
+    }
+
+    /// Reads the output with plain DataFusion and runs `sql` over it as table `t`.
+    pub async fn query(&self, format: &str, partitions: &[&str], sql: &str) -> Vec<RecordBatch> {
+        let store = self
+            .store_url
+            .as_ref()
+            .map(|u| (u, Arc::clone(&self.store)));
+        query_output_in(store, &self.url, format, partitions, sql).await
+    }
+
+    /// The number of rows of the output (as [`Target::query`] reads it).
+    pub async fn count(&self, format: &str, partitions: &[&str]) -> u64 {
+        let b = self
+            .query(
+                format,
+                partitions,
+                "SELECT CAST(COUNT(*) AS VARCHAR) AS n FROM t",
+            )
+            .await;
+        rows(&b, &["n"])[0][0].parse().unwrap()
+    }
+
+    /// Runs `sluice sql -e SQL` over the shop's raw orders (table `o`, [`orders_arg`]),
+    /// writing to the target.
+    pub fn write(&self, sql: &str, extra: &[&str]) -> Run {
+        let table = orders_arg();
+        let mut args = vec!["sql", "-e", sql, "--table", &table, "--out", &self.url];
+        args.extend_from_slice(extra);
+        sluice_env(self.dir.path(), &args, &self.env)
+    }
+}
