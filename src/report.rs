@@ -226,7 +226,7 @@ impl RunReport {
             run_id,
             pipeline: pipeline.to_string(),
             status: RunStatus::Failed,
-            finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            finished_at: crate::config::timestamp_now(),
             started_at,
             models: Vec::new(),
             error: Some(error),

@@ -2,8 +2,9 @@
 //! `.sluice/state.db`) that is the pipeline's run ledger and holds its run lock.
 //!
 //! Tables: `runs` (one row a run), `models` (one row a model of a run), `units` (one row a
-//! work unit of a model: its attempts, rows, timings, files, error), and `lock` (at most one
-//! row: the run that holds the pipeline). The schema is versioned in `meta`, so later
+//! work unit of a model: its attempts, rows, timings, files, error), `checks` (one row a
+//! check of a model of a run: its status and failing rows), and `lock` (at most one row: the
+//! run that holds the pipeline, with [`RunLock`] as its guard). The schema is versioned in `meta`, so later
 //! versions can add tables (watermarks, late-arrival counts) with migrations.
 //!
 //! The lock makes runs of one pipeline never overlap. It records the holder's pid, the
@@ -663,12 +664,10 @@ fn holder_alive(
             Some(start) => pid_start.is_none_or(|s| s == start),
         };
     }
-    chrono::DateTime::parse_from_rfc3339(heartbeat)
-        .map(|t| {
-            let age = chrono::Utc::now().signed_duration_since(t.with_timezone(&chrono::Utc));
-            age.to_std().map_or(true, |a| a < STALE_AFTER)
-        })
-        .unwrap_or(false)
+    crate::config::parse_timestamp(heartbeat).is_some_and(|t| {
+        let age = chrono::Utc::now().signed_duration_since(t);
+        age.to_std().map_or(true, |a| a < STALE_AFTER)
+    })
 }
 
 /// Formats the ledger as the table `sluice runs` prints.

@@ -68,14 +68,7 @@ pub fn file_extension(spec: &SourceConfig) -> String {
     if is_file_or_glob(&spec.location) {
         return String::new();
     }
-    let suffix = match spec.compression {
-        Compression::None => "",
-        Compression::Gzip => ".gz",
-        Compression::Zstd => ".zst",
-        Compression::Bzip2 => ".bz2",
-        Compression::Xz => ".xz",
-    };
-    format!(".{}{suffix}", spec.format.extension())
+    format!(".{}{}", spec.format.extension(), spec.compression.suffix())
 }
 
 /// The listing options for a spec: format, extension filter, partition columns.
@@ -203,7 +196,7 @@ pub async fn guess_format(
             message: e.to_string(),
         })?;
         let file = meta.location.filename().unwrap_or_default();
-        if file.starts_with('_') || file.starts_with('.') {
+        if crate::config::is_hidden(file) {
             continue;
         }
         if let Some(f) = Format::from_path(file) {

@@ -400,10 +400,7 @@ async fn discover_partitions(
         let Some((_file, dirs)) = parts.split_last() else {
             continue;
         };
-        if dirs
-            .iter()
-            .any(|d| d.starts_with('_') || d.starts_with('.'))
-        {
+        if dirs.iter().any(|d| crate::config::is_hidden(d)) {
             continue;
         }
         return dirs
@@ -466,9 +463,8 @@ pub async fn register_manifest(
         MANIFEST_VIEWS.fetch_add(1, Ordering::Relaxed),
         location.store_url().host_str().unwrap_or("local")
     );
-    let committed_at = chrono::DateTime::parse_from_rfc3339(&manifest.committed_at)
-        .map(|t| t.with_timezone(&chrono::Utc))
-        .unwrap_or_else(|_| chrono::Utc::now());
+    let committed_at =
+        crate::config::parse_timestamp(&manifest.committed_at).unwrap_or_else(chrono::Utc::now);
     let files = manifest
         .files
         .iter()

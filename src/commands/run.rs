@@ -29,7 +29,7 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
         Some(path) => Some(ReportFile::create(path)?),
         None => None,
     };
-    let started_at = run::now();
+    let started_at = crate::config::timestamp_now();
     let pipeline = match cx.load_pipeline(&opts.path) {
         Ok(p) => p,
         Err(e) => {

@@ -202,36 +202,55 @@ pub async fn run_sql(
                 files: committed.new_files,
             })
         }
-        None => {
-            let mut shown: Vec<RecordBatch> = Vec::new();
-            let mut shown_rows = 0usize;
-            let mut total = 0u64;
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(query_err)?;
-                total += batch.num_rows() as u64;
-                if shown_rows < opts.max_rows {
-                    let take = (opts.max_rows - shown_rows).min(batch.num_rows());
-                    shown.push(batch.slice(0, take));
-                    shown_rows += take;
-                }
-            }
-            let table = datafusion::arrow::util::pretty::pretty_format_batches(&shown)
-                .map_err(|e| query_err(e.into()))?;
-            let io = |source| Error::Io {
-                path: "stdout".into(),
-                source,
-            };
-            writeln!(out, "{table}").map_err(io)?;
-            let more = if total > shown_rows as u64 {
-                format!(" (first {shown_rows} shown)")
-            } else {
-                String::new()
-            };
-            writeln!(out, "{total} row(s){more}").map_err(io)?;
-            Ok(SqlSummary {
-                rows: total,
+        None => print_result(&mut stream, opts.max_rows, out)
+            .await
+            .map(|rows| SqlSummary {
+                rows,
                 files: Vec::new(),
             })
+            .map_err(|e| match e {
+                PrintError::Query(e) => query_err(e),
+                PrintError::Io(source) => Error::Io {
+                    path: "stdout".into(),
+                    source,
+                },
+            }),
+    }
+}
+
+/// Why printing a result failed.
+enum PrintError {
+    Query(datafusion::error::DataFusionError),
+    Io(std::io::Error),
+}
+
+/// Prints the first `max_rows` rows of `stream` as a table, and how many rows it had.
+/// Returns that number.
+async fn print_result(
+    stream: &mut datafusion::physical_plan::SendableRecordBatchStream,
+    max_rows: usize,
+    out: &mut dyn Write,
+) -> Result<u64, PrintError> {
+    let mut shown: Vec<RecordBatch> = Vec::new();
+    let mut shown_rows = 0usize;
+    let mut total = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(PrintError::Query)?;
+        total += batch.num_rows() as u64;
+        if shown_rows < max_rows {
+            let take = (max_rows - shown_rows).min(batch.num_rows());
+            shown.push(batch.slice(0, take));
+            shown_rows += take;
         }
     }
+    let table = datafusion::arrow::util::pretty::pretty_format_batches(&shown)
+        .map_err(|e| PrintError::Query(e.into()))?;
+    writeln!(out, "{table}").map_err(PrintError::Io)?;
+    let more = if total > shown_rows as u64 {
+        format!(" (first {shown_rows} shown)")
+    } else {
+        String::new()
+    };
+    writeln!(out, "{total} row(s){more}").map_err(PrintError::Io)?;
+    Ok(total)
 }

@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use values::{
-    EnvLookup, interpolate_env, line_col, parse_datetime, parse_duration, parse_size,
-    resolve_location, split_compression,
+    EnvLookup, interpolate_env, is_hidden, line_col, parse_datetime, parse_duration, parse_size,
+    parse_timestamp, resolve_location, split_compression, timestamp_now,
 };
 
 use validate::Validator;

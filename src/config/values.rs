@@ -82,6 +82,26 @@ pub fn parse_datetime(s: &str) -> Option<chrono::NaiveDateTime> {
 /// `main` passes it in, and tests pass their own.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// Whether a file or folder name is hidden from readers: `.name`, or `_name` (`_MANIFEST`,
+/// `_SUCCESS`, `_staging`) unless it is a partition folder (`_col=value`). The one rule for
+/// which entries of a folder hold data, for sources and outputs alike.
+pub fn is_hidden(name: &str) -> bool {
+    name.starts_with('.') || (name.starts_with('_') && !name.contains('='))
+}
+
+/// The current time as sluice writes it everywhere (reports, the state store, manifests):
+/// RFC 3339 in UTC with milliseconds, e.g. `2026-11-29T04:48:18.123Z`.
+pub fn timestamp_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A timestamp as [`timestamp_now`] writes it (any RFC 3339 offset), in UTC.
+pub fn parse_timestamp(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
 /// Replaces every `${env:NAME}` in `value`; `Err(NAME)` for the first unset variable.
 pub fn interpolate_env(value: &str, env: EnvLookup<'_>) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
@@ -215,7 +235,7 @@ pub(super) fn local_folder_format(dir: &Path) -> Option<Format> {
         entries.sort();
         for p in entries {
             let name = p.file_name()?.to_string_lossy().into_owned();
-            if name.starts_with('_') || name.starts_with('.') {
+            if is_hidden(&name) {
                 continue;
             }
             if p.is_dir() {

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{Materialized, Pipeline};
+use crate::config::{Materialized, Pipeline, timestamp_now};
 use crate::dag::Dag;
 use crate::engine::Engine;
 use crate::error::Error;
@@ -51,11 +51,6 @@ pub struct RunOptions {
     pub restart: bool,
 }
 
-/// The current time as the reports write it (RFC 3339, UTC, milliseconds).
-pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 /// Runs a prepared pipeline under its lock, recorded in its state store: every selected model
 /// in order. A failed model fails the run and skips the models downstream of it; independent
 /// models still run. A dry run takes no lock and records nothing.
@@ -70,7 +65,7 @@ pub async fn run(
     progress: &Progress,
 ) -> Result<RunReport, Error> {
     let mut run_id = crate::table::new_run_id();
-    let started_at = now();
+    let started_at = timestamp_now();
     if opts.dry_run {
         return Ok(run_models(prepared, opts, progress, None, run_id, started_at).await);
     }
@@ -134,7 +129,7 @@ impl Heartbeat {
         Heartbeat(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(crate::state::HEARTBEAT_EVERY).await;
-                if let Err(e) = state.heartbeat(&run_id, &now()) {
+                if let Err(e) = state.heartbeat(&run_id, &timestamp_now()) {
                     tracing::warn!("cannot write the heartbeat: {e}");
                 }
             }
@@ -263,7 +258,7 @@ async fn run_models(
         pipeline: pipeline.name.clone(),
         status,
         started_at,
-        finished_at: now(),
+        finished_at: timestamp_now(),
         models: reports,
         error: None,
     }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use datafusion::error::DataFusionError;
 
-use super::{RunCx, now};
-use crate::config::{ModelConfig, Pipeline};
+use super::RunCx;
+use crate::config::{ModelConfig, Pipeline, timestamp_now};
 use crate::dag::Dag;
 use crate::describe::describe_datafusion;
 use crate::engine::{Engine, ScanRows};
@@ -166,7 +166,7 @@ pub(super) async fn run_unit(
             attempts: attempt,
             rows_in: 0,
             rows_out: 0,
-            started_at: Some(now()),
+            started_at: Some(timestamp_now()),
             finished_at: None,
             elapsed_ms: 0,
             peak_memory: 0,
@@ -181,7 +181,7 @@ pub(super) async fn run_unit(
         let (outcome, peak) = timed_attempt(cx, job, unit, attempt, bar).await;
         record.elapsed_ms = start.elapsed().as_millis() as u64;
         record.peak_memory = peak;
-        record.finished_at = Some(now());
+        record.finished_at = Some(timestamp_now());
         let error = match outcome {
             Ok((staged, scan, spilled, joins)) => {
                 record.status = UnitStatus::Done;

@@ -100,7 +100,7 @@ impl Manifest {
         Manifest {
             version: MANIFEST_VERSION,
             run_id: run_id.to_string(),
-            committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            committed_at: crate::config::timestamp_now(),
             format: format.to_string(),
             partition_by: partition_by.to_vec(),
             rows: files.iter().map(|f| f.rows).sum(),

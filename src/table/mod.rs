@@ -19,9 +19,7 @@ pub use manifest::{
 /// Whether a relative path inside an output folder is a data file (not the manifest, the
 /// marker, staging, or a hidden `_` / `.` entry).
 pub fn is_data_file(path: &str) -> bool {
-    !path
-        .split('/')
-        .any(|seg| seg.starts_with('_') && !seg.contains('=') || seg.starts_with('.'))
+    !path.split('/').any(crate::config::is_hidden)
 }
 
 /// A new run id: UTC time plus a random suffix, sortable and unique. Data files carry it in
