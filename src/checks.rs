@@ -93,7 +93,7 @@ impl CheckResult {
 }
 
 /// Runs `checks` against `table` in `ctx`.
-pub async fn run(ctx: &SessionContext, table: &str, checks: &[Check]) -> Vec<CheckResult> {
+pub(crate) async fn run(ctx: &SessionContext, table: &str, checks: &[Check]) -> Vec<CheckResult> {
     let mut out = Vec::with_capacity(checks.len());
     for check in checks {
         let counted = async {

@@ -110,7 +110,7 @@ pub struct Dag {
 }
 
 /// Substitutes `{{ KEY }}` in `sql`.
-pub fn render(
+pub(crate) fn render(
     sql: &str,
     vars: &BTreeMap<String, String>,
     file: &std::path::Path,
@@ -145,7 +145,10 @@ pub fn render(
 
 /// Parses one SQL query and returns the tables it reads (CTEs excluded), lower-cased as
 /// DataFusion normalises unquoted identifiers.
-pub fn table_references(sql: &str, file: &std::path::Path) -> Result<Vec<String>, PlanError> {
+pub(crate) fn table_references(
+    sql: &str,
+    file: &std::path::Path,
+) -> Result<Vec<String>, PlanError> {
     let mut statements =
         DFParser::parse_sql_with_dialect(sql, &GenericDialect {}).map_err(|e| {
             PlanError::Syntax {

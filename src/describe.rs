@@ -4,14 +4,14 @@
 
 /// Renders a DataFusion error for a user: the innermost useful message, without the
 /// "Arrow error: External error: ..." wrapping and without a backtrace.
-pub fn describe_datafusion(err: &datafusion::error::DataFusionError) -> String {
+pub(crate) fn describe_datafusion(err: &datafusion::error::DataFusionError) -> String {
     describe_storage(&describe_engine(err))
 }
 
 /// A storage failure in words a user can act on: a refusal (HTTP 403, or object_store's
 /// "lacked the necessary privileges") starts with "access denied", and a server's XML error
 /// body (many lines) is cut off. Other messages pass unchanged.
-pub fn describe_storage(message: &str) -> String {
+pub(crate) fn describe_storage(message: &str) -> String {
     let text = message
         .split("<?xml")
         .next()
@@ -70,7 +70,7 @@ fn describe_external(err: &(dyn std::error::Error + Send + Sync + 'static)) -> S
 /// error's chain of sources — I/O error kinds, object_store's error variants and HTTP error
 /// kinds, DataFusion and arrow wrappers looked through — not from its message. Errors in the
 /// data, the SQL or the schema are deterministic and are not retried.
-pub fn is_transient(err: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_transient(err: &(dyn std::error::Error + 'static)) -> bool {
     use object_store::client::{HttpError, HttpErrorKind};
     use std::io::ErrorKind as K;
     let mut next = Some(err);

@@ -61,7 +61,7 @@ fn trouble(message: &str) -> Option<Trouble> {
 }
 
 /// Explains why a model reading `sources` failed with `err`.
-pub async fn explain(
+pub(crate) async fn explain(
     engine: &Engine,
     pipeline: &Pipeline,
     sources: &BTreeSet<String>,

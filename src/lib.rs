@@ -32,27 +32,32 @@
 //!
 //! The binary (`main.rs`, `cli/`) parses flags in two stages, raw flags → validated options,
 //! and hands the process environment in: the library never reads argv or the environment.
+//!
+//! Only what the binary, the tests and the fuzz targets use is `pub`; the other modules are
+//! `pub(crate)`, and with `unreachable_pub` on, the compiler reports what in them is unused.
 
-pub mod catalog;
-pub mod checks;
+#![warn(unreachable_pub)]
+
+pub(crate) mod catalog;
+pub(crate) mod checks;
 pub mod commands;
 pub mod config;
-pub mod dag;
-pub mod describe;
-pub mod diagnose;
+pub(crate) mod dag;
+pub(crate) mod describe;
+pub(crate) mod diagnose;
 pub mod engine;
 pub mod error;
-pub mod join;
-pub mod physical;
+pub(crate) mod join;
+pub(crate) mod physical;
 pub mod progress;
 pub mod quarantine;
 pub mod report;
 pub mod run;
-pub mod sink;
+pub(crate) mod sink;
 pub mod state;
 pub mod store;
-pub mod table;
+pub(crate) mod table;
 pub mod tpch;
-pub mod units;
+pub(crate) mod units;
 
 pub use error::{Error, Result};

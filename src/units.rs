@@ -51,7 +51,7 @@ pub enum UnitKind {
 }
 
 /// The start of the period of `size` that contains `t`.
-pub fn truncate(size: BatchSize, t: NaiveDateTime) -> NaiveDateTime {
+pub(crate) fn truncate(size: BatchSize, t: NaiveDateTime) -> NaiveDateTime {
     let d = t.date();
     let day = |y, m, dd| NaiveDate::from_ymd_opt(y, m, dd).and_then(|d| d.and_hms_opt(0, 0, 0));
     match size {
@@ -64,7 +64,7 @@ pub fn truncate(size: BatchSize, t: NaiveDateTime) -> NaiveDateTime {
 }
 
 /// The start of the period after the one starting at `t`.
-pub fn next(size: BatchSize, t: NaiveDateTime) -> NaiveDateTime {
+pub(crate) fn next(size: BatchSize, t: NaiveDateTime) -> NaiveDateTime {
     match size {
         BatchSize::Hour => t + Duration::hours(1),
         BatchSize::Day => t + Duration::days(1),
@@ -78,7 +78,7 @@ pub fn next(size: BatchSize, t: NaiveDateTime) -> NaiveDateTime {
 }
 
 /// The name of the period of `size` starting at `t`.
-pub fn period_name(size: BatchSize, t: NaiveDateTime) -> String {
+pub(crate) fn period_name(size: BatchSize, t: NaiveDateTime) -> String {
     match size {
         BatchSize::Hour => t.format("%Y-%m-%dT%H").to_string(),
         BatchSize::Day => t.format("%Y-%m-%d").to_string(),
@@ -88,7 +88,7 @@ pub fn period_name(size: BatchSize, t: NaiveDateTime) -> String {
 }
 
 /// The units covering `[start, end)`: the first starts at `start`'s period.
-pub fn periods(size: BatchSize, start: NaiveDateTime, end: NaiveDateTime) -> Vec<Unit> {
+pub(crate) fn periods(size: BatchSize, start: NaiveDateTime, end: NaiveDateTime) -> Vec<Unit> {
     let mut out = Vec::new();
     let mut t = truncate(size, start);
     while t < end {
@@ -107,7 +107,7 @@ pub fn periods(size: BatchSize, start: NaiveDateTime, end: NaiveDateTime) -> Vec
 }
 
 /// The `n` units of a model by key, named `key 03 of 16`.
-pub fn by_key(n: usize) -> Vec<Unit> {
+pub(crate) fn by_key(n: usize) -> Vec<Unit> {
     let width = (n.max(2) - 1).to_string().len();
     (0..n)
         .map(|i| Unit {
@@ -122,7 +122,7 @@ pub fn by_key(n: usize) -> Vec<Unit> {
 }
 
 /// The single unit of an unbatched model.
-pub fn whole() -> Vec<Unit> {
+pub(crate) fn whole() -> Vec<Unit> {
     vec![Unit {
         index: 0,
         name: "all".into(),
@@ -132,7 +132,7 @@ pub fn whole() -> Vec<Unit> {
 
 /// Units of `per_unit` files each over `files` of `source` (sorted by path), named after their
 /// first file (relative to `prefix`).
-pub fn by_files(
+pub(crate) fn by_files(
     source: &str,
     files: Vec<object_store::ObjectMeta>,
     per_unit: usize,
@@ -166,7 +166,10 @@ pub fn by_files(
 
 /// The event-time sources a model reads (directly or through the views it inlines), with
 /// their event-time columns.
-pub fn event_sources(pipeline: &Pipeline, sources: &BTreeSet<String>) -> Vec<(String, String)> {
+pub(crate) fn event_sources(
+    pipeline: &Pipeline,
+    sources: &BTreeSet<String>,
+) -> Vec<(String, String)> {
     sources
         .iter()
         .filter_map(|s| {
@@ -178,7 +181,7 @@ pub fn event_sources(pipeline: &Pipeline, sources: &BTreeSet<String>) -> Vec<(St
 
 /// Units of a plan whose `[start, end)` falls outside the sizing rule of thumb: 10K–500K rows
 /// a unit and 50–200 units a job.
-pub fn sizing_warnings(units: usize, rows_per_unit: &[u64]) -> Vec<String> {
+pub(crate) fn sizing_warnings(units: usize, rows_per_unit: &[u64]) -> Vec<String> {
     let mut out = Vec::new();
     if units > 0 && units < 50 {
         out.push(format!(

@@ -22,7 +22,7 @@ use crate::describe::describe_datafusion;
 use crate::store::{Location, StoreRegistry};
 
 /// DataFusion's name for a source's compression.
-pub fn compression_type(c: Compression) -> FileCompressionType {
+pub(crate) fn compression_type(c: Compression) -> FileCompressionType {
     match c {
         Compression::None => FileCompressionType::UNCOMPRESSED,
         Compression::Gzip => FileCompressionType::GZIP,
@@ -33,7 +33,7 @@ pub fn compression_type(c: Compression) -> FileCompressionType {
 }
 
 /// The DataFusion file format for a spec.
-pub fn file_format(spec: &SourceConfig) -> Arc<dyn FileFormat> {
+pub(crate) fn file_format(spec: &SourceConfig) -> Arc<dyn FileFormat> {
     let compression = compression_type(spec.compression);
     match spec.format {
         Format::Parquet => Arc::new(ParquetFormat::default()),
@@ -64,7 +64,7 @@ fn is_file_or_glob(location: &str) -> bool {
 /// The extension a source's files are listed by: a folder is filtered by it (so `_SUCCESS`
 /// and `_MANIFEST` are skipped); a file or glob the user named is taken as it is, whatever
 /// its extension (the empty string).
-pub fn file_extension(spec: &SourceConfig) -> String {
+pub(crate) fn file_extension(spec: &SourceConfig) -> String {
     if is_file_or_glob(&spec.location) {
         return String::new();
     }
@@ -151,7 +151,7 @@ pub(super) fn resolve(
 }
 
 /// Every file a source covers (its folder, file or glob), with sizes.
-pub async fn list_source_files(
+pub(crate) async fn list_source_files(
     ctx: &SessionContext,
     stores: &StoreRegistry,
     spec: &SourceConfig,
@@ -172,7 +172,7 @@ pub async fn list_source_files(
 
 /// The format of a table location: from its extension, or from the first data file found
 /// in it (skipping `_` and `.` entries such as `_MANIFEST`).
-pub async fn guess_format(
+pub(crate) async fn guess_format(
     stores: &StoreRegistry,
     location: &Location,
 ) -> Result<Format, CatalogError> {

@@ -24,8 +24,9 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use object_store::ObjectMeta;
 
-pub use listing::{compression_type, file_extension, file_format, guess_format, list_source_files};
-pub use schema::parse_schema;
+pub(crate) use listing::{
+    compression_type, file_extension, file_format, guess_format, list_source_files,
+};
 
 use crate::config::{Format, SourceConfig};
 use crate::describe::describe_datafusion;
@@ -128,7 +129,7 @@ fn df_err(spec: &SourceConfig, e: &DataFusionError) -> CatalogError {
 
 /// Registers a table over files in `ctx`, inferring or parsing its schema, and returns the
 /// table's full schema (file columns then partition columns).
-pub async fn register_table(
+pub(crate) async fn register_table(
     ctx: &SessionContext,
     stores: &StoreRegistry,
     spec: &SourceConfig,
@@ -419,7 +420,7 @@ static MANIFEST_VIEWS: AtomicUsize = AtomicUsize::new(0);
 /// exactly the files its manifest lists. `order`, when given (the model's planned schema),
 /// sets the column order; otherwise the manifest's. Partition columns get their types back,
 /// and Hive's NULL folder reads as NULL.
-pub async fn register_manifest(
+pub(crate) async fn register_manifest(
     ctx: &SessionContext,
     name: &str,
     location: &Location,

@@ -51,7 +51,7 @@ pub(super) async fn sql_types(
 }
 
 /// Parses a declared schema (`id BIGINT, name VARCHAR, price DECIMAL(10,2)`) into Arrow.
-pub async fn parse_schema(
+pub(crate) async fn parse_schema(
     ctx: &SessionContext,
     source: &str,
     schema: &str,

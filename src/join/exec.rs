@@ -47,11 +47,11 @@ use super::job::{Job, Shared};
 use super::metrics::JoinMetrics;
 
 /// Recursion levels of re-partitioning before a bucket is joined in pieces.
-pub const MAX_DEPTH: u32 = 4;
+pub(crate) const MAX_DEPTH: u32 = 4;
 
 /// How a join's strategy was chosen at plan time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Strategy {
+pub(crate) enum Strategy {
     /// Try the in-memory hash join; partition only if the build side outgrows its memory.
     Adaptive,
     /// Partition into this many buckets from the start: the estimate is over the budget.
@@ -69,7 +69,7 @@ impl fmt::Display for Strategy {
 
 /// The plan-time decision for one join: strategy, the reason shown by EXPLAIN, and sizes.
 #[derive(Debug, Clone)]
-pub struct Choice {
+pub(crate) struct Choice {
     /// What to do first.
     pub strategy: Strategy,
     /// Why, in words (shown by EXPLAIN and `sluice plan`).
@@ -85,7 +85,7 @@ pub struct Choice {
 
 /// A hash join that spills: see the module documentation.
 #[derive(Debug)]
-pub struct GraceHashJoinExec {
+pub(crate) struct GraceHashJoinExec {
     join: Arc<HashJoinExec>,
     choice: Choice,
     metrics: ExecutionPlanMetricsSet,
@@ -95,7 +95,7 @@ pub struct GraceHashJoinExec {
 
 impl GraceHashJoinExec {
     /// Wraps `join`, which must not be null-aware, over the same inputs.
-    pub fn try_new(join: &HashJoinExec, choice: Choice) -> Result<GraceHashJoinExec> {
+    pub(crate) fn try_new(join: &HashJoinExec, choice: Choice) -> Result<GraceHashJoinExec> {
         if join.null_aware {
             return Err(DataFusionError::Plan(
                 "a null-aware anti join (NOT IN) cannot be partitioned".into(),
@@ -117,13 +117,8 @@ impl GraceHashJoinExec {
         })
     }
 
-    /// The wrapped join.
-    pub fn join(&self) -> &HashJoinExec {
-        &self.join
-    }
-
     /// The plan-time decision.
-    pub fn choice(&self) -> &Choice {
+    pub(crate) fn choice(&self) -> &Choice {
         &self.choice
     }
 
@@ -153,7 +148,7 @@ impl GraceHashJoinExec {
     }
 
     /// One line describing the join for reports: type and keys.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let on = self
             .join
             .on()

@@ -34,12 +34,12 @@ use serde::Serialize;
 
 use crate::config::JoinOptions;
 
-pub use exec::{Choice, GraceHashJoinExec, MAX_DEPTH, Strategy};
-pub use rule::GraceJoinRule;
+pub(crate) use exec::GraceHashJoinExec;
+pub(crate) use rule::GraceJoinRule;
 
 /// DataFusion's physical optimizer rules with [`GraceJoinRule`] inserted where it must run:
 /// after `JoinSelection` and before `EnsureRequirements`.
-pub fn physical_rules(
+pub(crate) fn physical_rules(
     options: JoinOptions,
     memory_limit: Option<usize>,
 ) -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
@@ -77,7 +77,7 @@ pub struct JoinReport {
 }
 
 /// The joins of a physical plan, with their run-time figures once it has run.
-pub fn join_reports(plan: &Arc<dyn ExecutionPlan>) -> Vec<JoinReport> {
+pub(crate) fn join_reports(plan: &Arc<dyn ExecutionPlan>) -> Vec<JoinReport> {
     let mut out = Vec::new();
     collect(plan, &mut out);
     out
@@ -167,7 +167,7 @@ fn collect(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<JoinReport>) {
 
 /// Adds the joins of one more run of the same query (another work unit) to `into`: the
 /// same joins in the same order, their figures summed (peaks: the larger).
-pub fn merge_reports(into: &mut Vec<JoinReport>, more: Vec<JoinReport>) {
+pub(crate) fn merge_reports(into: &mut Vec<JoinReport>, more: Vec<JoinReport>) {
     if into.is_empty() || into.len() != more.len() {
         if into.is_empty() {
             *into = more;
@@ -186,7 +186,7 @@ pub fn merge_reports(into: &mut Vec<JoinReport>, more: Vec<JoinReport>) {
 }
 
 /// `1536` → `1.5 KiB`.
-pub fn human_bytes(n: usize) -> String {
+pub(crate) fn human_bytes(n: usize) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut unit = 0;

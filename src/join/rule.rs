@@ -27,14 +27,14 @@ const JOIN_SHARE: f64 = 0.75;
 
 /// The rule; see the module documentation.
 #[derive(Debug)]
-pub struct GraceJoinRule {
+pub(crate) struct GraceJoinRule {
     options: JoinOptions,
     memory_limit: Option<usize>,
 }
 
 impl GraceJoinRule {
     /// A rule for a session with `memory_limit` (bytes, `None`: unbounded).
-    pub fn new(options: JoinOptions, memory_limit: Option<usize>) -> GraceJoinRule {
+    pub(crate) fn new(options: JoinOptions, memory_limit: Option<usize>) -> GraceJoinRule {
         GraceJoinRule {
             options,
             memory_limit,

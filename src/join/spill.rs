@@ -56,7 +56,7 @@ pub(crate) struct Partitioner {
 
 impl Partitioner {
     /// A partitioner into `n` buckets by `keys`, hashed with the seed of level `depth`.
-    pub fn new(keys: Vec<PhysicalExprRef>, n: usize, depth: u32) -> Partitioner {
+    pub(super) fn new(keys: Vec<PhysicalExprRef>, n: usize, depth: u32) -> Partitioner {
         Partitioner {
             keys,
             state: RandomState::with_seed(bucket_seed(depth)),
@@ -66,7 +66,7 @@ impl Partitioner {
     }
 
     /// Splits `batch` into one batch per non-empty bucket.
-    pub fn split(&mut self, batch: &RecordBatch) -> Result<Vec<(usize, RecordBatch)>> {
+    pub(super) fn split(&mut self, batch: &RecordBatch) -> Result<Vec<(usize, RecordBatch)>> {
         let rows = batch.num_rows();
         let arrays = self
             .keys
@@ -131,7 +131,7 @@ struct PendingBucket {
 impl BucketWriter {
     /// A writer of `n` buckets of rows of `schema`, split by `keys` at level `depth`.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(super) fn new(
         keys: Vec<PhysicalExprRef>,
         n: usize,
         depth: u32,
@@ -158,7 +158,7 @@ impl BucketWriter {
     }
 
     /// Adds the rows of `batch` to their buckets.
-    pub fn push(&mut self, batch: &RecordBatch) -> Result<()> {
+    pub(super) fn push(&mut self, batch: &RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -187,7 +187,10 @@ impl BucketWriter {
     }
 
     /// Adds every batch of `stream`.
-    pub async fn push_stream(&mut self, mut stream: SendableRecordBatchStream) -> Result<()> {
+    pub(super) async fn push_stream(
+        &mut self,
+        mut stream: SendableRecordBatchStream,
+    ) -> Result<()> {
         use futures::StreamExt;
         while let Some(batch) = stream.next().await {
             self.push(&batch?)?;
@@ -235,7 +238,7 @@ impl BucketWriter {
     }
 
     /// Writes out what is gathered, closes the files and returns the buckets.
-    pub fn finish(mut self) -> Result<Vec<Bucket>> {
+    pub(super) fn finish(mut self) -> Result<Vec<Bucket>> {
         for i in 0..self.buckets.len() {
             self.flush(i)?;
         }
@@ -301,7 +304,7 @@ pub(crate) struct BucketReader {
 
 impl BucketReader {
     /// A reader of buckets holding rows of `schema`.
-    pub fn new(ctx: &TaskContext, schema: SchemaRef, metrics: SpillMetrics) -> BucketReader {
+    pub(super) fn new(ctx: &TaskContext, schema: SchemaRef, metrics: SpillMetrics) -> BucketReader {
         BucketReader {
             manager: SpillManager::new(ctx.runtime_env(), metrics, Arc::clone(&schema))
                 .with_compression_type(ctx.session_config().spill_compression()),
@@ -310,7 +313,7 @@ impl BucketReader {
     }
 
     /// The rows of `bucket` as a stream (empty for an empty bucket).
-    pub fn stream(&self, bucket: &Bucket) -> Result<SendableRecordBatchStream> {
+    pub(super) fn stream(&self, bucket: &Bucket) -> Result<SendableRecordBatchStream> {
         match &bucket.file {
             Some(file) => self.manager.read_spill_as_stream(Arc::clone(file), None),
             None => Ok(Box::pin(
@@ -321,7 +324,7 @@ impl BucketReader {
 
     /// The rows of several buckets (one bucket's files from several writers), one after
     /// the other.
-    pub fn stream_all(&self, buckets: &[Bucket]) -> Result<SendableRecordBatchStream> {
+    pub(super) fn stream_all(&self, buckets: &[Bucket]) -> Result<SendableRecordBatchStream> {
         if buckets.len() == 1 {
             return self.stream(&buckets[0]);
         }
@@ -337,7 +340,7 @@ impl BucketReader {
     }
 
     /// The rows of several buckets, in memory.
-    pub async fn load(&self, buckets: &[Bucket]) -> Result<Vec<RecordBatch>> {
+    pub(super) async fn load(&self, buckets: &[Bucket]) -> Result<Vec<RecordBatch>> {
         collect(self.stream_all(buckets)?).await
     }
 }

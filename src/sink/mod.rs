@@ -7,8 +7,8 @@
 //! machine has idle threads, so files stay big (no file per thread per partition) and
 //! encoding still runs in parallel.
 
-pub mod partition;
-pub mod writer;
+pub(crate) mod partition;
+pub(crate) mod writer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Format, WriteMode};
 use crate::store::Location;
-use crate::table::{CommitError, Manifest, ManifestColumn, ManifestFile, Output, StagedFile};
+use crate::table::{CommitError, ManifestColumn, ManifestFile, Output, StagedFile};
 use partition::Partitioner;
 use writer::{FileWriter, WriteError};
 
@@ -116,7 +116,7 @@ impl From<CommitError> for SinkError {
 
 /// Where and how to write an output.
 #[derive(Debug, Clone)]
-pub struct SinkSpec {
+pub(crate) struct SinkSpec {
     /// The output folder.
     pub location: Location,
     /// File format.
@@ -138,9 +138,7 @@ pub struct SinkSpec {
 
 /// A published output: what the run report shows.
 #[derive(Debug, Clone)]
-pub struct Committed {
-    /// The new manifest.
-    pub manifest: Manifest,
+pub(crate) struct Committed {
     /// The files this write added, as full paths or URLs.
     pub new_files: Vec<String>,
     /// Rows this write added.
@@ -150,7 +148,7 @@ pub struct Committed {
 /// Which unit, and which attempt of it, is staging: file names carry both, so a cancelled
 /// attempt whose writers are still closing can never overwrite a later attempt's file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UnitSlot {
+pub(crate) struct UnitSlot {
     /// The unit's index (its staging folder).
     pub index: usize,
     /// The attempt, from 1.
@@ -159,7 +157,7 @@ pub struct UnitSlot {
 
 impl UnitSlot {
     /// The first attempt of the only unit of a one-unit write.
-    pub const SINGLE: UnitSlot = UnitSlot {
+    pub(crate) const SINGLE: UnitSlot = UnitSlot {
         index: 0,
         attempt: 1,
     };
@@ -182,7 +180,7 @@ impl Drop for AbortOnDrop {
 
 /// What one unit staged.
 #[derive(Debug, Clone)]
-pub struct UnitOutput {
+pub(crate) struct UnitOutput {
     /// Its files.
     pub files: Vec<StagedFile>,
     /// The result's columns.
@@ -191,13 +189,13 @@ pub struct UnitOutput {
 
 impl UnitOutput {
     /// Rows staged.
-    pub fn rows(&self) -> u64 {
+    pub(crate) fn rows(&self) -> u64 {
         self.files.iter().map(|f| f.file.rows).sum()
     }
 }
 
 /// Checks the output folder before any work: `error_if_exists`, and leftovers of crashed runs.
-pub async fn prepare(
+pub(crate) async fn prepare(
     store: Arc<dyn ObjectStore>,
     spec: &SinkSpec,
     run_id: &str,
@@ -258,7 +256,7 @@ pub async fn prepare(
 /// Writes `input`, the result of work unit `unit`, to the unit's staging folder in the run's
 /// staging. On any failure the unit's staged files are removed; nothing else is touched.
 /// `on_rows` is called with the rows of each batch written, for progress.
-pub async fn stage_unit(
+pub(crate) async fn stage_unit(
     output: &Output,
     spec: &SinkSpec,
     mut input: SendableRecordBatchStream,
@@ -411,7 +409,7 @@ pub async fn stage_unit(
 
 /// Publishes the files staged by a run's units as the new version of the output (the commit
 /// point is the manifest write).
-pub async fn publish(
+pub(crate) async fn publish(
     output: &Output,
     existing: &crate::table::Existing,
     spec: &SinkSpec,
@@ -425,7 +423,7 @@ pub async fn publish(
         .iter()
         .map(|f| output.location().display_key(&output.key(&f.file.path)))
         .collect();
-    let manifest = output
+    output
         .publish(
             existing,
             crate::table::NewVersion {
@@ -438,15 +436,11 @@ pub async fn publish(
             },
         )
         .await?;
-    Ok(Committed {
-        manifest,
-        new_files,
-        rows,
-    })
+    Ok(Committed { new_files, rows })
 }
 
 /// Prepares, stages (as one unit) and publishes in one call: the whole write of one output.
-pub async fn write(
+pub(crate) async fn write(
     store: Arc<dyn ObjectStore>,
     spec: &SinkSpec,
     input: SendableRecordBatchStream,

@@ -11,19 +11,17 @@ use datafusion::arrow::row::{RowConverter, SortField};
 
 use crate::table::hive::partition_path;
 
-/// One partition's share of a batch: its folder, its values, and its rows without the
+/// One partition's share of a batch: its folder, and its rows without the
 /// partition columns (Hive partition columns live in the path, not in the files).
-pub struct PartitionSlice {
+pub(crate) struct PartitionSlice {
     /// The relative folder (`""` for an unpartitioned output).
     pub path: String,
-    /// The partition values, in `partition_by` order.
-    pub values: Vec<Option<String>>,
     /// The rows.
     pub batch: RecordBatch,
 }
 
 /// Splits batches by the values of the partition columns.
-pub struct Partitioner {
+pub(crate) struct Partitioner {
     cols: Vec<String>,
     col_idx: Vec<usize>,
     data_idx: Vec<usize>,
@@ -32,7 +30,7 @@ pub struct Partitioner {
 
 impl Partitioner {
     /// A partitioner for `schema` by `cols`; `Err(name)` names a column the schema lacks.
-    pub fn new(schema: &SchemaRef, cols: &[String]) -> Result<Partitioner, String> {
+    pub(crate) fn new(schema: &SchemaRef, cols: &[String]) -> Result<Partitioner, String> {
         let mut col_idx = Vec::with_capacity(cols.len());
         for c in cols {
             col_idx.push(schema.index_of(c).map_err(|_| c.clone())?);
@@ -58,7 +56,7 @@ impl Partitioner {
     }
 
     /// The schema of the files: the input schema without the partition columns.
-    pub fn file_schema(&self, schema: &SchemaRef) -> SchemaRef {
+    pub(crate) fn file_schema(&self, schema: &SchemaRef) -> SchemaRef {
         std::sync::Arc::new(
             schema
                 .project(&self.data_idx)
@@ -68,12 +66,11 @@ impl Partitioner {
 
     /// Splits one batch into per-partition slices, in order of first appearance. Rows are
     /// grouped by their encoded key (arrow's row format), with no allocation per row.
-    pub fn split(&self, batch: &RecordBatch) -> Result<Vec<PartitionSlice>, ArrowError> {
+    pub(crate) fn split(&self, batch: &RecordBatch) -> Result<Vec<PartitionSlice>, ArrowError> {
         let data = batch.project(&self.data_idx)?;
         let Some(converter) = &self.converter else {
             return Ok(vec![PartitionSlice {
                 path: String::new(),
-                values: Vec::new(),
                 batch: data,
             }]);
         };
@@ -121,7 +118,6 @@ impl Partitioner {
             };
             out.push(PartitionSlice {
                 path: partition_path(&self.cols, &values),
-                values,
                 batch: slice,
             });
         }

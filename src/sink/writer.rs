@@ -21,11 +21,11 @@ use crate::config::Format;
 
 /// Rows in one Parquet row group: small enough that a writer's buffer stays modest with many
 /// partitions open, large enough for good compression and pruning.
-pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+pub(crate) const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// An error while encoding or uploading one file.
 #[derive(Debug)]
-pub struct WriteError {
+pub(crate) struct WriteError {
     /// What went wrong, in words a user can act on.
     pub message: String,
     /// Whether another attempt could succeed (see [`crate::describe::is_transient`]).
@@ -42,7 +42,7 @@ impl<E: std::error::Error + 'static> From<E> for WriteError {
 }
 
 /// One output file being written.
-pub struct FileWriter {
+pub(crate) struct FileWriter {
     inner: Inner,
     rows: u64,
 }
@@ -59,7 +59,7 @@ enum Inner {
 
 impl FileWriter {
     /// Starts a file at `path` in `store`.
-    pub fn create(
+    pub(crate) fn create(
         store: Arc<dyn ObjectStore>,
         path: ObjectPath,
         format: Format,
@@ -89,12 +89,12 @@ impl FileWriter {
     }
 
     /// Rows written so far.
-    pub fn rows(&self) -> u64 {
+    pub(crate) fn rows(&self) -> u64 {
         self.rows
     }
 
     /// Appends a batch.
-    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), WriteError> {
+    pub(crate) async fn write(&mut self, batch: &RecordBatch) -> Result<(), WriteError> {
         self.rows += batch.num_rows() as u64;
         match &mut self.inner {
             Inner::Parquet(w) => w.write(batch).await?,
@@ -127,7 +127,7 @@ impl FileWriter {
     }
 
     /// Bytes buffered in memory for the row group in progress (Parquet only).
-    pub fn buffered_bytes(&self) -> usize {
+    pub(crate) fn buffered_bytes(&self) -> usize {
         match &self.inner {
             Inner::Parquet(w) => w.in_progress_size(),
             Inner::Text { .. } => 0,
@@ -135,7 +135,7 @@ impl FileWriter {
     }
 
     /// Flushes the row group in progress, to bound memory.
-    pub async fn flush(&mut self) -> Result<(), WriteError> {
+    pub(crate) async fn flush(&mut self) -> Result<(), WriteError> {
         if let Inner::Parquet(w) = &mut self.inner {
             w.flush().await?;
         }
@@ -143,7 +143,7 @@ impl FileWriter {
     }
 
     /// Finishes the file and completes the upload; returns its size in bytes.
-    pub async fn finish(self) -> Result<u64, WriteError> {
+    pub(crate) async fn finish(self) -> Result<u64, WriteError> {
         match self.inner {
             Inner::Parquet(mut w) => {
                 w.finish().await?;
@@ -158,7 +158,7 @@ impl FileWriter {
     }
 
     /// Abandons the file: aborts the upload so no partial object is left.
-    pub async fn abort(self) {
+    pub(crate) async fn abort(self) {
         let out = match self.inner {
             Inner::Parquet(w) => w.into_inner(),
             Inner::Text { out, .. } => *out,

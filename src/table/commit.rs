@@ -50,13 +50,13 @@ pub struct CommitError {
 }
 
 /// An output folder and the store that holds it.
-pub struct Output {
+pub(crate) struct Output {
     store: Arc<dyn ObjectStore>,
     location: Location,
 }
 
 /// What one write adds: the staged files and what the new manifest says about them.
-pub struct NewVersion<'a> {
+pub(crate) struct NewVersion<'a> {
     /// The run writing it.
     pub run_id: &'a str,
     /// How it combines with the current version.
@@ -74,7 +74,7 @@ pub struct NewVersion<'a> {
 /// The files of the current version that the next one keeps beside the staged files: all of
 /// them in append mode, those of partitions the staged files do not rewrite in
 /// overwrite_partitions mode, none otherwise.
-pub fn kept_files(
+pub(crate) fn kept_files(
     existing: &Existing,
     mode: WriteMode,
     partition_by: &[String],
@@ -96,7 +96,7 @@ pub fn kept_files(
 
 /// What the folder held before this write.
 #[derive(Debug, Default)]
-pub struct Existing {
+pub(crate) struct Existing {
     /// The current manifest, if there is one.
     pub manifest: Option<Manifest>,
     /// Every data file found by listing (relative paths), listed or not.
@@ -107,7 +107,7 @@ impl Existing {
     /// The files of the current version: the manifest's, or (for a folder sluice did not
     /// write) every data file found, except files named like sluice's own: with no manifest,
     /// those are leftovers of a first publish that crashed before its commit.
-    pub fn current_files(&self) -> Vec<ManifestFile> {
+    pub(crate) fn current_files(&self) -> Vec<ManifestFile> {
         match &self.manifest {
             Some(m) => m.files.clone(),
             None => self
@@ -126,7 +126,7 @@ impl Existing {
 
 impl Output {
     /// The output folder at `location` (a folder) in `store`.
-    pub fn new(store: Arc<dyn ObjectStore>, location: Location) -> Output {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, location: Location) -> Output {
         Output {
             store,
             location: location.as_folder(),
@@ -134,22 +134,22 @@ impl Output {
     }
 
     /// The store holding the output.
-    pub fn store(&self) -> Arc<dyn ObjectStore> {
+    pub(crate) fn store(&self) -> Arc<dyn ObjectStore> {
         Arc::clone(&self.store)
     }
 
     /// The output's location.
-    pub fn location(&self) -> &Location {
+    pub(crate) fn location(&self) -> &Location {
         &self.location
     }
 
     /// The object key of a path relative to the output folder.
-    pub fn key(&self, relative: &str) -> ObjectPath {
+    pub(crate) fn key(&self, relative: &str) -> ObjectPath {
         self.location.child(relative)
     }
 
     /// The staging folder (relative) of a run.
-    pub fn staging_dir(run_id: &str) -> String {
+    pub(crate) fn staging_dir(run_id: &str) -> String {
         format!("{STAGING}/{run_id}")
     }
 
@@ -161,7 +161,7 @@ impl Output {
     }
 
     /// Reads the manifest, if any.
-    pub async fn read_manifest(&self) -> Result<Option<Manifest>, CommitError> {
+    pub(crate) async fn read_manifest(&self) -> Result<Option<Manifest>, CommitError> {
         let key = self.key(MANIFEST);
         match self.store.get(&key).await {
             Ok(r) => {
@@ -199,7 +199,7 @@ impl Output {
 
     /// Reads the folder's state, and deletes staging leftovers of other runs (crashed runs:
     /// runs of one pipeline never overlap).
-    pub async fn inspect(&self, run_id: &str) -> Result<Existing, CommitError> {
+    pub(crate) async fn inspect(&self, run_id: &str) -> Result<Existing, CommitError> {
         let manifest = self.read_manifest().await?;
         let mine = format!("{}/", Output::staging_dir(run_id));
         let mut data_files = Vec::new();
@@ -221,7 +221,7 @@ impl Output {
     }
 
     /// Deletes the given relative paths (missing ones are fine).
-    pub async fn delete_all(&self, paths: Vec<String>) -> Result<(), CommitError> {
+    pub(crate) async fn delete_all(&self, paths: Vec<String>) -> Result<(), CommitError> {
         let keys: Vec<ObjectPath> = paths.iter().map(|p| self.key(p)).collect();
         let results: Vec<_> = futures::stream::iter(keys)
             .map(|k| async move {
@@ -237,7 +237,7 @@ impl Output {
     }
 
     /// Deletes this run's staging folder, or one unit's part of it.
-    pub async fn discard_staging(
+    pub(crate) async fn discard_staging(
         &self,
         run_id: &str,
         unit: Option<usize>,
@@ -276,7 +276,7 @@ impl Output {
 
     /// Publishes staged files (relative to this run's staging folder) as the new version of
     /// the output, following the protocol in this module's documentation.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         existing: &Existing,
         version: NewVersion<'_>,
@@ -375,7 +375,7 @@ impl Output {
     /// Step 4 of the protocol, after a commit: deletes the data files `manifest` does not list,
     /// writes `_SUCCESS`, removes the run's staging. Failures are warnings: the output is
     /// committed, and the next write heals them.
-    pub async fn clean_up(&self, existing: &Existing, manifest: &Manifest, run_id: &str) {
+    pub(crate) async fn clean_up(&self, existing: &Existing, manifest: &Manifest, run_id: &str) {
         let listed: BTreeSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
         let garbage: Vec<String> = existing
             .data_files
@@ -409,7 +409,7 @@ impl Output {
 
     /// Whether every staged file is still there: in the run's staging, or at its final key
     /// (moved by an interrupted publish).
-    pub async fn files_present(&self, run_id: &str, files: &[StagedFile]) -> bool {
+    pub(crate) async fn files_present(&self, run_id: &str, files: &[StagedFile]) -> bool {
         let staging = Output::staging_dir(run_id);
         for f in files {
             let staged = self.key(&format!("{staging}/{}", f.staged));

@@ -2,14 +2,14 @@
 //! is encoded into a folder name, and the folder that stands for NULL.
 
 /// The folder name Hive and Spark use for a NULL partition value.
-pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+pub(crate) const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
 /// The path segment `col=value` in object_store's path form. A `/` in the value is written as
 /// `%2F` (it cannot be part of a folder name); object_store then encodes the segment the same
 /// way for every backend (`%`, non-ASCII, `*`... percent-encoded), and readers that decode
 /// partition values once (DataFusion, and sluice through it) read the value back exactly,
 /// except that a `/` reads back as `%2F`.
-pub fn segment(col: &str, value: &str) -> String {
+pub(crate) fn segment(col: &str, value: &str) -> String {
     let part = format!("{col}={}", value.replace('/', "%2F"));
     object_store::path::PathPart::from(part.as_str())
         .as_ref()
@@ -18,7 +18,7 @@ pub fn segment(col: &str, value: &str) -> String {
 
 /// The relative folder of one partition, e.g. `order_date=2024-01-01/region=EU`, from the
 /// column names and the values; `None` (and the empty string) is Hive's NULL folder.
-pub fn partition_path(cols: &[String], values: &[Option<String>]) -> String {
+pub(crate) fn partition_path(cols: &[String], values: &[Option<String>]) -> String {
     cols.iter()
         .zip(values)
         .map(|(c, v)| match v {
@@ -31,7 +31,7 @@ pub fn partition_path(cols: &[String], values: &[Option<String>]) -> String {
 
 /// The Hive partition values of the file at `path` (its `key=value` folders under
 /// `table_url`), typed; or why there are none.
-pub fn partition_values(
+pub(crate) fn partition_values(
     table_url: &datafusion::datasource::listing::ListingTableUrl,
     cols: &[(String, datafusion::arrow::datatypes::DataType)],
     path: &object_store::path::Path,

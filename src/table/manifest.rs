@@ -6,18 +6,18 @@ use datafusion::arrow::datatypes::SchemaRef;
 use serde::{Deserialize, Serialize};
 
 /// The manifest's object name inside an output folder.
-pub const MANIFEST: &str = "_MANIFEST";
+pub(crate) const MANIFEST: &str = "_MANIFEST";
 /// The success marker's object name inside an output folder.
-pub const SUCCESS: &str = "_SUCCESS";
+pub(crate) const SUCCESS: &str = "_SUCCESS";
 /// The staging folder's name inside an output folder.
-pub const STAGING: &str = "_staging";
+pub(crate) const STAGING: &str = "_staging";
 
 /// The version of the manifest format written by this build.
-pub const MANIFEST_VERSION: u32 = 1;
+pub(crate) const MANIFEST_VERSION: u32 = 1;
 
 /// The list of files that make up one published version of an output.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     /// Manifest format version.
     pub version: u32,
     /// The run that committed this version.
@@ -40,7 +40,7 @@ pub struct Manifest {
 
 /// One column of an output.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ManifestColumn {
+pub(crate) struct ManifestColumn {
     /// The column name.
     pub name: String,
     /// The Arrow type, as Arrow displays it (`Int64`, `Date32`, `Decimal128(12, 2)`...).
@@ -50,7 +50,7 @@ pub struct ManifestColumn {
 impl Manifest {
     /// The output's schema (file columns and partition columns, in result order), if the
     /// manifest records it and every type parses.
-    pub fn schema(&self) -> Option<datafusion::arrow::datatypes::Schema> {
+    pub(crate) fn schema(&self) -> Option<datafusion::arrow::datatypes::Schema> {
         use datafusion::arrow::datatypes::{DataType, Field, Schema};
         if self.columns.is_empty() {
             return None;
@@ -90,7 +90,7 @@ impl ManifestFile {
 impl Manifest {
     /// The manifest of a new version written by `run_id`, committed now: `rows` is the sum of
     /// the files' rows. The one way sluice builds a manifest.
-    pub fn new(
+    pub(crate) fn new(
         run_id: &str,
         format: &str,
         partition_by: &[String],
@@ -111,7 +111,7 @@ impl Manifest {
 }
 
 /// The columns of a schema as a manifest records them.
-pub fn manifest_columns(schema: &SchemaRef) -> Vec<ManifestColumn> {
+pub(crate) fn manifest_columns(schema: &SchemaRef) -> Vec<ManifestColumn> {
     schema
         .fields()
         .iter()

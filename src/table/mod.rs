@@ -6,25 +6,23 @@
 //! - [`hive`]: `key=value/` partition folders: segment encoding, the NULL folder, values;
 //! - [`view`]: one version's files as a read-only object store, for readers.
 
-pub mod commit;
-pub mod hive;
-pub mod manifest;
-pub mod view;
+pub(crate) mod commit;
+pub(crate) mod hive;
+pub(crate) mod manifest;
+pub(crate) mod view;
 
-pub use commit::{CommitError, Existing, NewVersion, Output, StagedFile, kept_files};
-pub use manifest::{
-    MANIFEST, Manifest, ManifestColumn, ManifestFile, STAGING, SUCCESS, manifest_columns,
-};
+pub(crate) use commit::{CommitError, Existing, NewVersion, Output, StagedFile, kept_files};
+pub(crate) use manifest::{Manifest, ManifestColumn, ManifestFile, manifest_columns};
 
 /// Whether a relative path inside an output folder is a data file (not the manifest, the
 /// marker, staging, or a hidden `_` / `.` entry).
-pub fn is_data_file(path: &str) -> bool {
+pub(crate) fn is_data_file(path: &str) -> bool {
     !path.split('/').any(crate::config::is_hidden)
 }
 
 /// A new run id: UTC time plus a random suffix, sortable and unique. Data files carry it in
 /// their names (see [`is_sluice_file`]).
-pub fn new_run_id() -> String {
+pub(crate) fn new_run_id() -> String {
     let rand = uuid::Uuid::new_v4().simple().to_string();
     format!(
         "{}-{}",
@@ -34,7 +32,7 @@ pub fn new_run_id() -> String {
 }
 
 /// Whether a file name is one sluice writes: `part-NNNNN-<run id>.<ext>`.
-pub fn is_sluice_file(path: &str) -> bool {
+pub(crate) fn is_sluice_file(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
     regex::Regex::new(r"^part-(\d+-)*\d{5}-\d{8}T\d{6}Z-[0-9a-f]{6}\.(parquet|csv|json)$")
         .map(|re| re.is_match(name))

@@ -22,7 +22,7 @@ use object_store::{
 
 /// The files of one committed output, served from the store that holds them.
 #[derive(Debug)]
-pub struct ManifestStore {
+pub(crate) struct ManifestStore {
     inner: Arc<dyn ObjectStore>,
     files: Vec<ObjectMeta>,
     index: std::collections::HashSet<Path>,
@@ -34,7 +34,7 @@ pub struct ManifestStore {
 impl ManifestStore {
     /// A view of `inner` holding `files` (full keys and exact sizes) as committed at
     /// `committed_at`.
-    pub fn new(
+    pub(crate) fn new(
         inner: Arc<dyn ObjectStore>,
         files: impl IntoIterator<Item = (Path, u64)>,
         committed_at: DateTime<Utc>,
@@ -60,7 +60,7 @@ impl ManifestStore {
 
     /// A view of `inner` showing each file `(shown, stored, size)` at `shown` while reading it
     /// from `stored`: staged files seen at the keys they will be published at.
-    pub fn aliased(
+    pub(crate) fn aliased(
         inner: Arc<dyn ObjectStore>,
         files: impl IntoIterator<Item = (Path, Path, u64)>,
         at: DateTime<Utc>,

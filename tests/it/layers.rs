@@ -222,7 +222,12 @@ fn every_layer_module_is_declared_in_lib_rs_and_the_other_way_round() {
     let lib = std::fs::read_to_string(src().join("lib.rs")).unwrap();
     let declared: BTreeSet<String> = lib
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("pub mod "))
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("pub mod ")
+                .or_else(|| l.strip_prefix("pub(crate) mod "))
+                .or_else(|| l.strip_prefix("mod "))
+        })
         .map(|m| m.trim_end_matches(';').to_string())
         .collect();
     let mapped: BTreeSet<String> = LAYERS
