@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::config::{Check, CheckKind, Severity};
 use crate::describe::describe_datafusion;
+use crate::status::CheckStatus;
 
 /// A column name quoted for SQL (`"My Col"`), so any name works.
 fn ident(name: &str) -> String {
@@ -77,7 +78,7 @@ pub struct CheckResult {
     pub severity: String,
     /// `pass`, `fail` (an error check failed), `warn` (a warn check failed) or `error` (the
     /// check itself could not run: bad SQL, unknown column).
-    pub status: String,
+    pub status: CheckStatus,
     /// Rows breaking it (for `row_count`: the row count; for `unique`: rows sharing a key).
     pub failing_rows: u64,
     /// What failed, in words.
@@ -88,7 +89,7 @@ pub struct CheckResult {
 impl CheckResult {
     /// Whether this result stops the publish.
     pub fn blocks(&self) -> bool {
-        self.status == "fail" || self.status == "error"
+        matches!(self.status, CheckStatus::Fail | CheckStatus::Error)
     }
 }
 
@@ -121,7 +122,7 @@ pub(crate) async fn run(ctx: &SessionContext, table: &str, checks: &[Check]) -> 
             Err(e) => CheckResult {
                 check: check.name(),
                 severity: check.severity.name().into(),
-                status: "error".into(),
+                status: CheckStatus::Error,
                 failing_rows: 0,
                 message: Some(format!("the check cannot run: {}", describe_datafusion(&e))),
             },
@@ -129,7 +130,7 @@ pub(crate) async fn run(ctx: &SessionContext, table: &str, checks: &[Check]) -> 
                 None => CheckResult {
                     check: check.name(),
                     severity: check.severity.name().into(),
-                    status: "pass".into(),
+                    status: CheckStatus::Pass,
                     failing_rows: 0,
                     message: None,
                 },
@@ -137,10 +138,9 @@ pub(crate) async fn run(ctx: &SessionContext, table: &str, checks: &[Check]) -> 
                     check: check.name(),
                     severity: check.severity.name().into(),
                     status: match check.severity {
-                        Severity::Error => "fail",
-                        Severity::Warn => "warn",
-                    }
-                    .into(),
+                        Severity::Error => CheckStatus::Fail,
+                        Severity::Warn => CheckStatus::Warn,
+                    },
                     failing_rows: n,
                     message: Some(what),
                 },
@@ -221,7 +221,7 @@ mod tests {
         ];
         for (c, status, rows) in cases {
             let r = run(&ctx, "t", std::slice::from_ref(&c)).await.remove(0);
-            assert_eq!(r.status, status, "{}: {r:?}", c.name());
+            assert_eq!(r.status.as_str(), status, "{}: {r:?}", c.name());
             assert_eq!(r.failing_rows, rows, "{}", c.name());
         }
         let warn = Check {
@@ -229,7 +229,7 @@ mod tests {
             severity: Severity::Warn,
         };
         let r = run(&ctx, "t", &[warn]).await.remove(0);
-        assert_eq!(r.status, "warn");
+        assert_eq!(r.status, CheckStatus::Warn);
         assert!(!r.blocks());
     }
 }

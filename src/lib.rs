@@ -11,7 +11,8 @@
 //! in `src/` and fails on any other, so this map stays true.
 //!
 //! - **Leaves**, usable from anywhere: [`describe`] (engine and storage errors in words a user
-//!   can act on), [`physical`] (what sluice's own physical operators share).
+//!   can act on, and whether retrying could help), [`physical`] (what sluice's own physical
+//!   operators share), [`status`] (how runs, models, units and checks end).
 //! - **0 Vocabulary**: [`config`], `sluice.toml` → a validated [`config::Pipeline`] (file,
 //!   line and column in every error); the types every other layer speaks.
 //! - **1 Planning**: [`dag`] (each model's SQL parsed → table references → the DAG,
@@ -55,6 +56,7 @@ pub mod report;
 pub mod run;
 pub(crate) mod sink;
 pub mod state;
+pub mod status;
 pub mod store;
 pub(crate) mod table;
 pub mod tpch;

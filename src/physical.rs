@@ -1,5 +1,10 @@
-//! What sluice's own physical operators (the grace join's inputs, the quarantine scan) share.
-//! A leaf: any layer may use it, and it uses nothing of the crate.
+//! What sluice's own physical operators (the grace join's inputs, the quarantine scan) share,
+//! and reading metrics off a plan once it has run. A leaf: any layer may use it, and it uses
+//! nothing of the crate.
+
+use std::sync::Arc;
+
+use datafusion::physical_plan::ExecutionPlan;
 
 /// The `ExecutionPlan` methods a leaf operator writes the same way (no children, no
 /// expressions, nothing to replace), for sluice's own leaves: the quarantine scan and the
@@ -31,3 +36,26 @@ macro_rules! leaf_plan_methods {
     };
 }
 pub(crate) use leaf_plan_methods;
+
+/// The sum over partitions of the metric `name` of `plan` (0 if none).
+pub(crate) fn metric_sum(plan: &Arc<dyn ExecutionPlan>, name: &str) -> u64 {
+    let Some(m) = plan.metrics() else { return 0 };
+    // DataFusion's own spill metric is not found by name.
+    let v = if name == "spilled_bytes" {
+        m.spilled_bytes()
+    } else {
+        m.sum_by_name(name).map(|v| v.as_usize())
+    };
+    v.unwrap_or(0) as u64
+}
+
+/// The largest per-partition value of the metric `name` of `plan`.
+pub(crate) fn metric_max(plan: &Arc<dyn ExecutionPlan>, name: &str) -> u64 {
+    plan.metrics().map_or(0, |m| {
+        m.iter()
+            .filter(|x| x.value().name() == name)
+            .map(|x| x.value().as_usize() as u64)
+            .max()
+            .unwrap_or(0)
+    })
+}

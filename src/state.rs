@@ -19,7 +19,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::report::{ModelReport, RunReport, RunStatus, UnitStatus};
+use crate::report::{ModelReport, RunReport};
+use crate::status::{RunStatus, UnitStatus};
 
 /// A lock whose holder has not written a heartbeat for this long is stale (other hosts).
 pub const STALE_AFTER: Duration = Duration::from_secs(600);
@@ -556,7 +557,7 @@ impl StateStore {
                         i as i64,
                         check.check,
                         check.severity,
-                        check.status,
+                        check.status.as_str(),
                         check.failing_rows as i64,
                         check.message
                     ],
@@ -695,7 +696,7 @@ pub fn format_runs(rows: &[RunRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::ModelStatus;
+    use crate::status::ModelStatus;
 
     fn store() -> (tempfile::TempDir, StateStore) {
         let dir = tempfile::tempdir().unwrap();

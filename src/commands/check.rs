@@ -57,7 +57,7 @@ fn describe_checks(results: &[(String, Vec<CheckResult>)]) -> String {
         for c in checks {
             total += 1;
             blocking += usize::from(c.blocks());
-            warned += usize::from(c.status == "warn");
+            warned += usize::from(c.status == crate::status::CheckStatus::Warn);
             out.push_str(&format!(
                 "  {model:<20} {:<5} {:<40} {}\n",
                 c.status,

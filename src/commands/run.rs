@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use super::{Context, usage};
 use crate::error::{EXIT_FAILED, EXIT_OK, Error};
-use crate::report::{ModelStatus, RunReport};
+use crate::report::RunReport;
 use crate::run::{self, RunOptions};
+use crate::status::ModelStatus;
 
 /// What `sluice run` was asked to do.
 #[derive(Debug, Clone)]

@@ -33,6 +33,7 @@ use datafusion::physical_plan::joins::{HashJoinExec, SortMergeJoinExec};
 use serde::Serialize;
 
 use crate::config::JoinOptions;
+use crate::physical::{metric_max, metric_sum};
 
 pub(crate) use exec::GraceHashJoinExec;
 pub(crate) use rule::GraceJoinRule;
@@ -81,29 +82,6 @@ pub(crate) fn join_reports(plan: &Arc<dyn ExecutionPlan>) -> Vec<JoinReport> {
     let mut out = Vec::new();
     collect(plan, &mut out);
     out
-}
-
-/// The sum over partitions of the metric `name` of `plan` (0 if none).
-pub(crate) fn metric_sum(plan: &Arc<dyn ExecutionPlan>, name: &str) -> u64 {
-    let Some(m) = plan.metrics() else { return 0 };
-    // DataFusion's own spill metric is not found by name.
-    let v = if name == "spilled_bytes" {
-        m.spilled_bytes()
-    } else {
-        m.sum_by_name(name).map(|v| v.as_usize())
-    };
-    v.unwrap_or(0) as u64
-}
-
-/// The largest per-partition value of the metric `name` of `plan`.
-pub(crate) fn metric_max(plan: &Arc<dyn ExecutionPlan>, name: &str) -> u64 {
-    plan.metrics().map_or(0, |m| {
-        m.iter()
-            .filter(|x| x.value().name() == name)
-            .map(|x| x.value().as_usize() as u64)
-            .max()
-            .unwrap_or(0)
-    })
 }
 
 fn collect(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<JoinReport>) {

@@ -222,9 +222,9 @@ fn plans(
 
 fn metric(plan: &Arc<dyn ExecutionPlan>, name: &str) -> u64 {
     if name == "max_depth" {
-        super::metric_max(plan, name)
+        crate::physical::metric_max(plan, name)
     } else {
-        super::metric_sum(plan, name)
+        crate::physical::metric_sum(plan, name)
     }
 }
 

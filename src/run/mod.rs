@@ -27,8 +27,9 @@ use crate::dag::Dag;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::progress::Progress;
-use crate::report::{ModelReport, ModelStatus, RunReport, RunStatus};
+use crate::report::{ModelReport, RunReport};
 use crate::state::{Holder, RunLock, StateStore};
+use crate::status::{ModelStatus, RunStatus};
 
 pub use prepare::{Prepared, prepare, register_output};
 

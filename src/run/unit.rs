@@ -13,9 +13,9 @@ use crate::dag::Dag;
 use crate::describe::describe_datafusion;
 use crate::engine::{Engine, ScanRows};
 use crate::join::JoinReport;
-use crate::report::UnitStatus;
 use crate::sink::{self, SinkSpec};
 use crate::state::UnitRecord;
+use crate::status::UnitStatus;
 use crate::table::ManifestColumn;
 use crate::units::{self, Unit};
 
