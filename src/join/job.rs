@@ -157,17 +157,7 @@ impl Job {
         if let Some(f) = slot.as_ref() {
             return f.clone();
         }
-        let job = Job {
-            join: Arc::clone(&self.join),
-            choice: self.choice.clone(),
-            reservation: MemoryConsumer::new(format!("GraceHashJoinBuild[{}]", self.partition))
-                .register(self.ctx.memory_pool()),
-            metrics: self.metrics.clone(),
-            partition: self.partition,
-            partitions: self.partitions,
-            shared: Arc::clone(&self.shared),
-            ctx: Arc::clone(&self.ctx),
-        };
+        let job = self.sibling(Arc::clone(&self.join), "GraceHashJoinBuild");
         let task = AbortOnDrop(tokio::spawn(async move { job.prepare().await }));
         let f: PrepareFuture = async move {
             let mut task = task;
@@ -471,17 +461,23 @@ impl Job {
             .with_type(t)
             .recompute_properties()
             .build()?;
-        Ok(Job {
-            join: Arc::new(join),
+        Ok(self.sibling(Arc::new(join), "GraceHashJoin"))
+    }
+
+    /// A job of the same partition over `join`, with a memory reservation of its own named
+    /// `consumer[partition]`.
+    fn sibling(&self, join: Arc<HashJoinExec>, consumer: &str) -> Job {
+        Job {
+            join,
             choice: self.choice.clone(),
-            reservation: MemoryConsumer::new(format!("GraceHashJoin[{}]", self.partition))
+            reservation: MemoryConsumer::new(format!("{consumer}[{}]", self.partition))
                 .register(self.ctx.memory_pool()),
             metrics: self.metrics.clone(),
             partition: self.partition,
             partitions: self.partitions,
             shared: Arc::clone(&self.shared),
             ctx: Arc::clone(&self.ctx),
-        })
+        }
     }
 
     /// Sends every batch of `out` (the output of `plan`), then records the plan's peak.

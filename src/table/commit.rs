@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::is_data_file;
 use super::is_sluice_file;
@@ -175,16 +175,20 @@ impl Output {
         }
     }
 
+    /// The objects under `prefix`.
+    async fn objects_under(&self, prefix: &ObjectPath) -> Result<Vec<ObjectMeta>, CommitError> {
+        self.store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(prefix, e))
+    }
+
     /// Lists everything under the folder as (relative path, size).
     async fn list(&self) -> Result<Vec<(String, u64)>, CommitError> {
         let prefix = self.location.path();
         let base: Vec<_> = prefix.parts().collect();
-        let metas: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.err(&prefix, e))?;
+        let metas = self.objects_under(&prefix).await?;
         Ok(metas
             .into_iter()
             .filter_map(|m| {
@@ -246,13 +250,7 @@ impl Output {
             Some(u) => format!("{}/{u:04}", Output::staging_dir(run_id)),
             None => Output::staging_dir(run_id),
         };
-        let prefix = self.key(&dir);
-        let metas: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.err(&prefix, e))?;
+        let metas = self.objects_under(&self.key(&dir)).await?;
         let results: Vec<_> = futures::stream::iter(metas)
             .map(|m| async move {
                 match self.store.delete(&m.location).await {
