@@ -30,7 +30,10 @@ fn main() -> ExitCode {
     let progress = Progress::new(!cli.quiet);
     let cx = Context {
         // The library never reads the process environment: it is handed in here.
-        env: std::env::vars().collect(),
+        // (A variable that is not UTF-8 is passed over, not a panic.)
+        env: std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect(),
         cwd: std::env::current_dir().unwrap_or_else(|_| ".".into()),
         quiet: cli.quiet,
         progress: &progress,

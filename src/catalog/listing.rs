@@ -18,7 +18,6 @@ use object_store::ObjectMeta;
 use super::schema::sql_types;
 use super::{CatalogError, regex_escape};
 use crate::config::{Compression, Format, SourceConfig};
-use crate::describe::describe_datafusion;
 use crate::store::{Location, StoreRegistry};
 
 /// DataFusion's name for a source's compression.
@@ -133,11 +132,8 @@ pub(super) fn resolve(
     ),
     CatalogError,
 > {
-    let table_url = ListingTableUrl::parse(&spec.location).map_err(|e| CatalogError::Read {
-        source_name: spec.name.clone(),
-        location: spec.location.clone(),
-        message: describe_datafusion(&e),
-    })?;
+    let table_url = ListingTableUrl::parse(&spec.location)
+        .map_err(|e| CatalogError::read_failed(&spec.name, spec.location.clone(), &e))?;
     let location_err = |source| CatalogError::Location {
         source_name: spec.name.clone(),
         source,
@@ -156,16 +152,11 @@ pub(crate) async fn list_source_files(
     stores: &StoreRegistry,
     spec: &SourceConfig,
 ) -> Result<Vec<ObjectMeta>, CatalogError> {
-    let read_err = |message: String| CatalogError::Read {
-        source_name: spec.name.clone(),
-        location: spec.location.clone(),
-        message,
-    };
     let (table_url, _, store) = resolve(ctx, stores, spec)?;
     let opts = listing_options(ctx, spec).await?;
     let mut files = list_files(ctx, &table_url, &opts, store.as_ref(), usize::MAX)
         .await
-        .map_err(|e| read_err(describe_datafusion(&e)))?;
+        .map_err(|e| CatalogError::read_failed(&spec.name, spec.location.clone(), &e))?;
     files.sort_by(|a, b| a.location.cmp(&b.location));
     Ok(files)
 }
@@ -194,6 +185,7 @@ pub(crate) async fn guess_format(
             source_name: name.clone(),
             location: name.clone(),
             message: e.to_string(),
+            transient: false,
         })?;
         let file = meta.location.filename().unwrap_or_default();
         if crate::config::is_hidden(file) {

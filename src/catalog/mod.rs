@@ -56,6 +56,8 @@ pub enum CatalogError {
         location: String,
         /// The cause.
         message: String,
+        /// Whether another attempt could succeed (a dropped connection, throttling).
+        transient: bool,
     },
     /// The declared schema or a partition column type is not valid SQL.
     #[error("source '{source_name}': invalid schema {schema:?}: {message}")]
@@ -96,6 +98,28 @@ pub enum CatalogError {
 }
 
 impl CatalogError {
+    /// Reading `location` of `source` failed with `e`.
+    pub(crate) fn read_failed(source: &str, location: String, e: &DataFusionError) -> CatalogError {
+        CatalogError::Read {
+            source_name: source.to_string(),
+            location,
+            message: describe_datafusion(e),
+            transient: crate::describe::is_transient(e),
+        }
+    }
+
+    /// Whether another attempt could succeed: a read that failed on a dropped connection or
+    /// throttling.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            CatalogError::Read {
+                transient: true,
+                ..
+            }
+        )
+    }
+
     /// Whether the error is the user's configuration (exit status 2): an invalid declared
     /// schema, or a location or store that cannot be used.
     pub fn is_usage(&self) -> bool {
@@ -119,12 +143,13 @@ fn read_err(spec: &SourceConfig, location: String, message: String) -> CatalogEr
         source_name: spec.name.clone(),
         location,
         message,
+        transient: false,
     }
 }
 
 /// A DataFusion error about a source, at its location.
 fn df_err(spec: &SourceConfig, e: &DataFusionError) -> CatalogError {
-    read_err(spec, spec.location.clone(), describe_datafusion(e))
+    CatalogError::read_failed(&spec.name, spec.location.clone(), e)
 }
 
 /// Registers a table over files in `ctx`, inferring or parsing its schema, and returns the
@@ -434,8 +459,9 @@ pub(crate) async fn register_manifest(
         source_name: name.to_string(),
         location: shown.clone(),
         message,
+        transient: false,
     };
-    let df_err = |e: datafusion::error::DataFusionError| read_err(describe_datafusion(&e));
+    let df_err = |e: DataFusionError| CatalogError::read_failed(name, shown.clone(), &e);
     let Some(format) = Format::parse(&manifest.format) else {
         return Err(read_err(format!(
             "unknown format {:?} in its manifest",

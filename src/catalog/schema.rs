@@ -93,11 +93,6 @@ pub(super) async fn check_drift(
     mut files: Vec<ObjectMeta>,
 ) -> Result<SchemaRef, CatalogError> {
     use crate::config::SchemaEvolution;
-    let read_err = |location: String, message: String| CatalogError::Read {
-        source_name: spec.name.clone(),
-        location,
-        message,
-    };
     files.sort_by(|a, b| a.location.cmp(&b.location));
     if files.len() < 2 {
         return Ok(merged);
@@ -119,7 +114,7 @@ pub(super) async fn check_drift(
         let schema = format
             .infer_schema(&state, store, std::slice::from_ref(file))
             .await
-            .map_err(|e| read_err(shown.clone(), describe_datafusion(&e)))?;
+            .map_err(|e| CatalogError::read_failed(&spec.name, shown.clone(), &e))?;
         let Some((first_name, first_schema)) = &first else {
             first = Some((shown, schema));
             continue;
@@ -229,6 +224,7 @@ pub(super) async fn file_schema(
         source_name: spec.name.clone(),
         location,
         message,
+        transient: false,
     };
     if let Some(text) = &spec.schema {
         return Ok(Arc::new(parse_schema(ctx, &spec.name, text).await?));
@@ -239,7 +235,7 @@ pub(super) async fn file_schema(
             // Files whose columns conflict: name them and the columns.
             let files = list_files(ctx, table_url, opts, store.as_ref(), usize::MAX)
                 .await
-                .map_err(|e| read_err(spec.location.clone(), describe_datafusion(&e)))?;
+                .map_err(|e| CatalogError::read_failed(&spec.name, spec.location.clone(), &e))?;
             if let Err(drift @ CatalogError::SchemaDrift { .. }) = check_drift(
                 ctx,
                 spec,
@@ -254,9 +250,10 @@ pub(super) async fn file_schema(
             }
             // Name the file at fault: infer each file alone until one fails.
             let culprit = find_unreadable_file(ctx, spec, table_url, opts, store).await;
-            let (location, message) =
-                culprit.unwrap_or_else(|| (spec.location.clone(), describe_datafusion(&e)));
-            Err(read_err(location, message))
+            Err(match culprit {
+                Some((location, message)) => read_err(location, message),
+                None => CatalogError::read_failed(&spec.name, spec.location.clone(), &e),
+            })
         }
     }
 }

@@ -381,10 +381,11 @@ impl FileReader {
                 let piece = match bytes.next().await {
                     Some(Ok(b)) => splitter.push(b),
                     Some(Err(e)) => {
-                        return Err(DataFusionError::Execution(format!(
-                            "{shown}: cannot read the file to its end: {}",
-                            crate::describe::describe_datafusion(&e)
-                        )));
+                        // Kept whole, so whether it is worth retrying can still be told.
+                        return Err(DataFusionError::Context(
+                            format!("{shown}: cannot read the file to its end"),
+                            Box::new(e),
+                        ));
                     }
                     None => {
                         done = true;

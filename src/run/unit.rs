@@ -118,6 +118,26 @@ impl std::fmt::Display for UnitError {
     }
 }
 
+impl From<sink::SinkError> for UnitError {
+    /// A failed write is transient as its storage error was (the sink keeps that, not the
+    /// error itself).
+    fn from(e: sink::SinkError) -> UnitError {
+        UnitError {
+            transient: e.is_transient(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<crate::catalog::CatalogError> for UnitError {
+    fn from(e: crate::catalog::CatalogError) -> UnitError {
+        UnitError {
+            transient: e.is_transient(),
+            message: e.to_string(),
+        }
+    }
+}
+
 impl From<String> for UnitError {
     fn from(message: String) -> UnitError {
         UnitError::permanent(message)
@@ -335,7 +355,7 @@ async fn attempt_unit(
             ))
         }
         Err(sink::SinkError::Input(e)) => Err(explain(e).await),
-        Err(e) => Err(UnitError::caused_by(&e, e.to_string())),
+        Err(e) => Err(UnitError::from(e)),
     }
 }
 
@@ -358,6 +378,40 @@ mod tests {
             "timed out after 1m30s"
         );
         assert!(!UnitError::from("a message".to_string()).is_transient());
+    }
+
+    /// Errors that reach the unit as another layer's error keep whether they are transient:
+    /// a write that failed on a dropped connection, a unit's files that could not be listed.
+    #[test]
+    fn write_and_read_failures_keep_whether_they_are_transient() {
+        let reset = || std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let write = sink::writer::WriteError::from(reset());
+        assert!(write.transient);
+        let sink_error = sink::SinkError::Write {
+            key: "out/part-0.parquet".into(),
+            message: write.message,
+            transient: write.transient,
+        };
+        assert!(UnitError::from(sink_error).is_transient());
+        let bad_data = sink::writer::WriteError::from(
+            datafusion::arrow::error::ArrowError::CastError("'x' to Int32".into()),
+        );
+        assert!(!bad_data.transient);
+        let listing = crate::catalog::CatalogError::read_failed("orders", "s3://b/o/".into(), &{
+            DataFusionError::ObjectStore(Box::new(object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(reset()),
+            }))
+        });
+        let unit = UnitError::from(listing);
+        assert!(unit.is_transient());
+        assert!(unit.to_string().contains("source 'orders'"), "{unit}");
+        let missing = crate::catalog::CatalogError::read_failed(
+            "orders",
+            "s3://b/o/".into(),
+            &DataFusionError::Plan("no such column".into()),
+        );
+        assert!(!UnitError::from(missing).is_transient());
     }
 
     #[test]

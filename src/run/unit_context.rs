@@ -236,9 +236,7 @@ async fn restrict_to_files(
         let tail = spec.location.rsplit_once('/').map_or("", |(_, t)| t);
         format!("{view_url}{prefix}/{tail}")
     };
-    crate::catalog::register_table(ctx, stores, &unit_spec)
-        .await
-        .map_err(|e| UnitError::caused_by(&e, e.to_string()))?;
+    crate::catalog::register_table(ctx, stores, &unit_spec).await?;
     Ok(())
 }
 

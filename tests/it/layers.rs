@@ -69,38 +69,99 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// The code of a file without its comments (doc links name modules too, but are not uses)
-/// and without the text of string literals.
+/// and without the text of string and char literals (raw and byte strings included), each
+/// literal left as one space.
 fn code(text: &str) -> String {
-    let mut out = String::new();
-    for line in text.lines() {
-        let mut in_str = false;
-        let mut prev = ' ';
-        let mut kept = String::new();
-        let chars: Vec<char> = line.chars().collect();
-        let mut i = 0;
-        while i < chars.len() {
-            let c = chars[i];
-            if !in_str && c == '/' && chars.get(i + 1) == Some(&'/') {
-                break;
+    let b: Vec<char> = text.chars().collect();
+    let at = |i: usize| b.get(i).copied().unwrap_or('\0');
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == '/' && at(i + 1) == '/' {
+            while i < b.len() && b[i] != '\n' {
+                i += 1;
             }
-            if c == '"' && prev != '\\' && !(prev == '\'' && chars.get(i + 1) == Some(&'\'')) {
-                in_str = !in_str;
-            }
-            if !in_str {
-                kept.push(c);
-            }
-            prev = if prev == '\\' && c == '\\' { ' ' } else { c };
-            i += 1;
+            continue;
         }
-        out.push_str(&kept);
-        out.push('\n');
+        if c == '/' && at(i + 1) == '*' {
+            // Block comments nest in Rust.
+            let mut depth = 0;
+            while i < b.len() {
+                if b[i] == '/' && at(i + 1) == '*' {
+                    depth += 1;
+                    i += 2;
+                } else if b[i] == '*' && at(i + 1) == '/' {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            out.push(' ');
+            continue;
+        }
+        let starts_word =
+            i == 0 || !ident(b[i - 1]) || (b[i - 1] == 'b' && (i < 2 || !ident(b[i - 2])));
+        if c == 'r' && starts_word && (at(i + 1) == '"' || at(i + 1) == '#') {
+            let mut j = i + 1;
+            let mut hashes = 0;
+            while at(j) == '#' {
+                hashes += 1;
+                j += 1;
+            }
+            if at(j) == '"' {
+                // A raw string: it ends at a quote followed by as many hashes.
+                j += 1;
+                while j < b.len() && !(b[j] == '"' && (1..=hashes).all(|k| at(j + k) == '#')) {
+                    j += 1;
+                }
+                i = j + 1 + hashes;
+                out.push(' ');
+                continue;
+            }
+        }
+        if c == '"' {
+            i += 1;
+            while i < b.len() && b[i] != '"' {
+                i += if b[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push(' ');
+            continue;
+        }
+        if c == '\'' {
+            // A char literal ('x', '"', '\'', '\u{..}'); otherwise a lifetime.
+            if at(i + 1) == '\\' {
+                let mut j = i + 2;
+                while j < b.len() && b[j] != '\'' {
+                    j += 1;
+                }
+                i = j + 1;
+                out.push(' ');
+                continue;
+            }
+            if at(i + 2) == '\'' {
+                i += 3;
+                out.push(' ');
+                continue;
+            }
+        }
+        out.push(c);
+        i += 1;
     }
     out
 }
 
-/// The top-level modules a piece of code names through `crate::`, grouped imports
-/// (`use crate::{a, b::c}`) included.
-fn crate_uses(code: &str) -> BTreeSet<String> {
+/// The top-level modules a piece of code names through `crate::` (or `$crate::` in a macro),
+/// grouped imports (`use crate::{a, b::c}`) included; and through `super::` chains long
+/// enough to reach the crate root from a module `depth` levels down (`src/a.rs` and
+/// `src/a/mod.rs` are 1, `src/a/b.rs` is 2), when what they name is one of `modules`.
+fn crate_uses(code: &str, depth: usize, modules: &BTreeSet<&str>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let ident = |s: &str| -> String {
         s.trim_start()
@@ -108,12 +169,7 @@ fn crate_uses(code: &str) -> BTreeSet<String> {
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect()
     };
-    for (at, _) in code.match_indices("crate::") {
-        // `sluice::crate::` does not exist; skip `$crate::` in macros.
-        if code[..at].ends_with('$') {
-            continue;
-        }
-        let rest = &code[at + "crate::".len()..];
+    let group = |rest: &str, out: &mut BTreeSet<String>| {
         if let Some(group) = rest.strip_prefix('{') {
             // Split the group's top level at commas.
             let mut depth = 0;
@@ -136,6 +192,31 @@ fn crate_uses(code: &str) -> BTreeSet<String> {
         } else {
             out.insert(ident(rest));
         }
+    };
+    let compact: String = code.split_whitespace().collect::<Vec<_>>().join(" ");
+    let compact = compact.replace(" ::", "::").replace(":: ", "::");
+    for (at, _) in compact.match_indices("crate::") {
+        let before = compact[..at].chars().last();
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        group(&compact[at + "crate::".len()..], &mut out);
+    }
+    for (at, _) in compact.match_indices("super::") {
+        if compact[..at].ends_with("super::") {
+            continue; // counted from the first `super::` of the chain
+        }
+        let mut rest = &compact[at..];
+        let mut n = 0;
+        while let Some(r) = rest.strip_prefix("super::") {
+            rest = r;
+            n += 1;
+        }
+        if n >= depth {
+            let mut named = BTreeSet::new();
+            group(rest, &mut named);
+            out.extend(named.into_iter().filter(|m| modules.contains(m.as_str())));
+        }
     }
     out.remove("");
     out.remove("self");
@@ -150,6 +231,7 @@ fn imports_go_down_the_layers() {
         .flat_map(|(i, (_, mods))| mods.iter().map(move |m| (*m, i)))
         .collect();
     let within: BTreeSet<(&str, &str)> = WITHIN.iter().copied().collect();
+    let modules: BTreeSet<&str> = layer.keys().copied().collect();
     let root = src();
     let mut files = Vec::new();
     rust_files(&root, &mut files);
@@ -177,7 +259,9 @@ fn imports_go_down_the_layers() {
             continue;
         };
         let text = std::fs::read_to_string(file).unwrap();
-        for used in crate_uses(&code(&text)) {
+        let depth =
+            rel.components().count() - usize::from(rel.file_name().is_some_and(|f| f == "mod.rs"));
+        for used in crate_uses(&code(&text), depth, &modules) {
             if used == module {
                 continue;
             }
@@ -238,19 +322,38 @@ fn every_layer_module_is_declared_in_lib_rs_and_the_other_way_round() {
 }
 
 #[test]
-fn the_scanner_finds_plain_grouped_and_nested_uses_but_not_comments_or_strings() {
-    let text = r#"
+fn the_scanner_finds_plain_grouped_nested_and_super_uses_but_not_comments_or_strings() {
+    let text = r##"
 use crate::config::{Format, Pipeline};
 use crate::{dag, store::{Location, StoreRegistry}};
 // use crate::commands;
+/* use crate::run; /* nested */ use crate::run; */
 /// See [`crate::run`].
 let s = "crate::report";
+let t = "a \" crate::report \
+    crate::report";
+let r = r#"crate::report " crate::report"#;
+let c = '"'; let d = '\''; fn f<'a>(x: &'a str) {}
 crate::physical::leaf_plan_methods!();
-"#;
-    let uses = crate_uses(&code(text));
-    let expected: BTreeSet<String> = ["config", "dag", "store", "physical"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    assert_eq!(uses, expected);
+$crate::table::x();
+use super::super::engine::Engine;
+use super::sibling;
+let x = crate
+    ::units::whole();
+"##;
+    let modules: BTreeSet<&str> = ["engine", "units", "sibling"].into_iter().collect();
+    let found = |depth| crate_uses(&code(text), depth, &modules);
+    let expected = |extra: &[&str]| -> BTreeSet<String> {
+        ["config", "dag", "store", "physical", "table", "units"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    // From src/a/b.rs (depth 2), `super::super::engine` is the crate's `engine`.
+    assert_eq!(found(2), expected(&["engine"]));
+    // From src/a/b/c.rs it is `a::engine`, not a top-level module.
+    assert_eq!(found(3), expected(&[]));
+    // From src/a.rs, `super::sibling` is the crate's too.
+    assert_eq!(found(1), expected(&["engine", "sibling"]));
 }
