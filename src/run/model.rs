@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use futures::StreamExt;
@@ -14,7 +15,7 @@ use futures::StreamExt;
 use super::RunCx;
 use super::prepare::{register_output, sink_spec};
 use super::resume;
-use super::unit::{UnitDone, UnitJob, plan_units, run_unit};
+use super::unit::{UnitDone, UnitFailure, UnitJob, plan_units, run_unit};
 use crate::catalog;
 use crate::config::{ModelConfig, OnBadRows};
 use crate::engine::{Engine, ScanRows};
@@ -178,13 +179,15 @@ impl<'a> ModelRun<'a> {
             bar.unit_done();
         }
         let event_sources = units::event_sources(cx.pipeline, &cx.dag.sources_read(name));
+        let stop = AtomicBool::new(false);
         let job = UnitJob {
             model: self.model,
             spec: &self.spec,
             output: &self.output,
             event_sources: &event_sources,
+            stop: &stop,
         };
-        let results: Vec<Result<UnitDone, String>> = futures::stream::iter(pending)
+        let results: Vec<Result<UnitDone, UnitFailure>> = futures::stream::iter(pending)
             .map(|u| run_unit(cx, &job, u, &bar))
             .buffer_unordered(self.model.units.max_concurrent.max(1))
             .collect()
@@ -203,9 +206,10 @@ impl<'a> ModelRun<'a> {
                         None => scanned = Some(scan),
                     }
                 }
-                Err(e) => {
+                Err(UnitFailure::Failed(e)) => {
                     first_error.get_or_insert(e);
                 }
+                Err(UnitFailure::Stopped) => {}
             }
         }
         records.sort_by(|a, b| a.unit.cmp(&b.unit));

@@ -2,7 +2,7 @@
 //! backoff, into its staging folder.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use datafusion::error::DataFusionError;
@@ -163,6 +163,18 @@ pub(super) struct UnitJob<'a> {
     pub(super) output: &'a crate::table::Output,
     /// The event-time sources it reads, with their columns.
     pub(super) event_sources: &'a [(String, String)],
+    /// Set once a unit has failed for good: the model fails, so the units not started yet
+    /// are not started, and running ones make no further attempt.
+    pub(super) stop: &'a AtomicBool,
+}
+
+/// Why a unit did not finish.
+#[derive(Debug)]
+pub(super) enum UnitFailure {
+    /// It failed for good; the message says which unit, after how many attempts, and why.
+    Failed(String),
+    /// It was not started, or not tried again, because another unit of the model failed.
+    Stopped,
 }
 
 /// A unit that ran: its record, the columns it wrote, its joins and the rows it read.
@@ -174,11 +186,14 @@ pub(super) async fn run_unit(
     job: &UnitJob<'_>,
     unit: &Unit,
     bar: &crate::progress::Units,
-) -> Result<UnitDone, String> {
+) -> Result<UnitDone, UnitFailure> {
     let UnitJob { model, output, .. } = *job;
     let settings = model.units;
     let mut attempt = 0u32;
     loop {
+        if job.stop.load(Ordering::Relaxed) {
+            return Err(UnitFailure::Stopped);
+        }
         attempt += 1;
         let mut record = UnitRecord {
             unit: unit.name.clone(),
@@ -212,7 +227,10 @@ pub(super) async fn run_unit(
                 if let Some(state) = cx.state {
                     state
                         .record_unit(cx.run_id, &model.name, &record)
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| {
+                            job.stop.store(true, Ordering::Relaxed);
+                            UnitFailure::Failed(e.to_string())
+                        })?;
                 }
                 bar.unit_done();
                 return Ok((record, staged.columns, joins, scan));
@@ -238,7 +256,11 @@ pub(super) async fn run_unit(
             } else {
                 format!("{attempt} attempts")
             };
-            return Err(format!("unit {} failed after {tries}: {error}", unit.name));
+            job.stop.store(true, Ordering::Relaxed);
+            return Err(UnitFailure::Failed(format!(
+                "unit {} failed after {tries}: {error}",
+                unit.name
+            )));
         }
         let wait = backoff(attempt);
         tracing::warn!(model = %model.name, unit = %unit.name, attempt, "transient failure, retrying in {wait:?}: {error}");
@@ -305,6 +327,7 @@ async fn attempt_unit(
         spec,
         output,
         event_sources,
+        ..
     } = *job;
     let ctx = super::unit_context::unit_context(
         cx.engine.ctx(),

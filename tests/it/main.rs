@@ -15,6 +15,7 @@ mod layers;
 mod memory;
 mod pipeline;
 mod quarantine;
+mod reliability;
 mod s3;
 mod sql;
 mod state;
