@@ -67,7 +67,23 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
     if opts.run.dry_run && !cx.quiet {
         print!("{}", super::plan::describe_plan(&prepared).await);
     }
-    let report = run::run(prepared, &opts.run, cx.progress).await?;
+    let report = match run::run(prepared, &opts.run, cx.progress).await {
+        Ok(report) => report,
+        Err(e) => {
+            // Refused (another run holds the lock) or the state store failed: the report
+            // still says so.
+            if let Some(file) = report_file.as_mut() {
+                let report = RunReport::not_run(
+                    crate::table::new_run_id(),
+                    &kept.name,
+                    started_at,
+                    e.to_string(),
+                );
+                file.write(&report)?;
+            }
+            return Err(e);
+        }
+    };
     if let Some(file) = report_file.as_mut() {
         file.write(&report)?;
     }
@@ -91,28 +107,47 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
     Ok(EXIT_FAILED)
 }
 
-/// The `--report` file, created before the run starts.
+/// The `--report` file. A temporary file beside it is created before the run starts (so a
+/// path that cannot be written is found before anything runs); the report is written there
+/// and renamed over the path, so a report already at the path is replaced whole or not at
+/// all, never left empty or half-written.
 struct ReportFile {
-    file: std::fs::File,
     path: PathBuf,
+    temp: PathBuf,
 }
 
 impl ReportFile {
     fn create(path: &Path) -> Result<ReportFile, Error> {
-        let file = std::fs::File::create(path)
+        let name = path
+            .file_name()
+            .ok_or_else(|| usage("--report", format!("{} is not a file name", path.display())))?;
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".{}.tmp", std::process::id()));
+        let temp = path.with_file_name(temp_name);
+        std::fs::File::create(&temp)
             .map_err(|e| usage("--report", format!("cannot write {}: {e}", path.display())))?;
         Ok(ReportFile {
-            file,
             path: path.to_path_buf(),
+            temp,
         })
     }
 
     fn write(&mut self, report: &RunReport) -> Result<(), Error> {
-        self.file
-            .write_all(report.to_json().as_bytes())
-            .map_err(|source| Error::Io {
-                path: self.path.display().to_string(),
-                source,
-            })
+        let io = |source| Error::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let mut file = std::fs::File::create(&self.temp).map_err(io)?;
+        file.write_all(report.to_json().as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&self.temp, &self.path).map_err(io)
+    }
+}
+
+impl Drop for ReportFile {
+    fn drop(&mut self) {
+        // Nothing to do once renamed; otherwise the unused temporary goes.
+        let _ = std::fs::remove_file(&self.temp);
     }
 }

@@ -47,8 +47,7 @@ pub(super) async fn run_table_model(
     let all_ran_now = kept.is_empty();
     let (records, scanned) = run.run_units(&units, kept, report).await?;
     let files: Vec<table::StagedFile> = records.into_iter().flat_map(|r| r.files).collect();
-    let rejected = run.count_rejects().await?;
-    report.rows_rejected = rejected.values().sum();
+    let rejected = run.count_rejects(report).await?;
     // Rows read = rows the scans passed on + rows set aside.
     report.rows_in += report.rows_rejected;
     // Rows read per table are known when every unit ran now (a kept unit recorded its total).
@@ -225,8 +224,12 @@ impl<'a> ModelRun<'a> {
 
     /// The rows the quarantined sources of the model set aside in this run: each source's
     /// written to its rejects folder and counted; past a source's limit the model fails here,
-    /// before anything is published. Returns the count per source.
-    async fn count_rejects(&self) -> Result<BTreeMap<String, u64>, Error> {
+    /// before anything is published, with the rows rejected so far in `report`. Returns the
+    /// count per source.
+    async fn count_rejects(
+        &self,
+        report: &mut ModelReport,
+    ) -> Result<BTreeMap<String, u64>, Error> {
         let cx = self.cx;
         let mut total = BTreeMap::new();
         for source in cx.dag.sources_read(&self.model.name) {
@@ -246,6 +249,7 @@ impl<'a> ModelRun<'a> {
             }
             let count = bad.len() as u64;
             total.insert(source.clone(), count);
+            report.rows_rejected += count;
             let folder = rejects::folder(spec, &cx.pipeline.root);
             let write_error = |message: String| {
                 self.error(

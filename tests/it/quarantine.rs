@@ -108,7 +108,10 @@ async fn bad_rows_go_to_rejects_with_file_line_and_reason_and_good_rows_go_on() 
 #[test]
 fn past_max_bad_rows_the_model_fails_and_nothing_is_published() {
     let dir = pipeline("max_bad_rows = 5\n");
-    let run = sluice(dir.path(), &["run", "."]).expect(1);
+    let (run, report) = run_with_report(dir.path(), &[], 1);
+    // The refused model still reports the rows it set aside (issue 11: it said 0).
+    let model = &report["models"][0];
+    assert_eq!(model["rows_rejected"], 6, "{model}");
     let e = &run.stderr;
     assert!(
         e.contains("source 'items': 6 bad rows (max_bad_rows = 5), nothing published"),

@@ -83,14 +83,35 @@ fn a_second_run_is_refused_and_a_killed_runs_lock_is_taken_over() {
     let running = wait_for_status(dir.path(), "running");
     let run_id = running["run_id"].as_str().unwrap().to_string();
 
-    let second = sluice(dir.path(), &["run", ".", "--select", "fast"]).expect(1);
+    // A report from an earlier run is at the path: the refused run replaces it whole with
+    // one saying why (issue 11: it was left empty).
+    let report = dir.path().join("second.json");
+    std::fs::write(&report, "{\"an earlier\": \"report\"}").unwrap();
+    let second = sluice(
+        dir.path(),
+        &["run", ".", "--select", "fast", "--report", "second.json"],
+    )
+    .expect(1);
+    let refusal = format!(
+        "pipeline 'slow' is already running: run {run_id} (pid {}",
+        first.id()
+    );
+    assert!(second.stderr.contains(&refusal), "{}", second.stderr);
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(written["status"], "failed", "{written}");
     assert!(
-        second.stderr.contains(&format!(
-            "pipeline 'slow' is already running: run {run_id} (pid {}",
-            first.id()
-        )),
-        "{}",
-        second.stderr
+        written["error"].as_str().unwrap().contains(&refusal),
+        "{written}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary report files left: {leftovers:?}"
     );
 
     // kill -9: the lock stays behind, held by a dead process.
