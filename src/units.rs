@@ -22,6 +22,30 @@ pub struct Unit {
     pub kind: UnitKind,
 }
 
+/// The key of the unit of an unbatched model (and of a one-off write, `sluice sql`).
+pub(crate) const WHOLE_KEY: &str = "0000000000000000";
+
+impl Unit {
+    /// The unit's identity, from its name (its period, first file or bucket), never its
+    /// position: 16 hex digits, stable across builds and processes. A unit's staging folder
+    /// and file names carry it, so a resumed run whose plan shifted (a late file, an earlier
+    /// row) never writes where a kept unit's files are.
+    pub fn key(&self) -> String {
+        if self.kind == UnitKind::Whole {
+            return WHOLE_KEY.to_string();
+        }
+        format!("{:016x}", stable_hash(&self.name))
+    }
+}
+
+/// A hash of `text` that is the same in every build, process and platform (FNV-1a), unlike
+/// std's hasher: for names and fingerprints that are stored and compared later.
+pub(crate) fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// What of a model's input one unit reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnitKind {

@@ -179,7 +179,7 @@ pub async fn run_sql(
                 &spec,
                 stream,
                 &run_id,
-                sink::UnitSlot::SINGLE,
+                sink::UnitSlot::attempt(crate::units::WHOLE_KEY),
                 &|r| task.inc(r),
             )
             .await;

@@ -88,11 +88,7 @@ pub(super) fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> String {
         // (Cannot happen with these types.) A fingerprint no other run has: nothing resumes.
         return crate::table::new_run_id();
     };
-    // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("{hash:016x}")
+    format!("{:016x}", crate::units::stable_hash(&text))
 }
 /// The units of `model` that this run (a resumed one) already committed and that it keeps,
 /// by name: those of the current plan whose recorded files are all still there (in staging,
@@ -115,7 +111,7 @@ pub(super) async fn kept_units(
         .map(|u| (u.unit.clone(), u))
         .collect();
     for u in units.iter().filter(|u| !done.contains_key(&u.name)) {
-        let _ = output.discard_staging(cx.run_id, Some(u.index)).await;
+        let _ = output.discard_staging(cx.run_id, Some(&u.key())).await;
     }
     let mut lost = Vec::new();
     for (unit, record) in &done {

@@ -213,7 +213,7 @@ pub(super) async fn run_unit(
             let _ = state.record_unit(cx.run_id, &model.name, &record);
         }
         let start = Instant::now();
-        let (outcome, peak) = timed_attempt(cx, job, unit, attempt, bar).await;
+        let (outcome, peak) = timed_attempt(cx, job, unit, bar).await;
         record.elapsed_ms = start.elapsed().as_millis() as u64;
         record.peak_memory = peak;
         record.finished_at = Some(timestamp_now());
@@ -239,7 +239,7 @@ pub(super) async fn run_unit(
         };
         // Whatever the attempt staged is discarded (a cancelled attempt's writers may still
         // be closing files: they are removed again before a retry's files land).
-        let _ = output.discard_staging(cx.run_id, Some(unit.index)).await;
+        let _ = output.discard_staging(cx.run_id, Some(&unit.key())).await;
         let retry = attempt <= settings.retries && error.is_transient();
         record.status = if retry {
             UnitStatus::Retrying
@@ -278,7 +278,6 @@ async fn timed_attempt(
     cx: &RunCx<'_>,
     job: &UnitJob<'_>,
     unit: &Unit,
-    attempt: u32,
     bar: &crate::progress::Units,
 ) -> (Result<Attempt, UnitError>, u64) {
     let pool = Arc::clone(&cx.engine.ctx().runtime_env().memory_pool);
@@ -292,7 +291,7 @@ async fn timed_attempt(
             }
         })
     };
-    let work = attempt_unit(cx, job, unit, attempt, bar);
+    let work = attempt_unit(cx, job, unit, bar);
     let outcome = match job.model.units.timeout {
         Some(limit) => match tokio::time::timeout(limit, work).await {
             Ok(r) => r,
@@ -319,7 +318,6 @@ async fn attempt_unit(
     cx: &RunCx<'_>,
     job: &UnitJob<'_>,
     unit: &Unit,
-    attempt: u32,
     bar: &crate::progress::Units,
 ) -> Result<Attempt, UnitError> {
     let UnitJob {
@@ -359,10 +357,7 @@ async fn attempt_unit(
     let Some(stream) = exec.take_stream() else {
         return Err(UnitError::permanent("the query produced no stream"));
     };
-    let slot = sink::UnitSlot {
-        index: unit.index,
-        attempt,
-    };
+    let slot = sink::UnitSlot::attempt(&unit.key());
     let staged = sink::stage_unit(output, &spec, stream, cx.run_id, slot, &|rows| {
         bar.rows(rows)
     })

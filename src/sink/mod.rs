@@ -145,22 +145,27 @@ pub(crate) struct Committed {
     pub rows: u64,
 }
 
-/// Which unit, and which attempt of it, is staging: file names carry both, so a cancelled
-/// attempt whose writers are still closing can never overwrite a later attempt's file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which unit, and which attempt of it, is staging: file names carry both. The unit is named
+/// by its key ([`crate::units::Unit::key`]), never its position, so a unit of a resumed run
+/// whose plan shifted cannot write where a kept unit's files are; the attempt by a random
+/// token, so no two attempts — of this process or any other — write the same name, and a
+/// cancelled attempt whose writers are still closing never overwrites another's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct UnitSlot {
-    /// The unit's index (its staging folder).
-    pub index: usize,
-    /// The attempt, from 1.
-    pub attempt: u32,
+    /// The unit's key: its staging folder, and the first part of its file names.
+    pub unit: String,
+    /// This attempt's token.
+    pub attempt: String,
 }
 
 impl UnitSlot {
-    /// The first attempt of the only unit of a one-unit write.
-    pub(crate) const SINGLE: UnitSlot = UnitSlot {
-        index: 0,
-        attempt: 1,
-    };
+    /// A new attempt of the unit with key `unit`.
+    pub(crate) fn attempt(unit: &str) -> UnitSlot {
+        UnitSlot {
+            unit: unit.to_string(),
+            attempt: format!("{:08x}", rand::random::<u32>()),
+        }
+    }
 }
 
 /// Marks a staging as aborted if its future is dropped before it finishes (a unit timeout
@@ -264,7 +269,7 @@ pub(crate) async fn stage_unit(
     slot: UnitSlot,
     on_rows: &(dyn Fn(u64) + Sync),
 ) -> Result<UnitOutput, SinkError> {
-    let unit = slot.index;
+    let unit = slot.unit.clone();
     let schema = input.schema();
     let partitioner = Partitioner::new(&schema, &spec.partition_by).map_err(|column| {
         SinkError::PartitionColumn {
@@ -294,8 +299,8 @@ pub(crate) async fn stage_unit(
     let shared = Arc::new(LaneShared {
         store: output.store(),
         output_location: spec.location.clone(),
-        unit,
-        attempt: slot.attempt,
+        unit: unit.clone(),
+        attempt: slot.attempt.clone(),
         run_id: run_id.to_string(),
         format: spec.format,
         schema: file_schema,
@@ -397,7 +402,7 @@ pub(crate) async fn stage_unit(
     };
     if let Some(err) = failure {
         shared.aborted.store(true, Ordering::SeqCst);
-        if let Err(e) = output.discard_staging(run_id, Some(unit)).await {
+        if let Err(e) = output.discard_staging(run_id, Some(&unit)).await {
             tracing::warn!("could not remove staging {}: {}", e.key, e.message);
         }
         return Err(err);
@@ -448,7 +453,8 @@ pub(crate) async fn write(
     on_rows: &(dyn Fn(u64) + Sync),
 ) -> Result<Committed, SinkError> {
     let (output, existing) = prepare(store, spec, run_id).await?;
-    let staged = stage_unit(&output, spec, input, run_id, UnitSlot::SINGLE, on_rows).await?;
+    let slot = UnitSlot::attempt(crate::units::WHOLE_KEY);
+    let staged = stage_unit(&output, spec, input, run_id, slot, on_rows).await?;
     publish(
         &output,
         &existing,
@@ -463,8 +469,8 @@ pub(crate) async fn write(
 struct LaneShared {
     store: Arc<dyn ObjectStore>,
     output_location: Location,
-    unit: usize,
-    attempt: u32,
+    unit: String,
+    attempt: String,
     run_id: String,
     format: Format,
     schema: SchemaRef,
@@ -510,7 +516,7 @@ async fn run_lane(
             if current.is_none() {
                 let n = shared.seq.fetch_add(1, Ordering::SeqCst);
                 let name = format!(
-                    "part-{:04}-{:02}-{n:05}-{}.{}",
+                    "part-{}-{}-{n:05}-{}.{}",
                     shared.unit,
                     shared.attempt,
                     shared.run_id,
@@ -524,7 +530,7 @@ async fn run_lane(
                 let key = shared.output_location.child(&format!(
                     "{}/{}",
                     Output::staging_dir(&shared.run_id),
-                    staged_path(shared.unit, &rel)
+                    staged_path(&shared.unit, &rel)
                 ));
                 let w = FileWriter::create(
                     Arc::clone(&shared.store),
@@ -554,7 +560,7 @@ async fn run_lane(
             {
                 let rows = w.rows();
                 let bytes = w.finish().await.map_err(|e| write_err(&shared, &key, e))?;
-                files.push(staged_file(shared.unit, rel, rows, bytes));
+                files.push(staged_file(&shared.unit, rel, rows, bytes));
             }
         }
         Ok(())
@@ -565,7 +571,7 @@ async fn run_lane(
             let rows = w.rows();
             match w.finish().await {
                 Ok(bytes) => {
-                    files.push(staged_file(shared.unit, rel, rows, bytes));
+                    files.push(staged_file(&shared.unit, rel, rows, bytes));
                     Ok(())
                 }
                 Err(e) => Err(write_err(&shared, &key, e)),
@@ -582,11 +588,11 @@ async fn run_lane(
 }
 
 /// Where a unit's file `rel` is staged, relative to the run's staging folder.
-fn staged_path(unit: usize, rel: &str) -> String {
-    format!("{unit:04}/{rel}")
+fn staged_path(unit: &str, rel: &str) -> String {
+    format!("{unit}/{rel}")
 }
 
-fn staged_file(unit: usize, rel: String, rows: u64, bytes: u64) -> StagedFile {
+fn staged_file(unit: &str, rel: String, rows: u64, bytes: u64) -> StagedFile {
     StagedFile {
         staged: staged_path(unit, &rel),
         file: ManifestFile {

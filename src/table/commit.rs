@@ -244,10 +244,10 @@ impl Output {
     pub(crate) async fn discard_staging(
         &self,
         run_id: &str,
-        unit: Option<usize>,
+        unit: Option<&str>,
     ) -> Result<(), CommitError> {
         let dir = match unit {
-            Some(u) => format!("{}/{u:04}", Output::staging_dir(run_id)),
+            Some(u) => format!("{}/{u}", Output::staging_dir(run_id)),
             None => Output::staging_dir(run_id),
         };
         let metas = self.objects_under(&self.key(&dir)).await?;
@@ -288,6 +288,21 @@ impl Output {
             files: staged,
         } = version;
         let kept = kept_files(existing, mode, partition_by, &staged);
+        // A version never lists a path twice: two units writing one name would mean one
+        // file's rows lost and another's counted twice. Refused before anything moves.
+        let mut paths = BTreeSet::new();
+        let twice = kept
+            .iter()
+            .map(|f| &f.path)
+            .chain(staged.iter().map(|f| &f.file.path))
+            .find(|p| !paths.insert(p.as_str()));
+        if let Some(path) = twice {
+            return Err(CommitError {
+                key: self.location.display_key(&self.key(path)),
+                message: "two files of the new version have this name; nothing was published"
+                    .into(),
+            });
+        }
 
         // Step 2: move staged files to their final keys. A file already moved (a resumed
         // run that was killed during an earlier publish) is found at its final key.

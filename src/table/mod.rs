@@ -31,10 +31,11 @@ pub(crate) fn new_run_id() -> String {
     )
 }
 
-/// Whether a file name is one sluice writes: `part-NNNNN-<run id>.<ext>`.
+/// Whether a file name is one sluice writes: `part-<unit key>-<attempt>-NNNNN-<run id>.<ext>`
+/// (older builds wrote decimal unit and attempt numbers).
 pub(crate) fn is_sluice_file(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
-    regex::Regex::new(r"^part-(\d+-)*\d{5}-\d{8}T\d{6}Z-[0-9a-f]{6}\.(parquet|csv|json)$")
+    regex::Regex::new(r"^part-([0-9a-f]+-)*\d{5}-\d{8}T\d{6}Z-[0-9a-f]{6}\.(parquet|csv|json)$")
         .map(|re| re.is_match(name))
         .unwrap_or(false)
 }
