@@ -54,15 +54,15 @@ pub async fn plan_units(
     if sources.is_empty() {
         return Err("batches need at least one input source that declares event_time".into());
     }
-    let (start, end) = match (batches.start, batches.end) {
-        (Some(s), Some(e)) => (s, e),
-        (s, e) => match super::unit_context::event_range(engine.ctx(), &sources).await? {
-            None => return Ok(Vec::new()),
-            Some((lo, hi)) => (
-                s.unwrap_or(units::truncate(batches.size, lo)),
-                e.unwrap_or(units::next(batches.size, units::truncate(batches.size, hi))),
-            ),
-        },
+    // Read even when start and end are given: a row without an event time is refused there.
+    let range = super::unit_context::event_range(engine.ctx(), &sources).await?;
+    let (start, end) = match (batches.start, batches.end, range) {
+        (Some(s), Some(e), _) => (s, e),
+        (_, _, None) => return Ok(Vec::new()),
+        (s, e, Some((lo, hi))) => (
+            s.unwrap_or(units::truncate(batches.size, lo)),
+            e.unwrap_or(units::next(batches.size, units::truncate(batches.size, hi))),
+        ),
     };
     Ok(units::periods(batches.size, start, end))
 }

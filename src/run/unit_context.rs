@@ -52,7 +52,10 @@ fn bound(t: NaiveDateTime, ty: &DataType) -> Expr {
     lit(value)
 }
 
-/// The earliest and latest event time over the given sources (`None` when they are empty).
+/// The earliest and latest event time over the given sources (`None` when they hold no
+/// rows), each value read as the instant it names (text with a UTC offset included), not
+/// compared as text. A row whose event time is NULL or not a timestamp would be in no unit:
+/// that is an error naming the source, the count and an example, never a silent loss.
 pub async fn event_range(
     ctx: &SessionContext,
     sources: &[(String, String)],
@@ -61,7 +64,9 @@ pub async fn event_range(
     let mut hi: Option<NaiveDateTime> = None;
     for (table, column) in sources {
         let sql = format!(
-            "SELECT CAST(MIN(\"{column}\") AS TIMESTAMP) AS lo, CAST(MAX(\"{column}\") AS TIMESTAMP) AS hi FROM \"{table}\""
+            "SELECT MIN(t) AS lo, MAX(t) AS hi, COUNT(*) - COUNT(t) AS untimed, \
+                    MIN(CASE WHEN t IS NULL THEN CAST(raw AS VARCHAR) END) AS example \
+             FROM (SELECT TRY_CAST(\"{column}\" AS TIMESTAMP) AS t, \"{column}\" AS raw FROM \"{table}\")"
         );
         let batches = ctx
             .sql(&sql)
@@ -75,17 +80,35 @@ pub async fn event_range(
             .collect()
             .await
             .map_err(|e| format!("source '{table}': {}", describe_datafusion(&e)))?;
-        for b in &batches {
-            for (i, slot) in [(0, &mut lo), (1, &mut hi)] {
-                let v = ScalarValue::try_from_array(b.column(i), 0).map_err(|e| e.to_string())?;
-                if let ScalarValue::TimestampNanosecond(Some(ns), _) = v {
-                    let t = chrono::DateTime::from_timestamp_nanos(ns).naive_utc();
-                    *slot = Some(match (i, *slot) {
-                        (0, Some(x)) => x.min(t),
-                        (_, Some(x)) => x.max(t),
-                        (_, None) => t,
-                    });
+        let Some(b) = batches.iter().find(|b| b.num_rows() > 0) else {
+            continue;
+        };
+        let value =
+            |i: usize| ScalarValue::try_from_array(b.column(i), 0).map_err(|e| e.to_string());
+        let untimed = match value(2)? {
+            ScalarValue::Int64(Some(n)) => n,
+            _ => 0,
+        };
+        if untimed > 0 {
+            let example = match value(3)? {
+                ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
+                    format!("not a timestamp, e.g. {s:?}")
                 }
+                _ => "NULL".to_string(),
+            };
+            return Err(format!(
+                "source '{table}': {untimed} rows have no event time in '{column}' ({example}): \
+                 they would be in no work unit"
+            ));
+        }
+        for (i, slot) in [(0, &mut lo), (1, &mut hi)] {
+            if let ScalarValue::TimestampNanosecond(Some(ns), _) = value(i)? {
+                let t = chrono::DateTime::from_timestamp_nanos(ns).naive_utc();
+                *slot = Some(match (i, *slot) {
+                    (0, Some(x)) => x.min(t),
+                    (_, Some(x)) => x.max(t),
+                    (_, None) => t,
+                });
             }
         }
     }

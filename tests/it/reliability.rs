@@ -90,3 +90,65 @@ async fn a_resume_after_the_unit_plan_shifted_neither_loses_nor_doubles_rows() {
     unique.dedup();
     assert_eq!(manifest, unique, "the manifest lists a path twice");
 }
+
+/// A model batched by day over events whose times are text.
+fn daily_events(csv: &str) -> tempfile::TempDir {
+    OneModel::new("events", "daily")
+        .source_toml("format = \"csv\"\nschema = \"id INT, ts VARCHAR\"\nevent_time = \"ts\"")
+        .sink_toml("[models.daily.batches]\nsize = \"day\"")
+        .file("events.csv", csv)
+        .build()
+}
+
+/// Time units place rows by the instant their event time names: text with UTC offsets and
+/// with either separator lands in its unit (before, the range came from the MIN/MAX of the
+/// strings and rows outside it were lost).
+#[test]
+fn text_event_times_with_offsets_and_either_separator_are_all_placed() {
+    // Row 2 is 2024-01-02T04:00 UTC, later than the latest time as text ("...T23:00:00Z").
+    let dir = daily_events(
+        "id,ts\n1,2024-01-01T23:00:00Z\n2,2024-01-01T20:00:00-08:00\n\
+         3,2024-01-01 05:00:00\n4,2024-01-01T06:00:00+00:00\n",
+    );
+    let (_, report) = run_with_report(dir.path(), &[], 0);
+    let model = report_model(&report, "daily");
+    // (Each unit scans the whole CSV and filters it, so rows_in counts the 4 rows twice: that
+    // is issue 11 #6, not fixed yet.)
+    assert_eq!(model["rows_out"], 4, "{model}");
+    // Days 1 and 2 (UTC): two units.
+    assert_eq!(model["units_total"], 2, "{model}");
+}
+
+/// A row whose event time is NULL or not a timestamp would be in no unit: the run refuses it,
+/// naming the count and an example, and publishes nothing; when every event time is missing
+/// the previous output stays (before, an empty unit plan replaced it with an empty output).
+#[test]
+fn rows_without_an_event_time_are_refused_never_dropped() {
+    let dir = daily_events("id,ts\n1,2024-01-01\n2,\n3,2024-01-02\n4,soon\n5,\n");
+    let (run, _) = run_with_report(dir.path(), &[], 1);
+    assert!(
+        run.stderr.contains(
+            "source 'events': 3 rows have no event time in 'ts' (not a timestamp, e.g. \"soon\")"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(!dir.path().join("out/daily/_MANIFEST").exists());
+    // A good run publishes; then every event time goes missing: refused, output kept.
+    let csv = dir.path().join("data/events.csv");
+    std::fs::write(&csv, "id,ts\n1,2024-01-01\n2,2024-01-02\n").unwrap();
+    run_with_report(dir.path(), &[], 0);
+    let manifest = std::fs::read(dir.path().join("out/daily/_MANIFEST")).unwrap();
+    std::fs::write(&csv, "id,ts\n1,\n2,\n").unwrap();
+    let (run, _) = run_with_report(dir.path(), &[], 1);
+    assert!(
+        run.stderr
+            .contains("2 rows have no event time in 'ts' (NULL)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("out/daily/_MANIFEST")).unwrap(),
+        manifest
+    );
+}
