@@ -4,11 +4,13 @@
 mod cli;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use sluice::commands::{self, Context};
 use sluice::error::{EXIT_FAILED, Error};
 use sluice::progress::Progress;
+use sluice::run::Interrupt;
 
 use cli::args::{BenchCommand, Cli, Command, GenCommand};
 use cli::options;
@@ -28,6 +30,8 @@ fn main() -> ExitCode {
         }
     };
     let progress = Progress::new(!cli.quiet);
+    let interrupt = Arc::new(Interrupt::default());
+    runtime.spawn(listen_for_signals(Arc::clone(&interrupt)));
     let cx = Context {
         // The library never reads the process environment: it is handed in here.
         // (A variable that is not UTF-8 is passed over, not a panic.)
@@ -37,15 +41,54 @@ fn main() -> ExitCode {
         cwd: std::env::current_dir().unwrap_or_else(|_| ".".into()),
         quiet: cli.quiet,
         progress: &progress,
+        interrupt: Arc::clone(&interrupt),
     };
-    let code = match runtime.block_on(dispatch(&cli.command, &cx)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e}");
-            e.exit_code()
+    let code = runtime.block_on(async {
+        let command = dispatch(&cli.command, &cx);
+        // `run` stops itself on a signal (and records it); any other command just ends.
+        let stops_itself = matches!(cli.command, Command::Run(_));
+        tokio::select! {
+            result = command => match result {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    e.exit_code()
+                }
+            },
+            () = interrupt.wait(), if !stops_itself => {
+                let signal = interrupt.signal().unwrap_or(2);
+                eprintln!("error: interrupted ({})", Interrupt::describe(signal));
+                128 + signal
+            }
         }
-    };
+    });
     ExitCode::from(code as u8)
+}
+
+/// SIGINT and SIGTERM ask the command to stop; a second one ends the process at once.
+async fn listen_for_signals(interrupt: Arc<Interrupt>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        let mut first = true;
+        loop {
+            let signal = tokio::select! {
+                _ = int.recv() => 2,
+                _ = term.recv() => 15,
+            };
+            if !first {
+                std::process::exit(128 + signal);
+            }
+            first = false;
+            interrupt.raise(signal);
+        }
+    }
 }
 
 /// Runs the command: stage two of the flags, then the command itself.

@@ -44,6 +44,7 @@ pub fn run_options(args: &PipelineArgs, dry_run: bool, restart: bool) -> RunOpti
         join_strategy: args.engine.join_strategy,
         dry_run,
         restart,
+        interrupt: Default::default(),
     }
 }
 

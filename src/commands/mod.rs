@@ -26,6 +26,8 @@ pub struct Context<'a> {
     pub quiet: bool,
     /// Progress bars (hidden with `--quiet`).
     pub progress: &'a Progress,
+    /// Raised by the binary when the process receives SIGINT or SIGTERM.
+    pub interrupt: std::sync::Arc<crate::run::Interrupt>,
 }
 
 impl Context<'_> {

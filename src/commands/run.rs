@@ -20,10 +20,17 @@ pub struct Options {
     pub report: Option<PathBuf>,
 }
 
-/// Runs the pipeline. Exit status 0 when every model succeeded, 1 when one failed; an error
-/// before any model ran (an invalid pipeline, a missing source) is returned, and still
-/// written to the report.
+/// Runs the pipeline. Exit status 0 when every model succeeded, 1 when one failed, 128 + the
+/// signal (130 for SIGINT, 143 for SIGTERM) when the run was interrupted; an error before any
+/// model ran (an invalid pipeline, a missing source) is returned, and still written to the
+/// report.
 pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
+    let mut run_opts = opts.run.clone();
+    run_opts.interrupt = std::sync::Arc::clone(&cx.interrupt);
+    let opts = &Options {
+        run: run_opts,
+        ..opts.clone()
+    };
     // Open the report first: a bad path is found before anything runs, and a run that stops
     // early still leaves a report saying why.
     let mut report_file = match &opts.report {
@@ -92,6 +99,13 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
     }
     if report.succeeded() {
         return Ok(EXIT_OK);
+    }
+    if let Some(signal) = cx.interrupt.signal() {
+        eprintln!(
+            "error: the run was interrupted ({}): what it committed is kept; run it again to resume",
+            crate::run::Interrupt::describe(signal)
+        );
+        return Ok(128 + signal);
     }
     for m in report
         .models

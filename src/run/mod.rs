@@ -50,6 +50,55 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// `--restart`: do not resume an unfinished run; start afresh.
     pub restart: bool,
+    /// Raised when the process is asked to stop (the binary's SIGINT / SIGTERM handler).
+    pub interrupt: Arc<Interrupt>,
+}
+
+/// A request to stop a run, raised by the binary when the process receives SIGINT or
+/// SIGTERM: the run starts no more models or units, cancels the running units (their staging
+/// is removed; a resume runs them again), records itself `interrupted` and reports so.
+#[derive(Debug, Default)]
+pub struct Interrupt {
+    signal: std::sync::atomic::AtomicI32,
+    notify: tokio::sync::Notify,
+}
+
+impl Interrupt {
+    /// Asks the run to stop, because of signal number `signal`.
+    pub fn raise(&self, signal: i32) {
+        self.signal
+            .store(signal, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// The signal that asked the run to stop, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        match self.signal.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    /// Waits until the run is asked to stop.
+    pub async fn wait(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a raise in between is not missed.
+        notified.as_mut().enable();
+        if self.signal().is_some() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// The signal's name, for messages.
+    pub fn describe(signal: i32) -> &'static str {
+        match signal {
+            2 => "SIGINT",
+            15 => "SIGTERM",
+            _ => "a signal",
+        }
+    }
 }
 
 /// Runs a prepared pipeline under its lock, recorded in its state store: every selected model
@@ -169,6 +218,7 @@ struct RunCx<'a> {
     state: Option<&'a StateStore>,
     run_id: &'a str,
     progress: &'a Progress,
+    interrupt: &'a Interrupt,
 }
 
 async fn run_models(
@@ -193,6 +243,7 @@ async fn run_models(
         state,
         run_id: &run_id,
         progress,
+        interrupt: &opts.interrupt,
     };
     let mut reports = Vec::new();
     let mut failed: BTreeSet<String> = BTreeSet::new();
@@ -204,6 +255,15 @@ async fn run_models(
         };
         if opts.dry_run {
             reports.push(ModelReport::new(name, kind, ModelStatus::Planned));
+            continue;
+        }
+        if let Some(signal) = opts.interrupt.signal() {
+            let mut r = ModelReport::new(name, kind, ModelStatus::Skipped);
+            r.error = Some(format!(
+                "not run: the run was interrupted ({})",
+                Interrupt::describe(signal)
+            ));
+            reports.push(r);
             continue;
         }
         if let Some(up) = dag.upstream(name).iter().find(|u| failed.contains(*u)) {
@@ -249,6 +309,8 @@ async fn run_models(
     }
     let status = if opts.dry_run {
         RunStatus::Planned
+    } else if opts.interrupt.signal().is_some() {
+        RunStatus::Interrupted
     } else if failed.is_empty() {
         RunStatus::Success
     } else {

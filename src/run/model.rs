@@ -209,6 +209,12 @@ impl<'a> ModelRun<'a> {
                     first_error.get_or_insert(e);
                 }
                 Err(UnitFailure::Stopped) => {}
+                Err(UnitFailure::Interrupted(signal)) => {
+                    first_error.get_or_insert(format!(
+                        "interrupted ({}): the units it committed are kept for a resume",
+                        super::Interrupt::describe(signal)
+                    ));
+                }
             }
         }
         records.sort_by(|a, b| a.unit.cmp(&b.unit));

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::error::DataFusionError;
 
-use super::RunCx;
+use super::{Interrupt, RunCx};
 use crate::config::{ModelConfig, Pipeline, timestamp_now};
 use crate::dag::Dag;
 use crate::describe::describe_datafusion;
@@ -175,6 +175,8 @@ pub(super) enum UnitFailure {
     Failed(String),
     /// It was not started, or not tried again, because another unit of the model failed.
     Stopped,
+    /// It was not started, or was cancelled, because the run was interrupted.
+    Interrupted(i32),
 }
 
 /// A unit that ran: its record, the columns it wrote, its joins and the rows it read.
@@ -191,6 +193,9 @@ pub(super) async fn run_unit(
     let settings = model.units;
     let mut attempt = 0u32;
     loop {
+        if let Some(signal) = cx.interrupt.signal() {
+            return Err(UnitFailure::Interrupted(signal));
+        }
         if job.stop.load(Ordering::Relaxed) {
             return Err(UnitFailure::Stopped);
         }
@@ -240,6 +245,14 @@ pub(super) async fn run_unit(
         // Whatever the attempt staged is discarded (a cancelled attempt's writers may still
         // be closing files: they are removed again before a retry's files land).
         let _ = output.discard_staging(cx.run_id, Some(&unit.key())).await;
+        if let Some(signal) = cx.interrupt.signal() {
+            record.status = UnitStatus::Failed;
+            record.error = Some(format!("interrupted ({})", Interrupt::describe(signal)));
+            if let Some(state) = cx.state {
+                let _ = state.record_unit(cx.run_id, &model.name, &record);
+            }
+            return Err(UnitFailure::Interrupted(signal));
+        }
         let retry = attempt <= settings.retries && error.is_transient();
         record.status = if retry {
             UnitStatus::Retrying
@@ -291,13 +304,20 @@ async fn timed_attempt(
             }
         })
     };
-    let work = attempt_unit(cx, job, unit, bar);
-    let outcome = match job.model.units.timeout {
-        Some(limit) => match tokio::time::timeout(limit, work).await {
-            Ok(r) => r,
-            Err(_) => Err(UnitError::timed_out(limit)),
-        },
-        None => work.await,
+    let work = async {
+        let work = attempt_unit(cx, job, unit, bar);
+        match job.model.units.timeout {
+            Some(limit) => match tokio::time::timeout(limit, work).await {
+                Ok(r) => r,
+                Err(_) => Err(UnitError::timed_out(limit)),
+            },
+            None => work.await,
+        }
+    };
+    // An interrupt cancels the attempt (its writers abandon their files).
+    let outcome = tokio::select! {
+        outcome = work => outcome,
+        () = cx.interrupt.wait() => Err(UnitError::permanent("interrupted")),
     };
     sampler.abort();
     (outcome, peak.load(Ordering::Relaxed) as u64)

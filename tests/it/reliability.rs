@@ -2,7 +2,9 @@
 //! doubled or wrongly published rows, or misreported what it did.
 
 use crate::support::pipeline::OneModel;
-use crate::support::{manifest_files_sorted, query_output, report_model, rows, run_with_report};
+use crate::support::{
+    manifest_files_sorted, query_output, report_model, rows, run_with_report, sluice, spawn_sluice,
+};
 
 /// Six daily CSV files, one row each, for a model run one unit per file.
 fn six_days(bad_day: Option<(usize, &str)>) -> OneModel {
@@ -151,4 +153,61 @@ fn rows_without_an_event_time_are_refused_never_dropped() {
         std::fs::read(dir.path().join("out/daily/_MANIFEST")).unwrap(),
         manifest
     );
+}
+
+/// SIGTERM and SIGINT stop a run the way an operator expects: running units cancelled, the run
+/// recorded `interrupted` (not `running` forever), the lock released, the report written, exit
+/// 128 + the signal; and running the same command again resumes it.
+#[test]
+fn a_signal_stops_the_run_records_it_and_writes_the_report() {
+    for (signal, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("queries")).unwrap();
+        std::fs::write(d.join("sluice.toml"), "name = \"slow\"\n").unwrap();
+        // Tens of seconds in a debug build; stopped long before.
+        std::fs::write(
+            d.join("queries/slow.sql"),
+            "SELECT value % 7 AS k, COUNT(*) AS n FROM range(1000000000) GROUP BY 1",
+        )
+        .unwrap();
+        std::fs::write(d.join("r.json"), "{\"an earlier\": \"report\"}").unwrap();
+        let mut child = spawn_sluice(d, &["run", ".", "--report", "r.json"]);
+        // Wait until the run is recorded as running, then signal it.
+        let start = std::time::Instant::now();
+        loop {
+            let runs = sluice(d, &["runs", ".", "--json"]);
+            if runs.stdout.contains("\"running\"") {
+                break;
+            }
+            assert!(start.elapsed().as_secs() < 60, "the run never started");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // SAFETY: kill only sends a signal to the child's pid.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let status = child.wait().unwrap();
+        assert!(start.elapsed().as_secs() < 60, "the run did not stop");
+        assert_eq!(status.code(), Some(code), "signal {signal}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("r.json")).unwrap()).unwrap();
+        assert_eq!(report["status"], "interrupted", "{report}");
+        let model = report_model(&report, "slow");
+        assert_eq!(model["status"], "failed", "{model}");
+        assert!(
+            model["error"].as_str().unwrap().contains("interrupted"),
+            "{model}"
+        );
+        let runs = sluice(d, &["runs", ".", "--json"]).expect(0);
+        let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
+        assert_eq!(runs[0]["status"], "interrupted", "{runs}");
+        // The lock was released: the next run neither waits nor takes it over.
+        std::fs::write(d.join("queries/slow.sql"), "SELECT 1 AS k").unwrap();
+        let next = sluice(d, &["run", "."]).expect(0);
+        assert!(
+            !next.stderr.contains("took over the lock"),
+            "{}",
+            next.stderr
+        );
+    }
 }
