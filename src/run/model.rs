@@ -15,7 +15,7 @@ use futures::StreamExt;
 use super::RunCx;
 use super::prepare::{register_output, sink_spec};
 use super::resume;
-use super::unit::{UnitDone, UnitFailure, UnitJob, plan_units, run_unit};
+use super::unit::{UnitDone, UnitFailure, UnitJob, UnitRejects, plan_units, run_unit};
 use crate::catalog;
 use crate::config::{ModelConfig, OnBadRows};
 use crate::engine::{Engine, ScanRows};
@@ -45,9 +45,9 @@ pub(super) async fn run_table_model(
         .map_err(|e| run.error(e))?;
     let kept = resume::kept_units(cx, name, &units, &run.output).await?;
     let all_ran_now = kept.is_empty();
-    let (records, scanned) = run.run_units(&units, kept, report).await?;
+    let (records, scanned, unit_rejects) = run.run_units(&units, kept, report).await?;
     let files: Vec<table::StagedFile> = records.into_iter().flat_map(|r| r.files).collect();
-    let rejected = run.count_rejects(report).await?;
+    let rejected = run.count_rejects(unit_rejects, report).await?;
     // Rows read = rows the scans passed on + rows set aside.
     report.rows_in += report.rows_rejected;
     // Rows read per table are known when every unit ran now (a kept unit recorded its total).
@@ -155,14 +155,15 @@ impl<'a> ModelRun<'a> {
     }
 
     /// Runs the units not `kept`, at most `max_concurrent_units` at once. Returns every
-    /// unit's record (kept ones included, by name) and the rows the units run now read per
-    /// table; the first failure fails the model.
+    /// unit's record (kept ones included, by name), the rows the units run now read per
+    /// table, and what the units' own quarantine scans set aside; the first failure fails the
+    /// model.
     async fn run_units(
         &self,
         units: &[Unit],
         kept: BTreeMap<String, UnitRecord>,
         report: &mut ModelReport,
-    ) -> Result<(Vec<UnitRecord>, Option<ScanRows>), Error> {
+    ) -> Result<(Vec<UnitRecord>, Option<ScanRows>, UnitRejects), Error> {
         let cx = self.cx;
         let name = &self.model.name;
         report.units_total = units.len() as u64;
@@ -195,14 +196,16 @@ impl<'a> ModelRun<'a> {
         let mut records: Vec<UnitRecord> = kept.into_values().collect();
         let mut first_error = None;
         let mut scanned: Option<ScanRows> = None;
+        let mut rejects = Vec::new();
         for r in results {
             match r {
-                Ok((rec, _, joins, scan)) => {
-                    crate::join::merge_reports(&mut report.joins, joins);
-                    records.push(rec);
+                Ok(done) => {
+                    crate::join::merge_reports(&mut report.joins, done.joins);
+                    records.push(done.record);
+                    rejects.extend(done.rejects);
                     match &mut scanned {
-                        Some(all) => all.merge(&scan),
-                        None => scanned = Some(scan),
+                        Some(all) => all.merge(&done.scan),
+                        None => scanned = Some(done.scan),
                     }
                 }
                 Err(UnitFailure::Failed(e)) => {
@@ -224,7 +227,7 @@ impl<'a> ModelRun<'a> {
         report.units = records.iter().cloned().map(unit_report).collect();
         match first_error {
             Some(e) => Err(self.error(e)),
-            None => Ok((records, scanned)),
+            None => Ok((records, scanned, rejects)),
         }
     }
 
@@ -234,6 +237,7 @@ impl<'a> ModelRun<'a> {
     /// count per source.
     async fn count_rejects(
         &self,
+        unit_rejects: UnitRejects,
         report: &mut ModelReport,
     ) -> Result<BTreeMap<String, u64>, Error> {
         let cx = self.cx;
@@ -243,13 +247,19 @@ impl<'a> ModelRun<'a> {
             if spec.on_bad_rows != OnBadRows::Quarantine {
                 continue;
             }
-            let Ok(provider) = cx.engine.ctx().table_provider(source.as_str()).await else {
-                continue;
+            // The model's shared scan, and the units' own (by-file units).
+            let (mut bad, mut good) = match cx.engine.ctx().table_provider(source.as_str()).await {
+                Ok(provider) => match provider.downcast_ref::<QuarantineTable>() {
+                    Some(table) => table.sink.take(),
+                    None => (Vec::new(), 0),
+                },
+                Err(_) => (Vec::new(), 0),
             };
-            let Some(table) = provider.downcast_ref::<QuarantineTable>() else {
-                continue;
-            };
-            let (bad, good) = table.sink.take();
+            for (_, rejects, read) in unit_rejects.iter().filter(|(s, _, _)| *s == source) {
+                bad.extend(rejects.iter().cloned());
+                good += read;
+            }
+            bad.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
             if bad.is_empty() {
                 continue;
             }

@@ -13,11 +13,11 @@ use crate::dag::Dag;
 use crate::describe::describe_datafusion;
 use crate::engine::{Engine, ScanRows};
 use crate::join::JoinReport;
+use crate::quarantine::{QuarantineTable, Reject};
 use crate::sink::{self, SinkSpec};
 use crate::state::UnitRecord;
 use crate::status::UnitStatus;
-use crate::table::ManifestColumn;
-use crate::units::{self, Unit};
+use crate::units::{self, Unit, UnitKind};
 
 /// The work units of a model: one per period for a batched model, one otherwise.
 pub async fn plan_units(
@@ -179,8 +179,21 @@ pub(super) enum UnitFailure {
     Interrupted(i32),
 }
 
-/// A unit that ran: its record, the columns it wrote, its joins and the rows it read.
-pub(super) type UnitDone = (UnitRecord, Vec<ManifestColumn>, Vec<JoinReport>, ScanRows);
+/// The rows a unit's own quarantine scans set aside, by source, with the good rows they read.
+pub(super) type UnitRejects = Vec<(String, Vec<Reject>, u64)>;
+
+/// A unit that ran.
+pub(super) struct UnitDone {
+    /// Its record, as the state store keeps it.
+    pub(super) record: UnitRecord,
+    /// Its query's joins.
+    pub(super) joins: Vec<JoinReport>,
+    /// The rows its scans read, per table.
+    pub(super) scan: ScanRows,
+    /// What its own quarantine scans set aside (a by-file unit reads its files through a scan
+    /// of its own; other units share the model's).
+    pub(super) rejects: UnitRejects,
+}
 
 /// Runs one unit with its timeout and retries; stages its files and records it.
 pub(super) async fn run_unit(
@@ -223,12 +236,12 @@ pub(super) async fn run_unit(
         record.peak_memory = peak;
         record.finished_at = Some(timestamp_now());
         let error = match outcome {
-            Ok((staged, scan, spilled, joins)) => {
+            Ok(done) => {
                 record.status = UnitStatus::Done;
-                record.rows_in = scan.total();
-                record.rows_out = staged.rows();
-                record.spilled_bytes = spilled;
-                record.files = staged.files;
+                record.rows_in = done.scan.total();
+                record.rows_out = done.staged.rows();
+                record.spilled_bytes = done.spilled;
+                record.files = done.staged.files;
                 if let Some(state) = cx.state {
                     state
                         .record_unit(cx.run_id, &model.name, &record)
@@ -238,7 +251,12 @@ pub(super) async fn run_unit(
                         })?;
                 }
                 bar.unit_done();
-                return Ok((record, staged.columns, joins, scan));
+                return Ok(UnitDone {
+                    record,
+                    joins: done.joins,
+                    scan: done.scan,
+                    rejects: done.rejects,
+                });
             }
             Err(error) => error,
         };
@@ -281,9 +299,19 @@ pub(super) async fn run_unit(
     }
 }
 
-/// What one attempt staged: its output, the rows its scans read, the bytes it spilled, its
-/// joins.
-type Attempt = (sink::UnitOutput, ScanRows, u64, Vec<JoinReport>);
+/// What one attempt did.
+struct Attempt {
+    /// What it staged.
+    staged: sink::UnitOutput,
+    /// The rows its scans read, per table.
+    scan: ScanRows,
+    /// Bytes its operators spilled.
+    spilled: u64,
+    /// Its query's joins.
+    joins: Vec<JoinReport>,
+    /// What its own quarantine scans set aside.
+    rejects: UnitRejects,
+}
 
 /// One attempt under the unit timeout, with the peak of the memory pool's reservation,
 /// sampled while it runs.
@@ -383,17 +411,37 @@ async fn attempt_unit(
     })
     .await;
     match staged {
-        Ok(s) => {
+        Ok(staged) => {
             let tables = cx.dag.tables_read(cx.pipeline, &model.name);
-            Ok((
-                s,
-                exec.scan_rows(&tables),
-                exec.spilled_bytes(),
-                exec.joins(),
-            ))
+            Ok(Attempt {
+                staged,
+                scan: exec.scan_rows(&tables),
+                spilled: exec.spilled_bytes(),
+                joins: exec.joins(),
+                rejects: own_rejects(&ctx, unit).await,
+            })
         }
         Err(sink::SinkError::Input(e)) => Err(explain(e).await),
         Err(e) => Err(UnitError::from(e)),
+    }
+}
+
+/// The rows set aside by the quarantine scan a unit made of its own: a by-file unit reads
+/// its files through a table of its own, whose rejects would otherwise be lost with its
+/// context. (Other units read the model's shared table, counted once for the model.)
+async fn own_rejects(ctx: &datafusion::prelude::SessionContext, unit: &Unit) -> UnitRejects {
+    let UnitKind::Files { source, .. } = &unit.kind else {
+        return Vec::new();
+    };
+    let Ok(provider) = ctx.table_provider(source.as_str()).await else {
+        return Vec::new();
+    };
+    match provider.downcast_ref::<QuarantineTable>() {
+        Some(table) => {
+            let (rejects, good) = table.sink.take();
+            vec![(source.clone(), rejects, good)]
+        }
+        None => Vec::new(),
     }
 }
 

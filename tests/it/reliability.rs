@@ -211,3 +211,54 @@ fn a_signal_stops_the_run_records_it_and_writes_the_report() {
         );
     }
 }
+
+/// A model over a quarantined CSV source, past `max_bad_rows`.
+fn over_the_bad_row_limit(batches: &str) -> tempfile::TempDir {
+    OneModel::new("items", "clean")
+        .source_toml(
+            "format = \"csv\"\nschema = \"id INT, amount INT\"\non_bad_rows = \"quarantine\"\nmax_bad_rows = 1",
+        )
+        .sink_toml(batches)
+        .file("a.csv", "id,amount\n1,10\n2,x\n")
+        .file("b.csv", "id,amount\n3,30\n4,y\n5,50\n")
+        .build()
+}
+
+/// A refusal for bad rows holds when the same command runs again (a scheduler's retry): the
+/// rerun does not keep the refused run's units and skip their rejects.
+#[test]
+fn a_bad_row_refusal_is_not_undone_by_running_it_again() {
+    for batches in ["", "[models.clean.batches]\nby = \"file\""] {
+        let dir = over_the_bad_row_limit(batches);
+        for attempt in 1..=2 {
+            let (run, report) = run_with_report(dir.path(), &[], 1);
+            assert!(
+                run.stderr
+                    .contains("source 'items': 2 bad rows (max_bad_rows = 1), nothing published"),
+                "{batches:?}, run {attempt}: {}",
+                run.stderr
+            );
+            assert_eq!(report_model(&report, "clean")["rows_rejected"], 2);
+            assert!(!dir.path().join("out/clean/_MANIFEST").exists());
+        }
+    }
+}
+
+/// By-file units with quarantine: every unit's rejects are written, counted and held against
+/// the limits (each unit scans its files through a table of its own, whose rejects were lost).
+#[test]
+fn by_file_units_count_and_write_their_rejects() {
+    let dir = over_the_bad_row_limit("[models.clean.batches]\nby = \"file\"");
+    let toml = dir.path().join("sluice.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, text.replace("max_bad_rows = 1", "max_bad_rows = 2")).unwrap();
+    let (_, report) = run_with_report(dir.path(), &[], 0);
+    let model = report_model(&report, "clean");
+    assert_eq!(
+        (model["rows_rejected"].as_u64(), model["rows_out"].as_u64()),
+        (Some(2), Some(3)),
+        "{model}"
+    );
+    let rejects = crate::support::files_under(&dir.path().join(".sluice/rejects/items"));
+    assert_eq!(rejects.len(), 1, "{rejects:?}");
+}
