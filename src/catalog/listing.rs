@@ -152,7 +152,38 @@ pub(crate) async fn list_source_files(
     stores: &StoreRegistry,
     spec: &SourceConfig,
 ) -> Result<Vec<ObjectMeta>, CatalogError> {
-    let (table_url, _, store) = resolve(ctx, stores, spec)?;
+    let (table_url, location, store) = resolve(ctx, stores, spec)?;
+    // A sluice output's files are its manifest's: a listing would also find the leftovers of
+    // a crashed write, which no reader may see.
+    if location.url().path().ends_with('/') {
+        let output = crate::table::Output::new(Arc::clone(&store), location.clone());
+        let manifest = output
+            .read_manifest()
+            .await
+            .map_err(|e| CatalogError::Read {
+                source_name: spec.name.clone(),
+                location: e.key,
+                message: e.message,
+                transient: false,
+            })?;
+        if let Some(manifest) = manifest {
+            let committed = crate::config::parse_timestamp(&manifest.committed_at)
+                .unwrap_or_else(chrono::Utc::now);
+            let mut files: Vec<ObjectMeta> = manifest
+                .files
+                .iter()
+                .map(|f| ObjectMeta {
+                    location: location.child(&f.path),
+                    last_modified: committed,
+                    size: f.bytes,
+                    e_tag: None,
+                    version: None,
+                })
+                .collect();
+            files.sort_by(|a, b| a.location.cmp(&b.location));
+            return Ok(files);
+        }
+    }
     let opts = listing_options(ctx, spec).await?;
     let mut files = list_files(ctx, &table_url, &opts, store.as_ref(), usize::MAX)
         .await

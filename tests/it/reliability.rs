@@ -262,3 +262,38 @@ fn by_file_units_count_and_write_their_rejects() {
     let rejects = crate::support::files_under(&dir.path().join(".sluice/rejects/items"));
     assert_eq!(rejects.len(), 1, "{rejects:?}");
 }
+
+/// A model run by file over a sluice output reads the files its manifest lists, not the
+/// leftovers of a crashed write that a listing of the folder also finds.
+#[test]
+fn by_file_units_over_a_sluice_output_read_only_its_manifest() {
+    let dir = OneModel::new("events", "copy")
+        .source_toml("format = \"csv\"\nschema = \"id INT, n INT\"")
+        .sink_toml("[models.copy.batches]\nby = \"file\"")
+        .build();
+    let d = dir.path();
+    std::fs::remove_dir_all(d.join("data")).unwrap();
+    // The source is itself an output: 3 rows, committed.
+    sluice(
+        d,
+        &[
+            "sql",
+            "-e",
+            "SELECT CAST(value AS INT) AS id, CAST(value * 10 AS INT) AS n FROM range(3)",
+            "--out",
+            "data/",
+            "--format",
+            "csv",
+        ],
+    )
+    .expect(0);
+    // A crashed write's leftover beside them, named like sluice's files, never committed.
+    std::fs::write(
+        d.join("data/part-0000000000000000-deadbeef-00000-20240101T000000Z-abcdef.csv"),
+        "id,n\n7,70\n8,80\n9,90\n",
+    )
+    .unwrap();
+    let (_, report) = run_with_report(d, &[], 0);
+    let model = report_model(&report, "copy");
+    assert_eq!(model["rows_out"], 3, "{model}");
+}
