@@ -370,7 +370,7 @@ impl FileReader {
             }
         };
         let bytes = object_bytes(self.source.store.as_ref(), &file.location).await?;
-        let mut bytes = self.compression.convert_stream(bytes)?;
+        let mut bytes = decompress(self.compression, bytes);
         let boundaries = self.dialect.boundaries();
         let mut splitter = Splitter::new(boundaries, CHUNK_BYTES, MAX_RECORD_BYTES);
         // Chunks go to the decoders in file order, and their rows come back in that order.
@@ -462,6 +462,49 @@ impl FileReader {
 
 /// How much of a local file is read at a time.
 const READ_BYTES: usize = 4 << 20;
+
+/// The bytes of a compressed file, decompressed, every stream of it: a file may hold several
+/// compressed streams one after another (what `pbzip2`, `pzstd`, `pigz --independent` or
+/// `cat a.zst b.zst` write), and every one of them holds rows. (DataFusion's own stream
+/// decoder reads only the first bzip2, xz or zstd stream.)
+fn decompress(
+    compression: FileCompressionType,
+    bytes: futures::stream::BoxStream<'static, Result<bytes::Bytes>>,
+) -> futures::stream::BoxStream<'static, Result<bytes::Bytes>> {
+    use async_compression::tokio::bufread::{BzDecoder, GzipDecoder, XzDecoder, ZstdDecoder};
+    use datafusion::common::parsers::CompressionTypeVariant as C;
+    use futures::TryStreamExt;
+    use tokio_util::io::{ReaderStream, StreamReader};
+    fn decoded<R: tokio::io::AsyncRead + Send + 'static>(
+        r: ReaderStream<R>,
+    ) -> futures::stream::BoxStream<'static, Result<bytes::Bytes>> {
+        r.map_err(DataFusionError::from).boxed()
+    }
+    let reader = StreamReader::new(bytes.map_err(std::io::Error::other));
+    match compression.get_variant() {
+        C::GZIP => {
+            let mut d = GzipDecoder::new(reader);
+            d.multiple_members(true);
+            decoded(ReaderStream::new(d))
+        }
+        C::BZIP2 => {
+            let mut d = BzDecoder::new(reader);
+            d.multiple_members(true);
+            decoded(ReaderStream::new(d))
+        }
+        C::XZ => {
+            let mut d = XzDecoder::new(reader);
+            d.multiple_members(true);
+            decoded(ReaderStream::new(d))
+        }
+        C::ZSTD => {
+            let mut d = ZstdDecoder::new(reader);
+            d.multiple_members(true);
+            decoded(ReaderStream::new(d))
+        }
+        C::UNCOMPRESSED => decoded(ReaderStream::new(reader)),
+    }
+}
 
 /// An object's bytes as a stream. A local file is read in blocks of 4 MiB on a blocking
 /// thread: object_store streams it in 8 KiB pieces, a blocking task each, which costs more

@@ -297,3 +297,57 @@ fn by_file_units_over_a_sluice_output_read_only_its_manifest() {
     let model = report_model(&report, "copy");
     assert_eq!(model["rows_out"], 3, "{model}");
 }
+
+/// `text` compressed as one stream with `codec`.
+async fn compressed(codec: &str, text: &str) -> Vec<u8> {
+    use async_compression::tokio::write::{BzEncoder, GzipEncoder, XzEncoder, ZstdEncoder};
+    use tokio::io::AsyncWriteExt;
+    async fn finish<W: tokio::io::AsyncWrite + Unpin>(mut w: W, text: &str) -> W {
+        w.write_all(text.as_bytes()).await.unwrap();
+        w.shutdown().await.unwrap();
+        w
+    }
+    match codec {
+        "gzip" => finish(GzipEncoder::new(Vec::new()), text)
+            .await
+            .into_inner(),
+        "bzip2" => finish(BzEncoder::new(Vec::new()), text).await.into_inner(),
+        "xz" => finish(XzEncoder::new(Vec::new()), text).await.into_inner(),
+        "zstd" => finish(ZstdEncoder::new(Vec::new()), text)
+            .await
+            .into_inner(),
+        other => panic!("unknown codec {other}"),
+    }
+}
+
+/// A compressed file of several streams one after another (what pbzip2, pzstd or
+/// `cat a.zst b.zst` write) is read whole, with every codec, by the quarantine scan and by
+/// the plain read (before, bzip2, xz and zstd stopped after the first stream: 2 rows of 4).
+#[tokio::test]
+async fn every_stream_of_a_multi_stream_compressed_csv_is_read() {
+    for codec in ["gzip", "bzip2", "xz", "zstd"] {
+        let mut bytes = compressed(codec, "id,n\n1,10\n2,20\n").await;
+        bytes.extend(compressed(codec, "3,30\n4,40\n").await);
+        let ext = match codec {
+            "gzip" => "gz",
+            "bzip2" => "bz2",
+            "xz" => "xz",
+            _ => "zst",
+        };
+        for mode in ["fail", "quarantine"] {
+            let dir = OneModel::new("events", "copy")
+                .source_toml(&format!(
+                    "format = \"csv\"\ncompression = \"{codec}\"\nschema = \"id INT, n INT\"\non_bad_rows = \"{mode}\""
+                ))
+                .file(&format!("events.csv.{ext}"), bytes.clone())
+                .build();
+            let (_, report) = run_with_report(dir.path(), &[], 0);
+            let model = report_model(&report, "copy");
+            assert_eq!(
+                (model["rows_out"].as_u64(), model["rows_rejected"].as_u64()),
+                (Some(4), Some(0)),
+                "{codec}, {mode}: {model}"
+            );
+        }
+    }
+}
