@@ -13,16 +13,23 @@ use crate::state::UnitRecord;
 use crate::table::Output;
 use crate::units::Unit;
 
-/// What a run does, as [`fingerprint`] hashes it: the selection and the variables, and for
-/// each selected model its rendered SQL, sink and work units, the SQL of the models upstream
-/// (views are inlined into it) and the full definition of the sources it reads. Serialised
-/// as JSON, so every field counts and none is left out by a hand-written format.
+/// What a run does, as [`fingerprint`] hashes it: the selection and the variables, for each
+/// selected model its rendered SQL, sink and work units, the SQL of the models upstream
+/// (views are inlined into it) and the full definition of the sources it reads; and the
+/// files those sources hold (path, size, modification time, etag), so that a run whose
+/// inputs changed since it was killed (a late file, a corrected one) is not resumed with
+/// units computed from the old data. Serialised as JSON, so every field counts and none is
+/// left out by a hand-written format.
 #[derive(Serialize)]
 struct Work<'a> {
     selected: &'a [String],
     vars: &'a BTreeMap<String, String>,
     models: Vec<ModelWork<'a>>,
+    inputs: BTreeMap<String, Vec<InputFile>>,
 }
+
+/// One file of a source, as [`Work`] records it: path, size, modification time, etag.
+type InputFile = (String, u64, String, Option<String>);
 
 /// One selected model in [`Work`].
 #[derive(Serialize)]
@@ -39,9 +46,34 @@ struct ModelWork<'a> {
 }
 
 /// What a run does, as a hash of its [`Work`]. A run is only resumed by a run with the same
-/// fingerprint.
-pub(super) fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> String {
+/// fingerprint. Lists the files of every source the selected models read.
+pub(super) async fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> Result<String, Error> {
     let (dag, pipeline) = (&prepared.dag, &prepared.pipeline);
+    let mut inputs = BTreeMap::new();
+    for name in &prepared.selected {
+        for source in dag.sources_read(name) {
+            if inputs.contains_key(&source) {
+                continue;
+            }
+            let Some(spec) = pipeline.sources.get(&source) else {
+                continue;
+            };
+            let engine = &prepared.engine;
+            let files = crate::catalog::list_source_files(engine.ctx(), engine.stores(), spec)
+                .await?
+                .into_iter()
+                .map(|m| {
+                    (
+                        m.location.to_string(),
+                        m.size,
+                        m.last_modified.to_rfc3339(),
+                        m.e_tag,
+                    )
+                })
+                .collect();
+            inputs.insert(source, files);
+        }
+    }
     let models = prepared
         .selected
         .iter()
@@ -83,12 +115,13 @@ pub(super) fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> String {
         selected: &prepared.selected,
         vars: &opts.vars,
         models,
+        inputs,
     };
     let Ok(text) = serde_json::to_string(&work) else {
         // (Cannot happen with these types.) A fingerprint no other run has: nothing resumes.
-        return crate::table::new_run_id();
+        return Ok(crate::table::new_run_id());
     };
-    format!("{:016x}", crate::units::stable_hash(&text))
+    Ok(format!("{:016x}", crate::units::stable_hash(&text)))
 }
 /// The units of `model` that this run (a resumed one) already committed and that it keeps,
 /// by name: those of the current plan whose recorded files are all still there (in staging,

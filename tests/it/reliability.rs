@@ -49,11 +49,14 @@ fn a_unit_that_fails_for_good_stops_the_models_other_units() {
     );
 }
 
-/// A resumed run whose unit plan shifted (a late file that sorts first) keeps the units it
-/// committed, runs the others, and publishes every row exactly once: units are named by their
-/// key, not their position, so no unit writes where a kept unit's files are.
+/// A run whose inputs changed after it was stopped (a file corrected, a late file that
+/// sorts first and shifts the unit plan) is not resumed with units computed from the old
+/// data: the rerun recomputes from the current files and publishes every row exactly once
+/// (before, it kept the old units: day 1's old values were published, one unit's rows were
+/// lost and another's doubled). Unit staging names carry the unit's key, not its position,
+/// and a version that would list a path twice is refused, as further defences.
 #[tokio::test]
-async fn a_resume_after_the_unit_plan_shifted_neither_loses_nor_doubles_rows() {
+async fn a_rerun_after_the_inputs_changed_neither_loses_nor_doubles_nor_keeps_old_rows() {
     let dir = OneModel::new("events", "daily")
         .source_toml("format = \"csv\"\nschema = \"id INT, n INT\"")
         .sink_toml("[models.daily.batches]\nby = \"file\"\n[settings]\nmax_concurrent_units = 1")
@@ -65,28 +68,32 @@ async fn a_resume_after_the_unit_plan_shifted_neither_loses_nor_doubles_rows() {
     // Days 1 and 2 are committed, day 3 fails: the run stops with them kept.
     let (_, report) = run_with_report(d, &[], 1);
     assert_eq!(report_model(&report, "daily")["units_done"], 2);
-    // The operator fixes day 3; a late file for day 0 arrives meanwhile, and sorts first.
+    // The operator fixes day 3 and corrects day 1; a late file for day 0 arrives, first.
     std::fs::write(d.join("data/2024-01-03.csv"), "id,n\n5,50\n6,60\n").unwrap();
+    std::fs::write(d.join("data/2024-01-01.csv"), "id,n\n1,11\n2,22\n").unwrap();
     std::fs::write(d.join("data/2024-01-00.csv"), "id,n\n0,0\n").unwrap();
     let (run, report) = run_with_report(d, &[], 0);
-    assert!(run.stderr.contains("resuming run"), "{}", run.stderr);
+    assert!(!run.stderr.contains("resuming run"), "{}", run.stderr);
     let model = report_model(&report, "daily");
     assert_eq!(model["units_total"], 4, "{model}");
     assert_eq!(model["rows_out"], 7, "{model}");
-    // What a reader sees: every id once.
+    // What a reader sees: the current files, every row once.
     let out = d.join("out/daily");
-    let ids = rows(
+    let got = rows(
         &query_output(
             &format!("{}/", out.display()),
             "parquet",
             &[],
-            "SELECT CAST(id AS VARCHAR) AS id FROM t",
+            "SELECT CAST(id AS VARCHAR) AS id, CAST(n AS VARCHAR) AS n FROM t",
         )
         .await,
-        &["id"],
+        &["id", "n"],
     );
-    let want: Vec<Vec<String>> = (0..=6).map(|i| vec![i.to_string()]).collect();
-    assert_eq!(ids, want);
+    let want: Vec<Vec<String>> = [(0, 0), (1, 11), (2, 22), (3, 30), (4, 40), (5, 50), (6, 60)]
+        .iter()
+        .map(|(i, n)| vec![i.to_string(), n.to_string()])
+        .collect();
+    assert_eq!(got, want);
     let manifest = manifest_files_sorted(&out);
     let mut unique = manifest.clone();
     unique.dedup();
