@@ -77,6 +77,8 @@ pub struct ChunkDecoder {
 struct At {
     line: u64,
     skip_header: bool,
+    /// The byte before the first one is a `\r` (a `\n` first completes its line end).
+    after_cr: bool,
 }
 
 /// One record of a chunk taken apart: its bytes and the line it starts on.
@@ -142,7 +144,12 @@ impl ChunkDecoder {
         let line = chunk.first_line + chunk.newlines_before(start);
         let (records, used) = match &self.dialect {
             Dialect::Csv { options, .. } => {
-                let at = At { line, skip_header };
+                let after_cr = start > 0 && chunk.slice_from(start - 1).first() == Some(&b'\r');
+                let at = At {
+                    line,
+                    skip_header,
+                    after_cr,
+                };
                 self.csv_records(file, &bytes, at, options, out)
             }
             Dialect::Json => json_records(&bytes, line, self.batch_size),
@@ -289,9 +296,12 @@ impl ChunkDecoder {
                 csv_core::ReadRecordResult::Record => {
                     // Blank lines csv-core skipped belong to no record.
                     while start < pos && matches!(bytes[start], b'\n' | b'\r') {
-                        if bytes[start] == b'\n' {
-                            line += 1;
-                        }
+                        let after_cr = if start == 0 {
+                            at.after_cr
+                        } else {
+                            bytes[start - 1] == b'\r'
+                        };
+                        line += super::split::line_ends(&bytes[start..start + 1], after_cr);
                         start += 1;
                     }
                     let rec = Record {
@@ -326,7 +336,12 @@ impl ChunkDecoder {
                     } else {
                         records.push(rec);
                     }
-                    line += memchr::memchr_iter(b'\n', &bytes[start..pos]).count() as u64;
+                    let after_cr = if start == 0 {
+                        at.after_cr
+                    } else {
+                        bytes[start - 1] == b'\r'
+                    };
+                    line += super::split::line_ends(&bytes[start..pos], after_cr);
                     start = pos;
                     nfields = 0;
                     nends = 0;

@@ -75,24 +75,41 @@ impl Chunk {
         Bytes::new()
     }
 
-    /// The newlines before byte `end`.
+    /// The line ends before byte `end` (see [`line_ends`]).
     pub fn newlines_before(&self, end: usize) -> u64 {
         let mut left = end;
         let mut n = 0;
+        let mut after_cr = false;
         for p in &self.parts {
             let take = left.min(p.len());
-            n += memchr::memchr_iter(b'\n', &p[..take]).count() as u64;
+            n += line_ends(&p[..take], after_cr);
+            after_cr = take > 0 && p[take - 1] == b'\r';
             left -= take;
         }
         n
     }
 
     fn newlines(&self) -> u64 {
-        self.parts
-            .iter()
-            .map(|p| memchr::memchr_iter(b'\n', p).count() as u64)
-            .sum()
+        self.newlines_before(self.len())
     }
+}
+
+/// The line ends in `bytes`, whatever the file's convention: `\n`, `\r\n` (counted once) and a
+/// lone `\r` (old Mac files, Excel's "CSV (Macintosh)"). `after_cr`: the byte before `bytes`
+/// was a `\r`, so a `\n` first completes that line end.
+pub(crate) fn line_ends(bytes: &[u8], after_cr: bool) -> u64 {
+    let mut n = 0;
+    for i in memchr::memchr2_iter(b'\r', b'\n', bytes) {
+        let before = if i == 0 {
+            after_cr.then_some(b'\r')
+        } else {
+            Some(bytes[i - 1])
+        };
+        if bytes[i] == b'\r' || before != Some(b'\r') {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// What comes next out of a [`Splitter`].
@@ -121,6 +138,9 @@ pub struct CsvBoundaries {
     /// The byte before the next one to scan (a quote opens a field only after a delimiter
     /// or a line end).
     prev: Option<u8>,
+    /// The last buffer ended with a `\r` outside quotes: a line end, unless the next byte is
+    /// its `\n`.
+    cr_pending: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,18 +165,24 @@ impl CsvBoundaries {
             escape,
             state: State::Unquoted,
             prev: None,
+            cr_pending: false,
         }
     }
 
     /// Scans `buf` (which follows what was scanned before) and returns the offset just after
-    /// the last record-ending newline in it, if any.
+    /// the last record-ending line end in it (`\n`, or a lone `\r`), if any. A `\r` that ends
+    /// `buf` is no cut: the next byte may be its `\n`.
     pub fn scan(&mut self, buf: &[u8]) -> Option<usize> {
         let mut last = None;
+        if std::mem::take(&mut self.cr_pending) && buf.first().is_some_and(|b| *b != b'\n') {
+            // The previous buffer's last byte, a bare `\r`, ended a record.
+            last = Some(0);
+        }
         let mut i = 0;
         while i < buf.len() {
             match self.state {
                 State::Unquoted => {
-                    let Some(k) = memchr::memchr2(self.quote, b'\n', &buf[i..]) else {
+                    let Some(k) = memchr::memchr3(self.quote, b'\n', b'\r', &buf[i..]) else {
                         i = buf.len();
                         continue;
                     };
@@ -168,6 +194,12 @@ impl CsvBoundaries {
                     };
                     if buf[at] == b'\n' {
                         last = Some(at + 1);
+                    } else if buf[at] == b'\r' {
+                        match buf.get(at + 1) {
+                            Some(b'\n') => {}
+                            Some(_) => last = Some(at + 1),
+                            None => self.cr_pending = true,
+                        }
                     } else if matches!(before, None | Some(b'\n' | b'\r'))
                         || before == Some(self.delimiter)
                     {
@@ -434,6 +466,38 @@ mod tests {
         }
         assert!(s.push(b(b"4,y\n")).is_none());
         assert!(s.finish().is_none());
+    }
+
+    /// Files whose lines end with a bare `\r`, or with `\r\n`, are cut at their line ends
+    /// like `\n` files, and each chunk knows the line it starts on, wherever the stream's
+    /// blocks end (a `\r\n` split across two blocks is one line end).
+    #[test]
+    fn bare_cr_and_crlf_line_ends_are_boundaries_with_their_line_numbers() {
+        for end in ["\r", "\r\n", "\n"] {
+            let text: String = (1..=50)
+                .map(|i| format!("{i},\"q{end}{i}\"{end}"))
+                .collect();
+            for feed in [1, 2, 3, 7, 64, 1 << 20] {
+                let got = chunks(text.as_bytes(), 8, feed);
+                // (At most one cut per block pushed: a cut at each block, then.)
+                let blocks = text.len().div_ceil(feed);
+                assert!(
+                    got.len() >= blocks.min(50) / 3,
+                    "{end:?}, fed {feed}: {} chunks",
+                    got.len()
+                );
+                for c in &got {
+                    let bytes = c.contiguous();
+                    let first: String = String::from_utf8_lossy(&bytes)
+                        .chars()
+                        .take_while(|ch| ch.is_ascii_digit())
+                        .collect();
+                    // Record i starts on line 2i - 1: each holds one quoted line end.
+                    let i: u64 = first.parse().unwrap();
+                    assert_eq!(c.first_line, 2 * i - 1, "{end:?}, fed {feed}");
+                }
+            }
+        }
     }
 
     #[test]

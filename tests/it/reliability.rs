@@ -358,3 +358,51 @@ async fn every_stream_of_a_multi_stream_compressed_csv_is_read() {
         }
     }
 }
+
+/// A quarantined CSV whose lines end with a bare `\r` (old Mac files, Excel's "CSV
+/// (Macintosh)") is cut into records there: its good rows are read and each bad row is set
+/// aside at its own line (before: the whole file was one overlong record, or every bad row
+/// was reported at line 1).
+#[test]
+fn a_quarantined_csv_with_bare_cr_line_ends_is_read_row_by_row() {
+    let mut text = String::from("id,amount\r");
+    for i in 1..=2000 {
+        if i % 500 == 0 {
+            text.push_str(&format!("{i},bad\r"));
+        } else {
+            text.push_str(&format!("{i},{i}\r"));
+        }
+    }
+    let dir = OneModel::new("items", "clean")
+        .source_toml(
+            "format = \"csv\"\nschema = \"id INT, amount INT\"\non_bad_rows = \"quarantine\"",
+        )
+        .file("items.csv", text)
+        .build();
+    let (_, report) = run_with_report(dir.path(), &[], 0);
+    let model = report_model(&report, "clean");
+    assert_eq!(
+        (model["rows_out"].as_u64(), model["rows_rejected"].as_u64()),
+        (Some(1996), Some(4)),
+        "{model}"
+    );
+    let rejects = sluice(
+        dir.path(),
+        &[
+            "sql",
+            "-e",
+            "SELECT line FROM r ORDER BY line",
+            "--table",
+            "r=.sluice/rejects/items/",
+        ],
+    )
+    .expect(0);
+    // Row i is on line i + 1 (the header is line 1).
+    for line in [501, 1001, 1501, 2001] {
+        assert!(
+            rejects.stdout.contains(&format!("| {line} ")),
+            "{line}: {}",
+            rejects.stdout
+        );
+    }
+}
