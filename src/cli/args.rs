@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// Do not resume an unfinished run of the same work: start afresh.
     #[arg(long)]
     pub restart: bool,
+    /// Apply an append even if the output already holds it (the same model, SQL and input
+    /// files appended before).
+    #[arg(long)]
+    pub force_append: bool,
 }
 
 /// `sluice plan`.

@@ -45,14 +45,17 @@ pub fn run_options(args: &PipelineArgs, dry_run: bool, restart: bool) -> RunOpti
         dry_run,
         restart,
         interrupt: Default::default(),
+        force_append: false,
     }
 }
 
 /// `sluice run`.
 pub fn run(args: &RunArgs) -> commands::run::Options {
+    let mut run = run_options(&args.pipeline, args.dry_run, args.restart);
+    run.force_append = args.force_append;
     commands::run::Options {
         path: args.pipeline.path.clone(),
-        run: run_options(&args.pipeline, args.dry_run, args.restart),
+        run,
         report: args.report.clone(),
     }
 }

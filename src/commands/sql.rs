@@ -147,6 +147,7 @@ pub async fn run_sql(
         Some(target) => {
             let spec = SinkSpec {
                 location: Location::parse(&target.location)?.as_folder(),
+                append_id: None,
                 format: target.format,
                 partition_by: target.partition_by.clone(),
                 mode: target.mode,

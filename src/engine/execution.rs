@@ -70,6 +70,47 @@ fn leaf_table(
         .map(|(name, _)| name.clone())
 }
 
+/// One version of a file: path, size, modification time (RFC 3339), etag.
+pub type FileVersion = (String, u64, String, Option<String>);
+
+/// The files a planned query reads (path, size, modification time, etag), after the planner
+/// pruned partitions; `None` when a scan is not a plain file scan (the quarantine scan, a
+/// generated table), whose files cannot be told from the plan.
+pub fn files_read(plan: &Arc<dyn ExecutionPlan>) -> Option<Vec<FileVersion>> {
+    use datafusion::datasource::physical_plan::FileScanConfig;
+    use datafusion::datasource::source::DataSourceExec;
+    let children = plan.children();
+    if children.is_empty() {
+        let scan = plan
+            .downcast_ref::<DataSourceExec>()?
+            .data_source()
+            .downcast_ref::<FileScanConfig>()?;
+        let mut files: Vec<_> = scan
+            .file_groups
+            .iter()
+            .flat_map(|g| g.files())
+            .map(|f| {
+                let m = &f.object_meta;
+                (
+                    m.location.to_string(),
+                    m.size,
+                    m.last_modified.to_rfc3339(),
+                    m.e_tag.clone(),
+                )
+            })
+            .collect();
+        files.sort();
+        return Some(files);
+    }
+    let mut all = Vec::new();
+    for c in children {
+        all.extend(files_read(c)?);
+    }
+    all.sort();
+    all.dedup();
+    Some(all)
+}
+
 /// A running query: its output stream, and its physical plan for metrics afterwards.
 pub struct Execution {
     pub(super) plan: Arc<dyn ExecutionPlan>,

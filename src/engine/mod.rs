@@ -8,7 +8,7 @@
 mod execution;
 pub mod udf;
 
-pub use execution::{Execution, ScanRows};
+pub use execution::{Execution, FileVersion, ScanRows, files_read};
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;

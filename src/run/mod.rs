@@ -52,6 +52,8 @@ pub struct RunOptions {
     pub restart: bool,
     /// Raised when the process is asked to stop (the binary's SIGINT / SIGTERM handler).
     pub interrupt: Arc<Interrupt>,
+    /// `--force-append`: apply an append even if the output already holds it.
+    pub force_append: bool,
 }
 
 /// A request to stop a run, raised by the binary when the process receives SIGINT or
@@ -219,6 +221,7 @@ struct RunCx<'a> {
     run_id: &'a str,
     progress: &'a Progress,
     interrupt: &'a Interrupt,
+    force_append: bool,
 }
 
 async fn run_models(
@@ -244,6 +247,7 @@ async fn run_models(
         run_id: &run_id,
         progress,
         interrupt: &opts.interrupt,
+        force_append: opts.force_append,
     };
     let mut reports = Vec::new();
     let mut failed: BTreeSet<String> = BTreeSet::new();

@@ -17,7 +17,7 @@ use super::prepare::{register_output, sink_spec};
 use super::resume;
 use super::unit::{UnitDone, UnitFailure, UnitJob, UnitRejects, plan_units, run_unit};
 use crate::catalog;
-use crate::config::{ModelConfig, OnBadRows};
+use crate::config::{ModelConfig, OnBadRows, WriteMode};
 use crate::engine::{Engine, ScanRows};
 use crate::error::Error;
 use crate::quarantine::{QuarantineTable, rejects};
@@ -37,7 +37,7 @@ pub(super) async fn run_table_model(
     report: &mut ModelReport,
 ) -> Result<(), Error> {
     let run = ModelRun::prepare(cx, name, schema).await?;
-    if run.already_published(report).await? {
+    if run.already_published(report).await? || run.already_appended(report).await? {
         return Ok(());
     }
     let units = plan_units(cx.engine, cx.pipeline, cx.dag, run.model)
@@ -85,7 +85,10 @@ impl<'a> ModelRun<'a> {
         schema: &'a SchemaRef,
     ) -> Result<ModelRun<'a>, Error> {
         let model = &cx.pipeline.models[name];
-        let spec = sink_spec(cx.engine, model)?;
+        let mut spec = sink_spec(cx.engine, model)?;
+        if spec.mode == WriteMode::Append {
+            spec.append_id = Some(super::resume::append_identity(cx, model).await?);
+        }
         let store = cx.engine.stores().store_for(&spec.location)?;
         let (output, existing) = sink::prepare(store, &spec, cx.run_id)
             .await
@@ -151,6 +154,28 @@ impl<'a> ModelRun<'a> {
         report.rows_in = done.iter().map(|u| u.rows_in).sum();
         report.units = done.into_iter().map(unit_report).collect();
         register_output(cx.engine, self.model, Some(self.schema)).await?;
+        Ok(true)
+    }
+
+    /// Whether this append is already in the output (its manifest records it): then it is
+    /// not applied again, the output is the model's table for the models downstream, and the
+    /// report says so. `--force-append` applies it all the same.
+    async fn already_appended(&self, report: &mut ModelReport) -> Result<bool, Error> {
+        let (Some(id), Some(manifest)) = (&self.spec.append_id, &self.existing.manifest) else {
+            return Ok(false);
+        };
+        if self.cx.force_append || !manifest.appended.contains(id) {
+            return Ok(false);
+        }
+        register_output(self.cx.engine, self.model, Some(self.schema)).await?;
+        tracing::warn!(model = %self.model.name, "already appended: skipped");
+        report.status = crate::status::ModelStatus::Skipped;
+        report.units_total = 0;
+        report.error = Some(format!(
+            "already appended: the output holds this append (the same SQL and input files), \
+             so it is not applied twice; --force-append appends it again (output version of run {})",
+            manifest.run_id
+        ));
         Ok(true)
     }
 

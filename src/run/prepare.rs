@@ -170,6 +170,7 @@ async fn plan_model(engine: &Engine, model: &ModelConfig, sql: &str) -> Result<D
 pub(super) fn sink_spec(engine: &Engine, model: &ModelConfig) -> Result<SinkSpec, Error> {
     Ok(SinkSpec {
         location: Location::parse(&model.sink.location)?.as_folder(),
+        append_id: None,
         format: model.sink.format,
         partition_by: model.sink.partition_by.clone(),
         mode: model.sink.mode,

@@ -7,9 +7,11 @@ use serde::Serialize;
 
 use super::prepare::Prepared;
 use super::{RunCx, RunOptions};
-use crate::config::{BatchSize, KeyBuckets, OnBadRows, SinkConfig, SourceConfig};
+use crate::config::{BatchSize, KeyBuckets, ModelConfig, OnBadRows, SinkConfig, SourceConfig};
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::state::UnitRecord;
+use crate::store::Location;
 use crate::table::Output;
 use crate::units::Unit;
 
@@ -28,8 +30,8 @@ struct Work<'a> {
     inputs: BTreeMap<String, Vec<InputFile>>,
 }
 
-/// One file of a source, as [`Work`] records it: path, size, modification time, etag.
-type InputFile = (String, u64, String, Option<String>);
+/// One file of a source, as [`Work`] records it.
+type InputFile = crate::engine::FileVersion;
 
 /// One selected model in [`Work`].
 #[derive(Serialize)]
@@ -58,20 +60,7 @@ pub(super) async fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> Resul
             let Some(spec) = pipeline.sources.get(&source) else {
                 continue;
             };
-            let engine = &prepared.engine;
-            let files = crate::catalog::list_source_files(engine.ctx(), engine.stores(), spec)
-                .await?
-                .into_iter()
-                .map(|m| {
-                    (
-                        m.location.to_string(),
-                        m.size,
-                        m.last_modified.to_rfc3339(),
-                        m.e_tag,
-                    )
-                })
-                .collect();
-            inputs.insert(source, files);
+            inputs.insert(source, source_files(&prepared.engine, spec).await?);
         }
     }
     let models = prepared
@@ -123,6 +112,96 @@ pub(super) async fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> Resul
     };
     Ok(format!("{:016x}", crate::units::stable_hash(&text)))
 }
+/// The files of a source, as [`Work`] records them.
+async fn source_files(engine: &Engine, spec: &SourceConfig) -> Result<Vec<InputFile>, Error> {
+    Ok(
+        crate::catalog::list_source_files(engine.ctx(), engine.stores(), spec)
+            .await?
+            .into_iter()
+            .map(|m| {
+                (
+                    m.location.to_string(),
+                    m.size,
+                    m.last_modified.to_rfc3339(),
+                    m.e_tag,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// What one append adds, as [`append_identity`] hashes it: the model, its rendered SQL and
+/// sink, and the files its query reads (after partition pruning), or, where the plan cannot
+/// tell (a quarantined source), every file of its sources and the published version of the
+/// table models it reads.
+#[derive(Serialize)]
+struct Append<'a> {
+    model: &'a str,
+    sql: &'a str,
+    sink: &'a SinkConfig,
+    files_read: Option<Vec<InputFile>>,
+    sources: BTreeMap<String, Vec<InputFile>>,
+    upstream: BTreeMap<String, Option<(String, Vec<String>)>>,
+}
+
+/// The identity of an append of `model` now: the same model, SQL, sink and input files give
+/// the same identity, so an append already in the output (its manifest records the
+/// identities it holds) is not applied again by a rerun that is no resume (`--restart`, a
+/// lost state file, the same day's command run again after the next day's).
+pub(super) async fn append_identity(cx: &RunCx<'_>, model: &ModelConfig) -> Result<String, Error> {
+    let sql = &cx.dag.nodes[&model.name].sql;
+    let planned = async {
+        let df = cx.engine.ctx().sql(sql).await?;
+        df.create_physical_plan().await
+    }
+    .await
+    .map_err(|e| Error::Model {
+        model: model.name.clone(),
+        message: crate::describe::describe_datafusion(&e),
+    })?;
+    let files_read = crate::engine::files_read(&planned);
+    let mut sources = BTreeMap::new();
+    let mut upstream = BTreeMap::new();
+    if files_read.is_none() {
+        let (read, tables) = cx.dag.inputs_of(&model.name);
+        for source in read {
+            if let Some(spec) = cx.pipeline.sources.get(&source) {
+                sources.insert(source, source_files(cx.engine, spec).await?);
+            }
+        }
+        for table in tables {
+            let Some(m) = cx.pipeline.models.get(&table) else {
+                continue;
+            };
+            let location = Location::parse(&m.sink.location)?.as_folder();
+            let store = cx.engine.stores().store_for(&location)?;
+            let manifest = Output::new(store, location)
+                .read_manifest()
+                .await
+                .map_err(|e| Error::Model {
+                    model: model.name.clone(),
+                    message: format!("cannot read {}: {}", e.key, e.message),
+                })?;
+            let version =
+                manifest.map(|m| (m.run_id, m.files.into_iter().map(|f| f.path).collect()));
+            upstream.insert(table, version);
+        }
+    }
+    let append = Append {
+        model: &model.name,
+        sql,
+        sink: &model.sink,
+        files_read,
+        sources,
+        upstream,
+    };
+    let Ok(text) = serde_json::to_string(&append) else {
+        // (Cannot happen with these types.) An identity no other append has.
+        return Ok(crate::table::new_run_id());
+    };
+    Ok(format!("{:016x}", crate::units::stable_hash(&text)))
+}
+
 /// The units of `model` that this run (a resumed one) already committed and that it keeps,
 /// by name: those of the current plan whose recorded files are all still there (in staging,
 /// or already moved by an interrupted publish). The staging leftovers of every other unit

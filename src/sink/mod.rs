@@ -119,6 +119,9 @@ impl From<CommitError> for SinkError {
 pub(crate) struct SinkSpec {
     /// The output folder.
     pub location: Location,
+    /// In append mode, the identity of what this write appends, recorded in the manifest so
+    /// that the same append is never applied twice.
+    pub append_id: Option<String>,
     /// File format.
     pub format: Format,
     /// Hive partition columns.
@@ -438,6 +441,7 @@ pub(crate) async fn publish(
                 partition_by: &spec.partition_by,
                 columns,
                 files,
+                append_id: spec.append_id.as_deref(),
             },
         )
         .await?;

@@ -69,6 +69,8 @@ pub(crate) struct NewVersion<'a> {
     pub columns: Vec<ManifestColumn>,
     /// The staged files.
     pub files: Vec<StagedFile>,
+    /// In append mode, the identity of this append (recorded in the manifest).
+    pub append_id: Option<&'a str>,
 }
 
 /// The files of the current version that the next one keeps beside the staged files: all of
@@ -286,6 +288,7 @@ impl Output {
             partition_by,
             columns,
             files: staged,
+            append_id,
         } = version;
         let kept = kept_files(existing, mode, partition_by, &staged);
         // A version never lists a path twice: two units writing one name would mean one
@@ -349,7 +352,15 @@ impl Output {
         let mut files = kept;
         files.extend(staged);
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        let manifest = Manifest::new(run_id, format, partition_by, columns, files);
+        let mut manifest = Manifest::new(run_id, format, partition_by, columns, files);
+        if mode == WriteMode::Append {
+            manifest.appended = existing
+                .manifest
+                .as_ref()
+                .map(|m| m.appended.clone())
+                .unwrap_or_default();
+            manifest.appended.extend(append_id.map(str::to_string));
+        }
         let body =
             serde_json::to_vec_pretty(&manifest).map_err(|e| self.err(&self.key(MANIFEST), e))?;
         let key = self.key(MANIFEST);

@@ -36,6 +36,11 @@ pub(crate) struct Manifest {
     pub columns: Vec<ManifestColumn>,
     /// The files, relative to the output folder, in object_store's path form.
     pub files: Vec<ManifestFile>,
+    /// In append mode: the identity of every append this version holds (a hash of the model,
+    /// its rendered SQL, its sink and its input files), so the same append is never applied
+    /// twice, whatever the state store remembers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub appended: Vec<String>,
 }
 
 /// One column of an output.
@@ -106,6 +111,7 @@ impl Manifest {
             rows: files.iter().map(|f| f.rows).sum(),
             columns,
             files,
+            appended: Vec::new(),
         }
     }
 }

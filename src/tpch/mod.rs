@@ -168,6 +168,7 @@ pub async fn generate(
         );
         let spec = SinkSpec {
             location: out.as_folder().join_folder(table)?,
+            append_id: None,
             format,
             partition_by: Vec::new(),
             mode: WriteMode::Overwrite,

@@ -204,7 +204,7 @@ fn check_results_are_in_the_state_store_and_sluice_check_reruns_them() {
 
 #[test]
 fn in_append_mode_checks_see_the_kept_rows_beside_the_new_ones() {
-    // daily_revenue appended to: each run adds the same 4 days again.
+    // daily_revenue appended to: each forced run adds the same 4 days again.
     let append = |checks: &str| {
         let dir = pipeline_copy("shop");
         edit_file(&dir.path().join("sluice.toml"), |toml| {
@@ -217,15 +217,17 @@ fn in_append_mode_checks_see_the_kept_rows_beside_the_new_ones() {
         append_toml(dir.path(), checks);
         dir
     };
+    // The same append again is skipped (issue 11 #7) unless asked for: --force-append.
+    let again = ["run", ".", "--select", "daily_revenue", "--force-append"];
     // 4 rows kept + 4 staged: a count of 8 passes (the staged rows alone are 4).
     let dir = append("[[models.daily_revenue.checks]]\nrow_count = { min = 8, max = 8 }\n");
-    sluice(dir.path(), &["run", ".", "--select", "daily_revenue"]).expect(0);
+    sluice(dir.path(), &again).expect(0);
     assert_eq!(manifest_rows(&dir.path().join("out/daily_revenue")).0, 8);
 
     // The new days repeat the kept ones: unique fails, and nothing is published.
     let dir = append("[[models.daily_revenue.checks]]\nunique = \"order_date\"\n");
     let before = snapshot(&dir.path().join("out/daily_revenue"));
-    let run = sluice(dir.path(), &["run", ".", "--select", "daily_revenue"]).expect(1);
+    let run = sluice(dir.path(), &again).expect(1);
     assert!(run.stderr.contains("unique"), "{}", run.stderr);
     let after = snapshot(&dir.path().join("out/daily_revenue"));
     assert_eq!(published(&after), published(&before));

@@ -406,3 +406,66 @@ fn a_quarantined_csv_with_bare_cr_line_ends_is_read_row_by_row() {
         );
     }
 }
+
+/// An append is applied once, whatever reruns it: the output's manifest records what each
+/// append read (the model, its rendered SQL, the files its query reads), and the same append
+/// again is skipped and reported, after a later day's run, with `--restart`, or with the state
+/// file lost (before, each rerun appended the same rows again). `--force-append` appends it
+/// anyway.
+#[tokio::test]
+async fn an_append_is_applied_once_whatever_reruns_it() {
+    let dir = OneModel::new("events", "log")
+        .source_toml("format = \"csv\"\nschema = \"id INT\"\npartition_cols = [\"day:int\"]")
+        .query("SELECT id, day FROM events WHERE day = {{ day }}")
+        .sink_toml("mode = \"append\"")
+        .file("day=1/a.csv", "id\n1\n2\n")
+        .file("day=2/b.csv", "id\n3\n")
+        .build();
+    let d = dir.path();
+    let count = || async {
+        let b = query_output(
+            &format!("{}/out/log/", d.display()),
+            "parquet",
+            &[],
+            "SELECT CAST(COUNT(*) AS VARCHAR) AS n FROM t",
+        )
+        .await;
+        rows(&b, &["n"])[0][0].parse::<u64>().unwrap()
+    };
+    let day = |n: &str| vec!["--var".to_string(), format!("day={n}")];
+    let run = |extra: Vec<String>, state: &str| {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let (run, report) = run_with_report(d, &extra, 0);
+        let model = report_model(&report, "log").clone();
+        assert_eq!(model["status"], state, "{extra:?}: {model}\n{}", run.stderr);
+        model
+    };
+    run(day("1"), "success");
+    assert_eq!(count().await, 2);
+    run(day("2"), "success");
+    assert_eq!(count().await, 3);
+    // Day 1 again, after day 2: skipped, and the report says why.
+    let skipped = run(day("1"), "skipped");
+    assert!(
+        skipped["error"]
+            .as_str()
+            .unwrap()
+            .contains("already appended"),
+        "{skipped}"
+    );
+    assert_eq!(count().await, 3);
+    // With --restart, and with the state file lost: still skipped.
+    run([day("1"), vec!["--restart".into()]].concat(), "skipped");
+    std::fs::remove_dir_all(d.join(".sluice")).unwrap();
+    run(day("1"), "skipped");
+    assert_eq!(count().await, 3);
+    // Day 1's file corrected: a new append. --force-append: again, by request.
+    std::fs::write(d.join("data/day=1/a.csv"), "id\n1\n2\n4\n").unwrap();
+    run(day("1"), "success");
+    assert_eq!(count().await, 6);
+    run(
+        [day("1"), vec!["--force-append".into()]].concat(),
+        "success",
+    );
+    assert_eq!(count().await, 9);
+}
