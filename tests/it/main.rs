@@ -20,5 +20,6 @@ mod s3;
 mod sql;
 mod state;
 mod storage_errors;
+mod torture;
 mod tpch;
 mod units;
