@@ -167,21 +167,7 @@ pub(crate) async fn list_source_files(
                 transient: false,
             })?;
         if let Some(manifest) = manifest {
-            let committed = crate::config::parse_timestamp(&manifest.committed_at)
-                .unwrap_or_else(chrono::Utc::now);
-            let mut files: Vec<ObjectMeta> = manifest
-                .files
-                .iter()
-                .map(|f| ObjectMeta {
-                    location: location.child(&f.path),
-                    last_modified: committed,
-                    size: f.bytes,
-                    e_tag: None,
-                    version: None,
-                })
-                .collect();
-            files.sort_by(|a, b| a.location.cmp(&b.location));
-            return Ok(files);
+            return Ok(manifest.objects(&location));
         }
     }
     let opts = listing_options(ctx, spec).await?;

@@ -490,8 +490,7 @@ pub(crate) async fn register_manifest(
         MANIFEST_VIEWS.fetch_add(1, Ordering::Relaxed),
         location.store_url().host_str().unwrap_or("local")
     );
-    let committed_at =
-        crate::config::parse_timestamp(&manifest.committed_at).unwrap_or_else(chrono::Utc::now);
+    let committed_at = manifest.committed();
     let files = manifest
         .files
         .iter()

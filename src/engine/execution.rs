@@ -73,6 +73,16 @@ fn leaf_table(
 /// One version of a file: path, size, modification time (RFC 3339), etag.
 pub type FileVersion = (String, u64, String, Option<String>);
 
+/// The version of the file `m` describes.
+pub fn file_version(m: &object_store::ObjectMeta) -> FileVersion {
+    (
+        m.location.to_string(),
+        m.size,
+        m.last_modified.to_rfc3339(),
+        m.e_tag.clone(),
+    )
+}
+
 /// The files a planned query reads (path, size, modification time, etag), after the planner
 /// pruned partitions; `None` when a scan is not a plain file scan (the quarantine scan, a
 /// generated table), whose files cannot be told from the plan.
@@ -89,15 +99,7 @@ pub fn files_read(plan: &Arc<dyn ExecutionPlan>) -> Option<Vec<FileVersion>> {
             .file_groups
             .iter()
             .flat_map(|g| g.files())
-            .map(|f| {
-                let m = &f.object_meta;
-                (
-                    m.location.to_string(),
-                    m.size,
-                    m.last_modified.to_rfc3339(),
-                    m.e_tag.clone(),
-                )
-            })
+            .map(|f| file_version(&f.object_meta))
             .collect();
         files.sort();
         return Some(files);

@@ -8,7 +8,7 @@
 mod execution;
 pub mod udf;
 
-pub use execution::{Execution, FileVersion, ScanRows, files_read};
+pub use execution::{Execution, FileVersion, ScanRows, file_version, files_read};
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;

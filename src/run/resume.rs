@@ -117,15 +117,8 @@ async fn source_files(engine: &Engine, spec: &SourceConfig) -> Result<Vec<InputF
     Ok(
         crate::catalog::list_source_files(engine.ctx(), engine.stores(), spec)
             .await?
-            .into_iter()
-            .map(|m| {
-                (
-                    m.location.to_string(),
-                    m.size,
-                    m.last_modified.to_rfc3339(),
-                    m.e_tag,
-                )
-            })
+            .iter()
+            .map(crate::engine::file_version)
             .collect(),
     )
 }

@@ -116,6 +116,32 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// When this version was committed (now, for a manifest whose time does not parse).
+    pub(crate) fn committed(&self) -> chrono::DateTime<chrono::Utc> {
+        crate::config::parse_timestamp(&self.committed_at).unwrap_or_else(chrono::Utc::now)
+    }
+
+    /// The version's files as objects of the output folder at `location`, sorted by key:
+    /// exact sizes, the commit time as their modification time.
+    pub(crate) fn objects(&self, location: &crate::store::Location) -> Vec<object_store::ObjectMeta> {
+        let committed = self.committed();
+        let mut files: Vec<_> = self
+            .files
+            .iter()
+            .map(|f| object_store::ObjectMeta {
+                location: location.child(&f.path),
+                last_modified: committed,
+                size: f.bytes,
+                e_tag: None,
+                version: None,
+            })
+            .collect();
+        files.sort_by(|a, b| a.location.cmp(&b.location));
+        files
+    }
+}
+
 /// The columns of a schema as a manifest records them.
 pub(crate) fn manifest_columns(schema: &SchemaRef) -> Vec<ManifestColumn> {
     schema
