@@ -111,6 +111,11 @@ pub async fn prepare(
             // any model writes.
             let location = Location::parse(&model.sink.location)?;
             engine.stores().store_for(&location)?;
+            check_sink_apart(&pipeline, model).map_err(|message| PlanError::Sql {
+                model: name.clone(),
+                file: model.sql_path.clone(),
+                message,
+            })?;
         }
         if model.materialized == Materialized::Table {
             for col in &model.sink.partition_by {
@@ -143,6 +148,60 @@ pub async fn prepare(
         engine,
         schemas,
     })
+}
+
+/// The folder a location names, as a comparable key: store URL and path, `/`-terminated (a
+/// file or a glob names its folder).
+fn folder_key(location: &str) -> Option<String> {
+    let url = datafusion::datasource::listing::ListingTableUrl::parse(location).ok()?;
+    let prefix = url.prefix().as_ref().trim_end_matches('/');
+    let store = url.object_store();
+    let store = store.as_str().trim_end_matches('/');
+    Some(if prefix.is_empty() {
+        format!("{store}/")
+    } else {
+        format!("{store}/{prefix}/")
+    })
+}
+
+/// Refuses a sink whose folder holds, or lies inside, a source's folder, a rejects folder,
+/// or the pipeline folder itself: its overwrite deletes what the folder holds, and those
+/// files are not its own.
+fn check_sink_apart(pipeline: &Pipeline, model: &ModelConfig) -> Result<(), String> {
+    let Some(sink) = folder_key(&model.sink.location) else {
+        return Ok(());
+    };
+    let root = pipeline.root.display().to_string();
+    let others = pipeline
+        .sources
+        .values()
+        .map(|s| (format!("source '{}'", s.name), s.location.clone()))
+        .chain(pipeline.sources.values().filter_map(|s| {
+            Some((
+                format!("the rejects of source '{}'", s.name),
+                s.rejects.clone()?,
+            ))
+        }))
+        .chain([("the pipeline folder".to_string(), format!("{root}/"))]);
+    for (what, location) in others {
+        let Some(other) = folder_key(&location) else {
+            continue;
+        };
+        let pipeline_folder = what == "the pipeline folder";
+        let overlaps = if pipeline_folder {
+            other.starts_with(&sink)
+        } else {
+            other.starts_with(&sink) || sink.starts_with(&other)
+        };
+        if overlaps {
+            return Err(format!(
+                "sink.location {} overlaps {what} at {location}: writing the sink would delete \
+                 or mix with files that are not its own; give it a folder of its own",
+                model.sink.location
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub fn column_list(schema: &SchemaRef) -> String {

@@ -124,7 +124,10 @@ impl Manifest {
 
     /// The version's files as objects of the output folder at `location`, sorted by key:
     /// exact sizes, the commit time as their modification time.
-    pub(crate) fn objects(&self, location: &crate::store::Location) -> Vec<object_store::ObjectMeta> {
+    pub(crate) fn objects(
+        &self,
+        location: &crate::store::Location,
+    ) -> Vec<object_store::ObjectMeta> {
         let committed = self.committed();
         let mut files: Vec<_> = self
             .files

@@ -469,3 +469,42 @@ async fn an_append_is_applied_once_whatever_reruns_it() {
     );
     assert_eq!(count().await, 9);
 }
+
+/// A sink that holds a source's folder, lies inside it, or holds the pipeline folder is
+/// refused before anything runs, and the inputs stay as they were (before, an overwrite
+/// deleted the source's files, or sluice.toml and queries/ with them, and exited 0).
+#[test]
+fn a_sink_overlapping_a_source_or_the_pipeline_is_refused() {
+    for (source, sink) in [
+        ("data/", "data/"),
+        ("data/raw/", "data/"),
+        ("data/", "data/out/"),
+        ("data/", "./"),
+    ] {
+        let dir = OneModel::new("events", "m")
+            .source_toml(&format!(
+                "format = \"csv\"\nschema = \"id INT\"\nlocation = \"{source}\""
+            ))
+            .sink_location(sink)
+            .file("a.csv", "id\n1\n")
+            .file("raw/b.csv", "id\n2\n")
+            .build();
+        // The builder writes `location = "data/"`: drop it for the one given above.
+        let toml = dir.path().join("sluice.toml");
+        let text = std::fs::read_to_string(&toml).unwrap();
+        let text = text.replacen("location = \"data/\"\n", "", 1);
+        std::fs::write(&toml, text).unwrap();
+        let run = sluice(dir.path(), &["run", "."]).expect(2);
+        assert!(
+            run.stderr.contains("overlaps"),
+            "{source} / {sink}: {}",
+            run.stderr
+        );
+        assert!(dir.path().join("data/a.csv").exists(), "{source} / {sink}");
+        assert!(
+            dir.path().join("data/raw/b.csv").exists(),
+            "{source} / {sink}"
+        );
+        assert!(dir.path().join("sluice.toml").exists(), "{source} / {sink}");
+    }
+}
