@@ -310,6 +310,7 @@ fn register_quarantine(
         file_schema,
         dialect,
         compression_type(spec.compression),
+        spec.event_time.clone(),
     );
     let full_schema = TableProvider::schema(&table);
     replace_table(ctx, spec, Arc::new(table))?;

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -70,7 +70,23 @@ pub struct ChunkDecoder {
     schema: SchemaRef,
     dialect: Dialect,
     batch_size: usize,
+    /// The source's event-time column (its index and name), when it declares one: a row
+    /// whose value there is NULL or no timestamp is in no work unit, so it is a bad row.
+    event_time: Option<(usize, String)>,
 }
+
+/// Why a decoded row is still a bad row: its event time is NULL or not a timestamp. Raised
+/// as a decode error, so the row is found and set aside the way a row that does not parse is.
+#[derive(Debug)]
+struct Untimed(String);
+
+impl std::fmt::Display for Untimed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Untimed {}
 
 /// Where a batch taken apart starts: its line, and whether it starts with the header.
 #[derive(Debug, Clone, Copy)]
@@ -96,7 +112,52 @@ impl ChunkDecoder {
             schema,
             dialect,
             batch_size: batch_size.max(1),
+            event_time: None,
         }
+    }
+
+    /// The same decoder, setting aside rows whose `column` (the source's event time) is NULL
+    /// or does not read as a timestamp. A column the schema lacks is ignored here (the plan
+    /// names it).
+    pub fn with_event_time(mut self, column: Option<&str>) -> ChunkDecoder {
+        self.event_time = column.and_then(|c| {
+            let i = self.schema.index_of(c).ok()?;
+            Some((i, c.to_string()))
+        });
+        self
+    }
+
+    /// `batch` if every row has an event time (the column is `projection`'s, or every
+    /// column is decoded); else an [`Untimed`] error naming the first such value.
+    fn timed(
+        &self,
+        batch: Option<RecordBatch>,
+        projection: Option<usize>,
+    ) -> Result<Option<RecordBatch>, ArrowError> {
+        let (Some((index, name)), Some(b)) = (&self.event_time, &batch) else {
+            return Ok(batch);
+        };
+        let column = match projection {
+            None => b.column(*index),
+            Some(p) if p == *index => b.column(0),
+            Some(_) => return Ok(batch),
+        };
+        let ts = DataType::Timestamp(TimeUnit::Nanosecond, None);
+        let cast = datafusion::arrow::compute::cast(column, &ts)?;
+        if cast.null_count() == 0 {
+            return Ok(batch);
+        }
+        let Some(row) = (0..cast.len()).find(|i| cast.is_null(*i)) else {
+            return Ok(batch);
+        };
+        let reason = if column.is_null(row) {
+            format!("no event time: column {name} is NULL")
+        } else {
+            let value = datafusion::arrow::util::display::array_value_to_string(column, row)
+                .unwrap_or_default();
+            format!("no event time: column {name}: {value:?} is not a timestamp")
+        };
+        Err(ArrowError::ExternalError(Box::new(Untimed(reason))))
     }
 
     /// The format read.
@@ -211,7 +272,11 @@ impl ChunkDecoder {
                         p += n;
                         pos += n;
                         if d.capacity() == 0 {
-                            out.extend(guarded(|| d.flush()).map_err(|e| (batch, e))?);
+                            out.extend(
+                                guarded(|| d.flush())
+                                    .and_then(|b| self.timed(b, projection))
+                                    .map_err(|e| (batch, e))?,
+                            );
                             batch = pos;
                         } else if p == buf.len() || n == 0 {
                             break;
@@ -220,7 +285,11 @@ impl ChunkDecoder {
                 }
                 // An empty input ends the last record.
                 guarded(|| d.decode(&[])).map_err(|e| (batch, e))?;
-                out.extend(guarded(|| d.flush()).map_err(|e| (batch, e))?);
+                out.extend(
+                    guarded(|| d.flush())
+                        .and_then(|b| self.timed(b, projection))
+                        .map_err(|e| (batch, e))?,
+                );
             }
             Dialect::Json => {
                 let schema = match projection {
@@ -239,12 +308,20 @@ impl ChunkDecoder {
                         pos += n;
                         // A full batch stops the decoder short of the input's end.
                         if n == 0 || p < buf.len() {
-                            out.extend(guarded(|| d.flush()).map_err(|e| (batch, e))?);
+                            out.extend(
+                                guarded(|| d.flush())
+                                    .and_then(|b| self.timed(b, projection))
+                                    .map_err(|e| (batch, e))?,
+                            );
                             batch = pos;
                         }
                     }
                 }
-                out.extend(guarded(|| d.flush()).map_err(|e| (batch, e))?);
+                out.extend(
+                    guarded(|| d.flush())
+                        .and_then(|b| self.timed(b, projection))
+                        .map_err(|e| (batch, e))?,
+                );
             }
         }
         Ok(())
@@ -382,6 +459,11 @@ impl ChunkDecoder {
     /// Why the one record in `row` does not decode: for CSV the first column whose value
     /// does not read as its type; for JSON arrow's words (which name the field).
     fn reason(&self, row: &[u8], err: ArrowError) -> String {
+        if let ArrowError::ExternalError(e) = &err
+            && let Some(Untimed(reason)) = e.downcast_ref::<Untimed>()
+        {
+            return reason.clone();
+        }
         let message = plain(&err);
         if let Dialect::Json = self.dialect {
             // "whilst decoding field 'id': failed to parse ..." → "column id: failed to ...".

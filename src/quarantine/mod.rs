@@ -147,6 +147,8 @@ pub struct QuarantineTable {
     source: Arc<SourceFiles>,
     dialect: Dialect,
     compression: FileCompressionType,
+    /// The source's event-time column: a row without one is a bad row.
+    event_time: Option<String>,
     /// Where the rejects go.
     pub sink: Arc<RejectSink>,
 }
@@ -159,12 +161,14 @@ impl fmt::Debug for QuarantineTable {
 
 impl QuarantineTable {
     /// A table over `source`'s files, read in `dialect` into `file_schema` (plus the
-    /// partition columns).
+    /// partition columns); a row whose `event_time` column is NULL or no timestamp is a bad
+    /// row.
     pub fn new(
         source: SourceFiles,
         file_schema: SchemaRef,
         dialect: Dialect,
         compression: FileCompressionType,
+        event_time: Option<String>,
     ) -> QuarantineTable {
         let mut fields: Vec<_> = file_schema.fields().iter().cloned().collect();
         for (name, ty) in &source.partition_cols {
@@ -176,6 +180,7 @@ impl QuarantineTable {
             source: Arc::new(source),
             dialect,
             compression,
+            event_time,
             sink: Arc::default(),
         }
     }
@@ -226,6 +231,7 @@ impl TableProvider for QuarantineTable {
             source: Arc::clone(&self.source),
             dialect: self.dialect.clone(),
             compression: self.compression,
+            event_time: self.event_time.clone(),
             sink: Arc::clone(&self.sink),
             metrics: ExecutionPlanMetricsSet::new(),
         }))
@@ -243,6 +249,7 @@ pub struct QuarantineScan {
     source: Arc<SourceFiles>,
     dialect: Dialect,
     compression: FileCompressionType,
+    event_time: Option<String>,
     sink: Arc<RejectSink>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -302,11 +309,14 @@ impl ExecutionPlan for QuarantineScan {
         let busy = self.groups.iter().filter(|g| !g.is_empty()).count().max(1);
         let workers = context.session_config().target_partitions().div_ceil(busy) + 1;
         let reader = FileReader {
-            decoder: Arc::new(ChunkDecoder::new(
-                Arc::clone(&self.file_schema),
-                self.dialect.clone(),
-                context.session_config().batch_size(),
-            )),
+            decoder: Arc::new(
+                ChunkDecoder::new(
+                    Arc::clone(&self.file_schema),
+                    self.dialect.clone(),
+                    context.session_config().batch_size(),
+                )
+                .with_event_time(self.event_time.as_deref()),
+            ),
             schema: Arc::clone(&self.schema),
             projection: self.projection.clone(),
             source: Arc::clone(&self.source),

@@ -148,7 +148,7 @@ fn without_quarantine_the_first_bad_row_fails_naming_file_and_line() {
 }
 
 /// The rejects of a pipeline's source as (file name, line, reason) rows, sorted by line.
-async fn rejects_of(dir: &std::path::Path, source: &str) -> Vec<(String, u64, String)> {
+pub async fn rejects_of(dir: &std::path::Path, source: &str) -> Vec<(String, u64, String)> {
     let got = query_output(
         &format!("{}/.sluice/rejects/{source}/", dir.display()),
         "parquet",

@@ -162,6 +162,59 @@ fn rows_without_an_event_time_are_refused_never_dropped() {
     );
 }
 
+/// With `on_bad_rows = "quarantine"`, a row whose event time is NULL or not a timestamp is a
+/// bad row like any other: set aside with its file, line and that reason, counted, and held
+/// against the limits; the timed rows are published (before, the run was refused).
+#[tokio::test]
+async fn under_quarantine_rows_without_an_event_time_are_quarantined() {
+    let dir = OneModel::new("events", "daily")
+        .source_toml(
+            "format = \"csv\"\nschema = \"id INT, ts VARCHAR\"\nevent_time = \"ts\"\n\
+             on_bad_rows = \"quarantine\"",
+        )
+        .sink_toml("[models.daily.batches]\nsize = \"day\"")
+        .file(
+            "events.csv",
+            "id,ts\n1,2024-01-01\n2,\n3,2024-01-02T10:00:00+02:00\n4,soon\nx,2024-01-01\n",
+        )
+        .build();
+    let (_, report) = run_with_report(dir.path(), &[], 0);
+    let model = report_model(&report, "daily");
+    assert_eq!(
+        (model["rows_out"].as_u64(), model["rows_rejected"].as_u64()),
+        (Some(2), Some(3)),
+        "{model}"
+    );
+    let rejects = crate::quarantine::rejects_of(dir.path(), "events").await;
+    let got: Vec<(u64, &str)> = rejects.iter().map(|r| (r.1, r.2.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (3, "no event time: column ts is NULL"),
+            (5, "no event time: column ts: \"soon\" is not a timestamp"),
+            (6, "column id: \"x\" is not Int32"),
+        ],
+        "{rejects:?}"
+    );
+    // Held against the limits like any bad row.
+    let toml = dir.path().join("sluice.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(
+        &toml,
+        text.replace(
+            "on_bad_rows = \"quarantine\"",
+            "on_bad_rows = \"quarantine\"\nmax_bad_rows = 2",
+        ),
+    )
+    .unwrap();
+    let (run, _) = run_with_report(dir.path(), &[], 1);
+    assert!(
+        run.stderr.contains("3 bad rows (max_bad_rows = 2)"),
+        "{}",
+        run.stderr
+    );
+}
+
 /// SIGTERM and SIGINT stop a run the way an operator expects: running units cancelled, the run
 /// recorded `interrupted` (not `running` forever), the lock released, the report written, exit
 /// 128 + the signal; and running the same command again resumes it.
