@@ -72,47 +72,87 @@ pub struct Reject {
     pub reason: String,
 }
 
-/// The rejects of one source, shared by every scan of it in a run (a model may read it in
-/// many units; each row is kept once).
-#[derive(Debug, Default)]
-pub struct RejectSink {
-    inner: Mutex<Gathered>,
-    /// Good rows read since the last `take`.
-    good: std::sync::atomic::AtomicU64,
+/// What scans of one source set aside and read: its rejects, each row once, and the good
+/// rows of each file read to its end. Counted per file, a file read by several scans (units
+/// whose periods it spans, key buckets) counts once, and the files no scan of this process
+/// read to its end (those of units a resumed run kept) can be found and read again.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SourceRejects {
+    /// The rejected rows, sorted by file and line.
+    pub rejects: Vec<Reject>,
+    /// Good rows per file read to its end, by object path.
+    pub read: std::collections::BTreeMap<String, u64>,
 }
 
-/// The rejects, and the (file, line) of each, to keep each row once.
-type Gathered = (Vec<Reject>, HashSet<(String, u64)>);
-
-impl RejectSink {
-    fn push(&self, r: Reject) {
-        if let Ok(mut g) = self.inner.lock() {
-            let (list, seen) = &mut *g;
-            if seen.insert((r.file.clone(), r.line)) {
-                list.push(r);
-            }
+impl SourceRejects {
+    /// Adds what other scans of the same source found: rejects not yet here, and files read.
+    pub fn merge(&mut self, other: SourceRejects) {
+        let seen: HashSet<(String, u64)> = self
+            .rejects
+            .iter()
+            .map(|r| (r.file.clone(), r.line))
+            .collect();
+        self.rejects.extend(
+            other
+                .rejects
+                .into_iter()
+                .filter(|r| !seen.contains(&(r.file.clone(), r.line))),
+        );
+        self.rejects
+            .sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+        for (file, good) in other.read {
+            let n = self.read.entry(file).or_default();
+            *n = (*n).max(good);
         }
     }
 
-    /// The rejects gathered so far, taken (sorted by file and line), with the number of good
-    /// rows read meanwhile.
-    pub fn take(&self) -> (Vec<Reject>, u64) {
-        let good = self.good.swap(0, std::sync::atomic::Ordering::Relaxed);
-        (self.take_rejects(), good)
+    /// Good rows over every file read.
+    pub fn good(&self) -> u64 {
+        self.read.values().sum()
+    }
+}
+
+/// The rejects of one source, shared by every scan of one table of it (a model may read it
+/// in many units; each row is kept once).
+#[derive(Debug, Default)]
+pub struct RejectSink {
+    inner: Mutex<Gathered>,
+}
+
+/// The rejects, the (file, line) of each to keep each row once, and the files read.
+#[derive(Debug, Default)]
+struct Gathered {
+    found: SourceRejects,
+    seen: HashSet<(String, u64)>,
+}
+
+impl RejectSink {
+    fn push(&self, r: Reject) {
+        if let Ok(mut g) = self.inner.lock()
+            && g.seen.insert((r.file.clone(), r.line))
+        {
+            g.found.rejects.push(r);
+        }
     }
 
-    fn take_rejects(&self) -> Vec<Reject> {
-        // Taken with its memory of seen rows: the next model reading the source counts its
-        // own rejects.
+    /// `file` was read to its end, with `good` good rows.
+    fn file_read(&self, file: &object_store::path::Path, good: u64) {
+        if let Ok(mut g) = self.inner.lock() {
+            let n = g.found.read.entry(file.to_string()).or_default();
+            *n = (*n).max(good);
+        }
+    }
+
+    /// What was gathered so far, taken (so the next model reading the source counts its
+    /// own), rejects sorted by file and line.
+    pub fn take(&self) -> SourceRejects {
         let mut out = self
             .inner
             .lock()
-            .map(|mut g| {
-                g.1.clear();
-                std::mem::take(&mut g.0)
-            })
+            .map(|mut g| std::mem::take(&mut *g).found)
             .unwrap_or_default();
-        out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+        out.rejects
+            .sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
         out
     }
 }
@@ -181,6 +221,31 @@ impl QuarantineTable {
             dialect,
             compression,
             event_time,
+            sink: Arc::default(),
+        }
+    }
+
+    /// The files it reads.
+    pub fn files(&self) -> &[ObjectMeta] {
+        &self.source.files
+    }
+
+    /// The same table over only `files` (a unit's share), with a sink of its own.
+    pub fn subset(&self, files: Vec<ObjectMeta>) -> QuarantineTable {
+        let source = &self.source;
+        QuarantineTable {
+            schema: Arc::clone(&self.schema),
+            file_schema: Arc::clone(&self.file_schema),
+            source: Arc::new(SourceFiles {
+                store: Arc::clone(&source.store),
+                table_url: source.table_url.clone(),
+                files,
+                partition_cols: source.partition_cols.clone(),
+                display: Arc::clone(&source.display),
+            }),
+            dialect: self.dialect.clone(),
+            compression: self.compression,
+            event_time: self.event_time.clone(),
             sink: Arc::default(),
         }
     }
@@ -376,6 +441,7 @@ impl FileReader {
                     raw: String::new(),
                     reason,
                 });
+                self.sink.file_read(&file.location, 0);
                 return Ok(true);
             }
         };
@@ -425,6 +491,7 @@ impl FileReader {
         // Owns the receiver, so that when it stops (an error, or the query gone) the producer's
         // next send fails and it stops too, instead of waiting on a full channel.
         let consume = async move {
+            let mut good = 0u64;
             while let Some(handle) = decoding.recv().await {
                 let decoded = handle
                     .await
@@ -433,22 +500,22 @@ impl FileReader {
                     self.sink.push(r);
                 }
                 for batch in decoded.batches {
-                    self.sink.good.fetch_add(
-                        batch.num_rows() as u64,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
+                    good += batch.num_rows() as u64;
                     let batch = self.finish(batch, &partition_values)?;
                     self.baseline.record_output(batch.num_rows());
                     if tx.send(Ok(batch)).await.is_err() {
-                        return Ok(false);
+                        return Ok((false, good));
                     }
                 }
             }
-            Ok::<bool, DataFusionError>(true)
+            Ok::<(bool, u64), DataFusionError>((true, good))
         };
         let (produced, consumed) = tokio::join!(produce, consume);
-        let open = consumed?;
+        let (open, good) = consumed?;
         produced?;
+        if open {
+            self.sink.file_read(&file.location, good);
+        }
         Ok(open)
     }
 

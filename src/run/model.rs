@@ -20,7 +20,7 @@ use crate::catalog;
 use crate::config::{ModelConfig, OnBadRows, WriteMode};
 use crate::engine::{Engine, ScanRows};
 use crate::error::Error;
-use crate::quarantine::{QuarantineTable, rejects};
+use crate::quarantine::{QuarantineTable, SourceRejects, rejects};
 use crate::report::{ModelReport, UnitReport};
 use crate::sink::{self, SinkSpec};
 use crate::state::UnitRecord;
@@ -272,19 +272,8 @@ impl<'a> ModelRun<'a> {
             if spec.on_bad_rows != OnBadRows::Quarantine {
                 continue;
             }
-            // The model's shared scan, and the units' own (by-file units).
-            let (mut bad, mut good) = match cx.engine.ctx().table_provider(source.as_str()).await {
-                Ok(provider) => match provider.downcast_ref::<QuarantineTable>() {
-                    Some(table) => table.sink.take(),
-                    None => (Vec::new(), 0),
-                },
-                Err(_) => (Vec::new(), 0),
-            };
-            for (_, rejects, read) in unit_rejects.iter().filter(|(s, _, _)| *s == source) {
-                bad.extend(rejects.iter().cloned());
-                good += read;
-            }
-            bad.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+            let found = self.source_rejects(&source, &unit_rejects).await?;
+            let (bad, good) = (found.rejects, found.read.values().sum::<u64>());
             if bad.is_empty() {
                 continue;
             }
@@ -328,6 +317,45 @@ impl<'a> ModelRun<'a> {
             }
         }
         Ok(total)
+    }
+
+    /// Everything the quarantined `source` holds that is bad, and its good rows per file,
+    /// each row counted once however many units read its file: what the model's and its
+    /// units' scans found, plus the files no scan of this process read to its end (those of
+    /// units a resumed run kept, or a query that stopped early), read again now. So the
+    /// limits hold over every unit of the run, kept or new.
+    async fn source_rejects(
+        &self,
+        source: &str,
+        unit_rejects: &UnitRejects,
+    ) -> Result<SourceRejects, Error> {
+        let ctx = self.cx.engine.ctx();
+        let Ok(provider) = ctx.table_provider(source).await else {
+            return Ok(SourceRejects::default());
+        };
+        let Some(table) = provider.downcast_ref::<QuarantineTable>() else {
+            return Ok(SourceRejects::default());
+        };
+        let mut found = table.sink.take();
+        for (_, r) in unit_rejects.iter().filter(|(s, _)| s == source) {
+            found.merge(r.clone());
+        }
+        let unread: Vec<_> = table
+            .files()
+            .iter()
+            .filter(|f| !found.read.contains_key(f.location.as_ref()))
+            .cloned()
+            .collect();
+        if !unread.is_empty() {
+            let again = Arc::new(table.subset(unread));
+            ctx.read_table(again.clone())
+                .map_err(|e| self.error(crate::describe::describe_datafusion(&e)))?
+                .count()
+                .await
+                .map_err(|e| self.error(crate::describe::describe_datafusion(&e)))?;
+            found.merge(again.sink.take());
+        }
+        Ok(found)
     }
 
     /// Write, audit, publish: the model's checks read the staged files where they will be

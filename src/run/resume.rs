@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::prepare::Prepared;
 use super::{RunCx, RunOptions};
-use crate::config::{BatchSize, KeyBuckets, ModelConfig, OnBadRows, SinkConfig, SourceConfig};
+use crate::config::{BatchSize, KeyBuckets, ModelConfig, SinkConfig, SourceConfig};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::state::UnitRecord;
@@ -199,28 +199,15 @@ pub(super) async fn append_identity(cx: &RunCx<'_>, model: &ModelConfig) -> Resu
 /// by name: those of the current plan whose recorded files are all still there (in staging,
 /// or already moved by an interrupted publish). The staging leftovers of every other unit
 /// are removed first, so those run again from nothing.
-///
-/// A model that reads a quarantined source keeps none: its rejects are counted when the
-/// model ends, from what its scans set aside in this process, so a unit kept from an earlier
-/// process would take its bad rows past the source's limits unseen (a refused run would be
-/// published by running it again).
+/// (A kept unit's bad rows still count: the model reads again, for its rejects, the files
+/// of a quarantined source that no unit of this process read.)
 pub(super) async fn kept_units(
     cx: &RunCx<'_>,
     model: &str,
     units: &[Unit],
     output: &Output,
 ) -> Result<BTreeMap<String, UnitRecord>, Error> {
-    let quarantined = cx.dag.sources_read(model).iter().any(|s| {
-        cx.pipeline
-            .sources
-            .get(s)
-            .is_some_and(|spec| spec.on_bad_rows == OnBadRows::Quarantine)
-    });
-    let planned: BTreeSet<&str> = units
-        .iter()
-        .filter(|_| !quarantined)
-        .map(|u| u.name.as_str())
-        .collect();
+    let planned: BTreeSet<&str> = units.iter().map(|u| u.name.as_str()).collect();
     let mut done: BTreeMap<String, UnitRecord> = cx
         .state
         .map(|s| s.done_units(cx.run_id, model))

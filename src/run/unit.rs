@@ -13,11 +13,11 @@ use crate::dag::Dag;
 use crate::describe::describe_datafusion;
 use crate::engine::{Engine, ScanRows};
 use crate::join::JoinReport;
-use crate::quarantine::{QuarantineTable, Reject};
+use crate::quarantine::{QuarantineTable, SourceRejects};
 use crate::sink::{self, SinkSpec};
 use crate::state::UnitRecord;
 use crate::status::UnitStatus;
-use crate::units::{self, Unit, UnitKind};
+use crate::units::{self, Unit};
 
 /// The work units of a model: one per period for a batched model, one otherwise.
 pub async fn plan_units(
@@ -179,8 +179,8 @@ pub(super) enum UnitFailure {
     Interrupted(i32),
 }
 
-/// The rows a unit's own quarantine scans set aside, by source, with the good rows they read.
-pub(super) type UnitRejects = Vec<(String, Vec<Reject>, u64)>;
+/// What a unit's quarantine scans set aside and read, by source.
+pub(super) type UnitRejects = Vec<(String, SourceRejects)>;
 
 /// A unit that ran.
 pub(super) struct UnitDone {
@@ -418,7 +418,7 @@ async fn attempt_unit(
                 scan: exec.scan_rows(&tables),
                 spilled: exec.spilled_bytes(),
                 joins: exec.joins(),
-                rejects: own_rejects(&ctx, unit).await,
+                rejects: own_rejects(&ctx, &cx.dag.sources_read(&model.name)).await,
             })
         }
         Err(sink::SinkError::Input(e)) => Err(explain(e).await),
@@ -426,23 +426,24 @@ async fn attempt_unit(
     }
 }
 
-/// The rows set aside by the quarantine scan a unit made of its own: a by-file unit reads
-/// its files through a table of its own, whose rejects would otherwise be lost with its
-/// context. (Other units read the model's shared table, counted once for the model.)
-async fn own_rejects(ctx: &datafusion::prelude::SessionContext, unit: &Unit) -> UnitRejects {
-    let UnitKind::Files { source, .. } = &unit.kind else {
-        return Vec::new();
-    };
-    let Ok(provider) = ctx.table_provider(source.as_str()).await else {
-        return Vec::new();
-    };
-    match provider.downcast_ref::<QuarantineTable>() {
-        Some(table) => {
-            let (rejects, good) = table.sink.take();
-            vec![(source.clone(), rejects, good)]
+/// What the quarantine scans of a unit's sources set aside and read: a unit that reads a
+/// share of a source (its files, its period) reads it through a table of its own, whose
+/// rejects would otherwise be lost with its context. (The model merges every unit's, each
+/// row once, so a table the unit shares with others may be taken from too.)
+async fn own_rejects(
+    ctx: &datafusion::prelude::SessionContext,
+    sources: &std::collections::BTreeSet<String>,
+) -> UnitRejects {
+    let mut out = Vec::new();
+    for source in sources {
+        let Ok(provider) = ctx.table_provider(source.as_str()).await else {
+            continue;
+        };
+        if let Some(table) = provider.downcast_ref::<QuarantineTable>() {
+            out.push((source.clone(), table.sink.take()));
         }
-        None => Vec::new(),
     }
+    out
 }
 
 #[cfg(test)]

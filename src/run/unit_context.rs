@@ -17,6 +17,7 @@ use super::unit::UnitError;
 use crate::config::{BatchSize, Materialized, Pipeline};
 use crate::dag::Dag;
 use crate::describe::describe_datafusion;
+use crate::quarantine::QuarantineTable;
 use crate::store::{Location, StoreRegistry};
 use crate::table::view::ManifestStore;
 use crate::units::{Unit, UnitKind, period_name};
@@ -232,6 +233,14 @@ async fn restrict_to_files(
         .sources
         .get(source)
         .ok_or_else(|| UnitError::permanent(format!("unknown source '{source}'")))?;
+    let provider = ctx.table_provider(source).await.map_err(err)?;
+    if let Some(table) = provider.downcast_ref::<QuarantineTable>() {
+        // The same table over these files, with a sink of its own for their rejects.
+        let subset = std::sync::Arc::new(table.subset(files.to_vec()));
+        ctx.deregister_table(source).map_err(err)?;
+        ctx.register_table(source, subset).map_err(err)?;
+        return Ok(());
+    }
     let table_url = ListingTableUrl::parse(&spec.location).map_err(err)?;
     let location =
         Location::parse(table_url.as_str()).map_err(|e| UnitError::caused_by(&e, e.to_string()))?;
