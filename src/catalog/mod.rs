@@ -159,6 +159,27 @@ pub(crate) async fn register_table(
     stores: &StoreRegistry,
     spec: &SourceConfig,
 ) -> Result<SchemaRef, CatalogError> {
+    register(ctx, stores, spec, None).await
+}
+
+/// Registers a table over a share of a source's files (a work unit's) with the source's
+/// full schema `known`, so that every share reads the same columns as the same types
+/// whatever its own files would infer.
+pub(crate) async fn register_share(
+    ctx: &SessionContext,
+    stores: &StoreRegistry,
+    spec: &SourceConfig,
+    known: SchemaRef,
+) -> Result<SchemaRef, CatalogError> {
+    register(ctx, stores, spec, Some(known)).await
+}
+
+async fn register(
+    ctx: &SessionContext,
+    stores: &StoreRegistry,
+    spec: &SourceConfig,
+    known: Option<SchemaRef>,
+) -> Result<SchemaRef, CatalogError> {
     let (table_url, location, store) = resolve(ctx, stores, spec)?;
     if let Some(schema) = register_output(ctx, spec, &location, &store).await? {
         return Ok(schema);
@@ -184,7 +205,18 @@ pub(crate) async fn register_table(
         });
     }
 
-    let file_schema = schema::file_schema(ctx, spec, &table_url, &opts, &store).await?;
+    let file_schema = match &known {
+        // The file columns: the known schema without the partition columns.
+        Some(known) => Arc::new(Schema::new(
+            known
+                .fields()
+                .iter()
+                .filter(|f| !opts.table_partition_cols.iter().any(|(p, _)| p == f.name()))
+                .cloned()
+                .collect::<Vec<_>>(),
+        )),
+        None => schema::file_schema(ctx, spec, &table_url, &opts, &store).await?,
+    };
     if file_schema.fields().is_empty() {
         // Only empty files: nothing to take columns from.
         let shown = location.display_key(&first[0].location);
@@ -204,7 +236,7 @@ pub(crate) async fn register_table(
     // Every file, listed once for what needs them: the quarantine scan, the schema-drift
     // check, the partition-value check.
     let checks_partitions = !quarantine && !opts.table_partition_cols.is_empty();
-    let drift = spec.schema.is_none() && !quarantine;
+    let drift = spec.schema.is_none() && !quarantine && known.is_none();
     let files = if quarantine || drift || checks_partitions {
         list_files(ctx, &table_url, &opts, store.as_ref(), usize::MAX)
             .await

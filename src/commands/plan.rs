@@ -26,7 +26,8 @@ async fn describe_units(prepared: &Prepared, model: &ModelConfig) -> String {
     if let Some(per_unit) = model.files_per_unit {
         return match plan_units(&prepared.engine, &prepared.pipeline, &prepared.dag, model).await {
             Err(e) => format!("       units:  cannot plan: {e}\n"),
-            Ok(units) => {
+            Ok(plan) => {
+                let units = plan.units;
                 let mut out = format!(
                     "       units:  {} (by file, {per_unit} a unit)\n",
                     units.len()
@@ -59,18 +60,17 @@ async fn describe_units(prepared: &Prepared, model: &ModelConfig) -> String {
     let Some(batches) = &model.batches else {
         return "       units:  1 (the whole model)\n".into();
     };
-    let units = match plan_units(&prepared.engine, &prepared.pipeline, &prepared.dag, model).await {
-        Ok(u) => u,
-        Err(e) => return format!("       units:  cannot plan: {e}\n"),
-    };
-    let sources = units::event_sources(&prepared.pipeline, &prepared.dag.sources_read(&model.name));
-    let counts =
-        crate::run::unit_context::rows_per_period(prepared.engine.ctx(), &sources, batches.size)
-            .await
-            .unwrap_or_default();
+    let (units, events) =
+        match plan_units(&prepared.engine, &prepared.pipeline, &prepared.dag, model).await {
+            Ok(plan) => (plan.units, plan.events.unwrap_or_default()),
+            Err(e) => return format!("       units:  cannot plan: {e}\n"),
+        };
     let rows: Vec<u64> = units
         .iter()
-        .map(|u| counts.get(&u.name).copied().unwrap_or(0))
+        .map(|u| match u.kind {
+            UnitKind::Period { start, .. } => events.rows_of_period(start),
+            _ => 0,
+        })
         .collect();
     let mut out = format!(
         "       units:  {} ({} batches, {} .. {}), {} rows in all\n",

@@ -10,8 +10,10 @@
 //! - [`model`]: one table model, as named phases: resume, units, rejects, checks, publish;
 //! - [`unit`]: planning a model's units, one unit's attempts, retries and backoff;
 //! - [`unit_context`]: the SQL context one unit runs in (its slice of the inputs);
+//! - [`event_map`]: where a time-batched model's rows fall in time (periods, and their files);
 //! - [`resume`]: what a run does as a fingerprint, and the units a resumed run keeps.
 
+pub mod event_map;
 mod model;
 pub mod prepare;
 mod resume;

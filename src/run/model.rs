@@ -40,12 +40,19 @@ pub(super) async fn run_table_model(
     if run.already_published(report).await? || run.already_appended(report).await? {
         return Ok(());
     }
-    let units = plan_units(cx.engine, cx.pipeline, cx.dag, run.model)
+    let plan = plan_units(cx.engine, cx.pipeline, cx.dag, run.model)
         .await
         .map_err(|e| run.error(e))?;
-    let kept = resume::kept_units(cx, name, &units, &run.output).await?;
+    let units = &plan.units;
+    let kept = resume::kept_units(cx, name, units, &run.output).await?;
     let all_ran_now = kept.is_empty();
-    let (records, scanned, unit_rejects) = run.run_units(&units, kept, report).await?;
+    let (records, scanned, mut unit_rejects) = run
+        .run_units(units, plan.events.as_ref(), kept, report)
+        .await?;
+    // Planning time units read every file of a quarantined source.
+    if let Some(events) = plan.events {
+        unit_rejects.extend(events.rejects);
+    }
     let files: Vec<table::StagedFile> = records.into_iter().flat_map(|r| r.files).collect();
     let rejected = run.count_rejects(unit_rejects, report).await?;
     // Rows read = rows the scans passed on + rows set aside.
@@ -186,6 +193,7 @@ impl<'a> ModelRun<'a> {
     async fn run_units(
         &self,
         units: &[Unit],
+        events: Option<&super::event_map::EventMap>,
         kept: BTreeMap<String, UnitRecord>,
         report: &mut ModelReport,
     ) -> Result<(Vec<UnitRecord>, Option<ScanRows>, UnitRejects), Error> {
@@ -210,6 +218,7 @@ impl<'a> ModelRun<'a> {
             spec: &self.spec,
             output: &self.output,
             event_sources: &event_sources,
+            events,
             stop: &stop,
         };
         let results: Vec<Result<UnitDone, UnitFailure>> = futures::stream::iter(pending)

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::error::DataFusionError;
 
+use super::event_map::EventMap;
 use super::{Interrupt, RunCx};
 use crate::config::{ModelConfig, Pipeline, timestamp_now};
 use crate::dag::Dag;
@@ -17,15 +18,33 @@ use crate::quarantine::{QuarantineTable, SourceRejects};
 use crate::sink::{self, SinkSpec};
 use crate::state::UnitRecord;
 use crate::status::UnitStatus;
-use crate::units::{self, Unit};
+use crate::units::{self, Unit, UnitKind};
 
-/// The work units of a model: one per period for a batched model, one otherwise.
+/// A model's work units, and, for a time-batched model, where its input rows fall in time.
+pub struct UnitPlan {
+    /// The units, in order.
+    pub units: Vec<Unit>,
+    /// For a time-batched model: its rows per period and the files of each period.
+    pub events: Option<EventMap>,
+}
+
+impl From<Vec<Unit>> for UnitPlan {
+    fn from(units: Vec<Unit>) -> UnitPlan {
+        UnitPlan {
+            units,
+            events: None,
+        }
+    }
+}
+
+/// The work units of a model: one per period for a batched model, a group of files, a key
+/// bucket, or one unit for the whole model.
 pub async fn plan_units(
     engine: &Engine,
     pipeline: &Pipeline,
     dag: &Dag,
     model: &ModelConfig,
-) -> Result<Vec<Unit>, String> {
+) -> Result<UnitPlan, String> {
     if let Some(per_unit) = model.files_per_unit {
         let source = dag.single_source(&model.name)?;
         let spec = &pipeline.sources[&source];
@@ -35,7 +54,7 @@ pub async fn plan_units(
         let prefix = datafusion::datasource::listing::ListingTableUrl::parse(&spec.location)
             .map(|u| u.prefix().as_ref().to_string())
             .unwrap_or_default();
-        return Ok(units::by_files(&source, files, per_unit, &prefix));
+        return Ok(units::by_files(&source, files, per_unit, &prefix).into());
     }
     if let Some(kb) = &model.key_buckets {
         let read = dag.sources_read(&model.name);
@@ -45,26 +64,38 @@ pub async fn plan_units(
                 read.iter().cloned().collect::<Vec<_>>().join(", ")
             ));
         }
-        return Ok(units::by_key(kb.buckets));
+        return Ok(units::by_key(kb.buckets).into());
     }
     let Some(batches) = &model.batches else {
-        return Ok(units::whole());
+        return Ok(units::whole().into());
     };
     let sources = units::event_sources(pipeline, &dag.sources_read(&model.name));
     if sources.is_empty() {
         return Err("batches need at least one input source that declares event_time".into());
     }
     // Read even when start and end are given: a row without an event time is refused there.
-    let range = super::unit_context::event_range(engine.ctx(), &sources).await?;
-    let (start, end) = match (batches.start, batches.end, range) {
+    let events = EventMap::build(
+        engine.ctx(),
+        engine.stores(),
+        pipeline,
+        &sources,
+        batches.size,
+    )
+    .await?;
+    let (start, end) = match (batches.start, batches.end, events.range()) {
         (Some(s), Some(e), _) => (s, e),
-        (_, _, None) => return Ok(Vec::new()),
-        (s, e, Some((lo, hi))) => (
-            s.unwrap_or(units::truncate(batches.size, lo)),
-            e.unwrap_or(units::next(batches.size, units::truncate(batches.size, hi))),
-        ),
+        (_, _, None) => {
+            return Ok(UnitPlan {
+                units: Vec::new(),
+                events: Some(events),
+            });
+        }
+        (s, e, Some((lo, hi))) => (s.unwrap_or(lo), e.unwrap_or(units::next(batches.size, hi))),
     };
-    Ok(units::periods(batches.size, start, end))
+    Ok(UnitPlan {
+        units: units::periods(batches.size, start, end),
+        events: Some(events),
+    })
 }
 
 /// Why one attempt of a unit failed: the message the user sees, and whether another attempt
@@ -163,6 +194,8 @@ pub(super) struct UnitJob<'a> {
     pub(super) output: &'a crate::table::Output,
     /// The event-time sources it reads, with their columns.
     pub(super) event_sources: &'a [(String, String)],
+    /// Where its input rows fall in time (a time-batched model).
+    pub(super) events: Option<&'a EventMap>,
     /// Set once a unit has failed for good: the model fails, so the units not started yet
     /// are not started, and running ones make no further attempt.
     pub(super) stop: &'a AtomicBool,
@@ -373,9 +406,10 @@ async fn attempt_unit(
         spec,
         output,
         event_sources,
+        events,
         ..
     } = *job;
-    let ctx = super::unit_context::unit_context(
+    let super::unit_context::UnitContext { ctx, shares } = super::unit_context::unit_context(
         cx.engine.ctx(),
         cx.engine.stores(),
         cx.pipeline,
@@ -383,6 +417,7 @@ async fn attempt_unit(
         &model.name,
         event_sources,
         unit,
+        events,
     )
     .await?;
     let df = ctx
@@ -412,10 +447,23 @@ async fn attempt_unit(
     .await;
     match staged {
         Ok(staged) => {
-            let tables = cx.dag.tables_read(cx.pipeline, &model.name);
+            let mut tables = cx.dag.tables_read(cx.pipeline, &model.name);
+            tables.extend(shares);
+            let mut scan = exec.scan_rows(&tables);
+            if let (UnitKind::Period { start, .. }, Some(events)) = (&unit.kind, events) {
+                // A unit takes in its period's rows: the rows of other periods its files
+                // hold were read, but they are other units' rows, not filtered out.
+                for (source, _) in event_sources {
+                    let mine = events.rows_in(source, *start);
+                    let read = scan.by_table.insert(source.clone(), mine).unwrap_or(0);
+                    scan.filtered = scan
+                        .filtered
+                        .map(|f| f.saturating_sub(read.saturating_sub(mine)));
+                }
+            }
             Ok(Attempt {
                 staged,
-                scan: exec.scan_rows(&tables),
+                scan,
                 spilled: exec.spilled_bytes(),
                 joins: exec.joins(),
                 rejects: own_rejects(&ctx, &cx.dag.sources_read(&model.name)).await,

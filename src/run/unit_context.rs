@@ -1,9 +1,7 @@
 //! The SQL context one work unit runs in: the engine's tables, with each input the unit reads
 //! a slice of replaced by a view of that slice — filtered to its event-time range, restricted
 //! to its files, or to its bucket of join keys — and the model's views planned again over
-//! them. Also the event-time queries that plan and describe units.
-
-use std::collections::BTreeMap;
+//! them.
 
 use chrono::{NaiveDate, NaiveDateTime};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
@@ -13,14 +11,14 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, col, lit};
 
+use super::event_map::EventMap;
 use super::unit::UnitError;
-use crate::config::{BatchSize, Materialized, Pipeline};
+use crate::config::{Materialized, Pipeline};
 use crate::dag::Dag;
-use crate::describe::describe_datafusion;
 use crate::quarantine::QuarantineTable;
 use crate::store::{Location, StoreRegistry};
 use crate::table::view::ManifestStore;
-use crate::units::{Unit, UnitKind, period_name};
+use crate::units::{Unit, UnitKind};
 
 /// A literal for `t` of the event-time column's type, so the comparison needs no cast of the
 /// column (which would defeat pruning).
@@ -53,112 +51,23 @@ fn bound(t: NaiveDateTime, ty: &DataType) -> Expr {
     lit(value)
 }
 
-/// The earliest and latest event time over the given sources (`None` when they hold no
-/// rows), each value read as the instant it names (text with a UTC offset included), not
-/// compared as text. A row whose event time is NULL or not a timestamp would be in no unit:
-/// that is an error naming the source, the count and an example, never a silent loss.
-pub async fn event_range(
-    ctx: &SessionContext,
-    sources: &[(String, String)],
-) -> Result<Option<(NaiveDateTime, NaiveDateTime)>, String> {
-    let mut lo: Option<NaiveDateTime> = None;
-    let mut hi: Option<NaiveDateTime> = None;
-    for (table, column) in sources {
-        let sql = format!(
-            "SELECT MIN(t) AS lo, MAX(t) AS hi, COUNT(*) - COUNT(t) AS untimed, \
-                    MIN(CASE WHEN t IS NULL THEN CAST(raw AS VARCHAR) END) AS example \
-             FROM (SELECT TRY_CAST(\"{column}\" AS TIMESTAMP) AS t, \"{column}\" AS raw FROM \"{table}\")"
-        );
-        let batches = ctx
-            .sql(&sql)
-            .await
-            .map_err(|e| {
-                format!(
-                    "source '{table}': event_time '{column}': {}",
-                    describe_datafusion(&e)
-                )
-            })?
-            .collect()
-            .await
-            .map_err(|e| format!("source '{table}': {}", describe_datafusion(&e)))?;
-        let Some(b) = batches.iter().find(|b| b.num_rows() > 0) else {
-            continue;
-        };
-        let value =
-            |i: usize| ScalarValue::try_from_array(b.column(i), 0).map_err(|e| e.to_string());
-        let untimed = match value(2)? {
-            ScalarValue::Int64(Some(n)) => n,
-            _ => 0,
-        };
-        if untimed > 0 {
-            let example = match value(3)? {
-                ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
-                    format!("not a timestamp, e.g. {s:?}")
-                }
-                _ => "NULL".to_string(),
-            };
-            return Err(format!(
-                "source '{table}': {untimed} rows have no event time in '{column}' ({example}): \
-                 they would be in no work unit"
-            ));
-        }
-        for (i, slot) in [(0, &mut lo), (1, &mut hi)] {
-            if let ScalarValue::TimestampNanosecond(Some(ns), _) = value(i)? {
-                let t = chrono::DateTime::from_timestamp_nanos(ns).naive_utc();
-                *slot = Some(match (i, *slot) {
-                    (0, Some(x)) => x.min(t),
-                    (_, Some(x)) => x.max(t),
-                    (_, None) => t,
-                });
-            }
-        }
-    }
-    Ok(lo.zip(hi))
-}
-
-/// Rows per period (by period name) over the given sources' event-time columns.
-pub async fn rows_per_period(
-    ctx: &SessionContext,
-    sources: &[(String, String)],
-    size: BatchSize,
-) -> Result<BTreeMap<String, u64>, String> {
-    let mut out = BTreeMap::new();
-    for (table, column) in sources {
-        let sql = format!(
-            "SELECT date_trunc('{}', CAST(\"{column}\" AS TIMESTAMP)) AS p, COUNT(*) AS n FROM \"{table}\" GROUP BY 1",
-            size.name()
-        );
-        let batches = ctx
-            .sql(&sql)
-            .await
-            .map_err(|e| describe_datafusion(&e))?
-            .collect()
-            .await
-            .map_err(|e| describe_datafusion(&e))?;
-        for b in &batches {
-            for i in 0..b.num_rows() {
-                let p = ScalarValue::try_from_array(b.column(0), i).map_err(|e| e.to_string())?;
-                let n = ScalarValue::try_from_array(b.column(1), i).map_err(|e| e.to_string())?;
-                if let (
-                    ScalarValue::TimestampNanosecond(Some(ns), _),
-                    ScalarValue::Int64(Some(n)),
-                ) = (p, n)
-                {
-                    let t = chrono::DateTime::from_timestamp_nanos(ns).naive_utc();
-                    *out.entry(period_name(size, t)).or_insert(0) += n as u64;
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Distinguishes the URLs of per-unit file views.
 static FILE_VIEWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// The session one unit runs in, and the tables in it that read a share of a source's
+/// files under a location of their own (so the unit's rows read are counted to the source).
+pub struct UnitContext {
+    /// The session.
+    pub ctx: SessionContext,
+    /// `(source, location read)` of each source read through a share of its files.
+    pub shares: Vec<(String, ListingTableUrl)>,
+}
+
 /// A session for one unit: the engine's runtime (memory pool, stores) and tables, with the
 /// inputs the unit reads a slice of replaced by views of that slice, and the model's views
-/// planned again over them. The whole-model unit runs in the engine's own session.
+/// planned again over them. The whole-model unit runs in the engine's own session. `events`
+/// (for period units) says which files of a source hold rows of the unit's period.
+#[allow(clippy::too_many_arguments)]
 pub async fn unit_context(
     main: &SessionContext,
     stores: &StoreRegistry,
@@ -167,9 +76,14 @@ pub async fn unit_context(
     model: &str,
     sources: &[(String, String)],
     unit: &Unit,
-) -> Result<SessionContext, UnitError> {
+    events: Option<&EventMap>,
+) -> Result<UnitContext, UnitError> {
+    let mut shares = Vec::new();
     if unit.kind == UnitKind::Whole {
-        return Ok(main.clone());
+        return Ok(UnitContext {
+            ctx: main.clone(),
+            shares,
+        });
     }
     let ctx = crate::engine::sibling_context(main);
     if let Some(schema) = main.catalog("datafusion").and_then(|c| c.schema("public")) {
@@ -182,11 +96,14 @@ pub async fn unit_context(
     match &unit.kind {
         UnitKind::Whole => {}
         UnitKind::Files { source, files } => {
-            restrict_to_files(&ctx, stores, pipeline, source, files).await?;
+            shares.extend(restrict_to_files(&ctx, stores, pipeline, source, files).await?);
         }
         UnitKind::Period { start, end } => {
             for (table, column) in sources {
-                filter_to_period(&ctx, main, table, column, *start, *end).await?;
+                if let Some(files) = events.and_then(|e| e.files_of(table, *start)) {
+                    shares.extend(restrict_to_files(&ctx, stores, pipeline, table, &files).await?);
+                }
+                filter_to_period(&ctx, table, column, *start, *end).await?;
             }
         }
         UnitKind::KeyBucket { bucket, buckets } => {
@@ -206,7 +123,37 @@ pub async fn unit_context(
             replace_table(&ctx, name, df)?;
         }
     }
-    Ok(ctx)
+    Ok(UnitContext { ctx, shares })
+}
+
+/// A session of its own in which `source` reads only `files` (with the source's schema).
+pub struct FileShare {
+    /// The session.
+    pub ctx: SessionContext,
+}
+
+impl FileShare {
+    /// `source` of `main` restricted to `files`, in a session of its own.
+    pub async fn new(
+        main: &SessionContext,
+        stores: &StoreRegistry,
+        pipeline: &Pipeline,
+        source: &str,
+        files: &[object_store::ObjectMeta],
+    ) -> Result<FileShare, UnitError> {
+        let ctx = crate::engine::sibling_context(main);
+        let provider = main.table_provider(source).await.map_err(err)?;
+        ctx.register_table(source, provider).map_err(err)?;
+        restrict_to_files(&ctx, stores, pipeline, source, files).await?;
+        Ok(FileShare { ctx })
+    }
+
+    /// What the share's quarantine scan set aside and read, when `source` is quarantined.
+    pub async fn rejects(&self, source: &str) -> Option<crate::quarantine::SourceRejects> {
+        let provider = self.ctx.table_provider(source).await.ok()?;
+        let table = provider.downcast_ref::<QuarantineTable>()?;
+        Some(table.sink.take())
+    }
 }
 
 fn err(e: DataFusionError) -> UnitError {
@@ -220,15 +167,17 @@ fn replace_table(ctx: &SessionContext, name: &str, df: DataFrame) -> Result<(), 
     Ok(())
 }
 
-/// The input source over exactly this unit's files: a view of its store that holds them,
-/// under a URL of its own, read with the source's own options and partitions.
+/// The input source over exactly these files (a unit's share): the same table over them if
+/// it is quarantined, else a view of its store that holds them, under a URL of its own
+/// (returned, to count what is read there to the source), read with the source's own
+/// options, partitions and schema. No files: an empty table of the source's schema.
 async fn restrict_to_files(
     ctx: &SessionContext,
     stores: &StoreRegistry,
     pipeline: &Pipeline,
     source: &str,
     files: &[object_store::ObjectMeta],
-) -> Result<(), UnitError> {
+) -> Result<Option<(String, ListingTableUrl)>, UnitError> {
     let spec = pipeline
         .sources
         .get(source)
@@ -239,7 +188,14 @@ async fn restrict_to_files(
         let subset = std::sync::Arc::new(table.subset(files.to_vec()));
         ctx.deregister_table(source).map_err(err)?;
         ctx.register_table(source, subset).map_err(err)?;
-        return Ok(());
+        return Ok(None);
+    }
+    if files.is_empty() {
+        let empty = datafusion::datasource::empty::EmptyTable::new(provider.schema());
+        ctx.deregister_table(source).map_err(err)?;
+        ctx.register_table(source, std::sync::Arc::new(empty))
+            .map_err(err)?;
+        return Ok(None);
     }
     let table_url = ListingTableUrl::parse(&spec.location).map_err(err)?;
     let location =
@@ -261,28 +217,31 @@ async fn restrict_to_files(
     stores.insert(&url, std::sync::Arc::new(view));
     let prefix = table_url.prefix().as_ref();
     let mut unit_spec = spec.clone();
+    let tail = spec.location.rsplit_once('/').map_or("", |(_, t)| t);
     unit_spec.location = if spec.location.ends_with('/') || prefix.is_empty() {
         format!("{view_url}{prefix}/")
-    } else {
-        // A single file or a glob: keep the pattern after the prefix.
-        let tail = spec.location.rsplit_once('/').map_or("", |(_, t)| t);
+    } else if tail.contains(['*', '?', '[']) {
+        // A glob: keep the pattern after the prefix.
         format!("{view_url}{prefix}/{tail}")
+    } else {
+        // A single file: its prefix is its path.
+        format!("{view_url}{prefix}")
     };
-    crate::catalog::register_table(ctx, stores, &unit_spec).await?;
-    Ok(())
+    crate::catalog::register_share(ctx, stores, &unit_spec, provider.schema()).await?;
+    let read_at = ListingTableUrl::parse(&unit_spec.location).map_err(err)?;
+    Ok(Some((source.to_string(), read_at)))
 }
 
-/// `table` (an event-time source of `main`) replaced in `ctx` by its rows whose `column` is in
+/// `table` (an event-time source) replaced in `ctx` by its rows whose `column` is in
 /// `[start, end)`.
 async fn filter_to_period(
     ctx: &SessionContext,
-    main: &SessionContext,
     table: &str,
     column: &str,
     start: NaiveDateTime,
     end: NaiveDateTime,
 ) -> Result<(), UnitError> {
-    let df = main.table(table).await.map_err(err)?;
+    let df = ctx.table(table).await.map_err(err)?;
     let mut ty = df
         .schema()
         .field_with_unqualified_name(column)

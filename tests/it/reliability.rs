@@ -121,9 +121,10 @@ fn text_event_times_with_offsets_and_either_separator_are_all_placed() {
     );
     let (_, report) = run_with_report(dir.path(), &[], 0);
     let model = report_model(&report, "daily");
-    // (Each unit scans the whole CSV and filters it, so rows_in counts the 4 rows twice: that
-    // is issue 11 #6, not fixed yet.)
     assert_eq!(model["rows_out"], 4, "{model}");
+    // Each row counted once, though both units read the one file.
+    assert_eq!(model["rows_in"], 4, "{model}");
+    assert_eq!(model["rows_filtered"], 0, "{model}");
     // Days 1 and 2 (UTC): two units.
     assert_eq!(model["units_total"], 2, "{model}");
 }
@@ -213,6 +214,88 @@ async fn under_quarantine_rows_without_an_event_time_are_quarantined() {
         "{}",
         run.stderr
     );
+}
+
+/// Time units over a quarantined source read only the files holding rows of their period,
+/// and count each row once: the source's bad-row ratio is over its true rows, `rows_in` is
+/// the rows there are, and each unit's is its period's (before, every unit read every file:
+/// 10 units made 16.7 % bad rows pass a 10 % limit, and `rows_in` was 102 for 12 rows).
+#[test]
+fn time_units_over_a_quarantined_source_count_each_row_once() {
+    let mut b = OneModel::new("events", "daily")
+        .source_toml(
+            "format = \"csv\"\nschema = \"id INT, ts VARCHAR\"\nevent_time = \"ts\"\n\
+             on_bad_rows = \"quarantine\"\nmax_bad_ratio = 0.1",
+        )
+        .query("SELECT id, ts FROM events")
+        .sink_toml("[models.daily.batches]\nsize = \"day\"");
+    let mut id = 0;
+    for day in 1..=5 {
+        let mut csv = String::from("id,ts\n");
+        for _ in 0..2 {
+            id += 1;
+            csv.push_str(&format!("{id},2024-01-0{day} 10:00:00\n"));
+        }
+        if day == 2 {
+            csv.push_str("x,2024-01-02 11:00:00\ny,2024-01-02 12:00:00\n");
+        }
+        b = b.file(&format!("d{day}.csv"), csv);
+    }
+    // A file with rows of the first and the last day: read by those two units only.
+    b = b.file(
+        "span.csv",
+        "id,ts\n100,2024-01-01 23:00:00\n101,2024-01-05 01:00:00\n",
+    );
+    let dir = b.build();
+    // 2 bad rows of 14: 14.3 %, over 10 %.
+    let (run, report) = run_with_report(dir.path(), &[], 1);
+    assert!(
+        run.stderr.contains("source 'events': 2 bad rows"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(report_model(&report, "daily")["rows_rejected"], 2);
+    assert!(!dir.path().join("out/daily/_MANIFEST").exists());
+    let toml = dir.path().join("sluice.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(
+        &toml,
+        text.replace("max_bad_ratio = 0.1", "max_bad_ratio = 0.2"),
+    )
+    .unwrap();
+    let (_, report) = run_with_report(dir.path(), &[], 0);
+    let model = report_model(&report, "daily");
+    assert_eq!(
+        (
+            model["rows_in"].as_u64(),
+            model["rows_out"].as_u64(),
+            model["rows_rejected"].as_u64()
+        ),
+        (Some(14), Some(12), Some(2)),
+        "{model}"
+    );
+    assert_eq!(model["rows_in_by_source"]["events"], 14, "{model}");
+    assert_eq!(
+        model["row_balance"], "14 in = 12 out + 0 filtered + 2 rejected",
+        "{model}"
+    );
+    let per_unit: Vec<(String, u64)> = model["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["unit"].as_str().unwrap().to_string(),
+                u["rows_in"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, u64)> = [3, 2, 2, 2, 3]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("2024-01-0{}", i + 1), *n))
+        .collect();
+    assert_eq!(per_unit, want);
 }
 
 /// SIGTERM and SIGINT stop a run the way an operator expects: running units cancelled, the run

@@ -1,0 +1,233 @@
+//! Where a time-batched model's input rows fall in time, read once when its units are
+//! planned: the rows of each period per event-time source (the units, and each unit's true
+//! rows in), and, for sources whose files hold no statistics to prune by (CSV, JSON), the
+//! periods each file holds rows of, so a unit reads only the files of its period instead of
+//! every file.
+//!
+//! A row whose event time is NULL or not a timestamp would be in no unit: that is an error
+//! naming the source, the count and an example, never a silent loss (a quarantined source
+//! sets such rows aside as it reads them).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::NaiveDateTime;
+use datafusion::common::ScalarValue;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use object_store::ObjectMeta;
+
+use crate::config::{BatchSize, Format, Pipeline};
+use crate::describe::describe_datafusion;
+use crate::quarantine::{QuarantineTable, SourceRejects};
+use crate::store::StoreRegistry;
+
+/// Where the rows of a model's event-time sources fall in time.
+#[derive(Debug, Default)]
+pub struct EventMap {
+    /// Rows per period (by its first instant), per source.
+    pub rows: BTreeMap<String, BTreeMap<NaiveDateTime, u64>>,
+    /// Per source read file by file: each file, with the periods it holds rows of.
+    pub files: BTreeMap<String, Vec<(ObjectMeta, BTreeSet<NaiveDateTime>)>>,
+    /// What reading the quarantined sources set aside: every file of theirs was read here.
+    pub rejects: Vec<(String, SourceRejects)>,
+}
+
+/// What one read (of a file, or of a whole source) found.
+#[derive(Default)]
+struct Found {
+    rows: BTreeMap<NaiveDateTime, u64>,
+    untimed: u64,
+    example: Option<String>,
+}
+
+impl EventMap {
+    /// Reads the event-time column of each of `sources` (`(table, column)`), by periods of
+    /// `size`.
+    pub async fn build(
+        main: &SessionContext,
+        stores: &StoreRegistry,
+        pipeline: &Pipeline,
+        sources: &[(String, String)],
+        size: BatchSize,
+    ) -> Result<EventMap, String> {
+        let mut map = EventMap::default();
+        for (table, column) in sources {
+            let by_file = pipeline
+                .sources
+                .get(table)
+                .is_some_and(|s| matches!(s.format, Format::Csv | Format::Json));
+            let mut found = Found::default();
+            if by_file {
+                let files = source_files(main, stores, pipeline, table).await?;
+                let parallel = main.copied_config().target_partitions().max(1);
+                let reads: Vec<_> = futures::stream::iter(files)
+                    .map(|file| async move {
+                        let share = super::unit_context::FileShare::new(
+                            main,
+                            stores,
+                            pipeline,
+                            table,
+                            std::slice::from_ref(&file),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                        let got = periods(&share.ctx, table, column, size).await?;
+                        Ok::<_, String>((file, got, share.rejects(table).await))
+                    })
+                    .buffer_unordered(parallel)
+                    .collect()
+                    .await;
+                let mut files = Vec::new();
+                let mut rejects = SourceRejects::default();
+                for read in reads {
+                    let (file, got, quarantined) = read?;
+                    files.push((file, got.rows.keys().copied().collect()));
+                    found.merge(got);
+                    if let Some(q) = quarantined {
+                        rejects.merge(q);
+                    }
+                }
+                files.sort_by(|a: &(ObjectMeta, _), b| a.0.location.cmp(&b.0.location));
+                map.files.insert(table.clone(), files);
+                map.rejects.push((table.clone(), rejects));
+            } else {
+                found = periods(main, table, column, size).await?;
+            }
+            if found.untimed > 0 {
+                let example = match found.example {
+                    Some(s) => format!("not a timestamp, e.g. {s:?}"),
+                    None => "NULL".to_string(),
+                };
+                return Err(format!(
+                    "source '{table}': {} rows have no event time in '{column}' ({example}): \
+                     they would be in no work unit",
+                    found.untimed
+                ));
+            }
+            map.rows.insert(table.clone(), found.rows);
+        }
+        Ok(map)
+    }
+
+    /// The first and the last period holding rows, over every source.
+    pub fn range(&self) -> Option<(NaiveDateTime, NaiveDateTime)> {
+        let all = self.rows.values().flat_map(|r| r.keys());
+        let lo = all.clone().min()?;
+        let hi = all.max()?;
+        Some((*lo, *hi))
+    }
+
+    /// Rows of `source` in the period starting at `start`.
+    pub fn rows_in(&self, source: &str, start: NaiveDateTime) -> u64 {
+        self.rows
+            .get(source)
+            .and_then(|r| r.get(&start))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Rows in the period starting at `start`, over every source.
+    pub fn rows_of_period(&self, start: NaiveDateTime) -> u64 {
+        self.rows.keys().map(|s| self.rows_in(s, start)).sum()
+    }
+
+    /// The files of `source` holding rows of the period starting at `start`; `None` when
+    /// the source is not read file by file (every unit reads all of it, pruned by its
+    /// filter).
+    pub fn files_of(&self, source: &str, start: NaiveDateTime) -> Option<Vec<ObjectMeta>> {
+        let files = self.files.get(source)?;
+        Some(
+            files
+                .iter()
+                .filter(|(_, periods)| periods.contains(&start))
+                .map(|(f, _)| f.clone())
+                .collect(),
+        )
+    }
+}
+
+impl Found {
+    fn merge(&mut self, other: Found) {
+        for (p, n) in other.rows {
+            *self.rows.entry(p).or_default() += n;
+        }
+        self.untimed += other.untimed;
+        if self.example.is_none() {
+            self.example = other.example;
+        }
+    }
+}
+
+/// The files `table` reads: a quarantined source's own list, else its listing.
+async fn source_files(
+    main: &SessionContext,
+    stores: &StoreRegistry,
+    pipeline: &Pipeline,
+    table: &str,
+) -> Result<Vec<ObjectMeta>, String> {
+    if let Ok(provider) = main.table_provider(table).await
+        && let Some(q) = provider.downcast_ref::<QuarantineTable>()
+    {
+        return Ok(q.files().to_vec());
+    }
+    let spec = pipeline
+        .sources
+        .get(table)
+        .ok_or_else(|| format!("unknown source '{table}'"))?;
+    crate::catalog::list_source_files(main, stores, spec)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Rows per period of `table`'s `column` in `ctx`, each value read as the instant it names
+/// (text with a UTC offset included), and the rows with none.
+async fn periods(
+    ctx: &SessionContext,
+    table: &str,
+    column: &str,
+    size: BatchSize,
+) -> Result<Found, String> {
+    let sql = format!(
+        "SELECT date_trunc('{}', t) AS p, COUNT(*) AS n, \
+                MIN(CASE WHEN t IS NULL AND raw IS NOT NULL THEN CAST(raw AS VARCHAR) END) AS example \
+         FROM (SELECT TRY_CAST(\"{column}\" AS TIMESTAMP) AS t, \"{column}\" AS raw FROM \"{table}\") \
+         GROUP BY 1",
+        size.name()
+    );
+    let context = |e: datafusion::error::DataFusionError| {
+        format!(
+            "source '{table}': event_time '{column}': {}",
+            describe_datafusion(&e)
+        )
+    };
+    let batches = ctx
+        .sql(&sql)
+        .await
+        .map_err(context)?
+        .collect()
+        .await
+        .map_err(context)?;
+    let mut found = Found::default();
+    for b in &batches {
+        for i in 0..b.num_rows() {
+            let value =
+                |c: usize| ScalarValue::try_from_array(b.column(c), i).map_err(|e| e.to_string());
+            let ScalarValue::Int64(Some(n)) = value(1)? else {
+                continue;
+            };
+            match value(0)? {
+                ScalarValue::TimestampNanosecond(Some(ns), _) => {
+                    let t = chrono::DateTime::from_timestamp_nanos(ns).naive_utc();
+                    *found.rows.entry(t).or_default() += n as u64;
+                }
+                _ => {
+                    found.untimed += n as u64;
+                    if let ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) = value(2)? {
+                        found.example = Some(s);
+                    }
+                }
+            }
+        }
+    }
+    Ok(found)
+}
