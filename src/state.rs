@@ -168,6 +168,10 @@ pub struct UnitRecord {
     pub files: Vec<crate::table::StagedFile>,
     /// Why its last attempt failed.
     pub error: Option<String>,
+    /// What it read, as a hash of its input files' versions (path, size, modification
+    /// time, etag) and of the upstream outputs' versions: a resumed run keeps the unit only
+    /// if its inputs are still these.
+    pub inputs: String,
 }
 
 /// One row of the run ledger, as `sluice runs` prints it.
@@ -253,7 +257,7 @@ impl StateStore {
                  rows_in INTEGER NOT NULL DEFAULT 0, rows_out INTEGER NOT NULL DEFAULT 0,
                  started_at TEXT, finished_at TEXT, elapsed_ms INTEGER NOT NULL DEFAULT 0,
                  peak_memory INTEGER NOT NULL DEFAULT 0, spilled_bytes INTEGER NOT NULL DEFAULT 0,
-                 files TEXT NOT NULL DEFAULT '[]', error TEXT,
+                 files TEXT NOT NULL DEFAULT '[]', error TEXT, inputs TEXT NOT NULL DEFAULT '',
                  PRIMARY KEY (run_id, model, unit));
              CREATE TABLE IF NOT EXISTS checks (
                  run_id TEXT NOT NULL, model TEXT NOT NULL, position INTEGER NOT NULL,
@@ -266,6 +270,13 @@ impl StateStore {
                  acquired_at TEXT NOT NULL, heartbeat_at TEXT NOT NULL);",
         )
         .map_err(|e| err(&e))?;
+        // A database from before units recorded their inputs: add the column (empty: such a
+        // unit is never kept, as its inputs are unknown).
+        let has_inputs = conn.prepare("SELECT inputs FROM units LIMIT 0").is_ok();
+        if !has_inputs {
+            conn.execute_batch("ALTER TABLE units ADD COLUMN inputs TEXT NOT NULL DEFAULT ''")
+                .map_err(|e| err(&e))?;
+        }
         let version: Option<i64> = conn
             .query_row(
                 "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -460,8 +471,9 @@ impl StateStore {
         self.with(|c| {
             c.execute(
                 "INSERT OR REPLACE INTO units (run_id, model, unit, status, attempts, rows_in, rows_out,
-                     started_at, finished_at, elapsed_ms, peak_memory, spilled_bytes, files, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                     started_at, finished_at, elapsed_ms, peak_memory, spilled_bytes, files, error,
+                     inputs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 params![
                     run_id,
                     model,
@@ -476,7 +488,8 @@ impl StateStore {
                     u.peak_memory as i64,
                     u.spilled_bytes as i64,
                     files,
-                    u.error
+                    u.error,
+                    u.inputs
                 ],
             )
             .map(|_| ())
@@ -488,7 +501,7 @@ impl StateStore {
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT unit, status, attempts, rows_in, rows_out, started_at, finished_at, elapsed_ms,
-                        peak_memory, spilled_bytes, files, error
+                        peak_memory, spilled_bytes, files, error, inputs
                  FROM units WHERE run_id = ?1 AND model = ?2 AND status = 'done'",
             )?;
             let rows = stmt.query_map(params![run_id, model], |r| {
@@ -516,6 +529,7 @@ impl StateStore {
                     spilled_bytes: r.get::<_, i64>(9)? as u64,
                     files,
                     error: r.get(11)?,
+                    inputs: r.get(12)?,
                 })
             })?;
             rows.collect()
@@ -832,6 +846,7 @@ mod tests {
             spilled_bytes: 0,
             files: Vec::new(),
             error: None,
+            inputs: "abc".into(),
         };
         s.record_unit("r1", "m", &unit).unwrap();
         assert_eq!(s.done_units("r1", "m").unwrap(), vec![unit]);

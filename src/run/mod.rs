@@ -130,7 +130,7 @@ pub async fn run(
     if let Some(old) = taken_over {
         tracing::warn!("took over the lock of run {old}, whose process is gone");
     }
-    let fingerprint = resume::fingerprint(&prepared, opts).await?;
+    let fingerprint = resume::fingerprint(&prepared, opts);
     if !opts.restart
         && let Some(old) = state.resumable_run(&pipeline, &fingerprint)?
     {

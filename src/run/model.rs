@@ -37,17 +37,18 @@ pub(super) async fn run_table_model(
     report: &mut ModelReport,
 ) -> Result<(), Error> {
     let run = ModelRun::prepare(cx, name, schema).await?;
-    if run.already_published(report).await? || run.already_appended(report).await? {
-        return Ok(());
-    }
     let plan = plan_units(cx.engine, cx.pipeline, cx.dag, run.model)
         .await
         .map_err(|e| run.error(e))?;
+    let inputs = resume::unit_inputs(cx, name, &plan).await?;
+    if run.already_published(&inputs, report).await? || run.already_appended(report).await? {
+        return Ok(());
+    }
     let units = &plan.units;
-    let kept = resume::kept_units(cx, name, units, &run.output).await?;
+    let kept = resume::kept_units(cx, name, units, &inputs, &run.output).await?;
     let all_ran_now = kept.is_empty();
     let (records, scanned, mut unit_rejects) = run
-        .run_units(units, plan.events.as_ref(), kept, report)
+        .run_units(units, plan.events.as_ref(), &inputs, kept, report)
         .await?;
     // Planning time units read every file of a quarantined source.
     if let Some(events) = plan.events {
@@ -123,13 +124,31 @@ impl<'a> ModelRun<'a> {
     }
 
     /// Whether a resumed run already published this model; then nothing is redone, and the
-    /// report says what that publish wrote.
-    async fn already_published(&self, report: &mut ModelReport) -> Result<bool, Error> {
+    /// report says what that publish wrote. Unless a unit's `inputs` changed since (a file
+    /// corrected after the run was killed): then the model runs again, keeping the units
+    /// whose inputs did not change (an append is never applied twice: it stays published).
+    async fn already_published(
+        &self,
+        inputs: &BTreeMap<String, String>,
+        report: &mut ModelReport,
+    ) -> Result<bool, Error> {
         let cx = self.cx;
         let Some(m) = &self.existing.manifest else {
             return Ok(false);
         };
         if m.run_id != cx.run_id {
+            return Ok(false);
+        }
+        let done = cx
+            .state
+            .map(|s| s.done_units(cx.run_id, &self.model.name))
+            .transpose()?
+            .unwrap_or_default();
+        let recorded: BTreeMap<&String, &String> =
+            done.iter().map(|u| (&u.unit, &u.inputs)).collect();
+        let current: BTreeMap<&String, &String> = inputs.iter().collect();
+        if self.spec.mode != WriteMode::Append && recorded != current {
+            tracing::warn!(model = %self.model.name, "published by this run, but its inputs changed since: running it again");
             return Ok(false);
         }
         tracing::info!(model = %self.model.name, "already published by this run");
@@ -151,11 +170,6 @@ impl<'a> ModelRun<'a> {
                 )
             })
             .collect();
-        let done = cx
-            .state
-            .map(|s| s.done_units(cx.run_id, &self.model.name))
-            .transpose()?
-            .unwrap_or_default();
         report.units_total = done.len() as u64;
         report.units_done = done.len() as u64;
         report.rows_in = done.iter().map(|u| u.rows_in).sum();
@@ -194,6 +208,7 @@ impl<'a> ModelRun<'a> {
         &self,
         units: &[Unit],
         events: Option<&super::event_map::EventMap>,
+        inputs: &BTreeMap<String, String>,
         kept: BTreeMap<String, UnitRecord>,
         report: &mut ModelReport,
     ) -> Result<(Vec<UnitRecord>, Option<ScanRows>, UnitRejects), Error> {
@@ -219,6 +234,7 @@ impl<'a> ModelRun<'a> {
             output: &self.output,
             event_sources: &event_sources,
             events,
+            inputs,
             stop: &stop,
         };
         let results: Vec<Result<UnitDone, UnitFailure>> = futures::stream::iter(pending)

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::prepare::Prepared;
+use super::unit::UnitPlan;
 use super::{RunCx, RunOptions};
 use crate::config::{BatchSize, KeyBuckets, ModelConfig, SinkConfig, SourceConfig};
 use crate::engine::Engine;
@@ -13,21 +14,19 @@ use crate::error::Error;
 use crate::state::UnitRecord;
 use crate::store::Location;
 use crate::table::Output;
-use crate::units::Unit;
+use crate::units::{Unit, UnitKind};
 
 /// What a run does, as [`fingerprint`] hashes it: the selection and the variables, for each
 /// selected model its rendered SQL, sink and work units, the SQL of the models upstream
-/// (views are inlined into it) and the full definition of the sources it reads; and the
-/// files those sources hold (path, size, modification time, etag), so that a run whose
-/// inputs changed since it was killed (a late file, a corrected one) is not resumed with
-/// units computed from the old data. Serialised as JSON, so every field counts and none is
-/// left out by a hand-written format.
+/// (views are inlined into it) and the full definition of the sources it reads. Serialised
+/// as JSON, so every field counts and none is left out by a hand-written format. (The data
+/// is not in it: a resumed run keeps a unit only if the files it read are unchanged, see
+/// [`unit_inputs`].)
 #[derive(Serialize)]
 struct Work<'a> {
     selected: &'a [String],
     vars: &'a BTreeMap<String, String>,
     models: Vec<ModelWork<'a>>,
-    inputs: BTreeMap<String, Vec<InputFile>>,
 }
 
 /// One file of a source, as [`Work`] records it.
@@ -48,21 +47,9 @@ struct ModelWork<'a> {
 }
 
 /// What a run does, as a hash of its [`Work`]. A run is only resumed by a run with the same
-/// fingerprint. Lists the files of every source the selected models read.
-pub(super) async fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> Result<String, Error> {
+/// fingerprint.
+pub(super) fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> String {
     let (dag, pipeline) = (&prepared.dag, &prepared.pipeline);
-    let mut inputs = BTreeMap::new();
-    for name in &prepared.selected {
-        for source in dag.sources_read(name) {
-            if inputs.contains_key(&source) {
-                continue;
-            }
-            let Some(spec) = pipeline.sources.get(&source) else {
-                continue;
-            };
-            inputs.insert(source, source_files(&prepared.engine, spec).await?);
-        }
-    }
     let models = prepared
         .selected
         .iter()
@@ -104,13 +91,104 @@ pub(super) async fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> Resul
         selected: &prepared.selected,
         vars: &opts.vars,
         models,
-        inputs,
     };
     let Ok(text) = serde_json::to_string(&work) else {
         // (Cannot happen with these types.) A fingerprint no other run has: nothing resumes.
-        return Ok(crate::table::new_run_id());
+        return crate::table::new_run_id();
     };
-    Ok(format!("{:016x}", crate::units::stable_hash(&text)))
+    format!("{:016x}", crate::units::stable_hash(&text))
+}
+
+/// What one unit reads, as [`unit_inputs`] hashes it: the versions of the source files it
+/// reads (a by-file unit its files, a period unit the files holding rows of its period where
+/// the source was read file by file, other units every file) and of the outputs upstream.
+#[derive(Serialize)]
+struct UnitInputs<'a> {
+    sources: BTreeMap<&'a str, Vec<&'a InputFile>>,
+    upstream: &'a BTreeMap<String, Option<(String, Vec<String>)>>,
+}
+
+/// Each unit's inputs, by unit name, as a hash: a resumed run keeps a committed unit only if
+/// its inputs are unchanged (a late file, a corrected one, an upstream output published
+/// again make the units that read them run again; the others are kept).
+pub(super) async fn unit_inputs(
+    cx: &RunCx<'_>,
+    model: &str,
+    plan: &UnitPlan,
+) -> Result<BTreeMap<String, String>, Error> {
+    let (read, tables) = cx.dag.inputs_of(model);
+    let mut files: BTreeMap<String, Vec<InputFile>> = BTreeMap::new();
+    for source in read {
+        if let Some(spec) = cx.pipeline.sources.get(&source) {
+            files.insert(source, source_files(cx.engine, spec).await?);
+        }
+    }
+    let upstream = upstream_versions(cx, model, tables).await?;
+    let mut out = BTreeMap::new();
+    for unit in &plan.units {
+        let mut sources: BTreeMap<&str, Vec<&InputFile>> = files
+            .iter()
+            .map(|(s, f)| (s.as_str(), f.iter().collect()))
+            .collect();
+        let share = match &unit.kind {
+            UnitKind::Files { source, files } => Some((source.clone(), files.clone())),
+            _ => None,
+        };
+        let mut shares: Vec<(String, Vec<object_store::ObjectMeta>)> = share.into_iter().collect();
+        if let (UnitKind::Period { start, .. }, Some(events)) = (&unit.kind, &plan.events) {
+            for source in files.keys() {
+                if let Some(f) = events.files_of(source, *start) {
+                    shares.push((source.clone(), f));
+                }
+            }
+        }
+        for (source, share) in &shares {
+            let mine: BTreeSet<String> = share.iter().map(|m| m.location.to_string()).collect();
+            if let Some(all) = files.get(source) {
+                sources.insert(
+                    source.as_str(),
+                    all.iter().filter(|f| mine.contains(&f.0)).collect(),
+                );
+            }
+        }
+        let inputs = UnitInputs {
+            sources,
+            upstream: &upstream,
+        };
+        let text = serde_json::to_string(&inputs).unwrap_or_default();
+        out.insert(
+            unit.name.clone(),
+            format!("{:016x}", crate::units::stable_hash(&text)),
+        );
+    }
+    Ok(out)
+}
+
+/// The published version (run id and files) of each table model in `tables`, as `model`
+/// reads them.
+async fn upstream_versions(
+    cx: &RunCx<'_>,
+    model: &str,
+    tables: impl IntoIterator<Item = String>,
+) -> Result<BTreeMap<String, Option<(String, Vec<String>)>>, Error> {
+    let mut upstream = BTreeMap::new();
+    for table in tables {
+        let Some(m) = cx.pipeline.models.get(&table) else {
+            continue;
+        };
+        let location = Location::parse(&m.sink.location)?.as_folder();
+        let store = cx.engine.stores().store_for(&location)?;
+        let manifest = Output::new(store, location)
+            .read_manifest()
+            .await
+            .map_err(|e| Error::Model {
+                model: model.to_string(),
+                message: format!("cannot read {}: {}", e.key, e.message),
+            })?;
+        let version = manifest.map(|m| (m.run_id, m.files.into_iter().map(|f| f.path).collect()));
+        upstream.insert(table, version);
+    }
+    Ok(upstream)
 }
 /// The files of a source, as [`Work`] records them.
 async fn source_files(engine: &Engine, spec: &SourceConfig) -> Result<Vec<InputFile>, Error> {
@@ -162,23 +240,7 @@ pub(super) async fn append_identity(cx: &RunCx<'_>, model: &ModelConfig) -> Resu
                 sources.insert(source, source_files(cx.engine, spec).await?);
             }
         }
-        for table in tables {
-            let Some(m) = cx.pipeline.models.get(&table) else {
-                continue;
-            };
-            let location = Location::parse(&m.sink.location)?.as_folder();
-            let store = cx.engine.stores().store_for(&location)?;
-            let manifest = Output::new(store, location)
-                .read_manifest()
-                .await
-                .map_err(|e| Error::Model {
-                    model: model.name.clone(),
-                    message: format!("cannot read {}: {}", e.key, e.message),
-                })?;
-            let version =
-                manifest.map(|m| (m.run_id, m.files.into_iter().map(|f| f.path).collect()));
-            upstream.insert(table, version);
-        }
+        upstream = upstream_versions(cx, &model.name, tables).await?;
     }
     let append = Append {
         model: &model.name,
@@ -196,8 +258,8 @@ pub(super) async fn append_identity(cx: &RunCx<'_>, model: &ModelConfig) -> Resu
 }
 
 /// The units of `model` that this run (a resumed one) already committed and that it keeps,
-/// by name: those of the current plan whose recorded files are all still there (in staging,
-/// or already moved by an interrupted publish). The staging leftovers of every other unit
+/// by name: those of the current plan whose `inputs` are unchanged and whose recorded files
+/// are all still there (in staging, or already moved by an interrupted publish). The staging leftovers of every other unit
 /// are removed first, so those run again from nothing.
 /// (A kept unit's bad rows still count: the model reads again, for its rejects, the files
 /// of a quarantined source that no unit of this process read.)
@@ -205,18 +267,26 @@ pub(super) async fn kept_units(
     cx: &RunCx<'_>,
     model: &str,
     units: &[Unit],
+    inputs: &BTreeMap<String, String>,
     output: &Output,
 ) -> Result<BTreeMap<String, UnitRecord>, Error> {
     let planned: BTreeSet<&str> = units.iter().map(|u| u.name.as_str()).collect();
-    let mut done: BTreeMap<String, UnitRecord> = cx
+    let mut done: BTreeMap<String, UnitRecord> = BTreeMap::new();
+    let recorded = cx
         .state
         .map(|s| s.done_units(cx.run_id, model))
         .transpose()?
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|u| planned.contains(u.unit.as_str()))
-        .map(|u| (u.unit.clone(), u))
-        .collect();
+        .unwrap_or_default();
+    for u in recorded {
+        if !planned.contains(u.unit.as_str()) {
+            continue;
+        }
+        if u.inputs.is_empty() || inputs.get(&u.unit) != Some(&u.inputs) {
+            tracing::warn!(model = %model, unit = %u.unit, "its input files changed since it ran: running it again");
+            continue;
+        }
+        done.insert(u.unit.clone(), u);
+    }
     for u in units.iter().filter(|u| !done.contains_key(&u.name)) {
         let _ = output.discard_staging(cx.run_id, Some(&u.key())).await;
     }

@@ -196,6 +196,8 @@ pub(super) struct UnitJob<'a> {
     pub(super) event_sources: &'a [(String, String)],
     /// Where its input rows fall in time (a time-batched model).
     pub(super) events: Option<&'a EventMap>,
+    /// Each unit's inputs (by name), recorded with it.
+    pub(super) inputs: &'a std::collections::BTreeMap<String, String>,
     /// Set once a unit has failed for good: the model fails, so the units not started yet
     /// are not started, and running ones make no further attempt.
     pub(super) stop: &'a AtomicBool,
@@ -259,6 +261,7 @@ pub(super) async fn run_unit(
             spilled_bytes: 0,
             files: Vec::new(),
             error: None,
+            inputs: job.inputs.get(&unit.name).cloned().unwrap_or_default(),
         };
         if let Some(state) = cx.state {
             let _ = state.record_unit(cx.run_id, &model.name, &record);

@@ -50,11 +50,12 @@ fn a_unit_that_fails_for_good_stops_the_models_other_units() {
 }
 
 /// A run whose inputs changed after it was stopped (a file corrected, a late file that
-/// sorts first and shifts the unit plan) is not resumed with units computed from the old
-/// data: the rerun recomputes from the current files and publishes every row exactly once
-/// (before, it kept the old units: day 1's old values were published, one unit's rows were
-/// lost and another's doubled). Unit staging names carry the unit's key, not its position,
-/// and a version that would list a path twice is refused, as further defences.
+/// sorts first and shifts the unit plan) is resumed keeping only the units whose input files
+/// are unchanged: a unit that read a corrected file runs again, and says so, and every row
+/// is published exactly once (before, it kept the old units: day 1's old values were
+/// published, one unit's rows were lost and another's doubled). Unit staging names carry the
+/// unit's key, not its position, and a version that would list a path twice is refused, as
+/// further defences.
 #[tokio::test]
 async fn a_rerun_after_the_inputs_changed_neither_loses_nor_doubles_nor_keeps_old_rows() {
     let dir = OneModel::new("events", "daily")
@@ -73,7 +74,14 @@ async fn a_rerun_after_the_inputs_changed_neither_loses_nor_doubles_nor_keeps_ol
     std::fs::write(d.join("data/2024-01-01.csv"), "id,n\n1,11\n2,22\n").unwrap();
     std::fs::write(d.join("data/2024-01-00.csv"), "id,n\n0,0\n").unwrap();
     let (run, report) = run_with_report(d, &[], 0);
-    assert!(!run.stderr.contains("resuming run"), "{}", run.stderr);
+    assert!(run.stderr.contains("resuming run"), "{}", run.stderr);
+    let changed: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("its input files changed since it ran"))
+        .collect();
+    assert_eq!(changed.len(), 1, "{}", run.stderr);
+    assert!(changed[0].contains("unit=2024-01-01.csv"), "{}", run.stderr);
     let model = report_model(&report, "daily");
     assert_eq!(model["units_total"], 4, "{model}");
     assert_eq!(model["rows_out"], 7, "{model}");
@@ -98,6 +106,44 @@ async fn a_rerun_after_the_inputs_changed_neither_loses_nor_doubles_nor_keeps_ol
     let mut unique = manifest.clone();
     unique.dedup();
     assert_eq!(manifest, unique, "the manifest lists a path twice");
+}
+
+/// A resumed run whose first model was already published by it, before one of that model's
+/// input files was corrected, runs that model again (keeping its unchanged units) instead
+/// of skipping it as done, so the models downstream read the corrected data.
+#[tokio::test]
+async fn a_resumed_run_redoes_a_published_model_whose_inputs_changed() {
+    let dir = six_days(None)
+        .sink_toml("[sources.rates]\nlocation = \"rates.csv\"\nformat = \"csv\"\nschema = \"k INT, d INT\"")
+        .build();
+    let d = dir.path();
+    std::fs::write(d.join("rates.csv"), "k,d\n1,0\n").unwrap();
+    std::fs::write(
+        d.join("queries/scaled.sql"),
+        "SELECT SUM(n / d) AS total FROM daily CROSS JOIN rates",
+    )
+    .unwrap();
+    crate::support::append_toml(d, "[models.scaled.sink]\nlocation = \"out/scaled/\"");
+    // `daily` is published, `scaled` divides by zero.
+    let (_, report) = run_with_report(d, &[], 1);
+    assert_eq!(report_model(&report, "daily")["status"], "success");
+    // Day 3 is corrected and the rate fixed; the same command resumes.
+    std::fs::write(d.join("data/2024-01-03.csv"), "id,n\n3,300\n").unwrap();
+    std::fs::write(d.join("rates.csv"), "k,d\n1,10\n").unwrap();
+    let (run, _) = run_with_report(d, &[], 0);
+    assert!(run.stderr.contains("resuming run"), "{}", run.stderr);
+    let total = rows(
+        &query_output(
+            &format!("{}/", d.join("out/scaled").display()),
+            "parquet",
+            &[],
+            "SELECT CAST(total AS VARCHAR) AS t FROM t",
+        )
+        .await,
+        &["t"],
+    );
+    // (10 + 20 + 300 + 40 + 50 + 60) / 10, each row divided on its own.
+    assert_eq!(total, vec![vec!["48".to_string()]]);
 }
 
 /// A model batched by day over events whose times are text.
@@ -385,6 +431,39 @@ fn a_bad_row_refusal_is_not_undone_by_running_it_again() {
             assert!(!dir.path().join("out/clean/_MANIFEST").exists());
         }
     }
+}
+
+/// A resumed run keeps the units a failed run committed, and their bad rows still count: the
+/// files no unit of the resumed run reads are read again for their rejects, so the limit
+/// holds over every unit, kept or new.
+#[test]
+fn kept_units_bad_rows_still_count_against_the_limit() {
+    let dir = over_the_bad_row_limit(
+        "[models.clean.batches]\nby = \"file\"\n[settings]\nmax_concurrent_units = 1",
+    );
+    let d = dir.path();
+    std::fs::write(
+        d.join("queries/clean.sql"),
+        "SELECT id, 100 / amount AS r FROM items",
+    )
+    .unwrap();
+    std::fs::write(d.join("data/c.csv"), "id,amount\n6,0\n").unwrap();
+    // a and b are committed, c divides by zero.
+    let (run, report) = run_with_report(d, &[], 1);
+    assert!(run.stderr.contains("unit c.csv failed"), "{}", run.stderr);
+    assert_eq!(report_model(&report, "clean")["units_done"], 2);
+    std::fs::write(d.join("data/c.csv"), "id,amount\n6,5\n").unwrap();
+    let (run, report) = run_with_report(d, &[], 1);
+    assert!(run.stderr.contains("resuming run"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("source 'items': 2 bad rows (max_bad_rows = 1), nothing published"),
+        "{}",
+        run.stderr
+    );
+    let model = report_model(&report, "clean");
+    assert_eq!(model["rows_rejected"], 2, "{model}");
+    assert!(!d.join("out/clean/_MANIFEST").exists());
 }
 
 /// By-file units with quarantine: every unit's rejects are written, counted and held against
