@@ -28,7 +28,7 @@ pub(crate) use listing::{
     compression_type, file_extension, file_format, guess_format, list_source_files,
 };
 
-use crate::config::{Format, SourceConfig};
+use crate::config::{Compression, Format, SourceConfig};
 use crate::describe::describe_datafusion;
 use crate::store::{Location, StoreError, StoreRegistry};
 use listing::{list_files, listing_options, resolve};
@@ -231,13 +231,20 @@ async fn register(
             },
         ));
     }
-    let quarantine = spec.on_bad_rows == crate::config::OnBadRows::Quarantine
-        && matches!(spec.format, Format::Csv | Format::Json);
+    let text = matches!(spec.format, Format::Csv | Format::Json);
+    let quarantine = spec.on_bad_rows == crate::config::OnBadRows::Quarantine && text;
+    // A compressed file on object storage may hold several streams one after another, of
+    // which DataFusion's stream decoder reads only the first (bzip2, xz, zstd): sluice's own
+    // scan reads every stream, failing on the first bad row as the plain read does.
+    let every_stream = !quarantine
+        && text
+        && spec.compression != Compression::None
+        && location.url().scheme() != "file";
     // Every file, listed once for what needs them: the quarantine scan, the schema-drift
     // check, the partition-value check.
     let checks_partitions = !quarantine && !opts.table_partition_cols.is_empty();
     let drift = spec.schema.is_none() && !quarantine && known.is_none();
-    let files = if quarantine || drift || checks_partitions {
+    let files = if quarantine || every_stream || drift || checks_partitions {
         list_files(ctx, &table_url, &opts, store.as_ref(), usize::MAX)
             .await
             .map_err(|e| df_err(spec, &e))?
@@ -247,7 +254,7 @@ async fn register(
     if checks_partitions {
         check_partition_values(spec, &table_url, &opts, &location, &files)?;
     }
-    if quarantine {
+    if quarantine || every_stream {
         // Read by sluice's own scan, which sets bad rows aside instead of failing.
         let shown = location.clone();
         let files = crate::quarantine::SourceFiles {
@@ -257,7 +264,12 @@ async fn register(
             partition_cols: opts.table_partition_cols.clone(),
             display: Arc::new(move |m: &ObjectMeta| shown.display_key(&m.location)),
         };
-        return register_quarantine(ctx, spec, files, file_schema);
+        let on_bad = if quarantine {
+            crate::quarantine::OnBad::SetAside
+        } else {
+            crate::quarantine::OnBad::Fail
+        };
+        return register_quarantine(ctx, spec, files, file_schema, on_bad);
     }
     let file_schema = if drift {
         check_drift(ctx, spec, &table_url, &store, file_schema, files).await?
@@ -332,6 +344,7 @@ fn register_quarantine(
     spec: &SourceConfig,
     files: crate::quarantine::SourceFiles,
     file_schema: SchemaRef,
+    on_bad: crate::quarantine::OnBad,
 ) -> Result<SchemaRef, CatalogError> {
     let dialect = match spec.format {
         Format::Json => crate::quarantine::decode::Dialect::Json,
@@ -342,7 +355,12 @@ fn register_quarantine(
         file_schema,
         dialect,
         compression_type(spec.compression),
-        spec.event_time.clone(),
+        // (A source that does not quarantine refuses rows without an event time when its
+        // units are planned, with their count.)
+        spec.event_time
+            .clone()
+            .filter(|_| on_bad == crate::quarantine::OnBad::SetAside),
+        on_bad,
     );
     let full_schema = TableProvider::schema(&table);
     replace_table(ctx, spec, Arc::new(table))?;

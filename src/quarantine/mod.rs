@@ -117,6 +117,9 @@ impl SourceRejects {
 #[derive(Debug, Default)]
 pub struct RejectSink {
     inner: Mutex<Gathered>,
+    /// Fail on the first bad row instead (a source that does not quarantine, read by this
+    /// scan for its decompression).
+    strict: bool,
 }
 
 /// The rejects, the (file, line) of each to keep each row once, and the files read.
@@ -127,12 +130,29 @@ struct Gathered {
 }
 
 impl RejectSink {
-    fn push(&self, r: Reject) {
+    /// A sink that keeps bad rows, or (`strict`) fails on the first.
+    fn new(strict: bool) -> RejectSink {
+        RejectSink {
+            strict,
+            ..RejectSink::default()
+        }
+    }
+
+    /// Sets `r` aside; for a strict sink, the error that fails the query, naming the file,
+    /// the line and why.
+    fn push(&self, r: Reject) -> Result<()> {
+        if self.strict {
+            return Err(DataFusionError::Execution(format!(
+                "{}:{}: {}",
+                r.file, r.line, r.reason
+            )));
+        }
         if let Ok(mut g) = self.inner.lock()
             && g.seen.insert((r.file.clone(), r.line))
         {
             g.found.rejects.push(r);
         }
+        Ok(())
     }
 
     /// `file` was read to its end, with `good` good rows.
@@ -193,6 +213,16 @@ pub struct QuarantineTable {
     pub sink: Arc<RejectSink>,
 }
 
+/// What a [`QuarantineTable`]'s scan does with a bad row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBad {
+    /// Sets it aside and goes on.
+    SetAside,
+    /// Fails the query, naming the file and line (a source that does not quarantine, read by
+    /// this scan because it decodes every stream of a compressed file).
+    Fail,
+}
+
 impl fmt::Debug for QuarantineTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "QuarantineTable({} files)", self.source.files.len())
@@ -202,13 +232,14 @@ impl fmt::Debug for QuarantineTable {
 impl QuarantineTable {
     /// A table over `source`'s files, read in `dialect` into `file_schema` (plus the
     /// partition columns); a row whose `event_time` column is NULL or no timestamp is a bad
-    /// row.
+    /// row; bad rows are set aside or fail the query, as `on_bad` says.
     pub fn new(
         source: SourceFiles,
         file_schema: SchemaRef,
         dialect: Dialect,
         compression: FileCompressionType,
         event_time: Option<String>,
+        on_bad: OnBad,
     ) -> QuarantineTable {
         let mut fields: Vec<_> = file_schema.fields().iter().cloned().collect();
         for (name, ty) in &source.partition_cols {
@@ -221,7 +252,7 @@ impl QuarantineTable {
             dialect,
             compression,
             event_time,
-            sink: Arc::default(),
+            sink: Arc::new(RejectSink::new(on_bad == OnBad::Fail)),
         }
     }
 
@@ -246,7 +277,7 @@ impl QuarantineTable {
             dialect: self.dialect.clone(),
             compression: self.compression,
             event_time: self.event_time.clone(),
-            sink: Arc::default(),
+            sink: Arc::new(RejectSink::new(self.sink.strict)),
         }
     }
 }
@@ -440,7 +471,7 @@ impl FileReader {
                     line: 0,
                     raw: String::new(),
                     reason,
-                });
+                })?;
                 self.sink.file_read(&file.location, 0);
                 return Ok(true);
             }
@@ -480,7 +511,7 @@ impl FileReader {
                     }
                     Some(Piece::Overlong { line, head }) => {
                         // The rest of the file belongs to that record: no need to read it.
-                        self.sink.push(overlong(&shown, line, &head));
+                        self.sink.push(overlong(&shown, line, &head))?;
                         done = true;
                     }
                     None => {}
@@ -497,7 +528,7 @@ impl FileReader {
                     .await
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
                 for r in decoded.rejects {
-                    self.sink.push(r);
+                    self.sink.push(r)?;
                 }
                 for batch in decoded.batches {
                     good += batch.num_rows() as u64;

@@ -1,6 +1,8 @@
 //! Regressions of issue 11 ("nothing lost, for real"): each test reproduces a way a run lost,
 //! doubled or wrongly published rows, or misreported what it did.
 
+use object_store::ObjectStoreExt;
+
 use crate::support::pipeline::OneModel;
 use crate::support::{
     manifest_files_sorted, query_output, report_model, rows, run_with_report, sluice, spawn_sluice,
@@ -542,36 +544,100 @@ async fn compressed(codec: &str, text: &str) -> Vec<u8> {
     }
 }
 
+/// The file name of a CSV compressed with `codec`.
+fn compressed_name(codec: &str) -> String {
+    let ext = match codec {
+        "gzip" => "gz",
+        "bzip2" => "bz2",
+        "xz" => "xz",
+        _ => "zst",
+    };
+    format!("events.csv.{ext}")
+}
+
 /// A compressed file of several streams one after another (what pbzip2, pzstd or
 /// `cat a.zst b.zst` write) is read whole, with every codec, by the quarantine scan and by
-/// the plain read (before, bzip2, xz and zstd stopped after the first stream: 2 rows of 4).
+/// the plain read, from local disk and from object storage (before, bzip2, xz and zstd
+/// stopped after the first stream: 2 rows of 4). Without quarantine a bad row in such a file
+/// on object storage fails the run naming the file and line, as on local disk.
 #[tokio::test]
 async fn every_stream_of_a_multi_stream_compressed_csv_is_read() {
+    let server = crate::support::s3::S3Server::start();
+    server.create_bucket("lake");
+    let bucket = server.store("lake");
+    let mut env: Vec<(String, String)> = server.env();
+    env.push(("TEST_S3_ENDPOINT".into(), server.endpoint()));
     for codec in ["gzip", "bzip2", "xz", "zstd"] {
         let mut bytes = compressed(codec, "id,n\n1,10\n2,20\n").await;
         bytes.extend(compressed(codec, "3,30\n4,40\n").await);
-        let ext = match codec {
-            "gzip" => "gz",
-            "bzip2" => "bz2",
-            "xz" => "xz",
-            _ => "zst",
-        };
-        for mode in ["fail", "quarantine"] {
-            let dir = OneModel::new("events", "copy")
-                .source_toml(&format!(
-                    "format = \"csv\"\ncompression = \"{codec}\"\nschema = \"id INT, n INT\"\non_bad_rows = \"{mode}\""
-                ))
-                .file(&format!("events.csv.{ext}"), bytes.clone())
-                .build();
-            let (_, report) = run_with_report(dir.path(), &[], 0);
-            let model = report_model(&report, "copy");
-            assert_eq!(
-                (model["rows_out"].as_u64(), model["rows_rejected"].as_u64()),
-                (Some(4), Some(0)),
-                "{codec}, {mode}: {model}"
-            );
+        let name = compressed_name(codec);
+        let key = format!("{codec}/{name}");
+        bucket
+            .put(&key.as_str().into(), bytes.clone().into())
+            .await
+            .unwrap();
+        for place in ["local", "s3"] {
+            for mode in ["fail", "quarantine"] {
+                let mut b = OneModel::new("events", "copy")
+                    .source_toml(&format!(
+                        "format = \"csv\"\ncompression = \"{codec}\"\nschema = \"id INT, n INT\"\non_bad_rows = \"{mode}\""
+                    ))
+                    .file(&name, bytes.clone());
+                if place == "s3" {
+                    b = b.source_toml(&format!("location = \"s3://lake/{codec}/\""));
+                }
+                let dir = b.build();
+                if place == "s3" {
+                    let toml = dir.path().join("sluice.toml");
+                    let text = std::fs::read_to_string(&toml).unwrap().replacen(
+                        "location = \"data/\"\n",
+                        "",
+                        1,
+                    );
+                    std::fs::write(&toml, text).unwrap();
+                    crate::support::append_toml(
+                        dir.path(),
+                        "[stores.lake]\nurl = \"s3://lake\"\nendpoint = \"${env:TEST_S3_ENDPOINT}\"\nregion = \"us-east-1\"\nallow_http = true",
+                    );
+                }
+                let (_, report) = crate::support::run_with_report_env(dir.path(), &[], &env, 0);
+                let model = report_model(&report, "copy");
+                assert_eq!(
+                    (model["rows_out"].as_u64(), model["rows_rejected"].as_u64()),
+                    (Some(4), Some(0)),
+                    "{codec}, {place}, {mode}: {model}"
+                );
+            }
         }
     }
+    // A bad row in the second stream, no quarantine: the run fails naming file and line.
+    let mut bytes = compressed("zstd", "id,n\n1,10\n2,20\n").await;
+    bytes.extend(compressed("zstd", "3,30\n4,oops\n").await);
+    bucket
+        .put(&"bad/events.csv.zst".into(), bytes.into())
+        .await
+        .unwrap();
+    let dir = OneModel::new("events", "copy")
+        .source_toml("format = \"csv\"\ncompression = \"zstd\"\nschema = \"id INT, n INT\"")
+        .build();
+    let toml = dir.path().join("sluice.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replacen(
+        "location = \"data/\"",
+        "location = \"s3://lake/bad/\"",
+        1,
+    );
+    std::fs::write(&toml, text).unwrap();
+    crate::support::append_toml(
+        dir.path(),
+        "[stores.lake]\nurl = \"s3://lake\"\nendpoint = \"${env:TEST_S3_ENDPOINT}\"\nregion = \"us-east-1\"\nallow_http = true",
+    );
+    let (run, _) = crate::support::run_with_report_env(dir.path(), &[], &env, 1);
+    assert!(
+        run.stderr
+            .contains("events.csv.zst:5: column n: \"oops\" is not Int32"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// A quarantined CSV whose lines end with a bare `\r` (old Mac files, Excel's "CSV
