@@ -40,15 +40,16 @@ pub(super) async fn run_table_model(
     let plan = plan_units(cx.engine, cx.pipeline, cx.dag, run.model)
         .await
         .map_err(|e| run.error(e))?;
-    let inputs = resume::unit_inputs(cx, name, &plan).await?;
-    if run.already_published(&inputs, report).await? || run.already_appended(report).await? {
+    let planned = resume::unit_inputs(cx, name, &plan).await?;
+    let inputs = &planned.by_unit;
+    if run.already_published(inputs, report).await? || run.already_appended(report).await? {
         return Ok(());
     }
     let units = &plan.units;
-    let kept = resume::kept_units(cx, name, units, &inputs, &run.output).await?;
+    let kept = resume::kept_units(cx, name, units, inputs, &run.output).await?;
     let all_ran_now = kept.is_empty();
     let (records, scanned, mut unit_rejects) = run
-        .run_units(units, plan.events.as_ref(), &inputs, kept, report)
+        .run_units(units, plan.events.as_ref(), inputs, kept, report)
         .await?;
     // Planning time units read every file of a quarantined source.
     if let Some(events) = plan.events {
@@ -65,6 +66,13 @@ pub(super) async fn run_table_model(
         for (source, n) in &rejected {
             *report.rows_in_by_source.entry(source.clone()).or_default() += n;
         }
+    }
+    if let Some(file) = planned.changed_file(cx).await? {
+        return Err(run.error(format!(
+            "input file {file} was replaced or removed while the model ran, so its units may \
+             have read either version: nothing was published; run the command again (the \
+             units that read it run again, the others are kept)"
+        )));
     }
     run.check_staged(&files, report).await?;
     run.publish(files, report).await?;

@@ -108,14 +108,45 @@ struct UnitInputs<'a> {
     upstream: &'a BTreeMap<String, Option<(String, Vec<String>)>>,
 }
 
-/// Each unit's inputs, by unit name, as a hash: a resumed run keeps a committed unit only if
-/// its inputs are unchanged (a late file, a corrected one, an upstream output published
-/// again make the units that read them run again; the others are kept).
+/// What a model's units read, as they were planned.
+pub(super) struct Inputs {
+    /// Each unit's inputs, by unit name, as a hash (see [`UnitInputs`]).
+    pub(super) by_unit: BTreeMap<String, String>,
+    /// The files of each source the model reads, when its units were planned.
+    files: BTreeMap<String, Vec<InputFile>>,
+}
+
+impl Inputs {
+    /// A file of the model's sources that was replaced or removed since its units were
+    /// planned, by key: its units may have read it in either version, and an output mixing
+    /// them must not be published. (A file added meanwhile is no such file: it was read whole
+    /// or not at all, and the next run reads it.)
+    pub(super) async fn changed_file(&self, cx: &RunCx<'_>) -> Result<Option<String>, Error> {
+        for (source, before) in &self.files {
+            let Some(spec) = cx.pipeline.sources.get(source) else {
+                continue;
+            };
+            let now: BTreeMap<String, InputFile> = source_files(cx.engine, spec)
+                .await?
+                .into_iter()
+                .map(|f| (f.0.clone(), f))
+                .collect();
+            if let Some(f) = before.iter().find(|f| now.get(&f.0) != Some(*f)) {
+                return Ok(Some(f.0.clone()));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Each unit's inputs: a resumed run keeps a committed unit only if its inputs are unchanged
+/// (a late file, a corrected one, an upstream output published again make the units that
+/// read them run again; the others are kept).
 pub(super) async fn unit_inputs(
     cx: &RunCx<'_>,
     model: &str,
     plan: &UnitPlan,
-) -> Result<BTreeMap<String, String>, Error> {
+) -> Result<Inputs, Error> {
     let (read, tables) = cx.dag.inputs_of(model);
     let mut files: BTreeMap<String, Vec<InputFile>> = BTreeMap::new();
     for source in read {
@@ -161,7 +192,10 @@ pub(super) async fn unit_inputs(
             format!("{:016x}", crate::units::stable_hash(&text)),
         );
     }
-    Ok(out)
+    Ok(Inputs {
+        by_unit: out,
+        files,
+    })
 }
 
 /// The published version (run id and files) of each table model in `tables`, as `model`
