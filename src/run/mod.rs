@@ -18,7 +18,7 @@ mod model;
 pub mod prepare;
 mod resume;
 pub mod unit;
-pub mod unit_context;
+mod unit_context;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -412,17 +412,8 @@ async fn attempt_unit(
         events,
         ..
     } = *job;
-    let super::unit_context::UnitContext { ctx, shares } = super::unit_context::unit_context(
-        cx.engine.ctx(),
-        cx.engine.stores(),
-        cx.pipeline,
-        cx.dag,
-        &model.name,
-        event_sources,
-        unit,
-        events,
-    )
-    .await?;
+    let super::unit_context::UnitContext { ctx, shares } =
+        super::unit_context::unit_context(cx, job, unit).await?;
     let df = ctx
         .sql(&cx.dag.nodes[&model.name].sql)
         .await

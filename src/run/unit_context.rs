@@ -11,10 +11,9 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, col, lit};
 
-use super::event_map::EventMap;
-use super::unit::UnitError;
+use super::RunCx;
+use super::unit::{UnitError, UnitJob};
 use crate::config::{Materialized, Pipeline};
-use crate::dag::Dag;
 use crate::quarantine::QuarantineTable;
 use crate::store::{Location, StoreRegistry};
 use crate::table::view::ManifestStore;
@@ -56,28 +55,25 @@ static FILE_VIEWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsi
 
 /// The session one unit runs in, and the tables in it that read a share of a source's
 /// files under a location of their own (so the unit's rows read are counted to the source).
-pub struct UnitContext {
+pub(super) struct UnitContext {
     /// The session.
-    pub ctx: SessionContext,
+    pub(super) ctx: SessionContext,
     /// `(source, location read)` of each source read through a share of its files.
-    pub shares: Vec<(String, ListingTableUrl)>,
+    pub(super) shares: Vec<(String, ListingTableUrl)>,
 }
 
-/// A session for one unit: the engine's runtime (memory pool, stores) and tables, with the
-/// inputs the unit reads a slice of replaced by views of that slice, and the model's views
-/// planned again over them. The whole-model unit runs in the engine's own session. `events`
-/// (for period units) says which files of a source hold rows of the unit's period.
-#[allow(clippy::too_many_arguments)]
-pub async fn unit_context(
-    main: &SessionContext,
-    stores: &StoreRegistry,
-    pipeline: &Pipeline,
-    dag: &Dag,
-    model: &str,
-    sources: &[(String, String)],
+/// A session for one unit of `job`'s model: the engine's runtime (memory pool, stores) and
+/// tables, with the inputs the unit reads a slice of replaced by views of that slice, and the
+/// model's views planned again over them. The whole-model unit runs in the engine's own
+/// session. A period unit reads, of a source read file by file when its units were planned,
+/// only the files holding rows of its period.
+pub(super) async fn unit_context(
+    cx: &RunCx<'_>,
+    job: &UnitJob<'_>,
     unit: &Unit,
-    events: Option<&EventMap>,
 ) -> Result<UnitContext, UnitError> {
+    let (main, stores, pipeline, dag) = (cx.engine.ctx(), cx.engine.stores(), cx.pipeline, cx.dag);
+    let (model, sources, events) = (job.model.name.as_str(), job.event_sources, job.events);
     let mut shares = Vec::new();
     if unit.kind == UnitKind::Whole {
         return Ok(UnitContext {
@@ -127,14 +123,14 @@ pub async fn unit_context(
 }
 
 /// A session of its own in which `source` reads only `files` (with the source's schema).
-pub struct FileShare {
+pub(super) struct FileShare {
     /// The session.
-    pub ctx: SessionContext,
+    pub(super) ctx: SessionContext,
 }
 
 impl FileShare {
     /// `source` of `main` restricted to `files`, in a session of its own.
-    pub async fn new(
+    pub(super) async fn new(
         main: &SessionContext,
         stores: &StoreRegistry,
         pipeline: &Pipeline,
@@ -149,7 +145,7 @@ impl FileShare {
     }
 
     /// What the share's quarantine scan set aside and read, when `source` is quarantined.
-    pub async fn rejects(&self, source: &str) -> Option<crate::quarantine::SourceRejects> {
+    pub(super) async fn rejects(&self, source: &str) -> Option<crate::quarantine::SourceRejects> {
         let provider = self.ctx.table_provider(source).await.ok()?;
         let table = provider.downcast_ref::<QuarantineTable>()?;
         Some(table.sink.take())
