@@ -602,6 +602,9 @@ async fn compressed(codec: &str, text: &str) -> Vec<u8> {
     }
 }
 
+/// The bucket `lake` of the test's S3 server, as a pipeline's store.
+const LAKE: &str = "[stores.lake]\nurl = \"s3://lake\"\nendpoint = \"${env:TEST_S3_ENDPOINT}\"\nregion = \"us-east-1\"\nallow_http = true";
+
 /// The file name of a CSV compressed with `codec`.
 fn compressed_name(codec: &str) -> String {
     let ext = match codec {
@@ -642,22 +645,11 @@ async fn every_stream_of_a_multi_stream_compressed_csv_is_read() {
                     ))
                     .file(&name, bytes.clone());
                 if place == "s3" {
-                    b = b.source_toml(&format!("location = \"s3://lake/{codec}/\""));
+                    b = b
+                        .source_location(&format!("s3://lake/{codec}/"))
+                        .sink_toml(LAKE);
                 }
                 let dir = b.build();
-                if place == "s3" {
-                    let toml = dir.path().join("sluice.toml");
-                    let text = std::fs::read_to_string(&toml).unwrap().replacen(
-                        "location = \"data/\"\n",
-                        "",
-                        1,
-                    );
-                    std::fs::write(&toml, text).unwrap();
-                    crate::support::append_toml(
-                        dir.path(),
-                        "[stores.lake]\nurl = \"s3://lake\"\nendpoint = \"${env:TEST_S3_ENDPOINT}\"\nregion = \"us-east-1\"\nallow_http = true",
-                    );
-                }
                 let (_, report) = crate::support::run_with_report_env(dir.path(), &[], &env, 0);
                 let model = report_model(&report, "copy");
                 assert_eq!(
@@ -676,19 +668,10 @@ async fn every_stream_of_a_multi_stream_compressed_csv_is_read() {
         .await
         .unwrap();
     let dir = OneModel::new("events", "copy")
+        .source_location("s3://lake/bad/")
         .source_toml("format = \"csv\"\ncompression = \"zstd\"\nschema = \"id INT, n INT\"")
+        .sink_toml(LAKE)
         .build();
-    let toml = dir.path().join("sluice.toml");
-    let text = std::fs::read_to_string(&toml).unwrap().replacen(
-        "location = \"data/\"",
-        "location = \"s3://lake/bad/\"",
-        1,
-    );
-    std::fs::write(&toml, text).unwrap();
-    crate::support::append_toml(
-        dir.path(),
-        "[stores.lake]\nurl = \"s3://lake\"\nendpoint = \"${env:TEST_S3_ENDPOINT}\"\nregion = \"us-east-1\"\nallow_http = true",
-    );
     let (run, _) = crate::support::run_with_report_env(dir.path(), &[], &env, 1);
     assert!(
         run.stderr

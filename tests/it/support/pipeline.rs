@@ -14,6 +14,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone)]
 pub struct OneModel {
     source: String,
+    source_location: Option<String>,
     source_toml: Vec<String>,
     model: String,
     query: Option<String>,
@@ -34,6 +35,7 @@ impl OneModel {
     pub fn new(source: &str, model: &str) -> OneModel {
         OneModel {
             source: source.to_string(),
+            source_location: None,
             source_toml: Vec::new(),
             model: model.to_string(),
             query: None,
@@ -47,6 +49,12 @@ impl OneModel {
     /// may be given at once, and calls add up in order.
     pub fn source_toml(mut self, lines: &str) -> OneModel {
         self.source_toml.push(lines.to_string());
+        self
+    }
+
+    /// Where the source reads (default `data/`, where [`OneModel::file`] writes).
+    pub fn source_location(mut self, location: &str) -> OneModel {
+        self.source_location = Some(location.to_string());
         self
     }
 
@@ -83,7 +91,11 @@ impl OneModel {
 
     /// The `sluice.toml` text.
     pub fn toml(&self) -> String {
-        let mut toml = format!("[sources.{}]\nlocation = \"data/\"\n", self.source);
+        let mut toml = format!(
+            "[sources.{}]\nlocation = \"{}\"\n",
+            self.source,
+            self.source_location.as_deref().unwrap_or("data/")
+        );
         for lines in &self.source_toml {
             push_lines(&mut toml, lines);
         }
