@@ -143,6 +143,14 @@ impl Execution {
                 .and_then(|m| m.output_rows())
                 .map_or(0, |r| r as u64)
         }
+        /// The rows `plan` passed on: its own count, or, for an operator that counts none
+        /// (`CooperativeExec`), its inputs'.
+        fn rows_out(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+            match plan.metrics().and_then(|m| m.output_rows()) {
+                Some(r) => r as u64,
+                None => plan.children().into_iter().map(rows_out).sum(),
+            }
+        }
         fn walk(
             plan: &Arc<dyn ExecutionPlan>,
             tables: &[(String, ListingTableUrl)],
@@ -176,7 +184,7 @@ impl Execution {
                 *simple = false;
             }
             if plan.name() == "FilterExec" {
-                let input: u64 = children.iter().map(|c| rows(c)).sum();
+                let input: u64 = children.iter().map(|c| rows_out(c)).sum();
                 *filtered += input.saturating_sub(rows(plan));
             }
             for c in children {

@@ -97,6 +97,15 @@ pub async fn write(
         .map_err(|e| e.to_string())
 }
 
+/// Removes the rejects of `run_id` from `folder`, if it wrote any.
+pub async fn clear(store: &dyn ObjectStore, folder: &Location, run_id: &str) -> Result<(), String> {
+    let key = folder.child(&format!("run={run_id}/rejects.parquet"));
+    match store.delete(&key).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The limit of `source` that `count` bad rows beside `good` good ones pass, in words
 /// (`max_bad_rows = 1`), or `None` within the limits.
 pub fn over_limit(source: &SourceConfig, count: u64, good: u64) -> Option<String> {

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use object_store::ObjectMeta;
 
 use crate::config::{BatchSize, Format, Pipeline};
-use crate::describe::describe_datafusion;
+use crate::engine::Engine;
 use crate::quarantine::{QuarantineTable, SourceRejects};
 use crate::store::StoreRegistry;
 
@@ -44,12 +44,12 @@ impl EventMap {
     /// Reads the event-time column of each of `sources` (`(table, column)`), by periods of
     /// `size`.
     pub async fn build(
-        main: &SessionContext,
-        stores: &StoreRegistry,
+        engine: &Engine,
         pipeline: &Pipeline,
         sources: &[(String, String)],
         size: BatchSize,
     ) -> Result<EventMap, String> {
+        let (main, stores) = (engine.ctx(), engine.stores());
         let mut map = EventMap::default();
         for (table, column) in sources {
             let by_file = pipeline
@@ -71,7 +71,10 @@ impl EventMap {
                         )
                         .await
                         .map_err(|e| e.to_string())?;
-                        let got = periods(&share.ctx, table, column, size).await?;
+                        let got = match periods(&share.ctx, table, column, size).await {
+                            Ok(got) => got,
+                            Err(e) => return Err(explain(engine, pipeline, table, column, e).await),
+                        };
                         Ok::<_, String>((file, got, share.rejects(table).await))
                     })
                     .buffer_unordered(parallel)
@@ -91,7 +94,10 @@ impl EventMap {
                 map.files.insert(table.clone(), files);
                 map.rejects.push((table.clone(), rejects));
             } else {
-                found = periods(main, table, column, size).await?;
+                found = match periods(main, table, column, size).await {
+                    Ok(got) => got,
+                    Err(e) => return Err(explain(engine, pipeline, table, column, e).await),
+                };
             }
             if found.untimed > 0 {
                 let example = match found.example {
@@ -158,6 +164,22 @@ impl Found {
     }
 }
 
+/// A failed read of `table`'s event times, naming the file and line at fault where they can
+/// be found.
+async fn explain(
+    engine: &Engine,
+    pipeline: &Pipeline,
+    table: &str,
+    column: &str,
+    e: datafusion::error::DataFusionError,
+) -> String {
+    let source = BTreeSet::from([table.to_string()]);
+    format!(
+        "source '{table}': event_time '{column}': {}",
+        crate::diagnose::explain(engine, pipeline, &source, &e).await
+    )
+}
+
 /// The files `table` reads: a quarantined source's own list, else its listing.
 async fn source_files(
     main: &SessionContext,
@@ -186,7 +208,7 @@ async fn periods(
     table: &str,
     column: &str,
     size: BatchSize,
-) -> Result<Found, String> {
+) -> Result<Found, datafusion::error::DataFusionError> {
     let sql = format!(
         "SELECT date_trunc('{}', t) AS p, COUNT(*) AS n, \
                 MIN(CASE WHEN t IS NULL AND raw IS NOT NULL THEN CAST(raw AS VARCHAR) END) AS example \
@@ -194,24 +216,11 @@ async fn periods(
          GROUP BY 1",
         size.name()
     );
-    let context = |e: datafusion::error::DataFusionError| {
-        format!(
-            "source '{table}': event_time '{column}': {}",
-            describe_datafusion(&e)
-        )
-    };
-    let batches = ctx
-        .sql(&sql)
-        .await
-        .map_err(context)?
-        .collect()
-        .await
-        .map_err(context)?;
+    let batches = ctx.sql(&sql).await?.collect().await?;
     let mut found = Found::default();
     for b in &batches {
         for i in 0..b.num_rows() {
-            let value =
-                |c: usize| ScalarValue::try_from_array(b.column(c), i).map_err(|e| e.to_string());
+            let value = |c: usize| ScalarValue::try_from_array(b.column(c), i);
             let ScalarValue::Int64(Some(n)) = value(1)? else {
                 continue;
             };

@@ -42,11 +42,14 @@ pub(super) async fn run_table_model(
         .map_err(|e| run.error(e))?;
     let planned = resume::unit_inputs(cx, name, &plan).await?;
     let inputs = &planned.by_unit;
-    if run.already_published(inputs, report).await? || run.already_appended(report).await? {
+    let published = run.already_published(inputs, report).await?;
+    if published == Published::Done || run.already_appended(report).await? {
         return Ok(());
     }
     let units = &plan.units;
-    let kept = resume::kept_units(cx, name, units, inputs, &run.output).await?;
+    // A stale publish's units are all run again (their files are in the output already).
+    let keep = published == Published::No;
+    let kept = resume::kept_units(cx, name, units, inputs, keep, &run.output).await?;
     let all_ran_now = kept.is_empty();
     let (records, scanned, mut unit_rejects) = run
         .run_units(units, plan.events.as_ref(), inputs, kept, report)
@@ -80,6 +83,17 @@ pub(super) async fn run_table_model(
         report.balance(filtered);
     }
     Ok(())
+}
+
+/// Whether a resumed run already published a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Published {
+    /// No (or not this run).
+    No,
+    /// Yes, from the inputs there are now: nothing to redo.
+    Done,
+    /// Yes, but its inputs changed since: it runs again from scratch.
+    Stale,
 }
 
 /// What the phases of one table model's run share.
@@ -132,20 +146,21 @@ impl<'a> ModelRun<'a> {
     }
 
     /// Whether a resumed run already published this model; then nothing is redone, and the
-    /// report says what that publish wrote. Unless a unit's `inputs` changed since (a file
-    /// corrected after the run was killed): then the model runs again, keeping the units
-    /// whose inputs did not change (an append is never applied twice: it stays published).
+    /// report says what that publish wrote (its rejects counted again). Unless its units'
+    /// `inputs` changed since (a file corrected or added after the run was killed): then it
+    /// is [`Published::Stale`], and runs again from scratch over the current inputs, as a new
+    /// run would (an append is then a new append, skipped if the output already holds it).
     async fn already_published(
         &self,
         inputs: &BTreeMap<String, String>,
         report: &mut ModelReport,
-    ) -> Result<bool, Error> {
+    ) -> Result<Published, Error> {
         let cx = self.cx;
         let Some(m) = &self.existing.manifest else {
-            return Ok(false);
+            return Ok(Published::No);
         };
         if m.run_id != cx.run_id {
-            return Ok(false);
+            return Ok(Published::No);
         }
         let done = cx
             .state
@@ -155,9 +170,9 @@ impl<'a> ModelRun<'a> {
         let recorded: BTreeMap<&String, &String> =
             done.iter().map(|u| (&u.unit, &u.inputs)).collect();
         let current: BTreeMap<&String, &String> = inputs.iter().collect();
-        if self.spec.mode != WriteMode::Append && recorded != current {
+        if recorded != current {
             tracing::warn!(model = %self.model.name, "published by this run, but its inputs changed since: running it again");
-            return Ok(false);
+            return Ok(Published::Stale);
         }
         tracing::info!(model = %self.model.name, "already published by this run");
         self.output.clean_up(&self.existing, m, cx.run_id).await;
@@ -182,8 +197,11 @@ impl<'a> ModelRun<'a> {
         report.units_done = done.len() as u64;
         report.rows_in = done.iter().map(|u| u.rows_in).sum();
         report.units = done.into_iter().map(unit_report).collect();
+        // The process that published may have died before it reported them.
+        self.count_rejects(Vec::new(), report).await?;
+        report.rows_in += report.rows_rejected;
         register_output(cx.engine, self.model, Some(self.schema)).await?;
-        Ok(true)
+        Ok(Published::Done)
     }
 
     /// Whether this append is already in the output (its manifest records it): then it is
@@ -306,13 +324,8 @@ impl<'a> ModelRun<'a> {
                 continue;
             }
             let found = self.source_rejects(&source, &unit_rejects).await?;
-            let (bad, good) = (found.rejects, found.read.values().sum::<u64>());
-            if bad.is_empty() {
-                continue;
-            }
-            let count = bad.len() as u64;
-            total.insert(source.clone(), count);
-            report.rows_rejected += count;
+            let good = found.good();
+            let bad = found.rejects;
             let folder = rejects::folder(spec, &cx.pipeline.root);
             let write_error = |message: String| {
                 self.error(
@@ -332,6 +345,17 @@ impl<'a> ModelRun<'a> {
                 .stores()
                 .store_for(&location)
                 .map_err(|e| write_error(e.to_string()))?;
+            if bad.is_empty() {
+                // An earlier attempt of this run (resumed) may have written rejects that the
+                // data, corrected since, no longer holds.
+                rejects::clear(store.as_ref(), &location, cx.run_id)
+                    .await
+                    .map_err(write_error)?;
+                continue;
+            }
+            let count = bad.len() as u64;
+            total.insert(source.clone(), count);
+            report.rows_rejected += count;
             rejects::write(store.as_ref(), &location, cx.run_id, &bad)
                 .await
                 .map_err(write_error)?;

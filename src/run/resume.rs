@@ -293,7 +293,8 @@ pub(super) async fn append_identity(cx: &RunCx<'_>, model: &ModelConfig) -> Resu
 
 /// The units of `model` that this run (a resumed one) already committed and that it keeps,
 /// by name: those of the current plan whose `inputs` are unchanged and whose recorded files
-/// are all still there (in staging, or already moved by an interrupted publish). The staging leftovers of every other unit
+/// are all still there (in staging, or already moved by an interrupted publish); none
+/// unless `keep`. The staging leftovers of every other unit
 /// are removed first, so those run again from nothing.
 /// (A kept unit's bad rows still count: the model reads again, for its rejects, the files
 /// of a quarantined source that no unit of this process read.)
@@ -302,6 +303,7 @@ pub(super) async fn kept_units(
     model: &str,
     units: &[Unit],
     inputs: &BTreeMap<String, String>,
+    keep: bool,
     output: &Output,
 ) -> Result<BTreeMap<String, UnitRecord>, Error> {
     let planned: BTreeSet<&str> = units.iter().map(|u| u.name.as_str()).collect();
@@ -311,7 +313,7 @@ pub(super) async fn kept_units(
         .map(|s| s.done_units(cx.run_id, model))
         .transpose()?
         .unwrap_or_default();
-    for u in recorded {
+    for u in recorded.into_iter().filter(|_| keep) {
         if !planned.contains(u.unit.as_str()) {
             continue;
         }

@@ -74,14 +74,7 @@ pub async fn plan_units(
         return Err("batches need at least one input source that declares event_time".into());
     }
     // Read even when start and end are given: a row without an event time is refused there.
-    let events = EventMap::build(
-        engine.ctx(),
-        engine.stores(),
-        pipeline,
-        &sources,
-        batches.size,
-    )
-    .await?;
+    let events = EventMap::build(engine, pipeline, &sources, batches.size).await?;
     let (start, end) = match (batches.start, batches.end, events.range()) {
         (Some(s), Some(e), _) => (s, e),
         (_, _, None) => {

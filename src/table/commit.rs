@@ -220,6 +220,17 @@ impl Output {
             }
         }
         self.delete_all(stale).await?;
+        // On local disk, a write killed half-way leaves the store's temporary `<file>#N`,
+        // which listings do not show: other runs' staging folders go whole.
+        if let Some(root) = self.location.local_path()
+            && let Ok(entries) = std::fs::read_dir(root.join(STAGING))
+        {
+            for entry in entries.flatten() {
+                if entry.file_name().to_str() != Some(run_id) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
         Ok(Existing {
             manifest,
             data_files,

@@ -206,6 +206,141 @@ async fn input_files_replaced_during_the_run_are_never_published_mixed() {
     assert_eq!(published().await, want);
 }
 
+/// Marks the pipeline's last run as killed (`interrupted`), as if its process had died after
+/// publishing but before recording its end: the next run resumes it.
+fn as_if_killed_after_publishing(dir: &std::path::Path) {
+    let db = rusqlite::Connection::open(dir.join(".sluice/state.db")).unwrap();
+    db.execute(
+        "UPDATE runs SET status = 'interrupted' WHERE run_id = \
+         (SELECT run_id FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1)",
+        [],
+    )
+    .unwrap();
+}
+
+/// The run that completes a run killed after it published reports what that run did,
+/// rejects included (before: 0 rows rejected, and `rows_in` without them); one whose inputs
+/// changed since runs the model again over the current inputs, for an append as a new
+/// append (before: it exited 0 without the new file's rows).
+#[tokio::test]
+async fn completing_a_run_killed_after_it_published() {
+    let dir = over_the_bad_row_limit("[models.clean.batches]\nby = \"file\"");
+    let d = dir.path();
+    crate::support::edit_file(&d.join("sluice.toml"), |t| {
+        t.replace("max_bad_rows = 1", "max_bad_rows = 5")
+    });
+    let (_, first) = run_with_report(d, &[], 0);
+    as_if_killed_after_publishing(d);
+    let (run, again) = run_with_report(d, &[], 0);
+    assert!(run.stderr.contains("resuming run"), "{}", run.stderr);
+    for key in ["rows_in", "rows_out", "rows_rejected"] {
+        assert_eq!(
+            report_model(&again, "clean")[key],
+            report_model(&first, "clean")[key],
+            "{key}"
+        );
+    }
+    // An append, killed after publishing; then a new file.
+    crate::support::append_toml(d, "");
+    crate::support::edit_file(&d.join("sluice.toml"), |t| {
+        t.replace(
+            "[models.clean.sink]\n",
+            "[models.clean.sink]\nmode = \"append\"\n",
+        )
+    });
+    std::fs::remove_dir_all(d.join("out")).unwrap();
+    run_with_report(d, &["--restart"], 0);
+    as_if_killed_after_publishing(d);
+    std::fs::write(d.join("data/c.csv"), "id,amount\n6,60\n").unwrap();
+    let (run, _) = run_with_report(d, &[], 0);
+    assert!(run.stderr.contains("resuming run"), "{}", run.stderr);
+    let ids = rows(
+        &query_output(
+            &format!("{}/", d.join("out/clean").display()),
+            "parquet",
+            &[],
+            "SELECT CAST(id AS VARCHAR) AS id FROM t",
+        )
+        .await,
+        &["id"],
+    );
+    // The first append (1, 3, 5), then the current inputs (1, 3, 5, 6).
+    let want: Vec<Vec<String>> = ["1", "1", "3", "3", "5", "5", "6"]
+        .iter()
+        .map(|i| vec![i.to_string()])
+        .collect();
+    assert_eq!(ids, want);
+}
+
+/// A resumed run whose corrected data has no bad rows left removes the rejects an earlier
+/// attempt of the run wrote (before, they stayed, listing rows that no longer exist).
+#[tokio::test]
+async fn a_resumed_run_without_bad_rows_leaves_no_stale_rejects() {
+    let dir = over_the_bad_row_limit("[models.clean.batches]\nby = \"file\"");
+    let d = dir.path();
+    run_with_report(d, &[], 1);
+    let rejects = d.join(".sluice/rejects/items");
+    assert_eq!(crate::support::files_under(&rejects).len(), 1);
+    std::fs::write(d.join("data/a.csv"), "id,amount\n1,10\n2,20\n").unwrap();
+    std::fs::write(d.join("data/b.csv"), "id,amount\n3,30\n4,40\n5,50\n").unwrap();
+    let (run, report) = run_with_report(d, &[], 0);
+    assert!(run.stderr.contains("resuming run"), "{}", run.stderr);
+    assert_eq!(report_model(&report, "clean")["rows_rejected"], 0);
+    assert_eq!(
+        crate::support::files_under(&rejects),
+        Vec::<String>::new(),
+        "stale rejects"
+    );
+}
+
+/// Key units over a quarantined source of several files balance their rows: what each unit
+/// reads beyond its bucket is filtered, bad rows are rejected (before: `0 filtered`, "does
+/// not balance", as an operator between the filter and the scan counted no rows).
+#[test]
+fn key_units_over_a_quarantined_source_balance_their_rows() {
+    let dir = over_the_bad_row_limit(
+        "[models.clean.batches]\nby = \"key\"\nbuckets = 3\nkeys = { items = \"id\" }",
+    );
+    crate::support::edit_file(&dir.path().join("sluice.toml"), |t| {
+        t.replace("max_bad_rows = 1", "max_bad_rows = 5")
+    });
+    let (_, report) = run_with_report(dir.path(), &[], 0);
+    let model = report_model(&report, "clean");
+    // Each of the 3 units reads the 3 good rows and keeps its bucket's.
+    assert_eq!(
+        model["row_balance"], "11 in = 3 out + 6 filtered + 2 rejected",
+        "{model}"
+    );
+}
+
+/// A time-batched model over a CSV row of the wrong shape fails naming the file and line
+/// (before: arrow's message, which names neither).
+#[test]
+fn a_bad_row_found_while_planning_time_units_names_its_file_and_line() {
+    let dir = daily_events("id,ts\n1,2024-01-01\n2,2024-01-02,extra\n");
+    let (run, _) = run_with_report(dir.path(), &[], 1);
+    assert!(run.stderr.contains("events.csv:3"), "{}", run.stderr);
+}
+
+/// A write killed half-way leaves the store's temporary file (`<name>#N` on local disk),
+/// which no listing shows: the next run of another run id removes it with the rest of that
+/// run's staging.
+#[test]
+fn a_killed_writes_temporary_file_is_removed_with_its_staging() {
+    let dir = six_days(None).build();
+    let stale = dir
+        .path()
+        .join("out/daily/_staging/20240101T000000Z-dead00/0123456789abcdef");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("part-0.parquet#7"), b"half a file").unwrap();
+    run_with_report(dir.path(), &[], 0);
+    assert!(
+        !dir.path().join("out/daily/_staging").exists(),
+        "{:?}",
+        crate::support::files_under(&dir.path().join("out/daily"))
+    );
+}
+
 /// A model batched by day over events whose times are text.
 fn daily_events(csv: &str) -> tempfile::TempDir {
     OneModel::new("events", "daily")
