@@ -70,6 +70,8 @@ struct Counts {
     steps: usize,
     runs: usize,
     kills: usize,
+    /// Runs to kill that ended first.
+    unkilled: usize,
     refusals: usize,
     skipped: usize,
     unrelated: usize,
@@ -82,6 +84,7 @@ impl Counts {
         self.steps += o.steps;
         self.runs += o.runs;
         self.kills += o.kills;
+        self.unkilled += o.unkilled;
         self.refusals += o.refusals;
         self.skipped += o.skipped;
         self.unrelated += o.unrelated;
@@ -105,12 +108,14 @@ enum Moment {
 }
 
 impl Moment {
-    fn draw(rng: &mut Rng) -> Moment {
+    /// A moment; the rejects only where a source is quarantined.
+    fn draw(rng: &mut Rng, quarantine: bool) -> Moment {
         match rng.below(8) {
             0 => Moment::Staged,
             1 => Moment::Moved,
             2 => Moment::Manifest,
-            3 => Moment::Rejects,
+            3 if quarantine => Moment::Rejects,
+            3 => Moment::Staged,
             _ => Moment::After(rng.below(250)),
         }
     }
@@ -236,13 +241,24 @@ impl History {
     /// Runs something: a run checked in full, a killed run, or an unrelated command.
     fn act(&mut self, rng: &mut Rng) {
         match rng.below(10) {
-            0..=3 => self.run(rng.chance(6)),
+            0..=3 => {
+                let restart = rng.chance(6);
+                // A refusal must hold when the same command runs again, also after a kill.
+                if !self.run(restart) && rng.chance(2) {
+                    if rng.chance(2) {
+                        self.kill(rng, restart);
+                    }
+                    self.run(restart);
+                }
+            }
             4..=7 => {
                 let restart = rng.chance(6);
                 self.kill(rng, restart)
             }
             8 => self.unrelated(rng),
-            _ => self.run(true),
+            _ => {
+                let _ = self.run(true);
+            }
         }
     }
 
@@ -259,8 +275,8 @@ impl History {
     }
 
     /// A run that is not killed: its exit status, report, rejects and output checked against
-    /// what the oracle expects of the current inputs.
-    fn run(&mut self, restart: bool) {
+    /// what the oracle expects of the current inputs. False when it was to be refused.
+    fn run(&mut self, restart: bool) -> bool {
         let inputs = Inputs::read(self.d());
         let expect = Expect::of(&self.shape, &inputs);
         let _ = std::fs::remove_file(self.d().join("r.json"));
@@ -277,6 +293,7 @@ impl History {
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .unwrap_or_else(|| self.fail(&format!("no report; stderr:\n{}", run.stderr)));
+        let publishes = matches!(expect, Expect::Publish { .. });
         match &expect {
             Expect::Publish { .. } => {
                 // A resumed run whose killed process had published: it redoes nothing.
@@ -287,6 +304,7 @@ impl History {
             Expect::Refuse(why) => self.refused(&run, &report, why),
         }
         self.observe("after the run");
+        publishes
     }
 
     /// Checks a run that was to publish: exit 0, the report's counts, the rejects, and which
@@ -526,7 +544,7 @@ impl History {
     /// publish.
     fn kill(&mut self, rng: &mut Rng, restart: bool) {
         let expect = Expect::of(&self.shape, &Inputs::read(self.d()));
-        let moment = Moment::draw(rng);
+        let moment = Moment::draw(rng, self.shape.quarantine);
         let before = (self.out.manifest(), output::reject_runs(self.d()));
         let mut child = self.spawn(&Self::args(restart, false));
         let ended = self.kill_at(&mut child, moment, &before);
@@ -537,6 +555,7 @@ impl History {
                 self.log.push(format!("run{flag}: killed at {moment:?}"));
             }
             Ended::Exited(code) => {
+                self.counts.unkilled += 1;
                 self.log.push(format!(
                     "run{flag}: to kill at {moment:?}, exited {code} first"
                 ));
@@ -627,6 +646,14 @@ impl History {
             .out
             .rows(self.shape.partitioned)
             .unwrap_or_else(|e| self.fail(&format!("{when}: the published output: {e}")));
+        if let (Some(rows), Some(listed)) = (&rows, self.out.manifest_rows()) {
+            self.check(rows.len() as u64 == listed, || {
+                format!(
+                    "{when}: the manifest says {listed} rows, its files hold {}",
+                    rows.len()
+                )
+            });
+        }
         let states = self.oracle.clone();
         if !self.oracle.observe(&rows) {
             self.oracle = states;
@@ -718,7 +745,7 @@ fn history(seed: u64, flags: Flags) -> Counts {
         h.counts.steps += 1;
     }
     // A final run: what the current inputs give.
-    h.run(false);
+    let _ = h.run(false);
     h.counts
 }
 
@@ -757,7 +784,7 @@ fn the_output_is_always_a_state_some_run_published() {
         }
     }
     eprintln!(
-        "torture: {} histories ({} on S3), {} steps, {} runs checked ({} refused, {} appends skipped), {} runs killed, {} unrelated commands, {} failures, {:.0?}",
+        "torture: {} histories ({} on S3), {} steps, {} runs checked ({} refused, {} appends skipped), {} runs killed ({} more ended before the kill), {} unrelated commands, {} failures, {:.0?}",
         n,
         total.s3,
         total.steps,
@@ -765,6 +792,7 @@ fn the_output_is_always_a_state_some_run_published() {
         total.refusals,
         total.skipped,
         total.kills,
+        total.unkilled,
         total.unrelated,
         failed.len(),
         started.elapsed()

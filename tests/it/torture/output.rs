@@ -104,6 +104,12 @@ impl Output {
         manifest["run_id"].as_str().map(String::from)
     }
 
+    /// The row count the current manifest states.
+    pub fn manifest_rows(&self) -> Option<u64> {
+        let manifest: serde_json::Value = serde_json::from_slice(&self.manifest()?).ok()?;
+        manifest["rows"].as_u64()
+    }
+
     /// The data files the current manifest lists.
     pub fn listed(&self) -> Vec<String> {
         let Some(bytes) = self.manifest() else {
