@@ -99,7 +99,8 @@ enum Moment {
     After(u64),
     /// When the first file appears under `_staging/`.
     Staged,
-    /// When a data file the manifest does not list appears (a publish under way).
+    /// When a data file the manifest does not list appears (a publish under way), or, if
+    /// that was too brief to see, when `_MANIFEST` changes.
     Moved,
     /// When `_MANIFEST` changes (the commit point passed; clean-up under way).
     Manifest,
@@ -116,7 +117,7 @@ impl Moment {
             2 => Moment::Manifest,
             3 if quarantine => Moment::Rejects,
             3 => Moment::Staged,
-            _ => Moment::After(rng.below(250)),
+            _ => Moment::After(rng.below(120)),
         }
     }
 }
@@ -599,7 +600,7 @@ impl History {
         let reached = || match moment {
             Moment::After(ms) => started.elapsed() >= Duration::from_millis(ms),
             Moment::Staged => !self.out.staging().is_empty(),
-            Moment::Moved => !self.out.unlisted().is_empty(),
+            Moment::Moved => !self.out.unlisted().is_empty() || self.out.manifest() != before.0,
             Moment::Manifest => self.out.manifest() != before.0,
             Moment::Rejects => output::reject_runs(self.d()) > before.1,
         };
@@ -746,6 +747,9 @@ fn history(seed: u64, flags: Flags) -> Counts {
     }
     // A final run: what the current inputs give.
     let _ = h.run(false);
+    if env_flag("SLUICE_TORTURE_VERBOSE") {
+        eprintln!("seed {seed}: {:?}\n    {}", h.shape, h.log.join("\n    "));
+    }
     h.counts
 }
 
