@@ -59,13 +59,16 @@ impl Expect {
 
     /// What a run of `shape` over `inputs` must do.
     pub fn of(shape: &Shape, inputs: &Inputs) -> Expect {
-        // Outside time units the event time is just a column: a row without one is a row.
-        let untimed = if shape.time_units() {
+        // A row without an event time is refused (or set aside, under quarantine) in time
+        // units; under main's contract (`SLUICE_TORTURE_UNTIMED`) a quarantined source sets
+        // it aside in every model. Otherwise the event time is just a column.
+        let needs_time = shape.time_units() || (shape.quarantine && shape.untimed_rejected);
+        let untimed = if needs_time {
             inputs.untimed.clone()
         } else {
             BTreeSet::new()
         };
-        let rows = if shape.time_units() {
+        let rows = if needs_time {
             inputs.timed_rows()
         } else {
             inputs.all_rows()
@@ -179,14 +182,25 @@ impl Oracle {
         }
     }
 
-    /// A run that resumed a killed run which had published: the states it may have started
-    /// from are those that already hold its publish, and it changes nothing.
-    pub fn completed(&mut self, mode: Mode, expect: &Expect) {
+    /// A run that resumed a killed run which had published, and reported success: either it
+    /// found its publish in the output and changed nothing (the states that already hold
+    /// it), or, its inputs having changed since, it ran the model again over them.
+    /// `keeps_append`: an append also changes nothing when its inputs changed (main's
+    /// behaviour since 6bd23ba; see `SLUICE_TORTURE_APPEND_RESUME`).
+    pub fn completed(&mut self, mode: Mode, expect: &Expect, keeps_append: bool) {
         let Expect::Publish { rows, identity, .. } = expect else {
             unreachable!("a refusal publishes nothing")
         };
-        self.states
-            .retain(|s| &s.after(mode, rows, identity).0 == s);
+        let before = std::mem::take(&mut self.states);
+        for s in &before {
+            let (next, skips) = s.after(mode, rows, identity);
+            if &next == s || (keeps_append && mode == Mode::Append) {
+                self.add(s.clone());
+            }
+            if !skips {
+                self.add(next);
+            }
+        }
     }
 
     /// Keeps the states whose rows are `rows`: false when there is none.
