@@ -23,23 +23,15 @@
 //! Switches (`=1`): `SLUICE_TORTURE_VERBOSE` prints every history's steps;
 //! `SLUICE_TORTURE_KEEP` copies a failing history's folder to `$TMPDIR/torture-<seed>`;
 //! `SLUICE_TORTURE_S3` writes every history to S3 (else one in 12 when `SLUICE_MOTO_SERVER`
-//! is set); `SLUICE_TORTURE_UNTIMED` checks main's contract for rows without an event time
-//! under quarantine (issue 11 #4: set aside in every model; not on this branch yet).
+//! is set).
 //!
-//! Known sluice bugs: each check is off unless its switch, or `SLUICE_TORTURE_STRICT=1`, is
-//! set, so the default test stays green while they are open:
-//! - `SLUICE_TORTURE_BALANCE`: key units over a quarantined source of several files report 0
-//!   rows filtered and "does not balance";
-//! - `SLUICE_TORTURE_TEMPFILES`: a run killed while it writes a staged file leaves the
-//!   store's temporary `<file>#N` in `_staging/` for good (local disk);
-//! - `SLUICE_TORTURE_RANGE_FILE`: in a time-batched model a row with the wrong number of
-//!   fields fails with arrow's message, which names no file;
-//! - `SLUICE_TORTURE_COMPLETED_COUNTS`: the run that completes a killed run which had
-//!   published reports 0 rows rejected (and `rows_in` without them);
-//! - seen on main (74add29) only: `SLUICE_TORTURE_APPEND_RESUME` (a resumed append whose
-//!   inputs changed after its killed process published exits 0 without appending them) and
-//!   `SLUICE_TORTURE_STALE_REJECTS` (a resumed run that rejects nothing leaves the rejects an
-//!   earlier attempt wrote under its run id).
+//! What it found, each fixed with a regression test of its own (tests/it/reliability.rs):
+//! key units over a quarantined source of several files did not balance their rows; a write
+//! killed half-way left the store's temporary `<file>#N` in `_staging/` for good; a bad row
+//! met while planning time units named no file; the run completing a killed run that had
+//! published reported no rejects; a resumed append whose inputs changed after its publish
+//! exited 0 without them; a resumed run with no bad rows left kept an earlier attempt's
+//! rejects.
 
 mod inputs;
 mod oracle;
@@ -235,21 +227,11 @@ impl History {
         );
     }
 
-    /// Known on main (74add29, b355c67), gated by `SLUICE_TORTURE_APPEND_RESUME=1`: a resumed
-    /// append whose killed process had published, its inputs changed since, exits 0 without
-    /// reading them (reporting the earlier publish), even when they now hold bad rows.
-    fn keeps_append(&self) -> bool {
-        self.shape.mode == Mode::Append && !strict("SLUICE_TORTURE_APPEND_RESUME")
-    }
-
     /// The switches a replay of this history needs.
     fn replay_flags(&self) -> String {
         let mut flags = String::new();
         if self.shape.sink == Sink::S3 {
             flags.push_str("SLUICE_TORTURE_S3=1 ");
-        }
-        if self.shape.untimed_rejected {
-            flags.push_str("SLUICE_TORTURE_UNTIMED=1 ");
         }
         flags
     }
@@ -338,12 +320,6 @@ impl History {
             published_by.is_some() && published_by == report["run_id"].as_str().map(String::from);
         match &expect {
             Expect::Publish { .. } => self.published(&run, &report, &expect, completes),
-            Expect::Refuse(_) if completes && run.code == 0 && self.keeps_append() => {
-                // Seen on main: the resumed append keeps its earlier publish, whatever its
-                // inputs hold now.
-                *self.log.last_mut().unwrap() += " (completes the killed append, inputs not read)";
-                self.observe("after the run");
-            }
             Expect::Refuse(why) => {
                 self.refused(&run, &report, why);
                 self.observe("after the run");
@@ -392,10 +368,9 @@ impl History {
             *self.log.last_mut().unwrap() += " (skipped: already appended)";
         }
         let (mode, states) = (self.shape.mode, self.oracle.states.len());
-        let keeps_append = completes && self.keeps_append();
         if completes {
             *self.log.last_mut().unwrap() += " (completes the killed run, which had published)";
-            self.oracle.completed(mode, expect, keeps_append);
+            self.oracle.completed(mode, expect);
         } else {
             self.oracle.published(mode, expect, skipped);
         }
@@ -418,23 +393,15 @@ impl History {
         }
         let count = |k: &str| model[k].as_u64().unwrap_or(u64::MAX);
         let brief = brief(model);
-        let appended_before = keeps_append;
+        self.check(count("rows_out") == rows.len() as u64, || {
+            format!(
+                "the report says rows_out {}, the inputs have {} rows: {brief}",
+                model["rows_out"],
+                rows.len()
+            )
+        });
         self.check(
-            appended_before || count("rows_out") == rows.len() as u64,
-            || {
-                format!(
-                    "the report says rows_out {}, the inputs have {} rows: {brief}",
-                    model["rows_out"],
-                    rows.len()
-                )
-            },
-        );
-        // Known sluice bug, gated by `SLUICE_TORTURE_COMPLETED_COUNTS=1`: the run that
-        // completes a killed run which had published reports 0 rows rejected, and rows_in
-        // without them.
-        let counts = !completes || strict("SLUICE_TORTURE_COMPLETED_COUNTS");
-        self.check(
-            !counts || count("rows_rejected") == rejected.len() as u64,
+            count("rows_rejected") == rejected.len() as u64,
             || {
                 format!(
                     "the report says rows_rejected {}, the inputs have {} bad rows {rejected:?}: {brief}",
@@ -443,17 +410,15 @@ impl History {
                 )
             },
         );
-        if !appended_before {
-            self.check_rejects(report, rejected, untimed);
-        }
-        if counts && matches!(self.shape.units, Units::Whole | Units::Files(_)) {
+        self.check_rejects(report, rejected, untimed);
+        if matches!(self.shape.units, Units::Whole | Units::Files(_)) {
             let want = (rows.len() + rejected.len()) as u64;
             self.check(count("rows_in") == want, || {
                 format!("rows_in should be {want} (good + rejected): {brief}")
             });
         }
         self.check_balance(model);
-        if self.shape.time_units() && !appended_before {
+        if self.shape.time_units() {
             self.check_days(model, days);
         }
         self.check_clean();
@@ -469,11 +434,6 @@ impl History {
     ) {
         let run_id = report["run_id"].as_str().unwrap_or_default();
         let got = output::rejects_of_run(self.d(), run_id).unwrap_or_default();
-        // Known on main (74add29), gated by `SLUICE_TORTURE_STALE_REJECTS=1`: a resumed run
-        // that rejects nothing leaves the rejects an earlier attempt of the run wrote.
-        if rejected.is_empty() && !strict("SLUICE_TORTURE_STALE_REJECTS") {
-            return;
-        }
         self.check(
             got.len() == rejected.len() && &output::lines(&got) == rejected,
             || format!("run {run_id} wrote rejects {got:?}, expected exactly {rejected:?}"),
@@ -489,18 +449,10 @@ impl History {
     }
 
     /// When the report states a row balance, it holds: in = out + filtered + rejected.
-    ///
-    /// Known sluice bug, gated by `SLUICE_TORTURE_BALANCE=1`: key-bucketed units over a
-    /// quarantined source report 0 rows filtered and "does not balance" (the bucket filter's
-    /// input is a `CooperativeExec`, which has no row count).
     fn check_balance(&self, model: &serde_json::Value) {
         let Some(balance) = model["row_balance"].as_str() else {
             return;
         };
-        let key_units = matches!(self.shape.units, Units::Keys(_));
-        if self.shape.quarantine && key_units && !strict("SLUICE_TORTURE_BALANCE") {
-            return;
-        }
         let n = |k: &str| model[k].as_u64().unwrap_or(0);
         let holds = n("rows_in") == n("rows_out") + n("rows_filtered") + n("rows_rejected");
         self.check(holds && !balance.contains("does not balance"), || {
@@ -530,20 +482,10 @@ impl History {
         });
     }
 
-    /// After a publish the folder holds exactly the listed files: no staging, no orphan.
-    ///
-    /// Known sluice bug, gated by `SLUICE_TORTURE_TEMPFILES=1`: a run killed while writing a
-    /// staged file on local disk leaves object_store's temporary `<file>#N` in its staging
-    /// folder, which no later write deletes (listings do not show such files).
+    /// After a publish the folder holds exactly the listed files: no staging (a killed
+    /// write's temporary `<file>#N` included), no orphan.
     fn check_clean(&self) {
-        let temp_file = |k: &String| {
-            k.rsplit_once('#')
-                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        };
-        let mut staging = self.out.staging();
-        if !strict("SLUICE_TORTURE_TEMPFILES") {
-            staging.retain(|k| !temp_file(k));
-        }
+        let staging = self.out.staging();
         let unlisted = self.out.unlisted();
         self.check(staging.is_empty() && unlisted.is_empty(), || {
             format!("after a publish: staging {staging:?}, unlisted data files {unlisted:?}")
@@ -562,18 +504,10 @@ impl History {
         });
         let e = &run.stderr;
         match why {
-            Refusal::BadRows(bad) => {
-                // Known sluice bug, gated by `SLUICE_TORTURE_RANGE_FILE=1`: in a time-batched
-                // model a row with the wrong number of fields fails the event-time scan
-                // with arrow's own message, which names no file.
-                let unnamed = self.shape.time_units()
-                    && !strict("SLUICE_TORTURE_RANGE_FILE")
-                    && e.contains("Csv error: incorrect number of fields");
-                self.check(
-                    unnamed || bad.iter().any(|(f, l)| e.contains(&format!("{f}:{l}:"))),
-                    || format!("the message names no bad row of {bad:?}:\n{e}"),
-                )
-            }
+            Refusal::BadRows(bad) => self.check(
+                bad.iter().any(|(f, l)| e.contains(&format!("{f}:{l}:"))),
+                || format!("the message names no bad row of {bad:?}:\n{e}"),
+            ),
             Refusal::Untimed(n) => self.check(
                 e.contains(&format!("{n} row")) && e.contains("no event time"),
                 || format!("the message does not count {n} rows without an event time:\n{e}"),
@@ -624,9 +558,7 @@ impl History {
                 } else {
                     1
                 };
-                // Seen on main: a resumed append that keeps an earlier publish exits 0.
-                let kept = code == 0 && before.0.is_some() && self.keeps_append();
-                self.check(code == want || kept, || {
+                self.check(code == want, || {
                     format!(
                         "the run exited {code}, expected {want} ({})",
                         expect.describe()
@@ -818,12 +750,6 @@ fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == "1")
 }
 
-/// Whether the check of a known sluice bug is on: its own variable, or
-/// `SLUICE_TORTURE_STRICT=1` for all of them.
-fn strict(name: &str) -> bool {
-    env_flag(name) || env_flag("SLUICE_TORTURE_STRICT")
-}
-
 #[test]
 fn the_output_is_always_a_state_some_run_published() {
     let n: u64 = std::env::var("SLUICE_TORTURE")
@@ -835,7 +761,6 @@ fn the_output_is_always_a_state_some_run_published() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x5eed);
     let flags = Flags {
-        untimed: env_flag("SLUICE_TORTURE_UNTIMED"),
         s3: std::env::var("SLUICE_MOTO_SERVER").is_ok_and(|v| !v.is_empty()),
         s3_all: env_flag("SLUICE_TORTURE_S3"),
     };

@@ -62,7 +62,9 @@ impl Expect {
         // A row without an event time is refused (or set aside, under quarantine) in time
         // units; under main's contract (`SLUICE_TORTURE_UNTIMED`) a quarantined source sets
         // it aside in every model. Otherwise the event time is just a column.
-        let needs_time = shape.time_units() || (shape.quarantine && shape.untimed_rejected);
+        // A source that declares `event_time` and quarantines sets a row without one aside
+        // in every model; without quarantine, only time units need it (and refuse it).
+        let needs_time = shape.time_units() || shape.quarantine;
         let untimed = if needs_time {
             inputs.untimed.clone()
         } else {
@@ -185,16 +187,14 @@ impl Oracle {
     /// A run that resumed a killed run which had published, and reported success: either it
     /// found its publish in the output and changed nothing (the states that already hold
     /// it), or, its inputs having changed since, it ran the model again over them.
-    /// `keeps_append`: an append also changes nothing when its inputs changed (main's
-    /// behaviour since 6bd23ba; see `SLUICE_TORTURE_APPEND_RESUME`).
-    pub fn completed(&mut self, mode: Mode, expect: &Expect, keeps_append: bool) {
+    pub fn completed(&mut self, mode: Mode, expect: &Expect) {
         let Expect::Publish { rows, identity, .. } = expect else {
             unreachable!("a refusal publishes nothing")
         };
         let before = std::mem::take(&mut self.states);
         for s in &before {
             let (next, skips) = s.after(mode, rows, identity);
-            if &next == s || (keeps_append && mode == Mode::Append) {
+            if &next == s {
                 self.add(s.clone());
             }
             if !skips {

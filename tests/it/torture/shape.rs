@@ -57,18 +57,11 @@ pub struct Shape {
     /// date and time; otherwise always `2024-01-0D HH:MM:SS`.
     pub offsets: bool,
     pub sink: Sink,
-    /// Main's contract for rows without an event time (issue 11 #4, `SLUICE_TORTURE_UNTIMED`):
-    /// a quarantined source that declares `event_time` sets them aside in every model.
-    pub untimed_rejected: bool,
 }
 
 /// Switches read from the environment that widen what a history may draw.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Flags {
-    /// `SLUICE_TORTURE_UNTIMED=1`: main's contract for rows without an event time (issue 11
-    /// #4): drawn in quarantined, time-batched pipelines too, and set aside by a quarantined
-    /// source in every model.
-    pub untimed: bool,
     /// `SLUICE_MOTO_SERVER` is set: a few histories (one in 12) write to S3.
     pub s3: bool,
     /// `SLUICE_TORTURE_S3=1`: every history writes to S3.
@@ -98,8 +91,7 @@ impl Shape {
         } else {
             rng.chance(3)
         };
-        // Under quarantine, rows without an event time are main's contract (see `Flags`).
-        let bad_times = rng.chance(2) && (flags.untimed || !quarantine);
+        let bad_times = rng.chance(2);
         let offsets = rng.chance(2);
         let concurrency = 1 + rng.below(2);
         // Drawn whether or not S3 is available, so a seed draws the same steps either way.
@@ -120,7 +112,6 @@ impl Shape {
             bad_times,
             offsets,
             sink,
-            untimed_rejected: flags.untimed,
         }
     }
 
