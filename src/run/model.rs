@@ -174,6 +174,18 @@ impl<'a> ModelRun<'a> {
             tracing::warn!(model = %self.model.name, "published by this run, but its inputs changed since: running it again");
             return Ok(Published::Stale);
         }
+        // A version this run published before its units were run again (their inputs had
+        // changed) and the process was killed before publishing them: they are kept and
+        // published now.
+        let listed: std::collections::BTreeSet<&str> =
+            m.files.iter().map(|f| f.path.as_str()).collect();
+        if !done
+            .iter()
+            .flat_map(|u| &u.files)
+            .all(|f| listed.contains(f.file.path.as_str()))
+        {
+            return Ok(Published::No);
+        }
         tracing::info!(model = %self.model.name, "already published by this run");
         self.output.clean_up(&self.existing, m, cx.run_id).await;
         let mine: Vec<_> = m

@@ -272,6 +272,34 @@ async fn completing_a_run_killed_after_it_published() {
     assert_eq!(ids, want);
 }
 
+/// A model this run published, run again because its inputs changed, whose new units were
+/// committed but not published (here a check failed on the new data), is not taken for done
+/// by the next attempt: its output still holds the earlier version, so it is published again
+/// (found by the fault test: the rerun exited 0 with the late file's rows missing).
+#[test]
+fn a_published_model_run_again_is_not_done_until_published_again() {
+    let dir = six_days(None)
+        .sink_toml("[[models.daily.checks]]\nexpression = \"n < 1000\"")
+        .build();
+    let d = dir.path();
+    run_with_report(d, &[], 0);
+    as_if_killed_after_publishing(d);
+    std::fs::write(d.join("data/2024-01-07.csv"), "id,n\n7,5000\n").unwrap();
+    // Run again over the late file: its units are committed, the check fails, nothing new
+    // is published.
+    let (run, _) = run_with_report(d, &[], 1);
+    assert!(run.stderr.contains("resuming run"), "{}", run.stderr);
+    let (_, rows_before) = crate::support::manifest_rows(&d.join("out/daily"));
+    // The same command again: the check still fails; before, the run reported success.
+    let (run, report) = run_with_report(d, &[], 1);
+    assert!(run.stderr.contains("resuming run"), "{}", run.stderr);
+    assert_eq!(report_model(&report, "daily")["status"], "failed");
+    assert_eq!(
+        crate::support::manifest_rows(&d.join("out/daily")).1,
+        rows_before
+    );
+}
+
 /// A resumed run whose corrected data has no bad rows left removes the rejects an earlier
 /// attempt of the run wrote (before, they stayed, listing rows that no longer exist).
 #[tokio::test]
