@@ -188,10 +188,12 @@ impl<'a> ModelRun<'a> {
         }
         tracing::info!(model = %self.model.name, "already published by this run");
         self.output.clean_up(&self.existing, m, cx.run_id).await;
-        let mine: Vec<_> = m
-            .files
+        // What its units wrote (an append this run published twice, its inputs having
+        // changed in between, holds files of both under the run's id).
+        let mine: Vec<_> = done
             .iter()
-            .filter(|f| f.path.contains(cx.run_id))
+            .flat_map(|u| &u.files)
+            .map(|f| &f.file)
             .collect();
         report.rows_out = mine.iter().map(|f| f.rows).sum();
         report.outputs = mine
