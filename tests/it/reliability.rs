@@ -5,7 +5,8 @@ use object_store::ObjectStoreExt;
 
 use crate::support::pipeline::OneModel;
 use crate::support::{
-    manifest_files_sorted, query_output, report_model, rows, run_with_report, sluice, spawn_sluice,
+    manifest_files_sorted, output_rows, query_output, report_model, rows, run_with_report, sluice,
+    spawn_sluice,
 };
 
 /// Six daily CSV files, one row each, for a model run one unit per file.
@@ -89,16 +90,7 @@ async fn a_rerun_after_the_inputs_changed_neither_loses_nor_doubles_nor_keeps_ol
     assert_eq!(model["rows_out"], 7, "{model}");
     // What a reader sees: the current files, every row once.
     let out = d.join("out/daily");
-    let got = rows(
-        &query_output(
-            &format!("{}/", out.display()),
-            "parquet",
-            &[],
-            "SELECT CAST(id AS VARCHAR) AS id, CAST(n AS VARCHAR) AS n FROM t",
-        )
-        .await,
-        &["id", "n"],
-    );
+    let got = output_rows(d, "daily", &["id", "n"]).await;
     let want: Vec<Vec<String>> = [(0, 0), (1, 11), (2, 22), (3, 30), (4, 40), (5, 50), (6, 60)]
         .iter()
         .map(|(i, n)| vec![i.to_string(), n.to_string()])
@@ -134,16 +126,7 @@ async fn a_resumed_run_redoes_a_published_model_whose_inputs_changed() {
     std::fs::write(d.join("rates.csv"), "k,d\n1,10\n").unwrap();
     let (run, _) = run_with_report(d, &[], 0);
     assert!(run.stderr.contains("resuming run"), "{}", run.stderr);
-    let total = rows(
-        &query_output(
-            &format!("{}/", d.join("out/scaled").display()),
-            "parquet",
-            &[],
-            "SELECT CAST(total AS VARCHAR) AS t FROM t",
-        )
-        .await,
-        &["t"],
-    );
+    let total = output_rows(d, "scaled", &["total"]).await;
     // (10 + 20 + 300 + 40 + 50 + 60) / 10, each row divided on its own.
     assert_eq!(total, vec![vec!["48".to_string()]]);
 }
@@ -176,19 +159,11 @@ async fn input_files_replaced_during_the_run_are_never_published_mixed() {
     let first = child.wait().unwrap();
     let out = d.join("out/copy");
     let published = || async {
-        let mut ids: Vec<u32> = rows(
-            &query_output(
-                &format!("{}/", out.display()),
-                "parquet",
-                &[],
-                "SELECT CAST(id AS VARCHAR) AS id FROM t",
-            )
-            .await,
-            &["id"],
-        )
-        .into_iter()
-        .map(|r| r[0].parse().unwrap())
-        .collect();
+        let mut ids: Vec<u32> = output_rows(d, "copy", &["id"])
+            .await
+            .into_iter()
+            .map(|r| r[0].parse().unwrap())
+            .collect();
         ids.sort();
         ids
     };
@@ -254,16 +229,7 @@ async fn completing_a_run_killed_after_it_published() {
     std::fs::write(d.join("data/c.csv"), "id,amount\n6,60\n").unwrap();
     let (run, _) = run_with_report(d, &[], 0);
     assert!(run.stderr.contains("resuming run"), "{}", run.stderr);
-    let ids = rows(
-        &query_output(
-            &format!("{}/", d.join("out/clean").display()),
-            "parquet",
-            &[],
-            "SELECT CAST(id AS VARCHAR) AS id FROM t",
-        )
-        .await,
-        &["id"],
-    );
+    let ids = output_rows(d, "clean", &["id"]).await;
     // The first append (1, 3, 5), then the current inputs (1, 3, 5, 6).
     let want: Vec<Vec<String>> = ["1", "1", "3", "3", "5", "5", "6"]
         .iter()
