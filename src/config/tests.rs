@@ -1,6 +1,6 @@
 //! Unit tests of loading and validating `sluice.toml`, and of parsing its values.
 
-use super::values::key_line;
+use super::values::{empty_segment, key_line};
 use super::*;
 
 #[test]
@@ -116,6 +116,39 @@ fn store_secrets_are_not_in_debug_output() {
     let shown = format!("{p:?}");
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("secret_access_key"), "{shown}");
+}
+
+/// One folder spelled many ways resolves to one location, so the overlap checks compare
+/// folders, not spellings (issue 12 #10).
+#[test]
+fn locations_resolve_to_one_spelling() {
+    let base = Path::new("/p");
+    for spelling in [
+        "out/a/",
+        "./out/a/",
+        "out/./a/",
+        "out/b/../a/",
+        "/p/out/a/",
+        "file:///p/out/a/",
+        "file:///p/x/../out/a/",
+    ] {
+        assert_eq!(resolve_location(spelling, base), "/p/out/a/", "{spelling}");
+    }
+    assert_eq!(resolve_location("data.csv", base), "/p/data.csv");
+    assert_eq!(resolve_location("s3://b/k/", base), "s3://b/k/");
+    for empty in ["out//", "out//a/", "s3://b//k/", "file:///p//x"] {
+        assert!(empty_segment(empty), "{empty}");
+    }
+    for fine in [
+        "out/",
+        "out/a",
+        "s3://b/",
+        "s3://b/k/",
+        "file:///p/x/",
+        "/abs/x/",
+    ] {
+        assert!(!empty_segment(fine), "{fine}");
+    }
 }
 
 #[test]

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use super::raw::{RawPipeline, RawSettings, RawSource, RawStore};
 use super::values::{
-    self, EnvLookup, interpolate_env, key_line, local_folder_format, parse_duration, parse_size,
-    resolve_location, valid_name,
+    self, EnvLookup, empty_segment, interpolate_env, key_line, local_folder_format, parse_duration,
+    parse_size, resolve_location, valid_name,
 };
 use super::{
     Compression, ConfigError, CsvOptions, Format, JoinOptions, JoinStrategy, OnBadRows,
@@ -83,6 +83,28 @@ impl<'a> Validator<'a> {
             key: key.to_string(),
             name,
         })
+    }
+
+    /// The location `value` of setting `key`, its `${env:NAME}` references replaced and
+    /// resolved against the pipeline folder; an empty path segment (an empty variable, most
+    /// likely) is refused: it would name a wider folder than meant, whose files the write
+    /// would replace.
+    pub(super) fn location_value(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        let location = self.env_value(key, value)?;
+        if empty_segment(&location) {
+            let hint = if value.contains("${env:") {
+                " (is a variable in it empty?)"
+            } else {
+                ""
+            };
+            return Err(self.invalid(
+                key.to_string(),
+                format!(
+                    "{location:?} has an empty path segment{hint}: it would name another folder"
+                ),
+            ));
+        }
+        Ok(resolve_location(&location, self.root))
     }
 
     /// The whole pipeline.
@@ -281,10 +303,7 @@ impl<'a> Validator<'a> {
         }
         Ok(SourceConfig {
             name: name.to_string(),
-            location: resolve_location(
-                &self.env_value(&key("location"), &raw.location)?,
-                self.root,
-            ),
+            location: self.location_value(&key("location"), &raw.location)?,
             format,
             partition_cols: raw
                 .partition_cols
@@ -308,7 +327,10 @@ impl<'a> Validator<'a> {
                 }
                 r => r,
             },
-            rejects: raw.rejects.map(|r| resolve_location(&r, self.root)),
+            rejects: raw
+                .rejects
+                .map(|r| self.location_value(&key("rejects"), &r))
+                .transpose()?,
             event_time: raw.event_time,
         })
     }

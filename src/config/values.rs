@@ -121,23 +121,47 @@ pub fn interpolate_env(value: &str, env: EnvLookup<'_>) -> Result<String, String
     Ok(out)
 }
 
-/// Resolves a location against a base folder: URLs stay as they are, relative paths are joined
-/// to `base`, and a trailing `/` (meaning "a folder") is kept.
+/// Resolves a location against a base folder: URLs stay as they are; a `file://` URL and a
+/// path become an absolute path, relative ones joined to `base`, with `.` and `..` resolved
+/// (so two spellings of one folder compare equal: `out/a/`, `./out/./a/`, `out/b/../a/`,
+/// `file:///abs/out/a/`); a trailing `/` (meaning "a folder") is kept.
 pub fn resolve_location(location: &str, base: &Path) -> String {
-    if location.contains("://") {
-        return location.to_string();
-    }
-    let p = Path::new(location);
+    let local = match location.strip_prefix("file://") {
+        Some(path) => path,
+        None if location.contains("://") => return location.to_string(),
+        None => location,
+    };
+    let p = Path::new(local);
     let joined = if p.is_absolute() {
         p.to_path_buf()
     } else {
         base.join(p)
     };
-    let mut s = joined.to_string_lossy().into_owned();
-    if location.ends_with('/') && !s.ends_with('/') {
+    let mut normal = std::path::PathBuf::new();
+    for part in joined.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            other => normal.push(other),
+        }
+    }
+    let mut s = normal.to_string_lossy().into_owned();
+    if local.ends_with('/') && !s.ends_with('/') {
         s.push('/');
     }
     s
+}
+
+/// The empty segment of a path location (`out//x/`, what `out/${env:TEAM}/x/` gives with
+/// `TEAM` empty), which would make it another, wider folder than meant.
+pub(super) fn empty_segment(location: &str) -> bool {
+    let path = match location.split_once("://") {
+        Some((_, rest)) => rest.split_once('/').map_or("", |(_, p)| p),
+        None => location,
+    };
+    path.contains("//") || (location.contains("://") && path.starts_with('/'))
 }
 
 /// 1-based line and column of a byte offset in `text`.

@@ -12,6 +12,7 @@ mod errors;
 mod formats;
 mod joins;
 mod layers;
+mod locations;
 mod memory;
 mod pipeline;
 mod quarantine;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::super::raw::{RawBatches, RawCheck, RawModel, RawSink};
-use super::super::values::{parse_datetime, resolve_location, valid_name};
+use super::super::values::{parse_datetime, valid_name};
 use super::super::{
     BatchConfig, Check, CheckKind, ConfigError, DEFAULT_ROWS_PER_FILE, Format, KeyBuckets,
     Materialized, ModelConfig, Severity, SinkConfig, SourceConfig, UnitSettings, WriteMode,
@@ -165,10 +165,7 @@ impl Validator<'_> {
             ));
         }
         Ok(SinkConfig {
-            location: resolve_location(
-                &self.env_value(&format!("models.{model}.sink.location"), &location)?,
-                self.root,
-            ),
+            location: self.location_value(&format!("models.{model}.sink.location"), &location)?,
             format: raw.format.unwrap_or(Format::Parquet),
             partition_by: raw.partition_by,
             mode: raw.mode.unwrap_or(WriteMode::Overwrite),
