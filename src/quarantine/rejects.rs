@@ -54,11 +54,18 @@ pub fn folder(source: &SourceConfig, pipeline_root: &Path) -> String {
     })
 }
 
-/// Writes `rejects` to `<folder>/run=<run_id>/rejects.parquet` in `store`.
+/// Where the rejects of `run_id` that `model` read are kept in the rejects folder: by run and
+/// by model (two models reading one source each count and write its rejects).
+fn key(folder: &Location, run_id: &str, model: &str) -> object_store::path::Path {
+    folder.child(&format!("run={run_id}/model={model}/rejects.parquet"))
+}
+
+/// Writes `rejects` to `<folder>/run=<run_id>/model=<model>/rejects.parquet` in `store`.
 pub async fn write(
     store: &dyn ObjectStore,
     folder: &Location,
     run_id: &str,
+    model: &str,
     rejects: &[Reject],
 ) -> Result<(), String> {
     let schema = Arc::new(Schema::new(vec![
@@ -89,18 +96,21 @@ pub async fn write(
     let mut w = ArrowWriter::try_new(&mut bytes, schema, None).map_err(|e| e.to_string())?;
     w.write(&batch).map_err(|e| e.to_string())?;
     w.close().map_err(|e| e.to_string())?;
-    let key = folder.child(&format!("run={run_id}/rejects.parquet"));
     store
-        .put(&key, bytes.into())
+        .put(&key(folder, run_id, model), bytes.into())
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
 
-/// Removes the rejects of `run_id` from `folder`, if it wrote any.
-pub async fn clear(store: &dyn ObjectStore, folder: &Location, run_id: &str) -> Result<(), String> {
-    let key = folder.child(&format!("run={run_id}/rejects.parquet"));
-    match store.delete(&key).await {
+/// Removes the rejects of `run_id` and `model` from `folder`, if it wrote any.
+pub async fn clear(
+    store: &dyn ObjectStore,
+    folder: &Location,
+    run_id: &str,
+    model: &str,
+) -> Result<(), String> {
+    match store.delete(&key(folder, run_id, model)).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(e.to_string()),
     }

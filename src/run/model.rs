@@ -362,7 +362,7 @@ impl<'a> ModelRun<'a> {
             if bad.is_empty() {
                 // An earlier attempt of this run (resumed) may have written rejects that the
                 // data, corrected since, no longer holds.
-                rejects::clear(store.as_ref(), &location, cx.run_id)
+                rejects::clear(store.as_ref(), &location, cx.run_id, &self.model.name)
                     .await
                     .map_err(write_error)?;
                 continue;
@@ -370,7 +370,7 @@ impl<'a> ModelRun<'a> {
             let count = bad.len() as u64;
             total.insert(source.clone(), count);
             report.rows_rejected += count;
-            rejects::write(store.as_ref(), &location, cx.run_id, &bad)
+            rejects::write(store.as_ref(), &location, cx.run_id, &self.model.name, &bad)
                 .await
                 .map_err(write_error)?;
             tracing::warn!(source = %source, count, "rows quarantined to {folder}");

@@ -328,3 +328,34 @@ fn a_filter_over_a_quarantined_source_balances_in_out_filtered_and_rejected() {
         run.stderr
     );
 }
+
+/// Two models reading one quarantined source each write the rejects they counted, side by
+/// side (before, both wrote `run=<id>/rejects.parquet`, the second over the first).
+#[tokio::test]
+async fn two_models_over_one_quarantined_source_each_keep_their_rejects() {
+    let dir = pipeline("");
+    let d = dir.path();
+    std::fs::write(d.join("queries/again.sql"), "SELECT * FROM items").unwrap();
+    append_toml(d, "[models.again.sink]\nlocation = \"out/again/\"");
+    let (_, report) = run_with_report(d, &[], 0);
+    let counted = report_model(&report, "clean")["rows_rejected"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(report_model(&report, "again")["rows_rejected"], counted);
+    let rejects = files_under(&d.join(".sluice/rejects/items"));
+    assert_eq!(rejects.len(), 2, "{rejects:?}");
+    let models: Vec<&str> = rejects
+        .iter()
+        .map(|f| f.split("model=").nth(1).unwrap().split('/').next().unwrap())
+        .collect();
+    let mut sorted = models.clone();
+    sorted.sort();
+    assert_eq!(sorted.len(), 2);
+    assert_ne!(sorted[0], sorted[1], "{rejects:?}");
+    // Each holds every bad row its model counted.
+    for f in &rejects {
+        let path = d.join(".sluice/rejects/items").join(f);
+        assert_eq!(parquet_rows(&path), counted, "{f}");
+    }
+    assert!(counted > 0);
+}

@@ -203,7 +203,7 @@ pub struct Reject {
 /// wrote none.
 pub fn rejects_of_run(pipeline: &Path, run_id: &str) -> Option<Vec<Reject>> {
     let path = pipeline.join(format!(
-        ".sluice/rejects/events/run={run_id}/rejects.parquet"
+        ".sluice/rejects/events/run={run_id}/model=m/rejects.parquet"
     ));
     if !path.exists() {
         return None;
