@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use values::folder_identity;
 pub use values::{
     EnvLookup, interpolate_env, is_hidden, line_col, parse_datetime, parse_duration, parse_size,
     parse_timestamp, resolve_location, split_compression, timestamp_now,

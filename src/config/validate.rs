@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use super::raw::{RawPipeline, RawSettings, RawSource, RawStore};
 use super::values::{
-    self, EnvLookup, empty_segment, interpolate_env, key_line, local_folder_format, parse_duration,
-    parse_size, resolve_location, valid_name,
+    self, EnvLookup, empty_segment, empty_variable, interpolate_env, key_line, local_folder_format,
+    parse_duration, parse_size, resolve_location, valid_name,
 };
 use super::{
     Compression, ConfigError, CsvOptions, Format, JoinOptions, JoinStrategy, OnBadRows,
@@ -91,6 +91,15 @@ impl<'a> Validator<'a> {
     /// would replace.
     pub(super) fn location_value(&self, key: &str, value: &str) -> Result<String, ConfigError> {
         let location = self.env_value(key, value)?;
+        if let Some(name) = empty_variable(value, self.env) {
+            return Err(self.invalid(
+                key.to_string(),
+                format!(
+                    "${{env:{name}}} is empty, so {value:?} would name another, wider folder \
+                     ({location:?})"
+                ),
+            ));
+        }
         if empty_segment(&location) {
             let hint = if value.contains("${env:") {
                 " (is a variable in it empty?)"

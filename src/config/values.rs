@@ -121,15 +121,44 @@ pub fn interpolate_env(value: &str, env: EnvLookup<'_>) -> Result<String, String
     Ok(out)
 }
 
-/// Resolves a location against a base folder: URLs stay as they are; a `file://` URL and a
-/// path become an absolute path, relative ones joined to `base`, with `.` and `..` resolved
-/// (so two spellings of one folder compare equal: `out/a/`, `./out/./a/`, `out/b/../a/`,
+/// The first `${env:NAME}` in `value` whose variable is set but empty: in a location it
+/// would drop a folder from the path, naming a wider folder than meant.
+pub(super) fn empty_variable(value: &str, env: EnvLookup<'_>) -> Option<String> {
+    let mut rest = value;
+    while let Some(start) = rest.find("${env:") {
+        let after = &rest[start + 6..];
+        let end = after.find('}')?;
+        let name = after[..end].trim();
+        if env(name).is_some_and(|v| v.is_empty()) {
+            return Some(name.to_string());
+        }
+        rest = &after[end + 1..];
+    }
+    None
+}
+
+/// Resolves a location against a base folder: URLs stay as they are; a `file:` URL (any
+/// spelling: `file:///abs`, `file://localhost/abs`, `file:/abs`, percent-escapes decoded) and
+/// a path become an absolute path, relative ones joined to `base`, with `.` and `..` resolved
+/// (so two spellings of one folder compare equal: `out/a/`, `./out/a/`, `out/b/../a/`,
 /// `file:///abs/out/a/`); a trailing `/` (meaning "a folder") is kept.
 pub fn resolve_location(location: &str, base: &Path) -> String {
-    let local = match location.strip_prefix("file://") {
-        Some(path) => path,
-        None if location.contains("://") => return location.to_string(),
-        None => location,
+    let from_url;
+    let local = if location.starts_with("file:") {
+        match url::Url::parse(location)
+            .ok()
+            .and_then(|u| u.to_file_path().ok())
+        {
+            Some(path) => {
+                from_url = path.to_string_lossy().into_owned();
+                from_url.as_str()
+            }
+            None => location,
+        }
+    } else if location.contains("://") {
+        return location.to_string();
+    } else {
+        location
     };
     let p = Path::new(local);
     let joined = if p.is_absolute() {
@@ -148,10 +177,46 @@ pub fn resolve_location(location: &str, base: &Path) -> String {
         }
     }
     let mut s = normal.to_string_lossy().into_owned();
-    if local.ends_with('/') && !s.ends_with('/') {
+    if location.ends_with('/') && !s.ends_with('/') {
         s.push('/');
     }
     s
+}
+
+/// A folder as the file system knows it, for telling whether two locations overlap: a local
+/// path with its symbolic links resolved (as far as it exists; the rest appended), ending in
+/// `/`; a URL as it is. Two spellings of one folder through a link give one key.
+pub(crate) fn folder_identity(location: &str) -> String {
+    let mut key = if location.contains("://") {
+        location.to_string()
+    } else {
+        let path = Path::new(location);
+        let mut existing = path;
+        let mut rest = Vec::new();
+        let canonical = loop {
+            if let Ok(c) = std::fs::canonicalize(existing) {
+                break Some(c);
+            }
+            match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_os_string());
+                    existing = parent;
+                }
+                _ => break None,
+            }
+        };
+        match canonical {
+            Some(mut c) => {
+                c.extend(rest.iter().rev());
+                c.to_string_lossy().into_owned()
+            }
+            None => location.to_string(),
+        }
+    };
+    if !key.ends_with('/') {
+        key.push('/');
+    }
+    key
 }
 
 /// The empty segment of a path location (`out//x/`, what `out/${env:TEAM}/x/` gives with

@@ -153,6 +153,17 @@ pub async fn prepare(
 /// The folder a location names, as a comparable key: store URL and path, `/`-terminated (a
 /// file or a glob names its folder).
 fn folder_key(location: &str) -> Option<String> {
+    if !location.contains("://") {
+        // A path: the folder the file system resolves it to (links followed).
+        let (folder, last) = location.rsplit_once('/').unwrap_or(("", location));
+        // A glob stands for its folder; a single file for itself.
+        let place = if last.contains(['*', '?', '[']) {
+            folder
+        } else {
+            location
+        };
+        return Some(crate::config::folder_identity(place));
+    }
     let url = datafusion::datasource::listing::ListingTableUrl::parse(location).ok()?;
     let prefix = url.prefix().as_ref().trim_end_matches('/');
     let store = url.object_store();
@@ -182,7 +193,16 @@ fn check_sink_apart(pipeline: &Pipeline, model: &ModelConfig) -> Result<(), Stri
                 s.rejects.clone()?,
             ))
         }))
-        .chain([("the pipeline folder".to_string(), format!("{root}/"))]);
+        .chain(pipeline.settings.state.parent().map(|state| {
+            (
+                "the state folder (and the default rejects folders)".to_string(),
+                format!("{}/", state.display()),
+            )
+        }))
+        .chain([
+            ("the queries folder".to_string(), format!("{root}/queries/")),
+            ("the pipeline folder".to_string(), format!("{root}/")),
+        ]);
     for (what, location) in others {
         let Some(other) = folder_key(&location) else {
             continue;

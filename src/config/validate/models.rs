@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::super::raw::{RawBatches, RawCheck, RawModel, RawSink};
-use super::super::values::{parse_datetime, valid_name};
+use super::super::values::{folder_identity, parse_datetime, valid_name};
 use super::super::{
     BatchConfig, Check, CheckKind, ConfigError, DEFAULT_ROWS_PER_FILE, Format, KeyBuckets,
     Materialized, ModelConfig, Severity, SinkConfig, SourceConfig, UnitSettings, WriteMode,
@@ -69,13 +69,7 @@ impl Validator<'_> {
         let tables: Vec<(&String, String)> = models
             .iter()
             .filter(|(_, m)| m.materialized == Materialized::Table)
-            .map(|(n, m)| {
-                let mut loc = m.sink.location.clone();
-                if !loc.ends_with('/') {
-                    loc.push('/');
-                }
-                (n, loc)
-            })
+            .map(|(n, m)| (n, folder_identity(&m.sink.location)))
             .collect();
         for (i, (a, la)) in tables.iter().enumerate() {
             for (b, lb) in &tables[i + 1..] {
