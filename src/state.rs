@@ -618,6 +618,24 @@ impl StateStore {
         })
     }
 
+    /// The id of every run in the ledger that is not marked running.
+    pub fn ended_run_ids(&self) -> Result<Vec<String>, StateError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT run_id FROM runs WHERE status <> 'running'")?;
+            let ids = stmt.query_map([], |r| r.get(0))?;
+            ids.collect()
+        })
+    }
+
+    /// The id of every run in the ledger.
+    pub fn run_ids(&self) -> Result<Vec<String>, StateError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT run_id FROM runs")?;
+            let ids = stmt.query_map([], |r| r.get(0))?;
+            ids.collect()
+        })
+    }
+
     /// The most recent runs, newest first.
     pub fn runs(&self, limit: usize) -> Result<Vec<RunRow>, StateError> {
         self.with(|c| {

@@ -135,6 +135,32 @@ impl Location {
         })
     }
 
+    /// The folder that holds this one, and this one's name as its URL spells it; `None` at
+    /// the root of a store.
+    pub fn parent_folder(&self) -> Option<(Location, String)> {
+        let folder = self.as_folder();
+        let path = folder.url.path().trim_end_matches('/');
+        let (parent, name) = path.rsplit_once('/')?;
+        if name.is_empty() {
+            return None;
+        }
+        let mut url = folder.url.clone();
+        url.set_path(&format!("{parent}/"));
+        let key = ObjectPath::from_url_path(url.path()).ok()?;
+        let display = folder.display.trim_end_matches('/');
+        let display = display
+            .rsplit_once('/')
+            .map_or_else(|| format!("{parent}/"), |(d, _)| format!("{d}/"));
+        Some((
+            Location {
+                url,
+                display,
+                path: key,
+            },
+            name.to_string(),
+        ))
+    }
+
     /// The full URL.
     pub fn url(&self) -> &Url {
         &self.url

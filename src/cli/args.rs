@@ -138,6 +138,10 @@ pub struct SqlArgs {
     /// Rows per output file.
     #[arg(long, value_parser = at_least_one)]
     pub target_rows_per_file: Option<usize>,
+    /// The --out folder has files but no _MANIFEST: take them as the output's current version
+    /// instead of refusing to write there.
+    #[arg(long)]
+    pub adopt: bool,
     /// A variable for `{{ KEY }}` in SQL (repeatable).
     #[arg(long = "var", value_name = "KEY=VALUE", value_parser = key_value)]
     pub vars: Vec<(String, String)>,

@@ -99,6 +99,7 @@ pub fn sql(args: &SqlArgs, cwd: &Path) -> Result<commands::sql::SqlOptions, Erro
         partition_by: args.partition_by.clone(),
         mode: args.mode,
         target_rows_per_file: args.target_rows_per_file.unwrap_or(DEFAULT_ROWS_PER_FILE),
+        adopt: args.adopt,
     });
     Ok(commands::sql::SqlOptions {
         sql,

@@ -18,6 +18,8 @@ pub async fn execute(
 ) -> Result<i32, Error> {
     let pipeline = cx.load_pipeline(path)?;
     let prepared = crate::run::prepare(pipeline, opts, cx.env.clone()).await?;
+    let ended = crate::run::heal::ended_runs(&prepared.pipeline);
+    crate::run::heal::heal_outputs(&prepared, None, &ended).await;
     let results = check(&prepared).await?;
     if json {
         println!(

@@ -15,6 +15,8 @@ use crate::units::{self, UnitKind};
 pub async fn execute(path: &Path, opts: &RunOptions, cx: &Context<'_>) -> Result<i32, Error> {
     let pipeline = cx.load_pipeline(path)?;
     let prepared = crate::run::prepare(pipeline, opts, cx.env.clone()).await?;
+    let ended = crate::run::heal::ended_runs(&prepared.pipeline);
+    crate::run::heal::heal_outputs(&prepared, None, &ended).await;
     print!("{}", describe_plan(&prepared).await);
     Ok(EXIT_OK)
 }

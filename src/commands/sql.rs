@@ -32,6 +32,8 @@ pub struct OutputTarget {
     pub mode: WriteMode,
     /// Rows per file.
     pub target_rows_per_file: usize,
+    /// Take the files of a folder without a manifest as its current version.
+    pub adopt: bool,
 }
 
 /// A table given with `--table NAME=LOCATION`.
@@ -155,17 +157,36 @@ pub async fn run_sql(
                 parallelism: engine.options().threads(),
                 buffer_budget: engine.write_buffer_budget(),
                 preserve_order: false,
+                adopt: target.adopt,
             };
             let store = engine.stores().store_for(&spec.location)?;
             let run_id = crate::table::new_run_id();
-            let prepared = sink::prepare(store, &spec, &run_id).await?;
+            let prepared =
+                sink::prepare(store, &spec, &run_id, &crate::table::Ended::default()).await?;
             Some((spec, run_id, prepared))
         }
         None => None,
     };
-    let mut exec = engine.execute(df).await.map_err(query_err)?;
+    // A write that stops before its publish leaves nothing behind, its lease included.
+    let abandon = async |target: &Option<(
+        SinkSpec,
+        String,
+        (crate::table::Output, crate::table::Existing),
+    )>| {
+        if let Some((_, run_id, (output, _))) = target {
+            output.release(run_id).await;
+        }
+    };
+    let mut exec = match engine.execute(df).await {
+        Ok(exec) => exec,
+        Err(e) => {
+            abandon(&target).await;
+            return Err(query_err(e));
+        }
+    };
     let ordered = exec.is_ordered();
     let Some(mut stream) = exec.take_stream() else {
+        abandon(&target).await;
         return Ok(SqlSummary {
             rows: 0,
             files: Vec::new(),
@@ -185,10 +206,16 @@ pub async fn run_sql(
             )
             .await;
             task.finish();
-            let staged = staged.map_err(|e| match e {
-                sink::SinkError::Input(e) => query_err(e),
-                other => other.into(),
-            })?;
+            let staged = match staged {
+                Ok(staged) => staged,
+                Err(e) => {
+                    output.release(&run_id).await;
+                    return Err(match e {
+                        sink::SinkError::Input(e) => query_err(e),
+                        other => other.into(),
+                    });
+                }
+            };
             let committed = sink::publish(
                 &output,
                 &existing,

@@ -428,6 +428,9 @@ pub struct SinkConfig {
     pub mode: WriteMode,
     /// Rows per output file before a new file is started.
     pub target_rows_per_file: usize,
+    /// A folder without a `_MANIFEST` that holds files: take them as the output's current
+    /// version (`true`), or refuse to write there (the default).
+    pub adopt: bool,
 }
 
 /// The default number of rows in one output file.

@@ -165,4 +165,6 @@ pub(super) struct RawSink {
     pub(super) partition_by: Vec<String>,
     pub(super) mode: Option<WriteMode>,
     pub(super) target_rows_per_file: Option<usize>,
+    #[serde(default)]
+    pub(super) adopt: bool,
 }

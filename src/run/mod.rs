@@ -14,6 +14,7 @@
 //! - [`resume`]: what a run does as a fingerprint, and the units a resumed run keeps.
 
 pub mod event_map;
+pub mod heal;
 mod model;
 pub mod prepare;
 mod resume;
@@ -121,7 +122,8 @@ pub async fn run(
     let mut run_id = crate::table::new_run_id();
     let started_at = timestamp_now();
     if opts.dry_run {
-        return Ok(run_models(prepared, opts, progress, None, run_id, started_at).await);
+        let ended = crate::table::Ended::default();
+        return Ok(run_models(prepared, opts, progress, None, run_id, started_at, &ended).await);
     }
     let state = Arc::new(StateStore::open(&prepared.pipeline.settings.state)?);
     let me = Holder::current();
@@ -157,6 +159,16 @@ pub async fn run(
         &me,
     )?;
     let beat = Heartbeat::start(&state, &run_id);
+    // Run ids name the writers of outputs' leftovers: the pipeline's other runs have all
+    // ended (this one holds the lock), so their leftovers go at once.
+    let ended = crate::table::Ended(
+        state
+            .run_ids()?
+            .into_iter()
+            .filter(|id| *id != run_id)
+            .collect(),
+    );
+    heal::heal_outputs(&prepared, Some(&run_id), &ended).await;
     let report = run_models(
         prepared,
         opts,
@@ -164,6 +176,7 @@ pub async fn run(
         Some(&state),
         run_id.clone(),
         started_at,
+        &ended,
     )
     .await;
     drop(beat);
@@ -224,6 +237,8 @@ struct RunCx<'a> {
     progress: &'a Progress,
     interrupt: &'a Interrupt,
     force_append: bool,
+    /// The pipeline's other runs: none is live while this one holds the run lock.
+    ended: &'a crate::table::Ended,
 }
 
 async fn run_models(
@@ -233,6 +248,7 @@ async fn run_models(
     state: Option<&StateStore>,
     run_id: String,
     started_at: String,
+    ended: &crate::table::Ended,
 ) -> RunReport {
     let Prepared {
         pipeline,
@@ -250,6 +266,7 @@ async fn run_models(
         progress,
         interrupt: &opts.interrupt,
         force_append: opts.force_append,
+        ended,
     };
     let mut reports = Vec::new();
     let mut failed: BTreeSet<String> = BTreeSet::new();

@@ -37,52 +37,65 @@ pub(super) async fn run_table_model(
     report: &mut ModelReport,
 ) -> Result<(), Error> {
     let run = ModelRun::prepare(cx, name, schema).await?;
-    let plan = plan_units(cx.engine, cx.pipeline, cx.dag, run.model)
-        .await
-        .map_err(|e| run.error(e))?;
-    let planned = resume::unit_inputs(cx, name, &plan).await?;
-    let inputs = &planned.by_unit;
-    let published = run.already_published(inputs, report).await?;
-    if published == Published::Done || run.already_appended(report).await? {
-        return Ok(());
+    let result = run.run(name, report).await;
+    if result.is_err() {
+        run.output.release(cx.run_id).await;
     }
-    let units = &plan.units;
-    // A stale publish's units are all run again (their files are in the output already).
-    let keep = published == Published::No;
-    let kept = resume::kept_units(cx, name, units, inputs, keep, &run.output).await?;
-    let all_ran_now = kept.is_empty();
-    let (records, scanned, mut unit_rejects) = run
-        .run_units(units, plan.events.as_ref(), inputs, kept, report)
-        .await?;
-    // Planning time units read every file of a quarantined source.
-    if let Some(events) = plan.events {
-        unit_rejects.extend(events.rejects);
-    }
-    let files: Vec<table::StagedFile> = records.into_iter().flat_map(|r| r.files).collect();
-    let rejected = run.count_rejects(unit_rejects, report).await?;
-    // Rows read = rows the scans passed on + rows set aside.
-    report.rows_in += report.rows_rejected;
-    // Rows read per table are known when every unit ran now (a kept unit recorded its total).
-    let scanned = scanned.filter(|_| all_ran_now);
-    if let Some(scan) = &scanned {
-        report.rows_in_by_source = scan.by_table.clone();
-        for (source, n) in &rejected {
-            *report.rows_in_by_source.entry(source.clone()).or_default() += n;
+    result
+}
+
+impl ModelRun<'_> {
+    /// The phases after [`ModelRun::prepare`].
+    async fn run(&self, name: &str, report: &mut ModelReport) -> Result<(), Error> {
+        let run = self;
+        let cx = self.cx;
+        let plan = plan_units(cx.engine, cx.pipeline, cx.dag, run.model)
+            .await
+            .map_err(|e| run.error(e))?;
+        let planned = resume::unit_inputs(cx, name, &plan).await?;
+        let inputs = &planned.by_unit;
+        let published = run.already_published(inputs, report).await?;
+        if published == Published::Done || run.already_appended(report).await? {
+            return Ok(());
         }
-    }
-    if let Some(file) = planned.changed_file(cx).await? {
-        return Err(run.error(format!(
-            "input file {file} was replaced or removed while the model ran, so its units may \
+        let units = &plan.units;
+        // A stale publish's units are all run again (their files are in the output already).
+        let keep = published == Published::No;
+        let kept = resume::kept_units(cx, name, units, inputs, keep, &run.output).await?;
+        let all_ran_now = kept.is_empty();
+        let (records, scanned, mut unit_rejects) = run
+            .run_units(units, plan.events.as_ref(), inputs, kept, report)
+            .await?;
+        // Planning time units read every file of a quarantined source.
+        if let Some(events) = plan.events {
+            unit_rejects.extend(events.rejects);
+        }
+        let files: Vec<table::StagedFile> = records.into_iter().flat_map(|r| r.files).collect();
+        let rejected = run.count_rejects(unit_rejects, report).await?;
+        // Rows read = rows the scans passed on + rows set aside.
+        report.rows_in += report.rows_rejected;
+        // Rows read per table are known when every unit ran now (a kept unit recorded its total).
+        let scanned = scanned.filter(|_| all_ran_now);
+        if let Some(scan) = &scanned {
+            report.rows_in_by_source = scan.by_table.clone();
+            for (source, n) in &rejected {
+                *report.rows_in_by_source.entry(source.clone()).or_default() += n;
+            }
+        }
+        if let Some(file) = planned.changed_file(cx).await? {
+            return Err(run.error(format!(
+                "input file {file} was replaced or removed while the model ran, so its units may \
              have read either version: nothing was published; run the command again (the \
              units that read it run again, the others are kept)"
-        )));
+            )));
+        }
+        run.check_staged(&files, report).await?;
+        run.publish(files, report).await?;
+        if let Some(filtered) = scanned.and_then(|s| s.filtered) {
+            report.balance(filtered);
+        }
+        Ok(())
     }
-    run.check_staged(&files, report).await?;
-    run.publish(files, report).await?;
-    if let Some(filtered) = scanned.and_then(|s| s.filtered) {
-        report.balance(filtered);
-    }
-    Ok(())
 }
 
 /// Whether a resumed run already published a model.
@@ -120,7 +133,7 @@ impl<'a> ModelRun<'a> {
             spec.append_id = Some(super::resume::append_identity(cx, model).await?);
         }
         let store = cx.engine.stores().store_for(&spec.location)?;
-        let (output, existing) = sink::prepare(store, &spec, cx.run_id)
+        let (output, existing) = sink::prepare(store, &spec, cx.run_id, cx.ended)
             .await
             .map_err(|e| model_error(model, e.to_string()))?;
         Ok(ModelRun {
@@ -187,7 +200,10 @@ impl<'a> ModelRun<'a> {
             return Ok(Published::No);
         }
         tracing::info!(model = %self.model.name, "already published by this run");
-        self.output.clean_up(&self.existing, m, cx.run_id).await;
+        // The files of the version it replaced went when the folder was healed.
+        self.output
+            .clean_up(self.existing.own_unlisted(cx.run_id, m), cx.run_id)
+            .await;
         // What its units wrote (an append this run published twice, its inputs having
         // changed in between, holds files of both under the run's id).
         let mine: Vec<_> = done
@@ -525,7 +541,6 @@ async fn register_staged(
     schema: &SchemaRef,
     files: &[table::StagedFile],
 ) -> Result<(), Error> {
-    let staging = table::Output::staging_dir(run_id);
     // The output as it will be once published: in append and overwrite_partitions mode the
     // files the new version keeps, beside the staged ones.
     let kept = table::kept_files(existing, spec.mode, &spec.partition_by, files);
@@ -536,7 +551,7 @@ async fn register_staged(
             .map(|f| {
                 (
                     output.key(&f.file.path),
-                    output.key(&format!("{staging}/{}", f.staged)),
+                    output.staged_key(run_id, &f.staged),
                     f.file.bytes,
                 )
             })

@@ -257,6 +257,7 @@ pub(super) fn sink_spec(engine: &Engine, model: &ModelConfig) -> Result<SinkSpec
         parallelism: engine.options().threads(),
         buffer_budget: engine.write_buffer_budget(),
         preserve_order: false,
+        adopt: model.sink.adopt,
     })
 }
 

@@ -25,7 +25,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Format, WriteMode};
 use crate::store::Location;
-use crate::table::{CommitError, ManifestColumn, ManifestFile, Output, StagedFile};
+use crate::table::{
+    CommitError, CommitFailure, Ended, ManifestColumn, ManifestFile, Output, StagedFile,
+};
 use partition::Partitioner;
 use writer::{FileWriter, WriteError};
 
@@ -75,13 +77,16 @@ pub enum SinkError {
         /// Whether another attempt could succeed (a dropped connection, throttling).
         transient: bool,
     },
-    /// A step of the commit protocol failed; the previous output is unchanged.
-    #[error("cannot publish {key}: {message} (the previous output is unchanged)")]
+    /// A step of the commit protocol failed, or the folder cannot be written safely; the
+    /// message says what it left.
+    #[error("cannot publish {key}: {message}")]
     Commit {
         /// The object key.
         key: String,
-        /// The cause.
+        /// The cause, and what it left.
         message: String,
+        /// The kind of failure.
+        kind: CommitFailure,
     },
 }
 
@@ -100,7 +105,14 @@ impl SinkError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            SinkError::PartitionColumn { .. } | SinkError::Invalid { .. }
+            SinkError::PartitionColumn { .. }
+                | SinkError::Invalid { .. }
+                | SinkError::Commit {
+                    kind: CommitFailure::NotEmpty
+                        | CommitFailure::ManifestLost
+                        | CommitFailure::Unsupported,
+                    ..
+                }
         )
     }
 }
@@ -110,6 +122,7 @@ impl From<CommitError> for SinkError {
         SinkError::Commit {
             key: e.key,
             message: e.message,
+            kind: e.kind,
         }
     }
 }
@@ -137,6 +150,9 @@ pub(crate) struct SinkSpec {
     /// Keep the input's row order within each partition (the query sorts): one writer lane
     /// per partition, so files hold consecutive rows.
     pub preserve_order: bool,
+    /// Without a manifest, take the data files in the folder as the output's current version
+    /// instead of refusing to write there.
+    pub adopt: bool,
 }
 
 /// A published output: what the run report shows.
@@ -202,11 +218,14 @@ impl UnitOutput {
     }
 }
 
-/// Checks the output folder before any work: `error_if_exists`, and leftovers of crashed runs.
+/// Checks the output folder before any work: heals what crashed writers left, refuses a
+/// folder it cannot write safely, checks `error_if_exists`. `ended`: writers known to have
+/// ended.
 pub(crate) async fn prepare(
     store: Arc<dyn ObjectStore>,
     spec: &SinkSpec,
     run_id: &str,
+    ended: &Ended,
 ) -> Result<(Output, crate::table::Existing), SinkError> {
     let invalid = |message: String| SinkError::Invalid {
         location: spec.location.to_string(),
@@ -225,7 +244,9 @@ pub(crate) async fn prepare(
         }
     }
     let output = Output::new(store, spec.location.clone());
-    let existing = output.inspect(run_id).await?;
+    let existing = output
+        .inspect(run_id, ended, spec.adopt, spec.format.extension())
+        .await?;
     // A resumed run's own output (its manifest, files moved by its interrupted publish) is
     // not "existing" output.
     let foreign = existing
@@ -302,6 +323,13 @@ pub(crate) async fn stage_unit(
     let shared = Arc::new(LaneShared {
         store: output.store(),
         output_location: spec.location.clone(),
+        staging: output
+            .staging()
+            .cloned()
+            .ok_or_else(|| SinkError::Invalid {
+                location: spec.location.to_string(),
+                message: "refusing to write an output at the root of a store: name a folder".into(),
+            })?,
         unit: unit.clone(),
         attempt: slot.attempt.clone(),
         run_id: run_id.to_string(),
@@ -456,9 +484,15 @@ pub(crate) async fn write(
     run_id: &str,
     on_rows: &(dyn Fn(u64) + Sync),
 ) -> Result<Committed, SinkError> {
-    let (output, existing) = prepare(store, spec, run_id).await?;
+    let (output, existing) = prepare(store, spec, run_id, &Ended::default()).await?;
     let slot = UnitSlot::attempt(crate::units::WHOLE_KEY);
-    let staged = stage_unit(&output, spec, input, run_id, slot, on_rows).await?;
+    let staged = match stage_unit(&output, spec, input, run_id, slot, on_rows).await {
+        Ok(staged) => staged,
+        Err(e) => {
+            output.release(run_id).await;
+            return Err(e);
+        }
+    };
     publish(
         &output,
         &existing,
@@ -473,6 +507,7 @@ pub(crate) async fn write(
 struct LaneShared {
     store: Arc<dyn ObjectStore>,
     output_location: Location,
+    staging: crate::table::staging::StagingArea,
     unit: String,
     attempt: String,
     run_id: String,
@@ -531,11 +566,9 @@ async fn run_lane(
                 } else {
                     format!("{partition}/{name}")
                 };
-                let key = shared.output_location.child(&format!(
-                    "{}/{}",
-                    Output::staging_dir(&shared.run_id),
-                    staged_path(&shared.unit, &rel)
-                ));
+                let key = shared
+                    .staging
+                    .key(&shared.run_id, &staged_path(&shared.unit, &rel));
                 let w = FileWriter::create(
                     Arc::clone(&shared.store),
                     key.clone(),

@@ -1,35 +1,49 @@
-//! The commit protocol: how staged files become a model's published output atomically.
+//! The commit protocol: how staged files become a model's published output atomically, even
+//! with other writers at work on the same output.
 //!
-//! An output folder holds data files (`key=value/part-NNNNN-<run>.ext`), a `_MANIFEST` listing
+//! An output folder holds data files (`key=value/part-...-<run>.ext`), a `_MANIFEST` listing
 //! the files of the current version with their row counts, and a `_SUCCESS` marker. A write:
 //!
-//! 1. **stages** every new file under `_staging/<run>/` (readers never look there: DataFusion
-//!    skips nested non-partition folders, Spark and Hive skip `_` folders);
+//! 1. **heals and stages**: deletes what crashed writers left (see [`super::heal`]), takes a
+//!    lease, and stages every new file in the writer's folder of the output's staging area,
+//!    *outside* the output folder (see [`super::staging`]): no reader of the folder sees it;
 //! 2. **moves** each staged file to its final key. Names carry the run id, so a move never
-//!    replaces a file the current manifest lists: readers of the old version are unaffected;
-//! 3. **commits** by writing `_MANIFEST` in one PUT. A PUT of one object is atomic on every
-//!    object store (and a rename on local disk), so the manifest names either the old complete
-//!    file set or the new one, never a mix. This is the commit point, and it needs no rename;
-//! 4. **cleans up**: deletes every data file the new manifest does not list (replaced files,
-//!    orphans of an earlier crashed publish), writes `_SUCCESS`, and removes the staging folder.
+//!    replaces a file the current manifest lists: readers of the old version are unaffected.
+//!    On local disk the files and their folders are then fsynced;
+//! 3. **commits** by replacing `_MANIFEST` only if it is still the version read at step 1 (a
+//!    compare-and-swap, [`super::swap`]): the manifest names either the old complete file set
+//!    or the new one, never a mix, and two writers never both commit over one base. A writer
+//!    whose base moved re-reads it and rebases where its mode allows (an append; an overwrite
+//!    of partitions nobody else rewrote), or fails and removes what it moved;
+//! 4. **cleans up**: deletes the files of the replaced version the new one does not list,
+//!    writes `_SUCCESS`, and removes its staging and lease.
 //!
-//! A failure before step 3 deletes what this run staged or moved and leaves the old manifest
-//! and files exactly as they were. A crash before step 3 leaves only unlisted files, which the
-//! next write to the same output deletes; a crash after step 3 leaves a committed output whose
-//! leftovers the next write deletes too.
+//! A failure before step 3 deletes what this run moved and leaves the old manifest and files
+//! exactly as they were. A commit whose outcome is unknown (the store did not answer) deletes
+//! nothing. A crash leaves files no manifest lists, which the next command heals once the
+//! writer's lease shows it ended. Clean-up only ever deletes files a manifest listed or files
+//! named as sluice names them: another program's files in the folder are never touched.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::is_data_file;
-use super::is_sluice_file;
-use super::manifest::{MANIFEST, Manifest, ManifestColumn, ManifestFile, STAGING, SUCCESS};
+use super::heal::Ended;
+use super::manifest::{MANIFEST, Manifest, ManifestColumn, ManifestFile, SUCCESS};
+use super::staging::{LeaseKeeper, StagingArea};
+use super::swap::{self, SwapError, Version, Versioned};
 use crate::config::WriteMode;
 use crate::store::Location;
+
+/// How many times a writer whose base moved rebases and tries again before it gives up.
+const REBASES: usize = 64;
+
+/// How long a writer's lease must still hold when it commits: a commit is one small PUT.
+const COMMIT_MARGIN: Duration = Duration::from_secs(240);
 
 /// A file staged by one unit: where it is in the run's staging folder, and what it becomes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -40,19 +54,40 @@ pub struct StagedFile {
     pub file: ManifestFile,
 }
 
+/// What kind of failure a [`CommitError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitFailure {
+    /// Reading, writing or deleting an object failed.
+    Io,
+    /// Another writer committed a version this one cannot be rebased onto.
+    Conflict,
+    /// The commit's outcome is not known: nothing was deleted.
+    Unknown,
+    /// The folder holds files sluice did not write, and no manifest.
+    NotEmpty,
+    /// The folder holds files sluice published, but its manifest is gone.
+    ManifestLost,
+    /// The store cannot commit atomically.
+    Unsupported,
+}
+
 /// A failed step of the protocol, with the object key it concerned.
 #[derive(Debug)]
 pub struct CommitError {
     /// The object key (as a user would recognise it).
     pub key: String,
-    /// What failed.
+    /// What failed, and what it left.
     pub message: String,
+    /// The kind of failure.
+    pub kind: CommitFailure,
 }
 
 /// An output folder and the store that holds it.
 pub(crate) struct Output {
     store: Arc<dyn ObjectStore>,
     location: Location,
+    staging: Option<StagingArea>,
+    lease: Mutex<Option<LeaseKeeper>>,
 }
 
 /// What one write adds: the staged files and what the new manifest says about them.
@@ -82,46 +117,60 @@ pub(crate) fn kept_files(
     partition_by: &[String],
     staged: &[StagedFile],
 ) -> Vec<ManifestFile> {
+    kept_of(&existing.current_files(), mode, partition_by, staged)
+}
+
+fn kept_of(
+    current: &[ManifestFile],
+    mode: WriteMode,
+    partition_by: &[String],
+    staged: &[StagedFile],
+) -> Vec<ManifestFile> {
     let new_partitions: BTreeSet<&str> = staged.iter().map(|f| f.file.partition()).collect();
     match mode {
         WriteMode::Overwrite | WriteMode::ErrorIfExists => Vec::new(),
         // Without partitions, the whole output is the one partition.
         WriteMode::OverwritePartitions if partition_by.is_empty() => Vec::new(),
-        WriteMode::Append => existing.current_files(),
-        WriteMode::OverwritePartitions => existing
-            .current_files()
-            .into_iter()
+        WriteMode::Append => current.to_vec(),
+        WriteMode::OverwritePartitions => current
+            .iter()
             .filter(|f| !new_partitions.contains(f.partition()))
+            .cloned()
             .collect(),
     }
 }
 
 /// What the folder held before this write.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Existing {
     /// The current manifest, if there is one.
     pub manifest: Option<Manifest>,
-    /// Every data file found by listing (relative paths), listed or not.
+    /// Its version, which the commit compares with.
+    version: Version,
+    /// Every data file found by listing (relative paths), leftovers of crashes deleted.
     pub data_files: Vec<(String, u64)>,
+    /// Without a manifest, the files taken as the current version (`adopt`).
+    adopted: Vec<ManifestFile>,
 }
 
 impl Existing {
-    /// The files of the current version: the manifest's, or (for a folder sluice did not
-    /// write) every data file found, except files named like sluice's own: with no manifest,
-    /// those are leftovers of a first publish that crashed before its commit.
+    /// Files of run `run_id` in the folder that `manifest` does not list: moved by an earlier,
+    /// interrupted publish of the same run (resumed), for units it has run again since.
+    pub(crate) fn own_unlisted(&self, run_id: &str, manifest: &Manifest) -> Vec<String> {
+        let listed: BTreeSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+        self.data_files
+            .iter()
+            .map(|(p, _)| p)
+            .filter(|p| super::run_of_file(p) == Some(run_id) && !listed.contains(p.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// The files of the current version: the manifest's, or those adopted.
     pub(crate) fn current_files(&self) -> Vec<ManifestFile> {
         match &self.manifest {
             Some(m) => m.files.clone(),
-            None => self
-                .data_files
-                .iter()
-                .filter(|(path, _)| !is_sluice_file(path))
-                .map(|(path, bytes)| ManifestFile {
-                    path: path.clone(),
-                    rows: 0,
-                    bytes: *bytes,
-                })
-                .collect(),
+            None => self.adopted.clone(),
         }
     }
 }
@@ -129,9 +178,12 @@ impl Existing {
 impl Output {
     /// The output folder at `location` (a folder) in `store`.
     pub(crate) fn new(store: Arc<dyn ObjectStore>, location: Location) -> Output {
+        let location = location.as_folder();
         Output {
             store,
-            location: location.as_folder(),
+            staging: StagingArea::of(&location),
+            location,
+            lease: Mutex::new(None),
         }
     }
 
@@ -145,36 +197,53 @@ impl Output {
         &self.location
     }
 
+    /// The output's staging area (none at the root of a store).
+    pub(crate) fn staging(&self) -> Option<&StagingArea> {
+        self.staging.as_ref()
+    }
+
     /// The object key of a path relative to the output folder.
     pub(crate) fn key(&self, relative: &str) -> ObjectPath {
         self.location.child(relative)
     }
 
-    /// The staging folder (relative) of a run.
-    pub(crate) fn staging_dir(run_id: &str) -> String {
-        format!("{STAGING}/{run_id}")
+    /// The key of a file staged by run `run_id` (`staged` relative to the run's folder).
+    pub(crate) fn staged_key(&self, run_id: &str, staged: &str) -> ObjectPath {
+        match &self.staging {
+            Some(area) => area.key(run_id, staged),
+            // Never used: writes at the root of a store are refused.
+            None => self.key(&format!("{}/{run_id}/{staged}", super::manifest::STAGING)),
+        }
     }
 
-    fn err(&self, key: &ObjectPath, e: impl std::fmt::Display) -> CommitError {
+    pub(crate) fn err(&self, key: &ObjectPath, e: impl std::fmt::Display) -> CommitError {
+        self.failure(
+            key,
+            CommitFailure::Io,
+            crate::describe::describe_storage(&e.to_string()),
+        )
+    }
+
+    fn failure(&self, key: &ObjectPath, kind: CommitFailure, message: String) -> CommitError {
         CommitError {
             key: self.location.display_key(key),
-            message: e.to_string(),
+            message,
+            kind,
         }
     }
 
     /// Reads the manifest, if any.
     pub(crate) async fn read_manifest(&self) -> Result<Option<Manifest>, CommitError> {
+        Ok(self.read_versioned().await?.manifest)
+    }
+
+    /// Reads the manifest with its version.
+    pub(crate) async fn read_versioned(&self) -> Result<Versioned, CommitError> {
         let key = self.key(MANIFEST);
-        match self.store.get(&key).await {
-            Ok(r) => {
-                let bytes = r.bytes().await.map_err(|e| self.err(&key, e))?;
-                let m: Manifest = serde_json::from_slice(&bytes)
-                    .map_err(|e| self.err(&key, format!("not a sluice manifest: {e}")))?;
-                Ok(Some(m))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.err(&key, e)),
-        }
+        let local = self.location.local_path();
+        swap::read(self.store.as_ref(), &key, local.as_deref())
+            .await
+            .map_err(|e| self.err(&key, e))
     }
 
     /// The objects under `prefix`.
@@ -187,7 +256,7 @@ impl Output {
     }
 
     /// Lists everything under the folder as (relative path, size).
-    async fn list(&self) -> Result<Vec<(String, u64)>, CommitError> {
+    pub(crate) async fn list(&self) -> Result<Vec<(String, u64)>, CommitError> {
         let prefix = self.location.path();
         let base: Vec<_> = prefix.parts().collect();
         let metas = self.objects_under(&prefix).await?;
@@ -203,43 +272,125 @@ impl Output {
             .collect())
     }
 
-    /// Reads the folder's state, and deletes staging leftovers of other runs (crashed runs:
-    /// runs of one pipeline never overlap).
-    pub(crate) async fn inspect(&self, run_id: &str) -> Result<Existing, CommitError> {
-        let manifest = self.read_manifest().await?;
-        let mine = format!("{}/", Output::staging_dir(run_id));
-        let mut data_files = Vec::new();
-        let mut stale = Vec::new();
-        for (path, size) in self.list().await? {
-            if path.starts_with(&format!("{STAGING}/")) {
-                if !path.starts_with(&mine) {
-                    stale.push(path);
-                }
-            } else if is_data_file(&path) {
-                data_files.push((path, size));
+    /// Prepares a write by run `run_id`: heals the folder, refuses a folder sluice cannot
+    /// write safely (files and no manifest: another program's, or a lost manifest's), and
+    /// takes the run's lease. Returns the folder's state. With `adopt`, a folder without a
+    /// manifest is written all the same: its files with the output's `extension` are taken as
+    /// its current version; other files stay as they are, never listed nor deleted.
+    pub(crate) async fn inspect(
+        &self,
+        run_id: &str,
+        ended: &Ended,
+        adopt: bool,
+        extension: &str,
+    ) -> Result<Existing, CommitError> {
+        let survey = self.heal(Some(run_id), ended).await?;
+        let mut adopted = Vec::new();
+        if survey.versioned.manifest.is_none() {
+            let others: Vec<&(String, u64)> = survey
+                .data_files
+                .iter()
+                .filter(|(p, _)| super::run_of_file(p) != Some(run_id))
+                .collect();
+            if !others.is_empty() && !adopt {
+                let example = &others[0].0;
+                let (kind, message) = if survey.lost.is_empty() {
+                    (
+                        CommitFailure::NotEmpty,
+                        format!(
+                            "the folder is not empty ({} file(s) sluice did not write, e.g. {example}) and has no {MANIFEST}: \
+                             refusing to write into it, so nothing of what is there is deleted or mixed with this output. \
+                             Write to an empty folder, or set adopt = true on the sink (sluice sql: --adopt) to take its \
+                             files as the output's current version (overwrite then replaces them)",
+                            others.len()
+                        ),
+                    )
+                } else {
+                    (
+                        CommitFailure::ManifestLost,
+                        format!(
+                            "the folder holds {} file(s) sluice published (e.g. {}) but its {MANIFEST} is gone (deleted or lost): \
+                             refusing to write, as that would lose them. To recover, set adopt = true on the sink \
+                             (sluice sql: --adopt) to take the files there as the output's current version, \
+                             or delete the folder to start afresh",
+                            others.len(),
+                            survey.lost[0]
+                        ),
+                    )
+                };
+                return Err(self.failure(&self.key(MANIFEST), kind, message));
             }
-        }
-        self.delete_all(stale).await?;
-        // On local disk, a write killed half-way leaves the store's temporary `<file>#N`,
-        // which listings do not show: other runs' staging folders go whole.
-        if let Some(root) = self.location.local_path()
-            && let Ok(entries) = std::fs::read_dir(root.join(STAGING))
-        {
-            for entry in entries.flatten() {
-                if entry.file_name().to_str() != Some(run_id) {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
+            let suffix = format!(".{extension}");
+            let (taken, left): (Vec<_>, Vec<_>) =
+                others.into_iter().partition(|(p, _)| p.ends_with(&suffix));
+            if let Some((example, _)) = left.first() {
+                tracing::warn!(
+                    output = %self.location,
+                    "{} file(s) without the extension {suffix} (e.g. {example}) are not taken as part of the output: they stay as they are",
+                    left.len()
+                );
             }
+            adopted = taken
+                .into_iter()
+                .map(|(path, bytes)| ManifestFile {
+                    path: path.clone(),
+                    rows: 0,
+                    bytes: *bytes,
+                })
+                .collect();
         }
+        self.take_lease(run_id).await?;
         Ok(Existing {
-            manifest,
-            data_files,
+            manifest: survey.versioned.manifest,
+            version: survey.versioned.version,
+            data_files: survey.data_files,
+            adopted,
         })
+    }
+
+    /// Writes run `run_id`'s lease and keeps it renewed while this output is open.
+    async fn take_lease(&self, run_id: &str) -> Result<(), CommitError> {
+        let Some(area) = &self.staging else {
+            return Ok(());
+        };
+        area.write_lease(self.store.as_ref(), run_id)
+            .await
+            .map_err(|e| self.err(&area.lease_key(run_id), e))?;
+        let keeper = LeaseKeeper::start(self.store(), area.clone(), run_id);
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(keeper);
+        Ok(())
+    }
+
+    /// After a failed write by run `run_id`: stops renewing its lease, and deletes the lease
+    /// if the run staged nothing (what it staged stays for a resumed run, its lease expiring).
+    pub(crate) async fn release(&self, run_id: &str) {
+        self.drop_lease();
+        let Some(area) = &self.staging else {
+            return;
+        };
+        let lease = area.lease_key(run_id);
+        match self.objects_under(&area.run_prefix(run_id)).await {
+            Ok(objects) if objects.iter().all(|m| m.location == lease) => {
+                if let Err(e) = self.discard_staging(run_id, None).await {
+                    tracing::warn!("could not remove {}: {}", e.key, e.message);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Stops renewing the lease (it is about to be deleted).
+    fn drop_lease(&self) {
+        self.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Deletes the given relative paths (missing ones are fine).
     pub(crate) async fn delete_all(&self, paths: Vec<String>) -> Result<(), CommitError> {
         let keys: Vec<ObjectPath> = paths.iter().map(|p| self.key(p)).collect();
+        self.delete_keys(keys).await
+    }
+
+    async fn delete_keys(&self, keys: Vec<ObjectPath>) -> Result<(), CommitError> {
         let results: Vec<_> = futures::stream::iter(keys)
             .map(|k| async move {
                 match self.store.delete(&k).await {
@@ -253,36 +404,50 @@ impl Output {
         results.into_iter().collect()
     }
 
-    /// Deletes this run's staging folder, or one unit's part of it.
+    /// Deletes run `run_id`'s staging folder (with its lease), or one unit's part of it.
     pub(crate) async fn discard_staging(
         &self,
         run_id: &str,
         unit: Option<&str>,
     ) -> Result<(), CommitError> {
-        let dir = match unit {
-            Some(u) => format!("{}/{u}", Output::staging_dir(run_id)),
-            None => Output::staging_dir(run_id),
+        let Some(area) = &self.staging else {
+            return Ok(());
         };
-        let metas = self.objects_under(&self.key(&dir)).await?;
-        let results: Vec<_> = futures::stream::iter(metas)
-            .map(|m| async move {
-                match self.store.delete(&m.location).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(self.err(&m.location, e)),
+        let prefix = match unit {
+            Some(u) => area.key(run_id, u),
+            None => area.run_prefix(run_id),
+        };
+        let mut keys: Vec<ObjectPath> = self
+            .objects_under(&prefix)
+            .await?
+            .into_iter()
+            .map(|m| m.location)
+            .collect();
+        // The lease goes last: while it is there, the folder is known as a crashed writer's.
+        let lease = area.lease_key(run_id);
+        keys.retain(|k| *k != lease);
+        self.delete_keys(keys).await?;
+        // On local disk, moves leave the (now empty) staging folders behind, and a write
+        // killed half-way its temporary `<file>#N`, which listings do not show.
+        if let Some(dir) = area.location().local_path() {
+            let run_dir = dir.join(run_id);
+            match unit {
+                Some(u) => {
+                    let _ = std::fs::remove_dir_all(run_dir.join(u));
                 }
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        // On local disk, moves leave the (now empty) staging folders behind; object stores
-        // have no folders.
-        if let Some(root) = self.location.local_path() {
-            let _ = std::fs::remove_dir_all(root.join(&dir));
-            if unit.is_none() {
-                let _ = std::fs::remove_dir(root.join(STAGING));
+                None => {
+                    let _ = std::fs::remove_dir_all(&run_dir);
+                    let _ = std::fs::remove_dir(&dir);
+                    if let Some(parent) = dir.parent() {
+                        let _ = std::fs::remove_dir(parent);
+                    }
+                }
             }
         }
-        results.into_iter().collect()
+        if unit.is_none() {
+            self.delete_keys(vec![lease]).await?;
+        }
+        Ok(())
     }
 
     /// Publishes staged files (relative to this run's staging folder) as the new version of
@@ -311,24 +476,17 @@ impl Output {
             .chain(staged.iter().map(|f| &f.file.path))
             .find(|p| !paths.insert(p.as_str()));
         if let Some(path) = twice {
-            return Err(CommitError {
-                key: self.location.display_key(&self.key(path)),
-                message: "two files of the new version have this name; nothing was published"
-                    .into(),
-            });
+            return Err(self.err(
+                &self.key(path),
+                "two files of the new version have this name; nothing was published (the previous output is unchanged)",
+            ));
         }
 
         // Step 2: move staged files to their final keys. A file already moved (a resumed
         // run that was killed during an earlier publish) is found at its final key.
-        let staging = Output::staging_dir(run_id);
         let moves: Vec<(ObjectPath, ObjectPath)> = staged
             .iter()
-            .map(|f| {
-                (
-                    self.key(&format!("{staging}/{}", f.staged)),
-                    self.key(&f.file.path),
-                )
-            })
+            .map(|f| (self.staged_key(run_id, &f.staged), self.key(&f.file.path)))
             .collect();
         let moved: Vec<Result<ObjectPath, CommitError>> = futures::stream::iter(moves)
             .map(|(from, to)| async move {
@@ -346,79 +504,251 @@ impl Output {
             .collect()
             .await;
         let staged: Vec<ManifestFile> = staged.into_iter().map(|f| f.file).collect();
-        if let Some(first_err) = moved.iter().find_map(|r| r.as_ref().err()) {
-            let first_err = CommitError {
-                key: first_err.key.clone(),
-                message: first_err.message.clone(),
-            };
-            // Roll back: nothing of this run may stay visible beside the old version.
-            let done: Vec<String> = staged.iter().map(|f| f.path.clone()).collect();
-            let _ = self.delete_all(done).await;
-            let _ = self.discard_staging(run_id, None).await;
-            return Err(first_err);
+        let mut failure = moved.into_iter().find_map(Result::err);
+        if failure.is_none() {
+            failure = self.sync_local(&staged).await.err();
         }
+        if let Some(mut e) = failure {
+            self.roll_back(run_id, &staged).await;
+            e.message
+                .push_str(" (nothing was published: the previous output is unchanged)");
+            return Err(e);
+        }
+        tracing::debug!(output = %self.location, files = staged.len(), "staged files moved");
 
-        tracing::debug!(output = %self.location, files = moved.len(), "staged files moved");
-        // Step 3: the commit point.
-        let mut files = kept;
-        files.extend(staged);
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        let mut manifest = Manifest::new(run_id, format, partition_by, columns, files);
-        if mode == WriteMode::Append {
-            manifest.appended = existing
-                .manifest
-                .as_ref()
-                .map(|m| m.appended.clone())
-                .unwrap_or_default();
-            manifest.appended.extend(append_id.map(str::to_string));
-        }
-        let body =
-            serde_json::to_vec_pretty(&manifest).map_err(|e| self.err(&self.key(MANIFEST), e))?;
-        let key = self.key(MANIFEST);
-        if let Err(e) = self.store.put(&key, PutPayload::from(body)).await {
-            // The PUT may have landed even though the client saw an error (a timeout after
-            // the server stored it): only roll back if the manifest is not ours.
-            let landed = matches!(self.read_manifest().await, Ok(Some(m)) if m.run_id == run_id);
-            if !landed {
-                let err = self.err(&key, e);
-                let old = existing.current_files();
-                let done: Vec<String> = manifest
-                    .files
-                    .iter()
-                    .filter(|f| !old.contains(f))
-                    .map(|f| f.path.clone())
-                    .collect();
-                let _ = self.delete_all(done).await;
-                let _ = self.discard_staging(run_id, None).await;
-                return Err(err);
+        // Step 3: the commit point, rebased while other writers commit first.
+        let mut base = Versioned {
+            manifest: existing.manifest.clone(),
+            version: existing.version.clone(),
+        };
+        let mut base_files = existing.current_files();
+        let mut rebases = 0;
+        let manifest = loop {
+            let mut files = kept_of(&base_files, mode, partition_by, &staged_as(&staged));
+            files.extend(staged.iter().cloned());
+            files.sort_by(|a, b| a.path.cmp(&b.path));
+            let mut manifest = Manifest::new(run_id, format, partition_by, columns.clone(), files);
+            if mode == WriteMode::Append {
+                manifest.appended = base
+                    .manifest
+                    .as_ref()
+                    .map(|m| m.appended.clone())
+                    .unwrap_or_default();
+                manifest.appended.extend(append_id.map(str::to_string));
             }
-        }
+            match self.commit(run_id, &base.version, &manifest).await {
+                Ok(()) => break manifest,
+                Err(Committed::Moved(now)) if rebases < REBASES => {
+                    if let Err(reason) = rebase_allowed(
+                        existing,
+                        &now,
+                        mode,
+                        partition_by,
+                        format,
+                        &staged,
+                        append_id,
+                    ) {
+                        self.roll_back(run_id, &staged).await;
+                        return Err(self.failure(
+                            &self.key(MANIFEST),
+                            CommitFailure::Conflict,
+                            format!(
+                                "another writer committed a new version of the output first ({reason}); nothing of this \
+                                 write was published, and its files were removed: run it again"
+                            ),
+                        ));
+                    }
+                    rebases += 1;
+                    tracing::info!(output = %self.location, "another writer committed first: rebasing");
+                    base_files = now
+                        .manifest
+                        .as_ref()
+                        .map(|m| m.files.clone())
+                        .unwrap_or_default();
+                    base = now;
+                }
+                Err(Committed::Moved(_)) => {
+                    self.roll_back(run_id, &staged).await;
+                    return Err(self.failure(
+                        &self.key(MANIFEST),
+                        CommitFailure::Conflict,
+                        format!("other writers committed {REBASES} times while this one tried; nothing was published"),
+                    ));
+                }
+                Err(Committed::Not(e)) => {
+                    self.roll_back(run_id, &staged).await;
+                    return Err(e);
+                }
+                Err(Committed::Unknown(e)) => return Err(e),
+            }
+        };
 
         tracing::info!(
             output = %self.location,
             files = manifest.files.len(),
             rows = manifest.rows,
+            rebases,
             "committed"
         );
-        // Step 4: clean up. The output is committed; a failure here is healed by the next write.
-        self.clean_up(existing, &manifest, run_id).await;
-        Ok(manifest)
-    }
-}
-
-impl Output {
-    /// Step 4 of the protocol, after a commit: deletes the data files `manifest` does not list,
-    /// writes `_SUCCESS`, removes the run's staging. Failures are warnings: the output is
-    /// committed, and the next write heals them.
-    pub(crate) async fn clean_up(&self, existing: &Existing, manifest: &Manifest, run_id: &str) {
+        // Step 4: clean up. The output is committed; a failure here is healed later.
         let listed: BTreeSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
-        let garbage: Vec<String> = existing
-            .data_files
+        let mut replaced: Vec<String> = base_files
             .iter()
-            .map(|(p, _)| p.clone())
+            .map(|f| f.path.clone())
             .filter(|p| !listed.contains(p.as_str()))
             .collect();
-        if let Err(e) = self.delete_all(garbage).await {
+        replaced.extend(existing.own_unlisted(run_id, &manifest));
+        self.clean_up(replaced, run_id).await;
+        Ok(manifest)
+    }
+
+    /// Writes `manifest` over the version `base` (the commit point), and says how it went.
+    async fn commit(
+        &self,
+        run_id: &str,
+        base: &Version,
+        manifest: &Manifest,
+    ) -> Result<(), Committed> {
+        let key = self.key(MANIFEST);
+        let body =
+            serde_json::to_vec_pretty(manifest).map_err(|e| Committed::Not(self.err(&key, e)))?;
+        // The lease must hold until the commit is done, or a healer could take this writer
+        // for dead and delete the files the manifest is about to list.
+        if let Some(area) = &self.staging {
+            match area.read_lease(self.store.as_ref(), run_id).await {
+                Ok(Some(lease)) if lease.holds_for(COMMIT_MARGIN) => {}
+                _ => {
+                    area.write_lease(self.store.as_ref(), run_id)
+                        .await
+                        .map_err(|e| Committed::Not(self.err(&area.lease_key(run_id), e)))?;
+                    if !self.all_present(&manifest.files).await {
+                        return Err(Committed::Not(self.failure(
+                            &key,
+                            CommitFailure::Conflict,
+                            "this writer's lease lapsed and files of its new version were removed meanwhile; \
+                             nothing was published"
+                                .into(),
+                        )));
+                    }
+                }
+            }
+        }
+        let local = self.location.local_path();
+        let tmp = format!(".{MANIFEST}.{run_id}.tmp");
+        let outcome = swap::swap(
+            self.store.as_ref(),
+            &key,
+            local.as_deref(),
+            base,
+            body,
+            &tmp,
+        )
+        .await;
+        let definite = match outcome {
+            Ok(()) => return Ok(()),
+            Err(SwapError::Unsupported(why)) => {
+                return Err(Committed::Not(self.failure(
+                    &key,
+                    CommitFailure::Unsupported,
+                    why,
+                )));
+            }
+            Err(SwapError::Moved) => None,
+            Err(SwapError::Failed(e)) => Some(e),
+        };
+        // Whether it landed after all (a retried PUT that had succeeded, a timeout after the
+        // store took it): the manifest read back says.
+        match self.read_versioned().await {
+            Ok(now) if now.manifest.as_ref() == Some(manifest) => Ok(()),
+            Ok(now) => match definite {
+                None => Err(Committed::Moved(now)),
+                // On local disk, what is read back is the whole truth.
+                Some(e) if local.is_some() => Err(Committed::Not(self.err(&key, e))),
+                Some(e) => Err(Committed::Unknown(self.failure(
+                    &key,
+                    CommitFailure::Unknown,
+                    format!(
+                        "{e}; the store did not say whether the new manifest was written, so nothing was deleted \
+                         (the next run finds out and heals the output)"
+                    ),
+                ))),
+            },
+            Err(read) => Err(Committed::Unknown(self.failure(
+                &key,
+                CommitFailure::Unknown,
+                format!(
+                    "{}; and reading it back failed too ({}), so whether it was written is not known: nothing \
+                     was deleted (the next run finds out and heals the output)",
+                    definite.unwrap_or_else(|| "another writer may have committed".into()),
+                    read.message
+                ),
+            ))),
+        }
+    }
+
+    /// Whether every file is at its key.
+    async fn all_present(&self, files: &[ManifestFile]) -> bool {
+        let heads = futures::stream::iter(files)
+            .map(|f| async move { self.store.head(&self.key(&f.path)).await.is_ok() })
+            .buffer_unordered(16)
+            .collect::<Vec<bool>>()
+            .await;
+        heads.into_iter().all(|ok| ok)
+    }
+
+    /// On local disk, flushes the moved files and their folders to disk before the manifest
+    /// lists them.
+    async fn sync_local(&self, files: &[ManifestFile]) -> Result<(), CommitError> {
+        let Some(root) = self.location.local_path() else {
+            return Ok(());
+        };
+        // The file paths as object_store's local store makes them from keys.
+        let paths: Vec<std::path::PathBuf> = files
+            .iter()
+            .filter_map(|f| {
+                let key = self.key(&f.path);
+                let mut url = url::Url::parse("file:///").ok()?;
+                url.path_segments_mut()
+                    .ok()?
+                    .pop_if_empty()
+                    .extend(key.parts().map(|p| p.as_ref().to_string()));
+                url.to_file_path().ok()
+            })
+            .collect();
+        let dir = root.clone();
+        tokio::task::spawn_blocking(move || swap::sync_files(&dir, &paths))
+            .await
+            .map_err(|e| self.err(&self.key(""), e))?
+            .map_err(|e| {
+                self.err(
+                    &self.key(""),
+                    format!("cannot flush the new files to disk: {e}"),
+                )
+            })
+    }
+
+    /// Removes what this run moved and staged: it published nothing.
+    async fn roll_back(&self, run_id: &str, moved: &[ManifestFile]) {
+        let done: Vec<String> = moved.iter().map(|f| f.path.clone()).collect();
+        if let Err(e) = self.delete_all(done).await {
+            tracing::warn!(
+                "could not remove a file of the failed publish: {} ({})",
+                e.key,
+                e.message
+            );
+        }
+        self.drop_lease();
+        if let Err(e) = self.discard_staging(run_id, None).await {
+            tracing::warn!("could not remove staging {}: {}", e.key, e.message);
+        }
+    }
+
+    /// Step 4 of the protocol, after a commit: deletes the `replaced` files (relative paths
+    /// the replaced version listed and the new one does not), writes `_SUCCESS`, removes the
+    /// run's staging and lease. Failures are warnings: the output is committed, and the next
+    /// command heals them.
+    pub(crate) async fn clean_up(&self, replaced: Vec<String>, run_id: &str) {
+        if let Err(e) = self.delete_all(replaced).await {
             tracing::warn!(
                 "output committed, but an old file could not be deleted: {} ({})",
                 e.key,
@@ -433,6 +763,7 @@ impl Output {
         {
             tracing::warn!("output committed, but {SUCCESS} could not be written: {e}");
         }
+        self.drop_lease();
         if let Err(e) = self.discard_staging(run_id, None).await {
             tracing::warn!(
                 "output committed, but staging could not be removed: {} ({})",
@@ -445,15 +776,105 @@ impl Output {
     /// Whether every staged file is still there: in the run's staging, or at its final key
     /// (moved by an interrupted publish).
     pub(crate) async fn files_present(&self, run_id: &str, files: &[StagedFile]) -> bool {
-        let staging = Output::staging_dir(run_id);
         for f in files {
-            let staged = self.key(&format!("{staging}/{}", f.staged));
-            if self.store.head(&staged).await.is_err()
+            if self
+                .store
+                .head(&self.staged_key(run_id, &f.staged))
+                .await
+                .is_err()
                 && self.store.head(&self.key(&f.file.path)).await.is_err()
             {
                 return false;
             }
         }
         true
+    }
+}
+
+/// How a commit attempt went, when it did not succeed.
+enum Committed {
+    /// Another writer committed first: the version there now.
+    Moved(Versioned),
+    /// It failed and was not written.
+    Not(CommitError),
+    /// It failed, and may have been written.
+    Unknown(CommitError),
+}
+
+/// The moved files as staged files, for [`kept_of`] (which only looks at their partitions).
+fn staged_as(files: &[ManifestFile]) -> Vec<StagedFile> {
+    files
+        .iter()
+        .map(|f| StagedFile {
+            staged: String::new(),
+            file: f.clone(),
+        })
+        .collect()
+}
+
+/// Whether a write prepared over `existing` may commit over `now`, the version another writer
+/// committed meanwhile: an append may (unless the same append is there already); an overwrite
+/// of partitions may if nobody else rewrote those partitions; a whole overwrite may not (it
+/// would silently undo the other write).
+fn rebase_allowed(
+    existing: &Existing,
+    now: &Versioned,
+    mode: WriteMode,
+    partition_by: &[String],
+    format: &str,
+    staged: &[ManifestFile],
+    append_id: Option<&str>,
+) -> Result<(), String> {
+    if let Some(m) = &now.manifest
+        && (m.format != format || m.partition_by != partition_by)
+    {
+        return Err(format!(
+            "it is now {} partitioned by [{}]",
+            m.format,
+            m.partition_by.join(", ")
+        ));
+    }
+    match mode {
+        WriteMode::Append => match (append_id, &now.manifest) {
+            (Some(id), Some(m)) if m.appended.iter().any(|a| a == id) => {
+                Err("it already holds this same append".into())
+            }
+            _ => Ok(()),
+        },
+        WriteMode::OverwritePartitions if !partition_by.is_empty() => {
+            let mine: BTreeSet<&str> = staged.iter().map(ManifestFile::partition).collect();
+            let by_partition = |files: &[ManifestFile]| {
+                let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for f in files.iter().filter(|f| mine.contains(f.partition())) {
+                    map.entry(f.partition().to_string())
+                        .or_default()
+                        .push(f.path.clone());
+                }
+                map
+            };
+            let before = by_partition(&existing.current_files());
+            let after = by_partition(
+                &now.manifest
+                    .as_ref()
+                    .map(|m| m.files.clone())
+                    .unwrap_or_default(),
+            );
+            match mine.iter().find(|p| before.get(**p) != after.get(**p)) {
+                Some(p) => Err(format!(
+                    "it rewrote partition {p}, which this write rewrites too"
+                )),
+                None => Ok(()),
+            }
+        }
+        _ => Err(format!("this write is mode = \"{}\"", mode_name(mode))),
+    }
+}
+
+fn mode_name(mode: WriteMode) -> &'static str {
+    match mode {
+        WriteMode::Overwrite => "overwrite",
+        WriteMode::Append => "append",
+        WriteMode::OverwritePartitions => "overwrite_partitions",
+        WriteMode::ErrorIfExists => "error_if_exists",
     }
 }

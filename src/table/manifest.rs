@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 pub(crate) const MANIFEST: &str = "_MANIFEST";
 /// The success marker's object name inside an output folder.
 pub(crate) const SUCCESS: &str = "_SUCCESS";
-/// The staging folder's name inside an output folder.
+/// The staging folder inside an output folder of builds before the staging area
+/// ([`super::staging`]): healed away when found.
 pub(crate) const STAGING: &str = "_staging";
 
 /// The version of the manifest format written by this build.

@@ -3,15 +3,24 @@
 //!
 //! - [`manifest`]: the `_MANIFEST`, the list of files of the current version;
 //! - [`commit`]: the protocol that stages, moves and commits files, and cleans up after;
+//! - [`staging`]: where writers stage, beside the output, and the leases that say they live;
+//! - [`swap`]: the commit point, a compare-and-swap of the manifest on every store;
+//! - [`heal`]: what crashed writers left, found and deleted by the next command;
 //! - [`hive`]: `key=value/` partition folders: segment encoding, the NULL folder, values;
 //! - [`view`]: one version's files as a read-only object store, for readers.
 
 pub(crate) mod commit;
+pub(crate) mod heal;
 pub(crate) mod hive;
 pub(crate) mod manifest;
+pub(crate) mod staging;
+pub(crate) mod swap;
 pub(crate) mod view;
 
-pub(crate) use commit::{CommitError, Existing, NewVersion, Output, StagedFile, kept_files};
+pub(crate) use commit::{
+    CommitError, CommitFailure, Existing, NewVersion, Output, StagedFile, kept_files,
+};
+pub(crate) use heal::Ended;
 pub(crate) use manifest::{Manifest, ManifestColumn, ManifestFile, manifest_columns};
 
 /// Whether a relative path inside an output folder is a data file (not the manifest, the
@@ -21,7 +30,7 @@ pub(crate) fn is_data_file(path: &str) -> bool {
 }
 
 /// A new run id: UTC time plus a random suffix, sortable and unique. Data files carry it in
-/// their names (see [`is_sluice_file`]).
+/// their names (see [`run_of_file`]).
 pub(crate) fn new_run_id() -> String {
     let rand = uuid::Uuid::new_v4().simple().to_string();
     format!(
@@ -31,13 +40,21 @@ pub(crate) fn new_run_id() -> String {
     )
 }
 
-/// Whether a file name is one sluice writes: `part-<unit key>-<attempt>-NNNNN-<run id>.<ext>`
-/// (older builds wrote decimal unit and attempt numbers).
-pub(crate) fn is_sluice_file(path: &str) -> bool {
+/// The run that wrote a file, if its name is one sluice writes:
+/// `part-<unit key>-<attempt>-NNNNN-<run id>.<ext>` (older builds wrote decimal unit and
+/// attempt numbers).
+pub(crate) fn run_of_file(path: &str) -> Option<&str> {
+    static NAME: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
     let name = path.rsplit('/').next().unwrap_or(path);
-    regex::Regex::new(r"^part-([0-9a-f]+-)*\d{5}-\d{8}T\d{6}Z-[0-9a-f]{6}\.(parquet|csv|json)$")
-        .map(|re| re.is_match(name))
-        .unwrap_or(false)
+    let re = NAME
+        .get_or_init(|| {
+            regex::Regex::new(
+                r"^part-(?:[0-9a-f]+-)*\d{5}-(\d{8}T\d{6}Z-[0-9a-f]{6})\.(?:parquet|csv|json)$",
+            )
+            .ok()
+        })
+        .as_ref()?;
+    re.captures(name).and_then(|c| c.get(1)).map(|m| m.as_str())
 }
 
 #[cfg(test)]
@@ -57,10 +74,12 @@ mod tests {
 
     #[test]
     fn sluice_file_names_are_recognised() {
-        assert!(is_sluice_file(
-            "d=1/part-00003-20261128T003405Z-b4370f.parquet"
-        ));
-        assert!(!is_sluice_file("d=1/part-0.parquet"));
-        assert!(!is_sluice_file("data.csv"));
+        assert!(run_of_file("d=1/part-00003-20261128T003405Z-b4370f.parquet").is_some());
+        assert!(run_of_file("d=1/part-0.parquet").is_none());
+        assert!(run_of_file("data.csv").is_none());
+        assert_eq!(
+            run_of_file("d=1/part-0a-1-00003-20261128T003405Z-b4370f.csv"),
+            Some("20261128T003405Z-b4370f")
+        );
     }
 }

@@ -176,6 +176,7 @@ pub async fn generate(
             parallelism: threads,
             buffer_budget: engine.write_buffer_budget(),
             preserve_order: false,
+            adopt: false,
         };
         let store = engine.stores().store_for(&spec.location)?;
         let task = progress.task(table);

@@ -51,6 +51,14 @@ async fn every_mode(t: Target) {
         "{:?}",
         snap.keys()
     );
+    // Nothing is left in the staging area beside the output either.
+    let staged: Vec<_> = t
+        .store
+        .list(Some(&t.staging_key("")))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(staged.is_empty(), "{staged:?}");
     let manifest: serde_json::Value = serde_json::from_slice(&snap["_MANIFEST"]).unwrap();
     let listed = manifest_files(&manifest);
     assert_eq!(
@@ -293,34 +301,4 @@ async fn s3_root_and_empty_segments_are_refused() {
     }
     let left: Vec<_> = t.store.list(None).try_collect().await.unwrap();
     assert_eq!(left.len(), 1, "nothing written or deleted: {left:?}");
-}
-
-#[tokio::test]
-async fn crashed_first_publish_is_not_adopted_by_append() {
-    let t = Target::local();
-    // A file named like sluice's, with no manifest: what a first publish killed before its
-    // commit leaves behind. A foreign file beside it is kept.
-    let dir = t.dir.path().join("out/dt=2024-01-01");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("part-00000-20240101T000000Z-abcdef.parquet"),
-        b"partial",
-    )
-    .unwrap();
-    t.write(
-        "SELECT * FROM o WHERE dt = '2024-01-02'",
-        &["--partition-by", "dt", "--mode", "append"],
-    )
-    .expect(0);
-    let snap = t.snapshot().await;
-    assert!(
-        !snap.keys().any(|k| k.contains("abcdef")),
-        "the orphan was deleted: {:?}",
-        snap.keys()
-    );
-    let (_, by_day) = raw_counts();
-    assert_eq!(
-        t.count("parquet", &["dt"]).await,
-        by_day["2024-01-02"] as u64
-    );
 }

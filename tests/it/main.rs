@@ -24,3 +24,4 @@ mod storage_errors;
 mod torture;
 mod tpch;
 mod units;
+mod writers;

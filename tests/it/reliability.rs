@@ -148,7 +148,7 @@ async fn input_files_replaced_during_the_run_are_never_published_mixed() {
     let d = dir.path();
     let mut child = spawn_sluice(d, &["-q", "run", "."]);
     // Once the first unit has staged its file, row 100 moves from the first file to the last.
-    let staging = d.join("out/copy/_staging");
+    let staging = d.join("out/_sluice_staging/copy");
     let started = std::time::Instant::now();
     while crate::support::files_under(&staging).is_empty() {
         assert!(started.elapsed().as_secs() < 60, "no unit staged a file");
@@ -327,16 +327,21 @@ fn a_bad_row_found_while_planning_time_units_names_its_file_and_line() {
 #[test]
 fn a_killed_writes_temporary_file_is_removed_with_its_staging() {
     let dir = six_days(None).build();
-    let stale = dir
-        .path()
-        .join("out/daily/_staging/20240101T000000Z-dead00/0123456789abcdef");
-    std::fs::create_dir_all(&stale).unwrap();
-    std::fs::write(stale.join("part-0.parquet#7"), b"half a file").unwrap();
+    // In the staging area beside the output, and where builds before it staged.
+    for stale in [
+        "out/_sluice_staging/daily/20240101T000000Z-dead00/0123456789abcdef",
+        "out/daily/_staging/20240101T000000Z-dead00/0123456789abcdef",
+    ] {
+        let stale = dir.path().join(stale);
+        std::fs::create_dir_all(&stale).unwrap();
+        std::fs::write(stale.join("part-0.parquet#7"), b"half a file").unwrap();
+    }
     run_with_report(dir.path(), &[], 0);
     assert!(
-        !dir.path().join("out/daily/_staging").exists(),
+        !dir.path().join("out/daily/_staging").exists()
+            && !dir.path().join("out/_sluice_staging").exists(),
         "{:?}",
-        crate::support::files_under(&dir.path().join("out/daily"))
+        crate::support::files_under(&dir.path().join("out"))
     );
 }
 

@@ -190,7 +190,12 @@ fn a_full_disk_under_the_sink_names_the_file_and_keeps_the_output() {
 
     std::fs::write(d.join("data/a.csv"), rows(30_000)).unwrap();
     let run = sluice(d, &["run", "."]).expect(1);
-    assert!(run.stderr.contains("disk/out/"), "{}", run.stderr);
+    // The file being staged, in the staging area beside the output.
+    assert!(
+        run.stderr.contains("disk/_sluice_staging/out/"),
+        "{}",
+        run.stderr
+    );
     assert!(
         run.stderr.contains("No space left on device"),
         "{}",

@@ -86,7 +86,7 @@ async fn a_run_killed_at_any_point_is_finished_by_running_it_again() {
     for kill_after in [2usize, 30, 80] {
         let dir = lineitem_pipeline("month", "max_concurrent_units = 1");
         let mut child = spawn_sluice(dir.path(), &["-q", "run", ".", "--select", "batched"]);
-        let staging = dir.path().join("out/batched/_staging");
+        let staging = dir.path().join("out/_sluice_staging/batched");
         let start = Instant::now();
         let finished = loop {
             let staged_units = std::fs::read_dir(&staging)
@@ -124,7 +124,10 @@ async fn a_run_killed_at_any_point_is_finished_by_running_it_again() {
         keys.dedup();
         assert_eq!(keys.len(), batched.len());
         let out = dir.path().join("out/batched");
-        assert!(!out.join("_staging").exists(), "staging left behind");
+        assert!(
+            !dir.path().join("out/_sluice_staging").exists(),
+            "staging left behind"
+        );
         assert_eq!(
             manifest_files_sorted(&out),
             data_files(files_under(&out)),
@@ -159,7 +162,13 @@ fn a_unit_past_its_timeout_is_retried_then_fails_with_a_clear_message() {
         run.stderr
     );
     assert!(!before.join("_MANIFEST").exists(), "nothing was published");
-    assert!(!before.join("_staging").exists() || files_under(&before.join("_staging")).is_empty());
+    // The failed run staged nothing to keep for a resumed run: its staging and lease went.
+    let area = dir.path().join("out/_sluice_staging");
+    assert!(
+        !area.exists() || files_under(&area).is_empty(),
+        "{:?}",
+        files_under(&area)
+    );
 }
 
 #[tokio::test]
@@ -293,7 +302,7 @@ async fn a_run_killed_while_publishing_is_finished_by_running_it_again() {
         data_files(files_under(&out)),
         "files on disk are exactly the manifest's"
     );
-    assert!(!out.join("_staging").exists());
+    assert!(!dir.path().join("out/_sluice_staging").exists());
 }
 
 #[tokio::test]

@@ -164,6 +164,7 @@ impl Validator<'_> {
             partition_by: raw.partition_by,
             mode: raw.mode.unwrap_or(WriteMode::Overwrite),
             target_rows_per_file,
+            adopt: raw.adopt,
         })
     }
 

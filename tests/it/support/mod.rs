@@ -232,7 +232,7 @@ pub fn data_files<S: AsRef<str>>(paths: impl IntoIterator<Item = S>) -> Vec<Stri
 /// files, the manifest and the marker, with their bytes).
 pub fn published(snap: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
     snap.iter()
-        .filter(|(k, _)| !k.starts_with("_staging"))
+        .filter(|(k, _)| !k.starts_with("_staging") && !k.starts_with("_sluice_staging"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }

@@ -87,6 +87,31 @@ impl Target {
         keys
     }
 
+    /// The key of `rel` inside the output folder.
+    pub fn key(&self, rel: &str) -> ObjectPath {
+        ObjectPath::parse(format!("{}/{rel}", self.prefix)).unwrap()
+    }
+
+    /// The key of `rel` inside the output's staging area (`<parent>/_sluice_staging/out/`).
+    pub fn staging_key(&self, rel: &str) -> ObjectPath {
+        let prefix = self.prefix.as_ref();
+        let parent = prefix.rsplit_once('/').map_or("", |(p, _)| p);
+        let area = if parent.is_empty() {
+            "_sluice_staging/out".to_string()
+        } else {
+            format!("{parent}/_sluice_staging/out")
+        };
+        ObjectPath::parse(format!("{area}/{rel}")).unwrap()
+    }
+
+    /// Writes an object.
+    pub async fn put(&self, key: &ObjectPath, bytes: impl Into<Vec<u8>>) {
+        self.store
+            .put(key, object_store::PutPayload::from(bytes.into()))
+            .await
+            .unwrap();
+    }
+
     fn relative(&self, key: &ObjectPath) -> String {
         key.as_ref()[self.prefix.as_ref().len() + 1..].to_string()
     }

@@ -107,7 +107,7 @@ impl Counts {
 enum Moment {
     /// After this many milliseconds.
     After(u64),
-    /// When the first file appears under `_staging/`.
+    /// When the first file appears in the staging area.
     Staged,
     /// When a data file the manifest does not list appears (a publish under way), or, if
     /// that was too brief to see, when `_MANIFEST` changes.

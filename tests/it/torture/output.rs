@@ -136,12 +136,33 @@ impl Output {
             .collect()
     }
 
-    /// Objects under `_staging/`.
+    /// Objects in the output's staging area (`out/_sluice_staging/m/`), and under `_staging/`
+    /// inside the folder, where builds before it staged.
     pub fn staging(&self) -> Vec<String> {
-        self.keys()
-            .into_iter()
-            .filter(|k| k.starts_with("_staging/"))
-            .collect()
+        const AREA: &str = "out/_sluice_staging/m";
+        let mut keys: Vec<String> = match self {
+            Output::Local(dir) => {
+                let area = dir.parent().unwrap().join("_sluice_staging/m");
+                crate::support::files_under(&area)
+            }
+            Output::S3 { store, runtime, .. } => runtime
+                .block_on(
+                    store
+                        .list(Some(&ObjectPath::from(AREA)))
+                        .try_collect::<Vec<_>>(),
+                )
+                .unwrap()
+                .into_iter()
+                .map(|m| m.location.as_ref()[AREA.len() + 1..].to_string())
+                .collect(),
+        };
+        keys.iter_mut().for_each(|k| *k = format!("{AREA}/{k}"));
+        keys.extend(
+            self.keys()
+                .into_iter()
+                .filter(|k| k.starts_with("_staging/")),
+        );
+        keys
     }
 
     /// The published rows, sorted; `None` when nothing is published. `g` comes from the

@@ -1,0 +1,65 @@
+//! Healing a pipeline's outputs when a command opens it: what crashed writers left in or
+//! beside an output folder (moved but uncommitted files, files a committed version replaced,
+//! staging) is deleted before anything else happens, so readers that list the folders see
+//! only committed files from then on (see [`crate::table::heal`] for what counts as a
+//! leftover, and who decides a writer has ended).
+
+use std::sync::Arc;
+
+use super::Prepared;
+use crate::config::{Materialized, Pipeline};
+use crate::state::StateStore;
+use crate::store::Location;
+use crate::table::{Ended, Output};
+
+/// The pipeline's runs that have ended, by its state store (none if it has none yet): every
+/// run not marked running. Enough for a command that does not hold the run lock: a run that
+/// starts later has a new id.
+pub(crate) fn ended_runs(pipeline: &Pipeline) -> Ended {
+    if !pipeline.settings.state.exists() {
+        return Ended::default();
+    }
+    match StateStore::open(&pipeline.settings.state).and_then(|s| s.ended_run_ids()) {
+        Ok(ids) => Ended(ids.into_iter().collect()),
+        Err(e) => {
+            tracing::warn!("cannot read the state store to heal outputs: {e}");
+            Ended::default()
+        }
+    }
+}
+
+/// Heals the output of every table model of the pipeline (selected or not). A failure is a
+/// warning: the write that comes next heals its own output again, and fails if it must.
+pub(crate) async fn heal_outputs(prepared: &Prepared, me: Option<&str>, ended: &Ended) {
+    for model in prepared.pipeline.models.values() {
+        if model.materialized != Materialized::Table {
+            continue;
+        }
+        let Ok(location) = Location::parse(&model.sink.location).map(|l| l.as_folder()) else {
+            continue;
+        };
+        let Ok(store) = prepared.engine.stores().store_for(&location) else {
+            continue;
+        };
+        let output = Output::new(Arc::clone(&store), location);
+        match output.heal(me, ended).await {
+            Ok(survey) if survey.deleted > 0 => tracing::info!(
+                model = %model.name,
+                files = survey.deleted,
+                "healed the output: deleted what crashed or replaced writes left"
+            ),
+            Ok(survey) if !survey.in_flight.is_empty() => tracing::info!(
+                model = %model.name,
+                files = survey.in_flight.len(),
+                "another writer is publishing the output"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                model = %model.name,
+                "cannot heal the output: {} ({})",
+                e.key,
+                e.message
+            ),
+        }
+    }
+}

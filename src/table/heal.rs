@@ -1,0 +1,244 @@
+//! Healing an output: finding what crashed writers left behind, and deleting it — only files
+//! sluice wrote, only once their writer has ended (see [`super::staging`] for how a writer's
+//! lease tells).
+//!
+//! Any command that opens a pipeline heals its outputs first, and every write heals its output
+//! before it stages anything, so a crash's leftovers are visible to folder-listing readers until
+//! the next command at most (and, for a writer whose process died without a trace of its end,
+//! until its lease expires).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::TryStreamExt;
+
+use super::commit::{CommitError, Output};
+use super::manifest::STAGING;
+use super::swap::Versioned;
+use super::{is_data_file, run_of_file};
+
+/// Writers of an output known to have ended, whatever their leases say: the other runs of the
+/// pipeline whose run lock this process holds.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Ended(pub BTreeSet<String>);
+
+/// What a writer's lease says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterState {
+    /// Its lease is live: it may be publishing.
+    Live,
+    /// Its lease expired, or it is known to have ended with its lease still there: it crashed.
+    Crashed,
+    /// It has no lease: its publish ended (committed, or rolled back).
+    Ended,
+}
+
+/// An output folder as healing left it.
+#[derive(Debug)]
+pub(crate) struct Survey {
+    /// The manifest and its version.
+    pub versioned: Versioned,
+    /// The data files in the folder (relative path, size), leftovers deleted.
+    pub data_files: Vec<(String, u64)>,
+    /// Without a manifest: files sluice published (their writer ended) — the manifest was lost.
+    pub lost: Vec<String>,
+    /// Files of writers publishing now (not in `data_files`).
+    pub in_flight: Vec<String>,
+    /// Files deleted.
+    pub deleted: usize,
+}
+
+impl Output {
+    /// Heals the output (see the module documentation): deletes the data files and staging of
+    /// writers that crashed, and the data files a committed version replaced. `me` is the
+    /// writing run, whose own files are never leftovers.
+    pub(crate) async fn heal(
+        &self,
+        me: Option<&str>,
+        ended: &Ended,
+    ) -> Result<Survey, CommitError> {
+        let versioned = self.read_versioned().await?;
+        let listed: BTreeSet<&str> = versioned
+            .manifest
+            .iter()
+            .flat_map(|m| m.files.iter().map(|f| f.path.as_str()))
+            .collect();
+        let mut states: BTreeMap<String, WriterState> = BTreeMap::new();
+        let mut data_files = Vec::new();
+        let mut garbage = Vec::new();
+        let mut lost = Vec::new();
+        let mut in_flight = Vec::new();
+        let mut legacy_staging = false;
+        for (path, size) in self.list().await? {
+            if path.starts_with(&format!("{STAGING}/")) {
+                legacy_staging = true;
+                continue;
+            }
+            if !is_data_file(&path) {
+                continue;
+            }
+            let writer = run_of_file(&path).filter(|run| Some(*run) != me);
+            match writer {
+                Some(run) if !listed.contains(path.as_str()) => {
+                    let state = match states.get(run) {
+                        Some(s) => *s,
+                        None => {
+                            let s = self.writer_state(run, ended).await?;
+                            states.insert(run.to_string(), s);
+                            s
+                        }
+                    };
+                    match (state, &versioned.manifest) {
+                        (WriterState::Live, _) => in_flight.push(path),
+                        (WriterState::Crashed, _) | (WriterState::Ended, Some(_)) => {
+                            garbage.push(path)
+                        }
+                        (WriterState::Ended, None) => {
+                            lost.push(path.clone());
+                            data_files.push((path, size));
+                        }
+                    }
+                }
+                _ => data_files.push((path, size)),
+            }
+        }
+        // A writer that committed since the manifest was read may list some of them now.
+        if !garbage.is_empty() {
+            let now = self.read_versioned().await?;
+            if now.version != versioned.version {
+                let listed_now: BTreeSet<&str> = now
+                    .manifest
+                    .iter()
+                    .flat_map(|m| m.files.iter().map(|f| f.path.as_str()))
+                    .collect();
+                garbage.retain(|p| !listed_now.contains(p.as_str()));
+            }
+        }
+        let deleted = garbage.len();
+        if deleted > 0 {
+            tracing::info!(output = %self.location(), files = deleted, "deleting leftovers of crashed or replaced writes");
+        }
+        self.delete_all(garbage).await?;
+        self.heal_staging(me, ended, &mut states).await?;
+        let legacy_local = self
+            .location()
+            .local_path()
+            .is_some_and(|root| root.join(STAGING).exists());
+        if legacy_staging || legacy_local {
+            self.remove_legacy_staging(me).await?;
+        }
+        Ok(Survey {
+            versioned,
+            data_files,
+            lost,
+            in_flight,
+            deleted,
+        })
+    }
+
+    async fn writer_state(&self, run: &str, ended: &Ended) -> Result<WriterState, CommitError> {
+        let Some(area) = self.staging() else {
+            return Ok(WriterState::Ended);
+        };
+        let lease = area
+            .read_lease(self.store().as_ref(), run)
+            .await
+            .map_err(|e| self.err(&area.lease_key(run), e))?;
+        Ok(match lease {
+            None => WriterState::Ended,
+            Some(_) if ended.0.contains(run) => WriterState::Crashed,
+            Some(l) if l.expired() => WriterState::Crashed,
+            Some(_) => WriterState::Live,
+        })
+    }
+
+    /// Deletes the staging folders of writers that are not live.
+    async fn heal_staging(
+        &self,
+        me: Option<&str>,
+        ended: &Ended,
+        states: &mut BTreeMap<String, WriterState>,
+    ) -> Result<(), CommitError> {
+        let Some(area) = self.staging() else {
+            return Ok(());
+        };
+        let prefix = area.location().path();
+        let metas: Vec<_> = self
+            .store()
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&prefix, e))?;
+        let base = prefix.parts().count();
+        let mut runs: BTreeSet<String> = BTreeSet::new();
+        for m in &metas {
+            if let Some(run) = m.location.parts().nth(base) {
+                runs.insert(run.as_ref().to_string());
+            }
+        }
+        // On local disk, a write killed half-way leaves temporary files listings do not show.
+        if let Some(root) = area.location().local_path()
+            && let Ok(entries) = std::fs::read_dir(&root)
+        {
+            runs.extend(
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string)),
+            );
+        }
+        for run in runs {
+            if Some(run.as_str()) == me {
+                continue;
+            }
+            let state = match states.get(&run) {
+                Some(s) => *s,
+                None => self.writer_state(&run, ended).await?,
+            };
+            states.insert(run.clone(), state);
+            if state != WriterState::Live {
+                self.discard_staging(&run, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes `_staging/` inside the output, where builds before the staging area staged.
+    async fn remove_legacy_staging(&self, me: Option<&str>) -> Result<(), CommitError> {
+        let prefix = self.key(STAGING);
+        let metas: Vec<_> = self
+            .store()
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&prefix, e))?;
+        let base = prefix.parts().count();
+        let stale: Vec<String> = metas
+            .into_iter()
+            .filter(|m| {
+                m.location
+                    .parts()
+                    .nth(base)
+                    .map(|p| p.as_ref().to_string())
+                    .as_deref()
+                    != me
+            })
+            .map(|m| {
+                let parts: Vec<String> =
+                    m.location.parts().map(|p| p.as_ref().to_string()).collect();
+                parts[base - 1..].join("/")
+            })
+            .collect();
+        self.delete_all(stale).await?;
+        // On local disk, a write killed half-way leaves temporary files listings do not show.
+        if let Some(root) = self.location().local_path() {
+            if let Ok(entries) = std::fs::read_dir(root.join(STAGING)) {
+                for entry in entries.flatten() {
+                    if entry.file_name().to_str() != me {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(root.join(STAGING));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,295 @@
+//! Writers of one output, on local disk and on the S3 server: what a crashed writer leaves and
+//! who may delete it (its lease says), a folder sluice did not write or whose manifest was
+//! lost (refused, or adopted when asked), and writers racing to commit (none loses another's
+//! update).
+
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+
+use crate::support::*;
+
+macro_rules! on_local_and_s3 {
+    ($suite:ident: $local:ident, $s3:ident) => {
+        #[tokio::test]
+        async fn $local() {
+            $suite(Target::local()).await;
+        }
+
+        #[tokio::test]
+        async fn $s3() {
+            $suite(Target::s3()).await;
+        }
+    };
+}
+
+/// A lease as a writer writes it, expiring `secs` from now (negative: in the past).
+fn lease(run: &str, secs: i64) -> Vec<u8> {
+    let at = chrono::Utc::now() + chrono::Duration::seconds(secs);
+    format!(
+        r#"{{"run_id":"{run}","holder":"test","expires_at":"{}"}}"#,
+        at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    )
+    .into_bytes()
+}
+
+const ORPHAN_RUN: &str = "20240101T000000Z-abcdef";
+const ORPHAN: &str = "dt=2024-01-01/part-00000-20240101T000000Z-abcdef.parquet";
+
+/// A file a publish moved before it was killed is deleted once its writer's lease has
+/// expired, and left alone while it is live (that writer may still commit it).
+async fn leftovers_go_when_their_writer_is_dead(t: Target) {
+    let (_, by_day) = raw_counts();
+    let day2 = by_day["2024-01-02"] as u64;
+    t.put(&t.key(ORPHAN), b"moved, never committed".to_vec())
+        .await;
+    t.put(
+        &t.staging_key(&format!("{ORPHAN_RUN}/_LEASE")),
+        lease(ORPHAN_RUN, 300),
+    )
+    .await;
+    let append = || {
+        t.write(
+            "SELECT * FROM o WHERE dt = '2024-01-02'",
+            &["--partition-by", "dt", "--mode", "append"],
+        )
+    };
+    append().expect(0);
+    assert!(
+        t.keys().await.contains(&ORPHAN.to_string()),
+        "a live writer's file stays"
+    );
+    let manifest = t
+        .store
+        .get(&t.key("_MANIFEST"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let manifest = String::from_utf8_lossy(&manifest).to_string();
+    assert!(
+        !manifest.contains("abcdef"),
+        "and is not in the version: {manifest}"
+    );
+
+    // The writer died: its lease expired (beyond the clock slack).
+    t.put(
+        &t.staging_key(&format!("{ORPHAN_RUN}/_LEASE")),
+        lease(ORPHAN_RUN, -600),
+    )
+    .await;
+    append().expect(0);
+    let keys = t.keys().await;
+    assert!(!keys.contains(&ORPHAN.to_string()), "{keys:?}");
+    assert_eq!(t.count("parquet", &["dt"]).await, 2 * day2);
+    // Its staging went with it, and nothing of this run's is left there.
+    let staged: Vec<_> = t
+        .store
+        .list(Some(&t.staging_key("")))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(staged.is_empty(), "{staged:?}");
+}
+
+on_local_and_s3!(
+    leftovers_go_when_their_writer_is_dead:
+    local_leftovers_go_when_their_writer_is_dead,
+    s3_leftovers_go_when_their_writer_is_dead
+);
+
+/// `rm _MANIFEST` after two appends: the next append is refused (it would delete the files
+/// as leftovers), and nothing is touched; `--adopt` takes the files back.
+async fn a_lost_manifest_is_refused_then_adopted(t: Target) {
+    let (_, by_day) = raw_counts();
+    let day2 = by_day["2024-01-02"] as u64;
+    let append = |extra: &[&str]| {
+        let mut args = vec!["--partition-by", "dt", "--mode", "append"];
+        args.extend_from_slice(extra);
+        t.write("SELECT * FROM o WHERE dt = '2024-01-02'", &args)
+    };
+    append(&[]).expect(0);
+    append(&[]).expect(0);
+    assert_eq!(t.count("parquet", &["dt"]).await, 2 * day2);
+    t.store.delete(&t.key("_MANIFEST")).await.unwrap();
+    let before = t.snapshot().await;
+
+    let run = append(&[]).expect(2);
+    assert!(run.stderr.contains("_MANIFEST is gone"), "{}", run.stderr);
+    assert!(run.stderr.contains("--adopt"), "{}", run.stderr);
+    assert_eq!(t.snapshot().await, before, "nothing touched");
+
+    append(&["--adopt"]).expect(0);
+    assert_eq!(t.count("parquet", &["dt"]).await, 3 * day2);
+}
+
+on_local_and_s3!(
+    a_lost_manifest_is_refused_then_adopted:
+    local_a_lost_manifest_is_refused_then_adopted,
+    s3_a_lost_manifest_is_refused_then_adopted
+);
+
+/// A folder holding another program's files and no manifest: refused untouched; adopted when
+/// asked, its files in the output's format become the current version (an overwrite replaces
+/// them) and other files are never touched.
+async fn another_programs_folder_is_refused_or_adopted(t: Target) {
+    t.put(&t.key("legacy.csv"), b"id,dt\n1,2024-01-01\n".to_vec())
+        .await;
+    t.put(&t.key("docs/README.md"), b"# orders\n".to_vec())
+        .await;
+    let before = t.snapshot().await;
+    let write = |mode: &str, extra: &[&str]| {
+        let mut args = vec!["--format", "csv", "--mode", mode];
+        args.extend_from_slice(extra);
+        t.write("SELECT order_id AS id, dt FROM o", &args)
+    };
+    for mode in ["overwrite", "append"] {
+        let run = write(mode, &[]).expect(2);
+        assert!(run.stderr.contains("not empty"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("legacy.csv") || run.stderr.contains("README"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(t.snapshot().await, before, "nothing touched");
+    }
+    let raw: u64 = raw_counts().1.values().map(|n| *n as u64).sum();
+    write("append", &["--adopt"]).expect(0);
+    assert_eq!(
+        t.count("csv", &[]).await,
+        raw + 1,
+        "the adopted file is part of it"
+    );
+    write("overwrite", &[]).expect(0);
+    assert_eq!(t.count("csv", &[]).await, raw);
+    let keys = t.keys().await;
+    assert!(
+        !keys.contains(&"legacy.csv".to_string()),
+        "replaced: {keys:?}"
+    );
+    assert!(
+        keys.contains(&"docs/README.md".to_string()),
+        "never touched: {keys:?}"
+    );
+}
+
+on_local_and_s3!(
+    another_programs_folder_is_refused_or_adopted:
+    local_another_programs_folder_is_refused_or_adopted,
+    s3_another_programs_folder_is_refused_or_adopted
+);
+
+/// Racing writers: `SLUICE_RACE_WRITERS` processes (default 4) for `SLUICE_RACE_ROUNDS`
+/// rounds (default 12) each write at once to one output: half append one row each, half
+/// overwrite their own partition with the round's row (`overwrite_partitions`), and every
+/// third round one of them also overwrites a partition another writer of its kind writes.
+/// Afterwards, independently of the manifest's story: every append that exited 0 is there
+/// exactly once and no failed one at all; each own partition holds exactly its writer's last
+/// successful round; a contested partition holds one successful write whole; every failure
+/// says another writer committed first.
+async fn racing_writers_lose_no_update(t: Target) {
+    let env_or = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let writers = env_or("SLUICE_RACE_WRITERS", 4).max(2);
+    let rounds = env_or("SLUICE_RACE_ROUNDS", 12);
+    let exe = env!("CARGO_BIN_EXE_sluice");
+    let mut appended = BTreeMap::new();
+    // The successful overwrites of each partition.
+    let mut overwrote: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
+    for round in 0..rounds {
+        let children: Vec<_> = (0..writers)
+            .map(|w| {
+                let append = w % 2 == 0;
+                // Odd writers own partition `w`; every third round, writer 1 writes writer 3's.
+                let part = if !append && round % 3 == 0 && w == 1 && writers > 3 {
+                    3
+                } else {
+                    w
+                };
+                let sql = format!(
+                    "SELECT {w} AS w, {round} AS r, 'p{part}' AS part, {} AS kind",
+                    if append { "'a'" } else { "'o'" }
+                );
+                let mode = if append {
+                    "append"
+                } else {
+                    "overwrite_partitions"
+                };
+                let mut cmd = std::process::Command::new(exe);
+                cmd.current_dir(t.dir.path())
+                    .args(["sql", "-e", &sql, "--out", &t.url, "--format", "csv"])
+                    .args(["--partition-by", "part", "--mode", mode, "--threads", "1"])
+                    .envs(t.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped());
+                (w, append, part, cmd.spawn().unwrap())
+            })
+            .collect();
+        for (w, append, part, child) in children {
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() {
+                if append {
+                    appended.insert((w, round), ());
+                } else {
+                    overwrote
+                        .entry(format!("p{part}"))
+                        .or_default()
+                        .push((w, round));
+                }
+            } else {
+                assert!(
+                    stderr.contains("another writer committed") && !append,
+                    "writer {w} round {round}: {stderr}"
+                );
+            }
+        }
+    }
+    let b = t
+        .query(
+            "csv",
+            &["part"],
+            "SELECT CAST(w AS VARCHAR) AS w, CAST(r AS VARCHAR) AS r, part, kind FROM t",
+        )
+        .await;
+    let got = rows(&b, &["w", "r", "part", "kind"]);
+    let mut appends: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+    let mut partitions: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
+    for row in &got {
+        let (w, r): (usize, usize) = (row[0].parse().unwrap(), row[1].parse().unwrap());
+        if row[3] == "a" {
+            *appends.entry((w, r)).or_default() += 1;
+        } else {
+            partitions.entry(row[2].clone()).or_default().push((w, r));
+        }
+    }
+    let want: BTreeMap<(usize, usize), usize> = appended.keys().map(|k| (*k, 1)).collect();
+    assert_eq!(appends, want, "every committed append exactly once");
+    // Each overwritten partition holds one write whole: a successful one of the last round
+    // that wrote it successfully.
+    for (part, ok) in &overwrote {
+        let held = &partitions[part];
+        let last = ok.iter().map(|(_, r)| *r).max().unwrap();
+        assert!(
+            held.len() == 1 && held[0].1 == last && ok.contains(&held[0]),
+            "partition {part} holds {held:?}, successful writes {ok:?}"
+        );
+    }
+    assert_eq!(
+        partitions.keys().collect::<Vec<_>>(),
+        overwrote.keys().collect::<Vec<_>>()
+    );
+    assert!(!appended.is_empty() && !overwrote.is_empty());
+}
+
+on_local_and_s3!(
+    racing_writers_lose_no_update:
+    local_racing_writers_lose_no_update,
+    s3_racing_writers_lose_no_update
+);
