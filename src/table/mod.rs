@@ -4,11 +4,13 @@
 //! - [`manifest`]: the `_MANIFEST`, the list of files of the current version;
 //! - [`commit`]: the protocol that stages, moves and commits files, and cleans up after;
 //! - [`hive`]: `key=value/` partition folders: segment encoding, the NULL folder, values;
+//! - [`schema`]: whether a write may add to an output with the columns it has;
 //! - [`view`]: one version's files as a read-only object store, for readers.
 
 pub(crate) mod commit;
 pub(crate) mod hive;
 pub(crate) mod manifest;
+pub(crate) mod schema;
 pub(crate) mod view;
 
 pub(crate) use commit::{CommitError, Existing, NewVersion, Output, StagedFile, kept_files};

@@ -14,6 +14,7 @@ mod joins;
 mod layers;
 mod locations;
 mod memory;
+mod output_columns;
 mod pipeline;
 mod quarantine;
 mod reliability;
