@@ -10,6 +10,7 @@ mod conformance;
 mod drift;
 mod errors;
 mod formats;
+mod headers;
 mod joins;
 mod layers;
 mod locations;
