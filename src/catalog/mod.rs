@@ -7,8 +7,10 @@
 //!
 //! The module is split by concern: [`listing`] finds a source's files (store, format,
 //! compression, extension), [`schema`] gives them columns (declared or inferred, drift
-//! checked); registering tables, from a source or from an output's manifest, is here.
+//! checked), [`header`] matches each CSV file's header to them by name; registering tables,
+//! from a source or from an output's manifest, is here.
 
+mod header;
 mod listing;
 mod schema;
 
@@ -86,6 +88,23 @@ pub enum CatalogError {
         /// What to do about it.
         hint: &'static str,
     },
+    /// A CSV file's header lacks a column of the source, or has one it does not
+    /// (`schema_evolution = "fail"`).
+    #[error(
+        "source '{source_name}': {file}: the header's columns differ from {against}: \
+         {differences} (columns are matched by the header's names; set schema_evolution = \
+         \"union\" on the source to read a missing column as NULL and ignore the others)"
+    )]
+    HeaderMismatch {
+        /// The source.
+        source_name: String,
+        /// The file.
+        file: String,
+        /// What it is compared with: the declared schema, or the source's (inferred) columns.
+        against: &'static str,
+        /// What differs, column by column.
+        differences: String,
+    },
     /// The location itself is invalid.
     #[error("source '{source_name}': {source}")]
     Location {
@@ -127,7 +146,8 @@ impl CatalogError {
             CatalogError::Schema { .. } | CatalogError::Location { .. } => true,
             CatalogError::NoFiles { .. }
             | CatalogError::Read { .. }
-            | CatalogError::SchemaDrift { .. } => false,
+            | CatalogError::SchemaDrift { .. }
+            | CatalogError::HeaderMismatch { .. } => false,
         }
     }
 }
@@ -244,7 +264,10 @@ async fn register(
     // check, the partition-value check.
     let checks_partitions = !quarantine && !opts.table_partition_cols.is_empty();
     let drift = spec.schema.is_none() && !quarantine && known.is_none();
-    let files = if quarantine || every_stream || drift || checks_partitions {
+    // CSV columns are matched by the header's names: every file's header is read. (A share
+    // of a source's files, `known`, is read as the whole source was.)
+    let headers = spec.format == Format::Csv && spec.csv.has_header && known.is_none();
+    let files = if quarantine || every_stream || drift || checks_partitions || headers {
         list_files(ctx, &table_url, &opts, store.as_ref(), usize::MAX)
             .await
             .map_err(|e| df_err(spec, &e))?
@@ -254,7 +277,19 @@ async fn register(
     if checks_partitions {
         check_partition_values(spec, &table_url, &opts, &location, &files)?;
     }
-    if quarantine || every_stream {
+    // Files of another schema are named with both files first, as for any source.
+    let file_schema = if drift {
+        check_drift(ctx, spec, &table_url, &store, file_schema, files.clone()).await?
+    } else {
+        file_schema
+    };
+    let layouts = if headers {
+        let shown = |m: &ObjectMeta| location.display_key(&m.location);
+        header::header_layouts(spec, &store, &files, &file_schema, &shown).await?
+    } else {
+        Default::default()
+    };
+    if quarantine || every_stream || !layouts.is_empty() {
         // Read by sluice's own scan, which sets bad rows aside instead of failing.
         let shown = location.clone();
         let files = crate::quarantine::SourceFiles {
@@ -263,6 +298,7 @@ async fn register(
             files,
             partition_cols: opts.table_partition_cols.clone(),
             display: Arc::new(move |m: &ObjectMeta| shown.display_key(&m.location)),
+            layouts,
         };
         let on_bad = if quarantine {
             crate::quarantine::OnBad::SetAside
@@ -271,11 +307,6 @@ async fn register(
         };
         return register_quarantine(ctx, spec, files, file_schema, on_bad);
     }
-    let file_schema = if drift {
-        check_drift(ctx, spec, &table_url, &store, file_schema, files).await?
-    } else {
-        file_schema
-    };
     register_listing(ctx, spec, table_url, opts, file_schema)
 }
 

@@ -163,6 +163,22 @@ pub async fn run_sql(
             let run_id = crate::table::new_run_id();
             let prepared =
                 sink::prepare(store, &spec, &run_id, &crate::table::Ended::default()).await?;
+            if let Some(why) = crate::table::schema::refuse_changed_columns(
+                prepared.1.manifest.as_ref(),
+                spec.mode,
+                &spec.partition_by,
+                df.schema().as_arrow(),
+            ) {
+                prepared.0.release(&run_id).await;
+                return Err(sink::SinkError::Invalid {
+                    location: target.location.clone(),
+                    message: format!(
+                        "{why}. Select the output's columns in its order with its types, or \
+                         use --mode overwrite to replace the output with the new columns"
+                    ),
+                }
+                .into());
+            }
             Some((spec, run_id, prepared))
         }
         None => None,

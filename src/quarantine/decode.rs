@@ -160,6 +160,14 @@ impl ChunkDecoder {
         Err(ArrowError::ExternalError(Box::new(Untimed(reason))))
     }
 
+    /// The same decoder (dialect, batch size, event-time column by name) into `schema`: for
+    /// a file whose columns are in another order.
+    pub fn with_schema(&self, schema: SchemaRef) -> ChunkDecoder {
+        let event_time = self.event_time.as_ref().map(|(_, name)| name.clone());
+        ChunkDecoder::new(schema, self.dialect.clone(), self.batch_size)
+            .with_event_time(event_time.as_deref())
+    }
+
     /// The format read.
     pub fn dialect(&self) -> &Dialect {
         &self.dialect

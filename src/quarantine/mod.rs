@@ -20,7 +20,7 @@ pub mod split;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -189,6 +189,60 @@ pub struct SourceFiles {
     pub partition_cols: Vec<(String, DataType)>,
     /// How a file's key is shown in rejects (the source location's prefix form).
     pub display: Arc<dyn Fn(&ObjectMeta) -> String + Send + Sync>,
+    /// The CSV files whose header does not list the table's columns in the table's order,
+    /// by object path: read by their header's names.
+    pub layouts: HashMap<object_store::path::Path, Arc<HeaderLayout>>,
+}
+
+/// Where a CSV file's columns are, when its header does not list the table's file columns
+/// in the table's order: the file is decoded in its own order and its columns taken by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderLayout {
+    /// The file's header, in its order.
+    pub header: Vec<String>,
+    /// For each of the table's file columns, its position in the header; `None` when the
+    /// file lacks it (read as NULL).
+    pub positions: Vec<Option<usize>>,
+}
+
+impl HeaderLayout {
+    /// The schema a file with this header is decoded into: each header column with the type
+    /// of the table column it is, and text for those the table does not have (read, not
+    /// kept).
+    fn file_schema(&self, table: &Schema) -> SchemaRef {
+        let fields: Vec<Field> = self
+            .header
+            .iter()
+            .enumerate()
+            .map(
+                |(j, name)| match self.positions.iter().position(|p| *p == Some(j)) {
+                    Some(i) => table.field(i).clone(),
+                    None => Field::new(format!("#{} {name}", j + 1), DataType::Utf8, true),
+                },
+            )
+            .collect();
+        Arc::new(Schema::new(fields))
+    }
+
+    /// A batch decoded in the file's order as the table's file columns.
+    fn to_table(&self, batch: &RecordBatch, table: &SchemaRef) -> Result<RecordBatch> {
+        let columns = self
+            .positions
+            .iter()
+            .zip(table.fields())
+            .map(|(p, f)| match p {
+                Some(j) => Arc::clone(batch.column(*j)),
+                None => datafusion::arrow::array::new_null_array(f.data_type(), batch.num_rows()),
+            })
+            .collect();
+        let options = datafusion::arrow::record_batch::RecordBatchOptions::new()
+            .with_row_count(Some(batch.num_rows()));
+        Ok(RecordBatch::try_new_with_options(
+            Arc::clone(table),
+            columns,
+            &options,
+        )?)
+    }
 }
 
 impl SourceFiles {
@@ -273,6 +327,7 @@ impl QuarantineTable {
                 files,
                 partition_cols: source.partition_cols.clone(),
                 display: Arc::clone(&source.display),
+                layouts: source.layouts.clone(),
             }),
             dialect: self.dialect.clone(),
             compression: self.compression,
@@ -414,6 +469,7 @@ impl ExecutionPlan for QuarantineScan {
                 .with_event_time(self.event_time.as_deref()),
             ),
             schema: Arc::clone(&self.schema),
+            file_schema: Arc::clone(&self.file_schema),
             projection: self.projection.clone(),
             source: Arc::clone(&self.source),
             dialect: self.dialect.clone(),
@@ -439,6 +495,8 @@ struct FileReader {
     decoder: Arc<ChunkDecoder>,
     /// The table's schema (file columns, then partition columns).
     schema: SchemaRef,
+    /// The table's file columns.
+    file_schema: SchemaRef,
     projection: Option<Vec<usize>>,
     source: Arc<SourceFiles>,
     dialect: Dialect,
@@ -476,6 +534,13 @@ impl FileReader {
                 return Ok(true);
             }
         };
+        // A file whose header has the table's columns in another order (or lacks some, or
+        // has others) is decoded in its own order, and its columns taken by name.
+        let layout = self.source.layouts.get(&file.location).cloned();
+        let decoder = match &layout {
+            Some(l) => Arc::new(self.decoder.with_schema(l.file_schema(&self.file_schema))),
+            None => Arc::clone(&self.decoder),
+        };
         let bytes = object_bytes(self.source.store.as_ref(), &file.location).await?;
         let mut bytes = decompress(self.compression, bytes);
         let boundaries = self.dialect.boundaries();
@@ -501,7 +566,7 @@ impl FileReader {
                 };
                 match piece {
                     Some(Piece::Chunk(chunk)) => {
-                        let decoder = Arc::clone(&self.decoder);
+                        let decoder = Arc::clone(&decoder);
                         let file = Arc::clone(&shown);
                         let handle =
                             tokio::task::spawn_blocking(move || decoder.decode(&file, &chunk));
@@ -532,6 +597,10 @@ impl FileReader {
                 }
                 for batch in decoded.batches {
                     good += batch.num_rows() as u64;
+                    let batch = match &layout {
+                        Some(l) => l.to_table(&batch, &self.file_schema)?,
+                        None => batch,
+                    };
                     let batch = self.finish(batch, &partition_values)?;
                     self.baseline.record_output(batch.num_rows());
                     if tx.send(Ok(batch)).await.is_err() {
@@ -575,7 +644,7 @@ const READ_BYTES: usize = 4 << 20;
 /// compressed streams one after another (what `pbzip2`, `pzstd`, `pigz --independent` or
 /// `cat a.zst b.zst` write), and every one of them holds rows. (DataFusion's own stream
 /// decoder reads only the first bzip2, xz or zstd stream.)
-fn decompress(
+pub(crate) fn decompress(
     compression: FileCompressionType,
     bytes: futures::stream::BoxStream<'static, Result<bytes::Bytes>>,
 ) -> futures::stream::BoxStream<'static, Result<bytes::Bytes>> {

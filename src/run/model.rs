@@ -136,6 +136,17 @@ impl<'a> ModelRun<'a> {
         let (output, existing) = sink::prepare(store, &spec, cx.run_id, cx.ended)
             .await
             .map_err(|e| model_error(model, e.to_string()))?;
+        // (Checked when the run was prepared; again here, before any unit, in case another
+        // writer changed the output since.)
+        if let Some(why) = table::schema::refuse_changed_columns(
+            existing.manifest.as_ref(),
+            spec.mode,
+            &spec.partition_by,
+            schema,
+        ) {
+            let message = super::prepare::changed_columns_message(&model.sink.location, &why);
+            return Err(model_error(model, message));
+        }
         Ok(ModelRun {
             cx,
             model,

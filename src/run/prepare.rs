@@ -116,6 +116,13 @@ pub async fn prepare(
                 file: model.sql_path.clone(),
                 message,
             })?;
+            check_sink_columns(&engine, model, &location, &schema)
+                .await
+                .map_err(|message| PlanError::Sql {
+                    model: name.clone(),
+                    file: model.sql_path.clone(),
+                    message,
+                })?;
         }
         if model.materialized == Materialized::Table {
             for col in &model.sink.partition_by {
@@ -222,6 +229,42 @@ fn check_sink_apart(pipeline: &Pipeline, model: &ModelConfig) -> Result<(), Stri
         }
     }
     Ok(())
+}
+
+/// Refuses a model that adds to its output (`append`, `overwrite_partitions`) a result whose
+/// columns differ from the output's, before anything runs (see `table::schema`). An output
+/// that cannot be read here is left to the model's run, which reports it.
+async fn check_sink_columns(
+    engine: &Engine,
+    model: &ModelConfig,
+    location: &Location,
+    schema: &SchemaRef,
+) -> Result<(), String> {
+    let location = location.as_folder();
+    let Ok(store) = engine.stores().store_for(&location) else {
+        return Ok(());
+    };
+    let output = crate::table::Output::new(store, location);
+    let Ok(manifest) = output.read_manifest().await else {
+        return Ok(());
+    };
+    match crate::table::schema::refuse_changed_columns(
+        manifest.as_ref(),
+        model.sink.mode,
+        &model.sink.partition_by,
+        schema,
+    ) {
+        None => Ok(()),
+        Some(why) => Err(changed_columns_message(&model.sink.location, &why)),
+    }
+}
+
+/// The message refusing a write to the sink at `location` whose columns changed.
+pub(super) fn changed_columns_message(location: &str, why: &str) -> String {
+    format!(
+        "output {location}: {why}. Select the output's columns in its order with its types, \
+         or set mode = \"overwrite\" to replace the output with the new columns"
+    )
 }
 
 pub fn column_list(schema: &SchemaRef) -> String {

@@ -7,12 +7,14 @@
 //! - [`swap`]: the commit point, a compare-and-swap of the manifest on every store;
 //! - [`heal`]: what crashed writers left, found and deleted by the next command;
 //! - [`hive`]: `key=value/` partition folders: segment encoding, the NULL folder, values;
+//! - [`schema`]: whether a write may add to an output with the columns it has;
 //! - [`view`]: one version's files as a read-only object store, for readers.
 
 pub(crate) mod commit;
 pub(crate) mod heal;
 pub(crate) mod hive;
 pub(crate) mod manifest;
+pub(crate) mod schema;
 pub(crate) mod staging;
 pub(crate) mod swap;
 pub(crate) mod view;

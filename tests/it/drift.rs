@@ -56,30 +56,33 @@ fn files_with_different_columns_are_refused_naming_both_and_the_columns() {
 
 #[tokio::test]
 async fn union_merges_columns_by_name_with_nulls_for_the_missing() {
-    let dir = drifting(
-        "parquet",
-        &[
-            ("a", "SELECT 1 AS id, 'x' AS name"),
-            ("b", "SELECT 2 AS id, 3.5 AS price"),
-        ],
-        Some("union"),
-    );
-    sluice(dir.path(), &["run", "."]).expect(0);
-    let out = query_output(
-        &format!("{}/out/all_events/", dir.path().display()),
-        "parquet",
-        &[],
-        "SELECT CAST(id AS VARCHAR) AS id, COALESCE(name, 'NULL') AS name, \
+    for format in ["parquet", "csv", "json"] {
+        let dir = drifting(
+            format,
+            &[
+                ("a", "SELECT 1 AS id, 'x' AS name"),
+                ("b", "SELECT 2 AS id, 3.5 AS price"),
+            ],
+            Some("union"),
+        );
+        sluice(dir.path(), &["run", "."]).expect(0);
+        let out = query_output(
+            &format!("{}/out/all_events/", dir.path().display()),
+            "parquet",
+            &[],
+            "SELECT CAST(id AS VARCHAR) AS id, COALESCE(name, 'NULL') AS name, \
          COALESCE(CAST(price AS VARCHAR), 'NULL') AS price FROM t ORDER BY id",
-    )
-    .await;
-    assert_eq!(
-        rows(&out, &["id", "name", "price"]),
-        vec![
-            vec!["1".to_string(), "x".to_string(), "NULL".to_string()],
-            vec!["2".to_string(), "NULL".to_string(), "3.5".to_string()],
-        ]
-    );
+        )
+        .await;
+        assert_eq!(
+            rows(&out, &["id", "name", "price"]),
+            vec![
+                vec!["1".to_string(), "x".to_string(), "NULL".to_string()],
+                vec!["2".to_string(), "NULL".to_string(), "3.5".to_string()],
+            ],
+            "{format}"
+        );
+    }
 }
 
 #[test]
