@@ -5,10 +5,15 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::csv::WriterBuilder as CsvWriterBuilder;
+use datafusion::arrow::array::Array;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::json::LineDelimitedWriter;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::json::writer::{
+    Encoder, EncoderFactory, EncoderOptions, LineDelimited, NullableEncoder,
+    WriterBuilder as JsonWriterBuilder,
+};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::parquet::arrow::AsyncArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
@@ -106,14 +111,11 @@ impl FileWriter {
             } => {
                 let mut buf = Vec::with_capacity(64 * 1024);
                 match format {
-                    Format::Csv => {
-                        let mut w = CsvWriterBuilder::new()
-                            .with_header(*header_pending)
-                            .build(&mut buf);
-                        w.write(batch)?;
-                    }
+                    Format::Csv => write_csv(batch, *header_pending, &mut buf)?,
                     _ => {
-                        let mut w = LineDelimitedWriter::new(&mut buf);
+                        let mut w = JsonWriterBuilder::new()
+                            .with_encoder_factory(Arc::new(NonFiniteAsStrings))
+                            .build::<_, LineDelimited>(&mut buf);
                         w.write(batch)?;
                         w.finish()?;
                     }
@@ -165,5 +167,150 @@ impl FileWriter {
         };
         let mut out = out;
         let _ = out.abort().await;
+    }
+}
+
+/// Appends `batch` to `out` as CSV (comma, `"` quotes, `\n` line ends; with a header line
+/// first if `header`), with NULL and the empty string told apart as PostgreSQL's CSV format
+/// and Spark do: NULL is an empty field, the empty string is `""`. A field is quoted when it
+/// is the empty string or holds a comma, a quote (doubled) or a line break; values are
+/// formatted as arrow's CSV writer formats them. A file of one column writes NULL as an empty
+/// line (see `docs/outputs.md#values-in-csv-and-json-outputs`).
+pub(crate) fn write_csv(
+    batch: &RecordBatch,
+    header: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), ArrowError> {
+    let schema = batch.schema();
+    if header {
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            // A lone empty name is quoted, or the line would be blank.
+            push_csv_field(out, Some(name), names.len() == 1);
+        }
+        out.push(b'\n');
+    }
+    let options = FormatOptions::default().with_null("");
+    let formatters = batch
+        .columns()
+        .iter()
+        .map(|a| {
+            if a.data_type().is_nested() {
+                return Err(ArrowError::CsvError(format!(
+                    "Nested type {} is not supported in CSV",
+                    a.data_type()
+                )));
+            }
+            ArrayFormatter::try_new(a.as_ref(), &options)
+        })
+        .collect::<Result<Vec<_>, ArrowError>>()?;
+    let mut text = String::new();
+    for row in 0..batch.num_rows() {
+        for (i, (column, formatter)) in batch.columns().iter().zip(&formatters).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            if column.is_null(row) {
+                continue;
+            }
+            text.clear();
+            formatter.value(row).write(&mut text).map_err(|e| {
+                ArrowError::CsvError(format!("row {}, column {}: {e}", row + 1, i + 1))
+            })?;
+            push_csv_field(out, Some(&text), true);
+        }
+        out.push(b'\n');
+    }
+    Ok(())
+}
+
+/// Appends one CSV field: `None` as nothing; a value quoted if it needs it, or (`quote_empty`)
+/// if it is empty.
+fn push_csv_field(out: &mut Vec<u8>, value: Option<&str>, quote_empty: bool) {
+    let Some(v) = value else {
+        return;
+    };
+    let needs = (v.is_empty() && quote_empty) || v.contains([',', '"', '\r', '\n']);
+    if !needs {
+        out.extend_from_slice(v.as_bytes());
+        return;
+    }
+    out.push(b'"');
+    for b in v.bytes() {
+        if b == b'"' {
+            out.push(b'"');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+}
+
+/// Writes a float that JSON has no number for as a string, `"NaN"`, `"Infinity"` or
+/// `"-Infinity"` (arrow's JSON writer writes it as `null`, which reads back as NULL); arrow's
+/// JSON reader, and so sluice's, reads those strings back into a float column. Finite floats
+/// are written as numbers, in Rust's shortest form that reads back exactly.
+#[derive(Debug)]
+struct NonFiniteAsStrings;
+
+impl EncoderFactory for NonFiniteAsStrings {
+    fn make_default_encoder<'a>(
+        &self,
+        _field: &'a datafusion::arrow::datatypes::FieldRef,
+        array: &'a dyn Array,
+        _options: &'a EncoderOptions,
+    ) -> Result<Option<NullableEncoder<'a>>, ArrowError> {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::{DataType, Float16Type, Float32Type, Float64Type};
+        let values: Box<dyn Fn(usize) -> f64 + 'a> = match array.data_type() {
+            DataType::Float64 => {
+                let a = array.as_primitive::<Float64Type>();
+                Box::new(move |i| a.value(i))
+            }
+            DataType::Float32 => {
+                let a = array.as_primitive::<Float32Type>();
+                // Through f32's own shortest form, so 0.1f32 is written 0.1.
+                Box::new(move |i| f64::from(a.value(i)))
+            }
+            DataType::Float16 => {
+                let a = array.as_primitive::<Float16Type>();
+                Box::new(move |i| f64::from(a.value(i).to_f32()))
+            }
+            _ => return Ok(None),
+        };
+        let single = matches!(array.data_type(), DataType::Float32 | DataType::Float16);
+        Ok(Some(NullableEncoder::new(
+            Box::new(FloatEncoder { values, single }),
+            array.logical_nulls(),
+        )))
+    }
+}
+
+struct FloatEncoder<'a> {
+    values: Box<dyn Fn(usize) -> f64 + 'a>,
+    /// The column is f32 or f16: write the shortest form of the f32.
+    single: bool,
+}
+
+impl Encoder for FloatEncoder<'_> {
+    fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        let v = (self.values)(idx);
+        let text = if v.is_nan() {
+            "\"NaN\"".to_string()
+        } else if v.is_infinite() {
+            if v > 0.0 {
+                "\"Infinity\""
+            } else {
+                "\"-Infinity\""
+            }
+            .to_string()
+        } else if self.single {
+            format!("{:?}", v as f32)
+        } else {
+            format!("{v:?}")
+        };
+        out.extend_from_slice(text.as_bytes());
     }
 }
