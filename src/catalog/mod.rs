@@ -24,6 +24,7 @@ use datafusion::datasource::listing::{
 };
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
 use object_store::ObjectMeta;
 
 pub(crate) use listing::{
@@ -577,24 +578,54 @@ pub(crate) async fn register_manifest(
         .files
         .iter()
         .map(|f| (location.child(&f.path), f.bytes));
-    let view_store = crate::table::view::ManifestStore::new(store, files, committed_at);
+    let view_store: Arc<dyn object_store::ObjectStore> = Arc::new(
+        crate::table::view::ManifestStore::new(store, files, committed_at),
+    );
     let store_url = url::Url::parse(&view_url).map_err(|e| read_err(e.to_string()))?;
     ctx.runtime_env()
-        .register_object_store(&store_url, Arc::new(view_store));
+        .register_object_store(&store_url, Arc::clone(&view_store));
     let prefix = location.path();
     let table_url = ListingTableUrl::parse(format!("{view_url}{prefix}/")).map_err(df_err)?;
+    let part_cols: Vec<(String, DataType)> =
+        parts.iter().map(|p| (p.clone(), DataType::Utf8)).collect();
 
-    let spec = SourceConfig::new(name, table_url.as_str(), format);
-    let mut opts = ListingOptions::new(file_format(&spec)).with_file_extension("");
-    if !parts.is_empty() {
-        opts = opts
-            .with_table_partition_cols(parts.iter().map(|p| (p.clone(), DataType::Utf8)).collect());
-    }
-    let config = ListingTableConfig::new(table_url)
-        .with_listing_options(opts)
-        .with_schema(file_schema);
-    let table = ListingTable::try_new(config).map_err(df_err)?;
-    let raw = ctx.read_table(Arc::new(table)).map_err(df_err)?;
+    let table: Arc<dyn TableProvider> = if format == Format::Csv {
+        // sluice's CSV tells NULL (an empty field) from the empty string (`""`), which
+        // DataFusion's CSV reader reads as NULL both: read it with sluice's own scan, which
+        // tells them apart (and cuts files only between records).
+        let files: Vec<ObjectMeta> = view_store
+            .list(Some(&prefix))
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| read_err(e.to_string()))?;
+        let shown_location = location.clone();
+        let source = crate::quarantine::SourceFiles {
+            store: Arc::clone(&view_store),
+            table_url,
+            files,
+            partition_cols: part_cols,
+            display: Arc::new(move |m: &ObjectMeta| shown_location.display_key(&m.location)),
+        };
+        Arc::new(crate::quarantine::QuarantineTable::new(
+            source,
+            file_schema,
+            crate::quarantine::decode::Dialect::sluice_csv(),
+            datafusion::datasource::file_format::file_compression_type::FileCompressionType::UNCOMPRESSED,
+            None,
+            crate::quarantine::OnBad::Fail,
+        ))
+    } else {
+        let spec = SourceConfig::new(name, table_url.as_str(), format);
+        let mut opts = ListingOptions::new(file_format(&spec)).with_file_extension("");
+        if !part_cols.is_empty() {
+            opts = opts.with_table_partition_cols(part_cols);
+        }
+        let config = ListingTableConfig::new(table_url)
+            .with_listing_options(opts)
+            .with_schema(file_schema);
+        Arc::new(ListingTable::try_new(config).map_err(df_err)?)
+    };
+    let raw = ctx.read_table(table).map_err(df_err)?;
 
     let wanted: Vec<Field> = match order {
         Some(o) => o.fields().iter().map(|f| f.as_ref().clone()).collect(),

@@ -27,6 +27,10 @@ pub enum Dialect {
         options: CsvOptions,
         /// The empty string, or the null value.
         null: Option<regex::Regex>,
+        /// CSV as sluice's sink writes it ([`Dialect::sluice_csv`]): a quoted empty field
+        /// (`""`) is the empty string, an unquoted one NULL, and in a file of one column a
+        /// blank line is a row whose value is NULL.
+        empty_quoted: bool,
     },
     /// Newline-delimited JSON objects.
     Json,
@@ -39,7 +43,21 @@ impl Dialect {
             .null_value
             .as_deref()
             .and_then(|v| regex::Regex::new(&format!("^(?:|{})$", regex::escape(v))).ok());
-        Dialect::Csv { options, null }
+        Dialect::Csv {
+            options,
+            null,
+            empty_quoted: false,
+        }
+    }
+
+    /// CSV as sluice's sink writes it (`src/sink/writer.rs`, `write_csv`): default options,
+    /// NULL an empty field (a blank line in a file of one column), the empty string `""`.
+    pub fn sluice_csv() -> Dialect {
+        Dialect::Csv {
+            options: CsvOptions::default(),
+            null: None,
+            empty_quoted: true,
+        }
     }
 
     /// How records end in this format.
@@ -256,48 +274,38 @@ impl ChunkDecoder {
     ) -> Result<(), (usize, ArrowError)> {
         // Bytes consumed, and where the batch being filled started.
         let (mut pos, mut batch) = (0usize, 0usize);
+        let first = out.len();
         match &self.dialect {
-            Dialect::Csv { options, null } => {
-                let mut b = datafusion::arrow::csv::ReaderBuilder::new(Arc::clone(&self.schema))
-                    .with_header(header)
-                    .with_delimiter(options.delimiter)
-                    .with_quote(options.quote)
-                    .with_batch_size(self.batch_size);
-                if let Some(e) = options.escape {
-                    b = b.with_escape(e);
-                }
-                if let Some(n) = null {
-                    b = b.with_null_regex(n.clone());
-                }
-                if let Some(p) = projection {
-                    b = b.with_projection(vec![p]);
-                }
-                let mut d = b.build_decoder();
-                for buf in parts {
-                    let mut p = 0;
-                    loop {
-                        let n = guarded(|| d.decode(&buf[p..])).map_err(|e| (batch, e))?;
-                        p += n;
-                        pos += n;
-                        if d.capacity() == 0 {
-                            out.extend(
-                                guarded(|| d.flush())
-                                    .and_then(|b| self.timed(b, projection))
-                                    .map_err(|e| (batch, e))?,
-                            );
-                            batch = pos;
-                        } else if p == buf.len() || n == 0 {
-                            break;
-                        }
+            Dialect::Csv {
+                options,
+                null,
+                empty_quoted,
+            } => {
+                // sluice's own CSV: the records' quoted empty fields, to set them to '' in
+                // what arrow's decoder (which reads both kinds of empty field as NULL) gives;
+                // blank lines of a one-column file made `""`, a row arrow reads as NULL. (An
+                // error's offset is then in those bytes: it only names a line.)
+                let scan = empty_quoted
+                    .then(|| scan_empty_fields(parts, header, options, self.schema.fields().len()));
+                let joined;
+                let parts: &[&[u8]] = match &scan {
+                    Some(EmptyFields {
+                        rewritten: Some(bytes),
+                        ..
+                    }) => {
+                        joined = [bytes.as_slice()];
+                        &joined
                     }
+                    _ => parts,
+                };
+                let result = self.run_csv(parts, header, projection, options, null, out);
+                if let Some(scan) = &scan {
+                    let patched = set_empty_strings(&out[first..], &scan.records, projection)
+                        .map_err(|e| (0, e))?;
+                    out.truncate(first);
+                    out.extend(patched);
                 }
-                // An empty input ends the last record.
-                guarded(|| d.decode(&[])).map_err(|e| (batch, e))?;
-                out.extend(
-                    guarded(|| d.flush())
-                        .and_then(|b| self.timed(b, projection))
-                        .map_err(|e| (batch, e))?,
-                );
+                result?;
             }
             Dialect::Json => {
                 let schema = match projection {
@@ -332,6 +340,61 @@ impl ChunkDecoder {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// The CSV part of [`ChunkDecoder::run`]: arrow's decoder over `parts`.
+    fn run_csv(
+        &self,
+        parts: &[&[u8]],
+        header: bool,
+        projection: Option<usize>,
+        options: &CsvOptions,
+        null: &Option<regex::Regex>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<(), (usize, ArrowError)> {
+        // Bytes consumed, and where the batch being filled started.
+        let (mut pos, mut batch) = (0usize, 0usize);
+        let mut b = datafusion::arrow::csv::ReaderBuilder::new(Arc::clone(&self.schema))
+            .with_header(header)
+            .with_delimiter(options.delimiter)
+            .with_quote(options.quote)
+            .with_batch_size(self.batch_size);
+        if let Some(e) = options.escape {
+            b = b.with_escape(e);
+        }
+        if let Some(n) = null {
+            b = b.with_null_regex(n.clone());
+        }
+        if let Some(p) = projection {
+            b = b.with_projection(vec![p]);
+        }
+        let mut d = b.build_decoder();
+        for buf in parts {
+            let mut p = 0;
+            loop {
+                let n = guarded(|| d.decode(&buf[p..])).map_err(|e| (batch, e))?;
+                p += n;
+                pos += n;
+                if d.capacity() == 0 {
+                    out.extend(
+                        guarded(|| d.flush())
+                            .and_then(|b| self.timed(b, projection))
+                            .map_err(|e| (batch, e))?,
+                    );
+                    batch = pos;
+                } else if p == buf.len() || n == 0 {
+                    break;
+                }
+            }
+        }
+        // An empty input ends the last record.
+        guarded(|| d.decode(&[])).map_err(|e| (batch, e))?;
+        out.extend(
+            guarded(|| d.flush())
+                .and_then(|b| self.timed(b, projection))
+                .map_err(|e| (batch, e))?,
+        );
         Ok(())
     }
 
@@ -496,6 +559,156 @@ impl ChunkDecoder {
         }
         message
     }
+}
+
+/// What [`scan_empty_fields`] found in CSV written by sluice.
+#[derive(Debug, Default)]
+struct EmptyFields {
+    /// The bytes with each blank line made `""` (a file of one column only), if any was.
+    rewritten: Option<Vec<u8>>,
+    /// For each record (after the header), the indexes of its quoted empty fields.
+    records: Vec<Vec<usize>>,
+}
+
+/// Reads CSV `parts` (whole records; the first a header when `header`) as sluice's sink
+/// writes them and finds, for each record, its quoted empty fields (`""`, the empty
+/// string); with `ncols` = 1, a blank line is a record (NULL), rewritten as `""` so that
+/// arrow's decoder, which skips blank lines, reads it as a row (whose value it reads as NULL).
+fn scan_empty_fields(
+    parts: &[&[u8]],
+    header: bool,
+    options: &CsvOptions,
+    ncols: usize,
+) -> EmptyFields {
+    let bytes: Vec<u8> = parts.concat();
+    let (quote, delim) = (options.quote, options.delimiter);
+    let mut found = EmptyFields::default();
+    let mut rewritten: Vec<u8> = Vec::new();
+    // Bytes of `bytes` up to here are in `rewritten` (when it is in use).
+    let mut copied = 0usize;
+    let mut skip = header;
+    let mut i = 0usize;
+    let n = bytes.len();
+    while i < n {
+        // A record starts at `i`.
+        if matches!(bytes[i], b'\n' | b'\r') {
+            let end = if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+                i + 2
+            } else {
+                i + 1
+            };
+            if ncols == 1 && !skip {
+                rewritten.extend_from_slice(&bytes[copied..i]);
+                rewritten.extend_from_slice(&[quote, quote]);
+                copied = i;
+                found.records.push(Vec::new());
+            }
+            i = end;
+            continue;
+        }
+        let mut empties = Vec::new();
+        let mut field = 0usize;
+        loop {
+            // A field starts at `i`.
+            if i < n && bytes[i] == quote {
+                let open = i;
+                i += 1;
+                while i < n {
+                    if bytes[i] == quote {
+                        if bytes.get(i + 1) == Some(&quote) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    if options.escape == Some(bytes[i]) {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                if i == open + 1 {
+                    empties.push(field);
+                }
+                i += 1;
+            }
+            while i < n && !matches!(bytes[i], b'\n' | b'\r') && bytes[i] != delim {
+                i += 1;
+            }
+            if i < n && bytes[i] == delim {
+                i += 1;
+                field += 1;
+                continue;
+            }
+            // The record ends here.
+            if i < n {
+                i += if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+            }
+            break;
+        }
+        if skip {
+            skip = false;
+        } else {
+            found.records.push(empties);
+        }
+    }
+    if copied > 0 {
+        rewritten.extend_from_slice(&bytes[copied..]);
+        found.rewritten = Some(rewritten);
+    }
+    found
+}
+
+/// `batches` (the records of [`EmptyFields::records`], in order; of one column, `projection`,
+/// when given) with each quoted empty field of a text or binary column set to the empty value.
+fn set_empty_strings(
+    batches: &[RecordBatch],
+    records: &[Vec<usize>],
+    projection: Option<usize>,
+) -> Result<Vec<RecordBatch>, ArrowError> {
+    use datafusion::arrow::array::{BooleanArray, Scalar, StringArray};
+    let mut out = Vec::with_capacity(batches.len());
+    let mut next = 0usize;
+    for b in batches {
+        let rows = &records[next.min(records.len())..(next + b.num_rows()).min(records.len())];
+        next += b.num_rows();
+        let mut columns = b.columns().to_vec();
+        let mut changed = false;
+        for (c, column) in columns.iter_mut().enumerate() {
+            let field = projection.unwrap_or(c);
+            if !matches!(
+                column.data_type(),
+                DataType::Utf8
+                    | DataType::LargeUtf8
+                    | DataType::Utf8View
+                    | DataType::Binary
+                    | DataType::LargeBinary
+                    | DataType::BinaryView
+            ) {
+                continue;
+            }
+            let mask: BooleanArray = (0..b.num_rows())
+                .map(|r| Some(rows.get(r).is_some_and(|e| e.contains(&field))))
+                .collect();
+            if mask.true_count() == 0 {
+                continue;
+            }
+            let empty =
+                datafusion::arrow::compute::cast(&StringArray::from(vec![""]), column.data_type())?;
+            *column =
+                datafusion::arrow::compute::kernels::zip::zip(&mask, &Scalar::new(empty), column)?;
+            changed = true;
+        }
+        out.push(if changed {
+            RecordBatch::try_new(b.schema(), columns)?
+        } else {
+            b.clone()
+        });
+    }
+    Ok(out)
 }
 
 /// Runs a step of arrow's decoder, turning a panic into an error, so the row that caused it

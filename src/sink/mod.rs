@@ -237,9 +237,15 @@ pub(crate) async fn prepare(
         ));
     }
     for col in &spec.partition_by {
-        if col.is_empty() || col.contains(['/', '=']) || col.chars().any(char::is_control) {
+        if col.is_empty() {
+            return Err(invalid("a partition column name is empty".into()));
+        }
+        // Hive escapes these in folder names, and readers (DataFusion among them) match
+        // partition column names as they stand in the folder name, unescaped.
+        if let Some(c) = crate::table::hive::escaped_char(col) {
             return Err(invalid(format!(
-                "partition column {col:?} cannot be a folder name (no '/', '=' or control characters)"
+                "partition column {col:?} cannot be a folder name: Hive escapes {c:?} in folder names \
+                 (no control characters nor any of \"#%'*/:=?\\{{[]^)"
             )));
         }
     }

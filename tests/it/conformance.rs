@@ -177,65 +177,233 @@ on_local_and_s3!(
 
 on_local_and_s3!(rerun_is_idempotent: local_rerun_is_idempotent, s3_rerun_is_idempotent);
 
-/// Partition values with characters that need escaping (space, non-ASCII, `:`, `%`, `/`) and a
-/// NULL: written, read back through plain DataFusion and through sluice, rerun without leaks.
-async fn awkward_partition_values(t: Target) {
-    let sql = "SELECT * FROM (VALUES (1, 'a b'), (2, 'München'), (3, '10:30'), (4, '50%'), (5, 'EU/UK'), (6, NULL), (7, 'a b')) AS v(id, region)";
-    for _ in 0..2 {
-        t.write(sql, &["--partition-by", "region"]).expect(0);
+/// Partition values, each with the folder name Hive gives it (`FileUtils.escapePathName`:
+/// `%XX` for the control characters and `"#%'*/:=?\{[]^`, DEL; anything else as it is) and
+/// the value every reader must read back. `null` in any case is the exception: its first
+/// letter is escaped too, since DuckDB reads a folder `p=null` as NULL.
+fn partition_cases() -> Vec<(Option<&'static str>, &'static str, Option<&'static str>)> {
+    vec![
+        (Some("a=b"), "p=a%3Db", Some("a=b")),
+        (Some("EU/UK"), "p=EU%2FUK", Some("EU/UK")),
+        (Some("50%"), "p=50%25", Some("50%")),
+        (Some("%3D"), "p=%253D", Some("%3D")),
+        (Some("10:30"), "p=10%3A30", Some("10:30")),
+        (Some("München 東京"), "p=München 東京", Some("München 東京")),
+        (
+            Some("q\"#'*?\\{[]^"),
+            "p=q%22%23%27%2A%3F%5C%7B%5B%5D%5E",
+            Some("q\"#'*?\\{[]^"),
+        ),
+        (
+            Some("t\tn\nr\r\u{1}\u{7f}"),
+            "p=t%09n%0Ar%0D%01%7F",
+            Some("t\tn\nr\r\u{1}\u{7f}"),
+        ),
+        (Some("<>|~`}"), "p=<>|~`}", Some("<>|~`}")),
+        (
+            Some("x+y&z;w,v@$!()"),
+            "p=x+y&z;w,v@$!()",
+            Some("x+y&z;w,v@$!()"),
+        ),
+        (Some("."), "p=.", Some(".")),
+        (Some(".."), "p=..", Some("..")),
+        (Some(" a b "), "p= a b ", Some(" a b ")),
+        (Some("null"), "p=%6Eull", Some("null")),
+        (Some("NULL"), "p=%4EULL", Some("NULL")),
+        // Hive's NULL folder: NULL, and as in Hive and Spark, '' and the folder's own name.
+        (None, "p=__HIVE_DEFAULT_PARTITION__", None),
+        (Some(""), "p=__HIVE_DEFAULT_PARTITION__", None),
+        (
+            Some("__HIVE_DEFAULT_PARTITION__"),
+            "p=__HIVE_DEFAULT_PARTITION__",
+            None,
+        ),
+    ]
+}
+
+/// `s` as a SQL expression: quoted, with `chr(n)` for control characters.
+fn sql_text(s: &str) -> String {
+    let mut parts = vec![String::from("''")];
+    let mut run = String::new();
+    for c in s.chars() {
+        if c.is_control() {
+            if !run.is_empty() {
+                parts.push(format!("'{}'", run.replace('\'', "''")));
+                run.clear();
+            }
+            parts.push(format!("chr({})", c as u32));
+        } else {
+            run.push(c);
+        }
     }
+    if !run.is_empty() {
+        parts.push(format!("'{}'", run.replace('\'', "''")));
+    }
+    parts.join(" || ")
+}
+
+/// Rows `(id, value)` of a reader's table, sorted, with the values as [`partition_cases`]
+/// expects them.
+fn id_values(table: &readers::Table) -> Vec<(i64, Option<String>)> {
+    let mut got: Vec<(i64, Option<String>)> = table
+        .column("id")
+        .into_iter()
+        .zip(table.column("p"))
+        .map(|(id, p)| (id.unwrap().parse().unwrap(), p))
+        .collect();
+    got.sort();
+    got
+}
+
+/// Hive-special characters in partition values: each folder is named as Hive names it, on
+/// local disk and as an S3 key alike, and sluice, DuckDB and pyarrow each read back exactly
+/// the values written (NULL for NULL, '' and `__HIVE_DEFAULT_PARTITION__`, as Hive does);
+/// a rerun leaves exactly the manifest's files.
+async fn hive_special_partition_values(t: Target) {
+    let cases = partition_cases();
+    let values: Vec<String> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (v, _, _))| {
+            let v = v.map_or("CAST(NULL AS VARCHAR)".to_string(), sql_text);
+            format!("({i}, {v})")
+        })
+        .collect();
+    let sql = format!("SELECT * FROM (VALUES {}) AS v(id, p)", values.join(", "));
+    for _ in 0..2 {
+        t.write(&sql, &["--partition-by", "p"]).expect(0);
+    }
+    let want: Vec<(i64, Option<String>)> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, back))| (i as i64, back.map(str::to_string)))
+        .collect();
+
+    // The names on the store: one folder per value, NULL's shared.
     let snap = t.snapshot().await;
-    let manifest: serde_json::Value = serde_json::from_slice(&snap["_MANIFEST"]).unwrap();
-    let listed = manifest_files(&manifest);
+    let mut folders: Vec<&str> = data_files(snap.keys())
+        .iter()
+        .map(|k| {
+            let (folder, _) = k.rsplit_once('/').unwrap();
+            cases.iter().find(|c| c.1 == folder).map_or("?", |c| c.1)
+        })
+        .collect();
+    folders.sort();
+    let mut want_folders: Vec<&str> = cases.iter().map(|c| c.1).collect();
+    want_folders.sort();
+    want_folders.dedup();
     assert_eq!(
-        listed,
+        folders,
+        want_folders,
+        "the folders: {:?}",
+        data_files(snap.keys())
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&snap["_MANIFEST"]).unwrap();
+    assert_eq!(
+        manifest_files(&manifest),
         data_files(snap.keys()),
         "after a rerun the folder holds exactly the manifest's files"
     );
-    assert_eq!(listed.len(), 6, "{listed:?}");
-    // Plain DataFusion decodes each value once: all exact but '/', which reads as %2F.
-    let b = t
-        .query(
-            "parquet",
-            &["region"],
-            "SELECT CAST(id AS VARCHAR) AS id, region FROM t",
-        )
-        .await;
-    let want: Vec<Vec<String>> = [
-        ("1", "a b"),
-        ("2", "München"),
-        ("3", "10:30"),
-        ("4", "50%"),
-        ("5", "EU%2FUK"),
-        ("6", "__HIVE_DEFAULT_PARTITION__"),
-        ("7", "a b"),
-    ]
-    .iter()
-    .map(|(a, b)| vec![a.to_string(), b.to_string()])
-    .collect();
-    assert_eq!(rows(&b, &["id", "region"]), want);
-    // sluice reads the output back with NULL as NULL.
+
+    // sluice reads the output (through its manifest): each value hex-encoded, to print it.
     let run = sluice_env(
         t.dir.path(),
         &[
             "sql",
             "-e",
-            "SELECT id, region FROM o WHERE region IS NULL OR region = 'München' ORDER BY id",
+            "SELECT id, COALESCE(encode(p, 'hex'), 'NULL') AS h FROM o ORDER BY id",
             "--table",
             &format!("o={}", t.url),
         ],
         &t.env,
     )
     .expect(0);
-    assert!(run.stdout.contains("| 2  | München |"), "{}", run.stdout);
-    assert!(run.stdout.contains("2 row(s)"), "{}", run.stdout);
+    let got: Vec<(i64, Option<String>)> = run
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let id = cells.get(1)?.parse().ok()?;
+            let h = cells.get(2)?;
+            let v = (*h != "NULL").then(|| {
+                let bytes: Vec<u8> = (0..h.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+                    .collect();
+                String::from_utf8(bytes).unwrap()
+            });
+            Some((id, v))
+        })
+        .collect();
+    assert_eq!(got, want, "sluice:\n{}", run.stdout);
+
+    // Plain DataFusion, listing the folder (no manifest): NULL's folder reads as its name.
+    let b = t
+        .query(
+            "parquet",
+            &["p"],
+            "SELECT CAST(id AS VARCHAR) AS id, p FROM t",
+        )
+        .await;
+    let listed: Vec<(i64, Option<String>)> = rows(&b, &["id", "p"])
+        .into_iter()
+        .map(|r| {
+            let p = (r[1] != "__HIVE_DEFAULT_PARTITION__").then(|| r[1].clone());
+            (r[0].parse().unwrap(), p)
+        })
+        .collect();
+    let mut listed = listed;
+    listed.sort();
+    assert_eq!(listed, want, "plain DataFusion");
+
+    // pyarrow, on the store itself (S3 included).
+    let table = readers::pyarrow_dataset_on(&t.env, &t.url, "parquet", &["p"]);
+    assert_eq!(id_values(&table), want, "pyarrow");
+
+    // DuckDB, on the folder (for S3, a local copy of its keys).
+    let copy;
+    let dir = if t.url.starts_with("s3://") {
+        copy = t.mirror().await;
+        copy.path().to_path_buf()
+    } else {
+        t.dir.path().join("out")
+    };
+    let table = readers::duckdb(
+        &dir,
+        "SELECT id, p FROM read_parquet('**/*.parquet', hive_partitioning = true, \
+         hive_types = {'p': VARCHAR}) ORDER BY id",
+    );
+    assert_eq!(id_values(&table), want, "DuckDB");
 }
 
 on_local_and_s3!(
-    awkward_partition_values:
-    local_awkward_partition_values,
-    s3_awkward_partition_values
+    hive_special_partition_values:
+    local_hive_special_partition_values,
+    s3_hive_special_partition_values
 );
+
+/// A partition column whose name Hive would escape is refused before anything is written:
+/// readers match partition column names unescaped.
+#[test]
+fn partition_columns_hive_escapes_are_refused() {
+    let t = Target::local();
+    for name in ["a:b", "a=b", "a/b", "a%b", "a#b"] {
+        let run = t
+            .write(
+                &format!("SELECT 1 AS \"{name}\", 2 AS v"),
+                &["--partition-by", name],
+            )
+            .expect(2);
+        assert!(
+            run.stderr.contains(&format!(
+                "partition column {name:?} cannot be a folder name"
+            )),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(files_under(t.dir.path()).is_empty());
+}
 
 async fn incompatible_appends_are_refused(t: Target) {
     t.write("SELECT * FROM o", &["--partition-by", "dt"])

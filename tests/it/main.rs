@@ -8,6 +8,7 @@ mod bad_input;
 mod checks;
 mod conformance;
 mod drift;
+mod encodings;
 mod errors;
 mod formats;
 mod headers;

@@ -8,12 +8,14 @@
 //! * [`shop`]: the `testdata/shop` pipeline and raw counts of its input files;
 //! * [`target`]: an output folder on local disk or S3, for the storage conformance suite;
 //! * [`tpch`]: TPC-H data and the plain-DataFusion answer over it;
-//! * [`s3`], [`faults`]: a real S3-compatible server, and a proxy that injects faults.
+//! * [`s3`], [`faults`]: a real S3-compatible server, and a proxy that injects faults;
+//! * [`readers`]: DuckDB and pyarrow, to read outputs as other engines do.
 
 #![allow(dead_code)]
 
 pub mod faults;
 pub mod pipeline;
+pub mod readers;
 pub mod s3;
 pub mod shop;
 pub mod target;

@@ -4,7 +4,8 @@
 //!
 //! The `moto_server` executable is taken from `SLUICE_MOTO_SERVER` (set by
 //! `scripts/test`), or else installed/located once per test process by
-//! running `scripts/ensure-moto`.
+//! running `scripts/ensure-test-venv` (the venv also holds the readers of
+//! [`super::readers`]).
 //!
 //! Only std and object_store are used, so no extra dev-dependency is needed.
 #![allow(dead_code)]
@@ -430,8 +431,8 @@ fn read_log(path: &Path) -> String {
 }
 
 /// The `moto_server` executable: `$SLUICE_MOTO_SERVER`, or else what
-/// `scripts/ensure-moto` prints (run at most once per test process).
-fn moto_server() -> PathBuf {
+/// `scripts/ensure-test-venv` prints (run at most once per test process).
+pub fn moto_server() -> PathBuf {
     static MOTO: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     MOTO.get_or_init(locate_moto_server)
         .clone()
@@ -445,7 +446,7 @@ fn locate_moto_server() -> Result<PathBuf, String> {
             Ok(path)
         } else {
             Err(format!(
-                "SLUICE_MOTO_SERVER={} is not a file (unset it to have scripts/ensure-moto install moto)",
+                "SLUICE_MOTO_SERVER={} is not a file (unset it to have scripts/ensure-test-venv install moto)",
                 path.display()
             ))
         };
@@ -453,7 +454,7 @@ fn locate_moto_server() -> Result<PathBuf, String> {
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    let script = manifest_dir.join("scripts").join("ensure-moto");
+    let script = manifest_dir.join("scripts").join("ensure-test-venv");
     let output = Command::new("bash")
         .arg(&script)
         .stdin(Stdio::null())

@@ -140,6 +140,19 @@ impl Target {
         out
     }
 
+    /// A local folder holding a copy of every object under the output, each at its key
+    /// (relative to the output) as it is on the store: to read an S3 output with a reader
+    /// that cannot reach the server, or to see the names as a local reader would.
+    pub async fn mirror(&self) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (key, bytes) in self.snapshot().await {
+            let path = dir.path().join(&key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, bytes).unwrap();
+        }
+        dir
+    }
+
     /// Reads the output with plain DataFusion and runs `sql` over it as table `t`.
     pub async fn query(&self, format: &str, partitions: &[&str], sql: &str) -> Vec<RecordBatch> {
         let store = self
