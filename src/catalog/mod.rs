@@ -605,6 +605,8 @@ pub(crate) async fn register_manifest(
             files,
             partition_cols: part_cols,
             display: Arc::new(move |m: &ObjectMeta| shown_location.display_key(&m.location)),
+            // sluice writes a CSV output's header in its columns' order.
+            layouts: Default::default(),
         };
         Arc::new(crate::quarantine::QuarantineTable::new(
             source,

@@ -33,6 +33,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::heal::Ended;
+use super::hive::partition_key;
 use super::manifest::{MANIFEST, Manifest, ManifestColumn, ManifestFile, SUCCESS};
 use super::staging::{LeaseKeeper, StagingArea};
 use super::swap::{self, SwapError, Version, Versioned};
@@ -126,7 +127,10 @@ fn kept_of(
     partition_by: &[String],
     staged: &[StagedFile],
 ) -> Vec<ManifestFile> {
-    let new_partitions: BTreeSet<&str> = staged.iter().map(|f| f.file.partition()).collect();
+    let new_partitions: BTreeSet<String> = staged
+        .iter()
+        .map(|f| partition_key(f.file.partition()))
+        .collect();
     match mode {
         WriteMode::Overwrite | WriteMode::ErrorIfExists => Vec::new(),
         // Without partitions, the whole output is the one partition.
@@ -134,7 +138,7 @@ fn kept_of(
         WriteMode::Append => current.to_vec(),
         WriteMode::OverwritePartitions => current
             .iter()
-            .filter(|f| !new_partitions.contains(f.partition()))
+            .filter(|f| !new_partitions.contains(&partition_key(f.partition())))
             .cloned()
             .collect(),
     }
@@ -842,13 +846,17 @@ fn rebase_allowed(
             _ => Ok(()),
         },
         WriteMode::OverwritePartitions if !partition_by.is_empty() => {
-            let mine: BTreeSet<&str> = staged.iter().map(ManifestFile::partition).collect();
+            let mine: BTreeSet<String> = staged
+                .iter()
+                .map(|f| partition_key(f.partition()))
+                .collect();
             let by_partition = |files: &[ManifestFile]| {
                 let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
-                for f in files.iter().filter(|f| mine.contains(f.partition())) {
-                    map.entry(f.partition().to_string())
-                        .or_default()
-                        .push(f.path.clone());
+                for f in files {
+                    let key = partition_key(f.partition());
+                    if mine.contains(&key) {
+                        map.entry(key).or_default().push(f.path.clone());
+                    }
                 }
                 map
             };
@@ -859,7 +867,7 @@ fn rebase_allowed(
                     .map(|m| m.files.clone())
                     .unwrap_or_default(),
             );
-            match mine.iter().find(|p| before.get(**p) != after.get(**p)) {
+            match mine.iter().find(|p| before.get(*p) != after.get(*p)) {
                 Some(p) => Err(format!(
                     "it rewrote partition {p}, which this write rewrites too"
                 )),
@@ -876,5 +884,38 @@ fn mode_name(mode: WriteMode) -> &'static str {
         WriteMode::Append => "append",
         WriteMode::OverwritePartitions => "overwrite_partitions",
         WriteMode::ErrorIfExists => "error_if_exists",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str) -> ManifestFile {
+        ManifestFile {
+            path: path.into(),
+            rows: 1,
+            bytes: 1,
+        }
+    }
+
+    #[test]
+    fn a_partition_spelled_by_an_older_build_is_the_same_partition() {
+        let current = [
+            file("p=a=b/part-old.parquet"),
+            file("p=M%C3%BCnchen/part-old.parquet"),
+            file("p=x/part-old.parquet"),
+        ];
+        let staged = staged_as(&[
+            file("p=a%3Db/part-new.parquet"),
+            file("p=München/part-new.parquet"),
+        ]);
+        let kept = kept_of(
+            &current,
+            WriteMode::OverwritePartitions,
+            &["p".to_string()],
+            &staged,
+        );
+        assert_eq!(kept, vec![file("p=x/part-old.parquet")]);
     }
 }

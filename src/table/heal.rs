@@ -56,6 +56,28 @@ impl Output {
         me: Option<&str>,
         ended: &Ended,
     ) -> Result<Survey, CommitError> {
+        // A writer that commits while the folder is surveyed changes what its files are
+        // (listed, where they looked like leftovers or a lost manifest's): survey again.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.survey(me, ended, attempts >= 8).await? {
+                Some(survey) => return Ok(survey),
+                None => {
+                    tracing::debug!(output = %self.location(), "a writer committed during the survey: again")
+                }
+            }
+        }
+    }
+
+    /// One survey and its deletions; `None` if the manifest changed meanwhile (unless
+    /// `last`: then what was found stands, and nothing is deleted but staging).
+    async fn survey(
+        &self,
+        me: Option<&str>,
+        ended: &Ended,
+        last: bool,
+    ) -> Result<Option<Survey>, CommitError> {
         let versioned = self.read_versioned().await?;
         let listed: BTreeSet<&str> = versioned
             .manifest
@@ -102,15 +124,13 @@ impl Output {
             }
         }
         // A writer that committed since the manifest was read may list some of them now.
-        if !garbage.is_empty() {
+        if !garbage.is_empty() || !lost.is_empty() {
             let now = self.read_versioned().await?;
             if now.version != versioned.version {
-                let listed_now: BTreeSet<&str> = now
-                    .manifest
-                    .iter()
-                    .flat_map(|m| m.files.iter().map(|f| f.path.as_str()))
-                    .collect();
-                garbage.retain(|p| !listed_now.contains(p.as_str()));
+                if !last {
+                    return Ok(None);
+                }
+                garbage.clear();
             }
         }
         let deleted = garbage.len();
@@ -126,13 +146,13 @@ impl Output {
         if legacy_staging || legacy_local {
             self.remove_legacy_staging(me).await?;
         }
-        Ok(Survey {
+        Ok(Some(Survey {
             versioned,
             data_files,
             lost,
             in_flight,
             deleted,
-        })
+        }))
     }
 
     async fn writer_state(&self, run: &str, ended: &Ended) -> Result<WriterState, CommitError> {

@@ -65,6 +65,22 @@ pub(crate) fn partition_path(cols: &[String], values: &[Option<String>]) -> Stri
 
 /// The Hive partition values of the file at `path` (its `key=value` folders under
 /// `table_url`), typed; or why there are none.
+/// The partition a folder path stands for, however a build of sluice spelled it: each
+/// segment `%XX`-decoded once. Builds before Hive's escaping wrote `p=a=b` and
+/// `c=M%C3%BCnchen` where this one writes `p=a%3Db` and `c=München`; both give one key (a
+/// `/` in a value excepted, written `%252F` before and `%2F` now).
+pub(crate) fn partition_key(folder: &str) -> String {
+    folder
+        .split('/')
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 pub(crate) fn partition_values(
     table_url: &datafusion::datasource::listing::ListingTableUrl,
     cols: &[(String, datafusion::arrow::datatypes::DataType)],
