@@ -11,8 +11,9 @@
 //! in `src/` and fails on any other, so this map stays true.
 //!
 //! - **Leaves**, usable from anywhere: [`describe`] (engine and storage errors in words a user
-//!   can act on, and whether retrying could help), [`physical`] (what sluice's own physical
-//!   operators share), [`status`] (how runs, models, units and checks end).
+//!   can act on, and whether retrying could help), [`flock`] (OS file locks), [`physical`]
+//!   (what sluice's own physical operators share), [`status`] (how runs, models, units and
+//!   checks end).
 //! - **0 Vocabulary**: [`config`], `sluice.toml` → a validated [`config::Pipeline`] (file,
 //!   line and column in every error); the types every other layer speaks.
 //! - **1 Planning**: [`dag`] (each model's SQL parsed → table references → the DAG,
@@ -48,6 +49,7 @@ pub(crate) mod describe;
 pub(crate) mod diagnose;
 pub mod engine;
 pub mod error;
+pub(crate) mod flock;
 pub(crate) mod join;
 pub(crate) mod physical;
 pub mod progress;

@@ -105,6 +105,8 @@ fn process_start(pid: i64) -> Option<String> {
 pub struct RunLock {
     state: Arc<StateStore>,
     run_id: String,
+    /// The OS lock on `<state>.lock`, held as long as the run.
+    _os: crate::flock::Flock,
 }
 
 impl RunLock {
@@ -117,10 +119,32 @@ impl RunLock {
         me: &Holder,
         now: &str,
     ) -> Result<(RunLock, Option<String>), StateError> {
-        let taken_over = state.acquire(pipeline, run_id, me, now)?;
+        // First the OS lock: among processes of one machine (containers with their own PID
+        // namespaces, and systems without /proc, included) it alone decides, and the kernel
+        // releases it when its holder dies. The database row then says who holds the run,
+        // and decides among machines sharing the state file (by heartbeat).
+        let path = state.path.with_extension("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StateError::Db {
+                path: path.clone(),
+                message: format!("cannot open the run lock: {e}"),
+            })?;
+        let os = crate::flock::Flock::try_take(file).map_err(|e| StateError::Db {
+            path: path.clone(),
+            message: format!("cannot take the run lock: {e}"),
+        })?;
+        let Some(os) = os else {
+            return Err(state.held_by_another(pipeline)?);
+        };
+        let taken_over = state.acquire_with(pipeline, run_id, me, now, true)?;
         let lock = RunLock {
             state: Arc::clone(state),
             run_id: run_id.to_string(),
+            _os: os,
         };
         Ok((lock, taken_over))
     }
@@ -336,6 +360,19 @@ impl StateStore {
         me: &Holder,
         now: &str,
     ) -> Result<Option<String>, StateError> {
+        self.acquire_with(pipeline, run_id, me, now, false)
+    }
+
+    /// [`StateStore::acquire`]; with `os_locked` (this process holds the OS run lock), a
+    /// holder recorded on this host is known to be gone, whatever its pid shows.
+    fn acquire_with(
+        &self,
+        pipeline: &str,
+        run_id: &str,
+        me: &Holder,
+        now: &str,
+        os_locked: bool,
+    ) -> Result<Option<String>, StateError> {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let held: Option<(String, i64, Option<String>, String, String, String)> = tx
@@ -347,7 +384,10 @@ impl StateStore {
                 .optional()?;
             let mut taken_over = None;
             if let Some((held_run, pid, pid_start, host, since, heartbeat)) = held {
-                if holder_alive(pid, pid_start.as_deref(), &host, &heartbeat, me) {
+                let same_host_gone = os_locked && host == me.host;
+                if !same_host_gone
+                    && holder_alive(pid, pid_start.as_deref(), &host, &heartbeat, me)
+                {
                     return Ok(Err((held_run, pid, host, since)));
                 }
                 tx.execute(
@@ -366,6 +406,27 @@ impl StateStore {
             Ok(Ok(taken_over))
         })?
         .map_err(|(run_id, pid, host, since)| StateError::Locked {
+            pipeline: pipeline.to_string(),
+            run_id,
+            pid,
+            host,
+            since,
+        })
+    }
+
+    /// The error for a run lock another process holds: who, as the lock row says.
+    fn held_by_another(&self, pipeline: &str) -> Result<StateError, StateError> {
+        let held: Option<(String, i64, String, String)> = self.with(|c| {
+            c.query_row(
+                "SELECT run_id, pid, host, acquired_at FROM lock WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+        })?;
+        let (run_id, pid, host, since) =
+            held.unwrap_or_else(|| ("(starting)".into(), 0, "this host".into(), "now".into()));
+        Ok(StateError::Locked {
             pipeline: pipeline.to_string(),
             run_id,
             pid,

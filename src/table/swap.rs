@@ -143,7 +143,9 @@ fn swap_local(
     let failed = |what: &str, e: std::io::Error| SwapError::Failed(format!("{what}: {e}"));
     std::fs::create_dir_all(dir).map_err(|e| failed("cannot create the folder", e))?;
     let folder = std::fs::File::open(dir).map_err(|e| failed("cannot open the folder", e))?;
-    let _lock = FolderLock::take(&folder).map_err(|e| failed("cannot lock the folder", e))?;
+    let lock =
+        crate::flock::Flock::wait(folder).map_err(|e| failed("cannot lock the folder", e))?;
+    let folder = lock.file();
     let path = dir.join(MANIFEST);
     let current = match std::fs::read(&path) {
         Ok(b) => Version::Bytes(b),
@@ -165,37 +167,6 @@ fn swap_local(
         let _ = std::fs::remove_file(&tmp);
         failed("cannot write the manifest", e)
     })
-}
-
-/// An exclusive `flock` on an open folder, released when dropped (or when the process dies).
-pub(crate) struct FolderLock<'a>(&'a std::fs::File);
-
-impl<'a> FolderLock<'a> {
-    /// Waits for, and takes, the lock.
-    pub(crate) fn take(folder: &'a std::fs::File) -> std::io::Result<FolderLock<'a>> {
-        use std::os::fd::AsRawFd;
-        loop {
-            // SAFETY: flock on a file descriptor this File owns and keeps open.
-            let rc = unsafe { libc::flock(folder.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                return Ok(FolderLock(folder));
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
-    }
-}
-
-impl Drop for FolderLock<'_> {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as in `take`.
-        unsafe {
-            libc::flock(self.0.as_raw_fd(), libc::LOCK_UN);
-        }
-    }
 }
 
 /// Flushes files and the folders that name them to disk (local outputs): the data files a

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 /// The library's top-level modules, bottom layer first. A module may use any module of a
 /// lower layer.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("leaves anyone may use", &["describe", "physical", "status"]),
+    (
+        "leaves anyone may use",
+        &["describe", "flock", "physical", "status"],
+    ),
     ("0 vocabulary", &["config"]),
     ("1 planning", &["dag", "units"]),
     ("2 storage and the table format", &["store", "table"]),

@@ -136,3 +136,57 @@ fn a_second_run_is_refused_and_a_killed_runs_lock_is_taken_over() {
     assert_eq!(killed["status"], "interrupted");
     assert_eq!(runs[0]["status"], "success");
 }
+
+/// Two "containers" on one host sharing the pipeline folder, each with its own PID namespace:
+/// the second cannot see the first's pid, and used to take its lock over as dead (and resume
+/// its run id). The OS lock next to the state database decides now: the second is refused
+/// until the first ends, and then takes it at once.
+#[test]
+fn a_run_in_another_pid_namespace_keeps_the_pipeline() {
+    if !std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipped: cannot create a PID namespace here (needs root and unshare)");
+        return;
+    }
+    let dir = slow_pipeline();
+    let mut first = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .args(["-q", "run", ".", "--select", "slow"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = wait_for_status(dir.path(), "running");
+    let run_id = running["run_id"].as_str().unwrap().to_string();
+    // Its pid as recorded is its namespace's (1 or 2), which is another process here.
+    let second = sluice(dir.path(), &["run", ".", "--select", "slow"]).expect(1);
+    assert!(
+        second
+            .stderr
+            .contains(&format!("pipeline 'slow' is already running: run {run_id}")),
+        "{}",
+        second.stderr
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // (unshare's child dies with it: --kill-child.)
+    let start = Instant::now();
+    loop {
+        let third = sluice(dir.path(), &["run", ".", "--select", "fast"]);
+        if third.code == 0 {
+            assert!(
+                third.stderr.contains(&format!("took over the lock of run {run_id}")),
+                "{}",
+                third.stderr
+            );
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", third.stderr);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
