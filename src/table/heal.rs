@@ -13,6 +13,7 @@ use futures::TryStreamExt;
 
 use super::commit::{CommitError, Output};
 use super::manifest::STAGING;
+use super::staging::LEASE;
 use super::swap::Versioned;
 use super::{is_data_file, run_of_file};
 
@@ -214,11 +215,41 @@ impl Output {
                 None => self.writer_state(&run, ended).await?,
             };
             states.insert(run.clone(), state);
-            if state != WriterState::Live {
+            if state != WriterState::Live && !self.lease_being_written(&run) {
                 self.discard_staging(&run, None).await?;
             }
         }
         Ok(())
+    }
+
+    /// On local disk, whether run `run`'s folder is a lease being written: the store creates
+    /// the folder, then a temporary `_LEASE#N`, then renames it, so a writer that has just
+    /// started shows a folder with no lease for a moment. (Object stores show no folder
+    /// before the lease.)
+    fn lease_being_written(&self, run: &str) -> bool {
+        let Some(dir) = self
+            .staging()
+            .and_then(|a| a.location().local_path())
+            .map(|d| d.join(run))
+        else {
+            return false;
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return false;
+        };
+        let names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect();
+        let young = || {
+            std::fs::metadata(&dir)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| {
+                    t.elapsed()
+                        .is_ok_and(|age| age < std::time::Duration::from_secs(60))
+                })
+        };
+        names.iter().any(|n| n.starts_with(&format!("{LEASE}#"))) || (names.is_empty() && young())
     }
 
     /// Deletes `_staging/` inside the output, where builds before the staging area staged.

@@ -180,13 +180,19 @@ fn a_run_in_another_pid_namespace_keeps_the_pipeline() {
         let third = sluice(dir.path(), &["run", ".", "--select", "fast"]);
         if third.code == 0 {
             assert!(
-                third.stderr.contains(&format!("took over the lock of run {run_id}")),
+                third
+                    .stderr
+                    .contains(&format!("took over the lock of run {run_id}")),
                 "{}",
                 third.stderr
             );
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "{}", third.stderr);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            third.stderr
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -200,6 +200,8 @@ async fn racing_writers_lose_no_update(t: Target) {
     let rounds = env_or("SLUICE_RACE_ROUNDS", 12);
     let exe = env!("CARGO_BIN_EXE_sluice");
     let mut appended = BTreeMap::new();
+    // Each write's log, shown if the check fails.
+    let mut logs: BTreeMap<(usize, usize), String> = BTreeMap::new();
     // The successful overwrites of each partition.
     let mut overwrote: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
     for round in 0..rounds {
@@ -226,6 +228,7 @@ async fn racing_writers_lose_no_update(t: Target) {
                     .args(["sql", "-e", &sql, "--out", &t.url, "--format", "csv"])
                     .args(["--partition-by", "part", "--mode", mode, "--threads", "1"])
                     .envs(t.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .env("SLUICE_LOG", "sluice=debug")
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::piped());
                 (w, append, part, cmd.spawn().unwrap())
@@ -233,7 +236,8 @@ async fn racing_writers_lose_no_update(t: Target) {
             .collect();
         for (w, append, part, child) in children {
             let out = child.wait_with_output().unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            logs.insert((w, round), stderr.clone());
             if out.status.success() {
                 if append {
                     appended.insert((w, round), ());
@@ -270,6 +274,19 @@ async fn racing_writers_lose_no_update(t: Target) {
         }
     }
     let want: BTreeMap<(usize, usize), usize> = appended.keys().map(|k| (*k, 1)).collect();
+    if appends != want {
+        // The logs of the rounds around the first write that went wrong.
+        let bad = want
+            .keys()
+            .chain(appends.keys())
+            .find(|k| appends.get(k) != want.get(k))
+            .map_or(0, |k| k.1);
+        for ((w, r), log) in logs.range((0, 0)..) {
+            if (bad..bad + 3).contains(r) {
+                eprintln!("---- writer {w} round {r}\n{log}");
+            }
+        }
+    }
     assert_eq!(appends, want, "every committed append exactly once");
     // Each overwritten partition holds one write whole: a successful one of the last round
     // that wrote it successfully.
