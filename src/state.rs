@@ -679,13 +679,30 @@ impl StateStore {
         })
     }
 
-    /// The id of every run in the ledger that is not marked running.
+    /// The id of every run in the ledger that has ended, for a command that does not run
+    /// the pipeline: all of them if the OS run lock is free (no run of the pipeline is alive
+    /// on this machine, whatever the ledger says of a killed one), else those not marked
+    /// running.
     pub fn ended_run_ids(&self) -> Result<Vec<String>, StateError> {
-        self.with(|c| {
-            let mut stmt = c.prepare("SELECT run_id FROM runs WHERE status <> 'running'")?;
+        let free = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path.with_extension("lock"))
+            .ok()
+            .and_then(|f| crate::flock::Flock::try_take(f).ok().flatten());
+        let sql = if free.is_some() {
+            "SELECT run_id FROM runs"
+        } else {
+            "SELECT run_id FROM runs WHERE status <> 'running'"
+        };
+        let ids = self.with(|c| {
+            let mut stmt = c.prepare(sql)?;
             let ids = stmt.query_map([], |r| r.get(0))?;
             ids.collect()
-        })
+        });
+        drop(free);
+        ids
     }
 
     /// The id of every run in the ledger.

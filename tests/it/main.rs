@@ -14,6 +14,7 @@ mod formats;
 mod headers;
 mod joins;
 mod layers;
+mod listing_readers;
 mod locations;
 mod memory;
 mod output_columns;
