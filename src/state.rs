@@ -696,13 +696,51 @@ impl StateStore {
         } else {
             "SELECT run_id FROM runs WHERE status <> 'running'"
         };
-        let ids = self.with(|c| {
+        let mut ids: Vec<String> = self.with(|c| {
             let mut stmt = c.prepare(sql)?;
             let ids = stmt.query_map([], |r| r.get(0))?;
             ids.collect()
-        });
+        })?;
         drop(free);
-        ids
+        // A holder on another machine (sharing the state file over a file system whose
+        // `flock` does not reach it) is alive while its heartbeat is.
+        let me = Holder::current();
+        let holder: Option<(String, String, String)> = self.with(|c| {
+            c.query_row(
+                "SELECT run_id, host, heartbeat_at FROM lock WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+        })?;
+        if let Some((run, host, heartbeat)) = holder
+            && host != me.host
+            && crate::config::parse_timestamp(&heartbeat).is_some_and(|t| {
+                chrono::Utc::now()
+                    .signed_duration_since(t)
+                    .to_std()
+                    .map_or(true, |a| a < STALE_AFTER)
+            })
+        {
+            ids.retain(|id| *id != run);
+        }
+        Ok(ids)
+    }
+
+    /// The last run of the ledger if it did not succeed (one the next run may resume).
+    pub fn last_unfinished_run(&self) -> Result<Option<String>, StateError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT run_id, status FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+        })
+        .map(|row| {
+            row.filter(|(_, status)| status != "success")
+                .map(|(id, _)| id)
+        })
     }
 
     /// The id of every run in the ledger.

@@ -12,15 +12,19 @@ use crate::state::StateStore;
 use crate::store::Location;
 use crate::table::{Ended, Output};
 
-/// The pipeline's runs that have ended, by its state store (none if it has none yet): every
-/// run not marked running. Enough for a command that does not hold the run lock: a run that
-/// starts later has a new id.
+/// The pipeline's runs that have ended, by its state store (none if it has none yet; see
+/// [`StateStore::ended_run_ids`]), and the one the next run may resume, whose staging stays.
+/// Enough for a command that does not hold the run lock: a run that starts later has a new id.
 pub(crate) fn ended_runs(pipeline: &Pipeline) -> Ended {
     if !pipeline.settings.state.exists() {
         return Ended::default();
     }
-    match StateStore::open(&pipeline.settings.state).and_then(|s| s.ended_run_ids()) {
-        Ok(ids) => Ended(ids.into_iter().collect()),
+    let state = StateStore::open(&pipeline.settings.state);
+    match state.and_then(|s| Ok((s.ended_run_ids()?, s.last_unfinished_run()?))) {
+        Ok((ids, resumable)) => Ended {
+            runs: ids.into_iter().collect(),
+            resumable,
+        },
         Err(e) => {
             tracing::warn!("cannot read the state store to heal outputs: {e}");
             Ended::default()
@@ -42,7 +46,7 @@ pub(crate) async fn heal_outputs(prepared: &Prepared, me: Option<&str>, ended: &
             continue;
         };
         let output = Output::new(Arc::clone(&store), location);
-        match output.heal(me, ended).await {
+        match output.heal(me, ended, &model.sink.partition_by).await {
             Ok(survey) if survey.deleted > 0 => tracing::info!(
                 model = %model.name,
                 files = survey.deleted,

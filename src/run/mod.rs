@@ -161,13 +161,14 @@ pub async fn run(
     let beat = Heartbeat::start(&state, &run_id);
     // Run ids name the writers of outputs' leftovers: the pipeline's other runs have all
     // ended (this one holds the lock), so their leftovers go at once.
-    let ended = crate::table::Ended(
-        state
+    let ended = crate::table::Ended {
+        runs: state
             .run_ids()?
             .into_iter()
             .filter(|id| *id != run_id)
             .collect(),
-    );
+        resumable: None,
+    };
     heal::heal_outputs(&prepared, Some(&run_id), &ended).await;
     let report = run_models(
         prepared,

@@ -251,7 +251,13 @@ pub(crate) async fn prepare(
     }
     let output = Output::new(store, spec.location.clone());
     let existing = output
-        .inspect(run_id, ended, spec.adopt, spec.format.extension())
+        .inspect(
+            run_id,
+            ended,
+            spec.adopt,
+            spec.format.extension(),
+            &spec.partition_by,
+        )
         .await?;
     // A resumed run's own output (its manifest, files moved by its interrupted publish) is
     // not "existing" output.

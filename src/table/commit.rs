@@ -89,6 +89,8 @@ pub(crate) struct Output {
     location: Location,
     staging: Option<StagingArea>,
     lease: Mutex<Option<LeaseKeeper>>,
+    /// A commit's outcome is unknown: the lease and files stay as they are.
+    unknown: std::sync::atomic::AtomicBool,
 }
 
 /// What one write adds: the staged files and what the new manifest says about them.
@@ -183,11 +185,20 @@ impl Output {
     /// The output folder at `location` (a folder) in `store`.
     pub(crate) fn new(store: Arc<dyn ObjectStore>, location: Location) -> Output {
         let location = location.as_folder();
+        // Writers reaching one local folder by different paths (a symbolic link) must find
+        // each other's leases: the staging area is the folder's as the file system knows it.
+        let identity = location
+            .local_path()
+            .and_then(|p| {
+                Location::parse(&crate::config::folder_identity(&p.to_string_lossy())).ok()
+            })
+            .unwrap_or_else(|| location.clone());
         Output {
             store,
-            staging: StagingArea::of(&location),
+            staging: StagingArea::of(&identity),
             location,
             lease: Mutex::new(None),
+            unknown: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -287,8 +298,28 @@ impl Output {
         ended: &Ended,
         adopt: bool,
         extension: &str,
+        layout: &[String],
     ) -> Result<Existing, CommitError> {
-        let survey = self.heal(Some(run_id), ended).await?;
+        let survey = self.heal(Some(run_id), ended, layout).await?;
+        if let Some(dir) = survey.nested.first() {
+            return Err(self.failure(
+                &self.key(&format!("{dir}{MANIFEST}")),
+                CommitFailure::NotEmpty,
+                format!(
+                    "the folder holds another output ({dir}, which has a {MANIFEST}): an output inside \
+                     another would have its files taken for the outer one's; write them to folders side by side"
+                ),
+            ));
+        }
+        if let Some(outer) = self.outer_output().await? {
+            return Err(self.failure(
+                &outer,
+                CommitFailure::NotEmpty,
+                "the folder is inside another output (this is its manifest): an output inside \
+                 another would have its files taken for the outer one's; write them to folders side by side"
+                    .into(),
+            ));
+        }
         let mut adopted = Vec::new();
         if survey.versioned.manifest.is_none() {
             let others: Vec<&(String, u64)> = survey
@@ -352,6 +383,25 @@ impl Output {
         })
     }
 
+    /// The manifest of an output that holds this one (in a folder above it), if any.
+    async fn outer_output(&self) -> Result<Option<ObjectPath>, CommitError> {
+        let path = self.location.path();
+        let mut parts: Vec<_> = path.parts().collect();
+        while parts.pop().is_some() {
+            let key = ObjectPath::from_iter(parts.iter().cloned().chain([MANIFEST.into()]));
+            match self.store.head(&key).await {
+                Ok(_) => return Ok(Some(key)),
+                Err(object_store::Error::NotFound { .. }) => {}
+                // A folder above that this writer may not read (a bucket's root, with a policy
+                // for its own prefix): nothing to find there.
+                Err(object_store::Error::PermissionDenied { .. })
+                | Err(object_store::Error::Unauthenticated { .. }) => {}
+                Err(e) => return Err(self.err(&key, e)),
+            }
+        }
+        Ok(None)
+    }
+
     /// Writes run `run_id`'s lease and keeps it renewed while this output is open.
     async fn take_lease(&self, run_id: &str) -> Result<(), CommitError> {
         let Some(area) = &self.staging else {
@@ -369,6 +419,11 @@ impl Output {
     /// if the run staged nothing (what it staged stays for a resumed run, its lease expiring).
     pub(crate) async fn release(&self, run_id: &str) {
         self.drop_lease();
+        // A commit whose outcome is unknown keeps its lease until it expires: if the manifest
+        // did land, its files must not look like an ended writer's meanwhile.
+        if self.unknown.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let Some(area) = &self.staging else {
             return;
         };
@@ -540,7 +595,7 @@ impl Output {
                     .unwrap_or_default();
                 manifest.appended.extend(append_id.map(str::to_string));
             }
-            match self.commit(run_id, &base.version, &manifest).await {
+            match self.commit(run_id, &base.version, &manifest, &staged).await {
                 Ok(()) => break manifest,
                 Err(Committed::Moved(now)) if rebases < REBASES => {
                     if let Err(reason) = rebase_allowed(
@@ -583,7 +638,11 @@ impl Output {
                     self.roll_back(run_id, &staged).await;
                     return Err(e);
                 }
-                Err(Committed::Unknown(e)) => return Err(e),
+                Err(Committed::Unknown(e)) => {
+                    self.unknown
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    return Err(e);
+                }
             }
         };
 
@@ -607,11 +666,13 @@ impl Output {
     }
 
     /// Writes `manifest` over the version `base` (the commit point), and says how it went.
+    /// `mine`: the files this write moved (their names are this writer's alone).
     async fn commit(
         &self,
         run_id: &str,
         base: &Version,
         manifest: &Manifest,
+        mine: &[ManifestFile],
     ) -> Result<(), Committed> {
         let key = self.key(MANIFEST);
         let body =
@@ -619,8 +680,14 @@ impl Output {
         // The lease must hold until the commit is done, or a healer could take this writer
         // for dead and delete the files the manifest is about to list.
         if let Some(area) = &self.staging {
+            let lapsed = self
+                .lease
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_some_and(LeaseKeeper::lapsed);
             match area.read_lease(self.store.as_ref(), run_id).await {
-                Ok(Some(lease)) if lease.holds_for(COMMIT_MARGIN) => {}
+                Ok(Some(lease)) if lease.holds_for(COMMIT_MARGIN) && !lapsed => {}
                 _ => {
                     area.write_lease(self.store.as_ref(), run_id)
                         .await
@@ -660,10 +727,12 @@ impl Output {
             Err(SwapError::Moved) => None,
             Err(SwapError::Failed(e)) => Some(e),
         };
-        // Whether it landed after all (a retried PUT that had succeeded, a timeout after the
-        // store took it): the manifest read back says.
+        // Whether it landed after all (a PUT the store took but answered with an error, then
+        // retried and refused as stale; a timeout after the store took it): the manifest read
+        // back says, by listing a file only this writer moved (another writer may already
+        // have committed on top of it).
         match self.read_versioned().await {
-            Ok(now) if now.manifest.as_ref() == Some(manifest) => Ok(()),
+            Ok(now) if lists_any(now.manifest.as_ref(), mine, manifest) => Ok(()),
             Ok(now) => match definite {
                 None => Err(Committed::Moved(now)),
                 // On local disk, what is read back is the whole truth.
@@ -731,9 +800,28 @@ impl Output {
             })
     }
 
-    /// Removes what this run moved and staged: it published nothing.
+    /// Removes what this run moved and staged: it published nothing. (A file the manifest
+    /// lists is never deleted, whatever this writer believes.)
     async fn roll_back(&self, run_id: &str, moved: &[ManifestFile]) {
-        let done: Vec<String> = moved.iter().map(|f| f.path.clone()).collect();
+        let listed: BTreeSet<String> = match self.read_manifest().await {
+            Ok(m) => m
+                .map(|m| m.files.into_iter().map(|f| f.path).collect())
+                .unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read {} to roll back: {}; leaving the moved files",
+                    e.key,
+                    e.message
+                );
+                self.drop_lease();
+                return;
+            }
+        };
+        let done: Vec<String> = moved
+            .iter()
+            .map(|f| f.path.clone())
+            .filter(|p| !listed.contains(p))
+            .collect();
         if let Err(e) = self.delete_all(done).await {
             tracing::warn!(
                 "could not remove a file of the failed publish: {} ({})",
@@ -752,6 +840,16 @@ impl Output {
     /// run's staging and lease. Failures are warnings: the output is committed, and the next
     /// command heals them.
     pub(crate) async fn clean_up(&self, replaced: Vec<String>, run_id: &str) {
+        // The lease goes first: once committed, this writer's files are the output's, and a
+        // lease left by a crash here would make them look like a crashed publish's.
+        self.drop_lease();
+        if let Err(e) = self.discard_staging(run_id, None).await {
+            tracing::warn!(
+                "output committed, but staging could not be removed: {} ({})",
+                e.key,
+                e.message
+            );
+        }
         if let Err(e) = self.delete_all(replaced).await {
             tracing::warn!(
                 "output committed, but an old file could not be deleted: {} ({})",
@@ -766,14 +864,6 @@ impl Output {
             .await
         {
             tracing::warn!("output committed, but {SUCCESS} could not be written: {e}");
-        }
-        self.drop_lease();
-        if let Err(e) = self.discard_staging(run_id, None).await {
-            tracing::warn!(
-                "output committed, but staging could not be removed: {} ({})",
-                e.key,
-                e.message
-            );
         }
     }
 
@@ -793,6 +883,19 @@ impl Output {
         }
         true
     }
+}
+
+/// Whether `now` (the manifest there now) holds this writer's commit: it lists a file of
+/// `mine`, or (a write of no files) it is `ours`.
+fn lists_any(now: Option<&Manifest>, mine: &[ManifestFile], ours: &Manifest) -> bool {
+    let Some(now) = now else {
+        return false;
+    };
+    if mine.is_empty() {
+        return now == ours;
+    }
+    let mine: BTreeSet<&str> = mine.iter().map(|f| f.path.as_str()).collect();
+    now.files.iter().any(|f| mine.contains(f.path.as_str()))
 }
 
 /// How a commit attempt went, when it did not succeed.

@@ -12,15 +12,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use futures::TryStreamExt;
 
 use super::commit::{CommitError, Output};
-use super::manifest::STAGING;
+use super::manifest::{MANIFEST, STAGING};
 use super::staging::LEASE;
 use super::swap::Versioned;
 use super::{is_data_file, run_of_file};
 
 /// Writers of an output known to have ended, whatever their leases say: the other runs of the
-/// pipeline whose run lock this process holds.
+/// pipeline whose run lock this process holds, or whose lock is free.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Ended(pub BTreeSet<String>);
+pub(crate) struct Ended {
+    /// The runs.
+    pub runs: BTreeSet<String>,
+    /// One of them that the next run may resume: its moved files go, its staging (the units
+    /// it committed) stays.
+    pub resumable: Option<String>,
+}
 
 /// What a writer's lease says about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +44,9 @@ enum WriterState {
 pub(crate) struct Survey {
     /// The manifest and its version.
     pub versioned: Versioned,
+    /// Folders inside it that are outputs of their own (they hold a `_MANIFEST`), relative,
+    /// with a trailing `/`: nothing in them is this output's.
+    pub nested: Vec<String>,
     /// The data files in the folder (relative path, size), leftovers deleted.
     pub data_files: Vec<(String, u64)>,
     /// Without a manifest: files sluice published (their writer ended) — the manifest was lost.
@@ -56,13 +65,14 @@ impl Output {
         &self,
         me: Option<&str>,
         ended: &Ended,
+        layout: &[String],
     ) -> Result<Survey, CommitError> {
         // A writer that commits while the folder is surveyed changes what its files are
         // (listed, where they looked like leftovers or a lost manifest's): survey again.
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.survey(me, ended, attempts >= 8).await? {
+            match self.survey(me, ended, layout, attempts >= 8).await? {
                 Some(survey) => return Ok(survey),
                 None => {
                     tracing::debug!(output = %self.location(), "a writer committed during the survey: again")
@@ -77,9 +87,24 @@ impl Output {
         &self,
         me: Option<&str>,
         ended: &Ended,
+        layout: &[String],
         last: bool,
     ) -> Result<Option<Survey>, CommitError> {
         let versioned = self.read_versioned().await?;
+        // Only files where this output puts its files are its own: in its partition folders
+        // (as the writer or the manifest partitions it), and not in a folder that is an output
+        // of its own (a `_MANIFEST` of its own).
+        let manifest_layout: &[String] = versioned
+            .manifest
+            .as_ref()
+            .map_or(&[], |m| m.partition_by.as_slice());
+        let fits = |path: &str| fits_layout(path, layout) || fits_layout(path, manifest_layout);
+        let objects = self.list().await?;
+        let nested: Vec<String> = objects
+            .iter()
+            .filter_map(|(p, _)| p.strip_suffix(&format!("/{MANIFEST}")))
+            .map(|dir| format!("{dir}/"))
+            .collect();
         let listed: BTreeSet<&str> = versioned
             .manifest
             .iter()
@@ -91,15 +116,17 @@ impl Output {
         let mut lost = Vec::new();
         let mut in_flight = Vec::new();
         let mut legacy_staging = false;
-        for (path, size) in self.list().await? {
+        for (path, size) in objects {
             if path.starts_with(&format!("{STAGING}/")) {
                 legacy_staging = true;
                 continue;
             }
-            if !is_data_file(&path) {
+            if !is_data_file(&path) || nested.iter().any(|n| path.starts_with(n.as_str())) {
                 continue;
             }
-            let writer = run_of_file(&path).filter(|run| Some(*run) != me);
+            let writer = run_of_file(&path)
+                .filter(|run| Some(*run) != me)
+                .filter(|_| fits(&path));
             match writer {
                 Some(run) if !listed.contains(path.as_str()) => {
                     let state = match states.get(run) {
@@ -149,6 +176,7 @@ impl Output {
         }
         Ok(Some(Survey {
             versioned,
+            nested,
             data_files,
             lost,
             in_flight,
@@ -166,7 +194,7 @@ impl Output {
             .map_err(|e| self.err(&area.lease_key(run), e))?;
         Ok(match lease {
             None => WriterState::Ended,
-            Some(_) if ended.0.contains(run) => WriterState::Crashed,
+            Some(_) if ended.runs.contains(run) => WriterState::Crashed,
             Some(l) if l.expired() => WriterState::Crashed,
             Some(_) => WriterState::Live,
         })
@@ -207,7 +235,11 @@ impl Output {
             );
         }
         for run in runs {
-            if Some(run.as_str()) == me {
+            // Only folders named as runs are: anything else there is not sluice's.
+            if Some(run.as_str()) == me
+                || ended.resumable.as_deref() == Some(run.as_str())
+                || !is_run_id(&run)
+            {
                 continue;
             }
             let state = match states.get(&run) {
@@ -291,5 +323,52 @@ impl Output {
             let _ = std::fs::remove_dir(root.join(STAGING));
         }
         Ok(())
+    }
+}
+
+/// Whether `name` is a run id (`20261129T101424Z-b7fdc8`).
+fn is_run_id(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() == 23
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+        && b[16] == b'-'
+        && b[17..].iter().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Whether `path` (relative to an output folder) is where an output partitioned by `cols`
+/// puts a file: one `col=value` folder per column, in order, then the file.
+pub(crate) fn fits_layout(path: &str, cols: &[String]) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    parts.len() == cols.len() + 1
+        && parts.iter().zip(cols).all(|(part, col)| {
+            part.strip_prefix(col.as_str())
+                .is_some_and(|r| r.starts_with('='))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_partition_layout_is_an_outputs_own() {
+        let cols = ["dt".to_string(), "r".to_string()];
+        assert!(fits_layout("dt=1/r=EU/part-x.parquet", &cols));
+        assert!(!fits_layout("dt=1/part-x.parquet", &cols));
+        assert!(!fits_layout("sub/dt=1/r=EU/part-x.parquet", &cols));
+        assert!(!fits_layout("r=EU/dt=1/part-x.parquet", &cols));
+        assert!(fits_layout("part-x.parquet", &[]));
+        assert!(!fits_layout("sub/part-x.parquet", &[]));
+    }
+
+    #[test]
+    fn run_ids_are_told_from_other_names() {
+        assert!(is_run_id("20261129T101424Z-b7fdc8"));
+        assert!(!is_run_id("notes.txt"));
+        assert!(!is_run_id("keep"));
+        assert!(!is_run_id("20261129T101424Z-b7fdc8x"));
     }
 }

@@ -136,10 +136,22 @@ impl StagingArea {
     ) -> object_store::Result<Lease> {
         let lease = Lease::new(run_id);
         let body = serde_json::to_vec(&lease).unwrap_or_default();
-        store
-            .put(&self.lease_key(run_id), PutPayload::from(body))
-            .await?;
-        Ok(lease)
+        // On local disk another writer's clean-up may remove the (empty) area folder just as
+        // the store made it for this lease: try again.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match store
+                .put(&self.lease_key(run_id), PutPayload::from(body.clone()))
+                .await
+            {
+                Ok(_) => return Ok(lease),
+                Err(_) if tries < 3 && self.root.is_local() => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Reads run `run_id`'s lease: `Ok(None)` if there is none, an expired lease if it does
@@ -168,15 +180,24 @@ impl StagingArea {
 /// dies stops renewing, and its lease expires).
 pub(crate) struct LeaseKeeper {
     task: tokio::task::JoinHandle<()>,
+    /// Set when renewals were so far apart (the process was stopped, the machine suspended)
+    /// that the lease may have expired in between, and a healer taken this writer for dead.
+    lapsed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LeaseKeeper {
     /// Starts renewing `run_id`'s lease in `area` every [`RENEW_EVERY`].
     pub(crate) fn start(store: Arc<dyn ObjectStore>, area: StagingArea, run_id: &str) -> Self {
         let run_id = run_id.to_string();
+        let lapsed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&lapsed);
         let task = tokio::spawn(async move {
             loop {
+                let asleep = std::time::Instant::now();
                 tokio::time::sleep(RENEW_EVERY).await;
+                if asleep.elapsed() > LEASE_FOR.saturating_sub(CLOCK_SLACK) {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 if let Err(e) = area.write_lease(store.as_ref(), &run_id).await {
                     tracing::warn!(
                         "cannot renew the lease {}: {e}",
@@ -185,7 +206,12 @@ impl LeaseKeeper {
                 }
             }
         });
-        LeaseKeeper { task }
+        LeaseKeeper { task, lapsed }
+    }
+
+    /// Whether the lease may have expired while this writer was not running.
+    pub(crate) fn lapsed(&self) -> bool {
+        self.lapsed.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

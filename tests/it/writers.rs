@@ -310,3 +310,87 @@ on_local_and_s3!(
     local_racing_writers_lose_no_update,
     s3_racing_writers_lose_no_update
 );
+
+/// An output inside another (either made first) is refused, naming the other's manifest:
+/// the outer output's heal would take the inner one's files for its own leftovers.
+async fn an_output_inside_another_is_refused(t: Target) {
+    let sub = format!("{}sub/", t.url);
+    let write = |out: &str, sql: &str, extra: &[&str]| {
+        let mut args = vec!["sql", "-e", sql, "--out", out, "--format", "csv"];
+        args.extend_from_slice(extra);
+        sluice_env(t.dir.path(), &args, &t.env)
+    };
+    let outer = "SELECT 1 AS a, 'p1' AS part";
+    write(
+        &t.url,
+        outer,
+        &["--partition-by", "part", "--mode", "append"],
+    )
+    .expect(0);
+    let run = write(&sub, "SELECT 2 AS b", &[]).expect(2);
+    assert!(
+        run.stderr.contains("inside another output"),
+        "{}",
+        run.stderr
+    );
+    // The other way round: an output first, then one around it.
+    let inner = format!("{}inner/", t.url.trim_end_matches("out/"));
+    let around = t.url.trim_end_matches("out/").to_string();
+    write(&inner, "SELECT 2 AS b", &[]).expect(0);
+    let run = write(&around, outer, &["--adopt"]).expect(2);
+    assert!(
+        run.stderr.contains("holds another output"),
+        "{}",
+        run.stderr
+    );
+    // Both outputs read back whole.
+    assert_eq!(t.count("csv", &["part"]).await, 1);
+}
+
+on_local_and_s3!(
+    an_output_inside_another_is_refused:
+    local_an_output_inside_another_is_refused,
+    s3_an_output_inside_another_is_refused
+);
+
+/// Two writers reaching one local folder through a symbolic link find each other's leases:
+/// a writer's moved, uncommitted file survives a write through the other spelling (before,
+/// each spelling had its own staging area, and the other writer deleted it as a leftover).
+#[tokio::test]
+async fn a_folder_reached_through_a_link_is_one_output() {
+    let t = Target::local();
+    let d = t.dir.path();
+    let append = |out: &str| {
+        sluice_env(
+            d,
+            &[
+                "sql",
+                "-e",
+                "SELECT order_id, dt FROM o WHERE dt = '2024-01-02'",
+                "--table",
+                &orders_arg(),
+                "--out",
+                out,
+                "--partition-by",
+                "dt",
+                "--mode",
+                "append",
+            ],
+            &[],
+        )
+    };
+    append(&t.url).expect(0);
+    std::os::unix::fs::symlink(d.join("out"), d.join("link")).unwrap();
+    t.put(&t.key(ORPHAN), b"moved, not yet committed".to_vec())
+        .await;
+    t.put(
+        &t.staging_key(&format!("{ORPHAN_RUN}/_LEASE")),
+        lease(ORPHAN_RUN, 300),
+    )
+    .await;
+    append(&format!("{}/link/", d.display())).expect(0);
+    assert!(
+        t.keys().await.contains(&ORPHAN.to_string()),
+        "a live writer's file survives a write through the link"
+    );
+}
