@@ -218,6 +218,12 @@ impl Location {
         self.url.scheme() == "file"
     }
 
+    /// The largest file that can be published at this location, if its store limits it
+    /// (S3: see [`crate::config::max_copy_bytes`]).
+    pub fn max_copy_bytes(&self) -> Option<u64> {
+        crate::config::max_copy_bytes(self.url.scheme())
+    }
+
     /// How to show an object key of this store to a user: a local path, or the full URL.
     pub fn display_key(&self, key: &ObjectPath) -> String {
         if self.is_local() {

@@ -138,6 +138,9 @@ pub struct SqlArgs {
     /// Rows per output file.
     #[arg(long, value_parser = at_least_one)]
     pub target_rows_per_file: Option<usize>,
+    /// Bytes per output file, such as 512MiB (the default) or 1GiB; at most 4GiB on S3.
+    #[arg(long, value_parser = size)]
+    pub target_file_size: Option<usize>,
     /// The --out folder has files but no _MANIFEST: take them as the output's current version
     /// instead of refusing to write there.
     #[arg(long)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sluice::commands::{self, usage};
 use sluice::config::JoinOptions;
-use sluice::config::{self, DEFAULT_ROWS_PER_FILE};
+use sluice::config::{self, DEFAULT_FILE_SIZE, DEFAULT_ROWS_PER_FILE};
 use sluice::engine::EngineOptions;
 use sluice::error::Error;
 use sluice::run::RunOptions;
@@ -93,14 +93,24 @@ pub fn sql(args: &SqlArgs, cwd: &Path) -> Result<commands::sql::SqlOptions, Erro
             partition_cols: Vec::new(),
         })
         .collect();
+    let target_file_size = args
+        .target_file_size
+        .map_or(DEFAULT_FILE_SIZE, |b| b as u64);
     let out = args.out.as_ref().map(|loc| commands::sql::OutputTarget {
         location: config::resolve_location(loc, cwd),
         format: args.format,
         partition_by: args.partition_by.clone(),
         mode: args.mode,
         target_rows_per_file: args.target_rows_per_file.unwrap_or(DEFAULT_ROWS_PER_FILE),
+        target_file_size,
         adopt: args.adopt,
     });
+    if let Some(why) = out
+        .as_ref()
+        .and_then(|o| config::refuse_target_file_size(&o.location, target_file_size))
+    {
+        return Err(usage("sql", format!("--target-file-size {why}")));
+    }
     Ok(commands::sql::SqlOptions {
         sql,
         origin,

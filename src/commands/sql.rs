@@ -32,6 +32,8 @@ pub struct OutputTarget {
     pub mode: WriteMode,
     /// Rows per file.
     pub target_rows_per_file: usize,
+    /// Bytes per file.
+    pub target_file_size: u64,
     /// Take the files of a folder without a manifest as its current version.
     pub adopt: bool,
 }
@@ -154,6 +156,7 @@ pub async fn run_sql(
                 partition_by: target.partition_by.clone(),
                 mode: target.mode,
                 target_rows_per_file: target.target_rows_per_file,
+                target_file_size: target.target_file_size,
                 parallelism: engine.options().threads(),
                 buffer_budget: engine.write_buffer_budget(),
                 preserve_order: false,

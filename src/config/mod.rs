@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use values::folder_identity;
 pub use values::{
-    EnvLookup, interpolate_env, is_hidden, line_col, parse_datetime, parse_duration, parse_size,
-    parse_timestamp, resolve_location, split_compression, timestamp_now,
+    EnvLookup, S3_COPY_LIMIT, S3_MAX_TARGET_FILE_SIZE, interpolate_env, is_hidden, line_col,
+    max_copy_bytes, parse_datetime, parse_duration, parse_size, parse_timestamp,
+    refuse_target_file_size, resolve_location, split_compression, timestamp_now, too_large_to_copy,
 };
 
 use validate::Validator;
@@ -428,6 +429,8 @@ pub struct SinkConfig {
     pub mode: WriteMode,
     /// Rows per output file before a new file is started.
     pub target_rows_per_file: usize,
+    /// Bytes per output file before a new file is started (see `docs/outputs.md#file-sizes`).
+    pub target_file_size: u64,
     /// A folder without a `_MANIFEST` that holds files: take them as the output's current
     /// version (`true`), or refuse to write there (the default).
     pub adopt: bool,
@@ -435,6 +438,12 @@ pub struct SinkConfig {
 
 /// The default number of rows in one output file.
 pub const DEFAULT_ROWS_PER_FILE: usize = 1_000_000;
+
+/// The default size of one output file: 512 MiB. Large enough for efficient scans (Iceberg's
+/// default target too), small enough that a file is published (on S3, copied) in seconds and
+/// well under the 5 GiB an S3 copy takes. With typical rows the 1,000,000-row target rolls
+/// files first; this bounds wide rows.
+pub const DEFAULT_FILE_SIZE: u64 = 512 << 20;
 
 /// A model (`[models.NAME]` and/or `queries/NAME.sql`): one query and where its result goes.
 #[derive(Debug, Clone)]

@@ -165,6 +165,7 @@ pub(super) struct RawSink {
     pub(super) partition_by: Vec<String>,
     pub(super) mode: Option<WriteMode>,
     pub(super) target_rows_per_file: Option<usize>,
+    pub(super) target_file_size: Option<String>,
     #[serde(default)]
     pub(super) adopt: bool,
 }

@@ -251,3 +251,57 @@ fn compression_suffixes_follow_one_rule() {
     }
     assert_eq!(Compression::None.suffix(), "");
 }
+
+/// `target_file_size` is parsed as `memory_limit` is, defaults to 512 MiB, and is refused
+/// (naming the setting) when it is not a size, or above 4 GiB for an S3 sink: publishing copies
+/// each file, and S3 copies at most 5 GiB at once.
+#[test]
+fn target_file_size_is_a_size_and_at_most_4gib_on_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+    std::fs::write(dir.path().join("queries/a.sql"), "SELECT 1").unwrap();
+    let load_here =
+        |text: &str| Pipeline::from_toml(text, Path::new("sluice.toml"), dir.path(), &no_env);
+    let size = |text: &str| load_here(text).unwrap().models["a"].sink.target_file_size;
+    assert_eq!(size(""), 512 << 20);
+    assert_eq!(DEFAULT_FILE_SIZE, 512 << 20);
+    assert_eq!(
+        size("[models.a.sink]\ntarget_file_size = \"64KiB\"\n"),
+        65536
+    );
+    assert_eq!(
+        size("[models.a.sink]\ntarget_file_size = \"1GB\"\n"),
+        1_000_000_000
+    );
+    // Local disk moves files of any size.
+    assert_eq!(
+        size("[models.a.sink]\ntarget_file_size = \"8GiB\"\n"),
+        8 << 30
+    );
+    let s3 = |size: &str| {
+        load_here(&format!(
+            "[models.a.sink]\nlocation = \"s3://lake/out/a/\"\ntarget_file_size = \"{size}\"\n"
+        ))
+    };
+    assert_eq!(
+        s3("4GiB").unwrap().models["a"].sink.target_file_size,
+        4 << 30
+    );
+    for refused in ["5GiB", "4.5GiB", "5GB", "1TiB"] {
+        let err = s3(refused).unwrap_err().to_string();
+        assert!(
+            err.contains("models.a.sink.target_file_size")
+                && err.contains("too large for an S3 sink: at most 4GiB"),
+            "{refused}: {err}"
+        );
+    }
+    for bad in ["lots", "", "0", "-1MiB", "12 parsecs"] {
+        let err = load_here(&format!("[models.a.sink]\ntarget_file_size = \"{bad}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("models.a.sink.target_file_size") && err.contains("is not a size"),
+            "{bad:?}: {err}"
+        );
+    }
+}

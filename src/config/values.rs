@@ -32,6 +32,52 @@ pub fn parse_size(s: &str) -> Option<usize> {
     (bytes.is_finite() && bytes >= 1.0).then_some(bytes as usize)
 }
 
+/// The largest object S3 copies in one request (CopyObject, and each part of a multipart
+/// copy): 5 GiB.
+pub const S3_COPY_LIMIT: u64 = 5 << 30;
+
+/// The largest `target_file_size` of an S3 sink: 1 GiB under [`S3_COPY_LIMIT`], far more than
+/// a file's slack over its target (`docs/outputs.md#file-sizes`).
+pub const S3_MAX_TARGET_FILE_SIZE: u64 = 4 << 30;
+
+/// The largest file a publish can move on a store with URL scheme `scheme`, if it is limited:
+/// a move is a copy and a delete, and on S3 (`s3`, `s3a`) a copy (CopyObject) takes at most
+/// [`S3_COPY_LIMIT`]; object_store 0.13 has no multipart copy of byte ranges (UploadPartCopy)
+/// that larger objects would need. Local disk renames; other stores are not limited here.
+pub fn max_copy_bytes(scheme: &str) -> Option<u64> {
+    matches!(scheme.to_ascii_lowercase().as_str(), "s3" | "s3a").then_some(S3_COPY_LIMIT)
+}
+
+/// Why `target_file_size` cannot be `bytes` for a sink at `location` (a resolved location: a
+/// URL or an absolute path), if it cannot: on S3 it is at most [`S3_MAX_TARGET_FILE_SIZE`].
+pub fn refuse_target_file_size(location: &str, bytes: u64) -> Option<String> {
+    let (scheme, _) = location.split_once("://")?;
+    max_copy_bytes(scheme)?;
+    (bytes > S3_MAX_TARGET_FILE_SIZE).then(|| {
+        format!(
+            "{} is too large for an S3 sink: at most 4GiB (publishing copies each file, and S3 \
+             copies at most 5GiB in one request)",
+            gib(bytes)
+        )
+    })
+}
+
+/// Why a file of `bytes` cannot be published where a move copies at most `max`.
+pub fn too_large_to_copy(bytes: u64, max: u64) -> String {
+    format!(
+        "the file is {} ({bytes} bytes), over the {} an S3 copy takes ({max} bytes), and \
+         publishing copies each file to its final key: lower the sink's target_file_size (a \
+         single row this large cannot be published to S3)",
+        gib(bytes),
+        gib(max),
+    )
+}
+
+/// `5368709120` → `5.0 GiB`.
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
 /// Parses a duration such as `30m`, `90s`, `2h`, `1h30m`, `500ms`.
 pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     let mut total = std::time::Duration::ZERO;

@@ -297,6 +297,7 @@ pub(super) fn sink_spec(engine: &Engine, model: &ModelConfig) -> Result<SinkSpec
         partition_by: model.sink.partition_by.clone(),
         mode: model.sink.mode,
         target_rows_per_file: model.sink.target_rows_per_file,
+        target_file_size: model.sink.target_file_size,
         parallelism: engine.options().threads(),
         buffer_budget: engine.write_buffer_budget(),
         preserve_order: false,

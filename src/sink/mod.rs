@@ -3,7 +3,7 @@
 //!
 //! Rows are split by partition (Hive `key=value/` folders) and handed to writer *lanes*:
 //! tasks that each encode one file at a time and roll to a new file at
-//! `target_rows_per_file`. A partition gets one lane, and more while it is large and the
+//! `target_rows_per_file` rows or `target_file_size` bytes, whichever comes first. A partition gets one lane, and more while it is large and the
 //! machine has idle threads, so files stay big (no file per thread per partition) and
 //! encoding still runs in parallel.
 
@@ -143,6 +143,8 @@ pub(crate) struct SinkSpec {
     pub mode: WriteMode,
     /// Rows per file before a new file is started.
     pub target_rows_per_file: usize,
+    /// Bytes per file before a new file is started (see [`writer::FileWriter::write_within`]).
+    pub target_file_size: u64,
     /// Most writer lanes to run at once (usually the thread count).
     pub parallelism: usize,
     /// Memory the writers may buffer in total before they flush row groups early.
@@ -348,6 +350,7 @@ pub(crate) async fn stage_unit(
         format: spec.format,
         schema: file_schema,
         target_rows: spec.target_rows_per_file as u64,
+        target_bytes: spec.target_file_size,
         budget: spec.buffer_budget.max(1 << 20),
         seq: AtomicUsize::new(0),
         open_lanes: AtomicUsize::new(0),
@@ -526,6 +529,7 @@ struct LaneShared {
     format: Format,
     schema: SchemaRef,
     target_rows: u64,
+    target_bytes: u64,
     budget: usize,
     seq: AtomicUsize,
     open_lanes: AtomicUsize,
@@ -553,7 +557,7 @@ impl Lane {
 }
 
 /// A lane: writes the batches it receives into files of one partition, rolling at the
-/// target row count, flushing row groups early when writers together buffer too much.
+/// target row count or byte size (cutting a batch where the byte size is reached), flushing row groups early when writers together buffer too much.
 async fn run_lane(
     shared: Arc<LaneShared>,
     partition: String,
@@ -563,53 +567,40 @@ async fn run_lane(
     let mut files = Vec::new();
     let mut current: Option<(FileWriter, String, object_store::path::Path)> = None;
     let result: Result<(), SinkError> = async {
-        while let Some(batch) = rx.recv().await {
-            if current.is_none() {
-                let n = shared.seq.fetch_add(1, Ordering::SeqCst);
-                let name = format!(
-                    "part-{}-{}-{n:05}-{}.{}",
-                    shared.unit,
-                    shared.attempt,
-                    shared.run_id,
-                    shared.format.extension()
-                );
-                let rel = if partition.is_empty() {
-                    name
-                } else {
-                    format!("{partition}/{name}")
+        'batches: while let Some(batch) = rx.recv().await {
+            let mut rest = batch;
+            while rest.num_rows() > 0 {
+                if current.is_none() {
+                    current = Some(open_file(&shared, &partition)?);
+                }
+                let Some((w, _, key)) = current.as_mut() else {
+                    break 'batches;
                 };
-                let key = shared
-                    .staging
-                    .key(&shared.run_id, &staged_path(&shared.unit, &rel));
-                let w = FileWriter::create(
-                    Arc::clone(&shared.store),
-                    key.clone(),
-                    shared.format,
-                    Arc::clone(&shared.schema),
-                )
-                .map_err(|e| write_err(&shared, &key, e))?;
-                current = Some((w, rel, key));
-            }
-            let Some((w, _, key)) = current.as_mut() else {
-                continue;
-            };
-            w.write(&batch)
-                .await
-                .map_err(|e| write_err(&shared, key, e))?;
-            let lanes = shared.open_lanes.load(Ordering::Relaxed).max(1);
-            if w.buffered_bytes() > shared.budget / lanes {
-                w.flush().await.map_err(|e| write_err(&shared, key, e))?;
-            }
-            if shared.aborted.load(Ordering::SeqCst) {
-                // Cancelled (a unit timeout): stop without completing any more files.
-                break;
-            }
-            if w.rows() >= shared.target_rows
-                && let Some((w, rel, key)) = current.take()
-            {
-                let rows = w.rows();
-                let bytes = w.finish().await.map_err(|e| write_err(&shared, &key, e))?;
-                files.push(staged_file(&shared.unit, rel, rows, bytes));
+                let taken = w
+                    .write_within(&rest, shared.target_bytes)
+                    .await
+                    .map_err(|e| write_err(&shared, key, e))?;
+                rest = rest.slice(taken, rest.num_rows() - taken);
+                let lanes = shared.open_lanes.load(Ordering::Relaxed).max(1);
+                if w.buffered_bytes() > shared.budget / lanes {
+                    w.flush().await.map_err(|e| write_err(&shared, key, e))?;
+                }
+                if shared.aborted.load(Ordering::SeqCst) {
+                    // Cancelled (a unit timeout): stop without completing any more files.
+                    break 'batches;
+                }
+                // Roll at the row target, or when the file is full: it reached the byte
+                // target, or the rows left do not fit.
+                let full = w.rows() >= shared.target_rows
+                    || w.is_full(shared.target_bytes)
+                        .await
+                        .map_err(|e| write_err(&shared, key, e))?;
+                if full && let Some((w, rel, key)) = current.take() {
+                    let rows = w.rows();
+                    let bytes = w.finish().await.map_err(|e| write_err(&shared, &key, e))?;
+                    check_copyable(&shared, &key, bytes)?;
+                    files.push(staged_file(&shared.unit, rel, rows, bytes));
+                }
             }
         }
         Ok(())
@@ -619,10 +610,9 @@ async fn run_lane(
         (Ok(()), Some((w, rel, key))) if !shared.aborted.load(Ordering::SeqCst) => {
             let rows = w.rows();
             match w.finish().await {
-                Ok(bytes) => {
+                Ok(bytes) => check_copyable(&shared, &key, bytes).map(|()| {
                     files.push(staged_file(&shared.unit, rel, rows, bytes));
-                    Ok(())
-                }
+                }),
                 Err(e) => Err(write_err(&shared, &key, e)),
             }
         }
@@ -634,6 +624,55 @@ async fn run_lane(
     };
     shared.open_lanes.fetch_sub(1, Ordering::SeqCst);
     result.map(|()| files)
+}
+
+/// Starts the lane's next file in `partition`: its writer, its path relative to the output
+/// folder, and its staging key.
+fn open_file(
+    shared: &LaneShared,
+    partition: &str,
+) -> Result<(FileWriter, String, object_store::path::Path), SinkError> {
+    let n = shared.seq.fetch_add(1, Ordering::SeqCst);
+    let name = format!(
+        "part-{}-{}-{n:05}-{}.{}",
+        shared.unit,
+        shared.attempt,
+        shared.run_id,
+        shared.format.extension()
+    );
+    let rel = if partition.is_empty() {
+        name
+    } else {
+        format!("{partition}/{name}")
+    };
+    let key = shared
+        .staging
+        .key(&shared.run_id, &staged_path(&shared.unit, &rel));
+    let w = FileWriter::create(
+        Arc::clone(&shared.store),
+        key.clone(),
+        shared.format,
+        Arc::clone(&shared.schema),
+    )
+    .map_err(|e| write_err(shared, &key, e))?;
+    Ok((w, rel, key))
+}
+
+/// Fails the unit as soon as it finished a file its store cannot publish (larger than one
+/// copy may be: see [`crate::store::Location::max_copy_bytes`]), rather than at the publish.
+fn check_copyable(
+    shared: &LaneShared,
+    key: &object_store::path::Path,
+    bytes: u64,
+) -> Result<(), SinkError> {
+    match shared.output_location.max_copy_bytes() {
+        Some(max) if bytes > max => Err(SinkError::Write {
+            key: shared.output_location.display_key(key),
+            message: crate::config::too_large_to_copy(bytes, max),
+            transient: false,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Where a unit's file `rel` is staged, relative to the run's staging folder.
@@ -657,5 +696,105 @@ fn write_err(shared: &LaneShared, key: &object_store::path::Path, e: WriteError)
         key: shared.output_location.display_key(key),
         message: e.message,
         transient: e.transient,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+    use super::*;
+    use crate::table::NewVersion;
+
+    /// On S3, where a publish moves each file with one CopyObject (at most 5 GiB), a staged
+    /// file larger than that fails the publish before anything moves: the message names the
+    /// file and the limit, the file is still staged, and no manifest is written. (The store is
+    /// in memory; the staged file only claims its size, as the writer lanes record it.)
+    #[tokio::test]
+    async fn a_file_s3_cannot_copy_fails_the_publish_before_anything_moves() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let location = Location::parse("s3://lake/out/").unwrap();
+        assert_eq!(location.max_copy_bytes(), Some(5 << 30));
+        let output = Output::new(Arc::clone(&store), location);
+        let run_id = "20260101T000000Z-abcdef";
+        let existing = output
+            .inspect(run_id, &Ended::default(), false, "parquet", &[])
+            .await
+            .unwrap();
+        let staged = |name: &str, bytes: u64| StagedFile {
+            staged: format!("u/{name}"),
+            file: ManifestFile {
+                path: name.to_string(),
+                rows: 1,
+                bytes,
+            },
+        };
+        let files = vec![
+            staged(&format!("part-u-00000000-00000-{run_id}.parquet"), 1 << 20),
+            staged(
+                &format!("part-u-00000000-00001-{run_id}.parquet"),
+                (5 << 30) + 1,
+            ),
+        ];
+        let staging = output.staging().cloned().unwrap();
+        for f in &files {
+            store
+                .put(
+                    &staging.key(run_id, &f.staged),
+                    PutPayload::from_static(b"x"),
+                )
+                .await
+                .unwrap();
+        }
+        let err = output
+            .publish(
+                &existing,
+                NewVersion {
+                    run_id,
+                    mode: WriteMode::Overwrite,
+                    format: "parquet",
+                    partition_by: &[],
+                    columns: Vec::new(),
+                    files: files.clone(),
+                    append_id: None,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.key,
+            format!("s3://lake/out/part-u-00000000-00001-{run_id}.parquet")
+        );
+        assert!(
+            err.message.contains("the file is 5.0 GiB (5368709121 bytes), over the 5.0 GiB an S3 copy takes (5368709120 bytes)")
+                && err.message.contains("nothing was published"),
+            "{}",
+            err.message
+        );
+        for f in &files {
+            assert!(store.head(&staging.key(run_id, &f.staged)).await.is_ok());
+            assert!(store.head(&output.key(&f.file.path)).await.is_err());
+        }
+        assert!(store.head(&output.key("_MANIFEST")).await.is_err());
+
+        // An S3 sink's target_file_size is at most 4 GiB; elsewhere, any size.
+        use crate::config::refuse_target_file_size;
+        assert!(refuse_target_file_size("s3://lake/out/", 4 << 30).is_none());
+        assert!(refuse_target_file_size("S3A://lake/out/", (4 << 30) + 1).is_some());
+        assert!(refuse_target_file_size("/tmp/out/", 1 << 40).is_none());
+        assert!(refuse_target_file_size("gs://lake/out/", 1 << 40).is_none());
+        let local = Location::parse("/tmp/out/").unwrap();
+        assert_eq!(local.max_copy_bytes(), None);
+        assert_eq!(
+            Location::parse("s3a://lake/out/").unwrap().max_copy_bytes(),
+            Some(5 << 30)
+        );
+        assert_eq!(
+            Location::parse("gs://lake/out/").unwrap().max_copy_bytes(),
+            None
+        );
     }
 }

@@ -14,7 +14,7 @@ use datafusion::arrow::json::writer::{
 };
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::parquet::arrow::AsyncArrowWriter;
+use datafusion::parquet::arrow::{ArrowSchemaConverter, AsyncArrowWriter};
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use object_store::ObjectStore;
@@ -50,10 +50,23 @@ impl<E: std::error::Error + 'static> From<E> for WriteError {
 pub(crate) struct FileWriter {
     inner: Inner,
     rows: u64,
+    /// The last [`FileWriter::write_within`] stopped short of its batch because the next row
+    /// does not fit (text formats, whose size is exact), or took nothing (Parquet).
+    full: bool,
+    /// Row groups flushed early by [`FileWriter::is_full`] (Parquet).
+    early_flushes: u32,
 }
 
+/// At most this many times a Parquet file's row group in progress is flushed early, to count
+/// it at its compressed size and let the file take more rows ([`FileWriter::is_full`]).
+const EARLY_FLUSHES: u32 = 4;
+
 enum Inner {
-    Parquet(Box<AsyncArrowWriter<BufWriter>>),
+    Parquet {
+        w: Box<AsyncArrowWriter<BufWriter>>,
+        /// Leaf (Parquet) columns, for [`PARQUET_CHUNK_METADATA`].
+        leaves: u64,
+    },
     Text {
         out: Box<BufWriter>,
         format: Format,
@@ -77,11 +90,11 @@ impl FileWriter {
                     .set_compression(Compression::ZSTD(ZstdLevel::default()))
                     .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
                     .build();
-                Inner::Parquet(Box::new(AsyncArrowWriter::try_new(
-                    out,
-                    schema,
-                    Some(props),
-                )?))
+                let leaves = ArrowSchemaConverter::new().convert(&schema)?.num_columns() as u64;
+                Inner::Parquet {
+                    w: Box::new(AsyncArrowWriter::try_new(out, schema, Some(props))?),
+                    leaves,
+                }
             }
             Format::Csv | Format::Json => Inner::Text {
                 out: Box::new(out),
@@ -90,7 +103,12 @@ impl FileWriter {
                 bytes: 0,
             },
         };
-        Ok(FileWriter { inner, rows: 0 })
+        Ok(FileWriter {
+            inner,
+            rows: 0,
+            full: false,
+            early_flushes: 0,
+        })
     }
 
     /// Rows written so far.
@@ -98,11 +116,82 @@ impl FileWriter {
         self.rows
     }
 
-    /// Appends a batch.
-    pub(crate) async fn write(&mut self, batch: &RecordBatch) -> Result<(), WriteError> {
-        self.rows += batch.num_rows() as u64;
-        match &mut self.inner {
-            Inner::Parquet(w) => w.write(batch).await?,
+    /// The file's size so far. CSV and JSON: exact. Parquet: the bytes of the row groups
+    /// flushed, plus the writer's estimate of the encoded size of the row group in progress
+    /// (which zstd compression usually makes smaller when it is flushed); the footer, written
+    /// by [`FileWriter::finish`], is not counted.
+    pub(crate) fn size(&self) -> u64 {
+        match &self.inner {
+            Inner::Parquet { w, leaves } => parquet_size(w, *leaves),
+            Inner::Text { bytes, .. } => *bytes,
+        }
+    }
+
+    /// Whether the file has reached `limit` bytes ([`FileWriter::size`]), or its next row
+    /// would take it past: a new file should be started.
+    ///
+    /// A Parquet row group in progress is counted at its uncompressed encoded size, often two
+    /// or three times what zstd makes of it. So when a Parquet file looks full, its row group
+    /// in progress is flushed (compressed, and then counted exactly) and the file takes more
+    /// rows if that left an eighth of `limit` or more: up to [`EARLY_FLUSHES`] times a file,
+    /// which fills files of compressible data to about 7/8 of `limit` or more, in a few row
+    /// groups, and never counts a row group at less than its estimate.
+    pub(crate) async fn is_full(&mut self, limit: u64) -> Result<bool, WriteError> {
+        if !(self.full || self.size() >= limit) {
+            return Ok(false);
+        }
+        let Inner::Parquet { w, leaves } = &mut self.inner else {
+            return Ok(true);
+        };
+        if w.in_progress_rows() == 0 || self.early_flushes >= EARLY_FLUSHES {
+            return Ok(true);
+        }
+        w.flush().await?;
+        self.early_flushes += 1;
+        let full = parquet_size(w, *leaves) >= limit - limit / 8;
+        self.full = full;
+        Ok(full)
+    }
+
+    /// Appends the first rows of `batch` that keep the file within `limit` bytes, and returns
+    /// how many it took (the caller starts a new file for the rest). A file takes at least one
+    /// row, however large.
+    ///
+    /// CSV and JSON are exact: the batch is encoded, and cut after the last whole row that
+    /// fits. Parquet predicts: the rows that fit are the room left divided by the bytes per row
+    /// seen so far in this file ([`FileWriter::size`] over its rows) or, for its first rows,
+    /// the batch's in-memory (Arrow) bytes per row, which the encoded size rarely exceeds.
+    pub(crate) async fn write_within(
+        &mut self,
+        batch: &RecordBatch,
+        limit: u64,
+    ) -> Result<usize, WriteError> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(0);
+        }
+        let empty = self.rows == 0;
+        let take = match &mut self.inner {
+            Inner::Parquet { w, leaves } => {
+                let size = parquet_size(w, *leaves);
+                let per_row = if empty || size == 0 {
+                    batch.get_array_memory_size() as f64 / n as f64
+                } else {
+                    size as f64 / self.rows as f64
+                };
+                let room = limit.saturating_sub(size) as f64;
+                let mut take = ((room / per_row.max(1.0)).floor() as usize).min(n);
+                if take == 0 && empty {
+                    take = 1;
+                }
+                if take == 0 {
+                    self.full = true;
+                }
+                if take > 0 {
+                    w.write(&batch.slice(0, take)).await?;
+                }
+                take
+            }
             Inner::Text {
                 out,
                 format,
@@ -110,35 +199,40 @@ impl FileWriter {
                 bytes,
             } => {
                 let mut buf = Vec::with_capacity(64 * 1024);
-                match format {
-                    Format::Csv => write_csv(batch, *header_pending, &mut buf)?,
-                    _ => {
-                        let mut w = JsonWriterBuilder::new()
-                            .with_encoder_factory(Arc::new(NonFiniteAsStrings))
-                            .build::<_, LineDelimited>(&mut buf);
-                        w.write(batch)?;
-                        w.finish()?;
-                    }
+                let mut ends = Vec::with_capacity(n);
+                encode_text(batch, *format, *header_pending, &mut buf, &mut ends)?;
+                let room = limit.saturating_sub(*bytes);
+                let mut take = ends.partition_point(|&end| end as u64 <= room);
+                if take == 0 && empty {
+                    take = 1;
                 }
-                *header_pending = false;
-                *bytes += buf.len() as u64;
-                out.write_all(&buf).await?;
+                if take < n {
+                    self.full = true;
+                }
+                if take > 0 {
+                    let end = ends[take - 1];
+                    *header_pending = false;
+                    *bytes += end as u64;
+                    out.write_all(&buf[..end]).await?;
+                }
+                take
             }
-        }
-        Ok(())
+        };
+        self.rows += take as u64;
+        Ok(take)
     }
 
     /// Bytes buffered in memory for the row group in progress (Parquet only).
     pub(crate) fn buffered_bytes(&self) -> usize {
         match &self.inner {
-            Inner::Parquet(w) => w.in_progress_size(),
+            Inner::Parquet { w, .. } => w.in_progress_size(),
             Inner::Text { .. } => 0,
         }
     }
 
     /// Flushes the row group in progress, to bound memory.
     pub(crate) async fn flush(&mut self) -> Result<(), WriteError> {
-        if let Inner::Parquet(w) = &mut self.inner {
+        if let Inner::Parquet { w, .. } = &mut self.inner {
             w.flush().await?;
         }
         Ok(())
@@ -147,7 +241,7 @@ impl FileWriter {
     /// Finishes the file and completes the upload; returns its size in bytes.
     pub(crate) async fn finish(self) -> Result<u64, WriteError> {
         match self.inner {
-            Inner::Parquet(mut w) => {
+            Inner::Parquet { mut w, .. } => {
                 w.finish().await?;
                 let bytes = w.bytes_written() as u64;
                 Ok(bytes)
@@ -162,7 +256,7 @@ impl FileWriter {
     /// Abandons the file: aborts the upload so no partial object is left.
     pub(crate) async fn abort(self) {
         let out = match self.inner {
-            Inner::Parquet(w) => w.into_inner(),
+            Inner::Parquet { w, .. } => w.into_inner(),
             Inner::Text { out, .. } => *out,
         };
         let mut out = out;
@@ -170,16 +264,67 @@ impl FileWriter {
     }
 }
 
+/// What a Parquet file's metadata is counted at, per leaf column per row group: the column
+/// chunk's entry in the footer, its page index, and the page headers the writer's estimate of a
+/// row group in progress leaves out (measured: 250-450 bytes with statistics of 8-byte values;
+/// statistics are truncated to 64 bytes).
+const PARQUET_CHUNK_METADATA: u64 = 512;
+
+/// A Parquet file's size so far ([`FileWriter::size`]): the row groups flushed, the estimated
+/// encoded size of the one in progress, and [`PARQUET_CHUNK_METADATA`] for each column chunk
+/// (the one in progress included), which the footer will describe.
+fn parquet_size(w: &AsyncArrowWriter<BufWriter>, leaves: u64) -> u64 {
+    let chunks = leaves * (w.flushed_row_groups().len() as u64 + 1);
+    (w.bytes_written() + w.in_progress_size()) as u64 + chunks * PARQUET_CHUNK_METADATA
+}
+
+/// Encodes `batch` as CSV (with a header line first if `header`) or JSON lines into `out`, and
+/// pushes to `ends` the offset in `out` just past each row.
+fn encode_text(
+    batch: &RecordBatch,
+    format: Format,
+    header: bool,
+    out: &mut Vec<u8>,
+    ends: &mut Vec<usize>,
+) -> Result<(), ArrowError> {
+    if format == Format::Csv {
+        return write_csv(batch, header, out, ends);
+    }
+    let start = out.len();
+    let mut w = JsonWriterBuilder::new()
+        .with_encoder_factory(Arc::new(NonFiniteAsStrings))
+        .build::<_, LineDelimited>(&mut *out);
+    w.write(batch)?;
+    w.finish()?;
+    // Each row is one line: JSON escapes line breaks inside values.
+    let first = ends.len();
+    ends.extend(
+        out[start..]
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .map(|(i, _)| start + i + 1),
+    );
+    if ends.len() - first != batch.num_rows() {
+        // Not one line a row after all: the batch is cut nowhere.
+        ends.truncate(first);
+        ends.resize(first + batch.num_rows(), out.len());
+    }
+    Ok(())
+}
+
 /// Appends `batch` to `out` as CSV (comma, `"` quotes, `\n` line ends; with a header line
 /// first if `header`), with NULL and the empty string told apart as PostgreSQL's CSV format
 /// and Spark do: NULL is an empty field, the empty string is `""`. A field is quoted when it
 /// is the empty string or holds a comma, a quote (doubled) or a line break; values are
 /// formatted as arrow's CSV writer formats them. A file of one column writes NULL as an empty
-/// line (see `docs/outputs.md#values-in-csv-and-json-outputs`).
+/// line (see `docs/outputs.md#values-in-csv-and-json-outputs`). Pushes to `ends` the offset
+/// in `out` just past each row.
 pub(crate) fn write_csv(
     batch: &RecordBatch,
     header: bool,
     out: &mut Vec<u8>,
+    ends: &mut Vec<usize>,
 ) -> Result<(), ArrowError> {
     let schema = batch.schema();
     if header {
@@ -223,6 +368,7 @@ pub(crate) fn write_csv(
             push_csv_field(out, Some(&text), true);
         }
         out.push(b'\n');
+        ends.push(out.len());
     }
     Ok(())
 }
@@ -384,8 +530,14 @@ mod tests {
             }
             .unwrap();
             let mut bytes = Vec::new();
-            write_csv(&batch.slice(0, 150), true, &mut bytes).unwrap();
-            write_csv(&batch.slice(150, n - 150), false, &mut bytes).unwrap();
+            write_csv(&batch.slice(0, 150), true, &mut bytes, &mut Vec::new()).unwrap();
+            write_csv(
+                &batch.slice(150, n - 150),
+                false,
+                &mut bytes,
+                &mut Vec::new(),
+            )
+            .unwrap();
             let decoder = ChunkDecoder::new(batch.schema(), Dialect::sluice_csv(), 64);
             for chunk in [1, 7, 100, 4096, usize::MAX] {
                 let got = read_bytes(&bytes, "f.csv", &decoder, chunk);
@@ -396,6 +548,113 @@ mod tests {
                     got, batch,
                     "one column: {one_column}, chunks of {chunk} bytes"
                 );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
+    use object_store::memory::InMemory;
+    use object_store::path::Path as ObjectPath;
+    use object_store::{ObjectStore, ObjectStoreExt};
+
+    use super::FileWriter;
+    use crate::config::Format;
+
+    /// CSV and JSON lines files are cut after the last whole row that fits the limit, even
+    /// where values hold line breaks, quotes and commas; the next file takes the rest (with
+    /// its own CSV header); a row larger than the limit still makes a file of its own.
+    #[tokio::test]
+    async fn text_files_are_cut_at_row_boundaries_within_the_limit() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let texts: Vec<Option<String>> = (0..50)
+            .map(|i| match i % 4 {
+                0 => Some(format!("line\nbreak {i}")),
+                1 => Some(format!("a \"quote\", and a comma {i}")),
+                2 => None,
+                _ => Some("x".repeat(i * 3)),
+            })
+            .collect();
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..50)) as ArrayRef,
+                Arc::new(StringArray::from(texts)) as ArrayRef,
+            ],
+        )
+        .unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        for format in [Format::Csv, Format::Json] {
+            let whole = {
+                let mut w = FileWriter::create(
+                    Arc::clone(&store),
+                    ObjectPath::from("whole"),
+                    format,
+                    Arc::clone(&schema),
+                )
+                .unwrap();
+                assert_eq!(w.write_within(&batch, u64::MAX).await.unwrap(), 50);
+                w.finish().await.unwrap()
+            };
+            for limit in [1, 60, 200, 1000] {
+                let mut rest = batch.clone();
+                let mut files = Vec::new();
+                while rest.num_rows() > 0 {
+                    let key = ObjectPath::from(format!("f{}", files.len()));
+                    let mut w = FileWriter::create(
+                        Arc::clone(&store),
+                        key.clone(),
+                        format,
+                        Arc::clone(&schema),
+                    )
+                    .unwrap();
+                    let taken = w.write_within(&rest, limit).await.unwrap();
+                    assert!(taken >= 1);
+                    assert!(w.is_full(limit).await.unwrap() || taken == rest.num_rows());
+                    // A full file takes nothing more.
+                    if taken < rest.num_rows() {
+                        assert_eq!(
+                            w.write_within(&rest.slice(taken, 1), limit).await.unwrap(),
+                            0
+                        );
+                    }
+                    let bytes = w.finish().await.unwrap();
+                    let got = store.get(&key).await.unwrap().bytes().await.unwrap();
+                    assert_eq!(got.len() as u64, bytes);
+                    assert!(bytes <= limit || taken == 1, "{format:?} {limit}: {bytes}");
+                    files.push((got, taken));
+                    rest = rest.slice(taken, rest.num_rows() - taken);
+                }
+                // Each file is the rows it took, encoded alone: cut at a row boundary.
+                let mut offset = 0;
+                let mut total = 0;
+                for (got, taken) in &files {
+                    let mut alone = Vec::new();
+                    super::encode_text(
+                        &batch.slice(offset, *taken),
+                        format,
+                        true,
+                        &mut alone,
+                        &mut Vec::new(),
+                    )
+                    .unwrap();
+                    assert_eq!(got.as_ref(), &alone[..], "{format:?} {limit}");
+                    offset += taken;
+                    total += got.len() as u64;
+                }
+                assert_eq!(offset, 50);
+                if format == Format::Json {
+                    assert_eq!(total, whole, "JSON lines: the files add up to the whole");
+                }
             }
         }
     }

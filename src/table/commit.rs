@@ -509,6 +509,26 @@ impl Output {
         Ok(())
     }
 
+    /// Refuses, before anything moves, a staged file larger than a move at this location can
+    /// copy ([`Location::max_copy_bytes`]: 5 GiB on S3), so such a publish fails whole, never
+    /// half-way. The writer lanes refuse such a file as they finish it; this is the guarantee.
+    fn refuse_uncopyable(&self, staged: &[StagedFile]) -> Result<(), CommitError> {
+        let Some(max) = self.location.max_copy_bytes() else {
+            return Ok(());
+        };
+        match staged.iter().find(|f| f.file.bytes > max) {
+            Some(f) => Err(self.failure(
+                &self.key(&f.file.path),
+                CommitFailure::Io,
+                format!(
+                    "{}; nothing was published (the previous output is unchanged)",
+                    crate::config::too_large_to_copy(f.file.bytes, max)
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Publishes staged files (relative to this run's staging folder) as the new version of
     /// the output, following the protocol in this module's documentation.
     pub(crate) async fn publish(
@@ -540,6 +560,8 @@ impl Output {
                 "two files of the new version have this name; nothing was published (the previous output is unchanged)",
             ));
         }
+
+        self.refuse_uncopyable(&staged)?;
 
         // Step 2: move staged files to their final keys. A file already moved (a resumed
         // run that was killed during an earlier publish) is found at its final key.

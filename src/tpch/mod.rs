@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::catalog;
-use crate::config::{DEFAULT_ROWS_PER_FILE, Format, SourceConfig, WriteMode};
+use crate::config::{DEFAULT_FILE_SIZE, DEFAULT_ROWS_PER_FILE, Format, SourceConfig, WriteMode};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::progress::Progress;
@@ -173,6 +173,7 @@ pub async fn generate(
             partition_by: Vec::new(),
             mode: WriteMode::Overwrite,
             target_rows_per_file: DEFAULT_ROWS_PER_FILE,
+            target_file_size: DEFAULT_FILE_SIZE,
             parallelism: threads,
             buffer_budget: engine.write_buffer_budget(),
             preserve_order: false,

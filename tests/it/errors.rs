@@ -272,3 +272,79 @@ fn bad_flags_are_usage_errors() {
     assert!(run.stderr.contains("--memory-limit"), "{}", run.stderr);
     sluice(dir.path(), &["frobnicate"]).expect(2);
 }
+
+/// A `target_file_size` that is not a size, or above 4GiB for an S3 sink (publishing copies
+/// each file, and S3 copies at most 5GiB at once), is refused before anything runs, exit 2,
+/// naming the setting: in `sluice.toml` (`plan`) and on `sluice sql --out`.
+#[test]
+fn target_file_size_refused_when_not_a_size_or_too_large_for_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+    write(dir.path(), "queries/a.sql", "SELECT 1 AS x");
+    for (sink, expected) in [
+        (
+            "target_file_size = \"big\"",
+            "\"big\" is not a size (examples: \"512MiB\", \"1GiB\")",
+        ),
+        (
+            "location = \"s3://lake/out/a/\"\ntarget_file_size = \"5GiB\"",
+            "5.0 GiB is too large for an S3 sink: at most 4GiB",
+        ),
+    ] {
+        let text = format!("name = \"p\"\n[models.a.sink]\n{sink}\n");
+        write(dir.path(), "sluice.toml", &text);
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("target_file_size"))
+            .unwrap()
+            + 1;
+        let run = sluice(dir.path(), &["plan", "."]).expect(2);
+        assert!(
+            run.stderr.contains("models.a.sink.target_file_size") && run.stderr.contains(expected),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains(&format!("sluice.toml:{line}:")),
+            "names the line: {}",
+            run.stderr
+        );
+    }
+    // Local disk takes any size; 4GiB is the most an S3 sink takes.
+    write(
+        dir.path(),
+        "sluice.toml",
+        "name = \"p\"\n[models.a.sink]\ntarget_file_size = \"8GiB\"\n",
+    );
+    sluice(dir.path(), &["plan", "."]).expect(0);
+
+    let sql = |out: &str, size: &str| {
+        sluice(
+            dir.path(),
+            &[
+                "sql",
+                "-e",
+                "SELECT 1 AS x",
+                "--out",
+                out,
+                "--target-file-size",
+                size,
+            ],
+        )
+    };
+    let run = sql("s3://lake/out/b/", "6GiB").expect(2);
+    assert!(
+        run.stderr
+            .contains("--target-file-size 6.0 GiB is too large for an S3 sink: at most 4GiB"),
+        "{}",
+        run.stderr
+    );
+    let run = sql("out/c/", "huge").expect(2);
+    assert!(
+        run.stderr.contains("--target-file-size") && run.stderr.contains("is not a size"),
+        "{}",
+        run.stderr
+    );
+    sql("out/c/", "1KiB").expect(0);
+    assert!(dir.path().join("out/c/_MANIFEST").exists());
+}

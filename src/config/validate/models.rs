@@ -4,10 +4,13 @@
 use std::collections::BTreeMap;
 
 use super::super::raw::{RawBatches, RawCheck, RawModel, RawSink};
-use super::super::values::{folder_identity, parse_datetime, valid_name};
+use super::super::values::{
+    folder_identity, parse_datetime, parse_size, refuse_target_file_size, valid_name,
+};
 use super::super::{
-    BatchConfig, Check, CheckKind, ConfigError, DEFAULT_ROWS_PER_FILE, Format, KeyBuckets,
-    Materialized, ModelConfig, Severity, SinkConfig, SourceConfig, UnitSettings, WriteMode,
+    BatchConfig, Check, CheckKind, ConfigError, DEFAULT_FILE_SIZE, DEFAULT_ROWS_PER_FILE, Format,
+    KeyBuckets, Materialized, ModelConfig, Severity, SinkConfig, SourceConfig, UnitSettings,
+    WriteMode,
 };
 use super::Validator;
 
@@ -158,12 +161,27 @@ impl Validator<'_> {
                 "must be at least 1",
             ));
         }
+        let location = self.location_value(&format!("models.{model}.sink.location"), &location)?;
+        let size_key = format!("models.{model}.sink.target_file_size");
+        let target_file_size = match raw.target_file_size {
+            None => DEFAULT_FILE_SIZE,
+            Some(s) => parse_size(&s).ok_or_else(|| {
+                self.invalid(
+                    size_key.clone(),
+                    format!("{s:?} is not a size (examples: \"512MiB\", \"1GiB\")"),
+                )
+            })? as u64,
+        };
+        if let Some(why) = refuse_target_file_size(&location, target_file_size) {
+            return Err(self.invalid(size_key, why));
+        }
         Ok(SinkConfig {
-            location: self.location_value(&format!("models.{model}.sink.location"), &location)?,
+            location,
             format: raw.format.unwrap_or(Format::Parquet),
             partition_by: raw.partition_by,
             mode: raw.mode.unwrap_or(WriteMode::Overwrite),
             target_rows_per_file,
+            target_file_size,
             adopt: raw.adopt,
         })
     }
