@@ -324,6 +324,19 @@ impl StoreRegistry {
                 LocalFileSystem::new().with_automatic_cleanup(true),
             ));
         }
+        let options = self.options_for(location)?;
+        let (store, _) =
+            object_store::parse_url_opts(&url, options).map_err(|source| StoreError::Build {
+                url: url.to_string(),
+                source,
+            })?;
+        Ok(Arc::from(store))
+    }
+
+    /// The object_store options for the store serving `location`: the environment, then the
+    /// matching `[stores.*]` entry's options, which win.
+    fn options_for(&self, location: &Location) -> Result<BTreeMap<String, String>, StoreError> {
+        let scheme = location.store_url().scheme().to_string();
         let env_prefix = match scheme.as_str() {
             "s3" | "s3a" => Some("AWS_"),
             "gs" => Some("GOOGLE_"),
@@ -336,46 +349,111 @@ impl StoreRegistry {
             // The user wrote http:// explicitly; object_store refuses plain HTTP otherwise.
             options.insert("allow_http".into(), "true".into());
         }
+        // Keys are stored under object_store's canonical names, so that two spellings of one
+        // option (`AZURE_STORAGE_ENDPOINT` and `endpoint`) are one entry and the later wins.
         if let Some(prefix) = env_prefix {
             for (k, v) in &self.env {
-                let key = k.to_ascii_lowercase();
-                if k.starts_with(prefix) && option_known(&scheme, &key) {
+                if !k.starts_with(prefix) {
+                    continue;
+                }
+                if let Some(key) = canonical_key(&scheme, &k.to_ascii_lowercase()) {
                     options.insert(key, v.clone());
                 }
             }
         }
         if let Some(cfg) = self.config_for(location) {
             for (k, v) in &cfg.options {
-                let key = k.to_ascii_lowercase();
-                if !option_known(&scheme, &key) {
+                let Some(key) = canonical_key(&scheme, &k.to_ascii_lowercase()) else {
                     return Err(StoreError::UnknownOption {
                         store: cfg.name.clone(),
                         key: k.clone(),
                         scheme,
                     });
-                }
+                };
                 options.insert(key, v.clone());
             }
         }
-        let (store, _) =
-            object_store::parse_url_opts(&url, options).map_err(|source| StoreError::Build {
-                url: url.to_string(),
-                source,
-            })?;
-        Ok(Arc::from(store))
+        if is_azure(&scheme) {
+            azure_emulator_at_endpoint(&mut options);
+        }
+        Ok(options)
     }
 }
 
-/// Whether `key` is an option the backend for `scheme` accepts.
-fn option_known(scheme: &str, key: &str) -> bool {
+fn is_azure(scheme: &str) -> bool {
+    matches!(scheme, "az" | "abfs" | "abfss" | "adl" | "azure")
+}
+
+/// object_store's canonical name of `key` for the backend of `scheme`, or `None` if that
+/// backend has no such option. For GCS, `endpoint` (the short form `[stores.*]` documents for
+/// every backend) is the base URL requests go to, object_store's `google_base_url`.
+fn canonical_key(scheme: &str, key: &str) -> Option<String> {
+    use object_store::aws::AmazonS3ConfigKey;
+    use object_store::azure::AzureConfigKey;
+    use object_store::gcp::GoogleConfigKey;
     match scheme {
-        "s3" | "s3a" => object_store::aws::AmazonS3ConfigKey::from_str(key).is_ok(),
-        "gs" => object_store::gcp::GoogleConfigKey::from_str(key).is_ok(),
-        "az" | "abfs" | "abfss" | "adl" | "azure" => {
-            object_store::azure::AzureConfigKey::from_str(key).is_ok()
+        "s3" | "s3a" => AmazonS3ConfigKey::from_str(key)
+            .ok()
+            .map(|k| k.as_ref().to_string()),
+        "gs" if matches!(key, "endpoint" | "google_endpoint") => {
+            Some(GoogleConfigKey::BaseUrl.as_ref().to_string())
         }
-        _ => object_store::ClientConfigKey::from_str(key).is_ok(),
+        "gs" => GoogleConfigKey::from_str(key)
+            .ok()
+            .map(|k| k.as_ref().to_string()),
+        s if is_azure(s) => AzureConfigKey::from_str(key)
+            .ok()
+            .map(|k| k.as_ref().to_string()),
+        _ => object_store::ClientConfigKey::from_str(key)
+            .ok()
+            .map(|k| k.as_ref().to_string()),
     }
+}
+
+/// Azurite's development account, the same in every Azurite (public, documented by Microsoft).
+const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// `use_emulator` with an `endpoint`: object_store's emulator mode ignores the endpoint (it
+/// goes to `$AZURITE_BLOB_STORAGE_URL` or 127.0.0.1:10000), so an Azurite elsewhere would be
+/// missed, or another one reached. Spell it as the account endpoint it is instead: path-style
+/// `ENDPOINT/ACCOUNT`, the development account and key unless others are given, plain HTTP
+/// allowed.
+fn azure_emulator_at_endpoint(options: &mut BTreeMap<String, String>) {
+    use object_store::azure::AzureConfigKey as K;
+    let emulator = options.get(K::UseEmulator.as_ref()).is_some_and(|v| {
+        matches!(
+            v.to_ascii_lowercase().as_str(),
+            "1" | "true" | "on" | "yes" | "y"
+        )
+    });
+    let Some(endpoint) = options.get(K::Endpoint.as_ref()).cloned() else {
+        return;
+    };
+    if !emulator {
+        return;
+    }
+    options.remove(K::UseEmulator.as_ref());
+    let account = options
+        .entry(K::AccountName.as_ref().to_string())
+        .or_insert_with(|| AZURITE_ACCOUNT.to_string())
+        .clone();
+    let credentials = [K::AccessKey, K::SasKey, K::Token];
+    if !credentials.iter().any(|k| options.contains_key(k.as_ref())) {
+        options.insert(K::AccessKey.as_ref().to_string(), AZURITE_KEY.to_string());
+    }
+    let bare = Url::parse(&endpoint).is_ok_and(|u| u.path().trim_matches('/').is_empty());
+    if bare {
+        let endpoint = format!("{}/{account}", endpoint.trim_end_matches('/'));
+        options.insert(K::Endpoint.as_ref().to_string(), endpoint);
+    }
+    options.insert(
+        object_store::ClientConfigKey::AllowHttp
+            .as_ref()
+            .to_string(),
+        "true".to_string(),
+    );
 }
 
 #[cfg(test)]
@@ -426,6 +504,85 @@ mod tests {
     fn unsupported_schemes_and_relative_paths_are_rejected() {
         assert!(Location::parse("ftp://host/x").is_err());
         assert!(Location::parse("relative/x").is_err());
+    }
+
+    fn store_options(url: &str, options: &[(&str, &str)], env: &[(&str, &str)]) -> Vec<String> {
+        let cfg = StoreConfig {
+            name: "x".into(),
+            url: url.into(),
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let reg = StoreRegistry::new(vec![cfg], env);
+        let loc = Location::parse(&format!("{url}/out/")).unwrap();
+        let opts = reg.options_for(&loc).unwrap();
+        // The stores build with them.
+        reg.store_for(&loc).unwrap();
+        opts.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+
+    #[test]
+    fn gcs_endpoint_is_the_base_url() {
+        assert_eq!(
+            store_options(
+                "gs://lake",
+                &[
+                    ("endpoint", "http://127.0.0.1:4443"),
+                    ("skip_signature", "true")
+                ],
+                &[("GOOGLE_BASE_URL", "http://elsewhere"), ("AWS_REGION", "x")],
+            ),
+            [
+                "google_base_url=http://127.0.0.1:4443",
+                "google_skip_signature=true"
+            ]
+        );
+    }
+
+    #[test]
+    fn azure_emulator_with_an_endpoint_goes_there() {
+        assert_eq!(
+            store_options(
+                "az://lake",
+                &[
+                    ("use_emulator", "true"),
+                    ("endpoint", "http://azurite:10001/")
+                ],
+                &[],
+            ),
+            [
+                "allow_http=true",
+                &format!("azure_storage_account_key={AZURITE_KEY}"),
+                "azure_storage_account_name=devstoreaccount1",
+                "azure_storage_endpoint=http://azurite:10001/devstoreaccount1",
+            ]
+        );
+        // Another account, given with its key and a full endpoint, is kept as given.
+        assert_eq!(
+            store_options(
+                "az://lake",
+                &[
+                    ("use_emulator", "yes"),
+                    ("account_name", "acct"),
+                    ("access_key", "a2V5")
+                ],
+                &[("AZURE_STORAGE_ENDPOINT", "http://h:1/acct")],
+            ),
+            [
+                "allow_http=true",
+                "azure_storage_account_key=a2V5",
+                "azure_storage_account_name=acct",
+                "azure_storage_endpoint=http://h:1/acct",
+            ]
+        );
+        // Without an endpoint, object_store's emulator mode is left to do its own thing.
+        assert_eq!(
+            store_options("az://lake", &[("use_emulator", "true")], &[]),
+            ["azure_storage_use_emulator=true"]
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The storage conformance suite: the same sink and commit checks on local disk and on a real
-//! S3-compatible server (moto on 127.0.0.1).
+//! The storage conformance suite: the same sink and commit checks on local disk, on a real
+//! S3-compatible server (moto on 127.0.0.1) and on an Azure Blob emulator (Azurite), through
+//! [`on_every_backend!`].
 
 use std::collections::BTreeMap;
 
@@ -8,21 +9,6 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 
 use crate::support::*;
-
-/// Tests that run `suite` on local disk (`local`) and on S3 (`s3`).
-macro_rules! on_local_and_s3 {
-    ($suite:ident: $local:ident, $s3:ident) => {
-        #[tokio::test]
-        async fn $local() {
-            $suite(Target::local()).await;
-        }
-
-        #[tokio::test]
-        async fn $s3() {
-            $suite(Target::s3()).await;
-        }
-    };
-}
 
 async fn every_mode(t: Target) {
     let (_, by_day) = raw_counts();
@@ -252,20 +238,33 @@ async fn files_are_capped_by_bytes(t: Target) {
     }
 }
 
-on_local_and_s3!(
-    files_are_capped_by_bytes: local_files_are_capped_by_bytes,
-    s3_files_are_capped_by_bytes
+on_every_backend!(
+    files_are_capped_by_bytes:
+    local_files_are_capped_by_bytes,
+    s3_files_are_capped_by_bytes,
+    azure_files_are_capped_by_bytes
 );
 
-on_local_and_s3!(every_mode: local_every_mode, s3_every_mode);
+on_every_backend!(
+    every_mode:
+    local_every_mode,
+    s3_every_mode,
+    azure_every_mode
+);
 
-on_local_and_s3!(
+on_every_backend!(
     failed_write_leaves_previous_output:
     local_failed_write_leaves_previous_output,
-    s3_failed_write_leaves_previous_output
+    s3_failed_write_leaves_previous_output,
+    azure_failed_write_leaves_previous_output
 );
 
-on_local_and_s3!(rerun_is_idempotent: local_rerun_is_idempotent, s3_rerun_is_idempotent);
+on_every_backend!(
+    rerun_is_idempotent:
+    local_rerun_is_idempotent,
+    s3_rerun_is_idempotent,
+    azure_rerun_is_idempotent
+);
 
 /// Partition values, each with the folder name Hive gives it (`FileUtils.escapePathName`:
 /// `%XX` for the control characters and `"#%'*/:=?\{[]^`, DEL; anything else as it is) and
@@ -446,13 +445,13 @@ async fn hive_special_partition_values(t: Target) {
     listed.sort();
     assert_eq!(listed, want, "plain DataFusion");
 
-    // pyarrow, on the store itself (S3 included).
+    // pyarrow, on the store itself (S3 and Azure included).
     let table = readers::pyarrow_dataset_on(&t.env, &t.url, "parquet", &["p"]);
     assert_eq!(id_values(&table), want, "pyarrow");
 
-    // DuckDB, on the folder (for S3, a local copy of its keys).
+    // DuckDB, on the folder (for a store, a local copy of its keys).
     let copy;
-    let dir = if t.url.starts_with("s3://") {
+    let dir = if !t.is_local() {
         copy = t.mirror().await;
         copy.path().to_path_buf()
     } else {
@@ -466,10 +465,11 @@ async fn hive_special_partition_values(t: Target) {
     assert_eq!(id_values(&table), want, "DuckDB");
 }
 
-on_local_and_s3!(
+on_every_backend!(
     hive_special_partition_values:
     local_hive_special_partition_values,
-    s3_hive_special_partition_values
+    s3_hive_special_partition_values,
+    azure_hive_special_partition_values
 );
 
 /// A partition column whose name Hive would escape is refused before anything is written:
@@ -532,10 +532,11 @@ async fn incompatible_appends_are_refused(t: Target) {
     assert_eq!(before, t.snapshot().await);
 }
 
-on_local_and_s3!(
+on_every_backend!(
     incompatible_appends_are_refused:
     local_incompatible_appends_are_refused,
-    s3_incompatible_appends_are_refused
+    s3_incompatible_appends_are_refused,
+    azure_incompatible_appends_are_refused
 );
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod support;
 mod accounting;
 mod bad_input;
 mod checks;
+mod cloud;
 mod conformance;
 mod drift;
 mod encodings;

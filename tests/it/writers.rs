@@ -1,4 +1,4 @@
-//! Writers of one output, on local disk and on the S3 server: what a crashed writer leaves and
+//! Writers of one output, on local disk, on the S3 server and on Azurite: what a crashed writer leaves and
 //! who may delete it (its lease says), a folder sluice did not write or whose manifest was
 //! lost (refused, or adopted when asked), and writers racing to commit (none loses another's
 //! update).
@@ -9,20 +9,6 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 
 use crate::support::*;
-
-macro_rules! on_local_and_s3 {
-    ($suite:ident: $local:ident, $s3:ident) => {
-        #[tokio::test]
-        async fn $local() {
-            $suite(Target::local()).await;
-        }
-
-        #[tokio::test]
-        async fn $s3() {
-            $suite(Target::s3()).await;
-        }
-    };
-}
 
 /// A lease as a writer writes it, expiring `secs` from now (negative: in the past).
 fn lease(run: &str, secs: i64) -> Vec<u8> {
@@ -94,10 +80,11 @@ async fn leftovers_go_when_their_writer_is_dead(t: Target) {
     assert!(staged.is_empty(), "{staged:?}");
 }
 
-on_local_and_s3!(
+on_every_backend!(
     leftovers_go_when_their_writer_is_dead:
     local_leftovers_go_when_their_writer_is_dead,
-    s3_leftovers_go_when_their_writer_is_dead
+    s3_leftovers_go_when_their_writer_is_dead,
+    azure_leftovers_go_when_their_writer_is_dead
 );
 
 /// `rm _MANIFEST` after two appends: the next append is refused (it would delete the files
@@ -125,10 +112,11 @@ async fn a_lost_manifest_is_refused_then_adopted(t: Target) {
     assert_eq!(t.count("parquet", &["dt"]).await, 3 * day2);
 }
 
-on_local_and_s3!(
+on_every_backend!(
     a_lost_manifest_is_refused_then_adopted:
     local_a_lost_manifest_is_refused_then_adopted,
-    s3_a_lost_manifest_is_refused_then_adopted
+    s3_a_lost_manifest_is_refused_then_adopted,
+    azure_a_lost_manifest_is_refused_then_adopted
 );
 
 /// A folder holding another program's files and no manifest: refused untouched; adopted when
@@ -175,10 +163,11 @@ async fn another_programs_folder_is_refused_or_adopted(t: Target) {
     );
 }
 
-on_local_and_s3!(
+on_every_backend!(
     another_programs_folder_is_refused_or_adopted:
     local_another_programs_folder_is_refused_or_adopted,
-    s3_another_programs_folder_is_refused_or_adopted
+    s3_another_programs_folder_is_refused_or_adopted,
+    azure_another_programs_folder_is_refused_or_adopted
 );
 
 /// Racing writers: `SLUICE_RACE_WRITERS` processes (default 4) for `SLUICE_RACE_ROUNDS`
@@ -305,10 +294,11 @@ async fn racing_writers_lose_no_update(t: Target) {
     assert!(!appended.is_empty() && !overwrote.is_empty());
 }
 
-on_local_and_s3!(
+on_every_backend!(
     racing_writers_lose_no_update:
     local_racing_writers_lose_no_update,
-    s3_racing_writers_lose_no_update
+    s3_racing_writers_lose_no_update,
+    azure_racing_writers_lose_no_update
 );
 
 /// An output inside another (either made first) is refused, naming the other's manifest:
@@ -347,10 +337,11 @@ async fn an_output_inside_another_is_refused(t: Target) {
     assert_eq!(t.count("csv", &["part"]).await, 1);
 }
 
-on_local_and_s3!(
+on_every_backend!(
     an_output_inside_another_is_refused:
     local_an_output_inside_another_is_refused,
-    s3_an_output_inside_another_is_refused
+    s3_an_output_inside_another_is_refused,
+    azure_an_output_inside_another_is_refused
 );
 
 /// Two writers reaching one local folder through a symbolic link find each other's leases:

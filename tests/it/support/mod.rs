@@ -6,14 +6,18 @@
 //! * this file: running the binary, files and folders, reading outputs and reports;
 //! * [`pipeline`]: a pipeline folder with one source and one model;
 //! * [`shop`]: the `testdata/shop` pipeline and raw counts of its input files;
-//! * [`target`]: an output folder on local disk or S3, for the storage conformance suite;
+//! * [`target`]: an output folder on local disk, S3 or Azure, for the storage conformance suite;
 //! * [`tpch`]: TPC-H data and the plain-DataFusion answer over it;
 //! * [`s3`], [`faults`]: a real S3-compatible server, and a proxy that injects faults;
+//! * [`azure`], [`emulator`]: an Azure Blob emulator (Azurite), run like the S3 server;
 //! * [`readers`]: DuckDB and pyarrow, to read outputs as other engines do.
 
 #![allow(dead_code)]
 
+pub mod azure;
+pub mod emulator;
 pub mod faults;
+pub mod gcs;
 pub mod pipeline;
 pub mod readers;
 pub mod s3;
@@ -24,6 +28,7 @@ pub mod tpch;
 pub use pipeline::OneModel;
 pub use shop::*;
 pub use target::Target;
+pub(crate) use target::on_every_backend;
 pub use tpch::*;
 
 use std::collections::BTreeMap;

@@ -132,9 +132,10 @@ pub fn pyarrow_dataset(folder: &str, format: &str, partitions: &[&str]) -> Table
     pyarrow_dataset_on(&[], folder, format, partitions)
 }
 
-/// [`pyarrow_dataset`] with the environment `env` of a test S3 server
-/// ([`super::s3::S3Server::env`], [`super::Target::env`]), so `folder` may be an `s3://`
-/// URL (read with `pyarrow.fs.S3FileSystem` at that endpoint).
+/// [`pyarrow_dataset`] with the environment `env` of a test S3 server or Azurite
+/// ([`super::s3::S3Server::env`], [`super::azure::AzureServer::env`], [`super::Target::env`]),
+/// so `folder` may be an `s3://` URL (read with `pyarrow.fs.S3FileSystem` at that endpoint)
+/// or an `az://` one (`pyarrow.fs.AzureFileSystem`).
 pub fn pyarrow_dataset_on(
     env: &[(String, String)],
     folder: &str,
@@ -158,6 +159,17 @@ if folder.startswith("s3://"):
         endpoint_override=endpoint.split("://", 1)[1],
         scheme=endpoint.split("://", 1)[0])
     folder = folder[len("s3://"):]
+elif folder.startswith("az://"):
+    endpoint = os.environ["AZURE_STORAGE_ENDPOINT"]
+    scheme, rest = endpoint.split("://", 1)
+    filesystem = fs.AzureFileSystem(
+        account_name=os.environ["AZURE_STORAGE_ACCOUNT_NAME"],
+        account_key=os.environ["AZURE_STORAGE_ACCOUNT_KEY"],
+        blob_storage_authority=rest.split("/", 1)[0],
+        blob_storage_scheme=scheme,
+        dfs_storage_authority=rest.split("/", 1)[0],
+        dfs_storage_scheme=scheme)
+    folder = folder[len("az://"):]
 if parts:
     partitioning = ds.partitioning(pa.schema([(p, pa.string()) for p in parts]), flavor="hive")
 else:

@@ -363,7 +363,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 "#;
 
 /// The Python interpreter named by `script`'s `#!` line, if it names one.
-fn python_of(script: &Path) -> Option<PathBuf> {
+pub(super) fn python_of(script: &Path) -> Option<PathBuf> {
     let mut head = [0u8; 512];
     let n = File::open(script).ok()?.read(&mut head).ok()?;
     let text = std::str::from_utf8(&head[..n]).ok()?;
@@ -382,7 +382,7 @@ fn python_of(script: &Path) -> Option<PathBuf> {
 
 /// A port on 127.0.0.1 that was free a moment ago and that this process
 /// has not handed out before.
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let handed_out = HANDED_OUT.get_or_init(Default::default);
     loop {
@@ -405,7 +405,7 @@ fn free_port() -> u16 {
 
 /// One HTTP/1.1 request with an empty body to 127.0.0.1:port; returns the
 /// status code and the whole response text.
-fn http_request(
+pub(super) fn http_request(
     port: u16,
     method: &str,
     path: &str,
@@ -437,7 +437,7 @@ fn http_request(
     Ok((status, text))
 }
 
-fn read_log(path: &Path) -> String {
+pub(super) fn read_log(path: &Path) -> String {
     match fs::read(path) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) => format!("<cannot read {}: {e}>", path.display()),
