@@ -149,6 +149,12 @@ async fn locate_bad_file(engine: &Engine, source: &SourceConfig) -> Option<Strin
                 .collect::<Vec<_>>(),
         ));
         let decoder = ChunkDecoder::new(schema, dialect, 8192);
+        // A CSV file whose header orders the columns otherwise is read by name, as the scan
+        // that failed read it.
+        let decoder = match table.downcast_ref::<crate::quarantine::QuarantineTable>() {
+            Some(q) => q.decoder_for(&file.location, decoder),
+            None => decoder,
+        };
         let compression = crate::catalog::compression_type(source.compression);
         match crate::quarantine::first_reject(
             store.as_ref(),

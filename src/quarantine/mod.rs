@@ -315,6 +315,19 @@ impl QuarantineTable {
         &self.source.files
     }
 
+    /// The decoder for `file`: `decoder` (into the table's file columns), or, for a file whose
+    /// header has them in another order, the same into the file's own order.
+    pub(crate) fn decoder_for(
+        &self,
+        file: &object_store::path::Path,
+        decoder: ChunkDecoder,
+    ) -> ChunkDecoder {
+        match self.source.layouts.get(file) {
+            Some(l) => decoder.with_schema(l.file_schema(&self.file_schema)),
+            None => decoder,
+        }
+    }
+
     /// The same table over only `files` (a unit's share), with a sink of its own.
     pub fn subset(&self, files: Vec<ObjectMeta>) -> QuarantineTable {
         let source = &self.source;
