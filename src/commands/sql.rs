@@ -161,6 +161,7 @@ pub async fn run_sql(
                 buffer_budget: engine.write_buffer_budget(),
                 preserve_order: false,
                 adopt: target.adopt,
+                staging: None,
             };
             let store = engine.stores().store_for(&spec.location)?;
             let run_id = crate::table::new_run_id();

@@ -244,6 +244,9 @@ pub struct Settings {
     pub spill_dir: Option<PathBuf>,
     /// The state store file, absolute.
     pub state: PathBuf,
+    /// Where writers stage files (a folder on the outputs' store), instead of beside each
+    /// output.
+    pub staging: Option<String>,
     /// Default timeout, retries and concurrency of work units.
     pub units: UnitSettings,
     /// How hash joins run (`join_strategy`, `join_buckets`).

@@ -33,6 +33,7 @@ pub(super) struct RawSettings {
     pub(super) threads: Option<usize>,
     pub(super) spill_dir: Option<String>,
     pub(super) state: Option<String>,
+    pub(super) staging: Option<String>,
     pub(super) unit_timeout: Option<String>,
     pub(super) retries: Option<u32>,
     pub(super) max_concurrent_units: Option<usize>,

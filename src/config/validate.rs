@@ -207,6 +207,10 @@ impl<'a> Validator<'a> {
                 .spill_dir
                 .map(|d| PathBuf::from(resolve_location(&d, self.root))),
             state: PathBuf::from(resolve_location(state, self.root)),
+            staging: raw
+                .staging
+                .map(|s| self.location_value("settings.staging", &s))
+                .transpose()?,
             units,
         })
     }

@@ -128,7 +128,7 @@ impl<'a> ModelRun<'a> {
         schema: &'a SchemaRef,
     ) -> Result<ModelRun<'a>, Error> {
         let model = &cx.pipeline.models[name];
-        let mut spec = sink_spec(cx.engine, model)?;
+        let mut spec = sink_spec(cx.engine, cx.pipeline, model)?;
         if spec.mode == WriteMode::Append {
             spec.append_id = Some(super::resume::append_identity(cx, model).await?);
         }

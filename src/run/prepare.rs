@@ -206,6 +206,13 @@ fn check_sink_apart(pipeline: &Pipeline, model: &ModelConfig) -> Result<(), Stri
                 format!("{}/", state.display()),
             )
         }))
+        .chain(
+            pipeline
+                .settings
+                .staging
+                .clone()
+                .map(|s| ("the staging folder (settings.staging)".to_string(), s)),
+        )
         .chain([
             ("the queries folder".to_string(), format!("{root}/queries/")),
             ("the pipeline folder".to_string(), format!("{root}/")),
@@ -289,7 +296,11 @@ async fn plan_model(engine: &Engine, model: &ModelConfig, sql: &str) -> Result<D
 }
 
 /// The sink spec of a table model.
-pub(super) fn sink_spec(engine: &Engine, model: &ModelConfig) -> Result<SinkSpec, Error> {
+pub(super) fn sink_spec(
+    engine: &Engine,
+    pipeline: &Pipeline,
+    model: &ModelConfig,
+) -> Result<SinkSpec, Error> {
     Ok(SinkSpec {
         location: Location::parse(&model.sink.location)?.as_folder(),
         append_id: None,
@@ -302,6 +313,12 @@ pub(super) fn sink_spec(engine: &Engine, model: &ModelConfig) -> Result<SinkSpec
         buffer_budget: engine.write_buffer_budget(),
         preserve_order: false,
         adopt: model.sink.adopt,
+        staging: pipeline
+            .settings
+            .staging
+            .as_deref()
+            .map(|s| Location::parse(s).map(|l| l.as_folder()))
+            .transpose()?,
     })
 }
 

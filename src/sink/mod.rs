@@ -155,6 +155,8 @@ pub(crate) struct SinkSpec {
     /// Without a manifest, take the data files in the folder as the output's current version
     /// instead of refusing to write there.
     pub adopt: bool,
+    /// Where to stage files (`[settings] staging`), instead of beside the output.
+    pub staging: Option<Location>,
 }
 
 /// A published output: what the run report shows.
@@ -251,7 +253,10 @@ pub(crate) async fn prepare(
             )));
         }
     }
-    let output = Output::new(store, spec.location.clone());
+    let mut output = Output::new(store, spec.location.clone());
+    if let Some(root) = &spec.staging {
+        output = output.with_staging_root(root)?;
+    }
     let existing = output
         .inspect(
             run_id,

@@ -212,6 +212,32 @@ impl Output {
         &self.location
     }
 
+    /// Stages this output's files under `root` (`[settings] staging`, on the output's store)
+    /// instead of beside it: in a folder of its own there, named after the output.
+    pub(crate) fn with_staging_root(mut self, root: &Location) -> Result<Output, CommitError> {
+        if root.store_url() != self.location.store_url() {
+            return Err(self.failure(
+                &self.key(""),
+                CommitFailure::Unsupported,
+                format!(
+                    "settings.staging ({root}) is not on the output's store: staged files are \
+                     moved into the output by a rename, which only works within one store"
+                ),
+            ));
+        }
+        let name = self
+            .location
+            .parent_folder()
+            .map_or_else(|| "output".to_string(), |(_, n)| n);
+        let tag = crate::units::stable_hash(self.location.url().as_str());
+        let folder = root
+            .as_folder()
+            .join_folder(&format!("{name}-{:08x}", tag & 0xffff_ffff))
+            .map_err(|e| self.err(&self.key(""), e))?;
+        self.staging = self.staging.take().map(|a| a.with_files(folder));
+        Ok(self)
+    }
+
     /// The output's staging area (none at the root of a store).
     pub(crate) fn staging(&self) -> Option<&StagingArea> {
         self.staging.as_ref()
@@ -428,13 +454,15 @@ impl Output {
             return;
         };
         let lease = area.lease_key(run_id);
-        match self.objects_under(&area.run_prefix(run_id)).await {
-            Ok(objects) if objects.iter().all(|m| m.location == lease) => {
-                if let Err(e) = self.discard_staging(run_id, None).await {
-                    tracing::warn!("could not remove {}: {}", e.key, e.message);
-                }
+        let mut only_lease = true;
+        for prefix in area.run_prefixes(run_id) {
+            match self.objects_under(&prefix).await {
+                Ok(objects) if objects.iter().all(|m| m.location == lease) => {}
+                _ => only_lease = false,
             }
-            _ => {}
+        }
+        if only_lease && let Err(e) = self.discard_staging(run_id, None).await {
+            tracing::warn!("could not remove {}: {}", e.key, e.message);
         }
     }
 
@@ -472,23 +500,29 @@ impl Output {
         let Some(area) = &self.staging else {
             return Ok(());
         };
-        let prefix = match unit {
-            Some(u) => area.key(run_id, u),
-            None => area.run_prefix(run_id),
+        let prefixes = match unit {
+            Some(u) => vec![area.key(run_id, u)],
+            None => area.run_prefixes(run_id),
         };
-        let mut keys: Vec<ObjectPath> = self
-            .objects_under(&prefix)
-            .await?
-            .into_iter()
-            .map(|m| m.location)
-            .collect();
+        let mut keys: Vec<ObjectPath> = Vec::new();
+        for prefix in &prefixes {
+            keys.extend(
+                self.objects_under(prefix)
+                    .await?
+                    .into_iter()
+                    .map(|m| m.location),
+            );
+        }
         // The lease goes last: while it is there, the folder is known as a crashed writer's.
         let lease = area.lease_key(run_id);
         keys.retain(|k| *k != lease);
         self.delete_keys(keys).await?;
         // On local disk, moves leave the (now empty) staging folders behind, and a write
         // killed half-way its temporary `<file>#N`, which listings do not show.
-        if let Some(dir) = area.location().local_path() {
+        for (i, place) in area.locations().into_iter().enumerate() {
+            let Some(dir) = place.local_path() else {
+                continue;
+            };
             let run_dir = dir.join(run_id);
             match unit {
                 Some(u) => {
@@ -497,7 +531,10 @@ impl Output {
                 None => {
                     let _ = std::fs::remove_dir_all(&run_dir);
                     let _ = std::fs::remove_dir(&dir);
-                    if let Some(parent) = dir.parent() {
+                    // `_sluice_staging/` beside the output, when empty (not a configured root).
+                    if i == 0
+                        && let Some(parent) = dir.parent()
+                    {
                         let _ = std::fs::remove_dir(parent);
                     }
                 }

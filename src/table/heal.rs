@@ -210,29 +210,32 @@ impl Output {
         let Some(area) = self.staging() else {
             return Ok(());
         };
-        let prefix = area.location().path();
-        let metas: Vec<_> = self
-            .store()
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.err(&prefix, e))?;
-        let base = prefix.parts().count();
         let mut runs: BTreeSet<String> = BTreeSet::new();
-        for m in &metas {
-            if let Some(run) = m.location.parts().nth(base) {
-                runs.insert(run.as_ref().to_string());
+        for place in area.locations() {
+            let prefix = place.path();
+            let metas: Vec<_> = self
+                .store()
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|e| self.err(&prefix, e))?;
+            let base = prefix.parts().count();
+            for m in &metas {
+                if let Some(run) = m.location.parts().nth(base) {
+                    runs.insert(run.as_ref().to_string());
+                }
             }
-        }
-        // On local disk, a write killed half-way leaves temporary files listings do not show.
-        if let Some(root) = area.location().local_path()
-            && let Ok(entries) = std::fs::read_dir(&root)
-        {
-            runs.extend(
-                entries
-                    .flatten()
-                    .filter_map(|e| e.file_name().to_str().map(str::to_string)),
-            );
+            // On local disk, a write killed half-way leaves temporary files listings do not
+            // show.
+            if let Some(root) = place.local_path()
+                && let Ok(entries) = std::fs::read_dir(&root)
+            {
+                runs.extend(
+                    entries
+                        .flatten()
+                        .filter_map(|e| e.file_name().to_str().map(str::to_string)),
+                );
+            }
         }
         for run in runs {
             // Only folders named as runs are: anything else there is not sluice's.

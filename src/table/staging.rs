@@ -44,10 +44,14 @@ pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(60);
 /// the time it names.
 pub(crate) const CLOCK_SLACK: Duration = Duration::from_secs(120);
 
-/// The staging area of one output: `<parent>/_sluice_staging/<output name>/`.
+/// The staging area of one output: `<parent>/_sluice_staging/<output name>/`, where its
+/// writers' leases always are (every writer of the output must find them), and where their
+/// files are staged unless `[settings] staging` puts them elsewhere on the same store.
 #[derive(Debug, Clone)]
 pub(crate) struct StagingArea {
     root: Location,
+    /// Where runs stage their files (`root`, or a folder of the configured staging root).
+    files: Location,
 }
 
 /// What a lease says.
@@ -105,7 +109,25 @@ impl StagingArea {
         let (parent, name) = output.parent_folder()?;
         let root = parent.join_folder(STAGING_AREA).ok()?;
         let root = root.join_folder(&name).ok()?;
-        Some(StagingArea { root })
+        Some(StagingArea {
+            files: root.clone(),
+            root,
+        })
+    }
+
+    /// The same area, with files staged in `folder` (on the same store) instead.
+    pub(crate) fn with_files(mut self, folder: Location) -> StagingArea {
+        self.files = folder.as_folder();
+        self
+    }
+
+    /// The folders runs have folders in: the leases' and, if elsewhere, the files'.
+    pub(crate) fn locations(&self) -> Vec<&Location> {
+        if self.files == self.root {
+            vec![&self.root]
+        } else {
+            vec![&self.root, &self.files]
+        }
     }
 
     /// The area's folder.
@@ -113,19 +135,19 @@ impl StagingArea {
         &self.root
     }
 
-    /// The key of `relative` (in object_store's path form) inside run `run_id`'s folder.
+    /// The key of a file `relative` (in object_store's path form) staged by run `run_id`.
     pub(crate) fn key(&self, run_id: &str, relative: &str) -> ObjectPath {
-        self.root.child(&format!("{run_id}/{relative}"))
+        self.files.child(&format!("{run_id}/{relative}"))
     }
 
-    /// The prefix of run `run_id`'s folder.
-    pub(crate) fn run_prefix(&self, run_id: &str) -> ObjectPath {
-        self.root.child(run_id)
+    /// The prefixes of run `run_id`'s folders (its lease's and its files').
+    pub(crate) fn run_prefixes(&self, run_id: &str) -> Vec<ObjectPath> {
+        self.locations().iter().map(|l| l.child(run_id)).collect()
     }
 
     /// The key of run `run_id`'s lease.
     pub(crate) fn lease_key(&self, run_id: &str) -> ObjectPath {
-        self.key(run_id, LEASE)
+        self.root.child(&format!("{run_id}/{LEASE}"))
     }
 
     /// Writes (or renews) run `run_id`'s lease.
@@ -243,6 +265,12 @@ mod tests {
             "_sluice_staging/orders"
         );
         assert!(StagingArea::of(&Location::parse("s3://b/").unwrap()).is_none());
+        let elsewhere = area.with_files(Location::parse("s3://b/tmp/x").unwrap());
+        assert_eq!(elsewhere.key("r1", "f").as_ref(), "tmp/x/r1/f");
+        assert_eq!(
+            elsewhere.lease_key("r1").as_ref(),
+            "lake/_sluice_staging/orders/r1/_LEASE"
+        );
     }
 
     #[test]

@@ -178,6 +178,7 @@ pub async fn generate(
             buffer_budget: engine.write_buffer_budget(),
             preserve_order: false,
             adopt: false,
+            staging: None,
         };
         let store = engine.stores().store_for(&spec.location)?;
         let task = progress.task(table);

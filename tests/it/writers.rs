@@ -385,3 +385,68 @@ async fn a_folder_reached_through_a_link_is_one_output() {
         "a live writer's file survives a write through the link"
     );
 }
+
+/// `[settings] staging` stages files in a folder of the user's choosing on the output's store
+/// (the leases stay beside the output, where every writer looks): a run killed while staging
+/// leaves its files there, and the next run deletes them and publishes every row once. A
+/// staging folder on another store than the output is refused.
+#[test]
+fn staging_can_be_put_elsewhere_on_the_store() {
+    let mut m = OneModel::new("events", "daily")
+        .source_toml("format = \"csv\"\nschema = \"id INT, n INT\"")
+        .sink_toml(
+            "target_rows_per_file = 1\n[models.daily.batches]\nby = \"file\"\n\
+             [settings]\nmax_concurrent_units = 1\nstaging = \"scratch/\"",
+        );
+    let mut total = 0u64;
+    for day in 1..=30u64 {
+        let rows: String = (0..20)
+            .map(|i| format!("{},{i}\n", day * 100 + i))
+            .collect();
+        m = m.file(&format!("2024-01-{day:02}.csv"), format!("id,n\n{rows}"));
+        total += 20;
+    }
+    let dir = m.build();
+    let d = dir.path();
+    let scratch = d.join("scratch");
+    let mut child = spawn_sluice(d, &["-q", "run", "."]);
+    let start = std::time::Instant::now();
+    while !files_under(&scratch)
+        .iter()
+        .any(|f| f.ends_with(".parquet"))
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before staging was seen"
+        );
+        assert!(start.elapsed().as_secs() < 60, "nothing staged in scratch/");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        files_under(&d.join("out/_sluice_staging"))
+            .iter()
+            .any(|f| f.ends_with("_LEASE")),
+        "the lease is beside the output"
+    );
+    assert!(!d.join("out/daily/_MANIFEST").exists());
+    sluice(d, &["run", ".", "--restart"]).expect(0);
+    let (rows, _) = manifest_rows(&d.join("out/daily"));
+    assert_eq!(rows, total);
+    assert!(
+        files_under(&scratch).is_empty(),
+        "{:?}",
+        files_under(&scratch)
+    );
+    assert!(!d.join("out/_sluice_staging").exists());
+
+    // On another store than the output: refused, naming the setting.
+    crate::support::edit_file(&d.join("sluice.toml"), |t| {
+        t.replace(
+            "staging = \"scratch/\"",
+            "staging = \"s3://elsewhere/tmp/\"",
+        )
+    });
+    let run = sluice(d, &["run", "."]).expect(1);
+    assert!(run.stderr.contains("settings.staging"), "{}", run.stderr);
+}
