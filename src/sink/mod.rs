@@ -240,6 +240,16 @@ pub(crate) async fn prepare(
             "refusing to write an output at the root of a store: name a folder".into(),
         ));
     }
+    // The commit replaces `_MANIFEST` only if it is unchanged (a conditional write); an HTTP
+    // (WebDAV) server cannot be asked that, so two writers could overwrite each other.
+    if matches!(spec.location.url().scheme(), "http" | "https") {
+        return Err(invalid(
+            "an http(s) location cannot be a sink: its server cannot write an object only if it \
+             is unchanged (a conditional write), which the commit needs so that two writers never \
+             overwrite each other; write to local disk, S3, GCS or Azure"
+                .into(),
+        ));
+    }
     for col in &spec.partition_by {
         if col.is_empty() {
             return Err(invalid("a partition column name is empty".into()));

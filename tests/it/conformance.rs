@@ -561,3 +561,27 @@ async fn s3_root_and_empty_segments_are_refused() {
     let left: Vec<_> = t.store.list(None).try_collect().await.unwrap();
     assert_eq!(left.len(), 1, "nothing written or deleted: {left:?}");
 }
+
+/// An http(s) location cannot commit atomically (no conditional write): refused as a sink
+/// before anything runs, saying why.
+#[test]
+fn an_http_sink_is_refused_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = sluice(
+        dir.path(),
+        &[
+            "sql",
+            "-e",
+            "SELECT 1 AS a",
+            "--out",
+            "http://127.0.0.1:9/out/",
+        ],
+    )
+    .expect(2);
+    assert!(
+        run.stderr.contains("http://127.0.0.1:9/out/"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("conditional write"), "{}", run.stderr);
+}
