@@ -727,18 +727,20 @@ impl StateStore {
         Ok(ids)
     }
 
-    /// The last run of the ledger if it did not succeed (one the next run may resume).
-    pub fn last_unfinished_run(&self) -> Result<Option<String>, StateError> {
+    /// The run of `pipeline` the next run may resume (see [`StateStore::resumable_run`],
+    /// whatever its fingerprint): the last that did work, if it was interrupted or failed.
+    pub fn last_unfinished_run(&self, pipeline: &str) -> Result<Option<String>, StateError> {
         self.with(|c| {
             c.query_row(
-                "SELECT run_id, status FROM runs ORDER BY started_at DESC, run_id DESC LIMIT 1",
-                [],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                "SELECT run_id, status FROM runs WHERE pipeline = ?1 AND fingerprint != ''
+                 ORDER BY started_at DESC, run_id DESC LIMIT 1",
+                params![pipeline],
+                |r| Ok((r.get::<_, String>(0)?, status::<RunStatus>(r, 1)?)),
             )
             .optional()
         })
         .map(|row| {
-            row.filter(|(_, status)| status != "success")
+            row.filter(|(_, s)| matches!(s, RunStatus::Interrupted | RunStatus::Failed))
                 .map(|(id, _)| id)
         })
     }

@@ -138,6 +138,7 @@ impl<'a> Validator<'a> {
             sources.insert(name, src);
         }
         let models = self.models(raw.models, &sources)?;
+        self.check_staging_apart(settings.staging.as_deref(), &sources)?;
         let mut vars = BTreeMap::new();
         for (k, v) in raw.vars {
             let s = match v {
@@ -156,6 +157,50 @@ impl<'a> Validator<'a> {
             models,
             vars,
         })
+    }
+
+    /// Staged files are no source's input and no source's rejects: a staging folder that
+    /// holds or lies in a source's folder or rejects folder is refused.
+    fn check_staging_apart(
+        &self,
+        staging: Option<&str>,
+        sources: &BTreeMap<String, SourceConfig>,
+    ) -> Result<(), ConfigError> {
+        let Some(staging) = staging else {
+            return Ok(());
+        };
+        let folder = |location: &str| {
+            // A glob or a file stands for its folder.
+            let cut = location.find(['*', '?', '[']).unwrap_or(location.len());
+            let head = &location[..cut];
+            let head = if cut < location.len() || !head.ends_with('/') {
+                head.rsplit_once('/').map_or(head, |(d, _)| d)
+            } else {
+                head
+            };
+            super::folder_identity(head)
+        };
+        let ours = super::folder_identity(staging);
+        for s in sources.values() {
+            let places = std::iter::once(("source", folder(&s.location))).chain(
+                s.rejects
+                    .iter()
+                    .map(|r| ("the rejects of source", super::folder_identity(r))),
+            );
+            for (what, place) in places {
+                if ours.starts_with(&place) || place.starts_with(&ours) {
+                    return Err(self.invalid(
+                        "settings.staging",
+                        format!(
+                            "{staging} overlaps {what} '{}' ({place}): staged files would be read as \
+                             its input, or its files deleted with the staging; give staging a folder of its own",
+                            s.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `[settings]`.

@@ -19,10 +19,12 @@ pub(crate) fn ended_runs(pipeline: &Pipeline) -> Ended {
     if !pipeline.settings.state.exists() {
         return Ended::default();
     }
+    let as_of = chrono::Utc::now();
     let state = StateStore::open(&pipeline.settings.state);
-    match state.and_then(|s| Ok((s.ended_run_ids()?, s.last_unfinished_run()?))) {
+    match state.and_then(|s| Ok((s.ended_run_ids()?, s.last_unfinished_run(&pipeline.name)?))) {
         Ok((ids, resumable)) => Ended {
             runs: ids.into_iter().collect(),
+            as_of: Some(as_of),
             resumable,
         },
         Err(e) => {
@@ -45,8 +47,17 @@ pub(crate) async fn heal_outputs(prepared: &Prepared, me: Option<&str>, ended: &
         let Ok(store) = prepared.engine.stores().store_for(&location) else {
             continue;
         };
-        let output = Output::new(Arc::clone(&store), location);
-        match output.heal(me, ended, &model.sink.partition_by).await {
+        let mut output = Output::new(Arc::clone(&store), location);
+        // Files staged in `[settings] staging` are healed there.
+        if let Some(root) = prepared.pipeline.settings.staging.as_deref()
+            && let Ok(root) = Location::parse(root)
+        {
+            match output.with_staging_root(&root) {
+                Ok(o) => output = o,
+                Err(_) => continue,
+            }
+        }
+        match output.heal(me, ended).await {
             Ok(survey) if survey.deleted > 0 => tracing::info!(
                 model = %model.name,
                 files = survey.deleted,

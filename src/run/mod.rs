@@ -167,6 +167,7 @@ pub async fn run(
             .into_iter()
             .filter(|id| *id != run_id)
             .collect(),
+        as_of: Some(chrono::Utc::now()),
         resumable: None,
     };
     heal::heal_outputs(&prepared, Some(&run_id), &ended).await;

@@ -268,13 +268,7 @@ pub(crate) async fn prepare(
         output = output.with_staging_root(root)?;
     }
     let existing = output
-        .inspect(
-            run_id,
-            ended,
-            spec.adopt,
-            spec.format.extension(),
-            &spec.partition_by,
-        )
+        .inspect(run_id, ended, spec.adopt, spec.format.extension())
         .await?;
     // A resumed run's own output (its manifest, files moved by its interrupted publish) is
     // not "existing" output.
@@ -736,7 +730,7 @@ mod tests {
         let output = Output::new(Arc::clone(&store), location);
         let run_id = "20260101T000000Z-abcdef";
         let existing = output
-            .inspect(run_id, &Ended::default(), false, "parquet", &[])
+            .inspect(run_id, &Ended::default(), false, "parquet")
             .await
             .unwrap();
         let staged = |name: &str, bytes: u64| StagedFile {

@@ -324,9 +324,8 @@ impl Output {
         ended: &Ended,
         adopt: bool,
         extension: &str,
-        layout: &[String],
     ) -> Result<Existing, CommitError> {
-        let survey = self.heal(Some(run_id), ended, layout).await?;
+        let survey = self.heal(Some(run_id), ended).await?;
         if let Some(dir) = survey.nested.first() {
             return Err(self.failure(
                 &self.key(&format!("{dir}{MANIFEST}")),
@@ -751,17 +750,22 @@ impl Output {
                     area.write_lease(self.store.as_ref(), run_id)
                         .await
                         .map_err(|e| Committed::Not(self.err(&area.lease_key(run_id), e)))?;
-                    if !self.all_present(&manifest.files).await {
-                        return Err(Committed::Not(self.failure(
-                            &key,
-                            CommitFailure::Conflict,
-                            "this writer's lease lapsed and files of its new version were removed meanwhile; \
-                             nothing was published"
-                                .into(),
-                        )));
-                    }
                 }
             }
+        }
+        // Every file this writer moved must still be there: a healer that took it for dead
+        // (a lapsed lease, a run resumed under its old id), or a version of its own that
+        // landed unseen and was then replaced, removes them; a manifest must never list a
+        // missing file.
+        if !self.all_present(mine).await {
+            return Err(Committed::Not(self.failure(
+                &key,
+                CommitFailure::Conflict,
+                "files this write moved into the output are gone (removed as a dead writer's, or \
+                 a version of its own was committed unseen and then replaced by another writer's): \
+                 it was not committed (again); run it again"
+                    .into(),
+            )));
         }
         let local = self.location.local_path();
         let tmp = format!(".{MANIFEST}.{run_id}.tmp");

@@ -23,6 +23,9 @@ use super::{is_data_file, run_of_file};
 pub(crate) struct Ended {
     /// The runs.
     pub runs: BTreeSet<String>,
+    /// When they were known to have ended: a run that writes its lease after that is alive
+    /// again (a resumed run keeps its id), whatever `runs` says.
+    pub as_of: Option<chrono::DateTime<chrono::Utc>>,
     /// One of them that the next run may resume: its moved files go, its staging (the units
     /// it committed) stays.
     pub resumable: Option<String>,
@@ -65,14 +68,13 @@ impl Output {
         &self,
         me: Option<&str>,
         ended: &Ended,
-        layout: &[String],
     ) -> Result<Survey, CommitError> {
         // A writer that commits while the folder is surveyed changes what its files are
         // (listed, where they looked like leftovers or a lost manifest's): survey again.
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.survey(me, ended, layout, attempts >= 8).await? {
+            match self.survey(me, ended, attempts >= 8).await? {
                 Some(survey) => return Ok(survey),
                 None => {
                     tracing::debug!(output = %self.location(), "a writer committed during the survey: again")
@@ -87,18 +89,13 @@ impl Output {
         &self,
         me: Option<&str>,
         ended: &Ended,
-        layout: &[String],
         last: bool,
     ) -> Result<Option<Survey>, CommitError> {
         let versioned = self.read_versioned().await?;
-        // Only files where this output puts its files are its own: in its partition folders
-        // (as the writer or the manifest partitions it), and not in a folder that is an output
-        // of its own (a `_MANIFEST` of its own).
-        let manifest_layout: &[String] = versioned
-            .manifest
-            .as_ref()
-            .map_or(&[], |m| m.partition_by.as_slice());
-        let fits = |path: &str| fits_layout(path, layout) || fits_layout(path, manifest_layout);
+        // Only files where an output puts its files are its own: in `col=value` partition
+        // folders (its own partitioning, or one it had before: an overwrite may change it), and
+        // not in a folder that is an output of its own (a `_MANIFEST` of its own).
+        let fits = in_partition_folders;
         let objects = self.list().await?;
         let nested: Vec<String> = objects
             .iter()
@@ -194,7 +191,9 @@ impl Output {
             .map_err(|e| self.err(&area.lease_key(run), e))?;
         Ok(match lease {
             None => WriterState::Ended,
-            Some(_) if ended.runs.contains(run) => WriterState::Crashed,
+            Some(l) if ended.runs.contains(run) && !l.written_after(ended.as_of) => {
+                WriterState::Crashed
+            }
             Some(l) if l.expired() => WriterState::Crashed,
             Some(_) => WriterState::Live,
         })
@@ -297,15 +296,14 @@ impl Output {
             .await
             .map_err(|e| self.err(&prefix, e))?;
         let base = prefix.parts().count();
+        // Only run folders are sluice's: anything else there is left as it is.
         let stale: Vec<String> = metas
             .into_iter()
             .filter(|m| {
                 m.location
                     .parts()
                     .nth(base)
-                    .map(|p| p.as_ref().to_string())
-                    .as_deref()
-                    != me
+                    .is_some_and(|p| is_run_id(p.as_ref()) && Some(p.as_ref()) != me)
             })
             .map(|m| {
                 let parts: Vec<String> =
@@ -318,7 +316,9 @@ impl Output {
         if let Some(root) = self.location().local_path() {
             if let Ok(entries) = std::fs::read_dir(root.join(STAGING)) {
                 for entry in entries.flatten() {
-                    if entry.file_name().to_str() != me {
+                    let name = entry.file_name();
+                    let name = name.to_str().unwrap_or_default();
+                    if is_run_id(name) && Some(name) != me {
                         let _ = std::fs::remove_dir_all(entry.path());
                     }
                 }
@@ -341,15 +341,13 @@ fn is_run_id(name: &str) -> bool {
         && b[17..].iter().all(|c| c.is_ascii_hexdigit())
 }
 
-/// Whether `path` (relative to an output folder) is where an output partitioned by `cols`
-/// puts a file: one `col=value` folder per column, in order, then the file.
-pub(crate) fn fits_layout(path: &str, cols: &[String]) -> bool {
-    let parts: Vec<&str> = path.split('/').collect();
-    parts.len() == cols.len() + 1
-        && parts.iter().zip(cols).all(|(part, col)| {
-            part.strip_prefix(col.as_str())
-                .is_some_and(|r| r.starts_with('='))
-        })
+/// Whether `path` (relative to an output folder) is where an output puts a file: in
+/// `col=value` partition folders, however many (none for an unpartitioned output).
+pub(crate) fn in_partition_folders(path: &str) -> bool {
+    path.split('/')
+        .rev()
+        .skip(1)
+        .all(|part| part.split_once('=').is_some_and(|(k, _)| !k.is_empty()))
 }
 
 #[cfg(test)]
@@ -357,14 +355,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_partition_layout_is_an_outputs_own() {
-        let cols = ["dt".to_string(), "r".to_string()];
-        assert!(fits_layout("dt=1/r=EU/part-x.parquet", &cols));
-        assert!(!fits_layout("dt=1/part-x.parquet", &cols));
-        assert!(!fits_layout("sub/dt=1/r=EU/part-x.parquet", &cols));
-        assert!(!fits_layout("r=EU/dt=1/part-x.parquet", &cols));
-        assert!(fits_layout("part-x.parquet", &[]));
-        assert!(!fits_layout("sub/part-x.parquet", &[]));
+    fn only_partition_folders_are_an_outputs_own() {
+        assert!(in_partition_folders("dt=1/r=EU/part-x.parquet"));
+        assert!(in_partition_folders("dt=1/part-x.parquet"));
+        assert!(in_partition_folders("part-x.parquet"));
+        assert!(!in_partition_folders("sub/dt=1/part-x.parquet"));
+        assert!(!in_partition_folders("sub/part-x.parquet"));
+        assert!(!in_partition_folders("=1/part-x.parquet"));
     }
 
     #[test]

@@ -86,6 +86,17 @@ impl Lease {
         })
     }
 
+    /// Whether the lease was written (or renewed) after `time` (never, for no time): its
+    /// writer was alive then.
+    pub(crate) fn written_after(&self, time: Option<chrono::DateTime<chrono::Utc>>) -> bool {
+        let (Some(time), Some(expires)) = (time, crate::config::parse_timestamp(&self.expires_at))
+        else {
+            return false;
+        };
+        let lasts = chrono::Duration::from_std(LEASE_FOR).unwrap_or_default();
+        expires - lasts > time
+    }
+
     /// Whether the lease will still hold for `margin` by this host's clock (the writer's own
     /// check before it commits).
     pub(crate) fn holds_for(&self, margin: Duration) -> bool {
@@ -287,5 +298,11 @@ mod tests {
         assert!(lease.expired());
         lease.expires_at = "garbage".into();
         assert!(lease.expired());
+        // Written (expiry minus its length) after a time: its writer lived then.
+        let now = chrono::Utc::now();
+        let fresh = Lease::new("r");
+        assert!(fresh.written_after(Some(now - chrono::Duration::seconds(5))));
+        assert!(!fresh.written_after(Some(now + chrono::Duration::seconds(5))));
+        assert!(!fresh.written_after(None));
     }
 }

@@ -450,3 +450,55 @@ fn staging_can_be_put_elsewhere_on_the_store() {
     let run = sluice(d, &["run", "."]).expect(1);
     assert!(run.stderr.contains("settings.staging"), "{}", run.stderr);
 }
+
+/// Leftovers of a version partitioned otherwise (an overwrite that changed `partition_by`,
+/// killed before its clean-up) are still the output's to heal; another program's files in a
+/// `_staging/` folder inside it are not (only run folders there are sluice's).
+#[test]
+fn leftovers_of_another_partitioning_go_and_foreign_staging_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = d.join("o").display().to_string() + "/";
+    let write = |sql: &str, extra: &[&str]| {
+        let mut args = vec!["sql", "-e", sql, "--out", &out, "--format", "csv"];
+        args.extend_from_slice(extra);
+        sluice(d, &args).expect(0)
+    };
+    write("SELECT 'a' AS p, 1 AS x", &["--partition-by", "p"]);
+    let old = files_under(&d.join("o/p=a"));
+    let saved: Vec<(String, Vec<u8>)> = old
+        .iter()
+        .map(|f| (f.clone(), std::fs::read(d.join("o/p=a").join(f)).unwrap()))
+        .collect();
+    write("SELECT 2 AS x", &[]);
+    // As if that overwrite had been killed after its commit, before its clean-up.
+    std::fs::create_dir_all(d.join("o/p=a")).unwrap();
+    for (f, bytes) in &saved {
+        std::fs::write(d.join("o/p=a").join(f), bytes).unwrap();
+    }
+    std::fs::create_dir_all(d.join("o/_staging/mine")).unwrap();
+    std::fs::write(d.join("o/_staging/mine/notes.txt"), "precious").unwrap();
+    write("SELECT 3 AS x", &[]);
+    assert!(
+        files_under(&d.join("o/p=a")).is_empty(),
+        "the old partitioning's file went"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("o/_staging/mine/notes.txt")).unwrap(),
+        "precious"
+    );
+}
+
+/// A staging folder inside a source's folder would have staged files read as input: refused,
+/// naming the setting.
+#[test]
+fn staging_inside_a_source_is_refused() {
+    let dir = OneModel::new("events", "daily")
+        .source_toml("format = \"csv\"")
+        .sink_toml("[settings]\nstaging = \"data/stg/\"")
+        .file("a.csv", "id\n1\n")
+        .build();
+    let run = sluice(dir.path(), &["plan", "."]).expect(2);
+    assert!(run.stderr.contains("settings.staging"), "{}", run.stderr);
+    assert!(run.stderr.contains("source 'events'"), "{}", run.stderr);
+}
