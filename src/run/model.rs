@@ -83,6 +83,7 @@ impl ModelRun<'_> {
             }
         }
         if let Some(file) = planned.changed_file(cx).await? {
+            let file = run.display(&file);
             return Err(run.error(format!(
                 "input file {file} was replaced or removed while the model ran, so its units may \
              have read either version: nothing was published; run the command again (the \

@@ -132,7 +132,13 @@ impl Inputs {
                 .map(|f| (f.0.clone(), f))
                 .collect();
             if let Some(f) = before.iter().find(|f| now.get(&f.0) != Some(*f)) {
-                return Ok(Some(f.0.clone()));
+                // As a user knows the file: a path, or the URL of the object.
+                let key = object_store::path::Path::parse(&f.0)
+                    .unwrap_or_else(|_| object_store::path::Path::from(f.0.as_str()));
+                let shown = crate::store::Location::parse(&spec.location)
+                    .map(|l| l.display_key(&key))
+                    .unwrap_or_else(|_| f.0.clone());
+                return Ok(Some(shown));
             }
         }
         Ok(None)

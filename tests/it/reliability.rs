@@ -146,7 +146,14 @@ async fn input_files_replaced_during_the_run_are_never_published_mixed() {
     }
     let dir = b.file("f00.csv", "id\n0\n100\n").build();
     let d = dir.path();
-    let mut child = spawn_sluice(d, &["-q", "run", "."]);
+    let first_err = d.join("first.err");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["-q", "run", "."])
+        .current_dir(d)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&first_err).unwrap())
+        .spawn()
+        .unwrap();
     // Once the first unit has staged its file, row 100 moves from the first file to the last.
     let staging = d.join("out/_sluice_staging/copy");
     let started = std::time::Instant::now();
@@ -175,6 +182,11 @@ async fn input_files_replaced_during_the_run_are_never_published_mixed() {
     } else {
         assert_eq!(first.code(), Some(1));
         assert!(!out.join("_MANIFEST").exists(), "a failed run published");
+        let stderr = std::fs::read_to_string(&first_err).unwrap();
+        assert!(
+            stderr.contains("input file data/f") && stderr.contains("was replaced or removed"),
+            "the file is named as the pipeline names it: {stderr}"
+        );
     }
     let run = sluice(d, &["run", "."]);
     assert_eq!(run.code, 0, "{}", run.stderr);
