@@ -100,6 +100,14 @@ impl<'a> Validator<'a> {
                 ),
             ));
         }
+        // " out/x/" is a folder named " out" beside out/: almost surely a typo, and invisible in
+        // most listings.
+        if location.trim() != location {
+            return Err(self.invalid(
+                key.to_string(),
+                format!("{location:?} begins or ends with white space: remove it (a folder name with spaces at its ends is not supported)"),
+            ));
+        }
         if empty_segment(&location) {
             let hint = if value.contains("${env:") {
                 " (is a variable in it empty?)"

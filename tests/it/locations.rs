@@ -105,3 +105,24 @@ fn an_empty_variable_is_refused_wherever_it_stands() {
         );
     }
 }
+
+/// A location with white space at an end (`" out/x/"`, `"out/x/ "`) names a folder beside the
+/// one meant: refused, naming the setting and its line.
+#[test]
+fn a_location_with_white_space_at_an_end_is_refused() {
+    for location in [" out/x/", "out/x/ ", "out/x/\t"] {
+        let dir = OneModel::new("s", "x")
+            .file("a.csv", "id\n1\n")
+            .sink_location(location)
+            .build();
+        let run = sluice(dir.path(), &["plan", "."]);
+        assert_eq!(run.code, 2, "{location:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("models.x.sink.location"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains("white space"), "{}", run.stderr);
+        assert!(!dir.path().join(" out").exists());
+    }
+}
