@@ -173,6 +173,50 @@ pub(super) async fn check_drift(
     })
 }
 
+/// The schema of text files inferred one by one and merged by name (in first-seen order),
+/// each column's types widened to one every file's values parse as: timestamps to the finest
+/// unit, integers and decimals to Float64, anything else to Utf8. `None` if a file cannot be
+/// inferred.
+async fn widened_schema(
+    ctx: &SessionContext,
+    spec: &SourceConfig,
+    table_url: &ListingTableUrl,
+    opts: &ListingOptions,
+    store: &Arc<dyn object_store::ObjectStore>,
+) -> Option<SchemaRef> {
+    use datafusion::arrow::datatypes::{DataType, Field};
+    let files = list_files(ctx, table_url, opts, store.as_ref(), usize::MAX)
+        .await
+        .ok()?;
+    let state = ctx.state();
+    let format = file_format(spec);
+    let mut fields: Vec<Field> = Vec::new();
+    for file in files.iter().filter(|f| f.size > 0) {
+        let schema = format
+            .infer_schema(&state, store, std::slice::from_ref(file))
+            .await
+            .ok()?;
+        for g in schema.fields() {
+            match fields.iter_mut().find(|f| f.name() == g.name()) {
+                None => fields.push(g.as_ref().clone()),
+                Some(f) if f.data_type() == g.data_type() => {}
+                Some(f) => {
+                    let wide = match (f.data_type(), g.data_type()) {
+                        (DataType::Null, t) | (t, DataType::Null) => t.clone(),
+                        (DataType::Timestamp(a, tz), DataType::Timestamp(b, tz2)) if tz == tz2 => {
+                            DataType::Timestamp((*a).max(*b), tz.clone())
+                        }
+                        (a, b) if a.is_numeric() && b.is_numeric() => DataType::Float64,
+                        _ => DataType::Utf8,
+                    };
+                    *f = f.clone().with_data_type(wide).with_nullable(true);
+                }
+            }
+        }
+    }
+    Some(Arc::new(Schema::new(fields)))
+}
+
 /// On the error path only: infers the schema of each file alone and returns the first file
 /// that fails, with its error, so the message can name it.
 async fn find_unreadable_file(
@@ -247,6 +291,13 @@ pub(super) async fn file_schema(
             .await
             {
                 return Err(drift);
+            }
+            // Text files whose inferred types differ (a timestamp with and without a fraction
+            // of a second, an integer and a decimal): each file's inferred alone, widened.
+            if spec.format != Format::Parquet
+                && let Some(widened) = widened_schema(ctx, spec, table_url, opts, store).await
+            {
+                return Ok(widened);
             }
             // Name the file at fault: infer each file alone until one fails.
             let culprit = find_unreadable_file(ctx, spec, table_url, opts, store).await;

@@ -107,3 +107,30 @@ fn union_refuses_a_column_with_two_types() {
         run.stderr
     );
 }
+
+/// CSV files whose inferred types differ only in width (a timestamp with and without a
+/// fraction of a second, an integer and a decimal) are read as one table, each column in the
+/// type every file's values parse as (before: DataFusion's "Fail to merge schema field 'ts'
+/// because the from data_type = Timestamp(ms) does not equal Timestamp(s)").
+#[tokio::test]
+async fn text_files_whose_inferred_types_differ_in_width_are_widened() {
+    let dir = crate::support::OneModel::new("events", "m")
+        .source_toml("format = \"csv\"")
+        .file("a.csv", "id,ts,v\n1,2024-01-01T00:00:00,1\n")
+        .file("b.csv", "id,ts,v\n2,2024-01-01T00:00:00.123,1.5\n")
+        .build();
+    crate::support::sluice(dir.path(), &["run", "."]).expect(0);
+    let mut rows = crate::support::output_rows(dir.path(), "m", &["id", "ts", "v"]).await;
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![
+            vec!["1".to_string(), "2024-01-01T00:00:00".into(), "1.0".into()],
+            vec![
+                "2".to_string(),
+                "2024-01-01T00:00:00.123".into(),
+                "1.5".into()
+            ],
+        ]
+    );
+}
