@@ -85,6 +85,22 @@ pub async fn plan_units(
         }
         (s, e, Some((lo, hi))) => (s.unwrap_or(lo), e.unwrap_or(units::next(batches.size, hi))),
     };
+    // Rows the range leaves out are not read: say so, never silently.
+    for (source, periods) in &events.rows {
+        let outside: u64 = periods
+            .iter()
+            .filter(|(p, _)| units::next(batches.size, **p) <= start || **p >= end)
+            .map(|(_, n)| n)
+            .sum();
+        if outside > 0 {
+            tracing::warn!(
+                "model '{}': {outside} row(s) of source '{source}' lie in periods outside \
+                 batches start..end ({start} .. {end}) and are not read; widen start or end to \
+                 include them",
+                model.name
+            );
+        }
+    }
     Ok(UnitPlan {
         units: units::periods(batches.size, start, end),
         events: Some(events),

@@ -370,3 +370,30 @@ async fn text_event_times_batch_without_losing_the_first_day_of_a_period() {
         ]
     );
 }
+
+/// Rows in periods outside an explicit `batches` start..end are not read, and the run says
+/// how many, per source (before: silently).
+#[test]
+fn rows_outside_batches_start_and_end_are_counted_not_silently_dropped() {
+    let dir = OneModel::new("events", "daily")
+        .source_toml("format = \"csv\"\nevent_time = \"ts\"")
+        .sink_toml(
+            "[models.daily.batches]\nsize = \"day\"\nstart = \"2024-01-02\"\nend = \"2024-01-03\"",
+        )
+        .file(
+            "e.csv",
+            "id,ts\n1,2024-01-01T10:00:00\n2,2024-01-02T10:00:00\n3,2024-01-02T11:00:00\n4,2024-01-05T00:00:00\n5,2024-01-06T00:00:00\n",
+        )
+        .build();
+    let run = sluice(dir.path(), &["run", "."]).expect(0);
+    assert!(
+        run.stderr
+            .contains("3 row(s) of source 'events' lie in periods outside batches start..end"),
+        "{}",
+        run.stderr
+    );
+    let (rows, _) = manifest_rows(&dir.path().join("out/daily"));
+    assert_eq!(rows, 2);
+    let plan = sluice(dir.path(), &["plan", "."]).expect(0);
+    assert!(plan.stderr.contains("3 row(s)"), "{}", plan.stderr);
+}
