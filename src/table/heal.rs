@@ -275,15 +275,24 @@ impl Output {
             .flatten()
             .filter_map(|e| e.file_name().to_str().map(str::to_string))
             .collect();
-        let young = || {
-            std::fs::metadata(&dir)
+        // A lease there decided the writer's state; a temporary one beside it is a renewal
+        // (or a write a kill cut short). Only a folder without a lease, made a moment ago, is
+        // a lease on its way.
+        if names.iter().any(|n| n == LEASE) {
+            return false;
+        }
+        let young = |path: &std::path::Path| {
+            std::fs::metadata(path)
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| {
                     t.elapsed()
                         .is_ok_and(|age| age < std::time::Duration::from_secs(60))
                 })
         };
-        names.iter().any(|n| n.starts_with(&format!("{LEASE}#"))) || (names.is_empty() && young())
+        let writing = names
+            .iter()
+            .any(|n| n.starts_with(&format!("{LEASE}#")) && young(&dir.join(n)));
+        writing || (names.is_empty() && young(&dir))
     }
 
     /// Deletes `_staging/` inside the output, where builds before the staging area staged.

@@ -348,6 +348,13 @@ fn a_killed_writes_temporary_file_is_removed_with_its_staging() {
         std::fs::create_dir_all(&stale).unwrap();
         std::fs::write(stale.join("part-0.parquet#7"), b"half a file").unwrap();
     }
+    // Its lease, and a renewal of it the kill cut short (found by the fault test: the
+    // temporary lease was taken for a lease on its way, and the staging kept for good).
+    let run_dir = dir
+        .path()
+        .join("out/_sluice_staging/daily/20240101T000000Z-dead00");
+    std::fs::write(run_dir.join("_LEASE"), b"{}").unwrap();
+    std::fs::write(run_dir.join("_LEASE#3"), b"{\"run").unwrap();
     run_with_report(dir.path(), &[], 0);
     assert!(
         !dir.path().join("out/daily/_staging").exists()
