@@ -14,7 +14,7 @@ use std::path::Path;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 
-use super::manifest::{MANIFEST, Manifest};
+use super::manifest::{MANIFEST, MANIFEST_VERSION, Manifest};
 
 /// The version of the manifest a writer read: what its compare-and-swap compares with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,8 +84,19 @@ pub(crate) async fn read(
     }
 }
 
+/// A manifest, if this build can read it: one written by a newer format is refused, so that
+/// this build neither misreads it nor, writing the next version, drops what it records.
 fn parse(bytes: &[u8]) -> Result<Manifest, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("not a sluice manifest: {e}"))
+    let m: Manifest =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a sluice manifest: {e}"))?;
+    if m.version > MANIFEST_VERSION {
+        return Err(format!(
+            "written by a newer sluice (manifest version {}; this build reads up to {MANIFEST_VERSION}): \
+             upgrade sluice to read or write this output",
+            m.version
+        ));
+    }
+    Ok(m)
 }
 
 /// Writes `body` as the manifest at `key` if the manifest is still at `expected`.

@@ -502,3 +502,51 @@ fn staging_inside_a_source_is_refused() {
     assert!(run.stderr.contains("settings.staging"), "{}", run.stderr);
     assert!(run.stderr.contains("source 'events'"), "{}", run.stderr);
 }
+
+/// An output whose manifest a newer sluice wrote (a higher format version) is neither read
+/// nor written by this one: its message says so, and the output is untouched.
+#[test]
+fn a_manifest_from_a_newer_sluice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = format!("{}/o/", d.display());
+    let write = |mode: &str| {
+        sluice(
+            d,
+            &[
+                "sql",
+                "-e",
+                "SELECT 1 AS x",
+                "--out",
+                &out,
+                "--format",
+                "csv",
+                "--mode",
+                mode,
+            ],
+        )
+    };
+    write("append").expect(0);
+    let path = d.join("o/_MANIFEST");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let newer = text.replacen("\"version\": 1", "\"version\": 2", 1);
+    assert_ne!(newer, text);
+    std::fs::write(&path, &newer).unwrap();
+    let before = snapshot(&d.join("o"));
+    let run = write("append");
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("newer sluice"), "{}", run.stderr);
+    let read = sluice(
+        d,
+        &[
+            "sql",
+            "-e",
+            "SELECT * FROM t",
+            "--table",
+            &format!("t={out}"),
+        ],
+    );
+    assert_ne!(read.code, 0);
+    assert!(read.stderr.contains("newer sluice"), "{}", read.stderr);
+    assert_eq!(snapshot(&d.join("o")), before);
+}
