@@ -490,29 +490,17 @@ impl StateStore {
         pipeline: &str,
         fingerprint: &str,
     ) -> Result<Option<String>, StateError> {
-        self.with(|c| {
+        let Some(run_id) = self.last_unfinished_run(pipeline)? else {
+            return Ok(None);
+        };
+        let fp: String = self.with(|c| {
             c.query_row(
-                "SELECT run_id, status FROM runs WHERE pipeline = ?1 AND fingerprint != ''
-                 ORDER BY started_at DESC, run_id DESC LIMIT 1",
-                params![pipeline],
-                |r| Ok((r.get::<_, String>(0)?, status::<RunStatus>(r, 1)?)),
+                "SELECT fingerprint FROM runs WHERE run_id = ?1",
+                params![run_id],
+                |r| r.get(0),
             )
-            .optional()
-            .and_then(|last| {
-                let Some((run_id, status)) = last else {
-                    return Ok(None);
-                };
-                if !matches!(status, RunStatus::Interrupted | RunStatus::Failed) {
-                    return Ok(None);
-                }
-                let fp: String = c.query_row(
-                    "SELECT fingerprint FROM runs WHERE run_id = ?1",
-                    params![run_id],
-                    |r| r.get(0),
-                )?;
-                Ok((fp == fingerprint && !fp.is_empty()).then_some(run_id))
-            })
-        })
+        })?;
+        Ok((fp == fingerprint && !fp.is_empty()).then_some(run_id))
     }
 
     /// Moves the lock to another run id (the run being resumed).

@@ -288,7 +288,10 @@ impl Output {
     }
 
     /// The objects under `prefix`.
-    async fn objects_under(&self, prefix: &ObjectPath) -> Result<Vec<ObjectMeta>, CommitError> {
+    pub(super) async fn objects_under(
+        &self,
+        prefix: &ObjectPath,
+    ) -> Result<Vec<ObjectMeta>, CommitError> {
         self.store
             .list(Some(prefix))
             .try_collect()

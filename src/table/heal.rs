@@ -9,8 +9,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use futures::TryStreamExt;
-
 use super::commit::{CommitError, Output};
 use super::manifest::{MANIFEST, STAGING};
 use super::staging::LEASE;
@@ -212,12 +210,7 @@ impl Output {
         let mut runs: BTreeSet<String> = BTreeSet::new();
         for place in area.locations() {
             let prefix = place.path();
-            let metas: Vec<_> = self
-                .store()
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|e| self.err(&prefix, e))?;
+            let metas = self.objects_under(&prefix).await?;
             let base = prefix.parts().count();
             for m in &metas {
                 if let Some(run) = m.location.parts().nth(base) {
@@ -298,12 +291,7 @@ impl Output {
     /// Deletes `_staging/` inside the output, where builds before the staging area staged.
     async fn remove_legacy_staging(&self, me: Option<&str>) -> Result<(), CommitError> {
         let prefix = self.key(STAGING);
-        let metas: Vec<_> = self
-            .store()
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.err(&prefix, e))?;
+        let metas = self.objects_under(&prefix).await?;
         let base = prefix.parts().count();
         // Only run folders are sluice's: anything else there is left as it is.
         let stale: Vec<String> = metas
