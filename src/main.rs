@@ -96,8 +96,16 @@ async fn dispatch(command: &Command, cx: &Context<'_>) -> Result<i32, Error> {
     match command {
         Command::Run(args) => commands::run::execute(&options::run(args), cx).await,
         Command::Plan(args) => {
-            let opts = options::run_options(&args.pipeline, true, false);
+            let mut opts = options::run_options(&args.pipeline, true, false);
+            opts.as_of = args.clock.as_of;
             commands::plan::execute(&args.pipeline.path, &opts, cx).await
+        }
+        Command::Reconcile(args) => commands::run::execute(&options::reconcile(args), cx).await,
+        Command::Backfill(args) => commands::run::execute(&options::backfill(args)?, cx).await,
+        Command::Status(args) => {
+            let mut opts = options::run_options(&args.pipeline, true, false);
+            opts.as_of = args.clock.as_of;
+            commands::status::execute(&args.pipeline.path, &opts, args.json, cx).await
         }
         Command::Check(args) => {
             let opts = options::run_options(&args.pipeline, true, false);

@@ -75,6 +75,159 @@ pub struct ModelReport {
     /// Its checks' results (run on the staged output before the publish).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<crate::checks::CheckResult>,
+    /// An incremental model's periods and late rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late: Option<LateReport>,
+}
+
+/// Why a run computes a period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Never computed, and ended by the clock.
+    New,
+    /// Files holding rows of it arrived after it was computed.
+    Late,
+    /// Files it was computed from were rewritten.
+    Changed,
+    /// Files it was computed from were deleted.
+    Deleted,
+    /// An input without event time changed.
+    Dimension,
+    /// Within the last `lookback` periods.
+    Lookback,
+    /// Asked for by `sluice backfill`.
+    Backfill,
+    /// A first run, or `--full-refresh`.
+    FullRefresh,
+}
+
+/// Rows counted by lateness, over the input one run saw for the first time (late rows inside
+/// the window are counted when they are applied).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LateCounts {
+    /// Rows of periods computed for the first time.
+    pub rows_on_time: u64,
+    /// Rows that arrived after their period was computed, applied inside the late window.
+    pub rows_late_in_window: u64,
+    /// Rows that arrived after their period's late window closed: not applied.
+    pub rows_late_beyond_window: u64,
+    /// Rows of files deleted or rewritten since their period was computed, taken out inside
+    /// the late window (beyond it, the backlog lists them).
+    pub rows_deleted: u64,
+}
+
+impl LateCounts {
+    /// Late rows over all rows counted: 0 when none were.
+    pub fn rate(&self) -> f64 {
+        let late = self.rows_late_in_window + self.rows_late_beyond_window;
+        let total = self.rows_on_time + late;
+        if total == 0 {
+            0.0
+        } else {
+            late as f64 / total as f64
+        }
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &LateCounts) {
+        self.rows_on_time += other.rows_on_time;
+        self.rows_late_in_window += other.rows_late_in_window;
+        self.rows_late_beyond_window += other.rows_late_beyond_window;
+        self.rows_deleted += other.rows_deleted;
+    }
+}
+
+/// A computed period that late input touched after its window closed: it keeps what it
+/// was computed from until a backfill recomputes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Backlog {
+    /// The period.
+    pub period: String,
+    /// Rows of the files that arrived (or were rewritten) since it was computed.
+    pub rows_late: u64,
+    /// Rows of the files deleted or rewritten since.
+    pub rows_deleted: u64,
+    /// Those files, by path.
+    pub files: Vec<String>,
+}
+
+/// What an incremental model's run computed, and how late its input was (`late` in the
+/// report).
+#[derive(Debug, Clone, Serialize)]
+pub struct LateReport {
+    /// The run's clock.
+    pub as_of: String,
+    /// What the run was asked to do (`run`, `reconcile`, `backfill`...).
+    pub kind: String,
+    /// The model's late window, e.g. `48h`.
+    pub late_window: String,
+    /// Rows by lateness: on time and late inside the window as applied by this run, late
+    /// beyond the window as first seen by it.
+    #[serde(flatten)]
+    pub counts: LateCounts,
+    /// Late rows over all rows counted.
+    pub rate: f64,
+    /// The periods computed, each with why.
+    pub periods_processed: Vec<PeriodReason>,
+    /// Touched periods inside the window left for `sluice reconcile` (`--no-reconcile`).
+    pub periods_to_reconcile: Vec<String>,
+    /// Touched periods beyond the window: `sluice backfill` recomputes them.
+    pub periods_needing_backfill: Vec<Backlog>,
+    /// The command that backfills them all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill_command: Option<String>,
+    /// The counts per source.
+    pub by_source: BTreeMap<String, LateCounts>,
+    /// Whether an input without event time changed, so periods inside the window were redone.
+    pub dimensions_changed: bool,
+}
+
+impl LateReport {
+    /// One line for the run's summary: the periods computed, the late rows, and what needs
+    /// a backfill.
+    pub fn summary(&self) -> String {
+        let c = &self.counts;
+        let mut out = format!(
+            "periods: {} computed; rows: {} on time, {} late inside the window, {} beyond it \
+             (late rate {:.2}%)",
+            self.periods_processed.len(),
+            c.rows_on_time,
+            c.rows_late_in_window,
+            c.rows_late_beyond_window,
+            100.0 * self.rate
+        );
+        if !self.periods_to_reconcile.is_empty() {
+            out.push_str(&format!(
+                "; to reconcile: {}",
+                self.periods_to_reconcile.join(", ")
+            ));
+        }
+        if !self.periods_needing_backfill.is_empty() {
+            let periods: Vec<String> = self
+                .periods_needing_backfill
+                .iter()
+                .map(|b| format!("{} ({} rows)", b.period, b.rows_late + b.rows_deleted))
+                .collect();
+            out.push_str(&format!(
+                "; needs backfill: {}: {}",
+                periods.join(", "),
+                self.backfill_command
+                    .as_deref()
+                    .unwrap_or("sluice backfill")
+            ));
+        }
+        out
+    }
+}
+
+/// A period a run computed, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeriodReason {
+    /// The period.
+    pub period: String,
+    /// Why.
+    pub reason: Reason,
 }
 
 /// What happened to one work unit.
@@ -120,6 +273,7 @@ impl ModelReport {
             units: Vec::new(),
             joins: Vec::new(),
             checks: Vec::new(),
+            late: None,
             rows_in_by_source: BTreeMap::new(),
             rows_filtered: None,
             row_balance: None,
@@ -195,6 +349,9 @@ impl RunReport {
             };
             out.push_str(&line);
             out.push('\n');
+            if let Some(late) = &m.late {
+                out.push_str(&format!("  {:<width$}    {}\n", "", late.summary()));
+            }
             match &m.row_balance {
                 Some(b) if m.rows_rejected > 0 || m.rows_filtered > Some(0) => {
                     out.push_str(&format!("  {:<width$}    rows: {b}\n", ""));

@@ -301,6 +301,29 @@ impl StateStore {
             conn.execute_batch("ALTER TABLE units ADD COLUMN inputs TEXT NOT NULL DEFAULT ''")
                 .map_err(|e| err(&e))?;
         }
+        // Incremental models (additive: builds before them ignore these).
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS arrivals (
+                 source TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,
+                 modified TEXT NOT NULL, etag TEXT NOT NULL DEFAULT '',
+                 first_seen_at TEXT NOT NULL, first_seen_run TEXT NOT NULL,
+                 PRIMARY KEY (source, path, size, modified, etag));
+             CREATE TABLE IF NOT EXISTS late (
+                 run_id TEXT NOT NULL, model TEXT NOT NULL, source TEXT NOT NULL,
+                 rows_on_time INTEGER NOT NULL DEFAULT 0,
+                 rows_late_in_window INTEGER NOT NULL DEFAULT 0,
+                 rows_late_beyond_window INTEGER NOT NULL DEFAULT 0,
+                 rows_deleted INTEGER NOT NULL DEFAULT 0,
+                 PRIMARY KEY (run_id, model, source));",
+        )
+        .map_err(|e| err(&e))?;
+        if conn.prepare("SELECT as_of FROM runs LIMIT 0").is_err() {
+            conn.execute_batch(
+                "ALTER TABLE runs ADD COLUMN as_of TEXT;
+                 ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'run';",
+            )
+            .map_err(|e| err(&e))?;
+        }
         let version: Option<i64> = conn
             .query_row(
                 "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -742,6 +765,153 @@ impl StateStore {
         })
     }
 
+    /// Records the clock of a run (`--as-of`, or when it started) and what it was asked to
+    /// do (`run`, `reconcile`, `backfill`...): a resumed run keeps its clock.
+    pub fn set_clock(&self, run_id: &str, as_of: &str, kind: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET as_of = ?2, kind = ?3 WHERE run_id = ?1",
+                params![run_id, as_of, kind],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The clock a run recorded, if any.
+    pub fn clock(&self, run_id: &str) -> Result<Option<String>, StateError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT as_of FROM runs WHERE run_id = ?1",
+                params![run_id],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+        })
+    }
+
+    /// The file versions of `source` that a run other than `run_id` saw first (every one
+    /// when `run_id` is empty).
+    pub fn seen_before(
+        &self,
+        source: &str,
+        run_id: &str,
+    ) -> Result<std::collections::HashSet<FileSeen>, StateError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT path, size, modified, etag FROM arrivals
+                 WHERE source = ?1 AND first_seen_run <> ?2",
+            )?;
+            let rows = stmt.query_map(params![source, run_id], |r| {
+                Ok(FileSeen {
+                    source: source.to_string(),
+                    path: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                    modified: r.get(2)?,
+                    etag: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Whether `model` succeeded in an earlier attempt of `run_id` (a resumed run).
+    pub fn model_succeeded(&self, run_id: &str, model: &str) -> Result<bool, StateError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM models WHERE run_id = ?1 AND model = ?2 AND status = 'success'",
+                params![run_id, model],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+        })
+    }
+
+    /// Records that `run_id` saw these file versions (those seen before keep their first
+    /// sighting).
+    pub fn record_arrivals(&self, run_id: &str, files: &[FileSeen]) -> Result<(), StateError> {
+        let now = crate::config::timestamp_now();
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            {
+                let mut stmt = tx.prepare(
+                    "INSERT OR IGNORE INTO arrivals
+                         (source, path, size, modified, etag, first_seen_at, first_seen_run)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?;
+                for f in files {
+                    stmt.execute(params![
+                        f.source,
+                        f.path,
+                        f.size as i64,
+                        f.modified,
+                        f.etag,
+                        now,
+                        run_id
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// Records the late-arrival counts of one incremental model in one run, per source.
+    pub fn record_late(
+        &self,
+        run_id: &str,
+        model: &str,
+        by_source: &std::collections::BTreeMap<String, crate::report::LateCounts>,
+    ) -> Result<(), StateError> {
+        self.with(|c| {
+            for (source, n) in by_source {
+                c.execute(
+                    "INSERT OR REPLACE INTO late (run_id, model, source, rows_on_time,
+                         rows_late_in_window, rows_late_beyond_window, rows_deleted)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        run_id,
+                        model,
+                        source,
+                        n.rows_on_time as i64,
+                        n.rows_late_in_window as i64,
+                        n.rows_late_beyond_window as i64,
+                        n.rows_deleted as i64
+                    ],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The late-arrival counts of `model` in its last `limit` runs that recorded any, newest
+    /// first: (run, as of, counts over its sources).
+    pub fn late_history(&self, model: &str, limit: usize) -> Result<Vec<LateRow>, StateError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT l.run_id, COALESCE(r.as_of, r.started_at), COALESCE(r.kind, 'run'),
+                        SUM(l.rows_on_time), SUM(l.rows_late_in_window),
+                        SUM(l.rows_late_beyond_window), SUM(l.rows_deleted)
+                 FROM late l LEFT JOIN runs r ON r.run_id = l.run_id
+                 WHERE l.model = ?1 GROUP BY l.run_id
+                 ORDER BY r.started_at DESC, l.run_id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![model, limit as i64], |r| {
+                Ok(LateRow {
+                    run_id: r.get(0)?,
+                    as_of: r.get(1)?,
+                    kind: r.get(2)?,
+                    counts: crate::report::LateCounts {
+                        rows_on_time: r.get::<_, i64>(3)? as u64,
+                        rows_late_in_window: r.get::<_, i64>(4)? as u64,
+                        rows_late_beyond_window: r.get::<_, i64>(5)? as u64,
+                        rows_deleted: r.get::<_, i64>(6)? as u64,
+                    },
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
     /// The most recent runs, newest first.
     pub fn runs(&self, limit: usize) -> Result<Vec<RunRow>, StateError> {
         self.with(|c| {
@@ -771,6 +941,35 @@ impl StateStore {
             rows.collect()
         })
     }
+}
+
+/// One version of an input file, as the state store remembers it was seen.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileSeen {
+    /// The source.
+    pub source: String,
+    /// The object path.
+    pub path: String,
+    /// Its size.
+    pub size: u64,
+    /// Its modification time (RFC 3339).
+    pub modified: String,
+    /// Its entity tag (`""` when the store gives none).
+    pub etag: String,
+}
+
+/// One run's late-arrival counts of a model, from the state store.
+#[derive(Debug, Clone, Serialize)]
+pub struct LateRow {
+    /// The run.
+    pub run_id: String,
+    /// Its clock.
+    pub as_of: String,
+    /// What it was asked to do.
+    pub kind: String,
+    /// Its counts over the model's sources.
+    #[serde(flatten)]
+    pub counts: crate::report::LateCounts,
 }
 
 /// Column `i` of a row read as a status enum; an unknown status is an error, not a guess.

@@ -12,7 +12,7 @@ use crate::config::{BatchSize, Pipeline};
 
 /// One work unit of a model.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unit {
+pub(crate) struct Unit {
     /// Position in the model's units (also its staging folder and file-name prefix).
     pub index: usize,
     /// The unit's name: its period (`1992-01`, `1992-01-31`, `1992-01-31T05`, `1992`), its
@@ -30,7 +30,7 @@ impl Unit {
     /// position: 16 hex digits, stable across builds and processes. A unit's staging folder
     /// and file names carry it, so a resumed run whose plan shifted (a late file, an earlier
     /// row) never writes where a kept unit's files are.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         if self.kind == UnitKind::Whole {
             return WHOLE_KEY.to_string();
         }
@@ -48,7 +48,7 @@ pub(crate) fn stable_hash(text: &str) -> u64 {
 
 /// What of a model's input one unit reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UnitKind {
+pub(crate) enum UnitKind {
     /// All of it: the single unit of an unbatched model.
     Whole,
     /// The rows whose event time is in `[start, end)`.

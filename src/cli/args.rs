@@ -36,6 +36,15 @@ pub enum Command {
     Sql(SqlArgs),
     /// Run history from the state store: id, start, end, status, rows in / out / rejected.
     Runs(RunsArgs),
+    /// Recompute only the periods of incremental models that late input touched inside
+    /// their late window.
+    Reconcile(ReconcileArgs),
+    /// Recompute exactly the periods of incremental models in [--from, --to), whatever
+    /// their late window.
+    Backfill(BackfillArgs),
+    /// Incremental models: periods computed, due, to reconcile, needing a backfill, and the
+    /// late-arrival history. Writes nothing.
+    Status(StatusArgs),
     /// Generate sample data.
     #[command(subcommand)]
     Gen(GenCommand),
@@ -60,11 +69,18 @@ pub struct PipelineArgs {
     pub engine: EngineArgs,
 }
 
-/// `sluice run`.
+/// The clock of incremental models.
 #[derive(Debug, Args)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub pipeline: PipelineArgs,
+pub struct ClockArgs {
+    /// The run's "now" for incremental models: an RFC 3339 timestamp or a date (UTC);
+    /// default: now (a resumed run keeps the clock it started with).
+    #[arg(long, value_name = "TIME", value_parser = as_of)]
+    pub as_of: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Flags of every command that runs a pipeline (`run`, `reconcile`, `backfill`).
+#[derive(Debug, Args)]
+pub struct RunFlags {
     /// Write the JSON run report to this file.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -74,10 +90,64 @@ pub struct RunArgs {
     /// Do not resume an unfinished run of the same work: start afresh.
     #[arg(long)]
     pub restart: bool,
+    #[command(flatten)]
+    pub clock: ClockArgs,
+}
+
+/// `sluice run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub flags: RunFlags,
     /// Apply an append even if the output already holds it (the same model, SQL and input
     /// files appended before).
     #[arg(long)]
     pub force_append: bool,
+    /// Incremental models compute new periods only; late input inside the window is left
+    /// for `sluice reconcile`.
+    #[arg(long, conflicts_with = "full_refresh")]
+    pub no_reconcile: bool,
+    /// Incremental models compute every period again, as a first run.
+    #[arg(long)]
+    pub full_refresh: bool,
+}
+
+/// `sluice reconcile`.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub flags: RunFlags,
+}
+
+/// `sluice backfill`.
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub flags: RunFlags,
+    /// The first period to recompute (a date or date-time, UTC).
+    #[arg(long, value_name = "TIME", value_parser = date_time)]
+    pub from: chrono::NaiveDateTime,
+    /// The end of the range, exclusive (a date or date-time, UTC).
+    #[arg(long, value_name = "TIME", value_parser = date_time)]
+    pub to: chrono::NaiveDateTime,
+}
+
+/// `sluice status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub clock: ClockArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `sluice plan`.
@@ -85,6 +155,8 @@ pub struct RunArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub clock: ClockArgs,
 }
 
 /// `sluice check`.
@@ -261,6 +333,20 @@ fn key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
+/// `--as-of`: an RFC 3339 timestamp (any offset), or a date or date-time read as UTC.
+fn as_of(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    sluice::config::parse_timestamp(s)
+        .or_else(|| sluice::config::parse_datetime(s).map(|t| t.and_utc()))
+        .ok_or_else(|| format!("{s:?} is not a time (examples: 2024-01-13, 2024-01-13T06:00:00Z)"))
+}
+
+/// `--from` / `--to`: a date or date-time (UTC).
+fn date_time(s: &str) -> Result<chrono::NaiveDateTime, String> {
+    sluice::config::parse_datetime(s)
+        .or_else(|| sluice::config::parse_timestamp(s).map(|t| t.naive_utc()))
+        .ok_or_else(|| format!("{s:?} is not a date (examples: 2024-01-02, 2024-01-02T06:00:00)"))
+}
+
 fn name_location(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -313,7 +399,7 @@ mod tests {
             &[
                 &["run"][..],
                 &pipeline,
-                &["--report", "r.json", "--dry-run"],
+                &["--report", "r.json", "--dry-run", "--no-reconcile"],
             ]
             .concat(),
         )
@@ -327,7 +413,44 @@ mod tests {
         );
         assert_eq!(run.pipeline.engine.memory_limit, Some(64 << 20));
         assert_eq!(run.pipeline.engine.join_strategy, Some(JoinStrategy::Grace));
-        parse(&[&["plan"][..], &pipeline].concat()).unwrap();
+        parse(&[&["plan"][..], &pipeline, &["--as-of", "2024-01-13"]].concat()).unwrap();
+        let run = parse(&[
+            "run",
+            "p",
+            "--as-of",
+            "2024-01-13T06:00:00+02:00",
+            "--full-refresh",
+        ])
+        .unwrap();
+        let Command::Run(run) = run.command else {
+            panic!()
+        };
+        assert!(run.full_refresh);
+        assert_eq!(
+            run.flags.clock.as_of.map(|t| t.to_rfc3339()),
+            Some("2024-01-13T04:00:00+00:00".to_string())
+        );
+        parse(&[
+            "reconcile",
+            "p",
+            "--as-of",
+            "2024-01-13",
+            "--report",
+            "r.json",
+        ])
+        .unwrap();
+        parse(&[
+            "backfill",
+            "p",
+            "--from",
+            "2024-01-02",
+            "--to",
+            "2024-01-03",
+            "--select",
+            "m+",
+        ])
+        .unwrap();
+        parse(&["status", "p", "--as-of", "2024-01-13", "--json"]).unwrap();
         parse(&[&["check"][..], &pipeline, &["--json"]].concat()).unwrap();
         parse(&["runs", "p", "--limit", "3", "--json"]).unwrap();
         let sql = parse(
@@ -389,6 +512,16 @@ mod tests {
                 "unknown join strategy \"fast\"",
             ),
             (&["plan", "--var", "novalue"], "expected KEY=VALUE"),
+            (&["run", "--as-of", "tomorrow"], "is not a time"),
+            (
+                &["run", "--no-reconcile", "--full-refresh"],
+                "cannot be used with",
+            ),
+            (&["backfill", "--from", "2024-01-02"], "--to"),
+            (
+                &["backfill", "--from", "x", "--to", "2024-01-03"],
+                "is not a date",
+            ),
             (&["sql", "-e", "x", "--format", "xml"], "unknown format"),
             (&["sql", "-e", "x", "--mode", "merge"], "unknown mode"),
             (

@@ -12,8 +12,11 @@ use sluice::error::Error;
 use sluice::run::RunOptions;
 use sluice::store::Location;
 
+use sluice::run::incremental::RunKind;
+
 use super::args::{
-    BenchTpchArgs, EngineArgs, GenTpchArgs, PipelineArgs, RunArgs, RunsArgs, SqlArgs,
+    BackfillArgs, BenchTpchArgs, EngineArgs, GenTpchArgs, PipelineArgs, ReconcileArgs, RunArgs,
+    RunFlags, RunsArgs, SqlArgs,
 };
 
 /// The engine options of the flags (`buckets` and the spill folder come from a pipeline only).
@@ -46,17 +49,54 @@ pub fn run_options(args: &PipelineArgs, dry_run: bool, restart: bool) -> RunOpti
         restart,
         interrupt: Default::default(),
         force_append: false,
+        as_of: None,
+        kind: RunKind::Run,
     }
 }
 
 /// `sluice run`.
 pub fn run(args: &RunArgs) -> commands::run::Options {
-    let mut run = run_options(&args.pipeline, args.dry_run, args.restart);
-    run.force_append = args.force_append;
+    let kind = if args.full_refresh {
+        RunKind::FullRefresh
+    } else if args.no_reconcile {
+        RunKind::NoReconcile
+    } else {
+        RunKind::Run
+    };
+    let mut opts = running(&args.pipeline, &args.flags, kind);
+    opts.run.force_append = args.force_append;
+    opts
+}
+
+/// `sluice reconcile`.
+pub fn reconcile(args: &ReconcileArgs) -> commands::run::Options {
+    running(&args.pipeline, &args.flags, RunKind::Reconcile)
+}
+
+/// `sluice backfill`: `--from` before `--to`.
+pub fn backfill(args: &BackfillArgs) -> Result<commands::run::Options, Error> {
+    if args.from >= args.to {
+        return Err(usage(
+            "--to",
+            format!("{} is not after --from {}", args.to, args.from),
+        ));
+    }
+    let kind = RunKind::Backfill {
+        from: args.from,
+        to: args.to,
+    };
+    Ok(running(&args.pipeline, &args.flags, kind))
+}
+
+/// A command that runs the pipeline (`run`, `reconcile`, `backfill`).
+fn running(args: &PipelineArgs, flags: &RunFlags, kind: RunKind) -> commands::run::Options {
+    let mut run = run_options(args, flags.dry_run, flags.restart);
+    run.as_of = flags.clock.as_of;
+    run.kind = kind;
     commands::run::Options {
-        path: args.pipeline.path.clone(),
+        path: args.path.clone(),
         run,
-        report: args.report.clone(),
+        report: flags.report.clone(),
     }
 }
 

@@ -4,7 +4,6 @@ use std::path::Path;
 
 use super::Context;
 use crate::checks::CheckResult;
-use crate::config::Materialized;
 use crate::error::{EXIT_FAILED, EXIT_OK, Error};
 use crate::run::{Prepared, RunOptions, register_output};
 
@@ -41,7 +40,7 @@ async fn check(prepared: &Prepared) -> Result<Vec<(String, Vec<CheckResult>)>, E
     let mut out = Vec::new();
     for name in &prepared.selected {
         let model = &prepared.pipeline.models[name];
-        if model.checks.is_empty() || model.materialized != Materialized::Table {
+        if model.checks.is_empty() || !model.materialized.is_written() {
             continue;
         }
         register_output(&prepared.engine, model, prepared.schemas.get(name)).await?;

@@ -8,6 +8,7 @@ pub mod plan;
 pub mod run;
 pub mod runs;
 pub mod sql;
+pub mod status;
 pub mod tpch;
 
 use std::path::{Path, PathBuf};

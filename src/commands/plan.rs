@@ -6,6 +6,7 @@ use std::path::Path;
 use super::Context;
 use crate::config::{Materialized, ModelConfig, Pipeline};
 use crate::error::{EXIT_OK, Error};
+use crate::run::incremental::Clock;
 use crate::run::unit::plan_units;
 use crate::run::{Prepared, RunOptions};
 use crate::units::{self, UnitKind};
@@ -17,16 +18,28 @@ pub async fn execute(path: &Path, opts: &RunOptions, cx: &Context<'_>) -> Result
     let prepared = crate::run::prepare(pipeline, opts, cx.env.clone()).await?;
     let ended = crate::run::heal::ended_runs(&prepared.pipeline);
     crate::run::heal::heal_outputs(&prepared, None, &ended).await;
-    print!("{}", describe_plan(&prepared).await);
+    print!(
+        "{}",
+        describe_plan(&prepared, &crate::run::clock_of(opts)).await
+    );
     Ok(EXIT_OK)
 }
 
 /// The work units `sluice plan` shows for a model: each unit's rows counted from the inputs'
 /// event-time column (a read of that one column; the model itself does not run), and the
 /// warnings of the sizing rule of thumb.
-async fn describe_units(prepared: &Prepared, model: &ModelConfig) -> String {
+async fn describe_units(prepared: &Prepared, model: &ModelConfig, clock: &Clock) -> String {
     if let Some(per_unit) = model.files_per_unit {
-        return match plan_units(&prepared.engine, &prepared.pipeline, &prepared.dag, model).await {
+        return match plan_units(
+            &prepared.engine,
+            &prepared.pipeline,
+            &prepared.dag,
+            model,
+            clock,
+            &|_| false,
+        )
+        .await
+        {
             Err(e) => format!("       units:  cannot plan: {e}\n"),
             Ok(plan) => {
                 let units = plan.units;
@@ -62,11 +75,24 @@ async fn describe_units(prepared: &Prepared, model: &ModelConfig) -> String {
     let Some(batches) = &model.batches else {
         return "       units:  1 (the whole model)\n".into();
     };
-    let (units, events) =
-        match plan_units(&prepared.engine, &prepared.pipeline, &prepared.dag, model).await {
-            Ok(plan) => (plan.units, plan.events.unwrap_or_default()),
-            Err(e) => return format!("       units:  cannot plan: {e}\n"),
-        };
+    let (units, events) = match plan_units(
+        &prepared.engine,
+        &prepared.pipeline,
+        &prepared.dag,
+        model,
+        clock,
+        &|_| false,
+    )
+    .await
+    {
+        Ok(plan) => {
+            if let Some(work) = &plan.incremental {
+                return describe_incremental(prepared, model, clock, &plan, work);
+            }
+            (plan.units, plan.events.unwrap_or_default())
+        }
+        Err(e) => return format!("       units:  cannot plan: {e}\n"),
+    };
     let rows: Vec<u64> = units
         .iter()
         .map(|u| match u.kind {
@@ -94,8 +120,70 @@ async fn describe_units(prepared: &Prepared, model: &ModelConfig) -> String {
     out
 }
 
+/// The periods an incremental model's run would compute, and why; its late rows, the
+/// periods left for `sluice reconcile`, and those needing a backfill, with the command.
+fn describe_incremental(
+    prepared: &Prepared,
+    model: &ModelConfig,
+    clock: &Clock,
+    plan: &crate::run::unit::UnitPlan,
+    work: &crate::run::unit::IncrementalWork,
+) -> String {
+    let Some(batches) = &model.batches else {
+        return String::new();
+    };
+    let window = batches
+        .incremental
+        .as_ref()
+        .map(|i| crate::config::format_duration(i.late_window))
+        .unwrap_or_default();
+    let events = plan.events.as_ref();
+    let mut out = format!(
+        "       units:  {} (incremental by {}, as of {}, late window {window}{})\n",
+        plan.units.len(),
+        batches.size.name(),
+        clock.as_of.and_utc().to_rfc3339(),
+        if work.plan.full { ", every period" } else { "" }
+    );
+    for (u, (p, reason)) in plan.units.iter().zip(&work.plan.todo).take(24) {
+        let rows = events.map_or(0, |e| e.rows_of_period(*p));
+        let reason = serde_json::to_value(reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "         {:<16} {reason:<12} {rows:>12} rows\n",
+            u.name
+        ));
+    }
+    if plan.units.len() > 24 {
+        out.push_str(&format!("         ... {} more\n", plan.units.len() - 24));
+    }
+    let c = &work.plan.counts;
+    out.push_str(&format!(
+        "       late:   {} on time, {} late inside the window, {} beyond it, {} deleted\n",
+        c.rows_on_time, c.rows_late_in_window, c.rows_late_beyond_window, c.rows_deleted
+    ));
+    if !work.plan.to_reconcile.is_empty() {
+        out.push_str(&format!(
+            "       to reconcile: {}\n",
+            work.plan.to_reconcile.join(", ")
+        ));
+    }
+    for b in &work.plan.backlog {
+        out.push_str(&format!(
+            "       needs backfill: {} ({} late rows, {} deleted): {}\n",
+            b.period,
+            b.rows_late,
+            b.rows_deleted,
+            crate::run::incremental::backfill_command(&prepared.pipeline, batches.size, &b.period)
+        ));
+    }
+    out
+}
+
 /// The text of `sluice plan`: sources, then models in run order with inputs and sinks.
-pub async fn describe_plan(prepared: &Prepared) -> String {
+pub async fn describe_plan(prepared: &Prepared, clock: &Clock) -> String {
     let p = &prepared.pipeline;
     let mut out = format!(
         "pipeline {} ({} models, {} sources)\n\nsources:\n",
@@ -128,13 +216,13 @@ pub async fn describe_plan(prepared: &Prepared) -> String {
             .chain(
                 node.upstream_models
                     .iter()
-                    .map(|m| format!("{m} ({})", materialized_name(p.models[m].materialized))),
+                    .map(|m| format!("{m} ({})", Materialized::name(p.models[m].materialized))),
             )
             .collect();
         out.push_str(&format!(
             "  {}. {name}  [{}]\n",
             i + 1,
-            materialized_name(model.materialized)
+            Materialized::name(model.materialized)
         ));
         out.push_str(&format!(
             "       sql:    {}\n",
@@ -148,7 +236,7 @@ pub async fn describe_plan(prepared: &Prepared) -> String {
                 inputs.join(", ")
             }
         ));
-        if model.materialized == Materialized::Table {
+        if model.materialized.is_written() {
             let sink = &model.sink;
             let part = if sink.partition_by.is_empty() {
                 String::new()
@@ -167,7 +255,7 @@ pub async fn describe_plan(prepared: &Prepared) -> String {
                     crate::run::prepare::column_list(schema)
                 ));
             }
-            out.push_str(&describe_units(prepared, model).await);
+            out.push_str(&describe_units(prepared, model, clock).await);
             out.push_str(&describe_joins(prepared, name).await);
         } else {
             out.push_str("       inlined into the models that read it\n");
@@ -197,13 +285,6 @@ async fn describe_joins(prepared: &Prepared, name: &str) -> String {
         ));
     }
     out
-}
-
-fn materialized_name(m: Materialized) -> &'static str {
-    match m {
-        Materialized::Table => "table",
-        Materialized::View => "view",
-    }
 }
 
 /// A location as the user wrote it: relative to the pipeline folder when inside it.

@@ -72,7 +72,10 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
         }
     };
     if opts.run.dry_run && !cx.quiet {
-        print!("{}", super::plan::describe_plan(&prepared).await);
+        print!(
+            "{}",
+            super::plan::describe_plan(&prepared, &run::clock_of(&opts.run)).await
+        );
     }
     let report = match run::run(prepared, &opts.run, cx.progress).await {
         Ok(report) => report,
@@ -106,6 +109,9 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
             crate::run::Interrupt::describe(signal)
         );
         return Ok(128 + signal);
+    }
+    if let Some(error) = &report.error {
+        eprintln!("error: {error}");
     }
     for m in report
         .models

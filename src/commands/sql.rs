@@ -243,6 +243,7 @@ pub async fn run_sql(
                 &run_id,
                 staged.columns,
                 staged.files,
+                None,
             )
             .await?;
             Ok(SqlSummary {

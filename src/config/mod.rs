@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use values::folder_identity;
 pub use values::{
-    EnvLookup, S3_COPY_LIMIT, S3_MAX_TARGET_FILE_SIZE, interpolate_env, is_hidden, line_col,
-    max_copy_bytes, parse_datetime, parse_duration, parse_size, parse_timestamp,
+    EnvLookup, S3_COPY_LIMIT, S3_MAX_TARGET_FILE_SIZE, format_duration, interpolate_env, is_hidden,
+    line_col, max_copy_bytes, parse_datetime, parse_duration, parse_size, parse_timestamp,
     refuse_target_file_size, resolve_location, split_compression, timestamp_now, too_large_to_copy,
 };
 
@@ -92,6 +92,25 @@ pub enum Materialized {
     Table,
     /// Not written: inlined into the queries of the models that use it.
     View,
+    /// Written by periods of event time: a run computes only the periods that are new or
+    /// that late input touched inside the late window (`[models.NAME.batches]`).
+    Incremental,
+}
+
+impl Materialized {
+    /// Whether the model is written to a sink (a table or an incremental model).
+    pub fn is_written(self) -> bool {
+        self != Materialized::View
+    }
+
+    /// The name as written in `sluice.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Materialized::Table => "table",
+            Materialized::View => "view",
+            Materialized::Incremental => "incremental",
+        }
+    }
 }
 
 /// A file format for sources and sinks.
@@ -590,6 +609,32 @@ pub struct BatchConfig {
     pub start: Option<chrono::NaiveDateTime>,
     /// End (exclusive); default: just past the latest event time.
     pub end: Option<chrono::NaiveDateTime>,
+    /// For an incremental model: its late window and what to do beyond it.
+    pub incremental: Option<IncrementalConfig>,
+}
+
+/// The settings of an incremental model, in `[models.NAME.batches]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncrementalConfig {
+    /// `late_window`: late input for a period is applied automatically until the period's
+    /// end plus this (inclusive); default 0.
+    pub late_window: chrono::Duration,
+    /// `lookback`: the last N computed periods are computed again on every run; default 0.
+    pub lookback: u32,
+    /// `on_late_beyond_window`: what a run that finds rows later than the window does.
+    pub on_late_beyond_window: OnLate,
+}
+
+/// `on_late_beyond_window`: what a run that finds rows later than the late window does
+/// (they are never applied without a backfill).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLate {
+    /// Report them; the run succeeds.
+    #[default]
+    Warn,
+    /// Report them; the run exits 1 once everything else is published.
+    Fail,
 }
 
 /// Timeout, retries and concurrency of a model's work units (`[settings]`, overridden per
@@ -636,6 +681,18 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// An error in the setting `key` of this pipeline's `sluice.toml`, found after loading
+    /// (where the SQL is needed to tell): with the file and the setting's line.
+    pub fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        ConfigError::Invalid {
+            path: self.file.clone(),
+            line: values::key_line(&text, key),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
     /// Loads a pipeline from a folder holding `sluice.toml`, or from the file itself.
     pub fn load(path: &Path, env: EnvLookup<'_>) -> Result<Pipeline, ConfigError> {
         let file = if path.is_dir() {

@@ -111,6 +111,17 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     Some(total)
 }
 
+/// A duration as [`parse_duration`] reads it back, in hours when whole: `48h`, `90m`.
+pub fn format_duration(d: chrono::Duration) -> String {
+    let s = d.num_seconds();
+    match s {
+        0 => "0h".to_string(),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// Parses `2024-01-01` or `2024-01-01T06:00:00` (or with a space).
 pub fn parse_datetime(s: &str) -> Option<chrono::NaiveDateTime> {
     let s = s.trim();

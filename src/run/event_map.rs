@@ -1,8 +1,8 @@
 //! Where a time-batched model's input rows fall in time, read once when its units are
-//! planned: the rows of each period per event-time source (the units, and each unit's true
-//! rows in), and, for sources whose files hold no statistics to prune by (CSV, JSON), the
-//! periods each file holds rows of, so a unit reads only the files of its period instead of
-//! every file.
+//! planned, file by file: the rows of each period per event-time source (the units, and each
+//! unit's true rows in), and the periods each file holds rows of, so a unit reads only the
+//! files of its period instead of every file, and an incremental model knows which periods
+//! a new or changed file touches.
 //!
 //! A row whose event time is NULL or not a timestamp would be in no unit: that is an error
 //! naming the source, the count and an example, never a silent loss (a quarantined source
@@ -16,18 +16,21 @@ use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use object_store::ObjectMeta;
 
-use crate::config::{BatchSize, Format, Pipeline};
+use crate::config::{BatchSize, Pipeline};
 use crate::engine::Engine;
 use crate::quarantine::{QuarantineTable, SourceRejects};
 use crate::store::StoreRegistry;
+
+/// Rows per period, by the period's first instant.
+pub type PeriodRows = BTreeMap<NaiveDateTime, u64>;
 
 /// Where the rows of a model's event-time sources fall in time.
 #[derive(Debug, Default)]
 pub struct EventMap {
     /// Rows per period (by its first instant), per source.
     pub rows: BTreeMap<String, BTreeMap<NaiveDateTime, u64>>,
-    /// Per source read file by file: each file, with the periods it holds rows of.
-    pub files: BTreeMap<String, Vec<(ObjectMeta, BTreeSet<NaiveDateTime>)>>,
+    /// Per source: each file, with its rows per period.
+    pub files: BTreeMap<String, Vec<(ObjectMeta, PeriodRows)>>,
     /// What reading the quarantined sources set aside: every file of theirs was read here.
     pub rejects: Vec<(String, SourceRejects)>,
 }
@@ -52,53 +55,42 @@ impl EventMap {
         let (main, stores) = (engine.ctx(), engine.stores());
         let mut map = EventMap::default();
         for (table, column) in sources {
-            let by_file = pipeline
-                .sources
-                .get(table)
-                .is_some_and(|s| matches!(s.format, Format::Csv | Format::Json));
             let mut found = Found::default();
-            if by_file {
-                let files = source_files(main, stores, pipeline, table).await?;
-                let parallel = main.copied_config().target_partitions().max(1);
-                let reads: Vec<_> = futures::stream::iter(files)
-                    .map(|file| async move {
-                        let share = super::unit_context::FileShare::new(
-                            main,
-                            stores,
-                            pipeline,
-                            table,
-                            std::slice::from_ref(&file),
-                        )
-                        .await
-                        .map_err(|e| e.to_string())?;
-                        let got = match periods(&share.ctx, table, column, size).await {
-                            Ok(got) => got,
-                            Err(e) => return Err(explain(engine, pipeline, table, column, e).await),
-                        };
-                        Ok::<_, String>((file, got, share.rejects(table).await))
-                    })
-                    .buffer_unordered(parallel)
-                    .collect()
-                    .await;
-                let mut files = Vec::new();
-                let mut rejects = SourceRejects::default();
-                for read in reads {
-                    let (file, got, quarantined) = read?;
-                    files.push((file, got.rows.keys().copied().collect()));
-                    found.merge(got);
-                    if let Some(q) = quarantined {
-                        rejects.merge(q);
-                    }
+            let files = source_files(main, stores, pipeline, table).await?;
+            let parallel = main.copied_config().target_partitions().max(1);
+            let reads: Vec<_> = futures::stream::iter(files)
+                .map(|file| async move {
+                    let share = super::unit_context::FileShare::new(
+                        main,
+                        stores,
+                        pipeline,
+                        table,
+                        std::slice::from_ref(&file),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    let got = match periods(&share.ctx, table, column, size).await {
+                        Ok(got) => got,
+                        Err(e) => return Err(explain(engine, pipeline, table, column, e).await),
+                    };
+                    Ok::<_, String>((file, got, share.rejects(table).await))
+                })
+                .buffer_unordered(parallel)
+                .collect()
+                .await;
+            let mut files = Vec::new();
+            let mut rejects = SourceRejects::default();
+            for read in reads {
+                let (file, got, quarantined) = read?;
+                files.push((file, got.rows.clone()));
+                found.merge(got);
+                if let Some(q) = quarantined {
+                    rejects.merge(q);
                 }
-                files.sort_by(|a: &(ObjectMeta, _), b| a.0.location.cmp(&b.0.location));
-                map.files.insert(table.clone(), files);
-                map.rejects.push((table.clone(), rejects));
-            } else {
-                found = match periods(main, table, column, size).await {
-                    Ok(got) => got,
-                    Err(e) => return Err(explain(engine, pipeline, table, column, e).await),
-                };
             }
+            files.sort_by(|a: &(ObjectMeta, _), b| a.0.location.cmp(&b.0.location));
+            map.files.insert(table.clone(), files);
+            map.rejects.push((table.clone(), rejects));
             if found.untimed > 0 {
                 let example = match found.example {
                     Some(s) => format!("not a timestamp, e.g. {s:?}"),
@@ -137,18 +129,46 @@ impl EventMap {
         self.rows.keys().map(|s| self.rows_in(s, start)).sum()
     }
 
-    /// The files of `source` holding rows of the period starting at `start`; `None` when
-    /// the source is not read file by file (every unit reads all of it, pruned by its
-    /// filter).
+    /// The files of `source` holding rows of the period starting at `start`; `None` for a
+    /// source not in the map.
     pub fn files_of(&self, source: &str, start: NaiveDateTime) -> Option<Vec<ObjectMeta>> {
         let files = self.files.get(source)?;
         Some(
             files
                 .iter()
-                .filter(|(_, periods)| periods.contains(&start))
+                .filter(|(_, periods)| periods.contains_key(&start))
                 .map(|(f, _)| f.clone())
                 .collect(),
         )
+    }
+
+    /// Every file version of every source, with its rows, per period: what an incremental
+    /// model compares with what its output was computed from.
+    pub(crate) fn applied_files(
+        &self,
+    ) -> BTreeMap<NaiveDateTime, Vec<crate::table::manifest::AppliedFile>> {
+        let mut out: BTreeMap<NaiveDateTime, Vec<_>> = BTreeMap::new();
+        for (source, files) in &self.files {
+            for (meta, periods) in files {
+                let (path, size, modified, etag) = crate::engine::file_version(meta);
+                for (p, rows) in periods {
+                    out.entry(*p)
+                        .or_default()
+                        .push(crate::table::manifest::AppliedFile {
+                            source: source.clone(),
+                            path: path.clone(),
+                            size,
+                            modified: modified.clone(),
+                            etag: etag.clone(),
+                            rows: *rows,
+                        });
+                }
+            }
+        }
+        for files in out.values_mut() {
+            files.sort();
+        }
+        out
     }
 }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::Prepared;
-use crate::config::{Materialized, Pipeline};
+use crate::config::Pipeline;
 use crate::state::StateStore;
 use crate::store::Location;
 use crate::table::{Ended, Output};
@@ -38,7 +38,7 @@ pub(crate) fn ended_runs(pipeline: &Pipeline) -> Ended {
 /// warning: the write that comes next heals its own output again, and fails if it must.
 pub(crate) async fn heal_outputs(prepared: &Prepared, me: Option<&str>, ended: &Ended) {
     for model in prepared.pipeline.models.values() {
-        if model.materialized != Materialized::Table {
+        if !model.materialized.is_written() {
             continue;
         }
         let Ok(location) = Location::parse(&model.sink.location).map(|l| l.as_folder()) else {

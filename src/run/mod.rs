@@ -15,6 +15,7 @@
 
 pub mod event_map;
 pub mod heal;
+pub mod incremental;
 mod model;
 pub mod prepare;
 mod resume;
@@ -57,6 +58,12 @@ pub struct RunOptions {
     pub interrupt: Arc<Interrupt>,
     /// `--force-append`: apply an append even if the output already holds it.
     pub force_append: bool,
+    /// `--as-of`: the run's clock for incremental models (default: now, or the clock of
+    /// the run it resumes).
+    pub as_of: Option<chrono::DateTime<chrono::Utc>>,
+    /// What incremental models compute: `run` (new and late periods), `--no-reconcile`,
+    /// `reconcile`, `backfill`, `--full-refresh`.
+    pub kind: incremental::RunKind,
 }
 
 /// A request to stop a run, raised by the binary when the process receives SIGINT or
@@ -121,9 +128,13 @@ pub async fn run(
 ) -> Result<RunReport, Error> {
     let mut run_id = crate::table::new_run_id();
     let started_at = timestamp_now();
+    let mut clock = clock_of(opts);
     if opts.dry_run {
         let ended = crate::table::Ended::default();
-        return Ok(run_models(prepared, opts, progress, None, run_id, started_at, &ended).await);
+        return Ok(run_models(
+            prepared, opts, progress, None, run_id, started_at, &ended, &clock,
+        )
+        .await);
     }
     let state = Arc::new(StateStore::open(&prepared.pipeline.settings.state)?);
     let me = Holder::current();
@@ -140,6 +151,15 @@ pub async fn run(
         tracing::warn!(
             "resuming run {old}: its committed units are kept (--restart starts afresh)"
         );
+        // Its clock too, unless one was given (then it is in the fingerprint): a clock that
+        // moved on would plan other periods than the units it committed.
+        if opts.as_of.is_none()
+            && let Some(t) = state
+                .clock(&old)?
+                .and_then(|t| crate::config::parse_timestamp(&t))
+        {
+            clock.as_of = t.naive_utc();
+        }
         run_id = old;
     }
     let selection = prepared.selected.join(",");
@@ -157,6 +177,11 @@ pub async fn run(
         &vars,
         &fingerprint,
         &me,
+    )?;
+    state.set_clock(
+        &run_id,
+        &clock.as_of.and_utc().to_rfc3339(),
+        clock.kind.name(),
     )?;
     let beat = Heartbeat::start(&state, &run_id);
     // Run ids name the writers of outputs' leftovers: the pipeline's other runs have all
@@ -179,12 +204,21 @@ pub async fn run(
         run_id.clone(),
         started_at,
         &ended,
+        &clock,
     )
     .await;
     drop(beat);
     state.finish_run(&report)?;
     drop(lock);
     Ok(report)
+}
+
+/// The clock `opts` asks for: `--as-of`, else now.
+pub fn clock_of(opts: &RunOptions) -> incremental::Clock {
+    incremental::Clock {
+        as_of: opts.as_of.unwrap_or_else(chrono::Utc::now).naive_utc(),
+        kind: opts.kind.clone(),
+    }
 }
 
 /// Tells other hosts sharing the state file that a run is alive, every
@@ -241,8 +275,11 @@ struct RunCx<'a> {
     force_append: bool,
     /// The pipeline's other runs: none is live while this one holds the run lock.
     ended: &'a crate::table::Ended,
+    /// The run's clock, for incremental models.
+    clock: &'a incremental::Clock,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_models(
     prepared: Prepared,
     opts: &RunOptions,
@@ -251,6 +288,7 @@ async fn run_models(
     run_id: String,
     started_at: String,
     ended: &crate::table::Ended,
+    clock: &incremental::Clock,
 ) -> RunReport {
     let Prepared {
         pipeline,
@@ -269,15 +307,13 @@ async fn run_models(
         interrupt: &opts.interrupt,
         force_append: opts.force_append,
         ended,
+        clock,
     };
     let mut reports = Vec::new();
     let mut failed: BTreeSet<String> = BTreeSet::new();
     for name in &selected {
         let model = &pipeline.models[name];
-        let kind = match model.materialized {
-            Materialized::Table => "table",
-            Materialized::View => "view",
-        };
+        let kind = model.materialized.name();
         if opts.dry_run {
             reports.push(ModelReport::new(name, kind, ModelStatus::Planned));
             continue;
@@ -332,11 +368,12 @@ async fn run_models(
         }
         reports.push(report);
     }
+    let late = late_beyond_failures(&pipeline, &reports);
     let status = if opts.dry_run {
         RunStatus::Planned
     } else if opts.interrupt.signal().is_some() {
         RunStatus::Interrupted
-    } else if failed.is_empty() {
+    } else if failed.is_empty() && late.is_none() {
         RunStatus::Success
     } else {
         RunStatus::Failed
@@ -348,6 +385,44 @@ async fn run_models(
         started_at,
         finished_at: timestamp_now(),
         models: reports,
-        error: None,
+        error: late,
     }
+}
+
+/// Incremental models with `on_late_beyond_window = "fail"` that found rows later than their
+/// window in this run: their outputs are published, and the run fails with this message, so
+/// whoever runs it is alerted.
+fn late_beyond_failures(pipeline: &Pipeline, reports: &[ModelReport]) -> Option<String> {
+    let failures: Vec<String> = reports
+        .iter()
+        .filter_map(|r| {
+            let late = r.late.as_ref()?;
+            let config = pipeline
+                .models
+                .get(&r.name)?
+                .batches
+                .as_ref()?
+                .incremental
+                .as_ref()?;
+            let fail = config.on_late_beyond_window == crate::config::OnLate::Fail;
+            (fail && late.counts.rows_late_beyond_window > 0).then(|| {
+                let periods: Vec<&str> = late
+                    .periods_needing_backfill
+                    .iter()
+                    .map(|b| b.period.as_str())
+                    .collect();
+                format!(
+                    "model '{}': {} rows arrived later than the late window (periods {}); they \
+                     are not applied: {}",
+                    r.name,
+                    late.counts.rows_late_beyond_window,
+                    periods.join(", "),
+                    late.backfill_command
+                        .as_deref()
+                        .unwrap_or("run sluice backfill")
+                )
+            })
+        })
+        .collect();
+    (!failures.is_empty()).then(|| failures.join("; "))
 }

@@ -15,7 +15,9 @@ use futures::StreamExt;
 use super::RunCx;
 use super::prepare::{register_output, sink_spec};
 use super::resume;
-use super::unit::{UnitDone, UnitFailure, UnitJob, UnitRejects, plan_units, run_unit};
+use super::unit::{
+    IncrementalWork, UnitDone, UnitFailure, UnitJob, UnitRejects, plan_units, run_unit,
+};
 use crate::catalog;
 use crate::config::{ModelConfig, OnBadRows, WriteMode};
 use crate::engine::{Engine, ScanRows};
@@ -23,9 +25,10 @@ use crate::error::Error;
 use crate::quarantine::{QuarantineTable, SourceRejects, rejects};
 use crate::report::{ModelReport, UnitReport};
 use crate::sink::{self, SinkSpec};
-use crate::state::UnitRecord;
+use crate::state::{FileSeen, UnitRecord};
 use crate::store::Location;
 use crate::table;
+use crate::table::manifest::AppliedFile;
 use crate::units::{self, Unit};
 
 /// Runs one table model: its units (those a resumed run already committed are kept), then
@@ -49,9 +52,20 @@ impl ModelRun<'_> {
     async fn run(&self, name: &str, report: &mut ModelReport) -> Result<(), Error> {
         let run = self;
         let cx = self.cx;
-        let plan = plan_units(cx.engine, cx.pipeline, cx.dag, run.model)
+        let seen = run.seen_before()?;
+        let seen = |f: &AppliedFile| seen.contains(&file_seen(f));
+        let plan = plan_units(cx.engine, cx.pipeline, cx.dag, run.model, cx.clock, &seen)
             .await
             .map_err(|e| run.error(e))?;
+        if let Some(work) = &plan.incremental {
+            report.late = Some(run.late_report(work));
+            if work.plan.todo.is_empty() {
+                // Nothing new, nothing late inside the window: the output stays as it is.
+                report.units_total = 0;
+                register_output(cx.engine, run.model, Some(run.schema)).await?;
+                return run.record_arrivals(work);
+            }
+        }
         let planned = resume::unit_inputs(cx, name, &plan).await?;
         let inputs = &planned.by_unit;
         let published = run.already_published(inputs, report).await?;
@@ -70,7 +84,17 @@ impl ModelRun<'_> {
         if let Some(events) = plan.events {
             unit_rejects.extend(events.rejects);
         }
-        let files: Vec<table::StagedFile> = records.into_iter().flat_map(|r| r.files).collect();
+        let incremental = plan.incremental.is_some();
+        let files: Vec<table::StagedFile> = records
+            .into_iter()
+            .flat_map(|r| {
+                let period = incremental.then(|| r.unit.clone());
+                r.files.into_iter().map(move |mut f| {
+                    f.file.period = period.clone();
+                    f
+                })
+            })
+            .collect();
         let rejected = run.count_rejects(unit_rejects, report).await?;
         // Rows read = rows the scans passed on + rows set aside.
         report.rows_in += report.rows_rejected;
@@ -90,12 +114,152 @@ impl ModelRun<'_> {
              units that read it run again, the others are kept)"
             )));
         }
-        run.check_staged(&files, report).await?;
-        run.publish(files, report).await?;
+        let periods = plan.incremental.as_ref().map(|work| run.period_write(work));
+        run.check_staged(&files, periods.as_ref(), report).await?;
+        run.publish(files, periods.as_ref(), report).await?;
         if let Some(filtered) = scanned.and_then(|s| s.filtered) {
             report.balance(filtered);
         }
+        match &plan.incremental {
+            Some(work) => run.record_arrivals(work),
+            None => Ok(()),
+        }
+    }
+
+    /// The input file versions the state store saw in earlier runs, of the event-time
+    /// sources of an incremental model (their late rows were counted then).
+    fn seen_before(&self) -> Result<std::collections::HashSet<FileSeen>, Error> {
+        let cx = self.cx;
+        let mut out = std::collections::HashSet::new();
+        let (Some(state), Some(_)) = (
+            cx.state,
+            self.model
+                .batches
+                .as_ref()
+                .and_then(|b| b.incremental.as_ref()),
+        ) else {
+            return Ok(out);
+        };
+        // An earlier attempt of this run that finished the model counted what it saw.
+        let this_run = if state.model_succeeded(cx.run_id, &self.model.name)? {
+            ""
+        } else {
+            cx.run_id
+        };
+        for (source, _) in units::event_sources(cx.pipeline, &cx.dag.sources_read(&self.model.name))
+        {
+            out.extend(state.seen_before(&source, this_run)?);
+        }
+        Ok(out)
+    }
+
+    /// Records that this run saw the input files of an incremental model, and its late
+    /// rows: after its publish, so a run that dies before it counts them again.
+    fn record_arrivals(&self, work: &IncrementalWork) -> Result<(), Error> {
+        let Some(state) = self.cx.state else {
+            return Ok(());
+        };
+        let files: std::collections::BTreeSet<FileSeen> =
+            work.current.values().flatten().map(file_seen).collect();
+        let files: Vec<FileSeen> = files.into_iter().collect();
+        state.record_arrivals(self.cx.run_id, &files)?;
+        state.record_late(self.cx.run_id, &self.model.name, &work.plan.by_source)?;
         Ok(())
+    }
+
+    /// The `late` entry of the report.
+    fn late_report(&self, work: &IncrementalWork) -> crate::report::LateReport {
+        let (cx, plan) = (self.cx, &work.plan);
+        let size = self.model.batches.as_ref().map(|b| b.size);
+        let window = self
+            .model
+            .batches
+            .as_ref()
+            .and_then(|b| b.incremental.as_ref())
+            .map(|i| i.late_window)
+            .unwrap_or_default();
+        crate::report::LateReport {
+            as_of: cx.clock.as_of.and_utc().to_rfc3339(),
+            kind: cx.clock.kind.name().to_string(),
+            late_window: crate::config::format_duration(window),
+            counts: plan.counts.clone(),
+            rate: plan.counts.rate(),
+            periods_processed: plan
+                .todo
+                .iter()
+                .filter_map(|(p, reason)| {
+                    Some(crate::report::PeriodReason {
+                        period: units::period_name(size?, *p),
+                        reason: *reason,
+                    })
+                })
+                .collect(),
+            periods_to_reconcile: plan.to_reconcile.clone(),
+            periods_needing_backfill: plan
+                .backlog
+                .iter()
+                .map(|b| crate::report::Backlog {
+                    files: b
+                        .files
+                        .iter()
+                        .map(|f| super::incremental::show_file(cx.pipeline, f))
+                        .collect(),
+                    ..b.clone()
+                })
+                .collect(),
+            backfill_command: size.and_then(|size| {
+                let first = plan.backlog.first()?;
+                let last = plan.backlog.last()?;
+                super::incremental::backfill_range(cx.pipeline, size, &first.period, &last.period)
+            }),
+            by_source: plan.by_source.clone(),
+            dimensions_changed: plan.dimensions_changed,
+        }
+    }
+
+    /// What this run's publish does to the periods of an incremental output.
+    fn period_write(&self, work: &IncrementalWork) -> table::PeriodWrite {
+        let size = self
+            .model
+            .batches
+            .as_ref()
+            .map_or(crate::config::BatchSize::Day, |b| b.size);
+        let entries = work
+            .plan
+            .todo
+            .iter()
+            .map(|(p, _)| {
+                (
+                    units::period_name(size, *p),
+                    table::manifest::PeriodEntry {
+                        run_id: self.cx.run_id.to_string(),
+                        dims: work.dims.clone(),
+                        inputs: work.current.get(p).cloned().unwrap_or_default(),
+                    },
+                )
+            })
+            .collect();
+        table::PeriodWrite {
+            grid: super::incremental::grid_name(size),
+            start: work
+                .plan
+                .start
+                .map(|s| units::period_name(size, s))
+                .unwrap_or_default(),
+            full: work.plan.full,
+            entries,
+        }
+    }
+}
+
+/// A file version as the state store records its sighting.
+fn file_seen(f: &AppliedFile) -> FileSeen {
+    FileSeen {
+        source: f.source.clone(),
+        path: f.path.clone(),
+        size: f.size,
+        modified: f.modified.clone(),
+        etag: f.etag.clone().unwrap_or_default(),
     }
 }
 
@@ -141,11 +305,11 @@ impl<'a> ModelRun<'a> {
         // writer changed the output since.)
         if let Some(why) = table::schema::refuse_changed_columns(
             existing.manifest.as_ref(),
-            spec.mode,
+            super::incremental::column_mode(model, existing.manifest.as_ref(), &cx.clock.kind),
             &spec.partition_by,
             schema,
         ) {
-            let message = super::prepare::changed_columns_message(&model.sink.location, &why);
+            let message = super::prepare::changed_columns_message(model, &why);
             return Err(model_error(model, message));
         }
         Ok(ModelRun {
@@ -462,6 +626,7 @@ impl<'a> ModelRun<'a> {
     async fn check_staged(
         &self,
         files: &[table::StagedFile],
+        periods: Option<&table::PeriodWrite>,
         report: &mut ModelReport,
     ) -> Result<(), Error> {
         let (cx, model) = (self.cx, self.model);
@@ -477,6 +642,7 @@ impl<'a> ModelRun<'a> {
             cx.run_id,
             self.schema,
             files,
+            periods,
         )
         .await
         .map_err(|e| self.error(e.to_string()))?;
@@ -507,6 +673,7 @@ impl<'a> ModelRun<'a> {
     async fn publish(
         &self,
         files: Vec<table::StagedFile>,
+        periods: Option<&table::PeriodWrite>,
         report: &mut ModelReport,
     ) -> Result<(), Error> {
         let cx = self.cx;
@@ -517,6 +684,7 @@ impl<'a> ModelRun<'a> {
             cx.run_id,
             table::manifest_columns(self.schema),
             files,
+            periods,
         )
         .await
         .map_err(|e| self.error(e.to_string()))?;
@@ -552,10 +720,12 @@ async fn register_staged(
     run_id: &str,
     schema: &SchemaRef,
     files: &[table::StagedFile],
+    periods: Option<&table::PeriodWrite>,
 ) -> Result<(), Error> {
-    // The output as it will be once published: in append and overwrite_partitions mode the
-    // files the new version keeps, beside the staged ones.
-    let kept = table::kept_files(existing, spec.mode, &spec.partition_by, files);
+    // The output as it will be once published: in append and overwrite_partitions mode (and
+    // an incremental model's other periods) the files the new version keeps, beside the
+    // staged ones.
+    let kept = table::kept_files(existing, spec.mode, &spec.partition_by, files, periods);
     let view = crate::table::view::ManifestStore::aliased(
         output.store(),
         files

@@ -68,7 +68,7 @@ pub async fn prepare(
         for up in dag.upstream(name).into_iter().chain([name.clone()]) {
             let node = &dag.nodes[&up];
             let is_outside = !selected_set.contains(&up);
-            if is_outside && node.materialized == Materialized::Table {
+            if is_outside && node.materialized.is_written() {
                 // Read from its existing output; its own inputs are not needed.
                 if !outside.contains(&up) {
                     outside.push(up);
@@ -106,7 +106,13 @@ pub async fn prepare(
                 message,
             })?;
         }
-        if model.materialized == Materialized::Table && selected_set.contains(name) {
+        if let Some(batches) = &model.batches
+            && batches.incremental.is_some()
+            && selected_set.contains(name)
+        {
+            check_incremental(&pipeline, &dag, model, batches, &opts.kind)?;
+        }
+        if model.materialized.is_written() && selected_set.contains(name) {
             // The sink's location and store, resolved now so a bad one stops the run before
             // any model writes.
             let location = Location::parse(&model.sink.location)?;
@@ -116,7 +122,7 @@ pub async fn prepare(
                 file: model.sql_path.clone(),
                 message,
             })?;
-            check_sink_columns(&engine, model, &location, &schema)
+            check_sink_columns(&engine, model, &location, &schema, &opts.kind)
                 .await
                 .map_err(|message| PlanError::Sql {
                     model: name.clone(),
@@ -124,7 +130,7 @@ pub async fn prepare(
                     message,
                 })?;
         }
-        if model.materialized == Materialized::Table {
+        if model.materialized.is_written() {
             for col in &model.sink.partition_by {
                 if schema.index_of(col).is_err() {
                     return Err(PlanError::Sql {
@@ -246,6 +252,7 @@ async fn check_sink_columns(
     model: &ModelConfig,
     location: &Location,
     schema: &SchemaRef,
+    kind: &super::incremental::RunKind,
 ) -> Result<(), String> {
     let location = location.as_folder();
     let Ok(store) = engine.stores().store_for(&location) else {
@@ -257,20 +264,68 @@ async fn check_sink_columns(
     };
     match crate::table::schema::refuse_changed_columns(
         manifest.as_ref(),
-        model.sink.mode,
+        super::incremental::column_mode(model, manifest.as_ref(), kind),
         &model.sink.partition_by,
         schema,
     ) {
         None => Ok(()),
-        Some(why) => Err(changed_columns_message(&model.sink.location, &why)),
+        Some(why) => Err(changed_columns_message(model, &why)),
     }
 }
 
-/// The message refusing a write to the sink at `location` whose columns changed.
-pub(super) fn changed_columns_message(location: &str, why: &str) -> String {
+/// What an incremental model needs of the pipeline and the command: an input with event
+/// time, and a backfill that does not start before its `start`.
+fn check_incremental(
+    pipeline: &Pipeline,
+    dag: &crate::dag::Dag,
+    model: &ModelConfig,
+    batches: &crate::config::BatchConfig,
+    kind: &super::incremental::RunKind,
+) -> Result<(), Error> {
+    let name = &model.name;
+    if crate::units::event_sources(pipeline, &dag.sources_read(name)).is_empty() {
+        let read: Vec<String> = dag.sources_read(name).into_iter().collect();
+        return Err(pipeline
+            .invalid(
+                &format!("models.{name}.materialized"),
+                format!(
+                    "an incremental model needs an input source with event_time, and '{name}' \
+                     reads none ({}): set event_time on the source that holds the rows' time",
+                    if read.is_empty() {
+                        "no sources".to_string()
+                    } else {
+                        read.join(", ")
+                    }
+                ),
+            )
+            .into());
+    }
+    if let (super::incremental::RunKind::Backfill { from, .. }, Some(start)) = (kind, batches.start)
+        && *from < crate::units::truncate(batches.size, start)
+    {
+        return Err(pipeline
+            .invalid(
+                &format!("models.{name}.batches.start"),
+                format!(
+                    "backfill --from {from} is before the model's first period ({start}): \
+                     move start, or backfill from {start}"
+                ),
+            )
+            .into());
+    }
+    Ok(())
+}
+
+/// The message refusing a write of `model` whose columns changed.
+pub(super) fn changed_columns_message(model: &ModelConfig, why: &str) -> String {
+    let fix = if model.materialized == Materialized::Incremental {
+        "or run it with --full-refresh to compute every period with the new columns"
+    } else {
+        "or set mode = \"overwrite\" to replace the output with the new columns"
+    };
     format!(
-        "output {location}: {why}. Select the output's columns in its order with its types, \
-         or set mode = \"overwrite\" to replace the output with the new columns"
+        "output {}: {why}. Select the output's columns in its order with its types, {fix}",
+        model.sink.location
     )
 }
 

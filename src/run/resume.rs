@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use super::incremental::RunKind;
 use super::prepare::Prepared;
 use super::unit::UnitPlan;
 use super::{RunCx, RunOptions};
@@ -27,6 +28,12 @@ struct Work<'a> {
     selected: &'a [String],
     vars: &'a BTreeMap<String, String>,
     models: Vec<ModelWork<'a>>,
+    /// `--as-of`, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    as_of: Option<String>,
+    /// What incremental models compute, unless a plain run.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    kind: String,
 }
 
 /// One file of a source, as [`Work`] records it.
@@ -44,6 +51,9 @@ struct ModelWork<'a> {
     key_buckets: Option<&'a KeyBuckets>,
     upstream_sql: BTreeMap<String, &'a str>,
     sources: BTreeMap<String, &'a SourceConfig>,
+    /// An incremental model's settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    incremental: Option<String>,
 }
 
 /// What a run does, as a hash of its [`Work`]. A run is only resumed by a run with the same
@@ -66,6 +76,11 @@ pub(super) fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> String {
                         b.end.map(|t| t.to_string()),
                     )
                 }),
+                incremental: m
+                    .batches
+                    .as_ref()
+                    .and_then(|b| b.incremental.as_ref())
+                    .map(|i| format!("{i:?}")),
                 files_per_unit: m.files_per_unit,
                 key_buckets: m.key_buckets.as_ref(),
                 upstream_sql: dag
@@ -91,6 +106,12 @@ pub(super) fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> String {
         selected: &prepared.selected,
         vars: &opts.vars,
         models,
+        as_of: opts.as_of.map(|t| t.to_rfc3339()),
+        kind: match &opts.kind {
+            RunKind::Run => String::new(),
+            RunKind::Backfill { from, to } => format!("backfill {from} {to}"),
+            other => other.name().to_string(),
+        },
     };
     let Ok(text) = serde_json::to_string(&work) else {
         // (Cannot happen with these types.) A fingerprint no other run has: nothing resumes.
@@ -160,7 +181,7 @@ pub(super) async fn unit_inputs(
             files.insert(source, source_files(cx.engine, spec).await?);
         }
     }
-    let upstream = upstream_versions(cx, model, tables).await?;
+    let upstream = upstream_versions(cx.engine, cx.pipeline, model, tables).await?;
     let mut out = BTreeMap::new();
     for unit in &plan.units {
         let mut sources: BTreeMap<&str, Vec<&InputFile>> = files
@@ -204,20 +225,44 @@ pub(super) async fn unit_inputs(
     })
 }
 
+/// What an incremental model reads that has no event time, as a hash: the versions of the
+/// files of its sources without `event_time` (dimensions) and the published versions of the
+/// tables upstream. When it changes, the periods inside the late window are computed again.
+pub(super) async fn dimension_inputs(
+    engine: &Engine,
+    pipeline: &crate::config::Pipeline,
+    dag: &crate::dag::Dag,
+    model: &str,
+) -> Result<String, Error> {
+    let (read, tables) = dag.inputs_of(model);
+    let mut files: BTreeMap<String, Vec<InputFile>> = BTreeMap::new();
+    for source in read {
+        if let Some(spec) = pipeline.sources.get(&source)
+            && spec.event_time.is_none()
+        {
+            files.insert(source, source_files(engine, spec).await?);
+        }
+    }
+    let upstream = upstream_versions(engine, pipeline, model, tables).await?;
+    let text = serde_json::to_string(&(files, upstream)).unwrap_or_default();
+    Ok(format!("{:016x}", crate::units::stable_hash(&text)))
+}
+
 /// The published version (run id and files) of each table model in `tables`, as `model`
 /// reads them.
 async fn upstream_versions(
-    cx: &RunCx<'_>,
+    engine: &Engine,
+    pipeline: &crate::config::Pipeline,
     model: &str,
     tables: impl IntoIterator<Item = String>,
 ) -> Result<BTreeMap<String, Option<(String, Vec<String>)>>, Error> {
     let mut upstream = BTreeMap::new();
     for table in tables {
-        let Some(m) = cx.pipeline.models.get(&table) else {
+        let Some(m) = pipeline.models.get(&table) else {
             continue;
         };
         let location = Location::parse(&m.sink.location)?.as_folder();
-        let store = cx.engine.stores().store_for(&location)?;
+        let store = engine.stores().store_for(&location)?;
         let manifest = Output::new(store, location)
             .read_manifest()
             .await
@@ -280,7 +325,7 @@ pub(super) async fn append_identity(cx: &RunCx<'_>, model: &ModelConfig) -> Resu
                 sources.insert(source, source_files(cx.engine, spec).await?);
             }
         }
-        upstream = upstream_versions(cx, &model.name, tables).await?;
+        upstream = upstream_versions(cx.engine, cx.pipeline, &model.name, tables).await?;
     }
     let append = Append {
         model: &model.name,

@@ -7,7 +7,12 @@ use std::time::{Duration, Instant};
 
 use datafusion::error::DataFusionError;
 
+use std::collections::BTreeMap;
+
+use chrono::NaiveDateTime;
+
 use super::event_map::EventMap;
+use super::incremental::{self, Clock, IncrementalPlan};
 use super::{Interrupt, RunCx};
 use crate::config::{ModelConfig, Pipeline, timestamp_now};
 use crate::dag::Dag;
@@ -18,14 +23,29 @@ use crate::quarantine::{QuarantineTable, SourceRejects};
 use crate::sink::{self, SinkSpec};
 use crate::state::UnitRecord;
 use crate::status::UnitStatus;
+use crate::table::manifest::AppliedFile;
 use crate::units::{self, Unit, UnitKind};
 
 /// A model's work units, and, for a time-batched model, where its input rows fall in time.
-pub struct UnitPlan {
+pub(crate) struct UnitPlan {
     /// The units, in order.
     pub units: Vec<Unit>,
     /// For a time-batched model: its rows per period and the files of each period.
     pub events: Option<EventMap>,
+    /// For an incremental model: the periods it computes and why, and its late rows.
+    pub incremental: Option<IncrementalWork>,
+}
+
+/// What an incremental model's run computes, and from what.
+pub(crate) struct IncrementalWork {
+    /// The periods, why, and the late rows.
+    pub plan: IncrementalPlan,
+    /// A hash of its inputs without event time.
+    pub dims: String,
+    /// Its input files per period, each with its rows there.
+    pub current: BTreeMap<NaiveDateTime, Vec<AppliedFile>>,
+    /// The periods its output holds now (on this grid).
+    pub output: Option<crate::table::manifest::Periods>,
 }
 
 impl From<Vec<Unit>> for UnitPlan {
@@ -33,17 +53,20 @@ impl From<Vec<Unit>> for UnitPlan {
         UnitPlan {
             units,
             events: None,
+            incremental: None,
         }
     }
 }
 
 /// The work units of a model: one per period for a batched model, a group of files, a key
 /// bucket, or one unit for the whole model.
-pub async fn plan_units(
+pub(crate) async fn plan_units(
     engine: &Engine,
     pipeline: &Pipeline,
     dag: &Dag,
     model: &ModelConfig,
+    clock: &Clock,
+    seen: &(dyn Fn(&AppliedFile) -> bool + Sync),
 ) -> Result<UnitPlan, String> {
     if let Some(per_unit) = model.files_per_unit {
         let source = dag.single_source(&model.name)?;
@@ -75,12 +98,58 @@ pub async fn plan_units(
     }
     // Read even when start and end are given: a row without an event time is refused there.
     let events = EventMap::build(engine, pipeline, &sources, batches.size).await?;
+    if let Some(config) = &batches.incremental {
+        let location = crate::store::Location::parse(&model.sink.location)
+            .map_err(|e| e.to_string())?
+            .as_folder();
+        let store = engine
+            .stores()
+            .store_for(&location)
+            .map_err(|e| e.to_string())?;
+        let output = crate::table::Output::new(store, location);
+        let manifest = output
+            .read_manifest()
+            .await
+            .map_err(|e| format!("cannot read {}: {}", e.key, e.message))?;
+        let grid = incremental::grid_name(batches.size);
+        let previous = manifest
+            .as_ref()
+            .and_then(|m| m.periods.as_ref())
+            .filter(|p| p.grid == grid);
+        let current = events.applied_files();
+        let dims = super::resume::dimension_inputs(engine, pipeline, dag, &model.name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let plan = incremental::plan(&incremental::PlanInput {
+            size: batches.size,
+            start: batches.start,
+            end: batches.end,
+            config,
+            as_of: clock.as_of,
+            kind: &clock.kind,
+            current: &current,
+            dims: &dims,
+            previous,
+            seen,
+        });
+        return Ok(UnitPlan {
+            units: plan.units(batches.size, batches.start, batches.end),
+            events: Some(events),
+            incremental: Some(IncrementalWork {
+                plan,
+                dims,
+                current,
+                output: previous.cloned(),
+            }),
+        });
+    }
     let (start, end) = match (batches.start, batches.end, events.range()) {
         (Some(s), Some(e), _) => (s, e),
         (_, _, None) => {
             return Ok(UnitPlan {
                 units: Vec::new(),
                 events: Some(events),
+                incremental: None,
             });
         }
         (s, e, Some((lo, hi))) => (s.unwrap_or(lo), e.unwrap_or(units::next(batches.size, hi))),
@@ -104,6 +173,7 @@ pub async fn plan_units(
     Ok(UnitPlan {
         units: units::periods(batches.size, start, end),
         events: Some(events),
+        incremental: None,
     })
 }
 

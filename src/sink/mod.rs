@@ -476,6 +476,7 @@ pub(crate) async fn publish(
     run_id: &str,
     columns: Vec<ManifestColumn>,
     mut files: Vec<StagedFile>,
+    periods: Option<&crate::table::PeriodWrite>,
 ) -> Result<Committed, SinkError> {
     files.sort_by(|a, b| a.file.path.cmp(&b.file.path));
     let rows = files.iter().map(|f| f.file.rows).sum();
@@ -494,6 +495,7 @@ pub(crate) async fn publish(
                 columns,
                 files,
                 append_id: spec.append_id.as_deref(),
+                periods,
             },
         )
         .await?;
@@ -524,6 +526,7 @@ pub(crate) async fn write(
         run_id,
         staged.columns,
         staged.files,
+        None,
     )
     .await
 }
@@ -696,6 +699,7 @@ fn staged_file(unit: &str, rel: String, rows: u64, bytes: u64) -> StagedFile {
             path: rel,
             rows,
             bytes,
+            period: None,
         },
     }
 }
@@ -739,6 +743,7 @@ mod tests {
                 path: name.to_string(),
                 rows: 1,
                 bytes,
+                period: None,
             },
         };
         let files = vec![
@@ -769,6 +774,7 @@ mod tests {
                     columns: Vec::new(),
                     files: files.clone(),
                     append_id: None,
+                    periods: None,
                 },
             )
             .await

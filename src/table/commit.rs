@@ -34,7 +34,9 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::heal::Ended;
 use super::hive::partition_key;
-use super::manifest::{MANIFEST, Manifest, ManifestColumn, ManifestFile, SUCCESS};
+use super::manifest::{
+    MANIFEST, Manifest, ManifestColumn, ManifestFile, PeriodEntry, Periods, SUCCESS,
+};
 use super::staging::{LeaseKeeper, StagingArea};
 use super::swap::{self, SwapError, Version, Versioned};
 use crate::config::WriteMode;
@@ -109,6 +111,54 @@ pub(crate) struct NewVersion<'a> {
     pub files: Vec<StagedFile>,
     /// In append mode, the identity of this append (recorded in the manifest).
     pub append_id: Option<&'a str>,
+    /// For an incremental model's output: the periods this write recomputes. Their files
+    /// are replaced by the staged ones, whatever `mode` and the partitions say; the other
+    /// periods' files are kept.
+    pub periods: Option<&'a PeriodWrite>,
+}
+
+/// What an incremental model's write does to the periods of its output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PeriodWrite {
+    /// The period grid.
+    pub grid: String,
+    /// The first period processed.
+    pub start: String,
+    /// Every period of the current version is replaced: a first run, a full refresh.
+    pub full: bool,
+    /// The periods this write computes, with what each was computed from. A period here
+    /// loses all its current files, even if no staged file is of it (its rows are gone).
+    pub entries: BTreeMap<String, PeriodEntry>,
+}
+
+impl PeriodWrite {
+    /// Whether the new version keeps `file` of the current one.
+    fn keeps(&self, file: &ManifestFile) -> bool {
+        !self.full
+            && file
+                .period
+                .as_ref()
+                .is_some_and(|p| !self.entries.contains_key(p))
+    }
+
+    /// The periods of the version written over `base`: `base`'s (unless this write replaces
+    /// them all) with this write's entries in place of the ones it recomputes.
+    fn merged(&self, base: Option<&Manifest>) -> Periods {
+        let mut entries = match base.and_then(|m| m.periods.as_ref()) {
+            Some(p) if !self.full => p.entries.clone(),
+            _ => BTreeMap::new(),
+        };
+        entries.extend(self.entries.clone());
+        let start = match base.and_then(|m| m.periods.as_ref()) {
+            Some(p) if !self.full => p.start.clone().min(self.start.clone()),
+            _ => self.start.clone(),
+        };
+        Periods {
+            grid: self.grid.clone(),
+            start,
+            entries,
+        }
+    }
 }
 
 /// The files of the current version that the next one keeps beside the staged files: all of
@@ -119,8 +169,15 @@ pub(crate) fn kept_files(
     mode: WriteMode,
     partition_by: &[String],
     staged: &[StagedFile],
+    periods: Option<&PeriodWrite>,
 ) -> Vec<ManifestFile> {
-    kept_of(&existing.current_files(), mode, partition_by, staged)
+    kept_of(
+        &existing.current_files(),
+        mode,
+        partition_by,
+        staged,
+        periods,
+    )
 }
 
 fn kept_of(
@@ -128,7 +185,15 @@ fn kept_of(
     mode: WriteMode,
     partition_by: &[String],
     staged: &[StagedFile],
+    periods: Option<&PeriodWrite>,
 ) -> Vec<ManifestFile> {
+    if let Some(periods) = periods {
+        return current
+            .iter()
+            .filter(|f| periods.keeps(f))
+            .cloned()
+            .collect();
+    }
     let new_partitions: BTreeSet<String> = staged
         .iter()
         .map(|f| partition_key(f.file.partition()))
@@ -399,6 +464,7 @@ impl Output {
                     path: path.clone(),
                     rows: 0,
                     bytes: *bytes,
+                    period: None,
                 })
                 .collect();
         }
@@ -583,8 +649,9 @@ impl Output {
             columns,
             files: staged,
             append_id,
+            periods,
         } = version;
-        let kept = kept_files(existing, mode, partition_by, &staged);
+        let kept = kept_files(existing, mode, partition_by, &staged, periods);
         // A version never lists a path twice: two units writing one name would mean one
         // file's rows lost and another's counted twice. Refused before anything moves.
         let mut paths = BTreeSet::new();
@@ -644,7 +711,13 @@ impl Output {
         let mut base_files = existing.current_files();
         let mut rebases = 0;
         let manifest = loop {
-            let mut files = kept_of(&base_files, mode, partition_by, &staged_as(&staged));
+            let mut files = kept_of(
+                &base_files,
+                mode,
+                partition_by,
+                &staged_as(&staged),
+                periods,
+            );
             files.extend(staged.iter().cloned());
             files.sort_by(|a, b| a.path.cmp(&b.path));
             let mut manifest = Manifest::new(run_id, format, partition_by, columns.clone(), files);
@@ -656,18 +729,30 @@ impl Output {
                     .unwrap_or_default();
                 manifest.appended.extend(append_id.map(str::to_string));
             }
+            if let Some(periods) = periods {
+                manifest.periods = Some(periods.merged(base.manifest.as_ref()));
+                manifest.version = super::manifest::PERIODS_VERSION;
+            }
             match self.commit(run_id, &base.version, &manifest, &staged).await {
                 Ok(()) => break manifest,
                 Err(Committed::Moved(now)) if rebases < REBASES => {
-                    if let Err(reason) = rebase_allowed(
-                        existing,
-                        &now,
-                        mode,
-                        partition_by,
-                        format,
-                        &staged,
-                        append_id,
-                    ) {
+                    let allowed =
+                        same_layout(&now, format, partition_by).and_then(|()| match periods {
+                            Some(write) => periods_rebase(
+                                existing.manifest.as_ref(),
+                                now.manifest.as_ref(),
+                                write,
+                            ),
+                            None => rebase_allowed(
+                                existing,
+                                &now,
+                                mode,
+                                partition_by,
+                                &staged,
+                                append_id,
+                            ),
+                        });
+                    if let Err(reason) = allowed {
                         self.roll_back(run_id, &staged).await;
                         return Err(self.failure(
                             &self.key(MANIFEST),
@@ -685,7 +770,7 @@ impl Output {
                         .as_ref()
                         .map(|m| m.files.clone())
                         .unwrap_or_default();
-                    base = now;
+                    base = *now;
                 }
                 Err(Committed::Moved(_)) => {
                     self.roll_back(run_id, &staged).await;
@@ -800,7 +885,7 @@ impl Output {
         match self.read_versioned().await {
             Ok(now) if lists_any(now.manifest.as_ref(), mine, manifest) => Ok(()),
             Ok(now) => match definite {
-                None => Err(Committed::Moved(now)),
+                None => Err(Committed::Moved(Box::new(now))),
                 // On local disk, what is read back is the whole truth.
                 Some(e) if local.is_some() => Err(Committed::Not(self.err(&key, e))),
                 Some(e) => Err(Committed::Unknown(self.failure(
@@ -967,7 +1052,7 @@ fn lists_any(now: Option<&Manifest>, mine: &[ManifestFile], ours: &Manifest) -> 
 /// How a commit attempt went, when it did not succeed.
 enum Committed {
     /// Another writer committed first: the version there now.
-    Moved(Versioned),
+    Moved(Box<Versioned>),
     /// It failed and was not written.
     Not(CommitError),
     /// It failed, and may have been written.
@@ -994,19 +1079,9 @@ fn rebase_allowed(
     now: &Versioned,
     mode: WriteMode,
     partition_by: &[String],
-    format: &str,
     staged: &[ManifestFile],
     append_id: Option<&str>,
 ) -> Result<(), String> {
-    if let Some(m) = &now.manifest
-        && (m.format != format || m.partition_by != partition_by)
-    {
-        return Err(format!(
-            "it is now {} partitioned by [{}]",
-            m.format,
-            m.partition_by.join(", ")
-        ));
-    }
     match mode {
         WriteMode::Append => match (append_id, &now.manifest) {
             (Some(id), Some(m)) if m.appended.iter().any(|a| a == id) => {
@@ -1047,6 +1122,60 @@ fn rebase_allowed(
     }
 }
 
+/// Whether the version another writer committed meanwhile still has this write's format and
+/// partition columns: no write rebases over another layout.
+fn same_layout(now: &Versioned, format: &str, partition_by: &[String]) -> Result<(), String> {
+    match &now.manifest {
+        Some(m) if m.format != format || m.partition_by != partition_by => Err(format!(
+            "it is now {} partitioned by [{}]",
+            m.format,
+            m.partition_by.join(", ")
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether an incremental write prepared over `before` may commit over `now`: only if the
+/// other writer left every period this write recomputes as it was (same entry, same files),
+/// and kept the grid. A full refresh never rebases.
+fn periods_rebase(
+    before: Option<&Manifest>,
+    now: Option<&Manifest>,
+    write: &PeriodWrite,
+) -> Result<(), String> {
+    if write.full {
+        return Err("this write recomputes every period".into());
+    }
+    let Some(after) = now.and_then(|m| m.periods.as_ref()) else {
+        return Err("it no longer records the periods of an incremental model".into());
+    };
+    if after.grid != write.grid {
+        return Err(format!("its periods are now by {}", after.grid));
+    }
+    let of = |m: Option<&Manifest>, period: &str| -> (Option<PeriodEntry>, Vec<String>) {
+        let entry = m
+            .and_then(|m| m.periods.as_ref())
+            .and_then(|p| p.entries.get(period))
+            .cloned();
+        let files = m
+            .map(|m| {
+                m.files
+                    .iter()
+                    .filter(|f| f.period.as_deref() == Some(period))
+                    .map(|f| f.path.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (entry, files)
+    };
+    match write.entries.keys().find(|p| of(before, p) != of(now, p)) {
+        Some(p) => Err(format!(
+            "it recomputed period {p}, which this write recomputes too"
+        )),
+        None => Ok(()),
+    }
+}
+
 fn mode_name(mode: WriteMode) -> &'static str {
     match mode {
         WriteMode::Overwrite => "overwrite",
@@ -1065,6 +1194,7 @@ mod tests {
             path: path.into(),
             rows: 1,
             bytes: 1,
+            period: None,
         }
     }
 
@@ -1084,7 +1214,146 @@ mod tests {
             WriteMode::OverwritePartitions,
             &["p".to_string()],
             &staged,
+            None,
         );
         assert_eq!(kept, vec![file("p=x/part-old.parquet")]);
+    }
+
+    fn of_period(path: &str, period: &str) -> ManifestFile {
+        ManifestFile {
+            period: Some(period.into()),
+            ..file(path)
+        }
+    }
+
+    fn entry(run: &str, rows: u64) -> PeriodEntry {
+        PeriodEntry {
+            run_id: run.into(),
+            dims: String::new(),
+            inputs: vec![super::super::manifest::AppliedFile {
+                source: "events".into(),
+                path: "data/e.csv".into(),
+                size: 10,
+                modified: "2024-01-01T00:00:00Z".into(),
+                etag: None,
+                rows,
+            }],
+        }
+    }
+
+    fn write(periods: &[&str], full: bool) -> PeriodWrite {
+        PeriodWrite {
+            grid: "day".into(),
+            start: "2024-01-01".into(),
+            full,
+            entries: periods
+                .iter()
+                .map(|p| (p.to_string(), entry("new", 1)))
+                .collect(),
+        }
+    }
+
+    fn version(files: Vec<ManifestFile>, periods: &[(&str, PeriodEntry)]) -> Manifest {
+        let mut m = Manifest::new("old", "parquet", &["region".into()], Vec::new(), files);
+        m.periods = Some(Periods {
+            grid: "day".into(),
+            start: "2024-01-01".into(),
+            entries: periods
+                .iter()
+                .map(|(p, e)| (p.to_string(), e.clone()))
+                .collect(),
+        });
+        m
+    }
+
+    /// A period's files are replaced whatever partition folders they are in; a recomputed
+    /// period with no staged file (its rows all gone) loses its files; a full refresh keeps
+    /// nothing; the other periods' files are kept.
+    #[test]
+    fn an_incremental_write_replaces_exactly_its_periods() {
+        let current = [
+            of_period("region=eu/part-a.parquet", "2024-01-01"),
+            of_period("region=us/part-a.parquet", "2024-01-01"),
+            of_period("region=eu/part-b.parquet", "2024-01-02"),
+            of_period("region=eu/part-c.parquet", "2024-01-03"),
+        ];
+        let staged = staged_as(&[of_period("region=eu/part-new.parquet", "2024-01-02")]);
+        let partitions = ["region".to_string()];
+        let kept = |w: &PeriodWrite| {
+            kept_of(
+                &current,
+                WriteMode::Overwrite,
+                &partitions,
+                &staged,
+                Some(w),
+            )
+            .into_iter()
+            .map(|f| f.path)
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            kept(&write(&["2024-01-02", "2024-01-03"], false)),
+            vec!["region=eu/part-a.parquet", "region=us/part-a.parquet"]
+        );
+        assert_eq!(
+            kept(&write(&["2024-01-01"], false)),
+            vec!["region=eu/part-b.parquet", "region=eu/part-c.parquet"]
+        );
+        assert!(kept(&write(&["2024-01-02"], true)).is_empty());
+
+        // The entries merge: this write's win, the others are carried.
+        let base = version(
+            current.to_vec(),
+            &[
+                ("2024-01-01", entry("old", 5)),
+                ("2024-01-02", entry("old", 6)),
+            ],
+        );
+        let merged = write(&["2024-01-02"], false).merged(Some(&base));
+        assert_eq!(merged.entries["2024-01-01"], entry("old", 5));
+        assert_eq!(merged.entries["2024-01-02"], entry("new", 1));
+        let full = write(&["2024-01-02"], true).merged(Some(&base));
+        assert_eq!(full.entries.keys().collect::<Vec<_>>(), vec!["2024-01-02"]);
+    }
+
+    /// Another writer that committed first: an incremental write rebases over it only if it
+    /// left the periods this write recomputes as they were.
+    #[test]
+    fn an_incremental_write_rebases_only_over_other_periods() {
+        let before = version(
+            vec![
+                of_period("part-a.parquet", "2024-01-01"),
+                of_period("part-b.parquet", "2024-01-02"),
+            ],
+            &[
+                ("2024-01-01", entry("old", 5)),
+                ("2024-01-02", entry("old", 6)),
+            ],
+        );
+        // The other writer recomputed 2024-01-01.
+        let other = version(
+            vec![
+                of_period("part-a2.parquet", "2024-01-01"),
+                of_period("part-b.parquet", "2024-01-02"),
+            ],
+            &[
+                ("2024-01-01", entry("other", 7)),
+                ("2024-01-02", entry("old", 6)),
+            ],
+        );
+        assert!(
+            periods_rebase(Some(&before), Some(&other), &write(&["2024-01-02"], false)).is_ok()
+        );
+        let clash = periods_rebase(Some(&before), Some(&other), &write(&["2024-01-01"], false));
+        assert!(clash.unwrap_err().contains("2024-01-01"));
+        assert!(
+            periods_rebase(Some(&before), Some(&other), &write(&["2024-01-02"], true)).is_err()
+        );
+        // A plain overwrite by another program dropped the periods: no rebase.
+        let mut plain = other.clone();
+        plain.periods = None;
+        assert!(
+            periods_rebase(Some(&before), Some(&plain), &write(&["2024-01-02"], false)).is_err()
+        );
     }
 }

@@ -13,8 +13,13 @@ pub(crate) const SUCCESS: &str = "_SUCCESS";
 /// ([`super::staging`]): healed away when found.
 pub(crate) const STAGING: &str = "_staging";
 
-/// The version of the manifest format written by this build.
-pub(crate) const MANIFEST_VERSION: u32 = 1;
+/// The newest version of the manifest format this build reads and writes. Version 2 added
+/// the periods of incremental outputs; a manifest without them is still written as version 1,
+/// so older builds keep reading and writing every other output.
+pub(crate) const MANIFEST_VERSION: u32 = 2;
+
+/// The version of a manifest that records periods.
+pub(crate) const PERIODS_VERSION: u32 = 2;
 
 /// The list of files that make up one published version of an output.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -42,6 +47,67 @@ pub(crate) struct Manifest {
     /// twice, whatever the state store remembers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub appended: Vec<String>,
+    /// For the output of an incremental model: the periods it holds, each with the input
+    /// files that were applied to it. Files of such an output record their period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub periods: Option<Periods>,
+}
+
+/// The periods an incremental model's output holds, and what each was computed from: what
+/// the next run compares the inputs with to find the periods late or changed input touched.
+/// It is in the manifest, the commit point, so what was applied is recorded in the same
+/// atomic write that applies it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Periods {
+    /// The period grid (`day`, `month`...): a run on another grid recomputes every period.
+    pub grid: String,
+    /// The first period processed: an earlier one is only ever computed by a backfill.
+    pub start: String,
+    /// Each period, by name (`2024-01-10`).
+    pub entries: std::collections::BTreeMap<String, PeriodEntry>,
+}
+
+/// One period of an incremental output: which run computed it, and from what.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct PeriodEntry {
+    /// The run that last computed it.
+    pub run_id: String,
+    /// A hash of the inputs without event time (dimension sources, tables upstream) when it
+    /// was computed: when they change, the periods inside the late window are redone.
+    pub dims: String,
+    /// The input files that held rows of the period, each with its rows in it.
+    pub inputs: Vec<AppliedFile>,
+}
+
+/// One version of an input file, and its rows in one period.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct AppliedFile {
+    /// The source it belongs to.
+    pub source: String,
+    /// Its object path.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time (RFC 3339).
+    pub modified: String,
+    /// Its entity tag, where the store gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// Its rows in the period.
+    pub rows: u64,
+}
+
+impl AppliedFile {
+    /// The file version, without the rows: two records of the same version compare equal.
+    pub(crate) fn version(&self) -> (&str, &str, u64, &str, Option<&str>) {
+        (
+            &self.source,
+            &self.path,
+            self.size,
+            &self.modified,
+            self.etag.as_deref(),
+        )
+    }
 }
 
 /// One column of an output.
@@ -84,6 +150,9 @@ pub struct ManifestFile {
     pub rows: u64,
     /// Size in bytes.
     pub bytes: u64,
+    /// In an incremental model's output, the period whose unit wrote the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
 }
 
 impl ManifestFile {
@@ -104,7 +173,7 @@ impl Manifest {
         files: Vec<ManifestFile>,
     ) -> Manifest {
         Manifest {
-            version: MANIFEST_VERSION,
+            version: 1,
             run_id: run_id.to_string(),
             committed_at: crate::config::timestamp_now(),
             format: format.to_string(),
@@ -113,6 +182,7 @@ impl Manifest {
             columns,
             files,
             appended: Vec::new(),
+            periods: None,
         }
     }
 }
@@ -168,6 +238,7 @@ mod tests {
             path: p.into(),
             rows: 1,
             bytes: 1,
+            period: None,
         };
         assert_eq!(f("a=1/b=2/part.parquet").partition(), "a=1/b=2");
         assert_eq!(f("part.parquet").partition(), "");

@@ -20,7 +20,7 @@ pub(crate) mod swap;
 pub(crate) mod view;
 
 pub(crate) use commit::{
-    CommitError, CommitFailure, Existing, NewVersion, Output, StagedFile, kept_files,
+    CommitError, CommitFailure, Existing, NewVersion, Output, PeriodWrite, StagedFile, kept_files,
 };
 pub(crate) use heal::Ended;
 pub(crate) use manifest::{Manifest, ManifestColumn, ManifestFile, manifest_columns};

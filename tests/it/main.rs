@@ -13,6 +13,7 @@ mod encodings;
 mod errors;
 mod formats;
 mod headers;
+mod incremental;
 mod joins;
 mod layers;
 mod listing_readers;

@@ -529,7 +529,7 @@ fn a_manifest_from_a_newer_sluice_is_refused() {
     write("append").expect(0);
     let path = d.join("o/_MANIFEST");
     let text = std::fs::read_to_string(&path).unwrap();
-    let newer = text.replacen("\"version\": 1", "\"version\": 2", 1);
+    let newer = text.replacen("\"version\": 1", "\"version\": 99", 1);
     assert_ne!(newer, text);
     std::fs::write(&path, &newer).unwrap();
     let before = snapshot(&d.join("o"));

@@ -9,8 +9,8 @@ use super::super::values::{
 };
 use super::super::{
     BatchConfig, Check, CheckKind, ConfigError, DEFAULT_FILE_SIZE, DEFAULT_ROWS_PER_FILE, Format,
-    KeyBuckets, Materialized, ModelConfig, Severity, SinkConfig, SourceConfig, UnitSettings,
-    WriteMode,
+    IncrementalConfig, KeyBuckets, Materialized, ModelConfig, Severity, SinkConfig, SourceConfig,
+    UnitSettings, WriteMode,
 };
 use super::Validator;
 
@@ -71,7 +71,7 @@ impl Validator<'_> {
     fn check_sinks_apart(&self, models: &BTreeMap<String, ModelConfig>) -> Result<(), ConfigError> {
         let tables: Vec<(&String, String)> = models
             .iter()
-            .filter(|(_, m)| m.materialized == Materialized::Table)
+            .filter(|(_, m)| m.materialized.is_written())
             .map(|(n, m)| (n, folder_identity(&m.sink.location)))
             .collect();
         for (i, (a, la)) in tables.iter().enumerate() {
@@ -114,14 +114,36 @@ impl Validator<'_> {
                 format!("cannot read {}: {e}", sql_path.display()),
             )
         })?;
-        let sink = self.sink(&name, m.sink.unwrap_or_default())?;
+        let materialized = m.materialized.unwrap_or(Materialized::Table);
+        let raw_sink = m.sink.unwrap_or_default();
+        if materialized == Materialized::Incremental
+            && let Some(mode) = raw_sink.mode.filter(|m| *m != WriteMode::Overwrite)
+        {
+            return Err(self.invalid(
+                format!("models.{name}.sink.mode"),
+                format!(
+                    "{:?}: an incremental model's output is written period by period (a run \
+                     replaces the periods it computes): remove `mode`",
+                    mode.name()
+                ),
+            ));
+        }
+        let sink = self.sink(&name, raw_sink)?;
         let WorkUnits {
             units,
             batches,
             files_per_unit,
             key_buckets,
-        } = self.work_units(&name, m.batches.unwrap_or_default())?;
-        let materialized = m.materialized.unwrap_or(Materialized::Table);
+        } = self.work_units(&name, m.batches.unwrap_or_default(), materialized)?;
+        if materialized == Materialized::Incremental
+            && batches.as_ref().is_none_or(|b| b.incremental.is_none())
+        {
+            return Err(self.invalid(
+                format!("models.{name}.materialized"),
+                "an incremental model is computed by periods of event time: set \
+                 [models.NAME.batches] size = \"hour\", \"day\", \"month\" or \"year\"",
+            ));
+        }
         if (batches.is_some() || files_per_unit.is_some() || key_buckets.is_some())
             && materialized == Materialized::View
         {
@@ -188,7 +210,25 @@ impl Validator<'_> {
 
     /// `[models.NAME.batches]`: the settings of the model's work units, and how it is split
     /// into them: by event time, by input file, by key, or not at all.
-    fn work_units(&self, model: &str, raw: RawBatches) -> Result<WorkUnits, ConfigError> {
+    fn work_units(
+        &self,
+        model: &str,
+        raw: RawBatches,
+        materialized: Materialized,
+    ) -> Result<WorkUnits, ConfigError> {
+        let incremental_keys = [
+            ("late_window", raw.late_window.is_some()),
+            ("lookback", raw.lookback.is_some()),
+            ("on_late_beyond_window", raw.on_late_beyond_window.is_some()),
+        ];
+        if materialized != Materialized::Incremental
+            && let Some((key, _)) = incremental_keys.iter().find(|(_, set)| *set)
+        {
+            return Err(self.invalid(
+                format!("models.{model}.batches.{key}"),
+                "applies to incremental models: set materialized = \"incremental\" on the model",
+            ));
+        }
         let units = self.unit_settings(
             &format!("models.{model}.batches"),
             self.default_units,
@@ -228,9 +268,12 @@ impl Validator<'_> {
         };
         let batches = if !by_file
             && !by_key
-            && (raw.size.is_some() || raw.start.is_some() || raw.end.is_some())
+            && (raw.size.is_some()
+                || raw.start.is_some()
+                || raw.end.is_some()
+                || materialized == Materialized::Incremental)
         {
-            Some(self.batches(model, raw)?)
+            Some(self.batches(model, raw, materialized)?)
         } else {
             None
         };
@@ -304,7 +347,12 @@ impl Validator<'_> {
     }
 
     /// `[models.NAME.batches]` by event time: the period, and the start and end if set.
-    fn batches(&self, model: &str, raw: RawBatches) -> Result<BatchConfig, ConfigError> {
+    fn batches(
+        &self,
+        model: &str,
+        raw: RawBatches,
+        materialized: Materialized,
+    ) -> Result<BatchConfig, ConfigError> {
         let key = |k: &str| format!("models.{model}.batches.{k}");
         let Some(size) = raw.size else {
             return Err(self.invalid(
@@ -331,7 +379,34 @@ impl Validator<'_> {
         {
             return Err(self.invalid(key("end"), "must be after start"));
         }
-        Ok(BatchConfig { size, start, end })
+        let incremental = if materialized == Materialized::Incremental {
+            let late_window = match raw.late_window {
+                None => chrono::Duration::zero(),
+                Some(text) => crate::config::parse_duration(&text)
+                    .and_then(|d| chrono::Duration::from_std(d).ok())
+                    .ok_or_else(|| {
+                        self.invalid(
+                            key("late_window"),
+                            format!(
+                                "{text:?} is not a duration (examples: \"48h\", \"2d\", \"90m\")"
+                            ),
+                        )
+                    })?,
+            };
+            Some(IncrementalConfig {
+                late_window,
+                lookback: raw.lookback.unwrap_or(0),
+                on_late_beyond_window: raw.on_late_beyond_window.unwrap_or_default(),
+            })
+        } else {
+            None
+        };
+        Ok(BatchConfig {
+            size,
+            start,
+            end,
+            incremental,
+        })
     }
 
     /// `[[models.NAME.checks]]`: each entry one kind of check, and its severity.

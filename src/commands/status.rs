@@ -1,0 +1,228 @@
+//! `sluice status`: where each incremental model of a pipeline stands — the periods its
+//! output holds, the periods due (new, or touched by late input inside the window), those
+//! needing a backfill (late input beyond the window), and its late-arrival history. Reads
+//! only: no lock, nothing written.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::Context;
+use crate::error::{EXIT_OK, Error};
+use crate::report::{Backlog, LateCounts, PeriodReason};
+use crate::run::RunOptions;
+use crate::run::incremental::RunKind;
+use crate::state::{LateRow, StateStore};
+use crate::units;
+
+/// Where one incremental model stands.
+#[derive(Debug, Serialize)]
+struct ModelStatus {
+    model: String,
+    grid: String,
+    late_window: String,
+    as_of: String,
+    /// Periods the output holds.
+    periods_computed: usize,
+    first_period: Option<String>,
+    last_period: Option<String>,
+    /// What `sluice run` would compute now, and why.
+    due: Vec<PeriodReason>,
+    /// Periods needing a backfill, with the command.
+    needs_backfill: Vec<Backfill>,
+    /// Late rows a run now would find (late beyond the window: not yet counted by a run).
+    pending: LateCounts,
+    /// The model's last runs' late-arrival counts, newest first.
+    history: Vec<LateRow>,
+}
+
+#[derive(Debug, Serialize)]
+struct Backfill {
+    #[serde(flatten)]
+    backlog: Backlog,
+    command: String,
+}
+
+/// Prints the status of the selected incremental models.
+pub async fn execute(
+    path: &Path,
+    opts: &RunOptions,
+    json: bool,
+    cx: &Context<'_>,
+) -> Result<i32, Error> {
+    let pipeline = cx.load_pipeline(path)?;
+    let state = pipeline
+        .settings
+        .state
+        .exists()
+        .then(|| StateStore::open(&pipeline.settings.state))
+        .transpose()?;
+    let prepared = crate::run::prepare(pipeline, opts, cx.env.clone()).await?;
+    let mut clock = crate::run::clock_of(opts);
+    clock.kind = RunKind::Run;
+    let mut out = Vec::new();
+    for name in &prepared.selected {
+        let model = &prepared.pipeline.models[name];
+        let Some(batches) = &model.batches else {
+            continue;
+        };
+        let Some(config) = &batches.incremental else {
+            continue;
+        };
+        let size = batches.size;
+        let mut seen = std::collections::HashSet::new();
+        if let Some(state) = &state {
+            for (source, _) in
+                units::event_sources(&prepared.pipeline, &prepared.dag.sources_read(name))
+            {
+                seen.extend(state.seen_before(&source, "")?);
+            }
+        }
+        let seen = |f: &crate::table::manifest::AppliedFile| {
+            seen.contains(&crate::state::FileSeen {
+                source: f.source.clone(),
+                path: f.path.clone(),
+                size: f.size,
+                modified: f.modified.clone(),
+                etag: f.etag.clone().unwrap_or_default(),
+            })
+        };
+        let plan = crate::run::unit::plan_units(
+            &prepared.engine,
+            &prepared.pipeline,
+            &prepared.dag,
+            model,
+            &clock,
+            &seen,
+        )
+        .await
+        .map_err(|message| Error::Model {
+            model: name.clone(),
+            message,
+        })?;
+        let Some(work) = plan.incremental else {
+            continue;
+        };
+        let computed = work.output.as_ref().map(|p| &p.entries);
+        out.push(ModelStatus {
+            model: name.clone(),
+            grid: size.name().to_string(),
+            late_window: crate::config::format_duration(config.late_window),
+            as_of: clock.as_of.and_utc().to_rfc3339(),
+            periods_computed: computed.map_or(0, |c| c.len()),
+            first_period: computed.and_then(|c| c.keys().next().cloned()),
+            last_period: computed.and_then(|c| c.keys().next_back().cloned()),
+            due: work
+                .plan
+                .todo
+                .iter()
+                .map(|(p, reason)| PeriodReason {
+                    period: units::period_name(size, *p),
+                    reason: *reason,
+                })
+                .collect(),
+            needs_backfill: work
+                .plan
+                .backlog
+                .iter()
+                .map(|b| Backfill {
+                    command: crate::run::incremental::backfill_command(
+                        &prepared.pipeline,
+                        size,
+                        &b.period,
+                    ),
+                    backlog: Backlog {
+                        files: b
+                            .files
+                            .iter()
+                            .map(|f| crate::run::incremental::show_file(&prepared.pipeline, f))
+                            .collect(),
+                        ..b.clone()
+                    },
+                })
+                .collect(),
+            pending: work.plan.counts.clone(),
+            history: match &state {
+                Some(s) => s.late_history(name, 10)?,
+                None => Vec::new(),
+            },
+        });
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else if out.is_empty() {
+        eprintln!("no incremental models selected");
+    } else {
+        for m in &out {
+            print!("{}", describe(m));
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// The text of one model's status.
+fn describe(m: &ModelStatus) -> String {
+    let mut out = format!(
+        "model {} (incremental by {}, late window {}, as of {})\n",
+        m.model, m.grid, m.late_window, m.as_of
+    );
+    out.push_str(&format!(
+        "  computed:        {} periods{}\n",
+        m.periods_computed,
+        match (&m.first_period, &m.last_period) {
+            (Some(a), Some(b)) => format!(", {a} .. {b}"),
+            _ => String::new(),
+        }
+    ));
+    let due: Vec<String> = m
+        .due
+        .iter()
+        .map(|d| {
+            let reason = serde_json::to_value(d.reason)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            format!("{} ({reason})", d.period)
+        })
+        .collect();
+    out.push_str(&format!(
+        "  due:             {}\n",
+        if due.is_empty() {
+            "-".to_string()
+        } else {
+            due.join(", ")
+        }
+    ));
+    if m.needs_backfill.is_empty() {
+        out.push_str("  needs backfill:  -\n");
+    }
+    for b in &m.needs_backfill {
+        out.push_str(&format!(
+            "  needs backfill:  {}: {} late rows, {} deleted ({}): {}\n",
+            b.backlog.period,
+            b.backlog.rows_late,
+            b.backlog.rows_deleted,
+            b.backlog.files.join(", "),
+            b.command
+        ));
+    }
+    if !m.history.is_empty() {
+        out.push_str(&format!(
+            "  late history:    {:<24} {:<26} {:<20} {:>10} {:>10} {:>10} {:>8}\n",
+            "run", "as of", "kind", "on time", "in window", "beyond", "rate"
+        ));
+        for h in &m.history {
+            out.push_str(&format!(
+                "                   {:<24} {:<26} {:<20} {:>10} {:>10} {:>10} {:>7.2}%\n",
+                h.run_id,
+                h.as_of,
+                h.kind,
+                h.counts.rows_on_time,
+                h.counts.rows_late_in_window,
+                h.counts.rows_late_beyond_window,
+                100.0 * h.counts.rate()
+            ));
+        }
+    }
+    out
+}

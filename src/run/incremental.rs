@@ -1,0 +1,709 @@
+//! Incremental models: which periods a run computes, and how late its input was.
+//!
+//! The output's `_MANIFEST` records, for each period it holds, the input file versions that
+//! were applied to it ([`Periods`]). A run compares them with the files there are now
+//! ([`EventMap`](super::event_map::EventMap) says which periods each file holds rows of):
+//!
+//! - a period never computed that has ended by the clock is **new**;
+//! - a computed period whose files changed (a file added, rewritten or deleted) was touched by
+//!   late data: inside its late window (its end + `late_window` ≥ the clock, inclusive) it is
+//!   **reconciled** in this run; beyond the window it stays as it is, its late rows are counted
+//!   and it is listed as needing a backfill until one recomputes it;
+//! - a change of the inputs without event time (a dimension source, a table upstream) redoes
+//!   the periods inside the window; `lookback` redoes the last N periods whatever happened.
+//!
+//! [`plan`] is pure: `sluice run`, `plan` and `status` share it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::NaiveDateTime;
+
+use crate::config::{BatchSize, IncrementalConfig};
+pub use crate::report::{Backlog, LateCounts, Reason};
+use crate::table::manifest::{AppliedFile, Periods};
+use crate::units::{self, Unit, UnitKind};
+
+/// A run's clock and what it was asked to do: what incremental models plan by.
+#[derive(Debug, Clone)]
+pub struct Clock {
+    /// The run's "now" (UTC): periods that ended by it are due; late windows close by it.
+    pub as_of: NaiveDateTime,
+    /// What the run was asked to do.
+    pub kind: RunKind,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock {
+            as_of: chrono::Utc::now().naive_utc(),
+            kind: RunKind::Run,
+        }
+    }
+}
+
+/// Which periods of an incremental model a run computes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RunKind {
+    /// New periods, and touched periods inside the late window (`sluice run`).
+    #[default]
+    Run,
+    /// New periods only (`sluice run --no-reconcile`).
+    NoReconcile,
+    /// Touched periods inside the late window only (`sluice reconcile`).
+    Reconcile,
+    /// Exactly the periods that overlap `[from, to)`, whatever the window (`sluice
+    /// backfill`).
+    Backfill {
+        /// The first period's start.
+        from: NaiveDateTime,
+        /// The end (exclusive).
+        to: NaiveDateTime,
+    },
+    /// Every period, as a first run (`sluice run --full-refresh`).
+    FullRefresh,
+}
+
+impl RunKind {
+    /// The kind's name in reports and the state store.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RunKind::Run => "run",
+            RunKind::NoReconcile => "run --no-reconcile",
+            RunKind::Reconcile => "reconcile",
+            RunKind::Backfill { .. } => "backfill",
+            RunKind::FullRefresh => "run --full-refresh",
+        }
+    }
+
+    fn reconciles(&self) -> bool {
+        matches!(self, RunKind::Run | RunKind::Reconcile)
+    }
+}
+
+/// What one run of an incremental model computes, and what it found late.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IncrementalPlan {
+    /// The periods it computes, in order, each with why.
+    pub todo: Vec<(NaiveDateTime, Reason)>,
+    /// Whether it replaces every period of the output (a first run, a full refresh).
+    pub full: bool,
+    /// The first period of the output.
+    pub start: Option<NaiveDateTime>,
+    /// Rows by lateness, in total and per source.
+    pub counts: LateCounts,
+    /// The same per source.
+    pub by_source: BTreeMap<String, LateCounts>,
+    /// Touched periods inside the window this run leaves for `sluice reconcile`.
+    pub to_reconcile: Vec<String>,
+    /// Touched periods beyond the window, for a backfill.
+    pub backlog: Vec<Backlog>,
+    /// Whether the inputs without event time changed since a period inside the window was
+    /// computed.
+    pub dimensions_changed: bool,
+}
+
+/// What [`plan`] works from.
+pub(crate) struct PlanInput<'a> {
+    /// The period size.
+    pub size: BatchSize,
+    /// `batches.start`, `batches.end`.
+    pub start: Option<NaiveDateTime>,
+    /// `batches.end` (exclusive).
+    pub end: Option<NaiveDateTime>,
+    /// The model's incremental settings.
+    pub config: &'a IncrementalConfig,
+    /// The run's clock.
+    pub as_of: NaiveDateTime,
+    /// What the run was asked to do.
+    pub kind: &'a RunKind,
+    /// The input files there are now, per period, each with its rows in it.
+    pub current: &'a BTreeMap<NaiveDateTime, Vec<AppliedFile>>,
+    /// A hash of the inputs without event time now.
+    pub dims: &'a str,
+    /// What the output holds, if it records periods on this grid.
+    pub previous: Option<&'a Periods>,
+    /// Whether a file version was seen by an earlier run (its late rows are then counted
+    /// already).
+    pub seen: &'a dyn Fn(&AppliedFile) -> bool,
+}
+
+/// The grid's name, as the manifest records it.
+pub(crate) fn grid_name(size: BatchSize) -> String {
+    size.name().to_string()
+}
+
+/// Decides which periods a run computes and counts its late rows (see the module
+/// documentation).
+pub(crate) fn plan(input: &PlanInput<'_>) -> IncrementalPlan {
+    let PlanInput {
+        size,
+        start,
+        end,
+        config,
+        as_of,
+        kind,
+        current,
+        dims,
+        previous,
+        seen,
+    } = *input;
+    let full = previous.is_none() || *kind == RunKind::FullRefresh;
+    let previous = previous.filter(|_| !full);
+    let parse = |name: &str| crate::config::parse_datetime(&period_start_text(name));
+    let clock_end = units::truncate(size, as_of);
+    let limit = end.map_or(clock_end, |e| e.min(clock_end));
+    let entries: BTreeMap<NaiveDateTime, &crate::table::manifest::PeriodEntry> = previous
+        .map(|p| {
+            p.entries
+                .iter()
+                .filter_map(|(name, e)| Some((parse(name)?, e)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let first = start
+        .map(|s| units::truncate(size, s))
+        .or_else(|| previous.and_then(|p| parse(&p.start)))
+        .or_else(|| current.keys().next().copied());
+    let mut out = IncrementalPlan {
+        full,
+        start: first,
+        ..IncrementalPlan::default()
+    };
+    let Some(first) = first else {
+        return out;
+    };
+    // Periods up to the latest holding data (or computed): never empty units up to "now".
+    let last = current
+        .keys()
+        .chain(entries.keys())
+        .max()
+        .map_or(first, |p| units::next(size, *p));
+    let frontier = last.min(limit);
+    let mut candidates: BTreeSet<NaiveDateTime> = BTreeSet::new();
+    let mut p = first;
+    while p < frontier {
+        candidates.insert(p);
+        p = units::next(size, p);
+    }
+    candidates.extend(entries.keys().filter(|p| **p < limit));
+    // Rows before the first period: only a backfill computes them (unless `start` excludes them).
+    if start.is_none() {
+        candidates.extend(current.keys().filter(|p| **p < first));
+    }
+    let window = config.late_window;
+    let lookback: BTreeSet<NaiveDateTime> = entries
+        .keys()
+        .filter(|p| **p < limit)
+        .rev()
+        .take(config.lookback as usize)
+        .copied()
+        .collect();
+    let empty = Vec::new();
+    for p in candidates {
+        let name = units::period_name(size, p);
+        let now = current.get(&p).unwrap_or(&empty);
+        let in_window = units::next(size, p) + window >= as_of;
+        let backfilled = match kind {
+            RunKind::Backfill { from, to } => p < *to && units::next(size, p) > *from,
+            _ => false,
+        };
+        let mut reason = None;
+        match entries.get(&p) {
+            None if p < first => {
+                // Never computed, before the output's first period.
+                let late = rows_by_source(now.iter(), &|f| !seen(f));
+                for (source, rows) in late {
+                    out.count(&source, |c| c.rows_late_beyond_window += rows);
+                }
+                if !backfilled {
+                    out.backlog.push(Backlog {
+                        period: name.clone(),
+                        rows_late: now.iter().map(|f| f.rows).sum(),
+                        rows_deleted: 0,
+                        files: now.iter().map(|f| f.path.clone()).collect(),
+                    });
+                }
+            }
+            None => {
+                if full || matches!(kind, RunKind::Run | RunKind::NoReconcile) {
+                    for (source, rows) in rows_by_source(now.iter(), &|_| true) {
+                        out.count(&source, |c| c.rows_on_time += rows);
+                    }
+                    reason = Some(if full {
+                        Reason::FullRefresh
+                    } else {
+                        Reason::New
+                    });
+                }
+            }
+            Some(entry) => {
+                let before: BTreeSet<_> = entry.inputs.iter().map(AppliedFile::version).collect();
+                let after: BTreeSet<_> = now.iter().map(AppliedFile::version).collect();
+                let arrived: Vec<&AppliedFile> = now
+                    .iter()
+                    .filter(|f| !before.contains(&f.version()))
+                    .collect();
+                let gone: Vec<&AppliedFile> = entry
+                    .inputs
+                    .iter()
+                    .filter(|f| !after.contains(&f.version()))
+                    .collect();
+                let touched = !arrived.is_empty() || !gone.is_empty();
+                let applies = backfilled || (in_window && kind.reconciles());
+                if touched && in_window && kind.reconciles() {
+                    for (source, rows) in rows_by_source(arrived.iter().copied(), &|_| true) {
+                        out.count(&source, |c| c.rows_late_in_window += rows);
+                    }
+                    for (source, rows) in rows_by_source(gone.iter().copied(), &|_| true) {
+                        out.count(&source, |c| c.rows_deleted += rows);
+                    }
+                } else if touched && !in_window {
+                    let unseen = rows_by_source(arrived.iter().copied(), &|f| !seen(f));
+                    for (source, rows) in unseen {
+                        out.count(&source, |c| c.rows_late_beyond_window += rows);
+                    }
+                    if !backfilled {
+                        out.backlog.push(Backlog {
+                            period: name.clone(),
+                            rows_late: arrived.iter().map(|f| f.rows).sum(),
+                            rows_deleted: gone.iter().map(|f| f.rows).sum(),
+                            files: arrived
+                                .iter()
+                                .chain(gone.iter())
+                                .map(|f| f.path.clone())
+                                .collect(),
+                        });
+                    }
+                } else if touched && !backfilled {
+                    out.to_reconcile.push(name.clone());
+                }
+                let dims_changed = entry.dims != dims && in_window;
+                out.dimensions_changed |= dims_changed;
+                reason = if backfilled {
+                    Some(Reason::Backfill)
+                } else if full {
+                    Some(Reason::FullRefresh)
+                } else if touched && applies {
+                    Some(match (arrived.is_empty(), gone.is_empty()) {
+                        (false, true) => Reason::Late,
+                        (true, false) => Reason::Deleted,
+                        _ => Reason::Changed,
+                    })
+                } else if dims_changed && kind.reconciles() {
+                    Some(Reason::Dimension)
+                } else if lookback.contains(&p) && *kind == RunKind::Run {
+                    Some(Reason::Lookback)
+                } else {
+                    None
+                };
+            }
+        }
+        if let RunKind::Backfill { .. } = kind {
+            // Exactly the periods asked for.
+            reason = backfilled.then_some(Reason::Backfill);
+        }
+        if let Some(r) = reason {
+            out.todo.push((p, r));
+        }
+    }
+    out
+}
+
+impl IncrementalPlan {
+    fn count(&mut self, source: &str, f: impl Fn(&mut LateCounts)) {
+        f(&mut self.counts);
+        f(self.by_source.entry(source.to_string()).or_default());
+    }
+
+    /// The units of the periods it computes: each `[start, end)` of its period, within
+    /// `batches` start and end.
+    pub(crate) fn units(
+        &self,
+        size: BatchSize,
+        start: Option<NaiveDateTime>,
+        end: Option<NaiveDateTime>,
+    ) -> Vec<Unit> {
+        self.todo
+            .iter()
+            .enumerate()
+            .map(|(index, (p, _))| {
+                let next = units::next(size, *p);
+                Unit {
+                    index,
+                    name: units::period_name(size, *p),
+                    kind: UnitKind::Period {
+                        start: start.map_or(*p, |s| s.max(*p)),
+                        end: end.map_or(next, |e| e.min(next)),
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+/// Rows of `files` that pass `keep`, per source.
+fn rows_by_source<'a>(
+    files: impl Iterator<Item = &'a AppliedFile>,
+    keep: &dyn Fn(&AppliedFile) -> bool,
+) -> BTreeMap<String, u64> {
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for f in files.filter(|f| keep(f)) {
+        *out.entry(f.source.clone()).or_default() += f.rows;
+    }
+    out
+}
+
+/// How a write of `model` combines with its output, for the check that its columns did not
+/// change: an incremental model keeps the other periods' files (as an append does), unless
+/// it computes every period (a first run, a full refresh, another grid).
+pub(crate) fn column_mode(
+    model: &crate::config::ModelConfig,
+    manifest: Option<&crate::table::Manifest>,
+    kind: &RunKind,
+) -> crate::config::WriteMode {
+    let Some(batches) = model.batches.as_ref().filter(|b| b.incremental.is_some()) else {
+        return model.sink.mode;
+    };
+    let keeps = *kind != RunKind::FullRefresh
+        && manifest
+            .and_then(|m| m.periods.as_ref())
+            .is_some_and(|p| p.grid == grid_name(batches.size));
+    if keeps {
+        crate::config::WriteMode::Append
+    } else {
+        crate::config::WriteMode::Overwrite
+    }
+}
+
+/// An input file's object path as the user knows the file: relative to the pipeline folder
+/// when inside it, else its path or URL (the first source whose location holds it says which).
+pub(crate) fn show_file(pipeline: &crate::config::Pipeline, path: &str) -> String {
+    let key = object_store::path::Path::from(path);
+    let shown = pipeline
+        .sources
+        .values()
+        .filter_map(|spec| crate::store::Location::parse(&spec.location).ok())
+        .find(|l| path.starts_with(l.path().as_ref()))
+        .map(|l| l.display_key(&key))
+        .unwrap_or_else(|| path.to_string());
+    std::path::Path::new(&shown)
+        .strip_prefix(&pipeline.root)
+        .map(|p| p.display().to_string())
+        .unwrap_or(shown)
+}
+
+/// The command that backfills `period` of the pipeline.
+pub fn backfill_command(
+    pipeline: &crate::config::Pipeline,
+    size: BatchSize,
+    period: &str,
+) -> String {
+    backfill_range(pipeline, size, period, period)
+        .unwrap_or_else(|| format!("sluice backfill {}", pipeline.root.display()))
+}
+
+/// The command that backfills the periods `first` to `last` (inclusive) of the pipeline.
+pub(crate) fn backfill_range(
+    pipeline: &crate::config::Pipeline,
+    size: BatchSize,
+    first: &str,
+    last: &str,
+) -> Option<String> {
+    let from = crate::config::parse_datetime(&period_start_text(first))?;
+    let to = units::next(
+        size,
+        crate::config::parse_datetime(&period_start_text(last))?,
+    );
+    let show = |t: NaiveDateTime| match size {
+        BatchSize::Hour => t.format("%Y-%m-%dT%H:%M:%S").to_string(),
+        _ => t.format("%Y-%m-%d").to_string(),
+    };
+    Some(format!(
+        "sluice backfill {} --from {} --to {}",
+        pipeline.root.display(),
+        show(from),
+        show(to)
+    ))
+}
+
+/// A period name (`2024`, `2024-01`, `2024-01-10`, `2024-01-10T05`) as a date-time text
+/// [`crate::config::parse_datetime`] reads.
+pub(crate) fn period_start_text(name: &str) -> String {
+    match name.len() {
+        4 => format!("{name}-01-01"),
+        7 => format!("{name}-01"),
+        13 => format!("{name}:00:00"),
+        _ => name.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::manifest::PeriodEntry;
+
+    fn at(s: &str) -> NaiveDateTime {
+        crate::config::parse_datetime(s).unwrap()
+    }
+
+    fn file(path: &str, rows: u64) -> AppliedFile {
+        AppliedFile {
+            source: "events".into(),
+            path: path.into(),
+            size: rows * 10,
+            modified: "2024-01-01T00:00:00+00:00".into(),
+            etag: None,
+            rows,
+        }
+    }
+
+    /// Day `d` of January 2024 holds the rows of `files`.
+    fn day(map: &mut BTreeMap<NaiveDateTime, Vec<AppliedFile>>, d: u32, files: &[AppliedFile]) {
+        map.entry(at(&format!("2024-01-{d:02}")))
+            .or_default()
+            .extend(files.iter().cloned());
+    }
+
+    fn config(window_hours: i64, lookback: u32) -> IncrementalConfig {
+        IncrementalConfig {
+            late_window: chrono::Duration::hours(window_hours),
+            lookback,
+            on_late_beyond_window: crate::config::OnLate::Warn,
+        }
+    }
+
+    fn run(
+        current: &BTreeMap<NaiveDateTime, Vec<AppliedFile>>,
+        previous: Option<&Periods>,
+        as_of: &str,
+        kind: &RunKind,
+        config: &IncrementalConfig,
+    ) -> IncrementalPlan {
+        plan(&PlanInput {
+            size: BatchSize::Day,
+            start: Some(at("2024-01-01")),
+            end: None,
+            config,
+            as_of: at(as_of),
+            kind,
+            current,
+            dims: "d",
+            previous,
+            seen: &|_| false,
+        })
+    }
+
+    /// What a run that computed `done` periods from `current` records.
+    fn applied(current: &BTreeMap<NaiveDateTime, Vec<AppliedFile>>, upto: u32) -> Periods {
+        let mut entries = BTreeMap::new();
+        for d in 1..=upto {
+            let p = at(&format!("2024-01-{d:02}"));
+            entries.insert(
+                units::period_name(BatchSize::Day, p),
+                PeriodEntry {
+                    run_id: "r1".into(),
+                    dims: "d".into(),
+                    inputs: current.get(&p).cloned().unwrap_or_default(),
+                },
+            );
+        }
+        Periods {
+            grid: "day".into(),
+            start: "2024-01-01".into(),
+            entries,
+        }
+    }
+
+    fn names(plan: &IncrementalPlan) -> Vec<(String, Reason)> {
+        plan.todo
+            .iter()
+            .map(|(p, r)| (units::period_name(BatchSize::Day, *p), *r))
+            .collect()
+    }
+
+    /// The timeline: ten days, then two new days, a late file inside the window (day
+    /// 10 ends on day 11 00:00; +48 h is the clock, and the window's end is inclusive) and
+    /// one beyond it (day 2).
+    #[test]
+    fn the_day_one_day_two_timeline() {
+        let cfg = config(48, 0);
+        let mut current = BTreeMap::new();
+        for d in 1..=10 {
+            day(&mut current, d, &[file(&format!("events-{d:02}.csv"), 100)]);
+        }
+        let first = run(&current, None, "2024-01-11", &RunKind::Run, &cfg);
+        assert!(first.full);
+        assert_eq!(first.todo.len(), 10);
+        assert_eq!(first.counts.rows_on_time, 1000);
+        let previous = applied(&current, 10);
+        // Nothing new: nothing to do.
+        let again = run(&current, Some(&previous), "2024-01-11", &RunKind::Run, &cfg);
+        assert!(again.todo.is_empty() && !again.full);
+        assert_eq!(again.counts, LateCounts::default());
+
+        day(&mut current, 11, &[file("events-11.csv", 100)]);
+        day(&mut current, 12, &[file("events-12.csv", 100)]);
+        day(&mut current, 10, &[file("late-10.csv", 7)]);
+        day(&mut current, 2, &[file("late-02.csv", 5)]);
+        let second = run(&current, Some(&previous), "2024-01-13", &RunKind::Run, &cfg);
+        assert_eq!(
+            names(&second),
+            vec![
+                ("2024-01-10".into(), Reason::Late),
+                ("2024-01-11".into(), Reason::New),
+                ("2024-01-12".into(), Reason::New),
+            ]
+        );
+        assert_eq!(
+            second.counts,
+            LateCounts {
+                rows_on_time: 200,
+                rows_late_in_window: 7,
+                rows_late_beyond_window: 5,
+                rows_deleted: 0,
+            }
+        );
+        assert!((second.counts.rate() - 12.0 / 212.0).abs() < 1e-12);
+        assert_eq!(second.backlog.len(), 1);
+        assert_eq!(second.backlog[0].period, "2024-01-02");
+        assert_eq!(second.backlog[0].rows_late, 5);
+
+        // One second past the window's end, day 10 is beyond it too.
+        let late = run(
+            &current,
+            Some(&previous),
+            "2024-01-13T00:00:01",
+            &RunKind::Run,
+            &cfg,
+        );
+        assert_eq!(names(&late)[0], ("2024-01-11".into(), Reason::New));
+        assert_eq!(late.counts.rows_late_beyond_window, 12);
+
+        // --no-reconcile leaves day 10 for reconcile, which does only it.
+        let main = run(
+            &current,
+            Some(&previous),
+            "2024-01-13",
+            &RunKind::NoReconcile,
+            &cfg,
+        );
+        assert_eq!(main.todo.len(), 2);
+        assert_eq!(main.to_reconcile, vec!["2024-01-10"]);
+        assert_eq!(main.counts.rows_late_in_window, 0);
+        let rec = run(
+            &current,
+            Some(&previous),
+            "2024-01-13",
+            &RunKind::Reconcile,
+            &cfg,
+        );
+        assert_eq!(names(&rec), vec![("2024-01-10".into(), Reason::Late)]);
+        assert_eq!(rec.counts.rows_late_in_window, 7);
+        assert_eq!(rec.counts.rows_on_time, 0);
+
+        // A backfill of day 2 computes it, whatever the window.
+        let backfill = RunKind::Backfill {
+            from: at("2024-01-02"),
+            to: at("2024-01-03"),
+        };
+        let bf = run(&current, Some(&previous), "2024-01-13", &backfill, &cfg);
+        assert_eq!(names(&bf), vec![("2024-01-02".into(), Reason::Backfill)]);
+        assert!(bf.backlog.is_empty());
+
+        // A late row beyond the window is counted by the run that first sees it only.
+        let seen = plan(&PlanInput {
+            size: BatchSize::Day,
+            start: Some(at("2024-01-01")),
+            end: None,
+            config: &cfg,
+            as_of: at("2024-01-13"),
+            kind: &RunKind::Run,
+            current: &current,
+            dims: "d",
+            previous: Some(&previous),
+            seen: &|f| f.path == "late-02.csv",
+        });
+        assert_eq!(seen.counts.rows_late_beyond_window, 0);
+        assert_eq!(seen.backlog.len(), 1, "still listed for a backfill");
+    }
+
+    #[test]
+    fn rewritten_and_deleted_files_dimensions_and_lookback() {
+        let cfg = config(48, 0);
+        let mut current = BTreeMap::new();
+        for d in 1..=5 {
+            day(&mut current, d, &[file(&format!("events-{d:02}.csv"), 100)]);
+        }
+        let previous = applied(&current, 5);
+        // events-05 rewritten (bigger), events-04 deleted: both inside the window at day 7.
+        current.insert(at("2024-01-05"), vec![file("events-05.csv", 103)]);
+        current.remove(&at("2024-01-04"));
+        let p = run(&current, Some(&previous), "2024-01-07", &RunKind::Run, &cfg);
+        // (Day 6 holds no rows and is after the latest data: not computed.)
+        assert_eq!(
+            names(&p),
+            vec![
+                ("2024-01-04".into(), Reason::Deleted),
+                ("2024-01-05".into(), Reason::Changed),
+            ]
+        );
+        assert_eq!(p.counts.rows_deleted, 200);
+        assert_eq!(p.counts.rows_late_in_window, 103);
+
+        // A changed dimension redoes the periods inside the window, and says so.
+        let mut dims_prev = applied(&current, 5);
+        for e in dims_prev.entries.values_mut() {
+            e.dims = "old".into();
+        }
+        let d = run(
+            &current,
+            Some(&dims_prev),
+            "2024-01-06",
+            &RunKind::Run,
+            &cfg,
+        );
+        assert!(d.dimensions_changed);
+        assert_eq!(
+            names(&d),
+            vec![
+                ("2024-01-03".into(), Reason::Dimension),
+                ("2024-01-04".into(), Reason::Dimension),
+                ("2024-01-05".into(), Reason::Dimension),
+            ]
+        );
+
+        // lookback = 2 redoes the last two periods computed.
+        let lb = run(
+            &current,
+            Some(&applied(&current, 5)),
+            "2024-01-06",
+            &RunKind::Run,
+            &config(0, 2),
+        );
+        assert_eq!(
+            names(&lb),
+            vec![
+                ("2024-01-04".into(), Reason::Lookback),
+                ("2024-01-05".into(), Reason::Lookback),
+            ]
+        );
+    }
+
+    #[test]
+    fn period_names_read_back() {
+        for size in [
+            BatchSize::Hour,
+            BatchSize::Day,
+            BatchSize::Month,
+            BatchSize::Year,
+        ] {
+            let t = units::truncate(size, at("2024-03-10T05:30:00"));
+            let name = units::period_name(size, t);
+            assert_eq!(
+                crate::config::parse_datetime(&period_start_text(&name)),
+                Some(t),
+                "{name}"
+            );
+        }
+    }
+}

@@ -1,0 +1,563 @@
+//! Incremental models and late data, on the real binary: the day-1 / day-2 timeline of the
+//! issue with exact numbers, `--no-reconcile` then `reconcile`, `--full-refresh`, backfills,
+//! rewritten and deleted files, a changing dimension, `on_late_beyond_window = "fail"`, a
+//! kill during a reconcile, and the bad input refused with exit 2.
+//!
+//! The oracle is independent of sluice: the test generates every row itself, so it knows each
+//! day's count and sum, and which files each period should have been computed from.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::support::*;
+
+/// One generated events file: `(id, amount, ts)` rows.
+struct Events(Vec<(u64, u64, String)>);
+
+impl Events {
+    /// `n` rows on 2024-01-`day`, ids from `first`, amount = id % 97.
+    fn day(day: u32, n: u64, first: u64) -> Events {
+        Events(
+            (0..n)
+                .map(|i| {
+                    let id = first + i;
+                    let ts = format!("2024-01-{day:02} {:02}:{:02}:00", (i / 60) % 24, i % 60);
+                    (id, id % 97, ts)
+                })
+                .collect(),
+        )
+    }
+
+    fn write(&self, path: &Path) {
+        let mut text = String::from("id,amount,ts\n");
+        for (id, amount, ts) in &self.0 {
+            text.push_str(&format!("{id},{amount},{ts}\n"));
+        }
+        std::fs::write(path, text).unwrap();
+    }
+}
+
+/// The expected output for these files: per day (`2024-01-DD`), `[day, count, sum]`.
+fn expected<'a>(files: impl IntoIterator<Item = &'a Events>) -> BTreeMap<String, (u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for f in files {
+        for (_, amount, ts) in &f.0 {
+            let e = out.entry(ts[..10].to_string()).or_default();
+            e.0 += 1;
+            e.1 += amount;
+        }
+    }
+    out
+}
+
+/// The published output, read back by sluice's own reader: per day, (count, sum).
+fn published_days(dir: &Path) -> BTreeMap<String, (u64, u64)> {
+    let run = sluice(
+        dir,
+        &[
+            "sql",
+            "-e",
+            "SELECT CAST(day AS VARCHAR) AS day, n, amount FROM t ORDER BY day",
+            "--table",
+            "t=out/daily/",
+            "--format",
+            "csv",
+        ],
+    )
+    .expect(0);
+    run.stdout
+        .lines()
+        .filter(|l| l.starts_with("| 2024"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            (
+                cells[1].to_string(),
+                (cells[2].parse().unwrap(), cells[3].parse().unwrap()),
+            )
+        })
+        .collect()
+}
+
+const TOML: &str = r#"name = "events"
+[sources.events]
+location = "data/"
+format = "csv"
+event_time = "ts"
+
+[models.daily]
+materialized = "incremental"
+
+[models.daily.batches]
+size = "day"
+start = "2024-01-01"
+late_window = "48h"
+"#;
+
+const DAILY: &str =
+    "SELECT CAST(ts AS DATE) AS day, COUNT(*) AS n, SUM(amount) AS amount FROM events GROUP BY 1";
+
+/// A pipeline with `files` in `data/`, the model `daily` and `toml`.
+fn pipeline(toml: &str, files: &[(&str, &Events)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+    std::fs::write(dir.path().join("sluice.toml"), toml).unwrap();
+    std::fs::write(dir.path().join("queries/daily.sql"), DAILY).unwrap();
+    for (name, events) in files {
+        events.write(&dir.path().join("data").join(name));
+    }
+    dir
+}
+
+/// Days 1–10, 100 rows each.
+fn day_one() -> Vec<(String, Events)> {
+    (1..=10)
+        .map(|d| {
+            (
+                format!("events-{d:02}.csv"),
+                Events::day(d, 100, u64::from(d) * 1000),
+            )
+        })
+        .collect()
+}
+
+/// What arrives by day 13: days 11 and 12, 7 late rows for day 10 (inside the window), 5 for
+/// day 2 (beyond it).
+fn day_two() -> Vec<(String, Events)> {
+    vec![
+        ("events-11.csv".into(), Events::day(11, 100, 11_000)),
+        ("events-12.csv".into(), Events::day(12, 100, 12_000)),
+        ("late-10.csv".into(), Events::day(10, 7, 90_000)),
+        ("late-02.csv".into(), Events::day(2, 5, 80_000)),
+    ]
+}
+
+fn write_all(dir: &Path, files: &[(String, Events)]) {
+    for (name, e) in files {
+        e.write(&dir.join("data").join(name));
+    }
+}
+
+/// The units a report says the model ran, by name.
+fn units_of(report: &serde_json::Value) -> Vec<String> {
+    report_model(report, "daily")["units"]
+        .as_array()
+        .map(|u| {
+            u.iter()
+                .map(|u| u["unit"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Each data file of the output with the period the manifest records for it.
+fn file_periods(dir: &Path) -> BTreeMap<String, String> {
+    let m = read_json(&dir.join("out/daily/_MANIFEST"));
+    m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["period"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn late(report: &serde_json::Value) -> &serde_json::Value {
+    &report_model(report, "daily")["late"]
+}
+
+#[test]
+fn the_day_one_day_two_timeline_then_a_backfill() {
+    let first = day_one();
+    let dir = pipeline(TOML, &[]);
+    let d = dir.path();
+    write_all(d, &first);
+
+    // Day 1: every period up to the clock, on time; the output is a full recompute.
+    let (_, r1) = run_with_report(d, &["--as-of", "2024-01-11"], 0);
+    let want1 = expected(first.iter().map(|(_, e)| e));
+    assert_eq!(units_of(&r1).len(), 10);
+    assert_eq!(published_days(d), want1);
+    assert_eq!(late(&r1)["rows_on_time"], 1000);
+    assert_eq!(late(&r1)["rate"], 0.0);
+    let periods = file_periods(d);
+    assert_eq!(periods.len(), 10);
+    assert!(
+        periods.values().all(|p| p.starts_with("2024-01-")),
+        "{periods:?}"
+    );
+    let manifest = read_json(&d.join("out/daily/_MANIFEST"));
+    assert_eq!(
+        manifest["periods"]["entries"].as_object().unwrap().len(),
+        10
+    );
+    let before = snapshot(&d.join("out/daily"));
+
+    // Day 2.
+    let second = day_two();
+    write_all(d, &second);
+    let status = sluice(d, &["status", ".", "--as-of", "2024-01-13T00:00:00Z"]).expect(0);
+    assert!(
+        status
+            .stdout
+            .contains("2024-01-10 (late), 2024-01-11 (new), 2024-01-12 (new)"),
+        "{}",
+        status.stdout
+    );
+    let (run, r2) = run_with_report(d, &["--as-of", "2024-01-13T00:00:00Z"], 0);
+    // Exactly days 10, 11, 12: day 10 ends on day 11 00:00, +48 h is the clock (inclusive).
+    assert_eq!(
+        units_of(&r2),
+        vec!["2024-01-10", "2024-01-11", "2024-01-12"]
+    );
+    let l = late(&r2);
+    assert_eq!(l["rows_on_time"], 200);
+    assert_eq!(l["rows_late_in_window"], 7);
+    assert_eq!(l["rows_late_beyond_window"], 5);
+    assert!(
+        (l["rate"].as_f64().unwrap() - 12.0 / 212.0).abs() < 1e-9,
+        "{l}"
+    );
+    let backlog = l["periods_needing_backfill"].as_array().unwrap();
+    assert_eq!(backlog.len(), 1);
+    assert_eq!(backlog[0]["period"], "2024-01-02");
+    assert_eq!(backlog[0]["rows_late"], 5);
+    assert_eq!(backlog[0]["files"][0], "data/late-02.csv");
+    assert!(
+        run.stderr.contains("needs backfill: 2024-01-02 (5 rows)"),
+        "{}",
+        run.stderr
+    );
+    // Days 1–9 are untouched, byte for byte, and still listed as computed by day 1's run.
+    let after = snapshot(&d.join("out/daily"));
+    let periods2 = file_periods(d);
+    for (path, period) in &periods {
+        if period.as_str() < "2024-01-10" {
+            assert_eq!(before.get(path), after.get(path), "{path} changed");
+            assert_eq!(periods2.get(path), Some(period));
+        }
+    }
+    assert!(!periods2.contains_key(periods.iter().find(|(_, p)| *p == "2024-01-10").unwrap().0));
+    // Day 10 holds its late rows; day 2 does not (beyond the window).
+    let mut want2 = expected(first.iter().chain(&second).map(|(_, e)| e));
+    let day2_with_late = want2["2024-01-02"];
+    want2.insert("2024-01-02".into(), want1["2024-01-02"]);
+    assert_eq!(published_days(d), want2);
+    assert_eq!(want2["2024-01-10"].0, 107);
+
+    // The same clock again: nothing to do, nothing published, nothing counted twice; the
+    // backlog is still listed.
+    let manifest2 = std::fs::read(d.join("out/daily/_MANIFEST")).unwrap();
+    let (_, r3) = run_with_report(d, &["--as-of", "2024-01-13T00:00:00Z"], 0);
+    assert!(units_of(&r3).is_empty());
+    assert_eq!(
+        std::fs::read(d.join("out/daily/_MANIFEST")).unwrap(),
+        manifest2
+    );
+    assert_eq!(late(&r3)["rows_late_beyond_window"], 0);
+    assert_eq!(
+        late(&r3)["periods_needing_backfill"][0]["period"],
+        "2024-01-02"
+    );
+    let status = sluice(d, &["status", ".", "--as-of", "2024-01-13T00:00:00Z"]).expect(0);
+    assert!(
+        status
+            .stdout
+            .contains("needs backfill:  2024-01-02: 5 late rows"),
+        "{}",
+        status.stdout
+    );
+    assert!(status.stdout.contains("5.66%"), "{}", status.stdout);
+
+    // A backfill of day 2 computes exactly it; the output is then a full recompute.
+    let backfill = sluice(
+        d,
+        &[
+            "backfill",
+            ".",
+            "--from",
+            "2024-01-02",
+            "--to",
+            "2024-01-03",
+            "--report",
+            "b.json",
+        ],
+    )
+    .expect(0);
+    let rb = read_json(&d.join("b.json"));
+    assert_eq!(units_of(&rb), vec!["2024-01-02"], "{}", backfill.stderr);
+    let full = expected(first.iter().chain(&second).map(|(_, e)| e));
+    assert_eq!(full["2024-01-02"], day2_with_late);
+    assert_eq!(published_days(d), full);
+    let status = sluice(d, &["status", ".", "--as-of", "2024-01-13T00:00:00Z"]).expect(0);
+    assert!(
+        status.stdout.contains("needs backfill:  -"),
+        "{}",
+        status.stdout
+    );
+}
+
+#[test]
+fn no_reconcile_then_reconcile_and_a_full_refresh() {
+    let first = day_one();
+    let second = day_two();
+    let dir = pipeline(TOML, &[]);
+    let d = dir.path();
+    write_all(d, &first);
+    run_with_report(d, &["--as-of", "2024-01-11"], 0);
+    write_all(d, &second);
+    let (_, main) = run_with_report(d, &["--as-of", "2024-01-13", "--no-reconcile"], 0);
+    assert_eq!(units_of(&main), vec!["2024-01-11", "2024-01-12"]);
+    assert_eq!(late(&main)["periods_to_reconcile"][0], "2024-01-10");
+    assert_eq!(published_days(d)["2024-01-10"].0, 100);
+    sluice(
+        d,
+        &[
+            "reconcile",
+            ".",
+            "--as-of",
+            "2024-01-13",
+            "--report",
+            "rec.json",
+        ],
+    )
+    .expect(0);
+    let rec = read_json(&d.join("rec.json"));
+    assert_eq!(units_of(&rec), vec!["2024-01-10"]);
+    assert_eq!(late(&rec)["rows_late_in_window"], 7);
+    let mut want = expected(first.iter().chain(&second).map(|(_, e)| e));
+    want.insert(
+        "2024-01-02".into(),
+        (100, expected([&first[1].1])["2024-01-02"].1),
+    );
+    assert_eq!(published_days(d), want);
+
+    // A full refresh computes every period: day 2's late rows too.
+    let (_, full) = run_with_report(d, &["--as-of", "2024-01-13", "--full-refresh"], 0);
+    assert_eq!(units_of(&full).len(), 12);
+    assert_eq!(
+        published_days(d),
+        expected(first.iter().chain(&second).map(|(_, e)| e))
+    );
+}
+
+#[test]
+fn rewritten_and_deleted_files_and_a_changing_dimension() {
+    let toml = format!("{TOML}\n[sources.regions]\nlocation = \"regions.csv\"\nformat = \"csv\"\n");
+    let first = day_one();
+    let dir = pipeline(&toml, &[]);
+    let d = dir.path();
+    std::fs::write(d.join("regions.csv"), "k,factor\n1,1\n").unwrap();
+    std::fs::write(
+        d.join("queries/daily.sql"),
+        "SELECT CAST(ts AS DATE) AS day, COUNT(*) AS n, SUM(amount * factor) AS amount \
+         FROM events JOIN regions ON k = 1 GROUP BY 1",
+    )
+    .unwrap();
+    write_all(d, &first);
+    run_with_report(d, &["--as-of", "2024-01-11"], 0);
+
+    // events-09 rewritten with 3 more rows, events-10 deleted: both inside the window.
+    let rewritten = Events::day(9, 103, 9000);
+    rewritten.write(&d.join("data/events-09.csv"));
+    std::fs::remove_file(d.join("data/events-10.csv")).unwrap();
+    let (_, r) = run_with_report(d, &["--as-of", "2024-01-11"], 0);
+    let processed: Vec<(String, String)> = late(&r)["periods_processed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["period"].as_str().unwrap().into(),
+                p["reason"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        processed,
+        vec![
+            ("2024-01-09".to_string(), "changed".to_string()),
+            ("2024-01-10".to_string(), "deleted".to_string()),
+        ]
+    );
+    assert_eq!(late(&r)["rows_deleted"], 200);
+    assert_eq!(late(&r)["rows_late_in_window"], 103);
+    let mut want = expected(first[..8].iter().map(|(_, e)| e).chain([&rewritten]));
+    assert_eq!(published_days(d), want);
+    assert!(!file_periods(d).values().any(|p| p == "2024-01-10"));
+
+    // The dimension doubles every amount: the periods inside the window are redone (day 8
+    // ends on day 9, +48 h = day 11 00:00, the clock; day 10 holds no rows now).
+    std::fs::write(d.join("regions.csv"), "k,factor\n1,2\n").unwrap();
+    let (_, r) = run_with_report(d, &["--as-of", "2024-01-11"], 0);
+    assert_eq!(late(&r)["dimensions_changed"], true);
+    assert_eq!(units_of(&r), vec!["2024-01-08", "2024-01-09", "2024-01-10"]);
+    for day in ["2024-01-08", "2024-01-09"] {
+        let e = want.get_mut(day).unwrap();
+        e.1 *= 2;
+    }
+    assert_eq!(published_days(d), want);
+}
+
+#[test]
+fn rows_later_than_the_window_fail_the_run_when_asked_after_publishing() {
+    let toml = TOML.replace(
+        "late_window = \"48h\"",
+        "late_window = \"48h\"\non_late_beyond_window = \"fail\"",
+    );
+    let first = day_one();
+    let second = day_two();
+    let dir = pipeline(&toml, &[]);
+    let d = dir.path();
+    write_all(d, &first);
+    run_with_report(d, &["--as-of", "2024-01-11"], 0);
+    write_all(d, &second);
+    let (run, r) = run_with_report(d, &["--as-of", "2024-01-13"], 1);
+    assert_eq!(r["status"], "failed");
+    assert_eq!(report_model(&r, "daily")["status"], "success");
+    assert!(
+        run.stderr
+            .contains("5 rows arrived later than the late window (periods 2024-01-02)")
+            && run.stderr.contains("sluice backfill")
+            && run.stderr.contains("--from 2024-01-02 --to 2024-01-03"),
+        "{}",
+        run.stderr
+    );
+    // Everything else was published.
+    assert_eq!(published_days(d)["2024-01-12"].0, 100);
+    assert_eq!(published_days(d)["2024-01-10"].0, 107);
+    // Counted once: the next run (an orchestrator's retry, which resumes the failed run)
+    // does not fail again for the same rows, nor does a new one.
+    let (_, retry) = run_with_report(d, &["--as-of", "2024-01-13"], 0);
+    assert_eq!(retry["run_id"], r["run_id"], "the retry resumes the run");
+    assert_eq!(late(&retry)["rows_late_beyond_window"], 0);
+    run_with_report(d, &["--as-of", "2024-01-13", "--restart"], 0);
+}
+
+#[test]
+fn a_reconcile_killed_midway_then_rerun_gives_the_uninterrupted_output() {
+    let first = day_one();
+    let dir = pipeline(
+        &TOML.replace(
+            "late_window = \"48h\"",
+            "late_window = \"10d\"\nmax_concurrent_units = 1",
+        ),
+        &[],
+    );
+    let d = dir.path();
+    write_all(d, &first);
+    run_with_report(d, &["--as-of", "2024-01-11"], 0);
+    // Late rows for every day: the reconcile has ten units.
+    let late_files: Vec<(String, Events)> = (1..=10)
+        .map(|day| {
+            (
+                format!("late-{day:02}.csv"),
+                Events::day(day, 3, 50_000 + u64::from(day) * 10),
+            )
+        })
+        .collect();
+    write_all(d, &late_files);
+    let mut child = spawn_sluice(d, &["reconcile", ".", "--as-of", "2024-01-11"]);
+    // (Killed mid-run, not after it: the test would prove nothing.)
+    // Kill it once a unit has staged its files and before the publish.
+    let staging = d.join("out/_sluice_staging/daily");
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(60) {
+        let staged = files_under(&staging)
+            .iter()
+            .filter(|f| f.ends_with(".parquet"))
+            .count();
+        if staged >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the reconcile finished before the kill"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        read_json(&d.join("out/daily/_MANIFEST"))["periods"]["entries"]["2024-01-05"]["inputs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "published before the kill"
+    );
+    let rec = sluice(
+        d,
+        &[
+            "reconcile",
+            ".",
+            "--as-of",
+            "2024-01-11",
+            "--report",
+            "r.json",
+        ],
+    )
+    .expect(0);
+    let r = read_json(&d.join("r.json"));
+    assert_eq!(units_of(&r).len(), 10, "{}", rec.stderr);
+    assert_eq!(
+        published_days(d),
+        expected(first.iter().chain(&late_files).map(|(_, e)| e))
+    );
+    // And nothing is left to do.
+    let (_, again) = run_with_report(d, &["--as-of", "2024-01-11"], 0);
+    assert!(units_of(&again).is_empty());
+}
+
+#[test]
+fn bad_incremental_settings_are_refused_naming_file_and_line() {
+    let cases: Vec<(String, &[&str], &str)> = vec![
+        (
+            TOML.replace("materialized = \"incremental\"", "materialized = \"table\""),
+            &["run", "."],
+            "sluice.toml:13: models.daily.batches.late_window: applies to incremental models",
+        ),
+        (
+            format!("{TOML}\n[models.daily.sink]\nmode = \"append\"\n"),
+            &["run", "."],
+            "models.daily.sink.mode: \"append\": an incremental model's output is written period by period",
+        ),
+        (
+            TOML.replace("event_time = \"ts\"\n", ""),
+            &["run", "."],
+            "sluice.toml:7: models.daily.materialized: an incremental model needs an input source with event_time",
+        ),
+        (
+            TOML.to_string(),
+            &[
+                "backfill",
+                ".",
+                "--from",
+                "2023-12-01",
+                "--to",
+                "2024-01-03",
+            ],
+            "sluice.toml:12: models.daily.batches.start: backfill --from 2023-12-01 00:00:00 is before",
+        ),
+        (
+            TOML.replace("late_window = \"48h\"", "late_window = \"two days\""),
+            &["plan", "."],
+            "models.daily.batches.late_window: \"two days\" is not a duration",
+        ),
+        (
+            TOML.to_string(),
+            &["run", ".", "--as-of", "tomorrow"],
+            "is not a time",
+        ),
+    ];
+    for (toml, args, says) in cases {
+        let dir = pipeline(&toml, &[("events-01.csv", &Events::day(1, 3, 1))]);
+        let run = sluice(dir.path(), args).expect(2);
+        assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
+        assert!(!dir.path().join("out/daily/_MANIFEST").exists());
+    }
+}
