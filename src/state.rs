@@ -12,6 +12,7 @@
 //! heartbeat. A lock whose holder is gone (same host: the process no longer exists; another
 //! host: no heartbeat for [`STALE_AFTER`]) is taken over, with a warning.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use crate::engine::FileVersion;
 use crate::report::{ModelReport, RunReport};
 use crate::status::{RunStatus, UnitStatus};
 
@@ -315,6 +317,15 @@ impl StateStore {
                  rows_late_beyond_window INTEGER NOT NULL DEFAULT 0,
                  rows_deleted INTEGER NOT NULL DEFAULT 0,
                  PRIMARY KEY (run_id, model, source));",
+        )
+        .map_err(|e| err(&e))?;
+        // A cache of the periods each input file version holds (see [`FilePeriodsKey`]).
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS file_periods (
+                 source TEXT NOT NULL, spec TEXT NOT NULL, grid TEXT NOT NULL,
+                 path TEXT NOT NULL, size INTEGER NOT NULL, modified TEXT NOT NULL,
+                 etag TEXT NOT NULL DEFAULT '', periods TEXT NOT NULL,
+                 PRIMARY KEY (source, spec, grid, path, size, modified, etag));",
         )
         .map_err(|e| err(&e))?;
         if conn.prepare("SELECT as_of FROM runs LIMIT 0").is_err() {
@@ -815,6 +826,83 @@ impl StateStore {
         })
     }
 
+    /// The periods of every file version of a source mapped before under `key`: rows per
+    /// period start, by (path, size, modification time, etag).
+    pub fn file_periods(
+        &self,
+        key: &FilePeriodsKey,
+    ) -> Result<HashMap<FileVersion, BTreeMap<chrono::NaiveDateTime, u64>>, StateError> {
+        let rows: Vec<(FileVersion, String)> = self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT path, size, modified, etag, periods FROM file_periods
+                 WHERE source = ?1 AND spec = ?2 AND grid = ?3",
+            )?;
+            let rows = stmt.query_map(params![key.source, key.spec, key.grid], |r| {
+                let etag: String = r.get(3)?;
+                Ok((
+                    (
+                        r.get(0)?,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get(2)?,
+                        (!etag.is_empty()).then_some(etag),
+                    ),
+                    r.get(4)?,
+                ))
+            })?;
+            rows.collect()
+        })?;
+        // A row that does not parse is left out: its file is read again.
+        Ok(rows
+            .into_iter()
+            .filter_map(|(version, periods)| {
+                let periods: Vec<(String, u64)> = serde_json::from_str(&periods).ok()?;
+                let periods = periods
+                    .into_iter()
+                    .map(|(p, n)| Some((crate::config::parse_datetime(&p)?, n)))
+                    .collect::<Option<BTreeMap<_, _>>>()?;
+                Some((version, periods))
+            })
+            .collect())
+    }
+
+    /// Records the periods of file versions of a source, under `key`.
+    pub fn record_file_periods(
+        &self,
+        key: &FilePeriodsKey,
+        files: &[(FileVersion, BTreeMap<chrono::NaiveDateTime, u64>)],
+    ) -> Result<(), StateError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            {
+                let mut stmt = tx.prepare(
+                    "INSERT OR REPLACE INTO file_periods
+                         (source, spec, grid, path, size, modified, etag, periods)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?;
+                for ((path, size, modified, etag), periods) in files {
+                    let periods: Vec<(String, u64)> = periods
+                        .iter()
+                        .map(|(p, n)| (p.format("%Y-%m-%dT%H:%M:%S").to_string(), *n))
+                        .collect();
+                    stmt.execute(params![
+                        key.source,
+                        key.spec,
+                        key.grid,
+                        path,
+                        *size as i64,
+                        modified,
+                        etag.as_deref().unwrap_or(""),
+                        serde_json::to_string(&periods).unwrap_or_default()
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
     /// Whether `model` succeeded in an earlier attempt of `run_id` (a resumed run).
     pub fn model_succeeded(&self, run_id: &str, model: &str) -> Result<bool, StateError> {
         self.with(|c| {
@@ -943,6 +1031,18 @@ impl StateStore {
     }
 }
 
+/// What the periods of a source's files are cached under: the source, a hash of its
+/// definition and event-time column (a changed one maps the files again), and the grid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilePeriodsKey {
+    /// The source.
+    pub source: String,
+    /// A hash of its definition and event-time column.
+    pub spec: String,
+    /// The period size.
+    pub grid: String,
+}
+
 /// One version of an input file, as the state store remembers it was seen.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileSeen {
@@ -956,6 +1056,19 @@ pub struct FileSeen {
     pub modified: String,
     /// Its entity tag (`""` when the store gives none).
     pub etag: String,
+}
+
+impl FileSeen {
+    /// The version of an input file a manifest or a plan records.
+    pub(crate) fn of(f: &crate::table::manifest::AppliedFile) -> FileSeen {
+        FileSeen {
+            source: f.source.clone(),
+            path: f.path.clone(),
+            size: f.size,
+            modified: f.modified.clone(),
+            etag: f.etag.clone().unwrap_or_default(),
+        }
+    }
 }
 
 /// One run's late-arrival counts of a model, from the state store.

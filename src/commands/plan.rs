@@ -7,6 +7,7 @@ use super::Context;
 use crate::config::{Materialized, ModelConfig, Pipeline};
 use crate::error::{EXIT_OK, Error};
 use crate::run::incremental::Clock;
+use crate::run::unit::Planning;
 use crate::run::unit::plan_units;
 use crate::run::{Prepared, RunOptions};
 use crate::units::{self, UnitKind};
@@ -18,25 +19,38 @@ pub async fn execute(path: &Path, opts: &RunOptions, cx: &Context<'_>) -> Result
     let prepared = crate::run::prepare(pipeline, opts, cx.env.clone()).await?;
     let ended = crate::run::heal::ended_runs(&prepared.pipeline);
     crate::run::heal::heal_outputs(&prepared, None, &ended).await;
-    print!(
-        "{}",
-        describe_plan(&prepared, &crate::run::clock_of(opts)).await
-    );
+    let state = prepared
+        .pipeline
+        .settings
+        .state
+        .exists()
+        .then(|| crate::state::StateStore::open(&prepared.pipeline.settings.state))
+        .transpose()?;
+    let planning = Planning {
+        clock: &crate::run::clock_of(opts),
+        state: state.as_ref(),
+        run_id: "",
+    };
+    print!("{}", describe_plan(&prepared, &planning).await);
     Ok(EXIT_OK)
 }
 
 /// The work units `sluice plan` shows for a model: each unit's rows counted from the inputs'
 /// event-time column (a read of that one column; the model itself does not run), and the
 /// warnings of the sizing rule of thumb.
-async fn describe_units(prepared: &Prepared, model: &ModelConfig, clock: &Clock) -> String {
+async fn describe_units(
+    prepared: &Prepared,
+    model: &ModelConfig,
+    planning: &Planning<'_>,
+) -> String {
+    let clock = planning.clock;
     if let Some(per_unit) = model.files_per_unit {
         return match plan_units(
             &prepared.engine,
             &prepared.pipeline,
             &prepared.dag,
             model,
-            clock,
-            &|_| false,
+            planning,
         )
         .await
         {
@@ -80,8 +94,7 @@ async fn describe_units(prepared: &Prepared, model: &ModelConfig, clock: &Clock)
         &prepared.pipeline,
         &prepared.dag,
         model,
-        clock,
-        &|_| false,
+        planning,
     )
     .await
     {
@@ -183,7 +196,7 @@ fn describe_incremental(
 }
 
 /// The text of `sluice plan`: sources, then models in run order with inputs and sinks.
-pub async fn describe_plan(prepared: &Prepared, clock: &Clock) -> String {
+pub(crate) async fn describe_plan(prepared: &Prepared, planning: &Planning<'_>) -> String {
     let p = &prepared.pipeline;
     let mut out = format!(
         "pipeline {} ({} models, {} sources)\n\nsources:\n",
@@ -255,7 +268,7 @@ pub async fn describe_plan(prepared: &Prepared, clock: &Clock) -> String {
                     crate::run::prepare::column_list(schema)
                 ));
             }
-            out.push_str(&describe_units(prepared, model, clock).await);
+            out.push_str(&describe_units(prepared, model, planning).await);
             out.push_str(&describe_joins(prepared, name).await);
         } else {
             out.push_str("       inlined into the models that read it\n");

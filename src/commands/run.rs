@@ -74,7 +74,15 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
     if opts.run.dry_run && !cx.quiet {
         print!(
             "{}",
-            super::plan::describe_plan(&prepared, &run::clock_of(&opts.run)).await
+            super::plan::describe_plan(
+                &prepared,
+                &crate::run::unit::Planning {
+                    clock: &run::clock_of(&opts.run),
+                    state: None,
+                    run_id: "",
+                }
+            )
+            .await
         );
     }
     let report = match run::run(prepared, &opts.run, cx.progress).await {

@@ -1,7 +1,7 @@
 //! `sluice status`: where each incremental model of a pipeline stands — the periods its
 //! output holds, the periods due (new, or touched by late input inside the window), those
-//! needing a backfill (late input beyond the window), and its late-arrival history. Reads
-//! only: no lock, nothing written.
+//! needing a backfill (late input beyond the window), and its late-arrival history. Takes no
+//! lock and writes nothing but the state store's cache of the periods files hold.
 
 use std::path::Path;
 
@@ -70,30 +70,16 @@ pub async fn execute(
             continue;
         };
         let size = batches.size;
-        let mut seen = std::collections::HashSet::new();
-        if let Some(state) = &state {
-            for (source, _) in
-                units::event_sources(&prepared.pipeline, &prepared.dag.sources_read(name))
-            {
-                seen.extend(state.seen_before(&source, "")?);
-            }
-        }
-        let seen = |f: &crate::table::manifest::AppliedFile| {
-            seen.contains(&crate::state::FileSeen {
-                source: f.source.clone(),
-                path: f.path.clone(),
-                size: f.size,
-                modified: f.modified.clone(),
-                etag: f.etag.clone().unwrap_or_default(),
-            })
-        };
         let plan = crate::run::unit::plan_units(
             &prepared.engine,
             &prepared.pipeline,
             &prepared.dag,
             model,
-            &clock,
-            &seen,
+            &crate::run::unit::Planning {
+                clock: &clock,
+                state: state.as_ref(),
+                run_id: "",
+            },
         )
         .await
         .map_err(|message| Error::Model {

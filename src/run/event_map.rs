@@ -18,7 +18,9 @@ use object_store::ObjectMeta;
 
 use crate::config::{BatchSize, Pipeline};
 use crate::engine::Engine;
+use crate::engine::FileVersion;
 use crate::quarantine::{QuarantineTable, SourceRejects};
+use crate::state::{FilePeriodsKey, StateStore};
 use crate::store::StoreRegistry;
 
 /// Rows per period, by the period's first instant.
@@ -45,20 +47,49 @@ struct Found {
 
 impl EventMap {
     /// Reads the event-time column of each of `sources` (`(table, column)`), by periods of
-    /// `size`.
+    /// `size`, file by file; a file version `cache` (the state store) mapped before is not
+    /// read again.
     pub async fn build(
         engine: &Engine,
         pipeline: &Pipeline,
         sources: &[(String, String)],
         size: BatchSize,
+        cache: Option<&StateStore>,
     ) -> Result<EventMap, String> {
         let (main, stores) = (engine.ctx(), engine.stores());
         let mut map = EventMap::default();
         for (table, column) in sources {
             let mut found = Found::default();
-            let files = source_files(main, stores, pipeline, table).await?;
+            let listed = source_files(main, stores, pipeline, table).await?;
+            let key = cache_key(pipeline, table, column, size);
+            let known = match cache {
+                Some(state) => state.file_periods(&key).map_err(|e| e.to_string())?,
+                None => Default::default(),
+            };
+            let mut files = Vec::new();
+            let mut unread = Vec::new();
+            for file in listed {
+                match known.get(&cache_version(&file)) {
+                    Some(rows) => {
+                        found.merge(Found {
+                            rows: rows.clone(),
+                            ..Found::default()
+                        });
+                        files.push((file, rows.clone()));
+                    }
+                    None => unread.push(file),
+                }
+            }
+            tracing::info!(
+                source = %table,
+                cached = files.len(),
+                read = unread.len(),
+                "mapping event times: {} files known, {} to read",
+                files.len(),
+                unread.len()
+            );
             let parallel = main.copied_config().target_partitions().max(1);
-            let reads: Vec<_> = futures::stream::iter(files)
+            let reads: Vec<_> = futures::stream::iter(unread)
                 .map(|file| async move {
                     let share = super::unit_context::FileShare::new(
                         main,
@@ -78,15 +109,24 @@ impl EventMap {
                 .buffer_unordered(parallel)
                 .collect()
                 .await;
-            let mut files = Vec::new();
             let mut rejects = SourceRejects::default();
+            let mut mapped = Vec::new();
             for read in reads {
                 let (file, got, quarantined) = read?;
+                if got.untimed == 0 {
+                    mapped.push((cache_version(&file), got.rows.clone()));
+                }
                 files.push((file, got.rows.clone()));
                 found.merge(got);
                 if let Some(q) = quarantined {
                     rejects.merge(q);
                 }
+            }
+            if let Some(state) = cache
+                && let Err(e) = state.record_file_periods(&key, &mapped)
+            {
+                // A cache: the next run reads these files again.
+                tracing::warn!("cannot record the periods of {table}'s files: {e}");
             }
             files.sort_by(|a: &(ObjectMeta, _), b| a.0.location.cmp(&b.0.location));
             map.files.insert(table.clone(), files);
@@ -182,6 +222,29 @@ impl Found {
             self.example = other.example;
         }
     }
+}
+
+/// What the state store keys the periods of a source's files by: the source, its
+/// definition and event-time column (a changed one maps its files again), and the grid.
+fn cache_key(pipeline: &Pipeline, table: &str, column: &str, size: BatchSize) -> FilePeriodsKey {
+    let spec = pipeline
+        .sources
+        .get(table)
+        .and_then(|s| serde_json::to_string(s).ok())
+        .unwrap_or_default();
+    FilePeriodsKey {
+        source: table.to_string(),
+        spec: format!(
+            "{:016x}",
+            crate::units::stable_hash(&format!("{spec}\n{column}"))
+        ),
+        grid: size.name().to_string(),
+    }
+}
+
+/// A file version as the cache keys it.
+fn cache_version(m: &ObjectMeta) -> FileVersion {
+    crate::engine::file_version(m)
 }
 
 /// A failed read of `table`'s event times, naming the file and line at fault where they can

@@ -28,7 +28,6 @@ use crate::sink::{self, SinkSpec};
 use crate::state::{FileSeen, UnitRecord};
 use crate::store::Location;
 use crate::table;
-use crate::table::manifest::AppliedFile;
 use crate::units::{self, Unit};
 
 /// Runs one table model: its units (those a resumed run already committed are kept), then
@@ -52,9 +51,12 @@ impl ModelRun<'_> {
     async fn run(&self, name: &str, report: &mut ModelReport) -> Result<(), Error> {
         let run = self;
         let cx = self.cx;
-        let seen = run.seen_before()?;
-        let seen = |f: &AppliedFile| seen.contains(&file_seen(f));
-        let plan = plan_units(cx.engine, cx.pipeline, cx.dag, run.model, cx.clock, &seen)
+        let planning = super::unit::Planning {
+            clock: cx.clock,
+            state: cx.state,
+            run_id: cx.run_id,
+        };
+        let plan = plan_units(cx.engine, cx.pipeline, cx.dag, run.model, &planning)
             .await
             .map_err(|e| run.error(e))?;
         if let Some(work) = &plan.incremental {
@@ -126,33 +128,6 @@ impl ModelRun<'_> {
         }
     }
 
-    /// The input file versions the state store saw in earlier runs, of the event-time
-    /// sources of an incremental model (their late rows were counted then).
-    fn seen_before(&self) -> Result<std::collections::HashSet<FileSeen>, Error> {
-        let cx = self.cx;
-        let mut out = std::collections::HashSet::new();
-        let (Some(state), Some(_)) = (
-            cx.state,
-            self.model
-                .batches
-                .as_ref()
-                .and_then(|b| b.incremental.as_ref()),
-        ) else {
-            return Ok(out);
-        };
-        // An earlier attempt of this run that finished the model counted what it saw.
-        let this_run = if state.model_succeeded(cx.run_id, &self.model.name)? {
-            ""
-        } else {
-            cx.run_id
-        };
-        for (source, _) in units::event_sources(cx.pipeline, &cx.dag.sources_read(&self.model.name))
-        {
-            out.extend(state.seen_before(&source, this_run)?);
-        }
-        Ok(out)
-    }
-
     /// Records that this run saw the input files of an incremental model, and its late
     /// rows: after its publish, so a run that dies before it counts them again.
     fn record_arrivals(&self, work: &IncrementalWork) -> Result<(), Error> {
@@ -160,7 +135,7 @@ impl ModelRun<'_> {
             return Ok(());
         };
         let files: std::collections::BTreeSet<FileSeen> =
-            work.current.values().flatten().map(file_seen).collect();
+            work.current.values().flatten().map(FileSeen::of).collect();
         let files: Vec<FileSeen> = files.into_iter().collect();
         state.record_arrivals(self.cx.run_id, &files)?;
         state.record_late(self.cx.run_id, &self.model.name, &work.plan.by_source)?;
@@ -249,17 +224,6 @@ impl ModelRun<'_> {
             full: work.plan.full,
             entries,
         }
-    }
-}
-
-/// A file version as the state store records its sighting.
-fn file_seen(f: &AppliedFile) -> FileSeen {
-    FileSeen {
-        source: f.source.clone(),
-        path: f.path.clone(),
-        size: f.size,
-        modified: f.modified.clone(),
-        etag: f.etag.clone().unwrap_or_default(),
     }
 }
 

@@ -22,6 +22,7 @@ use crate::join::JoinReport;
 use crate::quarantine::{QuarantineTable, SourceRejects};
 use crate::sink::{self, SinkSpec};
 use crate::state::UnitRecord;
+use crate::state::{FileSeen, StateStore};
 use crate::status::UnitStatus;
 use crate::table::manifest::AppliedFile;
 use crate::units::{self, Unit, UnitKind};
@@ -58,6 +59,44 @@ impl From<Vec<Unit>> for UnitPlan {
     }
 }
 
+/// What planning a model's units may use beyond the pipeline.
+pub(crate) struct Planning<'a> {
+    /// The run's clock and what it was asked to do (incremental models).
+    pub clock: &'a Clock,
+    /// The state store, when there is one: the periods of input files mapped before, and
+    /// the file versions earlier runs saw.
+    pub state: Option<&'a StateStore>,
+    /// The run planning, whose own sightings are not earlier ones; `""` for a command that
+    /// does not run (every sighting is earlier).
+    pub run_id: &'a str,
+}
+
+impl Planning<'_> {
+    /// The input file versions of `sources` an earlier run saw (their late rows were counted
+    /// then). An earlier attempt of this very run that finished `model` counted what it saw.
+    fn seen_before(
+        &self,
+        model: &str,
+        sources: &[(String, String)],
+    ) -> Result<std::collections::HashSet<FileSeen>, String> {
+        let mut out = std::collections::HashSet::new();
+        let Some(state) = self.state else {
+            return Ok(out);
+        };
+        let err = |e: crate::state::StateError| e.to_string();
+        let this_run =
+            if self.run_id.is_empty() || state.model_succeeded(self.run_id, model).map_err(err)? {
+                ""
+            } else {
+                self.run_id
+            };
+        for (source, _) in sources {
+            out.extend(state.seen_before(source, this_run).map_err(err)?);
+        }
+        Ok(out)
+    }
+}
+
 /// The work units of a model: one per period for a batched model, a group of files, a key
 /// bucket, or one unit for the whole model.
 pub(crate) async fn plan_units(
@@ -65,9 +104,9 @@ pub(crate) async fn plan_units(
     pipeline: &Pipeline,
     dag: &Dag,
     model: &ModelConfig,
-    clock: &Clock,
-    seen: &(dyn Fn(&AppliedFile) -> bool + Sync),
+    planning: &Planning<'_>,
 ) -> Result<UnitPlan, String> {
+    let clock = planning.clock;
     if let Some(per_unit) = model.files_per_unit {
         let source = dag.single_source(&model.name)?;
         let spec = &pipeline.sources[&source];
@@ -97,8 +136,10 @@ pub(crate) async fn plan_units(
         return Err("batches need at least one input source that declares event_time".into());
     }
     // Read even when start and end are given: a row without an event time is refused there.
-    let events = EventMap::build(engine, pipeline, &sources, batches.size).await?;
+    let events = EventMap::build(engine, pipeline, &sources, batches.size, planning.state).await?;
     if let Some(config) = &batches.incremental {
+        let seen = planning.seen_before(&model.name, &sources)?;
+        let seen = |f: &AppliedFile| seen.contains(&FileSeen::of(f));
         let location = crate::store::Location::parse(&model.sink.location)
             .map_err(|e| e.to_string())?
             .as_folder();
@@ -130,7 +171,7 @@ pub(crate) async fn plan_units(
             current: &current,
             dims: &dims,
             previous,
-            seen,
+            seen: &seen,
         });
         return Ok(UnitPlan {
             units: plan.units(batches.size, batches.start, batches.end),

@@ -208,7 +208,15 @@ fn the_day_one_day_two_timeline_then_a_backfill() {
         "{}",
         status.stdout
     );
-    let (run, r2) = run_with_report(d, &["--as-of", "2024-01-13T00:00:00Z"], 0);
+    let (run, r2) = run_with_report(d, &["--as-of", "2024-01-13T00:00:00Z", "-v"], 0);
+    // The state store knows the periods of every file (`status` read the 4 new ones): none
+    // is read again to plan.
+    assert!(
+        run.stderr
+            .contains("mapping event times: 14 files known, 0 to read"),
+        "{}",
+        run.stderr
+    );
     // Exactly days 10, 11, 12: day 10 ends on day 11 00:00, +48 h is the clock (inclusive).
     assert_eq!(
         units_of(&r2),
@@ -310,7 +318,14 @@ fn no_reconcile_then_reconcile_and_a_full_refresh() {
     write_all(d, &first);
     run_with_report(d, &["--as-of", "2024-01-11"], 0);
     write_all(d, &second);
-    let (_, main) = run_with_report(d, &["--as-of", "2024-01-13", "--no-reconcile"], 0);
+    let (run, main) = run_with_report(d, &["--as-of", "2024-01-13", "--no-reconcile", "-v"], 0);
+    // The state store knows the periods of day 1's files: only the 4 new ones are read.
+    assert!(
+        run.stderr
+            .contains("mapping event times: 10 files known, 4 to read"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(units_of(&main), vec!["2024-01-11", "2024-01-12"]);
     assert_eq!(late(&main)["periods_to_reconcile"][0], "2024-01-10");
     assert_eq!(published_days(d)["2024-01-10"].0, 100);
