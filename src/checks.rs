@@ -49,6 +49,8 @@ impl Check {
                 format!("SELECT COUNT(*) AS n FROM {t} WHERE NOT COALESCE(({e}), FALSE)")
             }
             CheckKind::Sql(q) => format!("SELECT COUNT(*) AS n FROM ({q})"),
+            // Not a query (see `run`).
+            CheckKind::LateRate { .. } => "SELECT 0 AS n".to_string(),
         }
     }
 
@@ -93,10 +95,71 @@ impl CheckResult {
     }
 }
 
-/// Runs `checks` against `table` in `ctx`.
-pub(crate) async fn run(ctx: &SessionContext, table: &str, checks: &[Check]) -> Vec<CheckResult> {
+/// The late rows and all rows an incremental model counted in a run, for `late_rate`
+/// checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LateRows {
+    /// Rows late, inside the window or beyond it.
+    pub(crate) late: u64,
+    /// Rows counted: on time and late.
+    pub(crate) total: u64,
+}
+
+/// A `late_rate` check's result: the run's rate against the check's maximum.
+fn late_rate(check: &Check, max: f64, late: Option<LateRows>) -> CheckResult {
+    let (status, failing_rows, message) = match late {
+        None => (
+            CheckStatus::Error,
+            0,
+            Some(
+                "the check cannot run: no late-arrival counts (no incremental run recorded)".into(),
+            ),
+        ),
+        Some(LateRows { late, total }) => {
+            let rate = if total == 0 {
+                0.0
+            } else {
+                late as f64 / total as f64
+            };
+            if rate <= max {
+                (CheckStatus::Pass, 0, None)
+            } else {
+                let status = match check.severity {
+                    Severity::Error => CheckStatus::Fail,
+                    Severity::Warn => CheckStatus::Warn,
+                };
+                let message = format!(
+                    "late-arrival rate {:.2}% ({late} of {total} rows) is over the maximum {:.2}%",
+                    100.0 * rate,
+                    100.0 * max
+                );
+                (status, late, Some(message))
+            }
+        }
+    };
+    CheckResult {
+        check: check.name(),
+        severity: check.severity.name().into(),
+        status,
+        failing_rows,
+        message,
+    }
+}
+
+/// Runs `checks` against `table` in `ctx`; `late_rate` checks against `late`, the rows an
+/// incremental model counted in the run (`None`: not known).
+pub(crate) async fn run(
+    ctx: &SessionContext,
+    table: &str,
+    checks: &[Check],
+    late: Option<LateRows>,
+) -> Vec<CheckResult> {
     let mut out = Vec::with_capacity(checks.len());
     for check in checks {
+        if let CheckKind::LateRate { max } = check.kind {
+            out.push(late_rate(check, max, late));
+            continue;
+        }
         let counted = async {
             let batches = ctx.sql(&check.query(table)).await?.collect().await?;
             let n = batches
@@ -220,7 +283,9 @@ mod tests {
             ),
         ];
         for (c, status, rows) in cases {
-            let r = run(&ctx, "t", std::slice::from_ref(&c)).await.remove(0);
+            let r = run(&ctx, "t", std::slice::from_ref(&c), None)
+                .await
+                .remove(0);
             assert_eq!(r.status.as_str(), status, "{}: {r:?}", c.name());
             assert_eq!(r.failing_rows, rows, "{}", c.name());
         }
@@ -228,7 +293,7 @@ mod tests {
             kind: CheckKind::NotNull(vec!["amount".into()]),
             severity: Severity::Warn,
         };
-        let r = run(&ctx, "t", &[warn]).await.remove(0);
+        let r = run(&ctx, "t", &[warn], None).await.remove(0);
         assert_eq!(r.status, CheckStatus::Warn);
         assert!(!r.blocks());
     }

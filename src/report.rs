@@ -120,12 +120,20 @@ pub struct LateCounts {
 impl LateCounts {
     /// Late rows over all rows counted: 0 when none were.
     pub fn rate(&self) -> f64 {
-        let late = self.rows_late_in_window + self.rows_late_beyond_window;
-        let total = self.rows_on_time + late;
-        if total == 0 {
+        let rows = self.late_rows();
+        if rows.total == 0 {
             0.0
         } else {
-            late as f64 / total as f64
+            rows.late as f64 / rows.total as f64
+        }
+    }
+
+    /// Late rows (inside the window or beyond it) and all rows counted.
+    pub(crate) fn late_rows(&self) -> crate::checks::LateRows {
+        let late = self.rows_late_in_window + self.rows_late_beyond_window;
+        crate::checks::LateRows {
+            late,
+            total: self.rows_on_time + late,
         }
     }
 
@@ -184,17 +192,29 @@ pub struct LateReport {
 }
 
 impl LateReport {
+    /// Replaces the counts with `by_source`'s (and the total and rate with theirs).
+    pub fn set_counts(&mut self, by_source: BTreeMap<String, LateCounts>) {
+        let mut total = LateCounts::default();
+        for c in by_source.values() {
+            total.add(c);
+        }
+        self.rate = total.rate();
+        self.counts = total;
+        self.by_source = by_source;
+    }
+
     /// One line for the run's summary: the periods computed, the late rows, and what needs
     /// a backfill.
     pub fn summary(&self) -> String {
         let c = &self.counts;
         let mut out = format!(
-            "periods: {} computed; rows: {} on time, {} late inside the window, {} beyond it \
-             (late rate {:.2}%)",
+            "periods: {} computed; rows: {} on time, {} late inside the window, {} beyond it, \
+             {} deleted (late rate {:.2}%)",
             self.periods_processed.len(),
             c.rows_on_time,
             c.rows_late_in_window,
             c.rows_late_beyond_window,
+            c.rows_deleted,
             100.0 * self.rate
         );
         if !self.periods_to_reconcile.is_empty() {

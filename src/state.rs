@@ -305,11 +305,11 @@ impl StateStore {
         }
         // Incremental models (additive: builds before them ignore these).
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS arrivals (
-                 source TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,
-                 modified TEXT NOT NULL, etag TEXT NOT NULL DEFAULT '',
-                 first_seen_at TEXT NOT NULL, first_seen_run TEXT NOT NULL,
-                 PRIMARY KEY (source, path, size, modified, etag));
+            "CREATE TABLE IF NOT EXISTS late_counted (
+                 model TEXT NOT NULL, period TEXT NOT NULL, source TEXT NOT NULL,
+                 path TEXT NOT NULL, size INTEGER NOT NULL, modified TEXT NOT NULL,
+                 etag TEXT NOT NULL DEFAULT '', rows INTEGER NOT NULL, run_id TEXT NOT NULL,
+                 PRIMARY KEY (model, period, source, path, size, modified, etag));
              CREATE TABLE IF NOT EXISTS late (
                  run_id TEXT NOT NULL, model TEXT NOT NULL, source TEXT NOT NULL,
                  rows_on_time INTEGER NOT NULL DEFAULT 0,
@@ -325,6 +325,7 @@ impl StateStore {
                  source TEXT NOT NULL, spec TEXT NOT NULL, grid TEXT NOT NULL,
                  path TEXT NOT NULL, size INTEGER NOT NULL, modified TEXT NOT NULL,
                  etag TEXT NOT NULL DEFAULT '', periods TEXT NOT NULL,
+                 first_seen_at TEXT NOT NULL,
                  PRIMARY KEY (source, spec, grid, path, size, modified, etag));",
         )
         .map_err(|e| err(&e))?;
@@ -776,6 +777,17 @@ impl StateStore {
         })
     }
 
+    /// Marks a run that failed with all its work done as not to be resumed.
+    pub fn complete_run(&self, run_id: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET fingerprint = '' WHERE run_id = ?1",
+                params![run_id],
+            )
+            .map(|_| ())
+        })
+    }
+
     /// Records the clock of a run (`--as-of`, or when it started) and what it was asked to
     /// do (`run`, `reconcile`, `backfill`...): a resumed run keeps its clock.
     pub fn set_clock(&self, run_id: &str, as_of: &str, kind: &str) -> Result<(), StateError> {
@@ -798,31 +810,6 @@ impl StateStore {
             )
             .optional()
             .map(Option::flatten)
-        })
-    }
-
-    /// The file versions of `source` that a run other than `run_id` saw first (every one
-    /// when `run_id` is empty).
-    pub fn seen_before(
-        &self,
-        source: &str,
-        run_id: &str,
-    ) -> Result<std::collections::HashSet<FileSeen>, StateError> {
-        self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT path, size, modified, etag FROM arrivals
-                 WHERE source = ?1 AND first_seen_run <> ?2",
-            )?;
-            let rows = stmt.query_map(params![source, run_id], |r| {
-                Ok(FileSeen {
-                    source: source.to_string(),
-                    path: r.get(0)?,
-                    size: r.get::<_, i64>(1)? as u64,
-                    modified: r.get(2)?,
-                    etag: r.get(3)?,
-                })
-            })?;
-            rows.collect()
         })
     }
 
@@ -878,10 +865,12 @@ impl StateStore {
             let tx = c.unchecked_transaction()?;
             {
                 let mut stmt = tx.prepare(
-                    "INSERT OR REPLACE INTO file_periods
-                         (source, spec, grid, path, size, modified, etag, periods)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT INTO file_periods
+                         (source, spec, grid, path, size, modified, etag, periods, first_seen_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT DO UPDATE SET periods = excluded.periods",
                 )?;
+                let now = crate::config::timestamp_now();
                 for ((path, size, modified, etag), periods) in files {
                     let periods: Vec<(String, u64)> = periods
                         .iter()
@@ -895,7 +884,8 @@ impl StateStore {
                         *size as i64,
                         modified,
                         etag.as_deref().unwrap_or(""),
-                        serde_json::to_string(&periods).unwrap_or_default()
+                        serde_json::to_string(&periods).unwrap_or_default(),
+                        now
                     ])?;
                 }
             }
@@ -903,57 +893,64 @@ impl StateStore {
         })
     }
 
-    /// Whether `model` succeeded in an earlier attempt of `run_id` (a resumed run).
-    pub fn model_succeeded(&self, run_id: &str, model: &str) -> Result<bool, StateError> {
+    /// The file versions, by period, whose rows runs other than `run_id` counted for
+    /// `model` as later than the window.
+    pub fn counted_late(
+        &self,
+        model: &str,
+        run_id: &str,
+    ) -> Result<std::collections::HashSet<(String, FileSeen)>, StateError> {
         self.with(|c| {
-            c.query_row(
-                "SELECT COUNT(*) FROM models WHERE run_id = ?1 AND model = ?2 AND status = 'success'",
-                params![run_id, model],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)
+            let mut stmt = c.prepare(
+                "SELECT period, source, path, size, modified, etag FROM late_counted
+                 WHERE model = ?1 AND run_id <> ?2",
+            )?;
+            let rows = stmt.query_map(params![model, run_id], |r| {
+                Ok((
+                    r.get(0)?,
+                    FileSeen {
+                        source: r.get(1)?,
+                        path: r.get(2)?,
+                        size: r.get::<_, i64>(3)? as u64,
+                        modified: r.get(4)?,
+                        etag: r.get(5)?,
+                    },
+                ))
+            })?;
+            rows.collect()
         })
     }
 
-    /// Records that `run_id` saw these file versions (those seen before keep their first
-    /// sighting).
-    pub fn record_arrivals(&self, run_id: &str, files: &[FileSeen]) -> Result<(), StateError> {
-        let now = crate::config::timestamp_now();
-        self.with(|c| {
-            let tx = c.unchecked_transaction()?;
-            {
-                let mut stmt = tx.prepare(
-                    "INSERT OR IGNORE INTO arrivals
-                         (source, path, size, modified, etag, first_seen_at, first_seen_run)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?;
-                for f in files {
-                    stmt.execute(params![
-                        f.source,
-                        f.path,
-                        f.size as i64,
-                        f.modified,
-                        f.etag,
-                        now,
-                        run_id
-                    ])?;
-                }
-            }
-            tx.commit()
-        })
-    }
-
-    /// Records the late-arrival counts of one incremental model in one run, per source.
+    /// Records, in one transaction, one incremental model's late-arrival counts in one run
+    /// (per source) and the file versions whose rows it counted as later than the window. A
+    /// resumed run replaces what its earlier attempt recorded.
     pub fn record_late(
         &self,
         run_id: &str,
         model: &str,
-        by_source: &std::collections::BTreeMap<String, crate::report::LateCounts>,
+        by_source: &BTreeMap<String, crate::report::LateCounts>,
+        counted: &[(String, FileSeen, u64)],
     ) -> Result<(), StateError> {
         self.with(|c| {
-            for (source, n) in by_source {
-                c.execute(
-                    "INSERT OR REPLACE INTO late (run_id, model, source, rows_on_time,
+            let tx = c.unchecked_transaction()?;
+            tx.execute(
+                "DELETE FROM late WHERE run_id = ?1 AND model = ?2",
+                params![run_id, model],
+            )?;
+            tx.execute(
+                "DELETE FROM late_counted WHERE run_id = ?1 AND model = ?2",
+                params![run_id, model],
+            )?;
+            // A row even without counts, so the history shows every run.
+            let none = BTreeMap::from([(String::new(), crate::report::LateCounts::default())]);
+            let rows = if by_source.is_empty() {
+                &none
+            } else {
+                by_source
+            };
+            for (source, n) in rows {
+                tx.execute(
+                    "INSERT INTO late (run_id, model, source, rows_on_time,
                          rows_late_in_window, rows_late_beyond_window, rows_deleted)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     params![
@@ -967,8 +964,60 @@ impl StateStore {
                     ],
                 )?;
             }
-            Ok(())
+            for (period, f, rows) in counted {
+                tx.execute(
+                    "INSERT OR REPLACE INTO late_counted
+                         (model, period, source, path, size, modified, etag, rows, run_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        model,
+                        period,
+                        f.source,
+                        f.path,
+                        f.size as i64,
+                        f.modified,
+                        f.etag,
+                        *rows as i64,
+                        run_id
+                    ],
+                )?;
+            }
+            tx.commit()
         })
+    }
+
+    /// The late-arrival counts `run_id` recorded for `model`, per source, if it recorded any
+    /// (a resumed run whose earlier attempt published the model).
+    pub fn late_of_run(
+        &self,
+        run_id: &str,
+        model: &str,
+    ) -> Result<Option<BTreeMap<String, crate::report::LateCounts>>, StateError> {
+        let rows: Vec<(String, crate::report::LateCounts)> = self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT source, rows_on_time, rows_late_in_window, rows_late_beyond_window,
+                        rows_deleted
+                 FROM late WHERE run_id = ?1 AND model = ?2",
+            )?;
+            let rows = stmt.query_map(params![run_id, model], |r| {
+                Ok((
+                    r.get(0)?,
+                    crate::report::LateCounts {
+                        rows_on_time: r.get::<_, i64>(1)? as u64,
+                        rows_late_in_window: r.get::<_, i64>(2)? as u64,
+                        rows_late_beyond_window: r.get::<_, i64>(3)? as u64,
+                        rows_deleted: r.get::<_, i64>(4)? as u64,
+                    },
+                ))
+            })?;
+            rows.collect()
+        })?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            rows.into_iter().filter(|(s, _)| !s.is_empty()).collect(),
+        ))
     }
 
     /// The late-arrival counts of `model` in its last `limit` runs that recorded any, newest
@@ -1043,7 +1092,7 @@ pub struct FilePeriodsKey {
     pub grid: String,
 }
 
-/// One version of an input file, as the state store remembers it was seen.
+/// One version of an input file, as the state store records it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileSeen {
     /// The source.

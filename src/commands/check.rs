@@ -38,13 +38,26 @@ pub async fn execute(
 /// without checks are left out; a model never run is an error naming it.
 async fn check(prepared: &Prepared) -> Result<Vec<(String, Vec<CheckResult>)>, Error> {
     let mut out = Vec::new();
+    let path = &prepared.pipeline.settings.state;
+    let state = path
+        .exists()
+        .then(|| crate::state::StateStore::open(path))
+        .transpose()?;
     for name in &prepared.selected {
         let model = &prepared.pipeline.models[name];
         if model.checks.is_empty() || !model.materialized.is_written() {
             continue;
         }
         register_output(&prepared.engine, model, prepared.schemas.get(name)).await?;
-        let results = crate::checks::run(prepared.engine.ctx(), name, &model.checks).await;
+        // `late_rate`: the model's last recorded run.
+        let late = match &state {
+            Some(s) => s
+                .late_history(name, 1)?
+                .first()
+                .map(|h| h.counts.late_rows()),
+            None => None,
+        };
+        let results = crate::checks::run(prepared.engine.ctx(), name, &model.checks, late).await;
         out.push((name.clone(), results));
     }
     Ok(out)

@@ -194,18 +194,19 @@ fn describe(m: &ModelStatus) -> String {
     }
     if !m.history.is_empty() {
         out.push_str(&format!(
-            "  late history:    {:<24} {:<26} {:<20} {:>10} {:>10} {:>10} {:>8}\n",
-            "run", "as of", "kind", "on time", "in window", "beyond", "rate"
+            "  late history:    {:<24} {:<26} {:<20} {:>10} {:>10} {:>10} {:>10} {:>8}\n",
+            "run", "as of", "kind", "on time", "in window", "beyond", "deleted", "rate"
         ));
         for h in &m.history {
             out.push_str(&format!(
-                "                   {:<24} {:<26} {:<20} {:>10} {:>10} {:>10} {:>7.2}%\n",
+                "                   {:<24} {:<26} {:<20} {:>10} {:>10} {:>10} {:>10} {:>7.2}%\n",
                 h.run_id,
                 h.as_of,
                 h.kind,
                 h.counts.rows_on_time,
                 h.counts.rows_late_in_window,
                 h.counts.rows_late_beyond_window,
+                h.counts.rows_deleted,
                 100.0 * h.counts.rate()
             ));
         }

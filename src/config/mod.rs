@@ -514,7 +514,7 @@ impl Severity {
 }
 
 /// What a check asserts of a model's output.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CheckKind {
     /// None of these columns is NULL in any row.
     NotNull(Vec<String>),
@@ -528,10 +528,16 @@ pub enum CheckKind {
     Expression(String),
     /// A query over the output (and any table of the pipeline) that returns no rows.
     Sql(String),
+    /// An incremental model's late-arrival rate in the run (late rows over all rows counted)
+    /// is at most `max` (0 to 1).
+    LateRate {
+        /// The highest rate that passes.
+        max: f64,
+    },
 }
 
 /// One check of a model (`[[models.NAME.checks]]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Check {
     /// What it asserts.
     pub kind: CheckKind,
@@ -558,6 +564,7 @@ impl Check {
             }
             CheckKind::Expression(e) => format!("expression({e})"),
             CheckKind::Sql(_) => "sql".to_string(),
+            CheckKind::LateRate { max } => format!("late_rate(max {max})"),
         }
     }
 }

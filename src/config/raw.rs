@@ -103,7 +103,15 @@ pub(super) struct RawCheck {
     pub(super) row_count: Option<RawRowCount>,
     pub(super) expression: Option<String>,
     pub(super) sql: Option<String>,
+    pub(super) late_rate: Option<RawLateRate>,
     pub(super) severity: Option<String>,
+}
+
+/// `late_rate = { max = ... }` of a check.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLateRate {
+    pub(super) max: f64,
 }
 
 /// A column or a list of columns (`not_null = "a"` or `not_null = ["a", "b"]`).

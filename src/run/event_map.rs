@@ -29,6 +29,8 @@ pub type PeriodRows = BTreeMap<NaiveDateTime, u64>;
 /// Where the rows of a model's event-time sources fall in time.
 #[derive(Debug, Default)]
 pub struct EventMap {
+    /// The period size the map is by.
+    pub size: Option<BatchSize>,
     /// Rows per period (by its first instant), per source.
     pub rows: BTreeMap<String, BTreeMap<NaiveDateTime, u64>>,
     /// Per source: each file, with its rows per period.
@@ -57,7 +59,10 @@ impl EventMap {
         cache: Option<&StateStore>,
     ) -> Result<EventMap, String> {
         let (main, stores) = (engine.ctx(), engine.stores());
-        let mut map = EventMap::default();
+        let mut map = EventMap {
+            size: Some(size),
+            ..EventMap::default()
+        };
         for (table, column) in sources {
             let mut found = Found::default();
             let listed = source_files(main, stores, pipeline, table).await?;
@@ -155,11 +160,19 @@ impl EventMap {
         Some((*lo, *hi))
     }
 
-    /// Rows of `source` in the period starting at `start`.
+    /// The period holding `t`, as the map keys it: a unit whose range starts inside its
+    /// period (a `start` in the middle of one) is looked up by its period.
+    fn key(&self, t: NaiveDateTime) -> NaiveDateTime {
+        self.size.map_or(t, |size| crate::units::truncate(size, t))
+    }
+
+    /// Rows of `source` in the period holding `start`. (A unit whose range is part of its
+    /// period, cut by `batches.start` or `end`, takes the period's rows: its files are read
+    /// whole and filtered to the range.)
     pub fn rows_in(&self, source: &str, start: NaiveDateTime) -> u64 {
         self.rows
             .get(source)
-            .and_then(|r| r.get(&start))
+            .and_then(|r| r.get(&self.key(start)))
             .copied()
             .unwrap_or(0)
     }
@@ -169,14 +182,14 @@ impl EventMap {
         self.rows.keys().map(|s| self.rows_in(s, start)).sum()
     }
 
-    /// The files of `source` holding rows of the period starting at `start`; `None` for a
-    /// source not in the map.
+    /// The files of `source` holding rows of the period holding `start`; `None` for a source
+    /// not in the map.
     pub fn files_of(&self, source: &str, start: NaiveDateTime) -> Option<Vec<ObjectMeta>> {
         let files = self.files.get(source)?;
         Some(
             files
                 .iter()
-                .filter(|(_, periods)| periods.contains_key(&start))
+                .filter(|(_, periods)| periods.contains_key(&self.key(start)))
                 .map(|(f, _)| f.clone())
                 .collect(),
         )

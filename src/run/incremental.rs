@@ -97,9 +97,12 @@ pub(crate) struct IncrementalPlan {
     pub to_reconcile: Vec<String>,
     /// Touched periods beyond the window, for a backfill.
     pub backlog: Vec<Backlog>,
-    /// Whether the inputs without event time changed since a period inside the window was
+    /// Whether the inputs without event time changed since a period this run computes was
     /// computed.
     pub dimensions_changed: bool,
+    /// The file versions, by period, whose rows this run counted as later than the window
+    /// (the state store remembers them, so they are counted once).
+    pub counted: Vec<(String, AppliedFile)>,
 }
 
 /// What [`plan`] works from.
@@ -122,9 +125,9 @@ pub(crate) struct PlanInput<'a> {
     pub dims: &'a str,
     /// What the output holds, if it records periods on this grid.
     pub previous: Option<&'a Periods>,
-    /// Whether a file version was seen by an earlier run (its late rows are then counted
-    /// already).
-    pub seen: &'a dyn Fn(&AppliedFile) -> bool,
+    /// Whether an earlier run counted a file version's rows in a period (by name) as later
+    /// than the window: they are not counted again.
+    pub counted_before: &'a dyn Fn(&str, &AppliedFile) -> bool,
 }
 
 /// The grid's name, as the manifest records it.
@@ -145,7 +148,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> IncrementalPlan {
         current,
         dims,
         previous,
-        seen,
+        counted_before,
     } = *input;
     let full = previous.is_none() || *kind == RunKind::FullRefresh;
     let previous = previous.filter(|_| !full);
@@ -186,11 +189,21 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> IncrementalPlan {
         p = units::next(size, p);
     }
     candidates.extend(entries.keys().filter(|p| **p < limit));
+    // A backfill computes every period of its range that has ended, data or not.
+    if let RunKind::Backfill { from, to } = kind {
+        let mut p = units::truncate(size, *from);
+        while p < *to && p < limit {
+            candidates.insert(p);
+            p = units::next(size, p);
+        }
+    }
     // Rows before the first period: only a backfill computes them (unless `start` excludes them).
     if start.is_none() {
         candidates.extend(current.keys().filter(|p| **p < first));
     }
     let window = config.late_window;
+    // `lookback` widens the window to the last N computed periods: they are computed again,
+    // late rows included, on every run.
     let lookback: BTreeSet<NaiveDateTime> = entries
         .keys()
         .filter(|p| **p < limit)
@@ -202,105 +215,95 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> IncrementalPlan {
     for p in candidates {
         let name = units::period_name(size, p);
         let now = current.get(&p).unwrap_or(&empty);
-        let in_window = units::next(size, p) + window >= as_of;
+        let entry = entries.get(&p);
+        let in_window = units::next(size, p) + window >= as_of || lookback.contains(&p);
         let backfilled = match kind {
             RunKind::Backfill { from, to } => p < *to && units::next(size, p) > *from,
             _ => false,
         };
-        let mut reason = None;
-        match entries.get(&p) {
-            None if p < first => {
-                // Never computed, before the output's first period.
-                let late = rows_by_source(now.iter(), &|f| !seen(f));
-                for (source, rows) in late {
-                    out.count(&source, |c| c.rows_late_beyond_window += rows);
-                }
-                if !backfilled {
-                    out.backlog.push(Backlog {
-                        period: name.clone(),
-                        rows_late: now.iter().map(|f| f.rows).sum(),
-                        rows_deleted: 0,
-                        files: now.iter().map(|f| f.path.clone()).collect(),
-                    });
-                }
-            }
-            None => {
-                if full || matches!(kind, RunKind::Run | RunKind::NoReconcile) {
-                    for (source, rows) in rows_by_source(now.iter(), &|_| true) {
-                        out.count(&source, |c| c.rows_on_time += rows);
-                    }
-                    reason = Some(if full {
-                        Reason::FullRefresh
-                    } else {
-                        Reason::New
-                    });
-                }
-            }
-            Some(entry) => {
-                let before: BTreeSet<_> = entry.inputs.iter().map(AppliedFile::version).collect();
+        // What changed since the period was computed (never computed: everything arrived).
+        let (arrived, gone): (Vec<&AppliedFile>, Vec<&AppliedFile>) = match entry {
+            None => (now.iter().collect(), Vec::new()),
+            Some(e) => {
+                let before: BTreeSet<_> = e.inputs.iter().map(AppliedFile::version).collect();
                 let after: BTreeSet<_> = now.iter().map(AppliedFile::version).collect();
-                let arrived: Vec<&AppliedFile> = now
-                    .iter()
-                    .filter(|f| !before.contains(&f.version()))
-                    .collect();
-                let gone: Vec<&AppliedFile> = entry
-                    .inputs
-                    .iter()
-                    .filter(|f| !after.contains(&f.version()))
-                    .collect();
-                let touched = !arrived.is_empty() || !gone.is_empty();
-                let applies = backfilled || (in_window && kind.reconciles());
-                if touched && in_window && kind.reconciles() {
-                    for (source, rows) in rows_by_source(arrived.iter().copied(), &|_| true) {
-                        out.count(&source, |c| c.rows_late_in_window += rows);
-                    }
-                    for (source, rows) in rows_by_source(gone.iter().copied(), &|_| true) {
-                        out.count(&source, |c| c.rows_deleted += rows);
-                    }
-                } else if touched && !in_window {
-                    let unseen = rows_by_source(arrived.iter().copied(), &|f| !seen(f));
-                    for (source, rows) in unseen {
-                        out.count(&source, |c| c.rows_late_beyond_window += rows);
-                    }
-                    if !backfilled {
-                        out.backlog.push(Backlog {
-                            period: name.clone(),
-                            rows_late: arrived.iter().map(|f| f.rows).sum(),
-                            rows_deleted: gone.iter().map(|f| f.rows).sum(),
-                            files: arrived
-                                .iter()
-                                .chain(gone.iter())
-                                .map(|f| f.path.clone())
-                                .collect(),
-                        });
-                    }
-                } else if touched && !backfilled {
-                    out.to_reconcile.push(name.clone());
+                (
+                    now.iter()
+                        .filter(|f| !before.contains(&f.version()))
+                        .collect(),
+                    e.inputs
+                        .iter()
+                        .filter(|f| !after.contains(&f.version()))
+                        .collect(),
+                )
+            }
+        };
+        let touched = entry.is_some() && (!arrived.is_empty() || !gone.is_empty());
+        let dims_changed = entry.is_some_and(|e| e.dims != dims) && in_window;
+        let reason = if matches!(kind, RunKind::Backfill { .. }) {
+            // Exactly the periods asked for.
+            backfilled.then_some(Reason::Backfill)
+        } else if full {
+            Some(Reason::FullRefresh)
+        } else if entry.is_none() {
+            (p >= first && *kind != RunKind::Reconcile).then_some(Reason::New)
+        } else if touched && in_window && kind.reconciles() {
+            Some(match (arrived.is_empty(), gone.is_empty()) {
+                (false, true) => Reason::Late,
+                (true, false) => Reason::Deleted,
+                _ => Reason::Changed,
+            })
+        } else if dims_changed && kind.reconciles() {
+            Some(Reason::Dimension)
+        } else if lookback.contains(&p) && *kind == RunKind::Run {
+            Some(Reason::Lookback)
+        } else {
+            None
+        };
+        out.dimensions_changed |= dims_changed && reason.is_some();
+        // Count the rows, each once: on time when its period is computed for the first
+        // time; late inside the window when applied to a computed period; beyond the window
+        // when first found after the window closed (applied or not).
+        let on_time = entry.is_none() && p >= first;
+        for f in &arrived {
+            let bucket = if on_time {
+                reason.is_some().then_some(Bucket::OnTime)
+            } else if in_window {
+                reason.is_some().then_some(Bucket::InWindow)
+            } else if counted_before(&name, f) {
+                None
+            } else {
+                Some(Bucket::Beyond)
+            };
+            match bucket {
+                Some(Bucket::OnTime) => out.count(&f.source, |c| c.rows_on_time += f.rows),
+                Some(Bucket::InWindow) => out.count(&f.source, |c| c.rows_late_in_window += f.rows),
+                Some(Bucket::Beyond) => {
+                    out.count(&f.source, |c| c.rows_late_beyond_window += f.rows);
+                    out.counted.push((name.clone(), (*f).clone()));
                 }
-                let dims_changed = entry.dims != dims && in_window;
-                out.dimensions_changed |= dims_changed;
-                reason = if backfilled {
-                    Some(Reason::Backfill)
-                } else if full {
-                    Some(Reason::FullRefresh)
-                } else if touched && applies {
-                    Some(match (arrived.is_empty(), gone.is_empty()) {
-                        (false, true) => Reason::Late,
-                        (true, false) => Reason::Deleted,
-                        _ => Reason::Changed,
-                    })
-                } else if dims_changed && kind.reconciles() {
-                    Some(Reason::Dimension)
-                } else if lookback.contains(&p) && *kind == RunKind::Run {
-                    Some(Reason::Lookback)
-                } else {
-                    None
-                };
+                None => {}
             }
         }
-        if let RunKind::Backfill { .. } = kind {
-            // Exactly the periods asked for.
-            reason = backfilled.then_some(Reason::Backfill);
+        if reason.is_some() {
+            for f in &gone {
+                out.count(&f.source, |c| c.rows_deleted += f.rows);
+            }
+        } else if touched || (entry.is_none() && p < first && !arrived.is_empty()) {
+            if in_window {
+                out.to_reconcile.push(name.clone());
+            } else {
+                out.backlog.push(Backlog {
+                    period: name.clone(),
+                    rows_late: arrived.iter().map(|f| f.rows).sum(),
+                    rows_deleted: gone.iter().map(|f| f.rows).sum(),
+                    files: arrived
+                        .iter()
+                        .chain(gone.iter())
+                        .map(|f| f.path.clone())
+                        .collect(),
+                });
+            }
         }
         if let Some(r) = reason {
             out.todo.push((p, r));
@@ -309,48 +312,36 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> IncrementalPlan {
     out
 }
 
+/// Where [`plan`] counts a row.
+enum Bucket {
+    OnTime,
+    InWindow,
+    Beyond,
+}
+
 impl IncrementalPlan {
     fn count(&mut self, source: &str, f: impl Fn(&mut LateCounts)) {
         f(&mut self.counts);
         f(self.by_source.entry(source.to_string()).or_default());
     }
 
-    /// The units of the periods it computes: each `[start, end)` of its period, within
-    /// `batches` start and end.
-    pub(crate) fn units(
-        &self,
-        size: BatchSize,
-        start: Option<NaiveDateTime>,
-        end: Option<NaiveDateTime>,
-    ) -> Vec<Unit> {
+    /// The units of the periods it computes, one a period, each a whole period (an
+    /// incremental model's `start` and `end` are rounded to periods: the output is a union
+    /// of whole periods).
+    pub(crate) fn units(&self, size: BatchSize) -> Vec<Unit> {
         self.todo
             .iter()
             .enumerate()
-            .map(|(index, (p, _))| {
-                let next = units::next(size, *p);
-                Unit {
-                    index,
-                    name: units::period_name(size, *p),
-                    kind: UnitKind::Period {
-                        start: start.map_or(*p, |s| s.max(*p)),
-                        end: end.map_or(next, |e| e.min(next)),
-                    },
-                }
+            .map(|(index, (p, _))| Unit {
+                index,
+                name: units::period_name(size, *p),
+                kind: UnitKind::Period {
+                    start: *p,
+                    end: units::next(size, *p),
+                },
             })
             .collect()
     }
-}
-
-/// Rows of `files` that pass `keep`, per source.
-fn rows_by_source<'a>(
-    files: impl Iterator<Item = &'a AppliedFile>,
-    keep: &dyn Fn(&AppliedFile) -> bool,
-) -> BTreeMap<String, u64> {
-    let mut out: BTreeMap<String, u64> = BTreeMap::new();
-    for f in files.filter(|f| keep(f)) {
-        *out.entry(f.source.clone()).or_default() += f.rows;
-    }
-    out
 }
 
 /// How a write of `model` combines with its output, for the check that its columns did not
@@ -489,7 +480,7 @@ mod tests {
             current,
             dims: "d",
             previous,
-            seen: &|_| false,
+            counted_before: &|_, _| false,
         })
     }
 
@@ -621,7 +612,7 @@ mod tests {
             current: &current,
             dims: "d",
             previous: Some(&previous),
-            seen: &|f| f.path == "late-02.csv",
+            counted_before: &|p, f| p == "2024-01-02" && f.path == "late-02.csv",
         });
         assert_eq!(seen.counts.rows_late_beyond_window, 0);
         assert_eq!(seen.backlog.len(), 1, "still listed for a backfill");
@@ -687,6 +678,97 @@ mod tests {
                 ("2024-01-05".into(), Reason::Lookback),
             ]
         );
+    }
+
+    /// Found by review: late rows a run sees but does not apply are counted once their
+    /// window closes (not dropped as "seen"); rows a lookback recomputes are applied, so
+    /// counted inside the window and never listed for a backfill; a backfill of a period
+    /// never computed counts its rows on time.
+    #[test]
+    fn every_late_row_is_counted_once_where_it_ends_up() {
+        let cfg = config(48, 0);
+        let mut current = BTreeMap::new();
+        for d in 1..=5 {
+            day(&mut current, d, &[file(&format!("e{d:02}.csv"), 10)]);
+        }
+        let previous = applied(&current, 5);
+        day(&mut current, 5, &[file("late05.csv", 7)]);
+        let main = run(
+            &current,
+            Some(&previous),
+            "2024-01-07",
+            &RunKind::NoReconcile,
+            &cfg,
+        );
+        assert_eq!(main.to_reconcile, vec!["2024-01-05"]);
+        assert_eq!(main.counts, LateCounts::default());
+        // Day 5's window closed on day 8: the next run counts the 7 rows beyond it, once.
+        let closed = run(&current, Some(&previous), "2024-01-09", &RunKind::Run, &cfg);
+        assert_eq!(closed.counts.rows_late_beyond_window, 7);
+        assert_eq!(closed.counted.len(), 1);
+        assert_eq!(closed.backlog[0].period, "2024-01-05");
+        let counted = closed.counted.clone();
+        let again = plan(&PlanInput {
+            size: BatchSize::Day,
+            start: Some(at("2024-01-01")),
+            end: None,
+            config: &cfg,
+            as_of: at("2024-01-10"),
+            kind: &RunKind::Run,
+            current: &current,
+            dims: "d",
+            previous: Some(&previous),
+            counted_before: &|p, f| counted.iter().any(|(cp, cf)| cp == p && cf == f),
+        });
+        assert_eq!(again.counts.rows_late_beyond_window, 0);
+        assert_eq!(again.backlog.len(), 1);
+
+        // lookback = 2 with no window: day 5 is recomputed, its late rows applied.
+        let lb = run(
+            &current,
+            Some(&previous),
+            "2024-01-09",
+            &RunKind::Run,
+            &config(0, 2),
+        );
+        assert_eq!(
+            names(&lb),
+            vec![
+                ("2024-01-04".into(), Reason::Lookback),
+                ("2024-01-05".into(), Reason::Late),
+            ]
+        );
+        assert_eq!(lb.counts.rows_late_in_window, 7);
+        assert_eq!(lb.counts.rows_late_beyond_window, 0);
+        assert!(lb.backlog.is_empty());
+
+        // A backfill over a period never computed (day 8, after a gap) counts it on time.
+        day(&mut current, 8, &[file("e08.csv", 4)]);
+        let bf = run(
+            &current,
+            Some(&previous),
+            "2024-01-10",
+            &RunKind::Backfill {
+                from: at("2024-01-04T12:00:00"),
+                to: at("2024-01-09T06:00:00"),
+            },
+            &cfg,
+        );
+        assert_eq!(
+            names(&bf)
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>(),
+            vec![
+                "2024-01-04",
+                "2024-01-05",
+                "2024-01-06",
+                "2024-01-07",
+                "2024-01-08",
+                "2024-01-09"
+            ]
+        );
+        assert_eq!(bf.counts.rows_on_time, 4);
     }
 
     #[test]

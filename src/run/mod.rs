@@ -209,6 +209,16 @@ pub async fn run(
     .await;
     drop(beat);
     state.finish_run(&report)?;
+    if report.status == RunStatus::Failed
+        && report
+            .models
+            .iter()
+            .all(|m| m.status != ModelStatus::Failed && m.status != ModelStatus::Skipped)
+    {
+        // Failed only by `on_late_beyond_window = "fail"`: every model is published, so
+        // there is nothing to resume (a resume would also keep the old clock).
+        state.complete_run(&report.run_id)?;
+    }
     drop(lock);
     Ok(report)
 }

@@ -60,13 +60,25 @@ impl ModelRun<'_> {
             .await
             .map_err(|e| run.error(e))?;
         if let Some(work) = &plan.incremental {
-            report.late = Some(run.late_report(work));
+            let mut late = run.late_report(work);
             if work.plan.todo.is_empty() {
-                // Nothing new, nothing late inside the window: the output stays as it is.
+                // Nothing new, nothing late inside the window: the output stays as it is. (A
+                // resumed run whose earlier attempt published the model reports what that
+                // attempt counted.)
+                let recorded = cx
+                    .state
+                    .map(|s| s.late_of_run(cx.run_id, name))
+                    .transpose()?;
+                match recorded.flatten() {
+                    Some(recorded) => late.set_counts(recorded),
+                    None => run.record_late(work)?,
+                }
+                report.late = Some(late);
                 report.units_total = 0;
                 register_output(cx.engine, run.model, Some(run.schema)).await?;
-                return run.record_arrivals(work);
+                return Ok(());
             }
+            report.late = Some(late);
         }
         let planned = resume::unit_inputs(cx, name, &plan).await?;
         let inputs = &planned.by_unit;
@@ -118,27 +130,36 @@ impl ModelRun<'_> {
         }
         let periods = plan.incremental.as_ref().map(|work| run.period_write(work));
         run.check_staged(&files, periods.as_ref(), report).await?;
+        if let Some(work) = &plan.incremental {
+            // Before the publish: a run killed after it is resumed, plans nothing, and
+            // reports these.
+            run.record_late(work)?;
+        }
         run.publish(files, periods.as_ref(), report).await?;
         if let Some(filtered) = scanned.and_then(|s| s.filtered) {
             report.balance(filtered);
         }
-        match &plan.incremental {
-            Some(work) => run.record_arrivals(work),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
-    /// Records that this run saw the input files of an incremental model, and its late
-    /// rows: after its publish, so a run that dies before it counts them again.
-    fn record_arrivals(&self, work: &IncrementalWork) -> Result<(), Error> {
+    /// Records the late-arrival counts of an incremental model in this run, and the file
+    /// versions whose rows it counted as later than the window (so they are counted once).
+    fn record_late(&self, work: &IncrementalWork) -> Result<(), Error> {
         let Some(state) = self.cx.state else {
             return Ok(());
         };
-        let files: std::collections::BTreeSet<FileSeen> =
-            work.current.values().flatten().map(FileSeen::of).collect();
-        let files: Vec<FileSeen> = files.into_iter().collect();
-        state.record_arrivals(self.cx.run_id, &files)?;
-        state.record_late(self.cx.run_id, &self.model.name, &work.plan.by_source)?;
+        let counted: Vec<_> = work
+            .plan
+            .counted
+            .iter()
+            .map(|(period, f)| (period.clone(), FileSeen::of(f), f.rows))
+            .collect();
+        state.record_late(
+            self.cx.run_id,
+            &self.model.name,
+            &work.plan.by_source,
+            &counted,
+        )?;
         Ok(())
     }
 
@@ -610,7 +631,8 @@ impl<'a> ModelRun<'a> {
         )
         .await
         .map_err(|e| self.error(e.to_string()))?;
-        report.checks = crate::checks::run(cx.engine.ctx(), &model.name, &model.checks).await;
+        let late = report.late.as_ref().map(|l| l.counts.late_rows());
+        report.checks = crate::checks::run(cx.engine.ctx(), &model.name, &model.checks, late).await;
         let blocking: Vec<String> = report
             .checks
             .iter()

@@ -64,36 +64,26 @@ pub(crate) struct Planning<'a> {
     /// The run's clock and what it was asked to do (incremental models).
     pub clock: &'a Clock,
     /// The state store, when there is one: the periods of input files mapped before, and
-    /// the file versions earlier runs saw.
+    /// the late rows earlier runs counted.
     pub state: Option<&'a StateStore>,
-    /// The run planning, whose own sightings are not earlier ones; `""` for a command that
-    /// does not run (every sighting is earlier).
+    /// The run planning; `""` for a command that does not run.
     pub run_id: &'a str,
 }
 
 impl Planning<'_> {
-    /// The input file versions of `sources` an earlier run saw (their late rows were counted
-    /// then). An earlier attempt of this very run that finished `model` counted what it saw.
-    fn seen_before(
+    /// The file versions, by period, whose rows earlier runs counted for `model` as later
+    /// than the window. (This run's own earlier attempt counted them for a report that was
+    /// lost with it: they are counted again, and replace what it recorded.)
+    fn counted_late(
         &self,
         model: &str,
-        sources: &[(String, String)],
-    ) -> Result<std::collections::HashSet<FileSeen>, String> {
-        let mut out = std::collections::HashSet::new();
-        let Some(state) = self.state else {
-            return Ok(out);
-        };
-        let err = |e: crate::state::StateError| e.to_string();
-        let this_run =
-            if self.run_id.is_empty() || state.model_succeeded(self.run_id, model).map_err(err)? {
-                ""
-            } else {
-                self.run_id
-            };
-        for (source, _) in sources {
-            out.extend(state.seen_before(source, this_run).map_err(err)?);
+    ) -> Result<std::collections::HashSet<(String, FileSeen)>, String> {
+        match self.state {
+            Some(state) => state
+                .counted_late(model, self.run_id)
+                .map_err(|e| e.to_string()),
+            None => Ok(Default::default()),
         }
-        Ok(out)
     }
 }
 
@@ -138,8 +128,27 @@ pub(crate) async fn plan_units(
     // Read even when start and end are given: a row without an event time is refused there.
     let events = EventMap::build(engine, pipeline, &sources, batches.size, planning.state).await?;
     if let Some(config) = &batches.incremental {
-        let seen = planning.seen_before(&model.name, &sources)?;
-        let seen = |f: &AppliedFile| seen.contains(&FileSeen::of(f));
+        warn_outside(
+            &model.name,
+            &events,
+            batches.size,
+            batches.start,
+            batches.end,
+        );
+        if let incremental::RunKind::Backfill { to, .. } = &clock.kind
+            && *to > units::truncate(batches.size, clock.as_of)
+        {
+            tracing::warn!(
+                "model '{}': backfill --to {to} reaches past the clock ({}): periods that have \
+                 not ended by then are not computed",
+                model.name,
+                clock.as_of
+            );
+        }
+        let counted = planning.counted_late(&model.name)?;
+        let counted_before = |period: &str, f: &AppliedFile| {
+            counted.contains(&(period.to_string(), FileSeen::of(f)))
+        };
         let location = crate::store::Location::parse(&model.sink.location)
             .map_err(|e| e.to_string())?
             .as_folder();
@@ -171,10 +180,10 @@ pub(crate) async fn plan_units(
             current: &current,
             dims: &dims,
             previous,
-            seen: &seen,
+            counted_before: &counted_before,
         });
         return Ok(UnitPlan {
-            units: plan.units(batches.size, batches.start, batches.end),
+            units: plan.units(batches.size),
             events: Some(events),
             incremental: Some(IncrementalWork {
                 plan,
@@ -195,27 +204,41 @@ pub(crate) async fn plan_units(
         }
         (s, e, Some((lo, hi))) => (s.unwrap_or(lo), e.unwrap_or(units::next(batches.size, hi))),
     };
-    // Rows the range leaves out are not read: say so, never silently.
-    for (source, periods) in &events.rows {
-        let outside: u64 = periods
-            .iter()
-            .filter(|(p, _)| units::next(batches.size, **p) <= start || **p >= end)
-            .map(|(_, n)| n)
-            .sum();
-        if outside > 0 {
-            tracing::warn!(
-                "model '{}': {outside} row(s) of source '{source}' lie in periods outside \
-                 batches start..end ({start} .. {end}) and are not read; widen start or end to \
-                 include them",
-                model.name
-            );
-        }
-    }
+    warn_outside(&model.name, &events, batches.size, Some(start), Some(end));
     Ok(UnitPlan {
         units: units::periods(batches.size, start, end),
         events: Some(events),
         incremental: None,
     })
+}
+
+/// Rows a model's `batches` `start..end` leaves out are not read: says so, never silently.
+fn warn_outside(
+    model: &str,
+    events: &EventMap,
+    size: crate::config::BatchSize,
+    start: Option<NaiveDateTime>,
+    end: Option<NaiveDateTime>,
+) {
+    let show = |t: Option<NaiveDateTime>| t.map_or("-".to_string(), |t| t.to_string());
+    for (source, periods) in &events.rows {
+        let outside: u64 = periods
+            .iter()
+            .filter(|(p, _)| {
+                start.is_some_and(|s| units::next(size, **p) <= s) || end.is_some_and(|e| **p >= e)
+            })
+            .map(|(_, n)| n)
+            .sum();
+        if outside > 0 {
+            tracing::warn!(
+                "model '{model}': {outside} row(s) of source '{source}' lie in periods outside \
+                 batches start..end ({} .. {}) and are not read; widen start or end to \
+                 include them",
+                show(start),
+                show(end)
+            );
+        }
+    }
 }
 
 /// Why one attempt of a unit failed: the message the user sees, and whether another attempt

@@ -445,12 +445,15 @@ fn rows_later_than_the_window_fail_the_run_when_asked_after_publishing() {
     // Everything else was published.
     assert_eq!(published_days(d)["2024-01-12"].0, 100);
     assert_eq!(published_days(d)["2024-01-10"].0, 107);
-    // Counted once: the next run (an orchestrator's retry, which resumes the failed run)
-    // does not fail again for the same rows, nor does a new one.
+    // Counted once: the next run (an orchestrator's retry) does not fail again for the same
+    // rows. The failed run did all its work, so the retry is a new run, not a resume.
     let (_, retry) = run_with_report(d, &["--as-of", "2024-01-13"], 0);
-    assert_eq!(retry["run_id"], r["run_id"], "the retry resumes the run");
+    assert_ne!(retry["run_id"], r["run_id"]);
     assert_eq!(late(&retry)["rows_late_beyond_window"], 0);
-    run_with_report(d, &["--as-of", "2024-01-13", "--restart"], 0);
+    assert_eq!(
+        late(&retry)["periods_needing_backfill"][0]["period"],
+        "2024-01-02"
+    );
 }
 
 #[test]
@@ -575,4 +578,176 @@ fn bad_incremental_settings_are_refused_naming_file_and_line() {
         assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
         assert!(!dir.path().join("out/daily/_MANIFEST").exists());
     }
+}
+
+/// Two incremental models over one source each count the late rows they find (once each);
+/// a lost state file recomputes nothing; a `start` inside a month rounds to the month.
+#[test]
+fn two_models_count_late_rows_each_a_lost_state_file_recomputes_nothing() {
+    let toml = format!(
+        "{TOML}\n[models.monthly]\nmaterialized = \"incremental\"\n\
+         [models.monthly.batches]\nsize = \"month\"\nstart = \"2024-01-15\"\n"
+    );
+    let first = day_one();
+    let dir = pipeline(&toml, &[]);
+    let d = dir.path();
+    std::fs::write(
+        d.join("queries/monthly.sql"),
+        "SELECT date_trunc('month', CAST(ts AS TIMESTAMP)) AS month, COUNT(*) AS n FROM events GROUP BY 1",
+    )
+    .unwrap();
+    write_all(d, &first);
+    let (_, r) = run_with_report(d, &["--as-of", "2024-02-01"], 0);
+    // January is computed whole, though start is the 15th.
+    assert_eq!(report_model(&r, "monthly")["late"]["rows_on_time"], 1000);
+    assert_eq!(report_model(&r, "monthly")["rows_out"], 1);
+    let month = sluice(
+        d,
+        &["sql", "-e", "SELECT n FROM t", "--table", "t=out/monthly/"],
+    )
+    .expect(0);
+    assert!(month.stdout.contains("| 1000 |"), "{}", month.stdout);
+
+    // 5 late rows for day 2, beyond daily's window, inside monthly's (January ended on
+    // February 1; the window is 0 h, so it closed then: beyond for both).
+    Events::day(2, 5, 80_000).write(&d.join("data/late-02.csv"));
+    let (_, r) = run_with_report(d, &["--as-of", "2024-02-03", "--select", "daily"], 0);
+    assert_eq!(
+        report_model(&r, "daily")["late"]["rows_late_beyond_window"],
+        5
+    );
+    let (_, r) = run_with_report(d, &["--as-of", "2024-02-03", "--select", "monthly"], 0);
+    assert_eq!(
+        report_model(&r, "monthly")["late"]["rows_late_beyond_window"],
+        5
+    );
+    let (_, r) = run_with_report(d, &["--as-of", "2024-02-03"], 0);
+    for m in ["daily", "monthly"] {
+        assert_eq!(
+            report_model(&r, m)["late"]["rows_late_beyond_window"],
+            0,
+            "{m}"
+        );
+    }
+
+    // The state file lost: nothing is recomputed (the manifests say what each period was
+    // computed from); the backlog is still listed.
+    std::fs::remove_dir_all(d.join(".sluice")).unwrap();
+    let before = snapshot(&d.join("out"));
+    let (_, r) = run_with_report(d, &["--as-of", "2024-02-03"], 0);
+    for m in ["daily", "monthly"] {
+        assert_eq!(report_model(&r, m)["units_total"], 0, "{m}");
+        assert_eq!(
+            report_model(&r, m)["late"]["periods_needing_backfill"][0]["rows_late"],
+            5,
+            "{m}"
+        );
+    }
+    assert_eq!(published(&snapshot(&d.join("out"))), published(&before));
+}
+
+/// A run killed after publishing an incremental model, while the next model runs: the rerun
+/// resumes it, plans nothing for the published model, and reports what that model counted.
+#[test]
+fn a_run_killed_after_publishing_reports_its_late_rows_on_resume() {
+    let toml = format!(
+        "{TOML}\n[models.hourly]\nmaterialized = \"incremental\"\n\
+         [models.hourly.batches]\nsize = \"hour\"\nstart = \"2024-01-01\"\nmax_concurrent_units = 1\n"
+    );
+    let first = day_one();
+    let dir = pipeline(&toml, &[]);
+    let d = dir.path();
+    // Runs after daily, one unit an hour: long enough to be killed in.
+    std::fs::write(
+        d.join("queries/hourly.sql"),
+        "SELECT d.day, e.id FROM events e JOIN daily d ON CAST(e.ts AS DATE) = d.day",
+    )
+    .unwrap();
+    write_all(d, &first);
+    run_with_report(d, &["--as-of", "2024-01-11"], 0);
+    write_all(d, &day_two());
+    let manifest = || read_json(&d.join("out/daily/_MANIFEST"))["run_id"].clone();
+    let day_one_version = manifest();
+    let mut child = spawn_sluice(d, &["run", ".", "--as-of", "2024-01-13"]);
+    let t = std::time::Instant::now();
+    while manifest() == day_one_version && t.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before the kill"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (_, r) = run_with_report(d, &["--as-of", "2024-01-13"], 0);
+    let l = late(&r);
+    assert_eq!(
+        units_of(&r),
+        Vec::<String>::new(),
+        "daily was published before the kill"
+    );
+    assert_eq!(
+        (
+            &l["rows_on_time"],
+            &l["rows_late_in_window"],
+            &l["rows_late_beyond_window"]
+        ),
+        (&200.into(), &7.into(), &5.into())
+    );
+    assert_eq!(report_model(&r, "hourly")["status"], "success");
+}
+
+/// A `late_rate` check gates the publish like any error check; as a warning it reports and
+/// publishes; `sluice check` evaluates it on the last run.
+#[test]
+fn a_late_rate_check_over_its_maximum_publishes_nothing() {
+    let toml = format!("{TOML}\n[[models.daily.checks]]\nlate_rate = {{ max = 0.01 }}\n");
+    let first = day_one();
+    let dir = pipeline(&toml, &[]);
+    let d = dir.path();
+    write_all(d, &first);
+    run_with_report(d, &["--as-of", "2024-01-11"], 0);
+    let before = published(&snapshot(&d.join("out/daily")));
+    write_all(d, &day_two());
+    let (run, r) = run_with_report(d, &["--as-of", "2024-01-13"], 1);
+    let check = &report_model(&r, "daily")["checks"][0];
+    assert_eq!(check["check"], "late_rate(max 0.01)");
+    assert_eq!(check["status"], "fail");
+    assert_eq!(check["failing_rows"], 12);
+    assert!(
+        run.stderr
+            .contains("late-arrival rate 5.66% (12 of 212 rows) is over the maximum 1.00%"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(published(&snapshot(&d.join("out/daily"))), before);
+
+    // As a warning: reported, published.
+    edit_file(&d.join("sluice.toml"), |t| {
+        t.replace(
+            "late_rate = { max = 0.01 }",
+            "late_rate = { max = 0.01 }\nseverity = \"warn\"",
+        )
+    });
+    let (_, r) = run_with_report(d, &["--as-of", "2024-01-13"], 0);
+    assert_eq!(report_model(&r, "daily")["checks"][0]["status"], "warn");
+    assert_eq!(published_days(d)["2024-01-10"].0, 107);
+    let check = sluice(d, &["check", "."]).expect(0);
+    assert!(
+        check.stdout.contains("late_rate(max 0.01)"),
+        "{}",
+        check.stdout
+    );
+
+    // Only an incremental model has a late-arrival rate; a rate is between 0 and 1.
+    edit_file(&d.join("sluice.toml"), |t| {
+        t.replace("max = 0.01", "max = 5")
+    });
+    let bad = sluice(d, &["plan", "."]).expect(2);
+    assert!(
+        bad.stderr
+            .contains("models.daily.checks[0].late_rate.max: 5 is not a rate between 0 and 1"),
+        "{}",
+        bad.stderr
+    );
 }

@@ -152,7 +152,7 @@ impl Validator<'_> {
                 "a view is inlined, not run: batches apply to table models",
             ));
         }
-        let checks = self.checks(&name, m.checks)?;
+        let checks = self.checks(&name, m.checks, materialized == Materialized::Incremental)?;
         if !checks.is_empty() && materialized == Materialized::View {
             return Err(self.invalid(
                 format!("models.{name}.checks"),
@@ -410,7 +410,12 @@ impl Validator<'_> {
     }
 
     /// `[[models.NAME.checks]]`: each entry one kind of check, and its severity.
-    fn checks(&self, model: &str, raw: Vec<RawCheck>) -> Result<Vec<Check>, ConfigError> {
+    fn checks(
+        &self,
+        model: &str,
+        raw: Vec<RawCheck>,
+        materialized_incremental: bool,
+    ) -> Result<Vec<Check>, ConfigError> {
         let mut out = Vec::new();
         for (i, c) in raw.into_iter().enumerate() {
             let key = format!("models.{model}.checks[{i}]");
@@ -472,13 +477,28 @@ impl Validator<'_> {
             if let Some(q) = c.sql {
                 kinds.push(CheckKind::Sql(q));
             }
+            if let Some(r) = c.late_rate {
+                if !materialized_incremental {
+                    return Err(self.invalid(
+                        format!("{key}.late_rate"),
+                        "applies to incremental models: set materialized = \"incremental\"",
+                    ));
+                }
+                if !(0.0..=1.0).contains(&r.max) {
+                    return Err(self.invalid(
+                        format!("{key}.late_rate.max"),
+                        format!("{} is not a rate between 0 and 1 (0.01 is 1 %)", r.max),
+                    ));
+                }
+                kinds.push(CheckKind::LateRate { max: r.max });
+            }
             let kind = match kinds.len() {
                 1 => kinds.remove(0),
                 0 => {
                     return Err(self.invalid(
                         key,
                         "a check needs one of not_null, unique, accepted_values, row_count, \
-                         expression or sql",
+                         expression, sql or late_rate",
                     ));
                 }
                 _ => {
