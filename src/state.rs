@@ -225,6 +225,12 @@ pub struct RunRow {
     pub models_total: i64,
     /// Why it failed, if it did before any model ran.
     pub error: Option<String>,
+    /// What it was asked to do: `run`, `reconcile`, `backfill`...
+    pub kind: String,
+    /// Late rows its incremental models applied inside the window, if it ran any.
+    pub late_in_window: Option<i64>,
+    /// Late rows its incremental models found beyond the window.
+    pub late_beyond_window: Option<i64>,
 }
 
 /// The state store of one pipeline.
@@ -1056,7 +1062,10 @@ impl StateStore {
                 "SELECT r.run_id, r.pipeline, r.started_at, r.finished_at, r.status, r.error,
                         COALESCE(SUM(m.rows_in), 0), COALESCE(SUM(m.rows_out), 0),
                         COALESCE(SUM(m.rows_rejected), 0),
-                        COALESCE(SUM(m.status = 'success'), 0), COUNT(m.model)
+                        COALESCE(SUM(m.status = 'success'), 0), COUNT(m.model),
+                        COALESCE(r.kind, 'run'),
+                        (SELECT SUM(rows_late_in_window) FROM late l WHERE l.run_id = r.run_id),
+                        (SELECT SUM(rows_late_beyond_window) FROM late l WHERE l.run_id = r.run_id)
                  FROM runs r LEFT JOIN models m ON m.run_id = r.run_id
                  GROUP BY r.run_id ORDER BY r.started_at DESC, r.run_id DESC LIMIT ?1",
             )?;
@@ -1073,6 +1082,9 @@ impl StateStore {
                     rows_rejected: r.get(8)?,
                     models_ok: r.get(9)?,
                     models_total: r.get(10)?,
+                    kind: r.get(11)?,
+                    late_in_window: r.get(12)?,
+                    late_beyond_window: r.get(13)?,
                 })
             })?;
             rows.collect()
@@ -1173,20 +1185,35 @@ fn holder_alive(
 /// Formats the ledger as the table `sluice runs` prints.
 pub fn format_runs(rows: &[RunRow]) -> String {
     let mut out = format!(
-        "{:<24} {:<24} {:<24} {:<11} {:>12} {:>12} {:>9} {:>7}\n",
-        "run", "started", "finished", "status", "rows in", "rows out", "rejected", "models"
+        "{:<24} {:<24} {:<24} {:<11} {:<20} {:>12} {:>12} {:>9} {:>7} {:>15}\n",
+        "run",
+        "started",
+        "finished",
+        "status",
+        "kind",
+        "rows in",
+        "rows out",
+        "rejected",
+        "models",
+        "late in/beyond"
     );
     for r in rows {
+        let late = match (r.late_in_window, r.late_beyond_window) {
+            (Some(a), Some(b)) => format!("{a}/{b}"),
+            _ => "-".to_string(),
+        };
         out.push_str(&format!(
-            "{:<24} {:<24} {:<24} {:<11} {:>12} {:>12} {:>9} {:>7}\n",
+            "{:<24} {:<24} {:<24} {:<11} {:<20} {:>12} {:>12} {:>9} {:>7} {:>15}\n",
             r.run_id,
             r.started_at,
             r.finished_at.as_deref().unwrap_or("-"),
             r.status,
+            r.kind,
             r.rows_in,
             r.rows_out,
             r.rows_rejected,
-            format!("{}/{}", r.models_ok, r.models_total)
+            format!("{}/{}", r.models_ok, r.models_total),
+            late
         ));
     }
     out

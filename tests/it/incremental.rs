@@ -240,6 +240,19 @@ fn the_day_one_day_two_timeline_then_a_backfill() {
         "{}",
         run.stderr
     );
+    let runs = sluice(d, &["runs", ".", "--json"]).expect(0);
+    let runs: serde_json::Value = serde_json::from_str(&runs.stdout).unwrap();
+    assert_eq!(runs[0]["run_id"], r2["run_id"]);
+    assert_eq!(
+        (&runs[0]["late_in_window"], &runs[0]["late_beyond_window"]),
+        (&7.into(), &5.into())
+    );
+    let runs = sluice(d, &["runs", "."]).expect(0);
+    assert!(
+        runs.stdout.contains("late in/beyond") && runs.stdout.contains(" 7/5\n"),
+        "{}",
+        runs.stdout
+    );
     // Days 1–9 are untouched, byte for byte, and still listed as computed by day 1's run.
     let after = snapshot(&d.join("out/daily"));
     let periods2 = file_periods(d);
