@@ -785,12 +785,8 @@ fn the_timeline_on_s3_with_etags() {
         ))
         .unwrap();
     };
-    let toml = format!(
-        "name = \"events\"\n[sources.events]\nlocation = \"s3://lake/events/\"\nformat = \"csv\"\n\
-         event_time = \"ts\"\n\n[models.daily]\nmaterialized = \"incremental\"\n\n\
-         [models.daily.sink]\nlocation = \"s3://lake/out/daily/\"\n\n\
-         [models.daily.batches]\nsize = \"day\"\nstart = \"2024-01-01\"\nlate_window = \"48h\"\n"
-    );
+    let toml = TOML.replace("location = \"data/\"", "location = \"s3://lake/events/\"")
+        + "\n[models.daily.sink]\nlocation = \"s3://lake/out/daily/\"\n";
     let dir = pipeline(&toml, &[]);
     let d = dir.path();
     let env = server.env();
