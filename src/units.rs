@@ -111,23 +111,111 @@ pub(crate) fn period_name(size: BatchSize, t: NaiveDateTime) -> String {
     }
 }
 
-/// The units covering `[start, end)`: the first starts at `start`'s period.
-pub(crate) fn periods(size: BatchSize, start: NaiveDateTime, end: NaiveDateTime) -> Vec<Unit> {
-    let mut out = Vec::new();
-    let mut t = truncate(size, start);
-    while t < end {
-        let n = next(size, t);
-        out.push(Unit {
-            index: out.len(),
-            name: period_name(size, t),
-            kind: UnitKind::Period {
-                start: t.max(start),
-                end: n.min(end),
-            },
-        });
-        t = n;
+/// The periods of a time-batched model: a size, in a time zone. Period starts are UTC
+/// instants (what event times are compared with); names and boundaries are local wall time,
+/// so a day in a zone with daylight saving time lasts 23 or 25 hours. Without a zone, UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    /// The period size.
+    pub size: BatchSize,
+    /// The zone; `None`: UTC.
+    pub tz: Option<chrono_tz::Tz>,
+}
+
+impl Grid {
+    /// A grid of `size` in UTC.
+    pub fn utc(size: BatchSize) -> Grid {
+        Grid { size, tz: None }
     }
-    out
+
+    /// The grid of a model's `[batches]`.
+    pub fn of(batches: &crate::config::BatchConfig) -> Grid {
+        Grid {
+            size: batches.size,
+            tz: batches.timezone,
+        }
+    }
+
+    /// `day`, or `day@America/New_York`: how manifests and the state store name the grid.
+    pub fn label(&self) -> String {
+        match self.tz {
+            None => self.size.name().to_string(),
+            Some(tz) => format!("{}@{}", self.size.name(), tz.name()),
+        }
+    }
+
+    /// The wall time of the UTC instant `t` in the grid's zone.
+    pub fn local(&self, t: NaiveDateTime) -> NaiveDateTime {
+        match self.tz {
+            None => t,
+            Some(tz) => chrono::TimeZone::from_utc_datetime(&tz, &t).naive_local(),
+        }
+    }
+
+    /// The UTC instant of the wall time `local`: the earlier of two (a wall time repeated
+    /// when clocks go back), or the first instant after a gap (one skipped when they go
+    /// forward: a zone whose midnight was skipped starts that day at 01:00).
+    pub fn instant_of(&self, local: NaiveDateTime) -> NaiveDateTime {
+        let Some(tz) = self.tz else {
+            return local;
+        };
+        let mut probe = local;
+        // Gaps are at most a few hours long; step forward by minutes until out of it.
+        for _ in 0..(26 * 60) {
+            match chrono::TimeZone::from_local_datetime(&tz, &probe) {
+                chrono::LocalResult::Single(t) => return t.naive_utc(),
+                chrono::LocalResult::Ambiguous(a, b) => return a.naive_utc().min(b.naive_utc()),
+                chrono::LocalResult::None => probe += Duration::minutes(1),
+            }
+        }
+        local
+    }
+
+    /// The start of the period holding the UTC instant `t`.
+    pub fn truncate(&self, t: NaiveDateTime) -> NaiveDateTime {
+        self.instant_of(truncate(self.size, self.local(t)))
+    }
+
+    /// The start of the period after the one starting at `p`.
+    pub fn next(&self, p: NaiveDateTime) -> NaiveDateTime {
+        self.instant_of(next(self.size, truncate(self.size, self.local(p))))
+    }
+
+    /// The name of the period starting at `p` (its local start).
+    pub fn name(&self, p: NaiveDateTime) -> String {
+        period_name(self.size, truncate(self.size, self.local(p)))
+    }
+
+    /// The start of the period named `name`, if it names one of this grid.
+    pub fn parse(&self, name: &str) -> Option<NaiveDateTime> {
+        let text = match name.len() {
+            4 => format!("{name}-01-01"),
+            7 => format!("{name}-01"),
+            13 => format!("{name}:00:00"),
+            _ => name.to_string(),
+        };
+        crate::config::parse_datetime(&text).map(|local| self.instant_of(local))
+    }
+
+    /// The units covering `[start, end)` (UTC instants): the first starts at `start`'s
+    /// period.
+    pub(crate) fn periods(&self, start: NaiveDateTime, end: NaiveDateTime) -> Vec<Unit> {
+        let mut out = Vec::new();
+        let mut t = self.truncate(start);
+        while t < end {
+            let n = self.next(t);
+            out.push(Unit {
+                index: out.len(),
+                name: self.name(t),
+                kind: UnitKind::Period {
+                    start: t.max(start),
+                    end: n.min(end),
+                },
+            });
+            t = n;
+        }
+        out
+    }
 }
 
 /// The `n` units of a model by key, named `key 03 of 16`.
@@ -242,7 +330,7 @@ mod tests {
 
     #[test]
     fn months_cover_the_range_with_calendar_boundaries() {
-        let u = periods(BatchSize::Month, at("1992-01-15"), at("1992-04-01"));
+        let u = Grid::utc(BatchSize::Month).periods(at("1992-01-15"), at("1992-04-01"));
         let names: Vec<_> = u.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, vec!["1992-01", "1992-02", "1992-03"]);
         assert_eq!(
@@ -265,21 +353,69 @@ mod tests {
     #[test]
     fn hours_days_and_years() {
         assert_eq!(
-            periods(
-                BatchSize::Hour,
-                at("2024-01-01T22:30:00"),
-                at("2024-01-02T01:00:00")
-            )
-            .len(),
+            Grid::utc(BatchSize::Hour)
+                .periods(at("2024-01-01T22:30:00"), at("2024-01-02T01:00:00"))
+                .len(),
             3
         );
         assert_eq!(
-            periods(BatchSize::Day, at("2024-02-27"), at("2024-03-01")).len(),
+            Grid::utc(BatchSize::Day)
+                .periods(at("2024-02-27"), at("2024-03-01"))
+                .len(),
             3
         );
-        let y = periods(BatchSize::Year, at("1992-01-01"), at("1999-01-01"));
+        let y = Grid::utc(BatchSize::Year).periods(at("1992-01-01"), at("1999-01-01"));
         assert_eq!(y.len(), 7);
         assert_eq!(y[6].name, "1998");
+    }
+
+    /// Days in New York across both DST changes of 2024 (checked against the zone's rules:
+    /// 2024-03-10 lasts 23 hours, 2024-11-03 25), and the same instants in UTC.
+    #[test]
+    fn periods_in_a_zone_follow_its_daylight_saving_time() {
+        let ny = Grid {
+            size: BatchSize::Day,
+            tz: Some(chrono_tz::America::New_York),
+        };
+        let days = ny.periods(at("2024-03-09T05:00:00"), at("2024-03-12T04:00:00"));
+        let names: Vec<_> = days.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, vec!["2024-03-09", "2024-03-10", "2024-03-11"]);
+        let bounds: Vec<_> = days
+            .iter()
+            .map(|u| match u.kind {
+                UnitKind::Period { start, end } => (start, end),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            bounds[1],
+            (at("2024-03-10T05:00:00"), at("2024-03-11T04:00:00"))
+        );
+        assert_eq!(
+            ny.next(at("2024-11-03T04:00:00")) - at("2024-11-03T04:00:00"),
+            Duration::hours(25)
+        );
+        // 03:30 UTC on March 10 is 22:30 on March 9 in New York.
+        assert_eq!(
+            ny.truncate(at("2024-03-10T03:30:00")),
+            at("2024-03-09T05:00:00")
+        );
+        assert_eq!(ny.name(at("2024-03-10T03:30:00")), "2024-03-09");
+        assert_eq!(ny.parse("2024-03-10"), Some(at("2024-03-10T05:00:00")));
+        assert_eq!(ny.label(), "day@America/New_York");
+        // A month in Kolkata (+05:30) starts at 18:30 UTC the day before.
+        let kolkata = Grid {
+            size: BatchSize::Month,
+            tz: Some(chrono_tz::Asia::Kolkata),
+        };
+        assert_eq!(
+            kolkata.truncate(at("2024-02-01T00:00:00")),
+            at("2024-01-31T18:30:00")
+        );
+        // UTC is unchanged.
+        let utc = Grid::utc(BatchSize::Day);
+        assert_eq!(utc.periods(at("2024-02-27"), at("2024-03-01")).len(), 3);
+        assert_eq!(utc.label(), "day");
     }
 
     #[test]

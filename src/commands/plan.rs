@@ -189,7 +189,7 @@ fn describe_incremental(
             b.period,
             b.rows_late,
             b.rows_deleted,
-            crate::run::incremental::backfill_command(&prepared.pipeline, batches.size, &b.period)
+            crate::run::incremental::backfill_command(&prepared.pipeline, work.grid, &b.period)
         ));
     }
     out

@@ -13,7 +13,6 @@ use crate::report::{Backlog, LateCounts, PeriodReason};
 use crate::run::RunOptions;
 use crate::run::incremental::RunKind;
 use crate::state::{LateRow, StateStore};
-use crate::units;
 
 /// Where one incremental model stands.
 #[derive(Debug, Serialize)]
@@ -69,7 +68,7 @@ pub async fn execute(
         let Some(config) = &batches.incremental else {
             continue;
         };
-        let size = batches.size;
+        let grid = crate::units::Grid::of(batches);
         let plan = crate::run::unit::plan_units(
             &prepared.engine,
             &prepared.pipeline,
@@ -92,7 +91,7 @@ pub async fn execute(
         let computed = work.output.as_ref().map(|p| &p.entries);
         out.push(ModelStatus {
             model: name.clone(),
-            grid: size.name().to_string(),
+            grid: grid.label(),
             late_window: crate::config::format_duration(config.late_window),
             as_of: clock.as_of.and_utc().to_rfc3339(),
             periods_computed: computed.map_or(0, |c| c.len()),
@@ -103,7 +102,7 @@ pub async fn execute(
                 .todo
                 .iter()
                 .map(|(p, reason)| PeriodReason {
-                    period: units::period_name(size, *p),
+                    period: grid.name(*p),
                     reason: *reason,
                 })
                 .collect(),
@@ -114,7 +113,7 @@ pub async fn execute(
                 .map(|b| Backfill {
                     command: crate::run::incremental::backfill_command(
                         &prepared.pipeline,
-                        size,
+                        grid,
                         &b.period,
                     ),
                     backlog: Backlog {

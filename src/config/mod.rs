@@ -616,6 +616,9 @@ pub struct BatchConfig {
     pub start: Option<chrono::NaiveDateTime>,
     /// End (exclusive); default: just past the latest event time.
     pub end: Option<chrono::NaiveDateTime>,
+    /// `timezone`: periods are days (months...) of this zone's wall time, DST-correct;
+    /// `None`: UTC.
+    pub timezone: Option<chrono_tz::Tz>,
     /// For an incremental model: its late window and what to do beyond it.
     pub incremental: Option<IncrementalConfig>,
 }

@@ -162,6 +162,7 @@ pub(super) struct RawBatches {
     pub(super) unit_timeout: Option<String>,
     pub(super) retries: Option<u32>,
     pub(super) max_concurrent_units: Option<usize>,
+    pub(super) timezone: Option<String>,
     pub(super) late_window: Option<String>,
     pub(super) lookback: Option<u32>,
     pub(super) on_late_beyond_window: Option<super::OnLate>,

@@ -16,12 +16,13 @@ use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use object_store::ObjectMeta;
 
-use crate::config::{BatchSize, Pipeline};
+use crate::config::Pipeline;
 use crate::engine::Engine;
 use crate::engine::FileVersion;
 use crate::quarantine::{QuarantineTable, SourceRejects};
 use crate::state::{FilePeriodsKey, StateStore};
 use crate::store::StoreRegistry;
+use crate::units::Grid;
 
 /// Rows per period, by the period's first instant.
 pub type PeriodRows = BTreeMap<NaiveDateTime, u64>;
@@ -29,8 +30,8 @@ pub type PeriodRows = BTreeMap<NaiveDateTime, u64>;
 /// Where the rows of a model's event-time sources fall in time.
 #[derive(Debug, Default)]
 pub struct EventMap {
-    /// The period size the map is by.
-    pub size: Option<BatchSize>,
+    /// The periods the map is by.
+    pub grid: Option<Grid>,
     /// Rows per period (by its first instant), per source.
     pub rows: BTreeMap<String, BTreeMap<NaiveDateTime, u64>>,
     /// Per source: each file, with its rows per period.
@@ -48,25 +49,28 @@ struct Found {
 }
 
 impl EventMap {
-    /// Reads the event-time column of each of `sources` (`(table, column)`), by periods of
-    /// `size`, file by file; a file version `cache` (the state store) mapped before is not
+    /// Reads the event-time column of each of `sources` (`(table, column)`), by the periods
+    /// of `grid`, file by file; a file version `cache` (the state store) mapped before is not
     /// read again.
     pub async fn build(
         engine: &Engine,
         pipeline: &Pipeline,
         sources: &[(String, String)],
-        size: BatchSize,
+        grid: Grid,
         cache: Option<&StateStore>,
     ) -> Result<EventMap, String> {
         let (main, stores) = (engine.ctx(), engine.stores());
         let mut map = EventMap {
-            size: Some(size),
+            grid: Some(grid),
             ..EventMap::default()
         };
         for (table, column) in sources {
+            if grid.tz.is_some() {
+                refuse_dates(main, table, column).await?;
+            }
             let mut found = Found::default();
             let listed = source_files(main, stores, pipeline, table).await?;
-            let key = cache_key(pipeline, table, column, size);
+            let key = cache_key(pipeline, table, column, grid);
             let known = match cache {
                 Some(state) => state.file_periods(&key).map_err(|e| e.to_string())?,
                 None => Default::default(),
@@ -105,7 +109,7 @@ impl EventMap {
                     )
                     .await
                     .map_err(|e| e.to_string())?;
-                    let got = match periods(&share.ctx, table, column, size).await {
+                    let got = match periods(&share.ctx, table, column, grid).await {
                         Ok(got) => got,
                         Err(e) => return Err(explain(engine, pipeline, table, column, e).await),
                     };
@@ -163,7 +167,7 @@ impl EventMap {
     /// The period holding `t`, as the map keys it: a unit whose range starts inside its
     /// period (a `start` in the middle of one) is looked up by its period.
     fn key(&self, t: NaiveDateTime) -> NaiveDateTime {
-        self.size.map_or(t, |size| crate::units::truncate(size, t))
+        self.grid.map_or(t, |grid| grid.truncate(t))
     }
 
     /// Rows of `source` in the period holding `start`. (A unit whose range is part of its
@@ -237,9 +241,30 @@ impl Found {
     }
 }
 
+/// A DATE has no time of day, so no instant to place in a zone's day: refused with
+/// `batches.timezone`, rather than read as midnight UTC (the evening before, in America).
+async fn refuse_dates(main: &SessionContext, table: &str, column: &str) -> Result<(), String> {
+    use datafusion::arrow::datatypes::DataType;
+    let Ok(provider) = main.table_provider(table).await else {
+        return Ok(());
+    };
+    let schema = provider.schema();
+    match schema
+        .field_with_name(column)
+        .map(|f| f.data_type().clone())
+    {
+        Ok(DataType::Date32 | DataType::Date64) => Err(format!(
+            "source '{table}': event_time '{column}' is a DATE, which has no time of day to \
+             place in batches.timezone's days: batch it without a timezone (its dates are the \
+             periods), or give it timestamps"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// What the state store keys the periods of a source's files by: the source, its
 /// definition and event-time column (a changed one maps its files again), and the grid.
-fn cache_key(pipeline: &Pipeline, table: &str, column: &str, size: BatchSize) -> FilePeriodsKey {
+fn cache_key(pipeline: &Pipeline, table: &str, column: &str, grid: Grid) -> FilePeriodsKey {
     let spec = pipeline
         .sources
         .get(table)
@@ -251,7 +276,7 @@ fn cache_key(pipeline: &Pipeline, table: &str, column: &str, size: BatchSize) ->
             "{:016x}",
             crate::units::stable_hash(&format!("{spec}\n{column}"))
         ),
-        grid: size.name().to_string(),
+        grid: grid.label(),
     }
 }
 
@@ -303,14 +328,25 @@ async fn periods(
     ctx: &SessionContext,
     table: &str,
     column: &str,
-    size: BatchSize,
+    grid: Grid,
 ) -> Result<Found, datafusion::error::DataFusionError> {
+    // In a zone, the instant is truncated in the zone's wall time (DataFusion's date_trunc on
+    // a zoned timestamp is DST-correct); the naive time is an instant in UTC, so it is made
+    // a UTC timestamp first (cast straight to the zone, it would be read as wall time there).
+    let t = match grid.tz {
+        None => "t".to_string(),
+        Some(tz) => format!(
+            "arrow_cast(arrow_cast(t, 'Timestamp(Nanosecond, Some(\"UTC\"))'), \
+             'Timestamp(Nanosecond, Some(\"{}\"))')",
+            tz.name()
+        ),
+    };
     let sql = format!(
-        "SELECT date_trunc('{}', t) AS p, COUNT(*) AS n, \
+        "SELECT date_trunc('{}', {t}) AS p, COUNT(*) AS n, \
                 MIN(CASE WHEN t IS NULL AND raw IS NOT NULL THEN CAST(raw AS VARCHAR) END) AS example \
          FROM (SELECT TRY_CAST(\"{column}\" AS TIMESTAMP) AS t, \"{column}\" AS raw FROM \"{table}\") \
          GROUP BY 1",
-        size.name()
+        grid.size.name()
     );
     let batches = ctx.sql(&sql).await?.collect().await?;
     let mut found = Found::default();
@@ -322,7 +358,9 @@ async fn periods(
             };
             match value(0)? {
                 ScalarValue::TimestampNanosecond(Some(ns), _) => {
-                    let t = chrono::DateTime::from_timestamp_nanos(ns).naive_utc();
+                    // (The period's start as the grid computes it: the same instant, made
+                    // sure of at a DST gap.)
+                    let t = grid.truncate(chrono::DateTime::from_timestamp_nanos(ns).naive_utc());
                     *found.rows.entry(t).or_default() += n as u64;
                 }
                 _ => {

@@ -21,7 +21,7 @@ use chrono::NaiveDateTime;
 use crate::config::{BatchSize, IncrementalConfig};
 pub use crate::report::{Backlog, LateCounts, Reason};
 use crate::table::manifest::{AppliedFile, Periods};
-use crate::units::{self, Unit, UnitKind};
+use crate::units::{Grid, Unit, UnitKind};
 
 /// A run's clock and what it was asked to do: what incremental models plan by.
 #[derive(Debug, Clone)]
@@ -107,8 +107,8 @@ pub(crate) struct IncrementalPlan {
 
 /// What [`plan`] works from.
 pub(crate) struct PlanInput<'a> {
-    /// The period size.
-    pub size: BatchSize,
+    /// The periods.
+    pub grid: Grid,
     /// `batches.start`, `batches.end`.
     pub start: Option<NaiveDateTime>,
     /// `batches.end` (exclusive).
@@ -130,16 +130,11 @@ pub(crate) struct PlanInput<'a> {
     pub counted_before: &'a dyn Fn(&str, &AppliedFile) -> bool,
 }
 
-/// The grid's name, as the manifest records it.
-pub(crate) fn grid_name(size: BatchSize) -> String {
-    size.name().to_string()
-}
-
 /// Decides which periods a run computes and counts its late rows (see the module
 /// documentation).
 pub(crate) fn plan(input: &PlanInput<'_>) -> IncrementalPlan {
     let PlanInput {
-        size,
+        grid,
         start,
         end,
         config,
@@ -152,8 +147,11 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> IncrementalPlan {
     } = *input;
     let full = previous.is_none() || *kind == RunKind::FullRefresh;
     let previous = previous.filter(|_| !full);
-    let parse = |name: &str| crate::config::parse_datetime(&period_start_text(name));
-    let clock_end = units::truncate(size, as_of);
+    let parse = |name: &str| grid.parse(name);
+    // `start`, `end` and a backfill's range are wall times of the grid's zone.
+    let start = start.map(|s| grid.instant_of(s));
+    let end = end.map(|e| grid.instant_of(e));
+    let clock_end = grid.truncate(as_of);
     let limit = end.map_or(clock_end, |e| e.min(clock_end));
     let entries: BTreeMap<NaiveDateTime, &crate::table::manifest::PeriodEntry> = previous
         .map(|p| {
@@ -164,7 +162,7 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> IncrementalPlan {
         })
         .unwrap_or_default();
     let first = start
-        .map(|s| units::truncate(size, s))
+        .map(|s| grid.truncate(s))
         .or_else(|| previous.and_then(|p| parse(&p.start)))
         .or_else(|| current.keys().next().copied());
     let mut out = IncrementalPlan {
@@ -180,21 +178,25 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> IncrementalPlan {
         .keys()
         .chain(entries.keys())
         .max()
-        .map_or(first, |p| units::next(size, *p));
+        .map_or(first, |p| grid.next(*p));
     let frontier = last.min(limit);
     let mut candidates: BTreeSet<NaiveDateTime> = BTreeSet::new();
     let mut p = first;
     while p < frontier {
         candidates.insert(p);
-        p = units::next(size, p);
+        p = grid.next(p);
     }
     candidates.extend(entries.keys().filter(|p| **p < limit));
     // A backfill computes every period of its range that has ended, data or not.
-    if let RunKind::Backfill { from, to } = kind {
-        let mut p = units::truncate(size, *from);
-        while p < *to && p < limit {
+    let backfill = match kind {
+        RunKind::Backfill { from, to } => Some((grid.instant_of(*from), grid.instant_of(*to))),
+        _ => None,
+    };
+    if let Some((from, to)) = backfill {
+        let mut p = grid.truncate(from);
+        while p < to && p < limit {
             candidates.insert(p);
-            p = units::next(size, p);
+            p = grid.next(p);
         }
     }
     // Rows before the first period: only a backfill computes them (unless `start` excludes them).
@@ -213,14 +215,11 @@ pub(crate) fn plan(input: &PlanInput<'_>) -> IncrementalPlan {
         .collect();
     let empty = Vec::new();
     for p in candidates {
-        let name = units::period_name(size, p);
+        let name = grid.name(p);
         let now = current.get(&p).unwrap_or(&empty);
         let entry = entries.get(&p);
-        let in_window = units::next(size, p) + window >= as_of || lookback.contains(&p);
-        let backfilled = match kind {
-            RunKind::Backfill { from, to } => p < *to && units::next(size, p) > *from,
-            _ => false,
-        };
+        let in_window = grid.next(p) + window >= as_of || lookback.contains(&p);
+        let backfilled = backfill.is_some_and(|(from, to)| p < to && grid.next(p) > from);
         // What changed since the period was computed (never computed: everything arrived).
         let (arrived, gone): (Vec<&AppliedFile>, Vec<&AppliedFile>) = match entry {
             None => (now.iter().collect(), Vec::new()),
@@ -328,16 +327,16 @@ impl IncrementalPlan {
     /// The units of the periods it computes, one a period, each a whole period (an
     /// incremental model's `start` and `end` are rounded to periods: the output is a union
     /// of whole periods).
-    pub(crate) fn units(&self, size: BatchSize) -> Vec<Unit> {
+    pub(crate) fn units(&self, grid: Grid) -> Vec<Unit> {
         self.todo
             .iter()
             .enumerate()
             .map(|(index, (p, _))| Unit {
                 index,
-                name: units::period_name(size, *p),
+                name: grid.name(*p),
                 kind: UnitKind::Period {
                     start: *p,
-                    end: units::next(size, *p),
+                    end: grid.next(*p),
                 },
             })
             .collect()
@@ -358,7 +357,7 @@ pub(crate) fn column_mode(
     let keeps = *kind != RunKind::FullRefresh
         && manifest
             .and_then(|m| m.periods.as_ref())
-            .is_some_and(|p| p.grid == grid_name(batches.size));
+            .is_some_and(|p| p.grid == Grid::of(batches).label());
     if keeps {
         crate::config::WriteMode::Append
     } else {
@@ -384,30 +383,27 @@ pub(crate) fn show_file(pipeline: &crate::config::Pipeline, path: &str) -> Strin
 }
 
 /// The command that backfills `period` of the pipeline.
-pub fn backfill_command(
-    pipeline: &crate::config::Pipeline,
-    size: BatchSize,
-    period: &str,
-) -> String {
-    backfill_range(pipeline, size, period, period)
+pub fn backfill_command(pipeline: &crate::config::Pipeline, grid: Grid, period: &str) -> String {
+    backfill_range(pipeline, grid, period, period)
         .unwrap_or_else(|| format!("sluice backfill {}", pipeline.root.display()))
 }
 
-/// The command that backfills the periods `first` to `last` (inclusive) of the pipeline.
+/// The command that backfills the periods `first` to `last` (inclusive) of the pipeline:
+/// `--from` and `--to` in the grid's wall time, as `sluice backfill` reads them.
 pub(crate) fn backfill_range(
     pipeline: &crate::config::Pipeline,
-    size: BatchSize,
+    grid: Grid,
     first: &str,
     last: &str,
 ) -> Option<String> {
-    let from = crate::config::parse_datetime(&period_start_text(first))?;
-    let to = units::next(
-        size,
-        crate::config::parse_datetime(&period_start_text(last))?,
-    );
-    let show = |t: NaiveDateTime| match size {
-        BatchSize::Hour => t.format("%Y-%m-%dT%H:%M:%S").to_string(),
-        _ => t.format("%Y-%m-%d").to_string(),
+    let from = grid.parse(first)?;
+    let to = grid.next(grid.parse(last)?);
+    let show = |t: NaiveDateTime| {
+        let local = grid.local(t);
+        match grid.size {
+            BatchSize::Hour => local.format("%Y-%m-%dT%H:%M:%S").to_string(),
+            _ => local.format("%Y-%m-%d").to_string(),
+        }
     };
     Some(format!(
         "sluice backfill {} --from {} --to {}",
@@ -415,17 +411,6 @@ pub(crate) fn backfill_range(
         show(from),
         show(to)
     ))
-}
-
-/// A period name (`2024`, `2024-01`, `2024-01-10`, `2024-01-10T05`) as a date-time text
-/// [`crate::config::parse_datetime`] reads.
-pub(crate) fn period_start_text(name: &str) -> String {
-    match name.len() {
-        4 => format!("{name}-01-01"),
-        7 => format!("{name}-01"),
-        13 => format!("{name}:00:00"),
-        _ => name.to_string(),
-    }
 }
 
 #[cfg(test)]
@@ -471,7 +456,7 @@ mod tests {
         config: &IncrementalConfig,
     ) -> IncrementalPlan {
         plan(&PlanInput {
-            size: BatchSize::Day,
+            grid: Grid::utc(BatchSize::Day),
             start: Some(at("2024-01-01")),
             end: None,
             config,
@@ -490,7 +475,7 @@ mod tests {
         for d in 1..=upto {
             let p = at(&format!("2024-01-{d:02}"));
             entries.insert(
-                units::period_name(BatchSize::Day, p),
+                Grid::utc(BatchSize::Day).name(p),
                 PeriodEntry {
                     run_id: "r1".into(),
                     dims: "d".into(),
@@ -508,7 +493,7 @@ mod tests {
     fn names(plan: &IncrementalPlan) -> Vec<(String, Reason)> {
         plan.todo
             .iter()
-            .map(|(p, r)| (units::period_name(BatchSize::Day, *p), *r))
+            .map(|(p, r)| (Grid::utc(BatchSize::Day).name(*p), *r))
             .collect()
     }
 
@@ -603,7 +588,7 @@ mod tests {
 
         // A late row beyond the window is counted by the run that first sees it only.
         let seen = plan(&PlanInput {
-            size: BatchSize::Day,
+            grid: Grid::utc(BatchSize::Day),
             start: Some(at("2024-01-01")),
             end: None,
             config: &cfg,
@@ -709,7 +694,7 @@ mod tests {
         assert_eq!(closed.backlog[0].period, "2024-01-05");
         let counted = closed.counted.clone();
         let again = plan(&PlanInput {
-            size: BatchSize::Day,
+            grid: Grid::utc(BatchSize::Day),
             start: Some(at("2024-01-01")),
             end: None,
             config: &cfg,
@@ -779,13 +764,9 @@ mod tests {
             BatchSize::Month,
             BatchSize::Year,
         ] {
-            let t = units::truncate(size, at("2024-03-10T05:30:00"));
-            let name = units::period_name(size, t);
-            assert_eq!(
-                crate::config::parse_datetime(&period_start_text(&name)),
-                Some(t),
-                "{name}"
-            );
+            let grid = Grid::utc(size);
+            let t = grid.truncate(at("2024-03-10T05:30:00"));
+            assert_eq!(grid.parse(&grid.name(t)), Some(t), "{size:?}");
         }
     }
 }

@@ -166,7 +166,7 @@ impl ModelRun<'_> {
     /// The `late` entry of the report.
     fn late_report(&self, work: &IncrementalWork) -> crate::report::LateReport {
         let (cx, plan) = (self.cx, &work.plan);
-        let size = self.model.batches.as_ref().map(|b| b.size);
+        let grid = work.grid;
         let window = self
             .model
             .batches
@@ -183,11 +183,9 @@ impl ModelRun<'_> {
             periods_processed: plan
                 .todo
                 .iter()
-                .filter_map(|(p, reason)| {
-                    Some(crate::report::PeriodReason {
-                        period: units::period_name(size?, *p),
-                        reason: *reason,
-                    })
+                .map(|(p, reason)| crate::report::PeriodReason {
+                    period: grid.name(*p),
+                    reason: *reason,
                 })
                 .collect(),
             periods_to_reconcile: plan.to_reconcile.clone(),
@@ -203,11 +201,16 @@ impl ModelRun<'_> {
                     ..b.clone()
                 })
                 .collect(),
-            backfill_command: size.and_then(|size| {
-                let first = plan.backlog.first()?;
-                let last = plan.backlog.last()?;
-                super::incremental::backfill_range(cx.pipeline, size, &first.period, &last.period)
-            }),
+            backfill_command: plan.backlog.first().zip(plan.backlog.last()).and_then(
+                |(first, last)| {
+                    super::incremental::backfill_range(
+                        cx.pipeline,
+                        grid,
+                        &first.period,
+                        &last.period,
+                    )
+                },
+            ),
             by_source: plan.by_source.clone(),
             dimensions_changed: plan.dimensions_changed,
         }
@@ -215,18 +218,14 @@ impl ModelRun<'_> {
 
     /// What this run's publish does to the periods of an incremental output.
     fn period_write(&self, work: &IncrementalWork) -> table::PeriodWrite {
-        let size = self
-            .model
-            .batches
-            .as_ref()
-            .map_or(crate::config::BatchSize::Day, |b| b.size);
+        let grid = work.grid;
         let entries = work
             .plan
             .todo
             .iter()
             .map(|(p, _)| {
                 (
-                    units::period_name(size, *p),
+                    grid.name(*p),
                     table::manifest::PeriodEntry {
                         run_id: self.cx.run_id.to_string(),
                         dims: work.dims.clone(),
@@ -236,12 +235,8 @@ impl ModelRun<'_> {
             })
             .collect();
         table::PeriodWrite {
-            grid: super::incremental::grid_name(size),
-            start: work
-                .plan
-                .start
-                .map(|s| units::period_name(size, s))
-                .unwrap_or_default(),
+            grid: grid.label(),
+            start: work.plan.start.map(|s| grid.name(s)).unwrap_or_default(),
             full: work.plan.full,
             entries,
         }

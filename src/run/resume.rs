@@ -54,6 +54,9 @@ struct ModelWork<'a> {
     /// An incremental model's settings.
     #[serde(skip_serializing_if = "Option::is_none")]
     incremental: Option<String>,
+    /// `batches.timezone`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timezone: Option<&'static str>,
 }
 
 /// What a run does, as a hash of its [`Work`]. A run is only resumed by a run with the same
@@ -81,6 +84,11 @@ pub(super) fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> String {
                     .as_ref()
                     .and_then(|b| b.incremental.as_ref())
                     .map(|i| format!("{i:?}")),
+                timezone: m
+                    .batches
+                    .as_ref()
+                    .and_then(|b| b.timezone)
+                    .map(|tz| tz.name()),
                 files_per_unit: m.files_per_unit,
                 key_buckets: m.key_buckets.as_ref(),
                 upstream_sql: dag

@@ -47,6 +47,8 @@ pub(crate) struct IncrementalWork {
     pub current: BTreeMap<NaiveDateTime, Vec<AppliedFile>>,
     /// The periods its output holds now (on this grid).
     pub output: Option<crate::table::manifest::Periods>,
+    /// Its periods.
+    pub grid: units::Grid,
 }
 
 impl From<Vec<Unit>> for UnitPlan {
@@ -126,17 +128,18 @@ pub(crate) async fn plan_units(
         return Err("batches need at least one input source that declares event_time".into());
     }
     // Read even when start and end are given: a row without an event time is refused there.
-    let events = EventMap::build(engine, pipeline, &sources, batches.size, planning.state).await?;
+    let grid = units::Grid::of(batches);
+    let events = EventMap::build(engine, pipeline, &sources, grid, planning.state).await?;
     if let Some(config) = &batches.incremental {
         warn_outside(
             &model.name,
             &events,
-            batches.size,
-            batches.start,
-            batches.end,
+            grid,
+            batches.start.map(|s| grid.instant_of(s)),
+            batches.end.map(|e| grid.instant_of(e)),
         );
         if let incremental::RunKind::Backfill { to, .. } = &clock.kind
-            && *to > units::truncate(batches.size, clock.as_of)
+            && grid.instant_of(*to) > grid.truncate(clock.as_of)
         {
             tracing::warn!(
                 "model '{}': backfill --to {to} reaches past the clock ({}): periods that have \
@@ -161,17 +164,16 @@ pub(crate) async fn plan_units(
             .read_manifest()
             .await
             .map_err(|e| format!("cannot read {}: {}", e.key, e.message))?;
-        let grid = incremental::grid_name(batches.size);
         let previous = manifest
             .as_ref()
             .and_then(|m| m.periods.as_ref())
-            .filter(|p| p.grid == grid);
+            .filter(|p| p.grid == grid.label());
         let current = events.applied_files();
         let dims = super::resume::dimension_inputs(engine, pipeline, dag, &model.name)
             .await
             .map_err(|e| e.to_string())?;
         let plan = incremental::plan(&incremental::PlanInput {
-            size: batches.size,
+            grid,
             start: batches.start,
             end: batches.end,
             config,
@@ -183,18 +185,19 @@ pub(crate) async fn plan_units(
             counted_before: &counted_before,
         });
         return Ok(UnitPlan {
-            units: plan.units(batches.size),
+            units: plan.units(grid),
             events: Some(events),
             incremental: Some(IncrementalWork {
                 plan,
                 dims,
                 current,
                 output: previous.cloned(),
+                grid,
             }),
         });
     }
     let (start, end) = match (batches.start, batches.end, events.range()) {
-        (Some(s), Some(e), _) => (s, e),
+        (Some(s), Some(e), _) => (grid.instant_of(s), grid.instant_of(e)),
         (_, _, None) => {
             return Ok(UnitPlan {
                 units: Vec::new(),
@@ -202,11 +205,14 @@ pub(crate) async fn plan_units(
                 incremental: None,
             });
         }
-        (s, e, Some((lo, hi))) => (s.unwrap_or(lo), e.unwrap_or(units::next(batches.size, hi))),
+        (s, e, Some((lo, hi))) => (
+            s.map_or(lo, |s| grid.instant_of(s)),
+            e.map_or(grid.next(hi), |e| grid.instant_of(e)),
+        ),
     };
-    warn_outside(&model.name, &events, batches.size, Some(start), Some(end));
+    warn_outside(&model.name, &events, grid, Some(start), Some(end));
     Ok(UnitPlan {
-        units: units::periods(batches.size, start, end),
+        units: grid.periods(start, end),
         events: Some(events),
         incremental: None,
     })
@@ -216,7 +222,7 @@ pub(crate) async fn plan_units(
 fn warn_outside(
     model: &str,
     events: &EventMap,
-    size: crate::config::BatchSize,
+    grid: units::Grid,
     start: Option<NaiveDateTime>,
     end: Option<NaiveDateTime>,
 ) {
@@ -225,7 +231,7 @@ fn warn_outside(
         let outside: u64 = periods
             .iter()
             .filter(|(p, _)| {
-                start.is_some_and(|s| units::next(size, **p) <= s) || end.is_some_and(|e| **p >= e)
+                start.is_some_and(|s| grid.next(**p) <= s) || end.is_some_and(|e| **p >= e)
             })
             .map(|(_, n)| n)
             .sum();

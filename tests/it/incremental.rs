@@ -849,3 +849,122 @@ fn the_timeline_on_s3_with_etags() {
         read.stdout
     );
 }
+
+/// `batches.timezone`: flights whose time is in UTC, grouped by their New York date (the
+/// nycflights13 shape). Batched by UTC day, each New York day straddles two units; batched by
+/// New York day, every group is whole, and the output equals the unbatched model's — across
+/// the DST change of 2024-03-10 (a 23-hour day). An incremental model records the zone in its
+/// grid; a DATE event time is refused with a zone.
+#[test]
+fn periods_in_a_time_zone_keep_local_days_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    std::fs::create_dir_all(d.join("queries")).unwrap();
+    // Every 20 minutes from 2024-03-08 00:00 UTC to 2024-03-12 00:00 UTC, alternating origins;
+    // `day` is the New York date (UTC-5 before 2024-03-10 07:00 UTC, UTC-4 after).
+    let mut csv = String::from("id,origin,time_hour,day\n");
+    let start = chrono::NaiveDate::from_ymd_opt(2024, 3, 8)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap();
+    let switch = chrono::NaiveDate::from_ymd_opt(2024, 3, 10)
+        .unwrap()
+        .and_hms_opt(7, 0, 0)
+        .unwrap();
+    let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for i in 0..(4 * 72) {
+        let t = start + chrono::Duration::minutes(20 * i);
+        let offset = if t < switch { 5 } else { 4 };
+        let local = (t - chrono::Duration::hours(offset)).date().to_string();
+        let origin = ["EWR", "JFK", "LGA"][i as usize % 3];
+        csv.push_str(&format!(
+            "{i},{origin},{},{local}\n",
+            t.format("%Y-%m-%d %H:%M:%S")
+        ));
+        *want.entry((local, origin.to_string())).or_default() += 1;
+    }
+    std::fs::write(d.join("data/flights.csv"), csv).unwrap();
+    let sql = "SELECT day, origin, COUNT(*) AS n FROM flights GROUP BY day, origin";
+    for m in ["utc_days", "ny_days", "whole", "ny_incremental"] {
+        std::fs::write(d.join(format!("queries/{m}.sql")), sql).unwrap();
+    }
+    std::fs::write(
+        d.join("sluice.toml"),
+        "[sources.flights]\nlocation = \"data/\"\nformat = \"csv\"\nevent_time = \"time_hour\"\n\
+         [models.utc_days.batches]\nsize = \"day\"\n\
+         [models.ny_days.batches]\nsize = \"day\"\ntimezone = \"America/New_York\"\n\
+         [models.ny_incremental]\nmaterialized = \"incremental\"\n\
+         [models.ny_incremental.batches]\nsize = \"day\"\ntimezone = \"America/New_York\"\n",
+    )
+    .unwrap();
+    let (_, r) = run_with_report(d, &["--as-of", "2024-03-13"], 0);
+    let rows = |m: &str| -> BTreeMap<(String, String), Vec<u64>> {
+        let out = sluice(
+            d,
+            &[
+                "sql",
+                "-e",
+                "SELECT CAST(day AS VARCHAR) AS day, origin, n FROM t",
+                "--table",
+                &format!("t=out/{m}/"),
+                "--max-rows",
+                "1000",
+            ],
+        )
+        .expect(0);
+        let mut got: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+        for l in out.stdout.lines().filter(|l| l.starts_with("| 2024")) {
+            let c: Vec<&str> = l.split('|').map(str::trim).collect();
+            got.entry((c[1].to_string(), c[2].to_string()))
+                .or_default()
+                .push(c[3].parse().unwrap());
+        }
+        got
+    };
+    let whole: BTreeMap<_, _> = want.iter().map(|(k, n)| (k.clone(), vec![*n])).collect();
+    assert_eq!(rows("whole"), whole);
+    assert_eq!(rows("ny_days"), whole);
+    assert_eq!(rows("ny_incremental"), whole);
+    // In UTC days, groups of the evening are split over two units.
+    assert!(rows("utc_days").values().any(|v| v.len() == 2));
+    // New York days as units: March 10 lasts 23 hours (69 flights, 3 an hour).
+    let units: Vec<(String, u64)> = report_model(&r, "ny_days")["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["unit"].as_str().unwrap().to_string(),
+                u["rows_in"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(units.contains(&("2024-03-10".to_string(), 69)), "{units:?}");
+    let manifest = read_json(&d.join("out/ny_incremental/_MANIFEST"));
+    assert_eq!(manifest["periods"]["grid"], "day@America/New_York");
+
+    // A DATE event time has no time of day to place in a zone.
+    edit_file(&d.join("sluice.toml"), |t| {
+        t.replace("event_time = \"time_hour\"", "event_time = \"day\"")
+    });
+    let bad = sluice(d, &["run", ".", "--select", "ny_days"]).expect(1);
+    assert!(
+        bad.stderr
+            .contains("event_time 'day' is a DATE, which has no time of day"),
+        "{}",
+        bad.stderr
+    );
+    // An unknown zone is refused with its line.
+    edit_file(&d.join("sluice.toml"), |t| {
+        t.replacen("America/New_York", "America/Gotham", 1)
+    });
+    let bad = sluice(d, &["plan", "."]).expect(2);
+    assert!(
+        bad.stderr.contains(
+            "sluice.toml:9: models.ny_days.batches.timezone: \"America/Gotham\" is not a time zone"
+        ),
+        "{}",
+        bad.stderr
+    );
+}

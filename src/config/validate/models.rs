@@ -379,6 +379,18 @@ impl Validator<'_> {
         {
             return Err(self.invalid(key("end"), "must be after start"));
         }
+        let timezone = match raw.timezone {
+            None => None,
+            Some(name) => Some(name.parse::<chrono_tz::Tz>().map_err(|_| {
+                self.invalid(
+                    key("timezone"),
+                    format!(
+                        "{name:?} is not a time zone of the IANA database (examples: \
+                         \"America/New_York\", \"Europe/Berlin\", \"UTC\")"
+                    ),
+                )
+            })?),
+        };
         let incremental = if materialized == Materialized::Incremental {
             let late_window = match raw.late_window {
                 None => chrono::Duration::zero(),
@@ -405,6 +417,7 @@ impl Validator<'_> {
             size,
             start,
             end,
+            timezone,
             incremental,
         })
     }
