@@ -283,14 +283,52 @@ fn check_incremental(
     kind: &super::incremental::RunKind,
 ) -> Result<(), Error> {
     let name = &model.name;
-    if crate::units::event_sources(pipeline, &dag.sources_read(name)).is_empty() {
+    let upstream = super::unit::incremental_upstream(pipeline, dag, name);
+    let grid = crate::units::Grid::of(batches);
+    for up in &upstream {
+        let Some(theirs) = pipeline.models[up]
+            .batches
+            .as_ref()
+            .map(crate::units::Grid::of)
+        else {
+            continue;
+        };
+        // Each of its periods must lie in one of ours: the same zone, ours as coarse or more.
+        let coarser = |a: crate::config::BatchSize, b: crate::config::BatchSize| {
+            let rank = |s| match s {
+                crate::config::BatchSize::Hour => 0,
+                crate::config::BatchSize::Day => 1,
+                crate::config::BatchSize::Month => 2,
+                crate::config::BatchSize::Year => 3,
+            };
+            rank(a) >= rank(b)
+        };
+        if theirs.tz != grid.tz || !coarser(grid.size, theirs.size) {
+            return Err(pipeline
+                .invalid(
+                    &format!("models.{name}.batches.size"),
+                    format!(
+                        "'{name}' reads the incremental model '{up}', whose periods are by {}: \
+                         its own periods ({}) must hold whole periods of '{up}' (the same zone, \
+                         and as long or longer)",
+                        theirs.label(),
+                        grid.label()
+                    ),
+                )
+                .into());
+        }
+    }
+    if upstream.is_empty()
+        && crate::units::event_sources(pipeline, &dag.sources_read(name)).is_empty()
+    {
         let read: Vec<String> = dag.sources_read(name).into_iter().collect();
         return Err(pipeline
             .invalid(
                 &format!("models.{name}.materialized"),
                 format!(
-                    "an incremental model needs an input source with event_time, and '{name}' \
-                     reads none ({}): set event_time on the source that holds the rows' time",
+                    "an incremental model needs an input with event time (a source with \
+                     event_time, or an incremental model), and '{name}' reads none ({}): set \
+                     event_time on the source that holds the rows' time",
                     if read.is_empty() {
                         "no sources".to_string()
                     } else {

@@ -251,6 +251,13 @@ pub(super) async fn dimension_inputs(
             files.insert(source, source_files(engine, spec).await?);
         }
     }
+    // (An incremental model upstream is an event-time input, by its periods.)
+    let tables = tables.into_iter().filter(|t| {
+        pipeline
+            .models
+            .get(t)
+            .is_none_or(|m| m.materialized != crate::config::Materialized::Incremental)
+    });
     let upstream = upstream_versions(engine, pipeline, model, tables).await?;
     let text = serde_json::to_string(&(files, upstream)).unwrap_or_default();
     Ok(format!("{:016x}", crate::units::stable_hash(&text)))

@@ -124,7 +124,8 @@ pub(crate) async fn plan_units(
         return Ok(units::whole().into());
     };
     let sources = units::event_sources(pipeline, &dag.sources_read(&model.name));
-    if sources.is_empty() {
+    let upstream = incremental_upstream(pipeline, dag, &model.name);
+    if sources.is_empty() && (upstream.is_empty() || batches.incremental.is_none()) {
         return Err("batches need at least one input source that declares event_time".into());
     }
     // Read even when start and end are given: a row without an event time is refused there.
@@ -168,7 +169,15 @@ pub(crate) async fn plan_units(
             .as_ref()
             .and_then(|m| m.periods.as_ref())
             .filter(|p| p.grid == grid.label());
-        let current = events.applied_files();
+        let mut current = events.applied_files();
+        for up in &upstream {
+            for (p, file) in upstream_files(engine, pipeline, up, grid).await? {
+                current.entry(p).or_default().push(file);
+            }
+        }
+        for files in current.values_mut() {
+            files.sort();
+        }
         let dims = super::resume::dimension_inputs(engine, pipeline, dag, &model.name)
             .await
             .map_err(|e| e.to_string())?;
@@ -216,6 +225,67 @@ pub(crate) async fn plan_units(
         events: Some(events),
         incremental: None,
     })
+}
+
+/// The incremental models a model reads (directly or through views): their periods are its
+/// event-time input, propagated through their manifests.
+pub(crate) fn incremental_upstream(pipeline: &Pipeline, dag: &Dag, model: &str) -> Vec<String> {
+    dag.inputs_of(model)
+        .1
+        .into_iter()
+        .filter(|t| {
+            pipeline
+                .models
+                .get(t)
+                .is_some_and(|m| m.materialized == crate::config::Materialized::Incremental)
+        })
+        .collect()
+}
+
+/// The published files of the incremental model `upstream`, each as an input file of the
+/// period of `grid` holding its period (a day's file is an input of its month): a period the
+/// upstream model recomputed has new files, so it touches the periods downstream that hold it.
+async fn upstream_files(
+    engine: &Engine,
+    pipeline: &Pipeline,
+    upstream: &str,
+    grid: units::Grid,
+) -> Result<Vec<(NaiveDateTime, AppliedFile)>, String> {
+    let Some(model) = pipeline.models.get(upstream) else {
+        return Ok(Vec::new());
+    };
+    let Some(their) = model.batches.as_ref().map(units::Grid::of) else {
+        return Ok(Vec::new());
+    };
+    let location = crate::store::Location::parse(&model.sink.location)
+        .map_err(|e| e.to_string())?
+        .as_folder();
+    let store = engine
+        .stores()
+        .store_for(&location)
+        .map_err(|e| e.to_string())?;
+    let manifest = crate::table::Output::new(store, location)
+        .read_manifest()
+        .await
+        .map_err(|e| format!("cannot read {}: {}", e.key, e.message))?;
+    let mut out = Vec::new();
+    for f in manifest.iter().flat_map(|m| &m.files) {
+        let Some(start) = f.period.as_deref().and_then(|p| their.parse(p)) else {
+            continue;
+        };
+        out.push((
+            grid.truncate(start),
+            AppliedFile {
+                source: upstream.to_string(),
+                path: f.path.clone(),
+                size: f.bytes,
+                modified: String::new(),
+                etag: None,
+                rows: f.rows,
+            },
+        ));
+    }
+    Ok(out)
 }
 
 /// Rows a model's `batches` `start..end` leaves out are not read: says so, never silently.

@@ -17,7 +17,7 @@ use crate::config::{Materialized, Pipeline};
 use crate::quarantine::QuarantineTable;
 use crate::store::{Location, StoreRegistry};
 use crate::table::view::ManifestStore;
-use crate::units::{Unit, UnitKind};
+use crate::units::{self, Unit, UnitKind};
 
 /// A literal for `t` of the event-time column's type, so the comparison needs no cast of the
 /// column (which would defeat pruning).
@@ -100,6 +100,11 @@ pub(super) async fn unit_context(
                     shares.extend(restrict_to_files(&ctx, stores, pipeline, table, &files).await?);
                 }
                 filter_to_period(&ctx, table, column, *start, *end).await?;
+            }
+            if let Some(grid) = pipeline.models[model].batches.as_ref().map(units::Grid::of) {
+                for up in super::unit::incremental_upstream(pipeline, dag, model) {
+                    restrict_to_periods(cx, &ctx, &up, grid, *start).await?;
+                }
             }
         }
         UnitKind::KeyBucket { bucket, buckets } => {
@@ -226,6 +231,52 @@ async fn restrict_to_files(
     crate::catalog::register_share(ctx, stores, &unit_spec, provider.schema()).await?;
     let read_at = ListingTableUrl::parse(&unit_spec.location).map_err(err)?;
     Ok(Some((source.to_string(), read_at)))
+}
+
+/// The incremental model `upstream` replaced in `ctx` by its files of the periods inside the
+/// unit's period (starting at `start` on `grid`), as its manifest lists them.
+async fn restrict_to_periods(
+    cx: &RunCx<'_>,
+    ctx: &SessionContext,
+    upstream: &str,
+    grid: units::Grid,
+    start: NaiveDateTime,
+) -> Result<(), UnitError> {
+    let Some(model) = cx.pipeline.models.get(upstream) else {
+        return Ok(());
+    };
+    let Some(their) = model.batches.as_ref().map(units::Grid::of) else {
+        return Ok(());
+    };
+    let location = Location::parse(&model.sink.location)
+        .map_err(|e| UnitError::caused_by(&e, e.to_string()))?
+        .as_folder();
+    let store = cx
+        .engine
+        .stores()
+        .store_for(&location)
+        .map_err(|e| UnitError::caused_by(&e, e.to_string()))?;
+    let output = crate::table::Output::new(std::sync::Arc::clone(&store), location.clone());
+    let Some(mut manifest) = output
+        .read_manifest()
+        .await
+        .map_err(|e| UnitError::permanent(format!("cannot read {}: {}", e.key, e.message)))?
+    else {
+        return Ok(());
+    };
+    let mine = grid.truncate(start);
+    manifest.files.retain(|f| {
+        f.period
+            .as_deref()
+            .and_then(|p| their.parse(p))
+            .is_some_and(|p| grid.truncate(p) == mine)
+    });
+    let schema = ctx.table_provider(upstream).await.map_err(err)?.schema();
+    ctx.deregister_table(upstream).map_err(err)?;
+    crate::catalog::register_manifest(ctx, upstream, &location, store, &manifest, Some(&schema))
+        .await
+        .map_err(UnitError::from)?;
+    Ok(())
 }
 
 /// `table` (an event-time source) replaced in `ctx` by its rows whose `column` is in

@@ -560,7 +560,7 @@ fn bad_incremental_settings_are_refused_naming_file_and_line() {
         (
             TOML.replace("event_time = \"ts\"\n", ""),
             &["run", "."],
-            "sluice.toml:7: models.daily.materialized: an incremental model needs an input source with event_time",
+            "sluice.toml:7: models.daily.materialized: an incremental model needs an input with event time",
         ),
         (
             TOML.to_string(),
@@ -664,8 +664,8 @@ fn two_models_count_late_rows_each_a_lost_state_file_recomputes_nothing() {
 #[test]
 fn a_run_killed_after_publishing_reports_its_late_rows_on_resume() {
     let toml = format!(
-        "{TOML}\n[models.hourly]\nmaterialized = \"incremental\"\n\
-         [models.hourly.batches]\nsize = \"hour\"\nstart = \"2024-01-01\"\nmax_concurrent_units = 1\n"
+        "{TOML}\n[models.hourly.batches]\nsize = \"hour\"\nstart = \"2024-01-01\"\n\
+         max_concurrent_units = 1\n"
     );
     let first = day_one();
     let dir = pipeline(&toml, &[]);
@@ -964,6 +964,122 @@ fn periods_in_a_time_zone_keep_local_days_whole() {
         bad.stderr.contains(
             "sluice.toml:9: models.ny_days.batches.timezone: \"America/Gotham\" is not a time zone"
         ),
+        "{}",
+        bad.stderr
+    );
+}
+
+/// An incremental model downstream of another (months over days): the periods the upstream
+/// model recomputes touch the downstream periods that hold them, through its manifest; a
+/// backfill of `daily+` recomputes the month of the backfilled day too.
+#[test]
+fn an_incremental_model_downstream_recomputes_the_periods_upstream_recomputed() {
+    let toml = format!(
+        "{TOML}\n[models.monthly]\nmaterialized = \"incremental\"\n\
+         [models.monthly.batches]\nsize = \"month\"\nstart = \"2024-01-01\"\nlate_window = \"48h\"\n"
+    );
+    let dir = pipeline(&toml, &[]);
+    let d = dir.path();
+    std::fs::write(
+        d.join("queries/monthly.sql"),
+        "SELECT date_trunc('month', CAST(day AS TIMESTAMP)) AS month, SUM(n) AS n, SUM(amount) AS amount \
+         FROM daily GROUP BY 1",
+    )
+    .unwrap();
+    let mut files = day_one();
+    files.push(("events-31.csv".into(), Events::day(31, 50, 31_000)));
+    files.push((
+        "events-feb01.csv".into(),
+        Events(
+            Events::day(1, 20, 40_000)
+                .0
+                .into_iter()
+                .map(|(i, a, ts)| (i, a, ts.replacen("2024-01-", "2024-02-", 1)))
+                .collect(),
+        ),
+    ));
+    write_all(d, &files);
+    let (_, r) = run_with_report(d, &["--as-of", "2024-02-02"], 0);
+    assert_eq!(report_model(&r, "monthly")["units"][0]["unit"], "2024-01");
+    let month = |d: &Path| -> (u64, u64) {
+        let out = sluice(
+            d,
+            &[
+                "sql",
+                "-e",
+                "SELECT n, amount FROM t",
+                "--table",
+                "t=out/monthly/",
+            ],
+        )
+        .expect(0);
+        let l = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("| ") && !l.contains("n "))
+            .unwrap();
+        let c: Vec<&str> = l.split('|').map(str::trim).collect();
+        (c[1].parse().unwrap(), c[2].parse().unwrap())
+    };
+    let january = |files: &[(String, Events)]| {
+        expected(files.iter().map(|(_, e)| e))
+            .iter()
+            .filter(|(day, _)| day.starts_with("2024-01"))
+            .fold((0, 0), |(n, a), (_, (dn, da))| (n + dn, a + da))
+    };
+    assert_eq!(month(d), january(&files));
+
+    // 5 late rows for January 31, inside daily's window: daily recomputes the 31st, and so
+    // monthly recomputes January (its window is open too).
+    let late = ("late-31.csv".to_string(), Events::day(31, 5, 95_000));
+    late.1.write(&d.join("data").join(&late.0));
+    files.push(late);
+    let (_, r) = run_with_report(d, &["--as-of", "2024-02-02T12:00:00Z"], 0);
+    assert_eq!(
+        (
+            units_of(&r),
+            report_model(&r, "monthly")["units"][0]["unit"].clone()
+        ),
+        (vec!["2024-01-31".to_string()], "2024-01".into())
+    );
+    assert_eq!(
+        report_model(&r, "monthly")["late"]["periods_processed"][0]["reason"],
+        "changed"
+    );
+    assert_eq!(month(d), january(&files));
+    let (_, r) = run_with_report(d, &["--as-of", "2024-02-02T12:00:00Z"], 0);
+    assert_eq!(report_model(&r, "monthly")["units_total"], 0);
+
+    // A backfill of daily+ recomputes the day and its month.
+    let bf = sluice(
+        d,
+        &[
+            "backfill",
+            ".",
+            "--from",
+            "2024-01-05",
+            "--to",
+            "2024-01-06",
+            "--select",
+            "daily+",
+            "--as-of",
+            "2024-02-02T12:00:00Z",
+            "--report",
+            "b.json",
+        ],
+    )
+    .expect(0);
+    let r = read_json(&d.join("b.json"));
+    assert_eq!(units_of(&r), vec!["2024-01-05"], "{}", bf.stderr);
+    assert_eq!(report_model(&r, "monthly")["units"][0]["unit"], "2024-01");
+
+    // Finer downstream than upstream is refused.
+    edit_file(&d.join("sluice.toml"), |t| {
+        t.replace("size = \"month\"", "size = \"hour\"")
+    });
+    let bad = sluice(d, &["plan", "."]).expect(2);
+    assert!(
+        bad.stderr.contains("models.monthly.batches.size: 'monthly' reads the incremental model 'daily', whose periods are by day"),
         "{}",
         bad.stderr
     );
