@@ -78,6 +78,9 @@ pub struct ModelReport {
     /// An incremental model's periods and late rows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub late: Option<LateReport>,
+    /// What planning found worth a warning (a batched model's groups split over units).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Why a run computes a period.
@@ -294,6 +297,7 @@ impl ModelReport {
             joins: Vec::new(),
             checks: Vec::new(),
             late: None,
+            warnings: Vec::new(),
             rows_in_by_source: BTreeMap::new(),
             rows_filtered: None,
             row_balance: None,
@@ -369,6 +373,9 @@ impl RunReport {
             };
             out.push_str(&line);
             out.push('\n');
+            for w in &m.warnings {
+                out.push_str(&format!("  {:<width$}    warning: {w}\n", ""));
+            }
             if let Some(late) = &m.late {
                 out.push_str(&format!("  {:<width$}    {}\n", "", late.summary()));
             }

@@ -269,6 +269,9 @@ pub(crate) async fn describe_plan(prepared: &Prepared, planning: &Planning<'_>) 
                 ));
             }
             out.push_str(&describe_units(prepared, model, planning).await);
+            for w in prepared.warnings.get(name).into_iter().flatten() {
+                out.push_str(&format!("       warning: {w}\n"));
+            }
             out.push_str(&describe_joins(prepared, name).await);
         } else {
             out.push_str("       inlined into the models that read it\n");

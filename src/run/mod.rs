@@ -14,6 +14,7 @@
 //! - [`resume`]: what a run does as a fingerprint, and the units a resumed run keeps.
 
 pub mod event_map;
+mod groups;
 pub mod heal;
 pub mod incremental;
 mod model;
@@ -306,6 +307,7 @@ async fn run_models(
         selected,
         engine,
         schemas,
+        warnings,
     } = prepared;
     let cx = RunCx {
         engine: &engine,
@@ -353,6 +355,7 @@ async fn run_models(
         let start = Instant::now();
         tracing::info!(model = %name, run_id = %run_id, "running");
         let mut report = ModelReport::new(name, kind, ModelStatus::Success);
+        report.warnings = warnings.get(name).cloned().unwrap_or_default();
         if let Err(e) = model::run_table_model(&cx, name, &schemas[name], &mut report).await {
             report.status = ModelStatus::Failed;
             report.error = Some(match e {

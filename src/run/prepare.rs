@@ -33,6 +33,8 @@ pub struct Prepared {
     pub engine: Engine,
     /// Each selected model's output schema.
     pub schemas: BTreeMap<String, SchemaRef>,
+    /// What planning found worth a warning, per model (groups a batched model may split).
+    pub warnings: BTreeMap<String, Vec<String>>,
 }
 
 /// Builds the DAG, registers what the selected models read, and plans every selected model.
@@ -88,6 +90,7 @@ pub async fn prepare(
     // Plan every model that runs or is inlined, in order; a model's table is its plan (a
     // view) until it has been written.
     let mut schemas = BTreeMap::new();
+    let mut warnings: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for name in &dag.order {
         let node = &dag.nodes[name];
         let needed = selected_set.contains(name)
@@ -99,6 +102,28 @@ pub async fn prepare(
         let df = plan_model(&engine, &pipeline.models[name], &node.sql).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let model = &pipeline.models[name];
+        if let Some(batches) = &model.batches
+            && selected_set.contains(name)
+        {
+            let columns: Vec<String> =
+                crate::units::event_sources(&pipeline, &dag.sources_read(name))
+                    .into_iter()
+                    .map(|(_, c)| c)
+                    .collect();
+            let grid = crate::units::Grid::of(batches);
+            // (A zone set by the user says the keys are its local dates.)
+            if !columns.is_empty()
+                && grid.tz.is_none()
+                && let Some(why) = super::groups::split_groups(df.logical_plan(), &columns, grid)
+            {
+                let warning = format!(
+                    "model '{name}' is batched by {}: {why}",
+                    batches.size.name()
+                );
+                tracing::warn!("{warning}");
+                warnings.entry(name.clone()).or_default().push(warning);
+            }
+        }
         if model.files_per_unit.is_some() {
             dag.single_source(name).map_err(|message| PlanError::Sql {
                 model: name.clone(),
@@ -160,6 +185,7 @@ pub async fn prepare(
         selected,
         engine,
         schemas,
+        warnings,
     })
 }
 

@@ -926,8 +926,23 @@ fn periods_in_a_time_zone_keep_local_days_whole() {
     assert_eq!(rows("whole"), whole);
     assert_eq!(rows("ny_days"), whole);
     assert_eq!(rows("ny_incremental"), whole);
-    // In UTC days, groups of the evening are split over two units.
+    // In UTC days, groups of the evening are split over two units; planning said so.
     assert!(rows("utc_days").values().any(|v| v.len() == 2));
+    let warning = report_model(&r, "utc_days")["warnings"][0]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        warning.contains("groups by (flights.day, flights.origin), and no key places a group in one day of time_hour (UTC)"),
+        "{r}"
+    );
+    assert!(report_model(&r, "ny_days").get("warnings").is_none());
+    let plan = sluice(d, &["plan", ".", "--select", "utc_days"]).expect(0);
+    assert!(
+        plan.stdout
+            .contains("warning: model 'utc_days' is batched by day: it groups by"),
+        "{}",
+        plan.stdout
+    );
     // New York days as units: March 10 lasts 23 hours (69 flights, 3 an hour).
     let units: Vec<(String, u64)> = report_model(&r, "ny_days")["units"]
         .as_array()
