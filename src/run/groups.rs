@@ -41,6 +41,49 @@ pub(crate) fn split_groups(plan: &LogicalPlan, columns: &[String], grid: Grid) -
     ))
 }
 
+/// The output columns that hold the group keys of `plan`'s top aggregate, when each key is
+/// output as a column of its own (`None` otherwise, or without keys): a key two units both
+/// produced means a group split over them.
+pub(crate) fn key_columns(plan: &LogicalPlan) -> Option<Vec<String>> {
+    let agg = top_aggregate(plan)?;
+    let n = agg.group_expr.len();
+    if n == 0 {
+        return None;
+    }
+    let keys: Vec<datafusion::common::Column> = agg.schema.columns().into_iter().take(n).collect();
+    let output = plan.schema();
+    let mut out = Vec::with_capacity(n);
+    for key in &keys {
+        // The output column that is this key: the same column through the plan's final
+        // projection (filters and sorts keep columns as they are).
+        let i = output
+            .columns()
+            .iter()
+            .position(|c| c == key)
+            .or_else(|| projected_as(plan, key))?;
+        out.push(output.field(i).name().clone());
+    }
+    Some(out)
+}
+
+/// The position of the output column that a projection at the top of `plan` makes of `key`.
+fn projected_as(plan: &LogicalPlan, key: &datafusion::common::Column) -> Option<usize> {
+    match plan {
+        LogicalPlan::Projection(p) => p.expr.iter().position(|e| {
+            let e = match e {
+                Expr::Alias(a) => a.expr.as_ref(),
+                e => e,
+            };
+            matches!(e, Expr::Column(c) if c == key)
+        }),
+        LogicalPlan::Sort(s) => projected_as(&s.input, key),
+        LogicalPlan::Filter(f) => projected_as(&f.input, key),
+        LogicalPlan::Limit(l) => projected_as(&l.input, key),
+        LogicalPlan::SubqueryAlias(a) => projected_as(&a.input, key),
+        _ => None,
+    }
+}
+
 /// The aggregate whose rows the model outputs, under projections, filters, sorts and aliases.
 fn top_aggregate(plan: &LogicalPlan) -> Option<&datafusion::logical_expr::Aggregate> {
     match plan {
@@ -192,5 +235,32 @@ mod tests {
                 .await
                 .is_some()
         );
+    }
+
+    #[tokio::test]
+    async fn the_output_columns_of_the_group_keys() {
+        let ctx = SessionContext::new();
+        ctx.sql("CREATE TABLE f AS SELECT * FROM (VALUES (1, 'EWR', DATE '2024-03-09')) AS t(id, origin, day)")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let keys = |sql: &str| {
+            let ctx = ctx.clone();
+            let sql = sql.to_string();
+            async move { key_columns(ctx.sql(&sql).await.unwrap().logical_plan()) }
+        };
+        assert_eq!(
+            keys("SELECT day AS d, origin, COUNT(*) AS n FROM f GROUP BY day, origin ORDER BY 1")
+                .await,
+            Some(vec!["d".to_string(), "origin".to_string()])
+        );
+        // A key not output as it is: no columns to check.
+        assert_eq!(
+            keys("SELECT origin, COUNT(*) FROM f GROUP BY day, origin").await,
+            None
+        );
+        assert_eq!(keys("SELECT COUNT(*) FROM f").await, None);
     }
 }

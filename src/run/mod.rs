@@ -288,6 +288,8 @@ struct RunCx<'a> {
     ended: &'a crate::table::Ended,
     /// The run's clock, for incremental models.
     clock: &'a incremental::Clock,
+    /// Per batched model whose groups units may split, the output columns of its keys.
+    split_keys: &'a BTreeMap<String, Vec<String>>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -308,6 +310,7 @@ async fn run_models(
         engine,
         schemas,
         warnings,
+        split_keys,
     } = prepared;
     let cx = RunCx {
         engine: &engine,
@@ -320,6 +323,7 @@ async fn run_models(
         force_append: opts.force_append,
         ended,
         clock,
+        split_keys: &split_keys,
     };
     let mut reports = Vec::new();
     let mut failed: BTreeSet<String> = BTreeSet::new();

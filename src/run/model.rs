@@ -610,7 +610,15 @@ impl<'a> ModelRun<'a> {
         report: &mut ModelReport,
     ) -> Result<(), Error> {
         let (cx, model) = (self.cx, self.model);
-        if model.checks.is_empty() {
+        // A batched model whose group keys may fall in two periods: every key once.
+        let split = cx
+            .split_keys
+            .get(&model.name)
+            .map(|keys| crate::config::Check {
+                kind: crate::config::CheckKind::Unique(keys.clone()),
+                severity: crate::config::Severity::Error,
+            });
+        if model.checks.is_empty() && split.is_none() {
             return Ok(());
         }
         register_staged(
@@ -627,7 +635,21 @@ impl<'a> ModelRun<'a> {
         .await
         .map_err(|e| self.error(e.to_string()))?;
         let late = report.late.as_ref().map(|l| l.counts.late_rows());
-        report.checks = crate::checks::run(cx.engine.ctx(), &model.name, &model.checks, late).await;
+        let checks: Vec<_> = model.checks.iter().cloned().chain(split.clone()).collect();
+        report.checks = crate::checks::run(cx.engine.ctx(), &model.name, &checks, late).await;
+        if let (Some(split), Some(result)) = (&split, report.checks.last_mut())
+            && result.blocks()
+            && result.failing_rows > 0
+        {
+            let size = model.batches.as_ref().map_or("period", |b| b.size.name());
+            result.check = format!("one row per group ({})", split.name());
+            result.message = Some(format!(
+                "{} rows share a key: groups were split over two work units (batched by \
+                 {size}, the keys do not place a group in one {size}); set batches.timezone if \
+                 the key is a local date, or group by a period of the event time",
+                result.failing_rows
+            ));
+        }
         let blocking: Vec<String> = report
             .checks
             .iter()

@@ -35,6 +35,10 @@ pub struct Prepared {
     pub schemas: BTreeMap<String, SchemaRef>,
     /// What planning found worth a warning, per model (groups a batched model may split).
     pub warnings: BTreeMap<String, Vec<String>>,
+    /// For a time-batched model that aggregates by keys that do not place each group in one
+    /// period: the output columns of those keys, checked unique before the publish (a key
+    /// two units produced is a group split over them).
+    pub split_keys: BTreeMap<String, Vec<String>>,
 }
 
 /// Builds the DAG, registers what the selected models read, and plans every selected model.
@@ -91,6 +95,7 @@ pub async fn prepare(
     // view) until it has been written.
     let mut schemas = BTreeMap::new();
     let mut warnings: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut split_keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for name in &dag.order {
         let node = &dag.nodes[name];
         let needed = selected_set.contains(name)
@@ -111,6 +116,13 @@ pub async fn prepare(
                     .map(|(_, c)| c)
                     .collect();
             let grid = crate::units::Grid::of(batches);
+            let utc = crate::units::Grid::utc(batches.size);
+            if !columns.is_empty()
+                && super::groups::split_groups(df.logical_plan(), &columns, utc).is_some()
+                && let Some(keys) = super::groups::key_columns(df.logical_plan())
+            {
+                split_keys.insert(name.clone(), keys);
+            }
             // (A zone set by the user says the keys are its local dates.)
             if !columns.is_empty()
                 && grid.tz.is_none()
@@ -186,6 +198,7 @@ pub async fn prepare(
         engine,
         schemas,
         warnings,
+        split_keys,
     })
 }
 

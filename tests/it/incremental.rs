@@ -873,6 +873,8 @@ fn periods_in_a_time_zone_keep_local_days_whole() {
         .and_hms_opt(7, 0, 0)
         .unwrap();
     let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut utc_days: BTreeMap<(String, String), std::collections::BTreeSet<String>> =
+        BTreeMap::new();
     for i in 0..(4 * 72) {
         let t = start + chrono::Duration::minutes(20 * i);
         let offset = if t < switch { 5 } else { 4 };
@@ -882,6 +884,10 @@ fn periods_in_a_time_zone_keep_local_days_whole() {
             "{i},{origin},{},{local}\n",
             t.format("%Y-%m-%d %H:%M:%S")
         ));
+        utc_days
+            .entry((local.clone(), origin.to_string()))
+            .or_default()
+            .insert(t.date().to_string());
         *want.entry((local, origin.to_string())).or_default() += 1;
     }
     std::fs::write(d.join("data/flights.csv"), csv).unwrap();
@@ -898,7 +904,7 @@ fn periods_in_a_time_zone_keep_local_days_whole() {
          [models.ny_incremental.batches]\nsize = \"day\"\ntimezone = \"America/New_York\"\n",
     )
     .unwrap();
-    let (_, r) = run_with_report(d, &["--as-of", "2024-03-13"], 0);
+    let (_, r) = run_with_report(d, &["--as-of", "2024-03-13"], 1);
     let rows = |m: &str| -> BTreeMap<(String, String), Vec<u64>> {
         let out = sluice(
             d,
@@ -926,8 +932,25 @@ fn periods_in_a_time_zone_keep_local_days_whole() {
     assert_eq!(rows("whole"), whole);
     assert_eq!(rows("ny_days"), whole);
     assert_eq!(rows("ny_incremental"), whole);
-    // In UTC days, groups of the evening are split over two units; planning said so.
-    assert!(rows("utc_days").values().any(|v| v.len() == 2));
+    // In UTC days, groups of the evening are split over two units: planning said so, and the
+    // publish is refused (each key must come out once).
+    // (Rows sharing a key: one per UTC day of each group that spans two.)
+    let shared: usize = utc_days
+        .values()
+        .filter(|d| d.len() > 1)
+        .map(|d| d.len())
+        .sum();
+    assert!(shared > 0);
+    let utc = report_model(&r, "utc_days");
+    assert_eq!(utc["status"], "failed");
+    assert!(
+        utc["error"].as_str().unwrap_or_default().contains(&format!(
+            "one row per group (unique(day, origin)): {shared} rows share a key: groups were \
+             split over two work units"
+        )),
+        "{utc}"
+    );
+    assert!(!d.join("out/utc_days/_MANIFEST").exists());
     let warning = report_model(&r, "utc_days")["warnings"][0]
         .as_str()
         .unwrap_or_default();

@@ -238,6 +238,15 @@ async fn batched_models_join_per_unit_under_the_limit() {
              [models.by_priority.batches]\nsize = \"year\"\n",
         )
     });
+    // Grouped by ship year too: a group of one unit each (grouped by priority alone, each
+    // priority would come out of every unit, and the publish refuses a key split over units).
+    std::fs::write(
+        dir.path().join("queries/by_priority.sql"),
+        "SELECT date_trunc('year', l_shipdate) AS ship_year, o_orderpriority, COUNT(*) AS n, \
+         SUM(l_extendedprice) AS revenue \
+         FROM orders JOIN lineitem ON o_orderkey = l_orderkey GROUP BY 1, 2",
+    )
+    .unwrap();
     let r = run_by_priority_in_8mib(dir.path());
     let m = &r["models"][0];
     assert_eq!(m["units_done"], 7, "{m}");
