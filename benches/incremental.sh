@@ -46,6 +46,7 @@ pipeline() { # folder extra-batches-keys
 name = "events"
 [sources.events]
 location = "data/"
+format = "parquet"
 event_time = "ts"
 [models.daily]
 materialized = "incremental"
@@ -125,3 +126,33 @@ sed -i 's/start = "2024-01-01"/start = "2000-01-01"/; s/size = "day"/size = "mon
 end_day=$(( ( $(date -u -d 2000-01-01 +%s) + small * 86400 - $(date -u -d 2024-01-01 +%s) ) / 86400 + 40 ))
 run "$p" "$end_day" "first run ($small files)"
 run "$p" "$end_day" "no change ($small files)"
+
+# 6. with MOTO=1: the same no-change run with the small files on an S3 server (moto, started
+#    on 127.0.0.1 from the test venv), the output and state on local disk.
+if [ "${MOTO:-0}" = 1 ]; then
+  echo "--- $small small files on the S3 server (moto), nothing changed"
+  port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$(dirname "$py")/moto_server" -p "$port" > "$dir/moto.log" 2>&1 &
+  moto=$!
+  trap 'kill $moto 2>/dev/null; rm -rf "$dir"' EXIT
+  export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 \
+    AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ALLOW_HTTP=true
+  sleep 2
+  "$py" - "$p/data" "$AWS_ENDPOINT_URL" <<'PY'
+import os, sys, boto3
+from concurrent.futures import ThreadPoolExecutor
+s3 = boto3.client("s3", endpoint_url=sys.argv[2])
+s3.create_bucket(Bucket="bench")
+names = sorted(os.listdir(sys.argv[1]))
+def put(n):
+    s3.upload_file(os.path.join(sys.argv[1], n), "bench", f"small/{n}")
+with ThreadPoolExecutor(16) as pool:
+    list(pool.map(put, names))
+print(f"uploaded {len(names)} files")
+PY
+  q="$dir/s3small"
+  pipeline "$q" 'late_window = "48h"'
+  sed -i 's/start = "2024-01-01"/start = "2000-01-01"/; s/size = "day"/size = "month"/; s#location = "data/"#location = "s3://bench/small/"#' "$q/sluice.toml"
+  run "$q" "$end_day" "first run ($small files on S3)"
+  run "$q" "$end_day" "no change ($small files on S3)"
+fi
