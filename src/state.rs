@@ -274,7 +274,8 @@ impl StateStore {
                  run_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, started_at TEXT NOT NULL,
                  finished_at TEXT, status TEXT NOT NULL, selection TEXT NOT NULL DEFAULT '',
                  vars TEXT NOT NULL DEFAULT '', fingerprint TEXT NOT NULL DEFAULT '',
-                 pid INTEGER, host TEXT, error TEXT);
+                 pid INTEGER, host TEXT, error TEXT, as_of TEXT,
+                 kind TEXT NOT NULL DEFAULT 'run');
              CREATE TABLE IF NOT EXISTS models (
                  run_id TEXT NOT NULL, model TEXT NOT NULL, status TEXT NOT NULL,
                  materialized TEXT NOT NULL, rows_in INTEGER NOT NULL DEFAULT 0,
@@ -335,12 +336,22 @@ impl StateStore {
                  PRIMARY KEY (source, spec, grid, path, size, modified, etag));",
         )
         .map_err(|e| err(&e))?;
-        if conn.prepare("SELECT as_of FROM runs LIMIT 0").is_err() {
-            conn.execute_batch(
-                "ALTER TABLE runs ADD COLUMN as_of TEXT;
-                 ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'run';",
-            )
-            .map_err(|e| err(&e))?;
+        // A database from before incremental models: add the run's clock and kind. Another
+        // process opening it at the same moment may add them first: then they are there.
+        for (column, ddl) in [
+            ("as_of", "ALTER TABLE runs ADD COLUMN as_of TEXT"),
+            (
+                "kind",
+                "ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'run'",
+            ),
+        ] {
+            let has = |c: &Connection| {
+                c.prepare(&format!("SELECT {column} FROM runs LIMIT 0"))
+                    .is_ok()
+            };
+            if !has(&conn) && conn.execute_batch(ddl).is_err() && !has(&conn) {
+                return Err(err(&format!("cannot add column runs.{column}")));
+            }
         }
         let version: Option<i64> = conn
             .query_row(
@@ -371,6 +382,12 @@ impl StateStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
         })
+    }
+
+    /// Opens the state database at `path` if there is one (for commands that only read it:
+    /// they create none).
+    pub fn open_existing(path: &Path) -> Result<Option<StateStore>, StateError> {
+        path.exists().then(|| StateStore::open(path)).transpose()
     }
 
     /// The database file.
@@ -1269,6 +1286,37 @@ mod tests {
         let runs = s.runs(10).unwrap();
         assert_eq!(runs[0].run_id, "r3");
         assert_eq!(runs[0].status, RunStatus::Interrupted);
+    }
+
+    /// A ledger written before incremental models gains the run's clock and kind; opening a
+    /// new one creates them, so two processes opening it at once do not race to add them.
+    #[test]
+    fn an_older_ledger_gains_the_clock_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE runs (run_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL,
+                 started_at TEXT NOT NULL, finished_at TEXT, status TEXT NOT NULL,
+                 selection TEXT NOT NULL DEFAULT '', vars TEXT NOT NULL DEFAULT '',
+                 fingerprint TEXT NOT NULL DEFAULT '', pid INTEGER, host TEXT, error TEXT);
+                 INSERT INTO runs (run_id, pipeline, started_at, status) VALUES ('r1', 'p', 't', 'success');",
+            )
+            .unwrap();
+        let store = StateStore::open(&path).unwrap();
+        store
+            .set_clock("r1", "2024-01-13T00:00:00+00:00", "reconcile")
+            .unwrap();
+        assert_eq!(
+            store.clock("r1").unwrap().as_deref(),
+            Some("2024-01-13T00:00:00+00:00")
+        );
+        assert_eq!(store.runs(5).unwrap()[0].kind, "reconcile");
+        StateStore::open(&path).unwrap();
+        let fresh = dir.path().join("new.db");
+        StateStore::open(&fresh).unwrap();
+        StateStore::open(&fresh).unwrap();
     }
 
     #[test]

@@ -38,11 +38,7 @@ pub async fn execute(
 /// without checks are left out; a model never run is an error naming it.
 async fn check(prepared: &Prepared) -> Result<Vec<(String, Vec<CheckResult>)>, Error> {
     let mut out = Vec::new();
-    let path = &prepared.pipeline.settings.state;
-    let state = path
-        .exists()
-        .then(|| crate::state::StateStore::open(path))
-        .transpose()?;
+    let state = crate::state::StateStore::open_existing(&prepared.pipeline.settings.state)?;
     for name in &prepared.selected {
         let model = &prepared.pipeline.models[name];
         if model.checks.is_empty() || !model.materialized.is_written() {

@@ -19,13 +19,7 @@ pub async fn execute(path: &Path, opts: &RunOptions, cx: &Context<'_>) -> Result
     let prepared = crate::run::prepare(pipeline, opts, cx.env.clone()).await?;
     let ended = crate::run::heal::ended_runs(&prepared.pipeline);
     crate::run::heal::heal_outputs(&prepared, None, &ended).await;
-    let state = prepared
-        .pipeline
-        .settings
-        .state
-        .exists()
-        .then(|| crate::state::StateStore::open(&prepared.pipeline.settings.state))
-        .transpose()?;
+    let state = crate::state::StateStore::open_existing(&prepared.pipeline.settings.state)?;
     let planning = Planning {
         clock: &crate::run::clock_of(opts),
         state: state.as_ref(),

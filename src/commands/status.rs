@@ -50,12 +50,7 @@ pub async fn execute(
     cx: &Context<'_>,
 ) -> Result<i32, Error> {
     let pipeline = cx.load_pipeline(path)?;
-    let state = pipeline
-        .settings
-        .state
-        .exists()
-        .then(|| StateStore::open(&pipeline.settings.state))
-        .transpose()?;
+    let state = StateStore::open_existing(&pipeline.settings.state)?;
     let prepared = crate::run::prepare(pipeline, opts, cx.env.clone()).await?;
     let mut clock = crate::run::clock_of(opts);
     clock.kind = RunKind::Run;

@@ -153,18 +153,7 @@ pub(crate) async fn plan_units(
         let counted_before = |period: &str, f: &AppliedFile| {
             counted.contains(&(period.to_string(), FileSeen::of(f)))
         };
-        let location = crate::store::Location::parse(&model.sink.location)
-            .map_err(|e| e.to_string())?
-            .as_folder();
-        let store = engine
-            .stores()
-            .store_for(&location)
-            .map_err(|e| e.to_string())?;
-        let output = crate::table::Output::new(store, location);
-        let manifest = output
-            .read_manifest()
-            .await
-            .map_err(|e| format!("cannot read {}: {}", e.key, e.message))?;
+        let manifest = output_manifest(engine, model).await?;
         let previous = manifest
             .as_ref()
             .and_then(|m| m.periods.as_ref())
@@ -227,6 +216,24 @@ pub(crate) async fn plan_units(
     })
 }
 
+/// The current manifest of `model`'s output, if it has one.
+async fn output_manifest(
+    engine: &Engine,
+    model: &ModelConfig,
+) -> Result<Option<crate::table::Manifest>, String> {
+    let location = crate::store::Location::parse(&model.sink.location)
+        .map_err(|e| e.to_string())?
+        .as_folder();
+    let store = engine
+        .stores()
+        .store_for(&location)
+        .map_err(|e| e.to_string())?;
+    crate::table::Output::new(store, location)
+        .read_manifest()
+        .await
+        .map_err(|e| format!("cannot read {}: {}", e.key, e.message))
+}
+
 /// The incremental models a model reads (directly or through views): their periods are its
 /// event-time input, propagated through their manifests.
 pub(crate) fn incremental_upstream(pipeline: &Pipeline, dag: &Dag, model: &str) -> Vec<String> {
@@ -257,17 +264,7 @@ async fn upstream_files(
     let Some(their) = model.batches.as_ref().map(units::Grid::of) else {
         return Ok(Vec::new());
     };
-    let location = crate::store::Location::parse(&model.sink.location)
-        .map_err(|e| e.to_string())?
-        .as_folder();
-    let store = engine
-        .stores()
-        .store_for(&location)
-        .map_err(|e| e.to_string())?;
-    let manifest = crate::table::Output::new(store, location)
-        .read_manifest()
-        .await
-        .map_err(|e| format!("cannot read {}: {}", e.key, e.message))?;
+    let manifest = output_manifest(engine, model).await?;
     let mut out = Vec::new();
     for f in manifest.iter().flat_map(|m| &m.files) {
         let Some(start) = f.period.as_deref().and_then(|p| their.parse(p)) else {
