@@ -81,6 +81,21 @@ pub struct ModelReport {
     /// What planning found worth a warning (a batched model's groups split over units).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Source files holding rows of many units, read once for all of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routed: Option<Routed>,
+}
+
+/// Source files a batched model read once and routed to its units by period, instead of
+/// each unit reading them whole.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Routed {
+    /// Files read once.
+    pub files: u64,
+    /// Rows routed from them to the units that ran.
+    pub rows: u64,
+    /// Units that read routed rows.
+    pub units: u64,
 }
 
 /// Why a run computes a period.
@@ -298,6 +313,7 @@ impl ModelReport {
             checks: Vec::new(),
             late: None,
             warnings: Vec::new(),
+            routed: None,
             rows_in_by_source: BTreeMap::new(),
             rows_filtered: None,
             row_balance: None,

@@ -166,7 +166,7 @@ impl EventMap {
 
     /// The period holding `t`, as the map keys it: a unit whose range starts inside its
     /// period (a `start` in the middle of one) is looked up by its period.
-    fn key(&self, t: NaiveDateTime) -> NaiveDateTime {
+    pub(super) fn key(&self, t: NaiveDateTime) -> NaiveDateTime {
         self.grid.map_or(t, |grid| grid.truncate(t))
     }
 
@@ -322,6 +322,30 @@ async fn source_files(
         .map_err(|e| e.to_string())
 }
 
+/// SQL for the first instant of the period of `grid` holding the timestamp `t` (NULL for
+/// none), as a nanosecond timestamp: what the map keys rows by, and what routing splits a
+/// file's rows by (`super::route`), so both place every row alike.
+pub(super) fn period_sql(grid: Grid, t: &str) -> String {
+    // In a zone, the instant is truncated in the zone's wall time (DataFusion's date_trunc on
+    // a zoned timestamp is DST-correct); the naive time is an instant in UTC, so it is made
+    // a UTC timestamp first (cast straight to the zone, it would be read as wall time there).
+    let t = match grid.tz {
+        None => t.to_string(),
+        Some(tz) => format!(
+            "arrow_cast(arrow_cast({t}, 'Timestamp(Nanosecond, Some(\"UTC\"))'), \
+             'Timestamp(Nanosecond, Some(\"{}\"))')",
+            tz.name()
+        ),
+    };
+    format!("date_trunc('{}', {t})", grid.size.name())
+}
+
+/// The period a value of [`period_sql`] names, as the grid keys it (the same instant, made
+/// sure of at a DST gap).
+pub(super) fn period_key(grid: Grid, ns: i64) -> NaiveDateTime {
+    grid.truncate(chrono::DateTime::from_timestamp_nanos(ns).naive_utc())
+}
+
 /// Rows per period of `table`'s `column` in `ctx`, each value read as the instant it names
 /// (text with a UTC offset included), and the rows with none.
 async fn periods(
@@ -330,23 +354,12 @@ async fn periods(
     column: &str,
     grid: Grid,
 ) -> Result<Found, datafusion::error::DataFusionError> {
-    // In a zone, the instant is truncated in the zone's wall time (DataFusion's date_trunc on
-    // a zoned timestamp is DST-correct); the naive time is an instant in UTC, so it is made
-    // a UTC timestamp first (cast straight to the zone, it would be read as wall time there).
-    let t = match grid.tz {
-        None => "t".to_string(),
-        Some(tz) => format!(
-            "arrow_cast(arrow_cast(t, 'Timestamp(Nanosecond, Some(\"UTC\"))'), \
-             'Timestamp(Nanosecond, Some(\"{}\"))')",
-            tz.name()
-        ),
-    };
     let sql = format!(
-        "SELECT date_trunc('{}', {t}) AS p, COUNT(*) AS n, \
+        "SELECT {} AS p, COUNT(*) AS n, \
                 MIN(CASE WHEN t IS NULL AND raw IS NOT NULL THEN CAST(raw AS VARCHAR) END) AS example \
          FROM (SELECT TRY_CAST(\"{column}\" AS TIMESTAMP) AS t, \"{column}\" AS raw FROM \"{table}\") \
          GROUP BY 1",
-        grid.size.name()
+        period_sql(grid, "t")
     );
     let batches = ctx.sql(&sql).await?.collect().await?;
     let mut found = Found::default();
@@ -358,10 +371,7 @@ async fn periods(
             };
             match value(0)? {
                 ScalarValue::TimestampNanosecond(Some(ns), _) => {
-                    // (The period's start as the grid computes it: the same instant, made
-                    // sure of at a DST gap.)
-                    let t = grid.truncate(chrono::DateTime::from_timestamp_nanos(ns).naive_utc());
-                    *found.rows.entry(t).or_default() += n as u64;
+                    *found.rows.entry(period_key(grid, ns)).or_default() += n as u64;
                 }
                 _ => {
                     found.untimed += n as u64;

@@ -20,6 +20,7 @@ pub mod incremental;
 mod model;
 pub mod prepare;
 mod resume;
+mod route;
 pub mod unit;
 mod unit_context;
 

@@ -439,6 +439,27 @@ impl<'a> ModelRun<'a> {
             bar.unit_done();
         }
         let event_sources = units::event_sources(cx.pipeline, &cx.dag.sources_read(name));
+        // Files holding rows of many of the pending units are read once, for all of them.
+        let mut rejects = Vec::new();
+        let routes = match events {
+            Some(events) => {
+                let routing = super::route::route(cx, events, &event_sources, &pending);
+                let (routes, routed_rejects) = tokio::select! {
+                    routed = routing => routed.map_err(|e| self.error(e.to_string()))?,
+                    () = cx.interrupt.wait() => {
+                        let signal = cx.interrupt.signal().unwrap_or(libc::SIGINT);
+                        return Err(self.error(format!(
+                            "interrupted ({}) while reading source files for its units",
+                            super::Interrupt::describe(signal)
+                        )));
+                    }
+                };
+                rejects.extend(routed_rejects);
+                report.routed = routes.report();
+                routes
+            }
+            None => super::route::Routes::none(),
+        };
         let stop = AtomicBool::new(false);
         let job = UnitJob {
             model: self.model,
@@ -447,6 +468,7 @@ impl<'a> ModelRun<'a> {
             event_sources: &event_sources,
             events,
             inputs,
+            routes: &routes,
             stop: &stop,
         };
         let results: Vec<Result<UnitDone, UnitFailure>> = futures::stream::iter(pending)
@@ -458,7 +480,6 @@ impl<'a> ModelRun<'a> {
         let mut records: Vec<UnitRecord> = kept.into_values().collect();
         let mut first_error = None;
         let mut scanned: Option<ScanRows> = None;
-        let mut rejects = Vec::new();
         for r in results {
             match r {
                 Ok(done) => {

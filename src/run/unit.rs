@@ -414,6 +414,8 @@ pub(super) struct UnitJob<'a> {
     pub(super) events: Option<&'a EventMap>,
     /// Each unit's inputs (by name), recorded with it.
     pub(super) inputs: &'a std::collections::BTreeMap<String, String>,
+    /// The source files read once for every unit, and their rows by period.
+    pub(super) routes: &'a super::route::Routes,
     /// Set once a unit has failed for good: the model fails, so the units not started yet
     /// are not started, and running ones make no further attempt.
     pub(super) stop: &'a AtomicBool,

@@ -97,7 +97,19 @@ pub(super) async fn unit_context(
         UnitKind::Period { start, end } => {
             for (table, column) in sources {
                 if let Some(files) = events.and_then(|e| e.files_of(table, *start)) {
-                    shares.extend(restrict_to_files(&ctx, stores, pipeline, table, &files).await?);
+                    let share = job.routes.share(table, *start, files)?;
+                    shares.extend(
+                        restrict_to_files(&ctx, stores, pipeline, table, &share.files).await?,
+                    );
+                    if let Some((routed, url)) = share.routed {
+                        // The period's rows of the files read once for every unit.
+                        let df = ctx.table(table.as_str()).await.map_err(err)?;
+                        let df = df
+                            .union(ctx.read_table(routed).map_err(err)?)
+                            .map_err(err)?;
+                        replace_table(&ctx, table, df)?;
+                        shares.push((table.clone(), url));
+                    }
                 }
                 filter_to_period(&ctx, table, column, *start, *end).await?;
             }

@@ -397,3 +397,92 @@ fn rows_outside_batches_start_and_end_are_counted_not_silently_dropped() {
     let plan = sluice(dir.path(), &["plan", "."]).expect(0);
     assert!(plan.stderr.contains("3 row(s)"), "{}", plan.stderr);
 }
+
+/// A file holding rows of many units (one big unsorted CSV, as an export gives) is read once
+/// and its rows routed to the units by period, not read whole by each of them; files of one
+/// period are still read by their unit alone. The output equals sums computed from the rows
+/// written; a bad row in the big file is set aside once, and every good row counted once.
+#[tokio::test]
+async fn a_file_holding_rows_of_many_units_is_read_once_and_routed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+    // 20 days of rows in random order (a seeded generator), plus one file each for days 3
+    // and 15.
+    let mut seed = 0x5eed_u64;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        seed >> 33
+    };
+    let mut want: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    let mut big = String::from("id,ts,amount\n");
+    for id in 0..4000u64 {
+        let (day, secs, amount) = (next() % 20 + 1, next() % 86_400, next() % 1000);
+        let ts = format!(
+            "2024-01-{day:02} {:02}:{:02}:{:02}",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        );
+        big.push_str(&format!("{id},{ts},{amount}\n"));
+        let e = want.entry(format!("2024-01-{day:02}")).or_default();
+        e.0 += 1;
+        e.1 += amount;
+        if id == 1234 {
+            big.push_str("99999,2024-01-07 10:00:00,not a number\n");
+        }
+    }
+    std::fs::write(dir.path().join("data/export.csv"), big).unwrap();
+    for day in [3u64, 15] {
+        let mut one = String::from("id,ts,amount\n");
+        for i in 0..50u64 {
+            one.push_str(&format!(
+                "{},2024-01-{day:02} 12:00:{:02},{i}\n",
+                10_000 * day + i,
+                i
+            ));
+            let e = want.entry(format!("2024-01-{day:02}")).or_default();
+            e.0 += 1;
+            e.1 += i;
+        }
+        std::fs::write(dir.path().join(format!("data/day-{day}.csv")), one).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "name = \"routed\"\n[sources.events]\nlocation = \"data/\"\nformat = \"csv\"\n\
+         schema = \"id BIGINT, ts TIMESTAMP, amount BIGINT\"\nevent_time = \"ts\"\n\
+         on_bad_rows = \"quarantine\"\n\
+         [models.daily.batches]\nsize = \"day\"\nmax_concurrent_units = 3\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("queries/daily.sql"),
+        "SELECT CAST(ts AS DATE) AS day, COUNT(*) AS n, SUM(amount) AS amount FROM events GROUP BY 1",
+    )
+    .unwrap();
+    let (_, r) = run_with_report(dir.path(), &[], 0);
+    let m = report_model(&r, "daily");
+    assert_eq!(m["units_total"], 20, "{m}");
+    assert_eq!(
+        m["routed"]["files"], 1,
+        "only the export spans many units: {m}"
+    );
+    assert_eq!(m["routed"]["rows"], 4000, "{m}");
+    assert_eq!(m["routed"]["units"], 20, "{m}");
+    assert_eq!(m["rows_rejected"], 1, "the bad row, once: {m}");
+    assert_eq!(m["rows_in"], 4000 + 100 + 1, "{m}");
+    let got = query_output(
+        &format!("{}/out/daily/", dir.path().display()),
+        "parquet",
+        &[],
+        "SELECT CAST(day AS VARCHAR) AS d, CAST(n AS VARCHAR) AS n, CAST(amount AS VARCHAR) AS a FROM t",
+    )
+    .await;
+    let want: Vec<Vec<String>> = want
+        .into_iter()
+        .map(|(d, (n, a))| vec![d, n.to_string(), a.to_string()])
+        .collect();
+    assert_eq!(rows(&got, &["d", "n", "a"]), want);
+}
