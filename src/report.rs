@@ -84,6 +84,19 @@ pub struct ModelReport {
     /// Source files holding rows of many units, read once for all of them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routed: Option<Routed>,
+    /// Small staged files merged before the publish.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compacted: Option<Compacted>,
+}
+
+/// Small files the units staged, merged into files of the sink's target size before the
+/// publish (per partition folder, and per period of an incremental model).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Compacted {
+    /// Files merged.
+    pub files_in: u64,
+    /// Files they became.
+    pub files_out: u64,
 }
 
 /// Source files a batched model read once and routed to its units by period, instead of
@@ -314,6 +327,7 @@ impl ModelReport {
             late: None,
             warnings: Vec::new(),
             routed: None,
+            compacted: None,
             rows_in_by_source: BTreeMap::new(),
             rows_filtered: None,
             row_balance: None,

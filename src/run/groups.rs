@@ -97,6 +97,19 @@ fn top_aggregate(plan: &LogicalPlan) -> Option<&datafusion::logical_expr::Aggreg
     }
 }
 
+/// Whether the model's result is sorted (an `ORDER BY` under projections and aliases):
+/// its files then hold rows in order, which merging them would undo.
+pub(crate) fn is_sorted(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Sort(_) => true,
+        LogicalPlan::Projection(p) => is_sorted(&p.input),
+        LogicalPlan::SubqueryAlias(a) => is_sorted(&a.input),
+        LogicalPlan::Limit(l) => is_sorted(&l.input),
+        LogicalPlan::Filter(f) => is_sorted(&f.input),
+        _ => false,
+    }
+}
+
 /// How fine a truncation unit is (an hour inside a day inside a month...).
 fn rank(unit: &str) -> Option<u8> {
     match unit.to_ascii_lowercase().as_str() {

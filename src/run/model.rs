@@ -18,7 +18,6 @@ use super::resume;
 use super::unit::{
     IncrementalWork, UnitDone, UnitFailure, UnitJob, UnitRejects, plan_units, run_unit,
 };
-use crate::catalog;
 use crate::config::{ModelConfig, OnBadRows, WriteMode};
 use crate::engine::{Engine, ScanRows};
 use crate::error::Error;
@@ -128,6 +127,7 @@ impl ModelRun<'_> {
              units that read it run again, the others are kept)"
             )));
         }
+        let files = run.compact(files, report).await?;
         let periods = plan.incremental.as_ref().map(|work| run.period_write(work));
         run.check_staged(&files, periods.as_ref(), report).await?;
         if let Some(work) = &plan.incremental {
@@ -346,8 +346,12 @@ impl<'a> ModelRun<'a> {
         // A version this run published before its units were run again (their inputs had
         // changed) and the process was killed before publishing them: they are kept and
         // published now.
-        let listed: std::collections::BTreeSet<&str> =
-            m.files.iter().map(|f| f.path.as_str()).collect();
+        let listed: std::collections::BTreeSet<&str> = m
+            .files
+            .iter()
+            .flat_map(|f| std::iter::once(&f.path).chain(&f.merged))
+            .map(String::as_str)
+            .collect();
         if !done
             .iter()
             .flat_map(|u| &u.files)
@@ -362,10 +366,19 @@ impl<'a> ModelRun<'a> {
             .await;
         // What its units wrote (an append this run published twice, its inputs having
         // changed in between, holds files of both under the run's id).
-        let mine: Vec<_> = done
+        let written: std::collections::BTreeSet<&str> = done
             .iter()
             .flat_map(|u| &u.files)
-            .map(|f| &f.file)
+            .map(|f| f.file.path.as_str())
+            .collect();
+        // (Or the files they were merged into.)
+        let mine: Vec<_> = m
+            .files
+            .iter()
+            .filter(|f| {
+                written.contains(f.path.as_str())
+                    || f.merged.iter().any(|p| written.contains(p.as_str()))
+            })
             .collect();
         report.rows_out = mine.iter().map(|f| f.rows).sum();
         report.outputs = mine
@@ -622,6 +635,42 @@ impl<'a> ModelRun<'a> {
         Ok(found)
     }
 
+    /// The units' small staged files merged per partition (and period), unless the result
+    /// is sorted.
+    async fn compact(
+        &self,
+        files: Vec<table::StagedFile>,
+        report: &mut ModelReport,
+    ) -> Result<Vec<table::StagedFile>, Error> {
+        let cx = self.cx;
+        let sql = &cx.dag.nodes[&self.model.name].sql;
+        let sorted = match cx.engine.ctx().sql(sql).await {
+            Ok(df) => super::groups::is_sorted(df.logical_plan()),
+            // (The units planned it: this does not fail.)
+            Err(_) => true,
+        };
+        if sorted || files.len() < 2 {
+            return Ok(files);
+        }
+        let (files, done) = sink::compact::compact(
+            cx.engine.ctx(),
+            &self.output,
+            &self.spec,
+            cx.run_id,
+            self.schema,
+            files,
+        )
+        .await
+        .map_err(|e| self.error(e.to_string()))?;
+        if done.files_in > 0 {
+            report.compacted = Some(crate::report::Compacted {
+                files_in: done.files_in,
+                files_out: done.files_out,
+            });
+        }
+        Ok(files)
+    }
+
     /// Write, audit, publish: the model's checks read the staged files where they will be
     /// published; a failed error check fails the model with the previous output intact.
     async fn check_staged(
@@ -731,9 +780,8 @@ fn model_error(model: &ModelConfig, message: String) -> Error {
 }
 
 /// Registers a model's output as it will be once published — its staged files, not yet
-/// published, beside the current files the new version keeps (append, overwrite_partitions)
-/// — as its table: each file shown at the key it will be published at, so partitions read as
-/// they will after the publish.
+/// published, beside the current files the new version keeps (append, overwrite_partitions,
+/// an incremental model's other periods) — as its table.
 #[allow(clippy::too_many_arguments)]
 async fn register_staged(
     engine: &Engine,
@@ -745,49 +793,19 @@ async fn register_staged(
     schema: &SchemaRef,
     files: &[table::StagedFile],
     periods: Option<&table::PeriodWrite>,
-) -> Result<(), Error> {
-    // The output as it will be once published: in append and overwrite_partitions mode (and
-    // an incremental model's other periods) the files the new version keeps, beside the
-    // staged ones.
+) -> Result<(), sink::SinkError> {
     let kept = table::kept_files(existing, spec.mode, &spec.partition_by, files, periods);
-    let view = crate::table::view::ManifestStore::aliased(
-        output.store(),
-        files
-            .iter()
-            .map(|f| {
-                (
-                    output.key(&f.file.path),
-                    output.staged_key(run_id, &f.staged),
-                    f.file.bytes,
-                )
-            })
-            .chain(kept.iter().map(|f| {
-                let key = output.key(&f.path);
-                (key.clone(), key, f.bytes)
-            })),
-        chrono::Utc::now(),
-    );
-    let manifest = table::Manifest::new(
-        run_id,
-        spec.format.name(),
-        &spec.partition_by,
-        table::manifest_columns(schema),
-        files
-            .iter()
-            .map(|f| f.file.clone())
-            .chain(kept.iter().cloned())
-            .collect(),
-    );
-    catalog::register_manifest(
+    sink::compact::register_staged(
         engine.ctx(),
         &model.name,
-        output.location(),
-        Arc::new(view),
-        &manifest,
-        Some(schema),
+        output,
+        spec,
+        run_id,
+        schema,
+        files,
+        &kept,
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 fn unit_report(u: UnitRecord) -> UnitReport {

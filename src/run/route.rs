@@ -2,7 +2,7 @@
 //! run (one big CSV or JSON file, an unsorted Parquet file) would be read again by each of
 //! them, whole, to keep its period's rows (366 daily units over one 31 MB CSV read 123 M
 //! rows for 337 K). Such a file is read once before the units start, its rows split by
-//! period into temporary Arrow files (in the engine's spill folder), and each unit reads its
+//! period into temporary Parquet files (in the engine's spill folder), and each unit reads its
 //! period's share of them in place of the file itself.
 //!
 //! The rows are split by the same expression that placed them in periods when the units
@@ -20,12 +20,14 @@ use chrono::NaiveDateTime;
 use datafusion::arrow::array::{Array, RecordBatch, TimestampNanosecondArray, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::ipc::writer::FileWriter;
-use datafusion::datasource::file_format::arrow::ArrowFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::execution::SpillFile;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::Compression;
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use futures::StreamExt;
 use object_store::ObjectMeta;
 use object_store::path::Path;
@@ -66,7 +68,7 @@ struct SourceRoutes {
     files: BTreeSet<Path>,
     /// The source's schema.
     schema: SchemaRef,
-    /// Per period (its first instant): the temporary Arrow file holding its rows.
+    /// Per period (its first instant): the temporary Parquet file holding its rows.
     periods: BTreeMap<NaiveDateTime, Arc<dyn SpillFile>>,
     /// Rows routed.
     rows: u64,
@@ -127,7 +129,7 @@ impl Routes {
     }
 }
 
-/// A table over one routed period's Arrow file, with the source's schema.
+/// A table over one routed period's Parquet file, with the source's schema.
 fn routed_table(
     file: &dyn SpillFile,
     schema: &SchemaRef,
@@ -138,8 +140,9 @@ fn routed_table(
         .and_then(|p| p.to_str())
         .ok_or_else(|| UnitError::permanent("a routed file has no local path"))?;
     let url = ListingTableUrl::parse(path).map_err(err)?;
-    // (Temporary files have no extension.)
-    let options = ListingOptions::new(Arc::new(ArrowFormat)).with_file_extension("");
+    // (Temporary files have no extension.) Parquet, for the statistics the planner sizes
+    // joins by.
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension("");
     let config = ListingTableConfig::new(url.clone())
         .with_listing_options(options)
         .with_schema(Arc::clone(schema));
@@ -287,10 +290,10 @@ async fn route_source(
     Ok((routes, share.rejects(source).await))
 }
 
-/// The writer of one period's temporary Arrow file.
-type PeriodWriter = FileWriter<Box<dyn datafusion::execution::SpillWriter>>;
+/// The writer of one period's temporary Parquet file.
+type PeriodWriter = ArrowWriter<Box<dyn datafusion::execution::SpillWriter>>;
 
-/// Splits batches (the source's columns, then the period) by period into one Arrow file per
+/// Splits batches (the source's columns, then the period) by period into one Parquet file per
 /// period, holding small pieces back until they make a batch of a useful size.
 struct Splitter<'a> {
     grid: Grid,
@@ -389,11 +392,22 @@ impl Splitter<'_> {
                     .create_tmp_file("routing a source's rows to units")
                     .map_err(|e| UnitError::query(&e))?;
                 let sink = file.open_writer().map_err(|e| UnitError::query(&e))?;
-                let writer = FileWriter::try_new(sink, &schema).map_err(arrow_err)?;
+                // Uncompressed: written once, read once, from local disk. No column
+                // statistics: the planner needs only the row counts, and min/max of text
+                // event times (which sort unlike the instants they name, with UTC offsets)
+                // break DataFusion 55's interval analysis of the unit's filter.
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::UNCOMPRESSED)
+                    .set_statistics_enabled(EnabledStatistics::None)
+                    .build();
+                let writer = ArrowWriter::try_new(sink, Arc::clone(&schema), Some(props))
+                    .map_err(parquet_err)?;
                 e.insert((file, writer))
             }
         };
-        writer.write(&batch).map_err(arrow_err)
+        // One row group per batch written: a writer holds nothing back between them.
+        writer.write(&batch).map_err(parquet_err)?;
+        writer.flush().map_err(parquet_err)
     }
 
     /// Writes what is held back, closes every file, and returns them by period.
@@ -403,14 +417,17 @@ impl Splitter<'_> {
             self.write(key)?;
         }
         let mut out = BTreeMap::new();
-        for (key, (file, mut writer)) in self.writers {
-            writer.finish().map_err(arrow_err)?;
-            let mut sink = writer.into_inner().map_err(arrow_err)?;
+        for (key, (file, writer)) in self.writers {
+            let mut sink = writer.into_inner().map_err(parquet_err)?;
             sink.finish().map_err(|e| UnitError::query(&e))?;
             out.insert(key, file);
         }
         Ok(out)
     }
+}
+
+fn parquet_err(e: datafusion::parquet::errors::ParquetError) -> UnitError {
+    UnitError::caused_by(&e, format!("routing rows to units: {e}"))
 }
 
 fn arrow_err(e: datafusion::arrow::error::ArrowError) -> UnitError {

@@ -7,6 +7,7 @@
 //! machine has idle threads, so files stay big (no file per thread per partition) and
 //! encoding still runs in parallel.
 
+pub(crate) mod compact;
 pub(crate) mod partition;
 pub(crate) mod writer;
 
@@ -700,6 +701,7 @@ fn staged_file(unit: &str, rel: String, rows: u64, bytes: u64) -> StagedFile {
             rows,
             bytes,
             period: None,
+            merged: Vec::new(),
         },
     }
 }
@@ -744,6 +746,7 @@ mod tests {
                 rows: 1,
                 bytes,
                 period: None,
+                merged: Vec::new(),
             },
         };
         let files = vec![

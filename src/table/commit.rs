@@ -465,6 +465,7 @@ impl Output {
                     rows: 0,
                     bytes: *bytes,
                     period: None,
+                    merged: Vec::new(),
                 })
                 .collect();
         }
@@ -1195,6 +1196,7 @@ mod tests {
             rows: 1,
             bytes: 1,
             period: None,
+            merged: Vec::new(),
         }
     }
 
@@ -1222,6 +1224,7 @@ mod tests {
     fn of_period(path: &str, period: &str) -> ManifestFile {
         ManifestFile {
             period: Some(period.into()),
+            merged: Vec::new(),
             ..file(path)
         }
     }

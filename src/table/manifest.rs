@@ -153,6 +153,10 @@ pub struct ManifestFile {
     /// In an incremental model's output, the period whose unit wrote the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub period: Option<String>,
+    /// The units' small files this file was merged from at publish (their paths, had they
+    /// been published): a resumed run tells from them that its units' files are published.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<String>,
 }
 
 impl ManifestFile {
@@ -239,6 +243,7 @@ mod tests {
             rows: 1,
             bytes: 1,
             period: None,
+            merged: Vec::new(),
         };
         assert_eq!(f("a=1/b=2/part.parquet").partition(), "a=1/b=2");
         assert_eq!(f("part.parquet").partition(), "");

@@ -43,15 +43,15 @@ pub(crate) fn new_run_id() -> String {
 }
 
 /// The run that wrote a file, if its name is one sluice writes:
-/// `part-<unit key>-<attempt>-NNNNN-<run id>.<ext>` (older builds wrote decimal unit and
-/// attempt numbers).
+/// `part-<unit key>-<attempt>-NNNNN-<run id>.<ext>`, or `part-compact-<group>-...` for units'
+/// files merged at publish (older builds wrote decimal unit and attempt numbers).
 pub(crate) fn run_of_file(path: &str) -> Option<&str> {
     static NAME: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
     let name = path.rsplit('/').next().unwrap_or(path);
     let re = NAME
         .get_or_init(|| {
             regex::Regex::new(
-                r"^part-(?:[0-9a-f]+-)*\d{5}-(\d{8}T\d{6}Z-[0-9a-f]{6})\.(?:parquet|csv|json)$",
+                r"^part-(?:compact-)?(?:[0-9a-f]+-)*\d{5}-(\d{8}T\d{6}Z-[0-9a-f]{6})\.(?:parquet|csv|json)$",
             )
             .ok()
         })
@@ -82,6 +82,14 @@ mod tests {
         assert_eq!(
             run_of_file("d=1/part-0a-1-00003-20261128T003405Z-b4370f.csv"),
             Some("20261128T003405Z-b4370f")
+        );
+        // Units' files merged at publish (sink::compact): left unlisted by a killed publish,
+        // they must be told apart as the run's, to be healed.
+        assert_eq!(
+            run_of_file(
+                "part-compact-223857424197dfbc-9366c23e-00000-20261129T155855Z-355f30.parquet"
+            ),
+            Some("20261129T155855Z-355f30")
         );
     }
 }

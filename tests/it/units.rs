@@ -486,3 +486,78 @@ async fn a_file_holding_rows_of_many_units_is_read_once_and_routed() {
         .collect();
     assert_eq!(rows(&got, &["d", "n", "a"]), want);
 }
+
+/// Units' small files are merged at publish, per partition folder: 20 daily units over a
+/// three-partition sink publish three files, not sixty, holding every row once. A sorted
+/// result keeps each unit's files (merging would interleave them).
+#[tokio::test]
+async fn small_files_of_many_units_are_merged_per_partition_at_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+    let mut want = Vec::new();
+    for day in 1..=20u64 {
+        let mut csv = String::from("id,ts,g\n");
+        for i in 0..30u64 {
+            let id = day * 100 + i;
+            let g = ["a", "b", "c"][(id % 3) as usize];
+            csv.push_str(&format!("{id},2024-02-{day:02} 10:{i:02}:00,{g}\n"));
+            want.push(vec![id.to_string(), g.to_string()]);
+        }
+        std::fs::write(dir.path().join(format!("data/{day:02}.csv")), csv).unwrap();
+    }
+    want.sort();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "name = \"compact\"\n[sources.events]\nlocation = \"data/\"\nevent_time = \"ts\"\n\
+         [models.copy.batches]\nsize = \"day\"\n[models.copy.sink]\npartition_by = [\"g\"]\n\
+         [models.sorted.batches]\nsize = \"day\"\n[models.sorted.sink]\npartition_by = [\"g\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("queries/copy.sql"),
+        "SELECT id, ts, g FROM events",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("queries/sorted.sql"),
+        "SELECT id, ts, g FROM events ORDER BY id",
+    )
+    .unwrap();
+    let (_, r) = run_with_report(dir.path(), &[], 0);
+    let m = report_model(&r, "copy");
+    assert_eq!(m["units_total"], 20, "{m}");
+    assert_eq!(m["compacted"]["files_in"], 60, "{m}");
+    assert_eq!(m["compacted"]["files_out"], 3, "{m}");
+    let parquet = |model: &str| {
+        files_under(&dir.path().join("out").join(model))
+            .into_iter()
+            .filter(|f| f.ends_with(".parquet"))
+            .count()
+    };
+    assert_eq!(parquet("copy"), 3);
+    assert_eq!(m["rows_out"], 600, "{m}");
+    let got = query_output(
+        &format!("{}/out/copy/", dir.path().display()),
+        "parquet",
+        &["g"],
+        "SELECT CAST(id AS VARCHAR) AS id, g FROM t",
+    )
+    .await;
+    assert_eq!(rows(&got, &["id", "g"]), want);
+    let s = report_model(&r, "sorted");
+    assert!(s.get("compacted").is_none(), "{s}");
+    assert_eq!(parquet("sorted"), 60);
+    // The manifest names the units' files each merged file replaces.
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/copy/_MANIFEST")).unwrap(),
+    )
+    .unwrap();
+    let merged: usize = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["merged"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(merged, 60);
+}
