@@ -5,7 +5,10 @@
 //! work unit of a model: its attempts, rows, timings, files, error), `checks` (one row a
 //! check of a model of a run: its status and failing rows), and `lock` (at most one row: the
 //! run that holds the pipeline, with [`RunLock`] as its guard). The schema is versioned in `meta`, so later
-//! versions can add tables (watermarks, late-arrival counts) with migrations.
+//! versions can add tables (watermarks, late-arrival counts) with migrations. Two tables are
+//! caches, keyed by input file version (path, size, modification time, etag): `file_periods`
+//! (the rows per period of each file, [`StateStore::file_periods`]) and `file_schemas` (the
+//! schema each source file was read with, [`StateStore::file_schemas`]).
 //!
 //! The lock makes runs of one pipeline never overlap. It records the holder's pid, the
 //! pid's start time (so a recycled pid is not mistaken for the holder) and host, and a
@@ -17,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
@@ -334,6 +338,16 @@ impl StateStore {
                  etag TEXT NOT NULL DEFAULT '', periods TEXT NOT NULL,
                  first_seen_at TEXT NOT NULL,
                  PRIMARY KEY (source, spec, grid, path, size, modified, etag));",
+        )
+        .map_err(|e| err(&e))?;
+        // A cache of the schema each source file version was read with (see
+        // [`StateStore::file_schemas`]): one version per path, the last read.
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS file_schemas (
+                 source TEXT NOT NULL, spec TEXT NOT NULL, path TEXT NOT NULL,
+                 size INTEGER NOT NULL, modified TEXT NOT NULL, etag TEXT NOT NULL DEFAULT '',
+                 schema BLOB NOT NULL, read_at TEXT NOT NULL,
+                 PRIMARY KEY (source, spec, path));",
         )
         .map_err(|e| err(&e))?;
         // A database from before incremental models: add the run's clock and kind. Another
@@ -916,6 +930,96 @@ impl StateStore {
         })
     }
 
+    /// The schema each file version of `source` was read with before, under `spec` (a hash
+    /// of the source's definition and of what reads it), by (path, size, modification time,
+    /// etag): a file whose version is not here is read again.
+    pub fn file_schemas(
+        &self,
+        source: &str,
+        spec: &str,
+    ) -> Result<HashMap<FileVersion, SchemaRef>, StateError> {
+        let rows: Vec<(FileVersion, Vec<u8>)> = self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT path, size, modified, etag, schema FROM file_schemas
+                 WHERE source = ?1 AND spec = ?2",
+            )?;
+            let rows = stmt.query_map(params![source, spec], |r| {
+                let etag: String = r.get(3)?;
+                Ok((
+                    (
+                        r.get(0)?,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get(2)?,
+                        (!etag.is_empty()).then_some(etag),
+                    ),
+                    r.get(4)?,
+                ))
+            })?;
+            rows.collect()
+        })?;
+        // Files of one source mostly share a schema: each one decoded once. A row that does
+        // not decode is left out: its file is read again.
+        let mut decoded: HashMap<Vec<u8>, Option<SchemaRef>> = HashMap::new();
+        Ok(rows
+            .into_iter()
+            .filter_map(|(version, bytes)| {
+                let schema = decoded
+                    .entry(bytes)
+                    .or_insert_with_key(|b| decode_schema(b).map(Arc::new))
+                    .clone()?;
+                Some((version, schema))
+            })
+            .collect())
+    }
+
+    /// Records the schemas file versions of `source` were read with, under `spec`, each
+    /// replacing what was recorded of an older version of its path. A schema that would not
+    /// read back exactly as it is is not recorded (its file is read again next time).
+    pub fn record_file_schemas(
+        &self,
+        source: &str,
+        spec: &str,
+        files: &[(FileVersion, SchemaRef)],
+    ) -> Result<(), StateError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            {
+                let mut stmt = tx.prepare(
+                    "INSERT INTO file_schemas
+                         (source, spec, path, size, modified, etag, schema, read_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT DO UPDATE SET size = excluded.size,
+                         modified = excluded.modified, etag = excluded.etag,
+                         schema = excluded.schema, read_at = excluded.read_at",
+                )?;
+                let now = crate::config::timestamp_now();
+                let mut encoded: HashMap<*const Schema, Option<Vec<u8>>> = HashMap::new();
+                for ((path, size, modified, etag), schema) in files {
+                    let Some(bytes) = &*encoded
+                        .entry(Arc::as_ptr(schema))
+                        .or_insert_with(|| encode_schema(schema))
+                    else {
+                        continue;
+                    };
+                    stmt.execute(params![
+                        source,
+                        spec,
+                        path,
+                        *size as i64,
+                        modified,
+                        etag.as_deref().unwrap_or(""),
+                        bytes,
+                        now
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
     /// The file versions, by period, whose rows runs other than `run_id` counted for
     /// `model` as later than the window.
     pub fn counted_late(
@@ -1109,6 +1213,27 @@ impl StateStore {
     }
 }
 
+/// A schema as the state store keeps it: Arrow's IPC encoding of it (a flatbuffer), with
+/// every field's type, nullability and metadata and the schema's metadata; `None` if it does
+/// not decode back to exactly `schema`.
+fn encode_schema(schema: &Schema) -> Option<Vec<u8>> {
+    use datafusion::arrow::ipc::convert::IpcSchemaEncoder;
+    use datafusion::arrow::ipc::writer::DictionaryTracker;
+    let mut dictionaries = DictionaryTracker::new(false);
+    let bytes = IpcSchemaEncoder::new()
+        .with_dictionary_tracker(&mut dictionaries)
+        .schema_to_fb(schema)
+        .finished_data()
+        .to_vec();
+    (decode_schema(&bytes).as_ref() == Some(schema)).then_some(bytes)
+}
+
+/// A schema [`encode_schema`] encoded; `None` if the bytes are not one.
+fn decode_schema(bytes: &[u8]) -> Option<Schema> {
+    use datafusion::arrow::ipc::{convert::fb_to_schema, root_as_schema};
+    root_as_schema(bytes).ok().map(fb_to_schema)
+}
+
 /// What the periods of a source's files are cached under: the source, a hash of its
 /// definition and event-time column (a changed one maps the files again), and the grid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1245,6 +1370,87 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = StateStore::open(&dir.path().join("s/state.db")).unwrap();
         (dir, s)
+    }
+
+    /// A file version's schema reads back exactly (types, nullability, field and schema
+    /// metadata, nested and dictionary types); another version of the path is not it, and
+    /// replaces it once recorded.
+    #[test]
+    fn file_schemas_read_back_exactly_by_version() {
+        use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
+        let (_d, s) = store();
+        let meta = |k: &str, v: &str| HashMap::from([(k.to_string(), v.to_string())]);
+        let schema = Arc::new(Schema::new_with_metadata(
+            vec![
+                Field::new("id", DataType::Int64, false)
+                    .with_metadata(meta("PARQUET:field_id", "1")),
+                Field::new("name", DataType::Utf8View, true),
+                Field::new(
+                    "ts",
+                    DataType::Timestamp(TimeUnit::Nanosecond, Some("+01:00".into())),
+                    true,
+                ),
+                Field::new(
+                    "p",
+                    DataType::Struct(
+                        vec![
+                            Field::new("x", DataType::Decimal128(38, 9), false),
+                            Field::new_list(
+                                "l",
+                                Field::new("item", DataType::LargeUtf8, true),
+                                true,
+                            ),
+                        ]
+                        .into(),
+                    ),
+                    true,
+                ),
+                Field::new(
+                    "d",
+                    DataType::Dictionary(Box::new(DataType::Int16), Box::new(DataType::Utf8)),
+                    true,
+                ),
+            ],
+            meta("pandas", "{\"index_columns\": []}"),
+        ));
+        let other = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true)]));
+        let v1: FileVersion = (
+            "data/a.parquet".into(),
+            10,
+            "2026-01-01T00:00:00+00:00".into(),
+            Some("\"e1\"".into()),
+        );
+        let v2: FileVersion = (
+            "data/b.parquet".into(),
+            10,
+            "2026-01-01T00:00:00+00:00".into(),
+            None,
+        );
+        s.record_file_schemas(
+            "src",
+            "k",
+            &[
+                (v1.clone(), Arc::clone(&schema)),
+                (v2.clone(), Arc::clone(&schema)),
+            ],
+        )
+        .unwrap();
+        let known = s.file_schemas("src", "k").unwrap();
+        assert_eq!(known.len(), 2);
+        assert_eq!(known[&v1], schema);
+        assert_eq!(known[&v2], schema);
+        assert!(s.file_schemas("src", "other spec").unwrap().is_empty());
+        assert!(s.file_schemas("other source", "k").unwrap().is_empty());
+        // The same path rewritten: another etag, size or time is another version.
+        let mut rewritten = v1.clone();
+        rewritten.3 = Some("\"e2\"".into());
+        assert!(!known.contains_key(&rewritten));
+        s.record_file_schemas("src", "k", &[(rewritten.clone(), Arc::clone(&other))])
+            .unwrap();
+        let known = s.file_schemas("src", "k").unwrap();
+        assert_eq!(known.len(), 2);
+        assert_eq!(known[&rewritten], other);
+        assert!(!known.contains_key(&v1));
     }
 
     #[test]

@@ -31,11 +31,16 @@ pub(crate) fn compression_type(c: Compression) -> FileCompressionType {
     }
 }
 
+/// The DataFusion Parquet format sources are read with.
+pub(super) fn parquet_format() -> ParquetFormat {
+    ParquetFormat::default()
+}
+
 /// The DataFusion file format for a spec.
 pub(crate) fn file_format(spec: &SourceConfig) -> Arc<dyn FileFormat> {
     let compression = compression_type(spec.compression);
     match spec.format {
-        Format::Parquet => Arc::new(ParquetFormat::default()),
+        Format::Parquet => Arc::new(parquet_format()),
         Format::Csv => Arc::new(
             CsvFormat::default()
                 .with_has_header(spec.csv.has_header)

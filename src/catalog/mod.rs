@@ -30,6 +30,7 @@ use object_store::ObjectMeta;
 pub(crate) use listing::{
     compression_type, file_extension, file_format, guess_format, list_source_files,
 };
+pub(crate) use schema::FileSchemas;
 
 use crate::config::{Compression, Format, SourceConfig};
 use crate::describe::describe_datafusion;
@@ -173,14 +174,27 @@ fn df_err(spec: &SourceConfig, e: &DataFusionError) -> CatalogError {
     CatalogError::read_failed(&spec.name, spec.location.clone(), e)
 }
 
-/// Registers a table over files in `ctx`, inferring or parsing its schema, and returns the
-/// table's full schema (file columns then partition columns).
+/// A source registered as a table.
+#[derive(Debug)]
+pub(crate) struct Registered {
+    /// The table's full schema (file columns then partition columns).
+    pub(crate) schema: SchemaRef,
+    /// Every file of the source as registering it listed them, in path order, for the rest of
+    /// the run to use rather than list them again; `None` when it did not list them all (a
+    /// declared schema needs one file, a sluice output is read through its manifest, a
+    /// quarantined source's table holds its files).
+    pub(crate) files: Option<Vec<ObjectMeta>>,
+}
+
+/// Registers a table over files in `ctx`, inferring or parsing its schema. The schemas of
+/// file versions `cache` knows are not read again; those read are handed to it.
 pub(crate) async fn register_table(
     ctx: &SessionContext,
     stores: &StoreRegistry,
     spec: &SourceConfig,
-) -> Result<SchemaRef, CatalogError> {
-    register(ctx, stores, spec, None).await
+    cache: Option<&dyn FileSchemas>,
+) -> Result<Registered, CatalogError> {
+    register(ctx, stores, spec, None, cache).await
 }
 
 /// Registers a table over a share of a source's files (a work unit's) with the source's
@@ -192,7 +206,7 @@ pub(crate) async fn register_share(
     spec: &SourceConfig,
     known: SchemaRef,
 ) -> Result<SchemaRef, CatalogError> {
-    register(ctx, stores, spec, Some(known)).await
+    Ok(register(ctx, stores, spec, Some(known), None).await?.schema)
 }
 
 async fn register(
@@ -200,10 +214,15 @@ async fn register(
     stores: &StoreRegistry,
     spec: &SourceConfig,
     known: Option<SchemaRef>,
-) -> Result<SchemaRef, CatalogError> {
+    cache: Option<&dyn FileSchemas>,
+) -> Result<Registered, CatalogError> {
     let (table_url, location, store) = resolve(ctx, stores, spec)?;
-    if let Some(schema) = register_output(ctx, spec, &location, &store).await? {
-        return Ok(schema);
+    let output = register_output(ctx, spec, &location, &store).await?;
+    if let AsOutput::Registered(schema) = output {
+        return Ok(Registered {
+            schema,
+            files: None,
+        });
     }
     let mut opts = listing_options(ctx, spec).await?;
     if spec.partition_cols.is_empty() {
@@ -215,17 +234,42 @@ async fn register(
         }
     }
 
-    let first = list_files(ctx, &table_url, &opts, store.as_ref(), 1)
-        .await
-        .map_err(|e| df_err(spec, &e))?;
-    if first.is_empty() {
+    let text = matches!(spec.format, Format::Csv | Format::Json);
+    let quarantine = spec.on_bad_rows == crate::config::OnBadRows::Quarantine && text;
+    // A compressed file on object storage may hold several streams one after another, of
+    // which DataFusion's stream decoder reads only the first (bzip2, xz, zstd): sluice's own
+    // scan reads every stream, failing on the first bad row as the plain read does.
+    let every_stream = !quarantine
+        && text
+        && spec.compression != Compression::None
+        && location.url().scheme() != "file";
+    let checks_partitions = !quarantine && !opts.table_partition_cols.is_empty();
+    let infers = spec.schema.is_none() && known.is_none();
+    let drift = spec.schema.is_none() && !quarantine && known.is_none();
+    // CSV columns are matched by the header's names: every file's header is read. (A share
+    // of a source's files, `known`, is read as the whole source was.)
+    let headers = spec.format == Format::Csv && spec.csv.has_header && known.is_none();
+    // Every file, listed once for what needs them: the inferred schema, the quarantine scan,
+    // the schema-drift check, the partition-value check; else the first, to know there is one.
+    let every = infers || quarantine || every_stream || drift || checks_partitions || headers;
+    let listed = list_files(
+        ctx,
+        &table_url,
+        &opts,
+        store.as_ref(),
+        if every { usize::MAX } else { 1 },
+    )
+    .await
+    .map_err(|e| df_err(spec, &e))?;
+    let Some(first) = listed.first() else {
         return Err(CatalogError::NoFiles {
             source_name: spec.name.clone(),
             location: spec.location.clone(),
             format: spec.format.name(),
         });
-    }
+    };
 
+    let reader = schema::FileReader::new(ctx, spec, &store, cache);
     let file_schema = match &known {
         // The file columns: the known schema without the partition columns.
         Some(known) => Arc::new(Schema::new(
@@ -236,11 +280,11 @@ async fn register(
                 .cloned()
                 .collect::<Vec<_>>(),
         )),
-        None => schema::file_schema(ctx, spec, &table_url, &opts, &store).await?,
+        None => schema::file_schema(ctx, &reader, &table_url, &listed).await?,
     };
     if file_schema.fields().is_empty() {
         // Only empty files: nothing to take columns from.
-        let shown = location.display_key(&first[0].location);
+        let shown = location.display_key(&first.location);
         return Err(read_err(
             spec,
             shown,
@@ -252,35 +296,13 @@ async fn register(
             },
         ));
     }
-    let text = matches!(spec.format, Format::Csv | Format::Json);
-    let quarantine = spec.on_bad_rows == crate::config::OnBadRows::Quarantine && text;
-    // A compressed file on object storage may hold several streams one after another, of
-    // which DataFusion's stream decoder reads only the first (bzip2, xz, zstd): sluice's own
-    // scan reads every stream, failing on the first bad row as the plain read does.
-    let every_stream = !quarantine
-        && text
-        && spec.compression != Compression::None
-        && location.url().scheme() != "file";
-    // Every file, listed once for what needs them: the quarantine scan, the schema-drift
-    // check, the partition-value check.
-    let checks_partitions = !quarantine && !opts.table_partition_cols.is_empty();
-    let drift = spec.schema.is_none() && !quarantine && known.is_none();
-    // CSV columns are matched by the header's names: every file's header is read. (A share
-    // of a source's files, `known`, is read as the whole source was.)
-    let headers = spec.format == Format::Csv && spec.csv.has_header && known.is_none();
-    let files = if quarantine || every_stream || drift || checks_partitions || headers {
-        list_files(ctx, &table_url, &opts, store.as_ref(), usize::MAX)
-            .await
-            .map_err(|e| df_err(spec, &e))?
-    } else {
-        Vec::new()
-    };
+    let mut files = listed;
     if checks_partitions {
         check_partition_values(spec, &table_url, &opts, &location, &files)?;
     }
     // Files of another schema are named with both files first, as for any source.
     let file_schema = if drift {
-        check_drift(ctx, spec, &table_url, &store, file_schema, files.clone()).await?
+        check_drift(&reader, &table_url, file_schema, files.clone()).await?
     } else {
         file_schema
     };
@@ -306,42 +328,65 @@ async fn register(
         } else {
             crate::quarantine::OnBad::Fail
         };
-        return register_quarantine(ctx, spec, files, file_schema, on_bad);
+        // (Its files are the table's own: see `QuarantineTable::files`.)
+        let schema = register_quarantine(ctx, spec, files, file_schema, on_bad)?;
+        return Ok(Registered {
+            schema,
+            files: None,
+        });
     }
-    register_listing(ctx, spec, table_url, opts, file_schema)
+    let schema = register_listing(ctx, spec, table_url, opts, file_schema)?;
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(Registered {
+        schema,
+        files: (every && !matches!(output, AsOutput::Untyped)).then_some(files),
+    })
+}
+
+/// What a source's location is, as a sluice output.
+enum AsOutput {
+    /// A sluice output, registered through its manifest: its schema.
+    Registered(SchemaRef),
+    /// A sluice output whose manifest records no column types (from an early build): read
+    /// by listing, its files are still the manifest's.
+    Untyped,
+    /// Not a sluice output.
+    No,
 }
 
 /// A sluice output (a folder with a manifest) is read through its manifest: registers it
-/// so, and returns its schema; `None` for any other location.
+/// so.
 async fn register_output(
     ctx: &SessionContext,
     spec: &SourceConfig,
     location: &Location,
     store: &Arc<dyn object_store::ObjectStore>,
-) -> Result<Option<SchemaRef>, CatalogError> {
+) -> Result<AsOutput, CatalogError> {
     if !location.url().path().ends_with('/') {
-        return Ok(None);
+        return Ok(AsOutput::No);
     }
     let output = crate::table::Output::new(Arc::clone(store), location.clone());
     // (A manifest without column types, from an early build, is read by listing.)
-    if let Some(manifest) = output
+    let Some(manifest) = output
         .read_manifest()
         .await
         .map_err(|e| read_err(spec, e.key, e.message))?
-        && manifest.schema().is_some()
-    {
-        let schema = register_manifest(
-            ctx,
-            &spec.name,
-            location,
-            Arc::clone(store),
-            &manifest,
-            None,
-        )
-        .await?;
-        return Ok(Some(schema));
+    else {
+        return Ok(AsOutput::No);
+    };
+    if manifest.schema().is_none() {
+        return Ok(AsOutput::Untyped);
     }
-    Ok(None)
+    let schema = register_manifest(
+        ctx,
+        &spec.name,
+        location,
+        Arc::clone(store),
+        &manifest,
+        None,
+    )
+    .await?;
+    Ok(AsOutput::Registered(schema))
 }
 
 /// Checks that every file's partition folders read as their columns' types. A folder whose

@@ -135,7 +135,7 @@ pub async fn run_sql(
         };
         let mut spec = SourceConfig::new(&t.name, &t.location, format);
         spec.partition_cols = t.partition_cols.clone();
-        catalog::register_table(engine.ctx(), engine.stores(), &spec).await?;
+        catalog::register_table(engine.ctx(), engine.stores(), &spec, None).await?;
     }
     let df = engine.ctx().sql(&sql).await.map_err(|e| PlanError::Query {
         file: opts.origin.clone(),

@@ -10,9 +10,10 @@ pub mod udf;
 
 pub use execution::{Execution, FileVersion, ScanRows, file_version, files_read};
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
@@ -20,6 +21,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use object_store::ObjectMeta;
 
 use crate::config::{JoinOptions, JoinStrategy};
 use crate::join;
@@ -72,6 +74,8 @@ pub struct Engine {
     ctx: SessionContext,
     stores: Arc<StoreRegistry>,
     options: EngineOptions,
+    /// The files of each source (by name) as registering it listed them, in path order.
+    listed: Mutex<HashMap<String, Vec<ObjectMeta>>>,
 }
 
 impl Engine {
@@ -131,6 +135,7 @@ impl Engine {
             ctx,
             stores,
             options,
+            listed: Mutex::default(),
         })
     }
 
@@ -147,6 +152,23 @@ impl Engine {
     /// The options the engine was built with.
     pub fn options(&self) -> &EngineOptions {
         &self.options
+    }
+
+    /// Keeps the files of `source` as registering it listed them (in path order), so that
+    /// the rest of the run reads that listing rather than list the source again (on object
+    /// storage, one request per 1,000 files).
+    pub(crate) fn set_source_files(&self, source: &str, files: Vec<ObjectMeta>) {
+        self.lock_listed().insert(source.to_string(), files);
+    }
+
+    /// The files of `source` as registering it listed them, if it listed them all.
+    pub(crate) fn source_files(&self, source: &str) -> Option<Vec<ObjectMeta>> {
+        self.lock_listed().get(source).cloned()
+    }
+
+    fn lock_listed(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<ObjectMeta>>> {
+        // A poisoned lock only means a panic mid-insert: the map is still whole.
+        self.listed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Memory writers may buffer before flushing early: a quarter of the pool, or 256 MiB.

@@ -21,7 +21,6 @@ use crate::engine::Engine;
 use crate::engine::FileVersion;
 use crate::quarantine::{QuarantineTable, SourceRejects};
 use crate::state::{FilePeriodsKey, StateStore};
-use crate::store::StoreRegistry;
 use crate::units::Grid;
 
 /// Rows per period, by the period's first instant.
@@ -69,7 +68,7 @@ impl EventMap {
                 refuse_dates(main, table, column).await?;
             }
             let mut found = Found::default();
-            let listed = source_files(main, stores, pipeline, table).await?;
+            let listed = source_files(engine, pipeline, table).await?;
             let key = cache_key(pipeline, table, column, grid);
             let known = match cache {
                 Some(state) => state.file_periods(&key).map_err(|e| e.to_string())?,
@@ -301,23 +300,27 @@ async fn explain(
     )
 }
 
-/// The files `table` reads: a quarantined source's own list, else its listing.
+/// The files `table` reads: a quarantined source's own list, else the listing registering
+/// it made (the run lists a source once), else a listing.
 async fn source_files(
-    main: &SessionContext,
-    stores: &StoreRegistry,
+    engine: &Engine,
     pipeline: &Pipeline,
     table: &str,
 ) -> Result<Vec<ObjectMeta>, String> {
+    let main = engine.ctx();
     if let Ok(provider) = main.table_provider(table).await
         && let Some(q) = provider.downcast_ref::<QuarantineTable>()
     {
         return Ok(q.files().to_vec());
     }
+    if let Some(files) = engine.source_files(table) {
+        return Ok(files);
+    }
     let spec = pipeline
         .sources
         .get(table)
         .ok_or_else(|| format!("unknown source '{table}'"))?;
-    crate::catalog::list_source_files(main, stores, spec)
+    crate::catalog::list_source_files(main, engine.stores(), spec)
         .await
         .map_err(|e| e.to_string())
 }

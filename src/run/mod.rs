@@ -11,7 +11,9 @@
 //! - [`unit`]: planning a model's units, one unit's attempts, retries and backoff;
 //! - [`unit_context`]: the SQL context one unit runs in (its slice of the inputs);
 //! - [`event_map`]: where a time-batched model's rows fall in time (periods, and their files);
-//! - [`resume`]: what a run does as a fingerprint, and the units a resumed run keeps.
+//! - [`resume`]: what a run does as a fingerprint, and the units a resumed run keeps;
+//! - [`route`]: source files holding rows of many units, read once and routed to them;
+//! - [`source_schemas`]: the schemas of the sources' files, kept between runs.
 
 pub mod event_map;
 mod groups;
@@ -21,6 +23,7 @@ mod model;
 pub mod prepare;
 mod resume;
 mod route;
+mod source_schemas;
 pub mod unit;
 mod unit_context;
 
@@ -145,6 +148,7 @@ pub async fn run(
     if let Some(old) = taken_over {
         tracing::warn!("took over the lock of run {old}, whose process is gone");
     }
+    prepared.schemas_read.record(&state);
     let fingerprint = resume::fingerprint(&prepared, opts);
     if !opts.restart
         && let Some(old) = state.resumable_run(&pipeline, &fingerprint)?
@@ -312,6 +316,7 @@ async fn run_models(
         schemas,
         warnings,
         split_keys,
+        schemas_read: _,
     } = prepared;
     let cx = RunCx {
         engine: &engine,

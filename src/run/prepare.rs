@@ -10,6 +10,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::prelude::DataFrame;
 
 use super::RunOptions;
+use super::source_schemas::{SchemasRead, SourceSchemas};
 use crate::catalog;
 use crate::config::{Materialized, ModelConfig, Pipeline};
 use crate::dag::{Dag, PlanError};
@@ -39,6 +40,9 @@ pub struct Prepared {
     /// period: the output columns of those keys, checked unique before the publish (a key
     /// two units produced is a group split over them).
     pub split_keys: BTreeMap<String, Vec<String>>,
+    /// The schemas of source files registering the sources read (the state store knew
+    /// them not), for the run to record.
+    pub(crate) schemas_read: SchemasRead,
 }
 
 /// Builds the DAG, registers what the selected models read, and plans every selected model.
@@ -84,9 +88,22 @@ pub async fn prepare(
             needed_sources.extend(node.sources.iter().cloned());
         }
     }
+    // The schemas of the sources' files that earlier runs read are not read again, and each
+    // source's files are listed once for the whole run.
+    let state = super::source_schemas::open_state(&pipeline);
+    let mut schemas_read = SchemasRead::default();
     for name in &needed_sources {
-        catalog::register_table(engine.ctx(), engine.stores(), &pipeline.sources[name]).await?;
+        let spec = &pipeline.sources[name];
+        let cache = SourceSchemas::load(state.as_ref(), spec);
+        let registered =
+            catalog::register_table(engine.ctx(), engine.stores(), spec, Some(&cache)).await?;
+        schemas_read.push(cache);
+        // The run's one listing of the source's files.
+        if let Some(files) = registered.files {
+            engine.set_source_files(name, files);
+        }
     }
+    drop(state);
     for name in &outside {
         register_output(&engine, &pipeline.models[name], None).await?;
     }
@@ -199,6 +216,7 @@ pub async fn prepare(
         schemas,
         warnings,
         split_keys,
+        schemas_read,
     })
 }
 

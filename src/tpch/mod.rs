@@ -203,7 +203,7 @@ pub async fn register_tables(engine: &Engine, data: &Location) -> Result<f64, Er
         let location = data.join_folder(table)?;
         let format = catalog::guess_format(engine.stores(), &location).await?;
         let spec = SourceConfig::new(table, location.url().as_str(), format);
-        catalog::register_table(engine.ctx(), engine.stores(), &spec).await?;
+        catalog::register_table(engine.ctx(), engine.stores(), &spec, None).await?;
     }
     let count_err = |e| Error::Query {
         context: "counting suppliers".into(),

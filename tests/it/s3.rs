@@ -126,3 +126,91 @@ async fn transient_storage_faults_are_retried_and_the_run_succeeds() {
     let counts = read_json(&testdata("shop").join("expected/counts.json"));
     assert_eq!(t.count("parquet", &["dt"]).await, counts["orders"]);
 }
+
+/// On S3, a run over Parquet files that did not change reads none of them: their schemas are
+/// in the state store, by version (path, size, modification time, etag), and the incremental
+/// model finds nothing to compute. A file rewritten with other columns (of the same size) is
+/// another version, read again: the drift names both files.
+#[test]
+fn a_no_change_run_reads_no_file_and_a_rewritten_file_is_read_again() {
+    use object_store::{ObjectStoreExt, PutPayload};
+    let server = S3Server::start();
+    server.create_bucket("lake");
+    let store = server.store("lake");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("queries")).unwrap();
+    std::fs::write(
+        d.join("sluice.toml"),
+        r#"name = "events"
+[sources.events]
+location = "s3://lake/events/"
+format = "parquet"
+event_time = "ts"
+
+[models.daily]
+materialized = "incremental"
+
+[models.daily.batches]
+size = "day"
+start = "2024-01-01"
+late_window = "48h"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("queries/daily.sql"),
+        "SELECT CAST(ts AS DATE) AS day, COUNT(*) AS n, SUM(amount) AS amount FROM events GROUP BY 1",
+    )
+    .unwrap();
+    let put = |name: &str, made_as: &str, columns: &str, day: u32| {
+        let sql =
+            format!("SELECT {columns}, 5 AS amount, TIMESTAMP '2024-01-0{day} 10:00:00' AS ts");
+        let file = crate::drift::made(d, made_as, &sql, "parquet");
+        let key = object_store::path::Path::from(format!("events/{name}"));
+        rt.block_on(store.put(&key, PutPayload::from(std::fs::read(file).unwrap())))
+            .unwrap();
+        rt.block_on(store.head(&key)).unwrap()
+    };
+    put("a.parquet", "a", "1 AS id", 1);
+    let old = put("b.parquet", "b", "2 AS id", 2);
+    let env = server.env();
+    let run = |code: i32| sluice_env(d, &["run", ".", "--as-of", "2024-01-05"], &env).expect(code);
+    run(0);
+
+    // Nothing changed: the files are listed, none is read (no GET or HEAD of a file; the
+    // source's `_MANIFEST`, which would make it a sluice output, is looked for).
+    let before = server.log().lines().count();
+    run(0);
+    let log = server.log();
+    let reads: Vec<&str> = log
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains("/lake/events/") && l.contains(".parquet"))
+        .collect();
+    assert!(reads.is_empty(), "{reads:#?}");
+    // And listed once for the run (the registration's listing is the event map's too), beside
+    // the first page that finds its partition folders.
+    let listings: Vec<&str> = log
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains("GET /lake?") && l.contains("prefix=events"))
+        .collect();
+    assert_eq!(listings.len(), 2, "{listings:#?}");
+
+    // b rewritten with other columns.
+    let new = put("b.parquet", "b2", "2 AS ix", 2);
+    assert_eq!(old.size, new.size);
+    assert_ne!(old.e_tag, new.e_tag);
+    let failed = run(1);
+    let e = &failed.stderr;
+    assert!(
+        e.contains("a.parquet and ") && e.contains("b.parquet: "),
+        "{e}"
+    );
+    assert!(
+        e.contains("id only in the first, ix only in the other"),
+        "{e}"
+    );
+}
