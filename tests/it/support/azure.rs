@@ -52,6 +52,7 @@ impl AzureServer {
             command: &command,
             ready: "successfully listens",
             clash: "EADDRINUSE",
+            http: true,
         });
         AzureServer {
             emulator,

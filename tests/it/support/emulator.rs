@@ -36,6 +36,8 @@ pub struct Spec<'a> {
     pub ready: &'a str,
     /// Text its log shows when the port was taken.
     pub clash: &'a str,
+    /// Whether it answers HTTP on its port once ready (else the log's `ready` is enough).
+    pub http: bool,
 }
 
 impl Emulator {
@@ -190,7 +192,7 @@ fn try_start(spec: &Spec<'_>, port: u16) -> Result<Emulator, Result<String, Stri
             Err(e) => return Err(Err(e.to_string())),
         }
         if text.contains(spec.ready)
-            && http_request(port, "GET", "/", Duration::from_secs(5)).is_ok()
+            && (!spec.http || http_request(port, "GET", "/", Duration::from_secs(5)).is_ok())
         {
             return Ok(server);
         }

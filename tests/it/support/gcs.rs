@@ -46,6 +46,7 @@ impl GcsServer {
             command: &command,
             ready: "server started at",
             clash: "address already in use",
+            http: true,
         });
         GcsServer { emulator }
     }

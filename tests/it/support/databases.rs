@@ -1,0 +1,430 @@
+//! Throwaway PostgreSQL and MariaDB servers for the database tests: one of each per test
+//! process, started on first use on a free 127.0.0.1 port with a data folder of its own
+//! (never a pre-started service), each test in a database of its own.
+//!
+//! The servers are the machine's Debian packages (`scripts/ensure-test-databases`, which the
+//! test command runs, installs them when missing). Run as root, they run as an unprivileged
+//! user (`sluice-test`, created when missing): PostgreSQL refuses to run as root. Like the
+//! storage emulators ([`super::emulator`]), each runs under a parent that kills it when the
+//! test process exits, however it exits; a data folder a killed process left is removed by
+//! the next one.
+//!
+//! Both servers have a user `sluice` with password [`PASSWORD`], over TCP only with it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::emulator::{Emulator, Spec};
+
+/// The password of user `sluice` on both servers.
+pub const PASSWORD: &str = "s3cret-sluice-pw";
+
+/// The unprivileged user the servers run as when the tests run as root.
+const USER: &str = "sluice-test";
+
+/// A running PostgreSQL server.
+pub struct Postgres {
+    server: Emulator,
+    bin: PathBuf,
+    dir: PathBuf,
+}
+
+/// A running MariaDB server.
+pub struct MariaDb {
+    server: Emulator,
+    dir: PathBuf,
+    client: PathBuf,
+}
+
+/// This process's PostgreSQL server, started on first use.
+pub fn postgres() -> &'static Postgres {
+    static PG: OnceLock<Postgres> = OnceLock::new();
+    PG.get_or_init(Postgres::start)
+}
+
+/// This process's MariaDB server, started on first use.
+pub fn mariadb() -> &'static MariaDb {
+    static MDB: OnceLock<MariaDb> = OnceLock::new();
+    MDB.get_or_init(MariaDb::start)
+}
+
+/// A name no other test of this process uses, for a database.
+pub fn unique_name(prefix: &str) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}_{}", SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let bin = postgres_bin();
+        let dir = data_folder("pg");
+        let data = dir.join("data");
+        let pwfile = dir.join("pw");
+        std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
+        hand_over(&dir);
+        let init = as_server_user(&bin.join("initdb"))
+            .args(["-D", data.to_str().unwrap(), "-U", "sluice", "--pwfile"])
+            .arg(&pwfile)
+            .args([
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--no-locale",
+                "-E",
+                "UTF8",
+            ])
+            .output()
+            .unwrap();
+        check(&init, "initdb");
+        let postgres = bin.join("postgres");
+        let socket = dir.clone();
+        let command = move |port: u16| {
+            let (exe, mut args) = server_user_command(&postgres);
+            args.extend(
+                [
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-p",
+                    &port.to_string(),
+                    "-k",
+                    socket.to_str().unwrap(),
+                    "-h",
+                    "127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "max_connections=200",
+                ]
+                .map(String::from),
+            );
+            (exe, args)
+        };
+        let server = Emulator::start(&Spec {
+            name: "postgres",
+            command: &command,
+            ready: "database system is ready to accept connections",
+            clash: "could not bind IPv4 address",
+            http: false,
+        });
+        Postgres { server, bin, dir }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.port()
+    }
+
+    /// A new empty database; returns its name.
+    pub fn create_database(&self, prefix: &str) -> String {
+        let name = unique_name(prefix);
+        self.sql("postgres", &format!("CREATE DATABASE {name}"));
+        name
+    }
+
+    /// `postgres://sluice:PASSWORD@127.0.0.1:PORT/db`
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://sluice:{PASSWORD}@127.0.0.1:{}/{db}",
+            self.port()
+        )
+    }
+
+    /// Runs `sql` in `db` with psql over the server's socket (as `sluice`); panics unless it
+    /// succeeds. Returns what it printed (unaligned, tuples only: one row a line, `|` between
+    /// values).
+    pub fn sql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-h", self.dir.to_str().unwrap(), "-p"])
+            .arg(self.port().to_string())
+            .args(["-U", "sluice", "-d", db, "-X", "-q", "-A", "-t"])
+            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .unwrap();
+        check(&out, &format!("psql {sql}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        self.server.log()
+    }
+
+    /// A psql command of the server's version, with no settings of the user's (`-X`).
+    pub fn psql(&self) -> Command {
+        let mut cmd = Command::new(self.bin.join("psql"));
+        cmd.arg("-X");
+        cmd
+    }
+}
+
+impl MariaDb {
+    fn start() -> MariaDb {
+        let (mariadbd, install, client) = mariadb_bins();
+        let dir = data_folder("mariadb");
+        let data = dir.join("data");
+        hand_over(&dir);
+        let mut init = Command::new(&install);
+        init.args(["--no-defaults", "--auth-root-authentication-method=normal"])
+            .arg(format!("--datadir={}", data.display()))
+            .arg("--skip-test-db");
+        if is_root() {
+            init.arg(format!("--user={USER}"));
+        }
+        check(&init.output().unwrap(), "mariadb-install-db");
+        let socket = dir.join("sock");
+        let sock = socket.clone();
+        let command = move |port: u16| {
+            let mut args = vec![
+                "--no-defaults".to_string(),
+                format!("--datadir={}", data.display()),
+                format!("--port={port}"),
+                "--bind-address=127.0.0.1".to_string(),
+                format!("--socket={}", sock.display()),
+                "--skip-log-bin".to_string(),
+                "--innodb-flush-log-at-trx-commit=0".to_string(),
+                "--max-connections=200".to_string(),
+            ];
+            if is_root() {
+                args.push(format!("--user={USER}"));
+            }
+            (mariadbd.clone(), args)
+        };
+        let server = Emulator::start(&Spec {
+            name: "mariadb",
+            command: &command,
+            ready: "ready for connections",
+            clash: "Address already in use",
+            http: false,
+        });
+        let db = MariaDb {
+            server,
+            dir,
+            client,
+        };
+        // Root over the socket, once: the user the tests connect as.
+        let out = Command::new(&db.client)
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", socket.display()))
+            .args(["-u", "root", "-e"])
+            .arg(format!(
+                "CREATE USER 'sluice'@'%' IDENTIFIED BY '{PASSWORD}'; \
+                 GRANT ALL ON *.* TO 'sluice'@'%' WITH GRANT OPTION;"
+            ))
+            .output()
+            .unwrap();
+        check(&out, "creating user sluice");
+        db
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.port()
+    }
+
+    /// A new empty database; returns its name.
+    pub fn create_database(&self, prefix: &str) -> String {
+        let name = unique_name(prefix);
+        self.sql("", &format!("CREATE DATABASE {name}"));
+        name
+    }
+
+    /// `mysql://sluice:PASSWORD@127.0.0.1:PORT/db`
+    pub fn url(&self, db: &str) -> String {
+        format!("mysql://sluice:{PASSWORD}@127.0.0.1:{}/{db}", self.port())
+    }
+
+    /// Runs `sql` in `db` (none: `""`) with the mariadb client over TCP as `sluice`; panics
+    /// unless it succeeds. Returns what it printed (batch mode: one row a line, tabs between
+    /// values, no header).
+    pub fn sql(&self, db: &str, sql: &str) -> String {
+        let mut cmd = Command::new(&self.client);
+        cmd.arg("--no-defaults")
+            .args(["-h", "127.0.0.1", "-P"])
+            .arg(self.port().to_string())
+            .args(["-u", "sluice"])
+            .arg(format!("-p{PASSWORD}"))
+            .args(["-B", "-N"]);
+        if !db.is_empty() {
+            cmd.args(["-D", db]);
+        }
+        let out = cmd.args(["-e", sql]).output().unwrap();
+        check(&out, &format!("mariadb {sql}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        self.server.log()
+    }
+
+    /// The folder the server's files are in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A mariadb client command to this server over TCP (no user, password or database).
+    pub fn client(&self) -> Command {
+        let mut cmd = Command::new(&self.client);
+        cmd.arg("--no-defaults")
+            .args(["-h", "127.0.0.1", "-P"])
+            .arg(self.port().to_string());
+        cmd
+    }
+}
+
+fn check(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// PostgreSQL's server binaries: `SLUICE_PG_BIN`, else the newest under /usr/lib/postgresql.
+fn postgres_bin() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SLUICE_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, b)| b).unwrap_or_else(|| {
+        panic!(
+            "no PostgreSQL server (no /usr/lib/postgresql/*/bin/initdb, SLUICE_PG_BIN unset): \
+             run the tests with `bash scripts/test`, which installs it"
+        )
+    })
+}
+
+/// mariadbd, mariadb-install-db and the mariadb client.
+fn mariadb_bins() -> (PathBuf, PathBuf, PathBuf) {
+    let find = |names: &[&str], dirs: &[&str]| -> Option<PathBuf> {
+        for d in dirs {
+            for n in names {
+                let p = Path::new(d).join(n);
+                if p.exists() {
+                    return Some(p);
+                }
+            }
+        }
+        None
+    };
+    let server = std::env::var_os("SLUICE_MARIADBD")
+        .map(PathBuf::from)
+        .or_else(|| find(&["mariadbd", "mysqld"], &["/usr/sbin", "/usr/bin"]));
+    let install = find(
+        &["mariadb-install-db", "mysql_install_db"],
+        &["/usr/bin", "/usr/sbin"],
+    );
+    let client = find(&["mariadb", "mysql"], &["/usr/bin"]);
+    match (server, install, client) {
+        (Some(s), Some(i), Some(c)) => (s, i, c),
+        _ => panic!(
+            "no MariaDB server (mariadbd, mariadb-install-db, mariadb): run the tests with \
+             `bash scripts/test`, which installs it"
+        ),
+    }
+}
+
+/// A new folder for a server's files, under the temporary folder; those of test processes
+/// that are gone are removed first.
+fn data_folder(kind: &str) -> PathBuf {
+    let root = std::env::temp_dir();
+    let prefix = format!("sluice-{kind}-");
+    for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            // (Its data folder, or its log.)
+            let _ = std::fs::remove_dir_all(e.path());
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let dir = root.join(format!(
+        "{prefix}{}-{}",
+        std::process::id(),
+        unique_name("d")
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Gives `dir` to the server user (when running as root), creating the user if needed.
+fn hand_over(dir: &Path) {
+    if !is_root() {
+        return;
+    }
+    let exists = Command::new("id")
+        .arg(USER)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !exists {
+        let out = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg(USER)
+            .output()
+            .unwrap();
+        // (Another test process may have created it meanwhile.)
+        let again = Command::new("id").arg(USER).output().unwrap();
+        assert!(
+            again.status.success(),
+            "creating user {USER}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new("chown")
+        .args(["-R", &format!("{USER}:")])
+        .arg(dir)
+        .output()
+        .unwrap();
+    check(&out, "chown");
+}
+
+/// `exe` run as the server user when running as root (`setpriv`, which execs it: the
+/// parent's kill reaches it), else as is.
+fn server_user_command(exe: &Path) -> (PathBuf, Vec<String>) {
+    if !is_root() {
+        return (exe.to_path_buf(), Vec::new());
+    }
+    (
+        PathBuf::from("setpriv"),
+        vec![
+            format!("--reuid={USER}"),
+            format!("--regid={USER}"),
+            "--init-groups".to_string(),
+            "--".to_string(),
+            exe.display().to_string(),
+        ],
+    )
+}
+
+/// A command running `exe` as the server user.
+fn as_server_user(exe: &Path) -> Command {
+    let (program, args) = server_user_command(exe);
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    cmd
+}
