@@ -90,6 +90,12 @@ impl ModelRun<'_> {
         let keep = published == Published::No;
         let kept = resume::kept_units(cx, name, units, inputs, keep, &run.output).await?;
         let all_ran_now = kept.is_empty();
+        // A kept unit's files may have been moved out of staging by a publish that was
+        // killed: not merged again.
+        let kept_files: std::collections::BTreeSet<String> = kept
+            .values()
+            .flat_map(|u| u.files.iter().map(|f| f.staged.clone()))
+            .collect();
         let (records, scanned, mut unit_rejects) = run
             .run_units(units, plan.events.as_ref(), inputs, kept, report)
             .await?;
@@ -127,7 +133,7 @@ impl ModelRun<'_> {
              units that read it run again, the others are kept)"
             )));
         }
-        let files = run.compact(files, report).await?;
+        let files = run.compact(files, &kept_files, report).await?;
         let periods = plan.incremental.as_ref().map(|work| run.period_write(work));
         run.check_staged(&files, periods.as_ref(), report).await?;
         if let Some(work) = &plan.incremental {
@@ -640,6 +646,7 @@ impl<'a> ModelRun<'a> {
     async fn compact(
         &self,
         files: Vec<table::StagedFile>,
+        kept: &std::collections::BTreeSet<String>,
         report: &mut ModelReport,
     ) -> Result<Vec<table::StagedFile>, Error> {
         let cx = self.cx;
@@ -659,6 +666,7 @@ impl<'a> ModelRun<'a> {
             cx.run_id,
             self.schema,
             files,
+            kept,
         )
         .await
         .map_err(|e| self.error(e.to_string()))?;

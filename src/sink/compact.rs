@@ -10,11 +10,13 @@
 //! compacting resumes from its units and compacts again. A sorted result is not compacted
 //! (merging would interleave the units' sorted files).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
 
 use super::{SinkError, SinkSpec, UnitSlot};
 use crate::table::{ManifestFile, Output, StagedFile};
@@ -30,7 +32,9 @@ pub(crate) struct Compacted {
 
 /// Merges, per partition folder and period, the staged files below half the sink's target
 /// size (in bytes and in rows) when there are two or more, into files of the target size.
-/// Returns the files to publish: the untouched ones and the merged ones.
+/// Returns the files to publish: the untouched ones and the merged ones. Of `kept` (staged
+/// names of a resumed run's kept units), those no longer in staging (moved to the output by
+/// a publish that was killed) are published as they are.
 pub(crate) async fn compact(
     main: &SessionContext,
     output: &Output,
@@ -38,15 +42,17 @@ pub(crate) async fn compact(
     run_id: &str,
     schema: &SchemaRef,
     files: Vec<StagedFile>,
+    kept: &BTreeSet<String>,
 ) -> Result<(Vec<StagedFile>, Compacted), SinkError> {
     let small = |f: &StagedFile| {
         f.file.bytes < spec.target_file_size / 2
             && f.file.rows < (spec.target_rows_per_file / 2) as u64
     };
+    let moved = moved_files(output, run_id, &files, kept).await?;
     let mut keep = Vec::new();
     let mut groups: BTreeMap<(String, Option<String>), Vec<StagedFile>> = BTreeMap::new();
     for f in files {
-        if small(&f) {
+        if small(&f) && !moved.contains(&f.staged) {
             let key = (f.file.partition().to_string(), f.file.period.clone());
             groups.entry(key).or_default().push(f);
         } else {
@@ -82,6 +88,40 @@ pub(crate) async fn compact(
         );
     }
     Ok((keep, done))
+}
+
+/// Of `files`, those of `kept` that are not in staging any more.
+async fn moved_files(
+    output: &Output,
+    run_id: &str,
+    files: &[StagedFile],
+    kept: &BTreeSet<String>,
+) -> Result<BTreeSet<String>, SinkError> {
+    let store = output.store();
+    let checks = files.iter().filter(|f| kept.contains(&f.staged)).map(|f| {
+        let store = Arc::clone(&store);
+        let key = output.staged_key(run_id, &f.staged);
+        async move {
+            match store.head(&key).await {
+                Ok(_) => Ok(None),
+                Err(object_store::Error::NotFound { .. }) => Ok(Some(f.staged.clone())),
+                Err(e) => Err(SinkError::Write {
+                    key: key.to_string(),
+                    message: e.to_string(),
+                    transient: crate::describe::is_transient(&e),
+                }),
+            }
+        }
+    });
+    let found: Vec<Result<Option<String>, SinkError>> = futures::stream::iter(checks)
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut moved = BTreeSet::new();
+    for f in found {
+        moved.extend(f?);
+    }
+    Ok(moved)
 }
 
 /// Rewrites `group` (staged files of one partition folder) into files of the target size,
