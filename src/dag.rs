@@ -250,6 +250,7 @@ impl Dag {
         let known: Vec<String> = pipeline
             .sources
             .keys()
+            .chain(pipeline.database_sources.keys())
             .chain(pipeline.models.keys())
             .cloned()
             .collect();
@@ -260,7 +261,7 @@ impl Dag {
             for table in table_references(&sql, &model.sql_path)? {
                 if pipeline.models.contains_key(&table) {
                     upstream_models.insert(table);
-                } else if pipeline.sources.contains_key(&table) {
+                } else if pipeline.is_source(&table) {
                     sources.insert(table);
                 } else if is_table_function(&table) {
                     // range(...), generate_series(...): computed, not read.

@@ -196,7 +196,7 @@ pub(crate) async fn describe_plan(prepared: &Prepared, planning: &Planning<'_>) 
         "pipeline {} ({} models, {} sources)\n\nsources:\n",
         p.name,
         p.models.len(),
-        p.sources.len()
+        p.sources.len() + p.database_sources.len()
     );
     for s in p.sources.values() {
         let parts = if s.partition_cols.is_empty() {
@@ -210,6 +210,25 @@ pub(crate) async fn describe_plan(prepared: &Prepared, planning: &Planning<'_>) 
             s.name,
             s.format.name(),
             display_location(p, &s.location)
+        ));
+    }
+    for s in p.database_sources.values() {
+        let read = match &s.relation {
+            crate::config::Relation::Table(t) => format!("table {t}"),
+            crate::config::Relation::Query(_) => "a query".to_string(),
+        };
+        let ranges = match (&s.partition_column, s.partitions) {
+            (Some(c), Some(n)) => format!("  {n} ranges of {c}"),
+            (Some(c), None) => format!("  ranges of {c}"),
+            _ => String::new(),
+        };
+        let db = &p.databases[&s.database];
+        out.push_str(&format!(
+            "  {:<20} {:<8} {read} of database '{}' ({}){ranges}\n",
+            s.name,
+            db.url.kind.name(),
+            s.database,
+            db.url
         ));
     }
     out.push_str("\nmodels (run order):\n");

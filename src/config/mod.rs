@@ -12,6 +12,7 @@
 //! reason: [`JoinStrategy`] and [`JoinOptions`] (used by the `join` module), and [`Check`] and
 //! [`Severity`] (run by the `checks` module).
 
+mod databases;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -23,6 +24,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use databases::{
+    BoundValue, DatabaseConfig, DatabaseKind, DatabaseSourceConfig, DatabaseUrl, Relation,
+};
 pub(crate) use values::folder_identity;
 pub use values::{
     EnvLookup, S3_COPY_LIMIT, S3_MAX_TARGET_FILE_SIZE, format_duration, interpolate_env, is_hidden,
@@ -682,8 +686,13 @@ pub struct Pipeline {
     pub settings: Settings,
     /// `[stores.*]`.
     pub stores: Vec<StoreConfig>,
-    /// `[sources.*]`, by name.
+    /// `[databases.*]`, by name.
+    pub databases: BTreeMap<String, DatabaseConfig>,
+    /// `[sources.*]` of files, by name.
     pub sources: BTreeMap<String, SourceConfig>,
+    /// `[sources.*]` read from a database, by name (apart from `sources`: no file path of
+    /// the code meets them).
+    pub database_sources: BTreeMap<String, DatabaseSourceConfig>,
     /// Models, by name: `[models.*]` plus every `queries/*.sql`.
     pub models: BTreeMap<String, ModelConfig>,
     /// Default values of `{{ KEY }}` variables (`[vars]`), overridden by `--var`.
@@ -691,6 +700,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Whether `name` is a source, of files or of a database.
+    pub fn is_source(&self, name: &str) -> bool {
+        self.sources.contains_key(name) || self.database_sources.contains_key(name)
+    }
+
     /// An error in the setting `key` of this pipeline's `sluice.toml`, found after loading
     /// (where the SQL is needed to tell): with the file and the setting's line.
     pub fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {

@@ -18,6 +18,8 @@ pub(super) struct RawPipeline {
     #[serde(default)]
     pub(super) stores: BTreeMap<String, RawStore>,
     #[serde(default)]
+    pub(super) databases: BTreeMap<String, RawDatabase>,
+    #[serde(default)]
     pub(super) sources: BTreeMap<String, RawSource>,
     #[serde(default)]
     pub(super) models: BTreeMap<String, RawModel>,
@@ -56,11 +58,29 @@ pub(super) struct RawStore {
     pub(super) options: BTreeMap<String, String>,
 }
 
-/// `[sources.NAME]`.
+/// `[databases.NAME]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDatabase {
+    pub(super) url: String,
+    pub(super) max_connections: Option<usize>,
+    pub(super) statement_timeout: Option<String>,
+    pub(super) read_only: Option<bool>,
+    pub(super) max_replica_lag: Option<String>,
+}
+
+/// `[sources.NAME]`: files (`location`) or a database (`database`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSource {
-    pub(super) location: String,
+    pub(super) location: Option<String>,
+    pub(super) database: Option<String>,
+    pub(super) table: Option<String>,
+    pub(super) query: Option<String>,
+    pub(super) partition_column: Option<String>,
+    pub(super) partitions: Option<usize>,
+    pub(super) lower_bound: Option<toml::Value>,
+    pub(super) upper_bound: Option<toml::Value>,
     pub(super) format: Option<Format>,
     #[serde(default)]
     pub(super) partition_cols: Vec<String>,

@@ -305,3 +305,143 @@ fn target_file_size_is_a_size_and_at_most_4gib_on_s3() {
         );
     }
 }
+
+fn with_env(name: &str) -> Option<String> {
+    (name == "APP_URL").then(|| "postgres://app:hunter2-pw@replica.internal:5433/shop".to_string())
+}
+
+#[test]
+fn database_sources_are_declared_apart_from_file_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[databases.app]\nurl = \"${env:APP_URL}\"\nmax_connections = 2\n\
+                statement_timeout = \"10m\"\nmax_replica_lag = \"5m\"\n\
+                [sources.orders]\ndatabase = \"app\"\ntable = \"public.orders\"\n\
+                partition_column = \"order_id\"\npartitions = 8\nlower_bound = 1\nupper_bound = 1000\n\
+                event_time = \"updated_at\"\n\
+                [sources.recent]\ndatabase = \"app\"\nquery = \"SELECT * FROM users\"\n\
+                [sources.files]\nlocation = \"data/\"\nformat = \"csv\"\n";
+    let p = Pipeline::from_toml(text, Path::new("sluice.toml"), dir.path(), &with_env).unwrap();
+    let db = &p.databases["app"];
+    assert_eq!(db.url.kind, DatabaseKind::Postgres);
+    assert_eq!(
+        (db.url.host.as_str(), db.url.port),
+        ("replica.internal", 5433)
+    );
+    assert_eq!(db.max_connections, 2);
+    assert_eq!(
+        db.statement_timeout,
+        Some(std::time::Duration::from_secs(600))
+    );
+    assert_eq!(
+        db.max_replica_lag,
+        Some(std::time::Duration::from_secs(300))
+    );
+    assert!(db.read_only);
+    assert!(!format!("{db:?}").contains("hunter2"), "{db:?}");
+    let o = &p.database_sources["orders"];
+    assert_eq!(o.relation, Relation::Table("public.orders".into()));
+    assert_eq!(o.partition_column.as_deref(), Some("order_id"));
+    assert_eq!(o.partitions, Some(8));
+    assert_eq!(o.bounds, Some((BoundValue::Int(1), BoundValue::Int(1000))));
+    assert_eq!(o.event_time.as_deref(), Some("updated_at"));
+    assert_eq!(
+        p.database_sources["recent"].relation,
+        Relation::Query("SELECT * FROM users".into())
+    );
+    assert_eq!(p.sources.keys().collect::<Vec<_>>(), ["files"]);
+    assert!(p.is_source("orders") && p.is_source("files") && !p.is_source("app"));
+}
+
+#[test]
+fn bad_database_settings_are_refused_naming_key_and_line_never_the_password() {
+    let db = "[databases.app]\nurl = \"postgres://u:hunter2-pw@h/db\"\n";
+    for (text, key, line, why) in [
+        (
+            "[databases.app]\nurl = \"oracle://u:hunter2-pw@h/db\"\n".to_string(),
+            "databases.app.url",
+            2,
+            "unsupported database scheme",
+        ),
+        (
+            format!("{db}max_connections = 0\n"),
+            "databases.app.max_connections",
+            3,
+            "at least 1",
+        ),
+        (
+            format!("{db}statement_timeout = \"soon\"\n"),
+            "databases.app.statement_timeout",
+            3,
+            "not a duration",
+        ),
+        (
+            format!("{db}[sources.o]\ndatabase = \"other\"\ntable = \"t\"\n"),
+            "sources.o.database",
+            4,
+            "no [databases.other]",
+        ),
+        (
+            format!("{db}[sources.o]\ndatabase = \"app\"\n"),
+            "sources.o.database",
+            4,
+            "`table`",
+        ),
+        (
+            format!("{db}[sources.o]\ndatabase = \"app\"\ntable = \"t\"\nquery = \"SELECT 1\"\n"),
+            "sources.o.query",
+            6,
+            "not both",
+        ),
+        (
+            format!("{db}[sources.o]\ndatabase = \"app\"\ntable = \"t\"\nformat = \"csv\"\n"),
+            "sources.o.format",
+            6,
+            "sources of files",
+        ),
+        (
+            format!("{db}[sources.o]\ndatabase = \"app\"\ntable = \"t\"\npartitions = 4\n"),
+            "sources.o.partitions",
+            6,
+            "partition_column",
+        ),
+        (
+            format!(
+                "{db}[sources.o]\ndatabase = \"app\"\ntable = \"t\"\npartition_column = \"id\"\nlower_bound = 1\n"
+            ),
+            "sources.o.lower_bound",
+            7,
+            "upper_bound",
+        ),
+        (
+            format!("{db}[sources.o]\nlocation = \"data/\"\nformat = \"csv\"\ntable = \"t\"\n"),
+            "sources.o.table",
+            6,
+            "database sources",
+        ),
+        (
+            format!("{db}[sources.o]\nformat = \"csv\"\n"),
+            "sources.o",
+            3,
+            "location",
+        ),
+    ] {
+        let err = load(&text)
+            .err()
+            .unwrap_or_else(|| panic!("accepted:\n{text}"));
+        let shown = err.to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        match err {
+            ConfigError::Invalid {
+                key: k,
+                line: l,
+                message,
+                ..
+            } => {
+                assert_eq!(k, key, "{text}");
+                assert_eq!(l, Some(line), "{key}: {message}");
+                assert!(message.contains(why), "{key}: {message}");
+            }
+            other => panic!("{text}: {other}"),
+        }
+    }
+}

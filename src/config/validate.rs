@@ -7,14 +7,15 @@ mod models;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::raw::{RawPipeline, RawSettings, RawSource, RawStore};
+use super::raw::{RawDatabase, RawPipeline, RawSettings, RawSource, RawStore};
 use super::values::{
     self, EnvLookup, empty_segment, empty_variable, interpolate_env, key_line, local_folder_format,
     parse_duration, parse_size, resolve_location, valid_name,
 };
 use super::{
-    Compression, ConfigError, CsvOptions, Format, JoinOptions, JoinStrategy, OnBadRows,
-    PartitionCol, Pipeline, Settings, SourceConfig, StoreConfig, UnitSettings,
+    BoundValue, Compression, ConfigError, CsvOptions, DatabaseConfig, DatabaseSourceConfig,
+    DatabaseUrl, Format, JoinOptions, JoinStrategy, OnBadRows, PartitionCol, Pipeline, Relation,
+    Settings, SourceConfig, StoreConfig, UnitSettings,
 };
 
 /// A one-character setting (`delimiter`, `quote`, `escape`): `default` when it is not set.
@@ -140,12 +141,24 @@ impl<'a> Validator<'a> {
         for (name, s) in raw.stores {
             stores.push(self.store(name, s)?);
         }
-        let mut sources = BTreeMap::new();
-        for (name, s) in raw.sources {
-            let src = self.source(&name, s)?;
-            sources.insert(name, src);
+        let mut databases = BTreeMap::new();
+        for (name, d) in raw.databases {
+            let db = self.database(&name, d)?;
+            databases.insert(name, db);
         }
-        let models = self.models(raw.models, &sources)?;
+        let mut sources = BTreeMap::new();
+        let mut database_sources = BTreeMap::new();
+        for (name, s) in raw.sources {
+            if s.database.is_some() {
+                let src = self.database_source(&name, s, &databases)?;
+                database_sources.insert(name, src);
+            } else {
+                let src = self.source(&name, s)?;
+                sources.insert(name, src);
+            }
+        }
+        let all_sources: Vec<&String> = sources.keys().chain(database_sources.keys()).collect();
+        let models = self.models(raw.models, &all_sources)?;
         self.check_staging_apart(settings.staging.as_deref(), &sources)?;
         let mut vars = BTreeMap::new();
         for (k, v) in raw.vars {
@@ -161,7 +174,9 @@ impl<'a> Validator<'a> {
             file: self.file.to_path_buf(),
             settings,
             stores,
+            databases,
             sources,
+            database_sources,
             models,
             vars,
         })
@@ -331,6 +346,158 @@ impl<'a> Validator<'a> {
         Ok(StoreConfig { name, url, options })
     }
 
+    /// `[databases.NAME]`, `${env:NAME}` resolved in its URL.
+    fn database(&self, name: &str, raw: RawDatabase) -> Result<DatabaseConfig, ConfigError> {
+        let key = |k: &str| format!("databases.{name}.{k}");
+        if !valid_name(name) {
+            return Err(self.invalid(
+                format!("databases.{name}"),
+                "a database name must be a lower-case SQL identifier (a-z, 0-9, _)",
+            ));
+        }
+        let url = self.env_value(&key("url"), &raw.url)?;
+        let url = DatabaseUrl::parse(&url).map_err(|e| self.invalid(key("url"), e))?;
+        let max_connections = raw.max_connections.unwrap_or(4);
+        if max_connections == 0 {
+            return Err(self.invalid(
+                key("max_connections"),
+                "must be at least 1 (the most connections sluice opens to this database at once)",
+            ));
+        }
+        let duration = |k: &str, v: Option<String>| {
+            v.map(|v| {
+                parse_duration(&v).ok_or_else(|| {
+                    self.invalid(
+                        key(k),
+                        format!("{v:?} is not a duration (e.g. \"90s\", \"10m\", \"1h\")"),
+                    )
+                })
+            })
+            .transpose()
+        };
+        Ok(DatabaseConfig {
+            name: name.to_string(),
+            url,
+            max_connections,
+            statement_timeout: duration("statement_timeout", raw.statement_timeout)?,
+            read_only: raw.read_only.unwrap_or(true),
+            max_replica_lag: duration("max_replica_lag", raw.max_replica_lag)?,
+        })
+    }
+
+    /// `[sources.NAME]` with `database = ...`: a table or query of a `[databases.*]` entry.
+    fn database_source(
+        &self,
+        name: &str,
+        raw: RawSource,
+        databases: &BTreeMap<String, DatabaseConfig>,
+    ) -> Result<DatabaseSourceConfig, ConfigError> {
+        let key = |k: &str| format!("sources.{name}.{k}");
+        if !valid_name(name) {
+            return Err(self.invalid(
+                format!("sources.{name}"),
+                "a source name must be a lower-case SQL identifier (a-z, 0-9, _)",
+            ));
+        }
+        let database = raw.database.unwrap_or_default();
+        if !databases.contains_key(&database) {
+            let known: Vec<&str> = databases.keys().map(String::as_str).collect();
+            return Err(self.invalid(
+                key("database"),
+                if known.is_empty() {
+                    format!("no [databases.{database}] is declared")
+                } else {
+                    format!(
+                        "no [databases.{database}] is declared (declared: {})",
+                        known.join(", ")
+                    )
+                },
+            ));
+        }
+        // The keys of file sources mean nothing here.
+        let file_keys = [
+            ("location", raw.location.is_some()),
+            ("format", raw.format.is_some()),
+            ("partition_cols", !raw.partition_cols.is_empty()),
+            ("has_header", raw.has_header.is_some()),
+            ("delimiter", raw.delimiter.is_some()),
+            ("quote", raw.quote.is_some()),
+            ("escape", raw.escape.is_some()),
+            ("null_value", raw.null_value.is_some()),
+            ("compression", raw.compression.is_some()),
+            ("schema", raw.schema.is_some()),
+            ("on_bad_rows", raw.on_bad_rows != OnBadRows::Fail),
+            ("max_bad_rows", raw.max_bad_rows.is_some()),
+            ("max_bad_ratio", raw.max_bad_ratio.is_some()),
+            ("rejects", raw.rejects.is_some()),
+        ];
+        if let Some((k, _)) = file_keys.iter().find(|(_, set)| *set) {
+            return Err(self.invalid(
+                key(k),
+                format!(
+                    "`{k}` is a setting of sources of files; source '{name}' reads database                      '{database}' (its columns and types come from the database)"
+                ),
+            ));
+        }
+        let relation = match (raw.table, raw.query) {
+            (Some(t), None) if !t.trim().is_empty() => Relation::Table(t),
+            (None, Some(q)) if !q.trim().is_empty() => Relation::Query(q),
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(key("query"), "set `table` or `query`, not both"));
+            }
+            _ => {
+                return Err(self.invalid(
+                    key("database"),
+                    "a database source reads a `table` (table = \"public.orders\") or a \
+                     `query` (query = \"SELECT ...\"): set one",
+                ));
+            }
+        };
+        let bound = |k: &str, v: toml::Value| match v {
+            toml::Value::Integer(i) => Ok(BoundValue::Int(i)),
+            toml::Value::String(s) => Ok(BoundValue::Text(s)),
+            toml::Value::Datetime(d) => Ok(BoundValue::Text(d.to_string())),
+            other => Err(self.invalid(
+                key(k),
+                format!("{other} is not a bound: give a whole number, a date or a date-time"),
+            )),
+        };
+        let bounds = match (raw.lower_bound, raw.upper_bound) {
+            (None, None) => None,
+            (Some(lo), Some(hi)) => Some((bound("lower_bound", lo)?, bound("upper_bound", hi)?)),
+            (Some(_), None) => {
+                return Err(self.invalid(key("lower_bound"), "give `upper_bound` too"));
+            }
+            (None, Some(_)) => {
+                return Err(self.invalid(key("upper_bound"), "give `lower_bound` too"));
+            }
+        };
+        if raw.partition_column.is_none() {
+            let without = [
+                ("partitions", raw.partitions.is_some()),
+                ("lower_bound", bounds.is_some()),
+            ];
+            if let Some((k, _)) = without.iter().find(|(_, set)| *set) {
+                return Err(self.invalid(
+                    key(k),
+                    "ranges are of a `partition_column`: set one (e.g. partition_column = \"id\")",
+                ));
+            }
+        }
+        if raw.partitions == Some(0) {
+            return Err(self.invalid(key("partitions"), "must be at least 1"));
+        }
+        Ok(DatabaseSourceConfig {
+            name: name.to_string(),
+            database,
+            relation,
+            partition_column: raw.partition_column,
+            partitions: raw.partitions,
+            bounds,
+            event_time: raw.event_time,
+        })
+    }
+
     /// `[sources.NAME]`: its format, when not set, from the location's extension or the first
     /// file of a local folder.
     fn source(&self, name: &str, raw: RawSource) -> Result<SourceConfig, ConfigError> {
@@ -341,10 +508,34 @@ impl<'a> Validator<'a> {
                 "a source name must be a lower-case SQL identifier (a-z, 0-9, _)",
             ));
         }
-        let resolved = resolve_location(&raw.location, self.root);
+        let db_keys = [
+            ("table", raw.table.is_some()),
+            ("query", raw.query.is_some()),
+            ("partition_column", raw.partition_column.is_some()),
+            ("partitions", raw.partitions.is_some()),
+            ("lower_bound", raw.lower_bound.is_some()),
+            ("upper_bound", raw.upper_bound.is_some()),
+        ];
+        if let Some((k, _)) = db_keys.iter().find(|(_, set)| *set) {
+            return Err(self.invalid(
+                key(k),
+                format!(
+                    "`{k}` is a setting of database sources: add database = \"NAME\" (a \
+                     [databases.NAME] entry), or remove it"
+                ),
+            ));
+        }
+        let Some(location) = raw.location.clone() else {
+            return Err(self.invalid(
+                format!("sources.{name}"),
+                "a source reads files (location = \"data/orders/\") or a database \
+                 (database = \"NAME\"): set one",
+            ));
+        };
+        let resolved = resolve_location(&location, self.root);
         let format = raw
             .format
-            .or_else(|| Format::from_path(&raw.location))
+            .or_else(|| Format::from_path(&location))
             .or_else(|| local_folder_format(Path::new(&resolved)));
         let Some(format) = format else {
             return Err(self.invalid(
@@ -369,7 +560,7 @@ impl<'a> Validator<'a> {
         }
         Ok(SourceConfig {
             name: name.to_string(),
-            location: self.location_value(&key("location"), &raw.location)?,
+            location: self.location_value(&key("location"), &location)?,
             format,
             partition_cols: raw
                 .partition_cols
@@ -379,7 +570,7 @@ impl<'a> Validator<'a> {
             csv,
             compression: raw
                 .compression
-                .unwrap_or_else(|| Compression::from_path(&raw.location)),
+                .unwrap_or_else(|| Compression::from_path(&location)),
             schema: raw.schema,
             on_bad_rows: raw.on_bad_rows,
             schema_evolution: raw.schema_evolution,

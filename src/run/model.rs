@@ -545,7 +545,9 @@ impl<'a> ModelRun<'a> {
         let cx = self.cx;
         let mut total = BTreeMap::new();
         for source in cx.dag.sources_read(&self.model.name) {
-            let spec = &cx.pipeline.sources[&source];
+            let Some(spec) = cx.pipeline.sources.get(&source) else {
+                continue;
+            };
             if spec.on_bad_rows != OnBadRows::Quarantine {
                 continue;
             }

@@ -93,7 +93,18 @@ pub async fn prepare(
     let state = super::source_schemas::open_state(&pipeline);
     let mut schemas_read = SchemasRead::default();
     for name in &needed_sources {
-        let spec = &pipeline.sources[name];
+        let Some(spec) = pipeline.sources.get(name) else {
+            // A database source (issue 14): its reader is the next step of that work.
+            return Err(pipeline
+                .invalid(
+                    &format!("sources.{name}.database"),
+                    format!(
+                        "source '{name}' reads a database: this build of sluice declares \
+                         databases but cannot read them yet"
+                    ),
+                )
+                .into());
+        };
         let cache = SourceSchemas::load(state.as_ref(), spec);
         let registered =
             catalog::register_table(engine.ctx(), engine.stores(), spec, Some(&cache)).await?;

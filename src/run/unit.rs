@@ -101,7 +101,10 @@ pub(crate) async fn plan_units(
     let clock = planning.clock;
     if let Some(per_unit) = model.files_per_unit {
         let source = dag.single_source(&model.name)?;
-        let spec = &pipeline.sources[&source];
+        let spec = pipeline
+            .sources
+            .get(&source)
+            .ok_or_else(|| format!("batches by file read files: source '{source}' has none"))?;
         let files = crate::catalog::list_source_files(engine.ctx(), engine.stores(), spec)
             .await
             .map_err(|e| e.to_string())?;

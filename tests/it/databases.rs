@@ -66,3 +66,47 @@ fn the_test_servers_start_and_check_passwords() {
         String::from_utf8_lossy(&wrong.stderr)
     );
 }
+
+/// Databases and database sources are declared and shown (`sluice plan`, the URL without its
+/// password); a model reading one is refused with exit 2 naming the file and line, as this
+/// build cannot read databases yet (issue 14's next step), and the password is never shown.
+#[test]
+fn declared_database_sources_are_shown_and_reading_one_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("queries")).unwrap();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    std::fs::write(d.join("data/a.csv"), "id\n1\n").unwrap();
+    std::fs::write(
+        d.join("sluice.toml"),
+        "name = \"dbs\"\n[databases.app]\nurl = \"${env:APP_URL}\"\nmax_connections = 2\n\
+         [sources.orders]\ndatabase = \"app\"\ntable = \"public.orders\"\n\
+         partition_column = \"order_id\"\npartitions = 8\n\
+         [sources.files]\nlocation = \"data/\"\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("queries/copy.sql"), "SELECT id FROM files").unwrap();
+    let env = [(
+        "APP_URL".to_string(),
+        "postgres://app:hunter2-pw@127.0.0.1:1/shop".to_string(),
+    )];
+    let plan = crate::support::sluice_env(d, &["plan", "."], &env).expect(0);
+    assert!(
+        plan.stdout.contains(
+            "orders               postgres table public.orders of database 'app' \
+             (postgres://app@127.0.0.1:1/shop)  8 ranges of order_id"
+        ),
+        "{}",
+        plan.stdout
+    );
+    std::fs::write(d.join("queries/copy.sql"), "SELECT * FROM orders").unwrap();
+    let run = crate::support::sluice_env(d, &["run", "."], &env).expect(2);
+    assert!(
+        run.stderr.contains("sluice.toml:6") && run.stderr.contains("cannot read them yet"),
+        "{}",
+        run.stderr
+    );
+    for out in [&plan.stdout, &plan.stderr, &run.stdout, &run.stderr] {
+        assert!(!out.contains("hunter2"), "{out}");
+    }
+}

@@ -9,8 +9,8 @@ use super::super::values::{
 };
 use super::super::{
     BatchConfig, Check, CheckKind, ConfigError, DEFAULT_FILE_SIZE, DEFAULT_ROWS_PER_FILE, Format,
-    IncrementalConfig, KeyBuckets, Materialized, ModelConfig, Severity, SinkConfig, SourceConfig,
-    UnitSettings, WriteMode,
+    IncrementalConfig, KeyBuckets, Materialized, ModelConfig, Severity, SinkConfig, UnitSettings,
+    WriteMode,
 };
 use super::Validator;
 
@@ -29,7 +29,7 @@ impl Validator<'_> {
     pub(super) fn models(
         &self,
         raw: BTreeMap<String, RawModel>,
-        sources: &BTreeMap<String, SourceConfig>,
+        sources: &[&String],
     ) -> Result<BTreeMap<String, ModelConfig>, ConfigError> {
         let raw = self.with_query_files(raw)?;
         let mut models = BTreeMap::new();
@@ -92,7 +92,7 @@ impl Validator<'_> {
         &self,
         name: String,
         m: RawModel,
-        sources: &BTreeMap<String, SourceConfig>,
+        sources: &[&String],
     ) -> Result<ModelConfig, ConfigError> {
         if !valid_name(&name) {
             return Err(self.invalid(
@@ -100,7 +100,7 @@ impl Validator<'_> {
                 "a model name (its SQL file's name) must be a lower-case SQL identifier (a-z, 0-9, _)",
             ));
         }
-        if sources.contains_key(&name) {
+        if sources.contains(&&name) {
             return Err(self.invalid(
                 format!("models.{name}"),
                 format!("'{name}' is both a source and a model; table names must be unique"),

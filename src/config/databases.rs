@@ -1,0 +1,256 @@
+//! `[databases.NAME]` and the sources that read from them: the validated shapes (see
+//! `docs/design/databases.md`). A database URL's password is a credential: no `Debug` or
+//! `Display` of these types shows it.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Which server a database URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseKind {
+    /// PostgreSQL (`postgres://`, `postgresql://`).
+    Postgres,
+    /// MySQL or MariaDB (`mysql://`, `mariadb://`).
+    Mysql,
+}
+
+impl DatabaseKind {
+    /// The kind's name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatabaseKind::Postgres => "postgres",
+            DatabaseKind::Mysql => "mysql",
+        }
+    }
+}
+
+/// A database URL, taken apart: `postgres://user:password@host:port/db?param=value`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    /// The server kind.
+    pub kind: DatabaseKind,
+    /// The user.
+    pub user: String,
+    /// The password, if the URL has one: never shown.
+    pub password: Option<String>,
+    /// The host.
+    pub host: String,
+    /// The port (the kind's default when the URL has none).
+    pub port: u16,
+    /// The database.
+    pub database: String,
+    /// The query parameters (`sslmode=...`), in order.
+    pub params: Vec<(String, String)>,
+}
+
+impl DatabaseUrl {
+    /// Parses `url`; `Err` says what is wrong, without the password.
+    pub fn parse(url: &str) -> Result<DatabaseUrl, String> {
+        let parsed = url::Url::parse(url).map_err(|e| {
+            format!(
+                "not a database URL ({e}): expected postgres://user:password@host:port/database \
+                 or mysql://..."
+            )
+        })?;
+        let kind = match parsed.scheme() {
+            "postgres" | "postgresql" => DatabaseKind::Postgres,
+            "mysql" | "mariadb" => DatabaseKind::Mysql,
+            other => {
+                return Err(format!(
+                    "unsupported database scheme {other:?}: use postgres://, postgresql://, \
+                     mysql:// or mariadb://"
+                ));
+            }
+        };
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| "the URL names no host".to_string())?
+            .to_string();
+        let decode = |s: &str| {
+            percent_decode(s).ok_or("the URL has a bad %-escape in its user or password")
+        };
+        let user = decode(parsed.username())?;
+        if user.is_empty() {
+            return Err("the URL names no user (postgres://USER:password@host/db)".into());
+        }
+        let password = parsed.password().map(decode).transpose()?;
+        let database = parsed.path().trim_start_matches('/').to_string();
+        if database.is_empty() || database.contains('/') {
+            return Err(
+                "the URL names no database (postgres://user:password@host/DATABASE)".into(),
+            );
+        }
+        let port = parsed.port().unwrap_or(match kind {
+            DatabaseKind::Postgres => 5432,
+            DatabaseKind::Mysql => 3306,
+        });
+        let params = parsed
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        Ok(DatabaseUrl {
+            kind,
+            user,
+            password,
+            host,
+            port,
+            database,
+            params,
+        })
+    }
+}
+
+/// `%XX` escapes of a URL's user or password decoded (`None` for a bad one).
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    /// `postgres://user@host:port/db`: no password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}://{}@{}:{}/{}",
+            self.kind.name(),
+            self.user,
+            self.host,
+            self.port,
+            self.database
+        )
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    /// As displayed: no password.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One database (`[databases.NAME]`): a connection definition shared by its sources (and,
+/// later, sinks), and the limits sluice keeps to on it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseConfig {
+    /// Its name in `sluice.toml`.
+    pub name: String,
+    /// Where it is (`${env:NAME}` resolved).
+    pub url: DatabaseUrl,
+    /// Most connections sluice holds to it at once, over the whole run.
+    pub max_connections: usize,
+    /// Longest a statement may run (`statement_timeout`); none: the server's.
+    pub statement_timeout: Option<Duration>,
+    /// Sessions are read-only.
+    pub read_only: bool,
+    /// Most replication lag a read accepts (a read replica's delay behind its primary).
+    pub max_replica_lag: Option<Duration>,
+}
+
+/// What a database source reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Relation {
+    /// A table or view (`schema.table`, or `table`).
+    Table(String),
+    /// The rows of a query.
+    Query(String),
+}
+
+/// A bound of a source's `partition_column` range, as written.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum BoundValue {
+    /// A whole number.
+    Int(i64),
+    /// A date or date-time, as text.
+    Text(String),
+}
+
+/// A source read from a database (`[sources.NAME]` with `database = ...`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseSourceConfig {
+    /// The table name models use.
+    pub name: String,
+    /// The `[databases.*]` entry it reads from.
+    pub database: String,
+    /// What it reads.
+    pub relation: Relation,
+    /// The column whose ranges are read in parallel.
+    pub partition_column: Option<String>,
+    /// How many ranges (default: the database's `max_connections`).
+    pub partitions: Option<usize>,
+    /// The ranges' bounds, when given (else the column's min and max).
+    pub bounds: Option<(BoundValue, BoundValue)>,
+    /// The column giving each row's time, for time-batched and incremental models.
+    pub event_time: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_is_taken_apart_and_shown_without_its_password() {
+        let u = DatabaseUrl::parse("postgres://app%40x:p%2Fss@db.local:6543/shop?sslmode=require")
+            .unwrap();
+        assert_eq!(u.kind, DatabaseKind::Postgres);
+        assert_eq!(u.user, "app@x");
+        assert_eq!(u.password.as_deref(), Some("p/ss"));
+        assert_eq!((u.host.as_str(), u.port), ("db.local", 6543));
+        assert_eq!(u.database, "shop");
+        assert_eq!(u.params, vec![("sslmode".into(), "require".into())]);
+        for shown in [
+            u.to_string(),
+            format!("{u:?}"),
+            serde_json::to_string(&u).unwrap(),
+        ] {
+            assert!(
+                !shown.contains("p/ss") && !shown.contains("p%2Fss"),
+                "{shown}"
+            );
+            assert!(shown.contains("app@x@db.local:6543/shop"), "{shown}");
+        }
+        let m = DatabaseUrl::parse("mariadb://root@127.0.0.1/db").unwrap();
+        assert_eq!(
+            (m.kind, m.port, m.password),
+            (DatabaseKind::Mysql, 3306, None)
+        );
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_without_its_password() {
+        for (url, why) in [
+            ("sqlite://x@h/db", "unsupported database scheme"),
+            ("postgres://user:secretpw@/db", "empty host"),
+            ("postgres://:secretpw@h/db", "no user"),
+            ("postgres://u:secretpw@h/", "no database"),
+            ("postgres://u:secret%zz@h/db", "bad %-escape"),
+            ("not a url secretpw", "not a database URL"),
+        ] {
+            let e = DatabaseUrl::parse(url).unwrap_err();
+            assert!(e.contains(why), "{url}: {e}");
+            assert!(!e.contains("secret"), "{url}: {e}");
+        }
+    }
+}
