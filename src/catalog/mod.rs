@@ -116,6 +116,15 @@ pub enum CatalogError {
         #[source]
         source: StoreError,
     },
+    /// A database source's database could not be read.
+    #[error("source '{source_name}': {source}")]
+    Database {
+        /// The source.
+        source_name: String,
+        /// What the database said.
+        #[source]
+        source: crate::database::DatabaseError,
+    },
 }
 
 impl CatalogError {
@@ -132,13 +141,11 @@ impl CatalogError {
     /// Whether another attempt could succeed: a read that failed on a dropped connection or
     /// throttling.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            CatalogError::Read {
-                transient: true,
-                ..
-            }
-        )
+        match self {
+            CatalogError::Read { transient, .. } => *transient,
+            CatalogError::Database { source, .. } => source.transient,
+            _ => false,
+        }
     }
 
     /// Whether the error is the user's configuration (exit status 2): an invalid declared
@@ -149,7 +156,8 @@ impl CatalogError {
             CatalogError::NoFiles { .. }
             | CatalogError::Read { .. }
             | CatalogError::SchemaDrift { .. }
-            | CatalogError::HeaderMismatch { .. } => false,
+            | CatalogError::HeaderMismatch { .. }
+            | CatalogError::Database { .. } => false,
         }
     }
 }
@@ -184,6 +192,35 @@ pub(crate) struct Registered {
     /// declared schema needs one file, a sluice output is read through its manifest, a
     /// quarantined source's table holds its files).
     pub(crate) files: Option<Vec<ObjectMeta>>,
+}
+
+/// Registers a database source in `ctx`, its columns as the database describes them, read
+/// under `databases`' pool of its database.
+pub(crate) async fn register_database_source(
+    ctx: &SessionContext,
+    databases: &crate::database::Databases,
+    spec: &crate::config::DatabaseSourceConfig,
+) -> Result<SchemaRef, CatalogError> {
+    let err = |source| CatalogError::Database {
+        source_name: spec.name.clone(),
+        source,
+    };
+    let Some(pool) = databases.pool(&spec.database) else {
+        return Err(err(crate::database::DatabaseError {
+            database: spec.database.clone(),
+            url: String::new(),
+            message: "not declared".into(),
+            transient: false,
+        }));
+    };
+    let table = crate::database::scan::DatabaseTable::open(spec.clone(), pool)
+        .await
+        .map_err(err)?;
+    let table = Arc::new(table);
+    let schema = table.schema();
+    ctx.register_table(spec.name.as_str(), table)
+        .map_err(|e| CatalogError::read_failed(&spec.name, spec.database.clone(), &e))?;
+    Ok(schema)
 }
 
 /// Registers a table over files in `ctx`, inferring or parsing its schema. The schemas of

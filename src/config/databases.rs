@@ -69,9 +69,8 @@ impl DatabaseUrl {
             .filter(|h| !h.is_empty())
             .ok_or_else(|| "the URL names no host".to_string())?
             .to_string();
-        let decode = |s: &str| {
-            percent_decode(s).ok_or("the URL has a bad %-escape in its user or password")
-        };
+        let decode =
+            |s: &str| percent_decode(s).ok_or("the URL has a bad %-escape in its user or password");
         let user = decode(parsed.username())?;
         if user.is_empty() {
             return Err("the URL names no user (postgres://USER:password@host/db)".into());

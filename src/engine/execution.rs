@@ -46,6 +46,9 @@ fn leaf_table(
 ) -> Option<String> {
     use datafusion::datasource::physical_plan::FileScanConfig;
     use datafusion::datasource::source::DataSourceExec;
+    if let Some(db) = plan.downcast_ref::<crate::database::scan::DatabaseScanExec>() {
+        return Some(db.source_name().to_string());
+    }
     let (store, path) = if let Some(q) = plan.downcast_ref::<crate::quarantine::QuarantineScan>() {
         let url = q.table_url();
         (url.object_store(), url.prefix().clone())

@@ -92,18 +92,14 @@ pub async fn prepare(
     // source's files are listed once for the whole run.
     let state = super::source_schemas::open_state(&pipeline);
     let mut schemas_read = SchemasRead::default();
+    // One pool per database for the whole run: its connection cap holds across models.
+    let databases = crate::database::Databases::new(pipeline.databases.values());
     for name in &needed_sources {
         let Some(spec) = pipeline.sources.get(name) else {
-            // A database source (issue 14): its reader is the next step of that work.
-            return Err(pipeline
-                .invalid(
-                    &format!("sources.{name}.database"),
-                    format!(
-                        "source '{name}' reads a database: this build of sluice declares \
-                         databases but cannot read them yet"
-                    ),
-                )
-                .into());
+            if let Some(db) = pipeline.database_sources.get(name) {
+                catalog::register_database_source(engine.ctx(), &databases, db).await?;
+            }
+            continue;
         };
         let cache = SourceSchemas::load(state.as_ref(), spec);
         let registered =

@@ -14,7 +14,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("0 vocabulary", &["config"]),
     ("1 planning", &["dag", "units"]),
-    ("2 storage and the table format", &["store", "table"]),
+    (
+        "2 storage and the table format",
+        &["store", "table", "database"],
+    ),
     (
         "3 engine",
         &[

@@ -1,0 +1,227 @@
+//! PostgreSQL: read-only sessions under the pool's cap, the columns of a table or query
+//! (from the server's description of the statement, without reading rows), and the SQL of a
+//! binary COPY of them.
+
+pub(crate) mod copy_decode;
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_postgres::types::{Kind, Type};
+
+use super::{DatabaseError, Pool};
+use crate::config::Relation;
+use copy_decode::Wire;
+
+/// A connection, holding its slot of the pool until dropped.
+pub(crate) struct Session {
+    /// The client.
+    pub(crate) client: tokio_postgres::Client,
+    _slot: OwnedSemaphorePermit,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // The connection task ends with the client; a read abandoned mid-COPY ends it now.
+        self.connection.abort();
+    }
+}
+
+/// Opens a read-only session under the pool's cap: UTC, UTF-8, the database's
+/// `statement_timeout`.
+pub(crate) async fn connect(pool: &Pool) -> Result<Session, DatabaseError> {
+    let slot = pool.slot().await?;
+    let url = &pool.config.url;
+    if let Some((_, mode)) = url
+        .params
+        .iter()
+        .find(|(k, v)| k == "sslmode" && v != "disable" && v != "prefer")
+    {
+        return Err(pool.error(
+            format!("sslmode={mode}: this build of sluice connects without TLS only"),
+            false,
+        ));
+    }
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&url.host)
+        .port(url.port)
+        .user(&url.user)
+        .dbname(&url.database)
+        .application_name("sluice")
+        .connect_timeout(std::time::Duration::from_secs(30));
+    if let Some(p) = &url.password {
+        config.password(p);
+    }
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| server_error(pool, &e, "connecting"))?;
+    let connection = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("postgres connection ended: {e}");
+        }
+    });
+    let session = Session {
+        client,
+        _slot: slot,
+        connection,
+    };
+    let mut setup =
+        String::from("SET TIME ZONE 'UTC'; SET client_encoding = 'UTF8'; SET DateStyle = 'ISO';");
+    if pool.config.read_only {
+        setup.push_str(" SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY;");
+    }
+    if let Some(t) = pool.config.statement_timeout {
+        setup.push_str(&format!(" SET statement_timeout = {};", t.as_millis()));
+    }
+    session
+        .client
+        .batch_execute(&setup)
+        .await
+        .map_err(|e| server_error(pool, &e, "setting up the session"))?;
+    Ok(session)
+}
+
+/// A server or connection error as a [`DatabaseError`], `doing` what.
+pub(crate) fn server_error(pool: &Pool, e: &tokio_postgres::Error, doing: &str) -> DatabaseError {
+    let (message, transient) = match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            // Connection exceptions, too many clients, admin shutdown, serialization.
+            let transient = code.starts_with("08")
+                || code == "53300"
+                || code == "57P01"
+                || code == "40001"
+                || code == "40P01";
+            (
+                format!("{doing}: {} (SQLSTATE {code})", db.message()),
+                transient,
+            )
+        }
+        None => {
+            // The cause (refused, reset, timed out) is in the source chain.
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text = format!("{text}: {s}");
+                source = s.source();
+            }
+            (format!("{doing}: {text}"), e.is_closed() || source_is_io(e))
+        }
+    };
+    pool.error(message, transient)
+}
+
+fn source_is_io(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The FROM item of a relation: a table name quoted part by part, or a query in parentheses.
+pub(crate) fn from_item(relation: &Relation) -> String {
+    match relation {
+        Relation::Table(t) => t.split('.').map(quote_ident).collect::<Vec<_>>().join("."),
+        Relation::Query(q) => format!("({}) AS q", q.trim().trim_end_matches(';')),
+    }
+}
+
+/// `name` as a quoted identifier.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A column sluice cannot read, and its type's name.
+pub(crate) const UNSUPPORTED: &str = "sluice.unsupported_type";
+
+/// The columns of `relation` as the server describes them (no row is read): the Arrow
+/// schema, and how each column is read (`None`: a type sluice cannot read, which a scan
+/// refuses if it selects the column; its field is `Null` with the type's name in its
+/// metadata under [`UNSUPPORTED`]).
+pub(crate) async fn describe(
+    pool: &Pool,
+    session: &Session,
+    relation: &Relation,
+) -> Result<(SchemaRef, Vec<Option<Wire>>), DatabaseError> {
+    let sql = format!("SELECT * FROM {} LIMIT 0", from_item(relation));
+    let what = match relation {
+        Relation::Table(t) => format!("reading the columns of table {t}"),
+        Relation::Query(_) => "reading the columns of the source's query".to_string(),
+    };
+    let statement = session
+        .client
+        .prepare(&sql)
+        .await
+        .map_err(|e| server_error(pool, &e, &what))?;
+    let mut fields = Vec::new();
+    let mut wires = Vec::new();
+    for c in statement.columns() {
+        match wire_of(c.type_(), c.type_modifier()) {
+            Some(w) => {
+                fields.push(Field::new(c.name(), w.data_type(), true));
+                wires.push(Some(w));
+            }
+            None => {
+                let meta = [(UNSUPPORTED.to_string(), c.type_().name().to_string())];
+                fields.push(Field::new(c.name(), DataType::Null, true).with_metadata(meta.into()));
+                wires.push(None);
+            }
+        }
+    }
+    Ok((Arc::new(Schema::new(fields)), wires))
+}
+
+/// How a column of type `ty` (with type modifier `typmod`) is read, if sluice can.
+fn wire_of(ty: &Type, typmod: i32) -> Option<Wire> {
+    if let Kind::Domain(inner) = ty.kind() {
+        return wire_of(inner, -1);
+    }
+    if let Kind::Enum(_) = ty.kind() {
+        return Some(Wire::Text);
+    }
+    Some(match *ty {
+        Type::BOOL => Wire::Bool,
+        Type::INT2 => Wire::Int2,
+        Type::INT4 => Wire::Int4,
+        Type::INT8 => Wire::Int8,
+        Type::FLOAT4 => Wire::Float4,
+        Type::FLOAT8 => Wire::Float8,
+        Type::NUMERIC => {
+            if typmod < 4 {
+                // Unconstrained: Spark's choice of decimal(38,18); a value needing more
+                // digits is an error, never rounded.
+                Wire::Numeric {
+                    precision: 38,
+                    scale: 18,
+                }
+            } else {
+                let t = typmod - 4;
+                let precision = ((t >> 16) & 0xffff) as u8;
+                let scale = (((t & 0x7ff) ^ 1024) - 1024) as i8;
+                if precision == 0 || precision > 38 || scale < 0 || scale as u8 > precision {
+                    return None;
+                }
+                Wire::Numeric { precision, scale }
+            }
+        }
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::JSON | Type::CHAR => {
+            Wire::Text
+        }
+        Type::JSONB => Wire::Jsonb,
+        Type::BYTEA => Wire::Bytes,
+        Type::UUID => Wire::Uuid,
+        Type::DATE => Wire::Date,
+        Type::TIME => Wire::Time,
+        Type::TIMESTAMP => Wire::Timestamp,
+        Type::TIMESTAMPTZ => Wire::TimestampTz,
+        _ => return None,
+    })
+}
