@@ -1122,3 +1122,30 @@ fn an_incremental_model_downstream_recomputes_the_periods_upstream_recomputed() 
         bad.stderr
     );
 }
+
+/// Found by the fault test (tests/it/torture, incremental histories): a run killed while
+/// committing to a local output, between writing the new manifest to its temporary file
+/// `._MANIFEST.<run id>.tmp` and renaming it over `_MANIFEST`, left that file in the output
+/// folder for good: no later command removed it. Healing (any command) now removes it, under
+/// the folder's lock (no commit is under way then).
+#[test]
+fn the_temporary_manifest_of_a_commit_killed_half_way_is_removed() {
+    let dir = pipeline(TOML, &[]);
+    let d = dir.path();
+    write_all(d, &day_one());
+    run_with_report(d, &["--as-of", "2024-01-11"], 0);
+    let manifest = std::fs::read(d.join("out/daily/_MANIFEST")).unwrap();
+    // What the kill leaves: the next version written in full, not renamed.
+    let tmp = d.join("out/daily/._MANIFEST.20240111T000000Z-abcdef.tmp");
+    std::fs::write(&tmp, &manifest).unwrap();
+    sluice(d, &["plan", ".", "--as-of", "2024-01-11"]).expect(0);
+    assert!(!tmp.exists(), "plan heals the output");
+    std::fs::write(&tmp, &manifest).unwrap();
+    let (_, r) = run_with_report(d, &["--as-of", "2024-01-11"], 0);
+    assert!(units_of(&r).is_empty());
+    assert!(!tmp.exists(), "a run heals the output");
+    assert_eq!(
+        std::fs::read(d.join("out/daily/_MANIFEST")).unwrap(),
+        manifest
+    );
+}
