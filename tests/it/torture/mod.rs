@@ -33,9 +33,11 @@
 //! exited 0 without them; a resumed run with no bad rows left kept an earlier attempt's
 //! rejects.
 
+mod incremental;
 mod inputs;
 mod oracle;
 mod output;
+mod periods;
 mod shape;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -150,6 +152,8 @@ struct History {
     oracle: Oracle,
     log: Vec<String>,
     counts: Counts,
+    /// An incremental history's clock and state.
+    inc: Option<incremental::Timeline>,
 }
 
 impl History {
@@ -180,7 +184,12 @@ impl History {
             oracle: Oracle::new(),
             log: Vec::new(),
             counts,
+            inc: None,
         };
+        if h.shape.incremental().is_some() {
+            // (Its files are written by its timeline.)
+            return h;
+        }
         for _ in 0..2 + rng.below(3) {
             let what = h.files.add(rng, &h.shape, false);
             h.log.push(what);
@@ -217,8 +226,12 @@ impl History {
         } else {
             String::new()
         };
+        let (states, test) = match &self.inc {
+            Some(t) => (t.describe(), "torture::incremental_"),
+            None => (format!("{states:?}"), "torture::the_output"),
+        };
         panic!(
-            "torture seed {seed}: {what}{kept}\n  pipeline: {shape:?}\n  sluice.toml:\n{toml}\n  steps:\n    {steps}\n  oracle states before the check: {states:?}\n  replay: {flags}SLUICE_TORTURE_SEED={seed} SLUICE_TORTURE=1 cargo test --test it torture -- --nocapture",
+            "torture seed {seed}: {what}{kept}\n  pipeline: {shape:?}\n  sluice.toml:\n{toml}\n  steps:\n    {steps}\n  oracle states before the check: {states}\n  replay: {flags}SLUICE_TORTURE_SEED={seed} SLUICE_TORTURE=1 cargo test --test it {test} -- --nocapture",
             seed = self.seed,
             flags = self.replay_flags(),
             shape = self.shape,
@@ -752,10 +765,23 @@ fn env_flag(name: &str) -> bool {
 
 #[test]
 fn the_output_is_always_a_state_some_run_published() {
+    histories("", 6, history);
+}
+
+/// The incremental histories ([`incremental`]): `SLUICE_TORTURE=N cargo test --test it
+/// torture::incremental_` runs N of them alone.
+#[test]
+fn incremental_runs_killed_anywhere_end_as_uninterrupted_runs() {
+    histories("incremental ", 4, incremental::history);
+}
+
+/// Runs `SLUICE_TORTURE` histories (else `default`) from `SLUICE_TORTURE_SEED`, each even
+/// when one fails; prints the totals, then fails listing the failing seeds.
+fn histories(what: &str, default: u64, history: fn(u64, Flags) -> Counts) {
     let n: u64 = std::env::var("SLUICE_TORTURE")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
+        .unwrap_or(default);
     let first: u64 = std::env::var("SLUICE_TORTURE_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -763,6 +789,7 @@ fn the_output_is_always_a_state_some_run_published() {
     let flags = Flags {
         s3: std::env::var("SLUICE_MOTO_SERVER").is_ok_and(|v| !v.is_empty()),
         s3_all: env_flag("SLUICE_TORTURE_S3"),
+        incremental: false,
     };
     let started = Instant::now();
     let mut total = Counts::default();
@@ -774,7 +801,7 @@ fn the_output_is_always_a_state_some_run_published() {
         }
     }
     eprintln!(
-        "torture: {} histories ({} on S3), {} steps, {} runs checked ({} refused, {} appends skipped), {} runs killed ({} more ended before the kill), {} unrelated commands, {} failures, {:.0?}",
+        "torture: {} {what}histories ({} on S3), {} steps, {} runs checked ({} refused, {} appends skipped), {} runs killed ({} more ended before the kill), {} unrelated commands, {} failures, {:.0?}",
         n,
         total.s3,
         total.steps,
@@ -787,5 +814,5 @@ fn the_output_is_always_a_state_some_run_published() {
         failed.len(),
         started.elapsed()
     );
-    assert!(failed.is_empty(), "failing seeds: {failed:?}");
+    assert!(failed.is_empty(), "failing {what}seeds: {failed:?}");
 }
