@@ -23,7 +23,9 @@ use std::process::{Command, Stdio};
 
 use super::inputs::{Inputs, day_name};
 use super::output::{PeriodsSeen, Recorded};
-use super::periods::{self, Counts, Current, Day, Hour, Kind, Plan, Published, State, instant};
+use super::periods::{
+    self, Counts, Current, Day, Dims, Hour, Kind, Plan, Published, State, instant,
+};
 use super::shape::{Flags, Incremental};
 use super::{Counts as Totals, Ended, History, Moment, Rng, env_flag};
 use crate::support::sluice_env;
@@ -87,6 +89,10 @@ pub fn history(seed: u64, flags: Flags) -> Totals {
     h.log.push(format!("clock {}", instant(clock)));
     // A file a day up to the clock's (unfinished) day, a few days missing.
     let shape = h.shape.clone();
+    if cfg.dims {
+        let what = h.files.dims(&mut rng, true);
+        h.log.push(what);
+    }
     for day in 0..=(clock + cfg.tz_h).div_euclid(24) {
         if rng.chance(4) && day > 0 {
             continue;
@@ -185,6 +191,10 @@ impl History {
             9 => Some(self.files.rename(rng)),
             10 => self.files.delete(rng),
             11 => Some(self.files.touch(rng)),
+            12 if cfg.dims => {
+                let fresh = !rng.chance(3);
+                Some(self.files.dims(rng, fresh))
+            }
             _ => None,
         };
         if let Some(what) = what {
@@ -288,6 +298,7 @@ impl History {
     fn check_run(&mut self, kind: Kind, restart: bool) {
         let inputs = Inputs::read(self.d());
         let current = periods::current(&inputs.files, self.timeline().cfg.tz_h);
+        let dims = Dims::read(self.d());
         let mut args = self.command(kind, restart);
         args.extend(["--report".into(), "r.json".into()]);
         let _ = std::fs::remove_file(self.d().join("r.json"));
@@ -327,7 +338,15 @@ impl History {
         }
         let t = self.timeline();
         let (cfg, clock) = (t.cfg, t.clock);
-        let plan = periods::plan(&t.state, &current, kind, clock, &cfg, resumed);
+        let plan = periods::plan(
+            &t.state,
+            &current,
+            dims.as_ref(),
+            kind,
+            clock,
+            &cfg,
+            resumed,
+        );
         if plan.todo.is_empty() && t.state.out.is_none() && run.code == 1 {
             // Known, reported, left to the owner of src/run/model.rs: a run with nothing to
             // compute before anything was published fails, registering an output there is
@@ -392,7 +411,12 @@ impl History {
             *self.log.last_mut().unwrap() += &format!(" ({} rows beyond the window)", got.2);
         }
         // The units are the periods computed; rows out, theirs.
-        let after = periods::apply(self.timeline().state.out.as_ref(), &plan, &current);
+        let after = periods::apply(
+            self.timeline().state.out.as_ref(),
+            &plan,
+            &current,
+            dims.as_ref(),
+        );
         let units: Vec<String> = model["units"]
             .as_array()
             .into_iter()
@@ -426,14 +450,19 @@ impl History {
                 .collect();
             *self.log.last_mut().unwrap() += &format!(" [{}]", reasons.join(" "));
         }
-        // The state after it: its beyond-window rows are recorded (unless it resumed a run
-        // with nothing left to compute: that reports, and keeps, its attempt's records).
+        // The state after it: its beyond-window rows are recorded. Unless it resumed a killed
+        // run: with nothing left to compute, it reports, and keeps, what an attempt recorded;
+        // and (known, reported, left to the owner of src/run/model.rs) when the killed
+        // attempt had published the same units from the same inputs, the resumed run finds
+        // them published and returns before recording what its own plan counted, which it
+        // reports all the same: the next run counts those rows again (with
+        // `on_late_beyond_window = "fail"`, fails again for them).
         let t = self.timeline_mut();
         let mut next = State {
             out: after,
             ..t.state.clone()
         };
-        if resumed && plan.todo.is_empty() {
+        if resumed {
             next.maybe.extend(plan.counted.iter().cloned());
         } else {
             next.sure.extend(plan.counted.iter().cloned());
@@ -520,6 +549,15 @@ impl History {
                 describe_current(current)
             )
         });
+        self.check(
+            late["dimensions_changed"] == plan.dimensions_changed,
+            || {
+                format!(
+                    "dimensions_changed {}, expected {}",
+                    late["dimensions_changed"], plan.dimensions_changed
+                )
+            },
+        );
         let reconcile: Vec<String> = strings(&late["periods_to_reconcile"]);
         let want: Vec<String> = plan.to_reconcile.iter().map(|d| day_name(*d)).collect();
         self.check(reconcile == want, || {
@@ -539,6 +577,7 @@ impl History {
     fn kill_incremental(&mut self, rng: &mut Rng, kind: Kind, restart: bool) {
         let inputs = Inputs::read(self.d());
         let current = periods::current(&inputs.files, self.timeline().cfg.tz_h);
+        let dims = Dims::read(self.d());
         let moment = match rng.below(8) {
             0 => Moment::Staged,
             1 => Moment::Moved,
@@ -562,7 +601,15 @@ impl History {
         let resumed = stderr.contains("resuming run");
         let t = self.timeline();
         let (cfg, clock) = (t.cfg, t.clock);
-        let plan = periods::plan(&t.state, &current, kind, clock, &cfg, resumed);
+        let plan = periods::plan(
+            &t.state,
+            &current,
+            dims.as_ref(),
+            kind,
+            clock,
+            &cfg,
+            resumed,
+        );
         let cmd = args.join(" ");
         let how = if resumed { " (resumed)" } else { "" };
         match ended {
@@ -589,7 +636,7 @@ impl History {
         let mut pre = t.state.clone();
         pre.maybe.extend(plan.counted.iter().cloned());
         let mut post = State {
-            out: periods::apply(t.state.out.as_ref(), &plan, &current),
+            out: periods::apply(t.state.out.as_ref(), &plan, &current, dims.as_ref()),
             ..t.state.clone()
         };
         if plan.todo.is_empty() {
@@ -659,8 +706,17 @@ impl History {
         let m = &status[0];
         let inputs = Inputs::read(self.d());
         let current = periods::current(&inputs.files, self.timeline().cfg.tz_h);
+        let dims = Dims::read(self.d());
         let t = self.timeline();
-        let plan = periods::plan(&t.state, &current, Kind::Run, t.clock, &t.cfg, false);
+        let plan = periods::plan(
+            &t.state,
+            &current,
+            dims.as_ref(),
+            Kind::Run,
+            t.clock,
+            &t.cfg,
+            false,
+        );
         let due: Vec<(String, String)> = m["due"]
             .as_array()
             .into_iter()

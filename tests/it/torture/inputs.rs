@@ -153,24 +153,53 @@ impl Files {
         names[rng.below(names.len() as u64) as usize].clone()
     }
 
-    /// Writes `text` to `name`, so that sluice can tell the new file from the old one: when
-    /// the size stays and the clock has not moved on (a coarse file-system timestamp), it
-    /// writes again after a pause.
+    /// Writes `text` to `data/<name>` (see [`write_new`]).
     fn write(&self, name: &str, text: &str) {
-        let path = self.dir.join(name);
-        let before = std::fs::metadata(&path)
-            .ok()
-            .map(|m| (m.len(), m.mtime_nsec(), m.mtime()));
-        loop {
-            std::fs::write(&path, text).unwrap();
-            let m = std::fs::metadata(&path).unwrap();
-            if before != Some((m.len(), m.mtime_nsec(), m.mtime())) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        write_new(&self.dir.join(name), text);
     }
 
+    /// The dimension source `dims.csv` (beside `data/`) written: `k` for `g` 0 to 2, fresh
+    /// values, or the same ones again (a new version all the same).
+    pub fn dims(&mut self, rng: &mut Rng, fresh: bool) -> String {
+        let path = self.dir.parent().unwrap().join("dims.csv");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) if !fresh => text,
+            _ => {
+                let mut text = String::from("g,k\n");
+                for g in 0..3 {
+                    text.push_str(&format!("{g},{}\n", rng.below(100)));
+                }
+                text
+            }
+        };
+        write_new(&path, &text);
+        let k: Vec<&str> = text.lines().skip(1).collect();
+        format!(
+            "dims.csv{}: {}",
+            if fresh { "" } else { " rewritten unchanged" },
+            k.join(" ")
+        )
+    }
+}
+
+/// Writes `text` to `path`, so that sluice can tell the new file from the old one: when the
+/// size stays and the clock has not moved on (a coarse file-system timestamp), it writes
+/// again after a pause.
+fn write_new(path: &Path, text: &str) {
+    let before = std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.len(), m.mtime_nsec(), m.mtime()));
+    loop {
+        std::fs::write(path, text).unwrap();
+        let m = std::fs::metadata(path).unwrap();
+        if before != Some((m.len(), m.mtime_nsec(), m.mtime())) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+impl Files {
     /// A file's text: a header and 1 to 30 rows; in a pipeline with bad rows, a quarter of
     /// the files hold some; in one with bad event times, an eighth of the rows lack one.
     fn text(&mut self, rng: &mut Rng, shape: &Shape, late: bool) -> String {

@@ -69,21 +69,67 @@ pub fn current(files: &[InputFile], tz: i64) -> Current {
     out
 }
 
+/// The dimension source `dims` (`g, k`, no event time) as it was: its version, and `k` by
+/// `g` (the model outputs `n + k` for each event, joined on `g`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dims {
+    pub version: Version,
+    pub k: BTreeMap<i64, i64>,
+}
+
+impl Dims {
+    /// `<pipeline>/dims.csv`, if the model has it.
+    pub fn read(pipeline: &std::path::Path) -> Option<Dims> {
+        use std::os::unix::fs::MetadataExt;
+        let path = pipeline.join("dims.csv");
+        let m = std::fs::metadata(&path).ok()?;
+        let text = std::fs::read_to_string(&path).ok()?;
+        let k = text
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let (g, k) = l.split_once(',')?;
+                Some((g.parse().ok()?, k.parse().ok()?))
+            })
+            .collect();
+        Some(Dims {
+            version: Version {
+                name: "dims.csv".into(),
+                size: m.len(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+            },
+            k,
+        })
+    }
+
+    /// An event's output row: `(id, n + k, g)`; none when no `k` joins its `g`.
+    fn join(&self, (id, n, g): Row) -> Option<Row> {
+        Some((id, n + self.k.get(&g)?, g))
+    }
+}
+
 /// What an incremental output holds: its first period, and each period computed with the
-/// file versions applied to it (none: computed with no rows).
+/// file versions applied to it (none: computed with no rows), and the dimension source as it
+/// was then (if the model has one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     pub start: Day,
     pub periods: BTreeMap<Day, Vec<Applied>>,
+    pub dims: BTreeMap<Day, Dims>,
 }
 
 impl Published {
-    /// The rows of each period.
+    /// The rows of each period (each event joined with the dimension as it was when its
+    /// period was computed).
     pub fn rows(&self) -> BTreeMap<Day, Vec<Row>> {
         self.periods
             .iter()
             .map(|(d, files)| {
-                let mut rows: Vec<Row> = files.iter().flat_map(|f| f.rows.clone()).collect();
+                let events = files.iter().flat_map(|f| f.rows.iter().copied());
+                let mut rows: Vec<Row> = match self.dims.get(d) {
+                    Some(dims) => events.filter_map(|r| dims.join(r)).collect(),
+                    None => events.collect(),
+                };
                 rows.sort();
                 (*d, rows)
             })
@@ -209,6 +255,7 @@ pub enum Reason {
     Changed,
     Deleted,
     Lookback,
+    Dimension,
     Backfill,
     FullRefresh,
 }
@@ -221,6 +268,7 @@ impl Reason {
             Reason::Changed => "changed",
             Reason::Deleted => "deleted",
             Reason::Lookback => "lookback",
+            Reason::Dimension => "dimension",
             Reason::Backfill => "backfill",
             Reason::FullRefresh => "full_refresh",
         }
@@ -264,16 +312,20 @@ pub struct Plan {
     pub to_reconcile: Vec<Day>,
     /// Touched periods beyond the window: (period, late rows, deleted rows).
     pub backlog: Vec<(Day, u64, u64)>,
+    /// The dimension changed since a period it computes was computed.
+    pub dimensions_changed: bool,
 }
 
-/// The periods a run of `kind` with clock `clock` computes over the `current` files from
-/// `state`, and how it counts the rows it finds (docs/incremental.md, "What a run
-/// computes", "Late rows, the window, and what is later still", "The late-arrival rate").
+/// The periods a run of `kind` with clock `clock` computes over the `current` files (and
+/// dimension `dims`) from `state`, and how it counts the rows it finds (docs/incremental.md,
+/// "What a run computes", "Late rows, the window, and what is later still", "The
+/// late-arrival rate").
 /// `resumed`: the run resumes a killed one, so the rows that run counted beyond the window
 /// are counted again (the state store's records of a run are replaced by its resume).
 pub fn plan(
     state: &State,
     current: &Current,
+    dims: Option<&Dims>,
     kind: Kind,
     clock: Hour,
     cfg: &Incremental,
@@ -353,6 +405,14 @@ pub fn plan(
         };
         let touched = entry.is_some() && (!arrived.is_empty() || !gone.is_empty());
         let reconciles = matches!(kind, Kind::Run | Kind::Reconcile);
+        // The dimension changed since the period was computed, and its window is open.
+        let computed_with = entries
+            .contains_key(&d)
+            .then(|| state.out.as_ref()?.dims.get(&d))
+            .flatten();
+        let dims_changed = entries.contains_key(&d)
+            && computed_with.map(|c| &c.version) != dims.map(|c| &c.version)
+            && in_window;
         let reason = if backfill.is_some() {
             backfilled.then_some(Reason::Backfill)
         } else if full {
@@ -365,11 +425,14 @@ pub fn plan(
                 (true, false) => Reason::Deleted,
                 _ => Reason::Changed,
             })
+        } else if dims_changed && reconciles {
+            Some(Reason::Dimension)
         } else if lookback.contains(&d) && kind == Kind::Run {
             Some(Reason::Lookback)
         } else {
             None
         };
+        plan.dimensions_changed |= dims_changed && reason.is_some();
         // Each row counted once: on time when its period is computed for the first time,
         // late inside the window when applied to a computed period, beyond the window by
         // the first run that finds it after the window closed (applied or not).
@@ -419,21 +482,33 @@ pub fn plan(
 /// The output after a run that carried out `plan` over the `current` files: the periods it
 /// computed replaced by what they hold now (all of them, for a full one); nothing published
 /// when it computed nothing.
-pub fn apply(out: Option<&Published>, plan: &Plan, current: &Current) -> Option<Published> {
+pub fn apply(
+    out: Option<&Published>,
+    plan: &Plan,
+    current: &Current,
+    dims: Option<&Dims>,
+) -> Option<Published> {
     if plan.todo.is_empty() {
         return out.cloned();
     }
-    let mut periods = match out {
-        Some(o) if !plan.full => o.periods.clone(),
-        _ => BTreeMap::new(),
+    let (mut periods, mut dims_of) = match out {
+        Some(o) if !plan.full => (o.periods.clone(), o.dims.clone()),
+        _ => (BTreeMap::new(), BTreeMap::new()),
     };
     for (d, _) in &plan.todo {
         periods.insert(*d, current.get(d).cloned().unwrap_or_default());
+        if let Some(dims) = dims {
+            dims_of.insert(*d, dims.clone());
+        }
     }
     let first = plan.first.expect("a plan with periods has a first one");
     let start = match out {
         Some(o) if !plan.full => o.start.min(first),
         _ => first,
     };
-    Some(Published { start, periods })
+    Some(Published {
+        start,
+        periods,
+        dims: dims_of,
+    })
 }

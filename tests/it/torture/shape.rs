@@ -34,6 +34,9 @@ pub struct Incremental {
     /// `timezone`, as its offset from UTC in hours (a zone without daylight saving time); 0:
     /// none (UTC). Periods are its days; `start` and `backfill --from`/`--to` its wall times.
     pub tz_h: i64,
+    /// The model joins a dimension source `dims` (`dims.csv`: `g, k`, no event time) and
+    /// outputs `n + k`: when it changes, the periods inside the window are computed again.
+    pub dims: bool,
 }
 
 impl Incremental {
@@ -163,6 +166,7 @@ impl Shape {
         };
         let fail_beyond = rng.chance(4);
         let tz_h = [0, 0, 0, 0, 4, -5][rng.below(6) as usize];
+        let dims = rng.chance(3);
         let partitioned = rng.chance(3);
         let offsets = rng.chance(2);
         let concurrency = 1 + rng.below(2);
@@ -179,6 +183,7 @@ impl Shape {
                 start,
                 fail_beyond,
                 tz_h,
+                dims,
             }),
             mode: Mode::Overwrite,
             partitioned,
@@ -189,6 +194,16 @@ impl Shape {
             bad_times: false,
             offsets,
             sink,
+        }
+    }
+
+    /// The model's query.
+    pub fn query(&self) -> &'static str {
+        match self.incremental() {
+            Some(i) if i.dims => {
+                "SELECT e.id, e.n + d.k AS n, e.g FROM events e JOIN dims d ON e.g = d.g"
+            }
+            _ => "SELECT id, n, g FROM events",
         }
     }
 
@@ -267,6 +282,11 @@ impl Shape {
                 }
                 if let Some(zone) = i.zone() {
                     toml.push_str(&format!("timezone = \"{zone}\"\n"));
+                }
+                if i.dims {
+                    toml.push_str(
+                        "[sources.dims]\nlocation = \"dims.csv\"\nformat = \"csv\"\nschema = \"g INT, k INT\"\n",
+                    );
                 }
             }
         }
