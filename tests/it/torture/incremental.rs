@@ -2,10 +2,12 @@
 //! reconcile run, then rerun, gives what an uninterrupted run gives; arrival records are
 //! committed with the publish that used them").
 //!
-//! Each draws an incremental model by UTC day ([`Incremental`]: a late window, a lookback, a
-//! `start` or none, `on_late_beyond_window` warn or fail, partitioned or not) and a
-//! timeline: the clock (`--as-of`) moves on by random amounts; day files arrive, late files
-//! for days inside and beyond the window, files are rewritten, renamed, touched and deleted;
+//! Each draws an incremental model by day ([`Incremental`]: UTC or a zone's days, a late
+//! window, a lookback, a `start` or none, `on_late_beyond_window` warn or fail, a dimension
+//! source joined or none, partitioned or not; a local or an S3 output) and a timeline: the
+//! clock (`--as-of`) moves on by random amounts (or to the hour a window closes); day files
+//! arrive, late files for days inside and beyond the window, files are rewritten, renamed,
+//! touched and deleted, the dimension changes;
 //! runs of every kind (`run`, `run --no-reconcile`, `reconcile`, `backfill` over a random
 //! range, `run --full-refresh`) are checked in full, or killed with `kill -9` (after a pause,
 //! or when a staging file, a moved file or a new manifest appears) and run again (the same
@@ -38,6 +40,9 @@ pub struct Timeline {
     pub clock: Hour,
     pub state: State,
     attempts: Vec<(Kind, Hour, Counts)>,
+    /// The hash the manifest records (`dims`) for each version of the dimension a period
+    /// was computed with (`None`: the model has none).
+    dims_hashes: std::collections::BTreeMap<Option<periods::Version>, String>,
 }
 
 impl Timeline {
@@ -85,6 +90,7 @@ pub fn history(seed: u64, flags: Flags) -> Totals {
         clock,
         state: State::default(),
         attempts: Vec::new(),
+        dims_hashes: Default::default(),
     });
     h.log.push(format!("clock {}", instant(clock)));
     // A file a day up to the clock's (unfinished) day, a few days missing.
@@ -302,6 +308,7 @@ impl History {
         let mut args = self.command(kind, restart);
         args.extend(["--report".into(), "r.json".into()]);
         let _ = std::fs::remove_file(self.d().join("r.json"));
+        let files_before = self.out.files_by_period();
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let run = sluice_env(self.d(), &argv, &self.out.env());
         self.counts.runs += 1;
@@ -471,6 +478,19 @@ impl History {
         next.maybe.retain(|c| !sure.contains(c));
         t.attempts.clear();
         self.observe_incremental("after the run", &[next]);
+        // Nothing else is written: the periods it did not compute keep their files.
+        let files_after = self.out.files_by_period();
+        let computed: Vec<String> = plan.todo.iter().map(|(d, _)| day_name(*d)).collect();
+        for (period, files) in &files_after {
+            if !computed.contains(period) {
+                self.check(files_before.get(period) == Some(files), || {
+                    format!(
+                        "period {period}, not computed, has files {files:?}, had {:?}",
+                        files_before.get(period)
+                    )
+                });
+            }
+        }
         let run_id = report["run_id"].as_str().unwrap_or_default().to_string();
         self.check_leftovers(&run_id, plan.todo.is_empty(), resumed);
     }
@@ -768,13 +788,41 @@ impl History {
                 format!("{when}: the manifest says {listed} rows, its files hold {held}")
             });
         }
+        // Which dimension each period was computed with shows only as a hash in the
+        // manifest (`dims`): learnt from the states observed, one hash for each version.
+        let hashes = self.out.period_dims();
+        let learnt = &self.timeline().dims_hashes;
+        let dims_fit = |s: &State| {
+            s.out.as_ref().is_none_or(|o| {
+                o.periods.keys().all(|d| {
+                    let version = o.dims.get(d).map(|x| x.version.clone());
+                    let Some(hash) = hashes.get(&day_name(*d)) else {
+                        return false;
+                    };
+                    match learnt.get(&version) {
+                        Some(h) => h == hash,
+                        None => !learnt.values().any(|h| h == hash),
+                    }
+                })
+            })
+        };
         let matching: Vec<usize> = (0..states.len())
-            .filter(|i| expected_seen(states[*i].out.as_ref()) == seen)
+            .filter(|i| expected_seen(states[*i].out.as_ref()) == seen && dims_fit(&states[*i]))
             .collect();
         let Some(&first) = matching.first() else {
             let diffs: Vec<String> = states
                 .iter()
-                .map(|s| describe_seen_diff(&expected_seen(s.out.as_ref()), &seen))
+                .map(|s| {
+                    let dims = if dims_fit(s) {
+                        ""
+                    } else {
+                        "; the dimension versions do not fit the manifest's hashes"
+                    };
+                    format!(
+                        "{}{dims}",
+                        describe_seen_diff(&expected_seen(s.out.as_ref()), &seen)
+                    )
+                })
                 .collect();
             self.fail(&format!(
                 "{when}: the output is no state the history allows; against each: {diffs:?}"
@@ -783,6 +831,13 @@ impl History {
         let mut state = states[first].clone();
         for i in &matching[1..] {
             state = state.merge(&states[*i]);
+        }
+        if let Some(o) = &state.out {
+            for d in o.periods.keys() {
+                let version = o.dims.get(d).map(|x| x.version.clone());
+                let hash = hashes[&day_name(*d)].clone();
+                self.timeline_mut().dims_hashes.insert(version, hash);
+            }
         }
         self.timeline_mut().state = state;
         first

@@ -209,6 +209,44 @@ impl Output {
         Ok(rows)
     }
 
+    /// The `dims` each period of the current manifest records: a hash of the versions of the
+    /// inputs without event time it was computed with.
+    pub fn period_dims(&self) -> BTreeMap<String, String> {
+        let Some(bytes) = self.manifest() else {
+            return BTreeMap::new();
+        };
+        let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        manifest["periods"]["entries"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(p, e)| {
+                (
+                    p.clone(),
+                    e["dims"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// The data files the current manifest lists, by the period that wrote them.
+    pub fn files_by_period(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let Some(bytes) = self.manifest() else {
+            return out;
+        };
+        let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        for f in manifest["files"].as_array().into_iter().flatten() {
+            out.entry(f["period"].as_str().unwrap_or_default().to_string())
+                .or_default()
+                .push(f["path"].as_str().unwrap_or_default().to_string());
+        }
+        for files in out.values_mut() {
+            files.sort();
+        }
+        out
+    }
+
     /// An incremental output as its manifest records it (`None`: nothing published): its
     /// first period, the file versions applied to each period, and the rows of each period's
     /// data files. An error when a data file names no period, or one the manifest does not
