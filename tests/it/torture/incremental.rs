@@ -602,7 +602,7 @@ impl History {
             0 => Moment::Staged,
             1 => Moment::Moved,
             2 => Moment::Manifest,
-            _ => Moment::After(rng.below(250)),
+            _ => Moment::After(rng.below(150)),
         };
         let before = (self.out.manifest(), 0);
         let args = self.command(kind, restart);
