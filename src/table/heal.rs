@@ -162,6 +162,19 @@ impl Output {
         }
         self.delete_all(garbage).await?;
         self.heal_staging(me, ended, &mut states).await?;
+        // On local disk, a commit killed between writing its temporary manifest and renaming
+        // it over `_MANIFEST` leaves the temporary file.
+        if let Some(root) = self.location().local_path() {
+            match super::swap::remove_killed_swaps(&root) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(output = %self.location(), files = n, "deleted the temporary manifests of killed commits")
+                }
+                Err(e) => {
+                    tracing::warn!(output = %self.location(), "cannot delete the temporary manifests of killed commits: {e}")
+                }
+            }
+        }
         let legacy_local = self
             .location()
             .local_path()

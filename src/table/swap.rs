@@ -180,6 +180,39 @@ fn swap_local(
     })
 }
 
+/// Deletes the temporary manifests that swaps killed half-way left in the local output folder
+/// `dir` (a swap writes `._MANIFEST.<run id>.tmp`, then renames it over `_MANIFEST`; a kill in
+/// between left it there for good). Under the folder's lock no swap is under way, so every
+/// one there is such a leftover. Returns how many it deleted.
+pub(crate) fn remove_killed_swaps(dir: &Path) -> std::io::Result<usize> {
+    let leftovers = || -> Vec<std::path::PathBuf> {
+        let prefix = format!(".{MANIFEST}.");
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tmp"))
+            })
+            .map(|e| e.path())
+            .collect()
+    };
+    if leftovers().is_empty() {
+        return Ok(0);
+    }
+    let _lock = crate::flock::Flock::wait(std::fs::File::open(dir)?)?;
+    let found = leftovers();
+    for path in &found {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(found.len())
+}
+
 /// Flushes files and the folders that name them to disk (local outputs): the data files a
 /// manifest is about to list must be on disk before it is.
 pub(crate) fn sync_files(root: &Path, files: &[std::path::PathBuf]) -> std::io::Result<()> {
@@ -235,5 +268,27 @@ mod tests {
         ));
         assert_eq!(read().await.unwrap().manifest.unwrap().run_id, "c");
         assert!(!dir.path().join(".t").exists());
+    }
+
+    #[test]
+    fn the_temporary_manifest_of_a_killed_swap_is_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert_eq!(remove_killed_swaps(d).unwrap(), 0);
+        for name in [
+            "._MANIFEST.20240101T000000Z-abcdef.tmp",
+            "_MANIFEST",
+            ".other.tmp",
+            "part-0.parquet",
+        ] {
+            std::fs::write(d.join(name), "x").unwrap();
+        }
+        assert_eq!(remove_killed_swaps(d).unwrap(), 1);
+        let mut left: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![".other.tmp", "_MANIFEST", "part-0.parquet"]);
     }
 }

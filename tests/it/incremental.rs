@@ -1122,3 +1122,185 @@ fn an_incremental_model_downstream_recomputes_the_periods_upstream_recomputed() 
         bad.stderr
     );
 }
+
+/// Found by the fault test (tests/it/torture, incremental histories): a run killed while
+/// committing to a local output, between writing the new manifest to its temporary file
+/// `._MANIFEST.<run id>.tmp` and renaming it over `_MANIFEST`, left that file in the output
+/// folder for good: no later command removed it. Healing (any command) now removes it, under
+/// the folder's lock (no commit is under way then).
+#[test]
+fn the_temporary_manifest_of_a_commit_killed_half_way_is_removed() {
+    let dir = pipeline(TOML, &[]);
+    let d = dir.path();
+    write_all(d, &day_one());
+    run_with_report(d, &["--as-of", "2024-01-11"], 0);
+    let manifest = std::fs::read(d.join("out/daily/_MANIFEST")).unwrap();
+    // What the kill leaves: the next version written in full, not renamed.
+    let tmp = d.join("out/daily/._MANIFEST.20240111T000000Z-abcdef.tmp");
+    std::fs::write(&tmp, &manifest).unwrap();
+    sluice(d, &["plan", ".", "--as-of", "2024-01-11"]).expect(0);
+    assert!(!tmp.exists(), "plan heals the output");
+    std::fs::write(&tmp, &manifest).unwrap();
+    let (_, r) = run_with_report(d, &["--as-of", "2024-01-11"], 0);
+    assert!(units_of(&r).is_empty());
+    assert!(!tmp.exists(), "a run heals the output");
+    assert_eq!(
+        std::fs::read(d.join("out/daily/_MANIFEST")).unwrap(),
+        manifest
+    );
+}
+
+// Known bugs the incremental fault test found (tests/it/torture/incremental.rs), not fixed
+// here: their cause is in src/run/model.rs, which is being changed elsewhere. Each test
+// reproduces one and is ignored until the fix: `cargo test --test it incremental::known_ --
+// --ignored`.
+
+/// The daily job run before the first day has ended: nothing to compute, nothing published
+/// yet. It should exit 0 ("a run with nothing to compute publishes nothing"); it fails with
+/// a message that does not apply ("it is not selected and has no output ... yet"): the
+/// branch for an empty plan (src/run/model.rs, `ModelRun::run`) registers the output,
+/// which src/run/prepare.rs `register_output` refuses when there is none.
+#[test]
+#[ignore = "known bug in src/run/model.rs: an empty plan before the first publish fails"]
+fn known_nothing_to_compute_before_the_first_publish_is_no_failure() {
+    let dir = pipeline(TOML, &[("events-01.csv", &Events::day(1, 3, 1))]);
+    let d = dir.path();
+    let (run, r) = run_with_report(d, &["--as-of", "2024-01-01T12:00:00Z"], 0);
+    assert_eq!(
+        report_model(&r, "daily")["units_total"],
+        0,
+        "{}",
+        run.stderr
+    );
+    assert!(!d.join("out/daily/_MANIFEST").exists());
+}
+
+/// A run with nothing to compute takes the output's staging lease and returns before its
+/// publish without releasing it: `out/_sluice_staging/daily/<run id>/_LEASE` stays until the
+/// next run heals it (src/run/model.rs: the empty plan's early return; `run_table_model`
+/// releases the output only on an error).
+#[test]
+#[ignore = "known bug in src/run/model.rs: an empty plan leaves its staging lease"]
+fn known_a_run_with_nothing_to_compute_leaves_no_staging() {
+    let dir = pipeline(TOML, &[]);
+    let d = dir.path();
+    write_all(d, &day_one());
+    run_with_report(d, &["--as-of", "2024-01-11"], 0);
+    let (_, r) = run_with_report(d, &["--as-of", "2024-01-11"], 0);
+    assert!(units_of(&r).is_empty());
+    assert_eq!(
+        files_under(&d.join("out/_sluice_staging")),
+        Vec::<String>::new()
+    );
+}
+
+/// A backfill killed after its publish, resumed after a late file beyond the window
+/// arrived: the resumed run finds its units published from unchanged inputs and returns
+/// before recording the late rows its own plan counted (src/run/model.rs, `ModelRun::run`:
+/// `Published::Done` returns before `record_late`), though it reports them (and, with
+/// `on_late_beyond_window = "fail"`, fails for them). The next run counts them again and
+/// fails again: they should be counted once, and a retry should not fail for them.
+#[test]
+#[ignore = "known bug in src/run/model.rs: a resumed run that finds its units published does not record its late counts"]
+fn known_a_resumed_run_that_finds_its_publish_records_what_it_counted() {
+    let toml = TOML.replace(
+        "late_window = \"48h\"",
+        "late_window = \"0h\"\non_late_beyond_window = \"fail\"",
+    );
+    let dir = pipeline(&toml, &[]);
+    let d = dir.path();
+    write_all(d, &day_one());
+    run_with_report(d, &["--as-of", "2024-01-11"], 0);
+    let run_id = || read_json(&d.join("out/daily/_MANIFEST"))["run_id"].clone();
+    let before = run_id();
+    let backfill = [
+        "backfill",
+        ".",
+        "--from",
+        "2024-01-05",
+        "--to",
+        "2024-01-06",
+        "--as-of",
+        "2024-01-11",
+    ];
+    let mut child = spawn_sluice(d, &backfill);
+    let t = std::time::Instant::now();
+    while run_id() == before && t.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_micros(500));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the backfill ended before the kill"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // 5 rows for day 2, beyond the window.
+    Events::day(2, 5, 80_000).write(&d.join("data/late-02.csv"));
+    let mut args = backfill.to_vec();
+    args.extend(["--report", "b.json"]);
+    let resumed = sluice(d, &args).expect(1);
+    let b = read_json(&d.join("b.json"));
+    assert_eq!(b["run_id"], run_id(), "{}", resumed.stderr);
+    assert_eq!(late(&b)["rows_late_beyond_window"], 5);
+    // Counted once: the next run does not count them, nor fail for them.
+    let (_, r) = run_with_report(d, &["--as-of", "2024-01-11"], 0);
+    assert_eq!(late(&r)["rows_late_beyond_window"], 0);
+}
+
+/// A run killed during its publish (its files moved into the output folder, the manifest not
+/// yet written), resumed after its input was deleted: the resumed run has nothing left to
+/// compute and returns (src/run/model.rs, the empty plan's early return) leaving the files
+/// its killed attempt moved in the output folder, unlisted (readers that list the folder
+/// see their rows), until the next run heals them (healing never takes a running run's own
+/// files for leftovers: src/table/heal.rs).
+#[test]
+#[ignore = "known bug in src/run/model.rs: a resumed run with nothing to compute leaves its moved files"]
+fn known_a_resumed_run_with_nothing_to_compute_leaves_no_moved_files() {
+    let listed = |d: &Path| -> Vec<String> {
+        let m = read_json(&d.join("out/daily/_MANIFEST"));
+        m["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let unlisted = |d: &Path| -> Vec<String> {
+        let listed = listed(d);
+        files_under(&d.join("out/daily"))
+            .into_iter()
+            .filter(|f| f.ends_with(".parquet") && !listed.contains(f))
+            .collect()
+    };
+    // The moment is brief: a few tries.
+    for _ in 0..10 {
+        let dir = pipeline(TOML, &[]);
+        let d = dir.path();
+        write_all(d, &day_one());
+        run_with_report(d, &["--as-of", "2024-01-11"], 0);
+        Events::day(11, 100, 11_000).write(&d.join("data/events-11.csv"));
+        let manifest = std::fs::read(d.join("out/daily/_MANIFEST")).unwrap();
+        let mut child = spawn_sluice(d, &["run", ".", "--as-of", "2024-01-12"]);
+        let t = std::time::Instant::now();
+        while unlisted(d).is_empty()
+            && child.try_wait().unwrap().is_none()
+            && t.elapsed() < std::time::Duration::from_secs(60)
+        {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let caught = std::fs::read(d.join("out/daily/_MANIFEST")).unwrap() == manifest
+            && !unlisted(d).is_empty();
+        if !caught {
+            continue;
+        }
+        std::fs::remove_file(d.join("data/events-11.csv")).unwrap();
+        let (run, r) = run_with_report(d, &["--as-of", "2024-01-12"], 0);
+        assert!(run.stderr.contains("resuming run"), "{}", run.stderr);
+        assert!(units_of(&r).is_empty());
+        assert_eq!(unlisted(d), Vec::<String>::new());
+        return;
+    }
+    panic!("no run was killed between moving its files and its commit");
+}

@@ -98,29 +98,108 @@ impl Files {
         format!("rewrite {name} unchanged")
     }
 
+    /// A new file named `<prefix><n>.csv` of 1 to 12 fresh rows whose event times fall on
+    /// the days `days` (of the incremental model's zone; each day gets at least one row).
+    pub fn add_on(&mut self, rng: &mut Rng, shape: &Shape, days: &[i64], prefix: &str) -> String {
+        self.next_name += 1;
+        let name = format!("{prefix}{}.csv", self.next_name);
+        let text = self.text_on(rng, shape, days);
+        self.write(&name, &text);
+        let tz = shape.incremental().map_or(0, |i| i.tz_h);
+        format!("add {name} ({})", summary_days(&text, tz))
+    }
+
+    /// An existing file rewritten with fresh rows on the days it held (a correction).
+    pub fn rewrite_on(&mut self, rng: &mut Rng, shape: &Shape) -> String {
+        let name = self.pick(rng);
+        let old = std::fs::read_to_string(self.dir.join(&name)).unwrap();
+        let tz = shape.incremental().map_or(0, |i| i.tz_h);
+        let days: BTreeSet<i64> = old
+            .lines()
+            .skip(1)
+            .filter_map(|l| utc_minute(l.rsplit(',').next()?))
+            .map(|m| local_day(m, tz))
+            .collect();
+        let days: Vec<i64> = days.into_iter().collect();
+        let text = self.text_on(rng, shape, &days);
+        self.write(&name, &text);
+        format!("correct {name} ({})", summary_days(&text, tz))
+    }
+
+    /// Fresh rows on `days`, at least one each.
+    fn text_on(&mut self, rng: &mut Rng, shape: &Shape, days: &[i64]) -> String {
+        let rows = (1 + rng.below(12)).max(days.len() as u64);
+        let mut text = String::from("id,n,g,ts\n");
+        for i in 0..rows {
+            let day = match days.get(i as usize) {
+                Some(d) => *d,
+                None => days[rng.below(days.len() as u64) as usize],
+            };
+            self.next_id += 1;
+            let tz = shape.incremental().map_or(0, |i| i.tz_h);
+            let ts = timestamp_on(rng, shape.offsets, day, tz);
+            text.push_str(&format!(
+                "{},{},{},{ts}\n",
+                self.next_id,
+                rng.below(1000),
+                rng.below(3)
+            ));
+        }
+        text
+    }
+
     fn pick(&self, rng: &mut Rng) -> String {
         let names = self.names();
         names[rng.below(names.len() as u64) as usize].clone()
     }
 
-    /// Writes `text` to `name`, so that sluice can tell the new file from the old one: when
-    /// the size stays and the clock has not moved on (a coarse file-system timestamp), it
-    /// writes again after a pause.
+    /// Writes `text` to `data/<name>` (see [`write_new`]).
     fn write(&self, name: &str, text: &str) {
-        let path = self.dir.join(name);
-        let before = std::fs::metadata(&path)
-            .ok()
-            .map(|m| (m.len(), m.mtime_nsec(), m.mtime()));
-        loop {
-            std::fs::write(&path, text).unwrap();
-            let m = std::fs::metadata(&path).unwrap();
-            if before != Some((m.len(), m.mtime_nsec(), m.mtime())) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        write_new(&self.dir.join(name), text);
     }
 
+    /// The dimension source `dims.csv` (beside `data/`) written: `k` for `g` 0 to 2, fresh
+    /// values, or the same ones again (a new version all the same).
+    pub fn dims(&mut self, rng: &mut Rng, fresh: bool) -> String {
+        let path = self.dir.parent().unwrap().join("dims.csv");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) if !fresh => text,
+            _ => {
+                let mut text = String::from("g,k\n");
+                for g in 0..3 {
+                    text.push_str(&format!("{g},{}\n", rng.below(100)));
+                }
+                text
+            }
+        };
+        write_new(&path, &text);
+        let k: Vec<&str> = text.lines().skip(1).collect();
+        format!(
+            "dims.csv{}: {}",
+            if fresh { "" } else { " rewritten unchanged" },
+            k.join(" ")
+        )
+    }
+}
+
+/// Writes `text` to `path`, so that sluice can tell the new file from the old one: when the
+/// size stays and the clock has not moved on (a coarse file-system timestamp), it writes
+/// again after a pause.
+fn write_new(path: &Path, text: &str) {
+    let before = std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.len(), m.mtime_nsec(), m.mtime()));
+    loop {
+        std::fs::write(path, text).unwrap();
+        let m = std::fs::metadata(path).unwrap();
+        if before != Some((m.len(), m.mtime_nsec(), m.mtime())) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+impl Files {
     /// A file's text: a header and 1 to 30 rows; in a pipeline with bad rows, a quarter of
     /// the files hold some; in one with bad event times, an eighth of the rows lack one.
     fn text(&mut self, rng: &mut Rng, shape: &Shape, late: bool) -> String {
@@ -184,6 +263,75 @@ fn timestamp(rng: &mut Rng, shape: &Shape, late: bool) -> String {
     format!("2024-01-{day:02}{sep}{hour:02}:{minute:02}:00{offset}")
 }
 
+/// Days since 2024-01-01 of the proleptic Gregorian calendar's day 0 (1970-01-01).
+fn epoch_2024() -> i64 {
+    days_from_civil(2024, 1, 1)
+}
+
+/// A valid event time on day `day` (days since 2024-01-01) of the zone `tz` hours east of
+/// UTC, written with a UTC offset and either separator when `offsets` (so its written date
+/// may be another day), else as a naive (UTC) timestamp.
+pub fn timestamp_on(rng: &mut Rng, offsets: bool, day: i64, tz: i64) -> String {
+    let utc = day * 1440 - tz * 60 + rng.below(1440) as i64;
+    let (sep, offset, minutes) = if offsets {
+        let sep = if rng.chance(2) { 'T' } else { ' ' };
+        let (offset, minutes) = [
+            ("", 0),
+            ("Z", 0),
+            ("+02:00", 120),
+            ("-05:00", -300),
+            ("+05:30", 330),
+        ][rng.below(5) as usize];
+        (sep, offset, minutes)
+    } else {
+        (' ', "", 0)
+    };
+    let local = utc + minutes;
+    let (y, mo, d) = civil_from_days(epoch_2024() + local.div_euclid(1440));
+    let m = local.rem_euclid(1440);
+    format!(
+        "{y:04}-{mo:02}-{d:02}{sep}{:02}:{:02}:00{offset}",
+        m / 60,
+        m % 60
+    )
+}
+
+/// The day (since 2024-01-01) of the zone `tz` hours east of UTC holding the instant `minute`
+/// (minutes since 2024-01-01 00:00 UTC).
+pub fn local_day(minute: i64, tz: i64) -> i64 {
+    (minute + tz * 60).div_euclid(1440)
+}
+
+/// The day index (days since 2024-01-01) of a UTC day `2024-01-03`.
+pub fn day_index(day: &str) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| day.get(r)?.parse::<i64>().ok();
+    Some(days_from_civil(num(0..4)?, num(5..7)?, num(8..10)?) - epoch_2024())
+}
+
+/// The UTC day `2024-01-03` of a day index.
+pub fn day_name(day: i64) -> String {
+    let (y, m, d) = civil_from_days(epoch_2024() + day);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// A file's rows and the days (of the zone `tz` hours east of UTC) they fall on, for the
+/// history's log.
+fn summary_days(text: &str, tz: i64) -> String {
+    let mut days: BTreeMap<i64, u64> = BTreeMap::new();
+    for m in text
+        .lines()
+        .skip(1)
+        .filter_map(|l| utc_minute(l.rsplit(',').next()?))
+    {
+        *days.entry(local_day(m, tz)).or_default() += 1;
+    }
+    let days: Vec<String> = days
+        .iter()
+        .map(|(d, n)| format!("{}:{n}", &day_name(*d)[5..]))
+        .collect();
+    format!("rows by day {}", days.join(" "))
+}
+
 /// A file's rows and size, for the history's log.
 fn summary(text: &str) -> String {
     let rows: Vec<&str> = text.lines().skip(1).collect();
@@ -202,6 +350,19 @@ pub struct Inputs {
     pub untimed: BTreeSet<Line>,
     /// The files as sluice identifies them.
     pub identity: Identity,
+    /// Each file (sorted by name) with its rows that parse.
+    pub files: Vec<InputFile>,
+}
+
+/// One input file as the oracle reads it: its version as sluice records it (name, size,
+/// modification time) and its rows that parse, each with its event time in minutes since
+/// 2024-01-01 00:00 UTC (`None`: no event time).
+#[derive(Debug, Clone)]
+pub struct InputFile {
+    pub name: String,
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub rows: Vec<(Row, Option<i64>)>,
 }
 
 impl Inputs {
@@ -213,6 +374,7 @@ impl Inputs {
             bad: BTreeSet::new(),
             untimed: BTreeSet::new(),
             identity: Vec::new(),
+            files: Vec::new(),
         };
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
@@ -226,6 +388,12 @@ impl Inputs {
                 .identity
                 .push((name.clone(), m.len(), m.mtime(), m.mtime_nsec(), m.ino()));
             let text = std::fs::read_to_string(&path).unwrap();
+            let mut file = InputFile {
+                name: name.clone(),
+                size: m.len(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+                rows: Vec::new(),
+            };
             for (i, line) in text.lines().enumerate().skip(1) {
                 if line.is_empty() {
                     continue;
@@ -239,10 +407,13 @@ impl Inputs {
                         if day.is_none() {
                             inputs.untimed.insert(at);
                         }
+                        file.rows
+                            .push((row, line.rsplit(',').next().and_then(utc_minute)));
                         inputs.rows.push((row, day));
                     }
                 }
             }
+            inputs.files.push(file);
         }
         inputs
     }
@@ -294,6 +465,12 @@ fn parse_row(line: &str) -> Option<(Row, Option<String>)> {
 /// The UTC day (`2024-01-03`) of a timestamp `YYYY-MM-DD[T ]HH:MM:SS[Z|±HH:MM]` (no offset:
 /// UTC); `None` for anything else.
 pub fn utc_day(ts: &str) -> Option<String> {
+    Some(day_name(utc_minute(ts)?.div_euclid(1440)))
+}
+
+/// The instant of a timestamp `YYYY-MM-DD[T ]HH:MM:SS[Z|±HH:MM]` (no offset: UTC), in minutes
+/// since 2024-01-01 00:00 UTC; `None` for anything else.
+pub fn utc_minute(ts: &str) -> Option<i64> {
     let b = ts.as_bytes();
     if b.len() < 19 || !matches!(b[10], b'T' | b' ') {
         return None;
@@ -315,9 +492,7 @@ pub fn utc_day(ts: &str) -> Option<String> {
         }
         _ => return None,
     };
-    let minutes = days_from_civil(y, mo, d) * 1440 + h * 60 + mi - offset;
-    let (y, mo, d) = civil_from_days(minutes.div_euclid(1440));
-    Some(format!("{y:04}-{mo:02}-{d:02}"))
+    Some((days_from_civil(y, mo, d) - epoch_2024()) * 1440 + h * 60 + mi - offset)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
@@ -375,4 +550,23 @@ fn the_oracle_places_timestamps_by_their_utc_day() {
         Some(((1, 2, 0), None)),
         "a NULL event time parses"
     );
+}
+
+#[test]
+fn generated_event_times_fall_on_their_utc_day() {
+    let mut rng = Rng(7);
+    for day in -3..70 {
+        assert_eq!(day_index(&day_name(day)), Some(day));
+        for _ in 0..40 {
+            let ts = timestamp_on(&mut rng, true, day, 0);
+            assert_eq!(utc_day(&ts), Some(day_name(day)), "{ts}");
+            for tz in [-5, 4] {
+                let ts = timestamp_on(&mut rng, true, day, tz);
+                assert_eq!(local_day(utc_minute(&ts).unwrap(), tz), day, "{ts} in {tz}");
+            }
+        }
+    }
+    assert_eq!(day_name(0), "2024-01-01");
+    assert_eq!(day_name(-1), "2023-12-31");
+    assert_eq!(day_name(59), "2024-02-29");
 }

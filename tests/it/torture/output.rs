@@ -2,7 +2,7 @@
 //! `_MANIFEST` reads it (only the files it lists), on local disk or on S3; the folder's other
 //! objects (staging, moved but unpublished files); and the rejects a run wrote.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -174,34 +174,156 @@ impl Output {
         }
         let mut rows = Vec::new();
         for file in self.listed() {
-            let bytes = self
-                .get(&file)
-                .ok_or_else(|| format!("the manifest lists {file}, which is missing"))?;
-            let batches: Vec<_> =
-                ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-                    .and_then(|b| b.build())
-                    .map_err(|e| format!("{file}: {e}"))?
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| format!("{file}: {e}"))?;
-            let cols: &[&str] = if partitioned {
-                &["id", "n"]
-            } else {
-                &["id", "n", "g"]
-            };
-            let g = partition_value(&file);
-            for r in rows_in_order(&batches, cols) {
-                let int = |s: &str| s.parse::<i64>().map_err(|_| format!("{file}: value {s:?}"));
-                let g = match (&g, r.get(2)) {
-                    (_, Some(v)) => int(v)?,
-                    (Some(v), None) => int(v)?,
-                    (None, None) => return Err(format!("{file}: no g=V/ folder")),
-                };
-                rows.push((int(&r[0])?, int(&r[1])?, g));
-            }
+            rows.extend(self.file_rows(&file, partitioned)?);
         }
         rows.sort();
         Ok(Some(rows))
     }
+
+    /// The rows of one listed data file.
+    fn file_rows(&self, file: &str, partitioned: bool) -> Result<Vec<Row>, String> {
+        let bytes = self
+            .get(file)
+            .ok_or_else(|| format!("the manifest lists {file}, which is missing"))?;
+        let batches: Vec<_> = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+            .and_then(|b| b.build())
+            .map_err(|e| format!("{file}: {e}"))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{file}: {e}"))?;
+        let cols: &[&str] = if partitioned {
+            &["id", "n"]
+        } else {
+            &["id", "n", "g"]
+        };
+        let g = partition_value(file);
+        let mut rows = Vec::new();
+        for r in rows_in_order(&batches, cols) {
+            let int = |s: &str| s.parse::<i64>().map_err(|_| format!("{file}: value {s:?}"));
+            let g = match (&g, r.get(2)) {
+                (_, Some(v)) => int(v)?,
+                (Some(v), None) => int(v)?,
+                (None, None) => return Err(format!("{file}: no g=V/ folder")),
+            };
+            rows.push((int(&r[0])?, int(&r[1])?, g));
+        }
+        Ok(rows)
+    }
+
+    /// The `dims` each period of the current manifest records: a hash of the versions of the
+    /// inputs without event time it was computed with.
+    pub fn period_dims(&self) -> BTreeMap<String, String> {
+        let Some(bytes) = self.manifest() else {
+            return BTreeMap::new();
+        };
+        let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        manifest["periods"]["entries"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(p, e)| {
+                (
+                    p.clone(),
+                    e["dims"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// The data files the current manifest lists, by the period that wrote them.
+    pub fn files_by_period(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let Some(bytes) = self.manifest() else {
+            return out;
+        };
+        let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        for f in manifest["files"].as_array().into_iter().flatten() {
+            out.entry(f["period"].as_str().unwrap_or_default().to_string())
+                .or_default()
+                .push(f["path"].as_str().unwrap_or_default().to_string());
+        }
+        for files in out.values_mut() {
+            files.sort();
+        }
+        out
+    }
+
+    /// An incremental output as its manifest records it (`None`: nothing published): its
+    /// first period, the file versions applied to each period, and the rows of each period's
+    /// data files. An error when a data file names no period, or one the manifest does not
+    /// record, or a listed file cannot be read.
+    pub fn periods(&self, partitioned: bool) -> Result<Option<PeriodsSeen>, String> {
+        let Some(bytes) = self.manifest() else {
+            return Ok(None);
+        };
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("_MANIFEST: {e}"))?;
+        let periods = &manifest["periods"];
+        let start = periods["start"]
+            .as_str()
+            .ok_or_else(|| format!("_MANIFEST records no periods: {periods}"))?
+            .to_string();
+        let mut records: BTreeMap<String, Vec<Recorded>> = BTreeMap::new();
+        for (period, entry) in periods["entries"].as_object().into_iter().flatten() {
+            let mut files = Vec::new();
+            for f in entry["inputs"].as_array().into_iter().flatten() {
+                let path = f["path"].as_str().unwrap_or_default();
+                let modified = f["modified"].as_str().unwrap_or_default();
+                let t = chrono::DateTime::parse_from_rfc3339(modified)
+                    .map_err(|e| format!("{period}: modified {modified:?}: {e}"))?;
+                files.push(Recorded {
+                    name: path.rsplit('/').next().unwrap_or_default().to_string(),
+                    size: f["size"].as_u64().unwrap_or(u64::MAX),
+                    mtime: (t.timestamp(), i64::from(t.timestamp_subsec_nanos())),
+                    rows: f["rows"].as_u64().unwrap_or(u64::MAX),
+                });
+            }
+            files.sort();
+            records.insert(period.clone(), files);
+        }
+        let mut rows: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+        for f in manifest["files"].as_array().into_iter().flatten() {
+            let path = f["path"].as_str().unwrap_or_default();
+            let Some(period) = f["period"].as_str() else {
+                return Err(format!("data file {path} names no period"));
+            };
+            if !records.contains_key(period) {
+                return Err(format!(
+                    "data file {path} is of period {period}, which the manifest does not record"
+                ));
+            }
+            rows.entry(period.to_string())
+                .or_default()
+                .extend(self.file_rows(path, partitioned)?);
+        }
+        for r in rows.values_mut() {
+            r.sort();
+        }
+        rows.retain(|_, r| !r.is_empty());
+        Ok(Some(PeriodsSeen {
+            start,
+            records,
+            rows,
+        }))
+    }
+}
+
+/// A file version a period of an incremental output records: name, size, modification
+/// time (seconds, nanoseconds), and its rows in the period.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Recorded {
+    pub name: String,
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub rows: u64,
+}
+
+/// An incremental output as its manifest records it, by period name (`2024-01-03`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeriodsSeen {
+    pub start: String,
+    pub records: BTreeMap<String, Vec<Recorded>>,
+    /// The rows of each period's data files (periods with rows only), sorted.
+    pub rows: BTreeMap<String, Vec<Row>>,
 }
 
 /// The value of the `g=V/` folder a data file is in.

@@ -16,6 +16,39 @@ pub enum Units {
     Days,
     /// `by = "key"` on `id`, this many buckets.
     Keys(u64),
+    /// `materialized = "incremental"`, by UTC day.
+    Incremental(Incremental),
+}
+
+/// An incremental model's `[models.m.batches]` (by UTC day).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Incremental {
+    /// `late_window`, in hours.
+    pub window_h: i64,
+    /// `lookback`.
+    pub lookback: u32,
+    /// `start`, as a day index (days since 2024-01-01); `None`: the earliest data.
+    pub start: Option<i64>,
+    /// `on_late_beyond_window = "fail"`.
+    pub fail_beyond: bool,
+    /// `timezone`, as its offset from UTC in hours (a zone without daylight saving time); 0:
+    /// none (UTC). Periods are its days; `start` and `backfill --from`/`--to` its wall times.
+    pub tz_h: i64,
+    /// The model joins a dimension source `dims` (`dims.csv`: `g, k`, no event time) and
+    /// outputs `n + k`: when it changes, the periods inside the window are computed again.
+    pub dims: bool,
+}
+
+impl Incremental {
+    /// The `timezone` of `tz_h`.
+    pub fn zone(&self) -> Option<&'static str> {
+        match self.tz_h {
+            0 => None,
+            4 => Some("Asia/Dubai"),
+            -5 => Some("America/Bogota"),
+            h => panic!("no zone drawn at UTC{h:+}"),
+        }
+    }
 }
 
 /// The sink's write mode.
@@ -66,11 +99,16 @@ pub struct Flags {
     pub s3: bool,
     /// `SLUICE_TORTURE_S3=1`: every history writes to S3.
     pub s3_all: bool,
+    /// Draw an incremental model (the incremental histories).
+    pub incremental: bool,
 }
 
 impl Shape {
     /// Draws a pipeline.
     pub fn draw(rng: &mut Rng, flags: Flags) -> Shape {
+        if flags.incremental {
+            return Shape::draw_incremental(rng, flags);
+        }
         let units = match rng.below(4) {
             0 => Units::Whole,
             1 => Units::Files(1 + rng.below(2)),
@@ -115,9 +153,71 @@ impl Shape {
         }
     }
 
+    /// An incremental model over good rows only (late data is its subject, not bad rows):
+    /// a late window, a lookback, a start or not, warn or fail beyond the window,
+    /// partitioned or not, event times with UTC offsets or not.
+    fn draw_incremental(rng: &mut Rng, flags: Flags) -> Shape {
+        let window_h = [0, 12, 24, 36, 48, 120][rng.below(6) as usize];
+        let lookback = [0, 0, 1, 2][rng.below(4) as usize];
+        let start = match rng.below(4) {
+            0 | 1 => Some(0),
+            2 => Some(1),
+            _ => None,
+        };
+        let fail_beyond = rng.chance(4);
+        let tz_h = [0, 0, 0, 0, 4, -5][rng.below(6) as usize];
+        let dims = rng.chance(3);
+        let partitioned = rng.chance(3);
+        let offsets = rng.chance(2);
+        let concurrency = 1 + rng.below(2);
+        let s3 = rng.chance(12);
+        let sink = if flags.s3_all || (flags.s3 && s3) {
+            Sink::S3
+        } else {
+            Sink::Local
+        };
+        Shape {
+            units: Units::Incremental(Incremental {
+                window_h,
+                lookback,
+                start,
+                fail_beyond,
+                tz_h,
+                dims,
+            }),
+            mode: Mode::Overwrite,
+            partitioned,
+            quarantine: false,
+            max_bad_rows: None,
+            concurrency,
+            bad_rows: false,
+            bad_times: false,
+            offsets,
+            sink,
+        }
+    }
+
+    /// The model's query.
+    pub fn query(&self) -> &'static str {
+        match self.incremental() {
+            Some(i) if i.dims => {
+                "SELECT e.id, e.n + d.k AS n, e.g FROM events e JOIN dims d ON e.g = d.g"
+            }
+            _ => "SELECT id, n, g FROM events",
+        }
+    }
+
+    /// The incremental settings, for an incremental model.
+    pub fn incremental(&self) -> Option<Incremental> {
+        match self.units {
+            Units::Incremental(i) => Some(i),
+            _ => None,
+        }
+    }
+
     /// Whether the model is split into periods of event time (so every row needs one).
     pub fn time_units(&self) -> bool {
-        self.units == Units::Days
+        matches!(self.units, Units::Days | Units::Incremental(_))
     }
 
     /// Where the sink writes.
@@ -149,7 +249,12 @@ impl Shape {
             Mode::Append => "append",
             Mode::OverwritePartitions => "overwrite_partitions",
         };
-        let mut toml = format!("mode = \"{mode}\"\n");
+        let mut toml = if self.incremental().is_some() {
+            // (An incremental model replaces periods: its sink takes no mode.)
+            String::new()
+        } else {
+            format!("mode = \"{mode}\"\n")
+        };
         if self.partitioned {
             toml.push_str("partition_by = [\"g\"]\n");
         }
@@ -164,6 +269,26 @@ impl Shape {
             Units::Keys(n) => toml.push_str(&format!(
                 "[models.m.batches]\nby = \"key\"\nbuckets = {n}\nkeys = {{ events = \"id\" }}\n"
             )),
+            Units::Incremental(i) => {
+                toml.push_str(&format!(
+                    "[models.m]\nmaterialized = \"incremental\"\n[models.m.batches]\nsize = \"day\"\nlate_window = \"{}h\"\nlookback = {}\n",
+                    i.window_h, i.lookback
+                ));
+                if let Some(start) = i.start {
+                    toml.push_str(&format!("start = \"{}\"\n", super::inputs::day_name(start)));
+                }
+                if i.fail_beyond {
+                    toml.push_str("on_late_beyond_window = \"fail\"\n");
+                }
+                if let Some(zone) = i.zone() {
+                    toml.push_str(&format!("timezone = \"{zone}\"\n"));
+                }
+                if i.dims {
+                    toml.push_str(
+                        "[sources.dims]\nlocation = \"dims.csv\"\nformat = \"csv\"\nschema = \"g INT, k INT\"\n",
+                    );
+                }
+            }
         }
         toml.push_str(&format!(
             "[settings]\nmax_concurrent_units = {}\n",
