@@ -74,7 +74,7 @@ impl ModelRun<'_> {
                 }
                 report.late = Some(late);
                 report.units_total = 0;
-                register_output(cx.engine, run.model, Some(run.schema)).await?;
+                run.publish_nothing().await?;
                 return Ok(());
             }
             report.late = Some(late);
@@ -82,7 +82,18 @@ impl ModelRun<'_> {
         let planned = resume::unit_inputs(cx, name, &plan).await?;
         let inputs = &planned.by_unit;
         let published = run.already_published(inputs, report).await?;
-        if published == Published::Done || run.already_appended(report).await? {
+        if published == Published::Done {
+            if let Some(work) = &plan.incremental {
+                // What this run counts now (its inputs may have grown since the publish it
+                // finds), in place of what its killed attempt recorded.
+                run.record_late(work)?;
+            }
+            return Ok(());
+        }
+        if run.already_appended(report).await? {
+            run.output
+                .abandon(cx.run_id, run.existing.own_unlisted_files(cx.run_id))
+                .await;
             return Ok(());
         }
         let units = &plan.units;
@@ -145,6 +156,27 @@ impl ModelRun<'_> {
         if let Some(filtered) = scanned.and_then(|s| s.filtered) {
             report.balance(filtered);
         }
+        Ok(())
+    }
+
+    /// Ends a run of the model that publishes nothing: its staging and lease go, and files
+    /// an earlier, killed attempt of the run moved into the output; the output (none yet: an
+    /// empty table of the model's columns) is the model's table downstream.
+    async fn publish_nothing(&self) -> Result<(), Error> {
+        let cx = self.cx;
+        self.output
+            .abandon(cx.run_id, self.existing.own_unlisted_files(cx.run_id))
+            .await;
+        if self.existing.manifest.is_some() {
+            return register_output(cx.engine, self.model, Some(self.schema)).await;
+        }
+        let name = self.model.name.as_str();
+        let ctx = cx.engine.ctx();
+        let empty = datafusion::datasource::empty::EmptyTable::new(Arc::clone(self.schema));
+        let register = ctx
+            .deregister_table(name)
+            .and_then(|_| ctx.register_table(name, Arc::new(empty)));
+        register.map_err(|e| self.error(crate::describe::describe_datafusion(&e)))?;
         Ok(())
     }
 

@@ -237,6 +237,21 @@ impl Existing {
             .collect()
     }
 
+    /// Files of run `run_id` in the folder that the current version does not list (all of
+    /// them when there is no manifest yet): moved by a killed attempt of the run.
+    pub(crate) fn own_unlisted_files(&self, run_id: &str) -> Vec<String> {
+        match &self.manifest {
+            Some(m) => self.own_unlisted(run_id, m),
+            None => self
+                .data_files
+                .iter()
+                .map(|(p, _)| p)
+                .filter(|p| super::run_of_file(p) == Some(run_id))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// The files of the current version: the manifest's, or those adopted.
     pub(crate) fn current_files(&self) -> Vec<ManifestFile> {
         match &self.manifest {
@@ -531,6 +546,19 @@ impl Output {
             }
         }
         if only_lease && let Err(e) = self.discard_staging(run_id, None).await {
+            tracing::warn!("could not remove {}: {}", e.key, e.message);
+        }
+    }
+
+    /// Ends a write that publishes nothing: its lease and all its staging go, and `own`
+    /// (files a killed attempt of the same run moved into the folder, listed by no version).
+    /// Failures are warnings: the next command heals what is left.
+    pub(crate) async fn abandon(&self, run_id: &str, own: Vec<String>) {
+        self.drop_lease();
+        if let Err(e) = self.discard_staging(run_id, None).await {
+            tracing::warn!("could not remove staging {}: {}", e.key, e.message);
+        }
+        if let Err(e) = self.delete_all(own).await {
             tracing::warn!("could not remove {}: {}", e.key, e.message);
         }
     }

@@ -104,7 +104,9 @@ fn declared_database_sources_are_shown_without_their_password() {
     let run = crate::support::sluice_env(d, &["run", "."], &env).expect(1);
     assert!(
         run.stderr.contains("source 'orders'")
-            && run.stderr.contains("database 'app' (postgres://app@127.0.0.1:1/shop)"),
+            && run
+                .stderr
+                .contains("database 'app' (postgres://app@127.0.0.1:1/shop)"),
         "{}",
         run.stderr
     );

@@ -1150,10 +1150,9 @@ fn the_temporary_manifest_of_a_commit_killed_half_way_is_removed() {
     );
 }
 
-// Known bugs the incremental fault test found (tests/it/torture/incremental.rs), not fixed
-// here: their cause is in src/run/model.rs, which is being changed elsewhere. Each test
-// reproduces one and is ignored until the fix: `cargo test --test it incremental::known_ --
-// --ignored`.
+// Bugs the incremental fault test found (tests/it/torture/incremental.rs), fixed in
+// src/run/model.rs (`ModelRun::publish_nothing`, and the late rows recorded on the path of a
+// publish found done); each test reproduces one.
 
 /// The daily job run before the first day has ended: nothing to compute, nothing published
 /// yet. It should exit 0 ("a run with nothing to compute publishes nothing"); it fails with
@@ -1161,8 +1160,7 @@ fn the_temporary_manifest_of_a_commit_killed_half_way_is_removed() {
 /// branch for an empty plan (src/run/model.rs, `ModelRun::run`) registers the output,
 /// which src/run/prepare.rs `register_output` refuses when there is none.
 #[test]
-#[ignore = "known bug in src/run/model.rs: an empty plan before the first publish fails"]
-fn known_nothing_to_compute_before_the_first_publish_is_no_failure() {
+fn bug_nothing_to_compute_before_the_first_publish_is_no_failure() {
     let dir = pipeline(TOML, &[("events-01.csv", &Events::day(1, 3, 1))]);
     let d = dir.path();
     let (run, r) = run_with_report(d, &["--as-of", "2024-01-01T12:00:00Z"], 0);
@@ -1180,8 +1178,7 @@ fn known_nothing_to_compute_before_the_first_publish_is_no_failure() {
 /// next run heals it (src/run/model.rs: the empty plan's early return; `run_table_model`
 /// releases the output only on an error).
 #[test]
-#[ignore = "known bug in src/run/model.rs: an empty plan leaves its staging lease"]
-fn known_a_run_with_nothing_to_compute_leaves_no_staging() {
+fn bug_a_run_with_nothing_to_compute_leaves_no_staging() {
     let dir = pipeline(TOML, &[]);
     let d = dir.path();
     write_all(d, &day_one());
@@ -1201,8 +1198,7 @@ fn known_a_run_with_nothing_to_compute_leaves_no_staging() {
 /// `on_late_beyond_window = "fail"`, fails for them). The next run counts them again and
 /// fails again: they should be counted once, and a retry should not fail for them.
 #[test]
-#[ignore = "known bug in src/run/model.rs: a resumed run that finds its units published does not record its late counts"]
-fn known_a_resumed_run_that_finds_its_publish_records_what_it_counted() {
+fn bug_a_resumed_run_that_finds_its_publish_records_what_it_counted() {
     let toml = TOML.replace(
         "late_window = \"48h\"",
         "late_window = \"0h\"\non_late_beyond_window = \"fail\"",
@@ -1254,8 +1250,7 @@ fn known_a_resumed_run_that_finds_its_publish_records_what_it_counted() {
 /// see their rows), until the next run heals them (healing never takes a running run's own
 /// files for leftovers: src/table/heal.rs).
 #[test]
-#[ignore = "known bug in src/run/model.rs: a resumed run with nothing to compute leaves its moved files"]
-fn known_a_resumed_run_with_nothing_to_compute_leaves_no_moved_files() {
+fn bug_a_resumed_run_with_nothing_to_compute_leaves_no_moved_files() {
     let listed = |d: &Path| -> Vec<String> {
         let m = read_json(&d.join("out/daily/_MANIFEST"));
         m["files"]

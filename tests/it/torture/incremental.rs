@@ -354,20 +354,6 @@ impl History {
             &cfg,
             resumed,
         );
-        if plan.todo.is_empty() && t.state.out.is_none() && run.code == 1 {
-            // Known, reported, left to the owner of src/run/model.rs: a run with nothing to
-            // compute before anything was published fails, registering an output there is
-            // not ("it is not selected and has no output"), where it should exit 0.
-            let error = model["error"].as_str().unwrap_or_default();
-            self.check(error.contains("is not selected and has no output"), || {
-                format!("exit 1: {}\n{}", brief(&model), run.stderr)
-            });
-            *self.log.last_mut().unwrap() += " (known: nothing to compute, nothing published yet)";
-            self.timeline_mut().attempts.clear();
-            let state = self.timeline().state.clone();
-            self.observe_incremental("after the run", &[state]);
-            return;
-        }
         self.check(model["status"] == "success", || {
             format!(
                 "model status {}: {}\n{}",
@@ -458,12 +444,7 @@ impl History {
             *self.log.last_mut().unwrap() += &format!(" [{}]", reasons.join(" "));
         }
         // The state after it: its beyond-window rows are recorded. Unless it resumed a killed
-        // run: with nothing left to compute, it reports, and keeps, what an attempt recorded;
-        // and (known, reported, left to the owner of src/run/model.rs) when the killed
-        // attempt had published the same units from the same inputs, the resumed run finds
-        // them published and returns before recording what its own plan counted, which it
-        // reports all the same: the next run counts those rows again (with
-        // `on_late_beyond_window = "fail"`, fails again for them).
+        // run: with nothing left to compute, it reports, and keeps, what an attempt recorded.
         let t = self.timeline_mut();
         let mut next = State {
             out: after,
@@ -496,18 +477,12 @@ impl History {
     }
 
     /// After a run that exited: no staging and no data file the manifest does not list, but
-    /// for leftovers that a later run removes:
-    /// - known, reported, left to the owner of src/run/model.rs: a run with nothing to
-    ///   compute returns before its publish without releasing the output or cleaning up: its
-    ///   lease `<run id>/_LEASE` stays in the staging area (with a temporary `_LEASE#N` an
-    ///   earlier attempt killed while writing its lease left); and when it resumed a killed
-    ///   run, what that attempt staged, and the data files it moved into the output folder
-    ///   before the kill (healing does not take a running run's own files for leftovers);
-    /// - by design (src/table/heal.rs, `lease_being_written`): a run killed while writing its
-    ///   first lease leaves a folder holding only the store's temporary `_LEASE#N`, which
-    ///   healing takes for a lease being written, so live, for a minute.
-    fn check_leftovers(&mut self, run_id: &str, nothing_computed: bool, resumed: bool) {
-        let mine = format!("out/_sluice_staging/m/{run_id}/");
+    /// for one leftover, by design (src/table/heal.rs, `lease_being_written`): a run killed
+    /// while writing its first lease leaves a folder holding only the store's temporary
+    /// `_LEASE#N`, which healing takes for a lease being written, so live, for a minute.
+    /// (Before the fix of `ModelRun::publish_nothing`, a run with nothing to compute left
+    /// its lease, and when it resumed a killed run, that run's staged and moved files.)
+    fn check_leftovers(&mut self, _run_id: &str, _nothing_computed: bool, _resumed: bool) {
         let all = self.out.staging();
         let lease_only = |k: &str| {
             let Some((dir, file)) = k.rsplit_once('/') else {
@@ -519,29 +494,11 @@ impl History {
                         .is_none_or(|(d, f)| d != dir || f.starts_with("_LEASE#"))
                 })
         };
-        let known = |k: &str| {
-            nothing_computed
-                && k.strip_prefix(&mine)
-                    .is_some_and(|f| f.starts_with("_LEASE") || resumed)
-        };
-        let (tolerated, staging): (Vec<&String>, Vec<&String>) =
-            all.iter().partition(|k| known(k) || lease_only(k));
-        let (moved, unlisted): (Vec<String>, Vec<String>) = self
-            .out
-            .unlisted()
-            .into_iter()
-            .partition(|f| nothing_computed && resumed && f.contains(run_id));
+        let staging: Vec<&String> = all.iter().filter(|k| !lease_only(k)).collect();
+        let unlisted = self.out.unlisted();
         self.check(staging.is_empty() && unlisted.is_empty(), || {
             format!("after the run: staging {staging:?}, unlisted data files {unlisted:?}")
         });
-        let known: Vec<&String> = tolerated.iter().filter(|k| known(k)).copied().collect();
-        if !known.is_empty() || !moved.is_empty() {
-            *self.log.last_mut().unwrap() += &format!(
-                " (known leftovers: {} staged, {} moved data files)",
-                known.len(),
-                moved.len()
-            );
-        }
     }
 
     /// The report's `late` object against the plan: the periods processed with their
@@ -642,10 +599,7 @@ impl History {
                 self.log.push(format!(
                     "{cmd}{how}: to kill at {moment:?}, exited {code} first"
                 ));
-                // (Exit 1 also for the known failure of a run with nothing to compute before
-                // anything was published: see `check_run`.)
-                let nothing_yet = plan.todo.is_empty() && self.timeline().state.out.is_none();
-                let ok = code == 0 || ((cfg.fail_beyond || nothing_yet) && code == 1);
+                let ok = code == 0 || (cfg.fail_beyond && code == 1);
                 self.check(ok && !stderr.contains("panicked"), || {
                     format!("the run exited {code}:\n{stderr}")
                 });

@@ -50,15 +50,14 @@
 //!
 //! The incremental histories found (tests/it/incremental.rs): a commit to a local output
 //! killed between writing `._MANIFEST.<run id>.tmp` and renaming it left that file for good
-//! (fixed: healing removes it). And four bugs of src/run/model.rs, reproduced by ignored
-//! tests (`incremental::known_*`) and tolerated here until fixed (see [`incremental`]): a run
-//! with nothing to compute before anything was published exits 1 ("it is not selected and
-//! has no output"); a run with nothing to compute leaves its staging lease, and, resuming a
-//! killed run, the files that run had staged and moved into the output folder (unlisted,
-//! seen by readers that list the folder) until the next run; a resumed run that finds its
-//! units published reports the rows beyond the window its plan counted without recording
-//! them, so the next run counts them (and, with `on_late_beyond_window = "fail"`, fails for
-//! them) again.
+//! (fixed: healing removes it). And four bugs of src/run/model.rs, each fixed with a test of
+//! its own (`incremental::bug_*`): a run with nothing to compute before anything was
+//! published exited 1 ("it is not selected and has no output"); a run with nothing to
+//! compute left its staging lease, and, resuming a killed run, the files that run had staged
+//! and moved into the output folder (unlisted, seen by readers that list the folder) until
+//! the next run; a resumed run that found its units published reported the rows beyond the
+//! window its plan counted without recording them, so the next run counted them (and, with
+//! `on_late_beyond_window = "fail"`, failed for them) again.
 
 mod incremental;
 mod inputs;
