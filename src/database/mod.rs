@@ -5,18 +5,18 @@
 //! - [`Databases`]: one [`Pool`] per `[databases.NAME]`, shared by every model, unit and scan
 //!   of the process;
 //! - [`postgres`]: PostgreSQL sessions, column types, and the binary COPY decoder;
-//! - [`scan`]: a database source as a DataFusion table, and the plan node that reads it.
+//! - [`scan`]: a database source as a DataFusion table, and the plan node that reads it;
+//! - [`import`]: the ranges of one import, and the snapshot its connections share.
 //!
 //! Errors name the database by its URL without the password, and the table; the password
 //! is never in a message.
 
+pub(crate) mod import;
 pub(crate) mod postgres;
 pub(crate) mod scan;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{DatabaseConfig, DatabaseKind};
 
@@ -34,18 +34,46 @@ pub struct DatabaseError {
     pub transient: bool,
 }
 
-/// The connections of one database: at most `max_connections` at once, whoever asks.
-#[derive(Debug)]
+/// The connections of one database: at most `max_connections` open at once, whoever asks,
+/// counted from opening until the connection has ended. A session handed back healthy is
+/// kept idle and given to the next asker, so the server sees few connections come and go.
 pub(crate) struct Pool {
     /// The database.
     pub(crate) config: DatabaseConfig,
-    permits: Arc<Semaphore>,
+    state: tokio::sync::Mutex<PoolState>,
+    freed: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pool({})", self.config.name)
+    }
+}
+
+/// The pool's connections.
+#[derive(Default)]
+struct PoolState {
+    /// Open connections: in use, idle, or ending.
+    open: usize,
+    /// Healthy connections no one uses.
+    idle: Vec<postgres::Session>,
+}
+
+/// What a connection request got.
+pub(crate) enum Lease {
+    /// An idle session, ready.
+    Idle(postgres::Session),
+    /// Room for a new connection: open it, or [`Pool::opened_nothing`].
+    Open,
 }
 
 impl Pool {
     fn new(config: DatabaseConfig) -> Pool {
-        let permits = Arc::new(Semaphore::new(config.max_connections));
-        Pool { config, permits }
+        Pool {
+            config,
+            state: tokio::sync::Mutex::new(PoolState::default()),
+            freed: tokio::sync::Notify::new(),
+        }
     }
 
     /// An error about this database.
@@ -58,13 +86,44 @@ impl Pool {
         }
     }
 
-    /// Waits for a connection slot: the connection opened under it counts against the cap
-    /// until the permit is dropped.
-    pub(crate) async fn slot(&self) -> Result<OwnedSemaphorePermit, DatabaseError> {
-        Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| self.error("the connection pool was closed", false))
+    /// An idle session, or room for a new connection once there is some.
+    pub(crate) async fn lease(&self) -> Lease {
+        loop {
+            {
+                let mut st = self.state.lock().await;
+                while let Some(s) = st.idle.pop() {
+                    if !s.client().is_closed() {
+                        return Lease::Idle(s);
+                    }
+                    // (Dropped: it counts as open until its connection has ended.)
+                }
+                if st.open < self.config.max_connections {
+                    st.open += 1;
+                    return Lease::Open;
+                }
+            }
+            // A permit is stored if the wake-up comes before the wait: none is missed.
+            self.freed.notified().await;
+        }
+    }
+
+    /// The room a [`Lease::Open`] gave was not used (the connection failed).
+    pub(crate) async fn opened_nothing(&self) {
+        self.closed().await;
+    }
+
+    /// A connection has ended.
+    pub(crate) async fn closed(&self) {
+        let mut st = self.state.lock().await;
+        st.open = st.open.saturating_sub(1);
+        drop(st);
+        self.freed.notify_one();
+    }
+
+    /// A healthy session handed back for the next asker.
+    pub(crate) async fn park(&self, session: postgres::Session) {
+        self.state.lock().await.idle.push(session);
+        self.freed.notify_one();
     }
 }
 

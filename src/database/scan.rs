@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::{TableProvider, TableType};
@@ -25,10 +26,11 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
+use super::import::{ImportGroup, Role};
 use super::postgres::copy_decode::{CopyDecoder, Wire};
 use super::postgres::{self, UNSUPPORTED};
 use super::{DatabaseError, Pool};
-use crate::config::{DatabaseSourceConfig, Relation};
+use crate::config::{BoundValue, DatabaseSourceConfig, Relation};
 
 /// A database source, registered under its name.
 #[derive(Debug)]
@@ -58,6 +60,7 @@ impl DatabaseTable {
         }
         let session = postgres::connect(&pool).await?;
         let (schema, wires) = postgres::describe(&pool, &session, &spec.relation).await?;
+        session.park().await;
         Ok(DatabaseTable {
             spec,
             pool,
@@ -132,14 +135,28 @@ impl TableProvider for DatabaseTable {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let sql = format!(
-            "SELECT {select} FROM {}",
-            postgres::from_item(&self.spec.relation)
-        );
+        let from = postgres::from_item(&self.spec.relation);
+        let ranges = self
+            .ranges()
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let queries: Vec<String> = ranges
+            .iter()
+            .map(|r| match r {
+                Some(cond) => format!("SELECT {select} FROM {from} WHERE {cond}"),
+                None => format!("SELECT {select} FROM {from}"),
+            })
+            .collect();
+        let workers = queries.len().min(self.pool.config.max_connections).max(1);
+        let sql = match queries.as_slice() {
+            [one] => one.clone(),
+            [first, ..] => format!("{first} (and {} more ranges)", queries.len() - 1),
+            [] => String::new(),
+        };
         Ok(Arc::new(DatabaseScanExec {
             props: Arc::new(PlanProperties::new(
                 EquivalenceProperties::new(Arc::clone(&out_schema)),
-                Partitioning::UnknownPartitioning(1),
+                Partitioning::UnknownPartitioning(workers),
                 EmissionType::Incremental,
                 Boundedness::Bounded,
             )),
@@ -149,8 +166,83 @@ impl TableProvider for DatabaseTable {
             schema: out_schema,
             wires,
             sql,
+            ranges: queries.len(),
+            group: Arc::new(ImportGroup::new(queries)),
             metrics: ExecutionPlanMetricsSet::new(),
         }))
+    }
+}
+
+impl DatabaseTable {
+    /// The conditions of the ranges a scan reads (one `None`: the whole relation at once).
+    async fn ranges(&self) -> Result<Vec<Option<String>>, DatabaseError> {
+        let Some(column) = &self.spec.partition_column else {
+            return Ok(vec![None]);
+        };
+        let n = self
+            .spec
+            .partitions
+            .unwrap_or(self.pool.config.max_connections);
+        let index = self.schema.index_of(column).map_err(|_| {
+            self.pool.error(
+                format!(
+                    "source '{}': partition_column '{column}' is not a column of {}",
+                    self.spec.name,
+                    self.what()
+                ),
+                false,
+            )
+        })?;
+        if !matches!(
+            self.wires[index],
+            Some(Wire::Int2 | Wire::Int4 | Wire::Int8)
+        ) {
+            return Err(self.pool.error(
+                format!(
+                    "source '{}': partition_column '{column}' is of type {}: ranges are of \
+                     whole-number columns (smallint, integer, bigint)",
+                    self.spec.name,
+                    self.schema.field(index).data_type()
+                ),
+                false,
+            ));
+        }
+        let quoted = postgres::quote_ident(column);
+        let (lo, hi) = match &self.spec.bounds {
+            Some((BoundValue::Int(lo), BoundValue::Int(hi))) => (*lo, *hi),
+            Some(_) => {
+                return Err(self.pool.error(
+                    format!(
+                        "source '{}': lower_bound and upper_bound of '{column}' must be whole \
+                         numbers",
+                        self.spec.name
+                    ),
+                    false,
+                ));
+            }
+            None => {
+                let session = postgres::connect(&self.pool).await?;
+                let sql = format!(
+                    "SELECT min({quoted})::int8, max({quoted})::int8 FROM {}",
+                    postgres::from_item(&self.spec.relation)
+                );
+                let doing = format!("reading the bounds of {column} in {}", self.what());
+                let row = session
+                    .client()
+                    .query_one(&sql, &[])
+                    .await
+                    .map_err(|e| postgres::server_error(&self.pool, &e, &doing))?;
+                session.park().await;
+                let lo: Option<i64> = row.get(0);
+                let hi: Option<i64> = row.get(1);
+                match (lo, hi) {
+                    (Some(lo), Some(hi)) => (lo, hi),
+                    // No value: one range reads whatever there is (NULLs).
+                    _ => return Ok(vec![None]),
+                }
+            }
+        };
+        Ok(super::import::int_ranges(&quoted, lo, hi, n))
     }
 }
 
@@ -162,7 +254,10 @@ pub(crate) struct DatabaseScanExec {
     pool: Arc<Pool>,
     schema: SchemaRef,
     wires: Vec<Wire>,
+    /// The first range's SQL (and how many more), for EXPLAIN.
     sql: String,
+    ranges: usize,
+    group: Arc<ImportGroup>,
     metrics: ExecutionPlanMetricsSet,
 }
 
@@ -183,8 +278,8 @@ impl DisplayAs for DatabaseScanExec {
     fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "DatabaseScanExec: source={} database={} sql={}",
-            self.source, self.pool.config.name, self.sql
+            "DatabaseScanExec: source={} database={} ranges={} sql={}",
+            self.source, self.pool.config.name, self.ranges, self.sql
         )
     }
 }
@@ -210,46 +305,140 @@ impl ExecutionPlan for DatabaseScanExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let mut builder = RecordBatchReceiverStream::builder(Arc::clone(&self.schema), 2);
-        let tx = builder.tx();
-        let pool = Arc::clone(&self.pool);
-        let (schema, wires) = (Arc::clone(&self.schema), self.wires.clone());
-        let copy = format!("COPY ({}) TO STDOUT (FORMAT binary)", self.sql);
-        let what = self.what.clone();
-        let batch_rows = context.session_config().batch_size();
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
-        builder.spawn(async move {
-            let fail = |e: DatabaseError| DataFusionError::External(Box::new(e));
-            let session = postgres::connect(&pool).await.map_err(fail)?;
-            let reading = format!("reading {what}");
+        let worker = Worker {
+            tx: builder.tx(),
+            pool: Arc::clone(&self.pool),
+            group: Arc::clone(&self.group),
+            schema: Arc::clone(&self.schema),
+            wires: self.wires.clone(),
+            reading: format!("reading {}", self.what),
+            batch_rows: context.session_config().batch_size(),
+            baseline: BaselineMetrics::new(&self.metrics, partition),
+        };
+        builder.spawn(async move { worker.run().await });
+        Ok(builder.build())
+    }
+}
+
+/// One partition of a scan: a connection that reads ranges of the import until none is left.
+struct Worker {
+    tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+    pool: Arc<Pool>,
+    group: Arc<ImportGroup>,
+    schema: SchemaRef,
+    wires: Vec<Wire>,
+    reading: String,
+    batch_rows: usize,
+    baseline: BaselineMetrics,
+}
+
+impl Worker {
+    fn fail(e: DatabaseError) -> DataFusionError {
+        DataFusionError::External(Box::new(e))
+    }
+
+    async fn run(self) -> Result<()> {
+        let session = postgres::connect(&self.pool).await.map_err(Self::fail)?;
+        let client = session.client();
+        let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+        let role = self
+            .group
+            .role()
+            .await
+            .map_err(|e| Self::fail(self.pool.error(e, false)))?;
+        let exporter = match role {
+            Role::Idle => {
+                session.park().await;
+                return Ok(());
+            }
+            Role::Export => {
+                let exported = async {
+                    client.batch_execute(begin).await?;
+                    let row = client.query_one("SELECT pg_export_snapshot()", &[]).await?;
+                    row.try_get::<_, String>(0)
+                }
+                .await;
+                match exported {
+                    Ok(id) => self.group.exported(Ok(id)),
+                    Err(e) => {
+                        let e = postgres::server_error(&self.pool, &e, "exporting a snapshot");
+                        self.group.exported(Err(e.to_string()));
+                        return Err(Self::fail(e));
+                    }
+                }
+                true
+            }
+            Role::Import(id) => {
+                let imported = client
+                    .batch_execute(&format!("{begin}; SET TRANSACTION SNAPSHOT '{id}'"))
+                    .await;
+                self.group.imported();
+                imported.map_err(|e| {
+                    Self::fail(postgres::server_error(
+                        &self.pool,
+                        &e,
+                        "taking the import's snapshot",
+                    ))
+                })?;
+                false
+            }
+        };
+        let read = self.read_ranges(&session).await;
+        if exporter {
+            match &read {
+                // Another worker may still be taking the snapshot: the transaction stays
+                // open until it has.
+                Ok(_) => self.group.close().await,
+                Err(e) => self.group.fail(e.to_string()),
+            }
+        }
+        let committed = client.batch_execute("COMMIT").await;
+        if let (Ok(true), Ok(())) = (&read, &committed) {
+            // Healthy, outside any transaction: the next asker may use it.
+            session.park().await;
+        }
+        read.map(|_| ())
+    }
+
+    /// Reads ranges until none is left; `Ok(false)` when the consumer went away.
+    async fn read_ranges(&self, session: &postgres::Session) -> Result<bool> {
+        while let Some(sql) = self.group.next_range() {
+            let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
             let stream = session
-                .client
+                .client()
                 .copy_out(copy.as_str())
                 .await
-                .map_err(|e| fail(postgres::server_error(&pool, &e, &reading)))?;
+                .map_err(|e| Self::fail(postgres::server_error(&self.pool, &e, &self.reading)))?;
             let mut stream = std::pin::pin!(stream);
-            let mut decoder = CopyDecoder::new(schema, wires, batch_rows);
+            let mut decoder = CopyDecoder::new(
+                Arc::clone(&self.schema),
+                self.wires.clone(),
+                self.batch_rows,
+            );
             let decode_err = |e: super::postgres::copy_decode::DecodeError| {
-                fail(pool.error(format!("{reading}: {e}"), false))
+                Self::fail(self.pool.error(format!("{}: {e}", self.reading), false))
             };
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| fail(postgres::server_error(&pool, &e, &reading)))?;
+                let chunk = chunk.map_err(|e| {
+                    Self::fail(postgres::server_error(&self.pool, &e, &self.reading))
+                })?;
                 for batch in decoder.push(&chunk).map_err(decode_err)? {
-                    baseline.record_output(batch.num_rows());
-                    if tx.send(Ok(batch)).await.is_err() {
+                    self.baseline.record_output(batch.num_rows());
+                    if self.tx.send(Ok(batch)).await.is_err() {
                         // The consumer is gone (a LIMIT, a failed query): dropping the
                         // session ends the COPY.
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
             }
             if let Some(batch) = decoder.finish().map_err(decode_err)? {
-                baseline.record_output(batch.num_rows());
-                let _ = tx.send(Ok(batch)).await;
+                self.baseline.record_output(batch.num_rows());
+                if self.tx.send(Ok(batch)).await.is_err() {
+                    return Ok(false);
+                }
             }
-            baseline.done();
-            drop(session);
-            Ok(())
-        });
-        Ok(builder.build())
+        }
+        self.baseline.done();
+        Ok(true)
     }
 }

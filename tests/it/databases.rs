@@ -303,3 +303,114 @@ fn postgres_failures_name_the_database_and_table_never_the_password() {
     let (dir, env) = pg_pipeline(&url, "table = \"shapes\"", "SELECT id FROM src");
     crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(0);
 }
+
+/// A source read in ranges of its `partition_column`: 8 ranges over 2 connections (the
+/// server's own session view, sampled through the run, never shows more than 2 of sluice's
+/// client sessions; the server's parallel workers for a query are not connections), every row read once (NULLs and rows outside the bounds too), and all ranges
+/// from one snapshot: a writer committing rows spread over every range while the import runs
+/// is seen as of one instant (the rows it added form an unbroken prefix), never range by
+/// range at different times.
+#[test]
+fn postgres_ranges_share_one_snapshot_under_the_connection_cap() {
+    let pg = postgres();
+    let db = pg.create_database("ranges");
+    pg.sql(
+        &db,
+        "CREATE TABLE big (id int8 PRIMARY KEY, k int8, v text);
+         INSERT INTO big SELECT i, CASE WHEN i % 1000 = 0 THEN NULL ELSE (i::int8 * 7919) % 300000 - 50000 END,
+           repeat('x', 20) FROM generate_series(1, 300000) i;",
+    );
+    // The writer: one row at a time, each its own transaction, k spread over the ranges.
+    let mut writer = pg
+        .psql()
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "sluice",
+            "-d",
+            &db,
+        ])
+        .env("PGPASSWORD", PASSWORD)
+        .args([
+            "-c",
+            "DO $$ BEGIN FOR i IN 1..2000000 LOOP \
+               INSERT INTO big VALUES (1000000 + i, (i::int8 * 7919) % 200000, 'w'); COMMIT; \
+             END LOOP; END $$;",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, db) = (stop.clone(), db.clone());
+        std::thread::spawn(move || {
+            let mut peak = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let n: usize = postgres()
+                    .sql(
+                        &db,
+                        &format!(
+                            "SELECT count(*) FROM pg_stat_activity WHERE application_name = \
+                             'sluice' AND datname = '{db}' AND backend_type = 'client backend'"
+                        ),
+                    )
+                    .trim()
+                    .parse()
+                    .unwrap();
+                peak = peak.max(n);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+    let (dir, env) = pg_pipeline(
+        &pg.url(&db),
+        "table = \"big\"\npartition_column = \"k\"\npartitions = 8\n\
+         lower_bound = 0\nupper_bound = 200000",
+        "SELECT id, k FROM src",
+    );
+    let run =
+        crate::support::sluice_env(dir.path(), &["run", ".", "--report", "r.json"], &env).expect(0);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    let _ = writer.kill();
+    let _ = writer.wait();
+    assert!(
+        (1..=2).contains(&peak),
+        "peak sluice sessions {peak}\n{}",
+        run.stderr
+    );
+    let ids = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::support::query_output(
+            &format!("{}/out/copy/", dir.path().display()),
+            "parquet",
+            &[],
+            "SELECT CAST(count(*) AS VARCHAR) n, CAST(count(DISTINCT id) AS VARCHAR) d,
+           CAST(sum(CASE WHEN id <= 300000 THEN 1 ELSE 0 END) AS VARCHAR) base,
+           CAST(COALESCE(max(CASE WHEN id > 1000000 THEN id - 1000000 END), 0) AS VARCHAR) hi,
+           CAST(sum(CASE WHEN id > 1000000 THEN 1 ELSE 0 END) AS VARCHAR) added FROM t",
+        ));
+    let row = &crate::support::rows(&ids, &["n", "d", "base", "hi", "added"])[0];
+    // Every row once; all 300,000 rows that were there before.
+    assert_eq!(row[0], row[1], "a row read twice: {row:?}");
+    assert_eq!(row[2], "300000", "{row:?}");
+    // The writer's rows as of one instant: 1..=hi, none missing.
+    assert_eq!(row[3], row[4], "the ranges saw different instants: {row:?}");
+    assert!(
+        row[4].parse::<u64>().unwrap() > 0,
+        "the writer had not started: {row:?}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap()).unwrap();
+    assert_eq!(
+        report["models"][0]["rows_in_by_source"]["src"].to_string(),
+        row[0],
+        "{report}"
+    );
+}

@@ -7,32 +7,96 @@ pub(crate) mod copy_decode;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_postgres::types::{Kind, Type};
 
 use super::{DatabaseError, Pool};
 use crate::config::Relation;
 use copy_decode::Wire;
 
-/// A connection, holding its slot of the pool until dropped.
+/// A connection of a [`Pool`]: handed back with [`Session::park`] when healthy and outside
+/// any transaction; dropped otherwise, when it counts against the cap until its connection
+/// has ended.
 pub(crate) struct Session {
-    /// The client.
-    pub(crate) client: tokio_postgres::Client,
-    _slot: OwnedSemaphorePermit,
+    inner: Option<Inner>,
+}
+
+struct Inner {
+    client: tokio_postgres::Client,
+    pool: Arc<Pool>,
     connection: tokio::task::JoinHandle<()>,
+}
+
+/// How long a dropped session's connection may take to end before it is cut.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Session {
+    /// The client.
+    pub(crate) fn client(&self) -> &tokio_postgres::Client {
+        match &self.inner {
+            Some(i) => &i.client,
+            // (Only `park` and `drop` take the inner session, consuming the session.)
+            None => unreachable!("a session is used after it was handed back"),
+        }
+    }
+
+    /// Hands the session back to its pool for the next asker.
+    pub(crate) async fn park(mut self) {
+        if let Some(inner) = self.inner.take() {
+            let pool = Arc::clone(&inner.pool);
+            pool.park(Session { inner: Some(inner) }).await;
+        }
+    }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        // The connection task ends with the client; a read abandoned mid-COPY ends it now.
-        self.connection.abort();
+        // The room in the pool is freed once the connection has ended (dropping the client
+        // ends it; a read abandoned mid-COPY is cut after a while): until then the server
+        // still counts the session, and so does the cap.
+        let Some(Inner {
+            client,
+            pool,
+            mut connection,
+        }) = self.inner.take()
+        else {
+            return;
+        };
+        drop(client);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if tokio::time::timeout(CLOSE_WAIT, &mut connection)
+                        .await
+                        .is_err()
+                    {
+                        connection.abort();
+                        let _ = connection.await;
+                    }
+                    pool.closed().await;
+                });
+            }
+            Err(_) => connection.abort(),
+        }
     }
 }
 
-/// Opens a read-only session under the pool's cap: UTC, UTF-8, the database's
-/// `statement_timeout`.
-pub(crate) async fn connect(pool: &Pool) -> Result<Session, DatabaseError> {
-    let slot = pool.slot().await?;
+/// A read-only session under the pool's cap (an idle one, or a new connection): UTC,
+/// UTF-8, the database's `statement_timeout`.
+pub(crate) async fn connect(pool: &Arc<Pool>) -> Result<Session, DatabaseError> {
+    match pool.lease().await {
+        super::Lease::Idle(session) => Ok(session),
+        super::Lease::Open => match open(pool).await {
+            Ok(session) => Ok(session),
+            Err(e) => {
+                pool.opened_nothing().await;
+                Err(e)
+            }
+        },
+    }
+}
+
+/// Opens a new connection (the pool has made room for it) and sets the session up.
+async fn open(pool: &Arc<Pool>) -> Result<Session, DatabaseError> {
     let url = &pool.config.url;
     if let Some((_, mode)) = url
         .params
@@ -64,10 +128,13 @@ pub(crate) async fn connect(pool: &Pool) -> Result<Session, DatabaseError> {
             tracing::debug!("postgres connection ended: {e}");
         }
     });
+    // From here, dropping the session frees the pool's room once the connection ends.
     let session = Session {
-        client,
-        _slot: slot,
-        connection,
+        inner: Some(Inner {
+            client,
+            pool: Arc::clone(pool),
+            connection,
+        }),
     };
     let mut setup =
         String::from("SET TIME ZONE 'UTC'; SET client_encoding = 'UTF8'; SET DateStyle = 'ISO';");
@@ -78,7 +145,7 @@ pub(crate) async fn connect(pool: &Pool) -> Result<Session, DatabaseError> {
         setup.push_str(&format!(" SET statement_timeout = {};", t.as_millis()));
     }
     session
-        .client
+        .client()
         .batch_execute(&setup)
         .await
         .map_err(|e| server_error(pool, &e, "setting up the session"))?;
@@ -157,7 +224,7 @@ pub(crate) async fn describe(
         Relation::Query(_) => "reading the columns of the source's query".to_string(),
     };
     let statement = session
-        .client
+        .client()
         .prepare(&sql)
         .await
         .map_err(|e| server_error(pool, &e, &what))?;

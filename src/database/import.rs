@@ -1,0 +1,230 @@
+//! One import of a database source: its ranges, read by a few workers (at most the
+//! database's `max_connections`) that share one consistent snapshot of the database.
+//!
+//! The first worker to hold a connection opens a REPEATABLE READ transaction, exports its
+//! snapshot (`pg_export_snapshot()`) and starts reading ranges; every other worker opens its
+//! transaction with that snapshot (`SET TRANSACTION SNAPSHOT`), so all ranges see the
+//! database as of one instant, whatever commits meanwhile. The exporting transaction must
+//! stay open while another imports its snapshot: when the ranges are all taken, the exporter
+//! waits for imports under way, then closes the group (a worker arriving later finds no
+//! range left and reads nothing). No connection is spent on coordination alone.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+/// The SQL of each range still to read, and how the snapshot is shared.
+pub(crate) struct ImportGroup {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Ranges not yet taken (their SELECT statements).
+    ranges: VecDeque<String>,
+    /// Whether a worker is exporting (or has exported) the snapshot.
+    claimed: bool,
+    /// The exported snapshot, once there.
+    snapshot: Option<String>,
+    /// Why the exporter failed, for the workers waiting for its snapshot.
+    failed: Option<String>,
+    /// Workers importing the snapshot now.
+    importing: usize,
+    /// The exporter's transaction is ending: the snapshot cannot be imported any more.
+    closed: bool,
+}
+
+/// What a worker is to do once it holds a connection.
+pub(crate) enum Role {
+    /// Export the snapshot ([`ImportGroup::exported`] once done), then read ranges.
+    Export,
+    /// Import this snapshot ([`ImportGroup::imported`] once done), then read ranges.
+    Import(String),
+    /// Nothing is left to read.
+    Idle,
+}
+
+impl ImportGroup {
+    /// A group that reads `ranges`.
+    pub(crate) fn new(ranges: Vec<String>) -> ImportGroup {
+        ImportGroup {
+            state: Mutex::new(State {
+                ranges: ranges.into(),
+                ..State::default()
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The role of a worker that now holds a connection (waits while another exports).
+    pub(crate) async fn role(&self) -> Result<Role, String> {
+        loop {
+            let notified = self.changed.notified();
+            {
+                let mut s = self.lock();
+                if let Some(e) = &s.failed {
+                    return Err(e.clone());
+                }
+                if s.closed || (s.ranges.is_empty() && s.claimed) {
+                    return Ok(Role::Idle);
+                }
+                if !s.claimed {
+                    s.claimed = true;
+                    return Ok(Role::Export);
+                }
+                if let Some(id) = s.snapshot.clone() {
+                    s.importing += 1;
+                    return Ok(Role::Import(id));
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The exporter's snapshot is `Ok(id)`, or its export failed.
+    pub(crate) fn exported(&self, result: Result<String, String>) {
+        let mut s = self.lock();
+        match result {
+            Ok(id) => s.snapshot = Some(id),
+            Err(e) => s.failed = Some(e),
+        }
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    /// An importer is done importing (whether it succeeded or not).
+    pub(crate) fn imported(&self) {
+        let mut s = self.lock();
+        s.importing = s.importing.saturating_sub(1);
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    /// The next range to read, if any.
+    pub(crate) fn next_range(&self) -> Option<String> {
+        self.lock().ranges.pop_front()
+    }
+
+    /// The exporter has no range left: waits until no import is under way, and closes the
+    /// group, after which its transaction may end.
+    pub(crate) async fn close(&self) {
+        loop {
+            let notified = self.changed.notified();
+            {
+                let mut s = self.lock();
+                if s.importing == 0 {
+                    s.closed = true;
+                    drop(s);
+                    self.changed.notify_waiters();
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The exporter failed after exporting: workers stop taking ranges.
+    pub(crate) fn fail(&self, e: String) {
+        let mut s = self.lock();
+        s.failed.get_or_insert(e);
+        s.ranges.clear();
+        drop(s);
+        self.changed.notify_waiters();
+    }
+}
+
+/// The conditions that split the rows of an integer `column` between `lo` and `hi` into
+/// `n` ranges (Spark's JDBC way): the first also takes NULLs and everything below, the last
+/// everything above, so every row is in exactly one range whatever the bounds. One range
+/// (no condition) when there is nothing to split.
+pub(crate) fn int_ranges(column: &str, lo: i64, hi: i64, n: usize) -> Vec<Option<String>> {
+    let span = i128::from(hi) - i128::from(lo) + 1;
+    let n = (n as i128).min(span.max(1));
+    if n <= 1 {
+        return vec![None];
+    }
+    let stride = (span + n - 1) / n;
+    let bounds: Vec<i128> = (1..n)
+        .map(|i| i128::from(lo) + i * stride)
+        .filter(|b| *b <= i128::from(hi))
+        .collect();
+    let mut out = Vec::new();
+    for (i, b) in bounds.iter().enumerate() {
+        match i {
+            0 => out.push(Some(format!("{column} < {b} OR {column} IS NULL"))),
+            _ => out.push(Some(format!(
+                "{column} >= {} AND {column} < {b}",
+                bounds[i - 1]
+            ))),
+        }
+    }
+    if let Some(last) = bounds.last() {
+        out.push(Some(format!("{column} >= {last}")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which range a value falls in, by the conditions' own arithmetic.
+    fn range_of(ranges: &[Option<String>], v: Option<i64>) -> Vec<usize> {
+        ranges
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                let Some(r) = r else { return true };
+                r.split(" OR ").any(|alt| {
+                    alt.split(" AND ").all(|c| {
+                        let c = c.trim();
+                        if c.ends_with("IS NULL") {
+                            return v.is_none();
+                        }
+                        let Some(v) = v else { return false };
+                        let parts: Vec<&str> = c.split(' ').collect();
+                        let b: i128 = parts[2].parse().unwrap();
+                        match parts[1] {
+                            "<" => i128::from(v) < b,
+                            ">=" => i128::from(v) >= b,
+                            _ => unreachable!(),
+                        }
+                    })
+                })
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    #[test]
+    fn every_value_is_in_exactly_one_range() {
+        for (lo, hi, n) in [
+            (1, 1000, 8),
+            (1, 3, 8),
+            (-5, 5, 2),
+            (0, 0, 4),
+            (i64::MIN, i64::MAX, 7),
+            (10, 1, 3),
+        ] {
+            let ranges = int_ranges("\"id\"", lo, hi, n);
+            assert!(ranges.len() <= n.max(1), "{lo}..{hi}/{n}: {ranges:?}");
+            let mut values = vec![None, Some(i64::MIN), Some(i64::MAX), Some(0)];
+            values.extend([lo, hi, lo.saturating_sub(1), hi.saturating_add(1)].map(Some));
+            values.extend((0..50).map(|i| Some(lo.saturating_add(i * 37))));
+            for v in values {
+                assert_eq!(
+                    range_of(&ranges, v).len(),
+                    1,
+                    "{lo}..{hi}/{n} {v:?}: {ranges:?}"
+                );
+            }
+        }
+        assert_eq!(int_ranges("c", 1, 1000, 8).len(), 8);
+    }
+}
