@@ -59,6 +59,9 @@ struct PoolState {
     idle: Vec<postgres::Session>,
 }
 
+/// The longest a read waits for a connection of its database.
+const CONNECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// What a connection request got.
 pub(crate) enum Lease {
     /// An idle session, ready.
@@ -86,24 +89,41 @@ impl Pool {
         }
     }
 
-    /// An idle session, or room for a new connection once there is some.
-    pub(crate) async fn lease(&self) -> Lease {
+    /// An idle session, or room for a new connection once there is some. Waits at most
+    /// [`CONNECTION_WAIT`]: reads of one run that each hold a connection while waiting for
+    /// another's rows (a join of two sources of the database, `max_connections = 1`) would
+    /// otherwise wait for ever.
+    pub(crate) async fn lease(&self) -> Result<Lease, DatabaseError> {
+        let deadline = tokio::time::Instant::now() + CONNECTION_WAIT;
         loop {
             {
                 let mut st = self.state.lock().await;
                 while let Some(s) = st.idle.pop() {
                     if !s.client().is_closed() {
-                        return Lease::Idle(s);
+                        return Ok(Lease::Idle(s));
                     }
                     // (Dropped: it counts as open until its connection has ended.)
                 }
                 if st.open < self.config.max_connections {
                     st.open += 1;
-                    return Lease::Open;
+                    return Ok(Lease::Open);
                 }
             }
             // A permit is stored if the wake-up comes before the wait: none is missed.
-            self.freed.notified().await;
+            if tokio::time::timeout_at(deadline, self.freed.notified())
+                .await
+                .is_err()
+            {
+                return Err(self.error(
+                    format!(
+                        "waited {}s for a connection: all {} (max_connections) stayed in use by \
+                         other reads of this run; raise max_connections",
+                        CONNECTION_WAIT.as_secs(),
+                        self.config.max_connections
+                    ),
+                    false,
+                ));
+            }
         }
     }
 

@@ -83,7 +83,7 @@ impl Drop for Session {
 /// A read-only session under the pool's cap (an idle one, or a new connection): UTC,
 /// UTF-8, the database's `statement_timeout`.
 pub(crate) async fn connect(pool: &Arc<Pool>) -> Result<Session, DatabaseError> {
-    match pool.lease().await {
+    match pool.lease().await? {
         super::Lease::Idle(session) => Ok(session),
         super::Lease::Open => match open(pool).await {
             Ok(session) => Ok(session),
