@@ -162,8 +162,6 @@ pub struct DatabaseConfig {
     pub statement_timeout: Option<Duration>,
     /// Sessions are read-only.
     pub read_only: bool,
-    /// Most replication lag a read accepts (a read replica's delay behind its primary).
-    pub max_replica_lag: Option<Duration>,
 }
 
 /// What a database source reads.

@@ -314,10 +314,9 @@ fn with_env(name: &str) -> Option<String> {
 fn database_sources_are_declared_apart_from_file_sources() {
     let dir = tempfile::tempdir().unwrap();
     let text = "[databases.app]\nurl = \"${env:APP_URL}\"\nmax_connections = 2\n\
-                statement_timeout = \"10m\"\nmax_replica_lag = \"5m\"\n\
+                statement_timeout = \"10m\"\n\
                 [sources.orders]\ndatabase = \"app\"\ntable = \"public.orders\"\n\
                 partition_column = \"order_id\"\npartitions = 8\nlower_bound = 1\nupper_bound = 1000\n\
-                event_time = \"updated_at\"\n\
                 [sources.recent]\ndatabase = \"app\"\nquery = \"SELECT * FROM users\"\n\
                 [sources.files]\nlocation = \"data/\"\nformat = \"csv\"\n";
     let p = Pipeline::from_toml(text, Path::new("sluice.toml"), dir.path(), &with_env).unwrap();
@@ -332,10 +331,6 @@ fn database_sources_are_declared_apart_from_file_sources() {
         db.statement_timeout,
         Some(std::time::Duration::from_secs(600))
     );
-    assert_eq!(
-        db.max_replica_lag,
-        Some(std::time::Duration::from_secs(300))
-    );
     assert!(db.read_only);
     assert!(!format!("{db:?}").contains("hunter2"), "{db:?}");
     let o = &p.database_sources["orders"];
@@ -343,7 +338,6 @@ fn database_sources_are_declared_apart_from_file_sources() {
     assert_eq!(o.partition_column.as_deref(), Some("order_id"));
     assert_eq!(o.partitions, Some(8));
     assert_eq!(o.bounds, Some((BoundValue::Int(1), BoundValue::Int(1000))));
-    assert_eq!(o.event_time.as_deref(), Some("updated_at"));
     assert_eq!(
         p.database_sources["recent"].relation,
         Relation::Query("SELECT * FROM users".into())
@@ -367,6 +361,18 @@ fn bad_database_settings_are_refused_naming_key_and_line_never_the_password() {
             "databases.app.max_connections",
             3,
             "at least 1",
+        ),
+        (
+            format!("{db}[sources.o]\ndatabase = \"app\"\ntable = \"t\"\nevent_time = \"at\"\n"),
+            "sources.o.event_time",
+            6,
+            "not built yet",
+        ),
+        (
+            format!("{db}max_replica_lag = \"5m\"\n"),
+            "databases.app.max_replica_lag",
+            3,
+            "not built yet",
         ),
         (
             format!("{db}statement_timeout = \"soon\"\n"),
