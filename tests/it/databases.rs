@@ -414,3 +414,133 @@ fn postgres_ranges_share_one_snapshot_under_the_connection_cap() {
         "{report}"
     );
 }
+
+/// TPC-H SF 0.1 orders, lineitem and customer loaded into PostgreSQL, imported by a
+/// pipeline with 8 ranges each over 2 connections: every row and value equals the
+/// generator's Parquet files (orders and customer row by row, lineitem by per-column
+/// aggregates), compared with plain DataFusion.
+#[tokio::test]
+async fn tpch_tables_imported_from_postgres_in_ranges_equal_the_originals() {
+    let pg = postgres();
+    let db = pg.create_database("tpch");
+    let dir = crate::support::tpch_pipeline_dir(0.1);
+    let d = dir.path();
+    let csv = crate::support::gen_tpch(d, "csv", 0.1, "csv");
+    pg.sql(
+        &db,
+        "CREATE TABLE customer (c_custkey int8, c_name text, c_address text, c_nationkey int8,
+           c_phone text, c_acctbal numeric(15,2), c_mktsegment text, c_comment text);
+         CREATE TABLE orders (o_orderkey int8, o_custkey int8, o_orderstatus text,
+           o_totalprice numeric(15,2), o_orderdate date, o_orderpriority text, o_clerk text,
+           o_shippriority int4, o_comment text);
+         CREATE TABLE lineitem (l_orderkey int8, l_partkey int8, l_suppkey int8, l_linenumber int4,
+           l_quantity numeric(15,2), l_extendedprice numeric(15,2), l_discount numeric(15,2),
+           l_tax numeric(15,2), l_returnflag text, l_linestatus text, l_shipdate date,
+           l_commitdate date, l_receiptdate date, l_shipinstruct text, l_shipmode text,
+           l_comment text);",
+    );
+    for table in ["customer", "orders", "lineitem"] {
+        for f in std::fs::read_dir(csv.join(table)).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_none_or(|e| e != "csv") {
+                continue; // (_MANIFEST, _SUCCESS)
+            }
+            pg.sql(
+                &db,
+                &format!("\\copy {table} FROM '{}' CSV HEADER", f.display()),
+            );
+        }
+    }
+    std::fs::write(
+        d.join("sluice.toml"),
+        "name = \"import\"\n[databases.app]\nurl = \"${env:PG_URL}\"\nmax_connections = 2\n\
+         [sources.customer_db]\ndatabase = \"app\"\ntable = \"customer\"\n\
+         partition_column = \"c_custkey\"\npartitions = 8\n\
+         [sources.orders_db]\ndatabase = \"app\"\ntable = \"orders\"\n\
+         partition_column = \"o_orderkey\"\npartitions = 8\n\
+         [sources.lineitem_db]\ndatabase = \"app\"\ntable = \"lineitem\"\n\
+         partition_column = \"l_orderkey\"\npartitions = 8\n",
+    )
+    .unwrap();
+    for t in ["customer", "orders", "lineitem"] {
+        std::fs::write(
+            d.join(format!("queries/{t}.sql")),
+            format!("SELECT * FROM {t}_db"),
+        )
+        .unwrap();
+    }
+    let env = [("PG_URL".to_string(), pg.url(&db))];
+    crate::support::sluice_env(d, &["run", "."], &env).expect(0);
+    let ctx = crate::support::plain_tpch(&d.join("data")).await;
+    for t in ["customer", "orders", "lineitem"] {
+        ctx.register_parquet(
+            format!("{t}_out"),
+            d.join(format!("out/{t}")).to_str().unwrap(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    // Every column as text, every row, in order of the keys.
+    let rows_of = |sql: String| {
+        let ctx = ctx.clone();
+        async move {
+            let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+            let cols: Vec<String> = batches
+                .first()
+                .map(|b| {
+                    b.schema()
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let cols: Vec<&str> = cols.iter().map(String::as_str).collect();
+            crate::support::rows_in_order(&batches, &cols)
+        }
+    };
+    for (t, cols, key) in [
+        (
+            "customer",
+            "c_custkey, c_name, c_address, c_nationkey, c_phone, c_acctbal, c_mktsegment, c_comment",
+            "c_custkey",
+        ),
+        (
+            "orders",
+            "o_orderkey, o_custkey, o_orderstatus, o_totalprice, o_orderdate, o_orderpriority, \
+             o_clerk, o_shippriority, o_comment",
+            "o_orderkey",
+        ),
+    ] {
+        let as_text: Vec<String> = cols
+            .split(", ")
+            .map(|c| format!("CAST({c} AS VARCHAR) AS {c}"))
+            .collect();
+        let select =
+            |from: &str| format!("SELECT {} FROM {from} ORDER BY {key}", as_text.join(", "));
+        let want = rows_of(select(t)).await;
+        let got = rows_of(select(&format!("{t}_out"))).await;
+        assert!(!want.is_empty());
+        assert_eq!(got.len(), want.len(), "{t}");
+        assert!(
+            got == want,
+            "{t}: the imported rows differ from the originals"
+        );
+    }
+    let agg = |from: &str| {
+        format!(
+            "SELECT CAST(count(*) AS VARCHAR) n, CAST(count(DISTINCT l_orderkey) AS VARCHAR) o,
+               CAST(sum(l_partkey + l_suppkey + l_linenumber) AS VARCHAR) k,
+               CAST(sum(l_quantity) AS VARCHAR) q, CAST(sum(l_extendedprice) AS VARCHAR) p,
+               CAST(sum(l_discount) AS VARCHAR) di, CAST(sum(l_tax) AS VARCHAR) tx,
+               CAST(min(l_shipdate) AS VARCHAR) s0, CAST(max(l_receiptdate) AS VARCHAR) r1,
+               CAST(sum(length(l_comment || l_shipinstruct || l_shipmode || l_returnflag || l_linestatus)) AS VARCHAR) c,
+               CAST(sum(CAST(l_commitdate AS INT)) AS VARCHAR) cd
+             FROM {from}"
+        )
+    };
+    let want = rows_of(agg("lineitem")).await;
+    let got = rows_of(agg("lineitem_out")).await;
+    assert_eq!(got, want);
+}
