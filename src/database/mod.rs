@@ -6,13 +6,15 @@
 //!   of the process;
 //! - [`postgres`]: PostgreSQL sessions, column types, and the binary COPY decoder;
 //! - [`scan`]: a database source as a DataFusion table, and the plan node that reads it;
-//! - [`import`]: the ranges of one import, and the snapshot its connections share.
+//! - [`import`]: the ranges of one import, and the snapshot its connections share;
+//! - [`pushdown`]: the filters sent to the database with the read.
 //!
 //! Errors name the database by its URL without the password, and the table; the password
 //! is never in a message.
 
 pub(crate) mod import;
 pub(crate) mod postgres;
+pub(crate) mod pushdown;
 pub(crate) mod scan;
 
 use std::collections::BTreeMap;

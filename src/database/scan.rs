@@ -15,7 +15,7 @@ use datafusion::catalog::Session;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
@@ -88,11 +88,25 @@ impl TableProvider for DatabaseTable {
         TableType::Base
     }
 
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // (Applied again by DataFusion after the scan: the database only narrows the read.)
+        Ok(filters
+            .iter()
+            .map(|f| match super::pushdown::render(f, &self.schema) {
+                Some(_) => TableProviderFilterPushDown::Inexact,
+                None => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
+    }
+
     async fn scan(
         &self,
         _state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let columns: Vec<usize> = match projection {
@@ -140,13 +154,35 @@ impl TableProvider for DatabaseTable {
             .ranges()
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let pushed: Vec<String> = filters
+            .iter()
+            .filter_map(|f| super::pushdown::render(f, &self.schema))
+            .collect();
         let queries: Vec<String> = ranges
             .iter()
-            .map(|r| match r {
-                Some(cond) => format!("SELECT {select} FROM {from} WHERE {cond}"),
-                None => format!("SELECT {select} FROM {from}"),
+            .map(|r| {
+                let conditions: Vec<String> = r
+                    .iter()
+                    .map(|c| format!("({c})"))
+                    .chain(pushed.iter().cloned())
+                    .collect();
+                if conditions.is_empty() {
+                    format!("SELECT {select} FROM {from}")
+                } else {
+                    format!(
+                        "SELECT {select} FROM {from} WHERE {}",
+                        conditions.join(" AND ")
+                    )
+                }
             })
             .collect();
+        tracing::info!(
+            source = %self.spec.name,
+            ranges = queries.len(),
+            "reading database '{}': {}",
+            self.pool.config.name,
+            queries.first().map_or("", String::as_str)
+        );
         let workers = queries.len().min(self.pool.config.max_connections).max(1);
         let sql = match queries.as_slice() {
             [one] => one.clone(),
