@@ -81,13 +81,26 @@ fn compare(left: &Expr, op: Operator, right: &Expr, schema: &Schema) -> Option<S
     Some(format!("({name} {sign} {value})"))
 }
 
-/// A plain column of the relation: its quoted name and type.
+/// A plain column of the relation: its quoted name and type. A text column counts as text
+/// only if the database's type is `text` or `varchar` (as [`super::postgres::PG_TYPE`]
+/// says): `char(n)` compares ignoring its padding and `json` has no `=`, so filters on them
+/// stay with sluice.
 fn column(e: &Expr, schema: &Schema) -> Option<(String, DataType)> {
     let Expr::Column(c) = e else {
         return None;
     };
     let field = schema.field_with_name(&c.name).ok()?;
-    Some((quote_ident(&c.name), field.data_type().clone()))
+    let ty = field.data_type().clone();
+    if ty == DataType::Utf8 {
+        let pg = field
+            .metadata()
+            .get(super::postgres::PG_TYPE)
+            .map(String::as_str);
+        if !matches!(pg, Some("text" | "varchar")) {
+            return Some((quote_ident(&c.name), DataType::Null));
+        }
+    }
+    Some((quote_ident(&c.name), ty))
 }
 
 /// `v` as a SQL literal compared with a column of type `ty`, if the comparison means the
@@ -148,7 +161,20 @@ mod tests {
     fn schema() -> Schema {
         Schema::new(vec![
             Field::new("id", DataType::Int64, true),
-            Field::new("name", DataType::Utf8, true),
+            Field::new("name", DataType::Utf8, true).with_metadata(
+                [(
+                    super::super::postgres::PG_TYPE.to_string(),
+                    "text".to_string(),
+                )]
+                .into(),
+            ),
+            Field::new("code", DataType::Utf8, true).with_metadata(
+                [(
+                    super::super::postgres::PG_TYPE.to_string(),
+                    "bpchar".to_string(),
+                )]
+                .into(),
+            ),
             Field::new("day", DataType::Date32, true),
             Field::new("price", DataType::Decimal128(12, 3), true),
             Field::new("ratio", DataType::Float64, true),
@@ -168,6 +194,12 @@ mod tests {
         assert_eq!(
             r(col("name").eq(lit("o'neil"))).as_deref(),
             Some("(\"name\" = 'o''neil')")
+        );
+        // char(n) compares without its padding: not pushed.
+        assert_eq!(r(col("code").eq(lit("x"))), None);
+        assert_eq!(
+            r(col("code").is_null()).as_deref(),
+            Some("(\"code\" IS NULL)")
         );
         // Text order is the database's collation's: not pushed.
         assert_eq!(r(col("name").lt(lit("m"))), None);

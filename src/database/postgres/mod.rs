@@ -206,6 +206,10 @@ pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The PostgreSQL type of a column, in its field's metadata (filters on text are pushed only
+/// for `text` and `varchar`: `char(n)` compares ignoring its padding, `json` has no `=`).
+pub(crate) const PG_TYPE: &str = "sluice.pg_type";
+
 /// A column sluice cannot read, and its type's name.
 pub(crate) const UNSUPPORTED: &str = "sluice.unsupported_type";
 
@@ -233,7 +237,8 @@ pub(crate) async fn describe(
     for c in statement.columns() {
         match wire_of(c.type_(), c.type_modifier()) {
             Some(w) => {
-                fields.push(Field::new(c.name(), w.data_type(), true));
+                let meta = [(PG_TYPE.to_string(), c.type_().name().to_string())];
+                fields.push(Field::new(c.name(), w.data_type(), true).with_metadata(meta.into()));
                 wires.push(Some(w));
             }
             None => {
