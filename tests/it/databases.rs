@@ -622,3 +622,61 @@ fn filters_pushed_to_postgres_keep_exactly_the_rows_postgres_keeps() {
         assert_eq!(got, want, "{filter}");
     }
 }
+
+/// Every session is read-only: a query source that tries to write (a function that deletes,
+/// a sequence's `nextval`) fails (SQLSTATE 25006) and nothing changes; `statement_timeout` cancels a statement that runs too long.
+#[test]
+fn postgres_sessions_are_read_only_and_statements_time_out() {
+    let pg = postgres();
+    let db = pg.create_database("guards");
+    pg.sql(
+        &db,
+        "CREATE TABLE t (id int8); INSERT INTO t SELECT generate_series(1, 100);
+         CREATE SEQUENCE s;
+         CREATE FUNCTION forget(x int8) RETURNS int8 AS 'DELETE FROM t WHERE id = x RETURNING id'
+           LANGUAGE sql;",
+    );
+    let (dir, env) = pg_pipeline(
+        &pg.url(&db),
+        "query = \"SELECT forget(id) AS id FROM t\"",
+        "SELECT * FROM src",
+    );
+    let run = crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(1);
+    assert!(
+        run.stderr.contains("read-only transaction") && run.stderr.contains("25006"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM t"), "100\n");
+    let (dir, env) = pg_pipeline(
+        &pg.url(&db),
+        "query = \"SELECT nextval('s') AS n\"",
+        "SELECT * FROM src",
+    );
+    let run = crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(1);
+    assert!(run.stderr.contains("25006"), "{}", run.stderr);
+    assert_eq!(pg.sql(&db, "SELECT last_value FROM s"), "1\n");
+    let (dir, env) = pg_pipeline(
+        &pg.url(&db),
+        "query = \"SELECT 1 AS x FROM pg_sleep(5)\"",
+        "SELECT * FROM src",
+    );
+    crate::support::edit_file(&dir.path().join("sluice.toml"), |t| {
+        t.replace(
+            "max_connections = 2\n",
+            "max_connections = 2\nstatement_timeout = \"1s\"\n",
+        )
+    });
+    let started = std::time::Instant::now();
+    let run = crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(1);
+    assert!(
+        run.stderr.contains("statement timeout") && run.stderr.contains("57014"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
