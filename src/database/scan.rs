@@ -428,8 +428,12 @@ impl Worker {
                 Err(e) => self.group.fail(e.to_string()),
             }
         }
-        let committed = client.batch_execute("COMMIT").await;
-        if let (Ok(true), Ok(())) = (&read, &committed) {
+        // Only a session that read to the end is committed and reused: one left mid-COPY
+        // (the consumer went away, a value failed to decode) would first have to page
+        // through the rest of the rows; it is dropped, which cuts it.
+        if let Ok(true) = read
+            && client.batch_execute("COMMIT").await.is_ok()
+        {
             // Healthy, outside any transaction: the next asker may use it.
             session.park().await;
         }

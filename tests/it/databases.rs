@@ -621,6 +621,22 @@ fn filters_pushed_to_postgres_keep_exactly_the_rows_postgres_keeps() {
         assert!(!want.is_empty(), "{filter}");
         assert_eq!(got, want, "{filter}");
     }
+    // A query that stops reading early (LIMIT): the ranges' sessions are cut, not drained,
+    // and the run ends normally.
+    let (dir, env) = pg_pipeline(
+        &pg.url(&db),
+        "table = \"t\"\npartition_column = \"id\"\npartitions = 3",
+        "SELECT id FROM src LIMIT 7",
+    );
+    let (_, report) = {
+        let run = crate::support::sluice_env(dir.path(), &["run", ".", "--report", "r.json"], &env)
+            .expect(0);
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap())
+                .unwrap();
+        (run, r)
+    };
+    assert_eq!(report["models"][0]["rows_out"], 7, "{report}");
 }
 
 /// Every session is read-only: a query source that tries to write (a function that deletes,
