@@ -383,11 +383,18 @@ impl<'a> Validator<'a> {
                  docs/databases.md, \"Not built yet\")",
             ));
         }
+        let statement_timeout = duration("statement_timeout", raw.statement_timeout)?;
+        if statement_timeout.is_some_and(|t| t.as_millis() > i32::MAX as u128) {
+            return Err(self.invalid(
+                key("statement_timeout"),
+                "is longer than PostgreSQL allows (about 24 days)",
+            ));
+        }
         Ok(DatabaseConfig {
             name: name.to_string(),
             url,
             max_connections,
-            statement_timeout: duration("statement_timeout", raw.statement_timeout)?,
+            statement_timeout,
             read_only: raw.read_only.unwrap_or(true),
         })
     }

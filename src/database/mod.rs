@@ -98,6 +98,11 @@ impl Pool {
     pub(crate) async fn lease(&self) -> Result<Lease, DatabaseError> {
         let deadline = tokio::time::Instant::now() + CONNECTION_WAIT;
         loop {
+            // Registered before the state is looked at: a room freed after the look wakes
+            // this waiter (a wake-up stored for no one would serve only one of several).
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             {
                 let mut st = self.state.lock().await;
                 while let Some(s) = st.idle.pop() {
@@ -111,11 +116,7 @@ impl Pool {
                     return Ok(Lease::Open);
                 }
             }
-            // A permit is stored if the wake-up comes before the wait: none is missed.
-            if tokio::time::timeout_at(deadline, self.freed.notified())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return Err(self.error(
                     format!(
                         "waited {}s for a connection: all {} (max_connections) stayed in use by \

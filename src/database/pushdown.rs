@@ -99,6 +99,9 @@ fn column(e: &Expr, schema: &Schema) -> Option<(String, DataType)> {
         if !matches!(pg, Some("text" | "varchar")) {
             return Some((quote_ident(&c.name), DataType::Null));
         }
+        // Compared byte by byte, as sluice does: under a case-insensitive collation
+        // 'ABC' <> 'abc' is false in the database.
+        return Some((format!("{} COLLATE \"C\"", quote_ident(&c.name)), ty));
     }
     Some((quote_ident(&c.name), ty))
 }
@@ -127,14 +130,22 @@ fn literal(v: &ScalarValue, ty: &DataType, equality: bool) -> Option<String> {
             Some(if *b { "TRUE" } else { "FALSE" }.to_string())
         }
         (DataType::Date32, ScalarValue::Date32(Some(days))) => {
+            use chrono::Datelike;
             let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
             let date = epoch.checked_add_signed(chrono::Duration::days(i64::from(*days)))?;
-            Some(format!("DATE '{}'", date.format("%Y-%m-%d")))
+            // (Years PostgreSQL writes as chrono does.)
+            (1..=9999)
+                .contains(&date.year())
+                .then(|| format!("DATE '{}'", date.format("%Y-%m-%d")))
         }
         (DataType::Utf8, ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)))
             if equality && !s.contains('\0') =>
         {
-            Some(format!("'{}'", s.replace('\'', "''")))
+            // An escape string: means the same whatever standard_conforming_strings says.
+            Some(format!(
+                "E'{}'",
+                s.replace('\\', "\\\\").replace('\'', "''")
+            ))
         }
         _ => None,
     }
@@ -192,8 +203,8 @@ mod tests {
         );
         assert_eq!(r(lit(5i64).lt(col("id"))).as_deref(), Some("(\"id\" > 5)"));
         assert_eq!(
-            r(col("name").eq(lit("o'neil"))).as_deref(),
-            Some("(\"name\" = 'o''neil')")
+            r(col("name").eq(lit("o'neil\\x"))).as_deref(),
+            Some("(\"name\" COLLATE \"C\" = E'o''neil\\\\x')")
         );
         // char(n) compares without its padding: not pushed.
         assert_eq!(r(col("code").eq(lit("x"))), None);

@@ -1,9 +1,9 @@
 //! A database source as a DataFusion table ([`DatabaseTable`]), and the plan node that reads
 //! it ([`DatabaseScanExec`]): the projected columns of the table or query, copied out with
 //! the database's bulk path (PostgreSQL: binary COPY) on a session of the database's pool,
-//! and decoded into batches as they arrive. Filters are applied by DataFusion above the scan
-//! (pushing them into the SQL is the next step of issue 14). The SQL sent is shown in
-//! EXPLAIN.
+//! and decoded into batches as they arrive, in ranges of its `partition_column` when it has
+//! one ([`super::import`]), with the filters the database can apply exactly
+//! ([`super::pushdown`]). The SQL sent is shown in EXPLAIN and logged.
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
-use datafusion::physical_plan::stream::RecordBatchReceiverStream;
+use datafusion::physical_plan::stream::{RecordBatchReceiverStream, RecordBatchStreamAdapter};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream,
@@ -203,7 +203,8 @@ impl TableProvider for DatabaseTable {
             wires,
             sql,
             ranges: queries.len(),
-            group: Arc::new(ImportGroup::new(queries)),
+            group: Arc::new(ImportGroup::new(queries.clone())),
+            queries,
             metrics: ExecutionPlanMetricsSet::new(),
         }))
     }
@@ -293,6 +294,8 @@ pub(crate) struct DatabaseScanExec {
     /// The first range's SQL (and how many more), for EXPLAIN.
     sql: String,
     ranges: usize,
+    /// The SQL of every range.
+    queries: Vec<String>,
     group: Arc<ImportGroup>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -340,19 +343,54 @@ impl ExecutionPlan for DatabaseScanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let mut builder = RecordBatchReceiverStream::builder(Arc::clone(&self.schema), 2);
-        let worker = Worker {
-            tx: builder.tx(),
+        let (pool, group, schema) = (
+            Arc::clone(&self.pool),
+            Arc::clone(&self.group),
+            Arc::clone(&self.schema),
+        );
+        let (wires, reading) = (self.wires.clone(), format!("reading {}", self.what));
+        let batch_rows = context.session_config().batch_size();
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        // The worker starts (and takes a connection) when the stream is first polled, not
+        // when it is created: a join creates its probe side's stream before it has read its
+        // build side, and a probe side holding every connection would starve the build side.
+        let start = {
+            let schema = Arc::clone(&schema);
+            async move {
+                let mut builder = RecordBatchReceiverStream::builder(Arc::clone(&schema), 2);
+                let worker = Worker {
+                    tx: builder.tx(),
+                    pool,
+                    group,
+                    schema,
+                    wires,
+                    reading,
+                    batch_rows,
+                    baseline,
+                };
+                builder.spawn(async move { worker.run().await });
+                builder.build()
+            }
+        };
+        let stream = futures::stream::once(start).flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+
+    fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
+        // A recursive query runs its recursive part again: with its ranges all to read.
+        Ok(Arc::new(DatabaseScanExec {
+            props: Arc::clone(&self.props),
+            source: self.source.clone(),
+            what: self.what.clone(),
             pool: Arc::clone(&self.pool),
-            group: Arc::clone(&self.group),
             schema: Arc::clone(&self.schema),
             wires: self.wires.clone(),
-            reading: format!("reading {}", self.what),
-            batch_rows: context.session_config().batch_size(),
-            baseline: BaselineMetrics::new(&self.metrics, partition),
-        };
-        builder.spawn(async move { worker.run().await });
-        Ok(builder.build())
+            sql: self.sql.clone(),
+            ranges: self.ranges,
+            queries: self.queries.clone(),
+            group: Arc::new(ImportGroup::new(self.queries.clone())),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }))
     }
 }
 

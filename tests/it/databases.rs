@@ -555,16 +555,20 @@ fn filters_pushed_to_postgres_keep_exactly_the_rows_postgres_keeps() {
     let db = pg.create_database("pushdown");
     pg.sql(
         &db,
-        "CREATE TABLE t (id int8, name text, day date, price numeric(10,2), ok bool, ratio float8,
-           code char(3));
+        &format!("CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+         CREATE TABLE t (id int8, name text, day date, price numeric(10,2), ok bool, ratio float8,
+           code char(3), cased text COLLATE ci, path text);
          INSERT INTO t SELECT i,
            CASE WHEN i % 7 = 0 THEN NULL ELSE 'n' || (i % 13) END,
            CASE WHEN i % 11 = 0 THEN NULL ELSE date '2024-01-01' + (i % 40) END,
            CASE WHEN i % 17 = 0 THEN NULL ELSE (i % 500) / 4.0 - 20 END,
            CASE WHEN i % 5 = 0 THEN NULL ELSE i % 2 = 0 END,
            CASE WHEN i % 19 = 0 THEN NULL ELSE (i % 100) / 8.0 END,
-           CASE WHEN i % 3 = 0 THEN 'x' ELSE 'yz' END
-         FROM generate_series(1, 5000) i;",
+           CASE WHEN i % 3 = 0 THEN 'x' ELSE 'yz' END,
+           CASE WHEN i % 4 = 0 THEN 'ABC' ELSE 'abc' END,
+           CASE WHEN i % 6 = 0 THEN 'C:\\temp' ELSE 'D:' END
+         FROM generate_series(1, 5000) i;
+         ALTER DATABASE {db} SET standard_conforming_strings = off;"),
     );
     let filters = [
         ("id >= 4000", true),
@@ -582,10 +586,18 @@ fn filters_pushed_to_postgres_keep_exactly_the_rows_postgres_keeps() {
         // char(n) is read with its padding ('x  '), and compared so by sluice; PostgreSQL
         // compares char(n) ignoring it, so the filter is not pushed.
         ("code <> 'x'", false),
+        // Byte-wise, as sluice compares: 'ABC' <> 'abc' although the column's collation
+        // ignores case.
+        ("cased <> 'abc'", true),
+        // A backslash means itself, whatever the database's standard_conforming_strings.
+        ("path = 'C:\\temp'", true),
     ];
     for (filter, pushed) in filters {
         // (What sluice's reading of char(n) means, in PostgreSQL's terms.)
-        let pg_filter = filter.replace("code <> 'x'", "concat(code, '') <> 'x'");
+        let pg_filter = filter
+            .replace("code <> 'x'", "concat(code, '') <> 'x'")
+            .replace("cased <> 'abc'", "cased COLLATE \"C\" <> 'abc'")
+            .replace("path = 'C:\\temp'", "path = E'C:\\\\temp'");
         let (dir, env) = pg_pipeline(
             &pg.url(&db),
             "table = \"t\"\npartition_column = \"id\"\npartitions = 3",
@@ -637,6 +649,17 @@ fn filters_pushed_to_postgres_keep_exactly_the_rows_postgres_keeps() {
         (run, r)
     };
     assert_eq!(report["models"][0]["rows_out"], 7, "{report}");
+    // A recursive query reads the source again on every pass (with all its ranges).
+    let (dir, env) = pg_pipeline(
+        &pg.url(&db),
+        "table = \"t\"\npartition_column = \"id\"\npartitions = 3",
+        "WITH RECURSIVE r AS (SELECT id FROM src WHERE id = 1 UNION ALL \
+         SELECT src.id FROM src JOIN r ON src.id = r.id + 1 WHERE src.id <= 12) SELECT id FROM r",
+    );
+    crate::support::sluice_env(dir.path(), &["run", ".", "--report", "r.json"], &env).expect(0);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap()).unwrap();
+    assert_eq!(r["models"][0]["rows_out"], 12, "{r}");
 }
 
 /// Every session is read-only: a query source that tries to write (a function that deletes,

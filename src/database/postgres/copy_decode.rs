@@ -206,7 +206,14 @@ impl Builder {
                     }
                 }
             }
-            (Builder::Time(b), _) => b.append_value(i64::from_be_bytes(array(fixed(8)?)?)),
+            (Builder::Time(b), _) => {
+                let micros = i64::from_be_bytes(array(fixed(8)?)?);
+                // PostgreSQL allows 24:00:00, a time of day Arrow's type does not hold.
+                if !(0..86_400_000_000).contains(&micros) {
+                    return Err("the time 24:00:00, which Arrow times cannot hold".into());
+                }
+                b.append_value(micros)
+            }
             (Builder::Ts(b, _), _) => {
                 let micros = i64::from_be_bytes(array(fixed(8)?)?);
                 if micros == i64::MAX || micros == i64::MIN {

@@ -123,33 +123,42 @@ async fn open(pool: &Arc<Pool>) -> Result<Session, DatabaseError> {
         .connect(tokio_postgres::NoTls)
         .await
         .map_err(|e| server_error(pool, &e, "connecting"))?;
-    let connection = tokio::spawn(async move {
+    let mut connection = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("postgres connection ended: {e}");
         }
     });
-    // From here, dropping the session frees the pool's room once the connection ends.
-    let session = Session {
-        inner: Some(Inner {
-            client,
-            pool: Arc::clone(pool),
-            connection,
-        }),
-    };
     let mut setup =
         String::from("SET TIME ZONE 'UTC'; SET client_encoding = 'UTF8'; SET DateStyle = 'ISO';");
     if pool.config.read_only {
         setup.push_str(" SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY;");
     }
     if let Some(t) = pool.config.statement_timeout {
-        setup.push_str(&format!(" SET statement_timeout = {};", t.as_millis()));
+        setup.push_str(&format!(
+            " SET statement_timeout = {};",
+            t.as_millis().max(1)
+        ));
     }
-    session
-        .client()
-        .batch_execute(&setup)
-        .await
-        .map_err(|e| server_error(pool, &e, "setting up the session"))?;
-    Ok(session)
+    if let Err(e) = client.batch_execute(&setup).await {
+        // Not a session yet: the caller frees the pool's room, once the connection ended.
+        let e = server_error(pool, &e, "setting up the session");
+        drop(client);
+        if tokio::time::timeout(CLOSE_WAIT, &mut connection)
+            .await
+            .is_err()
+        {
+            connection.abort();
+        }
+        return Err(e);
+    }
+    // From here, dropping the session frees the pool's room once the connection ends.
+    Ok(Session {
+        inner: Some(Inner {
+            client,
+            pool: Arc::clone(pool),
+            connection,
+        }),
+    })
 }
 
 /// A server or connection error as a [`DatabaseError`], `doing` what.
@@ -197,7 +206,8 @@ fn source_is_io(e: &tokio_postgres::Error) -> bool {
 pub(crate) fn from_item(relation: &Relation) -> String {
     match relation {
         Relation::Table(t) => t.split('.').map(quote_ident).collect::<Vec<_>>().join("."),
-        Relation::Query(q) => format!("({}) AS q", q.trim().trim_end_matches(';')),
+        // (A newline before the parenthesis: the query may end in a `--` comment.)
+        Relation::Query(q) => format!("({}\n) AS q", q.trim().trim_end_matches(';')),
     }
 }
 
