@@ -862,16 +862,7 @@ impl StateStore {
                  WHERE source = ?1 AND spec = ?2 AND grid = ?3",
             )?;
             let rows = stmt.query_map(params![key.source, key.spec, key.grid], |r| {
-                let etag: String = r.get(3)?;
-                Ok((
-                    (
-                        r.get(0)?,
-                        r.get::<_, i64>(1)? as u64,
-                        r.get(2)?,
-                        (!etag.is_empty()).then_some(etag),
-                    ),
-                    r.get(4)?,
-                ))
+                Ok((file_version_of(r)?, r.get(4)?))
             })?;
             rows.collect()
         })?;
@@ -944,16 +935,7 @@ impl StateStore {
                  WHERE source = ?1 AND spec = ?2",
             )?;
             let rows = stmt.query_map(params![source, spec], |r| {
-                let etag: String = r.get(3)?;
-                Ok((
-                    (
-                        r.get(0)?,
-                        r.get::<_, i64>(1)? as u64,
-                        r.get(2)?,
-                        (!etag.is_empty()).then_some(etag),
-                    ),
-                    r.get(4)?,
-                ))
+                Ok((file_version_of(r)?, r.get(4)?))
             })?;
             rows.collect()
         })?;
@@ -1216,6 +1198,18 @@ impl StateStore {
 /// A schema as the state store keeps it: Arrow's IPC encoding of it (a flatbuffer), with
 /// every field's type, nullability and metadata and the schema's metadata; `None` if it does
 /// not decode back to exactly `schema`.
+/// The file version in the first four columns of a cache row (`path, size, modified, etag`,
+/// the etag `''` for none).
+fn file_version_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileVersion> {
+    let etag: String = r.get(3)?;
+    Ok((
+        r.get(0)?,
+        r.get::<_, i64>(1)? as u64,
+        r.get(2)?,
+        (!etag.is_empty()).then_some(etag),
+    ))
+}
+
 fn encode_schema(schema: &Schema) -> Option<Vec<u8>> {
     use datafusion::arrow::ipc::convert::IpcSchemaEncoder;
     use datafusion::arrow::ipc::writer::DictionaryTracker;
