@@ -295,6 +295,8 @@ struct RunCx<'a> {
     clock: &'a incremental::Clock,
     /// Per batched model whose groups units may split, the output columns of its keys.
     split_keys: &'a BTreeMap<String, Vec<String>>,
+    /// The models whose result is sorted.
+    sorted: &'a BTreeSet<String>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -316,6 +318,7 @@ async fn run_models(
         schemas,
         warnings,
         split_keys,
+        sorted,
         schemas_read: _,
     } = prepared;
     let cx = RunCx {
@@ -330,6 +333,7 @@ async fn run_models(
         ended,
         clock,
         split_keys: &split_keys,
+        sorted: &sorted,
     };
     let mut reports = Vec::new();
     let mut failed: BTreeSet<String> = BTreeSet::new();

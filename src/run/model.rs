@@ -684,13 +684,7 @@ impl<'a> ModelRun<'a> {
         report: &mut ModelReport,
     ) -> Result<Vec<table::StagedFile>, Error> {
         let cx = self.cx;
-        let sql = &cx.dag.nodes[&self.model.name].sql;
-        let sorted = match cx.engine.ctx().sql(sql).await {
-            Ok(df) => super::groups::is_sorted(df.logical_plan()),
-            // (The units planned it: this does not fail.)
-            Err(_) => true,
-        };
-        if sorted || files.len() < 2 {
+        if cx.sorted.contains(&self.model.name) || files.len() < 2 {
             return Ok(files);
         }
         let (files, done) = sink::compact::compact(

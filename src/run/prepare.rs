@@ -40,6 +40,9 @@ pub struct Prepared {
     /// period: the output columns of those keys, checked unique before the publish (a key
     /// two units produced is a group split over them).
     pub split_keys: BTreeMap<String, Vec<String>>,
+    /// The models whose result is sorted (`ORDER BY`): their units' files are not merged at
+    /// publish, which would interleave them.
+    pub sorted: BTreeSet<String>,
     /// The schemas of source files registering the sources read (the state store knew
     /// them not), for the run to record.
     pub(crate) schemas_read: SchemasRead,
@@ -120,6 +123,7 @@ pub async fn prepare(
     let mut schemas = BTreeMap::new();
     let mut warnings: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut split_keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut sorted = BTreeSet::new();
     for name in &dag.order {
         let node = &dag.nodes[name];
         let needed = selected_set.contains(name)
@@ -130,6 +134,9 @@ pub async fn prepare(
         }
         let df = plan_model(&engine, &pipeline.models[name], &node.sql).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        if super::groups::is_sorted(df.logical_plan()) {
+            sorted.insert(name.clone());
+        }
         let model = &pipeline.models[name];
         if let Some(batches) = &model.batches
             && selected_set.contains(name)
@@ -223,6 +230,7 @@ pub async fn prepare(
         schemas,
         warnings,
         split_keys,
+        sorted,
         schemas_read,
     })
 }
