@@ -87,6 +87,30 @@ pub struct ModelReport {
     /// Small staged files merged before the publish.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compacted: Option<Compacted>,
+    /// The load of the output into a database table (a sink with `database = ...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loaded: Option<Loaded>,
+}
+
+/// A model's output loaded into a database table, in one transaction.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Loaded {
+    /// The `[databases.*]` entry.
+    pub database: String,
+    /// The table.
+    pub table: String,
+    /// overwrite, append or upsert.
+    pub mode: String,
+    /// Rows sent to the table.
+    pub rows: u64,
+    /// Bytes sent (the database's bulk format).
+    pub bytes: u64,
+    /// The load's id in the table's commit records (`_sluice_commits`).
+    pub commit: String,
+    /// The load had been committed already, by a killed attempt of this run: nothing sent.
+    pub already_loaded: bool,
+    /// Time the load took.
+    pub elapsed_ms: u64,
 }
 
 /// Small files the units staged, merged into files of the sink's target size before the
@@ -328,6 +352,7 @@ impl ModelReport {
             warnings: Vec::new(),
             routed: None,
             compacted: None,
+            loaded: None,
             rows_in_by_source: BTreeMap::new(),
             rows_filtered: None,
             row_balance: None,

@@ -148,8 +148,8 @@ impl Serialize for DatabaseUrl {
     }
 }
 
-/// One database (`[databases.NAME]`): a connection definition shared by its sources (and,
-/// later, sinks), and the limits sluice keeps to on it.
+/// One database (`[databases.NAME]`): a connection definition shared by its sources and
+/// sinks, and the limits sluice keeps to on it.
 #[derive(Debug, Clone, Serialize)]
 pub struct DatabaseConfig {
     /// Its name in `sluice.toml`.
@@ -160,7 +160,7 @@ pub struct DatabaseConfig {
     pub max_connections: usize,
     /// Longest a statement may run (`statement_timeout`); none: the server's.
     pub statement_timeout: Option<Duration>,
-    /// Sessions are read-only.
+    /// No model may write to it. (Sessions that read are read-only whatever this says.)
     pub read_only: bool,
 }
 
@@ -201,6 +201,42 @@ pub struct DatabaseSourceConfig {
     pub bounds: Option<(BoundValue, BoundValue)>,
     /// The column giving each row's time, for time-batched and incremental models.
     pub event_time: Option<String>,
+}
+
+/// How a model's result is written into its database table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableWrite {
+    /// The table's rows are replaced by the result's.
+    Overwrite,
+    /// The result's rows are added.
+    Append,
+    /// A result row replaces the table's row of the same key, or is added.
+    Upsert,
+}
+
+impl TableWrite {
+    /// The mode's name as written in `sluice.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TableWrite::Overwrite => "overwrite",
+            TableWrite::Append => "append",
+            TableWrite::Upsert => "upsert",
+        }
+    }
+}
+
+/// A model written into a database table (`[models.NAME.sink]` with `database = ...`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseSinkConfig {
+    /// The `[databases.*]` entry it writes to.
+    pub database: String,
+    /// The table, `schema.table` or `table`.
+    pub table: String,
+    /// What the load does to the table's rows.
+    pub mode: TableWrite,
+    /// The columns that identify a row (upsert only).
+    pub key: Vec<String>,
 }
 
 #[cfg(test)]

@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use databases::{
-    BoundValue, DatabaseConfig, DatabaseKind, DatabaseSourceConfig, DatabaseUrl, Relation,
+    BoundValue, DatabaseConfig, DatabaseKind, DatabaseSinkConfig, DatabaseSourceConfig,
+    DatabaseUrl, Relation, TableWrite,
 };
 pub(crate) use values::folder_identity;
 pub use values::{
@@ -460,6 +461,9 @@ pub struct SinkConfig {
     /// A folder without a `_MANIFEST` that holds files: take them as the output's current
     /// version (`true`), or refuse to write there (the default).
     pub adopt: bool,
+    /// The database table the output is loaded into, after it is written to `location` (then
+    /// a mirror of what the last run loaded, in Parquet).
+    pub database: Option<DatabaseSinkConfig>,
 }
 
 /// The default number of rows in one output file.

@@ -196,9 +196,44 @@ pub(super) struct RawSink {
     pub(super) format: Option<Format>,
     #[serde(default)]
     pub(super) partition_by: Vec<String>,
-    pub(super) mode: Option<WriteMode>,
+    pub(super) mode: Option<RawWriteMode>,
     pub(super) target_rows_per_file: Option<usize>,
     pub(super) target_file_size: Option<String>,
     #[serde(default)]
     pub(super) adopt: bool,
+    pub(super) database: Option<String>,
+    pub(super) table: Option<String>,
+    pub(super) key: Option<Vec<String>>,
+}
+
+/// `mode` of a sink: the file modes, and `upsert`, which only a database sink has.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawWriteMode {
+    Overwrite,
+    Append,
+    OverwritePartitions,
+    ErrorIfExists,
+    Upsert,
+}
+
+impl RawWriteMode {
+    /// The mode's name as written in `sluice.toml`.
+    pub(super) fn name(self) -> &'static str {
+        match self.file_mode() {
+            Some(m) => m.name(),
+            None => "upsert",
+        }
+    }
+
+    /// The mode of a sink of files (`None`: upsert).
+    pub(super) fn file_mode(self) -> Option<WriteMode> {
+        Some(match self {
+            RawWriteMode::Overwrite => WriteMode::Overwrite,
+            RawWriteMode::Append => WriteMode::Append,
+            RawWriteMode::OverwritePartitions => WriteMode::OverwritePartitions,
+            RawWriteMode::ErrorIfExists => WriteMode::ErrorIfExists,
+            RawWriteMode::Upsert => return None,
+        })
+    }
 }

@@ -141,9 +141,20 @@ impl<'a> Validator<'a> {
         for (name, s) in raw.stores {
             stores.push(self.store(name, s)?);
         }
+        // A database a model loads into is written to unless it says read_only = true (then
+        // the sink is refused).
+        let loaded: std::collections::BTreeSet<&str> = raw
+            .models
+            .values()
+            .filter_map(|m| m.sink.as_ref()?.database.as_deref())
+            .collect();
         let mut databases = BTreeMap::new();
         for (name, d) in raw.databases {
-            let db = self.database(&name, d)?;
+            let read_only = d.read_only;
+            let mut db = self.database(&name, d)?;
+            if read_only.is_none() && loaded.contains(name.as_str()) {
+                db.read_only = false;
+            }
             databases.insert(name, db);
         }
         let mut sources = BTreeMap::new();
@@ -158,7 +169,7 @@ impl<'a> Validator<'a> {
             }
         }
         let all_sources: Vec<&String> = sources.keys().chain(database_sources.keys()).collect();
-        let models = self.models(raw.models, &all_sources)?;
+        let models = self.models(raw.models, &all_sources, &databases)?;
         self.check_staging_apart(settings.staging.as_deref(), &sources)?;
         let mut vars = BTreeMap::new();
         for (k, v) in raw.vars {
@@ -449,7 +460,8 @@ impl<'a> Validator<'a> {
             return Err(self.invalid(
                 key(k),
                 format!(
-                    "`{k}` is a setting of sources of files; source '{name}' reads database                      '{database}' (its columns and types come from the database)"
+                    "`{k}` is a setting of sources of files; source '{name}' reads database \
+                     '{database}' (its columns and types come from the database)"
                 ),
             ));
         }

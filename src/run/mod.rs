@@ -15,6 +15,7 @@
 //! - [`route`]: source files holding rows of many units, read once and routed to them;
 //! - [`source_schemas`]: the schemas of the sources' files, kept between runs.
 
+mod database_load;
 pub mod event_map;
 mod groups;
 pub mod heal;
@@ -297,6 +298,8 @@ struct RunCx<'a> {
     split_keys: &'a BTreeMap<String, Vec<String>>,
     /// The models whose result is sorted.
     sorted: &'a BTreeSet<String>,
+    /// The pools of the pipeline's databases.
+    databases: &'a crate::database::Databases,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -320,6 +323,7 @@ async fn run_models(
         split_keys,
         sorted,
         schemas_read: _,
+        databases,
     } = prepared;
     let cx = RunCx {
         engine: &engine,
@@ -334,6 +338,7 @@ async fn run_models(
         clock,
         split_keys: &split_keys,
         sorted: &sorted,
+        databases: &databases,
     };
     let mut reports = Vec::new();
     let mut failed: BTreeSet<String> = BTreeSet::new();

@@ -38,7 +38,12 @@ pub(super) async fn run_table_model(
     report: &mut ModelReport,
 ) -> Result<(), Error> {
     let run = ModelRun::prepare(cx, name, schema).await?;
-    let result = run.run(name, report).await;
+    let mut result = run.run(name, report).await;
+    if result.is_ok() {
+        // (After the publish of the output, its mirror, or a resumed run's finding that it
+        // was published.)
+        result = super::database_load::load(cx, run.model, schema, report).await;
+    }
     if result.is_err() {
         run.output.release(cx.run_id).await;
     }
@@ -330,6 +335,7 @@ impl<'a> ModelRun<'a> {
             let message = super::prepare::changed_columns_message(model, &why);
             return Err(model_error(model, message));
         }
+        super::database_load::check(cx, model, schema).await?;
         Ok(ModelRun {
             cx,
             model,

@@ -46,6 +46,8 @@ pub struct Prepared {
     /// The schemas of source files registering the sources read (the state store knew
     /// them not), for the run to record.
     pub(crate) schemas_read: SchemasRead,
+    /// The pools of the pipeline's databases, one each for the whole run.
+    pub(crate) databases: crate::database::Databases,
 }
 
 /// Builds the DAG, registers what the selected models read, and plans every selected model.
@@ -57,6 +59,7 @@ pub async fn prepare(
     let mut vars = pipeline.vars.clone();
     vars.extend(opts.vars.clone());
     let dag = Dag::build(&pipeline, &vars)?;
+    super::database_load::refuse_reading_loaded_tables(&pipeline, &dag)?;
     let selected = dag.select(&opts.select)?;
 
     let engine_opts = EngineOptions {
@@ -232,6 +235,7 @@ pub async fn prepare(
         split_keys,
         sorted,
         schemas_read,
+        databases,
     })
 }
 

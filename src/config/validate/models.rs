@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use super::super::raw::{RawBatches, RawCheck, RawModel, RawSink};
+use super::super::raw::{RawBatches, RawCheck, RawModel, RawSink, RawWriteMode};
 use super::super::values::{
     folder_identity, parse_datetime, parse_size, refuse_target_file_size, valid_name,
 };
 use super::super::{
-    BatchConfig, Check, CheckKind, ConfigError, DEFAULT_FILE_SIZE, DEFAULT_ROWS_PER_FILE, Format,
-    IncrementalConfig, KeyBuckets, Materialized, ModelConfig, Severity, SinkConfig, UnitSettings,
-    WriteMode,
+    BatchConfig, Check, CheckKind, ConfigError, DEFAULT_FILE_SIZE, DEFAULT_ROWS_PER_FILE,
+    DatabaseConfig, DatabaseKind, DatabaseSinkConfig, Format, IncrementalConfig, KeyBuckets,
+    Materialized, ModelConfig, Severity, SinkConfig, TableWrite, UnitSettings, WriteMode,
 };
 use super::Validator;
 
@@ -30,11 +30,12 @@ impl Validator<'_> {
         &self,
         raw: BTreeMap<String, RawModel>,
         sources: &[&String],
+        databases: &BTreeMap<String, DatabaseConfig>,
     ) -> Result<BTreeMap<String, ModelConfig>, ConfigError> {
         let raw = self.with_query_files(raw)?;
         let mut models = BTreeMap::new();
         for (name, m) in raw {
-            let model = self.model(name.clone(), m, sources)?;
+            let model = self.model(name.clone(), m, sources, databases)?;
             models.insert(name, model);
         }
         self.check_sinks_apart(&models)?;
@@ -93,6 +94,7 @@ impl Validator<'_> {
         name: String,
         m: RawModel,
         sources: &[&String],
+        databases: &BTreeMap<String, DatabaseConfig>,
     ) -> Result<ModelConfig, ConfigError> {
         if !valid_name(&name) {
             return Err(self.invalid(
@@ -117,7 +119,8 @@ impl Validator<'_> {
         let materialized = m.materialized.unwrap_or(Materialized::Table);
         let raw_sink = m.sink.unwrap_or_default();
         if materialized == Materialized::Incremental
-            && let Some(mode) = raw_sink.mode.filter(|m| *m != WriteMode::Overwrite)
+            && raw_sink.database.is_none()
+            && let Some(mode) = raw_sink.mode.filter(|m| *m != RawWriteMode::Overwrite)
         {
             return Err(self.invalid(
                 format!("models.{name}.sink.mode"),
@@ -128,7 +131,21 @@ impl Validator<'_> {
                 ),
             ));
         }
-        let sink = self.sink(&name, raw_sink)?;
+        if raw_sink.database.is_some() && materialized != Materialized::Table {
+            return Err(self.invalid(
+                format!("models.{name}.sink.database"),
+                match materialized {
+                    Materialized::View => {
+                        "a view is inlined, not written: a database sink applies to table models"
+                    }
+                    _ => {
+                        "loading an incremental model into a database is not built yet (see \
+                         docs/databases.md, \"Not built yet\"): load a table model that reads it"
+                    }
+                },
+            ));
+        }
+        let sink = self.sink(&name, raw_sink, databases)?;
         let WorkUnits {
             units,
             batches,
@@ -173,8 +190,26 @@ impl Validator<'_> {
         })
     }
 
-    /// `[models.NAME.sink]`, defaults filled in: `out/NAME/`, Parquet, overwrite.
-    fn sink(&self, model: &str, raw: RawSink) -> Result<SinkConfig, ConfigError> {
+    /// `[models.NAME.sink]`, defaults filled in: `out/NAME/`, Parquet, overwrite. A database
+    /// sink's files are its mirror (what the last run loaded): Parquet, overwritten each run.
+    fn sink(
+        &self,
+        model: &str,
+        raw: RawSink,
+        databases: &BTreeMap<String, DatabaseConfig>,
+    ) -> Result<SinkConfig, ConfigError> {
+        let database = self.database_sink(model, &raw, databases)?;
+        let mode = match (&database, raw.mode) {
+            (Some(_), _) | (None, None) => WriteMode::Overwrite,
+            (None, Some(m)) => m.file_mode().ok_or_else(|| {
+                self.invalid(
+                    format!("models.{model}.sink.mode"),
+                    "\"upsert\" applies to a sink into a database table (`database` and \
+                     `table`): a sink of files is written in mode overwrite, append, \
+                     overwrite_partitions or error_if_exists",
+                )
+            })?,
+        };
         let location = raw.location.unwrap_or_else(|| format!("out/{model}/"));
         let target_rows_per_file = raw.target_rows_per_file.unwrap_or(DEFAULT_ROWS_PER_FILE);
         if target_rows_per_file == 0 {
@@ -201,11 +236,137 @@ impl Validator<'_> {
             location,
             format: raw.format.unwrap_or(Format::Parquet),
             partition_by: raw.partition_by,
-            mode: raw.mode.unwrap_or(WriteMode::Overwrite),
+            mode,
             target_rows_per_file,
             target_file_size,
             adopt: raw.adopt,
+            database,
         })
+    }
+
+    /// The database table of a sink with `database = ...` (`None` for a sink of files).
+    fn database_sink(
+        &self,
+        model: &str,
+        raw: &RawSink,
+        databases: &BTreeMap<String, DatabaseConfig>,
+    ) -> Result<Option<DatabaseSinkConfig>, ConfigError> {
+        let key = |k: &str| format!("models.{model}.sink.{k}");
+        let Some(database) = &raw.database else {
+            if raw.table.is_some() {
+                return Err(self.invalid(
+                    key("table"),
+                    "names the table of a sink into a database: set `database` too",
+                ));
+            }
+            if raw.key.is_some() {
+                return Err(self.invalid(
+                    key("key"),
+                    "is the key of an upsert into a database table: set `database`, `table` \
+                     and mode = \"upsert\"",
+                ));
+            }
+            return Ok(None);
+        };
+        let Some(db) = databases.get(database) else {
+            let known: Vec<&str> = databases.keys().map(String::as_str).collect();
+            return Err(self.invalid(
+                key("database"),
+                format!(
+                    "no [databases.{database}] is declared{}",
+                    if known.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (declared: {})", known.join(", "))
+                    }
+                ),
+            ));
+        };
+        if db.read_only {
+            return Err(self.invalid(
+                key("database"),
+                format!(
+                    "[databases.{database}] has read_only = true, and this sink writes to it: \
+                     remove read_only (sources still read in read-only transactions)"
+                ),
+            ));
+        }
+        if db.url.kind == DatabaseKind::Mysql {
+            return Err(self.invalid(
+                key("database"),
+                "loading into MySQL/MariaDB is not built yet (see docs/databases.md, \"Not \
+                 built yet\"); PostgreSQL is",
+            ));
+        }
+        let table = match raw.table.as_deref().map(str::trim) {
+            Some(t) if !t.is_empty() && t.split('.').count() <= 2 => t.to_string(),
+            Some(t) => {
+                return Err(self.invalid(
+                    key("table"),
+                    format!("{t:?} is not a table name: expected \"table\" or \"schema.table\""),
+                ));
+            }
+            None => {
+                return Err(self.invalid(
+                    key("database"),
+                    "a sink into a database names its table: set table = \"schema.table\"",
+                ));
+            }
+        };
+        let mode = match raw.mode.unwrap_or(RawWriteMode::Overwrite) {
+            RawWriteMode::Overwrite => TableWrite::Overwrite,
+            RawWriteMode::Append => TableWrite::Append,
+            RawWriteMode::Upsert => TableWrite::Upsert,
+            other => {
+                return Err(self.invalid(
+                    key("mode"),
+                    format!(
+                        "{:?}: a database table is loaded in mode overwrite, append or upsert",
+                        other.name()
+                    ),
+                ));
+            }
+        };
+        let keys = raw.key.clone().unwrap_or_default();
+        match mode {
+            TableWrite::Upsert if keys.is_empty() => {
+                return Err(self.invalid(
+                    key("mode"),
+                    "an upsert replaces rows by their key: set key = [\"column\", ...]",
+                ));
+            }
+            TableWrite::Overwrite | TableWrite::Append if raw.key.is_some() => {
+                return Err(self.invalid(key("key"), "applies to mode = \"upsert\""));
+            }
+            _ => {}
+        }
+        if let Some(dup) = keys
+            .iter()
+            .enumerate()
+            .find(|(i, k)| keys[..*i].contains(k))
+        {
+            return Err(self.invalid(key("key"), format!("names {:?} twice", dup.1)));
+        }
+        let file_keys = [
+            ("partition_by", !raw.partition_by.is_empty()),
+            ("format", raw.format.is_some_and(|f| f != Format::Parquet)),
+            ("adopt", raw.adopt),
+        ];
+        if let Some((k, _)) = file_keys.iter().find(|(_, set)| *set) {
+            return Err(self.invalid(
+                key(k),
+                format!(
+                    "is a setting of sinks of files; this sink loads table {table} of database \
+                     '{database}'"
+                ),
+            ));
+        }
+        Ok(Some(DatabaseSinkConfig {
+            database: database.clone(),
+            table,
+            mode,
+            key: keys,
+        }))
     }
 
     /// `[models.NAME.batches]`: the settings of the model's work units, and how it is split

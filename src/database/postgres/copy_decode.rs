@@ -20,13 +20,13 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 
 /// The signature opening every binary COPY stream.
-const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+pub(super) const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
 /// Microseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
-const EPOCH_MICROS: i64 = 946_684_800_000_000;
+pub(super) const EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 /// Days from 1970-01-01 to 2000-01-01.
-const EPOCH_DAYS: i32 = 10_957;
+pub(super) const EPOCH_DAYS: i32 = 10_957;
 
 /// How a column's wire values are read: by its PostgreSQL type, into its Arrow type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,6 +3,8 @@
 //! binary COPY of them.
 
 pub(crate) mod copy_decode;
+pub(crate) mod copy_encode;
+pub(crate) mod sink;
 
 use std::sync::Arc;
 
