@@ -275,6 +275,9 @@ pub(crate) async fn describe_plan(prepared: &Prepared, planning: &Planning<'_>) 
                 sink.format.name(),
                 sink.mode.name()
             ));
+            if let Some(db) = &sink.database {
+                out.push_str(&describe_load(prepared, name, db).await);
+            }
             if let Some(schema) = prepared.schemas.get(name) {
                 out.push_str(&format!(
                     "       schema: {}\n",
@@ -291,6 +294,38 @@ pub(crate) async fn describe_plan(prepared: &Prepared, planning: &Planning<'_>) 
         }
     }
     out
+}
+
+/// Where a model is loaded into a database, and whether its table takes the result (the
+/// check a run makes before its units).
+async fn describe_load(
+    prepared: &Prepared,
+    name: &str,
+    db: &crate::config::DatabaseSinkConfig,
+) -> String {
+    let key = if db.key.is_empty() {
+        String::new()
+    } else {
+        format!(" on {}", db.key.join(", "))
+    };
+    let state = match (
+        prepared.databases.pool(&db.database),
+        prepared.schemas.get(name),
+    ) {
+        (Some(pool), Some(schema)) => {
+            match crate::database::postgres::sink::check(&pool, db, schema).await {
+                Ok(exists) => crate::database::postgres::sink::describe_target(exists).to_string(),
+                Err(e) => format!("REFUSED: {e}"),
+            }
+        }
+        _ => "not checked".to_string(),
+    };
+    format!(
+        "       load:   table {} of database {} ({}{key}): {state}\n",
+        db.table,
+        db.database,
+        db.mode.name(),
+    )
 }
 
 /// The joins of a model's query as the engine plans them: the strategy each got, and why.

@@ -125,6 +125,15 @@ fn a_model_overwrites_a_postgres_table_with_exactly_its_result() {
     let (dir, env) = pipeline(&pg.url(&db), DAILY, "table = \"public.daily\"");
     let first = sales(1, 300);
     write_sales(dir.path(), "a.csv", &first);
+    let plan = sluice_env(dir.path(), &["plan", "."], &env).expect(0);
+    assert!(
+        plan.stdout.contains(
+            "load:   table public.daily of database serving (overwrite): missing: created by \
+             the load"
+        ),
+        "{}",
+        plan.stdout
+    );
     let (_, report) = run(dir.path(), &env, 0);
     let loaded = &report["models"][0]["loaded"];
     assert_eq!(loaded["rows"], 300, "{report}");
@@ -139,6 +148,12 @@ fn a_model_overwrites_a_postgres_table_with_exactly_its_result() {
     assert_eq!(
         types.trim(),
         "date,bigint,numeric(12,2),text,boolean,timestamp(6) with time zone"
+    );
+    let plan = sluice_env(dir.path(), &["plan", "."], &env).expect(0);
+    assert!(
+        plan.stdout.contains("(overwrite): exists, compatible"),
+        "{}",
+        plan.stdout
     );
 
     let second = sales(2, 120);
@@ -266,6 +281,13 @@ fn postgres_sinks_refuse_bad_tables_and_failed_models_touch_nothing() {
     let before = pg.sql(&db, "SELECT * FROM daily");
     let (dir, env) = pipeline(&pg.url(&db), DAILY, "table = \"daily\"");
     write_sales(dir.path(), "a.csv", &sales(7, 20));
+    let plan = sluice_env(dir.path(), &["plan", "."], &env).expect(0);
+    assert!(
+        plan.stdout.contains("REFUSED: database 'serving'")
+            && plan.stdout.contains("column revenue is integer"),
+        "{}",
+        plan.stdout
+    );
     let refused = sluice_env(dir.path(), &["run", "."], &env).expect(1);
     assert!(
         refused
@@ -355,6 +377,27 @@ fn postgres_sinks_refuse_bad_tables_and_failed_models_touch_nothing() {
     .unwrap();
     let r = sluice_env(dir.path(), &["run", "."], &env).expect(2);
     assert!(r.stderr.contains("read_only = true"), "{}", r.stderr);
+
+    // A model reading an appended (or upserted) model would read this run's rows, not the
+    // table's: refused (exit 2).
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        format!("{head}table = \"t\"\nmode = \"append\"\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("queries/daily.sql"), DAILY).unwrap();
+    std::fs::write(
+        dir.path().join("queries/after.sql"),
+        "SELECT count(*) AS n FROM daily",
+    )
+    .unwrap();
+    let r = sluice_env(dir.path(), &["run", "."], &env).expect(2);
+    assert!(
+        r.stderr
+            .contains("model 'after' reads 'daily', which is loaded into table t in mode append"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// Rows of the kill test's model per run.
