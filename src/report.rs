@@ -24,6 +24,116 @@ pub struct RunReport {
     /// Why the run failed before any model ran (invalid pipeline, unreadable source...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Per database the run used: connections, rows and bytes, pauses, lag.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseReport>,
+}
+
+/// What the run report says of one database.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DatabaseReport {
+    /// Its name in `sluice.toml`.
+    pub name: String,
+    /// postgres or mysql.
+    pub kind: String,
+    /// The server's version, when a connection was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// Whether it is a replica (known once the lag was checked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<bool>,
+    /// `max_connections`.
+    pub max_connections: usize,
+    /// Most connections open at once.
+    pub peak_connections: usize,
+    /// Connections opened.
+    pub connections_opened: u64,
+    /// Rows and bytes read (the bytes as the server sent them).
+    pub rows_read: u64,
+    /// Bytes read.
+    pub bytes_read: u64,
+    /// Rows loaded into tables.
+    pub rows_written: u64,
+    /// Bytes sent to load them.
+    pub bytes_written: u64,
+    /// Time the latency gate was closed while reads or loads were under way.
+    pub paused_ms: u64,
+    /// Times it closed.
+    pub pauses: u64,
+    /// Probes made, and the slowest.
+    pub probes: u64,
+    /// The slowest probe.
+    pub max_probe_ms: f64,
+    /// Time spent waiting for the rate limit.
+    pub throttled_ms: u64,
+    /// The largest replica lag seen.
+    pub lag_max_ms: u64,
+    /// Time spent waiting for the lag to come down.
+    pub lag_waited_ms: u64,
+}
+
+impl DatabaseReport {
+    /// What the run did with the database of `pool`.
+    pub(crate) fn of(pool: &crate::database::Pool) -> DatabaseReport {
+        use std::sync::atomic::Ordering::Relaxed;
+        let g = &pool.guard;
+        let s = g.stats();
+        DatabaseReport {
+            name: pool.config.name.clone(),
+            kind: pool.config.url.kind.name().to_string(),
+            server: g.server(),
+            replica: g.replica(),
+            max_connections: pool.config.max_connections,
+            peak_connections: s.peak_connections.load(Relaxed),
+            connections_opened: s.connections_opened.load(Relaxed),
+            rows_read: s.rows_read.load(Relaxed),
+            bytes_read: s.bytes_read.load(Relaxed),
+            rows_written: s.rows_written.load(Relaxed),
+            bytes_written: s.bytes_written.load(Relaxed),
+            paused_ms: s.paused_ms.load(Relaxed),
+            pauses: s.pauses.load(Relaxed),
+            probes: s.probes.load(Relaxed),
+            max_probe_ms: s.max_probe_us.load(Relaxed) as f64 / 1000.0,
+            throttled_ms: s.throttled_ms.load(Relaxed),
+            lag_max_ms: s.lag_max_ms.load(Relaxed),
+            lag_waited_ms: s.lag_waited_ms.load(Relaxed),
+        }
+    }
+
+    /// One line for the run's summary.
+    pub fn summary(&self) -> String {
+        let mut line = format!(
+            "{} ({}): {} of {} connections at most, {} rows read, {} rows written",
+            self.name,
+            self.kind,
+            self.peak_connections,
+            self.max_connections,
+            self.rows_read,
+            self.rows_written
+        );
+        if self.pauses > 0 {
+            line.push_str(&format!(
+                ", paused {} times for {:.1}s (slowest probe {:.0} ms)",
+                self.pauses,
+                self.paused_ms as f64 / 1000.0,
+                self.max_probe_ms
+            ));
+        }
+        if self.throttled_ms > 0 {
+            line.push_str(&format!(
+                ", throttled {:.1}s",
+                self.throttled_ms as f64 / 1000.0
+            ));
+        }
+        if self.replica == Some(true) {
+            line.push_str(&format!(
+                ", replica lag at most {:.1}s (waited {:.1}s)",
+                self.lag_max_ms as f64 / 1000.0,
+                self.lag_waited_ms as f64 / 1000.0
+            ));
+        }
+        line
+    }
 }
 
 /// What happened to one model.
@@ -383,6 +493,7 @@ impl RunReport {
             started_at,
             models: Vec::new(),
             error: Some(error),
+            databases: Vec::new(),
         }
     }
 
@@ -482,6 +593,9 @@ impl RunReport {
                 .count(),
             self.models.len()
         ));
+        for d in &self.databases {
+            out.push_str(&format!("  database {}\n", d.summary()));
+        }
         out
     }
 }

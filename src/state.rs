@@ -1558,6 +1558,7 @@ mod tests {
                 ModelReport::new("b", "table", ModelStatus::Failed),
             ],
             error: None,
+            databases: Vec::new(),
         };
         s.finish_run(&report).unwrap();
         let rows = s.runs(5).unwrap();

@@ -162,6 +162,34 @@ pub struct DatabaseConfig {
     pub statement_timeout: Option<Duration>,
     /// No model may write to it. (Sessions that read are read-only whatever this says.)
     pub read_only: bool,
+    /// What sluice watches to keep from hurting it.
+    pub guards: Guards,
+}
+
+/// The guards of a database: how sluice keeps from hurting it while it reads and loads.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Guards {
+    /// Wait while a replica is further behind its primary than this; fail past `lag_wait`.
+    pub max_replica_lag: Option<Duration>,
+    /// How long to wait for the lag to come under `max_replica_lag`.
+    pub lag_wait: Duration,
+    /// Pause reads and loads while a probe query takes longer than this.
+    pub latency: Option<LatencyGuard>,
+    /// Rows read and written per second, at most (all readers and loads of the database).
+    pub max_rows_per_second: Option<u64>,
+}
+
+/// `pause_when_latency_over` and its probe.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyGuard {
+    /// The latency over which reads and loads pause.
+    pub over: Duration,
+    /// The probe query (default `SELECT 1`).
+    pub probe: String,
+    /// Time between probes.
+    pub interval: Duration,
+    /// The longest pause: past it the run fails.
+    pub max_pause: Duration,
 }
 
 /// What a database source reads.

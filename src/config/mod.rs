@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use databases::{
     BoundValue, DatabaseConfig, DatabaseKind, DatabaseSinkConfig, DatabaseSourceConfig,
-    DatabaseUrl, Relation, TableWrite,
+    DatabaseUrl, Guards, LatencyGuard, Relation, TableWrite,
 };
 pub(crate) use values::folder_identity;
 pub use values::{

@@ -67,6 +67,12 @@ pub(super) struct RawDatabase {
     pub(super) statement_timeout: Option<String>,
     pub(super) read_only: Option<bool>,
     pub(super) max_replica_lag: Option<String>,
+    pub(super) lag_wait: Option<String>,
+    pub(super) pause_when_latency_over: Option<String>,
+    pub(super) probe: Option<String>,
+    pub(super) probe_interval: Option<String>,
+    pub(super) max_pause: Option<String>,
+    pub(super) max_rows_per_second: Option<u64>,
 }
 
 /// `[sources.NAME]`: files (`location`) or a database (`database`).

@@ -369,10 +369,35 @@ fn bad_database_settings_are_refused_naming_key_and_line_never_the_password() {
             "not built yet",
         ),
         (
-            format!("{db}max_replica_lag = \"5m\"\n"),
+            "[databases.app]\nurl = \"mysql://u:hunter2-pw@h/db\"\nmax_replica_lag = \"5m\"\n"
+                .to_string(),
             "databases.app.max_replica_lag",
             3,
-            "not built yet",
+            "PostgreSQL only",
+        ),
+        (
+            format!("{db}lag_wait = \"5m\"\n"),
+            "databases.app.lag_wait",
+            3,
+            "with max_replica_lag",
+        ),
+        (
+            format!("{db}probe = \"SELECT 2\"\n"),
+            "databases.app.probe",
+            3,
+            "with pause_when_latency_over",
+        ),
+        (
+            format!("{db}max_connections = 1\npause_when_latency_over = \"50ms\"\n"),
+            "databases.app.pause_when_latency_over",
+            4,
+            "2 or more",
+        ),
+        (
+            format!("{db}max_rows_per_second = 0\n"),
+            "databases.app.max_rows_per_second",
+            3,
+            "at least 1",
         ),
         (
             format!("{db}statement_timeout = \"soon\"\n"),

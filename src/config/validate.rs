@@ -6,6 +6,7 @@ mod models;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::raw::{RawDatabase, RawPipeline, RawSettings, RawSource, RawStore};
 use super::values::{
@@ -13,9 +14,9 @@ use super::values::{
     parse_duration, parse_size, resolve_location, valid_name,
 };
 use super::{
-    BoundValue, Compression, ConfigError, CsvOptions, DatabaseConfig, DatabaseSourceConfig,
-    DatabaseUrl, Format, JoinOptions, JoinStrategy, OnBadRows, PartitionCol, Pipeline, Relation,
-    Settings, SourceConfig, StoreConfig, UnitSettings,
+    BoundValue, Compression, ConfigError, CsvOptions, DatabaseConfig, DatabaseKind,
+    DatabaseSourceConfig, DatabaseUrl, Format, Guards, JoinOptions, JoinStrategy, LatencyGuard,
+    OnBadRows, PartitionCol, Pipeline, Relation, Settings, SourceConfig, StoreConfig, UnitSettings,
 };
 
 /// A one-character setting (`delimiter`, `quote`, `escape`): `default` when it is not set.
@@ -386,14 +387,6 @@ impl<'a> Validator<'a> {
             })
             .transpose()
         };
-        if raw.max_replica_lag.is_some() {
-            // Accepted only once it is kept: a guard that is not checked is worse than none.
-            return Err(self.invalid(
-                key("max_replica_lag"),
-                "the replica-lag guard is not built yet: remove the setting (see \
-                 docs/databases.md, \"Not built yet\")",
-            ));
-        }
         let statement_timeout = duration("statement_timeout", raw.statement_timeout)?;
         if statement_timeout.is_some_and(|t| t.as_millis() > i32::MAX as u128) {
             return Err(self.invalid(
@@ -401,12 +394,68 @@ impl<'a> Validator<'a> {
                 "is longer than PostgreSQL allows (about 24 days)",
             ));
         }
+        let max_replica_lag = duration("max_replica_lag", raw.max_replica_lag)?;
+        if max_replica_lag.is_some() && url.kind == DatabaseKind::Mysql {
+            return Err(self.invalid(
+                key("max_replica_lag"),
+                "the replica-lag guard is built for PostgreSQL only so far (see \
+                 docs/databases.md, \"Not built yet\")",
+            ));
+        }
+        let lag_wait = duration("lag_wait", raw.lag_wait)?;
+        if lag_wait.is_some() && max_replica_lag.is_none() {
+            return Err(self.invalid(key("lag_wait"), "applies with max_replica_lag"));
+        }
+        let over = duration("pause_when_latency_over", raw.pause_when_latency_over)?;
+        let probe_keys = [
+            ("probe", raw.probe.is_some()),
+            ("probe_interval", raw.probe_interval.is_some()),
+            ("max_pause", raw.max_pause.is_some()),
+        ];
+        if over.is_none()
+            && let Some((k, _)) = probe_keys.iter().find(|(_, set)| *set)
+        {
+            return Err(self.invalid(key(k), "applies with pause_when_latency_over"));
+        }
+        let latency = match over {
+            None => None,
+            Some(over) => {
+                if max_connections < 2 {
+                    return Err(self.invalid(
+                        key("pause_when_latency_over"),
+                        "the latency probe holds a connection of its own: set \
+                         max_connections to 2 or more",
+                    ));
+                }
+                let probe = raw.probe.unwrap_or_else(|| "SELECT 1".to_string());
+                if probe.trim().is_empty() {
+                    return Err(self.invalid(key("probe"), "is empty"));
+                }
+                Some(LatencyGuard {
+                    over,
+                    probe,
+                    interval: duration("probe_interval", raw.probe_interval)?
+                        .unwrap_or(Duration::from_secs(1)),
+                    max_pause: duration("max_pause", raw.max_pause)?
+                        .unwrap_or(Duration::from_secs(600)),
+                })
+            }
+        };
+        if raw.max_rows_per_second == Some(0) {
+            return Err(self.invalid(key("max_rows_per_second"), "must be at least 1"));
+        }
         Ok(DatabaseConfig {
             name: name.to_string(),
             url,
             max_connections,
             statement_timeout,
             read_only: raw.read_only.unwrap_or(true),
+            guards: Guards {
+                max_replica_lag,
+                lag_wait: lag_wait.unwrap_or(Duration::from_secs(600)),
+                latency,
+                max_rows_per_second: raw.max_rows_per_second,
+            },
         })
     }
 

@@ -12,6 +12,7 @@
 //! Errors name the database by its URL without the password, and the table; the password
 //! is never in a message.
 
+pub(crate) mod guard;
 pub(crate) mod import;
 pub(crate) mod postgres;
 pub(crate) mod pushdown;
@@ -42,6 +43,8 @@ pub struct DatabaseError {
 pub(crate) struct Pool {
     /// The database.
     pub(crate) config: DatabaseConfig,
+    /// Its guards, and what they saw.
+    pub(crate) guard: guard::Guard,
     state: tokio::sync::Mutex<PoolState>,
     freed: tokio::sync::Notify,
 }
@@ -75,6 +78,7 @@ pub(crate) enum Lease {
 impl Pool {
     fn new(config: DatabaseConfig) -> Pool {
         Pool {
+            guard: guard::Guard::new(config.guards.clone()),
             config,
             state: tokio::sync::Mutex::new(PoolState::default()),
             freed: tokio::sync::Notify::new(),
@@ -113,6 +117,7 @@ impl Pool {
                 }
                 if st.open < self.config.max_connections {
                     st.open += 1;
+                    self.guard.opened(st.open);
                     return Ok(Lease::Open);
                 }
             }
@@ -165,6 +170,11 @@ impl Databases {
                 .map(|c| (c.name.clone(), Arc::new(Pool::new(c.clone()))))
                 .collect(),
         }
+    }
+
+    /// Every pool, by name.
+    pub(crate) fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.pools.values()
     }
 
     /// The pool of database `name`.

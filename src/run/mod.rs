@@ -418,6 +418,10 @@ async fn run_models(
         finished_at: timestamp_now(),
         models: reports,
         error: late,
+        databases: databases
+            .pools()
+            .map(|p| crate::report::DatabaseReport::of(p))
+            .collect(),
     }
 }
 

@@ -19,6 +19,7 @@
 //! rather than truncates: readers keep reading the old rows, unblocked, until the commit.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use datafusion::arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use datafusion::execution::SendableRecordBatchStream;
@@ -120,8 +121,18 @@ pub(crate) async fn load(
     commit: &Commit,
     rows: SendableRecordBatchStream,
 ) -> Result<Loaded, DatabaseError> {
+    let _active = crate::database::guard::enter(pool);
+    pool.guard.gate(pool, 0).await?;
     let session = connect(pool).await?;
     let loaded = load_in(pool, &session, sink, schema, commit, rows).await?;
+    let stats = pool.guard.stats();
+    stats.rows_written.fetch_add(
+        loaded.rows * u64::from(loaded.already.is_none()),
+        Ordering::Relaxed,
+    );
+    stats
+        .bytes_written
+        .fetch_add(loaded.bytes, Ordering::Relaxed);
     // Committed or rolled back: outside any transaction, reusable. (On an error the
     // session is dropped, which ends the connection and so rolls the transaction back.)
     session.park().await;
@@ -223,6 +234,8 @@ async fn load_in(
         encoder
             .push(&batch)
             .map_err(|e| pool.error(doing(&e), false))?;
+        // (A pause holds the transaction open: the statement_timeout counts it.)
+        pool.guard.gate(pool, batch.num_rows() as u64).await?;
         if encoder.pending() >= CHUNK {
             let chunk = encoder.take();
             bytes += chunk.len() as u64;
