@@ -143,16 +143,16 @@ impl ImportGroup {
 /// `n` ranges (Spark's JDBC way): the first also takes NULLs and everything below, the last
 /// everything above, so every row is in exactly one range whatever the bounds. One range
 /// (no condition) when there is nothing to split.
-pub(crate) fn int_ranges(column: &str, lo: i64, hi: i64, n: usize) -> Vec<Option<String>> {
-    let span = i128::from(hi) - i128::from(lo) + 1;
+pub(crate) fn int_ranges(column: &str, lo: i128, hi: i128, n: usize) -> Vec<Option<String>> {
+    let span = hi - lo + 1;
     let n = (n as i128).min(span.max(1));
     if n <= 1 {
         return vec![None];
     }
     let stride = (span + n - 1) / n;
     let bounds: Vec<i128> = (1..n)
-        .map(|i| i128::from(lo) + i * stride)
-        .filter(|b| *b <= i128::from(hi))
+        .map(|i| lo + i * stride)
+        .filter(|b| *b <= hi)
         .collect();
     let mut out = Vec::new();
     for (i, b) in bounds.iter().enumerate() {
@@ -212,7 +212,7 @@ mod tests {
             (i64::MIN, i64::MAX, 7),
             (10, 1, 3),
         ] {
-            let ranges = int_ranges("\"id\"", lo, hi, n);
+            let ranges = int_ranges("\"id\"", lo.into(), hi.into(), n);
             assert!(ranges.len() <= n.max(1), "{lo}..{hi}/{n}: {ranges:?}");
             let mut values = vec![None, Some(i64::MIN), Some(i64::MAX), Some(0)];
             values.extend([lo, hi, lo.saturating_sub(1), hi.saturating_add(1)].map(Some));
@@ -226,5 +226,9 @@ mod tests {
             }
         }
         assert_eq!(int_ranges("c", 1, 1000, 8).len(), 8);
+        // Unsigned 64-bit columns (MySQL's BIGINT UNSIGNED) beyond i64.
+        let r = int_ranges("c", 0, i128::from(u64::MAX), 4);
+        assert_eq!(r.len(), 4);
+        assert_eq!(r[3].as_deref(), Some("c >= 13835058055282163712"));
     }
 }

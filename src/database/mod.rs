@@ -5,6 +5,7 @@
 //! - [`Databases`]: one [`Pool`] per `[databases.NAME]`, shared by every model, unit and scan
 //!   of the process;
 //! - [`postgres`]: PostgreSQL sessions, column types, and the binary COPY decoder;
+//! - [`mysql`]: MySQL and MariaDB sessions, column types, and the decoder of their rows;
 //! - [`scan`]: a database source as a DataFusion table, and the plan node that reads it;
 //! - [`import`]: the ranges of one import, and the snapshot its connections share;
 //! - [`pushdown`]: the filters sent to the database with the read.
@@ -14,6 +15,7 @@
 
 pub(crate) mod guard;
 pub(crate) mod import;
+pub(crate) mod mysql;
 pub(crate) mod postgres;
 pub(crate) mod pushdown;
 pub(crate) mod scan;
@@ -21,7 +23,11 @@ pub(crate) mod scan;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::{DatabaseConfig, DatabaseKind};
+use crate::config::DatabaseConfig;
+
+/// The field metadata key that marks a column sluice cannot read; its value is the type's
+/// name. Such a column is a `Null` field, refused by a scan that selects it.
+pub(crate) const UNSUPPORTED: &str = "sluice.unsupported_type";
 
 /// A failure talking to a database.
 #[derive(Debug, thiserror::Error)]
@@ -61,16 +67,50 @@ struct PoolState {
     /// Open connections: in use, idle, or ending.
     open: usize,
     /// Healthy connections no one uses.
-    idle: Vec<postgres::Session>,
+    idle: Idle,
+}
+
+/// The sessions a pool keeps idle, by kind (a pool holds sessions of its database's kind
+/// only).
+#[derive(Default)]
+pub(crate) struct Idle {
+    postgres: Vec<postgres::Session>,
+    mysql: Vec<mysql::Session>,
+}
+
+/// A session a [`Pool`] can keep idle.
+pub(crate) trait Pooled: Sized + Send {
+    /// Where the pool keeps idle sessions of this kind.
+    fn shelf(idle: &mut Idle) -> &mut Vec<Self>;
+    /// Whether it may still be used (its connection has not ended).
+    fn usable(&self) -> bool;
+}
+
+impl Pooled for postgres::Session {
+    fn shelf(idle: &mut Idle) -> &mut Vec<Self> {
+        &mut idle.postgres
+    }
+    fn usable(&self) -> bool {
+        !self.client().is_closed()
+    }
+}
+
+impl Pooled for mysql::Session {
+    fn shelf(idle: &mut Idle) -> &mut Vec<Self> {
+        &mut idle.mysql
+    }
+    fn usable(&self) -> bool {
+        self.usable()
+    }
 }
 
 /// The longest a read waits for a connection of its database.
 const CONNECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What a connection request got.
-pub(crate) enum Lease {
+pub(crate) enum Lease<S> {
     /// An idle session, ready.
-    Idle(postgres::Session),
+    Idle(S),
     /// Room for a new connection: open it, or [`Pool::opened_nothing`].
     Open,
 }
@@ -99,7 +139,7 @@ impl Pool {
     /// [`CONNECTION_WAIT`]: reads of one run that each hold a connection while waiting for
     /// another's rows (a join of two sources of the database, `max_connections = 1`) would
     /// otherwise wait for ever.
-    pub(crate) async fn lease(&self) -> Result<Lease, DatabaseError> {
+    pub(crate) async fn lease<S: Pooled>(&self) -> Result<Lease<S>, DatabaseError> {
         let deadline = tokio::time::Instant::now() + CONNECTION_WAIT;
         loop {
             // Registered before the state is looked at: a room freed after the look wakes
@@ -109,8 +149,8 @@ impl Pool {
             freed.as_mut().enable();
             {
                 let mut st = self.state.lock().await;
-                while let Some(s) = st.idle.pop() {
-                    if !s.client().is_closed() {
+                while let Some(s) = S::shelf(&mut st.idle).pop() {
+                    if s.usable() {
                         return Ok(Lease::Idle(s));
                     }
                     // (Dropped: it counts as open until its connection has ended.)
@@ -149,8 +189,8 @@ impl Pool {
     }
 
     /// A healthy session handed back for the next asker.
-    pub(crate) async fn park(&self, session: postgres::Session) {
-        self.state.lock().await.idle.push(session);
+    pub(crate) async fn park<S: Pooled>(&self, session: S) {
+        S::shelf(&mut self.state.lock().await.idle).push(session);
         self.freed.notify_one();
     }
 }
@@ -181,9 +221,4 @@ impl Databases {
     pub(crate) fn pool(&self, name: &str) -> Option<Arc<Pool>> {
         self.pools.get(name).cloned()
     }
-}
-
-/// Whether sluice can read this kind of database yet.
-pub(crate) fn readable(kind: DatabaseKind) -> bool {
-    kind == DatabaseKind::Postgres
 }

@@ -6,20 +6,53 @@
 //! those. Anything else (floats, timestamps, functions, casts) stays with DataFusion. Even a
 //! pushed filter is applied again by DataFusion after the scan (`Inexact`): the database
 //! only narrows what is read.
+//!
+//! Text is compared byte by byte, as sluice compares it: PostgreSQL `"c" COLLATE "C"`,
+//! MySQL `CAST(`c` AS BINARY)` (MySQL's default collations ignore case and trailing
+//! spaces: `'abc' = 'ABC '` is true there).
 
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 
-use super::postgres::quote_ident;
+use crate::config::DatabaseKind;
+
+/// Whose SQL a filter is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL and MariaDB (under the session's SQL mode, which sluice sets: backslashes
+    /// escape in string literals, double quotes quote strings).
+    Mysql,
+}
+
+impl Dialect {
+    /// The dialect of a kind of database.
+    pub(crate) fn of(kind: DatabaseKind) -> Dialect {
+        match kind {
+            DatabaseKind::Postgres => Dialect::Postgres,
+            DatabaseKind::Mysql => Dialect::Mysql,
+        }
+    }
+
+    /// `name` as a quoted identifier.
+    pub(crate) fn quote_ident(self, name: &str) -> String {
+        match self {
+            Dialect::Postgres => super::postgres::quote_ident(name),
+            Dialect::Mysql => super::mysql::quote_ident(name),
+        }
+    }
+}
 
 /// The SQL of `expr` over a relation of `schema`, if it can be pushed exactly.
-pub(crate) fn render(expr: &Expr, schema: &Schema) -> Option<String> {
+pub(crate) fn render(expr: &Expr, schema: &Schema, dialect: Dialect) -> Option<String> {
+    let r = |e: &Expr| render(e, schema, dialect);
     match expr {
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
             Operator::And | Operator::Or => {
-                let l = render(left, schema)?;
-                let r = render(right, schema)?;
+                let l = r(left)?;
+                let r = r(right)?;
                 let word = if *op == Operator::And { "AND" } else { "OR" };
                 Some(format!("({l} {word} {r})"))
             }
@@ -28,19 +61,25 @@ pub(crate) fn render(expr: &Expr, schema: &Schema) -> Option<String> {
             | Operator::Lt
             | Operator::LtEq
             | Operator::Gt
-            | Operator::GtEq => compare(left, *op, right, schema),
+            | Operator::GtEq => compare(left, *op, right, schema, dialect),
             _ => None,
         },
-        Expr::Not(inner) => Some(format!("(NOT {})", render(inner, schema)?)),
+        Expr::Not(inner) => Some(format!("(NOT {})", r(inner)?)),
         // A boolean column as a predicate (DataFusion simplifies `ok = true` to `ok`).
-        Expr::Column(_) => match column(expr, schema)? {
+        Expr::Column(_) => match column(expr, schema, dialect)? {
             (name, DataType::Boolean) => Some(format!("({name})")),
             _ => None,
         },
-        Expr::IsNull(inner) => Some(format!("({} IS NULL)", column(inner, schema)?.0)),
-        Expr::IsNotNull(inner) => Some(format!("({} IS NOT NULL)", column(inner, schema)?.0)),
+        Expr::IsNull(inner) => Some(format!(
+            "({} IS NULL)",
+            null_test_column(inner, schema, dialect)?
+        )),
+        Expr::IsNotNull(inner) => Some(format!(
+            "({} IS NOT NULL)",
+            null_test_column(inner, schema, dialect)?
+        )),
         Expr::InList(list) => {
-            let (col, ty) = column(&list.expr, schema)?;
+            let (col, ty) = column(&list.expr, schema, dialect)?;
             if list.list.is_empty() {
                 return None;
             }
@@ -48,7 +87,7 @@ pub(crate) fn render(expr: &Expr, schema: &Schema) -> Option<String> {
                 .list
                 .iter()
                 .map(|e| match e {
-                    Expr::Literal(v, _) => literal(v, &ty, true),
+                    Expr::Literal(v, _) => literal(v, &ty, true, dialect),
                     _ => None,
                 })
                 .collect();
@@ -60,15 +99,21 @@ pub(crate) fn render(expr: &Expr, schema: &Schema) -> Option<String> {
 }
 
 /// `column op literal` (either side), rendered.
-fn compare(left: &Expr, op: Operator, right: &Expr, schema: &Schema) -> Option<String> {
+fn compare(
+    left: &Expr,
+    op: Operator,
+    right: &Expr,
+    schema: &Schema,
+    dialect: Dialect,
+) -> Option<String> {
     let (col, value, op) = match (left, right) {
         (c, Expr::Literal(v, _)) => (c, v, op),
         (Expr::Literal(v, _), c) => (c, v, op.swap()?),
         _ => return None,
     };
-    let (name, ty) = column(col, schema)?;
+    let (name, ty) = column(col, schema, dialect)?;
     let equality = matches!(op, Operator::Eq | Operator::NotEq);
-    let value = literal(value, &ty, equality)?;
+    let value = literal(value, &ty, equality, dialect)?;
     let sign = match op {
         Operator::Eq => "=",
         Operator::NotEq => "<>",
@@ -81,38 +126,78 @@ fn compare(left: &Expr, op: Operator, right: &Expr, schema: &Schema) -> Option<S
     Some(format!("({name} {sign} {value})"))
 }
 
-/// A plain column of the relation: its quoted name and type. A text column counts as text
-/// only if the database's type is `text` or `varchar` (as [`super::postgres::PG_TYPE`]
-/// says): `char(n)` compares ignoring its padding and `json` has no `=`, so filters on them
-/// stay with sluice.
-fn column(e: &Expr, schema: &Schema) -> Option<(String, DataType)> {
+/// A plain column of the relation tested for NULL: its quoted name (any type).
+fn null_test_column(e: &Expr, schema: &Schema, dialect: Dialect) -> Option<String> {
+    let Expr::Column(c) = e else {
+        return None;
+    };
+    schema.field_with_name(&c.name).ok()?;
+    Some(dialect.quote_ident(&c.name))
+}
+
+/// A plain column of the relation compared with literals: its SQL and its type as far as
+/// comparisons go (`Null`: compared with nothing). A text column counts as text only where
+/// the database compares it as sluice does, byte by byte: PostgreSQL `text` and `varchar`
+/// (`char(n)` compares ignoring its padding, `json` has no `=`) under `COLLATE "C"`; MySQL
+/// `VARCHAR` and `TEXT` columns of a table in a UTF-8 character set, as `CAST(... AS
+/// BINARY)` (the bytes of a UTF-8 column are the literal's; `CHAR` drops trailing spaces,
+/// and a query's columns' character sets are not known). On MySQL, only the types whose
+/// comparisons are plain are compared at all (a `YEAR` compared with `24` means 2024).
+fn column(e: &Expr, schema: &Schema, dialect: Dialect) -> Option<(String, DataType)> {
     let Expr::Column(c) = e else {
         return None;
     };
     let field = schema.field_with_name(&c.name).ok()?;
     let ty = field.data_type().clone();
-    if ty == DataType::Utf8 {
-        let pg = field
-            .metadata()
-            .get(super::postgres::PG_TYPE)
-            .map(String::as_str);
-        if !matches!(pg, Some("text" | "varchar")) {
-            return Some((quote_ident(&c.name), DataType::Null));
+    let quoted = dialect.quote_ident(&c.name);
+    let meta = |key: &str| field.metadata().get(key).map(String::as_str);
+    match dialect {
+        Dialect::Postgres => {
+            if ty == DataType::Utf8 {
+                if !matches!(meta(super::postgres::PG_TYPE), Some("text" | "varchar")) {
+                    return Some((quoted, DataType::Null));
+                }
+                // Compared byte by byte, as sluice does: under a case-insensitive collation
+                // 'ABC' <> 'abc' is false in the database.
+                return Some((format!("{quoted} COLLATE \"C\""), ty));
+            }
+            Some((quoted, ty))
         }
-        // Compared byte by byte, as sluice does: under a case-insensitive collation
-        // 'ABC' <> 'abc' is false in the database.
-        return Some((format!("{} COLLATE \"C\"", quote_ident(&c.name)), ty));
+        Dialect::Mysql => {
+            let my = meta(super::mysql::MY_TYPE).unwrap_or("");
+            match my {
+                "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "decimal"
+                | "numeric" | "date" => Some((quoted, ty)),
+                "varchar" | "tinytext" | "text" | "mediumtext" | "longtext"
+                    if ty == DataType::Utf8
+                        && meta(super::mysql::MY_CHARSET)
+                            .is_some_and(|c| c.starts_with("utf8")) =>
+                {
+                    Some((format!("CAST({quoted} AS BINARY)"), ty))
+                }
+                _ => Some((quoted, DataType::Null)),
+            }
+        }
     }
-    Some((quote_ident(&c.name), ty))
 }
 
 /// `v` as a SQL literal compared with a column of type `ty`, if the comparison means the
 /// same in the database (`equality`: only `=` / `<>` / `IN`, where text may be compared).
-fn literal(v: &ScalarValue, ty: &DataType, equality: bool) -> Option<String> {
+fn literal(v: &ScalarValue, ty: &DataType, equality: bool, dialect: Dialect) -> Option<String> {
     let int = |i: i128| Some(i.to_string());
     match (ty, v) {
         (_, v) if v.is_null() => None,
-        (DataType::Int16 | DataType::Int32 | DataType::Int64, v) => match v {
+        (
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64,
+            v,
+        ) => match v {
             ScalarValue::Int8(Some(i)) => int(i128::from(*i)),
             ScalarValue::Int16(Some(i)) => int(i128::from(*i)),
             ScalarValue::Int32(Some(i)) => int(i128::from(*i)),
@@ -141,11 +226,14 @@ fn literal(v: &ScalarValue, ty: &DataType, equality: bool) -> Option<String> {
         (DataType::Utf8, ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)))
             if equality && !s.contains('\0') =>
         {
-            // An escape string: means the same whatever standard_conforming_strings says.
-            Some(format!(
-                "E'{}'",
-                s.replace('\\', "\\\\").replace('\'', "''")
-            ))
+            let escaped = s.replace('\\', "\\\\").replace('\'', "''");
+            Some(match dialect {
+                // An escape string: means the same whatever standard_conforming_strings says.
+                Dialect::Postgres => format!("E'{escaped}'"),
+                // Backslashes escape under the SQL mode sluice's sessions set (without
+                // NO_BACKSLASH_ESCAPES).
+                Dialect::Mysql => format!("'{escaped}'"),
+            })
         }
         _ => None,
     }
@@ -196,7 +284,7 @@ mod tests {
     #[test]
     fn exact_filters_are_rendered_and_others_are_not() {
         let s = schema();
-        let r = |e: Expr| render(&e, &s);
+        let r = |e: Expr| render(&e, &s, Dialect::Postgres);
         assert_eq!(
             r(col("id").gt_eq(lit(5i64))).as_deref(),
             Some("(\"id\" >= 5)")

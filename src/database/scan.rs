@@ -1,9 +1,10 @@
 //! A database source as a DataFusion table ([`DatabaseTable`]), and the plan node that reads
-//! it ([`DatabaseScanExec`]): the projected columns of the table or query, copied out with
-//! the database's bulk path (PostgreSQL: binary COPY) on a session of the database's pool,
-//! and decoded into batches as they arrive, in ranges of its `partition_column` when it has
-//! one ([`super::import`]), with the filters the database can apply exactly
-//! ([`super::pushdown`]). The SQL sent is shown in EXPLAIN and logged.
+//! it ([`DatabaseScanExec`]): the projected columns of the table or query, read with the
+//! database's bulk path (PostgreSQL: binary COPY; MySQL and MariaDB: the binary protocol's
+//! rows) on a session of the database's pool, and decoded into batches as they arrive, in
+//! ranges of its `partition_column` when it has one ([`super::import`]), with the filters
+//! the database can apply exactly ([`super::pushdown`]). The SQL sent is shown in EXPLAIN
+//! and logged.
 
 use std::fmt;
 use std::sync::Arc;
@@ -25,12 +26,60 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 use futures::StreamExt;
+use mysql_async::prelude::Queryable;
 
 use super::import::{ImportGroup, Role};
-use super::postgres::copy_decode::{CopyDecoder, Wire};
-use super::postgres::{self, UNSUPPORTED};
-use super::{DatabaseError, Pool};
-use crate::config::{BoundValue, DatabaseSourceConfig, Relation};
+use super::mysql::decode::{RowDecoder, Wire as MyWire};
+use super::postgres::copy_decode::{CopyDecoder, Wire as PgWire};
+use super::pushdown::Dialect;
+use super::{DatabaseError, Pool, UNSUPPORTED, mysql, postgres};
+use crate::config::{BoundValue, DatabaseKind, DatabaseSourceConfig, Relation};
+
+/// How each column of a source is read, by the kind of its database (`None`: a type sluice
+/// cannot read).
+#[derive(Debug, Clone)]
+enum Reads {
+    Postgres(Vec<Option<PgWire>>),
+    Mysql(Vec<Option<MyWire>>),
+}
+
+/// How the columns a scan selects are read.
+#[derive(Debug, Clone)]
+enum Wires {
+    Postgres(Vec<PgWire>),
+    Mysql(Vec<MyWire>),
+}
+
+impl Reads {
+    /// The wires of `columns`, or the first of them sluice cannot read.
+    fn project(&self, columns: &[usize]) -> Result<Wires, usize> {
+        fn pick<W: Copy>(all: &[Option<W>], columns: &[usize]) -> Result<Vec<W>, usize> {
+            columns
+                .iter()
+                .map(|&i| all.get(i).copied().flatten().ok_or(i))
+                .collect()
+        }
+        Ok(match self {
+            Reads::Postgres(all) => Wires::Postgres(pick(all, columns)?),
+            Reads::Mysql(all) => Wires::Mysql(pick(all, columns)?),
+        })
+    }
+
+    /// Whether column `i` can be split in ranges (a whole-number column).
+    fn is_whole_number(&self, i: usize) -> bool {
+        match self {
+            Reads::Postgres(all) => matches!(
+                all.get(i).copied().flatten(),
+                Some(PgWire::Int2 | PgWire::Int4 | PgWire::Int8)
+            ),
+            Reads::Mysql(all) => all
+                .get(i)
+                .copied()
+                .flatten()
+                .is_some_and(MyWire::is_whole_number),
+        }
+    }
+}
 
 /// A database source, registered under its name.
 #[derive(Debug)]
@@ -39,7 +88,7 @@ pub(crate) struct DatabaseTable {
     pub(crate) spec: DatabaseSourceConfig,
     pool: Arc<Pool>,
     schema: SchemaRef,
-    wires: Vec<Option<Wire>>,
+    reads: Reads,
 }
 
 impl DatabaseTable {
@@ -48,25 +97,39 @@ impl DatabaseTable {
         spec: DatabaseSourceConfig,
         pool: Arc<Pool>,
     ) -> Result<DatabaseTable, DatabaseError> {
-        if !super::readable(pool.config.url.kind) {
-            return Err(pool.error(
-                format!(
-                    "source '{}': reading {} databases is not built yet (PostgreSQL is)",
-                    spec.name,
-                    pool.config.url.kind.name()
-                ),
-                false,
-            ));
-        }
-        let session = postgres::connect(&pool).await?;
-        let (schema, wires) = postgres::describe(&pool, &session, &spec.relation).await?;
-        session.park().await;
+        let (schema, reads) = match pool.config.url.kind {
+            DatabaseKind::Postgres => {
+                let session = postgres::connect(&pool).await?;
+                let (schema, wires) = postgres::describe(&pool, &session, &spec.relation).await?;
+                session.park().await;
+                (schema, Reads::Postgres(wires))
+            }
+            DatabaseKind::Mysql => {
+                let mut session = mysql::connect(&pool).await?;
+                let (schema, wires) = mysql::describe(&pool, &mut session, &spec.relation).await?;
+                session.park().await;
+                (schema, Reads::Mysql(wires))
+            }
+        };
         Ok(DatabaseTable {
             spec,
             pool,
             schema,
-            wires,
+            reads,
         })
+    }
+
+    /// The SQL dialect of the database.
+    fn dialect(&self) -> Dialect {
+        Dialect::of(self.pool.config.url.kind)
+    }
+
+    /// The FROM item of the source's table or query.
+    fn relation_sql(&self) -> String {
+        match self.dialect() {
+            Dialect::Postgres => postgres::from_item(&self.spec.relation),
+            Dialect::Mysql => mysql::from_item(&self.spec.relation),
+        }
     }
 
     /// What the source reads, for messages: `table public.orders` or `the query of source x`.
@@ -95,10 +158,12 @@ impl TableProvider for DatabaseTable {
         // (Applied again by DataFusion after the scan: the database only narrows the read.)
         Ok(filters
             .iter()
-            .map(|f| match super::pushdown::render(f, &self.schema) {
-                Some(_) => TableProviderFilterPushDown::Inexact,
-                None => TableProviderFilterPushDown::Unsupported,
-            })
+            .map(
+                |f| match super::pushdown::render(f, &self.schema, self.dialect()) {
+                    Some(_) => TableProviderFilterPushDown::Inexact,
+                    None => TableProviderFilterPushDown::Unsupported,
+                },
+            )
             .collect())
     }
 
@@ -113,50 +178,57 @@ impl TableProvider for DatabaseTable {
             Some(p) => p.clone(),
             None => (0..self.schema.fields().len()).collect(),
         };
-        let mut wires = Vec::new();
-        for &i in &columns {
-            match self.wires.get(i).copied().flatten() {
-                Some(w) => wires.push(w),
-                None => {
-                    let field = self.schema.field(i);
-                    let ty = field
-                        .metadata()
-                        .get(UNSUPPORTED)
-                        .cloned()
-                        .unwrap_or_default();
-                    return Err(DataFusionError::External(Box::new(self.pool.error(
-                        format!(
-                            "{}: column {} has type {ty}, which sluice cannot read; select it \
-                             cast to text in a `query` source (e.g. {}::text AS {})",
-                            self.what(),
-                            field.name(),
-                            postgres::quote_ident(field.name()),
-                            postgres::quote_ident(field.name()),
-                        ),
-                        false,
-                    ))));
-                }
+        let dialect = self.dialect();
+        let wires = match self.reads.project(&columns) {
+            Ok(w) => w,
+            Err(i) => {
+                let field = self.schema.field(i);
+                let ty = field
+                    .metadata()
+                    .get(UNSUPPORTED)
+                    .cloned()
+                    .unwrap_or_default();
+                let q = dialect.quote_ident(field.name());
+                let hint = match dialect {
+                    Dialect::Postgres => format!("e.g. {q}::text AS {q}"),
+                    Dialect::Mysql => {
+                        format!("e.g. CAST({q} AS CHAR) AS {q}, or ST_AsText({q}) AS {q}")
+                    }
+                };
+                return Err(DataFusionError::External(Box::new(self.pool.error(
+                    format!(
+                        "{}: column {} has type {ty}, which sluice cannot read; select it \
+                         cast to text in a `query` source ({hint})",
+                        self.what(),
+                        field.name(),
+                    ),
+                    false,
+                ))));
             }
-        }
+        };
         let out_schema = Arc::new(self.schema.project(&columns)?);
         let select = if columns.is_empty() {
-            // (Only the row count is wanted: COPY sends rows of no fields.)
-            String::new()
+            // (Only the row count is wanted: PostgreSQL's COPY sends rows of no fields;
+            // MySQL needs a value.)
+            match dialect {
+                Dialect::Postgres => String::new(),
+                Dialect::Mysql => "1".to_string(),
+            }
         } else {
             columns
                 .iter()
-                .map(|&i| postgres::quote_ident(self.schema.field(i).name()))
+                .map(|&i| dialect.quote_ident(self.schema.field(i).name()))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let from = postgres::from_item(&self.spec.relation);
+        let from = self.relation_sql();
         let ranges = self
             .ranges()
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let pushed: Vec<String> = filters
             .iter()
-            .filter_map(|f| super::pushdown::render(f, &self.schema))
+            .filter_map(|f| super::pushdown::render(f, &self.schema, dialect))
             .collect();
         let queries: Vec<String> = ranges
             .iter()
@@ -198,6 +270,10 @@ impl TableProvider for DatabaseTable {
             )),
             source: self.spec.name.clone(),
             what: self.what(),
+            qualifier: match &self.spec.relation {
+                Relation::Table(t) => format!("{t}."),
+                Relation::Query(_) => String::new(),
+            },
             pool: Arc::clone(&self.pool),
             schema: out_schema,
             wires,
@@ -230,23 +306,20 @@ impl DatabaseTable {
                 false,
             )
         })?;
-        if !matches!(
-            self.wires[index],
-            Some(Wire::Int2 | Wire::Int4 | Wire::Int8)
-        ) {
+        if !self.reads.is_whole_number(index) {
             return Err(self.pool.error(
                 format!(
                     "source '{}': partition_column '{column}' is of type {}: ranges are of \
-                     whole-number columns (smallint, integer, bigint)",
+                     whole-number columns (smallint, integer, bigint...)",
                     self.spec.name,
                     self.schema.field(index).data_type()
                 ),
                 false,
             ));
         }
-        let quoted = postgres::quote_ident(column);
+        let quoted = self.dialect().quote_ident(column);
         let (lo, hi) = match &self.spec.bounds {
-            Some((BoundValue::Int(lo), BoundValue::Int(hi))) => (*lo, *hi),
+            Some((BoundValue::Int(lo), BoundValue::Int(hi))) => (i128::from(*lo), i128::from(*hi)),
             Some(_) => {
                 return Err(self.pool.error(
                     format!(
@@ -258,24 +331,36 @@ impl DatabaseTable {
                 ));
             }
             None => {
-                let session = postgres::connect(&self.pool).await?;
-                let sql = format!(
-                    "SELECT min({quoted})::int8, max({quoted})::int8 FROM {}",
-                    postgres::from_item(&self.spec.relation)
-                );
                 let doing = format!("reading the bounds of {column} in {}", self.what());
-                let row = session
-                    .client()
-                    .query_one(&sql, &[])
-                    .await
-                    .map_err(|e| postgres::server_error(&self.pool, &e, &doing))?;
-                session.park().await;
-                let lo: Option<i64> = row.get(0);
-                let hi: Option<i64> = row.get(1);
-                match (lo, hi) {
-                    (Some(lo), Some(hi)) => (lo, hi),
+                let bounds = match self.dialect() {
+                    Dialect::Postgres => {
+                        let session = postgres::connect(&self.pool).await?;
+                        let sql = format!(
+                            "SELECT min({quoted})::int8, max({quoted})::int8 FROM {}",
+                            self.relation_sql()
+                        );
+                        let row = session
+                            .client()
+                            .query_one(&sql, &[])
+                            .await
+                            .map_err(|e| postgres::server_error(&self.pool, &e, &doing))?;
+                        session.park().await;
+                        let lo: Option<i64> = row.get(0);
+                        let hi: Option<i64> = row.get(1);
+                        lo.zip(hi).map(|(lo, hi)| (i128::from(lo), i128::from(hi)))
+                    }
+                    Dialect::Mysql => {
+                        let sql = format!(
+                            "SELECT MIN({quoted}), MAX({quoted}) FROM {}",
+                            self.relation_sql()
+                        );
+                        mysql::bounds(&self.pool, &sql, &doing).await?
+                    }
+                };
+                match bounds {
+                    Some(b) => b,
                     // No value: one range reads whatever there is (NULLs).
-                    _ => return Ok(vec![None]),
+                    None => return Ok(vec![None]),
                 }
             }
         };
@@ -288,9 +373,11 @@ pub(crate) struct DatabaseScanExec {
     props: Arc<PlanProperties>,
     source: String,
     what: String,
+    /// What columns are named after in messages (`orders.` for table `orders`).
+    qualifier: String,
     pool: Arc<Pool>,
     schema: SchemaRef,
-    wires: Vec<Wire>,
+    wires: Wires,
     /// The first range's SQL (and how many more), for EXPLAIN.
     sql: String,
     ranges: usize,
@@ -349,6 +436,7 @@ impl ExecutionPlan for DatabaseScanExec {
             Arc::clone(&self.schema),
         );
         let (wires, reading) = (self.wires.clone(), format!("reading {}", self.what));
+        let qualifier = self.qualifier.clone();
         let batch_rows = context.session_config().batch_size();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         // The worker starts (and takes a connection) when the stream is first polled, not
@@ -365,6 +453,7 @@ impl ExecutionPlan for DatabaseScanExec {
                     schema,
                     wires,
                     reading,
+                    qualifier,
                     batch_rows,
                     baseline,
                 };
@@ -382,6 +471,7 @@ impl ExecutionPlan for DatabaseScanExec {
             props: Arc::clone(&self.props),
             source: self.source.clone(),
             what: self.what.clone(),
+            qualifier: self.qualifier.clone(),
             pool: Arc::clone(&self.pool),
             schema: Arc::clone(&self.schema),
             wires: self.wires.clone(),
@@ -400,8 +490,9 @@ struct Worker {
     pool: Arc<Pool>,
     group: Arc<ImportGroup>,
     schema: SchemaRef,
-    wires: Vec<Wire>,
+    wires: Wires,
     reading: String,
+    qualifier: String,
     batch_rows: usize,
     baseline: BaselineMetrics,
 }
@@ -412,6 +503,15 @@ impl Worker {
     }
 
     async fn run(self) -> Result<()> {
+        match &self.wires {
+            Wires::Postgres(w) => self.run_postgres(w.clone()).await,
+            Wires::Mysql(w) => self.run_mysql(w.clone()).await,
+        }
+    }
+
+    /// Reads ranges on a PostgreSQL session: the first worker exports its snapshot, the
+    /// others import it.
+    async fn run_postgres(&self, wires: Vec<PgWire>) -> Result<()> {
         let session = postgres::connect(&self.pool).await.map_err(Self::fail)?;
         let client = session.client();
         let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
@@ -457,7 +557,7 @@ impl Worker {
                 false
             }
         };
-        let read = self.read_ranges(&session).await;
+        let read = self.read_ranges(&session, &wires).await;
         if exporter {
             match &read {
                 // Another worker may still be taking the snapshot: the transaction stays
@@ -479,7 +579,7 @@ impl Worker {
     }
 
     /// Reads ranges until none is left; `Ok(false)` when the consumer went away.
-    async fn read_ranges(&self, session: &postgres::Session) -> Result<bool> {
+    async fn read_ranges(&self, session: &postgres::Session, wires: &[PgWire]) -> Result<bool> {
         while let Some(sql) = self.group.next_range() {
             let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
             let stream = session
@@ -488,11 +588,8 @@ impl Worker {
                 .await
                 .map_err(|e| Self::fail(postgres::server_error(&self.pool, &e, &self.reading)))?;
             let mut stream = std::pin::pin!(stream);
-            let mut decoder = CopyDecoder::new(
-                Arc::clone(&self.schema),
-                self.wires.clone(),
-                self.batch_rows,
-            );
+            let mut decoder =
+                CopyDecoder::new(Arc::clone(&self.schema), wires.to_vec(), self.batch_rows);
             let decode_err = |e: super::postgres::copy_decode::DecodeError| {
                 Self::fail(self.pool.error(format!("{}: {e}", self.reading), false))
             };
@@ -517,6 +614,92 @@ impl Worker {
             }
         }
         self.baseline.done();
+        Ok(true)
+    }
+
+    /// Reads ranges on a MySQL or MariaDB session, in a transaction of its own: MySQL
+    /// cannot share a snapshot between connections, so each sees the database as of the
+    /// moment its transaction started.
+    async fn run_mysql(&self, wires: Vec<MyWire>) -> Result<()> {
+        let mut session = mysql::connect(&self.pool).await.map_err(Self::fail)?;
+        let Some(mut sql) = self.group.next_range() else {
+            session.park().await;
+            self.baseline.done();
+            return Ok(());
+        };
+        if let Err(e) = session
+            .conn()
+            .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            .await
+        {
+            let e = mysql::server_error(&self.pool, &e, "starting a read-only transaction");
+            return Err(Self::fail(e));
+        }
+        loop {
+            match self.read_mysql_range(&mut session, &wires, &sql).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // The consumer is gone (a LIMIT, a failed query): the rest of the
+                    // rows are not read, the connection is cut.
+                    session.cut();
+                    return Ok(());
+                }
+                Err(e) => {
+                    session.cut();
+                    return Err(e);
+                }
+            }
+            match self.group.next_range() {
+                Some(next) => sql = next,
+                None => break,
+            }
+        }
+        if session.conn().query_drop("COMMIT").await.is_ok() {
+            // Healthy, outside any transaction: the next asker may use it.
+            session.park().await;
+        }
+        self.baseline.done();
+        Ok(())
+    }
+
+    /// Reads one range; `Ok(false)` when the consumer went away.
+    async fn read_mysql_range(
+        &self,
+        session: &mut mysql::Session,
+        wires: &[MyWire],
+        sql: &str,
+    ) -> Result<bool> {
+        let server =
+            |e: mysql_async::Error| Self::fail(mysql::server_error(&self.pool, &e, &self.reading));
+        let conn = session.conn();
+        let statement = conn.prep(sql).await.map_err(server)?;
+        let mut decoder = RowDecoder::new(
+            Arc::clone(&self.schema),
+            wires.to_vec(),
+            self.qualifier.clone(),
+            self.batch_rows,
+        );
+        let decode_err = |e: super::postgres::copy_decode::DecodeError| {
+            Self::fail(self.pool.error(format!("{}: {e}", self.reading), false))
+        };
+        {
+            let mut result = conn.exec_iter(&statement, ()).await.map_err(server)?;
+            while let Some(row) = result.next().await.map_err(server)? {
+                if let Some(batch) = decoder.push(&row).map_err(decode_err)? {
+                    self.baseline.record_output(batch.num_rows());
+                    if self.tx.send(Ok(batch)).await.is_err() {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        if let Some(batch) = decoder.finish().map_err(decode_err)? {
+            self.baseline.record_output(batch.num_rows());
+            if self.tx.send(Ok(batch)).await.is_err() {
+                return Ok(false);
+            }
+        }
+        conn.close(statement).await.map_err(server)?;
         Ok(true)
     }
 }

@@ -719,3 +719,399 @@ fn postgres_sessions_are_read_only_and_statements_time_out() {
         started.elapsed()
     );
 }
+
+/// A pipeline folder whose source `src` reads from the MariaDB database at `db_url` (keys
+/// `source_keys`), and whose model `copy` is `sql`; the URL comes from the environment.
+fn my_pipeline(
+    db_url: &str,
+    source_keys: &str,
+    sql: &str,
+) -> (tempfile::TempDir, Vec<(String, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("queries")).unwrap();
+    std::fs::write(
+        d.join("sluice.toml"),
+        format!(
+            "name = \"my\"\n[databases.app]\nurl = \"${{env:MY_URL}}\"\nmax_connections = 2\n\
+             [sources.src]\ndatabase = \"app\"\n{source_keys}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(d.join("queries/copy.sql"), sql).unwrap();
+    (dir, vec![("MY_URL".to_string(), db_url.to_string())])
+}
+
+/// Every type sluice maps is read from MariaDB exactly, from a table (types from
+/// information_schema) and from a query (types from the prepared statement): each value,
+/// read back from the Parquet output, equals what MariaDB itself says of it (integers
+/// signed and unsigned at their ends, DECIMAL up to 65 digits, floats, dates as days and
+/// date-times as microseconds since 1970, TIME as microseconds, YEAR, BIT, text in several
+/// character sets, ENUM, SET, JSON, UUID, bytes, NULLs).
+#[tokio::test]
+async fn a_mariadb_table_of_every_mapped_type_is_read_exactly() {
+    let my = mariadb();
+    let db = my.create_database("types");
+    my.sql(
+        &db,
+        "CREATE TABLE typed (id INT PRIMARY KEY, ti TINYINT, tu TINYINT UNSIGNED, b1 TINYINT(1),
+           si SMALLINT, su SMALLINT UNSIGNED, mi MEDIUMINT, mu MEDIUMINT UNSIGNED, i INT,
+           iu INT UNSIGNED, bi BIGINT, bu BIGINT UNSIGNED, price DECIMAL(12,3),
+           wide DECIMAL(65,30), f FLOAT, d DOUBLE, name VARCHAR(20), ch CHAR(3), txt TEXT,
+           l1 VARCHAR(10) CHARACTER SET latin1, e ENUM('sad','ok','happy'), st SET('a','b','c'),
+           js JSON, uid UUID, vb VARBINARY(10), bl BLOB, day DATE, dt DATETIME(6),
+           ts TIMESTAMP(6) NULL DEFAULT NULL, t TIME(6), y YEAR, bits BIT(64));
+         INSERT INTO typed VALUES
+           (1, -128, 255, 1, -32768, 65535, -8388608, 16777215, -2147483648, 4294967295,
+            -9223372036854775808, 18446744073709551615, 123456789.125,
+            12345678901234567890123456789012345.123456789012345678901234567890,
+            1.5, -2.25, 'héllo 😀', 'x', 'a\\tb\\nc', 'café', 'happy', 'a,c', '{\"b\": [1, 2]}',
+            'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', x'00ff10', x'', '9999-12-31',
+            '1969-07-20 20:17:40.5', '2024-03-31 01:30:00.25', '23:59:59.999999', 2155,
+            b'1111111111111111111111111111111111111111111111111111111111111111'),
+           (2, 127, 0, 0, 32767, 0, 8388607, 0, 2147483647, 0, 9223372036854775807, 0, -0.001,
+            -0.000000000000000000000000000001, -0.25, 1e300, '', 'ab ', '', '', 'sad', '', '[]',
+            '00000000-0000-0000-0000-000000000000', x'', x'cafe', '1000-01-01',
+            '9999-12-31 23:59:59.999999', '1970-01-01 00:00:01', '00:00:00', 1901, b'0'),
+           (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            NULL, NULL, NULL, NULL);",
+    );
+    // (sluice's expression over the output, MariaDB's over the table): the same value as
+    // text; times as microseconds, dates as days since 1970.
+    let columns: &[(&str, &str)] = &[
+        ("CAST(id AS VARCHAR)", "id"),
+        ("CAST(ti AS VARCHAR)", "ti"),
+        ("CAST(tu AS VARCHAR)", "tu"),
+        ("CAST(b1 AS VARCHAR)", "b1"),
+        ("CAST(si AS VARCHAR)", "si"),
+        ("CAST(su AS VARCHAR)", "su"),
+        ("CAST(mi AS VARCHAR)", "mi"),
+        ("CAST(mu AS VARCHAR)", "mu"),
+        ("CAST(i AS VARCHAR)", "i"),
+        ("CAST(iu AS VARCHAR)", "iu"),
+        ("CAST(bi AS VARCHAR)", "bi"),
+        ("CAST(bu AS VARCHAR)", "bu"),
+        ("CAST(price AS VARCHAR)", "price"),
+        ("CAST(wide AS VARCHAR)", "wide"),
+        ("CAST(f AS VARCHAR)", "f"),
+        ("CAST(d AS VARCHAR)", "d"),
+        ("name", "name"),
+        ("ch", "ch"),
+        ("txt", "txt"),
+        ("l1", "l1"),
+        ("e", "e"),
+        ("st", "st"),
+        ("js", "js"),
+        // (IFNULL(uid, 'NULL') would be a UUID: NULL.)
+        ("uid", "CAST(uid AS CHAR)"),
+        ("encode(vb, 'hex')", "LOWER(HEX(vb))"),
+        ("encode(bl, 'hex')", "LOWER(HEX(bl))"),
+        (
+            "CAST(arrow_cast(day, 'Int32') AS VARCHAR)",
+            "DATEDIFF(day, '1970-01-01')",
+        ),
+        (
+            "CAST(CAST(dt AS BIGINT) AS VARCHAR)",
+            "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', dt)",
+        ),
+        (
+            "CAST(CAST(ts AS BIGINT) AS VARCHAR)",
+            "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', ts)",
+        ),
+        (
+            "CAST(CAST(t AS BIGINT) AS VARCHAR)",
+            "HOUR(t) * 3600000000 + MINUTE(t) * 60000000 + SECOND(t) * 1000000 + MICROSECOND(t)",
+        ),
+        ("CAST(y AS VARCHAR)", "y + 0"),
+        ("CAST(bits AS VARCHAR)", "bits + 0"),
+    ];
+    // What MariaDB says of each value (in UTC, as sluice's sessions are): one line per row,
+    // values separated by '|' (none of the values holds one).
+    let want: Vec<Vec<String>> = my
+        .sql(
+            &db,
+            &format!(
+                "SET time_zone = '+00:00'; SELECT CONCAT_WS('|', {}) FROM typed ORDER BY id",
+                columns
+                    .iter()
+                    .map(|(_, m)| format!("IFNULL({m}, 'NULL')"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .lines()
+        // (The client's batch mode escapes tabs and newlines in values.)
+        .map(|l| {
+            l.replace("\\t", "\t")
+                .replace("\\n", "\n")
+                .split('|')
+                .map(String::from)
+                .collect()
+        })
+        .collect();
+    assert_eq!(want.len(), 3);
+    assert_eq!(want[0][18], "a\tb\nc");
+    assert_eq!(want[0][11], "18446744073709551615");
+    assert_eq!(want[1][29], "0");
+    for keys in [
+        "table = \"typed\"".to_string(),
+        format!("table = \"{db}.typed\""),
+        "query = \"SELECT * FROM typed\"".to_string(),
+    ] {
+        let (dir, env) = my_pipeline(&my.url(&db), &keys, "SELECT * FROM src");
+        let run = crate::support::sluice_env(dir.path(), &["run", ".", "--report", "r.json"], &env)
+            .expect(0);
+        assert!(!run.stderr.contains(PASSWORD));
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap())
+                .unwrap();
+        assert_eq!(report["models"][0]["rows_out"], 3, "{report}");
+        let names: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
+        let got = crate::support::query_output(
+            &format!("{}/out/copy/", dir.path().display()),
+            "parquet",
+            &[],
+            &format!(
+                "SELECT {} FROM t ORDER BY id",
+                columns
+                    .iter()
+                    .zip(&names)
+                    .map(|((s, _), n)| format!("{s} AS {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .await;
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let got = crate::support::rows_in_order(&got, &names);
+        assert_eq!(got.len(), 3, "{keys}");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!((g.len(), w.len()), (columns.len(), columns.len()));
+            for (i, (a, b)) in g.iter().zip(w).enumerate() {
+                assert_eq!(
+                    a, b,
+                    "{keys}: row {} column {}: sluice {a:?}, mariadb {b:?}",
+                    g[0], columns[i].1
+                );
+            }
+        }
+        let schema = crate::support::parquet_batches(
+            &crate::support::files_under(&dir.path().join("out/copy"))
+                .iter()
+                .find(|f| f.ends_with(".parquet"))
+                .map(|f| dir.path().join("out/copy").join(f))
+                .unwrap(),
+        )[0]
+        .schema();
+        // The Arrow types, as the docs' table says.
+        use datafusion::arrow::datatypes::{DataType as T, TimeUnit::Microsecond as Us};
+        let ty = |c: &str| schema.field_with_name(c).unwrap().data_type().clone();
+        for (c, want) in [
+            ("ti", T::Int8),
+            ("tu", T::UInt8),
+            ("b1", T::Int8),
+            ("mi", T::Int32),
+            ("mu", T::UInt32),
+            ("bu", T::UInt64),
+            ("price", T::Decimal128(12, 3)),
+            ("wide", T::Decimal256(65, 30)),
+            ("f", T::Float32),
+            ("d", T::Float64),
+            ("name", T::Utf8),
+            ("uid", T::Utf8),
+            ("vb", T::Binary),
+            ("day", T::Date32),
+            ("dt", T::Timestamp(Us, None)),
+            ("ts", T::Timestamp(Us, Some("UTC".into()))),
+            ("t", T::Time64(Us)),
+            ("y", T::Int16),
+            ("bits", T::UInt64),
+        ] {
+            assert_eq!(ty(c), want, "{keys}: {c}");
+        }
+    }
+}
+
+/// Failures name the database (its URL without the password), the table or column, and
+/// what the server said; exit 1; the password is never printed. Values Arrow's types cannot
+/// hold (a zero date, a date with a zero day, TIME below zero or of a day or more) are an
+/// error naming `table.column` and the value, never another value.
+#[test]
+fn mariadb_failures_name_the_database_and_table_never_the_password() {
+    let my = mariadb();
+    let db = my.create_database("errs");
+    my.sql(
+        &db,
+        "CREATE TABLE shapes (id INT, p POINT); INSERT INTO shapes VALUES (1, POINT(1, 2));
+         CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t SELECT seq FROM seq_1_to_10000;
+         SET sql_mode = '';
+         CREATE TABLE bad (id INT, d DATE, dt DATETIME, t TIME);
+         INSERT INTO bad VALUES (1, '0000-00-00', '2024-01-01', '-01:00:00'),
+           (2, '2024-00-10', '0000-00-00 00:00:00', '25:00:00');
+         DELIMITER //
+         CREATE FUNCTION boom(x INT) RETURNS INT DETERMINISTIC BEGIN
+           IF x = 5000 THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'boom at 5000'; END IF;
+           RETURN x; END //
+         DELIMITER ;",
+    );
+    let url = my.url(&db);
+    let wrong = url.replace(PASSWORD, "not-the-password");
+    let cases: Vec<(String, &str, &str, Vec<&str>)> = vec![
+        (
+            wrong,
+            "table = \"shapes\"",
+            "SELECT * FROM src",
+            vec!["Access denied", "database 'app'", "@127.0.0.1:"],
+        ),
+        (
+            url.replace(&format!(":{}/", my.port()), ":1/"),
+            "table = \"shapes\"",
+            "SELECT * FROM src",
+            vec!["database 'app'", "connecting", "refused"],
+        ),
+        (
+            url.clone(),
+            "table = \"nope\"",
+            "SELECT * FROM src",
+            vec!["table nope", "doesn't exist", "1146", "42S02"],
+        ),
+        (
+            url.clone(),
+            "table = \"shapes\"",
+            "SELECT * FROM src",
+            vec![
+                "table shapes",
+                "column p has type point",
+                "cannot read",
+                "ST_AsText",
+            ],
+        ),
+        (
+            url.clone(),
+            "query = \"SELECT boom(id) AS x FROM t ORDER BY id\"",
+            "SELECT * FROM src",
+            vec!["boom at 5000", "45000", "the query of source 'src'"],
+        ),
+        (
+            url.clone(),
+            "table = \"bad\"",
+            "SELECT d FROM src WHERE id = 1",
+            vec!["column bad.d", "zero date 0000-00-00"],
+        ),
+        (
+            url.clone(),
+            "table = \"bad\"",
+            "SELECT d FROM src WHERE id = 2",
+            vec!["column bad.d", "2024-00-10"],
+        ),
+        (
+            url.clone(),
+            "table = \"bad\"",
+            "SELECT dt FROM src WHERE id = 2",
+            vec!["column bad.dt", "0000-00-00"],
+        ),
+        (
+            url.clone(),
+            "table = \"bad\"",
+            "SELECT t FROM src WHERE id = 1",
+            vec!["column bad.t", "-01:00:00"],
+        ),
+        (
+            url.clone(),
+            "table = \"bad\"",
+            "SELECT t FROM src WHERE id = 2",
+            vec!["column bad.t", "25:00:00"],
+        ),
+    ];
+    for (u, keys, sql, want) in cases {
+        let (dir, env) = my_pipeline(&u, keys, sql);
+        let run = crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(1);
+        for w in &want {
+            assert!(
+                run.stderr.contains(w),
+                "{keys} / {sql}: want {w:?} in:\n{}",
+                run.stderr
+            );
+        }
+        for out in [&run.stdout, &run.stderr] {
+            assert!(!out.contains(PASSWORD), "{out}");
+            assert!(!out.contains("not-the-password"), "{out}");
+        }
+    }
+    // Selecting the readable columns of that table works, and the good rows of the other.
+    let (dir, env) = my_pipeline(&url, "table = \"shapes\"", "SELECT id FROM src");
+    crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(0);
+    let (dir, env) = my_pipeline(
+        &url,
+        "table = \"bad\"",
+        "SELECT id, dt FROM src WHERE id = 1",
+    );
+    crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(0);
+}
+
+/// Every session is read-only: a query source calling a function that deletes fails (error
+/// 1792) and nothing changes; the statement timeout (`max_statement_time` on MariaDB)
+/// stops a statement that runs too long.
+#[test]
+fn mariadb_sessions_are_read_only_and_statements_time_out() {
+    let my = mariadb();
+    let db = my.create_database("guards");
+    my.sql(
+        &db,
+        "CREATE TABLE t (id INT); INSERT INTO t SELECT seq FROM seq_1_to_100;
+         DELIMITER //
+         CREATE FUNCTION forget(x INT) RETURNS INT MODIFIES SQL DATA BEGIN
+           DELETE FROM t WHERE id = x; RETURN x; END //
+         DELIMITER ;",
+    );
+    let (dir, env) = my_pipeline(
+        &my.url(&db),
+        "query = \"SELECT forget(id) AS id FROM t\"",
+        "SELECT * FROM src",
+    );
+    let run = crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(1);
+    assert!(
+        run.stderr.contains("READ ONLY") && run.stderr.contains("1792"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(my.sql(&db, "SELECT COUNT(*) FROM t"), "100\n");
+    // On a database sessions may write to, reads still run in read-only transactions.
+    crate::support::edit_file(&dir.path().join("sluice.toml"), |t| {
+        t.replace(
+            "max_connections = 2\n",
+            "max_connections = 2\nread_only = false\n",
+        )
+    });
+    let run = crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(1);
+    assert!(
+        run.stderr.contains("READ ONLY") && run.stderr.contains("1792"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(my.sql(&db, "SELECT COUNT(*) FROM t"), "100\n");
+    let (dir, env) = my_pipeline(
+        &my.url(&db),
+        "query = \"SELECT SLEEP(5) AS x\"",
+        "SELECT * FROM src",
+    );
+    crate::support::edit_file(&dir.path().join("sluice.toml"), |t| {
+        t.replace(
+            "max_connections = 2\n",
+            "max_connections = 2\nstatement_timeout = \"1s\"\n",
+        )
+    });
+    let started = std::time::Instant::now();
+    let run = crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(1);
+    assert!(
+        run.stderr.contains("max_statement_time") && run.stderr.contains("1969"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use tokio_postgres::types::{Kind, Type};
 
-use super::{DatabaseError, Pool};
+use super::{DatabaseError, Pool, UNSUPPORTED};
 use crate::config::Relation;
 use copy_decode::Wire;
 
@@ -85,7 +85,7 @@ impl Drop for Session {
 /// A read-only session under the pool's cap (an idle one, or a new connection): UTC,
 /// UTF-8, the database's `statement_timeout`.
 pub(crate) async fn connect(pool: &Arc<Pool>) -> Result<Session, DatabaseError> {
-    match pool.lease().await? {
+    match pool.lease::<Session>().await? {
         super::Lease::Idle(session) => Ok(session),
         super::Lease::Open => match open(pool).await {
             Ok(session) => Ok(session),
@@ -221,9 +221,6 @@ pub(crate) fn quote_ident(name: &str) -> String {
 /// The PostgreSQL type of a column, in its field's metadata (filters on text are pushed only
 /// for `text` and `varchar`: `char(n)` compares ignoring its padding, `json` has no `=`).
 pub(crate) const PG_TYPE: &str = "sluice.pg_type";
-
-/// A column sluice cannot read, and its type's name.
-pub(crate) const UNSUPPORTED: &str = "sluice.unsupported_type";
 
 /// The columns of `relation` as the server describes them (no row is read): the Arrow
 /// schema, and how each column is read (`None`: a type sluice cannot read, which a scan

@@ -220,10 +220,10 @@ impl MariaDb {
         self.server.port()
     }
 
-    /// A new empty database; returns its name.
+    /// A new empty database (utf8mb4 by default); returns its name.
     pub fn create_database(&self, prefix: &str) -> String {
         let name = unique_name(prefix);
-        self.sql("", &format!("CREATE DATABASE {name}"));
+        self.sql("", &format!("CREATE DATABASE {name} CHARACTER SET utf8mb4"));
         name
     }
 
@@ -232,9 +232,9 @@ impl MariaDb {
         format!("mysql://sluice:{PASSWORD}@127.0.0.1:{}/{db}", self.port())
     }
 
-    /// Runs `sql` in `db` (none: `""`) with the mariadb client over TCP as `sluice`; panics
-    /// unless it succeeds. Returns what it printed (batch mode: one row a line, tabs between
-    /// values, no header).
+    /// Runs `sql` in `db` (none: `""`) with the mariadb client over TCP as `sluice`, in
+    /// utf8mb4; panics unless it succeeds. Returns what it printed (batch mode: one row a
+    /// line, tabs between values, no header).
     pub fn sql(&self, db: &str, sql: &str) -> String {
         let mut cmd = Command::new(&self.client);
         cmd.arg("--no-defaults")
@@ -242,7 +242,7 @@ impl MariaDb {
             .arg(self.port().to_string())
             .args(["-u", "sluice"])
             .arg(format!("-p{PASSWORD}"))
-            .args(["-B", "-N"]);
+            .args(["-B", "-N", "--default-character-set=utf8mb4"]);
         if !db.is_empty() {
             cmd.args(["-D", db]);
         }
