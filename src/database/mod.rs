@@ -125,6 +125,13 @@ impl Pool {
         }
     }
 
+    /// How many connections one scan may read on at once: all of the cap, less the latency
+    /// probe's connection.
+    pub(crate) fn reader_slots(&self) -> usize {
+        let probe = usize::from(self.config.guards.latency.is_some());
+        self.config.max_connections.saturating_sub(probe).max(1)
+    }
+
     /// An error about this database.
     pub(crate) fn error(&self, message: impl Into<String>, transient: bool) -> DatabaseError {
         DatabaseError {

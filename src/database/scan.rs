@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -255,7 +256,7 @@ impl TableProvider for DatabaseTable {
             self.pool.config.name,
             queries.first().map_or("", String::as_str)
         );
-        let workers = queries.len().min(self.pool.config.max_connections).max(1);
+        let workers = queries.len().min(self.pool.reader_slots()).max(1);
         let sql = match queries.as_slice() {
             [one] => one.clone(),
             [first, ..] => format!("{first} (and {} more ranges)", queries.len() - 1),
@@ -292,10 +293,7 @@ impl DatabaseTable {
         let Some(column) = &self.spec.partition_column else {
             return Ok(vec![None]);
         };
-        let n = self
-            .spec
-            .partitions
-            .unwrap_or(self.pool.config.max_connections);
+        let n = self.spec.partitions.unwrap_or(self.pool.reader_slots());
         let index = self.schema.index_of(column).map_err(|_| {
             self.pool.error(
                 format!(
@@ -503,10 +501,37 @@ impl Worker {
     }
 
     async fn run(self) -> Result<()> {
+        // (The latency probe runs while a reader or load of the database is under way.)
+        let _active = super::guard::enter(&self.pool);
+        self.pool
+            .guard
+            .gate(&self.pool, 0)
+            .await
+            .map_err(Self::fail)?;
         match &self.wires {
             Wires::Postgres(w) => self.run_postgres(w.clone()).await,
             Wires::Mysql(w) => self.run_mysql(w.clone()).await,
         }
+    }
+
+    /// Passes `batch` on (`bytes` of it as the server sent them), counted, then waits while
+    /// the database's guards say so; `Ok(false)` when the consumer went away (a LIMIT, a
+    /// failed query).
+    async fn emit(&self, batch: RecordBatch, bytes: u64) -> Result<bool> {
+        let rows = batch.num_rows() as u64;
+        self.baseline.record_output(batch.num_rows());
+        let stats = self.pool.guard.stats();
+        stats.rows_read.fetch_add(rows, Ordering::Relaxed);
+        stats.bytes_read.fetch_add(bytes, Ordering::Relaxed);
+        if self.tx.send(Ok(batch)).await.is_err() {
+            return Ok(false);
+        }
+        self.pool
+            .guard
+            .gate(&self.pool, rows)
+            .await
+            .map_err(Self::fail)?;
+        Ok(true)
     }
 
     /// Reads ranges on a PostgreSQL session: the first worker exports its snapshot, the
@@ -514,6 +539,13 @@ impl Worker {
     async fn run_postgres(&self, wires: Vec<PgWire>) -> Result<()> {
         let session = postgres::connect(&self.pool).await.map_err(Self::fail)?;
         let client = session.client();
+        postgres::note_server(&self.pool, client).await;
+        // (Before the transaction: waiting inside it would hold back the replica's replay.)
+        self.pool
+            .guard
+            .check_lag(&self.pool, client)
+            .await
+            .map_err(Self::fail)?;
         let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
         let role = self
             .group
@@ -581,6 +613,11 @@ impl Worker {
     /// Reads ranges until none is left; `Ok(false)` when the consumer went away.
     async fn read_ranges(&self, session: &postgres::Session, wires: &[PgWire]) -> Result<bool> {
         while let Some(sql) = self.group.next_range() {
+            self.pool
+                .guard
+                .gate(&self.pool, 0)
+                .await
+                .map_err(Self::fail)?;
             let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
             let stream = session
                 .client()
@@ -593,24 +630,24 @@ impl Worker {
             let decode_err = |e: super::postgres::copy_decode::DecodeError| {
                 Self::fail(self.pool.error(format!("{}: {e}", self.reading), false))
             };
+            // Bytes received since the last batch passed on.
+            let mut bytes = 0u64;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| {
                     Self::fail(postgres::server_error(&self.pool, &e, &self.reading))
                 })?;
+                bytes += chunk.len() as u64;
                 for batch in decoder.push(&chunk).map_err(decode_err)? {
-                    self.baseline.record_output(batch.num_rows());
-                    if self.tx.send(Ok(batch)).await.is_err() {
-                        // The consumer is gone (a LIMIT, a failed query): dropping the
-                        // session ends the COPY.
+                    if !self.emit(batch, std::mem::take(&mut bytes)).await? {
+                        // The consumer is gone: dropping the session ends the COPY.
                         return Ok(false);
                     }
                 }
             }
-            if let Some(batch) = decoder.finish().map_err(decode_err)? {
-                self.baseline.record_output(batch.num_rows());
-                if self.tx.send(Ok(batch)).await.is_err() {
-                    return Ok(false);
-                }
+            if let Some(batch) = decoder.finish().map_err(decode_err)?
+                && !self.emit(batch, bytes).await?
+            {
+                return Ok(false);
             }
         }
         self.baseline.done();
@@ -636,6 +673,10 @@ impl Worker {
             return Err(Self::fail(e));
         }
         loop {
+            if let Err(e) = self.pool.guard.gate(&self.pool, 0).await {
+                session.cut();
+                return Err(Self::fail(e));
+            }
             match self.read_mysql_range(&mut session, &wires, &sql).await {
                 Ok(true) => {}
                 Ok(false) => {
@@ -686,16 +727,17 @@ impl Worker {
             let mut result = conn.exec_iter(&statement, ()).await.map_err(server)?;
             while let Some(row) = result.next().await.map_err(server)? {
                 if let Some(batch) = decoder.push(&row).map_err(decode_err)? {
-                    self.baseline.record_output(batch.num_rows());
-                    if self.tx.send(Ok(batch)).await.is_err() {
+                    // (The protocol's bytes are not counted: the batch's are.)
+                    let bytes = batch.get_array_memory_size() as u64;
+                    if !self.emit(batch, bytes).await? {
                         return Ok(false);
                     }
                 }
             }
         }
         if let Some(batch) = decoder.finish().map_err(decode_err)? {
-            self.baseline.record_output(batch.num_rows());
-            if self.tx.send(Ok(batch)).await.is_err() {
+            let bytes = batch.get_array_memory_size() as u64;
+            if !self.emit(batch, bytes).await? {
                 return Ok(false);
             }
         }

@@ -8,6 +8,7 @@ mod bad_input;
 mod checks;
 mod cloud;
 mod conformance;
+mod database_guards;
 mod database_sinks;
 mod databases;
 mod drift;

@@ -188,6 +188,9 @@ async fn setup(pool: &Pool, conn: &mut Conn) -> Result<(), DatabaseError> {
         .query_first("SELECT VERSION()")
         .await
         .map_err(|e| server_error(pool, &e, doing))?;
+    if let Some(v) = &version {
+        pool.guard.set_server(v);
+    }
     let mariadb = version.is_some_and(|v| v.contains("MariaDB"));
     let mut setup = vec![
         "SET NAMES utf8mb4".to_string(),

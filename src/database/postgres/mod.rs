@@ -163,6 +163,21 @@ async fn open(pool: &Arc<Pool>) -> Result<Session, DatabaseError> {
     })
 }
 
+/// Asks the server its version for the run report, once per database.
+pub(crate) async fn note_server(pool: &Pool, client: &tokio_postgres::Client) {
+    if pool.guard.server().is_none()
+        && let Ok(row) = client
+            .query_one(
+                "SELECT 'PostgreSQL ' || current_setting('server_version')",
+                &[],
+            )
+            .await
+        && let Ok(v) = row.try_get::<_, String>(0)
+    {
+        pool.guard.set_server(&v);
+    }
+}
+
 /// A server or connection error as a [`DatabaseError`], `doing` what.
 pub(crate) fn server_error(pool: &Pool, e: &tokio_postgres::Error, doing: &str) -> DatabaseError {
     let (message, transient) = match e.as_db_error() {

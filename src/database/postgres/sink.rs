@@ -124,6 +124,7 @@ pub(crate) async fn load(
     let _active = crate::database::guard::enter(pool);
     pool.guard.gate(pool, 0).await?;
     let session = connect(pool).await?;
+    super::note_server(pool, session.client()).await;
     let loaded = load_in(pool, &session, sink, schema, commit, rows).await?;
     let stats = pool.guard.stats();
     stats.rows_written.fetch_add(

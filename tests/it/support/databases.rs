@@ -77,7 +77,13 @@ impl Postgres {
             .output()
             .unwrap();
         check(&init, "initdb");
+        Postgres::serve(bin, dir, "database system is ready to accept connections")
+    }
+
+    /// Runs the server of the data folder `dir/data` (sockets in `dir`).
+    fn serve(bin: PathBuf, dir: PathBuf, ready: &str) -> Postgres {
         let postgres = bin.join("postgres");
+        let data = dir.join("data");
         let socket = dir.clone();
         let command = move |port: u16| {
             let (exe, mut args) = server_user_command(&postgres);
@@ -103,11 +109,38 @@ impl Postgres {
         let server = Emulator::start(&Spec {
             name: "postgres",
             command: &command,
-            ready: "database system is ready to accept connections",
+            ready,
             clash: "could not bind IPv4 address",
             http: false,
         });
         Postgres { server, bin, dir }
+    }
+
+    /// A server of this test's own (not the shared one), e.g. to be the primary of a
+    /// replica; stopped when dropped.
+    pub fn start_own() -> Postgres {
+        Postgres::start()
+    }
+
+    /// A streaming replica of this server (`pg_basebackup -R`), read-only, in hot standby;
+    /// stopped when dropped.
+    pub fn replica(&self) -> Postgres {
+        let dir = data_folder("pg-replica");
+        hand_over(&dir);
+        let backup = as_server_user(&self.bin.join("pg_basebackup"))
+            .args(["-h", self.dir.to_str().unwrap(), "-p"])
+            .arg(self.port().to_string())
+            .args(["-U", "sluice", "-D"])
+            .arg(dir.join("data"))
+            .args(["-R", "-X", "stream", "-c", "fast"])
+            .output()
+            .unwrap();
+        check(&backup, "pg_basebackup");
+        Postgres::serve(
+            self.bin.clone(),
+            dir,
+            "database system is ready to accept read-only connections",
+        )
     }
 
     pub fn port(&self) -> u16 {
