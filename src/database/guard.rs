@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{DatabaseError, Pool};
-use crate::config::Guards;
+use crate::config::{DatabaseKind, Guards};
 
 /// The latency gate: open, closed while the probe is slow, or failed.
 #[derive(Debug, Clone, PartialEq)]
@@ -321,7 +321,11 @@ async fn probe_while_active(pool: &Arc<Pool>, latency: &crate::config::LatencyGu
     let fail = |why: String| {
         guard.gate.send_replace(Gate::Failed(why));
     };
-    let session = match super::postgres::connect(pool).await {
+    let opened = match pool.config.url.kind {
+        DatabaseKind::Postgres => super::postgres::connect(pool).await.map(ProbeSession::Pg),
+        DatabaseKind::Mysql => super::mysql::connect(pool).await.map(ProbeSession::My),
+    };
+    let mut session = match opened {
         Ok(s) => s,
         Err(e) => {
             fail(format!(
@@ -333,10 +337,24 @@ async fn probe_while_active(pool: &Arc<Pool>, latency: &crate::config::LatencyGu
     };
     while guard.active.load(Ordering::SeqCst) > 0 {
         let started = Instant::now();
-        let ran = session.client().simple_query(&latency.probe).await;
+        let doing = "running the latency probe";
+        let ran = match &mut session {
+            ProbeSession::Pg(s) => s
+                .client()
+                .simple_query(&latency.probe)
+                .await
+                .map(|_| ())
+                .map_err(|e| super::postgres::server_error(pool, &e, doing)),
+            ProbeSession::My(s) => {
+                use mysql_async::prelude::Queryable;
+                s.conn()
+                    .query_drop(&latency.probe)
+                    .await
+                    .map_err(|e| super::mysql::server_error(pool, &e, doing))
+            }
+        };
         let took = started.elapsed();
         if let Err(e) = ran {
-            let e = super::postgres::server_error(pool, &e, "running the latency probe");
             fail(format!("{} (probe `{}`)", e.message, latency.probe));
             return;
         }
@@ -408,7 +426,16 @@ async fn probe_while_active(pool: &Arc<Pool>, latency: &crate::config::LatencyGu
             .fetch_add(since.elapsed().as_millis() as u64, Ordering::Relaxed);
         guard.gate.send_replace(Gate::Open);
     }
-    session.park().await;
+    match session {
+        ProbeSession::Pg(s) => s.park().await,
+        ProbeSession::My(s) => s.park().await,
+    }
+}
+
+/// The latency probe's connection.
+enum ProbeSession {
+    Pg(super::postgres::Session),
+    My(super::mysql::Session),
 }
 
 #[cfg(test)]

@@ -216,3 +216,27 @@ fn the_replica_lag_guard_waits_for_a_lagging_replica_then_fails() {
     assert!(d["lag_max_ms"].as_u64().unwrap() >= 1000, "{report}");
     assert_eq!(report["models"][0]["rows_out"], 5001, "{report}");
 }
+
+/// The latency gate on MariaDB: a probe that stays slow stops the run past `max_pause`.
+#[test]
+fn a_slow_probe_stops_a_mariadb_import_past_max_pause() {
+    let m = crate::support::databases::mariadb();
+    let db = m.create_database("guard_latency");
+    m.sql(
+        &db,
+        "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT); \
+         INSERT INTO t SELECT seq, 'v' FROM seq_1_to_1000;",
+    );
+    let dir = pipeline(
+        "pause_when_latency_over = \"100ms\"\nprobe = \"SELECT SLEEP(0.3)\"\n\
+         probe_interval = \"100ms\"\nmax_pause = \"1s\"\nmax_rows_per_second = 100",
+    );
+    let r = sluice_env(dir.path(), &["run", "."], &env(m.url(&db))).expect(1);
+    assert!(
+        r.stderr.contains("database 'app' (mysql://")
+            && r.stderr
+                .contains("latency stayed over 100ms for 1.0s (probe `SELECT SLEEP(0.3)`"),
+        "{}",
+        r.stderr
+    );
+}
