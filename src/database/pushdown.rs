@@ -3,7 +3,9 @@
 //! the same as DataFusion's: comparisons of a column with a literal of an exact type
 //! (integers, decimals, dates, booleans; text for equality only, since text order depends on
 //! the database's collation), `IS [NOT] NULL`, `IN` lists, and `AND` / `OR` / `NOT` of
-//! those. Anything else (floats, timestamps, functions, casts) stays with DataFusion. Even a
+//! those; on PostgreSQL also timestamps, as instants of whole microseconds (a `timestamptz`
+//! column with a literal of a time zone, a `timestamp` column with one of none). Anything
+//! else (floats, functions, casts) stays with DataFusion. Even a
 //! pushed filter is applied again by DataFusion after the scan (`Inexact`): the database
 //! only narrows what is read.
 //!
@@ -223,6 +225,9 @@ fn literal(v: &ScalarValue, ty: &DataType, equality: bool, dialect: Dialect) -> 
                 .contains(&date.year())
                 .then(|| format!("DATE '{}'", date.format("%Y-%m-%d")))
         }
+        (DataType::Timestamp(_, column_tz), v) if dialect == Dialect::Postgres => {
+            timestamp_literal(v, column_tz.is_some())
+        }
         (DataType::Utf8, ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)))
             if equality && !s.contains('\0') =>
         {
@@ -237,6 +242,34 @@ fn literal(v: &ScalarValue, ty: &DataType, equality: bool, dialect: Dialect) -> 
         }
         _ => None,
     }
+}
+
+/// A timestamp literal as PostgreSQL's: `TIMESTAMPTZ '2024-01-02 03:04:05.000001+00'` for an
+/// instant (`zoned`: the column is a `timestamptz`, and the literal must have a time zone
+/// too), `TIMESTAMP '...'` for a local date-time. Only whole microseconds of years 1-9999:
+/// PostgreSQL keeps microseconds, and a value cut to them would move a bound.
+fn timestamp_literal(v: &ScalarValue, zoned: bool) -> Option<String> {
+    let (micros, tz) = match v {
+        ScalarValue::TimestampSecond(Some(s), tz) => (s.checked_mul(1_000_000)?, tz),
+        ScalarValue::TimestampMillisecond(Some(ms), tz) => (ms.checked_mul(1000)?, tz),
+        ScalarValue::TimestampMicrosecond(Some(us), tz) => (*us, tz),
+        ScalarValue::TimestampNanosecond(Some(ns), tz) if ns % 1000 == 0 => (ns / 1000, tz),
+        _ => return None,
+    };
+    if tz.is_some() != zoned {
+        return None;
+    }
+    use chrono::Datelike;
+    let at = chrono::DateTime::from_timestamp_micros(micros)?.naive_utc();
+    if !(1..=9999).contains(&at.year()) {
+        return None;
+    }
+    let text = at.format("%Y-%m-%d %H:%M:%S%.6f");
+    Some(if zoned {
+        format!("TIMESTAMPTZ '{text}+00'")
+    } else {
+        format!("TIMESTAMP '{text}'")
+    })
 }
 
 /// The decimal with unscaled value `x` and scale `s`, as exact text (`-12.50`).
@@ -334,5 +367,40 @@ mod tests {
         assert_eq!(decimal_text(5, 3), "0.005");
         assert_eq!(decimal_text(-123456, 2), "-1234.56");
         assert_eq!(decimal_text(7, 0), "7");
+    }
+
+    #[test]
+    fn timestamps_are_pushed_as_whole_microseconds_of_the_right_kind() {
+        let utc = Some(std::sync::Arc::from("UTC"));
+        assert_eq!(
+            timestamp_literal(
+                &ScalarValue::TimestampNanosecond(Some(1_000), utc.clone()),
+                true
+            )
+            .as_deref(),
+            Some("TIMESTAMPTZ '1970-01-01 00:00:00.000001+00'")
+        );
+        assert_eq!(
+            timestamp_literal(&ScalarValue::TimestampMicrosecond(Some(-1), None), false).as_deref(),
+            Some("TIMESTAMP '1969-12-31 23:59:59.999999'")
+        );
+        // A bound between two microseconds would move when cut to them.
+        assert_eq!(
+            timestamp_literal(
+                &ScalarValue::TimestampNanosecond(Some(1_500), utc.clone()),
+                true
+            ),
+            None
+        );
+        // An instant against a local date-time (and the other way round) is not the same
+        // comparison in PostgreSQL.
+        assert_eq!(
+            timestamp_literal(&ScalarValue::TimestampSecond(Some(0), utc), false),
+            None
+        );
+        assert_eq!(
+            timestamp_literal(&ScalarValue::TimestampSecond(Some(0), None), true),
+            None
+        );
     }
 }

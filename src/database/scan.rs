@@ -173,7 +173,7 @@ impl TableProvider for DatabaseTable {
         _state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
-        _limit: Option<usize>,
+        limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let columns: Vec<usize> = match projection {
             Some(p) => p.clone(),
@@ -231,6 +231,12 @@ impl TableProvider for DatabaseTable {
             .iter()
             .filter_map(|f| super::pushdown::render(f, &self.schema, dialect))
             .collect();
+        // A LIMIT with no filter to apply after the scan: each range reads at most that many
+        // rows (DataFusion takes the first of them all).
+        let limit = match limit {
+            Some(n) if filters.is_empty() => format!(" LIMIT {n}"),
+            _ => String::new(),
+        };
         let queries: Vec<String> = ranges
             .iter()
             .map(|r| {
@@ -240,10 +246,10 @@ impl TableProvider for DatabaseTable {
                     .chain(pushed.iter().cloned())
                     .collect();
                 if conditions.is_empty() {
-                    format!("SELECT {select} FROM {from}")
+                    format!("SELECT {select} FROM {from}{limit}")
                 } else {
                     format!(
-                        "SELECT {select} FROM {from} WHERE {}",
+                        "SELECT {select} FROM {from} WHERE {}{limit}",
                         conditions.join(" AND ")
                     )
                 }

@@ -557,7 +557,7 @@ fn filters_pushed_to_postgres_keep_exactly_the_rows_postgres_keeps() {
         &db,
         &format!("CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
          CREATE TABLE t (id int8, name text, day date, price numeric(10,2), ok bool, ratio float8,
-           code char(3), cased text COLLATE ci, path text);
+           code char(3), cased text COLLATE ci, path text, at timestamptz, local timestamp);
          INSERT INTO t SELECT i,
            CASE WHEN i % 7 = 0 THEN NULL ELSE 'n' || (i % 13) END,
            CASE WHEN i % 11 = 0 THEN NULL ELSE date '2024-01-01' + (i % 40) END,
@@ -566,7 +566,9 @@ fn filters_pushed_to_postgres_keep_exactly_the_rows_postgres_keeps() {
            CASE WHEN i % 19 = 0 THEN NULL ELSE (i % 100) / 8.0 END,
            CASE WHEN i % 3 = 0 THEN 'x' ELSE 'yz' END,
            CASE WHEN i % 4 = 0 THEN 'ABC' ELSE 'abc' END,
-           CASE WHEN i % 6 = 0 THEN 'C:\\temp' ELSE 'D:' END
+           CASE WHEN i % 6 = 0 THEN 'C:\\temp' ELSE 'D:' END,
+           CASE WHEN i % 23 = 0 THEN NULL ELSE timestamptz '2024-01-01 00:00:00+00' + i * interval '37 minutes 0.000001 seconds' END,
+           timestamp '1969-12-31 23:00:00' + i * interval '1 hour'
          FROM generate_series(1, 5000) i;
          ALTER DATABASE {db} SET standard_conforming_strings = off;"),
     );
@@ -591,13 +593,25 @@ fn filters_pushed_to_postgres_keep_exactly_the_rows_postgres_keeps() {
         ("cased <> 'abc'", true),
         // A backslash means itself, whatever the database's standard_conforming_strings.
         ("path = 'C:\\temp'", true),
+        // Timestamps: instants compared as instants (the session is in UTC), to the
+        // microsecond.
+        (
+            "at >= TIMESTAMP '2024-02-01T00:00:00Z' AND at < TIMESTAMP '2024-02-03T00:00:00Z'",
+            true,
+        ),
+        ("at > TIMESTAMP '2024-01-01T06:10:00.000006Z'", true),
+        (
+            "local < TIMESTAMP '1970-01-02 03:00:00' OR local IS NULL",
+            true,
+        ),
     ];
     for (filter, pushed) in filters {
         // (What sluice's reading of char(n) means, in PostgreSQL's terms.)
         let pg_filter = filter
             .replace("code <> 'x'", "concat(code, '') <> 'x'")
             .replace("cased <> 'abc'", "cased COLLATE \"C\" <> 'abc'")
-            .replace("path = 'C:\\temp'", "path = E'C:\\\\temp'");
+            .replace("path = 'C:\\temp'", "path = E'C:\\\\temp'")
+            .replace("TIMESTAMP '2024", "TIMESTAMPTZ '2024");
         let (dir, env) = pg_pipeline(
             &pg.url(&db),
             "table = \"t\"\npartition_column = \"id\"\npartitions = 3",
@@ -640,15 +654,22 @@ fn filters_pushed_to_postgres_keep_exactly_the_rows_postgres_keeps() {
         "table = \"t\"\npartition_column = \"id\"\npartitions = 3",
         "SELECT id FROM src LIMIT 7",
     );
-    let (_, report) = {
-        let run = crate::support::sluice_env(dir.path(), &["run", ".", "--report", "r.json"], &env)
-            .expect(0);
+    let (run, report) = {
+        let run =
+            crate::support::sluice_env(dir.path(), &["-v", "run", ".", "--report", "r.json"], &env)
+                .expect(0);
         let r: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap())
                 .unwrap();
         (run, r)
     };
     assert_eq!(report["models"][0]["rows_out"], 7, "{report}");
+    // Each range asks for at most the 7 rows.
+    assert!(
+        run.stderr.contains(" LIMIT 7"),
+        "the LIMIT was not sent: {}",
+        run.stderr
+    );
     // A recursive query reads the source again on every pass (with all its ranges).
     let (dir, env) = pg_pipeline(
         &pg.url(&db),
