@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 use super::{DatabaseError, Pool};
 use crate::config::{DatabaseKind, Guards};
 
-/// The latency gate: open, closed while the probe is slow, or failed.
+/// The latency gate: not yet measured, open, closed while the probe is slow, or failed.
 #[derive(Debug, Clone, PartialEq)]
 enum Gate {
+    /// No probe has answered yet (none runs, or its first is under way): reads wait.
+    Unknown,
     Open,
     /// Closed since then; the probe's last time.
     Closed {
@@ -118,7 +120,7 @@ impl Guard {
         };
         Guard {
             config,
-            gate: tokio::sync::watch::Sender::new(Gate::Open),
+            gate: tokio::sync::watch::Sender::new(Gate::Unknown),
             active: AtomicUsize::new(0),
             probe_running: std::sync::Mutex::new(false),
             bucket: std::sync::Mutex::new(bucket),
@@ -159,7 +161,7 @@ impl Guard {
                 match state {
                     Gate::Open => break,
                     Gate::Failed(why) => return Err(pool.error(why, false)),
-                    Gate::Closed { .. } => {
+                    Gate::Unknown | Gate::Closed { .. } => {
                         if rx.changed().await.is_err() {
                             break;
                         }
@@ -265,7 +267,9 @@ fn show(d: Duration) -> String {
 }
 
 /// The database's lag behind its primary; `None` when it is not a replica. A replica that
-/// has replayed everything it received has no lag, however old its last transaction.
+/// streams and has replayed everything it received has no lag, however old its last
+/// transaction; one that does not stream (its primary is gone, or the role may not see
+/// `pg_stat_wal_receiver`) is measured by its last replayed transaction.
 async fn replica_lag(
     pool: &Pool,
     client: &tokio_postgres::Client,
@@ -273,7 +277,8 @@ async fn replica_lag(
     let row = client
         .query_one(
             "SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_recovery() THEN NULL \
-             WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+             WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() AND EXISTS (SELECT 1 \
+             FROM pg_stat_wal_receiver WHERE status = 'streaming') THEN 0 \
              ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8 \
              END",
             &[],
@@ -322,8 +327,12 @@ async fn probe_while_active(pool: &Arc<Pool>, latency: &crate::config::LatencyGu
         guard.gate.send_replace(Gate::Failed(why));
     };
     let opened = match pool.config.url.kind {
-        DatabaseKind::Postgres => super::postgres::connect(pool).await.map(ProbeSession::Pg),
-        DatabaseKind::Mysql => super::mysql::connect(pool).await.map(ProbeSession::My),
+        DatabaseKind::Postgres => super::postgres::connect_for(pool, super::Purpose::Probe)
+            .await
+            .map(ProbeSession::Pg),
+        DatabaseKind::Mysql => super::mysql::connect_for(pool, super::Purpose::Probe)
+            .await
+            .map(ProbeSession::My),
     };
     let mut session = match opened {
         Ok(s) => s,
@@ -338,19 +347,45 @@ async fn probe_while_active(pool: &Arc<Pool>, latency: &crate::config::LatencyGu
     while guard.active.load(Ordering::SeqCst) > 0 {
         let started = Instant::now();
         let doing = "running the latency probe";
-        let ran = match &mut session {
-            ProbeSession::Pg(s) => s
-                .client()
-                .simple_query(&latency.probe)
-                .await
-                .map(|_| ())
-                .map_err(|e| super::postgres::server_error(pool, &e, doing)),
-            ProbeSession::My(s) => {
-                use mysql_async::prelude::Queryable;
-                s.conn()
-                    .query_drop(&latency.probe)
+        let probe = async {
+            match &mut session {
+                ProbeSession::Pg(s) => s
+                    .client()
+                    .simple_query(&latency.probe)
                     .await
-                    .map_err(|e| super::mysql::server_error(pool, &e, doing))
+                    .map(|_| ())
+                    .map_err(|e| super::postgres::server_error(pool, &e, doing)),
+                ProbeSession::My(s) => {
+                    use mysql_async::prelude::Queryable;
+                    s.conn()
+                        .query_drop(&latency.probe)
+                        .await
+                        .map_err(|e| super::mysql::server_error(pool, &e, doing))
+                }
+            }
+        };
+        tokio::pin!(probe);
+        let ran = match tokio::time::timeout(latency.over, &mut probe).await {
+            Ok(ran) => ran,
+            Err(_) => {
+                // Slow already: the gate closes while the probe still runs, and a probe
+                // that does not come back at all stops the reads after max_pause.
+                let since = close(pool, latency, started, None);
+                let left = latency.max_pause.saturating_sub(since.elapsed());
+                match tokio::time::timeout(left, &mut probe).await {
+                    Ok(ran) => ran,
+                    Err(_) => {
+                        fail(format!(
+                            "latency stayed over {} for {} (probe `{}` still running after \
+                             {}): stopped (max_pause)",
+                            show(latency.over),
+                            show(latency.max_pause),
+                            latency.probe,
+                            show(started.elapsed())
+                        ));
+                        return;
+                    }
+                }
             }
         };
         let took = started.elapsed();
@@ -366,20 +401,8 @@ async fn probe_while_active(pool: &Arc<Pool>, latency: &crate::config::LatencyGu
         let now = Instant::now();
         let state = guard.gate.borrow().clone();
         match (state, took > latency.over) {
-            (Gate::Open, true) => {
-                tracing::warn!(
-                    "database '{}': latency over {} (probe `{}` took {} ms): pausing reads \
-                     and loads",
-                    pool.config.name,
-                    show(latency.over),
-                    latency.probe,
-                    took.as_millis()
-                );
-                guard.stats.pauses.fetch_add(1, Ordering::Relaxed);
-                guard.gate.send_replace(Gate::Closed {
-                    since: now,
-                    probe: took,
-                });
+            (Gate::Unknown | Gate::Open, true) => {
+                close(pool, latency, started, Some(took));
             }
             (Gate::Closed { since, .. }, true) => {
                 if now.duration_since(since) > latency.max_pause {
@@ -414,22 +437,56 @@ async fn probe_while_active(pool: &Arc<Pool>, latency: &crate::config::LatencyGu
                 );
                 guard.gate.send_replace(Gate::Open);
             }
+            (Gate::Unknown, false) => {
+                guard.gate.send_replace(Gate::Open);
+            }
             _ => {}
         }
         tokio::time::sleep(latency.interval).await;
     }
-    // Nothing under way: the gate opens (a closed one is counted), the connection goes back.
+    // Nothing under way: the gate waits for the next probe (a closed one is counted), the
+    // connection goes back.
     if let Gate::Closed { since, .. } = guard.gate.borrow().clone() {
         guard
             .stats
             .paused_ms
             .fetch_add(since.elapsed().as_millis() as u64, Ordering::Relaxed);
-        guard.gate.send_replace(Gate::Open);
     }
+    guard.gate.send_replace(Gate::Unknown);
     match session {
         ProbeSession::Pg(s) => s.park().await,
         ProbeSession::My(s) => s.park().await,
     }
+}
+
+/// Closes the gate (if it is not closed already) because a probe started at `started` is
+/// slow (`took`: how slow, when it has answered); returns since when it is closed.
+fn close(
+    pool: &Pool,
+    latency: &crate::config::LatencyGuard,
+    started: Instant,
+    took: Option<Duration>,
+) -> Instant {
+    let guard = &pool.guard;
+    if let Gate::Closed { since, .. } = &*guard.gate.borrow() {
+        return *since;
+    }
+    tracing::warn!(
+        "database '{}': latency over {} (probe `{}` {}): pausing reads and loads",
+        pool.config.name,
+        show(latency.over),
+        latency.probe,
+        match took {
+            Some(t) => format!("took {} ms", t.as_millis()),
+            None => format!("still running after {}", show(latency.over)),
+        }
+    );
+    guard.stats.pauses.fetch_add(1, Ordering::Relaxed);
+    guard.gate.send_replace(Gate::Closed {
+        since: started,
+        probe: took.unwrap_or(latency.over),
+    });
+    started
 }
 
 /// The latency probe's connection.

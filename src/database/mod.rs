@@ -107,6 +107,15 @@ impl Pooled for mysql::Session {
 /// The longest a read waits for a connection of its database.
 const CONNECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// What a connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// A read or a load.
+    Work,
+    /// The latency probe, which has a connection of the cap kept for it.
+    Probe,
+}
+
 /// What a connection request got.
 pub(crate) enum Lease<S> {
     /// An idle session, ready.
@@ -125,8 +134,8 @@ impl Pool {
         }
     }
 
-    /// How many connections one scan may read on at once: all of the cap, less the latency
-    /// probe's connection.
+    /// How many connections reads and loads may hold at once: all of the cap, less the
+    /// latency probe's connection.
     pub(crate) fn reader_slots(&self) -> usize {
         let probe = usize::from(self.config.guards.latency.is_some());
         self.config.max_connections.saturating_sub(probe).max(1)
@@ -146,7 +155,16 @@ impl Pool {
     /// [`CONNECTION_WAIT`]: reads of one run that each hold a connection while waiting for
     /// another's rows (a join of two sources of the database, `max_connections = 1`) would
     /// otherwise wait for ever.
-    pub(crate) async fn lease<S: Pooled>(&self) -> Result<Lease<S>, DatabaseError> {
+    pub(crate) async fn lease<S: Pooled>(
+        &self,
+        purpose: Purpose,
+    ) -> Result<Lease<S>, DatabaseError> {
+        // One connection is kept for the latency probe: reads and loads together never take
+        // it, or the probe could wait, unmeasured, behind them.
+        let limit = match purpose {
+            Purpose::Probe => self.config.max_connections,
+            Purpose::Work => self.reader_slots(),
+        };
         let deadline = tokio::time::Instant::now() + CONNECTION_WAIT;
         loop {
             // Registered before the state is looked at: a room freed after the look wakes
@@ -162,7 +180,7 @@ impl Pool {
                     }
                     // (Dropped: it counts as open until its connection has ended.)
                 }
-                if st.open < self.config.max_connections {
+                if st.open < limit {
                     st.open += 1;
                     self.guard.opened(st.open);
                     return Ok(Lease::Open);

@@ -167,6 +167,14 @@ pub(super) async fn load(
             Err(e) => return Err(database_error(model, e)),
         }
     };
+    if db.mode == TableWrite::Overwrite && loaded.already.is_none() && loaded.rows == 0 {
+        let w = format!(
+            "the result has no rows: table {} was emptied (overwrite)",
+            db.table
+        );
+        tracing::warn!(model = %model.name, "{w}");
+        report.warnings.push(w);
+    }
     match &loaded.already {
         Some(run) if run == cx.run_id => {
             tracing::info!(model = %model.name, "already loaded into table {} by this run", db.table);

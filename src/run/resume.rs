@@ -319,7 +319,20 @@ struct Append<'a> {
 /// the same identity, so an append already in the output (its manifest records the
 /// identities it holds) is not applied again by a rerun that is no resume (`--restart`, a
 /// lost state file, the same day's command run again after the next day's).
+///
+/// A model that reads a database source has no files to tell one state of its input from
+/// another: its append is identified by the run, so a resumed run does not apply it twice,
+/// and each new run appends what it read.
 pub(super) async fn append_identity(cx: &RunCx<'_>, model: &ModelConfig) -> Result<String, Error> {
+    if cx
+        .dag
+        .inputs_of(&model.name)
+        .0
+        .iter()
+        .any(|s| cx.pipeline.database_sources.contains_key(s))
+    {
+        return Ok(format!("run:{}", cx.run_id));
+    }
     let sql = &cx.dag.nodes[&model.name].sql;
     let planned = async {
         let df = cx.engine.ctx().sql(sql).await?;

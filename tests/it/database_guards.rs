@@ -240,3 +240,34 @@ fn a_slow_probe_stops_a_mariadb_import_past_max_pause() {
         r.stderr
     );
 }
+
+/// A probe that never answers closes the gate once it has run longer than the threshold,
+/// and stops the run past `max_pause`: the reads do not go on unmeasured.
+#[test]
+fn a_probe_that_never_answers_stops_the_run_past_max_pause() {
+    let pg = postgres();
+    let db = pg.create_database("guard_hang");
+    pg.sql(
+        &db,
+        "CREATE TABLE t (id int8 PRIMARY KEY, v text);
+         INSERT INTO t SELECT i, 'v' FROM generate_series(1, 300000) i;",
+    );
+    let dir = pipeline(
+        "pause_when_latency_over = \"50ms\"\nprobe = \"SELECT pg_sleep(30)\"\nmax_pause = \"2s\"",
+    );
+    let started = Instant::now();
+    let r = sluice_env(dir.path(), &["run", "."], &env(pg.url(&db))).expect(1);
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        r.stderr.contains(
+            "latency stayed over 50ms for 2.0s (probe `SELECT pg_sleep(30)` still running"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(!dir.path().join("out/copy/_MANIFEST").exists());
+}

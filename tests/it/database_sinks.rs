@@ -548,3 +548,123 @@ fn a_postgres_append_killed_at_random_moments_loads_once() {
     );
     assert_eq!(commits.trim(), "2");
 }
+
+/// Upserts refuse what they could not apply once and exactly: a result without the key
+/// column, a NULL key, a key on two rows (all exit 1, the table unchanged); a unique index
+/// with INCLUDE columns serves its key. An overwrite of a table other tables' foreign keys
+/// refer to is refused (its DELETE would cascade into them).
+#[test]
+fn postgres_upserts_need_each_key_once_and_overwrites_spare_referencing_tables() {
+    let pg = postgres();
+    let db = pg.create_database("sink_keys");
+    pg.sql(
+        &db,
+        "CREATE TABLE u (k bigint, v text, UNIQUE (k) INCLUDE (v));
+         INSERT INTO u VALUES (1, 'old');
+         CREATE TABLE parent (id bigint PRIMARY KEY, v text);
+         CREATE TABLE child (pid bigint REFERENCES parent ON DELETE CASCADE);
+         INSERT INTO parent VALUES (1, 'p'); INSERT INTO child VALUES (1);",
+    );
+    let (dir, env) = pipeline(
+        &pg.url(&db),
+        "SELECT store_id AS k, note AS v FROM sales",
+        "table = \"u\"\nmode = \"upsert\"\nkey = [\"k\"]",
+    );
+    let before = pg.sql(&db, "SELECT * FROM u ORDER BY k");
+    // A key on two rows.
+    write_sales(
+        dir.path(),
+        "a.csv",
+        &[
+            ("2024-01-01".into(), 7, 100, "x".into()),
+            ("2024-01-02".into(), 7, 200, "y".into()),
+        ],
+    );
+    let r = sluice_env(dir.path(), &["run", "."], &env).expect(1);
+    assert!(
+        r.stderr
+            .contains("0 rows with a NULL in the key (k) and 1 keys on more than one row"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(pg.sql(&db, "SELECT * FROM u ORDER BY k"), before);
+    // Each key once: upserted, through the index with INCLUDE columns.
+    write_sales(
+        dir.path(),
+        "a.csv",
+        &[
+            ("2024-01-01".into(), 1, 100, "new".into()),
+            ("2024-01-02".into(), 2, 200, "two".into()),
+        ],
+    );
+    run(dir.path(), &env, 0);
+    assert_eq!(
+        pg.sql(&db, "SELECT k, v FROM u ORDER BY k"),
+        "1|new\n2|two\n"
+    );
+    // The key is not a column of the result.
+    std::fs::write(
+        dir.path().join("queries/daily.sql"),
+        "SELECT note AS v FROM sales",
+    )
+    .unwrap();
+    let r = sluice_env(dir.path(), &["run", "."], &env).expect(1);
+    assert!(
+        r.stderr
+            .contains("the upsert key \"k\" is not a column of the result"),
+        "{}",
+        r.stderr
+    );
+    // An overwrite of a referenced table.
+    let toml = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
+    let head = toml.split("table = ").next().unwrap().to_string();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        format!("{head}table = \"parent\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("queries/daily.sql"),
+        "SELECT store_id AS id, note AS v FROM sales",
+    )
+    .unwrap();
+    let r = sluice_env(dir.path(), &["run", "."], &env).expect(1);
+    assert!(
+        r.stderr.contains("foreign keys of child refer to it"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM child").trim(), "1");
+}
+
+/// An append reading a database source has no files to tell one state of it from the next:
+/// each run appends what it read (a resumed run, under the same run, appends once).
+#[test]
+fn an_append_reading_a_database_source_appends_each_run() {
+    let pg = postgres();
+    let db = pg.create_database("sink_append_db");
+    pg.sql(
+        &db,
+        "CREATE TABLE src (id bigint); INSERT INTO src SELECT generate_series(1, 3);",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("queries")).unwrap();
+    std::fs::write(
+        d.join("sluice.toml"),
+        "name = \"dbappend\"\n[databases.app]\nurl = \"${env:PG_URL}\"\n\
+         [sources.src]\ndatabase = \"app\"\ntable = \"src\"\n\
+         [models.copy.sink]\ndatabase = \"app\"\ntable = \"dst\"\nmode = \"append\"\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("queries/copy.sql"), "SELECT id FROM src").unwrap();
+    let env = vec![("PG_URL".to_string(), pg.url(&db))];
+    run(d, &env, 0);
+    pg.sql(&db, "INSERT INTO src SELECT generate_series(4, 6)");
+    let (_, report) = run(d, &env, 0);
+    assert_eq!(report["models"][0]["status"], "success", "{report}");
+    assert_eq!(
+        pg.sql(&db, "SELECT count(*), sum(id) FROM dst").trim(),
+        "9|27"
+    );
+}

@@ -114,7 +114,15 @@ impl Drop for Session {
 
 /// A read-only session under the pool's cap (an idle one, or a new connection).
 pub(crate) async fn connect(pool: &Arc<Pool>) -> Result<Session, DatabaseError> {
-    match pool.lease::<Session>().await? {
+    connect_for(pool, super::Purpose::Work).await
+}
+
+/// [`connect`], for `purpose`.
+pub(crate) async fn connect_for(
+    pool: &Arc<Pool>,
+    purpose: super::Purpose,
+) -> Result<Session, DatabaseError> {
+    match pool.lease::<Session>(purpose).await? {
         super::Lease::Idle(session) => Ok(session),
         super::Lease::Open => match open(pool).await {
             Ok(session) => Ok(session),

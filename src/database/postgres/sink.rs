@@ -160,16 +160,25 @@ async fn load_in(
     // (Checked again inside the transaction: the table may have changed since the run began.)
     let target = inspect(pool, session, sink, schema).await?;
     let commits = format!("{}.{}", quote_ident(&target.schema), quote_ident(COMMITS));
-    exec(
-        format!(
-            "CREATE TABLE IF NOT EXISTS {commits} (pipeline text NOT NULL, model text NOT NULL, \
-             commit_id text NOT NULL, run_id text NOT NULL, target text NOT NULL, mode text NOT \
-             NULL, rows bigint NOT NULL, committed_at timestamptz NOT NULL DEFAULT now(), \
-             PRIMARY KEY (pipeline, model, commit_id))"
-        ),
-        "creating the table of sluice's commit records",
-    )
-    .await?;
+    // (Created only when missing: CREATE ... IF NOT EXISTS needs the right to create in the
+    // schema even when the table is there, which a loading role may not have.)
+    let has_commits = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&commits])
+        .await
+        .map_err(|e| server_error(pool, &e, &doing("looking up sluice's commit records")))?
+        .get::<_, bool>(0);
+    if !has_commits {
+        exec(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {commits} (pipeline text NOT NULL, model text NOT \
+                 NULL, commit_id text NOT NULL, run_id text NOT NULL, target text NOT NULL, \
+                 mode text NOT NULL, rows bigint NOT NULL, committed_at timestamptz NOT NULL \
+                 DEFAULT now(), PRIMARY KEY (pipeline, model, commit_id))"
+            ),
+            "creating the table of sluice's commit records",
+        )
+        .await?;
+    }
     let found = client
         .query_opt(
             &format!(
@@ -235,8 +244,6 @@ async fn load_in(
         encoder
             .push(&batch)
             .map_err(|e| pool.error(doing(&e), false))?;
-        // (A pause holds the transaction open: the statement_timeout counts it.)
-        pool.guard.gate(pool, batch.num_rows() as u64).await?;
         if encoder.pending() >= CHUNK {
             let chunk = encoder.take();
             bytes += chunk.len() as u64;
@@ -268,6 +275,38 @@ async fn load_in(
     }
     if sink.mode == TableWrite::Upsert {
         let key: Vec<String> = sink.key.iter().map(|k| quote_ident(k)).collect();
+        // A NULL key never conflicts (the row would be added on every run), and a key twice
+        // would be applied in no defined order: both are errors, checked on the staged rows.
+        let bad = client
+            .query_opt(
+                &format!(
+                    "SELECT count(*) FILTER (WHERE {nulls}), (SELECT count(*) FROM (SELECT 1 \
+                     FROM _sluice_stage GROUP BY {keys} HAVING count(*) > 1) d) FROM \
+                     _sluice_stage",
+                    nulls = key
+                        .iter()
+                        .map(|k| format!("{k} IS NULL"))
+                        .collect::<Vec<_>>()
+                        .join(" OR "),
+                    keys = key.join(", ")
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| server_error(pool, &e, &doing("checking the upsert's keys")))?;
+        if let Some(row) = bad {
+            let (nulls, dups): (i64, i64) = (row.get(0), row.get(1));
+            if nulls > 0 || dups > 0 {
+                return Err(pool.error(
+                    doing(&format!(
+                        "the result has {nulls} rows with a NULL in the key ({}) and {dups} keys \
+                         on more than one row: an upsert needs each key once, without NULLs",
+                        sink.key.join(", ")
+                    )),
+                    false,
+                ));
+            }
+        }
         let set: Vec<String> = names
             .iter()
             .filter(|n| !sink.key.contains(n))
@@ -418,13 +457,46 @@ async fn inspect(
         })
         .collect();
     let puts = compatible(schema, &columns).map_err(refuse)?;
+    if let Some(k) = sink
+        .key
+        .iter()
+        .find(|k| !schema.fields().iter().any(|f| f.name() == *k))
+    {
+        return Err(refuse(format!(
+            "the upsert key {k:?} is not a column of the result"
+        )));
+    }
+    if sink.mode == TableWrite::Overwrite {
+        // Overwrite deletes every row: a foreign key of another table would cascade the
+        // deletion into it (or refuse it), whatever rows come back.
+        let referencing: Vec<String> = client
+            .query(
+                "SELECT conrelid::regclass::text FROM pg_constraint WHERE contype = 'f' AND \
+                 confrelid = to_regclass($1) AND conrelid <> confrelid",
+                &[&quoted],
+            )
+            .await
+            .map_err(|e| server_error(pool, &e, &doing("reading the foreign keys to it")))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !referencing.is_empty() {
+            return Err(refuse(format!(
+                "foreign keys of {} refer to it: an overwrite deletes its rows first, which \
+                 would delete or block theirs; load it with mode = \"upsert\"",
+                referencing.join(", ")
+            )));
+        }
+    }
     if sink.mode == TableWrite::Upsert {
         let indexes = client
             .query(
-                "SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i JOIN \
-                 pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) WHERE \
-                 i.indrelid = to_regclass($1) AND i.indisunique AND i.indpred IS NULL AND \
-                 i.indexprs IS NULL GROUP BY i.indexrelid",
+                "SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i \
+                 CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                 WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indimmediate \
+                 AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL \
+                 AND k.ord <= i.indnkeyatts GROUP BY i.indexrelid",
                 &[&quoted],
             )
             .await
