@@ -285,8 +285,11 @@ pub(crate) fn event_sources(
     sources
         .iter()
         .filter_map(|s| {
-            let src = pipeline.sources.get(s)?;
-            src.event_time.clone().map(|et| (s.clone(), et))
+            let event_time = match pipeline.sources.get(s) {
+                Some(src) => src.event_time.clone(),
+                None => pipeline.database_sources.get(s)?.event_time.clone(),
+            };
+            event_time.map(|et| (s.clone(), et))
         })
         .collect()
 }

@@ -363,12 +363,6 @@ fn bad_database_settings_are_refused_naming_key_and_line_never_the_password() {
             "at least 1",
         ),
         (
-            format!("{db}[sources.o]\ndatabase = \"app\"\ntable = \"t\"\nevent_time = \"at\"\n"),
-            "sources.o.event_time",
-            6,
-            "not built yet",
-        ),
-        (
             "[databases.app]\nurl = \"mysql://u:hunter2-pw@h/db\"\nmax_replica_lag = \"5m\"\n"
                 .to_string(),
             "databases.app.max_replica_lag",

@@ -562,14 +562,6 @@ impl<'a> Validator<'a> {
         if raw.partitions == Some(0) {
             return Err(self.invalid(key("partitions"), "must be at least 1"));
         }
-        if raw.event_time.is_some() {
-            // Accepted once time-batched and incremental models can read it by period.
-            return Err(self.invalid(
-                key("event_time"),
-                "time-batched and incremental models over database sources are not built \
-                 yet: remove event_time (see docs/databases.md, \"Not built yet\")",
-            ));
-        }
         Ok(DatabaseSourceConfig {
             name: name.to_string(),
             database,

@@ -37,6 +37,9 @@ pub struct EventMap {
     pub files: BTreeMap<String, Vec<(ObjectMeta, PeriodRows)>>,
     /// What reading the quarantined sources set aside: every file of theirs was read here.
     pub rejects: Vec<(String, SourceRejects)>,
+    /// Per database source: what its periods are called as inputs (`db:app/public.orders`),
+    /// and its rows per period (from `since` on, when the read was bounded).
+    pub database: BTreeMap<String, (String, PeriodRows)>,
 }
 
 /// What one read (of a file, or of a whole source) found.
@@ -50,13 +53,16 @@ struct Found {
 impl EventMap {
     /// Reads the event-time column of each of `sources` (`(table, column)`), by the periods
     /// of `grid`, file by file; a file version `cache` (the state store) mapped before is not
-    /// read again.
+    /// read again. A database source is read in one query, from `since` on when given (the
+    /// filter goes to the database: an incremental model's nightly run reads its window, not
+    /// the table).
     pub async fn build(
         engine: &Engine,
         pipeline: &Pipeline,
         sources: &[(String, String)],
         grid: Grid,
         cache: Option<&StateStore>,
+        since: Option<NaiveDateTime>,
     ) -> Result<EventMap, String> {
         let (main, stores) = (engine.ctx(), engine.stores());
         let mut map = EventMap {
@@ -66,6 +72,37 @@ impl EventMap {
         for (table, column) in sources {
             if grid.tz.is_some() {
                 refuse_dates(main, table, column).await?;
+            }
+            if let Some(spec) = pipeline.database_sources.get(table) {
+                let ctx = crate::engine::sibling_context(main);
+                if let Ok(t) = main.table_provider(table.as_str()).await {
+                    ctx.register_table(table.as_str(), t)
+                        .map_err(|e| e.to_string())?;
+                }
+                if let Some(since) = since {
+                    super::unit_context::filter_to_range(&ctx, table, column, since, None)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                let found = match periods(&ctx, table, column, grid).await {
+                    Ok(found) => found,
+                    Err(e) => return Err(explain(engine, pipeline, table, column, e).await),
+                };
+                if found.untimed > 0 {
+                    return Err(format!(
+                        "source '{table}': {} rows have NULL in '{column}': they would be in no \
+                         work unit",
+                        found.untimed
+                    ));
+                }
+                let what = match &spec.relation {
+                    crate::config::Relation::Table(t) => t.clone(),
+                    crate::config::Relation::Query(_) => "query".to_string(),
+                };
+                let prefix = format!("db:{}/{what}", spec.database);
+                map.rows.insert(table.clone(), found.rows.clone());
+                map.database.insert(table.clone(), (prefix, found.rows));
+                continue;
             }
             let mut found = Found::default();
             let listed = source_files(engine, pipeline, table).await?;
@@ -216,6 +253,24 @@ impl EventMap {
                             size,
                             modified: modified.clone(),
                             etag: etag.clone(),
+                            rows: *rows,
+                        });
+                }
+            }
+        }
+        // A database source's rows of a period are one input, known by their count: rows
+        // added (or deleted) in a period change it.
+        if let Some(grid) = self.grid {
+            for (source, (prefix, periods)) in &self.database {
+                for (p, rows) in periods {
+                    out.entry(*p)
+                        .or_default()
+                        .push(crate::table::manifest::AppliedFile {
+                            source: source.clone(),
+                            path: format!("{prefix}/{}", grid.name(*p)),
+                            size: *rows,
+                            modified: String::new(),
+                            etag: None,
                             rows: *rows,
                         });
                 }

@@ -343,6 +343,40 @@ impl IncrementalPlan {
     }
 }
 
+/// The first period a run of an incremental model may compute, given what its output last
+/// applied (`previous`): the late window's first period, the lookback's, the one after the
+/// last computed, or a backfill's first; `None` when the run may compute any period (a full
+/// refresh). Sources that can be read from an instant on (database sources) are read from
+/// it; the periods before are as `previous` applied them.
+pub(crate) fn first_period_to_read(
+    grid: Grid,
+    config: &IncrementalConfig,
+    previous: &Periods,
+    clock: &Clock,
+) -> Option<NaiveDateTime> {
+    let entries: BTreeSet<NaiveDateTime> = previous
+        .entries
+        .keys()
+        .filter_map(|n| grid.parse(n))
+        .collect();
+    let last = *entries.iter().next_back()?;
+    let as_of = clock.as_of;
+    // (A second before the window opens: the window is inclusive of its end.)
+    let window = grid.truncate(as_of - config.late_window - chrono::Duration::seconds(1));
+    let mut first = window.min(grid.next(last));
+    let lookback = (config.lookback as usize).min(entries.len());
+    if lookback > 0
+        && let Some(p) = entries.iter().rev().nth(lookback - 1)
+    {
+        first = first.min(*p);
+    }
+    match &clock.kind {
+        RunKind::FullRefresh => None,
+        RunKind::Backfill { from, .. } => Some(first.min(grid.truncate(grid.instant_of(*from)))),
+        _ => Some(first),
+    }
+}
+
 /// How a write of `model` combines with its output, for the check that its columns did not
 /// change: an incremental model keeps the other periods' files (as an append does), unless
 /// it computes every period (a first run, a full refresh, another grid).

@@ -133,35 +133,48 @@ pub(crate) async fn plan_units(
     }
     // Read even when start and end are given: a row without an event time is refused there.
     let grid = units::Grid::of(batches);
-    let events = EventMap::build(engine, pipeline, &sources, grid, planning.state).await?;
-    if let Some(config) = &batches.incremental {
-        warn_outside(
-            &model.name,
-            &events,
-            grid,
-            batches.start.map(|s| grid.instant_of(s)),
-            batches.end.map(|e| grid.instant_of(e)),
-        );
-        if let incremental::RunKind::Backfill { to, .. } = &clock.kind
-            && grid.instant_of(*to) > grid.truncate(clock.as_of)
-        {
-            tracing::warn!(
-                "model '{}': backfill --to {to} reaches past the clock ({}): periods that have \
-                 not ended by then are not computed",
-                model.name,
-                clock.as_of
-            );
+    let manifest = match &batches.incremental {
+        Some(_) => output_manifest(engine, model).await?,
+        None => None,
+    };
+    let previous = manifest
+        .as_ref()
+        .and_then(|m| m.periods.as_ref())
+        .filter(|p| p.grid == grid.label());
+    let database_sources: Vec<&String> = sources
+        .iter()
+        .map(|(t, _)| t)
+        .filter(|t| pipeline.database_sources.contains_key(*t))
+        .collect();
+    // A database source is read from the first period this run may compute on: the
+    // periods before are as the output last applied them.
+    let since = match (&batches.incremental, previous) {
+        (Some(config), Some(previous)) if !database_sources.is_empty() => {
+            incremental::first_period_to_read(grid, config, previous, clock)
         }
+        _ => None,
+    };
+    let events = EventMap::build(engine, pipeline, &sources, grid, planning.state, since).await?;
+    if let Some(config) = &batches.incremental {
         let counted = planning.counted_late(&model.name)?;
         let counted_before = |period: &str, f: &AppliedFile| {
             counted.contains(&(period.to_string(), FileSeen::of(f)))
         };
-        let manifest = output_manifest(engine, model).await?;
-        let previous = manifest
-            .as_ref()
-            .and_then(|m| m.periods.as_ref())
-            .filter(|p| p.grid == grid.label());
         let mut current = events.applied_files();
+        if let (Some(since), Some(previous)) = (since, previous) {
+            for (name, entry) in &previous.entries {
+                let Some(p) = grid.parse(name).filter(|p| *p < since) else {
+                    continue;
+                };
+                for file in entry
+                    .inputs
+                    .iter()
+                    .filter(|f| database_sources.contains(&&f.source))
+                {
+                    current.entry(p).or_default().push(file.clone());
+                }
+            }
+        }
         for up in &upstream {
             for (p, file) in upstream_files(engine, pipeline, up, grid).await? {
                 current.entry(p).or_default().push(file);

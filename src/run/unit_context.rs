@@ -300,6 +300,18 @@ async fn filter_to_period(
     start: NaiveDateTime,
     end: NaiveDateTime,
 ) -> Result<(), UnitError> {
+    filter_to_range(ctx, table, column, start, Some(end)).await
+}
+
+/// `table` (an event-time source) replaced in `ctx` by its rows whose `column` is in
+/// `[start, end)`, or from `start` on.
+pub(super) async fn filter_to_range(
+    ctx: &SessionContext,
+    table: &str,
+    column: &str,
+    start: NaiveDateTime,
+    end: Option<NaiveDateTime>,
+) -> Result<(), UnitError> {
     let df = ctx.table(table).await.map_err(err)?;
     let mut ty = df
         .schema()
@@ -320,13 +332,11 @@ async fn filter_to_period(
         ty = DataType::Timestamp(TimeUnit::Nanosecond, None);
         c = datafusion::prelude::cast(c, ty.clone());
     }
-    let filtered = df
-        .filter(
-            c.clone()
-                .gt_eq(bound(start, &ty))
-                .and(c.lt(bound(end, &ty))),
-        )
-        .map_err(err)?;
+    let mut condition = c.clone().gt_eq(bound(start, &ty));
+    if let Some(end) = end {
+        condition = condition.and(c.lt(bound(end, &ty)));
+    }
+    let filtered = df.filter(condition).map_err(err)?;
     replace_table(ctx, table, filtered)
 }
 

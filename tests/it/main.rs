@@ -9,6 +9,7 @@ mod checks;
 mod cloud;
 mod conformance;
 mod database_guards;
+mod database_incremental;
 mod database_sinks;
 mod databases;
 mod drift;
