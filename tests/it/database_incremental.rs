@@ -153,3 +153,49 @@ fn an_incremental_model_over_postgres_reads_only_its_window() {
     // the window, not read).
     assert_eq!(output(d), per_day(&db, 999999));
 }
+
+/// A time-batched model (`batches.size`, not incremental) over a database source: one unit
+/// per day, each reading its day through the filter sent to the database, together the
+/// whole table.
+#[test]
+fn a_time_batched_model_over_postgres_reads_each_day_in_its_unit() {
+    let pg = postgres();
+    let db = pg.create_database("batched");
+    pg.sql(
+        &db,
+        "CREATE TABLE events (id bigserial PRIMARY KEY, at timestamptz NOT NULL, amount int8);
+         INSERT INTO events (at, amount) SELECT timestamptz '2024-03-01 00:00:00+00' + d * \
+           interval '1 day' + i * interval '13 minutes', d * 10 + i \
+           FROM generate_series(0, 4) d, generate_series(0, 99) i;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("queries")).unwrap();
+    std::fs::write(
+        d.join("sluice.toml"),
+        "name = \"batched\"\n[databases.app]\nurl = \"${env:PG_URL}\"\n\
+         [sources.ev]\ndatabase = \"app\"\ntable = \"events\"\nevent_time = \"at\"\n\
+         [models.daily.batches]\nsize = \"day\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("queries/daily.sql"),
+        "SELECT CAST(at AS DATE) AS day, COUNT(*) AS n, SUM(amount) AS amount FROM ev GROUP BY 1",
+    )
+    .unwrap();
+    let env = vec![("PG_URL".to_string(), pg.url(&db))];
+    let run = sluice_env(d, &["-v", "run", ".", "--report", "r.json"], &env).expect(0);
+    let report = read_json(&d.join("r.json"));
+    assert_eq!(report["models"][0]["units_total"], 5, "{report}");
+    // Each unit's read carries its day.
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.contains("reading database 'app'")
+                && l.contains("(\"at\" >= TIMESTAMPTZ '2024-03-03 00:00:00.000000+00')")
+                && l.contains("(\"at\" < TIMESTAMPTZ '2024-03-04 00:00:00.000000+00')")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(output(d), per_day(&db, 0));
+}
