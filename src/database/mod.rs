@@ -155,10 +155,7 @@ impl Pool {
     /// [`CONNECTION_WAIT`]: reads of one run that each hold a connection while waiting for
     /// another's rows (a join of two sources of the database, `max_connections = 1`) would
     /// otherwise wait for ever.
-    pub(crate) async fn lease<S: Pooled>(
-        &self,
-        purpose: Purpose,
-    ) -> Result<Lease<S>, DatabaseError> {
+    async fn lease<S: Pooled>(&self, purpose: Purpose) -> Result<Lease<S>, DatabaseError> {
         // One connection is kept for the latency probe: reads and loads together never take
         // it, or the probe could wait, unmeasured, behind them.
         let limit = match purpose {
@@ -200,8 +197,30 @@ impl Pool {
         }
     }
 
+    /// A session for `purpose`: an idle one, or a new one `open` opens in the room the cap
+    /// gives (freed again if it fails).
+    pub(crate) async fn session<S: Pooled, F>(
+        &self,
+        purpose: Purpose,
+        open: impl FnOnce() -> F,
+    ) -> Result<S, DatabaseError>
+    where
+        F: std::future::Future<Output = Result<S, DatabaseError>>,
+    {
+        match self.lease::<S>(purpose).await? {
+            Lease::Idle(session) => Ok(session),
+            Lease::Open => match open().await {
+                Ok(session) => Ok(session),
+                Err(e) => {
+                    self.opened_nothing().await;
+                    Err(e)
+                }
+            },
+        }
+    }
+
     /// The room a [`Lease::Open`] gave was not used (the connection failed).
-    pub(crate) async fn opened_nothing(&self) {
+    async fn opened_nothing(&self) {
         self.closed().await;
     }
 

@@ -21,6 +21,29 @@ fn per_day(db: &str, skip: i64) -> Vec<String> {
         .collect()
 }
 
+/// A pipeline whose source `ev` is table `events` (event time `at`) of the database at
+/// `PG_URL`, and whose model `daily` counts and sums it per day, with `model_keys`.
+fn events_pipeline(model_keys: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("queries")).unwrap();
+    std::fs::write(
+        d.join("sluice.toml"),
+        format!(
+            "name = \"events\"\n[databases.app]\nurl = \"${{env:PG_URL}}\"\n\
+             [sources.ev]\ndatabase = \"app\"\ntable = \"events\"\nevent_time = \"at\"\n\
+             {model_keys}"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("queries/daily.sql"),
+        "SELECT CAST(at AS DATE) AS day, COUNT(*) AS n, SUM(amount) AS amount FROM ev GROUP BY 1",
+    )
+    .unwrap();
+    dir
+}
+
 /// The model's output, `day|n|amount` per day.
 fn output(dir: &std::path::Path) -> Vec<String> {
     let out = tokio::runtime::Runtime::new()
@@ -53,22 +76,11 @@ fn an_incremental_model_over_postgres_reads_only_its_window() {
            interval '1 day' + i * interval '7 minutes', d * 100 + i \
            FROM generate_series(0, 9) d, generate_series(0, 49) i;",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("queries")).unwrap();
-    std::fs::write(
-        d.join("sluice.toml"),
-        "name = \"incr\"\n[databases.app]\nurl = \"${env:PG_URL}\"\n\
-         [sources.ev]\ndatabase = \"app\"\ntable = \"events\"\nevent_time = \"at\"\n\
-         [models.daily]\nmaterialized = \"incremental\"\n\
+    let dir = events_pipeline(
+        "[models.daily]\nmaterialized = \"incremental\"\n\
          [models.daily.batches]\nsize = \"day\"\nstart = \"2024-01-01\"\nlate_window = \"48h\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("queries/daily.sql"),
-        "SELECT CAST(at AS DATE) AS day, COUNT(*) AS n, SUM(amount) AS amount FROM ev GROUP BY 1",
-    )
-    .unwrap();
+    );
+    let d = dir.path();
     let env = vec![("PG_URL".to_string(), pg.url(&db))];
     let first = sluice_env(
         d,
@@ -168,21 +180,8 @@ fn a_time_batched_model_over_postgres_reads_each_day_in_its_unit() {
            interval '1 day' + i * interval '13 minutes', d * 10 + i \
            FROM generate_series(0, 4) d, generate_series(0, 99) i;",
     );
-    let dir = tempfile::tempdir().unwrap();
+    let dir = events_pipeline("[models.daily.batches]\nsize = \"day\"\n");
     let d = dir.path();
-    std::fs::create_dir_all(d.join("queries")).unwrap();
-    std::fs::write(
-        d.join("sluice.toml"),
-        "name = \"batched\"\n[databases.app]\nurl = \"${env:PG_URL}\"\n\
-         [sources.ev]\ndatabase = \"app\"\ntable = \"events\"\nevent_time = \"at\"\n\
-         [models.daily.batches]\nsize = \"day\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("queries/daily.sql"),
-        "SELECT CAST(at AS DATE) AS day, COUNT(*) AS n, SUM(amount) AS amount FROM ev GROUP BY 1",
-    )
-    .unwrap();
     let env = vec![("PG_URL".to_string(), pg.url(&db))];
     let run = sluice_env(d, &["-v", "run", ".", "--report", "r.json"], &env).expect(0);
     let report = read_json(&d.join("r.json"));

@@ -122,16 +122,7 @@ pub(crate) async fn connect_for(
     pool: &Arc<Pool>,
     purpose: super::Purpose,
 ) -> Result<Session, DatabaseError> {
-    match pool.lease::<Session>(purpose).await? {
-        super::Lease::Idle(session) => Ok(session),
-        super::Lease::Open => match open(pool).await {
-            Ok(session) => Ok(session),
-            Err(e) => {
-                pool.opened_nothing().await;
-                Err(e)
-            }
-        },
-    }
+    pool.session(purpose, || open(pool)).await
 }
 
 /// Opens a new connection (the pool has made room for it) and sets the session up.
