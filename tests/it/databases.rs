@@ -1433,6 +1433,25 @@ fn filters_pushed_to_mariadb_keep_exactly_the_rows_mariadb_keeps() {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap()).unwrap();
     assert_eq!(r["models"][0]["rows_out"], 7, "{r}");
+    // Rows counted without a column read (`SELECT 1 FROM ...` per range).
+    let (dir, env) = my_pipeline(
+        &my.url(&db),
+        "table = \"t\"\npartition_column = \"id\"\npartitions = 3",
+        "SELECT count(*) AS n FROM src WHERE id >= 4000 OR id IS NULL",
+    );
+    crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(0);
+    let n = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::support::query_output(
+            &format!("{}/out/copy/", dir.path().display()),
+            "parquet",
+            &[],
+            "SELECT CAST(n AS VARCHAR) n FROM t",
+        ));
+    assert_eq!(
+        crate::support::rows(&n, &["n"]),
+        vec![vec!["1001".to_string()]]
+    );
     // A recursive query reads the source again on every pass (with all its ranges).
     let (dir, env) = my_pipeline(
         &my.url(&db),

@@ -490,7 +490,8 @@ fn query_column(c: &Column) -> (Option<Wire>, std::collections::HashMap<String, 
         MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => (Some(Wire::Timestamp), "timestamp"),
         MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => (Some(Wire::Time), "time"),
         MYSQL_TYPE_BIT => (Some(Wire::Bit), "bit"),
-        MYSQL_TYPE_NULL => (Some(Wire::Text), QUERY_TEXT),
+        // (MySQL describes JSON as binary: it is UTF-8 text.)
+        MYSQL_TYPE_NULL | MYSQL_TYPE_JSON => (Some(Wire::Text), QUERY_TEXT),
         MYSQL_TYPE_VARCHAR
         | MYSQL_TYPE_VAR_STRING
         | MYSQL_TYPE_STRING
@@ -499,8 +500,7 @@ fn query_column(c: &Column) -> (Option<Wire>, std::collections::HashMap<String, 
         | MYSQL_TYPE_MEDIUM_BLOB
         | MYSQL_TYPE_LONG_BLOB
         | MYSQL_TYPE_ENUM
-        | MYSQL_TYPE_SET
-        | MYSQL_TYPE_JSON => {
+        | MYSQL_TYPE_SET => {
             if binary
                 && !c
                     .flags()
