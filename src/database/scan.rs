@@ -718,6 +718,7 @@ impl Worker {
     ) -> Result<bool> {
         let server =
             |e: mysql_async::Error| Self::fail(mysql::server_error(&self.pool, &e, &self.reading));
+        session.reading(true);
         let conn = session.conn();
         let statement = conn.prep(sql).await.map_err(server)?;
         let mut decoder = RowDecoder::new(
@@ -748,6 +749,7 @@ impl Worker {
             }
         }
         conn.close(statement).await.map_err(server)?;
+        session.reading(false);
         Ok(true)
     }
 }

@@ -1136,3 +1136,352 @@ fn mariadb_sessions_are_read_only_and_statements_time_out() {
         started.elapsed()
     );
 }
+
+/// TPC-H SF 0.1 orders, lineitem and customer loaded into MariaDB (`LOAD DATA LOCAL` by the
+/// mariadb client), imported by a pipeline with 8 ranges each and `max_connections = 2`:
+/// every row and value equals the generator's Parquet files (orders and customer row by
+/// row, lineitem by per-column aggregates), compared with plain DataFusion; the server's own
+/// session list (`information_schema.PROCESSLIST`), sampled through the run, never shows
+/// more than 2 of sluice's sessions.
+#[tokio::test]
+async fn tpch_tables_imported_from_mariadb_in_ranges_equal_the_originals_under_the_cap() {
+    let my = mariadb();
+    let db = my.create_database("tpch");
+    let dir = crate::support::tpch_pipeline_dir(0.1);
+    let d = dir.path();
+    let csv = crate::support::gen_tpch(d, "csv", 0.1, "csv");
+    // VARCHAR keeps trailing spaces (CHAR would drop them).
+    my.sql(
+        &db,
+        "CREATE TABLE customer (c_custkey BIGINT PRIMARY KEY, c_name VARCHAR(25),
+           c_address VARCHAR(40), c_nationkey BIGINT, c_phone VARCHAR(15),
+           c_acctbal DECIMAL(15,2), c_mktsegment VARCHAR(10), c_comment VARCHAR(117));
+         CREATE TABLE orders (o_orderkey BIGINT PRIMARY KEY, o_custkey BIGINT,
+           o_orderstatus VARCHAR(1), o_totalprice DECIMAL(15,2), o_orderdate DATE,
+           o_orderpriority VARCHAR(15), o_clerk VARCHAR(15), o_shippriority INT,
+           o_comment VARCHAR(79));
+         CREATE TABLE lineitem (l_orderkey BIGINT, l_partkey BIGINT, l_suppkey BIGINT,
+           l_linenumber INT, l_quantity DECIMAL(15,2), l_extendedprice DECIMAL(15,2),
+           l_discount DECIMAL(15,2), l_tax DECIMAL(15,2), l_returnflag VARCHAR(1),
+           l_linestatus VARCHAR(1), l_shipdate DATE, l_commitdate DATE, l_receiptdate DATE,
+           l_shipinstruct VARCHAR(25), l_shipmode VARCHAR(10), l_comment VARCHAR(44),
+           PRIMARY KEY (l_orderkey, l_linenumber));",
+    );
+    for table in ["customer", "orders", "lineitem"] {
+        for f in std::fs::read_dir(csv.join(table)).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_none_or(|e| e != "csv") {
+                continue; // (_MANIFEST, _SUCCESS)
+            }
+            let out = my
+                .client()
+                .args(["-u", "sluice", &format!("-p{PASSWORD}"), "--local-infile=1"])
+                .args(["--default-character-set=utf8mb4", "-D", &db, "-e"])
+                .arg(format!(
+                    "LOAD DATA LOCAL INFILE '{}' INTO TABLE {table} CHARACTER SET utf8mb4 \
+                     FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"' ESCAPED BY '' \
+                     LINES TERMINATED BY '\\n' IGNORE 1 LINES; SHOW WARNINGS",
+                    f.display()
+                ))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success() && out.stdout.is_empty(),
+                "loading {table}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    std::fs::write(
+        d.join("sluice.toml"),
+        "name = \"import\"\n[databases.app]\nurl = \"${env:MY_URL}\"\nmax_connections = 2\n\
+         [sources.customer_db]\ndatabase = \"app\"\ntable = \"customer\"\n\
+         partition_column = \"c_custkey\"\npartitions = 8\n\
+         [sources.orders_db]\ndatabase = \"app\"\ntable = \"orders\"\n\
+         partition_column = \"o_orderkey\"\npartitions = 8\n\
+         [sources.lineitem_db]\ndatabase = \"app\"\ntable = \"lineitem\"\n\
+         partition_column = \"l_orderkey\"\npartitions = 8\n",
+    )
+    .unwrap();
+    for t in ["customer", "orders", "lineitem"] {
+        std::fs::write(
+            d.join(format!("queries/{t}.sql")),
+            format!("SELECT * FROM {t}_db"),
+        )
+        .unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, db) = (stop.clone(), db.clone());
+        std::thread::spawn(move || {
+            let (mut peak, mut samples) = (0usize, 0usize);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // (The sampler's own session is in no database.)
+                let n: usize = mariadb()
+                    .sql(
+                        "",
+                        &format!(
+                            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE \
+                             USER = 'sluice' AND DB = '{db}' AND ID <> CONNECTION_ID()"
+                        ),
+                    )
+                    .trim()
+                    .parse()
+                    .unwrap();
+                peak = peak.max(n);
+                samples += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            (peak, samples)
+        })
+    };
+    let env = [("MY_URL".to_string(), my.url(&db))];
+    let run = crate::support::sluice_env(d, &["-v", "run", "."], &env).expect(0);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (peak, samples) = sampler.join().unwrap();
+    assert!(
+        (1..=2).contains(&peak),
+        "peak sluice sessions {peak} in {samples} samples\n{}",
+        run.stderr
+    );
+    // The ranges' SQL, in MySQL's dialect.
+    assert!(
+        run.stderr.contains(
+            "reading database 'app': SELECT `o_orderkey`, `o_custkey`, `o_orderstatus`, "
+        ) && run.stderr.contains("FROM `orders` WHERE (`o_orderkey` < "),
+        "{}",
+        run.stderr
+    );
+    let ctx = crate::support::plain_tpch(&d.join("data")).await;
+    for t in ["customer", "orders", "lineitem"] {
+        ctx.register_parquet(
+            format!("{t}_out"),
+            d.join(format!("out/{t}")).to_str().unwrap(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let rows_of = |sql: String| {
+        let ctx = ctx.clone();
+        async move {
+            let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+            let cols: Vec<String> = batches
+                .first()
+                .map(|b| {
+                    b.schema()
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let cols: Vec<&str> = cols.iter().map(String::as_str).collect();
+            crate::support::rows_in_order(&batches, &cols)
+        }
+    };
+    for (t, cols, key) in [
+        (
+            "customer",
+            "c_custkey, c_name, c_address, c_nationkey, c_phone, c_acctbal, c_mktsegment, c_comment",
+            "c_custkey",
+        ),
+        (
+            "orders",
+            "o_orderkey, o_custkey, o_orderstatus, o_totalprice, o_orderdate, o_orderpriority, \
+             o_clerk, o_shippriority, o_comment",
+            "o_orderkey",
+        ),
+    ] {
+        let as_text: Vec<String> = cols
+            .split(", ")
+            .map(|c| format!("CAST({c} AS VARCHAR) AS {c}"))
+            .collect();
+        let select =
+            |from: &str| format!("SELECT {} FROM {from} ORDER BY {key}", as_text.join(", "));
+        let want = rows_of(select(t)).await;
+        let got = rows_of(select(&format!("{t}_out"))).await;
+        assert!(!want.is_empty());
+        crate::support::assert_same_rows(&got, &want, t);
+    }
+    let agg = |from: &str| {
+        format!(
+            "SELECT CAST(count(*) AS VARCHAR) n, CAST(count(DISTINCT l_orderkey) AS VARCHAR) o,
+               CAST(sum(l_partkey + l_suppkey + l_linenumber) AS VARCHAR) k,
+               CAST(sum(l_quantity) AS VARCHAR) q, CAST(sum(l_extendedprice) AS VARCHAR) p,
+               CAST(sum(l_discount) AS VARCHAR) di, CAST(sum(l_tax) AS VARCHAR) tx,
+               CAST(min(l_shipdate) AS VARCHAR) s0, CAST(max(l_receiptdate) AS VARCHAR) r1,
+               CAST(sum(length(l_comment || l_shipinstruct || l_shipmode || l_returnflag || l_linestatus)) AS VARCHAR) c,
+               CAST(sum(CAST(l_commitdate AS INT)) AS VARCHAR) cd,
+               CAST(count(DISTINCT l_comment) AS VARCHAR) dc
+             FROM {from}"
+        )
+    };
+    let want = rows_of(agg("lineitem")).await;
+    let got = rows_of(agg("lineitem_out")).await;
+    assert_eq!(got, want);
+}
+
+/// Filters are sent to MariaDB where its answer is certainly DataFusion's (the SQL sent is
+/// logged), and the rows a model keeps are those MariaDB keeps for the same predicate as
+/// sluice means it, for each filter here, pushed or not: text under the default
+/// case-insensitive collation ('abc' and 'ABC' are equal there, not in sluice) and with
+/// trailing spaces (equal there under PAD SPACE), backslashes, a latin1 column, NULLs,
+/// dates, decimals, unsigned integers, YEAR, lists, with range conditions. A LIMIT ends
+/// the read early and the run normally.
+#[test]
+fn filters_pushed_to_mariadb_keep_exactly_the_rows_mariadb_keeps() {
+    let my = mariadb();
+    let db = my.create_database("pushdown");
+    my.sql(
+        &db,
+        "CREATE TABLE t (id BIGINT, name VARCHAR(10), day DATE, price DECIMAL(10,2),
+           ok TINYINT(1), ratio DOUBLE, code CHAR(3), cased VARCHAR(3), padded VARCHAR(5),
+           path VARCHAR(10), l1 VARCHAR(5) CHARACTER SET latin1, u INT UNSIGNED, y YEAR,
+           note TEXT);
+         INSERT INTO t SELECT seq,
+           CASE WHEN seq % 7 = 0 THEN NULL ELSE CONCAT('n', seq % 13) END,
+           CASE WHEN seq % 11 = 0 THEN NULL ELSE DATE '2024-01-01' + INTERVAL (seq % 40) DAY END,
+           CASE WHEN seq % 17 = 0 THEN NULL ELSE (seq % 500) / 4.0 - 20 END,
+           CASE WHEN seq % 5 = 0 THEN NULL ELSE seq % 2 = 0 END,
+           CASE WHEN seq % 19 = 0 THEN NULL ELSE (seq % 100) / 8.0 END,
+           CASE WHEN seq % 3 = 0 THEN 'x' ELSE 'yz' END,
+           CASE WHEN seq % 4 = 0 THEN 'ABC' ELSE 'abc' END,
+           CASE WHEN seq % 6 = 0 THEN 'abc ' ELSE 'abc' END,
+           CASE WHEN seq % 6 = 0 THEN 'C:\\\\temp' ELSE 'D:' END,
+           CASE WHEN seq % 8 = 0 THEN 'CAFÉ' ELSE 'café' END,
+           seq % 20,
+           2000 + seq % 30,
+           CASE WHEN seq % 9 = 0 THEN 'Note' ELSE 'note' END
+         FROM seq_1_to_5000;",
+    );
+    // (sluice's filter, whether it is pushed, MariaDB's predicate meaning what sluice's
+    // means: text compared byte by byte.)
+    let filters: &[(&str, bool, &str)] = &[
+        ("id >= 4000", true, "id >= 4000"),
+        ("name = 'n3'", true, "BINARY name = 'n3'"),
+        ("name <> 'n3'", true, "BINARY name <> 'n3'"),
+        ("name < 'n3'", false, "BINARY name < 'n3'"),
+        ("day = DATE '2024-01-05'", true, "day = DATE '2024-01-05'"),
+        (
+            "day >= DATE '2024-02-01' OR day IS NULL",
+            true,
+            "day >= DATE '2024-02-01' OR day IS NULL",
+        ),
+        ("price < -10.25", true, "price < -10.25"),
+        ("price IN (0.25, 1.5)", true, "price IN (0.25, 1.5)"),
+        ("NOT (ok = 1)", true, "NOT (ok = 1)"),
+        (
+            "ok IS NULL AND id IN (5, 10, 15, 16)",
+            true,
+            "ok IS NULL AND id IN (5, 10, 15, 16)",
+        ),
+        (
+            "id NOT IN (1, 2, 3) AND ratio > 5.5",
+            true,
+            "id NOT IN (1, 2, 3) AND ratio > 5.5",
+        ),
+        ("ratio > 5.5", false, "ratio > 5.5"),
+        ("upper(name) = 'N3'", false, "UPPER(name) = 'N3'"),
+        // CHAR(n) is read without its trailing spaces; not pushed.
+        ("code <> 'x'", false, "BINARY code <> 'x'"),
+        // Byte-wise, as sluice compares: 'ABC' <> 'abc' although the column's collation
+        // ignores case, and 'abc ' <> 'abc' although it ignores trailing spaces.
+        ("cased <> 'abc'", true, "BINARY cased <> 'abc'"),
+        ("cased = 'abc'", true, "BINARY cased = 'abc'"),
+        ("padded <> 'abc'", true, "BINARY padded <> 'abc'"),
+        ("padded IN ('abc')", true, "BINARY padded IN ('abc')"),
+        ("note = 'note'", true, "BINARY note = 'note'"),
+        // A backslash means itself in sluice's SQL.
+        ("path = 'C:\\temp'", true, "path = 'C:\\\\temp'"),
+        // A latin1 column's bytes are not the literal's: not pushed.
+        (
+            "l1 = 'café'",
+            false,
+            "BINARY CONVERT(l1 USING utf8mb4) = 'café'",
+        ),
+        ("u < 3", true, "u < 3"),
+        // YEAR compares a literal as a year ('24' is 2024): not pushed.
+        ("y = 2024", false, "y = 2024"),
+    ];
+    for (filter, pushed, my_filter) in filters {
+        let (dir, env) = my_pipeline(
+            &my.url(&db),
+            "table = \"t\"\npartition_column = \"id\"\npartitions = 3",
+            &format!("SELECT id FROM src WHERE {filter}"),
+        );
+        let run = crate::support::sluice_env(dir.path(), &["-v", "run", "."], &env).expect(0);
+        let sent: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.contains("reading database 'app'"))
+            .collect();
+        assert!(!sent.is_empty(), "{}", run.stderr);
+        assert!(sent[0].contains("FROM `t` WHERE (`id` < "), "{sent:?}");
+        // The range condition, then the pushed filters, if any.
+        let has_filter = sent[0].matches(" AND ").count() > 0;
+        assert_eq!(has_filter, *pushed, "{filter}: {sent:?}");
+        let want: Vec<Vec<String>> = my
+            .sql(
+                &db,
+                &format!("SELECT id FROM t WHERE {my_filter} ORDER BY id"),
+            )
+            .lines()
+            .map(|l| vec![l.to_string()])
+            .collect();
+        let got = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(crate::support::query_output(
+                &format!("{}/out/copy/", dir.path().display()),
+                "parquet",
+                &[],
+                "SELECT CAST(id AS VARCHAR) v FROM t ORDER BY id",
+            ));
+        let got = crate::support::rows_in_order(&got, &["v"]);
+        assert!(!want.is_empty(), "{filter}");
+        assert!(want.len() < 5000, "{filter}");
+        assert_eq!(got, want, "{filter}: {sent:?}");
+    }
+    // A query that stops reading early (LIMIT): the ranges' sessions are cut, not drained,
+    // and the run ends normally.
+    let (dir, env) = my_pipeline(
+        &my.url(&db),
+        "table = \"t\"\npartition_column = \"id\"\npartitions = 3",
+        "SELECT id FROM src LIMIT 7",
+    );
+    crate::support::sluice_env(dir.path(), &["run", ".", "--report", "r.json"], &env).expect(0);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap()).unwrap();
+    assert_eq!(r["models"][0]["rows_out"], 7, "{r}");
+    // Rows counted without a column read (`SELECT 1 FROM ...` per range).
+    let (dir, env) = my_pipeline(
+        &my.url(&db),
+        "table = \"t\"\npartition_column = \"id\"\npartitions = 3",
+        "SELECT count(*) AS n FROM src WHERE id >= 4000 OR id IS NULL",
+    );
+    crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(0);
+    let n = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::support::query_output(
+            &format!("{}/out/copy/", dir.path().display()),
+            "parquet",
+            &[],
+            "SELECT CAST(n AS VARCHAR) n FROM t",
+        ));
+    assert_eq!(
+        crate::support::rows(&n, &["n"]),
+        vec![vec!["1001".to_string()]]
+    );
+    // A recursive query reads the source again on every pass (with all its ranges).
+    let (dir, env) = my_pipeline(
+        &my.url(&db),
+        "table = \"t\"\npartition_column = \"id\"\npartitions = 3",
+        "WITH RECURSIVE r AS (SELECT id FROM src WHERE id = 1 UNION ALL \
+         SELECT src.id FROM src JOIN r ON src.id = r.id + 1 WHERE src.id <= 12) SELECT id FROM r",
+    );
+    crate::support::sluice_env(dir.path(), &["run", ".", "--report", "r.json"], &env).expect(0);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap()).unwrap();
+    assert_eq!(r["models"][0]["rows_out"], 12, "{r}");
+}

@@ -27,6 +27,8 @@ pub(crate) struct Session {
 struct Inner {
     conn: Conn,
     pool: Arc<Pool>,
+    /// A result may be coming in: the connection is cut when dropped, not drained.
+    reading: bool,
 }
 
 /// How long a dropped session's connection may take to end politely before it is cut.
@@ -55,6 +57,14 @@ impl Session {
         }
     }
 
+    /// Marks the session as receiving a result (`true`) or not: a session dropped while
+    /// receiving one (its reader was stopped) is cut rather than drained.
+    pub(crate) fn reading(&mut self, reading: bool) {
+        if let Some(i) = &mut self.inner {
+            i.reading = reading;
+        }
+    }
+
     /// Whether the connection may still be used.
     pub(crate) fn usable(&self) -> bool {
         self.inner
@@ -74,14 +84,18 @@ impl Session {
     /// sending (which dropping it would do first: a LIMIT over a large table would read it
     /// all).
     pub(crate) fn cut(mut self) {
-        let Some(Inner { conn, pool }) = self.inner.take() else {
-            return;
-        };
-        // `disconnect` marks the connection as ended before it reads what is left of a
-        // result; dropped at its first wait, it closes the socket instead.
-        let _ = conn.disconnect().now_or_never();
-        freed_later(pool);
+        if let Some(Inner { conn, pool, .. }) = self.inner.take() {
+            cut(conn, pool);
+        }
     }
+}
+
+/// Closes `conn` at once and frees its room in `pool`.
+fn cut(conn: Conn, pool: Arc<Pool>) {
+    // `disconnect` marks the connection as ended before it reads what is left of a result;
+    // dropped at its first wait, it closes the socket instead.
+    let _ = conn.disconnect().now_or_never();
+    freed_later(pool);
 }
 
 /// Tells `pool` that a connection has ended (from a task: a drop cannot wait).
@@ -95,9 +109,18 @@ impl Drop for Session {
     fn drop(&mut self) {
         // The room in the pool is freed once the connection has ended: until then the
         // server still counts the session, and so does the cap.
-        let Some(Inner { conn, pool }) = self.inner.take() else {
+        let Some(Inner {
+            conn,
+            pool,
+            reading,
+        }) = self.inner.take()
+        else {
             return;
         };
+        if reading {
+            cut(conn, pool);
+            return;
+        }
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
@@ -169,6 +192,7 @@ async fn open(pool: &Arc<Pool>) -> Result<Session, DatabaseError> {
             inner: Some(Inner {
                 conn,
                 pool: Arc::clone(pool),
+                reading: false,
             }),
         }),
         Err(e) => {
@@ -468,7 +492,8 @@ fn query_column(c: &Column) -> (Option<Wire>, std::collections::HashMap<String, 
         MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => (Some(Wire::Timestamp), "timestamp"),
         MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => (Some(Wire::Time), "time"),
         MYSQL_TYPE_BIT => (Some(Wire::Bit), "bit"),
-        MYSQL_TYPE_NULL => (Some(Wire::Text), QUERY_TEXT),
+        // (MySQL describes JSON as binary: it is UTF-8 text.)
+        MYSQL_TYPE_NULL | MYSQL_TYPE_JSON => (Some(Wire::Text), QUERY_TEXT),
         MYSQL_TYPE_VARCHAR
         | MYSQL_TYPE_VAR_STRING
         | MYSQL_TYPE_STRING
@@ -477,8 +502,7 @@ fn query_column(c: &Column) -> (Option<Wire>, std::collections::HashMap<String, 
         | MYSQL_TYPE_MEDIUM_BLOB
         | MYSQL_TYPE_LONG_BLOB
         | MYSQL_TYPE_ENUM
-        | MYSQL_TYPE_SET
-        | MYSQL_TYPE_JSON => {
+        | MYSQL_TYPE_SET => {
             if binary
                 && !c
                     .flags()
