@@ -38,6 +38,21 @@ impl Dialect {
         }
     }
 
+    /// The FROM item of a relation: a table name quoted part by part, or a query as a
+    /// derived table.
+    pub(crate) fn relation_sql(self, relation: &crate::config::Relation) -> String {
+        use crate::config::Relation;
+        match relation {
+            Relation::Table(t) => t
+                .split('.')
+                .map(|part| self.quote_ident(part))
+                .collect::<Vec<_>>()
+                .join("."),
+            // (A newline before the parenthesis: the query may end in a `--` or `#` comment.)
+            Relation::Query(q) => format!("({}\n) AS q", q.trim().trim_end_matches(';')),
+        }
+    }
+
     /// `name` as a quoted identifier.
     pub(crate) fn quote_ident(self, name: &str) -> String {
         match self {

@@ -127,10 +127,7 @@ impl DatabaseTable {
 
     /// The FROM item of the source's table or query.
     fn relation_sql(&self) -> String {
-        match self.dialect() {
-            Dialect::Postgres => postgres::from_item(&self.spec.relation),
-            Dialect::Mysql => mysql::from_item(&self.spec.relation),
-        }
+        self.dialect().relation_sql(&self.spec.relation)
     }
 
     /// What the source reads, for messages: `table public.orders` or `the query of source x`.

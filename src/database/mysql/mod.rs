@@ -284,16 +284,6 @@ pub(crate) fn server_error(pool: &Pool, e: &mysql_async::Error, doing: &str) -> 
     }
 }
 
-/// The FROM item of a relation: a table name quoted part by part, or a query as a derived
-/// table.
-pub(crate) fn from_item(relation: &Relation) -> String {
-    match relation {
-        Relation::Table(t) => t.split('.').map(quote_ident).collect::<Vec<_>>().join("."),
-        // (A newline before the parenthesis: the query may end in a `--` or `#` comment.)
-        Relation::Query(q) => format!("({}\n) AS q", q.trim().trim_end_matches(';')),
-    }
-}
-
 /// `name` as a quoted identifier.
 pub(crate) fn quote_ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
@@ -319,7 +309,10 @@ pub(crate) async fn describe(
     session: &mut Session,
     relation: &Relation,
 ) -> Result<(SchemaRef, Vec<Option<Wire>>), DatabaseError> {
-    let sql = format!("SELECT * FROM {} LIMIT 0", from_item(relation));
+    let sql = format!(
+        "SELECT * FROM {} LIMIT 0",
+        super::pushdown::Dialect::Mysql.relation_sql(relation)
+    );
     let what = match relation {
         Relation::Table(t) => format!("reading the columns of table {t}"),
         Relation::Query(_) => "reading the columns of the source's query".to_string(),

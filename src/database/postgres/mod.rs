@@ -218,15 +218,6 @@ fn source_is_io(e: &tokio_postgres::Error) -> bool {
     false
 }
 
-/// The FROM item of a relation: a table name quoted part by part, or a query in parentheses.
-pub(crate) fn from_item(relation: &Relation) -> String {
-    match relation {
-        Relation::Table(t) => t.split('.').map(quote_ident).collect::<Vec<_>>().join("."),
-        // (A newline before the parenthesis: the query may end in a `--` comment.)
-        Relation::Query(q) => format!("({}\n) AS q", q.trim().trim_end_matches(';')),
-    }
-}
-
 /// `name` as a quoted identifier.
 pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -245,7 +236,10 @@ pub(crate) async fn describe(
     session: &Session,
     relation: &Relation,
 ) -> Result<(SchemaRef, Vec<Option<Wire>>), DatabaseError> {
-    let sql = format!("SELECT * FROM {} LIMIT 0", from_item(relation));
+    let sql = format!(
+        "SELECT * FROM {} LIMIT 0",
+        super::pushdown::Dialect::Postgres.relation_sql(relation)
+    );
     let what = match relation {
         Relation::Table(t) => format!("reading the columns of table {t}"),
         Relation::Query(_) => "reading the columns of the source's query".to_string(),
