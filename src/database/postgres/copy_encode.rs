@@ -327,30 +327,47 @@ fn put_bytes(buf: &mut BytesMut, v: &[u8]) -> Result<(), String> {
 /// A decimal (`unscaled` × 10^-`scale`) as a PostgreSQL numeric: base-10000 digits, the
 /// weight of the first, the sign and the scale shown.
 fn numeric(buf: &mut BytesMut, unscaled: i128, scale: i8) {
-    let scale = usize::try_from(scale).unwrap_or(0);
-    let text = unscaled.unsigned_abs().to_string();
-    // At least one digit before the point.
-    let text = format!("{text:0>width$}", width = scale + 1);
-    let (int, frac) = text.split_at(text.len() - scale);
-    // Whole groups of four: the integer part padded on the left, the fraction on the right.
-    let int = format!("{int:0>width$}", width = int.len().div_ceil(4) * 4);
-    let frac = format!("{frac:0<width$}", width = frac.len().div_ceil(4) * 4);
-    let group = |s: &str| -> Vec<i16> {
-        s.as_bytes()
-            .chunks(4)
-            .map(|c| c.iter().fold(0i16, |acc, d| acc * 10 + i16::from(d - b'0')))
-            .collect()
-    };
-    let int_groups = group(&int);
-    let mut digits: Vec<i16> = int_groups.iter().chain(&group(&frac)).copied().collect();
-    let mut weight = int_groups.len() as i16 - 1;
-    // No leading or trailing zero groups.
-    let lead = digits.iter().take_while(|d| **d == 0).count();
-    digits.drain(..lead);
-    weight -= lead as i16;
-    while digits.last() == Some(&0) {
-        digits.pop();
+    // (No allocation: this runs for every value of a decimal column.) A Decimal128 has at
+    // most 38 digits, so at most 10 groups on either side of the point.
+    let scale = u32::try_from(scale).unwrap_or(0).min(38);
+    let unit = 10u128.pow(scale);
+    let abs = unscaled.unsigned_abs();
+    let (mut int, frac) = (abs / unit, abs % unit);
+    let mut digits = [0i16; 24];
+    let mut n = 0;
+    let mut int_groups = [0i16; 12];
+    let mut k = 0;
+    while int > 0 {
+        int_groups[k] = (int % 10_000) as i16;
+        int /= 10_000;
+        k += 1;
     }
+    for g in int_groups[..k].iter().rev() {
+        digits[n] = *g;
+        n += 1;
+    }
+    let mut weight = k as i16 - 1;
+    // The fraction in groups of four digits from the point, the last padded with zeros.
+    for g in 0..scale.div_ceil(4) {
+        let end = 4 * (g + 1);
+        let v = if end <= scale {
+            (frac / 10u128.pow(scale - end)) % 10_000
+        } else {
+            (frac % 10u128.pow(scale - 4 * g)) * 10u128.pow(end - scale)
+        };
+        digits[n] = v as i16;
+        n += 1;
+    }
+    // No leading or trailing zero groups.
+    let mut first = 0;
+    while first < n && digits[first] == 0 {
+        first += 1;
+        weight -= 1;
+    }
+    while n > first && digits[n - 1] == 0 {
+        n -= 1;
+    }
+    let digits = &digits[first..n];
     if digits.is_empty() {
         weight = 0;
     }
@@ -365,7 +382,7 @@ fn numeric(buf: &mut BytesMut, unscaled: i128, scale: i8) {
     buf.put_u16(sign);
     buf.put_u16(scale as u16);
     for d in digits {
-        buf.put_i16(d);
+        buf.put_i16(*d);
     }
 }
 
@@ -415,13 +432,15 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(14);
         let mut rng_values: Vec<i128> = vec![0, 1, -1, 9999, 10000, -10001, 123456789];
-        for digits in 1..=37 {
+        for digits in 1..=38 {
             for _ in 0..8 {
                 let v = rng.random_range(0..10i128.pow(digits));
                 rng_values.push(if rng.random_bool(0.5) { -v } else { v });
             }
         }
-        for scale in [0i8, 1, 2, 3, 4, 5, 8, 9] {
+        rng_values.push(10i128.pow(38) - 1);
+        rng_values.push(-(10i128.pow(38) - 1));
+        for scale in [0i8, 1, 2, 3, 4, 5, 8, 9, 17, 36, 37, 38] {
             let a = Decimal128Array::from(rng_values.clone())
                 .with_precision_and_scale(38, scale)
                 .unwrap();
