@@ -211,6 +211,9 @@ pub struct Loaded {
     pub table: String,
     /// overwrite, append or upsert.
     pub mode: String,
+    /// How the rows were sent: `copy` (PostgreSQL), `load data` or `insert` (MySQL and
+    /// MariaDB; `insert` where the server has `local_infile` off); empty when nothing was sent.
+    pub method: String,
     /// Rows sent to the table.
     pub rows: u64,
     /// Bytes sent (the database's bulk format).

@@ -312,12 +312,10 @@ async fn describe_load(
         prepared.databases.pool(&db.database),
         prepared.schemas.get(name),
     ) {
-        (Some(pool), Some(schema)) => {
-            match crate::database::postgres::sink::check(&pool, db, schema).await {
-                Ok(exists) => crate::database::postgres::sink::describe_target(exists).to_string(),
-                Err(e) => format!("REFUSED: {e}"),
-            }
-        }
+        (Some(pool), Some(schema)) => match crate::database::sink::check(&pool, db, schema).await {
+            Ok(exists) => crate::database::sink::describe_target(exists).to_string(),
+            Err(e) => format!("REFUSED: {e}"),
+        },
         _ => "not checked".to_string(),
     };
     format!(

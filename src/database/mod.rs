@@ -1,11 +1,16 @@
-//! Databases as sources (issue 14; the plan: `docs/design/databases.md`): connections under
-//! a cap that holds for the whole run, read-only sessions, and tables whose rows are read
-//! with the database's bulk path and decoded straight into Arrow.
+//! Databases as sources and sinks (issue 14; the plan: `docs/design/databases.md`):
+//! connections under a cap that holds for the whole run, read-only sessions, tables whose
+//! rows are read with the database's bulk path and decoded straight into Arrow, and loads
+//! into tables in one transaction each.
 //!
 //! - [`Databases`]: one [`Pool`] per `[databases.NAME]`, shared by every model, unit and scan
 //!   of the process;
-//! - [`postgres`]: PostgreSQL sessions, column types, and the binary COPY decoder;
-//! - [`mysql`]: MySQL and MariaDB sessions, column types, and the decoder of their rows;
+//! - [`postgres`]: PostgreSQL sessions, column types, the binary COPY decoder and encoder,
+//!   and loads;
+//! - [`mysql`]: MySQL and MariaDB sessions, column types, the decoder of their rows, and
+//!   loads;
+//! - [`sink`]: a load into a table of either, and its commit record;
+//! - [`guard`]: the replica-lag, latency and rate guards, and what they saw;
 //! - [`scan`]: a database source as a DataFusion table, and the plan node that reads it;
 //! - [`import`]: the ranges of one import, and the snapshot its connections share;
 //! - [`pushdown`]: the filters sent to the database with the read.
@@ -19,6 +24,7 @@ pub(crate) mod mysql;
 pub(crate) mod postgres;
 pub(crate) mod pushdown;
 pub(crate) mod scan;
+pub(crate) mod sink;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! A table model whose sink is a database table: its output is written like any other (to
 //! its folder, `out/NAME/` by default: the mirror of what the last run loaded), then loaded into the table in
-//! one transaction of the database ([`crate::database::postgres::sink`]). The table is
+//! one transaction of the database ([`crate::database::sink`]). The table is
 //! checked before any unit runs; the load records its commit in the database with the
 //! rows, so a rerun or a resumed run never applies it twice.
 
@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use super::RunCx;
 use crate::config::{ModelConfig, Pipeline, TableWrite};
 use crate::dag::Dag;
-use crate::database::postgres::sink;
+use crate::database::sink;
 use crate::database::{DatabaseError, Pool};
 use crate::error::Error;
 use crate::report::{Loaded, ModelReport};
@@ -195,6 +195,7 @@ pub(super) async fn load(
         database: db.database.clone(),
         table: db.table.clone(),
         mode: db.mode.name().to_string(),
+        method: loaded.method.to_string(),
         rows: loaded.rows,
         bytes: loaded.bytes,
         commit: commit.commit_id,

@@ -6,12 +6,16 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::support::databases::{PASSWORD, postgres};
+use crate::support::databases::{PASSWORD, mariadb, postgres};
 use crate::support::{Run, run_with_report_env, sluice_env};
 
 /// A pipeline folder: CSV source `sales` (`data/sales.csv`), model `daily` (`sql`) whose
 /// sink is `sink_keys` into database `serving` (URL from `PG_URL`).
-fn pipeline(url: &str, sql: &str, sink_keys: &str) -> (tempfile::TempDir, Vec<(String, String)>) {
+pub(crate) fn pipeline(
+    url: &str,
+    sql: &str,
+    sink_keys: &str,
+) -> (tempfile::TempDir, Vec<(String, String)>) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir_all(d.join("queries")).unwrap();
@@ -31,9 +35,9 @@ fn pipeline(url: &str, sql: &str, sink_keys: &str) -> (tempfile::TempDir, Vec<(S
 }
 
 /// One sales row: day, store, revenue in cents, note.
-type Sale = (String, i64, i64, String);
+pub(crate) type Sale = (String, i64, i64, String);
 
-fn write_sales(dir: &Path, file: &str, rows: &[Sale]) {
+pub(crate) fn write_sales(dir: &Path, file: &str, rows: &[Sale]) {
     let mut text = String::from("day,store_id,revenue,note\n");
     for (day, store, cents, note) in rows {
         text.push_str(&format!(
@@ -48,7 +52,7 @@ fn write_sales(dir: &Path, file: &str, rows: &[Sale]) {
 
 /// `n` sales rows from `seed`: days in January 2024, stores 1-5, notes with quotes,
 /// commas, tabs and non-ASCII letters.
-fn sales(seed: u64, n: usize) -> Vec<Sale> {
+pub(crate) fn sales(seed: u64, n: usize) -> Vec<Sale> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let notes = [
@@ -70,15 +74,15 @@ fn sales(seed: u64, n: usize) -> Vec<Sale> {
         .collect()
 }
 
-fn money(cents: i64) -> String {
+pub(crate) fn money(cents: i64) -> String {
     format!("{}.{:02}", cents / 100, cents % 100)
 }
 
-fn run(dir: &Path, env: &[(String, String)], code: i32) -> (Run, serde_json::Value) {
+pub(crate) fn run(dir: &Path, env: &[(String, String)], code: i32) -> (Run, serde_json::Value) {
     run_with_report_env(dir, &[], env, code)
 }
 
-const DAILY: &str = "SELECT CAST(day AS DATE) AS day, store_id, \
+pub(crate) const DAILY: &str = "SELECT CAST(day AS DATE) AS day, store_id, \
      CAST(revenue AS DECIMAL(12,2)) AS revenue, note, revenue > 25000 AS big, \
      arrow_cast(CAST(day AS TIMESTAMP) + INTERVAL '90 minutes', \
        'Timestamp(Microsecond, Some(\"UTC\"))') AS at \
@@ -204,20 +208,40 @@ fn an_append_into_postgres_adds_each_result_once() {
 /// keys added; the oracle is a map the test keeps itself.
 #[test]
 fn an_upsert_into_postgres_replaces_rows_by_key_and_keeps_the_others() {
-    let pg = postgres();
-    let db = pg.create_database("sink_upsert");
-    pg.sql(
+    upserts_replace_rows_by_key(Server::Postgres);
+}
+
+/// [`an_upsert_into_postgres_replaces_rows_by_key_and_keeps_the_others`] on MariaDB.
+#[test]
+fn an_upsert_into_mariadb_replaces_rows_by_key_and_keeps_the_others() {
+    upserts_replace_rows_by_key(Server::MariaDb);
+}
+
+fn upserts_replace_rows_by_key(server: Server) {
+    let db = server.create_database("sink_upsert");
+    let fill = match server {
+        Server::Postgres => {
+            "INSERT INTO totals (store_id, day, revenue) \
+            SELECT s, DATE '2024-01-01' + d, s * 1000 + d FROM generate_series(1, 5) s, \
+            generate_series(0, 40) d"
+        }
+        Server::MariaDb => {
+            "INSERT INTO totals (store_id, day, revenue) \
+            SELECT s.seq, DATE '2024-01-01' + INTERVAL d.seq DAY, s.seq * 1000 + d.seq \
+            FROM seq_1_to_5 s, seq_0_to_40 d"
+        }
+    };
+    server.sql(
         &db,
-        "CREATE TABLE totals (store_id bigint, note text DEFAULT 'none', day date, \
-           revenue numeric(14,2) NOT NULL, PRIMARY KEY (store_id, day));
-         INSERT INTO totals (store_id, day, revenue) \
-           SELECT s, DATE '2024-01-01' + d, s * 1000 + d FROM generate_series(1, 5) s, \
-           generate_series(0, 40) d;",
+        &format!(
+            "CREATE TABLE totals (store_id bigint, note varchar(20) DEFAULT 'none', day date, \
+               revenue numeric(14,2) NOT NULL, PRIMARY KEY (store_id, day)); {fill};"
+        ),
     );
     let sql = "SELECT store_id, CAST(day AS DATE) AS day, \
                CAST(sum(revenue) AS DECIMAL(12,2)) AS revenue FROM sales GROUP BY store_id, day";
     let (dir, env) = pipeline(
-        &pg.url(&db),
+        &server.url(&db),
         sql,
         "table = \"totals\"\nmode = \"upsert\"\nkey = [\"store_id\", \"day\"]",
     );
@@ -249,7 +273,7 @@ fn an_upsert_into_postgres_replaces_rows_by_key_and_keeps_the_others() {
             expected.insert(k, (cents, note));
         }
         run(dir.path(), &env, 0);
-        let got = pg.sql(
+        let got = server.sql(
             &db,
             "SELECT store_id, day, revenue, note FROM totals ORDER BY store_id, day",
         );
@@ -257,7 +281,13 @@ fn an_upsert_into_postgres_replaces_rows_by_key_and_keeps_the_others() {
             .iter()
             .map(|((s, d), (c, n))| format!("{s}|{d}|{}|{n}", money(*c)))
             .collect();
-        assert_eq!(got.lines().collect::<Vec<_>>(), want, "after {file}");
+        assert_eq!(
+            got.lines()
+                .map(|l| l.replace('\t', "|"))
+                .collect::<Vec<_>>(),
+            want,
+            "after {file}"
+        );
     }
 }
 
@@ -403,30 +433,82 @@ fn postgres_sinks_refuse_bad_tables_and_failed_models_touch_nothing() {
 /// Rows of the kill test's model per run.
 const KILL_ROWS: u64 = 300_000;
 
-/// The kill test's table as one checksum: its row count and an md5 of every row in order.
-fn table_sum(db: &str, from: &str) -> String {
-    postgres()
-        .sql(
-            db,
-            &format!(
+/// A server the kill test loads into.
+#[derive(Clone, Copy)]
+pub(crate) enum Server {
+    Postgres,
+    MariaDb,
+}
+
+impl Server {
+    fn create_database(self, prefix: &str) -> String {
+        match self {
+            Server::Postgres => postgres().create_database(prefix),
+            Server::MariaDb => mariadb().create_database(prefix),
+        }
+    }
+
+    fn url(self, db: &str) -> String {
+        match self {
+            Server::Postgres => postgres().url(db),
+            Server::MariaDb => mariadb().url(db),
+        }
+    }
+
+    fn sql(self, db: &str, sql: &str) -> String {
+        match self {
+            Server::Postgres => postgres().sql(db, sql),
+            Server::MariaDb => mariadb().sql(db, sql),
+        }
+    }
+
+    /// The kill test's table (`from`) as one checksum, computed by the server: its row
+    /// count and a digest of every row.
+    fn table_sum(self, db: &str, from: &str) -> String {
+        let sql = match self {
+            Server::Postgres => format!(
                 "SELECT count(*) || ' ' || coalesce(md5(string_agg(concat_ws(':', id, k, label, \
                  batch), ',' ORDER BY batch, id)), '-') FROM {from}"
             ),
-        )
-        .trim()
-        .to_string()
-}
+            Server::MariaDb => format!(
+                "SELECT CONCAT(COUNT(*), ' ', COALESCE(SUM(CRC32(CONCAT_WS(':', id, k, label, \
+                 batch))), 0), ' ', COALESCE(BIT_XOR(CRC32(CONCAT_WS(':', batch, id, label))), \
+                 0)) FROM {from}"
+            ),
+        };
+        self.sql(db, &sql).trim().to_string()
+    }
 
-/// What the table holds after the loads of batches `1..=n`, computed by PostgreSQL from
-/// its own generate_series (not by sluice).
-fn expected_sum(db: &str, n: u64) -> String {
-    table_sum(
-        db,
-        &format!(
-            "(SELECT i AS id, i % 97 AS k, 'row ' || i AS label, b AS batch FROM \
-             generate_series(1, {KILL_ROWS}) i, generate_series(1, {n}) b) AS x"
-        ),
-    )
+    /// What the kill test's table holds after the loads of batches `1..=n`, computed by
+    /// the server from its own number series (not by sluice).
+    fn expected_sum(self, db: &str, n: u64) -> String {
+        let from = match self {
+            Server::Postgres => format!(
+                "(SELECT i AS id, i % 97 AS k, 'row ' || i AS label, b AS batch FROM \
+                 generate_series(1, {KILL_ROWS}) i, generate_series(1, {n}) b) AS x"
+            ),
+            Server::MariaDb => format!(
+                "(SELECT i.seq AS id, i.seq % 97 AS k, CONCAT('row ', i.seq) AS label, b.seq AS \
+                 batch FROM seq_1_to_{KILL_ROWS} i, seq_1_to_{n} b) AS x"
+            ),
+        };
+        self.table_sum(db, &from)
+    }
+
+    /// Whether a load into `db` is sending rows now.
+    fn loading(self, db: &str) -> bool {
+        let sql = match self {
+            Server::Postgres => format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND \
+                 application_name = 'sluice' AND query LIKE 'COPY%'"
+            ),
+            Server::MariaDb => format!(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = '{db}' AND \
+                 INFO LIKE 'LOAD DATA%'"
+            ),
+        };
+        self.sql(db, &sql).trim() != "0"
+    }
 }
 
 /// kill -9 at random moments of a run that appends into PostgreSQL (seeded; one kill is
@@ -435,20 +517,30 @@ fn expected_sum(db: &str, n: u64) -> String {
 /// the new rows once, and a run of the same input again appends nothing.
 #[test]
 fn a_postgres_append_killed_at_random_moments_loads_once() {
+    killed_appends_load_once(Server::Postgres);
+}
+
+/// The kill test of [`a_postgres_append_killed_at_random_moments_loads_once`], on a
+/// MariaDB table loaded with `LOAD DATA LOCAL INFILE`.
+#[test]
+fn a_mariadb_append_killed_at_random_moments_loads_once() {
+    killed_appends_load_once(Server::MariaDb);
+}
+
+fn killed_appends_load_once(server: Server) {
     use rand::{Rng, SeedableRng};
     let seed: u64 = std::env::var("SLUICE_KILL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1414);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let pg = postgres();
-    let db = pg.create_database("sink_kill");
+    let db = server.create_database("sink_kill");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir_all(d.join("queries")).unwrap();
     std::fs::write(
         d.join("sluice.toml"),
-        "name = \"kill\"\n[databases.serving]\nurl = \"${env:PG_URL}\"\n\
+        "name = \"kill\"\n[databases.serving]\nurl = \"${env:DB_URL}\"\n\
          [models.big.sink]\ndatabase = \"serving\"\ntable = \"big\"\nmode = \"append\"\n",
     )
     .unwrap();
@@ -460,12 +552,13 @@ fn a_postgres_append_killed_at_random_moments_loads_once() {
         ),
     )
     .unwrap();
-    let env = vec![("PG_URL".to_string(), pg.url(&db))];
+    let url = server.url(&db);
+    let env = vec![("DB_URL".to_string(), url.clone())];
     let command = |batch: u64| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.args(["run", ".", "--var", &format!("batch={batch}")])
             .current_dir(d)
-            .env("PG_URL", pg.url(&db))
+            .env("DB_URL", &url)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         cmd
@@ -473,29 +566,22 @@ fn a_postgres_append_killed_at_random_moments_loads_once() {
     let started = std::time::Instant::now();
     sluice_env(d, &["run", ".", "--var", "batch=1"], &env).expect(0);
     let full = started.elapsed();
-    let old = table_sum(&db, "big");
-    assert_eq!(old, expected_sum(&db, 1));
-    let new = expected_sum(&db, 2);
+    let old = server.table_sum(&db, "big");
+    assert_eq!(old, server.expected_sum(&db, 1));
+    let new = server.expected_sum(&db, 2);
 
-    let mut copy_kills = 0;
+    let mut load_kills = 0;
     let mut finished = false;
     for attempt in 0..6 {
         let mut child = command(2).spawn().unwrap();
-        let aim_at_copy = attempt == 0 || rng.random_bool(0.3);
-        if aim_at_copy {
-            // Until the COPY is running (or the run ended).
+        let aim_at_load = attempt == 0 || rng.random_bool(0.3);
+        if aim_at_load {
+            // Until the load is sending rows (or the run ended).
             let deadline = std::time::Instant::now() + full * 4;
             while std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
-                let copying = pg.sql(
-                    &db,
-                    &format!(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND \
-                         application_name = 'sluice' AND query LIKE 'COPY%'"
-                    ),
-                );
-                if copying.trim() != "0" {
+                if server.loading(&db) {
                     std::thread::sleep(std::time::Duration::from_millis(rng.random_range(0..200)));
-                    copy_kills += 1;
+                    load_kills += 1;
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(5));
@@ -506,7 +592,7 @@ fn a_postgres_append_killed_at_random_moments_loads_once() {
         }
         let _ = child.kill();
         let status = child.wait().unwrap();
-        let now = table_sum(&db, "big");
+        let now = server.table_sum(&db, "big");
         eprintln!(
             "seed {seed}, attempt {attempt}: {} at {}, table {}",
             if status.success() {
@@ -514,8 +600,8 @@ fn a_postgres_append_killed_at_random_moments_loads_once() {
             } else {
                 "killed"
             },
-            if aim_at_copy {
-                "the COPY"
+            if aim_at_load {
+                "the load"
             } else {
                 "a random moment"
             },
@@ -532,17 +618,17 @@ fn a_postgres_append_killed_at_random_moments_loads_once() {
         }
     }
     assert!(
-        copy_kills > 0,
-        "seed {seed}: no kill hit the COPY (finished: {finished})"
+        load_kills > 0,
+        "seed {seed}: no kill hit the load (finished: {finished})"
     );
     // Resumed to the end: the new rows once.
     sluice_env(d, &["run", ".", "--var", "batch=2"], &env).expect(0);
-    assert_eq!(table_sum(&db, "big"), new, "seed {seed}");
+    assert_eq!(server.table_sum(&db, "big"), new, "seed {seed}");
     // The same input again: nothing appended.
     let (_, again) = run_with_report_env(d, &["--var", "batch=2"], &env, 0);
     assert_eq!(again["models"][0]["status"], "skipped", "{again}");
-    assert_eq!(table_sum(&db, "big"), new, "seed {seed}");
-    let commits = pg.sql(
+    assert_eq!(server.table_sum(&db, "big"), new, "seed {seed}");
+    let commits = server.sql(
         &db,
         "SELECT count(*) FROM _sluice_commits WHERE model = 'big'",
     );

@@ -11,6 +11,7 @@ mod conformance;
 mod database_guards;
 mod database_incremental;
 mod database_sinks;
+mod database_sinks_mariadb;
 mod databases;
 mod drift;
 mod encodings;

@@ -9,8 +9,8 @@ use super::super::values::{
 };
 use super::super::{
     BatchConfig, Check, CheckKind, ConfigError, DEFAULT_FILE_SIZE, DEFAULT_ROWS_PER_FILE,
-    DatabaseConfig, DatabaseKind, DatabaseSinkConfig, Format, IncrementalConfig, KeyBuckets,
-    Materialized, ModelConfig, Severity, SinkConfig, TableWrite, UnitSettings, WriteMode,
+    DatabaseConfig, DatabaseSinkConfig, Format, IncrementalConfig, KeyBuckets, Materialized,
+    ModelConfig, Severity, SinkConfig, TableWrite, UnitSettings, WriteMode,
 };
 use super::Validator;
 
@@ -289,13 +289,6 @@ impl Validator<'_> {
                     "[databases.{database}] has read_only = true, and this sink writes to it: \
                      remove read_only (sources still read in read-only transactions)"
                 ),
-            ));
-        }
-        if db.url.kind == DatabaseKind::Mysql {
-            return Err(self.invalid(
-                key("database"),
-                "loading into MySQL/MariaDB is not built yet (see docs/databases.md, \"Not \
-                 built yet\"); PostgreSQL is",
             ));
         }
         let table = match raw.table.as_deref().map(str::trim) {

@@ -4,6 +4,8 @@
 //! prepared statement, without reading rows), and rows read with the binary protocol.
 
 pub(crate) mod decode;
+pub(crate) mod encode;
+pub(crate) mod sink;
 
 use std::sync::Arc;
 

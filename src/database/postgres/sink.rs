@@ -19,7 +19,6 @@
 //! rather than truncates: readers keep reading the old rows, unblocked, until the commit.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use datafusion::arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use datafusion::execution::SendableRecordBatchStream;
@@ -28,10 +27,8 @@ use futures::{SinkExt, StreamExt};
 use super::copy_encode::{CopyEncoder, Put};
 use super::{Session, connect, quote_ident, server_error};
 use crate::config::{DatabaseSinkConfig, TableWrite};
+use crate::database::sink::{COMMITS, Commit, Loaded, schema_name, table_name};
 use crate::database::{DatabaseError, Pool};
-
-/// The table sluice keeps its commit records in, in the target table's schema.
-pub(crate) const COMMITS: &str = "_sluice_commits";
 
 /// Bytes of COPY data gathered before they are sent.
 const CHUNK: usize = 1 << 20;
@@ -64,15 +61,6 @@ struct Target {
     create: Option<String>,
 }
 
-/// What [`check`] found: the table exists and takes the result, or will be created.
-pub(crate) fn describe_target(exists: bool) -> &'static str {
-    if exists {
-        "exists, compatible"
-    } else {
-        "missing: created by the load"
-    }
-}
-
 /// Checks, before any work, that the result (`schema`) can be loaded into the sink's table:
 /// `Ok(true)` when it exists and takes it, `Ok(false)` when it is missing (the load creates
 /// it); an error saying why not otherwise.
@@ -87,31 +75,6 @@ pub(crate) async fn check(
     Ok(target.create.is_none())
 }
 
-/// Who commits a load, recorded with it in `_sluice_commits`.
-#[derive(Debug, Clone)]
-pub(crate) struct Commit {
-    /// The pipeline's name.
-    pub(crate) pipeline: String,
-    /// The model's name.
-    pub(crate) model: String,
-    /// What this load loads (the same id on a rerun of the same load).
-    pub(crate) commit_id: String,
-    /// The run that loads it.
-    pub(crate) run_id: String,
-}
-
-/// What a load did.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Loaded {
-    /// Rows sent to the table.
-    pub(crate) rows: u64,
-    /// Bytes of COPY data sent.
-    pub(crate) bytes: u64,
-    /// The load was committed before, by this run (a killed attempt) or the run named:
-    /// nothing was sent.
-    pub(crate) already: Option<String>,
-}
-
 /// Loads `rows` (batches of `schema`) into the sink's table in one transaction, with its
 /// commit record; does nothing when the record shows the load was committed already.
 pub(crate) async fn load(
@@ -121,19 +84,9 @@ pub(crate) async fn load(
     commit: &Commit,
     rows: SendableRecordBatchStream,
 ) -> Result<Loaded, DatabaseError> {
-    let _active = crate::database::guard::enter(pool);
-    pool.guard.gate(pool, 0).await?;
     let session = connect(pool).await?;
     super::note_server(pool, session.client()).await;
     let loaded = load_in(pool, &session, sink, schema, commit, rows).await?;
-    let stats = pool.guard.stats();
-    stats.rows_written.fetch_add(
-        loaded.rows * u64::from(loaded.already.is_none()),
-        Ordering::Relaxed,
-    );
-    stats
-        .bytes_written
-        .fetch_add(loaded.bytes, Ordering::Relaxed);
     // Committed or rolled back: outside any transaction, reusable. (On an error the
     // session is dropped, which ends the connection and so rolls the transaction back.)
     session.park().await;
@@ -195,6 +148,7 @@ async fn load_in(
         return Ok(Loaded {
             rows: rows.max(0) as u64,
             bytes: 0,
+            method: "",
             already: Some(row.get(1)),
         });
     }
@@ -349,18 +303,9 @@ async fn load_in(
     Ok(Loaded {
         rows: copied,
         bytes,
+        method: "copy",
         already: None,
     })
-}
-
-/// The table's name without its schema.
-fn table_name(sink: &DatabaseSinkConfig) -> &str {
-    sink.table.rsplit('.').next().unwrap_or(&sink.table)
-}
-
-/// The schema part of the sink's table name, if given.
-fn schema_name(sink: &DatabaseSinkConfig) -> Option<&str> {
-    sink.table.split_once('.').map(|(s, _)| s)
 }
 
 /// Reads the target table's columns and checks the result against them; a missing table's

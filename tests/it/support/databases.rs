@@ -192,6 +192,13 @@ impl Postgres {
 
 impl MariaDb {
     fn start() -> MariaDb {
+        MariaDb::start_own(&[])
+    }
+
+    /// A server of this test's own (not the shared one), with `extra` server options
+    /// (e.g. `--local-infile=0`); stopped when dropped.
+    pub fn start_own(extra: &[&str]) -> MariaDb {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (mariadbd, install, client) = mariadb_bins();
         let dir = data_folder("mariadb");
         let data = dir.join("data");
@@ -217,6 +224,7 @@ impl MariaDb {
                 "--innodb-flush-log-at-trx-commit=0".to_string(),
                 "--max-connections=200".to_string(),
             ];
+            args.extend(extra.iter().cloned());
             if is_root() {
                 args.push(format!("--user={USER}"));
             }
