@@ -363,13 +363,6 @@ fn bad_database_settings_are_refused_naming_key_and_line_never_the_password() {
             "at least 1",
         ),
         (
-            "[databases.app]\nurl = \"mysql://u:hunter2-pw@h/db\"\nmax_replica_lag = \"5m\"\n"
-                .to_string(),
-            "databases.app.max_replica_lag",
-            3,
-            "PostgreSQL only",
-        ),
-        (
             format!("{db}lag_wait = \"5m\"\n"),
             "databases.app.lag_wait",
             3,

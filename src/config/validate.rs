@@ -14,9 +14,9 @@ use super::values::{
     parse_duration, parse_size, resolve_location, valid_name,
 };
 use super::{
-    BoundValue, Compression, ConfigError, CsvOptions, DatabaseConfig, DatabaseKind,
-    DatabaseSourceConfig, DatabaseUrl, Format, Guards, JoinOptions, JoinStrategy, LatencyGuard,
-    OnBadRows, PartitionCol, Pipeline, Relation, Settings, SourceConfig, StoreConfig, UnitSettings,
+    BoundValue, Compression, ConfigError, CsvOptions, DatabaseConfig, DatabaseSourceConfig,
+    DatabaseUrl, Format, Guards, JoinOptions, JoinStrategy, LatencyGuard, OnBadRows, PartitionCol,
+    Pipeline, Relation, Settings, SourceConfig, StoreConfig, UnitSettings,
 };
 
 /// A one-character setting (`delimiter`, `quote`, `escape`): `default` when it is not set.
@@ -395,13 +395,6 @@ impl<'a> Validator<'a> {
             ));
         }
         let max_replica_lag = duration("max_replica_lag", raw.max_replica_lag)?;
-        if max_replica_lag.is_some() && url.kind == DatabaseKind::Mysql {
-            return Err(self.invalid(
-                key("max_replica_lag"),
-                "the replica-lag guard is built for PostgreSQL only so far (see \
-                 docs/databases.md, \"Not built yet\")",
-            ));
-        }
         let lag_wait = duration("lag_wait", raw.lag_wait)?;
         if lag_wait.is_some() && max_replica_lag.is_none() {
             return Err(self.invalid(key("lag_wait"), "applies with max_replica_lag"));

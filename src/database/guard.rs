@@ -184,27 +184,32 @@ impl Guard {
         Ok(())
     }
 
-    /// Before a read or load starts on `client`: waits while the database is a replica
-    /// further behind its primary than `max_replica_lag`, at most `lag_wait`, then fails.
+    /// Before a read starts on `conn`: waits while the database is a replica further
+    /// behind its primary than `max_replica_lag`, at most `lag_wait`, then fails.
     pub(crate) async fn check_lag(
         &self,
         pool: &Pool,
-        client: &tokio_postgres::Client,
+        mut conn: LagConn<'_>,
     ) -> Result<(), DatabaseError> {
         let Some(max) = self.config.max_replica_lag else {
             return Ok(());
         };
         let started = Instant::now();
         loop {
-            let lag = replica_lag(pool, client).await?;
+            let lag = match &mut conn {
+                LagConn::Postgres(client) => pg_lag(pool, client).await?,
+                LagConn::Mysql(conn) => mysql_lag(pool, conn).await?,
+            };
             let Some(lag) = lag else {
                 self.stats.replica.store(1, Ordering::Relaxed);
                 return Ok(());
             };
             self.stats.replica.store(2, Ordering::Relaxed);
-            self.stats
-                .lag_max_ms
-                .fetch_max(lag.as_millis() as u64, Ordering::Relaxed);
+            if lag != UNKNOWN_LAG {
+                self.stats
+                    .lag_max_ms
+                    .fetch_max(lag.as_millis() as u64, Ordering::Relaxed);
+            }
             let waited = started.elapsed();
             if lag <= max {
                 self.stats
@@ -220,7 +225,7 @@ impl Guard {
                     format!(
                         "replica lag {} over max_replica_lag {} after waiting {}: the replica \
                          is too far behind its primary to read from now",
-                        show(lag),
+                        show_lag(lag),
                         show(max),
                         show(waited),
                     ),
@@ -230,7 +235,7 @@ impl Guard {
             tracing::warn!(
                 "database '{}': replica lag {} over max_replica_lag {}: waiting",
                 pool.config.name,
-                show(lag),
+                show_lag(lag),
                 show(max)
             );
             let left = self.config.lag_wait.saturating_sub(waited);
@@ -253,6 +258,25 @@ impl Guard {
     }
 }
 
+/// The connection a read's replica lag is measured on.
+pub(crate) enum LagConn<'a> {
+    Postgres(&'a tokio_postgres::Client),
+    Mysql(&'a mut mysql_async::Conn),
+}
+
+/// The lag of a replica that has replayed nothing yet, or whose replication is stopped:
+/// over any limit.
+const UNKNOWN_LAG: Duration = Duration::MAX;
+
+/// A lag as messages show it.
+fn show_lag(lag: Duration) -> String {
+    if lag == UNKNOWN_LAG {
+        "unknown (the replica has replayed nothing yet, or its replication is stopped)".into()
+    } else {
+        show(lag)
+    }
+}
+
 /// How often the lag is looked at again while it is over the limit.
 const LAG_RECHECK: Duration = Duration::from_secs(2);
 
@@ -266,11 +290,11 @@ fn show(d: Duration) -> String {
     }
 }
 
-/// The database's lag behind its primary; `None` when it is not a replica. A replica that
-/// streams and has replayed everything it received has no lag, however old its last
-/// transaction; one that does not stream (its primary is gone, or the role may not see
+/// A PostgreSQL database's lag behind its primary; `None` when it is not a replica. A
+/// replica that streams and has replayed everything it received has no lag, however old its
+/// last transaction; one that does not stream (its primary is gone, or the role may not see
 /// `pg_stat_wal_receiver`) is measured by its last replayed transaction.
-async fn replica_lag(
+async fn pg_lag(
     pool: &Pool,
     client: &tokio_postgres::Client,
 ) -> Result<Option<Duration>, DatabaseError> {
@@ -289,11 +313,52 @@ async fn replica_lag(
     if !replica {
         return Ok(None);
     }
-    // (No transaction replayed yet: the lag is unknown, taken as over any limit.)
+    // (No transaction replayed yet: the lag is unknown.)
     let secs: Option<f64> = row.get(1);
-    Ok(Some(Duration::from_secs_f64(
-        secs.unwrap_or(f64::MAX / 4.0).clamp(0.0, 1e12),
-    )))
+    Ok(Some(secs.map_or(UNKNOWN_LAG, |s| {
+        Duration::from_secs_f64(s.clamp(0.0, 1e12))
+    })))
+}
+
+/// A MySQL or MariaDB database's lag behind its source, as `SHOW REPLICA STATUS` gives it
+/// (`Seconds_Behind_Source`, or `Seconds_Behind_Master` before MySQL 8.0.22 and on
+/// MariaDB); `None` when it is not a replica. A replica whose replication threads are not
+/// running shows no lag (NULL): the lag is unknown, taken as over any limit.
+async fn mysql_lag(
+    pool: &Pool,
+    conn: &mut mysql_async::Conn,
+) -> Result<Option<Duration>, DatabaseError> {
+    use mysql_async::prelude::Queryable;
+    let doing = "checking the replica lag (SHOW REPLICA STATUS; the user needs the \
+                 REPLICATION CLIENT privilege, or REPLICA MONITOR on MariaDB)";
+    let rows: Vec<mysql_async::Row> = match conn.query("SHOW REPLICA STATUS").await {
+        Ok(rows) => rows,
+        // (A syntax error: a server older than MySQL 8.0.22 or MariaDB 10.5.1.)
+        Err(mysql_async::Error::Server(e)) if e.code == 1064 => conn
+            .query("SHOW SLAVE STATUS")
+            .await
+            .map_err(|e| super::mysql::server_error(pool, &e, doing))?,
+        Err(e) => return Err(super::mysql::server_error(pool, &e, doing)),
+    };
+    let mut lag: Option<Duration> = None;
+    for row in &rows {
+        let columns = row.columns_ref();
+        let at = columns.iter().position(|c| {
+            matches!(
+                c.name_str().as_ref(),
+                "Seconds_Behind_Source" | "Seconds_Behind_Master"
+            )
+        });
+        let secs = at.and_then(|i| match row.as_ref(i) {
+            Some(mysql_async::Value::Int(n)) => u64::try_from(*n).ok(),
+            Some(mysql_async::Value::UInt(n)) => Some(*n),
+            Some(mysql_async::Value::Bytes(b)) => std::str::from_utf8(b).ok()?.parse().ok(),
+            _ => None,
+        });
+        let this = secs.map_or(UNKNOWN_LAG, Duration::from_secs);
+        lag = Some(lag.map_or(this, |l| l.max(this)));
+    }
+    Ok(lag)
 }
 
 /// The latency probe: on a connection of its own (one of the pool's), times the probe

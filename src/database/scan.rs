@@ -29,6 +29,7 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use mysql_async::prelude::Queryable;
 
+use super::guard::LagConn;
 use super::import::{ImportGroup, Role};
 use super::mysql::decode::{RowDecoder, Wire as MyWire};
 use super::postgres::copy_decode::{CopyDecoder, Wire as PgWire};
@@ -546,7 +547,7 @@ impl Worker {
         // (Before the transaction: waiting inside it would hold back the replica's replay.)
         self.pool
             .guard
-            .check_lag(&self.pool, client)
+            .check_lag(&self.pool, LagConn::Postgres(client))
             .await
             .map_err(Self::fail)?;
         let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
@@ -667,6 +668,12 @@ impl Worker {
             self.baseline.done();
             return Ok(());
         };
+        // (Before the transaction, as on PostgreSQL.)
+        self.pool
+            .guard
+            .check_lag(&self.pool, LagConn::Mysql(session.conn()))
+            .await
+            .map_err(Self::fail)?;
         if let Err(e) = session
             .conn()
             .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")

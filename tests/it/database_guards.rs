@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::databases::{PASSWORD, Postgres, postgres};
+use crate::support::databases::{MariaDb, PASSWORD, Postgres, postgres};
 use crate::support::{read_json, sluice_env};
 
 /// A pipeline copying table `t` of the database at `PG_URL` (whose `[databases.app]` has
@@ -163,6 +163,13 @@ fn the_replica_lag_guard_waits_for_a_lagging_replica_then_fails() {
         assert!(Instant::now() < deadline, "the replica did not catch up");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A transaction replayed (the rows above came with the base backup): from now on the
+    // lag is measured, not unknown.
+    primary.sql(&db, "CREATE TABLE tick (x int); INSERT INTO tick VALUES (1);");
+    while replica.sql(&db, "SELECT to_regclass('tick') IS NOT NULL").trim() != "t" {
+        assert!(Instant::now() < deadline, "the replica did not replay");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let dir = pipeline("max_replica_lag = \"1s\"\nlag_wait = \"2s\"");
     let url = replica.url(&db);
     sluice_env(
@@ -215,6 +222,86 @@ fn the_replica_lag_guard_waits_for_a_lagging_replica_then_fails() {
     assert!(d["lag_waited_ms"].as_u64().unwrap() >= 1000, "{report}");
     assert!(d["lag_max_ms"].as_u64().unwrap() >= 1000, "{report}");
     assert_eq!(report["models"][0]["rows_out"], 5001, "{report}");
+}
+
+/// A real MariaDB replica: read while it keeps up; with its SQL thread stopped (the lag is
+/// unknown) the run waits `lag_wait` and fails saying so; with the replica applying the
+/// primary's changes 5 s late (`MASTER_DELAY`), the run waits until it has applied a new
+/// row, then reads it.
+#[test]
+fn the_replica_lag_guard_waits_for_a_lagging_mariadb_replica() {
+    let primary = MariaDb::start_own(&["--log-bin=primary-bin", "--server-id=1"]);
+    let replica = primary.replica();
+    let db = primary.create_database("guard_my_lag");
+    primary.sql(
+        &db,
+        "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT);
+         INSERT INTO t SELECT seq, 'v' FROM seq_1_to_5000;",
+    );
+    let count = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let sql = format!(
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{db}' \
+             AND TABLE_NAME = 't'"
+        );
+        while replica.sql("", &sql).trim() != "1"
+            || replica.sql(&db, "SELECT COUNT(*) FROM t").trim() != want
+        {
+            assert!(Instant::now() < deadline, "the replica did not catch up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    count("5000");
+    let dir = pipeline("max_replica_lag = \"1s\"\nlag_wait = \"2s\"");
+    let url = replica.url(&db);
+    sluice_env(
+        dir.path(),
+        &["run", ".", "--report", "r.json"],
+        &env(url.clone()),
+    )
+    .expect(0);
+    let report = read_json(&dir.path().join("r.json"));
+    assert_eq!(report["databases"][0]["replica"], true, "{report}");
+    assert_eq!(report["models"][0]["rows_out"], 5000, "{report}");
+
+    // The SQL thread stopped: no lag is known, the run waits, then fails.
+    replica.sql("", "STOP SLAVE SQL_THREAD");
+    primary.sql(&db, "INSERT INTO t VALUES (5001, 'late')");
+    let started = Instant::now();
+    let r = sluice_env(dir.path(), &["run", "."], &env(url.clone())).expect(1);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "it did not wait"
+    );
+    assert!(
+        r.stderr.contains("database 'app'")
+            && r.stderr.contains("replica lag unknown")
+            && r.stderr
+                .contains("over max_replica_lag 1.0s after waiting 2.0s"),
+        "{}",
+        r.stderr
+    );
+
+    // Applied 5 s late: a row written on the primary is read once the replica has it.
+    replica.sql(
+        "",
+        "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 5; START SLAVE;",
+    );
+    count("5001");
+    primary.sql(&db, "INSERT INTO t VALUES (5002, 'later')");
+    std::thread::sleep(Duration::from_millis(2500));
+    let text = std::fs::read_to_string(dir.path().join("sluice.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        text.replace("lag_wait = \"2s\"", "lag_wait = \"60s\""),
+    )
+    .unwrap();
+    sluice_env(dir.path(), &["run", ".", "--report", "r.json"], &env(url)).expect(0);
+    let report = read_json(&dir.path().join("r.json"));
+    let d = &report["databases"][0];
+    assert!(d["lag_waited_ms"].as_u64().unwrap() >= 1000, "{report}");
+    assert!(d["lag_max_ms"].as_u64().unwrap() >= 2000, "{report}");
+    assert_eq!(report["models"][0]["rows_out"], 5002, "{report}");
 }
 
 /// The latency gate on MariaDB: a probe that stays slow stops the run past `max_pause`.

@@ -257,6 +257,27 @@ impl MariaDb {
         db
     }
 
+    /// A replica of this server, which must log its changes
+    /// (`start_own(&["--log-bin=primary-bin", "--server-id=1"])`), replicating from the
+    /// primary's current position on (what was there before is not copied); stopped when
+    /// dropped.
+    pub fn replica(&self) -> MariaDb {
+        let replica = MariaDb::start_own(&["--server-id=2"]);
+        let status = self.sql("", "SHOW MASTER STATUS");
+        let mut fields = status.split('\t');
+        let (file, position) = (fields.next().unwrap(), fields.next().unwrap());
+        replica.sql(
+            "",
+            &format!(
+                "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = \
+                 'sluice', MASTER_PASSWORD = '{PASSWORD}', MASTER_LOG_FILE = '{file}', \
+                 MASTER_LOG_POS = {position}, MASTER_USE_GTID = no; START SLAVE;",
+                self.port()
+            ),
+        );
+        replica
+    }
+
     pub fn port(&self) -> u16 {
         self.server.port()
     }
