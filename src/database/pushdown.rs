@@ -184,7 +184,7 @@ fn column(e: &Expr, schema: &Schema, dialect: Dialect) -> Option<(String, DataTy
             let my = meta(super::mysql::MY_TYPE).unwrap_or("");
             match my {
                 "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "decimal"
-                | "numeric" | "date" => Some((quoted, ty)),
+                | "numeric" | "date" | "datetime" | "timestamp" => Some((quoted, ty)),
                 "varchar" | "tinytext" | "text" | "mediumtext" | "longtext"
                     if ty == DataType::Utf8
                         && meta(super::mysql::MY_CHARSET)
@@ -240,8 +240,8 @@ fn literal(v: &ScalarValue, ty: &DataType, equality: bool, dialect: Dialect) -> 
                 .contains(&date.year())
                 .then(|| format!("DATE '{}'", date.format("%Y-%m-%d")))
         }
-        (DataType::Timestamp(_, column_tz), v) if dialect == Dialect::Postgres => {
-            timestamp_literal(v, column_tz.is_some())
+        (DataType::Timestamp(_, column_tz), v) => {
+            timestamp_literal(v, column_tz.is_some(), dialect)
         }
         (DataType::Utf8, ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)))
             if equality && !s.contains('\0') =>
@@ -259,11 +259,14 @@ fn literal(v: &ScalarValue, ty: &DataType, equality: bool, dialect: Dialect) -> 
     }
 }
 
-/// A timestamp literal as PostgreSQL's: `TIMESTAMPTZ '2024-01-02 03:04:05.000001+00'` for an
+/// A timestamp literal: on PostgreSQL `TIMESTAMPTZ '2024-01-02 03:04:05.000001+00'` for an
 /// instant (`zoned`: the column is a `timestamptz`, and the literal must have a time zone
 /// too), `TIMESTAMP '...'` for a local date-time. Only whole microseconds of years 1-9999:
-/// PostgreSQL keeps microseconds, and a value cut to them would move a bound.
-fn timestamp_literal(v: &ScalarValue, zoned: bool) -> Option<String> {
+/// both databases keep microseconds, and a value cut to them would move a bound. On MySQL
+/// `TIMESTAMP '...'` for both a DATETIME (local) and a TIMESTAMP column (an instant, read in
+/// the session's time zone, UTC), the latter only within the years a TIMESTAMP holds
+/// (1970-2037), where the comparison is certainly one of instants.
+fn timestamp_literal(v: &ScalarValue, zoned: bool, dialect: Dialect) -> Option<String> {
     let (micros, tz) = match v {
         ScalarValue::TimestampSecond(Some(s), tz) => (s.checked_mul(1_000_000)?, tz),
         ScalarValue::TimestampMillisecond(Some(ms), tz) => (ms.checked_mul(1000)?, tz),
@@ -280,10 +283,10 @@ fn timestamp_literal(v: &ScalarValue, zoned: bool) -> Option<String> {
         return None;
     }
     let text = at.format("%Y-%m-%d %H:%M:%S%.6f");
-    Some(if zoned {
-        format!("TIMESTAMPTZ '{text}+00'")
-    } else {
-        format!("TIMESTAMP '{text}'")
+    Some(match dialect {
+        Dialect::Postgres if zoned => format!("TIMESTAMPTZ '{text}+00'"),
+        Dialect::Mysql if zoned && !(1970..=2037).contains(&at.year()) => return None,
+        _ => format!("TIMESTAMP '{text}'"),
     })
 }
 
@@ -390,31 +393,69 @@ mod tests {
         assert_eq!(
             timestamp_literal(
                 &ScalarValue::TimestampNanosecond(Some(1_000), utc.clone()),
-                true
+                true,
+                Dialect::Postgres
             )
             .as_deref(),
             Some("TIMESTAMPTZ '1970-01-01 00:00:00.000001+00'")
         );
         assert_eq!(
-            timestamp_literal(&ScalarValue::TimestampMicrosecond(Some(-1), None), false).as_deref(),
+            timestamp_literal(
+                &ScalarValue::TimestampMicrosecond(Some(-1), None),
+                false,
+                Dialect::Postgres
+            )
+            .as_deref(),
             Some("TIMESTAMP '1969-12-31 23:59:59.999999'")
         );
         // A bound between two microseconds would move when cut to them.
         assert_eq!(
             timestamp_literal(
                 &ScalarValue::TimestampNanosecond(Some(1_500), utc.clone()),
-                true
+                true,
+                Dialect::Postgres
             ),
             None
         );
         // An instant against a local date-time (and the other way round) is not the same
         // comparison in PostgreSQL.
         assert_eq!(
-            timestamp_literal(&ScalarValue::TimestampSecond(Some(0), utc), false),
+            timestamp_literal(
+                &ScalarValue::TimestampSecond(Some(0), utc.clone()),
+                false,
+                Dialect::Postgres
+            ),
             None
         );
         assert_eq!(
-            timestamp_literal(&ScalarValue::TimestampSecond(Some(0), None), true),
+            timestamp_literal(
+                &ScalarValue::TimestampSecond(Some(0), None),
+                true,
+                Dialect::Postgres
+            ),
+            None
+        );
+        // MySQL: one literal for both kinds (the session is in UTC); an instant only within
+        // the years a TIMESTAMP column holds.
+        let my = |v: ScalarValue, zoned| timestamp_literal(&v, zoned, Dialect::Mysql);
+        assert_eq!(
+            my(
+                ScalarValue::TimestampSecond(Some(86_400), utc.clone()),
+                true
+            )
+            .as_deref(),
+            Some("TIMESTAMP '1970-01-02 00:00:00.000000'")
+        );
+        assert_eq!(
+            my(ScalarValue::TimestampSecond(Some(-1), None), false).as_deref(),
+            Some("TIMESTAMP '1969-12-31 23:59:59.000000'")
+        );
+        assert_eq!(
+            my(ScalarValue::TimestampSecond(Some(-1), utc.clone()), true),
+            None
+        );
+        assert_eq!(
+            my(ScalarValue::TimestampSecond(Some(2_200_000_000), utc), true),
             None
         );
     }

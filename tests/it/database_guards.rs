@@ -165,8 +165,15 @@ fn the_replica_lag_guard_waits_for_a_lagging_replica_then_fails() {
     }
     // A transaction replayed (the rows above came with the base backup): from now on the
     // lag is measured, not unknown.
-    primary.sql(&db, "CREATE TABLE tick (x int); INSERT INTO tick VALUES (1);");
-    while replica.sql(&db, "SELECT to_regclass('tick') IS NOT NULL").trim() != "t" {
+    primary.sql(
+        &db,
+        "CREATE TABLE tick (x int); INSERT INTO tick VALUES (1);",
+    );
+    while replica
+        .sql(&db, "SELECT to_regclass('tick') IS NOT NULL")
+        .trim()
+        != "t"
+    {
         assert!(Instant::now() < deadline, "the replica did not replay");
         std::thread::sleep(Duration::from_millis(100));
     }

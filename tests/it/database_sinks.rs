@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::support::databases::{PASSWORD, mariadb, postgres};
+use crate::support::databases::{PASSWORD, Server, postgres};
 use crate::support::{Run, run_with_report_env, sluice_env};
 
 /// A pipeline folder: CSV source `sales` (`data/sales.csv`), model `daily` (`sql`) whose
@@ -433,35 +433,14 @@ fn postgres_sinks_refuse_bad_tables_and_failed_models_touch_nothing() {
 /// Rows of the kill test's model per run.
 const KILL_ROWS: u64 = 300_000;
 
-/// A server the kill test loads into.
-#[derive(Clone, Copy)]
-pub(crate) enum Server {
-    Postgres,
-    MariaDb,
+/// What the kill test needs of a server, besides [`Server`]'s basics.
+trait KillTest {
+    fn table_sum(self, db: &str, from: &str) -> String;
+    fn expected_sum(self, db: &str, n: u64) -> String;
+    fn loading(self, db: &str) -> bool;
 }
 
-impl Server {
-    fn create_database(self, prefix: &str) -> String {
-        match self {
-            Server::Postgres => postgres().create_database(prefix),
-            Server::MariaDb => mariadb().create_database(prefix),
-        }
-    }
-
-    fn url(self, db: &str) -> String {
-        match self {
-            Server::Postgres => postgres().url(db),
-            Server::MariaDb => mariadb().url(db),
-        }
-    }
-
-    fn sql(self, db: &str, sql: &str) -> String {
-        match self {
-            Server::Postgres => postgres().sql(db, sql),
-            Server::MariaDb => mariadb().sql(db, sql),
-        }
-    }
-
+impl KillTest for Server {
     /// The kill test's table (`from`) as one checksum, computed by the server: its row
     /// count and a digest of every row.
     fn table_sum(self, db: &str, from: &str) -> String {

@@ -230,7 +230,11 @@ fn mariadb_sinks_refuse_what_they_cannot_load_exactly_and_touch_nothing() {
          CREATE TABLE twokeys (store_id bigint, day date, revenue decimal(12,2), \
            PRIMARY KEY (store_id, day), UNIQUE KEY rev (revenue));
          CREATE TABLE u (k bigint PRIMARY KEY, v text);
-         INSERT INTO u VALUES (1, 'old');",
+         INSERT INTO u VALUES (1, 'old');
+         CREATE TABLE ci (k varchar(10) PRIMARY KEY, v text) COLLATE utf8mb4_general_ci;
+         CREATE TABLE padded (k char(10), v text);
+         CREATE TABLE only_keys (k bigint PRIMARY KEY);
+         INSERT INTO only_keys VALUES (1), (100);",
     );
     let dump = |t: &str| my.sql(&db, &format!("SELECT * FROM {t}"));
     let before = dump("daily");
@@ -273,12 +277,41 @@ fn mariadb_sinks_refuse_what_they_cannot_load_exactly_and_touch_nothing() {
             "SELECT 7 AS k, note AS v FROM sales",
             "0 rows with a NULL in the key (k) and 1 keys on more than one row",
         ),
+        // 'abc' and 'ABC ' are one key under this collation: another row would be updated.
+        (
+            "table = \"ci\"\nmode = \"upsert\"\nkey = [\"k\"]",
+            "SELECT note AS k, note AS v FROM sales",
+            "key column k has collation utf8mb4_general_ci",
+        ),
+        (
+            "table = \"padded\"",
+            "SELECT note AS k, note AS v FROM sales",
+            "column k is char(10), and the result's k is Utf8: values would lose their \
+             trailing spaces",
+        ),
     ] {
         set(keys, sql);
         let r = sluice_env(dir.path(), &["run", "."], &env).expect(1);
         assert!(r.stderr.contains(expected), "{keys}: {}", r.stderr);
     }
     assert_eq!(dump("u"), "1\told\n");
+
+    // An upsert of key columns only: new keys added, the others kept.
+    set(
+        "table = \"only_keys\"\nmode = \"upsert\"\nkey = [\"k\"]",
+        "SELECT DISTINCT store_id AS k FROM sales",
+    );
+    run(dir.path(), &env, 0);
+    let mut want: Vec<i64> = sales(7, 20).iter().map(|s| s.1).collect();
+    want.extend([1, 100]);
+    want.sort();
+    want.dedup();
+    let got: Vec<i64> = my
+        .sql(&db, "SELECT k FROM only_keys ORDER BY k")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(got, want);
 
     // A value the column cannot hold (text longer than a VARCHAR): a warning of the
     // server's, so nothing is loaded.

@@ -1328,7 +1328,8 @@ async fn tpch_tables_imported_from_mariadb_in_ranges_equal_the_originals_under_t
 /// sluice means it, for each filter here, pushed or not: text under the default
 /// case-insensitive collation ('abc' and 'ABC' are equal there, not in sluice) and with
 /// trailing spaces (equal there under PAD SPACE), backslashes, a latin1 column, NULLs,
-/// dates, decimals, unsigned integers, YEAR, lists, with range conditions. A LIMIT ends
+/// dates, decimals, unsigned integers, YEAR, DATETIME and TIMESTAMP, lists, with range
+/// conditions. A LIMIT ends
 /// the read early and the run normally.
 #[test]
 fn filters_pushed_to_mariadb_keep_exactly_the_rows_mariadb_keeps() {
@@ -1339,7 +1340,8 @@ fn filters_pushed_to_mariadb_keep_exactly_the_rows_mariadb_keeps() {
         "CREATE TABLE t (id BIGINT, name VARCHAR(10), day DATE, price DECIMAL(10,2),
            ok TINYINT(1), ratio DOUBLE, code CHAR(3), cased VARCHAR(3), padded VARCHAR(5),
            path VARCHAR(10), l1 VARCHAR(5) CHARACTER SET latin1, u INT UNSIGNED, y YEAR,
-           note TEXT);
+           note TEXT, at DATETIME(6), at0 DATETIME, ts TIMESTAMP(6) NULL);
+         SET time_zone = '+00:00';
          INSERT INTO t SELECT seq,
            CASE WHEN seq % 7 = 0 THEN NULL ELSE CONCAT('n', seq % 13) END,
            CASE WHEN seq % 11 = 0 THEN NULL ELSE DATE '2024-01-01' + INTERVAL (seq % 40) DAY END,
@@ -1353,7 +1355,12 @@ fn filters_pushed_to_mariadb_keep_exactly_the_rows_mariadb_keeps() {
            CASE WHEN seq % 8 = 0 THEN 'CAFÉ' ELSE 'café' END,
            seq % 20,
            2000 + seq % 30,
-           CASE WHEN seq % 9 = 0 THEN 'Note' ELSE 'note' END
+           CASE WHEN seq % 9 = 0 THEN 'Note' ELSE 'note' END,
+           CASE WHEN seq % 23 = 0 THEN NULL ELSE TIMESTAMP '2024-01-01 00:00:00'
+             + INTERVAL seq * 1009 SECOND + INTERVAL seq % 7 MICROSECOND END,
+           TIMESTAMP '2024-01-03 00:00:00' + INTERVAL (CAST(seq AS SIGNED) - 2500) * 7 SECOND,
+           CASE WHEN seq % 29 = 0 THEN NULL ELSE TIMESTAMP '2024-01-01 00:00:00'
+             + INTERVAL seq * 613 SECOND + INTERVAL seq % 5 MICROSECOND END
          FROM seq_1_to_5000;",
     );
     // (sluice's filter, whether it is pushed, MariaDB's predicate meaning what sluice's
@@ -1404,6 +1411,34 @@ fn filters_pushed_to_mariadb_keep_exactly_the_rows_mariadb_keeps() {
         ("u < 3", true, "u < 3"),
         // YEAR compares a literal as a year ('24' is 2024): not pushed.
         ("y = 2024", false, "y = 2024"),
+        // DATETIME: local date-times, to the microsecond.
+        (
+            "at >= TIMESTAMP '2024-02-01 00:00:00' AND at < TIMESTAMP '2024-02-03 00:00:00'",
+            true,
+            "at BETWEEN '2024-02-01 00:00:00' AND '2024-02-02 23:59:59.999999'",
+        ),
+        (
+            "at > TIMESTAMP '2024-01-05 06:10:00.000006' OR at IS NULL",
+            true,
+            "DATE_FORMAT(at, '%Y%m%d%H%i%s%f') > '20240105061000000006' OR at IS NULL",
+        ),
+        // A bound between a DATETIME(0) column's seconds.
+        (
+            "at0 > TIMESTAMP '2024-01-03 00:00:00.5'",
+            true,
+            "at0 >= '2024-01-03 00:00:01'",
+        ),
+        // TIMESTAMP: instants (sluice's session is in UTC), within the years it holds.
+        (
+            "ts < TIMESTAMP '2024-01-20T00:00:00Z'",
+            true,
+            "UNIX_TIMESTAMP(ts) < 1705708800",
+        ),
+        (
+            "ts < TIMESTAMP '2040-01-01T00:00:00Z'",
+            false,
+            "ts IS NOT NULL",
+        ),
     ];
     for (filter, pushed, my_filter) in filters {
         let (dir, env) = my_pipeline(
@@ -1425,7 +1460,9 @@ fn filters_pushed_to_mariadb_keep_exactly_the_rows_mariadb_keeps() {
         let want: Vec<Vec<String>> = my
             .sql(
                 &db,
-                &format!("SELECT id FROM t WHERE {my_filter} ORDER BY id"),
+                &format!(
+                    "SET time_zone = '+00:00'; SELECT id FROM t WHERE {my_filter} ORDER BY id"
+                ),
             )
             .lines()
             .map(|l| vec![l.to_string()])

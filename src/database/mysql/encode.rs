@@ -1,6 +1,6 @@
 //! Arrow batches into what MySQL and MariaDB load: the lines of a `LOAD DATA LOCAL INFILE`
 //! (tab-separated, `\N` for NULL, backslash escapes, binary columns in hexadecimal through
-//! `UNHEX`), or the parameters of a multi-row `INSERT`. Each result column is written as the
+//! `UNHEX`), or the values of a multi-row `INSERT`. Each result column is written as the
 //! type of the table column it goes into ([`Put`], chosen when the load is planned), as the
 //! exact text of its value; a value the column cannot hold is an error naming the column, or
 //! (one out of the column's range) a warning of the server, which fails the load.
@@ -14,7 +14,6 @@ use datafusion::arrow::datatypes::{
     Time64MicrosecondType, TimeUnit, TimestampMicrosecondType, UInt64Type,
 };
 use datafusion::arrow::record_batch::RecordBatch;
-use mysql_async::Value;
 
 /// How a result column's values are written: as the text of the table column's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,26 +157,51 @@ impl<'p> Columns<'p> {
         Ok(())
     }
 
-    /// Appends row `row` to `out` as parameters of an `INSERT`.
-    pub(crate) fn params(
+    /// Appends row `row` to `out` as the values of an `INSERT`: `('text', 12, NULL,
+    /// X'00FF')`, text in quotes with `\\`, `\'` and `\0` escaped (the session's SQL mode
+    /// keeps backslash escapes).
+    pub(crate) fn values(
         &self,
         row: usize,
-        out: &mut Vec<Value>,
+        out: &mut String,
         scratch: &mut String,
-    ) -> Result<usize, String> {
-        let mut bytes = 0;
+    ) -> Result<(), String> {
+        out.push('(');
         for i in 0..self.arrays.len() {
-            let v = match self.cell(i, row, scratch)? {
-                Cell::Null => Value::NULL,
-                Cell::Plain => Value::Bytes(scratch.as_bytes().to_vec()),
-                Cell::Text(b) | Cell::Bytes(b) => Value::Bytes(b.to_vec()),
-            };
-            if let Value::Bytes(b) = &v {
-                bytes += b.len();
+            if i > 0 {
+                out.push_str(", ");
             }
-            out.push(v);
+            match self.cell(i, row, scratch)? {
+                Cell::Null => out.push_str("NULL"),
+                Cell::Plain => {
+                    out.push('\'');
+                    out.push_str(scratch);
+                    out.push('\'');
+                }
+                Cell::Text(t) => {
+                    out.push('\'');
+                    // (A text column's value is UTF-8.)
+                    for c in String::from_utf8_lossy(t).chars() {
+                        match c {
+                            '\\' => out.push_str("\\\\"),
+                            '\'' => out.push_str("\\'"),
+                            '\0' => out.push_str("\\0"),
+                            c => out.push(c),
+                        }
+                    }
+                    out.push('\'');
+                }
+                Cell::Bytes(b) => {
+                    out.push_str("X'");
+                    let mut hexed = Vec::with_capacity(b.len() * 2);
+                    hex(b, &mut hexed);
+                    out.push_str(&String::from_utf8_lossy(&hexed));
+                    out.push('\'');
+                }
+            }
         }
-        Ok(bytes)
+        out.push(')');
+        Ok(())
     }
 
     /// Value `row` of column `i`; numbers and dates are written to `scratch`.
@@ -198,8 +222,10 @@ impl<'p> Columns<'p> {
             Put::Int => write!(scratch, "{}", a.as_primitive::<Int64Type>().value(row)),
             Put::UInt => write!(scratch, "{}", a.as_primitive::<UInt64Type>().value(row)),
             Put::Float => {
-                let v = a.as_primitive::<Float32Type>().value(row);
-                finite(f64::from(v), name)?;
+                // (The value's exact decimal text: its shortest f32 text, read by the server
+                // as a double, can exceed FLT_MAX or round twice.)
+                let v = f64::from(a.as_primitive::<Float32Type>().value(row));
+                finite(v, name)?;
                 write!(scratch, "{v:e}")
             }
             Put::Double => {

@@ -39,11 +39,8 @@ use crate::database::{DatabaseError, Pool};
 /// Bytes of `LOAD DATA` lines gathered before they are sent.
 const CHUNK: usize = 1 << 20;
 
-/// Parameters of one `INSERT` at most (the protocol allows 65 535).
-const INSERT_PARAMS: usize = 60_000;
-
-/// Bytes of values of one `INSERT` at most (under the servers' default `max_allowed_packet`,
-/// 16 MiB on MariaDB, 64 MiB on MySQL).
+/// Bytes of one `INSERT` at most (under the servers' default `max_allowed_packet`, 16 MiB
+/// on MariaDB, 64 MiB on MySQL).
 const INSERT_BYTES: usize = 4 << 20;
 
 /// The temporary table an upsert stages its rows in.
@@ -66,6 +63,8 @@ struct TableColumn {
     has_default: bool,
     auto_increment: bool,
     generated: bool,
+    /// A text column's collation.
+    collation: Option<String>,
 }
 
 /// What the target table is, checked against the result's columns.
@@ -127,10 +126,16 @@ async fn load_in(
     );
     let conn = session.conn();
     // The server's wait for the next part of a `LOAD DATA` file (default 30 s) must not end
-    // a load whose rows come slowly.
-    conn.query_drop("SET SESSION net_read_timeout = 3600")
+    // a load whose rows come slowly; notes (trailing spaces cut off a VARCHAR's value) must
+    // count as warnings, which fail the load.
+    conn.query_drop("SET SESSION net_read_timeout = 3600, SESSION sql_notes = 1")
         .await
         .map_err(|e| server_error(pool, &e, &doing("setting up the session")))?;
+    // A NULL into a TIMESTAMP NOT NULL column is an error, not the current time. (Servers
+    // that have no such session variable behave so already.)
+    let _ = conn
+        .query_drop("SET SESSION explicit_defaults_for_timestamp = 1")
+        .await;
     let has_commits: Option<u8> = conn
         .exec_first(
             "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
@@ -146,8 +151,8 @@ async fn load_in(
              VARCHAR(128) NOT NULL, commit_id VARCHAR(255) NOT NULL, run_id VARCHAR(255) NOT \
              NULL, target VARCHAR(512) NOT NULL, mode VARCHAR(16) NOT NULL, `rows` BIGINT NOT \
              NULL, committed_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), PRIMARY KEY \
-             (pipeline, model, commit_id)) ENGINE=InnoDB CHARACTER SET utf8mb4 COLLATE \
-             utf8mb4_bin"
+             (pipeline, model, commit_id)) ENGINE=InnoDB CHARACTER SET utf8mb4 COLLATE {}",
+            created_collation(pool)
         ))
         .await
         .map_err(|e| server_error(pool, &e, &doing("creating the table of commit records")))?;
@@ -162,8 +167,10 @@ async fn load_in(
         .await
         .map_err(|e| server_error(pool, &e, &doing("reading local_infile")))?;
     let local_files = local_files == Some(1);
+    // (In the table's database: the URL may name another, or none.)
+    let stage = format!("{}.{}", quote_ident(&target.database), quote_ident(STAGE));
     if sink.mode == TableWrite::Upsert {
-        conn.query_drop(format!("DROP TEMPORARY TABLE IF EXISTS {STAGE}"))
+        conn.query_drop(format!("DROP TEMPORARY TABLE IF EXISTS {stage}"))
             .await
             .map_err(|e| server_error(pool, &e, &doing("dropping an old staging table")))?;
     }
@@ -215,12 +222,12 @@ async fn load_in(
         TableWrite::Upsert => {
             // (No index: a key twice is found by the check below, not skipped by the load.)
             conn.query_drop(format!(
-                "CREATE TEMPORARY TABLE {STAGE} ENGINE=InnoDB AS SELECT {columns} FROM {table} \
+                "CREATE TEMPORARY TABLE {stage} ENGINE=InnoDB AS SELECT {columns} FROM {table} \
                  LIMIT 0"
             ))
             .await
             .map_err(|e| server_error(pool, &e, &doing("creating the staging table")))?;
-            STAGE.to_string()
+            stage.clone()
         }
     };
     let sent = if local_files {
@@ -240,8 +247,8 @@ async fn load_in(
         // would be applied in no defined order: both are errors, checked on the staged rows.
         let bad: Option<(i64, i64)> = conn
             .query_first(format!(
-                "SELECT (SELECT COUNT(*) FROM {STAGE} WHERE {nulls}), (SELECT COUNT(*) FROM \
-                 (SELECT 1 FROM {STAGE} GROUP BY {keys} HAVING COUNT(*) > 1) d)",
+                "SELECT (SELECT COUNT(*) FROM {stage} WHERE {nulls}), (SELECT COUNT(*) FROM \
+                 (SELECT 1 FROM {stage} GROUP BY {keys} HAVING COUNT(*) > 1) d)",
                 nulls = key
                     .iter()
                     .map(|k| format!("{k} IS NULL"))
@@ -263,26 +270,33 @@ async fn load_in(
                 false,
             ));
         }
+        // (The staged row's values by its alias: `VALUES(c)` is deprecated on MySQL 8, with
+        // a warning, which would fail the load.)
         let set: Vec<String> = names
             .iter()
             .filter(|n| !sink.key.contains(n))
-            .map(|n| format!("{0} = VALUES({0})", quote_ident(n)))
+            .map(|n| format!("{0} = s.{0}", quote_ident(n)))
             .collect();
         // (With no other column, a key already there is updated to itself.)
         let set = if set.is_empty() {
-            format!("{0} = {0}", key[0])
+            format!("{0} = {table}.{0}", key[0])
         } else {
             set.join(", ")
         };
         conn.query_drop(format!(
-            "INSERT INTO {table} ({columns}) SELECT {columns} FROM {STAGE} ON DUPLICATE KEY \
-             UPDATE {set}"
+            "INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage} AS s ON DUPLICATE \
+             KEY UPDATE {set}"
         ))
         .await
         .map_err(|e| server_error(pool, &e, &doing("upserting the rows")))?;
         if conn.get_warnings() > 0 {
             return Err(warnings(pool, conn, &doing("upserting the rows")).await);
         }
+        // (Before the commit: a temporary table's DROP does not commit, and an error after
+        // the commit would report a load that happened as failed.)
+        conn.query_drop(format!("DROP TEMPORARY TABLE {stage}"))
+            .await
+            .map_err(|e| server_error(pool, &e, &doing("dropping the staging table")))?;
     }
     conn.exec_drop(
         format!(
@@ -304,11 +318,6 @@ async fn load_in(
     conn.query_drop("COMMIT")
         .await
         .map_err(|e| server_error(pool, &e, &doing("committing")))?;
-    if sink.mode == TableWrite::Upsert {
-        conn.query_drop(format!("DROP TEMPORARY TABLE IF EXISTS {STAGE}"))
-            .await
-            .map_err(|e| server_error(pool, &e, &doing("dropping the staging table")))?;
-    }
     Ok(Loaded {
         rows: sent.rows,
         bytes: sent.bytes,
@@ -438,7 +447,10 @@ async fn load_data(
     Ok(sent)
 }
 
-/// Sends `rows` with multi-row `INSERT`s into `into`, for a server with `local_infile` off.
+/// Sends `rows` with multi-row `INSERT`s into `into`, for a server with `local_infile` off:
+/// statements of literal values (the text protocol: no prepared statement of thousands of
+/// placeholders per size left on the server), each under [`INSERT_BYTES`] and half the
+/// server's `max_allowed_packet`.
 async fn insert(
     pool: &Arc<Pool>,
     session: &mut Session,
@@ -449,53 +461,69 @@ async fn insert(
     mut rows: SendableRecordBatchStream,
 ) -> Result<Sent, DatabaseError> {
     let doing = |what: &str| format!("loading table {}: {what}", sink.table);
-    let columns = names
-        .iter()
-        .map(|n| quote_ident(n))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let row_marks = format!("({})", vec!["?"; names.len().max(1)].join(", "));
-    let per_statement = (INSERT_PARAMS / names.len().max(1)).max(1);
-    let mut sent = Sent { rows: 0, bytes: 0 };
-    let (mut params, mut pending_rows, mut pending_bytes) = (Vec::new(), 0usize, 0usize);
-    let mut scratch = String::new();
     let conn = session.conn();
-    let mut flush = async |params: &mut Vec<Value>, n: usize| -> Result<(), DatabaseError> {
-        if n == 0 {
-            return Ok(());
-        }
-        let sql = format!(
-            "INSERT INTO {into} ({columns}) VALUES {}",
-            vec![row_marks.as_str(); n].join(", ")
-        );
-        conn.exec_drop(sql.as_str(), std::mem::take(params))
-            .await
-            .map_err(|e| server_error(pool, &e, &doing("inserting rows")))?;
-        if conn.get_warnings() > 0 {
-            return Err(warnings(pool, conn, &doing("inserting rows")).await);
-        }
-        Ok(())
-    };
-    while let Some(batch) = rows.next().await {
-        let batch = batch
-            .map_err(|e| pool.error(doing(&format!("reading the rows to load: {e}")), false))?;
-        let cols = Columns::new(&batch, puts, names).map_err(|e| pool.error(doing(&e), false))?;
-        for row in 0..cols.rows() {
-            let bytes = cols
-                .params(row, &mut params, &mut scratch)
-                .map_err(|e| pool.error(doing(&e), false))?;
-            pending_rows += 1;
-            pending_bytes += bytes;
-            sent.rows += 1;
-            sent.bytes += bytes as u64;
-            if pending_rows == per_statement || pending_bytes >= INSERT_BYTES {
-                flush(&mut params, pending_rows).await?;
-                (pending_rows, pending_bytes) = (0, 0);
+    let packet: Option<u64> = conn
+        .query_first("SELECT @@max_allowed_packet")
+        .await
+        .map_err(|e| server_error(pool, &e, &doing("reading max_allowed_packet")))?;
+    let limit = packet.map_or(INSERT_BYTES, |p| INSERT_BYTES.min(p as usize / 2));
+    let head = format!(
+        "INSERT INTO {into} ({}) VALUES ",
+        names
+            .iter()
+            .map(|n| quote_ident(n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut sent = Sent { rows: 0, bytes: 0 };
+    let (mut sql, mut scratch, mut pending) = (head.clone(), String::new(), 0usize);
+    loop {
+        let batch = match rows.next().await {
+            Some(batch) => Some(batch.map_err(|e| {
+                pool.error(doing(&format!("reading the rows to load: {e}")), false)
+            })?),
+            None => None,
+        };
+        let columns = match &batch {
+            Some(b) => {
+                Some(Columns::new(b, puts, names).map_err(|e| pool.error(doing(&e), false))?)
+            }
+            None => None,
+        };
+        let n = columns.as_ref().map_or(0, Columns::rows);
+        for row in 0..=n {
+            let last = row == n;
+            if last && columns.is_some() {
+                break;
+            }
+            if !last {
+                if pending > 0 {
+                    sql.push_str(", ");
+                }
+                let before = sql.len();
+                if let Some(c) = &columns {
+                    c.values(row, &mut sql, &mut scratch)
+                        .map_err(|e| pool.error(doing(&e), false))?;
+                }
+                pending += 1;
+                sent.rows += 1;
+                sent.bytes += (sql.len() - before) as u64;
+            }
+            if pending > 0 && (sql.len() >= limit || last) {
+                conn.query_drop(sql.as_str())
+                    .await
+                    .map_err(|e| server_error(pool, &e, &doing("inserting rows")))?;
+                if conn.get_warnings() > 0 {
+                    return Err(warnings(pool, conn, &doing("inserting rows")).await);
+                }
+                sql.truncate(head.len());
+                pending = 0;
             }
         }
+        if columns.is_none() {
+            return Ok(sent);
+        }
     }
-    flush(&mut params, pending_rows).await?;
-    Ok(sent)
 }
 
 /// An error for a statement the server answered with warnings: its first few.
@@ -559,7 +587,8 @@ async fn inspect(
         .await
         .map_err(|e| server_error(pool, &e, &doing("looking it up")))?;
     let Some((kind, engine)) = found else {
-        let create = create_table(&database, name, schema, sink).map_err(refuse)?;
+        let create =
+            create_table(&database, name, schema, sink, created_collation(pool)).map_err(refuse)?;
         let puts = schema
             .fields()
             .iter()
@@ -592,7 +621,7 @@ async fn inspect(
         .exec(
             "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE, \
              DATETIME_PRECISION, IS_NULLABLE, COLUMN_DEFAULT IS NOT NULL, EXTRA, \
-             COALESCE(GENERATION_EXPRESSION, '') <> '' \
+             COALESCE(GENERATION_EXPRESSION, '') <> '', COLLATION_NAME \
              FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
              ORDER BY ORDINAL_POSITION",
             (&database, name),
@@ -615,10 +644,12 @@ async fn inspect(
                 has_default: super::number(r.as_ref(7)) == Some(1)
                     || extra.contains("auto_increment"),
                 auto_increment: extra.contains("auto_increment"),
+                // (Not MySQL 8's DEFAULT_GENERATED: a default that is an expression.)
                 generated: super::number(r.as_ref(9)) == Some(1)
-                    || extra.contains("generated")
                     || extra.contains("virtual")
+                    || extra.contains("stored generated")
                     || extra.contains("persistent"),
+                collation: super::text(r.as_ref(10)),
             }
         })
         .collect();
@@ -653,15 +684,34 @@ async fn inspect(
         }
     }
     if sink.mode == TableWrite::Upsert {
-        let indexes: Vec<(String, String, i64)> = conn
+        let rows: Vec<(String, Option<String>, i64, i64)> = conn
             .exec(
-                "SELECT INDEX_NAME, GROUP_CONCAT(COLUMN_NAME ORDER BY COLUMN_NAME SEPARATOR \
-                 '\\t'), MAX(SUB_PART IS NOT NULL) FROM information_schema.STATISTICS WHERE \
-                 TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 GROUP BY INDEX_NAME",
+                "SELECT INDEX_NAME, GROUP_CONCAT(COLUMN_NAME SEPARATOR '\\t'), \
+                 MAX(SUB_PART IS NOT NULL), SUM(COLUMN_NAME IS NULL) FROM \
+                 information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND \
+                 NON_UNIQUE = 0 GROUP BY INDEX_NAME",
                 (&database, name),
             )
             .await
             .map_err(|e| server_error(pool, &e, &doing("reading its unique indexes")))?;
+        let indexes: Vec<UniqueIndex> = rows
+            .into_iter()
+            .map(|(name, columns, prefix, expressions)| {
+                let mut columns: Vec<String> = columns
+                    .unwrap_or_default()
+                    .split('\t')
+                    .filter(|c| !c.is_empty())
+                    .map(String::from)
+                    .collect();
+                columns.sort();
+                UniqueIndex {
+                    name,
+                    columns,
+                    prefix: prefix > 0,
+                    expressions: expressions > 0,
+                }
+            })
+            .collect();
         upsert_indexes(sink, schema, &columns, &indexes).map_err(refuse)?;
     }
     Ok(Target {
@@ -671,51 +721,93 @@ async fn inspect(
     })
 }
 
-/// An upsert's key must be a unique index of the table, whole columns; and no other unique
-/// index may match a loaded row (`ON DUPLICATE KEY UPDATE` updates the row whichever unique
-/// index it collides on). Another index is safe when it has an `AUTO_INCREMENT` column the
-/// result does not set (a new row gets a new value).
+/// A unique index of the target table, as `information_schema.STATISTICS` shows it.
+#[derive(Debug, Clone)]
+struct UniqueIndex {
+    name: String,
+    /// Its columns, sorted (without its expressions).
+    columns: Vec<String>,
+    /// A column is indexed by a prefix only.
+    prefix: bool,
+    /// A part is an expression (MySQL 8's functional key parts).
+    expressions: bool,
+}
+
+/// An upsert's key must be a unique index of the table, whole columns, compared byte for
+/// byte; and no other unique index may match a loaded row (`ON DUPLICATE KEY UPDATE`
+/// updates the row whichever unique index it collides on). Another index is safe when it
+/// has an `AUTO_INCREMENT` column the result does not set (a new row gets a new value).
 fn upsert_indexes(
     sink: &DatabaseSinkConfig,
     schema: &SchemaRef,
     columns: &[TableColumn],
-    indexes: &[(String, String, i64)],
+    indexes: &[UniqueIndex],
 ) -> Result<(), String> {
     let mut key = sink.key.clone();
     key.sort();
-    let key = key.join("\t");
-    if !indexes
-        .iter()
-        .any(|(_, cols, prefix)| *cols == key && *prefix == 0)
-    {
+    let is_key = |i: &UniqueIndex| i.columns == key && !i.prefix && !i.expressions;
+    if !indexes.iter().any(is_key) {
         return Err(format!(
             "an upsert on ({}) needs a primary key or unique index on exactly those columns \
-             (whole columns, not prefixes), and the table has none",
+             (whole columns, not prefixes or expressions), and the table has none",
             sink.key.join(", ")
         ));
     }
+    for k in &sink.key {
+        if let Some(c) = columns.iter().find(|c| &c.name == k)
+            && let Some(collation) = &c.collation
+            && !exact_collation(collation)
+        {
+            return Err(format!(
+                "key column {k} has collation {collation}, under which keys that differ (in \
+                 case, or by trailing spaces) are the same: the upsert would update another \
+                 row than the result's; give the column a byte-wise collation without padding \
+                 (utf8mb4_nopad_bin on MariaDB, utf8mb4_0900_bin on MySQL 8)"
+            ));
+        }
+    }
     let in_result = |c: &str| schema.fields().iter().any(|f| f.name() == c);
-    for (index, cols, _) in indexes {
-        if *cols == key {
+    for index in indexes {
+        if is_key(index) {
             continue;
         }
-        let safe = cols.split('\t').any(|c| {
+        let safe = index.columns.iter().any(|c| {
             !in_result(c)
                 && columns
                     .iter()
-                    .any(|col| col.name == c && col.auto_increment)
+                    .any(|col| &col.name == c && col.auto_increment)
         });
         if !safe {
             return Err(format!(
-                "it has another unique index, {index} on ({}): ON DUPLICATE KEY UPDATE would \
+                "it has another unique index, {} on ({}{}): ON DUPLICATE KEY UPDATE would \
                  update a row matching it rather than the row of the key ({}); drop that \
                  index, or load with another mode",
-                cols.replace('\t', ", "),
+                index.name,
+                index.columns.join(", "),
+                if index.expressions {
+                    " and expressions"
+                } else {
+                    ""
+                },
                 sink.key.join(", ")
             ));
         }
     }
     Ok(())
+}
+
+/// Whether a collation compares text byte for byte, trailing spaces included.
+fn exact_collation(collation: &str) -> bool {
+    collation == "binary" || collation.ends_with("_nopad_bin") || collation.ends_with("_0900_bin")
+}
+
+/// The collation sluice creates text columns with: byte for byte, without padding.
+fn created_collation(pool: &Pool) -> &'static str {
+    if pool.guard.server().is_some_and(|v| v.contains("MariaDB")) {
+        "utf8mb4_nopad_bin"
+    } else {
+        "utf8mb4_0900_bin"
+    }
 }
 
 /// How each result column goes into the table's column of its name, or why it cannot.
@@ -839,6 +931,9 @@ fn put_of(field: &Field, col: &TableColumn) -> Result<Put, String> {
         }
         "decimal" | "numeric" => {
             let (digits, scale) = match dt {
+                D::Decimal256(p, _) if *p > 38 => {
+                    return Err("more than 38 digits: sluice loads at most 38".into());
+                }
                 D::Decimal128(p, s) | D::Decimal256(p, s) => {
                     (i64::from(*p) - i64::from(*s), i64::from(*s).max(0))
                 }
@@ -871,13 +966,37 @@ fn put_of(field: &Field, col: &TableColumn) -> Result<Put, String> {
         }
         "float" if matches!(dt, D::Float16 | D::Float32) => Put::Float,
         "double" | "real" if matches!(dt, D::Float16 | D::Float32 | D::Float64) => Put::Double,
-        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set"
-        | "json"
-            if is_text =>
-        {
-            Put::Text
+        "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" if is_text => Put::Text,
+        "char" if is_text => {
+            return Err(
+                "values would lose their trailing spaces (CHAR pads them, and drops \
+                        them when read): load into VARCHAR or TEXT"
+                    .into(),
+            );
         }
-        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob"
+        "enum" | "set" if is_text => {
+            return Err(
+                "the server takes some values that are not a label exactly as another \
+                        value (a number as a label's index, another case or trailing spaces as \
+                        the label), without a warning: load into VARCHAR"
+                    .into(),
+            );
+        }
+        "json" if is_text => {
+            return Err(
+                "MySQL rewrites JSON text (spaces, the order of keys, duplicate keys): \
+                        load into TEXT or LONGTEXT"
+                    .into(),
+            );
+        }
+        "binary" if matches!(dt, D::Binary | D::LargeBinary | D::BinaryView) => {
+            return Err(
+                "values would be padded with zero bytes to the column's length: load \
+                        into VARBINARY or BLOB"
+                    .into(),
+            );
+        }
+        "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob"
             if matches!(dt, D::Binary | D::LargeBinary | D::BinaryView) =>
         {
             Put::Bytes
@@ -942,6 +1061,7 @@ fn my_type(dt: &DataType, key: bool) -> Option<String> {
     use DataType as D;
     Some(match dt {
         D::Dictionary(_, v) => return my_type(v, key),
+        D::Null if key => return None,
         D::Utf8 | D::LargeUtf8 | D::Utf8View if key => "VARCHAR(255)".into(),
         D::Null | D::Utf8 | D::LargeUtf8 | D::Utf8View => "LONGTEXT".into(),
         D::Boolean => "BOOLEAN".into(),
@@ -968,34 +1088,44 @@ fn my_type(dt: &DataType, key: bool) -> Option<String> {
         D::Binary | D::LargeBinary | D::BinaryView => "LONGBLOB".into(),
         D::Date32 | D::Date64 => "DATE".into(),
         D::Timestamp(_, None) => "DATETIME(6)".into(),
-        // (NULL DEFAULT NULL: without it, MySQL may give a first TIMESTAMP column
-        // the current time as its default and on every update.)
-        D::Timestamp(_, Some(_)) => "TIMESTAMP(6) NULL DEFAULT NULL".into(),
+        D::Timestamp(_, Some(_)) => "TIMESTAMP(6)".into(),
         D::Time32(_) | D::Time64(_) => "TIME(6)".into(),
         _ => return None,
     })
 }
 
 /// `CREATE TABLE` of the result's columns (an upsert's key its primary key), InnoDB, text
-/// compared byte for byte as sluice compares it.
+/// compared byte for byte as sluice compares it (`collation`).
 fn create_table(
     database: &str,
     table: &str,
     schema: &SchemaRef,
     sink: &DatabaseSinkConfig,
+    collation: &str,
 ) -> Result<String, String> {
     let mut columns = Vec::new();
     for f in schema.fields() {
         let key = sink.key.contains(f.name());
         let ty = my_type(f.data_type(), key).ok_or_else(|| {
             format!(
-                "it is missing, and sluice cannot create column {} of type {}: create the \
+                "it is missing, and sluice cannot create column {} of type {}{}: create the \
                  table yourself",
                 f.name(),
-                f.data_type()
+                f.data_type(),
+                if key { " in a key" } else { "" }
             )
         })?;
-        columns.push(format!("{} {ty}", quote_ident(f.name())));
+        // (A key's columns are NOT NULL in a primary key; other TIMESTAMP columns say NULL
+        // DEFAULT NULL, or MySQL may give a first one the current time as its default and
+        // on every update.)
+        let null = if key {
+            " NOT NULL"
+        } else if ty.starts_with("TIMESTAMP") {
+            " NULL DEFAULT NULL"
+        } else {
+            ""
+        };
+        columns.push(format!("{} {ty}{null}", quote_ident(f.name())));
     }
     if sink.mode == TableWrite::Upsert {
         if let Some(k) = sink
@@ -1012,7 +1142,7 @@ fn create_table(
     }
     Ok(format!(
         "CREATE TABLE IF NOT EXISTS {}.{} ({}) ENGINE=InnoDB CHARACTER SET utf8mb4 COLLATE \
-         utf8mb4_bin",
+         {collation}",
         quote_ident(database),
         quote_ident(table),
         columns.join(", ")
@@ -1035,6 +1165,7 @@ mod tests {
             has_default: false,
             auto_increment: false,
             generated: false,
+            collation: None,
         }
     }
 
@@ -1071,8 +1202,7 @@ mod tests {
             ),
             (D::Int32, decimal(10, 0), Put::Decimal { scale: 0 }),
             (D::Utf8View, col("varchar", "varchar(20)"), Put::Text),
-            (D::Utf8, col("json", "longtext"), Put::Text),
-            (D::Utf8, col("enum", "enum('a','b')"), Put::Text),
+            (D::Utf8, col("longtext", "longtext"), Put::Text),
             (D::Binary, col("blob", "blob"), Put::Bytes),
             (D::Float32, col("double", "double"), Put::Double),
             (D::Date32, col("date", "date"), Put::Date),
@@ -1123,6 +1253,12 @@ mod tests {
                 "rounded",
             ),
             (D::Utf8, col("blob", "blob"), "does not load"),
+            (D::Utf8, col("char", "char(3)"), "trailing spaces"),
+            (D::Utf8, col("enum", "enum('a','b')"), "label"),
+            (D::Utf8, col("set", "set('a','b')"), "label"),
+            (D::Utf8, col("json", "json"), "rewrites JSON"),
+            (D::Binary, col("binary", "binary(4)"), "zero bytes"),
+            (D::Decimal256(50, 2), decimal(60, 2), "more than 38 digits"),
             (D::Date32, col("year", "year(4)"), "does not load"),
         ];
         for (dt, c, why) in refused {
@@ -1181,7 +1317,7 @@ mod tests {
         use datafusion::arrow::datatypes::Schema;
         let schema: SchemaRef = Arc::new(Schema::new(vec![
             Field::new("day", DataType::Date32, true),
-            Field::new("store", DataType::Int64, true),
+            Field::new("store", DataType::Utf8, true),
             Field::new("v", DataType::Int64, true),
         ]));
         let sink = DatabaseSinkConfig {
@@ -1195,19 +1331,59 @@ mod tests {
             auto_increment: true,
             ..col("bigint", "bigint(20)")
         };
-        let idx =
-            |name: &str, cols: &str, prefix: i64| (name.to_string(), cols.to_string(), prefix);
-        let check = |indexes: &[(String, String, i64)]| {
-            upsert_indexes(&sink, &schema, std::slice::from_ref(&id), indexes)
+        let store = |collation: &str| TableColumn {
+            name: "store".into(),
+            collation: Some(collation.into()),
+            ..col("varchar", "varchar(20)")
         };
-        assert!(check(&[idx("PRIMARY", "day\tstore", 0)]).is_ok());
+        let idx = |name: &str, cols: &[&str], prefix: bool, expressions: bool| UniqueIndex {
+            name: name.into(),
+            columns: cols.iter().map(|c| c.to_string()).collect(),
+            prefix,
+            expressions,
+        };
+        let check = |indexes: &[UniqueIndex], collation: &str| {
+            upsert_indexes(&sink, &schema, &[id.clone(), store(collation)], indexes)
+        };
+        let key = || idx("PRIMARY", &["day", "store"], false, false);
+        assert!(check(&[key()], "utf8mb4_nopad_bin").is_ok());
+        assert!(check(&[key()], "utf8mb4_0900_bin").is_ok());
         // An auto-increment id the result does not set cannot collide.
-        assert!(check(&[idx("PRIMARY", "id", 0), idx("k", "day\tstore", 0)]).is_ok());
-        let e = check(&[idx("PRIMARY", "day\tstore", 0), idx("v", "v", 0)]).unwrap_err();
+        let with_id = [
+            idx("PRIMARY", &["id"], false, false),
+            idx("k", &["day", "store"], false, false),
+        ];
+        assert!(check(&with_id, "utf8mb4_nopad_bin").is_ok());
+        let e = check(
+            &[key(), idx("v", &["v"], false, false)],
+            "utf8mb4_nopad_bin",
+        )
+        .unwrap_err();
         assert!(e.contains("another unique index, v on (v)"), "{e}");
-        let e = check(&[idx("k", "day\tstore", 1)]).unwrap_err();
+        // A functional key part: not the key, and unsafe as another index.
+        let e = check(
+            &[idx("k", &["day", "store"], false, true)],
+            "utf8mb4_nopad_bin",
+        )
+        .unwrap_err();
         assert!(e.contains("needs a primary key or unique index"), "{e}");
-        let e = check(&[idx("k", "day", 0)]).unwrap_err();
+        let e = check(&[key(), idx("f", &["v"], false, true)], "utf8mb4_nopad_bin").unwrap_err();
+        assert!(e.contains("f on (v and expressions)"), "{e}");
+        let e = check(
+            &[idx("k", &["day", "store"], true, false)],
+            "utf8mb4_nopad_bin",
+        )
+        .unwrap_err();
         assert!(e.contains("needs a primary key or unique index"), "{e}");
+        let e = check(&[idx("k", &["day"], false, false)], "utf8mb4_nopad_bin").unwrap_err();
+        assert!(e.contains("needs a primary key or unique index"), "{e}");
+        // Keys compared ignoring case or trailing spaces would update another row.
+        for collation in ["utf8mb4_bin", "utf8mb4_general_ci", "latin1_swedish_ci"] {
+            let e = check(&[key()], collation).unwrap_err();
+            assert!(
+                e.contains(&format!("key column store has collation {collation}")),
+                "{e}"
+            );
+        }
     }
 }

@@ -571,6 +571,9 @@ fn put_of(field: &Field, col: &TableColumn) -> Result<Put, String> {
                 (Some((t >> 16) & 0xffff), Some(((t & 0x7ff) ^ 1024) - 1024))
             };
             let (digits, scale) = match dt {
+                D::Decimal256(p, _) if *p > 38 => {
+                    return Err("more than 38 digits: sluice loads at most 38".into());
+                }
                 D::Decimal128(p, s) | D::Decimal256(p, s) => {
                     (i32::from(*p) - i32::from(*s), i32::from(*s).max(0))
                 }
@@ -594,7 +597,14 @@ fn put_of(field: &Field, col: &TableColumn) -> Result<Put, String> {
             }
             Put::Numeric { scale: scale as i8 }
         }
-        "text" | "varchar" | "bpchar" | "name" | "citext" | "json" if is_text => Put::Text,
+        "bpchar" if is_text => {
+            return Err(
+                "values would be padded with spaces to the column's length: load into \
+                        varchar or text"
+                    .into(),
+            );
+        }
+        "text" | "varchar" | "name" | "citext" | "json" if is_text => Put::Text,
         _ if col.typtype == "e" && is_text => Put::Text,
         "jsonb" if is_text => Put::Jsonb,
         "uuid" if is_text => Put::Uuid,

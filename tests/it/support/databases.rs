@@ -38,6 +38,40 @@ pub struct MariaDb {
     client: PathBuf,
 }
 
+/// One of this process's servers, for tests that run on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    Postgres,
+    MariaDb,
+}
+
+impl Server {
+    /// A new empty database; returns its name.
+    pub fn create_database(self, prefix: &str) -> String {
+        match self {
+            Server::Postgres => postgres().create_database(prefix),
+            Server::MariaDb => mariadb().create_database(prefix),
+        }
+    }
+
+    /// The URL of `db` for sluice (with the password).
+    pub fn url(self, db: &str) -> String {
+        match self {
+            Server::Postgres => postgres().url(db),
+            Server::MariaDb => mariadb().url(db),
+        }
+    }
+
+    /// Runs `sql` in `db`; returns the rows printed, `|` between values (psql's way).
+    pub fn sql(self, db: &str, sql: &str) -> String {
+        match self {
+            Server::Postgres => postgres().sql(db, sql),
+            // (The client escapes a tab within a value: each tab left is a separator.)
+            Server::MariaDb => mariadb().sql(db, sql).replace('\t', "|"),
+        }
+    }
+}
+
 /// This process's PostgreSQL server, started on first use.
 pub fn postgres() -> &'static Postgres {
     static PG: OnceLock<Postgres> = OnceLock::new();
