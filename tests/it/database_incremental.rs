@@ -2,23 +2,23 @@
 //! `database = ...`): a nightly run reads its window from the database, not the table, and
 //! applies the late rows inside the window.
 
-use crate::support::databases::postgres;
+use crate::support::databases::{Server, postgres};
 use crate::support::{read_json, sluice_env};
 
-/// What PostgreSQL itself says of the events, per UTC day: `day|count|sum`, leaving out
+/// What the database itself says of the events, per UTC day: `day|count|sum`, leaving out
 /// the row `skip`.
-fn per_day(db: &str, skip: i64) -> Vec<String> {
-    postgres()
-        .sql(
-            db,
-            &format!(
-                "SELECT (at AT TIME ZONE 'UTC')::date, count(*), sum(amount) FROM events \
-                 WHERE id <> {skip} GROUP BY 1 ORDER BY 1"
-            ),
-        )
-        .lines()
-        .map(String::from)
-        .collect()
+fn per_day(server: Server, db: &str, skip: i64) -> Vec<String> {
+    let sql = match server {
+        Server::Postgres => format!(
+            "SELECT (at AT TIME ZONE 'UTC')::date, count(*), sum(amount) FROM events \
+             WHERE id <> {skip} GROUP BY 1 ORDER BY 1"
+        ),
+        Server::MariaDb => format!(
+            "SET time_zone = '+00:00'; SELECT DATE(at), COUNT(*), SUM(amount) FROM events \
+             WHERE id <> {skip} GROUP BY 1 ORDER BY 1"
+        ),
+    };
+    server.sql(db, &sql).lines().map(String::from).collect()
 }
 
 /// A pipeline whose source `ev` is table `events` (event time `at`) of the database at
@@ -61,27 +61,47 @@ fn output(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-/// Ten days of events in PostgreSQL; the first run computes every day. Then a new day, a
+/// Ten days of events in the database; the first run computes every day. Then a new day, a
 /// late row inside the 48-hour window and one beyond it arrive: the second run reads the
 /// database from the window's first day on (the filter is in the SQL sent), computes the
 /// new day and reconciles the touched one, and leaves the day beyond the window as it was.
 #[test]
 fn an_incremental_model_over_postgres_reads_only_its_window() {
-    let pg = postgres();
-    let db = pg.create_database("incr");
-    pg.sql(
+    incremental_reads_only_its_window(Server::Postgres);
+}
+
+/// [`an_incremental_model_over_postgres_reads_only_its_window`] on MariaDB (a `TIMESTAMP`
+/// event time, its filter pushed as a `TIMESTAMP` literal in UTC).
+#[test]
+fn an_incremental_model_over_mariadb_reads_only_its_window() {
+    incremental_reads_only_its_window(Server::MariaDb);
+}
+
+fn incremental_reads_only_its_window(server: Server) {
+    let db = server.create_database("incr");
+    let pg = server == Server::Postgres;
+    server.sql(
         &db,
-        "CREATE TABLE events (id bigserial PRIMARY KEY, at timestamptz NOT NULL, amount int8);
-         INSERT INTO events (at, amount) SELECT timestamptz '2024-01-01 00:00:00+00' + d * \
-           interval '1 day' + i * interval '7 minutes', d * 100 + i \
-           FROM generate_series(0, 9) d, generate_series(0, 49) i;",
+        if pg {
+            "CREATE TABLE events (id bigserial PRIMARY KEY, at timestamptz NOT NULL, amount int8);
+             INSERT INTO events (at, amount) SELECT timestamptz '2024-01-01 00:00:00+00' + d * \
+               interval '1 day' + i * interval '7 minutes', d * 100 + i \
+               FROM generate_series(0, 9) d, generate_series(0, 49) i;"
+        } else {
+            "CREATE TABLE events (id BIGINT AUTO_INCREMENT PRIMARY KEY, at TIMESTAMP(6) NOT NULL, \
+               amount BIGINT);
+             SET time_zone = '+00:00';
+             INSERT INTO events (at, amount) SELECT TIMESTAMP '2024-01-01 00:00:00' + INTERVAL \
+               d.seq DAY + INTERVAL i.seq * 7 MINUTE, d.seq * 100 + i.seq \
+               FROM seq_0_to_9 d, seq_0_to_49 i;"
+        },
     );
     let dir = events_pipeline(
         "[models.daily]\nmaterialized = \"incremental\"\n\
          [models.daily.batches]\nsize = \"day\"\nstart = \"2024-01-01\"\nlate_window = \"48h\"\n",
     );
     let d = dir.path();
-    let env = vec![("PG_URL".to_string(), pg.url(&db))];
+    let env = vec![("PG_URL".to_string(), server.url(&db))];
     let first = sluice_env(
         d,
         &[
@@ -106,28 +126,38 @@ fn an_incremental_model_over_postgres_reads_only_its_window() {
         "{report}"
     );
     // A first run maps the whole table.
+    let select = if pg {
+        "SELECT \"at\" FROM \"events\""
+    } else {
+        "SELECT `at` FROM `events`"
+    };
     assert!(
         first
             .stderr
-            .contains("reading database 'app': SELECT \"at\" FROM \"events\"\n")
-            || first
-                .stderr
-                .lines()
-                .any(|l| l.contains("reading database 'app'")
-                    && l.contains("SELECT \"at\" FROM \"events\"")
-                    && !l.contains("WHERE")),
+            .lines()
+            .any(|l| l.contains("reading database 'app'")
+                && l.contains(select)
+                && !l.contains("WHERE")),
         "{}",
         first.stderr
     );
-    assert_eq!(output(d), per_day(&db, 0));
+    assert_eq!(output(d), per_day(server, &db, 0));
 
     // A new day, a late row inside the window (Jan 10) and one beyond it (Jan 2).
-    pg.sql(
+    server.sql(
         &db,
-        "INSERT INTO events (at, amount) SELECT timestamptz '2024-01-11 00:00:00+00' + i * \
-           interval '9 minutes', 5000 + i FROM generate_series(0, 29) i;
-         INSERT INTO events (at, amount) VALUES ('2024-01-10 23:59:59.999999+00', 7);
-         INSERT INTO events (id, at, amount) VALUES (999999, '2024-01-02 12:00:00+00', 9);",
+        if pg {
+            "INSERT INTO events (at, amount) SELECT timestamptz '2024-01-11 00:00:00+00' + i * \
+               interval '9 minutes', 5000 + i FROM generate_series(0, 29) i;
+             INSERT INTO events (at, amount) VALUES ('2024-01-10 23:59:59.999999+00', 7);
+             INSERT INTO events (id, at, amount) VALUES (999999, '2024-01-02 12:00:00+00', 9);"
+        } else {
+            "SET time_zone = '+00:00';
+             INSERT INTO events (at, amount) SELECT TIMESTAMP '2024-01-11 00:00:00' + INTERVAL \
+               i.seq * 9 MINUTE, 5000 + i.seq FROM seq_0_to_29 i;
+             INSERT INTO events (at, amount) VALUES ('2024-01-10 23:59:59.999999', 7);
+             INSERT INTO events (id, at, amount) VALUES (999999, '2024-01-02 12:00:00', 9);"
+        },
     );
     let second = sluice_env(
         d,
@@ -144,12 +174,16 @@ fn an_incremental_model_over_postgres_reads_only_its_window() {
     )
     .expect(0);
     // The window (Jan 10-11) and the new day, from Jan 9 on: not the table.
+    let from = if pg {
+        "(\"at\" >= TIMESTAMPTZ '2024-01-09 00:00:00.000000+00')"
+    } else {
+        "(`at` >= TIMESTAMP '2024-01-09 00:00:00.000000')"
+    };
     assert!(
         second
             .stderr
             .lines()
-            .any(|l| l.contains("reading database 'app'")
-                && l.contains("(\"at\" >= TIMESTAMPTZ '2024-01-09 00:00:00.000000+00')")),
+            .any(|l| l.contains("reading database 'app'") && l.contains(from)),
         "{}",
         second.stderr
     );
@@ -163,7 +197,7 @@ fn an_incremental_model_over_postgres_reads_only_its_window() {
     assert_eq!(processed, ["2024-01-10", "2024-01-11"], "{report}");
     // Jan 10 has its late row, Jan 11 is new, Jan 2 is as it was (its late row is beyond
     // the window, not read).
-    assert_eq!(output(d), per_day(&db, 999999));
+    assert_eq!(output(d), per_day(server, &db, 999999));
 }
 
 /// A time-batched model (`batches.size`, not incremental) over a database source: one unit
@@ -196,5 +230,5 @@ fn a_time_batched_model_over_postgres_reads_each_day_in_its_unit() {
         "{}",
         run.stderr
     );
-    assert_eq!(output(d), per_day(&db, 0));
+    assert_eq!(output(d), per_day(Server::Postgres, &db, 0));
 }
