@@ -37,6 +37,8 @@ pub(crate) struct Guard {
     /// Readers and loads under way (the probe runs while there are some).
     active: AtomicUsize,
     probe_running: std::sync::Mutex<bool>,
+    /// Since when the probe has been failing to run (a dropped connection), if it is.
+    probe_broken: std::sync::Mutex<Option<Instant>>,
     bucket: std::sync::Mutex<Bucket>,
     stats: Stats,
 }
@@ -123,6 +125,7 @@ impl Guard {
             gate: tokio::sync::watch::Sender::new(Gate::Unknown),
             active: AtomicUsize::new(0),
             probe_running: std::sync::Mutex::new(false),
+            probe_broken: std::sync::Mutex::new(None),
             bucket: std::sync::Mutex::new(bucket),
             stats: Stats::default(),
         }
@@ -401,6 +404,15 @@ async fn probe_while_active(pool: &Arc<Pool>, latency: &crate::config::LatencyGu
     };
     let mut session = match opened {
         Ok(s) => s,
+        Err(e) if e.transient => {
+            broken(
+                pool,
+                latency,
+                &format!("opening its connection: {}", e.message),
+            )
+            .await;
+            return;
+        }
         Err(e) => {
             fail(format!(
                 "opening the latency probe's connection: {}",
@@ -409,6 +421,8 @@ async fn probe_while_active(pool: &Arc<Pool>, latency: &crate::config::LatencyGu
             return;
         }
     };
+    let hold = ProbeHold(Arc::clone(pool));
+    let mut dropped = None;
     while guard.active.load(Ordering::SeqCst) > 0 {
         let started = Instant::now();
         let doing = "running the latency probe";
@@ -454,9 +468,21 @@ async fn probe_while_active(pool: &Arc<Pool>, latency: &crate::config::LatencyGu
             }
         };
         let took = started.elapsed();
-        if let Err(e) = ran {
-            fail(format!("{} (probe `{}`)", e.message, latency.probe));
-            return;
+        match ran {
+            // (A dropped connection, a server restarting: the probe connects again.)
+            Err(e) if e.transient => {
+                dropped = Some(e.message);
+                break;
+            }
+            Err(e) => {
+                fail(format!("{} (probe `{}`)", e.message, latency.probe));
+                return;
+            }
+            Ok(()) => {
+                if let Ok(mut b) = guard.probe_broken.lock() {
+                    *b = None;
+                }
+            }
         }
         guard.stats.probes.fetch_add(1, Ordering::Relaxed);
         guard
@@ -509,6 +535,12 @@ async fn probe_while_active(pool: &Arc<Pool>, latency: &crate::config::LatencyGu
         }
         tokio::time::sleep(latency.interval).await;
     }
+    if let Some(why) = dropped {
+        drop(session);
+        drop(hold);
+        broken(pool, latency, &why).await;
+        return;
+    }
     // Nothing under way: the gate waits for the next probe (a closed one is counted), the
     // connection goes back.
     if let Gate::Closed { since, .. } = guard.gate.borrow().clone() {
@@ -522,6 +554,43 @@ async fn probe_while_active(pool: &Arc<Pool>, latency: &crate::config::LatencyGu
         ProbeSession::Pg(s) => s.park().await,
         ProbeSession::My(s) => s.park().await,
     }
+}
+
+/// The probe's connection holds one of the pool's; handed back (or dropped), reads may
+/// count it again.
+struct ProbeHold(Arc<Pool>);
+
+impl Drop for ProbeHold {
+    fn drop(&mut self) {
+        self.0.probe_released();
+    }
+}
+
+/// The probe could not run (its connection dropped, or could not be opened): reads wait
+/// (the latency is not known) while it connects again, every `probe_interval`; once it has
+/// been failing for `max_pause`, the run fails.
+async fn broken(pool: &Pool, latency: &crate::config::LatencyGuard, why: &str) {
+    let guard = &pool.guard;
+    let since = match guard.probe_broken.lock() {
+        Ok(mut b) => *b.get_or_insert_with(Instant::now),
+        Err(_) => Instant::now(),
+    };
+    if since.elapsed() >= latency.max_pause {
+        guard.gate.send_replace(Gate::Failed(format!(
+            "the latency probe could not run for {} (max_pause): {why} (probe `{}`)",
+            show(since.elapsed()),
+            latency.probe
+        )));
+        return;
+    }
+    tracing::warn!(
+        "database '{}': the latency probe failed ({why}): reads wait while it connects again",
+        pool.config.name
+    );
+    if !matches!(*guard.gate.borrow(), Gate::Closed { .. }) {
+        guard.gate.send_replace(Gate::Unknown);
+    }
+    tokio::time::sleep(latency.interval).await;
 }
 
 /// Closes the gate (if it is not closed already) because a probe started at `started` is

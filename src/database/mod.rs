@@ -28,6 +28,7 @@ pub(crate) mod sink;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::config::DatabaseConfig;
 
@@ -59,6 +60,9 @@ pub(crate) struct Pool {
     pub(crate) guard: guard::Guard,
     state: tokio::sync::Mutex<PoolState>,
     freed: tokio::sync::Notify,
+    /// The latency probe holds a connection (one of the open ones), which reads and loads
+    /// do not count against theirs.
+    probe_holds: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Pool {
@@ -137,6 +141,7 @@ impl Pool {
             config,
             state: tokio::sync::Mutex::new(PoolState::default()),
             freed: tokio::sync::Notify::new(),
+            probe_holds: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -177,15 +182,28 @@ impl Pool {
             freed.as_mut().enable();
             {
                 let mut st = self.state.lock().await;
+                let order = Ordering::SeqCst;
+                // (Reads and loads count the connections open but the probe's: the probe
+                // is kept one of its own, not one more.)
+                let others = match purpose {
+                    Purpose::Work => usize::from(self.probe_holds.load(order)),
+                    Purpose::Probe => 0,
+                };
                 while let Some(s) = S::shelf(&mut st.idle).pop() {
                     if s.usable() {
+                        if purpose == Purpose::Probe {
+                            self.probe_holds.store(true, order);
+                        }
                         return Ok(Lease::Idle(s));
                     }
                     // (Dropped: it counts as open until its connection has ended.)
                 }
-                if st.open < limit {
+                if st.open.saturating_sub(others) < limit {
                     st.open += 1;
                     self.guard.opened(st.open);
+                    if purpose == Purpose::Probe {
+                        self.probe_holds.store(true, order);
+                    }
                     return Ok(Lease::Open);
                 }
             }
@@ -218,11 +236,20 @@ impl Pool {
             Lease::Open => match open().await {
                 Ok(session) => Ok(session),
                 Err(e) => {
+                    if purpose == Purpose::Probe {
+                        self.probe_released();
+                    }
                     self.opened_nothing().await;
                     Err(e)
                 }
             },
         }
+    }
+
+    /// The latency probe is done with its connection (handed back, or dropped).
+    pub(crate) fn probe_released(&self) {
+        self.probe_holds.store(false, Ordering::SeqCst);
+        self.freed.notify_one();
     }
 
     /// The room a [`Lease::Open`] gave was not used (the connection failed).
