@@ -130,11 +130,17 @@ pub(super) fn fingerprint(prepared: &Prepared, opts: &RunOptions) -> String {
 
 /// What one unit reads, as [`unit_inputs`] hashes it: the versions of the source files it
 /// reads (a by-file unit its files, a period unit the files holding rows of its period where
-/// the source was read file by file, other units every file) and of the outputs upstream.
+/// the source was read file by file, other units every file), of the outputs upstream, and
+/// of the database sources it reads.
 #[derive(Serialize)]
 struct UnitInputs<'a> {
     sources: BTreeMap<&'a str, Vec<&'a InputFile>>,
     upstream: &'a BTreeMap<String, Option<(String, Vec<String>)>>,
+    /// Per database source: a period unit's rows of its period (a period's version, as an
+    /// incremental model counts it); for other units, and sources without event time, a
+    /// value no other run has: a database has no version to compare, so such a unit is
+    /// computed again, never kept from a killed run that read an older state.
+    databases: BTreeMap<&'a str, String>,
 }
 
 /// What a model's units read, as they were planned.
@@ -190,8 +196,32 @@ pub(super) async fn unit_inputs(
         }
     }
     let upstream = upstream_versions(cx.engine, cx.pipeline, model, tables).await?;
+    let read_databases: Vec<String> = cx
+        .dag
+        .inputs_of(model)
+        .0
+        .into_iter()
+        .filter(|s| cx.pipeline.database_sources.contains_key(s))
+        .collect();
     let mut out = BTreeMap::new();
     for unit in &plan.units {
+        let databases = read_databases
+            .iter()
+            .map(|source| {
+                let rows = match (&unit.kind, &plan.events) {
+                    (UnitKind::Period { start, .. }, Some(events)) => events
+                        .database
+                        .get(source)
+                        .map(|(_, periods)| periods.get(&events.key(*start)).copied()),
+                    _ => None,
+                };
+                let version = match rows {
+                    Some(rows) => format!("rows {}", rows.unwrap_or(0)),
+                    None => format!("unversioned {}", uuid::Uuid::new_v4()),
+                };
+                (source.as_str(), version)
+            })
+            .collect();
         let mut sources: BTreeMap<&str, Vec<&InputFile>> = files
             .iter()
             .map(|(s, f)| (s.as_str(), f.iter().collect()))
@@ -220,6 +250,7 @@ pub(super) async fn unit_inputs(
         let inputs = UnitInputs {
             sources,
             upstream: &upstream,
+            databases,
         };
         let text = serde_json::to_string(&inputs).unwrap_or_default();
         out.insert(
@@ -236,6 +267,8 @@ pub(super) async fn unit_inputs(
 /// What an incremental model reads that has no event time, as a hash: the versions of the
 /// files of its sources without `event_time` (dimensions) and the published versions of the
 /// tables upstream. When it changes, the periods inside the late window are computed again.
+/// A database source without `event_time` has no version: the hash is new each time, so
+/// every run computes the periods of the window again.
 pub(super) async fn dimension_inputs(
     engine: &Engine,
     pipeline: &crate::config::Pipeline,
@@ -249,6 +282,16 @@ pub(super) async fn dimension_inputs(
             && spec.event_time.is_none()
         {
             files.insert(source, source_files(engine, spec).await?);
+        } else if let Some(spec) = pipeline.database_sources.get(&source)
+            && spec.event_time.is_none()
+        {
+            let unversioned: InputFile = (
+                format!("db:{source}"),
+                0,
+                uuid::Uuid::new_v4().to_string(),
+                None,
+            );
+            files.insert(source, vec![unversioned]);
         }
     }
     // (An incremental model upstream is an event-time input, by its periods.)

@@ -232,3 +232,145 @@ fn a_time_batched_model_over_postgres_reads_each_day_in_its_unit() {
     );
     assert_eq!(output(d), per_day(Server::Postgres, &db, 0));
 }
+
+/// A run that failed after one of its periods was committed is resumed by the same command;
+/// rows of that period changed in between (a late row): the resumed run computes it again
+/// (the period's rows are its version), so the output is what the database holds, and a
+/// later run has nothing left to apply.
+#[test]
+fn a_resumed_run_recomputes_a_committed_period_whose_database_rows_changed() {
+    let pg = postgres();
+    let db = pg.create_database("incr_resume");
+    pg.sql(
+        &db,
+        "CREATE TABLE events (id bigserial PRIMARY KEY, at timestamptz NOT NULL, amount int8);
+         INSERT INTO events (at, amount) SELECT timestamptz '2024-01-01 00:00:00+00' + d * \
+           interval '1 day' + i * interval '7 minutes', d * 100 + i \
+           FROM generate_series(0, 9) d, generate_series(0, 49) i;",
+    );
+    let dir = events_pipeline(
+        "[models.daily]\nmaterialized = \"incremental\"\n\
+         [models.daily.batches]\nsize = \"day\"\nstart = \"2024-01-01\"\nlate_window = \"48h\"\n\
+         retries = 0\n",
+    );
+    let d = dir.path();
+    // A row of amount 666 fails its period's unit.
+    std::fs::write(
+        d.join("queries/daily.sql"),
+        "SELECT CAST(at AS DATE) AS day, COUNT(*) AS n, SUM(CAST(CASE WHEN amount = 666 THEN \
+         'boom' ELSE CAST(amount AS VARCHAR) END AS BIGINT)) AS amount FROM ev GROUP BY 1",
+    )
+    .unwrap();
+    let env = vec![("PG_URL".to_string(), pg.url(&db))];
+    sluice_env(d, &["run", ".", "--as-of", "2024-01-11"], &env).expect(0);
+    pg.sql(
+        &db,
+        "INSERT INTO events (at, amount) VALUES ('2024-01-11 08:00+00', 666), \
+           ('2024-01-11 09:00+00', 5), ('2024-01-10 12:00+00', 1000);",
+    );
+    let failed = sluice_env(d, &["run", ".", "--as-of", "2024-01-12"], &env).expect(1);
+    assert!(failed.stderr.contains("boom"), "{}", failed.stderr);
+    // Jan 10 was committed; its rows change, the poison goes.
+    pg.sql(
+        &db,
+        "DELETE FROM events WHERE amount = 666; \
+         INSERT INTO events (at, amount) VALUES ('2024-01-10 13:00+00', 2000);",
+    );
+    let resumed = sluice_env(d, &["-v", "run", ".", "--as-of", "2024-01-12"], &env).expect(0);
+    assert!(resumed.stderr.contains("resuming"), "{}", resumed.stderr);
+    assert_eq!(output(d), per_day(Server::Postgres, &db, 0));
+    sluice_env(
+        d,
+        &["run", ".", "--as-of", "2024-01-12", "--report", "r.json"],
+        &env,
+    )
+    .expect(0);
+    let report = read_json(&d.join("r.json"));
+    assert_eq!(
+        report["models"][0]["late"]["periods_processed"]
+            .as_array()
+            .map_or(0, Vec::len),
+        0,
+        "{report}"
+    );
+    assert_eq!(output(d), per_day(Server::Postgres, &db, 0));
+}
+
+/// An incremental model joining a database source without `event_time` (a dimension, which
+/// has no version to compare): every run computes the periods inside the late window again
+/// (reason `dimension`), so a change of the dimension reaches them; periods beyond the
+/// window keep what they were computed with.
+#[test]
+fn an_incremental_model_recomputes_its_window_when_it_joins_a_database_dimension() {
+    let pg = postgres();
+    let db = pg.create_database("incr_dim");
+    pg.sql(
+        &db,
+        "CREATE TABLE events (id bigserial PRIMARY KEY, at timestamptz NOT NULL, store int);
+         INSERT INTO events (at, store) SELECT timestamptz '2024-01-01 00:00:00+00' + d * \
+           interval '1 day' + i * interval '7 minutes', i % 3 \
+           FROM generate_series(0, 9) d, generate_series(0, 49) i;
+         CREATE TABLE stores (store int PRIMARY KEY, region text);
+         INSERT INTO stores VALUES (0, 'north'), (1, 'south'), (2, 'east');",
+    );
+    let dir = events_pipeline(
+        "[sources.stores]\ndatabase = \"app\"\ntable = \"stores\"\n\
+         [models.daily]\nmaterialized = \"incremental\"\n\
+         [models.daily.batches]\nsize = \"day\"\nstart = \"2024-01-01\"\nlate_window = \"48h\"\n",
+    );
+    let d = dir.path();
+    std::fs::write(
+        d.join("queries/daily.sql"),
+        "SELECT CAST(e.at AS DATE) AS day, COUNT(*) AS n, \
+         SUM(CASE WHEN s.region = 'west' THEN 1 ELSE 0 END) AS amount \
+         FROM ev e JOIN stores s ON e.store = s.store GROUP BY 1",
+    )
+    .unwrap();
+    let env = vec![("PG_URL".to_string(), pg.url(&db))];
+    sluice_env(d, &["run", ".", "--as-of", "2024-01-11"], &env).expect(0);
+    pg.sql(&db, "UPDATE stores SET region = 'west' WHERE store = 2");
+    sluice_env(
+        d,
+        &[
+            "run",
+            ".",
+            "--as-of",
+            "2024-01-11T06:00:00Z",
+            "--report",
+            "r.json",
+        ],
+        &env,
+    )
+    .expect(0);
+    let report = read_json(&d.join("r.json"));
+    let processed: Vec<(String, String)> = report["models"][0]["late"]["periods_processed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["period"].as_str().unwrap().to_string(),
+                p["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        processed,
+        [
+            ("2024-01-09".to_string(), "dimension".to_string()),
+            ("2024-01-10".to_string(), "dimension".to_string())
+        ],
+        "{report}"
+    );
+    // What PostgreSQL says: days in the window see the new region, the others the old.
+    let west = pg.sql(
+        &db,
+        "SELECT (e.at AT TIME ZONE 'UTC')::date, count(*), sum(CASE WHEN (e.at AT TIME ZONE \
+         'UTC')::date >= DATE '2024-01-09' AND s.region = 'west' THEN 1 ELSE 0 END) FROM \
+         events e JOIN stores s USING (store) GROUP BY 1 ORDER BY 1",
+    );
+    assert_eq!(
+        output(d),
+        west.lines().map(String::from).collect::<Vec<_>>()
+    );
+}
