@@ -206,8 +206,8 @@ pub enum Relation {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum BoundValue {
-    /// A whole number.
-    Int(i64),
+    /// A whole number (of any integer column's range, `BIGINT UNSIGNED` included).
+    Int(i128),
     /// A date or date-time, as text.
     Text(String),
 }

@@ -753,11 +753,19 @@ impl Pipeline {
     ) -> Result<Pipeline, ConfigError> {
         let raw: raw::RawPipeline = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            let mut message = e.message().trim().to_string();
+            if message.contains("value was too large") {
+                // (TOML integers are 64-bit signed: BIGINT UNSIGNED bounds may not be.)
+                message.push_str(
+                    ": TOML whole numbers stop at 9223372036854775807; write a larger one in \
+                     quotes (upper_bound = \"18446744073709551615\")",
+                );
+            }
             ConfigError::Syntax {
                 path: file.to_path_buf(),
                 line,
                 column,
-                message: e.message().trim().to_string(),
+                message,
             }
         })?;
         Validator::new(file, text, root, env).pipeline(raw)

@@ -338,6 +338,30 @@ fn database_sources_are_declared_apart_from_file_sources() {
     assert_eq!(o.partition_column.as_deref(), Some("order_id"));
     assert_eq!(o.partitions, Some(8));
     assert_eq!(o.bounds, Some((BoundValue::Int(1), BoundValue::Int(1000))));
+    // A BIGINT UNSIGNED bound past TOML's whole numbers, in quotes.
+    let load_str =
+        |text: &str| Pipeline::from_toml(text, Path::new("sluice.toml"), dir.path(), &with_env);
+    let big = load_str(
+        "[databases.app]\nurl = \"mysql://u@h/db\"\n[sources.o]\ndatabase = \"app\"\n\
+         table = \"t\"\npartition_column = \"id\"\nlower_bound = \"9223372036854775808\"\n\
+         upper_bound = \"18446744073709551615\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        big.database_sources["o"].bounds,
+        Some((
+            BoundValue::Int(1 << 63),
+            BoundValue::Int(i128::from(u64::MAX))
+        ))
+    );
+    let e = load_str(
+        "[databases.app]\nurl = \"mysql://u@h/db\"\n[sources.o]\ndatabase = \"app\"\n\
+         table = \"t\"\npartition_column = \"id\"\nlower_bound = 1\n\
+         upper_bound = 18446744073709551615\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("write a larger one in quotes"), "{e}");
     assert_eq!(
         p.database_sources["recent"].relation,
         Relation::Query("SELECT * FROM users".into())
@@ -429,6 +453,14 @@ fn bad_database_settings_are_refused_naming_key_and_line_never_the_password() {
             "sources.o.lower_bound",
             7,
             "upper_bound",
+        ),
+        (
+            format!(
+                "{db}[sources.o]\ndatabase = \"app\"\ntable = \"t\"\npartition_column = \"id\"\nlower_bound = 10\nupper_bound = \"2\"\n"
+            ),
+            "sources.o.lower_bound",
+            7,
+            "10 is above upper_bound 2",
         ),
         (
             format!("{db}[sources.o]\nlocation = \"data/\"\nformat = \"csv\"\ntable = \"t\"\n"),

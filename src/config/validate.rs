@@ -522,8 +522,12 @@ impl<'a> Validator<'a> {
             }
         };
         let bound = |k: &str, v: toml::Value| match v {
-            toml::Value::Integer(i) => Ok(BoundValue::Int(i)),
-            toml::Value::String(s) => Ok(BoundValue::Text(s)),
+            toml::Value::Integer(i) => Ok(BoundValue::Int(i128::from(i))),
+            // (A whole number past TOML's, in quotes: a BIGINT UNSIGNED bound.)
+            toml::Value::String(s) => Ok(match s.trim().parse::<i128>() {
+                Ok(i) => BoundValue::Int(i),
+                Err(_) => BoundValue::Text(s),
+            }),
             toml::Value::Datetime(d) => Ok(BoundValue::Text(d.to_string())),
             other => Err(self.invalid(
                 key(k),
@@ -532,7 +536,17 @@ impl<'a> Validator<'a> {
         };
         let bounds = match (raw.lower_bound, raw.upper_bound) {
             (None, None) => None,
-            (Some(lo), Some(hi)) => Some((bound("lower_bound", lo)?, bound("upper_bound", hi)?)),
+            (Some(lo), Some(hi)) => {
+                let (lo, hi) = (bound("lower_bound", lo)?, bound("upper_bound", hi)?);
+                if let (BoundValue::Int(l), BoundValue::Int(h)) = (&lo, &hi)
+                    && l > h
+                {
+                    return Err(
+                        self.invalid(key("lower_bound"), format!("{l} is above upper_bound {h}"))
+                    );
+                }
+                Some((lo, hi))
+            }
             (Some(_), None) => {
                 return Err(self.invalid(key("lower_bound"), "give `upper_bound` too"));
             }

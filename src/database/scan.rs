@@ -321,7 +321,7 @@ impl DatabaseTable {
         }
         let quoted = self.dialect().quote_ident(column);
         let (lo, hi) = match &self.spec.bounds {
-            Some((BoundValue::Int(lo), BoundValue::Int(hi))) => (i128::from(*lo), i128::from(*hi)),
+            Some((BoundValue::Int(lo), BoundValue::Int(hi))) => (*lo, *hi),
             Some(_) => {
                 return Err(self.pool.error(
                     format!(
