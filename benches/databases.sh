@@ -8,8 +8,9 @@
 #
 # Import (PostgreSQL -> Parquet, zstd; 2 threads, 2 connections, ranges of l_orderkey):
 #   - sluice run of a pipeline: [databases.app] max_connections = 2, a source on table lineitem
-#     with partition_column = "l_orderkey" and partitions = 2 (and 8), [settings] threads = 2,
-#     a model SELECT * FROM lineitem written to out/ as Parquet;
+#     read in ranges of its pages (no partition_column: "pages"), or with partition_column =
+#     "l_orderkey" and partitions = 2 (and 8), [settings] threads = 2, a model SELECT * FROM
+#     lineitem written to out/ as Parquet;
 #   - ConnectorX: read_sql("SELECT * FROM lineitem", partition_on="l_orderkey",
 #     partition_num=2, return_type="arrow"), then pyarrow.parquet.write_table (zstd);
 #   - DuckDB 1.5.5 with its postgres extension (the duckdb-extension-postgres wheel, loaded from
@@ -35,15 +36,15 @@
 # extension as postgres.duckdb_extension, and DuckDB derives the entry point from the file
 # name, so databases.py links it as postgres_scanner.duckdb_extension and LOADs that.
 #
-# Environment: RUNS (hyperfine runs per command, default 3), PARTITIONS (sluice's ranges,
-# default "2 8"), SCALE (TPC-H scale, default 1), VENV, SLUICE_PG_BIN (PostgreSQL's bin folder).
+# Environment: RUNS (hyperfine runs per command, default 3), PARTITIONS (sluice's ranges:
+# "pages", or a number of l_orderkey ranges; default "pages 2 8"), SCALE (TPC-H scale, default 1), VENV, SLUICE_PG_BIN (PostgreSQL's bin folder).
 # Prints hyperfine's tables, the checks and a summary; writes them to WORK_DIR/results.md.
 set -euo pipefail
 usage="usage: databases.sh SLUICE_BIN [WORK_DIR]"
 sluice=$(realpath "${1:?$usage}")
 work=$(mkdir -p "${2:-/tmp/sluice-db-bench}" && realpath "${2:-/tmp/sluice-db-bench}")
 RUNS=${RUNS:-3}
-PARTITIONS=${PARTITIONS:-"2 8"}
+PARTITIONS=${PARTITIONS:-"pages 2 8"}
 SCALE=${SCALE:-1}
 VENV=${VENV:-$HOME/.cache/sluice-bench-venv}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -185,11 +186,15 @@ max_connections = 2
 [sources.lineitem]
 database = "app"
 table = "lineitem"
-partition_column = "l_orderkey"
-partitions = $p
 EOF
+    if [ "$p" = pages ]; then
+        # No partition_column: one range of the table's pages (ctid) per connection.
+        names+=("sluice-pages")
+    else
+        printf 'partition_column = "l_orderkey"\npartitions = %s\n' "$p" >>"$d/sluice.toml"
+        names+=("sluice-partitions-$p")
+    fi
     echo "SELECT * FROM lineitem" >"$d/queries/lineitem_pq.sql"
-    names+=("sluice-partitions-$p")
     cmds+=("$sluice -q run $d")
     preps+=("rm -rf $d/out $d/.sluice")
     outs+=("$d/out/lineitem_pq")

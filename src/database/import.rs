@@ -170,9 +170,53 @@ pub(crate) fn int_ranges(column: &str, lo: i128, hi: i128, n: usize) -> Vec<Opti
     out
 }
 
+/// Pages a PostgreSQL table has per range at least before it is read in several: smaller
+/// tables are read at once (8 MiB a range).
+pub(crate) const PAGES_PER_RANGE: i64 = 1024;
+
+/// The conditions that split a PostgreSQL table of `pages` pages into `n` ranges of pages
+/// (`ctid`, read by a TID range scan since PostgreSQL 14: each connection reads its pages,
+/// not the table): the first from the start, the last to the end (pages added since it was
+/// measured included), so every row version is in exactly one. One range (no condition)
+/// for a table under [`PAGES_PER_RANGE`] pages a range.
+pub(crate) fn page_ranges(pages: i64, n: usize) -> Vec<Option<String>> {
+    let n = (n as i64).min(pages / PAGES_PER_RANGE);
+    if n <= 1 {
+        return vec![None];
+    }
+    let stride = (pages + n - 1) / n;
+    let tid = |page: i64| format!("ctid >= '({page},0)'::tid");
+    let below = |page: i64| format!("ctid < '({page},0)'::tid");
+    (0..n)
+        .map(|i| {
+            let (lo, hi) = (i * stride, (i + 1) * stride);
+            Some(match i {
+                0 => below(hi),
+                _ if i == n - 1 => tid(lo),
+                _ => format!("{} AND {}", tid(lo), below(hi)),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_ranges_cover_every_page_once() {
+        assert_eq!(page_ranges(100, 4), vec![None]);
+        assert_eq!(page_ranges(3 * PAGES_PER_RANGE - 1, 8).len(), 2);
+        let r = page_ranges(4000, 3);
+        assert_eq!(
+            r,
+            vec![
+                Some("ctid < '(1334,0)'::tid".to_string()),
+                Some("ctid >= '(1334,0)'::tid AND ctid < '(2668,0)'::tid".to_string()),
+                Some("ctid >= '(2668,0)'::tid".to_string()),
+            ]
+        );
+    }
 
     /// Which range a value falls in, by the conditions' own arithmetic.
     fn range_of(ranges: &[Option<String>], v: Option<i64>) -> Vec<usize> {

@@ -295,7 +295,7 @@ impl DatabaseTable {
     /// The conditions of the ranges a scan reads (one `None`: the whole relation at once).
     async fn ranges(&self) -> Result<Vec<Option<String>>, DatabaseError> {
         let Some(column) = &self.spec.partition_column else {
-            return Ok(vec![None]);
+            return self.page_ranges().await;
         };
         let n = self.spec.partitions.unwrap_or(self.pool.reader_slots());
         let index = self.schema.index_of(column).map_err(|_| {
@@ -367,6 +367,47 @@ impl DatabaseTable {
             }
         };
         Ok(super::import::int_ranges(&quoted, lo, hi, n))
+    }
+}
+
+impl DatabaseTable {
+    /// A PostgreSQL table (14 or later) read without `partition_column`: ranges of its
+    /// pages, one per connection the reads may hold (DuckDB's way; Spark-style ranges of a
+    /// column would each scan the whole table). Other sources: one range.
+    async fn page_ranges(&self) -> Result<Vec<Option<String>>, DatabaseError> {
+        let n = self.pool.reader_slots();
+        if n < 2 || self.dialect() != Dialect::Postgres {
+            return Ok(vec![None]);
+        }
+        let Relation::Table(_) = &self.spec.relation else {
+            return Ok(vec![None]);
+        };
+        let session = postgres::connect(&self.pool).await?;
+        // (A plain table or materialized view: a partitioned one's pages are its
+        // partitions'.)
+        let row = session
+            .client()
+            .query_one(
+                "SELECT current_setting('server_version_num')::int >= 140000 AND c.relkind IN \
+                 ('r', 'm'), pg_relation_size(c.oid) / current_setting('block_size')::int8 \
+                 FROM pg_class c WHERE c.oid = $1::text::regclass",
+                &[&self.relation_sql()],
+            )
+            .await
+            .map_err(|e| {
+                postgres::server_error(
+                    &self.pool,
+                    &e,
+                    &format!("measuring {} to read it in ranges", self.what()),
+                )
+            })?;
+        session.park().await;
+        let (splits, pages): (bool, i64) = (row.get(0), row.get(1));
+        Ok(if splits {
+            super::import::page_ranges(pages, n)
+        } else {
+            vec![None]
+        })
     }
 }
 

@@ -304,6 +304,86 @@ fn postgres_failures_name_the_database_and_table_never_the_password() {
     crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(0);
 }
 
+/// A table read without `partition_column` is read in ranges of its pages (`ctid`), one
+/// per connection, from one snapshot: with a writer updating rows (which moves them to other
+/// pages) and inserting rows, each in its own transaction, while the import runs, every row
+/// is read once, as of one instant: the writer's inserts and updates up to the same one.
+#[test]
+fn a_postgres_table_is_read_in_page_ranges_from_one_snapshot() {
+    let pg = postgres();
+    let db = pg.create_database("pages");
+    pg.sql(
+        &db,
+        "CREATE TABLE big (id int8 PRIMARY KEY, v text);
+         INSERT INTO big SELECT i, repeat('x', 100) FROM generate_series(1, 300000) i;",
+    );
+    let mut writer = pg
+        .psql()
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "sluice",
+            "-d",
+            &db,
+        ])
+        .env("PGPASSWORD", PASSWORD)
+        .args([
+            "-c",
+            "DO $$ BEGIN FOR i IN 1..2000000 LOOP \
+               UPDATE big SET v = 'u' || i WHERE id = (i::int8 * 7919) % 300000 + 1; \
+               INSERT INTO big VALUES (1000000 + i, 'w'); COMMIT; \
+             END LOOP; END $$;",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (dir, env) = pg_pipeline(&pg.url(&db), "table = \"big\"", "SELECT id, v FROM src");
+    let run = crate::support::sluice_env(dir.path(), &["-v", "run", "."], &env).expect(0);
+    let _ = writer.kill();
+    let _ = writer.wait();
+    let reads: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("reading database 'app'"))
+        .collect();
+    assert!(
+        reads
+            .iter()
+            .any(|l| l.contains("WHERE (ctid < '(") && l.contains("ranges=2")),
+        "{reads:?}"
+    );
+    let out = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::support::query_output(
+            &format!("{}/out/copy/", dir.path().display()),
+            "parquet",
+            &[],
+            "SELECT CAST(count(*) AS VARCHAR) n, CAST(count(DISTINCT id) AS VARCHAR) d,
+               CAST(sum(CASE WHEN id <= 300000 THEN 1 ELSE 0 END) AS VARCHAR) base,
+               CAST(COALESCE(max(CASE WHEN id > 1000000 THEN id - 1000000 END), 0) AS VARCHAR) hi,
+               CAST(sum(CASE WHEN id > 1000000 THEN 1 ELSE 0 END) AS VARCHAR) added,
+               CAST(COALESCE(max(CASE WHEN v LIKE 'u%' THEN CAST(substr(v, 2) AS BIGINT) END),
+                 0) AS VARCHAR) updated FROM t",
+        ));
+    let row = &crate::support::rows(&out, &["n", "d", "base", "hi", "added", "updated"])[0];
+    assert_eq!(row[0], row[1], "a row read twice: {row:?}");
+    assert_eq!(row[2], "300000", "{row:?}");
+    assert_eq!(row[3], row[4], "the ranges saw different instants: {row:?}");
+    assert_eq!(
+        row[3], row[5],
+        "an update and its insert seen apart: {row:?}"
+    );
+    assert!(
+        row[4].parse::<u64>().unwrap() > 0,
+        "the writer had not started: {row:?}"
+    );
+}
+
 /// A source read in ranges of its `partition_column`: 8 ranges over 2 connections (the
 /// server's own session view, sampled through the run, never shows more than 2 of sluice's
 /// client sessions; the server's parallel workers for a query are not connections), every row read once (NULLs and rows outside the bounds too), and all ranges
