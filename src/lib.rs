@@ -19,7 +19,8 @@
 //! - **1 Planning**: [`dag`] (each model's SQL parsed → table references → the DAG,
 //!   `--select`, what a model reads), [`units`] (work units as pure arithmetic).
 //! - **2 Storage and the table format**: [`store`] (locations → object stores),
-//!   [`database`] (database sources: pools under a cap, read-only sessions, bulk reads),
+//!   [`database`] (database sources and sinks: pools under a cap, read-only sessions, bulk
+//!   reads, loads in one transaction),
 //!   [`table`] (the output format: `_MANIFEST`, the commit protocol, Hive folders, a
 //!   version's files as a read-only store).
 //! - **3 Engine**: [`join`] (the grace hash join), [`quarantine`] (the scan that sets bad
