@@ -207,6 +207,32 @@ fn a_mariadb_table_takes_every_type_exactly_by_load_data_and_by_insert() {
         let mut got: Vec<String> = server.sql(&db, print).lines().map(String::from).collect();
         got.sort();
         assert_eq!(got, expected(&rows), "{how}");
+
+        // More rows than one statement takes (4 MiB): every row once, as the server's own
+        // series says (labels with a quote and a backslash, which the INSERT escapes).
+        server.sql(&db, "DROP TABLE typed");
+        std::fs::write(
+            dir.path().join("queries/typed.sql"),
+            r"SELECT value AS id, concat('it''s \ ', value) AS label FROM generate_series(1, 250000)",
+        )
+        .unwrap();
+        let (_, report) = run(dir.path(), &env, 0);
+        assert_eq!(
+            report["models"][0]["loaded"]["rows"], 250000,
+            "{how}: {report}"
+        );
+        let want = server.sql(
+            &db,
+            r"SELECT COUNT(*), SUM(seq), SUM(CRC32(CONCAT('it''s \\ ', seq))) FROM seq_1_to_250000",
+        );
+        assert_eq!(
+            server.sql(
+                &db,
+                "SELECT COUNT(*), SUM(id), SUM(CRC32(label)) FROM typed"
+            ),
+            want,
+            "{how}"
+        );
     }
 }
 
