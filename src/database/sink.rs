@@ -106,3 +106,81 @@ pub(crate) fn table_name(sink: &DatabaseSinkConfig) -> &str {
 pub(crate) fn schema_name(sink: &DatabaseSinkConfig) -> Option<&str> {
     sink.table.split_once('.').map(|(s, _)| s)
 }
+
+/// A target table's column, as the check of a result against the table sees it (each
+/// database's sink describes its own columns so).
+pub(crate) trait TargetColumn {
+    /// Its name.
+    fn name(&self) -> &str;
+    /// Its type as the catalog shows it, for messages: `numeric(12,2)`, `int(11)`.
+    fn shown(&self) -> &str;
+    /// A generated column, which cannot be loaded.
+    fn generated(&self) -> bool;
+    /// NOT NULL without a default: a result must have it.
+    fn required(&self) -> bool;
+}
+
+/// How each result column goes into the table's column of its name (`put_of`: how values
+/// of a field go into a column, or why they cannot), or why the table cannot take the
+/// result: a column it lacks, a generated one, a pair of types, a required one the result
+/// lacks.
+pub(crate) fn match_columns<C: TargetColumn, P>(
+    schema: &SchemaRef,
+    columns: &[C],
+    put_of: impl Fn(&datafusion::arrow::datatypes::Field, &C) -> Result<P, String>,
+) -> Result<Vec<P>, String> {
+    let mut puts = Vec::new();
+    for field in schema.fields() {
+        let Some(col) = columns.iter().find(|c| c.name() == field.name()) else {
+            return Err(format!(
+                "has no column {:?}, which the result has (its columns: {})",
+                field.name(),
+                columns
+                    .iter()
+                    .map(|c| c.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        };
+        if col.generated() {
+            return Err(format!(
+                "column {} is generated: it cannot be loaded",
+                col.name()
+            ));
+        }
+        let put = put_of(field, col).map_err(|why| {
+            format!(
+                "column {} is {}, and the result's {} is {}: {why}",
+                col.name(),
+                col.shown(),
+                field.name(),
+                field.data_type()
+            )
+        })?;
+        puts.push(put);
+    }
+    if let Some(col) = columns
+        .iter()
+        .find(|c| c.required() && !schema.fields().iter().any(|f| f.name() == c.name()))
+    {
+        return Err(format!(
+            "column {} is NOT NULL without a default, and the result has no column {0}",
+            col.name()
+        ));
+    }
+    Ok(puts)
+}
+
+/// An upsert's key columns must be columns of the result.
+pub(crate) fn key_in_result(sink: &DatabaseSinkConfig, schema: &SchemaRef) -> Result<(), String> {
+    match sink
+        .key
+        .iter()
+        .find(|k| !schema.fields().iter().any(|f| f.name() == *k))
+    {
+        Some(k) => Err(format!(
+            "the upsert key {k:?} is not a column of the result"
+        )),
+        None => Ok(()),
+    }
+}

@@ -27,7 +27,9 @@ use futures::{SinkExt, StreamExt};
 use super::copy_encode::{CopyEncoder, Put};
 use super::{Session, connect, quote_ident, server_error};
 use crate::config::{DatabaseSinkConfig, TableWrite};
-use crate::database::sink::{COMMITS, Commit, Loaded, schema_name, table_name};
+use crate::database::sink::{
+    COMMITS, Commit, Loaded, key_in_result, match_columns, schema_name, table_name,
+};
 use crate::database::{DatabaseError, Pool};
 
 /// Bytes of COPY data gathered before they are sent.
@@ -401,16 +403,8 @@ async fn inspect(
             generated: r.get(7),
         })
         .collect();
-    let puts = compatible(schema, &columns).map_err(refuse)?;
-    if let Some(k) = sink
-        .key
-        .iter()
-        .find(|k| !schema.fields().iter().any(|f| f.name() == *k))
-    {
-        return Err(refuse(format!(
-            "the upsert key {k:?} is not a column of the result"
-        )));
-    }
+    let puts = match_columns(schema, &columns, put_of).map_err(refuse)?;
+    key_in_result(sink, schema).map_err(refuse)?;
     if sink.mode == TableWrite::Overwrite {
         // Overwrite deletes every row: a foreign key of another table would cascade the
         // deletion into it (or refuse it), whatever rows come back.
@@ -463,47 +457,19 @@ async fn inspect(
     })
 }
 
-/// How each result column goes into the table's column of its name, or why it cannot.
-fn compatible(schema: &SchemaRef, columns: &[TableColumn]) -> Result<Vec<Put>, String> {
-    let mut puts = Vec::new();
-    for field in schema.fields() {
-        let Some(col) = columns.iter().find(|c| &c.name == field.name()) else {
-            return Err(format!(
-                "has no column {:?}, which the result has (its columns: {})",
-                field.name(),
-                columns
-                    .iter()
-                    .map(|c| c.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        };
-        if col.generated {
-            return Err(format!(
-                "column {} is generated: it cannot be loaded",
-                col.name
-            ));
-        }
-        let put = put_of(field, col).map_err(|why| {
-            format!(
-                "column {} is {}, and the result's {} is {}: {why}",
-                col.name,
-                col.shown,
-                field.name(),
-                field.data_type()
-            )
-        })?;
-        puts.push(put);
+impl crate::database::sink::TargetColumn for TableColumn {
+    fn name(&self) -> &str {
+        &self.name
     }
-    if let Some(col) = columns.iter().find(|c| {
-        c.not_null && !c.has_default && !schema.fields().iter().any(|f| f.name() == &c.name)
-    }) {
-        return Err(format!(
-            "column {} is NOT NULL without a default, and the result has no column {0}",
-            col.name
-        ));
+    fn shown(&self) -> &str {
+        &self.shown
     }
-    Ok(puts)
+    fn generated(&self) -> bool {
+        self.generated
+    }
+    fn required(&self) -> bool {
+        self.not_null && !self.has_default
+    }
 }
 
 /// How values of `field` are written into `col`, if exactly.
@@ -712,15 +678,7 @@ fn create_table(
         columns.push(format!("{} {ty}", quote_ident(f.name())));
     }
     if sink.mode == TableWrite::Upsert {
-        if let Some(k) = sink
-            .key
-            .iter()
-            .find(|k| !schema.fields().iter().any(|f| f.name() == *k))
-        {
-            return Err(format!(
-                "the upsert key {k:?} is not a column of the result"
-            ));
-        }
+        key_in_result(sink, schema)?;
         let key: Vec<String> = sink.key.iter().map(|k| quote_ident(k)).collect();
         columns.push(format!("PRIMARY KEY ({})", key.join(", ")));
     }
