@@ -247,6 +247,9 @@ impl MariaDb {
         check(&init.output().unwrap(), "mariadb-install-db");
         let socket = dir.join("sock");
         let sock = socket.clone();
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        hand_over(&tmp);
         let command = move |port: u16| {
             let mut args = vec![
                 "--no-defaults".to_string(),
@@ -254,6 +257,9 @@ impl MariaDb {
                 format!("--port={port}"),
                 "--bind-address=127.0.0.1".to_string(),
                 format!("--socket={}", sock.display()),
+                // (Its own temporary files in its own folder: a shared /tmp cleaned by
+                // others lost one under a running query.)
+                format!("--tmpdir={}", tmp.display()),
                 "--skip-log-bin".to_string(),
                 "--innodb-flush-log-at-trx-commit=0".to_string(),
                 "--max-connections=200".to_string(),
