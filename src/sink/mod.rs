@@ -584,7 +584,7 @@ async fn run_lane(
             let mut rest = batch;
             while rest.num_rows() > 0 {
                 if current.is_none() {
-                    current = Some(open_file(&shared, &partition)?);
+                    current = Some(open_file(&shared, &partition, &rest)?);
                 }
                 let Some((w, _, key)) = current.as_mut() else {
                     break 'batches;
@@ -639,11 +639,12 @@ async fn run_lane(
     result.map(|()| files)
 }
 
-/// Starts the lane's next file in `partition`: its writer, its path relative to the output
-/// folder, and its staging key.
+/// Starts the lane's next file in `partition`, whose first rows are `first`: its writer, its
+/// path relative to the output folder, and its staging key.
 fn open_file(
     shared: &LaneShared,
     partition: &str,
+    first: &RecordBatch,
 ) -> Result<(FileWriter, String, object_store::path::Path), SinkError> {
     let n = shared.seq.fetch_add(1, Ordering::SeqCst);
     let name = format!(
@@ -666,6 +667,7 @@ fn open_file(
         key.clone(),
         shared.format,
         Arc::clone(&shared.schema),
+        Some(first),
     )
     .map_err(|e| write_err(shared, &key, e))?;
     Ok((w, rel, key))

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::Array;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::json::writer::{
     Encoder, EncoderFactory, EncoderOptions, LineDelimited, NullableEncoder,
@@ -16,7 +16,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::parquet::arrow::{ArrowSchemaConverter, AsyncArrowWriter};
 use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::file::properties::{DEFAULT_DICTIONARY_PAGE_SIZE_LIMIT, WriterProperties};
+use datafusion::parquet::schema::types::ColumnPath;
 use object_store::ObjectStore;
 use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
@@ -27,6 +28,48 @@ use crate::config::Format;
 /// Rows in one Parquet row group: small enough that a writer's buffer stays modest with many
 /// partitions open, large enough for good compression and pruning.
 pub(crate) const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Distinct values a column may have in one row group and stay dictionary-encoded. Past
+/// that, the writer falls back to plain encoding for the rest of the row group. Parquet's
+/// default limit (1 MB of dictionary) would keep nearly every value of a high-cardinality
+/// integer column (keys, amounts, timestamps) in a dictionary that saves nothing, hashing each
+/// value on the way (a fifth of the CPU time of a database import); an eighth of the row
+/// group is about where a dictionary stops paying for itself.
+const DICTIONARY_VALUES: usize = ROW_GROUP_ROWS / 8;
+
+/// The dictionary page size (bytes of distinct values, as parquet counts them) at which the
+/// column `field` falls back to plain encoding: [`DICTIONARY_VALUES`] values of its width,
+/// for text and binary the average length of its values in `first` (the file's first rows)
+/// plus 4, never above parquet's default. `None`: parquet's default (nested types, views).
+fn dictionary_limit(field: &Field, first: Option<&ArrayRef>) -> Option<usize> {
+    use DataType::*;
+    let width = match field.data_type() {
+        Int8 | Int16 | Int32 | UInt8 | UInt16 | UInt32 | Float32 | Date32 | Time32(_) => 4,
+        Int64 | UInt64 | Float64 | Date64 | Time64(_) | Timestamp(..) | Duration(_) => 8,
+        Decimal32(p, _) | Decimal64(p, _) | Decimal128(p, _) | Decimal256(p, _) => match p {
+            0..=9 => 4,
+            10..=18 => 8,
+            // FIXED_LEN_BYTE_ARRAY: about the bytes that hold 10^precision.
+            p => usize::from(*p) * 10 / 24 + 1,
+        },
+        Utf8 | Binary | LargeUtf8 | LargeBinary => {
+            let values = first.filter(|v| v.data_type() == field.data_type())?;
+            let bytes = match values.data_type() {
+                Utf8 => values.as_string::<i32>().values().len(),
+                LargeUtf8 => values.as_string::<i64>().values().len(),
+                Binary => values.as_binary::<i32>().values().len(),
+                _ => values.as_binary::<i64>().values().len(),
+            };
+            let count = values.len() - values.null_count();
+            if count == 0 {
+                return None;
+            }
+            4 + bytes / count
+        }
+        _ => return None,
+    };
+    Some((DICTIONARY_VALUES * width).min(DEFAULT_DICTIONARY_PAGE_SIZE_LIMIT))
+}
 
 /// An error while encoding or uploading one file.
 #[derive(Debug)]
@@ -76,20 +119,31 @@ enum Inner {
 }
 
 impl FileWriter {
-    /// Starts a file at `path` in `store`.
+    /// Starts a file at `path` in `store`, for rows of `schema` beginning with `first` (which
+    /// sets how Parquet encodes text: see [`dictionary_limit`]).
     pub(crate) fn create(
         store: Arc<dyn ObjectStore>,
         path: ObjectPath,
         format: Format,
         schema: SchemaRef,
+        first: Option<&RecordBatch>,
     ) -> Result<FileWriter, WriteError> {
         let out = BufWriter::new(store, path);
         let inner = match format {
             Format::Parquet => {
-                let props = WriterProperties::builder()
+                let mut props = WriterProperties::builder()
                     .set_compression(Compression::ZSTD(ZstdLevel::default()))
-                    .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-                    .build();
+                    .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+                for (i, field) in schema.fields().iter().enumerate() {
+                    let column = first.filter(|b| b.num_columns() > i).map(|b| b.column(i));
+                    if let Some(limit) = dictionary_limit(field, column) {
+                        props = props.set_column_dictionary_page_size_limit(
+                            ColumnPath::from(field.name().as_str()),
+                            limit,
+                        );
+                    }
+                }
+                let props = props.build();
                 let leaves = ArrowSchemaConverter::new().convert(&schema)?.num_columns() as u64;
                 Inner::Parquet {
                     w: Box::new(AsyncArrowWriter::try_new(out, schema, Some(props))?),
@@ -600,6 +654,7 @@ mod size_tests {
                     ObjectPath::from("whole"),
                     format,
                     Arc::clone(&schema),
+                    Some(&batch),
                 )
                 .unwrap();
                 assert_eq!(w.write_within(&batch, u64::MAX).await.unwrap(), 50);
@@ -615,6 +670,7 @@ mod size_tests {
                         key.clone(),
                         format,
                         Arc::clone(&schema),
+                        Some(&rest),
                     )
                     .unwrap();
                     let taken = w.write_within(&rest, limit).await.unwrap();
@@ -657,5 +713,61 @@ mod size_tests {
                 }
             }
         }
+    }
+
+    #[tokio::test]
+    async fn high_cardinality_numbers_fall_back_to_plain_encoding_and_read_back() {
+        use datafusion::arrow::array::{Array, Int32Array};
+        use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        use datafusion::parquet::basic::Encoding;
+
+        // One row group: 40,000 ids and names (in parquet's default 1 MB of dictionary, over
+        // an eighth of the row group), days from 100 values.
+        let n = super::ROW_GROUP_ROWS as i64;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("day", DataType::Int32, false),
+            Field::new("name", DataType::Utf8, false),
+        ]));
+        let ids = Int64Array::from_iter_values((0..n).map(|i| i * 7919 % 40_000));
+        let days = Int32Array::from_iter_values((0..n as i32).map(|i| i % 100));
+        let names = StringArray::from_iter_values((0..n).map(|i| format!("n{}", i % 40_000)));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(ids) as ArrayRef,
+                Arc::new(days) as ArrayRef,
+                Arc::new(names) as ArrayRef,
+            ],
+        )
+        .unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let key = ObjectPath::from("f.parquet");
+        let mut w = FileWriter::create(
+            Arc::clone(&store),
+            key.clone(),
+            Format::Parquet,
+            schema,
+            Some(&batch),
+        )
+        .unwrap();
+        assert_eq!(w.write_within(&batch, u64::MAX).await.unwrap(), n as usize);
+        w.finish().await.unwrap();
+        let bytes = store.get(&key).await.unwrap().bytes().await.unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+        let rg = reader.metadata().row_group(0);
+        let plain_pages = |c: usize| {
+            let mask = rg.column(c).page_encoding_stats_mask().unwrap();
+            mask.is_set(Encoding::PLAIN)
+        };
+        // The ids and the names leave their dictionaries after an eighth of the row group;
+        // the days keep theirs.
+        assert!(plain_pages(0), "ids: {:?}", rg.column(0));
+        assert!(!plain_pages(1), "days: {:?}", rg.column(1));
+        assert!(plain_pages(2), "names: {:?}", rg.column(2));
+        let back: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();
+        let back = datafusion::arrow::compute::concat_batches(&back[0].schema(), &back).unwrap();
+        assert_eq!(back, batch);
+        assert_eq!(back.column(0).null_count(), 0);
     }
 }

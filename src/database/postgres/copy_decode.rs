@@ -15,7 +15,7 @@ use bytes::{Buf, BytesMut};
 use datafusion::arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
     Float64Builder, Int16Builder, Int32Builder, Int64Builder, RecordBatch, RecordBatchOptions,
-    StringBuilder, Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
+    StringArray, Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 
@@ -123,7 +123,9 @@ enum Builder {
     F32(Float32Builder),
     F64(Float64Builder),
     Dec(Decimal128Builder, u8, i8),
-    Text(StringBuilder),
+    /// Text, gathered as bytes and checked to be UTF-8 once per batch (one pass over the
+    /// batch's text is much cheaper than one per value).
+    Text(BinaryBuilder),
     Bytes(BinaryBuilder),
     Date(Date32Builder),
     Time(Time64MicrosecondBuilder),
@@ -142,7 +144,7 @@ impl Builder {
             Wire::Numeric { precision, scale } => {
                 Builder::Dec(Decimal128Builder::new(), precision, scale)
             }
-            Wire::Text | Wire::Jsonb | Wire::Uuid => Builder::Text(StringBuilder::new()),
+            Wire::Text | Wire::Jsonb | Wire::Uuid => Builder::Text(BinaryBuilder::new()),
             Wire::Bytes => Builder::Bytes(BinaryBuilder::new()),
             Wire::Date => Builder::Date(Date32Builder::new()),
             Wire::Time => Builder::Time(Time64MicrosecondBuilder::new()),
@@ -188,11 +190,11 @@ impl Builder {
             (Builder::F64(b), _) => b.append_value(f64::from_be_bytes(array(fixed(8)?)?)),
             (Builder::Dec(b, p, s), _) => b.append_value(numeric(v, *p, *s)?),
             (Builder::Text(b), Wire::Jsonb) => match v.split_first() {
-                Some((1, text)) => b.append_value(utf8(text)?),
+                Some((1, text)) => b.append_value(text),
                 _ => return Err("jsonb of an unknown version".into()),
             },
             (Builder::Text(b), Wire::Uuid) => b.append_value(uuid(fixed(16)?)),
-            (Builder::Text(b), _) => b.append_value(utf8(v)?),
+            (Builder::Text(b), _) => b.append_value(v),
             (Builder::Bytes(b), _) => b.append_value(v),
             (Builder::Date(b), _) => {
                 let days = i32::from_be_bytes(array(fixed(4)?)?);
@@ -230,8 +232,9 @@ impl Builder {
         Ok(())
     }
 
-    fn finish(&mut self) -> ArrayRef {
-        match self {
+    /// The column's values so far, as an array; an error if text is not UTF-8.
+    fn finish(&mut self) -> Result<ArrayRef, String> {
+        Ok(match self {
             Builder::Bool(b) => Arc::new(b.finish()),
             Builder::I16(b) => Arc::new(b.finish()),
             Builder::I32(b) => Arc::new(b.finish()),
@@ -241,24 +244,26 @@ impl Builder {
             Builder::Dec(b, p, s) => Arc::new(
                 b.finish()
                     .with_precision_and_scale(*p, *s)
-                    .unwrap_or_else(|_| Decimal128Builder::new().finish()),
+                    .map_err(|e| e.to_string())?,
             ),
-            Builder::Text(b) => Arc::new(b.finish()),
+            Builder::Text(b) => {
+                let (offsets, values, nulls) = b.finish().into_parts();
+                Arc::new(
+                    StringArray::try_new(offsets, values, nulls)
+                        .map_err(|e| format!("text that is not UTF-8 ({e})"))?,
+                )
+            }
             Builder::Bytes(b) => Arc::new(b.finish()),
             Builder::Date(b) => Arc::new(b.finish()),
             Builder::Time(b) => Arc::new(b.finish()),
             Builder::Ts(b, tz) => Arc::new(b.finish().with_timezone_opt(tz.clone())),
-        }
+        })
     }
 }
 
 fn array<const N: usize>(v: &[u8]) -> Result<[u8; N], String> {
     v.try_into()
         .map_err(|_| format!("expected {N} bytes, got {}", v.len()))
-}
-
-fn utf8(v: &[u8]) -> Result<&str, String> {
-    std::str::from_utf8(v).map_err(|e| format!("text that is not UTF-8 ({e})"))
 }
 
 fn uuid(v: &[u8]) -> String {
@@ -273,16 +278,32 @@ fn uuid(v: &[u8]) -> String {
     )
 }
 
+/// Powers of ten that fit an i128: `POW10[k]` = 10^k.
+const POW10: [i128; 39] = {
+    let mut p = [1i128; 39];
+    let mut k = 1;
+    while k < 39 {
+        p[k] = p[k - 1] * 10;
+        k += 1;
+    }
+    p
+};
+
 /// A numeric's wire value as the unscaled integer of a Decimal128(`precision`, `scale`):
 /// exact, or an error (NaN, infinity, more digits than the type holds, a fraction the scale
 /// would round).
+///
+/// The wire value is `ndigits` base-10000 digits, most significant first, the first worth
+/// 10000^`weight`. They are read as one integer (the last digit cut to the scale), which is
+/// then scaled once by the power of ten that puts its last digit at the place `scale` gives
+/// it: no 128-bit division, and one multiplication a digit.
 fn numeric(v: &[u8], precision: u8, scale: i8) -> Result<i128, String> {
     let word = |i: usize| -> Result<i16, String> {
         v.get(i * 2..i * 2 + 2)
             .map(|b| i16::from_be_bytes([b[0], b[1]]))
             .ok_or_else(|| "a numeric cut short".to_string())
     };
-    let ndigits = word(0)?;
+    let ndigits = word(0)?.max(0) as usize;
     let weight = i32::from(word(1)?);
     let sign = word(2)? as u16;
     match sign {
@@ -292,35 +313,55 @@ fn numeric(v: &[u8], precision: u8, scale: i8) -> Result<i128, String> {
         other => return Err(format!("a numeric with sign word {other:#06x}")),
     }
     let too_many = || format!("a value with more digits than decimal({precision},{scale}) holds");
+    let rounded = || {
+        format!(
+            "a value with more decimals than decimal({precision},{scale}) keeps (it would be \
+             rounded)"
+        )
+    };
+    // Trailing zero digits change nothing but the scaling (PostgreSQL strips them anyway).
+    let mut last = ndigits;
+    while last > 0 && word(4 + last - 1)? == 0 {
+        last -= 1;
+    }
+    // The power of ten the integer of digits 0..last is scaled by. Below zero, that many
+    // decimals of the last digit fall past the scale: they must be zeros.
+    let mut exp = 4 * (weight + 1 - last as i32) + i32::from(scale);
+    if last > 0 && exp <= -4 {
+        // A whole (nonzero) base-10000 digit past the scale.
+        return Err(rounded());
+    }
     let mut acc: i128 = 0;
-    for i in 0..ndigits.max(0) as usize {
-        let d = i128::from(word(4 + i)?);
+    for i in 0..last {
+        let mut d = word(4 + i)?;
         if !(0..10_000).contains(&d) {
             return Err(format!("a numeric digit {d} out of range"));
         }
-        // This digit's power of ten in the unscaled integer.
-        let exp = 4 * (weight - i as i32) + i32::from(scale);
-        if exp >= 0 {
-            let term = 10i128
-                .checked_pow(exp as u32)
-                .and_then(|p| d.checked_mul(p))
-                .ok_or_else(too_many)?;
-            acc = acc.checked_add(term).ok_or_else(too_many)?;
-        } else {
-            let cut = 10i128.checked_pow((-exp) as u32).unwrap_or(i128::MAX);
+        let mut base = 10_000;
+        if i + 1 == last && exp < 0 {
+            let cut = 10i16.pow((-exp) as u32);
             if d % cut != 0 {
-                return Err(format!(
-                    "a value with more decimals than decimal({precision},{scale}) keeps (it \
-                     would be rounded)"
-                ));
+                return Err(rounded());
             }
-            acc = acc.checked_add(d / cut).ok_or_else(too_many)?;
+            d /= cut;
+            base /= cut;
+            exp = 0;
         }
+        acc = acc
+            .checked_mul(i128::from(base))
+            .and_then(|a| a.checked_add(i128::from(d)))
+            .ok_or_else(too_many)?;
     }
-    let limit = 10i128
-        .checked_pow(u32::from(precision))
-        .unwrap_or(i128::MAX);
-    if acc >= limit {
+    if exp > 0 && acc != 0 {
+        acc = POW10
+            .get(exp as usize)
+            .and_then(|p| acc.checked_mul(*p))
+            .ok_or_else(too_many)?;
+    }
+    if POW10
+        .get(usize::from(precision))
+        .is_some_and(|limit| acc >= *limit)
+    {
         return Err(too_many());
     }
     Ok(if sign == 0x4000 { -acc } else { acc })
@@ -357,98 +398,97 @@ impl CopyDecoder {
 
     /// Takes in the next chunk of the stream; returns the batches it completed.
     pub(crate) fn push(&mut self, chunk: &[u8]) -> Result<Vec<RecordBatch>, DecodeError> {
-        self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
+        if self.buf.is_empty() {
+            // The usual case: PostgreSQL sends each row in a message of its own, so chunks
+            // hold whole rows, decoded where they lie; only a row cut off is kept for later.
+            let used = self.take_rows(chunk, &mut out)?;
+            self.buf.extend_from_slice(&chunk[used..]);
+        } else {
+            self.buf.extend_from_slice(chunk);
+            let mut buf = std::mem::take(&mut self.buf);
+            let used = self.take_rows(&buf, &mut out);
+            buf.advance(*used.as_ref().unwrap_or(&0));
+            self.buf = buf;
+            used?;
+        }
+        Ok(out)
+    }
+
+    /// Decodes the header (once) and the whole rows at the front of `bytes`, pushing each
+    /// batch completed to `out`; returns the bytes used.
+    fn take_rows(
+        &mut self,
+        bytes: &[u8],
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<usize, DecodeError> {
+        let mut pos = 0;
         if !self.header_read {
-            if self.buf.len() < SIGNATURE.len() + 8 {
-                return Ok(out);
+            if bytes.len() < SIGNATURE.len() + 8 {
+                return Ok(0);
             }
-            if &self.buf[..SIGNATURE.len()] != SIGNATURE {
+            if &bytes[..SIGNATURE.len()] != SIGNATURE {
                 return Err(stream_error("not a binary COPY stream"));
             }
-            let ext = u32::from_be_bytes([self.buf[15], self.buf[16], self.buf[17], self.buf[18]])
-                as usize;
-            if self.buf.len() < 19 + ext {
-                return Ok(out);
+            let ext = u32::from_be_bytes([bytes[15], bytes[16], bytes[17], bytes[18]]) as usize;
+            if bytes.len() < 19 + ext {
+                return Ok(0);
             }
-            self.buf.advance(19 + ext);
+            pos = 19 + ext;
             self.header_read = true;
         }
         while !self.done {
-            let Some(len) = self.whole_row()? else {
+            let row = &bytes[pos..];
+            let Some(len) = whole_row(row, self.wires.len())? else {
                 break;
             };
-            let count = i16::from_be_bytes([self.buf[0], self.buf[1]]);
-            if count == -1 {
-                self.buf.advance(2);
+            pos += len;
+            if row[..2] == (-1i16).to_be_bytes() {
+                // The trailer.
                 self.done = true;
                 break;
             }
-            let mut pos = 2;
-            for (i, wire) in self.wires.iter().enumerate() {
-                let n = i32::from_be_bytes([
-                    self.buf[pos],
-                    self.buf[pos + 1],
-                    self.buf[pos + 2],
-                    self.buf[pos + 3],
-                ]);
-                pos += 4;
-                if n < 0 {
-                    self.builders[i].append_null();
-                } else {
-                    let v = &self.buf[pos..pos + n as usize];
-                    if let Err(message) = self.builders[i].append(*wire, v) {
-                        return Err(DecodeError {
-                            column: Some(self.schema.field(i).name().clone()),
-                            message,
-                        });
-                    }
-                    pos += n as usize;
-                }
-            }
-            self.buf.advance(len);
+            self.decode_row(&row[..len])?;
             self.rows += 1;
             if self.rows >= self.batch_rows {
                 out.push(self.batch()?);
             }
         }
-        Ok(out)
+        Ok(pos)
     }
 
-    /// The bytes of the row at the front of the buffer, if it is all there (the trailer
-    /// counts as a row of 2 bytes).
-    fn whole_row(&self) -> Result<Option<usize>, DecodeError> {
-        let b = &self.buf;
-        if b.len() < 2 {
-            return Ok(None);
-        }
-        let count = i16::from_be_bytes([b[0], b[1]]);
-        if count == -1 {
-            return Ok(Some(2));
-        }
-        if count as usize != self.wires.len() {
-            return Err(stream_error(format!(
-                "a row of {count} fields, expected {}",
-                self.wires.len()
-            )));
-        }
+    /// Appends one whole row (checked by [`whole_row`]) to the builders.
+    fn decode_row(&mut self, row: &[u8]) -> Result<(), DecodeError> {
         let mut pos = 2;
-        for _ in 0..count {
-            if b.len() < pos + 4 {
-                return Ok(None);
-            }
-            let n = i32::from_be_bytes([b[pos], b[pos + 1], b[pos + 2], b[pos + 3]]);
+        for (i, (wire, builder)) in self.wires.iter().zip(&mut self.builders).enumerate() {
+            let n = i32::from_be_bytes([row[pos], row[pos + 1], row[pos + 2], row[pos + 3]]);
             pos += 4;
-            if n > 0 {
+            if n < 0 {
+                builder.append_null();
+            } else {
+                let v = &row[pos..pos + n as usize];
+                if let Err(message) = builder.append(*wire, v) {
+                    return Err(DecodeError {
+                        column: Some(self.schema.field(i).name().clone()),
+                        message,
+                    });
+                }
                 pos += n as usize;
             }
         }
-        Ok((b.len() >= pos).then_some(pos))
+        Ok(())
     }
 
     /// The rows taken in so far, as a batch.
     fn batch(&mut self) -> Result<RecordBatch, DecodeError> {
-        let columns: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
+        let columns = (self.builders.iter_mut().enumerate())
+            .map(|(i, b)| {
+                b.finish().map_err(|message| DecodeError {
+                    column: Some(self.schema.field(i).name().clone()),
+                    message,
+                })
+            })
+            .collect::<Result<Vec<ArrayRef>, _>>()?;
         let options = RecordBatchOptions::new().with_row_count(Some(self.rows));
         self.rows = 0;
         RecordBatch::try_new_with_options(Arc::clone(&self.schema), columns, &options)
@@ -468,6 +508,35 @@ impl CopyDecoder {
         }
         self.batch().map(Some)
     }
+}
+
+/// The length of the row at the front of `b`, if it is all there: a row of `fields` fields,
+/// or the trailer (a field count of -1), whose length is 2.
+fn whole_row(b: &[u8], fields: usize) -> Result<Option<usize>, DecodeError> {
+    if b.len() < 2 {
+        return Ok(None);
+    }
+    let count = i16::from_be_bytes([b[0], b[1]]);
+    if count == -1 {
+        return Ok(Some(2));
+    }
+    if count as usize != fields {
+        return Err(stream_error(format!(
+            "a row of {count} fields, expected {fields}"
+        )));
+    }
+    let mut pos = 2;
+    for _ in 0..fields {
+        if b.len() < pos + 4 {
+            return Ok(None);
+        }
+        let n = i32::from_be_bytes([b[pos], b[pos + 1], b[pos + 2], b[pos + 3]]);
+        pos += 4;
+        if n > 0 {
+            pos += n as usize;
+        }
+    }
+    Ok((b.len() >= pos).then_some(pos))
 }
 
 #[cfg(test)]
@@ -523,6 +592,80 @@ mod tests {
                 .unwrap_err()
                 .contains("NaN")
         );
+    }
+
+    /// The wire value of the decimal text `int.frac` (ASCII digits), negative if `neg`, in
+    /// base-10000 groups aligned on the point, with `pad` zero groups left at the end (which
+    /// PostgreSQL strips; a decoder must not mind them).
+    fn numeric_text_bytes(neg: bool, int: &str, frac: &str, pad: usize) -> Vec<u8> {
+        let int = int.trim_start_matches('0');
+        let lead = (4 - int.len() % 4) % 4;
+        let tail = (4 - frac.len() % 4) % 4;
+        let all = format!("{}{int}{frac}{}", "0".repeat(lead), "0".repeat(tail));
+        let mut groups: Vec<i16> = (0..all.len() / 4)
+            .map(|g| all[g * 4..g * 4 + 4].parse().unwrap())
+            .collect();
+        let mut weight = ((lead + int.len()) / 4) as i16 - 1;
+        while groups.first() == Some(&0) {
+            groups.remove(0);
+            weight -= 1;
+        }
+        groups.extend(std::iter::repeat_n(0, pad));
+        let sign = if neg { 0x4000 } else { 0 };
+        numeric_bytes(
+            groups.len() as i16,
+            weight,
+            sign,
+            frac.len() as u16,
+            &groups,
+        )
+    }
+
+    #[test]
+    fn numerics_match_their_decimal_text() {
+        // Oracle: the value's decimal text, cut or padded to the scale by hand.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1414);
+        let digit = |rng: &mut rand::rngs::StdRng| char::from(b'0' + rng.random_range(0..10u8));
+        for _ in 0..20_000 {
+            let int: String = (0..rng.random_range(0..24))
+                .map(|_| digit(&mut rng))
+                .collect();
+            let frac: String = (0..rng.random_range(0..12))
+                .map(|_| digit(&mut rng))
+                .collect();
+            let neg = rng.random_bool(0.3);
+            let scale: i8 = rng.random_range(0..12);
+            let precision: u8 = rng.random_range(1..=38).max(scale as u8).max(1);
+            let v = numeric_text_bytes(neg, &int, &frac, rng.random_range(0..3));
+            let got = numeric(&v, precision, scale);
+            let keep = frac.len().min(scale as usize);
+            let want = if frac[keep..].bytes().any(|b| b != b'0') {
+                Err("rounded")
+            } else {
+                let text = format!(
+                    "{int}{}{}",
+                    &frac[..keep],
+                    "0".repeat(scale as usize - keep)
+                );
+                let text = text.trim_start_matches('0');
+                if text.len() > precision as usize {
+                    Err("more digits")
+                } else {
+                    let n: i128 = if text.is_empty() {
+                        0
+                    } else {
+                        text.parse().unwrap()
+                    };
+                    Ok(if neg { -n } else { n })
+                }
+            };
+            match (&got, want) {
+                (Ok(g), Ok(w)) => assert_eq!(*g, w, "{int}.{frac} as ({precision},{scale})"),
+                (Err(g), Err(w)) => assert!(g.contains(w), "{int}.{frac}: {g}"),
+                _ => panic!("{int}.{frac} as ({precision},{scale}): {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

@@ -92,6 +92,12 @@ pub fn unique_name(prefix: &str) -> String {
 
 impl Postgres {
     fn start() -> Postgres {
+        Postgres::start_with(&[])
+    }
+
+    /// A server of this test's own with `extra` settings (`name=value`, passed as `-c`);
+    /// stopped when dropped.
+    pub fn start_with(extra: &[&str]) -> Postgres {
         let bin = postgres_bin();
         let dir = data_folder("pg");
         let data = dir.join("data");
@@ -111,11 +117,18 @@ impl Postgres {
             .output()
             .unwrap();
         check(&init, "initdb");
-        Postgres::serve(bin, dir, "database system is ready to accept connections")
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Postgres::serve(
+            bin,
+            dir,
+            "database system is ready to accept connections",
+            extra,
+        )
     }
 
-    /// Runs the server of the data folder `dir/data` (sockets in `dir`).
-    fn serve(bin: PathBuf, dir: PathBuf, ready: &str) -> Postgres {
+    /// Runs the server of the data folder `dir/data` (sockets in `dir`), with `extra`
+    /// settings.
+    fn serve(bin: PathBuf, dir: PathBuf, ready: &str, extra: Vec<String>) -> Postgres {
         let postgres = bin.join("postgres");
         let data = dir.join("data");
         let socket = dir.clone();
@@ -138,6 +151,9 @@ impl Postgres {
                 ]
                 .map(String::from),
             );
+            for setting in &extra {
+                args.extend(["-c".to_string(), setting.clone()]);
+            }
             (exe, args)
         };
         let server = Emulator::start(&Spec {
@@ -154,6 +170,16 @@ impl Postgres {
     /// replica; stopped when dropped.
     pub fn start_own() -> Postgres {
         Postgres::start()
+    }
+
+    /// A server of this test's own that accepts TLS (and plain connections too), with the
+    /// certificate of `certs`.
+    pub fn start_tls(certs: &Certs) -> Postgres {
+        Postgres::start_with(&[
+            "ssl=on",
+            &format!("ssl_cert_file={}", certs.server_cert.display()),
+            &format!("ssl_key_file={}", certs.server_key.display()),
+        ])
     }
 
     /// A streaming replica of this server (`pg_basebackup -R`), read-only, in hot standby;
@@ -174,6 +200,7 @@ impl Postgres {
             self.bin.clone(),
             dir,
             "database system is ready to accept read-only connections",
+            Vec::new(),
         )
     }
 
@@ -295,6 +322,16 @@ impl MariaDb {
             .unwrap();
         check(&out, "creating user sluice");
         db
+    }
+
+    /// A server of this test's own that accepts TLS (and plain connections too), with the
+    /// certificate of `certs`.
+    pub fn start_tls(certs: &Certs) -> MariaDb {
+        MariaDb::start_own(&[
+            &format!("--ssl-cert={}", certs.server_cert.display()),
+            &format!("--ssl-key={}", certs.server_key.display()),
+            &format!("--ssl-ca={}", certs.ca.display()),
+        ])
     }
 
     /// A replica of this server, which must log its changes
@@ -503,6 +540,105 @@ fn hand_over(dir: &Path) {
         .output()
         .unwrap();
     check(&out, "chown");
+}
+
+/// Certificates for servers that speak TLS, made with `openssl`: a CA, and a server
+/// certificate it signed for the host name [`Certs::HOST`] only (not 127.0.0.1, which the
+/// tests connect to: a client that checks the name refuses it); and a second CA that
+/// signed nothing here.
+pub struct Certs {
+    _dir: tempfile::TempDir,
+    /// The CA that signed the server's certificate (PEM).
+    pub ca: PathBuf,
+    /// A CA that did not (PEM).
+    pub other_ca: PathBuf,
+    /// The server's certificate and key (PEM), readable by the server user only.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl Certs {
+    /// The one name the server certificate is for.
+    pub const HOST: &str = "db.sluice-test.invalid";
+
+    pub fn make() -> Certs {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-certs-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .current_dir(d)
+                .args(args)
+                .output()
+                .unwrap();
+            check(&out, &format!("openssl {}", args.join(" ")));
+        };
+        for ca in ["ca", "other-ca"] {
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=sluice test {ca}"),
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+            ]);
+        }
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={}", Certs::HOST),
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            d.join("ext.cnf"),
+            format!("subjectAltName=DNS:{}\n", Certs::HOST),
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ]);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(d.join("server.key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        hand_over(d);
+        Certs {
+            ca: d.join("ca.pem"),
+            other_ca: d.join("other-ca.pem"),
+            server_cert: d.join("server.pem"),
+            server_key: d.join("server.key"),
+            _dir: dir,
+        }
+    }
 }
 
 /// `exe` run as the server user when running as root (`setpriv`, which execs it: the
