@@ -224,11 +224,12 @@ pub(crate) async fn describe_plan(prepared: &Prepared, planning: &Planning<'_>) 
         };
         let db = &p.databases[&s.database];
         out.push_str(&format!(
-            "  {:<20} {:<8} {read} of database '{}' ({}){ranges}\n",
+            "  {:<20} {:<8} {read} of database '{}' ({}, TLS {}){ranges}\n",
             s.name,
             db.url.kind.name(),
             s.database,
-            db.url
+            db.url,
+            db.url.tls_mode_name()
         ));
     }
     out.push_str("\nmodels (run order):\n");

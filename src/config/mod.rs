@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use databases::{
     BoundValue, DatabaseConfig, DatabaseKind, DatabaseSinkConfig, DatabaseSourceConfig,
-    DatabaseUrl, Guards, LatencyGuard, Relation, TableWrite,
+    DatabaseUrl, Guards, LatencyGuard, Relation, TableWrite, Tls, TlsMode,
 };
 pub(crate) use values::folder_identity;
 pub use values::{

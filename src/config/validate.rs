@@ -368,7 +368,11 @@ impl<'a> Validator<'a> {
             ));
         }
         let url = self.env_value(&key("url"), &raw.url)?;
-        let url = DatabaseUrl::parse(&url).map_err(|e| self.invalid(key("url"), e))?;
+        let mut url = DatabaseUrl::parse(&url).map_err(|e| self.invalid(key("url"), e))?;
+        // A CA file named in the URL is found as every other path is: from the pipeline.
+        if let Some(ca) = &url.tls.root_cert {
+            url.tls.root_cert = Some(self.root.join(ca));
+        }
         let max_connections = raw.max_connections.unwrap_or(4);
         if max_connections == 0 {
             return Err(self.invalid(

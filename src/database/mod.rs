@@ -13,7 +13,8 @@
 //! - [`guard`]: the replica-lag, latency and rate guards, and what they saw;
 //! - [`scan`]: a database source as a DataFusion table, and the plan node that reads it;
 //! - [`import`]: the ranges of one import, and the snapshot its connections share;
-//! - [`pushdown`]: the filters sent to the database with the read.
+//! - [`pushdown`]: the filters sent to the database with the read;
+//! - [`tls`]: TLS for the connections of both, as the URL's settings ask.
 //!
 //! Errors name the database by its URL without the password, and the table; the password
 //! is never in a message.
@@ -25,6 +26,7 @@ pub(crate) mod postgres;
 pub(crate) mod pushdown;
 pub(crate) mod scan;
 pub(crate) mod sink;
+pub(crate) mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

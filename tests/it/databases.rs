@@ -93,7 +93,7 @@ fn declared_database_sources_are_shown_without_their_password() {
     assert!(
         plan.stdout.contains(
             "orders               postgres table public.orders of database 'app' \
-             (postgres://app@127.0.0.1:1/shop)  8 ranges of order_id"
+             (postgres://app@127.0.0.1:1/shop, TLS prefer)  8 ranges of order_id"
         ),
         "{}",
         plan.stdout

@@ -12,6 +12,7 @@ mod database_guards;
 mod database_incremental;
 mod database_sinks;
 mod database_sinks_mariadb;
+mod database_tls;
 mod databases;
 mod drift;
 mod encodings;

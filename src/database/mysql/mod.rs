@@ -13,10 +13,10 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use futures::FutureExt;
 use mysql_async::consts::{ColumnFlags, ColumnType};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Column, Conn, OptsBuilder, Row, Value};
+use mysql_async::{Column, Conn, OptsBuilder, Row, SslOpts, Value};
 
 use super::{DatabaseError, Pool, UNSUPPORTED};
-use crate::config::Relation;
+use crate::config::{Relation, TlsMode};
 use decode::Wire;
 
 /// A connection of a [`Pool`]: handed back with [`Session::park`] when healthy and outside
@@ -153,19 +153,29 @@ pub(crate) async fn connect_for(
 /// Opens a new connection (the pool has made room for it) and sets the session up.
 async fn open(pool: &Arc<Pool>) -> Result<Session, DatabaseError> {
     let url = &pool.config.url;
-    if let Some((k, mode)) = url.params.iter().find(|(k, v)| {
-        matches!(
-            k.as_str(),
-            "ssl-mode" | "sslmode" | "ssl_mode" | "require_ssl"
-        ) && !matches!(
-            v.to_ascii_lowercase().as_str(),
-            "disabled" | "false" | "preferred"
-        )
-    }) {
-        return Err(pool.error(
-            format!("{k}={mode}: this build of sluice connects without TLS only"),
-            false,
-        ));
+    let tls = url.tls.mode;
+    let ssl = match tls {
+        TlsMode::Disable => None,
+        // (The mysql client's PREFERRED and REQUIRED do not check the certificate either.)
+        TlsMode::Prefer | TlsMode::Require => Some(
+            SslOpts::default()
+                .with_danger_accept_invalid_certs(true)
+                .with_danger_skip_domain_validation(true),
+        ),
+        TlsMode::VerifyCa | TlsMode::VerifyFull => {
+            let roots = super::tls::root_certs(url.tls.root_cert.as_deref())
+                .map_err(|e| pool.error(e, false))?;
+            Some(
+                SslOpts::default()
+                    .with_root_certs((roots.into_iter()).map(|c| c.to_vec().into()).collect())
+                    .with_disable_built_in_roots(true)
+                    .with_danger_skip_domain_validation(tls == TlsMode::VerifyCa),
+            )
+        }
+    };
+    if ssl.is_some() {
+        // (mysql_async's TLS takes the process's default crypto.)
+        super::tls::provider();
     }
     let opts = OptsBuilder::default()
         .ip_or_hostname(url.host.clone())
@@ -176,18 +186,30 @@ async fn open(pool: &Arc<Pool>) -> Result<Session, DatabaseError> {
         .prefer_socket(false)
         .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
         .tcp_nodelay(true);
-    let mut conn = match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts)).await {
+    let connect = |ssl: Option<SslOpts>| {
+        tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts.clone().ssl_opts(ssl)))
+    };
+    let timed_out = || {
+        pool.error(
+            format!(
+                "connecting: no answer within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            ),
+            true,
+        )
+    };
+    let mut conn = match connect(ssl).await {
         Ok(Ok(conn)) => conn,
+        // PREFERRED: plain, when the server has no TLS.
+        Ok(Err(mysql_async::Error::Driver(
+            mysql_async::DriverError::NoClientSslFlagFromServer,
+        ))) if tls == TlsMode::Prefer => match connect(None).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(server_error(pool, &e, "connecting")),
+            Err(_) => return Err(timed_out()),
+        },
         Ok(Err(e)) => return Err(server_error(pool, &e, "connecting")),
-        Err(_) => {
-            return Err(pool.error(
-                format!(
-                    "connecting: no answer within {}s",
-                    CONNECT_TIMEOUT.as_secs()
-                ),
-                true,
-            ));
-        }
+        Err(_) => return Err(timed_out()),
     };
     match setup(pool, &mut conn).await {
         Ok(()) => Ok(Session {

@@ -9,10 +9,11 @@ pub(crate) mod sink;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{Kind, Type};
 
 use super::{DatabaseError, Pool, UNSUPPORTED};
-use crate::config::Relation;
+use crate::config::{Relation, TlsMode};
 use copy_decode::Wire;
 
 /// A connection of a [`Pool`]: handed back with [`Session::park`] when healthy and outside
@@ -99,16 +100,7 @@ pub(crate) async fn connect_for(
 /// Opens a new connection (the pool has made room for it) and sets the session up.
 async fn open(pool: &Arc<Pool>) -> Result<Session, DatabaseError> {
     let url = &pool.config.url;
-    if let Some((_, mode)) = url
-        .params
-        .iter()
-        .find(|(k, v)| k == "sslmode" && v != "disable" && v != "prefer")
-    {
-        return Err(pool.error(
-            format!("sslmode={mode}: this build of sluice connects without TLS only"),
-            false,
-        ));
-    }
+    let tls = super::tls::client_config(&url.tls).map_err(|e| pool.error(e, false))?;
     let mut config = tokio_postgres::Config::new();
     config
         .host(&url.host)
@@ -116,12 +108,17 @@ async fn open(pool: &Arc<Pool>) -> Result<Session, DatabaseError> {
         .user(&url.user)
         .dbname(&url.database)
         .application_name("sluice")
-        .connect_timeout(std::time::Duration::from_secs(30));
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .ssl_mode(match url.tls.mode {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Prefer => SslMode::Prefer,
+            TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => SslMode::Require,
+        });
     if let Some(p) = &url.password {
         config.password(p);
     }
     let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+        .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
         .await
         .map_err(|e| server_error(pool, &e, "connecting"))?;
     let mut connection = tokio::spawn(async move {

@@ -543,9 +543,8 @@ fn hand_over(dir: &Path) {
 }
 
 /// Certificates for servers that speak TLS, made with `openssl`: a CA, and a server
-/// certificate it signed for the host name [`Certs::HOST`] only (not 127.0.0.1, which the
-/// tests connect to: a client that checks the name refuses it); and a second CA that
-/// signed nothing here.
+/// certificate it signed for the address 127.0.0.1 only (so a client that connects to
+/// `localhost` and checks the name refuses it); and a second CA that signed nothing here.
 pub struct Certs {
     _dir: tempfile::TempDir,
     /// The CA that signed the server's certificate (PEM).
@@ -558,9 +557,6 @@ pub struct Certs {
 }
 
 impl Certs {
-    /// The one name the server certificate is for.
-    pub const HOST: &str = "db.sluice-test.invalid";
-
     pub fn make() -> Certs {
         let dir = tempfile::Builder::new()
             .prefix("sluice-certs-")
@@ -598,17 +594,13 @@ impl Certs {
             "rsa:2048",
             "-nodes",
             "-subj",
-            &format!("/CN={}", Certs::HOST),
+            "/CN=127.0.0.1",
             "-keyout",
             "server.key",
             "-out",
             "server.csr",
         ]);
-        std::fs::write(
-            d.join("ext.cnf"),
-            format!("subjectAltName=DNS:{}\n", Certs::HOST),
-        )
-        .unwrap();
+        std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
         openssl(&[
             "x509",
             "-req",
