@@ -463,6 +463,22 @@ fn bad_database_settings_are_refused_naming_key_and_line_never_the_password() {
             "10 is above upper_bound 2",
         ),
         (
+            format!(
+                "{db}[sources.o]\ndatabase = \"app\"\ntable = \"t\"\npartition_column = \"at\"\nlower_bound = \"2024-02-01\"\nupper_bound = 2024-01-01T00:00:00\n"
+            ),
+            "sources.o.lower_bound",
+            7,
+            "\"2024-02-01\" is above upper_bound \"2024-01-01T00:00:00\"",
+        ),
+        (
+            format!(
+                "{db}[sources.o]\ndatabase = \"app\"\ntable = \"t\"\npartition_column = \"at\"\nlower_bound = \"yesterday\"\nupper_bound = \"2024-01-01\"\n"
+            ),
+            "sources.o.lower_bound",
+            7,
+            "\"yesterday\" is not a bound",
+        ),
+        (
             format!("{db}[sources.o]\nlocation = \"data/\"\nformat = \"csv\"\ntable = \"t\"\n"),
             "sources.o.table",
             6,

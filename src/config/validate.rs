@@ -528,10 +528,22 @@ impl<'a> Validator<'a> {
         let bound = |k: &str, v: toml::Value| match v {
             toml::Value::Integer(i) => Ok(BoundValue::Int(i128::from(i))),
             // (A whole number past TOML's, in quotes: a BIGINT UNSIGNED bound.)
-            toml::Value::String(s) => Ok(match s.trim().parse::<i128>() {
-                Ok(i) => BoundValue::Int(i),
-                Err(_) => BoundValue::Text(s),
-            }),
+            toml::Value::String(s) => match s.trim().parse::<i128>() {
+                Ok(i) => Ok(BoundValue::Int(i)),
+                Err(_) => {
+                    let b = BoundValue::Text(s);
+                    match b.micros() {
+                        Some(_) => Ok(b),
+                        None => Err(self.invalid(
+                            key(k),
+                            format!(
+                                "{b} is not a bound: give a whole number, a date \
+                                 (\"2024-01-09\") or a date-time (\"2024-01-09 10:00:00\")"
+                            ),
+                        )),
+                    }
+                }
+            },
             toml::Value::Datetime(d) => Ok(BoundValue::Text(d.to_string())),
             other => Err(self.invalid(
                 key(k),
@@ -542,12 +554,15 @@ impl<'a> Validator<'a> {
             (None, None) => None,
             (Some(lo), Some(hi)) => {
                 let (lo, hi) = (bound("lower_bound", lo)?, bound("upper_bound", hi)?);
-                if let (BoundValue::Int(l), BoundValue::Int(h)) = (&lo, &hi)
-                    && l > h
-                {
-                    return Err(
-                        self.invalid(key("lower_bound"), format!("{l} is above upper_bound {h}"))
-                    );
+                let above = match (&lo, &hi) {
+                    (BoundValue::Int(l), BoundValue::Int(h)) => l > h,
+                    _ => lo.micros().zip(hi.micros()).is_some_and(|(l, h)| l > h),
+                };
+                if above {
+                    return Err(self.invalid(
+                        key("lower_bound"),
+                        format!("{lo} is above upper_bound {hi}"),
+                    ));
                 }
                 Some((lo, hi))
             }

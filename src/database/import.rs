@@ -139,21 +139,30 @@ impl ImportGroup {
     }
 }
 
-/// The conditions that split the rows of an integer `column` between `lo` and `hi` into
-/// `n` ranges (Spark's JDBC way): the first also takes NULLs and everything below, the last
-/// everything above, so every row is in exactly one range whatever the bounds. One range
-/// (no condition) when there is nothing to split.
-pub(crate) fn int_ranges(column: &str, lo: i128, hi: i128, n: usize) -> Vec<Option<String>> {
+/// The conditions that split the rows of `column` between `lo` and `hi` into `n` ranges
+/// (Spark's JDBC way): the first also takes NULLs and everything below, the last everything
+/// above, so every row is in exactly one range whatever the bounds. One range (no
+/// condition) when there is nothing to split. The column's values are numbered as whole
+/// numbers (dates as days, timestamps as microseconds since 1970): `literal` writes a
+/// boundary as a literal of the column's type, or fails the split.
+pub(crate) fn ranges<E>(
+    column: &str,
+    lo: i128,
+    hi: i128,
+    n: usize,
+    literal: impl Fn(i128) -> Result<String, E>,
+) -> Result<Vec<Option<String>>, E> {
     let span = hi - lo + 1;
     let n = (n as i128).min(span.max(1));
     if n <= 1 {
-        return vec![None];
+        return Ok(vec![None]);
     }
     let stride = (span + n - 1) / n;
-    let bounds: Vec<i128> = (1..n)
+    let bounds = (1..n)
         .map(|i| lo + i * stride)
         .filter(|b| *b <= hi)
-        .collect();
+        .map(literal)
+        .collect::<Result<Vec<String>, E>>()?;
     let mut out = Vec::new();
     for (i, b) in bounds.iter().enumerate() {
         match i {
@@ -167,7 +176,7 @@ pub(crate) fn int_ranges(column: &str, lo: i128, hi: i128, n: usize) -> Vec<Opti
     if let Some(last) = bounds.last() {
         out.push(Some(format!("{column} >= {last}")));
     }
-    out
+    Ok(out)
 }
 
 /// Pages a PostgreSQL table has per range at least before it is read in several: smaller
@@ -202,6 +211,11 @@ pub(crate) fn page_ranges(pages: i64, n: usize) -> Vec<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`ranges`] of an integer column.
+    fn int_ranges(column: &str, lo: i128, hi: i128, n: usize) -> Vec<Option<String>> {
+        ranges(column, lo, hi, n, |v| Ok::<_, ()>(v.to_string())).unwrap()
+    }
 
     #[test]
     fn page_ranges_cover_every_page_once() {

@@ -200,7 +200,12 @@ fn column(e: &Expr, schema: &Schema, dialect: Dialect) -> Option<(String, DataTy
 
 /// `v` as a SQL literal compared with a column of type `ty`, if the comparison means the
 /// same in the database (`equality`: only `=` / `<>` / `IN`, where text may be compared).
-fn literal(v: &ScalarValue, ty: &DataType, equality: bool, dialect: Dialect) -> Option<String> {
+pub(crate) fn literal(
+    v: &ScalarValue,
+    ty: &DataType,
+    equality: bool,
+    dialect: Dialect,
+) -> Option<String> {
     let int = |i: i128| Some(i.to_string());
     match (ty, v) {
         (_, v) if v.is_null() => None,

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session;
-use datafusion::common::{DataFusionError, Result};
+use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
@@ -82,6 +82,80 @@ impl Reads {
         }
     }
 }
+
+/// What a `partition_column` is split as: whole numbers, days or microseconds since 1970.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeKind {
+    Whole,
+    Date,
+    Timestamp,
+}
+
+impl RangeKind {
+    /// A configured bound as this kind's number.
+    fn bound(self, b: &BoundValue) -> Option<i128> {
+        match (self, b) {
+            (RangeKind::Whole, BoundValue::Int(i)) => Some(*i),
+            (RangeKind::Date, b) => Some(i128::from(b.micros()?.div_euclid(MICROS_A_DAY))),
+            (RangeKind::Timestamp, b) => b.micros().map(i128::from),
+            _ => None,
+        }
+    }
+
+    /// What the bounds of this kind must be, for messages.
+    fn bounds_are(self) -> &'static str {
+        match self {
+            RangeKind::Whole => "whole numbers",
+            RangeKind::Date => "dates (\"2024-01-09\")",
+            RangeKind::Timestamp => "dates or date-times (\"2024-01-09 10:00:00\")",
+        }
+    }
+
+    /// The unit of this kind's numbers, for messages.
+    fn unit(self) -> &'static str {
+        match self {
+            RangeKind::Whole => "",
+            RangeKind::Date => "days since 1970-01-01",
+            RangeKind::Timestamp => "microseconds since 1970-01-01",
+        }
+    }
+
+    /// SQL of the value of `expr` (a column's min or max) as this kind's whole number.
+    fn as_whole_number(self, expr: &str, dialect: Dialect) -> String {
+        match (self, dialect) {
+            (RangeKind::Whole, Dialect::Postgres) => format!("({expr})::int8"),
+            (RangeKind::Whole, Dialect::Mysql) => expr.to_string(),
+            (RangeKind::Date, Dialect::Postgres) => format!("(({expr}) - DATE '1970-01-01')::int8"),
+            (RangeKind::Date, Dialect::Mysql) => format!("DATEDIFF({expr}, '1970-01-01')"),
+            // (A timestamp without time zone is taken as UTC, as sluice reads it.)
+            (RangeKind::Timestamp, Dialect::Postgres) => {
+                format!("floor(extract(epoch FROM {expr}) * 1000000)::int8")
+            }
+            (RangeKind::Timestamp, Dialect::Mysql) => {
+                format!("TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {expr})")
+            }
+        }
+    }
+
+    /// The literal of this kind's number `v` compared with a column of `data_type`.
+    fn literal(self, v: i128, data_type: &DataType, dialect: Dialect) -> Option<String> {
+        let value = match self {
+            RangeKind::Whole => return Some(v.to_string()),
+            RangeKind::Date => ScalarValue::Date32(Some(i32::try_from(v).ok()?)),
+            RangeKind::Timestamp => {
+                let tz = match data_type {
+                    DataType::Timestamp(_, tz) => tz.clone(),
+                    _ => None,
+                };
+                ScalarValue::TimestampMicrosecond(Some(i64::try_from(v).ok()?), tz)
+            }
+        };
+        super::pushdown::literal(&value, data_type, false, dialect)
+    }
+}
+
+/// Microseconds in a day.
+const MICROS_A_DAY: i64 = 86_400_000_000;
 
 /// A database source, registered under its name.
 #[derive(Debug)]
@@ -308,39 +382,48 @@ impl DatabaseTable {
                 false,
             )
         })?;
-        if !self.reads.is_whole_number(index) {
-            return Err(self.pool.error(
-                format!(
-                    "source '{}': partition_column '{column}' is of type {}: ranges are of \
-                     whole-number columns (smallint, integer, bigint...)",
-                    self.spec.name,
-                    self.schema.field(index).data_type()
-                ),
-                false,
-            ));
-        }
+        let data_type = self.schema.field(index).data_type().clone();
+        let kind = if self.reads.is_whole_number(index) {
+            RangeKind::Whole
+        } else {
+            match data_type {
+                DataType::Date32 => RangeKind::Date,
+                DataType::Timestamp(TimeUnit::Microsecond, _) => RangeKind::Timestamp,
+                _ => {
+                    return Err(self.pool.error(
+                        format!(
+                            "source '{}': partition_column '{column}' is of type {data_type}: \
+                             ranges are of whole-number, date or timestamp columns",
+                            self.spec.name,
+                        ),
+                        false,
+                    ));
+                }
+            }
+        };
         let quoted = self.dialect().quote_ident(column);
         let (lo, hi) = match &self.spec.bounds {
-            Some((BoundValue::Int(lo), BoundValue::Int(hi))) => (*lo, *hi),
-            Some(_) => {
-                return Err(self.pool.error(
-                    format!(
-                        "source '{}': lower_bound and upper_bound of '{column}' must be whole \
-                         numbers",
-                        self.spec.name
-                    ),
-                    false,
-                ));
-            }
+            Some((lo, hi)) => match (kind.bound(lo), kind.bound(hi)) {
+                (Some(lo), Some(hi)) => (lo, hi),
+                _ => {
+                    return Err(self.pool.error(
+                        format!(
+                            "source '{}': lower_bound and upper_bound of '{column}' must be {}",
+                            self.spec.name,
+                            kind.bounds_are()
+                        ),
+                        false,
+                    ));
+                }
+            },
             None => {
                 let doing = format!("reading the bounds of {column} in {}", self.what());
+                let (min, max) = (format!("min({quoted})"), format!("max({quoted})"));
+                let [lo, hi] = [&min, &max].map(|e| kind.as_whole_number(e, self.dialect()));
+                let sql = format!("SELECT {lo}, {hi} FROM {}", self.relation_sql());
                 let bounds = match self.dialect() {
                     Dialect::Postgres => {
                         let session = postgres::connect(&self.pool).await?;
-                        let sql = format!(
-                            "SELECT min({quoted})::int8, max({quoted})::int8 FROM {}",
-                            self.relation_sql()
-                        );
                         let row = session
                             .client()
                             .query_one(&sql, &[])
@@ -351,13 +434,7 @@ impl DatabaseTable {
                         let hi: Option<i64> = row.get(1);
                         lo.zip(hi).map(|(lo, hi)| (i128::from(lo), i128::from(hi)))
                     }
-                    Dialect::Mysql => {
-                        let sql = format!(
-                            "SELECT MIN({quoted}), MAX({quoted}) FROM {}",
-                            self.relation_sql()
-                        );
-                        mysql::bounds(&self.pool, &sql, &doing).await?
-                    }
+                    Dialect::Mysql => mysql::bounds(&self.pool, &sql, &doing).await?,
                 };
                 match bounds {
                     Some(b) => b,
@@ -366,7 +443,20 @@ impl DatabaseTable {
                 }
             }
         };
-        Ok(super::import::int_ranges(&quoted, lo, hi, n))
+        let dialect = self.dialect();
+        super::import::ranges(&quoted, lo, hi, n, |v| {
+            kind.literal(v, &data_type, dialect).ok_or_else(|| {
+                self.pool.error(
+                    format!(
+                        "source '{}': a range of '{column}' would start outside the years \
+                         1-9999 ({v} {}): give lower_bound and upper_bound",
+                        self.spec.name,
+                        kind.unit()
+                    ),
+                    false,
+                )
+            })
+        })
     }
 }
 

@@ -1602,3 +1602,106 @@ fn filters_pushed_to_mariadb_keep_exactly_the_rows_mariadb_keeps() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap()).unwrap();
     assert_eq!(r["models"][0]["rows_out"], 12, "{r}");
 }
+
+/// A date and a timestamp `partition_column` (with and without a time zone) split a source
+/// in ranges, with bounds read from the table or given as dates and date-times: every row
+/// is read once (NULLs, rows before 1970 and rows outside the given bounds too), on both
+/// servers, and the ranges are compared with literals of the column's type.
+#[tokio::test]
+async fn date_and_timestamp_columns_split_a_source_in_ranges() {
+    use crate::support::databases::Server;
+    for server in [Server::Postgres, Server::MariaDb] {
+        let db = server.create_database("timeranges");
+        let (create, fill) = match server {
+            Server::Postgres => (
+                "CREATE TABLE ev (id int, day date, at timestamp, at_tz timestamptz)",
+                "INSERT INTO ev SELECT i, \
+                   CASE WHEN i % 100 = 0 THEN NULL ELSE DATE '1960-01-01' + (i * 37) % 30000 END, \
+                   TIMESTAMP '2023-12-20' + (i::int8 * 3000000) * interval '1 millisecond', \
+                   CASE WHEN i % 7 = 0 THEN NULL \
+                     ELSE TIMESTAMPTZ '1999-06-01 00:00:00+00' + (i * 79) * interval '1 hour' END \
+                 FROM generate_series(1, 2000) i",
+            ),
+            Server::MariaDb => (
+                "CREATE TABLE ev (id int, day date, at datetime(6), at_tz timestamp(6) NULL)",
+                "INSERT INTO ev SELECT seq, \
+                   IF(seq % 100 = 0, NULL, DATE '1960-01-01' + INTERVAL (seq * 37) % 30000 DAY), \
+                   TIMESTAMP '2023-12-20 00:00:00' + INTERVAL seq * 3000000 * 1000 MICROSECOND, \
+                   IF(seq % 7 = 0, NULL, \
+                     TIMESTAMP '1999-06-01 00:00:00' + INTERVAL seq * 79 HOUR) \
+                 FROM seq_1_to_2000",
+            ),
+        };
+        server.sql(&db, create);
+        server.sql(&db, fill);
+        let want: Vec<Vec<String>> = {
+            let mut ids: Vec<String> = (1..=2000).map(|i: i32| i.to_string()).collect();
+            ids.sort();
+            ids.into_iter().map(|i| vec![i]).collect()
+        };
+        for (column, keys, ranges, literal) in [
+            ("day", "partitions = 4", 4, "DATE '"),
+            (
+                "at",
+                // Most rows are past the bounds (2024-01-20 on); a TOML date-time too.
+                "partitions = 3\nlower_bound = \"2024-01-01\"\nupper_bound = 2024-01-20T00:00:00",
+                3,
+                "TIMESTAMP '2024-01-07 08:00:00",
+            ),
+            ("at_tz", "partitions = 5", 5, "TIMESTAMP"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            std::fs::create_dir_all(d.join("queries")).unwrap();
+            std::fs::write(
+                d.join("sluice.toml"),
+                format!(
+                    "name = \"ranges\"\n[databases.app]\nurl = \"${{env:DB_URL}}\"\n\
+                     max_connections = 2\n[sources.src]\ndatabase = \"app\"\ntable = \"ev\"\n\
+                     partition_column = \"{column}\"\n{keys}\n"
+                ),
+            )
+            .unwrap();
+            std::fs::write(d.join("queries/copy.sql"), "SELECT id FROM src").unwrap();
+            let env = [("DB_URL".to_string(), server.url(&db))];
+            let run = crate::support::sluice_env(d, &["-v", "run", "."], &env).expect(0);
+            let reads: Vec<&str> = (run.stderr.lines())
+                .filter(|l| l.contains("reading database 'app'"))
+                .collect();
+            assert!(
+                reads.iter().any(|l| {
+                    l.contains(&format!("ranges={ranges}"))
+                        && l.contains(literal)
+                        && l.contains(column)
+                }),
+                "{server:?} {column}: {reads:?}"
+            );
+            let got = crate::support::output_rows(d, "copy", &["id"]).await;
+            assert_eq!(got, want, "{server:?} {column}");
+            // Bounds of the wrong kind for the column: exit 1 before anything is read.
+            let wrong = if column == "day" {
+                ("id", "2024-01-01", "whole numbers")
+            } else {
+                (column, "1", "dates or date-times")
+            };
+            crate::support::edit_file(&d.join("sluice.toml"), |t| {
+                format!(
+                    "{}\nlower_bound = \"{}\"\nupper_bound = \"{}\"\n",
+                    t.replace(&format!("partition_column = \"{column}\"\n{keys}"), "")
+                        .replace(
+                            "table = \"ev\"",
+                            &format!("table = \"ev\"\npartition_column = \"{}\"", wrong.0)
+                        ),
+                    wrong.1,
+                    wrong.1
+                )
+            });
+            let run = crate::support::sluice_env(d, &["run", "."], &env).expect(1);
+            assert!(
+                run.stderr.contains(wrong.2) && run.stderr.contains("source 'src'"),
+                "{server:?} {column}: {}",
+                run.stderr
+            );
+        }
+    }
+}
