@@ -128,6 +128,7 @@ impl Tls {
         };
         let mut mode = None;
         let mut root_cert = None;
+        let mut system = false;
         for (k, v) in params {
             if mode_keys.contains(&k.as_str()) {
                 let m = modes
@@ -137,8 +138,10 @@ impl Tls {
                     .ok_or_else(|| format!("{k}={v} is not a TLS mode: {known}"))?;
                 mode = Some(m);
             } else if ca_keys.contains(&k.as_str()) {
-                // (libpq 16's "system": the system's CAs, as when none is given.)
-                if !(kind == DatabaseKind::Postgres && v == "system") {
+                // (libpq 16's "system": the system's CAs, which only verify-full may use.)
+                if kind == DatabaseKind::Postgres && v == "system" {
+                    system = true;
+                } else {
                     root_cert = Some(PathBuf::from(v));
                 }
             } else if matches!(
@@ -155,6 +158,21 @@ impl Tls {
                 ));
             }
         }
+        if system {
+            // libpq 16: sslrootcert=system defaults to verify-full and refuses less, since
+            // any public CA's certificate would pass a check of the chain alone.
+            return match mode {
+                None | Some(TlsMode::VerifyFull) => Ok(Tls {
+                    mode: TlsMode::VerifyFull,
+                    root_cert: None,
+                }),
+                Some(_) => Err(
+                    "sslrootcert=system needs sslmode=verify-full (the system's \
+                                CAs vouch for any name they signed, not for this server)"
+                        .into(),
+                ),
+            };
+        }
         let mode = match (mode, kind) {
             // libpq: require with a CA file checks the chain (verify-ca).
             (Some(TlsMode::Require), DatabaseKind::Postgres) if root_cert.is_some() => {
@@ -164,6 +182,15 @@ impl Tls {
             (None, DatabaseKind::Mysql) if root_cert.is_some() => TlsMode::VerifyCa,
             (m, _) => m.unwrap_or(TlsMode::Prefer),
         };
+        if kind == DatabaseKind::Postgres && mode == TlsMode::VerifyCa && root_cert.is_none() {
+            // As libpq: a chain checked against the system's CAs would take any public
+            // certificate.
+            return Err(
+                "sslmode=verify-ca needs sslrootcert (the CA that signed the server's \
+                        certificate); with the system's CAs use verify-full"
+                    .into(),
+            );
+        }
         if kind == DatabaseKind::Mysql && mode == TlsMode::VerifyCa {
             // mysql_async 0.37.1 cannot let a name mismatch through (its issue 404, fixed
             // after that release): refused rather than checked some other way.
@@ -495,7 +522,7 @@ mod tests {
         for (q, mode) in [
             ("disable", TlsMode::Disable),
             ("require", TlsMode::Require),
-            ("verify-ca", TlsMode::VerifyCa),
+            ("verify-ca&sslrootcert=ca.pem", TlsMode::VerifyCa),
             ("verify-full", TlsMode::VerifyFull),
         ] {
             assert_eq!(tls(&format!("{pg}?sslmode={q}")).mode, mode);
@@ -506,7 +533,8 @@ mod tests {
             (t.mode, t.root_cert),
             (TlsMode::VerifyCa, Some(PathBuf::from("ca.pem")))
         );
-        assert_eq!(tls(&format!("{pg}?sslrootcert=system")).root_cert, None);
+        let t = tls(&format!("{pg}?sslrootcert=system"));
+        assert_eq!((t.mode, t.root_cert), (TlsMode::VerifyFull, None));
         let my = "mysql://u@h/db";
         assert_eq!(tls(my).mode, TlsMode::Prefer);
         for (q, mode) in [

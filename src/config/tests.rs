@@ -479,6 +479,22 @@ fn bad_database_settings_are_refused_naming_key_and_line_never_the_password() {
             "\"yesterday\" is not a bound",
         ),
         (
+            format!(
+                "{db}[sources.o]\ndatabase = \"app\"\ntable = \"t\"\npartition_column = \"at\"\nlower_bound = 1\nupper_bound = \"2024-01-01\"\n"
+            ),
+            "sources.o.lower_bound",
+            7,
+            "of different kinds",
+        ),
+        (
+            format!(
+                "{db}[sources.o]\ndatabase = \"app\"\ntable = \"t\"\npartition_column = \"at\"\nlower_bound = 10:00:00\nupper_bound = 11:00:00\n"
+            ),
+            "sources.o.lower_bound",
+            7,
+            "not a time",
+        ),
+        (
             format!("{db}[sources.o]\nlocation = \"data/\"\nformat = \"csv\"\ntable = \"t\"\n"),
             "sources.o.table",
             6,

@@ -544,7 +544,16 @@ impl<'a> Validator<'a> {
                     }
                 }
             },
-            toml::Value::Datetime(d) => Ok(BoundValue::Text(d.to_string())),
+            toml::Value::Datetime(d) => {
+                let b = BoundValue::Text(d.to_string());
+                match b.micros() {
+                    Some(_) => Ok(b),
+                    None => Err(self.invalid(
+                        key(k),
+                        format!("{d} is not a bound: give a date or a date-time, not a time"),
+                    )),
+                }
+            }
             other => Err(self.invalid(
                 key(k),
                 format!("{other} is not a bound: give a whole number, a date or a date-time"),
@@ -556,7 +565,18 @@ impl<'a> Validator<'a> {
                 let (lo, hi) = (bound("lower_bound", lo)?, bound("upper_bound", hi)?);
                 let above = match (&lo, &hi) {
                     (BoundValue::Int(l), BoundValue::Int(h)) => l > h,
-                    _ => lo.micros().zip(hi.micros()).is_some_and(|(l, h)| l > h),
+                    (BoundValue::Text(_), BoundValue::Text(_)) => {
+                        lo.micros().zip(hi.micros()).is_some_and(|(l, h)| l > h)
+                    }
+                    _ => {
+                        return Err(self.invalid(
+                            key("lower_bound"),
+                            format!(
+                                "{lo} and upper_bound {hi} are of different kinds: give two \
+                                 whole numbers, or two dates or date-times"
+                            ),
+                        ));
+                    }
                 };
                 if above {
                     return Err(self.invalid(

@@ -152,12 +152,17 @@ pub(crate) fn ranges<E>(
     n: usize,
     literal: impl Fn(i128) -> Result<String, E>,
 ) -> Result<Vec<Option<String>>, E> {
-    let span = hi - lo + 1;
+    // (Bounds so far apart that the arithmetic would overflow: one range.)
+    let Some(span) = hi.checked_sub(lo).and_then(|s| s.checked_add(1)) else {
+        return Ok(vec![None]);
+    };
     let n = (n as i128).min(span.max(1));
     if n <= 1 {
         return Ok(vec![None]);
     }
-    let stride = (span + n - 1) / n;
+    let Some(stride) = span.checked_add(n - 1).map(|s| s / n) else {
+        return Ok(vec![None]);
+    };
     let bounds = (1..n)
         .map(|i| lo + i * stride)
         .filter(|b| *b <= hi)

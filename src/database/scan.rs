@@ -448,8 +448,9 @@ impl DatabaseTable {
             kind.literal(v, &data_type, dialect).ok_or_else(|| {
                 self.pool.error(
                     format!(
-                        "source '{}': a range of '{column}' would start outside the years \
-                         1-9999 ({v} {}): give lower_bound and upper_bound",
+                        "source '{}': a range of '{column}' would start where no literal of \
+                         its type can say ({v} {}; years 1-9999, a MySQL TIMESTAMP \
+                         1970-2037): give lower_bound and upper_bound within them",
                         self.spec.name,
                         kind.unit()
                     ),

@@ -64,8 +64,25 @@ pub(crate) fn client_config(tls: &Tls) -> Result<ClientConfig, String> {
 }
 
 /// The certificates a server's must chain to: those of the PEM file `ca`, else the
-/// system's.
+/// system's; only those webpki can use (one it cannot would fail every connection of
+/// mysql_async, which adds them one by one).
 pub(crate) fn root_certs(ca: Option<&Path>) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = all_root_certs(ca)?;
+    let total = certs.len();
+    let usable: Vec<_> = (certs.into_iter())
+        .filter(|c| RootCertStore::empty().add(c.clone()).is_ok())
+        .collect();
+    if usable.is_empty() {
+        return Err(format!(
+            "none of the {total} trusted certificates{} could be used",
+            ca.map(|p| format!(" of {}", p.display()))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(usable)
+}
+
+fn all_root_certs(ca: Option<&Path>) -> Result<Vec<CertificateDer<'static>>, String> {
     match ca {
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(path)
@@ -99,12 +116,7 @@ pub(crate) fn root_certs(ca: Option<&Path>) -> Result<Vec<CertificateDer<'static
 
 fn root_store(ca: Option<&Path>) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
-    let (_, refused) = store.add_parsable_certificates(root_certs(ca)?);
-    if store.is_empty() {
-        return Err(format!(
-            "none of the {refused} trusted certificates could be used"
-        ));
-    }
+    store.add_parsable_certificates(root_certs(ca)?);
     Ok(store)
 }
 

@@ -54,11 +54,18 @@ fn dictionary_limit(field: &Field, first: Option<&ArrayRef>) -> Option<usize> {
         },
         Utf8 | Binary | LargeUtf8 | LargeBinary => {
             let values = first.filter(|v| v.data_type() == field.data_type())?;
+            // (The offsets' span, not the values buffer: a slice shares its parent's.)
+            fn span<O: datafusion::arrow::array::OffsetSizeTrait>(offsets: &[O]) -> usize {
+                match (offsets.first(), offsets.last()) {
+                    (Some(a), Some(b)) => (*b - *a).as_usize(),
+                    _ => 0,
+                }
+            }
             let bytes = match values.data_type() {
-                Utf8 => values.as_string::<i32>().values().len(),
-                LargeUtf8 => values.as_string::<i64>().values().len(),
-                Binary => values.as_binary::<i32>().values().len(),
-                _ => values.as_binary::<i64>().values().len(),
+                Utf8 => span(values.as_string::<i32>().value_offsets()),
+                LargeUtf8 => span(values.as_string::<i64>().value_offsets()),
+                Binary => span(values.as_binary::<i32>().value_offsets()),
+                _ => span(values.as_binary::<i64>().value_offsets()),
             };
             let count = values.len() - values.null_count();
             if count == 0 {

@@ -2,26 +2,17 @@
 //! servers of the tests' own whose certificate a test CA signed for 127.0.0.1 only. Whether
 //! sluice's session is encrypted is what the server itself says of it.
 
-use crate::support::databases::{Certs, MariaDb, PASSWORD, Postgres, mariadb, postgres};
+use crate::support::databases::{
+    Certs, MariaDb, PASSWORD, Postgres, db_pipeline, mariadb, postgres,
+};
 use crate::support::{output_rows, sluice_env};
 
 /// Runs a pipeline whose model `copy` is the database's `query` (a source `src` on the
 /// database at `url`); returns the run's stderr when it exits `code`, and the value of the
 /// query's one column when it succeeded.
 async fn read(url: &str, query: &str, code: i32) -> (String, Option<String>) {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, env) = db_pipeline(url, &format!("query = \"{query}\""), "SELECT * FROM src");
     let d = dir.path();
-    std::fs::create_dir_all(d.join("queries")).unwrap();
-    std::fs::write(
-        d.join("sluice.toml"),
-        format!(
-            "name = \"tls\"\n[databases.app]\nurl = \"${{env:DB_URL}}\"\nmax_connections = 1\n\
-             [sources.src]\ndatabase = \"app\"\nquery = \"{query}\"\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(d.join("queries/copy.sql"), "SELECT * FROM src").unwrap();
-    let env = [("DB_URL".to_string(), url.to_string())];
     let run = sluice_env(d, &["run", "."], &env).expect(code);
     assert!(!run.stderr.contains(PASSWORD), "{}", run.stderr);
     if code != 0 {

@@ -1,6 +1,6 @@
 //! PostgreSQL and MariaDB (issue 14): the throwaway servers the database tests run against.
 
-use crate::support::databases::{PASSWORD, mariadb, postgres};
+use crate::support::databases::{PASSWORD, db_pipeline, mariadb, postgres};
 
 /// Both servers start from the machine's packages, hold what is written to them, and take
 /// the test user over TCP with its password only (the tests of wrong passwords rely on it).
@@ -115,28 +115,6 @@ fn declared_database_sources_are_shown_without_their_password() {
     }
 }
 
-/// A pipeline folder whose source `src` reads `relation` of the PostgreSQL database `db`,
-/// and whose model `copy` is `sql`; the URL comes from the environment (`PG_URL`).
-fn pg_pipeline(
-    db_url: &str,
-    source_keys: &str,
-    sql: &str,
-) -> (tempfile::TempDir, Vec<(String, String)>) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("queries")).unwrap();
-    std::fs::write(
-        d.join("sluice.toml"),
-        format!(
-            "name = \"pg\"\n[databases.app]\nurl = \"${{env:PG_URL}}\"\nmax_connections = 2\n\
-             [sources.src]\ndatabase = \"app\"\n{source_keys}\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(d.join("queries/copy.sql"), sql).unwrap();
-    (dir, vec![("PG_URL".to_string(), db_url.to_string())])
-}
-
 /// Every type sluice maps is read from PostgreSQL exactly: each value, read back from the
 /// Parquet output, equals what PostgreSQL itself says of it (integers, exact decimals,
 /// timestamps as microseconds since 1970, dates as days, text, JSON, bytes, UUIDs, enums,
@@ -163,7 +141,7 @@ async fn a_postgres_table_of_every_mapped_type_is_read_exactly() {
            (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
             NULL, NULL, NULL, NULL, NULL, NULL);",
     );
-    let (dir, env) = pg_pipeline(
+    let (dir, env) = db_pipeline(
         &pg.url(&db),
         "table = \"public.typed\"",
         "SELECT * FROM src",
@@ -287,7 +265,7 @@ fn postgres_failures_name_the_database_and_table_never_the_password() {
         ),
     ];
     for (u, keys, sql, want) in cases {
-        let (dir, env) = pg_pipeline(&u, keys, sql);
+        let (dir, env) = db_pipeline(&u, keys, sql);
         let run = crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(1);
         for w in &want {
             assert!(
@@ -300,7 +278,7 @@ fn postgres_failures_name_the_database_and_table_never_the_password() {
         assert!(!run.stderr.contains("not-the-password"), "{}", run.stderr);
     }
     // Selecting the readable columns of that table works.
-    let (dir, env) = pg_pipeline(&url, "table = \"shapes\"", "SELECT id FROM src");
+    let (dir, env) = db_pipeline(&url, "table = \"shapes\"", "SELECT id FROM src");
     crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(0);
 }
 
@@ -342,7 +320,7 @@ fn a_postgres_table_is_read_in_page_ranges_from_one_snapshot() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let (dir, env) = pg_pipeline(&pg.url(&db), "table = \"big\"", "SELECT id, v FROM src");
+    let (dir, env) = db_pipeline(&pg.url(&db), "table = \"big\"", "SELECT id, v FROM src");
     let run = crate::support::sluice_env(dir.path(), &["-v", "run", "."], &env).expect(0);
     let _ = writer.kill();
     let _ = writer.wait();
@@ -448,7 +426,7 @@ fn postgres_ranges_share_one_snapshot_under_the_connection_cap() {
             peak
         })
     };
-    let (dir, env) = pg_pipeline(
+    let (dir, env) = db_pipeline(
         &pg.url(&db),
         "table = \"big\"\npartition_column = \"k\"\npartitions = 8\n\
          lower_bound = 0\nupper_bound = 200000",
@@ -692,7 +670,7 @@ fn filters_pushed_to_postgres_keep_exactly_the_rows_postgres_keeps() {
             .replace("cased <> 'abc'", "cased COLLATE \"C\" <> 'abc'")
             .replace("path = 'C:\\temp'", "path = E'C:\\\\temp'")
             .replace("TIMESTAMP '2024", "TIMESTAMPTZ '2024");
-        let (dir, env) = pg_pipeline(
+        let (dir, env) = db_pipeline(
             &pg.url(&db),
             "table = \"t\"\npartition_column = \"id\"\npartitions = 3",
             &format!("SELECT id FROM src WHERE {filter}"),
@@ -729,7 +707,7 @@ fn filters_pushed_to_postgres_keep_exactly_the_rows_postgres_keeps() {
     }
     // A query that stops reading early (LIMIT): the ranges' sessions are cut, not drained,
     // and the run ends normally.
-    let (dir, env) = pg_pipeline(
+    let (dir, env) = db_pipeline(
         &pg.url(&db),
         "table = \"t\"\npartition_column = \"id\"\npartitions = 3",
         "SELECT id FROM src LIMIT 7",
@@ -751,7 +729,7 @@ fn filters_pushed_to_postgres_keep_exactly_the_rows_postgres_keeps() {
         run.stderr
     );
     // A recursive query reads the source again on every pass (with all its ranges).
-    let (dir, env) = pg_pipeline(
+    let (dir, env) = db_pipeline(
         &pg.url(&db),
         "table = \"t\"\npartition_column = \"id\"\npartitions = 3",
         "WITH RECURSIVE r AS (SELECT id FROM src WHERE id = 1 UNION ALL \
@@ -776,7 +754,7 @@ fn postgres_sessions_are_read_only_and_statements_time_out() {
          CREATE FUNCTION forget(x int8) RETURNS int8 AS 'DELETE FROM t WHERE id = x RETURNING id'
            LANGUAGE sql;",
     );
-    let (dir, env) = pg_pipeline(
+    let (dir, env) = db_pipeline(
         &pg.url(&db),
         "query = \"SELECT forget(id) AS id FROM t\"",
         "SELECT * FROM src",
@@ -788,7 +766,7 @@ fn postgres_sessions_are_read_only_and_statements_time_out() {
         run.stderr
     );
     assert_eq!(pg.sql(&db, "SELECT count(*) FROM t"), "100\n");
-    let (dir, env) = pg_pipeline(
+    let (dir, env) = db_pipeline(
         &pg.url(&db),
         "query = \"SELECT nextval('s') AS n\"",
         "SELECT * FROM src",
@@ -796,7 +774,7 @@ fn postgres_sessions_are_read_only_and_statements_time_out() {
     let run = crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(1);
     assert!(run.stderr.contains("25006"), "{}", run.stderr);
     assert_eq!(pg.sql(&db, "SELECT last_value FROM s"), "1\n");
-    let (dir, env) = pg_pipeline(
+    let (dir, env) = db_pipeline(
         &pg.url(&db),
         "query = \"SELECT 1 AS x FROM pg_sleep(5)\"",
         "SELECT * FROM src",
@@ -819,28 +797,6 @@ fn postgres_sessions_are_read_only_and_statements_time_out() {
         "{:?}",
         started.elapsed()
     );
-}
-
-/// A pipeline folder whose source `src` reads from the MariaDB database at `db_url` (keys
-/// `source_keys`), and whose model `copy` is `sql`; the URL comes from the environment.
-fn my_pipeline(
-    db_url: &str,
-    source_keys: &str,
-    sql: &str,
-) -> (tempfile::TempDir, Vec<(String, String)>) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("queries")).unwrap();
-    std::fs::write(
-        d.join("sluice.toml"),
-        format!(
-            "name = \"my\"\n[databases.app]\nurl = \"${{env:MY_URL}}\"\nmax_connections = 2\n\
-             [sources.src]\ndatabase = \"app\"\n{source_keys}\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(d.join("queries/copy.sql"), sql).unwrap();
-    (dir, vec![("MY_URL".to_string(), db_url.to_string())])
 }
 
 /// Every type sluice maps is read from MariaDB exactly, from a table (types from
@@ -960,7 +916,7 @@ async fn a_mariadb_table_of_every_mapped_type_is_read_exactly() {
         format!("table = \"{db}.typed\""),
         "query = \"SELECT * FROM typed\"".to_string(),
     ] {
-        let (dir, env) = my_pipeline(&my.url(&db), &keys, "SELECT * FROM src");
+        let (dir, env) = db_pipeline(&my.url(&db), &keys, "SELECT * FROM src");
         let run = crate::support::sluice_env(dir.path(), &["run", ".", "--report", "r.json"], &env)
             .expect(0);
         assert!(!run.stderr.contains(PASSWORD));
@@ -1126,7 +1082,7 @@ fn mariadb_failures_name_the_database_and_table_never_the_password() {
         ),
     ];
     for (u, keys, sql, want) in cases {
-        let (dir, env) = my_pipeline(&u, keys, sql);
+        let (dir, env) = db_pipeline(&u, keys, sql);
         let run = crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(1);
         for w in &want {
             assert!(
@@ -1141,9 +1097,9 @@ fn mariadb_failures_name_the_database_and_table_never_the_password() {
         }
     }
     // Selecting the readable columns of that table works, and the good rows of the other.
-    let (dir, env) = my_pipeline(&url, "table = \"shapes\"", "SELECT id FROM src");
+    let (dir, env) = db_pipeline(&url, "table = \"shapes\"", "SELECT id FROM src");
     crate::support::sluice_env(dir.path(), &["run", "."], &env).expect(0);
-    let (dir, env) = my_pipeline(
+    let (dir, env) = db_pipeline(
         &url,
         "table = \"bad\"",
         "SELECT id, dt FROM src WHERE id = 1",
@@ -1166,7 +1122,7 @@ fn mariadb_sessions_are_read_only_and_statements_time_out() {
            DELETE FROM t WHERE id = x; RETURN x; END //
          DELIMITER ;",
     );
-    let (dir, env) = my_pipeline(
+    let (dir, env) = db_pipeline(
         &my.url(&db),
         "query = \"SELECT forget(id) AS id FROM t\"",
         "SELECT * FROM src",
@@ -1192,7 +1148,7 @@ fn mariadb_sessions_are_read_only_and_statements_time_out() {
         run.stderr
     );
     assert_eq!(my.sql(&db, "SELECT COUNT(*) FROM t"), "100\n");
-    let (dir, env) = my_pipeline(
+    let (dir, env) = db_pipeline(
         &my.url(&db),
         "query = \"SELECT SLEEP(5) AS x\"",
         "SELECT * FROM src",
@@ -1521,7 +1477,7 @@ fn filters_pushed_to_mariadb_keep_exactly_the_rows_mariadb_keeps() {
         ),
     ];
     for (filter, pushed, my_filter) in filters {
-        let (dir, env) = my_pipeline(
+        let (dir, env) = db_pipeline(
             &my.url(&db),
             "table = \"t\"\npartition_column = \"id\"\npartitions = 3",
             &format!("SELECT id FROM src WHERE {filter}"),
@@ -1562,7 +1518,7 @@ fn filters_pushed_to_mariadb_keep_exactly_the_rows_mariadb_keeps() {
     }
     // A query that stops reading early (LIMIT): the ranges' sessions are cut, not drained,
     // and the run ends normally.
-    let (dir, env) = my_pipeline(
+    let (dir, env) = db_pipeline(
         &my.url(&db),
         "table = \"t\"\npartition_column = \"id\"\npartitions = 3",
         "SELECT id FROM src LIMIT 7",
@@ -1572,7 +1528,7 @@ fn filters_pushed_to_mariadb_keep_exactly_the_rows_mariadb_keeps() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap()).unwrap();
     assert_eq!(r["models"][0]["rows_out"], 7, "{r}");
     // Rows counted without a column read (`SELECT 1 FROM ...` per range).
-    let (dir, env) = my_pipeline(
+    let (dir, env) = db_pipeline(
         &my.url(&db),
         "table = \"t\"\npartition_column = \"id\"\npartitions = 3",
         "SELECT count(*) AS n FROM src WHERE id >= 4000 OR id IS NULL",
@@ -1591,7 +1547,7 @@ fn filters_pushed_to_mariadb_keep_exactly_the_rows_mariadb_keeps() {
         vec![vec!["1001".to_string()]]
     );
     // A recursive query reads the source again on every pass (with all its ranges).
-    let (dir, env) = my_pipeline(
+    let (dir, env) = db_pipeline(
         &my.url(&db),
         "table = \"t\"\npartition_column = \"id\"\npartitions = 3",
         "WITH RECURSIVE r AS (SELECT id FROM src WHERE id = 1 UNION ALL \
@@ -1650,20 +1606,12 @@ async fn date_and_timestamp_columns_split_a_source_in_ranges() {
             ),
             ("at_tz", "partitions = 5", 5, "TIMESTAMP"),
         ] {
-            let dir = tempfile::tempdir().unwrap();
+            let (dir, env) = db_pipeline(
+                &server.url(&db),
+                &format!("table = \"ev\"\npartition_column = \"{column}\"\n{keys}"),
+                "SELECT id FROM src",
+            );
             let d = dir.path();
-            std::fs::create_dir_all(d.join("queries")).unwrap();
-            std::fs::write(
-                d.join("sluice.toml"),
-                format!(
-                    "name = \"ranges\"\n[databases.app]\nurl = \"${{env:DB_URL}}\"\n\
-                     max_connections = 2\n[sources.src]\ndatabase = \"app\"\ntable = \"ev\"\n\
-                     partition_column = \"{column}\"\n{keys}\n"
-                ),
-            )
-            .unwrap();
-            std::fs::write(d.join("queries/copy.sql"), "SELECT id FROM src").unwrap();
-            let env = [("DB_URL".to_string(), server.url(&db))];
             let run = crate::support::sluice_env(d, &["-v", "run", "."], &env).expect(0);
             let reads: Vec<&str> = (run.stderr.lines())
                 .filter(|l| l.contains("reading database 'app'"))

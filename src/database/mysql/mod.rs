@@ -200,10 +200,12 @@ async fn open(pool: &Arc<Pool>) -> Result<Session, DatabaseError> {
     };
     let mut conn = match connect(ssl).await {
         Ok(Ok(conn)) => conn,
-        // PREFERRED: plain, when the server has no TLS.
-        Ok(Err(mysql_async::Error::Driver(
-            mysql_async::DriverError::NoClientSslFlagFromServer,
-        ))) if tls == TlsMode::Prefer => match connect(None).await {
+        // PREFERRED: plain, when the server has no TLS, or a handshake that fails (as the
+        // mysql client).
+        Ok(Err(
+            mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer)
+            | mysql_async::Error::Io(mysql_async::IoError::Tls(_)),
+        )) if tls == TlsMode::Prefer => match connect(None).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => return Err(server_error(pool, &e, "connecting")),
             Err(_) => return Err(timed_out()),

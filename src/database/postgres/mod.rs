@@ -117,10 +117,28 @@ async fn open(pool: &Arc<Pool>) -> Result<Session, DatabaseError> {
     if let Some(p) = &url.password {
         config.password(p);
     }
-    let (client, connection) = config
-        .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
-        .await
-        .map_err(|e| server_error(pool, &e, "connecting"))?;
+    let connect = config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls.clone()));
+    let (client, connection) = match connect.await {
+        Ok(c) => c,
+        // prefer, as libpq: a TLS handshake that fails (a protocol or key the server offers
+        // that rustls refuses) is tried again in plain. (tokio-postgres tells a TLS error
+        // only by its text.)
+        Err(e)
+            if url.tls.mode == TlsMode::Prefer
+                && e.to_string().contains("error performing TLS handshake") =>
+        {
+            tracing::debug!(
+                "{}: TLS failed ({e}), connecting in plain",
+                pool.config.name
+            );
+            config.ssl_mode(SslMode::Disable);
+            config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+                .await
+                .map_err(|e| server_error(pool, &e, "connecting"))?
+        }
+        Err(e) => return Err(server_error(pool, &e, "connecting")),
+    };
     let mut connection = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("postgres connection ended: {e}");

@@ -72,6 +72,30 @@ impl Server {
     }
 }
 
+/// A pipeline folder whose source `src` reads from the database at `url` (the source's
+/// other keys `source_keys`: `table = ...` or `query = ...`, ranges), with
+/// `max_connections = 2`, and whose model `copy` is `sql`; the URL is passed in the
+/// environment (`DB_URL`), which is returned for the run.
+pub fn db_pipeline(
+    url: &str,
+    source_keys: &str,
+    sql: &str,
+) -> (tempfile::TempDir, Vec<(String, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("queries")).unwrap();
+    std::fs::write(
+        d.join("sluice.toml"),
+        format!(
+            "name = \"db\"\n[databases.app]\nurl = \"${{env:DB_URL}}\"\nmax_connections = 2\n\
+             [sources.src]\ndatabase = \"app\"\n{source_keys}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(d.join("queries/copy.sql"), sql).unwrap();
+    (dir, vec![("DB_URL".to_string(), url.to_string())])
+}
+
 /// This process's PostgreSQL server, started on first use.
 pub fn postgres() -> &'static Postgres {
     static PG: OnceLock<Postgres> = OnceLock::new();
