@@ -27,6 +27,10 @@ pub struct RunReport {
     /// Per database the run used: connections, rows and bytes, pauses, lag.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<DatabaseReport>,
+    /// The threads and memory pool the run used, and where they came from (set, the
+    /// cgroup's limits, the machine); none for a run that stopped before planning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::engine::limits::Resources>,
 }
 
 /// What the run report says of one database.
@@ -497,6 +501,7 @@ impl RunReport {
             models: Vec::new(),
             error: Some(error),
             databases: Vec::new(),
+            resources: None,
         }
     }
 

@@ -1559,6 +1559,7 @@ mod tests {
             ],
             error: None,
             databases: Vec::new(),
+            resources: None,
         };
         s.finish_run(&report).unwrap();
         let rows = s.runs(5).unwrap();

@@ -288,6 +288,10 @@ pub struct EngineArgs {
     /// sort_merge (DataFusion's sort-merge join).
     #[arg(long, value_name = "STRATEGY", value_parser = join_strategy)]
     pub join_strategy: Option<JoinStrategy>,
+    /// Read the cgroup limits from a copy of a machine's cgroup files under DIR
+    /// (DIR/proc-self-cgroup, DIR/sys-fs-cgroup/) instead of this machine's: for tests.
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub cgroup_root: Option<PathBuf>,
 }
 
 fn size(s: &str) -> Result<usize, String> {

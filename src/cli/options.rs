@@ -44,6 +44,12 @@ pub fn run_options(args: &PipelineArgs, dry_run: bool, restart: bool) -> RunOpti
         vars: args.vars.iter().cloned().collect(),
         memory_limit: args.engine.memory_limit,
         threads: args.engine.threads,
+        cgroup: args
+            .engine
+            .cgroup_root
+            .as_deref()
+            .map(sluice::engine::limits::CgroupPaths::under)
+            .unwrap_or_default(),
         join_strategy: args.engine.join_strategy,
         dry_run,
         restart,

@@ -192,11 +192,19 @@ fn describe_incremental(
 /// The text of `sluice plan`: sources, then models in run order with inputs and sinks.
 pub(crate) async fn describe_plan(prepared: &Prepared, planning: &Planning<'_>) -> String {
     let p = &prepared.pipeline;
+    let r = &prepared.resources;
+    let memory = r.memory_limit.map_or("unbounded".to_string(), |m| {
+        crate::engine::limits::human_bytes(m as u64)
+    });
     let mut out = format!(
-        "pipeline {} ({} models, {} sources)\n\nsources:\n",
+        "pipeline {} ({} models, {} sources)\n\nresources: {} threads ({}); memory pool {memory} \
+         ({})\n\nsources:\n",
         p.name,
         p.models.len(),
-        p.sources.len() + p.database_sources.len()
+        p.sources.len() + p.database_sources.len(),
+        r.threads,
+        r.threads_from,
+        r.memory_from,
     );
     for s in p.sources.values() {
         let parts = if s.partition_cols.is_empty() {

@@ -3,9 +3,11 @@
 //! with its metrics.
 //!
 //! - [`execution`]: a running query, and what its plan measured (rows per table, spills, joins);
+//! - [`limits`]: the threads and memory a run uses, from the settings or the cgroup's limits;
 //! - [`udf`]: sluice's SQL functions.
 
 mod execution;
+pub mod limits;
 pub mod udf;
 
 pub use execution::{Execution, FileVersion, ScanRows, file_version, files_read};

@@ -54,6 +54,9 @@ pub struct RunOptions {
     pub memory_limit: Option<usize>,
     /// `--threads`, over `settings.threads`.
     pub threads: Option<usize>,
+    /// Where the cgroup limits are read from when `threads` or `memory_limit` is set nowhere
+    /// (`--cgroup-root`, for tests; default the system's).
+    pub cgroup: crate::engine::limits::CgroupPaths,
     /// `--join-strategy`, over `settings.join_strategy`.
     pub join_strategy: Option<crate::config::JoinStrategy>,
     /// `--dry-run`: validate and plan, write nothing.
@@ -324,6 +327,7 @@ async fn run_models(
         sorted,
         schemas_read: _,
         databases,
+        resources,
     } = prepared;
     let cx = RunCx {
         engine: &engine,
@@ -422,6 +426,7 @@ async fn run_models(
             .pools()
             .map(|p| crate::report::DatabaseReport::of(p))
             .collect(),
+        resources: Some(resources),
     }
 }
 

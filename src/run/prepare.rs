@@ -48,6 +48,8 @@ pub struct Prepared {
     pub(crate) schemas_read: SchemasRead,
     /// The pools of the pipeline's databases, one each for the whole run.
     pub(crate) databases: crate::database::Databases,
+    /// The threads and memory pool of the run, and where they came from.
+    pub resources: crate::engine::limits::Resources,
 }
 
 /// Builds the DAG, registers what the selected models read, and plans every selected model.
@@ -62,9 +64,15 @@ pub async fn prepare(
     super::database_load::refuse_reading_loaded_tables(&pipeline, &dag)?;
     let selected = dag.select(&opts.select)?;
 
+    let resources = crate::engine::limits::resolve(
+        opts.threads.or(pipeline.settings.threads),
+        opts.memory_limit.or(pipeline.settings.memory_limit),
+        &crate::engine::limits::read_cgroup(&opts.cgroup),
+        EngineOptions::default().threads(),
+    );
     let engine_opts = EngineOptions {
-        memory_limit: opts.memory_limit.or(pipeline.settings.memory_limit),
-        threads: opts.threads.or(pipeline.settings.threads),
+        memory_limit: resources.memory_limit,
+        threads: Some(resources.threads),
         spill_dir: pipeline.settings.spill_dir.clone(),
         join: crate::config::JoinOptions {
             strategy: opts
@@ -236,6 +244,7 @@ pub async fn prepare(
         sorted,
         schemas_read,
         databases,
+        resources,
     })
 }
 

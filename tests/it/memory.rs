@@ -57,3 +57,72 @@ async fn sorts_and_aggregations_spill_under_the_memory_limit() {
     // The spill folder is left empty.
     assert!(files_under(&dir.path().join("spill")).is_empty());
 }
+
+/// With neither `threads` nor `memory_limit` set, a run sizes itself to its cgroup (here a
+/// copy of a pod's cgroup v2 files: 1.5 CPUs, 5 MiB): one thread and a pool of 75 % of the
+/// memory limit, which `sluice plan` and the report show, and under which the aggregation
+/// spills; a value set wins.
+#[tokio::test]
+async fn the_cgroup_limits_size_a_run_when_nothing_is_set() {
+    let dir = tpch_pipeline_dir(0.01);
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        format!(
+            "[settings]\nspill_dir = \"{}/spill\"\n[sources.lineitem]\nlocation = \"data/lineitem/\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("queries/grouped.sql"),
+        "SELECT l_comment, COUNT(*) AS n FROM lineitem GROUP BY l_comment",
+    )
+    .unwrap();
+    let cgroup = tempfile::tempdir().unwrap();
+    let pod = cgroup.path().join("sys-fs-cgroup/kubepods/pod7");
+    std::fs::create_dir_all(&pod).unwrap();
+    std::fs::write(
+        cgroup.path().join("proc-self-cgroup"),
+        "0::/kubepods/pod7\n",
+    )
+    .unwrap();
+    std::fs::write(pod.join("cpu.max"), "150000 100000\n").unwrap();
+    std::fs::write(pod.join("memory.max"), format!("{}\n", 5 << 20)).unwrap();
+    let root = cgroup.path().to_str().unwrap();
+
+    let plan = sluice(dir.path(), &["plan", ".", "--cgroup-root", root]).expect(0);
+    assert!(
+        plan.stdout.contains(
+            "resources: 1 threads (the cgroup v2 CPU quota, 1.50 CPUs); memory pool 3.8 MiB \
+             (75 % of the cgroup v2 memory limit, 5 MiB)"
+        ),
+        "{}",
+        plan.stdout
+    );
+    let (_, r) = run_with_report(dir.path(), &["--cgroup-root", root], 0);
+    assert_eq!(r["resources"]["threads"], 1, "{}", r["resources"]);
+    assert_eq!(r["resources"]["memory_limit"], (5u64 << 20) * 3 / 4);
+    let m = &r["models"][0];
+    assert!(m["spilled_bytes"].as_u64().unwrap() > 0, "no spill: {m}");
+    // Set values win over the cgroup's.
+    let plan = sluice(
+        dir.path(),
+        &[
+            "plan",
+            ".",
+            "--cgroup-root",
+            root,
+            "--threads",
+            "3",
+            "--memory-limit",
+            "1GiB",
+        ],
+    )
+    .expect(0);
+    assert!(
+        plan.stdout
+            .contains("resources: 3 threads (set); memory pool 1 GiB (set)"),
+        "{}",
+        plan.stdout
+    );
+}
