@@ -31,6 +31,14 @@ pub struct RunReport {
     /// cgroup's limits, the machine); none for a run that stopped before planning.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<crate::engine::limits::Resources>,
+    /// The process's exit status for this run (0, 1, 2, or 128 + a signal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// For a run that did not succeed: whether running it again may succeed (exit 1: a
+    /// server, a store or the data may have changed; interrupted: it resumes) or not before
+    /// the pipeline is fixed (exit 2). What an orchestrator decides a retry on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
 }
 
 /// What the run report says of one database.
@@ -502,7 +510,16 @@ impl RunReport {
             error: Some(error),
             databases: Vec::new(),
             resources: None,
+            exit_code: None,
+            retryable: None,
         }
+    }
+
+    /// Records the exit status `code` the process ends the run with, and for a run that did
+    /// not succeed whether a retry may help (see [`RunReport::retryable`]).
+    pub fn set_exit_code(&mut self, code: i32, retryable: bool) {
+        self.exit_code = Some(code);
+        self.retryable = (!self.succeeded()).then_some(retryable);
     }
 
     /// Whether every model succeeded.

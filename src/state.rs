@@ -1560,6 +1560,8 @@ mod tests {
             error: None,
             databases: Vec::new(),
             resources: None,
+            exit_code: None,
+            retryable: None,
         };
         s.finish_run(&report).unwrap();
         let rows = s.runs(5).unwrap();

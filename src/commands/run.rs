@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::{Context, usage};
-use crate::error::{EXIT_FAILED, EXIT_OK, Error};
+use crate::error::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, Error};
 use crate::report::RunReport;
 use crate::run::{self, RunOptions};
 use crate::status::ModelStatus;
@@ -43,8 +43,9 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
         Err(e) => {
             let e = Error::from(e);
             if let Some(file) = report_file.as_mut() {
-                let report =
+                let mut report =
                     RunReport::not_run(crate::table::new_run_id(), "", started_at, e.to_string());
+                report.set_exit_code(e.exit_code(), e.exit_code() != EXIT_USAGE);
                 file.write(&report)?;
             }
             return Err(e);
@@ -54,12 +55,13 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
     let prepared = match run::prepare(pipeline, &opts.run, cx.env.clone()).await {
         Ok(p) => p,
         Err(e) => {
-            let report = RunReport::not_run(
+            let mut report = RunReport::not_run(
                 crate::table::new_run_id(),
                 &kept.name,
                 started_at,
                 e.to_string(),
             );
+            report.set_exit_code(e.exit_code(), e.exit_code() != EXIT_USAGE);
             if let Some(file) = report_file.as_mut() {
                 file.write(&report)?;
             }
@@ -91,17 +93,27 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
             // Refused (another run holds the lock) or the state store failed: the report
             // still says so.
             if let Some(file) = report_file.as_mut() {
-                let report = RunReport::not_run(
+                let mut report = RunReport::not_run(
                     crate::table::new_run_id(),
                     &kept.name,
                     started_at,
                     e.to_string(),
                 );
+                report.set_exit_code(e.exit_code(), e.exit_code() != EXIT_USAGE);
                 file.write(&report)?;
             }
             return Err(e);
         }
     };
+    let mut report = report;
+    // (A run that failed or was interrupted may succeed when run again: a pipeline that
+    // must be fixed stops before it runs, above.)
+    let code = match cx.interrupt.signal() {
+        _ if report.succeeded() => EXIT_OK,
+        Some(signal) => 128 + signal,
+        None => EXIT_FAILED,
+    };
+    report.set_exit_code(code, true);
     if let Some(file) = report_file.as_mut() {
         file.write(&report)?;
     }

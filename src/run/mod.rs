@@ -427,6 +427,8 @@ async fn run_models(
             .map(|p| crate::report::DatabaseReport::of(p))
             .collect(),
         resources: Some(resources),
+        exit_code: None,
+        retryable: None,
     }
 }
 

@@ -150,6 +150,11 @@ fn missing_source_names_source_and_location() {
         r["error"].as_str().unwrap().contains("customers.jsonl"),
         "{r}"
     );
+    // A file may yet appear: a retry may help.
+    assert_eq!(
+        (&r["exit_code"], &r["retryable"]),
+        (&1.into(), &true.into())
+    );
     assert!(!dir.path().join("out").exists());
     // An unwritable report path is bad usage, found before anything runs.
     let run = sluice(
@@ -347,4 +352,25 @@ fn target_file_size_refused_when_not_a_size_or_too_large_for_s3() {
     );
     sql("out/c/", "1KiB").expect(0);
     assert!(dir.path().join("out/c/_MANIFEST").exists());
+}
+
+/// The report says what the exit status says, for an orchestrator deciding on a retry: a
+/// pipeline that must be fixed (exit 2) is not retryable, a run that succeeded has nothing
+/// to retry.
+#[test]
+fn the_report_says_whether_a_retry_may_help() {
+    let dir = pipeline_copy("shop");
+    let (_, r) = run_with_report(dir.path(), &[], 0);
+    assert_eq!(r["exit_code"], 0);
+    assert!(r.get("retryable").is_none(), "{r}");
+    edit_file(&dir.path().join("sluice.toml"), |t| {
+        t.replacen("threads = 2\n", "threads = 0\n", 1)
+    });
+    let (run, r) = run_with_report(dir.path(), &[], 2);
+    assert!(run.stderr.contains("threads"), "{}", run.stderr);
+    assert_eq!(r["status"], "failed");
+    assert_eq!(
+        (&r["exit_code"], &r["retryable"]),
+        (&2.into(), &false.into())
+    );
 }
