@@ -19,6 +19,9 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 /// Exit status for bad usage or an invalid pipeline.
 pub const EXIT_USAGE: i32 = 2;
+/// Exit status of a run started outside its run window: nothing ran, try again later
+/// (sysexits' EX_TEMPFAIL).
+pub const EXIT_DEFERRED: i32 = 75;
 
 /// Everything that can go wrong in sluice, with the context a user needs to act on it.
 #[derive(Debug, thiserror::Error)]

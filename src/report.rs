@@ -39,6 +39,9 @@ pub struct RunReport {
     /// the pipeline is fixed (exit 2). What an orchestrator decides a retry on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retryable: Option<bool>,
+    /// A deferred run: when its run window next opens (RFC 3339, in the window's zone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_window: Option<String>,
 }
 
 /// What the run report says of one database.
@@ -512,6 +515,7 @@ impl RunReport {
             resources: None,
             exit_code: None,
             retryable: None,
+            next_window: None,
         }
     }
 

@@ -1562,6 +1562,7 @@ mod tests {
             resources: None,
             exit_code: None,
             retryable: None,
+            next_window: None,
         };
         s.finish_run(&report).unwrap();
         let rows = s.runs(5).unwrap();

@@ -53,6 +53,8 @@ status_enum! {
         Planned = "planned",
         /// Its process died (found by the next run taking the lock over).
         Interrupted = "interrupted",
+        /// Started outside its run window: nothing ran; it is for later.
+        Deferred = "deferred",
     }
 }
 

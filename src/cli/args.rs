@@ -92,6 +92,25 @@ pub struct RunFlags {
     pub restart: bool,
     #[command(flatten)]
     pub clock: ClockArgs,
+    /// Start only inside this run window (repeatable): "01:00-05:00", "22:00-04:00",
+    /// "Sat 00:00-Sun 23:59". Started outside, nothing runs and sluice exits 75.
+    #[arg(long, value_name = "WINDOW", value_parser = window)]
+    pub window: Vec<sluice::config::window::Window>,
+    /// The time zone of --window (default UTC), e.g. Europe/Berlin.
+    #[arg(long, value_name = "ZONE", value_parser = timezone, requires = "window")]
+    pub timezone: Option<chrono_tz::Tz>,
+    /// The wall clock --window is checked against (RFC 3339): for tests.
+    #[arg(long, value_name = "TIME", value_parser = as_of, hide = true)]
+    pub now: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn window(s: &str) -> Result<sluice::config::window::Window, String> {
+    sluice::config::window::Window::parse(s)
+}
+
+fn timezone(s: &str) -> Result<chrono_tz::Tz, String> {
+    s.parse::<chrono_tz::Tz>()
+        .map_err(|_| format!("{s:?} is not a time zone (examples: UTC, Europe/Berlin)"))
 }
 
 /// `sluice run`.

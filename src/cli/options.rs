@@ -103,6 +103,13 @@ fn running(args: &PipelineArgs, flags: &RunFlags, kind: RunKind) -> commands::ru
         path: args.path.clone(),
         run,
         report: flags.report.clone(),
+        window: (!flags.window.is_empty()).then(|| {
+            (
+                flags.window.clone(),
+                flags.timezone.unwrap_or(chrono_tz::Tz::UTC),
+            )
+        }),
+        now: flags.now,
     }
 }
 

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::{Context, usage};
-use crate::error::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, Error};
+use crate::error::{EXIT_DEFERRED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, Error};
 use crate::report::RunReport;
 use crate::run::{self, RunOptions};
 use crate::status::ModelStatus;
@@ -18,6 +18,10 @@ pub struct Options {
     pub run: RunOptions,
     /// `--report FILE`: where the JSON run report goes.
     pub report: Option<PathBuf>,
+    /// `--window`: the run starts only inside one of these, in this time zone.
+    pub window: Option<(Vec<crate::config::window::Window>, chrono_tz::Tz)>,
+    /// The wall clock the window is checked against (`--now`, for tests; default: now).
+    pub now: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Runs the pipeline. Exit status 0 when every model succeeded, 1 when one failed, 128 + the
@@ -38,6 +42,20 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
         None => None,
     };
     let started_at = crate::config::timestamp_now();
+    if let Some((windows, tz)) = &opts.window {
+        let now = opts.now.unwrap_or_else(chrono::Utc::now);
+        if crate::config::window::open_until(windows, *tz, now).is_none() {
+            return deferred(
+                opts,
+                report_file.as_mut(),
+                windows,
+                *tz,
+                now,
+                started_at,
+                cx,
+            );
+        }
+    }
     let pipeline = match cx.load_pipeline(&opts.path) {
         Ok(p) => p,
         Err(e) => {
@@ -145,6 +163,46 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
         );
     }
     Ok(EXIT_FAILED)
+}
+
+/// A run started outside its windows: nothing runs; says when the next window opens, in the
+/// report too (`deferred`), and exits [`EXIT_DEFERRED`] (an orchestrator reschedules).
+fn deferred(
+    opts: &Options,
+    report_file: Option<&mut ReportFile>,
+    windows: &[crate::config::window::Window],
+    tz: chrono_tz::Tz,
+    now: chrono::DateTime<chrono::Utc>,
+    started_at: String,
+    cx: &Context<'_>,
+) -> Result<i32, Error> {
+    let next = crate::config::window::next_open(windows, tz, now).map(|t| t.to_rfc3339());
+    let spans: Vec<&str> = windows.iter().map(|w| w.text.as_str()).collect();
+    let message = format!(
+        "outside the run window {} ({tz}) at {}: no unit started; {}",
+        spans.join(", "),
+        now.with_timezone(&tz).to_rfc3339(),
+        match &next {
+            Some(t) => format!("the window next opens at {t}"),
+            None => "the window never opens".to_string(),
+        }
+    );
+    let name = cx
+        .load_pipeline(&opts.path)
+        .map(|p| p.name)
+        .unwrap_or_default();
+    let mut report = RunReport::not_run(crate::table::new_run_id(), &name, started_at, message);
+    report.status = crate::status::RunStatus::Deferred;
+    report.next_window = next;
+    report.exit_code = Some(EXIT_DEFERRED);
+    report.retryable = Some(true);
+    if let Some(file) = report_file {
+        file.write(&report)?;
+    }
+    if let Some(message) = &report.error {
+        eprintln!("sluice: {message}");
+    }
+    Ok(EXIT_DEFERRED)
 }
 
 /// The `--report` file. A temporary file beside it is created before the run starts (so a

@@ -18,6 +18,7 @@ mod raw;
 mod tests;
 mod validate;
 mod values;
+pub mod window;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

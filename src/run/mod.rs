@@ -429,6 +429,7 @@ async fn run_models(
         resources: Some(resources),
         exit_code: None,
         retryable: None,
+        next_window: None,
     }
 }
 

@@ -374,3 +374,69 @@ fn the_report_says_whether_a_retry_may_help() {
         (&2.into(), &false.into())
     );
 }
+
+/// `sluice run --window`: started outside its window (in its time zone), nothing runs, the
+/// report is `deferred` with when the window next opens, and the exit status is 75 (try
+/// again later); started inside, the run runs. A bad window or zone is bad usage.
+#[test]
+fn a_run_started_outside_its_window_is_deferred() {
+    let dir = pipeline_copy("shop");
+    // 12:00 UTC is 13:00 in Berlin in January: outside 01:00-05:00.
+    let (run, r) = run_with_report(
+        dir.path(),
+        &[
+            "--window",
+            "01:00-05:00",
+            "--timezone",
+            "Europe/Berlin",
+            "--now",
+            "2026-01-10T12:00:00Z",
+        ],
+        75,
+    );
+    assert!(
+        run.stderr
+            .contains("outside the run window 01:00-05:00 (Europe/Berlin)")
+            && run
+                .stderr
+                .contains("next opens at 2026-01-11T01:00:00+01:00"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(r["status"], "deferred");
+    assert_eq!(r["next_window"], "2026-01-11T01:00:00+01:00");
+    assert_eq!(
+        (&r["exit_code"], &r["retryable"]),
+        (&75.into(), &true.into())
+    );
+    assert!(!dir.path().join("out").exists());
+    // 00:30 UTC is 01:30 in Berlin: inside.
+    let (_, r) = run_with_report(
+        dir.path(),
+        &[
+            "--window",
+            "Sat 00:00-Sun 23:59",
+            "--window",
+            "01:00-05:00",
+            "--timezone",
+            "Europe/Berlin",
+            "--now",
+            "2026-01-14T00:30:00Z",
+        ],
+        0,
+    );
+    assert_eq!(r["status"], "success");
+    assert!(dir.path().join("out").exists());
+    for (args, why) in [
+        (vec!["--window", "1-5"], "not a run window"),
+        (
+            vec!["--window", "01:00-05:00", "--timezone", "Mars/Olympus"],
+            "not a time zone",
+        ),
+    ] {
+        let mut all = vec!["run", "."];
+        all.extend(args);
+        let run = sluice(dir.path(), &all).expect(2);
+        assert!(run.stderr.contains(why), "{}", run.stderr);
+    }
+}
