@@ -29,7 +29,8 @@
 //!   (naming the file at fault).
 //! - **4 Output**: [`sink`] (result streams → partitioned files in staging, by writer lanes).
 //! - **5 Orchestration**: [`run`] (prepare, one model, its units with retries, resume),
-//!   [`state`] (the SQLite run ledger and lock), [`report`], [`progress`], [`tpch`]; and
+//!   [`state`] (the SQLite run ledger and lock), [`report`], [`metrics`] (the report in
+//!   Prometheus's text format), [`progress`], [`tpch`]; and
 //!   [`error`], the one public [`Error`] into which every layer's error folds, with its exit
 //!   status.
 //! - **6 Commands**: [`commands`], one module per subcommand: the only thing the binary calls.
@@ -54,6 +55,7 @@ pub mod engine;
 pub mod error;
 pub(crate) mod flock;
 pub(crate) mod join;
+pub(crate) mod metrics;
 pub(crate) mod physical;
 pub mod progress;
 pub mod quarantine;

@@ -204,6 +204,15 @@ pub struct UnitRecord {
     pub inputs: String,
 }
 
+/// When a pipeline, and each of its models, last succeeded: the end of the run, RFC 3339.
+#[derive(Debug, Clone, Default)]
+pub struct LastSuccess {
+    /// The last run in which every model succeeded.
+    pub pipeline: Option<String>,
+    /// Per model, the last run in which it succeeded.
+    pub models: std::collections::BTreeMap<String, String>,
+}
+
 /// One row of the run ledger, as `sluice runs` prints it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct RunRow {
@@ -1155,6 +1164,30 @@ impl StateStore {
                 })
             })?;
             rows.collect()
+        })
+    }
+
+    /// When the pipeline `pipeline` last succeeded whole, and each of its models last
+    /// succeeded (the end of the run), as the runs recorded here say.
+    pub fn last_successes(&self, pipeline: &str) -> Result<LastSuccess, StateError> {
+        self.with(|c| {
+            let whole: Option<String> = c.query_row(
+                "SELECT max(finished_at) FROM runs WHERE pipeline = ?1 AND status = 'success'",
+                params![pipeline],
+                |r| r.get(0),
+            )?;
+            let mut stmt = c.prepare(
+                "SELECT m.model, max(r.finished_at) FROM models m JOIN runs r USING (run_id)
+                 WHERE r.pipeline = ?1 AND m.status = 'success' AND r.finished_at IS NOT NULL
+                 GROUP BY m.model",
+            )?;
+            let models = stmt
+                .query_map(params![pipeline], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(LastSuccess {
+                pipeline: whole,
+                models,
+            })
         })
     }
 

@@ -99,6 +99,10 @@ pub struct RunFlags {
     /// The time zone of --window (default UTC), e.g. Europe/Berlin.
     #[arg(long, value_name = "ZONE", value_parser = timezone, requires = "window")]
     pub timezone: Option<chrono_tz::Tz>,
+    /// Write the run's metrics in Prometheus's text format to this file (for the node
+    /// exporter's textfile collector, or a Pushgateway).
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
     /// The wall clock --window is checked against (RFC 3339): for tests.
     #[arg(long, value_name = "TIME", value_parser = as_of, hide = true)]
     pub now: Option<chrono::DateTime<chrono::Utc>>,

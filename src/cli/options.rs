@@ -110,6 +110,7 @@ fn running(args: &PipelineArgs, flags: &RunFlags, kind: RunKind) -> commands::ru
             )
         }),
         now: flags.now,
+        metrics: flags.metrics_file.clone(),
     }
 }
 

@@ -22,6 +22,8 @@ pub struct Options {
     pub window: Option<(Vec<crate::config::window::Window>, chrono_tz::Tz)>,
     /// The wall clock the window is checked against (`--now`, for tests; default: now).
     pub now: Option<chrono::DateTime<chrono::Utc>>,
+    /// `--metrics-file FILE`: where the run's Prometheus metrics go.
+    pub metrics: Option<PathBuf>,
 }
 
 /// Runs the pipeline. Exit status 0 when every model succeeded, 1 when one failed, 128 + the
@@ -83,6 +85,7 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
             if let Some(file) = report_file.as_mut() {
                 file.write(&report)?;
             }
+            write_metrics(opts, &report, Some(&kept.settings.state))?;
             if !opts.run.dry_run
                 && let Err(state_err) = run::record_not_run(&kept, &report)
             {
@@ -135,6 +138,7 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
     if let Some(file) = report_file.as_mut() {
         file.write(&report)?;
     }
+    write_metrics(opts, &report, Some(&kept.settings.state))?;
     if !cx.quiet {
         eprint!("{}", report.summary());
     }
@@ -187,9 +191,10 @@ fn deferred(
             None => "the window never opens".to_string(),
         }
     );
-    let name = cx
-        .load_pipeline(&opts.path)
-        .map(|p| p.name)
+    let pipeline = cx.load_pipeline(&opts.path).ok();
+    let name = pipeline
+        .as_ref()
+        .map(|p| p.name.clone())
         .unwrap_or_default();
     let mut report = RunReport::not_run(crate::table::new_run_id(), &name, started_at, message);
     report.status = crate::status::RunStatus::Deferred;
@@ -199,10 +204,40 @@ fn deferred(
     if let Some(file) = report_file {
         file.write(&report)?;
     }
+    write_metrics(
+        opts,
+        &report,
+        pipeline.as_ref().map(|p| p.settings.state.as_path()),
+    )?;
     if let Some(message) = &report.error {
         eprintln!("sluice: {message}");
     }
     Ok(EXIT_DEFERRED)
+}
+
+/// Writes `report`'s metrics to `--metrics-file`, if given (replacing the file whole), with
+/// the last successes the state store at `state` knows.
+fn write_metrics(
+    opts: &Options,
+    report: &RunReport,
+    state: Option<&std::path::Path>,
+) -> Result<(), Error> {
+    let Some(path) = &opts.metrics else {
+        return Ok(());
+    };
+    let last = state
+        .and_then(|s| crate::state::StateStore::open_existing(s).ok().flatten())
+        .and_then(|s| s.last_successes(&report.pipeline).ok())
+        .unwrap_or_default();
+    let text = crate::metrics::render(report, &last);
+    let io = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    // (Beside the file, renamed over it: a collector never reads half a file.)
+    let temp = path.with_extension("prom.tmp");
+    std::fs::write(&temp, text).map_err(io)?;
+    std::fs::rename(&temp, path).map_err(io)
 }
 
 /// The `--report` file. A temporary file beside it is created before the run starts (so a

@@ -32,7 +32,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("4 output", &["sink"]),
     (
         "5 orchestration",
-        &["progress", "report", "state", "error", "run", "tpch"],
+        &[
+            "progress", "report", "metrics", "state", "error", "run", "tpch",
+        ],
     ),
     ("6 commands", &["commands"]),
 ];
@@ -48,6 +50,8 @@ const WITHIN: &[(&str, &str)] = &[
     ("diagnose", "engine"),
     ("diagnose", "quarantine"),
     ("state", "report"),
+    ("metrics", "report"),
+    ("metrics", "state"),
     // The one public error folds the errors of every layer, the state store's included;
     // only orchestration and the commands return it.
     ("error", "state"),

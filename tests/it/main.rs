@@ -25,6 +25,7 @@ mod layers;
 mod listing_readers;
 mod locations;
 mod memory;
+mod metrics;
 mod output_columns;
 mod pipeline;
 mod quarantine;
