@@ -140,3 +140,50 @@ async fn mariadb_sessions_use_tls_as_the_url_says_and_refuse_an_untrusted_server
     )
     .await;
 }
+
+/// `prefer` (the default) reads in plain from a server whose TLS handshake rustls refuses
+/// (it offers only a TLS 1.2 cipher suite without forward secrecy), as libpq and the mysql
+/// client fall back; `require` fails, naming TLS.
+#[tokio::test]
+async fn prefer_falls_back_to_plain_when_the_tls_handshake_fails() {
+    let certs = Certs::make();
+    let cert = certs.server_cert.display().to_string();
+    let key = certs.server_key.display().to_string();
+    let pg = Postgres::start_with(&[
+        "ssl=on",
+        &format!("ssl_cert_file={cert}"),
+        &format!("ssl_key_file={key}"),
+        "ssl_ciphers=AES128-SHA",
+        "ssl_max_protocol_version=TLSv1.2",
+    ]);
+    let my = MariaDb::start_own(&[
+        &format!("--ssl-cert={cert}"),
+        &format!("--ssl-key={key}"),
+        "--ssl-cipher=AES128-SHA",
+        "--tls-version=TLSv1.2",
+    ]);
+    let cases = [
+        (
+            pg.url(&pg.create_database("weak")),
+            "SELECT ssl::text AS tls FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            "sslmode=require",
+            "false",
+        ),
+        (
+            my.url(&my.create_database("weak")),
+            "SELECT IF(VARIABLE_VALUE = '', 'plain', 'tls') AS tls FROM \
+             information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher'",
+            "ssl-mode=REQUIRED",
+            "plain",
+        ),
+    ];
+    for (url, probe, require, plain) in cases {
+        let (stderr, _) = read(&format!("{url}?{require}"), probe, 1).await;
+        assert!(
+            stderr.contains("database 'app'") && stderr.to_lowercase().contains("tls"),
+            "{url}: {stderr}"
+        );
+        let (_, got) = read(&url, probe, 0).await;
+        assert_eq!(got.as_deref(), Some(plain), "{url}");
+    }
+}

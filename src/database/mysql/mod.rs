@@ -202,15 +202,19 @@ async fn open(pool: &Arc<Pool>) -> Result<Session, DatabaseError> {
         Ok(Ok(conn)) => conn,
         // PREFERRED: plain, when the server has no TLS, or a handshake that fails (as the
         // mysql client).
-        Ok(Err(
-            mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer)
-            | mysql_async::Error::Io(mysql_async::IoError::Tls(_)),
-        )) if tls == TlsMode::Prefer => match connect(None).await {
+        Ok(Err(e)) if tls == TlsMode::Prefer && tls_failed(&e) => match connect(None).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => return Err(server_error(pool, &e, "connecting")),
             Err(_) => return Err(timed_out()),
         },
-        Ok(Err(e)) => return Err(server_error(pool, &e, "connecting")),
+        Ok(Err(e)) => {
+            let doing = if tls_failed(&e) {
+                "connecting over TLS"
+            } else {
+                "connecting"
+            };
+            return Err(server_error(pool, &e, doing));
+        }
         Err(_) => return Err(timed_out()),
     };
     match setup(pool, &mut conn).await {
@@ -226,6 +230,19 @@ async fn open(pool: &Arc<Pool>) -> Result<Session, DatabaseError> {
             let _ = tokio::time::timeout(CLOSE_WAIT, conn.disconnect()).await;
             Err(e)
         }
+    }
+}
+
+/// Whether connecting failed for TLS: the server offers none, or the handshake failed
+/// (rustls's error comes wrapped in an I/O error).
+fn tls_failed(e: &mysql_async::Error) -> bool {
+    use mysql_async::{DriverError, Error, IoError};
+    match e {
+        Error::Driver(DriverError::NoClientSslFlagFromServer) | Error::Io(IoError::Tls(_)) => true,
+        Error::Io(IoError::Io(io)) => io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        _ => false,
     }
 }
 
