@@ -1167,18 +1167,22 @@ impl StateStore {
         })
     }
 
-    /// When the pipeline `pipeline` last succeeded whole, and each of its models last
-    /// succeeded (the end of the run), as the runs recorded here say.
-    pub fn last_successes(&self, pipeline: &str) -> Result<LastSuccess, StateError> {
+    /// When the pipeline `pipeline` (of `models` models) last succeeded whole, and each of
+    /// its models last succeeded, as the runs recorded here say: plain runs only (a
+    /// backfill or a reconcile brings nothing up to date), the pipeline's with every model.
+    pub fn last_successes(&self, pipeline: &str, models: usize) -> Result<LastSuccess, StateError> {
         self.with(|c| {
             let whole: Option<String> = c.query_row(
-                "SELECT max(finished_at) FROM runs WHERE pipeline = ?1 AND status = 'success'",
-                params![pipeline],
+                "SELECT max(finished_at) FROM runs r WHERE pipeline = ?1 AND status = 'success'
+                   AND kind = 'run'
+                   AND (SELECT count(*) FROM models m WHERE m.run_id = r.run_id) >= ?2",
+                params![pipeline, models as i64],
                 |r| r.get(0),
             )?;
             let mut stmt = c.prepare(
                 "SELECT m.model, max(r.finished_at) FROM models m JOIN runs r USING (run_id)
                  WHERE r.pipeline = ?1 AND m.status = 'success' AND r.finished_at IS NOT NULL
+                   AND r.kind = 'run'
                  GROUP BY m.model",
             )?;
             let models = stmt

@@ -85,7 +85,7 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
             if let Some(file) = report_file.as_mut() {
                 file.write(&report)?;
             }
-            write_metrics(opts, &report, Some(&kept.settings.state))?;
+            write_metrics(opts, &report, Some(&kept));
             if !opts.run.dry_run
                 && let Err(state_err) = run::record_not_run(&kept, &report)
             {
@@ -138,7 +138,7 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
     if let Some(file) = report_file.as_mut() {
         file.write(&report)?;
     }
-    write_metrics(opts, &report, Some(&kept.settings.state))?;
+    write_metrics(opts, &report, Some(&kept));
     if !cx.quiet {
         eprint!("{}", report.summary());
     }
@@ -204,11 +204,7 @@ fn deferred(
     if let Some(file) = report_file {
         file.write(&report)?;
     }
-    write_metrics(
-        opts,
-        &report,
-        pipeline.as_ref().map(|p| p.settings.state.as_path()),
-    )?;
+    write_metrics(opts, &report, pipeline.as_ref());
     if let Some(message) = &report.error {
         eprintln!("sluice: {message}");
     }
@@ -216,28 +212,28 @@ fn deferred(
 }
 
 /// Writes `report`'s metrics to `--metrics-file`, if given (replacing the file whole), with
-/// the last successes the state store at `state` knows.
-fn write_metrics(
-    opts: &Options,
-    report: &RunReport,
-    state: Option<&std::path::Path>,
-) -> Result<(), Error> {
+/// the last successes the state store of `pipeline` knows. A dry run writes none (it would
+/// replace the latest run's). A failure is a warning: the run's exit status and report stand.
+fn write_metrics(opts: &Options, report: &RunReport, pipeline: Option<&crate::config::Pipeline>) {
     let Some(path) = &opts.metrics else {
-        return Ok(());
+        return;
     };
-    let last = state
-        .and_then(|s| crate::state::StateStore::open_existing(s).ok().flatten())
-        .and_then(|s| s.last_successes(&report.pipeline).ok())
+    if opts.run.dry_run {
+        return;
+    }
+    let last = pipeline
+        .and_then(|p| {
+            let store = crate::state::StateStore::open_existing(&p.settings.state).ok()??;
+            store.last_successes(&report.pipeline, p.models.len()).ok()
+        })
         .unwrap_or_default();
     let text = crate::metrics::render(report, &last);
-    let io = |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    };
     // (Beside the file, renamed over it: a collector never reads half a file.)
     let temp = path.with_extension("prom.tmp");
-    std::fs::write(&temp, text).map_err(io)?;
-    std::fs::rename(&temp, path).map_err(io)
+    if let Err(e) = std::fs::write(&temp, text).and_then(|()| std::fs::rename(&temp, path)) {
+        tracing::warn!("cannot write the metrics to {}: {e}", path.display());
+        let _ = std::fs::remove_file(&temp);
+    }
 }
 
 /// The `--report` file. A temporary file beside it is created before the run starts (so a

@@ -87,12 +87,12 @@ impl Window {
 }
 
 /// The instant a wall-clock time is in `tz` (in a daylight-saving gap: the first instant
-/// after it).
+/// after it, the gap's end; gaps are at most a few hours).
 fn instant(tz: Tz, day: NaiveDate, time: NaiveTime) -> Option<DateTime<Utc>> {
     let local = day.and_time(time);
-    (0..=3)
-        .find_map(|h| {
-            tz.from_local_datetime(&(local + Duration::minutes(30 * h)))
+    (0..=6 * 60)
+        .find_map(|m| {
+            tz.from_local_datetime(&(local + Duration::minutes(m)))
                 .earliest()
         })
         .map(|t| t.with_timezone(&Utc))
@@ -197,7 +197,7 @@ mod tests {
             Some(at("2026-03-29T03:00:00Z"))
         );
         // A window opening in the gap opens when the clocks reach 03:00.
-        let gap = [Window::parse("02:30-04:00").unwrap()];
+        let gap = [Window::parse("02:15-04:00").unwrap()];
         assert_eq!(
             next_open(&gap, berlin, at("2026-03-28T12:00:00Z")).map(|t| t.to_rfc3339()),
             Some("2026-03-29T03:00:00+02:00".to_string())

@@ -60,10 +60,25 @@ pub fn read_cgroup(paths: &CgroupPaths) -> CgroupLimits {
     let Ok(membership) = std::fs::read_to_string(&paths.self_cgroup) else {
         return CgroupLimits::default();
     };
-    if let Some(path) = membership.lines().find_map(|l| l.strip_prefix("0::")) {
-        return read_v2(&paths.root, path);
+    let v2 = membership.lines().find_map(|l| l.strip_prefix("0::"));
+    let v1 = membership
+        .lines()
+        .any(|l| !l.starts_with("0::") && !l.trim().is_empty());
+    match v2 {
+        // Unified (v2 only).
+        Some(path) if !v1 => read_v2(&paths.root, path),
+        // Hybrid (v1 controllers, v2 mounted at `unified` without them): v1 holds the
+        // limits.
+        Some(path) => {
+            let limits = read_v1(&paths.root, &membership);
+            if limits.cpus.is_some() || limits.memory.is_some() {
+                limits
+            } else {
+                read_v2(&paths.root.join("unified"), path)
+            }
+        }
+        None => read_v1(&paths.root, &membership),
     }
-    read_v1(&paths.root, &membership)
 }
 
 fn read_v2(root: &Path, path: &str) -> CgroupLimits {
@@ -316,6 +331,25 @@ mod tests {
         assert_eq!(
             (limits.version, limits.cpus, limits.memory),
             (Some("v1"), None, None)
+        );
+    }
+
+    #[test]
+    fn a_hybrid_host_reads_the_v1_limits() {
+        // v1 controllers, and v2 at sys/fs/cgroup/unified without them.
+        let (_d, paths) = fixture(
+            "12:memory:/docker/abc\n11:cpu,cpuacct:/docker/abc\n0::/docker/abc\n",
+            &[
+                ("memory/docker/abc/memory.limit_in_bytes", "4294967296\n"),
+                ("cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "-1\n"),
+                ("cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000\n"),
+                ("unified/docker/abc/cgroup.procs", "1\n"),
+            ],
+        );
+        let limits = read_cgroup(&paths);
+        assert_eq!(
+            (limits.version, limits.cpus, limits.memory),
+            (Some("v1"), None, Some(4 << 30))
         );
     }
 
