@@ -404,26 +404,14 @@ impl std::fmt::Display for BoundValue {
 impl BoundValue {
     /// A date or date-time bound as microseconds since 1970-01-01 00:00 (UTC when it names an
     /// offset, else as written): `2024-01-09`, `2024-01-09 10:00:00`, `2024-01-09T10:00:00.5`,
-    /// `2024-01-09T10:00:00+02:00`. `None` for a whole number or other text.
+    /// `2024-01-09T10:00:00+02:00` ([`super::parse_timestamp`], [`super::parse_datetime`]).
+    /// `None` for a whole number or other text.
     pub fn micros(&self) -> Option<i64> {
         let BoundValue::Text(s) = self else {
             return None;
         };
-        let s = s.trim();
-        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-            return Some(t.timestamp_micros());
-        }
-        for format in [
-            "%Y-%m-%dT%H:%M:%S%.f",
-            "%Y-%m-%d %H:%M:%S%.f",
-            "%Y-%m-%dT%H:%M",
-        ] {
-            if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, format) {
-                return Some(t.and_utc().timestamp_micros());
-            }
-        }
-        let day = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
-        Some(day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros())
+        let at = super::parse_timestamp(s).or_else(|| Some(super::parse_datetime(s)?.and_utc()))?;
+        Some(at.timestamp_micros())
     }
 }
 

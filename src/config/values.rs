@@ -122,11 +122,12 @@ pub fn format_duration(d: chrono::Duration) -> String {
     }
 }
 
-/// Parses `2024-01-01` or `2024-01-01T06:00:00` (or with a space).
+/// Parses `2024-01-01` or `2024-01-01T06:00:00` (or with a space; seconds may have a
+/// fraction).
 pub fn parse_datetime(s: &str) -> Option<chrono::NaiveDateTime> {
     let s = s.trim();
-    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S")
-        .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S"))
+    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
         .ok()
         .or_else(|| {
             chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
