@@ -12,7 +12,7 @@ use sluice::error::{EXIT_FAILED, Error};
 use sluice::progress::Progress;
 use sluice::run::Interrupt;
 
-use cli::args::{BenchCommand, Cli, Command, GenCommand};
+use cli::args::{BenchCommand, Cli, Command, GenCommand, ProgressFormat};
 use cli::options;
 
 fn main() -> ExitCode {
@@ -29,7 +29,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED as u8);
         }
     };
-    let progress = Progress::new(!cli.quiet);
+    let progress = match cli.progress {
+        ProgressFormat::Json => Progress::json(),
+        ProgressFormat::Bar => Progress::new(!cli.quiet),
+    };
     let interrupt = Arc::new(Interrupt::default());
     runtime.spawn(listen_for_signals(Arc::clone(&interrupt)));
     let cx = Context {

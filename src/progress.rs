@@ -1,6 +1,9 @@
-//! Progress on stderr for long runs: one bar per model with rows and rate. Hidden when stderr
-//! is not a terminal (indicatif's stderr target draws nothing then) or with `-q`.
+//! Progress of long runs, in one of two forms: bars on stderr for people (one per model with
+//! rows and rate; hidden when stderr is not a terminal, as indicatif's stderr target draws
+//! nothing then, or with `-q`), or JSON lines on stdout for programs (`--progress json`: an
+//! orchestrator's activity heartbeats on each unit done).
 
+use std::io::Write;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -9,6 +12,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 #[derive(Clone)]
 pub struct Progress {
     multi: Option<MultiProgress>,
+    /// JSON lines on stdout instead of bars.
+    json: bool,
 }
 
 impl Progress {
@@ -16,7 +21,38 @@ impl Progress {
     pub fn new(enabled: bool) -> Progress {
         Progress {
             multi: enabled.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+            json: false,
         }
+    }
+
+    /// Progress as JSON lines on stdout, one object per event, each with an `event` field:
+    /// `model_started` (`model`, `units`), `unit_done` (`model`, `unit`, `done`, `total`;
+    /// a unit kept from an earlier attempt of the run counts too, `kept: true`) and
+    /// `model_finished` (`model`, `status`, `rows_out`).
+    pub fn json() -> Progress {
+        Progress {
+            multi: None,
+            json: true,
+        }
+    }
+
+    /// Prints one JSON event line (whole, under stdout's lock, so lines never interleave).
+    fn emit(&self, event: serde_json::Value) {
+        if self.json {
+            let mut out = std::io::stdout().lock();
+            // A closed stdout (the reader went away) must not fail the run.
+            let _ = writeln!(out, "{event}").and_then(|()| out.flush());
+        }
+    }
+
+    /// Reports a model's end (JSON progress only: a bar ends by itself).
+    pub fn model_finished(&self, model: &str, status: crate::status::ModelStatus, rows_out: u64) {
+        self.emit(serde_json::json!({
+            "event": "model_finished",
+            "model": model,
+            "status": status.to_string(),
+            "rows_out": rows_out,
+        }));
     }
 
     /// A spinner for one task (a model, a table), counting rows.
@@ -74,10 +110,17 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
+        self.emit(serde_json::json!({"event": "model_started", "model": name, "units": total}));
         Units {
             bar,
             rows: std::sync::atomic::AtomicU64::new(0),
             start: std::time::Instant::now(),
+            json: self.json.then(|| JsonUnits {
+                progress: self.clone(),
+                model: name.to_string(),
+                total,
+                done: std::sync::atomic::AtomicU64::new(0),
+            }),
         }
     }
 }
@@ -87,6 +130,15 @@ pub struct Units {
     bar: Option<ProgressBar>,
     rows: std::sync::atomic::AtomicU64,
     start: std::time::Instant,
+    json: Option<JsonUnits>,
+}
+
+/// What a model's `unit_done` JSON events need.
+struct JsonUnits {
+    progress: Progress,
+    model: String,
+    total: u64,
+    done: std::sync::atomic::AtomicU64,
 }
 
 impl Units {
@@ -106,10 +158,24 @@ impl Units {
         }
     }
 
-    /// Counts one more unit done (or kept from an earlier attempt of the run).
-    pub fn unit_done(&self) {
+    /// Counts one more unit done (or, `kept`, committed by an earlier attempt of the run).
+    pub fn unit_done(&self, unit: &str, kept: bool) {
         if let Some(b) = &self.bar {
             b.inc(1);
+        }
+        if let Some(j) = &self.json {
+            let done = j.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let mut event = serde_json::json!({
+                "event": "unit_done",
+                "model": j.model,
+                "unit": unit,
+                "done": done,
+                "total": j.total,
+            });
+            if kept {
+                event["kept"] = serde_json::Value::Bool(true);
+            }
+            j.progress.emit(event);
         }
     }
 

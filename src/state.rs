@@ -809,8 +809,13 @@ impl StateStore {
             .optional()
         })
         .map(|row| {
-            row.filter(|(_, s)| matches!(s, RunStatus::Interrupted | RunStatus::Failed))
-                .map(|(id, _)| id)
+            row.filter(|(_, s)| {
+                matches!(
+                    s,
+                    RunStatus::Interrupted | RunStatus::Failed | RunStatus::Paused
+                )
+            })
+            .map(|(id, _)| id)
         })
     }
 

@@ -55,6 +55,9 @@ status_enum! {
         Interrupted = "interrupted",
         /// Started outside its run window: nothing ran; it is for later.
         Deferred = "deferred",
+        /// Drained (its window closed, or `sluice schedule` was asked to stop): the units
+        /// that ran are committed, the rest are left for the next run, which resumes it.
+        Paused = "paused",
     }
 }
 
@@ -69,6 +72,9 @@ status_enum! {
         Skipped = "skipped",
         /// A dry run.
         Planned = "planned",
+        /// Units were left when the run was drained (or it was not started): the next run
+        /// resumes it.
+        Paused = "paused",
     }
 }
 

@@ -19,8 +19,20 @@ pub struct Cli {
     /// More logging (-v info, -vv debug, -vvv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// How progress is shown: `bar` (on stderr, when it is a terminal) or `json` (one JSON
+    /// object per line on stdout: model_started, unit_done, model_finished; for programs
+    /// that heartbeat per unit).
+    #[arg(long, global = true, value_enum, default_value = "bar")]
+    pub progress: ProgressFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--progress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressFormat {
+    Bar,
+    Json,
 }
 
 /// The subcommands.

@@ -14,6 +14,7 @@
 
 mod databases;
 mod raw;
+pub mod schedule;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -702,6 +703,8 @@ pub struct Pipeline {
     pub models: BTreeMap<String, ModelConfig>,
     /// Default values of `{{ KEY }}` variables (`[vars]`), overridden by `--var`.
     pub vars: BTreeMap<String, String>,
+    /// `[schedule]`: when `sluice schedule` runs it.
+    pub schedule: Option<schedule::Schedule>,
 }
 
 impl Pipeline {

@@ -25,6 +25,19 @@ pub(super) struct RawPipeline {
     pub(super) models: BTreeMap<String, RawModel>,
     #[serde(default)]
     pub(super) vars: BTreeMap<String, toml::Value>,
+    pub(super) schedule: Option<RawSchedule>,
+}
+
+/// `[schedule]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSchedule {
+    pub(super) cron: Option<String>,
+    pub(super) timezone: Option<String>,
+    pub(super) window: Option<OneOrMany>,
+    pub(super) on_window_end: Option<String>,
+    pub(super) catch_up: Option<String>,
+    pub(super) max_run_time: Option<String>,
 }
 
 /// `[settings]`.

@@ -3,6 +3,7 @@
 //! pipeline, `[settings]`, `[stores.NAME]` and `[sources.NAME]`; [`models`] the models.
 
 mod models;
+mod schedule;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -171,6 +172,7 @@ impl<'a> Validator<'a> {
         }
         let all_sources: Vec<&String> = sources.keys().chain(database_sources.keys()).collect();
         let models = self.models(raw.models, &all_sources, &databases)?;
+        let schedule = raw.schedule.map(|s| self.schedule(s)).transpose()?;
         self.check_staging_apart(settings.staging.as_deref(), &sources)?;
         let mut vars = BTreeMap::new();
         for (k, v) in raw.vars {
@@ -191,6 +193,7 @@ impl<'a> Validator<'a> {
             database_sources,
             models,
             vars,
+            schedule,
         })
     }
 

@@ -60,7 +60,10 @@ impl Window {
 
     /// The openings of this window on the local day `day` (none, or one) as the span of
     /// wall-clock times it covers, `[open, close)`, as dates and times.
-    fn on(&self, day: NaiveDate) -> Option<(NaiveDate, NaiveTime, NaiveDate, NaiveTime)> {
+    pub(super) fn on(
+        &self,
+        day: NaiveDate,
+    ) -> Option<(NaiveDate, NaiveTime, NaiveDate, NaiveTime)> {
         match (self.from_day, self.to_day) {
             (Some(from_day), Some(to_day)) => {
                 if day.weekday() != from_day {

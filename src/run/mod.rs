@@ -75,50 +75,102 @@ pub struct RunOptions {
     pub kind: incremental::RunKind,
 }
 
-/// A request to stop a run, raised by the binary when the process receives SIGINT or
-/// SIGTERM: the run starts no more models or units, cancels the running units (their staging
-/// is removed; a resume runs them again), records itself `interrupted` and reports so.
+/// Why a run is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The process received this signal (SIGINT, SIGTERM).
+    Signal(i32),
+    /// The run window closed (`sluice schedule`).
+    WindowClosed,
+    /// The run went on past its schedule's `max_run_time`.
+    MaxRunTime,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Signal(2) => f.write_str("SIGINT"),
+            StopReason::Signal(15) => f.write_str("SIGTERM"),
+            StopReason::Signal(n) => write!(f, "signal {n}"),
+            StopReason::WindowClosed => f.write_str("the run window closed"),
+            StopReason::MaxRunTime => f.write_str("the run went past its max_run_time"),
+        }
+    }
+}
+
+/// A request to stop a run, in one of two strengths. A *drain* starts no more models or units
+/// and lets the running units finish: the run ends `paused`, and the next run of the pipeline
+/// resumes it (`sluice schedule` at a window's end, or at the first SIGTERM). A *cancel*
+/// (the binary's SIGINT / SIGTERM handler, a drain's grace period over) also cancels the
+/// running units (their staging is removed; a resume runs them again): the run ends
+/// `interrupted`. Either way what was committed is kept.
 #[derive(Debug, Default)]
 pub struct Interrupt {
-    signal: std::sync::atomic::AtomicI32,
+    cancel: std::sync::Mutex<Option<StopReason>>,
+    drain: std::sync::Mutex<Option<StopReason>>,
     notify: tokio::sync::Notify,
 }
 
 impl Interrupt {
-    /// Asks the run to stop, because of signal number `signal`.
+    /// Cancels the run, because of signal number `signal`.
     pub fn raise(&self, signal: i32) {
-        self.signal
-            .store(signal, std::sync::atomic::Ordering::SeqCst);
+        self.cancel(StopReason::Signal(signal));
+    }
+
+    /// Cancels the run: nothing more starts, and the running units are cancelled.
+    pub fn cancel(&self, reason: StopReason) {
+        Self::set(&self.cancel, reason);
         self.notify.notify_waiters();
     }
 
-    /// The signal that asked the run to stop, if one did.
+    /// Drains the run: nothing more starts; the running units finish.
+    pub fn drain(&self, reason: StopReason) {
+        Self::set(&self.drain, reason);
+    }
+
+    /// Keeps the first reason given.
+    fn set(slot: &std::sync::Mutex<Option<StopReason>>, reason: StopReason) {
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(reason);
+    }
+
+    fn get(slot: &std::sync::Mutex<Option<StopReason>>) -> Option<StopReason> {
+        *slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why the run was cancelled, if it was.
+    pub fn cancelled(&self) -> Option<StopReason> {
+        Self::get(&self.cancel)
+    }
+
+    /// Why the run should start nothing more (cancelled or drained), if it should.
+    pub fn stopping(&self) -> Option<StopReason> {
+        self.cancelled().or_else(|| Self::get(&self.drain))
+    }
+
+    /// The signal that cancelled the run, if one did.
     pub fn signal(&self) -> Option<i32> {
-        match self.signal.load(std::sync::atomic::Ordering::SeqCst) {
-            0 => None,
-            s => Some(s),
+        match self.cancelled() {
+            Some(StopReason::Signal(s)) => Some(s),
+            _ => None,
         }
     }
 
-    /// Waits until the run is asked to stop.
+    /// Waits until the run is cancelled.
     pub async fn wait(&self) {
         let notified = self.notify.notified();
         tokio::pin!(notified);
-        // Registered before the check, so a raise in between is not missed.
+        // Registered before the check, so a cancel in between is not missed.
         notified.as_mut().enable();
-        if self.signal().is_some() {
+        if self.cancelled().is_some() {
             return;
         }
         notified.await;
     }
 
     /// The signal's name, for messages.
-    pub fn describe(signal: i32) -> &'static str {
-        match signal {
-            2 => "SIGINT",
-            15 => "SIGTERM",
-            _ => "a signal",
-        }
+    pub fn describe(signal: i32) -> String {
+        StopReason::Signal(signal).to_string()
     }
 }
 
@@ -353,12 +405,14 @@ async fn run_models(
             reports.push(ModelReport::new(name, kind, ModelStatus::Planned));
             continue;
         }
-        if let Some(signal) = opts.interrupt.signal() {
-            let mut r = ModelReport::new(name, kind, ModelStatus::Skipped);
-            r.error = Some(format!(
-                "not run: the run was interrupted ({})",
-                Interrupt::describe(signal)
-            ));
+        if let Some(reason) = opts.interrupt.stopping() {
+            let (status, how) = match opts.interrupt.cancelled() {
+                Some(_) => (ModelStatus::Skipped, "interrupted"),
+                None => (ModelStatus::Paused, "paused"),
+            };
+            let mut r = ModelReport::new(name, kind, status);
+            r.error = Some(format!("not run: the run was {how} ({reason})"));
+            progress.model_finished(name, r.status, 0);
             reports.push(r);
             continue;
         }
@@ -366,6 +420,7 @@ async fn run_models(
             let mut r = ModelReport::new(name, kind, ModelStatus::Skipped);
             r.error = Some(format!("upstream model '{up}' failed"));
             failed.insert(name.clone());
+            progress.model_finished(name, r.status, 0);
             reports.push(r);
             continue;
         }
@@ -380,7 +435,10 @@ async fn run_models(
         let mut report = ModelReport::new(name, kind, ModelStatus::Success);
         report.warnings = warnings.get(name).cloned().unwrap_or_default();
         if let Err(e) = model::run_table_model(&cx, name, &schemas[name], &mut report).await {
-            report.status = ModelStatus::Failed;
+            // A drained model (units left for the resume) is paused, not failed.
+            if report.status != ModelStatus::Paused {
+                report.status = ModelStatus::Failed;
+            }
             report.error = Some(match e {
                 Error::Model { message, .. } => message,
                 other => other.to_string(),
@@ -402,13 +460,18 @@ async fn run_models(
         {
             tracing::warn!("cannot record model {name}: {e}");
         }
+        progress.model_finished(name, report.status, report.rows_out);
         reports.push(report);
     }
     let late = late_beyond_failures(&pipeline, &reports);
     let status = if opts.dry_run {
         RunStatus::Planned
-    } else if opts.interrupt.signal().is_some() {
+    } else if opts.interrupt.cancelled().is_some() {
         RunStatus::Interrupted
+    } else if opts.interrupt.stopping().is_some()
+        && reports.iter().any(|r| r.status == ModelStatus::Paused)
+    {
+        RunStatus::Paused
     } else if failed.is_empty() && late.is_none() {
         RunStatus::Success
     } else {

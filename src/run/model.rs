@@ -492,8 +492,8 @@ impl<'a> ModelRun<'a> {
             tracing::info!(model = %name, kept = kept.len(), pending = pending.len(), "resuming: committed units are kept");
         }
         let bar = cx.progress.units(name, units.len() as u64);
-        for _ in 0..kept.len() {
-            bar.unit_done();
+        for unit in kept.keys() {
+            bar.unit_done(unit, true);
         }
         let event_sources = units::event_sources(cx.pipeline, &cx.dag.sources_read(name));
         // Files holding rows of many of the pending units are read once, for all of them.
@@ -504,10 +504,9 @@ impl<'a> ModelRun<'a> {
                 let (routes, routed_rejects) = tokio::select! {
                     routed = routing => routed.map_err(|e| self.error(e.to_string()))?,
                     () = cx.interrupt.wait() => {
-                        let signal = cx.interrupt.signal().unwrap_or(libc::SIGINT);
+                        let reason = cx.interrupt.cancelled().unwrap_or(super::StopReason::Signal(libc::SIGINT));
                         return Err(self.error(format!(
-                            "interrupted ({}) while reading source files for its units",
-                            super::Interrupt::describe(signal)
+                            "interrupted ({reason}) while reading source files for its units"
                         )));
                     }
                 };
@@ -536,6 +535,7 @@ impl<'a> ModelRun<'a> {
         bar.finish();
         let mut records: Vec<UnitRecord> = kept.into_values().collect();
         let mut first_error = None;
+        let mut paused = 0usize;
         let mut scanned: Option<ScanRows> = None;
         for r in results {
             match r {
@@ -552,12 +552,12 @@ impl<'a> ModelRun<'a> {
                     first_error.get_or_insert(e);
                 }
                 Err(UnitFailure::Stopped) => {}
-                Err(UnitFailure::Interrupted(signal)) => {
+                Err(UnitFailure::Interrupted(reason)) => {
                     first_error.get_or_insert(format!(
-                        "interrupted ({}): the units it committed are kept for a resume",
-                        super::Interrupt::describe(signal)
+                        "interrupted ({reason}): the units it committed are kept for a resume"
                     ));
                 }
+                Err(UnitFailure::Paused) => paused += 1,
             }
         }
         records.sort_by(|a, b| a.unit.cmp(&b.unit));
@@ -567,6 +567,19 @@ impl<'a> ModelRun<'a> {
         report.units = records.iter().cloned().map(unit_report).collect();
         match first_error {
             Some(e) => Err(self.error(e)),
+            None if paused > 0 => {
+                let reason = cx
+                    .interrupt
+                    .stopping()
+                    .unwrap_or(super::StopReason::WindowClosed);
+                report.status = crate::status::ModelStatus::Paused;
+                Err(self.error(format!(
+                    "paused ({reason}): {paused} of {} units left for the next run, which \
+                     resumes it; the {} committed are kept",
+                    units.len(),
+                    records.len()
+                )))
+            }
             None => Ok((records, scanned, rejects)),
         }
     }

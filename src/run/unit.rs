@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 
 use chrono::NaiveDateTime;
 
+use super::RunCx;
 use super::event_map::EventMap;
 use super::incremental::{self, Clock, IncrementalPlan};
-use super::{Interrupt, RunCx};
 use crate::config::{ModelConfig, Pipeline, timestamp_now};
 use crate::dag::Dag;
 use crate::describe::describe_datafusion;
@@ -444,8 +444,10 @@ pub(super) enum UnitFailure {
     Failed(String),
     /// It was not started, or not tried again, because another unit of the model failed.
     Stopped,
-    /// It was not started, or was cancelled, because the run was interrupted.
-    Interrupted(i32),
+    /// It was not started, or was cancelled, because the run was cancelled.
+    Interrupted(super::StopReason),
+    /// It was not started because the run was drained: it is left for a resume.
+    Paused,
 }
 
 /// What a unit's quarantine scans set aside and read, by source.
@@ -475,8 +477,13 @@ pub(super) async fn run_unit(
     let settings = model.units;
     let mut attempt = 0u32;
     loop {
-        if let Some(signal) = cx.interrupt.signal() {
-            return Err(UnitFailure::Interrupted(signal));
+        if let Some(reason) = cx.interrupt.cancelled() {
+            return Err(UnitFailure::Interrupted(reason));
+        }
+        // A drained run lets a unit that started finish (retries included), but starts no
+        // new one.
+        if cx.interrupt.stopping().is_some() && attempt == 0 {
+            return Err(UnitFailure::Paused);
         }
         if job.stop.load(Ordering::Relaxed) {
             return Err(UnitFailure::Stopped);
@@ -520,7 +527,7 @@ pub(super) async fn run_unit(
                             UnitFailure::Failed(e.to_string())
                         })?;
                 }
-                bar.unit_done();
+                bar.unit_done(&unit.name, false);
                 return Ok(UnitDone {
                     record,
                     joins: done.joins,
@@ -533,13 +540,13 @@ pub(super) async fn run_unit(
         // Whatever the attempt staged is discarded (a cancelled attempt's writers may still
         // be closing files: they are removed again before a retry's files land).
         let _ = output.discard_staging(cx.run_id, Some(&unit.key())).await;
-        if let Some(signal) = cx.interrupt.signal() {
+        if let Some(reason) = cx.interrupt.cancelled() {
             record.status = UnitStatus::Failed;
-            record.error = Some(format!("interrupted ({})", Interrupt::describe(signal)));
+            record.error = Some(format!("interrupted ({reason})"));
             if let Some(state) = cx.state {
                 let _ = state.record_unit(cx.run_id, &model.name, &record);
             }
-            return Err(UnitFailure::Interrupted(signal));
+            return Err(UnitFailure::Interrupted(reason));
         }
         let retry = attempt <= settings.retries && error.is_transient();
         record.status = if retry {
