@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         let command = dispatch(&cli.command, &cx);
         // `run` stops itself on a signal (and records it); any other command just ends.
-        let stops_itself = matches!(cli.command, Command::Run(_));
+        let stops_itself = matches!(cli.command, Command::Run(_) | Command::Schedule(_));
         tokio::select! {
             result = command => match result {
                 Ok(code) => code,
@@ -115,6 +115,7 @@ async fn dispatch(command: &Command, cx: &Context<'_>) -> Result<i32, Error> {
             commands::check::execute(&args.pipeline.path, &opts, args.json, cx).await
         }
         Command::Runs(args) => commands::runs::execute(&options::runs(args), cx),
+        Command::Schedule(args) => commands::schedule::execute(&options::schedule(args), cx).await,
         Command::Sql(args) => commands::sql::execute(&options::sql(args, &cx.cwd)?, cx).await,
         Command::Gen(GenCommand::Tpch(args)) => {
             commands::tpch::generate(&options::gen_tpch(args, &cx.cwd)?, cx).await

@@ -349,6 +349,13 @@ impl StateStore {
                  PRIMARY KEY (source, spec, grid, path, size, modified, etag));",
         )
         .map_err(|e| err(&e))?;
+        // The last time `sluice schedule` started (or chose to skip) a scheduled run of each
+        // pipeline: what it had missed while down is counted from there.
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schedule (
+                 pipeline TEXT PRIMARY KEY, last_fire TEXT NOT NULL);",
+        )
+        .map_err(|e| err(&e))?;
         // A cache of the schema each source file version was read with (see
         // [`StateStore::file_schemas`]): one version per path, the last read.
         conn.execute_batch(
@@ -1197,6 +1204,31 @@ impl StateStore {
                 pipeline: whole,
                 models,
             })
+        })
+    }
+
+    /// The scheduled time of `pipeline`'s last run started by `sluice schedule` (or passed
+    /// over by its `catch_up`), RFC 3339.
+    pub fn last_fire(&self, pipeline: &str) -> Result<Option<String>, StateError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT last_fire FROM schedule WHERE pipeline = ?1",
+                params![pipeline],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// Records `at` (RFC 3339) as `pipeline`'s last scheduled time.
+    pub fn set_last_fire(&self, pipeline: &str, at: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO schedule (pipeline, last_fire) VALUES (?1, ?2)
+                 ON CONFLICT (pipeline) DO UPDATE SET last_fire = excluded.last_fire",
+                params![pipeline, at],
+            )
+            .map(|_| ())
         })
     }
 

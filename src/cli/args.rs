@@ -57,12 +57,54 @@ pub enum Command {
     /// Incremental models: periods computed, due, to reconcile, needing a backfill, and the
     /// late-arrival history. Writes nothing.
     Status(StatusArgs),
+    /// Run pipelines on their [schedule]s as a long-lived process: no overlapping runs,
+    /// units only inside run windows, /metrics and /healthz on --listen.
+    Schedule(ScheduleArgs),
     /// Generate sample data.
     #[command(subcommand)]
     Gen(GenCommand),
     /// Run benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// `sluice schedule`.
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// The pipeline folders (or their sluice.toml), each with a [schedule].
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Serve /metrics (Prometheus) and /healthz on this address, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// After SIGTERM, how long running units may finish before they are cancelled.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = duration)]
+    pub grace: std::time::Duration,
+    /// Work units running at once, over all the pipelines.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_units: Option<u32>,
+    /// Write each run's JSON report into this folder, as PIPELINE-RUN_ID.json.
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+    /// A variable for `{{ KEY }}` in SQL (repeatable), for every pipeline.
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub vars: Vec<(String, String)>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// For tests: the clock starts at this time (RFC 3339) ...
+    #[arg(long, value_name = "TIME", value_parser = as_of, hide = true)]
+    pub clock_start: Option<chrono::DateTime<chrono::Utc>>,
+    /// ... and runs this many times faster than real time.
+    #[arg(long, value_name = "N", default_value = "1", hide = true)]
+    pub clock_speed: f64,
+    /// For tests: stop as SIGTERM would when the clock reaches this time.
+    #[arg(long, value_name = "TIME", value_parser = as_of, hide = true)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    sluice::config::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration (examples: 30s, 5m, 1h)"))
 }
 
 /// Options shared by `run` and `plan`.
@@ -310,7 +352,7 @@ pub struct BenchTpchArgs {
 }
 
 /// The engine flags `run`, `plan`, `check`, `sql` and `bench tpch` share.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
     /// Query memory pool, e.g. 2GiB; operators spill to disk beyond it.
     #[arg(long, value_name = "SIZE", value_parser = size)]

@@ -16,7 +16,7 @@ use sluice::run::incremental::RunKind;
 
 use super::args::{
     BackfillArgs, BenchTpchArgs, EngineArgs, GenTpchArgs, PipelineArgs, ReconcileArgs, RunArgs,
-    RunFlags, RunsArgs, SqlArgs,
+    RunFlags, RunsArgs, ScheduleArgs, SqlArgs,
 };
 
 /// The engine options of the flags (`buckets` and the spill folder come from a pipeline only).
@@ -54,9 +54,33 @@ pub fn run_options(args: &PipelineArgs, dry_run: bool, restart: bool) -> RunOpti
         dry_run,
         restart,
         interrupt: Default::default(),
+        unit_slots: None,
         force_append: false,
         as_of: None,
         kind: RunKind::Run,
+    }
+}
+
+/// `sluice schedule`.
+pub fn schedule(args: &ScheduleArgs) -> commands::schedule::Options {
+    let pipeline = PipelineArgs {
+        path: PathBuf::new(),
+        select: Vec::new(),
+        vars: args.vars.clone(),
+        engine: args.engine.clone(),
+    };
+    commands::schedule::Options {
+        paths: args.paths.clone(),
+        run: run_options(&pipeline, false, false),
+        listen: args.listen,
+        grace: args.grace,
+        max_concurrent_units: args.max_concurrent_units.map(|n| n as usize),
+        report_dir: args.report_dir.clone(),
+        clock: match args.clock_start {
+            Some(start) => commands::schedule::Clock::simulated(start, args.clock_speed),
+            None => commands::schedule::Clock::system(),
+        },
+        until: args.until,
     }
 }
 
@@ -103,12 +127,7 @@ fn running(args: &PipelineArgs, flags: &RunFlags, kind: RunKind) -> commands::ru
         path: args.path.clone(),
         run,
         report: flags.report.clone(),
-        window: (!flags.window.is_empty()).then(|| {
-            (
-                flags.window.clone(),
-                flags.timezone.unwrap_or(chrono_tz::Tz::UTC),
-            )
-        }),
+        window: (!flags.window.is_empty()).then(|| (flags.window.clone(), flags.timezone)),
         now: flags.now,
         metrics: flags.metrics_file.clone(),
     }

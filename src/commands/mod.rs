@@ -7,6 +7,7 @@ pub mod check;
 pub mod plan;
 pub mod run;
 pub mod runs;
+pub mod schedule;
 pub mod sql;
 pub mod status;
 pub mod tpch;

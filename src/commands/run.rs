@@ -18,8 +18,9 @@ pub struct Options {
     pub run: RunOptions,
     /// `--report FILE`: where the JSON run report goes.
     pub report: Option<PathBuf>,
-    /// `--window`: the run starts only inside one of these, in this time zone.
-    pub window: Option<(Vec<crate::config::window::Window>, chrono_tz::Tz)>,
+    /// `--window`: the run starts only inside one of these, in this time zone (`--timezone`;
+    /// default: `[schedule] timezone`, else UTC).
+    pub window: Option<(Vec<crate::config::window::Window>, Option<chrono_tz::Tz>)>,
     /// The wall clock the window is checked against (`--now`, for tests; default: now).
     pub now: Option<chrono::DateTime<chrono::Utc>>,
     /// `--metrics-file FILE`: where the run's Prometheus metrics go.
@@ -31,12 +32,19 @@ pub struct Options {
 /// model ran (an invalid pipeline, a missing source) is returned, and still written to the
 /// report.
 pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
-    let mut run_opts = opts.run.clone();
-    run_opts.interrupt = std::sync::Arc::clone(&cx.interrupt);
-    let opts = &Options {
-        run: run_opts,
-        ..opts.clone()
-    };
+    let mut opts = opts.clone();
+    opts.run.interrupt = std::sync::Arc::clone(&cx.interrupt);
+    execute_with(&opts, cx, &mut None).await
+}
+
+/// Runs the pipeline as [`execute`] does, under `opts.run.interrupt`; `last` receives the
+/// run's report, whatever its end (none when the report itself could not be written).
+pub(super) async fn execute_with(
+    opts: &Options,
+    cx: &Context<'_>,
+    last: &mut Option<RunReport>,
+) -> Result<i32, Error> {
+    let interrupt = std::sync::Arc::clone(&opts.run.interrupt);
     // Open the report first: a bad path is found before anything runs, and a run that stops
     // early still leaves a report saying why.
     let mut report_file = match &opts.report {
@@ -44,33 +52,35 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
         None => None,
     };
     let started_at = crate::config::timestamp_now();
-    if let Some((windows, tz)) = &opts.window {
-        let now = opts.now.unwrap_or_else(chrono::Utc::now);
-        if crate::config::window::open_until(windows, *tz, now).is_none() {
-            return deferred(
-                opts,
-                report_file.as_mut(),
-                windows,
-                *tz,
-                now,
-                started_at,
-                cx,
-            );
-        }
-    }
     let pipeline = match cx.load_pipeline(&opts.path) {
         Ok(p) => p,
         Err(e) => {
             let e = Error::from(e);
+            let mut report =
+                RunReport::not_run(crate::table::new_run_id(), "", started_at, e.to_string());
+            report.set_exit_code(e.exit_code(), e.exit_code() != EXIT_USAGE);
             if let Some(file) = report_file.as_mut() {
-                let mut report =
-                    RunReport::not_run(crate::table::new_run_id(), "", started_at, e.to_string());
-                report.set_exit_code(e.exit_code(), e.exit_code() != EXIT_USAGE);
                 file.write(&report)?;
             }
+            *last = Some(report);
             return Err(e);
         }
     };
+    if let Some((windows, tz)) = &opts.window {
+        let now = opts.now.unwrap_or_else(chrono::Utc::now);
+        let tz = tz
+            .or(pipeline.schedule.as_ref().map(|s| s.timezone))
+            .unwrap_or(chrono_tz::Tz::UTC);
+        if crate::config::window::open_until(windows, tz, now).is_none() {
+            let report = deferred(&pipeline.name, windows, tz, now, started_at, cx);
+            if let Some(file) = report_file.as_mut() {
+                file.write(&report)?;
+            }
+            write_metrics(opts, &report, Some(&pipeline));
+            *last = Some(report);
+            return Ok(EXIT_DEFERRED);
+        }
+    }
     let kept = pipeline.clone();
     let prepared = match run::prepare(pipeline, &opts.run, cx.env.clone()).await {
         Ok(p) => p,
@@ -91,6 +101,7 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
             {
                 tracing::warn!("cannot record the run: {state_err}");
             }
+            *last = Some(report);
             return Err(e);
         }
     };
@@ -113,25 +124,28 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
         Err(e) => {
             // Refused (another run holds the lock) or the state store failed: the report
             // still says so.
+            let mut report = RunReport::not_run(
+                crate::table::new_run_id(),
+                &kept.name,
+                started_at,
+                e.to_string(),
+            );
+            report.set_exit_code(e.exit_code(), e.exit_code() != EXIT_USAGE);
             if let Some(file) = report_file.as_mut() {
-                let mut report = RunReport::not_run(
-                    crate::table::new_run_id(),
-                    &kept.name,
-                    started_at,
-                    e.to_string(),
-                );
-                report.set_exit_code(e.exit_code(), e.exit_code() != EXIT_USAGE);
                 file.write(&report)?;
             }
+            *last = Some(report);
             return Err(e);
         }
     };
     let mut report = report;
     // (A run that failed or was interrupted may succeed when run again: a pipeline that
     // must be fixed stops before it runs, above.)
-    let code = match cx.interrupt.signal() {
+    // A paused run (drained by `sluice schedule`) is for later, as a deferred one is.
+    let code = match interrupt.signal() {
         _ if report.succeeded() => EXIT_OK,
         Some(signal) => 128 + signal,
+        None if report.status == crate::status::RunStatus::Paused => EXIT_DEFERRED,
         None => EXIT_FAILED,
     };
     report.set_exit_code(code, true);
@@ -142,16 +156,26 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
     if !cx.quiet {
         eprint!("{}", report.summary());
     }
-    if report.succeeded() {
+    let succeeded = report.succeeded();
+    let status = report.status;
+    *last = Some(report);
+    if succeeded {
         return Ok(EXIT_OK);
     }
-    if let Some(signal) = cx.interrupt.signal() {
+    if let Some(reason) = interrupt.stopping() {
+        let how = if status == crate::status::RunStatus::Paused {
+            "paused"
+        } else {
+            "interrupted"
+        };
         eprintln!(
-            "error: the run was interrupted ({}): what it committed is kept; run it again to resume",
-            crate::run::Interrupt::describe(signal)
+            "error: the run was {how} ({reason}): what it committed is kept; run it again to resume",
         );
-        return Ok(128 + signal);
+        return Ok(code);
     }
+    let Some(report) = last.as_ref() else {
+        return Ok(EXIT_FAILED);
+    };
     if let Some(error) = &report.error {
         eprintln!("error: {error}");
     }
@@ -172,14 +196,13 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
 /// A run started outside its windows: nothing runs; says when the next window opens, in the
 /// report too (`deferred`), and exits [`EXIT_DEFERRED`] (an orchestrator reschedules).
 fn deferred(
-    opts: &Options,
-    report_file: Option<&mut ReportFile>,
+    pipeline: &str,
     windows: &[crate::config::window::Window],
     tz: chrono_tz::Tz,
     now: chrono::DateTime<chrono::Utc>,
     started_at: String,
     cx: &Context<'_>,
-) -> Result<i32, Error> {
+) -> RunReport {
     let next = crate::config::window::next_open(windows, tz, now).map(|t| t.to_rfc3339());
     let spans: Vec<&str> = windows.iter().map(|w| w.text.as_str()).collect();
     let message = format!(
@@ -191,24 +214,15 @@ fn deferred(
             None => "the window never opens".to_string(),
         }
     );
-    let pipeline = cx.load_pipeline(&opts.path).ok();
-    let name = pipeline
-        .as_ref()
-        .map(|p| p.name.clone())
-        .unwrap_or_default();
-    let mut report = RunReport::not_run(crate::table::new_run_id(), &name, started_at, message);
+    if !cx.quiet {
+        eprintln!("sluice: {message}");
+    }
+    let mut report = RunReport::not_run(crate::table::new_run_id(), pipeline, started_at, message);
     report.status = crate::status::RunStatus::Deferred;
     report.next_window = next;
     report.exit_code = Some(EXIT_DEFERRED);
     report.retryable = Some(true);
-    if let Some(file) = report_file {
-        file.write(&report)?;
-    }
-    write_metrics(opts, &report, pipeline.as_ref());
-    if let Some(message) = &report.error {
-        eprintln!("sluice: {message}");
-    }
-    Ok(EXIT_DEFERRED)
+    report
 }
 
 /// Writes `report`'s metrics to `--metrics-file`, if given (replacing the file whole), with
@@ -222,12 +236,15 @@ fn write_metrics(opts: &Options, report: &RunReport, pipeline: Option<&crate::co
         return;
     }
     let last = pipeline
-        .and_then(|p| {
-            let store = crate::state::StateStore::open_existing(&p.settings.state).ok()??;
-            store.last_successes(&report.pipeline, p.models.len()).ok()
-        })
+        .map(|p| last_successes(p, &report.pipeline))
         .unwrap_or_default();
-    let text = crate::metrics::render(report, &last);
+    let text = crate::metrics::render(
+        &[crate::metrics::Latest {
+            report,
+            last: &last,
+        }],
+        None,
+    );
     // (Beside the file, renamed over it: a collector never reads half a file.)
     let temp = path.with_extension("prom.tmp");
     if let Err(e) = std::fs::write(&temp, text).and_then(|()| std::fs::rename(&temp, path)) {
@@ -236,17 +253,30 @@ fn write_metrics(opts: &Options, report: &RunReport, pipeline: Option<&crate::co
     }
 }
 
+/// When `pipeline` (named `name` in its runs) and its models last succeeded, as its state
+/// store says (nothing when it has none yet, or it cannot be read).
+pub(super) fn last_successes(
+    pipeline: &crate::config::Pipeline,
+    name: &str,
+) -> crate::state::LastSuccess {
+    crate::state::StateStore::open_existing(&pipeline.settings.state)
+        .ok()
+        .flatten()
+        .and_then(|store| store.last_successes(name, pipeline.models.len()).ok())
+        .unwrap_or_default()
+}
+
 /// The `--report` file. A temporary file beside it is created before the run starts (so a
 /// path that cannot be written is found before anything runs); the report is written there
 /// and renamed over the path, so a report already at the path is replaced whole or not at
 /// all, never left empty or half-written.
-struct ReportFile {
+pub(super) struct ReportFile {
     path: PathBuf,
     temp: PathBuf,
 }
 
 impl ReportFile {
-    fn create(path: &Path) -> Result<ReportFile, Error> {
+    pub(super) fn create(path: &Path) -> Result<ReportFile, Error> {
         let name = path
             .file_name()
             .ok_or_else(|| usage("--report", format!("{} is not a file name", path.display())))?;
@@ -262,7 +292,7 @@ impl ReportFile {
         })
     }
 
-    fn write(&mut self, report: &RunReport) -> Result<(), Error> {
+    pub(super) fn write(&mut self, report: &RunReport) -> Result<(), Error> {
         let io = |source| Error::Io {
             path: self.path.display().to_string(),
             source,

@@ -65,6 +65,9 @@ pub struct RunOptions {
     pub restart: bool,
     /// Raised when the process is asked to stop (the binary's SIGINT / SIGTERM handler).
     pub interrupt: Arc<Interrupt>,
+    /// Slots for work units shared with other runs of the process (`sluice schedule
+    /// --max-concurrent-units`): a unit holds one while it runs.
+    pub unit_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// `--force-append`: apply an append even if the output already holds it.
     pub force_append: bool,
     /// `--as-of`: the run's clock for incremental models (default: now, or the clock of
@@ -344,6 +347,7 @@ struct RunCx<'a> {
     run_id: &'a str,
     progress: &'a Progress,
     interrupt: &'a Interrupt,
+    unit_slots: Option<&'a tokio::sync::Semaphore>,
     force_append: bool,
     /// The pipeline's other runs: none is live while this one holds the run lock.
     ended: &'a crate::table::Ended,
@@ -389,6 +393,7 @@ async fn run_models(
         run_id: &run_id,
         progress,
         interrupt: &opts.interrupt,
+        unit_slots: opts.unit_slots.as_deref(),
         force_append: opts.force_append,
         ended,
         clock,

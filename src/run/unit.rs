@@ -475,6 +475,14 @@ pub(super) async fn run_unit(
 ) -> Result<UnitDone, UnitFailure> {
     let UnitJob { model, output, .. } = *job;
     let settings = model.units;
+    // A slot of the process's, held over all attempts (it never closes: an error is none).
+    let _slot = match cx.unit_slots {
+        Some(slots) => tokio::select! {
+            slot = slots.acquire() => slot.ok(),
+            () = cx.interrupt.wait() => None,
+        },
+        None => None,
+    };
     let mut attempt = 0u32;
     loop {
         if let Some(reason) = cx.interrupt.cancelled() {

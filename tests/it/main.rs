@@ -31,6 +31,7 @@ mod pipeline;
 mod quarantine;
 mod reliability;
 mod s3;
+mod schedule;
 mod sql;
 mod state;
 mod storage_errors;

@@ -382,7 +382,7 @@ pub(super) fn python_of(script: &Path) -> Option<PathBuf> {
 
 /// A port on 127.0.0.1 that was free a moment ago and that this process
 /// has not handed out before.
-pub(super) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let handed_out = HANDED_OUT.get_or_init(Default::default);
     loop {
@@ -405,7 +405,7 @@ pub(super) fn free_port() -> u16 {
 
 /// One HTTP/1.1 request with an empty body to 127.0.0.1:port; returns the
 /// status code and the whole response text.
-pub(super) fn http_request(
+pub fn http_request(
     port: u16,
     method: &str,
     path: &str,
