@@ -1,7 +1,9 @@
-//! `sluice status`: where each incremental model of a pipeline stands — the periods its
-//! output holds, the periods due (new, or touched by late input inside the window), those
-//! needing a backfill (late input beyond the window), and its late-arrival history. Takes no
-//! lock and writes nothing but the state store's cache of the periods files hold.
+//! `sluice status`: where a pipeline stands — its schedule's next run, its last run and the
+//! unfinished (paused, interrupted or failed) run the next one resumes; and where each
+//! incremental model stands: the periods its output holds, the periods due (new, or touched
+//! by late input inside the window), those needing a backfill (late input beyond the
+//! window), and its late-arrival history. Takes no lock and writes nothing but the state
+//! store's cache of the periods files hold.
 
 use std::path::Path;
 
@@ -12,7 +14,35 @@ use crate::error::{EXIT_OK, Error};
 use crate::report::{Backlog, LateCounts, PeriodReason};
 use crate::run::RunOptions;
 use crate::run::incremental::RunKind;
-use crate::state::{LateRow, StateStore};
+use crate::state::{LateRow, RunRow, StateStore};
+
+/// Where the pipeline stands (`--json` prints this).
+#[derive(Debug, Serialize)]
+struct PipelineStatus {
+    pipeline: String,
+    /// Its `[schedule]`, if it has one.
+    schedule: Option<ScheduleStatus>,
+    /// Its latest run.
+    last_run: Option<RunRow>,
+    /// The run the next one resumes (paused, interrupted or failed), if any.
+    unfinished_run: Option<RunRow>,
+    /// Its incremental models.
+    models: Vec<ModelStatus>,
+}
+
+/// A pipeline's schedule, as of the status's clock.
+#[derive(Debug, Serialize)]
+struct ScheduleStatus {
+    cron: String,
+    timezone: String,
+    windows: Vec<String>,
+    /// When `sluice schedule` starts the next run.
+    next_run: Option<String>,
+    /// When that run can start units: the next run, or when a window next opens after it.
+    next_start: Option<String>,
+    /// The scheduled time of the last run `sluice schedule` started.
+    last_scheduled: Option<String>,
+}
 
 /// Where one incremental model stands.
 #[derive(Debug, Serialize)]
@@ -51,6 +81,47 @@ pub async fn execute(
 ) -> Result<i32, Error> {
     let pipeline = cx.load_pipeline(path)?;
     let state = StateStore::open_existing(&pipeline.settings.state)?;
+    let now = opts.as_of.unwrap_or_else(chrono::Utc::now);
+    let (last_run, unfinished_run, last_scheduled) = match &state {
+        Some(s) => {
+            let runs: Vec<RunRow> = s
+                .runs(1000)?
+                .into_iter()
+                .filter(|r| r.pipeline == pipeline.name)
+                .collect();
+            let unfinished = s.last_unfinished_run(&pipeline.name)?;
+            (
+                runs.first().cloned(),
+                runs.into_iter()
+                    .find(|r| Some(&r.run_id) == unfinished.as_ref()),
+                s.last_fire(&pipeline.name)?,
+            )
+        }
+        None => (None, None, None),
+    };
+    let schedule = pipeline.schedule.as_ref().map(|sc| {
+        let tz = sc.timezone;
+        let next = sc.cron.next_after(tz, now);
+        let start = next.and_then(|t| {
+            if sc.windows.is_empty()
+                || crate::config::window::open_until(&sc.windows, tz, t).is_some()
+            {
+                Some(t)
+            } else {
+                crate::config::window::next_open(&sc.windows, tz, t).map(|o| o.to_utc())
+            }
+        });
+        let local = |t: chrono::DateTime<chrono::Utc>| t.with_timezone(&tz).to_rfc3339();
+        ScheduleStatus {
+            cron: sc.cron.as_str().to_string(),
+            timezone: tz.to_string(),
+            windows: sc.windows.iter().map(|w| w.text.clone()).collect(),
+            next_run: next.map(local),
+            next_start: start.map(local),
+            last_scheduled,
+        }
+    });
+    let name = pipeline.name.clone();
     let prepared = crate::run::prepare(pipeline, opts, cx.env.clone()).await?;
     let mut clock = crate::run::clock_of(opts);
     clock.kind = RunKind::Run;
@@ -128,16 +199,81 @@ pub async fn execute(
             },
         });
     }
+    let status = PipelineStatus {
+        pipeline: name,
+        schedule,
+        last_run,
+        unfinished_run,
+        models: out,
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-    } else if out.is_empty() {
-        eprintln!("no incremental models selected");
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).unwrap_or_default()
+        );
     } else {
-        for m in &out {
+        print!("{}", describe_pipeline(&status));
+        for m in &status.models {
             print!("{}", describe(m));
         }
     }
     Ok(EXIT_OK)
+}
+
+/// The text of the pipeline's runs and schedule.
+fn describe_pipeline(p: &PipelineStatus) -> String {
+    let mut out = format!("pipeline {}\n", p.pipeline);
+    match &p.schedule {
+        Some(s) => {
+            let windows = if s.windows.is_empty() {
+                String::new()
+            } else {
+                format!(", windows {}", s.windows.join(", "))
+            };
+            out.push_str(&format!(
+                "  schedule:        {} ({}){windows}\n",
+                s.cron, s.timezone
+            ));
+            let next = match (&s.next_run, &s.next_start) {
+                (Some(n), Some(st)) if n != st => {
+                    format!("{n} (its units start when the window opens, {st})")
+                }
+                (Some(n), _) => n.clone(),
+                (None, _) => "never".to_string(),
+            };
+            out.push_str(&format!("  next run:        {next}\n"));
+        }
+        None => out.push_str("  schedule:        - (no [schedule])\n"),
+    }
+    let run = |r: &RunRow| {
+        format!(
+            "{} {} ({}, started {}{}; {}/{} models ok)",
+            r.run_id,
+            r.status,
+            r.kind,
+            r.started_at,
+            r.finished_at
+                .as_deref()
+                .map(|f| format!(", ended {f}"))
+                .unwrap_or_default(),
+            r.models_ok,
+            r.models_total
+        )
+    };
+    out.push_str(&format!(
+        "  last run:        {}\n",
+        p.last_run.as_ref().map_or("-".to_string(), run)
+    ));
+    out.push_str(&format!(
+        "  unfinished run:  {}\n",
+        p.unfinished_run
+            .as_ref()
+            .map_or("-".to_string(), |r| format!(
+                "{}: the next run with the same work resumes it",
+                run(r)
+            ))
+    ));
+    out
 }
 
 /// The text of one model's status.

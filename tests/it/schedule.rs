@@ -321,6 +321,24 @@ fn sigterm_drains_or_cancels_the_run_and_the_next_one_resumes_it_publishing_once
         let model = report_model(&report, "daily");
         let done = model["units_done"].as_u64().unwrap();
         assert!(done < 40, "{night}: the run was not stopped: {model}");
+        // `sluice status` names the run the next one resumes, and when that is.
+        let noon = format!("{night}T12:00:00Z");
+        let st = sluice(d, &["status", ".", "--json", "--as-of", &noon]).expect(0);
+        let st: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+        assert_eq!(st["unfinished_run"]["run_id"], report["run_id"], "{st}");
+        assert_eq!(st["unfinished_run"]["status"], status, "{st}");
+        assert_eq!(
+            st["schedule"]["last_scheduled"],
+            format!("{night}T01:00:00+00:00")
+        );
+        let tomorrow = chrono::NaiveDate::parse_from_str(night, "%Y-%m-%d")
+            .unwrap()
+            .succ_opt()
+            .unwrap();
+        assert_eq!(
+            st["schedule"]["next_run"],
+            format!("{tomorrow}T01:00:00+00:00")
+        );
     }
     let all = reports(d);
     assert_eq!(all.len(), 1, "one run, resumed twice: {all:?}");
