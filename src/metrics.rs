@@ -212,6 +212,21 @@ pub(crate) fn render(latest: &[Latest<'_>], scheduled: Option<&Scheduled>) -> St
         "database_throttled_seconds",
         "Time reads waited for each database's max_rows_per_second in the latest run",
     );
+    let store_bytes = gauges(
+        &mut registry,
+        "store_bytes",
+        "Bytes read from and written to each object store in the latest run",
+    );
+    let store_requests = gauges(
+        &mut registry,
+        "store_requests",
+        "Requests made to each object store in the latest run",
+    );
+    let store_throttled = gauges(
+        &mut registry,
+        "store_throttled_seconds",
+        "Time requests waited for each object store's I/O quotas in the latest run",
+    );
     for Latest { report, last } in latest {
         let pipeline = &report.pipeline;
         let labels = |extra: &[(&str, &str)]| -> Labels {
@@ -279,6 +294,26 @@ pub(crate) fn render(latest: &[Latest<'_>], scheduled: Option<&Scheduled>) -> St
             for u in &m.units {
                 histogram.observe(u.elapsed_ms as f64 / 1000.0);
             }
+        }
+        for st in &report.stores {
+            let store = st.name.as_deref().unwrap_or(&st.url);
+            for (direction, b) in [("read", st.bytes_read), ("written", st.bytes_written)] {
+                set(
+                    &store_bytes,
+                    labels(&[("store", store), ("direction", direction)]),
+                    b as f64,
+                );
+            }
+            set(
+                &store_requests,
+                labels(&[("store", store)]),
+                st.requests as f64,
+            );
+            set(
+                &store_throttled,
+                labels(&[("store", store)]),
+                st.throttled_ms as f64 / 1000.0,
+            );
         }
         for d in &report.databases {
             let db = d.name.as_str();

@@ -27,6 +27,9 @@ pub struct RunReport {
     /// Per database the run used: connections, rows and bytes, pauses, lag.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<DatabaseReport>,
+    /// The object stores it used (not local files): bytes, requests, time throttled.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<crate::store::StoreReport>,
     /// The threads and memory pool the run used, and where they came from (set, the
     /// cgroup's limits, the machine); none for a run that stopped before planning.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -512,6 +515,7 @@ impl RunReport {
             models: Vec::new(),
             error: Some(error),
             databases: Vec::new(),
+            stores: Vec::new(),
             resources: None,
             exit_code: None,
             retryable: None,

@@ -1633,6 +1633,7 @@ mod tests {
             ],
             error: None,
             databases: Vec::new(),
+            stores: Vec::new(),
             resources: None,
             exit_code: None,
             retryable: None,

@@ -7,6 +7,8 @@
 //! environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`), which the caller passes in: the library never
 //! reads the process environment itself. Credentials are never logged or printed.
 
+mod throttle;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
@@ -246,6 +248,26 @@ pub struct StoreRegistry {
     configs: Vec<StoreConfig>,
     env: BTreeMap<String, String>,
     built: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    /// What this registry's stores (all but local files) read, wrote and waited, by URL.
+    counts: Mutex<BTreeMap<String, Arc<throttle::Counts>>>,
+}
+
+/// What the run report says of one object store (local files are not counted).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StoreReport {
+    /// Its name in `sluice.toml`, if it has one there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The store's URL (scheme and bucket), e.g. `s3://lake/`.
+    pub url: String,
+    /// Bytes of object bodies read and written.
+    pub bytes_read: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// Requests made (a GET, a PUT, a part of an upload, a listing...).
+    pub requests: u64,
+    /// Time requests waited for the store's quotas.
+    pub throttled_ms: u64,
 }
 
 impl fmt::Debug for StoreRegistry {
@@ -272,7 +294,40 @@ impl StoreRegistry {
             configs,
             env,
             built: Mutex::new(HashMap::new()),
+            counts: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// What each object store did so far in this registry's run.
+    pub fn usage(&self) -> Vec<StoreReport> {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts
+            .iter()
+            .map(|(url, c)| {
+                let name = Url::parse(url).ok().and_then(|u| {
+                    self.configs
+                        .iter()
+                        .find(|cfg| Self::serves(cfg, &u))
+                        .map(|cfg| cfg.name.clone())
+                });
+                let get =
+                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                StoreReport {
+                    name,
+                    url: url.clone(),
+                    bytes_read: get(&c.bytes_read),
+                    bytes_written: get(&c.bytes_written),
+                    requests: get(&c.requests),
+                    throttled_ms: get(&c.throttled_us) / 1000,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether `config` serves the store at `url`.
+    fn serves(config: &StoreConfig, url: &Url) -> bool {
+        Url::parse(&config.url)
+            .is_ok_and(|u| u.scheme() == url.scheme() && u.host_str() == url.host_str())
     }
 
     /// The store that serves `location`, built on first use.
@@ -310,10 +365,7 @@ impl StoreRegistry {
 
     fn config_for(&self, location: &Location) -> Option<&StoreConfig> {
         let target = location.store_url();
-        self.configs.iter().find(|c| {
-            Url::parse(&c.url)
-                .is_ok_and(|u| u.scheme() == target.scheme() && u.host_str() == target.host_str())
-        })
+        self.configs.iter().find(|c| Self::serves(c, &target))
     }
 
     fn build(&self, location: &Location) -> Result<Arc<dyn ObjectStore>, StoreError> {
@@ -330,7 +382,21 @@ impl StoreRegistry {
                 url: url.to_string(),
                 source,
             })?;
-        Ok(Arc::from(store))
+        let quota = self
+            .config_for(location)
+            .and_then(|c| throttle::Quota::shared(url.as_str(), &c.quota));
+        let counts = Arc::clone(
+            self.counts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(url.to_string())
+                .or_default(),
+        );
+        Ok(Arc::new(throttle::Throttled::new(
+            Arc::from(store),
+            quota,
+            counts,
+        )))
     }
 
     /// The object_store options for the store serving `location`: the environment, then the
@@ -508,6 +574,7 @@ mod tests {
 
     fn store_options(url: &str, options: &[(&str, &str)], env: &[(&str, &str)]) -> Vec<String> {
         let cfg = StoreConfig {
+            quota: Default::default(),
             name: "x".into(),
             url: url.into(),
             options: options
@@ -588,6 +655,7 @@ mod tests {
     #[test]
     fn unknown_store_options_are_named() {
         let cfg = StoreConfig {
+            quota: Default::default(),
             name: "lake".into(),
             url: "s3://lake".into(),
             options: [("endpoit".to_string(), "http://x".to_string())].into(),

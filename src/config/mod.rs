@@ -328,6 +328,27 @@ pub struct StoreConfig {
     /// `${env:NAME}` already resolved. Keys use object_store's names (`aws_endpoint`, ...) or
     /// the short forms of the spec (`endpoint`, `region`, `allow_http`).
     pub options: BTreeMap<String, String>,
+    /// Its I/O quotas.
+    pub quota: StoreQuota,
+}
+
+/// A store's I/O quotas (`[stores.NAME] max_bytes_per_second`, `max_requests_per_second`,
+/// `max_concurrent_requests`): one pace for the whole process, read and write alike.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreQuota {
+    /// Bytes read and written per second.
+    pub bytes_per_second: Option<u64>,
+    /// Requests started per second.
+    pub requests_per_second: Option<f64>,
+    /// Requests in flight at once.
+    pub concurrent_requests: Option<usize>,
+}
+
+impl StoreQuota {
+    /// No quota at all.
+    pub fn is_unlimited(&self) -> bool {
+        self == &StoreQuota::default()
+    }
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -337,6 +358,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("name", &self.name)
             .field("url", &self.url)
             .field("options", &self.options.keys().collect::<Vec<_>>())
+            .field("quota", &self.quota)
             .finish()
     }
 }

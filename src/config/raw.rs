@@ -67,6 +67,9 @@ pub(super) struct RawStore {
     pub(super) access_key_id: Option<String>,
     pub(super) secret_access_key: Option<String>,
     pub(super) session_token: Option<String>,
+    pub(super) max_bytes_per_second: Option<String>,
+    pub(super) max_requests_per_second: Option<f64>,
+    pub(super) max_concurrent_requests: Option<usize>,
     #[serde(default)]
     pub(super) options: BTreeMap<String, String>,
 }

@@ -17,7 +17,7 @@ use super::values::{
 use super::{
     BoundValue, Compression, ConfigError, CsvOptions, DatabaseConfig, DatabaseSourceConfig,
     DatabaseUrl, Format, Guards, JoinOptions, JoinStrategy, LatencyGuard, OnBadRows, PartitionCol,
-    Pipeline, Relation, Settings, SourceConfig, StoreConfig, UnitSettings,
+    Pipeline, Relation, Settings, SourceConfig, StoreConfig, StoreQuota, UnitSettings,
 };
 
 /// A one-character setting (`delimiter`, `quote`, `escape`): `default` when it is not set.
@@ -358,7 +358,35 @@ impl<'a> Validator<'a> {
             let value = self.env_value(&key(&format!("options.{k}")), &v)?;
             options.insert(k, value);
         }
-        Ok(StoreConfig { name, url, options })
+        let bytes_per_second = raw
+            .max_bytes_per_second
+            .map(|s| match parse_size(&s) {
+                Some(n) if n > 0 => Ok(n as u64),
+                _ => Err(self.invalid(
+                    key("max_bytes_per_second"),
+                    format!("{s:?} is not a size above 0 (examples: \"50MiB\", \"1GB\")"),
+                )),
+            })
+            .transpose()?;
+        if let Some(r) = raw.max_requests_per_second
+            && !(r > 0.0 && r.is_finite())
+        {
+            return Err(self.invalid(key("max_requests_per_second"), "must be above 0"));
+        }
+        if raw.max_concurrent_requests == Some(0) {
+            return Err(self.invalid(key("max_concurrent_requests"), "must be at least 1"));
+        }
+        let quota = StoreQuota {
+            bytes_per_second,
+            requests_per_second: raw.max_requests_per_second,
+            concurrent_requests: raw.max_concurrent_requests,
+        };
+        Ok(StoreConfig {
+            name,
+            url,
+            options,
+            quota,
+        })
     }
 
     /// `[databases.NAME]`, `${env:NAME}` resolved in its URL.

@@ -494,6 +494,7 @@ async fn run_models(
             .pools()
             .map(|p| crate::report::DatabaseReport::of(p))
             .collect(),
+        stores: engine.stores().usage(),
         resources: Some(resources),
         exit_code: None,
         retryable: None,

@@ -214,3 +214,82 @@ late_window = "48h"
         "{e}"
     );
 }
+
+/// `[stores.NAME] max_bytes_per_second` paces what a run reads from the store: 150 MB from a
+/// local S3 server at 15 MiB/s take their ten seconds (within 20 %), and the report counts
+/// the bytes and the time spent throttled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stores_bandwidth_cap_holds_for_a_large_read() {
+    use object_store::{ObjectStoreExt, PutPayload};
+    let server = S3Server::start();
+    server.create_bucket("lake");
+    // 150 MB of random hex, 100-character lines.
+    let lines = 1_500_000usize;
+    let mut csv = Vec::with_capacity(lines * 101 + 16);
+    csv.extend_from_slice(b"s\n");
+    let mut seed: u64 = 42;
+    for _ in 0..lines {
+        for _ in 0..25 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            csv.extend_from_slice(format!("{:04x}", (seed >> 48) as u16).as_bytes());
+        }
+        csv.push(b'\n');
+    }
+    let size = csv.len() as f64;
+    server
+        .store("lake")
+        .put(
+            &object_store::path::Path::from("raw/big.csv"),
+            PutPayload::from(csv),
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("queries")).unwrap();
+    std::fs::write(
+        d.join("sluice.toml"),
+        "name = \"capped\"\n\
+         [stores.lake]\nurl = \"s3://lake\"\nendpoint = \"${env:TEST_S3_ENDPOINT}\"\n\
+         region = \"us-east-1\"\nallow_http = true\nmax_bytes_per_second = \"15MiB\"\n\
+         max_concurrent_requests = 4\n\
+         [sources.big]\nlocation = \"s3://lake/raw/big.csv\"\nformat = \"csv\"\nschema = \"s VARCHAR\"\n\
+         [models.sizes]\nsink = { location = \"out/sizes/\", format = \"csv\" }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("queries/sizes.sql"),
+        "SELECT count(*) AS n, sum(length(s)) AS chars FROM big",
+    )
+    .unwrap();
+    let mut env = server.env();
+    env.push(("TEST_S3_ENDPOINT".into(), server.endpoint()));
+    let start = std::time::Instant::now();
+    let (_, r) = run_with_report_env(d, &[], &env, 0);
+    let elapsed = start.elapsed().as_secs_f64();
+    let model = report_model(&r, "sizes");
+    assert_eq!(model["rows_in"], lines as u64, "{model}");
+    let out = std::fs::read_to_string(
+        files_under(&d.join("out/sizes"))
+            .iter()
+            .find(|f| f.ends_with(".csv"))
+            .map(|f| d.join("out/sizes").join(f))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(out.contains(&format!("{lines},{}", lines * 100)), "{out}");
+    let store = &r["stores"][0];
+    assert_eq!(store["name"], "lake", "{r}");
+    let read = store["bytes_read"].as_f64().unwrap();
+    assert!(read >= size, "read {read} of {size}: {store}");
+    let cap = 15.0 * 1024.0 * 1024.0;
+    let rate = read / elapsed;
+    assert!(
+        (0.8 * cap..=1.2 * cap).contains(&rate),
+        "{:.1} MiB/s against a cap of 15 MiB/s ({read} bytes in {elapsed:.1} s): {store}",
+        rate / 1024.0 / 1024.0
+    );
+    assert!(store["throttled_ms"].as_f64().unwrap() > 1000.0, "{store}");
+}
