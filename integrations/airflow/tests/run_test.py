@@ -102,9 +102,9 @@ checks.equal("OpenLineage COMPLETE: input dataset",
              [(i["namespace"], i["name"]) for i in (complete[0].get("inputs", []) if complete else [])],
              [("file", str(pipelines["good"] / "data"))])
 
-# 2. A deferral and failures. The window opens at a whole minute at least 40 s from now:
+# 2. A deferral and failures. The window opens at a whole minute at least 50 s from now:
 # after Airflow has started and tried the late task once (about 10 s on an idle machine).
-window, opens = fx.window_opening_in(40)
+window, opens = fx.window_opening_in(50)
 checks.info["late window"] = window
 code = airflow("dags", "test", "sluice_failures", "2024-01-13", SLUICE_TEST_WINDOW=window)
 checks.equal("dags test sluice_failures exits 1 (two tasks fail)", code, 1)
