@@ -77,9 +77,9 @@ def sluice_run(pipeline: str, sluice_bin: str = "sluice", vars: dict | None = No
         path = os.path.join(tmp, "report.json")
         cmd = command(pipeline, path, sluice_bin, vars, select, window, timezone, as_of)
         log.info("Running %s", " ".join(cmd))
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout.splitlines():
-            log.info("%s", line)
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            for line in proc.stdout:
+                log.info("%s", line.rstrip())
         try:
             with open(path) as f:
                 report = json.load(f)

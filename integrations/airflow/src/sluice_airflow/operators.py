@@ -77,6 +77,7 @@ class SluiceOperator(BaseOperator):
         self.extra_args = list(extra_args)
         self.env = env
         self.report: dict | None = None
+        self._proc: subprocess.Popen | None = None
 
     def command(self, context, report_path: str) -> list[str]:
         cmd = [self.sluice_bin, "run", str(self.pipeline), "--report", report_path, "-q"]
@@ -104,11 +105,17 @@ class SluiceOperator(BaseOperator):
             report_path = os.path.join(tmp, "report.json")
             cmd = self.command(context, report_path)
             self.log.info("Running %s", " ".join(cmd))
-            proc = subprocess.run(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for line in proc.stdout.splitlines():
-                self.log.info("%s", line)
+            with subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+                self._proc = proc
+                for line in proc.stdout:
+                    self.log.info("%s", line.rstrip())
             self.report = _read_json(report_path)
         return self.handle(proc.returncode, self.report)
+
+    def on_kill(self):
+        """SIGTERM to sluice: it stops its units, records the run interrupted; a rerun resumes."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
 
     def handle(self, code: int, report: dict | None):
         summary = _summary(report)
