@@ -4,13 +4,15 @@ Exit status of `sluice run` -> Prefect:
   0   the task returns the run report (parsed JSON); the flow returns it too
   1   SluiceFailed: the task's `retries` apply (a rerun resumes what was committed)
   2   SluiceBroken: `retry_condition_fn` refuses a retry; the task and the flow fail at once
-  75  started outside its --window: the task returns the `deferred` report and the flow
-      ends in a Scheduled state at the report's `next_window`. A flow run of a deployment is
-      then started again at that time by its worker (or `serve`); a flow called directly
-      just ends Scheduled (nothing runs it again).
+  75  started outside its --window: the task returns the `deferred` report; then a flow run
+      of a deployment creates a run of that deployment with the same parameters, scheduled
+      at the report's `next_window`, and ends Completed, named Deferred (its worker or
+      `serve` starts the new run then); a flow called directly (no deployment) sleeps until
+      `next_window` and runs the task again
   other (128+signal: interrupted, or a crash): SluiceFailed, retried
 
-Run it: `python sluice_prefect.py PIPELINE [--sluice BIN] [--var K=V]... [--window W]`.
+Run it once: `python sluice_prefect.py PIPELINE [--sluice BIN] [--var K=V]... [--window W]`;
+serve it as a deployment: `python sluice_prefect.py --serve NAME` (deployment `sluice/NAME`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import datetime
 
-from prefect import flow, get_run_logger, task
-from prefect.states import Scheduled
+from prefect import flow, get_run_logger, runtime, task
+from prefect.deployments import run_deployment
+from prefect.states import Completed
 
 EXIT_OK, EXIT_USAGE, EXIT_DEFERRED = 0, 2, 75
 
@@ -95,13 +99,25 @@ def sluice_run(pipeline: str, sluice_bin: str = "sluice", vars: dict | None = No
 def sluice_flow(pipeline: str, sluice_bin: str = "sluice", vars: dict | None = None,
                 select: str | None = None, window: str | list[str] | None = None,
                 timezone: str | None = None, as_of: str | None = None):
-    """Runs the pipeline; returns the run report, or a Scheduled state when deferred."""
-    report = sluice_run(pipeline, sluice_bin, vars, select, window, timezone, as_of)
-    if report.get("status") == "deferred" and report.get("next_window"):
+    """Runs the pipeline and returns the run report. Started outside its window: a flow run
+    of a deployment schedules a new run of it at the window's opening and ends Completed,
+    named Deferred; a flow called directly waits for the window and runs again."""
+    log = get_run_logger()
+    while True:
+        report = sluice_run(pipeline, sluice_bin, vars, select, window, timezone, as_of)
+        if report.get("status") != "deferred":
+            return report
+        if not report.get("next_window"):
+            raise SluiceFailed(f"sluice deferred the run, but: {report.get('error')}", report)
         when = datetime.fromisoformat(report["next_window"])
-        get_run_logger().info("Outside the run window: scheduled again at %s", when.isoformat())
-        return Scheduled(scheduled_time=when, message=f"sluice deferred until {when.isoformat()}")
-    return report
+        if runtime.deployment.id:
+            later = run_deployment(runtime.deployment.id, parameters=runtime.flow_run.parameters,
+                                   scheduled_time=when, timeout=0, as_subflow=False)
+            log.info("Outside the run window: flow run %s scheduled at %s", later.name, when.isoformat())
+            return Completed(name="Deferred", data=report,
+                             message=f"sluice deferred: flow run {later.name} ({later.id}) at {when.isoformat()}")
+        log.info("Outside the run window: waiting until %s", when.isoformat())
+        time.sleep(max(0.0, (when - datetime.now(when.tzinfo)).total_seconds()))
 
 
 def _errors(report: dict | None) -> str:
@@ -114,12 +130,18 @@ if __name__ == "__main__":
     import argparse
 
     p = argparse.ArgumentParser(description="Run a sluice pipeline as a Prefect flow")
-    p.add_argument("pipeline")
+    p.add_argument("pipeline", nargs="?")
+    p.add_argument("--serve", metavar="NAME", help="serve the flow as deployment NAME instead (runs its flow runs)")
     p.add_argument("--sluice", default="sluice")
     p.add_argument("--var", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--window", action="append")
     p.add_argument("--timezone")
     a = p.parse_args()
+    if a.serve:
+        sluice_flow.serve(name=a.serve)
+        sys.exit(0)
+    if not a.pipeline:
+        p.error("PIPELINE is required")
     state = sluice_flow(a.pipeline, a.sluice, dict(v.split("=", 1) for v in a.var), None, a.window,
                         a.timezone, return_state=True)
     print(state.type.value, file=sys.stderr)
