@@ -118,8 +118,8 @@ fn airflow_runs_a_pipeline_with_sluice_operator() {
     );
 }
 
-/// The Prefect flow run locally: the report returned, exit 2 not retried, exit 1 retried,
-/// exit 75 leaving the flow run Scheduled at the window's opening.
+/// The Prefect flow against a local server: the report returned, exit 2 not retried, exit 1
+/// retried; served as a deployment, exit 75 schedules a new run at the window's opening.
 #[test]
 fn prefect_runs_a_pipeline_as_a_flow() {
     drive(
@@ -129,7 +129,8 @@ fn prefect_runs_a_pipeline_as_a_flow() {
             "good: output Parquet: orders per day",
             "broken: its task failed after 1 run",
             "flaky: its task failed after 3 run",
-            "late: scheduled at the window's opening",
+            "late: the flow run ends Completed, named Deferred",
+            "late: one more flow run of the deployment, Scheduled at the window's opening",
         ],
     );
 }
