@@ -50,18 +50,18 @@ fn drive(name: &str, required: &[&str]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let result: serde_json::Value = stdout
+    let Some(result) = stdout
         .lines()
         .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| {
-            let kept = scratch.keep();
-            panic!(
-                "the {name} driver printed no result ({}; its files are kept in {}):\n{stdout}\n--- stderr\n{stderr}",
-                out.status,
-                kept.display()
-            )
-        });
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    else {
+        let kept = scratch.keep();
+        panic!(
+            "the {name} driver printed no result ({}; its files are kept in {}):\n{stdout}\n--- stderr\n{stderr}",
+            out.status,
+            kept.display()
+        )
+    };
     let checks = result["checks"].as_object().cloned().unwrap_or_default();
     let failed: Vec<String> = checks
         .iter()
