@@ -26,6 +26,7 @@ mod listing_readers;
 mod locations;
 mod memory;
 mod metrics;
+mod orchestrators;
 mod output_columns;
 mod pipeline;
 mod quarantine;
