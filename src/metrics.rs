@@ -80,9 +80,14 @@ impl Scheduled {
 
     /// Whether a run of `pipeline` is going.
     pub(crate) fn running(&self, pipeline: &str, running: bool) {
+        let labels = vec![("pipeline".to_string(), pipeline.to_string())];
         self.running
-            .get_or_create(&vec![("pipeline".to_string(), pipeline.to_string())])
+            .get_or_create(&labels)
             .set(f64::from(u8::from(running)));
+        if running {
+            // A paused run that resumes is no longer waiting.
+            self.paused.get_or_create(&labels).set(0.0);
+        }
     }
 
     fn register(&self, registry: &mut Registry) {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use super::window::Window;
@@ -82,47 +82,50 @@ impl Cron {
     /// (before the year 5000).
     pub fn next_after(&self, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let mut from = after.with_timezone(&tz);
-        // croner steps through wall-clock times: from inside the hour repeated when clocks go
-        // back, a wall time it finds may map to its first, earlier instant. Look again from
-        // further on until the time found is after `after`.
-        for _ in 0..4 {
-            let next = self.cron.find_next_occurrence(&from, false).ok()?;
-            let next_utc = next.with_timezone(&Utc);
-            if next_utc > after {
-                return Some(next_utc);
+        // croner steps through wall-clock times. From inside the hour repeated when clocks go
+        // back, the wall times it finds map to their first, earlier instants: those already
+        // passed (or fired) and are skipped, so a wall time fires once. A wall time croner
+        // cannot place (a gap longer than its hour of search) is looked past.
+        for _ in 0..100_000 {
+            match self.cron.find_next_occurrence(&from, false) {
+                Ok(next) => {
+                    let next_utc = next.with_timezone(&Utc);
+                    if next_utc > after {
+                        return Some(next_utc);
+                    }
+                    from = next;
+                }
+                Err(croner::errors::CronError::InvalidTime) => {
+                    from =
+                        (from.with_timezone(&Utc) + chrono::Duration::hours(1)).with_timezone(&tz);
+                }
+                Err(_) => return None,
             }
-            // The same wall time, its later instant, if it has one.
-            if let Some(later) = tz.from_local_datetime(&next.naive_local()).latest()
-                && later.with_timezone(&Utc) > after
-                && self.cron.is_time_matching(&later).unwrap_or(false)
-            {
-                return Some(later.with_timezone(&Utc));
-            }
-            from = next;
         }
         None
     }
 
-    /// Every time it fires in `(after, until]`, at most `limit` of them (the earliest).
+    /// Every time it fires in `(after, until]`, at most `limit` of them (the latest), and
+    /// how many there are in all.
     pub fn between(
         &self,
         tz: Tz,
         after: DateTime<Utc>,
         until: DateTime<Utc>,
         limit: usize,
-    ) -> Vec<DateTime<Utc>> {
-        let mut out = Vec::new();
+    ) -> (Vec<DateTime<Utc>>, usize) {
+        let mut kept = std::collections::VecDeque::new();
+        let mut all = 0;
         let mut t = after;
-        while out.len() < limit {
-            match self.next_after(tz, t) {
-                Some(next) if next <= until => {
-                    out.push(next);
-                    t = next;
-                }
-                _ => break,
+        while let Some(next) = self.next_after(tz, t).filter(|n| *n <= until) {
+            all += 1;
+            if kept.len() == limit {
+                kept.pop_front();
             }
+            kept.push_back(next);
+            t = next;
         }
-        out
+        (kept.into(), all)
     }
 }
 
@@ -210,7 +213,7 @@ mod tests {
             for (hour, minute) in [(2, 0), (2, 30), (1, 30), (3, 0), (0, 0)] {
                 let cron = Cron::parse(&format!("{minute} {hour} * * *")).unwrap();
                 let until = at(to) - chrono::Duration::seconds(1);
-                let got = cron.between(tz, at(from), until, 100);
+                let (got, _) = cron.between(tz, at(from), until, 100);
                 assert_eq!(
                     got,
                     expected(tz, from, to, hour, minute),
@@ -224,11 +227,31 @@ mod tests {
     fn next_after_is_always_later_even_inside_a_repeated_hour() {
         let berlin: Tz = "Europe/Berlin".parse().unwrap();
         let every_quarter = Cron::parse("*/15 * * * *").unwrap();
-        // 02:10 CET, the second time 02:10 comes that night.
+        // 02:10 CET, the second time 02:10 comes that night: the quarters of the repeated
+        // hour fired the first time round; the next is 03:00 CET.
         let t = at("2026-10-25T01:10:00Z");
-        let next = every_quarter.next_after(berlin, t).unwrap();
-        assert!(next > t, "{next}");
-        assert_eq!(next, at("2026-10-25T01:15:00Z"));
+        assert_eq!(
+            every_quarter.next_after(berlin, t),
+            Some(at("2026-10-25T02:00:00Z"))
+        );
+        // And a daily 02:30 that fired at 02:30 CEST does not fire again at 02:30 CET.
+        let daily = Cron::parse("30 2 * * *").unwrap();
+        assert_eq!(
+            daily.next_after(berlin, at("2026-10-25T01:10:00Z")),
+            Some(at("2026-10-26T01:30:00Z"))
+        );
+        // A gap of two hours (Troll, Antarctica: UTC+0 to UTC+2) is looked past, not a stop.
+        let troll: Tz = "Antarctica/Troll".parse().unwrap();
+        let night = Cron::parse("30 1 * * *").unwrap();
+        let next = night.next_after(troll, at("2026-03-28T02:00:00Z")).unwrap();
+        assert!(
+            next > at("2026-03-28T02:00:00Z") && next < at("2026-03-30T00:00:00Z"),
+            "{next}"
+        );
+        assert_eq!(
+            Cron::parse("0 0 30 2 *").unwrap().next_after(Tz::UTC, t),
+            None
+        );
         let seconds = Cron::parse("*/10 * * * * *").unwrap();
         assert_eq!(
             seconds.next_after(Tz::UTC, at("2026-01-01T00:00:05Z")),

@@ -112,6 +112,7 @@ pub struct Interrupt {
     cancel: std::sync::Mutex<Option<StopReason>>,
     drain: std::sync::Mutex<Option<StopReason>>,
     notify: tokio::sync::Notify,
+    drained: tokio::sync::Notify,
 }
 
 impl Interrupt {
@@ -129,6 +130,7 @@ impl Interrupt {
     /// Drains the run: nothing more starts; the running units finish.
     pub fn drain(&self, reason: StopReason) {
         Self::set(&self.drain, reason);
+        self.drained.notify_waiters();
     }
 
     /// Keeps the first reason given.
@@ -169,6 +171,20 @@ impl Interrupt {
             return;
         }
         notified.await;
+    }
+
+    /// Waits until the run is drained or cancelled.
+    pub async fn wait_stopping(&self) {
+        let drained = self.drained.notified();
+        tokio::pin!(drained);
+        drained.as_mut().enable();
+        if self.stopping().is_some() {
+            return;
+        }
+        tokio::select! {
+            () = drained => {}
+            () = self.wait() => {}
+        }
     }
 
     /// The signal's name, for messages.
@@ -474,8 +490,11 @@ async fn run_models(
     } else if opts.interrupt.cancelled().is_some() {
         RunStatus::Interrupted
     } else if opts.interrupt.stopping().is_some()
+        && late.is_none()
         && reports.iter().any(|r| r.status == ModelStatus::Paused)
+        && !reports.iter().any(|r| r.status == ModelStatus::Failed)
     {
+        // (A model that failed fails the run, paused or not: it needs a look.)
         RunStatus::Paused
     } else if failed.is_empty() && late.is_none() {
         RunStatus::Success

@@ -475,13 +475,15 @@ pub(super) async fn run_unit(
 ) -> Result<UnitDone, UnitFailure> {
     let UnitJob { model, output, .. } = *job;
     let settings = model.units;
-    // A slot of the process's, held over all attempts (it never closes: an error is none).
+    // A slot of the process's, held over all attempts (it never closes: an error is none). A
+    // unit waiting for one when the run is drained or cancelled stops waiting, and starts
+    // nothing (below).
     let _slot = match cx.unit_slots {
-        Some(slots) => tokio::select! {
+        Some(slots) if cx.interrupt.stopping().is_none() => tokio::select! {
             slot = slots.acquire() => slot.ok(),
-            () = cx.interrupt.wait() => None,
+            () = cx.interrupt.wait_stopping() => None,
         },
-        None => None,
+        _ => None,
     };
     let mut attempt = 0u32;
     loop {

@@ -586,6 +586,7 @@ fn progress_as_json_lines_counts_every_unit() {
 fn a_bad_schedule_is_refused_naming_its_file_and_line() {
     for (schedule, key, message) in [
         ("cron = \"61 * * * *\"", "cron", "not a cron expression"),
+        ("cron = \"0 0 30 2 *\"", "cron", "never fires"),
         (
             "cron = \"0 2 * * *\"\ntimezone = \"Mars/Olympus\"",
             "timezone",
@@ -653,4 +654,49 @@ fn run_window_is_in_the_schedules_zone_unless_timezone_is_given() {
     let (_, report) = run_with_report(d, &utc, 75);
     assert_eq!(report["status"], "deferred");
     assert_eq!(report["next_window"], "2026-01-10T01:00:00+00:00");
+}
+
+#[test]
+fn a_run_waiting_for_its_window_is_made_up_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let want = nightly(d, 4, "cron = \"0 22 * * *\"\nwindow = \"01:00-05:00\"");
+    // Up at 22:00: the run waits for 01:00; the scheduler is stopped at 22:30.
+    let first = schedule(
+        d,
+        &[
+            "--clock-start",
+            "2026-01-10T21:50:00Z",
+            "--clock-speed",
+            "600",
+            "--until",
+            "2026-01-10T22:30:00Z",
+            "--report-dir",
+            "reports",
+        ],
+    );
+    assert!(
+        first.stderr.contains("waiting for the run window"),
+        "{}",
+        first.stderr
+    );
+    assert!(reports(d).is_empty());
+    // Back at 23:00: the 22:00 run is made up, inside the window.
+    schedule(
+        d,
+        &[
+            "--clock-start",
+            "2026-01-10T23:00:00Z",
+            "--clock-speed",
+            "3600",
+            "--until",
+            "2026-01-11T01:30:00Z",
+            "--report-dir",
+            "reports",
+        ],
+    );
+    let all = reports(d);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["status"], "success");
+    assert_eq!(output(d), want);
 }

@@ -85,10 +85,12 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
                 format!("pipeline '{}' is given twice", pipeline.name),
             ));
         }
+        // (Opened here, so a state store that cannot be is an error before anything runs.)
+        let store = crate::state::StateStore::open(&pipeline.settings.state)?;
         jobs.push(Job {
             path: path.clone(),
             name: pipeline.name.clone(),
-            state: pipeline.settings.state.clone(),
+            store,
             schedule,
             opts,
             cx,
@@ -118,12 +120,14 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
             None => std::future::pending().await,
         }
     };
-    let loops = futures::future::join_all(jobs.iter().map(Job::run));
+    // A pipeline whose schedule ends by itself (its cron fires no more) ends the process with
+    // an error, rather than leaving it up with that pipeline silently gone.
+    let loops = futures::future::try_join_all(jobs.iter().map(Job::run));
     tokio::select! {
-        _ = loops => {}
+        r = loops => { r?; }
         () = async { match server { Some(s) => s.await, None => std::future::pending().await } } => {}
         () = async { until.await; std::future::pending::<()>().await } => {}
-    }
+    };
     Ok(EXIT_OK)
 }
 
@@ -131,7 +135,7 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
 struct Job<'a> {
     path: PathBuf,
     name: String,
-    state: PathBuf,
+    store: crate::state::StateStore,
     schedule: Schedule,
     opts: &'a Options,
     cx: &'a Context<'a>,
@@ -141,55 +145,57 @@ struct Job<'a> {
 
 impl Job<'_> {
     /// Fires the pipeline's runs until the process is asked to stop.
-    async fn run(&self) {
+    async fn run(&self) -> Result<(), Error> {
         let clock = self.opts.clock;
         let s = &self.schedule;
-        let store = match crate::state::StateStore::open(&self.state) {
-            Ok(store) => store,
-            Err(e) => {
-                tracing::error!(pipeline = %self.name, "cannot open the state store: {e}");
-                return;
-            }
-        };
+        let store = &self.store;
         let last_fire = store
-            .last_fire(&self.name)
-            .ok()
-            .flatten()
+            .last_fire(&self.name)?
             .and_then(|t| crate::config::parse_timestamp(&t));
         // Every scheduled time up to `horizon` has been fired, queued or passed over.
         let now = clock.now();
         let mut horizon = last_fire.unwrap_or(now);
+        if last_fire.is_none() {
+            // The first start: from now on, a time that comes due counts (even one whose run
+            // waited for its window when the scheduler stopped).
+            store.set_last_fire(&self.name, &now.to_rfc3339())?;
+        }
         // What was missed while no scheduler ran.
-        let mut pending = self.missed(&store, horizon, now);
+        let mut pending = self.missed(horizon, now);
         horizon = horizon.max(now);
         loop {
             if self.cx.interrupt.stopping().is_some() {
-                return;
+                return Ok(());
             }
             let (fire, as_of) = match pending.pop_front() {
                 Some(missed) => missed,
                 None => {
                     let Some(next) = s.cron.next_after(s.timezone, horizon) else {
-                        tracing::warn!(pipeline = %self.name, "the cron expression never fires again");
-                        return;
+                        return Err(super::usage(
+                            "[schedule] cron",
+                            format!(
+                                "pipeline '{}': {:?} fires no more after {horizon}",
+                                self.name,
+                                s.cron.as_str()
+                            ),
+                        ));
                     };
                     self.board.scheduled.next_run(&self.name, next);
                     tracing::info!(pipeline = %self.name, next = %next.with_timezone(&s.timezone).to_rfc3339(), "next run");
                     if !self.sleep_until(next).await {
-                        return;
+                        return Ok(());
                     }
                     horizon = next;
                     (next, None)
                 }
             };
-            let _ = store.set_last_fire(&self.name, &fire.to_rfc3339());
             self.fire(fire, as_of).await;
             if self.cx.interrupt.stopping().is_some() {
-                return;
+                return Ok(());
             }
             // What came due while it ran.
             let now = clock.now();
-            pending.extend(self.missed(&store, horizon, now));
+            pending.extend(self.missed(horizon, now));
             horizon = horizon.max(now);
         }
     }
@@ -199,21 +205,27 @@ impl Job<'_> {
     /// as fired.
     fn missed(
         &self,
-        store: &crate::state::StateStore,
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> VecDeque<(DateTime<Utc>, Option<DateTime<Utc>>)> {
         let s = &self.schedule;
-        let due = s.cron.between(s.timezone, since, now, MAX_CATCH_UP);
+        let (due, all) = s.cron.between(s.timezone, since, now, MAX_CATCH_UP);
         let Some(&latest) = due.last() else {
             return VecDeque::new();
         };
-        tracing::info!(pipeline = %self.name, missed = due.len(), catch_up = ?s.catch_up, "runs missed");
+        tracing::info!(pipeline = %self.name, missed = all, catch_up = ?s.catch_up, "runs missed");
         match s.catch_up {
             CatchUp::Latest => VecDeque::from([(latest, None)]),
-            CatchUp::All => due.into_iter().map(|t| (t, Some(t))).collect(),
+            CatchUp::All => {
+                if all > due.len() {
+                    tracing::warn!(pipeline = %self.name, "{all} runs missed: only the latest {} are made up", due.len());
+                }
+                due.into_iter().map(|t| (t, Some(t))).collect()
+            }
             CatchUp::None => {
-                let _ = store.set_last_fire(&self.name, &latest.to_rfc3339());
+                if let Err(e) = self.store.set_last_fire(&self.name, &latest.to_rfc3339()) {
+                    tracing::warn!(pipeline = %self.name, "cannot record the schedule: {e}");
+                }
                 VecDeque::new()
             }
         }
@@ -232,8 +244,10 @@ impl Job<'_> {
     async fn fire(&self, fire: DateTime<Utc>, as_of: Option<DateTime<Utc>>) {
         let clock = self.opts.clock;
         let s = &self.schedule;
+        let mut recorded = false;
         loop {
-            if !s.windows.is_empty() && open_until(&s.windows, s.timezone, clock.now()).is_none() {
+            let window_end = open_until(&s.windows, s.timezone, clock.now());
+            if !s.windows.is_empty() && window_end.is_none() {
                 let Some(open) = next_open(&s.windows, s.timezone, clock.now()) else {
                     return;
                 };
@@ -243,8 +257,19 @@ impl Job<'_> {
                 if !self.sleep_until(open).await {
                     return;
                 }
+                // Looked at again: the window may be empty that day (inside a daylight saving
+                // gap), or the wait may have overslept it.
+                continue;
             }
-            let Some((report, stopped)) = self.run_once(as_of).await else {
+            // Recorded once the run starts: a scheduler stopped while it waited for the window
+            // makes it up when it comes back.
+            if !recorded {
+                if let Err(e) = self.store.set_last_fire(&self.name, &fire.to_rfc3339()) {
+                    tracing::warn!(pipeline = %self.name, "cannot record the schedule: {e}");
+                }
+                recorded = true;
+            }
+            let Some((report, stopped)) = self.run_once(as_of, window_end).await else {
                 return;
             };
             // Paused at the window's end (or cancelled there): resumed at the next.
@@ -263,6 +288,7 @@ impl Job<'_> {
     async fn run_once(
         &self,
         as_of: Option<DateTime<Utc>>,
+        window_end: Option<DateTime<Utc>>,
     ) -> Option<(RunReport, Option<StopReason>)> {
         let clock = self.opts.clock;
         let s = &self.schedule;
@@ -279,11 +305,8 @@ impl Job<'_> {
             now: None,
             metrics: None,
         };
-        let window_end = if s.windows.is_empty() {
-            None
-        } else {
-            open_until(&s.windows, s.timezone, clock.now())
-        };
+        // Drains or cancels the run: at the window's end, past max_run_time, and on the
+        // process's SIGTERM (drain, then cancel after the grace period), whichever come.
         let watch = async {
             let closes = async {
                 match window_end {
@@ -297,26 +320,41 @@ impl Job<'_> {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                () = closes => {
-                    tracing::warn!(pipeline = %self.name, "the run window closed: {}", match s.on_window_end {
-                        OnWindowEnd::Pause => "no more units start; the running ones finish",
-                        OnWindowEnd::Cancel => "the running units are cancelled",
-                    });
-                    match s.on_window_end {
-                        OnWindowEnd::Pause => interrupt.drain(StopReason::WindowClosed),
-                        OnWindowEnd::Cancel => interrupt.cancel(StopReason::WindowClosed),
+            let grace_over = async {
+                self.cx.interrupt.wait().await;
+                let reason = self
+                    .cx
+                    .interrupt
+                    .cancelled()
+                    .unwrap_or(StopReason::Signal(libc::SIGTERM));
+                interrupt.drain(reason);
+                tokio::time::sleep(self.opts.grace).await;
+                reason
+            };
+            tokio::pin!(closes, too_long, grace_over);
+            let mut closed = false;
+            loop {
+                tokio::select! {
+                    () = &mut closes, if !closed => {
+                        closed = true;
+                        tracing::warn!(pipeline = %self.name, "the run window closed: {}", match s.on_window_end {
+                            OnWindowEnd::Pause => "no more units start; the running ones finish",
+                            OnWindowEnd::Cancel => "the running units are cancelled",
+                        });
+                        match s.on_window_end {
+                            OnWindowEnd::Pause => interrupt.drain(StopReason::WindowClosed),
+                            OnWindowEnd::Cancel => interrupt.cancel(StopReason::WindowClosed),
+                        }
                     }
-                }
-                () = too_long => {
-                    tracing::warn!(pipeline = %self.name, "the run went past its max_run_time: it is cancelled");
-                    interrupt.cancel(StopReason::MaxRunTime);
-                }
-                () = self.cx.interrupt.wait() => {
-                    let reason = self.cx.interrupt.cancelled().unwrap_or(StopReason::Signal(libc::SIGTERM));
-                    interrupt.drain(reason);
-                    tokio::time::sleep(self.opts.grace).await;
-                    interrupt.cancel(reason);
+                    () = &mut too_long => {
+                        tracing::warn!(pipeline = %self.name, "the run went past its max_run_time: it is cancelled");
+                        interrupt.cancel(StopReason::MaxRunTime);
+                        break;
+                    }
+                    reason = &mut grace_over => {
+                        interrupt.cancel(reason);
+                        break;
+                    }
                 }
             }
             std::future::pending::<()>().await
@@ -332,6 +370,10 @@ impl Job<'_> {
             tracing::error!(pipeline = %self.name, "the run failed: {e}");
         }
         let mut report = last?;
+        if report.pipeline.is_empty() {
+            // It did not load: still this pipeline's run.
+            report.pipeline = self.name.clone();
+        }
         if interrupt.cancelled() == Some(StopReason::MaxRunTime) {
             report.error = Some(
                 "the run went past its max_run_time and was cancelled; the next scheduled run \

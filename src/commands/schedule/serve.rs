@@ -71,7 +71,8 @@ fn respond(request: &Request<Incoming>, board: &Board) -> Response<Full<Bytes>> 
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            // (prometheus-client writes the OpenMetrics text format.)
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
             board.render(),
         ),
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),

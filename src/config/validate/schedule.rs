@@ -41,6 +41,13 @@ impl Validator<'_> {
             ));
         };
         let cron = Cron::parse(&cron).map_err(|e| self.invalid("schedule.cron", e))?;
+        let epoch = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
+        if cron.next_after(timezone, epoch).is_none() {
+            return Err(self.invalid(
+                "schedule.cron",
+                format!("{:?} never fires (no such date)", cron.as_str()),
+            ));
+        }
         let on_window_end = match raw.on_window_end.as_deref() {
             _ if windows.is_empty() && raw.on_window_end.is_some() => {
                 return Err(self.invalid(
