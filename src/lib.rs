@@ -30,7 +30,8 @@
 //! - **4 Output**: [`sink`] (result streams → partitioned files in staging, by writer lanes).
 //! - **5 Orchestration**: [`run`] (prepare, one model, its units with retries, resume),
 //!   [`state`] (the SQLite run ledger and lock), [`report`], [`metrics`] (the report in
-//!   Prometheus's text format), [`progress`], [`tpch`]; and
+//!   Prometheus's text format), [`lineage`] (OpenLineage events: datasets, schemas, column
+//!   lineage from each model's plan), [`progress`], [`tpch`]; and
 //!   [`error`], the one public [`Error`] into which every layer's error folds, with its exit
 //!   status.
 //! - **6 Commands**: [`commands`], one module per subcommand: the only thing the binary calls.
@@ -55,6 +56,7 @@ pub mod engine;
 pub mod error;
 pub(crate) mod flock;
 pub(crate) mod join;
+pub(crate) mod lineage;
 pub(crate) mod metrics;
 pub(crate) mod physical;
 pub mod progress;

@@ -727,6 +727,19 @@ pub struct Pipeline {
     pub vars: BTreeMap<String, String>,
     /// `[schedule]`: when `sluice schedule` runs it.
     pub schedule: Option<schedule::Schedule>,
+    /// `[lineage]`: where its runs' OpenLineage events go.
+    pub lineage: Option<LineageConfig>,
+}
+
+/// `[lineage]`: OpenLineage events to a JSON-lines file, an HTTP endpoint, or both.
+#[derive(Debug, Clone, Default)]
+pub struct LineageConfig {
+    /// `file`: appended one event per line (relative to the pipeline folder).
+    pub file: Option<PathBuf>,
+    /// `url`: each event POSTed there as JSON (Marquez: `.../api/v1/lineage`).
+    pub url: Option<String>,
+    /// `namespace`: the job's namespace (default `sluice`); the job's name is the pipeline's.
+    pub namespace: String,
 }
 
 impl Pipeline {

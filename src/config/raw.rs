@@ -26,6 +26,16 @@ pub(super) struct RawPipeline {
     #[serde(default)]
     pub(super) vars: BTreeMap<String, toml::Value>,
     pub(super) schedule: Option<RawSchedule>,
+    pub(super) lineage: Option<RawLineage>,
+}
+
+/// `[lineage]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLineage {
+    pub(super) file: Option<String>,
+    pub(super) url: Option<String>,
+    pub(super) namespace: Option<String>,
 }
 
 /// `[schedule]`.

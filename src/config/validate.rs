@@ -173,6 +173,7 @@ impl<'a> Validator<'a> {
         let all_sources: Vec<&String> = sources.keys().chain(database_sources.keys()).collect();
         let models = self.models(raw.models, &all_sources, &databases)?;
         let schedule = raw.schedule.map(|s| self.schedule(s)).transpose()?;
+        let lineage = raw.lineage.map(|l| self.lineage(l)).transpose()?;
         self.check_staging_apart(settings.staging.as_deref(), &sources)?;
         let mut vars = BTreeMap::new();
         for (k, v) in raw.vars {
@@ -194,6 +195,39 @@ impl<'a> Validator<'a> {
             models,
             vars,
             schedule,
+            lineage,
+        })
+    }
+
+    /// `[lineage]`: a file, a URL, or both.
+    fn lineage(&self, raw: super::raw::RawLineage) -> Result<super::LineageConfig, ConfigError> {
+        if raw.file.is_none() && raw.url.is_none() {
+            return Err(self.invalid(
+                "lineage",
+                "give `file` (a JSON-lines file) or `url` (an OpenLineage HTTP endpoint), or both",
+            ));
+        }
+        let url = raw
+            .url
+            .map(|u| {
+                let u = self.env_value("lineage.url", &u)?;
+                match url::Url::parse(&u) {
+                    Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Ok(u),
+                    _ => Err(self.invalid("lineage.url", format!("{u:?} is not an http(s) URL"))),
+                }
+            })
+            .transpose()?;
+        let file = raw
+            .file
+            .map(|f| {
+                self.env_value("lineage.file", &f)
+                    .map(|f| self.root.join(f))
+            })
+            .transpose()?;
+        Ok(super::LineageConfig {
+            file,
+            url,
+            namespace: raw.namespace.unwrap_or_else(|| "sluice".to_string()),
         })
     }
 

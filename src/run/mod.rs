@@ -400,7 +400,16 @@ async fn run_models(
         schemas_read: _,
         databases,
         resources,
+        lineage,
     } = prepared;
+    // (A dry run sends no events.)
+    let emitter = lineage
+        .as_ref()
+        .filter(|_| !opts.dry_run)
+        .map(|l| crate::lineage::Emitter::new(l, &run_id, &selected));
+    if let Some(e) = &emitter {
+        e.start().await;
+    }
     let cx = RunCx {
         engine: &engine,
         pipeline: &pipeline,
@@ -482,6 +491,9 @@ async fn run_models(
             tracing::warn!("cannot record model {name}: {e}");
         }
         progress.model_finished(name, report.status, report.rows_out);
+        if let Some(e) = &emitter {
+            e.model(&report).await;
+        }
         reports.push(report);
     }
     let late = late_beyond_failures(&pipeline, &reports);
@@ -501,7 +513,7 @@ async fn run_models(
     } else {
         RunStatus::Failed
     };
-    RunReport {
+    let report = RunReport {
         run_id,
         pipeline: pipeline.name.clone(),
         status,
@@ -518,7 +530,11 @@ async fn run_models(
         exit_code: None,
         retryable: None,
         next_window: None,
+    };
+    if let Some(e) = &emitter {
+        e.end(&report).await;
     }
+    report
 }
 
 /// Incremental models with `on_late_beyond_window = "fail"` that found rows later than their

@@ -50,6 +50,8 @@ pub struct Prepared {
     pub(crate) databases: crate::database::Databases,
     /// The threads and memory pool of the run, and where they came from.
     pub resources: crate::engine::limits::Resources,
+    /// What its OpenLineage events say (with a `[lineage]`).
+    pub(crate) lineage: Option<crate::lineage::Lineage>,
 }
 
 /// Builds the DAG, registers what the selected models read, and plans every selected model.
@@ -128,6 +130,14 @@ pub async fn prepare(
     for name in &outside {
         register_output(&engine, &pipeline.models[name], None).await?;
     }
+    let mut lineage = crate::lineage::Lineage::new(&pipeline);
+    if let Some(lineage) = lineage.as_mut() {
+        for name in needed_sources.iter().chain(&outside) {
+            if let Ok(table) = engine.ctx().table_provider(name.as_str()).await {
+                lineage.set_schema(name, &table.schema());
+            }
+        }
+    }
 
     // Plan every model that runs or is inlined, in order; a model's table is its plan (a
     // view) until it has been written.
@@ -145,6 +155,10 @@ pub async fn prepare(
         }
         let df = plan_model(&engine, &pipeline.models[name], &node.sql).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        if let Some(lineage) = lineage.as_mut() {
+            lineage.plan_model(name, df.logical_plan());
+            lineage.set_schema(name, &schema);
+        }
         if super::groups::is_sorted(df.logical_plan()) {
             sorted.insert(name.clone());
         }
@@ -245,6 +259,7 @@ pub async fn prepare(
         schemas_read,
         databases,
         resources,
+        lineage,
     })
 }
 

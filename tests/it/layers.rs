@@ -33,7 +33,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "5 orchestration",
         &[
-            "progress", "report", "metrics", "state", "error", "run", "tpch",
+            "progress", "report", "metrics", "lineage", "state", "error", "run", "tpch",
         ],
     ),
     ("6 commands", &["commands"]),
@@ -52,6 +52,8 @@ const WITHIN: &[(&str, &str)] = &[
     ("state", "report"),
     ("metrics", "report"),
     ("metrics", "state"),
+    ("lineage", "report"),
+    ("run", "lineage"),
     // The one public error folds the errors of every layer, the state store's included;
     // only orchestration and the commands return it.
     ("error", "state"),

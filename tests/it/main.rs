@@ -22,6 +22,7 @@ mod headers;
 mod incremental;
 mod joins;
 mod layers;
+mod lineage;
 mod listing_readers;
 mod locations;
 mod memory;

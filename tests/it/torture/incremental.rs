@@ -677,7 +677,7 @@ impl History {
     fn check_status(&self, stdout: &str) {
         let status: serde_json::Value = serde_json::from_str(stdout)
             .unwrap_or_else(|e| self.fail(&format!("status --json: {e}:\n{stdout}")));
-        let m = &status[0];
+        let m = &status["models"][0];
         let inputs = Inputs::read(self.d());
         let current = periods::current(&inputs.files, self.timeline().cfg.tz_h);
         let dims = Dims::read(self.d());
