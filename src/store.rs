@@ -382,9 +382,10 @@ impl StoreRegistry {
                 url: url.to_string(),
                 source,
             })?;
-        let quota = self
-            .config_for(location)
-            .and_then(|c| throttle::Quota::shared(url.as_str(), &c.quota));
+        let quota = self.config_for(location).and_then(|c| {
+            let endpoint = c.options.get("endpoint").map_or("", String::as_str);
+            throttle::Quota::shared(&format!("{url} at {endpoint}"), &c.quota)
+        });
         let counts = Arc::clone(
             self.counts
                 .lock()

@@ -96,10 +96,11 @@ pub(super) async fn execute_with(
                 file.write(&report)?;
             }
             write_metrics(opts, &report, Some(&kept));
-            if !opts.run.dry_run
-                && let Err(state_err) = run::record_not_run(&kept, &report)
-            {
-                tracing::warn!("cannot record the run: {state_err}");
+            if !opts.run.dry_run {
+                if let Err(state_err) = run::record_not_run(&kept, &report) {
+                    tracing::warn!("cannot record the run: {state_err}");
+                }
+                run::lineage_not_run(&kept, &report).await;
             }
             *last = Some(report);
             return Err(e);

@@ -9,16 +9,16 @@ use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
 /// A column of a table the plan scans: (table, column).
 pub(crate) type Source = (String, String);
 
+/// Whether a `SubqueryAlias` of this name over this plan is a table (a view the planner
+/// inlined), not an alias or a CTE of the query's own.
+pub(crate) type IsTable<'a> = &'a dyn Fn(&str, &LogicalPlan) -> bool;
+
 /// For each output field of `plan`, in order, the table columns it is computed from. A
-/// table read through a view the planner inlined (a `SubqueryAlias` named after it) counts
-/// as the table when `is_table` says it is one.
-pub(crate) fn column_sources(
-    plan: &LogicalPlan,
-    is_table: &dyn Fn(&str) -> bool,
-) -> Vec<BTreeSet<Source>> {
+/// table read through a view the planner inlined counts as the table.
+pub(crate) fn column_sources(plan: &LogicalPlan, is_table: IsTable<'_>) -> Vec<BTreeSet<Source>> {
     let column_sources = |p: &LogicalPlan| column_sources(p, is_table);
     match plan {
-        LogicalPlan::SubqueryAlias(a) if is_table(a.alias.table()) => {
+        LogicalPlan::SubqueryAlias(a) if is_table(a.alias.table(), &a.input) => {
             let table = a.alias.table().to_string();
             plan.schema()
                 .fields()
@@ -40,13 +40,26 @@ pub(crate) fn column_sources(
         }
         LogicalPlan::Aggregate(a) => {
             let input = column_sources(&a.input);
-            let mut out: Vec<BTreeSet<Source>> = a
+            // The output: each grouping expression (a grouping set's, each once), the
+            // grouping id of a grouping set, then the aggregates.
+            let mut grouping_set = false;
+            let groups: Vec<&Expr> = a
                 .group_expr
                 .iter()
-                .chain(&a.aggr_expr)
-                .map(|e| refs(e, &a.input, &input))
+                .flat_map(|e| match e {
+                    Expr::GroupingSet(set) => {
+                        grouping_set = true;
+                        set.distinct_expr()
+                    }
+                    other => vec![other],
+                })
                 .collect();
-            // Grouping sets add an internal id column.
+            let mut out: Vec<BTreeSet<Source>> =
+                groups.iter().map(|e| refs(e, &a.input, &input)).collect();
+            if grouping_set {
+                out.push(BTreeSet::new());
+            }
+            out.extend(a.aggr_expr.iter().map(|e| refs(e, &a.input, &input)));
             out.resize(plan.schema().fields().len(), BTreeSet::new());
             out
         }
@@ -111,16 +124,12 @@ fn refs(expr: &Expr, input: &LogicalPlan, sources: &[BTreeSet<Source>]) -> BTree
 
 /// The tables `plan` reads (in subqueries too), inlined views that `is_table` names counted
 /// as themselves.
-pub(crate) fn tables(
-    plan: &LogicalPlan,
-    is_table: &dyn Fn(&str) -> bool,
-    out: &mut BTreeSet<String>,
-) {
+pub(crate) fn tables(plan: &LogicalPlan, is_table: IsTable<'_>, out: &mut BTreeSet<String>) {
     match plan {
         LogicalPlan::TableScan(scan) => {
             out.insert(scan.table_name.table().to_string());
         }
-        LogicalPlan::SubqueryAlias(a) if is_table(a.alias.table()) => {
+        LogicalPlan::SubqueryAlias(a) if is_table(a.alias.table(), &a.input) => {
             out.insert(a.alias.table().to_string());
         }
         other => {

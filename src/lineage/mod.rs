@@ -10,7 +10,7 @@
 mod columns;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
+use std::io::Write as _;
 
 use datafusion::logical_expr::LogicalPlan;
 use serde_json::{Value, json};
@@ -89,6 +89,11 @@ impl Lineage {
         })
     }
 
+    /// The tables that are datasets: the sources and the written models.
+    pub(crate) fn tables(&self) -> Vec<String> {
+        self.datasets.keys().cloned().collect()
+    }
+
     /// Records the schema of table `name` (a source or a model's output).
     pub(crate) fn set_schema(&mut self, name: &str, schema: &datafusion::arrow::datatypes::Schema) {
         if let Some(d) = self.datasets.get_mut(name) {
@@ -101,10 +106,20 @@ impl Lineage {
     }
 
     /// Records what model `name` reads and where each of its columns comes from, from its
-    /// plan; views (planned before, in the DAG's order) are seen through.
-    pub(crate) fn plan_model(&mut self, name: &str, plan: &LogicalPlan) {
+    /// plan; views (planned before, in the DAG's order) are seen through. `registered` is
+    /// the plan each table of the engine that is a view stands for: the planner inlines
+    /// those under an alias of their name, which counts as the table only over that very
+    /// plan (not a query's own alias or CTE of the same name).
+    pub(crate) fn plan_model(
+        &mut self,
+        name: &str,
+        plan: &LogicalPlan,
+        registered: &BTreeMap<String, LogicalPlan>,
+    ) {
         let datasets = &self.datasets;
-        let is_table = |t: &str| t != name && datasets.contains_key(t);
+        let is_table = |t: &str, input: &LogicalPlan| {
+            t != name && datasets.contains_key(t) && registered.get(t) == Some(input)
+        };
         let mut scanned = BTreeSet::new();
         columns::tables(plan, &is_table, &mut scanned);
         let reads: BTreeSet<String> = scanned
@@ -232,6 +247,8 @@ pub(crate) struct Emitter<'a> {
     run_uuid: uuid::Uuid,
     run_id: String,
     models: Vec<String>,
+    /// Set when the HTTP endpoint failed: the run sends it nothing more.
+    http_failed: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Emitter<'a> {
@@ -246,7 +263,20 @@ impl<'a> Emitter<'a> {
             ),
             run_id: run_id.to_string(),
             models: models.to_vec(),
+            http_failed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// `START` and `FAIL` of a run that failed before any model ran (its SQL did not plan,
+    /// a source was missing): the datasets its models would have written.
+    pub(crate) async fn not_run(&self, report: &RunReport) {
+        let models: Vec<&str> = self.models.iter().map(String::as_str).collect();
+        let (inputs, outputs) = self.lineage.datasets_of(&models, &BTreeMap::new());
+        self.send(self.event("START", inputs.clone(), outputs.clone(), None))
+            .await;
+        let error = report.error.clone().unwrap_or_else(|| "failed".to_string());
+        self.send(self.event("FAIL", inputs, outputs, Some(error)))
+            .await;
     }
 
     /// `START`: every dataset the run reads and writes.
@@ -266,9 +296,11 @@ impl<'a> Emitter<'a> {
 
     /// `COMPLETE`, `FAIL` or `ABORT`, with every dataset and the outputs' statistics.
     pub(crate) async fn end(&self, report: &RunReport) {
+        // A paused run is resumed later under the same run: not an end (OTHER).
         let kind = match report.status {
             RunStatus::Success => "COMPLETE",
-            RunStatus::Interrupted | RunStatus::Paused | RunStatus::Deferred => "ABORT",
+            RunStatus::Paused => "OTHER",
+            RunStatus::Interrupted | RunStatus::Deferred => "ABORT",
             _ => "FAIL",
         };
         let stats: BTreeMap<&str, &ModelReport> =
@@ -345,28 +377,49 @@ impl<'a> Emitter<'a> {
         let config = &self.lineage.config;
         let line = event.to_string();
         if let Some(path) = &config.file {
+            // One write per line: lines of concurrent writers do not interleave.
             let written = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .and_then(|mut f| writeln!(f, "{line}").and_then(|()| f.flush()));
+                .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
             if let Err(e) = written {
                 tracing::warn!("cannot write lineage to {}: {e}", path.display());
             }
         }
-        if let Some(url) = &config.url {
-            let client = reqwest::Client::new();
-            let sent = client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(line)
-                .timeout(std::time::Duration::from_secs(10))
-                .send()
-                .await;
-            match sent {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => tracing::warn!("lineage endpoint {url} answered {}", r.status()),
-                Err(e) => tracing::warn!("cannot send lineage to {url}: {e}"),
+        // An endpoint that fails (down, hung, refusing) is given up for the rest of the run:
+        // it holds a run up by one timeout at most.
+        let failed = &self.http_failed;
+        if let Some(url) = config
+            .url
+            .as_ref()
+            .filter(|_| !failed.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            let sent = reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .timeout(std::time::Duration::from_secs(5))
+                .build()
+                .map_err(|e| e.to_string());
+            let sent = match sent {
+                Ok(client) => client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(line)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            let problem = match sent {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(format!("answered {}", r.status())),
+                Err(e) => Some(e),
+            };
+            if let Some(problem) = problem {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    "cannot send lineage to {url} ({problem}): the run sends it no more events"
+                );
             }
         }
     }
@@ -410,6 +463,12 @@ fn location_dataset(location: &str) -> Dataset {
 /// `mysql://host:port`, and `database.schema.table` (no credentials).
 fn database_dataset(db: &crate::config::DatabaseConfig, table: &str) -> Dataset {
     let url = &db.url;
+    // PostgreSQL names a table database.schema.table (`public` unless given); MySQL's
+    // database is its schema.
+    let table = match url.kind {
+        crate::config::DatabaseKind::Postgres if !table.contains('.') => format!("public.{table}"),
+        _ => table.to_string(),
+    };
     Dataset {
         namespace: format!("{}://{}:{}", url.kind.name(), url.host, url.port),
         name: format!("{}.{table}", url.database),

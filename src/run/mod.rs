@@ -354,6 +354,17 @@ pub fn record_not_run(pipeline: &Pipeline, report: &RunReport) -> Result<(), Err
     Ok(())
 }
 
+/// Sends the OpenLineage events of a run that failed before any model ran (START, FAIL), if
+/// the pipeline has a `[lineage]`.
+pub async fn lineage_not_run(pipeline: &Pipeline, report: &RunReport) {
+    if let Some(lineage) = crate::lineage::Lineage::new(pipeline) {
+        let models: Vec<String> = pipeline.models.keys().cloned().collect();
+        crate::lineage::Emitter::new(&lineage, &report.run_id, &models)
+            .not_run(report)
+            .await;
+    }
+}
+
 /// What every model of a run shares.
 struct RunCx<'a> {
     engine: &'a Engine,

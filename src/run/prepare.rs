@@ -156,7 +156,16 @@ pub async fn prepare(
         let df = plan_model(&engine, &pipeline.models[name], &node.sql).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         if let Some(lineage) = lineage.as_mut() {
-            lineage.plan_model(name, df.logical_plan());
+            // The plans of the views the planner may have inlined into this one.
+            let mut registered = BTreeMap::new();
+            for table in lineage.tables() {
+                if let Ok(provider) = engine.ctx().table_provider(table.as_str()).await
+                    && let Some(plan) = provider.get_logical_plan()
+                {
+                    registered.insert(table, plan.into_owned());
+                }
+            }
+            lineage.plan_model(name, df.logical_plan(), &registered);
             lineage.set_schema(name, &schema);
         }
         if super::groups::is_sorted(df.logical_plan()) {

@@ -1,18 +1,17 @@
 //! A store's I/O quotas and counts: [`Throttled`] wraps an object store, paces its requests
 //! (`max_requests_per_second`) and bytes (`max_bytes_per_second`, read and written alike),
-//! caps the requests in flight (`max_concurrent_requests`, object_store's own `LimitStore`
-//! semantics: a GET holds its slot until its body is read), and counts the bytes and the time
-//! spent waiting. A quota is one per store URL in the process, shared by every model, unit and
-//! run; the counts are the run's.
+//! caps the requests in flight (`max_concurrent_requests`: a GET holds its slot until its
+//! response arrives; its body is then paced by the bytes), and counts the bytes and the time
+//! spent waiting. A quota is one per store (URL and endpoint) in the process, shared by every
+//! model, unit and run; the counts are the run's. Ranged reads go through `get_opts` (the
+//! trait's own `get_ranges`), one request each.
 
 use std::fmt;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use object_store::path::Path;
 use object_store::{
@@ -45,7 +44,9 @@ impl Pacer {
         let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let start = (*next).max(now);
-        *next = start + Duration::from_secs_f64(amount / self.per_second);
+        // (Clamped: a pace validated above 0 may still be absurdly slow.)
+        let share = (amount / self.per_second).clamp(0.0, 86_400.0);
+        *next = start + Duration::from_secs_f64(share);
         start - now
     }
 }
@@ -62,10 +63,10 @@ pub(crate) struct Quota {
 }
 
 impl Quota {
-    /// The quota of the store at `url` in this process: made on first use from `limits`; a
-    /// later run's other limits for the same URL replace it (runs of one process read one
-    /// pipeline's `[stores.*]` at a time).
-    pub(crate) fn shared(url: &str, limits: &StoreQuota) -> Option<Arc<Quota>> {
+    /// The quota of the store `key` (its URL and endpoint) in this process: made on first
+    /// use from `limits`. Every run of the process then shares it; a pipeline that gives the
+    /// same store other limits gets the first ones, with a warning.
+    pub(crate) fn shared(key: &str, limits: &StoreQuota) -> Option<Arc<Quota>> {
         if limits.is_unlimited() {
             return None;
         }
@@ -74,7 +75,13 @@ impl Quota {
             .get_or_init(Default::default)
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some((_, _, q)) = all.iter().find(|(u, l, _)| u == url && l == limits) {
+        if let Some((_, first, q)) = all.iter().find(|(k, _, _)| k == key) {
+            if first != limits {
+                tracing::warn!(
+                    "store {key}: other I/O quotas than another pipeline's in this process; \
+                     the first ones hold ({first:?})"
+                );
+            }
             return Some(Arc::clone(q));
         }
         let quota = Arc::new(Quota {
@@ -84,8 +91,7 @@ impl Quota {
                 .concurrent_requests
                 .map(|n| Arc::new(Semaphore::new(n.max(1)))),
         });
-        all.retain(|(u, _, _)| u != url);
-        all.push((url.to_string(), limits.clone(), Arc::clone(&quota)));
+        all.push((key.to_string(), limits.clone(), Arc::clone(&quota)));
         Some(quota)
     }
 }
@@ -138,13 +144,14 @@ async fn request(quota: Option<Arc<Quota>>, counts: &Counts) -> Option<OwnedSema
     counts.requests.fetch_add(1, Ordering::Relaxed);
     let quota = quota?;
     let start = Instant::now();
-    if let Some(p) = &quota.requests {
-        tokio::time::sleep(p.reserve(1.0)).await;
-    }
+    // The slot first: a request waiting for one does not use up its turn meanwhile.
     let permit = match &quota.slots {
         Some(s) => Arc::clone(s).acquire_owned().await.ok(),
         None => None,
     };
+    if let Some(p) = &quota.requests {
+        tokio::time::sleep(p.reserve(1.0)).await;
+    }
     waited(counts, start.elapsed());
     permit
 }
@@ -225,15 +232,19 @@ impl ObjectStore for Throttled {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        let permit = request(self.quota.clone(), &self.counts).await;
-        let r = self.inner.get_opts(location, options).await?;
+        // The slot is held until the response arrives, not while its body is read: a reader
+        // that stops reading (a scan waiting for a writer to the same store) must not hold
+        // the slots the writer needs.
+        let r = {
+            let _permit = request(self.quota.clone(), &self.counts).await;
+            self.inner.get_opts(location, options).await?
+        };
         let payload = match r.payload {
             GetResultPayload::Stream(s) => {
                 let (quota, counts) = (self.quota.clone(), Arc::clone(&self.counts));
                 GetResultPayload::Stream(
                     s.then(move |chunk| {
                         let (quota, counts) = (quota.clone(), Arc::clone(&counts));
-                        let _held = &permit;
                         async move {
                             if let Ok(b) = &chunk {
                                 bytes(quota.as_deref(), &counts, b.len()).await;
@@ -250,17 +261,6 @@ impl ObjectStore for Throttled {
             other => other,
         };
         Ok(GetResult { payload, ..r })
-    }
-
-    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        let _permit = request(self.quota.clone(), &self.counts).await;
-        let got = self.inner.get_ranges(location, ranges).await?;
-        let n: usize = got.iter().map(Bytes::len).sum();
-        bytes(self.quota.as_deref(), &self.counts, n).await;
-        self.counts
-            .bytes_read
-            .fetch_add(n as u64, Ordering::Relaxed);
-        Ok(got)
     }
 
     fn delete_stream(

@@ -344,6 +344,27 @@ fn a_failed_run_ends_with_fail_and_the_error() {
         .unwrap();
     assert!(message.contains("model 'top'"), "{message}");
     assert_eq!(last["job"]["namespace"], "sluice");
+    // A run that fails before any model runs (its SQL does not plan) still says so.
+    std::fs::remove_file(d.join("lineage.jsonl")).unwrap();
+    std::fs::write(d.join("queries/top.sql"), "SELECT nothing FROM by_country").unwrap();
+    run_with_report(d, &[], 2);
+    let events: Vec<Value> = std::fs::read_to_string(d.join("lineage.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for e in &events {
+        check_event(e);
+    }
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["eventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["START", "FAIL"]);
+    let message = events[1]["run"]["facets"]["errorMessage"]["message"]
+        .as_str()
+        .unwrap();
+    assert!(message.contains("nothing"), "{message}");
 }
 
 /// Receives HTTP/1.1 POSTs on 127.0.0.1 (keep-alive too), answering 200; the bodies go to
@@ -419,6 +440,31 @@ fn events_go_over_http_as_they_go_to_the_file() {
     });
     let (run, _) = run_with_report(d, &[], 0);
     assert!(run.stderr.contains("cannot send lineage"), "{}", run.stderr);
+    // One that hangs is given up after its first timeout, not once per event.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_port = hung.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in hung.incoming() {
+            held.push(s);
+        }
+    });
+    edit_file(&d.join("sluice.toml"), |t| {
+        t.replace(":1/", &format!(":{hung_port}/"))
+    });
+    let start = std::time::Instant::now();
+    let (run, _) = run_with_report(d, &[], 0);
+    assert_eq!(
+        run.stderr.matches("cannot send lineage").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -442,4 +488,38 @@ fn a_lineage_table_without_a_destination_or_with_a_bad_url_is_refused() {
     shop(dir.path(), "[lineage]\nfile = \"lineage.jsonl\"\n");
     sluice(dir.path(), &["run", ".", "--dry-run"]).expect(0);
     assert!(!dir.path().join("lineage.jsonl").exists());
+}
+
+#[test]
+fn column_lineage_sees_through_ctes_named_like_tables_and_grouping_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    shop(d, "[lineage]\nfile = \"lineage.jsonl\"\n");
+    // A CTE named like a source, over another model; a ROLLUP.
+    std::fs::write(
+        d.join("queries/rolled.sql"),
+        "WITH customers AS (SELECT customer_id AS cid, cents FROM clean_orders) \
+         SELECT cid, sum(cents) AS total, count(*) AS n FROM customers GROUP BY ROLLUP(cid)",
+    )
+    .unwrap();
+    run_with_report(d, &[], 0);
+    let events: Vec<Value> = std::fs::read_to_string(d.join("lineage.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rolled = events
+        .iter()
+        .find(|e| e["eventType"] == "RUNNING" && names(&e["outputs"]) == set(&["rolled"]))
+        .unwrap();
+    assert_eq!(names(&rolled["inputs"]), set(&["clean_orders"]), "{rolled}");
+    let want: BTreeMap<String, BTreeSet<(String, String)>> = [
+        ("cid", pairs(&[("clean_orders", "customer_id")])),
+        ("total", pairs(&[("clean_orders", "cents")])),
+        ("n", pairs(&[])),
+    ]
+    .into_iter()
+    .map(|(c, s)| (c.to_string(), s))
+    .collect();
+    assert_eq!(column_lineage(&rolled["outputs"][0]), want);
 }

@@ -293,3 +293,67 @@ async fn a_stores_bandwidth_cap_holds_for_a_large_read() {
     );
     assert!(store["throttled_ms"].as_f64().unwrap() > 1000.0, "{store}");
 }
+
+/// A read and a write of one store under `max_concurrent_requests = 1`: a scan streaming a
+/// source's body must not hold the store's one slot while the writer of the same bucket waits
+/// for it (a run that never ends).
+#[tokio::test(flavor = "multi_thread")]
+async fn one_request_slot_serves_a_read_and_a_write_of_the_same_bucket() {
+    use object_store::{ObjectStoreExt, PutPayload};
+    let server = S3Server::start();
+    server.create_bucket("lake");
+    let mut csv = String::from("id,s\n");
+    // (Large enough that the scan is still reading when the writer needs the slot.)
+    for i in 0..1_500_000u64 {
+        csv.push_str(&format!(
+            "{i},{:016x}{:016x}\n",
+            i.wrapping_mul(0x9e3779b97f4a7c15),
+            i
+        ));
+    }
+    server
+        .store("lake")
+        .put(
+            &object_store::path::Path::from("raw/big.csv"),
+            PutPayload::from(csv.into_bytes()),
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("queries")).unwrap();
+    std::fs::write(
+        d.join("sluice.toml"),
+        "name = \"copy\"\n[settings]\nthreads = 2\n\
+         [stores.lake]\nurl = \"s3://lake\"\nendpoint = \"${env:TEST_S3_ENDPOINT}\"\n\
+         region = \"us-east-1\"\nallow_http = true\nmax_concurrent_requests = 1\n\
+         [sources.big]\nlocation = \"s3://lake/raw/big.csv\"\nformat = \"csv\"\n\
+         [models.copy]\nsink = { location = \"s3://lake/out/copy/\", format = \"csv\" }\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("queries/copy.sql"), "SELECT * FROM big").unwrap();
+    let mut env = server.env();
+    env.push(("TEST_S3_ENDPOINT".into(), server.endpoint()));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", ".", "--report", "r.json"])
+        .current_dir(d)
+        .envs(env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(180) {
+            let _ = child.kill();
+            panic!("the run did not end: the store's one slot is held");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(status.code(), Some(0));
+    let r = read_json(&d.join("r.json"));
+    assert_eq!(report_model(&r, "copy")["rows_out"], 1_500_000, "{r}");
+}

@@ -122,13 +122,13 @@ fn a_run_paused_at_its_windows_end_resumes_at_the_next_and_equals_an_uninterrupt
             windows()
         ),
     );
-    // 00:59:55 in Berlin; a virtual minute is 0.2 s, so a window lasts a second, about
+    // 00:55 in Berlin; a virtual minute is 0.2 s, so a window lasts a second, about
     // half of what the 40 units take.
     let run = schedule(
         d,
         &[
             "--clock-start",
-            "2026-01-10T23:59:55Z",
+            "2026-01-10T23:55:00Z",
             "--clock-speed",
             "300",
             "--until",
@@ -171,7 +171,7 @@ fn missed_runs_are_made_up_as_catch_up_says() {
         // Up at 01:00 for one run, then down until 05:30: 02:00 to 05:00 were missed.
         let first = [
             "--clock-start",
-            "2026-01-11T00:59:58Z",
+            "2026-01-11T00:59:00Z",
             "--clock-speed",
             "60",
             "--until",
@@ -287,7 +287,7 @@ fn sigterm_drains_or_cancels_the_run_and_the_next_one_resumes_it_publishing_once
         ("2026-01-12", "10m", Some("paused")),
         ("2026-01-13", "0s", None),
     ] {
-        let start = format!("{night}T00:59:59Z");
+        let start = format!("{night}T00:59:57Z");
         let (mut child, lines) = spawn_schedule(
             d,
             &[
@@ -355,9 +355,9 @@ fn two_schedulers_never_run_a_pipeline_at_once() {
     let args = |reports: &'static str| {
         vec![
             "--clock-start",
-            "2026-01-11T00:59:59Z",
+            "2026-01-11T00:59:55Z",
             "--until",
-            "2026-01-11T01:00:20Z",
+            "2026-01-11T01:00:25Z",
             "--report-dir",
             reports,
         ]
@@ -400,9 +400,9 @@ fn units_of_all_pipelines_share_max_concurrent_units() {
             "--max-concurrent-units",
             "1",
             "--clock-start",
-            "2026-01-11T00:59:59Z",
+            "2026-01-11T00:59:55Z",
             "--until",
-            "2026-01-11T01:00:30Z",
+            "2026-01-11T01:00:35Z",
         ],
     )
     .expect(0);
@@ -471,7 +471,7 @@ fn metrics_are_served_during_and_after_scheduled_runs() {
             "--listen",
             &listen,
             "--clock-start",
-            "2026-01-11T00:59:59Z",
+            "2026-01-11T00:50:00Z",
             "--clock-speed",
             "600",
             "--report-dir",

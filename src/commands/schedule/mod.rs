@@ -55,6 +55,8 @@ pub struct Options {
 /// Runs the pipelines on their schedules until SIGTERM / SIGINT (or `until`); 0 then. A
 /// pipeline that does not load, or has no `[schedule]`, is an error before anything runs.
 pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
+    // A time that comes due while the process starts up is not missed.
+    let started = opts.clock.now();
     let board = Arc::new(Board::new());
     let slots = opts
         .max_concurrent_units
@@ -92,6 +94,7 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
             name: pipeline.name.clone(),
             store,
             schedule,
+            started,
             opts,
             cx,
             board: Arc::clone(&board),
@@ -137,6 +140,8 @@ struct Job<'a> {
     name: String,
     store: crate::state::StateStore,
     schedule: Schedule,
+    /// When the process started.
+    started: DateTime<Utc>,
     opts: &'a Options,
     cx: &'a Context<'a>,
     board: Arc<Board>,
@@ -154,11 +159,11 @@ impl Job<'_> {
             .and_then(|t| crate::config::parse_timestamp(&t));
         // Every scheduled time up to `horizon` has been fired, queued or passed over.
         let now = clock.now();
-        let mut horizon = last_fire.unwrap_or(now);
+        let mut horizon = last_fire.unwrap_or(self.started);
         if last_fire.is_none() {
-            // The first start: from now on, a time that comes due counts (even one whose run
-            // waited for its window when the scheduler stopped).
-            store.set_last_fire(&self.name, &now.to_rfc3339())?;
+            // The first start: from the process's start on, a time that comes due counts
+            // (even one whose run waited for its window when the scheduler stopped).
+            store.set_last_fire(&self.name, &self.started.to_rfc3339())?;
         }
         // What was missed while no scheduler ran.
         let mut pending = self.missed(horizon, now);
