@@ -88,14 +88,22 @@ fn reports(dir: &Path) -> Vec<serde_json::Value> {
     let Ok(entries) = std::fs::read_dir(dir.join("reports")) else {
         return Vec::new();
     };
-    let mut all: Vec<serde_json::Value> = entries.map(|e| read_json(&e.unwrap().path())).collect();
+    // (Not the temporary file a report is written to before it is renamed.)
+    let mut all: Vec<serde_json::Value> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.ends_with(".json") && !name.starts_with('.')
+        })
+        .map(|p| read_json(&p))
+        .collect();
     all.sort_by_key(|r| r["run_id"].as_str().unwrap().to_string());
     all
 }
 
-/// Twelve five-minute windows, ten minutes apart, from 01:00.
-fn windows() -> String {
-    let w: Vec<String> = (0..12)
+/// `n` five-minute windows, ten minutes apart, from 01:00 (at most 138: to 23:55).
+fn windows(n: u32) -> String {
+    let w: Vec<String> = (0..n)
         .map(|i| {
             let from = 60 + i * 10;
             format!(
@@ -116,30 +124,41 @@ fn a_run_paused_at_its_windows_end_resumes_at_the_next_and_equals_an_uninterrupt
     let d = dir.path();
     let want = nightly(
         d,
-        40,
+        120,
         &format!(
             "cron = \"0 1 * * *\"\ntimezone = \"Europe/Berlin\"\nwindow = {}",
-            windows()
+            windows(138)
         ),
     );
-    // 00:55 in Berlin; a virtual minute is 0.2 s, so a window lasts a second, about
-    // half of what the 40 units take.
-    let run = schedule(
+    // 00:55 in Berlin; a virtual minute is 0.2 s, so a window lasts a second, less than the
+    // 120 units take (and more than a resume needs to start one); windows go on all day.
+    let (mut child, lines) = spawn_schedule(
         d,
         &[
             "--clock-start",
             "2026-01-10T23:55:00Z",
             "--clock-speed",
             "300",
-            "--until",
-            "2026-01-11T02:00:00Z",
             "--report-dir",
             "reports",
         ],
     );
-    let pauses = run.stderr.matches("the run window closed").count();
-    assert!(pauses >= 1, "no pause:\n{}", run.stderr);
-    assert!(run.stderr.contains("resuming run"), "{}", run.stderr);
+    let start = Instant::now();
+    while !reports(d).iter().any(|r| r["status"] == "success") {
+        assert!(
+            start.elapsed() < Duration::from_secs(150),
+            "no success: {:?}",
+            reports(d)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sigterm(&child);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let log: Vec<String> = lines.try_iter().collect();
+    let log = log.join("\n");
+    let pauses = log.matches("the run window closed").count();
+    assert!(pauses >= 1, "no pause:\n{log}");
+    assert!(log.contains("resuming run"), "{log}");
     let reports = reports(d);
     assert_eq!(
         reports.len(),
@@ -149,11 +168,11 @@ fn a_run_paused_at_its_windows_end_resumes_at_the_next_and_equals_an_uninterrupt
     let report = &reports[0];
     assert_eq!(report["status"], "success", "{report}");
     let model = report_model(report, "daily");
-    assert_eq!(model["units_done"], 40, "{model}");
+    assert_eq!(model["units_done"], 120, "{model}");
     assert_eq!(output(d), want);
     // The same pipeline run at once, without windows, writes the same rows.
     let plain = tempfile::tempdir().unwrap();
-    nightly(plain.path(), 40, "cron = \"0 1 * * *\"");
+    nightly(plain.path(), 120, "cron = \"0 1 * * *\"");
     sluice(plain.path(), &["run", "."]).expect(0);
     assert_eq!(output(plain.path()), output(d));
 }
@@ -187,7 +206,7 @@ fn missed_runs_are_made_up_as_catch_up_says() {
             "--clock-speed",
             "60",
             "--until",
-            "2026-01-11T05:35:00Z",
+            "2026-01-11T05:45:00Z",
             "--report-dir",
             "reports",
         ];
@@ -223,34 +242,40 @@ fn missed_runs_are_made_up_as_catch_up_says() {
     }
 }
 
-/// Waits for a line containing `needle` on the child's stderr (read by a thread into
-/// `lines`).
+/// Starts `sluice -v --progress json schedule . ARGS` in `dir`: the child, and its output
+/// lines (progress and log) as they come.
 fn spawn_schedule(
     dir: &Path,
     args: &[&str],
 ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["-v", "schedule", "."])
+        .args(["-v", "--progress", "json", "schedule", "."])
         .args(args)
         .current_dir(dir)
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
+    // Progress lines (stdout) and the log (stderr), as they come.
+    let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+    let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+    for stream in [stdout, stderr] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
-        }
-    });
+        });
+    }
     (child, rx)
 }
 
+/// Waits for a line containing `needle`, keeping the lines seen in `seen`.
 #[track_caller]
 fn wait_for(lines: &std::sync::mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -278,7 +303,7 @@ fn sigterm(child: &std::process::Child) {
 fn sigterm_drains_or_cancels_the_run_and_the_next_one_resumes_it_publishing_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let want = nightly(d, 40, "cron = \"0 1 * * *\"");
+    let want = nightly(d, 120, "cron = \"0 1 * * *\"");
     // Night 1: SIGTERM with no grace: running units are cancelled; exit 0.
     // Night 2: SIGTERM with a long grace: the running unit finishes, nothing more starts.
     // Night 3: the run completes.
@@ -307,7 +332,7 @@ fn sigterm_drains_or_cancels_the_run_and_the_next_one_resumes_it_publishing_once
             assert_eq!(child.wait().unwrap().code(), Some(0));
             break;
         };
-        std::thread::sleep(Duration::from_millis(600));
+        wait_for(&lines, "\"event\":\"unit_done\"", &mut seen);
         let signalled = Instant::now();
         sigterm(&child);
         let exit = child.wait().unwrap();
@@ -320,7 +345,7 @@ fn sigterm_drains_or_cancels_the_run_and_the_next_one_resumes_it_publishing_once
         assert_eq!(report["status"], status, "{night}: {report}");
         let model = report_model(&report, "daily");
         let done = model["units_done"].as_u64().unwrap();
-        assert!(done < 40, "{night}: the run was not stopped: {model}");
+        assert!(done < 120, "{night}: the run was not stopped: {model}");
         // `sluice status` names the run the next one resumes, and when that is.
         let noon = format!("{night}T12:00:00Z");
         let st = sluice(d, &["status", ".", "--json", "--as-of", &noon]).expect(0);
@@ -362,10 +387,13 @@ fn two_schedulers_never_run_a_pipeline_at_once() {
             reports,
         ]
     };
-    let (mut a, _a_lines) = spawn_schedule(d, &args("a"));
-    let (mut b, _b_lines) = spawn_schedule(d, &args("b"));
-    assert_eq!(a.wait().unwrap().code(), Some(0));
-    assert_eq!(b.wait().unwrap().code(), Some(0));
+    let (mut a, a_lines) = spawn_schedule(d, &args("a"));
+    let (mut b, b_lines) = spawn_schedule(d, &args("b"));
+    for (child, lines) in [(&mut a, a_lines), (&mut b, b_lines)] {
+        let code = child.wait().unwrap().code();
+        let output: Vec<String> = lines.try_iter().collect();
+        assert_eq!(code, Some(0), "{}", output.join("\n"));
+    }
     let mut all: Vec<serde_json::Value> = ["a", "b"]
         .iter()
         .flat_map(|r| std::fs::read_dir(d.join(r)).unwrap())
@@ -690,7 +718,7 @@ fn a_run_waiting_for_its_window_is_made_up_after_a_restart() {
             "--clock-speed",
             "3600",
             "--until",
-            "2026-01-11T01:30:00Z",
+            "2026-01-11T04:30:00Z",
             "--report-dir",
             "reports",
         ],

@@ -154,8 +154,14 @@ impl Job<'_> {
         let clock = self.opts.clock;
         let s = &self.schedule;
         let store = &self.store;
+        // (The state store's record of the schedule is a convenience: when it cannot be read
+        // or written, the schedule goes on from now, with a warning.)
         let last_fire = store
-            .last_fire(&self.name)?
+            .last_fire(&self.name)
+            .unwrap_or_else(|e| {
+                tracing::warn!(pipeline = %self.name, "cannot read the schedule's record: {e}");
+                None
+            })
             .and_then(|t| crate::config::parse_timestamp(&t));
         // Every scheduled time up to `horizon` has been fired, queued or passed over.
         let now = clock.now();
@@ -163,7 +169,9 @@ impl Job<'_> {
         if last_fire.is_none() {
             // The first start: from the process's start on, a time that comes due counts
             // (even one whose run waited for its window when the scheduler stopped).
-            store.set_last_fire(&self.name, &self.started.to_rfc3339())?;
+            if let Err(e) = store.set_last_fire(&self.name, &self.started.to_rfc3339()) {
+                tracing::warn!(pipeline = %self.name, "cannot record the schedule: {e}");
+            }
         }
         // What was missed while no scheduler ran.
         let mut pending = self.missed(horizon, now);
