@@ -56,9 +56,7 @@ pub(super) async fn execute_with(
         Ok(p) => p,
         Err(e) => {
             let e = Error::from(e);
-            let mut report =
-                RunReport::not_run(crate::table::new_run_id(), "", started_at, e.to_string());
-            report.set_exit_code(e.exit_code(), e.exit_code() != EXIT_USAGE);
+            let report = not_run(&e, "", started_at);
             if let Some(file) = report_file.as_mut() {
                 file.write(&report)?;
             }
@@ -85,13 +83,7 @@ pub(super) async fn execute_with(
     let prepared = match run::prepare(pipeline, &opts.run, cx.env.clone()).await {
         Ok(p) => p,
         Err(e) => {
-            let mut report = RunReport::not_run(
-                crate::table::new_run_id(),
-                &kept.name,
-                started_at,
-                e.to_string(),
-            );
-            report.set_exit_code(e.exit_code(), e.exit_code() != EXIT_USAGE);
+            let report = not_run(&e, &kept.name, started_at);
             if let Some(file) = report_file.as_mut() {
                 file.write(&report)?;
             }
@@ -125,13 +117,7 @@ pub(super) async fn execute_with(
         Err(e) => {
             // Refused (another run holds the lock) or the state store failed: the report
             // still says so.
-            let mut report = RunReport::not_run(
-                crate::table::new_run_id(),
-                &kept.name,
-                started_at,
-                e.to_string(),
-            );
-            report.set_exit_code(e.exit_code(), e.exit_code() != EXIT_USAGE);
+            let report = not_run(&e, &kept.name, started_at);
             if let Some(file) = report_file.as_mut() {
                 file.write(&report)?;
             }
@@ -252,6 +238,19 @@ fn write_metrics(opts: &Options, report: &RunReport, pipeline: Option<&crate::co
         tracing::warn!("cannot write the metrics to {}: {e}", path.display());
         let _ = std::fs::remove_file(&temp);
     }
+}
+
+/// The report of a run of `pipeline` that `e` stopped before any model ran: retryable
+/// unless the pipeline must be fixed (exit 2).
+fn not_run(e: &Error, pipeline: &str, started_at: String) -> RunReport {
+    let mut report = RunReport::not_run(
+        crate::table::new_run_id(),
+        pipeline,
+        started_at,
+        e.to_string(),
+    );
+    report.set_exit_code(e.exit_code(), e.exit_code() != EXIT_USAGE);
+    report
 }
 
 /// When `pipeline` (named `name` in its runs) and its models last succeeded, as its state

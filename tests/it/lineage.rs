@@ -54,6 +54,15 @@ fn shop(dir: &Path, extra: &str) {
     }
 }
 
+/// The events of `dir/lineage.jsonl`, in order.
+fn read_events(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("lineage.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn is_uri(v: &Value) -> bool {
     v.as_str()
         .is_some_and(|s| s.contains("://") && !s.contains(' '))
@@ -202,11 +211,7 @@ fn a_runs_events_follow_the_spec_and_say_what_the_sql_reads() {
         "[lineage]\nfile = \"lineage.jsonl\"\nnamespace = \"shop-jobs\"\n",
     );
     let (_, report) = run_with_report(d, &[], 0);
-    let text = std::fs::read_to_string(d.join("lineage.jsonl")).unwrap();
-    let events: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = read_events(d);
     for e in &events {
         check_event(e);
     }
@@ -329,11 +334,7 @@ fn a_failed_run_ends_with_fail_and_the_error() {
     )
     .unwrap();
     run_with_report(d, &[], 1);
-    let text = std::fs::read_to_string(d.join("lineage.jsonl")).unwrap();
-    let events: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = read_events(d);
     for e in &events {
         check_event(e);
     }
@@ -348,11 +349,7 @@ fn a_failed_run_ends_with_fail_and_the_error() {
     std::fs::remove_file(d.join("lineage.jsonl")).unwrap();
     std::fs::write(d.join("queries/top.sql"), "SELECT nothing FROM by_country").unwrap();
     run_with_report(d, &[], 2);
-    let events: Vec<Value> = std::fs::read_to_string(d.join("lineage.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events: Vec<Value> = read_events(d);
     for e in &events {
         check_event(e);
     }
@@ -426,11 +423,7 @@ fn events_go_over_http_as_they_go_to_the_file() {
         .try_iter()
         .map(|b| serde_json::from_str(&b).unwrap())
         .collect();
-    let written: Vec<Value> = std::fs::read_to_string(d.join("lineage.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let written: Vec<Value> = read_events(d);
     assert_eq!(sent, written);
     assert_eq!(sent.len(), 5);
     // An endpoint that is down is a warning, not a failed run.
@@ -503,11 +496,7 @@ fn column_lineage_sees_through_ctes_named_like_tables_and_grouping_sets() {
     )
     .unwrap();
     run_with_report(d, &[], 0);
-    let events: Vec<Value> = std::fs::read_to_string(d.join("lineage.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events: Vec<Value> = read_events(d);
     let rolled = events
         .iter()
         .find(|e| e["eventType"] == "RUNNING" && names(&e["outputs"]) == set(&["rolled"]))

@@ -7,7 +7,7 @@ use crate::support::*;
 
 /// The samples of a metrics file: (name, labels as `k=v` joined by `,` in key order, value),
 /// parsed by prometheus_client's parser.
-fn samples(file: &std::path::Path) -> Vec<(String, String, f64)> {
+pub(crate) fn samples(file: &std::path::Path) -> Vec<(String, String, f64)> {
     let out = python(
         file.parent().unwrap(),
         "import json, sys\n\

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::readers::python;
 use crate::support::s3::{free_port, http_request};
 use crate::support::*;
 
@@ -463,26 +462,14 @@ fn units_of_all_pipelines_share_max_concurrent_units() {
     }
 }
 
-/// The samples of a metrics text, parsed by prometheus_client's parser: (name, labels as
-/// `k=v` joined by `,` in key order) → value.
+/// The samples of a metrics text (prometheus_client's parser): (name, labels) → value.
 fn samples(dir: &Path, text: &str) -> BTreeMap<(String, String), f64> {
     let file = dir.join("scraped.prom");
     std::fs::write(&file, text).unwrap();
-    let out = python(
-        dir,
-        "import json, sys\n\
-         from prometheus_client.parser import text_string_to_metric_families\n\
-         out = []\n\
-         for family in text_string_to_metric_families(open(sys.argv[1]).read()):\n\
-         \x20   for s in family.samples:\n\
-         \x20       labels = ','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))\n\
-         \x20       out.append([s.name, labels, s.value])\n\
-         print(json.dumps(out))\n",
-        &[file.to_str().unwrap()],
-        &[],
-    );
-    let list: Vec<(String, String, f64)> = serde_json::from_str(&out).unwrap();
-    list.into_iter().map(|(n, l, v)| ((n, l), v)).collect()
+    crate::metrics::samples(&file)
+        .into_iter()
+        .map(|(n, l, v)| ((n, l), v))
+        .collect()
 }
 
 #[test]
