@@ -6,6 +6,7 @@
 //! [`Error`] into a message and an exit status through [`Error::exit_code`] and nothing else.
 
 use crate::catalog::CatalogError;
+use crate::cluster::ClusterError;
 use crate::config::ConfigError;
 use crate::dag::PlanError;
 use crate::engine::EngineError;
@@ -55,6 +56,9 @@ pub enum Error {
     /// A write or commit of an output failed.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// The cluster could not be reached, or refused or failed a job.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// A query run by `sluice sql` or `sluice bench` failed.
     #[error("{context}: {source}")]
     Query {
@@ -86,6 +90,7 @@ impl Error {
             Error::Config(_) | Error::Plan(_) | Error::Store(_) => EXIT_USAGE,
             Error::Catalog(e) if e.is_usage() => EXIT_USAGE,
             Error::Sink(e) if e.is_usage() => EXIT_USAGE,
+            Error::Cluster(e) if e.is_usage() => EXIT_USAGE,
             _ => EXIT_FAILED,
         }
     }

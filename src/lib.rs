@@ -27,7 +27,9 @@
 //!   rows aside), [`catalog`] (sources and outputs registered as tables), [`engine`] (the
 //!   DataFusion session, query execution and its metrics, UDFs), [`checks`], [`diagnose`]
 //!   (naming the file at fault).
-//! - **4 Output**: [`sink`] (result streams → partitioned files in staging, by writer lanes).
+//! - **4 Output**: [`sink`] (result streams → partitioned files in staging, by writer lanes),
+//!   [`cluster`] (the same queries and writes as jobs on an Apache DataFusion Ballista
+//!   cluster: its processes, the codec for sluice's operators, stores shipped to executors).
 //! - **5 Orchestration**: [`run`] (prepare, one model, its units with retries, resume),
 //!   [`state`] (the SQLite run ledger and lock), [`report`], [`metrics`] (the report in
 //!   Prometheus's text format), [`lineage`] (OpenLineage events: datasets, schemas, column
@@ -46,6 +48,7 @@
 
 pub(crate) mod catalog;
 pub(crate) mod checks;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub(crate) mod dag;

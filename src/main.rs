@@ -12,7 +12,7 @@ use sluice::error::{EXIT_FAILED, Error};
 use sluice::progress::Progress;
 use sluice::run::Interrupt;
 
-use cli::args::{BenchCommand, Cli, Command, GenCommand, ProgressFormat};
+use cli::args::{BenchCommand, Cli, ClusterCommand, Command, GenCommand, ProgressFormat};
 use cli::options;
 
 fn main() -> ExitCode {
@@ -122,6 +122,12 @@ async fn dispatch(command: &Command, cx: &Context<'_>) -> Result<i32, Error> {
         }
         Command::Bench(BenchCommand::Tpch(args)) => {
             commands::tpch::bench(&options::bench_tpch(args, &cx.cwd)?, cx).await
+        }
+        Command::Cluster(ClusterCommand::Scheduler(args)) => {
+            commands::cluster::scheduler(args.bind).await
+        }
+        Command::Cluster(ClusterCommand::Executor(args)) => {
+            commands::cluster::executor(&options::executor(args)?).await
         }
     }
 }

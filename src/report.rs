@@ -189,6 +189,10 @@ pub struct ModelReport {
     /// over the units that ran in this run).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub joins: Vec<crate::join::JoinReport>,
+    /// On a cluster, the Ballista job of each unit that ran: its id, stages, tasks, shuffle
+    /// bytes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cluster_jobs: Vec<crate::cluster::JobReport>,
     /// Rows read per source and upstream model (a rejected row counts as read from its
     /// source). Given when every unit ran in this run: a resumed unit recorded its total only.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -478,6 +482,7 @@ impl ModelReport {
             error: None,
             units: Vec::new(),
             joins: Vec::new(),
+            cluster_jobs: Vec::new(),
             checks: Vec::new(),
             late: None,
             warnings: Vec::new(),

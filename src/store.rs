@@ -242,6 +242,34 @@ impl fmt::Display for Location {
     }
 }
 
+/// The URL of a view sluice registers over the store at `store` (a manifest's files, a work
+/// unit's share): `sluice-KIND-N-SCHEME://HOST/`, unique per `n`, and naming the store it
+/// views so that another process (a cluster's executor) reads the same files through
+/// [`viewed_store`].
+pub(crate) fn view_url(kind: &str, n: usize, store: &Url) -> String {
+    format!(
+        "sluice-{kind}-{n}-{}://{}/",
+        store.scheme(),
+        store.host_str().unwrap_or("local")
+    )
+}
+
+/// The store a [`view_url`] views (`s3://bucket/`), or `None` for another URL.
+pub(crate) fn viewed_store(url: &Url) -> Option<Url> {
+    let rest = url.scheme().strip_prefix("sluice-")?;
+    // KIND-N-SCHEME: the scheme is what follows the number.
+    let mut parts = rest.splitn(3, '-');
+    let (_kind, n, scheme) = (parts.next()?, parts.next()?, parts.next()?);
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    match (scheme, url.host_str()) {
+        ("file", _) => Url::parse("file:///").ok(),
+        (scheme, Some(host)) => Url::parse(&format!("{scheme}://{host}/")).ok(),
+        _ => None,
+    }
+}
+
 /// Maps locations to object stores, building each store once from `[stores.*]` and the
 /// environment, and registers them with DataFusion so SQL can read from them.
 pub struct StoreRegistry {
@@ -355,6 +383,44 @@ impl StoreRegistry {
         let store = self.store_for(location)?;
         runtime.register_object_store(&location.store_url(), store);
         Ok(())
+    }
+
+    /// Every remote store this registry serves or has built, with its object_store options
+    /// resolved (the environment's and `[stores.*]`'s): what another process needs to reach
+    /// the same stores with the same credentials. Never print it.
+    pub(crate) fn resolved(
+        &self,
+    ) -> Result<BTreeMap<String, BTreeMap<String, String>>, StoreError> {
+        let mut urls: Vec<String> = self.configs.iter().map(|c| c.url.clone()).collect();
+        urls.extend(self.lock().keys().cloned());
+        let mut out = BTreeMap::new();
+        for url in urls {
+            let Ok(location) = Location::parse(&url) else {
+                continue;
+            };
+            let store_url = location.store_url();
+            if matches!(store_url.scheme(), "file" | "memory")
+                || store_url.scheme().starts_with("sluice-")
+            {
+                continue;
+            }
+            out.insert(store_url.to_string(), self.options_for(&location)?);
+        }
+        Ok(out)
+    }
+
+    /// A registry of the stores of [`StoreRegistry::resolved`], in another process.
+    pub(crate) fn from_resolved(resolved: &BTreeMap<String, BTreeMap<String, String>>) -> Self {
+        let configs = resolved
+            .iter()
+            .map(|(url, options)| StoreConfig {
+                name: url.clone(),
+                url: url.clone(),
+                options: options.clone(),
+                quota: Default::default(),
+            })
+            .collect();
+        StoreRegistry::new(configs, [])
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<dyn ObjectStore>>> {

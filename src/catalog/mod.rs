@@ -650,10 +650,10 @@ pub(crate) async fn register_manifest(
     ));
 
     // The manifest's files, behind a read-only view registered under a URL of its own.
-    let view_url = format!(
-        "sluice-manifest-{}://{}/",
+    let view_url = crate::store::view_url(
+        "manifest",
         MANIFEST_VIEWS.fetch_add(1, Ordering::Relaxed),
-        location.store_url().host_str().unwrap_or("local")
+        &location.store_url(),
     );
     let committed_at = manifest.committed();
     let files = manifest

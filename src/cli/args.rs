@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use sluice::config::JoinStrategy;
+use sluice::config::{ClusterTarget, JoinStrategy};
 use sluice::config::{Format, WriteMode, parse_size};
 
 /// sluice: batch SQL transformations over Parquet, CSV and JSON, on local disk or object storage.
@@ -66,6 +66,52 @@ pub enum Command {
     /// Run benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run a process of an Apache DataFusion Ballista cluster that pipelines run on
+    /// (`[settings] cluster`, `--cluster`).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `sluice cluster ...`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The scheduler: plans each job into stages and hands tasks to executors.
+    Scheduler(SchedulerArgs),
+    /// An executor: runs tasks, serves their shuffle output to other executors.
+    Executor(ExecutorArgs),
+}
+
+/// `sluice cluster scheduler`.
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    /// Where its gRPC service listens (clients and executors connect there).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50050")]
+    pub bind: std::net::SocketAddr,
+}
+
+/// `sluice cluster executor`.
+#[derive(Debug, Args)]
+pub struct ExecutorArgs {
+    /// The scheduler, `df://HOST:PORT`.
+    #[arg(long, value_name = "URL")]
+    pub scheduler: String,
+    /// Its own gRPC address (HOST is also where its Arrow Flight service listens, and the
+    /// host others reach it at).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50052")]
+    pub bind: std::net::SocketAddr,
+    /// The port of its Arrow Flight service, which serves its tasks' shuffle output (each
+    /// executor of a host needs its own).
+    #[arg(long, value_name = "PORT", default_value = "50051")]
+    pub flight_port: u16,
+    /// Tasks it runs at once (default: its cores).
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub slots: Option<usize>,
+    /// Where it writes shuffle files and spills (default: a folder in the temporary folder).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Its memory pool, shared out to its tasks; operators spill beyond it (e.g. 4GiB).
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    pub memory_limit: Option<usize>,
 }
 
 /// `sluice schedule`.
@@ -365,6 +411,10 @@ pub struct EngineArgs {
     /// sort_merge (DataFusion's sort-merge join).
     #[arg(long, value_name = "STRATEGY", value_parser = join_strategy)]
     pub join_strategy: Option<JoinStrategy>,
+    /// Run the queries on an Apache DataFusion Ballista cluster: its scheduler
+    /// (`df://HOST:PORT`), or `standalone` (a scheduler and executors in this process).
+    #[arg(long, value_name = "URL", value_parser = cluster)]
+    pub cluster: Option<ClusterTarget>,
     /// Read the cgroup limits from a copy of a machine's cgroup files under DIR
     /// (DIR/proc-self-cgroup, DIR/sys-fs-cgroup/) instead of this machine's: for tests.
     #[arg(long, value_name = "DIR", hide = true)]
@@ -373,6 +423,10 @@ pub struct EngineArgs {
 
 fn size(s: &str) -> Result<usize, String> {
     parse_size(s).ok_or_else(|| format!("{s:?} is not a size (examples: 512MiB, 4GiB)"))
+}
+
+fn cluster(s: &str) -> Result<ClusterTarget, String> {
+    ClusterTarget::parse(s)
 }
 
 fn at_least_one(s: &str) -> Result<usize, String> {

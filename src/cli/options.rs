@@ -15,8 +15,8 @@ use sluice::store::Location;
 use sluice::run::incremental::RunKind;
 
 use super::args::{
-    BackfillArgs, BenchTpchArgs, EngineArgs, GenTpchArgs, PipelineArgs, ReconcileArgs, RunArgs,
-    RunFlags, RunsArgs, ScheduleArgs, SqlArgs,
+    BackfillArgs, BenchTpchArgs, EngineArgs, ExecutorArgs, GenTpchArgs, PipelineArgs,
+    ReconcileArgs, RunArgs, RunFlags, RunsArgs, ScheduleArgs, SqlArgs,
 };
 
 /// The engine options of the flags (`buckets` and the spill folder come from a pipeline only).
@@ -29,7 +29,42 @@ fn engine(args: &EngineArgs) -> EngineOptions {
             strategy: args.join_strategy.unwrap_or_default(),
             buckets: None,
         },
+        cluster: args.cluster.is_some(),
     }
+}
+
+/// The options of `sluice cluster executor`.
+pub fn executor(args: &ExecutorArgs) -> Result<sluice::cluster::serve::ExecutorOptions, Error> {
+    let scheduler = match config::ClusterTarget::parse(&args.scheduler) {
+        Ok(config::ClusterTarget::Remote { host, port }) => (host, port),
+        Ok(config::ClusterTarget::Standalone) => {
+            return Err(usage(
+                "--scheduler",
+                "give the scheduler's URL, df://HOST:PORT",
+            ));
+        }
+        Err(message) => return Err(usage("--scheduler", message)),
+    };
+    if args.flight_port == args.bind.port() {
+        return Err(usage(
+            "--flight-port",
+            format!(
+                "{} is also the --bind port: the Arrow Flight service needs a port of its own",
+                args.flight_port
+            ),
+        ));
+    }
+    Ok(sluice::cluster::serve::ExecutorOptions {
+        scheduler,
+        bind: std::net::SocketAddr::new(args.bind.ip(), args.flight_port),
+        grpc_port: args.bind.port(),
+        external_host: None,
+        slots: args
+            .slots
+            .unwrap_or_else(|| sluice::engine::EngineOptions::default().threads()),
+        work_dir: args.work_dir.clone(),
+        memory_limit: args.memory_limit.map(|m| m as u64),
+    })
 }
 
 /// The options of `run`, `plan` and `check`.
@@ -51,6 +86,7 @@ pub fn run_options(args: &PipelineArgs, dry_run: bool, restart: bool) -> RunOpti
             .map(sluice::engine::limits::CgroupPaths::under)
             .unwrap_or_default(),
         join_strategy: args.engine.join_strategy,
+        cluster: args.engine.cluster.clone(),
         dry_run,
         restart,
         interrupt: Default::default(),
@@ -216,5 +252,6 @@ pub fn bench_tpch(args: &BenchTpchArgs, cwd: &Path) -> Result<commands::tpch::Be
         iterations: args.iterations,
         json: args.json.clone(),
         engine: engine(&args.engine),
+        cluster: args.engine.cluster.clone(),
     })
 }

@@ -1,9 +1,11 @@
 //! Process setup before a command runs: logging, and the open-file limit.
 
 pub fn init_logging(quiet: bool, verbose: u8) {
+    // Ballista's scheduler and executor (in `sluice cluster` and a standalone cluster) warn
+    // of what they do by design, such as overriding settings: shown from -v on.
     let level = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "warn",
+        (false, 0) => "warn,ballista_scheduler=error,ballista_executor=error,ballista_core=error",
         (false, 1) => "sluice=info,warn",
         (false, 2) => "sluice=debug,info",
         _ => "trace",

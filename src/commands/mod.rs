@@ -4,6 +4,7 @@
 //! binary hands both in here.
 
 pub mod check;
+pub mod cluster;
 pub mod plan;
 pub mod run;
 pub mod runs;

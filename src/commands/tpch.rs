@@ -61,6 +61,8 @@ pub struct BenchOptions {
     pub json: Option<PathBuf>,
     /// Memory limit, threads, join strategy.
     pub engine: EngineOptions,
+    /// `--cluster`: run the queries on this Ballista cluster.
+    pub cluster: Option<crate::config::ClusterTarget>,
 }
 
 /// Runs the queries and prints their timings.
@@ -70,6 +72,17 @@ pub async fn bench(opts: &BenchOptions, cx: &Context<'_>) -> Result<i32, Error> 
         Arc::new(StoreRegistry::new(Vec::new(), cx.env.clone())),
     )?;
     let scale = tpch::register_tables(&engine, &opts.location).await?;
+    let cluster = match &opts.cluster {
+        Some(target) => Some(
+            crate::cluster::Cluster::connect(
+                target,
+                opts.engine.threads(),
+                opts.engine.memory_limit,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let report = tpch::bench(
         &engine,
         &opts.data,
@@ -77,6 +90,7 @@ pub async fn bench(opts: &BenchOptions, cx: &Context<'_>) -> Result<i32, Error> 
         &opts.queries,
         opts.iterations,
         cx.progress,
+        cluster.as_ref(),
     )
     .await?;
     print!("{}", report.table());

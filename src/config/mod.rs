@@ -22,6 +22,7 @@ mod values;
 pub mod window;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -277,6 +278,75 @@ pub struct Settings {
     pub units: UnitSettings,
     /// How hash joins run (`join_strategy`, `join_buckets`).
     pub join: JoinOptions,
+    /// Where queries run (`cluster`): `None` in this process.
+    pub cluster: Option<ClusterTarget>,
+}
+
+/// A Ballista cluster queries run on (`[settings] cluster`, `--cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterTarget {
+    /// A scheduler and executors started inside this process (`"standalone"`): to try the
+    /// cluster path, and for tests. Local paths are allowed, the executors being here.
+    Standalone,
+    /// The scheduler at `df://HOST:PORT` (port 50050 when not given).
+    Remote {
+        /// The scheduler's host.
+        host: String,
+        /// Its gRPC port.
+        port: u16,
+    },
+}
+
+impl ClusterTarget {
+    /// The port a scheduler listens on unless told otherwise.
+    pub const DEFAULT_PORT: u16 = 50050;
+
+    /// Parses `standalone` or `df://HOST[:PORT]` (also `http://`, as Ballista accepts).
+    pub fn parse(s: &str) -> Result<ClusterTarget, String> {
+        let s = s.trim();
+        if s == "standalone" {
+            return Ok(ClusterTarget::Standalone);
+        }
+        let expected = || {
+            format!(
+                "{s:?} is not a cluster: expected \"standalone\" or a scheduler URL such as \
+                 \"df://scheduler:50050\""
+            )
+        };
+        let rest = s
+            .strip_prefix("df://")
+            .or_else(|| s.strip_prefix("http://"))
+            .ok_or_else(expected)?
+            .trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| expected())?),
+            None => (rest, Self::DEFAULT_PORT),
+        };
+        if host.is_empty() || host.contains('/') {
+            return Err(expected());
+        }
+        Ok(ClusterTarget::Remote {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// The scheduler's gRPC URL, for a remote cluster.
+    pub fn scheduler_url(&self) -> Option<String> {
+        match self {
+            ClusterTarget::Standalone => None,
+            ClusterTarget::Remote { host, port } => Some(format!("http://{host}:{port}")),
+        }
+    }
+}
+
+impl fmt::Display for ClusterTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClusterTarget::Standalone => f.write_str("standalone"),
+            ClusterTarget::Remote { host, port } => write!(f, "df://{host}:{port}"),
+        }
+    }
 }
 
 /// How hash joins run (`join_strategy` in `[settings]`, `--join-strategy`).

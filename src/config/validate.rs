@@ -313,9 +313,17 @@ impl<'a> Validator<'a> {
         {
             return Err(self.invalid("settings.join_buckets", "must be between 2 and 4096"));
         }
+        let cluster = raw
+            .cluster
+            .map(|c| {
+                let c = self.env_value("settings.cluster", &c)?;
+                super::ClusterTarget::parse(&c).map_err(|m| self.invalid("settings.cluster", m))
+            })
+            .transpose()?;
         Ok(Settings {
             memory_limit,
             threads: raw.threads,
+            cluster,
             join: JoinOptions {
                 strategy,
                 buckets: raw.join_buckets,

@@ -58,6 +58,9 @@ pub struct EngineOptions {
     pub spill_dir: Option<PathBuf>,
     /// How hash joins run under the memory limit.
     pub join: JoinOptions,
+    /// Plan for a Ballista cluster: with the settings Ballista needs of a plan it splits
+    /// into stages.
+    pub cluster: bool,
 }
 
 impl EngineOptions {
@@ -96,9 +99,19 @@ impl Engine {
                 .sort_spill_reservation_bytes
                 .min(limit / (4 * threads.max(1)));
         }
-        if options.join.strategy == JoinStrategy::SortMerge {
-            config.options_mut().optimizer.prefer_hash_join = false;
+        if options.cluster {
+            // What Ballista needs of a plan it cuts into stages run by other processes: no
+            // dynamic filters (a scan in one stage would wait forever for a join's in
+            // another), no physical scalar subqueries (their result cannot cross a stage),
+            // no round-robin repartitions (each would be a shuffle), no view types (too
+            // large for Flight frames); see Ballista's `ballista_restricted_configuration`.
+            use ballista_core::extension::SessionConfigHelperExt;
+            config = config.ballista_restricted_configuration();
         }
+        // (Ballista prefers sort-merge joins for want of a hash join that spills: sluice's
+        // grace join spills, so the join strategy stays sluice's.)
+        config.options_mut().optimizer.prefer_hash_join =
+            options.join.strategy != JoinStrategy::SortMerge;
         let mut runtime = RuntimeEnvBuilder::new();
         if let Some(limit) = options.memory_limit {
             let pool = TrackConsumersPool::new(

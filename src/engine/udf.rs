@@ -11,6 +11,14 @@ pub fn key_bucket(n: usize) -> ScalarUDF {
     })
 }
 
+/// The bucket count of a [`key_bucket`] function, or `None` for another function: what a
+/// plan sent to another process carries to rebuild it.
+pub fn key_buckets(udf: &ScalarUDF) -> Option<usize> {
+    udf.inner()
+        .downcast_ref::<KeyBucket>()
+        .map(|k| k.n as usize)
+}
+
 /// `sluice_key_bucket(key)`: the bucket (0..n) of a key, by a hash that is the same in every
 /// process, so that a resumed run's units hold the same keys. Integer keys hash as BIGINT and
 /// text keys as VARCHAR, so `INT` and `BIGINT` (or `VARCHAR` and `VARCHAR VIEW`) keys of two

@@ -50,7 +50,7 @@ use super::metrics::JoinMetrics;
 pub(crate) const MAX_DEPTH: u32 = 4;
 
 /// How a join's strategy was chosen at plan time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Strategy {
     /// Try the in-memory hash join; partition only if the build side outgrows its memory.
     Adaptive,
@@ -68,7 +68,7 @@ impl fmt::Display for Strategy {
 }
 
 /// The plan-time decision for one join: strategy, the reason shown by EXPLAIN, and sizes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Choice {
     /// What to do first.
     pub strategy: Strategy,
@@ -115,6 +115,11 @@ impl GraceHashJoinExec {
             props,
             shared: Arc::default(),
         })
+    }
+
+    /// The hash join it runs (its inputs are the join's).
+    pub(crate) fn join(&self) -> &Arc<HashJoinExec> {
+        &self.join
     }
 
     /// The plan-time decision.

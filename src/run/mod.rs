@@ -76,6 +76,8 @@ pub struct RunOptions {
     /// What incremental models compute: `run` (new and late periods), `--no-reconcile`,
     /// `reconcile`, `backfill`, `--full-refresh`.
     pub kind: incremental::RunKind,
+    /// `--cluster`: where the queries run, over `[settings] cluster`.
+    pub cluster: Option<crate::config::ClusterTarget>,
 }
 
 /// Why a run is asked to stop.
@@ -386,6 +388,8 @@ struct RunCx<'a> {
     sorted: &'a BTreeSet<String>,
     /// The pools of the pipeline's databases.
     databases: &'a crate::database::Databases,
+    /// The cluster the queries run on, if any.
+    cluster: Option<&'a crate::cluster::Cluster>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -412,6 +416,7 @@ async fn run_models(
         databases,
         resources,
         lineage,
+        cluster,
     } = prepared;
     // (A dry run sends no events.)
     let emitter = lineage
@@ -436,6 +441,7 @@ async fn run_models(
         split_keys: &split_keys,
         sorted: &sorted,
         databases: &databases,
+        cluster: cluster.as_deref(),
     };
     let mut reports = Vec::new();
     let mut failed: BTreeSet<String> = BTreeSet::new();

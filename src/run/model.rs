@@ -541,6 +541,7 @@ impl<'a> ModelRun<'a> {
             match r {
                 Ok(done) => {
                     crate::join::merge_reports(&mut report.joins, done.joins);
+                    report.cluster_jobs.extend(done.job);
                     records.push(done.record);
                     rejects.extend(done.rejects);
                     match &mut scanned {

@@ -52,6 +52,8 @@ pub struct Prepared {
     pub resources: crate::engine::limits::Resources,
     /// What its OpenLineage events say (with a `[lineage]`).
     pub(crate) lineage: Option<crate::lineage::Lineage>,
+    /// The cluster the queries run on (`None`: this process; and for a dry run).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Builds the DAG, registers what the selected models read, and plans every selected model.
@@ -66,6 +68,10 @@ pub async fn prepare(
     super::database_load::refuse_reading_loaded_tables(&pipeline, &dag)?;
     let selected = dag.select(&opts.select)?;
 
+    let target = opts.cluster.clone().or(pipeline.settings.cluster.clone());
+    if let Some(target) = &target {
+        check_cluster_locations(&pipeline, &dag, &selected, target)?;
+    }
     let resources = crate::engine::limits::resolve(
         opts.threads.or(pipeline.settings.threads),
         opts.memory_limit.or(pipeline.settings.memory_limit),
@@ -82,6 +88,7 @@ pub async fn prepare(
                 .unwrap_or(pipeline.settings.join.strategy),
             buckets: pipeline.settings.join.buckets,
         },
+        cluster: target.is_some(),
     };
     let stores = Arc::new(StoreRegistry::new(pipeline.stores.clone(), env));
     let engine = Engine::new(engine_opts, stores)?;
@@ -214,6 +221,18 @@ pub async fn prepare(
         {
             check_incremental(&pipeline, &dag, model, batches, &opts.kind)?;
         }
+        if target.is_some() && model.materialized.is_written() && selected_set.contains(name) {
+            // What cannot run on the cluster is refused now, by name, not midway.
+            let plan = df
+                .clone()
+                .create_physical_plan()
+                .await
+                .map_err(|e| Error::Query {
+                    context: format!("model '{name}'"),
+                    source: e,
+                })?;
+            crate::cluster::check_plan(name, &plan)?;
+        }
         if model.materialized.is_written() && selected_set.contains(name) {
             // The sink's location and store, resolved now so a bad one stops the run before
             // any model writes.
@@ -256,6 +275,13 @@ pub async fn prepare(
             })?;
         schemas.insert(name.clone(), schema);
     }
+    let cluster = match &target {
+        Some(target) if !opts.dry_run => Some(Arc::new(
+            crate::cluster::Cluster::connect(target, resources.threads, resources.memory_limit)
+                .await?,
+        )),
+        _ => None,
+    };
     Ok(Prepared {
         pipeline,
         dag,
@@ -269,7 +295,93 @@ pub async fn prepare(
         databases,
         resources,
         lineage,
+        cluster,
     })
+}
+
+/// On a cluster, executors read and write every location themselves: a local path (a
+/// folder of this machine only) is refused, unless the cluster is `standalone` (its
+/// executors are this process); databases cannot be read or loaded by executors yet.
+fn check_cluster_locations(
+    pipeline: &Pipeline,
+    dag: &Dag,
+    selected: &[String],
+    target: &crate::config::ClusterTarget,
+) -> Result<(), Error> {
+    let remote = !matches!(target, crate::config::ClusterTarget::Standalone);
+    let local = |location: &str| {
+        remote && Location::parse(location).is_ok_and(|l| l.url().scheme() == "file")
+    };
+    let local_message = |what: &str, location: &str| {
+        format!(
+            "{what} {location:?} is a local path, which the executors of the cluster {target} \
+             cannot reach: use object storage (s3://...), or run with cluster = \"standalone\" \
+             or without a cluster"
+        )
+    };
+    let mut sources = BTreeSet::new();
+    for name in selected {
+        sources.extend(dag.sources_read(name));
+    }
+    for name in &sources {
+        if let Some(spec) = pipeline.sources.get(name)
+            && local(&spec.location)
+        {
+            return Err(pipeline
+                .invalid(
+                    &format!("sources.{name}.location"),
+                    local_message("the source's location", &spec.location),
+                )
+                .into());
+        }
+        if pipeline.database_sources.contains_key(name) {
+            return Err(pipeline
+                .invalid(
+                    &format!("sources.{name}.database"),
+                    format!(
+                        "a database source cannot be read on a cluster ({target}) yet: run the \
+                         models that read it without a cluster"
+                    ),
+                )
+                .into());
+        }
+    }
+    for name in selected {
+        let model = &pipeline.models[name];
+        if !model.materialized.is_written() {
+            continue;
+        }
+        if model.sink.database.is_some() {
+            return Err(pipeline
+                .invalid(
+                    &format!("models.{name}.sink.database"),
+                    format!(
+                        "a database sink cannot be loaded from a cluster ({target}) yet: run the \
+                         model without a cluster"
+                    ),
+                )
+                .into());
+        }
+        if local(&model.sink.location) {
+            return Err(pipeline
+                .invalid(
+                    &format!("models.{name}.sink.location"),
+                    local_message("the sink's location", &model.sink.location),
+                )
+                .into());
+        }
+    }
+    if let Some(staging) = &pipeline.settings.staging
+        && local(staging)
+    {
+        return Err(pipeline
+            .invalid(
+                "settings.staging",
+                local_message("the staging folder", staging),
+            )
+            .into());
+    }
+    Ok(())
 }
 
 /// The folder a location names, as a comparable key: store URL and path, `/`-terminated (a

@@ -464,6 +464,8 @@ pub(super) struct UnitDone {
     /// What its own quarantine scans set aside (a by-file unit reads its files through a scan
     /// of its own; other units share the model's).
     pub(super) rejects: UnitRejects,
+    /// On a cluster, its job.
+    pub(super) job: Option<crate::cluster::JobReport>,
 }
 
 /// Runs one unit with its timeout and retries; stages its files and records it.
@@ -543,6 +545,7 @@ pub(super) async fn run_unit(
                     joins: done.joins,
                     scan: done.scan,
                     rejects: done.rejects,
+                    job: done.job,
                 });
             }
             Err(error) => error,
@@ -598,6 +601,8 @@ struct Attempt {
     joins: Vec<JoinReport>,
     /// What its own quarantine scans set aside.
     rejects: UnitRejects,
+    /// On a cluster, its job.
+    job: Option<crate::cluster::JobReport>,
 }
 
 /// One attempt under the unit timeout, with the peak of the memory pool's reservation,
@@ -669,6 +674,9 @@ async fn attempt_unit(
         .sql(&cx.dag.nodes[&model.name].sql)
         .await
         .map_err(|e| UnitError::query(&e))?;
+    if let Some(cluster) = cx.cluster {
+        return cluster_attempt(cx, job, unit, bar, cluster, &ctx, df).await;
+    }
     // Reading the sources starts here (Parquet footers are read while planning): an error
     // is explained by naming the file at fault.
     let explain = |e: DataFusionError| async move {
@@ -712,11 +720,70 @@ async fn attempt_unit(
                 spilled: exec.spilled_bytes(),
                 joins: exec.joins(),
                 rejects: own_rejects(&ctx, &cx.dag.sources_read(&model.name)).await,
+                job: None,
             })
         }
         Err(sink::SinkError::Input(e)) => Err(explain(e).await),
         Err(e) => Err(UnitError::from(e)),
     }
+}
+
+/// One attempt of a unit on a cluster: its plan, made here with sluice's rules, is submitted
+/// as a Ballista job whose executors stage the output's files; the job's output lists them.
+async fn cluster_attempt(
+    cx: &RunCx<'_>,
+    job: &UnitJob<'_>,
+    unit: &Unit,
+    bar: &crate::progress::Units,
+    cluster: &crate::cluster::Cluster,
+    ctx: &datafusion::prelude::SessionContext,
+    df: datafusion::prelude::DataFrame,
+) -> Result<Attempt, UnitError> {
+    let model = job.model;
+    let plan = match df.create_physical_plan().await {
+        Ok(plan) => plan,
+        Err(e) => {
+            let sources = cx.dag.sources_read(&model.name);
+            let message = crate::diagnose::explain(cx.engine, cx.pipeline, &sources, &e).await;
+            return Err(UnitError::caused_by(&e, message));
+        }
+    };
+    crate::cluster::check_plan(&model.name, &plan)
+        .map_err(|e| UnitError::permanent(e.to_string()))?;
+    let mut spec = job.spec.clone();
+    spec.preserve_order = plan.properties().output_ordering().is_some();
+    let staging = job
+        .output
+        .staging()
+        .cloned()
+        .ok_or_else(|| UnitError::permanent("the output has no staging folder"))?;
+    let slot = sink::UnitSlot::attempt(&unit.key());
+    let target = sink::exec::StageTarget::new(&spec, &staging, cx.run_id, &slot);
+    let config = crate::cluster::job_config(ctx, cx.engine.stores())
+        .map_err(|e| UnitError::permanent(e.to_string()))?;
+    let name = format!("{}/{}/{}", cx.pipeline.name, model.name, unit.name);
+    let schema = plan.schema();
+    let (mut files, report) = cluster
+        .stage(plan, target, &config, &name)
+        .await
+        .map_err(|e| UnitError {
+            message: e.to_string(),
+            transient: e.is_transient(),
+        })?;
+    files.sort_by(|a, b| a.file.path.cmp(&b.file.path));
+    let staged = sink::UnitOutput {
+        files,
+        columns: crate::table::manifest_columns(&schema),
+    };
+    bar.rows(staged.rows());
+    Ok(Attempt {
+        staged,
+        scan: ScanRows::default(),
+        spilled: report.spilled_bytes,
+        joins: Vec::new(),
+        rejects: own_rejects(ctx, &cx.dag.sources_read(&model.name)).await,
+        job: Some(report),
+    })
 }
 
 /// What the quarantine scans of a unit's sources set aside and read: a unit that reads a

@@ -217,10 +217,7 @@ async fn restrict_to_files(
         .store_for(&location)
         .map_err(|e| UnitError::caused_by(&e, e.to_string()))?;
     let n = FILE_VIEWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let view_url = format!(
-        "sluice-files-{n}://{}/",
-        location.store_url().host_str().unwrap_or("local")
-    );
+    let view_url = crate::store::view_url("files", n, &location.store_url());
     let view = ManifestStore::new(
         store,
         files.iter().map(|m| (m.location.clone(), m.size)),

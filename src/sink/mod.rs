@@ -8,6 +8,7 @@
 //! encoding still runs in parallel.
 
 pub(crate) mod compact;
+pub(crate) mod exec;
 pub(crate) mod partition;
 pub(crate) mod writer;
 
@@ -312,6 +313,35 @@ pub(crate) async fn prepare(
 pub(crate) async fn stage_unit(
     output: &Output,
     spec: &SinkSpec,
+    input: SendableRecordBatchStream,
+    run_id: &str,
+    slot: UnitSlot,
+    on_rows: &(dyn Fn(u64) + Sync),
+) -> Result<UnitOutput, SinkError> {
+    let unit = slot.unit.clone();
+    let staging = output
+        .staging()
+        .cloned()
+        .ok_or_else(|| SinkError::Invalid {
+            location: spec.location.to_string(),
+            message: "refusing to write an output at the root of a store: name a folder".into(),
+        })?;
+    let staged = stage_into(output.store(), staging, spec, input, run_id, slot, on_rows).await;
+    if staged.is_err()
+        && let Err(e) = output.discard_staging(run_id, Some(&unit)).await
+    {
+        tracing::warn!("could not remove staging {}: {}", e.key, e.message);
+    }
+    staged
+}
+
+/// Writes `input` into `staging` as `slot`'s files, by writer lanes, and returns them. On an
+/// error it abandons its open files but leaves the files it finished: the caller removes
+/// the unit's staging (a task on a cluster cannot: other tasks stage there too).
+pub(crate) async fn stage_into(
+    store: Arc<dyn ObjectStore>,
+    staging: crate::table::staging::StagingArea,
+    spec: &SinkSpec,
     mut input: SendableRecordBatchStream,
     run_id: &str,
     slot: UnitSlot,
@@ -345,15 +375,9 @@ pub(crate) async fn stage_unit(
         spec.parallelism.max(1)
     };
     let shared = Arc::new(LaneShared {
-        store: output.store(),
+        store,
         output_location: spec.location.clone(),
-        staging: output
-            .staging()
-            .cloned()
-            .ok_or_else(|| SinkError::Invalid {
-                location: spec.location.to_string(),
-                message: "refusing to write an output at the root of a store: name a folder".into(),
-            })?,
+        staging,
         unit: unit.clone(),
         attempt: slot.attempt.clone(),
         run_id: run_id.to_string(),
@@ -458,9 +482,6 @@ pub(crate) async fn stage_unit(
     };
     if let Some(err) = failure {
         shared.aborted.store(true, Ordering::SeqCst);
-        if let Err(e) = output.discard_staging(run_id, Some(&unit)).await {
-            tracing::warn!("could not remove staging {}: {}", e.key, e.message);
-        }
         return Err(err);
     }
     guard.armed = false;

@@ -126,6 +126,23 @@ impl StagingArea {
         })
     }
 
+    /// The area's two folders, as URLs: the leases' and the files' (to send it to another
+    /// process).
+    pub(crate) fn urls(&self) -> (String, String) {
+        (self.root.url().to_string(), self.files.url().to_string())
+    }
+
+    /// The area of [`StagingArea::urls`].
+    pub(crate) fn from_urls(
+        root: &str,
+        files: &str,
+    ) -> Result<StagingArea, crate::store::StoreError> {
+        Ok(StagingArea {
+            root: Location::parse(root)?.as_folder(),
+            files: Location::parse(files)?.as_folder(),
+        })
+    }
+
     /// The same area, with files staged in `folder` (on the same store) instead.
     pub(crate) fn with_files(mut self, folder: Location) -> StagingArea {
         self.files = folder.as_folder();

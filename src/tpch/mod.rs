@@ -285,6 +285,7 @@ pub async fn bench(
     queries: &[u8],
     iterations: usize,
     progress: &Progress,
+    cluster: Option<&crate::cluster::Cluster>,
 ) -> Result<BenchReport, Error> {
     let mut results = Vec::new();
     for &q in queries {
@@ -295,20 +296,23 @@ pub async fn bench(
         let task = progress.task(&format!("q{q}"));
         for i in 0..iterations.max(1) {
             let start = Instant::now();
-            let batches = engine
-                .ctx()
-                .sql(sql)
-                .await
-                .map_err(|e| Error::Query {
-                    context: format!("TPC-H q{q}"),
-                    source: e,
-                })?
-                .collect()
-                .await
-                .map_err(|e| Error::Query {
-                    context: format!("TPC-H q{q}"),
-                    source: e,
-                })?;
+            let query_err = |e| Error::Query {
+                context: format!("TPC-H q{q}"),
+                source: e,
+            };
+            let df = engine.ctx().sql(sql).await.map_err(query_err)?;
+            let batches = match cluster {
+                None => df.collect().await.map_err(query_err)?,
+                Some(cluster) => {
+                    // Planned here, with sluice's rules; run by the cluster's executors.
+                    let plan = df.create_physical_plan().await.map_err(query_err)?;
+                    let config = crate::cluster::job_config(engine.ctx(), engine.stores())?;
+                    cluster
+                        .collect(plan, &config, &format!("tpch/q{q}"))
+                        .await?
+                        .0
+                }
+            };
             times.push(start.elapsed().as_secs_f64() * 1000.0);
             if i == 0 {
                 rows = batches.iter().map(|b| b.num_rows()).sum();

@@ -29,7 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "diagnose",
         ],
     ),
-    ("4 output", &["sink"]),
+    ("4 output", &["sink", "cluster"]),
     (
         "5 orchestration",
         &[
@@ -49,6 +49,8 @@ const WITHIN: &[(&str, &str)] = &[
     ("diagnose", "catalog"),
     ("diagnose", "engine"),
     ("diagnose", "quarantine"),
+    // A cluster job writes through the sink's staged write, run by executors.
+    ("cluster", "sink"),
     ("state", "report"),
     ("metrics", "report"),
     ("metrics", "state"),

@@ -1,0 +1,325 @@
+//! The client side of a job: submit a physical plan to the scheduler, follow it to its end,
+//! fetch its output from the executors, read its metrics, cancel it.
+//!
+//! sluice submits *physical* plans (Ballista's `Query::PhysicalPlan`), planned here with
+//! sluice's own optimizer rules: the scheduler only cuts them into stages (with its static
+//! planner: no adaptive re-planning drops the grace join). The loop is Ballista's own
+//! `execute_query_pull`, kept here because sluice needs the job's id (to cancel it when a
+//! unit times out, to report it) and its metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballista_core::client::BallistaClient;
+use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+use ballista_core::serde::protobuf::{
+    CancelJobParams, ExecuteQueryParams, GetJobMetricsParams, GetJobStatusParams, KeyValuePair,
+    PartitionLocation, SuccessfulJob, execute_query_params::Query, execute_query_result,
+    job_status, operator_metric::Metric,
+};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionConfig;
+use datafusion_proto::physical_plan::AsExecutionPlan;
+use datafusion_proto::protobuf::PhysicalPlanNode;
+use futures::TryStreamExt;
+use tonic::transport::Channel;
+
+use super::ClusterError;
+use super::codec::SluiceCodec;
+
+/// Largest gRPC message sluice sends or takes (plans with many files are large).
+const MAX_MESSAGE: usize = 256 << 20;
+
+/// A connection to a scheduler.
+#[derive(Clone)]
+pub(crate) struct Scheduler {
+    url: String,
+    client: SchedulerGrpcClient<Channel>,
+}
+
+impl Scheduler {
+    /// Connects to the scheduler at `url` (`http://host:port`).
+    pub(crate) async fn connect(url: &str) -> Result<Scheduler, ClusterError> {
+        let unreachable = |message: String| ClusterError::Unreachable {
+            url: url.to_string(),
+            message,
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| unreachable(e.to_string()))?
+            .connect_timeout(Duration::from_secs(10));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| unreachable(chain(&e)))?;
+        Ok(Scheduler {
+            url: url.to_string(),
+            client: SchedulerGrpcClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        })
+    }
+
+    /// The scheduler's URL.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Submits `plan` as a job named `name`, in session `session` with `config`'s settings.
+    pub(crate) async fn submit(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        codec: &SluiceCodec,
+        session: &str,
+        name: &str,
+        config: &SessionConfig,
+    ) -> Result<Job, ClusterError> {
+        let node = PhysicalPlanNode::try_from_physical_plan(plan, codec)
+            .map_err(|e| ClusterError::Plan(e.to_string()))?;
+        let mut bytes = Vec::new();
+        node.try_encode(&mut bytes)
+            .map_err(|e| ClusterError::Plan(e.to_string()))?;
+        let mut settings: Vec<KeyValuePair> = config
+            .options()
+            .entries()
+            .into_iter()
+            .map(|e| KeyValuePair {
+                key: e.key,
+                value: e.value,
+            })
+            .collect();
+        settings.push(KeyValuePair {
+            key: "ballista.job.name".into(),
+            value: Some(name.to_string()),
+        });
+        let mut request = tonic::Request::new(ExecuteQueryParams {
+            query: Some(Query::PhysicalPlan(bytes)),
+            settings,
+            session_id: session.to_string(),
+            operation_id: uuid::Uuid::new_v4().to_string(),
+        });
+        ballista_core::version::insert_version_header(request.metadata_mut());
+        let mut client = self.client.clone();
+        let response = client
+            .execute_query(request)
+            .await
+            .map_err(|e| self.failed(&e))?
+            .into_inner();
+        match response.result {
+            Some(execute_query_result::Result::Success(ok)) => Ok(Job {
+                id: ok.job_id,
+                scheduler: self.clone(),
+                finished: false,
+            }),
+            Some(execute_query_result::Result::Failure(f)) => {
+                Err(ClusterError::Rejected(format!("{f:?}")))
+            }
+            None => Err(ClusterError::Rejected("no answer".into())),
+        }
+    }
+
+    fn failed(&self, status: &tonic::Status) -> ClusterError {
+        if matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ) {
+            ClusterError::Unreachable {
+                url: self.url.clone(),
+                message: status.message().to_string(),
+            }
+        } else {
+            ClusterError::Rejected(status.message().to_string())
+        }
+    }
+}
+
+/// A submitted job. Dropped before it finished, it is cancelled on the scheduler.
+pub(crate) struct Job {
+    id: String,
+    scheduler: Scheduler,
+    finished: bool,
+}
+
+/// What a job did, for the run report.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct JobReport {
+    /// Ballista's job id.
+    pub job_id: String,
+    /// Stages the scheduler cut the plan into.
+    pub stages: u64,
+    /// Tasks run (a stage's partitions).
+    pub tasks: u64,
+    /// Bytes executors wrote to shuffle files (stage outputs) and sent to this client.
+    pub shuffle_bytes: u64,
+    /// Rows executors wrote to shuffle files.
+    pub shuffle_rows: u64,
+    /// Bytes operators spilled to the executors' disks.
+    pub spilled_bytes: u64,
+    /// Time the job waited in the scheduler's queue and ran, in milliseconds.
+    pub queued_ms: u64,
+    /// Time it ran, in milliseconds.
+    pub run_ms: u64,
+    /// Each operator's name, for each stage (the stage plan).
+    pub operators: Vec<String>,
+}
+
+impl Job {
+    /// The job's id on the scheduler.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Waits for the job to end: where its output partitions are, and its timings.
+    pub(crate) async fn wait(&mut self) -> Result<SuccessfulJob, ClusterError> {
+        let mut client = self.scheduler.client.clone();
+        loop {
+            let status = client
+                .get_job_status(GetJobStatusParams {
+                    job_id: self.id.clone(),
+                })
+                .await
+                .map_err(|e| self.scheduler.failed(&e))?
+                .into_inner()
+                .status
+                .and_then(|s| s.status);
+            match status {
+                Some(job_status::Status::Successful(done)) => {
+                    self.finished = true;
+                    return Ok(done);
+                }
+                Some(job_status::Status::Failed(failed)) => {
+                    self.finished = true;
+                    return Err(ClusterError::JobFailed {
+                        job_id: self.id.clone(),
+                        message: failed.error,
+                    });
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Reads the job's output from the executors that hold it, partition by partition.
+    pub(crate) async fn fetch_all(
+        &self,
+        locations: Vec<PartitionLocation>,
+    ) -> Result<Vec<RecordBatch>, ClusterError> {
+        let mut out = Vec::new();
+        for location in locations {
+            let mut stream = fetch(location).await?;
+            while let Some(batch) = stream
+                .try_next()
+                .await
+                .map_err(|e| ClusterError::Fetch(e.to_string()))?
+            {
+                out.push(batch);
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the job did, from the scheduler's metrics.
+    pub(crate) async fn report(&self, done: &SuccessfulJob) -> JobReport {
+        let mut report = JobReport {
+            job_id: self.id.clone(),
+            queued_ms: done.started_at.saturating_sub(done.queued_at),
+            run_ms: done.ended_at.saturating_sub(done.started_at),
+            ..Default::default()
+        };
+        let mut client = self.scheduler.client.clone();
+        let Ok(metrics) = client
+            .get_job_metrics(GetJobMetricsParams {
+                job_id: self.id.clone(),
+            })
+            .await
+        else {
+            return report;
+        };
+        for stage in metrics.into_inner().stages {
+            report.stages += 1;
+            report.tasks += u64::from(stage.partitions);
+            let mut names = Vec::new();
+            for op in stage.operators {
+                names.push(op.operator_type.clone());
+                let shuffle = op.operator_type.contains("ShuffleWriter");
+                for m in op.metrics.iter().filter_map(|m| m.metric.as_ref()) {
+                    match m {
+                        Metric::SpilledBytes(b) => report.spilled_bytes += b,
+                        Metric::OutputBytes(b) if shuffle => report.shuffle_bytes += b,
+                        Metric::OutputRows(r) if shuffle => report.shuffle_rows += r,
+                        _ => {}
+                    }
+                }
+            }
+            report
+                .operators
+                .push(format!("stage {}: {}", stage.stage_id, names.join(" <- ")));
+        }
+        report
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // A unit timed out or the run was interrupted: stop the job's tasks too.
+        let mut client = self.scheduler.client.clone();
+        let job_id = self.id.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = client.cancel_job(CancelJobParams { job_id }).await;
+            });
+        }
+    }
+}
+
+/// The stream of one output partition, from the executor that holds it.
+async fn fetch(
+    location: PartitionLocation,
+) -> Result<datafusion::physical_plan::SendableRecordBatchStream, ClusterError> {
+    let fetch_err = |m: String| ClusterError::Fetch(m);
+    let layout = location.layout();
+    let executor = location
+        .executor_meta
+        .ok_or_else(|| fetch_err("no executor for an output partition".into()))?;
+    let partition = location
+        .partition_id
+        .ok_or_else(|| fetch_err("no id for an output partition".into()))?;
+    let mut client = BallistaClient::try_new(
+        &executor.host,
+        executor.port as u16,
+        MAX_MESSAGE,
+        false,
+        None,
+        3,
+        100,
+        0,
+        0,
+    )
+    .await
+    .map_err(|e| fetch_err(format!("executor {}:{}: {e}", executor.host, executor.port)))?;
+    client
+        .fetch_partition(
+            &executor.id,
+            &partition.into(),
+            location.file_id,
+            layout,
+            true,
+        )
+        .await
+        .map_err(|e| fetch_err(e.to_string()))
+}
+
+/// An error and its causes, as one line (tonic's own message is only "transport error").
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        parts.push(c.to_string());
+        cause = c.source();
+    }
+    parts.dedup();
+    parts.join(": ")
+}

@@ -1,0 +1,234 @@
+//! Running on an Apache DataFusion Ballista cluster: the same pipelines, their queries
+//! distributed by Ballista, their outputs committed by sluice.
+//!
+//! - [`serve`]: the scheduler and executor processes (`sluice cluster ...`), and the same
+//!   in-process for `cluster = "standalone"`;
+//! - [`codec`]: how sluice's own plan nodes (the grace hash join, the staged write) and SQL
+//!   functions travel to the scheduler and executors;
+//! - [`stores`]: how the pipeline's object stores and their credentials reach the executors;
+//! - [`client`]: submitting a physical plan as a job, following it, fetching its output,
+//!   cancelling it.
+//!
+//! What runs where: the client (`sluice run`) plans each unit's query with sluice's rules,
+//! wraps it in a [`StageExec`] and submits it. Executors compute the query and write the
+//! output's files straight into its staging folder, each task under its own attempt token;
+//! the job's output is the list of files they finished. The client then publishes exactly
+//! those files (move, one `_MANIFEST` write, cleanup) and records the unit in its state
+//! store, as a local run does; files of failed task attempts are never listed, and go with
+//! the run's staging.
+
+pub(crate) mod client;
+pub(crate) mod codec;
+pub mod serve;
+pub(crate) mod stores;
+
+use std::sync::Arc;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::prelude::SessionConfig;
+
+pub use client::JobReport;
+use client::Scheduler;
+use codec::SluiceCodec;
+
+use crate::config::ClusterTarget;
+use crate::sink::exec::{StageExec, StageTarget};
+use crate::table::StagedFile;
+
+/// What can go wrong on a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The scheduler cannot be reached.
+    #[error("cannot reach the Ballista scheduler at {url}: {message}")]
+    Unreachable {
+        /// Its URL.
+        url: String,
+        /// The connection's error.
+        message: String,
+    },
+    /// A model's plan holds an operator that cannot run on a cluster yet.
+    #[error(
+        "model '{model}' cannot run on a cluster: its plan uses {operator}, which cannot run \
+         on a cluster yet; run it locally (without `cluster`)"
+    )]
+    Unsupported {
+        /// The model.
+        model: String,
+        /// The operator, by name.
+        operator: String,
+    },
+    /// The plan could not be encoded for the scheduler.
+    #[error("cannot send the plan to the cluster: {0}")]
+    Plan(String),
+    /// The scheduler refused the job.
+    #[error("the cluster refused the job: {0}")]
+    Rejected(String),
+    /// The job failed on the cluster (after Ballista's own task retries).
+    #[error("job {job_id} failed on the cluster: {message}")]
+    JobFailed {
+        /// Ballista's job id.
+        job_id: String,
+        /// The scheduler's message.
+        message: String,
+    },
+    /// A job's output could not be fetched from an executor.
+    #[error("cannot fetch a job's output: {0}")]
+    Fetch(String),
+    /// A scheduler or executor could not start or stopped.
+    #[error("{0}")]
+    Serve(String),
+}
+
+impl ClusterError {
+    /// Whether it is a usage error (exit status 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, ClusterError::Unsupported { .. })
+    }
+
+    /// Whether another attempt could succeed: the cluster was unreachable, or a job failed
+    /// or lost its output (an executor died after Ballista gave up on its tasks).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ClusterError::Unreachable { .. }
+                | ClusterError::JobFailed { .. }
+                | ClusterError::Fetch(_)
+        )
+    }
+}
+
+/// Refuses `model`'s plan if a node of it cannot run on a cluster, naming it.
+pub(crate) fn check_plan(model: &str, plan: &Arc<dyn ExecutionPlan>) -> Result<(), ClusterError> {
+    let plan =
+        Cluster::distributed(Arc::clone(plan)).map_err(|e| ClusterError::Plan(e.to_string()))?;
+    match codec::check(&plan, &SluiceCodec::default()) {
+        None => Ok(()),
+        Some(operator) => Err(ClusterError::Unsupported {
+            model: model.to_string(),
+            operator,
+        }),
+    }
+}
+
+/// The settings of a job planned in `ctx`: its session's, with the stores `stores` serves.
+pub(crate) fn job_config(
+    ctx: &datafusion::prelude::SessionContext,
+    stores: &crate::store::StoreRegistry,
+) -> Result<SessionConfig, crate::store::StoreError> {
+    stores::with_stores(ctx.copied_config(), stores)
+}
+
+/// A connection to the cluster a run uses: its scheduler, and one Ballista session for the
+/// run's jobs.
+pub struct Cluster {
+    target: ClusterTarget,
+    scheduler: Scheduler,
+    codec: SluiceCodec,
+    session: String,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cluster({})", self.target)
+    }
+}
+
+impl Cluster {
+    /// Connects to `target`; for `standalone`, first starts a scheduler and two executors in
+    /// this process (their slots and memory split from `threads` and `memory_limit`).
+    pub async fn connect(
+        target: &ClusterTarget,
+        threads: usize,
+        memory_limit: Option<usize>,
+    ) -> Result<Cluster, ClusterError> {
+        let url = match target.scheduler_url() {
+            Some(url) => url,
+            None => {
+                serve::standalone(
+                    2,
+                    threads.div_ceil(2).max(1),
+                    memory_limit.map(|m| (m / 2) as u64),
+                )
+                .await?
+            }
+        };
+        let scheduler = Scheduler::connect(&url).await?;
+        Ok(Cluster {
+            target: target.clone(),
+            scheduler,
+            codec: SluiceCodec::default(),
+            session: uuid::Uuid::new_v4().to_string(),
+        })
+    }
+
+    /// What it is (`standalone` or `df://host:port`).
+    pub fn target(&self) -> &ClusterTarget {
+        &self.target
+    }
+
+    /// The plan as it runs on the cluster: sluice's operators that read a whole input
+    /// (the grace join's build side) get it through an exchange, since Ballista hands each
+    /// task only its share of a stage's input partitions.
+    pub(crate) fn distributed(
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        use datafusion::common::tree_node::{Transformed, TreeNode};
+        plan.transform_up(|node| {
+            let Some(grace) = node.downcast_ref::<crate::join::GraceHashJoinExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            let children: Vec<Arc<dyn ExecutionPlan>> =
+                grace.children().into_iter().cloned().collect();
+            let [build, probe] = <[_; 2]>::try_from(children).map_err(|_| {
+                datafusion::error::DataFusionError::Internal("a join has two inputs".into())
+            })?;
+            if build.output_partitioning().partition_count() <= 1 {
+                return Ok(Transformed::no(node));
+            }
+            let build: Arc<dyn ExecutionPlan> = Arc::new(CoalescePartitionsExec::new(build));
+            Ok(Transformed::yes(replace_children_if_necessary(
+                Arc::clone(&node),
+                vec![build, probe],
+            )?))
+        })
+        .map(|t| t.data)
+    }
+
+    /// Runs `plan` as job `name` and returns its rows and what the job did.
+    pub async fn collect(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        config: &SessionConfig,
+        name: &str,
+    ) -> Result<(Vec<RecordBatch>, JobReport), ClusterError> {
+        let plan = Self::distributed(plan).map_err(|e| ClusterError::Plan(e.to_string()))?;
+        let mut job = self
+            .scheduler
+            .submit(plan, &self.codec, &self.session, name, config)
+            .await?;
+        tracing::info!("job {} submitted to {}", job.id(), self.scheduler.url());
+        let done = job.wait().await?;
+        let report = job.report(&done).await;
+        let batches = job.fetch_all(done.partition_location).await?;
+        Ok((batches, report))
+    }
+
+    /// Runs `plan` as job `name` whose executors write its rows into the output's staging
+    /// as `target` says; returns the files they staged and what the job did.
+    pub(crate) async fn stage(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        target: StageTarget,
+        config: &SessionConfig,
+        name: &str,
+    ) -> Result<(Vec<StagedFile>, JobReport), ClusterError> {
+        let plan: Arc<dyn ExecutionPlan> = Arc::new(StageExec::new(plan, target));
+        let (batches, report) = self.collect(plan, config, name).await?;
+        let files =
+            StageExec::files_of(&batches).map_err(|e| ClusterError::Fetch(e.to_string()))?;
+        Ok((files, report))
+    }
+}
