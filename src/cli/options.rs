@@ -35,7 +35,13 @@ fn engine(args: &EngineArgs) -> EngineOptions {
 
 /// The options of `sluice cluster executor`.
 pub fn executor(args: &ExecutorArgs) -> Result<sluice::cluster::serve::ExecutorOptions, Error> {
-    let scheduler = match config::ClusterTarget::parse(&args.scheduler) {
+    // (`HOST:PORT` alone is taken too: a scheduler is what the flag names.)
+    let url = if args.scheduler.contains("://") {
+        args.scheduler.clone()
+    } else {
+        format!("df://{}", args.scheduler)
+    };
+    let scheduler = match config::ClusterTarget::parse(&url) {
         Ok(config::ClusterTarget::Remote { host, port }) => (host, port),
         Ok(config::ClusterTarget::Standalone) => {
             return Err(usage(

@@ -79,15 +79,7 @@ impl Scheduler {
         let mut bytes = Vec::new();
         node.try_encode(&mut bytes)
             .map_err(|e| ClusterError::Plan(e.to_string()))?;
-        let mut settings: Vec<KeyValuePair> = config
-            .options()
-            .entries()
-            .into_iter()
-            .map(|e| KeyValuePair {
-                key: e.key,
-                value: e.value,
-            })
-            .collect();
+        let mut settings = super::stores::job_settings(config);
         settings.push(KeyValuePair {
             key: "ballista.job.name".into(),
             value: Some(name.to_string()),

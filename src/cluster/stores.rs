@@ -8,27 +8,76 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use datafusion::common::config::ConfigExtension;
-use datafusion::common::{DataFusionError, Result, extensions_options};
+use datafusion::common::config::{ConfigEntry, ConfigExtension, ExtensionOptions};
+use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::prelude::SessionConfig;
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use url::Url;
 
+use ballista_core::serde::protobuf::KeyValuePair;
+
 use crate::store::{Location, StoreRegistry};
 
-extensions_options! {
-    /// sluice's settings of a job on a cluster.
-    pub struct ClusterOptions {
-        /// The stores the job reads and writes: JSON, store URL → object_store options.
-        /// Holds credentials: never logged by sluice.
-        pub stores: String, default = String::new()
+/// sluice's settings of a job on a cluster (`sluice.*`).
+///
+/// Written out by hand rather than with DataFusion's `extensions_options!`, whose entries
+/// are listed without their prefix: Ballista sends a job's settings on to its tasks by
+/// those names, and `stores` alone would be dropped on the way.
+#[derive(Clone, Default)]
+pub(crate) struct ClusterOptions {
+    /// The stores the job reads and writes: JSON, store URL → object_store options. Holds
+    /// credentials: never printed (see the `Debug` impl).
+    pub(crate) stores: String,
+}
+
+impl std::fmt::Debug for ClusterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ClusterOptions {{ stores: {} bytes }}",
+            self.stores.len()
+        )
     }
 }
 
 impl ConfigExtension for ClusterOptions {
     const PREFIX: &'static str = "sluice";
+}
+
+impl ExtensionOptions for ClusterOptions {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "stores" => {
+                self.stores = value.to_string();
+                Ok(())
+            }
+            other => Err(DataFusionError::Configuration(format!(
+                "unknown setting sluice.{other}"
+            ))),
+        }
+    }
+
+    fn entries(&self) -> Vec<ConfigEntry> {
+        vec![ConfigEntry {
+            key: format!("{}.stores", Self::PREFIX),
+            value: Some(self.stores.clone()),
+            description: "the stores a job reads and writes, with their options",
+        }]
+    }
 }
 
 /// `config` with the stores of `stores` in its `sluice.stores` setting.
@@ -46,6 +95,13 @@ pub(crate) fn with_stores(
         ext.stores = json;
     }
     Ok(config)
+}
+
+/// The settings a job carries to the scheduler and its tasks, as Ballista sends them on
+/// (its `to_key_value_pairs`).
+pub(crate) fn job_settings(config: &SessionConfig) -> Vec<KeyValuePair> {
+    use ballista_core::extension::SessionConfigHelperExt;
+    config.to_key_value_pairs()
 }
 
 /// The object stores an executor reads and writes for the jobs of one session: the stores
@@ -118,5 +174,52 @@ impl ObjectStoreRegistry for ShippedStores {
                  pipeline?)"
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ballista_core::extension::{SessionConfigExt, SessionConfigHelperExt};
+
+    /// The client's stores, credentials from its environment included, reach a process whose
+    /// environment has none, through the job's settings as Ballista sends them.
+    #[test]
+    fn the_clients_stores_travel_in_the_jobs_settings() {
+        let env = [
+            ("AWS_ACCESS_KEY_ID", "AKIDCLIENT"),
+            ("AWS_SECRET_ACCESS_KEY", "s3cr3t"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let client = StoreRegistry::new(Vec::new(), env);
+        client
+            .store_for(&Location::parse("s3://lake/raw/").unwrap())
+            .unwrap();
+        let config = with_stores(SessionConfig::new(), &client).unwrap();
+        let sent = job_settings(&config);
+        // The scheduler's side, then an executor's (each its own settings, updated with what
+        // came, which the scheduler sends on with every task).
+        let ours =
+            || SessionConfig::new_with_ballista().with_option_extension(ClusterOptions::default());
+        let scheduler = ours().update_from_key_value_pair(&sent);
+        let received = ours().update_from_key_value_pair(&job_settings(&scheduler));
+        let shipped = ShippedStores::of(&received).unwrap();
+        let resolved = shipped.stores.resolved().unwrap();
+        let options = &resolved["s3://lake/"];
+        assert_eq!(options["aws_access_key_id"], "AKIDCLIENT");
+        assert_eq!(options["aws_secret_access_key"], "s3cr3t");
+        assert_eq!(options["aws_endpoint"], "http://127.0.0.1:9");
+        // A view of the store (a manifest's files) reads through the same store.
+        let url = Url::parse(&crate::store::view_url(
+            "manifest",
+            3,
+            &Url::parse("s3://lake/").unwrap(),
+        ))
+        .unwrap();
+        assert!(shipped.get_store(&url).is_ok());
+        // The settings never print the credentials through the registry's Debug.
+        assert!(!format!("{shipped:?}").contains("s3cr3t"));
     }
 }

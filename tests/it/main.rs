@@ -7,6 +7,7 @@ mod accounting;
 mod bad_input;
 mod checks;
 mod cloud;
+mod cluster;
 mod conformance;
 mod database_guards;
 mod database_incremental;

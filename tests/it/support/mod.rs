@@ -11,11 +11,13 @@
 //! * [`s3`], [`faults`]: a real S3-compatible server, and a proxy that injects faults;
 //! * [`azure`], [`emulator`]: an Azure Blob emulator (Azurite), run like the S3 server;
 //! * [`databases`]: throwaway PostgreSQL and MariaDB servers;
+//! * [`cluster`]: a Ballista cluster of `sluice cluster` processes;
 //! * [`readers`]: DuckDB and pyarrow, to read outputs as other engines do.
 
 #![allow(dead_code)]
 
 pub mod azure;
+pub mod cluster;
 pub mod databases;
 pub mod emulator;
 pub mod faults;

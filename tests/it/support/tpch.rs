@@ -73,3 +73,55 @@ pub fn tpch_query(n: u8) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("queries/tpch/q{n}.sql"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// Writes a pipeline into `dir` with the eight TPC-H tables as sources under `data` (a folder
+/// or URL ending in `/`) and one model per query (`q1` ... `q22`, the bench's query texts)
+/// written under `out`; `settings`: lines of its `[settings]`.
+pub fn tpch_models_pipeline(dir: &Path, data: &str, out: &str, settings: &str) {
+    let mut toml = format!("name = \"tpch_answers\"\n[settings]\n{settings}\n");
+    for t in TPCH_TABLES {
+        toml.push_str(&format!(
+            "[sources.{t}]\nlocation = \"{data}{t}/\"\nformat = \"parquet\"\n"
+        ));
+    }
+    std::fs::create_dir_all(dir.join("queries")).unwrap();
+    for q in 1..=22u8 {
+        toml.push_str(&format!("[models.q{q}.sink]\nlocation = \"{out}q{q}/\"\n"));
+        std::fs::write(dir.join(format!("queries/q{q}.sql")), tpch_query(q)).unwrap();
+    }
+    std::fs::write(dir.join("sluice.toml"), toml).unwrap();
+}
+
+/// Checks the outputs of [`tpch_models_pipeline`] under `out` (read with `store` when it is
+/// a URL) against the same queries run by plain DataFusion over the local copy `data`: the
+/// same columns and, sorted, the same rows.
+pub async fn check_tpch_models(
+    data: &Path,
+    out: &str,
+    store: Option<(&url::Url, std::sync::Arc<dyn object_store::ObjectStore>)>,
+) {
+    let ctx = plain_tpch(data).await;
+    let mut non_empty = 0;
+    for q in 1..=22u8 {
+        let (want_cols, want) = super::all_rows(&plain_query(&ctx, &tpch_query(q)).await);
+        let (got_cols, got) = super::all_rows(
+            &super::query_output_in(
+                store.as_ref().map(|(u, s)| (*u, std::sync::Arc::clone(s))),
+                &format!("{out}q{q}/"),
+                "parquet",
+                &[],
+                "SELECT * FROM t",
+            )
+            .await,
+        );
+        assert_eq!(got.len(), want.len(), "q{q}");
+        if want.is_empty() {
+            continue;
+        }
+        non_empty += 1;
+        assert_eq!(got_cols, want_cols, "q{q}");
+        // (Sorted rows: rows tied on a query's ORDER BY keys may come in either order.)
+        super::assert_same_rows(&got, &want, &format!("q{q}"));
+    }
+    assert!(non_empty >= 20, "only {non_empty} queries return rows");
+}
