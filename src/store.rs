@@ -102,6 +102,14 @@ impl Location {
         })
     }
 
+    /// The location of URL `url` written as `display`: a location sent to another process
+    /// as its [`Location::url`] and its `Display` (which is relative to this one's folder).
+    pub fn from_parts(url: &str, display: &str) -> Result<Location, StoreError> {
+        let mut location = Location::parse(url)?;
+        location.display = display.to_string();
+        Ok(location)
+    }
+
     /// The same location, marked as a folder / prefix (with a trailing `/`).
     pub fn as_folder(&self) -> Location {
         let mut loc = self.clone();

@@ -357,7 +357,7 @@ async fn register(
             table_url,
             files,
             partition_cols: opts.table_partition_cols.clone(),
-            display: Arc::new(move |m: &ObjectMeta| shown.display_key(&m.location)),
+            location: shown,
             layouts,
         };
         let on_bad = if quarantine {
@@ -686,7 +686,7 @@ pub(crate) async fn register_manifest(
             table_url,
             files,
             partition_cols: part_cols,
-            display: Arc::new(move |m: &ObjectMeta| shown_location.display_key(&m.location)),
+            location: shown_location,
             // sluice writes a CSV output's header in its columns' order.
             layouts: Default::default(),
         };

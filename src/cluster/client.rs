@@ -153,6 +153,9 @@ pub struct JobReport {
     pub run_ms: u64,
     /// Each operator's name, for each stage (the stage plan).
     pub operators: Vec<String>,
+    /// The scans: each one's description (which names its files) and the rows it read.
+    #[serde(skip)]
+    pub scans: Vec<(String, u64)>,
 }
 
 impl Job {
@@ -234,13 +237,22 @@ impl Job {
             for op in stage.operators {
                 names.push(op.operator_type.clone());
                 let shuffle = op.operator_type.contains("ShuffleWriter");
+                let scan = matches!(
+                    op.operator_type.as_str(),
+                    "DataSourceExec" | "QuarantineScan"
+                );
+                let mut scanned = 0;
                 for m in op.metrics.iter().filter_map(|m| m.metric.as_ref()) {
                     match m {
                         Metric::SpilledBytes(b) => report.spilled_bytes += b,
                         Metric::OutputBytes(b) if shuffle => report.shuffle_bytes += b,
                         Metric::OutputRows(r) if shuffle => report.shuffle_rows += r,
+                        Metric::OutputRows(r) if scan => scanned += r,
                         _ => {}
                     }
+                }
+                if scan {
+                    report.scans.push((op.operator_desc.clone(), scanned));
                 }
             }
             report

@@ -22,6 +22,8 @@ use datafusion_proto::protobuf::PhysicalPlanNode;
 use serde::{Deserialize, Serialize};
 
 use crate::join::{Choice, GraceHashJoinExec};
+use crate::quarantine::QuarantineScan;
+use crate::quarantine::wire::ScanWire;
 use crate::sink::exec::{StageExec, StageTarget};
 
 /// Marks a node encoded by this codec: a first byte no protobuf message starts with, so it
@@ -36,6 +38,8 @@ enum Node {
     GraceJoin { join: Vec<u8>, choice: Choice },
     /// A staged write.
     Stage(StageTarget),
+    /// sluice's scan of CSV and JSON files.
+    Quarantine(ScanWire),
 }
 
 /// sluice's physical extension codec, over Ballista's.
@@ -67,6 +71,7 @@ impl PhysicalExtensionCodec for SluiceCodec {
                 };
                 Ok(Arc::new(StageExec::new(Arc::clone(input), target)))
             }
+            Node::Quarantine(wire) => Ok(Arc::new(QuarantineScan::from_wire(wire, ctx)?)),
             Node::GraceJoin { join, choice } => {
                 let placeholder = replace_children_if_necessary(
                     PhysicalPlanNode::try_decode(&join)?.try_into_physical_plan(ctx, self)?,
@@ -88,6 +93,11 @@ impl PhysicalExtensionCodec for SluiceCodec {
     ) -> Result<()> {
         let ours = if let Some(stage) = node.downcast_ref::<StageExec>() {
             Node::Stage(stage.target().clone())
+        } else if let Some(scan) = node.downcast_ref::<QuarantineScan>() {
+            Node::Quarantine(
+                scan.to_wire()?
+                    .ok_or_else(|| DataFusionError::NotImplemented(SETS_ASIDE.into()))?,
+            )
         } else if let Some(grace) = node.downcast_ref::<GraceHashJoinExec>() {
             // The hash join alone: its inputs are replaced by empty placeholders of their
             // schemas, and put back from the decoded children.
@@ -144,6 +154,10 @@ impl PhysicalExtensionCodec for SluiceCodec {
     }
 }
 
+/// What a quarantine scan that sets bad rows aside is called when it is refused.
+const SETS_ASIDE: &str = "QuarantineScan of a source with on_bad_rows = \"quarantine\" (its \
+                          rejects would be gathered by the executors, not the run)";
+
 /// The first node of `plan` that cannot travel to a cluster, by name, or `None` when the
 /// whole plan can. (Encoding it is the test: exactly what submitting would do.)
 pub(crate) fn check(plan: &Arc<dyn ExecutionPlan>, codec: &SluiceCodec) -> Option<String> {
@@ -160,5 +174,8 @@ fn unsupported_node(plan: &Arc<dyn ExecutionPlan>, codec: &SluiceCodec) -> Optio
             return unsupported_node(child, codec);
         }
     }
-    Some(plan.name().to_string())
+    match plan.downcast_ref::<QuarantineScan>() {
+        Some(_) => Some(SETS_ASIDE.to_string()),
+        None => Some(plan.name().to_string()),
+    }
 }

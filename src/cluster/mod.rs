@@ -27,6 +27,7 @@ use std::sync::Arc;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
+use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionConfig;
 
@@ -121,6 +122,27 @@ pub(crate) fn job_config(
     stores::with_stores(ctx.copied_config(), stores)
 }
 
+/// The rows a job's scans read, per table of `tables` (each source and upstream output the
+/// query reads): a scan is the table whose location its description names (the closest).
+pub(crate) fn scan_rows(
+    job: &JobReport,
+    tables: &[(String, datafusion::datasource::listing::ListingTableUrl)],
+) -> crate::engine::ScanRows {
+    let mut out = crate::engine::ScanRows::default();
+    for (desc, rows) in &job.scans {
+        let name = tables
+            .iter()
+            .filter(|(_, url)| {
+                let prefix = url.prefix().as_ref();
+                !prefix.is_empty() && desc.contains(prefix)
+            })
+            .max_by_key(|(_, url)| url.prefix().as_ref().len())
+            .map_or_else(|| "(other)".to_string(), |(name, _)| name.clone());
+        *out.by_table.entry(name).or_default() += rows;
+    }
+    out
+}
+
 /// A connection to the cluster a run uses: its scheduler, and one Ballista session for the
 /// run's jobs.
 pub struct Cluster {
@@ -169,14 +191,27 @@ impl Cluster {
         &self.target
     }
 
-    /// The plan as it runs on the cluster: sluice's operators that read a whole input
-    /// (the grace join's build side) get it through an exchange, since Ballista hands each
-    /// task only its share of a stage's input partitions.
+    /// The plan as it runs on the cluster. Ballista hands each task its share of a stage's
+    /// partitions, narrowing only its own leaves to it: sluice's scan of several partitions
+    /// becomes a union of scans of one (else every task would read it whole), and sluice's
+    /// operators that read a whole input (the grace join's build side) get it through an
+    /// exchange.
     pub(crate) fn distributed(
         plan: Arc<dyn ExecutionPlan>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         use datafusion::common::tree_node::{Transformed, TreeNode};
         plan.transform_up(|node| {
+            if let Some(scan) = node.downcast_ref::<crate::quarantine::QuarantineScan>()
+                && node.output_partitioning().partition_count() > 1
+            {
+                // A scan of one partition per task share (see `QuarantineScan::split`).
+                let parts = scan
+                    .split()?
+                    .into_iter()
+                    .map(|s| Arc::new(s) as Arc<dyn ExecutionPlan>)
+                    .collect();
+                return Ok(Transformed::yes(UnionExec::try_new(parts)?));
+            }
             let Some(grace) = node.downcast_ref::<crate::join::GraceHashJoinExec>() else {
                 return Ok(Transformed::no(node));
             };

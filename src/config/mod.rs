@@ -434,7 +434,7 @@ impl std::fmt::Debug for StoreConfig {
 }
 
 /// CSV reading options.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CsvOptions {
     /// Whether the first line names the columns.
     pub has_header: bool,

@@ -19,6 +19,7 @@ pub mod rejects;
 pub mod split;
 #[cfg(test)]
 mod tests;
+pub mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -187,8 +188,8 @@ pub struct SourceFiles {
     pub files: Vec<ObjectMeta>,
     /// Hive partition columns (`key=value` folders) and their types.
     pub partition_cols: Vec<(String, DataType)>,
-    /// How a file's key is shown in rejects (the source location's prefix form).
-    pub display: Arc<dyn Fn(&ObjectMeta) -> String + Send + Sync>,
+    /// The source's location, as written: files are named in its form in rejects and errors.
+    pub location: crate::store::Location,
     /// The CSV files whose header does not list the table's columns in the table's order,
     /// by object path: read by their header's names.
     pub layouts: HashMap<object_store::path::Path, Arc<HeaderLayout>>,
@@ -339,7 +340,7 @@ impl QuarantineTable {
                 table_url: source.table_url.clone(),
                 files,
                 partition_cols: source.partition_cols.clone(),
-                display: Arc::clone(&source.display),
+                location: source.location.clone(),
                 layouts: source.layouts.clone(),
             }),
             dialect: self.dialect.clone(),
@@ -376,29 +377,17 @@ impl TableProvider for QuarantineTable {
         for (i, f) in files.iter().enumerate() {
             groups[i % parts].push(f.clone());
         }
-        let out_schema = match projection {
-            Some(p) => Arc::new(self.schema.project(p)?),
-            None => Arc::clone(&self.schema),
-        };
-        Ok(Arc::new(QuarantineScan {
-            props: Arc::new(PlanProperties::new(
-                EquivalenceProperties::new(Arc::clone(&out_schema)),
-                Partitioning::UnknownPartitioning(parts),
-                EmissionType::Incremental,
-                Boundedness::Bounded,
-            )),
+        Ok(Arc::new(QuarantineScan::build(
             groups,
-            projection: projection.cloned(),
-            schema: Arc::clone(&self.schema),
-            file_schema: Arc::clone(&self.file_schema),
-            out_schema,
-            source: Arc::clone(&self.source),
-            dialect: self.dialect.clone(),
-            compression: self.compression,
-            event_time: self.event_time.clone(),
-            sink: Arc::clone(&self.sink),
-            metrics: ExecutionPlanMetricsSet::new(),
-        }))
+            projection.cloned(),
+            Arc::clone(&self.schema),
+            Arc::clone(&self.file_schema),
+            Arc::clone(&self.source),
+            self.dialect.clone(),
+            self.compression,
+            self.event_time.clone(),
+            Arc::clone(&self.sink),
+        )?))
     }
 }
 
@@ -419,6 +408,44 @@ pub struct QuarantineScan {
 }
 
 impl QuarantineScan {
+    /// The scan of `groups` of `source`'s files, one partition each.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        groups: Vec<Vec<ObjectMeta>>,
+        projection: Option<Vec<usize>>,
+        schema: SchemaRef,
+        file_schema: SchemaRef,
+        source: Arc<SourceFiles>,
+        dialect: Dialect,
+        compression: FileCompressionType,
+        event_time: Option<String>,
+        sink: Arc<RejectSink>,
+    ) -> Result<QuarantineScan> {
+        let out_schema = match &projection {
+            Some(p) => Arc::new(schema.project(p)?),
+            None => Arc::clone(&schema),
+        };
+        Ok(QuarantineScan {
+            props: Arc::new(PlanProperties::new(
+                EquivalenceProperties::new(Arc::clone(&out_schema)),
+                Partitioning::UnknownPartitioning(groups.len().max(1)),
+                EmissionType::Incremental,
+                Boundedness::Bounded,
+            )),
+            groups,
+            projection,
+            schema,
+            file_schema,
+            out_schema,
+            source,
+            dialect,
+            compression,
+            event_time,
+            sink,
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
     /// The location of the source it reads.
     pub fn table_url(&self) -> &ListingTableUrl {
         &self.source.table_url
@@ -438,9 +465,11 @@ impl DisplayAs for QuarantineScan {
             Dialect::Csv { .. } => "csv",
             Dialect::Json => "json",
         };
+        // (The location names the table: a cluster's metrics say which scan read what.)
         write!(
             f,
-            "QuarantineScan: {files} {format} files, bad rows quarantined"
+            "QuarantineScan: {files} {format} files in {}, bad rows quarantined",
+            self.source.table_url
         )
     }
 }
@@ -532,7 +561,7 @@ impl FileReader {
         file: &ObjectMeta,
         tx: &tokio::sync::mpsc::Sender<Result<RecordBatch>>,
     ) -> Result<bool> {
-        let shown: Arc<str> = (self.source.display)(file).into();
+        let shown: Arc<str> = self.source.location.display_key(&file.location).into();
         let partition_values = match self.source.partition_values(file) {
             Ok(v) => v,
             Err(reason) => {

@@ -92,6 +92,15 @@ pub async fn prepare(
     };
     let stores = Arc::new(StoreRegistry::new(pipeline.stores.clone(), env));
     let engine = Engine::new(engine_opts, stores)?;
+    // The cluster is reached first: an unreachable one fails the run before any source is
+    // read.
+    let cluster = match &target {
+        Some(target) if !opts.dry_run => Some(Arc::new(
+            crate::cluster::Cluster::connect(target, resources.threads, resources.memory_limit)
+                .await?,
+        )),
+        _ => None,
+    };
 
     // Sources the selected models need, through the views they inline.
     let selected_set: BTreeSet<&String> = selected.iter().collect();
@@ -275,13 +284,6 @@ pub async fn prepare(
             })?;
         schemas.insert(name.clone(), schema);
     }
-    let cluster = match &target {
-        Some(target) if !opts.dry_run => Some(Arc::new(
-            crate::cluster::Cluster::connect(target, resources.threads, resources.memory_limit)
-                .await?,
-        )),
-        _ => None,
-    };
     Ok(Prepared {
         pipeline,
         dag,

@@ -675,7 +675,7 @@ async fn attempt_unit(
         .await
         .map_err(|e| UnitError::query(&e))?;
     if let Some(cluster) = cx.cluster {
-        return cluster_attempt(cx, job, unit, bar, cluster, &ctx, df).await;
+        return cluster_attempt(cx, job, unit, bar, cluster, &ctx, df, shares).await;
     }
     // Reading the sources starts here (Parquet footers are read while planning): an error
     // is explained by naming the file at fault.
@@ -738,6 +738,7 @@ async fn cluster_attempt(
     cluster: &crate::cluster::Cluster,
     ctx: &datafusion::prelude::SessionContext,
     df: datafusion::prelude::DataFrame,
+    shares: Vec<(String, datafusion::datasource::listing::ListingTableUrl)>,
 ) -> Result<Attempt, UnitError> {
     let model = job.model;
     let plan = match df.create_physical_plan().await {
@@ -776,9 +777,11 @@ async fn cluster_attempt(
         columns: crate::table::manifest_columns(&schema),
     };
     bar.rows(staged.rows());
+    let mut tables = cx.dag.tables_read(cx.pipeline, &model.name);
+    tables.extend(shares);
     Ok(Attempt {
         staged,
-        scan: ScanRows::default(),
+        scan: crate::cluster::scan_rows(&report, &tables),
         spilled: report.spilled_bytes,
         joins: Vec::new(),
         rejects: own_rejects(ctx, &cx.dag.sources_read(&model.name)).await,

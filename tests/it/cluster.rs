@@ -149,3 +149,152 @@ async fn a_cluster_of_processes_runs_the_22_tpch_models_on_s3_with_the_clients_c
         "{keys}"
     );
 }
+
+/// Every output of the pipeline in `local` and `cluster` (the same pipeline), read back:
+/// `(model, columns, sorted rows)`, with its Hive partition folders.
+async fn outputs(
+    dir: &std::path::Path,
+) -> Vec<(String, Vec<String>, Vec<Vec<String>>, Vec<String>)> {
+    let mut out = Vec::new();
+    for model in dirs_under(&dir.join("out")) {
+        if model.starts_with('_') || model.contains('/') {
+            continue;
+        }
+        let folder = dir.join("out").join(&model);
+        let manifest = read_json(&folder.join("_MANIFEST"));
+        let format = manifest["format"].as_str().unwrap().to_string();
+        let parts: Vec<String> = manifest["partition_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect();
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let (cols, mut rows) = all_rows(
+            &query_output(
+                &format!("{}/", folder.display()),
+                &format,
+                &parts,
+                "SELECT * FROM t",
+            )
+            .await,
+        );
+        rows.sort();
+        out.push((model, cols, rows, dirs_under(&folder)));
+    }
+    out
+}
+
+#[tokio::test]
+async fn on_a_standalone_cluster_the_shop_pipeline_and_every_sink_mode_write_what_they_write_locally()
+ {
+    // The shop reads CSV (by sluice's own scan) and JSON lines, writes partitioned Parquet
+    // and CSV; then each write mode runs twice over the same input.
+    let local = pipeline_copy("shop");
+    let cluster = pipeline_copy("shop");
+    let (_, want) = run_with_report(local.path(), &[], 0);
+    let (_, got) = run_with_report(cluster.path(), &["--cluster", "standalone"], 0);
+    for m in ["daily_revenue", "revenue_by_country"] {
+        let (w, g) = (report_model(&want, m), report_model(&got, m));
+        assert_eq!(g["rows_in"], w["rows_in"], "{m}");
+        assert_eq!(g["rows_out"], w["rows_out"], "{m}");
+    }
+    assert_eq!(outputs(cluster.path()).await, outputs(local.path()).await);
+
+    for mode in ["append", "overwrite_partitions", "overwrite"] {
+        for dir in [&local, &cluster] {
+            edit_file(&dir.path().join("sluice.toml"), |t| {
+                let t = t
+                    .replace("\nmode = \"append\"", "")
+                    .replace("\nmode = \"overwrite_partitions\"", "")
+                    .replace("\nmode = \"overwrite\"", "");
+                t.replace(
+                    "partition_by = [\"order_date\"]",
+                    &format!("partition_by = [\"order_date\"]\nmode = \"{mode}\""),
+                )
+            });
+        }
+        sluice(local.path(), &["run", "."]).expect(0);
+        sluice(cluster.path(), &["run", ".", "--cluster", "standalone"]).expect(0);
+        assert_eq!(
+            outputs(cluster.path()).await,
+            outputs(local.path()).await,
+            "mode {mode}"
+        );
+    }
+    // error_if_exists refuses the second write, on a cluster as here.
+    for dir in [&local, &cluster] {
+        std::fs::write(dir.path().join("queries/once.sql"), "SELECT 1 AS one").unwrap();
+        append_toml(
+            dir.path(),
+            "[models.once.sink]\nlocation = \"out/once/\"\nmode = \"error_if_exists\"\n",
+        );
+    }
+    let args = ["run", ".", "--select", "once", "--cluster", "standalone"];
+    sluice(cluster.path(), &args).expect(0);
+    let again = sluice(cluster.path(), &args);
+    let local_again = {
+        sluice(local.path(), &["run", ".", "--select", "once"]).expect(0);
+        sluice(local.path(), &["run", ".", "--select", "once"])
+    };
+    assert_eq!(again.code, local_again.code, "{}", again.stderr);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+}
+
+#[tokio::test]
+async fn a_cluster_that_cannot_be_reached_a_local_path_and_an_operator_that_cannot_travel_are_refused()
+ {
+    // Nobody listens on the port: exit 1, naming the scheduler's URL (before the sources
+    // are read: there is no S3 server either).
+    let s3_dir = shop_pipeline_on_s3();
+    let port = crate::support::s3::free_port();
+    let url = format!("df://127.0.0.1:{port}");
+    let run = sluice(s3_dir.path(), &["run", ".", "--cluster", &url]).expect(1);
+    assert!(
+        run.stderr.contains(&format!(
+            "cannot reach the Ballista scheduler at http://127.0.0.1:{port}"
+        )),
+        "{}",
+        run.stderr
+    );
+    // Local paths on a remote cluster: exit 2 before anything runs, naming the setting.
+    let dir = pipeline_copy("shop");
+    let cluster = TestCluster::start(1, 1, None);
+    let run = sluice(dir.path(), &["run", ".", "--cluster", &cluster.url()]).expect(2);
+    assert!(
+        run.stderr.contains("sources.customers.location")
+            || run.stderr.contains("sources.orders.location"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("local path"), "{}", run.stderr);
+    assert!(!dir.path().join("out").exists());
+    // A source whose bad rows are set aside cannot run on executors yet: exit 2 naming the
+    // model and the operator, nothing written.
+    edit_file(&dir.path().join("sluice.toml"), |t| {
+        t.replace(
+            "[sources.orders]\n",
+            "[sources.orders]\non_bad_rows = \"quarantine\"\n",
+        )
+    });
+    let run = sluice(dir.path(), &["run", ".", "--cluster", "standalone"]).expect(2);
+    assert!(
+        run.stderr
+            .contains("model 'daily_revenue' cannot run on a cluster"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("QuarantineScan"), "{}", run.stderr);
+    assert!(!dir.path().join("out").exists());
+    // A bad cluster setting: exit 2, naming the file and line.
+    append_toml(dir.path(), "");
+    edit_file(&dir.path().join("sluice.toml"), |t| {
+        t.replace("threads = 2", "threads = 2\ncluster = \"scheduler:50050\"")
+    });
+    let run = sluice(dir.path(), &["run", "."]).expect(2);
+    assert!(
+        run.stderr.contains("sluice.toml:6: settings.cluster"),
+        "{}",
+        run.stderr
+    );
+}
