@@ -668,15 +668,16 @@ async fn attempt_unit(
         events,
         ..
     } = *job;
-    let super::unit_context::UnitContext { ctx, shares } =
-        super::unit_context::unit_context(cx, job, unit).await?;
-    let df = ctx
+    let context = super::unit_context::unit_context(cx, job, unit).await?;
+    let df = context
+        .ctx
         .sql(&cx.dag.nodes[&model.name].sql)
         .await
         .map_err(|e| UnitError::query(&e))?;
     if let Some(cluster) = cx.cluster {
-        return cluster_attempt(cx, job, unit, bar, cluster, &ctx, df, shares).await;
+        return cluster_attempt(cx, job, unit, bar, cluster, context, df).await;
     }
+    let super::unit_context::UnitContext { ctx, shares } = context;
     // Reading the sources starts here (Parquet footers are read while planning): an error
     // is explained by naming the file at fault.
     let explain = |e: DataFusionError| async move {
@@ -736,10 +737,10 @@ async fn cluster_attempt(
     unit: &Unit,
     bar: &crate::progress::Units,
     cluster: &crate::cluster::Cluster,
-    ctx: &datafusion::prelude::SessionContext,
+    context: super::unit_context::UnitContext,
     df: datafusion::prelude::DataFrame,
-    shares: Vec<(String, datafusion::datasource::listing::ListingTableUrl)>,
 ) -> Result<Attempt, UnitError> {
+    let super::unit_context::UnitContext { ctx, shares } = context;
     let model = job.model;
     let plan = match df.create_physical_plan().await {
         Ok(plan) => plan,
@@ -760,7 +761,7 @@ async fn cluster_attempt(
         .ok_or_else(|| UnitError::permanent("the output has no staging folder"))?;
     let slot = sink::UnitSlot::attempt(&unit.key());
     let target = sink::exec::StageTarget::new(&spec, &staging, cx.run_id, &slot);
-    let config = crate::cluster::job_config(ctx, cx.engine.stores())
+    let config = crate::cluster::job_config(&ctx, cx.engine.stores())
         .map_err(|e| UnitError::permanent(e.to_string()))?;
     let name = format!("{}/{}/{}", cx.pipeline.name, model.name, unit.name);
     let schema = plan.schema();
@@ -784,7 +785,7 @@ async fn cluster_attempt(
         scan: crate::cluster::scan_rows(&report, &tables),
         spilled: report.spilled_bytes,
         joins: Vec::new(),
-        rejects: own_rejects(ctx, &cx.dag.sources_read(&model.name)).await,
+        rejects: own_rejects(&ctx, &cx.dag.sources_read(&model.name)).await,
         job: Some(report),
     })
 }
