@@ -147,6 +147,10 @@ pub struct JobReport {
     pub shuffle_rows: u64,
     /// Bytes operators spilled to the executors' disks.
     pub spilled_bytes: u64,
+    /// Tasks in which a grace hash join ran in memory, and in which it partitioned its
+    /// inputs to the executor's disk.
+    pub joins_in_memory: u64,
+    pub joins_partitioned: u64,
     /// Time the job waited in the scheduler's queue and ran, in milliseconds.
     pub queued_ms: u64,
     /// Time it ran, in milliseconds.
@@ -248,6 +252,12 @@ impl Job {
                         Metric::OutputBytes(b) if shuffle => report.shuffle_bytes += b,
                         Metric::OutputRows(r) if shuffle => report.shuffle_rows += r,
                         Metric::OutputRows(r) if scan => scanned += r,
+                        Metric::Count(c) if c.name == "ran_in_memory" => {
+                            report.joins_in_memory += c.value;
+                        }
+                        Metric::Count(c) if c.name == "ran_partitioned" => {
+                            report.joins_partitioned += c.value;
+                        }
                         _ => {}
                     }
                 }

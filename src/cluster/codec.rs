@@ -35,7 +35,11 @@ const MAGIC: &[u8] = b"\xffsluice\x01";
 enum Node {
     /// A grace hash join: the hash join it runs, encoded by DataFusion over placeholder
     /// inputs, and the plan-time decision.
-    GraceJoin { join: Vec<u8>, choice: Choice },
+    GraceJoin {
+        join: Vec<u8>,
+        choice: Choice,
+        distributed: bool,
+    },
     /// A staged write.
     Stage(StageTarget),
     /// sluice's scan of CSV and JSON files.
@@ -72,7 +76,11 @@ impl PhysicalExtensionCodec for SluiceCodec {
                 Ok(Arc::new(StageExec::new(Arc::clone(input), target)))
             }
             Node::Quarantine(wire) => Ok(Arc::new(QuarantineScan::from_wire(wire, ctx)?)),
-            Node::GraceJoin { join, choice } => {
+            Node::GraceJoin {
+                join,
+                choice,
+                distributed,
+            } => {
                 let placeholder = replace_children_if_necessary(
                     PhysicalPlanNode::try_decode(&join)?.try_into_physical_plan(ctx, self)?,
                     inputs.to_vec(),
@@ -80,7 +88,12 @@ impl PhysicalExtensionCodec for SluiceCodec {
                 let join = placeholder
                     .downcast_ref::<HashJoinExec>()
                     .ok_or_else(|| bad("join", "not a hash join"))?;
-                Ok(Arc::new(GraceHashJoinExec::try_new(join, choice)?))
+                let grace = GraceHashJoinExec::try_new(join, choice)?;
+                Ok(Arc::new(if distributed {
+                    grace.distributed()
+                } else {
+                    grace
+                }))
             }
         }
     }
@@ -113,6 +126,7 @@ impl PhysicalExtensionCodec for SluiceCodec {
             Node::GraceJoin {
                 join: bytes,
                 choice: grace.choice().clone(),
+                distributed: grace.is_distributed(),
             }
         } else {
             return self

@@ -26,7 +26,6 @@ use std::sync::Arc;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionConfig;
@@ -220,14 +219,18 @@ impl Cluster {
             let [build, probe] = <[_; 2]>::try_from(children).map_err(|_| {
                 datafusion::error::DataFusionError::Internal("a join has two inputs".into())
             })?;
-            if build.output_partitioning().partition_count() <= 1 {
+            if grace.is_distributed() {
                 return Ok(Transformed::no(node));
             }
-            let build: Arc<dyn ExecutionPlan> = Arc::new(CoalescePartitionsExec::new(build));
-            Ok(Transformed::yes(replace_children_if_necessary(
-                Arc::clone(&node),
-                vec![build, probe],
-            )?))
+            let build: Arc<dyn ExecutionPlan> = if build.output_partitioning().partition_count() > 1
+            {
+                Arc::new(CoalescePartitionsExec::new(build))
+            } else {
+                build
+            };
+            Ok(Transformed::yes(Arc::new(
+                grace.distributed_over(build, probe)?,
+            )))
         })
         .map(|t| t.data)
     }

@@ -143,7 +143,13 @@ impl Engine {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
-            .with_physical_optimizer_rules(join::physical_rules(options.join, options.memory_limit))
+            // (On a cluster, joins run under the executors' pools, not this one: they take
+            // their budget from the pool they run in.)
+            .with_physical_optimizer_rules(join::physical_rules(
+                options.join,
+                options.memory_limit.filter(|_| !options.cluster),
+                options.cluster,
+            ))
             .build();
         let ctx = SessionContext::new_with_state(state);
         Ok(Engine {

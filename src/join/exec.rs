@@ -88,6 +88,10 @@ pub(crate) struct Choice {
 pub(crate) struct GraceHashJoinExec {
     join: Arc<HashJoinExec>,
     choice: Choice,
+    /// Runs as tasks of a cluster, each with its share of the probe side's partitions: it
+    /// then asks for its build side whole (one partition), which Ballista gives every task
+    /// in full, and joins all its buckets in each.
+    distributed: bool,
     metrics: ExecutionPlanMetricsSet,
     props: Arc<PlanProperties>,
     shared: Arc<Shared>,
@@ -111,10 +115,38 @@ impl GraceHashJoinExec {
         Ok(GraceHashJoinExec {
             join: Arc::new(join),
             choice,
+            distributed: false,
             metrics: ExecutionPlanMetricsSet::new(),
             props,
             shared: Arc::default(),
         })
+    }
+
+    /// The same join, to run on a cluster (see the `distributed` field); its build side must
+    /// then be one partition.
+    pub(crate) fn distributed(mut self) -> GraceHashJoinExec {
+        self.distributed = true;
+        self
+    }
+
+    /// The same join over `build` (one partition) and `probe`, to run on a cluster.
+    pub(crate) fn distributed_over(
+        &self,
+        build: Arc<dyn ExecutionPlan>,
+        probe: Arc<dyn ExecutionPlan>,
+    ) -> Result<GraceHashJoinExec> {
+        let join = self
+            .join
+            .builder()
+            .with_new_children(vec![build, probe])?
+            .recompute_properties()
+            .build()?;
+        Ok(GraceHashJoinExec::try_new(&join, self.choice.clone())?.distributed())
+    }
+
+    /// Whether it runs on a cluster.
+    pub(crate) fn is_distributed(&self) -> bool {
+        self.distributed
     }
 
     /// The hash join it runs (its inputs are the join's).
@@ -218,6 +250,23 @@ impl ExecutionPlan for GraceHashJoinExec {
         self.join.apply_expressions(f)
     }
 
+    fn input_distribution_requirements(
+        &self,
+    ) -> datafusion::physical_plan::InputDistributionRequirements {
+        use datafusion::physical_expr::Distribution;
+        // Locally, it reads every partition of its build side itself. Ballista narrows each
+        // child of a task to the task's partitions unless the operator asks for it whole.
+        let build = if self.distributed {
+            Distribution::SinglePartition
+        } else {
+            Distribution::UnspecifiedDistribution
+        };
+        datafusion::physical_plan::InputDistributionRequirements::new(vec![
+            build,
+            Distribution::UnspecifiedDistribution,
+        ])
+    }
+
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
         // The join partitions by hash itself; a round-robin repartition below would only
         // add a buffer that can fill under memory pressure.
@@ -242,6 +291,7 @@ impl ExecutionPlan for GraceHashJoinExec {
         Ok(Arc::new(GraceHashJoinExec {
             join: Arc::new(join),
             choice: self.choice.clone(),
+            distributed: self.distributed,
             metrics: ExecutionPlanMetricsSet::new(),
             props,
             shared: Arc::default(),
@@ -277,6 +327,14 @@ impl ExecutionPlan for GraceHashJoinExec {
         // by their real number.
         let partitions = self.props.partitioning.partition_count().max(1);
         let mut choice = self.choice.clone();
+        if choice.total_budget.is_none()
+            && let datafusion::execution::memory_pool::MemoryLimit::Finite(pool) =
+                context.memory_pool().memory_limit()
+        {
+            // Planned without a limit (for a cluster), run under one (an executor task's
+            // share of its pool): the join takes its share of that.
+            choice.total_budget = Some(super::rule::join_budget(pool));
+        }
         if let Some(total) = choice.total_budget {
             choice.budget = Some((total / partitions).max(1));
         }

@@ -43,13 +43,17 @@ pub(crate) use rule::GraceJoinRule;
 pub(crate) fn physical_rules(
     options: JoinOptions,
     memory_limit: Option<usize>,
+    cluster: bool,
 ) -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let mut rules = PhysicalOptimizer::new().rules;
     let at = rules
         .iter()
         .position(|r| r.name() == "EnsureRequirements")
         .unwrap_or(rules.len());
-    rules.insert(at, Arc::new(GraceJoinRule::new(options, memory_limit)));
+    rules.insert(
+        at,
+        Arc::new(GraceJoinRule::new(options, memory_limit, cluster)),
+    );
     rules
 }
 

@@ -25,19 +25,33 @@ use crate::config::{JoinOptions, JoinStrategy};
 /// scans, aggregations and sorts running beside them.
 const JOIN_SHARE: f64 = 0.75;
 
+/// The memory joins may take of a pool of `pool` bytes.
+pub(super) fn join_budget(pool: usize) -> usize {
+    ((pool as f64 * JOIN_SHARE) as usize).max(1 << 20)
+}
+
 /// The rule; see the module documentation.
 #[derive(Debug)]
 pub(crate) struct GraceJoinRule {
     options: JoinOptions,
     memory_limit: Option<usize>,
+    /// The query runs on a cluster, whose executors' memory pools are bounded whatever
+    /// this session's limit: `auto` wraps every join there.
+    cluster: bool,
 }
 
 impl GraceJoinRule {
-    /// A rule for a session with `memory_limit` (bytes, `None`: unbounded).
-    pub(crate) fn new(options: JoinOptions, memory_limit: Option<usize>) -> GraceJoinRule {
+    /// A rule for a session with `memory_limit` (bytes, `None`: unbounded), planning for a
+    /// cluster or not.
+    pub(crate) fn new(
+        options: JoinOptions,
+        memory_limit: Option<usize>,
+        cluster: bool,
+    ) -> GraceJoinRule {
         GraceJoinRule {
             options,
             memory_limit,
+            cluster,
         }
     }
 
@@ -62,9 +76,7 @@ impl GraceJoinRule {
             }
         }
         let partitions = partitions.max(1);
-        let total_budget = self
-            .memory_limit
-            .map(|l| ((l as f64 * JOIN_SHARE) as usize).max(1 << 20));
+        let total_budget = self.memory_limit.map(join_budget);
         let budget = total_budget.map(|b| (b / partitions).max(1 << 20));
         let estimate = build_estimate(join.left().as_ref());
         let forced = self.options.strategy == JoinStrategy::Grace;
@@ -160,7 +172,7 @@ impl PhysicalOptimizerRule for GraceJoinRule {
         let active = match self.options.strategy {
             JoinStrategy::InMemory | JoinStrategy::SortMerge => false,
             JoinStrategy::Grace => true,
-            JoinStrategy::Auto => self.memory_limit.is_some(),
+            JoinStrategy::Auto => self.memory_limit.is_some() || self.cluster,
         };
         if !active {
             return Ok(plan);

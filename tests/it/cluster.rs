@@ -298,3 +298,69 @@ async fn a_cluster_that_cannot_be_reached_a_local_path_and_an_operator_that_cann
         run.stderr
     );
 }
+
+#[tokio::test]
+async fn on_a_cluster_a_join_larger_than_an_executors_memory_finishes_by_the_grace_join_on_the_executors()
+ {
+    let s3 = S3Server::start();
+    s3.create_bucket("lake");
+    let dir = tempfile::tempdir().unwrap();
+    sluice_env(
+        dir.path(),
+        &["gen", "tpch", "--scale", "0.1", "--out", "s3://lake/tpch/"],
+        &s3.env(),
+    )
+    .expect(0);
+    let data = gen_tpch(dir.path(), "data", 0.1, "parquet");
+    // Each executor: one task at a time, 16 MiB for it.
+    let cluster = TestCluster::start(2, 1, Some("16MiB"));
+    let sql = "SELECT o_orderpriority, COUNT(*) AS n, SUM(l_extendedprice) AS revenue, \
+               MAX(o_comment) AS last_comment \
+               FROM lineitem JOIN orders ON l_orderkey = o_orderkey GROUP BY o_orderpriority";
+    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+    std::fs::write(dir.path().join("queries/by_priority.sql"), sql).unwrap();
+    let toml = |strategy: &str| {
+        format!(
+            "name = \"joins\"\n[settings]\nthreads = 2\ncluster = \"{}\"\njoin_strategy = \"{strategy}\"\n\
+             [sources.orders]\nlocation = \"s3://lake/tpch/orders/\"\nformat = \"parquet\"\n\
+             [sources.lineitem]\nlocation = \"s3://lake/tpch/lineitem/\"\nformat = \"parquet\"\n\
+             [models.by_priority.sink]\nlocation = \"s3://lake/joins/by_priority/\"\n",
+            cluster.url()
+        )
+    };
+    let report = dir.path().join("r.json");
+    let args = ["run", ".", "--report", report.to_str().unwrap()];
+    // DataFusion's hash join holds the whole build side: it cannot.
+    std::fs::write(dir.path().join("sluice.toml"), toml("in_memory")).unwrap();
+    let run = sluice_env(dir.path(), &args, &s3.env()).expect(1);
+    assert!(
+        run.stderr.contains("Resources exhausted") || run.stderr.contains("memory"),
+        "{}",
+        run.stderr
+    );
+    // The grace join partitions it to the executors' disks, inside their tasks.
+    std::fs::write(dir.path().join("sluice.toml"), toml("auto")).unwrap();
+    sluice_env(dir.path(), &args, &s3.env()).expect(0);
+    let json = read_json(&report);
+    let job = &report_model(&json, "by_priority")["cluster_jobs"][0];
+    let operators = job["operators"].to_string();
+    assert!(operators.contains("GraceHashJoinExec"), "{job}");
+    assert!(job["joins_partitioned"].as_u64().unwrap() > 0, "{job}");
+    assert!(job["spilled_bytes"].as_u64().unwrap() > 0, "{job}");
+    // The answer is plain DataFusion's, without a memory limit.
+    let want = plain_query(&plain_tpch(&data).await, sql).await;
+    let url = url::Url::parse("s3://lake/").unwrap();
+    let got = query_output_in(
+        Some((&url, s3.store("lake"))),
+        "s3://lake/joins/by_priority/",
+        "parquet",
+        &[],
+        "SELECT * FROM t",
+    )
+    .await;
+    let (want_cols, want) = all_rows(&want);
+    let (got_cols, got) = all_rows(&got);
+    assert_eq!(got_cols, want_cols);
+    assert_eq!(want.len(), 5);
+    assert_same_rows(&got, &want, "by_priority");
+}
