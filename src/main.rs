@@ -124,7 +124,7 @@ async fn dispatch(command: &Command, cx: &Context<'_>) -> Result<i32, Error> {
             commands::tpch::bench(&options::bench_tpch(args, &cx.cwd)?, cx).await
         }
         Command::Cluster(ClusterCommand::Scheduler(args)) => {
-            commands::cluster::scheduler(args.bind).await
+            commands::cluster::scheduler(args.bind, args.executor_timeout).await
         }
         Command::Cluster(ClusterCommand::Executor(args)) => {
             commands::cluster::executor(&options::executor(args)?).await

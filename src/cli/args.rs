@@ -87,6 +87,10 @@ pub struct SchedulerArgs {
     /// Where its gRPC service listens (clients and executors connect there).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50050")]
     pub bind: std::net::SocketAddr,
+    /// How long an executor may be silent before it is taken for dead and its tasks are run
+    /// elsewhere (executors poll for work several times a second).
+    #[arg(long, value_name = "DURATION", default_value = "180s", value_parser = duration)]
+    pub executor_timeout: std::time::Duration,
 }
 
 /// `sluice cluster executor`.

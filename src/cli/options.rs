@@ -233,6 +233,7 @@ pub fn sql(args: &SqlArgs, cwd: &Path) -> Result<commands::sql::SqlOptions, Erro
         tables,
         out,
         engine: engine(&args.engine),
+        cluster: args.engine.cluster.clone(),
         max_rows: args.max_rows,
     })
 }

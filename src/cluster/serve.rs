@@ -52,8 +52,12 @@ fn codec() -> Arc<SluiceCodec> {
     Arc::new(SluiceCodec::default())
 }
 
-/// Serves a scheduler on `listener` until the process ends.
-pub async fn scheduler(listener: tokio::net::TcpListener) -> Result<(), ClusterError> {
+/// Serves a scheduler on `listener` until the process ends; an executor silent for
+/// `executor_timeout` is taken for dead (its tasks run again elsewhere).
+pub async fn scheduler(
+    listener: tokio::net::TcpListener,
+    executor_timeout: std::time::Duration,
+) -> Result<(), ClusterError> {
     let addr = listener
         .local_addr()
         .map_err(|e| ClusterError::Serve(e.to_string()))?;
@@ -63,6 +67,9 @@ pub async fn scheduler(listener: tokio::net::TcpListener) -> Result<(), ClusterE
         bind_port: addr.port(),
         external_host: addr.ip().to_string(),
         scheduling_policy: TaskSchedulingPolicy::PullStaged,
+        executor_timeout_seconds: executor_timeout.as_secs().max(2),
+        expire_dead_executor_interval_seconds: (executor_timeout.as_secs() / 3).clamp(1, 15),
+        no_executors_grace_period_seconds: executor_timeout.as_secs().max(2),
         override_config_producer: Some(producer),
         // The scheduler decodes each job's plan, whose scans name their stores: it gets the
         // stores the job's settings bring, as executors do.
@@ -166,7 +173,7 @@ pub async fn standalone(
         .local_addr()
         .map_err(|e| ClusterError::Serve(e.to_string()))?;
     tokio::spawn(async move {
-        if let Err(e) = scheduler(listener).await {
+        if let Err(e) = scheduler(listener, std::time::Duration::from_secs(180)).await {
             tracing::error!("standalone scheduler stopped: {e}");
         }
     });

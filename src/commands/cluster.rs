@@ -5,13 +5,17 @@
 use crate::cluster::serve::{self, ExecutorOptions};
 use crate::error::Error;
 
-/// Serves a scheduler on `bind` until the process ends.
-pub async fn scheduler(bind: std::net::SocketAddr) -> Result<i32, Error> {
+/// Serves a scheduler on `bind` until the process ends; an executor silent for
+/// `executor_timeout` is taken for dead.
+pub async fn scheduler(
+    bind: std::net::SocketAddr,
+    executor_timeout: std::time::Duration,
+) -> Result<i32, Error> {
     let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
         crate::cluster::ClusterError::Serve(format!("cannot listen on {bind}: {e}"))
     })?;
     eprintln!("sluice cluster scheduler listening on df://{bind}");
-    serve::scheduler(listener).await?;
+    serve::scheduler(listener, executor_timeout).await?;
     Ok(0)
 }
 

@@ -68,6 +68,8 @@ pub struct SqlOptions {
     pub engine: EngineOptions,
     /// At most this many rows are printed.
     pub max_rows: usize,
+    /// `--cluster`: run the query on this Ballista cluster.
+    pub cluster: Option<crate::config::ClusterTarget>,
 }
 
 /// What `sluice sql` did.
@@ -125,6 +127,22 @@ pub async fn run_sql(
     dag::table_references(explained_query(&sql), &opts.origin)?;
     let stores = Arc::new(StoreRegistry::new(Vec::new(), env));
     let engine = Engine::new(opts.engine.clone(), stores)?;
+    // (EXPLAIN only plans, here: with the settings of the cluster it would run on.)
+    let explain = explained_query(&sql).len() != sql.trim_start().len();
+    let cluster = match &opts.cluster {
+        Some(target) if !explain => {
+            refuse_local_paths(opts, target)?;
+            Some(
+                crate::cluster::Cluster::connect(
+                    target,
+                    engine.options().threads(),
+                    engine.options().memory_limit,
+                )
+                .await?,
+            )
+        }
+        _ => None,
+    };
     for t in &opts.tables {
         let format = match t.format {
             Some(f) => f,
@@ -197,6 +215,13 @@ pub async fn run_sql(
             output.release(run_id).await;
         }
     };
+    if let Some(cluster) = &cluster {
+        let result = on_cluster(cluster, &engine, df, target.as_ref(), opts, out).await;
+        if result.is_err() {
+            abandon(&target).await;
+        }
+        return result;
+    }
     let mut exec = match engine.execute(df).await {
         Ok(exec) => exec,
         Err(e) => {
@@ -265,6 +290,108 @@ pub async fn run_sql(
                 },
             }),
     }
+}
+
+/// A remote cluster's executors cannot read or write this machine's files.
+fn refuse_local_paths(
+    opts: &SqlOptions,
+    target: &crate::config::ClusterTarget,
+) -> Result<(), Error> {
+    if matches!(target, crate::config::ClusterTarget::Standalone) {
+        return Ok(());
+    }
+    let places = opts
+        .tables
+        .iter()
+        .map(|t| (format!("--table {}", t.name), &t.location))
+        .chain(opts.out.iter().map(|o| ("--out".to_string(), &o.location)));
+    for (flag, location) in places {
+        if Location::parse(location).is_ok_and(|l| l.is_local()) {
+            return Err(super::usage(
+                &flag,
+                format!(
+                    "{location} is a local path, which the executors of the cluster {target} \
+                     cannot reach: use object storage (s3://...), or --cluster standalone"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the query on `cluster`: prints its rows, or has the executors write them into the
+/// output's staging and publishes them.
+async fn on_cluster(
+    cluster: &crate::cluster::Cluster,
+    engine: &Engine,
+    df: datafusion::prelude::DataFrame,
+    target: Option<&(
+        SinkSpec,
+        String,
+        (crate::table::Output, crate::table::Existing),
+    )>,
+    opts: &SqlOptions,
+    out: &mut dyn Write,
+) -> Result<SqlSummary, Error> {
+    let query_err = |e: datafusion::error::DataFusionError| Error::Query {
+        context: opts.origin.display().to_string(),
+        source: e,
+    };
+    let plan = df.create_physical_plan().await.map_err(query_err)?;
+    crate::cluster::check_plan("sql", &plan)?;
+    let config = crate::cluster::job_config(engine.ctx(), engine.stores())?;
+    let Some((spec, run_id, (output, existing))) = target else {
+        let (batches, _) = cluster.collect(plan, &config, "sql").await?;
+        let schema = batches.first().map_or_else(
+            || std::sync::Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+            |b| b.schema(),
+        );
+        let mut stream: datafusion::physical_plan::SendableRecordBatchStream = Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::iter(batches.into_iter().map(Ok)),
+            ),
+        );
+        let rows = print_result(&mut stream, opts.max_rows, out)
+            .await
+            .map_err(|e| match e {
+                PrintError::Query(e) => query_err(e),
+                PrintError::Io(source) => Error::Io {
+                    path: "stdout".into(),
+                    source,
+                },
+            })?;
+        return Ok(SqlSummary {
+            rows,
+            files: Vec::new(),
+        });
+    };
+    let mut spec = spec.clone();
+    spec.preserve_order = plan.properties().output_ordering().is_some();
+    let staging = output
+        .staging()
+        .cloned()
+        .ok_or_else(|| sink::SinkError::Invalid {
+            location: spec.location.to_string(),
+            message: "refusing to write an output at the root of a store: name a folder".into(),
+        })?;
+    let slot = sink::UnitSlot::attempt(crate::units::WHOLE_KEY);
+    let stage = sink::exec::StageTarget::new(&spec, &staging, run_id, &slot);
+    let columns = crate::table::manifest_columns(&plan.schema());
+    let staged = cluster.stage(plan, stage, &config, "sql").await;
+    let mut files = match staged {
+        Ok((files, _)) => files,
+        Err(e) => {
+            let _ = output.discard_staging(run_id, Some(&slot.unit)).await;
+            return Err(e.into());
+        }
+    };
+    files.sort_by(|a, b| a.file.path.cmp(&b.file.path));
+    let committed = sink::publish(output, existing, &spec, run_id, columns, files, None).await?;
+    Ok(SqlSummary {
+        rows: committed.rows,
+        files: committed.new_files,
+    })
 }
 
 /// Why printing a result failed.

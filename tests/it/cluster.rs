@@ -364,3 +364,181 @@ async fn on_a_cluster_a_join_larger_than_an_executors_memory_finishes_by_the_gra
     assert_eq!(want.len(), 5);
     assert_same_rows(&got, &want, "by_priority");
 }
+
+/// Lineitem at SF 0.01 on S3 as `s3://lake/events/month=YYYY-MM/` (84 files), written by the
+/// client, and a pipeline that aggregates it one file a unit, two units at a time, into
+/// `s3://lake/<out>/`, on `cluster` (or locally when `None`).
+fn events_pipeline(s3: &S3Server, dir: &std::path::Path, cluster: Option<&TestCluster>, out: &str) {
+    let setting = cluster.map_or(String::new(), |c| format!("cluster = \"{}\"\n", c.url()));
+    std::fs::create_dir_all(dir.join("queries")).unwrap();
+    std::fs::write(
+        dir.join("queries/monthly.sql"),
+        "SELECT month, l_returnflag, COUNT(*) AS n, SUM(l_quantity) AS quantity \
+         FROM events GROUP BY month, l_returnflag",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("sluice.toml"),
+        format!(
+            "name = \"events\"\n[settings]\nthreads = 2\nmax_concurrent_units = 2\n{setting}\
+             [sources.events]\nlocation = \"s3://lake/events/\"\nformat = \"parquet\"\n\
+             [models.monthly.batches]\nby = \"file\"\n\
+             [models.monthly.sink]\nlocation = \"s3://lake/{out}/\"\npartition_by = [\"month\"]\n"
+        ),
+    )
+    .unwrap();
+    let _ = s3;
+}
+
+/// Writes the events of [`events_pipeline`] (once per server).
+fn write_events(s3: &S3Server, dir: &std::path::Path) {
+    s3.create_bucket("lake");
+    gen_tpch(dir, "tpch", 0.01, "parquet");
+    sluice_env(
+        dir,
+        &[
+            "sql",
+            "-e",
+            "SELECT *, to_char(l_shipdate, '%Y-%m') AS month FROM lineitem",
+            "--table",
+            "lineitem=tpch/lineitem/",
+            "--out",
+            "s3://lake/events/",
+            "--partition-by",
+            "month",
+        ],
+        &s3.env(),
+    )
+    .expect(0);
+}
+
+/// The rows of `s3://lake/<out>/`, sorted.
+async fn events_output(s3: &S3Server, out: &str) -> Vec<Vec<String>> {
+    let url = url::Url::parse("s3://lake/").unwrap();
+    let (_, mut rows) = all_rows(
+        &query_output_in(
+            Some((&url, s3.store("lake"))),
+            &format!("s3://lake/{out}/"),
+            "parquet",
+            &["month"],
+            "SELECT month, l_returnflag, n, quantity FROM t",
+        )
+        .await,
+    );
+    rows.sort();
+    rows
+}
+
+/// The keys under `s3://lake/<prefix>`.
+async fn keys_under(s3: &S3Server, prefix: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    let store = s3.store("lake");
+    let prefix = object_store::path::Path::from(prefix);
+    store
+        .list(Some(&prefix))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+/// Starts `sluice run . --progress json` in `dir` and returns it once `units` units are done.
+fn run_until_units_done(dir: &std::path::Path, s3: &S3Server, units: usize) -> std::process::Child {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    let log = std::fs::File::create(dir.join("client.log")).unwrap();
+    cmd.args(["run", ".", "--progress", "json", "--report", "r.json"])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(log);
+    for (k, v) in s3.env() {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut done = 0;
+    for line in std::io::BufReader::new(stdout).lines() {
+        if line.unwrap().contains("\"unit_done\"") {
+            done += 1;
+            if done == units {
+                break;
+            }
+        }
+    }
+    assert_eq!(done, units, "the run ended before {units} units");
+    child
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_killed_executor_or_a_killed_client_leaves_the_output_a_local_run_writes() {
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_events(&s3, dir.path());
+    let local = tempfile::tempdir().unwrap();
+    events_pipeline(&s3, local.path(), None, "local");
+    sluice_env(local.path(), &["run", "."], &s3.env()).expect(0);
+    let want = events_output(&s3, "local").await;
+    assert!(want.len() > 84, "{}", want.len());
+
+    // kill -9 of one executor after 10 units: Ballista takes it for dead and runs its tasks
+    // on the other; a job that lost its output fails, and its unit is retried.
+    let mut cluster = TestCluster::start(2, 1, None);
+    events_pipeline(&s3, dir.path(), Some(&cluster), "cluster");
+    let mut client = run_until_units_done(dir.path(), &s3, 10);
+    cluster.kill_executor(1);
+    let status = client.wait().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("client.log")).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the run failed after an executor was killed: {log}"
+    );
+    // (Seen here: Ballista ran the lost executor's tasks again on the other, and no unit
+    // needed a retry of sluice's.)
+    assert_eq!(events_output(&s3, "cluster").await, want);
+    let staged: Vec<String> = keys_under(&s3, "_sluice_staging").await;
+    assert!(staged.is_empty(), "{staged:?}");
+
+    // kill -9 of the client after 10 units: the rerun resumes, keeping them.
+    sluice_env(dir.path(), &["run", ".", "--restart"], &s3.env());
+    let mut client = run_until_units_done(dir.path(), &s3, 10);
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let rerun = sluice_env(dir.path(), &["run", "."], &s3.env()).expect(0);
+    assert!(rerun.stderr.contains("resuming run"), "{}", rerun.stderr);
+    assert_eq!(events_output(&s3, "cluster").await, want);
+    let staged: Vec<String> = keys_under(&s3, "_sluice_staging").await;
+    assert!(staged.is_empty(), "{staged:?}");
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_unit_past_its_timeout_cancels_its_job_on_the_scheduler() {
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_events(&s3, dir.path());
+    let cluster = TestCluster::start(1, 1, None);
+    events_pipeline(&s3, dir.path(), Some(&cluster), "timed_out");
+    append_toml(dir.path(), "");
+    edit_file(&dir.path().join("sluice.toml"), |t| {
+        t.replace(
+            "max_concurrent_units = 2",
+            "max_concurrent_units = 1\nunit_timeout = \"50ms\"\nretries = 0",
+        )
+    });
+    let run = sluice_env(dir.path(), &["run", "."], &s3.env()).expect(1);
+    assert!(run.stderr.contains("timed out after"), "{}", run.stderr);
+    // The job the unit had submitted was cancelled, not left to run.
+    let start = std::time::Instant::now();
+    while !cluster
+        .scheduler_log()
+        .contains("Received cancellation request for job")
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{}",
+            cluster.scheduler_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(keys_under(&s3, "timed_out").await.is_empty());
+}

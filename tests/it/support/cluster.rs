@@ -23,8 +23,16 @@ impl TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let bind = format!("127.0.0.1:{port}");
+        // (An executor killed by a test is taken for dead after 5 s, not Ballista's 180.)
         let scheduler = spawn(
-            &["cluster", "scheduler", "--bind", &bind],
+            &[
+                "cluster",
+                "scheduler",
+                "--bind",
+                &bind,
+                "--executor-timeout",
+                "5s",
+            ],
             dir.path().join("scheduler.log"),
         );
         wait_for(
