@@ -113,6 +113,32 @@ pub(crate) fn check_plan(model: &str, plan: &Arc<dyn ExecutionPlan>) -> Result<(
     }
 }
 
+/// The stages Ballista's scheduler cuts `plan` into, as it does for a job: each stage's
+/// operators, indented, one stage after another (`sluice plan --cluster`).
+pub(crate) fn stage_plan(plan: &Arc<dyn ExecutionPlan>) -> Result<String, ClusterError> {
+    use ballista_scheduler::planner::{DefaultDistributedPlanner, DistributedPlanner};
+    let plan =
+        Cluster::distributed(Arc::clone(plan)).map_err(|e| ClusterError::Plan(e.to_string()))?;
+    let stages = DefaultDistributedPlanner::new()
+        .plan_query_stages(
+            &ballista_core::JobId::new("plan"),
+            plan,
+            &datafusion::config::ConfigOptions::default(),
+        )
+        .map_err(|e| ClusterError::Plan(e.to_string()))?;
+    let mut out = String::new();
+    for stage in stages {
+        let plan: &dyn ExecutionPlan = stage.as_ref();
+        out.push_str(&format!(
+            "stage {} ({} partitions):\n{}",
+            stage.stage_id(),
+            plan.properties().output_partitioning().partition_count(),
+            datafusion::physical_plan::displayable(plan).indent(false)
+        ));
+    }
+    Ok(out)
+}
+
 /// The settings of a job planned in `ctx`: its session's, with the stores `stores` serves.
 pub(crate) fn job_config(
     ctx: &datafusion::prelude::SessionContext,

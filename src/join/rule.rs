@@ -106,6 +106,7 @@ impl GraceJoinRule {
                 (JOIN_SHARE * 100.0) as u32,
                 human_bytes(self.memory_limit.unwrap_or(0)),
             ),
+            None if self.cluster => "its share of the executor's memory pool".to_string(),
             None => "no memory limit".to_string(),
         };
         let (strategy, reason) = match (need, total_budget) {

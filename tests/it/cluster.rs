@@ -542,3 +542,69 @@ async fn on_a_cluster_a_unit_past_its_timeout_cancels_its_job_on_the_scheduler()
     }
     assert!(keys_under(&s3, "timed_out").await.is_empty());
 }
+
+#[tokio::test]
+async fn sql_and_plan_on_a_standalone_cluster() {
+    let dir = tpch_pipeline_dir(0.01);
+    let q = "SELECT o_orderpriority, COUNT(*) AS n FROM lineitem JOIN orders \
+             ON l_orderkey = o_orderkey GROUP BY o_orderpriority ORDER BY 1";
+    let tables = [
+        "--table",
+        "lineitem=data/lineitem/",
+        "--table",
+        "orders=data/orders/",
+    ];
+    let with = |extra: &[&str]| {
+        let mut args = vec!["sql", "-e", q];
+        args.extend(tables);
+        args.extend(extra);
+        sluice(dir.path(), &args).expect(0)
+    };
+    // Printed: the same table.
+    assert_eq!(with(&["--cluster", "standalone"]).stdout, with(&[]).stdout);
+    // Written by the executors, partitioned: the same rows, the same partitions.
+    with(&[
+        "--cluster",
+        "standalone",
+        "--out",
+        "out/c",
+        "--partition-by",
+        "o_orderpriority",
+    ]);
+    with(&["--out", "out/l", "--partition-by", "o_orderpriority"]);
+    let read = async |d: &str| {
+        all_rows(
+            &query_output(
+                &format!("{}/out/{d}/", dir.path().display()),
+                "parquet",
+                &["o_orderpriority"],
+                "SELECT o_orderpriority, n FROM t ORDER BY 1",
+            )
+            .await,
+        )
+    };
+    assert_eq!(read("c").await, read("l").await);
+    assert_eq!(
+        dirs_under(&dir.path().join("out/c")),
+        dirs_under(&dir.path().join("out/l"))
+    );
+    // `sluice plan --cluster` shows the stages the scheduler cuts each model into, the
+    // grace join among their operators.
+    std::fs::write(dir.path().join("queries/by_priority.sql"), q).unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "name = \"p\"\n[sources.lineitem]\nlocation = \"data/lineitem/\"\n\
+         [sources.orders]\nlocation = \"data/orders/\"\n",
+    )
+    .unwrap();
+    let plan = sluice(dir.path(), &["plan", ".", "--cluster", "standalone"]).expect(0);
+    assert!(
+        plan.stdout.contains("stages on the cluster:"),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("stage 1 ("), "{}", plan.stdout);
+    assert!(plan.stdout.contains("GraceHashJoinExec"), "{}", plan.stdout);
+    assert!(plan.stdout.contains("ShuffleWriterExec"), "{}", plan.stdout);
+    assert!(!dir.path().join("out/by_priority").exists());
+}
