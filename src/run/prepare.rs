@@ -373,6 +373,26 @@ fn check_cluster_locations(
                 .into());
         }
     }
+    // A store's quota paces one process; a cluster's executors would each read and write
+    // at the full rate.
+    if let Some(store) = pipeline.stores.iter().find(|s| !s.quota.is_unlimited()) {
+        let key = match &store.quota {
+            q if q.bytes_per_second.is_some() => "max_bytes_per_second",
+            q if q.requests_per_second.is_some() => "max_requests_per_second",
+            _ => "max_concurrent_requests",
+        };
+        return Err(pipeline
+            .invalid(
+                &format!("stores.{}.{key}", store.name),
+                format!(
+                    "store '{}' has I/O quotas, which pace one process: on a cluster ({target}) \
+                     each executor would read and write at the full rate. Remove the quotas to \
+                     run on the cluster, or run without one",
+                    store.name
+                ),
+            )
+            .into());
+    }
     if let Some(staging) = &pipeline.settings.staging
         && local(staging)
     {

@@ -291,6 +291,18 @@ async fn a_cluster_that_cannot_be_reached_a_local_path_and_an_operator_that_cann
     edit_file(&dir.path().join("sluice.toml"), |t| {
         t.replace("threads = 2", "threads = 2\ncluster = \"scheduler:50050\"")
     });
+    // A store's quota paces one process, not a cluster's executors: exit 2, naming it.
+    let quota = pipeline_copy("shop");
+    append_toml(
+        quota.path(),
+        "[stores.lake]\nurl = \"s3://lake\"\nmax_bytes_per_second = \"1MiB\"\n",
+    );
+    let run = sluice(quota.path(), &["run", ".", "--cluster", "standalone"]).expect(2);
+    assert!(
+        run.stderr.contains("stores.lake.max_bytes_per_second") && run.stderr.contains("quotas"),
+        "{}",
+        run.stderr
+    );
     let run = sluice(dir.path(), &["run", "."]).expect(2);
     assert!(
         run.stderr.contains("sluice.toml:6: settings.cluster"),
