@@ -141,7 +141,8 @@ pub struct JobReport {
     pub stages: u64,
     /// Tasks run (a stage's partitions).
     pub tasks: u64,
-    /// Bytes executors wrote to shuffle files (stage outputs) and sent to this client.
+    /// Bytes stages read from the shuffle files of the stages before (as Arrow, decoded):
+    /// what moved between stages.
     pub shuffle_bytes: u64,
     /// Rows executors wrote to shuffle files.
     pub shuffle_rows: u64,
@@ -249,7 +250,9 @@ impl Job {
                 for m in op.metrics.iter().filter_map(|m| m.metric.as_ref()) {
                     match m {
                         Metric::SpilledBytes(b) => report.spilled_bytes += b,
-                        Metric::OutputBytes(b) if shuffle => report.shuffle_bytes += b,
+                        Metric::Count(c) if c.name == "decoded_bytes" => {
+                            report.shuffle_bytes += c.value;
+                        }
                         Metric::OutputRows(r) if shuffle => report.shuffle_rows += r,
                         Metric::OutputRows(r) if scan => scanned += r,
                         Metric::Count(c) if c.name == "ran_in_memory" => {

@@ -297,7 +297,7 @@ fn refuse_local_paths(
     opts: &SqlOptions,
     target: &crate::config::ClusterTarget,
 ) -> Result<(), Error> {
-    if matches!(target, crate::config::ClusterTarget::Standalone) {
+    if target.shares_local_files() {
         return Ok(());
     }
     let places = opts

@@ -331,6 +331,22 @@ impl ClusterTarget {
         })
     }
 
+    /// Whether its executors share this machine's files: a standalone cluster, or a scheduler
+    /// on a loopback address (which only processes of this machine can reach, its executors
+    /// included).
+    pub fn shares_local_files(&self) -> bool {
+        match self {
+            ClusterTarget::Standalone => true,
+            ClusterTarget::Remote { host, .. } => {
+                host == "localhost"
+                    || host
+                        .trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        }
+    }
+
     /// The scheduler's gRPC URL, for a remote cluster.
     pub fn scheduler_url(&self) -> Option<String> {
         match self {

@@ -302,15 +302,16 @@ pub async fn prepare(
 }
 
 /// On a cluster, executors read and write every location themselves: a local path (a
-/// folder of this machine only) is refused, unless the cluster is `standalone` (its
-/// executors are this process); databases cannot be read or loaded by executors yet.
+/// folder of this machine only) is refused, unless the executors are on this machine
+/// (`standalone`, or a scheduler on a loopback address); databases cannot be read or loaded
+/// by executors yet.
 fn check_cluster_locations(
     pipeline: &Pipeline,
     dag: &Dag,
     selected: &[String],
     target: &crate::config::ClusterTarget,
 ) -> Result<(), Error> {
-    let remote = !matches!(target, crate::config::ClusterTarget::Standalone);
+    let remote = !target.shares_local_files();
     let local = |location: &str| {
         remote && Location::parse(location).is_ok_and(|l| l.url().scheme() == "file")
     };

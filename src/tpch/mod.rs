@@ -259,6 +259,9 @@ pub struct QueryResult {
     pub iterations_ms: Vec<f64>,
     /// What the answer check verified: `values`, `row count` or `not checked`.
     pub check: String,
+    /// On a cluster, the first iteration's job: stages, tasks, shuffle bytes, time queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::cluster::JobReport>,
 }
 
 /// A whole benchmark run (the JSON of `--json FILE`).
@@ -293,6 +296,7 @@ pub async fn bench(
         let mut times = Vec::new();
         let mut rows = 0;
         let mut check = String::new();
+        let mut job = None;
         let task = progress.task(&format!("q{q}"));
         for i in 0..iterations.max(1) {
             let start = Instant::now();
@@ -307,10 +311,11 @@ pub async fn bench(
                     // Planned here, with sluice's rules; run by the cluster's executors.
                     let plan = df.create_physical_plan().await.map_err(query_err)?;
                     let config = crate::cluster::job_config(engine.ctx(), engine.stores())?;
-                    cluster
+                    let (batches, report) = cluster
                         .collect(plan, &config, &format!("tpch/q{q}"))
-                        .await?
-                        .0
+                        .await?;
+                    job.get_or_insert(report);
+                    batches
                 }
             };
             times.push(start.elapsed().as_secs_f64() * 1000.0);
@@ -328,6 +333,7 @@ pub async fn bench(
             rows,
             iterations_ms: times,
             check,
+            job,
         });
     }
     let total_best_ms = results
@@ -371,8 +377,18 @@ impl BenchReport {
                 .fold(f64::INFINITY, f64::min);
             let worst = r.iterations_ms.iter().copied().fold(0.0, f64::max);
             let mean = r.iterations_ms.iter().sum::<f64>() / r.iterations_ms.len().max(1) as f64;
+            // On a cluster: the job's stages, tasks and shuffle volume.
+            let job = r.job.as_ref().map_or(String::new(), |j| {
+                format!(
+                    "  ({} stages, {} tasks, {} shuffled, {} ms queued)",
+                    j.stages,
+                    j.tasks,
+                    crate::engine::limits::human_bytes(j.shuffle_bytes),
+                    j.queued_ms
+                )
+            });
             out.push_str(&format!(
-                "q{:<5} {:>8} {:>10.1} {:>10.1} {:>10.1}  {}\n",
+                "q{:<5} {:>8} {:>10.1} {:>10.1} {:>10.1}  {}{job}\n",
                 r.query, r.rows, best, mean, worst, r.check
             ));
         }

@@ -257,10 +257,14 @@ async fn a_cluster_that_cannot_be_reached_a_local_path_and_an_operator_that_cann
         "{}",
         run.stderr
     );
-    // Local paths on a remote cluster: exit 2 before anything runs, naming the setting.
+    // Local paths on a cluster on other machines: exit 2 before anything runs (the
+    // scheduler is not even reached), naming the setting.
     let dir = pipeline_copy("shop");
-    let cluster = TestCluster::start(1, 1, None);
-    let run = sluice(dir.path(), &["run", ".", "--cluster", &cluster.url()]).expect(2);
+    let run = sluice(
+        dir.path(),
+        &["run", ".", "--cluster", "df://10.255.255.1:50050"],
+    )
+    .expect(2);
     assert!(
         run.stderr.contains("sources.customers.location")
             || run.stderr.contains("sources.orders.location"),
@@ -269,6 +273,14 @@ async fn a_cluster_that_cannot_be_reached_a_local_path_and_an_operator_that_cann
     );
     assert!(run.stderr.contains("local path"), "{}", run.stderr);
     assert!(!dir.path().join("out").exists());
+    // A scheduler on a loopback address has its executors on this machine: local paths are
+    // theirs too.
+    let cluster = TestCluster::start(1, 1, None);
+    let local = pipeline_copy("shop");
+    sluice(local.path(), &["run", ".", "--cluster", &cluster.url()]).expect(0);
+    sluice(dir.path(), &["run", "."]).expect(0);
+    assert_eq!(outputs(local.path()).await, outputs(dir.path()).await);
+    std::fs::remove_dir_all(dir.path().join("out")).unwrap();
     // A source whose bad rows are set aside cannot run on executors yet: exit 2 naming the
     // model and the operator, nothing written.
     edit_file(&dir.path().join("sluice.toml"), |t| {
