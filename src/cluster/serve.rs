@@ -137,6 +137,10 @@ pub async fn executor(options: ExecutorOptions) -> Result<(), ClusterError> {
         task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
         work_dir: Some(work_dir.display().to_string()),
         memory_pool_size: options.memory_limit,
+        // Shuffle files of jobs that ended are removed within the hour (Ballista keeps them
+        // a week by default, and never looks unless told to).
+        job_data_ttl_seconds: 3600,
+        job_data_clean_up_interval_seconds: 300,
         override_config_producer: Some(Arc::new(config)),
         override_runtime_producer: Some(runtime),
         override_physical_codec: Some(codec()),
@@ -178,6 +182,12 @@ pub async fn standalone(
         }
     });
     for _ in 0..executors {
+        // Shuffle files and spills in a folder removed with the executor's task, when the
+        // process's runtime ends.
+        let work = tempfile::Builder::new()
+            .prefix("sluice-executor-")
+            .tempdir()
+            .map_err(|e| ClusterError::Serve(format!("cannot create a work folder: {e}")))?;
         // Ballista binds the port it is given: take a free one.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -189,10 +199,11 @@ pub async fn standalone(
             grpc_port: 0,
             external_host: None,
             slots,
-            work_dir: None,
+            work_dir: Some(work.path().to_path_buf()),
             memory_limit,
         };
         tokio::spawn(async move {
+            let _work = work;
             if let Err(e) = executor(options).await {
                 tracing::error!("standalone executor stopped: {e}");
             }
