@@ -8,7 +8,9 @@ pub fn init_logging(quiet: bool, verbose: u8) {
         (false, 0) => "warn,ballista_scheduler=error,ballista_executor=error,ballista_core=error",
         (false, 1) => "sluice=info,warn",
         (false, 2) => "sluice=debug,info",
-        _ => "trace",
+        // (Never Ballista's trace: it logs each task's settings, where a job's stores carry
+        // their credentials.)
+        _ => "trace,ballista_core=debug,ballista_scheduler=debug,ballista_executor=debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));

@@ -31,6 +31,10 @@ use super::codec::SluiceCodec;
 /// Largest gRPC message sluice sends or takes (plans with many files are large).
 const MAX_MESSAGE: usize = 256 << 20;
 
+/// How long a job may be unknown to the scheduler before it is taken for lost (a job is
+/// known from its submission on, so only a scheduler's restart makes it unknown).
+const JOB_FORGOTTEN: Duration = Duration::from_secs(30);
+
 /// A connection to a scheduler.
 #[derive(Clone)]
 pub(crate) struct Scheduler {
@@ -172,6 +176,7 @@ impl Job {
     /// Waits for the job to end: where its output partitions are, and its timings.
     pub(crate) async fn wait(&mut self) -> Result<SuccessfulJob, ClusterError> {
         let mut client = self.scheduler.client.clone();
+        let mut unknown_since: Option<std::time::Instant> = None;
         loop {
             let status = client
                 .get_job_status(GetJobStatusParams {
@@ -194,7 +199,26 @@ impl Job {
                         message: failed.error,
                     });
                 }
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                // A restarted scheduler forgets its jobs: past a while, this one is lost.
+                None if unknown_since
+                    .get_or_insert_with(std::time::Instant::now)
+                    .elapsed()
+                    > JOB_FORGOTTEN =>
+                {
+                    self.finished = true;
+                    return Err(ClusterError::JobFailed {
+                        job_id: self.id.clone(),
+                        message: format!(
+                            "the scheduler at {} no longer knows the job (was it restarted?)",
+                            self.scheduler.url
+                        ),
+                    });
+                }
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+                Some(_) => {
+                    unknown_since = None;
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
             }
         }
     }
@@ -205,7 +229,7 @@ impl Job {
         locations: Vec<PartitionLocation>,
     ) -> Result<Vec<RecordBatch>, ClusterError> {
         let mut out = Vec::new();
-        for location in locations {
+        for location in latest_per_partition(locations) {
             let mut stream = fetch(location).await?;
             while let Some(batch) = stream
                 .try_next()
@@ -281,15 +305,48 @@ impl Drop for Job {
         if self.finished {
             return;
         }
-        // A unit timed out or the run was interrupted: stop the job's tasks too.
-        let mut client = self.scheduler.client.clone();
+        // A unit timed out, or the command was interrupted: stop the job's tasks too. The
+        // request is sent before the drop returns (a task spawned on this runtime would be
+        // lost if the process ends next), from a thread of its own, on a connection of its
+        // own, for at most a few seconds.
+        let url = self.scheduler.url.clone();
         let job_id = self.id.clone();
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = client.cancel_job(CancelJobParams { job_id }).await;
+        let sent = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let cancel = async {
+                    let mut s = Scheduler::connect(&url).await.ok()?;
+                    s.client.cancel_job(CancelJobParams { job_id }).await.ok()
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(5), cancel).await;
             });
-        }
+        });
+        let _ = sent.join();
     }
+}
+
+/// One location per output partition, the last listed. When the final stage, or a task of it,
+/// runs again (an executor was lost), Ballista lists the new location after the old one
+/// without removing it: reading both would read the partition twice (and for a staged
+/// write, publish both attempts' files).
+fn latest_per_partition(locations: Vec<PartitionLocation>) -> Vec<PartitionLocation> {
+    let mut by_partition: std::collections::BTreeMap<(u32, u32), PartitionLocation> =
+        std::collections::BTreeMap::new();
+    for location in locations {
+        let key = location
+            .partition_id
+            .as_ref()
+            .map_or((u32::MAX, location.map_partition_id), |p| {
+                (p.stage_id, p.partition_id)
+            });
+        by_partition.insert(key, location);
+    }
+    by_partition.into_values().collect()
 }
 
 /// The stream of one output partition, from the executor that holds it.
@@ -339,4 +396,40 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     parts.dedup();
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ballista_core::serde::protobuf::{ExecutorMetadata, PartitionId};
+
+    /// A final stage run again lists each partition twice: each is read once, from its
+    /// last location.
+    #[test]
+    fn a_partition_listed_twice_is_read_once_from_its_last_location() {
+        let at = |partition: u32, executor: &str| PartitionLocation {
+            map_partition_id: partition,
+            partition_id: Some(PartitionId {
+                job_id: "j".into(),
+                stage_id: 3,
+                partition_id: partition,
+            }),
+            executor_meta: Some(ExecutorMetadata {
+                id: executor.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let got = latest_per_partition(vec![at(0, "a"), at(1, "a"), at(0, "b"), at(2, "b")]);
+        let got: Vec<(u32, String)> = got
+            .iter()
+            .map(|l| {
+                (
+                    l.partition_id.as_ref().unwrap().partition_id,
+                    l.executor_meta.as_ref().unwrap().id.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(got, vec![(0, "b".into()), (1, "a".into()), (2, "b".into())]);
+    }
 }

@@ -38,7 +38,8 @@ enum Node {
     GraceJoin {
         join: Vec<u8>,
         choice: Choice,
-        distributed: bool,
+        /// `GraceHashJoinExec::distribution`.
+        distribution: Option<bool>,
     },
     /// A staged write.
     Stage(StageTarget),
@@ -79,7 +80,7 @@ impl PhysicalExtensionCodec for SluiceCodec {
             Node::GraceJoin {
                 join,
                 choice,
-                distributed,
+                distribution,
             } => {
                 let placeholder = replace_children_if_necessary(
                     PhysicalPlanNode::try_decode(&join)?.try_into_physical_plan(ctx, self)?,
@@ -89,10 +90,9 @@ impl PhysicalExtensionCodec for SluiceCodec {
                     .downcast_ref::<HashJoinExec>()
                     .ok_or_else(|| bad("join", "not a hash join"))?;
                 let grace = GraceHashJoinExec::try_new(join, choice)?;
-                Ok(Arc::new(if distributed {
-                    grace.distributed()
-                } else {
-                    grace
+                Ok(Arc::new(match distribution {
+                    Some(whole_probe) => grace.distributed(whole_probe),
+                    None => grace,
                 }))
             }
         }
@@ -126,7 +126,7 @@ impl PhysicalExtensionCodec for SluiceCodec {
             Node::GraceJoin {
                 join: bytes,
                 choice: grace.choice().clone(),
-                distributed: grace.is_distributed(),
+                distribution: grace.distribution(),
             }
         } else {
             return self

@@ -88,16 +88,50 @@ impl ClusterError {
         matches!(self, ClusterError::Unsupported { .. })
     }
 
-    /// Whether another attempt could succeed: the cluster was unreachable, or a job failed
-    /// or lost its output (an executor died after Ballista gave up on its tasks).
+    /// Whether another attempt could succeed: the cluster was unreachable, a job's output
+    /// could not be fetched, or a job failed for want of an executor, a connection or a
+    /// store (Ballista reports a failure as text: it is told by its words). A job that
+    /// failed on its data or its plan (a cast, a bad row, memory) would fail again.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            ClusterError::Unreachable { .. }
-                | ClusterError::JobFailed { .. }
-                | ClusterError::Fetch(_)
-        )
+        match self {
+            ClusterError::Unreachable { .. } | ClusterError::Fetch(_) => true,
+            ClusterError::JobFailed { message, .. } => {
+                const PASSING: [&str; 12] = [
+                    "FetchPartitionError",
+                    "FetchFailed",
+                    "xecutor lost",
+                    "no longer knows the job",
+                    "onnection",
+                    "transport error",
+                    "Unavailable",
+                    "timed out",
+                    "IoError",
+                    "Object Store error",
+                    "SlowDown",
+                    "503",
+                ];
+                let data = message.contains("Resources exhausted")
+                    || message.contains("ResourcesExhausted");
+                !data && PASSING.iter().any(|w| message.contains(w))
+            }
+            _ => false,
+        }
     }
+}
+
+/// Whether every output row of a join of `join_type` comes from a probe (right) row, so that
+/// tasks joining the whole build side with shares of the probe side together give the join
+/// (Ballista's own `collect_left_broadcast_safe`).
+fn probe_driven(join_type: &datafusion::common::JoinType) -> bool {
+    use datafusion::common::JoinType;
+    matches!(
+        join_type,
+        JoinType::Inner
+            | JoinType::Right
+            | JoinType::RightSemi
+            | JoinType::RightAnti
+            | JoinType::RightMark
+    )
 }
 
 /// Refuses `model`'s plan if a node of it cannot run on a cluster, naming it.
@@ -115,16 +149,15 @@ pub(crate) fn check_plan(model: &str, plan: &Arc<dyn ExecutionPlan>) -> Result<(
 
 /// The stages Ballista's scheduler cuts `plan` into, as it does for a job: each stage's
 /// operators, indented, one stage after another (`sluice plan --cluster`).
-pub(crate) fn stage_plan(plan: &Arc<dyn ExecutionPlan>) -> Result<String, ClusterError> {
+pub(crate) fn stage_plan(
+    plan: &Arc<dyn ExecutionPlan>,
+    config: &datafusion::config::ConfigOptions,
+) -> Result<String, ClusterError> {
     use ballista_scheduler::planner::{DefaultDistributedPlanner, DistributedPlanner};
     let plan =
         Cluster::distributed(Arc::clone(plan)).map_err(|e| ClusterError::Plan(e.to_string()))?;
     let stages = DefaultDistributedPlanner::new()
-        .plan_query_stages(
-            &ballista_core::JobId::new("plan"),
-            plan,
-            &datafusion::config::ConfigOptions::default(),
-        )
+        .plan_query_stages(&ballista_core::JobId::new("plan"), plan, config)
         .map_err(|e| ClusterError::Plan(e.to_string()))?;
     let mut out = String::new();
     for stage in stages {
@@ -226,37 +259,55 @@ impl Cluster {
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         use datafusion::common::tree_node::{Transformed, TreeNode};
         plan.transform_up(|node| {
-            if let Some(scan) = node.downcast_ref::<crate::quarantine::QuarantineScan>()
-                && node.output_partitioning().partition_count() > 1
-            {
-                // A scan of one partition per task share (see `QuarantineScan::split`).
-                let parts = scan
+            if let Some(scan) = node.downcast_ref::<crate::quarantine::QuarantineScan>() {
+                if scan.is_staged() {
+                    return Ok(Transformed::no(node));
+                }
+                // Each group of files in a stage of its own, of one task: the scan is no leaf
+                // Ballista knows how to narrow to a task's share (a task would read all its
+                // partitions), but the shuffle reader the next stage reads it by is.
+                let mut parts: Vec<Arc<dyn ExecutionPlan>> = scan
                     .split()?
                     .into_iter()
-                    .map(|s| Arc::new(s) as Arc<dyn ExecutionPlan>)
+                    .map(|s| {
+                        Arc::new(CoalescePartitionsExec::new(Arc::new(s.staged())))
+                            as Arc<dyn ExecutionPlan>
+                    })
                     .collect();
-                return Ok(Transformed::yes(UnionExec::try_new(parts)?));
+                return Ok(Transformed::yes(match parts.len() {
+                    1 => parts.remove(0),
+                    _ => UnionExec::try_new(parts)?,
+                }));
             }
             let Some(grace) = node.downcast_ref::<crate::join::GraceHashJoinExec>() else {
                 return Ok(Transformed::no(node));
             };
+            if grace.distribution().is_some() {
+                return Ok(Transformed::no(node));
+            }
             let children: Vec<Arc<dyn ExecutionPlan>> =
                 grace.children().into_iter().cloned().collect();
             let [build, probe] = <[_; 2]>::try_from(children).map_err(|_| {
                 datafusion::error::DataFusionError::Internal("a join has two inputs".into())
             })?;
-            if grace.is_distributed() {
-                return Ok(Transformed::no(node));
-            }
-            let build: Arc<dyn ExecutionPlan> = if build.output_partitioning().partition_count() > 1
-            {
-                Arc::new(CoalescePartitionsExec::new(build))
-            } else {
-                build
+            let whole = |side: Arc<dyn ExecutionPlan>| -> Arc<dyn ExecutionPlan> {
+                if side.output_partitioning().partition_count() > 1 {
+                    Arc::new(CoalescePartitionsExec::new(side))
+                } else {
+                    side
+                }
             };
-            Ok(Transformed::yes(Arc::new(
-                grace.distributed_over(build, probe)?,
-            )))
+            // Each task joins the whole build side with its share of the probe side: right
+            // for joins whose every output row comes from a probe row. A join that also
+            // emits build rows no probe row matched (left, full, left semi / anti / mark)
+            // would emit them in every task: it runs as one task.
+            let whole_probe = !probe_driven(grace.join().join_type());
+            let probe = if whole_probe { whole(probe) } else { probe };
+            Ok(Transformed::yes(Arc::new(grace.distributed_over(
+                whole(build),
+                probe,
+                whole_probe,
+            )?)))
         })
         .map(|t| t.data)
     }
@@ -294,5 +345,40 @@ impl Cluster {
         let files =
             StageExec::files_of(&batches).map_err(|e| ClusterError::Fetch(e.to_string()))?;
         Ok((files, report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_job_is_retried_only_for_what_another_attempt_could_change() {
+        let failed = |m: &str| ClusterError::JobFailed {
+            job_id: "j".into(),
+            message: m.into(),
+        };
+        for m in [
+            "Job failed due to stage 2 failed: FetchPartitionError(\"executor e1\")",
+            "Task failed: Executor lost",
+            "the scheduler at http://s:50050 no longer knows the job (was it restarted?)",
+            "Object Store error: Generic S3 error: Connection reset by peer",
+        ] {
+            assert!(failed(m).is_transient(), "{m}");
+        }
+        for m in [
+            "Task failed due to runtime execution error: ResourcesExhausted(\"Failed to allocate\")",
+            "Arrow error: Cast error: Cannot cast string 'x' to value of Int64 type",
+            "source 'orders': data/o.csv line 3: bad row",
+        ] {
+            assert!(!failed(m).is_transient(), "{m}");
+        }
+        assert!(
+            !ClusterError::Unsupported {
+                model: "m".into(),
+                operator: "X".into()
+            }
+            .is_transient()
+        );
     }
 }

@@ -357,7 +357,9 @@ async fn describe_joins(prepared: &Prepared, name: &str) -> String {
     }
     if prepared.engine.options().cluster {
         // As the cluster's scheduler will cut it.
-        let stages = crate::cluster::stage_plan(&plan).unwrap_or_else(|e| format!("{e}\n"));
+        let config = prepared.engine.ctx().copied_config();
+        let stages = crate::cluster::stage_plan(&plan, config.options())
+            .unwrap_or_else(|e| format!("{e}\n"));
         out.push_str("       stages on the cluster:\n");
         for line in stages.lines() {
             out.push_str(&format!("         {line}\n"));

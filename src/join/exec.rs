@@ -92,6 +92,9 @@ pub(crate) struct GraceHashJoinExec {
     /// then asks for its build side whole (one partition), which Ballista gives every task
     /// in full, and joins all its buckets in each.
     distributed: bool,
+    /// On a cluster, asks for its probe side whole too (one task): for a join that emits
+    /// unmatched build rows, which each task would emit again.
+    whole_probe: bool,
     metrics: ExecutionPlanMetricsSet,
     props: Arc<PlanProperties>,
     shared: Arc<Shared>,
@@ -116,24 +119,28 @@ impl GraceHashJoinExec {
             join: Arc::new(join),
             choice,
             distributed: false,
+            whole_probe: false,
             metrics: ExecutionPlanMetricsSet::new(),
             props,
             shared: Arc::default(),
         })
     }
 
-    /// The same join, to run on a cluster (see the `distributed` field); its build side must
-    /// then be one partition.
-    pub(crate) fn distributed(mut self) -> GraceHashJoinExec {
+    /// The same join, to run on a cluster (see the `distributed` field), its probe side
+    /// whole too when `whole_probe`; its inputs must then be one partition.
+    pub(crate) fn distributed(mut self, whole_probe: bool) -> GraceHashJoinExec {
         self.distributed = true;
+        self.whole_probe = whole_probe;
         self
     }
 
-    /// The same join over `build` (one partition) and `probe`, to run on a cluster.
+    /// The same join over `build` and `probe` (one partition when `whole_probe`, else any),
+    /// to run on a cluster.
     pub(crate) fn distributed_over(
         &self,
         build: Arc<dyn ExecutionPlan>,
         probe: Arc<dyn ExecutionPlan>,
+        whole_probe: bool,
     ) -> Result<GraceHashJoinExec> {
         let join = self
             .join
@@ -141,12 +148,12 @@ impl GraceHashJoinExec {
             .with_new_children(vec![build, probe])?
             .recompute_properties()
             .build()?;
-        Ok(GraceHashJoinExec::try_new(&join, self.choice.clone())?.distributed())
+        Ok(GraceHashJoinExec::try_new(&join, self.choice.clone())?.distributed(whole_probe))
     }
 
-    /// Whether it runs on a cluster.
-    pub(crate) fn is_distributed(&self) -> bool {
-        self.distributed
+    /// Whether it runs on a cluster, and then whether with its probe side whole.
+    pub(crate) fn distribution(&self) -> Option<bool> {
+        self.distributed.then_some(self.whole_probe)
     }
 
     /// The hash join it runs (its inputs are the join's).
@@ -256,14 +263,16 @@ impl ExecutionPlan for GraceHashJoinExec {
         use datafusion::physical_expr::Distribution;
         // Locally, it reads every partition of its build side itself. Ballista narrows each
         // child of a task to the task's partitions unless the operator asks for it whole.
-        let build = if self.distributed {
-            Distribution::SinglePartition
-        } else {
-            Distribution::UnspecifiedDistribution
+        let whole = |yes: bool| {
+            if yes {
+                Distribution::SinglePartition
+            } else {
+                Distribution::UnspecifiedDistribution
+            }
         };
         datafusion::physical_plan::InputDistributionRequirements::new(vec![
-            build,
-            Distribution::UnspecifiedDistribution,
+            whole(self.distributed),
+            whole(self.distributed && self.whole_probe),
         ])
     }
 
@@ -292,6 +301,7 @@ impl ExecutionPlan for GraceHashJoinExec {
             join: Arc::new(join),
             choice: self.choice.clone(),
             distributed: self.distributed,
+            whole_probe: self.whole_probe,
             metrics: ExecutionPlanMetricsSet::new(),
             props,
             shared: Arc::default(),

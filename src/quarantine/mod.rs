@@ -405,6 +405,8 @@ pub struct QuarantineScan {
     event_time: Option<String>,
     sink: Arc<RejectSink>,
     metrics: ExecutionPlanMetricsSet,
+    /// On a cluster: placed in a stage of its own (see [`QuarantineScan::split`]).
+    staged: bool,
 }
 
 impl QuarantineScan {
@@ -443,6 +445,7 @@ impl QuarantineScan {
             event_time,
             sink,
             metrics: ExecutionPlanMetricsSet::new(),
+            staged: false,
         })
     }
 

@@ -199,11 +199,11 @@ impl QuarantineScan {
             wire.event_time,
             Arc::new(RejectSink::new(true)),
         )
+        .map(QuarantineScan::staged)
     }
 
-    /// One scan per group of files (each of one partition): on a cluster, a task runs only
-    /// its share of a stage's partitions, and Ballista narrows only its own leaves to it, so
-    /// a scan of several partitions would be read whole by every task.
+    /// One scan per group of files (each of one partition), to run each in a stage of its
+    /// own on a cluster (see `cluster::Cluster::distributed`).
     pub fn split(&self) -> Result<Vec<QuarantineScan>> {
         self.groups
             .iter()
@@ -221,5 +221,16 @@ impl QuarantineScan {
                 )
             })
             .collect()
+    }
+
+    /// The same scan, marked as placed in a stage of its own (for a cluster).
+    pub fn staged(mut self) -> QuarantineScan {
+        self.staged = true;
+        self
+    }
+
+    /// Whether it was placed in a stage of its own.
+    pub fn is_staged(&self) -> bool {
+        self.staged
     }
 }

@@ -498,8 +498,11 @@ impl<'a> ModelRun<'a> {
         let event_sources = units::event_sources(cx.pipeline, &cx.dag.sources_read(name));
         // Files holding rows of many of the pending units are read once, for all of them.
         let mut rejects = Vec::new();
+        // (Routed files are local temporary files: executors elsewhere could not read them, so
+        // on such a cluster each unit reads its source files itself.)
+        let local_files = cx.cluster.is_none_or(|c| c.target().shares_local_files());
         let routes = match events {
-            Some(events) => {
+            Some(events) if local_files => {
                 let routing = super::route::route(cx, events, &event_sources, &pending);
                 let (routes, routed_rejects) = tokio::select! {
                     routed = routing => routed.map_err(|e| self.error(e.to_string()))?,
@@ -514,7 +517,7 @@ impl<'a> ModelRun<'a> {
                 report.routed = routes.report();
                 routes
             }
-            None => super::route::Routes::none(),
+            _ => super::route::Routes::none(),
         };
         let stop = AtomicBool::new(false);
         let job = UnitJob {

@@ -349,6 +349,28 @@ fn check_cluster_locations(
                 .into());
         }
     }
+    // The outputs of upstream models that are not run read as they are.
+    let mut outputs_read: BTreeSet<&String> = BTreeSet::new();
+    for name in selected {
+        for up in dag.upstream(name) {
+            if !selected.contains(&up)
+                && let Some((key, _)) = pipeline.models.get_key_value(&up)
+            {
+                outputs_read.insert(key);
+            }
+        }
+    }
+    for name in outputs_read {
+        let model = &pipeline.models[name];
+        if model.materialized.is_written() && local(&model.sink.location) {
+            return Err(pipeline
+                .invalid(
+                    &format!("models.{name}.sink.location"),
+                    local_message("the output read by the models run", &model.sink.location),
+                )
+                .into());
+        }
+    }
     for name in selected {
         let model = &pipeline.models[name];
         if !model.materialized.is_written() {

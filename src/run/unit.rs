@@ -664,8 +664,6 @@ async fn attempt_unit(
         model,
         spec,
         output,
-        event_sources,
-        events,
         ..
     } = *job;
     let context = super::unit_context::unit_context(cx, job, unit).await?;
@@ -704,17 +702,7 @@ async fn attempt_unit(
             let mut tables = cx.dag.tables_read(cx.pipeline, &model.name);
             tables.extend(shares);
             let mut scan = exec.scan_rows(&tables);
-            if let (UnitKind::Period { start, .. }, Some(events)) = (&unit.kind, events) {
-                // A unit takes in its period's rows: the rows of other periods its files
-                // hold were read, but they are other units' rows, not filtered out.
-                for (source, _) in event_sources {
-                    let mine = events.rows_in(source, *start);
-                    let read = scan.by_table.insert(source.clone(), mine).unwrap_or(0);
-                    scan.filtered = scan
-                        .filtered
-                        .map(|f| f.saturating_sub(read.saturating_sub(mine)));
-                }
-            }
+            own_period_rows(job, unit, &mut scan);
             Ok(Attempt {
                 staged,
                 scan,
@@ -726,6 +714,20 @@ async fn attempt_unit(
         }
         Err(sink::SinkError::Input(e)) => Err(explain(e).await),
         Err(e) => Err(UnitError::from(e)),
+    }
+}
+
+/// A unit takes in its period's rows: the rows of other periods its files hold were read,
+/// but they are other units' rows, not filtered out.
+fn own_period_rows(job: &UnitJob<'_>, unit: &Unit, scan: &mut ScanRows) {
+    if let (UnitKind::Period { start, .. }, Some(events)) = (&unit.kind, job.events) {
+        for (source, _) in job.event_sources {
+            let mine = events.rows_in(source, *start);
+            let read = scan.by_table.insert(source.clone(), mine).unwrap_or(0);
+            scan.filtered = scan
+                .filtered
+                .map(|f| f.saturating_sub(read.saturating_sub(mine)));
+        }
     }
 }
 
@@ -780,9 +782,11 @@ async fn cluster_attempt(
     bar.rows(staged.rows());
     let mut tables = cx.dag.tables_read(cx.pipeline, &model.name);
     tables.extend(shares);
+    let mut scan = crate::cluster::scan_rows(&report, &tables);
+    own_period_rows(job, unit, &mut scan);
     Ok(Attempt {
         staged,
-        scan: crate::cluster::scan_rows(&report, &tables),
+        scan,
         spilled: report.spilled_bytes,
         joins: Vec::new(),
         rejects: own_rejects(&ctx, &cx.dag.sources_read(&model.name)).await,

@@ -632,3 +632,79 @@ async fn sql_and_plan_on_a_standalone_cluster() {
     assert!(plan.stdout.contains("ShuffleWriterExec"), "{}", plan.stdout);
     assert!(!dir.path().join("out/by_priority").exists());
 }
+
+#[tokio::test]
+async fn on_a_cluster_outer_semi_and_anti_joins_and_csv_scans_split_over_tasks_give_the_local_answers()
+ {
+    // Four partitions a scan, two executors of two slots: a stage runs as several tasks,
+    // each with its share. Joins that emit unmatched build rows, and sluice's CSV scan (of
+    // one partition a file group), must not emit or read anything once per task.
+    let dir = tpch_pipeline_dir(0.01);
+    sluice(
+        dir.path(),
+        &[
+            "sql",
+            "-e",
+            "SELECT * FROM orders",
+            "--table",
+            "orders=data/orders/",
+            "--out",
+            "csv_orders",
+            "--format",
+            "csv",
+            "--partition-by",
+            "o_orderpriority",
+        ],
+    )
+    .expect(0);
+    // orders in five files (one a priority), so that its scan has several partitions.
+    sluice(
+        dir.path(),
+        &[
+            "sql",
+            "-e",
+            "SELECT * FROM orders",
+            "--table",
+            "orders=data/orders/",
+            "--out",
+            "orders_parts",
+            "--partition-by",
+            "o_orderpriority",
+        ],
+    )
+    .expect(0);
+    let queries = [
+        "SELECT c_custkey, COUNT(o_orderkey) AS n FROM customer LEFT JOIN orders \
+         ON c_custkey = o_custkey GROUP BY c_custkey ORDER BY n, c_custkey LIMIT 20",
+        "SELECT COUNT(*) AS n FROM customer LEFT JOIN orders ON c_custkey = o_custkey",
+        "SELECT COUNT(*) AS n FROM customer FULL JOIN orders ON c_custkey = o_custkey \
+         AND o_totalprice > 300000",
+        "SELECT COUNT(*) AS n FROM customer WHERE NOT EXISTS \
+         (SELECT 1 FROM orders WHERE o_custkey = c_custkey)",
+        "SELECT COUNT(*) AS n FROM customer WHERE c_custkey IN \
+         (SELECT o_custkey FROM orders WHERE o_totalprice > 200000)",
+        "SELECT COUNT(*) AS n, SUM(o_totalprice) AS total FROM csv_orders",
+        "SELECT o_orderpriority, COUNT(*) AS n FROM (SELECT o_orderpriority FROM csv_orders \
+         UNION ALL SELECT o_orderpriority FROM orders) GROUP BY 1 ORDER BY 1",
+        "SELECT COUNT(*) AS n FROM orders",
+    ];
+    let tables = [
+        "--table",
+        "customer=data/customer/",
+        "--table",
+        "orders=orders_parts/",
+        "--table",
+        "csv_orders=csv_orders/",
+        "--threads",
+        "4",
+    ];
+    for q in queries {
+        let run = |extra: &[&str]| {
+            let mut args = vec!["sql", "-e", q];
+            args.extend(tables);
+            args.extend(extra);
+            sluice(dir.path(), &args).expect(0).stdout
+        };
+        assert_eq!(run(&["--cluster", "standalone"]), run(&[]), "{q}");
+    }
+}
