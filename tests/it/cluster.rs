@@ -75,17 +75,17 @@ async fn on_a_standalone_cluster_the_example_pipeline_writes_what_it_writes_loca
     );
 }
 
-/// TPC-H at SF 0.01 generated into `s3://lake/tpch/` (by the client, which alone has
+/// TPC-H at SF 0.1 generated into `s3://lake/tpch/` (by the client, which alone has
 /// credentials) and into a local folder: the same data, the generator being deterministic.
 async fn tpch_on_s3(s3: &S3Server, local: &std::path::Path) {
     s3.create_bucket("lake");
     let run = sluice_env(
         local,
-        &["gen", "tpch", "--scale", "0.01", "--out", "s3://lake/tpch/"],
+        &["gen", "tpch", "--scale", "0.1", "--out", "s3://lake/tpch/"],
         &s3.env(),
     );
     run.expect(0);
-    gen_tpch(local, "data", 0.01, "parquet");
+    gen_tpch(local, "data", 0.1, "parquet");
 }
 
 #[tokio::test]
@@ -134,6 +134,30 @@ async fn a_cluster_of_processes_runs_the_22_tpch_models_on_s3_with_the_clients_c
         .map(|j| j["tasks"].as_u64().unwrap())
         .sum();
     assert!(tasks >= 44, "{tasks}");
+    // `sluice bench tpch --cluster` over the same data: every query's answer checked by the
+    // bench, each query a job of several stages.
+    let json = dir.path().join("bench.json");
+    sluice_env(
+        dir.path(),
+        &[
+            "bench",
+            "tpch",
+            "--data",
+            "s3://lake/tpch/",
+            "--cluster",
+            &cluster.url(),
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &s3.env(),
+    )
+    .expect(0);
+    let bench = read_json(&json);
+    let queries = bench["queries"].as_array().unwrap();
+    assert_eq!(queries.len(), 22);
+    for q in queries {
+        assert!(q["job"]["stages"].as_u64().unwrap() >= 2, "{q}");
+    }
     // The staging folders hold nothing.
     let keys = s3.python(
         "import boto3,sys,os\ns=boto3.client('s3',endpoint_url=sys.argv[1],aws_access_key_id='test',aws_secret_access_key='test',region_name='us-east-1')\nfor o in s.list_objects_v2(Bucket='lake',Prefix='answers/').get('Contents',[]): print(o['Key'])",
