@@ -506,7 +506,19 @@ fn register_listing(
                 .map(|f| Field::new(f.name(), DataType::Utf8, true))
                 .collect::<Vec<_>>(),
         )),
-        None => Arc::clone(&file_schema),
+        None => Arc::new(Schema::new(
+            file_schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    Arc::new(
+                        f.as_ref()
+                            .clone()
+                            .with_data_type(read_type(ctx, f.data_type())),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )),
     };
     let config = ListingTableConfig::new(table_url)
         .with_listing_options(opts)
@@ -545,15 +557,34 @@ fn null_value_view(
         .map(|f| {
             let c = col(datafusion::common::Column::from_name(f.name()));
             match file_schema.field_with_name(f.name()) {
-                Ok(typed) if file_cols.contains(f.name().as_str()) => {
-                    cast(nullif(c, lit(null.to_string())), typed.data_type().clone())
-                        .alias(f.name())
-                }
+                Ok(typed) if file_cols.contains(f.name().as_str()) => cast(
+                    nullif(c, lit(null.to_string())),
+                    read_type(ctx, typed.data_type()),
+                )
+                .alias(f.name()),
                 _ => c,
             }
         })
         .collect();
     Ok(raw.select(exprs)?.into_view())
+}
+
+/// The type a column of type `t` is read as in `ctx`'s session: a session that reads Parquet
+/// strings without view types (a cluster's: Ballista's shuffle files would hold a view's
+/// whole buffers for every batch, 29 GB for one TPC-H SF 10 join) reads columns recorded
+/// with them (in a manifest, in a schema cached from a local run) as plain strings too.
+fn read_type(ctx: &SessionContext, t: &DataType) -> DataType {
+    let views = ctx
+        .copied_config()
+        .options()
+        .execution
+        .parquet
+        .schema_force_view_types;
+    match t {
+        DataType::Utf8View if !views => DataType::Utf8,
+        DataType::BinaryView if !views => DataType::Binary,
+        t => t.clone(),
+    }
 }
 
 /// Registers `provider` as the source's table, replacing any table of that name.
@@ -640,12 +671,13 @@ pub(crate) async fn register_manifest(
         ));
     };
     let parts = &manifest.partition_by;
+    let read_as = |t: &DataType| read_type(ctx, t);
     let file_schema = Arc::new(Schema::new(
         schema
             .fields()
             .iter()
             .filter(|f| !parts.contains(f.name()))
-            .cloned()
+            .map(|f| Arc::new(f.as_ref().clone().with_data_type(read_as(f.data_type()))))
             .collect::<Vec<_>>(),
     ));
 
@@ -726,7 +758,7 @@ pub(crate) async fn register_manifest(
                 c.clone().eq(lit(crate::table::hive::NULL_PARTITION)),
                 lit(datafusion::common::ScalarValue::Null),
             )
-            .otherwise(cast(c, typed.data_type().clone()))
+            .otherwise(cast(c, read_as(typed.data_type())))
             .map_err(df_err)?
         } else {
             c
