@@ -95,12 +95,32 @@ impl Scheduler {
             operation_id: uuid::Uuid::new_v4().to_string(),
         });
         ballista_core::version::insert_version_header(request.metadata_mut());
+        // The request runs on a task of its own, which outlives this future: a unit that
+        // times out (or is interrupted) while it waits for the job's id drops this future,
+        // and the task then cancels the job as soon as the id arrives.
+        let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut guard = Abandoned {
+            flag: Arc::clone(&abandoned),
+            armed: true,
+        };
         let mut client = self.client.clone();
-        let response = client
-            .execute_query(request)
+        let sent = tokio::spawn(async move {
+            let response = client.execute_query(request).await;
+            if abandoned.load(std::sync::atomic::Ordering::SeqCst)
+                && let Ok(r) = &response
+                && let Some(execute_query_result::Result::Success(ok)) = &r.get_ref().result
+            {
+                let job_id = ok.job_id.clone();
+                let _ = client.cancel_job(CancelJobParams { job_id }).await;
+            }
+            response
+        });
+        let response = sent
             .await
+            .map_err(|e| ClusterError::Rejected(e.to_string()))?
             .map_err(|e| self.failed(&e))?
             .into_inner();
+        guard.armed = false;
         match response.result {
             Some(execute_query_result::Result::Success(ok)) => Ok(Job {
                 id: ok.job_id,
@@ -125,6 +145,20 @@ impl Scheduler {
             }
         } else {
             ClusterError::Rejected(status.message().to_string())
+        }
+    }
+}
+
+/// Marks a submission as abandoned when dropped (see [`Scheduler::submit`]).
+struct Abandoned {
+    flag: Arc<std::sync::atomic::AtomicBool>,
+    armed: bool,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if self.armed {
+            self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }

@@ -23,7 +23,8 @@ impl TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let bind = format!("127.0.0.1:{port}");
-        // (An executor killed by a test is taken for dead after 5 s, not Ballista's 180.)
+        // (An executor killed by a test is taken for dead after 20 s, not Ballista's 180: not
+        // much less, or a busy machine's live executor may be taken for dead.)
         let scheduler = spawn(
             &[
                 "cluster",
@@ -31,7 +32,7 @@ impl TestCluster {
                 "--bind",
                 &bind,
                 "--executor-timeout",
-                "5s",
+                "20s",
             ],
             dir.path().join("scheduler.log"),
         );
