@@ -664,39 +664,25 @@ async fn on_a_cluster_outer_semi_and_anti_joins_and_csv_scans_split_over_tasks_g
     // each with its share. Joins that emit unmatched build rows, and sluice's CSV scan (of
     // one partition a file group), must not emit or read anything once per task.
     let dir = tpch_pipeline_dir(0.01);
-    sluice(
-        dir.path(),
-        &[
+    // orders again, in one file a priority: as CSV (read by sluice's own scan) and as
+    // Parquet (so that its scan has several partitions).
+    let copy = |out: &str, extra: &[&str]| {
+        let mut args = vec![
             "sql",
             "-e",
             "SELECT * FROM orders",
             "--table",
             "orders=data/orders/",
             "--out",
-            "csv_orders",
-            "--format",
-            "csv",
+            out,
             "--partition-by",
             "o_orderpriority",
-        ],
-    )
-    .expect(0);
-    // orders in five files (one a priority), so that its scan has several partitions.
-    sluice(
-        dir.path(),
-        &[
-            "sql",
-            "-e",
-            "SELECT * FROM orders",
-            "--table",
-            "orders=data/orders/",
-            "--out",
-            "orders_parts",
-            "--partition-by",
-            "o_orderpriority",
-        ],
-    )
-    .expect(0);
+        ];
+        args.extend(extra);
+        sluice(dir.path(), &args).expect(0);
+    };
+    copy("csv_orders", &["--format", "csv"]);
+    copy("orders_parts", &[]);
     let queries = [
         "SELECT c_custkey, COUNT(o_orderkey) AS n FROM customer LEFT JOIN orders \
          ON c_custkey = o_custkey GROUP BY c_custkey ORDER BY n, c_custkey LIMIT 20",
