@@ -9,7 +9,9 @@
 #   target/release/sluice gen tpch --scale 10 --out /tmp/tpch-sf10
 #   bash benches/cluster.sh target/release/sluice /tmp/tpch-sf10
 #
-# Runs alternate (local, cluster, local, cluster...) so a noisy neighbour hits both.
+# Runs alternate (local, cluster, local, cluster...) so a noisy neighbour hits both. Each
+# cluster answer is compared, every value, with the local run's (the bench's `digest`); the
+# script fails when one differs.
 set -euo pipefail
 sluice=${1:?usage: cluster.sh SLUICE_BIN DATA_DIR}
 data=${2:?usage: cluster.sh SLUICE_BIN DATA_DIR}
@@ -42,11 +44,18 @@ python3 - "$out" "$rounds" <<'EOF'
 import json, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
 best = lambda r: min(r["iterations_ms"])
+wrong = set()
+def same(l, c):
+    # Every row's values, order aside, against the local run's (`digest` in the JSON).
+    if l["digest"] == c["digest"] and l["rows"] == c["rows"]:
+        return "= local"
+    wrong.add(f"q{l['query']}")
+    return "**differs**"
 for round in range(1, rounds + 1):
     local = {q["query"]: q for q in json.load(open(f"{out}/local-{round}.json"))["queries"]}
     cluster = {q["query"]: q for q in json.load(open(f"{out}/cluster-{round}.json"))["queries"]}
-    print(f"| query | local ms | cluster ms | ratio | stages | tasks | moved between stages | queued ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| query | local ms | cluster ms | ratio | stages | tasks | moved between stages | queued ms | answer |")
+    print("|---|---|---|---|---|---|---|---|---|")
     lt = ct = moved = 0
     for q in sorted(local):
         l, c = best(local[q]), best(cluster[q])
@@ -54,6 +63,9 @@ for round in range(1, rounds + 1):
         lt += l; ct += c; moved += job.get("shuffle_bytes", 0)
         print(f"| q{q} | {l:.0f} | {c:.0f} | {c / l:.2f} | {job.get('stages', '')} | "
               f"{job.get('tasks', '')} | {job.get('shuffle_bytes', 0) / 2**20:.1f} MiB | "
-              f"{job.get('queued_ms', '')} |")
-    print(f"| total | {lt:.0f} | {ct:.0f} | {ct / lt:.2f} | | | {moved / 2**20:.0f} MiB | |")
+              f"{job.get('queued_ms', '')} | {same(local[q], cluster[q])} |")
+    print(f"| total | {lt:.0f} | {ct:.0f} | {ct / lt:.2f} | | | {moved / 2**20:.0f} MiB | | |")
+if wrong:
+    print(f"ANSWERS DIFFER from the local run's: {', '.join(sorted(wrong))}")
+    sys.exit(1)
 EOF

@@ -13,9 +13,9 @@ use std::time::Duration;
 use ballista_core::client::BallistaClient;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use ballista_core::serde::protobuf::{
-    CancelJobParams, ExecuteQueryParams, GetJobMetricsParams, GetJobStatusParams, KeyValuePair,
-    PartitionLocation, SuccessfulJob, execute_query_params::Query, execute_query_result,
-    job_status, operator_metric::Metric,
+    CancelJobParams, ExecuteQueryParams, GetJobMetricsParams, GetJobStatusParams, JobStageMetrics,
+    KeyValuePair, OperatorWithMetrics, PartitionLocation, SuccessfulJob,
+    execute_query_params::Query, execute_query_result, job_status, operator_metric::Metric,
 };
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::ExecutionPlan;
@@ -276,24 +276,39 @@ impl Job {
         Ok(out)
     }
 
-    /// What the job did, from the scheduler's metrics.
-    pub(crate) async fn report(&self, done: &SuccessfulJob) -> JobReport {
+    /// What the job did, from the scheduler's metrics, once they show that no stage read
+    /// a shuffle output twice ([`rows_read_twice`]): then the job's output is wrong, and
+    /// must not be used.
+    pub(crate) async fn report(&self, done: &SuccessfulJob) -> Result<JobReport, ClusterError> {
+        let mut client = self.scheduler.client.clone();
+        let stages = client
+            .get_job_metrics(GetJobMetricsParams {
+                job_id: self.id.clone(),
+            })
+            .await
+            .map_err(|e| ClusterError::JobFailed {
+                job_id: self.id.clone(),
+                message: format!(
+                    "its metrics, which show whether its output can be used, could not be \
+                     read: {}",
+                    e.message()
+                ),
+            })?
+            .into_inner()
+            .stages;
+        if let Some(detail) = rows_read_twice(&stages) {
+            return Err(ClusterError::ReadTwice {
+                job_id: self.id.clone(),
+                detail,
+            });
+        }
         let mut report = JobReport {
             job_id: self.id.clone(),
             queued_ms: done.started_at.saturating_sub(done.queued_at),
             run_ms: done.ended_at.saturating_sub(done.started_at),
             ..Default::default()
         };
-        let mut client = self.scheduler.client.clone();
-        let Ok(metrics) = client
-            .get_job_metrics(GetJobMetricsParams {
-                job_id: self.id.clone(),
-            })
-            .await
-        else {
-            return report;
-        };
-        for stage in metrics.into_inner().stages {
+        for stage in stages {
             report.stages += 1;
             report.tasks += u64::from(stage.partitions);
             let mut names = Vec::new();
@@ -330,8 +345,92 @@ impl Job {
                 .operators
                 .push(format!("stage {}: {}", stage.stage_id, names.join(" <- ")));
         }
-        report
+        Ok(report)
     }
+}
+
+/// Whether a stage of a finished job read more rows from a stage before it than that stage
+/// wrote, and where: the job's output holds rows twice.
+///
+/// Ballista 55 does this when it rolls back a running stage (an executor holding part of
+/// its input was lost, or a fetch from one failed): the stage runs again from scratch, but
+/// the shuffle outputs its first attempt's finished tasks already handed to the next stage
+/// stay listed there, so the next stage reads both attempts' rows (TPC-H q21 counted too
+/// high after a kill -9 of an executor mid-query, 3 runs in 22). The scheduler's metrics
+/// keep one execution per task, so in a sound job a shuffle reader's tasks together read at
+/// most what the stage before wrote (less where a limit or an empty join side stops
+/// early); a reader under an operator that merges all its partitions (a join's whole build
+/// side) is read whole by each task, so each task reads at most that.
+fn rows_read_twice(stages: &[JobStageMetrics]) -> Option<String> {
+    use std::collections::BTreeMap;
+    // Rows per task (the scheduler's partition of the stage).
+    let per_task = |op: &OperatorWithMetrics| -> BTreeMap<u32, u64> {
+        let mut rows = BTreeMap::new();
+        for m in &op.metrics {
+            if let Some(Metric::OutputRows(r)) = m.metric {
+                *rows.entry(m.partition.unwrap_or(0)).or_default() += r;
+            }
+        }
+        rows
+    };
+    // Each stage's root writes its shuffle output.
+    let written: BTreeMap<u32, u64> = stages
+        .iter()
+        .filter_map(|stage| {
+            let root = stage.operators.iter().find(|op| op.depth == 0)?;
+            root.operator_type
+                .contains("ShuffleWriter")
+                .then(|| (stage.stage_id, per_task(root).values().sum()))
+        })
+        .collect();
+    for stage in stages {
+        // The operators come depth first: those above each one are the open ones.
+        let mut above: Vec<&OperatorWithMetrics> = Vec::new();
+        for op in &stage.operators {
+            above.retain(|a| a.depth < op.depth);
+            above.push(op);
+            // A broadcast read is every task reading all of it by design.
+            if !op.operator_type.starts_with("ShuffleReader")
+                || op.operator_desc.contains("broadcast: true")
+            {
+                continue;
+            }
+            let Some(upstream) = upstream_stage(&op.operator_desc) else {
+                continue;
+            };
+            let Some(&wrote) = written.get(&upstream) else {
+                continue;
+            };
+            let whole_per_task = above.iter().any(|a| {
+                matches!(
+                    a.operator_type.as_str(),
+                    "CoalescePartitionsExec" | "SortPreservingMergeExec" | "RepartitionExec"
+                )
+            });
+            let tasks = per_task(op);
+            let read = if whole_per_task {
+                tasks.values().copied().max().unwrap_or(0)
+            } else {
+                tasks.values().sum()
+            };
+            if read > wrote {
+                let by = if whole_per_task { "a task of " } else { "" };
+                return Some(format!(
+                    "{by}stage {} read {read} rows from stage {upstream}, which wrote {wrote}",
+                    stage.stage_id
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// The stage a shuffle reader reads, from its description
+/// (`ShuffleReaderExec: upstream_stage: 3, partitioning: ...`).
+fn upstream_stage(desc: &str) -> Option<u32> {
+    let rest = desc.split_once("upstream_stage: ")?.1;
+    let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
 }
 
 impl Drop for Job {
@@ -436,6 +535,90 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
     use ballista_core::serde::protobuf::{ExecutorMetadata, PartitionId};
+
+    /// Stage 2 reads stage 1's shuffle output: at most the rows stage 1 wrote is sound (a
+    /// limit may read fewer), more is a stage's output read twice.
+    #[test]
+    fn a_stage_reading_more_rows_than_its_input_stage_wrote_is_caught() {
+        use ballista_core::serde::protobuf::OperatorMetric;
+        let op = |depth: u32, kind: &str, desc: &str, rows: &[u64]| OperatorWithMetrics {
+            depth,
+            operator_type: kind.into(),
+            operator_desc: desc.into(),
+            metrics: rows
+                .iter()
+                .enumerate()
+                .map(|(task, &r)| OperatorMetric {
+                    partition: Some(task as u32),
+                    metric: Some(Metric::OutputRows(r)),
+                })
+                .collect(),
+        };
+        let job = |read: &[u64], broadcast: bool| {
+            let reader = if broadcast {
+                "ShuffleReaderExec: upstream_stage: 1, broadcast: true, upstream_partition_count: 2"
+            } else {
+                "ShuffleReaderExec: upstream_stage: 1, partitioning: Hash([a@0], 2)"
+            };
+            vec![
+                JobStageMetrics {
+                    stage_id: 1,
+                    partitions: 2,
+                    operators: vec![
+                        op(
+                            0,
+                            "ShuffleWriterExec",
+                            "ShuffleWriterExec: partitioning: x",
+                            &[60, 40],
+                        ),
+                        op(1, "DataSourceExec", "DataSourceExec: files", &[60, 40]),
+                    ],
+                },
+                JobStageMetrics {
+                    stage_id: 2,
+                    partitions: 2,
+                    operators: vec![
+                        op(
+                            0,
+                            "ShuffleWriterExec",
+                            "ShuffleWriterExec: partitioning: y",
+                            &[1, 1],
+                        ),
+                        op(1, "AggregateExec", "AggregateExec: mode=Final", &[1, 1]),
+                        op(2, "ShuffleReaderExec", reader, read),
+                    ],
+                },
+            ]
+        };
+        assert_eq!(rows_read_twice(&job(&[55, 45], false)), None);
+        assert_eq!(rows_read_twice(&job(&[10, 0], false)), None);
+        assert_eq!(
+            rows_read_twice(&job(&[70, 45], false)).as_deref(),
+            Some("stage 2 read 115 rows from stage 1, which wrote 100")
+        );
+        // Every task of a broadcast read reads all of it.
+        assert_eq!(rows_read_twice(&job(&[100, 100], true)), None);
+        // As does every task of a join whose build side is taken whole.
+        let whole = |read: &[u64]| {
+            let mut stages = job(read, false);
+            stages[1].operators[2].depth = 3;
+            stages[1].operators.insert(
+                2,
+                op(2, "CoalescePartitionsExec", "CoalescePartitionsExec", &[]),
+            );
+            stages
+        };
+        assert_eq!(rows_read_twice(&whole(&[100, 100])), None);
+        assert_eq!(
+            rows_read_twice(&whole(&[100, 130])).as_deref(),
+            Some("a task of stage 2 read 130 rows from stage 1, which wrote 100")
+        );
+        assert_eq!(
+            upstream_stage("ShuffleReaderExec: upstream_stage: 12, x"),
+            Some(12)
+        );
+        assert_eq!(upstream_stage("ShuffleReaderExec: partitioning: x"), None);
+    }
 
     /// A final stage run again lists each partition twice: each is read once, from its
     /// last location.

@@ -74,6 +74,19 @@ pub enum ClusterError {
         /// The scheduler's message.
         message: String,
     },
+    /// A job finished with rows read twice between its stages (see `client::rows_read_twice`):
+    /// its output was not used.
+    #[error(
+        "job {job_id} read rows twice between its stages ({detail}): Ballista ran a stage \
+         again after an executor was lost and kept its first attempt's output too; the job's \
+         output was not used"
+    )]
+    ReadTwice {
+        /// Ballista's job id.
+        job_id: String,
+        /// Which stage read how many rows of which stage.
+        detail: String,
+    },
     /// A job's output could not be fetched from an executor.
     #[error("cannot fetch a job's output: {0}")]
     Fetch(String),
@@ -94,7 +107,9 @@ impl ClusterError {
     /// failed on its data or its plan (a cast, a bad row, memory) would fail again.
     pub fn is_transient(&self) -> bool {
         match self {
-            ClusterError::Unreachable { .. } | ClusterError::Fetch(_) => true,
+            ClusterError::Unreachable { .. }
+            | ClusterError::Fetch(_)
+            | ClusterError::ReadTwice { .. } => true,
             ClusterError::JobFailed { message, .. } => {
                 const PASSING: [&str; 12] = [
                     "FetchPartitionError",
@@ -118,6 +133,9 @@ impl ClusterError {
         }
     }
 }
+
+/// Times a job is run when its stages read rows twice ([`ClusterError::ReadTwice`]).
+const JOB_ATTEMPTS: u32 = 3;
 
 /// Whether every output row of a join of `join_type` comes from a probe (right) row, so that
 /// tasks joining the whole build side with shares of the probe side together give the join
@@ -320,15 +338,28 @@ impl Cluster {
         name: &str,
     ) -> Result<(Vec<RecordBatch>, JobReport), ClusterError> {
         let plan = Self::distributed(plan).map_err(|e| ClusterError::Plan(e.to_string()))?;
-        let mut job = self
-            .scheduler
-            .submit(plan, &self.codec, &self.session, name, config)
-            .await?;
-        tracing::info!("job {} submitted to {}", job.id(), self.scheduler.url());
-        let done = job.wait().await?;
-        let report = job.report(&done).await;
-        let batches = job.fetch_all(done.partition_location).await?;
-        Ok((batches, report))
+        let mut attempt = 1;
+        loop {
+            let mut job = self
+                .scheduler
+                .submit(plan.clone(), &self.codec, &self.session, name, config)
+                .await?;
+            tracing::info!("job {} submitted to {}", job.id(), self.scheduler.url());
+            let done = job.wait().await?;
+            match job.report(&done).await {
+                Ok(report) => {
+                    let batches = job.fetch_all(done.partition_location).await?;
+                    return Ok((batches, report));
+                }
+                // Ballista's slip, not the job's: the same job again reads each row once
+                // unless another executor is lost while it runs.
+                Err(e @ ClusterError::ReadTwice { .. }) if attempt < JOB_ATTEMPTS => {
+                    tracing::warn!("{e}; running it again");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Runs `plan` as job `name` whose executors write its rows into the output's staging

@@ -204,6 +204,40 @@ pub fn check_answer(query: u8, scale: f64, batches: &[RecordBatch]) -> Result<An
     Ok(AnswerCheck::Values)
 }
 
+/// An order-insensitive digest of a query's result: equal for two runs that returned the
+/// same rows in any order, whatever the scale factor, so answers without an official
+/// reference (a cluster's against a local run's, at SF 10) can still be compared value by
+/// value. Floats are rounded to 9 significant digits, as a sum's last bits depend on the
+/// order it was added in; everything else is compared as displayed. Stable within one
+/// build of sluice (the hash is Rust's), which is what comparing two runs needs.
+pub fn result_digest(batches: &[RecordBatch]) -> Result<String, String> {
+    use std::hash::{Hash, Hasher};
+    let options = FormatOptions::default();
+    let mut rows: Vec<String> = Vec::new();
+    for batch in batches {
+        let start = rows.len();
+        rows.resize(start + batch.num_rows(), String::new());
+        for (column, field) in batch.columns().iter().zip(batch.schema().fields()) {
+            let formatter = ArrayFormatter::try_new(column.as_ref(), &options)
+                .map_err(|e| format!("cannot display column '{}': {e}", field.name()))?;
+            for (index, row) in rows[start..].iter_mut().enumerate() {
+                let text = formatter.value(index).to_string();
+                let cell = match text.parse::<f64>() {
+                    Ok(v) if column.data_type().is_floating() => format!("{v:.8e}"),
+                    _ if column.is_null(index) => "\\N".to_string(),
+                    _ => text,
+                };
+                row.push_str(&cell);
+                row.push('\u{1f}');
+            }
+        }
+    }
+    rows.sort_unstable();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    rows.hash(&mut hasher);
+    Ok(format!("{:016x}", hasher.finish()))
+}
+
 /// Whether `scale` is scale factor 1, the only one with official answers.
 fn is_scale_one(scale: f64) -> bool {
     (scale - 1.0).abs() < 1e-9

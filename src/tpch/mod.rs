@@ -259,6 +259,10 @@ pub struct QueryResult {
     pub iterations_ms: Vec<f64>,
     /// What the answer check verified: `values`, `row count` or `not checked`.
     pub check: String,
+    /// An order-insensitive digest of the first iteration's rows ([`answers::result_digest`]):
+    /// two runs over the same data (local and on a cluster, say) agree on it when they
+    /// returned the same answer, at any scale factor.
+    pub digest: String,
     /// On a cluster, the first iteration's job: stages, tasks, shuffle bytes, time queued.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job: Option<crate::cluster::JobReport>,
@@ -296,6 +300,7 @@ pub async fn bench(
         let mut times = Vec::new();
         let mut rows = 0;
         let mut check = String::new();
+        let mut digest = String::new();
         let mut job = None;
         let task = progress.task(&format!("q{q}"));
         for i in 0..iterations.max(1) {
@@ -325,6 +330,8 @@ pub async fn bench(
                 check = answers::check_answer(q, scale, &batches)
                     .map_err(Error::WrongAnswer)?
                     .to_string();
+                digest = answers::result_digest(&batches)
+                    .map_err(|e| Error::WrongAnswer(format!("Q{q}: {e}")))?;
             }
         }
         task.finish();
@@ -333,6 +340,7 @@ pub async fn bench(
             rows,
             iterations_ms: times,
             check,
+            digest,
             job,
         });
     }

@@ -14,17 +14,32 @@ pub struct TestCluster {
     pub port: u16,
     scheduler: Child,
     executors: Vec<Option<Child>>,
+    slots: usize,
+    memory: Option<String>,
+    /// How many times each executor was started (its log and work folder are per start).
+    started: Vec<usize>,
 }
 
 impl TestCluster {
     /// A scheduler and `executors` executors of `slots` slots each, with `--memory-limit
     /// memory` when given; returns once every executor polls the scheduler.
     pub fn start(executors: usize, slots: usize, memory: Option<&str>) -> TestCluster {
+        // (An executor killed by a test is taken for dead after 20 s, not Ballista's 180: not
+        // much less, or a busy machine's live executor may be taken for dead.)
+        TestCluster::start_with(executors, slots, memory, "20s")
+    }
+
+    /// As [`TestCluster::start`], the scheduler taking an executor silent for
+    /// `executor_timeout` for dead.
+    pub fn start_with(
+        executors: usize,
+        slots: usize,
+        memory: Option<&str>,
+        executor_timeout: &str,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let bind = format!("127.0.0.1:{port}");
-        // (An executor killed by a test is taken for dead after 20 s, not Ballista's 180: not
-        // much less, or a busy machine's live executor may be taken for dead.)
         let scheduler = spawn(
             &[
                 "cluster",
@@ -32,7 +47,7 @@ impl TestCluster {
                 "--bind",
                 &bind,
                 "--executor-timeout",
-                "20s",
+                executor_timeout,
             ],
             dir.path().join("scheduler.log"),
         );
@@ -45,37 +60,67 @@ impl TestCluster {
             port,
             scheduler,
             executors: Vec::new(),
+            slots,
+            memory: memory.map(str::to_string),
+            started: Vec::new(),
         };
         for i in 0..executors {
-            let work = cluster.dir.path().join(format!("work-{i}"));
-            let grpc = format!("127.0.0.1:{}", free_port());
-            let flight = free_port().to_string();
-            let slots = slots.to_string();
-            let mut args = vec![
-                "cluster",
-                "executor",
-                "--scheduler",
-                &bind,
-                "--bind",
-                &grpc,
-                "--flight-port",
-                &flight,
-                "--slots",
-                &slots,
-                "--work-dir",
-                work.to_str().unwrap(),
-            ];
-            if let Some(m) = memory {
-                args.extend(["--memory-limit", m]);
-            }
-            let child = spawn(&args, cluster.executor_log_path(i));
-            cluster.executors.push(Some(child));
-            wait_for(
-                || cluster.executor_log(i).contains("Starting poll work loop"),
-                "an executor to poll the scheduler",
-            );
+            cluster.executors.push(None);
+            cluster.started.push(0);
+            cluster.start_executor(i);
         }
         cluster
+    }
+
+    /// Starts executor `i` afresh (its own ports, work folder and log); returns once it polls
+    /// the scheduler.
+    fn start_executor(&mut self, i: usize) {
+        self.started[i] += 1;
+        let work = self
+            .dir
+            .path()
+            .join(format!("work-{i}-{}", self.started[i]));
+        let bind = format!("127.0.0.1:{}", self.port);
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let flight = free_port().to_string();
+        let slots = self.slots.to_string();
+        let mut args = vec![
+            "cluster",
+            "executor",
+            "--scheduler",
+            &bind,
+            "--bind",
+            &grpc,
+            "--flight-port",
+            &flight,
+            "--slots",
+            &slots,
+            "--work-dir",
+            work.to_str().unwrap(),
+        ];
+        if let Some(m) = &self.memory {
+            args.extend(["--memory-limit", m]);
+        }
+        let child = spawn(&args, self.executor_log_path(i));
+        self.executors[i] = Some(child);
+        wait_for(
+            || self.executor_log(i).contains("Starting poll work loop"),
+            "an executor to poll the scheduler",
+        );
+    }
+
+    /// Starts again each executor that was killed or has stopped (the scheduler stops one it
+    /// took for dead).
+    pub fn revive_executors(&mut self) {
+        for i in 0..self.executors.len() {
+            let running = self.executors[i]
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+            if !running {
+                self.kill_executor(i);
+                self.start_executor(i);
+            }
+        }
     }
 
     /// The scheduler's URL, as `[settings] cluster` takes it.
@@ -84,10 +129,12 @@ impl TestCluster {
     }
 
     fn executor_log_path(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("executor-{i}.log"))
+        self.dir
+            .path()
+            .join(format!("executor-{i}-{}.log", self.started[i]))
     }
 
-    /// What executor `i` logged.
+    /// What executor `i` logged (since it was last started).
     pub fn executor_log(&self, i: usize) -> String {
         std::fs::read_to_string(self.executor_log_path(i)).unwrap_or_default()
     }
