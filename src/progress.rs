@@ -27,8 +27,9 @@ impl Progress {
 
     /// Progress as JSON lines on stdout, one object per event, each with an `event` field:
     /// `model_started` (`model`, `units`), `unit_done` (`model`, `unit`, `done`, `total`;
-    /// a unit kept from an earlier attempt of the run counts too, `kept: true`) and
-    /// `model_finished` (`model`, `status`, `rows_out`).
+    /// a unit kept from an earlier attempt of the run counts too, `kept: true`), on a
+    /// cluster `tasks_done` (`model`, `unit`, `job_id`, `done`, `total`: the tasks of the
+    /// unit's job) and `model_finished` (`model`, `status`, `rows_out`).
     pub fn json() -> Progress {
         Progress {
             multi: None,
@@ -114,6 +115,7 @@ impl Progress {
         Units {
             bar,
             rows: std::sync::atomic::AtomicU64::new(0),
+            jobs: Default::default(),
             start: std::time::Instant::now(),
             json: self.json.then(|| JsonUnits {
                 progress: self.clone(),
@@ -129,6 +131,8 @@ impl Progress {
 pub struct Units {
     bar: Option<ProgressBar>,
     rows: std::sync::atomic::AtomicU64,
+    /// On a cluster: the tasks done and in all of each running unit's job, by unit.
+    jobs: std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
     start: std::time::Instant,
     json: Option<JsonUnits>,
 }
@@ -144,18 +148,57 @@ struct JsonUnits {
 impl Units {
     /// Counts `rows` more rows written.
     pub fn rows(&self, rows: u64) {
-        let total = self
-            .rows
-            .fetch_add(rows, std::sync::atomic::Ordering::Relaxed)
-            + rows;
-        if let Some(b) = &self.bar {
-            let secs = self.start.elapsed().as_secs_f64().max(0.001);
-            b.set_message(format!(
-                "{} rows  {}/s",
-                indicatif::HumanCount(total),
-                indicatif::HumanCount((total as f64 / secs) as u64)
-            ));
+        self.rows
+            .fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
+        self.refresh();
+    }
+
+    /// On a cluster: unit `unit`'s job `job_id` has finished `done` of its `total` tasks
+    /// (the bar shows the tasks of the jobs running; `--progress json` emits `tasks_done`
+    /// with `model`, `unit`, `job_id`, `done` and `total`).
+    pub fn tasks(&self, unit: &str, job_id: &str, done: u64, total: u64) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            if done >= total {
+                jobs.remove(unit);
+            } else {
+                jobs.insert(unit.to_string(), (done, total));
+            }
         }
+        self.refresh();
+        if let Some(j) = &self.json {
+            j.progress.emit(serde_json::json!({
+                "event": "tasks_done",
+                "model": j.model,
+                "unit": unit,
+                "job_id": job_id,
+                "done": done,
+                "total": total,
+            }));
+        }
+    }
+
+    /// Redraws the bar's message: rows written and their rate, and on a cluster the tasks
+    /// of the jobs running.
+    fn refresh(&self) {
+        let Some(b) = &self.bar else {
+            return;
+        };
+        let rows = self.rows.load(std::sync::atomic::Ordering::Relaxed);
+        let secs = self.start.elapsed().as_secs_f64().max(0.001);
+        let mut message = format!(
+            "{} rows  {}/s",
+            indicatif::HumanCount(rows),
+            indicatif::HumanCount((rows as f64 / secs) as u64)
+        );
+        if let Ok(jobs) = self.jobs.lock()
+            && !jobs.is_empty()
+        {
+            let (done, total) = jobs
+                .values()
+                .fold((0, 0), |(d, t), (done, total)| (d + done, t + total));
+            message.push_str(&format!("  tasks {done}/{total}"));
+        }
+        b.set_message(message);
     }
 
     /// Counts one more unit done (or, `kept`, committed by an earlier attempt of the run).

@@ -207,11 +207,30 @@ impl Job {
         &self.id
     }
 
-    /// Waits for the job to end: where its output partitions are, and its timings.
-    pub(crate) async fn wait(&mut self) -> Result<SuccessfulJob, ClusterError> {
+    /// Waits for the job to end: where its output partitions are, and its timings. While it
+    /// runs, `progress` is told the tasks of its finished stages of `tasks` whenever that
+    /// changes (read from the scheduler's metrics about once a second).
+    pub(crate) async fn wait(
+        &mut self,
+        tasks: u64,
+        progress: &(dyn Fn(super::JobProgress<'_>) + Sync),
+    ) -> Result<SuccessfulJob, ClusterError> {
         let mut client = self.scheduler.client.clone();
         let mut unknown_since: Option<std::time::Instant> = None;
+        let (mut polls, mut tasks_done) = (0u64, None);
         loop {
+            polls += 1;
+            if polls % 20 == 1
+                && let Some(done) = self.tasks_done().await
+                && Some(done) != tasks_done
+            {
+                tasks_done = Some(done);
+                progress(super::JobProgress {
+                    job_id: &self.id,
+                    tasks_done: done,
+                    tasks,
+                });
+            }
             let status = client
                 .get_job_status(GetJobStatusParams {
                     job_id: self.id.clone(),
@@ -224,6 +243,11 @@ impl Job {
             match status {
                 Some(job_status::Status::Successful(done)) => {
                     self.finished = true;
+                    progress(super::JobProgress {
+                        job_id: &self.id,
+                        tasks_done: tasks,
+                        tasks,
+                    });
                     return Ok(done);
                 }
                 Some(job_status::Status::Failed(failed)) => {
@@ -255,6 +279,25 @@ impl Job {
                 }
             }
         }
+    }
+
+    /// The tasks of the job's finished stages, when the scheduler tells.
+    async fn tasks_done(&self) -> Option<u64> {
+        let mut client = self.scheduler.client.clone();
+        let metrics = client
+            .get_job_metrics(GetJobMetricsParams {
+                job_id: self.id.clone(),
+            })
+            .await
+            .ok()?;
+        Some(
+            metrics
+                .into_inner()
+                .stages
+                .iter()
+                .map(|s| u64::from(s.partitions))
+                .sum(),
+        )
     }
 
     /// Reads the job's output from the executors that hold it, partition by partition.

@@ -171,14 +171,10 @@ pub(crate) fn stage_plan(
     plan: &Arc<dyn ExecutionPlan>,
     config: &datafusion::config::ConfigOptions,
 ) -> Result<String, ClusterError> {
-    use ballista_scheduler::planner::{DefaultDistributedPlanner, DistributedPlanner};
     let plan =
         Cluster::distributed(Arc::clone(plan)).map_err(|e| ClusterError::Plan(e.to_string()))?;
-    let stages = DefaultDistributedPlanner::new()
-        .plan_query_stages(&ballista_core::JobId::new("plan"), plan, config)
-        .map_err(|e| ClusterError::Plan(e.to_string()))?;
     let mut out = String::new();
-    for stage in stages {
+    for stage in query_stages(plan, config)? {
         let plan: &dyn ExecutionPlan = stage.as_ref();
         out.push_str(&format!(
             "stage {} ({} partitions):\n{}",
@@ -188,6 +184,29 @@ pub(crate) fn stage_plan(
         ));
     }
     Ok(out)
+}
+
+/// The stages the scheduler cuts a distributed `plan` into: Ballista's own static planner,
+/// which the scheduler runs on a submitted physical plan.
+fn query_stages(
+    plan: Arc<dyn ExecutionPlan>,
+    config: &datafusion::config::ConfigOptions,
+) -> Result<Vec<Arc<dyn ballista_core::execution_plans::ShuffleWriter>>, ClusterError> {
+    use ballista_scheduler::planner::{DefaultDistributedPlanner, DistributedPlanner};
+    DefaultDistributedPlanner::new()
+        .plan_query_stages(&ballista_core::JobId::new("plan"), plan, config)
+        .map_err(|e| ClusterError::Plan(e.to_string()))
+}
+
+/// How far a job has got, for a progress display.
+#[derive(Debug, Clone, Copy)]
+pub struct JobProgress<'a> {
+    /// Ballista's job id.
+    pub job_id: &'a str,
+    /// Tasks of the job's finished stages.
+    pub tasks_done: u64,
+    /// Tasks of all its stages.
+    pub tasks: u64,
 }
 
 /// The settings of a job planned in `ctx`: its session's, with the stores `stores` serves.
@@ -331,13 +350,23 @@ impl Cluster {
     }
 
     /// Runs `plan` as job `name` and returns its rows and what the job did.
+    ///
+    /// `progress` is told the tasks done whenever a stage finishes.
     pub async fn collect(
         &self,
         plan: Arc<dyn ExecutionPlan>,
         config: &SessionConfig,
         name: &str,
+        progress: &(dyn Fn(JobProgress<'_>) + Sync),
     ) -> Result<(Vec<RecordBatch>, JobReport), ClusterError> {
         let plan = Self::distributed(plan).map_err(|e| ClusterError::Plan(e.to_string()))?;
+        let tasks = query_stages(Arc::clone(&plan), config.options())?
+            .iter()
+            .map(|stage| {
+                let stage: &dyn ExecutionPlan = stage.as_ref();
+                stage.properties().output_partitioning().partition_count() as u64
+            })
+            .sum();
         let mut attempt = 1;
         loop {
             let mut job = self
@@ -345,7 +374,7 @@ impl Cluster {
                 .submit(plan.clone(), &self.codec, &self.session, name, config)
                 .await?;
             tracing::info!("job {} submitted to {}", job.id(), self.scheduler.url());
-            let done = job.wait().await?;
+            let done = job.wait(tasks, progress).await?;
             match job.report(&done).await {
                 Ok(report) => {
                     let batches = job.fetch_all(done.partition_location).await?;
@@ -363,16 +392,18 @@ impl Cluster {
     }
 
     /// Runs `plan` as job `name` whose executors write its rows into the output's staging
-    /// as `target` says; returns the files they staged and what the job did.
+    /// as `target` says; returns the files they staged and what the job did (`progress` as
+    /// for [`Cluster::collect`]).
     pub(crate) async fn stage(
         &self,
         plan: Arc<dyn ExecutionPlan>,
         target: StageTarget,
         config: &SessionConfig,
         name: &str,
+        progress: &(dyn Fn(JobProgress<'_>) + Sync),
     ) -> Result<(Vec<StagedFile>, JobReport), ClusterError> {
         let plan: Arc<dyn ExecutionPlan> = Arc::new(StageExec::new(plan, target));
-        let (batches, report) = self.collect(plan, config, name).await?;
+        let (batches, report) = self.collect(plan, config, name, progress).await?;
         let files =
             StageExec::files_of(&batches).map_err(|e| ClusterError::Fetch(e.to_string()))?;
         Ok((files, report))

@@ -341,7 +341,7 @@ async fn on_cluster(
     crate::cluster::check_plan("sql", &plan)?;
     let config = crate::cluster::job_config(engine.ctx(), engine.stores())?;
     let Some((spec, run_id, (output, existing))) = target else {
-        let (batches, _) = cluster.collect(plan, &config, "sql").await?;
+        let (batches, _) = cluster.collect(plan, &config, "sql", &|_| {}).await?;
         let schema = batches.first().map_or_else(
             || std::sync::Arc::new(datafusion::arrow::datatypes::Schema::empty()),
             |b| b.schema(),
@@ -378,7 +378,7 @@ async fn on_cluster(
     let slot = sink::UnitSlot::attempt(crate::units::WHOLE_KEY);
     let stage = sink::exec::StageTarget::new(&spec, &staging, run_id, &slot);
     let columns = crate::table::manifest_columns(&plan.schema());
-    let staged = cluster.stage(plan, stage, &config, "sql").await;
+    let staged = cluster.stage(plan, stage, &config, "sql", &|_| {}).await;
     let mut files = match staged {
         Ok((files, _)) => files,
         Err(e) => {

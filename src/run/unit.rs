@@ -768,7 +768,9 @@ async fn cluster_attempt(
     let name = format!("{}/{}/{}", cx.pipeline.name, model.name, unit.name);
     let schema = plan.schema();
     let (mut files, report) = cluster
-        .stage(plan, target, &config, &name)
+        .stage(plan, target, &config, &name, &|p| {
+            bar.tasks(&unit.name, p.job_id, p.tasks_done, p.tasks)
+        })
         .await
         .map_err(|e| UnitError {
             message: e.to_string(),

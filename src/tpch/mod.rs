@@ -317,7 +317,7 @@ pub async fn bench(
                     let plan = df.create_physical_plan().await.map_err(query_err)?;
                     let config = crate::cluster::job_config(engine.ctx(), engine.stores())?;
                     let (batches, report) = cluster
-                        .collect(plan, &config, &format!("tpch/q{q}"))
+                        .collect(plan, &config, &format!("tpch/q{q}"), &|_| {})
                         .await?;
                     job.get_or_insert(report);
                     batches

@@ -39,7 +39,42 @@ async fn on_a_standalone_cluster_the_example_pipeline_writes_what_it_writes_loca
     let cluster = tempfile::tempdir().unwrap();
     copy_dir(local.path(), cluster.path());
     sluice(local.path(), &["run", "."]).expect(0);
-    sluice(cluster.path(), &["run", ".", "--cluster", "standalone"]).expect(0);
+    let run = sluice(
+        cluster.path(),
+        &["run", ".", "--cluster", "standalone", "--progress", "json"],
+    )
+    .expect(0);
+    // Progress tells each job's tasks done, up to all of them, before its unit is done.
+    let events: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for model in ["monthly_revenue", "nation_revenue", "top_customers"] {
+        let of = |kind: &str| {
+            events
+                .iter()
+                .position(|e| e["event"] == kind && e["model"] == model)
+                .unwrap_or_else(|| panic!("{model}: no {kind} in {}", run.stdout))
+        };
+        let tasks: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["event"] == "tasks_done" && e["model"] == model)
+            .collect();
+        let last = tasks
+            .last()
+            .unwrap_or_else(|| panic!("{model}: {}", run.stdout));
+        assert!(last["total"].as_u64().unwrap() >= 2, "{last}");
+        assert_eq!(last["done"], last["total"], "{last}");
+        assert!(!last["job_id"].as_str().unwrap().is_empty(), "{last}");
+        let done: Vec<u64> = tasks.iter().map(|e| e["done"].as_u64().unwrap()).collect();
+        assert!(done.is_sorted(), "{model}: {done:?}");
+        let last_task = events.iter().rposition(|e| e == *last).unwrap();
+        assert!(
+            of("model_started") < last_task && last_task < of("unit_done"),
+            "{model}"
+        );
+    }
     // Partitioned Parquet, CSV and a sorted top 100: the same rows, the same partitions.
     for (model, format, parts) in [
         ("monthly_revenue", "parquet", vec!["ship_year"]),
