@@ -54,17 +54,19 @@ def same(l, c):
 for round in range(1, rounds + 1):
     local = {q["query"]: q for q in json.load(open(f"{out}/local-{round}.json"))["queries"]}
     cluster = {q["query"]: q for q in json.load(open(f"{out}/cluster-{round}.json"))["queries"]}
-    print(f"| query | local ms | cluster ms | ratio | stages | tasks | moved between stages | queued ms | answer |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    lt = ct = moved = 0
+    print(f"| query | local ms | cluster ms | ratio | stages | tasks | moved between stages | of it, read whole by each task | queued ms | answer |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    lt = ct = moved = whole = 0
     for q in sorted(local):
         l, c = best(local[q]), best(cluster[q])
         job = cluster[q].get("job") or {}
-        lt += l; ct += c; moved += job.get("shuffle_bytes", 0)
+        lt += l; ct += c; moved += job.get("shuffle_bytes", 0); whole += job.get("whole_read_bytes", 0)
         print(f"| q{q} | {l:.0f} | {c:.0f} | {c / l:.2f} | {job.get('stages', '')} | "
               f"{job.get('tasks', '')} | {job.get('shuffle_bytes', 0) / 2**20:.1f} MiB | "
+              f"{job.get('whole_read_bytes', 0) / 2**20:.1f} MiB | "
               f"{job.get('queued_ms', '')} | {same(local[q], cluster[q])} |")
-    print(f"| total | {lt:.0f} | {ct:.0f} | {ct / lt:.2f} | | | {moved / 2**20:.0f} MiB | | |")
+    print(f"| total | {lt:.0f} | {ct:.0f} | {ct / lt:.2f} | | | {moved / 2**20:.0f} MiB | "
+          f"{whole / 2**20:.0f} MiB | | |")
 if wrong:
     print(f"ANSWERS DIFFER from the local run's: {', '.join(sorted(wrong))}")
     sys.exit(1)

@@ -182,6 +182,9 @@ pub struct JobReport {
     /// Bytes stages read from the shuffle files of the stages before (as Arrow, decoded):
     /// what moved between stages.
     pub shuffle_bytes: u64,
+    /// Of those, the bytes read by tasks that each read a stage's whole output (a join's
+    /// build side, which every task of the join's stage reads): they grow with the tasks.
+    pub whole_read_bytes: u64,
     /// Rows executors wrote to shuffle files.
     pub shuffle_rows: u64,
     /// Bytes operators spilled to the executors' disks.
@@ -355,8 +358,12 @@ impl Job {
             report.stages += 1;
             report.tasks += u64::from(stage.partitions);
             let mut names = Vec::new();
+            let mut above: Vec<(u32, String)> = Vec::new();
             for op in stage.operators {
                 names.push(op.operator_type.clone());
+                above.retain(|(depth, _)| *depth < op.depth);
+                let whole = merges_partitions(above.iter().map(|(_, kind)| kind.as_str()));
+                above.push((op.depth, op.operator_type.clone()));
                 let shuffle = op.operator_type.contains("ShuffleWriter");
                 let scan = matches!(
                     op.operator_type.as_str(),
@@ -368,6 +375,9 @@ impl Job {
                         Metric::SpilledBytes(b) => report.spilled_bytes += b,
                         Metric::Count(c) if c.name == "decoded_bytes" => {
                             report.shuffle_bytes += c.value;
+                            if whole {
+                                report.whole_read_bytes += c.value;
+                            }
                         }
                         Metric::OutputRows(r) if shuffle => report.shuffle_rows += r,
                         Metric::OutputRows(r) if scan => scanned += r,
@@ -444,12 +454,7 @@ fn rows_read_twice(stages: &[JobStageMetrics]) -> Option<String> {
             let Some(&wrote) = written.get(&upstream) else {
                 continue;
             };
-            let whole_per_task = above.iter().any(|a| {
-                matches!(
-                    a.operator_type.as_str(),
-                    "CoalescePartitionsExec" | "SortPreservingMergeExec" | "RepartitionExec"
-                )
-            });
+            let whole_per_task = merges_partitions(above.iter().map(|a| a.operator_type.as_str()));
             let tasks = per_task(op);
             let read = if whole_per_task {
                 tasks.values().copied().max().unwrap_or(0)
@@ -466,6 +471,17 @@ fn rows_read_twice(stages: &[JobStageMetrics]) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether an operator below operators of `kinds` runs all its partitions in every task of
+/// its stage: one of them merges (or repartitions) its input's partitions.
+fn merges_partitions<'a>(mut kinds: impl Iterator<Item = &'a str>) -> bool {
+    kinds.any(|kind| {
+        matches!(
+            kind,
+            "CoalescePartitionsExec" | "SortPreservingMergeExec" | "RepartitionExec"
+        )
+    })
 }
 
 /// The stage a shuffle reader reads, from its description
