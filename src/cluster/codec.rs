@@ -21,7 +21,7 @@ use datafusion_proto::physical_plan::{
 use datafusion_proto::protobuf::PhysicalPlanNode;
 use serde::{Deserialize, Serialize};
 
-use crate::join::{Choice, GraceHashJoinExec};
+use crate::join::{Choice, Distribution, GraceHashJoinExec};
 use crate::quarantine::QuarantineScan;
 use crate::quarantine::wire::ScanWire;
 use crate::sink::exec::{StageExec, StageTarget};
@@ -39,7 +39,7 @@ enum Node {
         join: Vec<u8>,
         choice: Choice,
         /// `GraceHashJoinExec::distribution`.
-        distribution: Option<bool>,
+        distribution: Option<Distribution>,
     },
     /// A staged write.
     Stage(StageTarget),
@@ -91,7 +91,7 @@ impl PhysicalExtensionCodec for SluiceCodec {
                     .ok_or_else(|| bad("join", "not a hash join"))?;
                 let grace = GraceHashJoinExec::try_new(join, choice)?;
                 Ok(Arc::new(match distribution {
-                    Some(whole_probe) => grace.distributed(whole_probe),
+                    Some(distribution) => grace.distributed(distribution),
                     None => grace,
                 }))
             }

@@ -35,6 +35,7 @@ use client::Scheduler;
 use codec::SluiceCodec;
 
 use crate::config::ClusterTarget;
+use crate::join::Distribution;
 use crate::sink::exec::{StageExec, StageTarget};
 use crate::table::StagedFile;
 
@@ -136,6 +137,28 @@ impl ClusterError {
 
 /// Times a job is run when its stages read rows twice ([`ClusterError::ReadTwice`]).
 const JOB_ATTEMPTS: u32 = 3;
+
+/// `side` hash-partitioned by `keys` into `partitions` (a shuffle on a cluster), unless it
+/// already is.
+fn hashed(
+    side: Arc<dyn ExecutionPlan>,
+    keys: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
+    partitions: usize,
+) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::physical_plan::Partitioning;
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    if let Partitioning::Hash(exprs, n) = side.output_partitioning()
+        && *n == partitions
+        && exprs.len() == keys.len()
+        && exprs.iter().zip(&keys).all(|(a, b)| a.eq(b))
+    {
+        return Ok(side);
+    }
+    Ok(Arc::new(RepartitionExec::try_new(
+        side,
+        Partitioning::Hash(keys, partitions),
+    )?))
+}
 
 /// Whether every output row of a join of `join_type` comes from a probe (right) row, so that
 /// tasks joining the whole build side with shares of the probe side together give the join
@@ -288,9 +311,9 @@ impl Cluster {
 
     /// The plan as it runs on the cluster. Ballista hands each task its share of a stage's
     /// partitions, narrowing only its own leaves to it: sluice's scan of several partitions
-    /// becomes a union of scans of one (else every task would read it whole), and sluice's
-    /// operators that read a whole input (the grace join's build side) get it through an
-    /// exchange.
+    /// becomes a union of scans of one (else every task would read it whole), and the grace
+    /// join, which reads all it is given, gets either its small build side whole or both
+    /// sides hash-partitioned alike, through exchanges.
     pub(crate) fn distributed(
         plan: Arc<dyn ExecutionPlan>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
@@ -327,23 +350,34 @@ impl Cluster {
             let [build, probe] = <[_; 2]>::try_from(children).map_err(|_| {
                 datafusion::error::DataFusionError::Internal("a join has two inputs".into())
             })?;
-            let whole = |side: Arc<dyn ExecutionPlan>| -> Arc<dyn ExecutionPlan> {
-                if side.output_partitioning().partition_count() > 1 {
-                    Arc::new(CoalescePartitionsExec::new(side))
+            let join = grace.join();
+            // A small build side (DataFusion's broadcast join) is read whole by each task,
+            // which joins it with its share of the probe side, when every output row comes
+            // from a probe row. Otherwise both sides are hash-partitioned by the join keys
+            // into the same partitions (a shuffle each): each task joins its partitions of
+            // the two, whatever the join type, and no task reads more than its share.
+            if grace.choice().broadcast && probe_driven(join.join_type()) {
+                let build = if build.output_partitioning().partition_count() > 1 {
+                    Arc::new(CoalescePartitionsExec::new(build))
                 } else {
-                    side
-                }
-            };
-            // Each task joins the whole build side with its share of the probe side: right
-            // for joins whose every output row comes from a probe row. A join that also
-            // emits build rows no probe row matched (left, full, left semi / anti / mark)
-            // would emit them in every task: it runs as one task.
-            let whole_probe = !probe_driven(grace.join().join_type());
-            let probe = if whole_probe { whole(probe) } else { probe };
+                    build
+                };
+                return Ok(Transformed::yes(Arc::new(grace.distributed_over(
+                    build,
+                    probe,
+                    Distribution::Broadcast,
+                )?)));
+            }
+            let partitions = build
+                .output_partitioning()
+                .partition_count()
+                .max(probe.output_partitioning().partition_count())
+                .max(1);
+            let (build_keys, probe_keys): (Vec<_>, Vec<_>) = join.on().iter().cloned().unzip();
             Ok(Transformed::yes(Arc::new(grace.distributed_over(
-                whole(build),
-                probe,
-                whole_probe,
+                hashed(build, build_keys, partitions)?,
+                hashed(probe, probe_keys, partitions)?,
+                Distribution::CoPartitioned,
             )?)))
         })
         .map(|t| t.data)
@@ -360,13 +394,6 @@ impl Cluster {
         progress: &(dyn Fn(JobProgress<'_>) + Sync),
     ) -> Result<(Vec<RecordBatch>, JobReport), ClusterError> {
         let plan = Self::distributed(plan).map_err(|e| ClusterError::Plan(e.to_string()))?;
-        let tasks = query_stages(Arc::clone(&plan), config.options())?
-            .iter()
-            .map(|stage| {
-                let stage: &dyn ExecutionPlan = stage.as_ref();
-                stage.properties().output_partitioning().partition_count() as u64
-            })
-            .sum();
         let mut attempt = 1;
         loop {
             let mut job = self
@@ -374,6 +401,15 @@ impl Cluster {
                 .submit(plan.clone(), &self.codec, &self.session, name, config)
                 .await?;
             tracing::info!("job {} submitted to {}", job.id(), self.scheduler.url());
+            // The tasks to come, for progress: the stages the scheduler cuts (counted once
+            // the job is on its way, not to delay it).
+            let tasks = query_stages(Arc::clone(&plan), config.options())?
+                .iter()
+                .map(|stage| {
+                    let stage: &dyn ExecutionPlan = stage.as_ref();
+                    stage.properties().output_partitioning().partition_count() as u64
+                })
+                .sum();
             let done = job.wait(tasks, progress).await?;
             match job.report(&done).await {
                 Ok(report) => {

@@ -81,6 +81,22 @@ pub(crate) struct Choice {
     pub total_budget: Option<usize>,
     /// Buckets to partition into when partitioning (the estimate's, or a default).
     pub buckets: usize,
+    /// DataFusion planned the join as a broadcast (`CollectLeft`): its build side is small.
+    /// On a cluster, every task may then read the whole build side.
+    #[serde(default)]
+    pub broadcast: bool,
+}
+
+/// How a grace join's work is split over the tasks of a cluster's stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Distribution {
+    /// Every task reads the whole build side and joins it with its share of the probe side.
+    /// Only for a small build side, and for joins whose every output row comes from a probe
+    /// row: a task would emit unmatched build rows that other tasks' probe rows match.
+    Broadcast,
+    /// Both sides hash-partitioned by the join keys into the same partitions: each task
+    /// joins its partitions of the two, which hold every row of their keys. Any join type.
+    CoPartitioned,
 }
 
 /// A hash join that spills: see the module documentation.
@@ -88,13 +104,10 @@ pub(crate) struct Choice {
 pub(crate) struct GraceHashJoinExec {
     join: Arc<HashJoinExec>,
     choice: Choice,
-    /// Runs as tasks of a cluster, each with its share of the probe side's partitions: it
-    /// then asks for its build side whole (one partition), which Ballista gives every task
-    /// in full, and joins all its buckets in each.
-    distributed: bool,
-    /// On a cluster, asks for its probe side whole too (one task): for a join that emits
-    /// unmatched build rows, which each task would emit again.
-    whole_probe: bool,
+    /// Runs as tasks of a cluster, which narrows each input to the task's partitions unless
+    /// the join asks for it whole: how the join asks for its inputs. In each task it joins
+    /// all it is given, as locally.
+    distribution: Option<Distribution>,
     metrics: ExecutionPlanMetricsSet,
     props: Arc<PlanProperties>,
     shared: Arc<Shared>,
@@ -118,29 +131,26 @@ impl GraceHashJoinExec {
         Ok(GraceHashJoinExec {
             join: Arc::new(join),
             choice,
-            distributed: false,
-            whole_probe: false,
+            distribution: None,
             metrics: ExecutionPlanMetricsSet::new(),
             props,
             shared: Arc::default(),
         })
     }
 
-    /// The same join, to run on a cluster (see the `distributed` field), its probe side
-    /// whole too when `whole_probe`; its inputs must then be one partition.
-    pub(crate) fn distributed(mut self, whole_probe: bool) -> GraceHashJoinExec {
-        self.distributed = true;
-        self.whole_probe = whole_probe;
+    /// The same join, to run on a cluster as `distribution` says; its inputs must then be
+    /// as it asks ([`ExecutionPlan::input_distribution_requirements`]).
+    pub(crate) fn distributed(mut self, distribution: Distribution) -> GraceHashJoinExec {
+        self.distribution = Some(distribution);
         self
     }
 
-    /// The same join over `build` and `probe` (one partition when `whole_probe`, else any),
-    /// to run on a cluster.
+    /// The same join over `build` and `probe`, to run on a cluster as `distribution` says.
     pub(crate) fn distributed_over(
         &self,
         build: Arc<dyn ExecutionPlan>,
         probe: Arc<dyn ExecutionPlan>,
-        whole_probe: bool,
+        distribution: Distribution,
     ) -> Result<GraceHashJoinExec> {
         let join = self
             .join
@@ -148,12 +158,12 @@ impl GraceHashJoinExec {
             .with_new_children(vec![build, probe])?
             .recompute_properties()
             .build()?;
-        Ok(GraceHashJoinExec::try_new(&join, self.choice.clone())?.distributed(whole_probe))
+        Ok(GraceHashJoinExec::try_new(&join, self.choice.clone())?.distributed(distribution))
     }
 
-    /// Whether it runs on a cluster, and then whether with its probe side whole.
-    pub(crate) fn distribution(&self) -> Option<bool> {
-        self.distributed.then_some(self.whole_probe)
+    /// How it runs on a cluster (`None`: locally).
+    pub(crate) fn distribution(&self) -> Option<Distribution> {
+        self.distribution
     }
 
     /// The hash join it runs (its inputs are the join's).
@@ -260,20 +270,27 @@ impl ExecutionPlan for GraceHashJoinExec {
     fn input_distribution_requirements(
         &self,
     ) -> datafusion::physical_plan::InputDistributionRequirements {
-        use datafusion::physical_expr::Distribution;
-        // Locally, it reads every partition of its build side itself. Ballista narrows each
-        // child of a task to the task's partitions unless the operator asks for it whole.
-        let whole = |yes: bool| {
-            if yes {
-                Distribution::SinglePartition
-            } else {
-                Distribution::UnspecifiedDistribution
+        use datafusion::physical_expr::Distribution as Input;
+        // Locally, it reads every partition of both sides itself.
+        let (build, probe) = match self.distribution {
+            None => (
+                Input::UnspecifiedDistribution,
+                Input::UnspecifiedDistribution,
+            ),
+            Some(Distribution::Broadcast) => {
+                (Input::SinglePartition, Input::UnspecifiedDistribution)
             }
+            // Both sides come hash-partitioned alike by the exchanges `Cluster::distributed`
+            // puts below them. Asking for that by key would have Ballista's planner, which
+            // runs DataFusion's EnforceDistribution again on each stage, add a repartition
+            // to the thread count inside the stage: a task running a share of its output
+            // partitions would then lose the rows hashed to the others.
+            Some(Distribution::CoPartitioned) => (
+                Input::UnspecifiedDistribution,
+                Input::UnspecifiedDistribution,
+            ),
         };
-        datafusion::physical_plan::InputDistributionRequirements::new(vec![
-            whole(self.distributed),
-            whole(self.distributed && self.whole_probe),
-        ])
+        datafusion::physical_plan::InputDistributionRequirements::new(vec![build, probe])
     }
 
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
@@ -300,8 +317,7 @@ impl ExecutionPlan for GraceHashJoinExec {
         Ok(Arc::new(GraceHashJoinExec {
             join: Arc::new(join),
             choice: self.choice.clone(),
-            distributed: self.distributed,
-            whole_probe: self.whole_probe,
+            distribution: self.distribution,
             metrics: ExecutionPlanMetricsSet::new(),
             props,
             shared: Arc::default(),

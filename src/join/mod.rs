@@ -35,7 +35,7 @@ use serde::Serialize;
 use crate::config::JoinOptions;
 use crate::physical::{metric_max, metric_sum};
 
-pub(crate) use exec::{Choice, GraceHashJoinExec};
+pub(crate) use exec::{Choice, Distribution, GraceHashJoinExec};
 pub(crate) use rule::GraceJoinRule;
 
 /// DataFusion's physical optimizer rules with [`GraceJoinRule`] inserted where it must run:

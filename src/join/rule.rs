@@ -136,6 +136,7 @@ impl GraceJoinRule {
             budget,
             total_budget,
             buckets,
+            broadcast: collect_left,
         }))
     }
 }

@@ -248,6 +248,7 @@ fn partitioned(buckets: usize, budget: usize) -> Choice {
         budget: Some(budget),
         total_budget: Some(budget * 2),
         buckets,
+        broadcast: false,
     }
 }
 
@@ -331,6 +332,7 @@ async fn adaptive_join_stays_in_memory_when_the_build_side_fits() {
             budget: Some(16 << 20),
             total_budget: Some(32 << 20),
             buckets: 8,
+            broadcast: false,
         };
         let (plain, grace) = plans(&case, &left, &right, choice).unwrap();
         let expected = rows(&collect(plain, Arc::clone(&ctx)).await.unwrap());
@@ -352,6 +354,7 @@ async fn adaptive_join_stays_in_memory_when_the_build_side_fits() {
         budget: Some(128 << 10),
         total_budget: Some(256 << 10),
         buckets: 8,
+        broadcast: false,
     };
     let (plain, grace) = plans(&case, &left, &right, choice).unwrap();
     let expected = rows(&collect(plain, Arc::clone(&ctx)).await.unwrap());

@@ -605,10 +605,15 @@ async fn on_a_cluster_a_unit_past_its_timeout_cancels_its_job_on_the_scheduler()
     edit_file(&dir.path().join("sluice.toml"), |t| {
         t.replace(
             "max_concurrent_units = 2",
-            "max_concurrent_units = 1\nunit_timeout = \"50ms\"\nretries = 0",
+            "max_concurrent_units = 1\nunit_timeout = \"3s\"\nretries = 0",
         )
     });
-    let run = sluice_env(dir.path(), &["run", "."], &s3.env()).expect(1);
+    // The executor frozen (for less than the scheduler's 20 s for dead): the first unit's
+    // job is submitted and runs no task until its unit times out.
+    cluster.freeze_executor(0, true);
+    let run = sluice_env(dir.path(), &["run", "."], &s3.env());
+    cluster.freeze_executor(0, false);
+    let run = run.expect(1);
     assert!(run.stderr.contains("timed out after"), "{}", run.stderr);
     // The job the unit had submitted was cancelled, not left to run.
     let start = std::time::Instant::now();

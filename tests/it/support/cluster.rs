@@ -149,6 +149,18 @@ impl TestCluster {
         std::fs::read_to_string(self.dir.path().join("scheduler.log")).unwrap_or_default()
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) executor `i`: a frozen executor takes
+    /// tasks but runs none, until it is taken for dead.
+    pub fn freeze_executor(&self, i: usize, frozen: bool) {
+        let pid = self.executors[i].as_ref().expect("a running executor").id();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// kill -9 of executor `i`.
     pub fn kill_executor(&mut self, i: usize) {
         if let Some(mut c) = self.executors[i].take() {
