@@ -138,6 +138,52 @@ impl ClusterError {
 /// Times a job is run when its stages read rows twice ([`ClusterError::ReadTwice`]).
 const JOB_ATTEMPTS: u32 = 3;
 
+/// DataFusion's joins that collect their build side whole (a hash join in `CollectLeft`
+/// mode, the nested-loop join) and also emit build rows (left, full, left semi / anti /
+/// mark): the same join with its probe side in one partition, as one task. Ballista gives each task
+/// the whole build side and its share of the probe side, and each task would emit the build
+/// rows its share did not match (a NOT IN kept rows that another task's share excluded:
+/// TPC-H q16 at SF 10 counted some suppliers once too often). The grace join, which wraps
+/// the other hash joins, is split by `Cluster::distributed` itself; these are the joins it
+/// leaves alone (NOT IN, and joins without equal keys). `None`: not such a join.
+fn collects_build_emits_it(
+    node: &Arc<dyn ExecutionPlan>,
+) -> datafusion::error::Result<Option<Arc<dyn ExecutionPlan>>> {
+    use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
+    let join_type = if let Some(join) = node.downcast_ref::<HashJoinExec>() {
+        if *join.partition_mode() != PartitionMode::CollectLeft {
+            return Ok(None);
+        }
+        *join.join_type()
+    } else if let Some(join) = node.downcast_ref::<NestedLoopJoinExec>() {
+        *join.join_type()
+    } else {
+        return Ok(None);
+    };
+    let children: Vec<Arc<dyn ExecutionPlan>> = node.children().into_iter().cloned().collect();
+    let [build, probe] = <[_; 2]>::try_from(children).map_err(|_| {
+        datafusion::error::DataFusionError::Internal("a join has two inputs".into())
+    })?;
+    if probe_driven(&join_type) || probe.output_partitioning().partition_count() <= 1 {
+        return Ok(None);
+    }
+    // One partition through an exchange of its own: a `CoalescePartitionsExec` would not
+    // do, as Ballista's planner runs DataFusion's EnforceDistribution on each stage, which
+    // removes a merge the join does not ask for.
+    let one = datafusion::physical_plan::Partitioning::Hash(
+        vec![datafusion::physical_expr::expressions::lit(0i32)],
+        1,
+    );
+    let probe: Arc<dyn ExecutionPlan> =
+        Arc::new(datafusion::physical_plan::repartition::RepartitionExec::try_new(probe, one)?);
+    Ok(Some(
+        datafusion::physical_plan::replace_children_if_necessary(
+            Arc::clone(node),
+            vec![build, probe],
+        )?,
+    ))
+}
+
 /// `side` hash-partitioned by `keys` into `partitions` (a shuffle on a cluster), unless it
 /// already is.
 fn hashed(
@@ -338,6 +384,9 @@ impl Cluster {
                     1 => parts.remove(0),
                     _ => UnionExec::try_new(parts)?,
                 }));
+            }
+            if let Some(whole_probe) = collects_build_emits_it(&node)? {
+                return Ok(Transformed::yes(whole_probe));
             }
             let Some(grace) = node.downcast_ref::<crate::join::GraceHashJoinExec>() else {
                 return Ok(Transformed::no(node));
