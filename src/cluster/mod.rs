@@ -400,33 +400,45 @@ impl Cluster {
                 datafusion::error::DataFusionError::Internal("a join has two inputs".into())
             })?;
             let join = grace.join();
-            // A small build side (DataFusion's broadcast join) is read whole by each task,
-            // which joins it with its share of the probe side, when every output row comes
-            // from a probe row. Otherwise both sides are hash-partitioned by the join keys
-            // into the same partitions (a shuffle each): each task joins its partitions of
-            // the two, whatever the join type, and no task reads more than its share.
-            if grace.choice().broadcast && probe_driven(join.join_type()) {
-                let build = if build.output_partitioning().partition_count() > 1 {
-                    Arc::new(CoalescePartitionsExec::new(build))
+            let whole = |side: Arc<dyn ExecutionPlan>| -> Arc<dyn ExecutionPlan> {
+                if side.output_partitioning().partition_count() > 1 {
+                    Arc::new(CoalescePartitionsExec::new(side))
                 } else {
-                    build
-                };
-                return Ok(Transformed::yes(Arc::new(grace.distributed_over(
-                    build,
-                    probe,
-                    Distribution::Broadcast,
-                )?)));
-            }
-            let partitions = build
-                .output_partitioning()
-                .partition_count()
-                .max(probe.output_partitioning().partition_count())
-                .max(1);
-            let (build_keys, probe_keys): (Vec<_>, Vec<_>) = join.on().iter().cloned().unzip();
+                    side
+                }
+            };
+            let (build, probe, distribution) = if grace.choice().broadcast {
+                // A small build side (DataFusion's broadcast join) is read whole by each
+                // task, which joins it with its share of the probe side, when every output
+                // row comes from a probe row; a join that also emits the build rows no
+                // probe row matched (left, full, left semi / anti / mark) would emit them
+                // in each task, and runs as one task.
+                if probe_driven(join.join_type()) {
+                    (whole(build), probe, Distribution::Broadcast)
+                } else {
+                    (whole(build), whole(probe), Distribution::Single)
+                }
+            } else {
+                // DataFusion's partitioned join: both sides hash-partitioned by the join
+                // keys into the same partitions (the exchanges it planned, kept as they
+                // are, so that the plan above sees the partitioning it was planned for):
+                // each task joins its partitions of the two, whatever the join type.
+                let partitions = build
+                    .output_partitioning()
+                    .partition_count()
+                    .max(probe.output_partitioning().partition_count())
+                    .max(1);
+                let (build_keys, probe_keys): (Vec<_>, Vec<_>) = join.on().iter().cloned().unzip();
+                (
+                    hashed(build, build_keys, partitions)?,
+                    hashed(probe, probe_keys, partitions)?,
+                    Distribution::CoPartitioned,
+                )
+            };
             Ok(Transformed::yes(Arc::new(grace.distributed_over(
-                hashed(build, build_keys, partitions)?,
-                hashed(probe, probe_keys, partitions)?,
-                Distribution::CoPartitioned,
+                build,
+                probe,
+                distribution,
             )?)))
         })
         .map(|t| t.data)

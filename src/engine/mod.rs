@@ -107,6 +107,16 @@ impl Engine {
             // large for Flight frames); see Ballista's `ballista_restricted_configuration`.
             use ballista_core::extension::SessionConfigHelperExt;
             config = config.ballista_restricted_configuration();
+            // Ballista also raises DataFusion's broadcast-join limit to 128 MiB: every task
+            // of a join's stage would read a build side that large whole. sluice keeps
+            // DataFusion's (1 MiB): a larger join has both sides hash-partitioned, each
+            // task joining its share (`Cluster::distributed`).
+            let defaults = datafusion::config::OptimizerOptions::default();
+            let optimizer = &mut config.options_mut().optimizer;
+            optimizer.hash_join_single_partition_threshold =
+                defaults.hash_join_single_partition_threshold;
+            optimizer.hash_join_single_partition_threshold_rows =
+                defaults.hash_join_single_partition_threshold_rows;
         }
         // (Ballista prefers sort-merge joins for want of a hash join that spills: sluice's
         // grace join spills, so the join strategy stays sluice's.)

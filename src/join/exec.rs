@@ -87,6 +87,16 @@ pub(crate) struct Choice {
     pub broadcast: bool,
 }
 
+impl fmt::Display for Distribution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Distribution::Broadcast => "broadcast",
+            Distribution::CoPartitioned => "co-partitioned",
+            Distribution::Single => "one task",
+        })
+    }
+}
+
 /// How a grace join's work is split over the tasks of a cluster's stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Distribution {
@@ -97,6 +107,9 @@ pub(crate) enum Distribution {
     /// Both sides hash-partitioned by the join keys into the same partitions: each task
     /// joins its partitions of the two, which hold every row of their keys. Any join type.
     CoPartitioned,
+    /// One task joins both sides whole: a small build side in a join that emits unmatched
+    /// build rows.
+    Single,
 }
 
 /// A hash join that spills: see the module documentation.
@@ -230,14 +243,21 @@ impl DisplayAs for GraceHashJoinExec {
             .filter()
             .map_or_else(String::new, |f| format!(", filter={}", f.expression()));
         match t {
-            DisplayFormatType::Default | DisplayFormatType::Verbose => write!(
-                f,
-                "GraceHashJoinExec: join_type={:?}, on=[{}]{filter}, strategy={}, reason=\"{}\"",
-                self.join.join_type(),
-                self.on_text(),
-                self.choice.strategy,
-                self.choice.reason
-            ),
+            DisplayFormatType::Default | DisplayFormatType::Verbose => {
+                write!(
+                    f,
+                    "GraceHashJoinExec: join_type={:?}, on=[{}]{filter}, strategy={}, \
+                     reason=\"{}\"",
+                    self.join.join_type(),
+                    self.on_text(),
+                    self.choice.strategy,
+                    self.choice.reason
+                )?;
+                match self.distribution {
+                    None => Ok(()),
+                    Some(d) => write!(f, ", distribution={d}"),
+                }
+            }
             DisplayFormatType::TreeRender => {
                 writeln!(f, "join_type={:?}", self.join.join_type())?;
                 writeln!(f, "on={}", self.on_text())?;
@@ -280,6 +300,7 @@ impl ExecutionPlan for GraceHashJoinExec {
             Some(Distribution::Broadcast) => {
                 (Input::SinglePartition, Input::UnspecifiedDistribution)
             }
+            Some(Distribution::Single) => (Input::SinglePartition, Input::SinglePartition),
             // Both sides come hash-partitioned alike by the exchanges `Cluster::distributed`
             // puts below them. Asking for that by key would have Ballista's planner, which
             // runs DataFusion's EnforceDistribution again on each stage, add a repartition

@@ -395,8 +395,9 @@ async fn on_a_cluster_a_join_larger_than_an_executors_memory_finishes_by_the_gra
     )
     .expect(0);
     let data = gen_tpch(dir.path(), "data", 0.1, "parquet");
-    // Each executor: one task at a time, 16 MiB for it.
-    let cluster = TestCluster::start(2, 1, Some("16MiB"));
+    // Each executor: one task at a time, 8 MiB for it, less than a task's share of the
+    // join's build side (the join is co-partitioned: each task builds from half of it).
+    let cluster = TestCluster::start(2, 1, Some("8MiB"));
     let sql = "SELECT o_orderpriority, COUNT(*) AS n, SUM(l_extendedprice) AS revenue, \
                MAX(o_comment) AS last_comment \
                FROM lineitem JOIN orders ON l_orderkey = o_orderkey GROUP BY o_orderpriority";
@@ -695,6 +696,66 @@ async fn sql_and_plan_on_a_standalone_cluster() {
     assert!(plan.stdout.contains("GraceHashJoinExec"), "{}", plan.stdout);
     assert!(plan.stdout.contains("ShuffleWriterExec"), "{}", plan.stdout);
     assert!(!dir.path().join("out/by_priority").exists());
+}
+
+/// Joins too large for a broadcast (orders and lineitem at SF 0.1: DataFusion's
+/// partitioned joins) run with both sides hash-partitioned alike, each task joining its
+/// partitions of the two: every join type gives the local answer (keys `l_orderkey + 1`
+/// leave rows of both sides unmatched), and `plan --cluster` shows the distribution.
+#[test]
+fn on_a_cluster_large_joins_of_every_type_run_co_partitioned_and_give_the_local_answers() {
+    let dir = tpch_pipeline_dir(0.1);
+    // (The orders' comments make both sides megabytes: over DataFusion's broadcast size.)
+    let queries = [
+        "SELECT o_orderpriority, COUNT(*) AS n, SUM(l_quantity) AS q, \
+         SUM(LENGTH(o_comment)) AS c FROM orders JOIN lineitem ON o_orderkey = l_orderkey \
+         GROUP BY 1 ORDER BY 1",
+        "SELECT COUNT(*) AS n, COUNT(l_orderkey) AS l, SUM(l_quantity) AS q, \
+         SUM(LENGTH(o_comment)) AS c FROM orders LEFT JOIN lineitem \
+         ON o_orderkey = l_orderkey + 1",
+        "SELECT COUNT(*) AS n, COUNT(o_orderkey) AS o, COUNT(l_orderkey) AS l, \
+         SUM(LENGTH(o_comment)) AS c FROM orders FULL JOIN lineitem \
+         ON o_orderkey = l_orderkey + 1",
+        "SELECT COUNT(*) AS n, SUM(LENGTH(o_comment)) AS c FROM lineitem RIGHT JOIN orders \
+         ON o_orderkey = l_orderkey + 1",
+        "SELECT COUNT(*) AS n, SUM(LENGTH(o_comment)) AS c FROM orders WHERE EXISTS \
+         (SELECT 1 FROM lineitem WHERE l_orderkey + 1 = o_orderkey)",
+        "SELECT COUNT(*) AS n, SUM(LENGTH(o_comment)) AS c FROM orders WHERE NOT EXISTS \
+         (SELECT 1 FROM lineitem WHERE l_orderkey + 1 = o_orderkey)",
+    ];
+    let tables = [
+        "--table",
+        "orders=data/orders/",
+        "--table",
+        "lineitem=data/lineitem/",
+        "--threads",
+        "4",
+    ];
+    for q in queries {
+        let run = |extra: &[&str]| {
+            let mut args = vec!["sql", "-e", q];
+            args.extend(tables);
+            args.extend(extra);
+            sluice(dir.path(), &args).expect(0).stdout
+        };
+        assert_eq!(run(&["--cluster", "standalone"]), run(&[]), "{q}");
+    }
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "name = \"joins\"\n[settings]\nthreads = 4\n\
+         [sources.orders]\nlocation = \"data/orders/\"\nformat = \"parquet\"\n\
+         [sources.lineitem]\nlocation = \"data/lineitem/\"\nformat = \"parquet\"\n\
+         [models.left_join]\nsink = { location = \"out/\", format = \"parquet\" }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("queries/left_join.sql"), queries[1]).unwrap();
+    let plan = sluice(dir.path(), &["plan", ".", "--cluster", "standalone"]).expect(0);
+    assert!(
+        plan.stdout.contains("join_type=Left")
+            && plan.stdout.contains("distribution=co-partitioned"),
+        "{}",
+        plan.stdout
+    );
 }
 
 #[tokio::test]
