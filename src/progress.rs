@@ -137,6 +137,21 @@ pub struct Units {
     json: Option<JsonUnits>,
 }
 
+/// See [`Units::job_guard`].
+pub struct JobGuard<'a> {
+    units: &'a Units,
+    unit: &'a str,
+}
+
+impl Drop for JobGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut jobs) = self.units.jobs.lock() {
+            jobs.remove(self.unit);
+        }
+        self.units.refresh();
+    }
+}
+
 /// What a model's `unit_done` JSON events need.
 struct JsonUnits {
     progress: Progress,
@@ -175,6 +190,12 @@ impl Units {
                 "total": total,
             }));
         }
+    }
+
+    /// On a cluster: while the returned guard lives, unit `unit`'s job may show its tasks;
+    /// dropped (the job done, failed or abandoned), they leave the bar.
+    pub fn job_guard<'a>(&'a self, unit: &'a str) -> JobGuard<'a> {
+        JobGuard { units: self, unit }
     }
 
     /// Redraws the bar's message: rows written and their rate, and on a cluster the tasks

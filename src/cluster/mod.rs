@@ -88,6 +88,18 @@ pub enum ClusterError {
         /// Which stage read how many rows of which stage.
         detail: String,
     },
+    /// A finished job's metrics, which show whether its output can be used, could not be
+    /// read: its output was not used.
+    #[error(
+        "job {job_id} finished, but its metrics, which show whether its output can be used, \
+         could not be read: {message}"
+    )]
+    Unchecked {
+        /// Ballista's job id.
+        job_id: String,
+        /// The scheduler's answer.
+        message: String,
+    },
     /// A job's output could not be fetched from an executor.
     #[error("cannot fetch a job's output: {0}")]
     Fetch(String),
@@ -110,7 +122,8 @@ impl ClusterError {
         match self {
             ClusterError::Unreachable { .. }
             | ClusterError::Fetch(_)
-            | ClusterError::ReadTwice { .. } => true,
+            | ClusterError::ReadTwice { .. }
+            | ClusterError::Unchecked { .. } => true,
             ClusterError::JobFailed { message, .. } => {
                 const PASSING: [&str; 12] = [
                     "FetchPartitionError",
@@ -138,9 +151,9 @@ impl ClusterError {
 /// Times a job is run when its stages read rows twice ([`ClusterError::ReadTwice`]).
 const JOB_ATTEMPTS: u32 = 3;
 
-/// DataFusion's joins that collect their build side whole (a hash join in `CollectLeft`
-/// mode, the nested-loop join) and also emit build rows (left, full, left semi / anti /
-/// mark): the same join with its probe side in one partition, as one task. Ballista gives each task
+/// DataFusion's joins that collect their build side whole (NOT IN's null-aware hash join,
+/// the nested-loop join) and also emit build rows (left, full, left semi / anti / mark):
+/// the same join with its probe side in one partition, as one task. Ballista gives each task
 /// the whole build side and its share of the probe side, and each task would emit the build
 /// rows its share did not match (a NOT IN kept rows that another task's share excluded:
 /// TPC-H q16 at SF 10 counted some suppliers once too often). The grace join, which wraps
@@ -151,7 +164,9 @@ fn collects_build_emits_it(
 ) -> datafusion::error::Result<Option<Arc<dyn ExecutionPlan>>> {
     use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
     let join_type = if let Some(join) = node.downcast_ref::<HashJoinExec>() {
-        if *join.partition_mode() != PartitionMode::CollectLeft {
+        // (Ballista's planner turns a hash join of the other kinds that collects its build
+        // side into a partitioned one itself.)
+        if *join.partition_mode() != PartitionMode::CollectLeft || !join.null_aware {
             return Ok(None);
         }
         *join.join_type()
@@ -283,8 +298,25 @@ pub(crate) fn job_config(
     ctx: &datafusion::prelude::SessionContext,
     stores: &crate::store::StoreRegistry,
 ) -> Result<SessionConfig, crate::store::StoreError> {
-    stores::with_stores(ctx.copied_config(), stores)
+    use ballista_core::config::BallistaConfig;
+    use datafusion::config::ExtensionOptions;
+    let mut config = stores::with_stores(ctx.copied_config(), stores)?;
+    // One partition a task (Ballista packs as many as an executor has free slots): the
+    // scheduler files a task's metrics under its partitions, and the check of a finished
+    // job (`client::rows_read_twice`) needs them per task.
+    let extensions = &mut config.options_mut().extensions;
+    if extensions.get::<BallistaConfig>().is_none() {
+        extensions.insert(BallistaConfig::default());
+    }
+    if let Some(ballista) = extensions.get_mut::<BallistaConfig>() {
+        // (A key Ballista knows: the unit test below sees it travel.)
+        let _ = ballista.set(MAX_PARTITIONS_PER_TASK, "1");
+    }
+    Ok(config)
 }
+
+/// Ballista's setting of the partitions a task may take, without its `ballista.` prefix.
+const MAX_PARTITIONS_PER_TASK: &str = "scheduler.max_partitions_per_task";
 
 /// The rows a job's scans read, per table of `tables` (each source and upstream output the
 /// query reads): a scan is the table whose location its description names (the closest).
@@ -467,8 +499,11 @@ impl Cluster {
             let tasks = query_stages(Arc::clone(&plan), config.options())?
                 .iter()
                 .map(|stage| {
+                    // A stage runs a task a partition of its writer's input.
                     let stage: &dyn ExecutionPlan = stage.as_ref();
-                    stage.properties().output_partitioning().partition_count() as u64
+                    stage.children().first().map_or(1, |input| {
+                        input.properties().output_partitioning().partition_count() as u64
+                    })
                 })
                 .sum();
             let done = job.wait(tasks, progress).await?;
@@ -510,6 +545,19 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Jobs ask for one partition a task: what the check of their metrics needs.
+    #[test]
+    fn a_job_asks_for_one_partition_a_task() {
+        let ctx = datafusion::prelude::SessionContext::new();
+        let stores = crate::store::StoreRegistry::new(Vec::new(), Vec::new());
+        let config = job_config(&ctx, &stores).unwrap();
+        let settings = stores::job_settings(&config);
+        let setting = settings
+            .iter()
+            .find(|kv| kv.key == format!("ballista.{MAX_PARTITIONS_PER_TASK}"));
+        assert_eq!(setting.and_then(|kv| kv.value.as_deref()), Some("1"));
+    }
 
     #[test]
     fn a_failed_job_is_retried_only_for_what_another_attempt_could_change() {

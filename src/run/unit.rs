@@ -767,6 +767,9 @@ async fn cluster_attempt(
         .map_err(|e| UnitError::permanent(e.to_string()))?;
     let name = format!("{}/{}/{}", cx.pipeline.name, model.name, unit.name);
     let schema = plan.schema();
+    // The job's tasks leave the progress bar when it ends, or when the unit is dropped
+    // (timed out, interrupted).
+    let _over = bar.job_guard(&unit.name);
     let (mut files, report) = cluster
         .stage(plan, target, &config, &name, &|p| {
             bar.tasks(&unit.name, p.job_id, p.tasks_done, p.tasks)
