@@ -19,7 +19,8 @@ use super::args::{
     ReconcileArgs, RunArgs, RunFlags, RunsArgs, ScheduleArgs, SqlArgs,
 };
 
-/// The engine options of the flags (`buckets` and the spill folder come from a pipeline only).
+/// The engine options of the flags (`buckets`, the broadcast limit and the spill folder come
+/// from a pipeline only).
 fn engine(args: &EngineArgs) -> EngineOptions {
     EngineOptions {
         memory_limit: args.memory_limit,
@@ -28,6 +29,7 @@ fn engine(args: &EngineArgs) -> EngineOptions {
         join: JoinOptions {
             strategy: args.join_strategy.unwrap_or_default(),
             buckets: None,
+            broadcast_limit: None,
         },
         cluster: args.cluster.is_some(),
     }

@@ -401,6 +401,11 @@ pub struct JoinOptions {
     pub strategy: JoinStrategy,
     /// Buckets to partition into (`None`: from the build side's estimated size).
     pub buckets: Option<usize>,
+    /// The largest build side, in bytes, that every partition of a join reads whole (a
+    /// broadcast join) rather than both sides being hash-partitioned by the join keys
+    /// (`broadcast_join_limit`; `None`: DataFusion's 1 MiB locally, Ballista's 128 MiB on
+    /// a cluster). A build side of unknown size is judged by its rows: an eighth as many.
+    pub broadcast_limit: Option<usize>,
 }
 
 /// One object store (`[stores.NAME]`), selected by URL prefix.

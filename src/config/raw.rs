@@ -64,6 +64,7 @@ pub(super) struct RawSettings {
     pub(super) max_concurrent_units: Option<usize>,
     pub(super) join_strategy: Option<String>,
     pub(super) join_buckets: Option<usize>,
+    pub(super) broadcast_join_limit: Option<String>,
     pub(super) cluster: Option<String>,
 }
 

@@ -288,6 +288,17 @@ impl<'a> Validator<'a> {
                 })
             })
             .transpose()?;
+        let broadcast_limit = raw
+            .broadcast_join_limit
+            .map(|s| {
+                parse_size(&s).ok_or_else(|| {
+                    self.invalid(
+                        "settings.broadcast_join_limit",
+                        format!("{s:?} is not a size (examples: \"1MiB\", \"128MiB\")"),
+                    )
+                })
+            })
+            .transpose()?;
         if raw.threads == Some(0) {
             return Err(self.invalid("settings.threads", "must be at least 1"));
         }
@@ -327,6 +338,7 @@ impl<'a> Validator<'a> {
             join: JoinOptions {
                 strategy,
                 buckets: raw.join_buckets,
+                broadcast_limit,
             },
             spill_dir: raw
                 .spill_dir

@@ -106,17 +106,20 @@ impl Engine {
             // no round-robin repartitions (each would be a shuffle), no view types (too
             // large for Flight frames); see Ballista's `ballista_restricted_configuration`.
             use ballista_core::extension::SessionConfigHelperExt;
+            // (It also raises DataFusion's broadcast-join limit to Ballista's 128 MiB: each
+            // task of a join's stage reading a build side that large is cheaper than a
+            // shuffle of both sides while the probe side is much larger; measured in
+            // docs/benchmarks.md.)
             config = config.ballista_restricted_configuration();
-            // Ballista also raises DataFusion's broadcast-join limit to 128 MiB: every task
-            // of a join's stage would read a build side that large whole. sluice keeps
-            // DataFusion's (1 MiB): a larger join has both sides hash-partitioned, each
-            // task joining its share (`Cluster::distributed`).
-            let defaults = datafusion::config::OptimizerOptions::default();
+        }
+        if let Some(limit) = options.join.broadcast_limit {
+            // A larger join has both sides hash-partitioned by its keys (on a cluster, each
+            // task joining its share: `Cluster::distributed`).
+            // (A build side whose size is unknown is judged by its rows, at DataFusion's own
+            // ratio of its two defaults: 1 MiB, 128 Ki rows.)
             let optimizer = &mut config.options_mut().optimizer;
-            optimizer.hash_join_single_partition_threshold =
-                defaults.hash_join_single_partition_threshold;
-            optimizer.hash_join_single_partition_threshold_rows =
-                defaults.hash_join_single_partition_threshold_rows;
+            optimizer.hash_join_single_partition_threshold = limit;
+            optimizer.hash_join_single_partition_threshold_rows = limit / 8;
         }
         // (Ballista prefers sort-merge joins for want of a hash join that spills: sluice's
         // grace join spills, so the join strategy stays sluice's.)

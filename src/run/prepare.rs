@@ -87,6 +87,7 @@ pub async fn prepare(
                 .join_strategy
                 .unwrap_or(pipeline.settings.join.strategy),
             buckets: pipeline.settings.join.buckets,
+            broadcast_limit: pipeline.settings.join.broadcast_limit,
         },
         cluster: target.is_some(),
     };

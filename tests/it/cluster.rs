@@ -698,18 +698,18 @@ async fn sql_and_plan_on_a_standalone_cluster() {
     assert!(!dir.path().join("out/by_priority").exists());
 }
 
-/// Joins too large for a broadcast (orders and lineitem at SF 0.1: DataFusion's
-/// partitioned joins) run with both sides hash-partitioned alike, each task joining its
-/// partitions of the two: every join type gives the local answer (keys `l_orderkey + 1`
-/// leave rows of both sides unmatched), and `plan --cluster` shows the distribution.
-#[test]
-fn on_a_cluster_large_joins_of_every_type_run_co_partitioned_and_give_the_local_answers() {
-    let dir = tpch_pipeline_dir(0.1);
-    // (The orders' comments make both sides megabytes: over DataFusion's broadcast size.)
+/// Joins over `broadcast_join_limit` (orders and lineitem at SF 0.1, over 1 MiB) run with
+/// both sides hash-partitioned alike, each task joining its partitions of the two: every
+/// join type writes the local answer (keys `l_orderkey + 1` leave rows of both sides
+/// unmatched), and `plan --cluster` shows the distribution.
+#[tokio::test]
+async fn on_a_cluster_large_joins_of_every_type_run_co_partitioned_and_give_the_local_answers() {
+    let local = tpch_pipeline_dir(0.1);
+    // (The orders' comments make both sides megabytes.)
     let queries = [
         "SELECT o_orderpriority, COUNT(*) AS n, SUM(l_quantity) AS q, \
          SUM(LENGTH(o_comment)) AS c FROM orders JOIN lineitem ON o_orderkey = l_orderkey \
-         GROUP BY 1 ORDER BY 1",
+         GROUP BY 1",
         "SELECT COUNT(*) AS n, COUNT(l_orderkey) AS l, SUM(l_quantity) AS q, \
          SUM(LENGTH(o_comment)) AS c FROM orders LEFT JOIN lineitem \
          ON o_orderkey = l_orderkey + 1",
@@ -723,35 +723,50 @@ fn on_a_cluster_large_joins_of_every_type_run_co_partitioned_and_give_the_local_
         "SELECT COUNT(*) AS n, SUM(LENGTH(o_comment)) AS c FROM orders WHERE NOT EXISTS \
          (SELECT 1 FROM lineitem WHERE l_orderkey + 1 = o_orderkey)",
     ];
-    let tables = [
-        "--table",
-        "orders=data/orders/",
-        "--table",
-        "lineitem=data/lineitem/",
-        "--threads",
-        "4",
-    ];
-    for q in queries {
-        let run = |extra: &[&str]| {
-            let mut args = vec!["sql", "-e", q];
-            args.extend(tables);
-            args.extend(extra);
-            sluice(dir.path(), &args).expect(0).stdout
-        };
-        assert_eq!(run(&["--cluster", "standalone"]), run(&[]), "{q}");
-    }
-    std::fs::write(
-        dir.path().join("sluice.toml"),
-        "name = \"joins\"\n[settings]\nthreads = 4\n\
+    let mut toml = "name = \"joins\"\n[settings]\nthreads = 4\nbroadcast_join_limit = \"1MiB\"\n\
          [sources.orders]\nlocation = \"data/orders/\"\nformat = \"parquet\"\n\
-         [sources.lineitem]\nlocation = \"data/lineitem/\"\nformat = \"parquet\"\n\
-         [models.left_join]\nsink = { location = \"out/\", format = \"parquet\" }\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("queries/left_join.sql"), queries[1]).unwrap();
-    let plan = sluice(dir.path(), &["plan", ".", "--cluster", "standalone"]).expect(0);
+         [sources.lineitem]\nlocation = \"data/lineitem/\"\nformat = \"parquet\"\n"
+        .to_string();
+    for (i, q) in queries.iter().enumerate() {
+        std::fs::write(local.path().join(format!("queries/j{i}.sql")), q).unwrap();
+        toml.push_str(&format!(
+            "[models.j{i}]\nsink = {{ location = \"out/j{i}/\", format = \"parquet\" }}\n"
+        ));
+    }
+    std::fs::write(local.path().join("sluice.toml"), toml).unwrap();
+    let cluster = tempfile::tempdir().unwrap();
+    copy_dir(local.path(), cluster.path());
+    sluice(local.path(), &["run", "."]).expect(0);
+    sluice(cluster.path(), &["run", ".", "--cluster", "standalone"]).expect(0);
+    for (i, q) in queries.iter().enumerate() {
+        let read = async |dir: &std::path::Path| {
+            all_rows(
+                &query_output(
+                    &format!("{}/out/j{i}/", dir.display()),
+                    "parquet",
+                    &[],
+                    "SELECT * FROM t",
+                )
+                .await,
+            )
+        };
+        let (want_cols, want) = read(local.path()).await;
+        let (got_cols, got) = read(cluster.path()).await;
+        assert_eq!(got_cols, want_cols, "{q}");
+        assert!(!want.is_empty(), "{q}");
+        assert_same_rows(&got, &want, q);
+    }
+    let plan = sluice(cluster.path(), &["plan", ".", "--cluster", "standalone"]).expect(0);
+    for join in ["Inner", "Left", "Full", "LeftSemi", "LeftAnti"] {
+        assert!(
+            plan.stdout.contains(&format!("join_type={join},")),
+            "{join}: {}",
+            plan.stdout
+        );
+    }
     assert!(
-        plan.stdout.contains("join_type=Left")
+        !plan.stdout.contains("distribution=broadcast")
+            && !plan.stdout.contains("distribution=one task")
             && plan.stdout.contains("distribution=co-partitioned"),
         "{}",
         plan.stdout
