@@ -277,28 +277,20 @@ impl<'a> Validator<'a> {
 
     /// `[settings]`.
     fn settings(&self, raw: RawSettings) -> Result<Settings, ConfigError> {
-        let memory_limit = raw
-            .memory_limit
-            .map(|s| {
-                parse_size(&s).ok_or_else(|| {
-                    self.invalid(
-                        "settings.memory_limit",
-                        format!("{s:?} is not a size (examples: \"512MiB\", \"4GiB\")"),
-                    )
+        let size = |key: &str, value: Option<String>| {
+            value
+                .map(|s| {
+                    parse_size(&s).ok_or_else(|| {
+                        self.invalid(
+                            key,
+                            format!("{s:?} is not a size (examples: \"1MiB\", \"4GiB\")"),
+                        )
+                    })
                 })
-            })
-            .transpose()?;
-        let broadcast_limit = raw
-            .broadcast_join_limit
-            .map(|s| {
-                parse_size(&s).ok_or_else(|| {
-                    self.invalid(
-                        "settings.broadcast_join_limit",
-                        format!("{s:?} is not a size (examples: \"1MiB\", \"128MiB\")"),
-                    )
-                })
-            })
-            .transpose()?;
+                .transpose()
+        };
+        let memory_limit = size("settings.memory_limit", raw.memory_limit)?;
+        let broadcast_limit = size("settings.broadcast_join_limit", raw.broadcast_join_limit)?;
         if raw.threads == Some(0) {
             return Err(self.invalid("settings.threads", "must be at least 1"));
         }
