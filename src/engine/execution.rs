@@ -63,6 +63,10 @@ fn leaf_table(
             file.object_meta.location.clone(),
         )
     };
+    // A view over a store (an output's manifest, a unit's share) holds that store's paths.
+    let store = crate::store::viewed_store(store.as_ref())
+        .and_then(|u| datafusion::execution::object_store::ObjectStoreUrl::parse(u).ok())
+        .unwrap_or(store);
     // The closest location wins: a source at `data/orders/` over one at `data/`.
     tables
         .iter()

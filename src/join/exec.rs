@@ -29,12 +29,16 @@
 use std::fmt;
 use std::sync::Arc;
 
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, Statistics};
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalExprRef};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter_pushdown::{
+    ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
+};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchReceiverStream;
@@ -349,6 +353,52 @@ impl ExecutionPlan for GraceHashJoinExec {
         Some(self.metrics.clone_inner())
     }
 
+    // Filters pass through as through the wrapped join: parent filters to the side whose
+    // columns they name, and the join's own dynamic filter into the probe side, which
+    // [`super::job`] fills once the build side is read.
+    fn gather_filters_for_pushdown(
+        &self,
+        phase: FilterPushdownPhase,
+        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
+        config: &ConfigOptions,
+    ) -> Result<FilterDescription> {
+        self.join
+            .gather_filters_for_pushdown(phase, parent_filters, config)
+    }
+
+    fn handle_child_pushdown_result(
+        &self,
+        phase: FilterPushdownPhase,
+        child_pushdown_result: ChildPushdownResult,
+        config: &ConfigOptions,
+    ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        let inner = self
+            .join
+            .handle_child_pushdown_result(phase, child_pushdown_result, config)?;
+        let updated_node = match inner.updated_node {
+            Some(node) => match node.downcast_ref::<HashJoinExec>() {
+                Some(join) => Some(Arc::new(GraceHashJoinExec {
+                    join: Arc::new(join.builder().build()?),
+                    choice: self.choice.clone(),
+                    distribution: self.distribution,
+                    metrics: ExecutionPlanMetricsSet::new(),
+                    props: Arc::clone(&self.props),
+                    shared: Arc::default(),
+                }) as Arc<dyn ExecutionPlan>),
+                None => None,
+            },
+            None => None,
+        };
+        Ok(FilterPushdownPropagation {
+            filters: inner.filters,
+            updated_node,
+        })
+    }
+
+    fn dynamic_expressions_produced(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        self.join.dynamic_expressions_produced()
+    }
+
     fn child_stats_requests(
         &self,
         _partition: Option<usize>,
@@ -397,6 +447,10 @@ impl ExecutionPlan for GraceHashJoinExec {
             partition,
             partitions,
             shared: Arc::clone(&self.shared),
+            probe_filter: super::filter::probe_filter(
+                &self.join,
+                context.session_config().options(),
+            ),
             ctx: context,
         };
         let mut builder = RecordBatchReceiverStream::builder(self.schema(), 2);

@@ -11,6 +11,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::{DataFusionError, JoinType, Result};
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::spill::get_record_batch_memory_size;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -25,6 +26,7 @@ use tokio::task::JoinSet;
 
 use super::bucket::Side;
 use super::exec::{Choice, Strategy};
+use super::filter::KeyBounds;
 use super::metrics::JoinMetrics;
 use super::once::{OnceExec, Opener};
 use super::spill::{BucketReader, BucketWriter};
@@ -119,6 +121,9 @@ pub(super) struct Job {
     pub(super) partition: usize,
     pub(super) partitions: usize,
     pub(super) shared: Arc<Shared>,
+    /// The filter the probe side's scan applies, to fill once the build side is read
+    /// (`None`: nothing consumes one).
+    pub(super) probe_filter: Option<Arc<DynamicFilterPhysicalExpr>>,
     pub(super) ctx: Arc<TaskContext>,
 }
 
@@ -228,6 +233,12 @@ impl Job {
             Strategy::Partitioned(n) => Some(self.writer(true, n, 0)),
             Strategy::Adaptive => None,
         };
+        // Needed only if the build side goes into buckets; gathered from the start, as
+        // that is known only once the build side outgrows memory.
+        let mut bounds = match self.probe_filter {
+            Some(_) => Some(KeyBounds::new(&self.join)?),
+            None => None,
+        };
         while let Some(batch) = brx.recv().await {
             let batch = match batch {
                 Ok(b) => b,
@@ -239,6 +250,9 @@ impl Job {
             };
             if batch.num_rows() == 0 {
                 continue;
+            }
+            if let Some(b) = bounds.as_mut() {
+                b.update(&batch)?;
             }
             if let Some(w) = writer.as_mut() {
                 w.push(&batch)?;
@@ -264,27 +278,36 @@ impl Job {
         drop(tasks);
         match writer {
             None => self.prepare_in_memory(buffered),
-            Some(writer) => self.partition_probe(writer).await,
+            Some(writer) => {
+                if let (Some(bounds), Some(filter)) = (bounds, &self.probe_filter) {
+                    bounds.publish(filter)?;
+                }
+                self.partition_probe(writer).await
+            }
         }
     }
 
     /// The whole build side fitted (`buffered`): one in-memory join, the probe side's
-    /// partitions streaming past one shared hash table.
+    /// partitions streaming past one shared hash table. That join fills the probe filter,
+    /// as it does when DataFusion runs it alone.
     fn prepare_in_memory(&self, buffered: Vec<RecordBatch>) -> Result<Prepared> {
         self.reservation.free();
         self.metrics.in_memory.add(1);
-        let probe = self.join.right();
-        let openers = (0..probe.output_partitioning().partition_count())
-            .map(|i| {
-                let (probe, ctx) = (Arc::clone(probe), Arc::clone(&self.ctx));
-                Box::new(move || probe.execute(i, ctx)) as Opener
-            })
-            .collect();
-        let plan = self.bucket_join(
-            self.memory_of(buffered, true)?,
-            OnceExec::plan(probe.schema(), openers),
-            false,
-        )?;
+        let mut join = self
+            .join
+            .builder()
+            .with_new_children(vec![
+                self.memory_of(buffered, true)?,
+                Arc::clone(self.join.right()),
+            ])?
+            .with_partition_mode(PartitionMode::CollectLeft)
+            .reset_state()
+            .recompute_properties()
+            .build()?;
+        if let Some(filter) = &self.probe_filter {
+            join = join.with_dynamic_filter_expr(Arc::clone(filter))?;
+        }
+        let plan: Arc<dyn ExecutionPlan> = Arc::new(join);
         Ok(Prepared::InMemory(Mutex::new(Some(plan))))
     }
 
@@ -476,6 +499,7 @@ impl Job {
             partition: self.partition,
             partitions: self.partitions,
             shared: Arc::clone(&self.shared),
+            probe_filter: self.probe_filter.clone(),
             ctx: Arc::clone(&self.ctx),
         }
     }

@@ -10,12 +10,15 @@
 //! The join itself is split the way DataFusion splits its hash join: the plan node in
 //! [`exec`], the work of one output partition in [`job`] (the shared preparation) and
 //! [`bucket`] (one bucket pair, re-partitioning, hot keys), its metrics in [`metrics`], the
-//! leaf plans that feed its in-memory joins in [`once`]; bucket files are in [`spill`].
+//! leaf plans that feed its in-memory joins in [`once`]; bucket files are in [`spill`]; the
+//! filter it pushes into its probe side's scan, as DataFusion's hash join does, in
+//! [`filter`].
 //!
 //! The rest of a query is planned and run by DataFusion unchanged.
 
 mod bucket;
 mod exec;
+mod filter;
 mod job;
 mod metrics;
 mod once;

@@ -402,3 +402,133 @@ async fn too_few_buckets_are_split_again_under_a_real_limit() {
         plain_orders_per_priority(dir.path()).await
     );
 }
+
+/// A fact table `sales` (1.2 M rows, sorted by its date key, in 4 files) and a dimension
+/// `dims` (400 K rows, one per date key) in `data/`, both written by sluice (read through
+/// their manifests), and a pipeline joining them where the dimension's filter selects a run
+/// of keys: the hash join pushes those keys into the `sales` scan, which skips the pages
+/// outside them. Joins over 64 KiB are not broadcast, so that the join is a partitioned one,
+/// which a memory limit wraps.
+fn star_pipeline() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (name, sql, per_file) in [
+        (
+            "dims",
+            "SELECT value AS d_sk, value / 1000 AS d_year, 'd' || value AS d_name \
+             FROM generate_series(0, 399999) ORDER BY value",
+            "400000",
+        ),
+        (
+            "sales",
+            "SELECT value % 400000 AS s_sk, (value * 7919) % 1000 AS amount \
+             FROM generate_series(0, 1199999) ORDER BY s_sk",
+            "300000",
+        ),
+    ] {
+        let out = d.join("data").join(name);
+        sluice(
+            d,
+            &[
+                "sql",
+                "-q",
+                "-e",
+                sql,
+                "--out",
+                out.to_str().unwrap(),
+                "--target-rows-per-file",
+                per_file,
+            ],
+        )
+        .expect(0);
+    }
+    std::fs::create_dir_all(d.join("queries")).unwrap();
+    std::fs::write(
+        d.join("sluice.toml"),
+        format!(
+            "[settings]\nthreads = 2\nspill_dir = \"{}/spill\"\n\
+             broadcast_join_limit = \"64KiB\"\n\
+             [sources.sales]\nlocation = \"data/sales/\"\n\
+             [sources.dims]\nlocation = \"data/dims/\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_memory_limit_never_makes_a_join_read_more_of_its_probe_side() {
+    let dir = star_pipeline();
+    let d = dir.path();
+    let ctx = datafusion::prelude::SessionContext::new();
+    for t in ["sales", "dims"] {
+        let path = d.join("data").join(t);
+        ctx.register_parquet(t, path.to_str().unwrap(), Default::default())
+            .await
+            .unwrap();
+    }
+    // Seeded runs of dimension keys, each selecting under a fifth of the fact table.
+    let mut seed = 0x5eed_u64;
+    for round in 0..3 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let from = (seed >> 33) % 300;
+        let to = from + 10 + (seed >> 40) % 60;
+        let query = format!(
+            "SELECT COUNT(*) AS n, SUM(amount) AS total FROM sales JOIN dims ON s_sk = d_sk \
+             WHERE d_year BETWEEN {from} AND {to} AND d_name LIKE '%7'"
+        );
+        std::fs::write(d.join("queries/joined.sql"), &query).unwrap();
+        let want = rows(
+            &plain_query(
+                &ctx,
+                &format!(
+                    "SELECT CAST(n AS VARCHAR) AS n, CAST(total AS VARCHAR) AS total \
+                     FROM ({query})"
+                ),
+            )
+            .await,
+            &["n", "total"],
+        );
+        let mut read = Vec::new();
+        for extra in [
+            &[][..],
+            &["--memory-limit", "256MiB"][..],
+            &["--memory-limit", "256MiB", "--join-strategy", "grace"][..],
+        ] {
+            let (_, report) = run_with_report(d, extra, 0);
+            let model = report_model(&report, "joined");
+            let strategy = model["joins"][0]["strategy"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let sales = model["rows_in_by_source"]["sales"].as_u64().unwrap();
+            let got = query_output(
+                &format!("{}/out/joined/", d.display()),
+                "parquet",
+                &[],
+                "SELECT CAST(n AS VARCHAR) AS n, CAST(total AS VARCHAR) AS total FROM t",
+            )
+            .await;
+            assert_same_rows(
+                &rows(&got, &["n", "total"]),
+                &want,
+                &format!("round {round}, {extra:?}"),
+            );
+            read.push((extra, strategy, sales));
+        }
+        let unlimited = read[0].2;
+        for (extra, strategy, sales) in &read[1..] {
+            assert!(
+                *sales <= unlimited && *sales < 1_200_000 / 4,
+                "round {round} ({query}): the sales scan read {sales} rows with {extra:?} \
+                 ({strategy}), {unlimited} without a limit: {read:?}"
+            );
+        }
+        // Both ways of running the join under the limit were exercised.
+        assert_eq!(read[1].1, "adaptive", "{read:?}");
+        assert!(read[2].1.starts_with("grace("), "{read:?}");
+    }
+}
