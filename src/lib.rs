@@ -23,8 +23,8 @@
 //!   reads, loads in one transaction),
 //!   [`table`] (the output format: `_MANIFEST`, the commit protocol, Hive folders, a
 //!   version's files as a read-only store).
-//! - **3 Engine**: [`join`] (the grace hash join), [`quarantine`] (the scan that sets bad
-//!   rows aside), [`catalog`] (sources and outputs registered as tables), [`engine`] (the
+//! - **3 Engine**: [`join`] (the grace hash join), [`rewrite`] (logical rewrites added to
+//!   DataFusion's optimizer), [`quarantine`] (the scan that sets bad rows aside), [`catalog`] (sources and outputs registered as tables), [`engine`] (the
 //!   DataFusion session, query execution and its metrics, UDFs), [`checks`], [`diagnose`]
 //!   (naming the file at fault).
 //! - **4 Output**: [`sink`] (result streams → partitioned files in staging, by writer lanes),
@@ -65,6 +65,7 @@ pub(crate) mod physical;
 pub mod progress;
 pub mod quarantine;
 pub mod report;
+pub(crate) mod rewrite;
 pub mod run;
 pub(crate) mod sink;
 pub mod state;

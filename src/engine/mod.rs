@@ -156,6 +156,7 @@ impl Engine {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_optimizer_rules(crate::rewrite::logical_rules())
             // (On a cluster, joins run under the executors' pools, not this one: they take
             // their budget from the pool they run in.)
             .with_physical_optimizer_rules(join::physical_rules(

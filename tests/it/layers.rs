@@ -22,6 +22,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "3 engine",
         &[
             "join",
+            "rewrite",
             "quarantine",
             "catalog",
             "engine",
@@ -45,6 +46,7 @@ const WITHIN: &[(&str, &str)] = &[
     ("table", "store"),
     ("catalog", "quarantine"),
     ("engine", "join"),
+    ("engine", "rewrite"),
     ("engine", "quarantine"),
     ("diagnose", "catalog"),
     ("diagnose", "engine"),

@@ -1,0 +1,273 @@
+//! [`CountsBesideDistinct`]: lets DataFusion split a `COUNT(DISTINCT x)` that has `COUNT`s
+//! beside it into two groupings.
+//!
+//! DataFusion computes `COUNT(DISTINCT x)` with a set of the values of `x` per group, held
+//! in memory: its partial aggregation cannot spill, and under a memory limit a large one
+//! fails ("Failed to allocate ... for PartialHashAggregateStream"). DataFusion's own rule
+//! `SingleDistinctToGroupBy` rewrites such a query into two ordinary groupings, which spill
+//! like any aggregate:
+//!
+//! ```sql
+//! SELECT k, COUNT(x), SUM(s) FROM (SELECT k, x, SUM(v) AS s FROM t GROUP BY k, x) GROUP BY k
+//! ```
+//!
+//! but only when the other aggregates are `SUM`, `MIN` or `MAX`, which can be computed in two
+//! steps as they are. `COUNT` can too, as a sum of counts; this rule writes each `COUNT(a)`
+//! beside a distinct aggregate as `SUM(CASE WHEN a IS NOT NULL THEN 1 ELSE 0 END)`, under a
+//! projection that gives back the `COUNT`'s name and its 0 for no rows
+//! (`COALESCE(SUM(...), 0)`), so that DataFusion's rule applies. It changes nothing where
+//! DataFusion's rule would then not apply.
+
+use datafusion::common::tree_node::Transformed;
+use datafusion::common::{Column, HashSet, Result};
+use datafusion::functions::core::expr_fn::coalesce;
+use datafusion::functions_aggregate::sum::sum_udaf;
+use datafusion::logical_expr::expr::{AggregateFunction, AggregateFunctionParams};
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, lit, when};
+use datafusion::optimizer::optimizer::ApplyOrder;
+use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
+
+/// The rule; see the module documentation.
+#[derive(Debug)]
+pub(super) struct CountsBesideDistinct;
+
+/// What the aggregates of `aggr_expr` are, if DataFusion's single-distinct rewrite applies
+/// to them once their `COUNT`s are sums: whether any is a `COUNT` to rewrite.
+fn counts_to_rewrite(aggr_expr: &[Expr]) -> bool {
+    let mut distinct_args = HashSet::new();
+    let mut counts = 0;
+    for e in aggr_expr {
+        let Expr::AggregateFunction(AggregateFunction { func, params }) = e else {
+            return false;
+        };
+        if params.filter.is_some() || !params.order_by.is_empty() {
+            return false;
+        }
+        let name = func.name().to_lowercase();
+        if params.distinct {
+            distinct_args.extend(params.args.iter());
+        } else if name == "count" {
+            counts += 1;
+        } else if !matches!(name.as_str(), "sum" | "min" | "max") {
+            return false;
+        }
+    }
+    counts > 0 && distinct_args.len() == 1
+}
+
+/// `COUNT(a, b)` as `SUM(CASE WHEN a IS NOT NULL AND b IS NOT NULL THEN 1 ELSE 0 END)`.
+fn count_as_sum(params: AggregateFunctionParams) -> Result<Expr> {
+    let not_null = params
+        .args
+        .into_iter()
+        .filter(|a| !matches!(a, Expr::Literal(v, _) if !v.is_null()))
+        .map(|a| a.is_not_null())
+        .reduce(Expr::and);
+    let one = match not_null {
+        Some(cond) => when(cond, lit(1i64)).otherwise(lit(0i64))?,
+        None => lit(1i64),
+    };
+    Ok(Expr::AggregateFunction(AggregateFunction::new_udf(
+        sum_udaf(),
+        vec![one],
+        false,
+        None,
+        vec![],
+        None,
+    )))
+}
+
+impl OptimizerRule for CountsBesideDistinct {
+    fn name(&self) -> &str {
+        "sluice_counts_beside_distinct"
+    }
+
+    fn apply_order(&self) -> Option<ApplyOrder> {
+        Some(ApplyOrder::TopDown)
+    }
+
+    fn supports_rewrite(&self) -> bool {
+        true
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        let LogicalPlan::Aggregate(agg) = plan else {
+            return Ok(Transformed::no(plan));
+        };
+        if matches!(agg.group_expr.first(), Some(Expr::GroupingSet(_)))
+            || !counts_to_rewrite(&agg.aggr_expr)
+        {
+            return Ok(Transformed::no(LogicalPlan::Aggregate(agg)));
+        }
+        let Aggregate {
+            input,
+            group_expr,
+            aggr_expr,
+            schema,
+            ..
+        } = agg;
+        let groups = group_expr.len();
+        let mut counts = Vec::with_capacity(aggr_expr.len());
+        let aggr_expr = aggr_expr
+            .into_iter()
+            .map(|e| match e {
+                Expr::AggregateFunction(AggregateFunction { func, params })
+                    if !params.distinct && func.name().eq_ignore_ascii_case("count") =>
+                {
+                    counts.push(true);
+                    count_as_sum(params)
+                }
+                e => {
+                    counts.push(false);
+                    Ok(e)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rewritten = Aggregate::try_new(input, group_expr, aggr_expr)?;
+        // The original columns, by name and qualifier, from the rewritten aggregate's.
+        let projection = (0..rewritten.schema.fields().len())
+            .map(|i| {
+                let (qualifier, field) = rewritten.schema.qualified_field(i);
+                let value = Expr::Column(Column::new(qualifier.cloned(), field.name()));
+                let value = match i.checked_sub(groups) {
+                    Some(a) if counts[a] => coalesce(vec![value, lit(0i64)]),
+                    _ => value,
+                };
+                let (qualifier, field) = schema.qualified_field(i);
+                value.alias_qualified(qualifier.cloned(), field.name())
+            })
+            .collect::<Vec<_>>();
+        let plan = datafusion::logical_expr::builder::project(
+            LogicalPlan::Aggregate(rewritten),
+            projection,
+        )?;
+        Ok(Transformed::yes(plan))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::execution::memory_pool::FairSpillPool;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use datafusion::execution::session_state::SessionStateBuilder;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    /// A session with sluice's rules or DataFusion's alone, under a memory pool of `pool`.
+    fn session(sluice: bool, pool: Option<usize>) -> SessionContext {
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(pool) = pool {
+            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(pool)));
+        }
+        let mut config = SessionConfig::new().with_target_partitions(2);
+        if let Some(pool) = pool {
+            // As sluice's engine sets it for a small pool.
+            config.options_mut().execution.sort_spill_reservation_bytes = pool / 8;
+        }
+        let mut state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime.build_arc().unwrap())
+            .with_default_features();
+        if sluice {
+            state = state.with_optimizer_rules(super::super::logical_rules());
+        }
+        SessionContext::new_with_state(state.build())
+    }
+
+    /// `t`: 20 000 seeded rows, 7 groups `k` (and NULL), values `x` with NULLs and repeats,
+    /// `v` with NULLs.
+    const T: &str = "CREATE VIEW t AS SELECT \
+        CASE WHEN value % 11 = 0 THEN NULL ELSE (value * 7919) % 7 END AS k, \
+        CASE WHEN value % 13 = 0 THEN NULL ELSE (value * 104729) % 3001 END AS x, \
+        CASE WHEN value % 5 = 0 THEN NULL ELSE value % 1000 END AS v \
+        FROM generate_series(1, 20000)";
+
+    async fn answer(ctx: &SessionContext, sql: &str) -> (String, String) {
+        let df = ctx.sql(sql).await.unwrap();
+        let plan = format!(
+            "{}",
+            df.clone().into_optimized_plan().unwrap().display_indent()
+        );
+        let batches = df.collect().await.unwrap();
+        (plan, pretty_format_batches(&batches).unwrap().to_string())
+    }
+
+    #[tokio::test]
+    async fn counts_beside_a_distinct_count_give_datafusions_answers_in_two_groupings() {
+        let (ours, theirs) = (session(true, None), session(false, None));
+        for ctx in [&ours, &theirs] {
+            ctx.sql(T).await.unwrap();
+        }
+        for (sql, split) in [
+            (
+                "SELECT k, COUNT(*) AS n, COUNT(v) AS nv, SUM(v) AS s, MIN(v) AS lo, \
+                 COUNT(DISTINCT x) AS dx FROM t GROUP BY k ORDER BY k",
+                true,
+            ),
+            (
+                "SELECT COUNT(*) AS n, COUNT(v) AS nv, COUNT(DISTINCT x) AS dx FROM t",
+                true,
+            ),
+            // No rows: the counts are 0, not NULL.
+            (
+                "SELECT COUNT(*) AS n, COUNT(v) AS nv, COUNT(DISTINCT x) AS dx FROM t \
+                 WHERE v > 5000",
+                true,
+            ),
+            (
+                "SELECT k, COUNT(*) AS n, SUM(DISTINCT x) AS sx FROM t WHERE k > 2 \
+                 GROUP BY k ORDER BY k",
+                true,
+            ),
+            // Not rewritten: an aggregate that cannot be computed in two steps as it is, or
+            // distinct aggregates of two columns.
+            (
+                "SELECT k, COUNT(*) AS n, AVG(v) AS a, COUNT(DISTINCT x) AS dx FROM t \
+                 GROUP BY k ORDER BY k",
+                false,
+            ),
+            (
+                "SELECT k, COUNT(*) AS n, COUNT(DISTINCT x) AS dx, COUNT(DISTINCT v) AS dv \
+                 FROM t GROUP BY k ORDER BY k",
+                false,
+            ),
+        ] {
+            let (plan, got) = answer(&ours, sql).await;
+            let (_, want) = answer(&theirs, sql).await;
+            assert_eq!(got, want, "{sql}\n{plan}");
+            assert_eq!(plan.contains("alias1"), split, "{sql}\n{plan}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_distinct_count_of_many_values_beside_a_count_runs_in_a_small_pool() {
+        // 5 groups of 200 000 distinct values each (in no order): per-group sets of about
+        // 1.6 MiB a group and partition, under a 4 MiB pool.
+        let sql = "SELECT value % 5 AS k, COUNT(*) AS n, \
+                   COUNT(DISTINCT (value * 7919) % 1000003) AS d \
+                   FROM generate_series(1, 1000000) GROUP BY 1 ORDER BY 1";
+        let (ours, theirs) = (session(true, Some(4 << 20)), session(false, Some(4 << 20)));
+        let got = ours.sql(sql).await.unwrap().collect().await.unwrap();
+        let text = pretty_format_batches(&got).unwrap().to_string();
+        for k in 0..5 {
+            assert!(
+                text.contains(&format!("| {k} | 200000 | 200000 |")),
+                "{text}"
+            );
+        }
+        // DataFusion alone fails in that pool (what this rule is for).
+        let theirs = theirs.sql(sql).await.unwrap().collect().await;
+        assert!(
+            theirs
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("allocate")),
+            "{theirs:?}"
+        );
+    }
+}
