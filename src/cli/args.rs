@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use sluice::config::{ClusterTarget, JoinStrategy};
-use sluice::config::{Format, WriteMode, parse_size};
+use sluice::config::{Format, ParquetCompression, WriteMode, parse_size};
 
 /// sluice: batch SQL transformations over Parquet, CSV and JSON, on local disk or object storage.
 #[derive(Debug, Parser)]
@@ -340,6 +340,10 @@ pub struct SqlArgs {
     /// Bytes per output file, such as 512MiB (the default) or 1GiB; at most 4GiB on S3.
     #[arg(long, value_parser = size)]
     pub target_file_size: Option<usize>,
+    /// Parquet compression of the --out files: zstd (level 1, the default), zstd(N) for N
+    /// from 1 to 22, snappy, lz4 or none.
+    #[arg(long, value_name = "CODEC", value_parser = ParquetCompression::parse)]
+    pub compression: Option<ParquetCompression>,
     /// The --out folder has files but no _MANIFEST: take them as the output's current version
     /// instead of refusing to write there.
     #[arg(long)]

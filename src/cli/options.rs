@@ -220,8 +220,19 @@ pub fn sql(args: &SqlArgs, cwd: &Path) -> Result<commands::sql::SqlOptions, Erro
         mode: args.mode,
         target_rows_per_file: args.target_rows_per_file.unwrap_or(DEFAULT_ROWS_PER_FILE),
         target_file_size,
+        compression: args.compression.unwrap_or_default(),
         adopt: args.adopt,
     });
+    if args.compression.is_some() && args.format != config::Format::Parquet {
+        return Err(usage(
+            "sql",
+            format!(
+                "--compression compresses Parquet files: --format {} files are written \
+                 uncompressed",
+                args.format.name()
+            ),
+        ));
+    }
     if let Some(why) = out
         .as_ref()
         .and_then(|o| config::refuse_target_file_size(&o.location, target_file_size))

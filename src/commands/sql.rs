@@ -34,6 +34,8 @@ pub struct OutputTarget {
     pub target_rows_per_file: usize,
     /// Bytes per file.
     pub target_file_size: u64,
+    /// How Parquet files are compressed.
+    pub compression: crate::config::ParquetCompression,
     /// Take the files of a folder without a manifest as its current version.
     pub adopt: bool,
 }
@@ -175,6 +177,7 @@ pub async fn run_sql(
                 mode: target.mode,
                 target_rows_per_file: target.target_rows_per_file,
                 target_file_size: target.target_file_size,
+                compression: target.compression,
                 parallelism: engine.options().threads(),
                 buffer_budget: engine.write_buffer_budget(),
                 preserve_order: false,

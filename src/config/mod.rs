@@ -171,6 +171,70 @@ impl Format {
     }
 }
 
+/// How a Parquet sink compresses its files' pages (`compression` on a sink, `--compression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParquetCompression {
+    /// Zstandard at a level from 1 (fastest) to 22 (smallest).
+    Zstd(u8),
+    /// Snappy: fast, larger files; DuckDB's and Spark's default.
+    Snappy,
+    /// LZ4 (Parquet's `LZ4_RAW`): about as fast as Snappy.
+    Lz4,
+    /// No compression.
+    None,
+}
+
+impl ParquetCompression {
+    /// What a sink writes unless told otherwise (measured: `docs/outputs.md#compression`).
+    pub const DEFAULT: ParquetCompression = ParquetCompression::Zstd(1);
+
+    /// Parses `zstd`, `zstd(N)`, `snappy`, `lz4` or `none`, case-insensitively; the error
+    /// says what is accepted.
+    pub fn parse(text: &str) -> Result<ParquetCompression, String> {
+        let t = text.trim().to_ascii_lowercase();
+        let level = t
+            .strip_prefix("zstd(")
+            .and_then(|r| r.strip_suffix(')'))
+            .map(|n| n.trim().parse::<u8>().ok().filter(|n| (1..=22).contains(n)));
+        Ok(match (t.as_str(), level) {
+            ("zstd", _) => ParquetCompression::Zstd(1),
+            (_, Some(Some(n))) => ParquetCompression::Zstd(n),
+            ("snappy", _) => ParquetCompression::Snappy,
+            ("lz4" | "lz4_raw", _) => ParquetCompression::Lz4,
+            ("none" | "uncompressed", _) => ParquetCompression::None,
+            (_, Some(None)) => {
+                return Err(format!(
+                    "{text:?}: a zstd level is a whole number from 1 to 22, as in \"zstd(3)\""
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "{text:?} is not a Parquet compression: use \"zstd\", \"zstd(N)\" (N from 1 \
+                     to 22), \"snappy\", \"lz4\" or \"none\""
+                ));
+            }
+        })
+    }
+}
+
+impl Default for ParquetCompression {
+    fn default() -> ParquetCompression {
+        ParquetCompression::DEFAULT
+    }
+}
+
+impl std::fmt::Display for ParquetCompression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParquetCompression::Zstd(n) => write!(f, "zstd({n})"),
+            ParquetCompression::Snappy => f.write_str("snappy"),
+            ParquetCompression::Lz4 => f.write_str("lz4"),
+            ParquetCompression::None => f.write_str("none"),
+        }
+    }
+}
+
 /// How a sink treats output that already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -573,6 +637,8 @@ pub struct SinkConfig {
     pub target_rows_per_file: usize,
     /// Bytes per output file before a new file is started (see `docs/outputs.md#file-sizes`).
     pub target_file_size: u64,
+    /// How Parquet files are compressed.
+    pub compression: ParquetCompression,
     /// A folder without a `_MANIFEST` that holds files: take them as the output's current
     /// version (`true`), or refuse to write there (the default).
     pub adopt: bool,

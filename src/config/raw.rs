@@ -233,6 +233,7 @@ pub(super) struct RawSink {
     pub(super) mode: Option<RawWriteMode>,
     pub(super) target_rows_per_file: Option<usize>,
     pub(super) target_file_size: Option<String>,
+    pub(super) compression: Option<String>,
     #[serde(default)]
     pub(super) adopt: bool,
     pub(super) database: Option<String>,

@@ -306,6 +306,58 @@ fn target_file_size_is_a_size_and_at_most_4gib_on_s3() {
     }
 }
 
+/// A sink's `compression`: zstd at level 1 unless set; `zstd(N)`, `snappy`, `lz4`, `none`
+/// in any case; refused, naming the setting, when unknown, out of range, or on a CSV or JSON
+/// sink.
+#[test]
+fn sink_compression_is_a_parquet_codec() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+    std::fs::write(dir.path().join("queries/a.sql"), "SELECT 1").unwrap();
+    let load_here =
+        |text: &str| Pipeline::from_toml(text, Path::new("sluice.toml"), dir.path(), &no_env);
+    let codec = |c: &str| {
+        load_here(&format!("[models.a.sink]\ncompression = \"{c}\"\n"))
+            .map(|p| p.models["a"].sink.compression)
+    };
+    assert_eq!(
+        load_here("").unwrap().models["a"].sink.compression,
+        ParquetCompression::Zstd(1)
+    );
+    for (text, want) in [
+        ("zstd", ParquetCompression::Zstd(1)),
+        ("ZSTD(3)", ParquetCompression::Zstd(3)),
+        ("zstd( 22 )", ParquetCompression::Zstd(22)),
+        ("snappy", ParquetCompression::Snappy),
+        ("lz4", ParquetCompression::Lz4),
+        ("none", ParquetCompression::None),
+    ] {
+        assert_eq!(codec(text).unwrap(), want, "{text}");
+        // What it prints parses back to itself.
+        assert_eq!(ParquetCompression::parse(&want.to_string()), Ok(want));
+    }
+    for (bad, says) in [
+        ("zstd(0)", "from 1 to 22"),
+        ("zstd(23)", "from 1 to 22"),
+        ("zstd(x)", "from 1 to 22"),
+        ("gzip", "is not a Parquet compression"),
+        ("", "is not a Parquet compression"),
+    ] {
+        let err = codec(bad).unwrap_err().to_string();
+        assert!(
+            err.contains("models.a.sink.compression") && err.contains(says),
+            "{bad:?}: {err}"
+        );
+    }
+    let err = load_here("[models.a.sink]\nformat = \"csv\"\ncompression = \"snappy\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("models.a.sink.compression") && err.contains("compresses Parquet files"),
+        "{err}"
+    );
+}
+
 fn with_env(name: &str) -> Option<String> {
     (name == "APP_URL").then(|| "postgres://app:hunter2-pw@replica.internal:5433/shop".to_string())
 }

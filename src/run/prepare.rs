@@ -669,6 +669,7 @@ pub(super) fn sink_spec(
         mode: model.sink.mode,
         target_rows_per_file: model.sink.target_rows_per_file,
         target_file_size: model.sink.target_file_size,
+        compression: model.sink.compression,
         parallelism: engine.options().threads(),
         buffer_budget: engine.write_buffer_budget(),
         preserve_order: false,

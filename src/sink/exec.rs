@@ -25,7 +25,7 @@ use datafusion::physical_plan::{
 use serde::{Deserialize, Serialize};
 
 use super::{SinkSpec, UnitSlot};
-use crate::config::{Format, WriteMode};
+use crate::config::{Format, ParquetCompression, WriteMode};
 use crate::store::Location;
 use crate::table::{ManifestFile, StagedFile};
 
@@ -44,6 +44,9 @@ pub(crate) struct StageTarget {
     pub attempt: String,
     /// `parquet`, `csv` or `json`.
     pub format: String,
+    /// How Parquet files are compressed.
+    #[serde(default)]
+    pub compression: ParquetCompression,
     /// Hive partition columns.
     pub partition_by: Vec<String>,
     /// Rows per file.
@@ -73,6 +76,7 @@ impl StageTarget {
             unit: slot.unit.clone(),
             attempt: slot.attempt.clone(),
             format: spec.format.name().to_string(),
+            compression: spec.compression,
             partition_by: spec.partition_by.clone(),
             target_rows_per_file: spec.target_rows_per_file,
             target_file_size: spec.target_file_size,
@@ -96,6 +100,7 @@ impl StageTarget {
             mode: WriteMode::Overwrite,
             target_rows_per_file: self.target_rows_per_file,
             target_file_size: self.target_file_size,
+            compression: self.compression,
             parallelism: self.parallelism.max(1),
             buffer_budget: self.buffer_budget,
             preserve_order: self.preserve_order,

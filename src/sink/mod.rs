@@ -25,7 +25,7 @@ use object_store::ObjectStore;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::{Format, WriteMode};
+use crate::config::{Format, ParquetCompression, WriteMode};
 use crate::store::Location;
 use crate::table::{
     CommitError, CommitFailure, Ended, ManifestColumn, ManifestFile, Output, StagedFile,
@@ -147,6 +147,8 @@ pub(crate) struct SinkSpec {
     pub target_rows_per_file: usize,
     /// Bytes per file before a new file is started (see [`writer::FileWriter::write_within`]).
     pub target_file_size: u64,
+    /// How Parquet files are compressed.
+    pub compression: ParquetCompression,
     /// Most writer lanes to run at once (usually the thread count).
     pub parallelism: usize,
     /// Memory the writers may buffer in total before they flush row groups early.
@@ -382,6 +384,7 @@ pub(crate) async fn stage_into(
         attempt: slot.attempt.clone(),
         run_id: run_id.to_string(),
         format: spec.format,
+        compression: spec.compression,
         schema: file_schema,
         target_rows: spec.target_rows_per_file as u64,
         target_bytes: spec.target_file_size,
@@ -561,6 +564,7 @@ struct LaneShared {
     attempt: String,
     run_id: String,
     format: Format,
+    compression: ParquetCompression,
     schema: SchemaRef,
     target_rows: u64,
     target_bytes: u64,
@@ -687,6 +691,7 @@ fn open_file(
         Arc::clone(&shared.store),
         key.clone(),
         shared.format,
+        shared.compression,
         Arc::clone(&shared.schema),
         Some(first),
     )

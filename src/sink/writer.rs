@@ -23,7 +23,17 @@ use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
 use tokio::io::AsyncWriteExt;
 
-use crate::config::Format;
+use crate::config::{Format, ParquetCompression};
+
+/// Parquet's codec for a sink's `compression`.
+fn codec(c: ParquetCompression) -> Result<Compression, WriteError> {
+    Ok(match c {
+        ParquetCompression::Zstd(level) => Compression::ZSTD(ZstdLevel::try_new(i32::from(level))?),
+        ParquetCompression::Snappy => Compression::SNAPPY,
+        ParquetCompression::Lz4 => Compression::LZ4_RAW,
+        ParquetCompression::None => Compression::UNCOMPRESSED,
+    })
+}
 
 /// Rows in one Parquet row group: small enough that a writer's buffer stays modest with many
 /// partitions open, large enough for good compression and pruning.
@@ -132,6 +142,7 @@ impl FileWriter {
         store: Arc<dyn ObjectStore>,
         path: ObjectPath,
         format: Format,
+        compression: ParquetCompression,
         schema: SchemaRef,
         first: Option<&RecordBatch>,
     ) -> Result<FileWriter, WriteError> {
@@ -139,7 +150,7 @@ impl FileWriter {
         let inner = match format {
             Format::Parquet => {
                 let mut props = WriterProperties::builder()
-                    .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                    .set_compression(codec(compression)?)
                     .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
                 for (i, field) in schema.fields().iter().enumerate() {
                     let column = first.filter(|b| b.num_columns() > i).map(|b| b.column(i));
@@ -627,6 +638,7 @@ mod size_tests {
 
     use super::FileWriter;
     use crate::config::Format;
+    use crate::config::ParquetCompression;
 
     /// CSV and JSON lines files are cut after the last whole row that fits the limit, even
     /// where values hold line breaks, quotes and commas; the next file takes the rest (with
@@ -660,6 +672,7 @@ mod size_tests {
                     Arc::clone(&store),
                     ObjectPath::from("whole"),
                     format,
+                    ParquetCompression::DEFAULT,
                     Arc::clone(&schema),
                     Some(&batch),
                 )
@@ -676,6 +689,7 @@ mod size_tests {
                         Arc::clone(&store),
                         key.clone(),
                         format,
+                        ParquetCompression::DEFAULT,
                         Arc::clone(&schema),
                         Some(&rest),
                     )
@@ -754,6 +768,7 @@ mod size_tests {
             Arc::clone(&store),
             key.clone(),
             Format::Parquet,
+            ParquetCompression::DEFAULT,
             schema,
             Some(&batch),
         )

@@ -174,6 +174,7 @@ pub async fn generate(
             mode: WriteMode::Overwrite,
             target_rows_per_file: DEFAULT_ROWS_PER_FILE,
             target_file_size: DEFAULT_FILE_SIZE,
+            compression: crate::config::ParquetCompression::DEFAULT,
             parallelism: threads,
             buffer_budget: engine.write_buffer_budget(),
             preserve_order: false,

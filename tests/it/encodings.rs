@@ -382,3 +382,77 @@ fn id_s_f_text(table: &readers::Table) -> Vec<(i64, Option<String>)> {
     rows.sort_by_key(|r| r.0);
     rows
 }
+
+/// Each Parquet compression a sink offers is what every column chunk of its files says, and
+/// sluice, DuckDB and pyarrow read the same rows back; the checksums are computed here.
+#[test]
+fn every_parquet_compression_is_written_as_asked_and_read_back_by_every_reader() {
+    use datafusion::parquet::basic::Compression;
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let n: u64 = 50_000;
+    let sql = format!(
+        "SELECT value AS id, 'name-' || CAST(value % 97 AS VARCHAR) AS name, \
+         value * 0.5 AS half FROM generate_series(1, {n})"
+    );
+    let sum_id: u64 = (1..=n).sum();
+    let mut sizes = std::collections::BTreeMap::new();
+    for (flag, want) in [
+        (None, Compression::ZSTD(Default::default())),
+        (Some("zstd(9)"), Compression::ZSTD(Default::default())),
+        (Some("snappy"), Compression::SNAPPY),
+        (Some("lz4"), Compression::LZ4_RAW),
+        (Some("none"), Compression::UNCOMPRESSED),
+    ] {
+        let name = flag.unwrap_or("default").replace(['(', ')'], "");
+        let out = d.join("out").join(&name);
+        let mut args = vec!["sql", "-q", "-e", &sql, "--out", out.to_str().unwrap()];
+        if let Some(f) = flag {
+            args.extend(["--compression", f]);
+        }
+        sluice(d, &args).expect(0);
+        let files = data_files(files_under(&out));
+        assert!(!files.is_empty());
+        let mut bytes = 0;
+        for f in &files {
+            let file = std::fs::File::open(out.join(f)).unwrap();
+            bytes += file.metadata().unwrap().len();
+            let reader = SerializedFileReader::new(file).unwrap();
+            for rg in reader.metadata().row_groups() {
+                for c in rg.columns() {
+                    // (The zstd level is not recorded in the file.)
+                    assert_eq!(
+                        std::mem::discriminant(&c.compression()),
+                        std::mem::discriminant(&want),
+                        "{name}: {f}"
+                    );
+                }
+            }
+        }
+        sizes.insert(name.clone(), bytes);
+        // Count, sums and distinct names, all whole numbers, as one text.
+        let want_row = format!("{n}/{sum_id}/97/{sum_id}");
+        let check = "SELECT CAST(COUNT(*) AS VARCHAR) || '/' || CAST(SUM(id) AS VARCHAR) || '/' \
+                     || CAST(COUNT(DISTINCT name) AS VARCHAR) || '/' \
+                     || CAST(SUM(CAST(half * 2 AS BIGINT)) AS VARCHAR) AS r FROM t";
+        let table = format!("t={}/", out.display());
+        let got = sluice(d, &["sql", "-q", "-e", check, "--table", &table]).expect(0);
+        assert!(got.stdout.contains(&want_row), "{name}: {}", got.stdout);
+        let duck = readers::duckdb(
+            d,
+            &check.replace(
+                "FROM t",
+                &format!("FROM read_parquet('out/{name}/*.parquet')"),
+            ),
+        );
+        assert_eq!(duck.rows, vec![vec![Some(want_row.clone())]], "{name}");
+        let arrow = readers::pyarrow_dataset(out.to_str().unwrap(), "parquet", &[]);
+        assert_eq!(arrow.rows.len() as u64, n, "{name}");
+    }
+    // Uncompressed files are the largest, zstd's the smallest.
+    assert!(
+        sizes["none"] > sizes["snappy"] && sizes["snappy"] > sizes["zstd9"],
+        "{sizes:?}"
+    );
+}

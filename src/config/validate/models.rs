@@ -10,7 +10,7 @@ use super::super::values::{
 use super::super::{
     BatchConfig, Check, CheckKind, ConfigError, DEFAULT_FILE_SIZE, DEFAULT_ROWS_PER_FILE,
     DatabaseConfig, DatabaseSinkConfig, Format, IncrementalConfig, KeyBuckets, Materialized,
-    ModelConfig, Severity, SinkConfig, TableWrite, UnitSettings, WriteMode,
+    ModelConfig, ParquetCompression, Severity, SinkConfig, TableWrite, UnitSettings, WriteMode,
 };
 use super::Validator;
 
@@ -232,13 +232,31 @@ impl Validator<'_> {
         if let Some(why) = refuse_target_file_size(&location, target_file_size) {
             return Err(self.invalid(size_key, why));
         }
+        let format = raw.format.unwrap_or(Format::Parquet);
+        let compression_key = format!("models.{model}.sink.compression");
+        let compression = match raw.compression {
+            None => ParquetCompression::DEFAULT,
+            Some(_) if format != Format::Parquet => {
+                return Err(self.invalid(
+                    compression_key,
+                    format!(
+                        "compresses Parquet files: a {} sink's files are written uncompressed",
+                        format.name()
+                    ),
+                ));
+            }
+            Some(s) => {
+                ParquetCompression::parse(&s).map_err(|why| self.invalid(compression_key, why))?
+            }
+        };
         Ok(SinkConfig {
             location,
-            format: raw.format.unwrap_or(Format::Parquet),
+            format,
             partition_by: raw.partition_by,
             mode,
             target_rows_per_file,
             target_file_size,
+            compression,
             adopt: raw.adopt,
             database,
         })
