@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use sluice::config::{ClusterTarget, JoinStrategy};
+use sluice::config::{ClusterTarget, JoinOrder, JoinStrategy};
 use sluice::config::{Format, ParquetCompression, WriteMode, parse_size};
 
 /// sluice: batch SQL transformations over Parquet, CSV and JSON, on local disk or object storage.
@@ -419,6 +419,10 @@ pub struct EngineArgs {
     /// sort_merge (DataFusion's sort-merge join).
     #[arg(long, value_name = "STRATEGY", value_parser = join_strategy)]
     pub join_strategy: Option<JoinStrategy>,
+    /// The order inner joins run in: cost (the order estimated cheapest from the tables'
+    /// statistics) or as_written (the SQL's).
+    #[arg(long, value_name = "ORDER", value_parser = join_order)]
+    pub join_order: Option<JoinOrder>,
     /// Run the queries on an Apache DataFusion Ballista cluster: its scheduler
     /// (`df://HOST:PORT`), or `standalone` (a scheduler and executors in this process).
     #[arg(long, value_name = "URL", value_parser = cluster)]
@@ -443,6 +447,11 @@ fn at_least_one(s: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(_) => Err(format!("{s:?} is not a whole number")),
     }
+}
+
+fn join_order(s: &str) -> Result<JoinOrder, String> {
+    JoinOrder::parse(s)
+        .ok_or_else(|| format!("unknown join order {s:?} (expected cost or as_written)"))
 }
 
 fn join_strategy(s: &str) -> Result<JoinStrategy, String> {

@@ -30,6 +30,7 @@ fn engine(args: &EngineArgs) -> EngineOptions {
             strategy: args.join_strategy.unwrap_or_default(),
             buckets: None,
             broadcast_limit: None,
+            order: args.join_order.unwrap_or_default(),
         },
         cluster: args.cluster.is_some(),
     }
@@ -94,6 +95,7 @@ pub fn run_options(args: &PipelineArgs, dry_run: bool, restart: bool) -> RunOpti
             .map(sluice::engine::limits::CgroupPaths::under)
             .unwrap_or_default(),
         join_strategy: args.engine.join_strategy,
+        join_order: args.engine.join_order,
         cluster: args.engine.cluster.clone(),
         dry_run,
         restart,

@@ -470,6 +470,29 @@ pub struct JoinOptions {
     /// (`broadcast_join_limit`; `None`: DataFusion's 1 MiB locally, Ballista's 128 MiB on
     /// a cluster). A build side of unknown size is judged by its rows: an eighth as many.
     pub broadcast_limit: Option<usize>,
+    /// The order inner joins run in.
+    pub order: JoinOrder,
+}
+
+/// The order a query's inner joins run in (`join_order`, `--join-order`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum JoinOrder {
+    /// The order estimated cheapest from the tables' statistics (`cost`, the default).
+    #[default]
+    Cost,
+    /// The order the SQL writes them in (`as_written`).
+    AsWritten,
+}
+
+impl JoinOrder {
+    /// Parses `cost` or `as_written`.
+    pub fn parse(s: &str) -> Option<JoinOrder> {
+        match s {
+            "cost" => Some(JoinOrder::Cost),
+            "as_written" => Some(JoinOrder::AsWritten),
+            _ => None,
+        }
+    }
 }
 
 /// One object store (`[stores.NAME]`), selected by URL prefix.

@@ -65,6 +65,7 @@ pub(super) struct RawSettings {
     pub(super) join_strategy: Option<String>,
     pub(super) join_buckets: Option<usize>,
     pub(super) broadcast_join_limit: Option<String>,
+    pub(super) join_order: Option<String>,
     pub(super) cluster: Option<String>,
 }
 

@@ -311,6 +311,15 @@ impl<'a> Validator<'a> {
                 )
             })?,
         };
+        let order = match raw.join_order.as_deref() {
+            None => super::JoinOrder::default(),
+            Some(s) => super::JoinOrder::parse(s).ok_or_else(|| {
+                self.invalid(
+                    "settings.join_order",
+                    format!("unknown join order {s:?} (expected cost or as_written)"),
+                )
+            })?,
+        };
         if let Some(n) = raw.join_buckets
             && !(2..=4096).contains(&n)
         {
@@ -331,6 +340,7 @@ impl<'a> Validator<'a> {
                 strategy,
                 buckets: raw.join_buckets,
                 broadcast_limit,
+                order,
             },
             spill_dir: raw
                 .spill_dir

@@ -8,6 +8,7 @@
 
 mod execution;
 pub mod limits;
+mod planner;
 pub mod udf;
 
 pub use execution::{Execution, FileVersion, ScanRows, file_version, files_read};
@@ -157,6 +158,9 @@ impl Engine {
             .with_runtime_env(runtime)
             .with_default_features()
             .with_optimizer_rules(crate::rewrite::logical_rules())
+            .with_query_planner(Arc::new(planner::Planner {
+                reorder_joins: options.join.order == crate::config::JoinOrder::Cost,
+            }))
             // (On a cluster, joins run under the executors' pools, not this one: they take
             // their budget from the pool they run in.)
             .with_physical_optimizer_rules(join::physical_rules(

@@ -247,17 +247,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_distinct_count_of_many_values_beside_a_count_runs_in_a_small_pool() {
-        // 5 groups of 200 000 distinct values each (in no order): per-group sets of about
-        // 1.6 MiB a group and partition, under a 4 MiB pool.
+        // 5 groups of 400 000 distinct values each (in no order): per-group sets of several
+        // MiB a group and partition, under a 16 MiB pool.
         let sql = "SELECT value % 5 AS k, COUNT(*) AS n, \
-                   COUNT(DISTINCT (value * 7919) % 1000003) AS d \
-                   FROM generate_series(1, 1000000) GROUP BY 1 ORDER BY 1";
-        let (ours, theirs) = (session(true, Some(4 << 20)), session(false, Some(4 << 20)));
+                   COUNT(DISTINCT (value * 7919) % 2000003) AS d \
+                   FROM generate_series(1, 2000000) GROUP BY 1 ORDER BY 1";
+        let (ours, theirs) = (
+            session(true, Some(16 << 20)),
+            session(false, Some(16 << 20)),
+        );
         let got = ours.sql(sql).await.unwrap().collect().await.unwrap();
         let text = pretty_format_batches(&got).unwrap().to_string();
         for k in 0..5 {
             assert!(
-                text.contains(&format!("| {k} | 200000 | 200000 |")),
+                text.contains(&format!("| {k} | 400000 | 400000 |")),
                 "{text}"
             );
         }

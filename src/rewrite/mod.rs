@@ -4,8 +4,11 @@
 //!
 //! - [`distinct`]: `COUNT(DISTINCT x)` beside `COUNT(*)` split into two groupings, which
 //!   both spill, instead of one per-group set of values, which cannot.
+//! - [`join_order`]: inner joins reordered by estimated size (run from the engine's query
+//!   planner, where the relations' statistics can be read).
 
 mod distinct;
+pub(crate) mod join_order;
 
 use std::sync::Arc;
 

@@ -59,6 +59,8 @@ pub struct RunOptions {
     pub cgroup: crate::engine::limits::CgroupPaths,
     /// `--join-strategy`, over `settings.join_strategy`.
     pub join_strategy: Option<crate::config::JoinStrategy>,
+    /// `--join-order`, over `settings.join_order`.
+    pub join_order: Option<crate::config::JoinOrder>,
     /// `--dry-run`: validate and plan, write nothing.
     pub dry_run: bool,
     /// `--restart`: do not resume an unfinished run; start afresh.

@@ -88,6 +88,7 @@ pub async fn prepare(
                 .unwrap_or(pipeline.settings.join.strategy),
             buckets: pipeline.settings.join.buckets,
             broadcast_limit: pipeline.settings.join.broadcast_limit,
+            order: opts.join_order.unwrap_or(pipeline.settings.join.order),
         },
         cluster: target.is_some(),
     };
