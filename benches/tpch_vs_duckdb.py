@@ -151,7 +151,7 @@ def sluice_answer(sluice, data, n, threads, tmp):
     cmd = [sluice, "-q", "sql", query_file(n)]
     for t in TABLES:
         cmd += ["--table", f"{t}={os.path.join(data, t)}/"]
-    cmd += ["--threads", str(threads), "--format", "parquet", "--out", out]
+    cmd += ["--threads", str(threads), "--format", "parquet", "--out", out, *sluice_flags()]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     parts = sorted(glob.glob(os.path.join(out, "**", "*.parquet"), recursive=True))
     if not parts:
@@ -164,10 +164,10 @@ def sluice_answer(sluice, data, n, threads, tmp):
 # Timing
 
 
-def run_sluice(sluice, data, n, threads, tmp):
+def run_sluice(sluice, data, n, threads, tmp, flags=()):
     path = os.path.join(tmp, f"bench-q{n}.json")
     cmd = [sluice, "-q", "bench", "tpch", "--data", data, "--queries", str(n),
-           "--threads", str(threads), "--json", path]
+           "--threads", str(threads), "--json", path, *flags]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     process = time.perf_counter() - start
@@ -225,6 +225,11 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+def sluice_flags():
+    """Extra flags for the sluice under test (env SLUICE_FLAGS, e.g. `--join-order as_written`)."""
+    return os.environ.get("SLUICE_FLAGS", "").split()
+
+
 def fmt(x):
     return f"{x:.3f}"
 
@@ -266,16 +271,22 @@ def bench_in(sluice, data, rounds, threads, queries, sluice_version, tmp):
     con.close()
 
     # Timing: per round, per query, one fresh process of each engine; who goes first alternates.
-    results = {n: {"sluice": [], "duckdb": []} for n in queries}
+    # With BEFORE (another sluice binary, e.g. the last release), it runs too, as it is.
+    before = os.environ.get("BEFORE")
+    engines = ["sluice", "duckdb"] + (["before"] if before else [])
+    results = {n: {e: [] for e in engines} for n in queries}
     failed = {}
     for r in range(rounds):
         for n in queries:
-            order = ["sluice", "duckdb"] if r % 2 == 0 else ["duckdb", "sluice"]
+            order = engines if r % 2 == 0 else engines[::-1]
             for engine in order:
                 print(f"round {r + 1}/{rounds} q{n} {engine}", file=sys.stderr, flush=True)
                 try:
                     if engine == "sluice":
-                        results[n][engine].append(run_sluice(sluice, data, n, threads, tmp))
+                        results[n][engine].append(
+                            run_sluice(sluice, data, n, threads, tmp, sluice_flags()))
+                    elif engine == "before":
+                        results[n][engine].append(run_sluice(before, data, n, threads, tmp))
                     else:
                         results[n][engine].append(run_duckdb(data, n, threads))
                 except subprocess.CalledProcessError as e:
@@ -302,14 +313,18 @@ def bench_in(sluice, data, rounds, threads, queries, sluice_version, tmp):
             "sluice_digests": digests,
             "answer": "equal" if n not in mismatches else "differs",
         }
+        if before and results[n]["before"]:
+            row["before_query_s"] = min(x["query_s"] for x in results[n]["before"])
         row["ratio_process"] = row["sluice_process_s"] / row["duckdb_process_s"]
         row["ratio_query"] = row["sluice_query_s"] / row["duckdb_query_s"]
         if len(digests) > 1:
             mismatches.setdefault(n, []).append(f"sluice digests differ between rounds: {digests}")
             row["answer"] = "differs"
         rows.append(row)
-    totals = {k: sum(r[k] for r in rows) for k in
-              ("sluice_query_s", "sluice_process_s", "duckdb_query_s", "duckdb_process_s")}
+    keys = ["sluice_query_s", "sluice_process_s", "duckdb_query_s", "duckdb_process_s"]
+    if before:
+        keys.append("before_query_s")
+    totals = {k: sum(r.get(k, math.nan) for r in rows) for k in keys}
     totals["ratio_process"] = totals["sluice_process_s"] / (totals["duckdb_process_s"] or math.nan)
     totals["ratio_query"] = totals["sluice_query_s"] / (totals["duckdb_query_s"] or math.nan)
 
@@ -323,16 +338,21 @@ def bench_in(sluice, data, rounds, threads, queries, sluice_version, tmp):
         "(best of 3), so the query-time ratio is the fairer one. Ratio = sluice / DuckDB "
         "(> 1: sluice slower).",
         "",
-        "| q | sluice query s | sluice process s | DuckDB query s | DuckDB process s "
+        ("| q | before query s " if before else "| q ")
+        + "| sluice query s | sluice process s | DuckDB query s | DuckDB process s "
         "| ratio (query) | ratio (process) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|" + ("---|" if before else ""),
     ]
+    if before:
+        lines.insert(2, f"before: {before}; sluice flags: {' '.join(sluice_flags()) or '(none)'}")
     for r in rows:
         mark = "" if r["answer"] == "equal" else " **answer differs**"
-        lines.append(f"| q{r['query']} | {fmt(r['sluice_query_s'])} | {fmt(r['sluice_process_s'])} "
+        was = f" {fmt(r.get('before_query_s', math.nan))} |" if before else ""
+        lines.append(f"| q{r['query']} |{was} {fmt(r['sluice_query_s'])} | {fmt(r['sluice_process_s'])} "
                      f"| {fmt(r['duckdb_query_s'])} | {fmt(r['duckdb_process_s'])} "
                      f"| {r['ratio_query']:.2f} | {r['ratio_process']:.2f}{mark} |")
-    lines.append(f"| total | {fmt(totals['sluice_query_s'])} | {fmt(totals['sluice_process_s'])} "
+    was = f" {fmt(totals['before_query_s'])} |" if before else ""
+    lines.append(f"| total |{was} {fmt(totals['sluice_query_s'])} | {fmt(totals['sluice_process_s'])} "
                  f"| {fmt(totals['duckdb_query_s'])} | {fmt(totals['duckdb_process_s'])} "
                  f"| {totals['ratio_query']:.2f} | {totals['ratio_process']:.2f} |")
     lines.append("")

@@ -230,7 +230,8 @@ impl Engine {
 }
 
 /// A new, empty session like `main`: the same configuration, memory pool, spill folder,
-/// object stores and physical optimizer rules (the grace join among them), its own tables.
+/// object stores, optimizer rules (sluice's rewrites and the grace join among them) and query
+/// planner (the join order), its own tables.
 pub fn sibling_context(main: &SessionContext) -> SessionContext {
     let state = main.state();
     SessionContext::new_with_state(
@@ -238,7 +239,52 @@ pub fn sibling_context(main: &SessionContext) -> SessionContext {
             .with_config(main.copied_config())
             .with_runtime_env(main.runtime_env())
             .with_default_features()
+            .with_optimizer_rules(state.optimizers().to_vec())
             .with_physical_optimizer_rules(state.physical_optimizers().to_vec())
+            .with_query_planner(Arc::clone(state.query_planner()))
             .build(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{Engine, EngineOptions, sibling_context};
+    use crate::store::StoreRegistry;
+
+    /// A work unit's session plans as the run's does: sluice's logical rewrites, physical
+    /// rules and query planner (the join order) are all there.
+    #[test]
+    fn a_sibling_session_plans_with_the_same_rules_and_planner() {
+        let stores = Arc::new(StoreRegistry::new(Vec::new(), Vec::new()));
+        let engine = Engine::new(EngineOptions::default(), stores).unwrap();
+        let (main, sibling) = (engine.ctx().state(), sibling_context(engine.ctx()).state());
+        let names = |rules: Vec<&str>| rules.join(",");
+        assert_eq!(
+            names(sibling.optimizers().iter().map(|r| r.name()).collect()),
+            names(main.optimizers().iter().map(|r| r.name()).collect())
+        );
+        assert!(
+            main.optimizers()
+                .iter()
+                .any(|r| r.name() == "sluice_counts_beside_distinct")
+        );
+        assert_eq!(
+            names(
+                sibling
+                    .physical_optimizers()
+                    .iter()
+                    .map(|r| r.name())
+                    .collect()
+            ),
+            names(
+                main.physical_optimizers()
+                    .iter()
+                    .map(|r| r.name())
+                    .collect()
+            )
+        );
+        assert!(Arc::ptr_eq(main.query_planner(), sibling.query_planner()));
+    }
 }

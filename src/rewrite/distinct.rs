@@ -103,30 +103,39 @@ impl OptimizerRule for CountsBesideDistinct {
         {
             return Ok(Transformed::no(LogicalPlan::Aggregate(agg)));
         }
-        let Aggregate {
-            input,
-            group_expr,
-            aggr_expr,
-            schema,
-            ..
-        } = agg;
-        let groups = group_expr.len();
-        let mut counts = Vec::with_capacity(aggr_expr.len());
-        let aggr_expr = aggr_expr
-            .into_iter()
+        let mut counts = Vec::with_capacity(agg.aggr_expr.len());
+        let aggr_expr = agg
+            .aggr_expr
+            .iter()
             .map(|e| match e {
                 Expr::AggregateFunction(AggregateFunction { func, params })
                     if !params.distinct && func.name().eq_ignore_ascii_case("count") =>
                 {
                     counts.push(true);
-                    count_as_sum(params)
+                    count_as_sum(params.clone())
                 }
                 e => {
                     counts.push(false);
-                    Ok(e)
+                    Ok(e.clone())
                 }
             })
             .collect::<Result<Vec<_>>>()?;
+        // Two counts may become the same sum (`COUNT(*)` and `COUNT(2)`), or a sum already
+        // there: the aggregate would then have one name twice. It is left as it is.
+        let mut names = HashSet::new();
+        if !aggr_expr
+            .iter()
+            .all(|e| names.insert(e.schema_name().to_string()))
+        {
+            return Ok(Transformed::no(LogicalPlan::Aggregate(agg)));
+        }
+        let Aggregate {
+            input,
+            group_expr,
+            schema,
+            ..
+        } = agg;
+        let groups = group_expr.len();
         let rewritten = Aggregate::try_new(input, group_expr, aggr_expr)?;
         // The original columns, by name and qualifier, from the rewritten aggregate's.
         let projection = (0..rewritten.schema.fields().len())
@@ -224,6 +233,12 @@ mod tests {
                 "SELECT k, COUNT(*) AS n, SUM(DISTINCT x) AS sx FROM t WHERE k > 2 \
                  GROUP BY k ORDER BY k",
                 true,
+            ),
+            // Not rewritten: two counts that would be the same sum.
+            (
+                "SELECT COUNT(*) AS n, COUNT(2) AS two, SUM(1) AS one, COUNT(DISTINCT x) AS dx \
+                 FROM t",
+                false,
             ),
             // Not rewritten: an aggregate that cannot be computed in two steps as it is, or
             // distinct aggregates of two columns.

@@ -62,6 +62,11 @@ pub(crate) async fn reorder(plan: &LogicalPlan, state: &dyn Session) -> Result<L
         if estimates.contains_key(&r) {
             continue;
         }
+        // Planning a database relation asks its server for sizes and bounds: not twice.
+        if reads_a_database(&r) {
+            estimates.insert(r, None);
+            continue;
+        }
         // A relation that cannot be planned alone (it refers to an outer query) is simply
         // not estimated.
         let estimate = match planner.create_physical_plan(&r, state).await {
@@ -71,6 +76,22 @@ pub(crate) async fn reorder(plan: &LogicalPlan, state: &dyn Session) -> Result<L
         estimates.insert(r, estimate);
     }
     Ok(rewrite(plan, &estimates))
+}
+
+/// Whether `plan` scans a database table.
+fn reads_a_database(plan: &LogicalPlan) -> bool {
+    plan.exists(|node| {
+        Ok(match node {
+            LogicalPlan::TableScan(scan) => {
+                datafusion::datasource::source_as_provider(&scan.source).is_ok_and(|p| {
+                    p.downcast_ref::<crate::database::scan::DatabaseTable>()
+                        .is_some()
+                })
+            }
+            _ => false,
+        })
+    })
+    .unwrap_or(true)
 }
 
 /// Whether `plan` is an inner equi-join that a region may hold.
@@ -260,6 +281,8 @@ struct Region {
     conditions: Vec<Condition>,
     /// The region root's output schema, to give back.
     schema: DFSchemaRef,
+    /// The written order must stay (see [`Region::of`]).
+    keep: bool,
 }
 
 impl Region {
@@ -269,6 +292,21 @@ impl Region {
         let mut on = Vec::new();
         let mut filters = Vec::new();
         flatten(plan, &mut relations, &mut on, &mut filters);
+        let schema = Arc::clone(plan.schema());
+        // A volatile condition (`random()`) means something else at another join, and masks
+        // hold 63 relations: such regions stay as written.
+        let volatile = on.iter().any(|(l, r)| l.is_volatile() || r.is_volatile())
+            || filters.iter().any(Expr::is_volatile);
+        if volatile || relations.len() > 63 {
+            return Region {
+                relations,
+                edges: Vec::new(),
+                conditions: Vec::new(),
+                schema,
+                keep: true,
+            };
+        }
+        let all = u64::MAX >> (64 - relations.len().max(1));
         let owner = |e: &Expr| -> u64 {
             let mut mask = 0u64;
             for c in e.column_refs() {
@@ -279,6 +317,13 @@ impl Region {
                 }
             }
             mask
+        };
+        // A condition that names no relation is applied where every relation is joined.
+        let needs = |e: &Expr| -> u64 {
+            match owner(e) {
+                0 => all,
+                m => m,
+            }
         };
         let mut edges = Vec::new();
         let mut conditions = Vec::new();
@@ -294,14 +339,14 @@ impl Region {
             } else {
                 let expr = l.eq(r);
                 conditions.push(Condition {
-                    needs: owner(&expr),
+                    needs: needs(&expr),
                     expr,
                 });
             }
         }
         for f in filters {
             conditions.push(Condition {
-                needs: owner(&f),
+                needs: needs(&f),
                 expr: f,
             });
         }
@@ -309,7 +354,8 @@ impl Region {
             relations,
             edges,
             conditions,
-            schema: Arc::clone(plan.schema()),
+            schema,
+            keep: false,
         }
     }
 
@@ -322,7 +368,7 @@ impl Region {
     /// The region in the cheapest order, if it beats the written one by [`GAIN`].
     fn reordered(&self, written: &LogicalPlan, estimates: &[Estimate]) -> Option<LogicalPlan> {
         let n = self.relations.len();
-        if !(3..=63).contains(&n) {
+        if self.keep || !(3..=63).contains(&n) {
             return None;
         }
         let model = Model {
@@ -796,12 +842,25 @@ mod tests {
                    JOIN wide ON fact.a0 = wide.a1 \
                    JOIN narrow ON fact.b0 = narrow.a2 \
                    WHERE narrow.b2 = 5";
+        let lowest = |plan: &str| {
+            plan.lines()
+                .rfind(|l| l.contains("HashJoinExec"))
+                .unwrap_or_default()
+                .to_string()
+        };
         let (plan, _) = run(&ctx, sql).await;
         // The join nearest the scans (the last in the listing) is fact with narrow.
-        let lowest = plan
-            .lines()
-            .rfind(|l| l.contains("HashJoinExec"))
-            .unwrap_or_default();
-        assert!(lowest.contains("a2@") && lowest.contains("b0@"), "{plan}");
+        assert!(
+            lowest(&plan).contains("a2@") && lowest(&plan).contains("b0@"),
+            "{plan}"
+        );
+        // A volatile condition keeps the written order: it would mean something else at
+        // another join.
+        let volatile = sql.replace(
+            "wide.a1",
+            "wide.a1 AND fact.c0 + random() >= wide.c1 - 1000",
+        );
+        let (plan, _) = run(&ctx, &volatile).await;
+        assert!(lowest(&plan).contains("a1@"), "{plan}");
     }
 }
