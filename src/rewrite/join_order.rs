@@ -553,10 +553,18 @@ impl Model<'_> {
                 rows *= e.rows;
             }
         }
+        // Several conditions between the same two relations (a composite key) are rarely
+        // independent: the most selective one stands for them all.
+        let mut pairs: HashMap<(usize, usize), f64> = HashMap::new();
         for e in &self.region.edges {
             if set & (1 << e.a) != 0 && set & (1 << e.b) != 0 {
-                rows *= self.selectivity(e);
+                let pair = (e.a.min(e.b), e.a.max(e.b));
+                let s = self.selectivity(e);
+                pairs.entry(pair).and_modify(|p| *p = p.min(s)).or_insert(s);
             }
+        }
+        for s in pairs.values() {
+            rows *= s;
         }
         rows.max(1.0)
     }
