@@ -4,11 +4,13 @@
 //!
 //! - [`execution`]: a running query, and what its plan measured (rows per table, spills, joins);
 //! - [`limits`]: the threads and memory a run uses, from the settings or the cgroup's limits;
+//! - [`pool`]: the memory pool, with a bounded overdraft for merges of sorted data;
 //! - [`udf`]: sluice's SQL functions.
 
 mod execution;
 pub mod limits;
 mod planner;
+pub mod pool;
 pub mod udf;
 
 pub use execution::{Execution, FileVersion, ScanRows, file_version, files_read};
@@ -92,6 +94,16 @@ impl Engine {
             .with_target_partitions(threads)
             .with_information_schema(true);
         if let Some(limit) = options.memory_limit {
+            // Text read from Parquet as plain strings, not string views: a batch of views is
+            // counted as every buffer it points into, and a sorted or sliced batch points
+            // into all the pages it came from, so under a limit sorts and merges counted
+            // each row several times and failed with the rows fitting (apache/datafusion
+            // #16979); a sort of 400 K lineitem rows failed under 64 MiB.
+            config
+                .options_mut()
+                .execution
+                .parquet
+                .schema_force_view_types = false;
             // Each sorting partition reserves this much up front for its final merge; the
             // default (10 MB) alone would exhaust a small pool. A share of the pool per thread
             // keeps small limits usable.
@@ -129,7 +141,7 @@ impl Engine {
         let mut runtime = RuntimeEnvBuilder::new();
         if let Some(limit) = options.memory_limit {
             let pool = TrackConsumersPool::new(
-                FairSpillPool::new(limit),
+                pool::MergeOverdraftPool::new(FairSpillPool::new(limit), limit),
                 NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN),
             );
             runtime = runtime.with_memory_pool(Arc::new(pool));
@@ -163,10 +175,13 @@ impl Engine {
             }))
             // (On a cluster, joins run under the executors' pools, not this one: they take
             // their budget from the pool they run in.)
-            .with_physical_optimizer_rules(join::physical_rules(
-                options.join,
+            .with_physical_optimizer_rules(crate::rewrite::physical_rules(
+                join::physical_rules(
+                    options.join,
+                    options.memory_limit.filter(|_| !options.cluster),
+                    options.cluster,
+                ),
                 options.memory_limit.filter(|_| !options.cluster),
-                options.cluster,
             ))
             .build();
         let ctx = SessionContext::new_with_state(state);

@@ -19,13 +19,13 @@
 //! connect every relation (a cross join), are left as written. DataFusion's physical
 //! optimizer then picks each join's build side and distribution as usual.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{DFSchemaRef, JoinType, NullEquality, Result, ScalarValue};
+use datafusion::common::{Column, DFSchemaRef, JoinType, NullEquality, Result, ScalarValue};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{Expr, Join, JoinConstraint, LogicalPlan, Projection};
 use datafusion::physical_plan::filter::FilterExec;
@@ -427,7 +427,7 @@ impl Region {
                         filters.push(c.expr.clone());
                     }
                 }
-                Join::try_new(
+                let join = Join::try_new(
                     Arc::new(left),
                     Arc::new(right),
                     on,
@@ -437,10 +437,47 @@ impl Region {
                     NullEquality::NullEqualsNothing,
                     false,
                 )
-                .ok()
-                .map(LogicalPlan::Join)
+                .ok()?;
+                // Only the columns still needed go up: a join's build side holds every
+                // column it is given, and DataFusion pruned them for the written order only.
+                let needed = self.needed_above(set);
+                let columns = join.schema.columns();
+                let kept: Vec<Expr> = columns
+                    .iter()
+                    .filter(|c| needed.contains(c))
+                    .cloned()
+                    .map(Expr::Column)
+                    .collect();
+                let join = LogicalPlan::Join(join);
+                if kept.len() == columns.len() || kept.is_empty() {
+                    return Some(join);
+                }
+                Projection::try_new(kept, Arc::new(join))
+                    .ok()
+                    .map(LogicalPlan::Projection)
             }
         }
+    }
+
+    /// The columns a join of the relations in `set` must pass up: the region's output, and
+    /// the keys and conditions that reach a relation outside `set`.
+    fn needed_above(&self, set: u64) -> HashSet<Column> {
+        let mut needed: HashSet<Column> = self.schema.columns().into_iter().collect();
+        let pending = self
+            .edges
+            .iter()
+            .filter(|e| set & (1 << e.a) == 0 || set & (1 << e.b) == 0)
+            .flat_map(|e| [&e.a_key, &e.b_key])
+            .chain(
+                self.conditions
+                    .iter()
+                    .filter(|c| c.needs & !set != 0)
+                    .map(|c| &c.expr),
+            );
+        for e in pending {
+            needed.extend(e.column_refs().into_iter().cloned());
+        }
+        needed
     }
 }
 
