@@ -180,6 +180,7 @@ pub async fn run_sql(
                 compression: target.compression,
                 parallelism: engine.options().threads(),
                 buffer_budget: engine.write_buffer_budget(),
+                memory: engine.memory_pool(),
                 preserve_order: false,
                 adopt: target.adopt,
                 staging: None,

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_plan::execute_stream;
@@ -223,6 +223,11 @@ impl Engine {
     fn lock_listed(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<ObjectMeta>>> {
         // A poisoned lock only means a panic mid-insert: the map is still whole.
         self.listed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pool the session's operators reserve memory in (unbounded without a limit).
+    pub fn memory_pool(&self) -> Arc<dyn MemoryPool> {
+        Arc::clone(&self.ctx.runtime_env().memory_pool)
     }
 
     /// Memory writers may buffer before flushing early: a quarter of the pool, or 256 MiB.

@@ -673,6 +673,7 @@ pub(super) fn sink_spec(
         compression: model.sink.compression,
         parallelism: engine.options().threads(),
         buffer_budget: engine.write_buffer_budget(),
+        memory: engine.memory_pool(),
         preserve_order: false,
         adopt: model.sink.adopt,
         staging: pipeline

@@ -14,6 +14,7 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -87,7 +88,7 @@ impl StageTarget {
     }
 
     /// The sink spec a task writes by (what only the publish needs is left at defaults).
-    fn spec(&self) -> Result<SinkSpec> {
+    fn spec(&self, memory: Arc<dyn MemoryPool>) -> Result<SinkSpec> {
         let location = Location::parse(&self.output).map_err(external)?;
         let format = Format::parse(&self.format).ok_or_else(|| {
             DataFusionError::Plan(format!("unknown output format {:?}", self.format))
@@ -103,6 +104,7 @@ impl StageTarget {
             compression: self.compression,
             parallelism: self.parallelism.max(1),
             buffer_budget: self.buffer_budget,
+            memory,
             preserve_order: self.preserve_order,
             adopt: false,
             staging: None,
@@ -244,8 +246,10 @@ impl ExecutionPlan for StageExec {
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, Arc::clone(&context))?;
         let target = self.target.clone();
+        // The executor's pool: its tasks' writers reserve their buffers there.
+        let memory = Arc::clone(&context.runtime_env().memory_pool);
         let work = async move {
-            let spec = target.spec()?;
+            let spec = target.spec(memory)?;
             let staging =
                 crate::table::staging::StagingArea::from_urls(&target.staging.0, &target.staging.1)
                     .map_err(external)?;

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
 use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::StreamExt;
 use object_store::ObjectStore;
@@ -153,6 +154,9 @@ pub(crate) struct SinkSpec {
     pub parallelism: usize,
     /// Memory the writers may buffer in total before they flush row groups early.
     pub buffer_budget: usize,
+    /// The memory pool the writers' buffers are reserved in (the query's): when it is full,
+    /// a writer flushes its row group in progress.
+    pub memory: Arc<dyn MemoryPool>,
     /// Keep the input's row order within each partition (the query sorts): one writer lane
     /// per partition, so files hold consecutive rows.
     pub preserve_order: bool,
@@ -389,6 +393,7 @@ pub(crate) async fn stage_into(
         target_rows: spec.target_rows_per_file as u64,
         target_bytes: spec.target_file_size,
         budget: spec.buffer_budget.max(1 << 20),
+        memory: Arc::clone(&spec.memory),
         seq: AtomicUsize::new(0),
         open_lanes: AtomicUsize::new(0),
         aborted: AtomicBool::new(false),
@@ -556,6 +561,10 @@ pub(crate) async fn write(
     .await
 }
 
+/// A row group in progress is flushed for want of room in the pool only past this size, so
+/// that a full pool does not cut files into row groups of a batch each.
+const ROW_GROUP_FLOOR: usize = 4 << 20;
+
 struct LaneShared {
     store: Arc<dyn ObjectStore>,
     output_location: Location,
@@ -569,6 +578,7 @@ struct LaneShared {
     target_rows: u64,
     target_bytes: u64,
     budget: usize,
+    memory: Arc<dyn MemoryPool>,
     seq: AtomicUsize,
     open_lanes: AtomicUsize,
     aborted: AtomicBool,
@@ -602,6 +612,9 @@ async fn run_lane(
     mut rx: mpsc::Receiver<RecordBatch>,
 ) -> Result<Vec<StagedFile>, SinkError> {
     shared.open_lanes.fetch_add(1, Ordering::SeqCst);
+    // What the lane's open file holds, in the query's pool: it cannot spill, but it can
+    // flush its row group when the pool has no room for it.
+    let reservation = MemoryConsumer::new(format!("Writer[{partition}]")).register(&shared.memory);
     let mut files = Vec::new();
     let mut current: Option<(FileWriter, String, object_store::path::Path)> = None;
     let result: Result<(), SinkError> = async {
@@ -620,9 +633,16 @@ async fn run_lane(
                     .map_err(|e| write_err(&shared, key, e))?;
                 rest = rest.slice(taken, rest.num_rows() - taken);
                 let lanes = shared.open_lanes.load(Ordering::Relaxed).max(1);
-                if w.buffered_bytes() > shared.budget / lanes {
+                let held = w.held_bytes();
+                if w.buffered_bytes() > shared.budget / lanes
+                    || (w.buffered_bytes() > ROW_GROUP_FLOOR
+                        && reservation.try_resize(held).is_err())
+                {
                     w.flush().await.map_err(|e| write_err(&shared, key, e))?;
                 }
+                // What is held is counted whether the pool has room or not (a row group up
+                // to the floor, the upload's buffer): operators that can spill find it taken.
+                reservation.resize(w.held_bytes());
                 if shared.aborted.load(Ordering::SeqCst) {
                     // Cancelled (a unit timeout): stop without completing any more files.
                     break 'batches;
@@ -636,6 +656,7 @@ async fn run_lane(
                 if full && let Some((w, rel, key)) = current.take() {
                     let rows = w.rows();
                     let bytes = w.finish().await.map_err(|e| write_err(&shared, &key, e))?;
+                    reservation.free();
                     check_copyable(&shared, &key, bytes)?;
                     files.push(staged_file(&shared.unit, rel, rows, bytes));
                 }
@@ -751,6 +772,106 @@ mod tests {
 
     use super::*;
     use crate::table::NewVersion;
+
+    /// Writers hold their buffers in the query's pool: with the pool nearly full (another
+    /// consumer holds all but 1 MiB) a writer flushes its row group once it passes
+    /// [`ROW_GROUP_FLOOR`], not at every batch, and counts what it holds (the writer's peak
+    /// is at least the floor); with room it keeps one row group. Every row is written, and
+    /// nothing stays reserved.
+    #[tokio::test]
+    async fn writers_hold_their_buffers_in_the_pool_and_flush_when_it_is_full() {
+        use datafusion::arrow::array::{Int64Array, StringArray};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+        use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+        use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("text", DataType::Utf8, false),
+        ]));
+        let rows = 120_000i64;
+        let batches: Vec<RecordBatch> = (0..rows)
+            .step_by(8192)
+            .map(|start| {
+                let ids: Vec<i64> = (start..(start + 8192).min(rows)).collect();
+                let text: Vec<String> = ids.iter().map(|i| format!("{i:0>80}")).collect();
+                RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![
+                        Arc::new(Int64Array::from(ids)),
+                        Arc::new(StringArray::from(text)),
+                    ],
+                )
+                .unwrap()
+            })
+            .collect();
+        for (full, want_groups) in [(false, 1..=1), (true, 2..=6)] {
+            let pool = Arc::new(TrackConsumersPool::new(
+                GreedyMemoryPool::new(64 << 20),
+                std::num::NonZeroUsize::new(8).unwrap(),
+            ));
+            let memory: Arc<dyn MemoryPool> = pool.clone();
+            let other = MemoryConsumer::new("other").register(&memory);
+            if full {
+                other.grow((64 << 20) - (1 << 20));
+            }
+            let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+            let spec = SinkSpec {
+                location: Location::parse("s3://lake/out/").unwrap(),
+                append_id: None,
+                format: Format::Parquet,
+                partition_by: Vec::new(),
+                mode: WriteMode::Overwrite,
+                target_rows_per_file: 1 << 30,
+                target_file_size: 1 << 40,
+                compression: ParquetCompression::None,
+                parallelism: 1,
+                buffer_budget: 1 << 30,
+                memory,
+                preserve_order: true,
+                adopt: false,
+                staging: None,
+            };
+            let input = RecordBatchStreamAdapter::new(
+                Arc::clone(&schema),
+                futures::stream::iter(batches.clone().into_iter().map(Ok)),
+            );
+            // The writer's share of the pool, seen as batches are handed to it.
+            let peak = AtomicUsize::new(0);
+            let committed = write(
+                Arc::clone(&store),
+                &spec,
+                Box::pin(input),
+                "20260101T000000Z-abcdef",
+                &|_| {
+                    peak.fetch_max(pool.reserved() - other.size(), Ordering::SeqCst);
+                },
+            )
+            .await
+            .unwrap();
+            assert_eq!(committed.rows, rows as u64);
+            assert_eq!(committed.new_files.len(), 1);
+            let key = committed.new_files[0].trim_start_matches("s3://lake/");
+            let bytes = store.get(&key.into()).await.unwrap().bytes().await.unwrap();
+            let meta = SerializedFileReader::new(bytes).unwrap().metadata().clone();
+            let groups: Vec<i64> = meta.row_groups().iter().map(|g| g.num_rows()).collect();
+            assert_eq!(groups.iter().sum::<i64>(), rows);
+            assert!(
+                want_groups.contains(&groups.len()),
+                "full {full}: {groups:?}"
+            );
+            // Row groups of several batches, not one each.
+            assert!(
+                groups[..groups.len() - 1].iter().all(|&n| n > 3 * 8192),
+                "full {full}: {groups:?}"
+            );
+            let peak = peak.load(Ordering::SeqCst);
+            assert!(peak >= ROW_GROUP_FLOOR, "full {full}: peak {peak}");
+            assert_eq!(pool.reserved(), other.size());
+        }
+    }
 
     /// On S3, where a publish moves each file with one CopyObject (at most 5 GiB), a staged
     /// file larger than that fails the publish before anything moves: the message names the

@@ -117,6 +117,11 @@ pub(crate) struct FileWriter {
     early_flushes: u32,
 }
 
+/// Bytes a file's upload buffers before it sends them (as one object, or as a part of a
+/// multipart upload): S3's smallest part, half object_store's default, so that many open
+/// files hold less.
+const UPLOAD_BUFFER: usize = 5 << 20;
+
 /// At most this many times a Parquet file's row group in progress is flushed early, to count
 /// it at its compressed size and let the file take more rows ([`FileWriter::is_full`]).
 const EARLY_FLUSHES: u32 = 4;
@@ -146,7 +151,7 @@ impl FileWriter {
         schema: SchemaRef,
         first: Option<&RecordBatch>,
     ) -> Result<FileWriter, WriteError> {
-        let out = BufWriter::new(store, path);
+        let out = BufWriter::with_capacity(store, path, UPLOAD_BUFFER);
         let inner = match format {
             Format::Parquet => {
                 let mut props = WriterProperties::builder()
@@ -300,6 +305,16 @@ impl FileWriter {
             Inner::Parquet { w, .. } => w.in_progress_size(),
             Inner::Text { .. } => 0,
         }
+    }
+
+    /// Bytes the file holds in memory, at most: the row group in progress (Parquet) and what
+    /// the upload buffers, which is never more than was written or [`UPLOAD_BUFFER`].
+    pub(crate) fn held_bytes(&self) -> usize {
+        let (in_progress, written) = match &self.inner {
+            Inner::Parquet { w, .. } => (w.in_progress_size(), w.bytes_written()),
+            Inner::Text { bytes, .. } => (0, *bytes as usize),
+        };
+        in_progress + written.min(UPLOAD_BUFFER)
     }
 
     /// Flushes the row group in progress, to bound memory.

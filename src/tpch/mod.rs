@@ -177,6 +177,7 @@ pub async fn generate(
             compression: crate::config::ParquetCompression::DEFAULT,
             parallelism: threads,
             buffer_budget: engine.write_buffer_budget(),
+            memory: engine.memory_pool(),
             preserve_order: false,
             adopt: false,
             staging: None,
