@@ -4,6 +4,9 @@
 //!
 //! - [`distinct`]: `COUNT(DISTINCT x)` beside `COUNT(*)` split into two groupings, which
 //!   both spill, instead of one per-group set of values, which cannot.
+//! - [`split_distinct`]: distinct aggregates of several arguments computed by one
+//!   aggregation per argument (which the rule above and DataFusion's then split), joined on
+//!   the keys.
 //! - [`join_order`]: inner joins reordered by estimated size (run from the engine's query
 //!   planner, where the relations' statistics can be read).
 //! - [`topk`] (physical): `ORDER BY … LIMIT k` with a `k` too large for the memory limit
@@ -11,6 +14,7 @@
 
 mod distinct;
 pub(crate) mod join_order;
+mod split_distinct;
 mod topk;
 
 use std::sync::Arc;
@@ -28,6 +32,7 @@ pub(crate) fn logical_rules() -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
         .position(|r| r.name() == "single_distinct_aggregation_to_group_by")
         .unwrap_or(rules.len());
     rules.insert(at, Arc::new(distinct::CountsBesideDistinct));
+    rules.insert(at, Arc::new(split_distinct::DistinctsApart));
     rules
 }
 
