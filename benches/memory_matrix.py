@@ -11,8 +11,8 @@ import sys
 import time
 
 QUERIES = [
-    ("array_agg", """SELECT l_suppkey, count(*) AS n, sum(cardinality(a)) AS s FROM (SELECT l_suppkey, array_agg(l_partkey) AS a FROM lineitem GROUP BY l_suppkey) t GROUP BY 1 ORDER BY 1 LIMIT 5"""),
-    ("array_agg_many", """SELECT count(*), sum(cardinality(a)) FROM (SELECT l_orderkey, array_agg(l_comment) AS a FROM lineitem GROUP BY l_orderkey) t"""),
+    ("array_agg", """SELECT l_suppkey, count(*) AS n, sum(array_length(a)) AS s FROM (SELECT l_suppkey, array_agg(l_partkey) AS a FROM lineitem GROUP BY l_suppkey) t GROUP BY 1 ORDER BY 1 LIMIT 5"""),
+    ("array_agg_many", """SELECT count(*), sum(array_length(a)) FROM (SELECT l_orderkey, array_agg(l_comment) AS a FROM lineitem GROUP BY l_orderkey) t"""),
     ("string_agg", """SELECT count(*), sum(length(s)) FROM (SELECT l_suppkey, string_agg(l_comment, ',') AS s FROM lineitem GROUP BY l_suppkey) t"""),
     ("median", """SELECT count(*), sum(m) FROM (SELECT l_suppkey, median(l_extendedprice) AS m FROM lineitem GROUP BY l_suppkey) t"""),
     ("median_global", """SELECT median(l_extendedprice), median(l_orderkey) FROM lineitem"""),
