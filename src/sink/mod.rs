@@ -638,12 +638,10 @@ async fn run_lane(
                     || (!counted && w.buffered_bytes() > ROW_GROUP_FLOOR)
                 {
                     w.flush().await.map_err(|e| write_err(&shared, key, e))?;
-                    // What is left (the upload's buffer) is counted if the pool has room;
-                    // a writer never takes what a merge, which cannot spill, needs.
-                    let held = w.held_bytes();
-                    if reservation.try_resize(held).is_err() && held < reservation.size() {
-                        reservation.resize(held);
-                    }
+                    // What is left (the upload's buffer) is counted if the pool has room (a
+                    // shrink always succeeds): a writer never takes what a merge, which
+                    // cannot spill, needs.
+                    let _ = reservation.try_resize(w.held_bytes());
                 }
                 if shared.aborted.load(Ordering::SeqCst) {
                     // Cancelled (a unit timeout): stop without completing any more files.
