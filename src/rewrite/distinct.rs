@@ -330,6 +330,12 @@ mod tests {
                  FROM t a JOIN t b ON a.x = b.v GROUP BY a.k ORDER BY a.k",
                 false,
             ),
+            // A limit: another read may stop at other rows.
+            (
+                "SELECT COUNT(DISTINCT x) AS dx, COUNT(DISTINCT v) AS dv \
+                 FROM (SELECT * FROM t LIMIT 100)",
+                false,
+            ),
         ] {
             let (plan, got) = answer(&ours, sql).await;
             let (_, want) = answer(&theirs, sql).await;

@@ -17,8 +17,8 @@
 //! ```
 //!
 //! The input is read once per argument, so this is done only when it is a table read
-//! (scans, filters, projections, aliases) with nothing volatile in it: reading it again gives
-//! the same rows.
+//! (scans, filters, projections, aliases) with nothing volatile in it and no row limit:
+//! reading it again gives the same rows.
 
 use std::sync::Arc;
 
@@ -80,8 +80,11 @@ fn rereadable(plan: &LogicalPlan) -> bool {
                 | LogicalPlan::Projection(_)
                 | LogicalPlan::SubqueryAlias(_)
         );
+        // A scan that stops after `fetch` rows may stop at other rows when read again (its
+        // files are read in parallel).
         let volatile = node.expressions().iter().any(Expr::is_volatile)
-            || matches!(node, LogicalPlan::TableScan(s) if s.filters.iter().any(Expr::is_volatile));
+            || matches!(node, LogicalPlan::TableScan(s)
+                if s.fetch.is_some() || s.filters.iter().any(Expr::is_volatile));
         ok &= kind_ok && !volatile;
         Ok(if ok {
             TreeNodeRecursion::Continue
