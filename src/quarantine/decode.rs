@@ -231,7 +231,7 @@ impl ChunkDecoder {
         let line = chunk.first_line + chunk.newlines_before(start);
         let (records, used) = match &self.dialect {
             Dialect::Csv { options, .. } => {
-                let after_cr = start > 0 && chunk.slice_from(start - 1).first() == Some(&b'\r');
+                let after_cr = start > 0 && chunk.byte_at(start - 1) == Some(b'\r');
                 let at = At {
                     line,
                     skip_header,
@@ -285,8 +285,9 @@ impl ChunkDecoder {
                 // what arrow's decoder (which reads both kinds of empty field as NULL) gives;
                 // blank lines of a one-column file made `""`, a row arrow reads as NULL. (An
                 // error's offset is then in those bytes: it only names a line.)
-                let scan = empty_quoted
-                    .then(|| scan_empty_fields(parts, header, options, self.schema.fields().len()));
+                let ncols = self.schema.fields().len();
+                let scan = (*empty_quoted && (ncols == 1 || has_doubled(parts, options.quote)))
+                    .then(|| scan_empty_fields(parts, header, options, ncols));
                 let joined;
                 let parts: &[&[u8]] = match &scan {
                     Some(EmptyFields {
@@ -570,6 +571,21 @@ struct EmptyFields {
     records: Vec<Vec<usize>>,
 }
 
+/// Whether `byte` comes twice in a row somewhere in `parts` (read one after the other). A
+/// quoted empty field is a doubled quote, so most chunks need no [`scan_empty_fields`]: this
+/// finds that at memory speed.
+fn has_doubled(parts: &[&[u8]], byte: u8) -> bool {
+    let pair = [byte, byte];
+    let mut last = None;
+    for p in parts.iter().filter(|p| !p.is_empty()) {
+        if (last == Some(byte) && p[0] == byte) || memchr::memmem::find(p, &pair).is_some() {
+            return true;
+        }
+        last = p.last().copied();
+    }
+    false
+}
+
 /// Reads CSV `parts` (whole records; the first a header when `header`) as sluice's sink
 /// writes them and finds, for each record, its quoted empty fields (`""`, the empty
 /// string); with `ncols` = 1, a blank line is a record (NULL), rewritten as `""` so that
@@ -783,5 +799,18 @@ fn reject(file: &str, bytes: &[u8], rec: Record, reason: String) -> Reject {
             .trim_end_matches(['\r', '\n'])
             .to_string(),
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_doubled;
+
+    #[test]
+    fn a_doubled_byte_is_found_inside_a_piece_and_across_two() {
+        assert!(has_doubled(&[b"a,\"\",b"], b'"'));
+        assert!(has_doubled(&[b"a,\"", b"\",b"], b'"'));
+        assert!(!has_doubled(&[b"a,\"x\",b", b"\"y\""], b'"'));
+        assert!(has_doubled(&[b"a,\"", b"", b"\",b"], b'"'));
     }
 }

@@ -804,10 +804,15 @@ pub fn read_bytes(bytes: &[u8], file: &str, decoder: &ChunkDecoder, chunk_bytes:
         Some(Piece::Overlong { line, head }) => out.rejects.push(overlong(file, line, &head)),
         None => {}
     };
-    // Fed in pieces as a stream would be.
-    for piece in bytes.chunks(8 << 10) {
+    // Fed in pieces as a stream would be, of sizes the splitter gathers (small) and keeps
+    // whole (large, as local files are read).
+    let mut sizes = [8 << 10, 1, (64 << 10) + 3, 13].into_iter().cycle();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (piece, after) = rest.split_at(sizes.next().unwrap_or(1).min(rest.len()));
         let p = splitter.push(bytes::Bytes::copy_from_slice(piece));
         take(p, &mut out);
+        rest = after;
     }
     let p = splitter.finish();
     take(p, &mut out);
