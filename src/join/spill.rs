@@ -98,11 +98,15 @@ impl Partitioner {
     }
 }
 
+/// The write buffer of one bucket file.
+const FILE_BUFFER: usize = 32 << 10;
+
 /// Writes the rows of one side of a join into `n` bucket files.
 ///
 /// Rows are gathered per bucket up to `batch_rows` before they are written, so the files
 /// hold full-sized batches; the gathered rows are counted in `reservation`, and all buckets
-/// are written out whenever they exceed `buffer_bytes` together.
+/// are written out whenever they exceed `buffer_bytes` together. Each open bucket file's
+/// write buffer ([`FILE_BUFFER`]) is counted there too, until the files are closed.
 pub(crate) struct BucketWriter {
     partitioner: Partitioner,
     schema: SchemaRef,
@@ -219,8 +223,9 @@ impl BucketWriter {
                 .create_tmp_file("grace hash join bucket")?;
             let options = IpcWriteOptions::try_new(16, false, MetadataVersion::V5)?
                 .try_with_compression(self.compression)?;
+            self.reservation.grow(FILE_BUFFER);
             let writer = StreamWriter::try_new_with_options(
-                BufWriter::with_capacity(32 << 10, file.open_writer()?),
+                BufWriter::with_capacity(FILE_BUFFER, file.open_writer()?),
                 &self.schema,
                 options,
             )?;
@@ -469,7 +474,18 @@ mod tests {
         );
         w.push(&b).unwrap();
         w.push(&b.slice(0, 10)).unwrap();
+        // A bucket's file, once open, holds its write buffer: counted in the pool.
+        let pool = Arc::clone(&ctx.runtime_env().memory_pool);
+        let gathered = pool.reserved();
+        w.flush(0).unwrap();
+        assert!(
+            pool.reserved() >= FILE_BUFFER,
+            "{} bytes counted",
+            pool.reserved()
+        );
+        assert!(pool.reserved() < gathered + FILE_BUFFER);
         let buckets = w.finish().unwrap();
+        assert_eq!(pool.reserved(), 0);
         assert_eq!(buckets.iter().map(|b| b.rows).sum::<usize>(), 20_010);
         let reader = BucketReader::new(&ctx, b.schema(), spill.clone());
         let mut total = 0;

@@ -35,6 +35,9 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::{
+    MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
+};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -522,6 +525,13 @@ impl ExecutionPlan for QuarantineScan {
             sink: Arc::clone(&self.sink),
             workers,
             baseline: BaselineMetrics::new(&self.metrics, partition),
+            memory: Arc::clone(context.memory_pool()),
+            partition,
+            // A quarter of a bounded pool for all the scan's partitions.
+            cap: match context.memory_pool().memory_limit() {
+                MemoryLimit::Finite(limit) => limit / 4 / busy,
+                _ => usize::MAX,
+            },
         };
         builder.spawn(async move {
             for file in files {
@@ -532,6 +542,28 @@ impl ExecutionPlan for QuarantineScan {
             Ok(())
         });
         Ok(builder.build())
+    }
+}
+
+/// Releases a chunk's place in [`InFlight`] when dropped.
+struct Release<'a>(&'a InFlight, usize);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
+    }
+}
+
+/// Closes an [`InFlight`] when dropped: the consumer has stopped, so a chunk waiting for room
+/// goes on (and finds the channel closed) instead of waiting for ever.
+struct Closing<'a>(&'a InFlight);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.0
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.0.freed.notify_one();
     }
 }
 
@@ -551,10 +583,78 @@ struct FileReader {
     workers: usize,
     /// Good rows sent (the scan's output rows, which the run counts as rows read).
     baseline: BaselineMetrics,
+    /// The query's memory pool, where chunks in flight are counted.
+    memory: Arc<dyn MemoryPool>,
+    /// The scan partition read (it names the pool's consumer).
+    partition: usize,
+    /// The most its chunks in flight count in the pool (see [`InFlight`]).
+    cap: usize,
 }
 
-/// A chunk being decoded on a blocking thread.
-type Decoding = tokio::task::JoinHandle<Decoded>;
+/// A chunk being decoded on a blocking thread, and the bytes counted for it in the pool.
+type Decoding = (tokio::task::JoinHandle<Decoded>, usize);
+
+/// The chunks of a file in flight (being decoded, or decoded and not yet sent on) and the
+/// memory counted for them in the query's pool.
+///
+/// One chunk is always in flight, uncounted: a scan must read, whatever the pool (it is part
+/// of the constant documented beyond the pool, about twice [`CHUNK_BYTES`] per scan
+/// partition). Each further chunk, decoded beside it to keep the cores busy, is counted as
+/// twice its text (the text and the rows decoded from it, held at once) and goes only while
+/// the pool has room and the scan holds less than its `cap`; otherwise it waits for a chunk
+/// to be sent on. So a scan never takes the memory a sort or an aggregation spills by.
+struct InFlight {
+    state: Mutex<(MemoryReservation, usize)>,
+    /// The most this scan partition counts in the pool.
+    cap: usize,
+    /// Told when a chunk has been sent on, or when nothing more will be.
+    freed: tokio::sync::Notify,
+    /// Nothing more will be sent on (the consumer stopped): no chunk waits.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl InFlight {
+    fn new(reservation: MemoryReservation, cap: usize) -> InFlight {
+        InFlight {
+            state: Mutex::new((reservation, 0)),
+            cap,
+            freed: tokio::sync::Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Waits until a chunk of `len` bytes may be decoded; returns the bytes counted for it.
+    async fn admit(&self, len: usize) -> usize {
+        let want = 2 * len;
+        loop {
+            {
+                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let (reservation, chunks) = &mut *state;
+                if *chunks == 0 || self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                    *chunks += 1;
+                    return 0;
+                }
+                if reservation.size() + want <= self.cap && reservation.try_grow(want).is_ok() {
+                    *chunks += 1;
+                    return want;
+                }
+            }
+            // (A `notify_one` before this wait is kept as a permit: no wake-up is lost.)
+            self.freed.notified().await;
+        }
+    }
+
+    /// A chunk counted as `counted` bytes has been sent on.
+    fn release(&self, counted: usize) {
+        {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let (reservation, chunks) = &mut *state;
+            reservation.shrink(counted.min(reservation.size()));
+            *chunks = chunks.saturating_sub(1);
+        }
+        self.freed.notify_one();
+    }
+}
 
 impl FileReader {
     /// Reads one file, sending good rows to `tx` and rejects to the sink. `false` when the
@@ -590,6 +690,9 @@ impl FileReader {
         let mut bytes = decompress(self.compression, bytes);
         let boundaries = self.dialect.boundaries();
         let mut splitter = Splitter::new(boundaries, CHUNK_BYTES, MAX_RECORD_BYTES);
+        let consumer = MemoryConsumer::new(format!("QuarantineScan[{}]", self.partition));
+        let in_flight = InFlight::new(consumer.register(&self.memory), self.cap);
+        let in_flight = &in_flight;
         // Chunks go to the decoders in file order, and their rows come back in that order.
         let (handles, mut decoding) = tokio::sync::mpsc::channel::<Decoding>(self.workers);
         let produce = async move {
@@ -611,11 +714,12 @@ impl FileReader {
                 };
                 match piece {
                     Some(Piece::Chunk(chunk)) => {
+                        let counted = in_flight.admit(chunk.len()).await;
                         let decoder = Arc::clone(&decoder);
                         let file = Arc::clone(&shown);
                         let handle =
                             tokio::task::spawn_blocking(move || decoder.decode(&file, &chunk));
-                        if handles.send(handle).await.is_err() {
+                        if handles.send((handle, counted)).await.is_err() {
                             break;
                         }
                     }
@@ -632,11 +736,14 @@ impl FileReader {
         // Owns the receiver, so that when it stops (an error, or the query gone) the producer's
         // next send fails and it stops too, instead of waiting on a full channel.
         let consume = async move {
+            let _closing = Closing(in_flight);
             let mut good = 0u64;
-            while let Some(handle) = decoding.recv().await {
+            while let Some((handle, counted)) = decoding.recv().await {
                 let decoded = handle
                     .await
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                // Released when the chunk's rows are sent on, or on the way out.
+                let _sent = Release(in_flight, counted);
                 for r in decoded.rejects {
                     self.sink.push(r)?;
                 }

@@ -415,17 +415,16 @@ impl Splitter {
         let mut left = n;
         let mut rest = std::mem::take(&mut self.parts).into_iter();
         for mut p in rest.by_ref() {
-            if left >= p.len() {
-                left -= p.len();
-                out.push(p);
-            } else {
+            if left < p.len() {
+                // The piece the cut falls in: its head goes, its tail stays.
                 if left > 0 {
                     out.push(p.split_to(left));
-                    left = 0;
                 }
                 self.parts.push(p);
                 break;
             }
+            left -= p.len();
+            out.push(p);
             if left == 0 {
                 break;
             }

@@ -275,3 +275,184 @@ fn a_quoted_empty_value_is_a_row_and_an_empty_line_is_none() {
         }
     }
 }
+
+/// A pool that keeps the most the CSV scan's consumers held at once, and passes everything
+/// on to `inner`.
+#[derive(Debug)]
+struct ScanPeak {
+    inner: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
+    held: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+    named: std::sync::Mutex<Vec<String>>,
+}
+
+impl ScanPeak {
+    fn new(limit: usize) -> ScanPeak {
+        ScanPeak {
+            inner: Arc::new(datafusion::execution::memory_pool::GreedyMemoryPool::new(
+                limit,
+            )),
+            held: Default::default(),
+            peak: Default::default(),
+            named: Default::default(),
+        }
+    }
+
+    fn scans(r: &datafusion::execution::memory_pool::MemoryReservation) -> bool {
+        r.consumer().name().starts_with("QuarantineScan[")
+    }
+
+    fn add(&self, r: &datafusion::execution::memory_pool::MemoryReservation, n: usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if Self::scans(r) {
+            let now = self.held.fetch_add(n, SeqCst) + n;
+            self.peak.fetch_max(now, SeqCst);
+        }
+    }
+}
+
+impl std::fmt::Display for ScanPeak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScanPeak")
+    }
+}
+
+impl datafusion::execution::memory_pool::MemoryPool for ScanPeak {
+    fn name(&self) -> &str {
+        "ScanPeak"
+    }
+    fn register(&self, c: &datafusion::execution::memory_pool::MemoryConsumer) {
+        if let Ok(mut named) = self.named.lock() {
+            named.push(c.name().to_string());
+        }
+        self.inner.register(c)
+    }
+    fn unregister(&self, c: &datafusion::execution::memory_pool::MemoryConsumer) {
+        self.inner.unregister(c)
+    }
+    fn grow(&self, r: &datafusion::execution::memory_pool::MemoryReservation, n: usize) {
+        self.add(r, n);
+        self.inner.grow(r, n)
+    }
+    fn shrink(&self, r: &datafusion::execution::memory_pool::MemoryReservation, n: usize) {
+        if Self::scans(r) {
+            self.held.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.shrink(r, n)
+    }
+    fn try_grow(
+        &self,
+        r: &datafusion::execution::memory_pool::MemoryReservation,
+        n: usize,
+    ) -> datafusion::common::Result<()> {
+        self.inner.try_grow(r, n)?;
+        self.add(r, n);
+        Ok(())
+    }
+    fn reserved(&self) -> usize {
+        self.inner.reserved()
+    }
+    fn memory_limit(&self) -> datafusion::execution::memory_pool::MemoryLimit {
+        self.inner.memory_limit()
+    }
+}
+
+/// The chunks a CSV scan decodes beside the one it always has in flight are counted in the
+/// query's pool, up to a quarter of it; a pool too small for any reads one chunk at a time.
+/// Either way every row comes out once (checked against the generated file's own sums).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_in_flight_are_counted_in_the_pool_up_to_a_quarter_of_it() {
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+    use object_store::ObjectStoreExt;
+
+    // About 30 MB: several 4 MiB chunks.
+    let dir = tempfile::tempdir().unwrap();
+    let rows = 600_000i64;
+    let mut text = String::from("id,name,amount,day\n");
+    for i in 0..rows {
+        text.push_str(&format!(
+            "{i},name number {i} of the file,{}.{:02},2024-01-{:02}\n",
+            i % 1000,
+            i % 100,
+            1 + i % 28
+        ));
+    }
+    std::fs::write(dir.path().join("a.csv"), &text).unwrap();
+    let store: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new());
+    let folder = format!("{}/", dir.path().display());
+    let meta = store
+        .head(&object_store::path::Path::from_filesystem_path(dir.path().join("a.csv")).unwrap())
+        .await
+        .unwrap();
+    let want_sum: i64 = (0..rows).sum();
+
+    for (limit, scan_cap) in [(256usize << 20, 64usize << 20), (1 << 20, 0)] {
+        let source = super::SourceFiles {
+            store: Arc::clone(&store),
+            table_url: datafusion::datasource::listing::ListingTableUrl::parse(&folder).unwrap(),
+            files: vec![meta.clone()],
+            partition_cols: Vec::new(),
+            location: crate::store::Location::parse(&folder).unwrap(),
+            layouts: Default::default(),
+        };
+        let table = super::QuarantineTable::new(
+            source,
+            schema(),
+            Dialect::csv(CsvOptions::default()),
+            datafusion::datasource::file_format::file_compression_type::FileCompressionType::UNCOMPRESSED,
+            None,
+            super::OnBad::Fail,
+        );
+        let pool = Arc::new(ScanPeak::new(limit));
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::clone(&pool) as _)
+            .build_arc()
+            .unwrap();
+        let ctx = SessionContext::new_with_config_rt(
+            SessionConfig::new().with_target_partitions(1),
+            runtime,
+        );
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        let got = ctx
+            .sql("SELECT COUNT(*), SUM(id) FROM t")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let (n, sum) = (
+            got[0].column(0).as_primitive::<Int64Type>().value(0),
+            got[0].column(1).as_primitive::<Int64Type>().value(0),
+        );
+        assert_eq!((n, sum), (rows, want_sum), "pool of {limit} bytes");
+        let peak = pool.peak.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            pool.named
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|n| n == "QuarantineScan[0]"),
+            "the scan registers in the pool"
+        );
+        assert!(
+            peak <= limit / 4,
+            "pool of {limit}: the scan held {peak} bytes"
+        );
+        if scan_cap > 0 {
+            // With room, a second chunk was decoded beside the first, and counted.
+            assert!(
+                peak >= 2 * super::CHUNK_BYTES,
+                "pool of {limit}: {peak} bytes counted"
+            );
+        } else {
+            assert_eq!(peak, 0, "a pool smaller than a chunk counts none");
+        }
+        assert_eq!(
+            pool.held.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "all released"
+        );
+    }
+}
