@@ -804,34 +804,41 @@ pub(crate) fn decompress(
     use datafusion::common::parsers::CompressionTypeVariant as C;
     use futures::TryStreamExt;
     use tokio_util::io::{ReaderStream, StreamReader};
+    /// The decoded bytes in blocks of up to 256 KiB: large enough that the splitter keeps
+    /// them as they are rather than gathering them (`split::Splitter`).
     fn decoded<R: tokio::io::AsyncRead + Send + 'static>(
-        r: ReaderStream<R>,
+        r: R,
     ) -> futures::stream::BoxStream<'static, Result<bytes::Bytes>> {
-        r.map_err(DataFusionError::from).boxed()
+        ReaderStream::with_capacity(r, 256 << 10)
+            .map_err(DataFusionError::from)
+            .boxed()
     }
-    let reader = StreamReader::new(bytes.map_err(std::io::Error::other));
+    let reader = |bytes: futures::stream::BoxStream<'static, Result<bytes::Bytes>>| {
+        StreamReader::new(bytes.map_err(std::io::Error::other))
+    };
     match compression.get_variant() {
         C::GZIP => {
-            let mut d = GzipDecoder::new(reader);
+            let mut d = GzipDecoder::new(reader(bytes));
             d.multiple_members(true);
-            decoded(ReaderStream::new(d))
+            decoded(d)
         }
         C::BZIP2 => {
-            let mut d = BzDecoder::new(reader);
+            let mut d = BzDecoder::new(reader(bytes));
             d.multiple_members(true);
-            decoded(ReaderStream::new(d))
+            decoded(d)
         }
         C::XZ => {
-            let mut d = XzDecoder::new(reader);
+            let mut d = XzDecoder::new(reader(bytes));
             d.multiple_members(true);
-            decoded(ReaderStream::new(d))
+            decoded(d)
         }
         C::ZSTD => {
-            let mut d = ZstdDecoder::new(reader);
+            let mut d = ZstdDecoder::new(reader(bytes));
             d.multiple_members(true);
-            decoded(ReaderStream::new(d))
+            decoded(d)
         }
-        C::UNCOMPRESSED => decoded(ReaderStream::new(reader)),
+        // As read: a reader over the stream would copy it into blocks of 4 KiB.
+        C::UNCOMPRESSED => bytes,
     }
 }
 

@@ -109,10 +109,10 @@ impl Chunk {
 /// lone `\r` (old Mac files, Excel's "CSV (Macintosh)"). `after_cr`: the byte before `bytes`
 /// was a `\r`, so a `\n` first completes that line end.
 pub(crate) fn line_ends(bytes: &[u8], after_cr: bool) -> u64 {
-    // Most files end lines with `\n` alone: a plain count, which the compiler vectorises, is
-    // several times faster than visiting each line end (this runs over every byte read).
+    // Most files end lines with `\n` alone: memchr's count (vector instructions) is several
+    // times faster than visiting each line end, and this runs over every byte read.
     if memchr::memchr(b'\r', bytes).is_none() {
-        let n = bytes.iter().filter(|b| **b == b'\n').count() as u64;
+        let n = memchr::memchr_iter(b'\n', bytes).count() as u64;
         // A first `\n` completes the `\r\n` the bytes before began.
         return n - u64::from(after_cr && bytes.first() == Some(&b'\n'));
     }
