@@ -11,7 +11,8 @@
 #
 # Env: THREADS (default 2), RUNS (default 3), CODECS (default "zstd(1) zstd(3) snappy lz4
 # none"), OUT (default /tmp/sluice-codecs), VENV (a venv with duckdb 1.5.5, as
-# benches/tpch_vs_duckdb.sh makes it).
+# benches/tpch_vs_duckdb.sh makes it), BEFORE (another sluice binary, run with its default
+# codec in the same hyperfine run: a before/after of a change).
 set -euo pipefail
 sluice=${1:?usage: rewrite_codecs.sh SLUICE_BIN CSV_DATA_DIR}
 data=${2:?usage: rewrite_codecs.sh SLUICE_BIN CSV_DATA_DIR}
@@ -55,6 +56,9 @@ print(con.execute(sys.argv[3]).fetchall())
 PY
 
 write_cmds=(-n "duckdb (default: snappy)" "$py $out/duck_write.py")
+if [ -n "${BEFORE:-}" ]; then
+  write_cmds+=(-n "sluice before (default)" "$BEFORE -q sql -e \"$select\" --table lineitem=$data/lineitem/ --out $out/before/ --partition-by l_returnflag,l_linestatus --threads $threads")
+fi
 for c in $codecs; do
   slug=$(echo "$c" | tr -d '()')
   write_cmds+=(-n "sluice $c" "$sluice -q sql -e \"$select\" --table lineitem=$data/lineitem/ --out $out/$slug/ --partition-by l_returnflag,l_linestatus --threads $threads --compression '$c'")
