@@ -344,11 +344,10 @@ impl Splitter {
         if !self.started {
             self.started = block.iter().any(|b| !matches!(b, b'\n' | b'\r'));
         }
-        let start = self.len;
-        let tail = found.map(|end| block.len() - end);
+        let (start, block_len) = (self.len, block.len());
         self.append(block);
-        if let (Some(end), Some(tail)) = (found, tail) {
-            let cut = start + end;
+        if let Some(end) = found {
+            let (cut, tail) = (start + end, block_len - end);
             // Enough for a chunk, or a record after the boundary already too long.
             if cut >= self.target || tail > self.max_record {
                 self.cut = None;
