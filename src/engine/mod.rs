@@ -112,6 +112,16 @@ impl Engine {
                 .sort_spill_reservation_bytes
                 .min(limit / (4 * threads.max(1)));
         }
+        // A hash repartition that cannot reserve memory for a batch spills it to a spill pool
+        // per output, shared by its input tasks. In DataFusion 55, two tasks spilling at once
+        // leave the pool two open files; the output's reader waits on the older one for a
+        // batch that is in the newer, the writers wait for the reader, and the query hangs
+        // with no error (apache/datafusion#24883, fixed after 55). A file per spilled batch
+        // is finished as it is written, so no reader ever waits on an open file. (Only
+        // repartitions read this setting; it costs a file per spilled batch.)
+        config.options_mut().execution.max_spill_file_size_bytes =
+            datafusion::common::config::ConfigNonZeroUsize::try_new(1)
+                .map_err(EngineError::Runtime)?;
         if options.cluster {
             // What Ballista needs of a plan it cuts into stages run by other processes: no
             // dynamic filters (a scan in one stage would wait forever for a join's in
@@ -306,5 +316,98 @@ mod tests {
             )
         );
         assert!(Arc::ptr_eq(main.query_planner(), sibling.query_planner()));
+    }
+
+    /// A hash repartition whose batches all spill, from several input tasks at once, with one
+    /// output read and the other not yet (as a partitioned hash join reads its build side
+    /// first), finishes and delivers every row once. (On DataFusion 55's defaults it hung on
+    /// the first attempt: apache/datafusion#24883.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_repartition_spilling_from_several_inputs_at_once_finishes() {
+        use datafusion::arrow::array::{Int64Array, StringArray};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::arrow::record_batch::RecordBatch;
+        use datafusion::datasource::memory::MemorySourceConfig;
+        use datafusion::execution::memory_pool::MemoryConsumer;
+        use datafusion::physical_expr::expressions::col;
+        use datafusion::physical_plan::repartition::RepartitionExec;
+        use datafusion::physical_plan::{ExecutionPlan, Partitioning, SendableRecordBatchStream};
+        use futures::StreamExt;
+
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("pad", DataType::Utf8, false),
+        ]));
+        // Four input partitions of 40 batches of 2,000 rows: keys 0..320,000, each once.
+        let (parts, batches, rows) = (4i64, 40i64, 2_000i64);
+        let inputs: Vec<Vec<RecordBatch>> = (0..parts)
+            .map(|p| {
+                (0..batches)
+                    .map(|b| {
+                        let first = (p * batches + b) * rows;
+                        let keys: Vec<i64> = (first..first + rows).collect();
+                        let pad: Vec<String> = keys.iter().map(|k| format!("{k:0>64}")).collect();
+                        RecordBatch::try_new(
+                            Arc::clone(&schema),
+                            vec![
+                                Arc::new(Int64Array::from(keys)),
+                                Arc::new(StringArray::from(pad)),
+                            ],
+                        )
+                        .unwrap()
+                    })
+                    .collect()
+            })
+            .collect();
+        let drain = |mut stream: SendableRecordBatchStream| async move {
+            let mut keys = Vec::new();
+            while let Some(batch) = stream.next().await {
+                let batch = batch.unwrap();
+                let k = batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap();
+                keys.extend(k.iter().flatten());
+            }
+            keys
+        };
+        let limit = 4 << 20;
+        for attempt in 0..40 {
+            let stores = Arc::new(StoreRegistry::new(Vec::new(), Vec::new()));
+            let options = EngineOptions {
+                memory_limit: Some(limit),
+                threads: Some(2),
+                ..Default::default()
+            };
+            let engine = Engine::new(options, stores).unwrap();
+            // The whole pool held elsewhere: every batch the repartition buffers spills.
+            let pool = engine.memory_pool();
+            let held = MemoryConsumer::new("held").register(&pool);
+            held.try_grow(limit).unwrap();
+            let source =
+                MemorySourceConfig::try_new_exec(&inputs, Arc::clone(&schema), None).unwrap();
+            let hash = Partitioning::Hash(vec![col("k", &schema).unwrap()], 2);
+            let exec = Arc::new(RepartitionExec::try_new(source, hash).unwrap());
+            let task = engine.ctx().task_ctx();
+            let first = exec.execute(0, Arc::clone(&task)).unwrap();
+            let second = exec.execute(1, task).unwrap();
+            let wait = std::time::Duration::from_secs(20);
+            let mut keys = tokio::time::timeout(wait, drain(first))
+                .await
+                .unwrap_or_else(|_| panic!("attempt {attempt}: the repartition hung"));
+            let read_first = keys.len();
+            keys.extend(tokio::time::timeout(wait, drain(second)).await.unwrap());
+            let spilled = exec
+                .metrics()
+                .and_then(|m| m.spill_count())
+                .unwrap_or_default();
+            assert!(spilled > 0, "attempt {attempt}: nothing spilled");
+            assert!(read_first > 0 && read_first < keys.len());
+            keys.sort_unstable();
+            let all: Vec<i64> = (0..parts * batches * rows).collect();
+            assert!(keys == all, "attempt {attempt}: rows lost or repeated");
+            drop(held);
+        }
     }
 }

@@ -76,8 +76,7 @@ fn run_by_priority_in_8mib(dir: &Path) -> serde_json::Value {
 async fn joins_over_the_memory_limit_partition_to_disk_and_match_an_unlimited_run() {
     let dir = join_pipeline();
     // DataFusion's own hash join cannot hold the build side in 4 MiB. (At 8 MiB it depends
-    // on timing: some runs fit, some fail, and some hang, cause not yet found; see issue
-    // 17's note.)
+    // on timing whether it fits.)
     let (failed, _) = run_with_report(
         dir.path(),
         &["--memory-limit", "4MiB", "--join-strategy", "in_memory"],
