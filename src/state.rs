@@ -273,10 +273,24 @@ impl StateStore {
         let conn = Connection::open(path).map_err(|e| err(&e))?;
         // WAL lets `sluice runs` read while a run writes; the busy timeout lets two processes
         // take turns instead of failing on a locked database.
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(|e| err(&e))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| err(&e))?;
+        let busy = Duration::from_secs(10);
+        conn.busy_timeout(busy).map_err(|e| err(&e))?;
+        // Switching a new database to WAL needs it alone, and SQLite answers "locked" at once,
+        // without waiting out the busy timeout, while another process opens it too (two
+        // schedulers started together): that one switch is retried for as long.
+        let deadline = std::time::Instant::now() + busy;
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Ok(()) => break,
+                Err(e)
+                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(err(&e)),
+            }
+        }
         // In WAL mode, NORMAL survives a killed process (the guarantee resume relies on) and
         // skips an fsync per commit; only a power loss can drop the last transactions.
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -1433,6 +1447,39 @@ pub fn format_runs(rows: &[RunRow]) -> String {
 mod tests {
     use super::*;
     use crate::status::ModelStatus;
+
+    /// Several processes opening a new state store at once (two schedulers started together)
+    /// all open it, in WAL mode: none fails on "database is locked".
+    #[test]
+    fn a_new_store_opened_by_several_at_once_opens_for_all() {
+        let mut failures = Vec::new();
+        for _ in 0..40 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("state.db");
+            let opening: Vec<_> = (0..6)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || StateStore::open(&path).map(|_| ()))
+                })
+                .collect();
+            for o in opening {
+                if let Err(e) = o.join().unwrap() {
+                    failures.push(e.to_string());
+                }
+            }
+            let conn = Connection::open(&path).unwrap();
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+        }
+        assert!(
+            failures.is_empty(),
+            "{} failed: {:?}",
+            failures.len(),
+            failures
+        );
+    }
 
     fn store() -> (tempfile::TempDir, StateStore) {
         let dir = tempfile::tempdir().unwrap();
