@@ -88,6 +88,30 @@ fn dictionary_limit(field: &Field, first: Option<&ArrayRef>) -> Option<usize> {
     Some((DICTIONARY_VALUES * width).min(DEFAULT_DICTIONARY_PAGE_SIZE_LIMIT))
 }
 
+/// Rows of a file's first batch below which its columns' cardinality is not judged.
+const SAMPLE_ROWS: usize = 1024;
+
+/// Whether `first` (a column's values in the file's first rows) are nearly all distinct, nine
+/// in ten or more. Such a column's values come from a domain at least five times the sample,
+/// so its row groups hold more than [`DICTIONARY_VALUES`] of them and every dictionary would
+/// be abandoned part-way, after hashing that many values for nothing: it is written plain
+/// from the start (lineitem's comments, part and supplier keys: a twentieth of a CSV →
+/// Parquet rewrite's CPU time went into such dictionaries).
+fn nearly_unique(first: &ArrayRef) -> bool {
+    use datafusion::arrow::row::{RowConverter, SortField};
+    if first.len() < SAMPLE_ROWS || first.data_type().is_nested() {
+        return false;
+    }
+    let Ok(converter) = RowConverter::new(vec![SortField::new(first.data_type().clone())]) else {
+        return false;
+    };
+    let Ok(rows) = converter.convert_columns(std::slice::from_ref(first)) else {
+        return false;
+    };
+    let distinct: std::collections::HashSet<&[u8]> = rows.iter().map(|r| r.data()).collect();
+    distinct.len() * 10 >= first.len() * 9
+}
+
 /// An error while encoding or uploading one file.
 #[derive(Debug)]
 pub(crate) struct WriteError {
@@ -142,7 +166,8 @@ enum Inner {
 
 impl FileWriter {
     /// Starts a file at `path` in `store`, for rows of `schema` beginning with `first` (which
-    /// sets how Parquet encodes text: see [`dictionary_limit`]).
+    /// sets which columns Parquet dictionary-encodes, and how far: see [`nearly_unique`] and
+    /// [`dictionary_limit`]).
     pub(crate) fn create(
         store: Arc<dyn ObjectStore>,
         path: ObjectPath,
@@ -159,7 +184,12 @@ impl FileWriter {
                     .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
                 for (i, field) in schema.fields().iter().enumerate() {
                     let column = first.filter(|b| b.num_columns() > i).map(|b| b.column(i));
-                    if let Some(limit) = dictionary_limit(field, column) {
+                    if column.is_some_and(nearly_unique) {
+                        props = props.set_column_dictionary_enabled(
+                            ColumnPath::from(field.name().as_str()),
+                            false,
+                        );
+                    } else if let Some(limit) = dictionary_limit(field, column) {
                         props = props.set_column_dictionary_page_size_limit(
                             ColumnPath::from(field.name().as_str()),
                             limit,
@@ -758,25 +788,45 @@ mod size_tests {
         use datafusion::parquet::basic::Encoding;
 
         // One row group: 40,000 ids and names (in parquet's default 1 MB of dictionary, over
-        // an eighth of the row group), days from 100 values.
+        // an eighth of the row group), days from 100 values; codes and labels from 32,768
+        // values, four rows each in order (so repeated in the first rows), labels as views;
+        // serials all distinct.
         let n = super::ROW_GROUP_ROWS as i64;
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, false),
             Field::new("day", DataType::Int32, false),
             Field::new("name", DataType::Utf8, false),
+            Field::new("code", DataType::Int64, false),
+            Field::new("label", DataType::Utf8View, false),
+            Field::new("serial", DataType::Utf8View, false),
         ]));
         let ids = Int64Array::from_iter_values((0..n).map(|i| i * 7919 % 40_000));
         let days = Int32Array::from_iter_values((0..n as i32).map(|i| i % 100));
         let names = StringArray::from_iter_values((0..n).map(|i| format!("n{}", i % 40_000)));
+        let codes = Int64Array::from_iter_values((0..n).map(|i| i / 4));
+        let labels = datafusion::arrow::array::StringViewArray::from_iter_values((0..n).map(|i| {
+            format!(
+                "a label long enough not to be inlined {}",
+                (i / 10) % 30_000
+            )
+        }));
+        let serials = datafusion::arrow::array::StringViewArray::from_iter_values(
+            (0..n).map(|i| format!("serial number {i:>12}")),
+        );
         let batch = RecordBatch::try_new(
             Arc::clone(&schema),
             vec![
                 Arc::new(ids) as ArrayRef,
                 Arc::new(days) as ArrayRef,
                 Arc::new(names) as ArrayRef,
+                Arc::new(codes) as ArrayRef,
+                Arc::new(labels) as ArrayRef,
+                Arc::new(serials) as ArrayRef,
             ],
         )
         .unwrap();
+        // (The writer judges from the file's first batch, as the sink's first 8,192 rows.)
+        let first = batch.slice(0, 8192);
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let key = ObjectPath::from("f.parquet");
         let mut w = FileWriter::create(
@@ -785,10 +835,14 @@ mod size_tests {
             Format::Parquet,
             ParquetCompression::DEFAULT,
             schema,
-            Some(&batch),
+            Some(&first),
         )
         .unwrap();
-        assert_eq!(w.write_within(&batch, u64::MAX).await.unwrap(), n as usize);
+        // (Written as a sink writes, a batch of 8,192 rows at a time.)
+        for start in (0..n as usize).step_by(8192) {
+            let part = batch.slice(start, 8192);
+            assert_eq!(w.write_within(&part, u64::MAX).await.unwrap(), 8192);
+        }
         w.finish().await.unwrap();
         let bytes = store.get(&key).await.unwrap().bytes().await.unwrap();
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
@@ -797,11 +851,16 @@ mod size_tests {
             let mask = rg.column(c).page_encoding_stats_mask().unwrap();
             mask.is_set(Encoding::PLAIN)
         };
-        // The ids and the names leave their dictionaries after an eighth of the row group;
-        // the days keep theirs.
-        assert!(plain_pages(0), "ids: {:?}", rg.column(0));
-        assert!(!plain_pages(1), "days: {:?}", rg.column(1));
-        assert!(plain_pages(2), "names: {:?}", rg.column(2));
+        let dictionary = |c: usize| rg.column(c).dictionary_page_offset().is_some();
+        // The ids, the names and the serials, all distinct in the first rows, have no
+        // dictionary; the days keep theirs; the codes and the labels, repeated in the first
+        // rows, start with one (the codes leave it after an eighth of the row group).
+        for c in [0, 2, 5] {
+            assert!(!dictionary(c) && plain_pages(c), "{c}: {:?}", rg.column(c));
+        }
+        assert!(dictionary(1) && !plain_pages(1), "days: {:?}", rg.column(1));
+        assert!(dictionary(3) && plain_pages(3), "codes: {:?}", rg.column(3));
+        assert!(dictionary(4), "labels: {:?}", rg.column(4));
         let back: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();
         let back = datafusion::arrow::compute::concat_batches(&back[0].schema(), &back).unwrap();
         assert_eq!(back, batch);
