@@ -209,6 +209,14 @@ impl ChunkDecoder {
                     let used = self.take_apart(file, chunk, start, header && start == 0, &mut out);
                     header = false;
                     from = start + used.max(1);
+                    // A record taken apart can end at the `\r` of a `\r\n`: its `\n` is no
+                    // blank line (which, in a file of one column, would be a NULL row).
+                    if from > 0
+                        && chunk.byte_at(from - 1) == Some(b'\r')
+                        && chunk.byte_at(from) == Some(b'\n')
+                    {
+                        from += 1;
+                    }
                     if from >= chunk.len() {
                         return out;
                     }
@@ -283,8 +291,7 @@ impl ChunkDecoder {
             } => {
                 // sluice's own CSV: the records' quoted empty fields, to set them to '' in
                 // what arrow's decoder (which reads both kinds of empty field as NULL) gives;
-                // blank lines of a one-column file made `""`, a row arrow reads as NULL. (An
-                // error's offset is then in those bytes: it only names a line.)
+                // blank lines of a one-column file made `""`, a row arrow reads as NULL.
                 let ncols = self.schema.fields().len();
                 let scan = (*empty_quoted && (ncols == 1 || has_doubled(parts, options.quote)))
                     .then(|| scan_empty_fields(parts, header, options, ncols));
@@ -306,7 +313,12 @@ impl ChunkDecoder {
                     out.truncate(first);
                     out.extend(patched);
                 }
-                result?;
+                // An error's offset is in the bytes decoded: in those of the chunk, where
+                // blank lines were rewritten.
+                result.map_err(|(at, e)| match &scan {
+                    Some(scan) if scan.rewritten.is_some() => (scan.original_offset(at), e),
+                    _ => (at, e),
+                })?;
             }
             Dialect::Json => {
                 let schema = match projection {
@@ -411,6 +423,15 @@ impl ChunkDecoder {
         out: &mut Decoded,
     ) -> (Vec<Record>, usize) {
         let ncols = self.schema.fields().len();
+        // In sluice's own CSV of one column a blank line is a row (NULL), which csv-core skips.
+        let blank_rows = ncols == 1
+            && matches!(
+                self.dialect,
+                Dialect::Csv {
+                    empty_quoted: true,
+                    ..
+                }
+            );
         let mut reader = csv_core::ReaderBuilder::new()
             .delimiter(options.delimiter)
             .quote(options.quote)
@@ -443,19 +464,32 @@ impl ChunkDecoder {
                     ends.resize(n * 2, 0);
                 }
                 csv_core::ReadRecordResult::Record => {
-                    // Blank lines csv-core skipped belong to no record.
+                    // Blank lines csv-core skipped belong to no record (but are rows of
+                    // their own with `blank_rows`).
                     while start < pos && matches!(bytes[start], b'\n' | b'\r') {
                         let after_cr = if start == 0 {
                             at.after_cr
                         } else {
                             bytes[start - 1] == b'\r'
                         };
+                        if blank_rows && !skip_header && !after_cr_lf(bytes, start, at.after_cr) {
+                            let end = if bytes[start..pos].starts_with(b"\r\n") {
+                                start + 2
+                            } else {
+                                start + 1
+                            };
+                            records.push(Record { start, end, line });
+                            taken += 1;
+                        }
                         line += super::split::line_ends(&bytes[start..start + 1], after_cr);
                         start += 1;
                     }
+                    // (csv-core stops after the `\r` of a `\r\n`: the record's bytes take its
+                    // `\n` too, so that records put one after the other keep their ends.)
+                    let crlf = pos > 0 && bytes[pos - 1] == b'\r' && bytes.get(pos) == Some(&b'\n');
                     let rec = Record {
                         start,
-                        end: pos,
+                        end: pos + usize::from(crlf),
                         line,
                     };
                     // (csv-core skips empty lines itself; `""` is one empty field, a row.)
@@ -495,7 +529,28 @@ impl ChunkDecoder {
                     nfields = 0;
                     nends = 0;
                 }
-                csv_core::ReadRecordResult::End => break,
+                csv_core::ReadRecordResult::End => {
+                    // Blank lines at the end are rows too with `blank_rows`.
+                    while blank_rows && start < pos && taken < self.batch_size {
+                        if !after_cr_lf(bytes, start, at.after_cr) {
+                            let end = if bytes[start..pos].starts_with(b"\r\n") {
+                                start + 2
+                            } else {
+                                start + 1
+                            };
+                            records.push(Record { start, end, line });
+                            taken += 1;
+                        }
+                        let after_cr = if start == 0 {
+                            at.after_cr
+                        } else {
+                            bytes[start - 1] == b'\r'
+                        };
+                        line += super::split::line_ends(&bytes[start..start + 1], after_cr);
+                        start += 1;
+                    }
+                    return (records, start);
+                }
             }
         }
         (records, pos)
@@ -510,8 +565,13 @@ impl ChunkDecoder {
         // Records as written, terminators included. Only the file's last record can lack one,
         // and it comes last here too; adding a newline to it would change a value left open
         // by an unbalanced quote.
-        let mut buf = Vec::with_capacity(records.iter().map(|r| r.end - r.start).sum());
+        let mut buf = Vec::with_capacity(records.iter().map(|r| r.end - r.start + 1).sum());
         for r in records {
+            // A record ended by a bare `\r` before a blank line (a row, in a file of one
+            // column) would make one `\r\n` of the two: its end is written `\r\n`.
+            if buf.last() == Some(&b'\r') && bytes.get(r.start) == Some(&b'\n') {
+                buf.push(b'\n');
+            }
             buf.extend_from_slice(&bytes[r.start..r.end]);
         }
         match self.decode_all(&[&buf], false, None) {
@@ -562,13 +622,45 @@ impl ChunkDecoder {
     }
 }
 
+/// Whether the byte at `i` of `bytes` is the `\n` of a `\r\n` (`after_cr`: `bytes` follows
+/// a `\r`).
+fn after_cr_lf(bytes: &[u8], i: usize, after_cr: bool) -> bool {
+    bytes[i] == b'\n'
+        && if i == 0 {
+            after_cr
+        } else {
+            bytes[i - 1] == b'\r'
+        }
+}
+
 /// What [`scan_empty_fields`] found in CSV written by sluice.
 #[derive(Debug, Default)]
 struct EmptyFields {
     /// The bytes with each blank line made `""` (a file of one column only), if any was.
     rewritten: Option<Vec<u8>>,
+    /// Where in the original bytes each `""` of `rewritten` was put, in order.
+    inserted: Vec<usize>,
     /// For each record (after the header), the indexes of its quoted empty fields.
     records: Vec<Vec<usize>>,
+}
+
+impl EmptyFields {
+    /// The offset in the original bytes of `at`, an offset in `rewritten` (the start of a
+    /// record there: a `""` put in for a blank line is that blank line's start).
+    fn original_offset(&self, at: usize) -> usize {
+        let mut shift = 0;
+        for (k, &orig) in self.inserted.iter().enumerate() {
+            let put_at = orig + 2 * k;
+            if at < put_at {
+                break;
+            }
+            if at < put_at + 2 {
+                return orig;
+            }
+            shift = 2 * (k + 1);
+        }
+        at - shift
+    }
 }
 
 /// Whether `byte` comes twice in a row somewhere in `parts` (read one after the other). A
@@ -617,6 +709,7 @@ fn scan_empty_fields(
                 rewritten.extend_from_slice(&bytes[copied..i]);
                 rewritten.extend_from_slice(&[quote, quote]);
                 copied = i;
+                found.inserted.push(i);
                 found.records.push(Vec::new());
             }
             i = end;
@@ -671,7 +764,8 @@ fn scan_empty_fields(
             found.records.push(empties);
         }
     }
-    if copied > 0 {
+    // (Tested on the insertions, not on `copied`: a blank line at the start copies nothing.)
+    if !found.inserted.is_empty() {
         rewritten.extend_from_slice(&bytes[copied..]);
         found.rewritten = Some(rewritten);
     }

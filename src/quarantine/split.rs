@@ -334,7 +334,9 @@ impl Splitter {
 
     /// Adds the next bytes of the file; returns what is ready.
     pub fn push(&mut self, block: Bytes) -> Option<Piece> {
-        if self.skipping {
+        // (An empty block, which a store may send, says nothing: in particular not whether a
+        // bare `\r` that ended the block before it ended a record.)
+        if self.skipping || block.is_empty() {
             return None;
         }
         let found = self.boundaries.scan(&block).filter(|end| {
@@ -570,6 +572,39 @@ mod tests {
                     assert_eq!(c.first_line, 2 * i - 1, "{end:?}, fed {feed}");
                 }
             }
+        }
+    }
+
+    /// Empty blocks between others change no cut: after a block that ends in a bare `\r`, the
+    /// next non-empty block still says whether it ended a record.
+    #[test]
+    fn empty_blocks_change_no_cut() {
+        for end in ["\r", "\r\n", "\n"] {
+            let cuts = |empty: bool| {
+                let mut s =
+                    Splitter::new(Boundaries::Csv(CsvBoundaries::new(b',', b'"', None)), 1, 64);
+                let mut got = Vec::new();
+                for i in 0..10 {
+                    let mut blocks = vec![Bytes::from(format!("r{i}{end}"))];
+                    if empty {
+                        blocks.push(Bytes::new());
+                    }
+                    for b in blocks {
+                        match s.push(b) {
+                            Some(Piece::Chunk(c)) => got.push((c.first_line, c.contiguous())),
+                            Some(Piece::Overlong { line, .. }) => panic!("overlong at {line}"),
+                            None => {}
+                        }
+                    }
+                }
+                if let Some(Piece::Chunk(c)) = s.finish() {
+                    got.push((c.first_line, c.contiguous()));
+                }
+                got
+            };
+            let plain = cuts(false);
+            assert!(plain.len() >= 9, "{end:?}: {plain:?}");
+            assert_eq!(cuts(true), plain, "{end:?}");
         }
     }
 
