@@ -92,7 +92,9 @@ impl Engine {
         let threads = options.threads();
         let mut config = SessionConfig::new()
             .with_target_partitions(threads)
-            .with_information_schema(true);
+            .with_information_schema(true)
+            // The CSV/JSON scans' chunks in flight, counted together against the pool.
+            .with_extension(Arc::new(crate::quarantine::ScanBudget::default()));
         if let Some(limit) = options.memory_limit {
             // Text read from Parquet as plain strings, not string views: a batch of views is
             // counted as every buffer it points into, and a sorted or sliced batch points

@@ -410,6 +410,9 @@ pub struct QuarantineScan {
     metrics: ExecutionPlanMetricsSet,
     /// On a cluster: placed in a stage of its own (see [`QuarantineScan::split`]).
     staged: bool,
+    /// Its partitions' share of the pool for chunks in flight, in a session without one of
+    /// its own (see [`ScanBudget`]).
+    budget: Arc<ScanBudget>,
 }
 
 impl QuarantineScan {
@@ -449,6 +452,7 @@ impl QuarantineScan {
             sink,
             metrics: ExecutionPlanMetricsSet::new(),
             staged: false,
+            budget: Arc::default(),
         })
     }
 
@@ -527,9 +531,14 @@ impl ExecutionPlan for QuarantineScan {
             baseline: BaselineMetrics::new(&self.metrics, partition),
             memory: Arc::clone(context.memory_pool()),
             partition,
-            // A quarter of a bounded pool for all the scan's partitions.
+            // A quarter of a bounded pool for all the scans of the session's pool (of this
+            // scan's partitions only, in a session without a budget).
+            budget: context
+                .session_config()
+                .get_extension::<ScanBudget>()
+                .unwrap_or_else(|| Arc::clone(&self.budget)),
             cap: match context.memory_pool().memory_limit() {
-                MemoryLimit::Finite(limit) => limit / 4 / busy,
+                MemoryLimit::Finite(limit) => limit / 4,
                 _ => usize::MAX,
             },
         };
@@ -542,6 +551,38 @@ impl ExecutionPlan for QuarantineScan {
             Ok(())
         });
         Ok(builder.build())
+    }
+}
+
+/// The bytes the CSV/JSON scans sharing one memory pool count for their chunks in flight,
+/// together: they stay under a quarter of a bounded pool however many scans run at once (a
+/// `UNION ALL` of several sources, say). One per session, as a session config extension
+/// ([`crate::engine::Engine`] sets it); a scan in a session without one shares one among its
+/// own partitions.
+#[derive(Debug, Default)]
+pub struct ScanBudget {
+    counted: std::sync::atomic::AtomicUsize,
+}
+
+impl ScanBudget {
+    /// Takes `n` bytes if the total stays within `cap`.
+    fn take(&self, n: usize, cap: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.counted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                c.checked_add(n).filter(|t| *t <= cap)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` bytes taken.
+    fn give(&self, n: usize) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .counted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                Some(c.saturating_sub(n))
+            });
     }
 }
 
@@ -587,7 +628,9 @@ struct FileReader {
     memory: Arc<dyn MemoryPool>,
     /// The scan partition read (it names the pool's consumer).
     partition: usize,
-    /// The most its chunks in flight count in the pool (see [`InFlight`]).
+    /// The most the scans of the pool count for chunks in flight (see [`InFlight`]).
+    /// What the scans of the pool count of their chunks in flight, together.
+    budget: Arc<ScanBudget>,
     cap: usize,
 }
 
@@ -601,11 +644,15 @@ type Decoding = (tokio::task::JoinHandle<Decoded>, usize);
 /// of the constant documented beyond the pool, about twice [`CHUNK_BYTES`] per scan
 /// partition). Each further chunk, decoded beside it to keep the cores busy, is counted as
 /// twice its text (the text and the rows decoded from it, held at once) and goes only while
-/// the pool has room and the scan holds less than its `cap`; otherwise it waits for a chunk
-/// to be sent on. So a scan never takes the memory a sort or an aggregation spills by.
+/// the pool has room and the scans sharing its [`ScanBudget`] hold less than `cap`;
+/// otherwise it waits for a chunk of its own to be sent on (it has one in flight: no scan
+/// waits on another's). So the scans never take the memory a sort or an aggregation spills
+/// by.
 struct InFlight {
     state: Mutex<(MemoryReservation, usize)>,
-    /// The most this scan partition counts in the pool.
+    /// What all the scans of the pool count, together.
+    budget: Arc<ScanBudget>,
+    /// The most they count in the pool.
     cap: usize,
     /// Told when a chunk has been sent on, or when nothing more will be.
     freed: tokio::sync::Notify,
@@ -614,9 +661,10 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn new(reservation: MemoryReservation, cap: usize) -> InFlight {
+    fn new(reservation: MemoryReservation, budget: Arc<ScanBudget>, cap: usize) -> InFlight {
         InFlight {
             state: Mutex::new((reservation, 0)),
+            budget,
             cap,
             freed: tokio::sync::Notify::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -634,9 +682,12 @@ impl InFlight {
                     *chunks += 1;
                     return 0;
                 }
-                if reservation.size() + want <= self.cap && reservation.try_grow(want).is_ok() {
-                    *chunks += 1;
-                    return want;
+                if self.budget.take(want, self.cap) {
+                    if reservation.try_grow(want).is_ok() {
+                        *chunks += 1;
+                        return want;
+                    }
+                    self.budget.give(want);
                 }
             }
             // (A `notify_one` before this wait is kept as a permit: no wake-up is lost.)
@@ -649,7 +700,9 @@ impl InFlight {
         {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let (reservation, chunks) = &mut *state;
-            reservation.shrink(counted.min(reservation.size()));
+            let counted = counted.min(reservation.size());
+            reservation.shrink(counted);
+            self.budget.give(counted);
             *chunks = chunks.saturating_sub(1);
         }
         self.freed.notify_one();
@@ -691,7 +744,11 @@ impl FileReader {
         let boundaries = self.dialect.boundaries();
         let mut splitter = Splitter::new(boundaries, CHUNK_BYTES, MAX_RECORD_BYTES);
         let consumer = MemoryConsumer::new(format!("QuarantineScan[{}]", self.partition));
-        let in_flight = InFlight::new(consumer.register(&self.memory), self.cap);
+        let in_flight = InFlight::new(
+            consumer.register(&self.memory),
+            Arc::clone(&self.budget),
+            self.cap,
+        );
         let in_flight = &in_flight;
         // Chunks go to the decoders in file order, and their rows come back in that order.
         let (handles, mut decoding) = tokio::sync::mpsc::channel::<Decoding>(self.workers);

@@ -530,4 +530,58 @@ async fn chunks_in_flight_are_counted_in_the_pool_up_to_a_quarter_of_it() {
             "all released"
         );
     }
+
+    // Four scans at once in a session with a budget (as the engine's): the quarter is
+    // theirs together.
+    let limit = 64usize << 20;
+    let pool = Arc::new(ScanPeak::new(limit));
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::clone(&pool) as _)
+        .build_arc()
+        .unwrap();
+    let ctx = SessionContext::new_with_config_rt(
+        SessionConfig::new()
+            .with_target_partitions(1)
+            .with_extension(Arc::new(super::ScanBudget::default())),
+        runtime,
+    );
+    for t in 0..4 {
+        let source = super::SourceFiles {
+            store: Arc::clone(&store),
+            table_url: datafusion::datasource::listing::ListingTableUrl::parse(&folder).unwrap(),
+            files: vec![meta.clone()],
+            partition_cols: Vec::new(),
+            location: crate::store::Location::parse(&folder).unwrap(),
+            layouts: Default::default(),
+        };
+        let table = super::QuarantineTable::new(
+            source,
+            schema(),
+            Dialect::csv(CsvOptions::default()),
+            datafusion::datasource::file_format::file_compression_type::FileCompressionType::UNCOMPRESSED,
+            None,
+            super::OnBad::Fail,
+        );
+        ctx.register_table(format!("t{t}"), Arc::new(table))
+            .unwrap();
+    }
+    let got = ctx
+        .sql(
+            "SELECT COUNT(*), SUM(id) FROM (SELECT id FROM t0 UNION ALL SELECT id FROM t1 \
+             UNION ALL SELECT id FROM t2 UNION ALL SELECT id FROM t3)",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let (n, sum) = (
+        got[0].column(0).as_primitive::<Int64Type>().value(0),
+        got[0].column(1).as_primitive::<Int64Type>().value(0),
+    );
+    assert_eq!((n, sum), (4 * rows, 4 * want_sum));
+    let peak = pool.peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(peak <= limit / 4, "four scans held {peak} bytes together");
+    assert!(peak >= 2 * super::CHUNK_BYTES, "{peak} bytes counted");
+    assert_eq!(pool.held.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
