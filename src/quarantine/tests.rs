@@ -533,7 +533,7 @@ async fn chunks_in_flight_are_counted_in_the_pool_up_to_a_quarter_of_it() {
 
     // Four scans at once in a session with a budget (as the engine's): the quarter is
     // theirs together.
-    let limit = 64usize << 20;
+    let limit = 128usize << 20;
     let pool = Arc::new(ScanPeak::new(limit));
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::clone(&pool) as _)
