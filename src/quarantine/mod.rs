@@ -1004,9 +1004,8 @@ pub async fn first_reject(
 ) -> std::result::Result<Option<Reject>, String> {
     let describe = |e: &DataFusionError| crate::describe::describe_datafusion(e);
     let bytes = object_bytes(store, file).await.map_err(|e| describe(&e))?;
-    let mut bytes = compression
-        .convert_stream(bytes)
-        .map_err(|e| describe(&e))?;
+    // (Every stream of a multi-stream file, as the scan reads it.)
+    let mut bytes = decompress(compression, bytes);
     let mut splitter = Splitter::new(
         decoder.dialect().boundaries(),
         CHUNK_BYTES,

@@ -837,6 +837,22 @@ async fn every_stream_of_a_multi_stream_compressed_csv_is_read() {
         "{}",
         run.stderr
     );
+    // The same file on local disk: DataFusion's read fails, and the row is named by reading
+    // every stream again (before, only the first, where the row is not: the error named no
+    // file).
+    let mut bytes = compressed("zstd", "id,n\n1,10\n2,20\n").await;
+    bytes.extend(compressed("zstd", "3,30\n4,oops\n").await);
+    let dir = OneModel::new("events", "copy")
+        .source_toml("format = \"csv\"\ncompression = \"zstd\"\nschema = \"id INT, n INT\"")
+        .file("events.csv.zst", bytes)
+        .build();
+    let (run, _) = crate::support::run_with_report_env(dir.path(), &[], &env, 1);
+    assert!(
+        run.stderr
+            .contains("events.csv.zst:5: column n: \"oops\" is not Int32"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// A quarantined CSV whose lines end with a bare `\r` (old Mac files, Excel's "CSV
