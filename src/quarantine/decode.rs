@@ -91,6 +91,9 @@ pub struct ChunkDecoder {
     /// The source's event-time column (its index and name), when it declares one: a row
     /// whose value there is NULL or no timestamp is in no work unit, so it is a bad row.
     event_time: Option<(usize, String)>,
+    /// The columns decoded (indexes into `schema`, in order), when not all: see
+    /// [`ChunkDecoder::with_columns`].
+    columns: Option<Arc<[usize]>>,
 }
 
 /// Why a decoded row is still a bad row: its event time is NULL or not a timestamp. Raised
@@ -131,7 +134,19 @@ impl ChunkDecoder {
             dialect,
             batch_size: batch_size.max(1),
             event_time: None,
+            columns: None,
         }
+    }
+
+    /// The same decoder, building only `columns` (indexes into its schema, ascending) of the
+    /// rows it decodes: the others are still read to find each record's end and its number
+    /// of fields, not converted. For a scan that fails on a bad row rather than set it aside
+    /// (whose rejects must not depend on the query), and not with an event-time column.
+    pub fn with_columns(mut self, columns: Option<Arc<[usize]>>) -> ChunkDecoder {
+        if self.event_time.is_none() {
+            self.columns = columns;
+        }
+        self
     }
 
     /// The same decoder, setting aside rows whose `column` (the source's event time) is NULL
@@ -283,6 +298,15 @@ impl ChunkDecoder {
         // Bytes consumed, and where the batch being filled started.
         let (mut pos, mut batch) = (0usize, 0usize);
         let first = out.len();
+        // The columns built: one (`projection`), those of `with_columns`, or all.
+        let one;
+        let columns: Option<&[usize]> = match projection {
+            Some(p) => {
+                one = [p];
+                Some(&one)
+            }
+            None => self.columns.as_deref(),
+        };
         match &self.dialect {
             Dialect::Csv {
                 options,
@@ -306,9 +330,9 @@ impl ChunkDecoder {
                     }
                     _ => parts,
                 };
-                let result = self.run_csv(parts, header, projection, options, null, out);
+                let result = self.run_csv(parts, header, projection, columns, options, null, out);
                 if let Some(scan) = &scan {
-                    let patched = set_empty_strings(&out[first..], &scan.records, projection)
+                    let patched = set_empty_strings(&out[first..], &scan.records, columns)
                         .map_err(|e| (0, e))?;
                     out.truncate(first);
                     out.extend(patched);
@@ -321,8 +345,8 @@ impl ChunkDecoder {
                 })?;
             }
             Dialect::Json => {
-                let schema = match projection {
-                    Some(p) => Arc::new(self.schema.project(&[p]).map_err(|e| (0, e))?),
+                let schema = match columns {
+                    Some(c) => Arc::new(self.schema.project(c).map_err(|e| (0, e))?),
                     None => Arc::clone(&self.schema),
                 };
                 let mut d = datafusion::arrow::json::ReaderBuilder::new(schema)
@@ -357,11 +381,13 @@ impl ChunkDecoder {
     }
 
     /// The CSV part of [`ChunkDecoder::run`]: arrow's decoder over `parts`.
+    #[allow(clippy::too_many_arguments)]
     fn run_csv(
         &self,
         parts: &[&[u8]],
         header: bool,
         projection: Option<usize>,
+        columns: Option<&[usize]>,
         options: &CsvOptions,
         null: &Option<regex::Regex>,
         out: &mut Vec<RecordBatch>,
@@ -379,8 +405,8 @@ impl ChunkDecoder {
         if let Some(n) = null {
             b = b.with_null_regex(n.clone());
         }
-        if let Some(p) = projection {
-            b = b.with_projection(vec![p]);
+        if let Some(c) = columns {
+            b = b.with_projection(c.to_vec());
         }
         let mut d = b.build_decoder();
         for buf in parts {
@@ -772,12 +798,12 @@ fn scan_empty_fields(
     found
 }
 
-/// `batches` (the records of [`EmptyFields::records`], in order; of one column, `projection`,
+/// `batches` (the records of [`EmptyFields::records`], in order; of the columns `built` only,
 /// when given) with each quoted empty field of a text or binary column set to the empty value.
 fn set_empty_strings(
     batches: &[RecordBatch],
     records: &[Vec<usize>],
-    projection: Option<usize>,
+    built: Option<&[usize]>,
 ) -> Result<Vec<RecordBatch>, ArrowError> {
     use datafusion::arrow::array::{BooleanArray, Scalar, StringArray};
     let mut out = Vec::with_capacity(batches.len());
@@ -788,7 +814,7 @@ fn set_empty_strings(
         let mut columns = b.columns().to_vec();
         let mut changed = false;
         for (c, column) in columns.iter_mut().enumerate() {
-            let field = projection.unwrap_or(c);
+            let field = built.map_or(c, |b| b[c]);
             if !matches!(
                 column.data_type(),
                 DataType::Utf8

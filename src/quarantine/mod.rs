@@ -511,6 +511,24 @@ impl ExecutionPlan for QuarantineScan {
         // files, plus one so the next chunk decodes while this one is sent.
         let busy = self.groups.iter().filter(|g| !g.is_empty()).count().max(1);
         let workers = context.session_config().target_partitions().div_ceil(busy) + 1;
+        // Only the file columns the query uses are built from the text, when a bad row fails
+        // the scan: which rows come out then does not depend on the columns built (as in
+        // DataFusion's own CSV read). A scan that sets bad rows aside builds every column, so
+        // that its rejects are the same whatever the query reads.
+        let file_columns = self.file_schema.fields().len();
+        let columns: Option<Arc<[usize]>> = match &self.projection {
+            Some(p) if self.sink.strict && self.event_time.is_none() => {
+                let mut c: Vec<usize> = p.iter().copied().filter(|i| *i < file_columns).collect();
+                c.sort_unstable();
+                c.dedup();
+                if c.is_empty() {
+                    // (A batch needs a column to count its rows by.)
+                    c.push(0);
+                }
+                (c.len() < file_columns).then(|| c.into())
+            }
+            _ => None,
+        };
         let reader = FileReader {
             decoder: Arc::new(
                 ChunkDecoder::new(
@@ -518,8 +536,10 @@ impl ExecutionPlan for QuarantineScan {
                     self.dialect.clone(),
                     context.session_config().batch_size(),
                 )
-                .with_event_time(self.event_time.as_deref()),
+                .with_event_time(self.event_time.as_deref())
+                .with_columns(columns.clone()),
             ),
+            columns,
             schema: Arc::clone(&self.schema),
             file_schema: Arc::clone(&self.file_schema),
             projection: self.projection.clone(),
@@ -630,6 +650,8 @@ struct FileReader {
     partition: usize,
     /// The most the scans of the pool count for chunks in flight (see [`InFlight`]).
     /// What the scans of the pool count of their chunks in flight, together.
+    /// The file columns its decoder builds, when not all (ascending indexes).
+    columns: Option<Arc<[usize]>>,
     budget: Arc<ScanBudget>,
     cap: usize,
 }
@@ -807,9 +829,11 @@ impl FileReader {
                 }
                 for batch in decoded.batches {
                     good += batch.num_rows() as u64;
-                    let batch = match &layout {
-                        Some(l) => l.to_table(&batch, &self.file_schema)?,
-                        None => batch,
+                    let batch = match (&layout, &self.columns) {
+                        // (A file of its own column order is decoded whole.)
+                        (Some(l), Some(c)) => l.to_table(&batch, &self.file_schema)?.project(c)?,
+                        (Some(l), None) => l.to_table(&batch, &self.file_schema)?,
+                        (None, _) => batch,
                     };
                     let batch = self.finish(batch, &partition_values)?;
                     self.baseline.record_output(batch.num_rows());
@@ -831,6 +855,30 @@ impl FileReader {
 
     /// A decoded batch with the file's partition values added, projected for the query.
     fn finish(&self, batch: RecordBatch, partition_values: &[ScalarValue]) -> Result<RecordBatch> {
+        if let (Some(columns), Some(projection)) = (&self.columns, &self.projection) {
+            // `batch` holds `columns` of the file's: the query's columns taken from it by
+            // position, and from the partition values.
+            let file_columns = self.file_schema.fields().len();
+            let mut out = Vec::with_capacity(projection.len());
+            for &i in projection {
+                out.push(match columns.iter().position(|c| *c == i) {
+                    Some(at) => Arc::clone(batch.column(at)),
+                    None => {
+                        let value = partition_values.get(i - file_columns).ok_or_else(|| {
+                            DataFusionError::Internal(format!("column {i} is not decoded"))
+                        })?;
+                        value.to_array_of_size(batch.num_rows())?
+                    }
+                });
+            }
+            let options = datafusion::arrow::record_batch::RecordBatchOptions::new()
+                .with_row_count(Some(batch.num_rows()));
+            return Ok(RecordBatch::try_new_with_options(
+                Arc::new(self.schema.project(projection)?),
+                out,
+                &options,
+            )?);
+        }
         let batch = if partition_values.is_empty() {
             batch
         } else {

@@ -585,3 +585,94 @@ async fn chunks_in_flight_are_counted_in_the_pool_up_to_a_quarter_of_it() {
     assert!(peak >= 2 * super::CHUNK_BYTES, "{peak} bytes counted");
     assert_eq!(pool.held.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// A scan that fails on a bad row builds only the columns the query reads: a query of some
+/// columns gets their values as written (the empty string apart from NULL, in sluice's own
+/// CSV), a bad value in a column it does not read fails no query that does not read it, and
+/// a query that reads it fails naming its line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_scan_builds_only_the_columns_read() {
+    use datafusion::prelude::{SessionConfig, SessionContext};
+    use object_store::ObjectStoreExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("id,name,amount,day\n");
+    let mut names: Vec<(i64, Option<String>)> = Vec::new();
+    let bad_line = 2 + 700;
+    for i in 0..3000i64 {
+        let name = match i % 3 {
+            0 => None,
+            1 => Some(String::new()),
+            _ => Some(format!("n{i}")),
+        };
+        let written = match &name {
+            None => String::new(),
+            Some(n) if n.is_empty() => "\"\"".to_string(),
+            Some(n) => n.clone(),
+        };
+        let amount = if i == 700 {
+            "x".to_string()
+        } else {
+            format!("{i}.5")
+        };
+        text.push_str(&format!("{i},{written},{amount},2024-01-01\n"));
+        names.push((i, name));
+    }
+    std::fs::write(dir.path().join("f.csv"), &text).unwrap();
+    let store: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new());
+    let folder = format!("{}/", dir.path().display());
+    let meta = store
+        .head(&object_store::path::Path::from_filesystem_path(dir.path().join("f.csv")).unwrap())
+        .await
+        .unwrap();
+    let source = super::SourceFiles {
+        store: Arc::clone(&store),
+        table_url: datafusion::datasource::listing::ListingTableUrl::parse(&folder).unwrap(),
+        files: vec![meta],
+        partition_cols: Vec::new(),
+        location: crate::store::Location::parse(&folder).unwrap(),
+        layouts: Default::default(),
+    };
+    let table = super::QuarantineTable::new(
+        source,
+        schema(),
+        Dialect::sluice_csv(),
+        datafusion::datasource::file_format::file_compression_type::FileCompressionType::UNCOMPRESSED,
+        None,
+        super::OnBad::Fail,
+    );
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+    ctx.register_table("t", Arc::new(table)).unwrap();
+    let run = |sql: &'static str| {
+        let ctx = ctx.clone();
+        async move { ctx.sql(sql).await.unwrap().collect().await }
+    };
+    let got = run("SELECT id, name FROM t ORDER BY id").await.unwrap();
+    let mut read: Vec<(i64, Option<String>)> = Vec::new();
+    for b in &got {
+        let ids = b.column(0).as_primitive::<Int64Type>();
+        let n = datafusion::arrow::compute::cast(b.column(1), &DataType::Utf8).unwrap();
+        let n = n.as_string::<i32>();
+        for r in 0..b.num_rows() {
+            read.push((
+                ids.value(r),
+                (!n.is_null(r)).then(|| n.value(r).to_string()),
+            ));
+        }
+    }
+    assert_eq!(read, names);
+    let count = run("SELECT COUNT(*) FROM t").await.unwrap();
+    assert_eq!(
+        count[0].column(0).as_primitive::<Int64Type>().value(0),
+        3000
+    );
+    let err = run("SELECT SUM(amount) FROM t")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("f.csv:{bad_line}: column amount")),
+        "{err}"
+    );
+}
