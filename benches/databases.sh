@@ -55,11 +55,8 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 # --- tools ------------------------------------------------------------------------------
 command -v hyperfine >/dev/null || { echo "hyperfine missing (apt-get install hyperfine)" >&2; exit 1; }
-if ! "$VENV/bin/python" -c 'import connectorx, pyarrow, duckdb, duckdb_extension_postgres' 2>/dev/null; then
-    log "making the venv $VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q connectorx pyarrow duckdb==1.5.5 duckdb-extension-postgres==1.5.5
-fi
+. "$here/venv.sh"
+bench_venv connectorx duckdb-extension-postgres==1.5.5
 py() { "$VENV/bin/python" "$here/databases.py" "$@"; }
 pg_bin=${SLUICE_PG_BIN:-$(bash "$repo/scripts/ensure-test-databases")}
 

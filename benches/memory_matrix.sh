@@ -14,11 +14,7 @@ sluice=${1:?usage: memory_matrix.sh SLUICE_BIN DATA_DIR LIMIT_MIB [QUERY ...]}
 data=${2:?usage: memory_matrix.sh SLUICE_BIN DATA_DIR LIMIT_MIB [QUERY ...]}
 mib=${3:?usage: memory_matrix.sh SLUICE_BIN DATA_DIR LIMIT_MIB [QUERY ...]}
 shift 3
-VENV=${VENV:-$HOME/.cache/sluice-bench-venv}
-if ! "$VENV/bin/python" -c 'import duckdb; assert duckdb.__version__ == "1.5.5"' 2>/dev/null; then
-  echo "making the venv $VENV" >&2
-  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q pyarrow duckdb==1.5.5
-fi
+. "$(dirname "$0")/venv.sh"
+bench_venv
 sluice=$(command -v "$sluice" || echo "$sluice")
 exec "$VENV/bin/python" "$(dirname "$0")/memory_matrix.py" "$sluice" "$data" "$mib" "$@"

@@ -11,7 +11,7 @@
 #
 # Env: THREADS (default 2), RUNS (default 3), CODECS (default "zstd(1) zstd(3) snappy lz4
 # none"), OUT (default /tmp/sluice-codecs), VENV (a venv with duckdb 1.5.5, as
-# benches/tpch_vs_duckdb.sh makes it), BEFORE (another sluice binary, run with its default
+# benches/venv.sh makes it), BEFORE (another sluice binary, run with its default
 # codec in the same hyperfine run: a before/after of a change).
 set -euo pipefail
 sluice=${1:?usage: rewrite_codecs.sh SLUICE_BIN CSV_DATA_DIR}
@@ -20,12 +20,8 @@ threads=${THREADS:-2}
 runs=${RUNS:-3}
 out=${OUT:-/tmp/sluice-codecs}
 codecs=${CODECS:-"zstd(1) zstd(3) snappy lz4 none"}
-VENV=${VENV:-$HOME/.cache/sluice-bench-venv}
-py="$VENV/bin/python"
-if ! "$py" -c 'import duckdb; assert duckdb.__version__ == "1.5.5"' 2>/dev/null; then
-  [ -x "$py" ] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q pyarrow duckdb==1.5.5
-fi
+. "$(dirname "$0")/venv.sh"
+bench_venv
 rm -rf "$out" && mkdir -p "$out"
 
 select="SELECT l_orderkey, l_partkey, l_suppkey, l_linenumber,

@@ -27,13 +27,8 @@ data=${2:?usage: tpch_vs_duckdb.sh SLUICE_BIN DATA_DIR [ROUNDS]}
 rounds=${3:-${ROUNDS:-2}}
 export THREADS=${THREADS:-2}
 export QUERIES=${QUERIES:-1-22}
-VENV=${VENV:-$HOME/.cache/sluice-bench-venv}
-
-if ! "$VENV/bin/python" -c 'import duckdb, pyarrow; assert duckdb.__version__ == "1.5.5"' 2>/dev/null; then
-  echo "making the venv $VENV" >&2
-  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q pyarrow duckdb==1.5.5
-fi
+. "$(dirname "$0")/venv.sh"
+bench_venv
 
 sluice=$(command -v "$sluice" || echo "$sluice")
 exec "$VENV/bin/python" "$(dirname "$0")/tpch_vs_duckdb.py" bench "$sluice" "$data" "$rounds"
