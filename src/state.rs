@@ -331,11 +331,15 @@ impl StateStore {
         )
         .map_err(|e| err(&e))?;
         // A database from before units recorded their inputs: add the column (empty: such a
-        // unit is never kept, as its inputs are unknown).
-        let has_inputs = conn.prepare("SELECT inputs FROM units LIMIT 0").is_ok();
-        if !has_inputs {
-            conn.execute_batch("ALTER TABLE units ADD COLUMN inputs TEXT NOT NULL DEFAULT ''")
-                .map_err(|e| err(&e))?;
+        // unit is never kept, as its inputs are unknown). Another process opening it at the
+        // same moment may add it first: then it is there.
+        let has_inputs = |c: &Connection| c.prepare("SELECT inputs FROM units LIMIT 0").is_ok();
+        if !has_inputs(&conn)
+            && let Err(e) =
+                conn.execute_batch("ALTER TABLE units ADD COLUMN inputs TEXT NOT NULL DEFAULT ''")
+            && !has_inputs(&conn)
+        {
+            return Err(err(&e));
         }
         // Incremental models (additive: builds before them ignore these).
         conn.execute_batch(
@@ -1449,13 +1453,20 @@ mod tests {
     use crate::status::ModelStatus;
 
     /// Several processes opening a new state store at once (two schedulers started together)
-    /// all open it, in WAL mode: none fails on "database is locked".
+    /// all open it, in WAL mode: none fails on "database is locked"; nor, opening one from
+    /// before units recorded their inputs, on adding that column twice.
     #[test]
     fn a_new_store_opened_by_several_at_once_opens_for_all() {
         let mut failures = Vec::new();
-        for _ in 0..40 {
+        for round in 0..40 {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("state.db");
+            if round % 2 == 1 {
+                StateStore::open(&path).unwrap();
+                let conn = Connection::open(&path).unwrap();
+                conn.execute_batch("ALTER TABLE units DROP COLUMN inputs")
+                    .unwrap();
+            }
             let opening: Vec<_> = (0..6)
                 .map(|_| {
                     let path = path.clone();
@@ -1472,6 +1483,7 @@ mod tests {
                 .query_row("PRAGMA journal_mode", [], |r| r.get(0))
                 .unwrap();
             assert_eq!(mode, "wal");
+            assert!(conn.prepare("SELECT inputs FROM units LIMIT 0").is_ok());
         }
         assert!(
             failures.is_empty(),
