@@ -761,7 +761,15 @@ fn scan_empty_fields(
                     }
                     i += 1;
                 }
-                if i == open + 1 {
+                // `""` is the empty string only when closed and the field ends there: `""22`
+                // is `22` and an unclosed `"` runs to the end, as csv-core (and arrow) read
+                // them, whatever else the chunk holds.
+                let ends = |at: usize| {
+                    bytes
+                        .get(at)
+                        .is_none_or(|b| *b == delim || matches!(b, b'\n' | b'\r'))
+                };
+                if i == open + 1 && i < n && ends(i + 1) {
                     empties.push(field);
                 }
                 i += 1;

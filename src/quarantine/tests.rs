@@ -676,3 +676,52 @@ async fn a_failing_scan_builds_only_the_columns_read() {
         "{err}"
     );
 }
+
+/// Text that is not quite sluice's CSV reads as csv-core reads it, however the chunk is cut
+/// and whatever else the chunk holds: `""22` is `22`, and a lone `"` opening the file's last
+/// field is NULL (before, a `""` elsewhere in the chunk made it the empty string).
+#[test]
+fn almost_sluice_csv_reads_as_csv_core_reads_it() {
+    let schema: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("a", DataType::Utf8, true),
+        Field::new("b", DataType::Utf8, true),
+    ]));
+    let decoder = ChunkDecoder::new(Arc::clone(&schema), Dialect::sluice_csv(), 4);
+    let values = |text: &[u8], chunk: usize| -> Vec<(Option<String>, Option<String>)> {
+        let d = read_bytes(text, "f.csv", &decoder, chunk);
+        assert!(d.rejects.is_empty(), "{:?}", d.rejects);
+        d.batches
+            .iter()
+            .flat_map(|b| {
+                let (a, c) = (
+                    b.column(0).as_string::<i32>(),
+                    b.column(1).as_string::<i32>(),
+                );
+                (0..b.num_rows())
+                    .map(|r| {
+                        (
+                            (!a.is_null(r)).then(|| a.value(r).to_string()),
+                            (!c.is_null(r)).then(|| c.value(r).to_string()),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let s = |v: &str| Some(v.to_string());
+    for chunk in [1, usize::MAX] {
+        assert_eq!(
+            values(b"a,b\n\"\"22,x\n\"\",y\n", chunk),
+            vec![(s("22"), s("x")), (s(""), s("y"))],
+            "chunks of {chunk}"
+        );
+        for text in [&b"a,b\n\"\",y\nz,\""[..], b"a,b\nq,y\nz,\""] {
+            let got = values(text, chunk);
+            assert_eq!(
+                got.last(),
+                Some(&(s("z"), None)),
+                "{text:?}, chunks of {chunk}"
+            );
+        }
+    }
+}
