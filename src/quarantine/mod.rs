@@ -795,6 +795,12 @@ impl FileReader {
                 match piece {
                     Some(Piece::Chunk(chunk)) => {
                         let counted = in_flight.admit(chunk.len()).await;
+                        // (The consumer has stopped, maybe while this chunk waited: nothing
+                        // more is decoded.)
+                        if handles.is_closed() {
+                            in_flight.release(counted);
+                            break;
+                        }
                         let decoder = Arc::clone(&decoder);
                         let file = Arc::clone(&shown);
                         let handle =
