@@ -493,18 +493,12 @@ impl ChunkDecoder {
                     // Blank lines csv-core skipped belong to no record (but are rows of
                     // their own with `blank_rows`).
                     while start < pos && matches!(bytes[start], b'\n' | b'\r') {
-                        let after_cr = if start == 0 {
-                            at.after_cr
-                        } else {
-                            bytes[start - 1] == b'\r'
-                        };
-                        if blank_rows && !skip_header && !after_cr_lf(bytes, start, at.after_cr) {
-                            let end = if bytes[start..pos].starts_with(b"\r\n") {
-                                start + 2
-                            } else {
-                                start + 1
-                            };
-                            records.push(Record { start, end, line });
+                        let after_cr = follows_cr(bytes, start, at.after_cr);
+                        if blank_rows
+                            && !skip_header
+                            && let Some(r) = blank_record(bytes, start, pos, line, at.after_cr)
+                        {
+                            records.push(r);
                             taken += 1;
                         }
                         line += super::split::line_ends(&bytes[start..start + 1], after_cr);
@@ -545,11 +539,7 @@ impl ChunkDecoder {
                     } else {
                         records.push(rec);
                     }
-                    let after_cr = if start == 0 {
-                        at.after_cr
-                    } else {
-                        bytes[start - 1] == b'\r'
-                    };
+                    let after_cr = follows_cr(bytes, start, at.after_cr);
                     line += super::split::line_ends(&bytes[start..pos], after_cr);
                     start = pos;
                     nfields = 0;
@@ -558,20 +548,11 @@ impl ChunkDecoder {
                 csv_core::ReadRecordResult::End => {
                     // Blank lines at the end are rows too with `blank_rows`.
                     while blank_rows && start < pos && taken < self.batch_size {
-                        if !after_cr_lf(bytes, start, at.after_cr) {
-                            let end = if bytes[start..pos].starts_with(b"\r\n") {
-                                start + 2
-                            } else {
-                                start + 1
-                            };
-                            records.push(Record { start, end, line });
+                        if let Some(r) = blank_record(bytes, start, pos, line, at.after_cr) {
+                            records.push(r);
                             taken += 1;
                         }
-                        let after_cr = if start == 0 {
-                            at.after_cr
-                        } else {
-                            bytes[start - 1] == b'\r'
-                        };
+                        let after_cr = follows_cr(bytes, start, at.after_cr);
                         line += super::split::line_ends(&bytes[start..start + 1], after_cr);
                         start += 1;
                     }
@@ -648,15 +629,34 @@ impl ChunkDecoder {
     }
 }
 
-/// Whether the byte at `i` of `bytes` is the `\n` of a `\r\n` (`after_cr`: `bytes` follows
-/// a `\r`).
-fn after_cr_lf(bytes: &[u8], i: usize, after_cr: bool) -> bool {
-    bytes[i] == b'\n'
-        && if i == 0 {
-            after_cr
-        } else {
-            bytes[i - 1] == b'\r'
-        }
+/// Whether the byte before `i` of `bytes` is a `\r` (`after_cr`: `bytes` follows one).
+fn follows_cr(bytes: &[u8], i: usize, after_cr: bool) -> bool {
+    if i == 0 {
+        after_cr
+    } else {
+        bytes[i - 1] == b'\r'
+    }
+}
+
+/// The blank line that starts at `start` (a line end; `limit` is where the blank lines stop)
+/// as a record of its own, on `line`; `None` when `start` is the `\n` of a `\r\n`, which
+/// ends the line before.
+fn blank_record(
+    bytes: &[u8],
+    start: usize,
+    limit: usize,
+    line: u64,
+    after_cr: bool,
+) -> Option<Record> {
+    if bytes[start] == b'\n' && follows_cr(bytes, start, after_cr) {
+        return None;
+    }
+    let end = if bytes[start..limit].starts_with(b"\r\n") {
+        start + 2
+    } else {
+        start + 1
+    };
+    Some(Record { start, end, line })
 }
 
 /// What [`scan_empty_fields`] found in CSV written by sluice.
