@@ -351,6 +351,34 @@ fn a_one_column_sluice_csv_reads_as_written_wherever_it_is_cut() {
     }
 }
 
+/// A table of [`schema`] over the local CSV `file` in `dialect`, failing on a bad row.
+async fn failing_table(file: &std::path::Path, dialect: Dialect) -> super::QuarantineTable {
+    use object_store::ObjectStoreExt;
+    let store: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new());
+    let meta = store
+        .head(&object_store::path::Path::from_filesystem_path(file).unwrap())
+        .await
+        .unwrap();
+    let folder = format!("{}/", file.parent().unwrap().display());
+    let source = super::SourceFiles {
+        store,
+        table_url: datafusion::datasource::listing::ListingTableUrl::parse(&folder).unwrap(),
+        files: vec![meta],
+        partition_cols: Vec::new(),
+        location: crate::store::Location::parse(&folder).unwrap(),
+        layouts: Default::default(),
+    };
+    super::QuarantineTable::new(
+        source,
+        schema(),
+        dialect,
+        datafusion::datasource::file_format::file_compression_type::FileCompressionType::UNCOMPRESSED,
+        None,
+        super::OnBad::Fail,
+    )
+}
+
 /// A pool that keeps the most the CSV scan's consumers held at once, and passes everything
 /// on to `inner`.
 #[derive(Debug)]
@@ -439,7 +467,6 @@ impl datafusion::execution::memory_pool::MemoryPool for ScanPeak {
 async fn chunks_in_flight_are_counted_in_the_pool_up_to_a_quarter_of_it() {
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     use datafusion::prelude::{SessionConfig, SessionContext};
-    use object_store::ObjectStoreExt;
 
     // About 30 MB: several 4 MiB chunks.
     let dir = tempfile::tempdir().unwrap();
@@ -453,33 +480,12 @@ async fn chunks_in_flight_are_counted_in_the_pool_up_to_a_quarter_of_it() {
             1 + i % 28
         ));
     }
-    std::fs::write(dir.path().join("a.csv"), &text).unwrap();
-    let store: Arc<dyn object_store::ObjectStore> =
-        Arc::new(object_store::local::LocalFileSystem::new());
-    let folder = format!("{}/", dir.path().display());
-    let meta = store
-        .head(&object_store::path::Path::from_filesystem_path(dir.path().join("a.csv")).unwrap())
-        .await
-        .unwrap();
+    let file = dir.path().join("a.csv");
+    std::fs::write(&file, &text).unwrap();
     let want_sum: i64 = (0..rows).sum();
 
     for (limit, scan_cap) in [(256usize << 20, 64usize << 20), (1 << 20, 0)] {
-        let source = super::SourceFiles {
-            store: Arc::clone(&store),
-            table_url: datafusion::datasource::listing::ListingTableUrl::parse(&folder).unwrap(),
-            files: vec![meta.clone()],
-            partition_cols: Vec::new(),
-            location: crate::store::Location::parse(&folder).unwrap(),
-            layouts: Default::default(),
-        };
-        let table = super::QuarantineTable::new(
-            source,
-            schema(),
-            Dialect::csv(CsvOptions::default()),
-            datafusion::datasource::file_format::file_compression_type::FileCompressionType::UNCOMPRESSED,
-            None,
-            super::OnBad::Fail,
-        );
+        let table = failing_table(&file, Dialect::csv(CsvOptions::default())).await;
         let pool = Arc::new(ScanPeak::new(limit));
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::clone(&pool) as _)
@@ -546,22 +552,7 @@ async fn chunks_in_flight_are_counted_in_the_pool_up_to_a_quarter_of_it() {
         runtime,
     );
     for t in 0..4 {
-        let source = super::SourceFiles {
-            store: Arc::clone(&store),
-            table_url: datafusion::datasource::listing::ListingTableUrl::parse(&folder).unwrap(),
-            files: vec![meta.clone()],
-            partition_cols: Vec::new(),
-            location: crate::store::Location::parse(&folder).unwrap(),
-            layouts: Default::default(),
-        };
-        let table = super::QuarantineTable::new(
-            source,
-            schema(),
-            Dialect::csv(CsvOptions::default()),
-            datafusion::datasource::file_format::file_compression_type::FileCompressionType::UNCOMPRESSED,
-            None,
-            super::OnBad::Fail,
-        );
+        let table = failing_table(&file, Dialect::csv(CsvOptions::default())).await;
         ctx.register_table(format!("t{t}"), Arc::new(table))
             .unwrap();
     }
@@ -593,7 +584,6 @@ async fn chunks_in_flight_are_counted_in_the_pool_up_to_a_quarter_of_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_scan_builds_only_the_columns_read() {
     use datafusion::prelude::{SessionConfig, SessionContext};
-    use object_store::ObjectStoreExt;
 
     let dir = tempfile::tempdir().unwrap();
     let mut text = String::from("id,name,amount,day\n");
@@ -619,29 +609,7 @@ async fn a_failing_scan_builds_only_the_columns_read() {
         names.push((i, name));
     }
     std::fs::write(dir.path().join("f.csv"), &text).unwrap();
-    let store: Arc<dyn object_store::ObjectStore> =
-        Arc::new(object_store::local::LocalFileSystem::new());
-    let folder = format!("{}/", dir.path().display());
-    let meta = store
-        .head(&object_store::path::Path::from_filesystem_path(dir.path().join("f.csv")).unwrap())
-        .await
-        .unwrap();
-    let source = super::SourceFiles {
-        store: Arc::clone(&store),
-        table_url: datafusion::datasource::listing::ListingTableUrl::parse(&folder).unwrap(),
-        files: vec![meta],
-        partition_cols: Vec::new(),
-        location: crate::store::Location::parse(&folder).unwrap(),
-        layouts: Default::default(),
-    };
-    let table = super::QuarantineTable::new(
-        source,
-        schema(),
-        Dialect::sluice_csv(),
-        datafusion::datasource::file_format::file_compression_type::FileCompressionType::UNCOMPRESSED,
-        None,
-        super::OnBad::Fail,
-    );
+    let table = failing_table(&dir.path().join("f.csv"), Dialect::sluice_csv()).await;
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
     ctx.register_table("t", Arc::new(table)).unwrap();
     let run = |sql: &'static str| {
