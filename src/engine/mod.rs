@@ -181,7 +181,7 @@ impl Engine {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
-            .with_optimizer_rules(crate::rewrite::logical_rules())
+            .with_optimizer_rules(crate::rewrite::logical_rules(options.memory_limit))
             .with_query_planner(Arc::new(planner::Planner {
                 reorder_joins: options.join.order == crate::config::JoinOrder::Cost,
             }))

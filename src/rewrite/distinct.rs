@@ -160,34 +160,9 @@ impl OptimizerRule for CountsBesideDistinct {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use datafusion::arrow::util::pretty::pretty_format_batches;
-    use datafusion::execution::memory_pool::FairSpillPool;
-    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-    use datafusion::execution::session_state::SessionStateBuilder;
-    use datafusion::prelude::{SessionConfig, SessionContext};
 
-    /// A session with sluice's rules or DataFusion's alone, under a memory pool of `pool`.
-    fn session(sluice: bool, pool: Option<usize>) -> SessionContext {
-        let mut runtime = RuntimeEnvBuilder::new();
-        if let Some(pool) = pool {
-            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(pool)));
-        }
-        let mut config = SessionConfig::new().with_target_partitions(2);
-        if let Some(pool) = pool {
-            // As sluice's engine sets it for a small pool.
-            config.options_mut().execution.sort_spill_reservation_bytes = pool / 8;
-        }
-        let mut state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_runtime_env(runtime.build_arc().unwrap())
-            .with_default_features();
-        if sluice {
-            state = state.with_optimizer_rules(super::super::logical_rules());
-        }
-        SessionContext::new_with_state(state.build())
-    }
+    use super::super::testing::{answer, session};
 
     /// `t`: 20 000 seeded rows, 7 groups `k` (and NULL), values `x` with NULLs and repeats,
     /// `v` with NULLs.
@@ -196,16 +171,6 @@ mod tests {
         CASE WHEN value % 13 = 0 THEN NULL ELSE (value * 104729) % 3001 END AS x, \
         CASE WHEN value % 5 = 0 THEN NULL ELSE value % 1000 END AS v \
         FROM generate_series(1, 20000)";
-
-    async fn answer(ctx: &SessionContext, sql: &str) -> (String, String) {
-        let df = ctx.sql(sql).await.unwrap();
-        let plan = format!(
-            "{}",
-            df.clone().into_optimized_plan().unwrap().display_indent()
-        );
-        let batches = df.collect().await.unwrap();
-        (plan, pretty_format_batches(&batches).unwrap().to_string())
-    }
 
     #[tokio::test]
     async fn counts_beside_a_distinct_count_give_datafusions_answers_in_two_groupings() {

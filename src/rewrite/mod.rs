@@ -7,6 +7,10 @@
 //! - [`split_distinct`]: distinct aggregates of several arguments computed by one
 //!   aggregation per argument (which the rule above and DataFusion's then split), joined on
 //!   the keys.
+//! - [`median`] (under a memory limit): `median(x)` from a numbering of each group's
+//!   sorted values, which spills, instead of from all of a group's values in memory.
+//! - [`whole_partition`] (under a memory limit): `agg(x) OVER (PARTITION BY k)` as a
+//!   grouping joined back to the rows, instead of each partition buffered whole.
 //! - [`join_order`]: inner joins reordered by estimated size (run from the engine's query
 //!   planner, where the relations' statistics can be read).
 //! - [`topk`] (physical): `ORDER BY … LIMIT k` with a `k` too large for the memory limit
@@ -14,17 +18,24 @@
 
 mod distinct;
 pub(crate) mod join_order;
+mod median;
 mod split_distinct;
 mod topk;
+mod whole_partition;
 
 use std::sync::Arc;
 
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::optimizer::OptimizerRule;
 use datafusion::optimizer::optimizer::Optimizer;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 
-/// DataFusion's logical optimizer rules, with sluice's inserted where they must run.
-pub(crate) fn logical_rules() -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
+/// DataFusion's logical optimizer rules, with sluice's inserted where they must run, for a
+/// session whose pool is `memory_limit`.
+pub(crate) fn logical_rules(
+    memory_limit: Option<usize>,
+) -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
     let mut rules = Optimizer::new().rules;
     // Before DataFusion's own split of single-distinct aggregates, which it prepares for.
     let at = rules
@@ -33,7 +44,39 @@ pub(crate) fn logical_rules() -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
         .unwrap_or(rules.len());
     rules.insert(at, Arc::new(distinct::CountsBesideDistinct));
     rules.insert(at, Arc::new(split_distinct::DistinctsApart));
+    // Under a limit only: they read their input more than once, to spill what would not.
+    if memory_limit.is_some() {
+        rules.insert(at, Arc::new(median::MedianBySort));
+        rules.insert(at, Arc::new(whole_partition::WholePartitionByJoin));
+    }
     rules
+}
+
+/// Whether `plan` gives the same rows each time it is read: table reads, filters,
+/// projections and aliases only, nothing volatile.
+pub(super) fn rereadable(plan: &LogicalPlan) -> bool {
+    let mut ok = true;
+    let _ = plan.apply(|node| {
+        let kind_ok = matches!(
+            node,
+            LogicalPlan::TableScan(_)
+                | LogicalPlan::Filter(_)
+                | LogicalPlan::Projection(_)
+                | LogicalPlan::SubqueryAlias(_)
+        );
+        // A scan that stops after `fetch` rows may stop at other rows when read again (its
+        // files are read in parallel).
+        let volatile = node.expressions().iter().any(Expr::is_volatile)
+            || matches!(node, LogicalPlan::TableScan(s)
+                if s.fetch.is_some() || s.filters.iter().any(Expr::is_volatile));
+        ok &= kind_ok && !volatile;
+        Ok(if ok {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    ok
 }
 
 /// `rules` (DataFusion's physical optimizer rules, as the join layer arranged them) with
@@ -53,4 +96,112 @@ pub(crate) fn physical_rules(
         rules.insert(at, Arc::new(topk::SpillingTopK::new(limit)));
     }
     rules
+}
+
+/// What the rules' tests share: sessions with and without them, and answers with plans.
+#[cfg(test)]
+mod testing {
+    use std::sync::Arc;
+
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::execution::memory_pool::FairSpillPool;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use datafusion::execution::session_state::SessionStateBuilder;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    /// A session with sluice's rules or DataFusion's alone, under a memory pool of `pool`.
+    pub(super) fn session(sluice: bool, pool: Option<usize>) -> SessionContext {
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(pool) = pool {
+            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(pool)));
+        }
+        let mut config = SessionConfig::new().with_target_partitions(2);
+        if let Some(pool) = pool {
+            // As sluice's engine sets it for a small pool.
+            config.options_mut().execution.sort_spill_reservation_bytes = pool / 8;
+        }
+        let mut state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime.build_arc().unwrap())
+            .with_default_features();
+        if sluice {
+            state = state.with_optimizer_rules(super::logical_rules(pool));
+        }
+        SessionContext::new_with_state(state.build())
+    }
+
+    /// The optimized plan of `sql` in `ctx`, and its answer as a table.
+    pub(super) async fn answer(ctx: &SessionContext, sql: &str) -> (String, String) {
+        let df = ctx.sql(sql).await.unwrap();
+        let plan = format!(
+            "{}",
+            df.clone().into_optimized_plan().unwrap().display_indent()
+        );
+        let batches = df.collect().await.unwrap();
+        (plan, pretty_format_batches(&batches).unwrap().to_string())
+    }
+
+    /// Registers `t` in `ctx`: `rows` rows drawn with `seed`, in three partitions: a key `k`
+    /// of a few values (NULL among them; every `x` of `k = 6` is NULL), an integer `x` with
+    /// NULLs and repeats, a float `f` with NULL, NaN, infinities and both zeros, and a
+    /// decimal `d` with NULLs.
+    pub(super) fn random_table(ctx: &SessionContext, seed: u64, rows: usize) {
+        use datafusion::arrow::array::{Decimal128Array, Float64Array, Int32Array, Int64Array};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::arrow::record_batch::RecordBatch;
+        use datafusion::datasource::MemTable;
+        use rand::{Rng, SeedableRng};
+
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int32, true),
+            Field::new("x", DataType::Int64, true),
+            Field::new("f", DataType::Float64, true),
+            Field::new("d", DataType::Decimal128(12, 2), true),
+        ]));
+        let mut partitions = vec![Vec::new(); 3];
+        let mut left = rows;
+        for (p, part) in partitions.iter_mut().enumerate() {
+            let n = if p == 2 {
+                left
+            } else {
+                rng.random_range(0..=left)
+            };
+            left -= n;
+            let k: Int32Array = (0..n)
+                .map(|_| (!rng.random_bool(0.05)).then(|| rng.random_range(0..7)))
+                .collect();
+            let x: Int64Array = (0..n)
+                .map(|i| {
+                    let none = k.iter().nth(i).flatten() == Some(6) || rng.random_bool(0.1);
+                    (!none).then(|| rng.random_range(-500..500))
+                })
+                .collect();
+            let f: Float64Array = (0..n)
+                .map(|_| match rng.random_range(0..40) {
+                    0 => None,
+                    1 => Some(f64::NAN),
+                    2 => Some(f64::INFINITY),
+                    3 => Some(f64::NEG_INFINITY),
+                    4 => Some(-0.0),
+                    5 => Some(0.0),
+                    _ => Some(rng.random_range(-1e6..1e6)),
+                })
+                .collect();
+            let d = (0..n)
+                .map(|_| (!rng.random_bool(0.1)).then(|| rng.random_range(-10_000_000..10_000_000)))
+                .collect::<Decimal128Array>()
+                .with_precision_and_scale(12, 2)
+                .unwrap();
+            part.push(
+                RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![Arc::new(k), Arc::new(x), Arc::new(f), Arc::new(d)],
+                )
+                .unwrap(),
+            );
+        }
+        let table = MemTable::try_new(schema, partitions).unwrap();
+        ctx.register_table("t", Arc::new(table)).unwrap();
+    }
 }

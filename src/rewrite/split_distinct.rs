@@ -16,13 +16,12 @@
 //! JOIN (SELECT k, COUNT(DISTINCT b) AS n_b FROM t GROUP BY k) b ON a.k IS NOT DISTINCT FROM b.k
 //! ```
 //!
-//! The input is read once per argument, so this is done only when it is a table read
-//! (scans, filters, projections, aliases) with nothing volatile in it and no row limit:
-//! reading it again gives the same rows.
+//! The input is read once per argument, so this is done only when it is a table read (see
+//! [`super::rereadable`]).
 
 use std::sync::Arc;
 
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Column, NullEquality, Result};
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{
@@ -68,33 +67,6 @@ fn groups_by_argument(aggr_expr: &[Expr]) -> Option<Vec<Vec<usize>>> {
     Some(groups)
 }
 
-/// Whether `plan` gives the same rows each time it is read: table reads, filters,
-/// projections and aliases only, nothing volatile.
-fn rereadable(plan: &LogicalPlan) -> bool {
-    let mut ok = true;
-    let _ = plan.apply(|node| {
-        let kind_ok = matches!(
-            node,
-            LogicalPlan::TableScan(_)
-                | LogicalPlan::Filter(_)
-                | LogicalPlan::Projection(_)
-                | LogicalPlan::SubqueryAlias(_)
-        );
-        // A scan that stops after `fetch` rows may stop at other rows when read again (its
-        // files are read in parallel).
-        let volatile = node.expressions().iter().any(Expr::is_volatile)
-            || matches!(node, LogicalPlan::TableScan(s)
-                if s.fetch.is_some() || s.filters.iter().any(Expr::is_volatile));
-        ok &= kind_ok && !volatile;
-        Ok(if ok {
-            TreeNodeRecursion::Continue
-        } else {
-            TreeNodeRecursion::Stop
-        })
-    });
-    ok
-}
-
 impl OptimizerRule for DistinctsApart {
     fn name(&self) -> &str {
         "sluice_distincts_apart"
@@ -119,7 +91,7 @@ impl OptimizerRule for DistinctsApart {
         let groups = match groups_by_argument(&agg.aggr_expr) {
             Some(g)
                 if !matches!(agg.group_expr.first(), Some(Expr::GroupingSet(_)))
-                    && rereadable(&agg.input) =>
+                    && super::rereadable(&agg.input) =>
             {
                 g
             }
