@@ -70,7 +70,10 @@ pub(crate) async fn reorder(plan: &LogicalPlan, state: &dyn Session) -> Result<L
         // A relation that cannot be planned alone (it refers to an outer query) is simply
         // not estimated.
         let estimate = match planner.create_physical_plan(&r, state).await {
-            Ok(physical) => estimate(&physical),
+            Ok(physical) => {
+                let sampled = super::selectivity::sampled_rows(&physical, state.task_ctx()).await;
+                estimate(&physical, sampled)
+            }
             Err(_) => None,
         };
         estimates.insert(r, estimate);
@@ -156,15 +159,18 @@ fn rewrite(plan: &LogicalPlan, estimates: &HashMap<LogicalPlan, Option<Estimate>
         .map_or_else(|_| plan.clone(), |t| t.data)
 }
 
-/// DataFusion's estimate of a planned relation.
-fn estimate(plan: &Arc<dyn ExecutionPlan>) -> Option<Estimate> {
+/// DataFusion's estimate of a planned relation, with its rows as `sampled` when its filter
+/// was judged on a sample ([`super::selectivity`]).
+fn estimate(plan: &Arc<dyn ExecutionPlan>, sampled: Option<f64>) -> Option<Estimate> {
     let stats = StatisticsContext::new()
         .compute(plan.as_ref(), &StatisticsArgs::new())
         .ok()?;
-    // A filter DataFusion could not estimate (no value ranges to judge it by) keeps every
-    // row in its estimate: count it at DataFusion's default selectivity instead.
-    let unjudged = unjudged_filters(plan);
-    let rows = *stats.num_rows.get_value()? as f64 * UNJUDGED_FILTER.powi(unjudged);
+    let rows = match sampled {
+        Some(rows) => rows,
+        // A filter DataFusion could not estimate (no value ranges to judge it by) keeps
+        // every row in its estimate: count it at DataFusion's default selectivity instead.
+        None => *stats.num_rows.get_value()? as f64 * UNJUDGED_FILTER.powi(unjudged_filters(plan)),
+    };
     let ndv = stats
         .column_statistics
         .iter()

@@ -13,12 +13,14 @@
 //!   grouping joined back to the rows, instead of each partition buffered whole.
 //! - [`join_order`]: inner joins reordered by estimated size (run from the engine's query
 //!   planner, where the relations' statistics can be read).
+//!   Filters that statistics cannot judge are measured on a sample ([`selectivity`]).
 //! - [`topk`] (physical): `ORDER BY … LIMIT k` with a `k` too large for the memory limit
 //!   sorted in full, which spills, instead of in a top-k heap, which cannot.
 
 mod distinct;
 pub(crate) mod join_order;
 mod median;
+mod selectivity;
 mod split_distinct;
 mod topk;
 mod whole_partition;
