@@ -54,18 +54,32 @@ pub(crate) fn logical_rules(
     rules
 }
 
-/// Whether `plan` gives the same rows each time it is read: table reads, filters,
-/// projections and aliases only, nothing volatile.
-pub(super) fn rereadable(plan: &LogicalPlan) -> bool {
+/// How much of a plan a rewrite may read twice.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Reread {
+    /// Table reads only: scans, filters, projections, aliases. Reading one again costs
+    /// about what it did the first time.
+    Tables,
+    /// Also joins, unions and sorts of table reads: reading one again may cost a join,
+    /// which is worth it only to a rewrite that keeps a query within its memory limit.
+    Joins,
+}
+
+/// Whether `plan` gives the same rows each time it is read, within what `reread` allows,
+/// with nothing volatile in it. (An aggregation may not: a float sum comes out with
+/// other last bits when its rows are added in another order.)
+pub(super) fn rereadable(plan: &LogicalPlan, reread: Reread) -> bool {
     let mut ok = true;
     let _ = plan.apply(|node| {
-        let kind_ok = matches!(
-            node,
+        let kind_ok = match node {
             LogicalPlan::TableScan(_)
-                | LogicalPlan::Filter(_)
-                | LogicalPlan::Projection(_)
-                | LogicalPlan::SubqueryAlias(_)
-        );
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::Projection(_)
+            | LogicalPlan::SubqueryAlias(_) => true,
+            LogicalPlan::Join(_) | LogicalPlan::Union(_) => reread == Reread::Joins,
+            LogicalPlan::Sort(s) => reread == Reread::Joins && s.fetch.is_none(),
+            _ => false,
+        };
         // A scan that stops after `fetch` rows may stop at other rows when read again (its
         // files are read in parallel).
         let volatile = node.expressions().iter().any(Expr::is_volatile)

@@ -91,7 +91,7 @@ impl OptimizerRule for DistinctsApart {
         let groups = match groups_by_argument(&agg.aggr_expr) {
             Some(g)
                 if !matches!(agg.group_expr.first(), Some(Expr::GroupingSet(_)))
-                    && super::rereadable(&agg.input) =>
+                    && super::rereadable(&agg.input, super::Reread::Tables) =>
             {
                 g
             }

@@ -15,8 +15,9 @@
 //! JOIN t ON g.k IS NOT DISTINCT FROM t.k
 //! ```
 //!
-//! The input is read twice, so this is done only under a memory limit and when it is a table
-//! read (see [`super::rereadable`]). Only a window node whose every function is an aggregate
+//! The input is read twice, so this is done only under a memory limit, and when reading it
+//! again gives the same rows: table reads and joins of them, not an aggregation (see
+//! [`super::rereadable`]). Only a window node whose every function is an aggregate
 //! over the whole partition (no `ORDER BY`, the default frame or `UNBOUNDED PRECEDING AND
 //! UNBOUNDED FOLLOWING`) is rewritten; the rows come out in the order of the input, as from
 //! DataFusion's window.
@@ -113,7 +114,8 @@ fn rewrite(window: &Window) -> Result<Option<LogicalPlan>> {
     let Some(keys) = keys else {
         return Ok(None);
     };
-    if keys.iter().any(Expr::is_volatile) || !super::rereadable(&window.input) {
+    if keys.iter().any(Expr::is_volatile) || !super::rereadable(&window.input, super::Reread::Joins)
+    {
         return Ok(None);
     }
     let groups = LogicalPlanBuilder::from(Arc::clone(&window.input))
@@ -224,8 +226,8 @@ mod tests {
     /// Aggregates over whole partitions, as groupings joined back, give DataFusion's answers
     /// (row for row, in a total order) over seeded tables of every size from none to a few
     /// thousand rows: one key with NULLs, an expression as key, no key, several aggregates,
-    /// a `DISTINCT` one, the explicit whole frame, a filter. Left alone: an `ORDER BY` in
-    /// the window, another window function beside, an input that is not a table read.
+    /// a `DISTINCT` one, the explicit whole frame, a filter, a join as input. Left alone: an
+    /// `ORDER BY` in the window, another window function beside, an aggregation as input.
     #[tokio::test]
     async fn whole_partition_aggregates_by_join_give_datafusions_answers() {
         let queries = [
@@ -257,6 +259,12 @@ mod tests {
             (
                 "SELECT k, f, max(f) OVER (PARTITION BY k) AS hi FROM t ORDER BY k, f, x, d",
                 false,
+            ),
+            (
+                "SELECT a.k, a.x, b.d, count(*) OVER (PARTITION BY a.k) AS n, \
+                 sum(b.d) OVER (PARTITION BY a.k) AS s FROM t a JOIN t b ON a.x = b.x \
+                 ORDER BY a.k, a.x, b.d, n, s",
+                true,
             ),
             (
                 "SELECT k, x, sum(x) OVER (PARTITION BY k ORDER BY x) AS s FROM t \
