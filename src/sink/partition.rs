@@ -80,23 +80,40 @@ impl Partitioner {
             .map(|&i| std::sync::Arc::clone(batch.column(i)))
             .collect();
         let rows = converter.convert_columns(&key_cols)?;
-        let mut groups: HashMap<&[u8], Vec<u32>> = HashMap::new();
+        // Each row's group: a batch of a partitioned output usually spans a handful of
+        // partitions, so the previous row's group is tried first, then the few groups seen
+        // by comparing bytes; a hash map only past `FEW` groups.
+        const FEW: usize = 16;
         let mut order: Vec<&[u8]> = Vec::new();
+        let mut members: Vec<Vec<u32>> = Vec::new();
+        let mut index: HashMap<&[u8], usize> = HashMap::new();
+        let mut last = 0;
         for i in 0..batch.num_rows() {
             let key = rows.row(i).data();
-            groups
-                .entry(key)
-                .or_insert_with(|| {
-                    order.push(key);
-                    Vec::new()
-                })
-                .push(i as u32);
+            let found = if order.get(last).is_some_and(|k| *k == key) {
+                Some(last)
+            } else if order.len() <= FEW {
+                order.iter().position(|k| *k == key)
+            } else {
+                index.get(key).copied()
+            };
+            let group = found.unwrap_or_else(|| {
+                order.push(key);
+                members.push(Vec::new());
+                if order.len() == FEW + 1 {
+                    index.extend(order.iter().enumerate().map(|(g, k)| (*k, g)));
+                } else if order.len() > FEW {
+                    index.insert(key, order.len() - 1);
+                }
+                order.len() - 1
+            });
+            members[group].push(i as u32);
+            last = group;
         }
         // Only the first row of each group is formatted: one small cast per partition, not
         // a cast of whole columns per batch.
         let mut out = Vec::with_capacity(order.len());
-        for key in order {
-            let idx = &groups[key];
+        for idx in members {
             let first = idx[0] as usize;
             let values = key_cols
                 .iter()
@@ -114,7 +131,7 @@ impl Partitioner {
             let slice = if idx.len() == batch.num_rows() {
                 data.clone()
             } else {
-                take_record_batch(&data, &UInt32Array::from(idx.clone()))?
+                take_record_batch(&data, &UInt32Array::from(idx))?
             };
             out.push(PartitionSlice {
                 path: partition_path(&self.cols, &values),
@@ -175,5 +192,66 @@ mod tests {
             .unwrap();
         assert_eq!(v.values(), &[1, 3]);
         assert!(Partitioner::new(&schema, &["nope".to_string()]).is_err());
+    }
+
+    /// Rows go to their key's slice, in their order, and slices come in the order their
+    /// keys first appear, whether a batch spans one key, a few, or more than are looked up
+    /// by comparison (seeded draws, runs of equal keys among them).
+    #[test]
+    fn split_matches_a_grouping_of_the_rows_for_any_number_of_keys() {
+        use rand::{Rng, SeedableRng};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int32, true),
+            Field::new("v", DataType::Int32, false),
+        ]));
+        let p = Partitioner::new(&schema, &["k".to_string()]).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+        for keys in [1, 2, 5, 16, 17, 18, 40, 300] {
+            let n = rng.random_range(1..3000);
+            let mut k: Vec<Option<i32>> = Vec::with_capacity(n);
+            while k.len() < n {
+                let key = (!rng.random_bool(0.02)).then(|| rng.random_range(0..keys));
+                let run = rng.random_range(1..4);
+                k.extend(std::iter::repeat_n(key, run.min(n - k.len())));
+            }
+            let v: Vec<i32> = (0..n as i32).collect();
+            let batch = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int32Array::from(k.clone())),
+                    Arc::new(Int32Array::from(v)),
+                ],
+            )
+            .unwrap();
+            let mut want: Vec<(Option<i32>, Vec<i32>)> = Vec::new();
+            for (i, key) in k.iter().enumerate() {
+                match want.iter_mut().find(|(w, _)| w == key) {
+                    Some((_, rows)) => rows.push(i as i32),
+                    None => want.push((*key, vec![i as i32])),
+                }
+            }
+            let got: Vec<(String, Vec<i32>)> = p
+                .split(&batch)
+                .unwrap()
+                .into_iter()
+                .map(|s| {
+                    let v = s
+                        .batch
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<Int32Array>()
+                        .unwrap();
+                    (s.path, v.values().to_vec())
+                })
+                .collect();
+            let want: Vec<(String, Vec<i32>)> = want
+                .into_iter()
+                .map(|(key, rows)| {
+                    let value = key.map_or(NULL_PARTITION.to_string(), |k| k.to_string());
+                    (format!("k={value}"), rows)
+                })
+                .collect();
+            assert_eq!(got, want, "{keys} keys");
+        }
     }
 }
