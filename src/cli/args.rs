@@ -420,7 +420,7 @@ pub struct EngineArgs {
     #[arg(long, value_name = "STRATEGY", value_parser = join_strategy)]
     pub join_strategy: Option<JoinStrategy>,
     /// The order inner joins run in: cost (the order estimated cheapest from the tables'
-    /// statistics) or as_written (the SQL's).
+    /// statistics; the default) or as_written (the SQL's).
     #[arg(long, value_name = "ORDER", value_parser = join_order)]
     pub join_order: Option<JoinOrder>,
     /// Run the queries on an Apache DataFusion Ballista cluster: its scheduler
