@@ -63,7 +63,7 @@ pub(crate) async fn reorder(plan: &LogicalPlan, state: &dyn Session) -> Result<L
             continue;
         }
         // Planning a database relation asks its server for sizes and bounds: not twice.
-        if reads_a_database(&r) {
+        if super::reads_a_database(&r) {
             estimates.insert(r, None);
             continue;
         }
@@ -79,22 +79,6 @@ pub(crate) async fn reorder(plan: &LogicalPlan, state: &dyn Session) -> Result<L
         estimates.insert(r, estimate);
     }
     Ok(rewrite(plan, &estimates))
-}
-
-/// Whether `plan` scans a database table.
-fn reads_a_database(plan: &LogicalPlan) -> bool {
-    plan.exists(|node| {
-        Ok(match node {
-            LogicalPlan::TableScan(scan) => {
-                datafusion::datasource::source_as_provider(&scan.source).is_ok_and(|p| {
-                    p.downcast_ref::<crate::database::scan::DatabaseTable>()
-                        .is_some()
-                })
-            }
-            _ => false,
-        })
-    })
-    .unwrap_or(true)
 }
 
 /// Whether `plan` is an inner equi-join that a region may hold.

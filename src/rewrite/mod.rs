@@ -27,6 +27,7 @@ mod whole_partition;
 
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::optimizer::OptimizerRule;
@@ -54,6 +55,37 @@ pub(crate) fn logical_rules(
     rules
 }
 
+/// Whether `plan` scans a database table.
+pub(super) fn reads_a_database(plan: &LogicalPlan) -> bool {
+    plan.exists(|node| {
+        Ok(match node {
+            LogicalPlan::TableScan(scan) => {
+                datafusion::datasource::source_as_provider(&scan.source).is_ok_and(|p| {
+                    p.downcast_ref::<crate::database::scan::DatabaseTable>()
+                        .is_some()
+                })
+            }
+            _ => false,
+        })
+    })
+    .unwrap_or(true)
+}
+
+/// Whether values of type `t` hold floats, alone or nested. DataFusion's grouping takes
+/// -0.0 and +0.0 to be one value where its sorts, windows and joins take them to be two: a
+/// rewrite that swaps one for the other must not see them.
+pub(super) fn holds_floats(t: &DataType) -> bool {
+    match t {
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            holds_floats(f.data_type())
+        }
+        DataType::Struct(fields) => fields.iter().any(|f| holds_floats(f.data_type())),
+        DataType::Map(f, _) => holds_floats(f.data_type()),
+        DataType::Dictionary(_, v) => holds_floats(v),
+        t => t.is_floating(),
+    }
+}
+
 /// How much of a plan a rewrite may read twice.
 #[derive(Clone, Copy, PartialEq)]
 pub(super) enum Reread {
@@ -66,16 +98,17 @@ pub(super) enum Reread {
 }
 
 /// Whether `plan` gives the same rows each time it is read, within what `reread` allows,
-/// with nothing volatile in it. (An aggregation may not: a float sum comes out with
+/// with nothing volatile in it and no database table in it. (An aggregation may not: a float sum comes out with
 /// other last bits when its rows are added in another order.)
 pub(super) fn rereadable(plan: &LogicalPlan, reread: Reread) -> bool {
     let mut ok = true;
     let _ = plan.apply(|node| {
         let kind_ok = match node {
-            LogicalPlan::TableScan(_)
-            | LogicalPlan::Filter(_)
-            | LogicalPlan::Projection(_)
-            | LogicalPlan::SubqueryAlias(_) => true,
+            // A database table is imported again at each read, perhaps in another state.
+            LogicalPlan::TableScan(_) => !reads_a_database(node),
+            LogicalPlan::Filter(_) | LogicalPlan::Projection(_) | LogicalPlan::SubqueryAlias(_) => {
+                true
+            }
             LogicalPlan::Join(_) | LogicalPlan::Union(_) => reread == Reread::Joins,
             LogicalPlan::Sort(s) => reread == Reread::Joins && s.fetch.is_none(),
             _ => false,
