@@ -331,9 +331,14 @@ impl OptimizerRule for MedianBySort {
         let LogicalPlan::Aggregate(agg) = &plan else {
             return Ok(Transformed::no(plan));
         };
-        Ok(match rewrite(agg)? {
-            Some(rewritten) => Transformed::yes(rewritten),
-            None => Transformed::no(plan),
+        // A rewrite that cannot be built leaves the plan as DataFusion would run it.
+        Ok(match rewrite(agg) {
+            Ok(Some(rewritten)) => Transformed::yes(rewritten),
+            Ok(None) => Transformed::no(plan),
+            Err(e) => {
+                tracing::debug!("{}: left as written: {e}", self.name());
+                Transformed::no(plan)
+            }
         })
     }
 }

@@ -225,9 +225,14 @@ impl OptimizerRule for WholePartitionByJoin {
         let LogicalPlan::Window(window) = &plan else {
             return Ok(Transformed::no(plan));
         };
-        Ok(match rewrite(window)? {
-            Some(rewritten) => Transformed::yes(rewritten),
-            None => Transformed::no(plan),
+        // A rewrite that cannot be built leaves the plan as DataFusion would run it.
+        Ok(match rewrite(window) {
+            Ok(Some(rewritten)) => Transformed::yes(rewritten),
+            Ok(None) => Transformed::no(plan),
+            Err(e) => {
+                tracing::debug!("{}: left as written: {e}", self.name());
+                Transformed::no(plan)
+            }
         })
     }
 }
