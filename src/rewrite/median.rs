@@ -67,10 +67,7 @@ fn medians(aggr_expr: &[Expr]) -> Option<(Vec<Median>, Vec<usize>)> {
     let mut medians: Vec<Median> = Vec::new();
     let mut others = Vec::new();
     for (i, e) in aggr_expr.iter().enumerate() {
-        let inner = match e {
-            Expr::Alias(a) => a.expr.as_ref(),
-            e => e,
-        };
+        let inner = super::unaliased(e);
         let median = match inner {
             Expr::AggregateFunction(AggregateFunction { func, params })
                 if func.name() == "median"
@@ -214,10 +211,7 @@ fn rewrite(agg: &Aggregate) -> Result<Option<LogicalPlan>> {
     // two. A distinct aggregate of floats left alone beside the medians would be split by
     // DataFusion into a grouping, which takes them as one value where its set takes two.
     let distinct_of_floats = others.iter().any(|&i| {
-        let e = match &agg.aggr_expr[i] {
-            Expr::Alias(a) => a.expr.as_ref(),
-            e => e,
-        };
+        let e = super::unaliased(&agg.aggr_expr[i]);
         matches!(e, Expr::AggregateFunction(f)
             if f.params.distinct && f.params.args.iter().any(floats))
     });

@@ -86,6 +86,15 @@ pub(super) fn holds_floats(t: &DataType) -> bool {
     }
 }
 
+/// `e` without the alias around it, if any: an aggregation's or a window's expressions may
+/// come named.
+pub(super) fn unaliased(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => &a.expr,
+        e => e,
+    }
+}
+
 /// How much of a plan a rewrite may read twice.
 #[derive(Clone, Copy, PartialEq)]
 pub(super) enum Reread {

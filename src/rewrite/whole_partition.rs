@@ -48,10 +48,7 @@ const GROUPS: &str = "__sluice_window";
 /// `min` and `max` of floats, which DataFusion's window takes NaN to be the largest of and its
 /// grouping passes over (`max` of 1 and NaN is NaN in one and 1 in the other).
 fn whole_partition_aggregate<'a>(e: &'a Expr, input: &LogicalPlan) -> Option<(Expr, &'a [Expr])> {
-    let e = match e {
-        Expr::Alias(a) => a.expr.as_ref(),
-        e => e,
-    };
+    let e = super::unaliased(e);
     let Expr::WindowFunction(w) = e else {
         return None;
     };
