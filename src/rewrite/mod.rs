@@ -28,7 +28,8 @@ mod whole_partition;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::Result;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::optimizer::OptimizerRule;
 use datafusion::optimizer::optimizer::Optimizer;
@@ -92,6 +93,23 @@ pub(super) fn unaliased(e: &Expr) -> &Expr {
     match e {
         Expr::Alias(a) => &a.expr,
         e => e,
+    }
+}
+
+/// The outcome of a rule that rewrites `plan` only under a memory limit: `built`, or
+/// `plan` as it was when there is nothing to rewrite or the rewrite cannot be built.
+pub(super) fn rewritten_or_as_is(
+    rule: &str,
+    plan: LogicalPlan,
+    built: Result<Option<LogicalPlan>>,
+) -> Transformed<LogicalPlan> {
+    match built {
+        Ok(Some(rewritten)) => Transformed::yes(rewritten),
+        Ok(None) => Transformed::no(plan),
+        Err(e) => {
+            tracing::debug!("{rule}: left as written: {e}");
+            Transformed::no(plan)
+        }
     }
 }
 
@@ -197,6 +215,30 @@ mod testing {
         );
         let batches = df.collect().await.unwrap();
         (plan, pretty_format_batches(&batches).unwrap().to_string())
+    }
+
+    /// Asserts that each of `queries` gives DataFusion's answer with sluice's rules under a
+    /// pool over seeded tables `t` of 0 to 3,000 rows, and that its plan names `marker`
+    /// exactly when the query's flag says the rule rewrites it; without a memory limit, the
+    /// first query is not rewritten.
+    pub(super) async fn assert_datafusions_answers(queries: &[(&str, bool)], marker: &str) {
+        for seed in 0..24u64 {
+            let rows = [0, 1, 2, 3, 5, 40, 777, 3000][seed as usize % 8];
+            let (ours, theirs) = (session(true, Some(1 << 30)), session(false, None));
+            for ctx in [&ours, &theirs] {
+                random_table(ctx, seed, rows);
+            }
+            for &(sql, rewritten) in queries {
+                let (plan, got) = answer(&ours, sql).await;
+                let (_, want) = answer(&theirs, sql).await;
+                assert_eq!(got, want, "seed {seed}, {rows} rows: {sql}\n{plan}");
+                assert_eq!(plan.contains(marker), rewritten, "{sql}\n{plan}");
+            }
+        }
+        let unlimited = session(true, None);
+        random_table(&unlimited, 1, 10);
+        let (plan, _) = answer(&unlimited, queries[0].0).await;
+        assert!(!plan.contains(marker), "{plan}");
     }
 
     /// Registers `t` in `ctx`: `rows` rows drawn with `seed`, in three partitions: a key `k`

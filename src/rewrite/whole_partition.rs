@@ -222,15 +222,8 @@ impl OptimizerRule for WholePartitionByJoin {
         let LogicalPlan::Window(window) = &plan else {
             return Ok(Transformed::no(plan));
         };
-        // A rewrite that cannot be built leaves the plan as DataFusion would run it.
-        Ok(match rewrite(window) {
-            Ok(Some(rewritten)) => Transformed::yes(rewritten),
-            Ok(None) => Transformed::no(plan),
-            Err(e) => {
-                tracing::debug!("{}: left as written: {e}", self.name());
-                Transformed::no(plan)
-            }
-        })
+        let built = rewrite(window);
+        Ok(super::rewritten_or_as_is(self.name(), plan, built))
     }
 }
 
@@ -238,7 +231,7 @@ impl OptimizerRule for WholePartitionByJoin {
 mod tests {
     use datafusion::physical_plan::displayable;
 
-    use super::super::testing::{answer, random_table, session};
+    use super::super::testing::{assert_datafusions_answers, session};
 
     /// Aggregates over whole partitions, as groupings joined back, give DataFusion's answers
     /// (row for row, in a total order) over seeded tables of every size from none to a few
@@ -313,23 +306,7 @@ mod tests {
                 false,
             ),
         ];
-        for seed in 0..24u64 {
-            let rows = [0, 1, 2, 3, 5, 40, 777, 3000][seed as usize % 8];
-            let (ours, theirs) = (session(true, Some(1 << 30)), session(false, None));
-            for ctx in [&ours, &theirs] {
-                random_table(ctx, seed, rows);
-            }
-            for (sql, by_join) in queries {
-                let (plan, got) = answer(&ours, sql).await;
-                let (_, want) = answer(&theirs, sql).await;
-                assert_eq!(got, want, "seed {seed}, {rows} rows: {sql}\n{plan}");
-                assert_eq!(plan.contains("__sluice_window"), by_join, "{sql}\n{plan}");
-            }
-        }
-        let unlimited = session(true, None);
-        random_table(&unlimited, 1, 10);
-        let (plan, _) = answer(&unlimited, queries[0].0).await;
-        assert!(!plan.contains("__sluice_window"), "{plan}");
+        assert_datafusions_answers(&queries, "__sluice_window").await;
     }
 
     /// Under a limit no window operator buffers the partitions: the executed plan of
