@@ -14,9 +14,12 @@
 //! - [`join_order`]: inner joins reordered by estimated size (run from the engine's query
 //!   planner, where the relations' statistics can be read).
 //!   Filters that statistics cannot judge are measured on a sample ([`selectivity`]).
+//! - [`compact_views`] (physical): text on a join's build side copied into a buffer per
+//!   batch, so the join's output does not hold a handle to every buffer it was read into.
 //! - [`topk`] (physical): `ORDER BY … LIMIT k` with a `k` too large for the memory limit
 //!   sorted in full, which spills, instead of in a top-k heap, which cannot.
 
+mod compact_views;
 mod distinct;
 pub(crate) mod join_order;
 mod median;
@@ -161,6 +164,13 @@ pub(crate) fn physical_rules(
     mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>>,
     memory_limit: Option<usize>,
 ) -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+    // Once joins have their build sides and inputs (EnsureRequirements), before filters are
+    // pushed into scans for the last time, so the build sides' filters go through it.
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "EnsureCooperative")
+        .unwrap_or(rules.len());
+    rules.insert(at, Arc::new(compact_views::CompactViews));
     if let Some(limit) = memory_limit {
         // After DataFusion has pushed every limit into its sort (LimitPushdown), and before
         // filters are pushed into scans for the last time, so no scan is handed the top-k
