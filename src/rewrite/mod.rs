@@ -14,11 +14,14 @@
 //! - [`join_order`]: inner joins reordered by estimated size (run from the engine's query
 //!   planner, where the relations' statistics can be read).
 //!   Filters that statistics cannot judge are measured on a sample ([`selectivity`]).
+//! - [`build_side`] (physical): a partitioned hash join builds its smaller input by rows ×
+//!   width, where DataFusion's byte estimates of joins' outputs mislead it.
 //! - [`compact_views`] (physical): text on a join's build side copied into a buffer per
 //!   batch, so the join's output does not hold a handle to every buffer it was read into.
 //! - [`topk`] (physical): `ORDER BY … LIMIT k` with a `k` too large for the memory limit
 //!   sorted in full, which spills, instead of in a top-k heap, which cannot.
 
+mod build_side;
 mod compact_views;
 mod distinct;
 pub(crate) mod join_order;
@@ -158,12 +161,36 @@ pub(super) fn rereadable(plan: &LogicalPlan, reread: Reread) -> bool {
     ok
 }
 
+/// Bytes guessed for a value whose width is not fixed (text, binary, lists): a string view
+/// (16 bytes) plus a short text.
+const VARIABLE_WIDTH: usize = 48;
+
+/// A row's bytes in memory: fixed widths exactly, the rest guessed.
+fn row_width(schema: &datafusion::arrow::datatypes::Schema) -> usize {
+    fn width(data_type: &DataType) -> usize {
+        match data_type {
+            DataType::Boolean => 1,
+            DataType::Dictionary(key, _) => width(key),
+            DataType::Struct(fields) => fields.iter().map(|f| width(f.data_type())).sum(),
+            other => other.primitive_width().unwrap_or(VARIABLE_WIDTH),
+        }
+    }
+    schema.fields().iter().map(|f| width(f.data_type())).sum()
+}
+
 /// `rules` (DataFusion's physical optimizer rules, as the join layer arranged them) with
 /// sluice's physical rewrites for a session whose pool is `memory_limit`.
 pub(crate) fn physical_rules(
     mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>>,
     memory_limit: Option<usize>,
 ) -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+    // Right after DataFusion has chosen build sides, before the grace join wraps joins and
+    // inputs are partitioned for them.
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "join_selection")
+        .map_or(0, |at| at + 1);
+    rules.insert(at, Arc::new(build_side::BuildSmallerSide));
     // Once joins have their build sides and inputs (EnsureRequirements), before filters are
     // pushed into scans for the last time, so the build sides' filters go through it.
     let at = rules
@@ -182,6 +209,44 @@ pub(crate) fn physical_rules(
         rules.insert(at, Arc::new(topk::SpillingTopK::new(limit)));
     }
     rules
+}
+
+/// sluice's physical rules sit where their comments say, next to DataFusion's rules named
+/// (a renamed DataFusion rule would otherwise move them silently).
+#[test]
+fn physical_rules_sit_next_to_the_datafusion_rules_they_follow() {
+    let names: Vec<String> = physical_rules(
+        crate::join::physical_rules(Default::default(), Some(1 << 30), false),
+        Some(1 << 30),
+    )
+    .iter()
+    .map(|r| r.name().to_string())
+    .collect();
+    let at = |name: &str| {
+        names
+            .iter()
+            .position(|n| n == name)
+            .unwrap_or_else(|| panic!("{name} in {names:?}"))
+    };
+    assert_eq!(
+        at("sluice_build_smaller_side"),
+        at("join_selection") + 1,
+        "{names:?}"
+    );
+    assert!(
+        at("sluice_build_smaller_side") < at("EnsureRequirements"),
+        "{names:?}"
+    );
+    assert_eq!(
+        at("sluice_compact_views") + 1,
+        at("sluice_spilling_top_k"),
+        "{names:?}"
+    );
+    assert_eq!(
+        at("sluice_spilling_top_k") + 1,
+        at("EnsureCooperative"),
+        "{names:?}"
+    );
 }
 
 /// What the rules' tests share: sessions with and without them, and answers with plans.

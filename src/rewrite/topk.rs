@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::arrow::datatypes::Schema;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::Result;
@@ -17,10 +17,6 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::limit::{GlobalLimitExec, LocalLimitExec};
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
-
-/// Bytes guessed for a value whose width is not fixed (text, binary, lists): a string view
-/// (16 bytes) plus a short text.
-const VARIABLE_WIDTH: usize = 48;
 
 /// Share of a partition's part of the pool a top-k heap may be expected to hold: the heap
 /// keeps whole input batches alive while any of their rows is among the best `k`, so it
@@ -41,23 +37,8 @@ impl SpillingTopK {
 
     /// The largest `k` whose heap fits: a partition's share of the pool, over the row width.
     fn max_fetch(&self, schema: &Schema, partitions: usize) -> usize {
-        let row = schema
-            .fields()
-            .iter()
-            .map(|f| width(f.data_type()))
-            .sum::<usize>()
-            .max(1);
+        let row = super::row_width(schema).max(1);
         self.memory_limit / partitions.max(1) / HEAP_SHARE / row
-    }
-}
-
-/// A value's bytes in memory: fixed widths exactly, the rest guessed.
-fn width(data_type: &DataType) -> usize {
-    match data_type {
-        DataType::Boolean => 1,
-        DataType::Dictionary(key, _) => width(key),
-        DataType::Struct(fields) => fields.iter().map(|f| width(f.data_type())).sum(),
-        other => other.primitive_width().unwrap_or(VARIABLE_WIDTH),
     }
 }
 
