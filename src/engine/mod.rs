@@ -194,6 +194,7 @@ impl Engine {
                     options.cluster,
                 ),
                 options.memory_limit.filter(|_| !options.cluster),
+                options.cluster,
             ))
             .build();
         let ctx = SessionContext::new_with_state(state);

@@ -142,7 +142,7 @@ impl GraceJoinRule {
 }
 
 /// The build side's size: (bytes, rows, exact) from DataFusion's statistics, bytes estimated
-/// from rows and column types when only rows are known.
+/// from rows and column types when only rows are known, and at most that when inexact.
 fn build_estimate(plan: &dyn ExecutionPlan) -> Option<(usize, usize, bool)> {
     let stats = StatisticsContext::new()
         .compute(plan, &StatisticsArgs::new())
@@ -150,17 +150,19 @@ fn build_estimate(plan: &dyn ExecutionPlan) -> Option<(usize, usize, bool)> {
     let rows = stats.num_rows.get_value().copied();
     let exact = matches!(stats.total_byte_size, Precision::Exact(_))
         && matches!(stats.num_rows, Precision::Exact(_));
-    let bytes = match stats.total_byte_size.get_value() {
-        Some(b) => *b,
-        None => {
-            let width: usize = plan
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.data_type().primitive_width().unwrap_or(24))
-                .sum();
-            rows? * width
-        }
+    let width: usize = plan
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.data_type().primitive_width().unwrap_or(24))
+        .sum();
+    let from_rows = rows.map(|r| r * width);
+    // An estimated byte size of a join's output carries its columns' bytes unscaled from
+    // their tables (see `rewrite::build_side`), so it is taken at most at rows × width.
+    let bytes = match (stats.total_byte_size.get_value(), from_rows) {
+        (Some(b), Some(r)) if !exact => (*b).min(r),
+        (Some(b), _) => *b,
+        (None, r) => r?,
     };
     Some((bytes, rows.unwrap_or(bytes / 32), exact))
 }

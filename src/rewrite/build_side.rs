@@ -20,7 +20,9 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::Result;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
-use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
+use datafusion::physical_plan::{
+    ExecutionPlan, ExecutionPlanProperties, StatisticsArgs, StatisticsContext,
+};
 
 /// Bytes a build-side row costs in the hash table besides its values: its hash and its
 /// link in the chain of rows sharing a slot.
@@ -49,9 +51,12 @@ impl PhysicalOptimizerRule for BuildSmallerSide {
                 return Ok(Transformed::no(node));
             };
             // (A null-aware anti join must keep its sides; JoinSelection does not swap it.)
+            // (Nor does it build an unbounded input.)
             let swappable = *join.partition_mode() == PartitionMode::Partitioned
                 && join.join_type().supports_swap()
-                && !join.null_aware;
+                && !join.null_aware
+                && !join.left().boundedness().is_unbounded()
+                && !join.right().boundedness().is_unbounded();
             if !swappable {
                 return Ok(Transformed::no(node));
             }

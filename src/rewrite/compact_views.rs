@@ -36,7 +36,8 @@ use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSe
 use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+    SendableRecordBatchStream,
 };
 use futures::StreamExt;
 
@@ -44,8 +45,8 @@ use futures::StreamExt;
 const INLINE: u32 = 12;
 
 /// Puts a [`CompactViewsExec`] under the build side of every hash, nested-loop and cross
-/// join whose build side has a string or binary view column. (On a Ballista cluster text is
-/// never read as views, so the rule adds nothing there.)
+/// join whose build side has a string or binary view column. (Not on a Ballista cluster:
+/// executors cannot decode the operator, and text is not read as views there.)
 #[derive(Debug, Default)]
 pub(crate) struct CompactViews;
 
@@ -112,7 +113,13 @@ pub(crate) struct CompactViewsExec {
 
 impl CompactViewsExec {
     pub(crate) fn new(input: Arc<dyn ExecutionPlan>) -> Self {
-        let props = Arc::clone(input.properties());
+        // Its input's rows, order and partitioning (not its scheduling: a stream of its own).
+        let props = Arc::new(PlanProperties::new(
+            input.equivalence_properties().clone(),
+            input.output_partitioning().clone(),
+            input.pipeline_behavior(),
+            input.boundedness(),
+        ));
         CompactViewsExec {
             input,
             props,

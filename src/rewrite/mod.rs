@@ -179,10 +179,12 @@ fn row_width(schema: &datafusion::arrow::datatypes::Schema) -> usize {
 }
 
 /// `rules` (DataFusion's physical optimizer rules, as the join layer arranged them) with
-/// sluice's physical rewrites for a session whose pool is `memory_limit`.
+/// sluice's physical rewrites for a session whose pool is `memory_limit`, planning for a
+/// Ballista cluster if `cluster`.
 pub(crate) fn physical_rules(
     mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>>,
     memory_limit: Option<usize>,
+    cluster: bool,
 ) -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     // Right after DataFusion has chosen build sides, before the grace join wraps joins and
     // inputs are partitioned for them.
@@ -197,7 +199,10 @@ pub(crate) fn physical_rules(
         .iter()
         .position(|r| r.name() == "EnsureCooperative")
         .unwrap_or(rules.len());
-    rules.insert(at, Arc::new(compact_views::CompactViews));
+    // (Not for a cluster: its executors could not decode the operator it adds.)
+    if !cluster {
+        rules.insert(at, Arc::new(compact_views::CompactViews));
+    }
     if let Some(limit) = memory_limit {
         // After DataFusion has pushed every limit into its sort (LimitPushdown), and before
         // filters are pushed into scans for the last time, so no scan is handed the top-k
@@ -218,6 +223,7 @@ fn physical_rules_sit_next_to_the_datafusion_rules_they_follow() {
     let names: Vec<String> = physical_rules(
         crate::join::physical_rules(Default::default(), Some(1 << 30), false),
         Some(1 << 30),
+        false,
     )
     .iter()
     .map(|r| r.name().to_string())
@@ -246,6 +252,18 @@ fn physical_rules_sit_next_to_the_datafusion_rules_they_follow() {
         at("sluice_spilling_top_k") + 1,
         at("EnsureCooperative"),
         "{names:?}"
+    );
+    // A cluster's executors could not decode the compacting operator.
+    let cluster = physical_rules(
+        crate::join::physical_rules(Default::default(), None, true),
+        None,
+        true,
+    );
+    assert!(cluster.iter().all(|r| r.name() != "sluice_compact_views"));
+    assert!(
+        cluster
+            .iter()
+            .any(|r| r.name() == "sluice_build_smaller_side")
     );
 }
 
