@@ -286,6 +286,57 @@ mod tests {
     use super::{Engine, EngineOptions, sibling_context};
     use crate::store::StoreRegistry;
 
+    /// sluice's physical rules sit where their comments say, next to DataFusion's rules named
+    /// (a renamed DataFusion rule would otherwise move them silently).
+    #[test]
+    fn physical_rules_sit_next_to_the_datafusion_rules_they_follow() {
+        let names: Vec<String> = crate::rewrite::physical_rules(
+            crate::join::physical_rules(Default::default(), Some(1 << 30), false),
+            Some(1 << 30),
+            false,
+        )
+        .iter()
+        .map(|r| r.name().to_string())
+        .collect();
+        let at = |name: &str| {
+            names
+                .iter()
+                .position(|n| n == name)
+                .unwrap_or_else(|| panic!("{name} in {names:?}"))
+        };
+        assert_eq!(
+            at("sluice_build_smaller_side"),
+            at("join_selection") + 1,
+            "{names:?}"
+        );
+        assert!(
+            at("sluice_build_smaller_side") < at("EnsureRequirements"),
+            "{names:?}"
+        );
+        assert_eq!(
+            at("sluice_compact_views") + 1,
+            at("sluice_spilling_top_k"),
+            "{names:?}"
+        );
+        assert_eq!(
+            at("sluice_spilling_top_k") + 1,
+            at("EnsureCooperative"),
+            "{names:?}"
+        );
+        // A cluster's executors could not decode the compacting operator.
+        let cluster = crate::rewrite::physical_rules(
+            crate::join::physical_rules(Default::default(), None, true),
+            None,
+            true,
+        );
+        assert!(cluster.iter().all(|r| r.name() != "sluice_compact_views"));
+        assert!(
+            cluster
+                .iter()
+                .any(|r| r.name() == "sluice_build_smaller_side")
+        );
+    }
+
     /// A work unit's session plans as the run's does: sluice's logical rewrites, physical
     /// rules and query planner (the join order) are all there.
     #[test]
