@@ -277,8 +277,8 @@ mod tests {
     use datafusion::arrow::record_batch::RecordBatch;
     use datafusion::datasource::MemTable;
     use datafusion::execution::session_state::SessionStateBuilder;
-    use datafusion::physical_plan::collect;
     use datafusion::physical_plan::joins::HashJoinExec;
+    use datafusion::physical_plan::{ExecutionPlan, collect};
     use datafusion::prelude::{SessionConfig, SessionContext};
     use rand::{Rng, SeedableRng};
 
@@ -420,6 +420,16 @@ mod tests {
         }
     }
 
+    /// The physical plan of `sql` in `ctx`.
+    async fn physical_plan(ctx: &SessionContext, sql: &str) -> Arc<dyn ExecutionPlan> {
+        ctx.sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap()
+    }
+
     /// The join of `item` with the join of customers and orders, as in TPC-H q18.
     const JOIN: &str = "SELECT c_name, o_key, i_qty FROM customer JOIN orders ON c_key = o_cust \
         JOIN item ON o_key = i_order";
@@ -427,13 +437,7 @@ mod tests {
     /// The most data buffers an output batch's view column of the plan's topmost hash join
     /// points into, with the join's output rows.
     async fn top_join_buffers(ctx: &SessionContext, sql: &str) -> (usize, usize) {
-        let plan = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = physical_plan(ctx, sql).await;
         let mut join = None;
         let mut stack = vec![plan];
         while let Some(p) = stack.pop() {
@@ -474,13 +478,7 @@ mod tests {
             tables(&ours, seed);
             tables(&theirs, seed);
             for sql in queries {
-                let plan = ours
-                    .sql(sql)
-                    .await
-                    .unwrap()
-                    .create_physical_plan()
-                    .await
-                    .unwrap();
+                let plan = physical_plan(&ours, sql).await;
                 let shown = datafusion::physical_plan::displayable(plan.as_ref())
                     .indent(true)
                     .to_string();
@@ -517,13 +515,11 @@ mod tests {
     async fn a_build_side_without_text_is_left_alone() {
         let ctx = session(true);
         tables(&ctx, 1);
-        let plan = ctx
-            .sql("SELECT o_key, i_qty FROM orders JOIN item ON o_key = i_order")
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = physical_plan(
+            &ctx,
+            "SELECT o_key, i_qty FROM orders JOIN item ON o_key = i_order",
+        )
+        .await;
         let mut stack = vec![plan];
         while let Some(p) = stack.pop() {
             assert!(!p.is::<CompactViewsExec>(), "{}", p.name());
