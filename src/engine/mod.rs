@@ -323,13 +323,24 @@ mod tests {
             at("EnsureCooperative"),
             "{names:?}"
         );
-        // A cluster's executors could not decode the compacting operator.
+        assert!(
+            at("sluice_dynamic_filters_while_decoding") > at("FilterPushdown(Post)"),
+            "{names:?}"
+        );
+        assert_eq!(
+            at("sluice_dynamic_filters_while_decoding") + 1,
+            at("SanityCheckPlan"),
+            "{names:?}"
+        );
+        // A cluster's executors could not decode the compacting operator, nor the filters'
+        // wrapper.
         let cluster = crate::rewrite::physical_rules(
             crate::join::physical_rules(Default::default(), None, true),
             None,
             true,
         );
-        assert!(cluster.iter().all(|r| r.name() != "sluice_compact_views"));
+        assert!(cluster.iter().all(|r| r.name() != "sluice_compact_views"
+            && r.name() != "sluice_dynamic_filters_while_decoding"));
         assert!(
             cluster
                 .iter()

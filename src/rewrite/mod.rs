@@ -18,11 +18,14 @@
 //!   width, where DataFusion's byte estimates of joins' outputs mislead it.
 //! - [`compact_views`] (physical): text on a join's build side copied into a buffer per
 //!   batch, so the join's output does not hold a handle to every buffer it was read into.
+//! - [`decode_filters`] (physical): a join's dynamic filter applied while a Parquet scan
+//!   decodes, for as long as it drops most rows.
 //! - [`topk`] (physical): `ORDER BY … LIMIT k` with a `k` too large for the memory limit
 //!   sorted in full, which spills, instead of in a top-k heap, which cannot.
 
 mod build_side;
 mod compact_views;
+mod decode_filters;
 mod distinct;
 pub(crate) mod join_order;
 mod median;
@@ -202,6 +205,15 @@ pub(crate) fn physical_rules(
     // (Not for a cluster: its executors could not decode the operator it adds.)
     if !cluster {
         rules.insert(at, Arc::new(compact_views::CompactViews));
+    }
+    // Once DataFusion has pushed the joins' dynamic filters into scans for the last time.
+    // (Not for a cluster: its executors could not decode the expression it wraps them in.)
+    if !cluster {
+        let at = rules
+            .iter()
+            .position(|r| r.name() == "SanityCheckPlan")
+            .unwrap_or(rules.len());
+        rules.insert(at, Arc::new(decode_filters::DynamicFiltersWhileDecoding));
     }
     if let Some(limit) = memory_limit {
         // After DataFusion has pushed every limit into its sort (LimitPushdown), and before
