@@ -168,7 +168,9 @@ impl Execution {
         ) {
             let children = plan.children();
             if children.is_empty() {
-                let n = rows(plan);
+                // A Parquet scan that filters while decoding (a join's filter, see
+                // rewrite/decode_filters.rs) read the rows it dropped too.
+                let n = rows(plan) + crate::physical::metric_sum(plan, "pushdown_rows_pruned");
                 *leaves += 1;
                 let name = leaf_table(plan, tables).unwrap_or_else(|| "(other)".to_string());
                 if n > 0 || name != "(other)" {

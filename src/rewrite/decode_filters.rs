@@ -266,6 +266,12 @@ impl PhysicalExpr for WhileSelective {
         self.filters.iter().collect()
     }
 
+    /// Its answer for the same rows changes as it measures: it must not be folded into a
+    /// constant (as a file's simplifier does with an expression of literals).
+    fn is_volatile_node(&self) -> bool {
+        true
+    }
+
     fn with_new_children(
         self: Arc<Self>,
         children: Vec<Arc<dyn PhysicalExpr>>,
