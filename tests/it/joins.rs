@@ -458,10 +458,8 @@ fn star_pipeline() -> tempfile::TempDir {
     dir
 }
 
-#[tokio::test]
-async fn a_memory_limit_never_makes_a_join_read_more_of_its_probe_side() {
-    let dir = star_pipeline();
-    let d = dir.path();
+/// A plain DataFusion session with `sales` and `dims` registered from `d/data/`.
+async fn plain_sales_and_dims(d: &Path) -> datafusion::prelude::SessionContext {
     let ctx = datafusion::prelude::SessionContext::new();
     for t in ["sales", "dims"] {
         let path = d.join("data").join(t);
@@ -469,6 +467,14 @@ async fn a_memory_limit_never_makes_a_join_read_more_of_its_probe_side() {
             .await
             .unwrap();
     }
+    ctx
+}
+
+#[tokio::test]
+async fn a_memory_limit_never_makes_a_join_read_more_of_its_probe_side() {
+    let dir = star_pipeline();
+    let d = dir.path();
+    let ctx = plain_sales_and_dims(d).await;
     // Seeded runs of dimension keys, each selecting under a fifth of the fact table.
     let mut seed = 0x5eed_u64;
     for round in 0..3 {
@@ -590,13 +596,7 @@ async fn a_join_filter_applied_while_decoding_still_counts_every_row_read() {
         "{model}"
     );
 
-    let ctx = datafusion::prelude::SessionContext::new();
-    for t in ["sales", "dims"] {
-        let path = d.join("data").join(t);
-        ctx.register_parquet(t, path.to_str().unwrap(), Default::default())
-            .await
-            .unwrap();
-    }
+    let ctx = plain_sales_and_dims(d).await;
     let as_text = |q: &str| {
         format!("SELECT CAST(n AS VARCHAR) AS n, CAST(total AS VARCHAR) AS total FROM ({q})")
     };
