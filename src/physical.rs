@@ -37,6 +37,11 @@ macro_rules! leaf_plan_methods {
 }
 pub(crate) use leaf_plan_methods;
 
+/// The name of the leaf that reads a subplan's result computed once for several places of
+/// a plan (rewrite/shared_subplans.rs): a walk over a plan's metrics skips it, its rows
+/// being counted under the copy that computed them.
+pub(crate) const SHARED_READ: &str = "SharedReadExec";
+
 /// The sum over partitions of the metric `name` of `plan` (0 if none).
 pub(crate) fn metric_sum(plan: &Arc<dyn ExecutionPlan>, name: &str) -> u64 {
     let Some(m) = plan.metrics() else { return 0 };

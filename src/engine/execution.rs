@@ -97,6 +97,10 @@ pub fn files_read(plan: &Arc<dyn ExecutionPlan>) -> Option<Vec<FileVersion>> {
     use datafusion::datasource::physical_plan::FileScanConfig;
     use datafusion::datasource::source::DataSourceExec;
     let children = plan.children();
+    if plan.name() == crate::physical::SHARED_READ {
+        // Its files are read by the copy that computes the result.
+        return Some(Vec::new());
+    }
     if children.is_empty() {
         let scan = plan
             .downcast_ref::<DataSourceExec>()?
@@ -167,6 +171,10 @@ impl Execution {
             filtered: &mut u64,
         ) {
             let children = plan.children();
+            if plan.name() == crate::physical::SHARED_READ {
+                // Rows of a result computed once, counted where it was computed.
+                return;
+            }
             if children.is_empty() {
                 // A Parquet scan that filters while decoding (a join's filter, see
                 // rewrite/decode_filters.rs) read the rows it dropped too.

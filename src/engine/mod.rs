@@ -329,7 +329,17 @@ mod tests {
         );
         assert_eq!(
             at("sluice_dynamic_filters_while_decoding") + 1,
+            at("sluice_share_repeated_subplans"),
+            "{names:?}"
+        );
+        assert_eq!(
+            at("sluice_share_repeated_subplans") + 1,
             at("SanityCheckPlan"),
+            "{names:?}"
+        );
+        assert_eq!(
+            at("sluice_mark_repeated_subplans") + 1,
+            at("FilterPushdown(Post)"),
             "{names:?}"
         );
         // A cluster's executors could not decode the compacting operator, nor the filters'
@@ -340,7 +350,9 @@ mod tests {
             true,
         );
         assert!(cluster.iter().all(|r| r.name() != "sluice_compact_views"
-            && r.name() != "sluice_dynamic_filters_while_decoding"));
+            && r.name() != "sluice_dynamic_filters_while_decoding"
+            && r.name() != "sluice_mark_repeated_subplans"
+            && r.name() != "sluice_share_repeated_subplans"));
         assert!(
             cluster
                 .iter()

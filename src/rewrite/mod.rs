@@ -20,6 +20,8 @@
 //!   batch, so the join's output does not hold a handle to every buffer it was read into.
 //! - [`decode_filters`] (physical): a join's dynamic filter applied while a Parquet scan
 //!   decodes, for as long as it drops most rows.
+//! - [`shared_subplans`] (physical): an aggregation a query computes more than once over
+//!   the same input (a CTE read twice) computed once, its result kept for each reader.
 //! - [`topk`] (physical): `ORDER BY … LIMIT k` with a `k` too large for the memory limit
 //!   sorted in full, which spills, instead of in a top-k heap, which cannot.
 
@@ -30,6 +32,7 @@ mod distinct;
 pub(crate) mod join_order;
 mod median;
 mod selectivity;
+mod shared_subplans;
 mod split_distinct;
 mod topk;
 mod whole_partition;
@@ -214,6 +217,20 @@ pub(crate) fn physical_rules(
             .position(|r| r.name() == "SanityCheckPlan")
             .unwrap_or(rules.len());
         rules.insert(at, Arc::new(decode_filters::DynamicFiltersWhileDecoding));
+        // Repeated subplans are marked before DataFusion pushes filters for the last time,
+        // so no copy takes a filter from around it that the others lack, and shared once
+        // the plan is final (after the rule above, which rewrites scans inside them).
+        // (Not for a cluster: its executors could not decode the operators.)
+        let at = rules
+            .iter()
+            .position(|r| r.name() == "FilterPushdown(Post)")
+            .unwrap_or(rules.len());
+        rules.insert(at, Arc::new(shared_subplans::MarkRepeatedSubplans));
+        let at = rules
+            .iter()
+            .position(|r| r.name() == "SanityCheckPlan")
+            .unwrap_or(rules.len());
+        rules.insert(at, Arc::new(shared_subplans::ShareRepeatedSubplans));
     }
     if let Some(limit) = memory_limit {
         // After DataFusion has pushed every limit into its sort (LimitPushdown), and before
