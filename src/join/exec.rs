@@ -248,12 +248,43 @@ impl DisplayAs for GraceHashJoinExec {
             .map_or_else(String::new, |f| format!(", filter={}", f.expression()));
         match t {
             DisplayFormatType::Default | DisplayFormatType::Verbose => {
+                // Everything that decides the rows, as DataFusion's hash join shows it (equal
+                // displays are taken for equal joins: rewrite/shared_subplans.rs).
+                let on = match t {
+                    DisplayFormatType::Verbose => self
+                        .join
+                        .on()
+                        .iter()
+                        .map(|(l, r)| format!("({l}, {r})"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    _ => self.on_text(),
+                };
+                let projection = match &self.join.projection {
+                    Some(columns) => {
+                        let schema = self.join.schema();
+                        let names = columns
+                            .iter()
+                            .map(|&i| match schema.fields().get(i) {
+                                Some(field) => format!("{}@{i}", field.name()),
+                                None => format!("@{i}"),
+                            })
+                            .collect::<Vec<_>>();
+                        format!(", projection=[{}]", names.join(", "))
+                    }
+                    None => String::new(),
+                };
+                let nulls_equal = match self.join.null_equality() {
+                    datafusion::common::NullEquality::NullEqualsNull => ", NullsEqual: true",
+                    datafusion::common::NullEquality::NullEqualsNothing => "",
+                };
+                let fetch = ExecutionPlan::fetch(self.join.as_ref())
+                    .map_or_else(String::new, |n| format!(", fetch={n}"));
                 write!(
                     f,
-                    "GraceHashJoinExec: join_type={:?}, on=[{}]{filter}, strategy={}, \
-                     reason=\"{}\"",
+                    "GraceHashJoinExec: join_type={:?}, on=[{on}]{filter}{projection}\
+                     {nulls_equal}{fetch}, strategy={}, reason=\"{}\"",
                     self.join.join_type(),
-                    self.on_text(),
                     self.choice.strategy,
                     self.choice.reason
                 )?;

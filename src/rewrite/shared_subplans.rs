@@ -25,8 +25,8 @@
 //! copy is done with it, and a read after that computes the result again.
 //!
 //! Only operators whose display names everything that decides their rows are compared (see
-//! [`PRINTED_WHOLE`]); a subplan with a limit, a scalar subquery, a window or sluice's grace
-//! join (so, under a memory limit, one with a join) is computed once per reference.
+//! [`PRINTED_WHOLE`]); a subplan with a limit, a scalar subquery or a window is computed
+//! once per reference.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -261,8 +261,8 @@ fn leaf_print(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
 
 /// The operators whose verbose display names everything that decides their rows (equal
 /// displays over equal inputs: equal rows). A subplan with any other operator (a window, a
-/// nested-loop join, sluice's grace join, a limit) is not shared.
-const PRINTED_WHOLE: [&str; 13] = [
+/// nested-loop join) is not shared.
+const PRINTED_WHOLE: [&str; 14] = [
     "AggregateExec",
     "CoalesceBatchesExec",
     "CoalescePartitionsExec",
@@ -270,6 +270,7 @@ const PRINTED_WHOLE: [&str; 13] = [
     "CooperativeExec",
     "CrossJoinExec",
     "FilterExec",
+    "GraceHashJoinExec",
     "HashJoinExec",
     "ProjectionExec",
     "RepartitionExec",

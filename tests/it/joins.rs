@@ -755,3 +755,79 @@ async fn an_anti_join_builds_its_smaller_side_by_rows_and_width() {
     assert!(!rows(&want).is_empty(), "{want}");
     assert_eq!(rows(&got), rows(&want));
 }
+
+/// Under a memory limit with grace joins, a CTE over a join that the query reads twice is
+/// computed once (`EXPLAIN` shows the reader), while two aggregations over joins that differ
+/// only in how they match NULL keys (`=` and `IS NOT DISTINCT FROM`) are not taken for one:
+/// each answer is plain DataFusion's.
+#[tokio::test]
+async fn grace_joins_inside_repeated_aggregations_are_shared_only_when_they_match_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut tables = Vec::new();
+    for (name, step) in [("na", 7), ("nb", 13)] {
+        let out = d.join(name);
+        let sql = format!(
+            "SELECT CASE WHEN value % 10 = 0 THEN NULL ELSE (value * {step}) % 2000 END AS x, \
+             value % 100 AS y FROM generate_series(0, 39999)"
+        );
+        sluice(
+            d,
+            &["sql", "-q", "-e", &sql, "--out", out.to_str().unwrap()],
+        )
+        .expect(0);
+        tables.push(format!("{name}={}", out.display()));
+    }
+    let ctx = datafusion::prelude::SessionContext::new();
+    for name in ["na", "nb"] {
+        let path = d.join(name);
+        ctx.register_parquet(name, path.to_str().unwrap(), Default::default())
+            .await
+            .unwrap();
+    }
+    let shared = "WITH r AS (SELECT a.x, count(*) AS n FROM na a JOIN nb b ON a.x = b.x \
+                  GROUP BY a.x) SELECT CAST(x AS VARCHAR) AS x, CAST(n AS VARCHAR) AS n FROM r \
+                  WHERE n = (SELECT max(n) FROM r)";
+    let alike = "SELECT 'eq' AS x, CAST(count(*) AS VARCHAR) AS n FROM (SELECT a.x, count(*) \
+                 FROM na a JOIN nb b ON a.x = b.x GROUP BY a.x) \
+                 UNION ALL SELECT 'nd', CAST(count(*) AS VARCHAR) FROM (SELECT a.x, count(*) \
+                 FROM na a JOIN nb b ON a.x IS NOT DISTINCT FROM b.x GROUP BY a.x)";
+    for (query, readers) in [(shared, 1), (alike, 0)] {
+        let flags = [
+            "--table",
+            &tables[0],
+            "--table",
+            &tables[1],
+            "--memory-limit",
+            "64MiB",
+            "--join-strategy",
+            "grace",
+        ];
+        let explain = format!("EXPLAIN {query}");
+        let mut args = vec!["sql", "-q", "-e", &explain];
+        args.extend(flags);
+        let plan = sluice(d, &args).expect(0);
+        assert!(plan.stdout.contains("GraceHashJoinExec"), "{}", plan.stdout);
+        assert_eq!(
+            plan.stdout.matches("SharedReadExec").count(),
+            readers,
+            "{}",
+            plan.stdout
+        );
+
+        let out = d.join(format!("out-{readers}"));
+        let mut args = vec!["sql", "-q", "-e", query, "--out", out.to_str().unwrap()];
+        args.extend(flags);
+        sluice(d, &args).expect(0);
+        let got = query_output(
+            &format!("{}/", out.display()),
+            "parquet",
+            &[],
+            "SELECT * FROM t",
+        )
+        .await;
+        let want = rows(&plain_query(&ctx, query).await, &["x", "n"]);
+        assert!(!want.is_empty());
+        assert_same_rows(&rows(&got, &["x", "n"]), &want, query);
+    }
+}
