@@ -242,10 +242,19 @@ fn strip_index(e: &PhysicalExprRef) -> String {
 
 impl DisplayAs for GraceHashJoinExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let filter = self
-            .join
-            .filter()
-            .map_or_else(String::new, |f| format!(", filter={}", f.expression()));
+        let filter = match (self.join.filter(), t) {
+            (None, _) => String::new(),
+            // Which input column each of the filter's columns is.
+            (Some(f), DisplayFormatType::Verbose) => {
+                let columns = f
+                    .column_indices()
+                    .iter()
+                    .map(|c| format!("{:?}@{}", c.side, c.index))
+                    .collect::<Vec<_>>();
+                format!(", filter={} on [{}]", f.expression(), columns.join(", "))
+            }
+            (Some(f), _) => format!(", filter={}", f.expression()),
+        };
         match t {
             DisplayFormatType::Default | DisplayFormatType::Verbose => {
                 // Everything that decides the rows, as DataFusion's hash join shows it (equal

@@ -50,6 +50,7 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coop::cooperative;
 use datafusion::physical_plan::execution_plan::{EmissionType, SchedulingType, reset_plan_states};
+use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet, SpillMetrics,
 };
@@ -74,6 +75,11 @@ impl PhysicalOptimizerRule for MarkRepeatedSubplans {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        // A recursive query runs its recursive term again and again from reset copies, each
+        // of which would compute its own result: nothing is shared in one.
+        if plan.exists(|node| Ok(node.name() == "RecursiveQueryExec"))? {
+            return Ok(plan);
+        }
         let mut prints = Prints::default();
         prints.of(&plan);
         let mut groups: HashMap<String, usize> = HashMap::new();
@@ -118,9 +124,14 @@ impl PhysicalOptimizerRule for ShareRepeatedSubplans {
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut copies: HashMap<usize, usize> = HashMap::new();
+        let mut unshared = std::collections::HashSet::new();
         plan.apply(|node| {
             if let Some(mark) = node.downcast_ref::<SharedSubplanExec>() {
                 *copies.entry(mark.group).or_default() += 1;
+                // (A result that could not be computed again is not shared.)
+                if keeps_filters_across_runs(&mark.input) {
+                    unshared.insert(mark.group);
+                }
             }
             Ok(TreeNodeRecursion::Continue)
         })?;
@@ -130,7 +141,7 @@ impl PhysicalOptimizerRule for ShareRepeatedSubplans {
                 return Ok(Transformed::no(node));
             };
             let n = copies.get(&mark.group).copied().unwrap_or(0);
-            if n < 2 {
+            if n < 2 || unshared.contains(&mark.group) {
                 return Ok(Transformed::yes(Arc::clone(&mark.input)));
             }
             if let Some(result) = results.get(&mark.group) {
@@ -196,11 +207,12 @@ impl Prints {
             leaf_print(plan)
         } else if children.iter().all(Option::is_some) && PRINTED_WHOLE.contains(&plan.name()) {
             let mut print = format!(
-                "{}({}; {:?}; {:?})[",
+                "{}({}; {:?}; {:?}; {})[",
                 plan.name(),
                 Verbose(plan.as_ref()),
                 plan.schema(),
                 plan.output_partitioning(),
+                expressions(plan),
             );
             for child in children.into_iter().flatten() {
                 print.push_str(&child);
@@ -299,6 +311,35 @@ fn printable(plan: &Arc<dyn ExecutionPlan>) -> bool {
         Ok(TreeNodeRecursion::Continue)
     });
     ok
+}
+
+/// `plan`'s own expressions (with their columns' indexes, which a display by name may not
+/// show) and, for a hash join, which input column each column of its filter is.
+fn expressions(plan: &Arc<dyn ExecutionPlan>) -> String {
+    let mut shown = String::new();
+    let _ = plan.apply_expressions(&mut |e: &Arc<dyn PhysicalExpr>| {
+        shown.push_str(&format!("{e}, "));
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if let Some(filter) = plan
+        .downcast_ref::<HashJoinExec>()
+        .and_then(|join| join.filter())
+    {
+        shown.push_str(&format!("{:?}", filter.column_indices()));
+    }
+    shown
+}
+
+/// Whether `plan` holds an operator whose dynamic filter, once updated by a run, would
+/// wrongly narrow another run of a reset copy (an aggregation's min/max bound keeps its last
+/// value through a reset). A hash join's filter is set once its build side is complete, and
+/// is then still true of a run over the same rows.
+fn keeps_filters_across_runs(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.exists(|node| {
+        Ok(!node.dynamic_expressions_produced().is_empty()
+            && !matches!(node.name(), "HashJoinExec" | "GraceHashJoinExec"))
+    })
+    .unwrap_or(true)
 }
 
 /// A plan node shown alone, in DataFusion's verbose format.
@@ -634,9 +675,11 @@ impl Materialized {
                 };
                 let readers_left = self.reads.saturating_sub(runs.skipped[p]);
                 runs.skipped[p] = 0;
-                runs.parts[p] = Some(Part {
+                // (A partition every copy is done with is computed, for a partitioned join
+                // inside waits for all, but not kept.)
+                runs.parts[p] = (readers_left > 0 || p == partition).then(|| Part {
                     rows: rows.boxed().shared(),
-                    readers_left,
+                    readers_left: readers_left.max(1),
                 });
             }
         }
@@ -655,11 +698,14 @@ impl Materialized {
             return;
         };
         match (slot.as_mut(), run) {
-            (Some(part), Some(run)) if run == current => part.readers_left -= 1,
+            (Some(part), Some(run)) if run == current => {
+                part.readers_left = part.readers_left.saturating_sub(1)
+            }
             // Done unread: one read fewer for the run under way, or for the next.
-            (Some(part), None) => part.readers_left -= 1,
+            (Some(part), None) => part.readers_left = part.readers_left.saturating_sub(1),
             (None, None) => {
-                runs.skipped[partition] += 1;
+                let skipped = &mut runs.skipped[partition];
+                *skipped = (*skipped + 1).min(self.reads);
                 return;
             }
             _ => return,
@@ -1119,6 +1165,21 @@ mod tests {
                 drop(kept.read(p, Arc::clone(&ctx), &metrics));
                 assert!(kept.runs().parts[p].is_none(), "partition {p}");
             }
+            // Both copies done with partition 0 before any run: a run started for partition
+            // 1 does not keep 0, and a read of 0 after that still gets its rows.
+            drop(kept.read(0, Arc::clone(&ctx), &metrics));
+            drop(kept.read(0, Arc::clone(&ctx), &metrics));
+            let got = drain(kept.read(1, Arc::clone(&ctx), &metrics))
+                .await
+                .unwrap();
+            assert_eq!(values(&got), values(&partitions[1]));
+            assert!(kept.runs().parts[0].is_none());
+            for _ in 0..2 {
+                let got = drain(kept.read(0, Arc::clone(&ctx), &metrics))
+                    .await
+                    .unwrap();
+                assert_eq!(values(&got), values(&partitions[0]));
+            }
             let spilled = metrics.clone_inner().spilled_bytes().unwrap_or_default();
             assert_eq!(spilled > 0, spills, "spilled {spilled} bytes");
             drop(kept);
@@ -1127,9 +1188,10 @@ mod tests {
     }
 
     /// Around and inside copies that could be shared: scalar subqueries (shown alike until
-    /// they run), top-k aggregations in both directions, a limit that stops reading a copy
-    /// early, a recursive CTE that runs its copies again, a copy never read (the probe side
-    /// of a join with an empty build side). Every answer is DataFusion's, no query fails,
+    /// they run), top-k aggregations in both directions, joins whose filters read other
+    /// columns of one name, a limit that stops reading a copy early, recursive CTEs (which run
+    /// their copies again), min/max aggregations (whose filters keep their bounds through a
+    /// reset), a copy never read (the probe side of a join with an empty build side). Every answer is DataFusion's, no query fails,
     /// and no more memory is left reserved once the query is done than DataFusion leaves.
     #[tokio::test]
     async fn limits_subqueries_and_recursion_around_repeated_aggregations_answer_as_datafusion() {
@@ -1173,12 +1235,33 @@ mod tests {
                 true,
             ),
             (
+                "SELECT 'x' AS q, count(*) AS n, sum(f.v) AS sf, sum(o.v) AS so FROM fact f \
+                 JOIN other o ON f.k = o.k JOIN dim d ON d.k = f.k AND d.w < f.v \
+                 UNION ALL SELECT 'y', count(*), sum(f.v), sum(o.v) FROM fact f \
+                 JOIN other o ON f.k = o.k JOIN dim d ON d.k = f.k AND d.w < o.v ORDER BY q",
+                false,
+            ),
+            (
+                "SELECT q.m, (SELECT count(*) FROM (WITH RECURSIVE steps AS (SELECT 0 AS i, \
+                 CAST(NULL AS BIGINT) AS m UNION ALL SELECT s.i + 1, p.m FROM steps s \
+                 CROSS JOIN (SELECT max(v) AS m, min(k) AS l FROM fact WHERE k % 3 = 1) p \
+                 WHERE s.i < 4) SELECT * FROM steps WHERE m IS NOT NULL)) AS c \
+                 FROM (SELECT max(v) AS m, min(k) AS l FROM fact WHERE k % 3 = 1) q",
+                false,
+            ),
+            (
                 "WITH RECURSIVE steps AS (SELECT 0 AS i, 0 AS n UNION ALL \
                  SELECT s.i + 1, p.n FROM steps s CROSS JOIN (SELECT count(*) AS n \
                  FROM (SELECT k, sum(v) AS t FROM fact GROUP BY k) a \
                  JOIN (SELECT k, sum(v) AS t FROM fact GROUP BY k) b ON a.k = b.k + 1) p \
                  WHERE s.i < 3) SELECT i, n FROM steps ORDER BY i",
-                true,
+                false,
+            ),
+            (
+                "SELECT a.m, a.l, b.m AS m2 FROM (SELECT max(v) AS m, min(k) AS l FROM fact \
+                 WHERE k % 3 = 1) a CROSS JOIN (SELECT max(v) AS m, min(k) AS l FROM fact \
+                 WHERE k % 3 = 1) b",
+                false,
             ),
         ];
         // DataFusion's own operators may hold a little while their plan is kept (an empty
