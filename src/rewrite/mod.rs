@@ -251,30 +251,33 @@ mod testing {
     use std::sync::Arc;
 
     use datafusion::arrow::util::pretty::pretty_format_batches;
-    use datafusion::execution::memory_pool::FairSpillPool;
+    use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool};
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
     /// A session with sluice's rules or DataFusion's alone, under a memory pool of `pool`.
     pub(super) fn session(sluice: bool, pool: Option<usize>) -> SessionContext {
-        let mut runtime = RuntimeEnvBuilder::new();
-        if let Some(pool) = pool {
-            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(pool)));
-        }
-        let mut config = SessionConfig::new().with_target_partitions(2);
-        if let Some(pool) = pool {
-            // As sluice's engine sets it for a small pool.
-            config.options_mut().execution.sort_spill_reservation_bytes = pool / 8;
-        }
-        let mut state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_runtime_env(runtime.build_arc().unwrap())
-            .with_default_features();
+        let mut state = state(pool.map(|size| (size, Arc::new(FairSpillPool::new(size)) as _)));
         if sluice {
             state = state.with_optimizer_rules(super::logical_rules(pool));
         }
         SessionContext::new_with_state(state.build())
+    }
+
+    /// A session's state with DataFusion's defaults and two partitions, over `pool` (its size
+    /// and the pool) if given, with the sort reservation sluice's engine sets for a small pool.
+    pub(super) fn state(pool: Option<(usize, Arc<dyn MemoryPool>)>) -> SessionStateBuilder {
+        let mut runtime = RuntimeEnvBuilder::new();
+        let mut config = SessionConfig::new().with_target_partitions(2);
+        if let Some((size, pool)) = pool {
+            runtime = runtime.with_memory_pool(pool);
+            config.options_mut().execution.sort_spill_reservation_bytes = size / 8;
+        }
+        SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime.build_arc().unwrap())
+            .with_default_features()
     }
 
     /// The optimized plan of `sql` in `ctx`, and its answer as a table.

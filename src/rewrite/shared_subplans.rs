@@ -833,12 +833,11 @@ mod tests {
     use datafusion::datasource::source::DataSourceExec;
     use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-    use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::parquet::arrow::ArrowWriter;
     use datafusion::parquet::file::properties::WriterProperties;
     use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
     use datafusion::physical_plan::{ExecutionPlan, collect};
-    use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+    use datafusion::prelude::{ParquetReadOptions, SessionContext};
     use rand::{Rng, SeedableRng};
 
     use super::{Materialized, SharedReadExec, SharedSubplanExec};
@@ -893,24 +892,12 @@ mod tests {
         sluice: bool,
         pool: Option<(usize, Arc<dyn MemoryPool>)>,
     ) -> SessionContext {
-        let mut runtime = RuntimeEnvBuilder::new();
-        if let Some((_, pool)) = &pool {
-            runtime = runtime.with_memory_pool(Arc::clone(pool));
-        }
-        let pool = pool.map(|(size, _)| size);
-        let mut config = SessionConfig::new().with_target_partitions(2);
-        if let Some(pool) = pool {
-            // As sluice's engine sets it for a small pool.
-            config.options_mut().execution.sort_spill_reservation_bytes = pool / 8;
-        }
-        let mut state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_runtime_env(runtime.build_arc().unwrap())
-            .with_default_features();
+        let size = pool.as_ref().map(|(size, _)| *size);
+        let mut state = super::super::testing::state(pool);
         if sluice {
             state = state.with_physical_optimizer_rules(super::super::physical_rules(
                 PhysicalOptimizer::new().rules,
-                pool,
+                size,
                 false,
             ));
         }
