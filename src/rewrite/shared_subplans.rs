@@ -26,7 +26,9 @@
 //!
 //! Only operators whose display names everything that decides their rows are compared (see
 //! [`PRINTED_WHOLE`]); a subplan with a limit, a scalar subquery or a window is computed
-//! once per reference.
+//! once per reference, and so is one that could not be computed again from a reset copy
+//! (a `min`/`max` aggregation's dynamic filter keeps its bound through a reset), and any in
+//! a query with a recursive CTE (which runs its parts again).
 
 use std::collections::HashMap;
 use std::fmt;
