@@ -999,7 +999,7 @@ mod tests {
                 .filter(|(k, g)| g.0 > 5 && groups.contains_key(&(**k - 1)))
                 .count();
             let theirs = session(dir.path(), false, None).await;
-            for pool in [None, Some(2 << 20)] {
+            for pool in [None, Some(4 << 20)] {
                 let ours = session(dir.path(), true, pool).await;
                 let case = format!("seed {seed}, pool {pool:?}");
 
