@@ -467,8 +467,8 @@ pub struct JoinOptions {
     pub buckets: Option<usize>,
     /// The largest build side, in bytes, that every partition of a join reads whole (a
     /// broadcast join) rather than both sides being hash-partitioned by the join keys
-    /// (`broadcast_join_limit`; `None`: DataFusion's 1 MiB locally, Ballista's 128 MiB on
-    /// a cluster). A build side of unknown size is judged by its rows: an eighth as many.
+    /// (`broadcast_join_limit`; `None`: 16 MiB locally, Ballista's 128 MiB on a cluster).
+    /// A build side of unknown size is judged by its rows: an eighth as many.
     pub broadcast_limit: Option<usize>,
     /// The order inner joins run in.
     pub order: JoinOrder,

@@ -1,5 +1,5 @@
-//! A partitioned hash join builds its smaller input, the inputs measured alike: estimated
-//! rows times the row's width.
+//! A hash join builds its smaller input, the inputs measured alike: estimated rows times
+//! the row's width.
 //!
 //! DataFusion's `JoinSelection` builds the side with fewer estimated bytes when both sides
 //! have a byte estimate. A join's byte estimate is the sum of its columns' estimates, and
@@ -7,8 +7,8 @@
 //! join that keeps 700 K of 60 M rows is estimated as large as the 60 M rows' columns. In
 //! TPC-H q21 at scale 10 that made it build the anti join on 38 M `lineitem` rows (1.2 GB)
 //! instead of the 700 K rows of the joins below, 5.3 s against 3.7 s. [`BuildSmallerSide`]
-//! runs after `JoinSelection` and swaps a partitioned hash join's inputs back when its
-//! build side is more than twice its probe side by rows × width (plus a hash-table entry
+//! runs after `JoinSelection` and swaps a hash join's inputs back (partitioned or broadcast)
+//! when its build side is more than twice its probe side by rows × width (plus a hash-table entry
 //! per row). (The margin leaves
 //! DataFusion's choice where the two are close: its scan byte sizes are read from the
 //! files, where widths here are guessed for text.)
@@ -32,7 +32,7 @@ const HASH_ENTRY: usize = 16;
 /// inputs to be swapped.
 const MARGIN: f64 = 2.0;
 
-/// Swaps a partitioned hash join's inputs when its build side is estimated more than
+/// Swaps a hash join's inputs when its build side is estimated more than
 /// [`MARGIN`] times its probe side, by rows × (row width + a hash table entry).
 #[derive(Debug, Default)]
 pub(crate) struct BuildSmallerSide;
@@ -52,8 +52,13 @@ impl PhysicalOptimizerRule for BuildSmallerSide {
             };
             // (A null-aware anti join must keep its sides; JoinSelection does not swap it.)
             // (Nor does it build an unbounded input.)
-            let swappable = *join.partition_mode() == PartitionMode::Partitioned
-                && join.join_type().supports_swap()
+            // (A broadcast join is swapped too: its build side is under the broadcast limit,
+            // so the smaller probe side is as well.)
+            let mode = *join.partition_mode();
+            let swappable = matches!(
+                mode,
+                PartitionMode::Partitioned | PartitionMode::CollectLeft
+            ) && join.join_type().supports_swap()
                 && !join.null_aware
                 && !join.left().boundedness().is_unbounded()
                 && !join.right().boundedness().is_unbounded();
@@ -61,9 +66,9 @@ impl PhysicalOptimizerRule for BuildSmallerSide {
                 return Ok(Transformed::no(node));
             }
             match (size(join.left()), size(join.right())) {
-                (Some(build), Some(probe)) if build > MARGIN * probe => Ok(Transformed::yes(
-                    join.swap_inputs(PartitionMode::Partitioned)?,
-                )),
+                (Some(build), Some(probe)) if build > MARGIN * probe => {
+                    Ok(Transformed::yes(join.swap_inputs(mode)?))
+                }
                 _ => Ok(Transformed::no(node)),
             }
         })

@@ -14,7 +14,7 @@
 //! - [`join_order`]: inner joins reordered by estimated size (run from the engine's query
 //!   planner, where the relations' statistics can be read).
 //!   Filters that statistics cannot judge are measured on a sample ([`selectivity`]).
-//! - [`build_side`] (physical): a partitioned hash join builds its smaller input by rows ×
+//! - [`build_side`] (physical): a hash join builds its smaller input by rows ×
 //!   width, where DataFusion's byte estimates of joins' outputs mislead it.
 //! - [`compact_views`] (physical): text on a join's build side copied into a buffer per
 //!   batch, so the join's output does not hold a handle to every buffer it was read into.
