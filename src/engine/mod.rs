@@ -36,7 +36,7 @@ use crate::store::StoreRegistry;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The spill folder cannot be created.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot create the spill folder {} (spill_dir): {source}", path.display())]
     SpillDir {
         /// The folder (`spill_dir`).
         path: PathBuf,

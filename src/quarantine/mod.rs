@@ -648,11 +648,11 @@ struct FileReader {
     memory: Arc<dyn MemoryPool>,
     /// The scan partition read (it names the pool's consumer).
     partition: usize,
-    /// The most the scans of the pool count for chunks in flight (see [`InFlight`]).
-    /// What the scans of the pool count of their chunks in flight, together.
     /// The file columns its decoder builds, when not all (ascending indexes).
     columns: Option<Arc<[usize]>>,
+    /// What the scans of the pool count of their chunks in flight, together.
     budget: Arc<ScanBudget>,
+    /// The most the scans of the pool count for chunks in flight (see [`InFlight`]).
     cap: usize,
 }
 

@@ -25,7 +25,8 @@
 //!
 //! The input is read three times (twice more per further argument of `median`), so this is
 //! done only under a memory limit, and when reading it again gives the same rows: table
-//! reads and joins of them, not an aggregation (see [`super::rereadable`]). A
+//! reads, joins of them, and aggregations of counts, sums, minimums and maximums of no
+//! floats (see [`super::rereadable`]). A
 //! `median(DISTINCT x)` or one with a `FILTER` is left as it is, and so is an aggregation
 //! grouped by a float (see [`super::holds_floats`]).
 
@@ -340,8 +341,8 @@ mod tests {
     /// to a few thousand rows: grouped and not, integers (as floats), floats with NaN and
     /// infinities, decimals, NULL keys, a group whose values are all NULL, several
     /// arguments, an argument used twice, other aggregates beside, an expression as key and
-    /// as argument, no rows. Left alone: `DISTINCT`, `FILTER`, an input that is not a table
-    /// read.
+    /// as argument, no rows, an aggregation as input. Left alone: `DISTINCT`, `FILTER`, an
+    /// input whose rows may come out otherwise when read again (a float sum, `array_agg`).
     #[tokio::test]
     async fn medians_by_sort_give_datafusions_answers() {
         let queries = [
@@ -397,9 +398,26 @@ mod tests {
                  GROUP BY a.k ORDER BY a.k",
                 true,
             ),
+            // Over an aggregation of counts and integer sums, whose rows come out the same
+            // each time it is read; not over a float sum, nor one grouped by a float.
+            (
+                "SELECT n % 3 AS g, median(s) AS m, median(hi) AS mh FROM \
+                 (SELECT k, COUNT(*) AS n, SUM(x) AS s, MAX(d) AS hi FROM t GROUP BY k) \
+                 GROUP BY 1 ORDER BY 1",
+                true,
+            ),
             (
                 "SELECT n % 3 AS g, median(s) AS m FROM \
-                 (SELECT k, COUNT(*) AS n, SUM(x) AS s FROM t GROUP BY k) GROUP BY 1 ORDER BY 1",
+                 (SELECT k, COUNT(*) AS n, SUM(f) AS s FROM t GROUP BY k) GROUP BY 1 ORDER BY 1",
+                false,
+            ),
+            (
+                "SELECT median(n) AS m FROM (SELECT f, COUNT(*) AS n FROM t GROUP BY f)",
+                false,
+            ),
+            (
+                "SELECT median(cardinality(xs)) AS m FROM \
+                 (SELECT k, array_agg(x) AS xs FROM t GROUP BY k)",
                 false,
             ),
         ];

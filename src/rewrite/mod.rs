@@ -131,14 +131,34 @@ pub(super) enum Reread {
     /// Table reads only: scans, filters, projections, aliases. Reading one again costs
     /// about what it did the first time.
     Tables,
-    /// Also joins, unions and sorts of table reads: reading one again may cost a join,
-    /// which is worth it only to a rewrite that keeps a query within its memory limit.
+    /// Also joins, unions and sorts of table reads, and aggregations whose results do not
+    /// depend on the order of their rows ([`order_free`]): reading one again may cost a
+    /// join or an aggregation, which is worth it only to a rewrite that keeps a query within
+    /// its memory limit. (A query reading the same aggregation twice computes it once:
+    /// [`shared_subplans`].)
     Joins,
 }
 
+/// Whether `agg` gives the same rows however its input's rows are ordered: counts, sums,
+/// minimums and maximums, none of floats, grouped by no float. (A float sum comes out with
+/// other last bits when its rows are added in another order, and a group of -0.0 and +0.0
+/// is named by whichever comes first; `array_agg`, `string_agg` and `first_value` without
+/// an order follow the rows' order.)
+fn order_free(agg: &datafusion::logical_expr::Aggregate) -> bool {
+    let plain = agg.aggr_expr.iter().all(|e| {
+        matches!(unaliased(e), Expr::AggregateFunction(f)
+            if ["count", "sum", "min", "max"].contains(&f.func.name()))
+    });
+    plain
+        && agg
+            .schema
+            .fields()
+            .iter()
+            .all(|f| !holds_floats(f.data_type()))
+}
+
 /// Whether `plan` gives the same rows each time it is read, within what `reread` allows,
-/// with nothing volatile in it and no database table in it. (An aggregation may not: a float sum comes out with
-/// other last bits when its rows are added in another order.)
+/// with nothing volatile in it and no database table in it.
 pub(super) fn rereadable(plan: &LogicalPlan, reread: Reread) -> bool {
     let mut ok = true;
     let _ = plan.apply(|node| {
@@ -150,6 +170,7 @@ pub(super) fn rereadable(plan: &LogicalPlan, reread: Reread) -> bool {
             }
             LogicalPlan::Join(_) | LogicalPlan::Union(_) => reread == Reread::Joins,
             LogicalPlan::Sort(s) => reread == Reread::Joins && s.fetch.is_none(),
+            LogicalPlan::Aggregate(a) => reread == Reread::Joins && order_free(a),
             _ => false,
         };
         // A scan that stops after `fetch` rows may stop at other rows when read again (its
