@@ -145,7 +145,8 @@ impl Engine {
         // DataFusion's default is 1 MiB: a hash join of two partitioned inputs
         // repartitions its probe side by the keys, usually the larger input, to build
         // tables of a few MiB in parallel. At TPC-H SF 10 on 2 threads that made q8, q9
-        // and q17 20-30 % faster, no query slower beyond noise (docs/benchmarks.md).
+        // and q17 20-30 % faster; the other plans that changed were faster too
+        // (docs/benchmarks.md).
         // (A cluster keeps Ballista's 128 MiB, set above.)
         let broadcast_limit = options
             .join

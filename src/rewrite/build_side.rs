@@ -7,11 +7,11 @@
 //! join that keeps 700 K of 60 M rows is estimated as large as the 60 M rows' columns. In
 //! TPC-H q21 at scale 10 that made it build the anti join on 38 M `lineitem` rows (1.2 GB)
 //! instead of the 700 K rows of the joins below, 5.3 s against 3.7 s. [`BuildSmallerSide`]
-//! runs after `JoinSelection` and swaps a hash join's inputs back (partitioned or broadcast)
-//! when its build side is more than twice its probe side by rows × width (plus a hash-table entry
-//! per row). (The margin leaves
-//! DataFusion's choice where the two are close: its scan byte sizes are read from the
-//! files, where widths here are guessed for text.)
+//! runs after `JoinSelection` and swaps a hash join's inputs back (partitioned or
+//! broadcast) when its build side is more than twice its probe side by rows × width (plus a
+//! hash-table entry per row). (The margin leaves DataFusion's choice where the two are
+//! close: its scan byte sizes are read from the files, where widths here are guessed for
+//! text.)
 
 use std::sync::Arc;
 
