@@ -17,13 +17,20 @@
 //! projection that gives back the `COUNT`'s name and its 0 for no rows
 //! (`COALESCE(SUM(...), 0)`), so that DataFusion's rule applies. It changes nothing where
 //! DataFusion's rule would then not apply.
+//!
+//! DataFusion's rule sums the groups' sums, and the sum of a `DECIMAL(p, s)` is a
+//! `DECIMAL(p + 10, s)`: a decimal `SUM` beside a distinct aggregate came out 10 digits wider
+//! than the plan above it expects (DataFusion 55: `HAVING SUM(price) < 5000` then failed with
+//! "Invalid comparison operation: Decimal128(35, 2) < Decimal128(25, 2)"). The same
+//! projection casts such a sum back to its type.
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::Transformed;
-use datafusion::common::{Column, HashSet, Result};
+use datafusion::common::{Column, DFSchema, HashSet, Result};
 use datafusion::functions::core::expr_fn::coalesce;
 use datafusion::functions_aggregate::sum::sum_udaf;
 use datafusion::logical_expr::expr::{AggregateFunction, AggregateFunctionParams};
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, lit, when};
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, cast, lit, when};
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
@@ -31,12 +38,14 @@ use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 #[derive(Debug)]
 pub(super) struct CountsBesideDistinct;
 
-/// What the aggregates of `aggr_expr` are, if DataFusion's single-distinct rewrite applies
-/// to them once their `COUNT`s are sums: whether any is a `COUNT` to rewrite.
-fn counts_to_rewrite(aggr_expr: &[Expr]) -> bool {
+/// Whether DataFusion's single-distinct rewrite applies to `aggr_expr` once their `COUNT`s
+/// are sums, and this rule has something to prepare: a `COUNT` to write as a sum, or a
+/// decimal `SUM` (of the aggregation's `schema`) whose type the split would widen.
+fn to_rewrite(aggr_expr: &[Expr], schema: &DFSchema, groups: usize) -> bool {
     let mut distinct_args = HashSet::new();
     let mut counts = 0;
-    for e in aggr_expr {
+    let mut decimal_sums = 0;
+    for (i, e) in aggr_expr.iter().enumerate() {
         let Expr::AggregateFunction(AggregateFunction { func, params }) = e else {
             return false;
         };
@@ -48,11 +57,24 @@ fn counts_to_rewrite(aggr_expr: &[Expr]) -> bool {
             distinct_args.extend(params.args.iter());
         } else if name == "count" {
             counts += 1;
-        } else if !matches!(name.as_str(), "sum" | "min" | "max") {
+        } else if name == "sum" {
+            decimal_sums += usize::from(is_decimal(schema.field(groups + i).data_type()));
+        } else if !matches!(name.as_str(), "min" | "max") {
             return false;
         }
     }
-    counts > 0 && distinct_args.len() == 1
+    counts + decimal_sums > 0 && distinct_args.len() == 1
+}
+
+/// Whether values of `t` are decimals, whose `SUM` is 10 digits wider than its argument.
+fn is_decimal(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Decimal32(..)
+            | DataType::Decimal64(..)
+            | DataType::Decimal128(..)
+            | DataType::Decimal256(..)
+    )
 }
 
 /// `COUNT(a, b)` as `SUM(CASE WHEN a IS NOT NULL AND b IS NOT NULL THEN 1 ELSE 0 END)`.
@@ -82,8 +104,11 @@ impl OptimizerRule for CountsBesideDistinct {
         "sluice_counts_beside_distinct"
     }
 
+    // After its inputs: a rewritten aggregate is not visited again in the same pass, where
+    // (top down) the optimizer would go on into the new projection's input, find a decimal
+    // sum beside the distinct count again and wrap it again, without end.
     fn apply_order(&self) -> Option<ApplyOrder> {
-        Some(ApplyOrder::TopDown)
+        Some(ApplyOrder::BottomUp)
     }
 
     fn supports_rewrite(&self) -> bool {
@@ -99,7 +124,7 @@ impl OptimizerRule for CountsBesideDistinct {
             return Ok(Transformed::no(plan));
         };
         if matches!(agg.group_expr.first(), Some(Expr::GroupingSet(_)))
-            || !counts_to_rewrite(&agg.aggr_expr)
+            || !to_rewrite(&agg.aggr_expr, &agg.schema, agg.group_expr.len())
         {
             return Ok(Transformed::no(LogicalPlan::Aggregate(agg)));
         }
@@ -142,11 +167,15 @@ impl OptimizerRule for CountsBesideDistinct {
             .map(|i| {
                 let (qualifier, field) = rewritten.schema.qualified_field(i);
                 let value = Expr::Column(Column::new(qualifier.cloned(), field.name()));
+                let (qualifier, field) = schema.qualified_field(i);
                 let value = match i.checked_sub(groups) {
                     Some(a) if counts[a] => coalesce(vec![value, lit(0i64)]),
+                    // (A no-op until DataFusion's split sums the sums, one type wider.)
+                    Some(_) if is_decimal(field.data_type()) => {
+                        cast(value, field.data_type().clone())
+                    }
                     _ => value,
                 };
-                let (qualifier, field) = schema.qualified_field(i);
                 value.alias_qualified(qualifier.cloned(), field.name())
             })
             .collect::<Vec<_>>();
@@ -160,6 +189,7 @@ impl OptimizerRule for CountsBesideDistinct {
 
 #[cfg(test)]
 mod tests {
+    use datafusion::arrow::datatypes::DataType;
     use datafusion::arrow::util::pretty::pretty_format_batches;
 
     use super::super::testing::{answer, session};
@@ -217,6 +247,89 @@ mod tests {
             let (_, want) = answer(&theirs, sql).await;
             assert_eq!(got, want, "{sql}\n{plan}");
             assert_eq!(plan.contains("alias1"), split, "{sql}\n{plan}");
+        }
+    }
+
+    /// A decimal `SUM` beside a distinct count keeps its type through DataFusion's split, so
+    /// a `HAVING` on it runs (DataFusion 55 alone fails: "Invalid comparison operation:
+    /// Decimal128(35, 2) < Decimal128(25, 2)"), grouped and not, with and without a `COUNT`
+    /// beside; the groups, sums and distinct counts are computed here from `t`'s formulas.
+    #[tokio::test]
+    async fn a_decimal_sum_beside_a_distinct_count_keeps_its_type() {
+        use std::collections::{BTreeMap, BTreeSet};
+        // Per group `k` (None: NULL): the sum of `v` in cents, and the distinct `x`.
+        let mut groups: BTreeMap<Option<i64>, (i64, BTreeSet<i64>)> = BTreeMap::new();
+        let mut all: (i64, BTreeSet<i64>) = Default::default();
+        for value in 1..=20000i64 {
+            let k = (value % 11 != 0).then(|| (value * 7919) % 7);
+            let x = (value % 13 != 0).then(|| (value * 104729) % 3001);
+            let v = (value % 5 != 0).then_some(value % 1000);
+            for g in [groups.entry(k).or_default(), &mut all] {
+                g.0 += v.unwrap_or(0) * 100;
+                g.1.extend(x);
+            }
+        }
+        let mut sums: Vec<i64> = groups.values().map(|g| g.0).collect();
+        sums.sort_unstable();
+        let bound = sums[sums.len() / 2];
+        let cents = |c: i64| format!("{}.{:02}", c / 100, c % 100);
+        let want: Vec<String> = groups
+            .iter()
+            .filter(|(_, g)| g.0 < bound)
+            .map(|(k, g)| {
+                let k = k.map_or(String::new(), |k| k.to_string());
+                format!("{k}|{}|{}", cents(g.0), g.1.len())
+            })
+            .collect();
+        assert!(!want.is_empty() && want.len() < groups.len(), "{want:?}");
+        let ours = session(true, None);
+        ours.sql(T).await.unwrap();
+        let d = "CAST(v AS DECIMAL(15, 2))";
+        let rows = |batches: &[datafusion::arrow::record_batch::RecordBatch]| -> Vec<String> {
+            pretty_format_batches(batches)
+                .unwrap()
+                .to_string()
+                .lines()
+                .skip(3)
+                .filter(|l| l.starts_with('|'))
+                .map(|l| {
+                    let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+                    cells.join("|")
+                })
+                .collect()
+        };
+        for count in ["", ", COUNT(*) AS n"] {
+            let sql = format!(
+                "SELECT k, SUM({d}) AS s, COUNT(DISTINCT x) AS dx{count} FROM t GROUP BY k \
+                 HAVING SUM({d}) < {} ORDER BY k NULLS FIRST",
+                cents(bound)
+            );
+            let got = ours.sql(&sql).await.unwrap().collect().await;
+            let got = got.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            // The sum comes out as SQL types it: DECIMAL(15 + 10, 2).
+            for batch in &got {
+                let sum_type = batch.schema().field(1).data_type().clone();
+                assert_eq!(sum_type, DataType::Decimal128(25, 2), "{sql}");
+            }
+            let got: Vec<String> = rows(&got)
+                .iter()
+                .map(|r| r.splitn(4, '|').take(3).collect::<Vec<_>>().join("|"))
+                .collect();
+            assert_eq!(got, want, "{sql}");
+            let whole = format!(
+                "SELECT SUM({d}) AS s, COUNT(DISTINCT x) AS dx{count} FROM t HAVING SUM({d}) > 0"
+            );
+            let got = ours.sql(&whole).await.unwrap().collect().await;
+            let got = got.unwrap_or_else(|e| panic!("{whole}: {e}"));
+            let got: Vec<String> = rows(&got)
+                .iter()
+                .map(|r| r.splitn(3, '|').take(2).collect::<Vec<_>>().join("|"))
+                .collect();
+            assert_eq!(
+                got,
+                vec![format!("{}|{}", cents(all.0), all.1.len())],
+                "{whole}"
+            );
         }
     }
 
