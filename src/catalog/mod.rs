@@ -689,8 +689,7 @@ pub(crate) async fn register_manifest(
     );
     let committed_at = manifest.committed();
     let files = manifest
-        .files
-        .iter()
+        .data_files()
         .map(|f| (location.child(&f.path), f.bytes));
     let view_store: Arc<dyn object_store::ObjectStore> = Arc::new(
         crate::table::view::ManifestStore::new(store, files, committed_at),

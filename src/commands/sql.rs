@@ -270,7 +270,7 @@ pub async fn run_sql(
                 &existing,
                 &spec,
                 &run_id,
-                staged.columns,
+                &staged.schema,
                 staged.files,
                 None,
             )
@@ -381,7 +381,7 @@ async fn on_cluster(
         })?;
     let slot = sink::UnitSlot::attempt(crate::units::WHOLE_KEY);
     let stage = sink::exec::StageTarget::new(&spec, &staging, run_id, &slot);
-    let columns = crate::table::manifest_columns(&plan.schema());
+    let schema = plan.schema();
     let staged = cluster.stage(plan, stage, &config, "sql", &|_| {}).await;
     let mut files = match staged {
         Ok((files, _)) => files,
@@ -391,7 +391,7 @@ async fn on_cluster(
         }
     };
     files.sort_by(|a, b| a.file.path.cmp(&b.file.path));
-    let committed = sink::publish(output, existing, &spec, run_id, columns, files, None).await?;
+    let committed = sink::publish(output, existing, &spec, run_id, &schema, files, None).await?;
     Ok(SqlSummary {
         rows: committed.rows,
         files: committed.new_files,

@@ -814,7 +814,7 @@ impl<'a> ModelRun<'a> {
             &self.existing,
             &self.spec,
             cx.run_id,
-            table::manifest_columns(self.schema),
+            self.schema,
             files,
             periods,
         )

@@ -782,7 +782,7 @@ async fn cluster_attempt(
     files.sort_by(|a, b| a.file.path.cmp(&b.file.path));
     let staged = sink::UnitOutput {
         files,
-        columns: crate::table::manifest_columns(&schema),
+        schema: Arc::clone(&schema),
     };
     bar.rows(staged.rows());
     let mut tables = cx.dag.tables_read(cx.pipeline, &model.name);

@@ -172,6 +172,7 @@ impl StageExec {
                         bytes: bytes.value(i),
                         period: None,
                         merged: Vec::new(),
+                        schema_only: false,
                     },
                 });
             }

@@ -28,9 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Format, ParquetCompression, WriteMode};
 use crate::store::Location;
-use crate::table::{
-    CommitError, CommitFailure, Ended, ManifestColumn, ManifestFile, Output, StagedFile,
-};
+use crate::table::{CommitError, CommitFailure, Ended, ManifestFile, Output, StagedFile};
 use partition::Partitioner;
 use writer::{FileWriter, WriteError};
 
@@ -219,8 +217,8 @@ impl Drop for AbortOnDrop {
 pub(crate) struct UnitOutput {
     /// Its files.
     pub files: Vec<StagedFile>,
-    /// The result's columns.
-    pub columns: Vec<ManifestColumn>,
+    /// The result's schema.
+    pub schema: SchemaRef,
 }
 
 impl UnitOutput {
@@ -355,26 +353,7 @@ pub(crate) async fn stage_into(
 ) -> Result<UnitOutput, SinkError> {
     let unit = slot.unit.clone();
     let schema = input.schema();
-    let partitioner = Partitioner::new(&schema, &spec.partition_by).map_err(|column| {
-        SinkError::PartitionColumn {
-            location: spec.location.to_string(),
-            column,
-            available: schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        }
-    })?;
-    let file_schema = partitioner.file_schema(&schema);
-    if file_schema.fields().is_empty() {
-        return Err(SinkError::Invalid {
-            location: spec.location.to_string(),
-            message: "every column is a partition column: the files would have no columns".into(),
-        });
-    }
-    let columns = crate::table::manifest_columns(&schema);
+    let (partitioner, file_schema) = partitioner(spec, &schema)?;
     let max_lanes_per_partition = if spec.preserve_order {
         1
     } else {
@@ -494,8 +473,87 @@ pub(crate) async fn stage_into(
     }
     guard.armed = false;
     files.sort_by(|a, b| a.file.path.cmp(&b.file.path));
-    Ok(UnitOutput { files, columns })
+    Ok(UnitOutput { files, schema })
 }
+
+/// How rows of `schema` are split into `spec`'s partitions, and the columns of its files
+/// (the others).
+fn partitioner(spec: &SinkSpec, schema: &SchemaRef) -> Result<(Partitioner, SchemaRef), SinkError> {
+    let partitioner = Partitioner::new(schema, &spec.partition_by).map_err(|column| {
+        SinkError::PartitionColumn {
+            location: spec.location.to_string(),
+            column,
+            available: schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    })?;
+    let file_schema = partitioner.file_schema(schema);
+    if file_schema.fields().is_empty() {
+        return Err(SinkError::Invalid {
+            location: spec.location.to_string(),
+            message: "every column is a partition column: the files would have no columns".into(),
+        });
+    }
+    Ok((partitioner, file_schema))
+}
+
+/// Stages the file a version with no rows lists: no rows, the columns of `schema` (a CSV
+/// file's header line; JSON lines have no header, so its file is empty). Without it the
+/// folder would hold no data file, and its readers would find neither rows nor columns:
+/// DuckDB's `read_parquet('out/*.parquet')` fails ("No files found"), pyarrow's dataset has
+/// no columns. In a partitioned output it is in the NULL partition's folder
+/// (`p=__HIVE_DEFAULT_PARTITION__/`), as every file there is in a partition's folder: readers
+/// then find the partition columns too (with no row in that partition). The manifest marks it
+/// [`ManifestFile::schema_only`].
+async fn stage_schema_file(
+    output: &Output,
+    spec: &SinkSpec,
+    schema: &SchemaRef,
+    run_id: &str,
+) -> Result<StagedFile, SinkError> {
+    let (_, file_schema) = partitioner(spec, schema)?;
+    let staging = output.staging().ok_or_else(|| SinkError::Invalid {
+        location: spec.location.to_string(),
+        message: "refusing to write an output at the root of a store: name a folder".into(),
+    })?;
+    let name = format!("part-00000-{run_id}.{}", spec.format.extension());
+    let rel = if spec.partition_by.is_empty() {
+        name
+    } else {
+        let nulls = vec![None; spec.partition_by.len()];
+        let folder = crate::table::hive::partition_path(&spec.partition_by, &nulls);
+        format!("{folder}/{name}")
+    };
+    let staged = staged_path(SCHEMA_UNIT, &rel);
+    let key = staging.key(run_id, &staged);
+    let written = async {
+        let w = FileWriter::create(
+            output.store(),
+            key.clone(),
+            spec.format,
+            spec.compression,
+            file_schema,
+            None,
+        )?;
+        w.finish().await
+    };
+    let bytes = written.await.map_err(|e| SinkError::Write {
+        key: spec.location.display_key(&key),
+        message: e.message,
+        transient: e.transient,
+    })?;
+    let mut file = staged_file(SCHEMA_UNIT, rel, 0, bytes);
+    file.file.schema_only = true;
+    Ok(file)
+}
+
+/// The staging folder of the file [`stage_schema_file`] writes (no unit's name: those are
+/// hexadecimal keys or periods).
+const SCHEMA_UNIT: &str = "_schema";
 
 /// Publishes the files staged by a run's units as the new version of the output (the commit
 /// point is the manifest write).
@@ -504,10 +562,14 @@ pub(crate) async fn publish(
     existing: &crate::table::Existing,
     spec: &SinkSpec,
     run_id: &str,
-    columns: Vec<ManifestColumn>,
+    schema: &SchemaRef,
     mut files: Vec<StagedFile>,
     periods: Option<&crate::table::PeriodWrite>,
 ) -> Result<Committed, SinkError> {
+    let kept = crate::table::kept_files(existing, spec.mode, &spec.partition_by, &files, periods);
+    if files.is_empty() && kept.is_empty() {
+        files.push(stage_schema_file(output, spec, schema, run_id).await?);
+    }
     files.sort_by(|a, b| a.file.path.cmp(&b.file.path));
     let rows = files.iter().map(|f| f.file.rows).sum();
     let new_files: Vec<String> = files
@@ -522,7 +584,7 @@ pub(crate) async fn publish(
                 mode: spec.mode,
                 format: spec.format.name(),
                 partition_by: &spec.partition_by,
-                columns,
+                columns: crate::table::manifest_columns(schema),
                 files,
                 append_id: spec.append_id.as_deref(),
                 periods,
@@ -554,7 +616,7 @@ pub(crate) async fn write(
         &existing,
         spec,
         run_id,
-        staged.columns,
+        &staged.schema,
         staged.files,
         None,
     )
@@ -751,6 +813,7 @@ fn staged_file(unit: &str, rel: String, rows: u64, bytes: u64) -> StagedFile {
             bytes,
             period: None,
             merged: Vec::new(),
+            schema_only: false,
         },
     }
 }
@@ -877,6 +940,144 @@ mod tests {
         }
     }
 
+    /// A version with no rows lists one file of the schema alone; a version with rows none.
+    /// Two writers append to an empty output at once, one of them no rows: in either commit
+    /// order the output ends with the other's rows and no file of the schema alone (the
+    /// writer of no rows, rebasing onto rows, drops its own and deletes it).
+    #[tokio::test]
+    async fn a_file_of_the_schema_alone_stands_only_for_a_version_of_no_rows() {
+        use datafusion::arrow::array::{Int64Array, StringArray};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::execution::memory_pool::GreedyMemoryPool;
+        use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("p", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+                Arc::new(StringArray::from(vec![Some("x"), None, Some("y")])),
+            ],
+        )
+        .unwrap();
+        let stream = |batches: Vec<RecordBatch>| {
+            Box::pin(RecordBatchStreamAdapter::new(
+                Arc::clone(&schema),
+                futures::stream::iter(batches.into_iter().map(Ok)),
+            )) as SendableRecordBatchStream
+        };
+        let spec = |mode| SinkSpec {
+            location: Location::parse("s3://lake/out/").unwrap(),
+            append_id: None,
+            format: Format::Parquet,
+            partition_by: vec!["p".to_string()],
+            mode,
+            target_rows_per_file: 1 << 30,
+            target_file_size: 1 << 40,
+            compression: ParquetCompression::None,
+            parallelism: 1,
+            buffer_budget: 1 << 30,
+            memory: Arc::new(GreedyMemoryPool::new(64 << 20)),
+            preserve_order: true,
+            adopt: false,
+            staging: None,
+        };
+        let objects = |store: Arc<dyn ObjectStore>| async move {
+            let listed: Vec<_> = store
+                .list(None)
+                .map(|m| m.unwrap().location)
+                .collect()
+                .await;
+            listed.iter().map(|p| p.to_string()).collect::<Vec<_>>()
+        };
+        for empty_first in [true, false] {
+            let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+            let append = spec(WriteMode::Append);
+            let (runs, inputs) = (
+                ["20260101T000000Z-aaaaaa", "20260101T000000Z-bbbbbb"],
+                [vec![], vec![batch.clone()]],
+            );
+            let mut writers = Vec::new();
+            for (run, input) in runs.iter().zip(inputs) {
+                let (output, existing) =
+                    prepare(Arc::clone(&store), &append, run, &Ended::default())
+                        .await
+                        .unwrap();
+                let slot = UnitSlot::attempt("u");
+                let staged = stage_unit(&output, &append, stream(input), run, slot, &|_| {})
+                    .await
+                    .unwrap();
+                writers.push((output, existing, run, staged));
+            }
+            if !empty_first {
+                writers.reverse();
+            }
+            for (output, existing, run, staged) in &writers {
+                publish(
+                    output,
+                    existing,
+                    &append,
+                    run,
+                    &schema,
+                    staged.files.clone(),
+                    None,
+                )
+                .await
+                .unwrap();
+            }
+            let manifest = writers[0].0.read_manifest().await.unwrap().unwrap();
+            assert_eq!(manifest.rows, 3, "empty first: {empty_first}");
+            assert!(manifest.files.iter().all(|f| !f.schema_only && f.rows > 0));
+            let listed = objects(Arc::clone(&store)).await;
+            assert!(
+                !listed.iter().any(|k| k.contains("/part-00000-")),
+                "empty first: {empty_first}: {listed:?}"
+            );
+
+            // Overwritten with no rows: one file of the schema alone, in the NULL partition.
+            let overwrite = spec(WriteMode::Overwrite);
+            let run = "20260101T000001Z-cccccc";
+            let (output, existing) =
+                prepare(Arc::clone(&store), &overwrite, run, &Ended::default())
+                    .await
+                    .unwrap();
+            let staged = stage_unit(
+                &output,
+                &overwrite,
+                stream(vec![]),
+                run,
+                UnitSlot::attempt("u"),
+                &|_| {},
+            )
+            .await
+            .unwrap();
+            assert!(staged.files.is_empty());
+            publish(
+                &output,
+                &existing,
+                &overwrite,
+                run,
+                &schema,
+                staged.files,
+                None,
+            )
+            .await
+            .unwrap();
+            let manifest = output.read_manifest().await.unwrap().unwrap();
+            let want = format!("p=__HIVE_DEFAULT_PARTITION__/part-00000-{run}.parquet");
+            assert_eq!(manifest.rows, 0);
+            assert_eq!(manifest.files.len(), 1);
+            assert!(manifest.files[0].schema_only && manifest.files[0].path == want);
+            assert_eq!(manifest.data_files().count(), 0);
+            let listed = objects(Arc::clone(&store)).await;
+            let data: Vec<_> = listed.iter().filter(|k| k.contains("/part-")).collect();
+            assert_eq!(data, vec![&format!("out/{want}")]);
+        }
+    }
+
     /// On S3, where a publish moves each file with one CopyObject (at most 5 GiB), a staged
     /// file larger than that fails the publish before anything moves: the message names the
     /// file and the limit, the file is still staged, and no manifest is written. (The store is
@@ -900,6 +1101,7 @@ mod tests {
                 bytes,
                 period: None,
                 merged: Vec::new(),
+                schema_only: false,
             },
         };
         let files = vec![

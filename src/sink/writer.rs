@@ -165,6 +165,8 @@ enum Inner {
     Text {
         out: Box<BufWriter>,
         format: Format,
+        /// The file's columns: a CSV file that gets no rows still gets its header line.
+        schema: SchemaRef,
         header_pending: bool,
         bytes: u64,
     },
@@ -212,6 +214,7 @@ impl FileWriter {
             Format::Csv | Format::Json => Inner::Text {
                 out: Box::new(out),
                 format,
+                schema,
                 header_pending: true,
                 bytes: 0,
             },
@@ -310,6 +313,7 @@ impl FileWriter {
                 format,
                 header_pending,
                 bytes,
+                ..
             } => {
                 let mut buf = Vec::with_capacity(64 * 1024);
                 let mut ends = Vec::with_capacity(n);
@@ -369,7 +373,20 @@ impl FileWriter {
                 let bytes = w.bytes_written() as u64;
                 Ok(bytes)
             }
-            Inner::Text { mut out, bytes, .. } => {
+            Inner::Text {
+                mut out,
+                format,
+                schema,
+                header_pending,
+                mut bytes,
+            } => {
+                if header_pending && format == Format::Csv {
+                    let mut header = Vec::new();
+                    let empty = RecordBatch::new_empty(schema);
+                    write_csv(&empty, true, &mut header, &mut Vec::new())?;
+                    out.write_all(&header).await?;
+                    bytes += header.len() as u64;
+                }
                 out.shutdown().await?;
                 Ok(bytes)
             }

@@ -187,12 +187,10 @@ fn kept_of(
     staged: &[StagedFile],
     periods: Option<&PeriodWrite>,
 ) -> Vec<ManifestFile> {
+    // A file of the schema alone is never kept: a new version with no rows lists its own.
+    let current: Vec<ManifestFile> = current.iter().filter(|f| !f.schema_only).cloned().collect();
     if let Some(periods) = periods {
-        return current
-            .iter()
-            .filter(|f| periods.keeps(f))
-            .cloned()
-            .collect();
+        return current.into_iter().filter(|f| periods.keeps(f)).collect();
     }
     let new_partitions: BTreeSet<String> = staged
         .iter()
@@ -202,11 +200,10 @@ fn kept_of(
         WriteMode::Overwrite | WriteMode::ErrorIfExists => Vec::new(),
         // Without partitions, the whole output is the one partition.
         WriteMode::OverwritePartitions if partition_by.is_empty() => Vec::new(),
-        WriteMode::Append => current.to_vec(),
+        WriteMode::Append => current,
         WriteMode::OverwritePartitions => current
-            .iter()
+            .into_iter()
             .filter(|f| !new_partitions.contains(&partition_key(f.partition())))
-            .cloned()
             .collect(),
     }
 }
@@ -481,6 +478,7 @@ impl Output {
                     bytes: *bytes,
                     period: None,
                     merged: Vec::new(),
+                    schema_only: false,
                 })
                 .collect();
         }
@@ -748,6 +746,11 @@ impl Output {
                 periods,
             );
             files.extend(staged.iter().cloned());
+            // A file of the schema alone only stands for a version with no other file (a
+            // writer committed rows first, this one's rebase finds them).
+            if files.iter().any(|f| !f.schema_only) {
+                files.retain(|f| !f.schema_only);
+            }
             files.sort_by(|a, b| a.path.cmp(&b.path));
             let mut manifest = Manifest::new(run_id, format, partition_by, columns.clone(), files);
             if mode == WriteMode::Append {
@@ -832,6 +835,7 @@ impl Output {
         let listed: BTreeSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
         let mut replaced: Vec<String> = base_files
             .iter()
+            .chain(&staged)
             .map(|f| f.path.clone())
             .filter(|p| !listed.contains(p.as_str()))
             .collect();
@@ -1225,6 +1229,7 @@ mod tests {
             bytes: 1,
             period: None,
             merged: Vec::new(),
+            schema_only: false,
         }
     }
 
@@ -1249,10 +1254,52 @@ mod tests {
         assert_eq!(kept, vec![file("p=x/part-old.parquet")]);
     }
 
+    /// The file of the schema alone that a version of no rows lists is kept by no write:
+    /// appended to, its partition overwritten or not, its periods kept or not.
+    #[test]
+    fn a_file_of_the_schema_alone_is_never_kept() {
+        let schema = ManifestFile {
+            rows: 0,
+            schema_only: true,
+            ..file("p=__HIVE_DEFAULT_PARTITION__/part-00000-old.parquet")
+        };
+        let parts = ["p".to_string()];
+        let staged = staged_as(&[file("p=x/part-new.parquet")]);
+        for mode in [
+            WriteMode::Append,
+            WriteMode::OverwritePartitions,
+            WriteMode::Overwrite,
+        ] {
+            for staged in [&staged[..], &[]] {
+                let current = [schema.clone(), file("p=y/part-old.parquet")];
+                let kept = kept_of(&current, mode, &parts, staged, None);
+                let want = match mode {
+                    WriteMode::Overwrite => vec![],
+                    _ => vec![file("p=y/part-old.parquet")],
+                };
+                assert_eq!(kept, want, "{mode:?}");
+            }
+        }
+        let current = [of_period(&schema.path, "2024-01-01")];
+        let current = [ManifestFile {
+            schema_only: true,
+            ..current[0].clone()
+        }];
+        let kept = kept_of(
+            &current,
+            WriteMode::Overwrite,
+            &parts,
+            &[],
+            Some(&write(&["2024-01-02"], false)),
+        );
+        assert_eq!(kept, vec![]);
+    }
+
     fn of_period(path: &str, period: &str) -> ManifestFile {
         ManifestFile {
             period: Some(period.into()),
             merged: Vec::new(),
+            schema_only: false,
             ..file(path)
         }
     }

@@ -157,6 +157,12 @@ pub struct ManifestFile {
     /// been published): a resumed run tells from them that its units' files are published.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged: Vec<String>,
+    /// A file of no rows that only carries the output's columns: a version with no rows
+    /// lists one, so that readers of the folder (DuckDB's and Spark's globs, pyarrow's
+    /// datasets) find a file and its schema (see [`crate::sink::stage_schema_file`]).
+    /// sluice's own reads skip it, and the next version with rows drops it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub schema_only: bool,
 }
 
 impl ManifestFile {
@@ -197,16 +203,20 @@ impl Manifest {
         crate::config::parse_timestamp(&self.committed_at).unwrap_or_else(chrono::Utc::now)
     }
 
-    /// The version's files as objects of the output folder at `location`, sorted by key:
-    /// exact sizes, the commit time as their modification time.
+    /// The version's files of rows: every file but a [`ManifestFile::schema_only`] one.
+    pub(crate) fn data_files(&self) -> impl Iterator<Item = &ManifestFile> {
+        self.files.iter().filter(|f| !f.schema_only)
+    }
+
+    /// The version's files of rows as objects of the output folder at `location`, sorted by
+    /// key: exact sizes, the commit time as their modification time.
     pub(crate) fn objects(
         &self,
         location: &crate::store::Location,
     ) -> Vec<object_store::ObjectMeta> {
         let committed = self.committed();
         let mut files: Vec<_> = self
-            .files
-            .iter()
+            .data_files()
             .map(|f| object_store::ObjectMeta {
                 location: location.child(&f.path),
                 last_modified: committed,
@@ -244,6 +254,7 @@ mod tests {
             bytes: 1,
             period: None,
             merged: Vec::new(),
+            schema_only: false,
         };
         assert_eq!(f("a=1/b=2/part.parquet").partition(), "a=1/b=2");
         assert_eq!(f("part.parquet").partition(), "");

@@ -23,7 +23,7 @@ pub(crate) use commit::{
     CommitError, CommitFailure, Existing, NewVersion, Output, PeriodWrite, StagedFile, kept_files,
 };
 pub(crate) use heal::Ended;
-pub(crate) use manifest::{Manifest, ManifestColumn, ManifestFile, manifest_columns};
+pub(crate) use manifest::{Manifest, ManifestFile, manifest_columns};
 
 /// Whether a relative path inside an output folder is a data file (not the manifest, the
 /// marker, staging, or a hidden `_` / `.` entry).

@@ -285,8 +285,20 @@ fn an_empty_result_is_a_valid_output_for_downstream_models() {
     let (_, r) = run_with_report(dir.path(), &[], 0);
     let none = report_model(&r, "none");
     assert_eq!(none["rows_out"], 0);
+    // One file of no rows, for readers of the folder to find the columns in (see
+    // encodings::an_output_with_no_rows_is_read_as_its_columns_by_every_reader).
     let m = read_json(&dir.path().join("out/none/_MANIFEST"));
-    assert_eq!(m["files"].as_array().unwrap().len(), 0);
+    let files = m["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{m}");
+    assert_eq!(
+        (&files[0]["rows"], &files[0]["schema_only"]),
+        (&0.into(), &true.into())
+    );
+    let path = files[0]["path"].as_str().unwrap();
+    assert!(
+        path.starts_with("order_date=__HIVE_DEFAULT_PARTITION__/part-00000-"),
+        "{path}"
+    );
     let run = sluice(
         dir.path(),
         &[
