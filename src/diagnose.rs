@@ -68,6 +68,15 @@ pub(crate) async fn explain(
     err: &DataFusionError,
 ) -> String {
     let message = describe_datafusion(err);
+    if disk_full(err) {
+        // The query's own writes are its spill files (sorts, aggregations, joins, files read
+        // once for many units): an output's are reported by the sink, naming the file.
+        return format!(
+            "{message}: the disk of the spill folder {} (spill_dir) is full; free space there, \
+             set spill_dir to a folder on a larger disk, or raise memory_limit so that less spills",
+            engine.spill_folder().display()
+        );
+    }
     let Some(trouble) = trouble(&message) else {
         return message;
     };
@@ -84,6 +93,26 @@ pub(crate) async fn explain(
         }
     }
     message
+}
+
+/// Whether `err` is, or was caused by, a disk that is full (ENOSPC).
+fn disk_full(err: &DataFusionError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::StorageFull
+        {
+            return true;
+        }
+        if let Some(DataFusionError::Shared(inner)) = e.downcast_ref::<DataFusionError>()
+            && disk_full(inner)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    // (Errors that carry the operating system's words only.)
+    err.to_string().contains("No space left on device")
 }
 
 /// The first file of a source at fault, as `file:line: reason` (a row that does not parse)

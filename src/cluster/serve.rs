@@ -104,9 +104,24 @@ pub async fn executor(options: ExecutorOptions) -> Result<(), ClusterError> {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("sluice-executor-{}", options.bind.port())),
     };
-    std::fs::create_dir_all(&work_dir)
-        .map_err(|e| ClusterError::Serve(format!("cannot create {}: {e}", work_dir.display())))?;
-    let spill = work_dir.clone();
+    // The executor's own spill folder in the work folder; those of executors killed before
+    // (with their spill files) are removed.
+    let (spill_folder, removed) =
+        crate::engine::spill::SpillFolder::create(&work_dir).map_err(|e| {
+            ClusterError::Serve(format!(
+                "cannot create a spill folder in {}: {e}",
+                work_dir.display()
+            ))
+        })?;
+    if removed.folders > 0 {
+        tracing::info!(
+            folder = %work_dir.display(),
+            "removed {} spill folder(s) of ended executors ({} bytes)",
+            removed.folders,
+            removed.bytes
+        );
+    }
+    let spill = spill_folder.path().to_path_buf();
     // Each job's runtime: the stores its settings bring, spills in the work folder.
     // (Ballista wraps it with each task's share of the memory pool.)
     let runtime: RuntimeProducer = Arc::new(move |config: &SessionConfig| {

@@ -5,12 +5,14 @@
 //! - [`execution`]: a running query, and what its plan measured (rows per table, spills, joins);
 //! - [`limits`]: the threads and memory a run uses, from the settings or the cgroup's limits;
 //! - [`pool`]: the memory pool, with a bounded overdraft for merges of sorted data;
+//! - [`spill`]: the process's spill folder, and the removal of those of killed processes;
 //! - [`udf`]: sluice's SQL functions.
 
 mod execution;
 pub mod limits;
 mod planner;
 pub mod pool;
+pub(crate) mod spill;
 pub mod udf;
 
 pub use execution::{Execution, FileVersion, ScanRows, file_version, files_read};
@@ -57,7 +59,8 @@ pub struct EngineOptions {
     pub memory_limit: Option<usize>,
     /// Worker threads and target partitions (`None`: the number of cores).
     pub threads: Option<usize>,
-    /// Folder for spill files (`None`: the system's temporary folder).
+    /// Folder in which the process makes its spill folder (`None`: the system's temporary
+    /// folder, `std::env::temp_dir`).
     pub spill_dir: Option<PathBuf>,
     /// How hash joins run under the memory limit.
     pub join: JoinOptions,
@@ -88,6 +91,8 @@ pub struct Engine {
     options: EngineOptions,
     /// The files of each source (by name) as registering it listed them, in path order.
     listed: Mutex<HashMap<String, Vec<ObjectMeta>>>,
+    /// Where DataFusion spills (after `ctx`: the session goes first).
+    _spill: spill::SpillFolder,
 }
 
 impl Engine {
@@ -175,14 +180,25 @@ impl Engine {
         }
         // Spilling sorts merge at most 16 runs at once: with the default fan-in a tight pool
         // fails with "Not enough memory to continue external sort".
-        let mut disk = DiskManagerBuilder::default().with_max_spill_merge_fan_in(16);
-        if let Some(dir) = &options.spill_dir {
-            std::fs::create_dir_all(dir).map_err(|source| EngineError::SpillDir {
-                path: dir.clone(),
+        let spill_root = options.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let (spill, removed) =
+            spill::SpillFolder::create(&spill_root).map_err(|source| EngineError::SpillDir {
+                path: spill_root.clone(),
                 source,
             })?;
-            disk = disk.with_mode(DiskManagerMode::Directories(vec![dir.clone()]));
+        if removed.folders > 0 {
+            tracing::info!(
+                folder = %spill_root.display(),
+                "removed {} spill folder(s) of ended sluice processes ({} bytes)",
+                removed.folders,
+                removed.bytes
+            );
         }
+        let disk = DiskManagerBuilder::default()
+            .with_max_spill_merge_fan_in(16)
+            .with_mode(DiskManagerMode::Directories(vec![
+                spill.path().to_path_buf(),
+            ]));
         runtime = runtime.with_disk_manager_builder(disk);
         // No listing cache: outputs change within a run (a model publishes, then downstream
         // models read it) and views of one folder hold different files (a manifest's, a work
@@ -218,6 +234,7 @@ impl Engine {
             stores,
             options,
             listed: Mutex::default(),
+            _spill: spill,
         })
     }
 
@@ -234,6 +251,12 @@ impl Engine {
     /// The options the engine was built with.
     pub fn options(&self) -> &EngineOptions {
         &self.options
+    }
+
+    /// The folder the engine spills into (`spill_dir`, or the system's temporary folder), in
+    /// which this process has its own folder.
+    pub fn spill_folder(&self) -> &std::path::Path {
+        self._spill.root()
     }
 
     /// Keeps the files of `source` as registering it listed them (in path order), so that

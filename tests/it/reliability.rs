@@ -619,6 +619,104 @@ fn a_signal_stops_the_run_records_it_and_writes_the_report() {
     }
 }
 
+/// A run killed with SIGKILL while it spills leaves its spill files behind (nothing of the
+/// process runs to remove them); the next sluice process that spills in that folder removes
+/// them, and when it ends normally it leaves nothing of its own.
+#[test]
+fn spill_files_of_a_killed_run_are_removed_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("queries")).unwrap();
+    std::fs::write(
+        d.join("sluice.toml"),
+        "name = \"spills\"\n[settings]\nmemory_limit = \"32MiB\"\nspill_dir = \"spill\"\n",
+    )
+    .unwrap();
+    // A sort of far more than 32 MiB: it spills, for tens of seconds in a debug build.
+    std::fs::write(
+        d.join("queries/sorted.sql"),
+        "SELECT value, md5(CAST(value AS VARCHAR)) AS h FROM range(20000000) ORDER BY h",
+    )
+    .unwrap();
+    let spilled = |d: &std::path::Path| -> Vec<String> {
+        crate::support::files_under(&d.join("spill"))
+            .into_iter()
+            .filter(|f| f.contains("/datafusion-"))
+            .collect()
+    };
+    let mut child = spawn_sluice(d, &["run", "."]);
+    let start = std::time::Instant::now();
+    while spilled(d).is_empty() {
+        assert!(start.elapsed().as_secs() < 120, "the run never spilled");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: kill only sends a signal to the child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+    child.wait().unwrap();
+    let left = spilled(d);
+    assert!(!left.is_empty());
+    let folder = left[0].split('/').next().unwrap().to_string();
+    assert!(folder.starts_with("sluice-spill-"), "{left:?}");
+
+    // The next run (the killed one resumed, over a small sort now) removes them.
+    std::fs::write(
+        d.join("queries/sorted.sql"),
+        "SELECT value, md5(CAST(value AS VARCHAR)) AS h FROM range(1000) ORDER BY h",
+    )
+    .unwrap();
+    sluice(d, &["run", "."]).expect(0);
+    assert!(!d.join("spill").join(&folder).exists());
+    assert_eq!(
+        crate::support::files_under(&d.join("spill")),
+        Vec::<String>::new()
+    );
+}
+
+/// A query that fills the disk of its spill folder fails naming the folder and the setting
+/// (the operating system's "No space left on device" names neither), and its spill files go.
+/// The disk is a 1 MiB tmpfs, which needs root (as CI runs): skipped, saying so, without.
+#[test]
+fn a_full_spill_disk_is_named_with_its_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spill = d.join("spill");
+    std::fs::create_dir_all(d.join("queries")).unwrap();
+    std::fs::create_dir_all(&spill).unwrap();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&spill)
+        .output();
+    if !mount.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: cannot mount a tmpfs here ({mount:?})");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(spill.clone());
+    std::fs::write(
+        d.join("sluice.toml"),
+        "name = \"full\"\n[settings]\nmemory_limit = \"32MiB\"\nspill_dir = \"spill\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("queries/sorted.sql"),
+        "SELECT value, md5(CAST(value AS VARCHAR)) AS h FROM range(3000000) ORDER BY h",
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "."]).expect(1);
+    let shown = format!(
+        "the disk of the spill folder {} (spill_dir) is full",
+        spill.display()
+    );
+    assert!(run.stderr.contains(&shown), "{}", run.stderr);
+    assert!(run.stderr.contains("sorted"), "{}", run.stderr);
+    assert_eq!(crate::support::files_under(&spill), Vec::<String>::new());
+}
+
 /// A model over a quarantined CSV source, past `max_bad_rows`.
 fn over_the_bad_row_limit(batches: &str) -> tempfile::TempDir {
     OneModel::new("items", "clean")
