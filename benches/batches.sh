@@ -9,6 +9,8 @@
 # Event-time data is usually laid out by time; the source here is lineitem sorted by
 # l_shipdate (written once by sluice itself), so each unit's filter prunes row groups.
 set -euo pipefail
+. "$(dirname "$0")/venv.sh"
+need_hyperfine
 sluice=$(realpath "${1:?usage: batches.sh SLUICE_BIN TPCH_PARQUET_DIR}")
 data=${2:?usage: batches.sh SLUICE_BIN TPCH_PARQUET_DIR}
 work=${WORK:-/tmp/sluice-bench-batches}

@@ -9,6 +9,8 @@
 #   pip install duckdb   # in a venv; DUCKDB_PYTHON below points at its python
 #   LIMIT=256MiB bash benches/join_memory.sh target/release/sluice /tmp/tpch-sf10
 set -uo pipefail
+. "$(dirname "$0")/venv.sh"
+need_hyperfine
 sluice=${1:?usage: join_memory.sh SLUICE_BIN TPCH_PARQUET_DIR}
 data=${2:?usage: join_memory.sh SLUICE_BIN TPCH_PARQUET_DIR}
 py=${DUCKDB_PYTHON:-python3}

@@ -8,6 +8,8 @@
 #   pip install duckdb   # in a venv; DUCKDB_PYTHON below points at its python
 #   bash benches/lineitem_partition.sh target/release/sluice /tmp/tpch-sf1-csv
 set -euo pipefail
+. "$(dirname "$0")/venv.sh"
+need_hyperfine
 sluice=${1:?usage: lineitem_partition.sh SLUICE_BIN CSV_DATA_DIR}
 data=${2:?usage: lineitem_partition.sh SLUICE_BIN CSV_DATA_DIR}
 py=${DUCKDB_PYTHON:-python3}

@@ -7,6 +7,8 @@
 #   target/release/sluice gen tpch --scale 1 --format csv --out /tmp/tpch-sf1-csv
 #   bash benches/quarantine.sh target/release/sluice /tmp/tpch-sf1-csv
 set -euo pipefail
+. "$(dirname "$0")/venv.sh"
+need_hyperfine
 sluice=${1:?usage: quarantine.sh SLUICE_BIN CSV_DATA_DIR}
 data=${2:?usage: quarantine.sh SLUICE_BIN CSV_DATA_DIR}
 work=${OUT:-/tmp/sluice-quarantine-bench}

@@ -22,6 +22,7 @@ out=${OUT:-/tmp/sluice-codecs}
 codecs=${CODECS:-"zstd(1) zstd(3) snappy lz4 none"}
 . "$(dirname "$0")/venv.sh"
 bench_venv
+need_hyperfine
 rm -rf "$out" && mkdir -p "$out"
 
 select="SELECT l_orderkey, l_partkey, l_suppkey, l_linenumber,

@@ -6,6 +6,8 @@
 #   target/release/sluice gen tpch --scale 1 --out /tmp/tpch-sf1
 #   bash benches/tpch.sh target/release/sluice target/release/deps/tpch_datafusion-HASH /tmp/tpch-sf1
 set -euo pipefail
+. "$(dirname "$0")/venv.sh"
+need_hyperfine
 sluice=${1:?usage: tpch.sh SLUICE_BIN DATAFUSION_BASELINE_BIN DATA_DIR}
 baseline=${2:?usage: tpch.sh SLUICE_BIN DATAFUSION_BASELINE_BIN DATA_DIR}
 data=${3:?usage: tpch.sh SLUICE_BIN DATAFUSION_BASELINE_BIN DATA_DIR}

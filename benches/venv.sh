@@ -3,9 +3,19 @@
 #
 #   . "$(dirname "$0")/venv.sh"
 #   bench_venv [PACKAGE ...]      # sets VENV (default ~/.cache/sluice-bench-venv) and $py
+#   need_hyperfine                # installs hyperfine (Debian's package) when it is missing
 #
 # The venv is made, or completed, when a package is missing; `import` names are the packages'
 # with dashes as underscores.
+need_hyperfine() {
+  command -v hyperfine >/dev/null && return
+  echo "installing hyperfine" >&2
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y -q hyperfine >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q hyperfine >/dev/null 2>&1; }
+  fi
+  command -v hyperfine >/dev/null || { echo "hyperfine is missing: install it (apt-get install hyperfine, or cargo install hyperfine)" >&2; exit 1; }
+}
 bench_venv() {
   VENV=${VENV:-$HOME/.cache/sluice-bench-venv}
   py="$VENV/bin/python"
