@@ -423,8 +423,10 @@ async fn print_result(
             shown_rows += take;
         }
     }
-    let table = datafusion::arrow::util::pretty::pretty_format_batches(&shown)
-        .map_err(|e| PrintError::Query(e.into()))?;
+    // (With the schema: a result of no rows still shows its columns.)
+    let table =
+        datafusion::arrow::util::pretty::pretty_format_batches_with_schema(stream.schema(), &shown)
+            .map_err(|e| PrintError::Query(e.into()))?;
     writeln!(out, "{table}").map_err(PrintError::Io)?;
     let more = if total > shown_rows as u64 {
         format!(" (first {shown_rows} shown)")

@@ -48,6 +48,21 @@ fn reads_a_sql_file_and_limits_printed_rows() {
     );
 }
 
+/// A result of no rows is printed as its columns' header and "0 row(s)".
+#[test]
+fn a_result_of_no_rows_prints_its_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "SELECT 1 AS first_column, 'x' AS second_column WHERE false";
+    let run = sluice(dir.path(), &["sql", "-e", sql]).expect(0);
+    let header = run.stdout.lines().nth(1).unwrap_or_default();
+    assert!(
+        header.contains("first_column") && header.contains("second_column"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("0 row(s)"), "{}", run.stdout);
+}
+
 #[tokio::test]
 async fn rolls_files_at_the_target_row_count() {
     let t = Target::local();
