@@ -566,17 +566,16 @@ pub(crate) async fn publish(
     mut files: Vec<StagedFile>,
     periods: Option<&crate::table::PeriodWrite>,
 ) -> Result<Committed, SinkError> {
-    let kept = crate::table::kept_files(existing, spec.mode, &spec.partition_by, &files, periods);
-    if files.is_empty() && kept.is_empty() {
+    // A write of no rows stages the file of its columns whatever the output holds now: the
+    // version it commits over may be another writer's of no rows, without files of its own
+    // (the commit lists the file only in a version with no other file).
+    if files.is_empty() {
         files.push(stage_schema_file(output, spec, schema, run_id).await?);
     }
     files.sort_by(|a, b| a.file.path.cmp(&b.file.path));
-    let rows = files.iter().map(|f| f.file.rows).sum();
-    let new_files: Vec<String> = files
-        .iter()
-        .map(|f| output.location().display_key(&output.key(&f.file.path)))
-        .collect();
-    output
+    let staged: std::collections::HashSet<String> =
+        files.iter().map(|f| f.file.path.clone()).collect();
+    let manifest = output
         .publish(
             existing,
             crate::table::NewVersion {
@@ -591,7 +590,20 @@ pub(crate) async fn publish(
             },
         )
         .await?;
-    Ok(Committed { new_files, rows })
+    // What the version lists of this write's files (not a file of the schema alone that it
+    // dropped for another writer's rows).
+    let listed: Vec<&ManifestFile> = manifest
+        .files
+        .iter()
+        .filter(|f| staged.contains(&f.path))
+        .collect();
+    Ok(Committed {
+        new_files: listed
+            .iter()
+            .map(|f| output.location().display_key(&output.key(&f.path)))
+            .collect(),
+        rows: listed.iter().map(|f| f.rows).sum(),
+    })
 }
 
 /// Prepares, stages (as one unit) and publishes in one call: the whole write of one output.
@@ -1076,6 +1088,86 @@ mod tests {
             let data: Vec<_> = listed.iter().filter(|k| k.contains("/part-")).collect();
             assert_eq!(data, vec![&format!("out/{want}")]);
         }
+
+        // Writers of no rows racing: an append of no rows prepared over rows commits after
+        // an overwrite of no rows; the version it commits over has no file but its file of
+        // the schema alone, which it keeps. An overwrite of partitions with no rows over that
+        // rebases past another writer's append (it rewrites no partition), and an overwrite
+        // of partitions with no rows over rows in the NULL partition keeps them.
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let run = |n: u8| format!("20260101T00000{n}Z-aaaaa{n}");
+        let write = |mode, n: u8, rows: Vec<RecordBatch>| {
+            let store = Arc::clone(&store);
+            let spec = spec(mode);
+            let stream = stream(rows);
+            async move {
+                let run = run(n);
+                let (output, existing) = prepare(store, &spec, &run, &Ended::default())
+                    .await
+                    .unwrap();
+                let slot = UnitSlot::attempt("u");
+                let staged = stage_unit(&output, &spec, stream, &run, slot, &|_| {})
+                    .await
+                    .unwrap();
+                (output, existing, spec, run, staged)
+            }
+        };
+        let publish_it =
+            |(output, existing, spec, run, staged): (Output, _, SinkSpec, String, UnitOutput)| {
+                let schema = Arc::clone(&schema);
+                async move {
+                    let c =
+                        publish(&output, &existing, &spec, &run, &schema, staged.files, None).await;
+                    (output, c)
+                }
+            };
+        publish_it(write(WriteMode::Overwrite, 1, vec![batch.clone()]).await)
+            .await
+            .1
+            .unwrap();
+        let append = write(WriteMode::Append, 2, vec![]).await;
+        publish_it(write(WriteMode::Overwrite, 3, vec![]).await)
+            .await
+            .1
+            .unwrap();
+        let (output, committed) = publish_it(append).await;
+        assert_eq!(committed.unwrap().rows, 0);
+        let manifest = output.read_manifest().await.unwrap().unwrap();
+        assert_eq!(manifest.files.len(), 1, "{manifest:?}");
+        assert!(manifest.files[0].schema_only);
+        assert!(
+            store
+                .head(&output.key(&manifest.files[0].path))
+                .await
+                .is_ok()
+        );
+
+        let partitions = write(WriteMode::OverwritePartitions, 4, vec![]).await;
+        publish_it(write(WriteMode::Append, 5, vec![batch.clone()]).await)
+            .await
+            .1
+            .unwrap();
+        let (output, committed) = publish_it(partitions).await;
+        // Its file of the schema alone, dropped for the append's rows, is not reported.
+        assert_eq!(committed.unwrap().new_files, Vec::<String>::new());
+        let manifest = output.read_manifest().await.unwrap().unwrap();
+        assert_eq!(manifest.rows, 3);
+        assert!(manifest.files.iter().all(|f| !f.schema_only));
+
+        // The append's row with a NULL `p` stays.
+        publish_it(write(WriteMode::OverwritePartitions, 6, vec![]).await)
+            .await
+            .1
+            .unwrap();
+        let manifest = output.read_manifest().await.unwrap().unwrap();
+        assert_eq!(manifest.rows, 3);
+        assert!(
+            manifest
+                .files
+                .iter()
+                .any(|f| f.path.starts_with("p=__HIVE_DEFAULT_PARTITION__/") && f.rows == 1),
+            "{manifest:?}"
+        );
     }
 
     /// On S3, where a publish moves each file with one CopyObject (at most 5 GiB), a staged

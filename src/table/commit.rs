@@ -192,8 +192,10 @@ fn kept_of(
     if let Some(periods) = periods {
         return current.into_iter().filter(|f| periods.keeps(f)).collect();
     }
+    // (A file of the schema alone, in the NULL partition's folder, rewrites no partition.)
     let new_partitions: BTreeSet<String> = staged
         .iter()
+        .filter(|f| !f.file.schema_only)
         .map(|f| partition_key(f.file.partition()))
         .collect();
     match mode {
@@ -1070,15 +1072,20 @@ impl Output {
 }
 
 /// Whether `now` (the manifest there now) holds this writer's commit: it lists a file of
-/// `mine`, or (a write of no files) it is `ours`.
+/// `mine`, or (a write of no rows: no files, or a file of the schema alone, which a rebase
+/// may have dropped) it is `ours`.
 fn lists_any(now: Option<&Manifest>, mine: &[ManifestFile], ours: &Manifest) -> bool {
     let Some(now) = now else {
         return false;
     };
+    let mine: BTreeSet<&str> = mine
+        .iter()
+        .filter(|f| !f.schema_only)
+        .map(|f| f.path.as_str())
+        .collect();
     if mine.is_empty() {
         return now == ours;
     }
-    let mine: BTreeSet<&str> = mine.iter().map(|f| f.path.as_str()).collect();
     now.files.iter().any(|f| mine.contains(f.path.as_str()))
 }
 
@@ -1123,13 +1130,16 @@ fn rebase_allowed(
             _ => Ok(()),
         },
         WriteMode::OverwritePartitions if !partition_by.is_empty() => {
+            // A file of the schema alone rewrites no partition (it stands for no rows), and
+            // its dropping by another writer's version is no rewrite of one either.
             let mine: BTreeSet<String> = staged
                 .iter()
+                .filter(|f| !f.schema_only)
                 .map(|f| partition_key(f.partition()))
                 .collect();
             let by_partition = |files: &[ManifestFile]| {
                 let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
-                for f in files {
+                for f in files.iter().filter(|f| !f.schema_only) {
                     let key = partition_key(f.partition());
                     if mine.contains(&key) {
                         map.entry(key).or_default().push(f.path.clone());
