@@ -91,8 +91,12 @@ pub struct Engine {
     options: EngineOptions,
     /// The files of each source (by name) as registering it listed them, in path order.
     listed: Mutex<HashMap<String, Vec<ObjectMeta>>>,
-    /// Where DataFusion spills (after `ctx`: the session goes first).
-    _spill: spill::SpillFolder,
+    /// The folder spills go to (`spill_dir`, or the system's temporary folder).
+    spill_root: PathBuf,
+    /// This process's folder in it, where DataFusion spills (after `ctx`: the session goes
+    /// first). `None`: the system's temporary folder could not take one (read-only), and
+    /// DataFusion makes its own there on the first spill.
+    _spill: Option<spill::SpillFolder>,
 }
 
 impl Engine {
@@ -181,24 +185,37 @@ impl Engine {
         // Spilling sorts merge at most 16 runs at once: with the default fan-in a tight pool
         // fails with "Not enough memory to continue external sort".
         let spill_root = options.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
-        let (spill, removed) =
-            spill::SpillFolder::create(&spill_root).map_err(|source| EngineError::SpillDir {
-                path: spill_root.clone(),
-                source,
-            })?;
-        if removed.folders > 0 {
-            tracing::info!(
-                folder = %spill_root.display(),
-                "removed {} spill folder(s) of ended sluice processes ({} bytes)",
-                removed.folders,
-                removed.bytes
-            );
-        }
-        let disk = DiskManagerBuilder::default()
-            .with_max_spill_merge_fan_in(16)
-            .with_mode(DiskManagerMode::Directories(vec![
+        let spill = match spill::SpillFolder::create(&spill_root) {
+            Ok((spill, removed)) => {
+                if removed.folders > 0 {
+                    tracing::info!(
+                        folder = %spill_root.display(),
+                        "removed {} spill folder(s) of ended sluice processes ({} bytes)",
+                        removed.folders,
+                        removed.bytes
+                    );
+                }
+                Some(spill)
+            }
+            Err(source) if options.spill_dir.is_some() => {
+                return Err(EngineError::SpillDir {
+                    path: spill_root,
+                    source,
+                });
+            }
+            // Not asked for: a read-only temporary folder (a container's read-only root)
+            // fails only a query that spills, as with DataFusion alone.
+            Err(e) => {
+                tracing::debug!(folder = %spill_root.display(), "no spill folder: {e}");
+                None
+            }
+        };
+        let mut disk = DiskManagerBuilder::default().with_max_spill_merge_fan_in(16);
+        if let Some(spill) = &spill {
+            disk = disk.with_mode(DiskManagerMode::Directories(vec![
                 spill.path().to_path_buf(),
             ]));
+        }
         runtime = runtime.with_disk_manager_builder(disk);
         // No listing cache: outputs change within a run (a model publishes, then downstream
         // models read it) and views of one folder hold different files (a manifest's, a work
@@ -234,6 +251,7 @@ impl Engine {
             stores,
             options,
             listed: Mutex::default(),
+            spill_root,
             _spill: spill,
         })
     }
@@ -256,7 +274,7 @@ impl Engine {
     /// The folder the engine spills into (`spill_dir`, or the system's temporary folder), in
     /// which this process has its own folder.
     pub fn spill_folder(&self) -> &std::path::Path {
-        self._spill.root()
+        &self.spill_root
     }
 
     /// Keeps the files of `source` as registering it listed them (in path order), so that

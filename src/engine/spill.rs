@@ -73,11 +73,6 @@ impl SpillFolder {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
-
-    /// The folder it is in.
-    pub(crate) fn root(&self) -> &Path {
-        self.path.parent().unwrap_or(&self.path)
-    }
 }
 
 impl Drop for SpillFolder {

@@ -63,6 +63,33 @@ fn a_result_of_no_rows_prints_its_columns() {
     assert!(run.stdout.contains("0 row(s)"), "{}", run.stdout);
 }
 
+/// A temporary folder that cannot take a spill folder (a container's read-only root) fails
+/// nothing that does not spill when no `spill_dir` is set; a `spill_dir` that cannot be
+/// made is refused, naming it.
+#[test]
+fn an_unwritable_temporary_folder_fails_only_what_spills() {
+    let dir = tempfile::tempdir().unwrap();
+    // (Not a folder, whoever runs the test.)
+    let tmp = [("TMPDIR".to_string(), "/dev/null/tmp".to_string())];
+    let run = sluice_env(dir.path(), &["sql", "-e", "SELECT 41 + 1 AS answer"], &tmp).expect(0);
+    assert!(run.stdout.contains("| 42 "), "{}", run.stdout);
+    std::fs::create_dir_all(dir.path().join("queries")).unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "name = \"p\"\n[settings]\nspill_dir = \"/dev/null/spill\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("queries/m.sql"), "SELECT 1 AS x").unwrap();
+    let run = sluice(dir.path(), &["run", "."]);
+    assert!(run.code != 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("cannot create the spill folder /dev/null/spill (spill_dir)"),
+        "{}",
+        run.stderr
+    );
+}
+
 #[tokio::test]
 async fn rolls_files_at_the_target_row_count() {
     let t = Target::local();
