@@ -472,6 +472,88 @@ on_every_backend!(
     azure_hive_special_partition_values
 );
 
+/// A write of no rows publishes one file of no rows and the columns, in the NULL partition's
+/// folder (`docs/outputs.md`), on every store: pyarrow (on the store) and DuckDB read the
+/// folder as those columns and no rows, sluice as no rows; an append of rows then drops it,
+/// and the folder holds exactly the manifest's files.
+async fn an_output_of_no_rows_has_its_columns(t: Target) {
+    t.write(
+        "SELECT * FROM o WHERE quantity < 0",
+        &["--partition-by", "dt"],
+    )
+    .expect(0);
+    let snap = t.snapshot().await;
+    let files = data_files(snap.keys());
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        files[0].starts_with("dt=__HIVE_DEFAULT_PARTITION__/part-00000-"),
+        "{files:?}"
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&snap["_MANIFEST"]).unwrap();
+    assert_eq!(manifest_files(&manifest), files);
+    assert_eq!(manifest["files"][0]["schema_only"], true, "{manifest}");
+
+    let table = readers::pyarrow_dataset_on(&t.env, &t.url, "parquet", &["dt"]);
+    assert!(table.rows.is_empty(), "pyarrow: {table:?}");
+    for c in ["order_id", "quantity", "dt"] {
+        assert!(table.columns.iter().any(|n| n == c), "pyarrow: {table:?}");
+    }
+    let copy;
+    let dir = if !t.is_local() {
+        copy = t.mirror().await;
+        copy.path().to_path_buf()
+    } else {
+        t.dir.path().join("out")
+    };
+    let table = readers::duckdb(
+        &dir,
+        "SELECT * FROM read_parquet('**/*.parquet', hive_partitioning = true, \
+         hive_types = {'dt': VARCHAR})",
+    );
+    assert!(table.rows.is_empty(), "DuckDB: {table:?}");
+    assert!(
+        table.columns.iter().any(|n| n == "order_id"),
+        "DuckDB: {table:?}"
+    );
+    let run = sluice_env(
+        t.dir.path(),
+        &[
+            "sql",
+            "-e",
+            "SELECT COUNT(*) AS n FROM o",
+            "--table",
+            &format!("o={}", t.url),
+        ],
+        &t.env,
+    )
+    .expect(0);
+    assert!(run.stdout.contains("| 0 |"), "{}", run.stdout);
+
+    t.write(
+        "SELECT * FROM o",
+        &["--partition-by", "dt", "--mode", "append"],
+    )
+    .expect(0);
+    let snap = t.snapshot().await;
+    let files = data_files(snap.keys());
+    assert!(
+        files
+            .iter()
+            .all(|f| !f.contains("__HIVE_DEFAULT_PARTITION__")),
+        "{files:?}"
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&snap["_MANIFEST"]).unwrap();
+    assert_eq!(manifest_files(&manifest), files);
+    assert_eq!(t.count("parquet", &["dt"]).await, 200);
+}
+
+on_every_backend!(
+    an_output_of_no_rows_has_its_columns:
+    local_an_output_of_no_rows_has_its_columns,
+    s3_an_output_of_no_rows_has_its_columns,
+    azure_an_output_of_no_rows_has_its_columns
+);
+
 /// A partition column whose name Hive would escape is refused before anything is written:
 /// readers match partition column names unescaped.
 #[test]
