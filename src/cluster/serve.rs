@@ -106,21 +106,12 @@ pub async fn executor(options: ExecutorOptions) -> Result<(), ClusterError> {
     };
     // The executor's own spill folder in the work folder; those of executors killed before
     // (with their spill files) are removed.
-    let (spill_folder, removed) =
-        crate::engine::spill::SpillFolder::create(&work_dir).map_err(|e| {
-            ClusterError::Serve(format!(
-                "cannot create a spill folder in {}: {e}",
-                work_dir.display()
-            ))
-        })?;
-    if removed.folders > 0 {
-        tracing::info!(
-            folder = %work_dir.display(),
-            "removed {} spill folder(s) of ended executors ({} bytes)",
-            removed.folders,
-            removed.bytes
-        );
-    }
+    let (spill_folder, _) = crate::engine::spill::SpillFolder::create(&work_dir).map_err(|e| {
+        ClusterError::Serve(format!(
+            "cannot create a spill folder in {}: {e}",
+            work_dir.display()
+        ))
+    })?;
     let spill = spill_folder.path().to_path_buf();
     // Each job's runtime: the stores its settings bring, spills in the work folder.
     // (Ballista wraps it with each task's share of the memory pool.)

@@ -186,17 +186,7 @@ impl Engine {
         // fails with "Not enough memory to continue external sort".
         let spill_root = options.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
         let spill = match spill::SpillFolder::create(&spill_root) {
-            Ok((spill, removed)) => {
-                if removed.folders > 0 {
-                    tracing::info!(
-                        folder = %spill_root.display(),
-                        "removed {} spill folder(s) of ended sluice processes ({} bytes)",
-                        removed.folders,
-                        removed.bytes
-                    );
-                }
-                Some(spill)
-            }
+            Ok((spill, _)) => Some(spill),
             Err(source) if options.spill_dir.is_some() => {
                 return Err(EngineError::SpillDir {
                     path: spill_root,

@@ -41,11 +41,19 @@ pub(crate) struct SpillFolder {
 }
 
 impl SpillFolder {
-    /// Removes the folders of ended processes in `root` (creating `root` if needed), then
-    /// makes and locks this process's. Returns it and the space the removal freed.
+    /// Removes the folders of ended processes in `root` (creating `root` if needed), logging
+    /// what it freed, then makes and locks this process's. Returns it and what was removed.
     pub(crate) fn create(root: &Path) -> io::Result<(SpillFolder, Removed)> {
         std::fs::create_dir_all(root)?;
         let removed = sweep(root);
+        if removed.folders > 0 {
+            tracing::info!(
+                folder = %root.display(),
+                "removed {} spill folder(s) of ended sluice processes ({} bytes)",
+                removed.folders,
+                removed.bytes
+            );
+        }
         let token = format!("{:016x}", rand::random::<u64>());
         let name = format!("{PREFIX}{token}");
         let pending = root.join(format!(".{name}.tmp"));

@@ -344,6 +344,17 @@ fn id_values(table: &readers::Table) -> Vec<(i64, Option<String>)> {
     got
 }
 
+/// The output folder on local disk, for DuckDB (which reads no store here): the folder itself,
+/// or for a store a local copy of its keys (kept as long as the second value lives).
+async fn local_folder(t: &Target) -> (std::path::PathBuf, Option<tempfile::TempDir>) {
+    if t.is_local() {
+        (t.dir.path().join("out"), None)
+    } else {
+        let copy = t.mirror().await;
+        (copy.path().to_path_buf(), Some(copy))
+    }
+}
+
 /// Hive-special characters in partition values: each folder is named as Hive names it, on
 /// local disk and as an S3 key alike, and sluice, DuckDB and pyarrow each read back exactly
 /// the values written (NULL for NULL, '' and `__HIVE_DEFAULT_PARTITION__`, as Hive does);
@@ -450,13 +461,7 @@ async fn hive_special_partition_values(t: Target) {
     assert_eq!(id_values(&table), want, "pyarrow");
 
     // DuckDB, on the folder (for a store, a local copy of its keys).
-    let copy;
-    let dir = if !t.is_local() {
-        copy = t.mirror().await;
-        copy.path().to_path_buf()
-    } else {
-        t.dir.path().join("out")
-    };
+    let (dir, _copy) = local_folder(&t).await;
     let table = readers::duckdb(
         &dir,
         "SELECT id, p FROM read_parquet('**/*.parquet', hive_partitioning = true, \
@@ -498,13 +503,7 @@ async fn an_output_of_no_rows_has_its_columns(t: Target) {
     for c in ["order_id", "quantity", "dt"] {
         assert!(table.columns.iter().any(|n| n == c), "pyarrow: {table:?}");
     }
-    let copy;
-    let dir = if !t.is_local() {
-        copy = t.mirror().await;
-        copy.path().to_path_buf()
-    } else {
-        t.dir.path().join("out")
-    };
+    let (dir, _copy) = local_folder(&t).await;
     let table = readers::duckdb(
         &dir,
         "SELECT * FROM read_parquet('**/*.parquet', hive_partitioning = true, \
