@@ -106,42 +106,42 @@ fn sweep(root: &Path) -> Removed {
     let Ok(entries) = std::fs::read_dir(root) else {
         return removed;
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(lock_name) = name.strip_suffix(LOCK).filter(|n| is_spill_folder(n)) else {
+    let names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    let mut remove = |folder: &Path| {
+        let bytes = size_of(folder);
+        let gone = std::fs::remove_dir_all(folder).is_ok() || !folder.exists();
+        if gone {
+            removed.folders += 1;
+            removed.bytes += bytes;
+        }
+        gone
+    };
+    for name in &names {
+        let Some(folder) = name.strip_suffix(LOCK).filter(|n| is_spill_folder(n)) else {
             continue;
         };
-        let Ok(file) = File::open(entry.path()) else {
+        let lock = root.join(name);
+        let Ok(file) = File::open(&lock) else {
             continue;
         };
         // Held (or unreadable): a live process's folder, left alone.
         let Ok(Some(_held)) = Flock::try_take(file) else {
             continue;
         };
-        let folder = root.join(lock_name);
-        let bytes = size_of(&folder);
-        if std::fs::remove_dir_all(&folder).is_ok() || !folder.exists() {
-            removed.folders += 1;
-            removed.bytes += bytes;
-            let _ = std::fs::remove_file(entry.path());
+        if remove(&root.join(folder)) {
+            let _ = std::fs::remove_file(&lock);
         }
     }
     // Folders whose lock file is gone: a sweep that removed the lock but not the folder.
-    if let Ok(entries) = std::fs::read_dir(root) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let is_folder = entry.file_type().is_ok_and(|t| t.is_dir());
-            let ours = entry.file_name().to_str().is_some_and(is_spill_folder);
-            let mut lock = path.clone().into_os_string();
-            lock.push(LOCK);
-            if is_folder && ours && !Path::new(&lock).exists() {
-                let bytes = size_of(&path);
-                if std::fs::remove_dir_all(&path).is_ok() {
-                    removed.folders += 1;
-                    removed.bytes += bytes;
-                }
-            }
+    // (Looked for now, not in the listing: a new process makes its lock before its folder.)
+    for name in names.iter().filter(|n| is_spill_folder(n)) {
+        let folder = root.join(name);
+        let is_folder = std::fs::symlink_metadata(&folder).is_ok_and(|m| m.is_dir());
+        if is_folder && !root.join(format!("{name}{LOCK}")).exists() {
+            remove(&folder);
         }
     }
     removed

@@ -173,12 +173,10 @@ fn spread_over_files(input: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn Execution
             };
             let config_source = Arc::clone(config.file_source());
             // Each file once, whole (the scan may read a file in ranges).
+            let mut seen = std::collections::HashSet::new();
             let mut files: Vec<PartitionedFile> = Vec::new();
             for f in config.file_groups.iter().flat_map(|g| g.files()) {
-                if !files
-                    .iter()
-                    .any(|k| k.object_meta.location == f.object_meta.location)
-                {
+                if seen.insert(&f.object_meta.location) {
                     let mut whole = f.clone();
                     whole.range = None;
                     files.push(whole);
