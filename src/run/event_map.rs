@@ -16,10 +16,11 @@ use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use object_store::ObjectMeta;
 
+use super::input_files::InputFiles;
 use crate::config::Pipeline;
 use crate::engine::Engine;
 use crate::engine::FileVersion;
-use crate::quarantine::{QuarantineTable, SourceRejects};
+use crate::quarantine::SourceRejects;
 use crate::state::{FilePeriodsKey, StateStore};
 use crate::units::Grid;
 
@@ -52,14 +53,16 @@ struct Found {
 
 impl EventMap {
     /// Reads the event-time column of each of `sources` (`(table, column)`), by the periods
-    /// of `grid`, file by file; a file version `cache` (the state store) mapped before is not
+    /// of `grid`, file by file (its files as `listed`); a file version `cache` (the state
+    /// store) mapped before is not
     /// read again. A database source is read in one query, from `since` on when given (the
     /// filter goes to the database: an incremental model's nightly run reads its window, not
     /// the table).
-    pub async fn build(
+    pub(crate) async fn build(
         engine: &Engine,
         pipeline: &Pipeline,
         sources: &[(String, String)],
+        listed: &InputFiles,
         grid: Grid,
         cache: Option<&StateStore>,
         since: Option<NaiveDateTime>,
@@ -105,7 +108,10 @@ impl EventMap {
                 continue;
             }
             let mut found = Found::default();
-            let listed = source_files(engine, pipeline, table).await?;
+            let listed = listed
+                .of(table)
+                .ok_or_else(|| format!("unknown source '{table}'"))?
+                .to_vec();
             let key = cache_key(pipeline, table, column, grid);
             let known = match cache {
                 Some(state) => state.file_periods(&key).map_err(|e| e.to_string())?,
@@ -353,31 +359,6 @@ async fn explain(
         "source '{table}': event_time '{column}': {}",
         crate::diagnose::explain(engine, pipeline, &source, &e).await
     )
-}
-
-/// The files `table` reads: a quarantined source's own list, else the listing registering
-/// it made (the run lists a source once), else a listing.
-async fn source_files(
-    engine: &Engine,
-    pipeline: &Pipeline,
-    table: &str,
-) -> Result<Vec<ObjectMeta>, String> {
-    let main = engine.ctx();
-    if let Ok(provider) = main.table_provider(table).await
-        && let Some(q) = provider.downcast_ref::<QuarantineTable>()
-    {
-        return Ok(q.files().to_vec());
-    }
-    if let Some(files) = engine.source_files(table) {
-        return Ok(files);
-    }
-    let spec = pipeline
-        .sources
-        .get(table)
-        .ok_or_else(|| format!("unknown source '{table}'"))?;
-    crate::catalog::list_source_files(main, engine.stores(), spec)
-        .await
-        .map_err(|e| e.to_string())
 }
 
 /// SQL for the first instant of the period of `grid` holding the timestamp `t` (NULL for

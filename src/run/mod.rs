@@ -20,6 +20,7 @@ pub mod event_map;
 mod groups;
 pub mod heal;
 pub mod incremental;
+mod input_files;
 mod model;
 pub mod prepare;
 mod resume;

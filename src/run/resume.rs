@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::incremental::RunKind;
+use super::input_files::InputFiles;
 use super::prepare::Prepared;
 use super::unit::UnitPlan;
 use super::{RunCx, RunOptions};
@@ -188,13 +189,10 @@ pub(super) async fn unit_inputs(
     model: &str,
     plan: &UnitPlan,
 ) -> Result<Inputs, Error> {
-    let (read, tables) = cx.dag.inputs_of(model);
-    let mut files: BTreeMap<String, Vec<InputFile>> = BTreeMap::new();
-    for source in read {
-        if let Some(spec) = cx.pipeline.sources.get(&source) {
-            files.insert(source, source_files(cx.engine, spec).await?);
-        }
-    }
+    let (_, tables) = cx.dag.inputs_of(model);
+    // The files as the units were planned from them (and read them), not listed again: a
+    // file replaced in between must be found changed by `changed_file`.
+    let files = plan.files.versions();
     let upstream = upstream_versions(cx.engine, cx.pipeline, model, tables).await?;
     let read_databases: Vec<String> = cx
         .dag
@@ -274,14 +272,17 @@ pub(super) async fn dimension_inputs(
     pipeline: &crate::config::Pipeline,
     dag: &crate::dag::Dag,
     model: &str,
+    listed: &InputFiles,
 ) -> Result<String, Error> {
     let (read, tables) = dag.inputs_of(model);
+    let versions = listed.versions();
     let mut files: BTreeMap<String, Vec<InputFile>> = BTreeMap::new();
     for source in read {
         if let Some(spec) = pipeline.sources.get(&source)
             && spec.event_time.is_none()
         {
-            files.insert(source, source_files(engine, spec).await?);
+            let listed = versions.get(&source).cloned().unwrap_or_default();
+            files.insert(source, listed);
         } else if let Some(spec) = pipeline.database_sources.get(&source)
             && spec.event_time.is_none()
         {
@@ -459,4 +460,94 @@ pub(super) async fn kept_units(
         done.remove(&unit);
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::unit::{Planning, plan_units};
+    use crate::run::{Interrupt, clock_of, prepare};
+
+    /// The files checked before the publish are those the units were planned from (and read),
+    /// not a later listing. Before, the inputs were listed again after planning: a file caught
+    /// truncated by the planning (a writer rewriting it in place) was read as no rows, and, the
+    /// writer done by the second listing, the check found it unchanged and the model published
+    /// without its rows.
+    #[tokio::test]
+    async fn the_check_before_the_publish_compares_the_files_the_units_were_planned_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("data")).unwrap();
+        std::fs::create_dir_all(d.join("queries")).unwrap();
+        for f in 0..3 {
+            std::fs::write(d.join(format!("data/f{f}.csv")), format!("id\n{f}\n")).unwrap();
+        }
+        std::fs::write(d.join("queries/copy.sql"), "SELECT * FROM events").unwrap();
+        std::fs::write(
+            d.join("sluice.toml"),
+            "[sources.events]\nlocation = \"data/\"\nformat = \"csv\"\nschema = \"id INT\"\n\
+             [models.copy.sink]\nlocation = \"out/copy/\"\n\
+             [models.copy.batches]\nby = \"file\"\n",
+        )
+        .unwrap();
+        let pipeline = crate::config::Pipeline::load(d, &|_| None).unwrap();
+        let opts = RunOptions::default();
+        let prepared = prepare(pipeline, &opts, Vec::new()).await.unwrap();
+        let clock = clock_of(&opts);
+        let progress = crate::progress::Progress::new(false);
+        let interrupt = Interrupt::default();
+        let ended = crate::table::Ended::default();
+        let cx = RunCx {
+            engine: &prepared.engine,
+            pipeline: &prepared.pipeline,
+            dag: &prepared.dag,
+            state: None,
+            run_id: "r",
+            progress: &progress,
+            interrupt: &interrupt,
+            unit_slots: None,
+            force_append: false,
+            ended: &ended,
+            clock: &clock,
+            split_keys: &prepared.split_keys,
+            sorted: &prepared.sorted,
+            databases: &prepared.databases,
+            cluster: None,
+        };
+        let f0 = d.join("data/f0.csv");
+        let model = &prepared.pipeline.models["copy"];
+        let planning = Planning {
+            clock: &clock,
+            state: None,
+            run_id: "r",
+        };
+        // The planning finds f0 mid-rewrite, truncated; the writer is done before the rest.
+        std::fs::write(&f0, "").unwrap();
+        let plan = plan_units(cx.engine, cx.pipeline, cx.dag, model, &planning)
+            .await
+            .unwrap();
+        let planned_f0 = plan.units.iter().find_map(|u| match &u.kind {
+            UnitKind::Files { files, .. } => files
+                .iter()
+                .find(|m| m.location.as_ref().ends_with("f0.csv"))
+                .map(|m| m.size),
+            _ => None,
+        });
+        assert_eq!(planned_f0, Some(0), "the unit reads f0 as planned");
+        std::fs::write(&f0, "id\n0\n").unwrap();
+        let inputs = unit_inputs(&cx, "copy", &plan).await.unwrap();
+        let changed = inputs.changed_file(&cx).await.unwrap();
+        assert!(
+            changed
+                .as_deref()
+                .is_some_and(|f| f.ends_with("/data/f0.csv")),
+            "{changed:?}"
+        );
+        // And a file left alone since the planning is no change.
+        let plan = plan_units(cx.engine, cx.pipeline, cx.dag, model, &planning)
+            .await
+            .unwrap();
+        let inputs = unit_inputs(&cx, "copy", &plan).await.unwrap();
+        assert_eq!(inputs.changed_file(&cx).await.unwrap(), None);
+    }
 }

@@ -14,6 +14,7 @@ use chrono::NaiveDateTime;
 use super::RunCx;
 use super::event_map::EventMap;
 use super::incremental::{self, Clock, IncrementalPlan};
+use super::input_files::InputFiles;
 use crate::config::{ModelConfig, Pipeline, timestamp_now};
 use crate::dag::Dag;
 use crate::describe::describe_datafusion;
@@ -35,6 +36,8 @@ pub(crate) struct UnitPlan {
     pub events: Option<EventMap>,
     /// For an incremental model: the periods it computes and why, and its late rows.
     pub incremental: Option<IncrementalWork>,
+    /// The files of the model's sources the units were planned from (and read).
+    pub files: InputFiles,
 }
 
 /// What an incremental model's run computes, and from what.
@@ -57,6 +60,7 @@ impl From<Vec<Unit>> for UnitPlan {
             units,
             events: None,
             incremental: None,
+            files: InputFiles::default(),
         }
     }
 }
@@ -98,6 +102,23 @@ pub(crate) async fn plan_units(
     model: &ModelConfig,
     planning: &Planning<'_>,
 ) -> Result<UnitPlan, String> {
+    let files = InputFiles::list(engine, pipeline, &dag.sources_read(&model.name))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut plan = plan_over(engine, pipeline, dag, model, planning, &files).await?;
+    plan.files = files;
+    Ok(plan)
+}
+
+/// [`plan_units`] over the files of the model's sources as `listed`.
+async fn plan_over(
+    engine: &Engine,
+    pipeline: &Pipeline,
+    dag: &Dag,
+    model: &ModelConfig,
+    planning: &Planning<'_>,
+    listed: &InputFiles,
+) -> Result<UnitPlan, String> {
     let clock = planning.clock;
     if let Some(per_unit) = model.files_per_unit {
         let source = dag.single_source(&model.name)?;
@@ -105,9 +126,10 @@ pub(crate) async fn plan_units(
             .sources
             .get(&source)
             .ok_or_else(|| format!("batches by file read files: source '{source}' has none"))?;
-        let files = crate::catalog::list_source_files(engine.ctx(), engine.stores(), spec)
-            .await
-            .map_err(|e| e.to_string())?;
+        let files = listed
+            .of(&source)
+            .ok_or_else(|| format!("batches by file read files: source '{source}' has none"))?
+            .to_vec();
         let prefix = datafusion::datasource::listing::ListingTableUrl::parse(&spec.location)
             .map(|u| u.prefix().as_ref().to_string())
             .unwrap_or_default();
@@ -154,7 +176,16 @@ pub(crate) async fn plan_units(
         }
         _ => None,
     };
-    let events = EventMap::build(engine, pipeline, &sources, grid, planning.state, since).await?;
+    let events = EventMap::build(
+        engine,
+        pipeline,
+        &sources,
+        listed,
+        grid,
+        planning.state,
+        since,
+    )
+    .await?;
     if let Some(config) = &batches.incremental {
         let counted = planning.counted_late(&model.name)?;
         let counted_before = |period: &str, f: &AppliedFile| {
@@ -183,7 +214,7 @@ pub(crate) async fn plan_units(
         for files in current.values_mut() {
             files.sort();
         }
-        let dims = super::resume::dimension_inputs(engine, pipeline, dag, &model.name)
+        let dims = super::resume::dimension_inputs(engine, pipeline, dag, &model.name, listed)
             .await
             .map_err(|e| e.to_string())?;
         let plan = incremental::plan(&incremental::PlanInput {
@@ -208,6 +239,7 @@ pub(crate) async fn plan_units(
                 output: previous.cloned(),
                 grid,
             }),
+            files: InputFiles::default(),
         });
     }
     let (start, end) = match (batches.start, batches.end, events.range()) {
@@ -217,6 +249,7 @@ pub(crate) async fn plan_units(
                 units: Vec::new(),
                 events: Some(events),
                 incremental: None,
+                files: InputFiles::default(),
             });
         }
         (s, e, Some((lo, hi))) => (
@@ -229,6 +262,7 @@ pub(crate) async fn plan_units(
         units: grid.periods(start, end),
         events: Some(events),
         incremental: None,
+        files: InputFiles::default(),
     })
 }
 

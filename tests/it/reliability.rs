@@ -155,9 +155,13 @@ async fn input_files_replaced_during_the_run_are_never_published_mixed() {
         .spawn()
         .unwrap();
     // Once the first unit has staged its file, row 100 moves from the first file to the last.
+    // (The run's lease is in the same folder, before any unit runs.)
     let staging = d.join("out/_sluice_staging/copy");
     let started = std::time::Instant::now();
-    while crate::support::files_under(&staging).is_empty() {
+    while !crate::support::files_under(&staging)
+        .iter()
+        .any(|f| !f.ends_with("_LEASE"))
+    {
         assert!(started.elapsed().as_secs() < 60, "no unit staged a file");
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
@@ -191,6 +195,111 @@ async fn input_files_replaced_during_the_run_are_never_published_mixed() {
     let run = sluice(d, &["run", "."]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(published().await, want);
+}
+
+/// How a test replaces an input file between the run's preparation and its model's units.
+#[derive(Clone, Copy, Debug)]
+enum Replace {
+    /// With more rows than before.
+    Longer,
+    /// Truncated to nothing (as a writer rewriting it in place leaves it for a moment).
+    Emptied,
+    /// Removed.
+    Removed,
+}
+
+/// A file replaced after the run listed it to prepare (to infer, check and register its
+/// source) and before the model's units are planned is read whole in its new version, or the
+/// model fails naming it, with nothing published: never read in part, nor in the version the
+/// run prepared with. Every kind of unit, with and without quarantine (whose table holds the
+/// files registering it listed); the oracle is the files' current text. (The same change
+/// made just after the planning is `run::resume::tests`' case.)
+#[tokio::test]
+async fn a_file_replaced_between_preparing_and_planning_is_never_read_cut() {
+    use sluice::config::Pipeline;
+    use sluice::run::{RunOptions, prepare, run};
+    for batches in [
+        "",
+        "[models.copy.batches]\nby = \"file\"",
+        "[models.copy.batches]\nsize = \"day\"",
+    ] {
+        for on_bad in ["fail", "quarantine"] {
+            for change in [Replace::Longer, Replace::Emptied, Replace::Removed] {
+                let case = format!("{batches:?} on_bad_rows={on_bad} {change:?}");
+                let mut b = OneModel::new("events", "copy")
+                    .source_toml(&format!(
+                        "format = \"csv\"\nschema = \"id INT, ts TIMESTAMP\"\n\
+                         event_time = \"ts\"\non_bad_rows = \"{on_bad}\""
+                    ))
+                    .sink_toml(batches);
+                for f in 0..4 {
+                    b = b.file(
+                        &format!("f{f}.csv"),
+                        format!("id,ts\n{f},2024-01-0{} 00:00:00\n", f + 1),
+                    );
+                }
+                let dir = b.build();
+                let d = dir.path();
+                let pipeline = Pipeline::load(&d.join("sluice.toml"), &|_| None).unwrap();
+                let opts = RunOptions::default();
+                let prepared = prepare(pipeline, &opts, Vec::new()).await.unwrap();
+                let f0 = d.join("data/f0.csv");
+                match change {
+                    Replace::Longer => std::fs::write(
+                        &f0,
+                        "id,ts\n0,2024-01-01 00:00:00\n10,2024-01-01 01:00:00\n11,2024-01-02 00:00:00\n",
+                    )
+                    .unwrap(),
+                    Replace::Emptied => std::fs::write(&f0, "").unwrap(),
+                    Replace::Removed => std::fs::remove_file(&f0).unwrap(),
+                }
+                // The oracle: the ids in the files as they are now.
+                let mut want: Vec<u32> = Vec::new();
+                for f in 0..4 {
+                    let text = std::fs::read_to_string(d.join(format!("data/f{f}.csv")))
+                        .unwrap_or_default();
+                    want.extend(
+                        text.lines()
+                            .skip(1)
+                            .map(|l| l.split(',').next().unwrap().parse::<u32>().unwrap()),
+                    );
+                }
+                want.sort();
+                let report = run(prepared, &opts, &sluice::progress::Progress::new(false))
+                    .await
+                    .unwrap();
+                let model = &report.models[0];
+                let published = || async {
+                    let mut ids: Vec<u32> = output_rows(d, "copy", &["id"])
+                        .await
+                        .into_iter()
+                        .map(|r| r[0].parse().unwrap())
+                        .collect();
+                    ids.sort();
+                    ids
+                };
+                if model.error.is_none() {
+                    assert_eq!(published().await, want, "{case}");
+                    continue;
+                }
+                let error = model.error.clone().unwrap_or_default();
+                // (Found by the check before the publish, or, for a file gone, by the unit
+                // that read it.)
+                assert!(
+                    error.contains("input file data/f0.csv was replaced or removed")
+                        || error.contains("data/f0.csv not found"),
+                    "{case}: {error}"
+                );
+                assert!(
+                    !d.join("out/copy/_MANIFEST").exists(),
+                    "{case}: a failed run published"
+                );
+                let again = sluice(d, &["run", "."]);
+                assert_eq!(again.code, 0, "{case}: {}", again.stderr);
+                assert_eq!(published().await, want, "{case}");
+            }
+        }
+    }
 }
 
 /// Marks the pipeline's last run as killed (`interrupted`), as if its process had died after
