@@ -157,6 +157,16 @@ pub(crate) async fn list_source_files(
     stores: &StoreRegistry,
     spec: &SourceConfig,
 ) -> Result<Vec<ObjectMeta>, CatalogError> {
+    Ok(list_source(ctx, stores, spec).await?.0)
+}
+
+/// [`list_source_files`], and whether they are a sluice output's, listed by its manifest
+/// (its table reads the version it was registered with, however often it is scanned).
+pub(crate) async fn list_source(
+    ctx: &SessionContext,
+    stores: &StoreRegistry,
+    spec: &SourceConfig,
+) -> Result<(Vec<ObjectMeta>, bool), CatalogError> {
     let (table_url, location, store) = resolve(ctx, stores, spec)?;
     // A sluice output's files are its manifest's: a listing would also find the leftovers of
     // a crashed write, which no reader may see.
@@ -172,7 +182,7 @@ pub(crate) async fn list_source_files(
                 transient: false,
             })?;
         if let Some(manifest) = manifest {
-            return Ok(manifest.objects(&location));
+            return Ok((manifest.objects(&location), true));
         }
     }
     let opts = listing_options(ctx, spec).await?;
@@ -180,7 +190,7 @@ pub(crate) async fn list_source_files(
         .await
         .map_err(|e| CatalogError::read_failed(&spec.name, spec.location.clone(), &e))?;
     files.sort_by(|a, b| a.location.cmp(&b.location));
-    Ok(files)
+    Ok((files, false))
 }
 
 /// The format of a table location: from its extension, or from the first data file found

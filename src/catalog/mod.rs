@@ -28,7 +28,7 @@ use futures::TryStreamExt;
 use object_store::ObjectMeta;
 
 pub(crate) use listing::{
-    compression_type, file_extension, file_format, guess_format, list_source_files,
+    compression_type, file_extension, file_format, guess_format, list_source, list_source_files,
 };
 pub(crate) use schema::FileSchemas;
 
@@ -182,6 +182,18 @@ fn df_err(spec: &SourceConfig, e: &DataFusionError) -> CatalogError {
     CatalogError::read_failed(&spec.name, spec.location.clone(), e)
 }
 
+/// A source registered as a table.
+#[derive(Debug)]
+pub(crate) struct Registered {
+    /// The table's full schema (file columns then partition columns).
+    pub(crate) schema: SchemaRef,
+    /// Every file of the source as registering it listed them, in path order, for the rest of
+    /// the run to use rather than list them again; `None` when it did not list them all (a
+    /// declared schema needs one file, a sluice output is read through its manifest, a
+    /// quarantined source's table holds its files).
+    pub(crate) files: Option<Vec<ObjectMeta>>,
+}
+
 /// Registers a database source in `ctx`, its columns as the database describes them, read
 /// under `databases`' pool of its database.
 pub(crate) async fn register_database_source(
@@ -211,15 +223,14 @@ pub(crate) async fn register_database_source(
     Ok(schema)
 }
 
-/// Registers a table over files in `ctx`, inferring or parsing its schema, and returns the
-/// table's full schema (file columns then partition columns). The schemas of file versions
-/// `cache` knows are not read again; those read are handed to it.
+/// Registers a table over files in `ctx`, inferring or parsing its schema. The schemas of
+/// file versions `cache` knows are not read again; those read are handed to it.
 pub(crate) async fn register_table(
     ctx: &SessionContext,
     stores: &StoreRegistry,
     spec: &SourceConfig,
     cache: Option<&dyn FileSchemas>,
-) -> Result<SchemaRef, CatalogError> {
+) -> Result<Registered, CatalogError> {
     register(ctx, stores, spec, None, cache).await
 }
 
@@ -232,7 +243,7 @@ pub(crate) async fn register_share(
     spec: &SourceConfig,
     known: SchemaRef,
 ) -> Result<SchemaRef, CatalogError> {
-    register(ctx, stores, spec, Some(known), None).await
+    Ok(register(ctx, stores, spec, Some(known), None).await?.schema)
 }
 
 async fn register(
@@ -241,11 +252,14 @@ async fn register(
     spec: &SourceConfig,
     known: Option<SchemaRef>,
     cache: Option<&dyn FileSchemas>,
-) -> Result<SchemaRef, CatalogError> {
+) -> Result<Registered, CatalogError> {
     let (table_url, location, store) = resolve(ctx, stores, spec)?;
     let output = register_output(ctx, spec, &location, &store).await?;
     if let AsOutput::Registered(schema) = output {
-        return Ok(schema);
+        return Ok(Registered {
+            schema,
+            files: None,
+        });
     }
     let mut opts = listing_options(ctx, spec).await?;
     if spec.partition_cols.is_empty() {
@@ -319,7 +333,7 @@ async fn register(
             },
         ));
     }
-    let files = listed;
+    let mut files = listed;
     if checks_partitions {
         check_partition_values(spec, &table_url, &opts, &location, &files)?;
     }
@@ -352,9 +366,18 @@ async fn register(
             crate::quarantine::OnBad::Fail
         };
         // (Its files are the table's own: see `QuarantineTable::files`.)
-        return register_quarantine(ctx, spec, files, file_schema, on_bad);
+        let schema = register_quarantine(ctx, spec, files, file_schema, on_bad)?;
+        return Ok(Registered {
+            schema,
+            files: None,
+        });
     }
-    register_listing(ctx, spec, table_url, opts, file_schema)
+    let schema = register_listing(ctx, spec, table_url, opts, file_schema)?;
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(Registered {
+        schema,
+        files: (every && !matches!(output, AsOutput::Untyped)).then_some(files),
+    })
 }
 
 /// What a source's location is, as a sluice output.

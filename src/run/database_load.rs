@@ -104,10 +104,12 @@ pub(super) async fn check(
 }
 
 /// After the output was published: loads it into the table, unless this publish was loaded
-/// already (a resumed run, killed after the load committed).
+/// already (a resumed run, killed after the load committed). `append_id` is the identity
+/// the output's append was published under, for an appending model.
 pub(super) async fn load(
     cx: &RunCx<'_>,
     model: &ModelConfig,
+    append_id: Option<&str>,
     schema: &SchemaRef,
     report: &mut ModelReport,
 ) -> Result<(), Error> {
@@ -126,11 +128,14 @@ pub(super) async fn load(
     // appends to files are: a run of the same inputs again (a scheduler's retry) does not
     // append them twice. Otherwise one id per published version: a resumed run loads the
     // version it published once; a version published again (its inputs changed) is a new load.
+    // The identity is the one the output's append was published under, made before its units
+    // ran: made again now, it could name files added since, which the load does not hold.
     let commit_id = if db.mode == TableWrite::Append && !cx.force_append {
-        format!(
-            "append:{}",
-            super::resume::append_identity(cx, model).await?
-        )
+        let id = match append_id {
+            Some(id) => id.to_string(),
+            None => super::resume::append_identity(cx, model).await?,
+        };
+        format!("append:{id}")
     } else {
         format!("{}@{}", manifest.run_id, manifest.committed_at)
     };

@@ -1,7 +1,8 @@
-//! The files of the sources a model reads, listed once before its units are planned: what
-//! its units read (a unit of files reads exactly those versions, a quarantined source the
-//! files its table holds), what their inputs are hashed from for a resumed run, and what is
-//! compared with a new listing before the publish.
+//! The files of the sources a model reads, listed once before its units are planned (the
+//! first model to read a source takes the listing the run made to register it): what its
+//! units read (a unit of files, of keys or of periods reads exactly those versions, a
+//! quarantined source the files its table holds), what their inputs are hashed from for a
+//! resumed run, and what is compared with a new listing before the publish.
 //!
 //! One listing for all of them matters: were the units planned from one listing and the
 //! check made against a later one, a file replaced in between (caught truncated, mid-write)
@@ -19,40 +20,84 @@ use crate::quarantine::QuarantineTable;
 
 /// The files of each file source a model reads (by source name, each in path order).
 #[derive(Debug, Default)]
-pub(crate) struct InputFiles(BTreeMap<String, Vec<ObjectMeta>>);
+pub(crate) struct InputFiles {
+    files: BTreeMap<String, Vec<ObjectMeta>>,
+    /// The sources whose table reads a set of files fixed when it was registered (a
+    /// quarantined source, a sluice output through its manifest), rather than listing its
+    /// location at each scan.
+    fixed: BTreeSet<String>,
+}
 
 impl InputFiles {
-    /// Lists the files of each of `sources` that is a file source: a quarantined source's
-    /// are those its table reads (listed when it was registered), any other's are listed now.
+    /// Lists the files of each of `sources` that is a file source, for a model's units to be
+    /// planned from: a quarantined source's are those its table reads (listed when it was
+    /// registered); any other's are those registering it listed, for the first model to
+    /// read it, else listed now.
     pub(crate) async fn list(
         engine: &Engine,
         pipeline: &Pipeline,
         sources: &BTreeSet<String>,
     ) -> Result<InputFiles, CatalogError> {
-        let mut out = BTreeMap::new();
+        InputFiles::list_for(engine, pipeline, sources, true).await
+    }
+
+    /// [`InputFiles::list`] for a model about to be planned (what it will read), leaving the
+    /// registration's listings to its planning.
+    pub(crate) async fn list_before_planning(
+        engine: &Engine,
+        pipeline: &Pipeline,
+        sources: &BTreeSet<String>,
+    ) -> Result<InputFiles, CatalogError> {
+        InputFiles::list_for(engine, pipeline, sources, false).await
+    }
+
+    async fn list_for(
+        engine: &Engine,
+        pipeline: &Pipeline,
+        sources: &BTreeSet<String>,
+        take_registered: bool,
+    ) -> Result<InputFiles, CatalogError> {
+        let mut out = InputFiles::default();
         for source in sources {
             let Some(spec) = pipeline.sources.get(source) else {
                 continue;
             };
-            let files = match quarantined_files(engine, source).await {
-                Some(files) => files,
-                None => {
-                    crate::catalog::list_source_files(engine.ctx(), engine.stores(), spec).await?
-                }
+            let registered = || match take_registered {
+                true => engine.take_source_files(source),
+                false => engine.source_files(source),
             };
-            out.insert(source.clone(), files);
+            let (files, fixed) = match quarantined_files(engine, source).await {
+                Some(files) => (files, true),
+                None => match registered() {
+                    Some(files) => (files, false),
+                    None => {
+                        crate::catalog::list_source(engine.ctx(), engine.stores(), spec).await?
+                    }
+                },
+            };
+            if fixed {
+                out.fixed.insert(source.clone());
+            }
+            out.files.insert(source.clone(), files);
         }
-        Ok(InputFiles(out))
+        Ok(out)
     }
 
     /// The files of `source`; `None` for a source the model does not read from files.
     pub(crate) fn of(&self, source: &str) -> Option<&[ObjectMeta]> {
-        self.0.get(source).map(Vec::as_slice)
+        self.files.get(source).map(Vec::as_slice)
+    }
+
+    /// The files of `source` when its table lists its location at each scan (so a unit
+    /// reading it whole must be held to them); `None` for a table of fixed files, or a source
+    /// the model does not read from files.
+    pub(crate) fn listed_at_each_scan(&self, source: &str) -> Option<&[ObjectMeta]> {
+        self.of(source).filter(|_| !self.fixed.contains(source))
     }
 
     /// Each source's file versions (path, size, modification time, etag).
     pub(crate) fn versions(&self) -> BTreeMap<String, Vec<FileVersion>> {
-        self.0
+        self.files
             .iter()
             .map(|(source, files)| {
                 let versions = files.iter().map(crate::engine::file_version).collect();
@@ -62,9 +107,11 @@ impl InputFiles {
     }
 }
 
-/// The files the table of a quarantined `source` reads, if it is one.
+/// The files the table of a quarantined `source` reads, if it is one, in path order.
 async fn quarantined_files(engine: &Engine, source: &str) -> Option<Vec<ObjectMeta>> {
     let provider = engine.ctx().table_provider(source).await.ok()?;
     let table = provider.downcast_ref::<QuarantineTable>()?;
-    Some(table.files().to_vec())
+    let mut files = table.files().to_vec();
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    Some(files)
 }

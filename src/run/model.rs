@@ -42,7 +42,8 @@ pub(super) async fn run_table_model(
     if result.is_ok() {
         // (After the publish of the output, its mirror, or a resumed run's finding that it
         // was published.)
-        result = super::database_load::load(cx, run.model, schema, report).await;
+        let append_id = run.spec.append_id.as_deref();
+        result = super::database_load::load(cx, run.model, append_id, schema, report).await;
     }
     if result.is_err() {
         run.output.release(cx.run_id).await;
@@ -113,7 +114,14 @@ impl ModelRun<'_> {
             .flat_map(|u| u.files.iter().map(|f| f.staged.clone()))
             .collect();
         let (records, scanned, mut unit_rejects) = run
-            .run_units(units, plan.events.as_ref(), inputs, kept, report)
+            .run_units(
+                units,
+                plan.events.as_ref(),
+                &plan.files,
+                inputs,
+                kept,
+                report,
+            )
             .await?;
         // Planning time units read every file of a quarantined source.
         if let Some(events) = plan.events {
@@ -477,6 +485,7 @@ impl<'a> ModelRun<'a> {
         &self,
         units: &[Unit],
         events: Option<&super::event_map::EventMap>,
+        files: &super::input_files::InputFiles,
         inputs: &BTreeMap<String, String>,
         kept: BTreeMap<String, UnitRecord>,
         report: &mut ModelReport,
@@ -528,6 +537,7 @@ impl<'a> ModelRun<'a> {
             events,
             inputs,
             routes: &routes,
+            files,
             stop: &stop,
         };
         let results: Vec<Result<UnitDone, UnitFailure>> = futures::stream::iter(pending)

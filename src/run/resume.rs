@@ -392,11 +392,10 @@ pub(super) async fn append_identity(cx: &RunCx<'_>, model: &ModelConfig) -> Resu
     let mut upstream = BTreeMap::new();
     if files_read.is_none() {
         let (read, tables) = cx.dag.inputs_of(&model.name);
-        for source in read {
-            if let Some(spec) = cx.pipeline.sources.get(&source) {
-                sources.insert(source, source_files(cx.engine, spec).await?);
-            }
-        }
+        // As the units read them: a quarantined source's files are those its table holds.
+        sources = InputFiles::list_before_planning(cx.engine, cx.pipeline, &read)
+            .await?
+            .versions();
         upstream = upstream_versions(cx.engine, cx.pipeline, &model.name, tables).await?;
     }
     let append = Append {
@@ -470,18 +469,21 @@ mod tests {
 
     /// The files checked before the publish are those the units were planned from (and read),
     /// not a later listing. Before, the inputs were listed again after planning: a file caught
-    /// truncated by the planning (a writer rewriting it in place) was read as no rows, and, the
-    /// writer done by the second listing, the check found it unchanged and the model published
-    /// without its rows.
+    /// truncated by the listing the units were planned from (a writer rewriting it in place)
+    /// was read as no rows, and, the writer done by the second listing, the check found it
+    /// unchanged and the model published without its rows.
     #[tokio::test]
     async fn the_check_before_the_publish_compares_the_files_the_units_were_planned_from() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::create_dir_all(d.join("data")).unwrap();
         std::fs::create_dir_all(d.join("queries")).unwrap();
-        for f in 0..3 {
+        for f in 1..3 {
             std::fs::write(d.join(format!("data/f{f}.csv")), format!("id\n{f}\n")).unwrap();
         }
+        // The run lists f0 mid-rewrite, truncated; the writer is done before the units run.
+        let f0 = d.join("data/f0.csv");
+        std::fs::write(&f0, "").unwrap();
         std::fs::write(d.join("queries/copy.sql"), "SELECT * FROM events").unwrap();
         std::fs::write(
             d.join("sluice.toml"),
@@ -514,15 +516,12 @@ mod tests {
             databases: &prepared.databases,
             cluster: None,
         };
-        let f0 = d.join("data/f0.csv");
         let model = &prepared.pipeline.models["copy"];
         let planning = Planning {
             clock: &clock,
             state: None,
             run_id: "r",
         };
-        // The planning finds f0 mid-rewrite, truncated; the writer is done before the rest.
-        std::fs::write(&f0, "").unwrap();
         let plan = plan_units(cx.engine, cx.pipeline, cx.dag, model, &planning)
             .await
             .unwrap();
@@ -543,7 +542,8 @@ mod tests {
                 .is_some_and(|f| f.ends_with("/data/f0.csv")),
             "{changed:?}"
         );
-        // And a file left alone since the planning is no change.
+        // And a file left alone since the planning is no change (a model planned after the
+        // first lists the source again).
         let plan = plan_units(cx.engine, cx.pipeline, cx.dag, model, &planning)
             .await
             .unwrap();

@@ -466,6 +466,9 @@ pub(super) struct UnitJob<'a> {
     pub(super) inputs: &'a std::collections::BTreeMap<String, String>,
     /// The source files read once for every unit, and their rows by period.
     pub(super) routes: &'a super::route::Routes,
+    /// The files of its sources its units were planned from: what a unit reads of a source
+    /// it does not read a share of.
+    pub(super) files: &'a InputFiles,
     /// Set once a unit has failed for good: the model fails, so the units not started yet
     /// are not started, and running ones make no further attempt.
     pub(super) stop: &'a AtomicBool,

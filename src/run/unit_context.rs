@@ -66,7 +66,8 @@ pub(super) struct UnitContext {
 /// tables, with the inputs the unit reads a slice of replaced by views of that slice, and the
 /// model's views planned again over them. The whole-model unit runs in the engine's own
 /// session. A period unit reads, of a source read file by file when its units were planned,
-/// only the files holding rows of its period.
+/// only the files holding rows of its period; every other unit reads the files its model's
+/// units were planned from.
 pub(super) async fn unit_context(
     cx: &RunCx<'_>,
     job: &UnitJob<'_>,
@@ -87,6 +88,26 @@ pub(super) async fn unit_context(
             if let Some(t) = schema.table(&name).await.map_err(err)? {
                 ctx.register_table(name.as_str(), t).map_err(err)?;
             }
+        }
+    }
+    // A source the unit reads whole (not a share of its files) is read in the files the
+    // units were planned from: listed again by each unit's scan, a file added meanwhile would
+    // be read by the later units only, and partly published. (A quarantined source's table
+    // holds its files, as does an output's: see `InputFiles::listed_at_each_scan`.)
+    let shared: Vec<&String> = match &unit.kind {
+        UnitKind::Files { source, .. } => vec![source],
+        UnitKind::Period { start, .. } => sources
+            .iter()
+            .map(|(table, _)| table)
+            .filter(|t| events.is_some_and(|e| e.files_of(t, *start).is_some()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    for source in dag.sources_read(model) {
+        if let Some(files) = job.files.listed_at_each_scan(&source)
+            && !shared.contains(&&source)
+        {
+            shares.extend(restrict_to_files(&ctx, stores, pipeline, &source, files).await?);
         }
     }
     match &unit.kind {

@@ -197,6 +197,83 @@ async fn input_files_replaced_during_the_run_are_never_published_mixed() {
     assert_eq!(published().await, want);
 }
 
+/// A file added to a source while its model's units run is read by all of them or by none:
+/// units of keys, and units of periods for a source without event time, read the files the
+/// units were planned from. (Before, each unit's scan listed the folder again: the units
+/// after the file came read it, those before did not, and part of its rows were published.)
+#[tokio::test]
+async fn a_file_added_while_the_units_run_is_read_by_all_of_them_or_none() {
+    let key =
+        "[models.m.batches]\nby = \"key\"\nbuckets = 8\nkeys = { events = \"id\", dims = \"id\" }";
+    let period = "[models.m.batches]\nsize = \"day\"";
+    for batches in [key, period] {
+        let mut b = OneModel::new("events", "m")
+            .source_location("data/events/")
+            .source_toml("format = \"csv\"\nschema = \"id INT, ts TIMESTAMP\"\nevent_time = \"ts\"")
+            .query("SELECT e.id FROM events e JOIN dims d ON e.id = d.id")
+            .sink_toml(&format!(
+                "{batches}\n[settings]\nmax_concurrent_units = 1\n\
+                 [sources.dims]\nlocation = \"data/dims/\"\nformat = \"csv\"\nschema = \"id INT\""
+            ));
+        // Ten events a day for eight days; the dimension holds the even ids, and the file
+        // added mid-run the odd ones.
+        for day in 0..8 {
+            let rows: String = (0..10)
+                .map(|i| format!("{},2024-01-0{} 0{i}:00:00\n", day * 10 + i, day + 1))
+                .collect();
+            b = b.file(&format!("events/e{day}.csv"), format!("id,ts\n{rows}"));
+        }
+        let ids = |odd: u32| -> String {
+            (0..80)
+                .filter(|i| i % 2 == odd)
+                .map(|i| format!("{i}\n"))
+                .collect()
+        };
+        let dir = b.file("dims/d0.csv", format!("id\n{}", ids(0))).build();
+        let d = dir.path();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["-q", "run", "."])
+            .current_dir(d)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let staging = d.join("out/_sluice_staging/m");
+        let started = std::time::Instant::now();
+        while !crate::support::files_under(&staging)
+            .iter()
+            .any(|f| !f.ends_with("_LEASE"))
+        {
+            assert!(
+                started.elapsed().as_secs() < 60,
+                "{batches}: no unit staged a file"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        std::fs::write(d.join("data/dims/d1.csv"), format!("id\n{}", ids(1))).unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(0), "{batches}");
+        let published = || async {
+            let mut ids: Vec<u32> = output_rows(d, "m", &["id"])
+                .await
+                .into_iter()
+                .map(|r| r[0].parse().unwrap())
+                .collect();
+            ids.sort();
+            ids
+        };
+        let evens: Vec<u32> = (0..80).filter(|i| i % 2 == 0).collect();
+        let all: Vec<u32> = (0..80).collect();
+        let first = published().await;
+        assert!(
+            first == evens || first == all,
+            "{batches}: part of a file was read: {first:?}"
+        );
+        let run = sluice(d, &["run", "."]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_eq!(published().await, all, "{batches}");
+    }
+}
+
 /// How a test replaces an input file between the run's preparation and its model's units.
 #[derive(Clone, Copy, Debug)]
 enum Replace {
