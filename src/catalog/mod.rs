@@ -182,18 +182,6 @@ fn df_err(spec: &SourceConfig, e: &DataFusionError) -> CatalogError {
     CatalogError::read_failed(&spec.name, spec.location.clone(), e)
 }
 
-/// A source registered as a table.
-#[derive(Debug)]
-pub(crate) struct Registered {
-    /// The table's full schema (file columns then partition columns).
-    pub(crate) schema: SchemaRef,
-    /// Every file of the source as registering it listed them, in path order, for the rest of
-    /// the run to use rather than list them again; `None` when it did not list them all (a
-    /// declared schema needs one file, a sluice output is read through its manifest, a
-    /// quarantined source's table holds its files).
-    pub(crate) files: Option<Vec<ObjectMeta>>,
-}
-
 /// Registers a database source in `ctx`, its columns as the database describes them, read
 /// under `databases`' pool of its database.
 pub(crate) async fn register_database_source(
@@ -223,14 +211,15 @@ pub(crate) async fn register_database_source(
     Ok(schema)
 }
 
-/// Registers a table over files in `ctx`, inferring or parsing its schema. The schemas of
-/// file versions `cache` knows are not read again; those read are handed to it.
+/// Registers a table over files in `ctx`, inferring or parsing its schema, and returns the
+/// table's full schema (file columns then partition columns). The schemas of file versions
+/// `cache` knows are not read again; those read are handed to it.
 pub(crate) async fn register_table(
     ctx: &SessionContext,
     stores: &StoreRegistry,
     spec: &SourceConfig,
     cache: Option<&dyn FileSchemas>,
-) -> Result<Registered, CatalogError> {
+) -> Result<SchemaRef, CatalogError> {
     register(ctx, stores, spec, None, cache).await
 }
 
@@ -243,7 +232,7 @@ pub(crate) async fn register_share(
     spec: &SourceConfig,
     known: SchemaRef,
 ) -> Result<SchemaRef, CatalogError> {
-    Ok(register(ctx, stores, spec, Some(known), None).await?.schema)
+    register(ctx, stores, spec, Some(known), None).await
 }
 
 async fn register(
@@ -252,14 +241,11 @@ async fn register(
     spec: &SourceConfig,
     known: Option<SchemaRef>,
     cache: Option<&dyn FileSchemas>,
-) -> Result<Registered, CatalogError> {
+) -> Result<SchemaRef, CatalogError> {
     let (table_url, location, store) = resolve(ctx, stores, spec)?;
     let output = register_output(ctx, spec, &location, &store).await?;
     if let AsOutput::Registered(schema) = output {
-        return Ok(Registered {
-            schema,
-            files: None,
-        });
+        return Ok(schema);
     }
     let mut opts = listing_options(ctx, spec).await?;
     if spec.partition_cols.is_empty() {
@@ -333,7 +319,7 @@ async fn register(
             },
         ));
     }
-    let mut files = listed;
+    let files = listed;
     if checks_partitions {
         check_partition_values(spec, &table_url, &opts, &location, &files)?;
     }
@@ -366,18 +352,9 @@ async fn register(
             crate::quarantine::OnBad::Fail
         };
         // (Its files are the table's own: see `QuarantineTable::files`.)
-        let schema = register_quarantine(ctx, spec, files, file_schema, on_bad)?;
-        return Ok(Registered {
-            schema,
-            files: None,
-        });
+        return register_quarantine(ctx, spec, files, file_schema, on_bad);
     }
-    let schema = register_listing(ctx, spec, table_url, opts, file_schema)?;
-    files.sort_by(|a, b| a.location.cmp(&b.location));
-    Ok(Registered {
-        schema,
-        files: (every && !matches!(output, AsOutput::Untyped)).then_some(files),
-    })
+    register_listing(ctx, spec, table_url, opts, file_schema)
 }
 
 /// What a source's location is, as a sluice output.

@@ -17,10 +17,9 @@ pub mod udf;
 
 pub use execution::{Execution, FileVersion, ScanRows, file_version, files_read};
 
-use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
@@ -28,7 +27,6 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
-use object_store::ObjectMeta;
 
 use crate::config::{JoinOptions, JoinStrategy};
 use crate::join;
@@ -89,8 +87,6 @@ pub struct Engine {
     ctx: SessionContext,
     stores: Arc<StoreRegistry>,
     options: EngineOptions,
-    /// The files of each source (by name) as registering it listed them, in path order.
-    listed: Mutex<HashMap<String, Vec<ObjectMeta>>>,
     /// The folder spills go to (`spill_dir`, or the system's temporary folder).
     spill_root: PathBuf,
     /// This process's folder in it, where DataFusion spills (after `ctx`: the session goes
@@ -240,7 +236,6 @@ impl Engine {
             ctx,
             stores,
             options,
-            listed: Mutex::default(),
             spill_root,
             _spill: spill,
         })
@@ -265,30 +260,6 @@ impl Engine {
     /// which this process has its own folder.
     pub fn spill_folder(&self) -> &std::path::Path {
         &self.spill_root
-    }
-
-    /// Keeps the files of `source` as registering it listed them (in path order), so that
-    /// the first model to read it plans from that listing rather than list the source again
-    /// (on object storage, one request per 1,000 files).
-    pub(crate) fn set_source_files(&self, source: &str, files: Vec<ObjectMeta>) {
-        self.lock_listed().insert(source.to_string(), files);
-    }
-
-    /// The files of `source` as registering it listed them, if it listed them all and no
-    /// model took them yet: a model that reads the source later lists it again, so that it
-    /// reads the files as they are when it runs.
-    pub(crate) fn take_source_files(&self, source: &str) -> Option<Vec<ObjectMeta>> {
-        self.lock_listed().remove(source)
-    }
-
-    /// [`Engine::take_source_files`], leaving them for the model that takes them.
-    pub(crate) fn source_files(&self, source: &str) -> Option<Vec<ObjectMeta>> {
-        self.lock_listed().get(source).cloned()
-    }
-
-    fn lock_listed(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<ObjectMeta>>> {
-        // A poisoned lock only means a panic mid-insert: the map is still whole.
-        self.listed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The pool the session's operators reserve memory in (unbounded without a limit).

@@ -1,5 +1,4 @@
-//! The files of the sources a model reads, listed once before its units are planned (the
-//! first model to read a source takes the listing the run made to register it): what its
+//! The files of the sources a model reads, listed once before its units are planned: what its
 //! units read (a unit of files, of keys or of periods reads exactly those versions, a
 //! quarantined source the files its table holds), what their inputs are hashed from for a
 //! resumed run, and what is compared with a new listing before the publish.
@@ -29,51 +28,21 @@ pub(crate) struct InputFiles {
 }
 
 impl InputFiles {
-    /// Lists the files of each of `sources` that is a file source, for a model's units to be
-    /// planned from: a quarantined source's are those its table reads (listed when it was
-    /// registered); any other's are those registering it listed, for the first model to
-    /// read it, else listed now.
+    /// Lists the files of each of `sources` that is a file source: a quarantined source's
+    /// are those its table reads (listed when it was registered), any other's are listed now.
     pub(crate) async fn list(
         engine: &Engine,
         pipeline: &Pipeline,
         sources: &BTreeSet<String>,
-    ) -> Result<InputFiles, CatalogError> {
-        InputFiles::list_for(engine, pipeline, sources, true).await
-    }
-
-    /// [`InputFiles::list`] for a model about to be planned (what it will read), leaving the
-    /// registration's listings to its planning.
-    pub(crate) async fn list_before_planning(
-        engine: &Engine,
-        pipeline: &Pipeline,
-        sources: &BTreeSet<String>,
-    ) -> Result<InputFiles, CatalogError> {
-        InputFiles::list_for(engine, pipeline, sources, false).await
-    }
-
-    async fn list_for(
-        engine: &Engine,
-        pipeline: &Pipeline,
-        sources: &BTreeSet<String>,
-        take_registered: bool,
     ) -> Result<InputFiles, CatalogError> {
         let mut out = InputFiles::default();
         for source in sources {
             let Some(spec) = pipeline.sources.get(source) else {
                 continue;
             };
-            let registered = || match take_registered {
-                true => engine.take_source_files(source),
-                false => engine.source_files(source),
-            };
             let (files, fixed) = match quarantined_files(engine, source).await {
                 Some(files) => (files, true),
-                None => match registered() {
-                    Some(files) => (files, false),
-                    None => {
-                        crate::catalog::list_source(engine.ctx(), engine.stores(), spec).await?
-                    }
-                },
+                None => crate::catalog::list_source(engine.ctx(), engine.stores(), spec).await?,
             };
             if fixed {
                 out.fixed.insert(source.clone());

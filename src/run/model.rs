@@ -113,7 +113,7 @@ impl ModelRun<'_> {
             .values()
             .flat_map(|u| u.files.iter().map(|f| f.staged.clone()))
             .collect();
-        let (records, scanned, mut unit_rejects) = run
+        let ran = run
             .run_units(
                 units,
                 plan.events.as_ref(),
@@ -122,7 +122,17 @@ impl ModelRun<'_> {
                 kept,
                 report,
             )
-            .await?;
+            .await;
+        // A unit that failed on a file replaced meanwhile (a Parquet footer no longer where
+        // its planned size says) failed for that reason: say so, and that a rerun reads it.
+        let (records, scanned, mut unit_rejects) = match ran {
+            Ok(ran) => ran,
+            Err(e) if cx.interrupt.stopping().is_some() => return Err(e),
+            Err(e) => match planned.changed_file(cx).await {
+                Ok(Some(file)) => return Err(run.replaced(&file)),
+                _ => return Err(e),
+            },
+        };
         // Planning time units read every file of a quarantined source.
         if let Some(events) = plan.events {
             unit_rejects.extend(events.rejects);
@@ -150,12 +160,7 @@ impl ModelRun<'_> {
             }
         }
         if let Some(file) = planned.changed_file(cx).await? {
-            let file = run.display(&file);
-            return Err(run.error(format!(
-                "input file {file} was replaced or removed while the model ran, so its units may \
-             have read either version: nothing was published; run the command again (the \
-             units that read it run again, the others are kept)"
-            )));
+            return Err(run.replaced(&file));
         }
         let files = run.compact(files, &kept_files, report).await?;
         let periods = plan.incremental.as_ref().map(|work| run.period_write(work));
@@ -170,6 +175,16 @@ impl ModelRun<'_> {
             report.balance(filtered);
         }
         Ok(())
+    }
+
+    /// The error of a model whose input `file` was replaced or removed while it ran.
+    fn replaced(&self, file: &str) -> Error {
+        let file = self.display(file);
+        self.error(format!(
+            "input file {file} was replaced or removed while the model ran, so its units may \
+             have read either version: nothing was published; run the command again (the \
+             units that read it run again, the others are kept)"
+        ))
     }
 
     /// Ends a run of the model that publishes nothing: its staging and lease go, and files

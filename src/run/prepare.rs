@@ -122,8 +122,7 @@ pub async fn prepare(
             needed_sources.extend(node.sources.iter().cloned());
         }
     }
-    // The schemas of the sources' files that earlier runs read are not read again, and each
-    // source's files are listed once for the whole run.
+    // The schemas of the sources' files that earlier runs read are not read again.
     let state = super::source_schemas::open_state(&pipeline);
     let mut schemas_read = SchemasRead::default();
     // One pool per database for the whole run: its connection cap holds across models.
@@ -136,13 +135,8 @@ pub async fn prepare(
             continue;
         };
         let cache = SourceSchemas::load(state.as_ref(), spec);
-        let registered =
-            catalog::register_table(engine.ctx(), engine.stores(), spec, Some(&cache)).await?;
+        catalog::register_table(engine.ctx(), engine.stores(), spec, Some(&cache)).await?;
         schemas_read.push(cache);
-        // The run's one listing of the source's files.
-        if let Some(files) = registered.files {
-            engine.set_source_files(name, files);
-        }
     }
     drop(state);
     for name in &outside {

@@ -393,7 +393,7 @@ pub(super) async fn append_identity(cx: &RunCx<'_>, model: &ModelConfig) -> Resu
     if files_read.is_none() {
         let (read, tables) = cx.dag.inputs_of(&model.name);
         // As the units read them: a quarantined source's files are those its table holds.
-        sources = InputFiles::list_before_planning(cx.engine, cx.pipeline, &read)
+        sources = InputFiles::list(cx.engine, cx.pipeline, &read)
             .await?
             .versions();
         upstream = upstream_versions(cx.engine, cx.pipeline, &model.name, tables).await?;

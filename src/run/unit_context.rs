@@ -248,12 +248,11 @@ async fn restrict_to_files(
     stores.insert(&url, std::sync::Arc::new(view));
     let prefix = table_url.prefix().as_ref();
     let mut unit_spec = spec.clone();
-    let tail = spec.location.rsplit_once('/').map_or("", |(_, t)| t);
-    unit_spec.location = if spec.location.ends_with('/') || prefix.is_empty() {
+    // A folder, or a glob: the folder before the pattern, whose view holds only the files
+    // that matched (DataFusion expands no pattern in a URL of another scheme than `file`).
+    let glob = table_url.get_glob().is_some();
+    unit_spec.location = if spec.location.ends_with('/') || prefix.is_empty() || glob {
         format!("{view_url}{prefix}/")
-    } else if tail.contains(['*', '?', '[']) {
-        // A glob: keep the pattern after the prefix.
-        format!("{view_url}{prefix}/{tail}")
     } else {
         // A single file: its prefix is its path.
         format!("{view_url}{prefix}")

@@ -190,14 +190,14 @@ late_window = "48h"
         .filter(|l| l.contains("/lake/events/") && l.contains(".parquet"))
         .collect();
     assert!(reads.is_empty(), "{reads:#?}");
-    // And listed once for the run (the registration's listing is the event map's too), beside
-    // the first page that finds its partition folders.
+    // And listed twice: once to register the source (beside the first page that finds its
+    // partition folders), once for the model, whose units and checks all use that listing.
     let listings: Vec<&str> = log
         .lines()
         .skip(before)
         .filter(|l| l.contains("GET /lake?") && l.contains("prefix=events"))
         .collect();
-    assert_eq!(listings.len(), 2, "{listings:#?}");
+    assert_eq!(listings.len(), 3, "{listings:#?}");
 
     // b rewritten with other columns.
     let new = put("b.parquet", "b2", "2 AS ix", 2);
