@@ -155,34 +155,16 @@ async fn input_files_replaced_during_the_run_are_never_published_mixed() {
         .spawn()
         .unwrap();
     // Once the first unit has staged its file, row 100 moves from the first file to the last.
-    // (The run's lease is in the same folder, before any unit runs.)
-    let staging = d.join("out/_sluice_staging/copy");
-    let started = std::time::Instant::now();
-    while !crate::support::files_under(&staging)
-        .iter()
-        .any(|f| !f.ends_with("_LEASE"))
-    {
-        assert!(started.elapsed().as_secs() < 60, "no unit staged a file");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    wait_for_a_staged_file(d, "copy");
     std::fs::write(d.join("data/f00.csv"), "id\n0\n").unwrap();
     std::fs::write(d.join("data/f59.csv"), "id\n59\n100\n").unwrap();
     let first = child.wait().unwrap();
     let out = d.join("out/copy");
-    let published = || async {
-        let mut ids: Vec<u32> = output_rows(d, "copy", &["id"])
-            .await
-            .into_iter()
-            .map(|r| r[0].parse().unwrap())
-            .collect();
-        ids.sort();
-        ids
-    };
     let mut want: Vec<u32> = (0..60).collect();
     want.push(100);
     if first.code() == Some(0) {
         // Finished before the files were replaced (a very fast machine): it read one state.
-        assert_eq!(published().await, want);
+        assert_eq!(output_ids(d, "copy").await, want);
     } else {
         assert_eq!(first.code(), Some(1));
         assert!(!out.join("_MANIFEST").exists(), "a failed run published");
@@ -194,7 +176,7 @@ async fn input_files_replaced_during_the_run_are_never_published_mixed() {
     }
     let run = sluice(d, &["run", "."]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(published().await, want);
+    assert_eq!(output_ids(d, "copy").await, want);
 }
 
 /// A file added to a source while its model's units run is read by all of them or by none:
@@ -238,39 +220,19 @@ async fn a_file_added_while_the_units_run_is_read_by_all_of_them_or_none() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let staging = d.join("out/_sluice_staging/m");
-        let started = std::time::Instant::now();
-        while !crate::support::files_under(&staging)
-            .iter()
-            .any(|f| !f.ends_with("_LEASE"))
-        {
-            assert!(
-                started.elapsed().as_secs() < 60,
-                "{batches}: no unit staged a file"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        wait_for_a_staged_file(d, "m");
         std::fs::write(d.join("data/dims/d1.csv"), format!("id\n{}", ids(1))).unwrap();
         assert_eq!(child.wait().unwrap().code(), Some(0), "{batches}");
-        let published = || async {
-            let mut ids: Vec<u32> = output_rows(d, "m", &["id"])
-                .await
-                .into_iter()
-                .map(|r| r[0].parse().unwrap())
-                .collect();
-            ids.sort();
-            ids
-        };
         let evens: Vec<u32> = (0..80).filter(|i| i % 2 == 0).collect();
         let all: Vec<u32> = (0..80).collect();
-        let first = published().await;
+        let first = output_ids(d, "m").await;
         assert!(
             first == evens || first == all,
             "{batches}: part of a file was read: {first:?}"
         );
         let run = sluice(d, &["run", "."]);
         assert_eq!(run.code, 0, "{}", run.stderr);
-        assert_eq!(published().await, all, "{batches}");
+        assert_eq!(output_ids(d, "m").await, all, "{batches}");
     }
 }
 
@@ -312,12 +274,7 @@ async fn every_kind_of_unit_reads_a_glob_source() {
             let d = dir.path();
             let run = sluice(d, &["run", "."]);
             assert_eq!(run.code, 0, "{case}: {}", run.stderr);
-            let mut ids: Vec<u32> = output_rows(d, "m", &["id"])
-                .await
-                .into_iter()
-                .map(|r| r[0].parse().unwrap())
-                .collect();
-            ids.sort();
+            let ids = output_ids(d, "m").await;
             let want: Vec<u32> = match location {
                 "data/logs/*.csv" => vec![1, 2, 3],
                 _ => vec![1, 2],
@@ -399,17 +356,8 @@ async fn a_file_replaced_between_preparing_and_planning_is_never_read_cut() {
                     .await
                     .unwrap();
                 let model = &report.models[0];
-                let published = || async {
-                    let mut ids: Vec<u32> = output_rows(d, "copy", &["id"])
-                        .await
-                        .into_iter()
-                        .map(|r| r[0].parse().unwrap())
-                        .collect();
-                    ids.sort();
-                    ids
-                };
                 if model.error.is_none() {
-                    assert_eq!(published().await, want, "{case}");
+                    assert_eq!(output_ids(d, "copy").await, want, "{case}");
                     continue;
                 }
                 let error = model.error.clone().unwrap_or_default();
@@ -427,9 +375,37 @@ async fn a_file_replaced_between_preparing_and_planning_is_never_read_cut() {
                 );
                 let again = sluice(d, &["run", "."]);
                 assert_eq!(again.code, 0, "{case}: {}", again.stderr);
-                assert_eq!(published().await, want, "{case}");
+                assert_eq!(output_ids(d, "copy").await, want, "{case}");
             }
         }
+    }
+}
+
+/// The `id` column of `model`'s output, sorted.
+async fn output_ids(dir: &std::path::Path, model: &str) -> Vec<u32> {
+    let mut ids: Vec<u32> = output_rows(dir, model, &["id"])
+        .await
+        .into_iter()
+        .map(|r| r[0].parse().unwrap())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Waits until a unit of `model` has staged a file (not the run's lease, which is staged
+/// before any unit runs).
+fn wait_for_a_staged_file(dir: &std::path::Path, model: &str) {
+    let staging = dir.join("out/_sluice_staging").join(model);
+    let started = std::time::Instant::now();
+    while !crate::support::files_under(&staging)
+        .iter()
+        .any(|f| !f.ends_with("_LEASE"))
+    {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "{model}: no unit staged a file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 
