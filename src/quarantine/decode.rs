@@ -14,6 +14,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 
+use super::plain_csv::PlainCsv;
 use super::split::{Boundaries, Chunk, CsvBoundaries};
 use super::{MAX_RAW, Reject};
 use crate::config::CsvOptions;
@@ -392,6 +393,31 @@ impl ChunkDecoder {
         null: &Option<regex::Regex>,
         out: &mut Vec<RecordBatch>,
     ) -> Result<(), (usize, ArrowError)> {
+        // Most chunks have no quoting: read those the faster way, and any other chunk, or
+        // one whose rows it does not read the same way (a bad row, a blank line), with
+        // arrow's decoder, which finds where the bad rows are.
+        let plain = PlainCsv {
+            schema: &self.schema,
+            columns,
+            delimiter: options.delimiter,
+            quote: options.quote,
+            escape: options.escape,
+            null: null.as_ref(),
+            header,
+            batch_size: self.batch_size,
+        };
+        // (It converts values with arrow's functions, which can panic: see `guarded`.)
+        if let Some(batches) = guarded(|| Ok(plain.decode(parts))).ok().flatten() {
+            // A row without an event time is a bad row too: arrow's decoder finds it.
+            let timed: Result<Vec<_>, _> = batches
+                .into_iter()
+                .map(|b| self.timed(Some(b), projection))
+                .collect();
+            if let Ok(batches) = timed {
+                out.extend(batches.into_iter().flatten());
+                return Ok(());
+            }
+        }
         // Bytes consumed, and where the batch being filled started.
         let (mut pos, mut batch) = (0usize, 0usize);
         let mut b = datafusion::arrow::csv::ReaderBuilder::new(Arc::clone(&self.schema))

@@ -15,6 +15,7 @@
 //! - this module: the table, the scan plan, and the reject sink shared by a run.
 
 pub mod decode;
+mod plain_csv;
 pub mod rejects;
 pub mod split;
 #[cfg(test)]
