@@ -5,13 +5,15 @@
 //! DataFusion's CSV and JSON readers fail the whole query on the first bad row, so such a
 //! source is a [`QuarantineTable`]. Its scan streams each file, cuts the bytes into chunks of
 //! whole records ([`split`]: quote-aware for CSV, so a quoted newline is never a cut), decodes
-//! the chunks on blocking threads in parallel and in order ([`decode`]: arrow's own decoder
-//! first, taking a chunk apart only when it fails), and sends the good rows on. The run writes
+//! the chunks on blocking threads in parallel and in order ([`decode`]: arrow's own decoder,
+//! or a faster one giving the same rows, taking a chunk apart only when it fails), and sends the good rows on. The run writes
 //! the rejects as Parquet (`src/run.rs`) and counts them. See `docs/design/quarantine.md`.
 //!
 //! # Layout
 //! - [`split`]: byte stream → chunks that end on a record boundary, with their first line.
 //! - [`decode`]: chunk → good batches + rejects.
+//! - `plain_csv`: the faster decoder of a CSV chunk without quoting inside values, which
+//!   [`decode`] tries first; it hands back any chunk it would not read as arrow's decoder does.
 //! - this module: the table, the scan plan, and the reject sink shared by a run.
 
 pub mod decode;
