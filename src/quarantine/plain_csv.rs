@@ -288,10 +288,19 @@ fn build<'a>(
         Time32(TimeUnit::Millisecond) => primitive::<Time32MillisecondType>(strings)?,
         Time64(TimeUnit::Microsecond) => primitive::<Time64MicrosecondType>(strings)?,
         Time64(TimeUnit::Nanosecond) => primitive::<Time64NanosecondType>(strings)?,
-        Decimal32(p, s) => decimal::<Decimal32Type>(strings, *p, *s)?,
-        Decimal64(p, s) => decimal::<Decimal64Type>(strings, *p, *s)?,
-        Decimal128(p, s) => decimal128(strings, *p, *s)?,
-        Decimal256(p, s) => decimal::<Decimal256Type>(strings, *p, *s)?,
+        &Decimal32(p, s) => decimal::<Decimal32Type>(strings, p, s, |v| {
+            parse_decimal::<Decimal32Type>(v, p, s).ok()
+        })?,
+        &Decimal64(p, s) => decimal::<Decimal64Type>(strings, p, s, |v| {
+            parse_decimal::<Decimal64Type>(v, p, s).ok()
+        })?,
+        // The common values (up to 18 digits, no exponent) read in 64 bits.
+        &Decimal128(p, s) => decimal::<Decimal128Type>(strings, p, s, |v| {
+            short_decimal(v, p, s).or_else(|| parse_decimal::<Decimal128Type>(v, p, s).ok())
+        })?,
+        &Decimal256(p, s) => decimal::<Decimal256Type>(strings, p, s, |v| {
+            parse_decimal::<Decimal256Type>(v, p, s).ok()
+        })?,
         Timestamp(TimeUnit::Second, tz) => timestamp::<TimestampSecondType>(strings, tz)?,
         Timestamp(TimeUnit::Millisecond, tz) => timestamp::<TimestampMillisecondType>(strings, tz)?,
         Timestamp(TimeUnit::Microsecond, tz) => timestamp::<TimestampMicrosecondType>(strings, tz)?,
@@ -313,43 +322,19 @@ fn primitive<'a, T: ArrowPrimitiveType + Parser>(
     Some(Arc::new(builder.finish()))
 }
 
+/// A decimal column, each value read by `read` (`parse_decimal`, or first `short_decimal`).
 fn decimal<'a, T: DecimalType>(
     values: impl Iterator<Item = Option<&'a str>>,
     precision: u8,
     scale: i8,
+    read: impl Fn(&str) -> Option<T::Native>,
 ) -> Option<ArrayRef> {
     let (low, _) = values.size_hint();
     let mut builder = PrimitiveBuilder::<T>::with_capacity(low);
     for v in values {
         match v {
             None => builder.append_null(),
-            Some(s) => builder.append_value(parse_decimal::<T>(s, precision, scale).ok()?),
-        }
-    }
-    Some(Arc::new(
-        builder
-            .finish()
-            .with_precision_and_scale(precision, scale)
-            .ok()?,
-    ))
-}
-
-/// A Decimal128 column: [`decimal`], with the common values (up to 18 digits, no exponent)
-/// read in 64 bits.
-fn decimal128<'a>(
-    values: impl Iterator<Item = Option<&'a str>>,
-    precision: u8,
-    scale: i8,
-) -> Option<ArrayRef> {
-    let (low, _) = values.size_hint();
-    let mut builder = PrimitiveBuilder::<Decimal128Type>::with_capacity(low);
-    for v in values {
-        match v {
-            None => builder.append_null(),
-            Some(s) => builder.append_value(match short_decimal(s, precision, scale) {
-                Some(v) => v,
-                None => parse_decimal::<Decimal128Type>(s, precision, scale).ok()?,
-            }),
+            Some(s) => builder.append_value(read(s)?),
         }
     }
     Some(Arc::new(
