@@ -393,9 +393,9 @@ impl ChunkDecoder {
         null: &Option<regex::Regex>,
         out: &mut Vec<RecordBatch>,
     ) -> Result<(), (usize, ArrowError)> {
-        // Most chunks have no quoting: read those the faster way, and any other chunk, or
-        // one whose rows it does not read the same way (a bad row, a blank line), with
-        // arrow's decoder, which finds where the bad rows are.
+        // Most chunks quote nothing but whole values: read those the faster way, and any
+        // other chunk, or one it would not read as arrow's decoder does (a bad row, a blank
+        // line), with arrow's decoder, which finds where the bad rows are.
         let plain = PlainCsv {
             schema: &self.schema,
             columns,
