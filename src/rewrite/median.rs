@@ -26,9 +26,11 @@
 //! The input is read three times (twice more per further argument of `median`), so this is
 //! done only under a memory limit, and when reading it again gives the same rows: table
 //! reads, joins of them, and aggregations of counts, sums, minimums and maximums of no
-//! floats (see [`super::rereadable`]). A
-//! `median(DISTINCT x)` or one with a `FILTER` is left as it is, and so is an aggregation
-//! grouped by a float (see [`super::holds_floats`]).
+//! floats (see [`super::rereadable`]). A float key is folded as DataFusion's grouping folds
+//! it, -0.0 into +0.0 ([`super::zero_folded`]), so that the numbering and the joins see its
+//! groups. A `median(DISTINCT x)` is rewritten as DataFusion plans it, a `median(x)` over a
+//! grouping by the keys and `x`. A `median` with a `FILTER` is left as it is, and so is an
+//! aggregation grouped by a list or struct of floats (see [`super::holds_floats`]).
 
 use std::sync::Arc;
 
@@ -137,11 +139,13 @@ fn middle_values(
     median: &Median,
     alias: &str,
 ) -> Result<LogicalPlan> {
-    let mut exprs: Vec<Expr> = keys
-        .iter()
-        .enumerate()
-        .map(|(j, k)| k.clone().unalias().alias(key(j)))
-        .collect();
+    // A float key is folded as the grouping folds it, so that the numbering's window and
+    // the joins see one group of -0.0 and +0.0 where the grouping does.
+    let mut exprs = Vec::with_capacity(keys.len() + 1);
+    for (j, k) in keys.iter().enumerate() {
+        let t = k.get_type(input.schema())?;
+        exprs.push(super::zero_folded(k.clone().unalias(), &t)?.alias(key(j)));
+    }
     exprs.push(median.arg.clone().alias("__sluice_v"));
     let values = LogicalPlanBuilder::from(Arc::clone(input))
         .project(exprs)?
@@ -208,16 +212,25 @@ fn rewrite(agg: &Aggregate) -> Result<Option<LogicalPlan>> {
     let schema = agg.input.schema();
     let typed = |e: &Expr| e.get_type(schema).is_ok_and(|t| t != DataType::Null);
     let floats = |e: &Expr| e.get_type(schema).map_or(true, |t| super::holds_floats(&t));
-    // A float key: the grouping takes -0.0 and +0.0 as one group, the numbering's window as
-    // two. A distinct aggregate of floats left alone beside the medians would be split by
-    // DataFusion into a grouping, which takes them as one value where its set takes two.
+    // A key of floats inside a list or a struct: the grouping takes -0.0 and +0.0 as one
+    // group, the numbering's window as two, and they cannot be folded as a plain float key
+    // is ([`super::zero_folded`]). A distinct aggregate of floats left alone beside the
+    // medians would be split by DataFusion into a grouping, which takes them as one value
+    // where its set takes two.
+    let nested_floats = |e: &Expr| {
+        e.get_type(schema)
+            .map_or(true, |t| !t.is_floating() && super::holds_floats(&t))
+    };
     let distinct_of_floats = others.iter().any(|&i| {
         let e = super::unaliased(&agg.aggr_expr[i]);
         matches!(e, Expr::AggregateFunction(f)
             if f.params.distinct && f.params.args.iter().any(floats))
     });
     if matches!(agg.group_expr.first(), Some(Expr::GroupingSet(_)))
-        || agg.group_expr.iter().any(|k| k.is_volatile() || floats(k))
+        || agg
+            .group_expr
+            .iter()
+            .any(|k| k.is_volatile() || nested_floats(k))
         || distinct_of_floats
         || medians
             .iter()
@@ -338,11 +351,12 @@ mod tests {
     use super::super::testing::{assert_datafusions_answers, session};
 
     /// Medians by sort give DataFusion's answers over seeded tables of every size from none
-    /// to a few thousand rows: grouped and not, integers (as floats), floats with NaN and
-    /// infinities, decimals, NULL keys, a group whose values are all NULL, several
-    /// arguments, an argument used twice, other aggregates beside, an expression as key and
-    /// as argument, no rows, an aggregation as input. Left alone: `DISTINCT`, `FILTER`, an
-    /// input whose rows may come out otherwise when read again (a float sum, `array_agg`).
+    /// to a few thousand rows: grouped and not, integers (as floats), floats with NaN of
+    /// both signs and infinities, decimals, NULL keys, float keys with both zeros, a group
+    /// whose values are all NULL, several arguments, an argument used twice, other
+    /// aggregates beside, an expression as key and as argument, no rows, an aggregation as
+    /// input, `median(DISTINCT x)` (over DataFusion's grouping). Left alone: `FILTER`, a key of a list of floats, an input whose rows may come out otherwise when
+    /// read again (a float sum, `array_agg`).
     #[tokio::test]
     async fn medians_by_sort_give_datafusions_answers() {
         let queries = [
@@ -374,15 +388,36 @@ mod tests {
                 "SELECT k, median(x) AS m FROM t WHERE x > 1000 GROUP BY k ORDER BY k",
                 true,
             ),
+            // DataFusion plans `median(DISTINCT x)` as a median over a grouping by
+            // `k, CAST(x AS DOUBLE)`: its input can be read again, so it is rewritten.
             (
                 "SELECT k, median(DISTINCT x) AS m FROM t GROUP BY k ORDER BY k",
-                false,
+                true,
             ),
-            // -0.0 and +0.0 are one group to a grouping, two to a window's numbering; a
-            // distinct count of floats split off into a grouping would count them once.
+            (
+                "SELECT k, median(DISTINCT x) AS m, COUNT(*) AS n FROM t GROUP BY k ORDER BY k",
+                true,
+            ),
+            // -0.0 and +0.0 are one group to a grouping, two to a window's numbering unless
+            // folded; NaN and -NaN are two groups to both. A distinct count of floats split
+            // off into a grouping would count them once.
             (
                 "SELECT round(f / 1e7) AS r, median(x) AS m FROM t GROUP BY round(f / 1e7) \
                  ORDER BY r",
+                true,
+            ),
+            (
+                "SELECT f, k, COUNT(*) AS n, median(x) AS m, median(f) AS mf FROM t \
+                 GROUP BY f, k ORDER BY f, k",
+                true,
+            ),
+            (
+                "SELECT CAST(f AS REAL) AS r, median(d) AS m FROM t \
+                 WHERE f = 0 OR f = -0.0 OR isnan(f) OR f IS NULL GROUP BY CAST(f AS REAL) ORDER BY r",
+                true,
+            ),
+            (
+                "SELECT [f] AS l, median(x) AS m FROM t GROUP BY [f] ORDER BY l",
                 false,
             ),
             (
@@ -399,7 +434,7 @@ mod tests {
                 true,
             ),
             // Over an aggregation of counts and integer sums, whose rows come out the same
-            // each time it is read; not over a float sum, nor one grouped by a float.
+            // each time it is read, grouped by a float too; not over a float sum.
             (
                 "SELECT n % 3 AS g, median(s) AS m, median(hi) AS mh FROM \
                  (SELECT k, COUNT(*) AS n, SUM(x) AS s, MAX(d) AS hi FROM t GROUP BY k) \
@@ -413,7 +448,12 @@ mod tests {
             ),
             (
                 "SELECT median(n) AS m FROM (SELECT f, COUNT(*) AS n FROM t GROUP BY f)",
-                false,
+                true,
+            ),
+            (
+                "SELECT f, median(n) AS m FROM (SELECT f, k, COUNT(*) AS n FROM t GROUP BY f, k) \
+                 GROUP BY f ORDER BY f",
+                true,
             ),
             (
                 "SELECT median(cardinality(xs)) AS m FROM \

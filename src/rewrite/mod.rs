@@ -41,8 +41,9 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
+use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::{Expr, LogicalPlan, when};
 use datafusion::optimizer::OptimizerRule;
 use datafusion::optimizer::optimizer::Optimizer;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
@@ -99,6 +100,28 @@ pub(super) fn holds_floats(t: &DataType) -> bool {
     }
 }
 
+/// `e`, of type `t`, with -0.0 made +0.0 when `t` is a float, as DataFusion's grouping
+/// stores the group of both zeros: a sort, a window's partitions or a join then take a
+/// float key as the grouping does. Every other value, a NaN's payload included, is kept bit
+/// for bit (`e + 0.0` alone would quiet a signalling NaN). (`e + 0.0 = 0.0` holds for
+/// both zeros whether `=` follows IEEE's equality or its total order: -0.0 + 0.0 is +0.0.)
+pub(super) fn zero_folded(e: Expr, t: &DataType) -> Result<Expr> {
+    if !t.is_floating() {
+        return Ok(e);
+    }
+    let zero = || ScalarValue::new_zero(t).map(|z| Expr::Literal(z, None));
+    when((e.clone() + zero()?).eq(zero()?), zero()?).otherwise(e)
+}
+
+/// Whether `e`, of a float type `t`, is -0.0 (NULL when `e` is): beside the key itself, a
+/// grouping key that parts the groups as a window's partitions or a sort part them, where
+/// DataFusion's grouping takes -0.0 and +0.0 to be one group. (1 / -0.0 is -inf.)
+pub(super) fn negative_zero(e: Expr, t: &DataType) -> Result<Expr> {
+    let zero = || ScalarValue::new_zero(t).map(|z| Expr::Literal(z, None));
+    let one = Expr::Literal(ScalarValue::new_one(t)?, None);
+    Ok((e.clone() + zero()?).eq(zero()?).and((one / e).lt(zero()?)))
+}
+
 /// `e` without the alias around it, if any: an aggregation's or a window's expressions may
 /// come named.
 pub(super) fn unaliased(e: &Expr) -> &Expr {
@@ -140,21 +163,23 @@ pub(super) enum Reread {
 }
 
 /// Whether `agg` gives the same rows however its input's rows are ordered: counts, sums,
-/// minimums and maximums, none of floats, grouped by no float. (A float sum comes out with
-/// other last bits when its rows are added in another order, and a group of -0.0 and +0.0
-/// is named by whichever comes first; `array_agg`, `string_agg` and `first_value` without
-/// an order follow the rows' order.)
+/// minimums and maximums, none of floats, grouped by no list or struct of floats. (A float
+/// sum comes out with other last bits when its rows are added in another order; `array_agg`,
+/// `string_agg` and `first_value` without an order follow the rows' order. A plain float
+/// key is fine: DataFusion's grouping names the group of -0.0 and +0.0 +0.0 whichever
+/// comes first.)
 fn order_free(agg: &datafusion::logical_expr::Aggregate) -> bool {
     let plain = agg.aggr_expr.iter().all(|e| {
         matches!(unaliased(e), Expr::AggregateFunction(f)
             if ["count", "sum", "min", "max"].contains(&f.func.name()))
     });
+    // The keys' columns come first (with a grouping set, each column of its sets and an id).
+    let keys = agg.schema.fields().len() - agg.aggr_expr.len();
     plain
-        && agg
-            .schema
-            .fields()
-            .iter()
-            .all(|f| !holds_floats(f.data_type()))
+        && agg.schema.fields().iter().enumerate().all(|(i, f)| {
+            let t = f.data_type();
+            !holds_floats(t) || (i < keys && t.is_floating())
+        })
 }
 
 /// Whether `plan` gives the same rows each time it is read, within what `reread` allows,
@@ -338,7 +363,7 @@ mod testing {
 
     /// Registers `t` in `ctx`: `rows` rows drawn with `seed`, in three partitions: a key `k`
     /// of a few values (NULL among them; every `x` of `k = 6` is NULL), an integer `x` with
-    /// NULLs and repeats, a float `f` with NULL, NaN, infinities and both zeros, and a
+    /// NULLs and repeats, a float `f` with NULL, NaN of both signs, infinities and both zeros, and a
     /// decimal `d` with NULLs.
     pub(super) fn random_table(ctx: &SessionContext, seed: u64, rows: usize) {
         use datafusion::arrow::array::{Decimal128Array, Float64Array, Int32Array, Int64Array};
@@ -375,7 +400,11 @@ mod testing {
             let f: Float64Array = (0..n)
                 .map(|_| match rng.random_range(0..40) {
                     0 => None,
-                    1 => Some(f64::NAN),
+                    1 => Some(if rng.random_bool(0.5) {
+                        f64::NAN
+                    } else {
+                        -f64::NAN
+                    }),
                     2 => Some(f64::INFINITY),
                     3 => Some(f64::NEG_INFINITY),
                     4 => Some(-0.0),

@@ -17,10 +17,12 @@
 //!
 //! The input is read twice, so this is done only under a memory limit, and when reading it
 //! again gives the same rows: table reads, joins of them, and aggregations of counts, sums,
-//! minimums and maximums of no floats (see [`super::rereadable`]). Only a window node whose every function is an aggregate
-//! over the whole partition (no `ORDER BY`, the default frame or `UNBOUNDED PRECEDING AND
-//! UNBOUNDED FOLLOWING`) is rewritten, and not over a float key (see
-//! [`super::holds_floats`]). The values are the grouping's: for exact types DataFusion's
+//! minimums and maximums of no floats (see [`super::rereadable`]). Only a window node whose
+//! every function is an aggregate over the whole partition (no `ORDER BY`, the default frame
+//! or `UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING`) is rewritten. A float key comes with
+//! one more, whether it is -0.0 ([`super::negative_zero`]): the window takes -0.0 and +0.0
+//! to be two partitions, DataFusion's grouping one group. A key of a list or struct of
+//! floats is left alone (see [`super::holds_floats`]). The values are the grouping's: for exact types DataFusion's
 //! window's to the bit; a float sum or variance may differ in its last bits, as DataFusion's
 //! own do between two partitionings of the input.
 
@@ -113,10 +115,14 @@ fn rewrite(window: &Window) -> Result<Option<LogicalPlan>> {
     let Some(keys) = keys else {
         return Ok(None);
     };
-    // A float key: the window takes -0.0 and +0.0 to be two partitions, a grouping one.
+    // A key of floats inside a list or a struct: the window takes -0.0 and +0.0 to be two
+    // partitions, a grouping one. (A plain float key is parted by [`super::negative_zero`].)
     let schema = window.input.schema();
-    let floats = |k: &Expr| k.get_type(schema).map_or(true, |t| super::holds_floats(&t));
-    if keys.iter().any(|k| k.is_volatile() || floats(k))
+    let nested_floats = |k: &Expr| {
+        k.get_type(schema)
+            .map_or(true, |t| !t.is_floating() && super::holds_floats(&t))
+    };
+    if keys.iter().any(|k| k.is_volatile() || nested_floats(k))
         || !super::rereadable(&window.input, super::Reread::Joins)
     {
         return Ok(None);
@@ -129,7 +135,23 @@ fn rewrite(window: &Window) -> Result<Option<LogicalPlan>> {
             unique.push(k);
         }
     }
-    let keys = unique;
+    // A float key is grouped folded (-0.0 into +0.0, as the grouping folds it anyway) and
+    // beside it whether it is -0.0, so that its groups are the window's partitions. Not the
+    // bare column beside the flag: DataFusion would compute the flag from the group's
+    // folded value (`eliminate_group_by_constant` takes a function of a grouped column to
+    // be one value per group).
+    let mut keys = Vec::with_capacity(unique.len());
+    let mut signs = Vec::new();
+    for k in unique {
+        let t = k.get_type(schema)?;
+        if t.is_floating() {
+            signs.push(super::negative_zero(k.clone(), &t)?);
+            keys.push(super::zero_folded(k, &t)?);
+        } else {
+            keys.push(k);
+        }
+    }
+    keys.append(&mut signs);
     let groups = LogicalPlanBuilder::from(Arc::clone(&window.input))
         .aggregate(
             keys.iter().cloned(),
@@ -238,8 +260,9 @@ mod tests {
     /// thousand rows: one key with NULLs, an expression as key, no key, several aggregates,
     /// a `DISTINCT` one, the explicit whole frame, a filter, a join as input, a key given
     /// twice, an aggregation of integers as input. Left alone: an `ORDER BY` in the window,
-    /// another window function beside, an aggregation of floats as input, a float key. (Float sums are left out: their last bits depend
-    /// on the order of addition, in DataFusion's window too.)
+    /// another window function beside, an aggregation of floats as input, a key of a list of
+    /// floats. (Float sums are left out: their last bits depend on the order of addition,
+    /// in DataFusion's window too.)
     #[tokio::test]
     async fn whole_partition_aggregates_by_join_give_datafusions_answers() {
         let queries = [
@@ -273,9 +296,25 @@ mod tests {
                  ORDER BY k, x, f, d",
                 true,
             ),
-            // -0.0 and +0.0 are two partitions to a window, one group to a grouping.
+            // -0.0 and +0.0 are two partitions to a window, one group to a grouping unless
+            // parted by one more key; NaN and -NaN are two of both.
             (
                 "SELECT f, x, count(*) OVER (PARTITION BY round(f / 1e7)) AS n FROM t \
+                 ORDER BY f, x, k, d",
+                true,
+            ),
+            (
+                "SELECT f, k, x, count(*) OVER (PARTITION BY k, f) AS n, \
+                 sum(x) OVER (PARTITION BY k, f) AS s FROM t ORDER BY f, k, x, d",
+                true,
+            ),
+            (
+                "SELECT f, x, count(x) OVER (PARTITION BY CAST(f AS REAL)) AS n FROM t \
+                 WHERE f = 0 OR isnan(f) OR f IS NULL ORDER BY f, x, k, d",
+                true,
+            ),
+            (
+                "SELECT f, x, count(*) OVER (PARTITION BY [f]) AS n FROM t \
                  ORDER BY f, x, k, d",
                 false,
             ),
