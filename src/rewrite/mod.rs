@@ -6,7 +6,7 @@
 //!   both spill, instead of one per-group set of values, which cannot.
 //! - [`split_distinct`]: distinct aggregates of several arguments computed by one
 //!   aggregation per argument (which the rule above and DataFusion's then split), joined on
-//!   the keys.
+//!   the keys; over a join too under a memory limit.
 //! - [`median`] (under a memory limit): `median(x)` from a numbering of each group's
 //!   sorted values, which spills, instead of from all of a group's values in memory.
 //! - [`whole_partition`] (under a memory limit): `agg(x) OVER (PARTITION BY k)` as a
@@ -60,7 +60,13 @@ pub(crate) fn logical_rules(
         .position(|r| r.name() == "single_distinct_aggregation_to_group_by")
         .unwrap_or(rules.len());
     rules.insert(at, Arc::new(distinct::CountsBesideDistinct));
-    rules.insert(at, Arc::new(split_distinct::DistinctsApart));
+    // Under a limit, distinct aggregates of several arguments over a join too: computing
+    // the join once per argument beats sets of values that do not fit.
+    let reread = match memory_limit {
+        Some(_) => Reread::Joins,
+        None => Reread::Tables,
+    };
+    rules.insert(at, Arc::new(split_distinct::DistinctsApart { reread }));
     // Under a limit only: they read their input more than once, to spill what would not.
     if memory_limit.is_some() {
         rules.insert(at, Arc::new(median::MedianBySort));
@@ -149,7 +155,7 @@ pub(super) fn rewritten_or_as_is(
 }
 
 /// How much of a plan a rewrite may read twice.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) enum Reread {
     /// Table reads only: scans, filters, projections, aliases. Reading one again costs
     /// about what it did the first time.
