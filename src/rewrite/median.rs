@@ -29,8 +29,9 @@
 //! floats (see [`super::rereadable`]). A float key is folded as DataFusion's grouping folds
 //! it, -0.0 into +0.0 ([`super::zero_folded`]), so that the numbering and the joins see its
 //! groups. A `median(DISTINCT x)` is rewritten as DataFusion plans it, a `median(x)` over a
-//! grouping by the keys and `x`. A `median` with a `FILTER` is left as it is, and so is an
-//! aggregation grouped by a list or struct of floats (see [`super::holds_floats`]).
+//! grouping by the keys and `x`; one with a `FILTER (WHERE c)` numbers the rows where `c`
+//! holds. An aggregation grouped by a list or struct of floats is left as it is (see
+//! [`super::holds_floats`]).
 
 use std::sync::Arc;
 
@@ -58,6 +59,8 @@ const MAIN: &str = "__sluice_median";
 struct Median {
     /// Its argument (with DataFusion's cast to its type, if any).
     arg: Expr,
+    /// Its `FILTER (WHERE …)`, if any: the rows whose values it takes.
+    filter: Option<Expr>,
     /// The `median` function itself, used again on the middle values.
     func: Arc<AggregateUDF>,
     /// The positions in the aggregation's `aggr_expr` of the medians of `arg`.
@@ -73,20 +76,21 @@ fn medians(aggr_expr: &[Expr]) -> Option<(Vec<Median>, Vec<usize>)> {
         let inner = super::unaliased(e);
         let median = match inner {
             Expr::AggregateFunction(AggregateFunction { func, params })
-                if func.name() == "median"
-                    && !params.distinct
-                    && params.filter.is_none()
-                    && params.args.len() == 1 =>
+                if func.name() == "median" && !params.distinct && params.args.len() == 1 =>
             {
-                Some((func, &params.args[0]))
+                Some((func, &params.args[0], params.filter.as_deref()))
             }
             _ => None,
         };
         match median {
-            Some((func, arg)) => match medians.iter_mut().find(|m| m.arg == *arg) {
+            Some((func, arg, filter)) => match medians
+                .iter_mut()
+                .find(|m| m.arg == *arg && m.filter.as_ref() == filter)
+            {
                 Some(m) => m.at.push(i),
                 None => medians.push(Median {
                     arg: arg.clone(),
+                    filter: filter.cloned(),
                     func: Arc::clone(func),
                     at: vec![i],
                 }),
@@ -131,8 +135,9 @@ fn join_on_keys(
     )?))
 }
 
-/// The median of `median.arg` per group of `keys` over `input`, as the columns `key(j)` and
-/// `__sluice_m` under the alias `alias`: one row per group with a non-NULL value.
+/// The median of `median.arg` per group of `keys` over `input` (the rows its filter takes),
+/// as the columns `key(j)` and `__sluice_m` under the alias `alias`: one row per group with
+/// a non-NULL value.
 fn middle_values(
     input: &Arc<LogicalPlan>,
     keys: &[Expr],
@@ -147,7 +152,12 @@ fn middle_values(
         exprs.push(super::zero_folded(k.clone().unalias(), &t)?.alias(key(j)));
     }
     exprs.push(median.arg.clone().alias("__sluice_v"));
-    let values = LogicalPlanBuilder::from(Arc::clone(input))
+    let mut values = LogicalPlanBuilder::from(Arc::clone(input));
+    if let Some(filter) = &median.filter {
+        // A `FILTER (WHERE c)` takes the rows where `c` is true, as `WHERE c` does.
+        values = values.filter(filter.clone())?;
+    }
+    let values = values
         .project(exprs)?
         .filter(col("__sluice_v").is_not_null())?
         .build()?;
@@ -232,9 +242,11 @@ fn rewrite(agg: &Aggregate) -> Result<Option<LogicalPlan>> {
             .iter()
             .any(|k| k.is_volatile() || nested_floats(k))
         || distinct_of_floats
-        || medians
-            .iter()
-            .any(|m| m.arg.is_volatile() || !typed(&m.arg))
+        || medians.iter().any(|m| {
+            m.arg.is_volatile()
+                || !typed(&m.arg)
+                || m.filter.as_ref().is_some_and(Expr::is_volatile)
+        })
         || !super::rereadable(&agg.input, super::Reread::Joins)
     {
         return Ok(None);
@@ -355,8 +367,9 @@ mod tests {
     /// both signs and infinities, decimals, NULL keys, float keys with both zeros, a group
     /// whose values are all NULL, several arguments, an argument used twice, other
     /// aggregates beside, an expression as key and as argument, no rows, an aggregation as
-    /// input, `median(DISTINCT x)` (over DataFusion's grouping). Left alone: `FILTER`, a key of a list of floats, an input whose rows may come out otherwise when
-    /// read again (a float sum, `array_agg`).
+    /// input, `median(DISTINCT x)` (over DataFusion's grouping), `FILTER`s. Left alone: a
+    /// key of a list of floats, an input whose rows may come out otherwise when read again
+    /// (a float sum, `array_agg`).
     #[tokio::test]
     async fn medians_by_sort_give_datafusions_answers() {
         let queries = [
@@ -425,8 +438,14 @@ mod tests {
                 false,
             ),
             (
-                "SELECT k, median(x) FILTER (WHERE f > 0) AS m FROM t GROUP BY k ORDER BY k",
-                false,
+                "SELECT k, median(x) FILTER (WHERE f > 0) AS m, median(x) AS all_x, \
+                 median(x) FILTER (WHERE d < 0) AS neg, COUNT(*) FILTER (WHERE f > 0) AS n \
+                 FROM t GROUP BY k ORDER BY k",
+                true,
+            ),
+            (
+                "SELECT median(d) FILTER (WHERE x IS NULL OR x > 100) AS m FROM t",
+                true,
             ),
             (
                 "SELECT a.k, median(b.x) AS m, median(a.f) AS mf FROM t a JOIN t b ON a.x = b.x \
