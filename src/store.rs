@@ -385,6 +385,13 @@ impl StoreRegistry {
         self.lock().insert(key.to_string(), store);
     }
 
+    /// Stops serving `url` (scheme and authority), a view [`StoreRegistry::insert`] served.
+    fn remove(&self, url: &Url) {
+        let mut key = url.clone();
+        key.set_path("/");
+        self.lock().remove(key.as_str());
+    }
+
     /// Makes the store for `location` known to DataFusion's runtime, so that tables over it
     /// can be scanned.
     pub fn register(&self, location: &Location, runtime: &RuntimeEnv) -> Result<(), StoreError> {
@@ -597,9 +604,74 @@ fn azure_emulator_at_endpoint(options: &mut BTreeMap<String, String>) {
     );
 }
 
+/// The views of one work unit (its share of a source's files), served by a registry and
+/// DataFusion's runtime until this is dropped: a run of many units would otherwise hold
+/// every unit's file list until it ends (1,000 units over a 10,000-file source: 10 million
+/// entries).
+pub(crate) struct UnitViews {
+    stores: Arc<StoreRegistry>,
+    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+    urls: Vec<Url>,
+}
+
+impl UnitViews {
+    /// No views yet, of `stores` and (once a table over one is registered) `runtime`.
+    pub(crate) fn new(
+        stores: Arc<StoreRegistry>,
+        runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+    ) -> UnitViews {
+        UnitViews {
+            stores,
+            runtime,
+            urls: Vec::new(),
+        }
+    }
+
+    /// Serves `url` with `store`, as [`StoreRegistry::insert`] does, until this is dropped.
+    pub(crate) fn insert(&mut self, url: &Url, store: Arc<dyn ObjectStore>) {
+        self.stores.insert(url, store);
+        self.urls.push(url.clone());
+    }
+}
+
+impl Drop for UnitViews {
+    fn drop(&mut self) {
+        for url in &self.urls {
+            self.stores.remove(url);
+            // (Not registered there when the unit failed before its table was.)
+            let _ = self.runtime.object_store_registry.deregister_store(url);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A unit's view is served by the registry and the runtime while its guard lives, and by
+    /// neither once it is dropped; other stores stay.
+    #[test]
+    fn a_units_views_are_removed_when_it_ends() {
+        let stores = Arc::new(StoreRegistry::new(Vec::new(), Vec::new()));
+        let runtime = Arc::new(datafusion::execution::runtime_env::RuntimeEnv::default());
+        let local = Location::parse("/tmp/x/").unwrap();
+        stores.register(&local, &runtime).unwrap();
+        let view = Url::parse(&view_url("files", 7, &local.store_url())).unwrap();
+        let in_memory: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let served = |stores: &StoreRegistry| stores.lock().contains_key(view.as_str());
+        {
+            let mut views = UnitViews::new(Arc::clone(&stores), Arc::clone(&runtime));
+            views.insert(&view, Arc::clone(&in_memory));
+            let viewed = Location::parse(&format!("{view}data/")).unwrap();
+            stores.register(&viewed, &runtime).unwrap();
+            assert!(served(&stores));
+            assert!(runtime.object_store_registry.get_store(&view).is_ok());
+        }
+        assert!(!served(&stores));
+        assert!(runtime.object_store_registry.get_store(&view).is_err());
+        assert!(runtime.object_store_registry.get_store(&local.store_url()).is_ok());
+        assert!(stores.lock().contains_key(local.store_url().as_str()));
+    }
 
     #[test]
     fn local_paths_become_file_urls() {

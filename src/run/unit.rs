@@ -712,7 +712,12 @@ async fn attempt_unit(
     if let Some(cluster) = cx.cluster {
         return cluster_attempt(cx, job, unit, bar, cluster, context, df).await;
     }
-    let super::unit_context::UnitContext { ctx, shares } = context;
+    // (`_views` keeps the unit's views served until the attempt ends.)
+    let super::unit_context::UnitContext {
+        ctx,
+        shares,
+        views: _views,
+    } = context;
     // Reading the sources starts here (Parquet footers are read while planning): an error
     // is explained by naming the file at fault.
     let explain = |e: DataFusionError| async move {
@@ -779,7 +784,12 @@ async fn cluster_attempt(
     context: super::unit_context::UnitContext,
     df: datafusion::prelude::DataFrame,
 ) -> Result<Attempt, UnitError> {
-    let super::unit_context::UnitContext { ctx, shares } = context;
+    // (`_views` keeps the unit's views served until the attempt ends.)
+    let super::unit_context::UnitContext {
+        ctx,
+        shares,
+        views: _views,
+    } = context;
     let model = job.model;
     let plan = match df.create_physical_plan().await {
         Ok(plan) => plan,

@@ -15,7 +15,7 @@ use super::RunCx;
 use super::unit::{UnitError, UnitJob};
 use crate::config::{Materialized, Pipeline};
 use crate::quarantine::QuarantineTable;
-use crate::store::{Location, StoreRegistry};
+use crate::store::{Location, StoreRegistry, UnitViews};
 use crate::table::view::ManifestStore;
 use crate::units::{self, Unit, UnitKind};
 
@@ -60,6 +60,8 @@ pub(super) struct UnitContext {
     pub(super) ctx: SessionContext,
     /// `(source, location read)` of each source read through a share of its files.
     pub(super) shares: Vec<(String, ListingTableUrl)>,
+    /// The views those shares are read through, served until the unit's attempt ends.
+    pub(super) views: UnitViews,
 }
 
 /// A session for one unit of `job`'s model: the engine's runtime (memory pool, stores) and
@@ -76,10 +78,12 @@ pub(super) async fn unit_context(
     let (main, stores, pipeline, dag) = (cx.engine.ctx(), cx.engine.stores(), cx.pipeline, cx.dag);
     let (model, sources, events) = (job.model.name.as_str(), job.event_sources, job.events);
     let mut shares = Vec::new();
+    let mut views = UnitViews::new(std::sync::Arc::clone(stores), main.runtime_env());
     if unit.kind == UnitKind::Whole {
         return Ok(UnitContext {
             ctx: main.clone(),
             shares,
+            views,
         });
     }
     let ctx = crate::engine::sibling_context(main);
@@ -107,20 +111,25 @@ pub(super) async fn unit_context(
         if let Some(files) = job.files.listed_at_each_scan(&source)
             && !shared.contains(&&source)
         {
-            shares.extend(restrict_to_files(&ctx, stores, pipeline, &source, files).await?);
+            shares.extend(
+                restrict_to_files(&ctx, stores, &mut views, pipeline, &source, files).await?,
+            );
         }
     }
     match &unit.kind {
         UnitKind::Whole => {}
         UnitKind::Files { source, files } => {
-            shares.extend(restrict_to_files(&ctx, stores, pipeline, source, files).await?);
+            shares.extend(
+                restrict_to_files(&ctx, stores, &mut views, pipeline, source, files).await?,
+            );
         }
         UnitKind::Period { start, end } => {
             for (table, column) in sources {
                 if let Some(files) = events.and_then(|e| e.files_of(table, *start)) {
                     let share = job.routes.share(table, *start, files)?;
                     shares.extend(
-                        restrict_to_files(&ctx, stores, pipeline, table, &share.files).await?,
+                        restrict_to_files(&ctx, stores, &mut views, pipeline, table, &share.files)
+                            .await?,
                     );
                     if let Some((routed, url)) = share.routed {
                         // The period's rows of the files read once for every unit.
@@ -157,20 +166,22 @@ pub(super) async fn unit_context(
             replace_table(&ctx, name, df)?;
         }
     }
-    Ok(UnitContext { ctx, shares })
+    Ok(UnitContext { ctx, shares, views })
 }
 
 /// A session of its own in which `source` reads only `files` (with the source's schema).
 pub(super) struct FileShare {
     /// The session.
     pub(super) ctx: SessionContext,
+    /// The view its files are read through, served while the share lives.
+    _views: UnitViews,
 }
 
 impl FileShare {
     /// `source` of `main` restricted to `files`, in a session of its own.
     pub(super) async fn new(
         main: &SessionContext,
-        stores: &StoreRegistry,
+        stores: &std::sync::Arc<StoreRegistry>,
         pipeline: &Pipeline,
         source: &str,
         files: &[object_store::ObjectMeta],
@@ -178,8 +189,9 @@ impl FileShare {
         let ctx = crate::engine::sibling_context(main);
         let provider = main.table_provider(source).await.map_err(err)?;
         ctx.register_table(source, provider).map_err(err)?;
-        restrict_to_files(&ctx, stores, pipeline, source, files).await?;
-        Ok(FileShare { ctx })
+        let mut views = UnitViews::new(std::sync::Arc::clone(stores), main.runtime_env());
+        restrict_to_files(&ctx, stores, &mut views, pipeline, source, files).await?;
+        Ok(FileShare { ctx, _views: views })
     }
 
     /// What the share's quarantine scan set aside and read, when `source` is quarantined.
@@ -208,6 +220,7 @@ fn replace_table(ctx: &SessionContext, name: &str, df: DataFrame) -> Result<(), 
 async fn restrict_to_files(
     ctx: &SessionContext,
     stores: &StoreRegistry,
+    views: &mut UnitViews,
     pipeline: &Pipeline,
     source: &str,
     files: &[object_store::ObjectMeta],
@@ -245,7 +258,7 @@ async fn restrict_to_files(
         chrono::Utc::now(),
     );
     let url = url::Url::parse(&view_url).map_err(|e| UnitError::permanent(e.to_string()))?;
-    stores.insert(&url, std::sync::Arc::new(view));
+    views.insert(&url, std::sync::Arc::new(view));
     let prefix = table_url.prefix().as_ref();
     let mut unit_spec = spec.clone();
     // A folder, or a glob: the folder before the pattern, whose view holds only the files
