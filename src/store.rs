@@ -669,7 +669,12 @@ mod tests {
         }
         assert!(!served(&stores));
         assert!(runtime.object_store_registry.get_store(&view).is_err());
-        assert!(runtime.object_store_registry.get_store(&local.store_url()).is_ok());
+        assert!(
+            runtime
+                .object_store_registry
+                .get_store(&local.store_url())
+                .is_ok()
+        );
         assert!(stores.lock().contains_key(local.store_url().as_str()));
     }
 

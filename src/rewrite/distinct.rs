@@ -41,7 +41,7 @@ pub(super) struct CountsBesideDistinct;
 /// Whether DataFusion's single-distinct rewrite applies to `aggr_expr` once their `COUNT`s
 /// are sums, and this rule has something to prepare: a `COUNT` to write as a sum, or a
 /// decimal `SUM` (of the aggregation's `schema`) whose type the split would widen.
-fn to_rewrite(aggr_expr: &[Expr], schema: &DFSchema, groups: usize) -> bool {
+fn to_rewrite(aggr_expr: &[Expr], schema: &DFSchema, input: &DFSchema, groups: usize) -> bool {
     let mut distinct_args = HashSet::new();
     let mut counts = 0;
     let mut decimal_sums = 0;
@@ -63,7 +63,12 @@ fn to_rewrite(aggr_expr: &[Expr], schema: &DFSchema, groups: usize) -> bool {
             return false;
         }
     }
-    counts + decimal_sums > 0 && distinct_args.len() == 1
+    // A distinct count of floats beside a `COUNT` stays DataFusion's set, which takes -0.0
+    // and +0.0 to be two values where a grouping takes them to be one.
+    let floats = distinct_args
+        .iter()
+        .any(|a| super::may_be_negative_zero(a, input));
+    counts + decimal_sums > 0 && distinct_args.len() == 1 && !(counts > 0 && floats)
 }
 
 /// Whether values of `t` are decimals, whose `SUM` is 10 digits wider than its argument.
@@ -124,7 +129,12 @@ impl OptimizerRule for CountsBesideDistinct {
             return Ok(Transformed::no(plan));
         };
         if matches!(agg.group_expr.first(), Some(Expr::GroupingSet(_)))
-            || !to_rewrite(&agg.aggr_expr, &agg.schema, agg.group_expr.len())
+            || !to_rewrite(
+                &agg.aggr_expr,
+                &agg.schema,
+                agg.input.schema(),
+                agg.group_expr.len(),
+            )
         {
             return Ok(Transformed::no(LogicalPlan::Aggregate(agg)));
         }
@@ -195,11 +205,13 @@ mod tests {
     use super::super::testing::{answer, session};
 
     /// `t`: 20 000 seeded rows, 7 groups `k` (and NULL), values `x` with NULLs and repeats,
-    /// `v` with NULLs.
+    /// `v` with NULLs, a float `f` with both zeros.
     const T: &str = "CREATE VIEW t AS SELECT \
         CASE WHEN value % 11 = 0 THEN NULL ELSE (value * 7919) % 7 END AS k, \
         CASE WHEN value % 13 = 0 THEN NULL ELSE (value * 104729) % 3001 END AS x, \
-        CASE WHEN value % 5 = 0 THEN NULL ELSE value % 1000 END AS v \
+        CASE WHEN value % 5 = 0 THEN NULL ELSE value % 1000 END AS v, \
+        CASE WHEN value % 17 = 0 THEN CAST('-0.0' AS DOUBLE) \
+        ELSE CAST(value % 9 AS DOUBLE) / 4 END AS f \
         FROM generate_series(1, 20000)";
 
     #[tokio::test]
@@ -213,6 +225,11 @@ mod tests {
                 "SELECT k, COUNT(*) AS n, COUNT(v) AS nv, SUM(v) AS s, MIN(v) AS lo, \
                  COUNT(DISTINCT x) AS dx FROM t GROUP BY k ORDER BY k",
                 true,
+            ),
+            // Floats: DataFusion's set counts -0.0 and +0.0 apart, a grouping as one.
+            (
+                "SELECT k, COUNT(*) AS n, COUNT(DISTINCT f) AS df FROM t GROUP BY k ORDER BY k",
+                false,
             ),
             (
                 "SELECT COUNT(*) AS n, COUNT(v) AS nv, COUNT(DISTINCT x) AS dx FROM t",
@@ -425,6 +442,12 @@ mod tests {
                  FROM t a JOIN t b ON a.x = b.v GROUP BY a.k ORDER BY a.k",
                 false,
                 true,
+            ),
+            (
+                "SELECT k, COUNT(DISTINCT f) AS df, COUNT(DISTINCT x) AS dx FROM t \
+                 GROUP BY k ORDER BY k",
+                false,
+                false,
             ),
             // A limit: another read may stop at other rows.
             (

@@ -27,8 +27,7 @@
 //! done only under a memory limit, and when reading it again gives the same rows: table
 //! reads, joins of them, and aggregations of counts, sums, minimums and maximums of no
 //! floats (see [`super::rereadable`]). A float key is folded as DataFusion's grouping folds
-//! it, -0.0 into +0.0 ([`super::zero_folded`]), so that the numbering and the joins see its
-//! groups. A `median(DISTINCT x)` is rewritten as DataFusion plans it, a `median(x)` over a
+//! it, -0.0 into +0.0 ([`super::zero_folded`]), so that the numbering sees its groups. A `median(DISTINCT x)` is rewritten as DataFusion plans it, a `median(x)` over a
 //! grouping by the keys and `x`; one with a `FILTER (WHERE c)` numbers the rows where `c`
 //! holds. An aggregation grouped by a list or struct of floats is left as it is (see
 //! [`super::holds_floats`]).
@@ -43,7 +42,7 @@ use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{
     Aggregate, AggregateUDF, Cast, Expr, ExprFunctionExt, ExprSchemable, Join, JoinConstraint,
-    JoinType, LogicalPlan, LogicalPlanBuilder, Projection, col, lit,
+    JoinType, LogicalPlan, LogicalPlanBuilder, Projection, col, lit, when,
 };
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
@@ -144,22 +143,25 @@ fn middle_values(
     median: &Median,
     alias: &str,
 ) -> Result<LogicalPlan> {
-    // A float key is folded as the grouping folds it, so that the numbering's window and
-    // the joins see one group of -0.0 and +0.0 where the grouping does.
+    // A float key is folded as the grouping folds it, so that the numbering's window sees
+    // one group of -0.0 and +0.0 where the grouping does.
     let mut exprs = Vec::with_capacity(keys.len() + 1);
     for (j, k) in keys.iter().enumerate() {
         let t = k.get_type(input.schema())?;
         exprs.push(super::zero_folded(k.clone().unalias(), &t)?.alias(key(j)));
     }
-    exprs.push(median.arg.clone().alias("__sluice_v"));
-    let mut values = LogicalPlanBuilder::from(Arc::clone(input));
-    if let Some(filter) = &median.filter {
-        // A `FILTER (WHERE c)` takes the rows where `c` is true, as `WHERE c` does.
-        values = values.filter(filter.clone())?;
-    }
-    let values = values
+    // A `FILTER (WHERE c)` as `CASE WHEN c THEN x END`: `c` is evaluated on the rows the
+    // aggregate sees, as DataFusion evaluates it. (A filter node would be pushed below the
+    // query's `WHERE` and joins, and `c` evaluated on rows they drop: `10 / y` on `y = 0`.)
+    // NULL values are not filtered out, for the same reason: numbered after the others
+    // (`NULLS LAST`), they are never between the middle positions of the non-NULL count.
+    let value = match &median.filter {
+        Some(c) => when(c.clone(), median.arg.clone()).end()?,
+        None => median.arg.clone(),
+    };
+    exprs.push(value.alias("__sluice_v"));
+    let values = LogicalPlanBuilder::from(Arc::clone(input))
         .project(exprs)?
-        .filter(col("__sluice_v").is_not_null())?
         .build()?;
     let key_columns: Vec<Expr> = (0..keys.len()).map(|j| col(key(j))).collect();
     let (counted, rows) = (format!("{alias}_counts"), format!("{alias}_rows"));
@@ -234,9 +236,25 @@ fn rewrite(agg: &Aggregate) -> Result<Option<LogicalPlan>> {
     let distinct_of_floats = others.iter().any(|&i| {
         let e = super::unaliased(&agg.aggr_expr[i]);
         matches!(e, Expr::AggregateFunction(f)
-            if f.params.distinct && f.params.args.iter().any(floats))
+            if f.params.distinct && f.params.args.iter().any(|a| super::may_be_negative_zero(a, schema)))
+    });
+    // DataFusion computes a key that is a function of a float key column from the group's
+    // value (+0.0 for -0.0: `eliminate_group_by_constant`), where the numbering would
+    // compute it from each row (`1 / f`: inf for the group, -inf for a row of -0.0). Left
+    // for that rule, which runs after this one, to take out of the grouping first.
+    let float_columns: Vec<&Column> = agg
+        .group_expr
+        .iter()
+        .filter_map(|k| match k {
+            Expr::Column(c) if floats(k) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let of_a_float_key = agg.group_expr.iter().any(|k| {
+        !matches!(k, Expr::Column(_)) && k.column_refs().iter().any(|c| float_columns.contains(c))
     });
     if matches!(agg.group_expr.first(), Some(Expr::GroupingSet(_)))
+        || of_a_float_key
         || agg
             .group_expr
             .iter()
@@ -445,6 +463,20 @@ mod tests {
             ),
             (
                 "SELECT median(d) FILTER (WHERE x IS NULL OR x > 100) AS m FROM t",
+                true,
+            ),
+            // The filter and the argument are evaluated on the rows the aggregate sees, not
+            // below the `WHERE` (where `x = 0` would divide by zero).
+            (
+                "SELECT k, median(x) FILTER (WHERE 100 / x > 1) AS m, median(1000 / x) AS q \
+                 FROM t WHERE x <> 0 GROUP BY k ORDER BY k",
+                true,
+            ),
+            // A key computed from a float key is computed from the group's +0.0 by
+            // DataFusion, from each row by a numbering: left as written until DataFusion
+            // takes it out of the grouping (in the optimizer's next pass).
+            (
+                "SELECT f, 1 / f AS r, median(x) AS m FROM t GROUP BY f, 1 / f ORDER BY f",
                 true,
             ),
             (

@@ -92,8 +92,9 @@ pub(super) fn reads_a_database(plan: &LogicalPlan) -> bool {
 }
 
 /// Whether values of type `t` hold floats, alone or nested. DataFusion's grouping takes
-/// -0.0 and +0.0 to be one value where its sorts, windows and joins take them to be two: a
-/// rewrite that swaps one for the other must not see them.
+/// -0.0 and +0.0 to be one value where its sorts, windows and distinct sets take them to be
+/// two (its joins take them to be one, as IEEE's `=` does): a rewrite that swaps one for
+/// the other must not see them.
 pub(super) fn holds_floats(t: &DataType) -> bool {
     match t {
         DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
@@ -107,8 +108,8 @@ pub(super) fn holds_floats(t: &DataType) -> bool {
 }
 
 /// `e`, of type `t`, with -0.0 made +0.0 when `t` is a float, as DataFusion's grouping
-/// stores the group of both zeros: a sort, a window's partitions or a join then take a
-/// float key as the grouping does. Every other value, a NaN's payload included, is kept bit
+/// stores the group of both zeros: a sort or a window's partitions then take a float key
+/// as the grouping does. Every other value, a NaN's payload included, is kept bit
 /// for bit (`e + 0.0` alone would quiet a signalling NaN). (`e + 0.0 = 0.0` holds for
 /// both zeros whether `=` follows IEEE's equality or its total order: -0.0 + 0.0 is +0.0.)
 pub(super) fn zero_folded(e: Expr, t: &DataType) -> Result<Expr> {
@@ -126,6 +127,19 @@ pub(super) fn negative_zero(e: Expr, t: &DataType) -> Result<Expr> {
     let zero = || ScalarValue::new_zero(t).map(|z| Expr::Literal(z, None));
     let one = Expr::Literal(ScalarValue::new_one(t)?, None);
     Ok((e.clone() + zero()?).eq(zero()?).and((one / e).lt(zero()?)))
+}
+
+/// Whether `e` may be -0.0 somewhere (a float, alone or nested), which DataFusion's grouping
+/// takes to be +0.0 and its sets, sorts and windows not. A float cast from an integer or a
+/// decimal is never -0.0.
+pub(super) fn may_be_negative_zero(e: &Expr, schema: &datafusion::common::DFSchema) -> bool {
+    use datafusion::logical_expr::ExprSchemable;
+    let of_floats = |e: &Expr| e.get_type(schema).map_or(true, |t| holds_floats(&t));
+    match unaliased(e) {
+        Expr::Cast(c) => of_floats(&c.expr),
+        Expr::TryCast(c) => of_floats(&c.expr),
+        e => of_floats(e),
+    }
 }
 
 /// `e` without the alias around it, if any: an aggregation's or a window's expressions may
