@@ -27,9 +27,10 @@
 //! done only under a memory limit, and when reading it again gives the same rows: table
 //! reads, joins of them, and aggregations of counts, sums, minimums and maximums of no
 //! floats (see [`super::rereadable`]). A float key is folded as DataFusion's grouping folds
-//! it, -0.0 into +0.0 ([`super::zero_folded`]), so that the numbering sees its groups. A `median(DISTINCT x)` is rewritten as DataFusion plans it, a `median(x)` over a
-//! grouping by the keys and `x`; one with a `FILTER (WHERE c)` numbers the rows where `c`
-//! holds. An aggregation grouped by a list or struct of floats is left as it is (see
+//! it, -0.0 into +0.0 ([`super::zero_folded`]), so that the numbering sees its groups. A
+//! `median(DISTINCT x)` is rewritten as DataFusion plans it, a `median(x)` over a grouping
+//! by the keys and `x`; one with a `FILTER (WHERE c)` numbers the rows where `c` holds. An
+//! aggregation grouped by a list or struct of floats is left as it is (see
 //! [`super::holds_floats`]).
 
 use std::sync::Arc;
@@ -135,8 +136,8 @@ fn join_on_keys(
 }
 
 /// The median of `median.arg` per group of `keys` over `input` (the rows its filter takes),
-/// as the columns `key(j)` and `__sluice_m` under the alias `alias`: one row per group with
-/// a non-NULL value.
+/// as the columns `key(j)` and `__sluice_m` under the alias `alias`: one row per group, its
+/// median NULL when it has no non-NULL value.
 fn middle_values(
     input: &Arc<LogicalPlan>,
     keys: &[Expr],
@@ -235,8 +236,9 @@ fn rewrite(agg: &Aggregate) -> Result<Option<LogicalPlan>> {
     };
     let distinct_of_floats = others.iter().any(|&i| {
         let e = super::unaliased(&agg.aggr_expr[i]);
+        let zero = |a: &Expr| super::may_be_negative_zero(a, schema);
         matches!(e, Expr::AggregateFunction(f)
-            if f.params.distinct && f.params.args.iter().any(|a| super::may_be_negative_zero(a, schema)))
+            if f.params.distinct && f.params.args.iter().any(zero))
     });
     // DataFusion computes a key that is a function of a float key column from the group's
     // value (+0.0 for -0.0: `eliminate_group_by_constant`), where the numbering would
@@ -444,7 +446,8 @@ mod tests {
             ),
             (
                 "SELECT CAST(f AS REAL) AS r, median(d) AS m FROM t \
-                 WHERE f = 0 OR f = -0.0 OR isnan(f) OR f IS NULL GROUP BY CAST(f AS REAL) ORDER BY r",
+                 WHERE f = 0 OR f = -0.0 OR isnan(f) OR f IS NULL \
+                 GROUP BY CAST(f AS REAL) ORDER BY r",
                 true,
             ),
             (

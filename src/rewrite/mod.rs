@@ -383,8 +383,8 @@ mod testing {
 
     /// Registers `t` in `ctx`: `rows` rows drawn with `seed`, in three partitions: a key `k`
     /// of a few values (NULL among them; every `x` of `k = 6` is NULL), an integer `x` with
-    /// NULLs and repeats, a float `f` with NULL, NaN of both signs, infinities and both zeros, and a
-    /// decimal `d` with NULLs.
+    /// NULLs and repeats, a float `f` with NULL, NaN of both signs, infinities and both
+    /// zeros, and a decimal `d` with NULLs.
     pub(super) fn random_table(ctx: &SessionContext, seed: u64, rows: usize) {
         use datafusion::arrow::array::{Decimal128Array, Float64Array, Int32Array, Int64Array};
         use datafusion::arrow::datatypes::{DataType, Field, Schema};

@@ -101,8 +101,9 @@ impl OptimizerRule for DistinctsApart {
         // +0.0 to be two values: apart, DataFusion would compute it by a grouping, which
         // takes them to be one.
         let floats = agg.aggr_expr.iter().any(|e| {
-            matches!(e, Expr::AggregateFunction(f) if f.params.distinct
-                && f.params.args.iter().any(|a| super::may_be_negative_zero(a, agg.input.schema())))
+            let zero = |a: &Expr| super::may_be_negative_zero(a, agg.input.schema());
+            matches!(e, Expr::AggregateFunction(f)
+                if f.params.distinct && f.params.args.iter().any(zero))
         });
         let groups = match groups_by_argument(&agg.aggr_expr) {
             Some(g)

@@ -22,9 +22,9 @@
 //! or `UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING`) is rewritten. A float key comes with
 //! one more, whether it is -0.0 ([`super::negative_zero`]): the window takes -0.0 and +0.0
 //! to be two partitions, DataFusion's grouping one group. A key of a list or struct of
-//! floats is left alone (see [`super::holds_floats`]). The values are the grouping's: for exact types DataFusion's
-//! window's to the bit; a float sum or variance may differ in its last bits, as DataFusion's
-//! own do between two partitionings of the input.
+//! floats is left alone (see [`super::holds_floats`]). The values are the grouping's: for
+//! exact types DataFusion's window's to the bit; a float sum or variance may differ in its
+//! last bits, as DataFusion's own do between two partitionings of the input.
 
 use std::sync::Arc;
 
