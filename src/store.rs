@@ -377,19 +377,22 @@ impl StoreRegistry {
         Ok(store)
     }
 
-    /// Serves `url` (scheme and authority) with `store`: for views sluice builds over other
-    /// stores, e.g. the files of one work unit.
-    pub fn insert(&self, url: &Url, store: Arc<dyn ObjectStore>) {
-        let mut key = url.clone();
-        key.set_path("/");
-        self.lock().insert(key.to_string(), store);
+    /// Serves `url` (scheme and authority) with `store`: a view sluice builds over another
+    /// store, the files of one work unit, for as long as its [`UnitViews`] lives.
+    fn insert(&self, url: &Url, store: Arc<dyn ObjectStore>) {
+        self.lock().insert(Self::view_key(url), store);
     }
 
-    /// Stops serving `url` (scheme and authority), a view [`StoreRegistry::insert`] served.
+    /// Stops serving `url`, a view [`StoreRegistry::insert`] served.
     fn remove(&self, url: &Url) {
+        self.lock().remove(&Self::view_key(url));
+    }
+
+    /// The key a view at `url` is served under: its scheme and authority.
+    fn view_key(url: &Url) -> String {
         let mut key = url.clone();
         key.set_path("/");
-        self.lock().remove(key.as_str());
+        key.to_string()
     }
 
     /// Makes the store for `location` known to DataFusion's runtime, so that tables over it
@@ -631,6 +634,11 @@ impl UnitViews {
     pub(crate) fn insert(&mut self, url: &Url, store: Arc<dyn ObjectStore>) {
         self.stores.insert(url, store);
         self.urls.push(url.clone());
+    }
+
+    /// The registry that serves the views.
+    pub(crate) fn stores(&self) -> &Arc<StoreRegistry> {
+        &self.stores
     }
 }
 

@@ -111,25 +111,20 @@ pub(super) async fn unit_context(
         if let Some(files) = job.files.listed_at_each_scan(&source)
             && !shared.contains(&&source)
         {
-            shares.extend(
-                restrict_to_files(&ctx, stores, &mut views, pipeline, &source, files).await?,
-            );
+            shares.extend(restrict_to_files(&ctx, &mut views, pipeline, &source, files).await?);
         }
     }
     match &unit.kind {
         UnitKind::Whole => {}
         UnitKind::Files { source, files } => {
-            shares.extend(
-                restrict_to_files(&ctx, stores, &mut views, pipeline, source, files).await?,
-            );
+            shares.extend(restrict_to_files(&ctx, &mut views, pipeline, source, files).await?);
         }
         UnitKind::Period { start, end } => {
             for (table, column) in sources {
                 if let Some(files) = events.and_then(|e| e.files_of(table, *start)) {
                     let share = job.routes.share(table, *start, files)?;
                     shares.extend(
-                        restrict_to_files(&ctx, stores, &mut views, pipeline, table, &share.files)
-                            .await?,
+                        restrict_to_files(&ctx, &mut views, pipeline, table, &share.files).await?,
                     );
                     if let Some((routed, url)) = share.routed {
                         // The period's rows of the files read once for every unit.
@@ -190,7 +185,7 @@ impl FileShare {
         let provider = main.table_provider(source).await.map_err(err)?;
         ctx.register_table(source, provider).map_err(err)?;
         let mut views = UnitViews::new(std::sync::Arc::clone(stores), main.runtime_env());
-        restrict_to_files(&ctx, stores, &mut views, pipeline, source, files).await?;
+        restrict_to_files(&ctx, &mut views, pipeline, source, files).await?;
         Ok(FileShare { ctx, _views: views })
     }
 
@@ -219,7 +214,6 @@ fn replace_table(ctx: &SessionContext, name: &str, df: DataFrame) -> Result<(), 
 /// options, partitions and schema. No files: an empty table of the source's schema.
 async fn restrict_to_files(
     ctx: &SessionContext,
-    stores: &StoreRegistry,
     views: &mut UnitViews,
     pipeline: &Pipeline,
     source: &str,
@@ -247,6 +241,8 @@ async fn restrict_to_files(
     let table_url = ListingTableUrl::parse(&spec.location).map_err(err)?;
     let location =
         Location::parse(table_url.as_str()).map_err(|e| UnitError::caused_by(&e, e.to_string()))?;
+    // (The registry is the views' own: views are inserted into it below.)
+    let stores = std::sync::Arc::clone(views.stores());
     let store = stores
         .store_for(&location)
         .map_err(|e| UnitError::caused_by(&e, e.to_string()))?;
@@ -270,7 +266,7 @@ async fn restrict_to_files(
         // A single file: its prefix is its path.
         format!("{view_url}{prefix}")
     };
-    crate::catalog::register_share(ctx, stores, &unit_spec, provider.schema()).await?;
+    crate::catalog::register_share(ctx, &stores, &unit_spec, provider.schema()).await?;
     let read_at = ListingTableUrl::parse(&unit_spec.location).map_err(err)?;
     Ok(Some((source.to_string(), read_at)))
 }
