@@ -22,11 +22,14 @@
 //!   decodes, for as long as it drops most rows.
 //! - [`shared_subplans`] (physical): an aggregation a query computes more than once over
 //!   the same input (a CTE read twice) computed once, its result kept for each reader.
+//! - [`decimal_arith`] (physical): decimal `+`, `-` and `*` computed with 64-bit operands
+//!   where a batch's values fit in them, instead of checked 128-bit arithmetic.
 //! - [`topk`] (physical): `ORDER BY … LIMIT k` with a `k` too large for the memory limit
 //!   sorted in full, which spills, instead of in a top-k heap, which cannot.
 
 mod build_side;
 mod compact_views;
+mod decimal_arith;
 mod decode_filters;
 mod distinct;
 pub(crate) mod join_order;
@@ -275,14 +278,21 @@ pub(crate) fn physical_rules(
     if !cluster {
         rules.insert(at, Arc::new(compact_views::CompactViews));
     }
-    // Once DataFusion has pushed the joins' dynamic filters into scans for the last time.
-    // (Not for a cluster: its executors could not decode the expression it wraps them in.)
+    // (Not for a cluster: its executors could not decode the expressions these rules make.)
     if !cluster {
         let at = rules
             .iter()
             .position(|r| r.name() == "SanityCheckPlan")
             .unwrap_or(rules.len());
-        rules.insert(at, Arc::new(decode_filters::DynamicFiltersWhileDecoding));
+        // Once the plan is final, but before repeated subplans are shared (a subplan changed
+        // after that is computed again for itself): it changes how expressions are
+        // computed, nothing else.
+        rules.insert(at, Arc::new(decimal_arith::FasterDecimalArithmetic));
+        // Once DataFusion has pushed the joins' dynamic filters into scans for the last time.
+        rules.insert(
+            at + 1,
+            Arc::new(decode_filters::DynamicFiltersWhileDecoding),
+        );
         // Repeated subplans are marked before DataFusion pushes filters for the last time,
         // so no copy takes a filter from around it that the others lack, and shared once
         // the plan is final (after the rule above, which rewrites scans inside them).
