@@ -33,9 +33,9 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::BinaryExpr;
 use datafusion::physical_expr_common::datum::apply;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
+use datafusion::physical_plan::{ExecutionPlan, PlanProperties};
 
 /// Replaces decimal `+`, `-` and `*` in projections and aggregate arguments by
 /// [`DecimalArith`]. (Not on a Ballista cluster: its executors could not decode it.)
@@ -66,6 +66,12 @@ impl PhysicalOptimizerRule for FasterDecimalArithmetic {
                     Arc::clone(projection.input()),
                     &projection.schema(),
                 )?;
+                // A projection's orderings, partitioning and equalities are found by matching
+                // its expressions with its input's (an input sorted by `a * b`): where the new
+                // expression loses one, the projection is left as it was.
+                if !same_properties(exec.properties(), projection.properties()) {
+                    return Ok(Transformed::no(node));
+                }
                 return Ok(Transformed::yes(Arc::new(exec)));
             }
             if let Some(aggregate) = node.downcast_ref::<AggregateExec>() {
@@ -74,15 +80,25 @@ impl PhysicalOptimizerRule for FasterDecimalArithmetic {
                 let mut aggr_exprs = Vec::with_capacity(aggregate.aggr_expr().len());
                 for a in aggregate.aggr_expr() {
                     let mut args = Vec::with_capacity(a.expressions().len());
+                    let mut any = false;
                     for arg in a.expressions() {
                         let t = faster(&arg, &schema)?;
-                        changed |= t.transformed;
+                        any |= t.transformed;
                         args.push(t.data);
                     }
+                    // Rebuilt only when changed, and never one DataFusion reversed to use its
+                    // input's order (`array_agg(x ORDER BY y DESC)` over rows sorted by y):
+                    // a rebuilt aggregate forgets that it is reversed.
                     let order_by = a.order_bys().iter().map(|s| Arc::clone(&s.expr)).collect();
-                    match a.with_new_expressions(args, order_by) {
-                        Some(new) => aggr_exprs.push(Arc::new(new)),
-                        None => return Ok(Transformed::no(node)),
+                    match any && !a.is_reversed() {
+                        true => match a.with_new_expressions(args, order_by) {
+                            Some(new) => {
+                                changed = true;
+                                aggr_exprs.push(Arc::new(new));
+                            }
+                            None => aggr_exprs.push(Arc::clone(a)),
+                        },
+                        false => aggr_exprs.push(Arc::clone(a)),
                     }
                 }
                 if !changed {
@@ -105,6 +121,19 @@ impl PhysicalOptimizerRule for FasterDecimalArithmetic {
     }
 }
 
+/// Whether two plans have the same orderings, partitioning, equalities and constants, as
+/// displayed (DataFusion never takes an unknown partitioning to equal another).
+fn same_properties(a: &PlanProperties, b: &PlanProperties) -> bool {
+    let shown = |p: &PlanProperties| {
+        (
+            p.output_partitioning().to_string(),
+            p.output_ordering().map(|o| o.to_string()),
+            p.equivalence_properties().to_string(),
+        )
+    };
+    shown(a) == shown(b)
+}
+
 /// `expr` with each decimal `+`, `-` and `*` in it a [`DecimalArith`].
 fn faster(
     expr: &Arc<dyn PhysicalExpr>,
@@ -120,18 +149,20 @@ fn faster(
             Operator::Multiply => Op::Mul,
             _ => return Ok(Transformed::no(e)),
         };
+        // (An expression whose type cannot be told is left as it is, not an error: the plan
+        // was valid before this rule.)
         let types = (
-            binary.left().data_type(schema)?,
-            binary.right().data_type(schema)?,
+            binary.left().data_type(schema).ok(),
+            binary.right().data_type(schema).ok(),
         );
-        let (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) = types else {
+        let (Some(DataType::Decimal128(p1, s1)), Some(DataType::Decimal128(p2, s2))) = types else {
             return Ok(Transformed::no(e));
         };
         let Some(kernel) = Kernel::new(op, (p1, s1), (p2, s2)) else {
             return Ok(Transformed::no(e));
         };
         // Only where arrow's kernel gives the type the plan expects.
-        if e.data_type(schema)? != DataType::Decimal128(kernel.precision, kernel.scale) {
+        if e.data_type(schema).ok() != Some(DataType::Decimal128(kernel.precision, kernel.scale)) {
             return Ok(Transformed::no(e));
         }
         let inner = Arc::new(binary.clone());
@@ -150,6 +181,9 @@ enum Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Kernel {
     op: Op,
+    /// The operands' types it was planned for (a batch of others goes to arrow's kernel).
+    left: (u8, i8),
+    right: (u8, i8),
     /// What the left and right operands are multiplied by to reach the result's scale
     /// (`+` and `-`; 1 for `*`).
     left_factor: i64,
@@ -175,6 +209,8 @@ impl Kernel {
                     .min(MAX_PRECISION);
                 Some(Kernel {
                     op,
+                    left: (p1, s1),
+                    right: (p2, s2),
                     left_factor: pow(scale - s1)?,
                     right_factor: pow(scale - s2)?,
                     precision,
@@ -188,6 +224,8 @@ impl Kernel {
                 }
                 Some(Kernel {
                     op,
+                    left: (p1, s1),
+                    right: (p2, s2),
                     left_factor: 1,
                     right_factor: 1,
                     precision: p1.saturating_add(p2 + 1).min(MAX_PRECISION),
@@ -212,12 +250,19 @@ impl Kernel {
     /// The result of `lhs op rhs`, or `None` when an operand is not a decimal array or
     /// non-NULL scalar of 64-bit values (then arrow's kernel decides).
     fn evaluate(&self, lhs: &ColumnarValue, rhs: &ColumnarValue) -> Option<ArrayRef> {
+        fn array(v: &ArrayRef, (p, s): (u8, i8)) -> Option<&PrimitiveArray<Decimal128Type>> {
+            let v = v.as_primitive_opt::<Decimal128Type>()?;
+            (v.data_type() == &DataType::Decimal128(p, s)).then_some(v)
+        }
+        let scalar = |v: &ScalarValue, (p, s): (u8, i8)| match v {
+            ScalarValue::Decimal128(Some(v), vp, vs) if (*vp, *vs) == (p, s) => {
+                i64::try_from(*v).ok()
+            }
+            _ => None,
+        };
         let out = match (lhs, rhs) {
             (ColumnarValue::Array(l), ColumnarValue::Array(r)) => {
-                let (l, r) = (
-                    l.as_primitive_opt::<Decimal128Type>()?,
-                    r.as_primitive_opt::<Decimal128Type>()?,
-                );
+                let (l, r) = (array(l, self.left)?, array(r, self.right)?);
                 if l.len() != r.len() {
                     return None;
                 }
@@ -229,14 +274,12 @@ impl Kernel {
                 )
             }
             (ColumnarValue::Array(l), ColumnarValue::Scalar(r)) => {
-                let l = l.as_primitive_opt::<Decimal128Type>()?;
-                let r = narrow(scalar(r)?)?;
+                let (l, r) = (array(l, self.left)?, scalar(r, self.right)?);
                 let values = self.each(l.values().iter().map(|&v| (v, i128::from(r))))?;
                 PrimitiveArray::<Decimal128Type>::new(values, l.nulls().cloned())
             }
             (ColumnarValue::Scalar(l), ColumnarValue::Array(r)) => {
-                let r = r.as_primitive_opt::<Decimal128Type>()?;
-                let l = narrow(scalar(l)?)?;
+                let (l, r) = (scalar(l, self.left)?, array(r, self.right)?);
                 let values = self.each(r.values().iter().map(|&v| (i128::from(l), v)))?;
                 PrimitiveArray::<Decimal128Type>::new(values, r.nulls().cloned())
             }
@@ -266,31 +309,20 @@ impl Kernel {
     }
 }
 
-/// A decimal scalar's value, `None` for NULL or another type.
-fn scalar(v: &ScalarValue) -> Option<i128> {
-    match v {
-        ScalarValue::Decimal128(Some(v), _, _) => Some(*v),
-        _ => None,
-    }
-}
-
-/// `v` in 64 bits, if it fits.
-fn narrow(v: i128) -> Option<i64> {
-    i64::try_from(v).ok()
-}
-
 /// A decimal `+`, `-` or `*` computed with 64-bit operands when a batch's values fit in
-/// them, and by arrow's kernel otherwise. Everything but the evaluation (type, display,
-/// ordering and bounds) is the `BinaryExpr` it replaces.
+/// them, and by arrow's kernel otherwise. Its type, ordering and bounds are the `BinaryExpr`'s
+/// it replaces; it is displayed in parentheses.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct DecimalArith {
     inner: Arc<BinaryExpr>,
     kernel: Kernel,
 }
 
+/// In parentheses: `BinaryExpr` puts them only around a child it knows to be a `BinaryExpr`,
+/// so `(a + b) / c` would otherwise read `a + b / c`.
 impl fmt::Display for DecimalArith {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.inner, f)
+        write!(f, "({})", self.inner)
     }
 }
 
@@ -352,7 +384,9 @@ impl PhysicalExpr for DecimalArith {
     }
 
     fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.inner.fmt_sql(f)
+        write!(f, "(")?;
+        self.inner.fmt_sql(f)?;
+        write!(f, ")")
     }
 }
 
@@ -365,13 +399,16 @@ mod tests {
     use datafusion::arrow::datatypes::Field;
     use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::physical_expr::expressions::{Column, Literal};
+    use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
     use datafusion::prelude::{SessionConfig, SessionContext};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
     use super::*;
 
-    const TYPES: [(u8, i8); 9] = [
+    const TYPES: [(u8, i8); 11] = [
+        (5, -2),
+        (38, 20),
         (15, 2),
         (12, 2),
         (20, 0),
@@ -408,6 +445,21 @@ mod tests {
                 })
             })
             .collect();
+        // Sometimes a value past 64 bits under a NULL (which arrow's kernel never reads).
+        let values = match rng.random_bool(0.2) && values.null_count() > 0 {
+            true => {
+                let nulls = values.nulls().cloned();
+                let raw = values.values().iter().map(|&v| {
+                    if rng.random_bool(0.5) {
+                        i128::MAX / 3
+                    } else {
+                        v
+                    }
+                });
+                Decimal128Array::new(raw.collect(), nulls)
+            }
+            false => values,
+        };
         // A slice, as a filter's or a join's output may be.
         let at = rng.random_range(0..3);
         values.slice(at, n).with_precision_and_scale(p, s).unwrap()
@@ -465,7 +517,7 @@ mod tests {
             }
             let ours = ours.data;
             assert_eq!(ours.data_type(&schema).unwrap(), want);
-            assert_eq!(ours.to_string(), binary.to_string());
+            assert_eq!(ours.to_string(), format!("({binary})"));
             let theirs = binary.evaluate(&batch);
             let got = ours.evaluate(&batch);
             match (&got, &theirs) {
@@ -484,6 +536,12 @@ mod tests {
             );
             if arith.kernel.evaluate(&l, &r).is_some() {
                 fast += 1;
+                // Operands of other types than planned go to arrow's kernel.
+                let other = Kernel {
+                    left: (lt.0, lt.1 - 1),
+                    ..arith.kernel
+                };
+                assert!(other.evaluate(&l, &r).is_none(), "seed {seed}");
             }
         }
         assert!(fast > 200, "64-bit path taken {fast} times");
@@ -502,7 +560,11 @@ mod tests {
                 .with_config(config)
                 .with_default_features();
             if faster {
-                state = state.with_physical_optimizer_rule(Arc::new(FasterDecimalArithmetic));
+                state = state.with_physical_optimizer_rules(super::super::physical_rules(
+                    PhysicalOptimizer::new().rules,
+                    None,
+                    false,
+                ));
             }
             SessionContext::new_with_state(state.build())
         };
@@ -562,7 +624,11 @@ mod tests {
                     Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
                 })
                 .unwrap();
-                assert!(rewritten >= 3, "{rewritten} rewritten in {q}");
+                assert!(
+                    rewritten >= 3,
+                    "{rewritten} rewritten in {q}\n{}",
+                    datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
+                );
                 let got = got.collect().await.unwrap();
                 let want = theirs.sql(q).await.unwrap().collect().await.unwrap();
                 let format = datafusion::arrow::util::pretty::pretty_format_batches;
@@ -571,6 +637,85 @@ mod tests {
                     format(&want).unwrap().to_string(),
                     "seed {seed}: {q}"
                 );
+            }
+        }
+    }
+
+    /// Where the rewritten plan would lose what DataFusion planned on (an aggregate reversed
+    /// to use its input's order, a projection's input sorted by the product), the node is
+    /// left as it was; nested arithmetic is displayed with its parentheses.
+    #[tokio::test]
+    async fn orders_and_reversed_aggregates_are_kept() {
+        use datafusion::physical_plan::displayable;
+        use datafusion::prelude::col;
+
+        let session = |faster: bool| {
+            let config = SessionConfig::new()
+                .with_target_partitions(1)
+                .with_batch_size(64);
+            let mut state = SessionStateBuilder::new()
+                .with_config(config)
+                .with_default_features();
+            if faster {
+                state = state.with_physical_optimizer_rules(super::super::physical_rules(
+                    PhysicalOptimizer::new().rules,
+                    None,
+                    false,
+                ));
+            }
+            SessionContext::new_with_state(state.build())
+        };
+        let mut rng = StdRng::seed_from_u64(7);
+        let n = 500;
+        let decimals = |rng: &mut StdRng| {
+            let a: Decimal128Array = (0..n).map(|_| Some(rng.random_range(1..100_000))).collect();
+            Arc::new(a.with_precision_and_scale(15, 2).unwrap()) as ArrayRef
+        };
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "x",
+                Arc::new(datafusion::arrow::array::Int32Array::from_iter_values(
+                    (0..n).map(|_| rng.random_range(0..1000)),
+                )) as ArrayRef,
+            ),
+            (
+                "y",
+                Arc::new(datafusion::arrow::array::Int32Array::from_iter_values(0..n)) as _,
+            ),
+            ("price", decimals(&mut rng)),
+            ("qty", decimals(&mut rng)),
+        ])
+        .unwrap();
+        let queries = [
+            "SELECT ARRAY_AGG(price * qty ORDER BY y DESC) AS xs, SUM(price) AS s FROM t",
+            "SELECT v, SUM(v) OVER (ORDER BY v ROWS UNBOUNDED PRECEDING) AS w \
+             FROM (SELECT price * qty AS v FROM (SELECT * FROM t ORDER BY price * qty LIMIT 10))",
+            "SELECT (price + qty) / qty AS r, y FROM t ORDER BY y",
+        ];
+        let (ours, theirs) = (session(true), session(false));
+        for ctx in [&ours, &theirs] {
+            let table = datafusion::datasource::MemTable::try_new(
+                batch.schema(),
+                vec![vec![batch.clone()]],
+            )
+            .unwrap()
+            .with_sort_order(vec![vec![col("y").sort(true, false)]]);
+            ctx.register_table("t", Arc::new(table)).unwrap();
+        }
+        let format = datafusion::arrow::util::pretty::pretty_format_batches;
+        for q in queries {
+            let got = ours.sql(q).await.unwrap();
+            let plan = got.clone().create_physical_plan().await.unwrap();
+            let plan = displayable(plan.as_ref()).indent(true).to_string();
+            let got = got.collect().await.unwrap();
+            let want = theirs.sql(q).await.unwrap().collect().await.unwrap();
+            assert_eq!(
+                format(&got).unwrap().to_string(),
+                format(&want).unwrap().to_string(),
+                "{q}\n{plan}"
+            );
+            if q.contains("/ qty") {
+                assert!(plan.contains(") / qty@"), "{plan}");
             }
         }
     }
