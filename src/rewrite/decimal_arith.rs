@@ -19,7 +19,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, PrimitiveArray};
-use datafusion::arrow::buffer::{NullBuffer, ScalarBuffer};
+use datafusion::arrow::buffer::{Buffer, MutableBuffer, NullBuffer, ScalarBuffer};
 use datafusion::arrow::compute::kernels::numeric::{add_wrapping, mul_wrapping, sub_wrapping};
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -297,7 +297,11 @@ impl Kernel {
         &self,
         pairs: impl ExactSizeIterator<Item = (i128, i128)>,
     ) -> Option<ScalarBuffer<i128>> {
-        let mut out = Vec::with_capacity(pairs.len());
+        // In an arrow buffer (64-byte aligned), as arrow's kernels allocate: a `Vec` of the
+        // same size came back from the allocator as fresh pages batch after batch (TPC-H q1
+        // at scale 10: 0.65 to 2.2 million page faults against 50 thousand, and seconds of
+        // system time).
+        let mut out = MutableBuffer::new(pairs.len() * std::mem::size_of::<i128>());
         // Whether an operand did not fit: checked once at the end, so the loop has no branch.
         let mut wide = false;
         for (l, r) in pairs {
@@ -305,7 +309,7 @@ impl Kernel {
             wide |= i128::from(nl) != l || i128::from(nr) != r;
             out.push(self.apply(nl, nr));
         }
-        (!wide).then(|| ScalarBuffer::from(out))
+        (!wide).then(|| ScalarBuffer::from(Buffer::from(out)))
     }
 }
 
