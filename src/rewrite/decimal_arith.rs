@@ -551,27 +551,31 @@ mod tests {
         assert!(fast > 200, "64-bit path taken {fast} times");
     }
 
+    /// A session of `partitions` partitions and batches of 64 rows, with sluice's physical
+    /// rules (at their places) if `faster`, else DataFusion's alone.
+    fn session(faster: bool, partitions: usize) -> SessionContext {
+        let config = SessionConfig::new()
+            .with_target_partitions(partitions)
+            .with_batch_size(64);
+        let mut state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features();
+        if faster {
+            state = state.with_physical_optimizer_rules(super::super::physical_rules(
+                PhysicalOptimizer::new().rules,
+                None,
+                false,
+            ));
+        }
+        SessionContext::new_with_state(state.build())
+    }
+
     /// A product of products, sums of them and an aggregate over them give DataFusion's
     /// answers with the rule, which replaced the arithmetic in the projection and the
     /// aggregate.
     #[tokio::test]
     async fn the_rule_gives_datafusions_answers() {
-        let session = |faster: bool| {
-            let config = SessionConfig::new()
-                .with_target_partitions(2)
-                .with_batch_size(64);
-            let mut state = SessionStateBuilder::new()
-                .with_config(config)
-                .with_default_features();
-            if faster {
-                state = state.with_physical_optimizer_rules(super::super::physical_rules(
-                    PhysicalOptimizer::new().rules,
-                    None,
-                    false,
-                ));
-            }
-            SessionContext::new_with_state(state.build())
-        };
+        let session = |faster| session(faster, 2);
         let sql = "SELECT k, SUM(price * (1 - discount)) AS a, \
                    SUM(price * (1 - discount) * (1 + tax)) AS b, AVG(price + tax) AS c, \
                    MAX(price - big) AS d, COUNT(*) AS n \
@@ -653,22 +657,7 @@ mod tests {
         use datafusion::physical_plan::displayable;
         use datafusion::prelude::col;
 
-        let session = |faster: bool| {
-            let config = SessionConfig::new()
-                .with_target_partitions(1)
-                .with_batch_size(64);
-            let mut state = SessionStateBuilder::new()
-                .with_config(config)
-                .with_default_features();
-            if faster {
-                state = state.with_physical_optimizer_rules(super::super::physical_rules(
-                    PhysicalOptimizer::new().rules,
-                    None,
-                    false,
-                ));
-            }
-            SessionContext::new_with_state(state.build())
-        };
+        let session = |faster| session(faster, 1);
         let mut rng = StdRng::seed_from_u64(7);
         let n = 500;
         let decimals = |rng: &mut StdRng| {
