@@ -90,15 +90,15 @@ impl PhysicalOptimizerRule for FasterDecimalArithmetic {
                     // input's order (`array_agg(x ORDER BY y DESC)` over rows sorted by y):
                     // a rebuilt aggregate forgets that it is reversed.
                     let order_by = a.order_bys().iter().map(|s| Arc::clone(&s.expr)).collect();
-                    match any && !a.is_reversed() {
-                        true => match a.with_new_expressions(args, order_by) {
-                            Some(new) => {
-                                changed = true;
-                                aggr_exprs.push(Arc::new(new));
-                            }
-                            None => aggr_exprs.push(Arc::clone(a)),
-                        },
-                        false => aggr_exprs.push(Arc::clone(a)),
+                    let new = (any && !a.is_reversed())
+                        .then(|| a.with_new_expressions(args, order_by))
+                        .flatten();
+                    match new {
+                        Some(new) => {
+                            changed = true;
+                            aggr_exprs.push(Arc::new(new));
+                        }
+                        None => aggr_exprs.push(Arc::clone(a)),
                     }
                 }
                 if !changed {
@@ -139,35 +139,41 @@ fn faster(
     expr: &Arc<dyn PhysicalExpr>,
     schema: &Schema,
 ) -> Result<Transformed<Arc<dyn PhysicalExpr>>> {
-    Arc::clone(expr).transform_up(|e| {
-        let Some(binary) = e.downcast_ref::<BinaryExpr>() else {
-            return Ok(Transformed::no(e));
-        };
-        let op = match binary.op() {
-            Operator::Plus => Op::Add,
-            Operator::Minus => Op::Sub,
-            Operator::Multiply => Op::Mul,
-            _ => return Ok(Transformed::no(e)),
-        };
-        // (An expression whose type cannot be told is left as it is, not an error: the plan
-        // was valid before this rule.)
-        let types = (
-            binary.left().data_type(schema).ok(),
-            binary.right().data_type(schema).ok(),
-        );
-        let (Some(DataType::Decimal128(p1, s1)), Some(DataType::Decimal128(p2, s2))) = types else {
-            return Ok(Transformed::no(e));
-        };
-        let Some(kernel) = Kernel::new(op, (p1, s1), (p2, s2)) else {
-            return Ok(Transformed::no(e));
-        };
-        // Only where arrow's kernel gives the type the plan expects.
-        if e.data_type(schema).ok() != Some(DataType::Decimal128(kernel.precision, kernel.scale)) {
-            return Ok(Transformed::no(e));
-        }
-        let inner = Arc::new(binary.clone());
-        Ok(Transformed::yes(Arc::new(DecimalArith { inner, kernel })))
-    })
+    Arc::clone(expr).transform_up(|e| Ok(as_decimal_arith(e, schema)))
+}
+
+/// `e` as a [`DecimalArith`] if it is a decimal `+`, `-` or `*` whose result arrow's kernel
+/// types as the plan does. (An expression whose type cannot be told is left as it is, not
+/// an error: the plan was valid before this rule.)
+fn as_decimal_arith(
+    e: Arc<dyn PhysicalExpr>,
+    schema: &Schema,
+) -> Transformed<Arc<dyn PhysicalExpr>> {
+    let Some(binary) = e.downcast_ref::<BinaryExpr>() else {
+        return Transformed::no(e);
+    };
+    let op = match binary.op() {
+        Operator::Plus => Op::Add,
+        Operator::Minus => Op::Sub,
+        Operator::Multiply => Op::Mul,
+        _ => return Transformed::no(e),
+    };
+    let types = (
+        binary.left().data_type(schema).ok(),
+        binary.right().data_type(schema).ok(),
+    );
+    let (Some(DataType::Decimal128(p1, s1)), Some(DataType::Decimal128(p2, s2))) = types else {
+        return Transformed::no(e);
+    };
+    let Some(kernel) = Kernel::new(op, (p1, s1), (p2, s2)) else {
+        return Transformed::no(e);
+    };
+    let planned = e.data_type(schema).ok();
+    if planned != Some(DataType::Decimal128(kernel.precision, kernel.scale)) {
+        return Transformed::no(e);
+    }
+    let inner = Arc::new(binary.clone());
+    Transformed::yes(Arc::new(DecimalArith { inner, kernel }))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
