@@ -21,7 +21,9 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, PrimitiveArray};
 use datafusion::arrow::buffer::{Buffer, MutableBuffer, NullBuffer, ScalarBuffer};
 use datafusion::arrow::compute::kernels::numeric::{add_wrapping, mul_wrapping, sub_wrapping};
-use datafusion::arrow::datatypes::{DataType, Decimal128Type, Schema};
+use datafusion::arrow::datatypes::{
+    DECIMAL128_MAX_PRECISION, DECIMAL128_MAX_SCALE, DataType, Decimal128Type, Schema,
+};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -202,8 +204,6 @@ impl Kernel {
     /// The kernel for `op` on `(precision, scale)` operands, with arrow's result type (its
     /// `decimal_op`); `None` where arrow errs or a factor would not fit in 64 bits.
     fn new(op: Op, (p1, s1): (u8, i8), (p2, s2): (u8, i8)) -> Option<Kernel> {
-        const MAX_PRECISION: u8 = 38;
-        const MAX_SCALE: i8 = 38;
         let pow = |n: i8| u32::try_from(n).ok().and_then(|n| 10i64.checked_pow(n));
         match op {
             Op::Add | Op::Sub => {
@@ -212,7 +212,7 @@ impl Kernel {
                 let precision = u8::try_from(scale.saturating_add(integer))
                     .ok()?
                     .saturating_add(1)
-                    .min(MAX_PRECISION);
+                    .min(DECIMAL128_MAX_PRECISION);
                 Some(Kernel {
                     op,
                     left: (p1, s1),
@@ -225,7 +225,7 @@ impl Kernel {
             }
             Op::Mul => {
                 let scale = s1.saturating_add(s2);
-                if scale > MAX_SCALE {
+                if scale > DECIMAL128_MAX_SCALE {
                     return None;
                 }
                 Some(Kernel {
@@ -234,7 +234,7 @@ impl Kernel {
                     right: (p2, s2),
                     left_factor: 1,
                     right_factor: 1,
-                    precision: p1.saturating_add(p2 + 1).min(MAX_PRECISION),
+                    precision: p1.saturating_add(p2 + 1).min(DECIMAL128_MAX_PRECISION),
                     scale,
                 })
             }
