@@ -236,6 +236,12 @@ def sluice_flags():
     return os.environ.get("SLUICE_FLAGS", "").split()
 
 
+def before_flags():
+    """Extra flags for the BEFORE binary (env BEFORE_FLAGS, e.g. `--set sluice.decimal_arith=false`
+    with BEFORE the binary under test: one binary with and without a rewrite)."""
+    return os.environ.get("BEFORE_FLAGS", "").split()
+
+
 def fmt(x):
     return f"{x:.3f}"
 
@@ -292,7 +298,8 @@ def bench_in(sluice, data, rounds, threads, queries, sluice_version, tmp):
                         results[n][engine].append(
                             run_sluice(sluice, data, n, threads, tmp, sluice_flags()))
                     elif engine == "before":
-                        results[n][engine].append(run_sluice(before, data, n, threads, tmp))
+                        results[n][engine].append(
+                            run_sluice(before, data, n, threads, tmp, before_flags()))
                     else:
                         results[n][engine].append(run_duckdb(data, n, threads))
                 except subprocess.CalledProcessError as e:
@@ -350,7 +357,8 @@ def bench_in(sluice, data, rounds, threads, queries, sluice_version, tmp):
         "|---|---|---|---|---|---|---|" + ("---|" if before else ""),
     ]
     if before:
-        lines.insert(2, f"before: {before}; sluice flags: {' '.join(sluice_flags()) or '(none)'}")
+        lines.insert(2, f"before: {before} {' '.join(before_flags())}; "
+                        f"sluice flags: {' '.join(sluice_flags()) or '(none)'}")
     for r in rows:
         mark = "" if r["answer"] == "equal" else " **answer differs**"
         was = f" {fmt(r.get('before_query_s', math.nan))} |" if before else ""

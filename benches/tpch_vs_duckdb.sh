@@ -6,7 +6,9 @@
 #   target/release/sluice gen tpch --scale 1 --out /tmp/tpch-sf1
 #   bash benches/tpch_vs_duckdb.sh target/release/sluice /tmp/tpch-sf1 [ROUNDS]
 #
-# Env: BEFORE another sluice binary timed beside (a "before" column), SLUICE_FLAGS extra
+# Env: BEFORE another sluice binary timed beside (a "before" column), BEFORE_FLAGS its extra
+# flags (BEFORE=BIN BEFORE_FLAGS="--set sluice.decimal_arith=false": one binary with and
+# without a rewrite), SLUICE_FLAGS extra
 # flags for the sluice under test (e.g. `--join-order as_written`), ROUNDS default 2 (or the
 # third argument), THREADS default 2 (sluice --threads and DuckDB SET threads), QUERIES default 1-22 (e.g. 1,3,5-9), JSON_OUT a file for the results
 # as JSON, VENV the Python venv (default ~/.cache/sluice-bench-venv; made when missing, with

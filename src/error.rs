@@ -91,6 +91,7 @@ impl Error {
             Error::Catalog(e) if e.is_usage() => EXIT_USAGE,
             Error::Sink(e) if e.is_usage() => EXIT_USAGE,
             Error::Cluster(e) if e.is_usage() => EXIT_USAGE,
+            Error::Engine(e) if e.is_usage() => EXIT_USAGE,
             _ => EXIT_FAILED,
         }
     }

@@ -423,6 +423,11 @@ pub struct EngineArgs {
     /// statistics; the default) or as_written (the SQL's).
     #[arg(long, value_name = "ORDER", value_parser = join_order)]
     pub join_order: Option<JoinOrder>,
+    /// A DataFusion configuration option, or a sluice rewrite turned off, after sluice's own
+    /// settings (repeatable): `--set datafusion.execution.batch_size=16384`,
+    /// `--set sluice.decimal_arith=false`.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub settings: Vec<(String, String)>,
     /// Run the queries on an Apache DataFusion Ballista cluster: its scheduler
     /// (`df://HOST:PORT`), or `standalone` (a scheduler and executors in this process).
     #[arg(long, value_name = "URL", value_parser = cluster)]

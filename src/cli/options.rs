@@ -33,6 +33,7 @@ fn engine(args: &EngineArgs) -> EngineOptions {
             order: args.join_order.unwrap_or_default(),
         },
         cluster: args.cluster.is_some(),
+        settings: args.settings.clone(),
     }
 }
 
@@ -96,6 +97,7 @@ pub fn run_options(args: &PipelineArgs, dry_run: bool, restart: bool) -> RunOpti
             .unwrap_or_default(),
         join_strategy: args.engine.join_strategy,
         join_order: args.engine.join_order,
+        settings: args.engine.settings.clone(),
         cluster: args.engine.cluster.clone(),
         dry_run,
         restart,

@@ -344,6 +344,9 @@ pub struct Settings {
     pub join: JoinOptions,
     /// Where queries run (`cluster`): `None` in this process.
     pub cluster: Option<ClusterTarget>,
+    /// `[settings.options]`: DataFusion's configuration options and sluice's rewrite
+    /// switches, by key (checked when the engine starts: `EngineOptions::settings`).
+    pub options: Vec<(String, String)>,
 }
 
 /// A Ballista cluster queries run on (`[settings] cluster`, `--cluster`).

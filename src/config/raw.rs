@@ -67,6 +67,8 @@ pub(super) struct RawSettings {
     pub(super) broadcast_join_limit: Option<String>,
     pub(super) join_order: Option<String>,
     pub(super) cluster: Option<String>,
+    #[serde(default)]
+    pub(super) options: BTreeMap<String, toml::Value>,
 }
 
 /// `[stores.NAME]`.

@@ -579,3 +579,38 @@ fn bad_database_settings_are_refused_naming_key_and_line_never_the_password() {
         }
     }
 }
+
+/// `[settings.options]`: DataFusion's options and sluice's switches, kept as text in order;
+/// anything else, or a value that is not plain, refused naming the key.
+#[test]
+fn engine_options_are_datafusion_or_sluice_settings_with_plain_values() {
+    let pipeline = load(
+        "[settings.options]\n\"datafusion.execution.batch_size\" = 16384\n\
+         \"datafusion.execution.parquet.pushdown_filters\" = true\n\
+         \"sluice.decimal_arith\" = \"false\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        pipeline.settings.options,
+        [
+            ("datafusion.execution.batch_size", "16384"),
+            ("datafusion.execution.parquet.pushdown_filters", "true"),
+            ("sluice.decimal_arith", "false"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+    );
+    let msg = load("[settings.options]\n\"execution.batch_size\" = 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("execution.batch_size") && msg.contains("datafusion."),
+        "{msg}"
+    );
+    let msg = load("[settings.options]\n\"sluice.topk\" = [1]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("sluice.topk") && msg.contains("true/false"),
+        "{msg}"
+    );
+}

@@ -332,9 +332,30 @@ impl<'a> Validator<'a> {
                 super::ClusterTarget::parse(&c).map_err(|m| self.invalid("settings.cluster", m))
             })
             .transpose()?;
+        // Checked against DataFusion's options when the engine starts; here, that each is a
+        // setting of one of the two kinds, with a plain value.
+        let mut options = Vec::new();
+        for (key, value) in raw.options {
+            let at = format!("settings.options.{key:?}");
+            if !key.starts_with("datafusion.") && !key.starts_with("sluice.") {
+                return Err(self.invalid(
+                    at,
+                    "expected a DataFusion option (\"datafusion.…\") or a sluice rewrite (\"sluice.…\")",
+                ));
+            }
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                _ => return Err(self.invalid(at, "expected a string, a number or true/false")),
+            };
+            options.push((key, value));
+        }
         Ok(Settings {
             memory_limit,
             threads: raw.threads,
+            options,
             cluster,
             join: JoinOptions {
                 strategy,

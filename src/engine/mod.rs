@@ -47,6 +47,23 @@ pub enum EngineError {
     /// DataFusion's runtime (memory pool, disk manager) cannot be built.
     #[error("cannot start the query engine: {0}")]
     Runtime(#[source] datafusion::error::DataFusionError),
+    /// A setting of [`EngineOptions::settings`] names no option, or a value it cannot take.
+    #[error("engine setting {key} = {value:?} (--set, [settings.options]): {message}")]
+    Setting {
+        /// The setting's key (`datafusion.…` or `sluice.…`).
+        key: String,
+        /// The value given.
+        value: String,
+        /// Why it cannot be set.
+        message: String,
+    },
+}
+
+impl EngineError {
+    /// Whether the error is in what the user asked for (a setting), not in the machine.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, EngineError::Setting { .. })
+    }
 }
 
 /// How the engine may use the machine.
@@ -65,6 +82,10 @@ pub struct EngineOptions {
     /// Plan for a Ballista cluster: with the settings Ballista needs of a plan it splits
     /// into stages.
     pub cluster: bool,
+    /// Settings applied after sluice's own, in order (a later one wins): DataFusion's
+    /// configuration options (`datafusion.execution.parquet.pushdown_filters` = `true`), and
+    /// sluice's rewrites turned off or on (`sluice.decimal_arith` = `false`).
+    pub settings: Vec<(String, String)>,
 }
 
 impl EngineOptions {
@@ -170,6 +191,27 @@ impl Engine {
         // grace join spills, so the join strategy stays sluice's.)
         config.options_mut().optimizer.prefer_hash_join =
             options.join.strategy != JoinStrategy::SortMerge;
+        // The user's settings last, so that they win over sluice's choices above.
+        let mut switches = crate::rewrite::Switches::default();
+        for (key, value) in &options.settings {
+            let refused = |message: String| EngineError::Setting {
+                key: key.clone(),
+                value: value.clone(),
+                message,
+            };
+            match key.strip_prefix("sluice.") {
+                Some(name) => {
+                    let on = value
+                        .parse::<bool>()
+                        .map_err(|_| refused("expected true or false".into()))?;
+                    switches.set(name, on).map_err(refused)?;
+                }
+                None => config
+                    .options_mut()
+                    .set(key, value)
+                    .map_err(|e| refused(e.strip_backtrace()))?,
+            }
+        }
         let mut runtime = RuntimeEnvBuilder::new();
         if let Some(limit) = options.memory_limit {
             let pool = TrackConsumersPool::new(
@@ -215,21 +257,31 @@ impl Engine {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
-            .with_optimizer_rules(crate::rewrite::logical_rules(options.memory_limit))
+            .with_optimizer_rules(
+                crate::rewrite::logical_rules(options.memory_limit)
+                    .into_iter()
+                    .filter(|r| switches.keeps(r.name()))
+                    .collect(),
+            )
             .with_query_planner(Arc::new(planner::Planner {
                 reorder_joins: options.join.order == crate::config::JoinOrder::Cost,
             }))
             // (On a cluster, joins run under the executors' pools, not this one: they take
             // their budget from the pool they run in.)
-            .with_physical_optimizer_rules(crate::rewrite::physical_rules(
-                join::physical_rules(
-                    options.join,
+            .with_physical_optimizer_rules(
+                crate::rewrite::physical_rules(
+                    join::physical_rules(
+                        options.join,
+                        options.memory_limit.filter(|_| !options.cluster),
+                        options.cluster,
+                    ),
                     options.memory_limit.filter(|_| !options.cluster),
                     options.cluster,
-                ),
-                options.memory_limit.filter(|_| !options.cluster),
-                options.cluster,
-            ))
+                )
+                .into_iter()
+                .filter(|r| switches.keeps(r.name()))
+                .collect(),
+            )
             .build();
         let ctx = SessionContext::new_with_state(state);
         Ok(Engine {

@@ -51,6 +51,65 @@ use datafusion::optimizer::OptimizerRule;
 use datafusion::optimizer::optimizer::Optimizer;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 
+/// sluice's rewrites by the names that turn them off (`sluice.NAME = false`, as `--set` or
+/// in `[settings.options]`; the names of their modules), each with the names of the rules
+/// it is made of. (Join order and the grace join have settings of their own: `join_order`,
+/// `join_strategy`.)
+const SWITCHES: &[(&str, &[&str])] = &[
+    ("distinct", &["sluice_counts_beside_distinct"]),
+    ("split_distinct", &["sluice_distincts_apart"]),
+    ("median", &["sluice_median_by_sort"]),
+    ("whole_partition", &["sluice_whole_partition_by_join"]),
+    ("build_side", &["sluice_build_smaller_side"]),
+    ("compact_views", &["sluice_compact_views"]),
+    ("decode_filters", &["sluice_dynamic_filters_while_decoding"]),
+    (
+        "shared_subplans",
+        &[
+            "sluice_mark_repeated_subplans",
+            "sluice_share_repeated_subplans",
+        ],
+    ),
+    ("decimal_arith", &["sluice_faster_decimal_arithmetic"]),
+    ("topk", &["sluice_spilling_top_k"]),
+];
+
+/// The rewrites a session runs without: all are on unless turned off, so that one binary
+/// measures a rewrite's effect, and an operator can work around one that misplans a query.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Switches {
+    /// The names of the rules turned off.
+    off: std::collections::BTreeSet<&'static str>,
+}
+
+impl Switches {
+    /// Turns the rewrite `name` (of [`SWITCHES`]) on or off; an unknown name is an error
+    /// that lists the known ones.
+    pub(crate) fn set(&mut self, name: &str, on: bool) -> Result<(), String> {
+        let Some((_, rules)) = SWITCHES.iter().find(|(n, _)| *n == name) else {
+            let known: Vec<&str> = SWITCHES.iter().map(|(n, _)| *n).collect();
+            return Err(format!(
+                "no rewrite named {name:?} (known: {})",
+                known.join(", ")
+            ));
+        };
+        for rule in *rules {
+            if on {
+                self.off.remove(rule);
+            } else {
+                self.off.insert(rule);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the rule named `rule` (a rule's `name()`) runs: every rule but those of a
+    /// rewrite turned off, DataFusion's included.
+    pub(crate) fn keeps(&self, rule: &str) -> bool {
+        !self.off.contains(rule)
+    }
+}
+
 /// DataFusion's logical optimizer rules, with sluice's inserted where they must run, for a
 /// session whose pool is `memory_limit`.
 pub(crate) fn logical_rules(
@@ -457,5 +516,50 @@ mod testing {
         }
         let table = MemTable::try_new(schema, partitions).unwrap();
         ctx.register_table("t", Arc::new(table)).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SWITCHES, Switches};
+
+    /// Every rule a switch names is one the session runs (under a memory limit, where all
+    /// are): a renamed rule would leave its switch turning nothing off.
+    #[test]
+    fn every_switch_names_rules_the_session_runs() {
+        let limit = Some(1 << 30);
+        let mut names: Vec<String> = super::logical_rules(limit)
+            .iter()
+            .map(|r| r.name().to_string())
+            .collect();
+        names.extend(
+            super::physical_rules(
+                crate::join::physical_rules(Default::default(), limit, false),
+                limit,
+                false,
+            )
+            .iter()
+            .map(|r| r.name().to_string()),
+        );
+        for (switch, rules) in SWITCHES {
+            for rule in *rules {
+                assert!(
+                    names.iter().any(|n| n == rule),
+                    "{switch}: {rule} in {names:?}"
+                );
+            }
+        }
+        let mut switches = Switches::default();
+        switches.set("shared_subplans", false).unwrap();
+        assert!(!switches.keeps("sluice_mark_repeated_subplans"));
+        assert!(!switches.keeps("sluice_share_repeated_subplans"));
+        assert!(switches.keeps("sluice_faster_decimal_arithmetic"));
+        switches.set("shared_subplans", true).unwrap();
+        assert!(switches.keeps("sluice_mark_repeated_subplans"));
+        let unknown = switches.set("decimal", false).unwrap_err();
+        assert!(
+            unknown.contains("\"decimal\"") && unknown.contains("decimal_arith"),
+            "{unknown}"
+        );
     }
 }

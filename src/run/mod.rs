@@ -62,6 +62,9 @@ pub struct RunOptions {
     pub join_strategy: Option<crate::config::JoinStrategy>,
     /// `--join-order`, over `settings.join_order`.
     pub join_order: Option<crate::config::JoinOrder>,
+    /// `--set KEY=VALUE`, after `[settings.options]`: DataFusion's options and sluice's
+    /// rewrite switches ([`EngineOptions::settings`](crate::engine::EngineOptions::settings)).
+    pub settings: Vec<(String, String)>,
     /// `--dry-run`: validate and plan, write nothing.
     pub dry_run: bool,
     /// `--restart`: do not resume an unfinished run; start afresh.

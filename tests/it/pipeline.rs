@@ -373,3 +373,51 @@ fn select_star_over_a_partitioned_model_keeps_columns_straight_in_csv() {
         .collect();
     assert_eq!(got, want);
 }
+
+/// `[settings.options]` reach the run's engine: tiny batches and a rewrite turned off give the
+/// same answers; a key that names nothing stops the run before it writes, naming the key,
+/// and so does one given by `--set`.
+#[tokio::test]
+async fn settings_options_reach_the_engine() {
+    let dir = pipeline_copy("shop");
+    let toml = dir.path().join("sluice.toml");
+    let base = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(
+        &toml,
+        format!(
+            "{base}\n[settings.options]\n\"datafusion.execution.batch_size\" = 7\n\
+             \"sluice.decimal_arith\" = false\n"
+        ),
+    )
+    .unwrap();
+    sluice(dir.path(), &["run", "."]).expect(0);
+    check_daily_revenue(dir.path()).await;
+    check_revenue_by_country(dir.path()).await;
+
+    let dir = pipeline_copy("shop");
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        format!("{base}\n[settings.options]\n\"sluice.no_such_rewrite\" = false\n"),
+    )
+    .unwrap();
+    let run = sluice(dir.path(), &["run", "."]).expect(2);
+    assert!(
+        run.stderr.contains("sluice.no_such_rewrite"),
+        "{}",
+        run.stderr
+    );
+    assert!(!dir.path().join("out").exists());
+
+    let dir = pipeline_copy("shop");
+    let run = sluice(
+        dir.path(),
+        &["run", ".", "--set", "datafusion.optimizer.no_such_option=1"],
+    )
+    .expect(2);
+    assert!(
+        run.stderr.contains("datafusion.optimizer.no_such_option"),
+        "{}",
+        run.stderr
+    );
+    assert!(!dir.path().join("out").exists());
+}

@@ -203,3 +203,70 @@ fn reads_files_over_http() {
         vec![counts["customers"].to_string(), "5".to_string()]
     );
 }
+
+/// `--set`: a DataFusion option reaches the session, `sluice.NAME=false` leaves one of
+/// sluice's rewrites out of the plan, and a key or value that cannot be set is a usage error
+/// naming it.
+#[test]
+fn set_reaches_datafusion_and_turns_rewrites_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let setting = "SELECT value FROM information_schema.df_settings \
+                   WHERE name = 'datafusion.execution.batch_size'";
+    let default = sluice(dir.path(), &["sql", "-e", setting]).expect(0);
+    assert!(!default.stdout.contains("1234"), "{}", default.stdout);
+    let set = sluice(
+        dir.path(),
+        &[
+            "sql",
+            "-e",
+            setting,
+            "--set",
+            "datafusion.execution.batch_size=1234",
+        ],
+    )
+    .expect(0);
+    assert!(set.stdout.contains(" 1234 "), "{}", set.stdout);
+
+    // Which rules ran is in EXPLAIN VERBOSE, a line per rule.
+    let explain = "EXPLAIN VERBOSE SELECT CAST(a AS DECIMAL(12, 2)) * CAST(b AS DECIMAL(12, 2)) \
+                   FROM (VALUES (1.5, 2.5), (3.0, 4.0)) AS t(a, b)";
+    let rules = |extra: &[&str]| {
+        let mut args = vec!["sql", "-e", explain, "--max-rows", "10000"];
+        args.extend_from_slice(extra);
+        sluice(dir.path(), &args).expect(0).stdout
+    };
+    let on = rules(&[]);
+    assert!(
+        on.contains("after sluice_faster_decimal_arithmetic"),
+        "{on}"
+    );
+    let off = rules(&["--set", "sluice.decimal_arith=false"]);
+    assert!(!off.contains("sluice_faster_decimal_arithmetic"), "{off}");
+    assert!(off.contains("after SanityCheckPlan"), "{off}");
+    let again = rules(&[
+        "--set",
+        "sluice.decimal_arith=false",
+        "--set",
+        "sluice.decimal_arith=true",
+    ]);
+    assert!(
+        again.contains("after sluice_faster_decimal_arithmetic"),
+        "{again}"
+    );
+
+    for (set, named) in [
+        (
+            "datafusion.execution.no_such_option=1",
+            "datafusion.execution.no_such_option",
+        ),
+        (
+            "datafusion.execution.batch_size=many",
+            "datafusion.execution.batch_size",
+        ),
+        ("sluice.no_such_rewrite=false", "decimal_arith"),
+        ("sluice.decimal_arith=maybe", "true or false"),
+    ] {
+        let run = sluice(dir.path(), &["sql", "-e", "SELECT 1", "--set", set]).expect(2);
+        assert!(run.stderr.contains(named), "{set}: {}", run.stderr);
+    }
+}
