@@ -613,4 +613,8 @@ fn engine_options_are_datafusion_or_sluice_settings_with_plain_values() {
         msg.contains("sluice.topk") && msg.contains("true/false"),
         "{msg}"
     );
+    let msg = load("[settings.options]\ndatafusion.execution.batch_size = 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("in quotes"), "{msg}");
 }

@@ -333,23 +333,32 @@ impl<'a> Validator<'a> {
             })
             .transpose()?;
         // Checked against DataFusion's options when the engine starts; here, that each is a
-        // setting of one of the two kinds, with a plain value.
+        // setting of one of the two kinds, with a plain value. (TOML has no order within a
+        // table: they come in the keys' order.)
         let mut options = Vec::new();
         for (key, value) in raw.options {
             let at = format!("settings.options.{key:?}");
-            if !key.starts_with("datafusion.") && !key.starts_with("sluice.") {
-                return Err(self.invalid(
-                    at,
-                    "expected a DataFusion option (\"datafusion.…\") or a sluice rewrite (\"sluice.…\")",
-                ));
-            }
             let value = match value {
                 toml::Value::String(s) => s,
                 toml::Value::Boolean(b) => b.to_string(),
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Float(f) => f.to_string(),
+                toml::Value::Table(_) => {
+                    return Err(self.invalid(
+                        at,
+                        "a key with dots names a table in TOML: write the whole key in quotes \
+                         (\"datafusion.execution.batch_size\" = 16384)",
+                    ));
+                }
                 _ => return Err(self.invalid(at, "expected a string, a number or true/false")),
             };
+            if !key.starts_with("datafusion.") && !key.starts_with("sluice.") {
+                return Err(self.invalid(
+                    at,
+                    "expected a DataFusion option (\"datafusion.…\") or a sluice rewrite \
+                     (\"sluice.…\")",
+                ));
+            }
             options.push((key, value));
         }
         Ok(Settings {

@@ -5,6 +5,7 @@
 //! - [`execution`]: a running query, and what its plan measured (rows per table, spills, joins);
 //! - [`limits`]: the threads and memory a run uses, from the settings or the cgroup's limits;
 //! - [`pool`]: the memory pool, with a bounded overdraft for merges of sorted data;
+//! - [`settings`]: the user's settings, DataFusion's options and sluice's rewrite switches;
 //! - [`spill`]: the process's spill folder, and the removal of those of killed processes;
 //! - [`udf`]: sluice's SQL functions.
 
@@ -12,6 +13,7 @@ mod execution;
 pub mod limits;
 mod planner;
 pub mod pool;
+pub mod settings;
 pub(crate) mod spill;
 pub mod udf;
 
@@ -84,7 +86,8 @@ pub struct EngineOptions {
     pub cluster: bool,
     /// Settings applied after sluice's own, in order (a later one wins): DataFusion's
     /// configuration options (`datafusion.execution.parquet.pushdown_filters` = `true`), and
-    /// sluice's rewrites turned off or on (`sluice.decimal_arith` = `false`).
+    /// sluice's rewrites turned off or on (`sluice.decimal_arith` = `false`); see
+    /// [`settings`].
     pub settings: Vec<(String, String)>,
 }
 
@@ -192,26 +195,7 @@ impl Engine {
         config.options_mut().optimizer.prefer_hash_join =
             options.join.strategy != JoinStrategy::SortMerge;
         // The user's settings last, so that they win over sluice's choices above.
-        let mut switches = crate::rewrite::Switches::default();
-        for (key, value) in &options.settings {
-            let refused = |message: String| EngineError::Setting {
-                key: key.clone(),
-                value: value.clone(),
-                message,
-            };
-            match key.strip_prefix("sluice.") {
-                Some(name) => {
-                    let on = value
-                        .parse::<bool>()
-                        .map_err(|_| refused("expected true or false".into()))?;
-                    switches.set(name, on).map_err(refused)?;
-                }
-                None => config
-                    .options_mut()
-                    .set(key, value)
-                    .map_err(|e| refused(e.strip_backtrace()))?,
-            }
-        }
+        let switches = settings::apply(&mut config, &options.settings)?;
         let mut runtime = RuntimeEnvBuilder::new();
         if let Some(limit) = options.memory_limit {
             let pool = TrackConsumersPool::new(

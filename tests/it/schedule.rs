@@ -715,3 +715,28 @@ fn a_run_waiting_for_its_window_is_made_up_after_a_restart() {
     assert_eq!(all[0]["status"], "success");
     assert_eq!(output(d), want);
 }
+
+/// A setting no run could start with stops the scheduler at once, before any run, instead of
+/// failing every run it starts.
+#[test]
+fn a_bad_engine_setting_stops_the_scheduler_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    nightly(d, 2, "cron = \"* * * * *\"");
+    let run = sluice(
+        d,
+        &[
+            "schedule",
+            ".",
+            "--set",
+            "datafusion.execution.no_such_option=1",
+        ],
+    )
+    .expect(2);
+    assert!(
+        run.stderr.contains("datafusion.execution.no_such_option"),
+        "{}",
+        run.stderr
+    );
+    assert!(reports(d).is_empty() && !d.join("out").exists());
+}

@@ -247,7 +247,7 @@ fn set_reaches_datafusion_and_turns_rewrites_off() {
         "--set",
         "sluice.decimal_arith=false",
         "--set",
-        "sluice.decimal_arith=true",
+        "sluice.decimal_arith= true",
     ]);
     assert!(
         again.contains("after sluice_faster_decimal_arithmetic"),
@@ -265,6 +265,12 @@ fn set_reaches_datafusion_and_turns_rewrites_off() {
         ),
         ("sluice.no_such_rewrite=false", "decimal_arith"),
         ("sluice.decimal_arith=maybe", "true or false"),
+        ("datafusion.execution.target_partitions=8", "threads"),
+        (
+            "datafusion.execution.parquet.compression=snappy",
+            "on the sink",
+        ),
+        ("datafusion.runtime.memory_limit=1G", "memory_limit"),
     ] {
         let run = sluice(dir.path(), &["sql", "-e", "SELECT 1", "--set", set]).expect(2);
         assert!(run.stderr.contains(named), "{set}: {}", run.stderr);

@@ -87,6 +87,13 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
                 format!("pipeline '{}' is given twice", pipeline.name),
             ));
         }
+        // (Checked here, as each run would check them, so a bad setting stops the scheduler
+        // instead of failing every run.)
+        let settings: Vec<(String, String)> = (pipeline.settings.options.iter())
+            .chain(&opts.run.settings)
+            .cloned()
+            .collect();
+        crate::engine::settings::check(&settings)?;
         // (Opened here, so a state store that cannot be is an error before anything runs.)
         let store = crate::state::StateStore::open(&pipeline.settings.state)?;
         jobs.push(Job {
