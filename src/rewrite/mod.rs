@@ -534,7 +534,7 @@ mod tests {
             .collect();
         names.extend(
             super::physical_rules(
-                crate::join::physical_rules(Default::default(), limit, false),
+                datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules,
                 limit,
                 false,
             )
