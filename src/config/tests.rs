@@ -599,22 +599,20 @@ fn engine_options_are_datafusion_or_sluice_settings_with_plain_values() {
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()))
     );
-    let msg = load("[settings.options]\n\"execution.batch_size\" = 1\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        msg.contains("execution.batch_size") && msg.contains("datafusion."),
-        "{msg}"
-    );
-    let msg = load("[settings.options]\n\"sluice.topk\" = [1]\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        msg.contains("sluice.topk") && msg.contains("true/false"),
-        "{msg}"
-    );
-    let msg = load("[settings.options]\ndatafusion.execution.batch_size = 1\n")
-        .unwrap_err()
-        .to_string();
-    assert!(msg.contains("in quotes"), "{msg}");
+    for (entry, named) in [
+        (
+            "\"execution.batch_size\" = 1",
+            ["execution.batch_size", "datafusion."],
+        ),
+        ("\"sluice.topk\" = [1]", ["sluice.topk", "true/false"]),
+        (
+            "datafusion.execution.batch_size = 1",
+            ["datafusion", "in quotes"],
+        ),
+    ] {
+        let msg = load(&format!("[settings.options]\n{entry}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(named.iter().all(|n| msg.contains(n)), "{entry}: {msg}");
+    }
 }
