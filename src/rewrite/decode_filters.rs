@@ -36,10 +36,7 @@ use datafusion::datasource::physical_plan::{
 };
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::logical_expr::ColumnarValue;
-use datafusion::logical_expr::Operator;
-use datafusion::physical_expr::expressions::{
-    BinaryExpr, CaseExpr, DynamicFilterPhysicalExpr, InListExpr, Literal,
-};
+use datafusion::physical_expr::expressions::{DynamicFilterPhysicalExpr, Literal};
 use datafusion::physical_expr::{PhysicalExpr, conjunction, split_conjunction};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
@@ -137,13 +134,7 @@ struct Measure {
     batches: AtomicU64,
     /// Rows evaluated, rows kept and nanoseconds spent in the current window.
     window: Mutex<(u64, u64, u64)>,
-    /// The filter's current expression (a dynamic filter's changes once, when its join has
-    /// built its side) and what it is evaluated as ([`merged_partitions`]).
-    form: Mutex<Option<Form>>,
 }
-
-/// A filter's expression, and what it is evaluated as.
-type Form = (Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>);
 
 impl WhileSelective {
     fn new(filters: Vec<Arc<dyn PhysicalExpr>>) -> Self {
@@ -162,31 +153,6 @@ impl WhileSelective {
             .downcast_ref::<Literal>()
             .is_some_and(|l| l.value() == &ScalarValue::Boolean(Some(true)));
         Ok(!unset)
-    }
-
-    /// What filter `i` is evaluated as: a dynamic filter's current expression, a partitioned
-    /// join's merged into one set of keys ([`merged_partitions`]).
-    fn evaluated_as(
-        &self,
-        i: usize,
-        filter: &Arc<dyn PhysicalExpr>,
-        schema: &Schema,
-    ) -> Result<Arc<dyn PhysicalExpr>> {
-        let Some(dynamic) = filter.downcast_ref::<DynamicFilterPhysicalExpr>() else {
-            return Ok(Arc::clone(filter));
-        };
-        let current = dynamic.current()?;
-        let Ok(mut form) = self.measures[i].form.lock() else {
-            return Ok(current);
-        };
-        if let Some((of, form)) = form.as_ref()
-            && Arc::ptr_eq(of, &current)
-        {
-            return Ok(Arc::clone(form));
-        }
-        let merged = merged_partitions(&current, schema).unwrap_or_else(|| Arc::clone(&current));
-        *form = Some((current, Arc::clone(&merged)));
-        Ok(merged)
     }
 
     /// Records that filter `i` kept `kept` of `rows` evaluated rows in `nanos`, and at the
@@ -214,70 +180,6 @@ impl WhileSelective {
             *window = (0, 0, 0);
         }
     }
-}
-
-/// A partitioned hash join's dynamic filter as one set of the keys of all its build
-/// partitions, `key IN (…)`, where it is a `CASE` of a set per partition (`CASE hash(key) % n
-/// WHEN 0 THEN bounds0 AND key IN (…) … ELSE false END`, perhaps `OR key IS NULL`); `None`
-/// for any other filter.
-///
-/// Such a `CASE` is evaluated by splitting each batch by partition, filtering each part and
-/// merging the results row by row: at TPC-H scale 10 that was a quarter of q17, whose
-/// aggregate over `lineitem` is probed by a partitioned join. The set of all keys keeps every
-/// row the `CASE` keeps (a row it keeps is in its partition's set), and others only where a
-/// key is in another partition's set, which a key routed by its hash never is; the join
-/// checks each row anyway. Only a `CASE` whose every branch holds a set of the same
-/// key is merged, and only at the top of the filter or under `OR`, where keeping more rows
-/// cannot make the filter keep fewer.
-fn merged_partitions(
-    expr: &Arc<dyn PhysicalExpr>,
-    schema: &Schema,
-) -> Option<Arc<dyn PhysicalExpr>> {
-    if let Some(or) = expr.downcast_ref::<BinaryExpr>()
-        && *or.op() == Operator::Or
-    {
-        let (left, right) = (
-            merged_partitions(or.left(), schema),
-            merged_partitions(or.right(), schema),
-        );
-        if left.is_none() && right.is_none() {
-            return None;
-        }
-        return Some(Arc::new(BinaryExpr::new(
-            left.unwrap_or_else(|| Arc::clone(or.left())),
-            Operator::Or,
-            right.unwrap_or_else(|| Arc::clone(or.right())),
-        )));
-    }
-    let is_false = |e: &Arc<dyn PhysicalExpr>| {
-        e.downcast_ref::<Literal>()
-            .is_some_and(|l| l.value() == &ScalarValue::Boolean(Some(false)))
-    };
-    let case = expr.downcast_ref::<CaseExpr>()?;
-    // Routed by a value, and no row kept that no branch keeps.
-    case.expr()?;
-    if !case.else_expr().is_some_and(is_false) {
-        return None;
-    }
-    let mut key: Option<&Arc<dyn PhysicalExpr>> = None;
-    let mut keys = Vec::new();
-    for (_, then) in case.when_then_expr() {
-        if is_false(then) {
-            continue;
-        }
-        let set = match then.downcast_ref::<BinaryExpr>() {
-            Some(and) if *and.op() == Operator::And => and.right(),
-            _ => then,
-        };
-        let set = set.downcast_ref::<InListExpr>()?;
-        if set.negated() || key.is_some_and(|k| k.as_ref() != set.expr().as_ref()) {
-            return None;
-        }
-        key = Some(set.expr());
-        keys.extend(set.list().iter().cloned());
-    }
-    let set = InListExpr::try_new(Arc::clone(key?), keys, false, schema).ok()?;
-    Some(Arc::new(set))
 }
 
 impl fmt::Display for WhileSelective {
@@ -336,8 +238,7 @@ impl PhysicalExpr for WhileSelective {
                 continue;
             }
             let started = std::time::Instant::now();
-            let form = self.evaluated_as(i, filter, batch.schema_ref())?;
-            let kept = form.evaluate(batch)?.into_array(rows)?;
+            let kept = filter.evaluate(batch)?.into_array(rows)?;
             let kept = kept.as_boolean_opt().cloned().ok_or_else(|| {
                 datafusion::common::DataFusionError::Internal(format!(
                     "dynamic filter {filter} gave {}, not booleans",
@@ -592,148 +493,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    /// A partitioned join's filter, a `CASE` with a set of keys per build partition, is
-    /// evaluated as one set of all the keys: on rows routed as the join routed its keys the
-    /// two keep the same rows, and whatever the routing the set keeps every row the `CASE`
-    /// keeps. Filters of any other shape are evaluated as they are.
-    #[test]
-    fn a_partitioned_joins_filter_is_evaluated_as_one_set_of_keys() {
-        use datafusion::arrow::array::Array;
-        use datafusion::arrow::datatypes::{DataType, Field, Schema};
-        use datafusion::common::ScalarValue;
-        use datafusion::logical_expr::Operator;
-        use datafusion::physical_expr::expressions::{
-            BinaryExpr, CaseExpr, CastExpr, DynamicFilterPhysicalExpr, InListExpr, IsNullExpr, col,
-            lit,
-        };
-
-        use super::{PhysicalExpr, merged_partitions};
-
-        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
-        let k = col("k", &schema).unwrap();
-        let kept = |e: &Arc<dyn PhysicalExpr>, batch: &RecordBatch| -> Vec<bool> {
-            let mask = e
-                .evaluate(batch)
-                .unwrap()
-                .into_array(batch.num_rows())
-                .unwrap();
-            let mask = mask.as_boolean();
-            (0..mask.len())
-                .map(|i| mask.is_valid(i) && mask.value(i))
-                .collect()
-        };
-        let set = |keys: &[i64]| -> Arc<dyn PhysicalExpr> {
-            let list = keys.iter().map(|&v| lit(v)).collect();
-            Arc::new(InListExpr::try_new(Arc::clone(&k), list, false, &schema).unwrap())
-        };
-        let and =
-            |l, r| -> Arc<dyn PhysicalExpr> { Arc::new(BinaryExpr::new(l, Operator::And, r)) };
-        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
-        for case in 0..60 {
-            let n = rng.random_range(1..5u64);
-            let routed = case % 2 == 0;
-            let mut sets = vec![Vec::new(); n as usize];
-            for _ in 0..rng.random_range(1..40) {
-                let key = rng.random_range(0..100i64);
-                let p = if routed {
-                    key as u64 % n
-                } else {
-                    rng.random_range(0..n)
-                };
-                sets[p as usize].push(key);
-            }
-            // As DataFusion builds it: a branch per partition with keys, `bounds AND set`.
-            let route: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
-                Arc::new(CastExpr::new(Arc::clone(&k), DataType::UInt64, None)),
-                Operator::Modulo,
-                lit(ScalarValue::UInt64(Some(n))),
-            ));
-            let branches = (0..n)
-                .filter(|&p| !sets[p as usize].is_empty())
-                .map(|p| {
-                    let keys = &sets[p as usize];
-                    let (lo, hi) = (keys.iter().min().unwrap(), keys.iter().max().unwrap());
-                    let bounds = and(
-                        Arc::new(BinaryExpr::new(Arc::clone(&k), Operator::GtEq, lit(*lo))),
-                        Arc::new(BinaryExpr::new(Arc::clone(&k), Operator::LtEq, lit(*hi))),
-                    );
-                    (lit(ScalarValue::UInt64(Some(p))), and(bounds, set(keys)))
-                })
-                .collect();
-            let mut filter: Arc<dyn PhysicalExpr> =
-                Arc::new(CaseExpr::try_new(Some(route), branches, Some(lit(false))).unwrap());
-            if case % 3 == 0 {
-                // As a join that keeps probe NULLs has it.
-                let is_null = Arc::new(IsNullExpr::new(Arc::clone(&k)));
-                filter = Arc::new(BinaryExpr::new(filter, Operator::Or, is_null));
-            }
-            let values: Int64Array = (0..500)
-                .map(|_| rng.random_bool(0.9).then(|| rng.random_range(0..120i64)))
-                .collect();
-            let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(values)]).unwrap();
-            let merged = merged_partitions(&filter, &schema).expect("merged");
-            let (want, got) = (kept(&filter, &batch), kept(&merged, &batch));
-            for (row, (w, g)) in want.iter().zip(&got).enumerate() {
-                assert!(
-                    !w || *g,
-                    "case {case}: row {row} kept by the CASE, not the set"
-                );
-            }
-            if routed {
-                assert_eq!(got, want, "case {case}");
-            }
-
-            // Through the scan's wrapper: a join's filter, set once its side is built.
-            let dynamic = Arc::new(DynamicFilterPhysicalExpr::new(
-                vec![Arc::clone(&k)],
-                lit(true),
-            ));
-            dynamic.update(Arc::clone(&filter)).unwrap();
-            let wrapper: Arc<dyn PhysicalExpr> =
-                Arc::new(WhileSelective::new(vec![dynamic as Arc<dyn PhysicalExpr>]));
-            assert_eq!(kept(&wrapper, &batch), got, "case {case}");
-        }
-
-        // Left as they are: rows kept outside every branch (a canceled partition), a set of
-        // keys not kept, sets of different keys, and a CASE of conditions.
-        let route: Arc<dyn PhysicalExpr> =
-            Arc::new(CastExpr::new(Arc::clone(&k), DataType::UInt64, None));
-        let one = |then: Arc<dyn PhysicalExpr>, otherwise: bool| -> Arc<dyn PhysicalExpr> {
-            Arc::new(
-                CaseExpr::try_new(
-                    Some(Arc::clone(&route)),
-                    vec![(lit(ScalarValue::UInt64(Some(0))), then)],
-                    Some(lit(otherwise)),
-                )
-                .unwrap(),
-            )
-        };
-        assert!(merged_partitions(&one(set(&[1, 2]), true), &schema).is_none());
-        let not_in =
-            Arc::new(InListExpr::try_new(Arc::clone(&k), vec![lit(1i64)], true, &schema).unwrap());
-        assert!(merged_partitions(&one(not_in, false), &schema).is_none());
-        let other_key =
-            Arc::new(InListExpr::try_new(lit(5i64), vec![lit(1i64)], false, &schema).unwrap());
-        let two = Arc::new(
-            CaseExpr::try_new(
-                Some(Arc::clone(&route)),
-                vec![
-                    (lit(ScalarValue::UInt64(Some(0))), set(&[1])),
-                    (
-                        lit(ScalarValue::UInt64(Some(1))),
-                        other_key as Arc<dyn PhysicalExpr>,
-                    ),
-                ],
-                Some(lit(false)),
-            )
-            .unwrap(),
-        ) as Arc<dyn PhysicalExpr>;
-        assert!(merged_partitions(&two, &schema).is_none());
-        let searched = Arc::new(
-            CaseExpr::try_new(None, vec![(lit(true), set(&[1]))], Some(lit(false))).unwrap(),
-        ) as Arc<dyn PhysicalExpr>;
-        assert!(merged_partitions(&searched, &schema).is_none());
     }
 }
