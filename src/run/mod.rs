@@ -86,6 +86,16 @@ pub struct RunOptions {
     pub cluster: Option<crate::config::ClusterTarget>,
 }
 
+impl RunOptions {
+    /// The engine settings of a run of `pipeline`: its `[settings.options]`, then `--set`.
+    pub fn engine_settings(&self, pipeline: &Pipeline) -> Vec<(String, String)> {
+        (pipeline.settings.options.iter())
+            .chain(&self.settings)
+            .cloned()
+            .collect()
+    }
+}
+
 /// Why a run is asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {

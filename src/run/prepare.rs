@@ -91,13 +91,7 @@ pub async fn prepare(
             order: opts.join_order.unwrap_or(pipeline.settings.join.order),
         },
         cluster: target.is_some(),
-        settings: pipeline
-            .settings
-            .options
-            .iter()
-            .chain(&opts.settings)
-            .cloned()
-            .collect(),
+        settings: opts.engine_settings(&pipeline),
     };
     let stores = Arc::new(StoreRegistry::new(pipeline.stores.clone(), env));
     let engine = Engine::new(engine_opts, stores)?;

@@ -89,11 +89,7 @@ pub async fn execute(opts: &Options, cx: &Context<'_>) -> Result<i32, Error> {
         }
         // (Checked here, as each run would check them, so a bad setting stops the scheduler
         // instead of failing every run.)
-        let settings: Vec<(String, String)> = (pipeline.settings.options.iter())
-            .chain(&opts.run.settings)
-            .cloned()
-            .collect();
-        crate::engine::settings::check(&settings)?;
+        crate::engine::settings::check(&opts.run.engine_settings(&pipeline))?;
         // (Opened here, so a state store that cannot be is an error before anything runs.)
         let store = crate::state::StateStore::open(&pipeline.settings.state)?;
         jobs.push(Job {
