@@ -248,6 +248,7 @@ impl Engine {
                     .collect(),
             )
             .with_query_planner(Arc::new(planner::Planner {
+                narrow_groups: switches.keeps(crate::rewrite::NEEDED_GROUPS),
                 reorder_joins: options.join.order == crate::config::JoinOrder::Cost,
             }))
             // (On a cluster, joins run under the executors' pools, not this one: they take

@@ -1,6 +1,8 @@
 //! [`Planner`]: sluice's query planner, DataFusion's with the plan rewrites that need the
-//! relations' statistics, which only planning them gives (the join order).
+//! relations' statistics, which only planning them gives (the groups an aggregation joined
+//! on a key needs, the join order).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use datafusion::catalog::Session;
@@ -10,10 +12,13 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 
-/// Plans an optimized logical plan: inner joins reordered by estimated size
-/// ([`crate::rewrite::join_order`]) when `reorder_joins`, then DataFusion's planner.
+/// Plans an optimized logical plan: aggregations joined on a key narrowed to the keys the
+/// join can match ([`crate::rewrite::needed_groups`]) when `narrow_groups`, inner joins
+/// reordered by estimated size ([`crate::rewrite::join_order`]) when `reorder_joins`, then
+/// DataFusion's planner.
 #[derive(Debug)]
 pub(crate) struct Planner {
+    pub(crate) narrow_groups: bool,
     pub(crate) reorder_joins: bool,
 }
 
@@ -24,11 +29,15 @@ impl QueryPlanner for Planner {
         plan: &LogicalPlan,
         state: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let planner = DefaultPhysicalPlanner::default();
-        if !self.reorder_joins {
-            return planner.create_physical_plan(plan, state).await;
+        let mut plan = Cow::Borrowed(plan);
+        if self.narrow_groups {
+            plan = Cow::Owned(crate::rewrite::needed_groups::narrow(&plan, state).await?);
         }
-        let plan = crate::rewrite::join_order::reorder(plan, state).await?;
-        planner.create_physical_plan(&plan, state).await
+        if self.reorder_joins {
+            plan = Cow::Owned(crate::rewrite::join_order::reorder(&plan, state).await?);
+        }
+        DefaultPhysicalPlanner::default()
+            .create_physical_plan(&plan, state)
+            .await
     }
 }

@@ -41,12 +41,12 @@ const GAIN: f64 = 0.9;
 /// What is known of one relation: its rows, and per column of its schema the distinct values
 /// (`None`: unknown).
 #[derive(Debug, Clone)]
-struct Estimate {
-    rows: f64,
+pub(super) struct Estimate {
+    pub(super) rows: f64,
     /// Rows before the relation's filters: the values a key of it may take, when a key
     /// is unique.
-    unfiltered: f64,
-    ndv: Vec<Option<f64>>,
+    pub(super) unfiltered: f64,
+    pub(super) ndv: Vec<Option<f64>>,
 }
 
 /// `plan` with the inner joins of each region in the order estimated cheapest.
@@ -56,29 +56,39 @@ pub(crate) async fn reorder(plan: &LogicalPlan, state: &dyn Session) -> Result<L
     if relations.is_empty() {
         return Ok(plan.clone());
     }
-    let mut estimates = HashMap::new();
-    let planner = DefaultPhysicalPlanner::default();
-    for r in relations {
-        if estimates.contains_key(&r) {
-            continue;
-        }
-        // Planning a database relation asks its server for sizes and bounds: not twice.
-        if super::reads_a_database(&r) {
-            estimates.insert(r, None);
-            continue;
-        }
-        // A relation that cannot be planned alone (it refers to an outer query) is simply
-        // not estimated.
-        let estimate = match planner.create_physical_plan(&r, state).await {
-            Ok(physical) => {
-                let sampled = super::selectivity::sampled_rows(&physical, state.task_ctx()).await;
-                estimate(&physical, sampled)
-            }
-            Err(_) => None,
-        };
-        estimates.insert(r, estimate);
-    }
+    let estimates = estimates(relations, state).await;
     Ok(rewrite(plan, &estimates))
+}
+
+/// The estimate of each of `relations` ([`estimate_relation`]), each made once.
+pub(super) async fn estimates(
+    relations: Vec<LogicalPlan>,
+    state: &dyn Session,
+) -> HashMap<LogicalPlan, Option<Estimate>> {
+    let mut estimates = HashMap::new();
+    for r in relations {
+        if let std::collections::hash_map::Entry::Vacant(slot) = estimates.entry(r) {
+            let estimate = estimate_relation(slot.key(), state).await;
+            slot.insert(estimate);
+        }
+    }
+    estimates
+}
+
+/// DataFusion's estimate of `relation` planned alone, its filters judged on a sample where
+/// statistics cannot judge them ([`super::selectivity`]); `None` for a relation that reads
+/// a database (planning it asks the server for sizes and bounds: not once per rewrite) or
+/// that cannot be planned alone (it refers to an outer query).
+async fn estimate_relation(relation: &LogicalPlan, state: &dyn Session) -> Option<Estimate> {
+    if super::reads_a_database(relation) {
+        return None;
+    }
+    let physical = DefaultPhysicalPlanner::default()
+        .create_physical_plan(relation, state)
+        .await
+        .ok()?;
+    let sampled = super::selectivity::sampled_rows(&physical, state.task_ctx()).await;
+    estimate(&physical, sampled)
 }
 
 /// Whether `plan` is an inner equi-join that a region may hold.

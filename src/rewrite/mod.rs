@@ -14,6 +14,9 @@
 //! - [`join_order`]: inner joins reordered by estimated size (run from the engine's query
 //!   planner, where the relations' statistics can be read).
 //!   Filters that statistics cannot judge are measured on a sample ([`selectivity`]).
+//! - [`needed_groups`]: an aggregation joined on a key computes only the groups the other
+//!   side can match, its input narrowed by a semi join (run from the engine's query
+//!   planner, before join order, where the relations' statistics can be read).
 //! - [`build_side`] (physical): a hash join builds its smaller input by rows ×
 //!   width, where DataFusion's byte estimates of joins' outputs mislead it.
 //! - [`compact_views`] (physical): text on a join's build side copied into a buffer per
@@ -34,6 +37,7 @@ mod decode_filters;
 mod distinct;
 pub(crate) mod join_order;
 mod median;
+pub(crate) mod needed_groups;
 mod selectivity;
 mod shared_subplans;
 mod split_distinct;
@@ -72,7 +76,11 @@ const SWITCHES: &[(&str, &[&str])] = &[
     ),
     ("decimal_arith", &["sluice_faster_decimal_arithmetic"]),
     ("topk", &["sluice_spilling_top_k"]),
+    ("needed_groups", &[NEEDED_GROUPS]),
 ];
+
+/// The name the engine's query planner knows [`needed_groups`] by, among the rules.
+pub(crate) const NEEDED_GROUPS: &str = "sluice_needed_groups";
 
 /// The rewrites a session runs without: all are on unless turned off, so that one binary
 /// measures a rewrite's effect, and an operator can work around one that misplans a query.
@@ -541,6 +549,8 @@ mod tests {
             .iter()
             .map(|r| r.name().to_string()),
         );
+        // (The engine's query planner runs this one by its name.)
+        names.push(super::NEEDED_GROUPS.to_string());
         for (switch, rules) in SWITCHES {
             for rule in *rules {
                 assert!(
