@@ -24,13 +24,14 @@
 //!    rows of groups the join could not match; the groups kept are computed from the same
 //!    rows as before.
 //!
-//! It is valid for the joins that keep an outer row with the matching groups only (inner,
-//! semi, anti, mark, and outer joins that preserve the outer side), not for a join that
-//! keeps the aggregation's unmatched groups, a null-aware anti join (`NOT IN`, which a NULL
-//! group changes), grouping sets, or a join that takes NULL keys as equal. It is made only
+//! It is valid for the joins that keep no unmatched group (inner, semi either way, anti,
+//! mark, and outer joins that preserve the outer side), not for a join that keeps the
+//! aggregation's unmatched groups, a null-aware anti join (`NOT IN`, which a NULL group
+//! changes), grouping sets, a join that takes NULL keys as equal, or an aggregate whose
+//! value follows its rows' order (`first_value`, `array_agg` without `ORDER BY`). It is made only
 //! when it pays, by the relations' estimates: the keys' relation is filtered to at most
-//! [`KEEPS_AT_MOST`] of its rows and holds at most that share of the place's distinct keys,
-//! and reading it costs no more than reading the place.
+//! [`KEEPS_AT_MOST`] of its rows, its rows are at most that share of the place's distinct
+//! keys, and reading it costs no more than reading the place (rows before filters).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -125,13 +126,9 @@ impl Site {
         // The sides an aggregation's unmatched groups may be dropped from: those the join
         // keeps no unmatched row of.
         let (left, right) = match join.join_type {
-            JoinType::Inner => (true, true),
-            JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
-                (false, true)
-            }
-            JoinType::Right | JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
-                (true, false)
-            }
+            JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi => (true, true),
+            JoinType::Left | JoinType::LeftAnti | JoinType::LeftMark => (false, true),
+            JoinType::Right | JoinType::RightAnti | JoinType::RightMark => (true, false),
             JoinType::Full => (false, false),
         };
         let mut sites = Vec::new();
@@ -222,6 +219,11 @@ impl Site {
             NullEquality::NullEqualsNothing,
             false,
         )?;
+        // The nodes above keep their schemas: the semi join's must be the place's, metadata
+        // included (a join merges its sides' metadata).
+        if narrowed.schema.as_arrow() != self.place.schema().as_arrow() {
+            return datafusion::common::plan_err!("the keys' metadata would change the schema");
+        }
         let mut path = vec![self.side];
         path.extend(&self.path);
         replace_at(node, &path, LogicalPlan::Join(narrowed))
@@ -301,6 +303,7 @@ fn group_key(plan: &LogicalPlan, column: &Column) -> Option<(Vec<usize>, Column)
                 .group_expr
                 .iter()
                 .any(|e| matches!(e, Expr::GroupingSet(_)))
+                || agg.aggr_expr.iter().any(follows_row_order)
             {
                 return None;
             }
@@ -317,6 +320,21 @@ fn group_key(plan: &LogicalPlan, column: &Column) -> Option<(Vec<usize>, Column)
         path.push(0);
         node = node.inputs()[0];
     }
+}
+
+/// Whether `e` is an aggregate whose value follows the order its rows come in (the first
+/// or last value, values gathered in a list or a text, without an order of their own): a
+/// semi join below it may hand it its rows in another order.
+fn follows_row_order(e: &Expr) -> bool {
+    const ORDERED: [&str; 5] = [
+        "first_value",
+        "last_value",
+        "nth_value",
+        "array_agg",
+        "string_agg",
+    ];
+    matches!(unaliased(e), Expr::AggregateFunction(f)
+        if ORDERED.contains(&f.func.name()) && f.params.order_by.is_empty())
 }
 
 /// Where below `plan` (an aggregation's input) rows may be dropped by the value of
@@ -564,6 +582,32 @@ mod tests {
                 "SELECT o.k, o.x FROM o WHERE o.flag = 1 AND (o.k IN \
                  (SELECT k FROM t GROUP BY k HAVING sum(v) > 10) OR o.x > 15)",
                 true,
+            ),
+            // The aggregation on the semi join's kept side.
+            (
+                "SELECT g.k, g.s FROM (SELECT k, sum(v) AS s FROM t GROUP BY k) g \
+                 WHERE g.k IN (SELECT k FROM o WHERE flag = 1)",
+                true,
+            ),
+            // The aggregation on the side a right join pads.
+            (
+                "SELECT g.k, g.s, o.x FROM (SELECT k, sum(v) AS s FROM t GROUP BY k) g \
+                 RIGHT JOIN (SELECT * FROM o WHERE flag = 1) o ON o.k = g.k",
+                true,
+            ),
+            // The semi join placed below a join within the aggregation's input.
+            (
+                "SELECT o.x, g.s FROM o JOIN \
+                 (SELECT t.k, sum(t.v) AS s, count(p.pk) AS c FROM t JOIN p ON t.v = p.flag \
+                  GROUP BY t.k) g ON o.k = g.k WHERE o.flag = 1",
+                true,
+            ),
+            // An aggregate that follows its rows' order.
+            (
+                "SELECT o.k, g.a FROM o JOIN \
+                 (SELECT k, array_agg(v) AS a FROM t GROUP BY k) g ON o.k = g.k \
+                 WHERE o.flag = 1",
+                false,
             ),
             // The aggregation's groups kept unmatched.
             (
