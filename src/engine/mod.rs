@@ -4,7 +4,8 @@
 //!
 //! - [`execution`]: a running query, and what its plan measured (rows per table, spills, joins);
 //! - [`limits`]: the threads and memory a run uses, from the settings or the cgroup's limits;
-//! - [`pool`]: the memory pool, with a bounded overdraft for merges of sorted data;
+//! - [`pool`]: the memory pool, with a bounded overdraft for merges of sorted data and
+//!   partial aggregations' tables capped;
 //! - [`settings`]: the user's settings, DataFusion's options and sluice's rewrite switches;
 //! - [`spill`]: the process's spill folder, and the removal of those of killed processes;
 //! - [`udf`]: sluice's SQL functions.
@@ -24,7 +25,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
+use datafusion::execution::memory_pool::{
+    FairSpillPool, MemoryPool, TrackConsumersPool, UnboundedMemoryPool,
+};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_plan::execute_stream;
@@ -197,13 +200,17 @@ impl Engine {
         // The user's settings last, so that they win over sluice's choices above.
         let switches = settings::apply(&mut config, &options.settings)?;
         let mut runtime = RuntimeEnvBuilder::new();
-        if let Some(limit) = options.memory_limit {
-            let pool = TrackConsumersPool::new(
-                pool::MergeOverdraftPool::new(FairSpillPool::new(limit), limit),
+        let pool: Arc<dyn MemoryPool> = match options.memory_limit {
+            Some(limit) => Arc::new(TrackConsumersPool::new(
+                pool::PartialTableCap::new(pool::MergeOverdraftPool::new(
+                    FairSpillPool::new(limit),
+                    limit,
+                )),
                 NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN),
-            );
-            runtime = runtime.with_memory_pool(Arc::new(pool));
-        }
+            )),
+            None => Arc::new(pool::PartialTableCap::new(UnboundedMemoryPool::default())),
+        };
+        runtime = runtime.with_memory_pool(pool);
         // Spilling sorts merge at most 16 runs at once: with the default fan-in a tight pool
         // fails with "Not enough memory to continue external sort".
         let spill_root = options.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
