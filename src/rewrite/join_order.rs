@@ -732,35 +732,6 @@ mod tests {
     use datafusion::physical_plan::displayable;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
-    use datafusion::catalog::Session;
-    use datafusion::execution::context::QueryPlanner;
-    use datafusion::logical_expr::LogicalPlan;
-    use datafusion::physical_plan::ExecutionPlan;
-    use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
-
-    /// The engine's query planner, as far as join order goes.
-    #[derive(Debug)]
-    struct Planner {
-        reorder_joins: bool,
-    }
-
-    #[async_trait::async_trait]
-    impl QueryPlanner for Planner {
-        async fn create_physical_plan(
-            &self,
-            plan: &LogicalPlan,
-            state: &dyn Session,
-        ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
-            let plan = match self.reorder_joins {
-                true => super::reorder(plan, state).await?,
-                false => plan.clone(),
-            };
-            DefaultPhysicalPlanner::default()
-                .create_physical_plan(&plan, state)
-                .await
-        }
-    }
-
     /// Deterministic pseudo-random numbers.
     struct Lcg(u64);
 
@@ -778,8 +749,9 @@ mod tests {
         let state = SessionStateBuilder::new()
             .with_config(SessionConfig::new().with_target_partitions(2))
             .with_default_features()
-            .with_query_planner(Arc::new(Planner {
-                reorder_joins: reorder,
+            .with_query_planner(Arc::new(crate::rewrite::testing::Planner {
+                narrow: false,
+                reorder,
             }))
             .build();
         SessionContext::new_with_state(state)

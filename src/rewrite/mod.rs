@@ -399,6 +399,36 @@ mod testing {
     use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
+    /// The engine's query planner, as far as the rewrites it runs go: [`super::needed_groups`]
+    /// when `narrow`, [`super::join_order`] when `reorder`. (The rewrites' tests may not use
+    /// the engine's: it is a layer above.)
+    #[derive(Debug)]
+    pub(super) struct Planner {
+        pub(super) narrow: bool,
+        pub(super) reorder: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl datafusion::execution::context::QueryPlanner for Planner {
+        async fn create_physical_plan(
+            &self,
+            plan: &datafusion::logical_expr::LogicalPlan,
+            state: &dyn datafusion::catalog::Session,
+        ) -> datafusion::common::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+            use datafusion::physical_planner::PhysicalPlanner;
+            let mut plan = plan.clone();
+            if self.narrow {
+                plan = super::needed_groups::narrow(&plan, state).await?;
+            }
+            if self.reorder {
+                plan = super::join_order::reorder(&plan, state).await?;
+            }
+            datafusion::physical_planner::DefaultPhysicalPlanner::default()
+                .create_physical_plan(&plan, state)
+                .await
+        }
+    }
+
     /// A session with sluice's rules or DataFusion's alone, under a memory pool of `pool`.
     pub(super) fn session(sluice: bool, pool: Option<usize>) -> SessionContext {
         let mut state = state(pool.map(|size| (size, Arc::new(FairSpillPool::new(size)) as _)));

@@ -431,42 +431,21 @@ mod tests {
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::arrow::record_batch::RecordBatch;
     use datafusion::arrow::util::pretty::pretty_format_batches;
-    use datafusion::catalog::Session;
     use datafusion::datasource::MemTable;
-    use datafusion::execution::context::QueryPlanner;
     use datafusion::execution::session_state::SessionStateBuilder;
-    use datafusion::logical_expr::LogicalPlan;
-    use datafusion::physical_plan::ExecutionPlan;
-    use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
     use datafusion::prelude::{SessionConfig, SessionContext};
     use rand::{Rng, SeedableRng};
 
-    /// The engine's query planner, as far as this rewrite goes.
-    #[derive(Debug)]
-    struct Planner;
-
-    #[async_trait::async_trait]
-    impl QueryPlanner for Planner {
-        async fn create_physical_plan(
-            &self,
-            plan: &LogicalPlan,
-            state: &dyn Session,
-        ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
-            let plan = super::narrow(plan, state).await?;
-            DefaultPhysicalPlanner::default()
-                .create_physical_plan(&plan, state)
-                .await
-        }
-    }
-
     fn session(narrow: bool) -> SessionContext {
-        let mut state = SessionStateBuilder::new()
+        let state = SessionStateBuilder::new()
             .with_config(SessionConfig::new().with_target_partitions(2))
-            .with_default_features();
-        if narrow {
-            state = state.with_query_planner(Arc::new(Planner));
-        }
-        SessionContext::new_with_state(state.build())
+            .with_default_features()
+            .with_query_planner(Arc::new(crate::rewrite::testing::Planner {
+                narrow,
+                reorder: false,
+            }))
+            .build();
+        SessionContext::new_with_state(state)
     }
 
     /// Registers `rows` as table `name` of Int32 columns `names`, in two partitions.
