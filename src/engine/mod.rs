@@ -202,13 +202,10 @@ impl Engine {
         let mut runtime = RuntimeEnvBuilder::new();
         let pool: Arc<dyn MemoryPool> = match options.memory_limit {
             Some(limit) => Arc::new(TrackConsumersPool::new(
-                pool::PartialTableCap::new(pool::MergeOverdraftPool::new(
-                    FairSpillPool::new(limit),
-                    limit,
-                )),
+                pool::SluicePool::new(FairSpillPool::new(limit), Some(limit)),
                 NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN),
             )),
-            None => Arc::new(pool::PartialTableCap::new(UnboundedMemoryPool::default())),
+            None => Arc::new(pool::SluicePool::new(UnboundedMemoryPool::default(), None)),
         };
         runtime = runtime.with_memory_pool(pool);
         // Spilling sorts merge at most 16 runs at once: with the default fan-in a tight pool

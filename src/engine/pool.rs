@@ -37,83 +37,6 @@ pub const MERGE_OVERDRAFT: f64 = 0.5;
 /// `SortPreservingMergeExec[0]`).
 const MERGES: [&str; 2] = ["ExternalSorterMerge[", "SortPreservingMergeExec["];
 
-/// A pool that lets merges of sorted data overdraw `inner` by a bounded amount.
-#[derive(Debug)]
-pub struct MergeOverdraftPool<P> {
-    inner: P,
-    /// The most the pool may hold in all, overdraft included.
-    ceiling: usize,
-}
-
-impl<P: MemoryPool> MergeOverdraftPool<P> {
-    /// `inner` (a pool of `limit` bytes), with merges allowed up to
-    /// `limit * (1 + MERGE_OVERDRAFT)` in all.
-    pub fn new(inner: P, limit: usize) -> Self {
-        MergeOverdraftPool {
-            inner,
-            ceiling: limit + (limit as f64 * MERGE_OVERDRAFT) as usize,
-        }
-    }
-}
-
-impl<P: std::fmt::Display> std::fmt::Display for MergeOverdraftPool<P> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} (sort merges up to {} bytes)",
-            self.inner, self.ceiling
-        )
-    }
-}
-
-fn is_merge(reservation: &MemoryReservation) -> bool {
-    let name = reservation.consumer().name();
-    MERGES.iter().any(|m| name.starts_with(m))
-}
-
-impl<P: MemoryPool + std::fmt::Display> MemoryPool for MergeOverdraftPool<P> {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn register(&self, consumer: &MemoryConsumer) {
-        self.inner.register(consumer)
-    }
-
-    fn unregister(&self, consumer: &MemoryConsumer) {
-        self.inner.unregister(consumer)
-    }
-
-    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
-        self.inner.grow(reservation, additional)
-    }
-
-    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
-        self.inner.shrink(reservation, shrink)
-    }
-
-    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
-        match self.inner.try_grow(reservation, additional) {
-            Err(_)
-                if is_merge(reservation)
-                    && self.inner.reserved().saturating_add(additional) <= self.ceiling =>
-            {
-                self.inner.grow(reservation, additional);
-                Ok(())
-            }
-            other => other,
-        }
-    }
-
-    fn reserved(&self) -> usize {
-        self.inner.reserved()
-    }
-
-    fn memory_limit(&self) -> MemoryLimit {
-        self.inner.memory_limit()
-    }
-}
-
 /// The most a partial aggregation's table may hold (per partition) before it hands on its
 /// groups and starts again empty.
 pub const PARTIAL_TABLE: usize = 4 << 20;
@@ -122,31 +45,43 @@ pub const PARTIAL_TABLE: usize = 4 << 20;
 /// (`PartialHashAggregateStream[0]`).
 const PARTIAL_AGGREGATION: &str = "PartialHashAggregateStream[";
 
-/// A pool that refuses a partial aggregation's reservation beyond [`PARTIAL_TABLE`], which
-/// makes it hand on its groups; every other reservation is `inner`'s.
+/// DataFusion's pool `inner` with sluice's two policies: merges of sorted data may overdraw
+/// it by a bounded amount (under a memory limit), and a partial aggregation's reservation is
+/// refused past [`PARTIAL_TABLE`], which makes it hand on its groups.
 #[derive(Debug)]
-pub struct PartialTableCap<P> {
+pub struct SluicePool<P> {
     inner: P,
+    /// The most the pool may hold in all, merges' overdraft included (`None`: no limit).
+    ceiling: Option<usize>,
 }
 
-impl<P: MemoryPool> PartialTableCap<P> {
-    /// `inner`, with partial aggregations' tables capped.
-    pub fn new(inner: P) -> Self {
-        PartialTableCap { inner }
+impl<P: MemoryPool> SluicePool<P> {
+    /// `inner`, a pool of `limit` bytes (`None`: unbounded), with merges allowed up to
+    /// `limit * (1 + MERGE_OVERDRAFT)` in all.
+    pub fn new(inner: P, limit: Option<usize>) -> Self {
+        SluicePool {
+            inner,
+            ceiling: limit.map(|limit| limit + (limit as f64 * MERGE_OVERDRAFT) as usize),
+        }
     }
 }
 
-impl<P: std::fmt::Display> std::fmt::Display for PartialTableCap<P> {
+impl<P: std::fmt::Display> std::fmt::Display for SluicePool<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} (partial aggregations' tables up to {PARTIAL_TABLE} bytes)",
-            self.inner
-        )
+        write!(f, "{}", self.inner)?;
+        if let Some(ceiling) = self.ceiling {
+            write!(f, " (sort merges up to {ceiling} bytes)")?;
+        }
+        Ok(())
     }
 }
 
-impl<P: MemoryPool> MemoryPool for PartialTableCap<P> {
+fn is_merge(reservation: &MemoryReservation) -> bool {
+    let name = reservation.consumer().name();
+    MERGES.iter().any(|m| name.starts_with(m))
+}
+
+impl<P: MemoryPool> MemoryPool for SluicePool<P> {
     fn name(&self) -> &str {
         self.inner.name()
     }
@@ -180,7 +115,18 @@ impl<P: MemoryPool> MemoryPool for PartialTableCap<P> {
                 reservation.consumer().name()
             )));
         }
-        self.inner.try_grow(reservation, additional)
+        match self.inner.try_grow(reservation, additional) {
+            Err(_)
+                if is_merge(reservation)
+                    && self.ceiling.is_some_and(|ceiling| {
+                        self.inner.reserved().saturating_add(additional) <= ceiling
+                    }) =>
+            {
+                self.inner.grow(reservation, additional);
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     fn reserved(&self) -> usize {
@@ -205,7 +151,7 @@ mod tests {
     use datafusion::physical_plan::{ExecutionPlan, collect};
     use datafusion::prelude::{SessionConfig, SessionContext};
 
-    use super::PartialTableCap;
+    use super::SluicePool;
 
     /// A session over `pool` with `t(k, v)` in two partitions of 400 K rows, each holding
     /// every key of 0..200 K twice, 200 K rows apart; `v` is the row's number.
@@ -283,8 +229,9 @@ mod tests {
     /// the one computed by hand.
     #[tokio::test]
     async fn a_partial_aggregation_hands_on_its_groups_past_the_cap() {
-        let (capped, handed_on) = grouped(Arc::new(PartialTableCap::new(
+        let (capped, handed_on) = grouped(Arc::new(SluicePool::new(
             UnboundedMemoryPool::default(),
+            None,
         )))
         .await;
         let (uncapped, whole) = grouped(Arc::new(UnboundedMemoryPool::default())).await;
