@@ -46,8 +46,9 @@ use datafusion::logical_expr::{
 use super::join_order::{Estimate, estimates};
 use super::{Reread, rereadable, unaliased};
 
-/// The largest share of the aggregation's groups the keys may name for the rewrite to be
-/// made: a semi join that keeps most rows costs its probes and saves little.
+/// The largest share of the place's distinct keys the keys' relation's rows may number, and
+/// of its own rows its filters may keep, for the rewrite to be made: a semi join that keeps
+/// most rows costs its probes and saves little, and a relation read whole may hold every key.
 const KEEPS_AT_MOST: f64 = 0.25;
 
 /// The prefix of the alias the keys are read under, so that their columns never clash with
