@@ -30,11 +30,15 @@ impl QueryPlanner for Planner {
         state: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut plan = Cow::Borrowed(plan);
+        // (Each relation is planned and sampled once, for both rewrites.)
+        let mut estimates = crate::rewrite::join_order::Estimates::default();
         if self.narrow_groups {
-            plan = Cow::Owned(crate::rewrite::needed_groups::narrow(&plan, state).await?);
+            let narrowed = crate::rewrite::needed_groups::narrow(&plan, state, &mut estimates);
+            plan = Cow::Owned(narrowed.await?);
         }
         if self.reorder_joins {
-            plan = Cow::Owned(crate::rewrite::join_order::reorder(&plan, state).await?);
+            let reordered = crate::rewrite::join_order::reorder(&plan, state, &mut estimates);
+            plan = Cow::Owned(reordered.await?);
         }
         DefaultPhysicalPlanner::default()
             .create_physical_plan(&plan, state)

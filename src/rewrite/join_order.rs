@@ -49,30 +49,42 @@ pub(super) struct Estimate {
     pub(super) ndv: Vec<Option<f64>>,
 }
 
-/// `plan` with the inner joins of each region in the order estimated cheapest.
-pub(crate) async fn reorder(plan: &LogicalPlan, state: &dyn Session) -> Result<LogicalPlan> {
+/// `plan` with the inner joins of each region in the order estimated cheapest; relations are
+/// estimated once per query, in `estimates`.
+pub(crate) async fn reorder(
+    plan: &LogicalPlan,
+    state: &dyn Session,
+    estimates: &mut Estimates,
+) -> Result<LogicalPlan> {
     let mut relations = Vec::new();
     collect_relations(plan, &mut relations);
     if relations.is_empty() {
         return Ok(plan.clone());
     }
-    let estimates = estimates(relations, state).await;
-    Ok(rewrite(plan, &estimates))
+    estimates.add(relations, state).await;
+    Ok(rewrite(plan, &estimates.0))
 }
 
-/// The estimate of each of `relations` ([`estimate_relation`]), each made once.
-pub(super) async fn estimates(
-    relations: Vec<LogicalPlan>,
-    state: &dyn Session,
-) -> HashMap<LogicalPlan, Option<Estimate>> {
-    let mut estimates = HashMap::new();
-    for r in relations {
-        if let std::collections::hash_map::Entry::Vacant(slot) = estimates.entry(r) {
-            let estimate = estimate_relation(slot.key(), state).await;
-            slot.insert(estimate);
+/// The estimates of a query's relations ([`estimate_relation`]), kept for the rewrites of
+/// the engine's planner that read them, so that none plans and samples a relation twice.
+#[derive(Debug, Default)]
+pub(crate) struct Estimates(HashMap<LogicalPlan, Option<Estimate>>);
+
+impl Estimates {
+    /// Estimates those of `relations` not estimated yet.
+    pub(super) async fn add(&mut self, relations: Vec<LogicalPlan>, state: &dyn Session) {
+        for r in relations {
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.0.entry(r) {
+                let estimate = estimate_relation(slot.key(), state).await;
+                slot.insert(estimate);
+            }
         }
     }
-    estimates
+
+    /// The estimate of `relation`, if it was estimated and could be.
+    pub(super) fn of(&self, relation: &LogicalPlan) -> Option<&Estimate> {
+        self.0.get(relation)?.as_ref()
+    }
 }
 
 /// DataFusion's estimate of `relation` planned alone, its filters judged on a sample where

@@ -417,11 +417,12 @@ mod testing {
         ) -> datafusion::common::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
             use datafusion::physical_planner::PhysicalPlanner;
             let mut plan = plan.clone();
+            let mut estimates = super::join_order::Estimates::default();
             if self.narrow {
-                plan = super::needed_groups::narrow(&plan, state).await?;
+                plan = super::needed_groups::narrow(&plan, state, &mut estimates).await?;
             }
             if self.reorder {
-                plan = super::join_order::reorder(&plan, state).await?;
+                plan = super::join_order::reorder(&plan, state, &mut estimates).await?;
             }
             datafusion::physical_planner::DefaultPhysicalPlanner::default()
                 .create_physical_plan(&plan, state)

@@ -33,7 +33,6 @@
 //! [`KEEPS_AT_MOST`] of its rows, its rows are at most that share of the place's distinct
 //! keys, and reading it costs no more than reading the place (rows before filters).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::catalog::Session;
@@ -43,7 +42,7 @@ use datafusion::logical_expr::{
     Expr, Join, JoinConstraint, LogicalPlan, Projection, SubqueryAlias,
 };
 
-use super::join_order::{Estimate, estimates};
+use super::join_order::Estimates;
 use super::{Reread, rereadable, unaliased};
 
 /// The largest share of the place's distinct keys the keys' relation's rows may number, and
@@ -56,8 +55,12 @@ const KEEPS_AT_MOST: f64 = 0.25;
 const KEYS_ALIAS: &str = "__sluice_keys";
 
 /// `plan` with each aggregation joined on a key narrowed to the keys the join can match,
-/// where the estimates say it pays.
-pub(crate) async fn narrow(plan: &LogicalPlan, state: &dyn Session) -> Result<LogicalPlan> {
+/// where the estimates (made once per query, in `estimates`) say it pays.
+pub(crate) async fn narrow(
+    plan: &LogicalPlan,
+    state: &dyn Session,
+    estimates: &mut Estimates,
+) -> Result<LogicalPlan> {
     let mut relations = Vec::new();
     plan.apply(|node| {
         for site in Site::all(node) {
@@ -69,13 +72,13 @@ pub(crate) async fn narrow(plan: &LogicalPlan, state: &dyn Session) -> Result<Lo
     if relations.is_empty() {
         return Ok(plan.clone());
     }
-    let estimates = estimates(relations, state).await;
+    estimates.add(relations, state).await;
     let mut made = 0;
     let narrowed = plan.clone().transform_down(|node| {
         let sites = Site::all(&node);
         let best = sites
             .iter()
-            .filter_map(|site| site.choice(&estimates))
+            .filter_map(|site| site.choice(estimates))
             .min_by(|a, b| a.0.total_cmp(&b.0));
         let Some((share, site, keys)) = best else {
             return Ok(Transformed::no(node));
@@ -171,9 +174,9 @@ impl Site {
     /// keys it holds, if it pays.
     fn choice<'a>(
         &'a self,
-        estimates: &HashMap<LogicalPlan, Option<Estimate>>,
+        estimates: &Estimates,
     ) -> Option<(f64, &'a Site, &'a (LogicalPlan, Column))> {
-        let place = estimates.get(&self.place)?.as_ref()?;
+        let place = estimates.of(&self.place)?;
         let index = self.place.schema().maybe_index_of_column(&self.place_key)?;
         let groups = place
             .ndv
@@ -184,7 +187,7 @@ impl Site {
         self.keys
             .iter()
             .filter_map(|k| {
-                let keys = estimates.get(&k.0)?.as_ref()?;
+                let keys = estimates.of(&k.0)?;
                 let share = keys.rows / groups.max(1.0);
                 // A relation read whole may hold every key (a dimension's primary key):
                 // its filters are what narrow.
@@ -502,7 +505,9 @@ mod tests {
     async fn run(ctx: &SessionContext, sql: &str) -> (String, String) {
         let df = ctx.sql(sql).await.unwrap();
         let optimized = df.clone().into_optimized_plan().unwrap();
-        let narrowed = super::narrow(&optimized, &ctx.state()).await.unwrap();
+        let narrowed = super::narrow(&optimized, &ctx.state(), &mut Default::default())
+            .await
+            .unwrap();
         let shown = narrowed.display_indent().to_string();
         let mut rows: Vec<String> = pretty_format_batches(&df.collect().await.unwrap())
             .unwrap()
