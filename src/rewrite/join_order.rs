@@ -10,8 +10,11 @@
 //!    times, for each join condition among them, `1 / max(ndv(a), ndv(b))`, a key's distinct
 //!    values taken from its statistics, else its value range, at most its relation's rows
 //!    (see [`Model::selectivity`] for keys of unknown distinct values);
-//! 2. the order minimising the sum of the joins' estimated outputs is found by dynamic programming over the connected subsets for up to
-//!    [`DP_LIMIT`] relations, greedily (the smallest join next) beyond;
+//! 2. a join costs the rows it outputs, and, when its smaller input is too large to be
+//!    broadcast (DataFusion's `hash_join_single_partition_threshold`), the rows of both its
+//!    inputs, which are then repartitioned ([`Model::join`]); the order of least total cost is
+//!    found by dynamic programming over the connected subsets for up to [`DP_LIMIT`]
+//!    relations, greedily (the smallest join next) beyond;
 //! 3. it replaces the written order only if it is estimated at most 9/10 of its cost, and a
 //!    projection on top gives back the region's columns in their order.
 //!
@@ -47,6 +50,12 @@ pub(super) struct Estimate {
     /// is unique.
     pub(super) unfiltered: f64,
     pub(super) ndv: Vec<Option<f64>>,
+    /// The share of its input its topmost filter keeps, where that was judged on a sample
+    /// ([`super::selectivity`]).
+    pub(super) filter_share: Option<f64>,
+    /// Bytes a row of it takes in memory ([`super::row_width`]): whether a join built from
+    /// it is broadcast.
+    pub(super) width: f64,
 }
 
 /// `plan` with the inner joins of each region in the order estimated cheapest; relations are
@@ -62,7 +71,11 @@ pub(crate) async fn reorder(
         return Ok(plan.clone());
     }
     estimates.add(relations, state).await;
-    Ok(rewrite(plan, &estimates.0))
+    let broadcast = state
+        .config_options()
+        .optimizer
+        .hash_join_single_partition_threshold;
+    Ok(rewrite(plan, &estimates.0, broadcast as f64))
 }
 
 /// The estimates of a query's relations ([`estimate_relation`]), kept for the rewrites of
@@ -138,7 +151,11 @@ fn collect_relations(plan: &LogicalPlan, out: &mut Vec<LogicalPlan>) {
 }
 
 /// `plan` with each region reordered, relations first.
-fn rewrite(plan: &LogicalPlan, estimates: &HashMap<LogicalPlan, Option<Estimate>>) -> LogicalPlan {
+fn rewrite(
+    plan: &LogicalPlan,
+    estimates: &HashMap<LogicalPlan, Option<Estimate>>,
+    broadcast: f64,
+) -> LogicalPlan {
     if is_region_join(plan) {
         let region = Region::of(plan);
         let found: Option<Vec<Estimate>> = region
@@ -149,30 +166,33 @@ fn rewrite(plan: &LogicalPlan, estimates: &HashMap<LogicalPlan, Option<Estimate>
         let relations: Vec<LogicalPlan> = region
             .relations
             .iter()
-            .map(|r| rewrite(r, estimates))
+            .map(|r| rewrite(r, estimates, broadcast))
             .collect();
         let region = Region {
             relations,
             ..region
         };
-        return match found.and_then(|e| region.reordered(plan, &e)) {
+        return match found.and_then(|e| region.reordered(plan, &e, broadcast)) {
             Some(p) => p,
             None => region.rebuild_as_written(plan),
         };
     }
     plan.clone()
-        .map_children(|c| Ok(Transformed::yes(rewrite(&c, estimates))))
+        .map_children(|c| Ok(Transformed::yes(rewrite(&c, estimates, broadcast))))
         .map_or_else(|_| plan.clone(), |t| t.data)
 }
 
 /// DataFusion's estimate of a planned relation, with its rows as `sampled` when its filter
 /// was judged on a sample ([`super::selectivity`]).
-fn estimate(plan: &Arc<dyn ExecutionPlan>, sampled: Option<f64>) -> Option<Estimate> {
+fn estimate(
+    plan: &Arc<dyn ExecutionPlan>,
+    sampled: Option<super::selectivity::Sampled>,
+) -> Option<Estimate> {
     let stats = StatisticsContext::new()
         .compute(plan.as_ref(), &StatisticsArgs::new())
         .ok()?;
     let rows = match sampled {
-        Some(rows) => rows,
+        Some(s) => s.rows,
         // A filter DataFusion could not estimate (no value ranges to judge it by) keeps
         // every row in its estimate: count it at DataFusion's default selectivity instead.
         None => *stats.num_rows.get_value()? as f64 * UNJUDGED_FILTER.powi(unjudged_filters(plan)),
@@ -199,6 +219,8 @@ fn estimate(plan: &Arc<dyn ExecutionPlan>, sampled: Option<f64>) -> Option<Estim
         rows: rows.max(1.0),
         unfiltered: unfiltered.max(1.0),
         ndv,
+        filter_share: sampled.map(|s| s.share),
+        width: super::row_width(&plan.schema()).max(1) as f64,
     })
 }
 
@@ -378,7 +400,12 @@ impl Region {
     }
 
     /// The region in the cheapest order, if it beats the written one by [`GAIN`].
-    fn reordered(&self, written: &LogicalPlan, estimates: &[Estimate]) -> Option<LogicalPlan> {
+    fn reordered(
+        &self,
+        written: &LogicalPlan,
+        estimates: &[Estimate],
+        broadcast: f64,
+    ) -> Option<LogicalPlan> {
         let n = self.relations.len();
         if self.keep || !(3..=63).contains(&n) {
             return None;
@@ -386,6 +413,7 @@ impl Region {
         let model = Model {
             region: self,
             estimates,
+            broadcast,
         };
         let best = if n <= DP_LIMIT {
             model.dynamic()?
@@ -550,18 +578,29 @@ impl Tree {
     }
 }
 
-/// A plan of a set of relations: its tree, estimated rows, and cost (intermediate rows).
+/// A plan of a set of relations: its tree, estimated rows and bytes per row, and cost (rows
+/// the joins output, and rows they repartition: [`Model::join`]).
 #[derive(Debug, Clone)]
 struct Best {
     tree: Tree,
     rows: f64,
+    width: f64,
     cost: f64,
+}
+
+impl Best {
+    fn bytes(&self) -> f64 {
+        self.rows * self.width
+    }
 }
 
 /// The cost model over one region's estimates.
 struct Model<'a> {
     region: &'a Region,
     estimates: &'a [Estimate],
+    /// Bytes of a build side up to which DataFusion broadcasts it (its
+    /// `hash_join_single_partition_threshold`, sluice's `broadcast_join_limit`).
+    broadcast: f64,
 }
 
 impl Model<'_> {
@@ -626,15 +665,32 @@ impl Model<'_> {
         })
     }
 
+    /// The join of `l` and `r`. Its cost is the rows it outputs, plus, when its build side
+    /// is too large to broadcast, the rows of both inputs: each is then repartitioned by the
+    /// keys, and its probes look up a table too large for the cache. At TPC-H SF 10 a row
+    /// repartitioned cost about what one output costs, and a lookup in a table of millions
+    /// of rows three times one in a table of thousands (q5, `EXPLAIN ANALYZE`): so a large
+    /// fact table is first joined to the small dimension that filters it, not to a large one
+    /// that filters it a little more.
     fn join(&self, l: &Best, r: &Best) -> Best {
         let set = l.tree.set() | r.tree.set();
         let rows = self.rows(set);
         // The smaller input first: it is the build side DataFusion would pick.
-        let (l, r) = if l.rows <= r.rows { (l, r) } else { (r, l) };
+        let (l, r) = if l.bytes() <= r.bytes() {
+            (l, r)
+        } else {
+            (r, l)
+        };
+        let repartitioned = if l.bytes() > self.broadcast {
+            l.rows + r.rows
+        } else {
+            0.0
+        };
         Best {
             tree: Tree::Join(Box::new(l.tree.clone()), Box::new(r.tree.clone())),
             rows,
-            cost: l.cost + r.cost + rows,
+            width: l.width + r.width,
+            cost: l.cost + r.cost + rows + repartitioned,
         }
     }
 
@@ -642,6 +698,7 @@ impl Model<'_> {
         Best {
             tree: Tree::Leaf(i),
             rows: self.estimates[i].rows,
+            width: self.estimates[i].width,
             cost: 0.0,
         }
     }
@@ -707,17 +764,16 @@ impl Model<'_> {
     /// The cost of the region as written, under the same model.
     fn cost_of_written(&self, plan: &LogicalPlan) -> Option<f64> {
         let mut next = 0usize;
-        let (_, cost) = self.written(plan, &mut next)?;
-        Some(cost)
+        Some(self.written(plan, &mut next)?.cost)
     }
 
-    /// (relations, cost) of the written subtree `plan`.
-    fn written(&self, plan: &LogicalPlan, next: &mut usize) -> Option<(u64, f64)> {
+    /// The written subtree `plan`, costed as [`Model::join`] costs any.
+    fn written(&self, plan: &LogicalPlan, next: &mut usize) -> Option<Best> {
         match plan {
             LogicalPlan::Join(j) if is_region_join(plan) => {
-                let (l, lc) = self.written(&j.left, next)?;
-                let (r, rc) = self.written(&j.right, next)?;
-                Some((l | r, lc + rc + self.rows(l | r)))
+                let l = self.written(&j.left, next)?;
+                let r = self.written(&j.right, next)?;
+                Some(self.join(&l, &r))
             }
             LogicalPlan::Projection(p) if is_region_projection(plan) => {
                 self.written(&p.input, next)
@@ -725,7 +781,7 @@ impl Model<'_> {
             _ => {
                 let i = *next;
                 *next += 1;
-                Some((1u64 << i, 0.0))
+                (i < self.estimates.len()).then(|| self.leaf(i))
             }
         }
     }
@@ -853,6 +909,84 @@ mod tests {
             }
         }
         assert!(changed >= 5, "only {changed} of 40 orders changed");
+    }
+
+    /// A fact table with a large dimension that filters it to a tenth and a small one that
+    /// filters it to a fifth: where the large one's filtered rows are too many to broadcast,
+    /// the fact table is joined to the small one first (a broadcast that needs no
+    /// repartitioning), although joining the large one first gives fewer intermediate rows
+    /// (TPC-H q5: lineitem with the Asian suppliers before the year's orders).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fact_table_meets_the_dimension_it_can_be_broadcast_with_first() {
+        let config = SessionConfig::new()
+            .with_target_partitions(2)
+            .set_usize(
+                "datafusion.optimizer.hash_join_single_partition_threshold",
+                1024,
+            )
+            .set_usize(
+                "datafusion.optimizer.hash_join_single_partition_threshold_rows",
+                128,
+            );
+        let ctx = SessionContext::new_with_state(
+            SessionStateBuilder::new()
+                .with_config(config)
+                .with_default_features()
+                .with_query_planner(Arc::new(crate::rewrite::testing::Planner {
+                    narrow: false,
+                    reorder: true,
+                }))
+                .build(),
+        );
+        // (key, filtered column): keys 0..rows, the filtered column cycling through 0..100.
+        let dimension = |i: usize, rows: i64| {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new(format!("a{i}"), DataType::Int64, false),
+                Field::new(format!("b{i}"), DataType::Int64, false),
+            ]));
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(Int64Array::from_iter_values(0..rows)),
+                Arc::new(Int64Array::from_iter_values((0..rows).map(|k| k % 100))),
+            ];
+            let batch = RecordBatch::try_new(Arc::clone(&schema), columns).unwrap();
+            Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap())
+        };
+        let mut rng = Lcg(11);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("big_key", DataType::Int64, false),
+            Field::new("small_key", DataType::Int64, false),
+        ]));
+        let keys: Vec<(i64, i64)> = (0..20_000)
+            .map(|_| (rng.next(2000) as i64, rng.next(200) as i64))
+            .collect();
+        // Every key has its dimension row, whose filtered column is the key modulo 100.
+        let matching = keys
+            .iter()
+            .filter(|(big, small)| big % 100 < 10 && small % 100 < 20)
+            .count();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter_values(keys.iter().map(|k| k.0))),
+            Arc::new(Int64Array::from_iter_values(keys.iter().map(|k| k.1))),
+        ];
+        let batch = RecordBatch::try_new(Arc::clone(&schema), columns).unwrap();
+        let fact = MemTable::try_new(schema, vec![vec![batch]]).unwrap();
+        ctx.register_table("fact", Arc::new(fact)).unwrap();
+        ctx.register_table("big", dimension(1, 2000)).unwrap();
+        ctx.register_table("small", dimension(2, 200)).unwrap();
+        let sql = "SELECT COUNT(*) FROM fact \
+                   JOIN big ON big_key = a1 \
+                   JOIN small ON small_key = a2 \
+                   WHERE b1 < 10 AND b2 < 20";
+        let (plan, rows) = run(&ctx, sql).await;
+        // The keys of the join nearest the scans (the last in the listing).
+        let lowest = plan
+            .lines()
+            .rfind(|l| l.contains("HashJoinExec"))
+            .and_then(|l| l.split("on=[").nth(1))
+            .and_then(|l| l.split(']').next())
+            .unwrap_or_default();
+        assert!(lowest.contains("small_key@"), "{plan}");
+        assert!(rows.contains(&format!("| {matching} ")), "{rows}");
     }
 
     /// A star query written with its most selective dimension last: the fact table is

@@ -35,6 +35,7 @@ mod compact_views;
 mod decimal_arith;
 mod decode_filters;
 mod distinct;
+pub(crate) mod filter_estimates;
 pub(crate) mod join_order;
 mod median;
 pub(crate) mod needed_groups;
@@ -389,6 +390,33 @@ pub(crate) fn physical_rules(
 }
 
 /// What the rules' tests share: sessions with and without them, and answers with plans.
+/// `plan` (optimized) planned by DataFusion after the rewrites that read the relations'
+/// estimates, which only planning each relation gives: [`needed_groups`] when `narrow`,
+/// [`join_order`] when `reorder`, and the filters the estimates sampled estimated from
+/// their samples ([`filter_estimates`]). Each relation is planned and sampled once.
+pub(crate) async fn plan_with_estimates(
+    plan: &datafusion::logical_expr::LogicalPlan,
+    state: &dyn datafusion::catalog::Session,
+    narrow: bool,
+    reorder: bool,
+) -> datafusion::common::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+    use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+    let mut plan = plan.clone();
+    let mut estimates = join_order::Estimates::default();
+    if narrow {
+        plan = needed_groups::narrow(&plan, state, &mut estimates).await?;
+    }
+    if reorder {
+        plan = join_order::reorder(&plan, state, &mut estimates).await?;
+    }
+    let plan = filter_estimates::mark(plan, &estimates)?;
+    let extensions: Vec<Arc<dyn ExtensionPlanner + Send + Sync>> =
+        vec![Arc::new(filter_estimates::SampledPlanner)];
+    DefaultPhysicalPlanner::with_extension_planners(extensions)
+        .create_physical_plan(&plan, state)
+        .await
+}
+
 #[cfg(test)]
 mod testing {
     use std::sync::Arc;
@@ -415,18 +443,7 @@ mod testing {
             plan: &datafusion::logical_expr::LogicalPlan,
             state: &dyn datafusion::catalog::Session,
         ) -> datafusion::common::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-            use datafusion::physical_planner::PhysicalPlanner;
-            let mut plan = plan.clone();
-            let mut estimates = super::join_order::Estimates::default();
-            if self.narrow {
-                plan = super::needed_groups::narrow(&plan, state, &mut estimates).await?;
-            }
-            if self.reorder {
-                plan = super::join_order::reorder(&plan, state, &mut estimates).await?;
-            }
-            datafusion::physical_planner::DefaultPhysicalPlanner::default()
-                .create_physical_plan(&plan, state)
-                .await
+            super::plan_with_estimates(plan, state, self.narrow, self.reorder).await
         }
     }
 

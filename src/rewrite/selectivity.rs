@@ -112,6 +112,15 @@ fn top_filter(plan: &Arc<dyn ExecutionPlan>) -> Option<&FilterExec> {
     }
 }
 
+/// What a sample tells of a relation's filter.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Sampled {
+    /// The rows the relation is estimated to give.
+    pub(super) rows: f64,
+    /// The share of its input the filter is estimated to keep.
+    pub(super) share: f64,
+}
+
 /// The rows `plan` is estimated to give when its topmost filter has conjuncts that ranges
 /// cannot judge and its input is a scan: DataFusion's estimate for the other conjuncts,
 /// times the share of a sample of the input that passes these. `None` when there is no such
@@ -119,7 +128,7 @@ fn top_filter(plan: &Arc<dyn ExecutionPlan>) -> Option<&FilterExec> {
 pub(super) async fn sampled_rows(
     plan: &Arc<dyn ExecutionPlan>,
     ctx: Arc<TaskContext>,
-) -> Option<f64> {
+) -> Option<Sampled> {
     let filter = top_filter(plan)?;
     let input = filter.input();
     if !streams_a_scan(input) {
@@ -148,8 +157,19 @@ pub(super) async fn sampled_rows(
     let stats = StatisticsContext::new()
         .compute(rows_before.as_ref(), &StatisticsArgs::new())
         .ok()?;
-    let rows = *stats.num_rows.get_value()? as f64;
-    Some(rows * share)
+    let rows = *stats.num_rows.get_value()? as f64 * share;
+    let input_rows = match StatisticsContext::new()
+        .compute(input.as_ref(), &StatisticsArgs::new())
+        .ok()
+        .and_then(|s| s.num_rows.get_value().copied())
+    {
+        Some(n) if n > 0 => n as f64,
+        _ => return None,
+    };
+    Some(Sampled {
+        rows,
+        share: (rows / input_rows).min(1.0),
+    })
 }
 
 /// `input` reading its scan's files at [`SPREAD`] points spread evenly over their bytes,
@@ -309,7 +329,7 @@ mod tests {
             .create_physical_plan()
             .await
             .unwrap();
-        super::sampled_rows(&plan, ctx.task_ctx()).await
+        super::sampled_rows(&plan, ctx.task_ctx()).await.map(|s| s.rows)
     }
 
     /// Filters on a string (equality, `LIKE`) are estimated from the sample within a third of
