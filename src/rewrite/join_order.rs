@@ -1,5 +1,6 @@
-//! Join ordering: the inner joins of a query put in the order that keeps intermediate
-//! results smallest, instead of the order the SQL wrote them in (which DataFusion keeps).
+//! Join ordering: the inner joins of a query put in the order estimated cheapest (the
+//! fewest intermediate rows, and rows repartitioned), instead of the order the SQL wrote them
+//! in (which DataFusion keeps).
 //!
 //! A *region* is a tree of inner equi-joins (with the column-only projections DataFusion puts
 //! between them); its *relations* are what hangs below it (scans with their filters,

@@ -13,7 +13,8 @@
 //!   grouping joined back to the rows, instead of each partition buffered whole.
 //! - [`join_order`]: inner joins reordered by estimated size (run from the engine's query
 //!   planner, where the relations' statistics can be read).
-//!   Filters that statistics cannot judge are measured on a sample ([`selectivity`]).
+//!   Filters that statistics cannot judge are measured on a sample ([`selectivity`]), and
+//!   DataFusion's plan estimates them from it ([`filter_estimates`]).
 //! - [`needed_groups`]: an aggregation joined on a key computes only the groups the other
 //!   side can match, its input narrowed by a semi join (run from the engine's query
 //!   planner, before join order, where the relations' statistics can be read).

@@ -329,7 +329,9 @@ mod tests {
             .create_physical_plan()
             .await
             .unwrap();
-        super::sampled_rows(&plan, ctx.task_ctx()).await.map(|s| s.rows)
+        super::sampled_rows(&plan, ctx.task_ctx())
+            .await
+            .map(|s| s.rows)
     }
 
     /// Filters on a string (equality, `LIKE`) are estimated from the sample within a third of
