@@ -408,7 +408,7 @@ async fn too_few_buckets_are_split_again_under_a_real_limit() {
 /// `dims` (400 K rows, one per date key) in `data/`, both written by sluice (read through
 /// their manifests), and a pipeline joining them where the dimension's filter selects a run
 /// of keys: the hash join pushes those keys into the `sales` scan, which skips the pages
-/// outside them. Joins over 64 KiB are not broadcast, so that the join is a partitioned one,
+/// outside them. Joins over 4 KiB are not broadcast, so that the join is a partitioned one,
 /// which a memory limit wraps.
 fn star_pipeline() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -448,7 +448,7 @@ fn star_pipeline() -> tempfile::TempDir {
         d.join("sluice.toml"),
         format!(
             "[settings]\nthreads = 2\nspill_dir = \"{}/spill\"\n\
-             broadcast_join_limit = \"64KiB\"\n\
+             broadcast_join_limit = \"4KiB\"\n\
              [sources.sales]\nlocation = \"data/sales/\"\n\
              [sources.dims]\nlocation = \"data/dims/\"\n",
             d.display()
