@@ -39,9 +39,14 @@ pub(crate) struct Sampled {
     percent: u8,
 }
 
+// (Nodes are ordered by their share, and unordered where that is all they share: a plan
+// has no order, and equal nodes must compare equal.)
 impl PartialOrd for Sampled {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        self.percent.partial_cmp(&other.percent)
+        match self.percent.cmp(&other.percent) {
+            Ordering::Equal if self != other => None,
+            order => Some(order),
+        }
     }
 }
 
