@@ -138,6 +138,7 @@ pub(super) async fn sampled_rows(
     let stats = StatisticsContext::new()
         .compute(input.as_ref(), &StatisticsArgs::new())
         .ok()?;
+    let input_rows = stats.num_rows.get_value().copied();
     let (judged, sampled): (Vec<_>, Vec<_>) = split_conjunction(filter.predicate())
         .into_iter()
         .cloned()
@@ -158,11 +159,7 @@ pub(super) async fn sampled_rows(
         .compute(rows_before.as_ref(), &StatisticsArgs::new())
         .ok()?;
     let rows = *stats.num_rows.get_value()? as f64 * share;
-    let input_rows = match StatisticsContext::new()
-        .compute(input.as_ref(), &StatisticsArgs::new())
-        .ok()
-        .and_then(|s| s.num_rows.get_value().copied())
-    {
+    let input_rows = match input_rows {
         Some(n) if n > 0 => n as f64,
         _ => return None,
     };
