@@ -379,6 +379,11 @@ mod tests {
             "{names:?}"
         );
         assert_eq!(
+            at("sluice_not_in_without_nulls") + 1,
+            at("join_selection"),
+            "{names:?}"
+        );
+        assert_eq!(
             at("sluice_compact_views") + 1,
             at("sluice_spilling_top_k"),
             "{names:?}"

@@ -20,6 +20,8 @@
 //!   planner, before join order, where the relations' statistics can be read).
 //! - [`build_side`] (physical): a hash join builds its smaller input by rows ×
 //!   width, where DataFusion's byte estimates of joins' outputs mislead it.
+//! - [`not_in`] (physical): `x NOT IN (subquery)` joined as a plain anti join, which
+//!   DataFusion may build either side of, when neither side's key can be NULL.
 //! - [`compact_views`] (physical): text on a join's build side copied into a buffer per
 //!   batch, so the join's output does not hold a handle to every buffer it was read into.
 //! - [`decode_filters`] (physical): a join's dynamic filter applied while a Parquet scan
@@ -40,6 +42,7 @@ pub(crate) mod filter_estimates;
 pub(crate) mod join_order;
 mod median;
 pub(crate) mod needed_groups;
+mod not_in;
 mod selectivity;
 mod shared_subplans;
 mod split_distinct;
@@ -67,6 +70,7 @@ const SWITCHES: &[(&str, &[&str])] = &[
     ("median", &["sluice_median_by_sort"]),
     ("whole_partition", &["sluice_whole_partition_by_join"]),
     ("build_side", &["sluice_build_smaller_side"]),
+    ("not_in", &["sluice_not_in_without_nulls"]),
     ("compact_views", &["sluice_compact_views"]),
     ("decode_filters", &["sluice_dynamic_filters_while_decoding"]),
     (
@@ -337,6 +341,12 @@ pub(crate) fn physical_rules(
         .position(|r| r.name() == "join_selection")
         .map_or(0, |at| at + 1);
     rules.insert(at, Arc::new(build_side::BuildSmallerSide));
+    // Before DataFusion chooses build sides, which it may not swap in a null-aware join.
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "join_selection")
+        .unwrap_or(0);
+    rules.insert(at, Arc::new(not_in::NotInWithoutNulls));
     // Once joins have their build sides and inputs (EnsureRequirements), before filters are
     // pushed into scans for the last time, so the build sides' filters go through it.
     let at = rules
