@@ -408,6 +408,11 @@ mod tests {
             "{names:?}"
         );
         assert_eq!(
+            at("sluice_faster_decimal_arithmetic") + 1,
+            at("sluice_conjuncts_in_turn"),
+            "{names:?}"
+        );
+        assert_eq!(
             at("sluice_mark_repeated_subplans") + 1,
             at("FilterPushdown(Post)"),
             "{names:?}"
@@ -422,7 +427,8 @@ mod tests {
         assert!(cluster.iter().all(|r| r.name() != "sluice_compact_views"
             && r.name() != "sluice_dynamic_filters_while_decoding"
             && r.name() != "sluice_mark_repeated_subplans"
-            && r.name() != "sluice_share_repeated_subplans"));
+            && r.name() != "sluice_share_repeated_subplans"
+            && r.name() != "sluice_conjuncts_in_turn"));
         assert!(
             cluster
                 .iter()

@@ -35,9 +35,9 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::BinaryExpr;
 use datafusion::physical_expr_common::datum::apply;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
-use datafusion::physical_plan::{ExecutionPlan, PlanProperties};
 
 /// Replaces decimal `+`, `-` and `*` in projections and aggregate arguments by
 /// [`DecimalArith`]. (Not on a Ballista cluster: its executors could not decode it.)
@@ -71,7 +71,7 @@ impl PhysicalOptimizerRule for FasterDecimalArithmetic {
                 // A projection's orderings, partitioning and equalities are found by matching
                 // its expressions with its input's (an input sorted by `a * b`): where the new
                 // expression loses one, the projection is left as it was.
-                if !same_properties(exec.properties(), projection.properties()) {
+                if !super::same_properties(exec.properties(), projection.properties()) {
                     return Ok(Transformed::no(node));
                 }
                 return Ok(Transformed::yes(Arc::new(exec)));
@@ -121,19 +121,6 @@ impl PhysicalOptimizerRule for FasterDecimalArithmetic {
     fn schema_check(&self) -> bool {
         true
     }
-}
-
-/// Whether two plans have the same orderings, partitioning, equalities and constants, as
-/// displayed (DataFusion never takes an unknown partitioning to equal another).
-fn same_properties(a: &PlanProperties, b: &PlanProperties) -> bool {
-    let shown = |p: &PlanProperties| {
-        (
-            p.output_partitioning().to_string(),
-            p.output_ordering().map(|o| o.to_string()),
-            p.equivalence_properties().to_string(),
-        )
-    };
-    shown(a) == shown(b)
 }
 
 /// `expr` with each decimal `+`, `-` and `*` in it a [`DecimalArith`].

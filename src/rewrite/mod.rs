@@ -28,6 +28,8 @@
 //!   decodes, for as long as it drops most rows.
 //! - [`shared_subplans`] (physical): an aggregation a query computes more than once over
 //!   the same input (a CTE read twice) computed once, its result kept for each reader.
+//! - [`conjunction`] (physical): a filter's conjuncts evaluated in turn, each on the rows
+//!   those before it kept, instead of DataFusion's `AND` tree that writes each one back.
 //! - [`decimal_arith`] (physical): decimal `+`, `-` and `*` computed with 64-bit operands
 //!   where a batch's values fit in them, instead of checked 128-bit arithmetic.
 //! - [`topk`] (physical): `ORDER BY … LIMIT k` with a `k` too large for the memory limit
@@ -35,6 +37,7 @@
 
 mod build_side;
 mod compact_views;
+mod conjunction;
 mod decimal_arith;
 mod decode_filters;
 mod distinct;
@@ -81,6 +84,7 @@ const SWITCHES: &[(&str, &[&str])] = &[
         ],
     ),
     ("decimal_arith", &["sluice_faster_decimal_arithmetic"]),
+    ("conjunction", &["sluice_conjuncts_in_turn"]),
     ("topk", &["sluice_spilling_top_k"]),
     ("needed_groups", &[NEEDED_GROUPS]),
 ];
@@ -326,6 +330,22 @@ fn row_width(schema: &datafusion::arrow::datatypes::Schema) -> usize {
     schema.fields().iter().map(|f| width(f.data_type())).sum()
 }
 
+/// Whether two plans have the same orderings, partitioning, equalities and constants, as
+/// displayed (DataFusion never takes an unknown partitioning to equal another).
+pub(crate) fn same_properties(
+    a: &datafusion::physical_plan::PlanProperties,
+    b: &datafusion::physical_plan::PlanProperties,
+) -> bool {
+    let shown = |p: &datafusion::physical_plan::PlanProperties| {
+        (
+            p.output_partitioning().to_string(),
+            p.output_ordering().map(|o| o.to_string()),
+            p.equivalence_properties().to_string(),
+        )
+    };
+    shown(a) == shown(b)
+}
+
 /// `rules` (DataFusion's physical optimizer rules, as the join layer arranged them) with
 /// sluice's physical rewrites for a session whose pool is `memory_limit`, planning for a
 /// Ballista cluster if `cluster`.
@@ -367,9 +387,12 @@ pub(crate) fn physical_rules(
         // after that is computed again for itself): it changes how expressions are
         // computed, nothing else.
         rules.insert(at, Arc::new(decimal_arith::FasterDecimalArithmetic));
+        // Once the plan is final, as the rule above (a filter's equivalences are read from
+        // its predicate, by the rules before).
+        rules.insert(at + 1, Arc::new(conjunction::ConjunctsInTurn));
         // Once DataFusion has pushed the joins' dynamic filters into scans for the last time.
         rules.insert(
-            at + 1,
+            at + 2,
             Arc::new(decode_filters::DynamicFiltersWhileDecoding),
         );
         // Repeated subplans are marked before DataFusion pushes filters for the last time,
