@@ -32,7 +32,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, internal_datafusion_err};
 use datafusion::logical_expr::{ColumnarValue, Operator};
 use datafusion::physical_expr::expressions::BinaryExpr;
-use datafusion::physical_expr::{PhysicalExpr, split_conjunction};
+use datafusion::physical_expr::{PhysicalExpr, conjunction, split_conjunction};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
@@ -83,6 +83,27 @@ impl PhysicalOptimizerRule for ConjunctsInTurn {
     fn schema_check(&self) -> bool {
         true
     }
+}
+
+/// `plan` with each filter's [`Conjunction`] put back as DataFusion's `AND` of its conjuncts:
+/// for the plans whose estimates are read (DataFusion's range analysis of a filter, and
+/// [`super::selectivity`]'s, read the `AND`; a [`Conjunction`] would be estimated at
+/// DataFusion's default share, and sampled).
+pub(crate) fn as_and(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        let Some(filter) = node.downcast_ref::<FilterExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(ours) = filter.predicate().downcast_ref::<Conjunction>() else {
+            return Ok(Transformed::no(node));
+        };
+        let and = conjunction(ours.conjuncts.iter().cloned());
+        let exec = FilterExecBuilder::from(filter)
+            .with_predicate(and)
+            .build()?;
+        Ok(Transformed::yes(Arc::new(exec) as Arc<dyn ExecutionPlan>))
+    })
+    .map(|t| t.data)
 }
 
 /// Boolean conjuncts, a row kept (true) when each is true for it, evaluated in their order,
@@ -385,5 +406,68 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod estimates {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
+    use datafusion::execution::session_state::SessionStateBuilder;
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
+    use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+
+    /// The join order's estimate of a relation filtered by a range (two conjuncts DataFusion
+    /// judges by the column's bounds) is DataFusion's, with sluice's rules as without them:
+    /// not the estimate of an opaque [`super::Conjunction`], which would be sampled.
+    #[tokio::test]
+    async fn a_filters_estimate_reads_its_conjuncts() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(Int64Array::from_iter_values(
+                (0..10_000).map(|i| i * 7919 % 1000),
+            ))],
+        )
+        .unwrap();
+        let file = std::fs::File::create(dir.path().join("t.parquet")).unwrap();
+        let mut writer = ArrowWriter::try_new(file, schema, None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let mut seen = Vec::new();
+        for sluice in [true, false] {
+            let mut state = SessionStateBuilder::new()
+                .with_config(SessionConfig::new().with_target_partitions(2))
+                .with_default_features();
+            if sluice {
+                state = state.with_physical_optimizer_rules(super::super::physical_rules(
+                    PhysicalOptimizer::new().rules,
+                    None,
+                    false,
+                ));
+            }
+            let ctx = SessionContext::new_with_state(state.build());
+            let path = format!("{}/", dir.path().display());
+            ctx.register_parquet("t", &path, ParquetReadOptions::default())
+                .await
+                .unwrap();
+            let plan = ctx
+                .sql("SELECT x FROM t WHERE x > 100 AND x < 300")
+                .await
+                .unwrap()
+                .into_optimized_plan()
+                .unwrap();
+            let estimate = super::super::join_order::estimate_relation(&plan, &ctx.state())
+                .await
+                .unwrap();
+            seen.push((estimate.rows, estimate.filter_share));
+        }
+        assert_eq!(seen[0], seen[1], "{seen:?}");
+        assert_eq!(seen[0].1, None, "{seen:?}");
     }
 }

@@ -105,7 +105,10 @@ impl Estimates {
 /// statistics cannot judge them ([`super::selectivity`]); `None` for a relation that reads
 /// a database (planning it asks the server for sizes and bounds: not once per rewrite) or
 /// that cannot be planned alone (it refers to an outer query).
-async fn estimate_relation(relation: &LogicalPlan, state: &dyn Session) -> Option<Estimate> {
+pub(super) async fn estimate_relation(
+    relation: &LogicalPlan,
+    state: &dyn Session,
+) -> Option<Estimate> {
     if super::reads_a_database(relation) {
         return None;
     }
@@ -113,6 +116,7 @@ async fn estimate_relation(relation: &LogicalPlan, state: &dyn Session) -> Optio
         .create_physical_plan(relation, state)
         .await
         .ok()?;
+    let physical = super::conjunction::as_and(physical).ok()?;
     let sampled = super::selectivity::sampled_rows(&physical, state.task_ctx()).await;
     estimate(&physical, sampled)
 }
