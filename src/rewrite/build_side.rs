@@ -118,10 +118,7 @@ mod tests {
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::arrow::record_batch::RecordBatch;
     use datafusion::datasource::MemTable;
-    use datafusion::execution::session_state::SessionStateBuilder;
-    use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
     use datafusion::physical_plan::displayable;
-    use datafusion::prelude::{SessionConfig, SessionContext};
 
     /// Table `name` of `rows` rows: a key `{name}_k` (0, 1, ... modulo `keys`) and `wide`
     /// more columns.
@@ -148,17 +145,7 @@ mod tests {
     async fn of_two_inputs_of_like_bytes_the_one_with_fewer_rows_is_built() {
         let mut seen = Vec::new();
         for sluice in [true, false] {
-            let mut state = SessionStateBuilder::new()
-                .with_config(SessionConfig::new().with_target_partitions(2))
-                .with_default_features();
-            if sluice {
-                state = state.with_physical_optimizer_rules(super::super::physical_rules(
-                    PhysicalOptimizer::new().rules,
-                    None,
-                    false,
-                ));
-            }
-            let ctx = SessionContext::new_with_state(state.build());
+            let ctx = super::super::testing::physical_session(sluice);
             ctx.register_table("narrow", table("narrow", 15_000, 3_000, 0))
                 .unwrap();
             ctx.register_table("wide", table("wide", 3_000, 3_000, 9))

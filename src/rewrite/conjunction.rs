@@ -357,7 +357,6 @@ mod tests {
     /// equalities order its output keeps DataFusion's predicate.
     #[tokio::test]
     async fn filters_get_a_conjunction_and_the_same_answers() {
-        use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
         let queries = [
             "SELECT COUNT(*) AS n, SUM(x) AS s FROM t \
              WHERE k > 1 AND x < 100 AND d IS NOT NULL AND (f > 0 OR k = 2)",
@@ -366,14 +365,7 @@ mod tests {
         ];
         for seed in 0..8u64 {
             let rows = [0, 1, 40, 3000][seed as usize % 4];
-            let ours = super::super::testing::state(None)
-                .with_physical_optimizer_rules(super::super::physical_rules(
-                    PhysicalOptimizer::new().rules,
-                    None,
-                    false,
-                ))
-                .build();
-            let ours = datafusion::prelude::SessionContext::new_with_state(ours);
+            let ours = super::super::testing::physical_session(true);
             let theirs = super::super::testing::session(false, None);
             for ctx in [&ours, &theirs] {
                 super::super::testing::random_table(ctx, seed, rows);
@@ -416,10 +408,8 @@ mod estimates {
     use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::arrow::record_batch::RecordBatch;
-    use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::parquet::arrow::ArrowWriter;
-    use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
-    use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+    use datafusion::prelude::ParquetReadOptions;
 
     /// The join order's estimate of a relation filtered by a range (two conjuncts DataFusion
     /// judges by the column's bounds) is DataFusion's, with sluice's rules as without them:
@@ -441,17 +431,7 @@ mod estimates {
         writer.close().unwrap();
         let mut seen = Vec::new();
         for sluice in [true, false] {
-            let mut state = SessionStateBuilder::new()
-                .with_config(SessionConfig::new().with_target_partitions(2))
-                .with_default_features();
-            if sluice {
-                state = state.with_physical_optimizer_rules(super::super::physical_rules(
-                    PhysicalOptimizer::new().rules,
-                    None,
-                    false,
-                ));
-            }
-            let ctx = SessionContext::new_with_state(state.build());
+            let ctx = super::super::testing::physical_session(sluice);
             let path = format!("{}/", dir.path().display());
             ctx.register_parquet("t", &path, ParquetReadOptions::default())
                 .await

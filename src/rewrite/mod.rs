@@ -490,6 +490,28 @@ mod testing {
         SessionContext::new_with_state(state.build())
     }
 
+    /// A session with sluice's physical rules (those without a memory limit) or DataFusion's
+    /// alone, and two partitions: for the physical rewrites' tests.
+    pub(super) fn physical_session(sluice: bool) -> SessionContext {
+        let mut state = state(None);
+        if sluice {
+            state = with_physical_rules(state, None);
+        }
+        SessionContext::new_with_state(state.build())
+    }
+
+    /// `state` with sluice's physical rules, those for a pool of `pool` bytes if given.
+    pub(super) fn with_physical_rules(
+        state: SessionStateBuilder,
+        pool: Option<usize>,
+    ) -> SessionStateBuilder {
+        state.with_physical_optimizer_rules(super::physical_rules(
+            datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules,
+            pool,
+            false,
+        ))
+    }
+
     /// A session's state with DataFusion's defaults and two partitions, over `pool` (its size
     /// and the pool) if given, with the sort reservation sluice's engine sets for a small pool.
     pub(super) fn state(pool: Option<(usize, Arc<dyn MemoryPool>)>) -> SessionStateBuilder {

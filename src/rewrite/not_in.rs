@@ -229,11 +229,9 @@ mod tests {
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::arrow::record_batch::RecordBatch;
     use datafusion::arrow::util::pretty::pretty_format_batches;
-    use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::parquet::arrow::ArrowWriter;
-    use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
     use datafusion::physical_plan::displayable;
-    use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+    use datafusion::prelude::{ParquetReadOptions, SessionContext};
     use rand::{Rng, SeedableRng};
 
     /// Writes `columns` (each named, nullable in the schema) as `files` Parquet files of
@@ -272,17 +270,7 @@ mod tests {
 
     /// A session reading `o` and `s` from `dir`, with sluice's physical rules or without.
     async fn session(dir: &std::path::Path, sluice: bool) -> SessionContext {
-        let mut state = SessionStateBuilder::new()
-            .with_config(SessionConfig::new().with_target_partitions(2))
-            .with_default_features();
-        if sluice {
-            state = state.with_physical_optimizer_rules(super::super::physical_rules(
-                PhysicalOptimizer::new().rules,
-                None,
-                false,
-            ));
-        }
-        let ctx = SessionContext::new_with_state(state.build());
+        let ctx = super::super::testing::physical_session(sluice);
         for table in ["o", "s"] {
             let path = format!("{}/", dir.join(table).display());
             ctx.register_parquet(table, &path, ParquetReadOptions::default())

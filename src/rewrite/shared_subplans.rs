@@ -837,7 +837,6 @@ mod tests {
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     use datafusion::parquet::arrow::ArrowWriter;
     use datafusion::parquet::file::properties::WriterProperties;
-    use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
     use datafusion::physical_plan::{ExecutionPlan, collect};
     use datafusion::prelude::{ParquetReadOptions, SessionContext};
     use rand::{Rng, SeedableRng};
@@ -897,11 +896,7 @@ mod tests {
         let size = pool.as_ref().map(|(size, _)| *size);
         let mut state = super::super::testing::state(pool);
         if sluice {
-            state = state.with_physical_optimizer_rules(super::super::physical_rules(
-                PhysicalOptimizer::new().rules,
-                size,
-                false,
-            ));
+            state = super::super::testing::with_physical_rules(state, size);
         }
         let ctx = SessionContext::new_with_state(state.build());
         let csv = dir.join("fact.csv");
