@@ -30,8 +30,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, internal_datafusion_err};
-use datafusion::logical_expr::{ColumnarValue, Operator};
-use datafusion::physical_expr::expressions::BinaryExpr;
+use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::{PhysicalExpr, conjunction, split_conjunction};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
@@ -97,7 +96,7 @@ pub(crate) fn as_and(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPl
         let Some(ours) = filter.predicate().downcast_ref::<Conjunction>() else {
             return Ok(Transformed::no(node));
         };
-        let and = conjunction(ours.conjuncts.iter().cloned());
+        let and = ours.as_and();
         let exec = FilterExecBuilder::from(filter)
             .with_predicate(and)
             .build()?;
@@ -113,23 +112,17 @@ pub(crate) struct Conjunction {
     conjuncts: Vec<Arc<dyn PhysicalExpr>>,
 }
 
-/// As `BinaryExpr` shows `a AND b AND c`, with an `OR` among them in parentheses.
+/// Shown as DataFusion shows the `AND` of its conjuncts, so EXPLAIN reads as without sluice.
 impl fmt::Display for Conjunction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, c) in self.conjuncts.iter().enumerate() {
-            if i > 0 {
-                write!(f, " AND ")?;
-            }
-            let or = c
-                .downcast_ref::<BinaryExpr>()
-                .is_some_and(|b| *b.op() == Operator::Or);
-            if or {
-                write!(f, "({c})")?;
-            } else {
-                write!(f, "{c}")?;
-            }
-        }
-        Ok(())
+        write!(f, "{}", self.as_and())
+    }
+}
+
+impl Conjunction {
+    /// DataFusion's `AND` of the conjuncts.
+    fn as_and(&self) -> Arc<dyn PhysicalExpr> {
+        conjunction(self.conjuncts.iter().cloned())
     }
 }
 
@@ -208,15 +201,7 @@ impl PhysicalExpr for Conjunction {
     }
 
     fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, c) in self.conjuncts.iter().enumerate() {
-            if i > 0 {
-                write!(f, " AND ")?;
-            }
-            write!(f, "(")?;
-            c.fmt_sql(f)?;
-            write!(f, ")")?;
-        }
-        Ok(())
+        self.as_and().fmt_sql(f)
     }
 }
 
@@ -230,7 +215,10 @@ mod tests {
     use datafusion::arrow::array::{ArrayRef, Int64Array};
     use datafusion::arrow::datatypes::Field;
     use datafusion::common::ScalarValue;
+    use datafusion::logical_expr::Operator;
+    use datafusion::physical_expr::expressions::BinaryExpr;
     use datafusion::physical_expr::expressions::{Column, IsNotNullExpr, Literal};
+    use datafusion::physical_expr_common::physical_expr::fmt_sql;
     use datafusion::physical_plan::displayable;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -329,6 +317,12 @@ mod tests {
                 Err(e) => panic!("round {round}: {ours} failed where AND did not: {e}"),
             };
             assert_eq!(got.null_count(), 0);
+            // Shown as the `AND` is, by EXPLAIN and by EXPLAIN FORMAT TREE.
+            assert_eq!(ours.to_string(), and.to_string());
+            assert_eq!(
+                fmt_sql(&ours).to_string(),
+                fmt_sql(and.as_ref()).to_string()
+            );
             let kept = |a: &ArrayRef| -> Vec<usize> {
                 let a = a.as_boolean();
                 (0..a.len())
