@@ -149,6 +149,23 @@ pub(crate) fn table_references(
     sql: &str,
     file: &std::path::Path,
 ) -> Result<Vec<String>, PlanError> {
+    Ok(parse_query(sql, file, false)?.0)
+}
+
+/// Parses one SQL query, or `EXPLAIN` of one in any of DataFusion's forms (`EXPLAIN [ANALYZE]
+/// [VERBOSE] [FORMAT f] query`, `EXPLAIN (options) query`), for `sluice sql`: whether it is
+/// explained.
+pub(crate) fn is_explain(sql: &str, file: &std::path::Path) -> Result<bool, PlanError> {
+    Ok(parse_query(sql, file, true)?.1)
+}
+
+/// Parses `sql` as one query (or, if `explain_allowed`, `EXPLAIN` of one query): the tables
+/// the query reads, and whether it is explained.
+fn parse_query(
+    sql: &str,
+    file: &std::path::Path,
+    explain_allowed: bool,
+) -> Result<(Vec<String>, bool), PlanError> {
     let mut statements =
         DFParser::parse_sql_with_dialect(sql, &GenericDialect {}).map_err(|e| {
             PlanError::Syntax {
@@ -171,6 +188,10 @@ pub(crate) fn table_references(
             message: "expected a query, found nothing".into(),
         });
     };
+    let (statement, explain) = match statement {
+        DFStatement::Explain(e) if explain_allowed => (*e.statement, true),
+        other => (other, false),
+    };
     let is_query = matches!(
         &statement,
         DFStatement::Statement(s) if matches!(s.as_ref(), datafusion::sql::sqlparser::ast::Statement::Query(_))
@@ -186,7 +207,10 @@ pub(crate) fn table_references(
             file: file.to_path_buf(),
             message: e.strip_backtrace(),
         })?;
-    Ok(tables.iter().map(|t| t.table().to_string()).collect())
+    Ok((
+        tables.iter().map(|t| t.table().to_string()).collect(),
+        explain,
+    ))
 }
 
 /// The parser's message without its wrapping; an error at the end of the input gets the
@@ -477,6 +501,32 @@ mod tests {
         let mut refs = table_references(sql, Path::new("m.sql")).unwrap();
         refs.sort();
         assert_eq!(refs, vec!["a", "b", "c"]);
+    }
+
+    /// `sluice sql` takes `EXPLAIN` in each of DataFusion's forms, and a model takes none.
+    #[test]
+    fn explain_in_any_form_for_sluice_sql_alone() {
+        let query = "SELECT k FROM a JOIN b USING (k)";
+        for (sql, explained) in [
+            (query.to_string(), false),
+            (format!("EXPLAIN {query}"), true),
+            (format!("explain analyze verbose {query}"), true),
+            (format!("EXPLAIN FORMAT TREE {query}"), true),
+            (format!("EXPLAIN ANALYZE FORMAT indent {query}"), true),
+            (format!("EXPLAIN (ANALYZE, FORMAT tree) {query}"), true),
+            (format!("EXPLAIN FORMAT 'pgjson' {query}"), true),
+        ] {
+            let file = Path::new("q.sql");
+            assert_eq!(is_explain(&sql, file).unwrap(), explained, "{sql}");
+            let mut refs = parse_query(&sql, file, true).unwrap().0;
+            refs.sort();
+            assert_eq!(refs, ["a", "b"], "{sql}");
+            let model = table_references(&sql, file);
+            assert_eq!(model.is_ok(), !explained, "{sql}: {model:?}");
+        }
+        // What is explained is still one query.
+        let err = is_explain("EXPLAIN DROP TABLE a", Path::new("q.sql")).unwrap_err();
+        assert!(err.to_string().contains("one SELECT query"), "{err}");
     }
 
     #[test]

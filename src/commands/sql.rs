@@ -102,20 +102,6 @@ pub async fn execute(opts: &SqlOptions, cx: &super::Context<'_>) -> Result<i32, 
     Ok(crate::error::EXIT_OK)
 }
 
-/// The query of `EXPLAIN [ANALYZE] [VERBOSE] query`, or `sql` itself.
-fn explained_query(sql: &str) -> &str {
-    let mut rest = sql.trim_start();
-    let mut explain = false;
-    for word in ["explain", "analyze", "verbose"] {
-        let head = rest.split_whitespace().next().unwrap_or("");
-        if head.eq_ignore_ascii_case(word) && (explain || word == "explain") {
-            explain = true;
-            rest = rest[head.len()..].trim_start();
-        }
-    }
-    rest
-}
-
 /// Runs one transform. Printed output goes to `out`.
 pub async fn run_sql(
     opts: &SqlOptions,
@@ -125,12 +111,11 @@ pub async fn run_sql(
 ) -> Result<SqlSummary, Error> {
     let sql = dag::render(&opts.sql, &opts.vars, &opts.origin)?;
     // Parse first, so a syntax error names the file before any table is touched. `EXPLAIN
-    // [ANALYZE] [VERBOSE] query` shows the plan (with each join's strategy) of the query.
-    dag::table_references(explained_query(&sql), &opts.origin)?;
+    // query` (any of DataFusion's forms) shows the plan, with each join's strategy.
+    let explain = dag::is_explain(&sql, &opts.origin)?;
     let stores = Arc::new(StoreRegistry::new(Vec::new(), env));
     let engine = Engine::new(opts.engine.clone(), stores)?;
     // (EXPLAIN only plans, here: with the settings of the cluster it would run on.)
-    let explain = explained_query(&sql).len() != sql.trim_start().len();
     let cluster = match &opts.cluster {
         Some(target) if !explain => {
             refuse_local_paths(opts, target)?;

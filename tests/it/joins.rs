@@ -119,6 +119,27 @@ async fn joins_over_the_memory_limit_partition_to_disk_and_match_an_unlimited_ru
         "{}",
         explain.stdout
     );
+    // And in DataFusion's other forms, here the tree.
+    let tree = sluice(
+        dir.path(),
+        &[
+            "sql",
+            "-e",
+            "EXPLAIN FORMAT TREE SELECT COUNT(*) FROM orders JOIN lineitem ON o_orderkey = l_orderkey",
+            "--table",
+            "orders=data/orders/",
+            "--table",
+            "lineitem=data/lineitem/",
+            "--memory-limit",
+            "8MiB",
+        ],
+    )
+    .expect(0);
+    assert!(
+        tree.stdout.contains("GraceHashJoinExec") && tree.stdout.contains("strategy: grace("),
+        "{}",
+        tree.stdout
+    );
 
     // (--restart: the failed run above would otherwise be resumed, keeping what it did.)
     let (_, r) = run_with_report(dir.path(), &["--memory-limit", "8MiB", "--restart"], 0);
