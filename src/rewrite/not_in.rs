@@ -10,19 +10,19 @@
 //! 0.49 s for the same query written with `NOT EXISTS`). Columns of Parquet files are
 //! nullable in the schema even where no file holds a NULL. [`NotInWithoutNulls`] runs
 //! before `JoinSelection` and clears the join's null awareness when both keys are shown
-//! never NULL: by the schema, by every file's statistics (an exact null count of 0, the
-//! scan's filters aside: they only drop rows), or by a filter that rejects NULL (a
-//! comparison or `IS NOT NULL`), followed through projections, filters, inner joins and
-//! groupings. Without NULLs, `NOT IN` and the anti join keep the same rows, and
-//! `JoinSelection` may then build the smaller side and partition the join.
+//! never NULL: by the schema, or by a filter that rejects NULL (a comparison or `IS NOT
+//! NULL`), followed through projections, filters, inner joins and groupings. Without NULLs,
+//! `NOT IN` and the anti join keep the same rows, and `JoinSelection` may then build the
+//! smaller side and partition the join.
+//!
+//! Files' statistics are no proof: DataFusion 55 reads a Parquet column chunk whose
+//! statistics omit the (optional) null count as holding no NULL, an exact 0, so a file
+//! with NULLs written that way would turn `NOT IN` into a wrong answer.
 
 use std::sync::Arc;
 
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::datasource::physical_plan::FileScanConfig;
-use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result;
 use datafusion::logical_expr::{JoinType, Operator};
 use datafusion::physical_expr::expressions::{BinaryExpr, Column, IsNotNullExpr};
@@ -159,12 +159,6 @@ fn never_null(plan: &Arc<dyn ExecutionPlan>, index: usize) -> bool {
                     .is_some_and(|c| never_null(aggregate.input(), c.index()))
             });
     }
-    if let Some(source) = plan.downcast_ref::<DataSourceExec>() {
-        return source
-            .data_source()
-            .downcast_ref::<FileScanConfig>()
-            .is_some_and(|files| no_file_holds_null(files, index));
-    }
     // Operators that pass their input's rows on unchanged.
     let passes_rows_on = plan.is::<RepartitionExec>()
         || plan.is::<CoalescePartitionsExec>()
@@ -173,29 +167,6 @@ fn never_null(plan: &Arc<dyn ExecutionPlan>, index: usize) -> bool {
         return never_null(input, index);
     }
     false
-}
-
-/// Whether every file of `files` has statistics that count exactly no NULL in the table
-/// column that the scan's output column `index` reads. (The scan's own filters only drop
-/// rows.)
-fn no_file_holds_null(files: &FileScanConfig, index: usize) -> bool {
-    let column = match files.file_source().projection() {
-        Some(projection) => match projection.iter().nth(index) {
-            Some(e) => match e.expr.downcast_ref::<Column>() {
-                Some(c) => c.index(),
-                None => return false,
-            },
-            None => return false,
-        },
-        None => index,
-    };
-    files.file_groups.iter().flat_map(|g| g.files()).all(|f| {
-        f.statistics.as_ref().is_some_and(|s| {
-            s.column_statistics
-                .get(column)
-                .is_some_and(|c| c.null_count == Precision::Exact(0))
-        })
-    })
 }
 
 /// Whether `conjunct` of a filter keeps no row where column `index` of its input is NULL:
@@ -234,14 +205,14 @@ mod tests {
     use datafusion::prelude::{ParquetReadOptions, SessionContext};
     use rand::{Rng, SeedableRng};
 
-    /// Writes `columns` (each named, nullable in the schema) as `files` Parquet files of
-    /// about equal rows under `dir`.
-    fn write(dir: &std::path::Path, columns: &[(&str, Vec<Option<i64>>)], files: usize) {
+    /// Writes `columns` (each named, and nullable in the schema or not) as `files` Parquet
+    /// files of about equal rows under `dir`.
+    fn write(dir: &std::path::Path, columns: &[(&str, Vec<Option<i64>>, bool)], files: usize) {
         std::fs::create_dir_all(dir).unwrap();
         let schema = Arc::new(Schema::new(
             columns
                 .iter()
-                .map(|(name, _)| Field::new(*name, DataType::Int64, true))
+                .map(|(name, _, nullable)| Field::new(*name, DataType::Int64, *nullable))
                 .collect::<Vec<_>>(),
         ));
         let rows = columns[0].1.len();
@@ -249,7 +220,7 @@ mod tests {
             let range = rows * f / files..rows * (f + 1) / files;
             let arrays = columns
                 .iter()
-                .map(|(_, values)| {
+                .map(|(_, values, _)| {
                     Arc::new(Int64Array::from(values[range.clone()].to_vec())) as Arc<dyn Array>
                 })
                 .collect();
@@ -293,7 +264,10 @@ mod tests {
 
     /// Over seeded Parquet tables whose keys hold NULL or not, each `NOT IN` shape gives
     /// DataFusion's answer (its null-aware join's), stays null-aware exactly when a key may
-    /// be NULL, and the first gives the count computed here by SQL's rules for `NOT IN`.
+    /// be NULL (nullable in the schema, and no filter of the query rejects NULL: a key
+    /// without NULLs but nullable in the schema may be read from files whose statistics
+    /// do not count NULLs), and the first gives the count computed here by SQL's rules for
+    /// `NOT IN`.
     #[tokio::test]
     async fn not_in_is_an_anti_join_exactly_when_no_key_can_be_null() {
         // (query, whether the outer key is shown never NULL by the query itself)
@@ -323,6 +297,10 @@ mod tests {
         for seed in 0..16u64 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let (outer_nulls, inner_nulls) = (seed % 2 == 1, seed / 2 % 2 == 1);
+            // Keys without NULLs are written non-nullable on half the seeds.
+            let declared = seed / 8 % 2 == 1;
+            let (outer_nullable, inner_nullable) =
+                (outer_nulls || !declared, inner_nulls || !declared);
             let dir = tempfile::tempdir().unwrap();
             let (k, g, v) = (
                 values(&mut rng, 3_000, 400, outer_nulls),
@@ -331,7 +309,11 @@ mod tests {
             );
             write(
                 &dir.path().join("o"),
-                &[("k", k.clone()), ("g", g), ("v", v.clone())],
+                &[
+                    ("k", k.clone(), outer_nullable),
+                    ("g", g, true),
+                    ("v", v.clone(), true),
+                ],
                 3,
             );
             // With few inner rows the NULLs may all fall where `c < 5` drops them.
@@ -342,7 +324,7 @@ mod tests {
             );
             write(
                 &dir.path().join("s"),
-                &[("k", sk.clone()), ("c", sc.clone())],
+                &[("k", sk.clone(), inner_nullable), ("c", sc.clone(), true)],
                 2,
             );
             let (ours, theirs) = (
@@ -353,7 +335,7 @@ mod tests {
                 let (plan, got) = run(&ours, sql).await;
                 let (_, want) = run(&theirs, sql).await;
                 assert_eq!(got, want, "seed {seed}: {sql}\n{plan}");
-                let plain = (!outer_nulls || *outer_shown) && !inner_nulls;
+                let plain = (!outer_nullable || *outer_shown) && !inner_nullable;
                 assert_eq!(
                     !plan.contains("null_aware"),
                     plain,
