@@ -379,7 +379,7 @@ mod tests {
             "{names:?}"
         );
         assert_eq!(
-            at("sluice_not_in_without_nulls") + 1,
+            at("sluice_not_in_as_anti_join") + 1,
             at("join_selection"),
             "{names:?}"
         );

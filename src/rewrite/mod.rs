@@ -21,7 +21,8 @@
 //! - [`build_side`] (physical): a hash join builds its smaller input by rows ×
 //!   width, where DataFusion's byte estimates of joins' outputs mislead it.
 //! - [`not_in`] (physical): `x NOT IN (subquery)` joined as a plain anti join, which
-//!   DataFusion may build either side of, when neither side's key can be NULL.
+//!   DataFusion may build either side of and the grace join may wrap, with SQL's rule for
+//!   NULLs applied after it by the subquery's counts where a key may be NULL.
 //! - [`compact_views`] (physical): text on a join's build side copied into a buffer per
 //!   batch, so the join's output does not hold a handle to every buffer it was read into.
 //! - [`decode_filters`] (physical): a join's dynamic filter applied while a Parquet scan
@@ -73,7 +74,7 @@ const SWITCHES: &[(&str, &[&str])] = &[
     ("median", &["sluice_median_by_sort"]),
     ("whole_partition", &["sluice_whole_partition_by_join"]),
     ("build_side", &["sluice_build_smaller_side"]),
-    ("not_in", &["sluice_not_in_without_nulls"]),
+    ("not_in", &["sluice_not_in_as_anti_join"]),
     ("compact_views", &["sluice_compact_views"]),
     ("decode_filters", &["sluice_dynamic_filters_while_decoding"]),
     (
@@ -366,7 +367,7 @@ pub(crate) fn physical_rules(
         .iter()
         .position(|r| r.name() == "join_selection")
         .unwrap_or(0);
-    rules.insert(at, Arc::new(not_in::NotInWithoutNulls));
+    rules.insert(at, Arc::new(not_in::NotInAsAntiJoin));
     // Once joins have their build sides and inputs (EnsureRequirements), before filters are
     // pushed into scans for the last time, so the build sides' filters go through it.
     let at = rules
