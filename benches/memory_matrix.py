@@ -32,6 +32,11 @@ QUERIES = [
     ("join_agg_distinct", """SELECT o_orderpriority, count(*), sum(l_extendedprice), count(DISTINCT o_custkey) FROM orders JOIN lineitem ON o_orderkey = l_orderkey GROUP BY 1 ORDER BY 1"""),
     ("join_two_distinct", """SELECT o_orderpriority, count(DISTINCT o_custkey), count(DISTINCT l_partkey), sum(l_quantity) FROM orders JOIN lineitem ON o_orderkey = l_orderkey GROUP BY 1 ORDER BY 1"""),
     ("join_big", """SELECT count(*), sum(l_quantity * o_totalprice) FROM lineitem JOIN orders ON l_orderkey = o_orderkey JOIN partsupp ON l_partkey = ps_partkey AND l_suppkey = ps_suppkey"""),
+    # NOT IN whose subquery may hold NULL (DataFusion's null-aware join builds all of lineitem's
+    # keys in one table), one that does hold a NULL (no row kept), and one shown NULL-free.
+    ("not_in_nullable", """SELECT count(*), sum(l_quantity) FROM lineitem WHERE l_orderkey NOT IN (SELECT nullif(o_orderkey, -1) FROM orders WHERE o_orderdate < DATE '1995-01-01')"""),
+    ("not_in_holds_null", """SELECT count(*), sum(l_quantity) FROM lineitem WHERE l_orderkey NOT IN (SELECT CASE WHEN o_orderkey % 1000 = 1 THEN NULL ELSE o_orderkey END FROM orders WHERE o_orderdate < DATE '1995-01-01')"""),
+    ("not_in_no_null", """SELECT count(*), sum(l_quantity) FROM lineitem WHERE l_orderkey > 0 AND l_orderkey NOT IN (SELECT o_orderkey FROM orders WHERE o_orderdate < DATE '1995-01-01' AND o_orderkey > 0)"""),
 ]
 TABLES = ["lineitem", "orders", "partsupp", "part", "customer", "supplier", "nation", "region"]
 
